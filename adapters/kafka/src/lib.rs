@@ -1,0 +1,1 @@
+//! Apache Kafka adapter for backstop, on rdkafka.

@@ -1,0 +1,1 @@
+//! RabbitMQ adapter for backstop, on lapin.

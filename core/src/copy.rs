@@ -1,0 +1,129 @@
+//! The copies of a message that backstop republishes: delayed-retry copies and
+//! dead letters. The header rules of `ARCHITECTURE.md` live here, once.
+
+use std::time::SystemTime;
+
+use crate::{wire, ErrorKind, Failure, Headers, Message, Meta};
+
+/// Writes the origin headers once: the source, partition and offset the
+/// message was first consumed from, and its message id. A header already
+/// present (a retry hop) is never overwritten.
+pub fn stamp_origin(headers: &mut Headers, meta: &Meta) {
+    let mut once = |name: &str, value: String| {
+        headers.entry(name.to_owned()).or_insert(value);
+    };
+    if !meta.source.is_empty() {
+        once(wire::ORIGINAL_SOURCE, meta.source.clone());
+    }
+    if let Some(p) = meta.partition {
+        once(wire::ORIGINAL_PARTITION, p.to_string());
+    }
+    if let Some(o) = meta.offset {
+        once(wire::ORIGINAL_OFFSET, o.to_string());
+    }
+    if !meta.message_id.is_empty() {
+        headers.insert(wire::MESSAGE_ID.to_owned(), meta.message_id.clone());
+    }
+}
+
+/// The copy republished for a broker-delayed retry: attempt incremented, due
+/// time and first failure stamped, origin kept.
+pub fn retry(message: &Message, next_attempt: u32, due: SystemTime, first_failure: SystemTime) -> Message {
+    let mut copy = message.clone();
+    stamp_origin(&mut copy.headers, &message.meta);
+    copy.headers
+        .insert(wire::ATTEMPT.to_owned(), next_attempt.to_string());
+    copy.headers
+        .insert(wire::DUE.to_owned(), wire::format_time(due));
+    copy.headers
+        .entry(wire::FIRST_FAILURE.to_owned())
+        .or_insert_with(|| wire::format_time(first_failure));
+    copy.meta.attempt = next_attempt;
+    copy
+}
+
+/// The dead letter for `message`: the original payload, key and headers,
+/// plus the origin, the failure's kind and text (cut to 1 KiB), its times
+/// and the attempt count.
+pub fn dead_letter(message: &Message, failure: &Failure) -> Message {
+    let mut letter = message.clone();
+    let h = &mut letter.headers;
+    stamp_origin(h, &message.meta);
+    h.insert(wire::ATTEMPT.to_owned(), failure.attempts.to_string());
+    h.insert(wire::ERROR_KIND.to_owned(), failure.kind.as_str().to_owned());
+    h.insert(
+        wire::ERROR.to_owned(),
+        wire::truncate(&failure.message, wire::MAX_ERROR_LEN).to_owned(),
+    );
+    h.entry(wire::FIRST_FAILURE.to_owned())
+        .or_insert_with(|| wire::format_time(failure.first_failure));
+    h.insert(
+        wire::LAST_FAILURE.to_owned(),
+        wire::format_time(failure.last_failure),
+    );
+    h.remove(wire::DUE);
+    letter
+}
+
+/// The error kind a dead letter carries, if it is one.
+pub fn dead_letter_kind(message: &Message) -> Option<ErrorKind> {
+    message.header(wire::ERROR_KIND).and_then(ErrorKind::parse)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn consumed() -> Message {
+        let mut m = Message::new("{}").with_message_id("m-1").with_header("app", "x");
+        m.meta.source = "orders".into();
+        m.meta.partition = Some(2);
+        m.meta.offset = Some(40);
+        m
+    }
+
+    #[test]
+    fn retry_copy_increments_attempt_and_keeps_origin() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let copy = retry(&consumed(), 2, t0 + Duration::from_secs(30), t0);
+        assert_eq!(copy.header(wire::ATTEMPT), Some("2"));
+        assert_eq!(copy.header(wire::ORIGINAL_SOURCE), Some("orders"));
+        assert_eq!(copy.header(wire::ORIGINAL_PARTITION), Some("2"));
+        assert_eq!(copy.header(wire::ORIGINAL_OFFSET), Some("40"));
+        assert_eq!(copy.header(wire::MESSAGE_ID), Some("m-1"));
+        assert_eq!(copy.header("app"), Some("x"));
+        assert!(copy.header(wire::DUE).is_some());
+
+        // A second hop, consumed from a retry queue, keeps the first origin.
+        let mut hop = copy.clone();
+        hop.meta.source = "orders.retry.30s".into();
+        hop.meta.offset = Some(7);
+        let again = retry(&hop, 3, t0 + Duration::from_secs(90), t0 + Duration::from_secs(60));
+        assert_eq!(again.header(wire::ORIGINAL_SOURCE), Some("orders"));
+        assert_eq!(again.header(wire::ORIGINAL_OFFSET), Some("40"));
+        assert_eq!(again.header(wire::FIRST_FAILURE), copy.header(wire::FIRST_FAILURE));
+        assert_eq!(again.header(wire::ATTEMPT), Some("3"));
+    }
+
+    #[test]
+    fn dead_letter_carries_the_full_header_set() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let failure = Failure {
+            kind: ErrorKind::Exhausted,
+            message: "x".repeat(5000),
+            attempts: 5,
+            first_failure: t0,
+            last_failure: t0 + Duration::from_secs(9),
+        };
+        let letter = dead_letter(&consumed(), &failure);
+        assert_eq!(letter.payload, consumed().payload);
+        assert_eq!(letter.header(wire::ERROR_KIND), Some("exhausted"));
+        assert_eq!(letter.header(wire::ERROR).map(str::len), Some(1024));
+        assert_eq!(letter.header(wire::ATTEMPT), Some("5"));
+        assert_eq!(letter.header(wire::ORIGINAL_SOURCE), Some("orders"));
+        assert_eq!(letter.header(wire::FIRST_FAILURE), Some("1970-01-01T00:16:40.000Z"));
+        assert_eq!(letter.header(wire::LAST_FAILURE), Some("1970-01-01T00:16:49.000Z"));
+        assert_eq!(dead_letter_kind(&letter), Some(ErrorKind::Exhausted));
+    }
+}

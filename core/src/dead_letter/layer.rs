@@ -1,0 +1,49 @@
+use std::sync::Arc;
+
+use tower::Layer;
+
+use super::{DeadLetter, DeadLetterSink};
+
+/// Applies [`DeadLetter`] with a sink and an optional DLQ name.
+#[derive(Clone)]
+pub struct DeadLetterLayer {
+    sink: Arc<dyn DeadLetterSink>,
+    destination: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for DeadLetterLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetterLayer")
+            .field("destination", &self.destination)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeadLetterLayer {
+    /// Dead-letters through `sink` to its default DLQ.
+    pub fn new(sink: Arc<dyn DeadLetterSink>) -> Self {
+        DeadLetterLayer {
+            sink,
+            destination: None,
+        }
+    }
+
+    /// Dead-letters to `destination` instead of the sink's default.
+    #[must_use]
+    pub fn to(mut self, destination: impl Into<Arc<str>>) -> Self {
+        self.destination = Some(destination.into());
+        self
+    }
+}
+
+impl<S> Layer<S> for DeadLetterLayer {
+    type Service = DeadLetter<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        DeadLetter {
+            inner,
+            sink: Arc::clone(&self.sink),
+            destination: self.destination.clone(),
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Decoding, once, at the top of the stack: the payload becomes `T` and the
+//! key is extracted before any other layer runs. A payload that does not
+//! decode (or is too large) still travels inward and is dead-lettered with
+//! kind `decode` (or `too_large`) without running the handler.
+
+use std::marker::PhantomData;
+use std::task::{Context, Poll};
+
+use tower::{Layer, Service};
+
+use crate::{Payload, Received, Request};
+
+/// Turns a [`Received`] message into a [`Request<T>`].
+pub struct Decode<S, T> {
+    inner: S,
+    max_payload: Option<usize>,
+    _payload: PhantomData<fn() -> T>,
+}
+
+impl<S: Clone, T> Clone for Decode<S, T> {
+    fn clone(&self) -> Self {
+        Decode {
+            inner: self.inner.clone(),
+            max_payload: self.max_payload,
+            _payload: PhantomData,
+        }
+    }
+}
+
+impl<S, T> std::fmt::Debug for Decode<S, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decode")
+            .field("max_payload", &self.max_payload)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, T> Service<Received> for Decode<S, T>
+where
+    S: Service<Request<T>>,
+    T: Payload,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, received: Received) -> Self::Future {
+        self.inner
+            .call(Request::decode(received.message, received.cancel, self.max_payload))
+    }
+}
+
+/// Applies [`Decode`] for payload type `T`, refusing payloads over `max_payload` bytes.
+pub struct DecodeLayer<T> {
+    max_payload: Option<usize>,
+    _payload: PhantomData<fn() -> T>,
+}
+
+impl<T> DecodeLayer<T> {
+    /// Decodes into `T`; bodies over `max_payload` bytes fail as `too_large`.
+    pub const fn new(max_payload: Option<usize>) -> Self {
+        DecodeLayer {
+            max_payload,
+            _payload: PhantomData,
+        }
+    }
+}
+
+impl<T> Clone for DecodeLayer<T> {
+    fn clone(&self) -> Self {
+        Self::new(self.max_payload)
+    }
+}
+
+impl<T> std::fmt::Debug for DecodeLayer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecodeLayer")
+            .field("max_payload", &self.max_payload)
+            .finish()
+    }
+}
+
+impl<S, T> Layer<S> for DecodeLayer<T> {
+    type Service = Decode<S, T>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Decode {
+            inner,
+            max_payload: self.max_payload,
+            _payload: PhantomData,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_util::sync::CancellationToken;
+    use tower::{service_fn, ServiceExt};
+
+    use super::*;
+    use crate::payload::DecodeError;
+    use crate::Message;
+
+    async fn decoded(body: &'static str, max: Option<usize>) -> Result<serde_json::Value, DecodeError> {
+        let svc = DecodeLayer::<serde_json::Value>::new(max).layer(service_fn(|r: Request<serde_json::Value>| async move {
+            Ok::<_, std::convert::Infallible>(r.payload().cloned().map_err(Clone::clone))
+        }));
+        let received = Received { message: Message::new(body), cancel: CancellationToken::new() };
+        svc.oneshot(received).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn decodes_once_and_reports_bad_input() {
+        assert_eq!(decoded(r#"{"a":1}"#, None).await.unwrap()["a"], 1);
+        assert!(matches!(decoded("{oops", None).await, Err(DecodeError::Invalid { .. })));
+        assert_eq!(
+            decoded(r#"{"a":1}"#, Some(3)).await,
+            Err(DecodeError::TooLarge { size: 7, max: 3 })
+        );
+    }
+}

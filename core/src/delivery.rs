@@ -1,0 +1,138 @@
+//! [`Delivery`]: a [`Message`] plus its [`Acker`], settled at most once.
+
+use std::fmt;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{AckError, Message};
+
+/// An adapter's handle to settle one delivery with its broker.
+///
+/// `ack` and `nack` consume the acker, so a delivery is settled at most once.
+/// If a [`Delivery`] is dropped unsettled, [`Acker::abandon`] runs: it must
+/// make the broker redeliver the message (the default nacks with requeue on
+/// the current tokio runtime).
+#[async_trait::async_trait]
+pub trait Acker: Send + 'static {
+    /// Acknowledges the message: the broker forgets it.
+    async fn ack(self: Box<Self>) -> Result<(), AckError>;
+
+    /// Negatively acknowledges the message; with `requeue` the broker redelivers it.
+    async fn nack(self: Box<Self>, requeue: bool) -> Result<(), AckError>;
+
+    /// Called when the delivery is dropped unsettled; must lead to a redelivery.
+    fn abandon(self: Box<Self>) {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(error) = self.nack(true).await {
+                    tracing::debug!(%error, "nack of an abandoned delivery failed; the broker redelivers it when the channel closes");
+                }
+            });
+        }
+    }
+}
+
+/// Settles a delivery at most once; dropping it unsettled abandons it (requeue).
+pub struct AckHandle {
+    acker: Option<Box<dyn Acker>>,
+}
+
+impl AckHandle {
+    /// Wraps an adapter's acker.
+    pub fn new(acker: impl Acker) -> Self {
+        AckHandle {
+            acker: Some(Box::new(acker)),
+        }
+    }
+
+    /// Acknowledges the delivery.
+    pub async fn ack(mut self) -> Result<(), AckError> {
+        match self.acker.take() {
+            Some(acker) => acker.ack().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Negatively acknowledges the delivery.
+    pub async fn nack(mut self, requeue: bool) -> Result<(), AckError> {
+        match self.acker.take() {
+            Some(acker) => acker.nack(requeue).await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for AckHandle {
+    fn drop(&mut self) {
+        if let Some(acker) = self.acker.take() {
+            acker.abandon();
+        }
+    }
+}
+
+impl fmt::Debug for AckHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AckHandle")
+            .field("settled", &self.acker.is_none())
+            .finish()
+    }
+}
+
+/// A message as a source hands it out: the [`Message`] and the handle to settle it.
+#[derive(Debug)]
+pub struct Delivery {
+    message: Message,
+    acker: AckHandle,
+    cancel: CancellationToken,
+}
+
+impl Delivery {
+    /// A delivery of `message`, settled through `acker`.
+    pub fn new(message: Message, acker: impl Acker) -> Self {
+        Delivery {
+            message,
+            acker: AckHandle::new(acker),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// Sets the token the handler sees as its cancellation (the runner's shutdown).
+    pub fn with_cancellation(mut self, token: CancellationToken) -> Self {
+        self.cancel = token;
+        self
+    }
+
+    /// The cancellation token that travels with the delivery.
+    pub fn cancellation(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Splits the delivery into its message, its ack handle and its cancellation token.
+    pub fn into_parts(self) -> (Message, AckHandle, CancellationToken) {
+        (self.message, self.acker, self.cancel)
+    }
+
+    /// Acknowledges the delivery.
+    pub async fn ack(self) -> Result<(), AckError> {
+        self.acker.ack().await
+    }
+
+    /// Negatively acknowledges the delivery.
+    pub async fn nack(self, requeue: bool) -> Result<(), AckError> {
+        self.acker.nack(requeue).await
+    }
+}
+
+/// What the ack layer hands inward: the message and the delivery's cancellation.
+#[derive(Debug)]
+pub struct Received {
+    /// The message.
+    pub message: Message,
+    /// Cancelled on shutdown.
+    pub cancel: CancellationToken,
+}

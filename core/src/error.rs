@@ -1,0 +1,286 @@
+//! Errors: the handler's verdict ([`HandlerError`]), the stack's ([`Error`]),
+//! and the failures of the parts around it.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+/// A type-erased error, as tower uses.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a message failed; written to [`wire::ERROR_KIND`](crate::wire::ERROR_KIND) on DLQ copies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The payload could not be decoded.
+    Decode,
+    /// The handler said the message can never succeed.
+    Permanent,
+    /// Transient failures used up every attempt.
+    Exhausted,
+    /// The handler panicked.
+    Panic,
+    /// The handler ran past its timeout (on every attempt).
+    Timeout,
+    /// The payload is larger than the configured maximum.
+    TooLarge,
+}
+
+impl ErrorKind {
+    /// The wire name (`decode`, `permanent`, `exhausted`, `panic`, `timeout`, `too_large`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Decode => "decode",
+            ErrorKind::Permanent => "permanent",
+            ErrorKind::Exhausted => "exhausted",
+            ErrorKind::Panic => "panic",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::TooLarge => "too_large",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "decode" => ErrorKind::Decode,
+            "permanent" => ErrorKind::Permanent,
+            "exhausted" => ErrorKind::Exhausted,
+            "panic" => ErrorKind::Panic,
+            "timeout" => ErrorKind::Timeout,
+            "too_large" => ErrorKind::TooLarge,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The handler's verdict on a failed run.
+///
+/// `Transient` failures are retried (after `retry_after` if given); `Permanent`
+/// ones go straight to the DLQ. Build them with [`HandlerError::transient`] and
+/// [`HandlerError::permanent`], or derive the conversion with `#[derive(Classify)]`.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Try again later.
+    #[error("transient failure: {source}")]
+    Transient {
+        /// What went wrong.
+        #[source]
+        source: BoxError,
+        /// Wait at least this long before the next attempt.
+        retry_after: Option<Duration>,
+        /// The kind written to the DLQ if the attempts run out
+        /// ([`ErrorKind::Exhausted`] or [`ErrorKind::Timeout`]).
+        kind: ErrorKind,
+    },
+    /// Never retry: dead-letter now.
+    #[error("permanent failure: {source}")]
+    Permanent {
+        /// What went wrong.
+        #[source]
+        source: BoxError,
+        /// Why ([`ErrorKind::Permanent`], `Decode`, `Panic` or `TooLarge`).
+        kind: ErrorKind,
+    },
+}
+
+impl HandlerError {
+    /// A transient failure: retried with backoff.
+    pub fn transient(source: impl Into<BoxError>) -> Self {
+        HandlerError::Transient {
+            source: source.into(),
+            retry_after: None,
+            kind: ErrorKind::Exhausted,
+        }
+    }
+
+    /// A permanent failure: dead-lettered without retry.
+    pub fn permanent(source: impl Into<BoxError>) -> Self {
+        Self::permanent_with(ErrorKind::Permanent, source)
+    }
+
+    /// A permanent failure of a given kind.
+    pub fn permanent_with(kind: ErrorKind, source: impl Into<BoxError>) -> Self {
+        HandlerError::Permanent {
+            source: source.into(),
+            kind,
+        }
+    }
+
+    /// A timed-out run: transient, dead-lettered as `timeout` when attempts run out.
+    pub fn timeout(source: impl Into<BoxError>) -> Self {
+        HandlerError::Transient {
+            source: source.into(),
+            retry_after: None,
+            kind: ErrorKind::Timeout,
+        }
+    }
+
+    /// Asks for the next attempt no sooner than `delay` (transient errors only).
+    #[must_use]
+    pub fn retry_after(mut self, delay: Duration) -> Self {
+        if let HandlerError::Transient { retry_after, .. } = &mut self {
+            *retry_after = Some(delay);
+        }
+        self
+    }
+
+    /// True for a transient failure.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, HandlerError::Transient { .. })
+    }
+
+    /// The kind this error is dead-lettered with.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            HandlerError::Transient { kind, .. } | HandlerError::Permanent { kind, .. } => *kind,
+        }
+    }
+}
+
+/// Why a message is to be dead-lettered: the handler's final failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Why.
+    pub kind: ErrorKind,
+    /// The error's message (with its sources).
+    pub message: String,
+    /// The attempt number that failed last.
+    pub attempts: u32,
+    /// When the message failed first (carried across republished retries).
+    pub first_failure: SystemTime,
+    /// When the message failed last.
+    pub last_failure: SystemTime,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} after {} attempt(s): {}", self.kind, self.attempts, self.message)
+    }
+}
+
+/// What the stack returns when it could not settle a message with an [`Outcome`](crate::Outcome).
+///
+/// Every variant but `Failed` means "not now": the [`AckLayer`](crate::ack::AckLayer)
+/// nacks the message with requeue after a backoff, and it is never dead-lettered
+/// for it. `Failed` is turned into a dead letter by the
+/// [`DeadLetterLayer`](crate::dead_letter::DeadLetterLayer).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The handler failed for good; the message belongs in the DLQ.
+    #[error("message failed: {0}")]
+    Failed(Failure),
+    /// The DLQ write was not confirmed by the broker; the source stays unacked.
+    #[error("dead-letter write was not confirmed, the message stays on its source: {0}")]
+    DeadLetter(#[source] SinkError),
+    /// The delayed-retry republish was not confirmed; the source stays unacked.
+    #[error("delayed-retry republish was not confirmed, the message stays on its source: {0}")]
+    Retry(#[source] SinkError),
+    /// The idempotency store could not be reached; the message is deferred.
+    #[error("idempotency store unavailable, message deferred: {0}")]
+    Store(#[source] StoreError),
+    /// Another live worker holds the key's lease; the message is deferred.
+    #[error("key {key:?} is being processed by another worker, message deferred")]
+    Busy {
+        /// The idempotency key (hashed if long).
+        key: String,
+    },
+}
+
+/// A write to a sink (DLQ, retry queue) that the broker did not confirm.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The broker refused or did not confirm the write.
+    #[error("publish to {destination:?} failed: {source}")]
+    Publish {
+        /// The queue or topic written to.
+        destination: String,
+        /// The publisher's error.
+        #[source]
+        source: crate::PublishError,
+    },
+    /// The sink cannot serve this message (misconfiguration).
+    #[error("sink cannot take the message: {0}")]
+    Unsupported(String),
+}
+
+/// A failure of the idempotency store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store's backend did not answer or failed.
+    #[error("store backend failed: {0}")]
+    Backend(#[source] BoxError),
+    /// The store is full of live leases and cannot take a new key.
+    #[error("store is full ({capacity} keys in progress)")]
+    Full {
+        /// The configured capacity.
+        capacity: usize,
+    },
+}
+
+/// A failure to settle a delivery with the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum AckError {
+    /// The channel or consumer that delivered the message is gone; the broker will redeliver.
+    #[error("delivery channel is gone, the broker will redeliver the message: {0}")]
+    ChannelGone(String),
+    /// The broker did not know the delivery (stale tag, fenced partition).
+    #[error("broker does not know this delivery any more: {0}")]
+    Stale(String),
+    /// Another broker error.
+    #[error("ack failed: {0}")]
+    Broker(#[source] BoxError),
+}
+
+/// Renders an error with its chain of sources: `outer: inner: root`.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip_through_wire_names() {
+        for k in [
+            ErrorKind::Decode,
+            ErrorKind::Permanent,
+            ErrorKind::Exhausted,
+            ErrorKind::Panic,
+            ErrorKind::Timeout,
+            ErrorKind::TooLarge,
+        ] {
+            assert_eq!(ErrorKind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(ErrorKind::parse("nope"), None);
+    }
+
+    #[test]
+    fn retry_after_applies_to_transient_only() {
+        let t = HandlerError::transient("x").retry_after(Duration::from_secs(5));
+        assert!(matches!(t, HandlerError::Transient { retry_after: Some(d), .. } if d == Duration::from_secs(5)));
+        let p = HandlerError::permanent("x").retry_after(Duration::from_secs(5));
+        assert_eq!(p.kind(), ErrorKind::Permanent);
+        assert!(!p.is_transient());
+    }
+
+    #[test]
+    fn chain_renders_sources() {
+        let e = HandlerError::permanent("root cause");
+        assert_eq!(chain(&e), "permanent failure: root cause");
+    }
+}

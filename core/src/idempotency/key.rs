@@ -1,0 +1,98 @@
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+use crate::{Message, Request};
+
+/// Keys longer than this many bytes are stored as their SHA-256.
+pub const MAX_KEY_LEN: usize = 200;
+
+/// An idempotency key as stored: the raw key, or `sha256:<hex>` when it is long.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key(String);
+
+impl Key {
+    /// The stored form of `raw`.
+    pub fn new(raw: &str) -> Self {
+        if raw.len() <= MAX_KEY_LEN {
+            Key(raw.to_owned())
+        } else {
+            Key(format!("sha256:{}", hex::encode(Sha256::digest(raw.as_bytes()))))
+        }
+    }
+
+    /// The stored form as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a message's idempotency key comes from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum KeySource {
+    /// The payload type's key field; a payload without one skips deduplication.
+    #[default]
+    Payload,
+    /// The payload's key, else the message id.
+    PayloadOrMessageId,
+    /// The message id (`x-backstop-message-id`).
+    MessageId,
+    /// A header's value; a message without it skips deduplication.
+    Header(String),
+    /// No deduplication.
+    None,
+}
+
+impl KeySource {
+    /// The key of `request`, if this source yields one.
+    pub fn key_of<T>(&self, request: &Request<T>) -> Option<Key> {
+        let message: &Message = request.message();
+        let id = || Some(message.meta.message_id.as_str()).filter(|s| !s.is_empty());
+        let raw = match self {
+            KeySource::Payload => request.payload_key(),
+            KeySource::PayloadOrMessageId => request.payload_key().or_else(id),
+            KeySource::MessageId => id(),
+            KeySource::Header(name) => message.header(name),
+            KeySource::None => None,
+        };
+        raw.map(Key::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_keys_are_hashed_short_ones_kept() {
+        assert_eq!(Key::new("order-1").as_str(), "order-1");
+        let long = "k".repeat(300);
+        let k = Key::new(&long);
+        assert!(k.as_str().starts_with("sha256:"));
+        assert_eq!(k.as_str().len(), 7 + 64);
+        assert_eq!(k, Key::new(&long));
+        assert_ne!(k, Key::new(&"k".repeat(301)));
+    }
+
+    #[test]
+    fn sources_pick_their_key() {
+        let r = crate::testing::request("x");
+        assert_eq!(KeySource::MessageId.key_of(&r), Some(Key::new("id-x")));
+        assert_eq!(KeySource::Payload.key_of(&r), None, "String has no key field");
+        assert_eq!(KeySource::PayloadOrMessageId.key_of(&r), Some(Key::new("id-x")));
+        assert_eq!(KeySource::Header("h".into()).key_of(&r), None);
+        assert_eq!(KeySource::None.key_of(&r), None);
+    }
+}

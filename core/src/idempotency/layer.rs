@@ -1,0 +1,42 @@
+use std::sync::Arc;
+
+use tower::Layer;
+
+use super::{Config, Idempotency, Store};
+
+/// Applies [`Idempotency`] over a [`Store`].
+#[derive(Clone)]
+pub struct IdempotencyLayer {
+    store: Arc<dyn Store>,
+    config: Arc<Config>,
+}
+
+impl std::fmt::Debug for IdempotencyLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdempotencyLayer")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdempotencyLayer {
+    /// Deduplicates through `store` with `config`.
+    pub fn new(store: Arc<dyn Store>, config: Config) -> Self {
+        IdempotencyLayer {
+            store,
+            config: Arc::new(config),
+        }
+    }
+}
+
+impl<S> Layer<S> for IdempotencyLayer {
+    type Service = Idempotency<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Idempotency {
+            inner,
+            store: Arc::clone(&self.store),
+            config: Arc::clone(&self.config),
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! backstop: message consumers that lose nothing.
+//!
+//! A tower middleware stack around your handler: ack only after success,
+//! bounded retry with exponential backoff and full jitter, idempotency keys
+//! with leases, and dead-letter publishing that the broker confirms before
+//! the source is acked. The same stack runs on the in-memory broker
+//! ([`memory::MemoryBroker`]), RabbitMQ and Kafka.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use backstop::{handler_fn, memory::MemoryBroker, Context, HandlerError, Message, Runner, StackBuilder};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let broker = MemoryBroker::new();
+//! broker.publish_now("greetings", Message::new("hello"));
+//! broker.publish_now("greetings", Message::new(""));
+//!
+//! async fn greet(text: String, _ctx: Context) -> Result<(), HandlerError> {
+//!     if text.is_empty() {
+//!         return Err(HandlerError::permanent("empty greeting"));
+//!     }
+//!     Ok(())
+//! }
+//!
+//! let stack = StackBuilder::<String>::new(Arc::new(broker.dead_letter_sink())).build(handler_fn(greet));
+//! let summary = Runner::new(broker.consume("greetings", 8), stack)
+//!     .concurrency(8)
+//!     .run_until_idle()
+//!     .await?;
+//! assert_eq!(summary.handled, 1);
+//! assert_eq!(summary.dead_lettered, 1);
+//! assert_eq!(broker.stats("greetings.dlq").ready, 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The layers, outermost first: [`ack`] ⟶ [`decode`] ⟶ [`metrics`] ⟶
+//! [`idempotency`] ⟶ [`dead_letter`] ⟶ [`retry`] ⟶ [`timeout`] ⟶ [`panic`]
+//! ⟶ your [`Handle`]r. [`StackBuilder`] composes them in that order.
+
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod ack;
+pub mod attempt;
+pub mod conformance;
+mod context;
+pub mod copy;
+pub mod dead_letter;
+pub mod decode;
+mod delivery;
+pub mod error;
+pub mod handler;
+pub mod idempotency;
+pub mod memory;
+pub mod message;
+pub mod metrics;
+mod outcome;
+pub mod panic;
+pub mod payload;
+mod publish;
+mod request;
+pub mod retry;
+pub mod runner;
+pub mod stack;
+pub mod timeout;
+pub mod wire;
+
+#[cfg(test)]
+mod testing;
+
+pub use crate::ack::{AckLayer, Settled};
+pub use crate::context::{Context, Extensions};
+pub use crate::dead_letter::{DeadLetterLayer, DeadLetterSink};
+pub use crate::delivery::{AckHandle, Acker, Delivery, Received};
+pub use crate::error::{AckError, BoxError, Error, ErrorKind, Failure, HandlerError, SinkError, StoreError};
+pub use crate::handler::{handler_fn, Handle};
+pub use crate::idempotency::{IdempotencyLayer, KeySource, MemoryStore, Store};
+pub use crate::message::{Headers, Message, Meta};
+pub use crate::outcome::Outcome;
+pub use crate::payload::{DecodeError, Payload};
+pub use crate::publish::{PublishError, Publisher};
+pub use crate::request::Request;
+pub use crate::retry::{RetryLayer, RetryPolicy, RetrySink};
+pub use crate::runner::{Runner, Source, SourceError, Summary};
+pub use crate::stack::{Stack, StackBuilder};
+
+/// Re-exported for handlers that watch for shutdown.
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,55 @@
+use std::time::Duration;
+
+use super::MemoryBroker;
+use crate::dead_letter::DeadLetterSink;
+use crate::retry::RetrySink;
+use crate::{wire, Message, SinkError};
+
+/// The in-memory broker's DLQ writer: `<original source>.dlq` unless told otherwise.
+#[derive(Clone, Debug)]
+pub struct MemoryDeadLetterSink {
+    pub(crate) broker: MemoryBroker,
+}
+
+/// The DLQ name of a queue: `<queue>.dlq`.
+pub fn dlq_name(queue: &str) -> String {
+    format!("{queue}.dlq")
+}
+
+fn origin(message: &Message) -> &str {
+    message
+        .header(wire::ORIGINAL_SOURCE)
+        .unwrap_or(&message.meta.source)
+}
+
+#[async_trait::async_trait]
+impl DeadLetterSink for MemoryDeadLetterSink {
+    async fn dead_letter(&self, letter: Message, destination: Option<&str>) -> Result<(), SinkError> {
+        let destination = destination.map_or_else(|| dlq_name(origin(&letter)), str::to_owned);
+        self.broker
+            .publish_now(&destination, letter)
+            .map_err(|source| SinkError::Publish {
+                destination,
+                source,
+            })
+    }
+}
+
+/// The in-memory broker's delayed-retry writer: back to the source queue, visible at the due time.
+#[derive(Clone, Debug)]
+pub struct MemoryRetrySink {
+    pub(crate) broker: MemoryBroker,
+}
+
+#[async_trait::async_trait]
+impl RetrySink for MemoryRetrySink {
+    async fn retry_later(&self, copy: Message, delay: Duration) -> Result<(), SinkError> {
+        let destination = copy.meta.source.clone();
+        self.broker
+            .publish_delayed(&destination, copy, delay)
+            .map_err(|source| SinkError::Publish {
+                destination,
+                source,
+            })
+    }
+}

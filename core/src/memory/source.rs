@@ -1,0 +1,150 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::acker::MemoryAcker;
+use super::queue::Unacked;
+use super::Shared;
+use crate::runner::{Source, SourceError};
+use crate::{attempt, Delivery};
+
+/// A consumer of one in-memory queue, with a prefetch bound.
+///
+/// Closing it (or dropping it) puts its unsettled deliveries back in the
+/// queue; a later ack of one of them fails as stale, as on RabbitMQ.
+#[derive(Debug)]
+pub struct MemorySource {
+    shared: Arc<Shared>,
+    queue: Arc<str>,
+    consumer: u64,
+    prefetch: usize,
+    outstanding: Arc<AtomicUsize>,
+    until_drained: bool,
+    closed: bool,
+}
+
+impl MemorySource {
+    pub(crate) fn new(shared: Arc<Shared>, queue: &str, prefetch: usize) -> Self {
+        let consumer = shared.next_consumer();
+        MemorySource {
+            shared,
+            queue: Arc::from(queue),
+            consumer,
+            prefetch: prefetch.max(1),
+            outstanding: Arc::new(AtomicUsize::new(0)),
+            until_drained: false,
+            closed: false,
+        }
+    }
+
+    /// Ends the stream once the queue has nothing ready, delayed or unacked.
+    #[must_use]
+    pub fn until_drained(mut self) -> Self {
+        self.until_drained = true;
+        self
+    }
+
+    /// The queue this consumer reads.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    fn close_now(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        let mut queues = self.shared.lock();
+        if let Some(queue) = queues.get_mut(&*self.queue) {
+            let mine: Vec<u64> = queue
+                .unacked
+                .iter()
+                .filter(|(_, u)| u.consumer == self.consumer)
+                .map(|(tag, _)| *tag)
+                .collect();
+            for tag in mine {
+                if let Some(entry) = queue.unacked.remove(&tag) {
+                    queue.requeue(entry.message);
+                }
+            }
+            queue.notify.notify_waiters();
+        }
+        self.outstanding.store(0, Ordering::SeqCst);
+    }
+
+    fn try_take(&self) -> Result<Option<Delivery>, (bool, Option<Instant>, Arc<tokio::sync::Notify>)> {
+        let mut queues = self.shared.lock();
+        let queue = queues.entry(self.queue.to_string()).or_default();
+        let next_due = queue.promote(Instant::now());
+        if self.outstanding.load(Ordering::SeqCst) < self.prefetch {
+            if let Some(mut message) = queue.ready.pop_front() {
+                let tag = self.shared.next_tag();
+                message.meta.delivery_tag = Some(tag);
+                message.meta.source = self.queue.to_string();
+                message.meta.attempt = attempt::from_headers(&message.headers);
+                queue.unacked.insert(
+                    tag,
+                    Unacked {
+                        consumer: self.consumer,
+                        message: message.clone(),
+                    },
+                );
+                self.outstanding.fetch_add(1, Ordering::SeqCst);
+                let acker = MemoryAcker {
+                    shared: Arc::clone(&self.shared),
+                    queue: Arc::clone(&self.queue),
+                    tag,
+                    outstanding: Arc::clone(&self.outstanding),
+                };
+                return Ok(Some(Delivery::new(message, acker)));
+            }
+        }
+        let drained = queue.len() == 0;
+        Err((drained, next_due, Arc::clone(&queue.notify)))
+    }
+}
+
+impl Source for MemorySource {
+    async fn next(&mut self) -> Option<Result<Delivery, SourceError>> {
+        if self.closed {
+            return None;
+        }
+        loop {
+            let notify = match self.try_take() {
+                Ok(delivery) => return delivery.map(Ok),
+                Err((true, _, _)) if self.until_drained => return None,
+                Err((_, next_due, notify)) => (next_due, notify),
+            };
+            let (next_due, notify) = notify;
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // Re-check after registering, so no wake-up is lost.
+            match self.try_take() {
+                Ok(delivery) => return delivery.map(Ok),
+                Err((true, _, _)) if self.until_drained => return None,
+                Err(_) => {}
+            }
+            match next_due {
+                Some(due) => {
+                    tokio::select! {
+                        () = notified => {}
+                        () = tokio::time::sleep_until(due) => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    async fn close(&mut self) {
+        self.close_now();
+    }
+}
+
+impl Drop for MemorySource {
+    fn drop(&mut self) {
+        self.close_now();
+    }
+}

@@ -1,0 +1,175 @@
+//! Metrics and tracing: counts by outcome, handler duration, in-flight gauge,
+//! and a span per message carrying its id.
+//!
+//! Through the [`metrics`] facade; install any recorder (Prometheus, …).
+//!
+//! | name | kind | labels |
+//! |---|---|---|
+//! | `backstop_messages_total` | counter | `outcome`: handled, dead_lettered, deferred, duplicate, nacked |
+//! | `backstop_handler_duration_seconds` | histogram | `outcome` |
+//! | `backstop_in_flight` | gauge | |
+
+mod layer;
+
+pub use self::layer::MetricsLayer;
+
+use std::sync::Once;
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use tower::Service;
+use tracing::Instrument;
+
+use crate::{Error, Outcome, Request};
+
+/// Counts messages by outcome.
+pub const MESSAGES_TOTAL: &str = "backstop_messages_total";
+/// Time spent in the stack below this layer per message.
+pub const HANDLER_DURATION: &str = "backstop_handler_duration_seconds";
+/// Messages in the stack right now.
+pub const IN_FLIGHT: &str = "backstop_in_flight";
+
+/// Describes backstop's metrics to the installed recorder (once per process).
+pub fn describe() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        metrics::describe_counter!(MESSAGES_TOTAL, "Messages settled, by outcome");
+        metrics::describe_histogram!(HANDLER_DURATION, metrics::Unit::Seconds, "Time a message spent in the stack");
+        metrics::describe_gauge!(IN_FLIGHT, "Messages being processed");
+    });
+}
+
+/// The label of a result: its outcome, or `nacked` for an error.
+pub fn label(result: &Result<Outcome, Error>) -> &'static str {
+    match result {
+        Ok(outcome) => outcome.label(),
+        Err(_) => "nacked",
+    }
+}
+
+/// The metrics-and-tracing service; see the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct Metrics<S> {
+    inner: S,
+}
+
+impl<S> Metrics<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        describe();
+        Metrics { inner }
+    }
+}
+
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> Self {
+        metrics::gauge!(IN_FLIGHT).increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(IN_FLIGHT).decrement(1.0);
+    }
+}
+
+impl<S, T> Service<Request<T>> for Metrics<S>
+where
+    S: Service<Request<T>, Response = Outcome, Error = Error>,
+    S::Future: Send + 'static,
+{
+    type Response = Outcome;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<Outcome, Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<T>) -> Self::Future {
+        let meta = &request.message().meta;
+        let span = tracing::info_span!(
+            "backstop.message",
+            message_id = %meta.message_id,
+            source = %meta.source,
+            attempt = request.attempt(),
+            outcome = tracing::field::Empty,
+        );
+        let future = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        let record = span.clone();
+        Box::pin(
+            async move {
+                let in_flight = InFlight::enter();
+                let start = std::time::Instant::now();
+                let result = future.await;
+                drop(in_flight);
+                let label = label(&result);
+                record.record("outcome", label);
+                metrics::histogram!(HANDLER_DURATION, "outcome" => label).record(start.elapsed().as_secs_f64());
+                metrics::counter!(MESSAGES_TOTAL, "outcome" => label).increment(1);
+                if let Err(error) = &result {
+                    tracing::info!(%error, "message not settled, it will be redelivered");
+                }
+                result
+            }
+            .instrument(span),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use tower::{service_fn, Layer, ServiceExt};
+
+    use super::*;
+    use crate::testing::request;
+
+    #[test]
+    fn counts_outcomes_and_tracks_in_flight() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let svc = MetricsLayer::new().layer(service_fn(|r: Request<String>| async move {
+                    match r.payload() {
+                        Ok(p) if p == "ok" => Ok(Outcome::Handled),
+                        Ok(p) if p == "dup" => Ok(Outcome::Duplicate),
+                        _ => Err(Error::Busy { key: "k".into() }),
+                    }
+                }));
+                for body in ["ok", "ok", "dup", "busy"] {
+                    let _ = svc.clone().oneshot(request(body)).await;
+                }
+            });
+        });
+        let snapshot = snapshotter.snapshot().into_vec();
+        let count = |outcome: &str| {
+            snapshot
+                .iter()
+                .find(|(k, _, _, _)| {
+                    k.key().name() == MESSAGES_TOTAL && k.key().labels().any(|l| l.value() == outcome)
+                })
+                .map(|(_, _, _, v)| match v {
+                    DebugValue::Counter(c) => *c,
+                    _ => 0,
+                })
+                .unwrap_or(0)
+        };
+        assert_eq!(count("handled"), 2);
+        assert_eq!(count("duplicate"), 1);
+        assert_eq!(count("nacked"), 1);
+        let gauge = snapshot
+            .iter()
+            .find(|(k, _, _, _)| k.key().name() == IN_FLIGHT)
+            .map(|(_, _, _, v)| v.clone());
+        assert!(matches!(gauge, Some(DebugValue::Gauge(g)) if g.into_inner() == 0.0));
+    }
+}

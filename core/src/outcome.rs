@@ -1,0 +1,38 @@
+//! [`Outcome`]: what the stack did with a message it settled.
+
+use std::time::SystemTime;
+
+use crate::ErrorKind;
+
+/// What the inner stack did with a message. Every outcome is acked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The handler succeeded.
+    Handled,
+    /// The message was written to the DLQ and the broker confirmed it.
+    DeadLettered {
+        /// Why.
+        kind: ErrorKind,
+    },
+    /// The message was republished for a broker-delayed retry (confirmed).
+    Deferred {
+        /// The attempt number the republished copy is for.
+        attempt: u32,
+        /// When the copy is due.
+        due: SystemTime,
+    },
+    /// The message was a duplicate of one already completed or dead-lettered.
+    Duplicate,
+}
+
+impl Outcome {
+    /// The metric label: `handled`, `dead_lettered`, `deferred`, `duplicate`.
+    pub const fn label(&self) -> &'static str {
+        match self {
+            Outcome::Handled => "handled",
+            Outcome::DeadLettered { .. } => "dead_lettered",
+            Outcome::Deferred { .. } => "deferred",
+            Outcome::Duplicate => "duplicate",
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Catch-panic: the innermost layer. A panic in the handler becomes a
+//! permanent failure of kind `panic`; it never crashes the runner and is never acked.
+
+mod layer;
+
+pub use self::layer::CatchPanicLayer;
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+use crate::{ErrorKind, HandlerError};
+
+/// A handler panicked.
+#[derive(Debug, thiserror::Error)]
+#[error("handler panicked: {0}")]
+pub struct Panicked(pub String);
+
+/// Turns panics of the inner service into [`HandlerError::Permanent`] with kind `panic`.
+#[derive(Clone, Debug)]
+pub struct CatchPanic<S> {
+    inner: S,
+}
+
+impl<S> CatchPanic<S> {
+    /// Wraps `inner`.
+    pub const fn new(inner: S) -> Self {
+        CatchPanic { inner }
+    }
+}
+
+fn panic_error(payload: Box<dyn Any + Send>) -> HandlerError {
+    let text = if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    };
+    HandlerError::permanent_with(ErrorKind::Panic, Panicked(text))
+}
+
+impl<S, R> tower::Service<R> for CatchPanic<S>
+where
+    S: tower::Service<R, Response = (), Error = HandlerError>,
+    S::Future: Send + 'static,
+{
+    type Response = ();
+    type Error = HandlerError;
+    type Future = BoxFuture<'static, Result<(), HandlerError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(request))) {
+            Ok(future) => Box::pin(async move {
+                match AssertUnwindSafe(future).catch_unwind().await {
+                    Ok(result) => result,
+                    Err(payload) => Err(panic_error(payload)),
+                }
+            }),
+            Err(payload) => {
+                let error = panic_error(payload);
+                Box::pin(async move { Err(error) })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{service_fn, Service, ServiceExt};
+
+    #[tokio::test]
+    async fn panic_in_the_future_is_a_permanent_panic_failure() {
+        let mut svc = CatchPanic::new(service_fn(|n: u32| async move {
+            if n == 1 {
+                panic!("boom {n}");
+            }
+            Ok::<(), HandlerError>(())
+        }));
+        let err = svc.ready().await.unwrap().call(1).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Panic);
+        assert!(!err.is_transient());
+        assert!(err.to_string().contains("boom 1"));
+        assert!(svc.ready().await.unwrap().call(2).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn ok_and_errors_pass_through() {
+        let mut svc = CatchPanic::new(service_fn(|n: u32| async move {
+            match n {
+                0 => Ok(()),
+                1 => Err(HandlerError::transient("later")),
+                _ => Err(HandlerError::permanent("never")),
+            }
+        }));
+        assert!(svc.ready().await.unwrap().call(0).await.is_ok());
+        assert!(svc.ready().await.unwrap().call(1).await.unwrap_err().is_transient());
+        assert_eq!(
+            svc.ready().await.unwrap().call(2).await.unwrap_err().kind(),
+            ErrorKind::Permanent
+        );
+    }
+}

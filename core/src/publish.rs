@@ -1,0 +1,43 @@
+//! [`Publisher`]: confirmed publishing, the contract every adapter's publisher keeps.
+
+use crate::{BoxError, Message};
+
+/// A failed publish. The caller still owns the message (it passed a reference)
+/// and may retry, spool or dead-letter it.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The broker answered with a negative confirm.
+    #[error("broker refused the message (negative confirm)")]
+    Nacked,
+    /// The message could not be routed to any queue (returned as unroutable).
+    #[error("message is unroutable: no queue is bound for {0:?}")]
+    Unroutable(String),
+    /// The destination does not exist.
+    #[error("destination {0:?} does not exist")]
+    MissingDestination(String),
+    /// The destination is full and rejects publishes.
+    #[error("destination {0:?} is full and rejects new messages")]
+    Full(String),
+    /// The message is larger than the broker accepts.
+    #[error("message of {size} bytes is larger than the broker accepts")]
+    TooLarge {
+        /// The message's size.
+        size: usize,
+    },
+    /// No confirm arrived in time.
+    #[error("no confirm from the broker within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The broker could not be reached, or the channel failed.
+    #[error("broker unavailable: {0}")]
+    Unavailable(#[source] BoxError),
+}
+
+/// Publishes messages and resolves only when the broker confirmed them.
+///
+/// The message id ([`Message::id_for_publish`]) travels as the
+/// `x-backstop-message-id` header.
+#[async_trait::async_trait]
+pub trait Publisher: Send + Sync + 'static {
+    /// Publishes `message` to `destination` (a queue or topic) and waits for the confirm.
+    async fn publish(&self, destination: &str, message: &Message) -> Result<(), PublishError>;
+}

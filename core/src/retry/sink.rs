@@ -1,0 +1,15 @@
+use std::time::Duration;
+
+use crate::{Message, SinkError};
+
+/// Where long retry delays go: a broker-delayed republish.
+///
+/// The adapter publishes `copy` (built by [`copy::retry`](crate::copy::retry):
+/// attempt incremented, due time stamped) so that it is consumed again no
+/// sooner than `delay`, and returns only once the broker confirmed it. Only
+/// then is the original acked.
+#[async_trait::async_trait]
+pub trait RetrySink: Send + Sync + 'static {
+    /// Republishes `copy` to come back after `delay`; resolves on the broker's confirm.
+    async fn retry_later(&self, copy: Message, delay: Duration) -> Result<(), SinkError>;
+}

@@ -1,0 +1,128 @@
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower::{Service, ServiceExt};
+
+use super::*;
+use crate::testing::{request, RecordingSink, Scripted};
+use crate::ErrorKind;
+
+fn policy(retries: u32) -> RetryPolicy {
+    RetryPolicy::retries(retries).backoff(Duration::from_millis(10), Duration::from_millis(100))
+}
+
+async fn run(svc: &mut Retry<Scripted>) -> Result<Outcome, Error> {
+    svc.ready().await?.call(request("a")).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn ok_is_handled_after_one_call() {
+    let h = Scripted::new(|_| Ok(()));
+    let mut svc = Retry::new(h.clone(), policy(3), None);
+    assert_eq!(run(&mut svc).await.unwrap(), Outcome::Handled);
+    assert_eq!(h.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_failures_are_retried_until_success() {
+    let h = Scripted::new(|n| if n <= 2 { Err(HandlerError::transient("busy")) } else { Ok(()) });
+    let mut svc = Retry::new(h.clone(), policy(3), None);
+    assert_eq!(run(&mut svc).await.unwrap(), Outcome::Handled);
+    assert_eq!(h.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_failure_is_not_retried() {
+    let h = Scripted::new(|_| Err(HandlerError::permanent("invalid")));
+    let mut svc = Retry::new(h.clone(), policy(3), None);
+    let Err(Error::Failed(f)) = run(&mut svc).await else { panic!("expected failure") };
+    assert_eq!(f.kind, ErrorKind::Permanent);
+    assert_eq!(f.attempts, 1);
+    assert!(f.message.contains("invalid"));
+    assert_eq!(h.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn exhausted_attempts_fail_with_kind_exhausted() {
+    let h = Scripted::new(|_| Err(HandlerError::transient("busy")));
+    let mut svc = Retry::new(h.clone(), policy(2), None);
+    let Err(Error::Failed(f)) = run(&mut svc).await else { panic!("expected failure") };
+    assert_eq!(f.kind, ErrorKind::Exhausted);
+    assert_eq!(f.attempts, 3, "retries = 2 means 3 attempts");
+    assert_eq!(h.calls(), 3);
+    assert!(f.first_failure <= f.last_failure);
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeouts_that_exhaust_keep_kind_timeout() {
+    let h = Scripted::new(|_| Err(HandlerError::timeout("slow")));
+    let mut svc = Retry::new(h.clone(), policy(1), None);
+    let Err(Error::Failed(f)) = run(&mut svc).await else { panic!("expected failure") };
+    assert_eq!(f.kind, ErrorKind::Timeout);
+    assert_eq!(h.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_honoured() {
+    let h = Scripted::new(|n| {
+        if n == 1 {
+            Err(HandlerError::transient("rate limited").retry_after(Duration::from_secs(5)))
+        } else {
+            Ok(())
+        }
+    });
+    let p = policy(3).in_process_limit(Duration::from_secs(60));
+    let mut svc = Retry::new(h.clone(), p, None);
+    let start = tokio::time::Instant::now();
+    assert_eq!(run(&mut svc).await.unwrap(), Outcome::Handled);
+    assert!(start.elapsed() >= Duration::from_secs(5));
+    assert_eq!(h.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn long_delay_goes_to_the_sink_and_defers() {
+    let h = Scripted::new(|_| Err(HandlerError::transient("down").retry_after(Duration::from_secs(30))));
+    let sink = RecordingSink::default();
+    let mut svc = Retry::new(h.clone(), policy(3), Some(Arc::new(sink.clone())));
+    let outcome = run(&mut svc).await.unwrap();
+    assert!(matches!(outcome, Outcome::Deferred { attempt: 2, .. }));
+    assert_eq!(h.calls(), 1, "the worker does not sleep on a long delay");
+    let taken = sink.taken();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].0.header(wire::ATTEMPT), Some("2"));
+    assert_eq!(taken[0].0.header(wire::ORIGINAL_SOURCE), Some("orders"));
+    assert_eq!(taken[0].2, Some(Duration::from_secs(30)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn unconfirmed_republish_is_an_error_not_an_outcome() {
+    let h = Scripted::new(|_| Err(HandlerError::transient("down").retry_after(Duration::from_secs(30))));
+    let sink = RecordingSink::default();
+    sink.failing.store(true, Ordering::SeqCst);
+    let mut svc = Retry::new(h, policy(3), Some(Arc::new(sink)));
+    assert!(matches!(run(&mut svc).await, Err(Error::Retry(_))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_elapsed_stops_retrying() {
+    let h = Scripted::new(|_| Err(HandlerError::transient("busy").retry_after(Duration::from_secs(2))));
+    let p = policy(100)
+        .max_elapsed(Duration::from_secs(5))
+        .in_process_limit(Duration::from_secs(60));
+    let mut svc = Retry::new(h.clone(), p, None);
+    let Err(Error::Failed(f)) = run(&mut svc).await else { panic!("expected failure") };
+    assert_eq!(f.kind, ErrorKind::Exhausted);
+    assert_eq!(h.calls(), 3, "runs at 0s, 2s, 4s; the next would pass 5s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delivery_past_the_maximum_is_exhausted_without_running() {
+    let h = Scripted::new(|_| Ok(()));
+    let mut svc = Retry::new(h.clone(), policy(2), None);
+    let mut req = request("a");
+    req.set_attempt(4);
+    let Err(Error::Failed(f)) = svc.ready().await.unwrap().call(req).await else { panic!() };
+    assert_eq!(f.kind, ErrorKind::Exhausted);
+    assert_eq!(h.calls(), 0);
+}

@@ -1,0 +1,192 @@
+//! [`StackBuilder`]: composes the layers in the one correct order.
+//!
+//! Outermost first: ack ⟶ decode ⟶ metrics/trace ⟶
+//! idempotency ⟶ dead-letter ⟶ retry ⟶ timeout ⟶ catch-panic ⟶ handler.
+//!
+//! Why this order: the ack must see every result; decoding happens once
+//! before anything needs the key; idempotency wraps the dead-letter write so
+//! a key is marked `dead_lettered` only after the DLQ confirmed it; the
+//! dead-letter layer sees only final failures (the retry layer inside it
+//! used up the attempts); the timeout is per attempt; a panic is caught
+//! innermost so every layer sees it as a permanent failure.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service, ServiceBuilder};
+
+use crate::ack::AckLayer;
+use crate::dead_letter::{DeadLetterLayer, DeadLetterSink};
+use crate::decode::DecodeLayer;
+use crate::handler::HandlerService;
+use crate::idempotency::{self, IdempotencyLayer, KeySource, Store};
+use crate::metrics::MetricsLayer;
+use crate::panic::CatchPanicLayer;
+use crate::retry::{RetryLayer, RetryPolicy, RetrySink};
+use crate::timeout::TimeoutLayer;
+use crate::{AckError, Delivery, Error, Handle, HandlerError, Outcome, Payload, Request, Settled};
+
+/// A fully configured stack: takes a [`Delivery`], settles it, says how.
+#[derive(Clone)]
+pub struct Stack {
+    inner: BoxCloneSyncService<Delivery, Settled, AckError>,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack").finish_non_exhaustive()
+    }
+}
+
+impl Service<Delivery> for Stack {
+    type Response = Settled;
+    type Error = AckError;
+    type Future = futures::future::BoxFuture<'static, Result<Settled, AckError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), AckError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, delivery: Delivery) -> Self::Future {
+        self.inner.call(delivery)
+    }
+}
+
+/// Builds a [`Stack`] for payload type `T`; see the [module docs](self).
+pub struct StackBuilder<T> {
+    retry: RetryPolicy,
+    timeout: Option<Duration>,
+    store: Option<(Arc<dyn Store>, idempotency::Config)>,
+    dead_letter: Arc<dyn DeadLetterSink>,
+    dead_letter_to: Option<Arc<str>>,
+    retry_sink: Option<Arc<dyn RetrySink>>,
+    nack_delay: Duration,
+    max_payload: Option<usize>,
+    _payload: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for StackBuilder<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StackBuilder")
+            .field("retry", &self.retry)
+            .field("timeout", &self.timeout)
+            .field("idempotency", &self.store.as_ref().map(|(_, c)| c))
+            .field("dead_letter_to", &self.dead_letter_to)
+            .field("retry_sink", &self.retry_sink.is_some())
+            .field("nack_delay", &self.nack_delay)
+            .field("max_payload", &self.max_payload)
+            .finish()
+    }
+}
+
+impl<T: Payload> StackBuilder<T> {
+    /// A builder whose dead letters go to `dead_letter` (required: nothing is dropped).
+    ///
+    /// Defaults: 5 attempts (100 ms … 10 s backoff), no timeout, no
+    /// deduplication, nacks after about 1 s, the payload type's DLQ default.
+    pub fn new(dead_letter: Arc<dyn DeadLetterSink>) -> Self {
+        StackBuilder {
+            retry: RetryPolicy::default(),
+            timeout: None,
+            store: None,
+            dead_letter,
+            dead_letter_to: T::default_dlq().map(Arc::from),
+            retry_sink: None,
+            nack_delay: Duration::from_secs(1),
+            max_payload: None,
+            _payload: PhantomData,
+        }
+    }
+
+    /// Sets the retry policy.
+    #[must_use]
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Hands retry delays longer than the policy's in-process limit to `sink`.
+    #[must_use]
+    pub fn retry_sink(mut self, sink: Arc<dyn RetrySink>) -> Self {
+        self.retry_sink = Some(sink);
+        self
+    }
+
+    /// Each attempt may run at most `timeout` (then it fails transiently, kind `timeout`).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Deduplicates through `store`, keys from `key`.
+    #[must_use]
+    pub fn idempotency(mut self, store: Arc<dyn Store>, key: KeySource) -> Self {
+        self.store = Some((store, idempotency::Config::keyed_by(key)));
+        self
+    }
+
+    /// Deduplicates through `store` with a full config (lease, worker name).
+    #[must_use]
+    pub fn idempotency_with(mut self, store: Arc<dyn Store>, config: idempotency::Config) -> Self {
+        self.store = Some((store, config));
+        self
+    }
+
+    /// Dead-letters to `destination` instead of the sink's default.
+    #[must_use]
+    pub fn dead_letter_to(mut self, destination: impl Into<Arc<str>>) -> Self {
+        self.dead_letter_to = Some(destination.into());
+        self
+    }
+
+    /// Waits about `delay` before nacking a message that could not be settled.
+    #[must_use]
+    pub fn nack_delay(mut self, delay: Duration) -> Self {
+        self.nack_delay = delay;
+        self
+    }
+
+    /// Dead-letters bodies over `bytes` with kind `too_large`, unread.
+    #[must_use]
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = Some(bytes);
+        self
+    }
+
+    /// Builds the stack around `handler`.
+    pub fn build<H: Handle<T>>(self, handler: H) -> Stack {
+        let attempt = CatchPanicLayer::new().layer(HandlerService::<H, T>::new(handler));
+        let attempt: BoxCloneSyncService<Request<T>, (), HandlerError> = match self.timeout {
+            Some(timeout) => BoxCloneSyncService::new(TimeoutLayer::new(timeout).layer(attempt)),
+            None => BoxCloneSyncService::new(attempt),
+        };
+        let mut retry = RetryLayer::new(self.retry);
+        if let Some(sink) = self.retry_sink {
+            retry = retry.with_sink(sink);
+        }
+        let mut dead_letter = DeadLetterLayer::new(self.dead_letter);
+        if let Some(to) = self.dead_letter_to {
+            dead_letter = dead_letter.to(to);
+        }
+        let failing = dead_letter.layer(retry.layer(attempt));
+        let deduped: BoxCloneSyncService<Request<T>, Outcome, Error> = match self.store {
+            Some((store, config)) => BoxCloneSyncService::new(IdempotencyLayer::new(store, config).layer(failing)),
+            None => BoxCloneSyncService::new(failing),
+        };
+        let settled = ServiceBuilder::new()
+            .layer(AckLayer::new(self.nack_delay))
+            .layer(DecodeLayer::<T>::new(self.max_payload))
+            .layer(MetricsLayer::new())
+            .service(deduped);
+        Stack {
+            inner: BoxCloneSyncService::new(settled),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Install (once) and start every service the test suite needs, all bound to
+# 127.0.0.1. Idempotent: takes well under a second when everything already runs.
+#
+#   PostgreSQL  postgres://backstop:backstop@127.0.0.1:5432/backstop
+#   Redis       redis://127.0.0.1:6379
+#   RabbitMQ    amqp://guest:guest@127.0.0.1:5672/%2f   (API http://127.0.0.1:15672/api)
+#   Kafka       127.0.0.1:9092 (KRaft, single node)
+#
+# Debian packages are installed in one apt-get call (one `apt-get update`);
+# Kafka comes from Maven Central into ${BACKSTOP_CACHE:-/var/cache/backstop}.
+set -euo pipefail
+
+SVC=all
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+. "$HERE/lib.sh"
+
+t_all=$EPOCHREALTIME
+pkgs=(postgresql redis-server rabbitmq-server curl)
+command -v java >/dev/null || pkgs+=(default-jre-headless)
+command -v mvn >/dev/null || pkgs+=(maven)
+t=$EPOCHREALTIME
+missing=()
+for p in "${pkgs[@]}"; do pkg_installed "$p" || missing+=("$p"); done
+if ((${#missing[@]})); then
+  apt_install "${missing[@]}"
+  say "apt install: $(elapsed "$t")s"
+fi
+
+for svc in postgres redis rabbitmq kafka; do
+  t=$EPOCHREALTIME
+  if ! "$HERE/$svc.sh" start; then
+    die "$svc failed to start (after $(elapsed "$t")s)"
+  fi
+  say "$svc: $(elapsed "$t")s"
+done
+say "all services up in $(elapsed "$t_all")s"
