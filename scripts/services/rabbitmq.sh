@@ -69,8 +69,8 @@ EOF
   chown rabbitmq:rabbitmq "$ETC/enabled_plugins" 2>/dev/null || true
   # Let root-run Erlang CLI tools share the node's cookie.
   local cookie=/var/lib/rabbitmq/.erlang.cookie
-  if [[ -f $cookie ]] && ! cmp -s "$cookie" "$HOME/.erlang.cookie"; then
-    install -m 400 "$cookie" "$HOME/.erlang.cookie"
+  if [[ -f $cookie ]] && ! cmp -s "$cookie" "${HOME:-/root}/.erlang.cookie"; then
+    install -m 400 "$cookie" "${HOME:-/root}/.erlang.cookie"
   fi
   return $((1 - changed)) # 0 when something changed
 }
