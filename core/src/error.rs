@@ -182,6 +182,9 @@ pub enum Error {
     /// The idempotency store could not be reached; the message is deferred.
     #[error("idempotency store unavailable, message deferred: {0}")]
     Store(#[source] StoreError),
+    /// Shutdown interrupted the message; it does not count as a failure and is redelivered.
+    #[error("shutdown interrupted the message; it is left for redelivery")]
+    Shutdown,
     /// Another live worker holds the key's lease; the message is deferred.
     #[error("key {key:?} is being processed by another worker, message deferred")]
     Busy {

@@ -24,9 +24,9 @@
 //! }
 //!
 //! let stack = StackBuilder::<String>::new(Arc::new(broker.dead_letter_sink())).build(handler_fn(greet));
-//! let summary = Runner::new(broker.consume("greetings", 8), stack)
+//! let summary = Runner::new(broker.consume("greetings", 8).until_drained(), stack)
 //!     .concurrency(8)
-//!     .run_until_idle()
+//!     .run()
 //!     .await?;
 //! assert_eq!(summary.handled, 1);
 //! assert_eq!(summary.dead_lettered, 1);

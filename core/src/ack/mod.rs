@@ -64,6 +64,7 @@ where
 
     fn call(&mut self, delivery: Delivery) -> Self::Future {
         let (message, acker, cancel) = delivery.into_parts();
+        let shutdown = cancel.clone();
         let future = self.inner.call(Received { message, cancel });
         let nack_delay = self.nack_delay;
         Box::pin(async move {
@@ -73,7 +74,9 @@ where
                     Ok(Settled::Acked(outcome))
                 }
                 Err(error) => {
-                    tokio::time::sleep(jittered(nack_delay)).await;
+                    if !shutdown.is_cancelled() {
+                        tokio::time::sleep(jittered(nack_delay)).await;
+                    }
                     acker.nack(true).await?;
                     Ok(Settled::Nacked(error))
                 }

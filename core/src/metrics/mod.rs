@@ -169,7 +169,7 @@ mod tests {
         let gauge = snapshot
             .iter()
             .find(|(k, _, _, _)| k.key().name() == IN_FLIGHT)
-            .map(|(_, _, _, v)| v.clone());
+            .map(|(_, _, _, v)| v);
         assert!(matches!(gauge, Some(DebugValue::Gauge(g)) if g.into_inner() == 0.0));
     }
 }

@@ -123,6 +123,9 @@ where
                     tracing::debug!(attempt, error = %error, "permanent failure");
                     return Err(Error::Failed(failure(error.kind())));
                 };
+                if request.cancellation().is_cancelled() {
+                    return Err(Error::Shutdown);
+                }
                 if attempt::is_exhausted(attempt, max) {
                     return Err(Error::Failed(failure(*kind)));
                 }

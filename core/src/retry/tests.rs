@@ -13,7 +13,7 @@ fn policy(retries: u32) -> RetryPolicy {
 }
 
 async fn run(svc: &mut Retry<Scripted>) -> Result<Outcome, Error> {
-    svc.ready().await?.call(request("a")).await
+    ServiceExt::<Request<String>>::ready(svc).await?.call(request("a")).await
 }
 
 #[tokio::test(start_paused = true)]
@@ -122,7 +122,7 @@ async fn a_delivery_past_the_maximum_is_exhausted_without_running() {
     let mut svc = Retry::new(h.clone(), policy(2), None);
     let mut req = request("a");
     req.set_attempt(4);
-    let Err(Error::Failed(f)) = svc.ready().await.unwrap().call(req).await else { panic!() };
+    let Err(Error::Failed(f)) = ServiceExt::<Request<String>>::ready(&mut svc).await.unwrap().call(req).await else { panic!() };
     assert_eq!(f.kind, ErrorKind::Exhausted);
     assert_eq!(h.calls(), 0);
 }

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The one test entry point: installs and starts every service the tests need,
+# then runs the format check, clippy with -D warnings, and every test.
+#
+#   scripts/test.sh
+#
+# CARGO_TARGET_DIR defaults to a folder outside the clone so repeated runs
+# reuse one build; fmt, clippy and the tests share it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/backstop-target}"
+export PATH="/usr/sbin:/usr/local/sbin:$PATH"
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+# Tests that restart a broker serialise themselves; two test threads per
+# binary keep the 2-core machine responsive.
+export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
+
+step() { printf '\n==> %s\n' "$*"; }
+start=$SECONDS
+
+step "services"
+bash scripts/services/all.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --workspace --locked --no-fail-fast
+
+step "done in $((SECONDS - start)) s"
