@@ -29,6 +29,11 @@ use crate::retry::{RetryLayer, RetryPolicy, RetrySink};
 use crate::timeout::TimeoutLayer;
 use crate::{AckError, Delivery, Error, Handle, HandlerError, Outcome, Payload, Request, Settled};
 
+/// One attempt's service, as the innermost wrapper sees it (boxed handler).
+pub type AttemptService<T> = BoxCloneSyncService<Request<T>, (), HandlerError>;
+
+type Wrap<T> = Arc<dyn Fn(AttemptService<T>) -> AttemptService<T> + Send + Sync>;
+
 /// A fully configured stack: takes a [`Delivery`], settles it, says how.
 #[derive(Clone)]
 pub struct Stack {
@@ -65,6 +70,7 @@ pub struct StackBuilder<T> {
     retry_sink: Option<Arc<dyn RetrySink>>,
     nack_delay: Duration,
     max_payload: Option<usize>,
+    innermost: Option<Wrap<T>>,
     _payload: PhantomData<fn() -> T>,
 }
 
@@ -97,6 +103,7 @@ impl<T: Payload> StackBuilder<T> {
             retry_sink: None,
             nack_delay: Duration::from_secs(1),
             max_payload: None,
+            innermost: None,
             _payload: PhantomData,
         }
     }
@@ -157,9 +164,27 @@ impl<T: Payload> StackBuilder<T> {
         self
     }
 
+    /// Wraps the handler itself, per attempt, inside timeout and catch-panic
+    /// (the PostgreSQL transactional inbox goes here).
+    #[must_use]
+    pub fn innermost<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<AttemptService<T>> + Send + Sync + 'static,
+        L::Service: Service<Request<T>, Response = (), Error = HandlerError> + Clone + Send + Sync + 'static,
+        <L::Service as Service<Request<T>>>::Future: Send + 'static,
+    {
+        self.innermost = Some(Arc::new(move |inner| BoxCloneSyncService::new(layer.layer(inner))));
+        self
+    }
+
     /// Builds the stack around `handler`.
     pub fn build<H: Handle<T>>(self, handler: H) -> Stack {
-        let attempt = CatchPanicLayer::new().layer(HandlerService::<H, T>::new(handler));
+        let handler: AttemptService<T> = BoxCloneSyncService::new(HandlerService::<H, T>::new(handler));
+        let handler = match &self.innermost {
+            Some(wrap) => wrap(handler),
+            None => handler,
+        };
+        let attempt = CatchPanicLayer::new().layer(handler);
         let attempt: BoxCloneSyncService<Request<T>, (), HandlerError> = match self.timeout {
             Some(timeout) => BoxCloneSyncService::new(TimeoutLayer::new(timeout).layer(attempt)),
             None => BoxCloneSyncService::new(attempt),

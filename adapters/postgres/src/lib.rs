@@ -1,0 +1,1 @@
+//! PostgreSQL idempotency store and transactional inbox for backstop.

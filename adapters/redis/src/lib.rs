@@ -1,0 +1,1 @@
+//! Redis idempotency store for backstop.
