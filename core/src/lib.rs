@@ -88,3 +88,29 @@ pub use crate::stack::{Stack, StackBuilder};
 
 /// Re-exported for handlers that watch for shutdown.
 pub use tokio_util::sync::CancellationToken;
+
+/// The derives: `#[derive(Payload)]`, `#[derive(Handler)]`, `#[derive(Classify)]`.
+#[cfg(feature = "macros")]
+pub use backstop_macros::{Classify, Handler, Payload};
+
+/// What the derives' generated code names; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use serde_json;
+    pub use std::convert::From;
+    pub use std::default::Default;
+    pub use std::error::Error;
+    pub use std::marker::{Send, Sync};
+    pub use std::option::Option;
+    pub use std::result::Result;
+    pub use std::string::{String, ToString};
+    pub use std::sync::Arc;
+    pub use std::time::Duration;
+    pub use std::unreachable;
+
+    pub use crate::payload::json;
+    pub use crate::{
+        DeadLetterSink, DecodeError, Handle, HandlerError, KeySource, Payload, RetryPolicy, Runner, Source, Stack,
+        StackBuilder, Store,
+    };
+}

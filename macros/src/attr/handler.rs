@@ -1,0 +1,159 @@
+//! `#[handler(payload = T, retries = 5, backoff(...), timeout = "30s", ...)]`.
+
+use syn::{Attribute, DeriveInput, LitInt, LitStr, Path, Type};
+
+use super::{duration, each_meta, int, name, set_once, skip_value, unknown_key, value};
+use crate::duration::SpannedDuration;
+use crate::errors::Errors;
+
+pub(crate) const KEYS: &[&str] =
+    &["payload", "retries", "backoff", "timeout", "idempotency", "concurrency", "dlq", "source"];
+const BACKOFF_KEYS: &[&str] = &["initial", "max"];
+pub(crate) const IDEMPOTENCY: &[&str] = &["key", "message_id", "key_or_message_id", "none"];
+
+/// Where idempotency keys come from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Idempotency {
+    /// `"key"`: `KeySource::Payload`.
+    Key,
+    /// `"message_id"`: `KeySource::MessageId`.
+    MessageId,
+    /// `"key_or_message_id"`: `KeySource::PayloadOrMessageId`.
+    KeyOrMessageId,
+    /// `"none"`: no idempotency layer.
+    None,
+}
+
+/// `backoff(initial = "...", max = "...")`.
+pub(crate) struct Backoff {
+    /// The `backoff` key, for errors about the pair.
+    pub(crate) path: Path,
+    pub(crate) initial: Option<SpannedDuration>,
+    pub(crate) max: Option<SpannedDuration>,
+}
+
+/// What the `#[handler]` attributes of a type say.
+#[derive(Default)]
+pub(crate) struct HandlerAttrs {
+    /// The first `#[handler]` attribute, for errors about what it lacks.
+    pub(crate) attr: Option<Attribute>,
+    pub(crate) payload: Option<Type>,
+    pub(crate) retries: Option<(u32, LitInt)>,
+    pub(crate) backoff: Option<Backoff>,
+    pub(crate) timeout: Option<SpannedDuration>,
+    pub(crate) idempotency: Option<(Idempotency, LitStr)>,
+    pub(crate) concurrency: Option<(usize, LitInt)>,
+    pub(crate) dlq: Option<LitStr>,
+    pub(crate) source: Option<LitStr>,
+}
+
+/// Reads the `#[handler]` attributes of `input`.
+pub(crate) fn parse(input: &DeriveInput, errors: &mut Errors) -> HandlerAttrs {
+    let mut attrs = HandlerAttrs {
+        attr: input.attrs.iter().find(|a| a.path().is_ident("handler")).cloned(),
+        ..HandlerAttrs::default()
+    };
+    each_meta(&input.attrs, "handler", KEYS, errors, |meta, errors| {
+        let path = meta.path.clone();
+        if path.is_ident("payload") {
+            let input = value(&meta, "payload = OrderPlaced")?;
+            if input.peek(LitStr) {
+                let literal: LitStr = input.parse()?;
+                errors.spanned(
+                    &literal,
+                    format!("`payload` is a type, not a string: write `payload = {}`", literal.value()),
+                );
+                return Ok(());
+            }
+            let ty: Type = input.parse()?;
+            set_once(&mut attrs.payload, ty, &path, errors);
+        } else if path.is_ident("retries") {
+            let retries = int::<u32>(&meta, "retries = 5", "0 to 4294967295")?;
+            set_once(&mut attrs.retries, retries, &path, errors);
+        } else if path.is_ident("backoff") {
+            let backoff = backoff(&meta, errors)?;
+            set_once(&mut attrs.backoff, backoff, &path, errors);
+        } else if path.is_ident("timeout") {
+            let timeout = duration(&meta, "timeout = \"30s\"")?;
+            set_once(&mut attrs.timeout, timeout, &path, errors);
+        } else if path.is_ident("idempotency") {
+            let literal = super::lit_str(&meta, "idempotency = \"key\"")?;
+            let source = match literal.value().as_str() {
+                "key" => Idempotency::Key,
+                "message_id" => Idempotency::MessageId,
+                "key_or_message_id" => Idempotency::KeyOrMessageId,
+                "none" => Idempotency::None,
+                other => {
+                    let known: Vec<String> = IDEMPOTENCY.iter().map(|k| format!("\"{k}\"")).collect();
+                    errors.spanned(
+                        &literal,
+                        format!("unknown idempotency `{other}`: expected one of {}", known.join(", ")),
+                    );
+                    return Ok(());
+                }
+            };
+            set_once(&mut attrs.idempotency, (source, literal), &path, errors);
+        } else if path.is_ident("concurrency") {
+            let concurrency = int::<usize>(&meta, "concurrency = 32", "1 up")?;
+            if concurrency.0 == 0 {
+                errors.spanned(&concurrency.1, "`concurrency` must be at least 1: write `concurrency = 1` to run one message at a time");
+                return Ok(());
+            }
+            set_once(&mut attrs.concurrency, concurrency, &path, errors);
+        } else if path.is_ident("dlq") {
+            let dlq = name(&meta, "dlq = \"orders.dlq\"")?;
+            set_once(&mut attrs.dlq, dlq, &path, errors);
+        } else if path.is_ident("source") {
+            let source = name(&meta, "source = \"orders\"")?;
+            set_once(&mut attrs.source, source, &path, errors);
+        } else {
+            skip_value(meta.input)?;
+            errors.push(unknown_key(&path, "`#[handler(...)]`", KEYS));
+        }
+        Ok(())
+    });
+    attrs
+}
+
+/// `backoff(initial = "100ms", max = "10s")`.
+fn backoff(meta: &syn::meta::ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<Backoff> {
+    const EXAMPLE: &str = "backoff(initial = \"100ms\", max = \"10s\")";
+    if !meta.input.peek(syn::token::Paren) {
+        let error = syn::Error::new_spanned(&meta.path, format!("`backoff` takes its bounds in parentheses: write `{EXAMPLE}`"));
+        skip_value(meta.input)?;
+        return Err(error);
+    }
+    let mut backoff = Backoff {
+        path: meta.path.clone(),
+        initial: None,
+        max: None,
+    };
+    let empty = meta
+        .input
+        .cursor()
+        .group(proc_macro2::Delimiter::Parenthesis)
+        .is_some_and(|(inside, _, _)| inside.eof());
+    if empty {
+        skip_value(meta.input)?;
+        errors.spanned(&meta.path, format!("empty `backoff()`: write `{EXAMPLE}` (either bound may be left out)"));
+        return Ok(backoff);
+    }
+    meta.parse_nested_meta(|inner| {
+        if inner.path.is_ident("initial") {
+            match duration(&inner, "initial = \"100ms\"") {
+                Ok(initial) => set_once(&mut backoff.initial, initial, &inner.path, errors),
+                Err(error) => errors.push(error),
+            }
+        } else if inner.path.is_ident("max") {
+            match duration(&inner, "max = \"10s\"") {
+                Ok(max) => set_once(&mut backoff.max, max, &inner.path, errors),
+                Err(error) => errors.push(error),
+            }
+        } else {
+            skip_value(inner.input)?;
+            errors.push(unknown_key(&inner.path, "`backoff(...)`", BACKOFF_KEYS));
+        }
+        Ok(())
+    })?;
+    Ok(backoff)
+}

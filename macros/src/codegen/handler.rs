@@ -1,0 +1,174 @@
+//! The inherent constructors of a `#[derive(Handler)]` type.
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{DeriveInput, Type};
+
+use crate::attr::handler::Idempotency;
+use crate::duration;
+use crate::validate::handler::Handler;
+
+/// `CONCURRENCY`, `source_name`, `stack_builder`, `stack` and `runner`.
+pub(crate) fn generate(input: &DeriveInput, handler: &Handler, payload: &Type) -> TokenStream {
+    let concurrency = handler.concurrency;
+    let source = match &handler.source {
+        Some(source) => quote!(::backstop::__private::Option::Some(#source)),
+        None => quote!(<#payload as ::backstop::__private::Payload>::default_source()),
+    };
+    let retry = handler.retry.as_ref().map(|retry| {
+        let policy = match retry.retries {
+            Some(n) => quote!(::backstop::__private::RetryPolicy::retries(#n)),
+            None => quote!(<::backstop::__private::RetryPolicy as ::backstop::__private::Default>::default()),
+        };
+        let backoff = retry.backoff.map(|(initial, max)| {
+            let (initial, max) = (duration::tokens(initial), duration::tokens(max));
+            quote!(.backoff(#initial, #max))
+        });
+        quote!(.retry(#policy #backoff))
+    });
+    let timeout = handler.timeout.map(|timeout| {
+        let timeout = duration::tokens(timeout);
+        quote!(.timeout(#timeout))
+    });
+    let key_source = match handler.idempotency {
+        Idempotency::Key => Some(quote!(Payload)),
+        Idempotency::MessageId => Some(quote!(MessageId)),
+        Idempotency::KeyOrMessageId => Some(quote!(PayloadOrMessageId)),
+        Idempotency::None => None,
+    };
+    let idempotency = key_source.map(|variant| quote!(.idempotency(store, ::backstop::__private::KeySource::#variant)));
+    let dlq = handler.dlq.as_ref().map(|dlq| quote!(.dead_letter_to(#dlq)));
+    let sinks = Sinks::of(handler.idempotency);
+    let (params, args) = (&sinks.params, &sinks.args);
+    // Spanned on `payload = T`: a missing `Payload` or `Handle<T>` impl is reported there, once.
+    let bounds = [
+        quote_spanned!(payload.span()=> #payload: ::backstop::__private::Payload),
+        quote_spanned!(payload.span()=> Self: ::backstop::__private::Handle<#payload>),
+    ];
+    let methods = Methods {
+        concurrency: quote!(#concurrency),
+        source_name: source,
+        stack_builder: Some((
+            quote!(::backstop::__private::StackBuilder<#payload>),
+            quote! {
+                ::backstop::__private::StackBuilder::<#payload>::new(dead_letter)
+                    #retry #timeout #idempotency #dlq
+            },
+        )),
+        stack: quote!(Self::stack_builder(#args).build(self)),
+        runner: quote! {
+            ::backstop::__private::Runner::new(source, self.stack(#args)).concurrency(Self::CONCURRENCY)
+        },
+    };
+    methods.implement(input, &bounds, params, &TokenStream::new())
+}
+
+/// The same items with `unreachable!()` bodies, emitted after an error.
+pub(crate) fn fallback(input: &DeriveInput, handler: &Handler) -> TokenStream {
+    if super::is_union(input) {
+        return TokenStream::new();
+    }
+    let unreachable = quote!(::backstop::__private::unreachable!("`#[derive(Handler)]` failed"));
+    let sinks = Sinks::of(handler.idempotency);
+    let methods = Methods {
+        concurrency: quote!(1),
+        source_name: unreachable.clone(),
+        stack_builder: handler
+            .payload
+            .as_ref()
+            .map(|payload| (quote!(::backstop::__private::StackBuilder<#payload>), unreachable.clone())),
+        stack: unreachable.clone(),
+        runner: unreachable,
+    };
+    methods.implement(input, &[], &sinks.params, &quote!(#[allow(unused_variables)]))
+}
+
+/// The sink parameters of the constructors: a store only when the handler deduplicates.
+struct Sinks {
+    params: TokenStream,
+    args: TokenStream,
+}
+
+impl Sinks {
+    fn of(idempotency: Idempotency) -> Self {
+        let dead_letter = quote! {
+            dead_letter: ::backstop::__private::Arc<dyn ::backstop::__private::DeadLetterSink>
+        };
+        match idempotency {
+            Idempotency::None => Sinks {
+                params: dead_letter,
+                args: quote!(dead_letter),
+            },
+            _ => Sinks {
+                params: quote!(#dead_letter, store: ::backstop::__private::Arc<dyn ::backstop::__private::Store>),
+                args: quote!(dead_letter, store),
+            },
+        }
+    }
+}
+
+/// The bodies of the generated items.
+struct Methods {
+    concurrency: TokenStream,
+    source_name: TokenStream,
+    /// The return type and body; left out of a fallback that does not know the payload type.
+    stack_builder: Option<(TokenStream, TokenStream)>,
+    stack: TokenStream,
+    runner: TokenStream,
+}
+
+impl Methods {
+    fn implement(self, input: &DeriveInput, bounds: &[TokenStream], params: &TokenStream, lints: &TokenStream) -> TokenStream {
+        let ident = &input.ident;
+        let (impl_generics, ty_generics, _) = input.generics.split_for_impl();
+        let where_clause = super::where_clause(input, bounds);
+        let Methods {
+            concurrency,
+            source_name,
+            stack_builder,
+            stack,
+            runner,
+        } = self;
+        let stack_builder = stack_builder.map(|(ty, body)| {
+            quote! {
+                /// The stack builder configured by `#[handler(...)]`: add what the
+                /// attributes do not say (a retry sink, a payload limit), then
+                /// `build` it with this handler.
+                pub fn stack_builder(#params) -> #ty {
+                    #body
+                }
+            }
+        });
+        quote! {
+            #[automatically_derived]
+            #[allow(dead_code)]
+            #lints
+            impl #impl_generics #ident #ty_generics #where_clause {
+                /// The most messages this handler runs at once: `#[handler(concurrency = ...)]`, 1 by default.
+                pub const CONCURRENCY: usize = #concurrency;
+
+                /// The queue or topic to consume: `#[handler(source = ...)]`, else the payload's `#[payload(source = ...)]`.
+                pub fn source_name() -> ::backstop::__private::Option<&'static str> {
+                    #source_name
+                }
+
+                #stack_builder
+
+                /// The stack configured by `#[handler(...)]`, around this handler.
+                pub fn stack(self, #params) -> ::backstop::__private::Stack {
+                    #stack
+                }
+
+                /// A runner of this handler's stack over `source`, at most `CONCURRENCY` messages at once.
+                pub fn runner<BackstopSource: ::backstop::__private::Source>(
+                    self,
+                    source: BackstopSource,
+                    #params
+                ) -> ::backstop::__private::Runner<BackstopSource, ::backstop::__private::Stack> {
+                    #runner
+                }
+            }
+        }
+    }
+}
