@@ -1,0 +1,85 @@
+//! [`RabbitAcker`]: settles one delivery by its tag, on the channel that delivered it.
+
+use std::sync::Arc;
+
+use backstop::{AckError, Acker};
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+
+/// Settles one RabbitMQ delivery.
+///
+/// It wraps lapin's acker, which is bound to the channel that delivered the
+/// message: after that channel died (and the source reconnected on a new
+/// one) it refuses to settle instead of acking a stranger's delivery tag.
+/// lapin's `Ok(false)` ("not acked: channel gone or acker used") is never
+/// taken for success: it is [`AckError::ChannelGone`], and the broker
+/// redelivers the message.
+#[derive(Debug)]
+pub struct RabbitAcker {
+    acker: lapin::Acker,
+    tag: u64,
+    queue: Arc<str>,
+}
+
+impl RabbitAcker {
+    pub(crate) fn new(acker: lapin::Acker, tag: u64, queue: Arc<str>) -> Self {
+        RabbitAcker { acker, tag, queue }
+    }
+
+    /// The delivery tag this acker settles.
+    pub fn delivery_tag(&self) -> u64 {
+        self.tag
+    }
+
+    fn gone(&self, what: &str, detail: Option<&lapin::Error>) -> AckError {
+        let detail = detail.map_or_else(
+            || "the channel that delivered it is closed".to_owned(),
+            ToString::to_string,
+        );
+        AckError::ChannelGone(format!(
+            "{what} of delivery {} from queue {:?} did not reach the broker ({detail})",
+            self.tag, self.queue
+        ))
+    }
+
+    fn settled(&self, what: &str, result: lapin::Result<bool>) -> Result<(), AckError> {
+        match result {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.gone(what, None)),
+            Err(error) => Err(self.gone(what, Some(&error))),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Acker for RabbitAcker {
+    async fn ack(self: Box<Self>) -> Result<(), AckError> {
+        let result = self.acker.ack(BasicAckOptions { multiple: false }).await;
+        self.settled("ack", result)
+    }
+
+    async fn nack(self: Box<Self>, requeue: bool) -> Result<(), AckError> {
+        let result = self
+            .acker
+            .nack(BasicNackOptions {
+                multiple: false,
+                requeue,
+            })
+            .await;
+        self.settled("nack", result)
+    }
+
+    /// Nacks with requeue on the delivering channel if it is alive; if it is
+    /// dead, the broker already requeued the message when it closed.
+    fn abandon(self: Box<Self>) {
+        if !self.acker.usable() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = self.nack(true).await {
+                    tracing::debug!(%error, "nack of an abandoned delivery failed; the broker redelivers it when the channel closes");
+                }
+            });
+        }
+    }
+}

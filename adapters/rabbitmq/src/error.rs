@@ -1,0 +1,181 @@
+//! The adapter's own errors: connecting, subscribing and declaring topology.
+//!
+//! Publishing and settling use backstop's errors ([`backstop::PublishError`],
+//! [`backstop::AckError`], [`backstop::SinkError`], [`backstop::SourceError`]).
+
+use std::time::Duration;
+
+/// The broker could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The connection attempt failed (refused, bad credentials, bad vhost, bad URL).
+    #[error(
+        "cannot connect to RabbitMQ at {url}: {source} (check the URL, the credentials and that the broker is running)"
+    )]
+    Connect {
+        /// The URL, with the password hidden.
+        url: String,
+        /// lapin's error.
+        #[source]
+        source: lapin::Error,
+    },
+    /// The broker did not finish the handshake in time.
+    #[error(
+        "RabbitMQ at {url} did not answer within {timeout:?} (is the broker starting or overloaded?)"
+    )]
+    Timeout {
+        /// The URL, with the password hidden.
+        url: String,
+        /// The configured connect timeout.
+        timeout: Duration,
+    },
+    /// The connection is up but a channel could not be opened on it.
+    #[error("cannot open a channel on the RabbitMQ connection: {0}")]
+    Channel(#[source] lapin::Error),
+}
+
+/// A consumer could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    /// The broker could not be reached.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The queue does not exist: declare it first (see [`Topology`](crate::Topology)).
+    #[error("queue {queue:?} does not exist: declare it first (RabbitMq::declare with a Topology)")]
+    QueueNotFound {
+        /// The queue's name.
+        queue: String,
+    },
+    /// The broker refused to set the prefetch or to start the consumer.
+    #[error("cannot consume from queue {queue:?}: {source}")]
+    Broker {
+        /// The queue's name.
+        queue: String,
+        /// lapin's error.
+        #[source]
+        source: lapin::Error,
+    },
+}
+
+/// A topology could not be declared.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// The broker could not be reached.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// A queue or exchange exists with other arguments than the ones declared.
+    #[error(
+        "{name:?} already exists with different settings: {reason} (delete it or declare it as it is)"
+    )]
+    Mismatch {
+        /// The queue or exchange.
+        name: String,
+        /// The broker's explanation.
+        reason: String,
+    },
+    /// Delay tiers need quorum queues (classic queues have no at-least-once dead-lettering).
+    #[error("queue {queue:?} is a classic queue: broker-delayed retry tiers need Topology::quorum")]
+    TiersNeedQuorum {
+        /// The queue's name.
+        queue: String,
+    },
+    /// The broker's delivery limit must be above backstop's maximum attempts.
+    #[error(
+        "delivery limit {delivery_limit} of queue {queue:?} must be above the {max_attempts} attempts backstop makes"
+    )]
+    DeliveryLimitTooLow {
+        /// The queue's name.
+        queue: String,
+        /// The configured `x-delivery-limit`.
+        delivery_limit: u32,
+        /// Backstop's maximum attempts.
+        max_attempts: u32,
+    },
+    /// A delay tier is zero or does not fit the broker's TTL.
+    #[error(
+        "retry tier {delay:?} of queue {queue:?} is invalid: a tier's delay must be between 1 ms and 2^32 ms"
+    )]
+    InvalidTier {
+        /// The queue's name.
+        queue: String,
+        /// The tier's delay.
+        delay: Duration,
+    },
+    /// A name is longer than AMQP's 255 bytes.
+    #[error("name {name:?} is longer than the 255 bytes AMQP allows")]
+    NameTooLong {
+        /// The name.
+        name: String,
+    },
+    /// Another broker failure.
+    #[error("declaring {name:?} failed: {source}")]
+    Broker {
+        /// The queue or exchange.
+        name: String,
+        /// lapin's error.
+        #[source]
+        source: lapin::Error,
+    },
+}
+
+/// A message that cannot be written as AMQP.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// A header name is longer than AMQP's 255-byte short string.
+    #[error("header name {0:?} is longer than the 255 bytes AMQP allows")]
+    HeaderNameTooLong(String),
+    /// A destination part (exchange or routing key) is longer than 255 bytes.
+    #[error("destination {0:?} is longer than the 255 bytes AMQP allows")]
+    DestinationTooLong(String),
+}
+
+/// The AMQP reply code and text of a broker-side channel or connection close, if `error` is one.
+pub(crate) fn amqp_reply(error: &lapin::Error) -> Option<(u16, String)> {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => {
+            Some((amqp.get_id(), amqp.get_message().to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// AMQP `NOT_FOUND`.
+pub(crate) const NOT_FOUND: u16 = 404;
+/// AMQP `PRECONDITION_FAILED`.
+pub(crate) const PRECONDITION_FAILED: u16 = 406;
+
+/// `url` with the password replaced by `***`.
+pub(crate) fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let Some(at) = rest.find('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    match userinfo.find(':') {
+        Some(colon) => format!(
+            "{}{}:***{}",
+            &url[..scheme_end + 3],
+            &userinfo[..colon],
+            &rest[at..]
+        ),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_the_password_only() {
+        assert_eq!(
+            redact("amqp://guest:secret@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(redact("amqp://host:5672"), "amqp://host:5672");
+        assert_eq!(redact("amqp://user@host"), "amqp://user@host");
+    }
+}
