@@ -1,0 +1,57 @@
+//! [`KafkaAcker`]: settles one delivery with the dispatcher.
+//!
+//! Kafka has no per-message ack: an ack marks the offset done so the
+//! partition's watermark may pass it; a nack with requeue (or a dropped
+//! delivery) puts the message back to be handed out again, and the
+//! watermark stays below it. A settlement after the partition was revoked
+//! is refused as stale: the new owner reads the message again.
+
+use std::sync::Arc;
+
+use backstop::{AckError, Acker};
+
+use crate::dispatch::{Dispatcher, Refused, Tp};
+
+/// Settles one Kafka delivery; see the [module docs](self).
+#[derive(Debug)]
+pub(crate) struct KafkaAcker {
+    pub(crate) dispatcher: Arc<Dispatcher>,
+    pub(crate) tp: Tp,
+    pub(crate) generation: u64,
+    pub(crate) offset: i64,
+}
+
+impl KafkaAcker {
+    fn settle(&self, done: bool) -> Result<(), AckError> {
+        self.dispatcher
+            .settle(&self.tp, self.generation, self.offset, done)
+            .map_err(|refused| {
+                let (topic, partition, offset) = (&self.tp.0, self.tp.1, self.offset);
+                AckError::Stale(match refused {
+                    Refused::Fenced => format!(
+                        "{topic}[{partition}] was revoked since offset {offset} was delivered; its new owner reads it again"
+                    ),
+                    Refused::Settled => format!("{topic}[{partition}] offset {offset} was already settled"),
+                })
+            })
+    }
+}
+
+#[async_trait::async_trait]
+impl Acker for KafkaAcker {
+    async fn ack(self: Box<Self>) -> Result<(), AckError> {
+        self.settle(true)
+    }
+
+    async fn nack(self: Box<Self>, requeue: bool) -> Result<(), AckError> {
+        // Without requeue the message is dropped: its offset counts as done.
+        self.settle(!requeue)
+    }
+
+    fn abandon(self: Box<Self>) {
+        // Synchronous: the message is ready for redelivery at once.
+        if let Err(error) = self.settle(false) {
+            tracing::debug!(%error, "abandoned delivery was not requeued");
+        }
+    }
+}

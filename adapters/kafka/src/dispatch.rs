@@ -1,0 +1,415 @@
+//! The dispatcher: the state shared by the poll thread, the source and the
+//! ackers. It holds one [`PartitionTracker`] per assigned partition and the
+//! queue of messages ready to be handed out.
+//!
+//! The poll thread adds what it receives; [`KafkaSource::next`](crate::KafkaSource)
+//! takes from the ready queue (at most `max_in_flight` unsettled at once);
+//! ackers settle. A revoked partition's tracker is removed at once, which
+//! fences it: its queued messages are skipped and late settlements are
+//! refused as stale (the new owner gets those messages again).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use backstop::{Message, SourceError};
+use tokio::sync::Notify;
+
+use crate::tracker::{PartitionTracker, Received};
+
+/// A topic and partition.
+pub(crate) type Tp = (Arc<str>, i32);
+
+/// What the poll thread should do to a partition after a change.
+#[derive(Debug, Default)]
+pub(crate) struct Actions {
+    /// Partitions to pause.
+    pub(crate) pause: Vec<Tp>,
+    /// Partitions to resume.
+    pub(crate) resume: Vec<Tp>,
+    /// Offsets to store (last done + 1).
+    pub(crate) store: Vec<(Tp, i64)>,
+    /// Idle partitions whose watermark may advance to the consumer's position.
+    pub(crate) idle: Vec<Tp>,
+}
+
+impl Actions {
+    /// True when there is nothing to do.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.pause.is_empty() && self.resume.is_empty() && self.store.is_empty() && self.idle.is_empty()
+    }
+}
+
+#[derive(Debug)]
+struct Queued {
+    tp: Tp,
+    generation: u64,
+    offset: i64,
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    partitions: HashMap<Tp, PartitionTracker>,
+    ready: VecDeque<Queued>,
+    outstanding: usize,
+    max_in_flight: usize,
+    max_pending: usize,
+    next_generation: u64,
+    closed: bool,
+    errors: VecDeque<SourceError>,
+}
+
+/// A delivery the source hands out: the message and how to settle it.
+#[derive(Debug)]
+pub(crate) struct Taken {
+    pub(crate) message: Message,
+    pub(crate) tp: Tp,
+    pub(crate) generation: u64,
+    pub(crate) offset: i64,
+}
+
+/// Why a settlement was refused.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    /// The partition was revoked (or reassigned) since the delivery.
+    Fenced,
+    /// The delivery was already settled.
+    Settled,
+}
+
+/// The shared dispatcher; see the [module docs](self).
+#[derive(Debug)]
+pub(crate) struct Dispatcher {
+    state: Mutex<State>,
+    /// Wakes the source's `next`.
+    ready: Notify,
+}
+
+impl Dispatcher {
+    /// A dispatcher handing out at most `max_in_flight` unsettled deliveries,
+    /// pausing partitions that track more than `max_pending` messages.
+    pub(crate) fn new(max_in_flight: usize, max_pending: usize) -> Arc<Self> {
+        Arc::new(Dispatcher {
+            state: Mutex::new(State {
+                partitions: HashMap::new(),
+                ready: VecDeque::new(),
+                outstanding: 0,
+                max_in_flight: max_in_flight.max(1),
+                max_pending: max_pending.max(2),
+                next_generation: 0,
+                closed: false,
+                errors: VecDeque::new(),
+            }),
+            ready: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every update leaves the state consistent, so a poisoned lock is usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts tracking newly assigned partitions (each gets a new generation).
+    pub(crate) fn assign(&self, partitions: impl IntoIterator<Item = (Tp, bool)>) {
+        let mut st = self.lock();
+        for (tp, delayed) in partitions {
+            st.next_generation += 1;
+            let generation = st.next_generation;
+            st.partitions.insert(tp, PartitionTracker::new(generation, delayed));
+        }
+    }
+
+    /// Fences revoked partitions; returns the offsets to commit for them.
+    pub(crate) fn revoke<'a>(&self, partitions: impl IntoIterator<Item = (&'a str, i32)>) -> Vec<(Tp, i64)> {
+        let mut st = self.lock();
+        let mut commit = Vec::new();
+        for (topic, partition) in partitions {
+            let tp: Tp = (Arc::from(topic), partition);
+            if let Some(tracker) = st.partitions.remove(&tp) {
+                if let Some(offset) = tracker.to_commit() {
+                    commit.push((tp, offset));
+                }
+            }
+        }
+        let State { partitions, ready, .. } = &mut *st;
+        ready.retain(|q| partitions.get(&q.tp).is_some_and(|t| t.generation() == q.generation));
+        commit
+    }
+
+    /// Tracks a received message; returns the partition to pause, if it
+    /// now tracks too much or holds a message that is not due yet.
+    pub(crate) fn receive(&self, tp: Tp, message: Message, due: Option<SystemTime>, delayed: bool) -> Option<Tp> {
+        let now = SystemTime::now();
+        let mut st = self.lock();
+        let max_pending = st.max_pending;
+        let State {
+            partitions,
+            next_generation,
+            ..
+        } = &mut *st;
+        let tracker = partitions.entry(tp.clone()).or_insert_with(|| {
+            // A message before its assignment was seen: track it anyway.
+            *next_generation += 1;
+            PartitionTracker::new(*next_generation, delayed)
+        });
+        let generation = tracker.generation();
+        let offset = message.meta.offset.unwrap_or_default();
+        let received = tracker.receive(message, due, now);
+        let pause =
+            !tracker.is_paused() && (tracker.len() >= max_pending || (tracker.is_delayed() && tracker.not_due() > 0));
+        if pause {
+            tracker.set_paused(true);
+        }
+        if received == Received::Ready {
+            st.ready.push_back(Queued {
+                tp: tp.clone(),
+                generation,
+                offset,
+            });
+            drop(st);
+            self.ready.notify_one();
+        }
+        pause.then_some(tp)
+    }
+
+    /// Hands out the next ready message, unless `max_in_flight` are out,
+    /// the source is closed, or nothing is ready.
+    pub(crate) fn take(&self) -> Result<Option<Taken>, Option<SourceError>> {
+        let mut st = self.lock();
+        if st.closed {
+            return Err(None);
+        }
+        if let Some(error) = st.errors.pop_front() {
+            return Err(Some(error));
+        }
+        if st.outstanding >= st.max_in_flight {
+            return Ok(None);
+        }
+        while let Some(q) = st.ready.pop_front() {
+            let Some(tracker) = st.partitions.get_mut(&q.tp) else { continue };
+            if tracker.generation() != q.generation {
+                continue;
+            }
+            let Some(message) = tracker.take(q.offset) else { continue };
+            st.outstanding += 1;
+            return Ok(Some(Taken {
+                message,
+                tp: q.tp,
+                generation: q.generation,
+                offset: q.offset,
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Waits until [`Dispatcher::take`] may have something new.
+    pub(crate) async fn changed(&self) {
+        self.ready.notified().await;
+    }
+
+    /// Settles a delivery: `Some(true)` done, `Some(false)` back to be handed out again.
+    pub(crate) fn settle(&self, tp: &Tp, generation: u64, offset: i64, done: bool) -> Result<(), Refused> {
+        let now = SystemTime::now();
+        let mut released = Vec::new();
+        let result = {
+            let mut st = self.lock();
+            st.outstanding = st.outstanding.saturating_sub(1);
+            let result = match st.partitions.get_mut(tp) {
+                Some(tracker) if tracker.generation() == generation => {
+                    let ok = if done {
+                        tracker.complete(offset, now, &mut released)
+                    } else if tracker.requeue(offset) {
+                        released.push(offset);
+                        true
+                    } else {
+                        false
+                    };
+                    if ok { Ok(()) } else { Err(Refused::Settled) }
+                }
+                _ => Err(Refused::Fenced),
+            };
+            for offset in released {
+                st.ready.push_back(Queued {
+                    tp: tp.clone(),
+                    generation,
+                    offset,
+                });
+            }
+            result
+        };
+        self.ready.notify_one();
+        result
+    }
+
+    /// What the poll thread should do now: due messages are released, full
+    /// partitions paused, drained ones resumed, watermarks stored.
+    pub(crate) fn maintain(&self) -> Actions {
+        let now = SystemTime::now();
+        let mut actions = Actions::default();
+        let mut st = self.lock();
+        let max_pending = st.max_pending;
+        let mut released = Vec::new();
+        let State { partitions, ready, .. } = &mut *st;
+        for (tp, tracker) in partitions.iter_mut() {
+            tracker.release_due(now, &mut released);
+            for offset in released.drain(..) {
+                ready.push_back(Queued {
+                    tp: tp.clone(),
+                    generation: tracker.generation(),
+                    offset,
+                });
+            }
+            let wants_pause = tracker.len() >= max_pending || tracker.not_due() > 0;
+            let may_resume = tracker.len() <= max_pending / 2 && tracker.not_due() == 0;
+            if tracker.is_paused() && may_resume {
+                tracker.set_paused(false);
+                actions.resume.push(tp.clone());
+            } else if !tracker.is_paused() && wants_pause {
+                tracker.set_paused(true);
+                actions.pause.push(tp.clone());
+            }
+            if let Some(offset) = tracker.to_store() {
+                actions.store.push((tp.clone(), offset));
+            }
+            if tracker.is_idle() && tracker.last_received().is_some() {
+                actions.idle.push(tp.clone());
+            }
+        }
+        let wake = !st.ready.is_empty();
+        drop(st);
+        if wake {
+            self.ready.notify_one();
+        }
+        actions
+    }
+
+    /// The earliest due time of a held retry message.
+    pub(crate) fn next_due(&self) -> Option<SystemTime> {
+        self.lock().partitions.values().filter_map(PartitionTracker::next_due).min()
+    }
+
+    /// Records offsets as stored.
+    pub(crate) fn mark_stored(&self, stored: &[(Tp, i64)]) {
+        let mut st = self.lock();
+        for (tp, offset) in stored {
+            if let Some(t) = st.partitions.get_mut(tp) {
+                t.mark_stored(*offset);
+            }
+        }
+    }
+
+    /// Records offsets as committed.
+    pub(crate) fn mark_committed(&self, committed: &[(Tp, i64)]) {
+        let mut st = self.lock();
+        for (tp, offset) in committed {
+            if let Some(t) = st.partitions.get_mut(tp) {
+                t.mark_committed(*offset);
+            }
+        }
+    }
+
+    /// Advances idle partitions to the consumer's positions.
+    pub(crate) fn advance_idle(&self, positions: &[(Tp, i64)]) {
+        let mut st = self.lock();
+        for (tp, position) in positions {
+            if let Some(t) = st.partitions.get_mut(tp) {
+                t.advance_idle(*position);
+            }
+        }
+    }
+
+    /// The offsets to commit for every partition (on close).
+    pub(crate) fn to_commit(&self) -> Vec<(Tp, i64)> {
+        self.lock()
+            .partitions
+            .iter()
+            .filter_map(|(tp, t)| t.to_commit().map(|o| (tp.clone(), o)))
+            .collect()
+    }
+
+    /// Stops handing out deliveries; `next` returns `None` from now on.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+
+    /// Reports an error to the source's reader.
+    pub(crate) fn report(&self, error: SourceError) {
+        self.lock().errors.push_back(error);
+        self.ready.notify_one();
+    }
+
+    /// Unsettled deliveries handed out.
+    #[cfg(test)]
+    pub(crate) fn outstanding(&self) -> usize {
+        self.lock().outstanding
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp() -> Tp {
+        (Arc::from("t"), 0)
+    }
+
+    fn msg(offset: i64, key: &str) -> Message {
+        let mut m = Message::new("x").with_key(key.to_owned());
+        m.meta.offset = Some(offset);
+        m
+    }
+
+    #[test]
+    fn hands_out_at_most_max_in_flight() {
+        let d = Dispatcher::new(1, 100);
+        d.assign([(tp(), false)]);
+        d.receive(tp(), msg(0, "a"), None, false);
+        d.receive(tp(), msg(1, "b"), None, false);
+        let first = d.take().unwrap().unwrap();
+        assert!(d.take().unwrap().is_none(), "one is out");
+        d.settle(&first.tp, first.generation, first.offset, true).unwrap();
+        assert_eq!(d.take().unwrap().unwrap().offset, 1);
+        assert_eq!(d.outstanding(), 1);
+    }
+
+    #[test]
+    fn revoke_fences_queued_and_in_flight_deliveries() {
+        let d = Dispatcher::new(10, 100);
+        d.assign([(tp(), false)]);
+        d.receive(tp(), msg(0, "a"), None, false);
+        d.receive(tp(), msg(1, "b"), None, false);
+        d.receive(tp(), msg(2, "c"), None, false);
+        let first = d.take().unwrap().unwrap();
+        d.settle(&first.tp, first.generation, first.offset, true).unwrap();
+        let second = d.take().unwrap().unwrap();
+        let commit = d.revoke([("t", 0)]);
+        assert_eq!(commit, vec![(tp(), 1)], "only offset 0 is done");
+        assert!(d.take().unwrap().is_none(), "queued offset 2 is dropped");
+        assert!(matches!(
+            d.settle(&second.tp, second.generation, second.offset, true),
+            Err(Refused::Fenced)
+        ));
+        d.assign([(tp(), false)]);
+        d.receive(tp(), msg(1, "b"), None, false);
+        let again = d.take().unwrap().unwrap();
+        assert_ne!(again.generation, second.generation);
+    }
+
+    #[test]
+    fn a_full_partition_is_paused_and_resumed_when_drained() {
+        let d = Dispatcher::new(100, 4);
+        d.assign([(tp(), false)]);
+        for o in 0..3 {
+            assert!(d.receive(tp(), msg(o, "k"), None, false).is_none());
+        }
+        assert_eq!(d.receive(tp(), msg(3, "k"), None, false), Some(tp()));
+        for _ in 0..3 {
+            let t = d.take().unwrap().unwrap();
+            d.settle(&t.tp, t.generation, t.offset, true).unwrap();
+        }
+        let actions = d.maintain();
+        assert_eq!(actions.resume, vec![tp()]);
+        assert_eq!(actions.store, vec![(tp(), 3)]);
+    }
+}

@@ -1,0 +1,44 @@
+//! [`Error`]: what can go wrong setting up or running the Kafka adapter.
+
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+
+/// A failure of the Kafka adapter outside the message path.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// librdkafka refused the client configuration (a misspelt or invalid property).
+    #[error("invalid Kafka client configuration: {0}")]
+    Config(#[source] KafkaError),
+    /// The broker could not be reached or answered with an error.
+    #[error("Kafka request failed ({what}): {source}")]
+    Kafka {
+        /// What was being done.
+        what: String,
+        /// The client's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// Creating or changing a topic failed.
+    #[error("topic {topic:?}: {what} failed with {code}; check the broker's limits (replication factor, partitions) and permissions")]
+    Topic {
+        /// The topic.
+        topic: String,
+        /// What was attempted.
+        what: &'static str,
+        /// The broker's answer.
+        code: RDKafkaErrorCode,
+    },
+    /// A topic did not show up in the cluster metadata in time.
+    #[error("topic {0:?} is not in the cluster metadata; create it first (Kafka::ensure_topics) or check the broker address")]
+    MissingTopic(String),
+    /// The consumer's poll thread could not be started.
+    #[error("could not start the consumer thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+impl Error {
+    pub(crate) fn kafka(what: impl Into<String>) -> impl FnOnce(KafkaError) -> Error {
+        let what = what.into();
+        move |source| Error::Kafka { what, source }
+    }
+}

@@ -1,0 +1,324 @@
+//! The consumer thread: a [`BaseConsumer`] polled on a dedicated OS thread.
+//!
+//! Why a thread of its own: librdkafka wants `poll` called steadily (at
+//! least every `max.poll.interval.ms`), and rebalance callbacks run inside
+//! `poll`. Polling from the source's `next` would tie both to how fast the
+//! runner takes messages: with every permit taken by slow handlers nobody
+//! would poll, and a revoke would wait for a handler. The thread polls all
+//! the time; back-pressure is per partition, by `pause()`, when a partition
+//! tracks too many unfinished messages (or holds a retry that is not due).
+//! It stores each partition's watermark (last done + 1) with
+//! `store_offsets`; librdkafka's auto commit commits what was stored. On
+//! revoke it fences the partitions and commits their watermarks
+//! synchronously; on close it commits everything done, then leaves the group.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use backstop::SourceError;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::oneshot;
+
+use crate::dispatch::{Dispatcher, Tp};
+use crate::{record, Error};
+
+/// How long the thread blocks in one `poll` at most.
+const POLL_TIMEOUT: Duration = Duration::from_millis(20);
+/// How often watermarks are stored and pauses revisited while messages flow.
+const MAINTENANCE_EVERY: Duration = Duration::from_millis(10);
+/// Repeated client errors are logged at most this often.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// The consumer's context: rebalance callbacks and logging.
+#[derive(Debug)]
+pub(crate) struct GroupContext {
+    dispatcher: Arc<Dispatcher>,
+    delayed: Arc<HashSet<String>>,
+}
+
+impl GroupContext {
+    pub(crate) fn new(dispatcher: Arc<Dispatcher>, delayed: Arc<HashSet<String>>) -> Self {
+        GroupContext { dispatcher, delayed }
+    }
+}
+
+impl ClientContext for GroupContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => tracing::error!(target: "librdkafka", fac, "{log_message}"),
+            L::Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
+            L::Notice | L::Info => tracing::info!(target: "librdkafka", fac, "{log_message}"),
+            L::Debug => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(target: "librdkafka", %error, "consumer: {reason}");
+    }
+}
+
+fn list(offsets: &[(Tp, i64)]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+    for ((topic, partition), offset) in offsets {
+        // Only fails for an invalid offset, and watermarks are valid offsets.
+        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+    }
+    tpl
+}
+
+fn partitions(tps: &[Tp]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::with_capacity(tps.len());
+    for (topic, partition) in tps {
+        tpl.add_partition(topic, *partition);
+    }
+    tpl
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else { return };
+        let elements = revoked.elements();
+        let commit = self.dispatcher.revoke(elements.iter().map(|e| (e.topic(), e.partition())));
+        tracing::info!(partitions = elements.len(), committing = commit.len(), "partitions revoked");
+        if commit.is_empty() || consumer.assignment_lost() {
+            return;
+        }
+        if let Err(error) = consumer.commit(&list(&commit), CommitMode::Sync) {
+            tracing::warn!(%error, "commit on revoke failed; the new owner may redeliver finished messages");
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Assign(assigned) = rebalance else { return };
+        let elements = assigned.elements();
+        self.dispatcher.assign(elements.iter().map(|e| {
+            let tp: Tp = (Arc::from(e.topic()), e.partition());
+            (tp, self.delayed.contains(e.topic()))
+        }));
+        // A partition paused under an earlier assignment must not stay paused.
+        if let Err(error) = consumer.resume(assigned) {
+            tracing::debug!(%error, "resume of newly assigned partitions failed");
+        }
+        tracing::info!(partitions = elements.len(), "partitions assigned");
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => tracing::debug!(%error, "offset commit failed; it is retried on the next interval"),
+        }
+    }
+}
+
+/// The running consumer thread.
+#[derive(Debug)]
+pub(crate) struct PollThread {
+    stop: Arc<AtomicBool>,
+    done: Option<oneshot::Receiver<()>>,
+}
+
+impl PollThread {
+    /// Starts polling `consumer` (already subscribed) on a new thread.
+    pub(crate) fn start(
+        consumer: BaseConsumer<GroupContext>,
+        dispatcher: Arc<Dispatcher>,
+        delayed: Arc<HashSet<String>>,
+    ) -> Result<Self, Error> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = oneshot::channel();
+        let poller = Poller {
+            consumer,
+            dispatcher,
+            delayed,
+            stop: Arc::clone(&stop),
+            topics: HashMap::new(),
+            last_error_log: None,
+            disconnected: false,
+        };
+        std::thread::Builder::new()
+            .name("backstop-kafka-poll".into())
+            .spawn(move || {
+                poller.run();
+                let _ = tx.send(());
+            })
+            .map_err(Error::Thread)?;
+        Ok(PollThread { stop, done: Some(rx) })
+    }
+
+    /// Asks the thread to commit, leave the group and end; waits up to `wait`.
+    pub(crate) async fn stop(&mut self, wait: Duration) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(done) = self.done.take() {
+            if tokio::time::timeout(wait, done).await.is_err() {
+                tracing::warn!(?wait, "consumer thread did not finish closing in time");
+            }
+        }
+    }
+}
+
+impl Drop for PollThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+struct Poller {
+    consumer: BaseConsumer<GroupContext>,
+    dispatcher: Arc<Dispatcher>,
+    delayed: Arc<HashSet<String>>,
+    stop: Arc<AtomicBool>,
+    topics: HashMap<String, Arc<str>>,
+    last_error_log: Option<Instant>,
+    disconnected: bool,
+}
+
+impl Poller {
+    fn run(mut self) {
+        let mut last_maintenance = Instant::now();
+        while !self.stop.load(Ordering::Acquire) {
+            let idle = match self.consumer.poll(self.poll_timeout()) {
+                None => true,
+                Some(Ok(record)) => {
+                    self.disconnected = false;
+                    let message = record::to_message(&record);
+                    drop(record);
+                    self.receive(message);
+                    false
+                }
+                Some(Err(error)) => {
+                    self.on_error(error);
+                    true
+                }
+            };
+            if idle || last_maintenance.elapsed() >= MAINTENANCE_EVERY {
+                self.maintain(idle);
+                last_maintenance = Instant::now();
+            }
+        }
+        self.close();
+    }
+
+    fn poll_timeout(&self) -> Duration {
+        match self.dispatcher.next_due() {
+            Some(due) => due
+                .duration_since(SystemTime::now())
+                .unwrap_or_default()
+                .min(POLL_TIMEOUT),
+            None => POLL_TIMEOUT,
+        }
+    }
+
+    fn topic(&mut self, name: &str) -> Arc<str> {
+        if let Some(t) = self.topics.get(name) {
+            return Arc::clone(t);
+        }
+        let t: Arc<str> = Arc::from(name);
+        self.topics.insert(name.to_owned(), Arc::clone(&t));
+        t
+    }
+
+    fn receive(&mut self, message: backstop::Message) {
+        let topic = self.topic(&message.meta.source);
+        let tp: Tp = (topic, message.meta.partition.unwrap_or_default());
+        let delayed = self.delayed.contains(&*tp.0);
+        let due = if delayed { record::due(&message) } else { None };
+        if let Some(full) = self.dispatcher.receive(tp, message, due, delayed) {
+            if let Err(error) = self.consumer.pause(&partitions(&[full])) {
+                tracing::warn!(%error, "pausing a full partition failed");
+            }
+        }
+    }
+
+    fn maintain(&mut self, idle: bool) {
+        let actions = self.dispatcher.maintain();
+        if actions.is_empty() {
+            return;
+        }
+        if !actions.pause.is_empty() {
+            if let Err(error) = self.consumer.pause(&partitions(&actions.pause)) {
+                tracing::warn!(%error, "pausing partitions failed");
+            }
+        }
+        if !actions.resume.is_empty() {
+            if let Err(error) = self.consumer.resume(&partitions(&actions.resume)) {
+                tracing::warn!(%error, "resuming partitions failed");
+            }
+        }
+        if !actions.store.is_empty() {
+            match self.consumer.store_offsets(&list(&actions.store)) {
+                Ok(()) => self.dispatcher.mark_stored(&actions.store),
+                // A partition revoked a moment ago: expected, not fatal.
+                Err(error) => tracing::debug!(%error, "storing offsets failed"),
+            }
+        }
+        if idle && !actions.idle.is_empty() {
+            self.advance_idle(&actions.idle);
+        }
+    }
+
+    /// Lets fully processed partitions commit past trailing control records.
+    fn advance_idle(&mut self, idle: &[Tp]) {
+        let Ok(positions) = self.consumer.position() else { return };
+        let idle: HashSet<&Tp> = idle.iter().collect();
+        let mut advance = Vec::new();
+        for e in positions.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                let tp: Tp = (Arc::from(e.topic()), e.partition());
+                if idle.contains(&tp) {
+                    advance.push((tp, o));
+                }
+            }
+        }
+        self.dispatcher.advance_idle(&advance);
+    }
+
+    fn on_error(&mut self, error: KafkaError) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            let reason = self
+                .consumer
+                .client()
+                .fatal_error()
+                .map_or_else(|| error.to_string(), |(code, text)| format!("{code}: {text}"));
+            tracing::error!(%reason, "consumer failed fatally");
+            self.dispatcher
+                .report(SourceError::Fatal(format!("Kafka consumer failed: {reason}").into()));
+            self.stop.store(true, Ordering::Release);
+            return;
+        }
+        let transport = matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure)
+        );
+        if transport && !self.disconnected {
+            self.disconnected = true;
+            self.dispatcher.report(SourceError::Disconnected(Box::new(error.clone())));
+        }
+        if self.last_error_log.is_none_or(|t| t.elapsed() >= ERROR_LOG_EVERY) {
+            self.last_error_log = Some(Instant::now());
+            tracing::warn!(%error, "consumer error; librdkafka retries by itself");
+        }
+    }
+
+    fn close(self) {
+        self.dispatcher.close();
+        let actions = self.dispatcher.maintain();
+        if !actions.store.is_empty() {
+            let _ = self.consumer.store_offsets(&list(&actions.store));
+        }
+        let commit = self.dispatcher.to_commit();
+        if !commit.is_empty() {
+            match self.consumer.commit(&list(&commit), CommitMode::Sync) {
+                Ok(()) => self.dispatcher.mark_committed(&commit),
+                Err(error) => tracing::warn!(%error, "final commit failed; finished messages may be redelivered"),
+            }
+        }
+        // Dropping the consumer leaves the group (its revoke callback runs here).
+        drop(self.consumer);
+    }
+}

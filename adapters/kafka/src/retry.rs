@@ -1,0 +1,125 @@
+//! Delay tiers for non-blocking retries.
+//!
+//! A transient failure whose delay is longer than the retry policy's
+//! in-process limit is republished (by [`KafkaRetrySink`](crate::KafkaRetrySink))
+//! to the retry topic of its tier, `<topic>.<group>.retry.<tier>`: the
+//! smallest tier at least as long as the delay, else the longest. The copy
+//! carries `x-backstop-due`; the source consuming a retry topic holds each
+//! message, with its partition paused, until it is due, and then hands it to
+//! the same stack.
+//!
+//! Per-key order is **not** kept across a non-blocking retry: the copy waits
+//! on another topic while later messages of its key run. When order matters,
+//! keep delays within the in-process limit (the retry layer sleeps and the
+//! key's later messages wait behind it).
+
+use std::fmt;
+use std::time::Duration;
+
+/// One delay tier: its delay and its name in topic names (`5s`, `30s`, `5m`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RetryTier {
+    delay: Duration,
+    name: String,
+}
+
+impl RetryTier {
+    /// A tier of `delay`, named after it (`1500ms`, `5s`, `5m`, `1h`).
+    pub fn new(delay: Duration) -> Self {
+        RetryTier {
+            delay,
+            name: tier_name(delay),
+        }
+    }
+
+    /// The tier's delay.
+    pub fn delay(&self) -> Duration {
+        self.delay
+    }
+
+    /// The tier's name, the last part of its topic's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl fmt::Display for RetryTier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+fn tier_name(delay: Duration) -> String {
+    let ms = delay.as_millis();
+    match ms {
+        0 => "0s".to_owned(),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+        ms => format!("{ms}ms"),
+    }
+}
+
+/// The delay tiers of a consumer group, shortest first. Default: 5 s, 30 s, 5 min.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryTiers {
+    tiers: Vec<RetryTier>,
+}
+
+impl Default for RetryTiers {
+    fn default() -> Self {
+        RetryTiers::new([Duration::from_secs(5), Duration::from_secs(30), Duration::from_secs(300)])
+    }
+}
+
+impl RetryTiers {
+    /// Tiers of these delays (sorted, duplicates removed). No tiers means no
+    /// retry topics: a retry sink then refuses every copy.
+    pub fn new(delays: impl IntoIterator<Item = Duration>) -> Self {
+        let mut tiers: Vec<RetryTier> = delays.into_iter().map(RetryTier::new).collect();
+        tiers.sort();
+        tiers.dedup_by(|a, b| a.name == b.name);
+        RetryTiers { tiers }
+    }
+
+    /// The tiers, shortest first.
+    pub fn tiers(&self) -> &[RetryTier] {
+        &self.tiers
+    }
+
+    /// True when there are no tiers.
+    pub fn is_empty(&self) -> bool {
+        self.tiers.is_empty()
+    }
+
+    /// The tier for `delay`: the shortest at least as long, else the longest.
+    pub fn pick(&self, delay: Duration) -> Option<&RetryTier> {
+        self.tiers
+            .iter()
+            .find(|t| t.delay >= delay)
+            .or_else(|| self.tiers.last())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiers_are_named_after_their_delay() {
+        let names: Vec<String> = RetryTiers::default().tiers().iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["5s", "30s", "5m"]);
+        assert_eq!(RetryTier::new(Duration::from_millis(1500)).name(), "1500ms");
+        assert_eq!(RetryTier::new(Duration::from_secs(7200)).name(), "2h");
+    }
+
+    #[test]
+    fn pick_takes_the_shortest_tier_that_covers_the_delay() {
+        let tiers = RetryTiers::default();
+        assert_eq!(tiers.pick(Duration::from_secs(2)).map(RetryTier::name), Some("5s"));
+        assert_eq!(tiers.pick(Duration::from_secs(5)).map(RetryTier::name), Some("5s"));
+        assert_eq!(tiers.pick(Duration::from_secs(6)).map(RetryTier::name), Some("30s"));
+        assert_eq!(tiers.pick(Duration::from_secs(3600)).map(RetryTier::name), Some("5m"));
+        assert_eq!(RetryTiers::new([]).pick(Duration::from_secs(1)), None);
+    }
+}

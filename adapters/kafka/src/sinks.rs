@@ -1,0 +1,131 @@
+//! The DLQ and delayed-retry writers: [`KafkaDeadLetterSink`] and [`KafkaRetrySink`].
+//!
+//! Both route by the message's origin (`x-backstop-original-source`, else the
+//! topic it was consumed from), per consumer group, so one group's dead
+//! letters and retries never reach another group: `<topic>.<group>.dlq` and
+//! `<topic>.<group>.retry.<tier>`. Both add `x-backstop-group` once and keep
+//! the key, and resolve only on the broker's delivery report.
+
+use std::time::Duration;
+
+use backstop::{wire, DeadLetterSink, Message, Publisher, RetrySink, SinkError};
+
+use crate::{KafkaPublisher, RetryTier, RetryTiers};
+
+/// The DLQ topic of `topic` for `group`: `<topic>.<group>.dlq`.
+pub fn dlq_topic(topic: &str, group: &str) -> String {
+    format!("{topic}.{group}.dlq")
+}
+
+/// The retry topic of `topic` for `group` and `tier`: `<topic>.<group>.retry.<tier>`.
+pub fn retry_topic(topic: &str, group: &str, tier: &RetryTier) -> String {
+    format!("{topic}.{group}.retry.{tier}")
+}
+
+fn origin(message: &Message) -> &str {
+    message
+        .header(wire::ORIGINAL_SOURCE)
+        .unwrap_or(&message.meta.source)
+}
+
+async fn send(publisher: &KafkaPublisher, destination: String, message: &Message) -> Result<(), SinkError> {
+    publisher
+        .publish(&destination, message)
+        .await
+        .map_err(|source| SinkError::Publish { destination, source })
+}
+
+/// Writes dead letters to `<topic>.<group>.dlq` (or the stack's override).
+#[derive(Clone, Debug)]
+pub struct KafkaDeadLetterSink {
+    publisher: KafkaPublisher,
+    group: String,
+}
+
+impl KafkaDeadLetterSink {
+    /// A sink for `group`'s dead letters, written with `publisher`.
+    pub fn new(publisher: KafkaPublisher, group: impl Into<String>) -> Self {
+        KafkaDeadLetterSink {
+            publisher,
+            group: group.into(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl DeadLetterSink for KafkaDeadLetterSink {
+    async fn dead_letter(&self, mut letter: Message, destination: Option<&str>) -> Result<(), SinkError> {
+        let destination = destination.map_or_else(|| dlq_topic(origin(&letter), &self.group), str::to_owned);
+        letter
+            .headers
+            .entry(wire::GROUP.to_owned())
+            .or_insert_with(|| self.group.clone());
+        send(&self.publisher, destination, &letter).await
+    }
+}
+
+/// Republishes delayed-retry copies to the retry topic of their delay tier.
+///
+/// The copy already carries `x-backstop-due` and the incremented attempt
+/// (the retry layer built it). Per-key order is not kept across such a
+/// retry; see [`retry`](crate::retry).
+#[derive(Clone, Debug)]
+pub struct KafkaRetrySink {
+    publisher: KafkaPublisher,
+    group: String,
+    tiers: RetryTiers,
+}
+
+impl KafkaRetrySink {
+    /// A sink for `group`'s retries over `tiers`, written with `publisher`.
+    pub fn new(publisher: KafkaPublisher, group: impl Into<String>, tiers: RetryTiers) -> Self {
+        KafkaRetrySink {
+            publisher,
+            group: group.into(),
+            tiers,
+        }
+    }
+
+    /// The topic a copy delayed by `delay` goes to, if any tier exists.
+    pub fn destination(&self, message: &Message, delay: Duration) -> Option<String> {
+        let tier = self.tiers.pick(delay)?;
+        Some(retry_topic(origin(message), &self.group, tier))
+    }
+}
+
+#[async_trait::async_trait]
+impl RetrySink for KafkaRetrySink {
+    async fn retry_later(&self, mut copy: Message, delay: Duration) -> Result<(), SinkError> {
+        let destination = self.destination(&copy, delay).ok_or_else(|| {
+            SinkError::Unsupported(format!(
+                "no retry tiers are configured for group {:?}; configure KafkaConfig::retry_tiers or raise the retry policy's in-process limit",
+                self.group
+            ))
+        })?;
+        copy.headers
+            .entry(wire::GROUP.to_owned())
+            .or_insert_with(|| self.group.clone());
+        send(&self.publisher, destination, &copy).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_per_topic_and_group() {
+        assert_eq!(dlq_topic("orders", "billing"), "orders.billing.dlq");
+        let tier = RetryTier::new(Duration::from_secs(30));
+        assert_eq!(retry_topic("orders", "billing", &tier), "orders.billing.retry.30s");
+    }
+
+    #[test]
+    fn a_retry_hop_routes_by_its_original_source() {
+        let mut m = Message::new("x").with_header(wire::ORIGINAL_SOURCE, "orders");
+        m.meta.source = "orders.billing.retry.5s".into();
+        assert_eq!(origin(&m), "orders");
+        m.headers.clear();
+        assert_eq!(origin(&m), "orders.billing.retry.5s");
+    }
+}

@@ -1,0 +1,440 @@
+//! The per-partition offset tracker: what was received, what runs, what is
+//! done, and how far the committed offset may go.
+//!
+//! Offsets have gaps (transaction markers, compaction), so the watermark runs
+//! over the offsets actually received: it is the last offset of the longest
+//! done prefix, plus one, and it never passes a message that is still held,
+//! running or failed. Inside the partition, a message with key K is handed
+//! out only when it is the oldest unfinished message with key K (per-key
+//! order); messages of other keys, and keyless ones, run concurrently. A
+//! message of a retry topic is also held until its due time.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::SystemTime;
+
+use backstop::Message;
+use bytes::Bytes;
+
+/// Where one tracked message stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    /// Waiting behind an earlier message of its key, or for its due time.
+    Held,
+    /// Queued to be handed out.
+    Ready,
+    /// Handed out, not settled yet.
+    InFlight,
+    /// Settled; only waits for the watermark to pass it.
+    Done,
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// The message; dropped once done.
+    message: Option<Message>,
+    key: Option<Bytes>,
+    due: Option<SystemTime>,
+    status: Status,
+}
+
+/// What [`PartitionTracker::receive`] did with a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Received {
+    /// Already seen (a refetch after a pause): ignored.
+    Duplicate,
+    /// Ready to be handed out now.
+    Ready,
+    /// Held behind its key or its due time.
+    Held,
+}
+
+/// The bookkeeping of one assigned partition; see the [module docs](self).
+#[derive(Debug)]
+pub(crate) struct PartitionTracker {
+    generation: u64,
+    delayed: bool,
+    entries: BTreeMap<i64, Entry>,
+    keys: HashMap<Bytes, VecDeque<i64>>,
+    last_received: Option<i64>,
+    watermark: Option<i64>,
+    stored: Option<i64>,
+    committed: Option<i64>,
+    not_due: usize,
+    paused: bool,
+}
+
+impl PartitionTracker {
+    /// A tracker for one assignment of a partition. `delayed` partitions
+    /// (retry topics) hold each message until its due time.
+    pub(crate) fn new(generation: u64, delayed: bool) -> Self {
+        PartitionTracker {
+            generation,
+            delayed,
+            entries: BTreeMap::new(),
+            keys: HashMap::new(),
+            last_received: None,
+            watermark: None,
+            stored: None,
+            committed: None,
+            not_due: 0,
+            paused: false,
+        }
+    }
+
+    /// The assignment generation: acks of an older one are stale.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// True for a retry topic's partition.
+    pub(crate) fn is_delayed(&self) -> bool {
+        self.delayed
+    }
+
+    /// Messages received and not yet passed by the watermark.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Nothing is held, queued or running.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The last offset received, if any.
+    pub(crate) fn last_received(&self) -> Option<i64> {
+        self.last_received
+    }
+
+    /// Whether the consumer paused this partition.
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Records that the consumer paused or resumed this partition.
+    pub(crate) fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+    }
+
+    /// Held messages whose due time has not come yet.
+    pub(crate) fn not_due(&self) -> usize {
+        self.not_due
+    }
+
+    /// Tracks a received message (its `meta.offset` must be set); `due` is
+    /// honoured only on delayed partitions.
+    pub(crate) fn receive(&mut self, message: Message, due: Option<SystemTime>, now: SystemTime) -> Received {
+        let Some(offset) = message.meta.offset else {
+            return Received::Duplicate;
+        };
+        if self.last_received.is_some_and(|last| offset <= last) {
+            return Received::Duplicate;
+        }
+        self.last_received = Some(offset);
+        let due = due.filter(|_| self.delayed);
+        let not_due = due.is_some_and(|d| d > now);
+        let key = message.key.clone();
+        let head = match &key {
+            Some(k) => {
+                let queue = self.keys.entry(k.clone()).or_default();
+                queue.push_back(offset);
+                queue.len() == 1
+            }
+            None => true,
+        };
+        let status = if head && !not_due { Status::Ready } else { Status::Held };
+        if not_due {
+            self.not_due += 1;
+        }
+        self.entries.insert(
+            offset,
+            Entry {
+                message: Some(message),
+                key,
+                due,
+                status,
+            },
+        );
+        match status {
+            Status::Ready => Received::Ready,
+            _ => Received::Held,
+        }
+    }
+
+    /// Hands out a ready message: it is in flight until settled.
+    pub(crate) fn take(&mut self, offset: i64) -> Option<Message> {
+        let entry = self.entries.get_mut(&offset)?;
+        if entry.status != Status::Ready {
+            return None;
+        }
+        entry.status = Status::InFlight;
+        entry.message.clone()
+    }
+
+    /// Settles an in-flight message as done. Returns false if it was not in
+    /// flight. Offsets that became ready (the next message of its key) are
+    /// appended to `released`.
+    pub(crate) fn complete(&mut self, offset: i64, now: SystemTime, released: &mut Vec<i64>) -> bool {
+        let Some(entry) = self.entries.get_mut(&offset) else {
+            return false;
+        };
+        if entry.status != Status::InFlight {
+            return false;
+        }
+        entry.status = Status::Done;
+        entry.message = None;
+        let key = entry.key.clone();
+        if let Some(key) = key {
+            self.release_next_of_key(&key, offset, now, released);
+        }
+        while let Some(first) = self.entries.first_entry() {
+            if first.get().status != Status::Done {
+                break;
+            }
+            let (done, _) = first.remove_entry();
+            self.watermark = Some(done + 1);
+        }
+        if self.entries.is_empty() {
+            if let Some(last) = self.last_received {
+                self.watermark = Some(last + 1);
+            }
+        }
+        true
+    }
+
+    fn release_next_of_key(&mut self, key: &Bytes, offset: i64, now: SystemTime, released: &mut Vec<i64>) {
+        let Some(queue) = self.keys.get_mut(key) else { return };
+        if queue.front() == Some(&offset) {
+            queue.pop_front();
+        }
+        let Some(&next) = queue.front() else {
+            self.keys.remove(key);
+            return;
+        };
+        if let Some(entry) = self.entries.get_mut(&next) {
+            if entry.status == Status::Held && entry.due.is_none_or(|d| d <= now) {
+                if entry.due.is_some() {
+                    self.not_due = self.not_due.saturating_sub(1);
+                    entry.due = None;
+                }
+                entry.status = Status::Ready;
+                released.push(next);
+            }
+        }
+    }
+
+    /// Puts an in-flight message back to be handed out again (a nack with
+    /// requeue, or a dropped delivery). Returns false if it was not in flight.
+    pub(crate) fn requeue(&mut self, offset: i64) -> bool {
+        let Some(entry) = self.entries.get_mut(&offset) else {
+            return false;
+        };
+        if entry.status != Status::InFlight {
+            return false;
+        }
+        entry.status = Status::Ready;
+        if let Some(message) = &mut entry.message {
+            message.meta.redelivered = true;
+        }
+        true
+    }
+
+    /// Releases held messages whose due time came (delayed partitions):
+    /// those first in line for their key are appended to `released`.
+    pub(crate) fn release_due(&mut self, now: SystemTime, released: &mut Vec<i64>) {
+        if self.not_due == 0 {
+            return;
+        }
+        for (&offset, entry) in &mut self.entries {
+            let Some(due) = entry.due else { continue };
+            if due > now {
+                continue;
+            }
+            entry.due = None;
+            self.not_due = self.not_due.saturating_sub(1);
+            if entry.status != Status::Held {
+                continue;
+            }
+            let head = match &entry.key {
+                Some(k) => self.keys.get(k).and_then(VecDeque::front) == Some(&offset),
+                None => true,
+            };
+            if head {
+                entry.status = Status::Ready;
+                released.push(offset);
+            }
+        }
+    }
+
+    /// The earliest due time of a held message, if any.
+    pub(crate) fn next_due(&self) -> Option<SystemTime> {
+        if self.not_due == 0 {
+            return None;
+        }
+        self.entries.values().filter_map(|e| e.due).min()
+    }
+
+    /// Moves the watermark to `position` when nothing is tracked: the
+    /// offsets in between were never delivered (control records at the end
+    /// of the partition).
+    pub(crate) fn advance_idle(&mut self, position: i64) {
+        if self.entries.is_empty() && self.last_received.is_some() && self.watermark.is_none_or(|w| position > w) {
+            self.watermark = Some(position);
+        }
+    }
+
+    /// The offset to store next (last done + 1), if it moved since the last store.
+    pub(crate) fn to_store(&self) -> Option<i64> {
+        self.watermark.filter(|w| self.stored.is_none_or(|s| *w > s))
+    }
+
+    /// Records that `offset` was stored.
+    pub(crate) fn mark_stored(&mut self, offset: i64) {
+        self.stored = Some(offset);
+    }
+
+    /// The offset to commit (last done + 1), if it moved since the last commit.
+    pub(crate) fn to_commit(&self) -> Option<i64> {
+        self.watermark.filter(|w| self.committed.is_none_or(|c| *w > c))
+    }
+
+    /// Records that `offset` was committed.
+    pub(crate) fn mark_committed(&mut self, offset: i64) {
+        self.committed = Some(offset);
+        self.stored = Some(self.stored.map_or(offset, |s| s.max(offset)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn msg(offset: i64, key: Option<&str>) -> Message {
+        let mut m = Message::new(format!("m{offset}"));
+        m.meta.offset = Some(offset);
+        m.key = key.map(|k| Bytes::copy_from_slice(k.as_bytes()));
+        m
+    }
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_000)
+    }
+
+    fn run(t: &mut PartitionTracker, offset: i64) -> Vec<i64> {
+        assert!(t.take(offset).is_some(), "offset {offset} is ready");
+        let mut released = Vec::new();
+        assert!(t.complete(offset, now(), &mut released));
+        released
+    }
+
+    #[test]
+    fn watermark_runs_over_received_offsets_with_gaps() {
+        let mut t = PartitionTracker::new(1, false);
+        for o in [3, 5, 9] {
+            assert_eq!(t.receive(msg(o, None), None, now()), Received::Ready);
+        }
+        assert_eq!(t.to_store(), None);
+        run(&mut t, 5);
+        assert_eq!(t.to_store(), None, "3 is not done");
+        run(&mut t, 3);
+        assert_eq!(t.to_store(), Some(6), "last done + 1");
+        t.mark_stored(6);
+        assert_eq!(t.to_store(), None);
+        run(&mut t, 9);
+        assert_eq!(t.to_store(), Some(10));
+        assert!(t.is_idle());
+    }
+
+    #[test]
+    fn watermark_never_passes_a_requeued_message() {
+        let mut t = PartitionTracker::new(1, false);
+        t.receive(msg(0, None), None, now());
+        t.receive(msg(1, None), None, now());
+        assert!(t.take(0).is_some());
+        assert!(t.requeue(0));
+        run(&mut t, 1);
+        assert_eq!(t.to_store(), None);
+        let again = t.take(0).unwrap();
+        assert!(again.meta.redelivered);
+        let mut r = Vec::new();
+        assert!(t.complete(0, now(), &mut r));
+        assert_eq!(t.to_store(), Some(2));
+    }
+
+    #[test]
+    fn same_key_waits_for_the_earlier_message_other_keys_do_not() {
+        let mut t = PartitionTracker::new(1, false);
+        assert_eq!(t.receive(msg(0, Some("a")), None, now()), Received::Ready);
+        assert_eq!(t.receive(msg(1, Some("a")), None, now()), Received::Held);
+        assert_eq!(t.receive(msg(2, Some("b")), None, now()), Received::Ready);
+        assert_eq!(t.receive(msg(3, None), None, now()), Received::Ready);
+        assert!(t.take(1).is_none(), "held behind offset 0");
+        assert_eq!(run(&mut t, 0), vec![1]);
+        assert_eq!(run(&mut t, 1), Vec::<i64>::new());
+    }
+
+    #[test]
+    fn duplicates_after_a_refetch_are_ignored() {
+        let mut t = PartitionTracker::new(1, false);
+        t.receive(msg(4, None), None, now());
+        assert_eq!(t.receive(msg(4, None), None, now()), Received::Duplicate);
+        assert_eq!(t.receive(msg(2, None), None, now()), Received::Duplicate);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn settling_twice_or_unknown_offsets_is_refused() {
+        let mut t = PartitionTracker::new(1, false);
+        t.receive(msg(0, None), None, now());
+        let mut r = Vec::new();
+        assert!(!t.complete(0, now(), &mut r), "not handed out yet");
+        run(&mut t, 0);
+        assert!(!t.complete(0, now(), &mut r));
+        assert!(!t.requeue(0));
+        assert!(!t.complete(7, now(), &mut r));
+    }
+
+    #[test]
+    fn delayed_partitions_hold_messages_until_due() {
+        let mut t = PartitionTracker::new(1, true);
+        let later = now() + Duration::from_secs(5);
+        assert_eq!(t.receive(msg(0, Some("a")), Some(later), now()), Received::Held);
+        assert_eq!(t.receive(msg(1, Some("a")), Some(now()), now()), Received::Held);
+        assert_eq!(t.receive(msg(2, None), Some(now()), now()), Received::Ready);
+        assert_eq!(t.not_due(), 1);
+        assert_eq!(t.next_due(), Some(later));
+        let mut r = Vec::new();
+        t.release_due(now() + Duration::from_secs(4), &mut r);
+        assert!(r.is_empty());
+        t.release_due(later, &mut r);
+        assert_eq!(r, vec![0]);
+        assert_eq!(t.not_due(), 0);
+        assert_eq!(run(&mut t, 0), vec![1]);
+    }
+
+    #[test]
+    fn due_times_are_ignored_on_main_topics() {
+        let mut t = PartitionTracker::new(1, false);
+        let later = now() + Duration::from_secs(5);
+        assert_eq!(t.receive(msg(0, None), Some(later), now()), Received::Ready);
+        assert_eq!(t.not_due(), 0);
+    }
+
+    #[test]
+    fn idle_partitions_advance_past_trailing_gaps() {
+        let mut t = PartitionTracker::new(1, false);
+        t.advance_idle(10);
+        assert_eq!(t.to_store(), None, "nothing received yet");
+        t.receive(msg(0, None), None, now());
+        t.advance_idle(10);
+        assert_eq!(t.to_store(), None, "offset 0 still runs");
+        run(&mut t, 0);
+        t.advance_idle(2);
+        assert_eq!(t.to_store(), Some(2));
+        t.mark_committed(2);
+        assert_eq!(t.to_commit(), None);
+        assert_eq!(t.to_store(), None);
+    }
+}
