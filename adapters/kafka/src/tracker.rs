@@ -131,8 +131,9 @@ impl PartitionTracker {
             return Received::Duplicate;
         }
         self.last_received = Some(offset);
-        let due = due.filter(|_| self.delayed);
-        let not_due = due.is_some_and(|d| d > now);
+        // Only a future due time on a delayed partition holds the message.
+        let due = due.filter(|d| self.delayed && *d > now);
+        let not_due = due.is_some();
         let key = message.key.clone();
         let head = match &key {
             Some(k) => {
