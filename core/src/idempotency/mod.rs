@@ -9,6 +9,7 @@
 //! If the future is dropped, a guard releases the key without counting an
 //! attempt. A store that is down defers the message ([`Error::Store`]).
 
+pub mod contract;
 mod guard;
 mod key;
 mod layer;
