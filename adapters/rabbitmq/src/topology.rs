@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `q` | quorum queue, durable | `x-delivery-limit` above backstop's maximum attempts, `x-dead-letter-exchange=q.dlx`, `x-dead-letter-strategy=at-least-once`, `x-overflow=reject-publish` |
 //! | `q.dlx` | fanout exchange, durable | bound to `q.dlq` |
-//! | `q.dlq` | quorum queue, durable | no delivery limit, so reading it never dead-letters it |
+//! | `q.dlq` | quorum queue, durable | no delivery limit, so reading it never dead-letters it (on RabbitMQ 4, see [`Topology::rabbitmq_4`]) |
 //! | `q.retry.<tier>` | quorum queue per delay tier (`5s`, `30s`, `5m` …) | `x-message-ttl`, dead-lettered at-least-once back to `q` through the default exchange (`x-dead-letter-routing-key=q`), `x-overflow=reject-publish` |
 //!
 //! backstop writes its own dead letters (with the failure headers) to
@@ -106,6 +106,7 @@ pub struct Topology {
     tiers: Vec<RetryTier>,
     max_attempts: u32,
     delivery_limit: Option<u32>,
+    rabbitmq_4: bool,
 }
 
 impl Topology {
@@ -118,6 +119,7 @@ impl Topology {
             tiers: Vec::new(),
             max_attempts: backstop::RetryPolicy::default().max_attempts,
             delivery_limit: None,
+            rabbitmq_4: false,
         }
     }
 
@@ -151,6 +153,16 @@ impl Topology {
     #[must_use]
     pub fn delivery_limit(mut self, limit: u32) -> Self {
         self.delivery_limit = Some(limit);
+        self
+    }
+
+    /// Declares the DLQ for RabbitMQ 4 or later, where quorum queues have a
+    /// default delivery limit of 20: the DLQ gets `x-delivery-limit = -1`
+    /// (unlimited there). Do not use it on RabbitMQ 3, which reads -1 as
+    /// "dead-letter on the first return" and, the DLQ having no DLX, drops it.
+    #[must_use]
+    pub fn rabbitmq_4(mut self) -> Self {
+        self.rabbitmq_4 = true;
         self
     }
 
@@ -251,7 +263,8 @@ impl Topology {
         args
     }
 
-    /// The arguments of the DLQ (no delivery limit, no dead-lettering).
+    /// The arguments of the DLQ: no delivery limit (so listing it never
+    /// drops it; see [`Topology::rabbitmq_4`]), no dead-lettering.
     pub fn dlq_arguments(&self) -> FieldTable {
         let mut args = FieldTable::default();
         let kind = match self.kind {
@@ -259,6 +272,9 @@ impl Topology {
             QueueKind::Classic => "classic",
         };
         args.insert("x-queue-type".into(), text(kind));
+        if self.kind == QueueKind::Quorum && self.rabbitmq_4 {
+            args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(-1));
+        }
         args
     }
 
@@ -425,6 +441,14 @@ mod tests {
         assert_eq!(get("x-dead-letter-strategy"), Some(text("at-least-once")));
         assert_eq!(get("x-overflow"), Some(text("reject-publish")));
         assert!(!t.dlq_arguments().contains_key("x-delivery-limit"));
+        assert_eq!(
+            t.clone()
+                .rabbitmq_4()
+                .dlq_arguments()
+                .inner()
+                .get("x-delivery-limit"),
+            Some(&AMQPValue::LongLongInt(-1))
+        );
         let tier = RetryTier::new(30 * S);
         let targs = t.tier_arguments(&tier);
         assert_eq!(

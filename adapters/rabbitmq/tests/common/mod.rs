@@ -1,0 +1,130 @@
+//! Helpers shared by the integration tests (each test binary includes what it uses).
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backstop::{Message, Publisher, Source};
+use backstop_rabbitmq::lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use backstop_rabbitmq::{RabbitMq, RabbitPublisher, RabbitSource, Topology, url_from_env};
+use futures::StreamExt;
+
+/// A connected handle to the test broker.
+pub async fn rabbit() -> RabbitMq {
+    RabbitMq::connect(url_from_env())
+        .await
+        .expect("the test broker is reachable (scripts/services/rabbitmq.sh)")
+}
+
+/// A queue name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    format!("bt-{prefix}-{}", &backstop::message::new_message_id()[..12])
+}
+
+/// Declares a quorum topology for a fresh queue.
+pub async fn quorum(rabbit: &RabbitMq, prefix: &str) -> Topology {
+    let topology = Topology::quorum(unique(prefix));
+    rabbit.declare(&topology).await.expect("declare");
+    topology
+}
+
+/// Deletes a topology's queues and exchange (best effort).
+pub async fn cleanup(rabbit: &RabbitMq, topology: &Topology) {
+    let Ok(channel) = rabbit.channel().await else {
+        return;
+    };
+    let mut queues = vec![topology.queue().to_owned(), topology.dlq()];
+    queues.extend(
+        topology
+            .tiers()
+            .iter()
+            .map(|t| t.queue_for(topology.queue())),
+    );
+    for queue in queues {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = channel
+        .exchange_delete(
+            topology.dlx().as_str().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await;
+    let _ = channel.close(200, "OK".into()).await;
+}
+
+/// Message `i` of a run: payload `{"n":i}`, id `<run>-<i>`.
+pub fn numbered(run: &str, i: usize) -> Message {
+    Message::new(format!("{{\"n\":{i}}}")).with_message_id(format!("{run}-{i}"))
+}
+
+/// Publishes `n` numbered messages to `queue`, many confirms in flight at once.
+pub async fn publish_numbered(publisher: &RabbitPublisher, queue: &str, run: &str, n: usize) {
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let publisher = publisher.clone();
+            let message = numbered(run, i);
+            async move { publisher.publish(queue, &message).await }
+        })
+        .buffer_unordered(256)
+        .for_each(|result| async move { result.expect("publish confirmed") })
+        .await;
+}
+
+/// The next delivery within `wait`, panicking on a source error.
+pub async fn next_within(source: &mut RabbitSource, wait: Duration) -> Option<backstop::Delivery> {
+    match tokio::time::timeout(wait, source.next()).await {
+        Ok(Some(Ok(delivery))) => Some(delivery),
+        Ok(Some(Err(error))) => panic!("source failed: {error}"),
+        Ok(None) => panic!("source ended"),
+        Err(_) => None,
+    }
+}
+
+/// Reads every message ready in `queue` (acking it) until none arrives for `quiet`.
+pub async fn drain(rabbit: &RabbitMq, queue: &str, quiet: Duration) -> Vec<Message> {
+    let mut source = rabbit.source(queue, 64).await.expect("consume");
+    let mut out = Vec::new();
+    while let Some(delivery) = next_within(&mut source, quiet).await {
+        out.push(delivery.message().clone());
+        delivery.ack().await.expect("ack");
+    }
+    source.close().await;
+    out
+}
+
+/// A set of message ids seen by a handler, shared across tasks.
+#[derive(Clone, Default)]
+pub struct Seen(pub Arc<Mutex<HashSet<String>>>);
+
+impl Seen {
+    pub fn insert(&self, id: &str) {
+        self.0.lock().unwrap().insert(id.to_owned());
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    pub fn missing(&self, run: &str, n: usize) -> Vec<String> {
+        let seen = self.0.lock().unwrap();
+        (0..n)
+            .map(|i| format!("{run}-{i}"))
+            .filter(|id| !seen.contains(id))
+            .collect()
+    }
+}
+
+/// Waits until `done()` holds, polling; false after `limit`.
+pub async fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    done()
+}
