@@ -158,3 +158,50 @@ pub fn shared<T: Default>() -> Shared<T> {
 pub fn spec(name: &str, partitions: i32) -> TopicSpec {
     TopicSpec::new(name).partitions(partitions)
 }
+
+/// A runner in the background.
+pub struct Worker {
+    stop: backstop::CancellationToken,
+    handle: tokio::task::JoinHandle<Result<backstop::Summary, backstop::runner::RunError>>,
+}
+
+/// Runs `stack` over `source` with `concurrency` in the background.
+pub fn run(source: KafkaSource, stack: backstop::Stack, concurrency: usize) -> Worker {
+    let stop = backstop::CancellationToken::new();
+    let runner = backstop::Runner::new(source, stack)
+        .concurrency(concurrency)
+        .shutdown_deadline(Duration::from_secs(10))
+        .with_shutdown(stop.clone());
+    Worker {
+        stop,
+        handle: tokio::spawn(runner.run()),
+    }
+}
+
+impl Worker {
+    /// Shuts the runner down and returns its summary.
+    pub async fn stop(self) -> backstop::Summary {
+        self.stop.cancel();
+        self.handle.await.unwrap().unwrap()
+    }
+}
+
+/// Reads every message of `topic` (from the start, a throwaway group) until `n` arrived or `wait` passed.
+pub async fn read_topic(brokers_kafka: &Kafka, topic: &str, n: usize, wait: Duration) -> Vec<Message> {
+    let reader = Kafka::from_config({
+        let mut c = brokers_kafka.config().clone();
+        c.group = unique("reader");
+        c
+    });
+    let mut source = reader.plain_source(&[topic], 64).unwrap();
+    let mut got = Vec::new();
+    let until = Instant::now() + wait;
+    while got.len() < n && Instant::now() < until {
+        if let Some(d) = next(&mut source, Duration::from_millis(300)).await {
+            got.push(d.message().clone());
+            d.ack().await.unwrap();
+        }
+    }
+    source.close().await;
+    got
+}
