@@ -50,9 +50,14 @@ pub(crate) fn to_message(record: &BorrowedMessage<'_>) -> Message {
     }
 }
 
-/// The due time a delayed-retry copy carries, if any.
+/// The due time a delayed-retry copy carries, if any. The wire keeps
+/// milliseconds, truncated, so the copy is due at the next millisecond:
+/// never a moment before the delay the retry layer asked for.
 pub(crate) fn due(message: &Message) -> Option<SystemTime> {
-    message.header(wire::DUE).and_then(wire::parse_time)
+    message
+        .header(wire::DUE)
+        .and_then(wire::parse_time)
+        .map(|due| due + Duration::from_millis(1))
 }
 
 /// Record headers for publishing `message`: its headers plus its message id.
