@@ -1,0 +1,34 @@
+//! The store contract on Redis (`BACKSTOP_REDIS_URL`, default redis://127.0.0.1:6379).
+
+use std::sync::Arc;
+
+use backstop::idempotency::contract::{Backend, TTL};
+use backstop::{BoxError, Store};
+use backstop_redis::{RedisConfig, RedisStore};
+
+fn url() -> String {
+    std::env::var("BACKSTOP_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// Every instance is a new connection to the same server and key prefix.
+struct Redis {
+    prefix: String,
+}
+
+impl Redis {
+    fn new() -> Self {
+        Redis {
+            prefix: format!("backstop-test:contract:{}:", backstop::message::new_message_id()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Redis {
+    async fn instance(&self) -> Result<Arc<dyn Store>, BoxError> {
+        let store = RedisStore::connect_with(RedisConfig::new(url()).prefix(&self.prefix).ttl(TTL)).await?;
+        Ok(Arc::new(store))
+    }
+}
+
+backstop::store_contract_tests!(Redis::new());
