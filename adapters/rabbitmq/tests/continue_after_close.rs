@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use backstop::Source;
-use common::{cleanup, next_within, publish_numbered, quorum, rabbit, unique, Seen};
+use common::{Seen, cleanup, next_within, publish_numbered, quorum, rabbit, unique};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_is_handled_across_repeated_close_and_reopen() {
@@ -43,7 +43,10 @@ async fn every_message_is_handled_across_repeated_close_and_reopen() {
             assert!(delivery.ack().await.is_err(), "no ack on a closed channel");
         }
     }
-    assert!(sessions >= 5, "the consumer was reopened repeatedly ({sessions} sessions)");
+    assert!(
+        sessions >= 5,
+        "the consumer was reopened repeatedly ({sessions} sessions)"
+    );
     assert!(left_unacked > 0);
     assert!(seen.missing(&run, N).is_empty());
     assert_eq!(rabbit.message_count(topology.queue()).await.unwrap(), 0);

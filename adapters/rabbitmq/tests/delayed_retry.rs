@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backstop::{
-    handler_fn, wire, CancellationToken, Context, ErrorKind, HandlerError, Message, Publisher, RetryPolicy, RetrySink,
-    Runner, SinkError, StackBuilder,
+    CancellationToken, Context, ErrorKind, HandlerError, Message, Publisher, RetryPolicy,
+    RetrySink, Runner, SinkError, StackBuilder, handler_fn, wire,
 };
 use backstop_rabbitmq::Topology;
 use common::{cleanup, drain, rabbit, unique};
@@ -25,7 +25,10 @@ async fn a_long_retry_comes_back_through_the_delay_queue_with_the_attempt_increm
     rabbit.declare(&topology).await.unwrap();
     rabbit
         .publisher()
-        .publish(topology.queue(), &Message::new("\"later\"").with_message_id("m-later"))
+        .publish(
+            topology.queue(),
+            &Message::new("\"later\"").with_message_id("m-later"),
+        )
         .await
         .unwrap();
 
@@ -34,9 +37,17 @@ async fn a_long_retry_comes_back_through_the_delay_queue_with_the_attempt_increm
     let handler = handler_fn(move |_v: String, ctx: Context| {
         let runs = Arc::clone(&r);
         async move {
-            let header = ctx.headers().get(wire::ATTEMPT).cloned().unwrap_or_default();
-            runs.lock().unwrap().push((ctx.attempt(), header, Instant::now()));
-            Err::<(), _>(HandlerError::transient("downstream busy").retry_after(Duration::from_millis(700)))
+            let header = ctx
+                .headers()
+                .get(wire::ATTEMPT)
+                .cloned()
+                .unwrap_or_default();
+            runs.lock()
+                .unwrap()
+                .push((ctx.attempt(), header, Instant::now()));
+            Err::<(), _>(
+                HandlerError::transient("downstream busy").retry_after(Duration::from_millis(700)),
+            )
         }
     });
     let stack = StackBuilder::<String>::new(Arc::new(rabbit.dead_letter_sink()))
@@ -45,7 +56,12 @@ async fn a_long_retry_comes_back_through_the_delay_queue_with_the_attempt_increm
         .build(handler);
     let source = rabbit.source(topology.queue(), 4).await.unwrap();
     let shutdown = CancellationToken::new();
-    let runner = tokio::spawn(Runner::new(source, stack).concurrency(4).with_shutdown(shutdown.clone()).run());
+    let runner = tokio::spawn(
+        Runner::new(source, stack)
+            .concurrency(4)
+            .with_shutdown(shutdown.clone())
+            .run(),
+    );
 
     let mut letters = Vec::new();
     for _ in 0..100 {
@@ -66,22 +82,38 @@ async fn a_long_retry_comes_back_through_the_delay_queue_with_the_attempt_increm
     assert_eq!(runs[2].1, "3");
     for pair in runs.windows(2) {
         let waited = pair[1].2 - pair[0].2;
-        assert!(waited >= TIER, "came back after {waited:?}, before the 1s tier's TTL");
+        assert!(
+            waited >= TIER,
+            "came back after {waited:?}, before the 1s tier's TTL"
+        );
         assert!(waited < TIER * 5, "came back after {waited:?}");
     }
     assert_eq!(summary.deferred, 2, "{summary}");
     assert_eq!(summary.dead_lettered, 1, "{summary}");
     assert_eq!(summary.nacked, 0, "{summary}");
 
-    assert_eq!(letters.len(), 1, "dead-lettered once after the last attempt");
+    assert_eq!(
+        letters.len(),
+        1,
+        "dead-lettered once after the last attempt"
+    );
     let letter = &letters[0];
     assert_eq!(letter.meta.message_id, "m-later");
-    assert_eq!(letter.header(wire::ERROR_KIND), Some(ErrorKind::Exhausted.as_str()));
+    assert_eq!(
+        letter.header(wire::ERROR_KIND),
+        Some(ErrorKind::Exhausted.as_str())
+    );
     assert_eq!(letter.header(wire::ATTEMPT), Some("3"));
     assert_eq!(letter.header(wire::ORIGINAL_SOURCE), Some(topology.queue()));
     assert!(letter.header(wire::DUE).is_none());
     for tier in topology.tiers() {
-        assert_eq!(rabbit.message_count(&tier.queue_for(topology.queue())).await.unwrap(), 0);
+        assert_eq!(
+            rabbit
+                .message_count(&tier.queue_for(topology.queue()))
+                .await
+                .unwrap(),
+            0
+        );
     }
     assert_eq!(rabbit.message_count(topology.queue()).await.unwrap(), 0);
     cleanup(&rabbit, &topology).await;
@@ -95,18 +127,36 @@ async fn the_retry_sink_refuses_classic_and_unknown_queues() {
     let sink = rabbit.retry_sink();
     let mut copy = Message::new("x");
     copy.meta.source = classic.queue().to_owned();
-    let error = sink.retry_later(copy.clone(), Duration::from_secs(5)).await.unwrap_err();
-    assert!(matches!(&error, SinkError::Unsupported(text) if text.contains("classic")), "{error}");
+    let error = sink
+        .retry_later(copy.clone(), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, SinkError::Unsupported(text) if text.contains("classic")),
+        "{error}"
+    );
 
     copy.meta.source = unique("unknown");
-    let error = sink.retry_later(copy.clone(), Duration::from_secs(5)).await.unwrap_err();
-    assert!(matches!(&error, SinkError::Unsupported(text) if text.contains("no known topology")), "{error}");
+    let error = sink
+        .retry_later(copy.clone(), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, SinkError::Unsupported(text) if text.contains("no known topology")),
+        "{error}"
+    );
 
     let no_tiers = Topology::quorum(unique("no-tiers"));
     rabbit.declare(&no_tiers).await.unwrap();
     copy.meta.source = no_tiers.queue().to_owned();
-    let error = sink.retry_later(copy, Duration::from_secs(5)).await.unwrap_err();
-    assert!(matches!(&error, SinkError::Unsupported(text) if text.contains("no retry tiers")), "{error}");
+    let error = sink
+        .retry_later(copy, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, SinkError::Unsupported(text) if text.contains("no retry tiers")),
+        "{error}"
+    );
     cleanup(&rabbit, &classic).await;
     cleanup(&rabbit, &no_tiers).await;
 }
@@ -119,8 +169,17 @@ async fn the_retry_sink_picks_the_smallest_sufficient_tier_else_the_largest() {
     rabbit.register(&topology);
     let sink = rabbit.retry_sink();
     let q = topology.queue();
-    assert_eq!(sink.destination(q, Duration::from_millis(1500)).unwrap(), format!("{q}.retry.5s"));
-    assert_eq!(sink.destination(q, s(30)).unwrap(), format!("{q}.retry.30s"));
+    assert_eq!(
+        sink.destination(q, Duration::from_millis(1500)).unwrap(),
+        format!("{q}.retry.5s")
+    );
+    assert_eq!(
+        sink.destination(q, s(30)).unwrap(),
+        format!("{q}.retry.30s")
+    );
     assert_eq!(sink.destination(q, s(31)).unwrap(), format!("{q}.retry.5m"));
-    assert_eq!(sink.destination(q, s(3600)).unwrap(), format!("{q}.retry.5m"));
+    assert_eq!(
+        sink.destination(q, s(3600)).unwrap(),
+        format!("{q}.retry.5m")
+    );
 }
