@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use backstop::{
@@ -65,14 +65,19 @@ async fn rabbitmqctl(args: &[&str]) -> String {
 }
 
 async fn stop_app() {
+    let t = std::time::Instant::now();
     rabbitmqctl(&["stop_app"]).await;
+    eprintln!("stop_app took {:?}", t.elapsed());
 }
 
 /// Starts the app and waits until AMQP answers again.
 async fn start_app() {
+    let t = std::time::Instant::now();
     rabbitmqctl(&["start_app"]).await;
+    eprintln!("start_app took {:?}", t.elapsed());
     for _ in 0..300 {
         if RabbitMq::connect(url_from_env()).await.is_ok() {
+            eprintln!("AMQP back after {:?}", t.elapsed());
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -151,11 +156,13 @@ async fn named_rabbit(name: &str) -> RabbitMq {
         .unwrap()
 }
 
-/// A worker recording every message id it handled.
+/// A worker recording every message id it handled; while `hold` is set its
+/// handlers wait, keeping their deliveries in flight.
 fn spawn_worker(
     rabbit: &RabbitMq,
     source: RabbitSource,
     seen: &Seen,
+    hold: &Arc<AtomicBool>,
     concurrency: usize,
 ) -> (
     CancellationToken,
@@ -163,9 +170,13 @@ fn spawn_worker(
     tokio::task::JoinHandle<Summary>,
 ) {
     let seen = seen.clone();
+    let hold = Arc::clone(hold);
     let handler = handler_fn(move |_v: serde_json::Value, ctx: Context| {
-        let seen = seen.clone();
+        let (seen, hold) = (seen.clone(), Arc::clone(&hold));
         async move {
+            while hold.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             seen.insert(ctx.message_id());
             Ok::<_, HandlerError>(())
         }
@@ -198,13 +209,17 @@ async fn a_worker_reconnects_after_a_broker_restart_and_loses_nothing() {
     publish_numbered(&rabbit.publisher(), topology.queue(), &run, N).await;
 
     let seen = Seen::default();
+    let hold = Arc::new(AtomicBool::new(false));
     let source = rabbit.source(topology.queue(), 32).await.unwrap();
-    let (shutdown, disconnects, worker) = spawn_worker(&rabbit, source, &seen, 32);
+    let (shutdown, disconnects, worker) = spawn_worker(&rabbit, source, &seen, &hold, 32);
     assert!(eventually(Duration::from_secs(60), || seen.len() >= 2_000).await);
-    stop_app().await;
+    // Restart with deliveries in flight: their acks fail, the broker redelivers them.
+    hold.store(true, Ordering::SeqCst);
     let during = seen.len();
+    stop_app().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     start_app().await;
+    hold.store(false, Ordering::SeqCst);
     let all = eventually(Duration::from_secs(120), || seen.len() == N).await;
     shutdown.cancel();
     let summary = worker.await.unwrap();
@@ -221,6 +236,10 @@ async fn a_worker_reconnects_after_a_broker_restart_and_loses_nothing() {
         disconnects.load(Ordering::SeqCst),
         1,
         "one loss, reported once: {summary}"
+    );
+    assert!(
+        summary.ack_failed >= 1,
+        "the in-flight acks failed harmlessly: {summary}"
     );
     assert!(seen.missing(&run, N).is_empty());
     let mut left = u32::MAX;
@@ -246,11 +265,14 @@ async fn a_worker_survives_its_connection_being_closed() {
     publish_numbered(&rabbit.publisher(), topology.queue(), &run, N).await;
 
     let seen = Seen::default();
+    let hold = Arc::new(AtomicBool::new(false));
     let source = rabbit.source(topology.queue(), 16).await.unwrap();
-    let (shutdown, disconnects, worker) = spawn_worker(&rabbit, source, &seen, 16);
+    let (shutdown, disconnects, worker) = spawn_worker(&rabbit, source, &seen, &hold, 16);
     for (i, at) in [500, 1_500].into_iter().enumerate() {
         assert!(eventually(Duration::from_secs(30), || seen.len() >= at).await);
+        hold.store(true, Ordering::SeqCst);
         assert_eq!(close_connections(&format!("{name}-consumer")).await, 1);
+        hold.store(false, Ordering::SeqCst);
         assert!(
             eventually(
                 Duration::from_secs(10),
@@ -269,6 +291,10 @@ async fn a_worker_survives_its_connection_being_closed() {
         seen.missing(&run, N).len()
     );
     assert_eq!(disconnects.load(Ordering::SeqCst), 2, "{summary}");
+    assert!(
+        summary.ack_failed >= 2,
+        "the in-flight acks failed harmlessly: {summary}"
+    );
     cleanup(&rabbit, &topology).await;
 }
 
