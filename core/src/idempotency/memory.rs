@@ -85,14 +85,17 @@ impl MemoryStore {
 }
 
 impl State {
-    fn make_room(&mut self, capacity: usize, now: Instant) -> Result<(), StoreError> {
+    /// Evicts the oldest finished (or expired) keys down to 90 % of
+    /// `capacity`, so a full store pays for eviction once per tenth of its
+    /// capacity, not on every claim. Live leases are never evicted.
+    fn make_room(&mut self, capacity: usize) -> Result<(), StoreError> {
         if self.entries.len() < capacity {
             return Ok(());
         }
-        self.entries
-            .retain(|_, e| e.expires > now || matches!(e.phase, Phase::InProgress { .. }));
+        let target = capacity - capacity / 10 - 1;
         let mut scanned = 0;
-        while self.entries.len() >= capacity && scanned <= self.order.len() {
+        let limit = self.order.len();
+        while self.entries.len() > target && scanned < limit {
             let Some(key) = self.order.pop_front() else { break };
             scanned += 1;
             match self.entries.get(&key) {
@@ -144,7 +147,7 @@ impl Store for MemoryStore {
             }
             state.entries.remove(key);
         }
-        state.make_room(self.capacity, now)?;
+        state.make_room(self.capacity)?;
         state.entries.insert(
             key.clone(),
             Entry {
