@@ -96,10 +96,12 @@ pub use backstop_macros::{Classify, Handler, Payload};
 /// What the derives' generated code names; not a public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use serde::de::DeserializeOwned;
     pub use serde_json;
     pub use std::convert::From;
     pub use std::default::Default;
     pub use std::error::Error;
+    pub use std::fmt::Display;
     pub use std::marker::{Send, Sync};
     pub use std::option::Option;
     pub use std::result::Result;

@@ -2,7 +2,7 @@
 
 use syn::{Attribute, Data, DeriveInput, Ident, Path};
 
-use super::{duration, each_meta, flag, set_once, skip_value, unknown_key};
+use super::{duration, each_meta, flag, set_once, unknown_key};
 use crate::duration::SpannedDuration;
 use crate::errors::Errors;
 
@@ -68,8 +68,7 @@ fn class(attrs: &[Attribute], errors: &mut Errors) -> Option<ClassAttrs> {
             let delay = duration(&meta, "retry_after = \"5s\"")?;
             set_once(&mut class.retry_after, (meta.path.clone(), delay), &meta.path, errors);
         } else {
-            skip_value(meta.input)?;
-            errors.push(unknown_key(&meta.path, "`#[classify(...)]`", KEYS));
+            return Err(unknown_key(&meta.path, "`#[classify(...)]`", KEYS));
         }
         Ok(())
     });

@@ -2,7 +2,7 @@
 
 use syn::{Attribute, DeriveInput, LitInt, LitStr, Path, Type};
 
-use super::{duration, each_meta, int, name, set_once, skip_value, unknown_key, value};
+use super::{duration, each_meta, int, name, set_once, unknown_key, value};
 use crate::duration::SpannedDuration;
 use crate::errors::Errors;
 
@@ -38,6 +38,8 @@ pub(crate) struct HandlerAttrs {
     /// The first `#[handler]` attribute, for errors about what it lacks.
     pub(crate) attr: Option<Attribute>,
     pub(crate) payload: Option<Type>,
+    /// `payload = ...` was written, even if its value was not a type.
+    pub(crate) payload_given: bool,
     pub(crate) retries: Option<(u32, LitInt)>,
     pub(crate) backoff: Option<Backoff>,
     pub(crate) timeout: Option<SpannedDuration>,
@@ -59,12 +61,13 @@ pub(crate) fn parse(input: &DeriveInput, errors: &mut Errors) -> HandlerAttrs {
             let input = value(&meta, "payload = OrderPlaced")?;
             if input.peek(LitStr) {
                 let literal: LitStr = input.parse()?;
-                errors.spanned(
+                attrs.payload_given = true;
+                return Err(syn::Error::new_spanned(
                     &literal,
                     format!("`payload` is a type, not a string: write `payload = {}`", literal.value()),
-                );
-                return Ok(());
+                ));
             }
+            attrs.payload_given = true;
             let ty: Type = input.parse()?;
             set_once(&mut attrs.payload, ty, &path, errors);
         } else if path.is_ident("retries") {
@@ -85,19 +88,20 @@ pub(crate) fn parse(input: &DeriveInput, errors: &mut Errors) -> HandlerAttrs {
                 "none" => Idempotency::None,
                 other => {
                     let known: Vec<String> = IDEMPOTENCY.iter().map(|k| format!("\"{k}\"")).collect();
-                    errors.spanned(
+                    return Err(syn::Error::new_spanned(
                         &literal,
                         format!("unknown idempotency `{other}`: expected one of {}", known.join(", ")),
-                    );
-                    return Ok(());
+                    ));
                 }
             };
             set_once(&mut attrs.idempotency, (source, literal), &path, errors);
         } else if path.is_ident("concurrency") {
             let concurrency = int::<usize>(&meta, "concurrency = 32", "1 up")?;
             if concurrency.0 == 0 {
-                errors.spanned(&concurrency.1, "`concurrency` must be at least 1: write `concurrency = 1` to run one message at a time");
-                return Ok(());
+                return Err(syn::Error::new_spanned(
+                    &concurrency.1,
+                    "`concurrency` must be at least 1: write `concurrency = 1` to run one message at a time",
+                ));
             }
             set_once(&mut attrs.concurrency, concurrency, &path, errors);
         } else if path.is_ident("dlq") {
@@ -107,8 +111,7 @@ pub(crate) fn parse(input: &DeriveInput, errors: &mut Errors) -> HandlerAttrs {
             let source = name(&meta, "source = \"orders\"")?;
             set_once(&mut attrs.source, source, &path, errors);
         } else {
-            skip_value(meta.input)?;
-            errors.push(unknown_key(&path, "`#[handler(...)]`", KEYS));
+            return Err(unknown_key(&path, "`#[handler(...)]`", KEYS));
         }
         Ok(())
     });
@@ -119,9 +122,10 @@ pub(crate) fn parse(input: &DeriveInput, errors: &mut Errors) -> HandlerAttrs {
 fn backoff(meta: &syn::meta::ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<Backoff> {
     const EXAMPLE: &str = "backoff(initial = \"100ms\", max = \"10s\")";
     if !meta.input.peek(syn::token::Paren) {
-        let error = syn::Error::new_spanned(&meta.path, format!("`backoff` takes its bounds in parentheses: write `{EXAMPLE}`"));
-        skip_value(meta.input)?;
-        return Err(error);
+        return Err(syn::Error::new_spanned(
+            &meta.path,
+            format!("`backoff` takes its bounds in parentheses: write `{EXAMPLE}`"),
+        ));
     }
     let mut backoff = Backoff {
         path: meta.path.clone(),
@@ -134,24 +138,23 @@ fn backoff(meta: &syn::meta::ParseNestedMeta<'_>, errors: &mut Errors) -> syn::R
         .group(proc_macro2::Delimiter::Parenthesis)
         .is_some_and(|(inside, _, _)| inside.eof());
     if empty {
-        skip_value(meta.input)?;
-        errors.spanned(&meta.path, format!("empty `backoff()`: write `{EXAMPLE}` (either bound may be left out)"));
-        return Ok(backoff);
+        return Err(syn::Error::new_spanned(
+            &meta.path,
+            format!("empty `backoff()`: write `{EXAMPLE}` (either bound may be left out)"),
+        ));
     }
     meta.parse_nested_meta(|inner| {
-        if inner.path.is_ident("initial") {
-            match duration(&inner, "initial = \"100ms\"") {
-                Ok(initial) => set_once(&mut backoff.initial, initial, &inner.path, errors),
-                Err(error) => errors.push(error),
-            }
+        let bound = if inner.path.is_ident("initial") {
+            duration(&inner, "initial = \"100ms\"").map(|d| set_once(&mut backoff.initial, d, &inner.path, errors))
         } else if inner.path.is_ident("max") {
-            match duration(&inner, "max = \"10s\"") {
-                Ok(max) => set_once(&mut backoff.max, max, &inner.path, errors),
-                Err(error) => errors.push(error),
-            }
+            duration(&inner, "max = \"10s\"").map(|d| set_once(&mut backoff.max, d, &inner.path, errors))
         } else {
-            skip_value(inner.input)?;
-            errors.push(unknown_key(&inner.path, "`backoff(...)`", BACKOFF_KEYS));
+            Err(unknown_key(&inner.path, "`backoff(...)`", BACKOFF_KEYS))
+        };
+        // Read the other bound after a mistake in one, as `each_meta` does for keys.
+        if let Err(error) = bound {
+            errors.push(error);
+            super::skip_value(inner.input)?;
         }
         Ok(())
     })?;

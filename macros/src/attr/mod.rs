@@ -20,9 +20,10 @@ use crate::errors::Errors;
 
 /// Runs `logic` on each `key` of every `#[name(key, ...)]` in `attrs`.
 ///
-/// A malformed attribute is recorded in `errors` and the rest of it skipped;
-/// `logic` records what it can and returns `Err` only for syntax it cannot
-/// get past.
+/// An error from `logic` is recorded in `errors`, the rest of that key's
+/// value skipped, and the next key read, so one attribute can report several
+/// mistakes. An attribute whose syntax cannot be followed is recorded and
+/// left.
 pub(crate) fn each_meta(
     attrs: &[Attribute],
     name: &str,
@@ -37,7 +38,14 @@ pub(crate) fn each_meta(
             errors.spanned(attr, format!("empty `#[{name}()]`: expected {}", one_of(known)));
             continue;
         }
-        let result = attr.parse_nested_meta(|meta| logic(meta, errors));
+        let result = attr.parse_nested_meta(|meta| {
+            let input = meta.input;
+            if let Err(error) = logic(meta, errors) {
+                errors.push(error);
+                skip_value(input)?;
+            }
+            Ok(())
+        });
         errors.ok(result);
     }
 }
@@ -74,7 +82,7 @@ pub(crate) fn path_text(path: &Path) -> String {
     segments.join("::")
 }
 
-/// Consumes the rest of an unknown key (`= value` or `(...)`) up to the next comma.
+/// Consumes the rest of a key that could not be read (`= value` or `(...)`) up to the next comma.
 pub(crate) fn skip_value(input: ParseStream<'_>) -> syn::Result<()> {
     input.step(|cursor| {
         let mut rest = *cursor;
@@ -92,9 +100,7 @@ pub(crate) fn skip_value(input: ParseStream<'_>) -> syn::Result<()> {
 pub(crate) fn flag(meta: &ParseNestedMeta<'_>, example: &str) -> syn::Result<()> {
     if meta.input.peek(Token![=]) || meta.input.peek(syn::token::Paren) {
         let key = path_text(&meta.path);
-        let error = syn::Error::new_spanned(&meta.path, format!("`{key}` takes no value: write `{example}`"));
-        skip_value(meta.input)?;
-        return Err(error);
+        return Err(syn::Error::new_spanned(&meta.path, format!("`{key}` takes no value: write `{example}`")));
     }
     Ok(())
 }
@@ -103,9 +109,7 @@ pub(crate) fn flag(meta: &ParseNestedMeta<'_>, example: &str) -> syn::Result<()>
 pub(crate) fn value<'a>(meta: &ParseNestedMeta<'a>, example: &str) -> syn::Result<ParseStream<'a>> {
     if !meta.input.peek(Token![=]) {
         let key = path_text(&meta.path);
-        let error = syn::Error::new_spanned(&meta.path, format!("expected a value for `{key}`: write `{example}`"));
-        skip_value(meta.input)?;
-        return Err(error);
+        return Err(syn::Error::new_spanned(&meta.path, format!("expected a value for `{key}`: write `{example}`")));
     }
     meta.value()
 }
@@ -114,9 +118,7 @@ pub(crate) fn value<'a>(meta: &ParseNestedMeta<'a>, example: &str) -> syn::Resul
 pub(crate) fn lit_str(meta: &ParseNestedMeta<'_>, example: &str) -> syn::Result<LitStr> {
     let input = value(meta, example)?;
     if !input.peek(LitStr) {
-        let error = input.error(format!("expected a string: write `{example}`"));
-        skip_value(input)?;
-        return Err(error);
+        return Err(input.error(format!("expected a string: write `{example}`")));
     }
     input.parse()
 }
@@ -148,9 +150,7 @@ where
     let input = value(meta, example)?;
     let key = path_text(&meta.path);
     if !input.peek(LitInt) {
-        let error = input.error(format!("expected a whole number for `{key}`: write `{example}`"));
-        skip_value(input)?;
-        return Err(error);
+        return Err(input.error(format!("expected a whole number for `{key}`: write `{example}`")));
     }
     let literal: LitInt = input.parse()?;
     match literal.base10_parse::<N>() {

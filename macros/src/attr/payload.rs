@@ -42,11 +42,12 @@ pub(crate) fn parse(input: &DeriveInput, errors: &mut Errors) -> PayloadAttrs {
             let dlq = name(&meta, "dlq = \"orders.dlq\"")?;
             set_once(&mut attrs.dlq, dlq, &meta.path, errors);
         } else if meta.path.is_ident("key") {
-            flag(&meta, "#[payload(key)]")?;
-            errors.spanned(&meta.path, "`key` goes on a field: write `#[payload(key)]` above the field that identifies the message");
+            return Err(syn::Error::new_spanned(
+                &meta.path,
+                "`key` goes on a field: write `#[payload(key)]` above the field that identifies the message",
+            ));
         } else {
-            super::skip_value(meta.input)?;
-            errors.push(unknown_key(&meta.path, "`#[payload(...)]` on a type", TYPE_KEYS));
+            return Err(unknown_key(&meta.path, "`#[payload(...)]` on a type", TYPE_KEYS));
         }
         Ok(())
     });
@@ -97,11 +98,9 @@ fn field_attrs(attrs: &[Attribute], member: Member, ty: &Type, keys: &mut Vec<Ke
                 flag(&meta, "#[payload(key, display)]")?;
                 set_once(&mut display, meta.path.clone(), &meta.path, errors);
             } else if meta.path.is_ident("source") || meta.path.is_ident("dlq") {
-                super::skip_value(meta.input)?;
-                errors.spanned(&meta.path, "`source` and `dlq` go on the type, not on a field");
+                return Err(syn::Error::new_spanned(&meta.path, "`source` and `dlq` go on the type, not on a field"));
             } else {
-                super::skip_value(meta.input)?;
-                errors.push(unknown_key(&meta.path, "`#[payload(...)]` on a field", FIELD_KEYS));
+                return Err(unknown_key(&meta.path, "`#[payload(...)]` on a field", FIELD_KEYS));
             }
             Ok(())
         });

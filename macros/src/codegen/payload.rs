@@ -12,9 +12,12 @@ pub(crate) fn generate(input: &DeriveInput, payload: &Payload) -> TokenStream {
     let key = payload.key.as_ref().map(|key| {
         let member = &key.member;
         // Spanned on the field's type: a `display` key without `Display` is reported there.
-        let text = quote_spanned!(key.ty.span()=> ::backstop::__private::ToString::to_string(&self.#member));
+        let text = quote_spanned!(key.ty.span()=> text(&self.#member));
         quote! {
             fn key(&self) -> ::backstop::__private::Option<::backstop::__private::String> {
+                fn text<K: ::backstop::__private::Display + ?Sized>(key: &K) -> ::backstop::__private::String {
+                    ::backstop::__private::ToString::to_string(key)
+                }
                 ::backstop::__private::Option::Some(#text)
             }
         }
@@ -38,7 +41,10 @@ pub(crate) fn generate(input: &DeriveInput, payload: &Payload) -> TokenStream {
             ::backstop::__private::json::<Self>(bytes)
         }
     };
-    implement(input, quote!(#decode #key #source #dlq))
+    // Spanned on the type's name: a missing `Deserialize` impl is reported there, once.
+    let ident = &input.ident;
+    let deserialize = quote_spanned!(ident.span()=> Self: ::backstop::__private::DeserializeOwned);
+    implement(input, &[deserialize], quote!(#decode #key #source #dlq))
 }
 
 /// A `Payload` impl with the right shape and no behaviour, emitted after an error.
@@ -48,6 +54,7 @@ pub(crate) fn fallback(input: &DeriveInput) -> TokenStream {
     }
     implement(
         input,
+        &[],
         quote! {
             fn decode(_: &[u8]) -> ::backstop::__private::Result<Self, ::backstop::__private::DecodeError> {
                 ::backstop::__private::unreachable!("`#[derive(Payload)]` failed")
@@ -56,10 +63,10 @@ pub(crate) fn fallback(input: &DeriveInput) -> TokenStream {
     )
 }
 
-fn implement(input: &DeriveInput, body: TokenStream) -> TokenStream {
+fn implement(input: &DeriveInput, bounds: &[TokenStream], body: TokenStream) -> TokenStream {
     let ident = &input.ident;
     let (impl_generics, ty_generics, _) = input.generics.split_for_impl();
-    let where_clause = super::where_clause(input, &[]);
+    let where_clause = super::where_clause(input, bounds);
     quote! {
         #[automatically_derived]
         impl #impl_generics ::backstop::__private::Payload for #ident #ty_generics #where_clause {

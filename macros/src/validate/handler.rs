@@ -32,7 +32,7 @@ const DEFAULT_MAX: Duration = Duration::from_secs(10);
 
 /// Checks `attrs` against `input`.
 pub(crate) fn validate(input: &DeriveInput, attrs: HandlerAttrs, errors: &mut Errors) -> Handler {
-    if attrs.payload.is_none() {
+    if !attrs.payload_given {
         const EXAMPLE: &str = "#[handler(payload = OrderPlaced)]";
         match &attrs.attr {
             Some(attr) => errors.spanned(

@@ -1,0 +1,9 @@
+use backstop::Payload;
+
+#[derive(Clone, Payload)]
+struct Order {
+    #[payload(key)]
+    id: String,
+}
+
+fn main() {}
