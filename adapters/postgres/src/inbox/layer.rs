@@ -1,0 +1,117 @@
+//! [`InboxLayer`] and [`InboxService`]: one transaction per attempt.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use backstop::{HandlerError, Request};
+use futures::future::BoxFuture;
+use tower::{Layer, Service};
+
+use super::tx::InboxTx;
+use super::Inbox;
+use crate::conn::Conn;
+use crate::PostgresError;
+
+/// Applies the transactional inbox to the handler; see the [module docs](super).
+#[derive(Clone, Debug)]
+pub struct InboxLayer {
+    inbox: Arc<Inbox>,
+}
+
+impl InboxLayer {
+    /// The layer for `inbox`.
+    pub fn new(inbox: Inbox) -> Self {
+        InboxLayer { inbox: Arc::new(inbox) }
+    }
+}
+
+impl<S> Layer<S> for InboxLayer {
+    type Service = InboxService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        InboxService {
+            inner,
+            inbox: Arc::clone(&self.inbox),
+        }
+    }
+}
+
+/// Runs each attempt of the inner service inside an inbox transaction.
+#[derive(Clone, Debug)]
+pub struct InboxService<S> {
+    inner: S,
+    inbox: Arc<Inbox>,
+}
+
+/// The inbox could not do its part: retry later.
+fn unavailable(error: PostgresError) -> HandlerError {
+    HandlerError::transient(error)
+}
+
+/// A failed `COMMIT`: classified like the handler's own queries.
+fn commit_failed(error: PostgresError) -> HandlerError {
+    match error {
+        PostgresError::Query { source, .. } => super::InboxError::Query(source).into(),
+        other => unavailable(other),
+    }
+}
+
+impl<S, T> Service<Request<T>> for InboxService<S>
+where
+    S: Service<Request<T>, Response = (), Error = HandlerError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    T: Send + Sync + 'static,
+{
+    type Response = ();
+    type Error = HandlerError;
+    type Future = BoxFuture<'static, Result<(), HandlerError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HandlerError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<T>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let inbox = Arc::clone(&self.inbox);
+        Box::pin(async move {
+            let timeout = inbox.timeout;
+            let key = inbox.key.key_of(&request);
+            let mut conn = Conn::checkout(&inbox.pool, timeout).await.map_err(unavailable)?;
+            conn.set_in_transaction(true);
+            conn.batch("begin", timeout, "BEGIN").await.map_err(unavailable)?;
+            if let Some(key) = &key {
+                let message = request.message();
+                let attempt = i32::try_from(request.attempt()).unwrap_or(i32::MAX);
+                let inserted = conn
+                    .execute(
+                        "inbox insert",
+                        timeout,
+                        &inbox.sql.insert,
+                        &[&inbox.consumer, &key.as_str(), &message.meta.message_id, &message.meta.source, &attempt],
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                if inserted == 0 {
+                    tracing::debug!(%key, message_id = %message.meta.message_id, "inbox: already processed, handler skipped");
+                    if conn.batch("rollback", timeout, "ROLLBACK").await.is_ok() {
+                        conn.set_in_transaction(false);
+                    }
+                    conn.release();
+                    return Ok(());
+                }
+            }
+            let (tx, mut open) = InboxTx::new(conn, key);
+            request.extensions.insert(tx);
+            match inner.call(request).await {
+                Ok(()) => open.finish("commit", "COMMIT", timeout).await.map_err(commit_failed),
+                Err(error) => {
+                    if let Err(rollback) = open.finish("rollback", "ROLLBACK", timeout).await {
+                        tracing::debug!(%rollback, "inbox: rollback failed; the connection was closed instead");
+                    }
+                    Err(error)
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,228 @@
+//! [`InboxTx`]: the open transaction a handler writes its effects through.
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backstop::idempotency::Key;
+use backstop::{Context, HandlerError};
+use deadpool_postgres::{ClientWrapper, Object};
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+use crate::conn::Conn;
+use crate::PostgresError;
+
+/// A query through an [`InboxTx`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InboxError {
+    /// The handler's context has no inbox transaction.
+    #[error("no inbox transaction in this context: add the inbox with StackBuilder::innermost(inbox.layer())")]
+    Missing,
+    /// The transaction was committed or rolled back already.
+    #[error("the inbox transaction is over (committed, rolled back or its connection lost): use it only while the handler runs")]
+    Finished,
+    /// The statement failed.
+    #[error("query in the inbox transaction failed: {0}")]
+    Query(#[from] tokio_postgres::Error),
+}
+
+impl InboxError {
+    /// The SQLSTATE of a database error, if this is one.
+    pub fn code(&self) -> Option<&SqlState> {
+        match self {
+            InboxError::Query(error) => error.code(),
+            _ => None,
+        }
+    }
+
+    /// True for errors a retry cannot fix: a missing inbox, data exceptions
+    /// (SQLSTATE class 22), integrity violations (23), syntax and access
+    /// errors (42). Everything else (lost connection, serialization failure,
+    /// deadlock, server shutting down) is transient.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            InboxError::Missing => true,
+            InboxError::Finished => false,
+            InboxError::Query(_) => self
+                .code()
+                .is_some_and(|code| ["22", "23", "42"].iter().any(|class| code.code().starts_with(class))),
+        }
+    }
+}
+
+impl From<InboxError> for HandlerError {
+    fn from(error: InboxError) -> Self {
+        if error.is_permanent() {
+            HandlerError::permanent(error)
+        } else {
+            HandlerError::transient(error)
+        }
+    }
+}
+
+/// The state one attempt's transaction shares with the handler's handles.
+pub(crate) struct TxShared {
+    conn: Mutex<Conn>,
+    key: Option<Key>,
+}
+
+/// The inbox's open transaction, handed to the handler in its
+/// [`Context`]: `ctx.transaction::<InboxTx>()`, or
+/// [`InboxTx::from_context`]. Everything run through it commits together
+/// with the message's inbox row, or not at all.
+///
+/// Do not run transaction control (`COMMIT`, `ROLLBACK`, `BEGIN`) through it;
+/// `SAVEPOINT` is fine. Use it only while the handler runs: afterwards its
+/// queries fail with [`InboxError::Finished`].
+///
+/// ```no_run
+/// use backstop::{Context, HandlerError};
+/// use backstop_postgres::InboxTx;
+///
+/// async fn record(order: String, ctx: Context) -> Result<(), HandlerError> {
+///     let tx = InboxTx::from_context(&ctx)?;
+///     tx.execute("INSERT INTO orders (id) VALUES ($1)", &[&order]).await?;
+///     Ok(())
+/// }
+/// ```
+#[derive(Clone)]
+pub struct InboxTx {
+    shared: Arc<TxShared>,
+}
+
+impl std::fmt::Debug for InboxTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboxTx")
+            .field("key", &self.shared.key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The transaction's client, locked for direct use (prepared statements,
+/// `COPY`, pipelining): derefs to deadpool's client wrapper, which derefs
+/// to [`tokio_postgres::Client`]. Other queries through the same
+/// [`InboxTx`] wait until it is dropped.
+pub struct TxClient<'a> {
+    guard: MappedMutexGuard<'a, Object>,
+}
+
+impl std::fmt::Debug for TxClient<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TxClient").finish_non_exhaustive()
+    }
+}
+
+impl Deref for TxClient<'_> {
+    type Target = ClientWrapper;
+
+    fn deref(&self) -> &ClientWrapper {
+        &self.guard
+    }
+}
+
+impl InboxTx {
+    pub(crate) fn new(conn: Conn, key: Option<Key>) -> (Self, OpenTx) {
+        let shared = Arc::new(TxShared {
+            conn: Mutex::new(conn),
+            key,
+        });
+        let open = OpenTx {
+            shared: Arc::clone(&shared),
+            settled: false,
+        };
+        (InboxTx { shared }, open)
+    }
+
+    /// The inbox transaction of this attempt.
+    pub fn from_context(ctx: &Context) -> Result<&InboxTx, InboxError> {
+        ctx.transaction::<InboxTx>().ok_or(InboxError::Missing)
+    }
+
+    /// The idempotency key the inbox row was written for (`None`: the
+    /// message had no key and is not deduplicated).
+    pub fn key(&self) -> Option<&Key> {
+        self.shared.key.as_ref()
+    }
+
+    /// Locks the transaction's client for direct use.
+    pub async fn client(&self) -> Result<TxClient<'_>, InboxError> {
+        let guard = self.shared.conn.lock().await;
+        let guard = MutexGuard::try_map(guard, |conn| conn.client_mut()).map_err(|_| InboxError::Finished)?;
+        Ok(TxClient { guard })
+    }
+
+    /// Runs a statement; the number of rows it changed.
+    pub async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, InboxError> {
+        Ok(self.client().await?.execute(sql, params).await?)
+    }
+
+    /// Runs a query; its rows.
+    pub async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, InboxError> {
+        Ok(self.client().await?.query(sql, params).await?)
+    }
+
+    /// Runs a query that returns exactly one row.
+    pub async fn query_one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, InboxError> {
+        Ok(self.client().await?.query_one(sql, params).await?)
+    }
+
+    /// Runs a query that returns at most one row.
+    pub async fn query_opt(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, InboxError> {
+        Ok(self.client().await?.query_opt(sql, params).await?)
+    }
+
+    /// Runs statements without parameters, separated by `;`.
+    pub async fn batch_execute(&self, sql: &str) -> Result<(), InboxError> {
+        Ok(self.client().await?.batch_execute(sql).await?)
+    }
+}
+
+/// The layer's side of one attempt's transaction: it ends it. Dropped
+/// unsettled (a panic, a timeout, a dropped future), it closes the
+/// connection so the server rolls back; if a handle still holds the lock,
+/// the connection is closed when the last handle goes.
+pub(crate) struct OpenTx {
+    shared: Arc<TxShared>,
+    settled: bool,
+}
+
+impl OpenTx {
+    /// Ends the transaction with `sql` (`COMMIT` or `ROLLBACK`). The
+    /// connection returns to the pool only if that succeeded.
+    pub(crate) async fn finish(&mut self, op: &'static str, sql: &str, timeout: Duration) -> Result<(), PostgresError> {
+        self.settled = true;
+        let Ok(mut conn) = tokio::time::timeout(timeout, self.shared.conn.lock()).await else {
+            // A handle leaked out of the handler holds the lock; the
+            // connection is closed (rolled back) when the last handle goes.
+            return Err(PostgresError::Timeout {
+                op: "waiting for the handler's query to end",
+                after: timeout,
+            });
+        };
+        match conn.batch(op, timeout, sql).await {
+            Ok(()) => {
+                conn.set_in_transaction(false);
+                conn.release();
+                Ok(())
+            }
+            Err(error) => {
+                conn.discard();
+                Err(error)
+            }
+        }
+    }
+}
+
+impl Drop for OpenTx {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        if let Ok(mut conn) = self.shared.conn.try_lock() {
+            conn.discard();
+        }
+    }
+}

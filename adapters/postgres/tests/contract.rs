@@ -1,0 +1,32 @@
+//! The store contract on PostgreSQL (`BACKSTOP_PG_URL`).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backstop::idempotency::contract::{Backend, TTL};
+use backstop::{BoxError, Store};
+use backstop_postgres::{PgConfig, PostgresStore};
+
+/// The contract's keys are unique per scenario run, so every run shares one table.
+const TABLE: &str = "backstop_test_contract";
+
+/// Every instance is a new pool on the same table.
+struct Postgres;
+
+#[async_trait::async_trait]
+impl Backend for Postgres {
+    async fn instance(&self) -> Result<Arc<dyn Store>, BoxError> {
+        // Debug builds spend ~90 ms of CPU per SCRAM login: few connections, patient timeouts.
+        let pool = PgConfig::new(common::url())
+            .max_connections(4)
+            .connect_timeout(Duration::from_secs(10))
+            .pool()?;
+        let store = PostgresStore::new(pool).with_table(TABLE)?.ttl(TTL);
+        store.migrate().await?;
+        Ok(Arc::new(store))
+    }
+}
+
+backstop::store_contract_tests!(Postgres);
