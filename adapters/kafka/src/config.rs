@@ -106,7 +106,10 @@ impl KafkaConfig {
             .set("group.id", &self.group)
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
-            .set("auto.commit.interval.ms", millis(self.auto_commit_interval).max(10).to_string())
+            .set(
+                "auto.commit.interval.ms",
+                millis(self.auto_commit_interval).max(10).to_string(),
+            )
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("auto.offset.reset", self.offset_reset.as_str())
             .set("session.timeout.ms", session.to_string())
@@ -141,7 +144,9 @@ impl KafkaConfig {
             .set("message.timeout.ms", timeout.to_string())
             .set(
                 "topic.metadata.propagation.max.ms",
-                millis(self.missing_topic_timeout).clamp(1, timeout).to_string(),
+                millis(self.missing_topic_timeout)
+                    .clamp(1, timeout)
+                    .to_string(),
             );
         Self::overrides(&mut config, [&self.properties, &self.producer_properties]);
         config
@@ -166,11 +171,15 @@ mod tests {
     #[test]
     fn consumer_stores_offsets_explicitly_and_cooperates() {
         let mut kc = KafkaConfig::new("b:9092", "g");
-        kc.consumer_properties.insert("fetch.min.bytes".into(), "10".into());
+        kc.consumer_properties
+            .insert("fetch.min.bytes".into(), "10".into());
         let c = kc.consumer_config();
         assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
         assert_eq!(c.get("enable.auto.commit"), Some("true"));
-        assert_eq!(c.get("partition.assignment.strategy"), Some("cooperative-sticky"));
+        assert_eq!(
+            c.get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
         assert_eq!(c.get("auto.offset.reset"), Some("earliest"));
         assert_eq!(c.get("allow.auto.create.topics"), Some("false"));
         assert_eq!(c.get("fetch.min.bytes"), Some("10"));

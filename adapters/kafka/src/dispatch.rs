@@ -36,7 +36,10 @@ pub(crate) struct Actions {
 impl Actions {
     /// True when there is nothing to do.
     pub(crate) fn is_empty(&self) -> bool {
-        self.pause.is_empty() && self.resume.is_empty() && self.store.is_empty() && self.idle.is_empty()
+        self.pause.is_empty()
+            && self.resume.is_empty()
+            && self.store.is_empty()
+            && self.idle.is_empty()
     }
 }
 
@@ -115,30 +118,46 @@ impl Dispatcher {
         for (tp, delayed) in partitions {
             st.next_generation += 1;
             let generation = st.next_generation;
-            st.partitions.insert(tp, PartitionTracker::new(generation, delayed));
+            st.partitions
+                .insert(tp, PartitionTracker::new(generation, delayed));
         }
     }
 
     /// Fences revoked partitions; returns the offsets to commit for them.
-    pub(crate) fn revoke<'a>(&self, partitions: impl IntoIterator<Item = (&'a str, i32)>) -> Vec<(Tp, i64)> {
+    pub(crate) fn revoke<'a>(
+        &self,
+        partitions: impl IntoIterator<Item = (&'a str, i32)>,
+    ) -> Vec<(Tp, i64)> {
         let mut st = self.lock();
         let mut commit = Vec::new();
         for (topic, partition) in partitions {
             let tp: Tp = (Arc::from(topic), partition);
-            if let Some(tracker) = st.partitions.remove(&tp) {
-                if let Some(offset) = tracker.to_commit() {
-                    commit.push((tp, offset));
-                }
+            if let Some(tracker) = st.partitions.remove(&tp)
+                && let Some(offset) = tracker.to_commit()
+            {
+                commit.push((tp, offset));
             }
         }
-        let State { partitions, ready, .. } = &mut *st;
-        ready.retain(|q| partitions.get(&q.tp).is_some_and(|t| t.generation() == q.generation));
+        let State {
+            partitions, ready, ..
+        } = &mut *st;
+        ready.retain(|q| {
+            partitions
+                .get(&q.tp)
+                .is_some_and(|t| t.generation() == q.generation)
+        });
         commit
     }
 
     /// Tracks a received message; returns the partition to pause, if it
     /// now tracks too much or holds a message that is not due yet.
-    pub(crate) fn receive(&self, tp: Tp, message: Message, due: Option<SystemTime>, delayed: bool) -> Option<Tp> {
+    pub(crate) fn receive(
+        &self,
+        tp: Tp,
+        message: Message,
+        due: Option<SystemTime>,
+        delayed: bool,
+    ) -> Option<Tp> {
         let now = SystemTime::now();
         let mut st = self.lock();
         let max_pending = st.max_pending;
@@ -155,8 +174,8 @@ impl Dispatcher {
         let generation = tracker.generation();
         let offset = message.meta.offset.unwrap_or_default();
         let received = tracker.receive(message, due, now);
-        let pause =
-            !tracker.is_paused() && (tracker.len() >= max_pending || (tracker.is_delayed() && tracker.not_due() > 0));
+        let pause = !tracker.is_paused()
+            && (tracker.len() >= max_pending || (tracker.is_delayed() && tracker.not_due() > 0));
         if pause {
             tracker.set_paused(true);
         }
@@ -176,21 +195,25 @@ impl Dispatcher {
     /// the source is closed, or nothing is ready.
     pub(crate) fn take(&self) -> Result<Option<Taken>, Option<SourceError>> {
         let mut st = self.lock();
-        if st.closed {
-            return Err(None);
-        }
         if let Some(error) = st.errors.pop_front() {
             return Err(Some(error));
+        }
+        if st.closed {
+            return Err(None);
         }
         if st.outstanding >= st.max_in_flight {
             return Ok(None);
         }
         while let Some(q) = st.ready.pop_front() {
-            let Some(tracker) = st.partitions.get_mut(&q.tp) else { continue };
+            let Some(tracker) = st.partitions.get_mut(&q.tp) else {
+                continue;
+            };
             if tracker.generation() != q.generation {
                 continue;
             }
-            let Some(message) = tracker.take(q.offset) else { continue };
+            let Some(message) = tracker.take(q.offset) else {
+                continue;
+            };
             st.outstanding += 1;
             return Ok(Some(Taken {
                 message,
@@ -208,7 +231,13 @@ impl Dispatcher {
     }
 
     /// Settles a delivery: `Some(true)` done, `Some(false)` back to be handed out again.
-    pub(crate) fn settle(&self, tp: &Tp, generation: u64, offset: i64, done: bool) -> Result<(), Refused> {
+    pub(crate) fn settle(
+        &self,
+        tp: &Tp,
+        generation: u64,
+        offset: i64,
+        done: bool,
+    ) -> Result<(), Refused> {
         let now = SystemTime::now();
         let mut released = Vec::new();
         let result = {
@@ -249,7 +278,9 @@ impl Dispatcher {
         let mut st = self.lock();
         let max_pending = st.max_pending;
         let mut released = Vec::new();
-        let State { partitions, ready, .. } = &mut *st;
+        let State {
+            partitions, ready, ..
+        } = &mut *st;
         for (tp, tracker) in partitions.iter_mut() {
             tracker.release_due(now, &mut released);
             for offset in released.drain(..) {
@@ -285,7 +316,11 @@ impl Dispatcher {
 
     /// The earliest due time of a held retry message.
     pub(crate) fn next_due(&self) -> Option<SystemTime> {
-        self.lock().partitions.values().filter_map(PartitionTracker::next_due).min()
+        self.lock()
+            .partitions
+            .values()
+            .filter_map(PartitionTracker::next_due)
+            .min()
     }
 
     /// Records offsets as stored.
@@ -368,7 +403,8 @@ mod tests {
         d.receive(tp(), msg(1, "b"), None, false);
         let first = d.take().unwrap().unwrap();
         assert!(d.take().unwrap().is_none(), "one is out");
-        d.settle(&first.tp, first.generation, first.offset, true).unwrap();
+        d.settle(&first.tp, first.generation, first.offset, true)
+            .unwrap();
         assert_eq!(d.take().unwrap().unwrap().offset, 1);
         assert_eq!(d.outstanding(), 1);
     }
@@ -381,7 +417,8 @@ mod tests {
         d.receive(tp(), msg(1, "b"), None, false);
         d.receive(tp(), msg(2, "c"), None, false);
         let first = d.take().unwrap().unwrap();
-        d.settle(&first.tp, first.generation, first.offset, true).unwrap();
+        d.settle(&first.tp, first.generation, first.offset, true)
+            .unwrap();
         let second = d.take().unwrap().unwrap();
         let commit = d.revoke([("t", 0)]);
         assert_eq!(commit, vec![(tp(), 1)], "only offset 0 is done");

@@ -19,7 +19,9 @@ pub enum Error {
         source: KafkaError,
     },
     /// Creating or changing a topic failed.
-    #[error("topic {topic:?}: {what} failed with {code}; check the broker's limits (replication factor, partitions) and permissions")]
+    #[error(
+        "topic {topic:?}: {what} failed with {code}; check the broker's limits (replication factor, partitions) and permissions"
+    )]
     Topic {
         /// The topic.
         topic: String,
@@ -29,7 +31,9 @@ pub enum Error {
         code: RDKafkaErrorCode,
     },
     /// A topic did not show up in the cluster metadata in time.
-    #[error("topic {0:?} is not in the cluster metadata; create it first (Kafka::ensure_topics) or check the broker address")]
+    #[error(
+        "topic {0:?} is not in the cluster metadata; create it first (Kafka::ensure_topics) or check the broker address"
+    )]
     MissingTopic(String),
     /// The consumer's poll thread could not be started.
     #[error("could not start the consumer thread: {0}")]

@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use crate::sinks::{dlq_topic, retry_topic};
-use crate::{Error, KafkaConfig, KafkaDeadLetterSink, KafkaPublisher, KafkaRetrySink, KafkaSource, RetryTiers, TopicSpec, Topics};
+use crate::{
+    Error, KafkaConfig, KafkaDeadLetterSink, KafkaPublisher, KafkaRetrySink, KafkaSource,
+    RetryTiers, TopicSpec, Topics,
+};
 
 /// The brokers and consumer group of a worker, and everything built from
 /// them: topics, the source, the publisher and the two sinks.
@@ -86,10 +89,15 @@ impl Kafka {
 
     /// Creates each topic (a name or a [`TopicSpec`]) with this group's DLQ
     /// and retry topics; existing ones are kept.
-    pub async fn ensure_topics<T: Into<TopicSpec>>(&self, topics: impl IntoIterator<Item = T>) -> Result<(), Error> {
+    pub async fn ensure_topics<T: Into<TopicSpec>>(
+        &self,
+        topics: impl IntoIterator<Item = T>,
+    ) -> Result<(), Error> {
         let admin = self.topics()?;
         for spec in topics {
-            admin.ensure_with_companions(&spec.into(), &self.config.group).await?;
+            admin
+                .ensure_with_companions(&spec.into(), &self.config.group)
+                .await?;
         }
         Ok(())
     }
@@ -119,7 +127,10 @@ impl Kafka {
 
     /// The DLQ writer for this group (`<topic>.<group>.dlq`).
     pub fn dead_letter_sink(&self) -> Result<KafkaDeadLetterSink, Error> {
-        Ok(KafkaDeadLetterSink::new(self.publisher()?, self.config.group.clone()))
+        Ok(KafkaDeadLetterSink::new(
+            self.publisher()?,
+            self.config.group.clone(),
+        ))
     }
 
     /// The delayed-retry writer for this group (`<topic>.<group>.retry.<tier>`).
@@ -132,7 +143,12 @@ impl Kafka {
     }
 
     /// The offsets this group committed on each partition of `topic`.
-    pub async fn committed_offsets(&self, topic: &str) -> Result<BTreeMap<i32, Option<i64>>, Error> {
-        self.topics()?.committed_offsets(topic, &self.config.group).await
+    pub async fn committed_offsets(
+        &self,
+        topic: &str,
+    ) -> Result<BTreeMap<i32, Option<i64>>, Error> {
+        self.topics()?
+            .committed_offsets(topic, &self.config.group)
+            .await
     }
 }

@@ -96,9 +96,9 @@ pub use crate::kafka::Kafka;
 pub use crate::publisher::KafkaPublisher;
 pub use crate::record::assigned_message_id;
 pub use crate::retry::{RetryTier, RetryTiers};
-pub use crate::sinks::{dlq_topic, retry_topic, KafkaDeadLetterSink, KafkaRetrySink};
+pub use crate::sinks::{KafkaDeadLetterSink, KafkaRetrySink, dlq_topic, retry_topic};
 pub use crate::source::KafkaSource;
-pub use crate::topics::{TopicSpec, Topics, HEADER_HEADROOM};
+pub use crate::topics::{HEADER_HEADROOM, TopicSpec, Topics};
 
 /// Re-exported so callers can name librdkafka types and settings.
 pub use rdkafka;

@@ -13,8 +13,8 @@
 //! synchronously; on close it commits everything done, then leaves the group.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use backstop::SourceError;
@@ -25,7 +25,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 
 use crate::dispatch::{Dispatcher, Tp};
-use crate::{record, Error};
+use crate::{Error, record};
 
 /// How long the thread blocks in one `poll` at most.
 const POLL_TIMEOUT: Duration = Duration::from_millis(20);
@@ -43,7 +43,10 @@ pub(crate) struct GroupContext {
 
 impl GroupContext {
     pub(crate) fn new(dispatcher: Arc<Dispatcher>, delayed: Arc<HashSet<String>>) -> Self {
-        GroupContext { dispatcher, delayed }
+        GroupContext {
+            dispatcher,
+            delayed,
+        }
     }
 }
 
@@ -51,7 +54,9 @@ impl ClientContext for GroupContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
         use rdkafka::config::RDKafkaLogLevel as L;
         match level {
-            L::Emerg | L::Alert | L::Critical | L::Error => tracing::error!(target: "librdkafka", fac, "{log_message}"),
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                tracing::error!(target: "librdkafka", fac, "{log_message}")
+            }
             L::Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
             L::Notice | L::Info => tracing::info!(target: "librdkafka", fac, "{log_message}"),
             L::Debug => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
@@ -82,10 +87,18 @@ fn partitions(tps: &[Tp]) -> TopicPartitionList {
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(revoked) = rebalance else { return };
+        let Rebalance::Revoke(revoked) = rebalance else {
+            return;
+        };
         let elements = revoked.elements();
-        let commit = self.dispatcher.revoke(elements.iter().map(|e| (e.topic(), e.partition())));
-        tracing::info!(partitions = elements.len(), committing = commit.len(), "partitions revoked");
+        let commit = self
+            .dispatcher
+            .revoke(elements.iter().map(|e| (e.topic(), e.partition())));
+        tracing::info!(
+            partitions = elements.len(),
+            committing = commit.len(),
+            "partitions revoked"
+        );
         if commit.is_empty() || consumer.assignment_lost() {
             return;
         }
@@ -95,7 +108,9 @@ impl ConsumerContext for GroupContext {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Assign(assigned) = rebalance else { return };
+        let Rebalance::Assign(assigned) = rebalance else {
+            return;
+        };
         let elements = assigned.elements();
         self.dispatcher.assign(elements.iter().map(|e| {
             let tp: Tp = (Arc::from(e.topic()), e.partition());
@@ -111,7 +126,9 @@ impl ConsumerContext for GroupContext {
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
         match result {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(error) => tracing::debug!(%error, "offset commit failed; it is retried on the next interval"),
+            Err(error) => {
+                tracing::debug!(%error, "offset commit failed; it is retried on the next interval")
+            }
         }
     }
 }
@@ -148,16 +165,19 @@ impl PollThread {
                 let _ = tx.send(());
             })
             .map_err(Error::Thread)?;
-        Ok(PollThread { stop, done: Some(rx) })
+        Ok(PollThread {
+            stop,
+            done: Some(rx),
+        })
     }
 
     /// Asks the thread to commit, leave the group and end; waits up to `wait`.
     pub(crate) async fn stop(&mut self, wait: Duration) {
         self.stop.store(true, Ordering::Release);
-        if let Some(done) = self.done.take() {
-            if tokio::time::timeout(wait, done).await.is_err() {
-                tracing::warn!(?wait, "consumer thread did not finish closing in time");
-            }
+        if let Some(done) = self.done.take()
+            && tokio::time::timeout(wait, done).await.is_err()
+        {
+            tracing::warn!(?wait, "consumer thread did not finish closing in time");
         }
     }
 }
@@ -228,10 +248,10 @@ impl Poller {
         let tp: Tp = (topic, message.meta.partition.unwrap_or_default());
         let delayed = self.delayed.contains(&*tp.0);
         let due = if delayed { record::due(&message) } else { None };
-        if let Some(full) = self.dispatcher.receive(tp, message, due, delayed) {
-            if let Err(error) = self.consumer.pause(&partitions(&[full])) {
-                tracing::warn!(%error, "pausing a full partition failed");
-            }
+        if let Some(full) = self.dispatcher.receive(tp, message, due, delayed)
+            && let Err(error) = self.consumer.pause(&partitions(&[full]))
+        {
+            tracing::warn!(%error, "pausing a full partition failed");
         }
     }
 
@@ -240,15 +260,15 @@ impl Poller {
         if actions.is_empty() {
             return;
         }
-        if !actions.pause.is_empty() {
-            if let Err(error) = self.consumer.pause(&partitions(&actions.pause)) {
-                tracing::warn!(%error, "pausing partitions failed");
-            }
+        if !actions.pause.is_empty()
+            && let Err(error) = self.consumer.pause(&partitions(&actions.pause))
+        {
+            tracing::warn!(%error, "pausing partitions failed");
         }
-        if !actions.resume.is_empty() {
-            if let Err(error) = self.consumer.resume(&partitions(&actions.resume)) {
-                tracing::warn!(%error, "resuming partitions failed");
-            }
+        if !actions.resume.is_empty()
+            && let Err(error) = self.consumer.resume(&partitions(&actions.resume))
+        {
+            tracing::warn!(%error, "resuming partitions failed");
         }
         if !actions.store.is_empty() {
             match self.consumer.store_offsets(&list(&actions.store)) {
@@ -264,7 +284,9 @@ impl Poller {
 
     /// Lets fully processed partitions commit past trailing control records.
     fn advance_idle(&mut self, idle: &[Tp]) {
-        let Ok(positions) = self.consumer.position() else { return };
+        let Ok(positions) = self.consumer.position() else {
+            return;
+        };
         let idle: HashSet<&Tp> = idle.iter().collect();
         let mut advance = Vec::new();
         for e in positions.elements() {
@@ -280,14 +302,14 @@ impl Poller {
 
     fn on_error(&mut self, error: KafkaError) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-            let reason = self
-                .consumer
-                .client()
-                .fatal_error()
-                .map_or_else(|| error.to_string(), |(code, text)| format!("{code}: {text}"));
+            let reason = self.consumer.client().fatal_error().map_or_else(
+                || error.to_string(),
+                |(code, text)| format!("{code}: {text}"),
+            );
             tracing::error!(%reason, "consumer failed fatally");
-            self.dispatcher
-                .report(SourceError::Fatal(format!("Kafka consumer failed: {reason}").into()));
+            self.dispatcher.report(SourceError::Fatal(
+                format!("Kafka consumer failed: {reason}").into(),
+            ));
             self.stop.store(true, Ordering::Release);
             return;
         }
@@ -297,9 +319,13 @@ impl Poller {
         );
         if transport && !self.disconnected {
             self.disconnected = true;
-            self.dispatcher.report(SourceError::Disconnected(Box::new(error.clone())));
+            self.dispatcher
+                .report(SourceError::Disconnected(Box::new(error.clone())));
         }
-        if self.last_error_log.is_none_or(|t| t.elapsed() >= ERROR_LOG_EVERY) {
+        if self
+            .last_error_log
+            .is_none_or(|t| t.elapsed() >= ERROR_LOG_EVERY)
+        {
             self.last_error_log = Some(Instant::now());
             tracing::warn!(%error, "consumer error; librdkafka retries by itself");
         }
@@ -315,7 +341,9 @@ impl Poller {
         if !commit.is_empty() {
             match self.consumer.commit(&list(&commit), CommitMode::Sync) {
                 Ok(()) => self.dispatcher.mark_committed(&commit),
-                Err(error) => tracing::warn!(%error, "final commit failed; finished messages may be redelivered"),
+                Err(error) => {
+                    tracing::warn!(%error, "final commit failed; finished messages may be redelivered")
+                }
             }
         }
         // Dropping the consumer leaves the group (its revoke callback runs here).

@@ -4,13 +4,13 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use backstop::{Message, PublishError, Publisher};
+use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
-use rdkafka::ClientConfig;
 
-use crate::{record, Error, KafkaConfig};
+use crate::{Error, KafkaConfig, record};
 
 /// How long dropping the last handle waits for queued messages.
 const FLUSH_ON_DROP: Duration = Duration::from_secs(5);
@@ -62,13 +62,25 @@ impl KafkaPublisher {
     }
 
     fn producer(&self) -> Arc<FutureProducer> {
-        Arc::clone(&self.inner.producer.read().unwrap_or_else(|e| e.into_inner()))
+        Arc::clone(
+            &self
+                .inner
+                .producer
+                .read()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
     }
 
     /// An idempotent producer that failed fatally is unusable: replace it.
     fn recover(&self, failed: &Arc<FutureProducer>) {
-        let Some((code, reason)) = failed.client().fatal_error() else { return };
-        let mut slot = self.inner.producer.write().unwrap_or_else(|e| e.into_inner());
+        let Some((code, reason)) = failed.client().fatal_error() else {
+            return;
+        };
+        let mut slot = self
+            .inner
+            .producer
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         if !Arc::ptr_eq(&slot, failed) {
             return;
         }
@@ -77,7 +89,9 @@ impl KafkaPublisher {
                 tracing::warn!(%code, %reason, "producer failed fatally; replaced it with a new one");
                 *slot = Arc::new(fresh);
             }
-            Err(error) => tracing::error!(%error, "producer failed fatally and could not be recreated"),
+            Err(error) => {
+                tracing::error!(%error, "producer failed fatally and could not be recreated")
+            }
         }
     }
 
@@ -102,16 +116,21 @@ impl KafkaPublisher {
 impl Drop for Inner {
     fn drop(&mut self) {
         let producer = self.producer.read().unwrap_or_else(|e| e.into_inner());
-        if producer.in_flight_count() > 0 {
-            if let Err(error) = producer.flush(FLUSH_ON_DROP) {
-                tracing::warn!(%error, "messages still queued when the publisher was dropped are lost");
-            }
+        if producer.in_flight_count() > 0
+            && let Err(error) = producer.flush(FLUSH_ON_DROP)
+        {
+            tracing::warn!(%error, "messages still queued when the publisher was dropped are lost");
         }
     }
 }
 
 /// Maps a failed delivery to the broker-neutral error.
-pub(crate) fn publish_error(destination: &str, size: usize, error: KafkaError, timeout: Duration) -> PublishError {
+pub(crate) fn publish_error(
+    destination: &str,
+    size: usize,
+    error: KafkaError,
+    timeout: Duration,
+) -> PublishError {
     use RDKafkaErrorCode as C;
     match error.rdkafka_error_code() {
         Some(C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition) => {
@@ -147,7 +166,12 @@ impl Publisher for KafkaPublisher {
             Ok(_) => Ok(()),
             Err((error, _)) => {
                 self.recover(&producer);
-                Err(publish_error(destination, message.payload.len(), error, timeout))
+                Err(publish_error(
+                    destination,
+                    message.payload.len(),
+                    error,
+                    timeout,
+                ))
             }
         }
     }

@@ -2,10 +2,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use backstop::{attempt, wire, Headers, Message, Meta};
+use backstop::{Headers, Message, Meta, attempt, wire};
 use bytes::Bytes;
-use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
 use rdkafka::Message as _;
+use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
 
 /// The message id of a record without an `x-backstop-message-id` header.
 pub fn assigned_message_id(topic: &str, partition: i32, offset: i64) -> String {
@@ -18,7 +18,10 @@ pub(crate) fn to_message(record: &BorrowedMessage<'_>) -> Message {
     let mut headers = Headers::new();
     if let Some(h) = record.headers() {
         for header in h.iter() {
-            let value = header.value.map(String::from_utf8_lossy).unwrap_or_default();
+            let value = header
+                .value
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
             headers.insert(header.key.to_owned(), value.into_owned());
         }
     }
@@ -35,7 +38,10 @@ pub(crate) fn to_message(record: &BorrowedMessage<'_>) -> Message {
         .and_then(|ms| u64::try_from(ms).ok())
         .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
     Message {
-        payload: record.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
+        payload: record
+            .payload()
+            .map(Bytes::copy_from_slice)
+            .unwrap_or_default(),
         key: record.key().map(Bytes::copy_from_slice),
         meta: Meta {
             source: topic.to_owned(),

@@ -68,7 +68,11 @@ pub struct RetryTiers {
 
 impl Default for RetryTiers {
     fn default() -> Self {
-        RetryTiers::new([Duration::from_secs(5), Duration::from_secs(30), Duration::from_secs(300)])
+        RetryTiers::new([
+            Duration::from_secs(5),
+            Duration::from_secs(30),
+            Duration::from_secs(300),
+        ])
     }
 }
 
@@ -107,7 +111,11 @@ mod tests {
 
     #[test]
     fn tiers_are_named_after_their_delay() {
-        let names: Vec<String> = RetryTiers::default().tiers().iter().map(ToString::to_string).collect();
+        let names: Vec<String> = RetryTiers::default()
+            .tiers()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(names, ["5s", "30s", "5m"]);
         assert_eq!(RetryTier::new(Duration::from_millis(1500)).name(), "1500ms");
         assert_eq!(RetryTier::new(Duration::from_secs(7200)).name(), "2h");
@@ -116,10 +124,22 @@ mod tests {
     #[test]
     fn pick_takes_the_shortest_tier_that_covers_the_delay() {
         let tiers = RetryTiers::default();
-        assert_eq!(tiers.pick(Duration::from_secs(2)).map(RetryTier::name), Some("5s"));
-        assert_eq!(tiers.pick(Duration::from_secs(5)).map(RetryTier::name), Some("5s"));
-        assert_eq!(tiers.pick(Duration::from_secs(6)).map(RetryTier::name), Some("30s"));
-        assert_eq!(tiers.pick(Duration::from_secs(3600)).map(RetryTier::name), Some("5m"));
+        assert_eq!(
+            tiers.pick(Duration::from_secs(2)).map(RetryTier::name),
+            Some("5s")
+        );
+        assert_eq!(
+            tiers.pick(Duration::from_secs(5)).map(RetryTier::name),
+            Some("5s")
+        );
+        assert_eq!(
+            tiers.pick(Duration::from_secs(6)).map(RetryTier::name),
+            Some("30s")
+        );
+        assert_eq!(
+            tiers.pick(Duration::from_secs(3600)).map(RetryTier::name),
+            Some("5m")
+        );
         assert_eq!(RetryTiers::new([]).pick(Duration::from_secs(1)), None);
     }
 }

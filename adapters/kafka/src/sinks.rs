@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use backstop::{wire, DeadLetterSink, Message, Publisher, RetrySink, SinkError};
+use backstop::{DeadLetterSink, Message, Publisher, RetrySink, SinkError, wire};
 
 use crate::{KafkaPublisher, RetryTier, RetryTiers};
 
@@ -28,11 +28,18 @@ fn origin(message: &Message) -> &str {
         .unwrap_or(&message.meta.source)
 }
 
-async fn send(publisher: &KafkaPublisher, destination: String, message: &Message) -> Result<(), SinkError> {
+async fn send(
+    publisher: &KafkaPublisher,
+    destination: String,
+    message: &Message,
+) -> Result<(), SinkError> {
     publisher
         .publish(&destination, message)
         .await
-        .map_err(|source| SinkError::Publish { destination, source })
+        .map_err(|source| SinkError::Publish {
+            destination,
+            source,
+        })
 }
 
 /// Writes dead letters to `<topic>.<group>.dlq` (or the stack's override).
@@ -54,8 +61,13 @@ impl KafkaDeadLetterSink {
 
 #[async_trait::async_trait]
 impl DeadLetterSink for KafkaDeadLetterSink {
-    async fn dead_letter(&self, mut letter: Message, destination: Option<&str>) -> Result<(), SinkError> {
-        let destination = destination.map_or_else(|| dlq_topic(origin(&letter), &self.group), str::to_owned);
+    async fn dead_letter(
+        &self,
+        mut letter: Message,
+        destination: Option<&str>,
+    ) -> Result<(), SinkError> {
+        let destination =
+            destination.map_or_else(|| dlq_topic(origin(&letter), &self.group), str::to_owned);
         letter
             .headers
             .entry(wire::GROUP.to_owned())
@@ -117,7 +129,10 @@ mod tests {
     fn names_are_per_topic_and_group() {
         assert_eq!(dlq_topic("orders", "billing"), "orders.billing.dlq");
         let tier = RetryTier::new(Duration::from_secs(30));
-        assert_eq!(retry_topic("orders", "billing", &tier), "orders.billing.retry.30s");
+        assert_eq!(
+            retry_topic("orders", "billing", &tier),
+            "orders.billing.retry.30s"
+        );
     }
 
     #[test]

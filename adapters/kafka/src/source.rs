@@ -38,7 +38,12 @@ impl KafkaSource {
     /// Joins `config.group` subscribed to `topics` (main topics) and
     /// `retry_topics` (whose messages are held until their `x-backstop-due`),
     /// handing out at most `max_in_flight` unsettled deliveries.
-    pub fn new(config: &KafkaConfig, topics: &[&str], retry_topics: &[String], max_in_flight: usize) -> Result<Self, Error> {
+    pub fn new(
+        config: &KafkaConfig,
+        topics: &[&str],
+        retry_topics: &[String],
+        max_in_flight: usize,
+    ) -> Result<Self, Error> {
         let dispatcher = Dispatcher::new(max_in_flight, config.max_pending_per_partition);
         let delayed: Arc<HashSet<String>> = Arc::new(retry_topics.iter().cloned().collect());
         let context = GroupContext::new(Arc::clone(&dispatcher), Arc::clone(&delayed));

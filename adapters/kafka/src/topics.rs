@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{
-    AdminClient, AdminOptions, NewPartitions, NewTopic, OwnedResourceSpecifier, ResourceSpecifier, TopicReplication,
+    AdminClient, AdminOptions, NewPartitions, NewTopic, OwnedResourceSpecifier, ResourceSpecifier,
+    TopicReplication,
 };
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -90,7 +91,11 @@ impl TopicSpec {
     }
 
     fn settings(&self) -> Vec<(String, String)> {
-        let mut all: Vec<(String, String)> = self.configs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut all: Vec<(String, String)> = self
+            .configs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         if let Some(n) = self.min_insync_replicas {
             all.push(("min.insync.replicas".into(), n.to_string()));
         }
@@ -122,7 +127,9 @@ pub struct Topics {
 
 impl std::fmt::Debug for Topics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Topics").field("brokers", &self.config.brokers).finish_non_exhaustive()
+        f.debug_struct("Topics")
+            .field("brokers", &self.config.brokers)
+            .finish_non_exhaustive()
     }
 }
 
@@ -152,7 +159,11 @@ impl Topics {
             .zip(&settings)
             .map(|(spec, settings)| {
                 settings.iter().fold(
-                    NewTopic::new(&spec.name, spec.partitions, TopicReplication::Fixed(spec.replication)),
+                    NewTopic::new(
+                        &spec.name,
+                        spec.partitions,
+                        TopicReplication::Fixed(spec.replication),
+                    ),
                     |topic, (k, v)| topic.set(k, v),
                 )
             })
@@ -165,7 +176,13 @@ impl Topics {
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => return Err(Error::Topic { topic, what: "create", code }),
+                Err((topic, code)) => {
+                    return Err(Error::Topic {
+                        topic,
+                        what: "create",
+                        code,
+                    });
+                }
             }
         }
         for spec in specs {
@@ -178,7 +195,11 @@ impl Topics {
     /// per tier of the config), each with at least the source's partitions
     /// and its `max.message.bytes` plus [`HEADER_HEADROOM`]. Companions that
     /// exist with fewer partitions are grown.
-    pub async fn ensure_with_companions(&self, source: &TopicSpec, group: &str) -> Result<(), Error> {
+    pub async fn ensure_with_companions(
+        &self,
+        source: &TopicSpec,
+        group: &str,
+    ) -> Result<(), Error> {
         self.create(std::slice::from_ref(source)).await?;
         let partitions = self
             .partitions(&source.name)
@@ -227,10 +248,14 @@ impl Topics {
             .await
             .map_err(Error::kafka(format!("adding partitions to {topic}")))?;
         for result in results {
-            if let Err((topic, code)) = result {
-                if code != RDKafkaErrorCode::InvalidPartitions {
-                    return Err(Error::Topic { topic, what: "add partitions", code });
-                }
+            if let Err((topic, code)) = result
+                && code != RDKafkaErrorCode::InvalidPartitions
+            {
+                return Err(Error::Topic {
+                    topic,
+                    what: "add partitions",
+                    code,
+                });
             }
         }
         self.wait_for(topic, partitions).await
@@ -246,7 +271,13 @@ impl Topics {
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
-                Err((topic, code)) => return Err(Error::Topic { topic, what: "delete", code }),
+                Err((topic, code)) => {
+                    return Err(Error::Topic {
+                        topic,
+                        what: "delete",
+                        code,
+                    });
+                }
             }
         }
         Ok(())
@@ -314,14 +345,21 @@ impl Topics {
 
     /// The offsets `group` committed on each partition of `topic` (`None`:
     /// nothing committed yet).
-    pub async fn committed_offsets(&self, topic: &str, group: &str) -> Result<BTreeMap<i32, Option<i64>>, Error> {
+    pub async fn committed_offsets(
+        &self,
+        topic: &str,
+        group: &str,
+    ) -> Result<BTreeMap<i32, Option<i64>>, Error> {
         let partitions = self
             .partitions(topic)
             .await?
             .ok_or_else(|| Error::MissingTopic(topic.to_owned()))?;
         let mut config = self.config.clone();
         config.group = group.to_owned();
-        let reader: BaseConsumer = config.offsets_reader_config().create().map_err(Error::Config)?;
+        let reader: BaseConsumer = config
+            .offsets_reader_config()
+            .create()
+            .map_err(Error::Config)?;
         let name = topic.to_owned();
         blocking(move || {
             let mut tpl = TopicPartitionList::new();
@@ -330,7 +368,9 @@ impl Topics {
             }
             let committed = reader
                 .committed_offsets(tpl, ADMIN_TIMEOUT)
-                .map_err(Error::kafka(format!("reading the committed offsets of {name}")))?;
+                .map_err(Error::kafka(format!(
+                    "reading the committed offsets of {name}"
+                )))?;
             Ok(committed
                 .elements()
                 .iter()
@@ -349,7 +389,11 @@ impl Topics {
     async fn wait_for(&self, topic: &str, partitions: i32) -> Result<(), Error> {
         let until = Instant::now() + ADMIN_TIMEOUT;
         loop {
-            if self.partitions(topic).await?.is_some_and(|n| n >= partitions) {
+            if self
+                .partitions(topic)
+                .await?
+                .is_some_and(|n| n >= partitions)
+            {
                 return Ok(());
             }
             if Instant::now() >= until {
@@ -360,7 +404,9 @@ impl Topics {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Thread(std::io::Error::other(e)))?

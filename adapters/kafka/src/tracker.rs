@@ -123,7 +123,12 @@ impl PartitionTracker {
 
     /// Tracks a received message (its `meta.offset` must be set); `due` is
     /// honoured only on delayed partitions.
-    pub(crate) fn receive(&mut self, message: Message, due: Option<SystemTime>, now: SystemTime) -> Received {
+    pub(crate) fn receive(
+        &mut self,
+        message: Message,
+        due: Option<SystemTime>,
+        now: SystemTime,
+    ) -> Received {
         let Some(offset) = message.meta.offset else {
             return Received::Duplicate;
         };
@@ -143,7 +148,11 @@ impl PartitionTracker {
             }
             None => true,
         };
-        let status = if head && !not_due { Status::Ready } else { Status::Held };
+        let status = if head && !not_due {
+            Status::Ready
+        } else {
+            Status::Held
+        };
         if not_due {
             self.not_due += 1;
         }
@@ -175,7 +184,12 @@ impl PartitionTracker {
     /// Settles an in-flight message as done. Returns false if it was not in
     /// flight. Offsets that became ready (the next message of its key) are
     /// appended to `released`.
-    pub(crate) fn complete(&mut self, offset: i64, now: SystemTime, released: &mut Vec<i64>) -> bool {
+    pub(crate) fn complete(
+        &mut self,
+        offset: i64,
+        now: SystemTime,
+        released: &mut Vec<i64>,
+    ) -> bool {
         let Some(entry) = self.entries.get_mut(&offset) else {
             return false;
         };
@@ -195,16 +209,24 @@ impl PartitionTracker {
             let (done, _) = first.remove_entry();
             self.watermark = Some(done + 1);
         }
-        if self.entries.is_empty() {
-            if let Some(last) = self.last_received {
-                self.watermark = Some(last + 1);
-            }
+        if self.entries.is_empty()
+            && let Some(last) = self.last_received
+        {
+            self.watermark = Some(last + 1);
         }
         true
     }
 
-    fn release_next_of_key(&mut self, key: &Bytes, offset: i64, now: SystemTime, released: &mut Vec<i64>) {
-        let Some(queue) = self.keys.get_mut(key) else { return };
+    fn release_next_of_key(
+        &mut self,
+        key: &Bytes,
+        offset: i64,
+        now: SystemTime,
+        released: &mut Vec<i64>,
+    ) {
+        let Some(queue) = self.keys.get_mut(key) else {
+            return;
+        };
         if queue.front() == Some(&offset) {
             queue.pop_front();
         }
@@ -212,15 +234,15 @@ impl PartitionTracker {
             self.keys.remove(key);
             return;
         };
-        if let Some(entry) = self.entries.get_mut(&next) {
-            if entry.status == Status::Held && entry.due.is_none_or(|d| d <= now) {
-                if entry.due.is_some() {
-                    self.not_due = self.not_due.saturating_sub(1);
-                    entry.due = None;
-                }
-                entry.status = Status::Ready;
-                released.push(next);
+        if let Some(entry) = self.entries.get_mut(&next)
+            && entry.status == Status::Held
+            && entry.due.is_none_or(|d| d <= now)
+        {
+            if entry.due.take().is_some() {
+                self.not_due = self.not_due.saturating_sub(1);
             }
+            entry.status = Status::Ready;
+            released.push(next);
         }
     }
 
@@ -279,14 +301,18 @@ impl PartitionTracker {
     /// offsets in between were never delivered (control records at the end
     /// of the partition).
     pub(crate) fn advance_idle(&mut self, position: i64) {
-        if self.entries.is_empty() && self.last_received.is_some() && self.watermark.is_none_or(|w| position > w) {
+        if self.entries.is_empty()
+            && self.last_received.is_some()
+            && self.watermark.is_none_or(|w| position > w)
+        {
             self.watermark = Some(position);
         }
     }
 
     /// The offset to store next (last done + 1), if it moved since the last store.
     pub(crate) fn to_store(&self) -> Option<i64> {
-        self.watermark.filter(|w| self.stored.is_none_or(|s| *w > s))
+        self.watermark
+            .filter(|w| self.stored.is_none_or(|s| *w > s))
     }
 
     /// Records that `offset` was stored.
@@ -296,7 +322,8 @@ impl PartitionTracker {
 
     /// The offset to commit (last done + 1), if it moved since the last commit.
     pub(crate) fn to_commit(&self) -> Option<i64> {
-        self.watermark.filter(|w| self.committed.is_none_or(|c| *w > c))
+        self.watermark
+            .filter(|w| self.committed.is_none_or(|c| *w > c))
     }
 
     /// Records that `offset` was committed.
@@ -401,8 +428,14 @@ mod tests {
     fn delayed_partitions_hold_messages_until_due() {
         let mut t = PartitionTracker::new(1, true);
         let later = now() + Duration::from_secs(5);
-        assert_eq!(t.receive(msg(0, Some("a")), Some(later), now()), Received::Held);
-        assert_eq!(t.receive(msg(1, Some("a")), Some(now()), now()), Received::Held);
+        assert_eq!(
+            t.receive(msg(0, Some("a")), Some(later), now()),
+            Received::Held
+        );
+        assert_eq!(
+            t.receive(msg(1, Some("a")), Some(now()), now()),
+            Received::Held
+        );
         assert_eq!(t.receive(msg(2, None), Some(now()), now()), Received::Ready);
         assert_eq!(t.not_due(), 1);
         assert_eq!(t.next_due(), Some(later));

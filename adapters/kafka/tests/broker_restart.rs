@@ -7,11 +7,14 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backstop::{handler_fn, Context, HandlerError, StackBuilder};
+use backstop::{Context, HandlerError, StackBuilder, handler_fn};
 use common::*;
 
 fn restart_broker() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/services/kafka.sh");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scripts/services/kafka.sh"
+    );
     let status = std::process::Command::new("bash")
         .arg(script)
         .arg("restart")
@@ -41,7 +44,11 @@ async fn the_worker_recovers_from_a_broker_restart() {
             }
         }));
     let worker = run(kafka.source(&[&topic], 4).unwrap(), stack, 4);
-    assert!(eventually(Duration::from_secs(30), || handled.lock().unwrap().len() >= 50).await);
+    assert!(
+        eventually(Duration::from_secs(30), || handled.lock().unwrap().len()
+            >= 50)
+        .await
+    );
 
     let started = Instant::now();
     tokio::task::spawn_blocking(restart_broker).await.unwrap();
@@ -52,9 +59,16 @@ async fn the_worker_recovers_from_a_broker_restart() {
     publish_all(&publisher, &topic, &after).await;
     let mut expected = ids(&before);
     expected.extend(ids(&after));
-    let done = eventually(Duration::from_secs(90), || handled.lock().unwrap().is_superset(&expected)).await;
+    let done = eventually(Duration::from_secs(90), || {
+        handled.lock().unwrap().is_superset(&expected)
+    })
+    .await;
     let summary = worker.stop().await;
-    let missing: Vec<_> = expected.difference(&handled.lock().unwrap()).take(10).cloned().collect();
+    let missing: Vec<_> = expected
+        .difference(&handled.lock().unwrap())
+        .take(10)
+        .cloned()
+        .collect();
     assert!(
         done,
         "missing after a restart that took {restart_took:?}: {missing:?}...; {summary}"

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backstop::{handler_fn, wire, Context, HandlerError, Message, RetryPolicy, StackBuilder};
+use backstop::{Context, HandlerError, Message, RetryPolicy, StackBuilder, handler_fn, wire};
 use common::*;
 
 fn bad(n: usize) -> bool {
@@ -30,7 +30,9 @@ fn batch(prefix: &str) -> Vec<Message> {
 fn stack(kafka: &backstop_kafka::Kafka, handled: &Shared<BTreeSet<String>>) -> backstop::Stack {
     let handled = Arc::clone(handled);
     StackBuilder::<serde_json::Value>::new(Arc::new(kafka.dead_letter_sink().unwrap()))
-        .retry(RetryPolicy::retries(2).backoff(Duration::from_millis(10), Duration::from_millis(20)))
+        .retry(
+            RetryPolicy::retries(2).backoff(Duration::from_millis(10), Duration::from_millis(20)),
+        )
         .nack_delay(Duration::from_millis(200))
         .build(handler_fn(move |v: serde_json::Value, ctx: Context| {
             let handled = Arc::clone(&handled);
@@ -53,22 +55,40 @@ async fn permanent_failures_and_poison_land_in_the_dlq_with_full_headers() {
     let sent = batch("dl");
     publish_all(&kafka.publisher().unwrap(), &topic, &sent).await;
     let handled: Shared<BTreeSet<String>> = shared();
-    let worker = run(kafka.source(&[&topic], 8).unwrap(), stack(&kafka, &handled), 8);
+    let worker = run(
+        kafka.source(&[&topic], 8).unwrap(),
+        stack(&kafka, &handled),
+        8,
+    );
 
     let letters = read_topic(&kafka, &kafka.dlq_topic(&topic), 8, Duration::from_secs(30)).await;
-    assert!(eventually(Duration::from_secs(20), || handled.lock().unwrap().len() == 10).await);
+    assert!(
+        eventually(Duration::from_secs(20), || handled.lock().unwrap().len()
+            == 10)
+        .await
+    );
     let summary = worker.stop().await;
     assert_eq!(summary.dead_lettered, 8, "{summary}");
     assert_eq!(letters.len(), 8);
     for letter in &letters {
-        let original = sent.iter().find(|m| m.meta.message_id == letter.meta.message_id).unwrap();
+        let original = sent
+            .iter()
+            .find(|m| m.meta.message_id == letter.meta.message_id)
+            .unwrap();
         let n: usize = original.header("seq").unwrap().parse().unwrap();
         let kind = if bad(n) { "permanent" } else { "decode" };
         assert_eq!(letter.header(wire::ERROR_KIND), Some(kind), "{letter:?}");
         assert_eq!(letter.payload, original.payload);
         assert_eq!(letter.key, original.key, "the key is kept");
-        assert_eq!(letter.header("seq"), original.header("seq"), "application headers are kept");
-        assert_eq!(letter.header(wire::MESSAGE_ID), Some(original.meta.message_id.as_str()));
+        assert_eq!(
+            letter.header("seq"),
+            original.header("seq"),
+            "application headers are kept"
+        );
+        assert_eq!(
+            letter.header(wire::MESSAGE_ID),
+            Some(original.meta.message_id.as_str())
+        );
         assert_eq!(letter.header(wire::ORIGINAL_SOURCE), Some(topic.as_str()));
         assert!(letter.header(wire::ORIGINAL_PARTITION).is_some());
         assert!(letter.header(wire::ORIGINAL_OFFSET).is_some());
@@ -84,7 +104,10 @@ async fn permanent_failures_and_poison_land_in_the_dlq_with_full_headers() {
     let end = kafka.topics().unwrap().end_offsets(&topic).await.unwrap();
     let committed = committed_eventually(&kafka, &topic, &end, Duration::from_secs(5)).await;
     let expected: BTreeMap<i32, Option<i64>> = end.iter().map(|(p, o)| (*p, Some(*o))).collect();
-    assert_eq!(committed, expected, "everything is committed once dead-lettered");
+    assert_eq!(
+        committed, expected,
+        "everything is committed once dead-lettered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,34 +115,68 @@ async fn an_unwritable_dlq_leaves_the_source_uncommitted() {
     let kafka = kafka(&unique("g"));
     let topic = unique("nodlq");
     // Only the topic: its DLQ does not exist and cannot be auto-created.
-    kafka.topics().unwrap().create(&[spec(&topic, 1)]).await.unwrap();
+    kafka
+        .topics()
+        .unwrap()
+        .create(&[spec(&topic, 1)])
+        .await
+        .unwrap();
     let mut sent = messages("nd", 10, 10);
-    sent[1] = Message::new("not json").with_message_id("nd-1").with_key("k1");
+    sent[1] = Message::new("not json")
+        .with_message_id("nd-1")
+        .with_key("k1");
     publish_in_order(&kafka.publisher().unwrap(), &topic, &sent).await;
 
     let handled: Shared<BTreeSet<String>> = shared();
-    let worker = run(kafka.source(&[&topic], 8).unwrap(), stack(&kafka, &handled), 8);
+    let worker = run(
+        kafka.source(&[&topic], 8).unwrap(),
+        stack(&kafka, &handled),
+        8,
+    );
     assert!(
-        eventually(Duration::from_secs(30), || handled.lock().unwrap().len() == 9).await,
+        eventually(Duration::from_secs(30), || handled.lock().unwrap().len()
+            == 9)
+        .await,
         "later messages are handled meanwhile"
     );
     // Several failed DLQ writes (each waits for the missing topic, ~2 s).
     tokio::time::sleep(Duration::from_secs(5)).await;
     let committed = kafka.committed_offsets(&topic).await.unwrap();
-    assert_eq!(committed[&0], Some(1), "committed up to the message whose DLQ write failed, not past it");
+    assert_eq!(
+        committed[&0],
+        Some(1),
+        "committed up to the message whose DLQ write failed, not past it"
+    );
     let summary = worker.stop().await;
-    assert!(summary.nacked >= 1, "the poison message was nacked: {summary}");
+    assert!(
+        summary.nacked >= 1,
+        "the poison message was nacked: {summary}"
+    );
     assert_eq!(summary.dead_lettered, 0);
     let committed = kafka.committed_offsets(&topic).await.unwrap();
-    assert_eq!(committed[&0], Some(1), "close did not commit past it either");
+    assert_eq!(
+        committed[&0],
+        Some(1),
+        "close did not commit past it either"
+    );
 
     // Once the DLQ exists, the message is dead-lettered and the offsets move to the end.
     kafka.ensure_topics([spec(&topic, 1)]).await.unwrap();
-    let worker = run(kafka.source(&[&topic], 8).unwrap(), stack(&kafka, &handled), 8);
+    let worker = run(
+        kafka.source(&[&topic], 8).unwrap(),
+        stack(&kafka, &handled),
+        8,
+    );
     let letters = read_topic(&kafka, &kafka.dlq_topic(&topic), 1, Duration::from_secs(30)).await;
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].meta.message_id, "nd-1");
-    let committed = committed_eventually(&kafka, &topic, &BTreeMap::from([(0, 10)]), Duration::from_secs(15)).await;
+    let committed = committed_eventually(
+        &kafka,
+        &topic,
+        &BTreeMap::from([(0, 10)]),
+        Duration::from_secs(15),
+    )
+    .await;
     worker.stop().await;
     assert_eq!(committed[&0], Some(10));
 }
@@ -142,8 +199,12 @@ async fn two_groups_never_see_each_others_retries_or_dead_letters() {
         .build(handler_fn(move |_v: serde_json::Value, ctx: Context| {
             let runs = Arc::clone(&runs);
             async move {
-                runs.lock().unwrap().push((ctx.meta().source.clone(), ctx.attempt()));
-                Err::<(), _>(HandlerError::transient("a cannot").retry_after(Duration::from_secs(1)))
+                runs.lock()
+                    .unwrap()
+                    .push((ctx.meta().source.clone(), ctx.attempt()));
+                Err::<(), _>(
+                    HandlerError::transient("a cannot").retry_after(Duration::from_secs(1)),
+                )
             }
         }));
     // Group b: handles everything once.
@@ -154,29 +215,60 @@ async fn two_groups_never_see_each_others_retries_or_dead_letters() {
         .build(handler_fn(move |_v: serde_json::Value, ctx: Context| {
             let runs = Arc::clone(&runs);
             async move {
-                runs.lock().unwrap().push((ctx.meta().source.clone(), ctx.attempt(), ctx.message_id().to_owned()));
+                runs.lock().unwrap().push((
+                    ctx.meta().source.clone(),
+                    ctx.attempt(),
+                    ctx.message_id().to_owned(),
+                ));
                 Ok::<_, HandlerError>(())
             }
         }));
     let wa = run(a.source(&[&topic], 8).unwrap(), stack_a, 8);
     let wb = run(b.source(&[&topic], 8).unwrap(), stack_b, 8);
     let letters = read_topic(&a, &a.dlq_topic(&topic), 20, Duration::from_secs(40)).await;
-    assert!(eventually(Duration::from_secs(10), || b_runs.lock().unwrap().len() >= 20).await);
+    assert!(
+        eventually(Duration::from_secs(10), || b_runs.lock().unwrap().len()
+            >= 20)
+        .await
+    );
     wa.stop().await;
     wb.stop().await;
 
     assert_eq!(ids(&letters), ids(&sent), "a dead-lettered every message");
-    assert!(letters.iter().all(|l| l.header(wire::ERROR_KIND) == Some("exhausted") && l.header(wire::GROUP) == Some(ga.as_str())));
-    let a_runs = a_runs.lock().unwrap();
-    assert_eq!(a_runs.iter().filter(|(s, n)| *s == topic && *n == 1).count(), 20);
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.header(wire::ERROR_KIND) == Some("exhausted")
+                && l.header(wire::GROUP) == Some(ga.as_str()))
+    );
+    let a_runs = a_runs.lock().unwrap().clone();
     assert_eq!(
-        a_runs.iter().filter(|(s, n)| s.starts_with(&format!("{topic}.{ga}.retry.")) && *n == 2).count(),
+        a_runs
+            .iter()
+            .filter(|(s, n)| *s == topic && *n == 1)
+            .count(),
+        20
+    );
+    assert_eq!(
+        a_runs
+            .iter()
+            .filter(|(s, n)| s.starts_with(&format!("{topic}.{ga}.retry.")) && *n == 2)
+            .count(),
         20,
         "second attempts ran from a's retry topic: {a_runs:?}"
     );
-    let b_runs = b_runs.lock().unwrap();
-    assert!(b_runs.iter().all(|(s, n, _)| *s == topic && *n == 1), "b only ever ran its own first attempts: {b_runs:?}");
-    assert_eq!(b_runs.iter().map(|(_, _, id)| id.clone()).collect::<BTreeSet<_>>(), ids(&sent));
+    let b_runs = b_runs.lock().unwrap().clone();
+    assert!(
+        b_runs.iter().all(|(s, n, _)| *s == topic && *n == 1),
+        "b only ever ran its own first attempts: {b_runs:?}"
+    );
+    assert_eq!(
+        b_runs
+            .iter()
+            .map(|(_, _, id)| id.clone())
+            .collect::<BTreeSet<_>>(),
+        ids(&sent)
+    );
     let admin = b.topics().unwrap();
     for t in b.retry_topics(&topic).iter().chain([&b.dlq_topic(&topic)]) {
         let end: i64 = admin.end_offsets(t).await.unwrap().values().sum();

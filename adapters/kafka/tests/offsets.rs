@@ -20,7 +20,10 @@ async fn a_nacked_offset_is_redelivered_after_a_restart() {
     let mut first = kafka.source(&[&topic], 10).unwrap();
     let n = next(&mut first, Duration::from_secs(30)).await.unwrap();
     let n1 = next(&mut first, Duration::from_secs(10)).await.unwrap();
-    assert_eq!((n.message().meta.offset, n1.message().meta.offset), (Some(0), Some(1)));
+    assert_eq!(
+        (n.message().meta.offset, n1.message().meta.offset),
+        (Some(0), Some(1))
+    );
     n1.ack().await.unwrap();
     n.nack(true).await.unwrap();
     // The nacked message comes back to the same consumer...
@@ -36,11 +39,15 @@ async fn a_nacked_offset_is_redelivered_after_a_restart() {
     );
 
     let mut second = kafka.source(&[&topic], 10).unwrap();
-    let d = next(&mut second, Duration::from_secs(30)).await.expect("offset 0 again");
+    let d = next(&mut second, Duration::from_secs(30))
+        .await
+        .expect("offset 0 again");
     assert_eq!(d.message().meta.offset, Some(0));
     assert_eq!(d.message().meta.message_id, "nk-0");
     d.ack().await.unwrap();
-    let d = next(&mut second, Duration::from_secs(10)).await.expect("offset 1 again (at least once)");
+    let d = next(&mut second, Duration::from_secs(10))
+        .await
+        .expect("offset 1 again (at least once)");
     assert_eq!(d.message().meta.offset, Some(1));
     d.ack().await.unwrap();
     second.close().await;
@@ -61,9 +68,11 @@ async fn a_fresh_consumer_gets_every_message_a_failing_one_left() {
     let mut nacks = 0;
     let until = tokio::time::Instant::now() + Duration::from_secs(4);
     while tokio::time::Instant::now() < until {
-        let Some(d) = next(&mut failing, Duration::from_millis(500)).await else { continue };
+        let Some(d) = next(&mut failing, Duration::from_millis(500)).await else {
+            continue;
+        };
         let n: usize = d.message().header("seq").unwrap().parse().unwrap();
-        if n % 3 == 0 {
+        if n.is_multiple_of(3) {
             acked.insert(d.message().meta.message_id.clone());
             d.ack().await.unwrap();
         } else {
@@ -78,7 +87,10 @@ async fn a_fresh_consumer_gets_every_message_a_failing_one_left() {
     let expected: BTreeSet<String> = ids(&sent).difference(&acked).cloned().collect();
     let seen = drain(&mut fresh, &expected, Duration::from_secs(60)).await;
     fresh.close().await;
-    let missing: Vec<_> = expected.iter().filter(|id| !seen.contains_key(*id)).collect();
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|id| !seen.contains_key(*id))
+        .collect();
     assert!(missing.is_empty(), "missing after errors: {missing:?}");
 }
 
@@ -98,7 +110,9 @@ async fn consumers_closed_and_reopened_while_reading_lose_nothing() {
         let mut source = kafka.source(&[&topic], 32).unwrap();
         let budget = 900 + (rounds * 331) % 700;
         for i in 0..budget {
-            let Some(d) = next(&mut source, Duration::from_secs(5)).await else { break };
+            let Some(d) = next(&mut source, Duration::from_secs(5)).await else {
+                break;
+            };
             let id = d.message().meta.message_id.clone();
             if i % 10 == 9 {
                 drop(d); // unsettled: must come back
@@ -109,9 +123,15 @@ async fn consumers_closed_and_reopened_while_reading_lose_nothing() {
         }
         source.close().await;
     }
-    assert!(rounds >= 4, "the consumer was reopened while reading ({rounds} rounds)");
+    assert!(
+        rounds >= 4,
+        "the consumer was reopened while reading ({rounds} rounds)"
+    );
     let missing: Vec<_> = expected.difference(&acked).take(10).collect();
-    assert!(missing.is_empty(), "not acked after {rounds} rounds: {missing:?}...");
+    assert!(
+        missing.is_empty(),
+        "not acked after {rounds} rounds: {missing:?}..."
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,7 +155,10 @@ async fn commits_advance_over_transaction_markers() {
             let headers = vec![("x-backstop-message-id", id.clone())];
             let mut record_headers = rdkafka::message::OwnedHeaders::new();
             for (k, v) in &headers {
-                record_headers = record_headers.insert(rdkafka::message::Header { key: k, value: Some(v) });
+                record_headers = record_headers.insert(rdkafka::message::Header {
+                    key: k,
+                    value: Some(v),
+                });
             }
             producer
                 .send(
@@ -172,6 +195,16 @@ async fn commits_advance_over_transaction_markers() {
     // Let the idle partition advance past the last marker, then close (commits).
     tokio::time::sleep(Duration::from_millis(500)).await;
     source.close().await;
-    let committed = committed_eventually(&kafka, &topic, &BTreeMap::from([(0, end)]), Duration::from_secs(5)).await;
-    assert_eq!(committed[&0], Some(end), "the commit reached the end of the partition");
+    let committed = committed_eventually(
+        &kafka,
+        &topic,
+        &BTreeMap::from([(0, end)]),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(
+        committed[&0],
+        Some(end),
+        "the commit reached the end of the partition"
+    );
 }

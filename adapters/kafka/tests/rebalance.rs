@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backstop::{handler_fn, Context, HandlerError, StackBuilder};
+use backstop::{Context, HandlerError, StackBuilder, handler_fn};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,18 +21,30 @@ async fn a_member_joining_and_leaving_mid_run_loses_nothing() {
     let handled: Shared<BTreeMap<String, BTreeSet<&'static str>>> = shared();
     let stack = |who: &'static str| {
         let handled = Arc::clone(&handled);
-        StackBuilder::<serde_json::Value>::new(Arc::new(kafka.dead_letter_sink().unwrap())).build(handler_fn(
-            move |_v: serde_json::Value, ctx: Context| {
+        StackBuilder::<serde_json::Value>::new(Arc::new(kafka.dead_letter_sink().unwrap())).build(
+            handler_fn(move |_v: serde_json::Value, ctx: Context| {
                 let handled = Arc::clone(&handled);
                 async move {
                     tokio::time::sleep(Duration::from_millis(8)).await;
-                    handled.lock().unwrap().entry(ctx.message_id().to_owned()).or_default().insert(who);
+                    handled
+                        .lock()
+                        .unwrap()
+                        .entry(ctx.message_id().to_owned())
+                        .or_default()
+                        .insert(who);
                     Ok::<_, HandlerError>(())
                 }
-            },
-        ))
+            }),
+        )
     };
-    let count = |who: &str| handled.lock().unwrap().values().filter(|w| w.contains(who)).count();
+    let count = |who: &str| {
+        handled
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|w| w.contains(who))
+            .count()
+    };
 
     let a = run(kafka.source(&[&topic], 8).unwrap(), stack("a"), 8);
     assert!(eventually(Duration::from_secs(30), || count("a") >= 300).await);
@@ -42,11 +54,17 @@ async fn a_member_joining_and_leaving_mid_run_loses_nothing() {
         "the second member got partitions"
     );
     let b_summary = b.stop().await;
-    let all_done = eventually(Duration::from_secs(60), || handled.lock().unwrap().len() >= expected.len()).await;
+    let all_done = eventually(Duration::from_secs(60), || {
+        handled.lock().unwrap().len() >= expected.len()
+    })
+    .await;
     let a_summary = a.stop().await;
     let seen: BTreeSet<String> = handled.lock().unwrap().keys().cloned().collect();
     let missing: Vec<_> = expected.difference(&seen).take(10).collect();
-    assert!(all_done && missing.is_empty(), "missing: {missing:?}; a: {a_summary}, b: {b_summary}");
+    assert!(
+        all_done && missing.is_empty(),
+        "missing: {missing:?}; a: {a_summary}, b: {b_summary}"
+    );
     let after_b_left = count("a");
     assert!(after_b_left > 300, "a went on after b left");
 }
@@ -62,10 +80,20 @@ async fn per_key_order_is_kept_with_concurrency() {
     let in_flight: Shared<HashSet<String>> = shared();
     let overlaps: Shared<Vec<String>> = shared();
     let max_parallel: Shared<usize> = shared();
-    let (o, f, v, m) = (Arc::clone(&order), Arc::clone(&in_flight), Arc::clone(&overlaps), Arc::clone(&max_parallel));
-    let stack = StackBuilder::<serde_json::Value>::new(Arc::new(kafka.dead_letter_sink().unwrap())).build(handler_fn(
-        move |value: serde_json::Value, ctx: Context| {
-            let (order, in_flight, overlaps, max_parallel) = (Arc::clone(&o), Arc::clone(&f), Arc::clone(&v), Arc::clone(&m));
+    let (o, f, v, m) = (
+        Arc::clone(&order),
+        Arc::clone(&in_flight),
+        Arc::clone(&overlaps),
+        Arc::clone(&max_parallel),
+    );
+    let stack = StackBuilder::<serde_json::Value>::new(Arc::new(kafka.dead_letter_sink().unwrap()))
+        .build(handler_fn(move |value: serde_json::Value, ctx: Context| {
+            let (order, in_flight, overlaps, max_parallel) = (
+                Arc::clone(&o),
+                Arc::clone(&f),
+                Arc::clone(&v),
+                Arc::clone(&m),
+            );
             async move {
                 let key = String::from_utf8(ctx.message().key.clone().unwrap().to_vec()).unwrap();
                 let seq = value["n"].as_u64().unwrap() as usize;
@@ -77,13 +105,17 @@ async fn per_key_order_is_kept_with_concurrency() {
                     let mut max = max_parallel.lock().unwrap();
                     *max = (*max).max(flying.len());
                 }
-                order.lock().unwrap().entry(key.clone()).or_default().push(seq);
+                order
+                    .lock()
+                    .unwrap()
+                    .entry(key.clone())
+                    .or_default()
+                    .push(seq);
                 tokio::time::sleep(Duration::from_millis(1 + (seq % 3) as u64)).await;
                 in_flight.lock().unwrap().remove(&key);
                 Ok::<_, HandlerError>(())
             }
-        },
-    ));
+        }));
     let worker = run(kafka.source(&[&topic], 16).unwrap(), stack, 16);
     let total = sent.len();
     let done = eventually(Duration::from_secs(60), || {
@@ -92,9 +124,15 @@ async fn per_key_order_is_kept_with_concurrency() {
     .await;
     worker.stop().await;
     assert!(done, "every message was handled");
-    assert!(overlaps.lock().unwrap().is_empty(), "a key ran twice at once");
+    assert!(
+        overlaps.lock().unwrap().is_empty(),
+        "a key ran twice at once"
+    );
     assert!(*max_parallel.lock().unwrap() > 1, "keys ran concurrently");
     for (key, seqs) in order.lock().unwrap().iter() {
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "order of {key} broken: {seqs:?}");
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "order of {key} broken: {seqs:?}"
+        );
     }
 }

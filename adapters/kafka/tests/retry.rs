@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use backstop::{handler_fn, wire, Context, HandlerError, RetryPolicy, StackBuilder};
+use backstop::{Context, HandlerError, RetryPolicy, StackBuilder, handler_fn, wire};
 use common::*;
 
 #[derive(Clone, Debug)]
@@ -40,7 +40,11 @@ async fn a_delayed_retry_arrives_after_its_due_time_and_exhaustion_dead_letters(
                     at: SystemTime::now(),
                     due: ctx.message().header(wire::DUE).and_then(wire::parse_time),
                 };
-                runs.lock().unwrap().entry(ctx.message_id().to_owned()).or_default().push(run);
+                runs.lock()
+                    .unwrap()
+                    .entry(ctx.message_id().to_owned())
+                    .or_default()
+                    .push(run);
                 let n = v["n"].as_u64().unwrap();
                 if n < 3 && ctx.attempt() >= 2 {
                     return Ok(());
@@ -65,9 +69,18 @@ async fn a_delayed_retry_arrives_after_its_due_time_and_exhaustion_dead_letters(
         for (i, pair) in mine.windows(2).enumerate() {
             let (before, after) = (&pair[0], &pair[1]);
             assert_eq!(after.attempt, before.attempt + 1);
-            assert_eq!(&after.source, tier, "attempt {} came from the retry topic", i + 2);
+            assert_eq!(
+                &after.source,
+                tier,
+                "attempt {} came from the retry topic",
+                i + 2
+            );
             let due = after.due.expect("a retry copy carries its due time");
-            assert!(after.at >= due, "attempt ran {:?} before its due time", due.duration_since(after.at));
+            assert!(
+                after.at >= due,
+                "attempt ran {:?} before its due time",
+                due.duration_since(after.at)
+            );
             assert!(after.at.duration_since(before.at).unwrap() >= Duration::from_secs(3));
         }
     }

@@ -5,7 +5,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use backstop::{wire, Publisher, Source};
+use backstop::{Publisher, Source, wire};
 use common::*;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -20,18 +20,26 @@ async fn round_trip_keeps_payload_key_and_headers() {
     let mut source = kafka.source(&[&topic], 10).unwrap();
     let mut got = Vec::new();
     while got.len() < sent.len() {
-        let d = next(&mut source, Duration::from_secs(30)).await.expect("a delivery");
+        let d = next(&mut source, Duration::from_secs(30))
+            .await
+            .expect("a delivery");
         got.push(d.message().clone());
         d.ack().await.unwrap();
     }
     source.close().await;
 
     for m in &got {
-        let original = sent.iter().find(|s| s.meta.message_id == m.meta.message_id).unwrap();
+        let original = sent
+            .iter()
+            .find(|s| s.meta.message_id == m.meta.message_id)
+            .unwrap();
         assert_eq!(m.payload, original.payload);
         assert_eq!(m.key, original.key);
         assert_eq!(m.header("seq"), original.header("seq"));
-        assert_eq!(m.header(wire::MESSAGE_ID), Some(original.meta.message_id.as_str()));
+        assert_eq!(
+            m.header(wire::MESSAGE_ID),
+            Some(original.meta.message_id.as_str())
+        );
         assert_eq!(m.meta.source, topic);
         assert!(m.meta.partition.is_some() && m.meta.offset.is_some());
         assert!(m.meta.timestamp.is_some());
@@ -66,22 +74,39 @@ async fn records_without_an_id_get_one_from_their_position() {
     let topic = topic(&kafka, "noid", 1).await;
     let producer: FutureProducer = kafka.config().producer_config().create().unwrap();
     producer
-        .send(FutureRecord::<str, str>::to(&topic).payload("plain"), Duration::from_secs(5))
+        .send(
+            FutureRecord::<str, str>::to(&topic).payload("plain"),
+            Duration::from_secs(5),
+        )
         .await
         .unwrap();
     let mut source = kafka.source(&[&topic], 1).unwrap();
-    let d = next(&mut source, Duration::from_secs(30)).await.expect("a delivery");
+    let d = next(&mut source, Duration::from_secs(30))
+        .await
+        .expect("a delivery");
     assert_eq!(d.message().meta.message_id, format!("{topic}/0/0"));
     assert_eq!(d.message().key, None);
     // The id travels on copies: a republished copy carries it as a header.
     let copy = d.message().clone();
     d.ack().await.unwrap();
     let other = unique("copy");
-    kafka.topics().unwrap().create(&[spec(&other, 1)]).await.unwrap();
-    kafka.publisher().unwrap().publish(&other, &copy).await.unwrap();
+    kafka
+        .topics()
+        .unwrap()
+        .create(&[spec(&other, 1)])
+        .await
+        .unwrap();
+    kafka
+        .publisher()
+        .unwrap()
+        .publish(&other, &copy)
+        .await
+        .unwrap();
     source.close().await;
     let mut reader = kafka.plain_source(&[&other], 1).unwrap();
-    let again = next(&mut reader, Duration::from_secs(30)).await.expect("the copy");
+    let again = next(&mut reader, Duration::from_secs(30))
+        .await
+        .expect("the copy");
     assert_eq!(again.message().meta.message_id, format!("{topic}/0/0"));
     again.ack().await.unwrap();
     reader.close().await;

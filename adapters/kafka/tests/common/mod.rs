@@ -103,11 +103,17 @@ pub async fn next(source: &mut KafkaSource, wait: Duration) -> Option<Delivery> 
 }
 
 /// Reads and acks until every id in `expected` was seen or `wait` passed; returns ids seen (with counts).
-pub async fn drain(source: &mut KafkaSource, expected: &BTreeSet<String>, wait: Duration) -> BTreeMap<String, usize> {
+pub async fn drain(
+    source: &mut KafkaSource,
+    expected: &BTreeSet<String>,
+    wait: Duration,
+) -> BTreeMap<String, usize> {
     let mut seen = BTreeMap::new();
     let until = Instant::now() + wait;
     while !expected.iter().all(|id| seen.contains_key(id)) && Instant::now() < until {
-        let Some(d) = next(source, Duration::from_millis(500)).await else { continue };
+        let Some(d) = next(source, Duration::from_millis(500)).await else {
+            continue;
+        };
         *seen.entry(d.message().meta.message_id.clone()).or_insert(0) += 1;
         d.ack().await.unwrap();
     }
@@ -132,7 +138,12 @@ pub async fn eventually(wait: Duration, mut check: impl FnMut() -> bool) -> bool
 }
 
 /// Waits until the group's committed offsets reach `expected` (per partition) or `wait` passes.
-pub async fn committed_eventually(kafka: &Kafka, topic: &str, expected: &BTreeMap<i32, i64>, wait: Duration) -> BTreeMap<i32, Option<i64>> {
+pub async fn committed_eventually(
+    kafka: &Kafka,
+    topic: &str,
+    expected: &BTreeMap<i32, i64>,
+    wait: Duration,
+) -> BTreeMap<i32, Option<i64>> {
     let until = Instant::now() + wait;
     loop {
         let committed = kafka.committed_offsets(topic).await.unwrap();
@@ -187,7 +198,12 @@ impl Worker {
 }
 
 /// Reads every message of `topic` (from the start, a throwaway group) until `n` arrived or `wait` passed.
-pub async fn read_topic(brokers_kafka: &Kafka, topic: &str, n: usize, wait: Duration) -> Vec<Message> {
+pub async fn read_topic(
+    brokers_kafka: &Kafka,
+    topic: &str,
+    n: usize,
+    wait: Duration,
+) -> Vec<Message> {
     let reader = Kafka::from_config({
         let mut c = brokers_kafka.config().clone();
         c.group = unique("reader");

@@ -1,0 +1,170 @@
+//! Throughput: a raw rdkafka consumer against the full backstop stack.
+//!
+//! Produces N 256-byte messages (default 500,000; `BACKSTOP_BENCH_MESSAGES`
+//! or the first argument overrides) to a fresh 4-partition topic, then
+//! consumes them twice, each time in a fresh consumer group:
+//!
+//! * raw: a `StreamConsumer` storing each message's offset (auto commit), as
+//!   a spawned task on a worker thread;
+//! * backstop: [`KafkaSource`](backstop_kafka::KafkaSource) + `StackBuilder`
+//!   (idempotency on `MemoryStore`) + `Runner`.
+//!
+//! Rates are measured from the first message to the last, so the group join
+//! is not counted. Needs the broker (`BACKSTOP_KAFKA_BROKERS`, default
+//! 127.0.0.1:9092).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backstop::{
+    Context, HandlerError, KeySource, MemoryStore, Message, Publisher, Runner, StackBuilder,
+    handler_fn,
+};
+use backstop_kafka::{Kafka, TopicSpec};
+use bytes::Bytes;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+
+const PARTITIONS: i32 = 4;
+const PAYLOAD: usize = 256;
+const CONCURRENCY: usize = 64;
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "bench-{prefix}-{}",
+        &backstop::message::new_message_id()[..12]
+    )
+}
+
+async fn produce(kafka: &Kafka, topic: &str, n: usize) -> Duration {
+    let publisher = kafka.publisher().expect("publisher");
+    let payload = Bytes::from(vec![b'x'; PAYLOAD]);
+    let started = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let end = (i + 20_000).min(n);
+        let batch: Vec<Message> = (i..end)
+            .map(|j| {
+                Message {
+                    payload: payload.clone(),
+                    ..Message::new(Bytes::new())
+                }
+                .with_key(format!("k{}", j % 1024))
+            })
+            .collect();
+        let results =
+            futures::future::join_all(batch.iter().map(|m| publisher.publish(topic, m))).await;
+        for r in results {
+            r.expect("publish");
+        }
+        i = end;
+    }
+    started.elapsed()
+}
+
+async fn raw(kafka: &Kafka, topic: &str, n: usize) -> Duration {
+    let mut config = kafka.config().consumer_config();
+    config.set("group.id", unique("raw"));
+    let consumer: StreamConsumer = config.create().expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    tokio::spawn(async move {
+        let mut first = None;
+        for _ in 0..n {
+            let m = consumer.recv().await.expect("recv");
+            first.get_or_insert_with(Instant::now);
+            consumer.store_offset_from_message(&m).expect("store");
+        }
+        first.map(|t| t.elapsed()).unwrap_or_default()
+    })
+    .await
+    .expect("raw task")
+}
+
+async fn framework(kafka: &Kafka, topic: &str, n: usize) -> Duration {
+    let kafka = kafka.clone().configure(|c| c.group = unique("backstop"));
+    let count = Arc::new(AtomicUsize::new(0));
+    let first: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let last: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let done = backstop::CancellationToken::new();
+    let (c, f, l, d) = (
+        Arc::clone(&count),
+        Arc::clone(&first),
+        Arc::clone(&last),
+        done.clone(),
+    );
+    let store = Arc::new(MemoryStore::new(n + 1024, Duration::from_secs(3600)));
+    let stack = StackBuilder::<Bytes>::new(Arc::new(kafka.dead_letter_sink().expect("sink")))
+        .idempotency(store, KeySource::MessageId)
+        .build(handler_fn(move |_b: Bytes, _ctx: Context| {
+            let (count, first, last, done) =
+                (Arc::clone(&c), Arc::clone(&f), Arc::clone(&l), d.clone());
+            async move {
+                let now = Instant::now();
+                first.lock().unwrap().get_or_insert(now);
+                if count.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                    *last.lock().unwrap() = Some(now);
+                    done.cancel();
+                }
+                Ok::<_, HandlerError>(())
+            }
+        }));
+    let source = kafka.plain_source(&[topic], CONCURRENCY).expect("source");
+    let summary = Runner::new(source, stack)
+        .concurrency(CONCURRENCY)
+        .with_shutdown(done)
+        .run()
+        .await
+        .expect("run");
+    assert!(summary.handled as usize >= n, "{summary}");
+    let (first, last) = (
+        first.lock().unwrap().expect("first"),
+        last.lock().unwrap().expect("last"),
+    );
+    last - first
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .or_else(|| std::env::var("BACKSTOP_BENCH_MESSAGES").ok()?.parse().ok())
+        .unwrap_or(500_000);
+    let brokers =
+        std::env::var("BACKSTOP_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let kafka = Kafka::new(brokers, unique("producer")).configure(|c| {
+            c.producer_properties
+                .insert("linger.ms".into(), "20".into());
+            c.retry_tiers = backstop_kafka::RetryTiers::new([]);
+        });
+        let topic = unique("throughput");
+        kafka
+            .topics()
+            .expect("admin")
+            .create(&[TopicSpec::new(topic.clone()).partitions(PARTITIONS)])
+            .await
+            .expect("topic");
+        let produced = produce(&kafka, &topic, n).await;
+        println!(
+            "produced {n} x {PAYLOAD} B in {produced:.2?} ({:.0} msgs/s)",
+            rate(n, produced)
+        );
+        let raw = raw(&kafka, &topic, n).await;
+        println!("raw rdkafka:     {:>10.0} msgs/s ({raw:.2?})", rate(n, raw));
+        let stack = framework(&kafka, &topic, n).await;
+        println!(
+            "backstop stack:  {:>10.0} msgs/s ({stack:.2?})",
+            rate(n, stack)
+        );
+        println!("ratio backstop/raw: {:.2}", rate(n, stack) / rate(n, raw));
+        let _ = kafka.topics().expect("admin").delete(&[&topic]).await;
+    });
+}
