@@ -16,15 +16,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backstop::memory::MemoryBroker;
-use backstop::{handler_fn, wire, Context, DecodeError, HandlerError, KeySource, MemoryStore, Message, Payload, RetryPolicy, Runner, StackBuilder};
+use backstop::{wire, Classify, Context, Handle, Handler, MemoryStore, Message, Payload, Runner};
 use rand::Rng;
 use serde::Deserialize;
 
 const ORDERS: usize = 10_000;
 
-/// An order as the shop publishes it.
-#[derive(Clone, Debug, Deserialize)]
+/// An order as the shop publishes it; `order_id` is the idempotency key.
+#[derive(Clone, Debug, Deserialize, Payload)]
+#[payload(source = "orders")]
 struct OrderPlaced {
+    #[payload(key)]
     order_id: String,
     amount: i64,
     #[serde(default)]
@@ -33,19 +35,58 @@ struct OrderPlaced {
     rate_limited: bool,
 }
 
-impl Payload for OrderPlaced {
-    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        backstop::payload::json(bytes)
-    }
-    fn key(&self) -> Option<String> {
-        Some(self.order_id.clone())
-    }
+/// What can go wrong placing an order, and what backstop should do about it.
+#[derive(Debug, thiserror::Error, Classify)]
+enum PlaceError {
+    #[error("order {0} has a negative amount")]
+    #[classify(permanent)]
+    NegativeAmount(String),
+    #[error("payment provider rate limit")]
+    #[classify(transient, retry_after = "2s")]
+    RateLimited,
+    #[error("inventory service timed out")]
+    #[classify(transient)]
+    InventoryTimeout,
 }
 
 #[derive(Default)]
 struct Ledger {
     executed: HashMap<String, u32>,
     transient_failures: u64,
+}
+
+/// Places orders: the struct, its `handle` method, and the configuration.
+#[derive(Handler)]
+#[handler(
+    payload = OrderPlaced,
+    retries = 4,
+    backoff(initial = "1ms", max = "20ms"),
+    timeout = "5s",
+    idempotency = "key_or_message_id",
+    concurrency = 64
+)]
+struct PlaceOrder {
+    ledger: Arc<Mutex<Ledger>>,
+}
+
+impl Handle<OrderPlaced> for PlaceOrder {
+    type Error = PlaceError;
+
+    async fn handle(&self, order: OrderPlaced, ctx: Context) -> Result<(), PlaceError> {
+        if order.amount < 0 {
+            return Err(PlaceError::NegativeAmount(order.order_id));
+        }
+        if order.rate_limited && ctx.attempt() == 1 {
+            return Err(PlaceError::RateLimited);
+        }
+        let mut ledger = self.ledger.lock().unwrap_or_else(|e| e.into_inner());
+        if ctx.attempt() <= order.flaky {
+            ledger.transient_failures += 1;
+            return Err(PlaceError::InventoryTimeout);
+        }
+        *ledger.executed.entry(order.order_id).or_default() += 1;
+        Ok(())
+    }
 }
 
 #[tokio::main]
@@ -82,41 +123,21 @@ async fn main() -> ExitCode {
     }
 
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let l = Arc::clone(&ledger);
-    let handler = handler_fn(move |order: OrderPlaced, ctx: Context| {
-        let ledger = Arc::clone(&l);
-        async move {
-            if order.amount < 0 {
-                return Err(HandlerError::permanent(format!("order {} has a negative amount", order.order_id)));
-            }
-            if order.rate_limited && ctx.attempt() == 1 {
-                return Err(HandlerError::transient("payment provider rate limit").retry_after(Duration::from_millis(200)));
-            }
-            let mut ledger = ledger.lock().unwrap_or_else(|e| e.into_inner());
-            if ctx.attempt() <= order.flaky {
-                ledger.transient_failures += 1;
-                return Err(HandlerError::transient("inventory service timed out"));
-            }
-            *ledger.executed.entry(order.order_id).or_default() += 1;
-            Ok(())
-        }
-    });
-
-    let stack = StackBuilder::<OrderPlaced>::new(Arc::new(broker.dead_letter_sink()))
-        .retry(
-            RetryPolicy::retries(4)
-                .backoff(Duration::from_millis(1), Duration::from_millis(20))
-                .in_process_limit(Duration::from_millis(100)),
-        )
+    let handler = PlaceOrder {
+        ledger: Arc::clone(&ledger),
+    };
+    let store = Arc::new(MemoryStore::default());
+    // Delays over the in-process limit (1 s), such as the rate limit's 2 s, go back
+    // through the broker instead of keeping a worker asleep.
+    let stack = PlaceOrder::stack_builder(Arc::new(broker.dead_letter_sink()), store)
         .retry_sink(Arc::new(broker.retry_sink()))
-        .idempotency(Arc::new(MemoryStore::default()), KeySource::PayloadOrMessageId)
-        .timeout(Duration::from_secs(5))
         .nack_delay(Duration::from_millis(50))
         .build(handler);
 
+    let queue = PlaceOrder::source_name().unwrap_or("orders");
     let started = Instant::now();
-    let summary = match Runner::new(broker.consume("orders", 64).until_drained(), stack)
-        .concurrency(64)
+    let summary = match Runner::new(broker.consume(queue, PlaceOrder::CONCURRENCY).until_drained(), stack)
+        .concurrency(PlaceOrder::CONCURRENCY)
         .run()
         .await
     {
