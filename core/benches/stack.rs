@@ -12,13 +12,16 @@
 //!   drained through `Runner` with concurrency 64.
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use backstop::memory::MemoryBroker;
-use backstop::{handler_fn, AckError, Acker, CancellationToken, Context, Delivery, Handle, HandlerError, KeySource, MemoryStore, Message, Request, Runner, StackBuilder};
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use backstop::{
+    AckError, Acker, CancellationToken, Context, Delivery, Handle, HandlerError, KeySource,
+    MemoryStore, Message, Request, Runner, StackBuilder, handler_fn,
+};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tower::ServiceExt;
 
 struct NoopAcker;
@@ -41,7 +44,11 @@ async fn noop(v: serde_json::Value, _ctx: Context) -> Result<(), HandlerError> {
 const BODY: &str = r#"{"order_id":"o-1","amount":42,"currency":"EUR"}"#;
 
 fn per_message(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let mut group = c.benchmark_group("per_message");
     group.throughput(Throughput::Elements(1));
 
@@ -49,7 +56,8 @@ fn per_message(c: &mut Criterion) {
     group.bench_function("bare_handler", |b| {
         b.to_async(&rt).iter(|| async {
             let message = Message::new(BODY).with_message_id("m");
-            let request = Request::<serde_json::Value>::decode(message, CancellationToken::new(), None);
+            let request =
+                Request::<serde_json::Value>::decode(message, CancellationToken::new(), None);
             let payload = request.payload().cloned().expect("valid");
             handler.handle(payload, request.context()).await
         })
@@ -57,14 +65,32 @@ fn per_message(c: &mut Criterion) {
 
     let broker = MemoryBroker::new();
     let stack = StackBuilder::<serde_json::Value>::new(Arc::new(broker.dead_letter_sink()))
-        .idempotency(Arc::new(MemoryStore::new(2_000_000, Duration::from_secs(3600))), KeySource::MessageId)
+        .idempotency(
+            Arc::new(MemoryStore::new(2_000_000, Duration::from_secs(3600))),
+            KeySource::MessageId,
+        )
         .build(handler_fn(noop));
     let seq = AtomicU64::new(0);
     group.bench_function("full_stack", |b| {
         b.to_async(&rt).iter(|| async {
             let id = seq.fetch_add(1, Ordering::Relaxed);
-            let delivery = Delivery::new(Message::new(BODY).with_message_id(format!("m-{id}")), NoopAcker);
+            let delivery = Delivery::new(
+                Message::new(BODY).with_message_id(format!("m-{id}")),
+                NoopAcker,
+            );
             stack.clone().oneshot(delivery).await
+        })
+    });
+    let plain = StackBuilder::<serde_json::Value>::new(Arc::new(broker.dead_letter_sink()))
+        .build(handler_fn(noop));
+    group.bench_function("stack_without_idempotency", |b| {
+        b.to_async(&rt).iter(|| async {
+            let id = seq.fetch_add(1, Ordering::Relaxed);
+            let delivery = Delivery::new(
+                Message::new(BODY).with_message_id(format!("m-{id}")),
+                NoopAcker,
+            );
+            plain.clone().oneshot(delivery).await
         })
     });
     group.finish();
@@ -72,7 +98,11 @@ fn per_message(c: &mut Criterion) {
 
 fn end_to_end(c: &mut Criterion) {
     const N: u64 = 100_000;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let mut group = c.benchmark_group("end_to_end");
     group.throughput(Throughput::Elements(N));
     group.sample_size(10);
@@ -82,11 +112,18 @@ fn end_to_end(c: &mut Criterion) {
             for _ in 0..iters {
                 let broker = MemoryBroker::new();
                 for i in 0..N {
-                    let _ = broker.publish_now("bench", Message::new(BODY).with_message_id(format!("m-{i}")));
+                    let _ = broker.publish_now(
+                        "bench",
+                        Message::new(BODY).with_message_id(format!("m-{i}")),
+                    );
                 }
-                let stack = StackBuilder::<serde_json::Value>::new(Arc::new(broker.dead_letter_sink()))
-                    .idempotency(Arc::new(MemoryStore::new(200_000, Duration::from_secs(3600))), KeySource::MessageId)
-                    .build(handler_fn(noop));
+                let stack =
+                    StackBuilder::<serde_json::Value>::new(Arc::new(broker.dead_letter_sink()))
+                        .idempotency(
+                            Arc::new(MemoryStore::new(200_000, Duration::from_secs(3600))),
+                            KeySource::MessageId,
+                        )
+                        .build(handler_fn(noop));
                 let start = Instant::now();
                 let summary = Runner::new(broker.consume("bench", 64).until_drained(), stack)
                     .concurrency(64)

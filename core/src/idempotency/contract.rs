@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 
-use super::{Claim, Key, Store, MAX_KEY_LEN};
+use super::{Claim, Key, MAX_KEY_LEN, Store};
 use crate::{BoxError, StoreError};
 
 /// The lease the scenarios take unless the backend says otherwise.
@@ -212,7 +212,9 @@ impl<'a> Run<'a> {
             Claim::Busy { remaining } if remaining <= lease => Ok(()),
             other => Err(ContractError::Violated {
                 scenario: self.scenario,
-                what: format!("{what}: expected Busy with at most {lease:?} remaining, got {other:?}"),
+                what: format!(
+                    "{what}: expected Busy with at most {lease:?} remaining, got {other:?}"
+                ),
             }),
         }
     }
@@ -227,7 +229,9 @@ const fn acquired(failed_runs: u32) -> Claim {
 /// The lease is long here (a minute): the scenario is about atomicity, and
 /// a slow backend (new connections, a loaded machine) must not see the
 /// winner's lease expire and be legitimately taken over mid-race.
-pub async fn one_winner_among_concurrent_claims(backend: &dyn Backend) -> Result<(), ContractError> {
+pub async fn one_winner_among_concurrent_claims(
+    backend: &dyn Backend,
+) -> Result<(), ContractError> {
     let run = Run::new("one_winner_among_concurrent_claims", backend);
     let lease = Duration::from_secs(60);
     let mut stores = Vec::new();
@@ -254,8 +258,16 @@ pub async fn one_winner_among_concurrent_claims(backend: &dyn Backend) -> Result
         }
     }
     run.eq(winners.len(), 1, "winners among 32 concurrent claims")?;
-    run.eq(run.ok(stores[1].complete(&key, &winners[0]).await)?, true, "the winner completes")?;
-    run.eq(run.ok(stores[2].claim(&key, "late", lease, 0).await)?, Claim::Completed, "a claim after completion")
+    run.eq(
+        run.ok(stores[1].complete(&key, &winners[0]).await)?,
+        true,
+        "the winner completes",
+    )?;
+    run.eq(
+        run.ok(stores[2].claim(&key, "late", lease, 0).await)?,
+        Claim::Completed,
+        "a claim after completion",
+    )
 }
 
 /// A completed key is reported done, to every instance and every replay number.
@@ -264,34 +276,100 @@ pub async fn completed_key_is_done(backend: &dyn Backend) -> Result<(), Contract
     let lease = backend.lease();
     let store = run.instance().await?;
     let key = run.key("k");
-    run.eq(run.ok(store.claim(&key, "a", lease, 0).await)?, acquired(0), "first claim")?;
-    run.eq(run.ok(store.complete(&key, "a").await)?, true, "owner completes")?;
-    run.eq(run.ok(store.claim(&key, "b", lease, 0).await)?, Claim::Completed, "duplicate")?;
-    run.eq(run.ok(store.claim(&key, "b", lease, 5).await)?, Claim::Completed, "a redriven copy of a completed key")?;
-    run.eq(run.ok(store.renew(&key, "a", lease).await)?, false, "renewing a completed key")?;
+    run.eq(
+        run.ok(store.claim(&key, "a", lease, 0).await)?,
+        acquired(0),
+        "first claim",
+    )?;
+    run.eq(
+        run.ok(store.complete(&key, "a").await)?,
+        true,
+        "owner completes",
+    )?;
+    run.eq(
+        run.ok(store.claim(&key, "b", lease, 0).await)?,
+        Claim::Completed,
+        "duplicate",
+    )?;
+    run.eq(
+        run.ok(store.claim(&key, "b", lease, 5).await)?,
+        Claim::Completed,
+        "a redriven copy of a completed key",
+    )?;
+    run.eq(
+        run.ok(store.renew(&key, "a", lease).await)?,
+        false,
+        "renewing a completed key",
+    )?;
     let other = run.instance().await?;
-    run.eq(run.ok(other.claim(&key, "c", lease, 0).await)?, Claim::Completed, "duplicate on another instance")
+    run.eq(
+        run.ok(other.claim(&key, "c", lease, 0).await)?,
+        Claim::Completed,
+        "duplicate on another instance",
+    )
 }
 
 /// A dead-lettered key skips the original's duplicates but admits a redriven
 /// copy once per replay number, with a new attempt count.
-pub async fn dead_lettered_key_admits_each_replay_once(backend: &dyn Backend) -> Result<(), ContractError> {
+pub async fn dead_lettered_key_admits_each_replay_once(
+    backend: &dyn Backend,
+) -> Result<(), ContractError> {
     let run = Run::new("dead_lettered_key_admits_each_replay_once", backend);
     let lease = backend.lease();
     let store = run.instance().await?;
     let key = run.key("k");
     run.ok(store.claim(&key, "a", lease, 0).await)?;
     run.ok(store.release(&key, "a", Some(4)).await)?;
-    run.eq(run.ok(store.claim(&key, "a", lease, 0).await)?, acquired(4), "claim after 4 failed runs")?;
-    run.eq(run.ok(store.dead_letter(&key, "a").await)?, true, "owner dead-letters")?;
-    run.eq(run.ok(store.claim(&key, "b", lease, 0).await)?, Claim::DeadLettered, "duplicate of the original")?;
-    run.eq(run.ok(store.claim(&key, "b", lease, 1).await)?, acquired(0), "first redrive starts a new count")?;
-    run.eq(run.ok(store.dead_letter(&key, "b").await)?, true, "the redrive dead-letters again")?;
-    run.eq(run.ok(store.claim(&key, "c", lease, 1).await)?, Claim::DeadLettered, "the same redrive again")?;
-    run.eq(run.ok(store.claim(&key, "c", lease, 0).await)?, Claim::DeadLettered, "the original again")?;
-    run.eq(run.ok(store.claim(&key, "c", lease, 2).await)?, acquired(0), "second redrive")?;
-    run.eq(run.ok(store.complete(&key, "c").await)?, true, "the second redrive succeeds")?;
-    run.eq(run.ok(store.claim(&key, "d", lease, 3).await)?, Claim::Completed, "a redrive after success")
+    run.eq(
+        run.ok(store.claim(&key, "a", lease, 0).await)?,
+        acquired(4),
+        "claim after 4 failed runs",
+    )?;
+    run.eq(
+        run.ok(store.dead_letter(&key, "a").await)?,
+        true,
+        "owner dead-letters",
+    )?;
+    run.eq(
+        run.ok(store.claim(&key, "b", lease, 0).await)?,
+        Claim::DeadLettered,
+        "duplicate of the original",
+    )?;
+    run.eq(
+        run.ok(store.claim(&key, "b", lease, 1).await)?,
+        acquired(0),
+        "first redrive starts a new count",
+    )?;
+    run.eq(
+        run.ok(store.dead_letter(&key, "b").await)?,
+        true,
+        "the redrive dead-letters again",
+    )?;
+    run.eq(
+        run.ok(store.claim(&key, "c", lease, 1).await)?,
+        Claim::DeadLettered,
+        "the same redrive again",
+    )?;
+    run.eq(
+        run.ok(store.claim(&key, "c", lease, 0).await)?,
+        Claim::DeadLettered,
+        "the original again",
+    )?;
+    run.eq(
+        run.ok(store.claim(&key, "c", lease, 2).await)?,
+        acquired(0),
+        "second redrive",
+    )?;
+    run.eq(
+        run.ok(store.complete(&key, "c").await)?,
+        true,
+        "the second redrive succeeds",
+    )?;
+    run.eq(
+        run.ok(store.claim(&key, "d", lease, 3).await)?,
+        Claim::Completed,
+        "a redrive after success",
+    )
 }
 
 /// A released key can be claimed again and keeps (or updates) its attempt count.
@@ -300,14 +378,34 @@ pub async fn released_key_keeps_its_attempts(backend: &dyn Backend) -> Result<()
     let lease = backend.lease();
     let store = run.instance().await?;
     let key = run.key("k");
-    run.eq(run.ok(store.claim(&key, "a", lease, 0).await)?, acquired(0), "first claim")?;
+    run.eq(
+        run.ok(store.claim(&key, "a", lease, 0).await)?,
+        acquired(0),
+        "first claim",
+    )?;
     run.ok(store.release(&key, "a", Some(2)).await)?;
-    run.eq(run.ok(store.claim(&key, "b", lease, 0).await)?, acquired(2), "claim after release(Some(2))")?;
+    run.eq(
+        run.ok(store.claim(&key, "b", lease, 0).await)?,
+        acquired(2),
+        "claim after release(Some(2))",
+    )?;
     run.ok(store.release(&key, "b", None).await)?;
-    run.eq(run.ok(store.claim(&key, "c", lease, 0).await)?, acquired(2), "claim after release(None)")?;
+    run.eq(
+        run.ok(store.claim(&key, "c", lease, 0).await)?,
+        acquired(2),
+        "claim after release(None)",
+    )?;
     run.ok(store.release(&key, "c", Some(3)).await)?;
-    run.eq(run.ok(store.claim(&key, "d", lease, 0).await)?, acquired(3), "claim after release(Some(3))")?;
-    run.eq(run.ok(store.complete(&key, "d").await)?, true, "completes at last")
+    run.eq(
+        run.ok(store.claim(&key, "d", lease, 0).await)?,
+        acquired(3),
+        "claim after release(Some(3))",
+    )?;
+    run.eq(
+        run.ok(store.complete(&key, "d").await)?,
+        true,
+        "completes at last",
+    )
 }
 
 /// A lease its owner renews is not taken over, even past its first expiry.
@@ -317,35 +415,86 @@ pub async fn renewed_lease_is_not_taken_over(backend: &dyn Backend) -> Result<()
     let store = run.instance().await?;
     let other = run.instance().await?;
     let key = run.key("k");
-    run.eq(run.ok(store.claim(&key, "a", lease, 0).await)?, acquired(0), "first claim")?;
+    run.eq(
+        run.ok(store.claim(&key, "a", lease, 0).await)?,
+        acquired(0),
+        "first claim",
+    )?;
     tokio::time::sleep(lease * 2 / 3).await;
-    run.eq(run.ok(store.renew(&key, "a", lease).await)?, true, "the owner renews")?;
+    run.eq(
+        run.ok(store.renew(&key, "a", lease).await)?,
+        true,
+        "the owner renews",
+    )?;
     tokio::time::sleep(lease / 2).await;
-    run.busy(run.ok(other.claim(&key, "b", lease, 0).await)?, "a claim past the first lease but within the renewed one")?;
-    run.eq(run.ok(store.complete(&key, "a").await)?, true, "the owner completes")
+    run.busy(
+        run.ok(other.claim(&key, "b", lease, 0).await)?,
+        "a claim past the first lease but within the renewed one",
+    )?;
+    run.eq(
+        run.ok(store.complete(&key, "a").await)?,
+        true,
+        "the owner completes",
+    )
 }
 
 /// An expired lease is taken over with the attempt count kept, and every
 /// operation of the late owner is refused.
-pub async fn expired_lease_is_taken_over_and_late_owner_refused(backend: &dyn Backend) -> Result<(), ContractError> {
-    let run = Run::new("expired_lease_is_taken_over_and_late_owner_refused", backend);
+pub async fn expired_lease_is_taken_over_and_late_owner_refused(
+    backend: &dyn Backend,
+) -> Result<(), ContractError> {
+    let run = Run::new(
+        "expired_lease_is_taken_over_and_late_owner_refused",
+        backend,
+    );
     let lease = backend.lease();
     let store = run.instance().await?;
     let other = run.instance().await?;
     let key = run.key("k");
     run.ok(store.claim(&key, "a", lease, 0).await)?;
     run.ok(store.release(&key, "a", Some(1)).await)?;
-    run.eq(run.ok(store.claim(&key, "a", lease, 0).await)?, acquired(1), "claim after one failed run")?;
+    run.eq(
+        run.ok(store.claim(&key, "a", lease, 0).await)?,
+        acquired(1),
+        "claim after one failed run",
+    )?;
     tokio::time::sleep(lease + lease / 2).await;
-    run.eq(run.ok(other.claim(&key, "b", lease, 0).await)?, acquired(1), "takeover of the expired lease")?;
-    run.eq(run.ok(store.complete(&key, "a").await)?, false, "the late owner's completion")?;
-    run.eq(run.ok(store.renew(&key, "a", lease).await)?, false, "the late owner's renewal")?;
-    run.eq(run.ok(store.dead_letter(&key, "a").await)?, false, "the late owner's dead letter")?;
+    run.eq(
+        run.ok(other.claim(&key, "b", lease, 0).await)?,
+        acquired(1),
+        "takeover of the expired lease",
+    )?;
+    run.eq(
+        run.ok(store.complete(&key, "a").await)?,
+        false,
+        "the late owner's completion",
+    )?;
+    run.eq(
+        run.ok(store.renew(&key, "a", lease).await)?,
+        false,
+        "the late owner's renewal",
+    )?;
+    run.eq(
+        run.ok(store.dead_letter(&key, "a").await)?,
+        false,
+        "the late owner's dead letter",
+    )?;
     run.ok(store.release(&key, "a", Some(9)).await)?;
-    run.busy(run.ok(store.claim(&key, "c", lease, 0).await)?, "after the late owner's release, the new owner still holds it")?;
+    run.busy(
+        run.ok(store.claim(&key, "c", lease, 0).await)?,
+        "after the late owner's release, the new owner still holds it",
+    )?;
     run.ok(other.release(&key, "b", None).await)?;
-    run.eq(run.ok(store.claim(&key, "c", lease, 0).await)?, acquired(1), "the late owner's count was ignored")?;
-    run.eq(run.ok(store.complete(&key, "c").await)?, true, "the new owner completes")
+    run.eq(
+        run.ok(store.claim(&key, "c", lease, 0).await)?,
+        acquired(1),
+        "the late owner's count was ignored",
+    )?;
+    run.eq(
+        run.ok(store.complete(&key, "c").await)?,
+        true,
+        "the new owner completes",
+    )
 }
 
 /// Renew, complete and dead-letter by someone who never held the lease are refused.
@@ -355,17 +504,52 @@ pub async fn non_owner_cannot_settle(backend: &dyn Backend) -> Result<(), Contra
     let store = run.instance().await?;
     let key = run.key("k");
     let absent = run.key("absent");
-    run.eq(run.ok(store.renew(&absent, "x", lease).await)?, false, "renewing an absent key")?;
-    run.eq(run.ok(store.complete(&absent, "x").await)?, false, "completing an absent key")?;
+    run.eq(
+        run.ok(store.renew(&absent, "x", lease).await)?,
+        false,
+        "renewing an absent key",
+    )?;
+    run.eq(
+        run.ok(store.complete(&absent, "x").await)?,
+        false,
+        "completing an absent key",
+    )?;
     run.ok(store.release(&absent, "x", Some(1)).await)?;
-    run.eq(run.ok(store.claim(&absent, "y", lease, 0).await)?, acquired(0), "a release of an absent key creates nothing")?;
+    run.eq(
+        run.ok(store.claim(&absent, "y", lease, 0).await)?,
+        acquired(0),
+        "a release of an absent key creates nothing",
+    )?;
     run.ok(store.claim(&key, "a", lease, 0).await)?;
-    run.eq(run.ok(store.renew(&key, "x", lease).await)?, false, "a stranger's renewal")?;
-    run.eq(run.ok(store.complete(&key, "x").await)?, false, "a stranger's completion")?;
-    run.eq(run.ok(store.dead_letter(&key, "x").await)?, false, "a stranger's dead letter")?;
-    run.busy(run.ok(store.claim(&key, "x", lease, 0).await)?, "the owner still holds the key")?;
-    run.eq(run.ok(store.renew(&key, "a", lease).await)?, true, "the owner's renewal")?;
-    run.eq(run.ok(store.complete(&key, "a").await)?, true, "the owner's completion")
+    run.eq(
+        run.ok(store.renew(&key, "x", lease).await)?,
+        false,
+        "a stranger's renewal",
+    )?;
+    run.eq(
+        run.ok(store.complete(&key, "x").await)?,
+        false,
+        "a stranger's completion",
+    )?;
+    run.eq(
+        run.ok(store.dead_letter(&key, "x").await)?,
+        false,
+        "a stranger's dead letter",
+    )?;
+    run.busy(
+        run.ok(store.claim(&key, "x", lease, 0).await)?,
+        "the owner still holds the key",
+    )?;
+    run.eq(
+        run.ok(store.renew(&key, "a", lease).await)?,
+        true,
+        "the owner's renewal",
+    )?;
+    run.eq(
+        run.ok(store.complete(&key, "a").await)?,
+        true,
+        "the owner's completion",
+    )
 }
 
 /// Failed runs recorded through one instance are seen by a new one.
@@ -379,7 +563,11 @@ pub async fn attempts_survive_a_new_instance(backend: &dyn Backend) -> Result<()
         run.ok(first.release(&key, "a", Some(3)).await)?;
     }
     let second = run.instance().await?;
-    run.eq(run.ok(second.claim(&key, "b", lease, 0).await)?, acquired(3), "claim on a new instance")?;
+    run.eq(
+        run.ok(second.claim(&key, "b", lease, 0).await)?,
+        acquired(3),
+        "claim on a new instance",
+    )?;
     run.eq(run.ok(second.complete(&key, "b").await)?, true, "completes")
 }
 
@@ -394,10 +582,22 @@ pub async fn completed_keys_expire_after_ttl(backend: &dyn Backend) -> Result<()
     run.ok(store.release(&key, "a", Some(2)).await)?;
     run.ok(store.claim(&key, "a", lease, 0).await)?;
     run.eq(run.ok(store.complete(&key, "a").await)?, true, "completes")?;
-    run.eq(run.ok(store.claim(&key, "b", lease, 0).await)?, Claim::Completed, "a duplicate within the TTL")?;
+    run.eq(
+        run.ok(store.claim(&key, "b", lease, 0).await)?,
+        Claim::Completed,
+        "a duplicate within the TTL",
+    )?;
     tokio::time::sleep(ttl + ttl / 2 + Duration::from_millis(100)).await;
-    run.eq(run.ok(store.claim(&key, "b", lease, 0).await)?, acquired(0), "a copy after the TTL starts afresh")?;
-    run.eq(run.ok(store.complete(&key, "b").await)?, true, "completes again")
+    run.eq(
+        run.ok(store.claim(&key, "b", lease, 0).await)?,
+        acquired(0),
+        "a copy after the TTL starts afresh",
+    )?;
+    run.eq(
+        run.ok(store.complete(&key, "b").await)?,
+        true,
+        "completes again",
+    )
 }
 
 /// Keys over [`MAX_KEY_LEN`] bytes are stored hashed; odd characters are kept as they are.
@@ -407,15 +607,43 @@ pub async fn long_and_odd_keys_work(backend: &dyn Backend) -> Result<(), Contrac
     let store = run.instance().await?;
     let raw = format!("{}{}", run.key("long").as_str(), "k".repeat(300));
     let long = Key::new(&raw);
-    run.eq(long.as_str().starts_with("sha256:"), true, "a long key is hashed")?;
-    run.eq(long.as_str().len() <= MAX_KEY_LEN, true, "a hashed key fits")?;
-    run.eq(run.ok(store.claim(&long, "a", lease, 0).await)?, acquired(0), "claim of a long key")?;
+    run.eq(
+        long.as_str().starts_with("sha256:"),
+        true,
+        "a long key is hashed",
+    )?;
+    run.eq(
+        long.as_str().len() <= MAX_KEY_LEN,
+        true,
+        "a hashed key fits",
+    )?;
+    run.eq(
+        run.ok(store.claim(&long, "a", lease, 0).await)?,
+        acquired(0),
+        "claim of a long key",
+    )?;
     run.eq(run.ok(store.complete(&long, "a").await)?, true, "completes")?;
-    run.eq(run.ok(store.claim(&Key::new(&raw), "b", lease, 0).await)?, Claim::Completed, "the same long key")?;
+    run.eq(
+        run.ok(store.claim(&Key::new(&raw), "b", lease, 0).await)?,
+        Claim::Completed,
+        "the same long key",
+    )?;
     let sibling = Key::new(&format!("{raw}x"));
-    run.eq(run.ok(store.claim(&sibling, "b", lease, 0).await)?, acquired(0), "a long key one byte longer")?;
+    run.eq(
+        run.ok(store.claim(&sibling, "b", lease, 0).await)?,
+        acquired(0),
+        "a long key one byte longer",
+    )?;
     let odd = run.key("odd 'quote' \"dq\" ; -- % _ \\ {tag} * ? [x] ünï 🦀\n");
-    run.eq(run.ok(store.claim(&odd, "a", lease, 0).await)?, acquired(0), "claim of an odd key")?;
+    run.eq(
+        run.ok(store.claim(&odd, "a", lease, 0).await)?,
+        acquired(0),
+        "claim of an odd key",
+    )?;
     run.eq(run.ok(store.complete(&odd, "a").await)?, true, "completes")?;
-    run.eq(run.ok(store.claim(&odd, "b", lease, 0).await)?, Claim::Completed, "the same odd key")
+    run.eq(
+        run.ok(store.claim(&odd, "b", lease, 0).await)?,
+        Claim::Completed,
+        "the same odd key",
+    )
 }

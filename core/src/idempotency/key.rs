@@ -17,7 +17,10 @@ impl Key {
         if raw.len() <= MAX_KEY_LEN {
             Key(raw.to_owned())
         } else {
-            Key(format!("sha256:{}", hex::encode(Sha256::digest(raw.as_bytes()))))
+            Key(format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest(raw.as_bytes()))
+            ))
         }
     }
 
@@ -90,8 +93,15 @@ mod tests {
     fn sources_pick_their_key() {
         let r = crate::testing::request("x");
         assert_eq!(KeySource::MessageId.key_of(&r), Some(Key::new("id-x")));
-        assert_eq!(KeySource::Payload.key_of(&r), None, "String has no key field");
-        assert_eq!(KeySource::PayloadOrMessageId.key_of(&r), Some(Key::new("id-x")));
+        assert_eq!(
+            KeySource::Payload.key_of(&r),
+            None,
+            "String has no key field"
+        );
+        assert_eq!(
+            KeySource::PayloadOrMessageId.key_of(&r),
+            Some(Key::new("id-x"))
+        );
         assert_eq!(KeySource::Header("h".into()).key_of(&r), None);
         assert_eq!(KeySource::None.key_of(&r), None);
     }

@@ -2,6 +2,7 @@ use std::sync::Arc;
 
 use tower::Layer;
 
+use super::renew::Renewer;
 use super::{Config, Idempotency, Store};
 
 /// Applies [`Idempotency`] over a [`Store`].
@@ -9,6 +10,7 @@ use super::{Config, Idempotency, Store};
 pub struct IdempotencyLayer {
     store: Arc<dyn Store>,
     config: Arc<Config>,
+    renewer: Arc<Renewer>,
 }
 
 impl std::fmt::Debug for IdempotencyLayer {
@@ -25,6 +27,7 @@ impl IdempotencyLayer {
         IdempotencyLayer {
             store,
             config: Arc::new(config),
+            renewer: Arc::new(Renewer::new()),
         }
     }
 }
@@ -37,6 +40,7 @@ impl<S> Layer<S> for IdempotencyLayer {
             inner,
             store: Arc::clone(&self.store),
             config: Arc::clone(&self.config),
+            renewer: Arc::clone(&self.renewer),
         }
     }
 }

@@ -73,7 +73,12 @@ impl MemoryStore {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn with_owner<R>(&self, key: &Key, owner: &str, f: impl FnOnce(&mut Entry, Instant) -> R) -> Option<R> {
+    fn with_owner<R>(
+        &self,
+        key: &Key,
+        owner: &str,
+        f: impl FnOnce(&mut Entry, Instant) -> R,
+    ) -> Option<R> {
         let now = Instant::now();
         let mut state = self.lock();
         let entry = state.entries.get_mut(key)?;
@@ -96,7 +101,9 @@ impl State {
         let mut scanned = 0;
         let limit = self.order.len();
         while self.entries.len() > target && scanned < limit {
-            let Some(key) = self.order.pop_front() else { break };
+            let Some(key) = self.order.pop_front() else {
+                break;
+            };
             scanned += 1;
             match self.entries.get(&key) {
                 Some(e) if matches!(e.phase, Phase::InProgress { .. }) => self.order.push_back(key),
@@ -115,7 +122,13 @@ impl State {
 
 #[async_trait::async_trait]
 impl Store for MemoryStore {
-    async fn claim(&self, key: &Key, owner: &str, lease: Duration, replay: u32) -> Result<Claim, StoreError> {
+    async fn claim(
+        &self,
+        key: &Key,
+        owner: &str,
+        lease: Duration,
+        replay: u32,
+    ) -> Result<Claim, StoreError> {
         let now = Instant::now();
         let mut state = self.lock();
         let taken = Phase::InProgress {
@@ -192,7 +205,12 @@ impl Store for MemoryStore {
             .is_some())
     }
 
-    async fn release(&self, key: &Key, owner: &str, failed_runs: Option<u32>) -> Result<(), StoreError> {
+    async fn release(
+        &self,
+        key: &Key,
+        owner: &str,
+        failed_runs: Option<u32>,
+    ) -> Result<(), StoreError> {
         let ttl = self.ttl;
         self.with_owner(key, owner, |e, now| {
             e.phase = Phase::Idle;
@@ -215,10 +233,19 @@ mod tests {
     async fn lease_state_machine() {
         let s = MemoryStore::default();
         let k = Key::new("k");
-        assert_eq!(s.claim(&k, "a", LEASE, 0).await.unwrap(), Claim::Acquired { failed_runs: 0 });
-        assert!(matches!(s.claim(&k, "b", LEASE, 0).await.unwrap(), Claim::Busy { .. }));
+        assert_eq!(
+            s.claim(&k, "a", LEASE, 0).await.unwrap(),
+            Claim::Acquired { failed_runs: 0 }
+        );
+        assert!(matches!(
+            s.claim(&k, "b", LEASE, 0).await.unwrap(),
+            Claim::Busy { .. }
+        ));
         s.release(&k, "a", Some(2)).await.unwrap();
-        assert_eq!(s.claim(&k, "b", LEASE, 0).await.unwrap(), Claim::Acquired { failed_runs: 2 });
+        assert_eq!(
+            s.claim(&k, "b", LEASE, 0).await.unwrap(),
+            Claim::Acquired { failed_runs: 2 }
+        );
         assert!(!s.complete(&k, "a").await.unwrap(), "a gave the lease up");
         assert!(s.complete(&k, "b").await.unwrap());
         assert_eq!(s.claim(&k, "c", LEASE, 0).await.unwrap(), Claim::Completed);
@@ -233,9 +260,18 @@ mod tests {
         tokio::time::advance(LEASE / 2).await;
         assert!(s.renew(&k, "a", LEASE).await.unwrap());
         tokio::time::advance(LEASE * 3 / 4).await;
-        assert!(matches!(s.claim(&k, "b", LEASE, 0).await.unwrap(), Claim::Busy { .. }), "renewed lease holds");
+        assert!(
+            matches!(
+                s.claim(&k, "b", LEASE, 0).await.unwrap(),
+                Claim::Busy { .. }
+            ),
+            "renewed lease holds"
+        );
         tokio::time::advance(LEASE).await;
-        assert_eq!(s.claim(&k, "b", LEASE, 0).await.unwrap(), Claim::Acquired { failed_runs: 0 });
+        assert_eq!(
+            s.claim(&k, "b", LEASE, 0).await.unwrap(),
+            Claim::Acquired { failed_runs: 0 }
+        );
         assert!(!s.complete(&k, "a").await.unwrap(), "late owner refused");
         assert!(!s.renew(&k, "a", LEASE).await.unwrap());
         assert!(s.complete(&k, "b").await.unwrap());
@@ -249,11 +285,25 @@ mod tests {
         s.release(&k, "a", Some(4)).await.unwrap();
         s.claim(&k, "a", LEASE, 0).await.unwrap();
         assert!(s.dead_letter(&k, "a").await.unwrap());
-        assert_eq!(s.claim(&k, "b", LEASE, 0).await.unwrap(), Claim::DeadLettered);
-        assert_eq!(s.claim(&k, "b", LEASE, 1).await.unwrap(), Claim::Acquired { failed_runs: 0 }, "a redrive starts a new count");
+        assert_eq!(
+            s.claim(&k, "b", LEASE, 0).await.unwrap(),
+            Claim::DeadLettered
+        );
+        assert_eq!(
+            s.claim(&k, "b", LEASE, 1).await.unwrap(),
+            Claim::Acquired { failed_runs: 0 },
+            "a redrive starts a new count"
+        );
         assert!(s.dead_letter(&k, "b").await.unwrap());
-        assert_eq!(s.claim(&k, "c", LEASE, 1).await.unwrap(), Claim::DeadLettered, "once per replay");
-        assert!(matches!(s.claim(&k, "c", LEASE, 2).await.unwrap(), Claim::Acquired { .. }));
+        assert_eq!(
+            s.claim(&k, "c", LEASE, 1).await.unwrap(),
+            Claim::DeadLettered,
+            "once per replay"
+        );
+        assert!(matches!(
+            s.claim(&k, "c", LEASE, 2).await.unwrap(),
+            Claim::Acquired { .. }
+        ));
     }
 
     #[tokio::test(start_paused = true)]
@@ -263,7 +313,10 @@ mod tests {
         s.claim(&k, "a", LEASE, 0).await.unwrap();
         s.complete(&k, "a").await.unwrap();
         tokio::time::advance(Duration::from_secs(61)).await;
-        assert_eq!(s.claim(&k, "b", LEASE, 0).await.unwrap(), Claim::Acquired { failed_runs: 0 });
+        assert_eq!(
+            s.claim(&k, "b", LEASE, 0).await.unwrap(),
+            Claim::Acquired { failed_runs: 0 }
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -273,7 +326,10 @@ mod tests {
             let k = Key::new(&format!("k{i}"));
             s.claim(&k, "a", LEASE, 0).await.unwrap();
         }
-        assert!(matches!(s.claim(&Key::new("k2"), "a", LEASE, 0).await, Err(StoreError::Full { capacity: 2 })));
+        assert!(matches!(
+            s.claim(&Key::new("k2"), "a", LEASE, 0).await,
+            Err(StoreError::Full { capacity: 2 })
+        ));
         s.complete(&Key::new("k0"), "a").await.unwrap();
         assert!(s.claim(&Key::new("k2"), "a", LEASE, 0).await.is_ok());
         assert_eq!(s.len(), 2);

@@ -3,7 +3,8 @@
 //! Per message with a key ([`KeySource`]): claim the key's lease; a
 //! completed or dead-lettered key is a [`Outcome::Duplicate`] (acked); a key
 //! another live owner holds is [`Error::Busy`] (deferred, never spun). While
-//! the inner stack runs, the lease is renewed every lease/3. Then:
+//! the inner stack runs, the lease is renewed every lease/3 (one background task per layer
+//! renews all the leases it holds). Then:
 //! `Handled` completes the key, `DeadLettered` marks it dead-lettered,
 //! `Deferred` releases it and records the failed runs, an error releases it.
 //! If the future is dropped, a guard releases the key without counting an
@@ -14,6 +15,7 @@ mod guard;
 mod key;
 mod layer;
 mod memory;
+mod renew;
 mod store;
 
 pub use self::key::{Key, KeySource, MAX_KEY_LEN};
@@ -21,8 +23,8 @@ pub use self::layer::IdempotencyLayer;
 pub use self::memory::MemoryStore;
 pub use self::store::{Claim, Store};
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,7 +32,8 @@ use futures::future::BoxFuture;
 use tower::Service;
 
 use self::guard::LeaseGuard;
-use crate::{attempt, Error, Outcome, Request};
+use self::renew::Renewer;
+use crate::{Error, Outcome, Request, attempt};
 
 /// How the idempotency layer keys and leases messages.
 #[derive(Clone, Debug)]
@@ -71,6 +74,7 @@ pub struct Idempotency<S> {
     inner: S,
     store: Arc<dyn Store>,
     config: Arc<Config>,
+    renewer: Arc<Renewer>,
 }
 
 impl<S> std::fmt::Debug for Idempotency<S> {
@@ -103,8 +107,13 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let store = Arc::clone(&self.store);
         let config = Arc::clone(&self.config);
+        let renewer = Arc::clone(&self.renewer);
         Box::pin(async move {
-            let owner = format!("{}/{}", config.worker, NEXT_OWNER.fetch_add(1, Ordering::Relaxed));
+            let owner = format!(
+                "{}/{}",
+                config.worker,
+                NEXT_OWNER.fetch_add(1, Ordering::Relaxed)
+            );
             let replay = request.message().replayed();
             let claim = store
                 .claim(&key, &owner, config.lease, replay)
@@ -116,17 +125,21 @@ where
                 Claim::Busy { .. } => {
                     return Err(Error::Busy {
                         key: key.to_string(),
-                    })
+                    });
                 }
             };
             request.set_attempt(attempt::resume(request.attempt(), failed_runs));
             let mut guard = LeaseGuard::new(Arc::clone(&store), key.clone(), owner.clone());
-            let result = run_renewing(inner.call(request), &*store, &key, &owner, config.lease).await;
+            let registration = renewer.register(&store, config.lease, key.clone(), owner.clone());
+            let result = inner.call(request).await;
+            drop(registration);
             let settled = match &result {
                 Ok(Outcome::Handled) => store.complete(&key, &owner).await.map(drop),
                 Ok(Outcome::DeadLettered { .. }) => store.dead_letter(&key, &owner).await.map(drop),
                 Ok(Outcome::Deferred { attempt, .. }) => {
-                    store.release(&key, &owner, Some(attempt.saturating_sub(1))).await
+                    store
+                        .release(&key, &owner, Some(attempt.saturating_sub(1)))
+                        .await
                 }
                 Ok(Outcome::Duplicate) | Err(_) => store.release(&key, &owner, None).await,
             };
@@ -137,28 +150,6 @@ where
             }
             result
         })
-    }
-}
-
-/// Runs `future` while renewing the lease every `lease / 3`.
-async fn run_renewing<F>(future: F, store: &dyn Store, key: &Key, owner: &str, lease: Duration) -> F::Output
-where
-    F: std::future::Future,
-{
-    let period = lease / 3;
-    tokio::pin!(future);
-    loop {
-        tokio::select! {
-            biased;
-            output = &mut future => return output,
-            () = tokio::time::sleep(period) => {
-                match store.renew(key, owner, lease).await {
-                    Ok(true) => {}
-                    Ok(false) => tracing::warn!(%key, "lease lost while the handler ran; another worker may run the message"),
-                    Err(error) => tracing::warn!(%error, %key, "lease renewal failed"),
-                }
-            }
-        }
     }
 }
 

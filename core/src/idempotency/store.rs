@@ -38,7 +38,13 @@ pub enum Claim {
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Tries to take the lease on `key` for `owner`.
-    async fn claim(&self, key: &Key, owner: &str, lease: Duration, replay: u32) -> Result<Claim, StoreError>;
+    async fn claim(
+        &self,
+        key: &Key,
+        owner: &str,
+        lease: Duration,
+        replay: u32,
+    ) -> Result<Claim, StoreError>;
 
     /// Extends `owner`'s lease; `false` if the lease was lost.
     async fn renew(&self, key: &Key, owner: &str, lease: Duration) -> Result<bool, StoreError>;
@@ -50,5 +56,10 @@ pub trait Store: Send + Sync + 'static {
     async fn dead_letter(&self, key: &Key, owner: &str) -> Result<bool, StoreError>;
 
     /// Gives the lease up. `Some(n)` records `n` failed runs; `None` keeps the count.
-    async fn release(&self, key: &Key, owner: &str, failed_runs: Option<u32>) -> Result<(), StoreError>;
+    async fn release(
+        &self,
+        key: &Key,
+        owner: &str,
+        failed_runs: Option<u32>,
+    ) -> Result<(), StoreError>;
 }

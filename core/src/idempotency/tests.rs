@@ -1,22 +1,28 @@
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
-use tower::{service_fn, Layer, ServiceExt};
+use tower::{Layer, ServiceExt, service_fn};
 
 use super::*;
 use crate::testing::request;
-use crate::{wire, ErrorKind, Message, StoreError};
+use crate::{ErrorKind, Message, StoreError, wire};
 
 type Script = Arc<dyn Fn(u32) -> Result<Outcome, Error> + Send + Sync>;
 
-fn stack(store: Arc<dyn Store>, calls: Arc<AtomicU32>, script: Script) -> impl Service<Request<String>, Response = Outcome, Error = Error, Future: Send> + Clone {
-    IdempotencyLayer::new(store, Config::keyed_by(KeySource::MessageId)).layer(service_fn(move |_r: Request<String>| {
-        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
-        let r = script(n);
-        async move { r }
-    }))
+fn stack(
+    store: Arc<dyn Store>,
+    calls: Arc<AtomicU32>,
+    script: Script,
+) -> impl Service<Request<String>, Response = Outcome, Error = Error, Future: Send> + Clone {
+    IdempotencyLayer::new(store, Config::keyed_by(KeySource::MessageId)).layer(service_fn(
+        move |_r: Request<String>| {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let r = script(n);
+            async move { r }
+        },
+    ))
 }
 
 fn handled() -> Script {
@@ -28,8 +34,14 @@ async fn duplicate_of_a_completed_message_is_skipped() {
     let store = Arc::new(MemoryStore::default());
     let calls = Arc::new(AtomicU32::new(0));
     let svc = stack(store, calls.clone(), handled());
-    assert_eq!(svc.clone().oneshot(request("a")).await.unwrap(), Outcome::Handled);
-    assert_eq!(svc.clone().oneshot(request("a")).await.unwrap(), Outcome::Duplicate);
+    assert_eq!(
+        svc.clone().oneshot(request("a")).await.unwrap(),
+        Outcome::Handled
+    );
+    assert_eq!(
+        svc.clone().oneshot(request("a")).await.unwrap(),
+        Outcome::Duplicate
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(svc.oneshot(request("b")).await.unwrap(), Outcome::Handled);
     assert_eq!(calls.load(Ordering::SeqCst), 2);
@@ -41,17 +53,29 @@ async fn delayed_retry_copy_is_not_a_duplicate_and_attempts_are_kept() {
     let calls = Arc::new(AtomicU32::new(0));
     let script: Script = Arc::new(|n| {
         if n == 1 {
-            Ok(Outcome::Deferred { attempt: 3, due: SystemTime::now() })
+            Ok(Outcome::Deferred {
+                attempt: 3,
+                due: SystemTime::now(),
+            })
         } else {
             Ok(Outcome::Handled)
         }
     });
     let svc = stack(store.clone(), calls.clone(), script);
-    assert!(matches!(svc.clone().oneshot(request("a")).await.unwrap(), Outcome::Deferred { .. }));
+    assert!(matches!(
+        svc.clone().oneshot(request("a")).await.unwrap(),
+        Outcome::Deferred { .. }
+    ));
     // The key is free again and remembers 2 failed runs.
-    let claim = store.claim(&Key::new("id-a"), "probe", Duration::from_secs(1), 0).await.unwrap();
+    let claim = store
+        .claim(&Key::new("id-a"), "probe", Duration::from_secs(1), 0)
+        .await
+        .unwrap();
     assert_eq!(claim, Claim::Acquired { failed_runs: 2 });
-    store.release(&Key::new("id-a"), "probe", None).await.unwrap();
+    store
+        .release(&Key::new("id-a"), "probe", None)
+        .await
+        .unwrap();
     assert_eq!(svc.oneshot(request("a")).await.unwrap(), Outcome::Handled);
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
@@ -60,20 +84,31 @@ async fn delayed_retry_copy_is_not_a_duplicate_and_attempts_are_kept() {
 async fn stored_failed_runs_raise_the_attempt_number() {
     let store = Arc::new(MemoryStore::default());
     let k = Key::new("id-a");
-    store.claim(&k, "old", Duration::from_secs(1), 0).await.unwrap();
+    store
+        .claim(&k, "old", Duration::from_secs(1), 0)
+        .await
+        .unwrap();
     store.release(&k, "old", Some(3)).await.unwrap();
     let seen = Arc::new(AtomicU32::new(0));
     let s2 = seen.clone();
-    let svc = IdempotencyLayer::new(store, Config::keyed_by(KeySource::MessageId)).layer(service_fn(move |r: Request<String>| {
-        s2.store(r.attempt(), Ordering::SeqCst);
-        async { Ok::<_, Error>(Outcome::Handled) }
-    }));
+    let svc = IdempotencyLayer::new(store, Config::keyed_by(KeySource::MessageId)).layer(
+        service_fn(move |r: Request<String>| {
+            s2.store(r.attempt(), Ordering::SeqCst);
+            async { Ok::<_, Error>(Outcome::Handled) }
+        }),
+    );
     svc.oneshot(request("a")).await.unwrap();
-    assert_eq!(seen.load(Ordering::SeqCst), 4, "attempts survive across deliveries");
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        4,
+        "attempts survive across deliveries"
+    );
 }
 
 fn replayed(n: u32) -> Request<String> {
-    let mut m = Message::new("a").with_message_id("id-a").with_header(wire::REPLAYED, n.to_string());
+    let mut m = Message::new("a")
+        .with_message_id("id-a")
+        .with_header(wire::REPLAYED, n.to_string());
     m.meta.source = "orders".into();
     Request::decode(m, CancellationToken::new(), None)
 }
@@ -84,15 +119,28 @@ async fn redriven_copy_of_a_dead_lettered_message_runs_once_per_replay() {
     let calls = Arc::new(AtomicU32::new(0));
     let script: Script = Arc::new(|n| {
         if n == 1 {
-            Ok(Outcome::DeadLettered { kind: ErrorKind::Permanent })
+            Ok(Outcome::DeadLettered {
+                kind: ErrorKind::Permanent,
+            })
         } else {
             Ok(Outcome::Handled)
         }
     });
     let svc = stack(store, calls.clone(), script);
-    assert!(matches!(svc.clone().oneshot(request("a")).await.unwrap(), Outcome::DeadLettered { .. }));
-    assert_eq!(svc.clone().oneshot(request("a")).await.unwrap(), Outcome::Duplicate, "original's duplicate skipped");
-    assert_eq!(svc.clone().oneshot(replayed(1)).await.unwrap(), Outcome::Handled, "redrive runs");
+    assert!(matches!(
+        svc.clone().oneshot(request("a")).await.unwrap(),
+        Outcome::DeadLettered { .. }
+    ));
+    assert_eq!(
+        svc.clone().oneshot(request("a")).await.unwrap(),
+        Outcome::Duplicate,
+        "original's duplicate skipped"
+    );
+    assert_eq!(
+        svc.clone().oneshot(replayed(1)).await.unwrap(),
+        Outcome::Handled,
+        "redrive runs"
+    );
     assert_eq!(svc.oneshot(replayed(1)).await.unwrap(), Outcome::Duplicate);
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
@@ -100,10 +148,21 @@ async fn redriven_copy_of_a_dead_lettered_message_runs_once_per_replay() {
 #[tokio::test]
 async fn key_held_by_a_live_lease_is_deferred_not_run() {
     let store = Arc::new(MemoryStore::default());
-    store.claim(&Key::new("id-a"), "other-worker", Duration::from_secs(30), 0).await.unwrap();
+    store
+        .claim(
+            &Key::new("id-a"),
+            "other-worker",
+            Duration::from_secs(30),
+            0,
+        )
+        .await
+        .unwrap();
     let calls = Arc::new(AtomicU32::new(0));
     let svc = stack(store, calls.clone(), handled());
-    assert!(matches!(svc.oneshot(request("a")).await, Err(Error::Busy { .. })));
+    assert!(matches!(
+        svc.oneshot(request("a")).await,
+        Err(Error::Busy { .. })
+    ));
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 }
 
@@ -111,31 +170,47 @@ async fn key_held_by_a_live_lease_is_deferred_not_run() {
 async fn lease_is_renewed_while_the_handler_runs() {
     let store = Arc::new(MemoryStore::default());
     let lease = Duration::from_secs(3);
-    let config = Config { lease, ..Config::keyed_by(KeySource::MessageId) };
-    let svc = IdempotencyLayer::new(store.clone(), config).layer(service_fn(|_r: Request<String>| async {
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        Ok::<_, Error>(Outcome::Handled)
-    }));
+    let config = Config {
+        lease,
+        ..Config::keyed_by(KeySource::MessageId)
+    };
+    let svc = IdempotencyLayer::new(store.clone(), config).layer(service_fn(
+        |_r: Request<String>| async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok::<_, Error>(Outcome::Handled)
+        },
+    ));
     let run = tokio::spawn(svc.oneshot(request("a")));
     tokio::time::sleep(Duration::from_secs(7)).await;
-    let claim = store.claim(&Key::new("id-a"), "thief", lease, 0).await.unwrap();
-    assert!(matches!(claim, Claim::Busy { .. }), "lease was renewed, got {claim:?}");
+    let claim = store
+        .claim(&Key::new("id-a"), "thief", lease, 0)
+        .await
+        .unwrap();
+    assert!(
+        matches!(claim, Claim::Busy { .. }),
+        "lease was renewed, got {claim:?}"
+    );
     assert_eq!(run.await.unwrap().unwrap(), Outcome::Handled);
 }
 
 #[tokio::test]
 async fn dropped_future_releases_the_key_without_counting() {
     let store = Arc::new(MemoryStore::default());
-    let svc = IdempotencyLayer::new(store.clone(), Config::keyed_by(KeySource::MessageId)).layer(service_fn(|_r: Request<String>| async {
-        futures::future::pending::<()>().await;
-        Ok::<_, Error>(Outcome::Handled)
-    }));
+    let svc = IdempotencyLayer::new(store.clone(), Config::keyed_by(KeySource::MessageId)).layer(
+        service_fn(|_r: Request<String>| async {
+            futures::future::pending::<()>().await;
+            Ok::<_, Error>(Outcome::Handled)
+        }),
+    );
     let run = tokio::spawn(svc.oneshot(request("a")));
     tokio::time::sleep(Duration::from_millis(20)).await;
     run.abort();
     let _ = run.await;
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let claim = store.claim(&Key::new("id-a"), "next", Duration::from_secs(1), 0).await.unwrap();
+    let claim = store
+        .claim(&Key::new("id-a"), "next", Duration::from_secs(1), 0)
+        .await
+        .unwrap();
     assert_eq!(claim, Claim::Acquired { failed_runs: 0 });
 }
 
@@ -164,7 +239,10 @@ impl Store for DownStore {
 async fn store_down_defers_without_running_or_dead_lettering() {
     let calls = Arc::new(AtomicU32::new(0));
     let svc = stack(Arc::new(DownStore), calls.clone(), handled());
-    assert!(matches!(svc.oneshot(request("a")).await, Err(Error::Store(_))));
+    assert!(matches!(
+        svc.oneshot(request("a")).await,
+        Err(Error::Store(_))
+    ));
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 }
 
@@ -172,11 +250,15 @@ async fn store_down_defers_without_running_or_dead_lettering() {
 async fn message_without_a_key_skips_the_store() {
     let calls = Arc::new(AtomicU32::new(0));
     let c = calls.clone();
-    let svc = IdempotencyLayer::new(Arc::new(DownStore), Config::keyed_by(KeySource::Payload)).layer(service_fn(move |_r: Request<String>| {
-        c.fetch_add(1, Ordering::SeqCst);
-        async { Ok::<_, Error>(Outcome::Handled) }
-    }));
-    assert_eq!(svc.clone().oneshot(request("a")).await.unwrap(), Outcome::Handled);
+    let svc = IdempotencyLayer::new(Arc::new(DownStore), Config::keyed_by(KeySource::Payload))
+        .layer(service_fn(move |_r: Request<String>| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, Error>(Outcome::Handled) }
+        }));
+    assert_eq!(
+        svc.clone().oneshot(request("a")).await.unwrap(),
+        Outcome::Handled
+    );
     assert_eq!(svc.oneshot(request("a")).await.unwrap(), Outcome::Handled);
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }

@@ -1,0 +1,85 @@
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use super::{Key, Store};
+
+/// Renews every lease a layer holds, from one background task, every lease/3.
+///
+/// One task per layer instead of a timer per message: a message only
+/// registers its lease on the way in and removes it on the way out.
+pub(crate) struct Renewer {
+    leases: Arc<Mutex<HashMap<u64, (Key, String)>>>,
+    next: AtomicU64,
+    started: OnceLock<()>,
+}
+
+/// Removes a lease from the renewer when dropped.
+pub(crate) struct Registration {
+    leases: Arc<Mutex<HashMap<u64, (Key, String)>>>,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        lock(&self.leases).remove(&self.id);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Renewer {
+    pub(crate) fn new() -> Self {
+        Renewer {
+            leases: Arc::new(Mutex::new(HashMap::new())),
+            next: AtomicU64::new(0),
+            started: OnceLock::new(),
+        }
+    }
+
+    /// Registers `owner`'s lease on `key` until the registration is dropped.
+    pub(crate) fn register(
+        &self,
+        store: &Arc<dyn Store>,
+        lease: Duration,
+        key: Key,
+        owner: String,
+    ) -> Registration {
+        self.started
+            .get_or_init(|| spawn(Arc::downgrade(&self.leases), Arc::clone(store), lease));
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        lock(&self.leases).insert(id, (key, owner));
+        Registration {
+            leases: Arc::clone(&self.leases),
+            id,
+        }
+    }
+}
+
+fn spawn(leases: Weak<Mutex<HashMap<u64, (Key, String)>>>, store: Arc<dyn Store>, lease: Duration) {
+    let period = (lease / 3).max(Duration::from_millis(1));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(leases) = leases.upgrade() else {
+                return;
+            };
+            let held: Vec<(Key, String)> = lock(&leases).values().cloned().collect();
+            drop(leases);
+            for (key, owner) in held {
+                match store.renew(&key, &owner, lease).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::debug!(%key, "lease gone at renewal (finished, or taken over after expiry)")
+                    }
+                    Err(error) => tracing::warn!(%error, %key, "lease renewal failed"),
+                }
+            }
+        }
+    });
+}
