@@ -102,9 +102,15 @@ mod tests {
 
     #[tokio::test]
     async fn pool_is_lazy_and_url_is_checked() {
-        let pool = PgConfig::new("postgres://u:p@127.0.0.1:1/db").max_connections(0).pool().unwrap();
+        let pool = PgConfig::new("postgres://u:p@127.0.0.1:1/db")
+            .max_connections(0)
+            .pool()
+            .unwrap();
         assert_eq!(pool.status().max_size, 1);
         assert_eq!(pool.status().size, 0, "no connection opened yet");
-        assert!(matches!(PgConfig::new("postgres://u@h:notaport/db").pool(), Err(PostgresError::InvalidUrl(_))));
+        assert!(matches!(
+            PgConfig::new("postgres://u@h:notaport/db").pool(),
+            Err(PostgresError::InvalidUrl(_))
+        ));
     }
 }

@@ -5,8 +5,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use deadpool_postgres::{Object, Pool};
-use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 
 use crate::PostgresError;
 
@@ -90,7 +90,10 @@ impl Conn {
         PostgresError::Discarded { op }
     }
 
-    async fn within<F: Future>(timeout: Duration, future: F) -> Result<F::Output, tokio::time::error::Elapsed> {
+    async fn within<F: Future>(
+        timeout: Duration,
+        future: F,
+    ) -> Result<F::Output, tokio::time::error::Elapsed> {
         tokio::time::timeout(timeout, future).await
     }
 
@@ -129,7 +132,12 @@ impl Conn {
     }
 
     /// Runs statements without parameters (`BEGIN`, `COMMIT`, DDL).
-    pub(crate) async fn batch(&mut self, op: &'static str, timeout: Duration, sql: &str) -> Result<(), PostgresError> {
+    pub(crate) async fn batch(
+        &mut self,
+        op: &'static str,
+        timeout: Duration,
+        sql: &str,
+    ) -> Result<(), PostgresError> {
         let client = self.client.as_ref().ok_or_else(|| Self::gone(op))?;
         let outcome = Self::within(timeout, client.batch_execute(sql)).await;
         self.settle(op, timeout, outcome)

@@ -14,7 +14,9 @@ pub enum PostgresError {
     #[error("invalid PostgreSQL URL (expected postgres://user:password@host:port/db): {0}")]
     InvalidUrl(#[source] tokio_postgres::Error),
     /// A table name is not a plain SQL identifier.
-    #[error("invalid table name {0:?}: use `table` or `schema.table`, letters, digits and `_`, at most 63 bytes each, not starting with a digit")]
+    #[error(
+        "invalid table name {0:?}: use `table` or `schema.table`, letters, digits and `_`, at most 63 bytes each, not starting with a digit"
+    )]
     InvalidTableName(String),
     /// The connection pool could not be built.
     #[error("could not build the connection pool: {0}")]
@@ -32,7 +34,9 @@ pub enum PostgresError {
         source: tokio_postgres::Error,
     },
     /// A statement did not finish in time; its connection was discarded.
-    #[error("PostgreSQL {op} did not finish within {after:?}; is the server up, or is the row locked by a long transaction?")]
+    #[error(
+        "PostgreSQL {op} did not finish within {after:?}; is the server up, or is the row locked by a long transaction?"
+    )]
     Timeout {
         /// The operation.
         op: &'static str,

@@ -77,6 +77,6 @@ mod table;
 
 pub use self::config::PgConfig;
 pub use self::error::PostgresError;
-pub use self::inbox::{Inbox, InboxError, InboxLayer, InboxTx, DEFAULT_INBOX_TABLE};
-pub use self::store::{PostgresStore, DEFAULT_STORE_TABLE};
+pub use self::inbox::{DEFAULT_INBOX_TABLE, Inbox, InboxError, InboxLayer, InboxTx};
+pub use self::store::{DEFAULT_STORE_TABLE, PostgresStore};
 pub use self::table::TableName;

@@ -62,21 +62,43 @@ mod tests {
     #[test]
     fn plain_and_schema_names_are_quoted() {
         assert_eq!(TableName::new("dedup").unwrap().to_string(), "\"dedup\"");
-        assert_eq!(TableName::new("app.Dedup_2").unwrap().to_string(), "\"app\".\"Dedup_2\"");
-        assert_eq!(TableName::new("app.dedup").unwrap().derived("expires"), "\"dedup_expires\"");
+        assert_eq!(
+            TableName::new("app.Dedup_2").unwrap().to_string(),
+            "\"app\".\"Dedup_2\""
+        );
+        assert_eq!(
+            TableName::new("app.dedup").unwrap().derived("expires"),
+            "\"dedup_expires\""
+        );
     }
 
     #[test]
     fn default_names_are_valid() {
-        for name in [crate::store::DEFAULT_STORE_TABLE, crate::inbox::DEFAULT_INBOX_TABLE] {
+        for name in [
+            crate::store::DEFAULT_STORE_TABLE,
+            crate::inbox::DEFAULT_INBOX_TABLE,
+        ] {
             assert_eq!(TableName::new(name).unwrap(), TableName::known(name));
         }
     }
 
     #[test]
     fn anything_else_is_refused() {
-        for bad in ["", "a.b.c", "1abc", "a b", "a;drop table x", "a\"b", ".a", "a.", &"x".repeat(64)] {
-            assert!(matches!(TableName::new(bad), Err(PostgresError::InvalidTableName(_))), "{bad:?}");
+        for bad in [
+            "",
+            "a.b.c",
+            "1abc",
+            "a b",
+            "a;drop table x",
+            "a\"b",
+            ".a",
+            "a.",
+            &"x".repeat(64),
+        ] {
+            assert!(
+                matches!(TableName::new(bad), Err(PostgresError::InvalidTableName(_))),
+                "{bad:?}"
+            );
         }
     }
 }

@@ -36,7 +36,9 @@ pub enum RedisStoreError {
     },
     /// A script answered something the store does not understand (another
     /// program writes under the store's key prefix?).
-    #[error("Redis {op} returned an unexpected reply {reply:?}; is another program using the key prefix?")]
+    #[error(
+        "Redis {op} returned an unexpected reply {reply:?}; is another program using the key prefix?"
+    )]
     UnexpectedReply {
         /// The store operation.
         op: &'static str,

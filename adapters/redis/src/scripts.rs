@@ -94,4 +94,5 @@ fn script(parts: &[&str]) -> Script {
 pub(crate) static CLAIM_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(&[NOW, CLAIM]));
 pub(crate) static RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(&[OWNED, NOW, RENEW]));
 pub(crate) static FINISH_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(&[OWNED, NOW, FINISH]));
-pub(crate) static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(&[OWNED, NOW, RELEASE]));
+pub(crate) static RELEASE_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| script(&[OWNED, NOW, RELEASE]));

@@ -69,7 +69,8 @@ impl RedisStore {
     /// is down (its messages are deferred until Redis answers). Only the URL
     /// is checked. Must be called inside a Tokio runtime.
     pub fn connect_lazy(config: RedisConfig) -> Result<Self, RedisStoreError> {
-        let client = redis::Client::open(config.url.as_str()).map_err(RedisStoreError::InvalidUrl)?;
+        let client =
+            redis::Client::open(config.url.as_str()).map_err(RedisStoreError::InvalidUrl)?;
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.operation_timeout))
@@ -98,7 +99,10 @@ impl RedisStore {
         if pong == "PONG" {
             Ok(())
         } else {
-            Err(RedisStoreError::UnexpectedReply { op: "ping", reply: pong })
+            Err(RedisStoreError::UnexpectedReply {
+                op: "ping",
+                reply: pong,
+            })
         }
     }
 
@@ -125,23 +129,42 @@ impl RedisStore {
         match tokio::time::timeout(self.timeout, future).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(source)) => Err(RedisStoreError::Command { op, source }),
-            Err(_) => Err(RedisStoreError::Timeout { op, after: self.timeout }),
+            Err(_) => Err(RedisStoreError::Timeout {
+                op,
+                after: self.timeout,
+            }),
         }
     }
 
     /// Runs an owner-checked script; true if `owner` held the lease.
-    async fn owned(&self, op: &'static str, script: &redis::Script, key: &Key, owner: &str, arg: &str, ttl: u64) -> Result<bool, StoreError> {
+    async fn owned(
+        &self,
+        op: &'static str,
+        script: &redis::Script,
+        key: &Key,
+        owner: &str,
+        arg: &str,
+        ttl: u64,
+    ) -> Result<bool, StoreError> {
         let mut connection = self.connection.clone();
         let mut invocation = script.key(self.redis_key(key));
         invocation.arg(owner).arg(arg).arg(ttl);
-        let done: i64 = self.bounded(op, invocation.invoke_async(&mut connection)).await?;
+        let done: i64 = self
+            .bounded(op, invocation.invoke_async(&mut connection))
+            .await?;
         Ok(done == 1)
     }
 }
 
 #[async_trait::async_trait]
 impl Store for RedisStore {
-    async fn claim(&self, key: &Key, owner: &str, lease: Duration, replay: u32) -> Result<Claim, StoreError> {
+    async fn claim(
+        &self,
+        key: &Key,
+        owner: &str,
+        lease: Duration,
+        replay: u32,
+    ) -> Result<Claim, StoreError> {
         let mut connection = self.connection.clone();
         let mut invocation = CLAIM_SCRIPT.key(self.redis_key(key));
         invocation
@@ -149,10 +172,14 @@ impl Store for RedisStore {
             .arg(millis(lease))
             .arg(replay)
             .arg(millis(self.ttl));
-        let (verdict, n): (String, i64) = self.bounded("claim", invocation.invoke_async(&mut connection)).await?;
+        let (verdict, n): (String, i64) = self
+            .bounded("claim", invocation.invoke_async(&mut connection))
+            .await?;
         let count = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
         match verdict.as_str() {
-            "acquired" => Ok(Claim::Acquired { failed_runs: count(n) }),
+            "acquired" => Ok(Claim::Acquired {
+                failed_runs: count(n),
+            }),
             "busy" => Ok(Claim::Busy {
                 remaining: Duration::from_millis(u64::try_from(n.max(0)).unwrap_or(0)),
             }),
@@ -168,23 +195,50 @@ impl Store for RedisStore {
 
     async fn renew(&self, key: &Key, owner: &str, lease: Duration) -> Result<bool, StoreError> {
         let lease = millis(lease).to_string();
-        self.owned("renew", &RENEW_SCRIPT, key, owner, &lease, millis(self.ttl)).await
+        self.owned("renew", &RENEW_SCRIPT, key, owner, &lease, millis(self.ttl))
+            .await
     }
 
     async fn complete(&self, key: &Key, owner: &str) -> Result<bool, StoreError> {
-        self.owned("complete", &FINISH_SCRIPT, key, owner, "completed", millis(self.ttl))
-            .await
+        self.owned(
+            "complete",
+            &FINISH_SCRIPT,
+            key,
+            owner,
+            "completed",
+            millis(self.ttl),
+        )
+        .await
     }
 
     async fn dead_letter(&self, key: &Key, owner: &str) -> Result<bool, StoreError> {
-        self.owned("dead_letter", &FINISH_SCRIPT, key, owner, "dead_lettered", millis(self.ttl))
-            .await
+        self.owned(
+            "dead_letter",
+            &FINISH_SCRIPT,
+            key,
+            owner,
+            "dead_lettered",
+            millis(self.ttl),
+        )
+        .await
     }
 
-    async fn release(&self, key: &Key, owner: &str, failed_runs: Option<u32>) -> Result<(), StoreError> {
+    async fn release(
+        &self,
+        key: &Key,
+        owner: &str,
+        failed_runs: Option<u32>,
+    ) -> Result<(), StoreError> {
         let failed = failed_runs.map(|n| n.to_string()).unwrap_or_default();
-        self.owned("release", &RELEASE_SCRIPT, key, owner, &failed, millis(self.ttl))
-            .await
-            .map(drop)
+        self.owned(
+            "release",
+            &RELEASE_SCRIPT,
+            key,
+            owner,
+            &failed,
+            millis(self.ttl),
+        )
+        .await
+        .map(drop)
     }
 }

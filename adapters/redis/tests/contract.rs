@@ -18,7 +18,10 @@ struct Redis {
 impl Redis {
     fn new() -> Self {
         Redis {
-            prefix: format!("backstop-test:contract:{}:", backstop::message::new_message_id()),
+            prefix: format!(
+                "backstop-test:contract:{}:",
+                backstop::message::new_message_id()
+            ),
         }
     }
 }
@@ -26,7 +29,8 @@ impl Redis {
 #[async_trait::async_trait]
 impl Backend for Redis {
     async fn instance(&self) -> Result<Arc<dyn Store>, BoxError> {
-        let store = RedisStore::connect_with(RedisConfig::new(url()).prefix(&self.prefix).ttl(TTL)).await?;
+        let store =
+            RedisStore::connect_with(RedisConfig::new(url()).prefix(&self.prefix).ttl(TTL)).await?;
         Ok(Arc::new(store))
     }
 }

@@ -10,8 +10,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backstop::memory::{dlq_name, MemoryBroker};
-use backstop::{handler_fn, CancellationToken, Context, HandlerError, KeySource, Message, Runner, StackBuilder};
+use backstop::memory::{MemoryBroker, dlq_name};
+use backstop::{
+    CancellationToken, Context, HandlerError, KeySource, Message, Runner, StackBuilder, handler_fn,
+};
 use backstop_redis::{RedisConfig, RedisStore};
 
 fn url() -> String {
@@ -40,7 +42,10 @@ impl Drop for RestartOnDrop {
 async fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
     let until = tokio::time::Instant::now() + deadline;
     while !done() {
-        assert!(tokio::time::Instant::now() < until, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < until,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -49,7 +54,10 @@ async fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool
 async fn redis_outage_defers_messages_and_each_runs_once_after_restart() {
     let queue = "outage";
     let broker = MemoryBroker::new();
-    let prefix = format!("backstop-test:outage:{}:", backstop::message::new_message_id());
+    let prefix = format!(
+        "backstop-test:outage:{}:",
+        backstop::message::new_message_id()
+    );
     let store = RedisStore::connect_with(
         RedisConfig::new(url())
             .prefix(prefix)
@@ -64,7 +72,11 @@ async fn redis_outage_defers_messages_and_each_runs_once_after_restart() {
     let handler = handler_fn(move |_body: String, ctx: Context| {
         let seen = Arc::clone(&seen);
         async move {
-            *seen.lock().unwrap().entry(ctx.message_id().to_owned()).or_default() += 1;
+            *seen
+                .lock()
+                .unwrap()
+                .entry(ctx.message_id().to_owned())
+                .or_default() += 1;
             Ok::<(), HandlerError>(())
         }
     });
@@ -82,41 +94,73 @@ async fn redis_outage_defers_messages_and_each_runs_once_after_restart() {
     let publish = |prefix: &str| {
         for i in 0..10 {
             broker
-                .publish_now(queue, Message::new(format!("body {i}")).with_message_id(format!("{prefix}-{i}")))
+                .publish_now(
+                    queue,
+                    Message::new(format!("body {i}")).with_message_id(format!("{prefix}-{i}")),
+                )
                 .unwrap();
         }
     };
     let acked = || broker.stats(queue).acked;
 
     publish("before");
-    wait_for("the first 10 acks", Duration::from_secs(30), || acked() == 10).await;
+    wait_for("the first 10 acks", Duration::from_secs(30), || {
+        acked() == 10
+    })
+    .await;
 
     let restart = RestartOnDrop;
-    tokio::task::spawn_blocking(|| service("stop")).await.unwrap();
+    tokio::task::spawn_blocking(|| service("stop"))
+        .await
+        .unwrap();
     publish("during");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let during = broker.stats(queue);
     assert_eq!(during.acked, 10, "nothing is acked while the store is down");
-    assert!(during.redelivered >= 10, "the new messages were nacked and redelivered: {during:?}");
-    assert_eq!(broker.stats(&dlq_name(queue)).published, 0, "nothing is dead-lettered");
     assert!(
-        handled.lock().unwrap().keys().all(|id| id.starts_with("before")),
+        during.redelivered >= 10,
+        "the new messages were nacked and redelivered: {during:?}"
+    );
+    assert_eq!(
+        broker.stats(&dlq_name(queue)).published,
+        0,
+        "nothing is dead-lettered"
+    );
+    assert!(
+        handled
+            .lock()
+            .unwrap()
+            .keys()
+            .all(|id| id.starts_with("before")),
         "no handler ran without the store"
     );
 
-    tokio::task::spawn_blocking(|| service("start")).await.unwrap();
+    tokio::task::spawn_blocking(|| service("start"))
+        .await
+        .unwrap();
     std::mem::forget(restart);
-    wait_for("all 20 acks after the restart", Duration::from_secs(60), || acked() == 20).await;
+    wait_for(
+        "all 20 acks after the restart",
+        Duration::from_secs(60),
+        || acked() == 20,
+    )
+    .await;
 
     // Copies of the messages handled after the restart are duplicates now.
     publish("during");
-    wait_for("the copies' acks", Duration::from_secs(30), || acked() == 30).await;
+    wait_for("the copies' acks", Duration::from_secs(30), || {
+        acked() == 30
+    })
+    .await;
     shutdown.cancel();
     let summary = runner.await.unwrap().unwrap();
 
     let handled = handled.lock().unwrap();
     assert_eq!(handled.len(), 20, "{handled:?}");
-    assert!(handled.values().all(|n| *n == 1), "each message ran exactly once: {handled:?}");
+    assert!(
+        handled.values().all(|n| *n == 1),
+        "each message ran exactly once: {handled:?}"
+    );
     assert_eq!(broker.stats(&dlq_name(queue)).published, 0);
     assert_eq!(summary.dead_lettered, 0);
     assert_eq!(summary.handled, 20);

@@ -20,14 +20,24 @@ async fn raw() -> redis::aio::MultiplexedConnection {
 
 #[tokio::test]
 async fn keys_live_under_the_prefix_with_the_ttl() {
-    let prefix = format!("backstop-test:layout:{}:", backstop::message::new_message_id());
-    let store = RedisStore::connect_with(RedisConfig::new(url()).prefix(&prefix).ttl(Duration::from_secs(60)))
-        .await
-        .unwrap();
+    let prefix = format!(
+        "backstop-test:layout:{}:",
+        backstop::message::new_message_id()
+    );
+    let store = RedisStore::connect_with(
+        RedisConfig::new(url())
+            .prefix(&prefix)
+            .ttl(Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
     let key = Key::new("order-1");
     assert_eq!(store.redis_key(&key), format!("{prefix}order-1"));
     let lease = Duration::from_secs(5);
-    assert_eq!(store.claim(&key, "w/1", lease, 0).await.unwrap(), Claim::Acquired { failed_runs: 0 });
+    assert_eq!(
+        store.claim(&key, "w/1", lease, 0).await.unwrap(),
+        Claim::Acquired { failed_runs: 0 }
+    );
 
     let mut raw = raw().await;
     let (state, owner): (String, String) = redis::cmd("HMGET")
@@ -38,8 +48,15 @@ async fn keys_live_under_the_prefix_with_the_ttl() {
         .await
         .unwrap();
     assert_eq!((state.as_str(), owner.as_str()), ("in_progress", "w/1"));
-    let pttl: i64 = redis::cmd("PTTL").arg(store.redis_key(&key)).query_async(&mut raw).await.unwrap();
-    assert!(pttl > 60_000 && pttl <= 65_000, "in progress: lease + ttl, got {pttl} ms");
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(store.redis_key(&key))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(
+        pttl > 60_000 && pttl <= 65_000,
+        "in progress: lease + ttl, got {pttl} ms"
+    );
 
     assert!(store.complete(&key, "w/1").await.unwrap());
     let (state, owner): (String, Option<String>) = redis::cmd("HMGET")
@@ -51,9 +68,20 @@ async fn keys_live_under_the_prefix_with_the_ttl() {
         .unwrap();
     assert_eq!(state, "completed");
     assert_eq!(owner, None, "a finished key has no owner");
-    let pttl: i64 = redis::cmd("PTTL").arg(store.redis_key(&key)).query_async(&mut raw).await.unwrap();
-    assert!(pttl > 55_000 && pttl <= 60_000, "finished: ttl, got {pttl} ms");
-    let _: i64 = redis::cmd("DEL").arg(store.redis_key(&key)).query_async(&mut raw).await.unwrap();
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(store.redis_key(&key))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(
+        pttl > 55_000 && pttl <= 60_000,
+        "finished: ttl, got {pttl} ms"
+    );
+    let _: i64 = redis::cmd("DEL")
+        .arg(store.redis_key(&key))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -66,10 +94,22 @@ async fn unreachable_server_fails_fast_as_a_backend_error() {
     let key = Key::new("k");
     for _ in 0..3 {
         let started = Instant::now();
-        let error = store.claim(&key, "o", Duration::from_secs(1), 0).await.unwrap_err();
-        assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
-        let StoreError::Backend(source) = error else { panic!("not a backend error: {error}") };
-        assert!(source.downcast_ref::<RedisStoreError>().is_some(), "{source}");
+        let error = store
+            .claim(&key, "o", Duration::from_secs(1), 0)
+            .await
+            .unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
+        let StoreError::Backend(source) = error else {
+            panic!("not a backend error: {error}")
+        };
+        assert!(
+            source.downcast_ref::<RedisStoreError>().is_some(),
+            "{source}"
+        );
     }
     let started = Instant::now();
     assert!(matches!(

@@ -7,10 +7,10 @@ use backstop::{HandlerError, Request};
 use futures::future::BoxFuture;
 use tower::{Layer, Service};
 
-use super::tx::InboxTx;
 use super::Inbox;
-use crate::conn::Conn;
+use super::tx::InboxTx;
 use crate::PostgresError;
+use crate::conn::Conn;
 
 /// Applies the transactional inbox to the handler; see the [module docs](super).
 #[derive(Clone, Debug)]
@@ -21,7 +21,9 @@ pub struct InboxLayer {
 impl InboxLayer {
     /// The layer for `inbox`.
     pub fn new(inbox: Inbox) -> Self {
-        InboxLayer { inbox: Arc::new(inbox) }
+        InboxLayer {
+            inbox: Arc::new(inbox),
+        }
     }
 }
 
@@ -77,9 +79,13 @@ where
         Box::pin(async move {
             let timeout = inbox.timeout;
             let key = inbox.key.key_of(&request);
-            let mut conn = Conn::checkout(&inbox.pool, timeout).await.map_err(unavailable)?;
+            let mut conn = Conn::checkout(&inbox.pool, timeout)
+                .await
+                .map_err(unavailable)?;
             conn.set_in_transaction(true);
-            conn.batch("begin", timeout, "BEGIN").await.map_err(unavailable)?;
+            conn.batch("begin", timeout, "BEGIN")
+                .await
+                .map_err(unavailable)?;
             if let Some(key) = &key {
                 let message = request.message();
                 let attempt = i32::try_from(request.attempt()).unwrap_or(i32::MAX);
@@ -88,7 +94,13 @@ where
                         "inbox insert",
                         timeout,
                         &inbox.sql.insert,
-                        &[&inbox.consumer, &key.as_str(), &message.meta.message_id, &message.meta.source, &attempt],
+                        &[
+                            &inbox.consumer,
+                            &key.as_str(),
+                            &message.meta.message_id,
+                            &message.meta.source,
+                            &attempt,
+                        ],
                     )
                     .await
                     .map_err(unavailable)?;
@@ -104,7 +116,10 @@ where
             let (tx, mut open) = InboxTx::new(conn, key);
             request.extensions.insert(tx);
             match inner.call(request).await {
-                Ok(()) => open.finish("commit", "COMMIT", timeout).await.map_err(commit_failed),
+                Ok(()) => open
+                    .finish("commit", "COMMIT", timeout)
+                    .await
+                    .map_err(commit_failed),
                 Err(error) => {
                     if let Err(rollback) = open.finish("rollback", "ROLLBACK", timeout).await {
                         tracing::debug!(%rollback, "inbox: rollback failed; the connection was closed instead");

@@ -39,8 +39,8 @@ pub use self::tx::{InboxError, InboxTx, TxClient};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backstop::idempotency::Key;
 use backstop::KeySource;
+use backstop::idempotency::Key;
 use deadpool_postgres::Pool;
 
 use crate::conn::Conn;
@@ -186,7 +186,12 @@ impl Inbox {
     pub async fn contains(&self, key: &Key) -> Result<bool, PostgresError> {
         let mut conn = Conn::checkout(&self.pool, self.timeout).await?;
         let rows = conn
-            .query("inbox lookup", self.timeout, &self.sql.contains, &[&self.consumer, &key.as_str()])
+            .query(
+                "inbox lookup",
+                self.timeout,
+                &self.sql.contains,
+                &[&self.consumer, &key.as_str()],
+            )
             .await?;
         Ok(!rows.is_empty())
     }
@@ -200,7 +205,12 @@ impl Inbox {
         let mut purged = 0;
         loop {
             let n = conn
-                .execute("inbox purge", self.timeout, &self.sql.purge, &[&self.consumer, &age, &PURGE_BATCH])
+                .execute(
+                    "inbox purge",
+                    self.timeout,
+                    &self.sql.purge,
+                    &[&self.consumer, &age, &PURGE_BATCH],
+                )
                 .await?;
             purged += n;
             if n < PURGE_BATCH.unsigned_abs() {

@@ -8,21 +8,25 @@ use backstop::idempotency::Key;
 use backstop::{Context, HandlerError};
 use deadpool_postgres::{ClientWrapper, Object};
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
+use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::Row;
 
-use crate::conn::Conn;
 use crate::PostgresError;
+use crate::conn::Conn;
 
 /// A query through an [`InboxTx`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum InboxError {
     /// The handler's context has no inbox transaction.
-    #[error("no inbox transaction in this context: add the inbox with StackBuilder::innermost(inbox.layer())")]
+    #[error(
+        "no inbox transaction in this context: add the inbox with StackBuilder::innermost(inbox.layer())"
+    )]
     Missing,
     /// The transaction was committed or rolled back already.
-    #[error("the inbox transaction is over (committed, rolled back or its connection lost): use it only while the handler runs")]
+    #[error(
+        "the inbox transaction is over (committed, rolled back or its connection lost): use it only while the handler runs"
+    )]
     Finished,
     /// The statement failed.
     #[error("query in the inbox transaction failed: {0}")]
@@ -46,9 +50,11 @@ impl InboxError {
         match self {
             InboxError::Missing => true,
             InboxError::Finished => false,
-            InboxError::Query(_) => self
-                .code()
-                .is_some_and(|code| ["22", "23", "42"].iter().any(|class| code.code().starts_with(class))),
+            InboxError::Query(_) => self.code().is_some_and(|code| {
+                ["22", "23", "42"]
+                    .iter()
+                    .any(|class| code.code().starts_with(class))
+            }),
         }
     }
 }
@@ -150,27 +156,44 @@ impl InboxTx {
     /// Locks the transaction's client for direct use.
     pub async fn client(&self) -> Result<TxClient<'_>, InboxError> {
         let guard = self.shared.conn.lock().await;
-        let guard = MutexGuard::try_map(guard, |conn| conn.client_mut()).map_err(|_| InboxError::Finished)?;
+        let guard = MutexGuard::try_map(guard, |conn| conn.client_mut())
+            .map_err(|_| InboxError::Finished)?;
         Ok(TxClient { guard })
     }
 
     /// Runs a statement; the number of rows it changed.
-    pub async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, InboxError> {
+    pub async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, InboxError> {
         Ok(self.client().await?.execute(sql, params).await?)
     }
 
     /// Runs a query; its rows.
-    pub async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, InboxError> {
+    pub async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, InboxError> {
         Ok(self.client().await?.query(sql, params).await?)
     }
 
     /// Runs a query that returns exactly one row.
-    pub async fn query_one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, InboxError> {
+    pub async fn query_one(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, InboxError> {
         Ok(self.client().await?.query_one(sql, params).await?)
     }
 
     /// Runs a query that returns at most one row.
-    pub async fn query_opt(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, InboxError> {
+    pub async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, InboxError> {
         Ok(self.client().await?.query_opt(sql, params).await?)
     }
 
@@ -192,7 +215,12 @@ pub(crate) struct OpenTx {
 impl OpenTx {
     /// Ends the transaction with `sql` (`COMMIT` or `ROLLBACK`). The
     /// connection returns to the pool only if that succeeded.
-    pub(crate) async fn finish(&mut self, op: &'static str, sql: &str, timeout: Duration) -> Result<(), PostgresError> {
+    pub(crate) async fn finish(
+        &mut self,
+        op: &'static str,
+        sql: &str,
+        timeout: Duration,
+    ) -> Result<(), PostgresError> {
         self.settled = true;
         let Ok(mut conn) = tokio::time::timeout(timeout, self.shared.conn.lock()).await else {
             // A handle leaked out of the handler holds the lock; the

@@ -62,7 +62,9 @@ impl std::fmt::Debug for PostgresStore {
 
 /// Whole milliseconds, at least one.
 fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX).max(1)
+    i64::try_from(duration.as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1)
 }
 
 /// A count as the table's `integer`.
@@ -155,12 +157,22 @@ impl PostgresStore {
     }
 
     /// Why a claim did not win, or `None` if the row changed meanwhile.
-    async fn inspect(&self, conn: &mut Conn, key: &Key, replay: u32) -> Result<Option<Claim>, PostgresError> {
+    async fn inspect(
+        &self,
+        conn: &mut Conn,
+        key: &Key,
+        replay: u32,
+    ) -> Result<Option<Claim>, PostgresError> {
         let rows = conn
             .query("claim", self.timeout, &self.sql.inspect, &[&key.as_str()])
             .await?;
-        let Some(row) = rows.first() else { return Ok(None) };
-        let read = |source| PostgresError::Query { op: "claim", source };
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let read = |source| PostgresError::Query {
+            op: "claim",
+            source,
+        };
         let state: &str = row.try_get("state").map_err(read)?;
         let seen: i32 = row.try_get("replay").map_err(read)?;
         let expired: bool = row.try_get("expired").map_err(read)?;
@@ -179,7 +191,12 @@ impl PostgresStore {
         })
     }
 
-    async fn owned(&self, op: &'static str, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<bool, StoreError> {
+    async fn owned(
+        &self,
+        op: &'static str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<bool, StoreError> {
         let mut conn = self.conn().await?;
         Ok(conn.execute(op, self.timeout, sql, params).await? == 1)
     }
@@ -187,7 +204,13 @@ impl PostgresStore {
 
 #[async_trait::async_trait]
 impl Store for PostgresStore {
-    async fn claim(&self, key: &Key, owner: &str, lease: Duration, replay: u32) -> Result<Claim, StoreError> {
+    async fn claim(
+        &self,
+        key: &Key,
+        owner: &str,
+        lease: Duration,
+        replay: u32,
+    ) -> Result<Claim, StoreError> {
         let mut conn = self.conn().await?;
         let (lease, ttl, replay_int) = (millis(lease), millis(self.ttl), int(replay));
         for _ in 0..CLAIM_TRIES {
@@ -200,9 +223,10 @@ impl Store for PostgresStore {
                 )
                 .await?;
             if let Some(row) = rows.first() {
-                let failed: i32 = row
-                    .try_get(0)
-                    .map_err(|source| PostgresError::Query { op: "claim", source })?;
+                let failed: i32 = row.try_get(0).map_err(|source| PostgresError::Query {
+                    op: "claim",
+                    source,
+                })?;
                 return Ok(Claim::Acquired {
                     failed_runs: u32::try_from(failed).unwrap_or(0),
                 });
@@ -213,31 +237,54 @@ impl Store for PostgresStore {
         }
         // The row kept changing under us: someone else is working on the key.
         tracing::debug!(%key, "claim raced with concurrent changes; deferring");
-        Ok(Claim::Busy { remaining: Duration::ZERO })
+        Ok(Claim::Busy {
+            remaining: Duration::ZERO,
+        })
     }
 
     async fn renew(&self, key: &Key, owner: &str, lease: Duration) -> Result<bool, StoreError> {
         let (lease, ttl) = (millis(lease), millis(self.ttl));
-        self.owned("renew", &self.sql.renew, &[&key.as_str(), &owner, &lease, &ttl])
-            .await
+        self.owned(
+            "renew",
+            &self.sql.renew,
+            &[&key.as_str(), &owner, &lease, &ttl],
+        )
+        .await
     }
 
     async fn complete(&self, key: &Key, owner: &str) -> Result<bool, StoreError> {
         let ttl = millis(self.ttl);
-        self.owned("complete", &self.sql.finish, &[&key.as_str(), &owner, &"completed", &ttl])
-            .await
+        self.owned(
+            "complete",
+            &self.sql.finish,
+            &[&key.as_str(), &owner, &"completed", &ttl],
+        )
+        .await
     }
 
     async fn dead_letter(&self, key: &Key, owner: &str) -> Result<bool, StoreError> {
         let ttl = millis(self.ttl);
-        self.owned("dead_letter", &self.sql.finish, &[&key.as_str(), &owner, &"dead_lettered", &ttl])
-            .await
+        self.owned(
+            "dead_letter",
+            &self.sql.finish,
+            &[&key.as_str(), &owner, &"dead_lettered", &ttl],
+        )
+        .await
     }
 
-    async fn release(&self, key: &Key, owner: &str, failed_runs: Option<u32>) -> Result<(), StoreError> {
+    async fn release(
+        &self,
+        key: &Key,
+        owner: &str,
+        failed_runs: Option<u32>,
+    ) -> Result<(), StoreError> {
         let (failed, ttl) = (failed_runs.map(int), millis(self.ttl));
-        self.owned("release", &self.sql.release, &[&key.as_str(), &owner, &failed, &ttl])
-            .await
-            .map(drop)
+        self.owned(
+            "release",
+            &self.sql.release,
+            &[&key.as_str(), &owner, &failed, &ttl],
+        )
+        .await
+        .map(drop)
     }
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 use tokio_postgres::{Client, NoTls};
 
 pub fn url() -> String {
-    std::env::var("BACKSTOP_PG_URL").unwrap_or_else(|_| "postgres://backstop:backstop@127.0.0.1:5432/backstop".to_owned())
+    std::env::var("BACKSTOP_PG_URL")
+        .unwrap_or_else(|_| "postgres://backstop:backstop@127.0.0.1:5432/backstop".to_owned())
 }
 
 /// A fresh lowercase identifier: `<what>_<random hex>`.
@@ -16,7 +17,9 @@ pub fn unique(what: &str) -> String {
 
 /// A plain connection for checks from outside the code under test.
 pub async fn admin() -> Client {
-    let (client, connection) = tokio_postgres::connect(&url(), NoTls).await.expect("PostgreSQL runs (scripts/services/postgres.sh)");
+    let (client, connection) = tokio_postgres::connect(&url(), NoTls)
+        .await
+        .expect("PostgreSQL runs (scripts/services/postgres.sh)");
     tokio::spawn(connection);
     client
 }
@@ -32,7 +35,11 @@ pub async fn count(client: &Client, from_where: &str) -> i64 {
 
 /// Waits until `application_name` has no connection idle in a transaction;
 /// false if one is still there after `deadline`.
-pub async fn no_connection_left_in_transaction(client: &Client, application_name: &str, deadline: Duration) -> bool {
+pub async fn no_connection_left_in_transaction(
+    client: &Client,
+    application_name: &str,
+    deadline: Duration,
+) -> bool {
     let until = tokio::time::Instant::now() + deadline;
     loop {
         let open: i64 = client
@@ -61,7 +68,10 @@ pub struct Schema {
 impl Schema {
     pub async fn create(client: &Client) -> Schema {
         let name = unique("bt");
-        client.batch_execute(&format!("CREATE SCHEMA {name}")).await.unwrap();
+        client
+            .batch_execute(&format!("CREATE SCHEMA {name}"))
+            .await
+            .unwrap();
         Schema { name }
     }
 
