@@ -2,12 +2,12 @@
 //! in-memory broker with exactly the retries, timeout, deduplication and
 //! dead-letter destination their attributes say.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use backstop::memory::MemoryBroker;
-use backstop::{wire, Classify, Context, Handle, Handler, MemoryStore, Message, Payload, Summary};
+use backstop::{Classify, Context, Handle, Handler, MemoryStore, Message, Payload, Summary, wire};
 
 #[derive(Clone, Debug, serde::Deserialize, Payload)]
 #[payload(source = "orders", dlq = "orders.dlq")]
@@ -72,9 +72,14 @@ async fn configured_retries_bound_the_attempts_then_dead_letter_as_exhausted() {
     let broker = MemoryBroker::new();
     broker.publish_now("orders", order("o-1")).unwrap();
     let calls = Calls::default();
-    let handler = AlwaysUnreachable { calls: calls.clone() };
+    let handler = AlwaysUnreachable {
+        calls: calls.clone(),
+    };
     let summary = handler
-        .runner(broker.consume("orders", 1).until_drained(), Arc::new(broker.dead_letter_sink()))
+        .runner(
+            broker.consume("orders", 1).until_drained(),
+            Arc::new(broker.dead_letter_sink()),
+        )
         .run()
         .await
         .unwrap();
@@ -104,11 +109,16 @@ async fn a_permanent_classification_dead_letters_without_retry() {
     let broker = MemoryBroker::new();
     broker.publish_now("orders", order("o-1")).unwrap();
     let calls = Calls::default();
-    let summary = UnknownProduct { calls: calls.clone() }
-        .runner(broker.consume("orders", 1).until_drained(), Arc::new(broker.dead_letter_sink()))
-        .run()
-        .await
-        .unwrap();
+    let summary = UnknownProduct {
+        calls: calls.clone(),
+    }
+    .runner(
+        broker.consume("orders", 1).until_drained(),
+        Arc::new(broker.dead_letter_sink()),
+    )
+    .run()
+    .await
+    .unwrap();
     assert_eq!(calls.count(), 1);
     assert_eq!(summary.dead_lettered, 1);
     assert_eq!(error_kinds(&broker, "orders.dlq"), ["permanent"]);
@@ -136,15 +146,23 @@ async fn the_configured_timeout_fails_each_attempt_and_dead_letters_as_timeout()
     broker.publish_now("orders", order("o-1")).unwrap();
     let calls = Calls::default();
     let started = tokio::time::Instant::now();
-    let summary = Slow { calls: calls.clone() }
-        .runner(broker.consume("orders", 1).until_drained(), Arc::new(broker.dead_letter_sink()))
-        .run()
-        .await
-        .unwrap();
+    let summary = Slow {
+        calls: calls.clone(),
+    }
+    .runner(
+        broker.consume("orders", 1).until_drained(),
+        Arc::new(broker.dead_letter_sink()),
+    )
+    .run()
+    .await
+    .unwrap();
     assert_eq!(calls.count(), 2, "retries = 1 is two attempts");
     assert_eq!(summary.dead_lettered, 1);
     assert_eq!(error_kinds(&broker, "orders.dlq"), ["timeout"]);
-    assert!(started.elapsed() < Duration::from_secs(1), "each attempt was cut at 50ms");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "each attempt was cut at 50ms"
+    );
 }
 
 /// Deduplicates by the payload's key.
@@ -166,21 +184,31 @@ impl Handle<OrderPlaced> for ShipOnce {
 async fn a_duplicate_payload_key_runs_the_handler_once() {
     let broker = MemoryBroker::new();
     // Two copies of o-1 with different message ids: only the payload key ties them.
-    broker.publish_now("orders", order("o-1").with_message_id("m-1")).unwrap();
-    broker.publish_now("orders", order("o-2").with_message_id("m-2")).unwrap();
-    broker.publish_now("orders", order("o-1").with_message_id("m-3")).unwrap();
+    broker
+        .publish_now("orders", order("o-1").with_message_id("m-1"))
+        .unwrap();
+    broker
+        .publish_now("orders", order("o-2").with_message_id("m-2"))
+        .unwrap();
+    broker
+        .publish_now("orders", order("o-1").with_message_id("m-3"))
+        .unwrap();
     let calls = Calls::default();
     let store = Arc::new(MemoryStore::default());
     assert_eq!(ShipOnce::CONCURRENCY, 4);
-    let summary = ShipOnce { calls: calls.clone() }
-        .runner(
-            broker.consume(ShipOnce::source_name().unwrap(), 1).until_drained(),
-            Arc::new(broker.dead_letter_sink()),
-            store,
-        )
-        .run()
-        .await
-        .unwrap();
+    let summary = ShipOnce {
+        calls: calls.clone(),
+    }
+    .runner(
+        broker
+            .consume(ShipOnce::source_name().unwrap(), 1)
+            .until_drained(),
+        Arc::new(broker.dead_letter_sink()),
+        store,
+    )
+    .run()
+    .await
+    .unwrap();
     assert_eq!(calls.count(), 2, "o-1 once, o-2 once");
     assert_eq!(
         summary,
@@ -211,19 +239,27 @@ impl Handle<OrderPlaced> for ShipOncePerMessage {
 #[tokio::test(start_paused = true)]
 async fn message_id_idempotency_ignores_the_payload_key() {
     let broker = MemoryBroker::new();
-    broker.publish_now("orders", order("o-1").with_message_id("m-1")).unwrap();
-    broker.publish_now("orders", order("o-1").with_message_id("m-2")).unwrap();
-    broker.publish_now("orders", order("o-1").with_message_id("m-1")).unwrap();
-    let calls = Calls::default();
-    let summary = ShipOncePerMessage { calls: calls.clone() }
-        .runner(
-            broker.consume("orders", 1).until_drained(),
-            Arc::new(broker.dead_letter_sink()),
-            Arc::new(MemoryStore::default()),
-        )
-        .run()
-        .await
+    broker
+        .publish_now("orders", order("o-1").with_message_id("m-1"))
         .unwrap();
+    broker
+        .publish_now("orders", order("o-1").with_message_id("m-2"))
+        .unwrap();
+    broker
+        .publish_now("orders", order("o-1").with_message_id("m-1"))
+        .unwrap();
+    let calls = Calls::default();
+    let summary = ShipOncePerMessage {
+        calls: calls.clone(),
+    }
+    .runner(
+        broker.consume("orders", 1).until_drained(),
+        Arc::new(broker.dead_letter_sink()),
+        Arc::new(MemoryStore::default()),
+    )
+    .run()
+    .await
+    .unwrap();
     assert_eq!(calls.count(), 2, "m-1 once, m-2 once");
     assert_eq!(summary.duplicates, 1);
 }
@@ -245,26 +281,42 @@ async fn the_handler_dlq_overrides_the_payload_default() {
     let broker = MemoryBroker::new();
     broker.publish_now("orders", order("o-1")).unwrap();
     let summary = Picky
-        .runner(broker.consume("orders", 1).until_drained(), Arc::new(broker.dead_letter_sink()))
+        .runner(
+            broker.consume("orders", 1).until_drained(),
+            Arc::new(broker.dead_letter_sink()),
+        )
         .run()
         .await
         .unwrap();
     assert_eq!(summary.dead_lettered, 1);
     assert_eq!(error_kinds(&broker, "orders.poison"), ["permanent"]);
-    assert_eq!(broker.stats("orders.dlq").ready, 0, "the payload's dlq is overridden");
+    assert_eq!(
+        broker.stats("orders.dlq").ready,
+        0,
+        "the payload's dlq is overridden"
+    );
     let letter = &broker.peek("orders.poison")[0];
-    assert_eq!(letter.payload, order("o-1").payload, "the letter carries the body unchanged");
+    assert_eq!(
+        letter.payload,
+        order("o-1").payload,
+        "the letter carries the body unchanged"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn without_an_override_letters_go_to_the_payload_dlq() {
     let broker = MemoryBroker::new();
     broker.publish_now("orders", order("o-1")).unwrap();
-    UnknownProduct { calls: Calls::default() }
-        .runner(broker.consume("orders", 1).until_drained(), Arc::new(broker.dead_letter_sink()))
-        .run()
-        .await
-        .unwrap();
+    UnknownProduct {
+        calls: Calls::default(),
+    }
+    .runner(
+        broker.consume("orders", 1).until_drained(),
+        Arc::new(broker.dead_letter_sink()),
+    )
+    .run()
+    .await
+    .unwrap();
     assert_eq!(broker.stats("orders.dlq").ready, 1);
     assert_eq!(broker.stats("orders.poison").ready, 0);
 }
@@ -272,13 +324,20 @@ async fn without_an_override_letters_go_to_the_payload_dlq() {
 #[tokio::test(start_paused = true)]
 async fn a_body_that_does_not_decode_is_dead_lettered_as_decode_without_calling_the_handler() {
     let broker = MemoryBroker::new();
-    broker.publish_now("orders", Message::new("not json")).unwrap();
-    let calls = Calls::default();
-    AlwaysUnreachable { calls: calls.clone() }
-        .runner(broker.consume("orders", 1).until_drained(), Arc::new(broker.dead_letter_sink()))
-        .run()
-        .await
+    broker
+        .publish_now("orders", Message::new("not json"))
         .unwrap();
+    let calls = Calls::default();
+    AlwaysUnreachable {
+        calls: calls.clone(),
+    }
+    .runner(
+        broker.consume("orders", 1).until_drained(),
+        Arc::new(broker.dead_letter_sink()),
+    )
+    .run()
+    .await
+    .unwrap();
     assert_eq!(calls.count(), 0);
     assert_eq!(error_kinds(&broker, "orders.dlq"), ["decode"]);
 }

@@ -7,8 +7,7 @@ use quote::quote;
 use syn::LitStr;
 
 /// What a duration attribute accepts, for error messages.
-pub(crate) const FORM: &str =
-    "a number and a unit, such as \"250ms\", \"10s\", \"1m\", \"2h\" or \"1m 30s\" (units: ns, us, ms, s, m, h, d)";
+pub(crate) const FORM: &str = "a number and a unit, such as \"250ms\", \"10s\", \"1m\", \"2h\" or \"1m 30s\" (units: ns, us, ms, s, m, h, d)";
 
 /// A duration and the literal it was written as.
 #[derive(Clone)]
@@ -59,7 +58,11 @@ mod tests {
             (" 5ns ", Duration::from_nanos(5)),
         ];
         for (text, expected) in cases {
-            assert_eq!(parse(&lit(text), "timeout").unwrap().value, expected, "{text}");
+            assert_eq!(
+                parse(&lit(text), "timeout").unwrap().value,
+                expected,
+                "{text}"
+            );
         }
     }
 
@@ -67,7 +70,10 @@ mod tests {
     fn text_without_a_unit_is_refused_with_the_accepted_form() {
         for text in ["10", "ten seconds", "", "5 parsecs"] {
             let error = parse(&lit(text), "timeout").err().unwrap().to_string();
-            assert!(error.starts_with("`timeout` is not a duration ("), "{error}");
+            assert!(
+                error.starts_with("`timeout` is not a duration ("),
+                "{error}"
+            );
             assert!(error.ends_with(FORM), "{error}");
         }
     }
@@ -75,6 +81,9 @@ mod tests {
     #[test]
     fn tokens_are_exact_to_the_nanosecond() {
         let text = tokens(Duration::new(3, 5)).to_string();
-        assert_eq!(text, ":: backstop :: __private :: Duration :: new (3u64 , 5u32)");
+        assert_eq!(
+            text,
+            ":: backstop :: __private :: Duration :: new (3u64 , 5u32)"
+        );
     }
 }

@@ -37,6 +37,8 @@ impl Errors {
 
     /// One `compile_error!` per recorded error.
     pub(crate) fn into_compile_errors(self) -> TokenStream {
-        self.first.map(syn::Error::into_compile_error).unwrap_or_default()
+        self.first
+            .map(syn::Error::into_compile_error)
+            .unwrap_or_default()
     }
 }

@@ -66,7 +66,12 @@ fn class(attrs: &[Attribute], errors: &mut Errors) -> Option<ClassAttrs> {
             set_once(&mut class.permanent, meta.path.clone(), &meta.path, errors);
         } else if meta.path.is_ident("retry_after") {
             let delay = duration(&meta, "retry_after = \"5s\"")?;
-            set_once(&mut class.retry_after, (meta.path.clone(), delay), &meta.path, errors);
+            set_once(
+                &mut class.retry_after,
+                (meta.path.clone(), delay),
+                &meta.path,
+                errors,
+            );
         } else {
             return Err(unknown_key(&meta.path, "`#[classify(...)]`", KEYS));
         }

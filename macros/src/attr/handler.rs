@@ -6,8 +6,16 @@ use super::{duration, each_meta, int, name, set_once, unknown_key, value};
 use crate::duration::SpannedDuration;
 use crate::errors::Errors;
 
-pub(crate) const KEYS: &[&str] =
-    &["payload", "retries", "backoff", "timeout", "idempotency", "concurrency", "dlq", "source"];
+pub(crate) const KEYS: &[&str] = &[
+    "payload",
+    "retries",
+    "backoff",
+    "timeout",
+    "idempotency",
+    "concurrency",
+    "dlq",
+    "source",
+];
 const BACKOFF_KEYS: &[&str] = &["initial", "max"];
 pub(crate) const IDEMPOTENCY: &[&str] = &["key", "message_id", "key_or_message_id", "none"];
 
@@ -52,7 +60,11 @@ pub(crate) struct HandlerAttrs {
 /// Reads the `#[handler]` attributes of `input`.
 pub(crate) fn parse(input: &DeriveInput, errors: &mut Errors) -> HandlerAttrs {
     let mut attrs = HandlerAttrs {
-        attr: input.attrs.iter().find(|a| a.path().is_ident("handler")).cloned(),
+        attr: input
+            .attrs
+            .iter()
+            .find(|a| a.path().is_ident("handler"))
+            .cloned(),
         ..HandlerAttrs::default()
     };
     each_meta(&input.attrs, "handler", KEYS, errors, |meta, errors| {
@@ -64,7 +76,10 @@ pub(crate) fn parse(input: &DeriveInput, errors: &mut Errors) -> HandlerAttrs {
                 attrs.payload_given = true;
                 return Err(syn::Error::new_spanned(
                     &literal,
-                    format!("`payload` is a type, not a string: write `payload = {}`", literal.value()),
+                    format!(
+                        "`payload` is a type, not a string: write `payload = {}`",
+                        literal.value()
+                    ),
                 ));
             }
             attrs.payload_given = true;
@@ -87,10 +102,14 @@ pub(crate) fn parse(input: &DeriveInput, errors: &mut Errors) -> HandlerAttrs {
                 "key_or_message_id" => Idempotency::KeyOrMessageId,
                 "none" => Idempotency::None,
                 other => {
-                    let known: Vec<String> = IDEMPOTENCY.iter().map(|k| format!("\"{k}\"")).collect();
+                    let known: Vec<String> =
+                        IDEMPOTENCY.iter().map(|k| format!("\"{k}\"")).collect();
                     return Err(syn::Error::new_spanned(
                         &literal,
-                        format!("unknown idempotency `{other}`: expected one of {}", known.join(", ")),
+                        format!(
+                            "unknown idempotency `{other}`: expected one of {}",
+                            known.join(", ")
+                        ),
                     ));
                 }
             };
@@ -145,9 +164,11 @@ fn backoff(meta: &syn::meta::ParseNestedMeta<'_>, errors: &mut Errors) -> syn::R
     }
     meta.parse_nested_meta(|inner| {
         let bound = if inner.path.is_ident("initial") {
-            duration(&inner, "initial = \"100ms\"").map(|d| set_once(&mut backoff.initial, d, &inner.path, errors))
+            duration(&inner, "initial = \"100ms\"")
+                .map(|d| set_once(&mut backoff.initial, d, &inner.path, errors))
         } else if inner.path.is_ident("max") {
-            duration(&inner, "max = \"10s\"").map(|d| set_once(&mut backoff.max, d, &inner.path, errors))
+            duration(&inner, "max = \"10s\"")
+                .map(|d| set_once(&mut backoff.max, d, &inner.path, errors))
         } else {
             Err(unknown_key(&inner.path, "`backoff(...)`", BACKOFF_KEYS))
         };

@@ -35,7 +35,10 @@ pub(crate) fn each_meta(
         if let Meta::List(list) = &attr.meta
             && list.tokens.is_empty()
         {
-            errors.spanned(attr, format!("empty `#[{name}()]`: expected {}", one_of(known)));
+            errors.spanned(
+                attr,
+                format!("empty `#[{name}()]`: expected {}", one_of(known)),
+            );
             continue;
         }
         let result = attr.parse_nested_meta(|meta| {
@@ -56,13 +59,16 @@ pub(crate) fn unknown_key(path: &Path, context: &str, known: &[&str]) -> syn::Er
     let suggestion = known
         .iter()
         .map(|candidate| (edit_distance(&key, candidate), candidate))
-        .filter(|(distance, candidate)| *distance <= (key.len().max(candidate.len()) + 2) / 3)
+        .filter(|(distance, candidate)| *distance <= key.len().max(candidate.len()).div_ceil(3))
         .min_by_key(|(distance, _)| *distance)
         .map(|(_, candidate)| format!("did you mean `{candidate}`? "))
         .unwrap_or_default();
     syn::Error::new_spanned(
         path,
-        format!("unknown key `{key}` in {context}: {suggestion}expected {}", one_of(known)),
+        format!(
+            "unknown key `{key}` in {context}: {suggestion}expected {}",
+            one_of(known)
+        ),
     )
 }
 
@@ -100,7 +106,10 @@ pub(crate) fn skip_value(input: ParseStream<'_>) -> syn::Result<()> {
 pub(crate) fn flag(meta: &ParseNestedMeta<'_>, example: &str) -> syn::Result<()> {
     if meta.input.peek(Token![=]) || meta.input.peek(syn::token::Paren) {
         let key = path_text(&meta.path);
-        return Err(syn::Error::new_spanned(&meta.path, format!("`{key}` takes no value: write `{example}`")));
+        return Err(syn::Error::new_spanned(
+            &meta.path,
+            format!("`{key}` takes no value: write `{example}`"),
+        ));
     }
     Ok(())
 }
@@ -109,7 +118,10 @@ pub(crate) fn flag(meta: &ParseNestedMeta<'_>, example: &str) -> syn::Result<()>
 pub(crate) fn value<'a>(meta: &ParseNestedMeta<'a>, example: &str) -> syn::Result<ParseStream<'a>> {
     if !meta.input.peek(Token![=]) {
         let key = path_text(&meta.path);
-        return Err(syn::Error::new_spanned(&meta.path, format!("expected a value for `{key}`: write `{example}`")));
+        return Err(syn::Error::new_spanned(
+            &meta.path,
+            format!("expected a value for `{key}`: write `{example}`"),
+        ));
     }
     meta.value()
 }
@@ -129,7 +141,10 @@ pub(crate) fn name(meta: &ParseNestedMeta<'_>, example: &str) -> syn::Result<Lit
     if literal.value().trim().is_empty() {
         return Err(syn::Error::new_spanned(
             &literal,
-            format!("`{}` cannot be empty: write `{example}`", path_text(&meta.path)),
+            format!(
+                "`{}` cannot be empty: write `{example}`",
+                path_text(&meta.path)
+            ),
         ));
     }
     Ok(literal)
@@ -142,7 +157,11 @@ pub(crate) fn duration(meta: &ParseNestedMeta<'_>, example: &str) -> syn::Result
 }
 
 /// `key = 5`, an integer of type `N`.
-pub(crate) fn int<N>(meta: &ParseNestedMeta<'_>, example: &str, range: &str) -> syn::Result<(N, LitInt)>
+pub(crate) fn int<N>(
+    meta: &ParseNestedMeta<'_>,
+    example: &str,
+    range: &str,
+) -> syn::Result<(N, LitInt)>
 where
     N: FromStr,
     N::Err: Display,
@@ -150,7 +169,9 @@ where
     let input = value(meta, example)?;
     let key = path_text(&meta.path);
     if !input.peek(LitInt) {
-        return Err(input.error(format!("expected a whole number for `{key}`: write `{example}`")));
+        return Err(input.error(format!(
+            "expected a whole number for `{key}`: write `{example}`"
+        )));
     }
     let literal: LitInt = input.parse()?;
     match literal.base10_parse::<N>() {
@@ -165,7 +186,10 @@ where
 /// Stores `value` in an empty `slot`, or records that the key was given twice.
 pub(crate) fn set_once<T>(slot: &mut Option<T>, value: T, path: &Path, errors: &mut Errors) {
     if slot.is_some() {
-        errors.spanned(path, format!("duplicate `{}`: give it once", path_text(path)));
+        errors.spanned(
+            path,
+            format!("duplicate `{}`: give it once", path_text(path)),
+        );
     } else {
         *slot = Some(value);
     }
@@ -180,7 +204,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
         row[0] = i + 1;
         for (j, cb) in b.iter().enumerate() {
             let above = row[j + 1];
-            row[j + 1] = (above + 1).min(row[j] + 1).min(diagonal + usize::from(ca != *cb));
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
             diagonal = above;
         }
     }
@@ -212,7 +238,10 @@ mod tests {
         assert!(message.contains("did you mean `retries`?"), "{message}");
         let path: Path = syn::parse_quote!(colour);
         let message = unknown_key(&path, "`#[payload(...)]`", &["source", "dlq"]).to_string();
-        assert_eq!(message, "unknown key `colour` in `#[payload(...)]`: expected `source` or `dlq`");
+        assert_eq!(
+            message,
+            "unknown key `colour` in `#[payload(...)]`: expected `source` or `dlq`"
+        );
     }
 
     #[test]

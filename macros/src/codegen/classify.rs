@@ -49,14 +49,24 @@ pub(crate) fn fallback(input: &DeriveInput) -> TokenStream {
     if super::is_union(input) {
         return TokenStream::new();
     }
-    implement(input, quote!(::backstop::__private::unreachable!("`#[derive(Classify)]` failed")), false)
+    implement(
+        input,
+        quote!(::backstop::__private::unreachable!(
+            "`#[derive(Classify)]` failed"
+        )),
+        false,
+    )
 }
 
 /// The verdict of a struct: one class for every value.
 fn verdict(class: Class) -> TokenStream {
     match class {
-        Class::Transient { retry_after: None } => quote!(::backstop::__private::HandlerError::transient(error)),
-        Class::Transient { retry_after: Some(delay) } => {
+        Class::Transient { retry_after: None } => {
+            quote!(::backstop::__private::HandlerError::transient(error))
+        }
+        Class::Transient {
+            retry_after: Some(delay),
+        } => {
             let delay = duration::tokens(delay);
             quote!(::backstop::__private::HandlerError::transient(error).retry_after(#delay))
         }

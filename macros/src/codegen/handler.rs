@@ -19,7 +19,9 @@ pub(crate) fn generate(input: &DeriveInput, handler: &Handler, payload: &Type) -
     let retry = handler.retry.as_ref().map(|retry| {
         let policy = match retry.retries {
             Some(n) => quote!(::backstop::__private::RetryPolicy::retries(#n)),
-            None => quote!(<::backstop::__private::RetryPolicy as ::backstop::__private::Default>::default()),
+            None => quote!(
+                <::backstop::__private::RetryPolicy as ::backstop::__private::Default>::default()
+            ),
         };
         let backoff = retry.backoff.map(|(initial, max)| {
             let (initial, max) = (duration::tokens(initial), duration::tokens(max));
@@ -37,8 +39,12 @@ pub(crate) fn generate(input: &DeriveInput, handler: &Handler, payload: &Type) -
         Idempotency::KeyOrMessageId => Some(quote!(PayloadOrMessageId)),
         Idempotency::None => None,
     };
-    let idempotency = key_source.map(|variant| quote!(.idempotency(store, ::backstop::__private::KeySource::#variant)));
-    let dlq = handler.dlq.as_ref().map(|dlq| quote!(.dead_letter_to(#dlq)));
+    let idempotency = key_source
+        .map(|variant| quote!(.idempotency(store, ::backstop::__private::KeySource::#variant)));
+    let dlq = handler
+        .dlq
+        .as_ref()
+        .map(|dlq| quote!(.dead_letter_to(#dlq)));
     let sinks = Sinks::of(handler.idempotency);
     let (params, args) = (&sinks.params, &sinks.args);
     // Spanned on `payload = T`: a missing `Payload` or `Handle<T>` impl is reported there, once.
@@ -69,19 +75,28 @@ pub(crate) fn fallback(input: &DeriveInput, handler: &Handler) -> TokenStream {
     if super::is_union(input) {
         return TokenStream::new();
     }
-    let unreachable = quote!(::backstop::__private::unreachable!("`#[derive(Handler)]` failed"));
+    let unreachable = quote!(::backstop::__private::unreachable!(
+        "`#[derive(Handler)]` failed"
+    ));
     let sinks = Sinks::of(handler.idempotency);
     let methods = Methods {
         concurrency: quote!(1),
         source_name: unreachable.clone(),
-        stack_builder: handler
-            .payload
-            .as_ref()
-            .map(|payload| (quote!(::backstop::__private::StackBuilder<#payload>), unreachable.clone())),
+        stack_builder: handler.payload.as_ref().map(|payload| {
+            (
+                quote!(::backstop::__private::StackBuilder<#payload>),
+                unreachable.clone(),
+            )
+        }),
         stack: unreachable.clone(),
         runner: unreachable,
     };
-    methods.implement(input, &[], &sinks.params, &quote!(#[allow(unused_variables)]))
+    methods.implement(
+        input,
+        &[],
+        &sinks.params,
+        &quote!(#[allow(unused_variables)]),
+    )
 }
 
 /// The sink parameters of the constructors: a store only when the handler deduplicates.
@@ -119,7 +134,13 @@ struct Methods {
 }
 
 impl Methods {
-    fn implement(self, input: &DeriveInput, bounds: &[TokenStream], params: &TokenStream, lints: &TokenStream) -> TokenStream {
+    fn implement(
+        self,
+        input: &DeriveInput,
+        bounds: &[TokenStream],
+        params: &TokenStream,
+        lints: &TokenStream,
+    ) -> TokenStream {
         let ident = &input.ident;
         let (impl_generics, ty_generics, _) = input.generics.split_for_impl();
         let where_clause = super::where_clause(input, bounds);

@@ -16,7 +16,11 @@ use syn::{Data, DeriveInput};
 
 /// The type's own where-clause predicates followed by `extra`, as a full `where` clause.
 pub(crate) fn where_clause(input: &DeriveInput, extra: &[TokenStream]) -> TokenStream {
-    let own = input.generics.where_clause.iter().flat_map(|w| w.predicates.iter());
+    let own = input
+        .generics
+        .where_clause
+        .iter()
+        .flat_map(|w| w.predicates.iter());
     quote!(where #(#own,)* #(#extra,)*)
 }
 

@@ -24,20 +24,34 @@ pub(crate) enum Classify {
     Enum(Vec<(Ident, Class)>),
 }
 
-const HOW: &str = "add `#[classify(transient)]` (retried) or `#[classify(permanent)]` (dead-lettered now)";
+const HOW: &str =
+    "add `#[classify(transient)]` (retried) or `#[classify(permanent)]` (dead-lettered now)";
 
 /// Checks `attrs` against `input`; `None` after an error.
-pub(crate) fn validate(input: &DeriveInput, attrs: ClassifyAttrs, errors: &mut Errors) -> Option<Classify> {
+pub(crate) fn validate(
+    input: &DeriveInput,
+    attrs: ClassifyAttrs,
+    errors: &mut Errors,
+) -> Option<Classify> {
     let default = attrs.default.and_then(|d| class(d, errors));
     match &input.data {
         Data::Union(data) => {
-            errors.spanned(data.union_token, "`Classify` cannot be derived for a union: use an enum or a struct");
+            errors.spanned(
+                data.union_token,
+                "`Classify` cannot be derived for a union: use an enum or a struct",
+            );
             None
         }
         Data::Struct(_) => match default {
             Some(class) => Some(Classify::Struct(class)),
             None => {
-                errors.spanned(&input.ident, format!("`{}` has no classification: {HOW} to the struct", input.ident));
+                errors.spanned(
+                    &input.ident,
+                    format!(
+                        "`{}` has no classification: {HOW} to the struct",
+                        input.ident
+                    ),
+                );
                 None
             }
         },
@@ -67,7 +81,10 @@ pub(crate) fn validate(input: &DeriveInput, attrs: ClassifyAttrs, errors: &mut E
 fn class(attrs: ClassAttrs, errors: &mut Errors) -> Option<Class> {
     match (attrs.transient, attrs.permanent, attrs.retry_after) {
         (Some(_), Some(permanent), _) => {
-            errors.spanned(permanent, "a failure is either `transient` or `permanent`, not both: keep one");
+            errors.spanned(
+                permanent,
+                "a failure is either `transient` or `permanent`, not both: keep one",
+            );
             None
         }
         (Some(_), None, retry_after) => Some(Class::Transient {

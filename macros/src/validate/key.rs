@@ -128,7 +128,9 @@ fn verdict(ty: &Type) -> Verdict {
                 Verdict::Unknown(name.to_owned())
             }
         }
-        _ => Verdict::Rejected(format!("this type cannot be the idempotency key: {ACCEPTED}")),
+        _ => Verdict::Rejected(format!(
+            "this type cannot be the idempotency key: {ACCEPTED}"
+        )),
     }
 }
 
@@ -137,10 +139,14 @@ fn last_type_argument(arguments: &PathArguments) -> Option<&Type> {
     let PathArguments::AngleBracketed(arguments) = arguments else {
         return None;
     };
-    arguments.args.iter().rev().find_map(|argument| match argument {
-        GenericArgument::Type(ty) => Some(ty),
-        _ => None,
-    })
+    arguments
+        .args
+        .iter()
+        .rev()
+        .find_map(|argument| match argument {
+            GenericArgument::Type(ty) => Some(ty),
+            _ => None,
+        })
 }
 
 #[cfg(test)]
@@ -193,10 +199,16 @@ mod tests {
     #[test]
     fn other_types_need_display() {
         let ty: Type = parse_quote!(uuid::Uuid);
-        assert_eq!(verdict_of(ty.clone()), Verdict::Unknown(String::from("Uuid")));
+        assert_eq!(
+            verdict_of(ty.clone()),
+            Verdict::Unknown(String::from("Uuid"))
+        );
         assert!(check(&ty, false).is_err());
         assert!(check(&ty, true).is_ok());
         let option: Type = parse_quote!(Option<Uuid>);
-        assert!(check(&option, true).is_err(), "display does not make an Option a key");
+        assert!(
+            check(&option, true).is_err(),
+            "display does not make an Option a key"
+        );
     }
 }

@@ -22,12 +22,18 @@ pub(crate) struct Key {
 /// Checks `attrs` against `input`.
 pub(crate) fn validate(input: &DeriveInput, attrs: PayloadAttrs, errors: &mut Errors) -> Payload {
     if let Data::Union(data) = &input.data {
-        errors.spanned(data.union_token, "`Payload` cannot be derived for a union: use a struct or an enum");
+        errors.spanned(
+            data.union_token,
+            "`Payload` cannot be derived for a union: use a struct or an enum",
+        );
     }
     let mut keys = attrs.keys.into_iter();
     let key = keys.next();
     for extra in keys {
-        let first = key.as_ref().map(|k| member_text(&k.member)).unwrap_or_default();
+        let first = key
+            .as_ref()
+            .map(|k| member_text(&k.member))
+            .unwrap_or_default();
         errors.spanned(
             &extra.attr,
             format!(
