@@ -41,9 +41,9 @@ mod validate;
 /// On at most one field of a struct:
 ///
 /// - `#[payload(key)]`: the field is the idempotency key (`Payload::key`),
-///   also used as the Kafka record key. It must be a `String`, a `str`
-///   reference or smart pointer (`&str`, `Box<str>`, `Arc<str>`, `Cow<str>`),
-///   an integer (`u64`, `i32`, `NonZeroU64`, …) or a `char`.
+///   also used as the Kafka record key. It must be a `String` (or `str`
+///   behind a pointer: `Box<str>`, `Arc<str>`, `Cow<'static, str>`), an
+///   integer (`u64`, `i32`, `NonZeroU64`, …) or a `char`.
 /// - `#[payload(key, display)]`: the field is the key, rendered with its
 ///   `Display` impl; for other types whose text identifies a message, such as
 ///   `Uuid`. `Option`, collections, tuples, arrays, floats and `bool` are

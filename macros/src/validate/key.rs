@@ -45,7 +45,7 @@ const COLLECTIONS: &[&str] = &[
     "BytesMut",
 ];
 
-const ACCEPTED: &str = "a key is a `String`, `&str`, integer or `char` field";
+const ACCEPTED: &str = "a key is a `String` (or `Box<str>`, `Cow<str>`), integer or `char` field";
 
 /// Whether a type can be a key.
 #[derive(Debug, PartialEq, Eq)]
