@@ -1,1 +1,227 @@
-fn main() {}
+//! Consumption throughput: a raw lapin consumer with manual acks versus the
+//! full backstop stack (ack, decode, metrics, idempotency on a MemoryStore,
+//! dead-letter, retry) driven by the Runner, same prefetch, same broker.
+//!
+//! ```text
+//! cargo bench -p backstop-rabbitmq --bench throughput            # 200,000 messages
+//! cargo bench -p backstop-rabbitmq --bench throughput -- 50000   # or BENCH_MESSAGES=50000
+//! ```
+//!
+//! `BENCH_PREFETCH` sets the prefetch (= the runner's concurrency), default
+//! 128; `BACKSTOP_AMQP_URL` the broker. Each run publishes N messages of 256
+//! bytes to a fresh quorum queue and drains it, three times: with a raw
+//! consumer acking in its loop (`ack().await` one after the other), with a
+//! raw consumer acking each delivery on a task of its own (as the runner
+//! does), and through the stack. It prints the rates and the ratio of the
+//! stack to the faster raw consumer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use backstop::{
+    CancellationToken, Context, HandlerError, KeySource, MemoryStore, Message, Runner,
+    StackBuilder, handler_fn,
+};
+use backstop_rabbitmq::lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeleteOptions,
+    QueueDeleteOptions,
+};
+use backstop_rabbitmq::lapin::types::FieldTable;
+use backstop_rabbitmq::lapin::{Connection, ConnectionProperties};
+use backstop_rabbitmq::{RabbitMq, RabbitPublisher, Topology, url_from_env};
+use bytes::Bytes;
+use futures::StreamExt;
+
+const PAYLOAD: usize = 256;
+
+fn messages() -> usize {
+    let from_args = std::env::args()
+        .skip(1)
+        .find_map(|a| a.replace('_', "").parse::<usize>().ok());
+    let from_env = std::env::var("BENCH_MESSAGES")
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok());
+    from_args.or(from_env).unwrap_or(200_000).max(1)
+}
+
+fn prefetch() -> usize {
+    std::env::var("BENCH_PREFETCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(128usize)
+        .clamp(1, 65_535)
+}
+
+async fn fill(publisher: &RabbitPublisher, queue: &str, run: &str, n: usize) -> Duration {
+    let body = Bytes::from(vec![b'x'; PAYLOAD]);
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let message = Message::new(body.clone()).with_message_id(format!("{run}-{i}"));
+            let publisher = publisher.clone();
+            let queue = queue.to_owned();
+            async move { publisher.publish_to_queue(&queue, &message).await }
+        })
+        .buffer_unordered(2_000)
+        .for_each(|r| async move { r.expect("publish confirmed") })
+        .await;
+    started.elapsed()
+}
+
+/// How the raw baseline acks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Acks {
+    /// `ack().await` in the consumer loop, one after the other.
+    InLoop,
+    /// Each delivery acked on a task of its own, as the runner does.
+    Spawned,
+}
+
+/// The baseline: lapin's consumer stream with one manual ack per delivery,
+/// itself on a spawned task (not on the main thread).
+async fn raw(url: String, queue: String, n: usize, prefetch: usize, acks: Acks) -> Duration {
+    tokio::spawn(async move {
+        let connection = Connection::connect(&url, ConnectionProperties::default())
+            .await
+            .expect("connect");
+        let channel = connection.create_channel().await.expect("channel");
+        let qos = BasicQosOptions { global: false };
+        channel
+            .basic_qos(u16::try_from(prefetch).unwrap_or(u16::MAX), qos)
+            .await
+            .expect("qos");
+        let mut consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                "raw-bench".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut received = 0;
+        while let Some(delivery) = consumer.next().await {
+            let acker = delivery.expect("delivery").acker;
+            match acks {
+                Acks::InLoop => assert!(acker.ack(BasicAckOptions::default()).await.expect("ack")),
+                Acks::Spawned => {
+                    tasks.spawn(async move {
+                        assert!(acker.ack(BasicAckOptions::default()).await.expect("ack"))
+                    });
+                    while tasks.try_join_next().is_some() {}
+                }
+            }
+            received += 1;
+            if received == n {
+                break;
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+        let elapsed = started.elapsed();
+        let _ = connection.close(200, "OK".into()).await;
+        elapsed
+    })
+    .await
+    .expect("raw consumer task")
+}
+
+/// The full stack: StackBuilder (idempotency on a MemoryStore) + Runner.
+async fn stack(rabbit: &RabbitMq, queue: &str, n: usize, prefetch: usize) -> Duration {
+    let handled = Arc::new(AtomicUsize::new(0));
+    let shutdown = CancellationToken::new();
+    let (count, stop) = (Arc::clone(&handled), shutdown.clone());
+    let handler = handler_fn(move |body: Bytes, _ctx: Context| {
+        let (count, stop) = (Arc::clone(&count), stop.clone());
+        async move {
+            assert_eq!(body.len(), PAYLOAD);
+            if count.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                stop.cancel();
+            }
+            Ok::<_, HandlerError>(())
+        }
+    });
+    let stack = StackBuilder::<Bytes>::new(Arc::new(rabbit.dead_letter_sink()))
+        .idempotency(
+            Arc::new(MemoryStore::new(n * 2, Duration::from_secs(3600))),
+            KeySource::MessageId,
+        )
+        .build(handler);
+    let source = rabbit.source(queue, prefetch).await.expect("consume");
+    let started = Instant::now();
+    let summary = Runner::new(source, stack)
+        .concurrency(prefetch)
+        .with_shutdown(shutdown)
+        .run()
+        .await
+        .expect("run");
+    let elapsed = started.elapsed();
+    assert_eq!(summary.handled as usize, n, "{summary}");
+    elapsed
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() {
+    let n = messages();
+    let prefetch = prefetch();
+    let url = url_from_env();
+    let rabbit = RabbitMq::connect(url.clone())
+        .await
+        .expect("broker reachable (scripts/services/rabbitmq.sh)");
+    let id = backstop::message::new_message_id();
+    let topology = Topology::quorum(format!("bench-{}", &id[..12]));
+    rabbit.declare(&topology).await.expect("declare");
+    let queue = topology.queue().to_owned();
+    let publisher = rabbit.publisher();
+    println!(
+        "backstop-rabbitmq throughput: {n} messages of {PAYLOAD} bytes, quorum queue, prefetch {prefetch}"
+    );
+
+    let published = fill(&publisher, &queue, "raw-loop", n).await;
+    println!(
+        "  publish (confirmed)          {:>10.0} msg/s",
+        rate(n, published)
+    );
+    let in_loop = raw(url.clone(), queue.clone(), n, prefetch, Acks::InLoop).await;
+    println!(
+        "  raw lapin, acks in the loop  {:>10.0} msg/s  ({in_loop:.2?})",
+        rate(n, in_loop)
+    );
+    fill(&publisher, &queue, "raw-spawned", n).await;
+    let spawned = raw(url.clone(), queue.clone(), n, prefetch, Acks::Spawned).await;
+    println!(
+        "  raw lapin, acks on tasks     {:>10.0} msg/s  ({spawned:.2?})",
+        rate(n, spawned)
+    );
+    let best_raw = rate(n, in_loop).max(rate(n, spawned));
+
+    fill(&publisher, &queue, "stack", n).await;
+    let stack_time = stack(&rabbit, &queue, n, prefetch).await;
+    let stack_rate = rate(n, stack_time);
+    println!("  backstop stack               {stack_rate:>10.0} msg/s  ({stack_time:.2?})");
+    println!(
+        "  ratio stack / best raw       {:>10.3}  (goal >= 0.90)",
+        stack_rate / best_raw
+    );
+
+    if let Ok(channel) = rabbit.channel().await {
+        for q in [topology.queue().to_owned(), topology.dlq()] {
+            let _ = channel
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = channel
+            .exchange_delete(
+                topology.dlx().as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+    }
+    rabbit.close().await;
+}
