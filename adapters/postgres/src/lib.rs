@@ -67,6 +67,7 @@
 
 #![warn(missing_docs)]
 
+mod column;
 mod config;
 mod conn;
 mod error;

@@ -634,7 +634,7 @@ pub async fn long_and_odd_keys_work(backend: &dyn Backend) -> Result<(), Contrac
         acquired(0),
         "a long key one byte longer",
     )?;
-    let odd = run.key("odd 'quote' \"dq\" ; -- % _ \\ {tag} * ? [x] ünï 🦀\n");
+    let odd = run.key("odd 'quote' \"dq\" ; -- % _ \\ {tag} * ? [x] ünï 🦀\n\0 nul");
     run.eq(
         run.ok(store.claim(&odd, "a", lease, 0).await)?,
         acquired(0),

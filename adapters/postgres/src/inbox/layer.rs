@@ -10,6 +10,7 @@ use tower::{Layer, Service};
 use super::Inbox;
 use super::tx::InboxTx;
 use crate::PostgresError;
+use crate::column;
 use crate::conn::Conn;
 
 /// Applies the transactional inbox to the handler; see the [module docs](super).
@@ -89,18 +90,17 @@ where
             if let Some(key) = &key {
                 let message = request.message();
                 let attempt = i32::try_from(request.attempt()).unwrap_or(i32::MAX);
+                let (stored_key, message_id, source) = (
+                    column::key(key),
+                    column::text(&message.meta.message_id),
+                    column::text(&message.meta.source),
+                );
                 let inserted = conn
                     .execute(
                         "inbox insert",
                         timeout,
                         &inbox.sql.insert,
-                        &[
-                            &inbox.consumer,
-                            &key.as_str(),
-                            &message.meta.message_id,
-                            &message.meta.source,
-                            &attempt,
-                        ],
+                        &[&inbox.consumer, &stored_key, &message_id, &source, &attempt],
                     )
                     .await
                     .map_err(unavailable)?;

@@ -142,7 +142,7 @@ impl Inbox {
     /// Names the consumer: consumers sharing a table deduplicate apart.
     #[must_use]
     pub fn consumer(mut self, name: impl Into<String>) -> Self {
-        self.consumer = name.into();
+        self.consumer = crate::column::text(&name.into()).into_owned();
         self
     }
 
@@ -190,7 +190,7 @@ impl Inbox {
                 "inbox lookup",
                 self.timeout,
                 &self.sql.contains,
-                &[&self.consumer, &key.as_str()],
+                &[&self.consumer, &crate::column::key(key)],
             )
             .await?;
         Ok(!rows.is_empty())

@@ -10,6 +10,7 @@ use backstop::{Store, StoreError};
 use deadpool_postgres::Pool;
 
 use self::sql::Statements;
+use crate::column;
 use crate::conn::Conn;
 use crate::{PgConfig, PostgresError, TableName};
 
@@ -164,7 +165,12 @@ impl PostgresStore {
         replay: u32,
     ) -> Result<Option<Claim>, PostgresError> {
         let rows = conn
-            .query("claim", self.timeout, &self.sql.inspect, &[&key.as_str()])
+            .query(
+                "claim",
+                self.timeout,
+                &self.sql.inspect,
+                &[&column::key(key)],
+            )
             .await?;
         let Some(row) = rows.first() else {
             return Ok(None);
@@ -219,7 +225,7 @@ impl Store for PostgresStore {
                     "claim",
                     self.timeout,
                     &self.sql.claim,
-                    &[&key.as_str(), &owner, &lease, &replay_int, &ttl],
+                    &[&column::key(key), &owner, &lease, &replay_int, &ttl],
                 )
                 .await?;
             if let Some(row) = rows.first() {
@@ -247,7 +253,7 @@ impl Store for PostgresStore {
         self.owned(
             "renew",
             &self.sql.renew,
-            &[&key.as_str(), &owner, &lease, &ttl],
+            &[&column::key(key), &owner, &lease, &ttl],
         )
         .await
     }
@@ -257,7 +263,7 @@ impl Store for PostgresStore {
         self.owned(
             "complete",
             &self.sql.finish,
-            &[&key.as_str(), &owner, &"completed", &ttl],
+            &[&column::key(key), &owner, &"completed", &ttl],
         )
         .await
     }
@@ -267,7 +273,7 @@ impl Store for PostgresStore {
         self.owned(
             "dead_letter",
             &self.sql.finish,
-            &[&key.as_str(), &owner, &"dead_lettered", &ttl],
+            &[&column::key(key), &owner, &"dead_lettered", &ttl],
         )
         .await
     }
@@ -282,7 +288,7 @@ impl Store for PostgresStore {
         self.owned(
             "release",
             &self.sql.release,
-            &[&key.as_str(), &owner, &failed, &ttl],
+            &[&column::key(key), &owner, &failed, &ttl],
         )
         .await
         .map(drop)
