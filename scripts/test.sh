@@ -25,9 +25,9 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -D warnings"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test"
-cargo test --workspace --locked --no-fail-fast
+cargo test --workspace --no-fail-fast
 
 step "done in $((SECONDS - start)) s"

@@ -74,8 +74,10 @@ pub use crate::ack::{AckLayer, Settled};
 pub use crate::context::{Context, Extensions};
 pub use crate::dead_letter::{DeadLetterLayer, DeadLetterSink};
 pub use crate::delivery::{AckHandle, Acker, Delivery, Received};
-pub use crate::error::{AckError, BoxError, Error, ErrorKind, Failure, HandlerError, SinkError, StoreError};
-pub use crate::handler::{handler_fn, Handle};
+pub use crate::error::{
+    AckError, BoxError, Error, ErrorKind, Failure, HandlerError, SinkError, StoreError,
+};
+pub use crate::handler::{Handle, handler_fn};
 pub use crate::idempotency::{IdempotencyLayer, KeySource, MemoryStore, Store};
 pub use crate::message::{Headers, Message, Meta};
 pub use crate::outcome::Outcome;
@@ -112,7 +114,7 @@ pub mod __private {
 
     pub use crate::payload::json;
     pub use crate::{
-        DeadLetterSink, DecodeError, Handle, HandlerError, KeySource, Payload, RetryPolicy, Runner, Source, Stack,
-        StackBuilder, Store,
+        DeadLetterSink, DecodeError, Handle, HandlerError, KeySource, Payload, RetryPolicy, Runner,
+        Source, Stack, StackBuilder, Store,
     };
 }

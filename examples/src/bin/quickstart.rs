@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backstop::memory::MemoryBroker;
-use backstop::{wire, Classify, Context, Handle, Handler, MemoryStore, Message, Payload, Runner};
+use backstop::{Classify, Context, Handle, Handler, MemoryStore, Message, Payload, Runner, wire};
 use rand::Rng;
 use serde::Deserialize;
 
@@ -102,14 +102,22 @@ async fn main() -> ExitCode {
         let body = if roll < 0.005 {
             "{\"order_id\": broken".to_owned()
         } else {
-            let amount = if roll < 0.015 { -5 } else { rng.random_range(1..500) };
+            let amount = if roll < 0.015 {
+                -5
+            } else {
+                rng.random_range(1..500)
+            };
             let flaky = u32::from(roll > 0.95) + u32::from(roll > 0.98);
             let rate_limited = (0.015..0.025).contains(&roll);
-            format!(r#"{{"order_id":"{id}","amount":{amount},"flaky":{flaky},"rate_limited":{rate_limited}}}"#)
+            format!(
+                r#"{{"order_id":"{id}","amount":{amount},"flaky":{flaky},"rate_limited":{rate_limited}}}"#
+            )
         };
         let message = Message::new(body.clone()).with_message_id(format!("msg-{i:05}"));
         order_of.insert(message.meta.message_id.clone(), id.clone());
-        broker.publish_now("orders", message).expect("in-memory publish");
+        broker
+            .publish_now("orders", message)
+            .expect("in-memory publish");
         published += 1;
         if rng.random::<f64>() < 0.02 {
             // The producer retried after a lost confirm: same order, new message id.
@@ -136,10 +144,15 @@ async fn main() -> ExitCode {
 
     let queue = PlaceOrder::source_name().unwrap_or("orders");
     let started = Instant::now();
-    let summary = match Runner::new(broker.consume(queue, PlaceOrder::CONCURRENCY).until_drained(), stack)
-        .concurrency(PlaceOrder::CONCURRENCY)
-        .run()
-        .await
+    let summary = match Runner::new(
+        broker
+            .consume(queue, PlaceOrder::CONCURRENCY)
+            .until_drained(),
+        stack,
+    )
+    .concurrency(PlaceOrder::CONCURRENCY)
+    .run()
+    .await
     {
         Ok(summary) => summary,
         Err(error) => {
@@ -150,7 +163,10 @@ async fn main() -> ExitCode {
     let elapsed = started.elapsed();
 
     let dlq = broker.peek("orders.dlq");
-    let dead: HashSet<&String> = dlq.iter().filter_map(|m| order_of.get(&m.meta.message_id)).collect();
+    let dead: HashSet<&String> = dlq
+        .iter()
+        .filter_map(|m| order_of.get(&m.meta.message_id))
+        .collect();
     let orders: HashSet<&String> = order_of.values().collect();
     let ledger = ledger.lock().unwrap_or_else(|e| e.into_inner());
     let executed_twice = ledger.executed.values().filter(|n| **n > 1).count();
@@ -162,12 +178,27 @@ async fn main() -> ExitCode {
     println!("backstop quickstart — {ORDERS} orders on the in-memory broker in {elapsed:.2?}\n");
     println!("  {:<34} {:>8}", "messages published", published);
     println!("  {:<34} {:>8}", "distinct orders", orders.len());
-    println!("  {:<34} {:>8}", "processed (handler succeeded)", summary.handled);
-    println!("  {:<34} {:>8}", "retried (transient failures)", ledger.transient_failures);
-    println!("  {:<34} {:>8}", "deferred (broker-delayed retry)", summary.deferred);
-    println!("  {:<34} {:>8}", "deduplicated (resent orders)", summary.duplicates);
+    println!(
+        "  {:<34} {:>8}",
+        "processed (handler succeeded)", summary.handled
+    );
+    println!(
+        "  {:<34} {:>8}",
+        "retried (transient failures)", ledger.transient_failures
+    );
+    println!(
+        "  {:<34} {:>8}",
+        "deferred (broker-delayed retry)", summary.deferred
+    );
+    println!(
+        "  {:<34} {:>8}",
+        "deduplicated (resent orders)", summary.duplicates
+    );
     println!("  {:<34} {:>8}", "dead-lettered", summary.dead_lettered);
-    println!("  {:<34} {:>8}", "orders executed more than once", executed_twice);
+    println!(
+        "  {:<34} {:>8}",
+        "orders executed more than once", executed_twice
+    );
     println!("  {:<34} {:>8}", "lost", lost.len());
     println!("\nfirst dead letters in orders.dlq:");
     for letter in dlq.iter().take(5) {
@@ -182,7 +213,10 @@ async fn main() -> ExitCode {
     if lost.is_empty() && executed_twice == 0 {
         ExitCode::SUCCESS
     } else {
-        eprintln!("\nFAILED: {} lost, {executed_twice} executed twice", lost.len());
+        eprintln!(
+            "\nFAILED: {} lost, {executed_twice} executed twice",
+            lost.len()
+        );
         ExitCode::FAILURE
     }
 }

@@ -1,0 +1,370 @@
+//! The order worker: one binary for every broker.
+//!
+//! ```text
+//! cargo run --release -p backstop-examples --bin order-worker -- \
+//!     --broker rabbitmq --source orders --concurrency 32
+//! cargo run --release -p backstop-examples --bin order-worker -- \
+//!     --broker kafka --url 127.0.0.1:9092 --source orders --group order-worker
+//! cargo run --release -p backstop-examples --bin order-worker -- --broker memory --publish 1000
+//! ```
+//!
+//! Orders are JSON `{"order_id": "...", "amount": <int>}`. The idempotency
+//! key is `order_id`, else the message id. A negative amount is a permanent
+//! validation error; a payload that is not such JSON is poison (kind
+//! `decode`); a body over `--max-payload-bytes` is dead-lettered as
+//! `too_large`. The worker declares its own topology (a quorum queue with its
+//! DLQ and delay queues on RabbitMQ; the topic, its DLQ and retry topics on
+//! Kafka). Dead letters go to `<queue>.dlq` (RabbitMQ, memory) or
+//! `<topic>.<group>.dlq` (Kafka). With `--ledger`, every handler execution
+//! inserts a row into `backstop_ledger(order_id, executed_at)`; with
+//! `--store postgres-inbox` that row commits in the same transaction as the
+//! inbox row. SIGINT/SIGTERM stop it gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backstop::memory::MemoryBroker;
+use backstop::{
+    BoxError, Context, DeadLetterSink, Handle, KeySource, MemoryStore, Message, Payload,
+    RetryPolicy, RetrySink, Runner, Source, Stack, StackBuilder, Store, Summary,
+};
+use backstop_kafka::{Kafka, TopicSpec};
+use backstop_postgres::{Inbox, InboxTx, PgConfig, PostgresStore};
+use backstop_rabbitmq::{RabbitMq, Topology};
+use clap::{Parser, ValueEnum};
+use rand::Rng;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Broker {
+    Memory,
+    Rabbitmq,
+    Kafka,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum StoreKind {
+    Memory,
+    Redis,
+    Postgres,
+    PostgresInbox,
+}
+
+/// Consumes orders through the full backstop stack.
+#[derive(Debug, Parser)]
+#[command(name = "order-worker", version)]
+struct Args {
+    /// Which broker to consume from.
+    #[arg(long, value_enum, default_value = "memory")]
+    broker: Broker,
+    /// AMQP URL (RabbitMQ) or bootstrap servers (Kafka).
+    #[arg(long)]
+    url: Option<String>,
+    /// The queue or topic to consume.
+    #[arg(long, default_value = "orders")]
+    source: String,
+    /// Kafka consumer group.
+    #[arg(long, default_value = "order-worker")]
+    group: String,
+    /// Where idempotency keys live (Redis from BACKSTOP_REDIS_URL, PostgreSQL from --ledger or BACKSTOP_PG_URL).
+    #[arg(long, value_enum, default_value = "memory")]
+    store: StoreKind,
+    /// PostgreSQL URL of the execution ledger (and of the postgres stores).
+    #[arg(long)]
+    ledger: Option<String>,
+    /// Messages in flight at once (and the RabbitMQ prefetch).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Attempts per message before it is dead-lettered.
+    #[arg(long, default_value_t = 5)]
+    max_attempts: u32,
+    /// Larger bodies are dead-lettered with kind `too_large`.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    max_payload_bytes: usize,
+    /// Share of runs that fail transiently before doing anything (never the last attempt).
+    #[arg(long, default_value_t = 0.0)]
+    fail_rate: f64,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
+    /// Publish this many sample orders to the source first.
+    #[arg(long, default_value_t = 0)]
+    publish: usize,
+    /// Stop once the source is drained (memory broker only).
+    #[arg(long)]
+    until_drained: bool,
+}
+
+/// An order.
+#[derive(Clone, Debug, serde::Deserialize, backstop::Payload)]
+struct Order {
+    #[payload(key)]
+    order_id: String,
+    amount: i64,
+}
+
+#[derive(Debug, thiserror::Error, backstop::Classify)]
+enum OrderError {
+    #[error("order {0} has a negative amount")]
+    #[classify(permanent)]
+    Invalid(String),
+    #[error("injected transient failure")]
+    #[classify(transient)]
+    Injected,
+    #[error("ledger write failed: {0}")]
+    #[classify(transient)]
+    Ledger(BoxError),
+}
+
+/// Where an execution is recorded.
+#[derive(Clone)]
+enum Ledger {
+    None,
+    Pool(deadpool_postgres::Pool),
+    Inbox,
+}
+
+const LEDGER_DDL: &str = "CREATE TABLE IF NOT EXISTS backstop_ledger (order_id text NOT NULL, executed_at timestamptz NOT NULL DEFAULT now())";
+const LEDGER_INSERT: &str = "INSERT INTO backstop_ledger (order_id) VALUES ($1)";
+
+struct PlaceOrder {
+    ledger: Ledger,
+    fail_rate: f64,
+    max_attempts: u32,
+}
+
+impl Handle<Order> for PlaceOrder {
+    type Error = OrderError;
+
+    async fn handle(&self, order: Order, ctx: Context) -> Result<(), OrderError> {
+        if order.amount < 0 {
+            return Err(OrderError::Invalid(order.order_id));
+        }
+        if ctx.attempt() < self.max_attempts && rand::rng().random::<f64>() < self.fail_rate {
+            return Err(OrderError::Injected);
+        }
+        match &self.ledger {
+            Ledger::None => {}
+            Ledger::Pool(pool) => {
+                let client = pool.get().await.map_err(|e| OrderError::Ledger(e.into()))?;
+                client
+                    .execute(LEDGER_INSERT, &[&order.order_id])
+                    .await
+                    .map_err(|e| OrderError::Ledger(e.into()))?;
+            }
+            Ledger::Inbox => {
+                let tx = InboxTx::from_context(&ctx).map_err(|e| OrderError::Ledger(e.into()))?;
+                tx.execute(LEDGER_INSERT, &[&order.order_id])
+                    .await
+                    .map_err(|e| OrderError::Ledger(e.into()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn pg_url(args: &Args) -> String {
+    args.ledger
+        .clone()
+        .or_else(|| std::env::var("BACKSTOP_PG_URL").ok())
+        .unwrap_or_else(|| "postgres://backstop:backstop@127.0.0.1:5432/backstop".to_owned())
+}
+
+/// The stack for these arguments, with the broker's sinks.
+async fn stack(
+    args: &Args,
+    dead_letter: Arc<dyn DeadLetterSink>,
+    retry: Option<Arc<dyn RetrySink>>,
+) -> Result<Stack, BoxError> {
+    let mut ledger = Ledger::None;
+    let mut builder = StackBuilder::<Order>::new(dead_letter)
+        .retry(RetryPolicy {
+            max_attempts: args.max_attempts.max(1),
+            ..RetryPolicy::default().backoff(Duration::from_millis(50), Duration::from_secs(5))
+        })
+        .max_payload(args.max_payload_bytes)
+        .timeout(Duration::from_secs(30));
+    if let Some(retry) = retry {
+        builder = builder.retry_sink(retry);
+    }
+    let pool = match (&args.ledger, args.store) {
+        (Some(_), _) | (None, StoreKind::Postgres | StoreKind::PostgresInbox) => {
+            let pool = PgConfig::new(pg_url(args)).pool()?;
+            pool.get().await?.batch_execute(LEDGER_DDL).await?;
+            if args.ledger.is_some() {
+                ledger = Ledger::Pool(pool.clone());
+            }
+            Some(pool)
+        }
+        _ => None,
+    };
+    let key = KeySource::PayloadOrMessageId;
+    builder = match (args.store, pool) {
+        (StoreKind::Memory, _) => builder.idempotency(Arc::new(MemoryStore::default()), key),
+        (StoreKind::Redis, _) => {
+            let url = std::env::var("BACKSTOP_REDIS_URL")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+            let store: Arc<dyn Store> = Arc::new(backstop_redis::RedisStore::connect(&url).await?);
+            builder.idempotency(store, key)
+        }
+        (StoreKind::Postgres, Some(pool)) => {
+            let store = PostgresStore::new(pool);
+            store.migrate().await?;
+            builder.idempotency(Arc::new(store), key)
+        }
+        (StoreKind::PostgresInbox, Some(pool)) => {
+            let inbox = Inbox::new(pool).consumer(args.group.clone()).keyed_by(key);
+            inbox.migrate().await?;
+            ledger = Ledger::Inbox;
+            builder.innermost(inbox.layer())
+        }
+        (_, None) => return Err("a PostgreSQL store needs a database".into()),
+    };
+    let handler = PlaceOrder {
+        ledger,
+        fail_rate: args.fail_rate.clamp(0.0, 1.0),
+        max_attempts: args.max_attempts.max(1),
+    };
+    Ok(builder.build(handler))
+}
+
+fn sample_orders(n: usize) -> impl Iterator<Item = Message> {
+    (0..n).map(|i| {
+        let amount = if i % 100 == 99 {
+            -1
+        } else {
+            (i % 500) as i64 + 1
+        };
+        Message::new(format!(r#"{{"order_id":"order-{i}","amount":{amount}}}"#))
+            .with_message_id(format!("sample-{i}"))
+            .with_key(format!("order-{i}"))
+    })
+}
+
+async fn run<S: Source>(source: S, stack: Stack, concurrency: usize) -> Result<Summary, BoxError> {
+    Ok(Runner::new(source, stack)
+        .concurrency(concurrency)
+        .shutdown_deadline(Duration::from_secs(20))
+        .shutdown_on_signals()
+        .run()
+        .await?)
+}
+
+async fn main_inner(args: Args) -> Result<Summary, BoxError> {
+    if let Some(addr) = args.metrics_addr {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()?;
+        backstop::metrics::describe();
+    }
+    match args.broker {
+        Broker::Memory => {
+            let broker = MemoryBroker::new();
+            for m in sample_orders(args.publish) {
+                broker.publish_now(&args.source, m)?;
+            }
+            let stack = stack(
+                &args,
+                Arc::new(broker.dead_letter_sink()),
+                Some(Arc::new(broker.retry_sink())),
+            )
+            .await?;
+            let source = broker.consume(&args.source, args.concurrency);
+            let summary = if args.until_drained {
+                run(source.until_drained(), stack, args.concurrency).await?
+            } else {
+                run(source, stack, args.concurrency).await?
+            };
+            tracing::info!(
+                dlq = broker
+                    .stats(&backstop::memory::dlq_name(&args.source))
+                    .ready,
+                "dead letters"
+            );
+            Ok(summary)
+        }
+        Broker::Rabbitmq => {
+            let url = args
+                .url
+                .clone()
+                .unwrap_or_else(backstop_rabbitmq::url_from_env);
+            let rabbit = RabbitMq::connect(url).await?;
+            let secs = Duration::from_secs;
+            rabbit
+                .declare(
+                    &Topology::quorum(args.source.clone())
+                        .max_attempts(args.max_attempts)
+                        .retry_tiers([secs(5), secs(30), secs(300)]),
+                )
+                .await?;
+            let publisher = rabbit.publisher();
+            for m in sample_orders(args.publish) {
+                backstop::Publisher::publish(&publisher, &args.source, &m).await?;
+            }
+            let stack = stack(
+                &args,
+                Arc::new(rabbit.dead_letter_sink()),
+                Some(Arc::new(rabbit.retry_sink())),
+            )
+            .await?;
+            let summary = run(
+                rabbit.source(&args.source, args.concurrency).await?,
+                stack,
+                args.concurrency,
+            )
+            .await?;
+            rabbit.close().await;
+            Ok(summary)
+        }
+        Broker::Kafka => {
+            let brokers = args
+                .url
+                .clone()
+                .or_else(|| std::env::var("BACKSTOP_KAFKA_BROKERS").ok())
+                .unwrap_or_else(|| "127.0.0.1:9092".to_owned());
+            let kafka = Kafka::new(brokers, args.group.clone());
+            kafka
+                .ensure_topics([TopicSpec::new(args.source.clone()).partitions(4)])
+                .await?;
+            if args.publish > 0 {
+                let publisher = kafka.publisher()?;
+                for m in sample_orders(args.publish) {
+                    backstop::Publisher::publish(&publisher, &args.source, &m).await?;
+                }
+            }
+            let stack = stack(
+                &args,
+                Arc::new(kafka.dead_letter_sink()?),
+                Some(Arc::new(kafka.retry_sink()?)),
+            )
+            .await?;
+            run(
+                kafka.source(&[args.source.as_str()], args.concurrency)?,
+                stack,
+                args.concurrency,
+            )
+            .await
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let _ = Order::default_source();
+    match main_inner(args).await {
+        Ok(summary) => {
+            println!("{summary}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("order-worker: {}", backstop::error::chain(&*error));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
