@@ -5,8 +5,8 @@
 //! [`wire::ATTEMPT`](crate::wire::ATTEMPT) on every republished copy and in
 //! the idempotency store. A redrive from the DLQ starts a new count.
 
-use crate::wire;
 use crate::Headers;
+use crate::wire;
 
 /// The first attempt's number.
 pub const FIRST: u32 = 1;

@@ -3,7 +3,7 @@
 
 use std::time::SystemTime;
 
-use crate::{wire, ErrorKind, Failure, Headers, Message, Meta};
+use crate::{ErrorKind, Failure, Headers, Message, Meta, wire};
 
 /// Writes the origin headers once: the source, partition and offset the
 /// message was first consumed from, and its message id. A header already
@@ -28,7 +28,12 @@ pub fn stamp_origin(headers: &mut Headers, meta: &Meta) {
 
 /// The copy republished for a broker-delayed retry: attempt incremented, due
 /// time and first failure stamped, origin kept.
-pub fn retry(message: &Message, next_attempt: u32, due: SystemTime, first_failure: SystemTime) -> Message {
+pub fn retry(
+    message: &Message,
+    next_attempt: u32,
+    due: SystemTime,
+    first_failure: SystemTime,
+) -> Message {
     let mut copy = message.clone();
     stamp_origin(&mut copy.headers, &message.meta);
     copy.headers
@@ -50,7 +55,10 @@ pub fn dead_letter(message: &Message, failure: &Failure) -> Message {
     let h = &mut letter.headers;
     stamp_origin(h, &message.meta);
     h.insert(wire::ATTEMPT.to_owned(), failure.attempts.to_string());
-    h.insert(wire::ERROR_KIND.to_owned(), failure.kind.as_str().to_owned());
+    h.insert(
+        wire::ERROR_KIND.to_owned(),
+        failure.kind.as_str().to_owned(),
+    );
     h.insert(
         wire::ERROR.to_owned(),
         wire::truncate(&failure.message, wire::MAX_ERROR_LEN).to_owned(),
@@ -76,7 +84,9 @@ mod tests {
     use std::time::Duration;
 
     fn consumed() -> Message {
-        let mut m = Message::new("{}").with_message_id("m-1").with_header("app", "x");
+        let mut m = Message::new("{}")
+            .with_message_id("m-1")
+            .with_header("app", "x");
         m.meta.source = "orders".into();
         m.meta.partition = Some(2);
         m.meta.offset = Some(40);
@@ -99,10 +109,18 @@ mod tests {
         let mut hop = copy.clone();
         hop.meta.source = "orders.retry.30s".into();
         hop.meta.offset = Some(7);
-        let again = retry(&hop, 3, t0 + Duration::from_secs(90), t0 + Duration::from_secs(60));
+        let again = retry(
+            &hop,
+            3,
+            t0 + Duration::from_secs(90),
+            t0 + Duration::from_secs(60),
+        );
         assert_eq!(again.header(wire::ORIGINAL_SOURCE), Some("orders"));
         assert_eq!(again.header(wire::ORIGINAL_OFFSET), Some("40"));
-        assert_eq!(again.header(wire::FIRST_FAILURE), copy.header(wire::FIRST_FAILURE));
+        assert_eq!(
+            again.header(wire::FIRST_FAILURE),
+            copy.header(wire::FIRST_FAILURE)
+        );
         assert_eq!(again.header(wire::ATTEMPT), Some("3"));
     }
 
@@ -122,8 +140,14 @@ mod tests {
         assert_eq!(letter.header(wire::ERROR).map(str::len), Some(1024));
         assert_eq!(letter.header(wire::ATTEMPT), Some("5"));
         assert_eq!(letter.header(wire::ORIGINAL_SOURCE), Some("orders"));
-        assert_eq!(letter.header(wire::FIRST_FAILURE), Some("1970-01-01T00:16:40.000Z"));
-        assert_eq!(letter.header(wire::LAST_FAILURE), Some("1970-01-01T00:16:49.000Z"));
+        assert_eq!(
+            letter.header(wire::FIRST_FAILURE),
+            Some("1970-01-01T00:16:40.000Z")
+        );
+        assert_eq!(
+            letter.header(wire::LAST_FAILURE),
+            Some("1970-01-01T00:16:49.000Z")
+        );
         assert_eq!(dead_letter_kind(&letter), Some(ErrorKind::Exhausted));
     }
 }

@@ -158,7 +158,11 @@ pub struct Failure {
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} after {} attempt(s): {}", self.kind, self.attempts, self.message)
+        write!(
+            f,
+            "{} after {} attempt(s): {}",
+            self.kind, self.attempts, self.message
+        )
     }
 }
 
@@ -275,7 +279,9 @@ mod tests {
     #[test]
     fn retry_after_applies_to_transient_only() {
         let t = HandlerError::transient("x").retry_after(Duration::from_secs(5));
-        assert!(matches!(t, HandlerError::Transient { retry_after: Some(d), .. } if d == Duration::from_secs(5)));
+        assert!(
+            matches!(t, HandlerError::Transient { retry_after: Some(d), .. } if d == Duration::from_secs(5))
+        );
         let p = HandlerError::permanent("x").retry_after(Duration::from_secs(5));
         assert_eq!(p.kind(), ErrorKind::Permanent);
         assert!(!p.is_transient());

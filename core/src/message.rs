@@ -149,7 +149,9 @@ mod tests {
 
     #[test]
     fn publish_headers_carry_the_message_id() {
-        let m = Message::new("x").with_message_id("m-1").with_header("a", "b");
+        let m = Message::new("x")
+            .with_message_id("m-1")
+            .with_header("a", "b");
         let h = m.headers_for_publish();
         assert_eq!(h.get(wire::MESSAGE_ID).map(String::as_str), Some("m-1"));
         assert_eq!(h.get("a").map(String::as_str), Some("b"));
@@ -158,7 +160,12 @@ mod tests {
     #[test]
     fn replayed_defaults_to_zero_and_reads_the_header() {
         assert_eq!(Message::new("x").replayed(), 0);
-        assert_eq!(Message::new("x").with_header(wire::REPLAYED, "3").replayed(), 3);
+        assert_eq!(
+            Message::new("x")
+                .with_header(wire::REPLAYED, "3")
+                .replayed(),
+            3
+        );
     }
 
     #[test]

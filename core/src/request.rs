@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::{Context, Extensions};
 use crate::payload::{DecodeError, Payload};
-use crate::{attempt, Message};
+use crate::{Message, attempt};
 
 /// A message decoded once at the top of the stack, cheap to clone per attempt.
 #[derive(Debug)]

@@ -26,7 +26,9 @@ pub(crate) struct Scripted {
 }
 
 impl Scripted {
-    pub(crate) fn new(script: impl Fn(u32) -> Result<(), HandlerError> + Send + Sync + 'static) -> Self {
+    pub(crate) fn new(
+        script: impl Fn(u32) -> Result<(), HandlerError> + Send + Sync + 'static,
+    ) -> Self {
         Scripted {
             calls: Arc::new(AtomicU32::new(0)),
             script: Arc::new(script),
@@ -43,7 +45,10 @@ impl<T: Send + 'static> tower::Service<Request<T>> for Scripted {
     type Error = HandlerError;
     type Future = BoxFuture<'static, Result<(), HandlerError>>;
 
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), HandlerError>> {
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), HandlerError>> {
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -66,7 +71,12 @@ impl RecordingSink {
         self.letters.lock().expect("lock").clone()
     }
 
-    fn record(&self, m: Message, dest: Option<&str>, delay: Option<Duration>) -> Result<(), SinkError> {
+    fn record(
+        &self,
+        m: Message,
+        dest: Option<&str>,
+        delay: Option<Duration>,
+    ) -> Result<(), SinkError> {
         if self.failing.load(Ordering::SeqCst) {
             return Err(SinkError::Publish {
                 destination: "test".into(),
@@ -83,7 +93,11 @@ impl RecordingSink {
 
 #[async_trait::async_trait]
 impl DeadLetterSink for RecordingSink {
-    async fn dead_letter(&self, letter: Message, destination: Option<&str>) -> Result<(), SinkError> {
+    async fn dead_letter(
+        &self,
+        letter: Message,
+        destination: Option<&str>,
+    ) -> Result<(), SinkError> {
         self.record(letter, destination, None)
     }
 }

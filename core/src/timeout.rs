@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use tower::util::MapErrLayer;
 use tower::Layer;
+use tower::util::MapErrLayer;
 
 use crate::{BoxError, HandlerError};
 
@@ -46,14 +46,15 @@ impl<S> Layer<S> for TimeoutLayer {
 mod tests {
     use super::*;
     use crate::ErrorKind;
-    use tower::{service_fn, Service, ServiceExt};
+    use tower::{Service, ServiceExt, service_fn};
 
     #[tokio::test(start_paused = true)]
     async fn elapsed_attempt_is_a_transient_timeout() {
-        let mut svc = TimeoutLayer::new(Duration::from_secs(1)).layer(service_fn(|d: u64| async move {
-            tokio::time::sleep(Duration::from_secs(d)).await;
-            Ok::<(), HandlerError>(())
-        }));
+        let mut svc =
+            TimeoutLayer::new(Duration::from_secs(1)).layer(service_fn(|d: u64| async move {
+                tokio::time::sleep(Duration::from_secs(d)).await;
+                Ok::<(), HandlerError>(())
+            }));
         let err = svc.ready().await.unwrap().call(5).await.unwrap_err();
         assert!(err.is_transient());
         assert_eq!(err.kind(), ErrorKind::Timeout);

@@ -9,7 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backstop::memory::MemoryBroker;
-use backstop::{handler_fn, CancellationToken, Context, HandlerError, KeySource, MemoryStore, Message, RetryPolicy, Runner, StackBuilder};
+use backstop::{
+    CancellationToken, Context, HandlerError, KeySource, MemoryStore, Message, RetryPolicy, Runner,
+    StackBuilder, handler_fn,
+};
 use proptest::prelude::*;
 
 #[derive(Clone, Copy, Debug)]
@@ -55,9 +58,19 @@ async fn scenario(schedules: Vec<(Vec<Step>, bool)>, concurrency: usize) {
     let store = Arc::new(MemoryStore::default());
     let mut drops = 0;
     for generation in 0..2 {
-        let (schedules, world, in_flight, peak) = (schedules.clone(), world.clone(), in_flight.clone(), peak.clone());
+        let (schedules, world, in_flight, peak) = (
+            schedules.clone(),
+            world.clone(),
+            in_flight.clone(),
+            peak.clone(),
+        );
         let handler = handler_fn(move |body: String, ctx: Context| {
-            let (schedules, world, in_flight, peak) = (schedules.clone(), world.clone(), in_flight.clone(), peak.clone());
+            let (schedules, world, in_flight, peak) = (
+                schedules.clone(),
+                world.clone(),
+                in_flight.clone(),
+                peak.clone(),
+            );
             async move {
                 let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                 peak.fetch_max(now, Ordering::SeqCst);
@@ -89,7 +102,10 @@ async fn scenario(schedules: Vec<(Vec<Step>, bool)>, concurrency: usize) {
             }
         });
         let stack = StackBuilder::<String>::new(Arc::new(broker.dead_letter_sink()))
-            .retry(RetryPolicy::retries(2).backoff(Duration::from_micros(100), Duration::from_millis(1)))
+            .retry(
+                RetryPolicy::retries(2)
+                    .backoff(Duration::from_micros(100), Duration::from_millis(1)),
+            )
             .idempotency(store.clone(), KeySource::MessageId)
             .nack_delay(Duration::from_millis(1))
             .build(handler);
@@ -108,20 +124,41 @@ async fn scenario(schedules: Vec<(Vec<Step>, bool)>, concurrency: usize) {
             let summary = runner.await.unwrap().unwrap();
             drops += summary.abandoned;
         } else {
-            Runner::new(source.until_drained(), stack).concurrency(concurrency).run().await.unwrap();
+            Runner::new(source.until_drained(), stack)
+                .concurrency(concurrency)
+                .run()
+                .await
+                .unwrap();
         }
     }
-    assert!(peak.load(Ordering::SeqCst) <= concurrency, "in-flight exceeded the bound");
+    assert!(
+        peak.load(Ordering::SeqCst) <= concurrency,
+        "in-flight exceeded the bound"
+    );
     let stats = broker.stats("q");
-    assert_eq!((stats.ready, stats.unacked, stats.delayed), (0, 0, 0), "nothing left behind");
-    let dead: Vec<String> = broker.peek("q.dlq").iter().map(|m| m.meta.message_id.clone()).collect();
+    assert_eq!(
+        (stats.ready, stats.unacked, stats.delayed),
+        (0, 0, 0),
+        "nothing left behind"
+    );
+    let dead: Vec<String> = broker
+        .peek("q.dlq")
+        .iter()
+        .map(|m| m.meta.message_id.clone())
+        .collect();
     let w = world.lock().unwrap();
     for i in 0..schedules.len() {
         let id = format!("m{i}");
         let ok = w.successes.get(&id).copied().unwrap_or(0);
         let dlq = dead.iter().filter(|d| **d == id).count();
-        assert!(ok >= 1 || dlq >= 1, "{id} lost: no success and not dead-lettered");
-        assert!(ok <= 1 || drops > 0, "{id} succeeded {ok} times without a consumer drop");
+        assert!(
+            ok >= 1 || dlq >= 1,
+            "{id} lost: no success and not dead-lettered"
+        );
+        assert!(
+            ok <= 1 || drops > 0,
+            "{id} succeeded {ok} times without a consumer drop"
+        );
         assert!(dlq <= 1 || drops > 0, "{id} dead-lettered {dlq} times");
     }
 }

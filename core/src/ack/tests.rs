@@ -1,6 +1,6 @@
 use std::sync::{Arc, Mutex};
 
-use tower::{service_fn, Layer, ServiceExt};
+use tower::{Layer, ServiceExt, service_fn};
 
 use super::*;
 use crate::{Acker, Message};
@@ -19,11 +19,15 @@ struct TestAcker(Log);
 #[async_trait::async_trait]
 impl Acker for TestAcker {
     async fn ack(self: Box<Self>) -> Result<(), AckError> {
-        self.0 .0.lock().unwrap().push("ack".into());
+        self.0.0.lock().unwrap().push("ack".into());
         Ok(())
     }
     async fn nack(self: Box<Self>, requeue: bool) -> Result<(), AckError> {
-        self.0 .0.lock().unwrap().push(format!("nack requeue={requeue}"));
+        self.0
+            .0
+            .lock()
+            .unwrap()
+            .push(format!("nack requeue={requeue}"));
         Ok(())
     }
 }
@@ -34,9 +38,17 @@ fn delivery(log: &Log) -> Delivery {
 
 #[tokio::test(start_paused = true)]
 async fn every_outcome_is_acked_once() {
-    for outcome in [Outcome::Handled, Outcome::Duplicate, Outcome::DeadLettered { kind: crate::ErrorKind::Decode }] {
+    for outcome in [
+        Outcome::Handled,
+        Outcome::Duplicate,
+        Outcome::DeadLettered {
+            kind: crate::ErrorKind::Decode,
+        },
+    ] {
         let log = Log::default();
-        let svc = AckLayer::default().layer(service_fn(move |_r: Received| async move { Ok::<_, Error>(outcome) }));
+        let svc = AckLayer::default().layer(service_fn(move |_r: Received| async move {
+            Ok::<_, Error>(outcome)
+        }));
         let settled = svc.oneshot(delivery(&log)).await.unwrap();
         assert!(matches!(settled, Settled::Acked(o) if o == outcome));
         assert_eq!(log.entries(), ["ack"]);
@@ -46,12 +58,17 @@ async fn every_outcome_is_acked_once() {
 #[tokio::test(start_paused = true)]
 async fn errors_are_nacked_with_requeue_after_a_backoff() {
     let log = Log::default();
-    let svc = AckLayer::new(Duration::from_secs(2))
-        .layer(service_fn(|_r: Received| async { Err::<Outcome, _>(Error::Busy { key: "k".into() }) }));
+    let svc = AckLayer::new(Duration::from_secs(2)).layer(service_fn(|_r: Received| async {
+        Err::<Outcome, _>(Error::Busy { key: "k".into() })
+    }));
     let start = tokio::time::Instant::now();
     let settled = svc.oneshot(delivery(&log)).await.unwrap();
     assert!(matches!(settled, Settled::Nacked(Error::Busy { .. })));
-    assert!(start.elapsed() >= Duration::from_secs(1), "no hot loop: waited {:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "no hot loop: waited {:?}",
+        start.elapsed()
+    );
     assert_eq!(log.entries(), ["nack requeue=true"]);
 }
 

@@ -27,13 +27,20 @@ pub trait Harness: Send + Sync + 'static {
 
     /// A consumer of `queue` holding at most `prefetch` unsettled deliveries.
     /// Every call on one queue joins the same consumer group (Kafka).
-    fn source(&self, queue: &str, prefetch: usize) -> impl Future<Output = Result<Self::Source, BoxError>> + Send;
+    fn source(
+        &self,
+        queue: &str,
+        prefetch: usize,
+    ) -> impl Future<Output = Result<Self::Source, BoxError>> + Send;
 
     /// A confirmed publisher.
     fn publisher(&self) -> impl Future<Output = Result<Arc<dyn Publisher>, BoxError>> + Send;
 
     /// The DLQ writer for messages consumed from `queue`.
-    fn dead_letter_sink(&self, queue: &str) -> impl Future<Output = Result<Arc<dyn DeadLetterSink>, BoxError>> + Send;
+    fn dead_letter_sink(
+        &self,
+        queue: &str,
+    ) -> impl Future<Output = Result<Arc<dyn DeadLetterSink>, BoxError>> + Send;
 
     /// The name of `queue`'s DLQ (readable with [`Harness::source`]).
     fn dlq_name(&self, queue: &str) -> String;

@@ -22,7 +22,11 @@ pub struct Report {
 
 impl Report {
     /// Compares `seen` (id → deliveries) with `expected`.
-    pub fn compare(scenario: &'static str, expected: &BTreeSet<String>, seen: &HashMap<String, usize>) -> Self {
+    pub fn compare(
+        scenario: &'static str,
+        expected: &BTreeSet<String>,
+        seen: &HashMap<String, usize>,
+    ) -> Self {
         Report {
             scenario,
             sent: expected.len(),

@@ -6,7 +6,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{ConformanceError, Harness, Report};
-use crate::{handler_fn, Context, Delivery, HandlerError, Message, Publisher, RetryPolicy, Runner, Source, StackBuilder};
+use crate::{
+    Context, Delivery, HandlerError, Message, Publisher, RetryPolicy, Runner, Source, StackBuilder,
+    handler_fn,
+};
 
 /// How long a scenario may wait for its messages.
 pub const DEADLINE: Duration = Duration::from_secs(90);
@@ -37,7 +40,11 @@ pub fn batch(queue: &str, n: usize) -> (Vec<Message>, BTreeSet<String>) {
 }
 
 /// Publishes every message, each confirmed, in order.
-pub async fn publish_all(publisher: &dyn Publisher, queue: &str, messages: &[Message]) -> Result<(), ConformanceError> {
+pub async fn publish_all(
+    publisher: &dyn Publisher,
+    queue: &str,
+    messages: &[Message],
+) -> Result<(), ConformanceError> {
     for m in messages {
         publisher
             .publish(queue, m)
@@ -58,7 +65,9 @@ pub async fn read_until_acked<S: Source>(
     let mut acked: BTreeSet<String> = BTreeSet::new();
     let until = tokio::time::Instant::now() + deadline;
     while !expected.iter().all(|id| acked.contains(id)) {
-        let Ok(next) = tokio::time::timeout_at(until, source.next()).await else { break };
+        let Ok(next) = tokio::time::timeout_at(until, source.next()).await else {
+            break;
+        };
         let delivery = match next {
             Some(Ok(d)) => d,
             Some(Err(e)) if !e.is_fatal() => continue,
@@ -82,14 +91,30 @@ pub async fn read_until_acked<S: Source>(
     seen
 }
 
-async fn fresh<H: Harness>(h: &H, scenario: &'static str) -> Result<(String, Arc<dyn Publisher>), ConformanceError> {
-    let queue = h.fresh_queue().await.map_err(ConformanceError::broker(scenario))?;
-    let publisher = h.publisher().await.map_err(ConformanceError::broker(scenario))?;
+async fn fresh<H: Harness>(
+    h: &H,
+    scenario: &'static str,
+) -> Result<(String, Arc<dyn Publisher>), ConformanceError> {
+    let queue = h
+        .fresh_queue()
+        .await
+        .map_err(ConformanceError::broker(scenario))?;
+    let publisher = h
+        .publisher()
+        .await
+        .map_err(ConformanceError::broker(scenario))?;
     Ok((queue, publisher))
 }
 
-async fn source<H: Harness>(h: &H, queue: &str, prefetch: usize, scenario: &'static str) -> Result<H::Source, ConformanceError> {
-    h.source(queue, prefetch).await.map_err(ConformanceError::broker(scenario))
+async fn source<H: Harness>(
+    h: &H,
+    queue: &str,
+    prefetch: usize,
+    scenario: &'static str,
+) -> Result<H::Source, ConformanceError> {
+    h.source(queue, prefetch)
+        .await
+        .map_err(ConformanceError::broker(scenario))
 }
 
 /// 100 messages: payloads, keys' headers and ids survive the trip.
@@ -99,11 +124,16 @@ pub async fn publish_subscribe<H: Harness>(h: &H) -> Result<Report, ConformanceE
     let (messages, ids) = batch(&queue, 100);
     publish_all(&*publisher, &queue, &messages).await?;
     let mut src = source(h, &queue, 10, S).await?;
-    let by_id: HashMap<_, _> = messages.iter().map(|m| (m.meta.message_id.clone(), m)).collect();
+    let by_id: HashMap<_, _> = messages
+        .iter()
+        .map(|m| (m.meta.message_id.clone(), m))
+        .collect();
     let mut wrong = Vec::new();
     let seen = read_until_acked(&mut src, &ids, DEADLINE, |m, _| {
         if let Some(sent) = by_id.get(&m.meta.message_id) {
-            if sent.payload != m.payload || sent.header("x-conformance-seq") != m.header("x-conformance-seq") {
+            if sent.payload != m.payload
+                || sent.header("x-conformance-seq") != m.header("x-conformance-seq")
+            {
                 wrong.push(m.meta.message_id.clone());
             }
         }
@@ -127,7 +157,10 @@ pub async fn resend_on_error<H: Harness>(h: &H) -> Result<Report, ConformanceErr
     let (messages, ids) = batch(&queue, 50);
     publish_all(&*publisher, &queue, &messages).await?;
     let mut src = source(h, &queue, 10, S).await?;
-    let seen = read_until_acked(&mut src, &ids, DEADLINE, |_, n| if n == 1 { Settle::Requeue } else { Settle::Ack }).await;
+    let seen = read_until_acked(&mut src, &ids, DEADLINE, |_, n| {
+        if n == 1 { Settle::Requeue } else { Settle::Ack }
+    })
+    .await;
     src.close().await;
     if let Some((id, _)) = seen.iter().find(|(_, n)| **n < 2) {
         return Err(ConformanceError::Violated {
@@ -157,15 +190,24 @@ pub async fn no_ack_blocks<H: Harness>(h: &H) -> Result<Report, ConformanceError
         });
     }
     let mut seen = HashMap::from([(first.message().meta.message_id.clone(), 1)]);
-    first.ack().await.map_err(|e| ConformanceError::broker(S)(Box::new(e)))?;
+    first
+        .ack()
+        .await
+        .map_err(|e| ConformanceError::broker(S)(Box::new(e)))?;
     let second = next_delivery(&mut src, S).await?;
     seen.insert(second.message().meta.message_id.clone(), 1);
-    second.ack().await.map_err(|e| ConformanceError::broker(S)(Box::new(e)))?;
+    second
+        .ack()
+        .await
+        .map_err(|e| ConformanceError::broker(S)(Box::new(e)))?;
     src.close().await;
     Report::compare(S, &ids, &seen).ensure()
 }
 
-async fn next_delivery<S: Source>(src: &mut S, scenario: &'static str) -> Result<Delivery, ConformanceError> {
+async fn next_delivery<S: Source>(
+    src: &mut S,
+    scenario: &'static str,
+) -> Result<Delivery, ConformanceError> {
     loop {
         match tokio::time::timeout(DEADLINE, src.next()).await {
             Ok(Some(Ok(d))) => return Ok(d),
@@ -197,7 +239,10 @@ pub async fn continue_after_close<H: Harness>(h: &H) -> Result<Report, Conforman
         let mut src = source(h, &queue, 20, S).await?;
         let budget = 150 + (round * 37) % 100;
         for i in 0..budget {
-            let Ok(Some(next)) = tokio::time::timeout(Duration::from_secs(10), src.next()).await else { break };
+            let Ok(Some(next)) = tokio::time::timeout(Duration::from_secs(10), src.next()).await
+            else {
+                break;
+            };
             let Ok(d) = next else { continue };
             let id = d.message().meta.message_id.clone();
             *seen.entry(id.clone()).or_default() += 1;
@@ -215,7 +260,11 @@ pub async fn continue_after_close<H: Harness>(h: &H) -> Result<Report, Conforman
         } else {
             Err(ConformanceError::Violated {
                 scenario: S,
-                what: format!("only {} of {} acked after {round} rounds", acked.len(), ids.len()),
+                what: format!(
+                    "only {} of {} acked after {round} rounds",
+                    acked.len(),
+                    ids.len()
+                ),
             })
         }
     })
@@ -229,7 +278,8 @@ pub async fn concurrent_subscribe<H: Harness>(h: &H) -> Result<Report, Conforman
     let messages = Arc::new(messages);
     let mut publishers = tokio::task::JoinSet::new();
     for part in 0..4 {
-        let (publisher, messages, queue) = (Arc::clone(&publisher), Arc::clone(&messages), queue.clone());
+        let (publisher, messages, queue) =
+            (Arc::clone(&publisher), Arc::clone(&messages), queue.clone());
         publishers.spawn(async move {
             let mine: Vec<Message> = messages.iter().skip(part).step_by(4).cloned().collect();
             publish_all(&*publisher, &queue, &mine).await
@@ -247,7 +297,12 @@ pub async fn concurrent_subscribe<H: Harness>(h: &H) -> Result<Report, Conforman
     }
     let mut tasks = tokio::task::JoinSet::new();
     for mut src in consumers {
-        let (seen, acked, stop, total) = (Arc::clone(&seen), Arc::clone(&acked), stop.clone(), ids.len());
+        let (seen, acked, stop, total) = (
+            Arc::clone(&seen),
+            Arc::clone(&acked),
+            stop.clone(),
+            ids.len(),
+        );
         tasks.spawn(async move {
             loop {
                 let next = tokio::select! {
@@ -262,7 +317,10 @@ pub async fn concurrent_subscribe<H: Harness>(h: &H) -> Result<Report, Conforman
                     *n += 1;
                     *n == 1
                 };
-                if d.ack().await.is_ok() && first && acked.fetch_add(1, Ordering::SeqCst) + 1 >= total {
+                if d.ack().await.is_ok()
+                    && first
+                    && acked.fetch_add(1, Ordering::SeqCst) + 1 >= total
+                {
                     stop.cancel();
                 }
             }
@@ -305,7 +363,10 @@ pub async fn key_order<H: Harness>(h: &H) -> Result<Report, ConformanceError> {
     let mut last: HashMap<Vec<u8>, usize> = HashMap::new();
     let mut violations = Vec::new();
     let seen = read_until_acked(&mut src, &ids, DEADLINE, |m, _| {
-        let seq: usize = m.header("x-conformance-seq").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let seq: usize = m
+            .header("x-conformance-seq")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         let key = m.key.as_deref().unwrap_or_default().to_vec();
         if let Some(prev) = last.insert(key, seq) {
             if prev > seq {
@@ -319,7 +380,10 @@ pub async fn key_order<H: Harness>(h: &H) -> Result<Report, ConformanceError> {
     if !violations.is_empty() {
         return Err(ConformanceError::Violated {
             scenario: S,
-            what: format!("per-key order broken: {:?}", &violations[..violations.len().min(5)]),
+            what: format!(
+                "per-key order broken: {:?}",
+                &violations[..violations.len().min(5)]
+            ),
         });
     }
     Report::compare(S, &ids, &seen).ensure()
@@ -343,26 +407,40 @@ pub async fn stack_dead_letters<H: Harness>(h: &H) -> Result<Report, Conformance
                 20.. => Err(HandlerError::permanent(format!("order {n} is invalid"))),
                 10.. if ctx.attempt() == 1 => Err(HandlerError::transient("flaky")),
                 _ => {
-                    handled.lock().unwrap_or_else(|e| e.into_inner()).insert(ctx.message_id().to_owned());
+                    handled
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(ctx.message_id().to_owned());
                     Ok(())
                 }
             }
         }
     });
-    let sink = h.dead_letter_sink(&queue).await.map_err(ConformanceError::broker(S))?;
+    let sink = h
+        .dead_letter_sink(&queue)
+        .await
+        .map_err(ConformanceError::broker(S))?;
     let stack = StackBuilder::<serde_json::Value>::new(sink)
-        .retry(RetryPolicy::retries(3).backoff(Duration::from_millis(10), Duration::from_millis(50)))
+        .retry(
+            RetryPolicy::retries(3).backoff(Duration::from_millis(10), Duration::from_millis(50)),
+        )
         .nack_delay(Duration::from_millis(100))
         .build(handler);
     let src = source(h, &queue, 8, S).await?;
     let stop = CancellationToken::new();
-    let runner = tokio::spawn(Runner::new(src, stack).concurrency(8).with_shutdown(stop.clone()).run());
+    let runner = tokio::spawn(
+        Runner::new(src, stack)
+            .concurrency(8)
+            .with_shutdown(stop.clone())
+            .run(),
+    );
     let mut dlq = source(h, &h.dlq_name(&queue), 10, S).await?;
     let mut wrong = Vec::new();
     let seen = read_until_acked(&mut dlq, &bad, DEADLINE, |m, _| {
         if m.header(crate::wire::ERROR_KIND) != Some("permanent")
             || m.header(crate::wire::ORIGINAL_SOURCE) != Some(queue.as_str())
-            || m.header(crate::wire::ERROR).is_none_or(|e| !e.contains("invalid"))
+            || m.header(crate::wire::ERROR)
+                .is_none_or(|e| !e.contains("invalid"))
         {
             wrong.push(m.meta.message_id.clone());
         }
@@ -371,7 +449,9 @@ pub async fn stack_dead_letters<H: Harness>(h: &H) -> Result<Report, Conformance
     .await;
     dlq.close().await;
     let until = tokio::time::Instant::now() + DEADLINE;
-    while handled.lock().unwrap_or_else(|e| e.into_inner()).len() < 20 && tokio::time::Instant::now() < until {
+    while handled.lock().unwrap_or_else(|e| e.into_inner()).len() < 20
+        && tokio::time::Instant::now() < until
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop.cancel();
@@ -380,7 +460,10 @@ pub async fn stack_dead_letters<H: Harness>(h: &H) -> Result<Report, Conformance
         .map_err(|e| ConformanceError::broker(S)(Box::new(e)))?
         .map_err(|e| ConformanceError::broker(S)(Box::new(e)))?;
     if !wrong.is_empty() {
-        return Err(ConformanceError::Violated { scenario: S, what: format!("DLQ headers wrong on {wrong:?}") });
+        return Err(ConformanceError::Violated {
+            scenario: S,
+            what: format!("DLQ headers wrong on {wrong:?}"),
+        });
     }
     let done = handled.lock().unwrap_or_else(|e| e.into_inner()).len();
     if done != 20 || summary.dead_lettered < 10 {
@@ -394,7 +477,9 @@ pub async fn stack_dead_letters<H: Harness>(h: &H) -> Result<Report, Conformance
 
 /// A shutdown during processing: the handler sees cancellation, the message
 /// is not counted as failed, and a fresh consumer gets it again.
-pub async fn shutdown_cancels_in_flight_work<H: Harness>(h: &H) -> Result<Report, ConformanceError> {
+pub async fn shutdown_cancels_in_flight_work<H: Harness>(
+    h: &H,
+) -> Result<Report, ConformanceError> {
     const S: &str = "shutdown_cancels_in_flight_work";
     let (queue, publisher) = fresh(h, S).await?;
     let (messages, ids) = batch(&queue, 1);
@@ -413,7 +498,10 @@ pub async fn shutdown_cancels_in_flight_work<H: Harness>(h: &H) -> Result<Report
             Err::<(), _>(HandlerError::transient("interrupted by shutdown"))
         }
     });
-    let sink = h.dead_letter_sink(&queue).await.map_err(ConformanceError::broker(S))?;
+    let sink = h
+        .dead_letter_sink(&queue)
+        .await
+        .map_err(ConformanceError::broker(S))?;
     let stack = StackBuilder::<serde_json::Value>::new(sink).build(handler);
     let src = source(h, &queue, 1, S).await?;
     let stop = CancellationToken::new();
@@ -425,7 +513,10 @@ pub async fn shutdown_cancels_in_flight_work<H: Harness>(h: &H) -> Result<Report
     );
     tokio::time::timeout(DEADLINE, started.notified())
         .await
-        .map_err(|_| ConformanceError::Violated { scenario: S, what: "handler never started".into() })?;
+        .map_err(|_| ConformanceError::Violated {
+            scenario: S,
+            what: "handler never started".into(),
+        })?;
     stop.cancel();
     let summary = runner
         .await
@@ -434,7 +525,10 @@ pub async fn shutdown_cancels_in_flight_work<H: Harness>(h: &H) -> Result<Report
     if !saw_cancel.load(Ordering::SeqCst) || summary.handled + summary.dead_lettered != 0 {
         return Err(ConformanceError::Violated {
             scenario: S,
-            what: format!("cancellation seen: {}, summary: {summary}", saw_cancel.load(Ordering::SeqCst)),
+            what: format!(
+                "cancellation seen: {}, summary: {summary}",
+                saw_cancel.load(Ordering::SeqCst)
+            ),
         });
     }
     let mut again = source(h, &queue, 1, S).await?;

@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use futures::future::BoxFuture;
 use tower::Service;
 
-use crate::{copy, Error, Outcome, Request};
+use crate::{Error, Outcome, Request, copy};
 
 /// The dead-letter service; see the [module docs](self).
 #[derive(Clone)]
@@ -80,13 +80,16 @@ mod tests {
     use std::sync::atomic::Ordering;
     use std::time::SystemTime;
 
-    use tower::{service_fn, Layer, ServiceExt};
+    use tower::{Layer, ServiceExt, service_fn};
 
     use super::*;
-    use crate::testing::{request, RecordingSink};
-    use crate::{wire, ErrorKind, Failure};
+    use crate::testing::{RecordingSink, request};
+    use crate::{ErrorKind, Failure, wire};
 
-    fn failing(kind: ErrorKind) -> impl Service<Request<String>, Response = Outcome, Error = Error, Future: Send> + Clone {
+    fn failing(
+        kind: ErrorKind,
+    ) -> impl Service<Request<String>, Response = Outcome, Error = Error, Future: Send> + Clone
+    {
         service_fn(move |_r: Request<String>| async move {
             Err(Error::Failed(Failure {
                 kind,
@@ -101,9 +104,16 @@ mod tests {
     #[tokio::test]
     async fn failure_is_written_with_headers_and_yields_dead_lettered() {
         let sink = RecordingSink::default();
-        let svc = DeadLetterLayer::new(Arc::new(sink.clone())).to("orders.custom-dlq").layer(failing(ErrorKind::Permanent));
+        let svc = DeadLetterLayer::new(Arc::new(sink.clone()))
+            .to("orders.custom-dlq")
+            .layer(failing(ErrorKind::Permanent));
         let outcome = svc.oneshot(request("x")).await.unwrap();
-        assert_eq!(outcome, Outcome::DeadLettered { kind: ErrorKind::Permanent });
+        assert_eq!(
+            outcome,
+            Outcome::DeadLettered {
+                kind: ErrorKind::Permanent
+            }
+        );
         let taken = sink.taken();
         assert_eq!(taken.len(), 1);
         let (letter, dest, _) = &taken[0];
@@ -131,13 +141,17 @@ mod tests {
     #[tokio::test]
     async fn outcomes_and_other_errors_pass_through() {
         let sink = RecordingSink::default();
-        let ok = DeadLetterLayer::new(Arc::new(sink.clone()))
-            .layer(service_fn(|_r: Request<String>| async { Ok::<_, Error>(Outcome::Handled) }));
+        let ok = DeadLetterLayer::new(Arc::new(sink.clone())).layer(service_fn(
+            |_r: Request<String>| async { Ok::<_, Error>(Outcome::Handled) },
+        ));
         assert_eq!(ok.oneshot(request("x")).await.unwrap(), Outcome::Handled);
-        let busy = DeadLetterLayer::new(Arc::new(sink.clone())).layer(service_fn(|_r: Request<String>| async {
-            Err::<Outcome, _>(Error::Busy { key: "k".into() })
-        }));
-        assert!(matches!(busy.oneshot(request("x")).await, Err(Error::Busy { .. })));
+        let busy = DeadLetterLayer::new(Arc::new(sink.clone())).layer(service_fn(
+            |_r: Request<String>| async { Err::<Outcome, _>(Error::Busy { key: "k".into() }) },
+        ));
+        assert!(matches!(
+            busy.oneshot(request("x")).await,
+            Err(Error::Busy { .. })
+        ));
         assert!(sink.taken().is_empty());
     }
 }

@@ -10,5 +10,9 @@ use crate::{Message, SinkError};
 #[async_trait::async_trait]
 pub trait DeadLetterSink: Send + Sync + 'static {
     /// Writes `letter` to the DLQ; resolves on the broker's confirm.
-    async fn dead_letter(&self, letter: Message, destination: Option<&str>) -> Result<(), SinkError>;
+    async fn dead_letter(
+        &self,
+        letter: Message,
+        destination: Option<&str>,
+    ) -> Result<(), SinkError>;
 }

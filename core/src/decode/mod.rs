@@ -49,8 +49,11 @@ where
     }
 
     fn call(&mut self, received: Received) -> Self::Future {
-        self.inner
-            .call(Request::decode(received.message, received.cancel, self.max_payload))
+        self.inner.call(Request::decode(
+            received.message,
+            received.cancel,
+            self.max_payload,
+        ))
     }
 }
 
@@ -99,24 +102,35 @@ impl<S, T> Layer<S> for DecodeLayer<T> {
 #[cfg(test)]
 mod tests {
     use tokio_util::sync::CancellationToken;
-    use tower::{service_fn, ServiceExt};
+    use tower::{ServiceExt, service_fn};
 
     use super::*;
-    use crate::payload::DecodeError;
     use crate::Message;
+    use crate::payload::DecodeError;
 
-    async fn decoded(body: &'static str, max: Option<usize>) -> Result<serde_json::Value, DecodeError> {
-        let svc = DecodeLayer::<serde_json::Value>::new(max).layer(service_fn(|r: Request<serde_json::Value>| async move {
-            Ok::<_, std::convert::Infallible>(r.payload().cloned().map_err(Clone::clone))
-        }));
-        let received = Received { message: Message::new(body), cancel: CancellationToken::new() };
+    async fn decoded(
+        body: &'static str,
+        max: Option<usize>,
+    ) -> Result<serde_json::Value, DecodeError> {
+        let svc = DecodeLayer::<serde_json::Value>::new(max).layer(service_fn(
+            |r: Request<serde_json::Value>| async move {
+                Ok::<_, std::convert::Infallible>(r.payload().cloned().map_err(Clone::clone))
+            },
+        ));
+        let received = Received {
+            message: Message::new(body),
+            cancel: CancellationToken::new(),
+        };
         svc.oneshot(received).await.unwrap()
     }
 
     #[tokio::test]
     async fn decodes_once_and_reports_bad_input() {
         assert_eq!(decoded(r#"{"a":1}"#, None).await.unwrap()["a"], 1);
-        assert!(matches!(decoded("{oops", None).await, Err(DecodeError::Invalid { .. })));
+        assert!(matches!(
+            decoded("{oops", None).await,
+            Err(DecodeError::Invalid { .. })
+        ));
         assert_eq!(
             decoded(r#"{"a":1}"#, Some(3)).await,
             Err(DecodeError::TooLarge { size: 7, max: 3 })

@@ -35,7 +35,11 @@ pub trait Handle<T>: Send + Sync + 'static {
     type Error: Into<HandlerError>;
 
     /// Handles one message.
-    fn handle(&self, message: T, ctx: Context) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    fn handle(
+        &self,
+        message: T,
+        ctx: Context,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
 
 /// A handler made from an `async fn(T, Context) -> Result<(), E>`.

@@ -14,7 +14,7 @@ mod sinks;
 mod source;
 
 pub use self::queue::QueueStats;
-pub use self::sinks::{dlq_name, MemoryDeadLetterSink, MemoryRetrySink};
+pub use self::sinks::{MemoryDeadLetterSink, MemoryRetrySink, dlq_name};
 pub use self::source::MemorySource;
 
 use std::collections::HashMap;
@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use self::queue::Queue;
-use crate::{attempt, wire, Message, PublishError, Publisher};
+use crate::{Message, PublishError, Publisher, attempt, wire};
 
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
@@ -75,13 +75,25 @@ impl MemoryBroker {
     }
 
     /// Publishes `message` to `queue`, visible after `delay`.
-    pub fn publish_delayed(&self, queue: &str, message: Message, delay: Duration) -> Result<(), PublishError> {
+    pub fn publish_delayed(
+        &self,
+        queue: &str,
+        message: Message,
+        delay: Duration,
+    ) -> Result<(), PublishError> {
         self.enqueue(queue, message, Some(delay))
     }
 
-    fn enqueue(&self, name: &str, mut message: Message, delay: Option<Duration>) -> Result<(), PublishError> {
+    fn enqueue(
+        &self,
+        name: &str,
+        mut message: Message,
+        delay: Option<Duration>,
+    ) -> Result<(), PublishError> {
         let id = message.id_for_publish();
-        message.headers.insert(wire::MESSAGE_ID.to_owned(), id.clone());
+        message
+            .headers
+            .insert(wire::MESSAGE_ID.to_owned(), id.clone());
         message.meta = crate::Meta {
             source: name.to_owned(),
             attempt: attempt::from_headers(&message.headers),

@@ -3,7 +3,7 @@ use std::time::Duration;
 use super::MemoryBroker;
 use crate::dead_letter::DeadLetterSink;
 use crate::retry::RetrySink;
-use crate::{wire, Message, SinkError};
+use crate::{Message, SinkError, wire};
 
 /// The in-memory broker's DLQ writer: `<original source>.dlq` unless told otherwise.
 #[derive(Clone, Debug)]
@@ -24,7 +24,11 @@ fn origin(message: &Message) -> &str {
 
 #[async_trait::async_trait]
 impl DeadLetterSink for MemoryDeadLetterSink {
-    async fn dead_letter(&self, letter: Message, destination: Option<&str>) -> Result<(), SinkError> {
+    async fn dead_letter(
+        &self,
+        letter: Message,
+        destination: Option<&str>,
+    ) -> Result<(), SinkError> {
         let destination = destination.map_or_else(|| dlq_name(origin(&letter)), str::to_owned);
         self.broker
             .publish_now(&destination, letter)

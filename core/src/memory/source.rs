@@ -1,13 +1,13 @@
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::time::Instant;
 
+use super::Shared;
 use super::acker::MemoryAcker;
 use super::queue::Unacked;
-use super::Shared;
 use crate::runner::{Source, SourceError};
-use crate::{attempt, Delivery};
+use crate::{Delivery, attempt};
 
 /// A consumer of one in-memory queue, with a prefetch bound.
 ///
@@ -73,7 +73,9 @@ impl MemorySource {
         self.outstanding.store(0, Ordering::SeqCst);
     }
 
-    fn try_take(&self) -> Result<Option<Delivery>, (bool, Option<Instant>, Arc<tokio::sync::Notify>)> {
+    fn try_take(
+        &self,
+    ) -> Result<Option<Delivery>, (bool, Option<Instant>, Arc<tokio::sync::Notify>)> {
         let mut queues = self.shared.lock();
         let queue = queues.entry(self.queue.to_string()).or_default();
         let next_due = queue.promote(Instant::now());

@@ -14,7 +14,9 @@ async fn next(src: &mut MemorySource) -> crate::Delivery {
 #[tokio::test]
 async fn nack_with_requeue_redelivers_and_ack_forgets() {
     let broker = MemoryBroker::new();
-    broker.publish_now("q", Message::new("a").with_message_id("a")).unwrap();
+    broker
+        .publish_now("q", Message::new("a").with_message_id("a"))
+        .unwrap();
     let mut src = broker.consume("q", 1);
     let d = next(&mut src).await;
     assert!(!d.message().meta.redelivered);
@@ -24,7 +26,10 @@ async fn nack_with_requeue_redelivers_and_ack_forgets() {
     assert_eq!(d.message().meta.message_id, "a");
     d.ack().await.unwrap();
     let s = broker.stats("q");
-    assert_eq!((s.ready, s.unacked, s.acked, s.nacked, s.redelivered), (0, 0, 1, 1, 1));
+    assert_eq!(
+        (s.ready, s.unacked, s.acked, s.nacked, s.redelivered),
+        (0, 0, 1, 1, 1)
+    );
 }
 
 #[tokio::test]
@@ -45,12 +50,18 @@ async fn closing_a_consumer_requeues_its_deliveries_and_stale_acks_fail() {
 async fn prefetch_bounds_unsettled_deliveries() {
     let broker = MemoryBroker::new();
     for i in 0..3 {
-        broker.publish_now("q", Message::new(format!("{i}"))).unwrap();
+        broker
+            .publish_now("q", Message::new(format!("{i}")))
+            .unwrap();
     }
     let mut src = broker.consume("q", 2);
     let a = next(&mut src).await;
     let _b = next(&mut src).await;
-    assert!(tokio::time::timeout(Duration::from_millis(50), src.next()).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), src.next())
+            .await
+            .is_err()
+    );
     a.ack().await.unwrap();
     next(&mut src).await;
 }
@@ -58,7 +69,9 @@ async fn prefetch_bounds_unsettled_deliveries() {
 #[tokio::test(start_paused = true)]
 async fn delayed_messages_become_visible_at_their_due_time() {
     let broker = MemoryBroker::new();
-    broker.publish_delayed("q", Message::new("later"), Duration::from_secs(3)).unwrap();
+    broker
+        .publish_delayed("q", Message::new("later"), Duration::from_secs(3))
+        .unwrap();
     let mut src = broker.consume("q", 1);
     let start = tokio::time::Instant::now();
     next(&mut src).await.ack().await.unwrap();
@@ -70,7 +83,10 @@ async fn full_queue_rejects_publishes() {
     let broker = MemoryBroker::new();
     broker.set_max_len("q", Some(1));
     broker.publish_now("q", Message::new("a")).unwrap();
-    assert!(matches!(broker.publish_now("q", Message::new("b")), Err(PublishError::Full(_))));
+    assert!(matches!(
+        broker.publish_now("q", Message::new("b")),
+        Err(PublishError::Full(_))
+    ));
     assert_eq!(broker.stats("q").rejected, 1);
 }
 

@@ -34,7 +34,11 @@ pub fn describe() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         metrics::describe_counter!(MESSAGES_TOTAL, "Messages settled, by outcome");
-        metrics::describe_histogram!(HANDLER_DURATION, metrics::Unit::Seconds, "Time a message spent in the stack");
+        metrics::describe_histogram!(
+            HANDLER_DURATION,
+            metrics::Unit::Seconds,
+            "Time a message spent in the stack"
+        );
         metrics::describe_gauge!(IN_FLIGHT, "Messages being processed");
     });
 }
@@ -111,7 +115,8 @@ where
                 drop(in_flight);
                 let label = label(&result);
                 record.record("outcome", label);
-                metrics::histogram!(HANDLER_DURATION, "outcome" => label).record(start.elapsed().as_secs_f64());
+                metrics::histogram!(HANDLER_DURATION, "outcome" => label)
+                    .record(start.elapsed().as_secs_f64());
                 metrics::counter!(MESSAGES_TOTAL, "outcome" => label).increment(1);
                 if let Err(error) = &result {
                     tracing::info!(%error, "message not settled, it will be redelivered");
@@ -126,7 +131,7 @@ where
 #[cfg(test)]
 mod tests {
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-    use tower::{service_fn, Layer, ServiceExt};
+    use tower::{Layer, ServiceExt, service_fn};
 
     use super::*;
     use crate::testing::request;
@@ -136,7 +141,10 @@ mod tests {
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
         metrics::with_local_recorder(&recorder, || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async {
                 let svc = MetricsLayer::new().layer(service_fn(|r: Request<String>| async move {
                     match r.payload() {
@@ -155,7 +163,8 @@ mod tests {
             snapshot
                 .iter()
                 .find(|(k, _, _, _)| {
-                    k.key().name() == MESSAGES_TOTAL && k.key().labels().any(|l| l.value() == outcome)
+                    k.key().name() == MESSAGES_TOTAL
+                        && k.key().labels().any(|l| l.value() == outcome)
                 })
                 .map(|(_, _, _, v)| match v {
                     DebugValue::Counter(c) => *c,

@@ -9,8 +9,8 @@ use std::any::Any;
 use std::panic::AssertUnwindSafe;
 use std::task::{Context, Poll};
 
-use futures::future::BoxFuture;
 use futures::FutureExt;
+use futures::future::BoxFuture;
 
 use crate::{ErrorKind, HandlerError};
 
@@ -75,7 +75,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tower::{service_fn, Service, ServiceExt};
+    use tower::{Service, ServiceExt, service_fn};
 
     #[tokio::test]
     async fn panic_in_the_future_is_a_permanent_panic_failure() {
@@ -102,7 +102,15 @@ mod tests {
             }
         }));
         assert!(svc.ready().await.unwrap().call(0).await.is_ok());
-        assert!(svc.ready().await.unwrap().call(1).await.unwrap_err().is_transient());
+        assert!(
+            svc.ready()
+                .await
+                .unwrap()
+                .call(1)
+                .await
+                .unwrap_err()
+                .is_transient()
+        );
         assert_eq!(
             svc.ready().await.unwrap().call(2).await.unwrap_err().kind(),
             ErrorKind::Permanent

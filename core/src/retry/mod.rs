@@ -22,7 +22,7 @@ use std::time::SystemTime;
 use futures::future::BoxFuture;
 use tower::{Service, ServiceExt};
 
-use crate::{attempt, copy, error, wire, Error, Failure, HandlerError, Outcome, Request};
+use crate::{Error, Failure, HandlerError, Outcome, Request, attempt, copy, error, wire};
 
 /// The retry service; see the [module docs](self).
 #[derive(Clone)]

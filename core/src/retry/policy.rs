@@ -99,7 +99,8 @@ mod tests {
 
     #[test]
     fn ceiling_doubles_up_to_max_delay() {
-        let p = RetryPolicy::retries(10).backoff(Duration::from_millis(100), Duration::from_secs(1));
+        let p =
+            RetryPolicy::retries(10).backoff(Duration::from_millis(100), Duration::from_secs(1));
         assert_eq!(p.ceiling(1), Duration::from_millis(100));
         assert_eq!(p.ceiling(2), Duration::from_millis(200));
         assert_eq!(p.ceiling(4), Duration::from_millis(800));
@@ -109,7 +110,8 @@ mod tests {
 
     #[test]
     fn jitter_stays_within_the_ceiling_and_varies() {
-        let p = RetryPolicy::retries(10).backoff(Duration::from_millis(100), Duration::from_secs(1));
+        let p =
+            RetryPolicy::retries(10).backoff(Duration::from_millis(100), Duration::from_secs(1));
         let delays: Vec<_> = (0..200).map(|_| p.delay(3)).collect();
         assert!(delays.iter().all(|d| *d <= Duration::from_millis(400)));
         assert!(delays.iter().any(|d| *d != delays[0]), "full jitter varies");

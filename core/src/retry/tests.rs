@@ -1,19 +1,22 @@
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tower::{Service, ServiceExt};
 
 use super::*;
-use crate::testing::{request, RecordingSink, Scripted};
 use crate::ErrorKind;
+use crate::testing::{RecordingSink, Scripted, request};
 
 fn policy(retries: u32) -> RetryPolicy {
     RetryPolicy::retries(retries).backoff(Duration::from_millis(10), Duration::from_millis(100))
 }
 
 async fn run(svc: &mut Retry<Scripted>) -> Result<Outcome, Error> {
-    ServiceExt::<Request<String>>::ready(svc).await?.call(request("a")).await
+    ServiceExt::<Request<String>>::ready(svc)
+        .await?
+        .call(request("a"))
+        .await
 }
 
 #[tokio::test(start_paused = true)]
@@ -26,7 +29,13 @@ async fn ok_is_handled_after_one_call() {
 
 #[tokio::test(start_paused = true)]
 async fn transient_failures_are_retried_until_success() {
-    let h = Scripted::new(|n| if n <= 2 { Err(HandlerError::transient("busy")) } else { Ok(()) });
+    let h = Scripted::new(|n| {
+        if n <= 2 {
+            Err(HandlerError::transient("busy"))
+        } else {
+            Ok(())
+        }
+    });
     let mut svc = Retry::new(h.clone(), policy(3), None);
     assert_eq!(run(&mut svc).await.unwrap(), Outcome::Handled);
     assert_eq!(h.calls(), 3);
@@ -36,7 +45,9 @@ async fn transient_failures_are_retried_until_success() {
 async fn permanent_failure_is_not_retried() {
     let h = Scripted::new(|_| Err(HandlerError::permanent("invalid")));
     let mut svc = Retry::new(h.clone(), policy(3), None);
-    let Err(Error::Failed(f)) = run(&mut svc).await else { panic!("expected failure") };
+    let Err(Error::Failed(f)) = run(&mut svc).await else {
+        panic!("expected failure")
+    };
     assert_eq!(f.kind, ErrorKind::Permanent);
     assert_eq!(f.attempts, 1);
     assert!(f.message.contains("invalid"));
@@ -47,7 +58,9 @@ async fn permanent_failure_is_not_retried() {
 async fn exhausted_attempts_fail_with_kind_exhausted() {
     let h = Scripted::new(|_| Err(HandlerError::transient("busy")));
     let mut svc = Retry::new(h.clone(), policy(2), None);
-    let Err(Error::Failed(f)) = run(&mut svc).await else { panic!("expected failure") };
+    let Err(Error::Failed(f)) = run(&mut svc).await else {
+        panic!("expected failure")
+    };
     assert_eq!(f.kind, ErrorKind::Exhausted);
     assert_eq!(f.attempts, 3, "retries = 2 means 3 attempts");
     assert_eq!(h.calls(), 3);
@@ -58,7 +71,9 @@ async fn exhausted_attempts_fail_with_kind_exhausted() {
 async fn timeouts_that_exhaust_keep_kind_timeout() {
     let h = Scripted::new(|_| Err(HandlerError::timeout("slow")));
     let mut svc = Retry::new(h.clone(), policy(1), None);
-    let Err(Error::Failed(f)) = run(&mut svc).await else { panic!("expected failure") };
+    let Err(Error::Failed(f)) = run(&mut svc).await else {
+        panic!("expected failure")
+    };
     assert_eq!(f.kind, ErrorKind::Timeout);
     assert_eq!(h.calls(), 2);
 }
@@ -82,7 +97,10 @@ async fn retry_after_is_honoured() {
 
 #[tokio::test(start_paused = true)]
 async fn long_delay_goes_to_the_sink_and_defers() {
-    let h = Scripted::new(|_| Err(HandlerError::transient("down").retry_after(Duration::from_secs(30))));
+    let h =
+        Scripted::new(
+            |_| Err(HandlerError::transient("down").retry_after(Duration::from_secs(30))),
+        );
     let sink = RecordingSink::default();
     let mut svc = Retry::new(h.clone(), policy(3), Some(Arc::new(sink.clone())));
     let outcome = run(&mut svc).await.unwrap();
@@ -97,7 +115,10 @@ async fn long_delay_goes_to_the_sink_and_defers() {
 
 #[tokio::test(start_paused = true)]
 async fn unconfirmed_republish_is_an_error_not_an_outcome() {
-    let h = Scripted::new(|_| Err(HandlerError::transient("down").retry_after(Duration::from_secs(30))));
+    let h =
+        Scripted::new(
+            |_| Err(HandlerError::transient("down").retry_after(Duration::from_secs(30))),
+        );
     let sink = RecordingSink::default();
     sink.failing.store(true, Ordering::SeqCst);
     let mut svc = Retry::new(h, policy(3), Some(Arc::new(sink)));
@@ -106,12 +127,15 @@ async fn unconfirmed_republish_is_an_error_not_an_outcome() {
 
 #[tokio::test(start_paused = true)]
 async fn max_elapsed_stops_retrying() {
-    let h = Scripted::new(|_| Err(HandlerError::transient("busy").retry_after(Duration::from_secs(2))));
+    let h =
+        Scripted::new(|_| Err(HandlerError::transient("busy").retry_after(Duration::from_secs(2))));
     let p = policy(100)
         .max_elapsed(Duration::from_secs(5))
         .in_process_limit(Duration::from_secs(60));
     let mut svc = Retry::new(h.clone(), p, None);
-    let Err(Error::Failed(f)) = run(&mut svc).await else { panic!("expected failure") };
+    let Err(Error::Failed(f)) = run(&mut svc).await else {
+        panic!("expected failure")
+    };
     assert_eq!(f.kind, ErrorKind::Exhausted);
     assert_eq!(h.calls(), 3, "runs at 0s, 2s, 4s; the next would pass 5s");
 }
@@ -122,7 +146,14 @@ async fn a_delivery_past_the_maximum_is_exhausted_without_running() {
     let mut svc = Retry::new(h.clone(), policy(2), None);
     let mut req = request("a");
     req.set_attempt(4);
-    let Err(Error::Failed(f)) = ServiceExt::<Request<String>>::ready(&mut svc).await.unwrap().call(req).await else { panic!() };
+    let Err(Error::Failed(f)) = ServiceExt::<Request<String>>::ready(&mut svc)
+        .await
+        .unwrap()
+        .call(req)
+        .await
+    else {
+        panic!()
+    };
     assert_eq!(f.kind, ErrorKind::Exhausted);
     assert_eq!(h.calls(), 0);
 }

@@ -148,7 +148,10 @@ where
         .await;
         if drained.is_err() {
             summary.abandoned = tasks.len() as u64;
-            tracing::warn!(abandoned = summary.abandoned, "shutdown deadline passed; unfinished messages are left for redelivery");
+            tracing::warn!(
+                abandoned = summary.abandoned,
+                "shutdown deadline passed; unfinished messages are left for redelivery"
+            );
             tasks.shutdown().await;
         }
         self.source.close().await;
@@ -178,7 +181,7 @@ fn record(summary: &mut Summary, done: Result<Result<Settled, AckError>, tokio::
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
+        use tokio::signal::unix::{SignalKind, signal};
         match signal(SignalKind::terminate()) {
             Ok(mut term) => {
                 tokio::select! {

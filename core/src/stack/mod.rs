@@ -170,16 +170,23 @@ impl<T: Payload> StackBuilder<T> {
     pub fn innermost<L>(mut self, layer: L) -> Self
     where
         L: Layer<AttemptService<T>> + Send + Sync + 'static,
-        L::Service: Service<Request<T>, Response = (), Error = HandlerError> + Clone + Send + Sync + 'static,
+        L::Service: Service<Request<T>, Response = (), Error = HandlerError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
         <L::Service as Service<Request<T>>>::Future: Send + 'static,
     {
-        self.innermost = Some(Arc::new(move |inner| BoxCloneSyncService::new(layer.layer(inner))));
+        self.innermost = Some(Arc::new(move |inner| {
+            BoxCloneSyncService::new(layer.layer(inner))
+        }));
         self
     }
 
     /// Builds the stack around `handler`.
     pub fn build<H: Handle<T>>(self, handler: H) -> Stack {
-        let handler: AttemptService<T> = BoxCloneSyncService::new(HandlerService::<H, T>::new(handler));
+        let handler: AttemptService<T> =
+            BoxCloneSyncService::new(HandlerService::<H, T>::new(handler));
         let handler = match &self.innermost {
             Some(wrap) => wrap(handler),
             None => handler,
@@ -199,7 +206,9 @@ impl<T: Payload> StackBuilder<T> {
         }
         let failing = dead_letter.layer(retry.layer(attempt));
         let deduped: BoxCloneSyncService<Request<T>, Outcome, Error> = match self.store {
-            Some((store, config)) => BoxCloneSyncService::new(IdempotencyLayer::new(store, config).layer(failing)),
+            Some((store, config)) => {
+                BoxCloneSyncService::new(IdempotencyLayer::new(store, config).layer(failing))
+            }
             None => BoxCloneSyncService::new(failing),
         };
         let settled = ServiceBuilder::new()

@@ -1,11 +1,14 @@
 //! The whole stack on the in-memory broker: what is acked, redelivered and dead-lettered.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::memory::MemoryBroker;
-use crate::{handler_fn, wire, Context, DecodeError, HandlerError, KeySource, Message, MemoryStore, Payload, RetryPolicy, Runner, StackBuilder, Summary};
+use crate::{
+    Context, DecodeError, HandlerError, KeySource, MemoryStore, Message, Payload, RetryPolicy,
+    Runner, StackBuilder, Summary, handler_fn, wire,
+};
 
 #[derive(Clone, Debug, serde::Deserialize)]
 struct Order {
@@ -23,7 +26,8 @@ impl Payload for Order {
 }
 
 fn order(id: &str, amount: i64) -> Message {
-    Message::new(format!(r#"{{"order_id":"{id}","amount":{amount}}}"#)).with_message_id(format!("m-{id}"))
+    Message::new(format!(r#"{{"order_id":"{id}","amount":{amount}}}"#))
+        .with_message_id(format!("m-{id}"))
 }
 
 fn fast() -> RetryPolicy {
@@ -31,7 +35,11 @@ fn fast() -> RetryPolicy {
 }
 
 /// Runs `handler` over the queue `orders` until it is drained.
-async fn drain<F, Fut>(broker: &MemoryBroker, builder: impl FnOnce(StackBuilder<Order>) -> StackBuilder<Order>, f: F) -> Summary
+async fn drain<F, Fut>(
+    broker: &MemoryBroker,
+    builder: impl FnOnce(StackBuilder<Order>) -> StackBuilder<Order>,
+    f: F,
+) -> Summary
 where
     F: Fn(Order, Context) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<(), HandlerError>> + Send,
@@ -63,10 +71,20 @@ async fn transient_failures_then_success_ack_once() {
     broker.publish_now("orders", order("a", 5)).unwrap();
     let calls = Arc::new(AtomicU32::new(0));
     let c = calls.clone();
-    let summary = drain(&broker, |b| b, move |_o, ctx| {
-        c.fetch_add(1, Ordering::SeqCst);
-        async move { if ctx.attempt() < 3 { Err(HandlerError::transient("busy")) } else { Ok(()) } }
-    })
+    let summary = drain(
+        &broker,
+        |b| b,
+        move |_o, ctx| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if ctx.attempt() < 3 {
+                    Err(HandlerError::transient("busy"))
+                } else {
+                    Ok(())
+                }
+            }
+        },
+    )
     .await;
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     assert_eq!(summary.handled, 1);
@@ -78,16 +96,27 @@ async fn transient_failures_then_success_ack_once() {
 async fn permanent_failure_is_dead_lettered_then_acked() {
     let broker = MemoryBroker::new();
     broker.publish_now("orders", order("a", -1)).unwrap();
-    let summary = drain(&broker, |b| b, |o, _c| async move {
-        if o.amount < 0 { Err(HandlerError::permanent("negative amount")) } else { Ok(()) }
-    })
+    let summary = drain(
+        &broker,
+        |b| b,
+        |o, _c| async move {
+            if o.amount < 0 {
+                Err(HandlerError::permanent("negative amount"))
+            } else {
+                Ok(())
+            }
+        },
+    )
     .await;
     assert_eq!(summary.dead_lettered, 1);
     assert_eq!(broker.stats("orders").acked, 1);
     let dlq = broker.peek("orders.dlq");
     assert_eq!(dlq.len(), 1);
     assert_eq!(dlq[0].header(wire::ERROR_KIND), Some("permanent"));
-    assert_eq!(dlq[0].header(wire::ERROR), Some("permanent failure: negative amount"));
+    assert_eq!(
+        dlq[0].header(wire::ERROR),
+        Some("permanent failure: negative amount")
+    );
     assert_eq!(dlq[0].header(wire::ORIGINAL_SOURCE), Some("orders"));
     assert_eq!(dlq[0].header(wire::MESSAGE_ID), Some("m-a"));
     assert_eq!(dlq[0].header(wire::ATTEMPT), Some("1"));
@@ -99,17 +128,28 @@ async fn exhausted_timeouts_are_dead_lettered_as_timeout() {
     broker.publish_now("orders", order("a", 5)).unwrap();
     let calls = Arc::new(AtomicU32::new(0));
     let c = calls.clone();
-    let summary = drain(&broker, |b| b.timeout(Duration::from_millis(20)), move |_o, _c| {
-        c.fetch_add(1, Ordering::SeqCst);
-        async {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            Ok(())
-        }
-    })
+    let summary = drain(
+        &broker,
+        |b| b.timeout(Duration::from_millis(20)),
+        move |_o, _c| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok(())
+            }
+        },
+    )
     .await;
-    assert_eq!(calls.load(Ordering::SeqCst), 3, "retries = 2: three attempts");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "retries = 2: three attempts"
+    );
     assert_eq!(summary.dead_lettered, 1);
-    assert_eq!(broker.peek("orders.dlq")[0].header(wire::ERROR_KIND), Some("timeout"));
+    assert_eq!(
+        broker.peek("orders.dlq")[0].header(wire::ERROR_KIND),
+        Some("timeout")
+    );
 }
 
 #[tokio::test]
@@ -117,12 +157,16 @@ async fn panic_is_dead_lettered_and_the_runner_goes_on() {
     let broker = MemoryBroker::new();
     broker.publish_now("orders", order("boom", 5)).unwrap();
     broker.publish_now("orders", order("fine", 5)).unwrap();
-    let summary = drain(&broker, |b| b, |o, _c| async move {
-        if o.order_id == "boom" {
-            panic!("handler bug");
-        }
-        Ok(())
-    })
+    let summary = drain(
+        &broker,
+        |b| b,
+        |o, _c| async move {
+            if o.order_id == "boom" {
+                panic!("handler bug");
+            }
+            Ok(())
+        },
+    )
     .await;
     assert_eq!((summary.handled, summary.dead_lettered), (1, 1));
     let dlq = broker.peek("orders.dlq");
@@ -133,37 +177,65 @@ async fn panic_is_dead_lettered_and_the_runner_goes_on() {
 #[tokio::test]
 async fn poison_and_oversized_payloads_reach_the_dlq_without_running() {
     let broker = MemoryBroker::new();
-    broker.publish_now("orders", Message::new("{not json").with_message_id("poison")).unwrap();
-    broker.publish_now("orders", order(&"x".repeat(300), 1).with_message_id("big")).unwrap();
+    broker
+        .publish_now(
+            "orders",
+            Message::new("{not json").with_message_id("poison"),
+        )
+        .unwrap();
+    broker
+        .publish_now("orders", order(&"x".repeat(300), 1).with_message_id("big"))
+        .unwrap();
     let calls = Arc::new(AtomicU32::new(0));
     let c = calls.clone();
-    let summary = drain(&broker, |b| b.max_payload(200), move |_o, _c| {
-        c.fetch_add(1, Ordering::SeqCst);
-        async { Ok(()) }
-    })
+    let summary = drain(
+        &broker,
+        |b| b.max_payload(200),
+        move |_o, _c| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async { Ok(()) }
+        },
+    )
     .await;
     assert_eq!(calls.load(Ordering::SeqCst), 0);
     assert_eq!(summary.dead_lettered, 2);
     let mut kinds: Vec<_> = broker
         .peek("orders.dlq")
         .iter()
-        .map(|m| (m.meta.message_id.clone(), m.header(wire::ERROR_KIND).map(str::to_owned)))
+        .map(|m| {
+            (
+                m.meta.message_id.clone(),
+                m.header(wire::ERROR_KIND).map(str::to_owned),
+            )
+        })
         .collect();
     kinds.sort();
-    assert_eq!(kinds, [("big".into(), Some("too_large".into())), ("poison".into(), Some("decode".into()))]);
+    assert_eq!(
+        kinds,
+        [
+            ("big".into(), Some("too_large".into())),
+            ("poison".into(), Some("decode".into()))
+        ]
+    );
 }
 
 #[tokio::test]
 async fn duplicates_run_once() {
     let broker = MemoryBroker::new();
     broker.publish_now("orders", order("a", 5)).unwrap();
-    broker.publish_now("orders", order("a", 5).with_message_id("resent")).unwrap();
+    broker
+        .publish_now("orders", order("a", 5).with_message_id("resent"))
+        .unwrap();
     let calls = Arc::new(AtomicU32::new(0));
     let c = calls.clone();
-    let summary = drain(&broker, |b| b.idempotency(Arc::new(MemoryStore::default()), KeySource::Payload), move |_o, _c| {
-        c.fetch_add(1, Ordering::SeqCst);
-        async { Ok(()) }
-    })
+    let summary = drain(
+        &broker,
+        |b| b.idempotency(Arc::new(MemoryStore::default()), KeySource::Payload),
+        move |_o, _c| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async { Ok(()) }
+        },
+    )
     .await;
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!((summary.handled, summary.duplicates), (1, 1));
@@ -181,16 +253,32 @@ async fn failing_dlq_keeps_the_source_unacked_then_dead_letters_once() {
         while b2.stats("orders.dlq").rejected < 3 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert_eq!(b2.stats("orders").acked, 0, "source never acked while the DLQ refuses");
+        assert_eq!(
+            b2.stats("orders").acked,
+            0,
+            "source never acked while the DLQ refuses"
+        );
         b2.set_max_len("orders.dlq", None);
     });
     let start = std::time::Instant::now();
-    let summary = drain(&broker, |b| b, |_o, _c| async { Err(HandlerError::permanent("bad")) }).await;
+    let summary = drain(
+        &broker,
+        |b| b,
+        |_o, _c| async { Err(HandlerError::permanent("bad")) },
+    )
+    .await;
     healer.await.unwrap();
     assert!(summary.nacked >= 3);
-    assert!(start.elapsed() >= Duration::from_millis(30), "nacks wait a backoff, no hot loop");
+    assert!(
+        start.elapsed() >= Duration::from_millis(30),
+        "nacks wait a backoff, no hot loop"
+    );
     assert!(broker.stats("orders").redelivered >= 3);
-    assert_eq!(broker.stats("orders.dlq").published, 1, "dead-lettered exactly once");
+    assert_eq!(
+        broker.stats("orders.dlq").published,
+        1,
+        "dead-lettered exactly once"
+    );
     assert_eq!(summary.dead_lettered, 1);
     assert_eq!(broker.stats("orders").acked, 1);
 }
@@ -204,12 +292,18 @@ async fn broker_delayed_retry_comes_back_later_with_the_next_attempt() {
     let start = tokio::time::Instant::now();
     let summary = drain(
         &broker,
-        |b| b.retry(RetryPolicy::retries(3)).retry_sink(Arc::new(broker.retry_sink())),
+        |b| {
+            b.retry(RetryPolicy::retries(3))
+                .retry_sink(Arc::new(broker.retry_sink()))
+        },
         move |_o, ctx| {
-            a.lock().unwrap().push((ctx.attempt(), ctx.meta().redelivered));
+            a.lock()
+                .unwrap()
+                .push((ctx.attempt(), ctx.meta().redelivered));
             async move {
                 if ctx.attempt() == 1 {
-                    Err(HandlerError::transient("rate limited").retry_after(Duration::from_secs(30)))
+                    Err(HandlerError::transient("rate limited")
+                        .retry_after(Duration::from_secs(30)))
                 } else {
                     Ok(())
                 }
@@ -220,17 +314,23 @@ async fn broker_delayed_retry_comes_back_later_with_the_next_attempt() {
     assert_eq!(*attempts.lock().unwrap(), [(1, false), (2, false)]);
     assert!(start.elapsed() >= Duration::from_secs(30));
     assert_eq!((summary.deferred, summary.handled), (1, 1));
-    assert_eq!(broker.stats("orders").acked, 2, "original acked after the copy was confirmed, then the copy");
+    assert_eq!(
+        broker.stats("orders").acked,
+        2,
+        "original acked after the copy was confirmed, then the copy"
+    );
 }
 
 #[tokio::test]
 async fn unfinished_work_at_the_shutdown_deadline_is_redelivered() {
     let broker = MemoryBroker::new();
     broker.publish_now("orders", order("slow", 5)).unwrap();
-    let stack = StackBuilder::<Order>::new(Arc::new(broker.dead_letter_sink())).build(handler_fn(|_o: Order, _c: Context| async {
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-        Ok::<(), HandlerError>(())
-    }));
+    let stack = StackBuilder::<Order>::new(Arc::new(broker.dead_letter_sink())).build(handler_fn(
+        |_o: Order, _c: Context| async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<(), HandlerError>(())
+        },
+    ));
     let stop = crate::CancellationToken::new();
     let runner = tokio::spawn(
         Runner::new(broker.consume("orders", 1), stack)
@@ -245,6 +345,10 @@ async fn unfinished_work_at_the_shutdown_deadline_is_redelivered() {
     let summary = runner.await.unwrap().unwrap();
     assert_eq!(summary.abandoned, 1);
     let stats = broker.stats("orders");
-    assert_eq!((stats.ready, stats.unacked, stats.acked), (1, 0, 0), "back in the queue, not lost");
+    assert_eq!(
+        (stats.ready, stats.unacked, stats.acked),
+        (1, 0, 0),
+        "back in the queue, not lost"
+    );
     assert!(broker.peek("orders")[0].meta.redelivered);
 }
