@@ -76,6 +76,15 @@ pub enum HandlerError {
         /// ([`ErrorKind::Exhausted`] or [`ErrorKind::Timeout`]).
         kind: ErrorKind,
     },
+    /// A dependency the handler needs (its database, its store) is down:
+    /// the message is deferred (nacked after a backoff) without counting an
+    /// attempt, and never dead-lettered for it.
+    #[error("dependency unavailable: {source}")]
+    Unavailable {
+        /// What is down.
+        #[source]
+        source: BoxError,
+    },
     /// Never retry: dead-letter now.
     #[error("permanent failure: {source}")]
     Permanent {
@@ -110,6 +119,13 @@ impl HandlerError {
         }
     }
 
+    /// A dependency is down: defer the message without counting an attempt.
+    pub fn unavailable(source: impl Into<BoxError>) -> Self {
+        HandlerError::Unavailable {
+            source: source.into(),
+        }
+    }
+
     /// A timed-out run: transient, dead-lettered as `timeout` when attempts run out.
     pub fn timeout(source: impl Into<BoxError>) -> Self {
         HandlerError::Transient {
@@ -133,10 +149,12 @@ impl HandlerError {
         matches!(self, HandlerError::Transient { .. })
     }
 
-    /// The kind this error is dead-lettered with.
+    /// The kind this error is dead-lettered with (`Unavailable` never is;
+    /// it reports `exhausted`, the kind it would get if it were counted).
     pub fn kind(&self) -> ErrorKind {
         match self {
             HandlerError::Transient { kind, .. } | HandlerError::Permanent { kind, .. } => *kind,
+            HandlerError::Unavailable { .. } => ErrorKind::Exhausted,
         }
     }
 }
@@ -186,6 +204,9 @@ pub enum Error {
     /// The idempotency store could not be reached; the message is deferred.
     #[error("idempotency store unavailable, message deferred: {0}")]
     Store(#[source] StoreError),
+    /// A dependency of the handler is down; the message is deferred, the attempt not counted.
+    #[error("a dependency of the handler is unavailable, message deferred: {0}")]
+    Unavailable(#[source] BoxError),
     /// Shutdown interrupted the message; it does not count as a failure and is redelivered.
     #[error("shutdown interrupted the message; it is left for redelivery")]
     Shutdown,

@@ -59,15 +59,18 @@ impl<T: Send + 'static> tower::Service<Request<T>> for Scripted {
     }
 }
 
+/// What a recording sink was given: the message, the destination, the delay.
+pub(crate) type Taken = (Message, Option<String>, Option<Duration>);
+
 /// A sink that records what it was given, and fails while `failing` is set.
 #[derive(Clone, Default)]
 pub(crate) struct RecordingSink {
-    pub(crate) letters: Arc<Mutex<Vec<(Message, Option<String>, Option<Duration>)>>>,
+    pub(crate) letters: Arc<Mutex<Vec<Taken>>>,
     pub(crate) failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RecordingSink {
-    pub(crate) fn taken(&self) -> Vec<(Message, Option<String>, Option<Duration>)> {
+    pub(crate) fn taken(&self) -> Vec<Taken> {
         self.letters.lock().expect("lock").clone()
     }
 

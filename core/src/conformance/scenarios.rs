@@ -130,12 +130,11 @@ pub async fn publish_subscribe<H: Harness>(h: &H) -> Result<Report, ConformanceE
         .collect();
     let mut wrong = Vec::new();
     let seen = read_until_acked(&mut src, &ids, DEADLINE, |m, _| {
-        if let Some(sent) = by_id.get(&m.meta.message_id) {
-            if sent.payload != m.payload
-                || sent.header("x-conformance-seq") != m.header("x-conformance-seq")
-            {
-                wrong.push(m.meta.message_id.clone());
-            }
+        if let Some(sent) = by_id.get(&m.meta.message_id)
+            && (sent.payload != m.payload
+                || sent.header("x-conformance-seq") != m.header("x-conformance-seq"))
+        {
+            wrong.push(m.meta.message_id.clone());
         }
         Settle::Ack
     })
@@ -368,10 +367,10 @@ pub async fn key_order<H: Harness>(h: &H) -> Result<Report, ConformanceError> {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         let key = m.key.as_deref().unwrap_or_default().to_vec();
-        if let Some(prev) = last.insert(key, seq) {
-            if prev > seq {
-                violations.push((prev, seq));
-            }
+        if let Some(prev) = last.insert(key, seq)
+            && prev > seq
+        {
+            violations.push((prev, seq));
         }
         Settle::Ack
     })

@@ -140,7 +140,7 @@ where
 
     fn call(&mut self, request: Request<T>) -> Self::Future {
         let handler = Arc::clone(&self.handler);
-        let payload = request.payload().map(T::clone).map_err(decode_failure);
+        let payload = request.payload().cloned().map_err(decode_failure);
         let ctx = request.context();
         Box::pin(async move {
             match payload {

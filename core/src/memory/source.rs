@@ -79,28 +79,28 @@ impl MemorySource {
         let mut queues = self.shared.lock();
         let queue = queues.entry(self.queue.to_string()).or_default();
         let next_due = queue.promote(Instant::now());
-        if self.outstanding.load(Ordering::SeqCst) < self.prefetch {
-            if let Some(mut message) = queue.ready.pop_front() {
-                let tag = self.shared.next_tag();
-                message.meta.delivery_tag = Some(tag);
-                message.meta.source = self.queue.to_string();
-                message.meta.attempt = attempt::from_headers(&message.headers);
-                queue.unacked.insert(
-                    tag,
-                    Unacked {
-                        consumer: self.consumer,
-                        message: message.clone(),
-                    },
-                );
-                self.outstanding.fetch_add(1, Ordering::SeqCst);
-                let acker = MemoryAcker {
-                    shared: Arc::clone(&self.shared),
-                    queue: Arc::clone(&self.queue),
-                    tag,
-                    outstanding: Arc::clone(&self.outstanding),
-                };
-                return Ok(Some(Delivery::new(message, acker)));
-            }
+        if self.outstanding.load(Ordering::SeqCst) < self.prefetch
+            && let Some(mut message) = queue.ready.pop_front()
+        {
+            let tag = self.shared.next_tag();
+            message.meta.delivery_tag = Some(tag);
+            message.meta.source = self.queue.to_string();
+            message.meta.attempt = attempt::from_headers(&message.headers);
+            queue.unacked.insert(
+                tag,
+                Unacked {
+                    consumer: self.consumer,
+                    message: message.clone(),
+                },
+            );
+            self.outstanding.fetch_add(1, Ordering::SeqCst);
+            let acker = MemoryAcker {
+                shared: Arc::clone(&self.shared),
+                queue: Arc::clone(&self.queue),
+                tag,
+                outstanding: Arc::clone(&self.outstanding),
+            };
+            return Ok(Some(Delivery::new(message, acker)));
         }
         let drained = queue.len() == 0;
         Err((drained, next_due, Arc::clone(&queue.notify)))

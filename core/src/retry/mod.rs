@@ -107,6 +107,10 @@ where
                     Ok(()) => return Ok(Outcome::Handled),
                     Err(error) => error,
                 };
+                let error = match error {
+                    HandlerError::Unavailable { source } => return Err(Error::Unavailable(source)),
+                    other => other,
+                };
                 let now = SystemTime::now();
                 let first = *first_failure.get_or_insert(now);
                 let failure = |kind| Failure {
@@ -130,10 +134,11 @@ where
                     return Err(Error::Failed(failure(*kind)));
                 }
                 let delay = retry_after.unwrap_or_else(|| policy.delay(attempt));
-                if let Some(budget) = policy.max_elapsed {
-                    if before + started.elapsed() + delay > budget {
-                        return Err(Error::Failed(failure(*kind)));
-                    }
+                if policy
+                    .max_elapsed
+                    .is_some_and(|budget| before + started.elapsed() + delay > budget)
+                {
+                    return Err(Error::Failed(failure(*kind)));
                 }
                 tracing::debug!(attempt, ?delay, error = %error, "transient failure, retrying");
                 match &sink {

@@ -157,3 +157,15 @@ async fn a_delivery_past_the_maximum_is_exhausted_without_running() {
     assert_eq!(f.kind, ErrorKind::Exhausted);
     assert_eq!(h.calls(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn unavailable_dependency_defers_without_counting_or_retrying() {
+    let h = Scripted::new(|_| Err(HandlerError::unavailable("database down")));
+    let mut svc = Retry::new(h.clone(), policy(3), None);
+    assert!(matches!(run(&mut svc).await, Err(Error::Unavailable(_))));
+    assert_eq!(
+        h.calls(),
+        1,
+        "no in-process retries burn attempts while it is down"
+    );
+}

@@ -46,9 +46,10 @@ pub struct InboxService<S> {
     inbox: Arc<Inbox>,
 }
 
-/// The inbox could not do its part: retry later.
+/// The inbox could not do its part: the database is down, so the message
+/// is deferred without counting an attempt (never dead-lettered for it).
 fn unavailable(error: PostgresError) -> HandlerError {
-    HandlerError::transient(error)
+    HandlerError::unavailable(error)
 }
 
 /// A failed `COMMIT`: classified like the handler's own queries.
