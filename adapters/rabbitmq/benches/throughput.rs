@@ -186,6 +186,16 @@ fn cpu_time() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// Checks a drained queue stays empty: every ack reached the broker before the consumer closed.
+async fn assert_drained(rabbit: &RabbitMq, queue: &str) {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let left = rabbit.message_count(queue).await.expect("queue exists");
+    assert_eq!(
+        left, 0,
+        "{left} acked messages came back after the consumer closed"
+    );
+}
+
 /// One line: rate, wall time, and this process's CPU time per message.
 fn report(what: &str, n: usize, wall: Duration, cpu: Duration) {
     let per_message = cpu.as_secs_f64() * 1e6 / n as f64;
@@ -232,6 +242,7 @@ async fn main() {
     let cpu = cpu_time();
     let in_loop = raw(url.clone(), queue.clone(), n, prefetch, Acks::InLoop).await;
     report("raw lapin, acks in the loop", n, in_loop, cpu_time() - cpu);
+    assert_drained(&rabbit, &queue).await;
     // The two contenders alternate, so a busy moment on a shared machine hits both.
     let (mut best_raw, mut best_stack) = (rate(n, in_loop), 0f64);
     for round in 0..rounds() {
@@ -239,10 +250,12 @@ async fn main() {
         let cpu = cpu_time();
         let spawned = raw(url.clone(), queue.clone(), n, prefetch, Acks::Spawned).await;
         report("raw lapin, acks on tasks", n, spawned, cpu_time() - cpu);
+        assert_drained(&rabbit, &queue).await;
         fill(&publisher, &queue, &format!("stack-{round}"), n).await;
         let cpu = cpu_time();
         let stacked = stack(&rabbit, &queue, n, prefetch).await;
         report("backstop stack", n, stacked, cpu_time() - cpu);
+        assert_drained(&rabbit, &queue).await;
         best_raw = best_raw.max(rate(n, spawned));
         best_stack = best_stack.max(rate(n, stacked));
     }

@@ -1,15 +1,4 @@
 //! [`RabbitSource`]: a manual-ack consumer of one queue that reconnects by itself.
-//!
-//! The source owns its connection. Prefetch is set per consumer (`basic_qos`
-//! with `global = false`; quorum queues refuse global QoS); match it to the
-//! runner's concurrency. When the connection or the channel dies (a broker
-//! restart, a closed connection), [`next`](Source::next) yields
-//! [`SourceError::Disconnected`] once, then reconnects with exponential
-//! backoff and resumes consuming. Deliveries still in flight on the dead
-//! channel are redelivered by the broker; their ackers fail with
-//! [`AckError::ChannelGone`](backstop::AckError::ChannelGone) and never touch
-//! the new channel. A consumer cancelled by the broker (its queue was
-//! deleted) ends the run with [`SourceError::Cancelled`].
 
 use std::sync::Arc;
 
@@ -103,7 +92,23 @@ impl Subscription {
     }
 }
 
-/// A consumer of one RabbitMQ queue; see the [module docs](self).
+/// A manual-ack consumer of one RabbitMQ queue that reconnects by itself.
+///
+/// The source owns its connection. Prefetch is set per consumer (`basic_qos`
+/// with `global = false`; quorum queues refuse global QoS); match it to the
+/// runner's concurrency. When the connection or the channel dies (a broker
+/// restart, a closed connection), [`next`](Source::next) yields
+/// [`SourceError::Disconnected`] once, then reconnects with exponential
+/// backoff and resumes consuming. Deliveries still in flight on the dead
+/// channel are redelivered by the broker; their ackers fail with
+/// [`AckError::ChannelGone`](backstop::AckError::ChannelGone) and never touch
+/// the new channel. A consumer cancelled by the broker (its queue was
+/// deleted) ends the run with [`SourceError::Cancelled`].
+///
+/// A delivery held unsettled longer than the broker's `consumer_timeout`
+/// (30 minutes by default) makes the broker close the channel: the source
+/// reconnects and the message is redelivered, so keep handlers (or their
+/// timeouts) well below it.
 ///
 /// Made by [`RabbitMq::source`](crate::RabbitMq::source).
 pub struct RabbitSource {
@@ -179,7 +184,7 @@ impl RabbitSource {
     fn lose(&mut self, cause: String) -> Option<SourceError> {
         self.active = None;
         if self.lost {
-            tracing::debug!(queue = %self.queue, %cause, "still reconnecting");
+            tracing::warn!(queue = %self.queue, %cause, "reconnecting the consumer failed; retrying with backoff");
             return None;
         }
         self.lost = true;
