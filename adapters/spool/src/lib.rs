@@ -1,0 +1,3 @@
+//! Reliable publishing for backstop.
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
