@@ -333,3 +333,32 @@ async fn the_publisher_fails_cleanly_while_the_broker_is_down_and_reconnects_aft
     );
     cleanup(&rabbit, &topology).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_confirm_within_the_timeout_is_a_timeout() {
+    let _exclusive = exclusive().await;
+    let rabbit = named_rabbit(&unique("blocked")).await;
+    let topology = quorum(&rabbit, "blocked").await;
+    let publisher = rabbit
+        .publisher()
+        .with_confirm_timeout(Duration::from_millis(500));
+    publisher
+        .publish(topology.queue(), &Message::new("before"))
+        .await
+        .unwrap();
+    // A memory alarm: the broker blocks publishing connections, no confirm comes.
+    rabbitmqctl(&["set_vm_memory_high_watermark", "0"]).await;
+    let blocked = publisher
+        .publish(topology.queue(), &Message::new("blocked"))
+        .await;
+    rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]).await;
+    assert!(
+        matches!(blocked, Err(PublishError::Timeout(d)) if d == Duration::from_millis(500)),
+        "{blocked:?}"
+    );
+    publisher
+        .publish(topology.queue(), &Message::new("after"))
+        .await
+        .expect("publishing works again once the alarm clears");
+    cleanup(&rabbit, &topology).await;
+}

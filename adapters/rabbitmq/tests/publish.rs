@@ -181,28 +181,6 @@ async fn a_full_reject_publish_queue_nacks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_confirm_within_the_timeout_is_a_timeout() {
-    let rabbit = rabbit().await;
-    let topology = quorum(&rabbit, "timeout").await;
-    let publisher = rabbit.publisher();
-    // Open the channel first, so only the confirm is timed.
-    publisher
-        .publish(topology.queue(), &Message::new("warm-up"))
-        .await
-        .unwrap();
-    let hurried = publisher.clone().with_confirm_timeout(Duration::ZERO);
-    let error = hurried
-        .publish(topology.queue(), &Message::new("x"))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(error, PublishError::Timeout(d) if d.is_zero()),
-        "{error:?}"
-    );
-    cleanup(&rabbit, &topology).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_are_persistent_and_carry_the_id_property() {
     let rabbit = rabbit().await;
     let topology = quorum(&rabbit, "props").await;
