@@ -9,6 +9,9 @@
 //! * backstop: [`KafkaSource`](backstop_kafka::KafkaSource) + `StackBuilder`
 //!   (idempotency on `MemoryStore`) + `Runner`.
 //!
+//! With `BACKSTOP_BENCH_SOURCE_ONLY` set, a third pass acks straight from
+//! the source (no stack), to tell the adapter's cost from the stack's.
+//!
 //! Rates are measured from the first message to the last, so the group join
 //! is not counted. Needs the broker (`BACKSTOP_KAFKA_BROKERS`, default
 //! 127.0.0.1:9092).
@@ -18,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backstop::{
-    Context, HandlerError, KeySource, MemoryStore, Message, Publisher, Runner, StackBuilder,
-    handler_fn,
+    Context, HandlerError, KeySource, MemoryStore, Message, Publisher, Runner, Source,
+    StackBuilder, handler_fn,
 };
 use backstop_kafka::{Kafka, TopicSpec};
 use bytes::Bytes;
@@ -80,6 +83,24 @@ async fn raw(kafka: &Kafka, topic: &str, n: usize) -> Duration {
     .expect("raw task")
 }
 
+async fn source_only(kafka: &Kafka, topic: &str, n: usize) -> Duration {
+    let kafka = kafka.clone().configure(|c| c.group = unique("source"));
+    let mut source = kafka.plain_source(&[topic], CONCURRENCY).expect("source");
+    tokio::spawn(async move {
+        let mut first = None;
+        for _ in 0..n {
+            let d = source.next().await.expect("open").expect("delivery");
+            first.get_or_insert_with(Instant::now);
+            d.ack().await.expect("ack");
+        }
+        let took = first.map(|t| t.elapsed()).unwrap_or_default();
+        source.close().await;
+        took
+    })
+    .await
+    .expect("source task")
+}
+
 async fn framework(kafka: &Kafka, topic: &str, n: usize) -> Duration {
     let kafka = kafka.clone().configure(|c| c.group = unique("backstop"));
     let count = Arc::new(AtomicUsize::new(0));
@@ -109,12 +130,16 @@ async fn framework(kafka: &Kafka, topic: &str, n: usize) -> Duration {
             }
         }));
     let source = kafka.plain_source(&[topic], CONCURRENCY).expect("source");
-    let summary = Runner::new(source, stack)
-        .concurrency(CONCURRENCY)
-        .with_shutdown(done)
-        .run()
-        .await
-        .expect("run");
+    // Spawned on a worker thread, like the raw baseline's loop.
+    let summary = tokio::spawn(
+        Runner::new(source, stack)
+            .concurrency(CONCURRENCY)
+            .with_shutdown(done)
+            .run(),
+    )
+    .await
+    .expect("runner task")
+    .expect("run");
     assert!(summary.handled as usize >= n, "{summary}");
     let (first, last) = (
         first.lock().unwrap().expect("first"),
@@ -144,6 +169,12 @@ fn main() {
             c.producer_properties
                 .insert("linger.ms".into(), "20".into());
             c.retry_tiers = backstop_kafka::RetryTiers::new([]);
+            if let Some(n) = std::env::var("BACKSTOP_BENCH_MAX_PENDING")
+                .ok()
+                .and_then(|v| v.parse().ok())
+            {
+                c.max_pending_per_partition = n;
+            }
         });
         let topic = unique("throughput");
         kafka
@@ -159,6 +190,13 @@ fn main() {
         );
         let raw = raw(&kafka, &topic, n).await;
         println!("raw rdkafka:     {:>10.0} msgs/s ({raw:.2?})", rate(n, raw));
+        if std::env::var_os("BACKSTOP_BENCH_SOURCE_ONLY").is_some() {
+            let only = source_only(&kafka, &topic, n).await;
+            println!(
+                "KafkaSource only: {:>10.0} msgs/s ({only:.2?})",
+                rate(n, only)
+            );
+        }
         let stack = framework(&kafka, &topic, n).await;
         println!(
             "backstop stack:  {:>10.0} msgs/s ({stack:.2?})",

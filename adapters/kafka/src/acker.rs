@@ -10,23 +10,22 @@ use std::sync::Arc;
 
 use backstop::{AckError, Acker};
 
-use crate::dispatch::{Dispatcher, Refused, Tp};
+use crate::dispatch::{Dispatcher, Refused, Ticket};
 
 /// Settles one Kafka delivery; see the [module docs](self).
 #[derive(Debug)]
 pub(crate) struct KafkaAcker {
     pub(crate) dispatcher: Arc<Dispatcher>,
-    pub(crate) tp: Tp,
-    pub(crate) generation: u64,
-    pub(crate) offset: i64,
+    pub(crate) ticket: Ticket,
 }
 
 impl KafkaAcker {
     fn settle(&self, done: bool) -> Result<(), AckError> {
         self.dispatcher
-            .settle(&self.tp, self.generation, self.offset, done)
+            .settle(&self.ticket, done)
             .map_err(|refused| {
-                let (topic, partition, offset) = (&self.tp.0, self.tp.1, self.offset);
+                let t = &self.ticket;
+                let (topic, partition, offset) = (&t.tp.0, t.tp.1, t.offset);
                 AckError::Stale(match refused {
                     Refused::Fenced => format!(
                         "{topic}[{partition}] was revoked since offset {offset} was delivered; its new owner reads it again"

@@ -115,11 +115,7 @@ impl KafkaConfig {
             .set("session.timeout.ms", session.to_string())
             .set("heartbeat.interval.ms", (session / 3).max(100).to_string())
             .set("enable.partition.eof", "false")
-            .set("isolation.level", "read_committed")
-            .set(
-                "queued.min.messages",
-                self.max_pending_per_partition.clamp(1, 100_000).to_string(),
-            );
+            .set("isolation.level", "read_committed");
         Self::overrides(&mut config, [&self.properties, &self.consumer_properties]);
         config
     }

@@ -43,16 +43,35 @@ impl Actions {
     }
 }
 
+/// One message received by the poll thread, to be tracked.
+#[derive(Debug)]
+pub(crate) struct Incoming {
+    pub(crate) tp: Tp,
+    pub(crate) message: Message,
+    pub(crate) due: Option<SystemTime>,
+    pub(crate) delayed: bool,
+}
+
 #[derive(Debug)]
 struct Queued {
-    tp: Tp,
+    slot: usize,
     generation: u64,
     offset: i64,
 }
 
 #[derive(Debug)]
+struct Slot {
+    tp: Tp,
+    tracker: PartitionTracker,
+}
+
+/// Partitions live in slots, so the hot paths (take, settle) index a vector
+/// instead of hashing a topic name; the generation guards slot reuse.
+#[derive(Debug)]
 pub(crate) struct State {
-    partitions: HashMap<Tp, PartitionTracker>,
+    slots: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    index: HashMap<Tp, usize>,
     ready: VecDeque<Queued>,
     outstanding: usize,
     max_in_flight: usize,
@@ -62,11 +81,68 @@ pub(crate) struct State {
     errors: VecDeque<SourceError>,
 }
 
+impl State {
+    fn insert(&mut self, tp: Tp, delayed: bool) -> usize {
+        self.remove(&tp);
+        self.next_generation += 1;
+        let slot = Slot {
+            tp: tp.clone(),
+            tracker: PartitionTracker::new(self.next_generation, delayed),
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Some(slot);
+                i
+            }
+            None => {
+                self.slots.push(Some(slot));
+                self.slots.len() - 1
+            }
+        };
+        self.index.insert(tp, i);
+        i
+    }
+
+    fn remove(&mut self, tp: &Tp) -> Option<PartitionTracker> {
+        let i = self.index.remove(tp)?;
+        let slot = self.slots.get_mut(i)?.take()?;
+        self.free.push(i);
+        Some(slot.tracker)
+    }
+
+    fn live(&mut self, slot: usize, generation: u64) -> Option<&mut PartitionTracker> {
+        self.slots
+            .get_mut(slot)?
+            .as_mut()
+            .map(|s| &mut s.tracker)
+            .filter(|t| t.generation() == generation)
+    }
+
+    fn by_tp(&mut self, tp: &Tp) -> Option<&mut PartitionTracker> {
+        let i = *self.index.get(tp)?;
+        self.slots.get_mut(i)?.as_mut().map(|s| &mut s.tracker)
+    }
+
+    fn slots_mut(&mut self) -> impl Iterator<Item = (usize, &mut Slot)> {
+        self.slots
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_mut().map(|s| (i, s)))
+    }
+}
+
 /// A delivery the source hands out: the message and how to settle it.
 #[derive(Debug)]
 pub(crate) struct Taken {
     pub(crate) message: Message,
+    pub(crate) ticket: Ticket,
+}
+
+/// What an acker needs to settle its delivery.
+#[derive(Debug)]
+pub(crate) struct Ticket {
     pub(crate) tp: Tp,
+    pub(crate) slot: usize,
     pub(crate) generation: u64,
     pub(crate) offset: i64,
 }
@@ -94,7 +170,9 @@ impl Dispatcher {
     pub(crate) fn new(max_in_flight: usize, max_pending: usize) -> Arc<Self> {
         Arc::new(Dispatcher {
             state: Mutex::new(State {
-                partitions: HashMap::new(),
+                slots: Vec::new(),
+                free: Vec::new(),
+                index: HashMap::new(),
                 ready: VecDeque::new(),
                 outstanding: 0,
                 max_in_flight: max_in_flight.max(1),
@@ -116,10 +194,7 @@ impl Dispatcher {
     pub(crate) fn assign(&self, partitions: impl IntoIterator<Item = (Tp, bool)>) {
         let mut st = self.lock();
         for (tp, delayed) in partitions {
-            st.next_generation += 1;
-            let generation = st.next_generation;
-            st.partitions
-                .insert(tp, PartitionTracker::new(generation, delayed));
+            st.insert(tp, delayed);
         }
     }
 
@@ -132,25 +207,24 @@ impl Dispatcher {
         let mut commit = Vec::new();
         for (topic, partition) in partitions {
             let tp: Tp = (Arc::from(topic), partition);
-            if let Some(tracker) = st.partitions.remove(&tp)
+            if let Some(tracker) = st.remove(&tp)
                 && let Some(offset) = tracker.to_commit()
             {
                 commit.push((tp, offset));
             }
         }
-        let State {
-            partitions, ready, ..
-        } = &mut *st;
+        let State { slots, ready, .. } = &mut *st;
         ready.retain(|q| {
-            partitions
-                .get(&q.tp)
-                .is_some_and(|t| t.generation() == q.generation)
+            slots
+                .get(q.slot)
+                .and_then(Option::as_ref)
+                .is_some_and(|s| s.tracker.generation() == q.generation)
         });
         commit
     }
 
-    /// Tracks a received message; returns the partition to pause, if it
-    /// now tracks too much or holds a message that is not due yet.
+    /// Tracks one received message; see [`Dispatcher::receive_all`].
+    #[cfg(test)]
     pub(crate) fn receive(
         &self,
         tp: Tp,
@@ -158,37 +232,69 @@ impl Dispatcher {
         due: Option<SystemTime>,
         delayed: bool,
     ) -> Option<Tp> {
-        let now = SystemTime::now();
+        let mut pause = Vec::new();
+        self.receive_all(
+            &mut vec![Incoming {
+                tp,
+                message,
+                due,
+                delayed,
+            }],
+            &mut pause,
+        );
+        pause.pop()
+    }
+
+    /// Tracks received messages (under one lock); partitions that now track
+    /// too much, or hold a retry that is not due, are appended to `pause`.
+    pub(crate) fn receive_all(&self, batch: &mut Vec<Incoming>, pause: &mut Vec<Tp>) {
+        let now = batch
+            .iter()
+            .any(|i| i.due.is_some())
+            .then(SystemTime::now)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut woke = false;
         let mut st = self.lock();
         let max_pending = st.max_pending;
-        let State {
-            partitions,
-            next_generation,
-            ..
-        } = &mut *st;
-        let tracker = partitions.entry(tp.clone()).or_insert_with(|| {
-            // A message before its assignment was seen: track it anyway.
-            *next_generation += 1;
-            PartitionTracker::new(*next_generation, delayed)
-        });
-        let generation = tracker.generation();
-        let offset = message.meta.offset.unwrap_or_default();
-        let received = tracker.receive(message, due, now);
-        let pause = !tracker.is_paused()
-            && (tracker.len() >= max_pending || (tracker.is_delayed() && tracker.not_due() > 0));
-        if pause {
-            tracker.set_paused(true);
+        let mut last: Option<(Tp, usize)> = None;
+        for incoming in batch.drain(..) {
+            let slot = match &last {
+                Some((tp, slot)) if *tp == incoming.tp => *slot,
+                _ => {
+                    let slot = match st.index.get(&incoming.tp) {
+                        Some(&slot) => slot,
+                        // A message before its assignment was seen: track it anyway.
+                        None => st.insert(incoming.tp.clone(), incoming.delayed),
+                    };
+                    last = Some((incoming.tp.clone(), slot));
+                    slot
+                }
+            };
+            let Some(Slot { tracker, .. }) = st.slots.get_mut(slot).and_then(Option::as_mut) else {
+                continue;
+            };
+            let generation = tracker.generation();
+            let offset = incoming.message.meta.offset.unwrap_or_default();
+            let received = tracker.receive(incoming.message, incoming.due, now);
+            if !tracker.is_paused()
+                && (tracker.len() >= max_pending || (tracker.is_delayed() && tracker.not_due() > 0))
+            {
+                tracker.set_paused(true);
+                pause.push(incoming.tp);
+            }
+            if received == Received::Ready {
+                st.ready.push_back(Queued {
+                    slot,
+                    generation,
+                    offset,
+                });
+                woke = true;
+            }
         }
-        if received == Received::Ready {
-            st.ready.push_back(Queued {
-                tp: tp.clone(),
-                generation,
-                offset,
-            });
-            drop(st);
+        drop(st);
+        if woke {
             self.ready.notify_one();
         }
-        pause.then_some(tp)
     }
 
     /// Hands out the next ready message, unless `max_in_flight` are out,
@@ -205,21 +311,25 @@ impl Dispatcher {
             return Ok(None);
         }
         while let Some(q) = st.ready.pop_front() {
-            let Some(tracker) = st.partitions.get_mut(&q.tp) else {
+            let Some(Some(slot)) = st.slots.get_mut(q.slot) else {
                 continue;
             };
-            if tracker.generation() != q.generation {
+            if slot.tracker.generation() != q.generation {
                 continue;
             }
-            let Some(message) = tracker.take(q.offset) else {
+            let Some(message) = slot.tracker.take(q.offset) else {
                 continue;
             };
+            let tp = slot.tp.clone();
             st.outstanding += 1;
             return Ok(Some(Taken {
                 message,
-                tp: q.tp,
-                generation: q.generation,
-                offset: q.offset,
+                ticket: Ticket {
+                    tp,
+                    slot: q.slot,
+                    generation: q.generation,
+                    offset: q.offset,
+                },
             }));
         }
         Ok(None)
@@ -230,37 +340,30 @@ impl Dispatcher {
         self.ready.notified().await;
     }
 
-    /// Settles a delivery: `Some(true)` done, `Some(false)` back to be handed out again.
-    pub(crate) fn settle(
-        &self,
-        tp: &Tp,
-        generation: u64,
-        offset: i64,
-        done: bool,
-    ) -> Result<(), Refused> {
-        let now = SystemTime::now();
+    /// Settles a delivery: `done`, or back to be handed out again.
+    pub(crate) fn settle(&self, ticket: &Ticket, done: bool) -> Result<(), Refused> {
         let mut released = Vec::new();
         let result = {
             let mut st = self.lock();
             st.outstanding = st.outstanding.saturating_sub(1);
-            let result = match st.partitions.get_mut(tp) {
-                Some(tracker) if tracker.generation() == generation => {
+            let result = match st.live(ticket.slot, ticket.generation) {
+                Some(tracker) => {
                     let ok = if done {
-                        tracker.complete(offset, now, &mut released)
-                    } else if tracker.requeue(offset) {
-                        released.push(offset);
+                        tracker.complete(ticket.offset, &mut released)
+                    } else if tracker.requeue(ticket.offset) {
+                        released.push(ticket.offset);
                         true
                     } else {
                         false
                     };
                     if ok { Ok(()) } else { Err(Refused::Settled) }
                 }
-                _ => Err(Refused::Fenced),
+                None => Err(Refused::Fenced),
             };
             for offset in released {
                 st.ready.push_back(Queued {
-                    tp: tp.clone(),
-                    generation,
+                    slot: ticket.slot,
+                    generation: ticket.generation,
                     offset,
                 });
             }
@@ -278,14 +381,12 @@ impl Dispatcher {
         let mut st = self.lock();
         let max_pending = st.max_pending;
         let mut released = Vec::new();
-        let State {
-            partitions, ready, ..
-        } = &mut *st;
-        for (tp, tracker) in partitions.iter_mut() {
+        let mut queued = Vec::new();
+        for (i, Slot { tp, tracker }) in st.slots_mut() {
             tracker.release_due(now, &mut released);
             for offset in released.drain(..) {
-                ready.push_back(Queued {
-                    tp: tp.clone(),
+                queued.push(Queued {
+                    slot: i,
                     generation: tracker.generation(),
                     offset,
                 });
@@ -306,6 +407,7 @@ impl Dispatcher {
                 actions.idle.push(tp.clone());
             }
         }
+        st.ready.extend(queued);
         let wake = !st.ready.is_empty();
         drop(st);
         if wake {
@@ -317,9 +419,10 @@ impl Dispatcher {
     /// The earliest due time of a held retry message.
     pub(crate) fn next_due(&self) -> Option<SystemTime> {
         self.lock()
-            .partitions
-            .values()
-            .filter_map(PartitionTracker::next_due)
+            .slots
+            .iter()
+            .flatten()
+            .filter_map(|s| s.tracker.next_due())
             .min()
     }
 
@@ -327,7 +430,7 @@ impl Dispatcher {
     pub(crate) fn mark_stored(&self, stored: &[(Tp, i64)]) {
         let mut st = self.lock();
         for (tp, offset) in stored {
-            if let Some(t) = st.partitions.get_mut(tp) {
+            if let Some(t) = st.by_tp(tp) {
                 t.mark_stored(*offset);
             }
         }
@@ -337,7 +440,7 @@ impl Dispatcher {
     pub(crate) fn mark_committed(&self, committed: &[(Tp, i64)]) {
         let mut st = self.lock();
         for (tp, offset) in committed {
-            if let Some(t) = st.partitions.get_mut(tp) {
+            if let Some(t) = st.by_tp(tp) {
                 t.mark_committed(*offset);
             }
         }
@@ -347,7 +450,7 @@ impl Dispatcher {
     pub(crate) fn advance_idle(&self, positions: &[(Tp, i64)]) {
         let mut st = self.lock();
         for (tp, position) in positions {
-            if let Some(t) = st.partitions.get_mut(tp) {
+            if let Some(t) = st.by_tp(tp) {
                 t.advance_idle(*position);
             }
         }
@@ -356,9 +459,10 @@ impl Dispatcher {
     /// The offsets to commit for every partition (on close).
     pub(crate) fn to_commit(&self) -> Vec<(Tp, i64)> {
         self.lock()
-            .partitions
+            .slots
             .iter()
-            .filter_map(|(tp, t)| t.to_commit().map(|o| (tp.clone(), o)))
+            .flatten()
+            .filter_map(|s| s.tracker.to_commit().map(|o| (s.tp.clone(), o)))
             .collect()
     }
 
@@ -403,9 +507,8 @@ mod tests {
         d.receive(tp(), msg(1, "b"), None, false);
         let first = d.take().unwrap().unwrap();
         assert!(d.take().unwrap().is_none(), "one is out");
-        d.settle(&first.tp, first.generation, first.offset, true)
-            .unwrap();
-        assert_eq!(d.take().unwrap().unwrap().offset, 1);
+        d.settle(&first.ticket, true).unwrap();
+        assert_eq!(d.take().unwrap().unwrap().ticket.offset, 1);
         assert_eq!(d.outstanding(), 1);
     }
 
@@ -417,20 +520,19 @@ mod tests {
         d.receive(tp(), msg(1, "b"), None, false);
         d.receive(tp(), msg(2, "c"), None, false);
         let first = d.take().unwrap().unwrap();
-        d.settle(&first.tp, first.generation, first.offset, true)
-            .unwrap();
+        d.settle(&first.ticket, true).unwrap();
         let second = d.take().unwrap().unwrap();
         let commit = d.revoke([("t", 0)]);
         assert_eq!(commit, vec![(tp(), 1)], "only offset 0 is done");
         assert!(d.take().unwrap().is_none(), "queued offset 2 is dropped");
         assert!(matches!(
-            d.settle(&second.tp, second.generation, second.offset, true),
+            d.settle(&second.ticket, true),
             Err(Refused::Fenced)
         ));
         d.assign([(tp(), false)]);
         d.receive(tp(), msg(1, "b"), None, false);
         let again = d.take().unwrap().unwrap();
-        assert_ne!(again.generation, second.generation);
+        assert_ne!(again.ticket.generation, second.ticket.generation);
     }
 
     #[test]
@@ -443,7 +545,7 @@ mod tests {
         assert_eq!(d.receive(tp(), msg(3, "k"), None, false), Some(tp()));
         for _ in 0..3 {
             let t = d.take().unwrap().unwrap();
-            d.settle(&t.tp, t.generation, t.offset, true).unwrap();
+            d.settle(&t.ticket, true).unwrap();
         }
         let actions = d.maintain();
         assert_eq!(actions.resume, vec![tp()]);

@@ -24,13 +24,15 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 
-use crate::dispatch::{Dispatcher, Tp};
+use crate::dispatch::{Dispatcher, Incoming, Tp};
 use crate::{Error, record};
 
 /// How long the thread blocks in one `poll` at most.
 const POLL_TIMEOUT: Duration = Duration::from_millis(20);
 /// How often watermarks are stored and pauses revisited while messages flow.
 const MAINTENANCE_EVERY: Duration = Duration::from_millis(10);
+/// At most this many messages are tracked under one lock.
+const BATCH: usize = 256;
 /// Repeated client errors are logged at most this often.
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(5);
 
@@ -157,6 +159,7 @@ impl PollThread {
             topics: HashMap::new(),
             last_error_log: None,
             disconnected: false,
+            batch: Vec::with_capacity(BATCH),
         };
         std::thread::Builder::new()
             .name("backstop-kafka-poll".into())
@@ -196,26 +199,15 @@ struct Poller {
     topics: HashMap<String, Arc<str>>,
     last_error_log: Option<Instant>,
     disconnected: bool,
+    /// Reused between polls, so a batch costs no allocation.
+    batch: Vec<Incoming>,
 }
 
 impl Poller {
     fn run(mut self) {
         let mut last_maintenance = Instant::now();
         while !self.stop.load(Ordering::Acquire) {
-            let idle = match self.consumer.poll(self.poll_timeout()) {
-                None => true,
-                Some(Ok(record)) => {
-                    self.disconnected = false;
-                    let message = record::to_message(&record);
-                    drop(record);
-                    self.receive(message);
-                    false
-                }
-                Some(Err(error)) => {
-                    self.on_error(error);
-                    true
-                }
-            };
+            let idle = self.poll_batch();
             if idle || last_maintenance.elapsed() >= MAINTENANCE_EVERY {
                 self.maintain(idle);
                 last_maintenance = Instant::now();
@@ -243,15 +235,53 @@ impl Poller {
         t
     }
 
-    fn receive(&mut self, message: backstop::Message) {
+    /// Polls one message (waiting up to the poll timeout), then whatever
+    /// else is already fetched, up to [`BATCH`], and tracks them under one
+    /// lock. Returns true when nothing arrived.
+    fn poll_batch(&mut self) -> bool {
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut timeout = self.poll_timeout();
+        while batch.len() < BATCH {
+            match self.consumer.poll(timeout) {
+                None => break,
+                Some(Ok(record)) => {
+                    let message = record::to_message(&record);
+                    drop(record);
+                    batch.push(self.incoming(message));
+                }
+                Some(Err(error)) => {
+                    self.on_error(error);
+                    break;
+                }
+            }
+            timeout = Duration::ZERO;
+        }
+        if batch.is_empty() {
+            self.batch = batch;
+            return true;
+        }
+        self.disconnected = false;
+        let mut pause = Vec::new();
+        self.dispatcher.receive_all(&mut batch, &mut pause);
+        self.batch = batch;
+        if !pause.is_empty()
+            && let Err(error) = self.consumer.pause(&partitions(&pause))
+        {
+            tracing::warn!(%error, "pausing a full partition failed");
+        }
+        false
+    }
+
+    fn incoming(&mut self, message: backstop::Message) -> Incoming {
         let topic = self.topic(&message.meta.source);
         let tp: Tp = (topic, message.meta.partition.unwrap_or_default());
         let delayed = self.delayed.contains(&*tp.0);
         let due = if delayed { record::due(&message) } else { None };
-        if let Some(full) = self.dispatcher.receive(tp, message, due, delayed)
-            && let Err(error) = self.consumer.pause(&partitions(&[full]))
-        {
-            tracing::warn!(%error, "pausing a full partition failed");
+        Incoming {
+            tp,
+            message,
+            due,
+            delayed,
         }
     }
 

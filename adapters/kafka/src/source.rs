@@ -84,9 +84,7 @@ impl Source for KafkaSource {
                 Ok(Some(taken)) => {
                     let acker = KafkaAcker {
                         dispatcher: Arc::clone(&self.dispatcher),
-                        tp: taken.tp,
-                        generation: taken.generation,
-                        offset: taken.offset,
+                        ticket: taken.ticket,
                     };
                     return Some(Ok(Delivery::new(taken.message, acker)));
                 }

@@ -184,12 +184,7 @@ impl PartitionTracker {
     /// Settles an in-flight message as done. Returns false if it was not in
     /// flight. Offsets that became ready (the next message of its key) are
     /// appended to `released`.
-    pub(crate) fn complete(
-        &mut self,
-        offset: i64,
-        now: SystemTime,
-        released: &mut Vec<i64>,
-    ) -> bool {
+    pub(crate) fn complete(&mut self, offset: i64, released: &mut Vec<i64>) -> bool {
         let Some(entry) = self.entries.get_mut(&offset) else {
             return false;
         };
@@ -200,7 +195,7 @@ impl PartitionTracker {
         entry.message = None;
         let key = entry.key.clone();
         if let Some(key) = key {
-            self.release_next_of_key(&key, offset, now, released);
+            self.release_next_of_key(&key, offset, released);
         }
         while let Some(first) = self.entries.first_entry() {
             if first.get().status != Status::Done {
@@ -217,13 +212,7 @@ impl PartitionTracker {
         true
     }
 
-    fn release_next_of_key(
-        &mut self,
-        key: &Bytes,
-        offset: i64,
-        now: SystemTime,
-        released: &mut Vec<i64>,
-    ) {
+    fn release_next_of_key(&mut self, key: &Bytes, offset: i64, released: &mut Vec<i64>) {
         let Some(queue) = self.keys.get_mut(key) else {
             return;
         };
@@ -236,7 +225,7 @@ impl PartitionTracker {
         };
         if let Some(entry) = self.entries.get_mut(&next)
             && entry.status == Status::Held
-            && entry.due.is_none_or(|d| d <= now)
+            && entry.due.is_none_or(|d| d <= SystemTime::now())
         {
             if entry.due.take().is_some() {
                 self.not_due = self.not_due.saturating_sub(1);
@@ -353,7 +342,7 @@ mod tests {
     fn run(t: &mut PartitionTracker, offset: i64) -> Vec<i64> {
         assert!(t.take(offset).is_some(), "offset {offset} is ready");
         let mut released = Vec::new();
-        assert!(t.complete(offset, now(), &mut released));
+        assert!(t.complete(offset, &mut released));
         released
     }
 
@@ -387,7 +376,7 @@ mod tests {
         let again = t.take(0).unwrap();
         assert!(again.meta.redelivered);
         let mut r = Vec::new();
-        assert!(t.complete(0, now(), &mut r));
+        assert!(t.complete(0, &mut r));
         assert_eq!(t.to_store(), Some(2));
     }
 
@@ -417,11 +406,11 @@ mod tests {
         let mut t = PartitionTracker::new(1, false);
         t.receive(msg(0, None), None, now());
         let mut r = Vec::new();
-        assert!(!t.complete(0, now(), &mut r), "not handed out yet");
+        assert!(!t.complete(0, &mut r), "not handed out yet");
         run(&mut t, 0);
-        assert!(!t.complete(0, now(), &mut r));
+        assert!(!t.complete(0, &mut r));
         assert!(!t.requeue(0));
-        assert!(!t.complete(7, now(), &mut r));
+        assert!(!t.complete(7, &mut r));
     }
 
     #[test]
