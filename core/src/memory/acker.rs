@@ -11,6 +11,7 @@ pub(crate) struct MemoryAcker {
     pub(crate) queue: Arc<str>,
     pub(crate) tag: u64,
     pub(crate) outstanding: Arc<AtomicUsize>,
+    pub(crate) prefetch: usize,
 }
 
 impl MemoryAcker {
@@ -25,17 +26,25 @@ impl MemoryAcker {
                 self.tag, self.queue
             )));
         };
-        self.outstanding.fetch_sub(1, Ordering::SeqCst);
-        match requeue {
-            None => queue.stats.acked += 1,
+        let was_full = self.outstanding.fetch_sub(1, Ordering::SeqCst) >= self.prefetch;
+        let requeued = match requeue {
+            None => {
+                queue.stats.acked += 1;
+                false
+            }
             Some(requeue) => {
                 queue.stats.nacked += 1;
                 if requeue {
                     queue.requeue(entry.message);
                 }
+                requeue
             }
+        };
+        // Wake consumers only when one may wait on this: a full prefetch, a
+        // requeued message, or a queue that just drained.
+        if was_full || requeued || queue.len() == 0 {
+            queue.notify.notify_waiters();
         }
-        queue.notify.notify_waiters();
         Ok(())
     }
 }

@@ -77,14 +77,18 @@ impl MemorySource {
         &self,
     ) -> Result<Option<Delivery>, (bool, Option<Instant>, Arc<tokio::sync::Notify>)> {
         let mut queues = self.shared.lock();
-        let queue = queues.entry(self.queue.to_string()).or_default();
+        if !queues.contains_key(&*self.queue) {
+            queues.insert(self.queue.to_string(), super::queue::Queue::default());
+        }
+        let Some(queue) = queues.get_mut(&*self.queue) else {
+            return Err((false, None, Arc::new(tokio::sync::Notify::new())));
+        };
         let next_due = queue.promote(Instant::now());
         if self.outstanding.load(Ordering::SeqCst) < self.prefetch
             && let Some(mut message) = queue.ready.pop_front()
         {
             let tag = self.shared.next_tag();
             message.meta.delivery_tag = Some(tag);
-            message.meta.source = self.queue.to_string();
             message.meta.attempt = attempt::from_headers(&message.headers);
             queue.unacked.insert(
                 tag,
@@ -99,6 +103,7 @@ impl MemorySource {
                 queue: Arc::clone(&self.queue),
                 tag,
                 outstanding: Arc::clone(&self.outstanding),
+                prefetch: self.prefetch,
             };
             return Ok(Some(Delivery::new(message, acker)));
         }
