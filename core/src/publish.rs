@@ -24,6 +24,10 @@ pub enum PublishError {
         /// The message's size.
         size: usize,
     },
+    /// The message or destination can never be published as it is (a name
+    /// or header the broker refuses); retrying does not help.
+    #[error("message cannot be published: {0}")]
+    Invalid(String),
     /// No confirm arrived in time.
     #[error("no confirm from the broker within {0:?}")]
     Timeout(std::time::Duration),
