@@ -116,10 +116,13 @@ impl RabbitPublisher {
         } else {
             format!("{exchange}/{routing_key}")
         };
-        let too_long = |part: &str| PublishError::Invalid(EncodeError::DestinationTooLong(part.to_owned()).to_string());
+        let too_long = |part: &str| {
+            PublishError::Invalid(EncodeError::DestinationTooLong(part.to_owned()).to_string())
+        };
         let exchange_name = ShortString::try_new(exchange).map_err(|_| too_long(exchange))?;
         let key = ShortString::try_new(routing_key).map_err(|_| too_long(routing_key))?;
-        let properties = properties_for(message).map_err(|e| PublishError::Invalid(e.to_string()))?;
+        let properties =
+            properties_for(message).map_err(|e| PublishError::Invalid(e.to_string()))?;
         let timeout = self.confirm_timeout;
         let publish = async {
             let options = BasicPublishOptions {
