@@ -1,0 +1,168 @@
+//! [`SpoolingDeadLetterSink`]: an opt-in DLQ writer that spools a dead
+//! letter when the DLQ broker is down, so the source can be acked.
+//!
+//! # The trade-off
+//!
+//! The default (any adapter's sink alone) keeps the source message unacked
+//! until the broker confirmed the DLQ write: while the DLQ broker is down
+//! the failed message stays on its source and is redelivered, failing again
+//! each time. Nothing lives outside the broker's replicated storage, but the
+//! source backs up with messages that cannot finish.
+//!
+//! This sink acks the source once the letter is either confirmed by the
+//! broker or committed to the local spool (`synchronous=FULL`). The source
+//! moves on; the letter reaches the DLQ when the broker is back. The price:
+//! until then the letter's only copy is one file on this machine's disk
+//! (lost with the disk, or with a container's ephemeral volume), and the
+//! DLQ shows it late. Use it where the spool sits on durable storage.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backstop::{DeadLetterSink, Message, PublishError, SinkError};
+
+use crate::outlet::SinkOutlet;
+use crate::relay::{Relay, RelayConfig};
+use crate::reliable::{Reliable, SendError};
+use crate::{Budget, OpenError, Spool, SpoolConfig, SpoolError};
+
+/// Wraps an adapter's [`DeadLetterSink`] with a spool; see the [module docs](self).
+///
+/// A letter is first written through the inner sink within the
+/// [`Budget`]; if the broker does not confirm it (unreachable, no confirm,
+/// refused for now), it is spooled and `dead_letter` returns `Ok`, so the
+/// stack acks the source. A relay delivers spooled letters through the
+/// inner sink (which routes them as it always does) once the broker is
+/// back, in order per DLQ and key. A sink error that retrying cannot fix
+/// (unroutable, misconfiguration) and a spool that cannot take the letter
+/// are returned, so the source stays unacked.
+pub struct SpoolingDeadLetterSink<S> {
+    core: Arc<Reliable<SinkOutlet<S>>>,
+    relay: Arc<Relay>,
+}
+
+impl<S> Clone for SpoolingDeadLetterSink<S> {
+    fn clone(&self) -> Self {
+        SpoolingDeadLetterSink {
+            core: Arc::clone(&self.core),
+            relay: Arc::clone(&self.relay),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for SpoolingDeadLetterSink<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpoolingDeadLetterSink")
+            .field("spool", &self.core.spool)
+            .field("budget", &self.core.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: DeadLetterSink> SpoolingDeadLetterSink<S> {
+    /// A builder for a spooling sink over `sink`, spooling to `spool`.
+    pub fn builder(sink: S, spool: SpoolConfig) -> SpoolingDeadLetterSinkBuilder<S> {
+        SpoolingDeadLetterSinkBuilder {
+            sink,
+            spool,
+            budget: Budget::default(),
+            relay: RelayConfig::default(),
+            client_timeout: None,
+        }
+    }
+
+    /// Opens the spool with the default [`Budget`] and [`RelayConfig`] and starts the relay.
+    pub async fn open(sink: S, spool: SpoolConfig) -> Result<Self, OpenError> {
+        Self::builder(sink, spool).open().await
+    }
+
+    /// The spool.
+    pub fn spool(&self) -> &Spool {
+        &self.core.spool
+    }
+
+    /// The wrapped sink.
+    pub fn inner(&self) -> &S {
+        &self.core.outlet.0
+    }
+
+    /// Waits until every spooled letter reached the DLQ, at most `timeout`.
+    pub async fn flush(&self, timeout: Duration) -> Result<(), SpoolError> {
+        self.core.spool.drained(timeout).await
+    }
+
+    /// Stops the relay and closes the spool; what is left is delivered by
+    /// the next process that opens it.
+    pub async fn close(self) -> Result<(), SpoolError> {
+        self.relay.stop().await;
+        self.core.spool.clone().close().await
+    }
+}
+
+#[async_trait::async_trait]
+impl<S: DeadLetterSink> DeadLetterSink for SpoolingDeadLetterSink<S> {
+    /// Confirmed by the broker, or committed to the spool; see the [type docs](Self).
+    async fn dead_letter(
+        &self,
+        letter: Message,
+        destination: Option<&str>,
+    ) -> Result<(), SinkError> {
+        match self.core.send(destination, &letter).await {
+            Ok(_sent) => Ok(()),
+            Err(SendError::Rejected(error)) => Err(error),
+            Err(SendError::NotSpooled(error)) => Err(SinkError::Publish {
+                destination: destination.unwrap_or("<dead-letter queue>").to_owned(),
+                source: PublishError::Unavailable(Box::new(error)),
+            }),
+        }
+    }
+}
+
+/// Configures a [`SpoolingDeadLetterSink`]; from [`SpoolingDeadLetterSink::builder`].
+#[derive(Debug)]
+pub struct SpoolingDeadLetterSinkBuilder<S> {
+    sink: S,
+    spool: SpoolConfig,
+    budget: Budget,
+    relay: RelayConfig,
+    client_timeout: Option<Duration>,
+}
+
+impl<S: DeadLetterSink> SpoolingDeadLetterSinkBuilder<S> {
+    /// How hard a letter tries the broker before spooling (default [`Budget::default`]).
+    #[must_use]
+    pub fn budget(mut self, budget: Budget) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// How the relay drains the spool (default [`RelayConfig::default`]).
+    #[must_use]
+    pub fn relay(mut self, relay: RelayConfig) -> Self {
+        self.relay = relay;
+        self
+    }
+
+    /// The broker client's own delivery timeout; see [`Budget`].
+    #[must_use]
+    pub fn client_timeout(mut self, timeout: Duration) -> Self {
+        self.client_timeout = Some(timeout);
+        self
+    }
+
+    /// Opens the spool and starts the relay.
+    pub async fn open(self) -> Result<SpoolingDeadLetterSink<S>, OpenError> {
+        let (core, relay) = Reliable::start(
+            SinkOutlet(self.sink),
+            self.spool,
+            self.budget,
+            self.relay,
+            self.client_timeout,
+        )
+        .await?;
+        Ok(SpoolingDeadLetterSink {
+            core,
+            relay: Arc::new(relay),
+        })
+    }
+}

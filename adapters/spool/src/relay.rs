@@ -1,0 +1,297 @@
+//! The relay: a task that drains the spool to the broker, in order, and
+//! removes a record only after the broker confirmed it.
+//!
+//! It reads the spool in `seq` order, a batch at a time, and sends each
+//! ordering unit's records (destination + key) one after the other, the
+//! units of a batch concurrently. A unit whose record fails waits: its later
+//! records are skipped for the rest of the pass, so they never overtake it,
+//! while other units go on. At the end of a pass with waiting units the
+//! relay backs off ([`RelayConfig::backoff`]) and starts again from the
+//! oldest record.
+//!
+//! When nothing in a batch was confirmed and the broker was unreachable,
+//! the relay marks the broker down (publishes go straight to the spool),
+//! backs off, and then probes with the single oldest record before sending
+//! whole batches again. A confirm marks the broker up.
+//!
+//! A record is removed in the transaction after its confirm; a crash
+//! between the two sends it again after the restart (at-least-once; the
+//! message id lets consumers deduplicate).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backstop::{CancellationToken, RetryPolicy};
+use tokio::task::JoinHandle;
+
+use crate::outlet::{Class, Failure, Outlet, attempt};
+use crate::record::{SpooledRecord, Unit};
+use crate::reliable::Reliable;
+use crate::{SpoolError, metrics};
+
+/// How the relay drains the spool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// Records read (and at most sent concurrently) per round (default 256).
+    pub batch: usize,
+    /// How often an idle relay looks at the spool even without a wake-up (default 1 s).
+    pub idle_poll: Duration,
+    /// The backoff between failed rounds: [`RetryPolicy::delay`] of the
+    /// number of failed rounds in a row (default 100 ms … 5 s; the relay never gives up).
+    pub backoff: RetryPolicy,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            batch: 256,
+            idle_poll: Duration::from_secs(1),
+            backoff: RetryPolicy::default()
+                .backoff(Duration::from_millis(100), Duration::from_secs(5)),
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Sets the batch size (at least 1).
+    #[must_use]
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+
+    /// Sets the backoff bounds between failed rounds.
+    #[must_use]
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.backoff = self.backoff.backoff(initial, max);
+        self
+    }
+
+    /// Sets the idle poll interval.
+    #[must_use]
+    pub fn idle_poll(mut self, every: Duration) -> Self {
+        self.idle_poll = every;
+        self
+    }
+}
+
+/// The running relay task; stops it when dropped.
+#[derive(Debug)]
+pub(crate) struct Relay {
+    stop: CancellationToken,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Relay {
+    pub(crate) fn spawn<O: Outlet>(core: Arc<Reliable<O>>, config: RelayConfig) -> Relay {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(core, config, stop.clone()));
+        Relay {
+            stop,
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    /// Stops the relay after its current round and waits for it.
+    pub(crate) async fn stop(&self) {
+        self.stop.cancel();
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task
+            && let Err(error) = task.await
+            && error.is_panic()
+        {
+            tracing::error!(%error, "the spool relay panicked");
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Sleeps `delay` unless stopped first; false when stopped.
+async fn pause(stop: &CancellationToken, delay: Duration) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => true,
+        () = stop.cancelled() => false,
+    }
+}
+
+/// What became of one unit's records in a round.
+struct UnitResult<E> {
+    unit: Unit,
+    confirmed: Vec<u64>,
+    failed: Option<(SpooledRecord, Failure<E>)>,
+}
+
+async fn deliver<O: Outlet>(
+    core: &Reliable<O>,
+    unit: Unit,
+    records: Vec<SpooledRecord>,
+) -> UnitResult<O::Error> {
+    let mut confirmed = Vec::with_capacity(records.len());
+    for record in records {
+        match attempt(
+            &core.outlet,
+            record.destination.as_deref(),
+            &record.message,
+            core.budget.attempt_timeout,
+        )
+        .await
+        {
+            Ok(()) => confirmed.push(record.seq),
+            Err(failure) => {
+                return UnitResult {
+                    unit,
+                    confirmed,
+                    failed: Some((record, failure)),
+                };
+            }
+        }
+    }
+    UnitResult {
+        unit,
+        confirmed,
+        failed: None,
+    }
+}
+
+/// The relay loop; see the [module docs](self).
+async fn run<O: Outlet>(core: Arc<Reliable<O>>, config: RelayConfig, stop: CancellationToken) {
+    let spool = core.spool.clone();
+    let name = spool.config().name.clone();
+    let mut cursor = 0u64;
+    let mut blocked: HashSet<Unit> = HashSet::new();
+    let mut failed_rounds = 0u32;
+    // Start carefully: one record first, whole batches once the broker confirmed.
+    let mut probing = true;
+    while !stop.is_cancelled() {
+        let arrived = spool.state().arrived.notified();
+        tokio::pin!(arrived);
+        arrived.as_mut().enable();
+        let limit = if probing { 1 } else { config.batch.max(1) };
+        let records = match spool.read_after(cursor, limit).await {
+            Ok(records) => records,
+            Err(SpoolError::Closed { .. }) => break,
+            Err(error) => {
+                tracing::error!(spool = %name, %error, "the relay cannot read the spool");
+                failed_rounds = failed_rounds.saturating_add(1);
+                if !pause(&stop, config.backoff.delay(failed_rounds)).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        if records.is_empty() {
+            if !blocked.is_empty() {
+                // End of a pass in which some units waited: back off, start over.
+                failed_rounds = failed_rounds.saturating_add(1);
+                blocked.clear();
+                cursor = 0;
+                if !pause(&stop, config.backoff.delay(failed_rounds)).await {
+                    break;
+                }
+                continue;
+            }
+            tokio::select! {
+                () = &mut arrived => {}
+                () = tokio::time::sleep(config.idle_poll) => {}
+                () = stop.cancelled() => break,
+            }
+            continue;
+        }
+        cursor = records.last().map_or(cursor, |r| r.seq);
+
+        // Group by unit, in spool order, leaving out units that wait.
+        let mut units: Vec<(Unit, Vec<SpooledRecord>)> = Vec::new();
+        let mut index: HashMap<Unit, usize> = HashMap::new();
+        for record in records {
+            let unit = record.unit();
+            if blocked.contains(&unit) {
+                continue;
+            }
+            match index.get(&unit) {
+                Some(&i) => units[i].1.push(record),
+                None => {
+                    index.insert(unit.clone(), units.len());
+                    units.push((unit, vec![record]));
+                }
+            }
+        }
+        let results = futures::future::join_all(
+            units
+                .into_iter()
+                .map(|(unit, records)| deliver(&core, unit, records)),
+        )
+        .await;
+
+        let mut confirmed = Vec::new();
+        let mut failures = 0usize;
+        let mut unreachable: Option<String> = None;
+        for result in results {
+            confirmed.extend(result.confirmed);
+            let Some((record, failure)) = result.failed else {
+                continue;
+            };
+            failures += 1;
+            let class = failure.class::<O>();
+            let reason = failure.reason::<O>();
+            metrics::relay_failure(&name, reason);
+            let destination = record.destination.as_deref().unwrap_or("<default>");
+            if class == Class::Permanent {
+                tracing::error!(
+                    spool = %name, message_id = %record.message.meta.message_id, destination,
+                    seq = record.seq, reason, error = %failure,
+                    "the broker refuses a spooled message; its key waits behind it \
+                     (fix the destination, or remove the record with Spool::remove)"
+                );
+            } else {
+                tracing::warn!(
+                    spool = %name, message_id = %record.message.meta.message_id, destination,
+                    seq = record.seq, reason, error = %failure,
+                    "relaying a spooled message failed; it stays in the spool"
+                );
+            }
+            if class == Class::Unreachable {
+                unreachable.get_or_insert_with(|| failure.to_string());
+            }
+            blocked.insert(result.unit);
+        }
+
+        if !confirmed.is_empty() {
+            match spool.remove(&confirmed).await {
+                Ok(n) => metrics::relayed(&name, n),
+                // Confirmed but still in the file: they will be sent again (duplicates, not losses).
+                Err(error) => {
+                    tracing::error!(spool = %name, %error, records = confirmed.len(),
+                        "confirmed records could not be removed from the spool; they will be sent again");
+                }
+            }
+            core.broker_back();
+            failed_rounds = 0;
+            probing = false;
+        }
+        if failures == 0 {
+            continue;
+        }
+        match unreachable {
+            Some(reason) if confirmed.is_empty() => {
+                // The broker is down: back off, then probe from the oldest record.
+                core.broker_down(&reason);
+                failed_rounds = failed_rounds.saturating_add(1);
+                probing = true;
+                blocked.clear();
+                cursor = 0;
+                if !pause(&stop, config.backoff.delay(failed_rounds)).await {
+                    break;
+                }
+            }
+            // The broker answered: go on with the other units.
+            _ => probing = false,
+        }
+    }
+    tracing::debug!(spool = %name, "relay stopped");
+}
