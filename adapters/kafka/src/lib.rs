@@ -59,9 +59,12 @@
 //! * A nacked or dropped delivery is handed out again by the same consumer,
 //!   and the partition's offset stays below it; after a restart the group
 //!   resumes at the first unfinished offset.
-//! * On revoke: stop handing out the partition's messages, commit what is
-//!   done synchronously, and fence the partition so late acks are refused
-//!   (the new owner reads those messages again). On close: commit, leave.
+//! * On revoke: stop handing out the partition's messages, fence the
+//!   partition so late acks are refused (the new owner reads those messages
+//!   again), and store what is done; librdkafka commits it as part of the
+//!   unassignment and holds the rebalance until the commit completed (a
+//!   blocking commit inside the callback could stall the poll thread for a
+//!   minute while the coordinator is away). On close: commit, leave.
 //! * Message id: the `x-backstop-message-id` header, else
 //!   `<topic>/<partition>/<offset>` (carried on every copy). Attempt:
 //!   `x-backstop-attempt`. Meta: topic, partition, offset, timestamp; the

@@ -9,8 +9,11 @@
 //! tracks too many unfinished messages (or holds a retry that is not due).
 //! It stores each partition's watermark (last done + 1) with
 //! `store_offsets`; librdkafka's auto commit commits what was stored. On
-//! revoke it fences the partitions and commits their watermarks
-//! synchronously; on close it commits everything done, then leaves the group.
+//! revoke it fences the partitions and stores their final watermarks, which
+//! librdkafka commits as part of the unassignment: the rebalance does not go
+//! on until that commit finished, so the new owner starts where this member
+//! stopped. On close it commits everything done (synchronously), then leaves
+//! the group.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -96,16 +99,23 @@ impl ConsumerContext for GroupContext {
         let commit = self
             .dispatcher
             .revoke(elements.iter().map(|e| (e.topic(), e.partition())));
+        let lost = consumer.assignment_lost();
         tracing::info!(
             partitions = elements.len(),
             committing = commit.len(),
+            lost,
             "partitions revoked"
         );
-        if commit.is_empty() || consumer.assignment_lost() {
+        if commit.is_empty() || lost {
             return;
         }
-        if let Err(error) = consumer.commit(&list(&commit), CommitMode::Sync) {
-            tracing::warn!(%error, "commit on revoke failed; the new owner may redeliver finished messages");
+        // Store, not commit: with auto commit, librdkafka commits the stored
+        // offsets of unassigned partitions itself and holds the rebalance
+        // until that commit is done. A sync commit here would block the poll
+        // thread for up to `socket.timeout.ms` when the coordinator is away
+        // (a broker restart), and the member could not rejoin meanwhile.
+        if let Err(error) = consumer.store_offsets(&list(&commit)) {
+            tracing::warn!(%error, "storing offsets on revoke failed; the new owner may redeliver finished messages");
         }
     }
 

@@ -44,6 +44,9 @@ pub fn kafka(group: &str) -> Kafka {
         c.message_timeout = Duration::from_secs(10);
         c.missing_topic_timeout = Duration::from_secs(2);
         c.retry_tiers = RetryTiers::new([Duration::from_secs(2), Duration::from_secs(4)]);
+        if let Ok(debug) = std::env::var("BACKSTOP_KAFKA_DEBUG") {
+            c.consumer_properties.insert("debug".into(), debug);
+        }
     })
 }
 
