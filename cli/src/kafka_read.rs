@@ -1,0 +1,139 @@
+//! Reading a whole Kafka topic (or a small compacted one) from the beginning
+//! to the end offsets seen at the start, with manual assignment (no group).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use backstop::{Headers, Message, Meta, attempt, wire};
+use backstop_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use backstop_kafka::rdkafka::message::{Headers as _, Message as _};
+use backstop_kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use bytes::Bytes;
+
+use crate::error::CliError;
+
+/// How long a metadata or watermark request may take.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A consumer for `brokers` that never commits (its group id is unused).
+pub fn reader(brokers: &str) -> Result<BaseConsumer, CliError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "backstop-cli-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("allow.auto.create.topics", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .map_err(CliError::kafka("creating a consumer"))
+}
+
+/// The partition count of `topic`, or `None` when it does not exist.
+pub fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Option<i32>, CliError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), TIMEOUT)
+        .map_err(CliError::kafka(format!("reading the metadata of {topic}")))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| i32::try_from(t.partitions().len()).unwrap_or(i32::MAX))
+        .filter(|n| *n > 0))
+}
+
+/// The message of a record read from a topic: headers, key, meta (topic,
+/// partition, offset, timestamp), message id from `x-backstop-message-id`
+/// else `<topic>/<partition>/<offset>`.
+pub fn to_message<M: backstop_kafka::rdkafka::Message>(record: &M) -> Message {
+    let mut headers = Headers::new();
+    if let Some(h) = record.headers() {
+        for header in h.iter() {
+            let value = header.value.map(String::from_utf8_lossy).unwrap_or_default();
+            headers.insert(header.key.to_owned(), value.into_owned());
+        }
+    }
+    let (topic, partition, offset) = (record.topic(), record.partition(), record.offset());
+    let message_id = headers
+        .get(wire::MESSAGE_ID)
+        .filter(|id| !id.is_empty())
+        .cloned()
+        .unwrap_or_else(|| backstop_kafka::assigned_message_id(topic, partition, offset));
+    let timestamp = record
+        .timestamp()
+        .to_millis()
+        .and_then(|ms| u64::try_from(ms).ok())
+        .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+    Message {
+        payload: record.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
+        key: record.key().map(Bytes::copy_from_slice),
+        meta: Meta {
+            source: topic.to_owned(),
+            partition: Some(partition),
+            offset: Some(offset),
+            attempt: attempt::from_headers(&headers),
+            message_id,
+            timestamp,
+            ..Meta::default()
+        },
+        headers,
+    }
+}
+
+/// Every record of `topic` up to the end offsets at the start, in partition
+/// order (blocking; call it in `spawn_blocking`). Tombstones (no payload)
+/// are returned with an empty payload and `tombstone` set in the second field.
+pub fn read_all(brokers: &str, topic: &str) -> Result<Vec<(Message, bool)>, CliError> {
+    let consumer = reader(brokers)?;
+    let n = partitions(&consumer, topic)?.ok_or_else(|| CliError::MissingTopic(topic.to_owned()))?;
+    let mut ends = BTreeMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..n {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, TIMEOUT)
+            .map_err(CliError::kafka(format!("reading the offsets of {topic}")))?;
+        if high > low {
+            ends.insert(p, high);
+            tpl.add_partition_offset(topic, p, Offset::Offset(low))
+                .map_err(CliError::kafka("assigning partitions"))?;
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return Ok(out);
+    }
+    consumer.assign(&tpl).map_err(CliError::kafka(format!("reading {topic}")))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ends.is_empty() {
+        if Instant::now() > deadline {
+            return Err(CliError::Kafka {
+                what: format!("reading {topic}"),
+                reason: "the topic could not be read to its end within 60 s".into(),
+            });
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(record)) => {
+                let (p, o) = (record.partition(), record.offset());
+                let tombstone = record.payload().is_none();
+                out.push((to_message(&record), tombstone));
+                if ends.get(&p).is_some_and(|end| o + 1 >= *end) {
+                    ends.remove(&p);
+                }
+            }
+            Some(Err(e)) => return Err(CliError::kafka(format!("reading {topic}"))(e)),
+            None => {
+                // Gaps at the end (transaction markers, compaction): trust the position.
+                if let Ok(pos) = consumer.position() {
+                    for e in pos.elements() {
+                        if let Offset::Offset(o) = e.offset()
+                            && ends.get(&e.partition()).is_some_and(|end| o >= *end)
+                        {
+                            ends.remove(&e.partition());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}

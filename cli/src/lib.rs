@@ -1,0 +1,37 @@
+//! The `backstop` command line as a library: DLQ redrive ([`dlq`]), Kafka
+//! log replay ([`replay`]) and a broker audit ([`doctor`]). `main.rs` only
+//! parses arguments and calls [`run`].
+//!
+//! See `cli/README.md` for the commands and the export format.
+
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod args;
+pub mod dlq;
+pub mod doctor;
+pub mod epoch;
+pub mod error;
+pub mod kafka_read;
+pub mod redact;
+pub mod replay;
+
+pub use crate::error::CliError;
+
+/// What a command produced: text for stdout and the exit status.
+#[derive(Debug)]
+pub struct Output {
+    /// Printed on stdout.
+    pub text: String,
+    /// The process exit status (0 unless the doctor found high-severity risks).
+    pub status: i32,
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: &args::Cli) -> Result<Output, CliError> {
+    match &cli.command {
+        args::Command::Dlq { action } => Ok(Output { text: dlq::run(action).await?, status: 0 }),
+        args::Command::Replay(a) => Ok(Output { text: replay::run(a).await?, status: 0 }),
+        args::Command::Doctor(a) => doctor::run(a).await,
+    }
+}

@@ -1,0 +1,34 @@
+//! Hiding credentials in URLs before anything is printed.
+
+/// `url` with the password replaced by `***` (`amqp://guest:***@host/`).
+pub fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let Some(at) = rest.find('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    match userinfo.find(':') {
+        Some(colon) => format!(
+            "{}{}:***{}",
+            &url[..scheme_end + 3],
+            &userinfo[..colon],
+            &rest[at..]
+        ),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_hidden() {
+        assert_eq!(redact("amqp://u:secret@h:5672/%2f"), "amqp://u:***@h:5672/%2f");
+        assert_eq!(redact("http://h:15672"), "http://h:15672");
+        assert_eq!(crate::error::redact_all("at amqp://a:b@c failed"), "at amqp://a:***@c failed");
+    }
+}
