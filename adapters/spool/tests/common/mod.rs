@@ -1,0 +1,180 @@
+//! Helpers shared by the integration tests (each test binary uses some).
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use backstop::memory::MemoryBroker;
+use backstop::{Message, PublishError, Publisher, RetryPolicy};
+use backstop_spool::{Budget, RelayConfig};
+
+/// Logs to the test output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// A unique name with a readable prefix.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "bt-spool-{prefix}-{}",
+        &backstop::message::new_message_id()[..12]
+    )
+}
+
+/// A small budget: 3 attempts, 10 … 50 ms backoff, 500 ms per attempt.
+pub fn quick_budget() -> Budget {
+    Budget::new(
+        RetryPolicy::retries(2).backoff(Duration::from_millis(10), Duration::from_millis(50)),
+        Duration::from_millis(500),
+    )
+}
+
+/// A relay that retries quickly.
+pub fn quick_relay() -> RelayConfig {
+    RelayConfig::default()
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .idle_poll(Duration::from_millis(100))
+}
+
+/// How a [`Switch`] answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Up,
+    Down,
+    Full,
+    Unroutable,
+}
+
+/// An in-memory broker that can be switched off, or made to refuse.
+#[derive(Clone)]
+pub struct Switch {
+    pub broker: MemoryBroker,
+    mode: Arc<std::sync::Mutex<Mode>>,
+    pub attempts: Arc<AtomicUsize>,
+    pub hang: Arc<AtomicBool>,
+    refused_key: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Default for Switch {
+    fn default() -> Self {
+        Switch {
+            broker: MemoryBroker::new(),
+            mode: Arc::new(std::sync::Mutex::new(Mode::Up)),
+            attempts: Arc::new(AtomicUsize::new(0)),
+            hang: Arc::new(AtomicBool::new(false)),
+            refused_key: Arc::default(),
+        }
+    }
+}
+
+impl Switch {
+    pub fn set(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    /// Refuses messages of this key as `Full` (None: refuse none).
+    pub fn refuse_key(&self, key: Option<&str>) {
+        *self.refused_key.lock().unwrap() = key.map(str::to_owned);
+    }
+
+    pub fn ids(&self, queue: &str) -> Vec<String> {
+        self.broker
+            .peek(queue)
+            .into_iter()
+            .map(|m| m.meta.message_id)
+            .collect()
+    }
+
+    pub fn messages(&self, queue: &str) -> Vec<Message> {
+        self.broker.peek(queue)
+    }
+}
+
+#[async_trait::async_trait]
+impl Publisher for Switch {
+    async fn publish(&self, destination: &str, message: &Message) -> Result<(), PublishError> {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        if self.hang.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+        let refused = self.refused_key.lock().unwrap().clone();
+        if refused.is_some() && refused.as_deref().map(str::as_bytes) == message.key.as_deref() {
+            return Err(PublishError::Full(destination.to_owned()));
+        }
+        let mode = *self.mode.lock().unwrap();
+        match mode {
+            Mode::Up => self.broker.publish(destination, message).await,
+            Mode::Down => Err(PublishError::Unavailable("connection refused".into())),
+            Mode::Full => Err(PublishError::Full(destination.to_owned())),
+            Mode::Unroutable => Err(PublishError::Unroutable(destination.to_owned())),
+        }
+    }
+}
+
+/// `n` messages with ids `<run>-<i>`, keys `k<i % keys>`, header `seq`.
+pub fn messages(run: &str, n: usize, keys: usize) -> Vec<Message> {
+    (0..n)
+        .map(|i| {
+            Message::new(format!(r#"{{"n":{i}}}"#))
+                .with_message_id(format!("{run}-{i}"))
+                .with_key(format!("k{}", i % keys.max(1)))
+                .with_header("seq", i.to_string())
+        })
+        .collect()
+}
+
+/// Checks that, per key, the first arrival of each message is in `seq` order.
+/// Returns the keys whose order broke, with the offending pair.
+pub fn order_breaks(arrived: &[Message]) -> Vec<String> {
+    let mut last: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    let mut breaks = Vec::new();
+    for m in arrived {
+        if !seen.insert(m.meta.message_id.clone()) {
+            continue; // a duplicate (at-least-once)
+        }
+        let key = m.key.as_deref().unwrap_or_default().to_vec();
+        let Some(seq) = m.header("seq").and_then(|s| s.parse::<u64>().ok()) else {
+            continue;
+        };
+        if let Some(prev) = last.insert(key.clone(), seq)
+            && prev > seq
+        {
+            breaks.push(format!(
+                "key {:?}: {prev} before {seq}",
+                String::from_utf8_lossy(&key)
+            ));
+        }
+    }
+    breaks
+}
+
+/// The ids of `expected` that are not in `arrived`.
+pub fn missing<'a>(
+    expected: impl IntoIterator<Item = &'a str>,
+    arrived: &[Message],
+) -> Vec<String> {
+    let got: BTreeSet<&str> = arrived.iter().map(|m| m.meta.message_id.as_str()).collect();
+    expected
+        .into_iter()
+        .filter(|id| !got.contains(id))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until `check` holds or `wait` passes; returns whether it held.
+pub async fn eventually(wait: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let until = tokio::time::Instant::now() + wait;
+    while tokio::time::Instant::now() < until {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check()
+}
