@@ -7,13 +7,8 @@ use crate::redact::redact;
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     /// The RabbitMQ broker could not be reached or refused the login.
-    #[error("cannot connect to RabbitMQ at {url}: {reason} (check the URL, the credentials and that the broker runs)")]
-    RabbitConnect {
-        /// The URL, password hidden.
-        url: String,
-        /// What the client said.
-        reason: String,
-    },
+    #[error("{0}")]
+    RabbitConnect(String),
     /// A queue does not exist.
     #[error("queue {0:?} does not exist (check --queue/--dlq and --amqp's vhost)")]
     MissingQueue(String),
@@ -82,10 +77,8 @@ pub enum CliError {
 impl CliError {
     /// A RabbitMQ connection failure for `url` (redacted here).
     pub fn rabbit_connect(url: &str, reason: impl std::fmt::Display) -> Self {
-        CliError::RabbitConnect {
-            url: redact(url),
-            reason: redact_all(&reason.to_string()),
-        }
+        let text = reason.to_string().replace(url, &redact(url));
+        CliError::RabbitConnect(redact_all(&text))
     }
 
     /// A Kafka failure while doing `what`.

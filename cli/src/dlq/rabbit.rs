@@ -59,7 +59,7 @@ struct Scan {
     channel: Channel,
     queue: String,
     remaining: u32,
-    last_tag: Option<u64>,
+    held: std::collections::BTreeSet<u64>,
 }
 
 impl Scan {
@@ -78,12 +78,13 @@ impl Scan {
         };
         self.remaining -= 1;
         let d = got.delivery;
-        self.last_tag = Some(d.delivery_tag);
+        self.held.insert(d.delivery_tag);
         let message = message_from_get(&self.queue, &d.properties, d.data);
         Ok(Some((d.delivery_tag, Letter::new(message))))
     }
 
-    async fn ack(&self, tag: u64) -> Result<(), CliError> {
+    async fn ack(&mut self, tag: u64) -> Result<(), CliError> {
+        self.held.remove(&tag);
         self.channel
             .basic_ack(tag, BasicAckOptions { multiple: false })
             .await
@@ -94,7 +95,7 @@ impl Scan {
     /// ack (a synchronous round trip on the same channel), and closes.
     async fn finish(self) -> Result<(), CliError> {
         let what = format!("returning messages to {:?}", self.queue);
-        if let Some(tag) = self.last_tag {
+        if let Some(&tag) = self.held.last() {
             self.channel
                 .basic_nack(tag, BasicNackOptions { multiple: true, requeue: true })
                 .await
@@ -148,7 +149,7 @@ impl RabbitDlq {
             .channel()
             .await
             .map_err(|e| CliError::Broker { what: "opening a channel".into(), reason: e.to_string() })?;
-        Ok(Scan { channel, queue: self.queue.clone(), remaining, last_tag: None })
+        Ok(Scan { channel, queue: self.queue.clone(), remaining, held: Default::default() })
     }
 
     /// Every letter in the queue (all are requeued afterwards, in order).

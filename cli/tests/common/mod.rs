@@ -1,0 +1,130 @@
+//! Helpers shared by the CLI's broker tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeSet;
+use std::process::Output;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backstop::{Context, HandlerError, Runner, Source, Stack};
+
+pub fn amqp() -> String {
+    std::env::var("BACKSTOP_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+pub fn brokers() -> String {
+    std::env::var("BACKSTOP_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("bt-cli-{prefix}-{}", &backstop::message::new_message_id()[..10])
+}
+
+/// Runs the binary; returns its output.
+pub fn cli(args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(args)
+        .output()
+        .expect("run backstop")
+}
+
+/// Runs the binary and expects success; returns stdout.
+pub fn cli_ok(args: &[&str]) -> String {
+    let out = cli(args);
+    assert!(
+        out.status.success(),
+        "backstop {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The error texts by payload number: n % 4 == 0 is not JSON (a decode failure).
+pub fn error_for(n: u64) -> &'static str {
+    match n % 4 {
+        1 => "card declined",
+        2 => "address invalid",
+        _ => "out of stock",
+    }
+}
+
+pub fn payload(n: u64) -> String {
+    if n % 4 == 0 { format!("not json {n}") } else { format!("{{\"n\":{n}}}") }
+}
+
+/// What the test worker did.
+#[derive(Default)]
+pub struct Worker {
+    pub fail: std::sync::atomic::AtomicBool,
+    pub handled: Mutex<Vec<String>>,
+    pub runs: std::sync::atomic::AtomicUsize,
+}
+
+/// The handler: counts runs; fails permanently with `error_for(n)` while
+/// `fail` is set, else records the message id as handled.
+pub fn handler(
+    state: Arc<Worker>,
+) -> impl Fn(serde_json::Value, Context) -> std::pin::Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>
++ Send
++ Sync
++ 'static {
+    move |value: serde_json::Value, ctx: Context| {
+        let state = Arc::clone(&state);
+        Box::pin(async move {
+            state.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if state.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                let n = value["n"].as_u64().unwrap_or(0);
+                return Err(HandlerError::permanent(error_for(n)));
+            }
+            state.handled.lock().unwrap().push(ctx.message_id().to_owned());
+            Ok(())
+        })
+    }
+}
+
+/// Runs `source` through `stack` until `done()` holds (or `limit` passes), then shuts down.
+pub async fn run_until<S, F, Fut>(source: S, stack: Stack, limit: Duration, done: F)
+where
+    S: Source + Send + 'static,
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let runner = Runner::new(source, stack).concurrency(8).shutdown_deadline(Duration::from_secs(5));
+    let token = runner.shutdown_token();
+    let task = tokio::spawn(runner.run());
+    let until = Instant::now() + limit;
+    while !done().await && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    token.cancel();
+    let _ = task.await;
+}
+
+pub fn ids(lines: &str) -> BTreeSet<String> {
+    lines
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["message_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A dead letter of message `id` (payload `payload(n)`) consumed from `source`.
+pub fn letter(source: &str, id: &str, n: u64, replayed: u32) -> backstop::Message {
+    let mut m = backstop::Message::new(payload(n)).with_message_id(id);
+    m.meta.source = source.to_owned();
+    if replayed > 0 {
+        m.headers.insert(backstop::wire::REPLAYED.to_owned(), replayed.to_string());
+    }
+    let now = std::time::SystemTime::now();
+    backstop::copy::dead_letter(
+        &m,
+        &backstop::Failure {
+            kind: backstop::ErrorKind::Permanent,
+            message: error_for(n).to_owned(),
+            attempts: 1,
+            first_failure: now,
+            last_failure: now,
+        },
+    )
+}
