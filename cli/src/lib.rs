@@ -12,6 +12,7 @@ pub mod dlq;
 pub mod doctor;
 pub mod epoch;
 pub mod error;
+pub mod http;
 pub mod kafka_read;
 pub mod redact;
 pub mod replay;
