@@ -18,7 +18,7 @@ pub enum Command {
     Dlq {
         /// The DLQ action.
         #[command(subcommand)]
-        action: DlqAction,
+        action: Box<DlqAction>,
     },
     /// Reset a Kafka consumer group to a time or offset so it consumes history again.
     Replay(ReplayArgs),
@@ -198,7 +198,12 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub group: String,
     /// Replay from the first message at or after this time (RFC 3339).
-    #[arg(long, value_name = "RFC3339", conflicts_with = "from_offset", required_unless_present = "from_offset")]
+    #[arg(
+        long,
+        value_name = "RFC3339",
+        conflicts_with = "from_offset",
+        required_unless_present = "from_offset"
+    )]
     pub from_time: Option<String>,
     /// Replay from this offset on every partition.
     #[arg(long, value_name = "N")]

@@ -40,7 +40,9 @@ pub enum CliError {
         reason: String,
     },
     /// A message selected for replay could not be republished.
-    #[error("republishing message {id:?} to {destination:?} failed: {reason}; it stays in the DLQ, rerun to resume")]
+    #[error(
+        "republishing message {id:?} to {destination:?} failed: {reason}; it stays in the DLQ, rerun to resume"
+    )]
     Republish {
         /// The message id.
         id: String,
@@ -56,7 +58,9 @@ pub enum CliError {
     #[error("message {0:?} is not in the DLQ")]
     NotFound(String),
     /// The consumer group still has members; offsets cannot be reset.
-    #[error("consumer group {group:?} has {members} active member(s): stop its workers first, then rerun (offsets can only be reset on an empty group)")]
+    #[error(
+        "consumer group {group:?} has {members} active member(s): stop its workers first, then rerun (offsets can only be reset on an empty group)"
+    )]
     GroupActive {
         /// The group.
         group: String,
@@ -82,7 +86,9 @@ impl CliError {
     }
 
     /// A Kafka failure while doing `what`.
-    pub fn kafka(what: impl Into<String>) -> impl FnOnce(backstop_kafka::rdkafka::error::KafkaError) -> Self {
+    pub fn kafka(
+        what: impl Into<String>,
+    ) -> impl FnOnce(backstop_kafka::rdkafka::error::KafkaError) -> Self {
         let what = what.into();
         move |e| CliError::Kafka {
             what,

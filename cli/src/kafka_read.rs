@@ -49,7 +49,10 @@ pub fn to_message<M: backstop_kafka::rdkafka::Message>(record: &M) -> Message {
     let mut headers = Headers::new();
     if let Some(h) = record.headers() {
         for header in h.iter() {
-            let value = header.value.map(String::from_utf8_lossy).unwrap_or_default();
+            let value = header
+                .value
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
             headers.insert(header.key.to_owned(), value.into_owned());
         }
     }
@@ -65,7 +68,10 @@ pub fn to_message<M: backstop_kafka::rdkafka::Message>(record: &M) -> Message {
         .and_then(|ms| u64::try_from(ms).ok())
         .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
     Message {
-        payload: record.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
+        payload: record
+            .payload()
+            .map(Bytes::copy_from_slice)
+            .unwrap_or_default(),
         key: record.key().map(Bytes::copy_from_slice),
         meta: Meta {
             source: topic.to_owned(),
@@ -85,7 +91,8 @@ pub fn to_message<M: backstop_kafka::rdkafka::Message>(record: &M) -> Message {
 /// are returned with an empty payload and `tombstone` set in the second field.
 pub fn read_all(brokers: &str, topic: &str) -> Result<Vec<(Message, bool)>, CliError> {
     let consumer = reader(brokers)?;
-    let n = partitions(&consumer, topic)?.ok_or_else(|| CliError::MissingTopic(topic.to_owned()))?;
+    let n =
+        partitions(&consumer, topic)?.ok_or_else(|| CliError::MissingTopic(topic.to_owned()))?;
     let mut ends = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
     for p in 0..n {
@@ -102,7 +109,9 @@ pub fn read_all(brokers: &str, topic: &str) -> Result<Vec<(Message, bool)>, CliE
     if ends.is_empty() {
         return Ok(out);
     }
-    consumer.assign(&tpl).map_err(CliError::kafka(format!("reading {topic}")))?;
+    consumer
+        .assign(&tpl)
+        .map_err(CliError::kafka(format!("reading {topic}")))?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while !ends.is_empty() {
         if Instant::now() > deadline {

@@ -31,8 +31,14 @@ pub struct Output {
 /// Runs a parsed command line.
 pub async fn run(cli: &args::Cli) -> Result<Output, CliError> {
     match &cli.command {
-        args::Command::Dlq { action } => Ok(Output { text: dlq::run(action).await?, status: 0 }),
-        args::Command::Replay(a) => Ok(Output { text: replay::run(a).await?, status: 0 }),
+        args::Command::Dlq { action } => Ok(Output {
+            text: dlq::run(action).await?,
+            status: 0,
+        }),
+        args::Command::Replay(a) => Ok(Output {
+            text: replay::run(a).await?,
+            status: 0,
+        }),
         args::Command::Doctor(a) => doctor::run(a).await,
     }
 }

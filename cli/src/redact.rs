@@ -27,8 +27,14 @@ mod tests {
 
     #[test]
     fn passwords_are_hidden() {
-        assert_eq!(redact("amqp://u:secret@h:5672/%2f"), "amqp://u:***@h:5672/%2f");
+        assert_eq!(
+            redact("amqp://u:secret@h:5672/%2f"),
+            "amqp://u:***@h:5672/%2f"
+        );
         assert_eq!(redact("http://h:15672"), "http://h:15672");
-        assert_eq!(crate::error::redact_all("at amqp://a:b@c failed"), "at amqp://a:***@c failed");
+        assert_eq!(
+            crate::error::redact_all("at amqp://a:b@c failed"),
+            "at amqp://a:***@c failed"
+        );
     }
 }

@@ -14,12 +14,21 @@ use common::*;
 
 fn kafka(group: &str) -> Kafka {
     Kafka::new(brokers(), group)
-        .retry_tiers(RetryTiers::new([Duration::from_secs(1), Duration::from_secs(10)]))
+        .retry_tiers(RetryTiers::new([
+            Duration::from_secs(1),
+            Duration::from_secs(10),
+        ]))
         .configure(|c| c.session_timeout = Duration::from_secs(6))
 }
 
 async fn dlq_len(k: &Kafka, topic: &str) -> i64 {
-    k.topics().unwrap().end_offsets(&k.dlq_topic(topic)).await.unwrap().values().sum()
+    k.topics()
+        .unwrap()
+        .end_offsets(&k.dlq_topic(topic))
+        .await
+        .unwrap()
+        .values()
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,10 +36,14 @@ async fn kafka_filtered_replay_goes_to_the_groups_retry_path() {
     let topic = unique("kt");
     let group = unique("kg");
     let k = kafka(&group);
-    k.ensure_topics([TopicSpec::new(&topic).partitions(2)]).await.unwrap();
+    k.ensure_topics([TopicSpec::new(&topic).partitions(2)])
+        .await
+        .unwrap();
     let publisher = k.publisher().unwrap();
     for n in 0..100u64 {
-        let m = backstop::Message::new(payload(n)).with_message_id(format!("{topic}-{n}")).with_key(format!("k{n}"));
+        let m = backstop::Message::new(payload(n))
+            .with_message_id(format!("{topic}-{n}"))
+            .with_key(format!("k{n}"));
         publisher.publish(&topic, &m).await.unwrap();
     }
     let store = Arc::new(MemoryStore::new(10_000, Duration::from_secs(600)));
@@ -41,43 +54,82 @@ async fn kafka_filtered_replay_goes_to_the_groups_retry_path() {
             .idempotency(store.clone(), KeySource::MessageId)
             .build(handler_fn(handler(Arc::clone(&state))))
     };
-    run_until(k.source(&[&topic], 16).unwrap(), stack(), Duration::from_secs(60), || async {
-        dlq_len(&k, &topic).await >= 100
-    })
+    run_until(
+        k.source(&[&topic], 16).unwrap(),
+        stack(),
+        Duration::from_secs(60),
+        || async { dlq_len(&k, &topic).await >= 100 },
+    )
     .await;
     assert_eq!(dlq_len(&k, &topic).await, 100);
 
     let b = brokers();
-    let base = ["--kafka", b.as_str(), "--topic", topic.as_str(), "--group", group.as_str()];
+    let base = [
+        "--kafka",
+        b.as_str(),
+        "--topic",
+        topic.as_str(),
+        "--group",
+        group.as_str(),
+    ];
     let list = |extra: &[&str]| {
         let mut args = vec!["dlq", "list", "--json"];
         args.extend(base);
         args.extend(extra);
         ids(&cli_ok(&args))
     };
-    let expect = |r: u64| -> BTreeSet<String> { (0..100).filter(|n| n % 4 == r).map(|n| format!("{topic}-{n}")).collect() };
+    let expect = |r: u64| -> BTreeSet<String> {
+        (0..100)
+            .filter(|n| n % 4 == r)
+            .map(|n| format!("{topic}-{n}"))
+            .collect()
+    };
     assert_eq!(list(&[]).len(), 100);
     assert_eq!(list(&["--error", "card declined"]), expect(1));
     assert_eq!(list(&["--kind", "decode"]), expect(0));
-    assert_eq!(list(&["--key", "k2"]), BTreeSet::from([format!("{topic}-2")]));
+    assert_eq!(
+        list(&["--key", "k2"]),
+        BTreeSet::from([format!("{topic}-2")])
+    );
 
-    let out = cli_ok(&[&["dlq", "replay", "--error", "card declined"][..], &base[..]].concat());
+    let out = cli_ok(
+        &[
+            &["dlq", "replay", "--error", "card declined"][..],
+            &base[..],
+        ]
+        .concat(),
+    );
     assert!(out.contains("replayed 25 message(s)"), "{out}");
     // A rerun skips what the state topic records.
-    let again = cli_ok(&[&["dlq", "replay", "--error", "card declined"][..], &base[..]].concat());
+    let again = cli_ok(
+        &[
+            &["dlq", "replay", "--error", "card declined"][..],
+            &base[..],
+        ]
+        .concat(),
+    );
     assert!(again.contains("replayed 0 message(s)"), "{again}");
     assert_eq!(list(&[]).len(), 75);
     assert_eq!(list(&["--all"]).len(), 100);
 
     state.fail.store(false, Ordering::SeqCst);
-    run_until(k.source(&[&topic], 16).unwrap(), stack(), Duration::from_secs(60), || async {
-        state.handled.lock().unwrap().len() >= 25
-    })
+    run_until(
+        k.source(&[&topic], 16).unwrap(),
+        stack(),
+        Duration::from_secs(60),
+        || async { state.handled.lock().unwrap().len() >= 25 },
+    )
     .await;
     let handled: BTreeSet<String> = state.handled.lock().unwrap().iter().cloned().collect();
     assert_eq!(handled, expect(1), "exactly the redriven letters ran again");
 
-    let purged = cli_ok(&[&["dlq", "purge", "--yes", "--kind", "decode"][..], &base[..]].concat());
+    let purged = cli_ok(
+        &[
+            &["dlq", "purge", "--yes", "--kind", "decode"][..],
+            &base[..],
+        ]
+        .concat(),
+    );
     assert!(purged.contains("purged 25"), "{purged}");
     assert_eq!(list(&[]), &expect(2) | &expect(3));
     k.topics().unwrap().delete(&[&topic]).await.unwrap();
@@ -90,15 +142,34 @@ async fn kafka_interrupted_replay_resumes_and_the_loop_guard_holds() {
     let target = unique("kx");
     let k = kafka(&group);
     k.ensure_topics([TopicSpec::new(&topic)]).await.unwrap();
-    k.topics().unwrap().create(&[TopicSpec::new(&target)]).await.unwrap();
+    k.topics()
+        .unwrap()
+        .create(&[TopicSpec::new(&target)])
+        .await
+        .unwrap();
     let dlq = k.dlq_topic(&topic);
     let publisher = k.publisher().unwrap();
     for n in 0..30u64 {
-        publisher.publish(&dlq, &letter(&topic, &format!("{topic}-{n}"), n, 0)).await.unwrap();
+        publisher
+            .publish(&dlq, &letter(&topic, &format!("{topic}-{n}"), n, 0))
+            .await
+            .unwrap();
     }
-    publisher.publish(&dlq, &letter(&topic, "looping", 1, 3)).await.unwrap();
+    publisher
+        .publish(&dlq, &letter(&topic, "looping", 1, 3))
+        .await
+        .unwrap();
     let b = brokers();
-    let args = ["dlq", "replay", "--kafka", b.as_str(), "--dlq", dlq.as_str(), "--to", target.as_str()];
+    let args = [
+        "dlq",
+        "replay",
+        "--kafka",
+        b.as_str(),
+        "--dlq",
+        dlq.as_str(),
+        "--to",
+        target.as_str(),
+    ];
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
         .args(args)
         .args(["--rate", "10"])
@@ -109,15 +180,29 @@ async fn kafka_interrupted_replay_resumes_and_the_loop_guard_holds() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     child.kill().unwrap();
     let _ = child.wait();
-    let left = ids(&cli_ok(&["dlq", "list", "--json", "--kafka", &b, "--dlq", &dlq]));
-    assert!(left.len() > 1 && left.len() < 31, "cut halfway: {} left", left.len());
+    let left = ids(&cli_ok(&[
+        "dlq", "list", "--json", "--kafka", &b, "--dlq", &dlq,
+    ]));
+    assert!(
+        left.len() > 1 && left.len() < 31,
+        "cut halfway: {} left",
+        left.len()
+    );
 
     let out = cli_ok(&args);
     assert!(out.contains("refused looping"), "{out}");
-    let left = ids(&cli_ok(&["dlq", "list", "--json", "--kafka", &b, "--dlq", &dlq]));
+    let left = ids(&cli_ok(&[
+        "dlq", "list", "--json", "--kafka", &b, "--dlq", &dlq,
+    ]));
     assert_eq!(left, BTreeSet::from(["looping".to_owned()]));
-    let moved = ids(&cli_ok(&["dlq", "list", "--json", "--kafka", &b, "--dlq", &target]));
+    let moved = ids(&cli_ok(&[
+        "dlq", "list", "--json", "--kafka", &b, "--dlq", &target,
+    ]));
     let all: BTreeSet<String> = (0..30).map(|n| format!("{topic}-{n}")).collect();
     assert_eq!(moved, all);
-    k.topics().unwrap().delete(&[&topic, &target]).await.unwrap();
+    k.topics()
+        .unwrap()
+        .delete(&[&topic, &target])
+        .await
+        .unwrap();
 }

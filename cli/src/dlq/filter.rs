@@ -119,11 +119,34 @@ mod tests {
         let l = letter("permanent", "Card Declined", "2024-01-01T00:00:00Z");
         let f = |a: FilterArgs| Filter::parse(&a).unwrap().matches(&l);
         assert!(f(FilterArgs::default()));
-        assert!(f(FilterArgs { error: Some("declined".into()), ..Default::default() }));
-        assert!(!f(FilterArgs { kind: Some("decode".into()), ..Default::default() }));
-        assert!(f(FilterArgs { source: Some("orders".into()), key: Some("m1".into()), ..Default::default() }));
-        assert!(f(FilterArgs { since: Some("2023-12-31T00:00:00Z".into()), until: Some("2024-01-02T00:00:00Z".into()), ..Default::default() }));
-        assert!(!f(FilterArgs { since: Some("2024-01-02T00:00:00Z".into()), ..Default::default() }));
-        assert!(Filter::parse(&FilterArgs { since: Some("yesterday".into()), ..Default::default() }).is_err());
+        assert!(f(FilterArgs {
+            error: Some("declined".into()),
+            ..Default::default()
+        }));
+        assert!(!f(FilterArgs {
+            kind: Some("decode".into()),
+            ..Default::default()
+        }));
+        assert!(f(FilterArgs {
+            source: Some("orders".into()),
+            key: Some("m1".into()),
+            ..Default::default()
+        }));
+        assert!(f(FilterArgs {
+            since: Some("2023-12-31T00:00:00Z".into()),
+            until: Some("2024-01-02T00:00:00Z".into()),
+            ..Default::default()
+        }));
+        assert!(!f(FilterArgs {
+            since: Some("2024-01-02T00:00:00Z".into()),
+            ..Default::default()
+        }));
+        assert!(
+            Filter::parse(&FilterArgs {
+                since: Some("yesterday".into()),
+                ..Default::default()
+            })
+            .is_err()
+        );
     }
 }

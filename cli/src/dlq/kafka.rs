@@ -45,10 +45,12 @@ fn state_key(letter: &Letter) -> String {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, CliError> + Send + 'static,
 ) -> Result<T, CliError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| CliError::Kafka {
-        what: "a background read".into(),
-        reason: e.to_string(),
-    })?
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CliError::Kafka {
+            what: "a background read".into(),
+            reason: e.to_string(),
+        })?
 }
 
 impl KafkaDlq {
@@ -86,7 +88,11 @@ impl KafkaDlq {
             Err(e) => return Err(e),
         };
         for (m, tombstone) in records {
-            let Some(key) = m.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()) else {
+            let Some(key) = m
+                .key
+                .as_ref()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+            else {
                 continue;
             };
             if tombstone {
@@ -155,7 +161,13 @@ impl KafkaDlq {
         })
     }
 
-    async fn record(&self, publisher: &KafkaPublisher, letter: &Letter, state: &str, to: Option<&str>) -> Result<(), CliError> {
+    async fn record(
+        &self,
+        publisher: &KafkaPublisher,
+        letter: &Letter,
+        state: &str,
+        to: Option<&str>,
+    ) -> Result<(), CliError> {
         let body = serde_json::json!({
             "state": state,
             "message_id": letter.id(),
@@ -165,10 +177,13 @@ impl KafkaDlq {
         });
         let record = Message::new(body.to_string()).with_key(state_key(letter));
         let topic = state_topic(&self.topic);
-        publisher.publish(&topic, &record).await.map_err(|e| CliError::Kafka {
-            what: format!("recording {state} of {} in {topic}", letter.id()),
-            reason: e.to_string(),
-        })
+        publisher
+            .publish(&topic, &record)
+            .await
+            .map_err(|e| CliError::Kafka {
+                what: format!("recording {state} of {} in {topic}", letter.id()),
+                reason: e.to_string(),
+            })
     }
 
     /// The group's redrive destination for `source`: the retry topic of its shortest tier.
@@ -180,7 +195,11 @@ impl KafkaDlq {
             let md = c
                 .fetch_metadata(None, kafka_read::TIMEOUT)
                 .map_err(CliError::kafka("listing topics"))?;
-            Ok(md.topics().iter().map(|t| t.name().to_owned()).collect::<Vec<_>>())
+            Ok(md
+                .topics()
+                .iter()
+                .map(|t| t.name().to_owned())
+                .collect::<Vec<_>>())
         })
         .await?;
         names
@@ -199,17 +218,33 @@ impl KafkaDlq {
     }
 
     fn group_of(&self, letter: &Letter) -> Option<String> {
-        letter.message.header(wire::GROUP).map(str::to_owned).or_else(|| {
-            let source = letter.original_source()?;
-            let rest = self.topic.strip_prefix(source)?.strip_prefix('.')?;
-            rest.strip_suffix(".dlq").map(str::to_owned)
-        })
+        letter
+            .message
+            .header(wire::GROUP)
+            .map(str::to_owned)
+            .or_else(|| {
+                let source = letter.original_source()?;
+                let rest = self.topic.strip_prefix(source)?.strip_prefix('.')?;
+                rest.strip_suffix(".dlq").map(str::to_owned)
+            })
     }
 
     /// Redrives the selected letters and records each in the state topic.
-    pub async fn replay(&self, filter: &Filter, options: &ReplayOptions) -> Result<Report, CliError> {
-        let letters: Vec<Letter> = self.scan(false).await?.into_iter().filter(|l| filter.matches(l)).collect();
-        let mut report = Report { dry_run: options.dry_run, ..Report::default() };
+    pub async fn replay(
+        &self,
+        filter: &Filter,
+        options: &ReplayOptions,
+    ) -> Result<Report, CliError> {
+        let letters: Vec<Letter> = self
+            .scan(false)
+            .await?
+            .into_iter()
+            .filter(|l| filter.matches(l))
+            .collect();
+        let mut report = Report {
+            dry_run: options.dry_run,
+            ..Report::default()
+        };
         let mut destinations: HashMap<(String, String), String> = HashMap::new();
         let mut plan = Vec::new();
         for letter in letters {
@@ -222,10 +257,18 @@ impl KafkaDlq {
                 Some(to) => to.clone(),
                 None => {
                     let source = letter.original_source().map(str::to_owned).ok_or_else(|| {
-                        CliError::Usage(format!("message {:?} has no {} header: pass --to", letter.id(), wire::ORIGINAL_SOURCE))
+                        CliError::Usage(format!(
+                            "message {:?} has no {} header: pass --to",
+                            letter.id(),
+                            wire::ORIGINAL_SOURCE
+                        ))
                     })?;
                     let group = self.group_of(&letter).ok_or_else(|| {
-                        CliError::Usage(format!("message {:?} has no {} header: pass --to", letter.id(), wire::GROUP))
+                        CliError::Usage(format!(
+                            "message {:?} has no {} header: pass --to",
+                            letter.id(),
+                            wire::GROUP
+                        ))
                     })?;
                     let k = (source, group);
                     match destinations.get(&k) {
@@ -241,7 +284,10 @@ impl KafkaDlq {
             plan.push((letter, destination));
         }
         if options.dry_run {
-            report.replayed = plan.into_iter().map(|(l, d)| (l.id().to_owned(), d)).collect();
+            report.replayed = plan
+                .into_iter()
+                .map(|(l, d)| (l.id().to_owned(), d))
+                .collect();
             return Ok(report);
         }
         if plan.is_empty() {
@@ -254,12 +300,16 @@ impl KafkaDlq {
         for (letter, destination) in plan {
             pacer.tick().await;
             let copy = redrive_copy(&letter.message);
-            publisher.publish(&destination, &copy).await.map_err(|e| CliError::Republish {
-                id: letter.id().to_owned(),
-                destination: destination.clone(),
-                reason: e.to_string(),
-            })?;
-            self.record(&publisher, &letter, "replayed", Some(&destination)).await?;
+            publisher
+                .publish(&destination, &copy)
+                .await
+                .map_err(|e| CliError::Republish {
+                    id: letter.id().to_owned(),
+                    destination: destination.clone(),
+                    reason: e.to_string(),
+                })?;
+            self.record(&publisher, &letter, "replayed", Some(&destination))
+                .await?;
             bar.inc(1);
             report.replayed.push((letter.id().to_owned(), destination));
         }
@@ -269,7 +319,12 @@ impl KafkaDlq {
 
     /// Records the selected letters as purged.
     pub async fn purge(&self, filter: &Filter) -> Result<Report, CliError> {
-        let letters: Vec<Letter> = self.scan(false).await?.into_iter().filter(|l| filter.matches(l)).collect();
+        let letters: Vec<Letter> = self
+            .scan(false)
+            .await?
+            .into_iter()
+            .filter(|l| filter.matches(l))
+            .collect();
         let mut report = Report::default();
         if letters.is_empty() {
             return Ok(report);

@@ -13,9 +13,9 @@ use backstop::{Message, wire};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+pub use self::filter::Filter;
 use crate::args::{DlqAction, DlqTarget, ReplayDlqArgs};
 use crate::error::CliError;
-pub use self::filter::Filter;
 
 /// One dead letter as read from the DLQ.
 #[derive(Debug, Clone)]
@@ -72,7 +72,10 @@ pub fn redrive_copy(letter: &Message) -> Message {
         },
     };
     let h = &mut copy.headers;
-    h.insert(wire::REPLAYED.to_owned(), (letter.replayed() + 1).to_string());
+    h.insert(
+        wire::REPLAYED.to_owned(),
+        (letter.replayed() + 1).to_string(),
+    );
     h.insert(wire::ATTEMPT.to_owned(), "1".to_owned());
     for name in [
         wire::ERROR_KIND,
@@ -127,7 +130,11 @@ impl Report {
     /// A human summary.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let verb = if self.dry_run { "would replay" } else { "replayed" };
+        let verb = if self.dry_run {
+            "would replay"
+        } else {
+            "replayed"
+        };
         for (id, to) in &self.replayed {
             if self.dry_run {
                 out.push_str(&format!("{verb} {id} -> {to}\n"));
@@ -188,7 +195,9 @@ impl Pacer {
 /// A progress bar on stderr (hidden when stderr is not a terminal).
 pub fn progress(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
-    if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})") {
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
+    {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_message(what.to_owned());
@@ -201,7 +210,7 @@ pub enum Dlq {
     /// A RabbitMQ queue.
     Rabbit(rabbit::RabbitDlq),
     /// A Kafka topic.
-    Kafka(kafka::KafkaDlq),
+    Kafka(Box<kafka::KafkaDlq>),
 }
 
 impl Dlq {
@@ -214,7 +223,8 @@ impl Dlq {
                     (None, Some(q)) => backstop_rabbitmq::topology::dlq_name(q),
                     (None, None) => {
                         return Err(CliError::Usage(
-                            "name the DLQ: --queue <queue> (for <queue>.dlq) or --dlq <name>".into(),
+                            "name the DLQ: --queue <queue> (for <queue>.dlq) or --dlq <name>"
+                                .into(),
                         ));
                     }
                 };
@@ -230,7 +240,9 @@ impl Dlq {
                         ));
                     }
                 };
-                Ok(Dlq::Kafka(kafka::KafkaDlq::open(brokers, &name).await?))
+                Ok(Dlq::Kafka(Box::new(
+                    kafka::KafkaDlq::open(brokers, &name).await?,
+                )))
             }
             _ => Err(CliError::Usage(
                 "give exactly one broker: --amqp <URL> (RabbitMQ) or --kafka <BROKERS>".into(),
@@ -247,7 +259,11 @@ impl Dlq {
     }
 
     /// Redrives the letters `filter` selects.
-    pub async fn replay(&self, filter: &Filter, options: &ReplayOptions) -> Result<Report, CliError> {
+    pub async fn replay(
+        &self,
+        filter: &Filter,
+        options: &ReplayOptions,
+    ) -> Result<Report, CliError> {
         match self {
             Dlq::Rabbit(r) => r.replay(filter, options).await,
             Dlq::Kafka(k) => k.replay(filter, options).await,
@@ -266,13 +282,20 @@ impl Dlq {
 /// Runs one `dlq` action; returns what to print on stdout.
 pub async fn run(action: &DlqAction) -> Result<String, CliError> {
     match action {
-        DlqAction::List { target, filter, all, json } => {
+        DlqAction::List {
+            target,
+            filter,
+            all,
+            json,
+        } => {
             let filter = Filter::parse(filter)?;
             let letters = select(Dlq::open(target).await?.scan(*all).await?, &filter);
             if *json {
                 let mut out = String::new();
                 for l in &letters {
-                    out.push_str(&serde_json::to_string(&export::LetterJson::of(l)).unwrap_or_default());
+                    out.push_str(
+                        &serde_json::to_string(&export::LetterJson::of(l)).unwrap_or_default(),
+                    );
                     out.push('\n');
                 }
                 Ok(out)
@@ -280,7 +303,11 @@ pub async fn run(action: &DlqAction) -> Result<String, CliError> {
                 Ok(table::render_table(&letters))
             }
         }
-        DlqAction::Show { target, message_id, json } => {
+        DlqAction::Show {
+            target,
+            message_id,
+            json,
+        } => {
             let letters = Dlq::open(target).await?.scan(true).await?;
             let letter = letters
                 .iter()
@@ -288,12 +315,21 @@ pub async fn run(action: &DlqAction) -> Result<String, CliError> {
                 .find(|l| l.id() == message_id)
                 .ok_or_else(|| CliError::NotFound(message_id.clone()))?;
             if *json {
-                Ok(serde_json::to_string_pretty(&export::LetterJson::of(letter)).unwrap_or_default() + "\n")
+                Ok(
+                    serde_json::to_string_pretty(&export::LetterJson::of(letter))
+                        .unwrap_or_default()
+                        + "\n",
+                )
             } else {
                 Ok(table::render_letter(letter))
             }
         }
-        DlqAction::Export { target, filter, all, out } => {
+        DlqAction::Export {
+            target,
+            filter,
+            all,
+            out,
+        } => {
             let filter = Filter::parse(filter)?;
             let letters = select(Dlq::open(target).await?.scan(*all).await?, &filter);
             let n = export::write_jsonl(out, &letters)?;
@@ -301,10 +337,18 @@ pub async fn run(action: &DlqAction) -> Result<String, CliError> {
         }
         DlqAction::Replay(args) => {
             let filter = Filter::parse(&args.filter)?;
-            let report = Dlq::open(&args.target).await?.replay(&filter, &args.into()).await?;
+            let report = Dlq::open(&args.target)
+                .await?
+                .replay(&filter, &args.into())
+                .await?;
             Ok(report.render())
         }
-        DlqAction::Purge { target, filter, all, yes } => {
+        DlqAction::Purge {
+            target,
+            filter,
+            all,
+            yes,
+        } => {
             if filter.is_empty() && !*all {
                 return Err(CliError::Usage(
                     "purge needs a filter (--error, --kind, --source, --key, --id, --since, --until) or --all".into(),

@@ -11,7 +11,9 @@
 //! default): use `--rate` with care on very large queues.
 
 use backstop::{Headers, Message, Meta, Publisher, attempt, wire};
-use backstop_rabbitmq::lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
+use backstop_rabbitmq::lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions,
+};
 use backstop_rabbitmq::lapin::types::{FieldTable, ShortString};
 use backstop_rabbitmq::lapin::{BasicProperties, Channel};
 use backstop_rabbitmq::{RabbitMq, TopologyError, convert::headers_from_table};
@@ -69,7 +71,10 @@ impl Scan {
         }
         let got = self
             .channel
-            .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: false })
+            .basic_get(
+                self.queue.as_str().into(),
+                BasicGetOptions { no_ack: false },
+            )
             .await
             .map_err(CliError::broker(format!("reading queue {:?}", self.queue)))?;
         let Some(got) = got else {
@@ -88,7 +93,10 @@ impl Scan {
         self.channel
             .basic_ack(tag, BasicAckOptions { multiple: false })
             .await
-            .map_err(CliError::broker(format!("acking a message of {:?}", self.queue)))
+            .map_err(CliError::broker(format!(
+                "acking a message of {:?}",
+                self.queue
+            )))
     }
 
     /// Requeues what is still held, waits until the broker processed every
@@ -97,14 +105,23 @@ impl Scan {
         let what = format!("returning messages to {:?}", self.queue);
         if let Some(&tag) = self.held.last() {
             self.channel
-                .basic_nack(tag, BasicNackOptions { multiple: true, requeue: true })
+                .basic_nack(
+                    tag,
+                    BasicNackOptions {
+                        multiple: true,
+                        requeue: true,
+                    },
+                )
                 .await
                 .map_err(CliError::broker(what.clone()))?;
         }
         self.channel
             .queue_declare(
                 self.queue.as_str().into(),
-                QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() },
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
                 FieldTable::default(),
             )
             .await
@@ -123,33 +140,47 @@ impl RabbitDlq {
             .await
             .map_err(|e| CliError::rabbit_connect(url, e))?;
         if ShortString::try_new(queue).is_err() {
-            return Err(CliError::Usage(format!("queue name {queue:?} is longer than 255 bytes")));
+            return Err(CliError::Usage(format!(
+                "queue name {queue:?} is longer than 255 bytes"
+            )));
         }
-        let dlq = RabbitDlq { rabbit, queue: queue.to_owned() };
+        let dlq = RabbitDlq {
+            rabbit,
+            queue: queue.to_owned(),
+        };
         dlq.count().await?;
         Ok(dlq)
     }
 
     async fn count(&self) -> Result<u32, CliError> {
-        self.rabbit.message_count(&self.queue).await.map_err(|e| match e {
-            TopologyError::Mismatch { reason, .. } if reason.contains("NOT_FOUND") || reason.contains("no queue") => {
-                CliError::MissingQueue(self.queue.clone())
-            }
-            other => CliError::Broker {
-                what: format!("inspecting queue {:?}", self.queue),
-                reason: crate::error::redact_all(&other.to_string()),
-            },
-        })
+        self.rabbit
+            .message_count(&self.queue)
+            .await
+            .map_err(|e| match e {
+                TopologyError::Mismatch { reason, .. }
+                    if reason.contains("NOT_FOUND") || reason.contains("no queue") =>
+                {
+                    CliError::MissingQueue(self.queue.clone())
+                }
+                other => CliError::Broker {
+                    what: format!("inspecting queue {:?}", self.queue),
+                    reason: crate::error::redact_all(&other.to_string()),
+                },
+            })
     }
 
     async fn start(&self) -> Result<Scan, CliError> {
         let remaining = self.count().await?;
-        let channel = self
-            .rabbit
-            .channel()
-            .await
-            .map_err(|e| CliError::Broker { what: "opening a channel".into(), reason: e.to_string() })?;
-        Ok(Scan { channel, queue: self.queue.clone(), remaining, held: Default::default() })
+        let channel = self.rabbit.channel().await.map_err(|e| CliError::Broker {
+            what: "opening a channel".into(),
+            reason: e.to_string(),
+        })?;
+        Ok(Scan {
+            channel,
+            queue: self.queue.clone(),
+            remaining,
+            held: Default::default(),
+        })
     }
 
     /// Every letter in the queue (all are requeued afterwards, in order).
@@ -168,12 +199,19 @@ impl RabbitDlq {
     }
 
     /// Republishes each selected letter with a confirm, then acks it.
-    pub async fn replay(&self, filter: &Filter, options: &ReplayOptions) -> Result<Report, CliError> {
+    pub async fn replay(
+        &self,
+        filter: &Filter,
+        options: &ReplayOptions,
+    ) -> Result<Report, CliError> {
         let publisher = self.rabbit.publisher();
         let mut pacer = Pacer::new(options.rate)?;
         let mut scan = self.start().await?;
         let bar = progress(u64::from(scan.remaining), "replaying");
-        let mut report = Report { dry_run: options.dry_run, ..Report::default() };
+        let mut report = Report {
+            dry_run: options.dry_run,
+            ..Report::default()
+        };
         let result = async {
             while let Some((tag, letter)) = scan.next().await? {
                 bar.inc(1);

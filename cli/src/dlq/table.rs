@@ -45,7 +45,15 @@ pub fn render_table(letters: &[Letter]) -> String {
             ]
         })
         .collect();
-    let header = ["MESSAGE ID", "SOURCE", "ATTEMPTS", "REPLAYED", "KIND", "ERROR", "FAILED AT"];
+    let header = [
+        "MESSAGE ID",
+        "SOURCE",
+        "ATTEMPTS",
+        "REPLAYED",
+        "KIND",
+        "ERROR",
+        "FAILED AT",
+    ];
     let mut widths = header.map(|h| h.chars().count());
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -92,7 +100,11 @@ pub fn render_letter(letter: &Letter) -> String {
         Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_default(),
         Err(_) => {
             let (text, enc) = crate::dlq::export::encode(&m.payload);
-            if enc == "utf8" { text } else { format!("(base64) {text}") }
+            if enc == "utf8" {
+                text
+            } else {
+                format!("(base64) {text}")
+            }
         }
     };
     let _ = writeln!(out, "{body}");

@@ -2,10 +2,10 @@
 
 use std::collections::BTreeMap;
 
+use backstop_kafka::rdkafka::ClientConfig;
 use backstop_kafka::rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use backstop_kafka::rdkafka::client::DefaultClientContext;
 use backstop_kafka::rdkafka::consumer::Consumer;
-use backstop_kafka::rdkafka::ClientConfig;
 
 use crate::doctor::{Finding, Severity, selected};
 use crate::error::CliError;
@@ -14,62 +14,138 @@ use crate::kafka_read;
 const B: &str = "kafka";
 
 fn is_companion(name: &str) -> bool {
-    name.ends_with(".dlq") || name.contains(".retry.") || name.ends_with(".state") || name.ends_with(".epoch")
+    name.ends_with(".dlq")
+        || name.contains(".retry.")
+        || name.ends_with(".state")
+        || name.ends_with(".epoch")
 }
 
 /// Audits the topics whose name starts with `prefix`; `groups` must each have a DLQ per topic.
-pub async fn audit(brokers: &str, prefix: Option<&str>, groups: &[String]) -> Result<Vec<Finding>, CliError> {
+pub async fn audit(
+    brokers: &str,
+    prefix: Option<&str>,
+    groups: &[String],
+) -> Result<Vec<Finding>, CliError> {
     let b = brokers.to_owned();
     let (cluster, topics) = tokio::task::spawn_blocking(move || {
         let c = kafka_read::reader(&b)?;
-        let md = c.fetch_metadata(None, kafka_read::TIMEOUT).map_err(CliError::kafka("reading the cluster metadata"))?;
+        let md = c
+            .fetch_metadata(None, kafka_read::TIMEOUT)
+            .map_err(CliError::kafka("reading the cluster metadata"))?;
         let topics: BTreeMap<String, (usize, usize)> = md
             .topics()
             .iter()
             .map(|t| {
-                let rf = t.partitions().iter().map(|p| p.replicas().len()).min().unwrap_or(0);
+                let rf = t
+                    .partitions()
+                    .iter()
+                    .map(|p| p.replicas().len())
+                    .min()
+                    .unwrap_or(0);
                 (t.name().to_owned(), (t.partitions().len(), rf))
             })
             .collect();
         Ok::<_, CliError>((md.brokers().len(), topics))
     })
     .await
-    .map_err(|e| CliError::Kafka { what: "reading metadata".into(), reason: e.to_string() })??;
-    let topics: BTreeMap<String, (usize, usize)> = topics.into_iter().filter(|(n, _)| !n.starts_with("__") && selected(prefix, n)).collect();
+    .map_err(|e| CliError::Kafka {
+        what: "reading metadata".into(),
+        reason: e.to_string(),
+    })??;
+    let topics: BTreeMap<String, (usize, usize)> = topics
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("__") && selected(prefix, n))
+        .collect();
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
         .map_err(CliError::kafka("creating an admin client"))?;
-    let specs: Vec<ResourceSpecifier<'_>> = topics.keys().map(|t| ResourceSpecifier::Topic(t)).collect();
+    let specs: Vec<ResourceSpecifier<'_>> =
+        topics.keys().map(|t| ResourceSpecifier::Topic(t)).collect();
     let mut configs: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     if !specs.is_empty() {
         let opts = AdminOptions::new().request_timeout(Some(kafka_read::TIMEOUT));
-        for r in admin.describe_configs(&specs, &opts).await.map_err(CliError::kafka("describing topics"))?.into_iter().flatten() {
+        for r in admin
+            .describe_configs(&specs, &opts)
+            .await
+            .map_err(CliError::kafka("describing topics"))?
+            .into_iter()
+            .flatten()
+        {
             let name = match &r.specifier {
                 backstop_kafka::rdkafka::admin::OwnedResourceSpecifier::Topic(t) => t.clone(),
                 _ => continue,
             };
-            configs.insert(name, r.entries.iter().filter_map(|e| Some((e.name.clone(), e.value.clone()?))).collect());
+            configs.insert(
+                name,
+                r.entries
+                    .iter()
+                    .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+                    .collect(),
+            );
         }
     }
-    let small = |needed: usize| if cluster >= needed { Severity::High } else { Severity::Warning };
-    let note = |needed: usize| if cluster >= needed { String::new() } else { format!(" (the cluster has only {cluster} broker(s), so this cannot be fixed here)") };
+    let small = |needed: usize| {
+        if cluster >= needed {
+            Severity::High
+        } else {
+            Severity::Warning
+        }
+    };
+    let note = |needed: usize| {
+        if cluster >= needed {
+            String::new()
+        } else {
+            format!(" (the cluster has only {cluster} broker(s), so this cannot be fixed here)")
+        }
+    };
     let mut out = Vec::new();
     for (name, (partitions, rf)) in &topics {
         let cfg = configs.get(name).cloned().unwrap_or_default();
         if *rf < 3 {
-            out.push(Finding::new(small(3), B, name, format!("replication factor {rf} < 3: a broker loss can lose acknowledged messages{}", note(3)), "recreate or reassign with replication factor 3 (TopicSpec::replication(3))"));
+            out.push(Finding::new(
+                small(3),
+                B,
+                name,
+                format!(
+                    "replication factor {rf} < 3: a broker loss can lose acknowledged messages{}",
+                    note(3)
+                ),
+                "recreate or reassign with replication factor 3 (TopicSpec::replication(3))",
+            ));
         }
-        let isr: usize = cfg.get("min.insync.replicas").and_then(|v| v.parse().ok()).unwrap_or(1);
+        let isr: usize = cfg
+            .get("min.insync.replicas")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
         if isr < 2 {
-            out.push(Finding::new(small(2), B, name, format!("min.insync.replicas {isr} < 2: acks=all is acknowledged by a single replica{}", note(2)), "set min.insync.replicas=2 (TopicSpec::min_insync_replicas(2))"));
+            out.push(Finding::new(
+                small(2),
+                B,
+                name,
+                format!(
+                    "min.insync.replicas {isr} < 2: acks=all is acknowledged by a single replica{}",
+                    note(2)
+                ),
+                "set min.insync.replicas=2 (TopicSpec::min_insync_replicas(2))",
+            ));
         }
-        if cfg.get("unclean.leader.election.enable").map(String::as_str) == Some("true") {
+        if cfg
+            .get("unclean.leader.election.enable")
+            .map(String::as_str)
+            == Some("true")
+        {
             out.push(Finding::new(Severity::High, B, name, "unclean.leader.election.enable=true: an out-of-sync replica can become leader and drop acknowledged messages", "set unclean.leader.election.enable=false"));
         }
         if let Some(stem) = name.strip_suffix(".dlq") {
             // The source is the longest existing topic T with stem = T.<group>.
-            let source = topics.iter().filter(|(t, _)| stem.strip_prefix(t.as_str()).is_some_and(|r| r.starts_with('.') && r.len() > 1)).max_by_key(|(t, _)| t.len());
+            let source = topics
+                .iter()
+                .filter(|(t, _)| {
+                    stem.strip_prefix(t.as_str())
+                        .is_some_and(|r| r.starts_with('.') && r.len() > 1)
+                })
+                .max_by_key(|(t, _)| t.len());
             if let Some((src, (src_parts, _))) = source
                 && partitions < src_parts
             {

@@ -37,8 +37,20 @@ pub struct Finding {
 
 impl Finding {
     /// A new finding.
-    pub fn new(severity: Severity, broker: &'static str, object: &str, risk: impl Into<String>, fix: impl Into<String>) -> Self {
-        Finding { severity, broker, object: object.to_owned(), risk: risk.into(), fix: fix.into() }
+    pub fn new(
+        severity: Severity,
+        broker: &'static str,
+        object: &str,
+        risk: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        Finding {
+            severity,
+            broker,
+            object: object.to_owned(),
+            risk: risk.into(),
+            fix: fix.into(),
+        }
     }
 }
 
@@ -50,7 +62,9 @@ pub fn selected(prefix: Option<&str>, name: &str) -> bool {
 /// Runs the audit; exit status 2 when a high-severity risk is found.
 pub async fn run(args: &DoctorArgs) -> Result<Output, CliError> {
     if args.rabbitmq_api.is_none() && args.kafka.is_none() {
-        return Err(CliError::Usage("give --rabbitmq-api <URL> and/or --kafka <BROKERS> to audit".into()));
+        return Err(CliError::Usage(
+            "give --rabbitmq-api <URL> and/or --kafka <BROKERS> to audit".into(),
+        ));
     }
     let mut findings = Vec::new();
     if let Some(api) = &args.rabbitmq_api {
@@ -60,13 +74,19 @@ pub async fn run(args: &DoctorArgs) -> Result<Output, CliError> {
         findings.extend(kafka::audit(brokers, args.prefix.as_deref(), &args.groups).await?);
     }
     findings.sort_by(|a, b| (a.severity, &a.object).cmp(&(b.severity, &b.object)));
-    let high = findings.iter().filter(|f| f.severity == Severity::High).count();
+    let high = findings
+        .iter()
+        .filter(|f| f.severity == Severity::High)
+        .count();
     let text = if args.json {
         serde_json::to_string_pretty(&findings).unwrap_or_default() + "\n"
     } else {
         render(&findings)
     };
-    Ok(Output { text, status: if high > 0 { 2 } else { 0 } })
+    Ok(Output {
+        text,
+        status: if high > 0 { 2 } else { 0 },
+    })
 }
 
 fn render(findings: &[Finding]) -> String {
@@ -79,9 +99,15 @@ fn render(findings: &[Finding]) -> String {
             Severity::High => "HIGH",
             Severity::Warning => "WARN",
         };
-        out.push_str(&format!("{sev:<5} {:<9} {}\n      risk: {}\n      fix:  {}\n", f.broker, f.object, f.risk, f.fix));
+        out.push_str(&format!(
+            "{sev:<5} {:<9} {}\n      risk: {}\n      fix:  {}\n",
+            f.broker, f.object, f.risk, f.fix
+        ));
     }
-    let high = findings.iter().filter(|f| f.severity == Severity::High).count();
+    let high = findings
+        .iter()
+        .filter(|f| f.severity == Severity::High)
+        .count();
     out.push_str(&format!("{} finding(s), {high} high\n", findings.len()));
     out
 }

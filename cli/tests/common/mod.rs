@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use backstop::{Context, HandlerError, Runner, Source, Stack};
 
 pub fn amqp() -> String {
-    std::env::var("BACKSTOP_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("BACKSTOP_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 pub fn brokers() -> String {
@@ -17,7 +18,10 @@ pub fn brokers() -> String {
 }
 
 pub fn unique(prefix: &str) -> String {
-    format!("bt-cli-{prefix}-{}", &backstop::message::new_message_id()[..10])
+    format!(
+        "bt-cli-{prefix}-{}",
+        &backstop::message::new_message_id()[..10]
+    )
 }
 
 /// Runs the binary; returns its output.
@@ -50,7 +54,11 @@ pub fn error_for(n: u64) -> &'static str {
 }
 
 pub fn payload(n: u64) -> String {
-    if n % 4 == 0 { format!("not json {n}") } else { format!("{{\"n\":{n}}}") }
+    if n.is_multiple_of(4) {
+        format!("not json {n}")
+    } else {
+        format!("{{\"n\":{n}}}")
+    }
 }
 
 /// What the test worker did.
@@ -65,7 +73,10 @@ pub struct Worker {
 /// `fail` is set, else records the message id as handled.
 pub fn handler(
     state: Arc<Worker>,
-) -> impl Fn(serde_json::Value, Context) -> std::pin::Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>
+) -> impl Fn(
+    serde_json::Value,
+    Context,
+) -> std::pin::Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>
 + Send
 + Sync
 + 'static {
@@ -77,7 +88,11 @@ pub fn handler(
                 let n = value["n"].as_u64().unwrap_or(0);
                 return Err(HandlerError::permanent(error_for(n)));
             }
-            state.handled.lock().unwrap().push(ctx.message_id().to_owned());
+            state
+                .handled
+                .lock()
+                .unwrap()
+                .push(ctx.message_id().to_owned());
             Ok(())
         })
     }
@@ -90,7 +105,9 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let runner = Runner::new(source, stack).concurrency(8).shutdown_deadline(Duration::from_secs(5));
+    let runner = Runner::new(source, stack)
+        .concurrency(8)
+        .shutdown_deadline(Duration::from_secs(5));
     let token = runner.shutdown_token();
     let task = tokio::spawn(runner.run());
     let until = Instant::now() + limit;
@@ -114,7 +131,8 @@ pub fn letter(source: &str, id: &str, n: u64, replayed: u32) -> backstop::Messag
     let mut m = backstop::Message::new(payload(n)).with_message_id(id);
     m.meta.source = source.to_owned();
     if replayed > 0 {
-        m.headers.insert(backstop::wire::REPLAYED.to_owned(), replayed.to_string());
+        m.headers
+            .insert(backstop::wire::REPLAYED.to_owned(), replayed.to_string());
     }
     let now = std::time::SystemTime::now();
     backstop::copy::dead_letter(
