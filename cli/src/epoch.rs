@@ -1,1 +1,58 @@
-//! Replay epochs.
+//! Replay epochs for `backstop replay --mode reprocess`.
+//!
+//! Offsets are reset and messages are not rewritten, so deduplication would
+//! skip every message already done. `reprocess` therefore bumps an epoch kept
+//! in the compacted topic `<topic>.<group>.epoch` (key `epoch`, value the
+//! decimal epoch); a worker reads it at start with [`current`] and puts it in
+//! its idempotency namespace (for example its key prefix or store
+//! namespace), so keys of the new epoch are new and every message runs again.
+
+use backstop::Message;
+use backstop_kafka::{KafkaConfig, KafkaPublisher, TopicSpec, Topics};
+
+use crate::error::CliError;
+use crate::kafka_read;
+
+/// The epoch topic of `topic` for `group`: `<topic>.<group>.epoch`.
+pub fn epoch_topic(topic: &str, group: &str) -> String {
+    format!("{topic}.{group}.epoch")
+}
+
+/// The current replay epoch of `group` on `topic` (0 when never bumped).
+pub async fn current(brokers: &str, topic: &str, group: &str) -> Result<u64, CliError> {
+    let (b, t) = (brokers.to_owned(), epoch_topic(topic, group));
+    let records = tokio::task::spawn_blocking(move || kafka_read::read_all(&b, &t))
+        .await
+        .map_err(|e| CliError::Kafka { what: "reading the epoch".into(), reason: e.to_string() })?;
+    let records = match records {
+        Ok(r) => r,
+        Err(CliError::MissingTopic(_)) => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    Ok(records
+        .iter()
+        .filter_map(|(m, _)| std::str::from_utf8(&m.payload).ok()?.trim().parse::<u64>().ok())
+        .max()
+        .unwrap_or(0))
+}
+
+/// Bumps the epoch (creating the compacted topic on first use); returns the new one.
+pub async fn bump(brokers: &str, topic: &str, group: &str) -> Result<u64, CliError> {
+    let next = current(brokers, topic, group).await? + 1;
+    let config = KafkaConfig::new(brokers, group);
+    let kafka = |what: &str| {
+        let what = what.to_owned();
+        move |e: backstop_kafka::Error| CliError::Kafka { what, reason: e.to_string() }
+    };
+    let name = epoch_topic(topic, group);
+    Topics::new(&config)
+        .map_err(kafka("creating an admin client"))?
+        .create(&[TopicSpec::new(&name).config("cleanup.policy", "compact")])
+        .await
+        .map_err(kafka("creating the epoch topic"))?;
+    let publisher = KafkaPublisher::new(&config).map_err(kafka("creating a producer"))?;
+    backstop::Publisher::publish(&publisher, &name, &Message::new(next.to_string()).with_key("epoch"))
+        .await
+        .map_err(|e| CliError::Kafka { what: format!("writing epoch {next} to {name}"), reason: e.to_string() })?;
+    Ok(next)
+}

@@ -1,7 +1,108 @@
-//! `backstop replay`: Kafka log replay.
-use crate::args::ReplayArgs;
+//! `backstop replay`: Kafka log replay. Resets a consumer group's committed
+//! offsets on a topic to a time or an offset, refusing while the group has
+//! active members; `--mode reprocess` also bumps the replay epoch ([`crate::epoch`]).
+
+use std::fmt::Write as _;
+
+use backstop_kafka::rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use backstop_kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::args::{ReplayArgs, ReplayMode};
 use crate::error::CliError;
+use crate::kafka_read::{self, TIMEOUT};
+
+fn group_consumer(brokers: &str, group: &str) -> Result<BaseConsumer, CliError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .map_err(CliError::kafka("creating a consumer"))
+}
+
+/// Per partition: (previous committed offset, new offset).
+fn reset(a: &ReplayArgs) -> Result<Vec<(i32, Option<i64>, i64)>, CliError> {
+    let consumer = group_consumer(&a.kafka, &a.group)?;
+    let groups = consumer
+        .fetch_group_list(Some(&a.group), TIMEOUT)
+        .map_err(CliError::kafka(format!("describing group {}", a.group)))?;
+    if let Some(g) = groups.groups().iter().find(|g| g.name() == a.group)
+        && !g.members().is_empty()
+    {
+        return Err(CliError::GroupActive { group: a.group.clone(), members: g.members().len() });
+    }
+    let n = kafka_read::partitions(&consumer, &a.topic)?.ok_or_else(|| CliError::MissingTopic(a.topic.clone()))?;
+    let mut all = TopicPartitionList::new();
+    for p in 0..n {
+        all.add_partition(&a.topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(all, TIMEOUT)
+        .map_err(CliError::kafka("reading committed offsets"))?;
+    let mut plan = Vec::new();
+    let mut target = TopicPartitionList::new();
+    let by_time = match &a.from_time {
+        Some(t) => {
+            let at = backstop::wire::parse_time(t)
+                .ok_or_else(|| CliError::Usage(format!("--from-time {t:?} is not an RFC 3339 time")))?;
+            let ms = at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+            let mut q = TopicPartitionList::new();
+            for p in 0..n {
+                q.add_partition_offset(&a.topic, p, Offset::Offset(ms)).map_err(CliError::kafka("building the query"))?;
+            }
+            Some(consumer.offsets_for_times(q, TIMEOUT).map_err(CliError::kafka("looking offsets up by time"))?)
+        }
+        None => None,
+    };
+    for p in 0..n {
+        let (low, high) = consumer
+            .fetch_watermarks(&a.topic, p, TIMEOUT)
+            .map_err(CliError::kafka("reading watermarks"))?;
+        let new = match (&by_time, a.from_offset) {
+            (Some(found), _) => match found.find_partition(&a.topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => high,
+            },
+            (None, Some(o)) => o.clamp(low, high),
+            (None, None) => return Err(CliError::Usage("give --from-time or --from-offset".into())),
+        };
+        let previous = match committed.find_partition(&a.topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => Some(o),
+            _ => None,
+        };
+        target.add_partition_offset(&a.topic, p, Offset::Offset(new)).map_err(CliError::kafka("building the reset"))?;
+        plan.push((p, previous, new));
+    }
+    if !a.dry_run {
+        consumer
+            .commit(&target, CommitMode::Sync)
+            .map_err(CliError::kafka(format!("committing the reset offsets of group {}", a.group)))?;
+    }
+    Ok(plan)
+}
+
 /// Runs `replay`.
-pub async fn run(_a: &ReplayArgs) -> Result<String, CliError> {
-    Err(CliError::Usage("not yet".into()))
+pub async fn run(a: &ReplayArgs) -> Result<String, CliError> {
+    let args = a.clone();
+    let plan = tokio::task::spawn_blocking(move || reset(&args))
+        .await
+        .map_err(|e| CliError::Kafka { what: "resetting offsets".into(), reason: e.to_string() })??;
+    let mut out = String::new();
+    let verb = if a.dry_run { "would reset" } else { "reset" };
+    for (p, prev, new) in &plan {
+        let prev = prev.map_or("none".to_owned(), |o| o.to_string());
+        let _ = writeln!(out, "{verb} group {} on {}[{p}]: {prev} -> {new}", a.group, a.topic);
+    }
+    if a.mode == ReplayMode::Reprocess && !a.dry_run {
+        let epoch = crate::epoch::bump(&a.kafka, &a.topic, &a.group).await?;
+        let _ = writeln!(
+            out,
+            "reprocess: replay epoch is now {epoch} (topic {}); restart the workers so they read it and use idempotency namespace \"epoch-{epoch}\"",
+            crate::epoch::epoch_topic(&a.topic, &a.group)
+        );
+    } else if a.mode == ReplayMode::Redeliver {
+        let _ = writeln!(out, "redeliver: deduplication skips what the group already did");
+    }
+    Ok(out)
 }
