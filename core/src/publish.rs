@@ -5,6 +5,7 @@ use crate::{BoxError, Message};
 /// A failed publish. The caller still owns the message (it passed a reference)
 /// and may retry, spool or dead-letter it.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PublishError {
     /// The broker answered with a negative confirm.
     #[error("broker refused the message (negative confirm)")]
