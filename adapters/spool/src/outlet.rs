@@ -5,7 +5,7 @@
 //! |---|---|---|---|
 //! | `Unavailable`, `Timeout`, attempt timeout | [`Class::Unreachable`] | retry, then spool; later publishes go straight to the spool until the relay gets a confirm | back off, probe with the oldest record |
 //! | `Nacked`, `Full` | [`Class::Refused`] | retry, then spool | the key waits, retried with backoff |
-//! | `Unroutable`, `MissingDestination`, `TooLarge`, `Invalid`, a sink that cannot take the message | [`Class::Permanent`] | returned to the caller, not spooled | the key waits, retried with backoff, logged as an error |
+//! | `Unroutable`, `MissingDestination`, `TooLarge`, `Invalid` (and kinds added later), a sink that cannot take the message | [`Class::Permanent`] | returned to the caller, not spooled | the key waits, retried with backoff, logged as an error |
 
 use std::time::Duration;
 
@@ -31,6 +31,8 @@ impl Class {
             | PublishError::MissingDestination(_)
             | PublishError::TooLarge { .. }
             | PublishError::Invalid(_) => Class::Permanent,
+            // A kind this version does not know: the caller decides.
+            _ => Class::Permanent,
         }
     }
 }
@@ -46,6 +48,7 @@ pub(crate) fn publish_reason(error: &PublishError) -> &'static str {
         PublishError::Invalid(_) => "invalid",
         PublishError::Timeout(_) => "timeout",
         PublishError::Unavailable(_) => "unavailable",
+        _ => "other",
     }
 }
 

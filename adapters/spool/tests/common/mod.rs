@@ -123,12 +123,14 @@ pub fn messages(run: &str, n: usize, keys: usize) -> Vec<Message> {
             Message::new(format!(r#"{{"n":{i}}}"#))
                 .with_message_id(format!("{run}-{i}"))
                 .with_key(format!("k{}", i % keys.max(1)))
+                .with_header("okey", format!("k{}", i % keys.max(1)))
                 .with_header("seq", i.to_string())
         })
         .collect()
 }
 
-/// Checks that, per key, the first arrival of each message is in `seq` order.
+/// Checks that, per key (header `okey`: RabbitMQ does not carry the key),
+/// the first arrival of each message is in `seq` order.
 /// Returns the keys whose order broke, with the offending pair.
 pub fn order_breaks(arrived: &[Message]) -> Vec<String> {
     let mut last: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
@@ -138,7 +140,7 @@ pub fn order_breaks(arrived: &[Message]) -> Vec<String> {
         if !seen.insert(m.meta.message_id.clone()) {
             continue; // a duplicate (at-least-once)
         }
-        let key = m.key.as_deref().unwrap_or_default().to_vec();
+        let key = m.header("okey").unwrap_or_default().as_bytes().to_vec();
         let Some(seq) = m.header("seq").and_then(|s| s.parse::<u64>().ok()) else {
             continue;
         };
@@ -177,4 +179,132 @@ pub async fn eventually(wait: Duration, mut check: impl FnMut() -> bool) -> bool
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     check()
+}
+
+// ---- RabbitMQ ---------------------------------------------------------------
+
+pub mod rabbit {
+    use std::time::Duration;
+
+    use backstop::{Message, Source};
+    use backstop_rabbitmq::{ConnectOptions, RabbitMq, Topology, url_from_env};
+
+    /// Connect and confirm timeouts short enough for an outage test.
+    pub fn options() -> ConnectOptions {
+        ConnectOptions::default()
+            .connection_name("backstop-spool-test")
+            .connect_timeout(Duration::from_secs(2))
+            .confirm_timeout(Duration::from_secs(2))
+            .reconnect_backoff(Duration::from_millis(100), Duration::from_secs(1))
+    }
+
+    /// A handle to the test broker.
+    pub async fn connect() -> RabbitMq {
+        RabbitMq::connect_with(url_from_env(), options())
+            .await
+            .expect("the test broker is reachable (scripts/services/rabbitmq.sh)")
+    }
+
+    /// A fresh quorum queue.
+    pub async fn queue(rabbit: &RabbitMq, prefix: &str) -> String {
+        let name = super::unique(prefix);
+        rabbit
+            .declare(&Topology::quorum(name.clone()))
+            .await
+            .expect("declare the queue");
+        name
+    }
+
+    /// Deletes what [`queue`] declared (best effort).
+    pub async fn delete(rabbit: &RabbitMq, queue: &str) {
+        use backstop_rabbitmq::lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+        let topology = Topology::quorum(queue);
+        let Ok(channel) = rabbit.channel().await else {
+            return;
+        };
+        for q in [topology.queue().to_owned(), topology.dlq()] {
+            let _ = channel
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = channel
+            .exchange_delete(
+                topology.dlx().as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+        let _ = channel.close(200, "OK".into()).await;
+    }
+
+    /// Reads and acks every message of `queue` until `n` arrived or none came for `quiet`.
+    pub async fn drain(rabbit: &RabbitMq, queue: &str, n: usize, quiet: Duration) -> Vec<Message> {
+        let mut source = rabbit.source(queue, 500).await.expect("consume");
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            match tokio::time::timeout(quiet, source.next()).await {
+                Ok(Some(Ok(delivery))) => {
+                    out.push(delivery.message().clone());
+                    delivery.ack().await.expect("ack");
+                }
+                Ok(Some(Err(error))) if !error.is_fatal() => continue,
+                Ok(Some(Err(error))) => panic!("source failed: {error}"),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        source.close().await;
+        out
+    }
+}
+
+// ---- Broker outages -----------------------------------------------------------
+
+/// Holds a file lock that other suites disturbing the same broker take too.
+pub struct Exclusive(std::fs::File);
+
+/// Takes the outage lock `path` (waits for other holders).
+pub async fn exclusive(path: &'static str) -> Exclusive {
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .expect("open the outage lock file");
+        file.lock().expect("lock the outage lock file");
+        Exclusive(file)
+    })
+    .await
+    .unwrap()
+}
+
+/// Runs a command to completion, panicking with its output if it fails.
+pub async fn run(program: &str, args: &[&str]) {
+    let started = std::time::Instant::now();
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .env(
+            "PATH",
+            format!(
+                "/usr/sbin:/usr/bin:/sbin:/bin:{}",
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{program} {args:?} did not run: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{program} {args:?} took {:?}", started.elapsed());
+}
+
+/// A service script of the repository.
+pub fn service_script(name: &str) -> String {
+    format!(
+        "{}/../../scripts/services/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
 }
