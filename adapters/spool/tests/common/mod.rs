@@ -12,6 +12,9 @@ use backstop_spool::{Budget, RelayConfig};
 
 /// Logs to the test output when `RUST_LOG` is set.
 pub fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_none() {
+        return;
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -256,6 +259,65 @@ pub mod rabbit {
     }
 }
 
+// ---- Kafka --------------------------------------------------------------------
+
+pub mod kafka {
+    use std::time::{Duration, Instant};
+
+    use backstop::{Message, Source};
+    use backstop_kafka::{Kafka, TopicSpec};
+
+    /// The brokers: `BACKSTOP_KAFKA_BROKERS`, else the local test broker.
+    pub fn brokers() -> String {
+        std::env::var("BACKSTOP_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+    }
+
+    /// A `Kafka` whose producer gives up on a message after `message_timeout`.
+    pub fn kafka(message_timeout: Duration) -> Kafka {
+        Kafka::new(brokers(), super::unique("g")).configure(|c| {
+            c.session_timeout = Duration::from_secs(6);
+            c.message_timeout = message_timeout;
+            c.missing_topic_timeout = Duration::from_secs(2);
+        })
+    }
+
+    /// A fresh topic with `partitions`.
+    pub async fn topic(kafka: &Kafka, prefix: &str, partitions: i32) -> String {
+        let name = super::unique(prefix);
+        kafka
+            .ensure_topics([TopicSpec::new(name.clone()).partitions(partitions)])
+            .await
+            .expect("create the topic");
+        name
+    }
+
+    /// Reads `topic` from the start with a fresh group until `n` arrived or `wait` passed.
+    pub async fn read(kafka: &Kafka, topic: &str, n: usize, wait: Duration) -> Vec<Message> {
+        let reader = Kafka::from_config({
+            let mut c = kafka.config().clone();
+            c.group = super::unique("reader");
+            c
+        });
+        let mut source = reader.plain_source(&[topic], 1_000).expect("consume");
+        let mut out = Vec::with_capacity(n);
+        let until = Instant::now() + wait;
+        while out.len() < n && Instant::now() < until {
+            match tokio::time::timeout(Duration::from_millis(500), source.next()).await {
+                Ok(Some(Ok(delivery))) => {
+                    out.push(delivery.message().clone());
+                    delivery.ack().await.expect("ack");
+                }
+                Ok(Some(Err(error))) if !error.is_fatal() => {}
+                Ok(Some(Err(error))) => panic!("source failed: {error}"),
+                Ok(None) => break,
+                Err(_) => {}
+            }
+        }
+        source.close().await;
+        out
+    }
+}
+
 // ---- Broker outages -----------------------------------------------------------
 
 /// Holds a file lock that other suites disturbing the same broker take too.
@@ -307,4 +369,44 @@ pub fn service_script(name: &str) -> String {
         "{}/../../scripts/services/{name}",
         env!("CARGO_MANIFEST_DIR")
     )
+}
+
+/// Starts a service again if a test stopped it and then failed.
+pub struct Restore {
+    script: &'static str,
+    armed: bool,
+}
+
+impl Restore {
+    /// Arms a restore of `script` (`rabbitmq.sh`, `kafka.sh`).
+    pub fn new(script: &'static str) -> Self {
+        Restore {
+            script,
+            armed: true,
+        }
+    }
+
+    /// The service is back: nothing to do on drop.
+    pub fn done(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        if self.armed {
+            eprintln!("restoring {} after a failure", self.script);
+            let _ = std::process::Command::new("bash")
+                .arg(service_script(self.script))
+                .arg("start")
+                .env(
+                    "PATH",
+                    format!(
+                        "/usr/sbin:/usr/bin:/sbin:/bin:{}",
+                        std::env::var("PATH").unwrap_or_default()
+                    ),
+                )
+                .status();
+        }
+    }
 }
