@@ -11,6 +11,9 @@
 //!
 //! With `BACKSTOP_BENCH_SOURCE_ONLY` set, a third pass acks straight from
 //! the source (no stack), to tell the adapter's cost from the stack's.
+//! `BACKSTOP_BENCH_MAX_PENDING=n` sets the adapter's per-partition pause
+//! threshold and `BACKSTOP_BENCH_CONSUMER=k=v,k=v` adds librdkafka consumer
+//! properties to the adapter (the raw baseline keeps librdkafka's defaults).
 //!
 //! Rates are measured from the first message to the last, so the group join
 //! is not counted. Needs the broker (`BACKSTOP_KAFKA_BROKERS`, default
@@ -66,8 +69,13 @@ async fn produce(kafka: &Kafka, topic: &str, n: usize) -> Duration {
 }
 
 async fn raw(kafka: &Kafka, topic: &str, n: usize) -> Duration {
-    let mut config = kafka.config().consumer_config();
-    config.set("group.id", unique("raw"));
+    // librdkafka's defaults, plus what at-least-once needs.
+    let mut config = rdkafka::ClientConfig::new();
+    config
+        .set("bootstrap.servers", &kafka.config().brokers)
+        .set("group.id", unique("raw"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.offset.store", "false");
     let consumer: StreamConsumer = config.create().expect("consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
     tokio::spawn(async move {
@@ -169,6 +177,14 @@ fn main() {
             c.producer_properties
                 .insert("linger.ms".into(), "20".into());
             c.retry_tiers = backstop_kafka::RetryTiers::new([]);
+            for kv in std::env::var("BACKSTOP_BENCH_CONSUMER")
+                .unwrap_or_default()
+                .split(',')
+            {
+                if let Some((k, v)) = kv.split_once('=') {
+                    c.consumer_properties.insert(k.into(), v.into());
+                }
+            }
             if let Some(n) = std::env::var("BACKSTOP_BENCH_MAX_PENDING")
                 .ok()
                 .and_then(|v| v.parse().ok())

@@ -52,8 +52,12 @@ pub struct KafkaConfig {
     /// `auto.offset.reset` (default earliest).
     pub offset_reset: OffsetReset,
     /// A partition tracking more received-but-unfinished messages than this is
-    /// paused until half of them are done (default 10,000). Bounds memory.
+    /// paused until half of them are done (default 50,000). Bounds memory,
+    /// with `max_pending_bytes_per_partition`.
     pub max_pending_per_partition: usize,
+    /// A partition holding more bytes of unfinished messages than this is
+    /// paused until half of them are done (default 32 MiB).
+    pub max_pending_bytes_per_partition: usize,
     /// `message.timeout.ms`: a publish not confirmed within this fails with a timeout (default 30 s).
     pub message_timeout: Duration,
     /// `topic.metadata.propagation.max.ms`: a publish to a topic missing for
@@ -75,7 +79,8 @@ impl KafkaConfig {
             session_timeout: Duration::from_secs(10),
             auto_commit_interval: Duration::from_secs(1),
             offset_reset: OffsetReset::Earliest,
-            max_pending_per_partition: 10_000,
+            max_pending_per_partition: 50_000,
+            max_pending_bytes_per_partition: 32 << 20,
             message_timeout: Duration::from_secs(30),
             missing_topic_timeout: Duration::from_secs(5),
             retry_tiers: RetryTiers::default(),
@@ -115,7 +120,12 @@ impl KafkaConfig {
             .set("session.timeout.ms", session.to_string())
             .set("heartbeat.interval.ms", (session / 3).max(100).to_string())
             .set("enable.partition.eof", "false")
-            .set("isolation.level", "read_committed");
+            .set("isolation.level", "read_committed")
+            // A pause (back-pressure, due retries) turns the fetch in flight
+            // into an outdated one; librdkafka then backs off 500 ms by
+            // default before fetching the resumed partition again.
+            .set("fetch.error.backoff.ms", "50")
+            .set("fetch.queue.backoff.ms", "50");
         Self::overrides(&mut config, [&self.properties, &self.consumer_properties]);
         config
     }

@@ -76,6 +76,7 @@ pub(crate) struct State {
     outstanding: usize,
     max_in_flight: usize,
     max_pending: usize,
+    max_bytes: usize,
     next_generation: u64,
     closed: bool,
     errors: VecDeque<SourceError>,
@@ -166,8 +167,9 @@ pub(crate) struct Dispatcher {
 
 impl Dispatcher {
     /// A dispatcher handing out at most `max_in_flight` unsettled deliveries,
-    /// pausing partitions that track more than `max_pending` messages.
-    pub(crate) fn new(max_in_flight: usize, max_pending: usize) -> Arc<Self> {
+    /// pausing partitions that track more than `max_pending` messages or
+    /// hold more than `max_bytes` of unfinished messages.
+    pub(crate) fn new(max_in_flight: usize, max_pending: usize, max_bytes: usize) -> Arc<Self> {
         Arc::new(Dispatcher {
             state: Mutex::new(State {
                 slots: Vec::new(),
@@ -177,6 +179,7 @@ impl Dispatcher {
                 outstanding: 0,
                 max_in_flight: max_in_flight.max(1),
                 max_pending: max_pending.max(2),
+                max_bytes: max_bytes.max(2),
                 next_generation: 0,
                 closed: false,
                 errors: VecDeque::new(),
@@ -255,7 +258,7 @@ impl Dispatcher {
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let mut woke = false;
         let mut st = self.lock();
-        let max_pending = st.max_pending;
+        let (max_pending, max_bytes) = (st.max_pending, st.max_bytes);
         let mut last: Option<(Tp, usize)> = None;
         for incoming in batch.drain(..) {
             let slot = match &last {
@@ -277,7 +280,9 @@ impl Dispatcher {
             let offset = incoming.message.meta.offset.unwrap_or_default();
             let received = tracker.receive(incoming.message, incoming.due, now);
             if !tracker.is_paused()
-                && (tracker.len() >= max_pending || (tracker.is_delayed() && tracker.not_due() > 0))
+                && (tracker.len() >= max_pending
+                    || tracker.bytes() >= max_bytes
+                    || (tracker.is_delayed() && tracker.not_due() > 0))
             {
                 tracker.set_paused(true);
                 pause.push(incoming.tp);
@@ -379,7 +384,7 @@ impl Dispatcher {
         let now = SystemTime::now();
         let mut actions = Actions::default();
         let mut st = self.lock();
-        let max_pending = st.max_pending;
+        let (max_pending, max_bytes) = (st.max_pending, st.max_bytes);
         let mut released = Vec::new();
         let mut queued = Vec::new();
         for (i, Slot { tp, tracker }) in st.slots_mut() {
@@ -391,8 +396,12 @@ impl Dispatcher {
                     offset,
                 });
             }
-            let wants_pause = tracker.len() >= max_pending || tracker.not_due() > 0;
-            let may_resume = tracker.len() <= max_pending / 2 && tracker.not_due() == 0;
+            let wants_pause = tracker.len() >= max_pending
+                || tracker.bytes() >= max_bytes
+                || tracker.not_due() > 0;
+            let may_resume = tracker.len() <= max_pending / 2
+                && tracker.bytes() <= max_bytes / 2
+                && tracker.not_due() == 0;
             if tracker.is_paused() && may_resume {
                 tracker.set_paused(false);
                 actions.resume.push(tp.clone());
@@ -501,7 +510,7 @@ mod tests {
 
     #[test]
     fn hands_out_at_most_max_in_flight() {
-        let d = Dispatcher::new(1, 100);
+        let d = Dispatcher::new(1, 100, usize::MAX);
         d.assign([(tp(), false)]);
         d.receive(tp(), msg(0, "a"), None, false);
         d.receive(tp(), msg(1, "b"), None, false);
@@ -514,7 +523,7 @@ mod tests {
 
     #[test]
     fn revoke_fences_queued_and_in_flight_deliveries() {
-        let d = Dispatcher::new(10, 100);
+        let d = Dispatcher::new(10, 100, usize::MAX);
         d.assign([(tp(), false)]);
         d.receive(tp(), msg(0, "a"), None, false);
         d.receive(tp(), msg(1, "b"), None, false);
@@ -537,7 +546,7 @@ mod tests {
 
     #[test]
     fn a_full_partition_is_paused_and_resumed_when_drained() {
-        let d = Dispatcher::new(100, 4);
+        let d = Dispatcher::new(100, 4, usize::MAX);
         d.assign([(tp(), false)]);
         for o in 0..3 {
             assert!(d.receive(tp(), msg(o, "k"), None, false).is_none());
@@ -550,5 +559,32 @@ mod tests {
         let actions = d.maintain();
         assert_eq!(actions.resume, vec![tp()]);
         assert_eq!(actions.store, vec![(tp(), 3)]);
+    }
+
+    #[test]
+    fn a_partition_holding_too_many_bytes_is_paused() {
+        let d = Dispatcher::new(100, 1_000, 4_096);
+        d.assign([(tp(), false)]);
+        let big = |o: i64| {
+            let mut m = Message::new(vec![0u8; 1_500]).with_key(format!("k{o}"));
+            m.meta.offset = Some(o);
+            m
+        };
+        assert!(d.receive(tp(), big(0), None, false).is_none());
+        assert!(d.receive(tp(), big(1), None, false).is_none());
+        assert_eq!(
+            d.receive(tp(), big(2), None, false),
+            Some(tp()),
+            "over 4 KiB held"
+        );
+        for _ in 0..3 {
+            let t = d.take().unwrap().unwrap();
+            d.settle(&t.ticket, true).unwrap();
+        }
+        assert_eq!(
+            d.maintain().resume,
+            vec![tp()],
+            "done messages free their bytes"
+        );
     }
 }

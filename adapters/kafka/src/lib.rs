@@ -51,8 +51,9 @@
 //!   finished offset + 1 over the offsets actually received (gaps from
 //!   transaction markers or compaction are fine), never past a message that
 //!   runs, waits or failed. A partition that tracks more than
-//!   [`KafkaConfig::max_pending_per_partition`] messages is paused (not the
-//!   poll loop) until half of them are done.
+//!   [`KafkaConfig::max_pending_per_partition`] messages (or
+//!   [`KafkaConfig::max_pending_bytes_per_partition`] bytes) is paused (not
+//!   the poll loop) until half of them are done.
 //! * Concurrency spans partitions and, inside a partition, keys: a message
 //!   with key K waits while an earlier message with key K of its partition
 //!   is unfinished.

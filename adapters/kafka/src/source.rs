@@ -44,7 +44,11 @@ impl KafkaSource {
         retry_topics: &[String],
         max_in_flight: usize,
     ) -> Result<Self, Error> {
-        let dispatcher = Dispatcher::new(max_in_flight, config.max_pending_per_partition);
+        let dispatcher = Dispatcher::new(
+            max_in_flight,
+            config.max_pending_per_partition,
+            config.max_pending_bytes_per_partition,
+        );
         let delayed: Arc<HashSet<String>> = Arc::new(retry_topics.iter().cloned().collect());
         let context = GroupContext::new(Arc::clone(&dispatcher), Arc::clone(&delayed));
         let consumer: BaseConsumer<GroupContext> = config

@@ -60,6 +60,7 @@ pub(crate) struct PartitionTracker {
     stored: Option<i64>,
     committed: Option<i64>,
     not_due: usize,
+    bytes: usize,
     paused: bool,
 }
 
@@ -77,6 +78,7 @@ impl PartitionTracker {
             stored: None,
             committed: None,
             not_due: 0,
+            bytes: 0,
             paused: false,
         }
     }
@@ -89,6 +91,11 @@ impl PartitionTracker {
     /// True for a retry topic's partition.
     pub(crate) fn is_delayed(&self) -> bool {
         self.delayed
+    }
+
+    /// Bytes of the messages still held (not yet done), approximately.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Messages received and not yet passed by the watermark.
@@ -156,6 +163,7 @@ impl PartitionTracker {
         if not_due {
             self.not_due += 1;
         }
+        self.bytes += size_of_message(&message);
         self.entries.insert(
             offset,
             Entry {
@@ -192,7 +200,9 @@ impl PartitionTracker {
             return false;
         }
         entry.status = Status::Done;
-        entry.message = None;
+        if let Some(done) = entry.message.take() {
+            self.bytes = self.bytes.saturating_sub(size_of_message(&done));
+        }
         let key = entry.key.clone();
         if let Some(key) = key {
             self.release_next_of_key(&key, offset, released);
@@ -320,6 +330,21 @@ impl PartitionTracker {
         self.committed = Some(offset);
         self.stored = Some(self.stored.map_or(offset, |s| s.max(offset)));
     }
+}
+
+/// What a held message costs in memory, roughly: its bytes plus bookkeeping.
+fn size_of_message(message: &Message) -> usize {
+    let headers: usize = message
+        .headers
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 48)
+        .sum();
+    message.payload.len()
+        + message.key.as_ref().map_or(0, Bytes::len)
+        + headers
+        + message.meta.source.len()
+        + message.meta.message_id.len()
+        + 256
 }
 
 #[cfg(test)]
