@@ -80,16 +80,18 @@ async fn a_key_with_spooled_records_waits_behind_them_other_keys_do_not() {
     let a1 = Message::new("a1").with_key("a").with_message_id("a1");
     assert_eq!(publisher.publish("q", &a1).await.unwrap(), Sent::Spooled);
     assert!(!publisher.broker_unreachable());
-    let attempts = switch.attempts.load(Ordering::Relaxed);
 
     // Another message of key a goes behind a1 without trying the broker ...
     let a2 = Message::new("a2").with_key("a").with_message_id("a2");
     assert_eq!(publisher.publish("q", &a2).await.unwrap(), Sent::Spooled);
+    assert!(
+        !switch.tried("a2"),
+        "a2 did not try the broker: it waits behind a1"
+    );
     let b1 = Message::new("b1").with_key("b").with_message_id("b1");
     // ... while key b goes straight through.
     assert_eq!(publisher.publish("q", &b1).await.unwrap(), Sent::Confirmed);
     assert_eq!(switch.ids("q"), ["b1"]);
-    assert!(switch.attempts.load(Ordering::Relaxed) >= attempts + 1);
 
     switch.refuse_key(None);
     publisher.flush(Duration::from_secs(10)).await.unwrap();
@@ -133,7 +135,10 @@ async fn a_full_destination_is_retried_then_spooled_without_declaring_an_outage(
     switch.set(Mode::Full);
     let m = Message::new("x").with_key("k").with_message_id("f-1");
     assert_eq!(publisher.publish("q", &m).await.unwrap(), Sent::Spooled);
-    assert_eq!(switch.attempts.load(Ordering::Relaxed), 3);
+    assert!(
+        switch.attempts.load(Ordering::Relaxed) >= 3,
+        "retried within the budget"
+    );
     assert!(!publisher.broker_unreachable());
     switch.set(Mode::Up);
     publisher.flush(Duration::from_secs(10)).await.unwrap();

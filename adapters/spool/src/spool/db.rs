@@ -52,7 +52,7 @@ pub(crate) struct Push {
 
 /// What the async handle asks of the thread.
 pub(crate) enum Command {
-    Push(Push),
+    Push(Box<Push>),
     Read {
         after: u64,
         limit: usize,
@@ -208,10 +208,10 @@ impl Db {
             };
             match command {
                 Command::Push(first) => {
-                    let mut group = vec![first];
+                    let mut group = vec![*first];
                     while group.len() < MAX_GROUP {
                         match commands.try_recv() {
-                            Ok(Command::Push(p)) => group.push(p),
+                            Ok(Command::Push(p)) => group.push(*p),
                             Ok(other) => {
                                 pending = Some(other);
                                 break;

@@ -250,12 +250,12 @@ impl Spool {
         size: u64,
     ) -> Result<u64, SpoolError> {
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Push(Push {
+        self.send(Command::Push(Box::new(Push {
             destination: destination.map(str::to_owned),
             message: message.clone(),
             size,
             reply,
-        }))?;
+        })))?;
         answer.await.unwrap_or_else(|_| Err(self.closed()))
     }
 

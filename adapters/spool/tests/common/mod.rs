@@ -61,6 +61,7 @@ pub struct Switch {
     pub attempts: Arc<AtomicUsize>,
     pub hang: Arc<AtomicBool>,
     refused_key: Arc<std::sync::Mutex<Option<String>>>,
+    tried: Arc<std::sync::Mutex<BTreeSet<String>>>,
 }
 
 impl Default for Switch {
@@ -71,6 +72,7 @@ impl Default for Switch {
             attempts: Arc::new(AtomicUsize::new(0)),
             hang: Arc::new(AtomicBool::new(false)),
             refused_key: Arc::default(),
+            tried: Arc::default(),
         }
     }
 }
@@ -83,6 +85,11 @@ impl Switch {
     /// Refuses messages of this key as `Full` (None: refuse none).
     pub fn refuse_key(&self, key: Option<&str>) {
         *self.refused_key.lock().unwrap() = key.map(str::to_owned);
+    }
+
+    /// True once a publish of message `id` reached the broker (whatever the answer).
+    pub fn tried(&self, id: &str) -> bool {
+        self.tried.lock().unwrap().contains(id)
     }
 
     pub fn ids(&self, queue: &str) -> Vec<String> {
@@ -102,6 +109,10 @@ impl Switch {
 impl Publisher for Switch {
     async fn publish(&self, destination: &str, message: &Message) -> Result<(), PublishError> {
         self.attempts.fetch_add(1, Ordering::Relaxed);
+        self.tried
+            .lock()
+            .unwrap()
+            .insert(message.meta.message_id.clone());
         if self.hang.load(Ordering::Relaxed) {
             std::future::pending::<()>().await;
         }
