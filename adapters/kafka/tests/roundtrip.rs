@@ -111,3 +111,30 @@ async fn records_without_an_id_get_one_from_their_position() {
     again.ack().await.unwrap();
     reader.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_failures_say_what_went_wrong() {
+    let kafka = kafka(&unique("g"));
+    let publisher = kafka.publisher().unwrap();
+    let missing = unique("missing");
+    let started = std::time::Instant::now();
+    let error = publisher
+        .publish(&missing, &backstop::Message::new("x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, backstop::PublishError::MissingDestination(t) if *t == missing),
+        "{error:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "failed within the missing-topic timeout"
+    );
+    let topic = topic(&kafka, "large", 1).await;
+    let huge = backstop::Message::new(vec![b'x'; 2 << 20]);
+    let error = publisher.publish(&topic, &huge).await.unwrap_err();
+    assert!(
+        matches!(error, backstop::PublishError::TooLarge { size } if size == 2 << 20),
+        "{error:?}"
+    );
+}
