@@ -31,20 +31,17 @@ use crate::OpenError;
 /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::time::Duration;
 /// use backstop::RetryPolicy;
+/// use backstop_kafka::Kafka;
 /// use backstop_spool::{Budget, ReliablePublisher, SpoolConfig};
-/// # let brokers = "127.0.0.1:9092";
+///
 /// // librdkafka already retries inside message.timeout.ms: one attempt of 5 s.
 /// let budget = Budget::new(RetryPolicy::none(), Duration::from_secs(5));
-/// # /*
-/// let kafka = backstop_kafka::Kafka::new(brokers, "orders-service")
-///     .configure(|c| c.message_timeout = budget.attempt_timeout);
-/// let publisher = kafka.publisher()?;
-/// # */
-/// # let publisher = backstop::memory::MemoryBroker::new();
-/// # let client_timeout = budget.attempt_timeout;
-/// let reliable = ReliablePublisher::builder(publisher, SpoolConfig::new("orders.spool"))
+/// let kafka = Kafka::new("127.0.0.1:9092", "orders-service")
+///     .configure(|c| c.message_timeout = Duration::from_secs(4));
+/// let producer = kafka.publisher()?;
+/// let reliable = ReliablePublisher::builder(producer.clone(), SpoolConfig::new("orders.spool"))
 ///     .budget(budget)
-///     .client_timeout(client_timeout) // publisher.message_timeout() for Kafka
+///     .client_timeout(producer.message_timeout()) // checked: 4 s fits in 5 s
 ///     .open()
 ///     .await?;
 /// # Ok(()) }
@@ -53,8 +50,8 @@ use crate::OpenError;
 /// RabbitMQ's client does not retry by itself; its confirm timeout
 /// ([`ConnectOptions::confirm_timeout`]) should also fit in an attempt.
 ///
-/// [`KafkaConfig::message_timeout`]: https://docs.rs/backstop-kafka
-/// [`ConnectOptions::confirm_timeout`]: https://docs.rs/backstop-rabbitmq
+/// [`KafkaConfig::message_timeout`]: https://docs.rs/backstop-kafka/latest/backstop_kafka/struct.KafkaConfig.html#structfield.message_timeout
+/// [`ConnectOptions::confirm_timeout`]: https://docs.rs/backstop-rabbitmq/latest/backstop_rabbitmq/struct.ConnectOptions.html#method.confirm_timeout
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Budget {
     /// Attempts and backoff (default: 3 retries, 100 ms … 2 s, at most 10 s in all).

@@ -1,20 +1,7 @@
 //! [`SpoolingDeadLetterSink`]: an opt-in DLQ writer that spools a dead
 //! letter when the DLQ broker is down, so the source can be acked.
 //!
-//! # The trade-off
-//!
-//! The default (any adapter's sink alone) keeps the source message unacked
-//! until the broker confirmed the DLQ write: while the DLQ broker is down
-//! the failed message stays on its source and is redelivered, failing again
-//! each time. Nothing lives outside the broker's replicated storage, but the
-//! source backs up with messages that cannot finish.
-//!
-//! This sink acks the source once the letter is either confirmed by the
-//! broker or committed to the local spool (`synchronous=FULL`). The source
-//! moves on; the letter reaches the DLQ when the broker is back. The price:
-//! until then the letter's only copy is one file on this machine's disk
-//! (lost with the disk, or with a container's ephemeral volume), and the
-//! DLQ shows it late. Use it where the spool sits on durable storage.
+//! See the type for the trade-off against the default.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +13,8 @@ use crate::relay::{Relay, RelayConfig};
 use crate::reliable::{Reliable, SendError};
 use crate::{Budget, OpenError, Spool, SpoolConfig, SpoolError};
 
-/// Wraps an adapter's [`DeadLetterSink`] with a spool; see the [module docs](self).
+/// Wraps an adapter's [`DeadLetterSink`] with a spool: opt-in, for a
+/// consumer whose source must move on while the DLQ broker is down.
 ///
 /// A letter is first written through the inner sink within the
 /// [`Budget`]; if the broker does not confirm it (unreachable, no confirm,
@@ -36,6 +24,38 @@ use crate::{Budget, OpenError, Spool, SpoolConfig, SpoolError};
 /// back, in order per DLQ and key. A sink error that retrying cannot fix
 /// (unroutable, misconfiguration) and a spool that cannot take the letter
 /// are returned, so the source stays unacked.
+///
+/// # The trade-off
+///
+/// The default (an adapter's sink alone) keeps the source message unacked
+/// until the broker confirmed the DLQ write: while the DLQ broker is down
+/// the failed message stays on its source and is redelivered, failing again
+/// each time. Nothing lives outside the broker's replicated storage, but the
+/// source backs up with messages that cannot finish.
+///
+/// This sink acks the source once the letter is either confirmed by the
+/// broker or committed to the local spool (`synchronous=FULL`). The source
+/// moves on; the letter reaches the DLQ when the broker is back. The price:
+/// until then the letter's only copy is one file on this machine's disk
+/// (lost with the disk, or with a container's ephemeral volume), and the
+/// DLQ shows it late. Use it where the spool sits on durable storage.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use backstop::StackBuilder;
+/// use backstop_rabbitmq::RabbitMq;
+/// use backstop_spool::{SpoolConfig, SpoolingDeadLetterSink};
+///
+/// let rabbit = RabbitMq::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+/// let dlq = SpoolingDeadLetterSink::open(
+///     rabbit.dead_letter_sink(),
+///     SpoolConfig::new("/var/lib/orders-worker/dlq.spool"),
+/// )
+/// .await?;
+/// let stack = StackBuilder::<String>::new(Arc::new(dlq));
+/// # Ok(()) }
+/// ```
 pub struct SpoolingDeadLetterSink<S> {
     core: Arc<Reliable<SinkOutlet<S>>>,
     relay: Arc<Relay>,

@@ -26,6 +26,15 @@ use crate::{Budget, OpenError, ReliableError, Spool, SpoolConfig, SpoolError};
 ///   said unroutable, missing destination, too large or invalid: fix the call) or the
 ///   spool itself refused (full, disk failure).
 ///
+/// | The broker's answer | Publish | Relay |
+/// |---|---|---|
+/// | `Unavailable`, `Timeout`, no answer within the attempt timeout | retried, then spooled; later publishes go straight to the spool until the relay gets a confirm | backs off, then probes with the oldest record |
+/// | `Nacked`, `Full` | retried, then spooled | the key waits, retried with backoff |
+/// | `Unroutable`, `MissingDestination`, `TooLarge`, `Invalid` | returned, not spooled | the key waits, retried with backoff, logged as an error (the record can be dropped with [`Spool::remove`]) |
+///
+/// Every failure is logged (`tracing`) with the message id and the reason;
+/// see [`metrics`](crate::metrics) for what is counted.
+///
 /// # Order
 ///
 /// Records are relayed in the order they were spooled. While a key (per

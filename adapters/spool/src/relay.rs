@@ -5,9 +5,9 @@
 //! ordering unit's records (destination + key) one after the other, the
 //! units of a batch concurrently. A unit whose record fails waits: its later
 //! records are skipped for the rest of the pass, so they never overtake it,
-//! while other units go on. At the end of a pass with waiting units the
-//! relay backs off ([`RelayConfig::backoff`]) and starts again from the
-//! oldest record.
+//! while other units go on (new records too). After a backoff
+//! ([`RelayConfig::backoff`], growing while the same pass keeps ending with
+//! waiting units) the relay starts again from the oldest record.
 //!
 //! When nothing in a batch was confirmed and the broker was unreachable,
 //! the relay marks the broker down (publishes go straight to the spool),
@@ -31,6 +31,15 @@ use crate::reliable::Reliable;
 use crate::{SpoolError, metrics};
 
 /// How the relay drains the spool.
+///
+/// The relay is a task that reads the spool in order, a batch at a time,
+/// sends each key's records one after the other (different keys
+/// concurrently), and removes a record only after the broker confirmed it.
+/// A key whose record fails waits, so its later records never overtake it;
+/// the others go on. When the broker is unreachable the relay backs off and
+/// then probes with the single oldest record before sending whole batches
+/// again. A crash between a confirm and the record's removal sends the
+/// record again after the restart (at-least-once, same message id).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RelayConfig {
     /// Records read (and at most sent concurrently) per round (default 256).
@@ -166,6 +175,8 @@ async fn run<O: Outlet>(core: Arc<Reliable<O>>, config: RelayConfig, stop: Cance
     let mut cursor = 0u64;
     let mut blocked: HashSet<Unit> = HashSet::new();
     let mut failed_rounds = 0u32;
+    let mut stuck_passes = 0u32;
+    let mut retry_at: Option<tokio::time::Instant> = None;
     // Start carefully: one record first, whole batches once the broker confirmed.
     let mut probing = true;
     while !stop.is_cancelled() {
@@ -186,19 +197,29 @@ async fn run<O: Outlet>(core: Arc<Reliable<O>>, config: RelayConfig, stop: Cance
             }
         };
         if records.is_empty() {
-            if !blocked.is_empty() {
-                // End of a pass in which some units waited: back off, start over.
-                failed_rounds = failed_rounds.saturating_add(1);
-                blocked.clear();
-                cursor = 0;
-                if !pause(&stop, config.backoff.delay(failed_rounds)).await {
-                    break;
+            let wake = if blocked.is_empty() {
+                // A pass ended with every unit through.
+                stuck_passes = 0;
+                tokio::time::Instant::now() + config.idle_poll
+            } else {
+                // A pass ended with units waiting: retry them from the oldest
+                // record after a backoff; new records go on meanwhile.
+                let due = *retry_at.get_or_insert_with(|| {
+                    tokio::time::Instant::now()
+                        + config.backoff.delay(stuck_passes.saturating_add(1))
+                });
+                if tokio::time::Instant::now() >= due {
+                    stuck_passes = stuck_passes.saturating_add(1);
+                    retry_at = None;
+                    blocked.clear();
+                    cursor = 0;
+                    continue;
                 }
-                continue;
-            }
+                due
+            };
             tokio::select! {
                 () = &mut arrived => {}
-                () = tokio::time::sleep(config.idle_poll) => {}
+                () = tokio::time::sleep_until(wake) => {}
                 () = stop.cancelled() => break,
             }
             continue;
@@ -284,6 +305,7 @@ async fn run<O: Outlet>(core: Arc<Reliable<O>>, config: RelayConfig, stop: Cance
                 failed_rounds = failed_rounds.saturating_add(1);
                 probing = true;
                 blocked.clear();
+                retry_at = None;
                 cursor = 0;
                 if !pause(&stop, config.backoff.delay(failed_rounds)).await {
                     break;

@@ -28,6 +28,13 @@ use crate::{SpoolConfig, SpoolError, WhenFull, metrics};
 
 /// A handle to an open spool; cheap to clone (clones share it).
 ///
+/// One SQLite database in WAL mode with `synchronous=FULL`, written by a
+/// thread of its own; a write returns only after its transaction committed
+/// (concurrent writes share one commit). Records come back in the order
+/// they were written, across restarts. One process at a time: the lock
+/// file beside the database ([`SpoolConfig::lock_path`]) is held with an OS
+/// lock, released by the operating system however the process ends.
+///
 /// [`ReliablePublisher`](crate::ReliablePublisher) and
 /// [`SpoolingDeadLetterSink`](crate::SpoolingDeadLetterSink) open theirs;
 /// [`Spool::open`] alone is for looking into a spool (how many records, which
