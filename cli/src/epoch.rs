@@ -23,7 +23,10 @@ pub async fn current(brokers: &str, topic: &str, group: &str) -> Result<u64, Cli
     let (b, t) = (brokers.to_owned(), epoch_topic(topic, group));
     let records = tokio::task::spawn_blocking(move || kafka_read::read_all(&b, &t))
         .await
-        .map_err(|e| CliError::Kafka { what: "reading the epoch".into(), reason: e.to_string() })?;
+        .map_err(|e| CliError::Kafka {
+            what: "reading the epoch".into(),
+            reason: e.to_string(),
+        })?;
     let records = match records {
         Ok(r) => r,
         Err(CliError::MissingTopic(_)) => return Ok(0),
@@ -31,7 +34,13 @@ pub async fn current(brokers: &str, topic: &str, group: &str) -> Result<u64, Cli
     };
     Ok(records
         .iter()
-        .filter_map(|(m, _)| std::str::from_utf8(&m.payload).ok()?.trim().parse::<u64>().ok())
+        .filter_map(|(m, _)| {
+            std::str::from_utf8(&m.payload)
+                .ok()?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
         .max()
         .unwrap_or(0))
 }
@@ -42,7 +51,10 @@ pub async fn bump(brokers: &str, topic: &str, group: &str) -> Result<u64, CliErr
     let config = KafkaConfig::new(brokers, group);
     let kafka = |what: &str| {
         let what = what.to_owned();
-        move |e: backstop_kafka::Error| CliError::Kafka { what, reason: e.to_string() }
+        move |e: backstop_kafka::Error| CliError::Kafka {
+            what,
+            reason: e.to_string(),
+        }
     };
     let name = epoch_topic(topic, group);
     Topics::new(&config)
@@ -51,8 +63,15 @@ pub async fn bump(brokers: &str, topic: &str, group: &str) -> Result<u64, CliErr
         .await
         .map_err(kafka("creating the epoch topic"))?;
     let publisher = KafkaPublisher::new(&config).map_err(kafka("creating a producer"))?;
-    backstop::Publisher::publish(&publisher, &name, &Message::new(next.to_string()).with_key("epoch"))
-        .await
-        .map_err(|e| CliError::Kafka { what: format!("writing epoch {next} to {name}"), reason: e.to_string() })?;
+    backstop::Publisher::publish(
+        &publisher,
+        &name,
+        &Message::new(next.to_string()).with_key("epoch"),
+    )
+    .await
+    .map_err(|e| CliError::Kafka {
+        what: format!("writing epoch {next} to {name}"),
+        reason: e.to_string(),
+    })?;
     Ok(next)
 }

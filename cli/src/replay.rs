@@ -30,9 +30,13 @@ fn reset(a: &ReplayArgs) -> Result<Vec<(i32, Option<i64>, i64)>, CliError> {
     if let Some(g) = groups.groups().iter().find(|g| g.name() == a.group)
         && !g.members().is_empty()
     {
-        return Err(CliError::GroupActive { group: a.group.clone(), members: g.members().len() });
+        return Err(CliError::GroupActive {
+            group: a.group.clone(),
+            members: g.members().len(),
+        });
     }
-    let n = kafka_read::partitions(&consumer, &a.topic)?.ok_or_else(|| CliError::MissingTopic(a.topic.clone()))?;
+    let n = kafka_read::partitions(&consumer, &a.topic)?
+        .ok_or_else(|| CliError::MissingTopic(a.topic.clone()))?;
     let mut all = TopicPartitionList::new();
     for p in 0..n {
         all.add_partition(&a.topic, p);
@@ -44,14 +48,23 @@ fn reset(a: &ReplayArgs) -> Result<Vec<(i32, Option<i64>, i64)>, CliError> {
     let mut target = TopicPartitionList::new();
     let by_time = match &a.from_time {
         Some(t) => {
-            let at = backstop::wire::parse_time(t)
-                .ok_or_else(|| CliError::Usage(format!("--from-time {t:?} is not an RFC 3339 time")))?;
-            let ms = at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+            let at = backstop::wire::parse_time(t).ok_or_else(|| {
+                CliError::Usage(format!("--from-time {t:?} is not an RFC 3339 time"))
+            })?;
+            let ms = at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
             let mut q = TopicPartitionList::new();
             for p in 0..n {
-                q.add_partition_offset(&a.topic, p, Offset::Offset(ms)).map_err(CliError::kafka("building the query"))?;
+                q.add_partition_offset(&a.topic, p, Offset::Offset(ms))
+                    .map_err(CliError::kafka("building the query"))?;
             }
-            Some(consumer.offsets_for_times(q, TIMEOUT).map_err(CliError::kafka("looking offsets up by time"))?)
+            Some(
+                consumer
+                    .offsets_for_times(q, TIMEOUT)
+                    .map_err(CliError::kafka("looking offsets up by time"))?,
+            )
         }
         None => None,
     };
@@ -65,19 +78,26 @@ fn reset(a: &ReplayArgs) -> Result<Vec<(i32, Option<i64>, i64)>, CliError> {
                 _ => high,
             },
             (None, Some(o)) => o.clamp(low, high),
-            (None, None) => return Err(CliError::Usage("give --from-time or --from-offset".into())),
+            (None, None) => {
+                return Err(CliError::Usage("give --from-time or --from-offset".into()));
+            }
         };
         let previous = match committed.find_partition(&a.topic, p).map(|e| e.offset()) {
             Some(Offset::Offset(o)) => Some(o),
             _ => None,
         };
-        target.add_partition_offset(&a.topic, p, Offset::Offset(new)).map_err(CliError::kafka("building the reset"))?;
+        target
+            .add_partition_offset(&a.topic, p, Offset::Offset(new))
+            .map_err(CliError::kafka("building the reset"))?;
         plan.push((p, previous, new));
     }
     if !a.dry_run {
         consumer
             .commit(&target, CommitMode::Sync)
-            .map_err(CliError::kafka(format!("committing the reset offsets of group {}", a.group)))?;
+            .map_err(CliError::kafka(format!(
+                "committing the reset offsets of group {}",
+                a.group
+            )))?;
     }
     Ok(plan)
 }
@@ -87,12 +107,19 @@ pub async fn run(a: &ReplayArgs) -> Result<String, CliError> {
     let args = a.clone();
     let plan = tokio::task::spawn_blocking(move || reset(&args))
         .await
-        .map_err(|e| CliError::Kafka { what: "resetting offsets".into(), reason: e.to_string() })??;
+        .map_err(|e| CliError::Kafka {
+            what: "resetting offsets".into(),
+            reason: e.to_string(),
+        })??;
     let mut out = String::new();
     let verb = if a.dry_run { "would reset" } else { "reset" };
     for (p, prev, new) in &plan {
         let prev = prev.map_or("none".to_owned(), |o| o.to_string());
-        let _ = writeln!(out, "{verb} group {} on {}[{p}]: {prev} -> {new}", a.group, a.topic);
+        let _ = writeln!(
+            out,
+            "{verb} group {} on {}[{p}]: {prev} -> {new}",
+            a.group, a.topic
+        );
     }
     if a.mode == ReplayMode::Reprocess && !a.dry_run {
         let epoch = crate::epoch::bump(&a.kafka, &a.topic, &a.group).await?;
@@ -102,7 +129,10 @@ pub async fn run(a: &ReplayArgs) -> Result<String, CliError> {
             crate::epoch::epoch_topic(&a.topic, &a.group)
         );
     } else if a.mode == ReplayMode::Redeliver {
-        let _ = writeln!(out, "redeliver: deduplication skips what the group already did");
+        let _ = writeln!(
+            out,
+            "redeliver: deduplication skips what the group already did"
+        );
     }
     Ok(out)
 }

@@ -44,7 +44,7 @@ async fn filtered_replay_redrives_exactly_the_selected_letters() {
         || async { rabbit.message_count(&dlq).await.unwrap() >= 100 },
     )
     .await;
-    assert_eq!(rabbit.message_count(&dlq).await.unwrap(), 100);
+    assert_eq!(settled_count(&rabbit, &dlq, 100).await, 100);
 
     let url = amqp();
     let base = ["--amqp", url.as_str(), "--queue", q.as_str()];
@@ -91,7 +91,7 @@ async fn filtered_replay_redrives_exactly_the_selected_letters() {
     );
     let _ = std::fs::remove_file(&file);
     // Scanning left every letter in place.
-    assert_eq!(rabbit.message_count(&dlq).await.unwrap(), 100);
+    assert_eq!(settled_count(&rabbit, &dlq, 100).await, 100);
 
     let dry = cli_ok(
         &[
@@ -109,7 +109,7 @@ async fn filtered_replay_redrives_exactly_the_selected_letters() {
         .concat(),
     );
     assert!(out.contains("replayed 25 message(s)"), "{out}");
-    assert_eq!(rabbit.message_count(&dlq).await.unwrap(), 75);
+    assert_eq!(settled_count(&rabbit, &dlq, 75).await, 75);
 
     // The worker runs them again: the idempotency store admits the redriven copies.
     state.fail.store(false, Ordering::SeqCst);
@@ -122,7 +122,7 @@ async fn filtered_replay_redrives_exactly_the_selected_letters() {
     .await;
     let handled: BTreeSet<String> = state.handled.lock().unwrap().iter().cloned().collect();
     assert_eq!(handled, expect(1));
-    assert_eq!(rabbit.message_count(&dlq).await.unwrap(), 75);
+    assert_eq!(settled_count(&rabbit, &dlq, 75).await, 75);
     assert_eq!(list(&["--error", "card declined"]).len(), 0);
 
     // Purge needs --yes and a filter.
@@ -144,7 +144,7 @@ async fn filtered_replay_redrives_exactly_the_selected_letters() {
         .concat(),
     );
     assert!(purged.contains("purged 25"), "{purged}");
-    assert_eq!(rabbit.message_count(&dlq).await.unwrap(), 50);
+    assert_eq!(settled_count(&rabbit, &dlq, 50).await, 50);
     assert_eq!(list(&[]), &expect(2) | &expect(3));
 }
 
@@ -192,7 +192,7 @@ async fn an_interrupted_replay_resumes_and_loses_nothing() {
     );
 
     cli_ok(&args);
-    assert_eq!(rabbit.message_count(&dlq).await.unwrap(), 0);
+    assert_eq!(settled_count(&rabbit, &dlq, 0).await, 0);
     let moved = ids(&cli_ok(&[
         "dlq", "list", "--json", "--amqp", &url, "--dlq", &target,
     ]));
@@ -227,7 +227,7 @@ async fn the_loop_guard_refuses_letters_replayed_too_often() {
         ])),
         BTreeSet::from(["looping".to_owned()])
     );
-    assert_eq!(rabbit.message_count(&q).await.unwrap(), 1);
+    assert_eq!(settled_count(&rabbit, &q, 1).await, 1);
     let got = ids(&cli_ok(&[
         "dlq", "list", "--json", "--amqp", &url, "--dlq", &q,
     ]));
@@ -248,7 +248,7 @@ async fn the_loop_guard_refuses_letters_replayed_too_often() {
         &q,
     ]);
     assert!(out.contains("replayed 1 message(s)"), "{out}");
-    assert_eq!(rabbit.message_count(&dlq).await.unwrap(), 0);
+    assert_eq!(settled_count(&rabbit, &dlq, 0).await, 0);
 }
 
 #[test]
@@ -277,4 +277,17 @@ fn errors_are_one_line_and_hide_the_password() {
         !out.status.success() && err.contains("does not exist"),
         "{err}"
     );
+}
+
+/// The queue's ready count once it reaches `expected` or stops moving:
+/// requeues of a closed scan reach a quorum queue's count asynchronously.
+async fn settled_count(rabbit: &backstop_rabbitmq::RabbitMq, queue: &str, expected: u32) -> u32 {
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let count = rabbit.message_count(queue).await.unwrap();
+        if count == expected || tokio::time::Instant::now() >= until {
+            return count;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

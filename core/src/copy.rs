@@ -38,6 +38,9 @@ pub fn retry(
     stamp_origin(&mut copy.headers, &message.meta);
     copy.headers
         .insert(wire::ATTEMPT.to_owned(), next_attempt.to_string());
+    // Rounded up to the next millisecond: the wire keeps milliseconds, and a
+    // copy must never look due before it is.
+    let due = due + std::time::Duration::from_nanos(999_999);
     copy.headers
         .insert(wire::DUE.to_owned(), wire::format_time(due));
     copy.headers

@@ -78,7 +78,8 @@ where
         self
     }
 
-    /// Shuts down when `token` is cancelled.
+    /// Shuts down when `token` is cancelled. The runner cancels it too when
+    /// it stops; handlers see it as their cancellation.
     #[must_use]
     pub fn with_shutdown(mut self, token: CancellationToken) -> Self {
         self.shutdown = token;
@@ -129,7 +130,7 @@ where
                 None => break,
                 Some(Ok(delivery)) => {
                     summary.received += 1;
-                    let delivery = delivery.with_cancellation(self.shutdown.child_token());
+                    let delivery = delivery.with_cancellation(self.shutdown.clone());
                     tasks.spawn(service.call(delivery));
                 }
                 Some(Err(error)) if error.is_fatal() => {

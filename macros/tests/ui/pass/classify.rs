@@ -44,7 +44,7 @@ enum Never {}
 fn retry_after(error: &HandlerError) -> Option<Duration> {
     match error {
         HandlerError::Transient { retry_after, .. } => *retry_after,
-        HandlerError::Permanent { .. } => None,
+        HandlerError::Permanent { .. } | HandlerError::Unavailable { .. } => None,
     }
 }
 
