@@ -277,6 +277,7 @@ impl Db {
                 );
                 self.gauge();
                 metrics::spooled(&self.config.name, n);
+                self.state.arrived.notify_waiters();
                 for (push, seq) in fits.into_iter().zip(seqs) {
                     let _ = push.reply.send(Ok(seq));
                 }
@@ -368,6 +369,7 @@ impl Db {
         if n > 0 {
             self.state.removed(removed);
             self.gauge();
+            self.state.removed.notify_waiters();
         }
         Ok(n)
     }

@@ -55,16 +55,15 @@ impl State {
         self.counts().units.get(unit).copied().unwrap_or(0)
     }
 
+    /// Counts added records (the caller wakes the waiters once its gauges are set).
     pub(crate) fn added(&self, records: impl IntoIterator<Item = (Unit, u64)>) {
-        {
-            let mut c = self.counts();
-            for (unit, size) in records {
-                c.add(unit, 1, size);
-            }
+        let mut c = self.counts();
+        for (unit, size) in records {
+            c.add(unit, 1, size);
         }
-        self.arrived.notify_waiters();
     }
 
+    /// Counts removed records (the caller wakes the waiters once its gauges are set).
     pub(crate) fn removed(&self, records: impl IntoIterator<Item = (Unit, u64)>) {
         {
             let mut c = self.counts();
@@ -79,6 +78,5 @@ impl State {
                 }
             }
         }
-        self.removed.notify_waiters();
     }
 }
