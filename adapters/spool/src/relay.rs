@@ -289,6 +289,15 @@ async fn run<O: Outlet>(core: Arc<Reliable<O>>, config: RelayConfig, stop: Cance
                 Err(error) => {
                     tracing::error!(spool = %name, %error, records = confirmed.len(),
                         "confirmed records could not be removed from the spool; they will be sent again");
+                    // Start over from the oldest record after a pause.
+                    failed_rounds = failed_rounds.saturating_add(1);
+                    blocked.clear();
+                    retry_at = None;
+                    cursor = 0;
+                    if !pause(&stop, config.backoff.delay(failed_rounds)).await {
+                        break;
+                    }
+                    continue;
                 }
             }
             core.broker_back();

@@ -124,4 +124,5 @@ async fn every_message_arrives_across_a_broker_outage() {
     );
     assert!(spooled >= quarter, "the outage was exercised");
     assert_eq!(order_breaks(&arrived), Vec::<String>::new());
+    let _ = kafka.topics().unwrap().delete(&[&topic]).await;
 }
