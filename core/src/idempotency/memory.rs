@@ -20,9 +20,13 @@ pub struct MemoryStore {
     ttl: Duration,
 }
 
+/// A seeded fast hasher: keys come from messages, so the seed is random per
+/// process (no hash flooding), but SipHash's cost is not needed.
+type Hasher = foldhash::fast::RandomState;
+
 #[derive(Debug, Default)]
 struct State {
-    entries: HashMap<Key, Entry>,
+    entries: HashMap<Key, Entry, Hasher>,
     order: VecDeque<Key>,
 }
 

@@ -80,7 +80,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<T>) -> Self::Future {
-        let inner = self.inner.clone();
+        let mut inner = self.inner.clone();
         let policy = Arc::clone(&self.policy);
         let sink = self.sink.clone();
         Box::pin(async move {
@@ -99,8 +99,8 @@ where
                 .unwrap_or_default();
             loop {
                 request.set_attempt(attempt);
-                let result = match inner.clone().ready_oneshot().await {
-                    Ok(mut svc) => svc.call(request.clone()).await,
+                let result = match inner.ready().await {
+                    Ok(svc) => svc.call(request.clone()).await,
                     Err(e) => Err(e),
                 };
                 let error = match result {
