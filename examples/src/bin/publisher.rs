@@ -2,8 +2,8 @@
 //! delivers every one of them once it is back.
 //!
 //! ```text
-//! cargo run -p backstop-spool --example spool_publisher -- rabbitmq [ORDERS] [INTERVAL_MS]
-//! cargo run -p backstop-spool --example spool_publisher -- kafka    [ORDERS] [INTERVAL_MS]
+//! cargo run --release -p backstop-examples --bin publisher -- rabbitmq [ORDERS] [INTERVAL_MS]
+//! cargo run --release -p backstop-examples --bin publisher -- kafka    [ORDERS] [INTERVAL_MS]
 //! ```
 //!
 //! It publishes ORDERS orders (default 300), one every INTERVAL_MS
