@@ -1,0 +1,78 @@
+//! Jepsen-style counts of one fault run.
+
+use std::fmt;
+use std::time::Duration;
+
+/// What happened to the orders of a run (see `/work/shared/CONFORMANCE.md`).
+#[derive(Clone, Debug, Default)]
+pub struct Counts {
+    /// The broker and the scenario, e.g. `rabbitmq`.
+    pub broker: String,
+    /// Orders published (attempted).
+    pub sent: usize,
+    /// Orders the broker confirmed (publisher confirms / `acks=all`).
+    pub acknowledged: usize,
+    /// Publish calls that failed and were retried (during the broker restart).
+    pub publish_retries: usize,
+    /// Valid orders expected in the ledger.
+    pub valid: usize,
+    /// Valid orders executed exactly once.
+    pub executed_once: usize,
+    /// Valid orders executed more than once (duplicate effects).
+    pub duplicated: usize,
+    /// Ledger rows in all.
+    pub ledger_rows: i64,
+    /// Inbox rows (one per key the inbox committed), if the table was found.
+    pub inbox_rows: Option<i64>,
+    /// Orders expected in the DLQ (invalid + poison).
+    pub expected_dead: usize,
+    /// Distinct expected message ids found in the DLQ.
+    pub dead_lettered: usize,
+    /// DLQ records beyond one per message id.
+    pub dlq_duplicates: usize,
+    /// DLQ records of message ids that should not be there.
+    pub dlq_unexpected: usize,
+    /// Orders neither executed nor dead-lettered.
+    pub lost: usize,
+    /// Worker SIGKILLs.
+    pub kills: usize,
+    /// Broker restarts.
+    pub broker_restarts: usize,
+    /// The last worker's own summary line (killed workers print none).
+    pub final_summary: String,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+impl fmt::Display for Counts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "== fault run: {} ({:.1?}) ==", self.broker, self.elapsed)?;
+        writeln!(f, "  sent                {:>7}", self.sent)?;
+        writeln!(
+            f,
+            "  acknowledged        {:>7}   (publish retries {})",
+            self.acknowledged, self.publish_retries
+        )?;
+        writeln!(
+            f,
+            "  executed once       {:>7} / {} valid   (ledger rows {}, inbox rows {})",
+            self.executed_once,
+            self.valid,
+            self.ledger_rows,
+            self.inbox_rows
+                .map_or_else(|| "n/a".to_owned(), |n| n.to_string())
+        )?;
+        writeln!(f, "  duplicated effects  {:>7}", self.duplicated)?;
+        writeln!(
+            f,
+            "  dead-lettered       {:>7} / {} expected",
+            self.dead_lettered, self.expected_dead
+        )?;
+        writeln!(f, "  DLQ duplicates      {:>7}", self.dlq_duplicates)?;
+        writeln!(f, "  DLQ unexpected      {:>7}", self.dlq_unexpected)?;
+        writeln!(f, "  lost                {:>7}", self.lost)?;
+        writeln!(f, "  worker kills        {:>7}", self.kills)?;
+        writeln!(f, "  broker restarts     {:>7}", self.broker_restarts)?;
+        write!(f, "  last worker         {}", self.final_summary)
+    }
+}

@@ -1,0 +1,200 @@
+//! Fault injection on RabbitMQ through the real `order-worker` binary
+//! (`--store postgres-inbox --fail-rate 0.05 --ledger …`): orders are
+//! published while the worker is SIGKILLed and restarted
+//! `BACKSTOP_FAULT_KILLS` times (default 3) and the broker's app is cycled
+//! once (`rabbitmqctl stop_app; start_app`). Afterwards every valid order
+//! has exactly one ledger row and the DLQ holds exactly the invalid and
+//! poison ones. `BACKSTOP_FAULT_ORDERS` sets the run size (default 2,000).
+//!
+//! Takes `/tmp/backstop-rabbitmq-outage.lock` for its whole length.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backstop_rabbitmq::lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use backstop_rabbitmq::{RabbitMq, Topology, url_from_env};
+use backstop_tests::fault::{chaos, read_dead_letters, verify, wait_drained};
+use backstop_tests::ledger::Ledger;
+use backstop_tests::orders::{Kind, orders};
+use backstop_tests::report::Counts;
+use backstop_tests::worker::{Worker, log_path};
+use backstop_tests::{RABBITMQ_OUTAGE_LOCK, env_usize, outage_lock, poll, run_command, unique};
+
+/// Cycles the RabbitMQ app and waits until AMQP answers again.
+async fn cycle_app() {
+    let started = Instant::now();
+    run_command("rabbitmqctl", &["stop_app"])
+        .await
+        .expect("stop_app");
+    run_command("rabbitmqctl", &["start_app"])
+        .await
+        .expect("start_app");
+    let back = poll(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || async { RabbitMq::connect(url_from_env()).await.ok().map(|_| ()) },
+    )
+    .await;
+    assert!(back.is_some(), "RabbitMQ did not come back within 60 s");
+    eprintln!("RabbitMQ app cycled in {:?}", started.elapsed());
+}
+
+/// Deletes the queues and the exchange the worker declared for `queue`.
+async fn cleanup(rabbit: &RabbitMq, queue: &str) {
+    let Ok(channel) = rabbit.channel().await else {
+        return;
+    };
+    // The worker's own topology (order-worker.rs): tiers 5 s, 30 s, 300 s.
+    let secs = Duration::from_secs;
+    let topology = Topology::quorum(queue).retry_tiers([secs(5), secs(30), secs(300)]);
+    let mut queues: Vec<String> = topology
+        .tiers()
+        .iter()
+        .map(|t| t.queue_for(queue))
+        .collect();
+    queues.push(topology.dlq());
+    queues.push(queue.to_owned());
+    for q in queues {
+        let _ = channel
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = channel
+        .exchange_delete(
+            topology.dlx().as_str().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
+    let n = env_usize("BACKSTOP_FAULT_ORDERS", 2_000);
+    let kills = env_usize("BACKSTOP_FAULT_KILLS", 3);
+    let _lock = outage_lock(RABBITMQ_OUTAGE_LOCK)
+        .await
+        .expect("outage lock");
+    let started = Instant::now();
+    backstop_tests::worker::binary();
+
+    let run = unique("fault_rmq");
+    let queue = run.replace('_', "-");
+    let ledger = Ledger::create(&run).await.expect("ledger schema");
+    let log = log_path(&run);
+    let args: Vec<String> = [
+        "--broker",
+        "rabbitmq",
+        "--url",
+        &url_from_env(),
+        "--source",
+        &queue,
+        "--store",
+        "postgres-inbox",
+        "--ledger",
+        ledger.url(),
+        "--fail-rate",
+        "0.05",
+        "--concurrency",
+        "32",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let rabbit = RabbitMq::connect(url_from_env()).await.expect("connect");
+    let mut worker = Worker::spawn(&args, &log).expect("start the worker");
+    // The worker declares its topology; publish once the queue exists.
+    let declared = poll(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || async { rabbit.message_count(&queue).await.ok() },
+    )
+    .await;
+    assert!(
+        declared.is_some(),
+        "the worker did not declare {queue}: {}",
+        worker.log_tail(20)
+    );
+
+    let orders = Arc::new(orders(&run, n));
+    let expected_dead = orders.iter().filter(|o| o.kind != Kind::Valid).count();
+    let valid = n - expected_dead;
+    let mut outcome = chaos(
+        &mut worker,
+        &args,
+        &log,
+        &ledger,
+        Arc::new(rabbit.publisher()),
+        &queue,
+        orders.clone(),
+        kills,
+        cycle_app,
+    )
+    .await;
+
+    let dlq = Topology::quorum(queue.as_str()).dlq();
+    let drained = wait_drained(
+        &mut worker,
+        &args,
+        &log,
+        &ledger,
+        valid,
+        Duration::from_secs(180),
+        &mut outcome.unexpected_exits,
+        || async {
+            rabbit.message_count(&dlq).await.unwrap_or(0) as usize >= expected_dead
+                && rabbit.message_count(&queue).await.unwrap_or(1) == 0
+        },
+    )
+    .await;
+    let status = worker.terminate(Duration::from_secs(30)).await;
+    let final_summary = worker.log_tail(1);
+
+    let dead = read_dead_letters(
+        rabbit.source(&dlq, 64).await.expect("DLQ source"),
+        expected_dead,
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+    )
+    .await;
+    let executions = ledger.executions().await.expect("read the ledger");
+    let mut counts = Counts {
+        broker: format!("rabbitmq, {n} orders"),
+        acknowledged: outcome.acknowledged,
+        publish_retries: outcome.publish_retries,
+        kills: outcome.kills,
+        broker_restarts: outcome.broker_restarts,
+        inbox_rows: ledger.inbox_rows().await,
+        final_summary,
+        elapsed: started.elapsed(),
+        ..Counts::default()
+    };
+    let problems = verify(&orders, &executions, &dead, &mut counts);
+    eprintln!("{counts}");
+
+    cleanup(&rabbit, &queue).await;
+    let _ = ledger.drop_schema().await;
+    rabbit.close().await;
+
+    assert!(
+        drained,
+        "not drained in time: {counts}\n{}",
+        worker.log_tail(20)
+    );
+    assert_eq!(counts.acknowledged, n, "every publish confirmed");
+    assert!(
+        problems.is_empty(),
+        "{} problems: {problems:#?}",
+        problems.len()
+    );
+    assert_eq!(counts.lost, 0);
+    assert_eq!(counts.executed_once, valid);
+    assert_eq!(counts.dead_lettered, expected_dead);
+    assert!(
+        outcome.unexpected_exits.is_empty(),
+        "the worker exited on its own: {:#?}",
+        outcome.unexpected_exits
+    );
+    let status = status.expect("the worker stops within 30 s of SIGTERM");
+    assert!(status.success(), "the worker exited with {status}");
+    let _ = std::fs::remove_file(&log);
+}
