@@ -53,13 +53,16 @@ enum Event {
     RestartBroker,
 }
 
-/// Publishes `orders` to `destination` with 8 concurrent publishers; a failed
-/// publish is retried every 200 ms for up to 3 minutes.
-/// Returns (confirmed, retries).
+/// Publishes `orders` to `destination` with 8 concurrent publishers, staying
+/// at most `window` orders ahead of `progress` (so publishing spans the
+/// whole run and the faults hit it too); a failed publish is retried every
+/// 200 ms for up to 3 minutes. Returns (confirmed, retries).
 async fn publish_all(
     publisher: Arc<dyn Publisher>,
     destination: String,
     orders: Arc<Vec<Order>>,
+    progress: Arc<AtomicUsize>,
+    window: usize,
 ) -> (usize, usize) {
     const LANES: usize = 8;
     let acked = Arc::new(AtomicUsize::new(0));
@@ -68,9 +71,23 @@ async fn publish_all(
     for lane in 0..LANES {
         let (publisher, destination, orders) =
             (publisher.clone(), destination.clone(), orders.clone());
-        let (acked, retries) = (acked.clone(), retries.clone());
+        let (acked, retries, progress) = (acked.clone(), retries.clone(), progress.clone());
         lanes.spawn(async move {
             for order in orders.iter().skip(lane).step_by(LANES) {
+                // Wait for the consumer to catch up, but not while it is
+                // stalled (a kill, the broker restart): keep publishing into
+                // the faults.
+                let mut seen = progress.load(Ordering::Relaxed);
+                let mut moved = Instant::now();
+                while acked.load(Ordering::Relaxed) > seen + window
+                    && moved.elapsed() < Duration::from_millis(500)
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    let now = progress.load(Ordering::Relaxed);
+                    if now != seen {
+                        (seen, moved) = (now, Instant::now());
+                    }
+                }
                 let started = Instant::now();
                 loop {
                     match publisher.publish(&destination, &order.message).await {
@@ -121,7 +138,15 @@ where
     Fut: Future<Output = ()>,
 {
     let valid = orders.iter().filter(|o| o.kind == Kind::Valid).count() as f64;
-    let publishing = tokio::spawn(publish_all(publisher, destination.to_owned(), orders));
+    let window = (orders.len() / 8).max(100);
+    let progress = Arc::new(AtomicUsize::new(0));
+    let publishing = tokio::spawn(publish_all(
+        publisher,
+        destination.to_owned(),
+        orders,
+        progress.clone(),
+        window,
+    ));
     // kills + 1 events, one in each equal slice of 5..85 % progress; the
     // broker restart takes a random slice.
     let events = kills + 1;
@@ -147,6 +172,7 @@ where
         // Wait for the progress point; a worker that dies on its own is restarted.
         while started.elapsed() < Duration::from_secs(120) {
             rows = ledger.rows().await.unwrap_or(0);
+            progress.store(rows.max(0) as usize, Ordering::Relaxed);
             if rows >= target {
                 break;
             }
@@ -176,6 +202,17 @@ where
                 out.broker_restarts += 1;
             }
         }
+    }
+    while !publishing.is_finished() {
+        if let Ok(rows) = ledger.rows().await {
+            progress.store(rows.max(0) as usize, Ordering::Relaxed);
+        }
+        if let Some(status) = worker.exited() {
+            out.unexpected_exits
+                .push(format!("{status}: {}", worker.log_tail(5)));
+            *worker = Worker::spawn(args, log).expect("restart the worker");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (acked, retries) = publishing.await.expect("the publishers finish");
     out.acknowledged = acked;
