@@ -1,0 +1,487 @@
+//! A corpus of bad input through the real `order-worker` on RabbitMQ
+//! (`--store postgres-inbox --ledger … --max-payload-bytes 65536`): empty
+//! and non-UTF-8 bodies, JSON of the wrong shape, bodies over the limit,
+//! header values that are not strings, missing message ids and a 10 KB
+//! order id. Each bad message is dead-lettered with its reason
+//! (`x-backstop-error-kind`, non-empty `x-backstop-error`) or, where it is a
+//! valid order after all, executed exactly once; the worker keeps running
+//! and handles an order published after the corpus; its memory stays
+//! bounded.
+//!
+//! The oversized bodies are 1 MB by default (16 of them);
+//! `BACKSTOP_BAD_INPUT_LARGE_BYTES=10485760` runs the 10 MB variant.
+//!
+//! Messages are published with lapin directly, so the test controls every
+//! AMQP property (no message id, integer and boolean header values).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use backstop_rabbitmq::lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+};
+use backstop_rabbitmq::lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use backstop_rabbitmq::lapin::{BasicProperties, Channel, Confirmation};
+use backstop_rabbitmq::{RabbitMq, Topology, url_from_env};
+use backstop_tests::fault::read_dead_letters;
+use backstop_tests::ledger::Ledger;
+use backstop_tests::worker::{Worker, log_path};
+use backstop_tests::{env_usize, poll, unique};
+
+/// One bad message and what must become of it.
+struct Case {
+    /// Also its `x-test-case` header.
+    name: String,
+    payload: Vec<u8>,
+    /// The AMQP message id property, if any.
+    message_id: Option<String>,
+    /// Extra header values (the test case header is added).
+    headers: Vec<(&'static str, AMQPValue)>,
+    expect: Expect,
+}
+
+enum Expect {
+    /// Dead-lettered with this error kind.
+    Dead(&'static str),
+    /// Executed once, under this order id.
+    Executed(String),
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes()))
+}
+
+fn corpus(run: &str, large: usize) -> Vec<Case> {
+    let case = |name: &str, payload: Vec<u8>, expect: Expect| Case {
+        name: format!("{run}-{name}"),
+        payload,
+        message_id: Some(format!("{run}-{name}")),
+        headers: Vec::new(),
+        expect,
+    };
+    let order =
+        |id: &str, amount: i64| format!(r#"{{"order_id":"{id}","amount":{amount}}}"#).into_bytes();
+    let mut cases = vec![
+        case("empty", Vec::new(), Expect::Dead("decode")),
+        case(
+            "invalid-utf8",
+            vec![0xff, 0xfe, b'{', 0xc3, 0x28, 0x80],
+            Expect::Dead("decode"),
+        ),
+        case(
+            "utf8-in-json-string",
+            [
+                b"{\"order_id\":\"".as_slice(),
+                &[0xff, 0xfe],
+                b"\",\"amount\":1}",
+            ]
+            .concat(),
+            Expect::Dead("decode"),
+        ),
+        case("json-array", b"[1,2,3]".to_vec(), Expect::Dead("decode")),
+        case("json-null", b"null".to_vec(), Expect::Dead("decode")),
+        case(
+            "wrong-field-types",
+            br#"{"order_id":5,"amount":"ten"}"#.to_vec(),
+            Expect::Dead("decode"),
+        ),
+        case(
+            "missing-amount",
+            format!(r#"{{"order_id":"{run}-x"}}"#).into_bytes(),
+            Expect::Dead("decode"),
+        ),
+        case(
+            "truncated-json",
+            br#"{"order_id":"a","amo"#.to_vec(),
+            Expect::Dead("decode"),
+        ),
+        case(
+            "deep-nesting",
+            [
+                br#"{"pad":"#.as_slice(),
+                &[b'['; 20_000],
+                &[b']'; 20_000],
+                br#","order_id":"deep","amount":1}"#,
+            ]
+            .concat(),
+            Expect::Dead("decode"),
+        ),
+    ];
+    for i in 0..16 {
+        // Valid JSON, just too large: the limit, not the decoder, must catch it.
+        let mut body = format!(r#"{{"order_id":"{run}-big{i}","amount":1,"pad":""#).into_bytes();
+        body.resize(large.saturating_sub(2).max(body.len()), b'x');
+        body.extend_from_slice(b"\"}");
+        cases.push(case(
+            &format!("too-large-{i}"),
+            body,
+            Expect::Dead("too_large"),
+        ));
+    }
+    // Header values that are not strings, on a poison body and on a valid order.
+    let odd_headers = || {
+        let mut table = FieldTable::default();
+        table.insert(ShortString::from("nested"), AMQPValue::LongLongInt(7));
+        vec![
+            ("x-int", AMQPValue::LongLongInt(42)),
+            ("x-bool", AMQPValue::Boolean(true)),
+            ("x-float", AMQPValue::Double(1.5)),
+            ("x-table", AMQPValue::FieldTable(table)),
+            ("x-void", AMQPValue::Void),
+            (
+                "x-bytes",
+                AMQPValue::ByteArray(vec![0u8, 159, 146, 150].into()),
+            ),
+        ]
+    };
+    let mut poison = case(
+        "header-types-poison",
+        b"not json".to_vec(),
+        Expect::Dead("decode"),
+    );
+    poison.headers = odd_headers();
+    cases.push(poison);
+    let id = format!("{run}-header-types-valid");
+    let mut valid = case("header-types-valid", order(&id, 3), Expect::Executed(id));
+    valid.headers = odd_headers();
+    cases.push(valid);
+    // backstop's attempt header as an AMQP integer, past the maximum.
+    let id = format!("{run}-attempt-int");
+    let mut attempt = case("attempt-int", order(&id, 3), Expect::Dead("exhausted"));
+    attempt.headers = vec![("x-backstop-attempt", AMQPValue::LongLongInt(99))];
+    cases.push(attempt);
+    let mut attempt = case(
+        "attempt-bool",
+        order(&format!("{run}-attempt-bool"), 3),
+        Expect::Executed(format!("{run}-attempt-bool")),
+    );
+    attempt.headers = vec![("x-backstop-attempt", AMQPValue::Boolean(true))];
+    cases.push(attempt);
+    // No message id at all (property and header): one is assigned on first sight.
+    let mut no_id = case("no-id-poison", b"{".to_vec(), Expect::Dead("decode"));
+    no_id.message_id = None;
+    cases.push(no_id);
+    let id = format!("{run}-no-id-valid");
+    let mut no_id = case("no-id-valid", order(&id, 4), Expect::Executed(id));
+    no_id.message_id = None;
+    cases.push(no_id);
+    // A 10 KB order id (the idempotency key): stored hashed, executed once.
+    let huge: String = format!("{run}-huge-") + &"k".repeat(10 * 1024);
+    cases.push(case(
+        "huge-key-valid",
+        order(&huge, 5),
+        Expect::Executed(huge.clone()),
+    ));
+    let huge_invalid = format!("{huge}-neg");
+    cases.push(case(
+        "huge-key-invalid",
+        order(&huge_invalid, -5),
+        Expect::Dead("permanent"),
+    ));
+    cases
+}
+
+/// Publishes `case` to `queue` and waits for the confirm.
+async fn publish(channel: &Channel, queue: &str, case: &Case) {
+    let mut headers = FieldTable::default();
+    headers.insert(ShortString::from("x-test-case"), text(&case.name));
+    for (name, value) in &case.headers {
+        headers.insert(ShortString::from(*name), value.clone());
+    }
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    if let Some(id) = &case.message_id {
+        properties = properties.with_message_id(ShortString::from(id.as_str()));
+    }
+    let confirm = channel
+        .basic_publish(
+            ShortString::from(""),
+            ShortString::from(queue),
+            BasicPublishOptions {
+                mandatory: true,
+                immediate: false,
+            },
+            &case.payload,
+            properties,
+        )
+        .await
+        .expect("publish");
+    match confirm.await.expect("confirm") {
+        Confirmation::Ack(None) => {}
+        other => panic!("{} not confirmed: {other:?}", case.name),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_dead_lettered_with_its_reason_and_the_worker_carries_on() {
+    let large = env_usize("BACKSTOP_BAD_INPUT_LARGE_BYTES", 1024 * 1024);
+    let started = Instant::now();
+    backstop_tests::worker::binary();
+    let run = unique("bad_input");
+    let queue = run.replace('_', "-");
+    let ledger = Ledger::create(&run).await.expect("ledger schema");
+    let log = log_path(&run);
+    let args: Vec<String> = [
+        "--broker",
+        "rabbitmq",
+        "--url",
+        &url_from_env(),
+        "--source",
+        &queue,
+        "--store",
+        "postgres-inbox",
+        "--ledger",
+        ledger.url(),
+        "--max-payload-bytes",
+        "65536",
+        "--concurrency",
+        "8",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let rabbit = RabbitMq::connect(url_from_env()).await.expect("connect");
+    let mut worker = Worker::spawn(&args, &log).expect("start the worker");
+    let declared = poll(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || async { rabbit.message_count(&queue).await.ok() },
+    )
+    .await;
+    assert!(
+        declared.is_some(),
+        "the worker did not declare {queue}: {}",
+        worker.log_tail(20)
+    );
+
+    let channel = rabbit.channel().await.expect("channel");
+    channel
+        .confirm_select(ConfirmSelectOptions { nowait: false })
+        .await
+        .expect("confirm mode");
+    // A warm-up order, so the baseline RSS is that of a working worker.
+    let warm = format!("{run}-warm-up");
+    let mut warm_up = corpus(&run, large).pop().expect("a case");
+    warm_up.name = warm.clone();
+    warm_up.message_id = Some(warm.clone());
+    warm_up.payload = format!(r#"{{"order_id":"{warm}","amount":1}}"#).into_bytes();
+    warm_up.expect = Expect::Executed(warm.clone());
+    publish(&channel, &queue, &warm_up).await;
+    let warmed = poll(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || async {
+            ledger
+                .executions()
+                .await
+                .ok()
+                .filter(|e| e.contains_key(&warm))
+                .map(|_| ())
+        },
+    )
+    .await;
+    assert!(
+        warmed.is_some(),
+        "the warm-up order was not handled: {}",
+        worker.log_tail(20)
+    );
+    let rss_before = worker.rss_kib().expect("VmRSS");
+
+    let cases = corpus(&run, large);
+    for case in &cases {
+        publish(&channel, &queue, case).await;
+    }
+    // An order after the corpus: the worker must still be handling.
+    let sentinel = format!("{run}-sentinel");
+    let mut after = corpus(&run, large).pop().expect("a case");
+    after.name = sentinel.clone();
+    after.message_id = Some(sentinel.clone());
+    after.payload = format!(r#"{{"order_id":"{sentinel}","amount":1}}"#).into_bytes();
+    publish(&channel, &queue, &after).await;
+
+    let dead_expected = cases
+        .iter()
+        .filter(|c| matches!(c.expect, Expect::Dead(_)))
+        .count();
+    let mut must_execute: Vec<String> = cases
+        .iter()
+        .filter_map(|c| match &c.expect {
+            Expect::Executed(id) => Some(id.clone()),
+            Expect::Dead(_) => None,
+        })
+        .collect();
+    must_execute.push(sentinel.clone());
+    let dlq = Topology::quorum(queue.as_str()).dlq();
+    let settled = poll(
+        Duration::from_secs(90),
+        Duration::from_millis(200),
+        || async {
+            let executions = ledger.executions().await.ok()?;
+            let dead = rabbit.message_count(&dlq).await.ok()? as usize;
+            let queued = rabbit.message_count(&queue).await.ok()?;
+            (must_execute.iter().all(|id| executions.contains_key(id))
+                && dead >= dead_expected
+                && queued == 0)
+                .then_some(())
+        },
+    )
+    .await;
+    let rss_after = worker.rss_kib().unwrap_or(u64::MAX);
+    let still_running = worker.exited().is_none();
+    let status = worker.terminate(Duration::from_secs(30)).await;
+
+    let dead = read_dead_letters(
+        rabbit.source(&dlq, 64).await.expect("DLQ source"),
+        dead_expected,
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+    )
+    .await;
+    let executions = ledger.executions().await.expect("read the ledger");
+    let _ = channel.close(200, "done".into()).await;
+    cleanup(&rabbit, &queue).await;
+    let _ = ledger.drop_schema().await;
+    rabbit.close().await;
+
+    eprintln!(
+        "bad input: {} cases ({} dead, {} executed) + sentinel, large bodies {} bytes; VmRSS {} KiB -> {} KiB; {:.1?}",
+        cases.len(),
+        dead_expected,
+        must_execute.len() - 1,
+        large,
+        rss_before,
+        rss_after,
+        started.elapsed()
+    );
+    assert!(
+        settled.is_some(),
+        "the corpus did not settle: {}",
+        log_tail(&log)
+    );
+    assert!(still_running, "the worker stopped: {}", log_tail(&log));
+    assert!(
+        !log_tail(&log).contains("panicked"),
+        "the worker panicked: {}",
+        log_tail(&log)
+    );
+
+    let by_case: HashMap<&str, Vec<_>> = dead.iter().fold(HashMap::new(), |mut m, d| {
+        m.entry(d.headers.get("x-test-case").map_or("?", String::as_str))
+            .or_default()
+            .push(d);
+        m
+    });
+    for case in &cases {
+        match &case.expect {
+            Expect::Dead(kind) => {
+                let letters = by_case.get(case.name.as_str()).unwrap_or_else(|| {
+                    panic!(
+                        "{} is not in the DLQ; DLQ holds {:?}",
+                        case.name,
+                        by_case.keys()
+                    )
+                });
+                let letter = letters[0];
+                assert_eq!(
+                    letter.kind.as_deref(),
+                    Some(*kind),
+                    "{}: {:?}",
+                    case.name,
+                    letter.error
+                );
+                let error = letter.error.as_deref().unwrap_or_default();
+                assert!(!error.is_empty(), "{} has no x-backstop-error", case.name);
+                assert!(
+                    error.len() <= 1024 + 16,
+                    "{}: x-backstop-error is {} bytes",
+                    case.name,
+                    error.len()
+                );
+                assert!(
+                    !letter.message_id.is_empty(),
+                    "{} has no message id",
+                    case.name
+                );
+                if let Some(id) = &case.message_id {
+                    assert_eq!(&letter.message_id, id, "{} keeps its message id", case.name);
+                }
+                assert_eq!(
+                    letter.payload_len,
+                    case.payload.len(),
+                    "{}: the body travels unchanged",
+                    case.name
+                );
+                eprintln!(
+                    "  {:<24} {:<10} {}",
+                    case.name.trim_start_matches(&format!("{run}-")),
+                    kind,
+                    error.chars().take(100).collect::<String>()
+                );
+            }
+            Expect::Executed(id) => {
+                assert_eq!(
+                    executions.get(id).copied(),
+                    Some(1),
+                    "{} executed once",
+                    case.name
+                );
+                assert!(
+                    !by_case.contains_key(case.name.as_str()),
+                    "{} was dead-lettered",
+                    case.name
+                );
+            }
+        }
+    }
+    // Header values that are not strings arrive as text on the DLQ copy.
+    let odd = by_case[format!("{run}-header-types-poison").as_str()][0];
+    assert_eq!(odd.headers.get("x-int").map(String::as_str), Some("42"));
+    assert_eq!(odd.headers.get("x-bool").map(String::as_str), Some("true"));
+    assert_eq!(
+        executions.get(&sentinel).copied(),
+        Some(1),
+        "the order after the corpus"
+    );
+    assert_eq!(dead.len(), dead_expected, "one dead letter per bad message");
+    // Bounded memory: 16 oversized bodies must not stay resident.
+    let bound = rss_before + 64 * 1024 + 2 * (large as u64 / 1024);
+    assert!(
+        rss_after <= bound,
+        "VmRSS grew from {rss_before} KiB to {rss_after} KiB (bound {bound} KiB)"
+    );
+    let status = status.expect("the worker stops within 30 s of SIGTERM");
+    assert!(status.success(), "the worker exited with {status}");
+    let _ = std::fs::remove_file(&log);
+}
+
+fn log_tail(log: &std::path::Path) -> String {
+    backstop_tests::worker::log_tail(log, 30)
+}
+
+/// Deletes the queues and the exchange the worker declared for `queue`.
+async fn cleanup(rabbit: &RabbitMq, queue: &str) {
+    let Ok(channel) = rabbit.channel().await else {
+        return;
+    };
+    let secs = Duration::from_secs;
+    let topology = Topology::quorum(queue).retry_tiers([secs(5), secs(30), secs(300)]);
+    let mut queues: Vec<String> = topology
+        .tiers()
+        .iter()
+        .map(|t| t.queue_for(queue))
+        .collect();
+    queues.push(topology.dlq());
+    queues.push(queue.to_owned());
+    for q in queues {
+        let _ = channel
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = channel
+        .exchange_delete(
+            topology.dlx().as_str().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await;
+}
