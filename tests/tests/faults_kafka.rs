@@ -1,0 +1,152 @@
+//! Fault injection on Kafka through the real `order-worker` binary
+//! (`--store postgres-inbox --fail-rate 0.05 --ledger …`): orders are
+//! published while the worker is SIGKILLed and restarted
+//! `BACKSTOP_FAULT_KILLS` times (default 3) and the broker is restarted once
+//! (`scripts/services/kafka.sh restart`). Afterwards every valid order has
+//! exactly one ledger row and the DLQ (`<topic>.<group>.dlq`) holds exactly
+//! the invalid and poison ones. `BACKSTOP_FAULT_ORDERS` sets the run size
+//! (default 2,000).
+//!
+//! A SIGKILLed consumer leaves the group only when its session times out
+//! (the adapter's default: 10 s), so each kill stalls its partitions that
+//! long. Takes `/tmp/backstop-kafka-outage.lock` for its whole length.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backstop_kafka::{Kafka, TopicSpec};
+use backstop_tests::fault::{chaos, read_dead_letters, verify, wait_drained};
+use backstop_tests::ledger::Ledger;
+use backstop_tests::orders::{Kind, orders};
+use backstop_tests::report::Counts;
+use backstop_tests::worker::{Worker, log_path};
+use backstop_tests::{KAFKA_OUTAGE_LOCK, env_usize, outage_lock, run_command, unique};
+
+fn brokers() -> String {
+    std::env::var("BACKSTOP_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+/// Restarts the broker with the service script (it waits until metadata works again).
+async fn restart_kafka() {
+    let started = Instant::now();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/services/kafka.sh");
+    run_command("bash", &[script, "restart"])
+        .await
+        .expect("kafka.sh restart");
+    eprintln!("Kafka restarted in {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
+    let n = env_usize("BACKSTOP_FAULT_ORDERS", 2_000);
+    let kills = env_usize("BACKSTOP_FAULT_KILLS", 3);
+    let _lock = outage_lock(KAFKA_OUTAGE_LOCK).await.expect("outage lock");
+    let started = Instant::now();
+    backstop_tests::worker::binary();
+
+    let run = unique("fault_kafka");
+    let topic = run.replace('_', "-");
+    let group = format!("{topic}-worker");
+    let ledger = Ledger::create(&run).await.expect("ledger schema");
+    let log = log_path(&run);
+    let kafka = Kafka::new(brokers(), group.clone());
+    // The worker's own topic spec (order-worker.rs), so publishing can start at once.
+    kafka
+        .ensure_topics([TopicSpec::new(topic.clone()).partitions(4)])
+        .await
+        .expect("create the topics");
+    let args: Vec<String> = [
+        "--broker",
+        "kafka",
+        "--url",
+        &brokers(),
+        "--source",
+        &topic,
+        "--group",
+        &group,
+        "--store",
+        "postgres-inbox",
+        "--ledger",
+        ledger.url(),
+        "--fail-rate",
+        "0.05",
+        "--concurrency",
+        "32",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let mut worker = Worker::spawn(&args, &log).expect("start the worker");
+
+    let orders = Arc::new(orders(&run, n));
+    let expected_dead = orders.iter().filter(|o| o.kind != Kind::Valid).count();
+    let valid = n - expected_dead;
+    let mut outcome = chaos(
+        &mut worker,
+        &args,
+        &log,
+        &ledger,
+        Arc::new(kafka.publisher().expect("publisher")),
+        &topic,
+        orders.clone(),
+        kills,
+        restart_kafka,
+    )
+    .await;
+
+    let drained = wait_drained(
+        &mut worker,
+        &args,
+        &log,
+        &ledger,
+        valid,
+        Duration::from_secs(180),
+        &mut outcome.unexpected_exits,
+        || async { true },
+    )
+    .await;
+    // The dead letters are read by a group of their own before the worker
+    // stops: the last ones may still be in flight.
+    let reader = Kafka::new(brokers(), format!("{group}-dlq-reader"));
+    let dead = read_dead_letters(
+        reader
+            .plain_source(&[kafka.dlq_topic(&topic).as_str()], 64)
+            .expect("DLQ source"),
+        expected_dead,
+        Duration::from_secs(3),
+        Duration::from_secs(90),
+    )
+    .await;
+    let status = worker.terminate(Duration::from_secs(30)).await;
+    let final_summary = worker.log_tail(1);
+    let executions = ledger.executions().await.expect("read the ledger");
+    let mut counts = Counts {
+        broker: format!("kafka, {n} orders"),
+        acknowledged: outcome.acknowledged,
+        publish_retries: outcome.publish_retries,
+        kills: outcome.kills,
+        broker_restarts: outcome.broker_restarts,
+        inbox_rows: ledger.inbox_rows().await,
+        final_summary,
+        elapsed: started.elapsed(),
+        ..Counts::default()
+    };
+    let problems = verify(&orders, &executions, &dead, &mut counts);
+    eprintln!("{counts}");
+    let _ = ledger.drop_schema().await;
+
+    assert!(drained, "not drained in time: {counts}\n{}", worker.log_tail(20));
+    assert_eq!(counts.acknowledged, n, "every publish confirmed");
+    assert!(problems.is_empty(), "{} problems: {problems:#?}", problems.len());
+    assert_eq!(counts.lost, 0);
+    assert_eq!(counts.executed_once, valid);
+    assert_eq!(counts.dead_lettered, expected_dead);
+    assert!(
+        outcome.unexpected_exits.is_empty(),
+        "the worker exited on its own: {:#?}",
+        outcome.unexpected_exits
+    );
+    let status = status.expect("the worker stops within 30 s of SIGTERM");
+    assert!(status.success(), "the worker exited with {status}");
+    let _ = std::fs::remove_file(&log);
+}
