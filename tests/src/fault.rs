@@ -3,7 +3,7 @@
 //! broker once, then check the ledger and the DLQ.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -121,11 +121,11 @@ async fn publish_all(
 /// `kills` times at random points of progress (ledger rows) and restarts it
 /// with `args`, and calls `restart_broker` once in between. Returns when
 /// publishing and every event are done, with the worker running.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // the running worker, how to restart it, and what to inject
 pub async fn chaos<R, Fut>(
     worker: &mut Worker,
     args: &[String],
-    log: &PathBuf,
+    log: &Path,
     ledger: &Ledger,
     publisher: Arc<dyn Publisher>,
     destination: &str,
@@ -220,13 +220,14 @@ where
     out
 }
 
+#[allow(clippy::too_many_arguments)] // the running worker, how to restart it, and what to wait for
 /// Polls until the ledger holds a row for each of the `valid` orders (and
 /// `more` says the rest is in place too), restarting a worker that exits on
 /// its own. Returns false at the deadline.
 pub async fn wait_drained<M, Fut>(
     worker: &mut Worker,
     args: &[String],
-    log: &PathBuf,
+    log: &Path,
     ledger: &Ledger,
     valid: usize,
     deadline: Duration,

@@ -147,7 +147,11 @@ impl Drop for Worker {
 pub fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    all[all.len().saturating_sub(lines)..]
+        .iter()
+        .map(|l| l.chars().take(400).collect::<String>())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A log file path for `name` in the system's temporary directory.

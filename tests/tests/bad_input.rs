@@ -95,16 +95,18 @@ fn corpus(run: &str, large: usize) -> Vec<Case> {
             br#"{"order_id":"a","amo"#.to_vec(),
             Expect::Dead("decode"),
         ),
+        // 20,000 levels of nesting in a field the order ignores: decoded
+        // without blowing the stack, and executed.
         case(
             "deep-nesting",
             [
                 br#"{"pad":"#.as_slice(),
                 &[b'['; 20_000],
                 &[b']'; 20_000],
-                br#","order_id":"deep","amount":1}"#,
+                format!(r#","order_id":"{run}-deep","amount":1}}"#).as_bytes(),
             ]
             .concat(),
-            Expect::Dead("decode"),
+            Expect::Executed(format!("{run}-deep")),
         ),
     ];
     for i in 0..16 {

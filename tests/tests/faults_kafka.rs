@@ -135,9 +135,17 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
     eprintln!("{counts}");
     let _ = ledger.drop_schema().await;
 
-    assert!(drained, "not drained in time: {counts}\n{}", worker.log_tail(20));
+    assert!(
+        drained,
+        "not drained in time: {counts}\n{}",
+        worker.log_tail(20)
+    );
     assert_eq!(counts.acknowledged, n, "every publish confirmed");
-    assert!(problems.is_empty(), "{} problems: {problems:#?}", problems.len());
+    assert!(
+        problems.is_empty(),
+        "{} problems: {problems:#?}",
+        problems.len()
+    );
     assert_eq!(counts.lost, 0);
     assert_eq!(counts.executed_once, valid);
     assert_eq!(counts.dead_lettered, expected_dead);
