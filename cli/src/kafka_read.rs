@@ -2,13 +2,12 @@
 //! to the end offsets seen at the start, with manual assignment (no group).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use backstop::{Headers, Message, Meta, attempt, wire};
+use backstop::Message;
 use backstop_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
-use backstop_kafka::rdkafka::message::{Headers as _, Message as _};
+use backstop_kafka::rdkafka::message::Message as _;
 use backstop_kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use bytes::Bytes;
 
 use crate::error::CliError;
 
@@ -46,44 +45,7 @@ pub fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Option<i32>, C
 /// partition, offset, timestamp), message id from `x-backstop-message-id`
 /// else `<topic>/<partition>/<offset>`.
 pub fn to_message<M: backstop_kafka::rdkafka::Message>(record: &M) -> Message {
-    let mut headers = Headers::new();
-    if let Some(h) = record.headers() {
-        for header in h.iter() {
-            let value = header
-                .value
-                .map(String::from_utf8_lossy)
-                .unwrap_or_default();
-            headers.insert(header.key.to_owned(), value.into_owned());
-        }
-    }
-    let (topic, partition, offset) = (record.topic(), record.partition(), record.offset());
-    let message_id = headers
-        .get(wire::MESSAGE_ID)
-        .filter(|id| !id.is_empty())
-        .cloned()
-        .unwrap_or_else(|| backstop_kafka::assigned_message_id(topic, partition, offset));
-    let timestamp = record
-        .timestamp()
-        .to_millis()
-        .and_then(|ms| u64::try_from(ms).ok())
-        .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
-    Message {
-        payload: record
-            .payload()
-            .map(Bytes::copy_from_slice)
-            .unwrap_or_default(),
-        key: record.key().map(Bytes::copy_from_slice),
-        meta: Meta {
-            source: topic.to_owned(),
-            partition: Some(partition),
-            offset: Some(offset),
-            attempt: attempt::from_headers(&headers),
-            message_id,
-            timestamp,
-            ..Meta::default()
-        },
-        headers,
-    }
+    backstop_kafka::to_message(record)
 }
 
 /// Every record of `topic` up to the end offsets at the start, in partition

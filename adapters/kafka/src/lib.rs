@@ -98,7 +98,7 @@ pub use crate::config::{KafkaConfig, OffsetReset};
 pub use crate::error::Error;
 pub use crate::kafka::Kafka;
 pub use crate::publisher::KafkaPublisher;
-pub use crate::record::assigned_message_id;
+pub use crate::record::{assigned_message_id, to_message};
 pub use crate::retry::{RetryTier, RetryTiers};
 pub use crate::sinks::{KafkaDeadLetterSink, KafkaRetrySink, dlq_topic, retry_topic};
 pub use crate::source::KafkaSource;

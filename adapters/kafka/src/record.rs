@@ -4,8 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use backstop::{Headers, Message, Meta, attempt, wire};
 use bytes::Bytes;
-use rdkafka::Message as _;
-use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
+use rdkafka::message::{Header, Headers as _, OwnedHeaders};
 
 /// The message id of a record without an `x-backstop-message-id` header.
 pub fn assigned_message_id(topic: &str, partition: i32, offset: i64) -> String {
@@ -14,7 +13,7 @@ pub fn assigned_message_id(topic: &str, partition: i32, offset: i64) -> String {
 
 /// A received record as a [`Message`]: payload, key and headers copied;
 /// meta from the topic, partition, offset, timestamp and backstop headers.
-pub(crate) fn to_message(record: &BorrowedMessage<'_>) -> Message {
+pub fn to_message<M: rdkafka::Message>(record: &M) -> Message {
     let mut headers = Headers::new();
     if let Some(h) = record.headers() {
         for header in h.iter() {

@@ -78,7 +78,7 @@ pub mod topology;
 pub use crate::acker::RabbitAcker;
 pub use crate::broker::RabbitMq;
 pub use crate::connection::{ConnectOptions, DEFAULT_URL, url_from_env};
-pub use crate::error::{ConnectError, ConsumeError, EncodeError, TopologyError};
+pub use crate::error::{ConnectError, ConsumeError, EncodeError, TopologyError, redact};
 pub use crate::publisher::RabbitPublisher;
 pub use crate::sinks::{RabbitDeadLetterSink, RabbitRetrySink};
 pub use crate::source::RabbitSource;
