@@ -15,12 +15,14 @@ mod guard;
 mod key;
 mod layer;
 mod memory;
+mod namespaced;
 mod renew;
 mod store;
 
 pub use self::key::{Key, KeySource, MAX_KEY_LEN};
 pub use self::layer::IdempotencyLayer;
 pub use self::memory::MemoryStore;
+pub use self::namespaced::Namespaced;
 pub use self::store::{Claim, Store};
 
 use std::sync::Arc;
