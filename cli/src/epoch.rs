@@ -3,9 +3,10 @@
 //! Offsets are reset and messages are not rewritten, so deduplication would
 //! skip every message already done. `reprocess` therefore bumps an epoch kept
 //! in the compacted topic `<topic>.<group>.epoch` (key `epoch`, value the
-//! decimal epoch); a worker reads it at start with [`current`] and puts it in
-//! its idempotency namespace (for example its key prefix or store
-//! namespace), so keys of the new epoch are new and every message runs again.
+//! decimal epoch); a worker reads it at start with [`current`] and wraps its
+//! idempotency store in [`backstop::idempotency::Namespaced`] with the
+//! namespace `epoch-<epoch>`, so keys of the new epoch are new and every
+//! message runs again.
 
 use backstop::Message;
 use backstop_kafka::{KafkaConfig, KafkaPublisher, TopicSpec, Topics};
