@@ -2,7 +2,7 @@
 //!
 //! An attempt is one run of the handler. Numbering starts at 1; `retries = N`
 //! means at most `N + 1` attempts. The number travels in
-//! [`wire::ATTEMPT`](crate::wire::ATTEMPT) on every republished copy and in
+//! [`wire::ATTEMPT`] on every republished copy and in
 //! the idempotency store. A redrive from the DLQ starts a new count.
 
 use crate::Headers;

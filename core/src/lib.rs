@@ -36,7 +36,7 @@
 //! ```
 //!
 //! The layers, outermost first: [`ack`] ⟶ [`decode`] ⟶ [`metrics`] ⟶
-//! [`idempotency`] ⟶ [`dead_letter`] ⟶ [`retry`] ⟶ [`timeout`] ⟶ [`panic`]
+//! [`idempotency`] ⟶ [`dead_letter`] ⟶ [`retry`] ⟶ [`timeout`] ⟶ [`panic`](mod@crate::panic)
 //! ⟶ your [`Handle`]r. [`StackBuilder`] composes them in that order.
 
 #![warn(missing_docs)]
