@@ -196,11 +196,24 @@ pub enum Error {
     #[error("message failed: {0}")]
     Failed(Failure),
     /// The DLQ write was not confirmed by the broker; the source stays unacked.
-    #[error("dead-letter write was not confirmed, the message stays on its source: {0}")]
-    DeadLetter(#[source] SinkError),
+    #[error("dead-letter write was not confirmed, the message stays on its source: {source}")]
+    DeadLetter {
+        /// The sink's error.
+        #[source]
+        source: SinkError,
+        /// Failed runs so far (kept by the idempotency store, so a
+        /// redelivery only retries the DLQ write).
+        attempts: u32,
+    },
     /// The delayed-retry republish was not confirmed; the source stays unacked.
-    #[error("delayed-retry republish was not confirmed, the message stays on its source: {0}")]
-    Retry(#[source] SinkError),
+    #[error("delayed-retry republish was not confirmed, the message stays on its source: {source}")]
+    Retry {
+        /// The sink's error.
+        #[source]
+        source: SinkError,
+        /// Failed runs so far.
+        attempts: u32,
+    },
     /// The idempotency store could not be reached; the message is deferred.
     #[error("idempotency store unavailable, message deferred: {0}")]
     Store(#[source] StoreError),
@@ -216,6 +229,18 @@ pub enum Error {
         /// The idempotency key (hashed if long).
         key: String,
     },
+}
+
+impl Error {
+    /// Failed handler runs this error stands for, to be remembered by the
+    /// idempotency store; `None` for errors that count no attempt.
+    pub fn failed_runs(&self) -> Option<u32> {
+        match self {
+            Error::Failed(failure) => Some(failure.attempts),
+            Error::DeadLetter { attempts, .. } | Error::Retry { attempts, .. } => Some(*attempts),
+            _ => None,
+        }
+    }
 }
 
 /// A write to a sink (DLQ, retry queue) that the broker did not confirm.

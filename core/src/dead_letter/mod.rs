@@ -58,7 +58,10 @@ where
                     let letter = copy::dead_letter(&message, &failure);
                     sink.dead_letter(letter, destination.as_deref())
                         .await
-                        .map_err(Error::DeadLetter)?;
+                        .map_err(|source| Error::DeadLetter {
+                            source,
+                            attempts: failure.attempts,
+                        })?;
                     tracing::warn!(
                         message_id = %message.meta.message_id,
                         source = %message.meta.source,
@@ -134,7 +137,7 @@ mod tests {
         sink.failing.store(true, Ordering::SeqCst);
         let svc = DeadLetterLayer::new(Arc::new(sink.clone())).layer(failing(ErrorKind::Decode));
         let err = svc.oneshot(request("x")).await.unwrap_err();
-        assert!(matches!(err, Error::DeadLetter(_)));
+        assert!(matches!(err, Error::DeadLetter { attempts: 3, .. }));
         assert!(sink.taken().is_empty());
     }
 

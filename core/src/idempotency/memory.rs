@@ -162,7 +162,14 @@ impl Store for MemoryStore {
                     failed_runs: entry.failed_runs,
                 });
             }
-            state.entries.remove(key);
+            // Expired: start over in place (its place in the eviction order stays).
+            *entry = Entry {
+                phase: taken,
+                failed_runs: 0,
+                replay,
+                expires: now + self.ttl,
+            };
+            return Ok(Claim::Acquired { failed_runs: 0 });
         }
         state.make_room(self.capacity)?;
         state.entries.insert(

@@ -135,15 +135,23 @@ where
             let registration = renewer.register(&store, config.lease, key.clone(), owner.clone());
             let result = inner.call(request).await;
             drop(registration);
+            let lost = |held: bool| {
+                if !held {
+                    tracing::warn!(%key, "the lease was lost before the result was recorded; another run of this message may have happened");
+                }
+            };
             let settled = match &result {
-                Ok(Outcome::Handled) => store.complete(&key, &owner).await.map(drop),
-                Ok(Outcome::DeadLettered { .. }) => store.dead_letter(&key, &owner).await.map(drop),
+                Ok(Outcome::Handled) => store.complete(&key, &owner).await.map(lost),
+                Ok(Outcome::DeadLettered { .. }) => store.dead_letter(&key, &owner).await.map(lost),
                 Ok(Outcome::Deferred { attempt, .. }) => {
                     store
                         .release(&key, &owner, Some(attempt.saturating_sub(1)))
                         .await
                 }
-                Ok(Outcome::Duplicate) | Err(_) => store.release(&key, &owner, None).await,
+                Ok(Outcome::Duplicate) => store.release(&key, &owner, None).await,
+                // A DLQ or retry write that failed keeps the failed runs, so a
+                // redelivery only retries the write; an outage or shutdown counts none.
+                Err(error) => store.release(&key, &owner, error.failed_runs()).await,
             };
             guard.disarm();
             if let Err(error) = settled {

@@ -1,6 +1,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use super::{Key, Store};
@@ -12,7 +12,7 @@ use super::{Key, Store};
 pub(crate) struct Renewer {
     leases: Arc<Mutex<HashMap<u64, (Key, String)>>>,
     next: AtomicU64,
-    started: OnceLock<()>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Removes a lease from the renewer when dropped.
@@ -36,7 +36,7 @@ impl Renewer {
         Renewer {
             leases: Arc::new(Mutex::new(HashMap::new())),
             next: AtomicU64::new(0),
-            started: OnceLock::new(),
+            task: Mutex::new(None),
         }
     }
 
@@ -48,8 +48,21 @@ impl Renewer {
         key: Key,
         owner: String,
     ) -> Registration {
-        self.started
-            .get_or_init(|| spawn(Arc::downgrade(&self.leases), Arc::clone(store), lease));
+        {
+            // (Re)start the task if it is not running: the runtime that ran it
+            // may be gone (a stack shared across runtimes).
+            let mut task = lock(&self.task);
+            if task
+                .as_ref()
+                .is_none_or(tokio::task::JoinHandle::is_finished)
+            {
+                *task = Some(spawn(
+                    Arc::downgrade(&self.leases),
+                    Arc::clone(store),
+                    lease,
+                ));
+            }
+        }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         lock(&self.leases).insert(id, (key, owner));
         Registration {
@@ -59,7 +72,11 @@ impl Renewer {
     }
 }
 
-fn spawn(leases: Weak<Mutex<HashMap<u64, (Key, String)>>>, store: Arc<dyn Store>, lease: Duration) {
+fn spawn(
+    leases: Weak<Mutex<HashMap<u64, (Key, String)>>>,
+    store: Arc<dyn Store>,
+    lease: Duration,
+) -> tokio::task::JoinHandle<()> {
     let period = (lease / 3).max(Duration::from_millis(1));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -71,15 +88,20 @@ fn spawn(leases: Weak<Mutex<HashMap<u64, (Key, String)>>>, store: Arc<dyn Store>
             };
             let held: Vec<(Key, String)> = lock(&leases).values().cloned().collect();
             drop(leases);
-            for (key, owner) in held {
-                match store.renew(&key, &owner, lease).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::debug!(%key, "lease gone at renewal (finished, or taken over after expiry)")
+            // Concurrently, each bounded by the period: one slow renewal must
+            // not let the other leases expire.
+            let renewals = held.iter().map(|(key, owner)| {
+                let store = &store;
+                async move {
+                    match tokio::time::timeout(period, store.renew(key, owner, lease)).await {
+                        Ok(Ok(true)) => {}
+                        Ok(Ok(false)) => tracing::debug!(%key, "lease gone at renewal (finished, or taken over after expiry)"),
+                        Ok(Err(error)) => tracing::warn!(%error, %key, "lease renewal failed"),
+                        Err(_) => tracing::warn!(%key, "lease renewal timed out"),
                     }
-                    Err(error) => tracing::warn!(%error, %key, "lease renewal failed"),
                 }
-            }
+            });
+            futures::future::join_all(renewals).await;
         }
-    });
+    })
 }

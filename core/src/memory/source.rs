@@ -121,18 +121,18 @@ impl Source for MemorySource {
             let notify = match self.try_take() {
                 Ok(delivery) => return delivery.map(Ok),
                 Err((true, _, _)) if self.until_drained => return None,
-                Err((_, next_due, notify)) => (next_due, notify),
+                Err((_, _, notify)) => notify,
             };
-            let (next_due, notify) = notify;
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            // Re-check after registering, so no wake-up is lost.
-            match self.try_take() {
+            // Re-check after registering, so no wake-up is lost; its due time
+            // counts (a delayed message may have been published in between).
+            let next_due = match self.try_take() {
                 Ok(delivery) => return delivery.map(Ok),
                 Err((true, _, _)) if self.until_drained => return None,
-                Err(_) => {}
-            }
+                Err((_, due, _)) => due,
+            };
             match next_due {
                 Some(due) => {
                     tokio::select! {

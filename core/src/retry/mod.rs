@@ -145,7 +145,12 @@ where
                     Some(sink) if delay > policy.in_process_limit => {
                         let due = now + delay;
                         let copy = copy::retry(request.message(), attempt + 1, due, first);
-                        sink.retry_later(copy, delay).await.map_err(Error::Retry)?;
+                        sink.retry_later(copy, delay)
+                            .await
+                            .map_err(|source| Error::Retry {
+                                source,
+                                attempts: attempt,
+                            })?;
                         return Ok(Outcome::Deferred {
                             attempt: attempt + 1,
                             due,

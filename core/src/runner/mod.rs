@@ -148,12 +148,14 @@ where
         })
         .await;
         if drained.is_err() {
-            summary.abandoned = tasks.len() as u64;
+            tasks.abort_all();
+            while let Some(done) = tasks.join_next().await {
+                record(&mut summary, done);
+            }
             tracing::warn!(
                 abandoned = summary.abandoned,
                 "shutdown deadline passed; unfinished messages are left for redelivery"
             );
-            tasks.shutdown().await;
         }
         self.source.close().await;
         match failure {

@@ -352,3 +352,38 @@ async fn unfinished_work_at_the_shutdown_deadline_is_redelivered() {
     );
     assert!(broker.peek("orders")[0].meta.redelivered);
 }
+
+#[tokio::test]
+async fn a_failed_dlq_write_keeps_the_attempt_count_so_the_handler_is_not_rerun() {
+    let broker = MemoryBroker::new();
+    broker.set_max_len("orders.dlq", Some(0));
+    broker.publish_now("orders", order("a", 5)).unwrap();
+    let b2 = broker.clone();
+    let healer = tokio::spawn(async move {
+        while b2.stats("orders.dlq").rejected < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        b2.set_max_len("orders.dlq", None);
+    });
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let summary = drain(
+        &broker,
+        |b| b.idempotency(Arc::new(MemoryStore::default()), KeySource::MessageId),
+        move |_o, _c| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async { Err(HandlerError::transient("always down")) }
+        },
+    )
+    .await;
+    healer.await.unwrap();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "retries = 2: three runs in all, not three per redelivery"
+    );
+    assert_eq!(summary.dead_lettered, 1);
+    let dlq = broker.peek("orders.dlq");
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].header(wire::ERROR_KIND), Some("exhausted"));
+}
