@@ -55,14 +55,10 @@ pub fn to_message<M: rdkafka::Message>(record: &M) -> Message {
     }
 }
 
-/// The due time a delayed-retry copy carries, if any. The wire keeps
-/// milliseconds, truncated, so the copy is due at the next millisecond:
-/// never a moment before the delay the retry layer asked for.
+/// The due time a delayed-retry copy carries, if any (`copy::retry` rounds
+/// it up to the millisecond, so it is never before the delay asked for).
 pub(crate) fn due(message: &Message) -> Option<SystemTime> {
-    message
-        .header(wire::DUE)
-        .and_then(wire::parse_time)
-        .map(|due| due + Duration::from_millis(1))
+    message.header(wire::DUE).and_then(wire::parse_time)
 }
 
 /// Record headers for publishing `message`: its headers plus its message id.
