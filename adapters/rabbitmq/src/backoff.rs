@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use rand::Rng;
-
 /// Doubles from `initial` up to `max`; each delay is jittered to `[d/2, d]`.
 #[derive(Clone, Debug)]
 pub(crate) struct Backoff {
@@ -26,9 +24,7 @@ impl Backoff {
     pub(crate) fn next_delay(&mut self) -> Duration {
         let ceiling = self.next;
         self.next = self.next.saturating_mul(2).min(self.max);
-        let half = ceiling / 2;
-        let extra = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
-        half + Duration::from_nanos(rand::rng().random_range(0..=extra))
+        backstop::retry::equal_jitter(ceiling)
     }
 
     /// Starts over from the initial delay (after a success).

@@ -10,7 +10,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use rand::Rng;
 use tower::Service;
 
 use crate::{AckError, Delivery, Error, Outcome, Received};
@@ -36,13 +35,6 @@ impl<S> Ack<S> {
     pub const fn new(inner: S, nack_delay: Duration) -> Self {
         Ack { inner, nack_delay }
     }
-}
-
-/// A jittered delay in `[delay / 2, delay]`.
-fn jittered(delay: Duration) -> Duration {
-    let half = delay / 2;
-    let extra = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
-    half + Duration::from_nanos(rand::rng().random_range(0..=extra))
 }
 
 impl<S> Service<Delivery> for Ack<S>
@@ -75,7 +67,7 @@ where
                 }
                 Err(error) => {
                     if !shutdown.is_cancelled() {
-                        tokio::time::sleep(jittered(nack_delay)).await;
+                        tokio::time::sleep(crate::retry::equal_jitter(nack_delay)).await;
                     }
                     acker.nack(true).await?;
                     Ok(Settled::Nacked(error))

@@ -12,7 +12,7 @@ mod policy;
 mod sink;
 
 pub use self::layer::RetryLayer;
-pub use self::policy::RetryPolicy;
+pub use self::policy::{RetryPolicy, equal_jitter};
 pub use self::sink::RetrySink;
 
 use std::sync::Arc;

@@ -93,6 +93,15 @@ impl RetryPolicy {
     }
 }
 
+/// `delay` with "equal jitter": uniform in `[delay / 2, delay]`. For waits
+/// that must not shrink to nothing (nack backoff, reconnects), where
+/// [`RetryPolicy::delay`]'s full jitter could pick zero.
+pub fn equal_jitter(delay: Duration) -> Duration {
+    let half = delay / 2;
+    let extra = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+    half + Duration::from_nanos(rand::rng().random_range(0..=extra))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +124,14 @@ mod tests {
         let delays: Vec<_> = (0..200).map(|_| p.delay(3)).collect();
         assert!(delays.iter().all(|d| *d <= Duration::from_millis(400)));
         assert!(delays.iter().any(|d| *d != delays[0]), "full jitter varies");
+    }
+
+    #[test]
+    fn equal_jitter_keeps_at_least_half() {
+        for _ in 0..100 {
+            let d = equal_jitter(Duration::from_millis(100));
+            assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(100));
+        }
     }
 
     #[test]
