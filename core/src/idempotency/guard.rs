@@ -1,34 +1,56 @@
 use std::sync::Arc;
 
+use super::renew::{Lease, Renewer};
 use super::{Key, Store};
 
-/// Releases a held lease if the future holding it is dropped (shutdown, an
-/// aborted task) without counting an attempt.
+/// A lease this worker holds while the inner stack runs: the renewer renews
+/// it until the guard finishes or drops, and a guard dropped unfinished (a
+/// shutdown, an aborted task) releases the key without counting an attempt.
 pub(crate) struct LeaseGuard {
     store: Arc<dyn Store>,
-    key: Key,
-    owner: String,
+    renewer: Arc<Renewer>,
+    lease: Arc<Lease>,
+    id: u64,
     armed: bool,
 }
 
 impl LeaseGuard {
-    pub(crate) fn new(store: Arc<dyn Store>, key: Key, owner: String) -> Self {
+    /// Holds `owner`'s fresh lease on `key`, renewed every `duration / 3`.
+    pub(crate) fn hold(
+        store: Arc<dyn Store>,
+        renewer: Arc<Renewer>,
+        duration: std::time::Duration,
+        key: Key,
+        owner: String,
+    ) -> Self {
+        let lease = Arc::new(Lease { key, owner });
+        let id = renewer.register(&store, duration, Arc::clone(&lease));
         LeaseGuard {
             store,
-            key,
-            owner,
+            renewer,
+            lease,
+            id,
             armed: true,
         }
     }
 
-    /// The lease was settled; nothing to release on drop.
-    pub(crate) fn disarm(&mut self) {
+    pub(crate) fn key(&self) -> &Key {
+        &self.lease.key
+    }
+
+    pub(crate) fn owner(&self) -> &str {
+        &self.lease.owner
+    }
+
+    /// The lease was settled in the store; nothing to release on drop.
+    pub(crate) fn finish(mut self) {
         self.armed = false;
     }
 }
 
 impl Drop for LeaseGuard {
     fn drop(&mut self) {
+        self.renewer.unregister(self.id);
         if !self.armed {
             return;
         }
@@ -36,11 +58,10 @@ impl Drop for LeaseGuard {
             return; // the lease expires by itself
         };
         let store = Arc::clone(&self.store);
-        let key = self.key.clone();
-        let owner = std::mem::take(&mut self.owner);
+        let lease = Arc::clone(&self.lease);
         handle.spawn(async move {
-            if let Err(error) = store.release(&key, &owner, None).await {
-                tracing::debug!(%error, %key, "release of a dropped lease failed; it expires by itself");
+            if let Err(error) = store.release(&lease.key, &lease.owner, None).await {
+                tracing::debug!(%error, key = %lease.key, "release of a dropped lease failed; it expires by itself");
             }
         });
     }

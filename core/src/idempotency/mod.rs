@@ -131,33 +131,32 @@ where
                 }
             };
             request.set_attempt(attempt::resume(request.attempt(), failed_runs));
-            let mut guard = LeaseGuard::new(Arc::clone(&store), key.clone(), owner.clone());
-            let registration = renewer.register(&store, config.lease, key.clone(), owner.clone());
+            let guard = LeaseGuard::hold(Arc::clone(&store), renewer, config.lease, key, owner);
             let result = inner.call(request).await;
-            drop(registration);
+            let (key, owner) = (guard.key(), guard.owner());
             let lost = |held: bool| {
                 if !held {
                     tracing::warn!(%key, "the lease was lost before the result was recorded; another run of this message may have happened");
                 }
             };
             let settled = match &result {
-                Ok(Outcome::Handled) => store.complete(&key, &owner).await.map(lost),
-                Ok(Outcome::DeadLettered { .. }) => store.dead_letter(&key, &owner).await.map(lost),
+                Ok(Outcome::Handled) => store.complete(key, owner).await.map(lost),
+                Ok(Outcome::DeadLettered { .. }) => store.dead_letter(key, owner).await.map(lost),
                 Ok(Outcome::Deferred { attempt, .. }) => {
                     store
-                        .release(&key, &owner, Some(attempt.saturating_sub(1)))
+                        .release(key, owner, Some(attempt.saturating_sub(1)))
                         .await
                 }
-                Ok(Outcome::Duplicate) => store.release(&key, &owner, None).await,
+                Ok(Outcome::Duplicate) => store.release(key, owner, None).await,
                 // A DLQ or retry write that failed keeps the failed runs, so a
                 // redelivery only retries the write; an outage or shutdown counts none.
-                Err(error) => store.release(&key, &owner, error.failed_runs()).await,
+                Err(error) => store.release(key, owner, error.failed_runs()).await,
             };
-            guard.disarm();
             if let Err(error) = settled {
                 // The message's fate is settled; the lease expires by itself.
                 tracing::warn!(%error, %key, "could not record the key's state in the idempotency store");
             }
+            guard.finish();
             result
         })
     }

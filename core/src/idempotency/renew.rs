@@ -7,24 +7,20 @@ use super::{Key, Store};
 
 /// Renews every lease a layer holds, from one background task, every lease/3.
 ///
-/// One task per layer instead of a timer per message: a message only
-/// registers its lease on the way in and removes it on the way out.
+/// One task per layer instead of a timer per message: a message's
+/// [`LeaseGuard`](super::guard::LeaseGuard) registers its lease on the way in
+/// and removes it on the way out.
 pub(crate) struct Renewer {
-    leases: Arc<Mutex<HashMap<u64, (Key, String)>>>,
+    leases: Arc<Mutex<HashMap<u64, Arc<Lease>>>>,
     next: AtomicU64,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-/// Removes a lease from the renewer when dropped.
-pub(crate) struct Registration {
-    leases: Arc<Mutex<HashMap<u64, (Key, String)>>>,
-    id: u64,
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        lock(&self.leases).remove(&self.id);
-    }
+/// A held lease: the key and the owner that holds it.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    pub(crate) key: Key,
+    pub(crate) owner: String,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -40,14 +36,13 @@ impl Renewer {
         }
     }
 
-    /// Registers `owner`'s lease on `key` until the registration is dropped.
+    /// Registers a lease for renewal; returns its id for [`Renewer::unregister`].
     pub(crate) fn register(
         &self,
         store: &Arc<dyn Store>,
-        lease: Duration,
-        key: Key,
-        owner: String,
-    ) -> Registration {
+        duration: Duration,
+        lease: Arc<Lease>,
+    ) -> u64 {
         {
             // (Re)start the task if it is not running: the runtime that ran it
             // may be gone (a stack shared across runtimes).
@@ -59,21 +54,23 @@ impl Renewer {
                 *task = Some(spawn(
                     Arc::downgrade(&self.leases),
                     Arc::clone(store),
-                    lease,
+                    duration,
                 ));
             }
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        lock(&self.leases).insert(id, (key, owner));
-        Registration {
-            leases: Arc::clone(&self.leases),
-            id,
-        }
+        lock(&self.leases).insert(id, lease);
+        id
+    }
+
+    /// Stops renewing the lease `id`.
+    pub(crate) fn unregister(&self, id: u64) {
+        lock(&self.leases).remove(&id);
     }
 }
 
 fn spawn(
-    leases: Weak<Mutex<HashMap<u64, (Key, String)>>>,
+    leases: Weak<Mutex<HashMap<u64, Arc<Lease>>>>,
     store: Arc<dyn Store>,
     lease: Duration,
 ) -> tokio::task::JoinHandle<()> {
@@ -86,11 +83,12 @@ fn spawn(
             let Some(leases) = leases.upgrade() else {
                 return;
             };
-            let held: Vec<(Key, String)> = lock(&leases).values().cloned().collect();
+            let held: Vec<Arc<Lease>> = lock(&leases).values().cloned().collect();
             drop(leases);
             // Concurrently, each bounded by the period: one slow renewal must
             // not let the other leases expire.
-            let renewals = held.iter().map(|(key, owner)| {
+            let renewals = held.iter().map(|held| {
+                let (key, owner) = (&held.key, &held.owner);
                 let store = &store;
                 async move {
                     match tokio::time::timeout(period, store.renew(key, owner, lease)).await {
