@@ -23,7 +23,7 @@ use backstop_tests::worker::{Worker, log_path};
 use backstop_tests::{KAFKA_OUTAGE_LOCK, env_usize, outage_lock, run_command, unique};
 
 fn brokers() -> String {
-    std::env::var("BACKSTOP_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+    backstop_kafka::brokers_from_env()
 }
 
 /// Restarts the broker with the service script (it waits until metadata works again).

@@ -166,8 +166,7 @@ fn main() {
         .find_map(|a| a.parse().ok())
         .or_else(|| std::env::var("BACKSTOP_BENCH_MESSAGES").ok()?.parse().ok())
         .unwrap_or(500_000);
-    let brokers =
-        std::env::var("BACKSTOP_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let brokers = backstop_kafka::brokers_from_env();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

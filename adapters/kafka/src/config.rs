@@ -8,6 +8,14 @@ use rdkafka::ClientConfig;
 
 use crate::RetryTiers;
 
+/// The brokers used when `BACKSTOP_KAFKA_BROKERS` is not set: the local broker.
+pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
+
+/// The bootstrap servers from `BACKSTOP_KAFKA_BROKERS`, else [`DEFAULT_BROKERS`].
+pub fn brokers_from_env() -> String {
+    std::env::var("BACKSTOP_KAFKA_BROKERS").unwrap_or_else(|_| DEFAULT_BROKERS.to_owned())
+}
+
 /// Where a consumer group with no committed offset starts reading.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum OffsetReset {

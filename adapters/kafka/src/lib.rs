@@ -94,7 +94,7 @@ mod source;
 mod topics;
 mod tracker;
 
-pub use crate::config::{KafkaConfig, OffsetReset};
+pub use crate::config::{DEFAULT_BROKERS, KafkaConfig, OffsetReset, brokers_from_env};
 pub use crate::error::Error;
 pub use crate::kafka::Kafka;
 pub use crate::publisher::KafkaPublisher;

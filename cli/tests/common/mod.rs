@@ -14,7 +14,7 @@ pub fn amqp() -> String {
 }
 
 pub fn brokers() -> String {
-    std::env::var("BACKSTOP_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+    backstop_kafka::brokers_from_env()
 }
 
 pub fn unique(prefix: &str) -> String {

@@ -320,8 +320,7 @@ async fn main_inner(args: Args) -> Result<Summary, BoxError> {
             let brokers = args
                 .url
                 .clone()
-                .or_else(|| std::env::var("BACKSTOP_KAFKA_BROKERS").ok())
-                .unwrap_or_else(|| "127.0.0.1:9092".to_owned());
+                .unwrap_or_else(backstop_kafka::brokers_from_env);
             let kafka = Kafka::new(brokers, args.group.clone());
             kafka
                 .ensure_topics([TopicSpec::new(args.source.clone()).partitions(4)])

@@ -62,8 +62,7 @@ async fn main() -> Result<(), Error> {
         }
         "kafka" => {
             use backstop_kafka::{Kafka, TopicSpec};
-            let brokers = std::env::var("BACKSTOP_KAFKA_BROKERS")
-                .unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
+            let brokers = backstop_kafka::brokers_from_env();
             // librdkafka retries by itself within message.timeout.ms: give it
             // one attempt that outlasts it.
             let budget = Budget::new(RetryPolicy::none(), Duration::from_secs(3));

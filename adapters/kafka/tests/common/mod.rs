@@ -10,7 +10,7 @@ use backstop_kafka::{Kafka, KafkaPublisher, KafkaSource, RetryTiers, TopicSpec};
 
 /// The brokers: `BACKSTOP_KAFKA_BROKERS`, else the local test broker.
 pub fn brokers() -> String {
-    std::env::var("BACKSTOP_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+    backstop_kafka::brokers_from_env()
 }
 
 /// A unique name with a readable prefix.

@@ -280,7 +280,7 @@ pub mod kafka {
 
     /// The brokers: `BACKSTOP_KAFKA_BROKERS`, else the local test broker.
     pub fn brokers() -> String {
-        std::env::var("BACKSTOP_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+        backstop_kafka::brokers_from_env()
     }
 
     /// A `Kafka` whose producer gives up on a message after `message_timeout`.
