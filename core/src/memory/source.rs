@@ -7,7 +7,7 @@ use super::Shared;
 use super::acker::MemoryAcker;
 use super::queue::Unacked;
 use crate::runner::{Source, SourceError};
-use crate::{Delivery, attempt};
+use crate::Delivery;
 
 /// A consumer of one in-memory queue, with a prefetch bound.
 ///
@@ -89,7 +89,6 @@ impl MemorySource {
         {
             let tag = self.shared.next_tag();
             message.meta.delivery_tag = Some(tag);
-            message.meta.attempt = attempt::from_headers(&message.headers);
             queue.unacked.insert(
                 tag,
                 Unacked {
