@@ -16,6 +16,7 @@ mod key;
 mod layer;
 mod memory;
 mod namespaced;
+pub mod outage;
 mod renew;
 mod store;
 
