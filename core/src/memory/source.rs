@@ -6,8 +6,8 @@ use tokio::time::Instant;
 use super::Shared;
 use super::acker::MemoryAcker;
 use super::queue::Unacked;
-use crate::runner::{Source, SourceError};
 use crate::Delivery;
+use crate::runner::{Source, SourceError};
 
 /// A consumer of one in-memory queue, with a prefetch bound.
 ///
