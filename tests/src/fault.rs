@@ -371,6 +371,21 @@ pub fn verify(
                     n => {
                         counts.dead_lettered += 1;
                         counts.dlq_duplicates += n - 1;
+                        if n > 1 {
+                            let copies = dead
+                                .iter()
+                                .filter(|l| l.message_id == order.message_id)
+                                .map(|l| {
+                                    l.headers
+                                        .get(wire::LAST_FAILURE)
+                                        .map_or("?", String::as_str)
+                                        .to_owned()
+                                })
+                                .collect();
+                            counts
+                                .dlq_duplicate_ids
+                                .push((order.message_id.clone(), copies));
+                        }
                     }
                 }
             }

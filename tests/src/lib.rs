@@ -3,12 +3,14 @@
 //! The fault suites (`tests/faults_*.rs`, `tests/bad_input.rs`) drive the
 //! real `order-worker` binary ([`worker`]), record executions in a
 //! PostgreSQL ledger in a schema of their own ([`ledger`]), publish a mix of
-//! orders ([`orders`]) and print Jepsen-style counts ([`report`]).
+//! orders ([`orders`]), read each worker's metrics while it runs ([`scrape`])
+//! and print Jepsen-style counts ([`report`]).
 
 pub mod fault;
 pub mod ledger;
 pub mod orders;
 pub mod report;
+pub mod scrape;
 pub mod worker;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -30,6 +30,12 @@ pub struct Counts {
     pub dead_lettered: usize,
     /// DLQ records beyond one per message id.
     pub dlq_duplicates: usize,
+    /// The message ids with more than one DLQ record, each with its copies'
+    /// `x-backstop-last-failure` times (to line them up with the faults).
+    pub dlq_duplicate_ids: Vec<(String, Vec<String>)>,
+    /// Deliveries the workers acked as duplicates, read from their metrics
+    /// while they ran ([`crate::scrape`]; a lower bound).
+    pub duplicates_suppressed: u64,
     /// DLQ records of message ids that should not be there.
     pub dlq_unexpected: usize,
     /// Orders neither executed nor dead-lettered.
@@ -65,10 +71,18 @@ impl fmt::Display for Counts {
         writeln!(f, "  duplicated effects  {:>7}", self.duplicated)?;
         writeln!(
             f,
+            "  duplicates suppressed {:>5}   (acked without running again; read from the workers' metrics)",
+            self.duplicates_suppressed
+        )?;
+        writeln!(
+            f,
             "  dead-lettered       {:>7} / {} expected",
             self.dead_lettered, self.expected_dead
         )?;
         writeln!(f, "  DLQ duplicates      {:>7}", self.dlq_duplicates)?;
+        for (id, copies) in self.dlq_duplicate_ids.iter().take(10) {
+            writeln!(f, "    {id}: last failures {}", copies.join(", "))?;
+        }
         writeln!(f, "  DLQ unexpected      {:>7}", self.dlq_unexpected)?;
         writeln!(f, "  lost                {:>7}", self.lost)?;
         writeln!(f, "  worker kills        {:>7}", self.kills)?;

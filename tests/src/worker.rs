@@ -70,12 +70,17 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts the worker with `args`, appending its output to `log`.
+    /// Starts the worker with `args` and `--metrics-addr` on a free port,
+    /// appending its output to `log`; its duplicate count is watched
+    /// ([`crate::scrape`]).
     pub fn spawn(args: &[String], log: &Path) -> std::io::Result<Worker> {
         let out = File::options().create(true).append(true).open(log)?;
         let err = out.try_clone()?;
+        let metrics = crate::scrape::free_addr()?;
         let child = Command::new(binary())
             .args(args)
+            .arg("--metrics-addr")
+            .arg(metrics.to_string())
             .env(
                 "RUST_LOG",
                 std::env::var("BACKSTOP_WORKER_LOG").unwrap_or_else(|_| "warn".to_owned()),
@@ -84,6 +89,7 @@ impl Worker {
             .stdout(out)
             .stderr(err)
             .spawn()?;
+        crate::scrape::watch(log, child.id(), metrics);
         Ok(Worker {
             child,
             log: log.to_owned(),

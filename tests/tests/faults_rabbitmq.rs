@@ -165,6 +165,7 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
         broker_restarts: outcome.broker_restarts,
         inbox_rows: ledger.inbox_rows().await,
         final_summary,
+        duplicates_suppressed: backstop_tests::scrape::duplicates_suppressed(&log),
         elapsed: started.elapsed(),
         ..Counts::default()
     };

@@ -18,12 +18,15 @@
 //! `<topic>.<group>.dlq` (Kafka). With `--ledger`, every handler execution
 //! inserts a row into `backstop_ledger(order_id, executed_at)`; with
 //! `--store postgres-inbox` that row commits in the same transaction as the
-//! inbox row. SIGINT/SIGTERM stop it gracefully.
+//! inbox row, and a PostgreSQL idempotency store in front of the inbox
+//! remembers dead-lettered keys, so a redelivery never dead-letters a
+//! message twice. SIGINT/SIGTERM stop it gracefully.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backstop::idempotency::{self, Namespaced};
 use backstop::memory::MemoryBroker;
 use backstop::{
     BoxError, Context, DeadLetterSink, Handle, KeySource, MemoryStore, Message, Payload,
@@ -124,6 +127,12 @@ enum Ledger {
     Inbox,
 }
 
+/// The lease of the idempotency store in front of the inbox: after a
+/// `kill -9`, the keys the dead worker held are retried (deferred as busy)
+/// until their leases run out, so a short one keeps recovery quick; live
+/// workers renew theirs every third of it.
+const INBOX_STORE_LEASE: Duration = Duration::from_secs(10);
+
 const LEDGER_DDL: &str = "CREATE TABLE IF NOT EXISTS backstop_ledger (order_id text NOT NULL, executed_at timestamptz NOT NULL DEFAULT now())";
 const LEDGER_INSERT: &str = "INSERT INTO backstop_ledger (order_id) VALUES ($1)";
 
@@ -189,7 +198,11 @@ async fn stack(
     }
     let pool = match (&args.ledger, args.store) {
         (Some(_), _) | (None, StoreKind::Postgres | StoreKind::PostgresInbox) => {
-            let pool = PgConfig::new(pg_url(args)).pool()?;
+            // Every in-flight message may hold one connection (the inbox's
+            // transaction, or a ledger insert).
+            let pool = PgConfig::new(pg_url(args))
+                .max_connections(args.concurrency + 2)
+                .pool()?;
             pool.get().await?.batch_execute(LEDGER_DDL).await?;
             if args.ledger.is_some() {
                 ledger = Ledger::Pool(pool.clone());
@@ -213,10 +226,32 @@ async fn stack(
             builder.idempotency(Arc::new(store), key)
         }
         (StoreKind::PostgresInbox, Some(pool)) => {
-            let inbox = Inbox::new(pool).consumer(args.group.clone()).keyed_by(key);
+            let inbox = Inbox::new(pool)
+                .consumer(args.group.clone())
+                .keyed_by(key.clone());
             inbox.migrate().await?;
             ledger = Ledger::Inbox;
-            builder.innermost(inbox.layer())
+            // The inbox makes the ledger write exactly-once; a dead letter is
+            // an effect outside the database, so the idempotency store (same
+            // database, keys scoped to the consumer like the inbox's) remembers
+            // dead-lettered keys: a redelivery after a crash between the
+            // confirmed DLQ write and the source ack is acked as a duplicate
+            // instead of being dead-lettered twice.
+            // A pool of its own: the `dead_lettered` mark after a confirmed
+            // DLQ write never waits behind the inbox's open transactions,
+            // which keeps the crash window between the two short.
+            let store_pool = PgConfig::new(pg_url(args))
+                .max_connections((args.concurrency / 2).max(4))
+                .pool()?;
+            let store = PostgresStore::new(store_pool);
+            store.migrate().await?;
+            let config = idempotency::Config {
+                lease: INBOX_STORE_LEASE,
+                ..idempotency::Config::keyed_by(key)
+            };
+            builder
+                .idempotency_with(Arc::new(Namespaced::new(store, args.group.clone())), config)
+                .innermost(inbox.layer())
         }
         (_, None) => return Err("a PostgreSQL store needs a database".into()),
     };

@@ -1,0 +1,109 @@
+//! Counts read from each worker's Prometheus endpoint while it runs.
+//!
+//! A worker killed with SIGKILL prints no summary, so what it suppressed as
+//! duplicates would be lost with it. Every worker the suites start serves
+//! its metrics (`--metrics-addr`); a task reads
+//! `backstop_messages_total{outcome="duplicate"}` every [`EVERY`] until the
+//! process is gone and keeps the last value per process, grouped by the
+//! run's log file. [`duplicates_suppressed`] sums them: a lower bound, short
+//! of at most the last [`EVERY`] of each killed worker.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How often a running worker's metrics are read.
+pub const EVERY: Duration = Duration::from_millis(200);
+
+/// The counter that counts deliveries acked as duplicates.
+const DUPLICATES: &str = "backstop_messages_total";
+
+type Runs = HashMap<PathBuf, HashMap<u32, u64>>;
+
+fn runs() -> &'static Mutex<Runs> {
+    static RUNS: OnceLock<Mutex<Runs>> = OnceLock::new();
+    RUNS.get_or_init(Mutex::default)
+}
+
+/// A free port on 127.0.0.1 for a worker's metrics endpoint.
+pub fn free_addr() -> std::io::Result<SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+/// Starts reading the metrics of the worker `pid` of the run logging to
+/// `log` at `addr`, until the process is gone. Needs a Tokio runtime; does
+/// nothing outside one.
+pub fn watch(log: &Path, pid: u32, addr: SocketAddr) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let log = log.to_owned();
+    runtime.spawn(async move {
+        let proc = PathBuf::from(format!("/proc/{pid}"));
+        while proc.exists() {
+            if let Some(n) = read_duplicates(addr).await {
+                let mut runs = runs().lock().unwrap_or_else(|e| e.into_inner());
+                let seen = runs.entry(log.clone()).or_default().entry(pid).or_default();
+                *seen = (*seen).max(n);
+            }
+            tokio::time::sleep(EVERY).await;
+        }
+    });
+}
+
+/// Deliveries acked as duplicates by every worker of the run logging to
+/// `log`, as last read from each (see the [module docs](self)).
+pub fn duplicates_suppressed(log: &Path) -> u64 {
+    let runs = runs().lock().unwrap_or_else(|e| e.into_inner());
+    runs.get(log).map_or(0, |workers| workers.values().sum())
+}
+
+/// One `GET /metrics`; the sum of the duplicate counters in it.
+async fn read_duplicates(addr: SocketAddr) -> Option<u64> {
+    let read = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .ok()?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await.ok()?;
+        Some(parse_duplicates(&body))
+    };
+    tokio::time::timeout(Duration::from_secs(1), read)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Sums `backstop_messages_total{…outcome="duplicate"…}` samples in a
+/// Prometheus text exposition.
+fn parse_duplicates(text: &str) -> u64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(DUPLICATES)
+                .is_some_and(|rest| rest.starts_with('{') && rest.contains("outcome=\"duplicate\""))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duplicates;
+
+    #[test]
+    fn sums_the_duplicate_samples_only() {
+        let text = "# TYPE backstop_messages_total counter\n\
+            backstop_messages_total{outcome=\"handled\"} 120\n\
+            backstop_messages_total{outcome=\"duplicate\",source=\"a\"} 7\n\
+            backstop_messages_total{source=\"b\",outcome=\"duplicate\"} 5\n\
+            backstop_messages_total_other{outcome=\"duplicate\"} 1000\n";
+        assert_eq!(parse_duplicates(text), 12);
+    }
+}
