@@ -14,6 +14,10 @@ export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 # Tests that restart a broker serialise themselves; two test threads per
 # binary keep the 2-core machine responsive.
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
+# The fault suites at full size: 20,000 orders, 5 kill -9 and one broker
+# restart per broker (about 2 + 3 minutes). Lower them for a quick local run.
+export BACKSTOP_FAULT_ORDERS="${BACKSTOP_FAULT_ORDERS:-20000}"
+export BACKSTOP_FAULT_KILLS="${BACKSTOP_FAULT_KILLS:-5}"
 
 step() { printf '\n==> %s\n' "$*"; }
 start=$SECONDS
