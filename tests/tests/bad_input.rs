@@ -8,8 +8,8 @@
 //! and handles an order published after the corpus; its memory stays
 //! bounded.
 //!
-//! The oversized bodies are 1 MB by default (16 of them);
-//! `BACKSTOP_BAD_INPUT_LARGE_BYTES=10485760` runs the 10 MB variant.
+//! The oversized bodies are 16 of 1 MB (`BACKSTOP_BAD_INPUT_LARGE_BYTES`
+//! changes their size) and one of 10 MB.
 //!
 //! Messages are published with lapin directly, so the test controls every
 //! AMQP property (no message id, integer and boolean header values).
@@ -27,6 +27,9 @@ use backstop_tests::fault::read_dead_letters;
 use backstop_tests::ledger::Ledger;
 use backstop_tests::worker::{Worker, log_path};
 use backstop_tests::{env_usize, poll, unique};
+
+/// The issue's oversized body: 10 MB, far over the worker's 64 KiB limit.
+const TEN_MB: usize = 10 * 1024 * 1024;
 
 /// One bad message and what must become of it.
 struct Case {
@@ -109,17 +112,22 @@ fn corpus(run: &str, large: usize) -> Vec<Case> {
             Expect::Executed(format!("{run}-deep")),
         ),
     ];
-    for i in 0..16 {
-        // Valid JSON, just too large: the limit, not the decoder, must catch it.
-        let mut body = format!(r#"{{"order_id":"{run}-big{i}","amount":1,"pad":""#).into_bytes();
-        body.resize(large.saturating_sub(2).max(body.len()), b'x');
+    // Valid JSON, just too large: the limit, not the decoder, must catch it.
+    let big = |name: &str, len: usize| {
+        let mut body = format!(r#"{{"order_id":"{run}-{name}","amount":1,"pad":""#).into_bytes();
+        body.resize(len.saturating_sub(2).max(body.len()), b'x');
         body.extend_from_slice(b"\"}");
-        cases.push(case(
-            &format!("too-large-{i}"),
-            body,
-            Expect::Dead("too_large"),
-        ));
+        body
+    };
+    for i in 0..16 {
+        let name = format!("too-large-{i}");
+        cases.push(case(&name, big(&name, large), Expect::Dead("too_large")));
     }
+    cases.push(case(
+        "ten-megabytes",
+        big("ten-megabytes", TEN_MB),
+        Expect::Dead("too_large"),
+    ));
     // Header values that are not strings, on a poison body and on a valid order.
     let odd_headers = || {
         let mut table = FieldTable::default();
@@ -446,8 +454,8 @@ async fn bad_input_is_dead_lettered_with_its_reason_and_the_worker_carries_on() 
         "the order after the corpus"
     );
     assert_eq!(dead.len(), dead_expected, "one dead letter per bad message");
-    // Bounded memory: 16 oversized bodies must not stay resident.
-    let bound = rss_before + 64 * 1024 + 2 * (large as u64 / 1024);
+    // Bounded memory: 17 oversized bodies must not stay resident.
+    let bound = rss_before + 64 * 1024 + 2 * (large.max(TEN_MB) as u64 / 1024);
     assert!(
         rss_after <= bound,
         "VmRSS grew from {rss_before} KiB to {rss_after} KiB (bound {bound} KiB)"
