@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test entry point: installs and starts every service the tests need,
-# then runs the format check, clippy with -D warnings, and every test.
+# then runs the format check, clippy with -D warnings, every test, and a
+# short fuzz run (scripts/fuzz.sh).
 #
 #   scripts/test.sh
 #
@@ -33,5 +34,16 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test"
 cargo test --workspace --no-fail-fast
+
+step "fuzz targets: fmt, clippy, replay of the seeds and saved crashes (stable)"
+(
+  cd core/fuzz
+  cargo fmt -- --check
+  cargo clippy --all-targets -- -D warnings
+  cargo test
+)
+
+step "fuzz smoke run (${BACKSTOP_FUZZ_SECONDS:-15} s per target, nightly)"
+bash scripts/fuzz.sh "${BACKSTOP_FUZZ_SECONDS:-15}"
 
 step "done in $((SECONDS - start)) s"

@@ -43,11 +43,20 @@ pub fn retry(
     let due = due + std::time::Duration::from_nanos(999_999);
     copy.headers
         .insert(wire::DUE.to_owned(), wire::format_time(due));
-    copy.headers
-        .entry(wire::FIRST_FAILURE.to_owned())
-        .or_insert_with(|| wire::format_time(first_failure));
+    keep_first_failure(&mut copy.headers, first_failure);
     copy.meta.attempt = next_attempt;
     copy
+}
+
+/// Keeps a first failure written by an earlier copy if it is a wire time;
+/// writes `first` otherwise (also over a value that is not a time).
+fn keep_first_failure(headers: &mut Headers, first: SystemTime) {
+    let earlier = headers
+        .get(wire::FIRST_FAILURE)
+        .is_some_and(|t| wire::parse_time(t).is_some());
+    if !earlier {
+        headers.insert(wire::FIRST_FAILURE.to_owned(), wire::format_time(first));
+    }
 }
 
 /// The dead letter for `message`: the original payload, key and headers,
@@ -66,8 +75,7 @@ pub fn dead_letter(message: &Message, failure: &Failure) -> Message {
         wire::ERROR.to_owned(),
         wire::truncate(&failure.message, wire::MAX_ERROR_LEN).to_owned(),
     );
-    h.entry(wire::FIRST_FAILURE.to_owned())
-        .or_insert_with(|| wire::format_time(failure.first_failure));
+    keep_first_failure(h, failure.first_failure);
     h.insert(
         wire::LAST_FAILURE.to_owned(),
         wire::format_time(failure.last_failure),
@@ -152,5 +160,28 @@ mod tests {
             Some("1970-01-01T00:16:49.000Z")
         );
         assert_eq!(dead_letter_kind(&letter), Some(ErrorKind::Exhausted));
+    }
+
+    #[test]
+    fn a_first_failure_that_is_not_a_time_is_replaced() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let garbage = consumed().with_header(wire::FIRST_FAILURE, "yesterday");
+        let failure = Failure {
+            kind: ErrorKind::Permanent,
+            message: "no".into(),
+            attempts: 1,
+            first_failure: t0,
+            last_failure: t0,
+        };
+        let letter = dead_letter(&garbage, &failure);
+        assert_eq!(
+            letter.header(wire::FIRST_FAILURE),
+            Some("1970-01-01T00:16:40.000Z")
+        );
+        let copy = retry(&garbage, 2, t0, t0);
+        assert_eq!(
+            copy.header(wire::FIRST_FAILURE),
+            Some("1970-01-01T00:16:40.000Z")
+        );
     }
 }

@@ -25,6 +25,16 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [ErrorKind; 6] = [
+        ErrorKind::Decode,
+        ErrorKind::Permanent,
+        ErrorKind::Exhausted,
+        ErrorKind::Panic,
+        ErrorKind::Timeout,
+        ErrorKind::TooLarge,
+    ];
+
     /// The wire name (`decode`, `permanent`, `exhausted`, `panic`, `timeout`, `too_large`).
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -309,14 +319,7 @@ mod tests {
 
     #[test]
     fn kinds_round_trip_through_wire_names() {
-        for k in [
-            ErrorKind::Decode,
-            ErrorKind::Permanent,
-            ErrorKind::Exhausted,
-            ErrorKind::Panic,
-            ErrorKind::Timeout,
-            ErrorKind::TooLarge,
-        ] {
+        for k in ErrorKind::ALL {
             assert_eq!(ErrorKind::parse(k.as_str()), Some(k));
         }
         assert_eq!(ErrorKind::parse("nope"), None);

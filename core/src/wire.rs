@@ -36,9 +36,16 @@ pub const TRACEPARENT: &str = "traceparent";
 /// The longest error text written to [`ERROR`], in bytes.
 pub const MAX_ERROR_LEN: usize = 1024;
 
+/// The latest time the wire format can write: 9999-12-31T23:59:59.999Z.
+pub const MAX_TIME_MILLIS: u64 = 253_402_300_799_999;
+
 /// Formats a time as RFC 3339 UTC with millisecond precision.
+///
+/// RFC 3339 has four-digit years: a time before 1970 is written as the
+/// epoch and one after [`MAX_TIME_MILLIS`] as that, never a panic.
 pub fn format_time(time: SystemTime) -> String {
-    humantime::format_rfc3339_millis(time).to_string()
+    let latest = SystemTime::UNIX_EPOCH + Duration::from_millis(MAX_TIME_MILLIS);
+    humantime::format_rfc3339_millis(time.clamp(SystemTime::UNIX_EPOCH, latest)).to_string()
 }
 
 /// Parses an RFC 3339 time written by [`format_time`] (or any RFC 3339 UTC time).
@@ -59,8 +66,28 @@ pub fn truncate(text: &str, max: usize) -> &str {
 }
 
 /// Parses a human duration such as `100ms`, `5s` or `1m 30s`.
+///
+/// `None` for anything that is not such a duration, including one too long
+/// for a [`Duration`] (more than about 584 billion years).
 pub fn parse_duration(text: &str) -> Option<Duration> {
-    humantime::parse_duration(text.trim()).ok()
+    let text = text.trim();
+    // humantime's nanosecond carry can overflow `Duration::new` (a panic)
+    // when the seconds are near `u64::MAX`; refuse what could come close:
+    // every number counted in years (humantime's largest unit) plus a
+    // carried second.
+    const YEAR_SECS: u128 = 31_557_600;
+    let mut bound: u128 = 0;
+    for digits in text.split(|c: char| !c.is_ascii_digit()) {
+        if digits.is_empty() {
+            continue;
+        }
+        let n: u128 = digits.parse().unwrap_or(u128::MAX);
+        bound = bound.saturating_add(n.saturating_mul(YEAR_SECS + 1));
+    }
+    if bound >= u128::from(u64::MAX) {
+        return None;
+    }
+    humantime::parse_duration(text).ok()
 }
 
 #[cfg(test)]
@@ -73,6 +100,23 @@ mod tests {
         let text = format_time(t);
         assert_eq!(text, "2023-11-14T22:13:20.123Z");
         assert_eq!(parse_time(&text), Some(t));
+    }
+
+    #[test]
+    fn times_outside_the_four_digit_years_are_clamped() {
+        let far = SystemTime::UNIX_EPOCH + Duration::from_secs(300_000_000_000);
+        assert_eq!(format_time(far), "9999-12-31T23:59:59.999Z");
+        let before = SystemTime::UNIX_EPOCH - Duration::from_secs(1);
+        assert_eq!(format_time(before), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn durations_too_long_for_a_duration_are_refused_not_a_panic() {
+        assert_eq!(parse_duration("18446744073709551615s 1000000000ns"), None);
+        assert_eq!(parse_duration("99999999999999999999999y"), None);
+        assert_eq!(parse_duration("1m 30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration(" 5m "), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("soon"), None);
     }
 
     #[test]

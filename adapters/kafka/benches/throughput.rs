@@ -16,8 +16,11 @@
 //! properties to the adapter (the raw baseline keeps librdkafka's defaults).
 //!
 //! Rates are measured from the first message to the last, so the group join
-//! is not counted. Needs the broker (`BACKSTOP_KAFKA_BROKERS`, default
-//! 127.0.0.1:9092).
+//! is not counted. Each pass also records every message's latency, from
+//! the client (`recv`) or the source handing it out to its offset store
+//! having returned (p50/p99; see `core/benches/support/latency.rs`), and the
+//! bench ends with `BENCH-ROW` lines for `scripts/bench.sh`. Needs the broker
+//! (`BACKSTOP_KAFKA_BROKERS`, default 127.0.0.1:9092).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,6 +33,10 @@ use backstop::{
 use backstop_kafka::{Kafka, TopicSpec};
 use bytes::Bytes;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+
+#[path = "../../../core/benches/support/latency.rs"]
+mod latency;
+use latency::{Latencies, Side, Timed};
 
 const PARTITIONS: i32 = 4;
 const PAYLOAD: usize = 256;
@@ -68,7 +75,7 @@ async fn produce(kafka: &Kafka, topic: &str, n: usize) -> Duration {
     started.elapsed()
 }
 
-async fn raw(kafka: &Kafka, topic: &str, n: usize) -> Duration {
+async fn raw(kafka: &Kafka, topic: &str, n: usize, latencies: Latencies) -> Duration {
     // librdkafka's defaults, plus what at-least-once needs.
     let mut config = rdkafka::ClientConfig::new();
     config
@@ -82,8 +89,10 @@ async fn raw(kafka: &Kafka, topic: &str, n: usize) -> Duration {
         let mut first = None;
         for _ in 0..n {
             let m = consumer.recv().await.expect("recv");
-            first.get_or_insert_with(Instant::now);
+            let received = Instant::now();
+            first.get_or_insert(received);
             consumer.store_offset_from_message(&m).expect("store");
+            latencies.record(received);
         }
         first.map(|t| t.elapsed()).unwrap_or_default()
     })
@@ -91,9 +100,12 @@ async fn raw(kafka: &Kafka, topic: &str, n: usize) -> Duration {
     .expect("raw task")
 }
 
-async fn source_only(kafka: &Kafka, topic: &str, n: usize) -> Duration {
+async fn source_only(kafka: &Kafka, topic: &str, n: usize, latencies: Latencies) -> Duration {
     let kafka = kafka.clone().configure(|c| c.group = unique("source"));
-    let mut source = kafka.plain_source(&[topic], CONCURRENCY).expect("source");
+    let mut source = Timed::new(
+        kafka.plain_source(&[topic], CONCURRENCY).expect("source"),
+        latencies,
+    );
     tokio::spawn(async move {
         let mut first = None;
         for _ in 0..n {
@@ -109,7 +121,7 @@ async fn source_only(kafka: &Kafka, topic: &str, n: usize) -> Duration {
     .expect("source task")
 }
 
-async fn framework(kafka: &Kafka, topic: &str, n: usize) -> Duration {
+async fn framework(kafka: &Kafka, topic: &str, n: usize, latencies: Latencies) -> Duration {
     let kafka = kafka.clone().configure(|c| c.group = unique("backstop"));
     let count = Arc::new(AtomicUsize::new(0));
     let first: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
@@ -137,7 +149,10 @@ async fn framework(kafka: &Kafka, topic: &str, n: usize) -> Duration {
                 Ok::<_, HandlerError>(())
             }
         }));
-    let source = kafka.plain_source(&[topic], CONCURRENCY).expect("source");
+    let source = Timed::new(
+        kafka.plain_source(&[topic], CONCURRENCY).expect("source"),
+        latencies,
+    );
     // Spawned on a worker thread, like the raw baseline's loop.
     let summary = tokio::spawn(
         Runner::new(source, stack)
@@ -158,6 +173,14 @@ async fn framework(kafka: &Kafka, topic: &str, n: usize) -> Duration {
 
 fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
+}
+
+/// One pass's rate and latency percentiles.
+fn side(n: usize, took: Duration, latencies: &Latencies) -> Side {
+    Side {
+        rate: rate(n, took),
+        latency: latencies.percentiles(),
+    }
 }
 
 fn main() {
@@ -203,21 +226,44 @@ fn main() {
             "produced {n} x {PAYLOAD} B in {produced:.2?} ({:.0} msgs/s)",
             rate(n, produced)
         );
-        let raw = raw(&kafka, &topic, n).await;
-        println!("raw rdkafka:     {:>10.0} msgs/s ({raw:.2?})", rate(n, raw));
-        if std::env::var_os("BACKSTOP_BENCH_SOURCE_ONLY").is_some() {
-            let only = source_only(&kafka, &topic, n).await;
-            println!(
-                "KafkaSource only: {:>10.0} msgs/s ({only:.2?})",
-                rate(n, only)
-            );
-        }
-        let stack = framework(&kafka, &topic, n).await;
+        let latencies = Latencies::with_capacity(n);
+        let raw = raw(&kafka, &topic, n, latencies.clone()).await;
+        let raw_side = side(n, raw, &latencies);
         println!(
-            "backstop stack:  {:>10.0} msgs/s ({stack:.2?})",
-            rate(n, stack)
+            "raw rdkafka:     {:>10.0} msgs/s ({raw:.2?}, {})",
+            raw_side.rate, raw_side.latency
+        );
+        let mut only_side = None;
+        if std::env::var_os("BACKSTOP_BENCH_SOURCE_ONLY").is_some() {
+            let latencies = Latencies::with_capacity(n);
+            let only = source_only(&kafka, &topic, n, latencies.clone()).await;
+            let measured = side(n, only, &latencies);
+            println!(
+                "KafkaSource only: {:>10.0} msgs/s ({only:.2?}, {})",
+                measured.rate, measured.latency
+            );
+            only_side = Some(measured);
+        }
+        let latencies = Latencies::with_capacity(n);
+        let stack = framework(&kafka, &topic, n, latencies.clone()).await;
+        let stack_side = side(n, stack, &latencies);
+        println!(
+            "backstop stack:  {:>10.0} msgs/s ({stack:.2?}, {})",
+            stack_side.rate, stack_side.latency
         );
         println!("ratio backstop/raw: {:.2}", rate(n, stack) / rate(n, raw));
+        latency::bench_row(
+            &format!("Kafka: raw rdkafka vs backstop stack ({PARTITIONS} partitions, concurrency {CONCURRENCY})"),
+            Some(raw_side),
+            stack_side,
+        );
+        if let Some(only) = only_side {
+            latency::bench_row(
+                "Kafka: raw rdkafka vs KafkaSource alone (no stack)",
+                Some(raw_side),
+                only,
+            );
+        }
         let _ = kafka.topics().expect("admin").delete(&[&topic]).await;
     });
 }

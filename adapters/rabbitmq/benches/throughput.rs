@@ -14,7 +14,10 @@
 //! times (default 2), alternately with a raw consumer acking each delivery
 //! on a task of its own (as the runner does) and through the stack. It
 //! prints every rate and the ratio of the best stack run to the best raw
-//! run.
+//! run, then a `BENCH-ROW` line for `scripts/bench.sh` with the best run of
+//! each side and its per-message latency (p50/p99, defined in
+//! `core/benches/support/latency.rs`: from the delivery leaving the client
+//! or the source to its ack having returned).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,6 +36,10 @@ use backstop_rabbitmq::lapin::{Connection, ConnectionProperties};
 use backstop_rabbitmq::{RabbitMq, RabbitPublisher, Topology, url_from_env};
 use bytes::Bytes;
 use futures::StreamExt;
+
+#[path = "../../../core/benches/support/latency.rs"]
+mod latency;
+use latency::{Latencies, Side, Timed};
 
 const PAYLOAD: usize = 256;
 
@@ -80,8 +87,16 @@ enum Acks {
 }
 
 /// The baseline: lapin's consumer stream with one manual ack per delivery,
-/// itself on a spawned task (not on the main thread).
-async fn raw(url: String, queue: String, n: usize, prefetch: usize, acks: Acks) -> Duration {
+/// itself on a spawned task (not on the main thread). Records each message's
+/// latency from the stream yielding it to its ack having returned.
+async fn raw(
+    url: String,
+    queue: String,
+    n: usize,
+    prefetch: usize,
+    acks: Acks,
+    latencies: Latencies,
+) -> Duration {
     tokio::spawn(async move {
         let connection = Connection::connect(&url, ConnectionProperties::default())
             .await
@@ -105,12 +120,18 @@ async fn raw(url: String, queue: String, n: usize, prefetch: usize, acks: Acks) 
         let mut tasks = tokio::task::JoinSet::new();
         let mut received = 0;
         while let Some(delivery) = consumer.next().await {
+            let taken = Instant::now();
             let acker = delivery.expect("delivery").acker;
             match acks {
-                Acks::InLoop => assert!(acker.ack(BasicAckOptions::default()).await.expect("ack")),
+                Acks::InLoop => {
+                    assert!(acker.ack(BasicAckOptions::default()).await.expect("ack"));
+                    latencies.record(taken);
+                }
                 Acks::Spawned => {
+                    let latencies = latencies.clone();
                     tasks.spawn(async move {
-                        assert!(acker.ack(BasicAckOptions::default()).await.expect("ack"))
+                        assert!(acker.ack(BasicAckOptions::default()).await.expect("ack"));
+                        latencies.record(taken);
                     });
                     while tasks.try_join_next().is_some() {}
                 }
@@ -134,8 +155,15 @@ async fn raw(url: String, queue: String, n: usize, prefetch: usize, acks: Acks) 
     .expect("raw consumer task")
 }
 
-/// The full stack: StackBuilder (idempotency on a MemoryStore) + Runner.
-async fn stack(rabbit: &RabbitMq, queue: &str, n: usize, prefetch: usize) -> Duration {
+/// The full stack: StackBuilder (idempotency on a MemoryStore) + Runner,
+/// its source wrapped to record each message's latency.
+async fn stack(
+    rabbit: &RabbitMq,
+    queue: &str,
+    n: usize,
+    prefetch: usize,
+    latencies: Latencies,
+) -> Duration {
     let handled = Arc::new(AtomicUsize::new(0));
     let shutdown = CancellationToken::new();
     let (count, stop) = (Arc::clone(&handled), shutdown.clone());
@@ -155,7 +183,10 @@ async fn stack(rabbit: &RabbitMq, queue: &str, n: usize, prefetch: usize) -> Dur
             KeySource::MessageId,
         )
         .build(handler);
-    let source = rabbit.source(queue, prefetch).await.expect("consume");
+    let source = Timed::new(
+        rabbit.source(queue, prefetch).await.expect("consume"),
+        latencies,
+    );
     let started = Instant::now();
     // On a spawned task, as a worker runs it (and as the raw baseline runs).
     let runner = Runner::new(source, stack)
@@ -196,13 +227,24 @@ async fn assert_drained(rabbit: &RabbitMq, queue: &str) {
     );
 }
 
-/// One line: rate, wall time, and this process's CPU time per message.
-fn report(what: &str, n: usize, wall: Duration, cpu: Duration) {
+/// One line: rate, wall time, this process's CPU time per message and the
+/// latency percentiles; returns the rate and percentiles.
+fn report(what: &str, n: usize, wall: Duration, cpu: Duration, latencies: &Latencies) -> Side {
     let per_message = cpu.as_secs_f64() * 1e6 / n as f64;
+    let side = Side {
+        rate: rate(n, wall),
+        latency: latencies.percentiles(),
+    };
     println!(
-        "  {what:<28} {:>10.0} msg/s  ({wall:.2?}, client CPU {per_message:.1} µs/msg)",
-        rate(n, wall)
+        "  {what:<28} {:>10.0} msg/s  ({wall:.2?}, client CPU {per_message:.1} µs/msg, {})",
+        side.rate, side.latency
     );
+    side
+}
+
+/// The better of two runs by rate.
+fn best(a: Side, b: Side) -> Side {
+    if b.rate > a.rate { b } else { a }
 }
 
 fn rounds() -> usize {
@@ -240,29 +282,68 @@ async fn main() {
         rate(n, published)
     );
     let cpu = cpu_time();
-    let in_loop = raw(url.clone(), queue.clone(), n, prefetch, Acks::InLoop).await;
-    report("raw lapin, acks in the loop", n, in_loop, cpu_time() - cpu);
+    let latencies = Latencies::with_capacity(n);
+    let in_loop = raw(
+        url.clone(),
+        queue.clone(),
+        n,
+        prefetch,
+        Acks::InLoop,
+        latencies.clone(),
+    )
+    .await;
+    let mut best_raw = report(
+        "raw lapin, acks in the loop",
+        n,
+        in_loop,
+        cpu_time() - cpu,
+        &latencies,
+    );
     assert_drained(&rabbit, &queue).await;
     // The two contenders alternate, so a busy moment on a shared machine hits both.
-    let (mut best_raw, mut best_stack) = (rate(n, in_loop), 0f64);
+    let mut best_stack = Side::default();
     for round in 0..rounds() {
         fill(&publisher, &queue, &format!("raw-{round}"), n).await;
         let cpu = cpu_time();
-        let spawned = raw(url.clone(), queue.clone(), n, prefetch, Acks::Spawned).await;
-        report("raw lapin, acks on tasks", n, spawned, cpu_time() - cpu);
+        let latencies = Latencies::with_capacity(n);
+        let spawned = raw(
+            url.clone(),
+            queue.clone(),
+            n,
+            prefetch,
+            Acks::Spawned,
+            latencies.clone(),
+        )
+        .await;
+        let spawned = report(
+            "raw lapin, acks on tasks",
+            n,
+            spawned,
+            cpu_time() - cpu,
+            &latencies,
+        );
         assert_drained(&rabbit, &queue).await;
         fill(&publisher, &queue, &format!("stack-{round}"), n).await;
         let cpu = cpu_time();
-        let stacked = stack(&rabbit, &queue, n, prefetch).await;
-        report("backstop stack", n, stacked, cpu_time() - cpu);
+        let latencies = Latencies::with_capacity(n);
+        let stacked = stack(&rabbit, &queue, n, prefetch, latencies.clone()).await;
+        let stacked = report("backstop stack", n, stacked, cpu_time() - cpu, &latencies);
         assert_drained(&rabbit, &queue).await;
-        best_raw = best_raw.max(rate(n, spawned));
-        best_stack = best_stack.max(rate(n, stacked));
+        best_raw = best(best_raw, spawned);
+        best_stack = best(best_stack, stacked);
     }
-    println!("  best raw {best_raw:.0} msg/s, best stack {best_stack:.0} msg/s");
+    println!(
+        "  best raw {:.0} msg/s, best stack {:.0} msg/s",
+        best_raw.rate, best_stack.rate
+    );
     println!(
         "  ratio stack / raw            {:>10.3}  (goal >= 0.90)",
-        best_stack / best_raw
+        best_stack.rate / best_raw.rate
+    );
+    latency::bench_row(
+        &format!("RabbitMQ: raw lapin vs backstop stack (prefetch {prefetch})"),
+        Some(best_raw),
+        best_stack,
     );
 
     if let Ok(channel) = rabbit.channel().await {

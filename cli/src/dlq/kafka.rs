@@ -205,7 +205,7 @@ impl KafkaDlq {
         names
             .into_iter()
             .filter_map(|n| {
-                let delay = humantime::parse_duration(n.strip_prefix(&prefix)?).ok()?;
+                let delay = backstop::wire::parse_duration(n.strip_prefix(&prefix)?)?;
                 Some((delay, n))
             })
             .min()

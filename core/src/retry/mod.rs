@@ -12,7 +12,7 @@ mod policy;
 mod sink;
 
 pub use self::layer::RetryLayer;
-pub use self::policy::{RetryPolicy, equal_jitter};
+pub use self::policy::{MAX_RETRY_AFTER, RetryPolicy, equal_jitter};
 pub use self::sink::RetrySink;
 
 use std::sync::Arc;
@@ -133,7 +133,8 @@ where
                 if attempt::is_exhausted(attempt, max) {
                     return Err(Error::Failed(failure(*kind)));
                 }
-                let delay = retry_after.unwrap_or_else(|| policy.delay(attempt));
+                let delay = retry_after
+                    .map_or_else(|| policy.delay(attempt), |after| after.min(MAX_RETRY_AFTER));
                 if policy
                     .max_elapsed
                     .is_some_and(|budget| before + started.elapsed() + delay > budget)

@@ -114,6 +114,24 @@ async fn long_delay_goes_to_the_sink_and_defers() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_absurd_retry_after_is_capped_not_a_panic() {
+    // 9,500 years: past what the wire's RFC 3339 times can write.
+    let h = Scripted::new(|_| {
+        Err(HandlerError::transient("come back later")
+            .retry_after(Duration::from_secs(300_000_000_000)))
+    });
+    let sink = RecordingSink::default();
+    let mut svc = Retry::new(h, policy(3), Some(Arc::new(sink.clone())));
+    let outcome = run(&mut svc).await.unwrap();
+    assert!(matches!(outcome, Outcome::Deferred { attempt: 2, .. }));
+    let taken = sink.taken();
+    assert_eq!(taken[0].2, Some(crate::retry::MAX_RETRY_AFTER));
+    let due = wire::parse_time(taken[0].0.header(wire::DUE).unwrap()).unwrap();
+    let ahead = due.duration_since(std::time::SystemTime::now()).unwrap();
+    assert!(ahead <= crate::retry::MAX_RETRY_AFTER + Duration::from_secs(1));
+}
+
+#[tokio::test(start_paused = true)]
 async fn unconfirmed_republish_is_an_error_not_an_outcome() {
     let h =
         Scripted::new(
