@@ -32,8 +32,18 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "cargo test"
-cargo test --workspace --no-fail-fast
+step "cargo test (all but the fault suites)"
+status=0
+cargo test --workspace --no-fail-fast -- --skip kill9_and_broker_restart || status=$?
+
+step "fault suites: $BACKSTOP_FAULT_ORDERS orders, $BACKSTOP_FAULT_KILLS kill -9 and a broker restart per broker"
+# Its own step with --nocapture, so the counts of each run are in the log.
+cargo test -p backstop-tests --test faults_rabbitmq --test faults_kafka --no-fail-fast \
+  -- --nocapture kill9_and_broker_restart || status=$?
+if ((status != 0)); then
+  echo "tests failed" >&2
+  exit "$status"
+fi
 
 step "fuzz targets: fmt, clippy, replay of the seeds and saved crashes (stable)"
 (
