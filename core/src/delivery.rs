@@ -1,6 +1,7 @@
 //! [`Delivery`]: a [`Message`] plus its [`Acker`], settled at most once.
 
 use std::fmt;
+use std::sync::OnceLock;
 
 use tokio_util::sync::CancellationToken;
 
@@ -83,7 +84,9 @@ impl fmt::Debug for AckHandle {
 pub struct Delivery {
     message: Message,
     acker: AckHandle,
-    cancel: CancellationToken,
+    /// Created on first use: the runner replaces it anyway, so a fresh
+    /// token per delivery would be allocated only to be dropped.
+    cancel: OnceLock<CancellationToken>,
 }
 
 impl Delivery {
@@ -92,7 +95,7 @@ impl Delivery {
         Delivery {
             message,
             acker: AckHandle::new(acker),
-            cancel: CancellationToken::new(),
+            cancel: OnceLock::new(),
         }
     }
 
@@ -103,18 +106,19 @@ impl Delivery {
 
     /// Sets the token the handler sees as its cancellation (the runner's shutdown).
     pub fn with_cancellation(mut self, token: CancellationToken) -> Self {
-        self.cancel = token;
+        self.cancel = OnceLock::from(token);
         self
     }
 
     /// The cancellation token that travels with the delivery.
     pub fn cancellation(&self) -> &CancellationToken {
-        &self.cancel
+        self.cancel.get_or_init(CancellationToken::new)
     }
 
     /// Splits the delivery into its message, its ack handle and its cancellation token.
     pub fn into_parts(self) -> (Message, AckHandle, CancellationToken) {
-        (self.message, self.acker, self.cancel)
+        let cancel = self.cancel.into_inner().unwrap_or_default();
+        (self.message, self.acker, cancel)
     }
 
     /// Acknowledges the delivery.

@@ -1,4 +1,5 @@
 use std::fmt;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -9,18 +10,18 @@ pub const MAX_KEY_LEN: usize = 200;
 
 /// An idempotency key as stored: the raw key, or `sha256:<hex>` when it is long.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Key(String);
+pub struct Key(Arc<str>);
 
 impl Key {
     /// The stored form of `raw`.
     pub fn new(raw: &str) -> Self {
         if raw.len() <= MAX_KEY_LEN {
-            Key(raw.to_owned())
+            Key(Arc::from(raw))
         } else {
-            Key(format!(
+            Key(Arc::from(format!(
                 "sha256:{}",
                 hex::encode(Sha256::digest(raw.as_bytes()))
-            ))
+            )))
         }
     }
 

@@ -26,6 +26,7 @@ pub use self::memory::MemoryStore;
 pub use self::namespaced::Namespaced;
 pub use self::store::{Claim, Store};
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -112,11 +113,11 @@ where
         let config = Arc::clone(&self.config);
         let renewer = Arc::clone(&self.renewer);
         Box::pin(async move {
-            let owner = format!(
-                "{}/{}",
-                config.worker,
-                NEXT_OWNER.fetch_add(1, Ordering::Relaxed)
-            );
+            // `<worker>/<n>`, written into one allocation of the right size.
+            let mut owner = String::with_capacity(config.worker.len() + 21);
+            owner.push_str(&config.worker);
+            owner.push('/');
+            let _ = write!(owner, "{}", NEXT_OWNER.fetch_add(1, Ordering::Relaxed));
             let replay = request.message().replayed();
             let claim = store
                 .claim(&key, &owner, config.lease, replay)

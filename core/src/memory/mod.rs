@@ -27,16 +27,20 @@ use tokio::time::Instant;
 use self::queue::Queue;
 use crate::{Message, PublishError, Publisher, attempt, wire};
 
+/// The queues by name. foldhash, not SipHash: every fetch and every ack
+/// looks its queue up, and the names are the application's own.
+pub(crate) type Queues = HashMap<String, Queue, foldhash::fast::RandomState>;
+
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
-    queues: Mutex<HashMap<String, Queue>>,
+    queues: Mutex<Queues>,
     tags: AtomicU64,
     consumers: AtomicU64,
     sequence: AtomicU64,
 }
 
 impl Shared {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<String, Queue>> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Queues> {
         // No operation leaves a queue half-updated, so a poisoned lock is still consistent.
         self.queues.lock().unwrap_or_else(|e| e.into_inner())
     }

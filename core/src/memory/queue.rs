@@ -37,7 +37,8 @@ pub(crate) struct Unacked {
 pub(crate) struct Queue {
     pub(crate) ready: VecDeque<Message>,
     pub(crate) delayed: BTreeMap<(Instant, u64), Message>,
-    pub(crate) unacked: HashMap<u64, Unacked>,
+    /// By delivery tag (foldhash: an insert per delivery, a removal per settle).
+    pub(crate) unacked: HashMap<u64, Unacked, foldhash::fast::RandomState>,
     pub(crate) notify: Arc<Notify>,
     pub(crate) max_len: Option<usize>,
     pub(crate) stats: QueueStats,

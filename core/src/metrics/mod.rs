@@ -51,6 +51,23 @@ pub fn label(result: &Result<Outcome, Error>) -> &'static str {
     }
 }
 
+/// `metrics::$metric!($name, "outcome" => label)`, with a static key for each
+/// known label (name and label literals make the macros build the key, its
+/// hash included, at compile time): the same key and metadata reach the
+/// recorder, without a label vector allocated and hashed per message.
+macro_rules! by_outcome {
+    ($label:expr, $metric:ident, $name:literal) => {
+        match $label {
+            "handled" => metrics::$metric!($name, "outcome" => "handled"),
+            "dead_lettered" => metrics::$metric!($name, "outcome" => "dead_lettered"),
+            "deferred" => metrics::$metric!($name, "outcome" => "deferred"),
+            "duplicate" => metrics::$metric!($name, "outcome" => "duplicate"),
+            "nacked" => metrics::$metric!($name, "outcome" => "nacked"),
+            other => metrics::$metric!($name, "outcome" => other),
+        }
+    };
+}
+
 /// The metrics-and-tracing service; see the [module docs](self).
 #[derive(Clone, Debug)]
 pub struct Metrics<S> {
@@ -67,16 +84,17 @@ impl<S> Metrics<S> {
 
 struct InFlight;
 
+// The literals below are the names of these constants (checked in the tests).
 impl InFlight {
     fn enter() -> Self {
-        metrics::gauge!(IN_FLIGHT).increment(1.0);
+        metrics::gauge!("backstop_in_flight").increment(1.0);
         InFlight
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        metrics::gauge!(IN_FLIGHT).decrement(1.0);
+        metrics::gauge!("backstop_in_flight").decrement(1.0);
     }
 }
 
@@ -115,9 +133,9 @@ where
                 drop(in_flight);
                 let label = label(&result);
                 record.record("outcome", label);
-                metrics::histogram!(HANDLER_DURATION, "outcome" => label)
-                    .record(start.elapsed().as_secs_f64());
-                metrics::counter!(MESSAGES_TOTAL, "outcome" => label).increment(1);
+                let elapsed = start.elapsed().as_secs_f64();
+                by_outcome!(label, histogram, "backstop_handler_duration_seconds").record(elapsed);
+                by_outcome!(label, counter, "backstop_messages_total").increment(1);
                 if let Err(error) = &result {
                     tracing::info!(%error, "message not settled, it will be redelivered");
                 }
@@ -173,6 +191,15 @@ mod tests {
                 .unwrap_or(0)
         };
         assert_eq!(count("handled"), 2);
+        let histogram = snapshot.iter().any(|(k, _, _, v)| {
+            k.key().name() == HANDLER_DURATION
+                && k.key().labels().any(|l| l.value() == "handled")
+                && matches!(v, DebugValue::Histogram(h) if h.len() == 2)
+        });
+        assert!(
+            histogram,
+            "the duration is recorded under {HANDLER_DURATION}"
+        );
         assert_eq!(count("duplicate"), 1);
         assert_eq!(count("nacked"), 1);
         let gauge = snapshot

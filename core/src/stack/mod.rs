@@ -15,9 +15,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceBuilder};
 
+mod erased;
+
+use self::erased::Erased;
 use crate::ack::AckLayer;
 use crate::dead_letter::{DeadLetterLayer, DeadLetterSink};
 use crate::decode::DecodeLayer;
@@ -34,10 +38,24 @@ pub type AttemptService<T> = BoxCloneSyncService<Request<T>, (), HandlerError>;
 
 type Wrap<T> = Arc<dyn Fn(AttemptService<T>) -> AttemptService<T> + Send + Sync>;
 
+/// The attempt: catch-panic (inside the timeout, if any) around `handler`.
+fn attempt<T, S>(handler: S, timeout: Option<Duration>) -> Erased<Request<T>, (), HandlerError>
+where
+    T: Send + 'static,
+    S: Service<Request<T>, Response = (), Error = HandlerError> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    let attempt = CatchPanicLayer::new().layer(handler);
+    match timeout {
+        Some(timeout) => Erased::boxing(TimeoutLayer::new(timeout).layer(attempt)),
+        None => Erased::new(attempt),
+    }
+}
+
 /// A fully configured stack: takes a [`Delivery`], settles it, says how.
 #[derive(Clone)]
 pub struct Stack {
-    inner: BoxCloneSyncService<Delivery, Settled, AckError>,
+    inner: Erased<Delivery, Settled, AckError>,
 }
 
 impl std::fmt::Debug for Stack {
@@ -49,7 +67,7 @@ impl std::fmt::Debug for Stack {
 impl Service<Delivery> for Stack {
     type Response = Settled;
     type Error = AckError;
-    type Future = futures::future::BoxFuture<'static, Result<Settled, AckError>>;
+    type Future = BoxFuture<'static, Result<Settled, AckError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), AckError>> {
         self.inner.poll_ready(cx)
@@ -185,16 +203,11 @@ impl<T: Payload> StackBuilder<T> {
 
     /// Builds the stack around `handler`.
     pub fn build<H: Handle<T>>(self, handler: H) -> Stack {
-        let handler: AttemptService<T> =
-            BoxCloneSyncService::new(HandlerService::<H, T>::new(handler));
-        let handler = match &self.innermost {
-            Some(wrap) => wrap(handler),
-            None => handler,
-        };
-        let attempt = CatchPanicLayer::new().layer(handler);
-        let attempt: BoxCloneSyncService<Request<T>, (), HandlerError> = match self.timeout {
-            Some(timeout) => BoxCloneSyncService::new(TimeoutLayer::new(timeout).layer(attempt)),
-            None => BoxCloneSyncService::new(attempt),
+        let handler = HandlerService::<H, T>::new(handler);
+        // Without an innermost wrapper the handler is not boxed on its own.
+        let attempt = match &self.innermost {
+            Some(wrap) => attempt(wrap(BoxCloneSyncService::new(handler)), self.timeout),
+            None => attempt(handler, self.timeout),
         };
         let mut retry = RetryLayer::new(self.retry);
         if let Some(sink) = self.retry_sink {
@@ -205,11 +218,11 @@ impl<T: Payload> StackBuilder<T> {
             dead_letter = dead_letter.to(to);
         }
         let failing = dead_letter.layer(retry.layer(attempt));
-        let deduped: BoxCloneSyncService<Request<T>, Outcome, Error> = match self.store {
+        let deduped: Erased<Request<T>, Outcome, Error> = match self.store {
             Some((store, config)) => {
-                BoxCloneSyncService::new(IdempotencyLayer::new(store, config).layer(failing))
+                Erased::new(IdempotencyLayer::new(store, config).layer(failing))
             }
-            None => BoxCloneSyncService::new(failing),
+            None => Erased::new(failing),
         };
         let settled = ServiceBuilder::new()
             .layer(AckLayer::new(self.nack_delay))
@@ -217,7 +230,7 @@ impl<T: Payload> StackBuilder<T> {
             .layer(MetricsLayer::new())
             .service(deduped);
         Stack {
-            inner: BoxCloneSyncService::new(settled),
+            inner: Erased::new(settled),
         }
     }
 }
