@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-/// What happened to the orders of a run (see `/work/shared/CONFORMANCE.md`).
+/// What happened to the orders of a run, in the terms of a Jepsen report.
 #[derive(Clone, Debug, Default)]
 pub struct Counts {
     /// The broker and the scenario, e.g. `rabbitmq`.
