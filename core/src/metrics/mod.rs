@@ -51,12 +51,11 @@ pub fn label(result: &Result<Outcome, Error>) -> &'static str {
     }
 }
 
-/// `metrics::$metric!($name, "outcome" => label)`, with a static key for each
-/// known label (name and label literals make the macros build the key, its
-/// hash included, at compile time): the same key and metadata reach the
-/// recorder, without a label vector allocated and hashed per message.
+/// `metrics::$metric!($name, "outcome" => label)` with the label as a
+/// literal for each known outcome, so the macros build the label set as a
+/// static instead of allocating a label vector per message.
 macro_rules! by_outcome {
-    ($label:expr, $metric:ident, $name:literal) => {
+    ($label:expr, $metric:ident, $name:expr) => {
         match $label {
             "handled" => metrics::$metric!($name, "outcome" => "handled"),
             "dead_lettered" => metrics::$metric!($name, "outcome" => "dead_lettered"),
@@ -84,17 +83,16 @@ impl<S> Metrics<S> {
 
 struct InFlight;
 
-// The literals below are the names of these constants (checked in the tests).
 impl InFlight {
     fn enter() -> Self {
-        metrics::gauge!("backstop_in_flight").increment(1.0);
+        metrics::gauge!(IN_FLIGHT).increment(1.0);
         InFlight
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        metrics::gauge!("backstop_in_flight").decrement(1.0);
+        metrics::gauge!(IN_FLIGHT).decrement(1.0);
     }
 }
 
@@ -134,8 +132,8 @@ where
                 let label = label(&result);
                 record.record("outcome", label);
                 let elapsed = start.elapsed().as_secs_f64();
-                by_outcome!(label, histogram, "backstop_handler_duration_seconds").record(elapsed);
-                by_outcome!(label, counter, "backstop_messages_total").increment(1);
+                by_outcome!(label, histogram, HANDLER_DURATION).record(elapsed);
+                by_outcome!(label, counter, MESSAGES_TOTAL).increment(1);
                 if let Err(error) = &result {
                     tracing::info!(%error, "message not settled, it will be redelivered");
                 }
