@@ -6,7 +6,7 @@
 //! cargo bench -p backstop-tests --bench stores            # N = 20,000
 //! BACKSTOP_BENCH_N=100000 cargo bench -p backstop-tests --bench stores
 //! ```
-//! The in-memory runs alternate `BACKSTOP_BENCH_ROUNDS` times (default 3)
+//! The in-memory runs alternate `BENCH_ROUNDS` times (default 3)
 //! and keep each contender's best. Per-message latency (p50/p99) is from the
 //! source handing a delivery out to its ack having returned (see
 //! `core/benches/support/latency.rs`); for the stores it is one claim +
@@ -27,7 +27,7 @@ use backstop_redis::{RedisConfig, RedisStore};
 
 #[path = "../../core/benches/support/latency.rs"]
 mod latency;
-use latency::{Latencies, Percentiles, Side, Timed};
+use latency::{Latencies, Percentiles, Side, Timed, rate, rounds};
 
 const LEASE: Duration = Duration::from_secs(30);
 
@@ -36,14 +36,6 @@ fn n() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000)
-}
-
-fn rounds() -> usize {
-    std::env::var("BACKSTOP_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3usize)
-        .max(1)
 }
 
 /// Claims and completes `n` fresh keys with `workers` concurrent tasks;
@@ -71,7 +63,7 @@ async fn claim_complete(store: Arc<dyn Store>, run: &str, n: usize, workers: usi
     }
     let elapsed = start.elapsed();
     Side {
-        rate: n as f64 / elapsed.as_secs_f64(),
+        rate: rate(n, elapsed),
         latency: Percentiles::of(&mut all),
     }
 }
@@ -112,10 +104,7 @@ async fn bare_handler(n: usize) -> Side {
     let elapsed = start.elapsed();
     source.close().await;
     assert_eq!(handled, n);
-    Side {
-        rate: n as f64 / elapsed.as_secs_f64(),
-        latency: latencies.percentiles(),
-    }
+    Side::measured(n, elapsed, &latencies)
 }
 
 /// The full stack on the in-memory broker with `store`: messages per second and latency.
@@ -141,15 +130,7 @@ async fn full_stack(store: Option<Arc<dyn Store>>, n: usize) -> Side {
         .expect("run");
     let elapsed = start.elapsed();
     assert_eq!(summary.handled as usize, n);
-    Side {
-        rate: n as f64 / elapsed.as_secs_f64(),
-        latency: latencies.percentiles(),
-    }
-}
-
-/// The better of two runs by rate.
-fn best(a: Side, b: Side) -> Side {
-    if b.rate > a.rate { b } else { a }
+    Side::measured(n, elapsed, &latencies)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -185,7 +166,7 @@ async fn main() {
         (
             "memory",
             Arc::new(MemoryStore::new(
-                (3 + rounds()) * n + 16,
+                (3 + rounds(3)) * n + 16,
                 Duration::from_secs(600),
             )),
         ),
@@ -217,15 +198,15 @@ async fn main() {
     }
 
     // Alternating rounds, so a busy moment on a shared machine hits every contender.
-    let rounds = rounds();
+    let rounds = rounds(3);
     let mut bare = Side::default();
     let mut base = Side::default();
     let mut with_store = vec![Side::default(); stores.len()];
     for _ in 0..rounds {
-        bare = best(bare, bare_handler(n).await);
-        base = best(base, full_stack(None, n).await);
+        bare = bare.best(bare_handler(n).await);
+        base = base.best(full_stack(None, n).await);
         for ((_, store), best_run) in stores.iter().zip(&mut with_store) {
-            *best_run = best(*best_run, full_stack(Some(Arc::clone(store)), n).await);
+            *best_run = best_run.best(full_stack(Some(Arc::clone(store)), n).await);
         }
     }
     println!(

@@ -36,7 +36,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 
 #[path = "../../../core/benches/support/latency.rs"]
 mod latency;
-use latency::{Latencies, Side, Timed};
+use latency::{Latencies, Side, Timed, rate};
 
 const PARTITIONS: i32 = 4;
 const PAYLOAD: usize = 256;
@@ -171,18 +171,6 @@ async fn framework(kafka: &Kafka, topic: &str, n: usize, latencies: Latencies) -
     last - first
 }
 
-fn rate(n: usize, d: Duration) -> f64 {
-    n as f64 / d.as_secs_f64()
-}
-
-/// One pass's rate and latency percentiles.
-fn side(n: usize, took: Duration, latencies: &Latencies) -> Side {
-    Side {
-        rate: rate(n, took),
-        latency: latencies.percentiles(),
-    }
-}
-
 fn main() {
     let n: usize = std::env::args()
         .skip(1)
@@ -228,7 +216,7 @@ fn main() {
         );
         let latencies = Latencies::with_capacity(n);
         let raw = raw(&kafka, &topic, n, latencies.clone()).await;
-        let raw_side = side(n, raw, &latencies);
+        let raw_side = Side::measured(n, raw, &latencies);
         println!(
             "raw rdkafka:     {:>10.0} msgs/s ({raw:.2?}, {})",
             raw_side.rate, raw_side.latency
@@ -237,7 +225,7 @@ fn main() {
         if std::env::var_os("BACKSTOP_BENCH_SOURCE_ONLY").is_some() {
             let latencies = Latencies::with_capacity(n);
             let only = source_only(&kafka, &topic, n, latencies.clone()).await;
-            let measured = side(n, only, &latencies);
+            let measured = Side::measured(n, only, &latencies);
             println!(
                 "KafkaSource only: {:>10.0} msgs/s ({only:.2?}, {})",
                 measured.rate, measured.latency
@@ -246,7 +234,7 @@ fn main() {
         }
         let latencies = Latencies::with_capacity(n);
         let stack = framework(&kafka, &topic, n, latencies.clone()).await;
-        let stack_side = side(n, stack, &latencies);
+        let stack_side = Side::measured(n, stack, &latencies);
         println!(
             "backstop stack:  {:>10.0} msgs/s ({stack:.2?}, {})",
             stack_side.rate, stack_side.latency

@@ -39,7 +39,7 @@ use futures::StreamExt;
 
 #[path = "../../../core/benches/support/latency.rs"]
 mod latency;
-use latency::{Latencies, Side, Timed};
+use latency::{Latencies, Side, Timed, rate, rounds};
 
 const PAYLOAD: usize = 256;
 
@@ -231,32 +231,12 @@ async fn assert_drained(rabbit: &RabbitMq, queue: &str) {
 /// latency percentiles; returns the rate and percentiles.
 fn report(what: &str, n: usize, wall: Duration, cpu: Duration, latencies: &Latencies) -> Side {
     let per_message = cpu.as_secs_f64() * 1e6 / n as f64;
-    let side = Side {
-        rate: rate(n, wall),
-        latency: latencies.percentiles(),
-    };
+    let side = Side::measured(n, wall, latencies);
     println!(
         "  {what:<28} {:>10.0} msg/s  ({wall:.2?}, client CPU {per_message:.1} µs/msg, {})",
         side.rate, side.latency
     );
     side
-}
-
-/// The better of two runs by rate.
-fn best(a: Side, b: Side) -> Side {
-    if b.rate > a.rate { b } else { a }
-}
-
-fn rounds() -> usize {
-    std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2usize)
-        .max(1)
-}
-
-fn rate(n: usize, d: Duration) -> f64 {
-    n as f64 / d.as_secs_f64()
 }
 
 #[tokio::main]
@@ -302,7 +282,7 @@ async fn main() {
     assert_drained(&rabbit, &queue).await;
     // The two contenders alternate, so a busy moment on a shared machine hits both.
     let mut best_stack = Side::default();
-    for round in 0..rounds() {
+    for round in 0..rounds(2) {
         fill(&publisher, &queue, &format!("raw-{round}"), n).await;
         let cpu = cpu_time();
         let latencies = Latencies::with_capacity(n);
@@ -329,8 +309,8 @@ async fn main() {
         let stacked = stack(&rabbit, &queue, n, prefetch, latencies.clone()).await;
         let stacked = report("backstop stack", n, stacked, cpu_time() - cpu, &latencies);
         assert_drained(&rabbit, &queue).await;
-        best_raw = best(best_raw, spawned);
-        best_stack = best(best_stack, stacked);
+        best_raw = best_raw.best(spawned);
+        best_stack = best_stack.best(stacked);
     }
     println!(
         "  best raw {:.0} msg/s, best stack {:.0} msg/s",

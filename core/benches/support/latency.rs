@@ -19,6 +19,11 @@
 //! between (runner, concurrency limit, ack, decode, metrics, idempotency,
 //! dead-letter, retry, handler) is inside the figure. Only acked deliveries
 //! are counted.
+//!
+//! Also the helpers the benches share to compare runs: [`rate`],
+//! [`Side::measured`], [`Side::best`] and [`rounds`].
+
+#![allow(dead_code, reason = "each bench uses a part of it")]
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -147,6 +152,35 @@ pub(crate) struct Side {
     pub(crate) rate: f64,
     /// Per-message latency.
     pub(crate) latency: Percentiles,
+}
+
+impl Side {
+    /// `n` messages (or operations) in `took`, with the latencies recorded meanwhile.
+    pub(crate) fn measured(n: usize, took: Duration, latencies: &Latencies) -> Self {
+        Side {
+            rate: rate(n, took),
+            latency: latencies.percentiles(),
+        }
+    }
+
+    /// The faster of two runs.
+    pub(crate) fn best(self, other: Side) -> Side {
+        if other.rate > self.rate { other } else { self }
+    }
+}
+
+/// `n` per second of `took`.
+pub(crate) fn rate(n: usize, took: Duration) -> f64 {
+    n as f64 / took.as_secs_f64()
+}
+
+/// How many alternating rounds a bench runs: `BENCH_ROUNDS`, else `default` (at least 1).
+pub(crate) fn rounds(default: usize) -> usize {
+    std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+        .max(1)
 }
 
 /// Prints the machine-readable line `scripts/bench.sh` turns into its table:
