@@ -307,9 +307,13 @@ pub fn verify(
 ) -> Vec<String> {
     let mut problems = Vec::new();
     let by_id: HashMap<&str, &Order> = orders.iter().map(|o| (o.message_id.as_str(), o)).collect();
-    let mut dlq_seen: HashMap<&str, usize> = HashMap::new();
+    // Every DLQ record, by message id.
+    let mut dlq_seen: HashMap<&str, Vec<&DeadLetter>> = HashMap::new();
     for letter in dead {
-        *dlq_seen.entry(letter.message_id.as_str()).or_default() += 1;
+        dlq_seen
+            .entry(letter.message_id.as_str())
+            .or_default()
+            .push(letter);
         match by_id.get(letter.message_id.as_str()) {
             Some(order) if order.kind != Kind::Valid => {
                 if letter.kind.as_deref() != order.kind.error_kind() {
@@ -358,34 +362,31 @@ pub fn verify(
                 counts.expected_dead += 1;
                 match dlq_seen
                     .get(order.message_id.as_str())
-                    .copied()
-                    .unwrap_or(0)
+                    .map_or(&[][..], Vec::as_slice)
                 {
-                    0 => {
+                    [] => {
                         counts.lost += 1;
                         problems.push(format!(
                             "{:?} {} not in the DLQ",
                             order.kind, order.message_id
                         ));
                     }
-                    n => {
+                    [_] => counts.dead_lettered += 1,
+                    copies => {
                         counts.dead_lettered += 1;
-                        counts.dlq_duplicates += n - 1;
-                        if n > 1 {
-                            let copies = dead
-                                .iter()
-                                .filter(|l| l.message_id == order.message_id)
-                                .map(|l| {
-                                    l.headers
-                                        .get(wire::LAST_FAILURE)
-                                        .map_or("?", String::as_str)
-                                        .to_owned()
-                                })
-                                .collect();
-                            counts
-                                .dlq_duplicate_ids
-                                .push((order.message_id.clone(), copies));
-                        }
+                        counts.dlq_duplicates += copies.len() - 1;
+                        let last_failures = copies
+                            .iter()
+                            .map(|l| {
+                                l.headers
+                                    .get(wire::LAST_FAILURE)
+                                    .map_or("?", String::as_str)
+                                    .to_owned()
+                            })
+                            .collect();
+                        counts
+                            .dlq_duplicate_ids
+                            .push((order.message_id.clone(), last_failures));
                     }
                 }
             }

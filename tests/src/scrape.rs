@@ -14,13 +14,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use backstop::Outcome;
+use backstop::metrics::MESSAGES_TOTAL;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How often a running worker's metrics are read.
 pub const EVERY: Duration = Duration::from_millis(200);
-
-/// The counter that counts deliveries acked as duplicates.
-const DUPLICATES: &str = "backstop_messages_total";
 
 type Runs = HashMap<PathBuf, HashMap<u32, u64>>;
 
@@ -83,10 +82,11 @@ async fn read_duplicates(addr: SocketAddr) -> Option<u64> {
 /// Sums `backstop_messages_total{…outcome="duplicate"…}` samples in a
 /// Prometheus text exposition.
 fn parse_duplicates(text: &str) -> u64 {
+    let label = format!("outcome=\"{}\"", Outcome::Duplicate.label());
     text.lines()
         .filter(|l| {
-            l.strip_prefix(DUPLICATES)
-                .is_some_and(|rest| rest.starts_with('{') && rest.contains("outcome=\"duplicate\""))
+            l.strip_prefix(MESSAGES_TOTAL)
+                .is_some_and(|rest| rest.starts_with('{') && rest.contains(&label))
         })
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .map(|v| v as u64)
