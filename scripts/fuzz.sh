@@ -25,10 +25,6 @@ if ! [[ "$duration" =~ ^[1-9][0-9]*$ ]]; then
   exit 2
 fi
 sanitizer="${FUZZ_SANITIZER:-none}"
-features=()
-if [[ -n "${FUZZ_FEATURES:-}" ]]; then
-  features=(--features "$FUZZ_FEATURES")
-fi
 
 step() { printf '\n==> %s\n' "$*"; }
 start=$SECONDS
@@ -46,7 +42,7 @@ if [[ ${#targets[@]} -eq 0 ]]; then
 fi
 
 step "build ${targets[*]} (sanitizer: $sanitizer)"
-cargo +nightly fuzz build -s "$sanitizer" "${features[@]}"
+cargo +nightly fuzz build -s "$sanitizer"
 
 for target in "${targets[@]}"; do
   step "fuzz $target for ${duration}s"
@@ -58,15 +54,15 @@ for target in "${targets[@]}"; do
   if [[ -f "fuzz/dict/$target.dict" ]]; then
     args+=(-dict="fuzz/dict/$target.dict")
   fi
-  if ! cargo +nightly fuzz run -s "$sanitizer" "${features[@]}" "$target" "$corpus" -- "${args[@]}" >"$log" 2>&1; then
+  if ! cargo +nightly fuzz run -s "$sanitizer" "$target" "$corpus" -- "${args[@]}" >"$log" 2>&1; then
     tail -n 40 "$log"
     artifact="$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -n 1)"
     echo
     echo "FAILED: $target (full log: $log)"
     if [[ -n "$artifact" ]]; then
       echo "artifact: $artifact"
-      echo "reproduce: cd core && cargo +nightly fuzz run -s $sanitizer ${features[*]} $target $artifact"
-      echo "      or:  cd core/fuzz && cargo test ${features[*]}   (stable, replays core/fuzz/artifacts)"
+      echo "reproduce: cd core && cargo +nightly fuzz run -s $sanitizer $target $artifact"
+      echo "      or:  cd core/fuzz && cargo test   (stable, replays core/fuzz/artifacts)"
     fi
     exit 1
   fi

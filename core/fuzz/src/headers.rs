@@ -9,17 +9,11 @@ use bytes::Bytes;
 /// "Now" at clock 0: 2025-01-01T00:00:00Z.
 const EPOCH_2025: Duration = Duration::from_secs(1_735_689_600);
 
-/// The first second `wire::format_time` cannot write (year 10000).
-const WIRE_END: Duration = Duration::from_secs(253_402_300_800);
-
 /// The retry delay when the input names none.
 const DEFAULT_DELAY: Duration = Duration::from_secs(30);
 
 /// The longest failure message an input can build with `@repeat`.
 const MAX_ERROR_INPUT: usize = 64 * 1024;
-
-/// Every error kind, for the wire name round trip.
-const KINDS: [ErrorKind; 6] = ErrorKind::ALL;
 
 /// The headers backstop writes on a dead letter whatever was there before
 /// (the first failure is checked on its own: kept only when it is a time).
@@ -173,7 +167,7 @@ pub fn headers(data: &[u8]) {
     if let Some(delay) = &input.delay {
         text_helpers(delay);
     }
-    for kind in KINDS {
+    for kind in ErrorKind::ALL {
         assert_eq!(
             ErrorKind::parse(kind.as_str()),
             Some(kind),
@@ -323,7 +317,7 @@ fn first_failure(message: &Message) -> Option<SystemTime> {
 /// The latest time the wire can write (9999-12-31T23:59:59.999Z): later
 /// times are written as that.
 fn wire_end() -> SystemTime {
-    SystemTime::UNIX_EPOCH + WIRE_END - Duration::from_millis(1)
+    SystemTime::UNIX_EPOCH + Duration::from_millis(wire::MAX_TIME_MILLIS)
 }
 
 /// `wire::parse_duration`: `None` for what is not a duration, never a panic.
@@ -407,7 +401,9 @@ fn check_received(message: &Message) {
     let kind = message.header(wire::ERROR_KIND);
     assert_eq!(
         copy::dead_letter_kind(message),
-        KINDS.into_iter().find(|k| Some(k.as_str()) == kind),
+        ErrorKind::ALL
+            .into_iter()
+            .find(|k| Some(k.as_str()) == kind),
         "a dead letter's kind is one of the wire names, exactly"
     );
     let published = message.headers_for_publish();
