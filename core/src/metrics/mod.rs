@@ -51,18 +51,21 @@ pub fn label(result: &Result<Outcome, Error>) -> &'static str {
     }
 }
 
-/// `metrics::$metric!($name, "outcome" => label)` with the label as a
-/// literal for each known outcome, so the macros build the label set as a
-/// static instead of allocating a label vector per message.
-macro_rules! by_outcome {
-    ($label:expr, $metric:ident, $name:expr) => {
+/// Counts one settled message and records its duration under its outcome
+/// label, with the label as a literal for each known outcome: the macros
+/// then build the label set as a static instead of allocating a label
+/// vector per message.
+macro_rules! record_outcome {
+    ($label:expr, $seconds:expr, [$($known:literal),*]) => {
         match $label {
-            "handled" => metrics::$metric!($name, "outcome" => "handled"),
-            "dead_lettered" => metrics::$metric!($name, "outcome" => "dead_lettered"),
-            "deferred" => metrics::$metric!($name, "outcome" => "deferred"),
-            "duplicate" => metrics::$metric!($name, "outcome" => "duplicate"),
-            "nacked" => metrics::$metric!($name, "outcome" => "nacked"),
-            other => metrics::$metric!($name, "outcome" => other),
+            $($known => {
+                metrics::histogram!(HANDLER_DURATION, "outcome" => $known).record($seconds);
+                metrics::counter!(MESSAGES_TOTAL, "outcome" => $known).increment(1);
+            })*
+            other => {
+                metrics::histogram!(HANDLER_DURATION, "outcome" => other).record($seconds);
+                metrics::counter!(MESSAGES_TOTAL, "outcome" => other).increment(1);
+            }
         }
     };
 }
@@ -131,9 +134,17 @@ where
                 drop(in_flight);
                 let label = label(&result);
                 record.record("outcome", label);
-                let elapsed = start.elapsed().as_secs_f64();
-                by_outcome!(label, histogram, HANDLER_DURATION).record(elapsed);
-                by_outcome!(label, counter, MESSAGES_TOTAL).increment(1);
+                record_outcome!(
+                    label,
+                    start.elapsed().as_secs_f64(),
+                    [
+                        "handled",
+                        "dead_lettered",
+                        "deferred",
+                        "duplicate",
+                        "nacked"
+                    ]
+                );
                 if let Err(error) = &result {
                     tracing::info!(%error, "message not settled, it will be redelivered");
                 }
