@@ -9,6 +9,7 @@
 //! | `backstop_handler_duration_seconds` | histogram | `outcome` |
 //! | `backstop_in_flight` | gauge | |
 
+mod keys;
 mod layer;
 
 pub use self::layer::MetricsLayer;
@@ -51,25 +52,6 @@ pub fn label(result: &Result<Outcome, Error>) -> &'static str {
     }
 }
 
-/// Counts one settled message and records its duration under its outcome
-/// label, with the label as a literal for each known outcome: the macros
-/// then build the label set as a static instead of allocating a label
-/// vector per message.
-macro_rules! record_outcome {
-    ($label:expr, $seconds:expr, [$($known:literal),*]) => {
-        match $label {
-            $($known => {
-                metrics::histogram!(HANDLER_DURATION, "outcome" => $known).record($seconds);
-                metrics::counter!(MESSAGES_TOTAL, "outcome" => $known).increment(1);
-            })*
-            other => {
-                metrics::histogram!(HANDLER_DURATION, "outcome" => other).record($seconds);
-                metrics::counter!(MESSAGES_TOTAL, "outcome" => other).increment(1);
-            }
-        }
-    };
-}
-
 /// The metrics-and-tracing service; see the [module docs](self).
 #[derive(Clone, Debug)]
 pub struct Metrics<S> {
@@ -88,14 +70,14 @@ struct InFlight;
 
 impl InFlight {
     fn enter() -> Self {
-        metrics::gauge!(IN_FLIGHT).increment(1.0);
+        keys::in_flight(1.0);
         InFlight
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        metrics::gauge!(IN_FLIGHT).decrement(1.0);
+        keys::in_flight(-1.0);
     }
 }
 
@@ -134,17 +116,7 @@ where
                 drop(in_flight);
                 let label = label(&result);
                 record.record("outcome", label);
-                record_outcome!(
-                    label,
-                    start.elapsed().as_secs_f64(),
-                    [
-                        "handled",
-                        "dead_lettered",
-                        "deferred",
-                        "duplicate",
-                        "nacked"
-                    ]
-                );
+                keys::keys_of(&result).record(start.elapsed().as_secs_f64());
                 if let Err(error) = &result {
                     tracing::info!(%error, "message not settled, it will be redelivered");
                 }
