@@ -171,6 +171,21 @@ async fn framework(kafka: &Kafka, topic: &str, n: usize, latencies: Latencies) -
     last - first
 }
 
+/// Runs one pass with a fresh latency recorder and prints its line.
+async fn pass<Fut>(what: &str, n: usize, run: impl FnOnce(Latencies) -> Fut) -> Side
+where
+    Fut: Future<Output = Duration>,
+{
+    let latencies = Latencies::with_capacity(n);
+    let took = run(latencies.clone()).await;
+    let side = Side::measured(n, took, &latencies);
+    println!(
+        "{what:<17}{:>10.0} msgs/s ({took:.2?}, {})",
+        side.rate, side.latency
+    );
+    side
+}
+
 fn main() {
     let n: usize = std::env::args()
         .skip(1)
@@ -214,32 +229,15 @@ fn main() {
             "produced {n} x {PAYLOAD} B in {produced:.2?} ({:.0} msgs/s)",
             rate(n, produced)
         );
-        let latencies = Latencies::with_capacity(n);
-        let raw = raw(&kafka, &topic, n, latencies.clone()).await;
-        let raw_side = Side::measured(n, raw, &latencies);
-        println!(
-            "raw rdkafka:     {:>10.0} msgs/s ({raw:.2?}, {})",
-            raw_side.rate, raw_side.latency
-        );
-        let mut only_side = None;
-        if std::env::var_os("BACKSTOP_BENCH_SOURCE_ONLY").is_some() {
-            let latencies = Latencies::with_capacity(n);
-            let only = source_only(&kafka, &topic, n, latencies.clone()).await;
-            let measured = Side::measured(n, only, &latencies);
-            println!(
-                "KafkaSource only: {:>10.0} msgs/s ({only:.2?}, {})",
-                measured.rate, measured.latency
-            );
-            only_side = Some(measured);
-        }
-        let latencies = Latencies::with_capacity(n);
-        let stack = framework(&kafka, &topic, n, latencies.clone()).await;
-        let stack_side = Side::measured(n, stack, &latencies);
-        println!(
-            "backstop stack:  {:>10.0} msgs/s ({stack:.2?}, {})",
-            stack_side.rate, stack_side.latency
-        );
-        println!("ratio backstop/raw: {:.2}", rate(n, stack) / rate(n, raw));
+        let raw_side = pass("raw rdkafka:", n, |l| raw(&kafka, &topic, n, l)).await;
+        let only_side = match std::env::var_os("BACKSTOP_BENCH_SOURCE_ONLY") {
+            Some(_) => {
+                Some(pass("KafkaSource only:", n, |l| source_only(&kafka, &topic, n, l)).await)
+            }
+            None => None,
+        };
+        let stack_side = pass("backstop stack:", n, |l| framework(&kafka, &topic, n, l)).await;
+        println!("ratio backstop/raw: {:.2}", stack_side.rate / raw_side.rate);
         latency::bench_row(
             &format!("Kafka: raw rdkafka vs backstop stack ({PARTITIONS} partitions, concurrency {CONCURRENCY})"),
             Some(raw_side),
