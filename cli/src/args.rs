@@ -2,6 +2,15 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::redact::redact;
+
+/// The environment variable `--amqp` falls back to.
+pub const AMQP_URL_ENV: &str = "BACKSTOP_AMQP_URL";
+/// The environment variable `--kafka` falls back to.
+pub const KAFKA_BROKERS_ENV: &str = "BACKSTOP_KAFKA_BROKERS";
+/// The environment variable `--rabbitmq-api` falls back to.
+pub const RABBITMQ_API_ENV: &str = "BACKSTOP_RABBITMQ_API";
+
 /// backstop: DLQ redrive, Kafka log replay and a broker audit.
 #[derive(Debug, Parser)]
 #[command(name = "backstop", version, about)]
@@ -9,6 +18,11 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// A librdkafka property for every Kafka client, KEY=VALUE (repeatable),
+    /// e.g. security.protocol=SASL_SSL; a secret (key containing password,
+    /// secret or key) may be KEY=@/path/to/file and is never shown.
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE", global = true)]
+    pub kafka_options: Vec<backstop_kafka::KafkaOption>,
 }
 
 /// The top-level commands.
@@ -24,16 +38,77 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Audit a live RabbitMQ and/or Kafka for message-loss risks.
     Doctor(DoctorArgs),
+    /// Look into a publisher's local spool (the messages the broker refused for good).
+    Spool(crate::spool::SpoolArgs),
+    /// Save or rebuild queues, exchanges, bindings, policies and topics.
+    Topology {
+        /// The topology action.
+        #[command(subcommand)]
+        action: TopologyAction,
+    },
 }
 
-/// Which DLQ: a RabbitMQ queue or a Kafka topic.
-#[derive(Debug, Clone, Args, Default)]
+/// `topology export|import`.
+#[derive(Debug, Subcommand)]
+pub enum TopologyAction {
+    /// Write the brokers' topology to a JSON file.
+    Export {
+        /// Which brokers.
+        #[command(flatten)]
+        brokers: TopologyArgs,
+        /// The file to write.
+        #[arg(long, value_name = "FILE")]
+        out: String,
+    },
+    /// Create what a topology export holds and the brokers lack (rerun-safe).
+    Import {
+        /// Which brokers.
+        #[command(flatten)]
+        brokers: TopologyArgs,
+        /// The export to read.
+        #[arg(long = "in", value_name = "FILE")]
+        input: String,
+    },
+}
+
+/// The brokers of `topology`. Its `Debug` output hides the API's password.
+#[derive(Clone, Args)]
+pub struct TopologyArgs {
+    /// RabbitMQ management API (http://user:password@host:15672).
+    #[arg(long, value_name = "URL", env = RABBITMQ_API_ENV, hide_env_values = true)]
+    pub rabbitmq_api: Option<String>,
+    /// The RabbitMQ vhost.
+    #[arg(long, default_value = "/")]
+    pub vhost: String,
+    /// Kafka bootstrap servers.
+    #[arg(long, value_name = "BROKERS", env = KAFKA_BROKERS_ENV)]
+    pub kafka: Option<String>,
+    /// Export only names starting with this.
+    #[arg(long)]
+    pub prefix: Option<String>,
+}
+
+impl std::fmt::Debug for TopologyArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopologyArgs")
+            .field("rabbitmq_api", &self.rabbitmq_api.as_deref().map(redact))
+            .field("vhost", &self.vhost)
+            .field("kafka", &self.kafka)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+/// Which DLQ: a RabbitMQ queue or a Kafka topic. Its `Debug` output hides
+/// the password of `--amqp`.
+#[derive(Clone, Args, Default)]
 pub struct DlqTarget {
-    /// RabbitMQ URL (amqp://user:password@host:port/vhost).
-    #[arg(long, value_name = "URL")]
+    /// RabbitMQ URL (amqp://user:password@host:port/vhost; percent-encode
+    /// `@ : / %` in the password).
+    #[arg(long, value_name = "URL", env = AMQP_URL_ENV, hide_env_values = true)]
     pub amqp: Option<String>,
     /// Kafka bootstrap servers (host:port,...).
-    #[arg(long, value_name = "BROKERS")]
+    #[arg(long, value_name = "BROKERS", env = KAFKA_BROKERS_ENV)]
     pub kafka: Option<String>,
     /// RabbitMQ: the consumed queue; its DLQ is `<queue>.dlq`.
     #[arg(long)]
@@ -47,6 +122,25 @@ pub struct DlqTarget {
     /// The DLQ queue or topic by its full name (instead of --queue or --topic/--group).
     #[arg(long)]
     pub dlq: Option<String>,
+    /// RabbitMQ: the longest one letter may stay unacked while a command
+    /// settles it; keep it below the broker's consumer_timeout (30 min by
+    /// default) minus a margin.
+    #[arg(long, value_name = "DURATION", default_value = "25m")]
+    pub hold_budget: String,
+}
+
+impl std::fmt::Debug for DlqTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DlqTarget")
+            .field("amqp", &self.amqp.as_deref().map(redact))
+            .field("kafka", &self.kafka)
+            .field("queue", &self.queue)
+            .field("topic", &self.topic)
+            .field("group", &self.group)
+            .field("dlq", &self.dlq)
+            .field("hold_budget", &self.hold_budget)
+            .finish()
+    }
 }
 
 /// Which dead letters an action applies to. All given filters must match.
@@ -55,7 +149,7 @@ pub struct FilterArgs {
     /// The error message contains this text (case-insensitive).
     #[arg(long, value_name = "TEXT")]
     pub error: Option<String>,
-    /// The error kind is this (decode, permanent, exhausted, panic, timeout, too_large).
+    /// The error kind is this (decode, permanent, exhausted, panic, timeout, too_large, crashed).
     #[arg(long)]
     pub kind: Option<String>,
     /// The original source (queue or topic) is this.
@@ -67,10 +161,10 @@ pub struct FilterArgs {
     /// The message id is one of these (repeatable).
     #[arg(long = "id", value_name = "MESSAGE_ID")]
     pub ids: Vec<String>,
-    /// Failed at or after this time (RFC 3339).
+    /// Failed at or after this time (RFC 3339 with an offset: Z or +02:00).
     #[arg(long, value_name = "RFC3339")]
     pub since: Option<String>,
-    /// Failed before this time (RFC 3339).
+    /// Failed before this time (RFC 3339 with an offset: Z or +02:00).
     #[arg(long, value_name = "RFC3339")]
     pub until: Option<String>,
 }
@@ -132,6 +226,16 @@ pub enum DlqAction {
         #[arg(long, value_name = "FILE")]
         out: String,
     },
+    /// Restore an export into the DLQ (confirmed publishes, same message ids;
+    /// letters the DLQ already holds are skipped, so a rerun is safe).
+    Import {
+        /// The DLQ.
+        #[command(flatten)]
+        target: DlqTarget,
+        /// The export to read (JSON lines, as written by `dlq export`).
+        #[arg(long = "in", value_name = "FILE")]
+        input: String,
+    },
     /// Redrive the selected letters to their original source (or --to).
     Replay(ReplayDlqArgs),
     /// Remove the selected letters from the DLQ.
@@ -189,7 +293,7 @@ pub enum ReplayMode {
 #[derive(Debug, Clone, Args)]
 pub struct ReplayArgs {
     /// Kafka bootstrap servers.
-    #[arg(long, value_name = "BROKERS")]
+    #[arg(long, value_name = "BROKERS", env = KAFKA_BROKERS_ENV)]
     pub kafka: String,
     /// The topic to replay.
     #[arg(long)]
@@ -197,7 +301,7 @@ pub struct ReplayArgs {
     /// The consumer group to reset.
     #[arg(long)]
     pub group: String,
-    /// Replay from the first message at or after this time (RFC 3339).
+    /// Replay from the first message at or after this time (RFC 3339 with an offset: Z or +02:00).
     #[arg(
         long,
         value_name = "RFC3339",
@@ -216,20 +320,21 @@ pub struct ReplayArgs {
     pub dry_run: bool,
 }
 
-/// `doctor`.
-#[derive(Debug, Clone, Args)]
+/// `doctor`. Its `Debug` output hides the passwords of the URLs.
+#[derive(Clone, Args)]
 pub struct DoctorArgs {
-    /// RabbitMQ management API (http://user:password@host:15672).
-    #[arg(long, value_name = "URL")]
+    /// RabbitMQ management API (http://user:password@host:15672; percent-encode
+    /// `@ : / %` in the password).
+    #[arg(long, value_name = "URL", env = RABBITMQ_API_ENV, hide_env_values = true)]
     pub rabbitmq_api: Option<String>,
     /// RabbitMQ AMQP URL (accepted for symmetry; the audit reads the management API).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", env = AMQP_URL_ENV, hide_env_values = true)]
     pub amqp: Option<String>,
     /// The RabbitMQ vhost to audit.
     #[arg(long, default_value = "/")]
     pub vhost: String,
     /// Kafka bootstrap servers.
-    #[arg(long, value_name = "BROKERS")]
+    #[arg(long, value_name = "BROKERS", env = KAFKA_BROKERS_ENV)]
     pub kafka: Option<String>,
     /// Only queues, exchanges and topics whose name starts with this.
     #[arg(long)]
@@ -240,4 +345,51 @@ pub struct DoctorArgs {
     /// JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+impl std::fmt::Debug for DoctorArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DoctorArgs")
+            .field("rabbitmq_api", &self.rabbitmq_api.as_deref().map(redact))
+            .field("amqp", &self.amqp.as_deref().map(redact))
+            .field("vhost", &self.vhost)
+            .field("kafka", &self.kafka)
+            .field("prefix", &self.prefix)
+            .field("groups", &self.groups)
+            .field("json", &self.json)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_passwords() {
+        let cli = Cli::try_parse_from([
+            "backstop",
+            "dlq",
+            "list",
+            "--amqp",
+            "amqp://u:p@s3cret@h/%2f",
+            "--queue",
+            "q",
+        ])
+        .unwrap();
+        let shown = format!("{cli:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("amqp://u:***@h/%2f"), "{shown}");
+        let cli = Cli::try_parse_from([
+            "backstop",
+            "doctor",
+            "--rabbitmq-api",
+            "http://u:s3cret@h:15672",
+            "--amqp",
+            "amqp://u:s3cret@h",
+        ])
+        .unwrap();
+        let shown = format!("{cli:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
 }

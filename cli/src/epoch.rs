@@ -6,10 +6,14 @@
 //! decimal epoch); a worker reads it at start with [`current`] and wraps its
 //! idempotency store in [`backstop::idempotency::Namespaced`] with the
 //! namespace `epoch-<epoch>`, so keys of the new epoch are new and every
-//! message runs again.
+//! message runs again. The order of a stored key is fixed: store wrappers
+//! outermost (`epoch-<epoch>:`), then the consumer's keyspace that the
+//! idempotency layer adds (`<topic>#<group>:`, see
+//! [`backstop::idempotency::Keyspace`]), then the key:
+//! `epoch-3:orders#billing:order-42`.
 
 use backstop::Message;
-use backstop_kafka::{KafkaConfig, KafkaPublisher, TopicSpec, Topics};
+use backstop_kafka::{KafkaPublisher, TopicSpec, Topics};
 
 use crate::error::CliError;
 use crate::kafka_read;
@@ -49,7 +53,7 @@ pub async fn current(brokers: &str, topic: &str, group: &str) -> Result<u64, Cli
 /// Bumps the epoch (creating the compacted topic on first use); returns the new one.
 pub async fn bump(brokers: &str, topic: &str, group: &str) -> Result<u64, CliError> {
     let next = current(brokers, topic, group).await? + 1;
-    let config = KafkaConfig::new(brokers, group);
+    let config = crate::kafka_options::kafka_config(brokers, group);
     let kafka = |what: &str| {
         let what = what.to_owned();
         move |e: backstop_kafka::Error| CliError::Kafka {

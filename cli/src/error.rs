@@ -76,6 +76,15 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
+    /// The on-disk index a DLQ command keeps while it walks (see
+    /// [`crate::dlq::scratch`]) failed.
+    #[error(
+        "the temporary index of this command failed: {0} (check the free space of the temporary directory, TMPDIR)"
+    )]
+    Scratch(String),
+    /// A publisher's spool file could not be read.
+    #[error("{0} (check the path given to `backstop spool`)")]
+    Spool(#[source] backstop_spool::SpoolError),
 }
 
 impl CliError {
@@ -110,7 +119,4 @@ mod lapin_error {
     pub(crate) use backstop_rabbitmq::lapin::Error;
 }
 
-/// Hides the password of every `scheme://user:password@` in `text`.
-pub fn redact_all(text: &str) -> String {
-    text.split(' ').map(redact).collect::<Vec<_>>().join(" ")
-}
+pub use crate::redact::redact_all;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use backstop::Message;
 use backstop_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use backstop_kafka::rdkafka::message::Message as _;
-use backstop_kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use backstop_kafka::rdkafka::{Offset, TopicPartitionList};
 
 use crate::error::CliError;
 
@@ -16,14 +16,20 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A consumer for `brokers` that never commits (its group id is unused).
 pub fn reader(brokers: &str) -> Result<BaseConsumer, CliError> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    crate::kafka_options::client_config(brokers)
         .set("group.id", "backstop-cli-reader")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         .set("allow.auto.create.topics", "false")
         .set("auto.offset.reset", "earliest")
+        // Bounds librdkafka's prefetch (by default up to 100,000 records or
+        // 64 MiB per partition) to 10,000 records or 1 MiB per partition, so
+        // a read of a large topic holds little more than the record being
+        // handled (a larger record is still fetched, alone).
+        .set("queued.min.messages", "10000")
+        .set("queued.max.messages.kbytes", "1024")
+        .set("fetch.max.bytes", "1048576")
         .create()
         .map_err(CliError::kafka("creating a consumer"))
 }
@@ -48,10 +54,30 @@ pub fn to_message<M: backstop_kafka::rdkafka::Message>(record: &M) -> Message {
     backstop_kafka::to_message(record)
 }
 
+/// How long a read may go without receiving a record before it gives up.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Every record of `topic` up to the end offsets at the start, in partition
 /// order (blocking; call it in `spawn_blocking`). Tombstones (no payload)
 /// are returned with an empty payload and `tombstone` set in the second field.
+/// Holds the whole topic: for small (compacted) topics; see [`read_each`].
 pub fn read_all(brokers: &str, topic: &str) -> Result<Vec<(Message, bool)>, CliError> {
+    let mut out = Vec::new();
+    read_each(brokers, topic, |m, tombstone| {
+        out.push((m, tombstone));
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
+/// Calls `visit` with every record of `topic` up to the end offsets at the
+/// start (blocking), one at a time; `visit` returns `false` to stop early.
+/// Gives up when no record arrives for [`IDLE_TIMEOUT`] before the end.
+pub fn read_each(
+    brokers: &str,
+    topic: &str,
+    mut visit: impl FnMut(Message, bool) -> Result<bool, CliError>,
+) -> Result<(), CliError> {
     let consumer = reader(brokers)?;
     let n =
         partitions(&consumer, topic)?.ok_or_else(|| CliError::MissingTopic(topic.to_owned()))?;
@@ -67,26 +93,31 @@ pub fn read_all(brokers: &str, topic: &str) -> Result<Vec<(Message, bool)>, CliE
                 .map_err(CliError::kafka("assigning partitions"))?;
         }
     }
-    let mut out = Vec::new();
     if ends.is_empty() {
-        return Ok(out);
+        return Ok(());
     }
     consumer
         .assign(&tpl)
         .map_err(CliError::kafka(format!("reading {topic}")))?;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut deadline = Instant::now() + IDLE_TIMEOUT;
     while !ends.is_empty() {
         if Instant::now() > deadline {
             return Err(CliError::Kafka {
                 what: format!("reading {topic}"),
-                reason: "the topic could not be read to its end within 60 s".into(),
+                reason: format!(
+                    "no record arrived for {} s before the topic's end",
+                    IDLE_TIMEOUT.as_secs()
+                ),
             });
         }
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(record)) => {
+                deadline = Instant::now() + IDLE_TIMEOUT;
                 let (p, o) = (record.partition(), record.offset());
                 let tombstone = record.payload().is_none();
-                out.push((to_message(&record), tombstone));
+                if !visit(to_message(&record), tombstone)? {
+                    return Ok(());
+                }
                 if ends.get(&p).is_some_and(|end| o + 1 >= *end) {
                     ends.remove(&p);
                 }
@@ -106,5 +137,5 @@ pub fn read_all(brokers: &str, topic: &str) -> Result<Vec<(Message, bool)>, CliE
             }
         }
     }
-    Ok(out)
+    Ok(())
 }

@@ -1,5 +1,7 @@
-//! The `backstop` command line as a library: DLQ redrive ([`dlq`]), Kafka
-//! log replay ([`replay`]) and a broker audit ([`doctor`]). `main.rs` only
+//! The `backstop` command line as a library: DLQ redrive ([`dlq`], usable by
+//! other front ends), Kafka log replay ([`replay`]), a broker audit
+//! ([`doctor`]), topology backup and restore ([`topology`]) and a look into
+//! a publisher's spool ([`spool`]). `main.rs` only
 //! parses arguments and calls [`run`].
 //!
 //! See `cli/README.md` for the commands and the export format.
@@ -13,9 +15,13 @@ pub mod doctor;
 pub mod epoch;
 pub mod error;
 pub mod http;
+pub mod kafka_options;
 pub mod kafka_read;
 pub mod redact;
 pub mod replay;
+pub mod spool;
+pub mod time;
+pub mod topology;
 
 pub use crate::error::CliError;
 
@@ -30,6 +36,7 @@ pub struct Output {
 
 /// Runs a parsed command line.
 pub async fn run(cli: &args::Cli) -> Result<Output, CliError> {
+    kafka_options::set(&cli.kafka_options);
     match &cli.command {
         args::Command::Dlq { action } => Ok(Output {
             text: dlq::run(action).await?,
@@ -40,5 +47,13 @@ pub async fn run(cli: &args::Cli) -> Result<Output, CliError> {
             status: 0,
         }),
         args::Command::Doctor(a) => doctor::run(a).await,
+        args::Command::Spool(a) => Ok(Output {
+            text: spool::run(a).await?,
+            status: 0,
+        }),
+        args::Command::Topology { action } => Ok(Output {
+            text: topology::run(action).await?,
+            status: 0,
+        }),
     }
 }

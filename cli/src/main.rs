@@ -11,7 +11,11 @@ async fn main() {
             std::process::exit(out.status);
         }
         Err(error) => {
-            eprintln!("error: {error}");
+            // A last guard: no password in what is printed, whatever the error.
+            eprintln!(
+                "error: {}",
+                backstop_cli::redact::redact_all(&error.to_string())
+            );
             std::process::exit(1);
         }
     }

@@ -1,8 +1,11 @@
 //! Hiding credentials in URLs before anything is printed.
 
-/// `url` with the password replaced by `***` (`amqp://guest:***@host/`).
+pub use backstop::redact::redact_text as redact_all;
+
+/// `url` with the password replaced by `***` (`amqp://guest:***@host/`), found
+/// by a URL parser (see [`backstop::redact::redact_url`]).
 pub fn redact(url: &str) -> String {
-    backstop_rabbitmq::redact(url)
+    backstop::redact::redact_url(url)
 }
 
 #[cfg(test)]
@@ -17,7 +20,7 @@ mod tests {
         );
         assert_eq!(redact("http://h:15672"), "http://h:15672");
         assert_eq!(
-            crate::error::redact_all("at amqp://a:b@c failed"),
+            redact_all("at amqp://a:b@c failed"),
             "at amqp://a:***@c failed"
         );
     }

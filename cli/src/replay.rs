@@ -5,15 +5,14 @@
 use std::fmt::Write as _;
 
 use backstop_kafka::rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use backstop_kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use backstop_kafka::rdkafka::{Offset, TopicPartitionList};
 
 use crate::args::{ReplayArgs, ReplayMode};
 use crate::error::CliError;
 use crate::kafka_read::{self, TIMEOUT};
 
 fn group_consumer(brokers: &str, group: &str) -> Result<BaseConsumer, CliError> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    crate::kafka_options::client_config(brokers)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("allow.auto.create.topics", "false")
@@ -22,7 +21,10 @@ fn group_consumer(brokers: &str, group: &str) -> Result<BaseConsumer, CliError> 
 }
 
 /// Per partition: (previous committed offset, new offset).
-fn reset(a: &ReplayArgs) -> Result<Vec<(i32, Option<i64>, i64)>, CliError> {
+fn reset(
+    a: &ReplayArgs,
+    from_time: Option<std::time::SystemTime>,
+) -> Result<Vec<(i32, Option<i64>, i64)>, CliError> {
     let consumer = group_consumer(&a.kafka, &a.group)?;
     let groups = consumer
         .fetch_group_list(Some(&a.group), TIMEOUT)
@@ -46,11 +48,8 @@ fn reset(a: &ReplayArgs) -> Result<Vec<(i32, Option<i64>, i64)>, CliError> {
         .map_err(CliError::kafka("reading committed offsets"))?;
     let mut plan = Vec::new();
     let mut target = TopicPartitionList::new();
-    let by_time = match &a.from_time {
-        Some(t) => {
-            let at = backstop::wire::parse_time(t).ok_or_else(|| {
-                CliError::Usage(format!("--from-time {t:?} is not an RFC 3339 time"))
-            })?;
+    let by_time = match from_time {
+        Some(at) => {
             let ms = at
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as i64)
@@ -104,8 +103,13 @@ fn reset(a: &ReplayArgs) -> Result<Vec<(i32, Option<i64>, i64)>, CliError> {
 
 /// Runs `replay`.
 pub async fn run(a: &ReplayArgs) -> Result<String, CliError> {
+    let from_time = a
+        .from_time
+        .as_deref()
+        .map(|t| crate::time::parse_flag("--from-time", t))
+        .transpose()?;
     let args = a.clone();
-    let plan = tokio::task::spawn_blocking(move || reset(&args))
+    let plan = tokio::task::spawn_blocking(move || reset(&args, from_time))
         .await
         .map_err(|e| CliError::Kafka {
             what: "resetting offsets".into(),

@@ -130,6 +130,10 @@ async fn doctor_reports_each_risk_and_passes_the_safe_shapes() {
     );
     assert!(has(&f, "warning", &unclean, "min.insync.replicas"));
     assert!(has(&f, "warning", &small_dlq, "fewer than its source"));
+    assert!(
+        has(&f, "high", &small_dlq, "finite retention.ms"),
+        "a DLQ on the broker's default retention loses letters: {f:#?}"
+    );
     assert!(has(&f, "high", &unclean, "has no DLQ topic"));
 
     // The safe shapes backstop declares: nothing high.

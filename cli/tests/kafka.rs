@@ -21,16 +21,6 @@ fn kafka(group: &str) -> Kafka {
         .configure(|c| c.session_timeout = Duration::from_secs(6))
 }
 
-async fn dlq_len(k: &Kafka, topic: &str) -> i64 {
-    k.topics()
-        .unwrap()
-        .end_offsets(&k.dlq_topic(topic))
-        .await
-        .unwrap()
-        .values()
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_filtered_replay_goes_to_the_groups_retry_path() {
     let topic = unique("kt");
@@ -203,6 +193,138 @@ async fn kafka_interrupted_replay_resumes_and_the_loop_guard_holds() {
     k.topics()
         .unwrap()
         .delete(&[&topic, &target])
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_copies_of_one_letter_are_one_letter() {
+    let topic = unique("kc");
+    let group = unique("kcg");
+    let target = unique("kct");
+    let k = kafka(&group);
+    k.ensure_topics([TopicSpec::new(&topic)]).await.unwrap();
+    k.topics()
+        .unwrap()
+        .create(&[TopicSpec::new(&target)])
+        .await
+        .unwrap();
+    let dlq = k.dlq_topic(&topic);
+    let publisher = k.publisher().unwrap();
+    for (id, n, copies) in [("twice", 1, 2), ("once", 2, 1), ("thrice", 3, 3)] {
+        for _ in 0..copies {
+            publisher
+                .publish(&dlq, &letter(&topic, id, n, 0))
+                .await
+                .unwrap();
+        }
+    }
+    let b = brokers();
+    let base = ["--kafka", b.as_str(), "--dlq", dlq.as_str()];
+    let json = cli_ok(&[&["dlq", "list", "--json"][..], &base[..]].concat());
+    assert_eq!(json.lines().count(), 3, "{json}");
+    let table = cli_ok(&[&["dlq", "list"][..], &base[..]].concat());
+    assert!(
+        table.contains("thrice (3 copies)") && table.contains("3 message(s)"),
+        "{table}"
+    );
+    assert!(
+        json.lines()
+            .any(|l| l.contains("\"message_id\":\"twice\"") && l.contains("\"copies\":2")),
+        "{json}"
+    );
+    let out = cli_ok(
+        &[
+            &["dlq", "replay", "--id", "twice", "--to", target.as_str()][..],
+            &base[..],
+        ]
+        .concat(),
+    );
+    assert!(out.contains("replayed 1 message(s)"), "{out}");
+    let moved = cli_ok(&["dlq", "list", "--json", "--kafka", &b, "--dlq", &target]);
+    assert_eq!(moved.lines().count(), 1, "one redrive: {moved}");
+    let out = cli_ok(&[&["dlq", "purge", "--yes", "--id", "thrice"][..], &base[..]].concat());
+    assert!(
+        out.contains("purged 1 message(s)") && out.contains("2 extra copy(ies)"),
+        "{out}"
+    );
+    assert_eq!(
+        ids(&cli_ok(
+            &[&["dlq", "list", "--json"][..], &base[..]].concat()
+        )),
+        BTreeSet::from(["once".to_owned()])
+    );
+    let all = cli_ok(&[&["dlq", "list", "--json", "--all"][..], &base[..]].concat());
+    assert!(
+        all.lines().any(|l| l.contains("\"message_id\":\"thrice\"")
+            && l.contains("\"state\":\"purged\"")
+            && l.contains("\"copies\":3")),
+        "all three copies purged as one letter: {all}"
+    );
+    k.topics()
+        .unwrap()
+        .delete(&[&topic, &target])
+        .await
+        .unwrap();
+}
+
+/// `export` of a Kafka DLQ much larger than the memory it may use: the
+/// letters are streamed (an index of keys, then one letter at a time), so
+/// the peak memory over `BACKSTOP_CLI_LARGE_LETTERS` letters of 64 KiB
+/// (default 500: 31 MiB) stays within 20 MiB of an export of an empty DLQ
+/// (librdkafka's prefetch is bounded to 8 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_large_dlqs_are_read_in_bounded_memory() {
+    let total: u64 = std::env::var("BACKSTOP_CLI_LARGE_LETTERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let topic = unique("kl");
+    let group = unique("klg");
+    let k = kafka(&group);
+    k.ensure_topics([TopicSpec::new(&topic)]).await.unwrap();
+    let empty = unique("kle");
+    k.topics()
+        .unwrap()
+        .create(&[TopicSpec::new(&empty)])
+        .await
+        .unwrap();
+    let dlq = k.dlq_topic(&topic);
+    let publisher = k.publisher().unwrap();
+    let body = "x".repeat(64 * 1024);
+    let sends = (0..total).map(|i| {
+        let m = backstop::Message::new(body.clone())
+            .with_message_id(format!("{topic}-{i}"))
+            .with_header(backstop::wire::ORIGINAL_SOURCE, topic.as_str());
+        let (publisher, dlq) = (publisher.clone(), dlq.clone());
+        async move { publisher.publish(&dlq, &m).await }
+    });
+    for sent in futures::future::join_all(sends).await {
+        sent.unwrap();
+    }
+    let b = brokers();
+    let file = std::env::temp_dir().join(format!("{topic}.jsonl"));
+    let path = file.to_str().unwrap();
+    let export =
+        |name: &str| peak_rss_kib(&["dlq", "export", "--kafka", &b, "--dlq", name, "--out", path]);
+    let (baseline, ok) = export(&empty);
+    assert!(ok);
+    let (large, ok) = export(&dlq);
+    assert!(ok);
+    let exported = std::fs::read_to_string(&file).unwrap().lines().count() as u64;
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(exported, total);
+    let payload_kib = total * 64;
+    eprintln!(
+        "peak RSS: export of an empty Kafka DLQ {baseline} KiB, of {total} letters ({payload_kib} KiB of payload) {large} KiB"
+    );
+    assert!(
+        large < baseline + 20 * 1024,
+        "memory grows with the DLQ: {baseline} KiB empty, {large} KiB for {payload_kib} KiB"
+    );
+    k.topics()
+        .unwrap()
+        .delete(&[&topic, &empty, &dlq])
         .await
         .unwrap();
 }

@@ -291,3 +291,422 @@ async fn settled_count(rabbit: &backstop_rabbitmq::RabbitMq, queue: &str, expect
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A message on `queue` as the raw properties a publisher wrote, for copies.
+async fn publish_copies(rabbit: &RabbitMq, dlq: &str, letter: &backstop::Message, copies: usize) {
+    let publisher = rabbit.publisher();
+    for _ in 0..copies {
+        publisher.publish_to_queue(dlq, letter).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_of_one_letter_are_one_letter() {
+    let rabbit = rabbit().await;
+    let q = unique("rc");
+    let target = unique("rct");
+    rabbit.declare(&Topology::quorum(&q)).await.unwrap();
+    rabbit.declare(&Topology::quorum(&target)).await.unwrap();
+    let dlq = format!("{q}.dlq");
+    publish_copies(&rabbit, &dlq, &letter(&q, "twice", 1, 0), 2).await;
+    publish_copies(&rabbit, &dlq, &letter(&q, "once", 2, 0), 1).await;
+    publish_copies(&rabbit, &dlq, &letter(&q, "thrice", 3, 0), 3).await;
+    let url = amqp();
+    let base = ["--amqp", url.as_str(), "--queue", q.as_str()];
+    let json = cli_ok(&[&["dlq", "list", "--json"][..], &base[..]].concat());
+    let rows: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 3, "{json}");
+    let copies = |id: &str| {
+        rows.iter()
+            .find(|r| r["message_id"] == id)
+            .map(|r| r["copies"].as_u64().unwrap_or(1))
+    };
+    assert_eq!(copies("twice"), Some(2), "{json}");
+    assert_eq!(copies("once"), Some(1), "{json}");
+    assert_eq!(copies("thrice"), Some(3), "{json}");
+    let table = cli_ok(&[&["dlq", "list"][..], &base[..]].concat());
+    assert!(
+        table.contains("twice (2 copies)") && table.contains("3 message(s)"),
+        "{table}"
+    );
+    // Listing changed nothing.
+    assert_eq!(settled_count(&rabbit, &dlq, 6).await, 6);
+
+    let out = cli_ok(
+        &[
+            &["dlq", "replay", "--id", "twice", "--to", target.as_str()][..],
+            &base[..],
+        ]
+        .concat(),
+    );
+    assert!(out.contains("replayed 1 message(s)"), "{out}");
+    assert_eq!(settled_count(&rabbit, &target, 1).await, 1, "one redrive");
+    assert_eq!(settled_count(&rabbit, &dlq, 4).await, 4, "both copies gone");
+
+    let out = cli_ok(&[&["dlq", "purge", "--yes", "--id", "thrice"][..], &base[..]].concat());
+    assert!(out.contains("purged 1 message(s)"), "{out}");
+    assert_eq!(
+        settled_count(&rabbit, &dlq, 1).await,
+        1,
+        "all three copies gone"
+    );
+    assert_eq!(
+        ids(&cli_ok(
+            &[&["dlq", "list", "--json"][..], &base[..]].concat()
+        )),
+        BTreeSet::from(["once".to_owned()])
+    );
+}
+
+/// A slow replay (rate-limited, longer than the hold budget) never holds
+/// the letters it keeps: they go back to the queue at once, so the DLQ's
+/// ready count plus what reached the target never drops by more than the
+/// one letter being settled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_replay_holds_at_most_one_letter_within_the_budget() {
+    let rabbit = rabbit().await;
+    let q = unique("rb");
+    let target = unique("rbt");
+    rabbit.declare(&Topology::quorum(&q)).await.unwrap();
+    rabbit.declare(&Topology::quorum(&target)).await.unwrap();
+    let dlq = format!("{q}.dlq");
+    let publisher = rabbit.publisher();
+    let total = 16u32;
+    for n in 0..u64::from(total) {
+        publisher
+            .publish_to_queue(&dlq, &letter(&q, &format!("{q}-{n}"), n, 0))
+            .await
+            .unwrap();
+    }
+    let url = amqp();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args([
+            "dlq",
+            "replay",
+            "--amqp",
+            &url,
+            "--queue",
+            &q,
+            "--to",
+            &target,
+            "--error",
+            "card declined",
+            "--rate",
+            "5",
+            "--hold-budget",
+            "2s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut lowest = total;
+    while child.try_wait().unwrap().is_none() {
+        let in_dlq = rabbit.message_count(&dlq).await.unwrap();
+        let moved = rabbit.message_count(&target).await.unwrap();
+        lowest = lowest.min(in_dlq + moved);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(started.elapsed() < Duration::from_secs(60), "replay hangs");
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "the walk outlasted the budget"
+    );
+    assert!(
+        lowest + 1 >= total,
+        "letters were held unacked: only {lowest} of {total} visible at one point"
+    );
+    assert_eq!(settled_count(&rabbit, &target, 4).await, 4);
+    assert_eq!(settled_count(&rabbit, &dlq, total - 4).await, total - 4);
+}
+
+/// Kills `backstop dlq replay` with SIGKILL at random points of a
+/// 10,000-letter redrive (`BACKSTOP_CLI_KILL_LETTERS`) until it finishes,
+/// then runs a worker with a Redis idempotency store over the source: every
+/// letter runs exactly once. The letters were dead-lettered under that store
+/// (their keys are `dead_lettered`), so a copy runs only as the next redrive
+/// (`x-backstop-replayed: 1`) of its message id, once: a copy republished
+/// after a lost ack is suppressed. A redrive with new message ids would run
+/// such copies twice; one without the replay count would run nothing.
+/// The kill points come from `BACKSTOP_CLI_KILL_SEED` (printed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_killed_at_random_points_runs_every_letter_once() {
+    use backstop::idempotency::{Claim, Key, Store as _};
+    use backstop_redis::{RedisConfig, RedisStore};
+
+    let total: u64 = std::env::var("BACKSTOP_CLI_KILL_LETTERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let rabbit = rabbit().await;
+    let q = unique("rx");
+    rabbit.declare(&Topology::quorum(&q)).await.unwrap();
+    let dlq = format!("{q}.dlq");
+    let redis =
+        std::env::var("BACKSTOP_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let store = RedisStore::connect_with(
+        RedisConfig::new(redis)
+            .prefix(format!("{q}:"))
+            .ttl(Duration::from_secs(600)),
+    )
+    .await
+    .unwrap();
+    let publisher = rabbit.publisher();
+    let ids: Vec<String> = (0..total).map(|i| format!("{q}-{i}")).collect();
+    for chunk in ids.chunks(1000) {
+        // The worker that dead-lettered them marked their keys.
+        futures::future::try_join_all(chunk.iter().map(|id| {
+            let store = store.clone();
+            async move {
+                let key = Key::new(id);
+                let Claim::Acquired { fence, .. } = store
+                    .claim(&key, "dead-lettering worker", Duration::from_secs(60), 0)
+                    .await?
+                else {
+                    panic!("{id} was claimed before");
+                };
+                assert!(store.dead_letter(&key, fence).await?);
+                Ok::<_, backstop::StoreError>(())
+            }
+        }))
+        .await
+        .unwrap();
+        // n = 4i + 1: JSON payloads the worker can decode.
+        futures::future::try_join_all(chunk.iter().map(|id| {
+            let i: u64 = id.rsplit('-').next().unwrap().parse().unwrap();
+            let m = letter(&q, id, 4 * i + 1, 0);
+            let (publisher, dlq) = (publisher.clone(), dlq.clone());
+            async move { publisher.publish_to_queue(&dlq, &m).await }
+        }))
+        .await
+        .unwrap();
+    }
+    let url = amqp();
+    let args = [
+        "dlq",
+        "replay",
+        "--amqp",
+        url.as_str(),
+        "--queue",
+        q.as_str(),
+    ];
+    let mut seed: u64 = std::env::var("BACKSTOP_CLI_KILL_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            u64::from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .subsec_nanos(),
+            )
+        });
+    eprintln!("kill points from BACKSTOP_CLI_KILL_SEED={seed}");
+    let mut kills = 0;
+    while kills < 4 {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Kill while redrives are under way: once this run moved letters,
+        // after a random further delay.
+        let before = rabbit.message_count(&q).await.unwrap();
+        let mut exited = false;
+        while rabbit.message_count(&q).await.unwrap() == before {
+            if child.try_wait().unwrap().is_some() {
+                exited = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis((seed >> 33) % 800)).await;
+        if exited || child.try_wait().unwrap().is_some() {
+            break;
+        }
+        child.kill().unwrap(); // SIGKILL
+        let _ = child.wait();
+        kills += 1;
+    }
+    eprintln!("replay killed {kills} time(s)");
+    // Finish the replay (the broker requeues what the killed runs held).
+    cli_ok(&args);
+    assert_eq!(settled_count(&rabbit, &dlq, 0).await, 0, "DLQ drained");
+    let delivered = rabbit.message_count(&q).await.unwrap();
+    eprintln!("{delivered} copies for {total} letters");
+    assert!(u64::from(delivered) >= total, "{delivered} < {total}");
+    assert!(
+        kills == 0 || u64::from(delivered) > total,
+        "no kill interrupted a redrive in flight ({kills} kills): the test proved nothing"
+    );
+
+    let state = Arc::new(Worker::default());
+    let stack = StackBuilder::<serde_json::Value>::new(Arc::new(rabbit.dead_letter_sink()))
+        .idempotency(Arc::new(store), KeySource::MessageId)
+        .build(handler_fn(handler(Arc::clone(&state))));
+    run_until(
+        rabbit.source(&q, 32).await.unwrap(),
+        stack,
+        Duration::from_secs(180),
+        || async { rabbit.message_count(&q).await.unwrap() == 0 },
+    )
+    .await;
+    let handled = state.handled.lock().unwrap().clone();
+    let distinct: BTreeSet<&String> = handled.iter().collect();
+    assert_eq!(distinct.len() as u64, total, "every letter ran");
+    assert_eq!(
+        handled.len() as u64,
+        total,
+        "no letter ran twice ({delivered} copies delivered after {kills} kills)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_imports_back_once() {
+    let rabbit = rabbit().await;
+    let q = unique("ri");
+    rabbit.declare(&Topology::quorum(&q)).await.unwrap();
+    let dlq = format!("{q}.dlq");
+    for n in 0..5u64 {
+        publish_copies(&rabbit, &dlq, &letter(&q, &format!("{q}-{n}"), n, 0), 1).await;
+    }
+    let url = amqp();
+    let base = ["--amqp", url.as_str(), "--queue", q.as_str()];
+    let file = std::env::temp_dir().join(format!("{q}.jsonl"));
+    let path = file.to_str().unwrap();
+    cli_ok(&[&["dlq", "export", "--out", path][..], &base[..]].concat());
+    let before = cli_ok(&[&["dlq", "list", "--json"][..], &base[..]].concat());
+    cli_ok(&[&["dlq", "purge", "--all", "--yes"][..], &base[..]].concat());
+    assert_eq!(settled_count(&rabbit, &dlq, 0).await, 0);
+
+    // A partial restore (as if the first run died), then the full rerun.
+    let first_two: String = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .take(2)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let partial = std::env::temp_dir().join(format!("{q}-partial.jsonl"));
+    std::fs::write(&partial, first_two).unwrap();
+    let out = cli_ok(
+        &[
+            &["dlq", "import", "--in", partial.to_str().unwrap()][..],
+            &base[..],
+        ]
+        .concat(),
+    );
+    assert!(out.contains("imported 2 message(s)"), "{out}");
+    let out = cli_ok(&[&["dlq", "import", "--in", path][..], &base[..]].concat());
+    assert!(
+        out.contains("imported 3 message(s)") && out.contains("2 already in the DLQ"),
+        "{out}"
+    );
+    assert_eq!(settled_count(&rabbit, &dlq, 5).await, 5, "no copies");
+    let after = cli_ok(&[&["dlq", "list", "--json"][..], &base[..]].concat());
+    assert_eq!(after, before, "the same letters, headers and payloads");
+    let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_file(&partial);
+}
+
+/// `export` and `purge` of a DLQ much larger than the memory they may use:
+/// one letter at a time (plus ids), so the peak memory over a DLQ of
+/// `BACKSTOP_CLI_LARGE_LETTERS` letters of 64 KiB (default 500: 31 MiB)
+/// stays within 10 MiB of the same command on an empty DLQ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_dlqs_are_walked_in_bounded_memory() {
+    let total: u64 = std::env::var("BACKSTOP_CLI_LARGE_LETTERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let rabbit = rabbit().await;
+    let q = unique("rl");
+    let empty = unique("rle");
+    rabbit.declare(&Topology::quorum(&q)).await.unwrap();
+    rabbit.declare(&Topology::quorum(&empty)).await.unwrap();
+    let dlq = format!("{q}.dlq");
+    let body = "x".repeat(64 * 1024);
+    let publisher = rabbit.publisher();
+    for i in 0..total {
+        let m = backstop::Message::new(body.clone())
+            .with_message_id(format!("{q}-{i}"))
+            .with_header(backstop::wire::ORIGINAL_SOURCE, q.as_str());
+        publisher.publish_to_queue(&dlq, &m).await.unwrap();
+    }
+    let url = amqp();
+    let file = std::env::temp_dir().join(format!("{q}.jsonl"));
+    let path = file.to_str().unwrap();
+    let export = |queue: &str| {
+        peak_rss_kib(&[
+            "dlq", "export", "--amqp", &url, "--queue", queue, "--out", path,
+        ])
+    };
+    let (baseline, ok) = export(&empty);
+    assert!(ok);
+    let (large, ok) = export(&q);
+    assert!(ok);
+    let exported = std::fs::read_to_string(&file).unwrap().lines().count() as u64;
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(exported, total);
+    let (purge, ok) = peak_rss_kib(&[
+        "dlq", "purge", "--all", "--yes", "--amqp", &url, "--queue", &q,
+    ]);
+    assert!(ok);
+    let payload_kib = total * 64;
+    eprintln!(
+        "peak RSS: export of an empty DLQ {baseline} KiB, export of {total} letters ({payload_kib} KiB of payload) {large} KiB, purge {purge} KiB"
+    );
+    assert!(
+        large < baseline + 10 * 1024 && purge < baseline + 10 * 1024,
+        "memory grows with the DLQ: {baseline} KiB empty, {large} KiB export, {purge} KiB purge of {payload_kib} KiB"
+    );
+    assert_eq!(settled_count(&rabbit, &dlq, 0).await, 0);
+}
+
+/// A letter that cannot be settled within the hold budget is requeued and
+/// the command stops with an error saying so; nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_over_the_hold_budget_is_requeued_and_the_command_stops() {
+    let rabbit = rabbit().await;
+    let q = unique("rh");
+    rabbit.declare(&Topology::quorum(&q)).await.unwrap();
+    let dlq = format!("{q}.dlq");
+    for n in 0..3u64 {
+        publish_copies(&rabbit, &dlq, &letter(&q, &format!("{q}-{n}"), n, 0), 1).await;
+    }
+    let url = amqp();
+    let out = cli(&[
+        "dlq",
+        "list",
+        "--amqp",
+        &url,
+        "--queue",
+        &q,
+        "--hold-budget",
+        "1ns",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("hold budget") && err.contains("rerun"),
+        "{err}"
+    );
+    assert_eq!(settled_count(&rabbit, &dlq, 3).await, 3);
+    let listed = ids(&cli_ok(&[
+        "dlq", "list", "--json", "--amqp", &url, "--queue", &q,
+    ]));
+    assert_eq!(listed.len(), 3);
+}

@@ -5,21 +5,33 @@ use std::time::SystemTime;
 
 use crate::{ErrorKind, Failure, Headers, Message, Meta, wire};
 
-/// Writes the origin headers once: the source, partition and offset the
-/// message was first consumed from, and its message id. A header already
-/// present (a retry hop) is never overwritten.
+/// Writes the origin headers on every hop: `x-backstop-original-source` is
+/// the message's [`Meta::origin`] (where it was consumed, never a header's
+/// word), and the message id. The original partition and offset are the
+/// message's own when it was consumed from its source; a copy consumed from
+/// a retry topic keeps those of the first consumption. These headers are
+/// informational: nothing routes by them.
 pub fn stamp_origin(headers: &mut Headers, meta: &Meta) {
-    let mut once = |name: &str, value: String| {
-        headers.entry(name.to_owned()).or_insert(value);
-    };
-    if !meta.source.is_empty() {
-        once(wire::ORIGINAL_SOURCE, meta.source.clone());
+    let origin = meta.origin();
+    if origin.is_empty() {
+        headers.remove(wire::ORIGINAL_SOURCE);
+    } else {
+        headers.insert(wire::ORIGINAL_SOURCE.to_owned(), origin.to_owned());
     }
-    if let Some(p) = meta.partition {
-        once(wire::ORIGINAL_PARTITION, p.to_string());
-    }
-    if let Some(o) = meta.offset {
-        once(wire::ORIGINAL_OFFSET, o.to_string());
+    let position = [
+        (wire::ORIGINAL_PARTITION, meta.partition.map(i64::from)),
+        (wire::ORIGINAL_OFFSET, meta.offset),
+    ];
+    for (name, value) in position {
+        match value {
+            Some(_) if meta.retry_of.is_some() && headers.contains_key(name) => {}
+            Some(value) => {
+                headers.insert(name.to_owned(), value.to_string());
+            }
+            None => {
+                headers.remove(name);
+            }
+        }
     }
     if !meta.message_id.is_empty() {
         headers.insert(wire::MESSAGE_ID.to_owned(), meta.message_id.clone());
@@ -45,6 +57,23 @@ pub fn retry(
         .insert(wire::DUE.to_owned(), wire::format_time(due));
     keep_first_failure(&mut copy.headers, first_failure);
     copy.meta.attempt = next_attempt;
+    copy
+}
+
+/// The copy republished to postpone a message that failed no attempt (a
+/// dependency outage, a key busy elsewhere, a delivery about to outlive the
+/// broker's consumer timeout): the same attempt count, the due time
+/// stamped, origin kept, no failure recorded.
+pub fn postponed(message: &Message, due: SystemTime) -> Message {
+    let mut copy = message.clone();
+    stamp_origin(&mut copy.headers, &message.meta);
+    let attempt = message.meta.attempt.max(crate::attempt::FIRST);
+    copy.headers
+        .insert(wire::ATTEMPT.to_owned(), attempt.to_string());
+    let due = due + std::time::Duration::from_nanos(999_999);
+    copy.headers
+        .insert(wire::DUE.to_owned(), wire::format_time(due));
+    copy.meta.attempt = attempt;
     copy
 }
 
@@ -116,9 +145,10 @@ mod tests {
         assert_eq!(copy.header("app"), Some("x"));
         assert!(copy.header(wire::DUE).is_some());
 
-        // A second hop, consumed from a retry queue, keeps the first origin.
+        // A second hop, consumed from a retry topic, keeps the first origin.
         let mut hop = copy.clone();
-        hop.meta.source = "orders.retry.30s".into();
+        hop.meta.source = "orders.g.retry.30s".into();
+        hop.meta.retry_of = Some("orders".into());
         hop.meta.offset = Some(7);
         let again = retry(
             &hop,
@@ -160,6 +190,34 @@ mod tests {
             Some("1970-01-01T00:16:49.000Z")
         );
         assert_eq!(dead_letter_kind(&letter), Some(ErrorKind::Exhausted));
+    }
+
+    #[test]
+    fn origin_headers_from_a_producer_are_rewritten() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let forged = consumed()
+            .with_header(wire::ORIGINAL_SOURCE, "payments")
+            .with_header(wire::ORIGINAL_OFFSET, "1")
+            .with_header(wire::ORIGINAL_PARTITION, "9");
+        let failure = Failure {
+            kind: ErrorKind::Permanent,
+            message: "no".into(),
+            attempts: 1,
+            first_failure: t0,
+            last_failure: t0,
+        };
+        for copy in [dead_letter(&forged, &failure), retry(&forged, 2, t0, t0)] {
+            assert_eq!(copy.header(wire::ORIGINAL_SOURCE), Some("orders"));
+            assert_eq!(copy.header(wire::ORIGINAL_PARTITION), Some("2"));
+            assert_eq!(copy.header(wire::ORIGINAL_OFFSET), Some("40"));
+        }
+        // RabbitMQ has no partition or offset: a forged one is removed.
+        let mut rabbit = forged.clone();
+        rabbit.meta.partition = None;
+        rabbit.meta.offset = None;
+        let letter = dead_letter(&rabbit, &failure);
+        assert_eq!(letter.header(wire::ORIGINAL_OFFSET), None);
+        assert_eq!(letter.header(wire::ORIGINAL_PARTITION), None);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::OnceLock;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::{AckError, Message};
@@ -87,6 +88,12 @@ pub struct Delivery {
     /// Created on first use: the runner replaces it anyway, so a fresh
     /// token per delivery would be allocated only to be dropped.
     cancel: OnceLock<CancellationToken>,
+    /// Cancelled by the source when it loses the delivery (a revoked partition).
+    fence: Option<CancellationToken>,
+    /// When the broker would take the delivery back if it were still unsettled.
+    deadline: Option<Instant>,
+    /// Settle without running: postpone (the runner stopped consuming).
+    postpone: bool,
 }
 
 impl Delivery {
@@ -96,7 +103,52 @@ impl Delivery {
             message,
             acker: AckHandle::new(acker),
             cancel: OnceLock::new(),
+            fence: None,
+            deadline: None,
+            postpone: false,
         }
+    }
+
+    /// The delivery must be settled before `deadline`: past it the broker
+    /// takes it back (RabbitMQ's `consumer_timeout` closes the channel).
+    /// The [`AckLayer`](crate::ack::AckLayer) postpones it through the
+    /// broker in time; the retry layer never sleeps past it.
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// When the delivery must be settled by, if the source has a limit.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Marks the delivery to be postponed without running (the runner
+    /// stopped consuming while it was already received).
+    #[must_use]
+    pub fn postponed(mut self) -> Self {
+        self.postpone = true;
+        self
+    }
+
+    /// True when the delivery is to be postponed without running.
+    pub fn is_postponed(&self) -> bool {
+        self.postpone
+    }
+
+    /// The source cancels `token` when it loses this delivery (a revoked
+    /// Kafka partition): the handler's cancellation then fires as on
+    /// shutdown, and its settlement is refused by the source.
+    #[must_use]
+    pub fn fenced_by(mut self, token: CancellationToken) -> Self {
+        self.fence = Some(token);
+        self
+    }
+
+    /// Takes the token the source cancels when it loses the delivery, if any.
+    pub fn take_fence(&mut self) -> Option<CancellationToken> {
+        self.fence.take()
     }
 
     /// The message.
@@ -139,4 +191,6 @@ pub struct Received {
     pub message: Message,
     /// Cancelled on shutdown.
     pub cancel: CancellationToken,
+    /// When the delivery must be settled by ([`Delivery::deadline`]).
+    pub deadline: Option<Instant>,
 }

@@ -22,20 +22,24 @@ pub enum ErrorKind {
     Timeout,
     /// The payload is larger than the configured maximum.
     TooLarge,
+    /// Runs of the message ended without a result (the process died or hung
+    /// past its lease) until its attempts were spent; it was not run again.
+    Crashed,
 }
 
 impl ErrorKind {
     /// Every kind, in declaration order.
-    pub const ALL: [ErrorKind; 6] = [
+    pub const ALL: [ErrorKind; 7] = [
         ErrorKind::Decode,
         ErrorKind::Permanent,
         ErrorKind::Exhausted,
         ErrorKind::Panic,
         ErrorKind::Timeout,
         ErrorKind::TooLarge,
+        ErrorKind::Crashed,
     ];
 
-    /// The wire name (`decode`, `permanent`, `exhausted`, `panic`, `timeout`, `too_large`).
+    /// The wire name (`decode`, `permanent`, `exhausted`, `panic`, `timeout`, `too_large`, `crashed`).
     pub const fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Decode => "decode",
@@ -44,6 +48,7 @@ impl ErrorKind {
             ErrorKind::Panic => "panic",
             ErrorKind::Timeout => "timeout",
             ErrorKind::TooLarge => "too_large",
+            ErrorKind::Crashed => "crashed",
         }
     }
 
@@ -56,6 +61,7 @@ impl ErrorKind {
             "panic" => ErrorKind::Panic,
             "timeout" => ErrorKind::Timeout,
             "too_large" => ErrorKind::TooLarge,
+            "crashed" => ErrorKind::Crashed,
             _ => return None,
         })
     }
@@ -87,8 +93,10 @@ pub enum HandlerError {
         kind: ErrorKind,
     },
     /// A dependency the handler needs (its database, its store) is down:
-    /// the message is deferred (nacked after a backoff) without counting an
-    /// attempt, and never dead-lettered for it.
+    /// the message is deferred (nacked after a backoff, or postponed through
+    /// the delay queue on a RabbitMQ quorum queue) without counting an
+    /// attempt, and never dead-lettered for it. It is an outage signal for
+    /// the runner's [breaker](crate::breaker).
     #[error("dependency unavailable: {source}")]
     Unavailable {
         /// What is down.
@@ -211,9 +219,10 @@ pub enum Error {
         /// The sink's error.
         #[source]
         source: SinkError,
-        /// Failed runs so far (kept by the idempotency store, so a
-        /// redelivery only retries the DLQ write).
-        attempts: u32,
+        /// The failure the letter carries (kept by the idempotency store,
+        /// or in the process without one, so a redelivery retries only the
+        /// DLQ write, with this failure).
+        failure: Box<Failure>,
     },
     /// The delayed-retry republish was not confirmed; the source stays unacked.
     #[error("delayed-retry republish was not confirmed, the message stays on its source: {source}")]
@@ -242,12 +251,37 @@ pub enum Error {
 }
 
 impl Error {
+    /// True for a dependency outage (the store down, a handler's
+    /// [`HandlerError::Unavailable`], the inbox unable to connect): the
+    /// signal the [breaker](crate::breaker) counts.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, Error::Store(_) | Error::Unavailable(_))
+    }
+
+    /// True for an error that says "not now" without spending an attempt:
+    /// an outage or a key busy elsewhere. On a queue with a retry sink (a
+    /// RabbitMQ quorum queue) the [`AckLayer`](crate::ack::AckLayer)
+    /// postpones such a message through its delay queue instead of nacking
+    /// it, since every requeue spends the broker's delivery count.
+    pub fn postpones(&self) -> bool {
+        self.is_outage() || matches!(self, Error::Busy { .. })
+    }
+
+    /// True when this message's dead letter can never be written as it is
+    /// (the sink's error [is permanent](SinkError::is_permanent)): retrying
+    /// the write would loop forever, so the [`Runner`](crate::Runner) stops
+    /// consuming the source instead (the message stays unacked).
+    pub fn is_unwritable_letter(&self) -> bool {
+        matches!(self, Error::DeadLetter { source, .. } if source.is_permanent())
+    }
+
     /// Failed handler runs this error stands for, to be remembered by the
     /// idempotency store; `None` for errors that count no attempt.
     pub fn failed_runs(&self) -> Option<u32> {
         match self {
             Error::Failed(failure) => Some(failure.attempts),
-            Error::DeadLetter { attempts, .. } | Error::Retry { attempts, .. } => Some(*attempts),
+            Error::DeadLetter { failure, .. } => Some(failure.attempts),
+            Error::Retry { attempts, .. } => Some(*attempts),
             _ => None,
         }
     }
@@ -270,6 +304,21 @@ pub enum SinkError {
     Unsupported(String),
 }
 
+impl SinkError {
+    /// True when writing this message to this sink again cannot succeed
+    /// until an operator changes something (the message is too large, the
+    /// destination is missing or unroutable, access is denied, or the sink
+    /// cannot serve the message at all); see [`PublishError::is_permanent`](crate::PublishError::is_permanent).
+    /// A transient error (no confirm, a full queue, the broker away) may
+    /// pass on a later try.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            SinkError::Publish { source, .. } => source.is_permanent(),
+            SinkError::Unsupported(_) => true,
+        }
+    }
+}
+
 /// A failure of the idempotency store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -282,6 +331,10 @@ pub enum StoreError {
         /// The configured capacity.
         capacity: usize,
     },
+    /// The store's key layout does not fit the worker's choice (see
+    /// [`KeyLayout`](crate::idempotency::KeyLayout)).
+    #[error(transparent)]
+    Layout(#[from] crate::idempotency::LayoutError),
 }
 
 /// A failure to settle a delivery with the broker.
@@ -298,7 +351,9 @@ pub enum AckError {
     Broker(#[source] BoxError),
 }
 
-/// Renders an error with its chain of sources: `outer: inner: root`.
+/// Renders an error with its chain of sources: `outer: inner: root`, with
+/// the password of every URL in it hidden ([`crate::redact::redact_text`]):
+/// this text goes into `x-backstop-error` and logs.
 pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -310,7 +365,7 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
         }
         source = s.source();
     }
-    text
+    crate::redact::redact_text(&text)
 }
 
 #[cfg(test)]
@@ -334,6 +389,17 @@ mod tests {
         let p = HandlerError::permanent("x").retry_after(Duration::from_secs(5));
         assert_eq!(p.kind(), ErrorKind::Permanent);
         assert!(!p.is_transient());
+    }
+
+    #[test]
+    fn chain_hides_passwords_in_urls() {
+        let e = std::io::Error::other("GET https://bot:tok3n@api.example/v1 failed");
+        let text = chain(&e);
+        assert!(!text.contains("tok3n"), "{text}");
+        assert!(
+            text.contains("https://bot:***@api.example/v1 failed"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -44,6 +44,7 @@
 
 pub mod ack;
 pub mod attempt;
+pub mod breaker;
 pub mod conformance;
 mod context;
 pub mod copy;
@@ -52,7 +53,9 @@ pub mod decode;
 mod delivery;
 pub mod error;
 pub mod handler;
+pub mod headers;
 pub mod idempotency;
+pub mod inbound;
 pub mod memory;
 pub mod message;
 pub mod metrics;
@@ -60,11 +63,13 @@ mod outcome;
 pub mod panic;
 pub mod payload;
 mod publish;
+pub mod redact;
 mod request;
 pub mod retry;
 pub mod runner;
 pub mod stack;
 pub mod timeout;
+pub mod tls;
 pub mod wire;
 
 #[cfg(test)]
@@ -79,13 +84,13 @@ pub use crate::error::{
 };
 pub use crate::handler::{Handle, handler_fn};
 pub use crate::idempotency::{IdempotencyLayer, KeySource, MemoryStore, Store};
-pub use crate::message::{Headers, Message, Meta};
+pub use crate::message::{Headers, IdSource, Message, Meta};
 pub use crate::outcome::Outcome;
 pub use crate::payload::{DecodeError, Payload};
 pub use crate::publish::{PublishError, Publisher};
 pub use crate::request::Request;
 pub use crate::retry::{RetryLayer, RetryPolicy, RetrySink};
-pub use crate::runner::{Runner, Source, SourceError, Summary};
+pub use crate::runner::{MissingDestinations, Readiness, Runner, Source, SourceError, Summary};
 pub use crate::stack::{Stack, StackBuilder};
 
 /// Re-exported for handlers that watch for shutdown.

@@ -1,6 +1,5 @@
 //! The broker-neutral envelope: [`Message`] and its [`Meta`].
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::time::SystemTime;
 
@@ -8,8 +7,7 @@ use bytes::Bytes;
 
 use crate::wire;
 
-/// Message headers: UTF-8 names and values, the same on every broker.
-pub type Headers = BTreeMap<String, String>;
+pub use crate::headers::Headers;
 
 /// A message as backstop sees it, whatever broker it came from.
 ///
@@ -44,8 +42,53 @@ pub struct Meta {
     pub attempt: u32,
     /// The message id, carried unchanged on every copy (see [`wire::MESSAGE_ID`]).
     pub message_id: String,
-    /// The broker or producer timestamp, if any.
+    /// The broker or producer timestamp, if any (`None` when the broker's
+    /// value is out of range for a [`SystemTime`]).
     pub timestamp: Option<SystemTime>,
+    /// The source this message belongs to when it was consumed from one of
+    /// backstop's own retry topics (Kafka): set by the adapter from its own
+    /// table of the retry topics it subscribed to, never from a header.
+    /// `None` when the message was consumed from its source itself.
+    pub retry_of: Option<String>,
+    /// The Kafka consumer group that consumed the message, set by the
+    /// adapter from its own configuration (never from a header); `None` on
+    /// brokers without groups. Part of the message's idempotency keyspace
+    /// ([`Keyspace`](crate::idempotency::Keyspace)).
+    pub group: Option<String>,
+    /// Where the message id came from (see [`IdSource`]).
+    pub id_source: IdSource,
+    /// The AMQP properties the message arrived with (RabbitMQ), carried to
+    /// every retry copy, dead letter and redrive, so content type and
+    /// encoding, correlation id, reply-to, type, app id, priority and
+    /// timestamp survive each hop.
+    pub amqp: Option<crate::inbound::AmqpProperties>,
+    /// Why the adapter could not convert the broker's delivery, if it could
+    /// not: such a message fails as `decode` without its body being decoded
+    /// (see [`inbound::guarded`](crate::inbound::guarded)).
+    pub conversion_error: Option<String>,
+}
+
+/// Where a message's id came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IdSource {
+    /// The producer set it (an AMQP `message_id` property or an
+    /// `x-backstop-message-id` header), or the application did.
+    #[default]
+    Producer,
+    /// The broker position: Kafka `<topic>/<partition>/<offset>`.
+    Position,
+    /// A digest of the body and properties of an id-less RabbitMQ message
+    /// (see [`inbound::amqp_digest_id`](crate::inbound::amqp_digest_id)).
+    Digest,
+}
+
+impl Meta {
+    /// The queue or topic this message belongs to: [`Meta::retry_of`] for a
+    /// copy consumed from a retry topic, else [`Meta::source`]. Dead letters
+    /// and retry copies are routed by it; never by a header.
+    pub fn origin(&self) -> &str {
+        self.retry_of.as_deref().unwrap_or(&self.source)
+    }
 }
 
 impl Message {
@@ -77,13 +120,13 @@ impl Message {
 
     /// Sets a header.
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.insert(name.into(), value.into());
+        self.headers.insert(name, value);
         self
     }
 
-    /// The value of a header, if present.
+    /// The text of a header, if present and text (see [`Headers::get`]).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(String::as_str)
+        self.headers.get(name)
     }
 
     /// How many times this copy was redriven from a DLQ (0 for an original).
@@ -107,7 +150,7 @@ impl Message {
     /// The headers a publisher writes: these headers plus [`wire::MESSAGE_ID`].
     pub fn headers_for_publish(&self) -> Headers {
         let mut headers = self.headers.clone();
-        headers.insert(wire::MESSAGE_ID.to_owned(), self.id_for_publish());
+        headers.insert(wire::MESSAGE_ID, self.id_for_publish());
         headers
     }
 }
@@ -133,6 +176,10 @@ impl fmt::Debug for Meta {
             .field("delivery_tag", &self.delivery_tag)
             .field("redelivered", &self.redelivered)
             .field("attempt", &self.attempt)
+            .field("retry_of", &self.retry_of)
+            .field("group", &self.group)
+            .field("id_source", &self.id_source)
+            .field("conversion_error", &self.conversion_error)
             .finish_non_exhaustive()
     }
 }
@@ -153,8 +200,8 @@ mod tests {
             .with_message_id("m-1")
             .with_header("a", "b");
         let h = m.headers_for_publish();
-        assert_eq!(h.get(wire::MESSAGE_ID).map(String::as_str), Some("m-1"));
-        assert_eq!(h.get("a").map(String::as_str), Some("b"));
+        assert_eq!(h.get(wire::MESSAGE_ID), Some("m-1"));
+        assert_eq!(h.get("a"), Some("b"));
     }
 
     #[test]

@@ -29,12 +29,44 @@ pub enum PublishError {
     /// or header the broker refuses); retrying does not help.
     #[error("message cannot be published: {0}")]
     Invalid(String),
+    /// The broker refuses this client the destination (an ACL, a permission).
+    #[error("not authorised to publish to {0:?}")]
+    Unauthorized(String),
     /// No confirm arrived in time.
     #[error("no confirm from the broker within {0:?}")]
     Timeout(std::time::Duration),
     /// The broker could not be reached, or the channel failed.
     #[error("broker unavailable: {0}")]
     Unavailable(#[source] BoxError),
+}
+
+impl PublishError {
+    /// True when publishing this message to this destination again cannot
+    /// succeed until something outside the publisher changes: the message
+    /// is too large or invalid, the destination does not exist or routes it
+    /// nowhere, or this client may not publish there. `Nacked`, `Full`,
+    /// `Timeout` and `Unavailable` are transient: a later try may pass.
+    ///
+    /// ```
+    /// use backstop::PublishError;
+    ///
+    /// assert!(PublishError::TooLarge { size: 2_000_000 }.is_permanent());
+    /// assert!(PublishError::Unroutable("orders.dlq".into()).is_permanent());
+    /// assert!(!PublishError::Nacked.is_permanent());
+    /// ```
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            PublishError::Nacked
+            | PublishError::Full(_)
+            | PublishError::Timeout(_)
+            | PublishError::Unavailable(_) => false,
+            PublishError::Unroutable(_)
+            | PublishError::MissingDestination(_)
+            | PublishError::TooLarge { .. }
+            | PublishError::Invalid(_)
+            | PublishError::Unauthorized(_) => true,
+        }
+    }
 }
 
 /// Publishes messages and resolves only when the broker confirmed them.

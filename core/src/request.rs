@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::{Context, Extensions};
@@ -15,7 +16,9 @@ pub struct Request<T> {
     payload: Arc<Result<T, DecodeError>>,
     payload_key: Option<Arc<str>>,
     attempt: u32,
+    confirmed_attempt: u32,
     cancel: CancellationToken,
+    deadline: Option<Instant>,
     /// Per-attempt values for the handler's [`Context`].
     pub extensions: Extensions,
 }
@@ -27,7 +30,9 @@ impl<T> Clone for Request<T> {
             payload: Arc::clone(&self.payload),
             payload_key: self.payload_key.clone(),
             attempt: self.attempt,
+            confirmed_attempt: self.confirmed_attempt,
             cancel: self.cancel.clone(),
+            deadline: self.deadline,
             extensions: self.extensions.clone(),
         }
     }
@@ -37,6 +42,10 @@ impl<T: Payload> Request<T> {
     /// Decodes `message` (at most `max_payload` bytes) and extracts its key.
     pub fn decode(message: Message, cancel: CancellationToken, max_payload: Option<usize>) -> Self {
         let payload = match max_payload {
+            _ if message.meta.conversion_error.is_some() => Err(DecodeError::Invalid {
+                type_name: std::any::type_name::<T>(),
+                reason: message.meta.conversion_error.clone().unwrap_or_default(),
+            }),
             Some(max) if message.payload.len() > max => Err(DecodeError::TooLarge {
                 size: message.payload.len(),
                 max,
@@ -45,18 +54,38 @@ impl<T: Payload> Request<T> {
         };
         let payload_key = payload.as_ref().ok().and_then(T::key).map(Arc::from);
         let attempt = message.meta.attempt.max(attempt::FIRST);
+        // A copy consumed from backstop's own retry topic carries a count
+        // backstop wrote; anything else is a claim (see `attempt::admit`).
+        let confirmed_attempt = if message.meta.retry_of.is_some() {
+            attempt
+        } else {
+            attempt::FIRST
+        };
         Request {
             message: Arc::new(message),
             payload: Arc::new(payload),
             payload_key,
             attempt,
+            confirmed_attempt,
             cancel,
+            deadline: None,
             extensions: Extensions::default(),
         }
     }
 }
 
 impl<T> Request<T> {
+    /// When the delivery must be settled by ([`Delivery::deadline`](crate::Delivery::deadline)):
+    /// the retry layer hands a retry that would sleep past it to the broker.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Sets the deadline the delivery must be settled by.
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+    }
+
     /// The message.
     pub fn message(&self) -> &Message {
         &self.message
@@ -82,14 +111,34 @@ impl<T> Request<T> {
         self.attempt
     }
 
+    /// The part of [`attempt`](Self::attempt) backstop vouches for (see
+    /// [`attempt::admit`]).
+    pub fn confirmed_attempt(&self) -> u32 {
+        self.confirmed_attempt
+    }
+
+    /// Takes the idempotency store's count of failed runs into the attempt
+    /// ([`attempt::resume`]); the store's count is confirmed.
+    pub fn confirm_failed_runs(&mut self, failed_runs: u32) {
+        self.attempt = attempt::resume(self.attempt, failed_runs);
+        self.confirmed_attempt = self.confirmed_attempt.max(failed_runs.saturating_add(1));
+    }
+
     /// Sets the attempt number (the retry and idempotency layers do).
     pub fn set_attempt(&mut self, attempt: u32) {
         self.attempt = attempt;
     }
 
-    /// The cancellation token (cancelled on shutdown).
+    /// The cancellation token (cancelled on shutdown, or when the
+    /// idempotency lease this run holds is lost).
     pub fn cancellation(&self) -> &CancellationToken {
         &self.cancel
+    }
+
+    /// Replaces the cancellation token (the idempotency layer hands the
+    /// inner layers a child token that also fires when its lease is lost).
+    pub fn set_cancellation(&mut self, cancel: CancellationToken) {
+        self.cancel = cancel;
     }
 
     /// The handler's context for this attempt.

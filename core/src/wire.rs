@@ -1,22 +1,30 @@
 //! The header names backstop writes and reads on every broker.
 //!
-//! Every value is UTF-8 text, so the same names work on RabbitMQ headers and
-//! Kafka record headers alike. See `ARCHITECTURE.md` for the rules each name
-//! follows (written once, incremented, carried unchanged).
+//! backstop writes every one of these values as UTF-8 text and reads them
+//! through the text views of [`Headers`](crate::Headers), so the same names
+//! work on RabbitMQ headers and Kafka record headers alike (a value of
+//! another type, such as an AMQP integer, reads as absent). See `ARCHITECTURE.md` for the rules each name
+//! follows (rewritten on every copy, incremented, carried unchanged). No
+//! header routes a message: see [`inbound`](crate::inbound) for the trust model.
 
 use std::time::{Duration, SystemTime};
 
 /// The message id, carried unchanged on every copy (retry, DLQ, replay).
 pub const MESSAGE_ID: &str = "x-backstop-message-id";
-/// The 1-based number of the attempt the copy is for; incremented on each republished retry.
+/// The 1-based number of the attempt the copy is for; incremented on each
+/// republished retry. From outside it is a claim (see [`attempt::admit`](crate::attempt::admit)).
 pub const ATTEMPT: &str = "x-backstop-attempt";
-/// The queue or topic the message was first consumed from; written once.
+/// The queue or topic the message belongs to ([`Meta::origin`](crate::Meta::origin));
+/// rewritten on every copy, informational only.
 pub const ORIGINAL_SOURCE: &str = "x-backstop-original-source";
-/// The Kafka partition the message was first consumed from; written once.
+/// The Kafka partition the message was consumed from (a copy from a retry
+/// topic keeps the first); informational.
 pub const ORIGINAL_PARTITION: &str = "x-backstop-original-partition";
-/// The Kafka offset the message was first consumed at; written once.
+/// The Kafka offset the message was consumed at (a copy from a retry topic
+/// keeps the first); informational.
 pub const ORIGINAL_OFFSET: &str = "x-backstop-original-offset";
-/// The Kafka consumer group that dead-lettered or deferred the message; written once.
+/// The Kafka consumer group that dead-lettered or deferred the message;
+/// rewritten on every copy, informational only.
 pub const GROUP: &str = "x-backstop-group";
 /// Why the message was dead-lettered (see [`ErrorKind`](crate::ErrorKind)).
 pub const ERROR_KIND: &str = "x-backstop-error-kind";

@@ -6,6 +6,12 @@
 #   Redis       redis://127.0.0.1:6379
 #   RabbitMQ    amqp://guest:guest@127.0.0.1:5672/%2f   (API http://127.0.0.1:15672/api)
 #   Kafka       127.0.0.1:9092 (KRaft, single node)
+#   TLS         separate instances with TLS listeners (scripts/services/tls.sh):
+#               amqps :5671 + https API :15671, Kafka SASL_SSL :9094 / SSL :9095,
+#               PostgreSQL ssl :5433, Redis TLS :6380 (mutual TLS :6381)
+#   Outages     private instances the outage suite stops and starts
+#               (scripts/services/outages.sh): RabbitMQ :5684 with a 4 s
+#               consumer timeout, Redis :6394, PostgreSQL :5444
 #
 # Debian packages are installed in one apt-get call (one `apt-get update`);
 # Kafka comes from Maven Central into ${BACKSTOP_CACHE:-/var/cache/backstop}.
@@ -16,7 +22,8 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$HERE/lib.sh"
 
 t_all=$EPOCHREALTIME
-pkgs=(postgresql redis-server rabbitmq-server curl)
+# libssl-dev: librdkafka is built against the system OpenSSL (rdkafka's `ssl`).
+pkgs=(postgresql redis-server rabbitmq-server curl openssl libssl-dev pkg-config)
 command -v java >/dev/null || pkgs+=(default-jre-headless)
 command -v mvn >/dev/null || pkgs+=(maven)
 t=$EPOCHREALTIME
@@ -27,7 +34,7 @@ if ((${#missing[@]})); then
   say "apt install: $(elapsed "$t")s"
 fi
 
-for svc in postgres redis rabbitmq kafka; do
+for svc in postgres redis rabbitmq kafka tls outages; do
   t=$EPOCHREALTIME
   if ! "$HERE/$svc.sh" start; then
     die "$svc failed to start (after $(elapsed "$t")s)"

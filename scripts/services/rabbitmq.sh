@@ -67,6 +67,15 @@ EOF
 [rabbitmq_management].
 EOF
   chown rabbitmq:rabbitmq "$ETC/enabled_plugins" 2>/dev/null || true
+  # File descriptors: `su rabbitmq` (pam_limits) starts the node with a soft
+  # limit of 1024. Every quorum queue holds open files, and a node with a
+  # few hundred queues (test runs leave some) runs out: it then accepts TCP
+  # but never completes an AMQP handshake, so clients time out.
+  write_if_changed /etc/security/limits.d/backstop-rabbitmq.conf <<'EOF' && changed=1
+# written by backstop scripts/services/rabbitmq.sh
+rabbitmq soft nofile 16384
+rabbitmq hard nofile 16384
+EOF
   # Let root-run Erlang CLI tools share the node's cookie.
   local cookie=/var/lib/rabbitmq/.erlang.cookie
   if [[ -f $cookie ]] && ! cmp -s "$cookie" "${HOME:-/root}/.erlang.cookie"; then
@@ -107,18 +116,28 @@ wait_ready() {
   wait_until 10 "AMQP listener 127.0.0.1:5672" tcp_open 5672 || exit 1
 }
 
+# True when the running node may open enough files (see configure).
+fd_limit_ok() {
+  local pid
+  # The node that listens on 5672 (the command line does not name it).
+  pid=$(ss -ltnpH 'sport = :5672' 2>/dev/null | grep -o 'pid=[0-9]*' | head -n 1 | cut -d= -f2)
+  [[ -n $pid ]] || return 0
+  awk '/^Max open files/ { exit !($4 >= 16384) }' "/proc/$pid/limits"
+}
+
 start() {
-  if pkg_installed rabbitmq-server && api_ok && tcp_open 5672; then
+  if pkg_installed rabbitmq-server && api_ok && tcp_open 5672 && fd_limit_ok; then
     say "already running (AMQP 127.0.0.1:5672, API $API)"
     return 0
   fi
   apt_install rabbitmq-server curl
   local changed=0
   configure && changed=1
+  fd_limit_ok || changed=1
   local t0=$SECONDS
   if ping_ok; then
     if ((changed)); then
-      say "configuration changed while the node runs; restarting node"
+      say "configuration (or the node's file limit) changed while the node runs; restarting node"
       rabbitmqctl -q stop >/dev/null 2>&1 || true
       wait_node_gone
       say "starting node (rabbitmq-server -detached)"

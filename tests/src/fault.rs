@@ -377,12 +377,7 @@ pub fn verify(
                         counts.dlq_duplicates += copies.len() - 1;
                         let last_failures = copies
                             .iter()
-                            .map(|l| {
-                                l.headers
-                                    .get(wire::LAST_FAILURE)
-                                    .map_or("?", String::as_str)
-                                    .to_owned()
-                            })
+                            .map(|l| l.headers.get(wire::LAST_FAILURE).unwrap_or("?").to_owned())
                             .collect();
                         counts
                             .dlq_duplicate_ids

@@ -100,6 +100,15 @@ impl Ledger {
         Some(row.get(0))
     }
 
+    /// `SELECT count(*) FROM <from_where>` in the run's schema (tables unqualified).
+    pub async fn count(&self, from_where: &str) -> Result<i64, tokio_postgres::Error> {
+        let row = self
+            .client
+            .query_one(&format!("SELECT count(*) FROM {from_where}"), &[])
+            .await?;
+        Ok(row.get(0))
+    }
+
     /// Drops the schema and everything in it.
     pub async fn drop_schema(&self) -> Result<(), tokio_postgres::Error> {
         self.client

@@ -2,11 +2,15 @@
 //! (`--store postgres-inbox --ledger … --max-payload-bytes 65536`): empty
 //! and non-UTF-8 bodies, JSON of the wrong shape, bodies over the limit,
 //! header values that are not strings, missing message ids and a 10 KB
-//! order id. Each bad message is dead-lettered with its reason
+//! order id; AMQP properties no adapter expects (a `timestamp` of 2^64−1 or
+//! 2^63, as Java and .NET producers write dates before 1970, a priority of
+//! 255, odd content types); forged routing and counting headers
+//! (`x-backstop-original-source` naming another existing queue,
+//! `x-backstop-attempt` past the maximum). Each bad message is dead-lettered with its reason
 //! (`x-backstop-error-kind`, non-empty `x-backstop-error`) or, where it is a
 //! valid order after all, executed exactly once; the worker keeps running
 //! and handles an order published after the corpus; its memory stays
-//! bounded.
+//! bounded; nothing arrives in the other queue or its DLQ.
 //!
 //! The oversized bodies are 16 of 1 MB (`BACKSTOP_BAD_INPUT_LARGE_BYTES`
 //! changes their size) and one of 10 MB.
@@ -17,8 +21,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use backstop::headers::{AmqpValue, HeaderValue};
 use backstop_rabbitmq::lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use backstop_rabbitmq::lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use backstop_rabbitmq::lapin::{BasicProperties, Channel, Confirmation};
@@ -40,8 +46,13 @@ struct Case {
     message_id: Option<String>,
     /// Extra header values (the test case header is added).
     headers: Vec<(&'static str, AMQPValue)>,
+    /// Extra AMQP properties.
+    properties: Props,
     expect: Expect,
 }
+
+/// Sets AMQP properties on a case's message.
+type Props = fn(BasicProperties) -> BasicProperties;
 
 enum Expect {
     /// Dead-lettered with this error kind.
@@ -54,12 +65,45 @@ fn text(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes()))
 }
 
+/// The queue (with a DLQ) that forged routing headers name: nothing may arrive there.
+fn decoy(queue: &str) -> String {
+    format!("{queue}-decoy")
+}
+
+/// Id-less messages, each published twice (identical body and properties,
+/// so one digest id): `orders` valid orders (executed once each) and
+/// `poison` bodies that cannot be decoded (one dead letter each: the two
+/// copies of one body are one message).
+fn idless_duplicates(run: &str, orders: usize, poison: usize) -> Vec<Case> {
+    let idless = |name: String, payload: Vec<u8>, expect: Expect| Case {
+        name,
+        payload,
+        message_id: None,
+        headers: Vec::new(),
+        properties: |p| p,
+        expect,
+    };
+    let mut cases = Vec::new();
+    for i in 0..orders {
+        let id = format!("{run}-idless-{i}");
+        let body = format!(r#"{{"order_id":"{id}","amount":{}}}"#, i + 1).into_bytes();
+        cases.push(idless(id.clone(), body, Expect::Executed(id)));
+    }
+    for i in 0..poison {
+        let name = format!("{run}-idless-poison-{i}");
+        let body = format!(r#"{{"order_id": {i}"#).into_bytes();
+        cases.push(idless(name, body, Expect::Dead("decode")));
+    }
+    cases
+}
+
 fn corpus(run: &str, large: usize) -> Vec<Case> {
     let case = |name: &str, payload: Vec<u8>, expect: Expect| Case {
         name: format!("{run}-{name}"),
         payload,
         message_id: Some(format!("{run}-{name}")),
         headers: Vec::new(),
+        properties: |p| p,
         expect,
     };
     let order =
@@ -155,11 +199,56 @@ fn corpus(run: &str, large: usize) -> Vec<Case> {
     let mut valid = case("header-types-valid", order(&id, 3), Expect::Executed(id));
     valid.headers = odd_headers();
     cases.push(valid);
-    // backstop's attempt header as an AMQP integer, past the maximum.
+    // backstop's attempt header as an AMQP integer, past the maximum: a
+    // producer's count never skips the run.
     let id = format!("{run}-attempt-int");
-    let mut attempt = case("attempt-int", order(&id, 3), Expect::Dead("exhausted"));
+    let mut attempt = case("attempt-int", order(&id, 3), Expect::Executed(id));
     attempt.headers = vec![("x-backstop-attempt", AMQPValue::LongLongInt(99))];
     cases.push(attempt);
+    let id = format!("{run}-attempt-text");
+    let mut attempt = case("attempt-text", order(&id, 3), Expect::Executed(id));
+    attempt.headers = vec![("x-backstop-attempt", text("4294967295"))];
+    cases.push(attempt);
+    // Forged routing: the letter goes to this queue's DLQ, never the decoy's.
+    let queue = run.replace('_', "-");
+    let mut forged = case("forged-origin", b"{".to_vec(), Expect::Dead("decode"));
+    forged.headers = vec![
+        ("x-backstop-original-source", text(&decoy(&queue))),
+        ("x-backstop-group", text("someone-else")),
+    ];
+    cases.push(forged);
+    // AMQP properties: timestamps before 1970 (2^64-1, 2^63 as u64), the
+    // largest priority, an odd content type; on a poison body and on an order.
+    let props: [(&str, Props); 3] = [
+        ("timestamp-max", |p| p.with_timestamp(u64::MAX)),
+        ("timestamp-2-63", |p| {
+            p.with_timestamp(1 << 63)
+                .with_priority(255)
+                .with_content_type("application/\u{0}x".into())
+        }),
+        ("timestamp-1969", |p| {
+            p.with_timestamp((-86_400i64) as u64)
+                .with_content_encoding("gzip".into())
+                .with_correlation_id("c".repeat(255).as_str().into())
+        }),
+    ];
+    for (name, properties) in props {
+        let mut poison = case(
+            &format!("{name}-poison"),
+            b"[".to_vec(),
+            Expect::Dead("decode"),
+        );
+        poison.properties = properties;
+        cases.push(poison);
+        let id = format!("{run}-{name}-valid");
+        let mut valid = case(
+            &format!("{name}-valid"),
+            order(&id, 2),
+            Expect::Executed(id),
+        );
+        valid.properties = properties;
+        cases.push(valid);
+    }
     let mut attempt = case(
         "attempt-bool",
         order(&format!("{run}-attempt-bool"), 3),
@@ -167,7 +256,8 @@ fn corpus(run: &str, large: usize) -> Vec<Case> {
     );
     attempt.headers = vec![("x-backstop-attempt", AMQPValue::Boolean(true))];
     cases.push(attempt);
-    // No message id at all (property and header): one is assigned on first sight.
+    // No message id at all (property and header): a digest of the body and
+    // properties stands in, the same on every redelivery.
     let mut no_id = case("no-id-poison", b"{".to_vec(), Expect::Dead("decode"));
     no_id.message_id = None;
     cases.push(no_id);
@@ -198,9 +288,11 @@ async fn publish(channel: &Channel, queue: &str, case: &Case) {
     for (name, value) in &case.headers {
         headers.insert(ShortString::from(*name), value.clone());
     }
-    let mut properties = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_headers(headers);
+    let mut properties = (case.properties)(
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(headers),
+    );
     if let Some(id) = &case.message_id {
         properties = properties.with_message_id(ShortString::from(id.as_str()));
     }
@@ -270,6 +362,18 @@ async fn bad_input_is_dead_lettered_with_its_reason_and_the_worker_carries_on() 
         .confirm_select(ConfirmSelectOptions { nowait: false })
         .await
         .expect("confirm mode");
+    // Another existing queue with a DLQ, named by the forged routing headers.
+    let decoy = decoy(&queue);
+    for q in [decoy.clone(), Topology::quorum(decoy.as_str()).dlq()] {
+        channel
+            .queue_declare(
+                q.as_str().into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare the decoy queues");
+    }
     // A warm-up order, so the baseline RSS is that of a working worker.
     let warm = format!("{run}-warm-up");
     let mut warm_up = corpus(&run, large).pop().expect("a case");
@@ -338,7 +442,52 @@ async fn bad_input_is_dead_lettered_with_its_reason_and_the_worker_carries_on() 
     )
     .await;
     let rss_after = worker.rss_kib().unwrap_or(u64::MAX);
-    let still_running = worker.exited().is_none();
+    let decoy_dlq = Topology::quorum(decoy.as_str()).dlq();
+    let mut decoy_counts = Vec::new();
+    for q in [&decoy, &decoy_dlq] {
+        decoy_counts.push(rabbit.message_count(q).await.unwrap_or(u32::MAX));
+    }
+    let mut still_running = worker.exited().is_none();
+
+    // Id-less duplicates across a kill -9: every message twice, the worker
+    // killed while they are in flight and started again. A digest id that
+    // changed per delivery would run the attempt counting and the letters
+    // of each copy apart (a second letter for one body).
+    let idless = idless_duplicates(&run, 20, 10);
+    for case in idless.iter().chain(idless.iter()) {
+        publish(&channel, &queue, case).await;
+    }
+    worker.kill9().expect("kill -9 the worker");
+    let mut worker = Worker::spawn(&args, &log).expect("start the worker again");
+    let idless_dead = idless
+        .iter()
+        .filter(|c| matches!(c.expect, Expect::Dead(_)))
+        .count();
+    let idless_orders: Vec<String> = idless
+        .iter()
+        .filter_map(|c| match &c.expect {
+            Expect::Executed(id) => Some(id.clone()),
+            Expect::Dead(_) => None,
+        })
+        .collect();
+    let dead_expected = dead_expected + idless_dead;
+    let idless_settled = poll(
+        Duration::from_secs(90),
+        Duration::from_millis(200),
+        || async {
+            let executions = ledger.executions().await.ok()?;
+            let dead = rabbit.message_count(&dlq).await.ok()? as usize;
+            let queued = rabbit.message_count(&queue).await.ok()?;
+            (idless_orders.iter().all(|id| executions.contains_key(id))
+                && dead >= dead_expected
+                && queued == 0)
+                .then_some(())
+        },
+    )
+    .await;
+    // Whatever else might still come: a second letter would show here.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    still_running &= worker.exited().is_none();
     let status = worker.terminate(Duration::from_secs(30)).await;
 
     let dead = read_dead_letters(
@@ -351,6 +500,13 @@ async fn bad_input_is_dead_lettered_with_its_reason_and_the_worker_carries_on() 
     let executions = ledger.executions().await.expect("read the ledger");
     let _ = channel.close(200, "done".into()).await;
     cleanup(&rabbit, &queue).await;
+    if let Ok(ch) = rabbit.channel().await {
+        for q in [&decoy, &decoy_dlq] {
+            let _ = ch
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+    }
     let _ = ledger.drop_schema().await;
     rabbit.close().await;
 
@@ -369,6 +525,11 @@ async fn bad_input_is_dead_lettered_with_its_reason_and_the_worker_carries_on() 
         "the corpus did not settle: {}",
         log_tail(&log)
     );
+    assert!(
+        idless_settled.is_some(),
+        "the id-less duplicates did not settle after the kill -9: {}",
+        log_tail(&log)
+    );
     assert!(still_running, "the worker stopped: {}", log_tail(&log));
     assert!(
         !log_tail(&log).contains("panicked"),
@@ -377,7 +538,7 @@ async fn bad_input_is_dead_lettered_with_its_reason_and_the_worker_carries_on() 
     );
 
     let by_case: HashMap<&str, Vec<_>> = dead.iter().fold(HashMap::new(), |mut m, d| {
-        m.entry(d.headers.get("x-test-case").map_or("?", String::as_str))
+        m.entry(d.headers.get("x-test-case").unwrap_or("?"))
             .or_default()
             .push(d);
         m
@@ -444,16 +605,62 @@ async fn bad_input_is_dead_lettered_with_its_reason_and_the_worker_carries_on() 
             }
         }
     }
-    // Header values that are not strings arrive as text on the DLQ copy.
+    // Header values that are not strings arrive on the DLQ copy with their
+    // AMQP types and bytes.
     let odd = by_case[format!("{run}-header-types-poison").as_str()][0];
-    assert_eq!(odd.headers.get("x-int").map(String::as_str), Some("42"));
-    assert_eq!(odd.headers.get("x-bool").map(String::as_str), Some("true"));
+    let amqp = |name: &str| match odd.headers.get_value(name) {
+        Some(HeaderValue::Amqp(value)) => Some(value.clone()),
+        _ => None,
+    };
+    assert_eq!(amqp("x-int"), Some(AmqpValue::LongLongInt(42)));
+    assert_eq!(amqp("x-bool"), Some(AmqpValue::Boolean(true)));
+    assert_eq!(amqp("x-float"), Some(AmqpValue::Double(1.5f64.to_bits())));
+    assert_eq!(
+        amqp("x-table"),
+        Some(AmqpValue::Table(vec![(
+            "nested".into(),
+            AmqpValue::LongLongInt(7)
+        )]))
+    );
+    assert_eq!(amqp("x-void"), Some(AmqpValue::Void));
+    assert_eq!(
+        amqp("x-bytes"),
+        Some(AmqpValue::ByteArray(vec![0u8, 159, 146, 150].into()))
+    );
     assert_eq!(
         executions.get(&sentinel).copied(),
         Some(1),
         "the order after the corpus"
     );
     assert_eq!(dead.len(), dead_expected, "one dead letter per bad message");
+    for case in &idless {
+        match &case.expect {
+            Expect::Executed(id) => assert_eq!(
+                executions.get(id).copied(),
+                Some(1),
+                "{id}: an id-less order sent twice across a kill -9 executes once"
+            ),
+            Expect::Dead(kind) => {
+                let letters = by_case.get(case.name.as_str()).map_or(0, Vec::len);
+                assert_eq!(
+                    letters, 1,
+                    "{}: an id-less poison message sent twice across a kill -9 is one {kind} letter",
+                    case.name
+                );
+            }
+        }
+    }
+    assert_eq!(
+        decoy_counts,
+        [0, 0],
+        "forged routing headers sent messages to {decoy} or its DLQ"
+    );
+    let forged = by_case[format!("{run}-forged-origin").as_str()][0];
+    assert_eq!(
+        forged.headers.get("x-backstop-original-source"),
+        Some(queue.as_str()),
+        "the origin header is rewritten to where the message was consumed"
+    );
     // Bounded memory: 17 oversized bodies must not stay resident.
     let bound = rss_before + 64 * 1024 + 2 * (large.max(TEN_MB) as u64 / 1024);
     assert!(

@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backstop_rabbitmq::lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use backstop_rabbitmq::{RabbitMq, Topology, url_from_env};
 use backstop_tests::fault::{chaos, read_dead_letters, verify, wait_drained};
 use backstop_tests::ledger::Ledger;
@@ -19,6 +18,9 @@ use backstop_tests::orders::{Kind, orders};
 use backstop_tests::report::Counts;
 use backstop_tests::worker::{Worker, log_path};
 use backstop_tests::{RABBITMQ_OUTAGE_LOCK, env_usize, outage_lock, poll, run_command, unique};
+use common::cleanup;
+
+mod common;
 
 /// Cycles the RabbitMQ app and waits until AMQP answers again.
 async fn cycle_app() {
@@ -37,34 +39,6 @@ async fn cycle_app() {
     .await;
     assert!(back.is_some(), "RabbitMQ did not come back within 60 s");
     eprintln!("RabbitMQ app cycled in {:?}", started.elapsed());
-}
-
-/// Deletes the queues and the exchange the worker declared for `queue`.
-async fn cleanup(rabbit: &RabbitMq, queue: &str) {
-    let Ok(channel) = rabbit.channel().await else {
-        return;
-    };
-    // The worker's own topology (order-worker.rs): tiers 5 s, 30 s, 300 s.
-    let secs = Duration::from_secs;
-    let topology = Topology::quorum(queue).retry_tiers([secs(5), secs(30), secs(300)]);
-    let mut queues: Vec<String> = topology
-        .tiers()
-        .iter()
-        .map(|t| t.queue_for(queue))
-        .collect();
-    queues.push(topology.dlq());
-    queues.push(queue.to_owned());
-    for q in queues {
-        let _ = channel
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    let _ = channel
-        .exchange_delete(
-            topology.dlx().as_str().into(),
-            ExchangeDeleteOptions::default(),
-        )
-        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 
 use crate::RetryTiers;
+use crate::options::KafkaOption;
 
 /// The brokers used when `BACKSTOP_KAFKA_BROKERS` is not set: the local broker.
 pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
@@ -40,8 +41,10 @@ impl OffsetReset {
 /// Every field has a safe default ([`KafkaConfig::new`]); `properties` go to
 /// every client, `consumer_properties` and `producer_properties` to one kind,
 /// and they override what the adapter sets (use them with care:
-/// `enable.auto.offset.store` must stay `false`).
-#[derive(Clone, Debug)]
+/// `enable.auto.offset.store` must stay `false`). Its `Debug` output hides the
+/// values of secret properties (`sasl.password`, `ssl.key.password`,
+/// `sasl.jaas.config`, …; see [`backstop::redact::is_secret_property`]).
+#[derive(Clone)]
 pub struct KafkaConfig {
     /// `bootstrap.servers`: comma-separated `host:port` list.
     pub brokers: String,
@@ -66,6 +69,24 @@ pub struct KafkaConfig {
     /// A partition holding more bytes of unfinished messages than this is
     /// paused until half of them are done (default 32 MiB).
     pub max_pending_bytes_per_partition: usize,
+    /// The whole consumer: when the partitions together track more
+    /// received-but-unfinished messages than this, every partition is paused
+    /// until the total is back to half (default 200,000). Bounds memory however
+    /// many partitions are assigned.
+    pub max_pending: usize,
+    /// The whole consumer: when the partitions together hold more bytes of
+    /// unfinished messages than this, every partition is paused until the
+    /// total is back to half (default 256 MiB). librdkafka's own prefetch
+    /// queue (`queued.max.messages.kbytes`) is sized to a quarter of it
+    /// (1 MiB to 64 MiB), so the consumer holds at most about 1.25 × this.
+    pub max_pending_bytes: usize,
+    /// The largest record the producer sends (its `message.max.bytes`,
+    /// default 8 MiB). It must cover what the DLQ and retry topics accept:
+    /// [`Topics::ensure_with_companions`](crate::Topics::ensure_with_companions)
+    /// refuses a source topic whose records, plus backstop's headers, would
+    /// not fit. Above the broker's limits, the broker's per-topic
+    /// `max.message.bytes` decides.
+    pub max_message_bytes: usize,
     /// `message.timeout.ms`: a publish not confirmed within this fails with a timeout (default 30 s).
     pub message_timeout: Duration,
     /// `topic.metadata.propagation.max.ms`: a publish to a topic missing for
@@ -73,6 +94,53 @@ pub struct KafkaConfig {
     pub missing_topic_timeout: Duration,
     /// The delay tiers of non-blocking retries (default 5 s, 30 s, 5 min).
     pub retry_tiers: RetryTiers,
+}
+
+/// A property map with secret values hidden, for `Debug`.
+struct Properties<'a>(&'a BTreeMap<String, String>);
+
+impl std::fmt::Debug for Properties<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(
+                self.0
+                    .iter()
+                    .map(|(k, v)| (k, backstop::redact::property_value(k, v))),
+            )
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("group", &self.group)
+            .field("properties", &Properties(&self.properties))
+            .field(
+                "consumer_properties",
+                &Properties(&self.consumer_properties),
+            )
+            .field(
+                "producer_properties",
+                &Properties(&self.producer_properties),
+            )
+            .field("session_timeout", &self.session_timeout)
+            .field("auto_commit_interval", &self.auto_commit_interval)
+            .field("offset_reset", &self.offset_reset)
+            .field("max_pending_per_partition", &self.max_pending_per_partition)
+            .field(
+                "max_pending_bytes_per_partition",
+                &self.max_pending_bytes_per_partition,
+            )
+            .field("message_timeout", &self.message_timeout)
+            .field("missing_topic_timeout", &self.missing_topic_timeout)
+            .field("max_pending", &self.max_pending)
+            .field("max_pending_bytes", &self.max_pending_bytes)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("retry_tiers", &self.retry_tiers)
+            .finish()
+    }
 }
 
 impl KafkaConfig {
@@ -89,6 +157,9 @@ impl KafkaConfig {
             offset_reset: OffsetReset::Earliest,
             max_pending_per_partition: 50_000,
             max_pending_bytes_per_partition: 32 << 20,
+            max_pending: 200_000,
+            max_pending_bytes: 256 << 20,
+            max_message_bytes: 8 << 20,
             message_timeout: Duration::from_secs(30),
             missing_topic_timeout: Duration::from_secs(5),
             retry_tiers: RetryTiers::default(),
@@ -133,7 +204,15 @@ impl KafkaConfig {
             // into an outdated one; librdkafka then backs off 500 ms by
             // default before fetching the resumed partition again.
             .set("fetch.error.backoff.ms", "50")
-            .set("fetch.queue.backoff.ms", "50");
+            .set("fetch.queue.backoff.ms", "50")
+            // librdkafka's prefetch queue is memory outside the trackers:
+            // keep it a fraction of the consumer's budget.
+            .set(
+                "queued.max.messages.kbytes",
+                (self.max_pending_bytes / 4 / 1024)
+                    .clamp(1024, 64 * 1024)
+                    .to_string(),
+            );
         Self::overrides(&mut config, [&self.properties, &self.consumer_properties]);
         config
     }
@@ -157,6 +236,12 @@ impl KafkaConfig {
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", timeout.to_string())
             .set(
+                "message.max.bytes",
+                self.max_message_bytes
+                    .clamp(1_000, 1_000_000_000)
+                    .to_string(),
+            )
+            .set(
                 "topic.metadata.propagation.max.ms",
                 millis(self.missing_topic_timeout)
                     .clamp(1, timeout)
@@ -171,6 +256,31 @@ impl KafkaConfig {
         let mut config = self.base();
         Self::overrides(&mut config, [&self.properties, &BTreeMap::new()]);
         config
+    }
+}
+
+// --- Security: SSL / SASL properties given by an operator -------------------
+
+impl KafkaConfig {
+    /// Applies operator-given librdkafka properties (`--kafka-option`) to
+    /// every client, e.g. `security.protocol=SASL_SSL`,
+    /// `sasl.mechanism=SCRAM-SHA-512`, `ssl.ca.location=…`. They override
+    /// what was set before.
+    ///
+    /// Certificate rotation: librdkafka (2.12) reads the `ssl.*.location`
+    /// files once, when a client is created, and every reconnect of that
+    /// client uses what it read then. Each client backstop creates
+    /// ([`Kafka::source`](crate::Kafka::source), [`Kafka::publisher`](crate::Kafka::publisher),
+    /// [`Kafka::check`](crate::Kafka::check), the topic admin, a producer
+    /// replaced after a fatal error) reads the files as they are at that
+    /// moment, but a running source or publisher keeps the old certificate
+    /// until it is created again (restart the worker after a rotation,
+    /// before the old certificate expires).
+    pub fn apply_options<'a>(&mut self, options: impl IntoIterator<Item = &'a KafkaOption>) {
+        for option in options {
+            self.properties
+                .insert(option.key().to_owned(), option.value().to_owned());
+        }
     }
 }
 
@@ -200,6 +310,29 @@ mod tests {
     }
 
     #[test]
+    fn options_reach_every_client_and_debug_hides_secrets() {
+        let mut kc = KafkaConfig::new("b:9094", "g");
+        let options = [
+            KafkaOption::new("security.protocol", "SASL_SSL"),
+            KafkaOption::new("sasl.password", "hunter2"),
+        ];
+        kc.apply_options(&options);
+        for c in [
+            kc.consumer_config(),
+            kc.producer_config(),
+            kc.admin_config(),
+        ] {
+            assert_eq!(c.get("security.protocol"), Some("SASL_SSL"));
+            assert_eq!(c.get("sasl.password"), Some("hunter2"));
+        }
+        let shown = format!("{kc:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("***"),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn producer_is_idempotent_with_bounded_timeouts() {
         let mut kc = KafkaConfig::new("b:9092", "g");
         kc.message_timeout = Duration::from_secs(2);
@@ -209,5 +342,43 @@ mod tests {
         assert_eq!(p.get("message.timeout.ms"), Some("2000"));
         assert_eq!(p.get("topic.metadata.propagation.max.ms"), Some("2000"));
         assert_eq!(p.get("allow.auto.create.topics"), Some("false"));
+    }
+
+    #[test]
+    fn producer_sends_what_default_companion_topics_accept() {
+        // A DLQ of a topic with the broker's default limit (1,048,588 bytes)
+        // accepts that plus the header headroom; the producer must send it.
+        let p = KafkaConfig::new("b:9092", "g").producer_config();
+        let max: usize = p.get("message.max.bytes").unwrap().parse().unwrap();
+        assert!(max >= 1_048_588 + crate::HEADER_HEADROOM, "{max}");
+    }
+
+    #[test]
+    fn prefetch_queue_follows_the_consumer_budget() {
+        let mut kc = KafkaConfig::new("b:9092", "g");
+        kc.max_pending_bytes = 8 << 20;
+        let c = kc.consumer_config();
+        assert_eq!(c.get("queued.max.messages.kbytes"), Some("2048"));
+        kc.max_pending_bytes = 1 << 40;
+        assert_eq!(
+            kc.consumer_config().get("queued.max.messages.kbytes"),
+            Some("65536")
+        );
+    }
+
+    #[test]
+    fn debug_hides_secret_properties() {
+        let mut kc = KafkaConfig::new("b:9092", "g");
+        kc.properties
+            .insert("sasl.password".into(), "s3cret-1".into());
+        kc.properties.insert("sasl.username".into(), "alice".into());
+        kc.consumer_properties
+            .insert("ssl.key.password".into(), "s3cret-2".into());
+        kc.producer_properties
+            .insert("sasl.jaas.config".into(), "s3cret-3".into());
+        let shown = format!("{kc:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("alice"), "{shown}");
+        assert!(shown.contains("b:9092"), "{shown}");
     }
 }

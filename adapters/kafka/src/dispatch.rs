@@ -5,14 +5,17 @@
 //! The poll thread adds what it receives; [`KafkaSource::next`](crate::KafkaSource)
 //! takes from the ready queue (at most `max_in_flight` unsettled at once);
 //! ackers settle. A revoked partition's tracker is removed at once, which
-//! fences it: its queued messages are skipped and late settlements are
-//! refused as stale (the new owner gets those messages again).
+//! fences it: its queued messages are skipped, late settlements are
+//! refused as stale (the new owner gets those messages again), the
+//! cancellation tokens of its handed-out deliveries fire (their handlers
+//! stop), and messages of it that the poll thread collected before the
+//! revoke are dropped, never tracked under a new tracker.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use backstop::{Message, SourceError};
+use backstop::{CancellationToken, Message, SourceError};
 use tokio::sync::Notify;
 
 use crate::tracker::{PartitionTracker, Received};
@@ -63,6 +66,8 @@ struct Queued {
 struct Slot {
     tp: Tp,
     tracker: PartitionTracker,
+    /// Cancelled when the partition is revoked: its deliveries' handlers stop.
+    revoked: CancellationToken,
 }
 
 /// Partitions live in slots, so the hot paths (take, settle) index a vector
@@ -77,7 +82,17 @@ pub(crate) struct State {
     max_in_flight: usize,
     max_pending: usize,
     max_bytes: usize,
+    /// The whole consumer's limits, over every partition.
+    total_pending: usize,
+    total_bytes: usize,
+    /// Every partition is paused because the totals crossed their limits.
+    over_budget: bool,
+    /// Every partition is paused because the runner stopped consuming (its
+    /// breaker is open or paused); the poll thread keeps polling.
+    held: bool,
     next_generation: u64,
+    /// Partitions revoked and not assigned again: their late messages are dropped.
+    revoked: HashSet<Tp>,
     closed: bool,
     errors: VecDeque<SourceError>,
 }
@@ -86,9 +101,11 @@ impl State {
     fn insert(&mut self, tp: Tp, delayed: bool) -> usize {
         self.remove(&tp);
         self.next_generation += 1;
+        self.revoked.remove(&tp);
         let slot = Slot {
             tp: tp.clone(),
             tracker: PartitionTracker::new(self.next_generation, delayed),
+            revoked: CancellationToken::new(),
         };
         let i = match self.free.pop() {
             Some(i) => {
@@ -108,6 +125,7 @@ impl State {
         let i = self.index.remove(tp)?;
         let slot = self.slots.get_mut(i)?.take()?;
         self.free.push(i);
+        slot.revoked.cancel();
         Some(slot.tracker)
     }
 
@@ -124,6 +142,28 @@ impl State {
         self.slots.get_mut(i)?.as_mut().map(|s| &mut s.tracker)
     }
 
+    /// Messages tracked and bytes held, over every partition.
+    fn totals(&self) -> (usize, usize) {
+        self.slots.iter().flatten().fold((0, 0), |(n, b), s| {
+            (n + s.tracker.len(), b + s.tracker.bytes())
+        })
+    }
+
+    /// True when the totals reached the consumer's limits.
+    fn over(&self, (n, b): (usize, usize)) -> bool {
+        n >= self.total_pending || b >= self.total_bytes
+    }
+
+    /// Pauses every partition not paused yet (appended to `pause`).
+    fn pause_all(&mut self, pause: &mut Vec<Tp>) {
+        for (_, slot) in self.slots_mut() {
+            if !slot.tracker.is_paused() {
+                slot.tracker.set_paused(true);
+                pause.push(slot.tp.clone());
+            }
+        }
+    }
+
     fn slots_mut(&mut self) -> impl Iterator<Item = (usize, &mut Slot)> {
         self.slots
             .iter_mut()
@@ -137,6 +177,8 @@ impl State {
 pub(crate) struct Taken {
     pub(crate) message: Message,
     pub(crate) ticket: Ticket,
+    /// Cancelled when the partition is revoked.
+    pub(crate) revoked: CancellationToken,
 }
 
 /// What an acker needs to settle its delivery.
@@ -169,7 +211,24 @@ impl Dispatcher {
     /// A dispatcher handing out at most `max_in_flight` unsettled deliveries,
     /// pausing partitions that track more than `max_pending` messages or
     /// hold more than `max_bytes` of unfinished messages.
+    #[cfg(test)]
     pub(crate) fn new(max_in_flight: usize, max_pending: usize, max_bytes: usize) -> Arc<Self> {
+        Dispatcher::with_totals(
+            max_in_flight,
+            (max_pending, max_bytes),
+            (usize::MAX, usize::MAX),
+        )
+    }
+
+    /// Like [`Dispatcher::new`] with per-partition limits `partition`
+    /// (messages, bytes), and limits over all partitions together, `total`:
+    /// when the totals reach them, every partition is paused until the totals
+    /// are back to half.
+    pub(crate) fn with_totals(
+        max_in_flight: usize,
+        (max_pending, max_bytes): (usize, usize),
+        (total_pending, total_bytes): (usize, usize),
+    ) -> Arc<Self> {
         Arc::new(Dispatcher {
             state: Mutex::new(State {
                 slots: Vec::new(),
@@ -180,7 +239,12 @@ impl Dispatcher {
                 max_in_flight: max_in_flight.max(1),
                 max_pending: max_pending.max(2),
                 max_bytes: max_bytes.max(2),
+                total_pending: total_pending.max(2),
+                total_bytes: total_bytes.max(2),
+                over_budget: false,
+                held: false,
                 next_generation: 0,
+                revoked: HashSet::new(),
                 closed: false,
                 errors: VecDeque::new(),
             }),
@@ -210,6 +274,7 @@ impl Dispatcher {
         let mut commit = Vec::new();
         for (topic, partition) in partitions {
             let tp: Tp = (Arc::from(topic), partition);
+            st.revoked.insert(tp.clone());
             if let Some(tracker) = st.remove(&tp)
                 && let Some(offset) = tracker.to_commit()
             {
@@ -259,6 +324,7 @@ impl Dispatcher {
         let mut woke = false;
         let mut st = self.lock();
         let (max_pending, max_bytes) = (st.max_pending, st.max_bytes);
+        let mut totals = st.totals();
         let mut last: Option<(Tp, usize)> = None;
         for incoming in batch.drain(..) {
             let slot = match &last {
@@ -266,6 +332,9 @@ impl Dispatcher {
                 _ => {
                     let slot = match st.index.get(&incoming.tp) {
                         Some(&slot) => slot,
+                        // Polled before the partition was revoked: never
+                        // handed out after it (the new owner reads it again).
+                        None if st.revoked.contains(&incoming.tp) => continue,
                         // A message before its assignment was seen: track it anyway.
                         None => st.insert(incoming.tp.clone(), incoming.delayed),
                     };
@@ -273,19 +342,30 @@ impl Dispatcher {
                     slot
                 }
             };
+            let over_budget = st.over_budget;
             let Some(Slot { tracker, .. }) = st.slots.get_mut(slot).and_then(Option::as_mut) else {
                 continue;
             };
             let generation = tracker.generation();
             let offset = incoming.message.meta.offset.unwrap_or_default();
+            let before = (tracker.len(), tracker.bytes());
             let received = tracker.receive(incoming.message, incoming.due, now);
+            totals.0 += tracker.len().saturating_sub(before.0);
+            totals.1 += tracker.bytes().saturating_sub(before.1);
+            // Over the consumer's budget, a partition assigned since it was
+            // reached is paused on its first message.
             if !tracker.is_paused()
-                && (tracker.len() >= max_pending
+                && (over_budget
+                    || tracker.len() >= max_pending
                     || tracker.bytes() >= max_bytes
                     || (tracker.is_delayed() && tracker.not_due() > 0))
             {
                 tracker.set_paused(true);
                 pause.push(incoming.tp);
+            }
+            if !over_budget && st.over(totals) {
+                st.over_budget = true;
+                st.pause_all(pause);
             }
             if received == Received::Ready {
                 st.ready.push_back(Queued {
@@ -326,9 +406,11 @@ impl Dispatcher {
                 continue;
             };
             let tp = slot.tp.clone();
+            let revoked = slot.revoked.clone();
             st.outstanding += 1;
             return Ok(Some(Taken {
                 message,
+                revoked,
                 ticket: Ticket {
                     tp,
                     slot: q.slot,
@@ -378,6 +460,13 @@ impl Dispatcher {
         result
     }
 
+    /// Pauses every assigned partition (and any assigned later) until
+    /// called with `false`; the poll thread applies it on its next
+    /// maintenance, and keeps polling meanwhile.
+    pub(crate) fn hold(&self, held: bool) {
+        self.lock().held = held;
+    }
+
     /// What the poll thread should do now: due messages are released, full
     /// partitions paused, drained ones resumed, watermarks stored.
     pub(crate) fn maintain(&self) -> Actions {
@@ -385,9 +474,16 @@ impl Dispatcher {
         let mut actions = Actions::default();
         let mut st = self.lock();
         let (max_pending, max_bytes) = (st.max_pending, st.max_bytes);
+        let totals = st.totals();
+        if st.over(totals) {
+            st.over_budget = true;
+        } else if totals.0 <= st.total_pending / 2 && totals.1 <= st.total_bytes / 2 {
+            st.over_budget = false;
+        }
+        let over_budget = st.over_budget || st.held;
         let mut released = Vec::new();
         let mut queued = Vec::new();
-        for (i, Slot { tp, tracker }) in st.slots_mut() {
+        for (i, Slot { tp, tracker, .. }) in st.slots_mut() {
             tracker.release_due(now, &mut released);
             for offset in released.drain(..) {
                 queued.push(Queued {
@@ -396,10 +492,12 @@ impl Dispatcher {
                     offset,
                 });
             }
-            let wants_pause = tracker.len() >= max_pending
+            let wants_pause = over_budget
+                || tracker.len() >= max_pending
                 || tracker.bytes() >= max_bytes
                 || tracker.not_due() > 0;
-            let may_resume = tracker.len() <= max_pending / 2
+            let may_resume = !over_budget
+                && tracker.len() <= max_pending / 2
                 && tracker.bytes() <= max_bytes / 2
                 && tracker.not_due() == 0;
             if tracker.is_paused() && may_resume {
@@ -487,6 +585,12 @@ impl Dispatcher {
         self.ready.notify_one();
     }
 
+    /// Messages tracked (received, not yet passed by a watermark) and bytes
+    /// held, over every partition.
+    pub(crate) fn pending(&self) -> (usize, usize) {
+        self.lock().totals()
+    }
+
     /// Unsettled deliveries handed out.
     #[cfg(test)]
     pub(crate) fn outstanding(&self) -> usize {
@@ -545,6 +649,62 @@ mod tests {
     }
 
     #[test]
+    fn a_revoke_cancels_the_handlers_of_its_deliveries() {
+        let d = Dispatcher::new(10, 100, usize::MAX);
+        let other: Tp = (Arc::from("t"), 1);
+        d.assign([(tp(), false), (other.clone(), false)]);
+        d.receive(tp(), msg(0, "a"), None, false);
+        d.receive(other.clone(), msg(0, "b"), None, false);
+        let (a, b) = (d.take().unwrap().unwrap(), d.take().unwrap().unwrap());
+        assert!(!a.revoked.is_cancelled() && !b.revoked.is_cancelled());
+        d.revoke([("t", 0)]);
+        assert!(
+            a.revoked.is_cancelled(),
+            "the revoked partition's run stops"
+        );
+        assert!(
+            !b.revoked.is_cancelled(),
+            "the other partition's run goes on"
+        );
+    }
+
+    #[test]
+    fn messages_polled_before_a_revoke_are_never_handed_out_after_it() {
+        let d = Dispatcher::new(10, 100, usize::MAX);
+        d.assign([(tp(), false)]);
+        d.revoke([("t", 0)]);
+        // The rest of a batch collected across the rebalance.
+        d.receive(tp(), msg(5, "a"), None, false);
+        assert!(
+            d.take().unwrap().is_none(),
+            "a revoked partition's late message is dropped"
+        );
+        d.assign([(tp(), false)]);
+        d.receive(tp(), msg(5, "a"), None, false);
+        assert!(
+            d.take().unwrap().is_some(),
+            "reassigned, it is tracked again"
+        );
+    }
+
+    #[test]
+    fn a_held_consumer_pauses_every_partition_until_released() {
+        let d = Dispatcher::new(100, 100, usize::MAX);
+        let other: Tp = (Arc::from("t"), 1);
+        d.assign([(tp(), false), (other.clone(), false)]);
+        assert!(d.maintain().pause.is_empty());
+        d.hold(true);
+        let mut paused = d.maintain().pause;
+        paused.sort();
+        assert_eq!(paused, vec![tp(), other.clone()]);
+        assert!(d.maintain().resume.is_empty(), "stays paused while held");
+        d.hold(false);
+        let mut resumed = d.maintain().resume;
+        resumed.sort();
+        assert_eq!(resumed, vec![tp(), other]);
+    }
+
+    #[test]
     fn a_full_partition_is_paused_and_resumed_when_drained() {
         let d = Dispatcher::new(100, 4, usize::MAX);
         d.assign([(tp(), false)]);
@@ -585,6 +745,77 @@ mod tests {
             d.maintain().resume,
             vec![tp()],
             "done messages free their bytes"
+        );
+    }
+
+    #[test]
+    fn the_consumer_budget_pauses_every_partition_and_resumes_at_half() {
+        // 8 MB over 16 partitions, each partition allowed far more on its own.
+        let budget = 8 << 20;
+        let d = Dispatcher::with_totals(1_000, (100_000, 64 << 20), (100_000, budget));
+        let tps: Vec<Tp> = (0..16).map(|p| (Arc::from("t"), p)).collect();
+        d.assign(tps.iter().map(|tp| (tp.clone(), false)));
+        let record = |o: i64| {
+            let mut m = Message::new(vec![0u8; 100_000]).with_key(format!("k{o}"));
+            m.meta.offset = Some(o);
+            m
+        };
+        let mut paused = Vec::new();
+        let mut offset = 0;
+        // Round-robin, like a fetch over 16 partitions, until the poll
+        // thread would stop: every partition paused.
+        while paused.len() < tps.len() {
+            let mut batch: Vec<Incoming> = tps
+                .iter()
+                .filter(|tp| !paused.contains(*tp))
+                .map(|tp| Incoming {
+                    tp: tp.clone(),
+                    message: record(offset),
+                    due: None,
+                    delayed: false,
+                })
+                .collect();
+            offset += 1;
+            d.receive_all(&mut batch, &mut paused);
+            assert!(offset < 1_000, "never paused");
+        }
+        let (_, held) = d.pending();
+        assert!(held >= budget && held < budget + 16 * 101_000, "{held}");
+        assert!(d.maintain().resume.is_empty(), "still over budget");
+        let mut resumed = Vec::new();
+        while resumed.is_empty() {
+            let t = d.take().unwrap().unwrap();
+            d.settle(&t.ticket, true).unwrap();
+            resumed = d.maintain().resume;
+            if resumed.is_empty() {
+                assert!(d.pending().1 > budget / 2, "not resumed at half the budget");
+            }
+        }
+        assert!(d.pending().1 <= budget / 2, "resumed above half the budget");
+        assert_eq!(resumed.len(), 16, "all resume together");
+    }
+
+    #[test]
+    fn the_consumer_message_budget_counts_every_partition() {
+        let d = Dispatcher::with_totals(1_000, (100, usize::MAX), (8, usize::MAX));
+        let tps: Vec<Tp> = (0..16).map(|p| (Arc::from("t"), p)).collect();
+        d.assign(tps.iter().map(|tp| (tp.clone(), false)));
+        let mut paused = Vec::new();
+        for (o, tp) in tps.iter().enumerate().take(8) {
+            d.receive_all(
+                &mut vec![Incoming {
+                    tp: tp.clone(),
+                    message: msg(o as i64, "k"),
+                    due: None,
+                    delayed: false,
+                }],
+                &mut paused,
+            );
+        }
+        assert_eq!(
+            paused.len(),
+            16,
+            "8 messages over 8 partitions pause all 16"
         );
     }
 }

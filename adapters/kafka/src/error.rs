@@ -35,6 +35,28 @@ pub enum Error {
         "topic {0:?} is not in the cluster metadata; create it first (Kafka::ensure_topics) or check the broker address"
     )]
     MissingTopic(String),
+    /// A topic accepts records whose DLQ and retry copies the producer could not send.
+    #[error(
+        "topic {topic:?} accepts records of {accepts} bytes, but with backstop's headers their dead letters would exceed the producer's limit of {producer} bytes; raise KafkaConfig::max_message_bytes or lower the topic's max.message.bytes"
+    )]
+    TooLarge {
+        /// The source topic.
+        topic: String,
+        /// Its `max.message.bytes`.
+        accepts: usize,
+        /// The producer's `message.max.bytes` ([`KafkaConfig::max_message_bytes`](crate::KafkaConfig::max_message_bytes)).
+        producer: usize,
+    },
+    /// The cluster could not be reached with the configured settings: the
+    /// reason is librdkafka's (TLS handshake, SASL authentication, …; it
+    /// names no secret).
+    #[error("cannot reach Kafka at {brokers}: {reason}")]
+    Unreachable {
+        /// The bootstrap servers.
+        brokers: String,
+        /// librdkafka's explanation.
+        reason: String,
+    },
     /// The consumer's poll thread could not be started.
     #[error("could not start the consumer thread: {0}")]
     Thread(#[source] std::io::Error),

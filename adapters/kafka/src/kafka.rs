@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::sinks::{dlq_topic, retry_topic};
 use crate::{
@@ -82,6 +83,20 @@ impl Kafka {
             .collect()
     }
 
+    /// One metadata round trip with the configured settings (security
+    /// protocol, SASL, certificates), within `timeout`. Fails fast with
+    /// librdkafka's explanation when the handshake or the authentication
+    /// fails; call it at start-up to catch a misconfiguration at once.
+    pub async fn check(&self, timeout: Duration) -> Result<(), Error> {
+        let config = self.config.clone();
+        tokio::task::spawn_blocking(move || crate::probe::check(&config, timeout))
+            .await
+            .map_err(|e| Error::Unreachable {
+                brokers: self.config.brokers.clone(),
+                reason: format!("the check did not finish: {e}"),
+            })?
+    }
+
     /// An admin handle for topics.
     pub fn topics(&self) -> Result<Topics, Error> {
         Topics::new(&self.config)
@@ -104,9 +119,23 @@ impl Kafka {
 
     /// A source on `topics` and this group's retry topics for them, with at
     /// most `concurrency` unsettled deliveries (match the runner's concurrency).
+    ///
+    /// The DLQ and retry topics must exist when the runner starts
+    /// ([`Source::preflight`](backstop::Source::preflight)): create them with
+    /// [`ensure_topics`](Self::ensure_topics);
+    /// [`KafkaSource::skip_destination_check`] opts out.
     pub fn source(&self, topics: &[&str], concurrency: usize) -> Result<KafkaSource, Error> {
-        let retry: Vec<String> = topics.iter().flat_map(|t| self.retry_topics(t)).collect();
-        KafkaSource::new(&self.config, topics, &retry, concurrency)
+        let retry: Vec<(String, String)> = topics
+            .iter()
+            .flat_map(|t| {
+                self.retry_topics(t)
+                    .into_iter()
+                    .map(|r| (r, (*t).to_owned()))
+            })
+            .collect();
+        let mut required: Vec<String> = topics.iter().map(|t| self.dlq_topic(t)).collect();
+        required.extend(retry.iter().map(|(r, _)| r.clone()));
+        Ok(KafkaSource::new(&self.config, topics, &retry, concurrency)?.require(required))
     }
 
     /// A source on exactly `topics` (no retry topics), e.g. to read a DLQ.

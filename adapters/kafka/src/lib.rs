@@ -53,7 +53,10 @@
 //!   runs, waits or failed. A partition that tracks more than
 //!   [`KafkaConfig::max_pending_per_partition`] messages (or
 //!   [`KafkaConfig::max_pending_bytes_per_partition`] bytes) is paused (not
-//!   the poll loop) until half of them are done.
+//!   the poll loop) until half of them are done. The whole consumer has a
+//!   budget too ([`KafkaConfig::max_pending`], [`KafkaConfig::max_pending_bytes`]):
+//!   when all partitions together reach it, every partition is paused until
+//!   the totals are back to half, however many partitions are assigned.
 //! * Concurrency spans partitions and, inside a partition, keys: a message
 //!   with key K waits while an earlier message with key K of its partition
 //!   is unfinished.
@@ -66,6 +69,9 @@
 //!   unassignment and holds the rebalance until the commit completed (a
 //!   blocking commit inside the callback could stall the poll thread for a
 //!   minute while the coordinator is away). On close: commit, leave.
+//! * If the poll thread dies (a panic), `next` returns a fatal
+//!   [`SourceError`](backstop::SourceError) and the runner stops with it,
+//!   instead of waiting for messages that never come.
 //! * Message id: the `x-backstop-message-id` header, else
 //!   `<topic>/<partition>/<offset>` (carried on every copy). Attempt:
 //!   `x-backstop-attempt`. Meta: topic, partition, offset, timestamp; the
@@ -74,7 +80,8 @@
 //! # Delayed retries
 //!
 //! See [`retry`]: long delays go to `<topic>.<group>.retry.<tier>` and are
-//! held, with their partition paused, until `x-backstop-due`. Per-key order
+//! held, with their partition paused, until `x-backstop-due`, but never
+//! longer than the tier's delay (no partition parks behind one long delay). Per-key order
 //! is not kept across such a retry; in-process retries keep it.
 
 #![warn(missing_docs)]
@@ -85,7 +92,9 @@ mod config;
 mod dispatch;
 mod error;
 mod kafka;
+mod options;
 mod poller;
+mod probe;
 mod publisher;
 mod record;
 pub mod retry;
@@ -93,10 +102,13 @@ mod sinks;
 mod source;
 mod topics;
 mod tracker;
+#[cfg(feature = "tls")]
+mod verification;
 
 pub use crate::config::{DEFAULT_BROKERS, KafkaConfig, OffsetReset, brokers_from_env};
 pub use crate::error::Error;
 pub use crate::kafka::Kafka;
+pub use crate::options::{KafkaOption, OptionError, is_secret};
 pub use crate::publisher::KafkaPublisher;
 pub use crate::record::{assigned_message_id, to_message};
 pub use crate::retry::{RetryTier, RetryTiers};

@@ -13,9 +13,11 @@
 //! librdkafka commits as part of the unassignment: the rebalance does not go
 //! on until that commit finished, so the new owner starts where this member
 //! stopped. On close it commits everything done (synchronously), then leaves
-//! the group.
+//! the group. A panic on the thread is caught and reported to the source as
+//! a fatal error, so a dead thread never leaves the source waiting.
 
 use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -24,10 +26,11 @@ use backstop::SourceError;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 
 use crate::dispatch::{Dispatcher, Incoming, Tp};
+use crate::source::RetryTable;
 use crate::{Error, record};
 
 /// How long the thread blocks in one `poll` at most.
@@ -36,6 +39,9 @@ const POLL_TIMEOUT: Duration = Duration::from_millis(20);
 const MAINTENANCE_EVERY: Duration = Duration::from_millis(10);
 /// At most this many messages are tracked under one lock.
 const BATCH: usize = 256;
+/// A batch ends once it holds this many payload bytes: a batch is taken
+/// before the budgets are checked, so this bounds how far they overshoot.
+const BATCH_BYTES: usize = 1 << 20;
 /// Repeated client errors are logged at most this often.
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(5);
 
@@ -43,11 +49,11 @@ const ERROR_LOG_EVERY: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub(crate) struct GroupContext {
     dispatcher: Arc<Dispatcher>,
-    delayed: Arc<HashSet<String>>,
+    delayed: Arc<RetryTable>,
 }
 
 impl GroupContext {
-    pub(crate) fn new(dispatcher: Arc<Dispatcher>, delayed: Arc<HashSet<String>>) -> Self {
+    pub(crate) fn new(dispatcher: Arc<Dispatcher>, delayed: Arc<RetryTable>) -> Self {
         GroupContext {
             dispatcher,
             delayed,
@@ -126,7 +132,7 @@ impl ConsumerContext for GroupContext {
         let elements = assigned.elements();
         self.dispatcher.assign(elements.iter().map(|e| {
             let tp: Tp = (Arc::from(e.topic()), e.partition());
-            (tp, self.delayed.contains(e.topic()))
+            (tp, self.delayed.contains_key(e.topic()))
         }));
         // A partition paused under an earlier assignment must not stay paused.
         if let Err(error) = consumer.resume(assigned) {
@@ -154,13 +160,20 @@ pub(crate) struct PollThread {
 
 impl PollThread {
     /// Starts polling `consumer` (already subscribed) on a new thread.
+    ///
+    /// If the thread panics, the source reports a fatal error (the runner
+    /// stops with it) and then ends: a dead poll thread never leaves `next`
+    /// waiting forever.
     pub(crate) fn start(
         consumer: BaseConsumer<GroupContext>,
         dispatcher: Arc<Dispatcher>,
-        delayed: Arc<HashSet<String>>,
+        delayed: Arc<RetryTable>,
+        group: String,
     ) -> Result<Self, Error> {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = oneshot::channel();
+        let watch = Arc::clone(&dispatcher);
+        let name = group.clone();
         let poller = Poller {
             consumer,
             dispatcher,
@@ -170,11 +183,27 @@ impl PollThread {
             last_error_log: None,
             disconnected: false,
             batch: Vec::with_capacity(BATCH),
+            group,
         };
         std::thread::Builder::new()
             .name("backstop-kafka-poll".into())
             .spawn(move || {
-                poller.run();
+                // The consumer is dropped while unwinding, so the member leaves the group.
+                if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| poller.run())) {
+                    let reason = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic without a message".to_owned());
+                    tracing::error!(group = %name, %reason, "the Kafka consumer thread panicked; the source stops");
+                    watch.report(SourceError::Fatal(
+                        format!(
+                            "the Kafka consumer thread of group {name:?} died ({reason}); nothing is fetched or committed any more, restart the worker"
+                        )
+                        .into(),
+                    ));
+                    watch.close();
+                }
                 let _ = tx.send(());
             })
             .map_err(Error::Thread)?;
@@ -204,14 +233,21 @@ impl Drop for PollThread {
 struct Poller {
     consumer: BaseConsumer<GroupContext>,
     dispatcher: Arc<Dispatcher>,
-    delayed: Arc<HashSet<String>>,
+    delayed: Arc<RetryTable>,
     stop: Arc<AtomicBool>,
     topics: HashMap<String, Arc<str>>,
     last_error_log: Option<Instant>,
     disconnected: bool,
     /// Reused between polls, so a batch costs no allocation.
     batch: Vec<Incoming>,
+    /// The consumer group: stamped on every message ([`backstop::Meta::group`],
+    /// part of its idempotency keyspace); also named by the test that kills the thread.
+    group: String,
 }
+
+/// Consumer groups whose poll thread panics on its next poll (tests only).
+#[cfg(test)]
+pub(crate) static PANIC_IN_POLL: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
 impl Poller {
     fn run(mut self) {
@@ -246,17 +282,32 @@ impl Poller {
     }
 
     /// Polls one message (waiting up to the poll timeout), then whatever
-    /// else is already fetched, up to [`BATCH`], and tracks them under one
-    /// lock. Returns true when nothing arrived.
+    /// else is already fetched, up to [`BATCH`] messages or [`BATCH_BYTES`],
+    /// and tracks them under one lock. Returns true when nothing arrived.
     fn poll_batch(&mut self) -> bool {
+        #[cfg(test)]
+        if PANIC_IN_POLL
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&self.group)
+        {
+            panic!("injected failure in the poll thread of {}", self.group);
+        }
         let mut batch = std::mem::take(&mut self.batch);
         let mut timeout = self.poll_timeout();
-        while batch.len() < BATCH {
+        let mut bytes = 0;
+        while batch.len() < BATCH && bytes < BATCH_BYTES {
             match self.consumer.poll(timeout) {
                 None => break,
                 Some(Ok(record)) => {
-                    let message = record::to_message(&record);
+                    let retry_of = self
+                        .delayed
+                        .get(record.topic())
+                        .map(|route| route.source.as_str());
+                    let mut message = record::guarded_message(&record, retry_of);
                     drop(record);
+                    message.meta.group = Some(self.group.clone());
+                    bytes += message.payload.len();
                     batch.push(self.incoming(message));
                 }
                 Some(Err(error)) => {
@@ -285,8 +336,15 @@ impl Poller {
     fn incoming(&mut self, message: backstop::Message) -> Incoming {
         let topic = self.topic(&message.meta.source);
         let tp: Tp = (topic, message.meta.partition.unwrap_or_default());
-        let delayed = self.delayed.contains(&*tp.0);
-        let due = if delayed { record::due(&message) } else { None };
+        // A retry topic holds a message until its due time, but never longer
+        // than its tier's delay from now: a far-future `x-backstop-due` (a long
+        // `retry_after`, a fast clock at the writer) must not park the partition.
+        let hold = self.delayed.get(&*tp.0).map(|route| route.hold_limit);
+        let delayed = message.meta.retry_of.is_some();
+        let due = hold.filter(|_| delayed).and_then(|limit| {
+            let due = record::due(&message)?;
+            Some(due.min(SystemTime::now() + limit))
+        });
         Incoming {
             tp,
             message,
@@ -388,5 +446,45 @@ impl Poller {
         }
         // Dropping the consumer leaves the group (its revoke callback runs here).
         drop(self.consumer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use backstop::runner::RunError;
+    use backstop::{Runner, StackBuilder, handler_fn, memory::MemoryBroker};
+
+    use super::PANIC_IN_POLL;
+    use crate::{Kafka, brokers_from_env};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_poll_thread_stops_the_runner_with_a_clear_error() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let group = format!("bt-dead-poll-{nanos:x}");
+        let kafka = Kafka::new(brokers_from_env(), group.clone());
+        PANIC_IN_POLL.lock().unwrap().push(group);
+        let stack = StackBuilder::<serde_json::Value>::new(std::sync::Arc::new(
+            MemoryBroker::new().dead_letter_sink(),
+        ))
+        .build(handler_fn(|_: serde_json::Value, _| async {
+            Ok::<(), backstop::HandlerError>(())
+        }));
+        let runner = Runner::new(kafka.plain_source(&["bt-dead-poll"], 4).unwrap(), stack);
+        let result = tokio::time::timeout(Duration::from_secs(20), runner.run())
+            .await
+            .expect("the runner hangs on a dead poll thread");
+        let Err(RunError::Source { source, .. }) = result else {
+            panic!("the runner ended without the source's error: {result:?}");
+        };
+        assert!(source.is_fatal());
+        assert!(
+            source.to_string().contains("consumer thread of group"),
+            "{source}"
+        );
     }
 }

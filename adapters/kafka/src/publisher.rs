@@ -20,7 +20,8 @@ const FLUSH_ON_DROP: Duration = Duration::from_secs(5);
 /// The producer is idempotent (`enable.idempotence=true`, `acks=all`), never
 /// creates topics (`allow.auto.create.topics=false`) and gives up after
 /// `message.timeout.ms` ([`KafkaConfig::message_timeout`]). Headers are
-/// written as record headers with `x-backstop-message-id`; the key is kept,
+/// written as record headers with `x-backstop-message-id`, in order and
+/// byte for byte (nulls and repeated names included); the key is kept,
 /// so a copy lands on the partition of its key. Cheap to clone; the last
 /// clone flushes on drop, and [`KafkaPublisher::close`] flushes explicitly.
 #[derive(Clone, Debug)]
@@ -138,10 +139,11 @@ pub(crate) fn publish_error(
         }
         Some(C::MessageSizeTooLarge | C::InvalidMessageSize) => PublishError::TooLarge { size },
         Some(C::MessageTimedOut | C::RequestTimedOut) => PublishError::Timeout(timeout),
+        Some(C::TopicAuthorizationFailed | C::ClusterAuthorizationFailed) => {
+            PublishError::Unauthorized(destination.to_owned())
+        }
         Some(
-            C::TopicAuthorizationFailed
-            | C::ClusterAuthorizationFailed
-            | C::PolicyViolation
+            C::PolicyViolation
             | C::InvalidRecord
             | C::InvalidMessage
             | C::InvalidRequiredAcks
@@ -206,7 +208,7 @@ mod tests {
         ));
         assert!(matches!(
             publish_error("t", 1, code(RDKafkaErrorCode::TopicAuthorizationFailed), t),
-            PublishError::Nacked
+            PublishError::Unauthorized(d) if d == "t"
         ));
         assert!(matches!(
             publish_error("t", 1, code(RDKafkaErrorCode::AllBrokersDown), t),

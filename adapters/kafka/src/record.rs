@@ -1,58 +1,65 @@
 //! Kafka records ⟷ backstop messages: headers, key, ids and metadata.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use backstop::{Headers, Message, Meta, attempt, wire};
+use backstop::inbound::{self, KafkaRecord};
+use backstop::{Message, wire};
 use bytes::Bytes;
 use rdkafka::message::{Header, Headers as _, OwnedHeaders};
 
 /// The message id of a record without an `x-backstop-message-id` header.
 pub fn assigned_message_id(topic: &str, partition: i32, offset: i64) -> String {
-    format!("{topic}/{partition}/{offset}")
+    inbound::position_id(topic, partition, offset)
 }
 
 /// A received record as a [`Message`]: payload, key and headers copied;
-/// meta from the topic, partition, offset, timestamp and backstop headers.
+/// meta from the topic, partition, offset, timestamp and backstop headers
+/// ([`inbound::kafka`]).
 pub fn to_message<M: rdkafka::Message>(record: &M) -> Message {
-    let mut headers = Headers::new();
-    if let Some(h) = record.headers() {
-        for header in h.iter() {
-            let value = header
-                .value
-                .map(String::from_utf8_lossy)
-                .unwrap_or_default();
-            headers.insert(header.key.to_owned(), value.into_owned());
-        }
-    }
-    let topic = record.topic();
-    let (partition, offset) = (record.partition(), record.offset());
-    let message_id = headers
-        .get(wire::MESSAGE_ID)
-        .filter(|id| !id.is_empty())
-        .cloned()
-        .unwrap_or_else(|| assigned_message_id(topic, partition, offset));
-    let timestamp = record
-        .timestamp()
-        .to_millis()
-        .and_then(|ms| u64::try_from(ms).ok())
-        .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
-    Message {
-        payload: record
-            .payload()
-            .map(Bytes::copy_from_slice)
-            .unwrap_or_default(),
-        key: record.key().map(Bytes::copy_from_slice),
-        meta: Meta {
-            source: topic.to_owned(),
-            partition: Some(partition),
-            offset: Some(offset),
-            attempt: attempt::from_headers(&headers),
-            message_id,
-            timestamp,
-            ..Meta::default()
-        },
+    to_message_from(record, None)
+}
+
+/// [`to_message`] for a record of a retry topic of `retry_of` (from the
+/// source's own table of the retry topics it subscribed to).
+pub(crate) fn to_message_from<M: rdkafka::Message>(record: &M, retry_of: Option<&str>) -> Message {
+    let headers = record
+        .headers()
+        .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+        .unwrap_or_default();
+    inbound::kafka(&KafkaRecord {
+        topic: record.topic(),
+        partition: record.partition(),
+        offset: record.offset(),
+        timestamp_millis: record.timestamp().to_millis(),
+        key: record.key(),
+        payload: record.payload(),
         headers,
-    }
+        retry_of,
+    })
+}
+
+/// [`to_message_from`] under [`inbound::guarded`]: a panic while converting
+/// gives a message that is dead-lettered as `decode` (body, topic, partition
+/// and offset kept) instead of stopping the poll thread.
+pub(crate) fn guarded_message<M: rdkafka::Message>(record: &M, retry_of: Option<&str>) -> Message {
+    inbound::guarded(
+        || to_message_from(record, retry_of),
+        || {
+            let mut message =
+                Message::new(Bytes::copy_from_slice(record.payload().unwrap_or_default()))
+                    .with_message_id(inbound::position_id(
+                        record.topic(),
+                        record.partition(),
+                        record.offset(),
+                    ));
+            message.meta.source = record.topic().to_owned();
+            message.meta.partition = Some(record.partition());
+            message.meta.offset = Some(record.offset());
+            message.meta.retry_of = retry_of.map(str::to_owned);
+            message.meta.id_source = backstop::IdSource::Position;
+            message
+        },
+    )
 }
 
 /// The due time a delayed-retry copy carries, if any (`copy::retry` rounds
@@ -61,14 +68,19 @@ pub(crate) fn due(message: &Message) -> Option<SystemTime> {
     message.header(wire::DUE).and_then(wire::parse_time)
 }
 
-/// Record headers for publishing `message`: its headers plus its message id.
+/// Record headers for publishing `message`: its headers plus its message
+/// id, in order, byte for byte ([`HeaderValue::to_bytes`]: a null stays
+/// null, a repeated name is written each time).
+///
+/// [`HeaderValue::to_bytes`]: backstop::headers::HeaderValue::to_bytes
 pub(crate) fn record_headers(message: &Message) -> OwnedHeaders {
     let headers = message.headers_for_publish();
     let mut owned = OwnedHeaders::new_with_capacity(headers.len());
-    for (key, value) in &headers {
+    for (key, value) in headers.iter_values() {
+        let bytes = value.to_bytes();
         owned = owned.insert(Header {
-            key: key.as_str(),
-            value: Some(value.as_bytes()),
+            key,
+            value: bytes.as_deref(),
         });
     }
     owned

@@ -8,6 +8,11 @@
 //! message, with its partition paused, until it is due, and then hands it to
 //! the same stack.
 //!
+//! A copy is held at most its tier's delay ([`RetryTiers::hold_limit`]): a
+//! delay longer than the longest tier (a long `retry_after`) comes back after
+//! that tier's delay, runs, and counts an attempt, rather than parking the
+//! retry partition, and every copy behind it, for hours.
+//!
 //! Per-key order is **not** kept across a non-blocking retry: the copy waits
 //! on another topic while later messages of its key run. When order matters,
 //! keep delays within the in-process limit (the retry layer sleeps and the
@@ -96,6 +101,24 @@ impl RetryTiers {
         self.tiers.is_empty()
     }
 
+    /// How long a source holds a message of `retry_topic` at most, however
+    /// far its `x-backstop-due` lies: the delay of the tier the topic is named
+    /// after (`….retry.<tier>`), else the longest tier (zero without tiers).
+    ///
+    /// So a copy whose delay is longer than its tier (a `retry_after` above
+    /// the longest tier, or a writer's clock running fast) never parks its
+    /// partition, and the copies behind it, for longer than the tier's delay:
+    /// it runs again after that delay (and counts an attempt). Configure a
+    /// longer tier for longer delays.
+    pub fn hold_limit(&self, retry_topic: &str) -> Duration {
+        let named = retry_topic
+            .rsplit_once(".retry.")
+            .and_then(|(_, name)| self.tiers.iter().find(|t| t.name == name));
+        named
+            .or_else(|| self.tiers.last())
+            .map_or(Duration::ZERO, RetryTier::delay)
+    }
+
     /// The tier for `delay`: the shortest at least as long, else the longest.
     pub fn pick(&self, delay: Duration) -> Option<&RetryTier> {
         self.tiers
@@ -141,5 +164,23 @@ mod tests {
             Some("5m")
         );
         assert_eq!(RetryTiers::new([]).pick(Duration::from_secs(1)), None);
+    }
+
+    #[test]
+    fn a_retry_topic_holds_at_most_its_tier_delay() {
+        let tiers = RetryTiers::default();
+        assert_eq!(
+            tiers.hold_limit("orders.g.retry.30s"),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            tiers.hold_limit("a.retry.b.g.retry.5s"),
+            Duration::from_secs(5)
+        );
+        assert_eq!(tiers.hold_limit("orders.g.later"), Duration::from_secs(300));
+        assert_eq!(
+            RetryTiers::new([]).hold_limit("x.g.retry.5s"),
+            Duration::ZERO
+        );
     }
 }

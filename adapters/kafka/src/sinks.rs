@@ -1,10 +1,12 @@
 //! The DLQ and delayed-retry writers: [`KafkaDeadLetterSink`] and [`KafkaRetrySink`].
 //!
-//! Both route by the message's origin (`x-backstop-original-source`, else the
-//! topic it was consumed from), per consumer group, so one group's dead
-//! letters and retries never reach another group: `<topic>.<group>.dlq` and
-//! `<topic>.<group>.retry.<tier>`. Both add `x-backstop-group` once and keep
-//! the key, and resolve only on the broker's delivery report.
+//! Both route by the message's origin ([`Meta::origin`](backstop::Meta::origin):
+//! the topic it was consumed from, or for a copy consumed from a retry topic
+//! the source topic from the source's own table; never a header), per
+//! consumer group, so one group's dead letters and retries never reach
+//! another group: `<topic>.<group>.dlq` and `<topic>.<group>.retry.<tier>`.
+//! Both write `x-backstop-group` (informational, rewritten on every hop) and
+//! keep the key, and resolve only on the broker's delivery report.
 
 use std::time::Duration;
 
@@ -20,12 +22,6 @@ pub fn dlq_topic(topic: &str, group: &str) -> String {
 /// The retry topic of `topic` for `group` and `tier`: `<topic>.<group>.retry.<tier>`.
 pub fn retry_topic(topic: &str, group: &str, tier: &RetryTier) -> String {
     format!("{topic}.{group}.retry.{tier}")
-}
-
-fn origin(message: &Message) -> &str {
-    message
-        .header(wire::ORIGINAL_SOURCE)
-        .unwrap_or(&message.meta.source)
 }
 
 async fn send(
@@ -66,12 +62,13 @@ impl DeadLetterSink for KafkaDeadLetterSink {
         mut letter: Message,
         destination: Option<&str>,
     ) -> Result<(), SinkError> {
-        let destination =
-            destination.map_or_else(|| dlq_topic(origin(&letter), &self.group), str::to_owned);
+        let destination = destination.map_or_else(
+            || dlq_topic(letter.meta.origin(), &self.group),
+            str::to_owned,
+        );
         letter
             .headers
-            .entry(wire::GROUP.to_owned())
-            .or_insert_with(|| self.group.clone());
+            .insert(wire::GROUP.to_owned(), self.group.clone());
         send(&self.publisher, destination, &letter).await
     }
 }
@@ -101,7 +98,7 @@ impl KafkaRetrySink {
     /// The topic a copy delayed by `delay` goes to, if any tier exists.
     pub fn destination(&self, message: &Message, delay: Duration) -> Option<String> {
         let tier = self.tiers.pick(delay)?;
-        Some(retry_topic(origin(message), &self.group, tier))
+        Some(retry_topic(message.meta.origin(), &self.group, tier))
     }
 }
 
@@ -115,8 +112,7 @@ impl RetrySink for KafkaRetrySink {
             ))
         })?;
         copy.headers
-            .entry(wire::GROUP.to_owned())
-            .or_insert_with(|| self.group.clone());
+            .insert(wire::GROUP.to_owned(), self.group.clone());
         send(&self.publisher, destination, &copy).await
     }
 }
@@ -136,11 +132,23 @@ mod tests {
     }
 
     #[test]
-    fn a_retry_hop_routes_by_its_original_source() {
-        let mut m = Message::new("x").with_header(wire::ORIGINAL_SOURCE, "orders");
+    fn routing_follows_where_the_message_was_consumed_not_its_headers() {
+        let publisher = KafkaPublisher::new(&crate::KafkaConfig::new("127.0.0.1:1", "billing"))
+            .expect("a producer is created without connecting");
+        let sink = KafkaRetrySink::new(publisher, "billing", RetryTiers::default());
+        let mut m = Message::new("x").with_header(wire::ORIGINAL_SOURCE, "payments");
+        m.meta.source = "orders".into();
+        let five = Duration::from_secs(5);
+        assert_eq!(
+            sink.destination(&m, five).as_deref(),
+            Some("orders.billing.retry.5s")
+        );
+        // A hop consumed from a retry topic: the source's own table names the origin.
         m.meta.source = "orders.billing.retry.5s".into();
-        assert_eq!(origin(&m), "orders");
-        m.headers.clear();
-        assert_eq!(origin(&m), "orders.billing.retry.5s");
+        m.meta.retry_of = Some("orders".into());
+        assert_eq!(
+            sink.destination(&m, Duration::from_secs(30)).as_deref(),
+            Some("orders.billing.retry.30s")
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! [`KafkaSource`]: a consumer group member as a backstop [`Source`].
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +11,20 @@ use crate::acker::KafkaAcker;
 use crate::dispatch::Dispatcher;
 use crate::poller::{GroupContext, PollThread};
 use crate::{Error, KafkaConfig};
+
+/// Retry topic → the source topic its copies belong to: the source's own
+/// table, so a copy's origin never comes from a header or a topic's name.
+pub(crate) type RetryTable = HashMap<String, RetryRoute>;
+
+/// Where a retry topic's copies belong, and how long one may be held.
+#[derive(Debug, Clone)]
+pub(crate) struct RetryRoute {
+    /// The source topic its copies belong to.
+    pub(crate) source: String,
+    /// The longest a copy is held for its due time: the tier's delay
+    /// ([`RetryTiers::hold_limit`](crate::RetryTiers::hold_limit)).
+    pub(crate) hold_limit: Duration,
+}
 
 /// A member of a consumer group, handing out deliveries with an [`Acker`](backstop::Acker).
 ///
@@ -23,6 +37,10 @@ use crate::{Error, KafkaConfig};
 /// consumer resumes at the first unfinished offset. A nacked or dropped
 /// delivery is handed out again by this consumer.
 ///
+/// While the runner's breaker is open or paused ([`Source::pause`]) every
+/// assigned partition is paused and the poll thread keeps polling, so the
+/// member stays in its group and nothing is committed past unfinished work.
+///
 /// `close` (the runner calls it) commits what is done and leaves the group.
 /// Dropping the source without `close` does the same in the background.
 #[derive(Debug)]
@@ -32,42 +50,95 @@ pub struct KafkaSource {
     topics: Vec<String>,
     group: String,
     close_wait: Duration,
+    config: KafkaConfig,
+    /// Topics [`Source::preflight`] requires: the DLQ and retry topics.
+    required: Vec<String>,
 }
 
 impl KafkaSource {
     /// Joins `config.group` subscribed to `topics` (main topics) and
-    /// `retry_topics` (whose messages are held until their `x-backstop-due`),
+    /// `retry_topics` (whose messages are held until their `x-backstop-due`,
+    /// at most their tier's delay: see [`RetryTiers::hold_limit`](crate::RetryTiers::hold_limit)),
     /// handing out at most `max_in_flight` unsettled deliveries.
+    ///
+    /// Each retry topic comes with the source topic its copies belong to,
+    /// `(retry topic, source topic)`: dead letters and further retries of a
+    /// copy consumed from it go to that source's DLQ and retry topics
+    /// ([`Meta::retry_of`](backstop::Meta::retry_of)).
+    ///
+    /// If the consumer's poll thread dies, `next` returns a fatal
+    /// [`SourceError`] (the runner stops with it), then `None`.
     pub fn new(
         config: &KafkaConfig,
         topics: &[&str],
-        retry_topics: &[String],
+        retry_topics: &[(String, String)],
         max_in_flight: usize,
     ) -> Result<Self, Error> {
-        let dispatcher = Dispatcher::new(
+        let dispatcher = Dispatcher::with_totals(
             max_in_flight,
-            config.max_pending_per_partition,
-            config.max_pending_bytes_per_partition,
+            (
+                config.max_pending_per_partition,
+                config.max_pending_bytes_per_partition,
+            ),
+            (config.max_pending, config.max_pending_bytes),
         );
-        let delayed: Arc<HashSet<String>> = Arc::new(retry_topics.iter().cloned().collect());
+        let delayed: Arc<RetryTable> = Arc::new(
+            retry_topics
+                .iter()
+                .map(|(retry, source)| {
+                    let route = RetryRoute {
+                        source: source.clone(),
+                        hold_limit: config.retry_tiers.hold_limit(retry),
+                    };
+                    (retry.clone(), route)
+                })
+                .collect(),
+        );
         let context = GroupContext::new(Arc::clone(&dispatcher), Arc::clone(&delayed));
         let consumer: BaseConsumer<GroupContext> = config
             .consumer_config()
             .create_with_context(context)
             .map_err(Error::Config)?;
         let mut all: Vec<&str> = topics.to_vec();
-        all.extend(retry_topics.iter().map(String::as_str));
+        all.extend(retry_topics.iter().map(|(retry, _)| retry.as_str()));
         consumer
             .subscribe(&all)
             .map_err(Error::kafka(format!("subscribing to {all:?}")))?;
-        let thread = PollThread::start(consumer, Arc::clone(&dispatcher), delayed)?;
+        let thread = PollThread::start(
+            consumer,
+            Arc::clone(&dispatcher),
+            delayed,
+            config.group.clone(),
+        )?;
         Ok(KafkaSource {
             dispatcher,
             thread,
             topics: all.iter().map(|t| (*t).to_owned()).collect(),
             group: config.group.clone(),
             close_wait: config.session_timeout + Duration::from_secs(10),
+            config: config.clone(),
+            required: Vec::new(),
         })
+    }
+
+    /// Requires these topics (the DLQ and retry topics) to exist when the
+    /// runner starts ([`Source::preflight`]).
+    pub(crate) fn require(mut self, topics: Vec<String>) -> Self {
+        self.required = topics;
+        self
+    }
+
+    /// Skips the check that the DLQ and retry topics exist when the runner
+    /// starts (for a source whose dead letters go elsewhere).
+    #[must_use]
+    pub fn skip_destination_check(mut self) -> Self {
+        self.required.clear();
+        self
+    }
+
+    /// The topics that must exist before the first delivery is handled.
+    pub fn required_topics(&self) -> &[String] {
+        &self.required
     }
 
     /// The topics this source is subscribed to (main and retry topics).
@@ -79,9 +150,53 @@ impl KafkaSource {
     pub fn group(&self) -> &str {
         &self.group
     }
+
+    /// What the source holds now over all its partitions: messages received
+    /// and not yet committable, and the bytes of those not finished (the
+    /// figures [`KafkaConfig::max_pending`] and
+    /// [`KafkaConfig::max_pending_bytes`] bound).
+    pub fn pending(&self) -> (usize, usize) {
+        self.dispatcher.pending()
+    }
 }
 
 impl Source for KafkaSource {
+    async fn preflight(&mut self) -> Result<(), SourceError> {
+        if self.required.is_empty() {
+            return Ok(());
+        }
+        let unreachable = |e: Error| {
+            SourceError::Disconnected(format!("checking the DLQ and retry topics: {e}").into())
+        };
+        let admin =
+            crate::Topics::new(&self.config).map_err(|e| SourceError::Fatal(Box::new(e)))?;
+        let mut missing = Vec::new();
+        for topic in &self.required {
+            if admin
+                .partitions(topic)
+                .await
+                .map_err(unreachable)?
+                .is_none()
+            {
+                missing.push(topic.clone());
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(SourceError::Fatal(Box::new(
+            backstop::MissingDestinations {
+                source_name: self.topics.join(","),
+                missing,
+                how: format!(
+                    "create them with Kafka::ensure_topics (group {:?}), or call skip_destination_check() \
+                 on a source whose dead letters go elsewhere",
+                    self.group
+                ),
+            },
+        )))
+    }
+
     async fn next(&mut self) -> Option<Result<Delivery, SourceError>> {
         loop {
             match self.dispatcher.take() {
@@ -90,13 +205,28 @@ impl Source for KafkaSource {
                         dispatcher: Arc::clone(&self.dispatcher),
                         ticket: taken.ticket,
                     };
-                    return Some(Ok(Delivery::new(taken.message, acker)));
+                    return Some(Ok(
+                        Delivery::new(taken.message, acker).fenced_by(taken.revoked)
+                    ));
                 }
                 Ok(None) => self.dispatcher.changed().await,
                 Err(None) => return None,
                 Err(Some(error)) => return Some(Err(error)),
             }
         }
+    }
+
+    /// Pauses every assigned partition and keeps polling, so the member
+    /// stays in its group; nothing is committed past unfinished work.
+    /// Messages already received stay with the source (they are handed out
+    /// after [`resume`](Source::resume)), so nothing is returned.
+    async fn pause(&mut self) -> Vec<Delivery> {
+        self.dispatcher.hold(true);
+        Vec::new()
+    }
+
+    async fn resume(&mut self) {
+        self.dispatcher.hold(false);
     }
 
     async fn close(&mut self) {

@@ -1,7 +1,17 @@
 //! Topic helpers: create topics with their partitions, replication and
 //! `min.insync.replicas`, and a source topic's DLQ and retry topics with at
-//! least its partitions and room for its largest message. A topic that
-//! already exists is fine.
+//! least its partitions, room for its largest message and a retention that
+//! never drops a dead letter. A topic that already exists is fine.
+//!
+//! Defaults a Kafka operator expects, unless the spec says otherwise:
+//!
+//! * replication factor min(3, brokers in the cluster) and
+//!   `min.insync.replicas` = replication − 1 (at least 1); on a cluster of
+//!   fewer than 3 brokers the helper logs a warning that says so;
+//! * DLQ topics keep their letters forever (`retention.ms=-1`,
+//!   `retention.bytes=-1`): a dead letter waits for an operator;
+//! * retry topics keep their copies for at least 4 × their tier's delay
+//!   (and at least 7 days), whatever the broker's default.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,13 +27,17 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::sinks::{dlq_topic, retry_topic};
-use crate::{Error, KafkaConfig};
+use crate::{Error, KafkaConfig, RetryTier};
 
 /// How long admin requests and metadata waits may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Extra room a DLQ or retry topic gets over its source's `max.message.bytes`,
 /// for the headers a copy gains.
 pub const HEADER_HEADROOM: usize = 16 * 1024;
+/// The replication factor the helpers aim for when the spec does not set one.
+const SAFE_REPLICATION: i32 = 3;
+/// The shortest retention a retry topic gets by default (Kafka's own default).
+const MIN_RETRY_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// What a topic should look like.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,26 +46,32 @@ pub struct TopicSpec {
     pub name: String,
     /// Partitions (default 1).
     pub partitions: i32,
-    /// Replication factor (default 1).
-    pub replication: i32,
-    /// `min.insync.replicas`, if set.
+    /// Replication factor; `None` (the default): min(3, brokers in the cluster).
+    pub replication: Option<i32>,
+    /// `min.insync.replicas`; `None` (the default): replication − 1, at least 1.
     pub min_insync_replicas: Option<i32>,
     /// `max.message.bytes`, if set.
     pub max_message_bytes: Option<usize>,
     /// Other topic configs.
     pub configs: BTreeMap<String, String>,
+    /// Topic configs for this topic's DLQ and retry topics (created by
+    /// [`Topics::ensure_with_companions`]); they override the defaults there,
+    /// e.g. `retention.ms`.
+    pub companion_configs: BTreeMap<String, String>,
 }
 
 impl TopicSpec {
-    /// One partition, replication factor 1, broker defaults otherwise.
+    /// One partition, the safe replication defaults (see the [module docs](self)),
+    /// broker defaults otherwise.
     pub fn new(name: impl Into<String>) -> Self {
         TopicSpec {
             name: name.into(),
             partitions: 1,
-            replication: 1,
+            replication: None,
             min_insync_replicas: None,
             max_message_bytes: None,
             configs: BTreeMap::new(),
+            companion_configs: BTreeMap::new(),
         }
     }
 
@@ -65,7 +85,7 @@ impl TopicSpec {
     /// Sets the replication factor.
     #[must_use]
     pub fn replication(mut self, n: i32) -> Self {
-        self.replication = n.max(1);
+        self.replication = Some(n.max(1));
         self
     }
 
@@ -90,20 +110,66 @@ impl TopicSpec {
         self
     }
 
-    fn settings(&self) -> Vec<(String, String)> {
+    /// Sets a topic config of this topic's DLQ and retry topics (overriding
+    /// the helpers' defaults, e.g. `retention.ms`).
+    #[must_use]
+    pub fn companion_config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.companion_configs.insert(key.into(), value.into());
+        self
+    }
+
+    /// The replication factor and `min.insync.replicas` on a cluster of `brokers`.
+    fn replicas(&self, brokers: usize) -> (i32, i32) {
+        let replication = self.replication.unwrap_or_else(|| {
+            i32::try_from(brokers)
+                .unwrap_or(i32::MAX)
+                .clamp(1, SAFE_REPLICATION)
+        });
+        let isr = self
+            .min_insync_replicas
+            .unwrap_or_else(|| (replication - 1).max(1));
+        (replication, isr)
+    }
+
+    fn settings(&self, min_insync_replicas: i32) -> Vec<(String, String)> {
         let mut all: Vec<(String, String)> = self
             .configs
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        if let Some(n) = self.min_insync_replicas {
-            all.push(("min.insync.replicas".into(), n.to_string()));
-        }
+        all.push((
+            "min.insync.replicas".into(),
+            min_insync_replicas.to_string(),
+        ));
         if let Some(n) = self.max_message_bytes {
             all.push(("max.message.bytes".into(), n.to_string()));
         }
         all
     }
+}
+
+/// The spec of one companion (DLQ or retry topic) of `source`.
+fn companion(
+    source: &TopicSpec,
+    name: String,
+    partitions: i32,
+    max_bytes: Option<usize>,
+    defaults: &[(&str, String)],
+) -> TopicSpec {
+    let mut spec = TopicSpec::new(name).partitions(partitions);
+    spec.replication = source.replication;
+    spec.min_insync_replicas = source.min_insync_replicas;
+    spec.max_message_bytes = max_bytes.map(|n| n + HEADER_HEADROOM);
+    for (k, v) in defaults {
+        spec.configs.insert((*k).to_owned(), v.clone());
+    }
+    spec.configs.extend(source.companion_configs.clone());
+    spec
+}
+
+/// A retry tier's retention: 4 × its delay, at least [`MIN_RETRY_RETENTION`].
+fn retry_retention(tier: &RetryTier) -> Duration {
+    tier.delay().saturating_mul(4).max(MIN_RETRY_RETENTION)
 }
 
 impl From<&str> for TopicSpec {
@@ -148,21 +214,35 @@ impl Topics {
     }
 
     /// Creates the topics that do not exist yet, and waits until the cluster
-    /// metadata shows every one with at least its partitions.
+    /// metadata shows every one with at least its partitions. A spec without
+    /// a replication factor gets min(3, brokers in the cluster), and without
+    /// `min.insync.replicas` replication − 1 (at least 1); a fallback below
+    /// 3 replicas is logged as a warning.
     pub async fn create(&self, specs: &[TopicSpec]) -> Result<(), Error> {
         if specs.is_empty() {
             return Ok(());
         }
-        let settings: Vec<Vec<(String, String)>> = specs.iter().map(TopicSpec::settings).collect();
+        let brokers = if specs.iter().any(|s| s.replication.is_none()) {
+            self.brokers().await?
+        } else {
+            0
+        };
+        let replicas: Vec<(i32, i32)> = specs.iter().map(|s| s.replicas(brokers)).collect();
+        let settings: Vec<Vec<(String, String)>> = specs
+            .iter()
+            .zip(&replicas)
+            .map(|(spec, (_, isr))| spec.settings(*isr))
+            .collect();
         let new: Vec<NewTopic<'_>> = specs
             .iter()
             .zip(&settings)
-            .map(|(spec, settings)| {
+            .zip(&replicas)
+            .map(|((spec, settings), (replication, _))| {
                 settings.iter().fold(
                     NewTopic::new(
                         &spec.name,
                         spec.partitions,
-                        TopicReplication::Fixed(spec.replication),
+                        TopicReplication::Fixed(*replication),
                     ),
                     |topic, (k, v)| topic.set(k, v),
                 )
@@ -173,9 +253,11 @@ impl Topics {
             .create_topics(&new, &Self::options())
             .await
             .map_err(Error::kafka("creating topics"))?;
+        let mut created = Vec::new();
         for result in results {
             match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Ok(topic) => created.push(topic),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((topic, code)) => {
                     return Err(Error::Topic {
                         topic,
@@ -185,16 +267,55 @@ impl Topics {
                 }
             }
         }
+        let fallen_back: Vec<&str> = specs
+            .iter()
+            .zip(&replicas)
+            .filter(|(spec, (replication, _))| {
+                spec.replication.is_none() && *replication < SAFE_REPLICATION
+            })
+            .map(|(spec, _)| spec.name.as_str())
+            .filter(|name| created.iter().any(|c| c == name))
+            .collect();
+        if !fallen_back.is_empty() {
+            let (replication, isr) = TopicSpec::new("").replicas(brokers);
+            tracing::warn!(
+                topics = ?fallen_back, brokers, replication, min_insync_replicas = isr,
+                "the cluster has fewer than {SAFE_REPLICATION} brokers: these topics get replication \
+                 factor {replication} and min.insync.replicas {isr}; a broker loss can lose \
+                 acknowledged messages"
+            );
+        }
         for spec in specs {
             self.wait_for(&spec.name, spec.partitions).await?;
         }
         Ok(())
     }
 
+    /// The number of brokers in the cluster.
+    pub async fn brokers(&self) -> Result<usize, Error> {
+        let admin = Arc::clone(&self.admin);
+        blocking(move || {
+            let metadata = admin
+                .inner()
+                .fetch_metadata(None, ADMIN_TIMEOUT)
+                .map_err(Error::kafka("reading the cluster metadata"))?;
+            Ok(metadata.brokers().len())
+        })
+        .await
+    }
+
     /// Creates `source` and, for `group`, its DLQ and its retry topics (one
     /// per tier of the config), each with at least the source's partitions
-    /// and its `max.message.bytes` plus [`HEADER_HEADROOM`]. Companions that
-    /// exist with fewer partitions are grown.
+    /// and its `max.message.bytes` plus [`HEADER_HEADROOM`]. The DLQ keeps
+    /// its letters forever and each retry topic keeps its copies for at
+    /// least 4 × its delay (see the [module docs](self));
+    /// [`TopicSpec::companion_config`] overrides that. Companions that exist
+    /// with fewer partitions are grown; their configs are kept.
+    ///
+    /// Fails with [`Error::TooLarge`] when the source accepts records that,
+    /// with backstop's headers, are larger than the producer sends
+    /// ([`KafkaConfig::max_message_bytes`]): their dead letters could never
+    /// be written.
     pub async fn ensure_with_companions(
         &self,
         source: &TopicSpec,
@@ -209,28 +330,60 @@ impl Topics {
             Some(n) => Some(n),
             None => self.max_message_bytes(&source.name).await?,
         };
-        let mut names = vec![dlq_topic(&source.name, group)];
-        names.extend(
-            self.config
-                .retry_tiers
-                .tiers()
-                .iter()
-                .map(|tier| retry_topic(&source.name, group, tier)),
-        );
-        let companions: Vec<TopicSpec> = names
-            .into_iter()
-            .map(|name| {
-                let mut spec = TopicSpec::new(name)
-                    .partitions(partitions)
-                    .replication(source.replication);
-                spec.min_insync_replicas = source.min_insync_replicas;
-                spec.max_message_bytes = max_bytes.map(|n| n + HEADER_HEADROOM);
-                spec
-            })
-            .collect();
+        if let Some(n) = max_bytes
+            && n + HEADER_HEADROOM > self.config.max_message_bytes
+        {
+            return Err(Error::TooLarge {
+                topic: source.name.clone(),
+                accepts: n,
+                producer: self.config.max_message_bytes,
+            });
+        }
+        let forever = [
+            ("retention.ms", "-1".to_owned()),
+            ("retention.bytes", "-1".to_owned()),
+        ];
+        let mut companions = vec![companion(
+            source,
+            dlq_topic(&source.name, group),
+            partitions,
+            max_bytes,
+            &forever,
+        )];
+        for tier in self.config.retry_tiers.tiers() {
+            let retention = retry_retention(tier).as_millis().to_string();
+            companions.push(companion(
+                source,
+                retry_topic(&source.name, group, tier),
+                partitions,
+                max_bytes,
+                &[("retention.ms", retention)],
+            ));
+        }
         self.create(&companions).await?;
         for spec in &companions {
             self.grow(&spec.name, partitions).await?;
+        }
+        self.warn_on_expiring_dlq(&companions[0]).await
+    }
+
+    /// An existing DLQ keeps its configs; say so when its letters expire
+    /// (and the spec did not ask for that).
+    async fn warn_on_expiring_dlq(&self, dlq: &TopicSpec) -> Result<(), Error> {
+        let configs = self.configs(&dlq.name).await?;
+        for key in ["retention.ms", "retention.bytes"] {
+            let wanted = dlq.configs.get(key);
+            let Some(value) = configs.get(key) else {
+                continue;
+            };
+            if wanted == Some(value) || value.parse::<i64>().is_ok_and(|v| v < 0) {
+                continue;
+            }
+            tracing::warn!(
+                topic = %dlq.name, key, value,
+                "this existing DLQ deletes dead letters by {key}={value}; \
+                 set {key}=-1 (kafka-configs --alter) so letters wait for an operator"
+            );
         }
         Ok(())
     }
@@ -304,6 +457,16 @@ impl Topics {
 
     /// The topic's `max.message.bytes`, if it exists.
     pub async fn max_message_bytes(&self, topic: &str) -> Result<Option<usize>, Error> {
+        Ok(self
+            .configs(topic)
+            .await?
+            .get("max.message.bytes")
+            .and_then(|v| v.parse().ok()))
+    }
+
+    /// The topic's effective configs (its own and the broker defaults it
+    /// inherits); empty if it does not exist.
+    pub async fn configs(&self, topic: &str) -> Result<BTreeMap<String, String>, Error> {
         let results = self
             .admin
             .describe_configs(&[ResourceSpecifier::Topic(topic)], &Self::options())
@@ -314,11 +477,12 @@ impl Topics {
                 continue;
             }
             return Ok(resource
-                .get("max.message.bytes")
-                .and_then(|e| e.value.as_deref())
-                .and_then(|v| v.parse().ok()));
+                .entries
+                .into_iter()
+                .filter_map(|e| e.value.map(|v| (e.name, v)))
+                .collect());
         }
-        Ok(None)
+        Ok(BTreeMap::new())
     }
 
     /// The end offset (high watermark) of each partition of `topic`.
@@ -423,10 +587,53 @@ mod tests {
             .min_insync_replicas(2)
             .max_message_bytes(2_000_000)
             .config("retention.ms", "1000");
-        let settings = spec.settings();
+        let (_, isr) = spec.replicas(5);
+        let settings = spec.settings(isr);
         assert!(settings.contains(&("min.insync.replicas".into(), "2".into())));
         assert!(settings.contains(&("max.message.bytes".into(), "2000000".into())));
         assert!(settings.contains(&("retention.ms".into(), "1000".into())));
         assert_eq!(spec.partitions, 4);
+    }
+
+    #[test]
+    fn replication_defaults_to_min_3_brokers_and_isr_one_less() {
+        let spec = TopicSpec::new("t");
+        assert_eq!(spec.replicas(1), (1, 1));
+        assert_eq!(spec.replicas(2), (2, 1));
+        assert_eq!(spec.replicas(3), (3, 2));
+        assert_eq!(spec.replicas(9), (3, 2));
+        assert_eq!(spec.clone().replication(5).replicas(9), (5, 4));
+        assert_eq!(spec.min_insync_replicas(3).replicas(9), (3, 3));
+    }
+
+    #[test]
+    fn retry_retention_is_at_least_four_delays() {
+        let day = Duration::from_secs(24 * 3600);
+        assert_eq!(
+            retry_retention(&RetryTier::new(Duration::from_secs(5))),
+            MIN_RETRY_RETENTION
+        );
+        assert_eq!(retry_retention(&RetryTier::new(3 * day)), 12 * day);
+    }
+
+    #[test]
+    fn companions_take_the_users_configs_over_the_defaults() {
+        let source = TopicSpec::new("orders")
+            .replication(2)
+            .companion_config("retention.ms", "86400000");
+        let dlq = companion(
+            &source,
+            "orders.g.dlq".into(),
+            3,
+            Some(1_000_000),
+            &[
+                ("retention.ms", "-1".into()),
+                ("retention.bytes", "-1".into()),
+            ],
+        );
+        assert_eq!(dlq.configs["retention.ms"], "86400000");
+        assert_eq!(dlq.configs["retention.bytes"], "-1");
+        assert_eq!(dlq.max_message_bytes, Some(1_000_000 + HEADER_HEADROOM));
+        assert_eq!((dlq.partitions, dlq.replication), (3, Some(2)));
     }
 }

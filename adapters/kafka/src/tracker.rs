@@ -334,11 +334,7 @@ impl PartitionTracker {
 
 /// What a held message costs in memory, roughly: its bytes plus bookkeeping.
 fn size_of_message(message: &Message) -> usize {
-    let headers: usize = message
-        .headers
-        .iter()
-        .map(|(k, v)| k.len() + v.len() + 48)
-        .sum();
+    let headers = message.headers.wire_len() + 48 * message.headers.len();
     message.payload.len()
         + message.key.as_ref().map_or(0, Bytes::len)
         + headers

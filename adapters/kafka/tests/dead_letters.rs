@@ -112,7 +112,8 @@ async fn permanent_failures_and_poison_land_in_the_dlq_with_full_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unwritable_dlq_leaves_the_source_uncommitted() {
-    let kafka = kafka(&unique("g"));
+    let group = unique("g");
+    let kafka = kafka(&group);
     let topic = unique("nodlq");
     // Only the topic: its DLQ does not exist and cannot be auto-created.
     kafka
@@ -129,7 +130,7 @@ async fn an_unwritable_dlq_leaves_the_source_uncommitted() {
 
     let handled: Shared<BTreeSet<String>> = shared();
     let worker = run(
-        kafka.source(&[&topic], 8).unwrap(),
+        kafka.source(&[&topic], 8).unwrap().skip_destination_check(),
         stack(&kafka, &handled),
         8,
     );
@@ -139,7 +140,7 @@ async fn an_unwritable_dlq_leaves_the_source_uncommitted() {
         .await,
         "later messages are handled meanwhile"
     );
-    // Several failed DLQ writes (each waits for the missing topic, ~2 s).
+    // The failed DLQ write waits for the missing topic (~2 s).
     tokio::time::sleep(Duration::from_secs(5)).await;
     let committed = kafka.committed_offsets(&topic).await.unwrap();
     assert_eq!(
@@ -147,10 +148,13 @@ async fn an_unwritable_dlq_leaves_the_source_uncommitted() {
         Some(1),
         "committed up to the message whose DLQ write failed, not past it"
     );
-    let summary = worker.stop().await;
-    assert!(
-        summary.nacked >= 1,
-        "the poison message was nacked: {summary}"
+    // A missing DLQ is permanent: the worker stopped consuming instead of
+    // retrying the write forever.
+    let (reason, summary) = worker.stop_halted().await;
+    assert!(reason.contains(".dlq"), "{reason}");
+    assert_eq!(
+        summary.nacked, 1,
+        "the poison message was nacked once: {summary}"
     );
     assert_eq!(summary.dead_lettered, 0);
     let committed = kafka.committed_offsets(&topic).await.unwrap();
@@ -160,8 +164,11 @@ async fn an_unwritable_dlq_leaves_the_source_uncommitted() {
         "close did not commit past it either"
     );
 
-    // Once the DLQ exists, the message is dead-lettered and the offsets move to the end.
+    // Once the DLQ exists, a restarted worker (a new producer: the old one
+    // remembers the topic as missing for a while) dead-letters the message
+    // and the offsets move to the end.
     kafka.ensure_topics([spec(&topic, 1)]).await.unwrap();
+    let kafka = common::kafka(&group);
     let worker = run(
         kafka.source(&[&topic], 8).unwrap(),
         stack(&kafka, &handled),
@@ -274,4 +281,31 @@ async fn two_groups_never_see_each_others_retries_or_dead_letters() {
         let end: i64 = admin.end_offsets(t).await.unwrap().values().sum();
         assert_eq!(end, 0, "{t} stayed empty");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_dlq_or_retry_topic_fails_at_start_naming_it() {
+    let kafka = kafka(&unique("g"));
+    let topic = unique("nocompanions");
+    kafka
+        .topics()
+        .unwrap()
+        .create(&[spec(&topic, 1)])
+        .await
+        .unwrap();
+    let handled: Shared<BTreeSet<String>> = shared();
+    let run =
+        backstop::Runner::new(kafka.source(&[&topic], 4).unwrap(), stack(&kafka, &handled)).run();
+    let result = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the runner stops at start, not at the first poison message");
+    let Err(backstop::runner::RunError::Source { source, summary }) = result else {
+        panic!("a source without its DLQ must not run: {result:?}");
+    };
+    let text = source.to_string();
+    assert!(text.contains(&kafka.dlq_topic(&topic)), "{text}");
+    assert!(text.contains(&kafka.retry_topics(&topic)[0]), "{text}");
+    assert!(text.contains("ensure_topics"), "{text}");
+    assert_eq!(summary.received, 0);
+    let _ = kafka.topics().unwrap().delete(&[&topic]).await;
 }

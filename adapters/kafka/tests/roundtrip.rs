@@ -11,7 +11,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_trip_keeps_payload_key_and_headers() {
-    let kafka = kafka(&unique("g"));
+    let group = unique("g");
+    let kafka = kafka(&group);
     let topic = topic(&kafka, "roundtrip", 3).await;
     let publisher = kafka.publisher().unwrap();
     let sent = messages("rt", 50, 7);
@@ -44,6 +45,11 @@ async fn round_trip_keeps_payload_key_and_headers() {
         assert!(m.meta.partition.is_some() && m.meta.offset.is_some());
         assert!(m.meta.timestamp.is_some());
         assert_eq!(m.meta.attempt, 1);
+        assert_eq!(
+            m.meta.group.as_deref(),
+            Some(group.as_str()),
+            "the group of the idempotency keyspace"
+        );
     }
     assert_eq!(ids(&got), ids(&sent));
 }

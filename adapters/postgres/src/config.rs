@@ -13,7 +13,8 @@ use crate::PostgresError;
 /// Every wait is bounded, so a server that is down costs a failed operation
 /// (the message is deferred), never a hung worker. Defaults: 16 connections,
 /// 2 s to connect, 5 s to wait for a free connection, TCP keepalives on.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Its `Debug` output shows the URL with the password hidden.
+#[derive(Clone, PartialEq, Eq)]
 pub struct PgConfig {
     /// The server, as `postgres://user:password@host:port/db` (or a key=value string).
     pub url: String,
@@ -25,6 +26,54 @@ pub struct PgConfig {
     pub wait_timeout: Duration,
     /// Shown in `pg_stat_activity.application_name`.
     pub application_name: Option<String>,
+}
+
+impl std::fmt::Debug for PgConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConfig")
+            .field("url", &redact_conninfo(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("wait_timeout", &self.wait_timeout)
+            .field("application_name", &self.application_name)
+            .finish()
+    }
+}
+
+/// `url` with its password hidden: a `postgres://` URL through
+/// [`backstop::redact::redact_url`], a `key=value` string with every
+/// `password=…` value replaced (quoted values included).
+fn redact_conninfo(url: &str) -> String {
+    if url.contains("://") {
+        return backstop::redact::redact_url(url);
+    }
+    let Some(start) = url.find("password") else {
+        return url.to_owned();
+    };
+    let Some(eq) = url[start..].find('=').map(|i| start + i) else {
+        return url.to_owned();
+    };
+    let value = url[eq + 1..].trim_start();
+    let value_start = url.len() - value.len();
+    let value_end = if let Some(quoted) = value.strip_prefix('\'') {
+        let mut escaped = false;
+        let close = quoted.char_indices().find(|&(_, c)| {
+            let end = c == '\'' && !escaped;
+            escaped = c == '\\' && !escaped;
+            end
+        });
+        close.map_or(url.len(), |(i, _)| value_start + 1 + i + 1)
+    } else {
+        value
+            .find(char::is_whitespace)
+            .map_or(url.len(), |i| value_start + i)
+    };
+    format!(
+        "{}{}{}",
+        &url[..value_start],
+        backstop::redact::HIDDEN,
+        redact_conninfo(&url[value_end..])
+    )
 }
 
 impl PgConfig {
@@ -70,21 +119,34 @@ impl PgConfig {
     /// Builds the pool. It connects lazily: a server that is down is no
     /// error here, only for the operations that need it. Must be called
     /// inside a Tokio runtime.
+    ///
+    /// TLS follows the URL's `sslmode` (see the crate docs); certificate
+    /// files are read for every new connection.
     pub fn pool(&self) -> Result<Pool, PostgresError> {
-        let mut pg: tokio_postgres::Config = self.url.parse().map_err(PostgresError::InvalidUrl)?;
+        let tls = crate::tls::parse(&self.url).map_err(PostgresError::InvalidTls)?;
+        let mut pg: tokio_postgres::Config = tls.url.parse().map_err(PostgresError::InvalidUrl)?;
         pg.connect_timeout(self.connect_timeout)
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(30));
         if let Some(name) = &self.application_name {
             pg.application_name(name);
         }
-        let manager = Manager::from_config(
-            pg,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match tls.options {
+            None => Manager::from_config(pg, NoTls, manager_config),
+            #[cfg(feature = "tls")]
+            Some(options) => {
+                Manager::from_config(pg, crate::tls::Reloading(options), manager_config)
+            }
+            #[cfg(not(feature = "tls"))]
+            Some(_) => {
+                return Err(PostgresError::InvalidTls(
+                    backstop::tls::TlsError::NotBuilt("the PostgreSQL URL".into()).to_string(),
+                ));
+            }
+        };
         Pool::builder(manager)
             .max_size(self.max_connections)
             .wait_timeout(Some(self.wait_timeout))
@@ -112,5 +174,23 @@ mod tests {
             PgConfig::new("postgres://u@h:notaport/db").pool(),
             Err(PostgresError::InvalidUrl(_))
         ));
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        for url in [
+            "postgres://u:s3cret@h/db",
+            "postgres://u:p@s3cret@h/db",
+            "host=h user=u password=s3cret dbname=db",
+            "host=h password='s3 cret' user=u",
+        ] {
+            let shown = format!("{:?}", PgConfig::new(url));
+            assert!(!shown.contains("s3"), "{shown}");
+            assert!(shown.contains("***"), "{shown}");
+        }
+        assert_eq!(
+            redact_conninfo("host=h password='a\\'b' user=u"),
+            "host=h password=*** user=u"
+        );
     }
 }

@@ -13,6 +13,9 @@ pub enum PostgresError {
     /// The connection URL could not be parsed.
     #[error("invalid PostgreSQL URL (expected postgres://user:password@host:port/db): {0}")]
     InvalidUrl(#[source] tokio_postgres::Error),
+    /// The URL's TLS parameters (`sslmode`, `sslrootcert`, …) cannot be used.
+    #[error("invalid PostgreSQL TLS settings: {0}")]
+    InvalidTls(String),
     /// A table name is not a plain SQL identifier.
     #[error(
         "invalid table name {0:?}: use `table` or `schema.table`, letters, digits and `_`, at most 63 bytes each, not starting with a digit"
@@ -22,7 +25,7 @@ pub enum PostgresError {
     #[error("could not build the connection pool: {0}")]
     BuildPool(String),
     /// No connection could be had (server down, pool exhausted, timeout).
-    #[error("no PostgreSQL connection available: {0}")]
+    #[error("no PostgreSQL connection available: {}", chain(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
     /// A statement failed.
     #[error("PostgreSQL {op} failed: {source}")]
@@ -58,10 +61,53 @@ pub enum PostgresError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// The table was migrated by a newer release than this one.
+    #[error(
+        "{table} is at schema version {found}, newer than the {known} this release knows: upgrade this worker (an older one must not write a newer layout)"
+    )]
+    SchemaTooNew {
+        /// The table.
+        table: String,
+        /// The version recorded in `backstop_schema_version`.
+        found: i32,
+        /// The latest version this release knows.
+        known: i32,
+    },
+    /// The table's rows do not follow the chosen key layout
+    /// ([`PostgresStore::layout`](crate::PostgresStore::layout),
+    /// [`Inbox::layout`](crate::Inbox::layout)); the error says what to choose.
+    #[error(transparent)]
+    Layout(#[from] backstop::idempotency::LayoutError),
 }
 
 impl From<PostgresError> for backstop::StoreError {
     fn from(error: PostgresError) -> Self {
-        backstop::StoreError::Backend(Box::new(error))
+        match error {
+            PostgresError::Layout(error) => backstop::StoreError::Layout(error),
+            other => backstop::StoreError::Backend(Box::new(other)),
+        }
     }
+}
+
+/// An error and its sources as one line (the driver's top-level messages,
+/// such as `db error`, say little alone); a TLS failure is explained in an
+/// operator's words.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let next = e.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = e.source();
+    }
+    #[cfg(feature = "tls")]
+    if let Some(reason) = backstop::tls::explain(error) {
+        text.push_str(" (");
+        text.push_str(&reason);
+        text.push(')');
+    }
+    text
 }

@@ -72,9 +72,11 @@ mod config;
 mod conn;
 mod error;
 pub mod inbox;
+mod layout;
 mod migrate;
 mod store;
 mod table;
+mod tls;
 
 pub use self::config::PgConfig;
 pub use self::error::PostgresError;

@@ -40,6 +40,15 @@ impl TableName {
         self.parts.last().map_or("", String::as_str)
     }
 
+    /// The table `name` in this table's schema (or unqualified, like this one).
+    pub(crate) fn sibling(&self, name: &str) -> TableName {
+        let mut parts = self.parts.clone();
+        if let Some(last) = parts.last_mut() {
+            name.clone_into(last);
+        }
+        TableName { parts }
+    }
+
     /// A quoted name for an object named after this table (`"<table>_<suffix>"`, no schema).
     pub(crate) fn derived(&self, suffix: &str) -> String {
         let mut name = format!("{}_{suffix}", self.table());

@@ -107,7 +107,10 @@ impl Fixture {
     }
 
     async fn committed(&self, id: &str) -> bool {
-        self.inbox.contains(&Key::new(id)).await.unwrap()
+        self.inbox
+            .contains(&self.inbox.keyspace(QUEUE, None), &Key::new(id))
+            .await
+            .unwrap()
     }
 
     async fn no_open_transaction_left(&self) -> bool {
@@ -373,7 +376,12 @@ async fn messages_without_a_key_run_in_a_transaction_without_deduplication() {
         1,
         "keyed by the header: once"
     );
-    assert!(inbox.contains(&Key::new("o-1")).await.unwrap());
+    assert!(
+        inbox
+            .contains(&inbox.keyspace(QUEUE, None), &Key::new("o-1"))
+            .await
+            .unwrap()
+    );
     f.finish().await;
 }
 
@@ -391,4 +399,209 @@ async fn a_handler_without_the_inbox_layer_fails_permanently() {
         .await
         .unwrap();
     assert_eq!(summary.dead_lettered, 1);
+}
+
+/// The store of worker A: its renewals never get through (a starved
+/// renewer, a network partition), so its lease runs out while it works.
+struct RenewalsStall(backstop_postgres::PostgresStore);
+
+#[async_trait::async_trait]
+impl backstop::Store for RenewalsStall {
+    async fn claim(
+        &self,
+        key: &Key,
+        owner: &str,
+        lease: Duration,
+        replay: u32,
+    ) -> Result<backstop::idempotency::Claim, backstop::StoreError> {
+        self.0.claim(key, owner, lease, replay).await
+    }
+    async fn renew(
+        &self,
+        _: &Key,
+        _: backstop::idempotency::Fence,
+        _: Duration,
+    ) -> Result<bool, backstop::StoreError> {
+        std::future::pending().await
+    }
+    async fn complete(
+        &self,
+        key: &Key,
+        fence: backstop::idempotency::Fence,
+    ) -> Result<bool, backstop::StoreError> {
+        self.0.complete(key, fence).await
+    }
+    async fn dead_letter(
+        &self,
+        key: &Key,
+        fence: backstop::idempotency::Fence,
+    ) -> Result<bool, backstop::StoreError> {
+        self.0.dead_letter(key, fence).await
+    }
+    async fn release(
+        &self,
+        key: &Key,
+        fence: backstop::idempotency::Fence,
+        failed_runs: Option<u32>,
+    ) -> Result<(), backstop::StoreError> {
+        self.0.release(key, fence, failed_runs).await
+    }
+}
+
+/// Two workers and a handler that outlives its lease, with the inbox fenced
+/// by the store in the same database: worker A's lease runs out mid-run and
+/// B takes the message over; A's commit is refused by the fence (rolled
+/// back, deferred, then a duplicate), B's commits: one effect, B's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_inbox_refuses_the_commit_of_a_run_whose_lease_was_lost() {
+    let f = fixture().await;
+    let store = backstop_postgres::PostgresStore::new(f.inbox.pool().clone())
+        .with_table(&f.schema.table("dedup"))
+        .unwrap();
+    store.migrate().await.unwrap();
+    let lease = Duration::from_millis(400);
+    let inbox = f.inbox.clone().fenced_by(&store);
+    let worker = |store: Arc<dyn backstop::Store>, writer: Writer| {
+        StackBuilder::<String>::new(Arc::new(f.broker.dead_letter_sink()))
+            .idempotency_with(
+                store,
+                backstop::idempotency::Config {
+                    lease,
+                    ..backstop::idempotency::Config::keyed_by(KeySource::MessageId)
+                },
+            )
+            .nack_delay(Duration::from_millis(50))
+            .innermost(inbox.layer())
+            .build(writer)
+    };
+    let slow = Writer {
+        pause: Some(Duration::from_millis(2500)),
+        ..Writer::new(&f)
+    };
+    let fast = Writer::new(&f);
+    // One queue (one consumer, one keyspace): A takes the first copy and,
+    // busy with it at concurrency 1, leaves the second to B.
+    let queue = "inbox-fenced";
+    let publish = |from: &str| {
+        f.broker
+            .publish_now(
+                queue,
+                Message::new(format!("from {from}")).with_message_id("m-fenced"),
+            )
+            .unwrap();
+    };
+    publish("inbox-a");
+    let a = tokio::spawn(
+        Runner::new(
+            f.broker.consume(queue, 1).until_drained(),
+            worker(Arc::new(RenewalsStall(store.clone())), slow.clone()),
+        )
+        .concurrency(1)
+        .run(),
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(slow.runs(), 1, "A is still in its run");
+    publish("inbox-b");
+    let b = Runner::new(
+        f.broker.consume(queue, 1).until_drained(),
+        worker(Arc::new(store.clone()), fast.clone()),
+    )
+    .run()
+    .await
+    .unwrap();
+    let a = a.await.unwrap().unwrap();
+    assert_eq!(b.handled, 1, "B took over and committed");
+    assert_eq!(fast.runs(), 1);
+    assert_eq!(a.handled, 0, "A's commit was refused: {a}");
+    let rest = Runner::new(
+        f.broker.consume(queue, 1).until_drained(),
+        worker(Arc::new(store.clone()), fast.clone()),
+    )
+    .run()
+    .await
+    .unwrap();
+    assert_eq!(
+        a.duplicates + b.duplicates + rest.duplicates,
+        1,
+        "A's redelivery is a duplicate: {a} / {b} / {rest}"
+    );
+    assert_eq!(fast.runs(), 1);
+    assert_eq!(f.effects().await, 1, "one effect");
+    let body: String = f
+        .admin
+        .query_one(&format!("SELECT body FROM {}", f.effects), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        body, "from inbox-b",
+        "the newer run's effect is the one committed"
+    );
+    assert!(f.no_open_transaction_left().await);
+    f.finish().await;
+}
+
+/// A table filled by the first release (rows under the consumer name as
+/// given) is refused without a choice; migrating, a redelivery of a message
+/// committed under the old name is skipped and gets its new row, and a new
+/// message writes its row under both names, so a worker of the first
+/// release skips it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbox_of_the_first_release_is_matched_during_the_migration() {
+    use backstop::idempotency::{KeyLayout, LayoutError};
+    let f = fixture().await;
+    let table = f.schema.table("inbox_old");
+    let inbox = |layout| {
+        Inbox::new(f.inbox.pool().clone())
+            .with_table(&table)
+            .unwrap()
+            .consumer("test")
+            .layout(layout)
+    };
+    let old = inbox(KeyLayout::Legacy);
+    old.migrate().await.unwrap();
+    let writer = Writer::new(&f);
+    f.publish("m-old");
+    f.drain(f.stack_with(old.clone(), writer.clone())).await;
+    assert_eq!(
+        common::count(
+            &f.admin,
+            &format!("{table} WHERE consumer = 'test' AND key = 'm-old'")
+        )
+        .await,
+        1,
+        "the first release's row: the consumer name as given"
+    );
+    assert!(matches!(
+        inbox(KeyLayout::Keyspaced).migrate().await,
+        Err(backstop_postgres::PostgresError::Layout(
+            LayoutError::Unmarked { .. }
+        ))
+    ));
+    let new = inbox(KeyLayout::Migrate {
+        window: Duration::from_secs(3600),
+    });
+    new.migrate().await.unwrap();
+    f.publish("m-old");
+    f.publish("m-new");
+    let summary = f.drain(f.stack_with(new.clone(), writer.clone())).await;
+    assert_eq!(summary.handled, 2, "{summary}");
+    assert_eq!(f.effects_of("m-old").await, 1, "not run again");
+    assert_eq!(f.effects_of("m-new").await, 1);
+    let keyspace = new.keyspace(QUEUE, None);
+    for id in ["m-old", "m-new"] {
+        assert!(
+            new.contains(&keyspace, &Key::new(id)).await.unwrap(),
+            "{id}: its new row"
+        );
+    }
+    f.publish("m-new");
+    f.drain(f.stack_with(old, writer.clone())).await;
+    assert_eq!(
+        f.effects_of("m-new").await,
+        1,
+        "a worker of the first release skips it"
+    );
+    assert_eq!(writer.runs(), 2);
+    f.finish().await;
 }

@@ -1,9 +1,12 @@
 //! [`RabbitAcker`]: settles one delivery by its tag, on the channel that delivered it.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use backstop::{AckError, Acker};
 use lapin::options::{BasicAckOptions, BasicNackOptions};
+
+use crate::source::Counts;
 
 /// Settles one RabbitMQ delivery.
 ///
@@ -18,11 +21,30 @@ pub struct RabbitAcker {
     acker: lapin::Acker,
     tag: u64,
     queue: Arc<str>,
+    counts: Option<Arc<Counts>>,
 }
 
 impl RabbitAcker {
     pub(crate) fn new(acker: lapin::Acker, tag: u64, queue: Arc<str>) -> Self {
-        RabbitAcker { acker, tag, queue }
+        RabbitAcker {
+            acker,
+            tag,
+            queue,
+            counts: None,
+        }
+    }
+
+    /// Counts the settlement on its channel's counters (the source's pause
+    /// waits for the prefetch to be used up before it cancels).
+    pub(crate) fn counted_by(mut self, counts: Arc<Counts>) -> Self {
+        self.counts = Some(counts);
+        self
+    }
+
+    fn count(&self) {
+        if let Some(counts) = &self.counts {
+            counts.settled.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The delivery tag this acker settles.
@@ -54,6 +76,7 @@ impl RabbitAcker {
 impl Acker for RabbitAcker {
     async fn ack(self: Box<Self>) -> Result<(), AckError> {
         let result = self.acker.ack(BasicAckOptions { multiple: false }).await;
+        self.count();
         self.settled("ack", result)
     }
 
@@ -65,6 +88,7 @@ impl Acker for RabbitAcker {
                 requeue,
             })
             .await;
+        self.count();
         self.settled("nack", result)
     }
 

@@ -38,7 +38,7 @@ impl RabbitMq {
         url: impl Into<String>,
         options: ConnectOptions,
     ) -> Result<Self, ConnectError> {
-        let connector = Arc::new(Connector::new(url.into(), options));
+        let connector = Arc::new(Connector::new(url.into(), options)?);
         let shared = Arc::new(SharedConnection::new(Arc::clone(&connector), "publisher"));
         shared.get().await?;
         Ok(RabbitMq {
@@ -67,9 +67,20 @@ impl RabbitMq {
 
     /// A consumer of `queue` holding at most `prefetch` unsettled deliveries
     /// (use the same number as the runner's concurrency). It subscribes now:
-    /// a queue that does not exist fails here.
+    /// a queue that does not exist fails here. Its DLQ (`<queue>.dlq`) and,
+    /// for a topology declared or registered on this handle, its delay
+    /// queues must exist when the runner starts ([`Source::preflight`](backstop::Source::preflight));
+    /// [`RabbitSource::skip_destination_check`] opts out.
     pub async fn source(&self, queue: &str, prefetch: usize) -> Result<RabbitSource, ConsumeError> {
-        RabbitSource::open(Arc::clone(&self.connector), queue, prefetch).await
+        let mut required = vec![crate::topology::dlq_name(queue)];
+        if let Some(topology) = self.registry.get(queue) {
+            required.extend(topology.tiers().iter().map(|t| t.queue_for(queue)));
+        }
+        Ok(
+            RabbitSource::open(Arc::clone(&self.connector), queue, prefetch)
+                .await?
+                .require(required),
+        )
     }
 
     /// A confirmed publisher on a channel of its own.

@@ -8,9 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties};
 
 use crate::error::{ConnectError, redact};
+use crate::tls::{self, UrlTls};
 
 /// The URL used when `BACKSTOP_AMQP_URL` is not set: the local broker's default vhost.
 pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -28,11 +30,12 @@ pub struct ConnectOptions {
     pub(crate) reconnect_initial: Duration,
     pub(crate) reconnect_max: Duration,
     pub(crate) confirm_timeout: Duration,
+    pub(crate) max_message_size: usize,
 }
 
 impl Default for ConnectOptions {
     /// Name `backstop`, 10 s connect timeout, reconnect backoff 100 ms … 5 s,
-    /// 30 s confirm timeout.
+    /// 30 s confirm timeout, 128 MiB maximum message body.
     fn default() -> Self {
         ConnectOptions {
             connection_name: "backstop".to_owned(),
@@ -40,6 +43,7 @@ impl Default for ConnectOptions {
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
             confirm_timeout: Duration::from_secs(30),
+            max_message_size: crate::limits::DEFAULT_MAX_MESSAGE_SIZE,
         }
     }
 }
@@ -74,18 +78,43 @@ impl ConnectOptions {
         self.confirm_timeout = timeout;
         self
     }
+
+    /// The largest message body the broker takes: its `max_message_size`
+    /// (default 128 MiB, RabbitMQ 3.x's default; RabbitMQ 4.x defaults to
+    /// 16 MiB). A larger body fails with
+    /// [`PublishError::TooLarge`](backstop::PublishError::TooLarge) before it
+    /// is sent, instead of the broker closing the publishing channel.
+    #[must_use]
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
 }
 
 /// Opens connections to one broker.
-#[derive(Debug)]
 pub(crate) struct Connector {
     url: String,
+    tls: UrlTls,
     pub(crate) options: ConnectOptions,
 }
 
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("url", &self.redacted_url())
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
 impl Connector {
-    pub(crate) fn new(url: String, options: ConnectOptions) -> Self {
-        Connector { url, options }
+    /// Checks the URL (scheme, TLS parameters); connects nothing yet.
+    pub(crate) fn new(url: String, options: ConnectOptions) -> Result<Self, ConnectError> {
+        let tls = tls::parse(&url).map_err(|reason| ConnectError::InvalidUrl {
+            url: redact(&url),
+            reason,
+        })?;
+        Ok(Connector { url, tls, options })
     }
 
     /// The URL with the password hidden.
@@ -93,18 +122,34 @@ impl Connector {
         redact(&self.url)
     }
 
-    /// One connection attempt, bounded by the connect timeout.
+    /// One connection attempt, bounded by the connect timeout. Over TLS,
+    /// the certificate files are read again for each attempt.
     pub(crate) async fn connect(&self, role: &str) -> Result<Connection, ConnectError> {
         let name = format!("{}-{role}", self.options.connection_name);
         let properties = ConnectionProperties::default().with_connection_name(name.into());
-        match tokio::time::timeout(
-            self.options.connect_timeout,
-            Connection::connect(&self.url, properties),
-        )
-        .await
-        {
-            Ok(Ok(connection)) => Ok(connection),
-            Ok(Err(source)) => Err(ConnectError::Connect {
+        // Parsed here, not by lapin: its parse error quotes the whole URL.
+        let uri: AMQPUri = self
+            .url
+            .parse()
+            .map_err(|reason: String| ConnectError::InvalidUrl {
+                url: self.redacted_url(),
+                reason: backstop::redact::redact_text(
+                    &reason.replace(&self.url, &self.redacted_url()),
+                ),
+            })?;
+        let attempt = async {
+            match &self.tls.options {
+                None => Ok(Connection::connect_uri(uri, properties).await),
+                #[cfg(feature = "tls")]
+                Some(_) => tls::connect(uri, &self.tls, properties).await,
+                #[cfg(not(feature = "tls"))]
+                Some(_) => Err(tls::not_built(&self.redacted_url())),
+            }
+        };
+        match tokio::time::timeout(self.options.connect_timeout, attempt).await {
+            Ok(Ok(Ok(connection))) => Ok(connection),
+            Ok(Ok(Err(source))) => Err(ConnectError::connect(self.redacted_url(), source)),
+            Ok(Err(source)) => Err(ConnectError::Tls {
                 url: self.redacted_url(),
                 source,
             }),
@@ -171,6 +216,51 @@ impl SharedConnection {
             && let Err(error) = connection.close(200, "OK".into()).await
         {
             tracing::debug!(%error, "closing the RabbitMQ connection failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_password() {
+        let connector = Connector::new(
+            "amqp://u:p@s3cret@127.0.0.1:5672/%2f".into(),
+            ConnectOptions::default(),
+        )
+        .expect("a valid URL");
+        let shown = format!("{connector:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("amqp://u:***@127.0.0.1"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_url_is_refused_without_its_password() {
+        for url in ["amqp:u:s3cret@h", "amqp://u:s3cret@h:notaport/"] {
+            let chain = |e: ConnectError| {
+                let mut text = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    text.push_str(&format!(" / {s}"));
+                    source = s.source();
+                }
+                text
+            };
+            // Refused when the connector is made (the TLS parameters are
+            // read then) or at the first connect (the URL's syntax).
+            let error = match Connector::new(url.into(), ConnectOptions::default()) {
+                Err(e) => chain(e),
+                Ok(connector) => connector
+                    .connect("test")
+                    .await
+                    .err()
+                    .map(chain)
+                    .unwrap_or_default(),
+            };
+            assert!(error.contains("not a usable AMQP URL"), "{error}");
+            assert!(!error.contains("s3cret"), "{error}");
         }
     }
 }

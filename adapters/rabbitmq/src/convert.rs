@@ -1,162 +1,305 @@
-//! Between AMQP and backstop: field tables to text headers and back, a lapin
-//! delivery to a [`Message`], a [`Message`] to AMQP properties.
+//! Between AMQP and backstop: field tables to typed headers and back, a
+//! lapin delivery to a [`Message`], a [`Message`] to AMQP properties.
 //!
-//! backstop headers are UTF-8 text on every broker. Incoming AMQP header
-//! values are converted to text: strings as they are (invalid UTF-8 is
-//! replaced), integers and floats in decimal, booleans as `true`/`false`,
-//! timestamps as seconds since the epoch, decimals as `value/10^scale`.
-//! Nested tables, arrays, byte arrays and void values (such as RabbitMQ's
-//! `x-death`) have no text form and are left out. Outgoing headers are all
-//! written as long strings.
+//! A delivery is first copied into plain values ([`plain_delivery`]), then
+//! converted by backstop's pure [`inbound::amqp`] (fuzzed without lapin).
+//!
+//! Header values keep their AMQP type both ways ([`value_from_amqp`],
+//! [`value_to_amqp`]): a UTF-8 long string becomes
+//! [`HeaderValue::Text`], any other field value (integers, floats,
+//! decimals, booleans, timestamps, short strings, long strings that are not
+//! UTF-8, byte arrays, arrays, nested tables, void) stays a
+//! [`HeaderValue::Amqp`] and is written back as the same type and bytes.
+//! Text is written as a long string, bytes (from Kafka) as a long string,
+//! null as void. A table has one value per name: where a name repeats (a
+//! Kafka record), the last value is written. The broker's own
+//! dead-lettering records (`x-death`, `x-first-death-*`, `x-last-death-*`)
+//! are not carried ([`inbound::is_dead_letter_record`]).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use backstop::{Headers, Message, Meta, attempt, message::new_message_id, wire};
+use backstop::headers::{AmqpValue, HeaderValue};
+use backstop::inbound::{self, AmqpDelivery, AmqpProperties};
+use backstop::{Headers, IdSource, Message, wire};
 use bytes::Bytes;
 use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{
+    AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, LongString, ShortString,
+};
 
 use crate::error::EncodeError;
 
 /// AMQP persistent delivery mode.
 pub(crate) const PERSISTENT: u8 = 2;
 
-/// The text form of an AMQP field value, if it has one.
-pub fn value_to_text(value: &AMQPValue) -> Option<String> {
-    Some(match value {
-        AMQPValue::Boolean(b) => b.to_string(),
-        AMQPValue::ShortShortInt(n) => n.to_string(),
-        AMQPValue::ShortShortUInt(n) => n.to_string(),
-        AMQPValue::ShortInt(n) => n.to_string(),
-        AMQPValue::ShortUInt(n) => n.to_string(),
-        AMQPValue::LongInt(n) => n.to_string(),
-        AMQPValue::LongUInt(n) => n.to_string(),
-        AMQPValue::LongLongInt(n) => n.to_string(),
-        AMQPValue::Float(n) => n.to_string(),
-        AMQPValue::Double(n) => n.to_string(),
-        AMQPValue::DecimalValue(d) => {
-            let scale = 10f64.powi(i32::from(d.scale));
-            (f64::from(d.value) / scale).to_string()
+/// A lapin field value as plain data, type and bytes kept.
+pub fn value_from_amqp(value: &AMQPValue) -> AmqpValue {
+    match value {
+        AMQPValue::Boolean(b) => AmqpValue::Boolean(*b),
+        AMQPValue::ShortShortInt(n) => AmqpValue::ShortShortInt(*n),
+        AMQPValue::ShortShortUInt(n) => AmqpValue::ShortShortUInt(*n),
+        AMQPValue::ShortInt(n) => AmqpValue::ShortInt(*n),
+        AMQPValue::ShortUInt(n) => AmqpValue::ShortUInt(*n),
+        AMQPValue::LongInt(n) => AmqpValue::LongInt(*n),
+        AMQPValue::LongUInt(n) => AmqpValue::LongUInt(*n),
+        AMQPValue::LongLongInt(n) => AmqpValue::LongLongInt(*n),
+        AMQPValue::Float(n) => AmqpValue::Float(n.to_bits()),
+        AMQPValue::Double(n) => AmqpValue::Double(n.to_bits()),
+        AMQPValue::DecimalValue(d) => AmqpValue::Decimal {
+            scale: d.scale,
+            value: d.value,
+        },
+        AMQPValue::ShortString(s) => AmqpValue::ShortString(s.as_str().to_owned()),
+        AMQPValue::LongString(s) => AmqpValue::LongString(Bytes::copy_from_slice(s.as_bytes())),
+        AMQPValue::FieldArray(a) => {
+            AmqpValue::Array(a.as_slice().iter().map(value_from_amqp).collect())
         }
-        AMQPValue::ShortString(s) => s.as_str().to_owned(),
-        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        AMQPValue::Timestamp(t) => t.to_string(),
-        AMQPValue::FieldArray(_)
-        | AMQPValue::FieldTable(_)
-        | AMQPValue::ByteArray(_)
-        | AMQPValue::Void => {
-            return None;
+        AMQPValue::Timestamp(t) => AmqpValue::Timestamp(*t),
+        AMQPValue::FieldTable(t) => AmqpValue::Table(
+            t.inner()
+                .iter()
+                .map(|(name, v)| (name.as_str().to_owned(), value_from_amqp(v)))
+                .collect(),
+        ),
+        AMQPValue::ByteArray(b) => AmqpValue::ByteArray(Bytes::copy_from_slice(b.as_slice())),
+        AMQPValue::Void => AmqpValue::Void,
+    }
+}
+
+/// A plain field value as lapin's, type and bytes kept (a short string,
+/// which a field table cannot carry on the wire, is written as a long
+/// string of the same bytes).
+pub fn value_to_amqp(value: &AmqpValue) -> Result<AMQPValue, EncodeError> {
+    Ok(match value {
+        AmqpValue::Boolean(b) => AMQPValue::Boolean(*b),
+        AmqpValue::ShortShortInt(n) => AMQPValue::ShortShortInt(*n),
+        AmqpValue::ShortShortUInt(n) => AMQPValue::ShortShortUInt(*n),
+        AmqpValue::ShortInt(n) => AMQPValue::ShortInt(*n),
+        AmqpValue::ShortUInt(n) => AMQPValue::ShortUInt(*n),
+        AmqpValue::LongInt(n) => AMQPValue::LongInt(*n),
+        AmqpValue::LongUInt(n) => AMQPValue::LongUInt(*n),
+        AmqpValue::LongLongInt(n) => AMQPValue::LongLongInt(*n),
+        AmqpValue::Float(bits) => AMQPValue::Float(f32::from_bits(*bits)),
+        AmqpValue::Double(bits) => AMQPValue::Double(f64::from_bits(*bits)),
+        AmqpValue::Decimal { scale, value } => AMQPValue::DecimalValue(DecimalValue {
+            scale: *scale,
+            value: *value,
+        }),
+        // Field tables have no short-string type on the wire (RabbitMQ reads
+        // `s` as a short integer; lapin would write an invalid tag).
+        AmqpValue::ShortString(s) => AMQPValue::LongString(LongString::from(s.as_bytes())),
+        AmqpValue::LongString(b) => AMQPValue::LongString(LongString::from(b.to_vec())),
+        AmqpValue::Array(values) => AMQPValue::FieldArray(FieldArray::from(
+            values
+                .iter()
+                .map(value_to_amqp)
+                .collect::<Result<Vec<_>, _>>()?,
+        )),
+        AmqpValue::Timestamp(t) => AMQPValue::Timestamp(*t),
+        AmqpValue::Table(fields) => {
+            let mut table = FieldTable::default();
+            for (name, v) in fields {
+                table.insert(short_name(name)?, value_to_amqp(v)?);
+            }
+            AMQPValue::FieldTable(table)
         }
+        AmqpValue::ByteArray(b) => AMQPValue::ByteArray(ByteArray::from(b.to_vec())),
+        AmqpValue::Void => AMQPValue::Void,
     })
 }
 
-/// The text headers of an AMQP field table (values without a text form are left out).
+/// A header value as the field value it is written as.
+fn header_to_amqp(value: &HeaderValue) -> Result<AMQPValue, EncodeError> {
+    Ok(match value {
+        HeaderValue::Text(text) => AMQPValue::LongString(LongString::from(text.as_bytes())),
+        HeaderValue::Bytes(bytes) => AMQPValue::LongString(LongString::from(bytes.to_vec())),
+        HeaderValue::Amqp(value) => value_to_amqp(value)?,
+        HeaderValue::Null => AMQPValue::Void,
+    })
+}
+
+fn short_name(name: &str) -> Result<ShortString, EncodeError> {
+    ShortString::try_new(name).map_err(|_| EncodeError::HeaderNameTooLong(name.to_owned()))
+}
+
+/// The headers of an AMQP field table, typed as [`inbound::amqp`] reads
+/// them (the broker's dead-lettering records left out).
 pub fn headers_from_table(table: Option<&FieldTable>) -> Headers {
     let mut headers = Headers::new();
-    if let Some(table) = table {
-        for (name, value) in table.inner() {
-            if let Some(text) = value_to_text(value) {
-                headers.insert(name.as_str().to_owned(), text);
-            }
+    for (name, value) in table.map(FieldTable::inner).into_iter().flatten() {
+        if !inbound::is_dead_letter_record(name.as_str()) {
+            headers.append(
+                name.as_str(),
+                inbound::amqp_header_value(value_from_amqp(value)),
+            );
         }
     }
     headers
 }
 
-/// An AMQP field table of long strings from text headers.
+/// The AMQP field table of `headers`, each value of its type.
 pub(crate) fn table_from_headers(headers: &Headers) -> Result<FieldTable, EncodeError> {
     let mut table = FieldTable::default();
-    for (name, value) in headers {
-        let key = ShortString::try_new(name.as_str())
-            .map_err(|_| EncodeError::HeaderNameTooLong(name.clone()))?;
-        table.insert(
-            key,
-            AMQPValue::LongString(LongString::from(value.as_bytes())),
-        );
+    for (name, value) in headers.iter_values() {
+        table.insert(short_name(name)?, header_to_amqp(value)?);
     }
     Ok(table)
 }
 
 /// The AMQP properties a published message carries: persistent, its message
-/// id (property and `x-backstop-message-id` header), its headers, a timestamp.
+/// id (property and `x-backstop-message-id` header), its headers, and a
+/// timestamp. A message consumed from RabbitMQ keeps the properties it
+/// arrived with ([`Meta::amqp`](backstop::Meta::amqp)): content type and
+/// encoding, correlation id, reply-to, type, app id, priority and its own
+/// timestamp. Not kept: `expiration` (a per-message TTL would fight the
+/// delay queues' and could expire a dead letter), `user_id` (the broker
+/// refuses one that is not the publishing connection's user) and the
+/// deprecated `cluster_id`.
 pub(crate) fn properties_for(message: &Message) -> Result<BasicProperties, EncodeError> {
     let id = message.id_for_publish();
     let mut headers = message.headers.clone();
-    headers.insert(wire::MESSAGE_ID.to_owned(), id.clone());
+    headers.insert(wire::MESSAGE_ID, id.clone());
+    let original = message.meta.amqp.as_ref();
+    let timestamp = original.and_then(|p| p.timestamp).unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default()
+    });
     let mut properties = BasicProperties::default()
         .with_delivery_mode(PERSISTENT)
         .with_headers(table_from_headers(&headers)?)
-        .with_timestamp(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or_default(),
-        );
+        .with_timestamp(timestamp);
     // An id too long for the property still travels in the header.
     if let Ok(id) = ShortString::try_new(id) {
         properties = properties.with_message_id(id);
     }
+    if let Some(p) = original {
+        let short = |s: &Option<String>| s.as_deref().and_then(|s| ShortString::try_new(s).ok());
+        if let Some(v) = short(&p.content_type) {
+            properties = properties.with_content_type(v);
+        }
+        if let Some(v) = short(&p.content_encoding) {
+            properties = properties.with_content_encoding(v);
+        }
+        if let Some(v) = short(&p.correlation_id) {
+            properties = properties.with_correlation_id(v);
+        }
+        if let Some(v) = short(&p.reply_to) {
+            properties = properties.with_reply_to(v);
+        }
+        if let Some(v) = short(&p.kind) {
+            properties = properties.with_type(v);
+        }
+        if let Some(v) = short(&p.app_id) {
+            properties = properties.with_app_id(v);
+        }
+        if let Some(v) = p.priority {
+            properties = properties.with_priority(v);
+        }
+    }
     Ok(properties)
 }
 
-/// The message of a delivery consumed from `queue`.
+/// The plain values of a delivery (or a `basic.get` answer) from `queue`,
+/// for [`inbound::amqp`].
+pub fn plain_delivery(
+    queue: &str,
+    delivery_tag: Option<u64>,
+    redelivered: bool,
+    properties: &BasicProperties,
+    body: Bytes,
+) -> AmqpDelivery {
+    let text = |s: &Option<ShortString>| s.as_ref().map(|s| s.as_str().to_owned());
+    let headers = properties
+        .headers()
+        .as_ref()
+        .map(|table| {
+            table
+                .inner()
+                .iter()
+                .map(|(name, value)| (name.as_str().to_owned(), value_from_amqp(value)))
+                .collect()
+        })
+        .unwrap_or_default();
+    AmqpDelivery {
+        queue: queue.to_owned(),
+        delivery_tag,
+        redelivered,
+        properties: AmqpProperties {
+            content_type: text(properties.content_type()),
+            content_encoding: text(properties.content_encoding()),
+            delivery_mode: *properties.delivery_mode(),
+            priority: *properties.priority(),
+            correlation_id: text(properties.correlation_id()),
+            reply_to: text(properties.reply_to()),
+            expiration: text(properties.expiration()),
+            message_id: text(properties.message_id()),
+            timestamp: *properties.timestamp(),
+            kind: text(properties.kind()),
+            user_id: text(properties.user_id()),
+            app_id: text(properties.app_id()),
+            cluster_id: text(properties.cluster_id()),
+        },
+        headers,
+        body,
+    }
+}
+
+/// The message of a delivery consumed from `queue` (`delivery_tag` is
+/// `None` for a message read by other means, such as the CLI's `basic.get`).
 ///
 /// The message id is the AMQP `message_id` property, else the
-/// `x-backstop-message-id` header, else a new one (assigned on first sight);
-/// the attempt comes from `x-backstop-attempt`.
-pub(crate) fn message_from_delivery(
+/// `x-backstop-message-id` header, else a digest of the body, properties
+/// and headers ([`inbound::amqp_digest_id`]), the same on every
+/// redelivery; the attempt comes from `x-backstop-attempt`; a timestamp out
+/// of range is `None`. A panic while converting gives a message that is
+/// dead-lettered as `decode` ([`inbound::guarded`]), never a crash.
+pub fn message_from_delivery(
     queue: &str,
-    delivery_tag: u64,
+    delivery_tag: Option<u64>,
     redelivered: bool,
     properties: &BasicProperties,
     data: Vec<u8>,
 ) -> Message {
-    let headers = headers_from_table(properties.headers().as_ref());
-    let message_id = properties
-        .message_id()
-        .as_ref()
-        .map(|id| id.as_str().to_owned())
-        .filter(|id| !id.is_empty())
-        .or_else(|| {
-            headers
-                .get(wire::MESSAGE_ID)
-                .filter(|id| !id.is_empty())
-                .cloned()
-        })
-        .unwrap_or_else(new_message_id);
-    let meta = Meta {
-        source: queue.to_owned(),
-        delivery_tag: Some(delivery_tag),
-        redelivered,
-        attempt: attempt::from_headers(&headers),
-        message_id,
-        timestamp: properties
-            .timestamp()
-            .map(|secs| UNIX_EPOCH + Duration::from_secs(secs)),
-        ..Meta::default()
-    };
-    Message {
-        payload: Bytes::from(data),
-        headers,
-        key: None,
-        meta,
-    }
+    let body = Bytes::from(data);
+    inbound::guarded(
+        || {
+            inbound::amqp(plain_delivery(
+                queue,
+                delivery_tag,
+                redelivered,
+                properties,
+                body.clone(),
+            ))
+        },
+        || {
+            let id = inbound::amqp_digest_id(&AmqpProperties::default(), &[], &body);
+            let mut message = Message::new(body.clone()).with_message_id(id);
+            message.meta.source = queue.to_owned();
+            message.meta.delivery_tag = delivery_tag;
+            message.meta.redelivered = redelivered;
+            message.meta.id_source = IdSource::Digest;
+            message
+        },
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lapin::types::{DecimalValue, FieldArray};
 
     #[test]
-    fn field_values_become_text() {
+    fn field_values_keep_their_types_both_ways() {
+        let mut nested = FieldTable::default();
+        nested.insert("inner".into(), AMQPValue::ShortInt(-2));
         let mut table = FieldTable::default();
         table.insert("long".into(), AMQPValue::LongString("text".into()));
-        table.insert("short".into(), AMQPValue::ShortString("s".into()));
         table.insert("int".into(), AMQPValue::LongInt(-5));
         table.insert("big".into(), AMQPValue::LongLongInt(1 << 40));
         table.insert("u8".into(), AMQPValue::ShortShortUInt(7));
         table.insert("flag".into(), AMQPValue::Boolean(true));
+        table.insert("f".into(), AMQPValue::Double(f64::NAN));
         table.insert(
             "dec".into(),
             AMQPValue::DecimalValue(DecimalValue {
@@ -164,36 +307,57 @@ mod tests {
                 value: 150,
             }),
         );
+        table.insert("nested".into(), AMQPValue::FieldTable(nested));
         table.insert(
-            "x-death".into(),
-            AMQPValue::FieldArray(FieldArray::default()),
+            "array".into(),
+            AMQPValue::FieldArray(vec![AMQPValue::Void, AMQPValue::Timestamp(9)].into()),
         );
+        table.insert("bytes".into(), AMQPValue::ByteArray(vec![0, 0xff].into()));
+        table.insert("void".into(), AMQPValue::Void);
         table.insert(
             "bad-utf8".into(),
             AMQPValue::LongString(LongString::from(vec![0xff, b'a'])),
         );
+        table.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(FieldArray::default()),
+        );
         let h = headers_from_table(Some(&table));
-        assert_eq!(h.get("long").map(String::as_str), Some("text"));
-        assert_eq!(h.get("short").map(String::as_str), Some("s"));
-        assert_eq!(h.get("int").map(String::as_str), Some("-5"));
-        assert_eq!(h.get("big").map(String::as_str), Some("1099511627776"));
-        assert_eq!(h.get("u8").map(String::as_str), Some("7"));
-        assert_eq!(h.get("flag").map(String::as_str), Some("true"));
-        assert_eq!(h.get("dec").map(String::as_str), Some("1.5"));
-        assert_eq!(h.get("bad-utf8").map(String::as_str), Some("\u{fffd}a"));
-        assert!(!h.contains_key("x-death"));
+        assert_eq!(h.get("long"), Some("text"));
+        assert_eq!(
+            h.get_value("int"),
+            Some(&HeaderValue::Amqp(AmqpValue::LongInt(-5)))
+        );
+        assert_eq!(
+            h.get_value("dec").map(ToString::to_string).as_deref(),
+            Some("1.5")
+        );
+        assert_eq!(h.get("bad-utf8"), None, "not UTF-8: no text view");
+        assert!(
+            !h.contains_key("x-death"),
+            "the broker's record is not carried"
+        );
+        let back = table_from_headers(&h).unwrap();
+        let mut expected = table.inner().clone();
+        expected.remove("x-death");
+        // NaN is not equal to itself: compare the bits, then the rest.
+        let bits = |t: &std::collections::BTreeMap<ShortString, AMQPValue>| match t.get("f") {
+            Some(AMQPValue::Double(d)) => d.to_bits(),
+            _ => 0,
+        };
+        assert_eq!(bits(back.inner()), bits(&expected));
+        let mut back = back.inner().clone();
+        back.remove("f");
+        expected.remove("f");
+        assert_eq!(back, expected, "every value written back as it came");
     }
 
     #[test]
     fn message_id_comes_from_the_property_then_the_header() {
         let with_header = BasicProperties::default().with_headers(
-            table_from_headers(&Headers::from([(
-                wire::MESSAGE_ID.to_owned(),
-                "from-header".to_owned(),
-            )]))
-            .unwrap(),
+            table_from_headers(&Headers::from_iter([(wire::MESSAGE_ID, "from-header")])).unwrap(),
         );
-        let m = message_from_delivery("q", 7, true, &with_header, b"x".to_vec());
+        let m = message_from_delivery("q", Some(7), true, &with_header, b"x".to_vec());
         assert_eq!(m.meta.message_id, "from-header");
         assert_eq!(m.meta.delivery_tag, Some(7));
         assert!(m.meta.redelivered);
@@ -201,21 +365,54 @@ mod tests {
         assert_eq!(m.meta.attempt, 1);
 
         let with_property = with_header.with_message_id("from-property".into());
-        let m = message_from_delivery("q", 1, false, &with_property, Vec::new());
+        let m = message_from_delivery("q", Some(1), false, &with_property, Vec::new());
         assert_eq!(m.meta.message_id, "from-property");
 
-        let none = message_from_delivery("q", 1, false, &BasicProperties::default(), Vec::new());
-        assert_eq!(none.meta.message_id.len(), 32, "a fresh id is assigned");
+        let none =
+            message_from_delivery("q", Some(1), false, &BasicProperties::default(), Vec::new());
+        assert_eq!(none.meta.message_id.len(), 32, "a digest id is assigned");
+        assert_eq!(none.meta.id_source, IdSource::Digest);
+    }
+
+    #[test]
+    fn timestamps_before_1970_or_past_9999_are_none_not_a_panic() {
+        for secs in [u64::MAX, 1 << 63, (-1i64) as u64, (-86_400i64) as u64] {
+            let props = BasicProperties::default().with_timestamp(secs);
+            let m = message_from_delivery("q", Some(1), false, &props, b"{}".to_vec());
+            assert_eq!(m.meta.timestamp, None, "timestamp {secs}");
+            assert!(m.meta.conversion_error.is_none());
+        }
+        let props = BasicProperties::default().with_timestamp(1_700_000_000);
+        let m = message_from_delivery("q", Some(1), false, &props, Vec::new());
+        assert_eq!(
+            m.meta.timestamp,
+            Some(UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000))
+        );
+    }
+
+    #[test]
+    fn an_id_less_message_keeps_its_id_on_redelivery() {
+        let mut table = FieldTable::default();
+        table.insert("bin".into(), AMQPValue::ByteArray(vec![0xff, 0].into()));
+        table.insert("app".into(), AMQPValue::LongString("v".into()));
+        let props = BasicProperties::default()
+            .with_headers(table)
+            .with_content_type("application/json".into())
+            .with_timestamp(u64::MAX);
+        let first = message_from_delivery("q", Some(1), false, &props, b"{}".to_vec());
+        let again = message_from_delivery("q", Some(2), true, &props, b"{}".to_vec());
+        assert_eq!(first.meta.message_id, again.meta.message_id);
+        let other = props.clone().with_content_type("text/plain".into());
+        let other = message_from_delivery("q", Some(3), false, &other, b"{}".to_vec());
+        assert_ne!(first.meta.message_id, other.meta.message_id);
     }
 
     #[test]
     fn attempt_comes_from_the_header() {
-        let props = BasicProperties::default().with_headers(
-            table_from_headers(&Headers::from([(wire::ATTEMPT.to_owned(), "3".to_owned())]))
-                .unwrap(),
-        );
+        let props = BasicProperties::default()
+            .with_headers(table_from_headers(&Headers::from_iter([(wire::ATTEMPT, "3")])).unwrap());
         assert_eq!(
-            message_from_delivery("q", 1, false, &props, Vec::new())
+            message_from_delivery("q", Some(1), false, &props, Vec::new())
                 .meta
                 .attempt,
             3
@@ -234,12 +431,57 @@ mod tests {
             Some("m-1")
         );
         let h = headers_from_table(p.headers().as_ref());
-        assert_eq!(h.get(wire::MESSAGE_ID).map(String::as_str), Some("m-1"));
-        assert_eq!(h.get("app").map(String::as_str), Some("v"));
+        assert_eq!(h.get(wire::MESSAGE_ID), Some("m-1"));
+        assert_eq!(h.get("app"), Some("v"));
         assert!(matches!(
             p.headers().as_ref().and_then(|t| t.inner().get("app")),
             Some(AMQPValue::LongString(_))
         ));
+    }
+
+    #[test]
+    fn a_consumed_message_keeps_its_properties_on_every_copy() {
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_content_encoding("gzip".into())
+            .with_correlation_id("corr-1".into())
+            .with_reply_to("replies".into())
+            .with_type("order.placed".into())
+            .with_app_id("shop".into())
+            .with_priority(7)
+            .with_timestamp(1_600_000_000)
+            .with_expiration("1000".into())
+            .with_user_id("someone".into());
+        let consumed = message_from_delivery("q", Some(1), false, &props, b"x".to_vec());
+        let failure = backstop::Failure {
+            kind: backstop::ErrorKind::Permanent,
+            message: "no".into(),
+            attempts: 1,
+            first_failure: UNIX_EPOCH,
+            last_failure: UNIX_EPOCH,
+        };
+        let letter = backstop::copy::dead_letter(&consumed, &failure);
+        let p = properties_for(&letter).unwrap();
+        let text = |v: &Option<ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
+        assert_eq!(text(p.content_type()).as_deref(), Some("application/json"));
+        assert_eq!(text(p.content_encoding()).as_deref(), Some("gzip"));
+        assert_eq!(text(p.correlation_id()).as_deref(), Some("corr-1"));
+        assert_eq!(text(p.reply_to()).as_deref(), Some("replies"));
+        assert_eq!(text(p.kind()).as_deref(), Some("order.placed"));
+        assert_eq!(text(p.app_id()).as_deref(), Some("shop"));
+        assert_eq!(*p.priority(), Some(7));
+        assert_eq!(
+            *p.timestamp(),
+            Some(1_600_000_000),
+            "the original timestamp"
+        );
+        assert_eq!(*p.expiration(), None, "no per-message TTL on a copy");
+        assert_eq!(
+            *p.user_id(),
+            None,
+            "the broker checks user_id against the connection"
+        );
+        assert_eq!(*p.delivery_mode(), Some(PERSISTENT));
     }
 
     #[test]
@@ -255,7 +497,7 @@ mod tests {
         assert_eq!(
             headers_from_table(p.headers().as_ref())
                 .get(wire::MESSAGE_ID)
-                .map(String::len),
+                .map(str::len),
             Some(300)
         );
     }

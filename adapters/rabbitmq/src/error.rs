@@ -19,6 +19,49 @@ pub enum ConnectError {
         #[source]
         source: lapin::Error,
     },
+    /// The URL is malformed, or has a TLS parameter it cannot use.
+    #[error(
+        "{url} is not a usable AMQP URL: {reason} (expected amqp[s]://user:password@host:port/vhost, with the vhost and any special character of the password percent-encoded)"
+    )]
+    InvalidUrl {
+        /// The URL, with the password hidden.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The TLS settings of the URL cannot be used (a certificate file is
+    /// missing or unreadable, the build has no TLS, …).
+    #[error("cannot connect to RabbitMQ at {url}: {source}")]
+    Tls {
+        /// The URL, with the password hidden.
+        url: String,
+        /// What is wrong with the TLS settings.
+        #[source]
+        source: backstop::tls::TlsError,
+    },
+    /// The TLS handshake failed: the reason says which side refused what.
+    #[error("TLS handshake with RabbitMQ at {url} failed: {reason}")]
+    Handshake {
+        /// The URL, with the password hidden.
+        url: String,
+        /// The failure in an operator's words.
+        reason: String,
+        /// lapin's error.
+        #[source]
+        source: Box<lapin::Error>,
+    },
+    /// The server answered something that is not AMQP, or hung up during
+    /// the handshake: most likely a TLS port reached with an `amqp://` URL.
+    #[error(
+        "RabbitMQ at {url} broke off the AMQP handshake ({source}); if this port expects TLS, use an amqps:// URL"
+    )]
+    NotAmqp {
+        /// The URL, with the password hidden.
+        url: String,
+        /// lapin's error.
+        #[source]
+        source: lapin::Error,
+    },
     /// The broker did not finish the handshake in time.
     #[error(
         "RabbitMQ at {url} did not answer within {timeout:?} (is the broker starting or overloaded?)"
@@ -32,6 +75,44 @@ pub enum ConnectError {
     /// The connection is up but a channel could not be opened on it.
     #[error("cannot open a channel on the RabbitMQ connection: {0}")]
     Channel(#[source] lapin::Error),
+}
+
+impl ConnectError {
+    /// A failed connection attempt, explained as a TLS failure when it is one.
+    pub(crate) fn connect(url: String, source: lapin::Error) -> Self {
+        #[cfg(feature = "tls")]
+        if let Some(reason) = backstop::tls::explain(&source) {
+            return ConnectError::Handshake {
+                url,
+                reason,
+                source: Box::new(source),
+            };
+        }
+        let broken_off = match source.kind() {
+            lapin::ErrorKind::ParsingError(_) | lapin::ErrorKind::InvalidProtocolVersion(_) => true,
+            lapin::ErrorKind::IOError(io) => matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+            ),
+            _ => false,
+        };
+        if url.starts_with("amqp://") && broken_off {
+            return ConnectError::NotAmqp { url, source };
+        }
+        // Under TLS 1.3 a broker that refuses our client certificate does so
+        // after the client finished its handshake; its alert may be lost to
+        // the connection reset that follows it.
+        if url.starts_with("amqps://") && url.contains("certfile=") && broken_off {
+            return ConnectError::Handshake {
+                url,
+                reason: "the broker hung up right after the handshake: it most likely refused \
+                         our client certificate (not signed by a CA it trusts?)"
+                    .to_owned(),
+                source: Box::new(source),
+            };
+        }
+        ConnectError::Connect { url, source }
+    }
 }
 
 /// A consumer could not be started.
@@ -72,6 +153,12 @@ pub enum TopologyError {
         name: String,
         /// The broker's explanation.
         reason: String,
+    },
+    /// A queue to adopt ([`Topology::adopt`](crate::Topology::adopt)) does not exist.
+    #[error("queue {queue:?} does not exist: an adopted queue must be declared by its owner first")]
+    AdoptedQueueMissing {
+        /// The queue's name.
+        queue: String,
     },
     /// Delay tiers need quorum queues (classic queues have no at-least-once dead-lettering).
     #[error("queue {queue:?} is a classic queue: broker-delayed retry tiers need Topology::quorum")]
@@ -143,26 +230,12 @@ pub(crate) fn amqp_reply(error: &lapin::Error) -> Option<(u16, String)> {
 pub(crate) const NOT_FOUND: u16 = 404;
 /// AMQP `PRECONDITION_FAILED`.
 pub(crate) const PRECONDITION_FAILED: u16 = 406;
+/// AMQP `ACCESS_REFUSED`.
+pub(crate) const ACCESS_REFUSED: u16 = 403;
 
-/// `url` with the password replaced by `***`.
+/// `url` with the password replaced by `***` (see [`backstop::redact::redact_url`]).
 pub fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end + 3..];
-    let Some(at) = rest.find('@') else {
-        return url.to_owned();
-    };
-    let userinfo = &rest[..at];
-    match userinfo.find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &url[..scheme_end + 3],
-            &userinfo[..colon],
-            &rest[at..]
-        ),
-        None => url.to_owned(),
-    }
+    backstop::redact::redact_url(url)
 }
 
 #[cfg(test)]
@@ -177,5 +250,6 @@ mod tests {
         );
         assert_eq!(redact("amqp://host:5672"), "amqp://host:5672");
         assert_eq!(redact("amqp://user@host"), "amqp://user@host");
+        assert_eq!(redact("amqp://u:p@ss@h/"), "amqp://u:***@h/");
     }
 }

@@ -11,6 +11,7 @@
 //! use std::sync::Arc;
 //! use std::time::Duration;
 //!
+//! use backstop::breaker::BreakerConfig;
 //! use backstop::{handler_fn, Context, HandlerError, RetryPolicy, Runner, StackBuilder};
 //! use backstop_rabbitmq::{RabbitMq, Topology};
 //!
@@ -35,10 +36,17 @@
 //! let stack = StackBuilder::<String>::new(Arc::new(rabbit.dead_letter_sink()))
 //!     .retry(policy)
 //!     .retry_sink(Arc::new(rabbit.retry_sink()))
+//!     // outages and deliveries near the consumer timeout: delay queue, not a requeue
+//!     .postpone_through(Arc::new(rabbit.retry_sink()))
 //!     .build(handler_fn(handle));
 //!
 //! let source = rabbit.source("orders", 16).await?;
-//! let summary = Runner::new(source, stack).concurrency(16).shutdown_on_signals().run().await?;
+//! let summary = Runner::new(source, stack)
+//!     .concurrency(16)
+//!     .with_breaker(BreakerConfig::new(5, Duration::from_secs(10)))
+//!     .shutdown_on_signals()
+//!     .run()
+//!     .await?;
 //! println!("{summary}");
 //! # Ok(())
 //! # }
@@ -55,11 +63,24 @@
 //!   redelivered by the broker.
 //! - Every publish waits for a publisher confirm, is `mandatory` (unroutable
 //!   is an error) and persistent; see [`publisher`] for destinations.
+//! - An outage (store down, `Unavailable`, a busy key) never spends the
+//!   quorum queue's delivery count: with
+//!   [`postpone_through`](backstop::StackBuilder::postpone_through) the
+//!   message goes to its delay queue with the same attempt count, then the
+//!   original is acked; a delivery about to outlive the broker's
+//!   `consumer_timeout` is postponed the same way ([`RabbitSource`]).
 //! - Delayed retry goes through one delay queue per tier and comes back with
 //!   `x-backstop-attempt` incremented; `x-death` is never used for counting.
 //!
-//! This build has no TLS (`amqps://`) support: lapin is built with its tokio
-//! runtime only.
+//! TLS: `amqps://` URLs (feature `tls`, on by default; rustls with the ring
+//! provider) take RabbitMQ's URI query parameters `cacertfile` (else the
+//! system roots), `certfile` + `keyfile` (mutual TLS), `verify`
+//! (`verify_peer`, or `verify_none` for tests) and `server_name_indication`
+//! (a name, or `disable`), e.g.
+//! `amqps://user:pass@broker:5671/%2f?cacertfile=/etc/ssl/ca.pem&certfile=/etc/ssl/client.pem&keyfile=/etc/ssl/client.key`.
+//! The files are read on every (re)connect, so rotated certificates are
+//! picked up without a restart. A TLS parameter on an `amqp://` URL, or an
+//! `amqps://` URL in a build without `tls`, is an error.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
@@ -70,18 +91,21 @@ mod broker;
 mod connection;
 pub mod convert;
 mod error;
+mod limits;
 pub mod publisher;
 mod sinks;
 mod source;
+mod tls;
 pub mod topology;
 
 pub use crate::acker::RabbitAcker;
 pub use crate::broker::RabbitMq;
 pub use crate::connection::{ConnectOptions, DEFAULT_URL, url_from_env};
 pub use crate::error::{ConnectError, ConsumeError, EncodeError, TopologyError, redact};
+pub use crate::limits::DEFAULT_MAX_MESSAGE_SIZE;
 pub use crate::publisher::RabbitPublisher;
 pub use crate::sinks::{RabbitDeadLetterSink, RabbitRetrySink};
-pub use crate::source::RabbitSource;
+pub use crate::source::{DEFAULT_CONSUMER_TIMEOUT, DEFAULT_TIMEOUT_MARGIN, RabbitSource};
 pub use crate::topology::{QueueKind, RetryTier, Topology};
 
 /// The AMQP client this adapter is built on, for what it does not wrap.

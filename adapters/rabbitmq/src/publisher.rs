@@ -16,9 +16,29 @@
 //! and fails with [`PublishError::Unroutable`] even though the broker acked
 //! it. A nack fails with [`PublishError::Nacked`] (a queue with
 //! `x-overflow=reject-publish` that is full nacks). A missing exchange
-//! closes the channel ([`PublishError::MissingDestination`]); the next
-//! publish opens a new one, as it does after a broker restart. No confirm
-//! within the timeout is [`PublishError::Timeout`].
+//! closes the channel ([`PublishError::MissingDestination`]), as does a
+//! refused permission ([`PublishError::Unauthorized`]); the next publish
+//! opens a new one, as it does after a broker restart. No confirm within
+//! the timeout is [`PublishError::Timeout`].
+//!
+//! # Size limits
+//!
+//! Before sending, the body is checked against the configured maximum
+//! ([`ConnectOptions::max_message_size`](crate::ConnectOptions::max_message_size))
+//! and the encoded content header (properties and headers) against the
+//! connection's negotiated `frame_max`: a message over either fails with
+//! [`PublishError::TooLarge`] without being sent, instead of the broker
+//! closing the channel or the whole connection.
+//!
+//! # A channel closed under other publishes
+//!
+//! When the broker closes the channel anyway (one message's missing
+//! exchange, refused permission or size), every publish still waiting for
+//! its confirm on that channel would fail with it. The others are
+//! republished on a fresh channel (same properties, so the same message id)
+//! instead of being reported as failed; only the message the close names
+//! fails. A message is republished this way at most [`MAX_CHANNEL_CLOSES`]
+//! times.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +51,11 @@ use lapin::types::ShortString;
 
 use crate::connection::SharedConnection;
 use crate::convert::properties_for;
-use crate::error::{EncodeError, NOT_FOUND, PRECONDITION_FAILED, amqp_reply};
+use crate::error::{ACCESS_REFUSED, EncodeError, NOT_FOUND, PRECONDITION_FAILED, amqp_reply};
+use crate::limits;
+
+/// How often one publish is republished after its channel closed under it.
+pub const MAX_CHANNEL_CLOSES: u32 = 3;
 
 /// Splits a destination into exchange and routing key; see the [module docs](self).
 pub fn parse_destination(destination: &str) -> (&str, &str) {
@@ -50,7 +74,9 @@ pub struct RabbitPublisher {
 
 struct Inner {
     connection: Arc<SharedConnection>,
-    channel: tokio::sync::Mutex<Option<Channel>>,
+    /// The confirm-mode channel and its connection's `frame_max`.
+    channel: tokio::sync::Mutex<Option<(Channel, u32)>>,
+    max_message_size: usize,
 }
 
 impl std::fmt::Debug for RabbitPublisher {
@@ -68,10 +94,12 @@ fn unavailable(error: impl std::error::Error + Send + Sync + 'static) -> Publish
 impl RabbitPublisher {
     pub(crate) fn new(connection: Arc<SharedConnection>) -> Self {
         let confirm_timeout = connection.connector.options.confirm_timeout;
+        let max_message_size = connection.connector.options.max_message_size;
         RabbitPublisher {
             inner: Arc::new(Inner {
                 connection,
                 channel: tokio::sync::Mutex::new(None),
+                max_message_size,
             }),
             confirm_timeout,
         }
@@ -84,23 +112,38 @@ impl RabbitPublisher {
         self
     }
 
-    /// The confirm-mode channel, opened (or reopened after it died) on demand.
-    async fn channel(&self) -> Result<Channel, PublishError> {
+    /// The confirm-mode channel and its connection's `frame_max`, opened
+    /// (or reopened after it died) on demand.
+    async fn channel(&self) -> Result<(Channel, u32), PublishError> {
         let mut slot = self.inner.channel.lock().await;
-        if let Some(channel) = slot.as_ref() {
+        if let Some((channel, frame_max)) = slot.as_ref() {
             if channel.status().connected() {
-                return Ok(channel.clone());
+                return Ok((channel.clone(), *frame_max));
             }
             tracing::debug!("publisher channel closed; opening a new one");
         }
         *slot = None;
+        let connection = self.inner.connection.get().await.map_err(unavailable)?;
         let channel = self.inner.connection.channel().await.map_err(unavailable)?;
         channel
             .confirm_select(ConfirmSelectOptions { nowait: false })
             .await
             .map_err(unavailable)?;
-        *slot = Some(channel.clone());
-        Ok(channel)
+        let frame_max = connection.configuration().frame_max();
+        *slot = Some((channel.clone(), frame_max));
+        Ok((channel, frame_max))
+    }
+
+    /// Forgets `channel` if it is still the publisher's, so the next
+    /// publish opens a fresh one.
+    async fn discard(&self, channel: &Channel) {
+        let mut slot = self.inner.channel.lock().await;
+        if slot
+            .as_ref()
+            .is_some_and(|(held, _)| held.id() == channel.id())
+        {
+            *slot = None;
+        }
     }
 
     /// Publishes `message` through `exchange` (`""` for the default exchange)
@@ -123,16 +166,18 @@ impl RabbitPublisher {
         let key = ShortString::try_new(routing_key).map_err(|_| too_long(routing_key))?;
         let properties =
             properties_for(message).map_err(|e| PublishError::Invalid(e.to_string()))?;
+        let size = message.payload.len();
         let timeout = self.confirm_timeout;
         let publish = async {
             let options = BasicPublishOptions {
                 mandatory: true,
                 immediate: false,
             };
-            let mut retried = false;
-            let confirm = loop {
-                let channel = self.channel().await?;
-                match channel
+            let mut closes = 0;
+            loop {
+                let (channel, frame_max) = self.channel().await?;
+                limits::check(&properties, size, self.inner.max_message_size, frame_max)?;
+                let sent = channel
                     .basic_publish(
                         exchange_name.clone(),
                         key.clone(),
@@ -140,36 +185,36 @@ impl RabbitPublisher {
                         &message.payload,
                         properties.clone(),
                     )
-                    .await
-                {
-                    Ok(confirm) => break confirm,
-                    // The channel died before the message left: safe to try once on a new one.
-                    Err(_) if !retried && !channel.status().connected() => retried = true,
-                    Err(error) => {
-                        return Err(classify(
-                            &error,
-                            exchange,
-                            &destination,
-                            message.payload.len(),
-                        ));
+                    .await;
+                let confirmed = match sent {
+                    Ok(confirm) => confirm.await,
+                    Err(error) => Err(error),
+                };
+                match confirmed {
+                    Ok(Confirmation::Ack(None)) => return Ok(()),
+                    Ok(Confirmation::Ack(Some(_returned))) => {
+                        return Err(PublishError::Unroutable(destination.clone()));
                     }
+                    Ok(Confirmation::Nack(_)) => return Err(PublishError::Nacked),
+                    Ok(Confirmation::NotRequested) => {
+                        return Err(unavailable(std::io::Error::other(
+                            "the publisher channel is not in confirm mode",
+                        )));
+                    }
+                    // The channel closed under this message for another one's
+                    // sake (or the connection dropped): publish it again on a
+                    // fresh channel, with the same properties and id.
+                    Err(error)
+                        if closes < MAX_CHANNEL_CLOSES
+                            && closed_under(&error, &channel)
+                            && !names_this_message(&error, exchange, size) =>
+                    {
+                        closes += 1;
+                        self.discard(&channel).await;
+                        tracing::debug!(%error, %destination, "the publisher channel closed before this message was confirmed; republishing it on a fresh channel");
+                    }
+                    Err(error) => return Err(classify(&error, exchange, &destination, size)),
                 }
-            };
-            match confirm.await {
-                Ok(Confirmation::Ack(None)) => Ok(()),
-                Ok(Confirmation::Ack(Some(_returned))) => {
-                    Err(PublishError::Unroutable(destination.clone()))
-                }
-                Ok(Confirmation::Nack(_)) => Err(PublishError::Nacked),
-                Ok(Confirmation::NotRequested) => Err(unavailable(std::io::Error::other(
-                    "the publisher channel is not in confirm mode",
-                ))),
-                Err(error) => Err(classify(
-                    &error,
-                    exchange,
-                    &destination,
-                    message.payload.len(),
-                )),
             }
         };
         match tokio::time::timeout(timeout, publish).await {
@@ -190,7 +235,7 @@ impl RabbitPublisher {
     /// Closes the publisher's channel (the next publish opens a new one).
     pub async fn close(&self) {
         let taken = self.inner.channel.lock().await.take();
-        if let Some(channel) = taken
+        if let Some((channel, _)) = taken
             && channel.status().connected()
             && let Err(error) = channel.close(200, "OK".into()).await
         {
@@ -199,15 +244,45 @@ impl RabbitPublisher {
     }
 }
 
-/// A publish failure from lapin's error: a missing exchange (404), a message
-/// over the broker's size limit (406), else the broker is unavailable.
-fn classify(error: &lapin::Error, exchange: &str, destination: &str, size: usize) -> PublishError {
+/// True when `error` means the channel (or its connection) closed under the
+/// publish: the channel is no longer open, or the broker closed it (or the
+/// connection) with a reply, which lapin may report before the channel's
+/// state changes.
+fn closed_under(error: &lapin::Error, channel: &Channel) -> bool {
+    !channel.status().connected() || amqp_reply(error).is_some()
+}
+
+/// True when the broker's close names this message: its own exchange is
+/// the missing (404) or refused (403) one, or its size is the one over the
+/// limit (406). A close for anything else was caused by another publish on
+/// the channel, or by the connection.
+fn names_this_message(error: &lapin::Error, exchange: &str, size: usize) -> bool {
+    let own_exchange = if exchange.is_empty() {
+        "amq.default"
+    } else {
+        exchange
+    };
     match amqp_reply(error) {
-        Some((NOT_FOUND, _)) => PublishError::MissingDestination(if exchange.is_empty() {
+        Some((NOT_FOUND | ACCESS_REFUSED, text)) => text.contains(&format!("'{own_exchange}'")),
+        Some((PRECONDITION_FAILED, text)) => text.contains(&format!("size {size} ")),
+        _ => false,
+    }
+}
+
+/// A publish failure from lapin's error: a missing exchange (404), a refused
+/// permission (403), a message over the broker's size limit (406), else the
+/// broker is unavailable.
+fn classify(error: &lapin::Error, exchange: &str, destination: &str, size: usize) -> PublishError {
+    let named = || {
+        if exchange.is_empty() {
             destination.to_owned()
         } else {
             exchange.to_owned()
-        }),
+        }
+    };
+    match amqp_reply(error) {
+        Some((NOT_FOUND, _)) => PublishError::MissingDestination(named()),
+        Some((ACCESS_REFUSED, _)) => PublishError::Unauthorized(named()),
         Some((PRECONDITION_FAILED, text)) if text.contains("size") => {
             PublishError::TooLarge { size }
         }

@@ -4,14 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backstop::{DeadLetterSink, Message, Publisher, RetrySink, SinkError, wire};
+use backstop::{DeadLetterSink, Message, Publisher, RetrySink, SinkError};
 
 use crate::publisher::RabbitPublisher;
 use crate::topology::{QueueKind, Registry, dlq_name};
 
-/// Writes dead letters to `<original source>.dlq` (the queue the message was
-/// first consumed from, from `x-backstop-original-source`), or to the
-/// destination the stack names (a queue, or `exchange/routing-key`).
+/// Writes dead letters to `<queue>.dlq` of the queue the message was
+/// consumed from ([`Meta::origin`](backstop::Meta::origin); never a queue a
+/// header names), or to the destination the stack names (a queue, or `exchange/routing-key`).
 ///
 /// Resolves only on the broker's confirm: an unroutable letter (the DLQ does
 /// not exist) or a missing exchange is an error, and the source message
@@ -28,12 +28,6 @@ impl RabbitDeadLetterSink {
     }
 }
 
-fn origin(message: &Message) -> &str {
-    message
-        .header(wire::ORIGINAL_SOURCE)
-        .unwrap_or(&message.meta.source)
-}
-
 #[async_trait::async_trait]
 impl DeadLetterSink for RabbitDeadLetterSink {
     async fn dead_letter(
@@ -45,12 +39,12 @@ impl DeadLetterSink for RabbitDeadLetterSink {
             Some(destination) => self.publisher.publish(destination, &letter).await,
             None => {
                 self.publisher
-                    .publish_to_queue(&dlq_name(origin(&letter)), &letter)
+                    .publish_to_queue(&dlq_name(letter.meta.origin()), &letter)
                     .await
             }
         };
         result.map_err(|source| SinkError::Publish {
-            destination: destination.map_or_else(|| dlq_name(origin(&letter)), str::to_owned),
+            destination: destination.map_or_else(|| dlq_name(letter.meta.origin()), str::to_owned),
             source,
         })
     }
@@ -106,7 +100,7 @@ impl RabbitRetrySink {
 #[async_trait::async_trait]
 impl RetrySink for RabbitRetrySink {
     async fn retry_later(&self, copy: Message, delay: Duration) -> Result<(), SinkError> {
-        let destination = self.destination(&copy.meta.source, delay)?;
+        let destination = self.destination(copy.meta.origin(), delay)?;
         tracing::debug!(
             message_id = %copy.meta.message_id,
             attempt = copy.meta.attempt,

@@ -1,12 +1,16 @@
 //! [`RabbitSource`]: a manual-ack consumer of one queue that reconnects by itself.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use backstop::{Delivery, Source, SourceError};
 use futures::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::acker::RabbitAcker;
 use crate::backoff::Backoff;
@@ -14,11 +18,58 @@ use crate::connection::Connector;
 use crate::convert::message_from_delivery;
 use crate::error::{ConsumeError, NOT_FOUND, amqp_reply};
 
-/// A live subscription: the connection, its channel and the consumer.
+/// One item from lapin's consumer, stamped with when it arrived: `None`
+/// when the consumer ended (cancelled, or its channel closed).
+type Arrival = (Instant, Option<lapin::Result<lapin::message::Delivery>>);
+
+/// A live subscription: the connection, its channel, and the deliveries
+/// its consumer received, stamped on arrival by a forwarding task (so the
+/// time a delivery waits in the prefetch buffer counts against its budget).
 struct Subscription {
     connection: Connection,
     channel: Channel,
-    consumer: Consumer,
+    arrivals: mpsc::UnboundedReceiver<Arrival>,
+    forwarder: tokio::task::JoinHandle<()>,
+    /// Deliveries received on this channel, and those acked or nacked.
+    counts: Arc<Counts>,
+}
+
+/// Deliveries received and settled on one channel: their difference is
+/// what the broker counts against the prefetch.
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    pub(crate) received: AtomicU64,
+    pub(crate) settled: AtomicU64,
+}
+
+/// Forwards `consumer`'s items, stamped, until it ends.
+fn forward(
+    mut consumer: Consumer,
+    counts: Arc<Counts>,
+) -> (
+    mpsc::UnboundedReceiver<Arrival>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        loop {
+            let item = consumer.next().await;
+            if matches!(item, Some(Ok(_))) {
+                counts.received.fetch_add(1, Ordering::Relaxed);
+            }
+            let end = item.is_none();
+            if tx.send((Instant::now(), item)).is_err() || end {
+                return;
+            }
+        }
+    });
+    (rx, task)
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.forwarder.abort();
+    }
 }
 
 impl Subscription {
@@ -46,23 +97,91 @@ impl Subscription {
             .basic_qos(prefetch, BasicQosOptions { global: false })
             .await
             .map_err(broker)?;
-        let consumer = channel
-            .basic_consume(
-                queue.into(),
-                tag.into(),
-                BasicConsumeOptions {
-                    no_ack: false,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(broker)?;
+        let consumer = consume(&channel, queue, tag).await.map_err(broker)?;
+        let counts = Arc::new(Counts::default());
+        let (arrivals, forwarder) = forward(consumer, Arc::clone(&counts));
         Ok(Subscription {
             connection,
             channel,
-            consumer,
+            arrivals,
+            forwarder,
+            counts,
         })
+    }
+
+    /// Cancels the consumer (`basic.cancel`): the broker sends nothing more.
+    /// Returns what it had already delivered and was not taken yet.
+    async fn cancel(&mut self, tag: &str, prefetch: u16) -> Vec<lapin::message::Delivery> {
+        self.settle_credit(prefetch).await;
+        if let Err(error) = self
+            .channel
+            .basic_cancel(tag.into(), BasicCancelOptions::default())
+            .await
+        {
+            tracing::debug!(%error, "cancelling the consumer failed");
+            return Vec::new();
+        }
+        // Everything delivered before the cancel-ok precedes the consumer's end.
+        let mut held = Vec::new();
+        let drained = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some((_, Some(item))) = self.arrivals.recv().await {
+                if let Ok(delivery) = item {
+                    held.push(delivery);
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("the cancelled consumer did not end within 5 s");
+        }
+        held
+    }
+
+    /// Waits (at most a second) until the broker can send nothing more:
+    /// the prefetch is used up, or nothing arrived or was settled for 100 ms.
+    ///
+    /// On a quorum queue a delivery the queue sent just before it processed
+    /// the `basic.cancel` reaches the client after the cancel-ok; lapin drops
+    /// a delivery for a cancelled consumer, so it would stay unacked until
+    /// the channel closes, and its return would spend a delivery count.
+    /// Cancelling only once the credit is used up (or the flow is quiet)
+    /// leaves no such delivery on the way.
+    async fn settle_credit(&self, prefetch: u16) {
+        let counts = &self.counts;
+        let snapshot = || {
+            (
+                counts.received.load(Ordering::Relaxed),
+                counts.settled.load(Ordering::Relaxed),
+            )
+        };
+        let started = Instant::now();
+        let mut last = snapshot();
+        let mut quiet_since = started;
+        loop {
+            let now_counts = snapshot();
+            if now_counts.0.saturating_sub(now_counts.1) >= u64::from(prefetch) {
+                return;
+            }
+            let now = Instant::now();
+            if now_counts != last {
+                last = now_counts;
+                quiet_since = now;
+            } else if now - quiet_since >= Duration::from_millis(100) {
+                return;
+            }
+            if now - started >= Duration::from_secs(1) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Consumes again on the same channel after [`cancel`](Self::cancel).
+    async fn resume(&mut self, queue: &str, tag: &str) -> lapin::Result<()> {
+        let consumer = consume(&self.channel, queue, tag).await?;
+        self.forwarder.abort();
+        (self.arrivals, self.forwarder) = forward(consumer, Arc::clone(&self.counts));
+        Ok(())
     }
 
     fn alive(&self) -> bool {
@@ -92,6 +211,20 @@ impl Subscription {
     }
 }
 
+async fn consume(channel: &Channel, queue: &str, tag: &str) -> lapin::Result<Consumer> {
+    channel
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions {
+                no_ack: false,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
 /// A manual-ack consumer of one RabbitMQ queue that reconnects by itself.
 ///
 /// The source owns its connection. Prefetch is set per consumer (`basic_qos`
@@ -105,10 +238,25 @@ impl Subscription {
 /// the new channel. A consumer cancelled by the broker (its queue was
 /// deleted) ends the run with [`SourceError::Cancelled`].
 ///
-/// A delivery held unsettled longer than the broker's `consumer_timeout`
-/// (30 minutes by default) makes the broker close the channel: the source
-/// reconnects and the message is redelivered, so keep handlers (or their
-/// timeouts) well below it.
+/// **The unacked-time budget.** A delivery held unsettled longer than the
+/// broker's `consumer_timeout` (30 minutes by default, a global setting that
+/// a RabbitMQ 3.x client cannot read) makes the broker close the channel
+/// and requeue everything unacked on it; on a quorum queue each such return
+/// spends a delivery count. So every delivery gets a
+/// [deadline](backstop::Delivery::deadline): its arrival (in the prefetch
+/// buffer) plus [`consumer_timeout`](Self::consumer_timeout) less
+/// [`timeout_margin`](Self::timeout_margin). Everything that keeps it
+/// unacked counts against it (waiting in the buffer, running, in-process
+/// retry sleeps, an outage); before it runs out the stack postpones it
+/// through its delay queue (see
+/// [`StackBuilder::postpone_through`](backstop::StackBuilder::postpone_through))
+/// or dead-letters it if its attempts are spent. Set the timeout to the
+/// broker's `consumer_timeout`; on 3.x the broker checks it only on its
+/// channel tick (`channel_tick_interval`, 60 s by default).
+///
+/// **Pause.** While the runner's breaker is open or paused the source
+/// cancels its consumer (`basic.cancel`); what it had already received is
+/// handed back to the runner, which postpones it without running it.
 ///
 /// Made by [`RabbitMq::source`](crate::RabbitMq::source).
 pub struct RabbitSource {
@@ -121,7 +269,23 @@ pub struct RabbitSource {
     lost: bool,
     backoff: Backoff,
     closed: bool,
+    /// Queues [`Source::preflight`] requires: the DLQ and the delay queues.
+    required: Vec<String>,
+    /// How long a delivery may stay unacked before it is postponed.
+    budget: Duration,
+    consumer_timeout: Duration,
+    margin: Duration,
+    /// The consumer is cancelled (the runner's breaker is open or paused).
+    paused: bool,
 }
+
+/// RabbitMQ's default `consumer_timeout`.
+pub const DEFAULT_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// The default margin kept below the consumer timeout: the broker's channel
+/// tick (60 s on 3.x) checks the timeout late, never early, so this covers
+/// the postponing publish with room to spare.
+pub const DEFAULT_TIMEOUT_MARGIN: Duration = Duration::from_secs(2 * 60);
 
 impl std::fmt::Debug for RabbitSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -162,7 +326,57 @@ impl RabbitSource {
             lost: false,
             backoff,
             closed: false,
+            required: Vec::new(),
+            budget: DEFAULT_CONSUMER_TIMEOUT - DEFAULT_TIMEOUT_MARGIN,
+            consumer_timeout: DEFAULT_CONSUMER_TIMEOUT,
+            margin: DEFAULT_TIMEOUT_MARGIN,
+            paused: false,
         })
+    }
+
+    /// The broker's `consumer_timeout` (30 minutes unless the broker's
+    /// configuration says otherwise; a 3.x client cannot read it). Each
+    /// delivery must be settled or postponed within it less the margin.
+    #[must_use]
+    pub fn consumer_timeout(mut self, timeout: Duration) -> Self {
+        self.consumer_timeout = timeout;
+        self.budget = budget(timeout, self.margin);
+        self
+    }
+
+    /// How long before the consumer timeout a delivery is postponed (2
+    /// minutes by default; at most half the timeout is used).
+    #[must_use]
+    pub fn timeout_margin(mut self, margin: Duration) -> Self {
+        self.margin = margin;
+        self.budget = budget(self.consumer_timeout, margin);
+        self
+    }
+
+    /// How long a delivery may stay unacked: the consumer timeout less the margin.
+    pub fn unacked_budget(&self) -> Duration {
+        self.budget
+    }
+
+    /// Requires these queues (the DLQ, the delay queues) to exist when the
+    /// runner starts ([`Source::preflight`]).
+    pub(crate) fn require(mut self, queues: Vec<String>) -> Self {
+        self.required = queues;
+        self
+    }
+
+    /// Skips the check that the DLQ and delay queues exist when the runner
+    /// starts (for a source whose dead letters go elsewhere, such as a DLQ
+    /// being read).
+    #[must_use]
+    pub fn skip_destination_check(mut self) -> Self {
+        self.required.clear();
+        self
+    }
+
+    /// The queues that must exist before the first delivery is handled.
+    pub fn required_queues(&self) -> &[String] {
+        &self.required
     }
 
     /// The queue this source consumes.
@@ -204,7 +418,105 @@ impl RabbitSource {
     }
 }
 
+/// The consumer timeout less the margin, keeping at least half the timeout.
+fn budget(timeout: Duration, margin: Duration) -> Duration {
+    timeout.saturating_sub(margin).max(timeout / 2)
+}
+
+impl RabbitSource {
+    fn delivery(&self, arrived: Instant, delivery: lapin::message::Delivery) -> Delivery {
+        let lapin::message::Delivery {
+            delivery_tag,
+            redelivered,
+            properties,
+            data,
+            acker,
+            ..
+        } = delivery;
+        let message = message_from_delivery(
+            &self.queue,
+            Some(delivery_tag),
+            redelivered,
+            &properties,
+            data,
+        );
+        let mut acker = RabbitAcker::new(acker, delivery_tag, Arc::clone(&self.queue));
+        if let Some(subscription) = &self.active {
+            acker = acker.counted_by(Arc::clone(&subscription.counts));
+        }
+        Delivery::new(message, acker).with_deadline(arrived + self.budget)
+    }
+}
+
 impl Source for RabbitSource {
+    async fn preflight(&mut self) -> Result<(), SourceError> {
+        if self.required.is_empty() {
+            return Ok(());
+        }
+        let unreachable = |e: &dyn std::fmt::Display| {
+            SourceError::Disconnected(
+                format!("checking the queues of {:?}: {e}", self.queue).into(),
+            )
+        };
+        let connection = self
+            .connector
+            .connect("preflight")
+            .await
+            .map_err(|e| unreachable(&e))?;
+        let mut missing = Vec::new();
+        let mut failure = None;
+        for queue in &self.required {
+            // A passive declare of a missing queue closes its channel: one each.
+            let channel = match connection.create_channel().await {
+                Ok(channel) => channel,
+                Err(error) => {
+                    failure = Some(unreachable(&error));
+                    break;
+                }
+            };
+            let declared = channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..lapin::options::QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            match declared {
+                Ok(_) => {
+                    let _ = channel.close(200, "OK".into()).await;
+                }
+                Err(error) if matches!(amqp_reply(&error), Some((NOT_FOUND, _))) => {
+                    missing.push(queue.clone());
+                }
+                Err(error) => {
+                    failure = Some(unreachable(&error));
+                    break;
+                }
+            }
+        }
+        let _ = connection.close(200, "OK".into()).await;
+        if let Some(failure) = failure {
+            return Err(failure);
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(SourceError::Fatal(Box::new(
+            backstop::MissingDestinations {
+                source_name: self.queue.to_string(),
+                missing,
+                how: format!(
+                    "declare them with RabbitMq::declare(&Topology::quorum({:?})) (an existing queue keeps its arguments), \
+                 or call skip_destination_check() on a source whose dead letters go elsewhere",
+                    self.queue
+                ),
+            },
+        )))
+    }
+
     async fn next(&mut self) -> Option<Result<Delivery, SourceError>> {
         loop {
             if self.closed {
@@ -234,43 +546,54 @@ impl Source for RabbitSource {
                 }
                 continue;
             };
-            match subscription.consumer.next().await {
-                Some(Ok(delivery)) => {
-                    let lapin::message::Delivery {
-                        delivery_tag,
-                        redelivered,
-                        properties,
-                        data,
-                        acker,
-                        ..
-                    } = delivery;
-                    let message = message_from_delivery(
-                        &self.queue,
-                        delivery_tag,
-                        redelivered,
-                        &properties,
-                        data,
-                    );
-                    let acker = RabbitAcker::new(acker, delivery_tag, Arc::clone(&self.queue));
-                    return Some(Ok(Delivery::new(message, acker)));
+            match subscription.arrivals.recv().await {
+                Some((arrived, Some(Ok(delivery)))) => {
+                    return Some(Ok(self.delivery(arrived, delivery)));
                 }
-                Some(Err(error)) => {
+                Some((_, Some(Err(error)))) => {
                     if let Some(lost) = self.lose(error.to_string()) {
                         return Some(Err(lost));
                     }
                 }
-                None if subscription.alive() => {
+                Some((_, None)) | None if subscription.alive() => {
                     return Some(Err(self.cancelled(format!(
                         "the broker cancelled the consumer of queue {:?} (was the queue deleted?)",
                         self.queue
                     ))));
                 }
-                None => {
+                Some((_, None)) | None => {
                     if let Some(lost) = self.lose("the channel closed".to_owned()) {
                         return Some(Err(lost));
                     }
                 }
             }
+        }
+    }
+
+    async fn pause(&mut self) -> Vec<Delivery> {
+        self.paused = true;
+        let Some(subscription) = self.active.as_mut() else {
+            return Vec::new();
+        };
+        let held = subscription.cancel(&self.tag, self.prefetch).await;
+        tracing::info!(queue = %self.queue, held = held.len(), "consumer cancelled: consumption paused");
+        let now = Instant::now();
+        held.into_iter().map(|d| self.delivery(now, d)).collect()
+    }
+
+    async fn resume(&mut self) {
+        if !std::mem::replace(&mut self.paused, false) {
+            return;
+        }
+        let Some(subscription) = self.active.as_mut() else {
+            return;
+        };
+        if let Err(error) = subscription.resume(&self.queue, &self.tag).await {
+            // The next `next` reconnects, which consumes again.
+            tracing::warn!(queue = %self.queue, %error, "consuming again failed; reconnecting");
+            self.active = None;
+        } else {
+            tracing::info!(queue = %self.queue, "consumer resumed");
         }
     }
 

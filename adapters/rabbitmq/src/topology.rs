@@ -30,7 +30,7 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
-use crate::error::{PRECONDITION_FAILED, TopologyError, amqp_reply};
+use crate::error::{NOT_FOUND, PRECONDITION_FAILED, TopologyError, amqp_reply};
 
 /// The kind of queue a topology declares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +107,7 @@ pub struct Topology {
     max_attempts: u32,
     delivery_limit: Option<u32>,
     rabbitmq_4: bool,
+    adopt: bool,
 }
 
 impl Topology {
@@ -120,7 +121,21 @@ impl Topology {
             max_attempts: backstop::RetryPolicy::default().max_attempts,
             delivery_limit: None,
             rabbitmq_4: false,
+            adopt: false,
         }
+    }
+
+    /// Adopts a queue someone else declared: [`RabbitMq::declare`](crate::RabbitMq::declare)
+    /// then checks that the queue exists and declares only its companions
+    /// (the DLQ, the DLX and the delay queues), never the queue itself, so
+    /// its arguments stay the owner's. Dead letters and retries work as
+    /// usual (backstop writes them itself); the broker's own dead-lettering
+    /// (its delivery limit) reaches the DLQ only if the owner set
+    /// `x-dead-letter-exchange` to [`dlx`](Self::dlx).
+    #[must_use]
+    pub fn adopt(mut self) -> Self {
+        self.adopt = true;
+        self
     }
 
     /// A durable classic queue `queue` with its DLQ; no broker-delayed retry.
@@ -325,7 +340,23 @@ impl Topology {
             )
             .await
             .map_err(|e| broker_error(&dlq, e))?;
-        declare_queue(channel, &self.queue, durable, self.queue_arguments()).await?;
+        if self.adopt {
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            channel
+                .queue_declare(short(&self.queue)?, passive, FieldTable::default())
+                .await
+                .map_err(|e| match amqp_reply(&e) {
+                    Some((NOT_FOUND, _)) => TopologyError::AdoptedQueueMissing {
+                        queue: self.queue.clone(),
+                    },
+                    _ => broker_error(&self.queue, e),
+                })?;
+        } else {
+            declare_queue(channel, &self.queue, durable, self.queue_arguments()).await?;
+        }
         for tier in &self.tiers {
             declare_queue(
                 channel,

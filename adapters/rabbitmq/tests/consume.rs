@@ -351,3 +351,208 @@ async fn consuming_a_missing_queue_fails_up_front() {
         "{error:?}"
     );
 }
+
+/// Publishes `body` with no message id (property or header) and a
+/// `timestamp` of 2^64-1 (a date before 1970 as a Java producer writes it).
+async fn publish_id_less(rabbit: &backstop_rabbitmq::RabbitMq, queue: &str, body: &[u8]) {
+    use backstop_rabbitmq::lapin::BasicProperties;
+    use backstop_rabbitmq::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    let channel = rabbit.channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_timestamp(u64::MAX),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let _ = channel.close(200, "OK".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_less_message_keeps_one_id_across_redeliveries_and_consumers() {
+    let rabbit = rabbit().await;
+    let topology = quorum(&rabbit, "idless").await;
+    publish_id_less(&rabbit, topology.queue(), br#"{"no":"id"}"#).await;
+
+    let mut source = rabbit.source(topology.queue(), 1).await.unwrap();
+    let first = next_within(&mut source, WAIT).await.expect("delivered");
+    let id = first.message().meta.message_id.clone();
+    assert_eq!(
+        first.message().meta.timestamp,
+        None,
+        "2^64-1 is no timestamp"
+    );
+    assert_eq!(first.message().meta.id_source, backstop::IdSource::Digest);
+    drop(first);
+    let second = next_within(&mut source, WAIT).await.expect("redelivered");
+    assert!(second.message().meta.redelivered);
+    assert_eq!(
+        second.message().meta.message_id,
+        id,
+        "the same id on redelivery"
+    );
+    drop(second);
+    // Another consumer (a restarted worker) sees the same id too.
+    source.close().await;
+    let mut other = rabbit.source(topology.queue(), 1).await.unwrap();
+    let third = next_within(&mut other, WAIT)
+        .await
+        .expect("delivered to another consumer");
+    assert_eq!(
+        third.message().meta.message_id,
+        id,
+        "the same id for another consumer"
+    );
+    third.ack().await.unwrap();
+    other.close().await;
+    cleanup(&rabbit, &topology).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_declared_by_someone_else_is_adopted_with_only_its_companions() {
+    use backstop_rabbitmq::lapin::options::QueueDeclareOptions;
+    use backstop_rabbitmq::lapin::types::{AMQPValue, FieldTable};
+    use backstop_rabbitmq::{Topology, TopologyError};
+    let rabbit = rabbit().await;
+    let queue = unique("adopt");
+    // Declared by its owner: a classic queue with arguments of its own.
+    let channel = rabbit.channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(1000));
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+    let topology = Topology::quorum(queue.as_str()).retry_tiers([Duration::from_secs(5)]);
+    assert!(
+        matches!(
+            rabbit.declare(&topology).await,
+            Err(TopologyError::Mismatch { .. })
+        ),
+        "redeclaring it with backstop's arguments is refused"
+    );
+    rabbit
+        .declare(&topology.clone().adopt())
+        .await
+        .expect("adopting declares only the companions");
+    assert_eq!(rabbit.message_count(&topology.dlq()).await.unwrap(), 0);
+    let delay = topology.tiers()[0].queue_for(&queue);
+    assert_eq!(rabbit.message_count(&delay).await.unwrap(), 0);
+    // The source starts: its DLQ and delay queue exist.
+    let stack = StackBuilder::<String>::new(Arc::new(rabbit.dead_letter_sink())).build(handler_fn(
+        |_v: String, _ctx: Context| async { Ok::<(), HandlerError>(()) },
+    ));
+    let runner = Runner::new(rabbit.source(&queue, 1).await.unwrap(), stack);
+    let token = runner.shutdown_token();
+    let run = tokio::spawn(runner.run());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    token.cancel();
+    assert!(
+        run.await.unwrap().is_ok(),
+        "the adopted queue's source runs"
+    );
+    let missing = Topology::quorum(unique("adopt-missing")).adopt();
+    assert!(matches!(
+        rabbit.declare(&missing).await,
+        Err(TopologyError::AdoptedQueueMissing { .. })
+    ));
+    cleanup(&rabbit, &topology).await;
+    cleanup(&rabbit, &missing).await;
+    let _ = channel.close(200, "OK".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_keeps_the_amqp_properties() {
+    use backstop_rabbitmq::lapin::BasicProperties;
+    use backstop_rabbitmq::lapin::options::{
+        BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    };
+    use backstop_rabbitmq::lapin::types::{AMQPValue, FieldTable};
+    let rabbit = rabbit().await;
+    let topology = quorum(&rabbit, "props").await;
+    let channel = rabbit.channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut headers = FieldTable::default();
+    headers.insert("app".into(), AMQPValue::LongString("v".into()));
+    channel
+        .basic_publish(
+            "".into(),
+            topology.queue().into(),
+            BasicPublishOptions::default(),
+            b"\"gz\"",
+            BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_message_id("m-props".into())
+                .with_content_type("application/json".into())
+                .with_content_encoding("gzip".into())
+                .with_correlation_id("corr-1".into())
+                .with_reply_to("replies".into())
+                .with_type("order.placed".into())
+                .with_app_id("shop".into())
+                .with_priority(3)
+                .with_timestamp(1_600_000_000)
+                .with_headers(headers),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let stack = StackBuilder::<String>::new(Arc::new(rabbit.dead_letter_sink())).build(handler_fn(
+        |_v: String, _ctx: Context| async { Err::<(), _>(HandlerError::permanent("no")) },
+    ));
+    let runner = Runner::new(rabbit.source(topology.queue(), 1).await.unwrap(), stack);
+    let token = runner.shutdown_token();
+    let run = tokio::spawn(runner.run());
+    let mut got = None;
+    for _ in 0..100 {
+        got = channel
+            .basic_get(
+                topology.dlq().as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap();
+        if got.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    token.cancel();
+    run.await.unwrap().unwrap();
+    let got = got.expect("the dead letter");
+    let p = &got.delivery.properties;
+    let text = |v: &Option<backstop_rabbitmq::lapin::types::ShortString>| {
+        v.as_ref().map(|s| s.as_str().to_owned())
+    };
+    assert_eq!(text(p.content_type()).as_deref(), Some("application/json"));
+    assert_eq!(text(p.content_encoding()).as_deref(), Some("gzip"));
+    assert_eq!(text(p.correlation_id()).as_deref(), Some("corr-1"));
+    assert_eq!(text(p.reply_to()).as_deref(), Some("replies"));
+    assert_eq!(text(p.kind()).as_deref(), Some("order.placed"));
+    assert_eq!(text(p.app_id()).as_deref(), Some("shop"));
+    assert_eq!(*p.priority(), Some(3));
+    assert_eq!(*p.timestamp(), Some(1_600_000_000));
+    let _ = channel.close(200, "OK".into()).await;
+    cleanup(&rabbit, &topology).await;
+}

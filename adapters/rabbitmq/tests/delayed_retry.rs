@@ -40,7 +40,7 @@ async fn a_long_retry_comes_back_through_the_delay_queue_with_the_attempt_increm
             let header = ctx
                 .headers()
                 .get(wire::ATTEMPT)
-                .cloned()
+                .map(str::to_owned)
                 .unwrap_or_default();
             runs.lock()
                 .unwrap()

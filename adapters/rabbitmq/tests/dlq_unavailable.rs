@@ -1,6 +1,7 @@
-//! A DLQ that cannot take the message: the source stays unacked and is
-//! redelivered after a backoff, not in a hot loop; once the DLQ can take it,
-//! it is dead-lettered exactly once.
+//! A DLQ that cannot take the message (missing, unroutable): the source stays
+//! unacked, the worker stops consuming and reports not ready instead of
+//! looping; once the DLQ exists, a restarted worker dead-letters it exactly
+//! once.
 
 mod common;
 
@@ -18,12 +19,14 @@ use backstop_rabbitmq::lapin::options::{
 };
 use backstop_rabbitmq::lapin::types::FieldTable;
 use backstop_rabbitmq::{RabbitMq, Topology};
-use common::{cleanup, drain, quorum, rabbit, unique};
+use common::{cleanup, count_reaches, drain, halted, quorum, rabbit, unique};
 
 const NACK_DELAY: Duration = Duration::from_millis(200);
-const OUTAGE: Duration = Duration::from_secs(2);
+const OUTAGE: Duration = Duration::from_secs(1);
 
-/// Runs a worker whose handler always fails permanently, until `repair` ran and the message is gone.
+/// Runs a worker whose handler always fails permanently until it halts on
+/// the missing DLQ, runs `repair`, then a fresh worker until the message is
+/// gone. Returns the second run's summary and the runs of the first.
 async fn run_through_outage(
     rabbit: &RabbitMq,
     topology: &Topology,
@@ -39,48 +42,64 @@ async fn run_through_outage(
         .await
         .unwrap();
     let runs = Arc::new(AtomicU32::new(0));
-    let r = Arc::clone(&runs);
-    let handler = handler_fn(move |_v: String, _ctx: Context| {
-        let runs = Arc::clone(&r);
-        async move {
-            runs.fetch_add(1, Ordering::SeqCst);
-            Err::<(), _>(HandlerError::permanent("cannot ever work"))
+    let worker = |runs: &Arc<AtomicU32>| {
+        let r = Arc::clone(runs);
+        let handler = handler_fn(move |_v: String, _ctx: Context| {
+            let runs = Arc::clone(&r);
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>(HandlerError::permanent("cannot ever work"))
+            }
+        });
+        let mut builder =
+            StackBuilder::<String>::new(Arc::new(rabbit.dead_letter_sink())).nack_delay(NACK_DELAY);
+        if let Some(to) = &dead_letter_to {
+            builder = builder.dead_letter_to(to.clone());
         }
-    });
-    let mut builder =
-        StackBuilder::<String>::new(Arc::new(rabbit.dead_letter_sink())).nack_delay(NACK_DELAY);
-    if let Some(to) = dead_letter_to {
-        builder = builder.dead_letter_to(to);
-    }
-    let source = rabbit.source(topology.queue(), 4).await.unwrap();
+        builder.build(handler)
+    };
+    // The DLQ is out before the start: opt out of the start-up check to
+    // prove the runtime path.
+    let source = || async {
+        rabbit
+            .source(topology.queue(), 4)
+            .await
+            .unwrap()
+            .skip_destination_check()
+    };
     let shutdown = CancellationToken::new();
-    let runner = tokio::spawn(
-        Runner::new(source, builder.build(handler))
+    let runner = Runner::new(source().await, worker(&runs))
+        .concurrency(4)
+        .with_shutdown(shutdown.clone());
+    let readiness = runner.readiness();
+    let first = tokio::spawn(runner.run());
+    assert!(
+        halted(&readiness).await,
+        "the worker stops consuming: {:?}",
+        readiness.get()
+    );
+    // Halted, not looping: give a wrong retry the time to show.
+    tokio::time::sleep(OUTAGE).await;
+    let during_outage = runs.load(Ordering::SeqCst);
+    shutdown.cancel();
+    let halted = first.await.unwrap();
+    assert!(
+        matches!(halted, Err(backstop::runner::RunError::Halted { .. })),
+        "{halted:?}"
+    );
+    repair.await;
+    let shutdown = CancellationToken::new();
+    let second = tokio::spawn(
+        Runner::new(source().await, worker(&runs))
             .concurrency(4)
             .with_shutdown(shutdown.clone())
             .run(),
     );
-    tokio::time::sleep(OUTAGE).await;
-    let during_outage = runs.load(Ordering::SeqCst);
-    repair.await;
-    let gone = {
-        let mut gone = false;
-        for _ in 0..100 {
-            let runs_now = runs.load(Ordering::SeqCst);
-            if runs_now > during_outage
-                && rabbit.message_count(topology.queue()).await.unwrap() == 0
-            {
-                gone = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        gone
-    };
+    let gone = count_reaches(rabbit, topology.queue(), 0).await;
     // Give a wrongly repeated dead-lettering the time to show.
     tokio::time::sleep(Duration::from_millis(800)).await;
     shutdown.cancel();
-    let summary = runner.await.unwrap().unwrap();
+    let summary = second.await.unwrap().unwrap();
     assert!(
         gone,
         "the message left the source once the DLQ worked: {summary}"
@@ -88,27 +107,20 @@ async fn run_through_outage(
     (summary, during_outage)
 }
 
-fn assert_backed_off(summary: &Summary, during_outage: u32) {
-    // The nack waits NACK_DELAY/2 ..= NACK_DELAY: at most OUTAGE / (NACK_DELAY/2) + 1 runs.
-    let most = u32::try_from(OUTAGE.as_millis() / (NACK_DELAY.as_millis() / 2)).unwrap() + 1;
-    assert!(
-        during_outage >= 2,
-        "redelivered during the outage ({during_outage} runs)"
-    );
-    assert!(
-        during_outage <= most,
-        "{during_outage} runs in {OUTAGE:?} is a hot loop (at most {most})"
+fn assert_halted_then_dead_lettered_once(summary: &Summary, during_outage: u32) {
+    assert_eq!(
+        during_outage, 1,
+        "the handler ran once, then the worker stopped consuming"
     );
     assert_eq!(
         summary.dead_lettered, 1,
         "dead-lettered exactly once: {summary}"
     );
-    assert!(summary.nacked >= 1, "{summary}");
     assert_eq!(summary.handled, 0, "{summary}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_dlq_exchange_keeps_the_message_until_the_exchange_exists() {
+async fn missing_dlq_exchange_keeps_the_message_and_halts_until_the_exchange_exists() {
     let rabbit = rabbit().await;
     let topology = quorum(&rabbit, "dlx-missing").await;
     let exchange = unique("late-dlx");
@@ -143,7 +155,7 @@ async fn missing_dlq_exchange_keeps_the_message_until_the_exchange_exists() {
     };
     let (summary, during_outage) =
         run_through_outage(&rabbit, &topology, Some(format!("{exchange}/dead")), repair).await;
-    assert_backed_off(&summary, during_outage);
+    assert_halted_then_dead_lettered_once(&summary, during_outage);
     let letters = drain(&rabbit, parking.queue(), Duration::from_millis(500)).await;
     assert_eq!(letters.len(), 1, "exactly one dead letter");
     assert_eq!(letters[0].meta.message_id, "m-doomed");
@@ -157,7 +169,7 @@ async fn missing_dlq_exchange_keeps_the_message_until_the_exchange_exists() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unroutable_dead_letter_keeps_the_message_until_the_dlq_exists() {
+async fn unroutable_dead_letter_keeps_the_message_and_halts_until_the_dlq_exists() {
     let rabbit = rabbit().await;
     let topology = quorum(&rabbit, "dlq-missing").await;
     let channel = rabbit.channel().await.unwrap();
@@ -172,7 +184,7 @@ async fn unroutable_dead_letter_keeps_the_message_until_the_dlq_exists() {
     let t = topology.clone();
     let repair = async move { r.declare(&t).await.unwrap() };
     let (summary, during_outage) = run_through_outage(&rabbit, &topology, None, repair).await;
-    assert_backed_off(&summary, during_outage);
+    assert_halted_then_dead_lettered_once(&summary, during_outage);
     let letters = drain(&rabbit, &topology.dlq(), Duration::from_millis(500)).await;
     assert_eq!(letters.len(), 1, "exactly one dead letter");
     assert_eq!(letters[0].meta.message_id, "m-doomed");
@@ -184,51 +196,32 @@ async fn unroutable_dead_letter_keeps_the_message_until_the_dlq_exists() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_handler_keeps_running_while_the_dlq_is_out() {
-    // The outage test above counts runs; this one checks the message is still
-    // on its queue (unacked) in the middle of the outage.
+async fn a_queue_without_its_dlq_fails_at_start_naming_it() {
     let rabbit = rabbit().await;
-    let topology = quorum(&rabbit, "dlq-held").await;
+    let queue = unique("nodlq-start");
     let channel = rabbit.channel().await.unwrap();
     channel
-        .queue_delete(
-            topology.dlq().as_str().into(),
-            QueueDeleteOptions::default(),
+        .queue_declare(
+            queue.as_str().into(),
+            backstop_rabbitmq::lapin::options::QueueDeclareOptions::default(),
+            FieldTable::default(),
         )
         .await
         .unwrap();
-    rabbit
-        .publisher()
-        .publish(topology.queue(), &Message::new("\"x\""))
+    let stack = StackBuilder::<String>::new(Arc::new(rabbit.dead_letter_sink())).build(handler_fn(
+        |_v: String, _ctx: Context| async { Ok::<(), HandlerError>(()) },
+    ));
+    let run = Runner::new(rabbit.source(&queue, 1).await.unwrap(), stack).run();
+    let result = tokio::time::timeout(Duration::from_secs(30), run)
         .await
-        .unwrap();
-    let handler = handler_fn(|_v: String, _ctx: Context| async {
-        Err::<(), _>(HandlerError::permanent("no"))
-    });
-    let stack = StackBuilder::<String>::new(Arc::new(rabbit.dead_letter_sink()))
-        .nack_delay(NACK_DELAY)
-        .build(handler);
-    let source = rabbit.source(topology.queue(), 1).await.unwrap();
-    let shutdown = CancellationToken::new();
-    let runner = tokio::spawn(
-        Runner::new(source, stack)
-            .with_shutdown(shutdown.clone())
-            .run(),
-    );
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    shutdown.cancel();
-    let summary = runner.await.unwrap().unwrap();
-    assert_eq!(summary.dead_lettered, 0, "{summary}");
-    assert!(summary.nacked >= 1, "{summary}");
-    // Back on the queue (the broker requeues it as the consumer closes), ready for the next worker.
-    let mut ready = 0;
-    for _ in 0..60 {
-        ready = rabbit.message_count(topology.queue()).await.unwrap();
-        if ready == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(ready, 1);
-    cleanup(&rabbit, &topology).await;
+        .expect("the runner stops at start, not at the first poison message");
+    let _ = channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let Err(backstop::runner::RunError::Source { source, .. }) = result else {
+        panic!("a queue without its DLQ must not run: {result:?}");
+    };
+    let text = source.to_string();
+    assert!(text.contains(&format!("{queue}.dlq")), "{text}");
+    assert!(text.contains("RabbitMq::declare"), "{text}");
 }

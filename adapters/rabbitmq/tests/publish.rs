@@ -7,10 +7,10 @@ use std::time::Duration;
 use backstop::{Message, PublishError, Publisher, Source, wire};
 use backstop_rabbitmq::lapin::ExchangeKind;
 use backstop_rabbitmq::lapin::options::{
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeleteOptions,
 };
 use backstop_rabbitmq::lapin::types::{AMQPValue, FieldTable};
-use common::{cleanup, next_within, quorum, rabbit, unique};
+use common::{classic_queue, cleanup, next_within, quorum, rabbit, unique};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -146,25 +146,14 @@ async fn exchange_and_routing_key_destination_reaches_the_bound_queue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_reject_publish_queue_nacks() {
     let rabbit = rabbit().await;
-    let queue = unique("full");
-    let channel = rabbit.channel().await.unwrap();
     let mut args = FieldTable::default();
     args.insert("x-max-length".into(), AMQPValue::LongInt(1));
     args.insert(
         "x-overflow".into(),
         AMQPValue::LongString("reject-publish".into()),
     );
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await
-        .unwrap();
+    let queue = classic_queue(&rabbit, "full", args).await;
+    let channel = rabbit.channel().await.unwrap();
     let publisher = rabbit.publisher();
     publisher
         .publish(&queue, &Message::new("one"))

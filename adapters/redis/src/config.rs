@@ -2,13 +2,24 @@
 
 use std::time::Duration;
 
+use backstop::idempotency::KeyLayout;
+use backstop::tls::TlsOptions;
+
 /// How a [`RedisStore`](crate::RedisStore) connects and keeps its keys.
 ///
+/// `rediss://host:port` connects over TLS (feature `tls`, rustls with the
+/// ring provider), verifying the server against [`RedisConfig::tls`]'s CA
+/// file or the system roots.
+///
 /// Defaults: key prefix `backstop:idempotency:`, finished keys kept 24 h,
-/// 2 s per operation, 2 s per connection attempt.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// 2 s per operation, 2 s per connection attempt, per-consumer keyspaces
+/// ([`KeyLayout::Keyspaced`]: a prefix holding keys of an earlier release
+/// is refused until [`RedisConfig::layout`] says what to do with them).
+///
+/// Its `Debug` output shows the URL with the password hidden.
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisConfig {
-    /// The server, as `redis://[user:password@]host[:port][/db]`.
+    /// The server, as `redis://[user:password@]host[:port][/db]` (`rediss://` for TLS).
     pub url: String,
     /// Prepended to every idempotency key (one namespace per consumer group or app).
     pub prefix: String,
@@ -20,6 +31,27 @@ pub struct RedisConfig {
     pub operation_timeout: Duration,
     /// The most one connection attempt may take.
     pub connect_timeout: Duration,
+    /// For `rediss://`: the CA file (else the system roots) and the client
+    /// certificate (mutual TLS). Read when the store is built, and again
+    /// for each reconnect after a lost connection (a rotated certificate
+    /// needs no restart).
+    pub tls: TlsOptions,
+    /// What to do with the key layout found under the prefix (see
+    /// [`KeyLayout`]); checked when the store connects.
+    pub layout: KeyLayout,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &backstop::redact::redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("ttl", &self.ttl)
+            .field("operation_timeout", &self.operation_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("layout", &self.layout)
+            .finish()
+    }
 }
 
 impl RedisConfig {
@@ -31,7 +63,25 @@ impl RedisConfig {
             ttl: Duration::from_secs(24 * 3600),
             operation_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),
+            tls: TlsOptions::default(),
+            layout: KeyLayout::default(),
         }
+    }
+
+    /// Sets what to do with the key layout found under the prefix: keep an
+    /// earlier release's global keys ([`KeyLayout::Legacy`]) or upgrade
+    /// them ([`KeyLayout::Migrate`]).
+    #[must_use]
+    pub fn layout(mut self, layout: KeyLayout) -> Self {
+        self.layout = layout;
+        self
+    }
+
+    /// Sets the TLS files of a `rediss://` server.
+    #[must_use]
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Sets the key prefix.
@@ -79,5 +129,14 @@ mod tests {
         assert_eq!(c.ttl, Duration::from_millis(1));
         assert_eq!(c.operation_timeout, Duration::from_millis(300));
         assert_eq!(c.connect_timeout, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        for url in ["redis://:s3cret@h:6379", "redis://u:p@s3cret@h/0"] {
+            let shown = format!("{:?}", RedisConfig::new(url));
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(shown.contains("redis://"), "{shown}");
+        }
     }
 }

@@ -13,12 +13,28 @@ pub enum RedisStoreError {
     /// The connection URL could not be parsed.
     #[error("invalid Redis URL (expected redis://[user:password@]host[:port][/db]): {0}")]
     InvalidUrl(#[source] redis::RedisError),
+    /// The TLS settings cannot be used (unreadable file, `rediss://` in a
+    /// build without TLS, …).
+    #[error("invalid Redis TLS settings: {0}")]
+    Tls(String),
     /// The first connection failed (see [`RedisStore::connect_lazy`](crate::RedisStore::connect_lazy)
     /// to start without a reachable server).
-    #[error("could not connect to Redis: {0}")]
+    #[error("could not connect to Redis: {0}{hint}", hint = tls_hint(.0))]
     Connect(#[source] redis::RedisError),
+    /// The server hung up on a plain-text (`redis://`) connection before
+    /// answering: most likely a TLS port.
+    #[error(
+        "Redis at {url} closed the plain-text connection before answering ({source}); if it is a TLS port, use rediss://"
+    )]
+    PlainTextRefused {
+        /// The URL, its password hidden.
+        url: String,
+        /// The client's error.
+        #[source]
+        source: redis::RedisError,
+    },
     /// A command failed (connection lost, server error).
-    #[error("Redis {op} failed: {source}")]
+    #[error("Redis {op} failed: {source}{}", tls_hint(.source))]
     Command {
         /// The store operation (`claim`, `renew`, …).
         op: &'static str,
@@ -45,10 +61,44 @@ pub enum RedisStoreError {
         /// The reply, as text.
         reply: String,
     },
+    /// The keys under the prefix do not follow the chosen key layout
+    /// ([`RedisConfig::layout`](crate::RedisConfig::layout)); the error says what to choose.
+    #[error(transparent)]
+    Layout(#[from] backstop::idempotency::LayoutError),
+}
+
+/// What a TLS failure behind `error` means (an untrusted server, a refused
+/// client certificate, a plain-text port, …), to follow its own text.
+fn tls_hint(error: &redis::RedisError) -> String {
+    #[cfg(feature = "tls")]
+    if let Some(reason) = backstop::tls::explain(error) {
+        return format!(" ({reason})");
+    }
+    let _ = error;
+    String::new()
+}
+
+/// True when the server reset or closed the connection (not when it refused it).
+pub(crate) fn hung_up(error: &redis::RedisError) -> bool {
+    use std::error::Error as _;
+    type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+    let io = error
+        .source()
+        .and_then(|e| e.downcast_ref::<Shared>())
+        .and_then(|e| e.downcast_ref::<std::io::Error>());
+    io.is_some_and(|e| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+        )
+    })
 }
 
 impl From<RedisStoreError> for backstop::StoreError {
     fn from(error: RedisStoreError) -> Self {
-        backstop::StoreError::Backend(Box::new(error))
+        match error {
+            RedisStoreError::Layout(error) => backstop::StoreError::Layout(error),
+            other => backstop::StoreError::Backend(Box::new(other)),
+        }
     }
 }

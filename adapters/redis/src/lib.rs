@@ -1,11 +1,12 @@
 //! Redis idempotency store for backstop.
 //!
 //! [`RedisStore`] implements [`backstop::Store`]: the lease state machine of
-//! the idempotency layer (`absent → in_progress{owner, lease_until} →
+//! the idempotency layer (`absent → in_progress{fence, lease_until} →
 //! completed | dead_lettered`, with release, renewal, takeover of expired
-//! leases and the redrive rule) as one atomic Lua script per operation, so
-//! every worker sharing the server and key prefix deduplicates against the
-//! others, and the failed-run count of a key survives restarts.
+//! leases counted as crashed runs, fencing tokens and the redrive rule) as
+//! one atomic Lua script per operation or batch, so every worker sharing the
+//! server and key prefix deduplicates against the others, and the failed-run
+//! count of a key survives restarts.
 //!
 //! Plug it into a stack with [`StackBuilder::idempotency`](backstop::StackBuilder::idempotency):
 //!
@@ -53,6 +54,8 @@
 
 mod config;
 mod error;
+mod layout;
+mod link;
 mod scripts;
 mod store;
 

@@ -4,32 +4,47 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backstop::idempotency::{Claim, Key};
-use backstop::{Store, StoreError};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use backstop::idempotency::{Claim, ClaimOf, Fence, Held, Key, KeyLayout, Layout};
+use backstop::{ErrorKind, Failure, Store, StoreError};
+use redis::aio::ConnectionManager;
 
-use crate::scripts::{CLAIM_SCRIPT, FINISH_SCRIPT, RELEASE_SCRIPT, RENEW_SCRIPT};
+use crate::link::Link;
+use crate::scripts::{
+    CLAIM_MANY_SCRIPT, CLAIM_SCRIPT, DEFER_LETTER_SCRIPT, FINISH_MANY_SCRIPT, FINISH_SCRIPT,
+    RELEASE_SCRIPT, RENEW_MANY_SCRIPT, RENEW_SCRIPT,
+};
 use crate::{RedisConfig, RedisStoreError};
 
 /// An idempotency [`Store`] on Redis, shared by every worker that uses the
 /// same server and key prefix.
 ///
 /// Each operation is one Lua script, so a claim (with takeover of an
-/// expired lease and the redrive rule) is atomic in one round trip; lease
-/// times come from the server's clock. The failed-run count lives in Redis
-/// and survives worker restarts. Finished keys expire after the TTL by
+/// expired lease, crash counting and the redrive rule) is atomic in one
+/// round trip; lease times and fencing tokens come from the server's clock.
+/// A batch (`claim_many`, `renew_many`, `complete_many`) is one script over
+/// all its keys, one round trip, still one answer per key (the keys of a
+/// batch must live on one server: no Redis Cluster). The failed-run count lives in Redis
+/// and survives worker restarts, and so does a dead letter whose write failed
+/// ([`Store::defer_letter`]): the next claim of its key, on any worker,
+/// reports it, so the redelivery writes only that letter. Finished keys expire after the TTL by
 /// Redis' own key expiry. The connection is a [`ConnectionManager`]: after a
 /// lost connection, the next operations reconnect; until Redis answers they
 /// fail with [`StoreError::Backend`] within the operation timeout, and
-/// backstop defers the message.
+/// backstop defers the message. Over TLS (`rediss://`) a lost connection is
+/// replaced by a new client built from the CA and client certificate files
+/// as they are then, so a rotated certificate is used from the next
+/// reconnect on, without a restart.
 ///
 /// Cheap to clone (clones share the connection).
 #[derive(Clone)]
 pub struct RedisStore {
-    connection: ConnectionManager,
+    link: Arc<Link>,
     prefix: Arc<str>,
     ttl: Duration,
     timeout: Duration,
+    /// The user's choice of key layout, and the layout found on first use.
+    choice: KeyLayout,
+    layout: Arc<tokio::sync::OnceCell<Layout>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -43,7 +58,7 @@ impl std::fmt::Debug for RedisStore {
 }
 
 /// Whole milliseconds, at least one (Lua numbers are exact below 2^53).
-fn millis(duration: Duration) -> u64 {
+pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis())
         .unwrap_or(u64::MAX)
         .clamp(1, 1 << 52)
@@ -55,44 +70,58 @@ impl RedisStore {
         Self::connect_with(RedisConfig::new(url)).await
     }
 
-    /// Connects with `config`; fails if Redis does not answer a `PING` in time.
+    /// Connects with `config`; fails if Redis does not answer a `PING` in
+    /// time, or if the keys under the prefix do not fit the chosen
+    /// [`layout`](RedisConfig::layout) ([`RedisStoreError::Layout`], which
+    /// says what to choose).
     pub async fn connect_with(config: RedisConfig) -> Result<Self, RedisStoreError> {
+        let plain = config.url.starts_with("redis://");
+        let url = backstop::redact::redact_url(&config.url);
         let store = Self::connect_lazy(config)?;
         store.ping().await.map_err(|error| match error {
+            RedisStoreError::Command { source, .. } if plain && crate::error::hung_up(&source) => {
+                RedisStoreError::PlainTextRefused { url, source }
+            }
             RedisStoreError::Command { source, .. } => RedisStoreError::Connect(source),
             other => other,
         })?;
+        store.key_layout().await?;
         Ok(store)
     }
 
     /// A store that connects on first use, so a worker can start while Redis
     /// is down (its messages are deferred until Redis answers). Only the URL
-    /// is checked. Must be called inside a Tokio runtime.
+    /// is checked; the key layout is checked at the first message (until it
+    /// fits, messages are deferred). Must be called inside a Tokio runtime.
     pub fn connect_lazy(config: RedisConfig) -> Result<Self, RedisStoreError> {
-        let client =
-            redis::Client::open(config.url.as_str()).map_err(RedisStoreError::InvalidUrl)?;
-        let manager = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.operation_timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let connection = client
-            .get_connection_manager_lazy(manager)
-            .map_err(RedisStoreError::Connect)?;
+        let (prefix, ttl, timeout) = (
+            Arc::from(config.prefix.as_str()),
+            config.ttl,
+            config.operation_timeout,
+        );
         Ok(RedisStore {
-            connection,
-            prefix: Arc::from(config.prefix),
-            ttl: config.ttl,
-            timeout: config.operation_timeout,
+            choice: config.layout,
+            link: Arc::new(Link::new(config)?),
+            prefix,
+            ttl,
+            timeout,
+            layout: Arc::new(tokio::sync::OnceCell::new()),
         })
+    }
+
+    /// The key layout under the prefix: read from its marker (or decided and
+    /// marked) on first use, then remembered.
+    pub async fn key_layout(&self) -> Result<Layout, RedisStoreError> {
+        self.layout
+            .get_or_try_init(|| self.open_layout(self.choice))
+            .await
+            .copied()
     }
 
     /// Checks that Redis answers.
     pub async fn ping(&self) -> Result<(), RedisStoreError> {
-        let mut connection = self.connection.clone();
         let pong: String = self
-            .bounded("ping", async move {
+            .bounded("ping", |mut connection| async move {
                 redis::cmd("PING").query_async(&mut connection).await
             })
             .await?;
@@ -121,43 +150,179 @@ impl RedisStore {
         format!("{}{}", self.prefix, key.as_str())
     }
 
-    async fn bounded<T>(
+    /// Runs `operation` on the store's connection within the operation
+    /// timeout; a lost connection is reported to the link (over TLS the
+    /// next operation reconnects with the certificate files read again).
+    pub(crate) async fn bounded<T, F, Fut>(
         &self,
         op: &'static str,
-        future: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, RedisStoreError> {
-        match tokio::time::timeout(self.timeout, future).await {
+        operation: F,
+    ) -> Result<T, RedisStoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let lease = self.link.lease()?;
+        match tokio::time::timeout(self.timeout, operation(lease.connection.clone())).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(source)) => Err(RedisStoreError::Command { op, source }),
-            Err(_) => Err(RedisStoreError::Timeout {
-                op,
-                after: self.timeout,
-            }),
+            Ok(Err(source)) => {
+                self.link.failed(&lease, Some(&source));
+                Err(RedisStoreError::Command { op, source })
+            }
+            Err(_) => {
+                self.link.failed(&lease, None);
+                Err(RedisStoreError::Timeout {
+                    op,
+                    after: self.timeout,
+                })
+            }
         }
     }
 
-    /// Runs an owner-checked script; true if `owner` held the lease.
+    /// Runs a fence-checked script; true if the lease `fence` was held.
     async fn owned(
         &self,
         op: &'static str,
         script: &redis::Script,
         key: &Key,
-        owner: &str,
+        fence: Fence,
         arg: &str,
         ttl: u64,
     ) -> Result<bool, StoreError> {
-        let mut connection = self.connection.clone();
         let mut invocation = script.key(self.redis_key(key));
-        invocation.arg(owner).arg(arg).arg(ttl);
+        invocation.arg(fence.0.to_string()).arg(arg).arg(ttl);
         let done: i64 = self
-            .bounded(op, invocation.invoke_async(&mut connection))
+            .bounded(op, |mut connection| async move {
+                invocation.invoke_async(&mut connection).await
+            })
             .await?;
         Ok(done == 1)
+    }
+
+    /// Runs a batch script over `held` (`ARGV` `first`, `second`, then each
+    /// fence); one answer per key, or the same error for each.
+    async fn owned_many(
+        &self,
+        op: &'static str,
+        script: &redis::Script,
+        held: &[Held<'_>],
+        first: &str,
+        second: u64,
+    ) -> Vec<Result<bool, StoreError>> {
+        if held.is_empty() {
+            return Vec::new();
+        }
+        let mut invocation = script.prepare_invoke();
+        invocation.arg(first).arg(second);
+        for h in held {
+            invocation
+                .key(self.redis_key(h.key))
+                .arg(h.fence.0.to_string());
+        }
+        match self
+            .bounded::<Vec<i64>, _, _>(op, |mut connection| async move {
+                invocation.invoke_async(&mut connection).await
+            })
+            .await
+        {
+            Ok(done) if done.len() == held.len() => done.into_iter().map(|d| Ok(d == 1)).collect(),
+            Ok(done) => each_fails(
+                held.len(),
+                &RedisStoreError::UnexpectedReply {
+                    op,
+                    reply: format!("{} answers for {} keys", done.len(), held.len()),
+                },
+            ),
+            Err(error) => each_fails(held.len(), &error),
+        }
+    }
+}
+
+/// The same error for each of `n` items of a batch.
+fn each_fails<T>(n: usize, error: &RedisStoreError) -> Vec<Result<T, StoreError>> {
+    (0..n)
+        .map(|_| Err(StoreError::Backend(error.to_string().into())))
+        .collect()
+}
+
+/// A claim script's answer, `{verdict, n, fence, crashed}` and a pending
+/// letter's kind, error text, attempts, first and last failure (ms).
+type Verdict = (
+    String,
+    i64,
+    String,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+);
+
+/// The failure of a pending letter (kind, error text, attempts, first and
+/// last failure in ms); an unknown kind (written by a newer release) reads
+/// as `permanent`.
+fn letter_of(kind: &str, message: String, attempts: &str, first: &str, last: &str) -> Failure {
+    let at = |ms: &str| std::time::UNIX_EPOCH + Duration::from_millis(ms.parse().unwrap_or(0));
+    Failure {
+        kind: ErrorKind::parse(kind).unwrap_or(ErrorKind::Permanent),
+        message,
+        attempts: attempts.parse().unwrap_or(0),
+        first_failure: at(first),
+        last_failure: at(last),
+    }
+}
+
+/// Milliseconds since the Unix epoch of `time` (0 before it), as text.
+fn epoch_ms(time: std::time::SystemTime) -> String {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+        .to_string()
+}
+
+fn claim_of(
+    op: &'static str,
+    (verdict, n, fence, crashed, kind, message, attempts, first, last): Verdict,
+) -> Result<Claim, StoreError> {
+    let count = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
+    let fence = || {
+        fence.parse::<u64>().map(Fence).map_err(|_| {
+            StoreError::from(RedisStoreError::UnexpectedReply {
+                op,
+                reply: format!("fence {fence:?}"),
+            })
+        })
+    };
+    match verdict.as_str() {
+        "acquired" => Ok(Claim::Acquired {
+            fence: fence()?,
+            failed_runs: count(n),
+            crashed: crashed == 1,
+        }),
+        "letter_pending" => Ok(Claim::LetterPending {
+            fence: fence()?,
+            failed_runs: count(n),
+            letter: letter_of(&kind, message, &attempts, &first, &last),
+        }),
+        "busy" => Ok(Claim::Busy {
+            remaining: Duration::from_millis(u64::try_from(n.max(0)).unwrap_or(0)),
+        }),
+        "completed" => Ok(Claim::Completed),
+        "dead_lettered" => Ok(Claim::DeadLettered),
+        _ => Err(RedisStoreError::UnexpectedReply {
+            op,
+            reply: format!("{verdict} {n}"),
+        }
+        .into()),
     }
 }
 
 #[async_trait::async_trait]
 impl Store for RedisStore {
+    async fn layout(&self) -> Result<Layout, StoreError> {
+        Ok(self.key_layout().await?)
+    }
+
     async fn claim(
         &self,
         key: &Key,
@@ -165,58 +330,44 @@ impl Store for RedisStore {
         lease: Duration,
         replay: u32,
     ) -> Result<Claim, StoreError> {
-        let mut connection = self.connection.clone();
         let mut invocation = CLAIM_SCRIPT.key(self.redis_key(key));
         invocation
             .arg(owner)
             .arg(millis(lease))
             .arg(replay)
             .arg(millis(self.ttl));
-        let (verdict, n): (String, i64) = self
-            .bounded("claim", invocation.invoke_async(&mut connection))
+        let verdict: Verdict = self
+            .bounded("claim", |mut connection| async move {
+                invocation.invoke_async(&mut connection).await
+            })
             .await?;
-        let count = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
-        match verdict.as_str() {
-            "acquired" => Ok(Claim::Acquired {
-                failed_runs: count(n),
-            }),
-            "busy" => Ok(Claim::Busy {
-                remaining: Duration::from_millis(u64::try_from(n.max(0)).unwrap_or(0)),
-            }),
-            "completed" => Ok(Claim::Completed),
-            "dead_lettered" => Ok(Claim::DeadLettered),
-            _ => Err(RedisStoreError::UnexpectedReply {
-                op: "claim",
-                reply: format!("{verdict} {n}"),
-            }
-            .into()),
-        }
+        claim_of("claim", verdict)
     }
 
-    async fn renew(&self, key: &Key, owner: &str, lease: Duration) -> Result<bool, StoreError> {
+    async fn renew(&self, key: &Key, fence: Fence, lease: Duration) -> Result<bool, StoreError> {
         let lease = millis(lease).to_string();
-        self.owned("renew", &RENEW_SCRIPT, key, owner, &lease, millis(self.ttl))
+        self.owned("renew", &RENEW_SCRIPT, key, fence, &lease, millis(self.ttl))
             .await
     }
 
-    async fn complete(&self, key: &Key, owner: &str) -> Result<bool, StoreError> {
+    async fn complete(&self, key: &Key, fence: Fence) -> Result<bool, StoreError> {
         self.owned(
             "complete",
             &FINISH_SCRIPT,
             key,
-            owner,
+            fence,
             "completed",
             millis(self.ttl),
         )
         .await
     }
 
-    async fn dead_letter(&self, key: &Key, owner: &str) -> Result<bool, StoreError> {
+    async fn dead_letter(&self, key: &Key, fence: Fence) -> Result<bool, StoreError> {
         self.owned(
             "dead_letter",
             &FINISH_SCRIPT,
             key,
-            owner,
+            fence,
             "dead_lettered",
             millis(self.ttl),
         )
@@ -226,7 +377,7 @@ impl Store for RedisStore {
     async fn release(
         &self,
         key: &Key,
-        owner: &str,
+        fence: Fence,
         failed_runs: Option<u32>,
     ) -> Result<(), StoreError> {
         let failed = failed_runs.map(|n| n.to_string()).unwrap_or_default();
@@ -234,11 +385,98 @@ impl Store for RedisStore {
             "release",
             &RELEASE_SCRIPT,
             key,
-            owner,
+            fence,
             &failed,
             millis(self.ttl),
         )
         .await
         .map(drop)
+    }
+
+    async fn defer_letter(
+        &self,
+        key: &Key,
+        fence: Fence,
+        letter: &Failure,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = DEFER_LETTER_SCRIPT.key(self.redis_key(key));
+        invocation
+            .arg(fence.0.to_string())
+            .arg(millis(self.ttl))
+            .arg(letter.kind.as_str())
+            .arg(letter.message.as_str())
+            .arg(letter.attempts)
+            .arg(epoch_ms(letter.first_failure))
+            .arg(epoch_ms(letter.last_failure));
+        let done: i64 = self
+            .bounded("defer_letter", |mut connection| async move {
+                invocation.invoke_async(&mut connection).await
+            })
+            .await?;
+        Ok(done == 1)
+    }
+
+    async fn claim_many(
+        &self,
+        claims: &[ClaimOf<'_>],
+        lease: Duration,
+    ) -> Vec<Result<Claim, StoreError>> {
+        if claims.is_empty() {
+            return Vec::new();
+        }
+        let mut invocation = CLAIM_MANY_SCRIPT.prepare_invoke();
+        invocation.arg(millis(lease)).arg(millis(self.ttl));
+        for c in claims {
+            invocation
+                .key(self.redis_key(c.key))
+                .arg(c.owner)
+                .arg(c.replay);
+        }
+        match self
+            .bounded::<Vec<Verdict>, _, _>("claim_many", |mut connection| async move {
+                invocation.invoke_async(&mut connection).await
+            })
+            .await
+        {
+            Ok(verdicts) if verdicts.len() == claims.len() => verdicts
+                .into_iter()
+                .map(|v| claim_of("claim_many", v))
+                .collect(),
+            Ok(verdicts) => each_fails(
+                claims.len(),
+                &RedisStoreError::UnexpectedReply {
+                    op: "claim_many",
+                    reply: format!("{} answers for {} keys", verdicts.len(), claims.len()),
+                },
+            ),
+            Err(error) => each_fails(claims.len(), &error),
+        }
+    }
+
+    async fn renew_many(
+        &self,
+        held: &[Held<'_>],
+        lease: Duration,
+    ) -> Vec<Result<bool, StoreError>> {
+        let lease = millis(lease).to_string();
+        self.owned_many(
+            "renew_many",
+            &RENEW_MANY_SCRIPT,
+            held,
+            &lease,
+            millis(self.ttl),
+        )
+        .await
+    }
+
+    async fn complete_many(&self, held: &[Held<'_>]) -> Vec<Result<bool, StoreError>> {
+        self.owned_many(
+            "complete_many",
+            &FINISH_MANY_SCRIPT,
+            held,
+            "completed",
+            millis(self.ttl),
+        )
+        .await
     }
 }

@@ -33,6 +33,10 @@ impl Backend for Redis {
             RedisStore::connect_with(RedisConfig::new(url()).prefix(&self.prefix).ttl(TTL)).await?;
         Ok(Arc::new(store))
     }
+
+    fn keeps_pending_letters(&self) -> bool {
+        true
+    }
 }
 
 backstop::store_contract_tests!(Redis::new());

@@ -22,8 +22,10 @@ use crate::{Budget, OpenError, Spool, SpoolConfig, SpoolError};
 /// stack acks the source. A relay delivers spooled letters through the
 /// inner sink (which routes them as it always does) once the broker is
 /// back, in order per DLQ and key. A sink error that retrying cannot fix
-/// (unroutable, misconfiguration) and a spool that cannot take the letter
-/// are returned, so the source stays unacked.
+/// ([`SinkError::is_permanent`]: too large, unroutable, a missing
+/// destination, not authorised) and a spool that cannot take the letter
+/// are returned, so the source stays unacked (a permanent one halts the
+/// [`Runner`](backstop::Runner)).
 ///
 /// # The trade-off
 ///
@@ -38,7 +40,9 @@ use crate::{Budget, OpenError, Spool, SpoolConfig, SpoolError};
 /// moves on; the letter reaches the DLQ when the broker is back. The price:
 /// until then the letter's only copy is one file on this machine's disk
 /// (lost with the disk, or with a container's ephemeral volume), and the
-/// DLQ shows it late. Use it where the spool sits on durable storage.
+/// DLQ shows it late. It is durable only on persistent storage: use it
+/// where the spool sits on a disk that outlives the process and its
+/// container.
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {

@@ -29,6 +29,11 @@
 //! # }
 //! ```
 //!
+//! A spooled message the broker later refuses for good (too large, invalid,
+//! not authorised), or a row that cannot be read back, is moved to the
+//! spool's refused records ([`Spool::refused`], `backstop spool refused`)
+//! so it never blocks the messages behind it.
+//!
 //! See [`ReliablePublisher`] for what is retried, what is spooled and what
 //! is returned, and the order kept per key; [`SpoolingDeadLetterSink`] for
 //! the same on the consumer's dead-letter path; [`mod@metrics`] for the metrics.
@@ -62,7 +67,7 @@ pub use crate::config::{SpoolConfig, WhenFull};
 pub use crate::dead_letter::{SpoolingDeadLetterSink, SpoolingDeadLetterSinkBuilder};
 pub use crate::error::{OpenError, ReliableError, SpoolError};
 pub use crate::publisher::{ReliablePublisher, ReliablePublisherBuilder};
-pub use crate::record::SpooledRecord;
+pub use crate::record::{RefusedRecord, SpooledRecord};
 pub use crate::relay::RelayConfig;
 pub use crate::reliable::Sent;
 pub use crate::spool::Spool;

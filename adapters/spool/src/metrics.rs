@@ -8,6 +8,7 @@
 //! | `backstop_spool_spooled_total` | counter | messages written to the spool |
 //! | `backstop_spool_relayed_total` | counter | spooled messages the broker confirmed (and the spool dropped) |
 //! | `backstop_spool_relay_failures_total` | counter | failed relay sends, labelled `reason` |
+//! | `backstop_spool_refused_total` | counter | spooled messages the broker refused for good (or unreadable rows), moved to the refused records, labelled `reason` |
 
 use std::sync::Once;
 
@@ -21,6 +22,9 @@ pub const SPOOLED: &str = "backstop_spool_spooled_total";
 pub const RELAYED: &str = "backstop_spool_relayed_total";
 /// Failed relay sends, by `reason` (counter).
 pub const RELAY_FAILURES: &str = "backstop_spool_relay_failures_total";
+
+/// Spooled messages moved to the refused records, by `reason` (counter).
+pub const REFUSED: &str = "backstop_spool_refused_total";
 
 /// Describes the metrics once per process.
 pub(crate) fn describe() {
@@ -40,6 +44,10 @@ pub(crate) fn describe() {
         metrics::describe_counter!(
             RELAY_FAILURES,
             "Relay sends of spooled messages that failed, by reason."
+        );
+        metrics::describe_counter!(
+            REFUSED,
+            "Spooled messages the broker refused for good, moved to the refused records, by reason."
         );
     });
 }
@@ -63,4 +71,9 @@ pub(crate) fn relayed(spool: &str, n: u64) {
 
 pub(crate) fn relay_failure(spool: &str, reason: &'static str) {
     metrics::counter!(RELAY_FAILURES, "spool" => spool.to_owned(), "reason" => reason).increment(1);
+}
+
+pub(crate) fn refused(spool: &str, reason: &str) {
+    metrics::counter!(REFUSED, "spool" => spool.to_owned(), "reason" => reason.to_owned())
+        .increment(1);
 }

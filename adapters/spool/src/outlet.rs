@@ -5,7 +5,8 @@
 //! |---|---|---|---|
 //! | `Unavailable`, `Timeout`, attempt timeout | [`Class::Unreachable`] | retry, then spool; later publishes go straight to the spool until the relay gets a confirm | back off, probe with the oldest record |
 //! | `Nacked`, `Full` | [`Class::Refused`] | retry, then spool | the key waits, retried with backoff |
-//! | `Unroutable`, `MissingDestination`, `TooLarge`, `Invalid` (and kinds added later), a sink that cannot take the message | [`Class::Permanent`] | returned to the caller, not spooled | the key waits, retried with backoff, logged as an error |
+//! | `TooLarge`, `Invalid`, `Unauthorized` | [`Class::Permanent`] | returned to the caller, not spooled | moved to the refused records (`Spool::refused`), logged as an error; the key goes on |
+//! | `Unroutable`, `MissingDestination`, a sink that cannot take the message | [`Class::Permanent`] | returned to the caller, not spooled | the key waits until an operator fixes the destination, retried with backoff, logged as an error |
 
 use std::time::Duration;
 
@@ -24,17 +25,25 @@ pub(crate) enum Class {
 
 impl Class {
     pub(crate) fn of_publish(error: &PublishError) -> Class {
+        if error.is_permanent() {
+            return Class::Permanent;
+        }
         match error {
             PublishError::Unavailable(_) | PublishError::Timeout(_) => Class::Unreachable,
-            PublishError::Nacked | PublishError::Full(_) => Class::Refused,
-            PublishError::Unroutable(_)
-            | PublishError::MissingDestination(_)
-            | PublishError::TooLarge { .. }
-            | PublishError::Invalid(_) => Class::Permanent,
-            // A kind this version does not know: the caller decides.
-            _ => Class::Permanent,
+            _ => Class::Refused,
         }
     }
+}
+
+/// True when the broker will never take this message as it is: too large,
+/// invalid, or this client may not publish there. The relay sets such a
+/// spooled record aside; a missing or unroutable destination is something
+/// an operator fixes, so the record waits for it.
+pub(crate) fn refused_for_good(error: &PublishError) -> bool {
+    matches!(
+        error,
+        PublishError::TooLarge { .. } | PublishError::Invalid(_) | PublishError::Unauthorized(_)
+    )
 }
 
 /// The metric label of a publish failure.
@@ -46,6 +55,7 @@ pub(crate) fn publish_reason(error: &PublishError) -> &'static str {
         PublishError::Full(_) => "full",
         PublishError::TooLarge { .. } => "too_large",
         PublishError::Invalid(_) => "invalid",
+        PublishError::Unauthorized(_) => "unauthorized",
         PublishError::Timeout(_) => "timeout",
         PublishError::Unavailable(_) => "unavailable",
         _ => "other",
@@ -66,6 +76,9 @@ pub(crate) trait Outlet: Send + Sync + 'static {
 
     /// The metric label of `error`.
     fn reason(error: &Self::Error) -> &'static str;
+
+    /// True when the broker will never take the message (see [`refused_for_good`]).
+    fn for_good(error: &Self::Error) -> bool;
 }
 
 /// A failed attempt: the outlet's error, or no answer within the attempt timeout.
@@ -85,6 +98,14 @@ impl<E: std::error::Error + 'static> std::fmt::Display for Failure<E> {
 }
 
 impl<E: std::error::Error + Send + Sync + 'static> Failure<E> {
+    /// True when the broker will never take the message as it is.
+    pub(crate) fn for_good<O: Outlet<Error = E>>(&self) -> bool {
+        match self {
+            Failure::Outlet(e) => O::for_good(e),
+            Failure::Elapsed(_) => false,
+        }
+    }
+
     pub(crate) fn class<O: Outlet<Error = E>>(&self) -> Class {
         match self {
             Failure::Outlet(e) => O::class(e),
@@ -136,6 +157,10 @@ impl<P: Publisher> Outlet for PublisherOutlet<P> {
     fn reason(error: &PublishError) -> &'static str {
         publish_reason(error)
     }
+
+    fn for_good(error: &PublishError) -> bool {
+        refused_for_good(error)
+    }
 }
 
 /// A [`DeadLetterSink`] as an outlet: `None` lets the sink route by the letter's origin.
@@ -161,6 +186,13 @@ impl<S: DeadLetterSink> Outlet for SinkOutlet<S> {
         match error {
             SinkError::Publish { source, .. } => publish_reason(source),
             SinkError::Unsupported(_) => "unsupported",
+        }
+    }
+
+    fn for_good(error: &SinkError) -> bool {
+        match error {
+            SinkError::Publish { source, .. } => refused_for_good(source),
+            SinkError::Unsupported(_) => false,
         }
     }
 }

@@ -21,6 +21,35 @@ pub struct SpooledRecord {
     pub spooled_at: SystemTime,
 }
 
+/// A spooled message the broker refused for good (too large, a destination
+/// that does not exist, a message it cannot take) or whose row could not be
+/// read back, moved out of the way of its key's later messages. The payload
+/// and headers stay in the spool file for an operator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedRecord {
+    /// Its place in the spool when it was spooled.
+    pub seq: u64,
+    /// Where it was going (`None`: a dead letter routed by its origin).
+    pub destination: Option<String>,
+    /// The source it was consumed from (dead letters) or published as.
+    pub source: String,
+    /// Its message id.
+    pub message_id: String,
+    /// Its key.
+    pub key: Option<Bytes>,
+    /// Its size as counted against the spool's bound.
+    pub size: u64,
+    /// When it was spooled.
+    pub spooled_at: SystemTime,
+    /// Why it was set aside: the failure's label (`too_large`, `unroutable`,
+    /// `missing_destination`, `invalid`, `unsupported`, …) or `unreadable`.
+    pub reason: String,
+    /// The broker's or the decoder's error.
+    pub error: String,
+    /// When it was set aside.
+    pub refused_at: SystemTime,
+}
+
 impl SpooledRecord {
     /// The ordering unit of this record.
     pub(crate) fn unit(&self) -> Unit {
@@ -64,7 +93,7 @@ impl Unit {
 
 /// The size a record counts for against the byte bound.
 pub(crate) fn size_of(destination: Option<&str>, message: &Message) -> u64 {
-    let headers: usize = message.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    let headers = message.headers.wire_len();
     let total = destination.map_or(0, str::len)
         + message.meta.source.len()
         + message.meta.message_id.len()

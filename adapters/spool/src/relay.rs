@@ -3,7 +3,12 @@
 //!
 //! It reads the spool in `seq` order, a batch at a time, and sends each
 //! ordering unit's records (destination + key) one after the other, the
-//! units of a batch concurrently. A unit whose record fails waits: its later
+//! units of a batch concurrently. A record the broker refuses for good (too
+//! large, invalid, not authorised), and a row that cannot be read back, is
+//! moved to the spool's refused records
+//! ([`Spool::refused`](crate::Spool::refused), `backstop spool refused`,
+//! metric `backstop_spool_refused_total`) and its unit goes on. Any other
+//! failure makes the unit wait: its later
 //! records are skipped for the rest of the pass, so they never overtake it,
 //! while other units go on (new records too). After a backoff
 //! ([`RelayConfig::backoff`], growing while the same pass keeps ending with
@@ -36,7 +41,9 @@ use crate::{SpoolError, metrics};
 /// sends each key's records one after the other (different keys
 /// concurrently), and removes a record only after the broker confirmed it.
 /// A key whose record fails waits, so its later records never overtake it;
-/// the others go on. When the broker is unreachable the relay backs off and
+/// the others go on. A record the broker refuses for good is moved to the
+/// refused records ([`Spool::refused`](crate::Spool::refused)) instead, so it
+/// never blocks its key. When the broker is unreachable the relay backs off and
 /// then probes with the single oldest record before sending whole batches
 /// again. A crash between a confirm and the record's removal sends the
 /// record again after the restart (at-least-once, same message id).
@@ -143,7 +150,7 @@ async fn deliver<O: Outlet>(
 ) -> UnitResult<O::Error> {
     let mut confirmed = Vec::with_capacity(records.len());
     for record in records {
-        match attempt(
+        let failure = match attempt(
             &core.outlet,
             record.destination.as_deref(),
             &record.message,
@@ -151,20 +158,63 @@ async fn deliver<O: Outlet>(
         )
         .await
         {
-            Ok(()) => confirmed.push(record.seq),
-            Err(failure) => {
-                return UnitResult {
-                    unit,
-                    confirmed,
-                    failed: Some((record, failure)),
-                };
+            Ok(()) => {
+                confirmed.push(record.seq);
+                continue;
             }
+            Err(failure) => failure,
+        };
+        // Refused for good: out of the key's way, into the refused records.
+        if failure.for_good::<O>() && set_aside(core, &record, &failure).await {
+            continue;
         }
+        return UnitResult {
+            unit,
+            confirmed,
+            failed: Some((record, failure)),
+        };
     }
     UnitResult {
         unit,
         confirmed,
         failed: None,
+    }
+}
+
+/// Moves a record the broker refused for good to the refused records; false
+/// if the spool could not (the record then waits, as any failure).
+async fn set_aside<O: Outlet>(
+    core: &Reliable<O>,
+    record: &SpooledRecord,
+    failure: &Failure<O::Error>,
+) -> bool {
+    let name = &core.spool.config().name;
+    let reason = failure.reason::<O>();
+    let destination = record.destination.as_deref().unwrap_or("<default>");
+    match core
+        .spool
+        .set_aside(record.seq, reason, &failure.to_string())
+        .await
+    {
+        Ok(_) => {
+            metrics::relay_failure(name, reason);
+            metrics::refused(name, reason);
+            tracing::error!(
+                spool = %name, message_id = %record.message.meta.message_id, destination,
+                seq = record.seq, reason, error = %failure,
+                "the broker refuses a spooled message for good; it is moved to the refused \
+                 records (backstop spool refused) and its key goes on"
+            );
+            true
+        }
+        Err(error) => {
+            tracing::error!(
+                spool = %name, message_id = %record.message.meta.message_id, destination,
+                seq = record.seq, reason, %error,
+                "a refused message could not be moved aside; its key waits behind it"
+            );
+            false
+        }
     }
 }
 
@@ -262,12 +312,14 @@ async fn run<O: Outlet>(core: Arc<Reliable<O>>, config: RelayConfig, stop: Cance
             let reason = failure.reason::<O>();
             metrics::relay_failure(&name, reason);
             let destination = record.destination.as_deref().unwrap_or("<default>");
-            if class == Class::Permanent {
+            if failure.for_good::<O>() {
+                // Could not be set aside; logged there.
+            } else if class == Class::Permanent {
                 tracing::error!(
                     spool = %name, message_id = %record.message.meta.message_id, destination,
                     seq = record.seq, reason, error = %failure,
-                    "the broker refuses a spooled message; its key waits behind it \
-                     (fix the destination, or remove the record with Spool::remove)"
+                    "the broker cannot take a spooled message until its destination is fixed; \
+                     its key waits behind it (or remove the record with Spool::remove)"
                 );
             } else {
                 tracing::warn!(

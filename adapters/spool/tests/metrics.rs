@@ -6,7 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use backstop_spool::metrics::{BYTES, DEPTH, RELAY_FAILURES, RELAYED, SPOOLED};
+use backstop::Message;
+use backstop_spool::metrics::{BYTES, DEPTH, REFUSED, RELAY_FAILURES, RELAYED, SPOOLED};
 use backstop_spool::{ReliablePublisher, SpoolConfig};
 use common::*;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
@@ -99,4 +100,27 @@ async fn depth_spooled_relayed_and_failures_are_recorded() {
         .await
     );
     assert_eq!(relayed, 10.0);
+
+    // A spooled message the broker refuses for good is counted as refused.
+    switch.set(Mode::Down);
+    let big = Message::new(vec![b'x'; 2_048]).with_message_id("big");
+    assert!(publisher.publish("q", &big).await.unwrap().is_spooled());
+    switch
+        .max_payload
+        .store(1_024, std::sync::atomic::Ordering::Relaxed);
+    switch.set(Mode::Up);
+    publisher.flush(Duration::from_secs(10)).await.unwrap();
+    let mut refused = 0.0;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            refused += value(
+                &snapshot(&snapshotter),
+                REFUSED,
+                Some(("reason", "too_large")),
+            )
+            .unwrap_or(0.0);
+            refused >= 1.0
+        })
+        .await
+    );
 }

@@ -324,3 +324,38 @@ async fn a_record_the_broker_refuses_for_good_blocks_only_its_key() {
         2
     );
 }
+
+/// Finding: a spooled record the broker refuses for good used to block its
+/// ordering unit forever (all keyless messages to a destination are one unit).
+#[tokio::test]
+async fn a_spooled_message_refused_for_good_is_set_aside_and_its_unit_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let switch = Switch::default();
+    let publisher = open(&switch, &dir).await;
+    switch.set(Mode::Down);
+    let big = Message::new(vec![b'x'; 2_048]).with_message_id("big");
+    assert!(publisher.publish("q", &big).await.unwrap().is_spooled());
+    let small: Vec<Message> = (0..10)
+        .map(|i| Message::new(format!("{i}")).with_message_id(format!("small-{i}")))
+        .collect();
+    for m in &small {
+        assert!(publisher.publish("q", m).await.unwrap().is_spooled());
+    }
+    // The broker is back, and takes nothing over 1 KB.
+    switch.max_payload.store(1_024, Ordering::Relaxed);
+    switch.set(Mode::Up);
+    publisher.flush(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(switch.ids("q").len(), 10, "the keyless unit went on");
+    let refused = publisher.spool().refused(10).await.unwrap();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].message_id, "big");
+    assert_eq!(refused[0].reason, "too_large");
+    assert_eq!(refused[0].destination.as_deref(), Some("q"));
+    let path = publisher.spool().path().to_owned();
+    // Readable by a tool while the publisher holds the spool.
+    let listed = backstop_spool::Spool::read_refused(&path, 10)
+        .await
+        .unwrap();
+    assert_eq!(listed, refused);
+    publisher.close().await.unwrap();
+}

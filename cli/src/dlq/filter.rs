@@ -22,13 +22,7 @@ pub struct Filter {
 
 fn time(flag: &str, text: &Option<String>) -> Result<Option<SystemTime>, CliError> {
     text.as_deref()
-        .map(|t| {
-            wire::parse_time(t).ok_or_else(|| {
-                CliError::Usage(format!(
-                    "{flag} {t:?} is not an RFC 3339 time (e.g. 2024-05-01T12:00:00Z)"
-                ))
-            })
-        })
+        .map(|t| crate::time::parse_flag(flag, t))
         .transpose()
 }
 
@@ -141,6 +135,18 @@ mod tests {
             since: Some("2024-01-02T00:00:00Z".into()),
             ..Default::default()
         }));
+        assert!(f(FilterArgs {
+            since: Some("2024-01-01T01:00:00+02:00".into()),
+            until: Some("2023-12-31T20:00:01-04:00".into()),
+            ..Default::default()
+        }));
+        assert!(
+            Filter::parse(&FilterArgs {
+                since: Some("2024-01-01T00:00:00".into()),
+                ..Default::default()
+            })
+            .is_err()
+        );
         assert!(
             Filter::parse(&FilterArgs {
                 since: Some("yesterday".into()),

@@ -21,6 +21,7 @@ use backstop::{Message, Publisher, wire};
 use backstop_kafka::rdkafka::consumer::Consumer;
 use backstop_kafka::{KafkaConfig, KafkaPublisher, TopicSpec, Topics};
 
+use crate::dlq::scratch::Scratch;
 use crate::dlq::{Filter, Letter, Pacer, ReplayOptions, Report, progress, redrive_copy};
 use crate::error::CliError;
 use crate::kafka_read;
@@ -38,8 +39,59 @@ pub fn state_topic(dlq: &str) -> String {
     format!("{dlq}.state")
 }
 
-fn state_key(letter: &Letter) -> String {
-    format!("{}@{}", letter.id(), letter.message.replayed())
+/// The key of a letter in the state topic: `<message id>@<replayed>`.
+pub fn letter_key(letter: &Letter) -> String {
+    message_key(&letter.message)
+}
+
+/// One key per incarnation of a letter: `<message id>@<replayed>`.
+fn message_key(m: &Message) -> String {
+    format!("{}@{}", m.meta.message_id, m.replayed())
+}
+
+/// The letters of a DLQ topic, read as a stream (see [`KafkaDlq::stream`]).
+#[derive(Debug)]
+pub struct LetterStream {
+    rx: tokio::sync::mpsc::Receiver<Result<Message, CliError>>,
+    /// Per letter key: its copies, where the last one is, its state.
+    index: Scratch,
+    len: u64,
+    include_done: bool,
+}
+
+impl LetterStream {
+    /// How many distinct letters (replayed and purged ones included) the DLQ holds.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when the DLQ holds no letter.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The next letter: the last copy of each key, with its copy count.
+    pub async fn next(&mut self) -> Result<Option<Letter>, CliError> {
+        while let Some(read) = self.rx.recv().await {
+            let m = read?;
+            let key = message_key(&m);
+            let Some(at) = self.index.position(&key)? else {
+                continue; // written after the index pass
+            };
+            if (m.meta.partition, m.meta.offset) != (at.partition, at.offset) {
+                continue; // an earlier copy
+            }
+            let state = self.index.state(&key)?;
+            if state.is_some() && !self.include_done {
+                continue;
+            }
+            let mut letter = Letter::new(m);
+            letter.copies = at.copies;
+            letter.state = state;
+            return Ok(Some(letter));
+        }
+        Ok(None)
+    }
 }
 
 async fn blocking<T: Send + 'static>(
@@ -56,6 +108,7 @@ async fn blocking<T: Send + 'static>(
 impl KafkaDlq {
     /// Checks that `topic` exists on `brokers`.
     pub async fn open(brokers: &str, topic: &str) -> Result<Self, CliError> {
+        crate::kafka_options::check(brokers).await?;
         let (b, t) = (brokers.to_owned(), topic.to_owned());
         let exists = blocking(move || {
             let consumer = kafka_read::reader(&b)?;
@@ -65,7 +118,7 @@ impl KafkaDlq {
         if exists.is_none() {
             return Err(CliError::MissingTopic(topic.to_owned()));
         }
-        let mut config = KafkaConfig::new(brokers, "backstop-cli");
+        let mut config = crate::kafka_options::kafka_config(brokers, "backstop-cli");
         config.message_timeout = Duration::from_secs(15);
         Ok(KafkaDlq {
             brokers: brokers.to_owned(),
@@ -74,62 +127,89 @@ impl KafkaDlq {
         })
     }
 
-    async fn read(&self, topic: &str) -> Result<Vec<(Message, bool)>, CliError> {
-        let (b, t) = (self.brokers.clone(), topic.to_owned());
-        blocking(move || kafka_read::read_all(&b, &t)).await
-    }
-
-    /// The recorded state by key (missing state topic: nothing recorded).
-    async fn states(&self) -> Result<HashMap<String, String>, CliError> {
-        let mut states = HashMap::new();
-        let records = match self.read(&state_topic(&self.topic)).await {
-            Ok(r) => r,
-            Err(CliError::MissingTopic(_)) => return Ok(states),
-            Err(e) => return Err(e),
-        };
-        for (m, tombstone) in records {
-            let Some(key) = m
-                .key
-                .as_ref()
-                .map(|k| String::from_utf8_lossy(k).into_owned())
-            else {
-                continue;
-            };
-            if tombstone {
-                states.remove(&key);
-                continue;
+    /// One pass over the DLQ and its state topic (missing: nothing
+    /// recorded) into an index on disk: per letter key, its copies, where
+    /// the last one is (no payloads), and its recorded state.
+    async fn index(&self) -> Result<Scratch, CliError> {
+        let (b, t) = (self.brokers.clone(), self.topic.clone());
+        blocking(move || {
+            let mut index = Scratch::new()?;
+            let states = kafka_read::read_each(&b, &state_topic(&t), |m, tombstone| {
+                let Some(key) = m.key.as_ref().map(|k| String::from_utf8_lossy(k)) else {
+                    return Ok(true);
+                };
+                if tombstone {
+                    index.set_state(&key, None)?;
+                    return Ok(true);
+                }
+                let state = serde_json::from_slice::<serde_json::Value>(&m.payload)
+                    .ok()
+                    .and_then(|v| v["state"].as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "done".into());
+                index.set_state(&key, Some(&state))?;
+                Ok(true)
+            });
+            match states {
+                Ok(()) | Err(CliError::MissingTopic(_)) => {}
+                Err(e) => return Err(e),
             }
-            let state = serde_json::from_slice::<serde_json::Value>(&m.payload)
-                .ok()
-                .and_then(|v| v["state"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| "done".into());
-            states.insert(key, state);
-        }
-        Ok(states)
+            kafka_read::read_each(&b, &t, |m, _| {
+                index.place(&message_key(&m), m.meta.partition, m.meta.offset)?;
+                Ok(true)
+            })?;
+            Ok(index)
+        })
+        .await
     }
 
-    /// The letters, one per message id and replay number (the last copy wins);
-    /// with `include_done` also those replayed or purged.
-    pub async fn scan(&self, include_done: bool) -> Result<Vec<Letter>, CliError> {
-        let states = self.states().await?;
-        let mut order: Vec<String> = Vec::new();
-        let mut by_key: HashMap<String, Letter> = HashMap::new();
-        for (m, _) in self.read(&self.topic).await? {
-            let mut letter = Letter::new(m);
-            let key = state_key(&letter);
-            letter.state = states.get(&key).cloned();
-            if by_key.insert(key.clone(), letter).is_none() {
-                order.push(key);
+    /// The letters, one per message id and replay number (the last copy
+    /// wins, with the copy count); with `include_done` also those replayed
+    /// or purged. Two passes over the topic: an index of keys and positions,
+    /// then the letters one at a time through a bounded channel. The index
+    /// is on disk (see [`crate::dlq::scratch`]), so memory is bounded by
+    /// one letter, the channel and librdkafka's prefetch, not the DLQ's size.
+    pub async fn stream(&self, include_done: bool) -> Result<LetterStream, CliError> {
+        let index = self.index().await?;
+        let len = index.len()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let (b, t) = (self.brokers.clone(), self.topic.clone());
+        tokio::task::spawn_blocking(move || {
+            let sent = kafka_read::read_each(&b, &t, |m, _| Ok(tx.blocking_send(Ok(m)).is_ok()));
+            if let Err(e) = sent {
+                let _ = tx.blocking_send(Err(e));
             }
-        }
-        Ok(order
-            .into_iter()
-            .filter_map(|k| by_key.remove(&k))
-            .filter(|l| include_done || l.state.is_none())
-            .collect())
+        });
+        Ok(LetterStream {
+            rx,
+            index,
+            len,
+            include_done,
+        })
     }
 
-    fn publisher(&self) -> Result<KafkaPublisher, CliError> {
+    /// The producer for redrives and state records, made on first use
+    /// (with the state topic), so a run that changes nothing creates neither.
+    async fn recorder<'a>(
+        &self,
+        slot: &'a mut Option<KafkaPublisher>,
+    ) -> Result<&'a KafkaPublisher, CliError> {
+        if slot.is_none() {
+            self.ensure_state_topic().await?;
+            *slot = Some(self.publisher()?);
+        }
+        slot.as_ref().ok_or_else(|| CliError::Kafka {
+            what: "creating a producer".into(),
+            reason: "no producer".into(),
+        })
+    }
+
+    /// The DLQ topic's name.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// A confirming (idempotent) producer on this cluster.
+    pub fn publisher(&self) -> Result<KafkaPublisher, CliError> {
         KafkaPublisher::new(&self.config).map_err(|e| CliError::Kafka {
             what: "creating a producer".into(),
             reason: e.to_string(),
@@ -175,7 +255,7 @@ impl KafkaDlq {
             "to": to,
             "at": wire::format_time(SystemTime::now()),
         });
-        let record = Message::new(body.to_string()).with_key(state_key(letter));
+        let record = Message::new(body.to_string()).with_key(letter_key(letter));
         let topic = state_topic(&self.topic);
         publisher
             .publish(&topic, &record)
@@ -217,124 +297,161 @@ impl KafkaDlq {
             })
     }
 
+    /// The group whose DLQ this is, from the DLQ's own name
+    /// (`<source>.<group>.dlq`, where `<source>` is the letter's
+    /// `x-backstop-original-source`, which backstop rewrites on every hop).
+    /// Never the `x-backstop-group` header: a name that does not fit leaves
+    /// the destination to `--to`.
     fn group_of(&self, letter: &Letter) -> Option<String> {
-        letter
-            .message
-            .header(wire::GROUP)
+        let source = letter.original_source()?;
+        let rest = self.topic.strip_prefix(source)?.strip_prefix('.')?;
+        rest.strip_suffix(".dlq")
+            .filter(|group| !group.is_empty())
             .map(str::to_owned)
-            .or_else(|| {
-                let source = letter.original_source()?;
-                let rest = self.topic.strip_prefix(source)?.strip_prefix('.')?;
-                rest.strip_suffix(".dlq").map(str::to_owned)
-            })
     }
 
-    /// Redrives the selected letters and records each in the state topic.
+    /// Redrives the selected letters and records each in the state topic,
+    /// one letter at a time.
     pub async fn replay(
         &self,
         filter: &Filter,
         options: &ReplayOptions,
     ) -> Result<Report, CliError> {
-        let letters: Vec<Letter> = self
-            .scan(false)
-            .await?
-            .into_iter()
-            .filter(|l| filter.matches(l))
-            .collect();
         let mut report = Report {
             dry_run: options.dry_run,
             ..Report::default()
         };
         let mut destinations: HashMap<(String, String), String> = HashMap::new();
-        let mut plan = Vec::new();
-        for letter in letters {
-            let replays = letter.message.replayed();
-            if replays >= options.max_replays {
-                report.refused.push((letter.id().to_owned(), replays));
-                continue;
-            }
-            let destination = match &options.to {
-                Some(to) => to.clone(),
-                None => {
-                    let source = letter.original_source().map(str::to_owned).ok_or_else(|| {
-                        CliError::Usage(format!(
-                            "message {:?} has no {} header: pass --to",
-                            letter.id(),
-                            wire::ORIGINAL_SOURCE
-                        ))
-                    })?;
-                    let group = self.group_of(&letter).ok_or_else(|| {
-                        CliError::Usage(format!(
-                            "message {:?} has no {} header: pass --to",
-                            letter.id(),
-                            wire::GROUP
-                        ))
-                    })?;
-                    let k = (source, group);
-                    match destinations.get(&k) {
-                        Some(d) => d.clone(),
-                        None => {
-                            let d = self.retry_destination(&k.0, &k.1).await?;
-                            destinations.insert(k, d.clone());
-                            d
-                        }
-                    }
-                }
-            };
-            plan.push((letter, destination));
-        }
-        if options.dry_run {
-            report.replayed = plan
-                .into_iter()
-                .map(|(l, d)| (l.id().to_owned(), d))
-                .collect();
-            return Ok(report);
-        }
-        if plan.is_empty() {
-            return Ok(report);
-        }
-        self.ensure_state_topic().await?;
-        let publisher = self.publisher()?;
+        let mut stream = self.stream(false).await?;
+        let mut publisher = None;
         let mut pacer = Pacer::new(options.rate)?;
-        let bar = progress(plan.len() as u64, "replaying");
-        for (letter, destination) in plan {
-            pacer.tick().await;
-            let copy = redrive_copy(&letter.message);
-            publisher
-                .publish(&destination, &copy)
-                .await
-                .map_err(|e| CliError::Republish {
-                    id: letter.id().to_owned(),
-                    destination: destination.clone(),
-                    reason: e.to_string(),
-                })?;
-            self.record(&publisher, &letter, "replayed", Some(&destination))
-                .await?;
-            bar.inc(1);
-            report.replayed.push((letter.id().to_owned(), destination));
+        let bar = progress(stream.len(), "replaying");
+        let result = async {
+            while let Some(letter) = stream.next().await? {
+                bar.inc(1);
+                if !filter.matches(&letter) {
+                    continue;
+                }
+                report.copies += letter.copies as usize - 1;
+                let replays = letter.message.replayed();
+                if replays >= options.max_replays {
+                    report.add_refused(letter.id(), replays);
+                    continue;
+                }
+                let destination = self
+                    .destination(&letter, options, &mut destinations)
+                    .await?;
+                if options.dry_run {
+                    report.add_replayed(letter.id(), &destination);
+                    continue;
+                }
+                let publisher = self.recorder(&mut publisher).await?;
+                pacer.tick().await;
+                let copy = redrive_copy(&letter.message);
+                publisher
+                    .publish(&destination, &copy)
+                    .await
+                    .map_err(|e| CliError::Republish {
+                        id: letter.id().to_owned(),
+                        destination: destination.clone(),
+                        reason: e.to_string(),
+                    })?;
+                self.record(publisher, &letter, "replayed", Some(&destination))
+                    .await?;
+                report.add_replayed(letter.id(), &destination);
+            }
+            Ok::<_, CliError>(())
         }
+        .await;
         bar.finish_and_clear();
-        Ok(report)
+        if options.dry_run {
+            report.copies = 0;
+        }
+        result.map(|()| report)
     }
 
-    /// Records the selected letters as purged.
-    pub async fn purge(&self, filter: &Filter) -> Result<Report, CliError> {
-        let letters: Vec<Letter> = self
-            .scan(false)
-            .await?
-            .into_iter()
-            .filter(|l| filter.matches(l))
-            .collect();
-        let mut report = Report::default();
-        if letters.is_empty() {
-            return Ok(report);
+    /// Where a redrive of `letter` goes: `--to`, else the group's retry path.
+    async fn destination(
+        &self,
+        letter: &Letter,
+        options: &ReplayOptions,
+        cache: &mut HashMap<(String, String), String>,
+    ) -> Result<String, CliError> {
+        if let Some(to) = &options.to {
+            return Ok(to.clone());
         }
-        self.ensure_state_topic().await?;
-        let publisher = self.publisher()?;
-        for letter in letters {
-            self.record(&publisher, &letter, "purged", None).await?;
-            report.purged.push(letter.id().to_owned());
+        let source = letter.original_source().map(str::to_owned).ok_or_else(|| {
+            CliError::Usage(format!(
+                "message {:?} has no {} header: pass --to",
+                letter.id(),
+                wire::ORIGINAL_SOURCE
+            ))
+        })?;
+        let group = self.group_of(letter).ok_or_else(|| {
+            CliError::Usage(format!(
+                "message {:?}: the DLQ {:?} is not named <{}>.<group>.dlq, so its group is unknown: pass --to",
+                letter.id(),
+                self.topic,
+                source
+            ))
+        })?;
+        let k = (source, group);
+        if let Some(d) = cache.get(&k) {
+            return Ok(d.clone());
+        }
+        let d = self.retry_destination(&k.0, &k.1).await?;
+        cache.insert(k, d.clone());
+        Ok(d)
+    }
+
+    /// Records the selected letters as purged (every copy: they share the key).
+    pub async fn purge(&self, filter: &Filter) -> Result<Report, CliError> {
+        let mut report = Report {
+            purge: true,
+            ..Report::default()
+        };
+        let mut stream = self.stream(false).await?;
+        let mut publisher = None;
+        while let Some(letter) = stream.next().await? {
+            if !filter.matches(&letter) {
+                continue;
+            }
+            let publisher = self.recorder(&mut publisher).await?;
+            self.record(publisher, &letter, "purged", None).await?;
+            report.copies += letter.copies as usize - 1;
+            report.add_purged(letter.id());
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dlq(topic: &str) -> KafkaDlq {
+        KafkaDlq {
+            brokers: "127.0.0.1:9092".into(),
+            topic: topic.into(),
+            config: KafkaConfig::new("127.0.0.1:9092", "cli"),
+        }
+    }
+
+    fn letter(source: &str, group: &str) -> Letter {
+        Letter::new(
+            Message::new(&b"{}"[..])
+                .with_header(wire::ORIGINAL_SOURCE, source)
+                .with_header(wire::GROUP, group),
+        )
+    }
+
+    #[test]
+    fn the_redrive_group_comes_from_the_dlq_name_never_a_header() {
+        let dlq = dlq("orders.b.dlq");
+        assert_eq!(dlq.group_of(&letter("orders", "a")), Some("b".into()));
+        // A letter whose headers name another topic and group: no group from
+        // this DLQ's name, and never the header's.
+        assert_eq!(dlq.group_of(&letter("payments", "billing")), None);
+        assert_eq!(dlq.group_of(&letter("orders.b", "x")), None);
     }
 }

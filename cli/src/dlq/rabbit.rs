@@ -1,73 +1,161 @@
 //! A RabbitMQ DLQ queue.
 //!
-//! RabbitMQ cannot browse a queue, so every action scans it with `basic_get`
-//! (which is not bound by a prefetch), at most as many messages as the queue
-//! held when the scan began, holding each unacked so it is not read twice.
-//! A replay publishes a selected letter with a publisher confirm and only
-//! then acks it; a purge acks the selected ones; everything else is nacked
-//! with requeue at the end (and the broker requeues it anyway if the CLI
-//! dies). The DLQ has no delivery limit, so this never dead-letters it.
-//! A scan must finish within the broker's `consumer_timeout` (30 min by
-//! default): use `--rate` with care on very large queues.
+//! RabbitMQ cannot browse a queue, and a requeued message goes back to its
+//! head, so every action walks the queue once by **rotation**: it reads each
+//! letter, decides, and settles it. A letter that stays (not selected,
+//! refused by the loop guard, or just listed) is republished unchanged (same
+//! body and properties) to the tail of the same queue with a publisher
+//! confirm, and only then acked. A replayed letter is acked after its
+//! redrive copy is confirmed; a purged one is acked. The walk stops after as
+//! many letters as the queue held at its start.
+//!
+//! Publishes are pipelined: at most [`WINDOW`] letters (and about
+//! [`WINDOW_BYTES`] of payload) are unacked at once, each until its own copy
+//! is confirmed, which must happen within the hold budget (`--hold-budget`,
+//! default 25 min: RabbitMQ's default `consumer_timeout` of 30 min minus a
+//! margin); past it the letter is requeued and the command stops with an
+//! error. With a `--rate`, one letter at a time. Memory: the window, plus
+//! the ids handled in this walk in a [`Scratch`] on disk, so it does not
+//! grow with the queue. The queue keeps its order; a crash between a
+//! rotation publish and its ack leaves extra copies of the letters in the
+//! window (same message id), which every command treats as one letter with
+//! a copy count. Nothing is requeued by a normal walk, so repeated walks
+//! never raise a quorum queue's delivery count. Two walks of one queue at
+//! once can each see some letters twice and miss others (nothing is lost):
+//! run one command per DLQ at a time.
 
-use backstop::{Headers, Message, Meta, Publisher, attempt, wire};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use backstop::{Message, Publisher};
 use backstop_rabbitmq::lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use backstop_rabbitmq::lapin::types::{FieldTable, ShortString};
-use backstop_rabbitmq::lapin::{BasicProperties, Channel};
-use backstop_rabbitmq::{RabbitMq, TopologyError, convert::headers_from_table};
-use bytes::Bytes;
+use backstop_rabbitmq::lapin::{BasicProperties, Channel, Confirmation, Consumer};
+use backstop_rabbitmq::{RabbitMq, TopologyError, convert::message_from_delivery};
+use futures::StreamExt as _;
 
+use crate::dlq::scratch::{Mark, Scratch};
 use crate::dlq::{Filter, Letter, Pacer, ReplayOptions, Report, progress, redrive_copy};
 use crate::error::CliError;
+
+/// The default hold budget: RabbitMQ's default `consumer_timeout` (30 min)
+/// minus a 5 min margin.
+pub const DEFAULT_HOLD_BUDGET: Duration = Duration::from_secs(25 * 60);
 
 /// A DLQ queue on a RabbitMQ broker.
 #[derive(Debug)]
 pub struct RabbitDlq {
     rabbit: RabbitMq,
     queue: String,
+    budget: Duration,
 }
 
-/// The message of a `basic_get` from `queue`.
+/// The message of a `basic_get` from `queue` (the adapter's conversion:
+/// no panic on any property, an out-of-range timestamp is none).
 pub fn message_from_get(queue: &str, properties: &BasicProperties, data: Vec<u8>) -> Message {
-    let headers: Headers = headers_from_table(properties.headers().as_ref());
-    let message_id = properties
-        .message_id()
-        .as_ref()
-        .map(|id| id.as_str().to_owned())
-        .filter(|id| !id.is_empty())
-        .or_else(|| headers.get(wire::MESSAGE_ID).cloned())
-        .unwrap_or_default();
-    let meta = Meta {
-        source: queue.to_owned(),
-        attempt: attempt::from_headers(&headers),
-        message_id,
-        timestamp: properties
-            .timestamp()
-            .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s)),
-        ..Meta::default()
-    };
-    Message {
-        payload: Bytes::from(data),
-        headers,
-        key: None,
-        meta,
-    }
+    message_from_delivery(queue, None, false, properties, data)
 }
 
-/// One pass over the queue.
-struct Scan {
+/// At most this many letters are unacked (and in memory) at once.
+pub const WINDOW: usize = 32;
+
+/// At most this many payload bytes are unacked (and in memory) at once,
+/// beyond the first letter.
+pub const WINDOW_BYTES: usize = 2 << 20;
+
+/// The tag of a walk's consumer on its own channel.
+const CONSUMER_TAG: &str = "backstop-dlq-walk";
+
+/// A letter read and not yet settled.
+struct Held {
+    tag: u64,
+    since: Instant,
+    properties: BasicProperties,
+    letter: Letter,
+}
+
+/// Why a publish for a held letter did not go through.
+enum Failed {
+    /// Not confirmed within what was left of the letter's hold budget.
+    OverBudget,
+    /// Refused, unroutable, or the connection failed.
+    Error(CliError),
+}
+
+/// A held letter whose copy (rotated or redriven) is on its way; the letter
+/// is acked once the copy is confirmed.
+struct Pending {
+    held: Held,
+    publish: tokio::task::JoinHandle<Result<(), Failed>>,
+}
+
+/// One rotation walk over the queue (see the module docs).
+struct Walk {
+    rabbit: RabbitMq,
     channel: Channel,
+    rotate: Channel,
     queue: String,
     remaining: u32,
-    held: std::collections::BTreeSet<u64>,
+    budget: Duration,
+    /// Held letters in read order, each waiting for its copy's confirm.
+    pending: VecDeque<Pending>,
+    pending_bytes: usize,
+    /// How many letters may be pending at once.
+    window: usize,
+    /// The consumer that streams the first letters (see [`Walk::next`]).
+    consumer: Option<Consumer>,
 }
 
-impl Scan {
-    async fn next(&mut self) -> Result<Option<(u64, Letter)>, CliError> {
+impl Walk {
+    /// The next letter of the walk, or none after as many as the queue held
+    /// at the start.
+    ///
+    /// Most letters come from a consumer with a prefetch of the window (a
+    /// `basic_get` on a quorum queue is a round trip through its log, about
+    /// 4 ms each). The broker sends it at most a window more than were
+    /// acked, so cancelling it while twice the window of letters is still to
+    /// come means it never receives a letter rotated to the tail in this
+    /// walk; the last ones are read with `basic_get`, which takes exactly one.
+    async fn next(&mut self) -> Result<Option<Held>, CliError> {
         if self.remaining == 0 {
             return Ok(None);
+        }
+        if let Some(consumer) = self.consumer.as_mut() {
+            match consumer.next().await {
+                Some(Ok(d)) => {
+                    self.remaining -= 1;
+                    if self.remaining as usize == 2 * self.window {
+                        self.channel
+                            .basic_cancel(CONSUMER_TAG.into(), BasicCancelOptions::default())
+                            .await
+                            .map_err(CliError::broker(format!("reading queue {:?}", self.queue)))?;
+                    }
+                    return Ok(Some(self.hold(d.delivery_tag, d.properties, d.data)));
+                }
+                Some(Err(e)) => {
+                    return Err(CliError::broker(format!("reading queue {:?}", self.queue))(
+                        e,
+                    ));
+                }
+                // Cancelled. A delivery the queue sent just before it
+                // handled the cancel can arrive after the cancel-ok, and
+                // lapin drops it: it stays unacked on this channel, unseen.
+                // Settle what is held, then swap the channel, so closing
+                // the old one returns any such letter to the queue, where
+                // `basic_get` reads it in this walk.
+                None => {
+                    self.consumer = None;
+                    self.drain().await?;
+                    let fresh = open_channel(&self.rabbit).await?;
+                    let old = std::mem::replace(&mut self.channel, fresh);
+                    old.close(200, "OK".into())
+                        .await
+                        .map_err(CliError::broker(format!("reading queue {:?}", self.queue)))?;
+                }
+            }
         }
         let got = self
             .channel
@@ -83,15 +171,47 @@ impl Scan {
         };
         self.remaining -= 1;
         let d = got.delivery;
-        self.held.insert(d.delivery_tag);
-        let message = message_from_get(&self.queue, &d.properties, d.data);
-        Ok(Some((d.delivery_tag, Letter::new(message))))
+        Ok(Some(self.hold(d.delivery_tag, d.properties, d.data)))
     }
 
-    async fn ack(&mut self, tag: u64) -> Result<(), CliError> {
-        self.held.remove(&tag);
+    fn hold(&self, tag: u64, properties: BasicProperties, data: Vec<u8>) -> Held {
+        let message = message_from_get(&self.queue, &properties, data);
+        Held {
+            tag,
+            since: Instant::now(),
+            properties,
+            letter: Letter::new(message),
+        }
+    }
+
+    /// What is left of `held`'s budget, or an error (after requeueing it).
+    async fn left(&mut self, held: &Held) -> Result<Duration, CliError> {
+        match self.budget.checked_sub(held.since.elapsed()) {
+            Some(left) if !left.is_zero() => Ok(left),
+            _ => Err(self.over_budget(held).await),
+        }
+    }
+
+    async fn over_budget(&mut self, held: &Held) -> CliError {
+        if let Err(e) = self.release(held).await {
+            return e;
+        }
+        CliError::Broker {
+            what: format!("walking queue {:?}", self.queue),
+            reason: format!(
+                "message {:?} could not be settled within the hold budget of {:?} (--hold-budget); it was requeued: rerun to resume",
+                held.letter.id(),
+                self.budget
+            ),
+        }
+    }
+
+    /// Removes `held` from the queue. Never refused for the budget: its
+    /// copy may already be out, and an ack is always better than a requeue
+    /// (the budget keeps a margin below `consumer_timeout`).
+    async fn remove(&self, held: Held) -> Result<(), CliError> {
         self.channel
-            .basic_ack(tag, BasicAckOptions { multiple: false })
+            .basic_ack(held.tag, BasicAckOptions { multiple: false })
             .await
             .map_err(CliError::broker(format!(
                 "acking a message of {:?}",
@@ -99,43 +219,155 @@ impl Scan {
             )))
     }
 
-    /// Requeues what is still held, waits until the broker processed every
-    /// ack (a synchronous round trip on the same channel), and closes.
-    async fn finish(self) -> Result<(), CliError> {
-        let what = format!("returning messages to {:?}", self.queue);
-        if let Some(&tag) = self.held.last() {
-            self.channel
-                .basic_nack(
-                    tag,
-                    BasicNackOptions {
-                        multiple: true,
-                        requeue: true,
+    /// Keeps `held`: republishes it unchanged to the queue's tail with a
+    /// confirm, then (once confirmed, see [`Walk::settle`]) acks the original.
+    async fn keep(&mut self, held: Held) -> Result<(), CliError> {
+        let left = self.left(&held).await?;
+        let what = format!(
+            "moving message {:?} to the tail of {:?}",
+            held.letter.id(),
+            self.queue
+        );
+        let (rotate, queue) = (self.rotate.clone(), self.queue.clone());
+        let (payload, properties) = (held.letter.message.payload.clone(), held.properties.clone());
+        let publish = async move {
+            let confirm = rotate
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        immediate: false,
                     },
+                    &payload,
+                    properties,
                 )
-                .await
-                .map_err(CliError::broker(what.clone()))?;
+                .await?;
+            confirm.await
+        };
+        let publish = tokio::spawn(async move {
+            match tokio::time::timeout(left, publish).await {
+                Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+                Ok(Ok(other)) => Err(Failed::Error(CliError::Broker {
+                    what,
+                    reason: format!(
+                        "the broker did not confirm it ({other:?}); the letter was requeued"
+                    ),
+                })),
+                Ok(Err(e)) => Err(Failed::Error(CliError::broker(what)(e))),
+                Err(_) => Err(Failed::OverBudget),
+            }
+        });
+        self.push(Pending { held, publish }).await
+    }
+
+    /// Redrives `held`: `publish` (started now, bounded by what is left of
+    /// the letter's budget) sends its copy; once it is confirmed the letter
+    /// is acked (see [`Walk::settle`]).
+    async fn redrive<F>(&mut self, held: Held, publish: F) -> Result<(), CliError>
+    where
+        F: Future<Output = Result<(), CliError>> + Send + 'static,
+    {
+        let left = self.left(&held).await?;
+        let publish = tokio::spawn(async move {
+            match tokio::time::timeout(left, publish).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(Failed::Error(e)),
+                Err(_) => Err(Failed::OverBudget),
+            }
+        });
+        self.push(Pending { held, publish }).await
+    }
+
+    /// Adds a pending letter; settles the oldest ones while the window is full.
+    async fn push(&mut self, pending: Pending) -> Result<(), CliError> {
+        self.pending_bytes += pending.held.letter.message.payload.len();
+        self.pending.push_back(pending);
+        while self.pending.len() >= self.window
+            || (self.pending.len() > 1 && self.pending_bytes > WINDOW_BYTES)
+        {
+            self.settle().await?;
         }
+        Ok(())
+    }
+
+    /// Waits for the oldest pending copy: acks its letter when it was
+    /// confirmed, else requeues the letter, settles the rest the same way,
+    /// and returns the error.
+    async fn settle(&mut self) -> Result<(), CliError> {
+        let Some(first) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        let Err(error) = self.settle_one(first).await else {
+            return Ok(());
+        };
+        while let Some(next) = self.pending.pop_front() {
+            let _ = self.settle_one(next).await;
+        }
+        Err(error)
+    }
+
+    async fn settle_one(&mut self, p: Pending) -> Result<(), CliError> {
+        self.pending_bytes -= p.held.letter.message.payload.len();
+        let outcome = p.publish.await.unwrap_or_else(|e| {
+            Err(Failed::Error(CliError::Broker {
+                what: format!("publishing a copy of {:?}", p.held.letter.id()),
+                reason: e.to_string(),
+            }))
+        });
+        match outcome {
+            Ok(()) => self.remove(p.held).await,
+            Err(Failed::OverBudget) => Err(self.over_budget(&p.held).await),
+            Err(Failed::Error(e)) => {
+                self.release(&p.held).await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Settles every pending letter.
+    async fn drain(&mut self) -> Result<(), CliError> {
+        while !self.pending.is_empty() {
+            self.settle().await?;
+        }
+        Ok(())
+    }
+
+    /// Returns `held` to the queue unchanged (its head: error paths only).
+    async fn release(&self, held: &Held) -> Result<(), CliError> {
         self.channel
-            .queue_declare(
-                self.queue.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
+            .basic_nack(
+                held.tag,
+                BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
                 },
-                FieldTable::default(),
             )
             .await
-            .map_err(CliError::broker(what.clone()))?;
+            .map_err(CliError::broker(format!(
+                "returning a message to {:?}",
+                self.queue
+            )))
+    }
+
+    /// Settles what is pending, then closes both channels (the broker
+    /// requeues anything still unacked).
+    async fn finish(mut self) -> Result<(), CliError> {
+        let drained = self.drain().await;
+        let what = format!("closing the walk of {:?}", self.queue);
+        let _ = self.rotate.close(200, "OK".into()).await;
         self.channel
             .close(200, "OK".into())
             .await
-            .map_err(CliError::broker(what))
+            .map_err(CliError::broker(what))?;
+        drained
     }
 }
 
 impl RabbitDlq {
-    /// Connects to `url` and checks that `queue` exists.
-    pub async fn open(url: &str, queue: &str) -> Result<Self, CliError> {
+    /// Connects to `url` and checks that `queue` exists; `budget` bounds how
+    /// long one letter may stay unacked (see the module docs).
+    pub async fn open(url: &str, queue: &str, budget: Duration) -> Result<Self, CliError> {
         let rabbit = RabbitMq::connect(url)
             .await
             .map_err(|e| CliError::rabbit_connect(url, e))?;
@@ -147,9 +379,20 @@ impl RabbitDlq {
         let dlq = RabbitDlq {
             rabbit,
             queue: queue.to_owned(),
+            budget,
         };
         dlq.count().await?;
         Ok(dlq)
+    }
+
+    /// The queue's name.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// A confirming publisher on this broker.
+    pub fn publisher(&self) -> backstop_rabbitmq::RabbitPublisher {
+        self.rabbit.publisher()
     }
 
     async fn count(&self) -> Result<u32, CliError> {
@@ -169,36 +412,81 @@ impl RabbitDlq {
             })
     }
 
-    async fn start(&self) -> Result<Scan, CliError> {
+    /// Starts a walk with up to `window` letters pending at once.
+    async fn start(&self, window: usize) -> Result<Walk, CliError> {
         let remaining = self.count().await?;
-        let channel = self.rabbit.channel().await.map_err(|e| CliError::Broker {
-            what: "opening a channel".into(),
-            reason: e.to_string(),
-        })?;
-        Ok(Scan {
+        let channel = open_channel(&self.rabbit).await?;
+        let rotate = open_channel(&self.rabbit).await?;
+        rotate
+            .confirm_select(ConfirmSelectOptions { nowait: false })
+            .await
+            .map_err(CliError::broker("enabling publisher confirms"))?;
+        let window = window.max(1);
+        let consumer = if window > 1 && remaining as usize > 2 * window {
+            let what = format!("reading queue {:?}", self.queue);
+            let prefetch = u16::try_from(window).unwrap_or(u16::MAX);
+            channel
+                .basic_qos(prefetch, BasicQosOptions { global: false })
+                .await
+                .map_err(CliError::broker(what.clone()))?;
+            Some(
+                channel
+                    .basic_consume(
+                        self.queue.as_str().into(),
+                        CONSUMER_TAG.into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(CliError::broker(what))?,
+            )
+        } else {
+            None
+        };
+        Ok(Walk {
+            rabbit: self.rabbit.clone(),
             channel,
+            rotate,
             queue: self.queue.clone(),
             remaining,
-            held: Default::default(),
+            budget: self.budget,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            window,
+            consumer,
         })
     }
 
-    /// Every letter in the queue (all are requeued afterwards, in order).
-    pub async fn scan(&self) -> Result<Vec<Letter>, CliError> {
-        let mut scan = self.start().await?;
-        let mut letters = Vec::new();
+    /// Calls `visit` with every letter, one copy per message id with its copy
+    /// count; every letter stays in the queue, in order. `visit` sees a
+    /// letter once all its copies up to that point were counted, so a copy
+    /// found later in the walk is reported through `more_copies`.
+    pub async fn each(
+        &self,
+        mut visit: impl FnMut(Letter) -> Result<(), CliError>,
+        mut more_copies: impl FnMut(&str),
+    ) -> Result<(), CliError> {
+        let mut walk = self.start(WINDOW).await?;
+        let mut seen = Scratch::new()?;
         let result = async {
-            while let Some((_, letter)) = scan.next().await? {
-                letters.push(letter);
+            while let Some(held) = walk.next().await? {
+                let letter = held.letter.clone();
+                walk.keep(held).await?;
+                if seen.sight(letter.id())? == 1 {
+                    visit(letter)?;
+                } else {
+                    more_copies(letter.id());
+                }
             }
-            Ok::<_, CliError>(())
+            walk.drain().await
         }
         .await;
-        scan.finish().await?;
-        result.map(|()| letters)
+        walk.finish().await?;
+        result
     }
 
-    /// Republishes each selected letter with a confirm, then acks it.
+    /// Republishes each selected letter with a confirm, then acks it (and
+    /// every other copy of it).
     pub async fn replay(
         &self,
         filter: &Filter,
@@ -206,80 +494,139 @@ impl RabbitDlq {
     ) -> Result<Report, CliError> {
         let publisher = self.rabbit.publisher();
         let mut pacer = Pacer::new(options.rate)?;
-        let mut scan = self.start().await?;
-        let bar = progress(u64::from(scan.remaining), "replaying");
+        // Paced: one letter at a time, so none waits unacked for a slot.
+        let window = if options.rate.is_some() { 1 } else { WINDOW };
+        let mut walk = self.start(window).await?;
+        let bar = progress(u64::from(walk.remaining), "replaying");
         let mut report = Report {
             dry_run: options.dry_run,
             ..Report::default()
         };
+        // The selected letters by message id: the first copy decides, later
+        // copies follow it (removed when it was, kept when it was refused).
+        let mut copies = Scratch::new()?;
         let result = async {
-            while let Some((tag, letter)) = scan.next().await? {
-                bar.inc(1);
-                if !filter.matches(&letter) {
-                    continue;
+            loop {
+                // Paced before the read, so no letter waits unacked for a slot.
+                if !options.dry_run {
+                    pacer.tick().await;
                 }
-                let replays = letter.message.replayed();
-                if replays >= options.max_replays {
-                    report.refused.push((letter.id().to_owned(), replays));
-                    continue;
-                }
-                let destination = destination(&letter, options)?;
-                if options.dry_run {
-                    report.replayed.push((letter.id().to_owned(), destination));
-                    continue;
-                }
-                pacer.tick().await;
-                let copy = redrive_copy(&letter.message);
-                let published = match &options.to {
-                    Some(to) => publisher.publish(to, &copy).await,
-                    None => publisher.publish_to_queue(&destination, &copy).await,
+                let Some(held) = walk.next().await? else {
+                    break;
                 };
-                published.map_err(|e| CliError::Republish {
-                    id: letter.id().to_owned(),
-                    destination: destination.clone(),
-                    reason: e.to_string(),
-                })?;
-                scan.ack(tag).await?;
-                report.replayed.push((letter.id().to_owned(), destination));
+                bar.inc(1);
+                let id = held.letter.id().to_owned();
+                let mark = copies.mark(&id)?;
+                if mark == Some(Mark::Removed) {
+                    report.copies += 1;
+                    walk.remove(held).await?;
+                    continue;
+                }
+                if mark == Some(Mark::Kept) || !filter.matches(&held.letter) {
+                    walk.keep(held).await?;
+                    continue;
+                }
+                copies.sight(&id)?;
+                let replays = held.letter.message.replayed();
+                if replays >= options.max_replays {
+                    report.add_refused(&id, replays);
+                    copies.set_mark(&id, Mark::Kept)?;
+                    walk.keep(held).await?;
+                    continue;
+                }
+                let destination = match destination(&self.queue, &held.letter, options) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        walk.release(&held).await?;
+                        return Err(e);
+                    }
+                };
+                if options.dry_run {
+                    report.add_replayed(&id, &destination);
+                    copies.set_mark(&id, Mark::Kept)?;
+                    walk.keep(held).await?;
+                    continue;
+                }
+                let copy = redrive_copy(&held.letter.message);
+                let (publisher, to, dest) =
+                    (publisher.clone(), options.to.clone(), destination.clone());
+                let what = id.clone();
+                walk.redrive(held, async move {
+                    match &to {
+                        Some(to) => publisher.publish(to, &copy).await,
+                        None => publisher.publish_to_queue(&dest, &copy).await,
+                    }
+                    .map_err(|e| CliError::Republish {
+                        id: what,
+                        destination: dest.clone(),
+                        reason: e.to_string(),
+                    })
+                })
+                .await?;
+                copies.set_mark(&id, Mark::Removed)?;
+                report.add_replayed(&id, &destination);
             }
-            Ok::<_, CliError>(())
+            walk.drain().await
         }
         .await;
         bar.finish_and_clear();
+        let finished = walk.finish().await;
         publisher.close().await;
-        scan.finish().await?;
+        finished?;
         result.map(|()| report)
     }
 
-    /// Acks (removes) each selected letter.
+    /// Acks (removes) each selected letter, every copy of it.
     pub async fn purge(&self, filter: &Filter) -> Result<Report, CliError> {
-        let mut scan = self.start().await?;
-        let mut report = Report::default();
+        let mut walk = self.start(WINDOW).await?;
+        let mut report = Report {
+            purge: true,
+            ..Report::default()
+        };
+        let mut copies = Scratch::new()?;
         let result = async {
-            while let Some((tag, letter)) = scan.next().await? {
-                if filter.matches(&letter) {
-                    scan.ack(tag).await?;
-                    report.purged.push(letter.id().to_owned());
+            while let Some(held) = walk.next().await? {
+                let id = held.letter.id().to_owned();
+                if copies.mark(&id)? == Some(Mark::Removed) {
+                    report.copies += 1;
+                    walk.remove(held).await?;
+                } else if filter.matches(&held.letter) {
+                    walk.remove(held).await?;
+                    copies.sight(&id)?;
+                    copies.set_mark(&id, Mark::Removed)?;
+                    report.add_purged(&id);
+                } else {
+                    walk.keep(held).await?;
                 }
             }
-            Ok::<_, CliError>(())
+            walk.drain().await
         }
         .await;
-        scan.finish().await?;
+        walk.finish().await?;
         result.map(|()| report)
     }
 }
 
-fn destination(letter: &Letter, options: &ReplayOptions) -> Result<String, CliError> {
-    options
-        .to
-        .clone()
-        .or_else(|| letter.original_source().map(str::to_owned))
-        .ok_or_else(|| {
-            CliError::Usage(format!(
-                "message {:?} has no {} header: give the destination with --to",
-                letter.id(),
-                wire::ORIGINAL_SOURCE
-            ))
-        })
+/// A new channel on `rabbit`.
+async fn open_channel(rabbit: &RabbitMq) -> Result<Channel, CliError> {
+    rabbit.channel().await.map_err(|e| CliError::Broker {
+        what: "opening a channel".into(),
+        reason: crate::error::redact_all(&e.to_string()),
+    })
+}
+
+/// Where a redrive goes: `--to`, else the queue whose DLQ this is
+/// (`<queue>.dlq` → `<queue>`). Never a header: `x-backstop-original-source`
+/// is informational (a letter's headers are not trusted for routing).
+fn destination(dlq: &str, letter: &Letter, options: &ReplayOptions) -> Result<String, CliError> {
+    if let Some(to) = &options.to {
+        return Ok(to.clone());
+    }
+    match dlq.strip_suffix(".dlq") {
+        Some(source) if !source.is_empty() => Ok(source.to_owned()),
+        _ => Err(CliError::Usage(format!(
+            "message {:?}: the DLQ {dlq:?} is not named <queue>.dlq, so its source queue is unknown: give the destination with --to",
+            letter.id()
+        ))),
+    }
 }

@@ -1,8 +1,7 @@
 //! The Kafka audit, over the metadata and admin APIs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use backstop_kafka::rdkafka::ClientConfig;
 use backstop_kafka::rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use backstop_kafka::rdkafka::client::DefaultClientContext;
 use backstop_kafka::rdkafka::consumer::Consumer;
@@ -56,13 +55,14 @@ pub async fn audit(
         .into_iter()
         .filter(|(n, _)| !n.starts_with("__") && selected(prefix, n))
         .collect();
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let admin: AdminClient<DefaultClientContext> = crate::kafka_options::client_config(brokers)
         .create()
         .map_err(CliError::kafka("creating an admin client"))?;
     let specs: Vec<ResourceSpecifier<'_>> =
         topics.keys().map(|t| ResourceSpecifier::Topic(t)).collect();
     let mut configs: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    // Per topic, the configs it inherits from the broker.
+    let mut inherited: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     if !specs.is_empty() {
         let opts = AdminOptions::new().request_timeout(Some(kafka_read::TIMEOUT));
         for r in admin
@@ -76,6 +76,14 @@ pub async fn audit(
                 backstop_kafka::rdkafka::admin::OwnedResourceSpecifier::Topic(t) => t.clone(),
                 _ => continue,
             };
+            inherited.insert(
+                name.clone(),
+                r.entries
+                    .iter()
+                    .filter(|e| e.is_default)
+                    .map(|e| e.name.clone())
+                    .collect(),
+            );
             configs.insert(
                 name,
                 r.entries
@@ -137,6 +145,13 @@ pub async fn audit(
         {
             out.push(Finding::new(Severity::High, B, name, "unclean.leader.election.enable=true: an out-of-sync replica can become leader and drop acknowledged messages", "set unclean.leader.election.enable=false"));
         }
+        if name.ends_with(".dlq") {
+            out.extend(dlq_retention(
+                name,
+                &cfg,
+                inherited.get(name).cloned().unwrap_or_default(),
+            ));
+        }
         if let Some(stem) = name.strip_suffix(".dlq") {
             // The source is the longest existing topic T with stem = T.<group>.
             let source = topics
@@ -168,4 +183,62 @@ pub async fn audit(
         }
     }
     Ok(out)
+}
+
+/// A DLQ must keep its letters until an operator redrives them: a finite
+/// `retention.ms` or `retention.bytes` (its own or the broker's default)
+/// deletes them unseen.
+fn dlq_retention(
+    name: &str,
+    cfg: &BTreeMap<String, String>,
+    inherited: BTreeSet<String>,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for (key, what) in [
+        ("retention.ms", "dead letters older than this are deleted"),
+        (
+            "retention.bytes",
+            "the oldest dead letters beyond this size are deleted",
+        ),
+    ] {
+        let Some(value) = cfg.get(key) else { continue };
+        if value.parse::<i64>().is_ok_and(|v| v < 0) {
+            continue;
+        }
+        let source = if inherited.contains(key) {
+            " (the broker's default)"
+        } else {
+            ""
+        };
+        out.push(Finding::new(
+            Severity::High,
+            B,
+            name,
+            format!("DLQ with finite {key}={value}{source}: {what} before anyone redrives them"),
+            format!(
+                "kafka-configs --alter --entity-type topics --entity-name {name} --add-config {key}=-1 (Kafka::ensure_topics creates DLQs so)"
+            ),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dlq_with_finite_retention_is_flagged_and_one_kept_forever_is_not() {
+        let cfg = |ms: &str| {
+            BTreeMap::from([
+                ("retention.ms".to_owned(), ms.to_owned()),
+                ("retention.bytes".to_owned(), "-1".to_owned()),
+            ])
+        };
+        let default = BTreeSet::from(["retention.ms".to_owned()]);
+        let f = dlq_retention("o.g.dlq", &cfg("604800000"), default);
+        assert_eq!(f.len(), 1);
+        assert!(f[0].risk.contains("broker's default"), "{}", f[0].risk);
+        assert!(dlq_retention("o.g.dlq", &cfg("-1"), BTreeSet::new()).is_empty());
+    }
 }

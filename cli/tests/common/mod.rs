@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use backstop::{Context, HandlerError, Runner, Source, Stack};
 
+pub mod fixture;
+
 pub fn amqp() -> String {
     std::env::var("BACKSTOP_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
@@ -15,6 +17,17 @@ pub fn amqp() -> String {
 
 pub fn brokers() -> String {
     backstop_kafka::brokers_from_env()
+}
+
+/// The number of letters in `topic`'s DLQ for `k`'s group.
+pub async fn dlq_len(k: &backstop_kafka::Kafka, topic: &str) -> i64 {
+    k.topics()
+        .unwrap()
+        .end_offsets(&k.dlq_topic(topic))
+        .await
+        .unwrap()
+        .values()
+        .sum()
 }
 
 pub fn unique(prefix: &str) -> String {
@@ -145,4 +158,43 @@ pub fn letter(source: &str, id: &str, n: u64, replayed: u32) -> backstop::Messag
             last_failure: now,
         },
     )
+}
+
+/// Runs the binary with `args` and returns its peak resident memory in KiB
+/// (VmHWM, sampled until it exits) and whether it succeeded.
+pub fn peak_rss_kib(args: &[&str]) -> (u64, bool) {
+    peak_rss_to(args, std::process::Stdio::null())
+}
+
+/// [`peak_rss_kib`] with the command's stdout going to `stdout`.
+///
+/// glibc's allocator is limited to two arenas (`MALLOC_ARENA_MAX=2`): with
+/// one arena per thread, which threads happened to allocate moves the peak
+/// by several MiB from run to run, which would drown what is measured.
+pub fn peak_rss_to(args: &[&str], stdout: impl Into<std::process::Stdio>) -> (u64, bool) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(args)
+        .env("MALLOC_ARENA_MAX", "2")
+        .stdout(stdout)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    let until = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        if let Ok(status) = std::fs::read_to_string(&status_file) {
+            let hwm = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0);
+            peak = peak.max(hwm);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            return (peak, status.success());
+        }
+        assert!(std::time::Instant::now() < until, "backstop {args:?} hangs");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -87,6 +87,7 @@ fn through_layer<T: Payload>(message: &Message, max: Option<usize>) {
     let received = Received {
         message: message.clone(),
         cancel: CancellationToken::new(),
+        deadline: None,
     };
     let Poll::Ready(Ok(request)) = pin!(service.call(received)).poll(&mut cx) else {
         panic!("the decode layer adds no waiting and no error of its own");

@@ -3,7 +3,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use backstop::{ErrorKind, Failure, Headers, Message, Meta, attempt, copy, wire};
+use backstop::headers::AmqpValue;
+use backstop::inbound::{self, AmqpDelivery, KafkaRecord};
+use backstop::{ErrorKind, Failure, Headers, Message, attempt, copy, wire};
 use bytes::Bytes;
 
 /// "Now" at clock 0: 2025-01-01T00:00:00Z.
@@ -16,9 +18,13 @@ const DEFAULT_DELAY: Duration = Duration::from_secs(30);
 const MAX_ERROR_INPUT: usize = 64 * 1024;
 
 /// The headers backstop writes on a dead letter whatever was there before
-/// (the first failure is checked on its own: kept only when it is a time).
-const DEAD_LETTER_WRITES: [&str; 7] = [
+/// (the first failure is checked on its own: kept only when it is a time;
+/// the origin by `check_origin`).
+const DEAD_LETTER_WRITES: [&str; 10] = [
     wire::MESSAGE_ID,
+    wire::ORIGINAL_SOURCE,
+    wire::ORIGINAL_PARTITION,
+    wire::ORIGINAL_OFFSET,
     wire::ATTEMPT,
     wire::ERROR_KIND,
     wire::ERROR,
@@ -29,8 +35,11 @@ const DEAD_LETTER_WRITES: [&str; 7] = [
 
 /// The headers backstop writes on a retry copy whatever was there before
 /// (the first failure is checked on its own: kept only when it is a time).
-const RETRY_WRITES: [&str; 4] = [
+const RETRY_WRITES: [&str; 7] = [
     wire::MESSAGE_ID,
+    wire::ORIGINAL_SOURCE,
+    wire::ORIGINAL_PARTITION,
+    wire::ORIGINAL_OFFSET,
     wire::ATTEMPT,
     wire::FIRST_FAILURE,
     wire::DUE,
@@ -159,7 +168,7 @@ pub fn headers(data: &[u8]) {
     let input = HeaderInput::parse(data);
     let now = SystemTime::UNIX_EPOCH + EPOCH_2025 + input.clock;
 
-    for (name, value) in &input.headers {
+    for (name, value) in input.headers.iter() {
         text_helpers(name);
         text_helpers(value);
     }
@@ -180,12 +189,8 @@ pub fn headers(data: &[u8]) {
         );
     }
 
-    let received = receive(
-        input.headers.clone(),
-        &input.source,
-        input.partition,
-        input.offset,
-    );
+    let position = input.partition.zip(input.offset);
+    let received = receive(input.headers.clone(), &input.source, position, None);
     check_received(&received);
 
     // The dead-letter layer, after the retry layer gave up at `now`.
@@ -204,7 +209,7 @@ pub fn headers(data: &[u8]) {
     };
     let letter = copy::dead_letter(&received, &failure);
     check_dead_letter(&received, &failure, &letter);
-    let redelivered = receive(letter.headers.clone(), "dlq", None, None);
+    let redelivered = receive(letter.headers.clone(), "dlq", Some((0, 0)), None);
     assert_eq!(
         redelivered.meta.message_id, received.meta.message_id,
         "a dead letter carries the message id"
@@ -238,7 +243,12 @@ pub fn headers(data: &[u8]) {
     let hop = Message {
         payload: retry.payload.clone(),
         key: retry.key.clone(),
-        ..receive(retry.headers.clone(), &hop_source, Some(0), Some(0))
+        ..receive(
+            retry.headers.clone(),
+            &hop_source,
+            Some((0, 0)),
+            Some(&input.source),
+        )
     };
     assert_eq!(
         hop.meta.attempt,
@@ -250,7 +260,8 @@ pub fn headers(data: &[u8]) {
         "a retry copy carries the message id"
     );
 
-    // That attempt fails for good: the dead letter keeps the first origin.
+    // That attempt fails for good: the dead letter keeps the first origin
+    // (the source from the adapter's table, the first position).
     let failure = Failure {
         attempts: hop.meta.attempt,
         first_failure: first_failure(&hop).unwrap_or(due),
@@ -268,11 +279,11 @@ pub fn headers(data: &[u8]) {
             assert_eq!(
                 letter.header(name),
                 Some(origin),
-                "{name} is written once, on the first copy"
+                "{name} is kept across a retry hop"
             );
         }
     }
-    let redelivered = receive(letter.headers.clone(), "dlq", None, None);
+    let redelivered = receive(letter.headers.clone(), "dlq", Some((0, 0)), None);
     assert_eq!(
         redelivered.meta.message_id, received.meta.message_id,
         "the message id survives a retry hop and a dead letter"
@@ -283,28 +294,56 @@ pub fn headers(data: &[u8]) {
     );
 }
 
-/// A message as a broker adapter receives it (the Kafka adapter's rules):
-/// the message id from [`wire::MESSAGE_ID`], else assigned from the
-/// position; the attempt from [`wire::ATTEMPT`].
-fn receive(headers: Headers, source: &str, partition: Option<i32>, offset: Option<i64>) -> Message {
-    let message_id = headers
-        .get(wire::MESSAGE_ID)
-        .filter(|id| !id.is_empty())
-        .cloned()
-        .unwrap_or_else(|| format!("{source}/{partition:?}/{offset:?}"));
-    Message {
-        payload: Bytes::from_static(b"{}"),
-        key: Some(Bytes::from_static(b"k")),
-        meta: Meta {
-            source: source.to_owned(),
+/// A message as a broker adapter receives it, through backstop's own
+/// conversion: [`inbound::kafka`] when there is a partition and an offset
+/// (message id from [`wire::MESSAGE_ID`], else the position), else
+/// [`inbound::amqp`] (else a digest); the attempt from [`wire::ATTEMPT`].
+/// `retry_of` is the source a retry topic belongs to (the adapter's table).
+fn receive(
+    headers: Headers,
+    source: &str,
+    position: Option<(i32, i64)>,
+    retry_of: Option<&str>,
+) -> Message {
+    let received = match position {
+        Some((partition, offset)) => inbound::kafka(&KafkaRecord {
+            topic: source,
             partition,
             offset,
-            attempt: attempt::from_headers(&headers),
-            message_id,
-            ..Meta::default()
-        },
-        headers,
-    }
+            key: Some(b"k"),
+            payload: Some(b"{}"),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n, Some(v.as_bytes())))
+                .collect(),
+            retry_of,
+            ..KafkaRecord::default()
+        }),
+        None => {
+            let mut m = inbound::amqp(AmqpDelivery {
+                queue: source.to_owned(),
+                headers: headers
+                    .iter()
+                    .map(|(n, v)| {
+                        (
+                            n.to_owned(),
+                            AmqpValue::LongString(Bytes::copy_from_slice(v.as_bytes())),
+                        )
+                    })
+                    .collect(),
+                body: Bytes::from_static(b"{}"),
+                ..AmqpDelivery::default()
+            });
+            m.key = Some(Bytes::from_static(b"k"));
+            m
+        }
+    };
+    assert_eq!(
+        received.headers.iter().collect::<Vec<_>>(),
+        headers.iter().collect::<Vec<_>>(),
+        "text headers arrive unchanged"
+    );
+    received
 }
 
 /// The first failure the retry layer reads from a delivery.
@@ -409,7 +448,7 @@ fn check_received(message: &Message) {
     let published = message.headers_for_publish();
     assert_eq!(
         published.get(wire::MESSAGE_ID),
-        Some(&message.meta.message_id),
+        Some(message.meta.message_id.as_str()),
         "a publisher writes the message id"
     );
     assert_eq!(
@@ -419,23 +458,30 @@ fn check_received(message: &Message) {
     );
 }
 
-/// The origin headers of `copy`: kept if `original` had them, else from its meta.
+/// The origin headers of `copy`: the source is always where `original` was
+/// consumed ([`Meta::origin`](backstop::Meta::origin)), whatever a header
+/// said; the position is `original`'s own unless it was consumed from a
+/// retry topic, which keeps the first consumption's.
 fn check_origin(original: &Message, copy: &Message) {
     let meta = &original.meta;
-    let stamped = [
-        (
-            wire::ORIGINAL_SOURCE,
-            Some(meta.source.clone()).filter(|s| !s.is_empty()),
-        ),
+    assert_eq!(
+        copy.header(wire::ORIGINAL_SOURCE),
+        Some(meta.origin()).filter(|s| !s.is_empty()),
+        "the origin is where the message was consumed, never a header's word"
+    );
+    let position = [
         (
             wire::ORIGINAL_PARTITION,
             meta.partition.map(|p| p.to_string()),
         ),
         (wire::ORIGINAL_OFFSET, meta.offset.map(|o| o.to_string())),
     ];
-    for (name, from_meta) in stamped {
-        let expected = original.header(name).or(from_meta.as_deref());
-        assert_eq!(copy.header(name), expected, "{name} is written once");
+    for (name, from_meta) in position {
+        let expected = match original.header(name) {
+            Some(kept) if meta.retry_of.is_some() && from_meta.is_some() => Some(kept),
+            _ => from_meta.as_deref(),
+        };
+        assert_eq!(copy.header(name), expected, "{name} of the consumption");
     }
     assert_eq!(
         copy.header(wire::MESSAGE_ID),
@@ -448,11 +494,11 @@ fn check_origin(original: &Message, copy: &Message) {
 fn check_kept(original: &Message, copy: &Message, written: &[&str]) {
     assert_eq!(copy.payload, original.payload, "a copy keeps the payload");
     assert_eq!(copy.key, original.key, "a copy keeps the key");
-    for (name, value) in &original.headers {
-        if !written.contains(&name.as_str()) {
+    for (name, value) in original.headers.iter_values() {
+        if !written.contains(&name) {
             assert_eq!(
-                copy.header(name),
-                Some(value.as_str()),
+                copy.headers.get_value(name),
+                Some(value),
                 "a copy keeps header {name:?}"
             );
         }

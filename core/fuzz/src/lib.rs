@@ -10,6 +10,10 @@
 //! - [`headers()`]: arbitrary headers through attempt and message id parsing,
 //!   the [`wire`](backstop::wire) helpers and the retry and dead-letter copies,
 //!   each copy received again as a broker would deliver it.
+//! - [`inbound()`]: arbitrary AMQP deliveries and Kafka records (properties,
+//!   timestamps such as 2^64-1 or -1, headers of any bytes) through
+//!   backstop's broker → message conversion, the pure functions both
+//!   adapters call (no broker client is linked).
 //!
 //! A target never panics on any input unless a property that backstop
 //! documents is broken; every assertion names the property it checks.
@@ -34,18 +38,21 @@
 
 mod decode;
 mod headers;
+mod inbound;
 
 pub use crate::decode::{NumberedOrder, Order, decode};
 pub use crate::headers::{HeaderInput, headers};
+pub use crate::inbound::inbound;
 
 /// The names of the fuzz targets, each with a function of the same name here.
-pub const TARGETS: [&str; 2] = ["decode", "headers"];
+pub const TARGETS: [&str; 3] = ["decode", "headers", "inbound"];
 
 /// Runs the target called `name` on `data`; false if there is no such target.
 pub fn run(name: &str, data: &[u8]) -> bool {
     match name {
         "decode" => decode(data),
         "headers" => headers(data),
+        "inbound" => inbound(data),
         _ => return false,
     }
     true
@@ -129,6 +136,16 @@ mod tests {
     #[test]
     fn retry_copy_with_a_far_due_time() {
         headers(b"x-backstop-attempt:1\n@delay=8000 years\n");
+    }
+
+    /// An AMQP timestamp of 2^64-1 (a date before 1970 from a Java or .NET
+    /// producer) panicked the RabbitMQ adapter; it is now no timestamp.
+    #[test]
+    fn amqp_timestamp_past_the_clock_is_none() {
+        let mut data = vec![0u8; 8];
+        data.push(1); // timestamp present
+        data.extend_from_slice(&u64::MAX.to_le_bytes());
+        inbound(&data);
     }
 
     /// Fixed issue 3: a first-failure header that is not a time is carried.

@@ -1,17 +1,34 @@
 //! Settlement: the outermost layer acks every [`Outcome`] and nacks every
 //! error with requeue, after a jittered backoff so a failing message never
 //! spins in a hot loop.
+//!
+//! With a postponing sink ([`AckLayer::postpone_through`], the RabbitMQ
+//! retry sink on a quorum queue) an error that spends no attempt (an outage,
+//! a key busy elsewhere: [`Error::postpones`]) is not nacked: a confirmed
+//! copy with the same attempt count goes to the delay queue, then the
+//! original is acked ([`Settled::Postponed`]). A requeueing nack would spend
+//! the quorum queue's delivery count, and after `x-delivery-limit` the
+//! broker would dead-letter a healthy message. A delivery with a
+//! [deadline](crate::Delivery::deadline) (RabbitMQ's consumer timeout less
+//! a margin) is postponed the same way if it is still unsettled then: the
+//! handler's token fires, a run still going after the nack delay more is
+//! dropped (its lease released, no attempt counted), and the message goes
+//! to the delay queue before the broker closes the channel.
 
 mod layer;
+mod postpone;
 
 pub use self::layer::AckLayer;
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tower::Service;
 
+use self::postpone::Postponer;
+use crate::retry::RetrySink;
 use crate::{AckError, Delivery, Error, Outcome, Received};
 
 /// How a delivery was settled.
@@ -21,19 +38,46 @@ pub enum Settled {
     Acked(Outcome),
     /// Nacked with requeue because of this error; the broker redelivers it.
     Nacked(Error),
+    /// Postponed because of this error (an outage, a busy key, the
+    /// unacked-time budget): a confirmed copy with the same attempt count
+    /// went to the delay queue, then the original was acked.
+    Postponed(Error),
 }
 
 /// The ack service; see the [module docs](self).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Ack<S> {
     inner: S,
     nack_delay: Duration,
+    postpone: Option<Arc<dyn RetrySink>>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Ack<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ack")
+            .field("inner", &self.inner)
+            .field("nack_delay", &self.nack_delay)
+            .field("postpone", &self.postpone.is_some())
+            .finish()
+    }
 }
 
 impl<S> Ack<S> {
     /// Settles `inner`'s results; errors wait about `nack_delay` before the nack.
     pub const fn new(inner: S, nack_delay: Duration) -> Self {
-        Ack { inner, nack_delay }
+        Ack {
+            inner,
+            nack_delay,
+            postpone: None,
+        }
+    }
+
+    /// Postpones errors that spend no attempt through `sink` instead of
+    /// nacking them (see the [module docs](self)).
+    #[must_use]
+    pub fn postpone_through(mut self, sink: Arc<dyn RetrySink>) -> Self {
+        self.postpone = Some(sink);
+        self
     }
 }
 
@@ -54,16 +98,73 @@ where
         }
     }
 
-    fn call(&mut self, delivery: Delivery) -> Self::Future {
-        let (message, acker, cancel) = delivery.into_parts();
-        let shutdown = cancel.clone();
-        let future = self.inner.call(Received { message, cancel });
+    fn call(&mut self, mut delivery: Delivery) -> Self::Future {
+        let fence = delivery.take_fence();
+        let deadline = delivery.deadline();
+        let postpone_now = delivery.is_postponed();
+        let (message, acker, shutdown) = delivery.into_parts();
+        let postponer = Postponer::new(self.postpone.clone(), &message, self.nack_delay);
+        if postpone_now {
+            return Box::pin(postponer.settle(
+                acker,
+                Error::Unavailable("consumption is paused; the message was not run".into()),
+            ));
+        }
+        // The handler's token: fires on shutdown (its parent), when the
+        // source cancels the fence, or at the delivery's deadline.
+        let cancel = if fence.is_some() || deadline.is_some() {
+            shutdown.child_token()
+        } else {
+            shutdown.clone()
+        };
+        let future = self.inner.call(Received {
+            message,
+            cancel: cancel.clone(),
+            deadline,
+        });
         let nack_delay = self.nack_delay;
         Box::pin(async move {
-            match future.await {
+            let fenced = async {
+                match &fence {
+                    Some(fence) => fence.cancelled().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let timed_out = async {
+                match deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let mut future = std::pin::pin!(future);
+            let mut out_of_time = false;
+            let result = tokio::select! {
+                biased;
+                result = &mut future => result,
+                () = fenced => {
+                    cancel.cancel();
+                    future.await
+                }
+                () = timed_out => {
+                    tracing::warn!("a delivery reached its unacked-time budget; postponing it through the broker");
+                    out_of_time = true;
+                    cancel.cancel();
+                    // A run that ignores its token (or waits on a store that
+                    // is down) is dropped after the grace: dropping releases
+                    // its idempotency lease without counting an attempt.
+                    match tokio::time::timeout(nack_delay, &mut future).await {
+                        Ok(result) => result,
+                        Err(_) => Err(Error::Shutdown),
+                    }
+                }
+            };
+            match result {
                 Ok(outcome) => {
                     acker.ack().await?;
                     Ok(Settled::Acked(outcome))
+                }
+                Err(error) if out_of_time || (postponer.has_sink() && error.postpones()) => {
+                    postponer.settle(acker, error).await
                 }
                 Err(error) => {
                     if !shutdown.is_cancelled() {

@@ -2,13 +2,15 @@ use std::sync::Arc;
 
 use tower::Layer;
 
-use super::{DeadLetter, DeadLetterSink};
+use super::{DeadLetter, DeadLetterSink, PendingLetters};
 
-/// Applies [`DeadLetter`] with a sink and an optional DLQ name.
+/// Applies [`DeadLetter`] with a sink and an optional DLQ name. The services
+/// it makes share one table of pending letters (see the [module docs](super)).
 #[derive(Clone)]
 pub struct DeadLetterLayer {
     sink: Arc<dyn DeadLetterSink>,
     destination: Option<Arc<str>>,
+    pending: Arc<PendingLetters>,
 }
 
 impl std::fmt::Debug for DeadLetterLayer {
@@ -25,6 +27,7 @@ impl DeadLetterLayer {
         DeadLetterLayer {
             sink,
             destination: None,
+            pending: Arc::default(),
         }
     }
 
@@ -44,6 +47,7 @@ impl<S> Layer<S> for DeadLetterLayer {
             inner,
             sink: Arc::clone(&self.sink),
             destination: self.destination.clone(),
+            pending: Arc::clone(&self.pending),
         }
     }
 }

@@ -2,12 +2,48 @@
 //! only a write the broker confirmed yields [`Outcome::DeadLettered`].
 //!
 //! If the sink fails, the error is [`Error::DeadLetter`]: the ack layer leaves
-//! the source unacked and it is redelivered after a backoff.
+//! the source unacked and it is redelivered after a backoff. The redelivery
+//! retries only the write, with the failure it was going to carry (kind,
+//! error text, attempts): the handler does not run again (see
+//! *Pending letters* below).
+//!
+//! A write that can never succeed ([`SinkError::is_permanent`](crate::SinkError::is_permanent):
+//! too large, unroutable, a missing destination, not authorised) is not
+//! retried forever: the error says so ([`Error::is_unwritable_letter`]) and
+//! the [`Runner`](crate::Runner) stops consuming its source, reports not
+//! ready, and never acks the message without its letter.
+//!
+//! # Pending letters
+//!
+//! A letter whose write failed is remembered until a redelivery writes it,
+//! in two places:
+//!
+//! - **The idempotency store**, for a message with a key under an
+//!   [`IdempotencyLayer`](crate::idempotency::IdempotencyLayer): the layer
+//!   records the failure under the key's lease
+//!   ([`Store::defer_letter`](crate::Store::defer_letter)), and the next
+//!   claim of the key reports it
+//!   ([`Claim::LetterPending`](crate::idempotency::Claim::LetterPending)),
+//!   which reaches this service as a [`PendingLetter`] extension. With a
+//!   shared durable store (Redis, PostgreSQL) this holds on any worker and
+//!   after restarts: the redelivery writes only the letter, with the
+//!   original kind, error text (cut to 1 KiB), attempts and failure times.
+//! - **This process**, keyed by the message's identity (the queue or topic
+//!   it was consumed from, its message id, its redrive number, its length):
+//!   the fallback without a store, or with a store that keeps no pending
+//!   letters. Kafka redelivers a nacked record to the same process and
+//!   RabbitMQ usually to the same consumer; a redelivery that reaches
+//!   another process, or comes after a restart, finds nothing here and runs
+//!   the handler again (with a shared store, as its next counted attempt).
+//!   At most 10,000 letters are remembered; past that the oldest is
+//!   forgotten.
 
 mod layer;
+mod pending;
 mod sink;
 
 pub use self::layer::DeadLetterLayer;
+pub use self::pending::PendingLetter;
 pub use self::sink::DeadLetterSink;
 
 use std::sync::Arc;
@@ -16,7 +52,8 @@ use std::task::{Context, Poll};
 use futures::future::BoxFuture;
 use tower::Service;
 
-use crate::{Error, Outcome, Request, copy};
+use self::pending::PendingLetters;
+use crate::{Error, Failure, Message, Outcome, Request, copy};
 
 /// The dead-letter service; see the [module docs](self).
 #[derive(Clone)]
@@ -24,6 +61,7 @@ pub struct DeadLetter<S> {
     inner: S,
     sink: Arc<dyn DeadLetterSink>,
     destination: Option<Arc<str>>,
+    pending: Arc<PendingLetters>,
 }
 
 impl<S> std::fmt::Debug for DeadLetter<S> {
@@ -49,32 +87,74 @@ where
 
     fn call(&mut self, request: Request<T>) -> Self::Future {
         let message = Arc::clone(request.message_arc());
-        let sink = Arc::clone(&self.sink);
-        let destination = self.destination.clone();
+        let writer = Writer {
+            sink: Arc::clone(&self.sink),
+            destination: self.destination.clone(),
+            pending: Arc::clone(&self.pending),
+        };
+        let recorded = request
+            .extensions
+            .get::<PendingLetter>()
+            .map(|PendingLetter(failure)| failure.clone());
+        if let Some(failure) = recorded.or_else(|| self.pending.get(&message)) {
+            // A redelivery after a failed write: only the write is retried.
+            tracing::info!(
+                message_id = %message.meta.message_id,
+                kind = %failure.kind,
+                "retrying the dead-letter write of a redelivered message without running it"
+            );
+            return Box::pin(async move { writer.write(&message, failure).await });
+        }
         let future = self.inner.call(request);
         Box::pin(async move {
             match future.await {
-                Err(Error::Failed(failure)) => {
-                    let letter = copy::dead_letter(&message, &failure);
-                    sink.dead_letter(letter, destination.as_deref())
-                        .await
-                        .map_err(|source| Error::DeadLetter {
-                            source,
-                            attempts: failure.attempts,
-                        })?;
-                    tracing::warn!(
-                        message_id = %message.meta.message_id,
-                        source = %message.meta.source,
-                        kind = %failure.kind,
-                        attempts = failure.attempts,
-                        error = %failure.message,
-                        "message dead-lettered"
-                    );
-                    Ok(Outcome::DeadLettered { kind: failure.kind })
-                }
+                Err(Error::Failed(failure)) => writer.write(&message, failure).await,
                 other => other,
             }
         })
+    }
+}
+
+/// Writes one letter and keeps the pending table true.
+struct Writer {
+    sink: Arc<dyn DeadLetterSink>,
+    destination: Option<Arc<str>>,
+    pending: Arc<PendingLetters>,
+}
+
+impl Writer {
+    async fn write(self, message: &Message, failure: Failure) -> Result<Outcome, Error> {
+        let letter = copy::dead_letter(message, &failure);
+        if let Err(source) = self
+            .sink
+            .dead_letter(letter, self.destination.as_deref())
+            .await
+        {
+            self.pending.remember(message, &failure);
+            if source.is_permanent() {
+                tracing::error!(
+                    message_id = %message.meta.message_id,
+                    source = %message.meta.source,
+                    kind = %failure.kind,
+                    error = %source,
+                    "the dead letter can never be written as it is; the message stays on its source"
+                );
+            }
+            return Err(Error::DeadLetter {
+                source,
+                failure: Box::new(failure),
+            });
+        }
+        self.pending.forget(message);
+        tracing::warn!(
+            message_id = %message.meta.message_id,
+            source = %message.meta.source,
+            kind = %failure.kind,
+            attempts = failure.attempts,
+            error = %failure.message,
+            "message dead-lettered"
+        );
+        Ok(Outcome::DeadLettered { kind: failure.kind })
     }
 }
 
@@ -137,8 +217,36 @@ mod tests {
         sink.failing.store(true, Ordering::SeqCst);
         let svc = DeadLetterLayer::new(Arc::new(sink.clone())).layer(failing(ErrorKind::Decode));
         let err = svc.oneshot(request("x")).await.unwrap_err();
-        assert!(matches!(err, Error::DeadLetter { attempts: 3, .. }));
+        assert!(matches!(&err, Error::DeadLetter { failure, .. } if failure.attempts == 3));
         assert!(sink.taken().is_empty());
+    }
+
+    #[tokio::test]
+    async fn without_a_store_a_redelivery_in_this_process_writes_only_the_letter() {
+        let sink = RecordingSink::default();
+        sink.failing.store(true, Ordering::SeqCst);
+        let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = Arc::clone(&runs);
+        let svc = DeadLetterLayer::new(Arc::new(sink.clone())).layer(service_fn(
+            move |_r: Request<String>| {
+                let kind = if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+                    ErrorKind::Timeout
+                } else {
+                    ErrorKind::Panic
+                };
+                failing(kind).oneshot(request("x"))
+            },
+        ));
+        assert!(svc.clone().oneshot(request("x")).await.is_err());
+        sink.failing.store(false, Ordering::SeqCst);
+        assert_eq!(
+            svc.oneshot(request("x")).await.unwrap(),
+            Outcome::DeadLettered {
+                kind: ErrorKind::Timeout
+            }
+        );
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran once");
+        assert_eq!(sink.taken()[0].0.header(wire::ERROR_KIND), Some("timeout"));
     }
 
     #[tokio::test]

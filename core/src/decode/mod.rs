@@ -49,11 +49,9 @@ where
     }
 
     fn call(&mut self, received: Received) -> Self::Future {
-        self.inner.call(Request::decode(
-            received.message,
-            received.cancel,
-            self.max_payload,
-        ))
+        let mut request = Request::decode(received.message, received.cancel, self.max_payload);
+        request.set_deadline(received.deadline);
+        self.inner.call(request)
     }
 }
 
@@ -120,8 +118,22 @@ mod tests {
         let received = Received {
             message: Message::new(body),
             cancel: CancellationToken::new(),
+            deadline: None,
         };
         svc.oneshot(received).await.unwrap()
+    }
+
+    #[test]
+    fn a_delivery_the_adapter_could_not_convert_fails_as_decode() {
+        let message = crate::inbound::guarded(
+            || panic!("property out of range"),
+            || Message::new(r#"{"a":1}"#),
+        );
+        let request = Request::<serde_json::Value>::decode(message, CancellationToken::new(), None);
+        let Err(DecodeError::Invalid { reason, .. }) = request.payload() else {
+            panic!("a valid body of an unconvertible delivery must not decode");
+        };
+        assert!(reason.contains("property out of range"), "{reason}");
     }
 
     #[tokio::test]

@@ -1,7 +1,10 @@
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::renew::{Lease, Renewer};
-use super::{Key, Store};
+use super::{Fence, Key, Store};
 
 /// A lease this worker holds while the inner stack runs: the renewer renews
 /// it until the guard finishes or drops, and a guard dropped unfinished (a
@@ -15,15 +18,23 @@ pub(crate) struct LeaseGuard {
 }
 
 impl LeaseGuard {
-    /// Holds `owner`'s fresh lease on `key`, renewed every `duration / 3`.
+    /// Holds the fresh lease `fence` on `key` (claimed at `claimed`),
+    /// renewed every `duration / 3`; `cancel` fires if it is lost.
     pub(crate) fn hold(
         store: Arc<dyn Store>,
         renewer: Arc<Renewer>,
         duration: std::time::Duration,
         key: Key,
-        owner: String,
+        fence: Fence,
+        claimed: Instant,
+        cancel: CancellationToken,
     ) -> Self {
-        let lease = Arc::new(Lease { key, owner });
+        let lease = Arc::new(Lease {
+            key,
+            fence,
+            cancel,
+            confirmed: Mutex::new(claimed),
+        });
         let id = renewer.register(&store, duration, Arc::clone(&lease));
         LeaseGuard {
             store,
@@ -38,8 +49,8 @@ impl LeaseGuard {
         &self.lease.key
     }
 
-    pub(crate) fn owner(&self) -> &str {
-        &self.lease.owner
+    pub(crate) fn fence(&self) -> Fence {
+        self.lease.fence
     }
 
     /// The lease was settled in the store; nothing to release on drop.
@@ -60,7 +71,7 @@ impl Drop for LeaseGuard {
         let store = Arc::clone(&self.store);
         let lease = Arc::clone(&self.lease);
         handle.spawn(async move {
-            if let Err(error) = store.release(&lease.key, &lease.owner, None).await {
+            if let Err(error) = store.release(&lease.key, lease.fence, None).await {
                 tracing::debug!(%error, key = %lease.key, "release of a dropped lease failed; it expires by itself");
             }
         });

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use tower::Layer;
 
 use super::renew::Renewer;
-use super::{Config, Idempotency, Store};
+use super::{Config, Gate, Idempotency, Store};
 
 /// Applies [`Idempotency`] over a [`Store`].
 #[derive(Clone)]
@@ -11,6 +11,7 @@ pub struct IdempotencyLayer {
     store: Arc<dyn Store>,
     config: Arc<Config>,
     renewer: Arc<Renewer>,
+    gate: Gate,
 }
 
 impl std::fmt::Debug for IdempotencyLayer {
@@ -28,6 +29,7 @@ impl IdempotencyLayer {
             store,
             config: Arc::new(config),
             renewer: Arc::new(Renewer::new()),
+            gate: Gate::default(),
         }
     }
 }
@@ -41,6 +43,7 @@ impl<S> Layer<S> for IdempotencyLayer {
             store: Arc::clone(&self.store),
             config: Arc::clone(&self.config),
             renewer: Arc::clone(&self.renewer),
+            gate: Arc::clone(&self.gate),
         }
     }
 }

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Claim, Key, Store};
-use crate::StoreError;
+use super::{Claim, Fence, Key, Store};
+use crate::{Failure, StoreError};
 
 /// An in-process [`Store`]: bounded, with a TTL for finished keys.
 ///
@@ -28,6 +28,8 @@ type Hasher = foldhash::fast::RandomState;
 struct State {
     entries: HashMap<Key, Entry, Hasher>,
     order: VecDeque<Key>,
+    /// The last fencing token handed out (tokens grow across all keys).
+    fence: u64,
 }
 
 #[derive(Debug)]
@@ -36,12 +38,18 @@ struct Entry {
     failed_runs: u32,
     replay: u32,
     expires: Instant,
+    /// The failure of a dead letter still to be written ([`Store::defer_letter`]).
+    letter: Option<Failure>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
 enum Phase {
     Idle,
-    InProgress { owner: String, lease_until: Instant },
+    InProgress {
+        owner: String,
+        fence: Fence,
+        lease_until: Instant,
+    },
     Completed,
     DeadLettered,
 }
@@ -77,17 +85,18 @@ impl MemoryStore {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn with_owner<R>(
+    /// Runs `f` on `key`'s entry if it is in progress under `fence`.
+    fn with_fence<R>(
         &self,
         key: &Key,
-        owner: &str,
+        fence: Fence,
         f: impl FnOnce(&mut Entry, Instant) -> R,
     ) -> Option<R> {
         let now = Instant::now();
         let mut state = self.lock();
         let entry = state.entries.get_mut(key)?;
         match &entry.phase {
-            Phase::InProgress { owner: o, .. } if o == owner => Some(f(entry, now)),
+            Phase::InProgress { fence: held, .. } if *held == fence => Some(f(entry, now)),
             _ => None,
         }
     }
@@ -135,31 +144,51 @@ impl Store for MemoryStore {
     ) -> Result<Claim, StoreError> {
         let now = Instant::now();
         let mut state = self.lock();
+        let fence = Fence(state.fence + 1);
         let taken = Phase::InProgress {
             owner: owner.to_owned(),
+            fence,
             lease_until: now + lease,
         };
         if let Some(entry) = state.entries.get_mut(key) {
             let live = entry.expires > now || matches!(entry.phase, Phase::InProgress { .. });
             if live {
                 let newer = replay > entry.replay;
-                match &entry.phase {
+                let crashed = match &entry.phase {
                     Phase::Completed => return Ok(Claim::Completed),
-                    Phase::DeadLettered if !newer => return Ok(Claim::DeadLettered),
+                    Phase::DeadLettered if replay != entry.replay.saturating_add(1) => {
+                        return Ok(Claim::DeadLettered);
+                    }
                     Phase::InProgress { lease_until, .. } if *lease_until > now => {
                         return Ok(Claim::Busy {
                             remaining: *lease_until - now,
                         });
                     }
-                    _ => {}
-                }
+                    Phase::InProgress { .. } => true,
+                    Phase::Idle | Phase::DeadLettered => false,
+                };
                 if newer {
                     entry.failed_runs = 0;
                     entry.replay = replay;
+                    entry.letter = None;
+                } else if crashed {
+                    entry.failed_runs = entry.failed_runs.saturating_add(1);
                 }
                 entry.phase = taken;
+                let failed_runs = entry.failed_runs;
+                let letter = entry.letter.clone();
+                state.fence = fence.0;
+                if let Some(letter) = letter {
+                    return Ok(Claim::LetterPending {
+                        fence,
+                        failed_runs,
+                        letter,
+                    });
+                }
                 return Ok(Claim::Acquired {
-                    failed_runs: entry.failed_runs,
+                    fence,
+                    failed_runs,
+                    crashed,
                 });
             }
             // Expired: start over in place (its place in the eviction order stays).
@@ -168,8 +197,14 @@ impl Store for MemoryStore {
                 failed_runs: 0,
                 replay,
                 expires: now + self.ttl,
+                letter: None,
             };
-            return Ok(Claim::Acquired { failed_runs: 0 });
+            state.fence = fence.0;
+            return Ok(Claim::Acquired {
+                fence,
+                failed_runs: 0,
+                crashed: false,
+            });
         }
         state.make_room(self.capacity)?;
         state.entries.insert(
@@ -179,38 +214,45 @@ impl Store for MemoryStore {
                 failed_runs: 0,
                 replay,
                 expires: now + self.ttl,
+                letter: None,
             },
         );
         state.order.push_back(key.clone());
-        Ok(Claim::Acquired { failed_runs: 0 })
+        state.fence = fence.0;
+        Ok(Claim::Acquired {
+            fence,
+            failed_runs: 0,
+            crashed: false,
+        })
     }
 
-    async fn renew(&self, key: &Key, owner: &str, lease: Duration) -> Result<bool, StoreError> {
+    async fn renew(&self, key: &Key, fence: Fence, lease: Duration) -> Result<bool, StoreError> {
         Ok(self
-            .with_owner(key, owner, |e, now| {
-                e.phase = Phase::InProgress {
-                    owner: owner.to_owned(),
-                    lease_until: now + lease,
-                };
+            .with_fence(key, fence, |e, now| {
+                if let Phase::InProgress { lease_until, .. } = &mut e.phase {
+                    *lease_until = now + lease;
+                }
             })
             .is_some())
     }
 
-    async fn complete(&self, key: &Key, owner: &str) -> Result<bool, StoreError> {
+    async fn complete(&self, key: &Key, fence: Fence) -> Result<bool, StoreError> {
         let ttl = self.ttl;
         Ok(self
-            .with_owner(key, owner, |e, now| {
+            .with_fence(key, fence, |e, now| {
                 e.phase = Phase::Completed;
+                e.letter = None;
                 e.expires = now + ttl;
             })
             .is_some())
     }
 
-    async fn dead_letter(&self, key: &Key, owner: &str) -> Result<bool, StoreError> {
+    async fn dead_letter(&self, key: &Key, fence: Fence) -> Result<bool, StoreError> {
         let ttl = self.ttl;
         Ok(self
-            .with_owner(key, owner, |e, now| {
+            .with_fence(key, fence, |e, now| {
                 e.phase = Phase::DeadLettered;
+                e.letter = None;
                 e.expires = now + ttl;
             })
             .is_some())
@@ -219,11 +261,11 @@ impl Store for MemoryStore {
     async fn release(
         &self,
         key: &Key,
-        owner: &str,
+        fence: Fence,
         failed_runs: Option<u32>,
     ) -> Result<(), StoreError> {
         let ttl = self.ttl;
-        self.with_owner(key, owner, |e, now| {
+        self.with_fence(key, fence, |e, now| {
             e.phase = Phase::Idle;
             if let Some(n) = failed_runs {
                 e.failed_runs = n;
@@ -231,6 +273,23 @@ impl Store for MemoryStore {
             e.expires = now + ttl;
         });
         Ok(())
+    }
+
+    async fn defer_letter(
+        &self,
+        key: &Key,
+        fence: Fence,
+        letter: &Failure,
+    ) -> Result<bool, StoreError> {
+        let ttl = self.ttl;
+        Ok(self
+            .with_fence(key, fence, |e, now| {
+                e.phase = Phase::Idle;
+                e.failed_runs = letter.attempts;
+                e.letter = Some(letter.clone());
+                e.expires = now + ttl;
+            })
+            .is_some())
     }
 }
 
@@ -240,36 +299,43 @@ mod tests {
 
     const LEASE: Duration = Duration::from_secs(10);
 
+    /// The fence of an acquired claim; panics otherwise.
+    fn got(claim: Claim, failed: u32, crashed: bool) -> Fence {
+        match claim {
+            Claim::Acquired {
+                fence,
+                failed_runs,
+                crashed: c,
+            } if failed_runs == failed && c == crashed => fence,
+            other => panic!("expected Acquired({failed}, crashed {crashed}), got {other:?}"),
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn lease_state_machine() {
         let s = MemoryStore::default();
         let k = Key::new("k");
-        assert_eq!(
-            s.claim(&k, "a", LEASE, 0).await.unwrap(),
-            Claim::Acquired { failed_runs: 0 }
-        );
+        let a = got(s.claim(&k, "a", LEASE, 0).await.unwrap(), 0, false);
         assert!(matches!(
             s.claim(&k, "b", LEASE, 0).await.unwrap(),
             Claim::Busy { .. }
         ));
-        s.release(&k, "a", Some(2)).await.unwrap();
-        assert_eq!(
-            s.claim(&k, "b", LEASE, 0).await.unwrap(),
-            Claim::Acquired { failed_runs: 2 }
-        );
-        assert!(!s.complete(&k, "a").await.unwrap(), "a gave the lease up");
-        assert!(s.complete(&k, "b").await.unwrap());
+        s.release(&k, a, Some(2)).await.unwrap();
+        let b = got(s.claim(&k, "b", LEASE, 0).await.unwrap(), 2, false);
+        assert!(b > a, "fences grow");
+        assert!(!s.complete(&k, a).await.unwrap(), "a gave the lease up");
+        assert!(s.complete(&k, b).await.unwrap());
         assert_eq!(s.claim(&k, "c", LEASE, 0).await.unwrap(), Claim::Completed);
         assert_eq!(s.claim(&k, "c", LEASE, 1).await.unwrap(), Claim::Completed);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn expired_lease_is_taken_over_and_late_owner_refused() {
+    async fn expired_lease_is_taken_over_as_a_crash_and_late_owner_refused() {
         let s = MemoryStore::default();
         let k = Key::new("k");
-        s.claim(&k, "a", LEASE, 0).await.unwrap();
+        let a = got(s.claim(&k, "a", LEASE, 0).await.unwrap(), 0, false);
         tokio::time::advance(LEASE / 2).await;
-        assert!(s.renew(&k, "a", LEASE).await.unwrap());
+        assert!(s.renew(&k, a, LEASE).await.unwrap());
         tokio::time::advance(LEASE * 3 / 4).await;
         assert!(
             matches!(
@@ -279,69 +345,62 @@ mod tests {
             "renewed lease holds"
         );
         tokio::time::advance(LEASE).await;
-        assert_eq!(
-            s.claim(&k, "b", LEASE, 0).await.unwrap(),
-            Claim::Acquired { failed_runs: 0 }
-        );
-        assert!(!s.complete(&k, "a").await.unwrap(), "late owner refused");
-        assert!(!s.renew(&k, "a", LEASE).await.unwrap());
-        assert!(s.complete(&k, "b").await.unwrap());
+        let b = got(s.claim(&k, "b", LEASE, 0).await.unwrap(), 1, true);
+        assert!(!s.complete(&k, a).await.unwrap(), "late owner refused");
+        assert!(!s.renew(&k, a, LEASE).await.unwrap());
+        assert!(s.complete(&k, b).await.unwrap());
     }
 
     #[tokio::test(start_paused = true)]
-    async fn dead_lettered_key_admits_each_newer_replay_once() {
+    async fn dead_lettered_key_admits_only_the_next_replay_once() {
         let s = MemoryStore::default();
         let k = Key::new("k");
-        s.claim(&k, "a", LEASE, 0).await.unwrap();
-        s.release(&k, "a", Some(4)).await.unwrap();
-        s.claim(&k, "a", LEASE, 0).await.unwrap();
-        assert!(s.dead_letter(&k, "a").await.unwrap());
+        let a = got(s.claim(&k, "a", LEASE, 0).await.unwrap(), 0, false);
+        s.release(&k, a, Some(4)).await.unwrap();
+        let a = got(s.claim(&k, "a", LEASE, 0).await.unwrap(), 4, false);
+        assert!(s.dead_letter(&k, a).await.unwrap());
         assert_eq!(
             s.claim(&k, "b", LEASE, 0).await.unwrap(),
             Claim::DeadLettered
         );
         assert_eq!(
-            s.claim(&k, "b", LEASE, 1).await.unwrap(),
-            Claim::Acquired { failed_runs: 0 },
-            "a redrive starts a new count"
+            s.claim(&k, "b", LEASE, 7).await.unwrap(),
+            Claim::DeadLettered,
+            "a forged, larger replay number is not a redrive of this letter"
         );
-        assert!(s.dead_letter(&k, "b").await.unwrap());
+        let b = got(s.claim(&k, "b", LEASE, 1).await.unwrap(), 0, false);
+        assert!(s.dead_letter(&k, b).await.unwrap());
         assert_eq!(
             s.claim(&k, "c", LEASE, 1).await.unwrap(),
             Claim::DeadLettered,
             "once per replay"
         );
-        assert!(matches!(
-            s.claim(&k, "c", LEASE, 2).await.unwrap(),
-            Claim::Acquired { .. }
-        ));
+        got(s.claim(&k, "c", LEASE, 2).await.unwrap(), 0, false);
     }
 
     #[tokio::test(start_paused = true)]
     async fn finished_keys_expire_after_ttl() {
         let s = MemoryStore::new(10, Duration::from_secs(60));
         let k = Key::new("k");
-        s.claim(&k, "a", LEASE, 0).await.unwrap();
-        s.complete(&k, "a").await.unwrap();
+        let a = got(s.claim(&k, "a", LEASE, 0).await.unwrap(), 0, false);
+        s.complete(&k, a).await.unwrap();
         tokio::time::advance(Duration::from_secs(61)).await;
-        assert_eq!(
-            s.claim(&k, "b", LEASE, 0).await.unwrap(),
-            Claim::Acquired { failed_runs: 0 }
-        );
+        got(s.claim(&k, "b", LEASE, 0).await.unwrap(), 0, false);
     }
 
     #[tokio::test(start_paused = true)]
     async fn capacity_evicts_finished_keys_and_refuses_when_all_are_live() {
         let s = MemoryStore::new(2, Duration::from_secs(3600));
+        let mut fences = Vec::new();
         for i in 0..2 {
             let k = Key::new(&format!("k{i}"));
-            s.claim(&k, "a", LEASE, 0).await.unwrap();
+            fences.push(got(s.claim(&k, "a", LEASE, 0).await.unwrap(), 0, false));
         }
         assert!(matches!(
             s.claim(&Key::new("k2"), "a", LEASE, 0).await,
             Err(StoreError::Full { capacity: 2 })
         ));
-        s.complete(&Key::new("k0"), "a").await.unwrap();
+        s.complete(&Key::new("k0"), fences[0]).await.unwrap();
         assert!(s.claim(&Key::new("k2"), "a", LEASE, 0).await.is_ok());
         assert_eq!(s.len(), 2);
     }

@@ -1,19 +1,61 @@
-//! Idempotency: deduplication with leases over a [`Store`].
+//! Idempotency: deduplication with fenced leases over a [`Store`].
+//!
+//! **Keyspaces.** Every key goes into its consumer's [`Keyspace`]: the
+//! message's source queue or topic, its Kafka group, and the optional
+//! [`Config::service`](Config#structfield.service) added, so consumers that
+//! share a store never skip each other's messages. The store's [`Layout`]
+//! (checked on start against the user's [`KeyLayout`]) can keep the first
+//! release's global keys instead, or, during a migration window, read and
+//! hold each message's global key as well (see [`layout`]).
 //!
 //! Per message with a key ([`KeySource`]): claim the key's lease; a
 //! completed or dead-lettered key is a [`Outcome::Duplicate`] (acked); a key
 //! another live owner holds is [`Error::Busy`] (deferred, never spun). While
-//! the inner stack runs, the lease is renewed every lease/3 (one background task per layer
-//! renews all the leases it holds). Then:
+//! the inner stack runs, the lease is renewed every lease/3 (one background
+//! task per layer renews all the leases it holds, in one batch). Then:
 //! `Handled` completes the key, `DeadLettered` marks it dead-lettered,
-//! `Deferred` releases it and records the failed runs, an error releases it.
-//! If the future is dropped, a guard releases the key without counting an
-//! attempt. A store that is down defers the message ([`Error::Store`]).
+//! `Deferred` releases it and records the failed runs, a DLQ write that was
+//! not confirmed releases it keeping the letter ([`Store::defer_letter`]),
+//! another error releases it. A claim that finds a letter pending
+//! ([`Claim::LetterPending`]) hands it to the dead-letter layer as a
+//! [`PendingLetter`], which writes only
+//! that letter, with the original failure, without running the handler.
+//! Every one of these names the lease's [`Fence`], so a run whose lease was
+//! lost can settle nothing. If the future is dropped, a guard releases the
+//! key without counting an attempt. A store that is down defers the message
+//! ([`Error::Store`]).
+//!
+//! **Lost leases.** The inner layers see a child of the request's
+//! cancellation token that also fires when the lease is lost: the store
+//! refused a renewal (the lease was taken over), or no renewal got through
+//! for a whole lease. The handler's [`Context::cancellation`](crate::Context::cancellation)
+//! fires, retries stop, and the message is left for redelivery; a completion
+//! that still arrives is refused by the fence. The handler's effects between
+//! the loss and its noticing the token are outside the fence: fence them in
+//! the same database (the PostgreSQL inbox checks the token inside its
+//! transaction), or keep the lease well above the store's worst outage.
+//!
+//! **Crashes.** A claim that takes over an expired lease (its owner never
+//! released it: the process died, or hung past its lease) counts one failed
+//! run and marks the message a [`Suspect`]. A suspect runs alone: it waits
+//! until nothing else of this layer is in flight, and nothing else starts
+//! until it ends, so a repeat crash charges only it. Once its attempts are
+//! spent it is dead-lettered as [`ErrorKind::Crashed`](crate::ErrorKind::Crashed)
+//! without running. Leases released on shutdown, revoke, a deferral or a
+//! dropped future never count (a future dropped at the shutdown deadline
+//! releases from a spawned task: if the process exits first, that lease
+//! expires and counts). Without a shared durable store (the
+//! [`MemoryStore`] dies with the process) nothing counts crashes: the
+//! broker's own limits bound the loop (RabbitMQ quorum queues'
+//! `x-delivery-limit`), and on Kafka nothing does.
 
+mod claim;
 pub mod contract;
 mod guard;
 mod key;
+mod keyspace;
 mod layer;
+pub mod layout;
 mod memory;
 mod namespaced;
 pub mod outage;
@@ -21,10 +63,12 @@ mod renew;
 mod store;
 
 pub use self::key::{Key, KeySource, MAX_KEY_LEN};
+pub use self::keyspace::Keyspace;
 pub use self::layer::IdempotencyLayer;
+pub use self::layout::{KeyLayout, Layout, LayoutError};
 pub use self::memory::MemoryStore;
 pub use self::namespaced::Namespaced;
-pub use self::store::{Claim, Store};
+pub use self::store::{Claim, ClaimOf, Fence, Held, MAX_LETTER_TEXT, Store};
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -33,11 +77,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use tokio::sync::RwLock;
 use tower::Service;
 
+use self::claim::{Keys, claim, settle};
 use self::guard::LeaseGuard;
 use self::renew::Renewer;
-use crate::{Error, Outcome, Request, attempt};
+use crate::dead_letter::PendingLetter;
+use crate::{Error, Outcome, Request};
 
 /// How the idempotency layer keys and leases messages.
 #[derive(Clone, Debug)]
@@ -48,6 +95,10 @@ pub struct Config {
     pub lease: Duration,
     /// This worker's name in lease owners (unique per process by default).
     pub worker: String,
+    /// A service name added to every message's [`Keyspace`] (never in
+    /// place of its source): for two services that consume one queue or
+    /// group under one name and must deduplicate apart.
+    pub service: Option<String>,
 }
 
 impl Default for Config {
@@ -56,6 +107,7 @@ impl Default for Config {
             key: KeySource::default(),
             lease: Duration::from_secs(30),
             worker: crate::message::new_message_id(),
+            service: None,
         }
     }
 }
@@ -68,9 +120,44 @@ impl Config {
             ..Config::default()
         }
     }
+
+    /// Adds `name` to every message's keyspace (see [`Config::service`](Config#structfield.service)).
+    #[must_use]
+    pub fn service(mut self, name: impl Into<String>) -> Self {
+        self.service = Some(name.into());
+        self
+    }
 }
 
 static NEXT_OWNER: AtomicU64 = AtomicU64::new(0);
+
+/// In a request's extensions while its run holds a lease: the key as the
+/// store keeps it and the lease's fencing token, for wrappers that check the
+/// fence inside their own transaction (the PostgreSQL inbox).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseToken {
+    /// The key as stored (namespaces applied, see [`Store::storage_key`]).
+    pub key: Key,
+    /// The lease's fencing token.
+    pub fence: Fence,
+    /// The failed runs the store has on record for the key (crashed runs
+    /// included): the count to trust over any header, so this run is
+    /// attempt `failed_runs + 1` at the most that the store can confirm.
+    pub failed_runs: u32,
+}
+
+/// In a request's extensions when its previous run ended without a result
+/// (its lease was taken over after expiry): the message is a suspect, runs
+/// alone, and is dead-lettered as `crashed` once its attempts are spent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Suspect {
+    /// Failed runs on record, the crashed ones included.
+    pub failed_runs: u32,
+}
+
+/// Lets a suspect run alone: every run holds a shared permit, a suspect the
+/// exclusive one.
+pub(crate) type Gate = Arc<RwLock<()>>;
 
 /// The idempotency service; see the [module docs](self).
 #[derive(Clone)]
@@ -79,6 +166,7 @@ pub struct Idempotency<S> {
     store: Arc<dyn Store>,
     config: Arc<Config>,
     renewer: Arc<Renewer>,
+    gate: Gate,
 }
 
 impl<S> std::fmt::Debug for Idempotency<S> {
@@ -104,7 +192,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<T>) -> Self::Future {
-        let Some(key) = self.config.key.key_of(&request) else {
+        let Some(raw) = self.config.key.key_of(&request) else {
             return Box::pin(self.inner.call(request));
         };
         let clone = self.inner.clone();
@@ -112,6 +200,7 @@ where
         let store = Arc::clone(&self.store);
         let config = Arc::clone(&self.config);
         let renewer = Arc::clone(&self.renewer);
+        let gate = Arc::clone(&self.gate);
         Box::pin(async move {
             // `<worker>/<n>`, written into one allocation of the right size.
             let mut owner = String::with_capacity(config.worker.len() + 21);
@@ -119,50 +208,79 @@ where
             owner.push('/');
             let _ = write!(owner, "{}", NEXT_OWNER.fetch_add(1, Ordering::Relaxed));
             let replay = request.message().replayed();
-            let claim = store
-                .claim(&key, &owner, config.lease, replay)
-                .await
-                .map_err(Error::Store)?;
-            let failed_runs = match claim {
-                Claim::Acquired { failed_runs } => failed_runs,
-                Claim::Completed | Claim::DeadLettered => return Ok(Outcome::Duplicate),
-                Claim::Busy { .. } => {
-                    return Err(Error::Busy {
-                        key: key.to_string(),
-                    });
-                }
+            let layout = store.layout().await.map_err(Error::Store)?;
+            let keys = Keys::of(
+                layout,
+                raw,
+                &request.message().meta,
+                config.service.as_deref(),
+            );
+            // Taken before the claim, so a run waiting behind a suspect holds no lease.
+            let shared = gate.clone().read_owned().await;
+            let mut claimed = tokio::time::Instant::now();
+            let mut lease = match claim(&*store, &keys, &owner, config.lease, replay).await {
+                Ok(lease) => lease,
+                Err(end) => return end,
             };
-            request.set_attempt(attempt::resume(request.attempt(), failed_runs));
-            let guard = LeaseGuard::hold(Arc::clone(&store), renewer, config.lease, key, owner);
-            let result = inner.call(request).await;
-            let (key, owner) = (guard.key(), guard.owner());
-            let lost = |held: bool| {
-                if !held {
-                    tracing::warn!(%key, "the lease was lost before the result was recorded; another run of this message may have happened");
-                }
+            let (_shared, _alone) = if lease.crashed {
+                // A suspect runs alone. It waits for that without a lease:
+                // if the run ahead of it kills the process, this one's count
+                // must not grow. The takeover's count stays recorded.
+                tracing::warn!(key = %keys.key, failed_runs = lease.failed_runs, "the previous run of this message ended without a result; running it alone");
+                drop(shared);
+                lease.release(&*store, &keys).await?;
+                let alone = gate.write_owned().await;
+                claimed = tokio::time::Instant::now();
+                lease = match claim(&*store, &keys, &owner, config.lease, replay).await {
+                    Ok(lease) => lease,
+                    Err(end) => return end,
+                };
+                request.extensions.insert(Suspect {
+                    failed_runs: lease.failed_runs,
+                });
+                (None, Some(alone))
+            } else {
+                (Some(shared), None)
             };
-            let settled = match &result {
-                Ok(Outcome::Handled) => store.complete(key, owner).await.map(lost),
-                Ok(Outcome::DeadLettered { .. }) => store.dead_letter(key, owner).await.map(lost),
-                Ok(Outcome::Deferred { attempt, .. }) => {
-                    store
-                        .release(key, owner, Some(attempt.saturating_sub(1)))
-                        .await
-                }
-                Ok(Outcome::Duplicate) => store.release(key, owner, None).await,
-                // A DLQ or retry write that failed keeps the failed runs, so a
-                // redelivery only retries the write; an outage or shutdown counts none.
-                Err(error) => store.release(key, owner, error.failed_runs()).await,
-            };
-            if let Err(error) = settled {
-                // The message's fate is settled; the lease expires by itself.
-                tracing::warn!(%error, %key, "could not record the key's state in the idempotency store");
+            request.confirm_failed_runs(lease.failed_runs);
+            if let Some(failure) = lease.letter.take() {
+                // The run failed before and its letter is still to be written:
+                // the dead-letter layer writes only that letter.
+                request.extensions.insert(PendingLetter(failure));
             }
-            guard.finish();
+            let lost = request.cancellation().child_token();
+            request.set_cancellation(lost.clone());
+            request.extensions.insert(LeaseToken {
+                key: store.storage_key(&keys.key),
+                fence: lease.fence,
+                failed_runs: lease.failed_runs,
+            });
+            let guards: Vec<LeaseGuard> = lease
+                .held(&keys)
+                .into_iter()
+                .map(|(key, fence)| {
+                    LeaseGuard::hold(
+                        Arc::clone(&store),
+                        Arc::clone(&renewer),
+                        config.lease,
+                        key,
+                        fence,
+                        claimed,
+                        lost.clone(),
+                    )
+                })
+                .collect();
+            let result = inner.call(request).await;
+            for guard in guards {
+                settle(&*store, guard.key(), guard.fence(), &result).await;
+                guard.finish();
+            }
             result
         })
     }
 }
 
+#[cfg(test)]
+mod keyspace_tests;
 #[cfg(test)]
 mod tests;

@@ -2,8 +2,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Claim, Key, Store};
-use crate::StoreError;
+use super::{Claim, ClaimOf, Fence, Held, Key, Store};
+use crate::{Failure, StoreError};
 
 /// A [`Store`] whose keys all live in one namespace: every key is stored as
 /// `<namespace>:<key>` in the inner store; everything else is forwarded.
@@ -17,7 +17,11 @@ use crate::StoreError;
 /// again. `--mode redeliver` leaves the epoch, hence the namespace, as it
 /// was: the store still knows the keys and skips what was done (those
 /// messages are acked as duplicates). Keys of old epochs stay in the inner
-/// store until its TTL forgets them.
+/// store until its TTL forgets them. The idempotency layer puts each key in
+/// its consumer's [`Keyspace`](super::Keyspace) before the store sees it, so
+/// a stored key reads `<namespace>:<keyspace>:<key>` (for example
+/// `epoch-3:orders#billing:order-42`): wrappers outermost, in the order they
+/// wrap, then the keyspace, then the key.
 ///
 /// The inner store may be shared: `Namespaced<Arc<S>>` (also with
 /// `S = dyn Store`) is a store too, so one store can serve several
@@ -54,6 +58,24 @@ impl<S> Namespaced<S> {
     pub fn key(&self, key: &Key) -> Key {
         Key::new(&format!("{}:{}", escape(&self.namespace), key.as_str()))
     }
+
+    /// The stored keys of `keys`, in order.
+    fn keys<'a>(&self, keys: impl Iterator<Item = &'a Key>) -> Vec<Key> {
+        keys.map(|key| self.key(key)).collect()
+    }
+}
+
+impl Namespaced<()> {
+    /// `held` with each key replaced by its stored key (`keys`, in order).
+    fn held<'a>(held: &[Held<'_>], keys: &'a [Key]) -> Vec<Held<'a>> {
+        held.iter()
+            .zip(keys)
+            .map(|(h, key)| Held {
+                key,
+                fence: h.fence,
+            })
+            .collect()
+    }
 }
 
 /// `namespace` with `%` and `:` percent-escaped (unchanged when it has neither).
@@ -64,7 +86,8 @@ fn escape(namespace: &str) -> Cow<'_, str> {
     Cow::Owned(namespace.replace('%', "%25").replace(':', "%3A"))
 }
 
-/// Forwards every operation to `$inner` (a `&impl Store` or `&dyn Store`) with the namespaced key.
+/// Forwards every operation to `$inner` (a `&impl Store` or `&dyn Store`)
+/// with the namespaced key; batches stay batches.
 macro_rules! forward {
     ($ty:ty, [$($bounds:tt)*], |$s:ident| $inner:expr) => {
         #[async_trait::async_trait]
@@ -84,35 +107,94 @@ macro_rules! forward {
             async fn renew(
                 &self,
                 key: &Key,
-                owner: &str,
+                fence: Fence,
                 lease: Duration,
             ) -> Result<bool, StoreError> {
                 let $s = self;
                 let inner = $inner;
-                inner.renew(&self.key(key), owner, lease).await
+                inner.renew(&self.key(key), fence, lease).await
             }
 
-            async fn complete(&self, key: &Key, owner: &str) -> Result<bool, StoreError> {
+            async fn complete(&self, key: &Key, fence: Fence) -> Result<bool, StoreError> {
                 let $s = self;
                 let inner = $inner;
-                inner.complete(&self.key(key), owner).await
+                inner.complete(&self.key(key), fence).await
             }
 
-            async fn dead_letter(&self, key: &Key, owner: &str) -> Result<bool, StoreError> {
+            async fn dead_letter(&self, key: &Key, fence: Fence) -> Result<bool, StoreError> {
                 let $s = self;
                 let inner = $inner;
-                inner.dead_letter(&self.key(key), owner).await
+                inner.dead_letter(&self.key(key), fence).await
             }
 
             async fn release(
                 &self,
                 key: &Key,
-                owner: &str,
+                fence: Fence,
                 failed_runs: Option<u32>,
             ) -> Result<(), StoreError> {
                 let $s = self;
                 let inner = $inner;
-                inner.release(&self.key(key), owner, failed_runs).await
+                inner.release(&self.key(key), fence, failed_runs).await
+            }
+
+            async fn defer_letter(
+                &self,
+                key: &Key,
+                fence: Fence,
+                letter: &Failure,
+            ) -> Result<bool, StoreError> {
+                let $s = self;
+                let inner = $inner;
+                inner.defer_letter(&self.key(key), fence, letter).await
+            }
+
+            async fn layout(&self) -> Result<super::Layout, StoreError> {
+                let $s = self;
+                let inner = $inner;
+                inner.layout().await
+            }
+
+            fn storage_key(&self, key: &Key) -> Key {
+                let $s = self;
+                let inner = $inner;
+                inner.storage_key(&self.key(key))
+            }
+
+            async fn claim_many(
+                &self,
+                claims: &[ClaimOf<'_>],
+                lease: Duration,
+            ) -> Vec<Result<Claim, StoreError>> {
+                let $s = self;
+                let inner = $inner;
+                let keys = self.keys(claims.iter().map(|c| c.key));
+                let claims: Vec<ClaimOf<'_>> = claims
+                    .iter()
+                    .zip(&keys)
+                    .map(|(c, key)| ClaimOf { key, ..*c })
+                    .collect();
+                inner.claim_many(&claims, lease).await
+            }
+
+            async fn renew_many(
+                &self,
+                held: &[Held<'_>],
+                lease: Duration,
+            ) -> Vec<Result<bool, StoreError>> {
+                let $s = self;
+                let inner = $inner;
+                let keys = self.keys(held.iter().map(|h| h.key));
+                let held = Namespaced::<()>::held(held, &keys);
+                inner.renew_many(&held, lease).await
+            }
+
+            async fn complete_many(&self, held: &[Held<'_>]) -> Vec<Result<bool, StoreError>> {
+                let $s = self;
+                let inner = $inner;
+                let keys = self.keys(held.iter().map(|h| h.key));
+                let held = Namespaced::<()>::held(held, &keys);
+                inner.complete_many(&held).await
             }
         }
     };
@@ -130,13 +212,25 @@ mod tests {
 
     const LEASE: Duration = Duration::from_secs(30);
 
-    fn acquired() -> Claim {
-        Claim::Acquired { failed_runs: 0 }
+    /// The fence of an acquired claim with no failed runs; panics otherwise.
+    fn acquired(claim: Claim) -> Fence {
+        acquired_after(claim, 0)
+    }
+
+    fn acquired_after(claim: Claim, runs: u32) -> Fence {
+        match claim {
+            Claim::Acquired {
+                fence,
+                failed_runs,
+                crashed: false,
+            } if failed_runs == runs => fence,
+            other => panic!("expected Acquired with {runs} failed runs, got {other:?}"),
+        }
     }
 
     async fn complete(store: &dyn Store, key: &Key) {
-        assert_eq!(store.claim(key, "w", LEASE, 0).await.unwrap(), acquired());
-        assert!(store.complete(key, "w").await.unwrap());
+        let fence = acquired(store.claim(key, "w", LEASE, 0).await.unwrap());
+        assert!(store.complete(key, fence).await.unwrap());
     }
 
     #[tokio::test]
@@ -160,22 +254,14 @@ mod tests {
             Claim::Completed,
             "a new wrapper on the same namespace (a restarted worker) sees it"
         );
-        assert_eq!(
-            b.claim(&key, "w4", LEASE, 0).await.unwrap(),
-            acquired(),
-            "not a duplicate in another namespace"
-        );
-        assert!(b.complete(&key, "w4").await.unwrap());
+        let fence = acquired(b.claim(&key, "w4", LEASE, 0).await.unwrap());
+        assert!(b.complete(&key, fence).await.unwrap());
         assert_eq!(
             b.claim(&key, "w5", LEASE, 0).await.unwrap(),
             Claim::Completed
         );
         assert_eq!(shared.len(), 2, "one entry per namespace");
-        assert_eq!(
-            shared.claim(&key, "w6", LEASE, 0).await.unwrap(),
-            acquired(),
-            "the bare key is untouched"
-        );
+        acquired(shared.claim(&key, "w6", LEASE, 0).await.unwrap());
     }
 
     #[tokio::test]
@@ -184,32 +270,44 @@ mod tests {
         let key = Key::new("k");
         let stored = store.key(&key);
         assert_eq!(stored.as_str(), "ns:k");
-        assert_eq!(store.claim(&key, "w", LEASE, 0).await.unwrap(), acquired());
-        assert!(store.renew(&key, "w", LEASE).await.unwrap());
+        let w = acquired(store.claim(&key, "w", LEASE, 0).await.unwrap());
+        assert!(store.renew(&key, w, LEASE).await.unwrap());
         assert!(
-            !store.inner().renew(&key, "w", LEASE).await.unwrap(),
+            !store.inner().renew(&key, w, LEASE).await.unwrap(),
             "the bare key holds no lease"
         );
-        assert!(store.inner().renew(&stored, "w", LEASE).await.unwrap());
-        store.release(&key, "w", Some(2)).await.unwrap();
-        assert_eq!(
+        assert!(store.inner().renew(&stored, w, LEASE).await.unwrap());
+        store.release(&key, w, Some(2)).await.unwrap();
+        let x = acquired_after(
             store.inner().claim(&stored, "x", LEASE, 0).await.unwrap(),
-            Claim::Acquired { failed_runs: 2 }
+            2,
         );
-        store.inner().release(&stored, "x", None).await.unwrap();
-        assert_eq!(
-            store.claim(&key, "y", LEASE, 0).await.unwrap(),
-            Claim::Acquired { failed_runs: 2 }
-        );
-        assert!(store.dead_letter(&key, "y").await.unwrap());
+        store.inner().release(&stored, x, None).await.unwrap();
+        let y = acquired_after(store.claim(&key, "y", LEASE, 0).await.unwrap(), 2);
+        assert!(store.dead_letter(&key, y).await.unwrap());
         assert_eq!(
             store.inner().claim(&stored, "z", LEASE, 0).await.unwrap(),
             Claim::DeadLettered
         );
+        let z = acquired(store.claim(&key, "z", LEASE, 1).await.unwrap());
+        let held = [Held {
+            key: &key,
+            fence: z,
+        }];
         assert_eq!(
-            store.claim(&key, "z", LEASE, 1).await.unwrap(),
-            acquired(),
-            "a redrive is admitted once"
+            store
+                .renew_many(&held, LEASE)
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .collect::<Vec<_>>(),
+            [true],
+            "batches reach the namespaced key"
+        );
+        assert!(store.complete_many(&held).await[0].as_ref().unwrap());
+        assert_eq!(
+            store.inner().claim(&stored, "v", LEASE, 2).await.unwrap(),
+            Claim::Completed
         );
     }
 

@@ -3,13 +3,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use super::{Key, Store};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-/// Renews every lease a layer holds, from one background task, every lease/3.
+use super::{Fence, Held, Key, Store};
+
+/// Renews every lease a layer holds, from one background task, every
+/// lease/3, with one [`Store::renew_many`] per turn.
 ///
 /// One task per layer instead of a timer per message: a message's
 /// [`LeaseGuard`](super::guard::LeaseGuard) registers its lease on the way in
-/// and removes it on the way out.
+/// and removes it on the way out. A lease the store refuses to renew (taken
+/// over, or gone), or one that could not be renewed for a whole lease
+/// (the store is unreachable), is lost: its cancellation token fires, so
+/// the run it fences stops instead of running beside its successor.
 pub(crate) struct Renewer {
     leases: Arc<Mutex<Leases>>,
     next: AtomicU64,
@@ -19,11 +26,14 @@ pub(crate) struct Renewer {
 /// The held leases by id (foldhash: an insert and a removal per message).
 type Leases = HashMap<u64, Arc<Lease>, foldhash::fast::RandomState>;
 
-/// A held lease: the key and the owner that holds it.
+/// A held lease: the key, its fencing token, and the token to cancel its run.
 #[derive(Debug)]
 pub(crate) struct Lease {
     pub(crate) key: Key,
-    pub(crate) owner: String,
+    pub(crate) fence: Fence,
+    pub(crate) cancel: CancellationToken,
+    /// When the store last confirmed the lease (at the claim, then each renewal).
+    pub(crate) confirmed: Mutex<Instant>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -79,7 +89,7 @@ fn spawn(
 ) -> tokio::task::JoinHandle<()> {
     let period = (lease / 3).max(Duration::from_millis(1));
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut tick = tokio::time::interval_at(Instant::now() + period, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
@@ -88,21 +98,55 @@ fn spawn(
             };
             let held: Vec<Arc<Lease>> = lock(&leases).values().cloned().collect();
             drop(leases);
-            // Concurrently, each bounded by the period: one slow renewal must
-            // not let the other leases expire.
-            let renewals = held.iter().map(|held| {
-                let (key, owner) = (&held.key, &held.owner);
-                let store = &store;
-                async move {
-                    match tokio::time::timeout(period, store.renew(key, owner, lease)).await {
-                        Ok(Ok(true)) => {}
-                        Ok(Ok(false)) => tracing::debug!(%key, "lease gone at renewal (finished, or taken over after expiry)"),
-                        Ok(Err(error)) => tracing::warn!(%error, %key, "lease renewal failed"),
-                        Err(_) => tracing::warn!(%key, "lease renewal timed out"),
-                    }
-                }
-            });
-            futures::future::join_all(renewals).await;
+            if held.is_empty() {
+                continue;
+            }
+            renew_all(&*store, &held, lease, period).await;
         }
     })
+}
+
+/// One renewal turn: one batch, bounded by `period` so a slow store cannot
+/// let the leases run out unnoticed.
+async fn renew_all(store: &dyn Store, held: &[Arc<Lease>], lease: Duration, period: Duration) {
+    let batch: Vec<Held<'_>> = held
+        .iter()
+        .map(|l| Held {
+            key: &l.key,
+            fence: l.fence,
+        })
+        .collect();
+    let sent = Instant::now();
+    let answers = tokio::time::timeout(period, store.renew_many(&batch, lease)).await;
+    for (i, held) in held.iter().enumerate() {
+        let key = &held.key;
+        let answer = match &answers {
+            Ok(answers) => answers.get(i),
+            Err(_) => None,
+        };
+        match answer {
+            Some(Ok(true)) => *lock(&held.confirmed) = sent,
+            Some(Ok(false)) => {
+                tracing::warn!(%key, fence = %held.fence, "lease lost (taken over after expiry, or gone); cancelling its run");
+                held.cancel.cancel();
+            }
+            Some(Err(error)) => {
+                tracing::warn!(%error, %key, "lease renewal failed");
+                cancel_if_expired(held, lease);
+            }
+            None => {
+                tracing::warn!(%key, "lease renewal timed out");
+                cancel_if_expired(held, lease);
+            }
+        }
+    }
+}
+
+/// A lease the store has not confirmed for a whole lease may be taken over
+/// by now: its run is cancelled.
+fn cancel_if_expired(held: &Lease, lease: Duration) {
+    if lock(&held.confirmed).elapsed() >= lease {
+        tracing::warn!(key = %held.key, "lease could not be renewed before it ran out; cancelling its run");
+        held.cancel.cancel();
+    }
 }

@@ -3,9 +3,10 @@ use std::time::Duration;
 use super::MemoryBroker;
 use crate::dead_letter::DeadLetterSink;
 use crate::retry::RetrySink;
-use crate::{Message, SinkError, wire};
+use crate::{Message, SinkError};
 
-/// The in-memory broker's DLQ writer: `<original source>.dlq` unless told otherwise.
+/// The in-memory broker's DLQ writer: `<queue>.dlq` of the queue the
+/// message was consumed from ([`Meta::origin`](crate::Meta::origin)) unless told otherwise.
 #[derive(Clone, Debug)]
 pub struct MemoryDeadLetterSink {
     pub(crate) broker: MemoryBroker,
@@ -16,12 +17,6 @@ pub fn dlq_name(queue: &str) -> String {
     format!("{queue}.dlq")
 }
 
-fn origin(message: &Message) -> &str {
-    message
-        .header(wire::ORIGINAL_SOURCE)
-        .unwrap_or(&message.meta.source)
-}
-
 #[async_trait::async_trait]
 impl DeadLetterSink for MemoryDeadLetterSink {
     async fn dead_letter(
@@ -29,7 +24,7 @@ impl DeadLetterSink for MemoryDeadLetterSink {
         letter: Message,
         destination: Option<&str>,
     ) -> Result<(), SinkError> {
-        let destination = destination.map_or_else(|| dlq_name(origin(&letter)), str::to_owned);
+        let destination = destination.map_or_else(|| dlq_name(letter.meta.origin()), str::to_owned);
         self.broker
             .publish_now(&destination, letter)
             .map_err(|source| SinkError::Publish {

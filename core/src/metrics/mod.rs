@@ -8,6 +8,17 @@
 //! | `backstop_messages_total` | counter | `outcome`: handled, dead_lettered, deferred, duplicate, nacked |
 //! | `backstop_handler_duration_seconds` | histogram | `outcome` |
 //! | `backstop_in_flight` | gauge | |
+//! | `backstop_digest_id_merges_total` | counter | |
+//! | `backstop_breaker_state` | gauge | (0 closed, 1 half-open, 2 open, 3 paused; see [`breaker`](crate::breaker)) |
+//! | `backstop_runner_halted` | gauge | (set by the [`Runner`](crate::Runner), see [`HALTED`](crate::runner::HALTED)) |
+//!
+//! `backstop_digest_id_merges_total` counts messages without a message id
+//! or a payload key, identified by a digest of their content
+//! ([`IdSource::Digest`](crate::IdSource::Digest)), that arrived as a first
+//! delivery (not a redelivery) and were acked as a duplicate: an identical
+//! message was seen before, either the producer's republish of the same
+//! message or a second, legitimately identical one merged with the first
+//! (see [`inbound`](crate::inbound)).
 
 mod keys;
 mod layer;
@@ -29,6 +40,8 @@ pub const MESSAGES_TOTAL: &str = "backstop_messages_total";
 pub const HANDLER_DURATION: &str = "backstop_handler_duration_seconds";
 /// Messages in the stack right now.
 pub const IN_FLIGHT: &str = "backstop_in_flight";
+/// First deliveries of id-less, key-less messages acked as duplicates of an identical one.
+pub const DIGEST_ID_MERGES: &str = "backstop_digest_id_merges_total";
 
 /// Describes backstop's metrics to the installed recorder (once per process).
 pub fn describe() {
@@ -41,6 +54,14 @@ pub fn describe() {
             "Time a message spent in the stack"
         );
         metrics::describe_gauge!(IN_FLIGHT, "Messages being processed");
+        metrics::describe_gauge!(
+            crate::breaker::BREAKER_STATE,
+            "The runner's kill switch: 0 closed, 1 half-open, 2 open, 3 paused"
+        );
+        metrics::describe_counter!(
+            DIGEST_ID_MERGES,
+            "First deliveries of id-less, key-less messages acked as duplicates of an identical message"
+        );
     });
 }
 
@@ -103,6 +124,9 @@ where
             attempt = request.attempt(),
             outcome = tracing::field::Empty,
         );
+        let may_merge = meta.id_source == crate::IdSource::Digest
+            && !meta.redelivered
+            && request.payload_key().is_none();
         let future = {
             let _entered = span.enter();
             self.inner.call(request)
@@ -117,6 +141,12 @@ where
                 let label = label(&result);
                 record.record("outcome", label);
                 keys::keys_of(&result).record(start.elapsed().as_secs_f64());
+                if may_merge && matches!(result, Ok(Outcome::Duplicate)) {
+                    metrics::counter!(DIGEST_ID_MERGES).increment(1);
+                    tracing::info!(
+                        "an id-less message was acked as a duplicate of an identical one"
+                    );
+                }
                 if let Err(error) = &result {
                     tracing::info!(%error, "message not settled, it will be redelivered");
                 }
@@ -188,5 +218,44 @@ mod tests {
             .find(|(k, _, _, _)| k.key().name() == IN_FLIGHT)
             .map(|(_, _, _, v)| v);
         assert!(matches!(gauge, Some(DebugValue::Gauge(g)) if g.into_inner() == 0.0));
+    }
+
+    #[test]
+    fn duplicates_of_id_less_first_deliveries_count_as_digest_merges() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let svc = MetricsLayer::new().layer(service_fn(|_r: Request<String>| async {
+                    Ok::<_, Error>(Outcome::Duplicate)
+                }));
+                for redelivered in [false, false, true] {
+                    let message = crate::inbound::amqp(crate::inbound::AmqpDelivery {
+                        queue: "q".into(),
+                        redelivered,
+                        body: bytes::Bytes::from_static(b"\"same\""),
+                        ..crate::inbound::AmqpDelivery::default()
+                    });
+                    let request = Request::decode(message, crate::CancellationToken::new(), None);
+                    let _ = svc.clone().oneshot(request).await;
+                }
+                // A producer's id is no digest: never counted.
+                let _ = svc.clone().oneshot(request("x")).await;
+            });
+        });
+        let merges = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .find(|(k, _, _, _)| k.key().name() == DIGEST_ID_MERGES)
+            .map(|(_, _, _, v)| v);
+        assert!(
+            matches!(merges, Some(DebugValue::Counter(2))),
+            "two first deliveries merged, the redelivery is not a merge: {merges:?}"
+        );
     }
 }

@@ -32,15 +32,19 @@ impl<S> CatchPanic<S> {
     }
 }
 
-fn panic_error(payload: Box<dyn Any + Send>) -> HandlerError {
-    let text = if let Some(s) = payload.downcast_ref::<&str>() {
+/// The text of a panic's payload (a `&str` or `String` message).
+pub(crate) fn panic_text(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {
         s.clone()
     } else {
         "non-string panic payload".to_owned()
-    };
-    HandlerError::permanent_with(ErrorKind::Panic, Panicked(text))
+    }
+}
+
+fn panic_error(payload: Box<dyn Any + Send>) -> HandlerError {
+    HandlerError::permanent_with(ErrorKind::Panic, Panicked(panic_text(&*payload)))
 }
 
 impl<S, R> tower::Service<R> for CatchPanic<S>

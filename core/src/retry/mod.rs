@@ -5,7 +5,11 @@
 //! out. Short delays are slept in process; longer ones are handed to a
 //! [`RetrySink`] and the message yields [`Outcome::Deferred`]. Its error is
 //! [`Error::Failed`] for the dead-letter layer, or [`Error::Retry`] when the
-//! republish was not confirmed.
+//! republish was not confirmed. A republish that can never succeed
+//! ([`SinkError::is_permanent`](crate::SinkError::is_permanent): the delay
+//! queue or retry topic is missing, refuses the copy's size, or the sink
+//! cannot serve the message) is not retried forever: the message is
+//! dead-lettered with its failure and the sink's error in the letter's text.
 
 mod layer;
 mod policy;
@@ -52,13 +56,29 @@ impl<S> Retry<S> {
     }
 }
 
-fn exhausted_on_arrival(request_attempt: u32, max: u32) -> Failure {
+/// The failure of a delivery whose attempts were spent before it arrived:
+/// `crashed` if its last run ended without a result (a suspect, see
+/// [`idempotency`](crate::idempotency)), else `exhausted`.
+fn exhausted_on_arrival(request_attempt: u32, max: u32, suspect: bool) -> Failure {
     let now = SystemTime::now();
+    let (kind, message) = if suspect {
+        (
+            crate::ErrorKind::Crashed,
+            format!(
+                "attempt {request_attempt} exceeds the maximum of {max} attempts and the last run ended without a result (the process died or hung past its lease); not run again"
+            ),
+        )
+    } else {
+        (
+            crate::ErrorKind::Exhausted,
+            format!(
+                "attempt {request_attempt} exceeds the maximum of {max} attempts (counted across deliveries)"
+            ),
+        )
+    };
     Failure {
-        kind: crate::ErrorKind::Exhausted,
-        message: format!(
-            "attempt {request_attempt} exceeds the maximum of {max} attempts (counted across deliveries)"
-        ),
+        kind,
+        message,
         attempts: request_attempt.saturating_sub(1),
         first_failure: now,
         last_failure: now,
@@ -85,10 +105,17 @@ where
         let sink = self.sink.clone();
         Box::pin(async move {
             let max = policy.max_attempts;
-            let mut attempt = request.attempt();
-            if attempt > max {
-                return Err(Error::Failed(exhausted_on_arrival(attempt, max)));
-            }
+            let mut attempt =
+                match attempt::admit(request.attempt(), request.confirmed_attempt(), max) {
+                    Ok(attempt) => attempt,
+                    Err(confirmed) => {
+                        let suspect = request
+                            .extensions
+                            .get::<crate::idempotency::Suspect>()
+                            .is_some();
+                        return Err(Error::Failed(exhausted_on_arrival(confirmed, max, suspect)));
+                    }
+                };
             let started = tokio::time::Instant::now();
             let mut first_failure = request
                 .message()
@@ -142,22 +169,49 @@ where
                     return Err(Error::Failed(failure(*kind)));
                 }
                 tracing::debug!(attempt, ?delay, error = %error, "transient failure, retrying");
+                // A sleep that would outlive the delivery's unacked-time
+                // budget goes through the broker instead.
+                let past_deadline = request
+                    .deadline()
+                    .is_some_and(|deadline| tokio::time::Instant::now() + delay >= deadline);
                 match &sink {
-                    Some(sink) if delay > policy.in_process_limit => {
+                    Some(sink) if delay > policy.in_process_limit || past_deadline => {
                         let due = now + delay;
                         let copy = copy::retry(request.message(), attempt + 1, due, first);
-                        sink.retry_later(copy, delay)
-                            .await
-                            .map_err(|source| Error::Retry {
-                                source,
-                                attempts: attempt,
-                            })?;
+                        match sink.retry_later(copy, delay).await {
+                            Ok(()) => {}
+                            // A copy that can never be written: the message
+                            // cannot wait its delay anywhere, so it is
+                            // dead-lettered with its failure instead of looping.
+                            Err(source) if source.is_permanent() => {
+                                tracing::error!(attempt, error = %source, "the delayed-retry copy can never be written; dead-lettering the message");
+                                let mut failure = failure(*kind);
+                                failure.message = format!(
+                                    "{}; its delayed retry could not be written: {}",
+                                    failure.message,
+                                    error::chain(&source)
+                                );
+                                return Err(Error::Failed(failure));
+                            }
+                            Err(source) => {
+                                return Err(Error::Retry {
+                                    source,
+                                    attempts: attempt,
+                                });
+                            }
+                        }
                         return Ok(Outcome::Deferred {
                             attempt: attempt + 1,
                             due,
                         });
                     }
-                    _ => tokio::time::sleep(delay).await,
+                    _ => {
+                        // Cancelled on shutdown, a revoke, or the deadline.
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => {}
+                            () = request.cancellation().cancelled() => return Err(Error::Shutdown),
+                        }
+                    }
                 }
                 attempt += 1;
             }

@@ -162,11 +162,11 @@ async fn max_elapsed_stops_retrying() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_delivery_past_the_maximum_is_exhausted_without_running() {
+async fn a_confirmed_count_past_the_maximum_is_exhausted_without_running() {
     let h = Scripted::new(|_| Ok(()));
     let mut svc = Retry::new(h.clone(), policy(2), None);
     let mut req = request("a");
-    req.set_attempt(4);
+    req.confirm_failed_runs(3);
     let Err(Error::Failed(f)) = ServiceExt::<Request<String>>::ready(&mut svc)
         .await
         .unwrap()
@@ -180,6 +180,30 @@ async fn a_delivery_past_the_maximum_is_exhausted_without_running() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_forged_attempt_header_never_skips_the_run() {
+    let h = Scripted::new(|_| Err(HandlerError::transient("busy")));
+    let mut svc = Retry::new(h.clone(), policy(2), None);
+    let mut message = crate::Message::new("\"a\"").with_header(crate::wire::ATTEMPT, "99");
+    message.meta.attempt = crate::attempt::from_headers(&message.headers);
+    let req = Request::<String>::decode(message, crate::CancellationToken::new(), None);
+    let Err(Error::Failed(f)) = ServiceExt::<Request<String>>::ready(&mut svc)
+        .await
+        .unwrap()
+        .call(req)
+        .await
+    else {
+        panic!()
+    };
+    assert_eq!(
+        h.calls(),
+        1,
+        "the forged count is believed up to the last attempt"
+    );
+    assert_eq!(f.attempts, 3);
+    assert_eq!(f.kind, ErrorKind::Exhausted);
+}
+
+#[tokio::test(start_paused = true)]
 async fn unavailable_dependency_defers_without_counting_or_retrying() {
     let h = Scripted::new(|_| Err(HandlerError::unavailable("database down")));
     let mut svc = Retry::new(h.clone(), policy(3), None);
@@ -189,4 +213,70 @@ async fn unavailable_dependency_defers_without_counting_or_retrying() {
         1,
         "no in-process retries burn attempts while it is down"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sleep_past_the_deadline_goes_through_the_sink_even_below_the_in_process_limit() {
+    let h = Scripted::new(|n| {
+        if n == 1 {
+            Err(HandlerError::transient("later").retry_after(Duration::from_secs(6)))
+        } else {
+            Ok(())
+        }
+    });
+    let sink = RecordingSink::default();
+    let policy = RetryPolicy {
+        in_process_limit: Duration::from_secs(60),
+        ..policy(3)
+    };
+    let mut svc = Retry::new(h.clone(), policy.clone(), Some(Arc::new(sink.clone())));
+    let mut req = request("a");
+    req.set_deadline(Some(tokio::time::Instant::now() + Duration::from_secs(4)));
+    let outcome = ServiceExt::<Request<String>>::ready(&mut svc)
+        .await
+        .unwrap()
+        .call(req)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, Outcome::Deferred { attempt: 2, .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(h.calls(), 1, "not slept in process");
+    assert_eq!(sink.taken().len(), 1);
+
+    // Without a deadline the same delay is slept in process.
+    let h = Scripted::new(|n| {
+        if n == 1 {
+            Err(HandlerError::transient("later").retry_after(Duration::from_secs(6)))
+        } else {
+            Ok(())
+        }
+    });
+    let mut svc = Retry::new(h.clone(), policy, Some(Arc::new(RecordingSink::default())));
+    assert_eq!(run(&mut svc).await.unwrap(), Outcome::Handled);
+    assert_eq!(h.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_in_process_sleep_ends_on_cancellation() {
+    let h = Scripted::new(|_| {
+        Err(HandlerError::transient("later").retry_after(Duration::from_secs(600)))
+    });
+    let mut svc = Retry::new(h.clone(), policy(3), None);
+    let req = request("a");
+    let cancel = req.cancellation().clone();
+    let started = tokio::time::Instant::now();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        cancel.cancel();
+    });
+    let result = ServiceExt::<Request<String>>::ready(&mut svc)
+        .await
+        .unwrap()
+        .call(req)
+        .await;
+    assert!(matches!(result, Err(Error::Shutdown)), "{result:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(h.calls(), 1);
 }

@@ -7,11 +7,38 @@
 //! handlers' tokens, let in-flight messages finish until the deadline, drop
 //! what did not finish (each such delivery is nacked with requeue by its
 //! drop), close the source and return a [`Summary`].
+//!
+//! The runner's [`Breaker`] (the kill switch, see [`breaker`](crate::breaker))
+//! sees every settled delivery. While it is open or paused the runner
+//! fetches nothing ([`Source::pause`]; deliveries the source had already
+//! received are postponed without running), is not ready, and after the
+//! cool-down runs one message at a time until one settles without an
+//! outage. [`Runner::breaker`] is also the manual pause/resume of a running
+//! runner.
+//!
+//! # Halting on a letter that can never be written
+//!
+//! When a message's dead letter can never be written as it is
+//! ([`Error::is_unwritable_letter`](crate::Error::is_unwritable_letter): too
+//! large for the DLQ, unroutable, a missing destination, not authorised),
+//! acking it would lose it and retrying would loop forever. The runner
+//! *halts*: it stops fetching, lets in-flight messages finish, closes the
+//! source (the message stays on its queue or partition, unacked, for the
+//! next worker), logs the error, sets the [`HALTED`] gauge to 1 and reports
+//! not ready with the reason, until shutdown; [`Runner::run`] then returns
+//! [`RunError::Halted`]. The worker does not exit on its own: fix the cause
+//! (create or enlarge the DLQ, grant access) and restart it. Spooling such
+//! letters locally instead is opt-in (`backstop-spool`'s
+//! `SpoolingDeadLetterSink`), and as durable as the disk under the spool.
 
+mod halt;
+mod readiness;
 mod source;
 mod summary;
 
-pub use self::source::{Source, SourceError};
+pub use self::halt::HALTED;
+pub use self::readiness::Readiness;
+pub use self::source::{MissingDestinations, Source, SourceError};
 pub use self::summary::Summary;
 
 use std::time::Duration;
@@ -21,6 +48,8 @@ use tokio_util::sync::CancellationToken;
 use tower::limit::ConcurrencyLimit;
 use tower::{Service, ServiceExt};
 
+use self::halt::Halt;
+use crate::breaker::{BREAKER_STATE, Breaker, BreakerConfig, BreakerState, Signal};
 use crate::{AckError, Delivery, Settled};
 
 /// A run that could not go on.
@@ -35,6 +64,16 @@ pub enum RunError {
         /// What the run did before it stopped.
         summary: Summary,
     },
+    /// A message's dead letter could never be written, so the runner stopped
+    /// consuming (see [halting](self#halting-on-a-letter-that-can-never-be-written));
+    /// returned at shutdown.
+    #[error("stopped consuming: {reason}")]
+    Halted {
+        /// Why: the sink's error.
+        reason: String,
+        /// What the run did before it halted.
+        summary: Summary,
+    },
 }
 
 /// Drives a source through a stack; see the [module docs](self).
@@ -45,6 +84,8 @@ pub struct Runner<Src, Svc> {
     concurrency: usize,
     deadline: Duration,
     shutdown: CancellationToken,
+    readiness: Readiness,
+    breaker: Breaker,
 }
 
 impl<Src, Svc> Runner<Src, Svc>
@@ -61,7 +102,24 @@ where
             concurrency: 1,
             deadline: Duration::from_secs(30),
             shutdown: CancellationToken::new(),
+            readiness: Readiness::default(),
+            breaker: Breaker::default(),
         }
+    }
+
+    /// Trips the kill switch by `config` (see [`breaker`](crate::breaker)).
+    /// Without it the breaker never trips by itself, but
+    /// [`Breaker::pause`] still works.
+    #[must_use]
+    pub fn with_breaker(mut self, config: BreakerConfig) -> Self {
+        self.breaker = Breaker::new(config);
+        self
+    }
+
+    /// The runner's breaker: its state, and the manual
+    /// [`pause`](Breaker::pause) / [`resume`](Breaker::resume) of a running runner.
+    pub fn breaker(&self) -> Breaker {
+        self.breaker.clone()
     }
 
     /// At most `n` messages in flight (for RabbitMQ, match the prefetch).
@@ -86,6 +144,11 @@ where
         self
     }
 
+    /// Whether this runner is consuming (for a health endpoint); see [`Readiness`].
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+
     /// The token that shuts this runner down.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -103,19 +166,108 @@ where
         self
     }
 
+    /// Runs [`Source::preflight`] until it passes: a missing destination
+    /// stops the run; an unreachable broker is retried with backoff (1 s
+    /// doubling to 30 s) until shutdown.
+    async fn preflight(&mut self) -> Result<(), SourceError> {
+        let mut delay = Duration::from_secs(1);
+        loop {
+            let checked = tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return Ok(()),
+                checked = self.source.preflight() => checked,
+            };
+            match checked {
+                Err(error @ SourceError::Disconnected(_)) => {
+                    tracing::warn!(%error, ?delay, "cannot check the source's destinations yet; retrying");
+                    self.readiness.not_ready(error.to_string());
+                    tokio::select! {
+                        () = self.shutdown.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Runs until the source ends or shutdown; returns what happened.
     pub async fn run(mut self) -> Result<Summary, RunError> {
-        let mut service = ConcurrencyLimit::new(self.service.clone(), self.concurrency);
+        if let Err(source) = self.preflight().await {
+            tracing::error!(error = %source, "the source cannot start");
+            self.readiness.not_ready(format!("stopped: {source}"));
+            self.shutdown.cancel();
+            self.source.close().await;
+            return Err(RunError::Source {
+                source,
+                summary: Summary::default(),
+            });
+        }
+        self.readiness.ready();
+        let breaker = self.breaker.clone();
+        metrics::gauge!(BREAKER_STATE).set(breaker.state().gauge());
+        let halt = Halt::default();
+        // Watched inside the limit, so a halt is set before the permit frees.
+        let watcher = halt.clone();
+        let watched = self
+            .service
+            .clone()
+            .map_future(move |settle| watcher.clone().watch(settle));
+        let mut service = ConcurrencyLimit::new(watched, self.concurrency);
         let mut tasks: JoinSet<Result<Settled, AckError>> = JoinSet::new();
         let mut summary = Summary::default();
         let mut failure = None;
+        let mut paused = false;
         loop {
             while let Some(done) = tasks.try_join_next() {
                 record(&mut summary, done);
             }
+            let state = breaker.poll_state();
+            if matches!(state, BreakerState::Open | BreakerState::Paused) {
+                if !paused {
+                    paused = true;
+                    self.readiness
+                        .not_ready(format!("consumption stopped: the breaker is {state}"));
+                    for held in self.source.pause().await {
+                        summary.received += 1;
+                        let delivery = held.postponed().with_cancellation(self.shutdown.clone());
+                        tasks.spawn(tower::ServiceExt::oneshot(self.service.clone(), delivery));
+                    }
+                    tracing::warn!(state = %state, "consumption stopped");
+                }
+                let probe_at = breaker.probe_at();
+                tokio::select! {
+                    biased;
+                    () = self.shutdown.cancelled() => break,
+                    () = halt.halted() => break,
+                    () = breaker.changed(state) => {}
+                    () = sleep_until(probe_at) => {}
+                    Some(done) = tasks.join_next() => record(&mut summary, done),
+                }
+                continue;
+            }
+            if paused {
+                paused = false;
+                self.source.resume().await;
+                tracing::info!(state = %state, "consumption resumed");
+            }
+            if state == BreakerState::HalfOpen {
+                self.readiness
+                    .not_ready("consumption is probing: the breaker is half_open");
+            } else if !self.readiness.is_ready()
+                && self
+                    .readiness
+                    .get()
+                    .is_err_and(|why| why.starts_with("consumption"))
+            {
+                self.readiness.ready();
+            }
             let ready = tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => break,
+                () = halt.halted() => break,
+                () = breaker.changed(state) => continue,
                 ready = service.ready() => ready.is_ok(),
             };
             if !ready {
@@ -124,44 +276,104 @@ where
             let next = tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => break,
+                () = halt.halted() => break,
+                () = breaker.changed(state) => continue,
                 next = self.source.next() => next,
             };
             match next {
                 None => break,
                 Some(Ok(delivery)) => {
+                    if state == BreakerState::Closed && !self.readiness.is_ready() {
+                        self.readiness.ready();
+                    }
                     summary.received += 1;
                     let delivery = delivery.with_cancellation(self.shutdown.clone());
-                    tasks.spawn(service.call(delivery));
+                    let settled = service.call(delivery);
+                    if state == BreakerState::HalfOpen {
+                        // The probe: one message, awaited before the next is fetched.
+                        let result = settled.await;
+                        breaker.record(Signal::of(&result));
+                        summary.record(&result);
+                        continue;
+                    }
+                    let breaker = breaker.clone();
+                    tasks.spawn(async move {
+                        let result = settled.await;
+                        breaker.record(Signal::of(&result));
+                        result
+                    });
                 }
                 Some(Err(error)) if error.is_fatal() => {
                     failure = Some(error);
                     break;
                 }
-                Some(Err(error)) => tracing::warn!(%error, "source interrupted; it reconnects"),
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "source interrupted; it reconnects");
+                    self.readiness.not_ready(error.to_string());
+                }
             }
+        }
+        if let Some(reason) = halt.reason() {
+            return Err(self.halt(reason, tasks, summary).await);
         }
         self.shutdown.cancel();
-        let drained = tokio::time::timeout(self.deadline, async {
-            while let Some(done) = tasks.join_next().await {
-                record(&mut summary, done);
-            }
-        })
-        .await;
-        if drained.is_err() {
-            tasks.abort_all();
-            while let Some(done) = tasks.join_next().await {
-                record(&mut summary, done);
-            }
-            tracing::warn!(
-                abandoned = summary.abandoned,
-                "shutdown deadline passed; unfinished messages are left for redelivery"
-            );
-        }
+        self.readiness.not_ready(match &failure {
+            Some(error) => format!("stopped: {error}"),
+            None => "stopped".to_owned(),
+        });
+        drain(self.deadline, &mut tasks, &mut summary).await;
         self.source.close().await;
         match failure {
             Some(source) => Err(RunError::Source { source, summary }),
             None => Ok(summary),
         }
+    }
+
+    /// Stops consuming after a letter that can never be written: in-flight
+    /// work finishes, the source closes, and the runner stays not ready
+    /// until shutdown.
+    async fn halt(
+        mut self,
+        reason: String,
+        mut tasks: JoinSet<Result<Settled, AckError>>,
+        mut summary: Summary,
+    ) -> RunError {
+        tracing::error!(
+            %reason,
+            "a dead letter can never be written; this runner stopped consuming its source and stays not ready until restarted"
+        );
+        halt::record();
+        self.readiness.not_ready(format!(
+            "halted: a dead letter can never be written, the message stays on its source: {reason}"
+        ));
+        drain(self.deadline, &mut tasks, &mut summary).await;
+        self.source.close().await;
+        self.shutdown.cancelled().await;
+        RunError::Halted { reason, summary }
+    }
+}
+
+/// Lets in-flight work finish until `deadline`, then drops the rest.
+async fn drain(
+    deadline: Duration,
+    tasks: &mut JoinSet<Result<Settled, AckError>>,
+    summary: &mut Summary,
+) {
+    let drained = tokio::time::timeout(deadline, async {
+        while let Some(done) = tasks.join_next().await {
+            record(summary, done);
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tasks.abort_all();
+        while let Some(done) = tasks.join_next().await {
+            record(summary, done);
+        }
+        tracing::warn!(
+            abandoned = summary.abandoned,
+            "shutdown deadline passed; unfinished messages are left for redelivery"
+        );
     }
 }
 
@@ -178,6 +390,14 @@ fn record(summary: &mut Summary, done: Result<Result<Settled, AckError>, tokio::
             tracing::error!(%error, "a message task panicked outside the handler; the delivery is redelivered");
             summary.ack_failed += 1;
         }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -200,5 +420,191 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use tower::service_fn;
+
+    use super::*;
+
+    /// A source with no deliveries whose start-up check fails `unreachable`
+    /// times as unreachable, then reports `missing` (if any) or passes.
+    struct Checked {
+        unreachable: u32,
+        missing: Option<&'static str>,
+        checks: Arc<AtomicU32>,
+    }
+
+    impl Source for Checked {
+        async fn preflight(&mut self) -> Result<(), SourceError> {
+            let n = self.checks.fetch_add(1, Ordering::SeqCst);
+            if n < self.unreachable {
+                return Err(SourceError::Disconnected("broker away".into()));
+            }
+            match self.missing {
+                Some(name) => Err(SourceError::Fatal(Box::new(MissingDestinations {
+                    source_name: "q".into(),
+                    missing: vec![name.into()],
+                    how: "declare it".into(),
+                }))),
+                None => Ok(()),
+            }
+        }
+
+        async fn next(&mut self) -> Option<Result<Delivery, SourceError>> {
+            std::future::pending().await
+        }
+    }
+
+    fn service() -> impl Service<Delivery, Response = Settled, Error = AckError, Future: Send>
+    + Clone
+    + Send
+    + 'static {
+        service_fn(|_d: Delivery| async {
+            Ok::<_, AckError>(Settled::Acked(crate::Outcome::Handled))
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_missing_destination_stops_the_run_at_start_and_is_not_ready() {
+        let checks = Arc::new(AtomicU32::new(0));
+        let source = Checked {
+            unreachable: 0,
+            missing: Some("q.dlq"),
+            checks: Arc::clone(&checks),
+        };
+        let runner = Runner::new(source, service());
+        let readiness = runner.readiness();
+        assert_eq!(readiness.get(), Err("starting".to_owned()));
+        let Err(RunError::Source { source, .. }) = runner.run().await else {
+            panic!("a missing DLQ must stop the run");
+        };
+        assert!(source.to_string().contains("\"q.dlq\""), "{source}");
+        assert!(readiness.get().is_err_and(|why| why.contains("q.dlq")));
+        assert_eq!(checks.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_broker_is_retried_not_ready_then_ready() {
+        let checks = Arc::new(AtomicU32::new(0));
+        let source = Checked {
+            unreachable: 3,
+            missing: None,
+            checks: Arc::clone(&checks),
+        };
+        let runner = Runner::new(source, service());
+        let readiness = runner.readiness();
+        let token = runner.shutdown_token();
+        let run = tokio::spawn(runner.run());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            readiness
+                .get()
+                .is_err_and(|why| why.contains("broker away"))
+        );
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(checks.load(Ordering::SeqCst), 4, "retried with backoff");
+        assert!(readiness.is_ready());
+        token.cancel();
+        assert!(
+            run.await.unwrap().is_ok(),
+            "the worker never exits for an outage"
+        );
+        assert_eq!(readiness.get(), Err("stopped".to_owned()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_breaker_stops_fetching_then_probes_one_message_at_a_time() {
+        use std::sync::atomic::AtomicBool;
+
+        use crate::breaker::{BreakerConfig, BreakerState};
+        use crate::memory::MemoryBroker;
+        use crate::{Context, HandlerError, Message, StackBuilder, handler_fn};
+
+        let broker = MemoryBroker::new();
+        for i in 0..10 {
+            broker
+                .publish_now("q", Message::new("{}").with_message_id(format!("m{i}")))
+                .unwrap();
+        }
+        let down = Arc::new(AtomicBool::new(true));
+        let (calls, handled) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+        let (d, c, h) = (Arc::clone(&down), Arc::clone(&calls), Arc::clone(&handled));
+        let stack = StackBuilder::<serde_json::Value>::new(Arc::new(broker.dead_letter_sink()))
+            .nack_delay(Duration::from_millis(100))
+            .build(handler_fn(move |_v: serde_json::Value, _ctx: Context| {
+                let (d, c, h) = (Arc::clone(&d), Arc::clone(&c), Arc::clone(&h));
+                async move {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    if d.load(Ordering::SeqCst) {
+                        return Err(HandlerError::unavailable("down"));
+                    }
+                    h.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            }));
+        let runner = Runner::new(broker.consume("q", 1), stack)
+            .with_breaker(BreakerConfig::new(3, Duration::from_secs(1)));
+        let (breaker, readiness, token) = (
+            runner.breaker(),
+            runner.readiness(),
+            runner.shutdown_token(),
+        );
+        let run = tokio::spawn(runner.run());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(breaker.state(), BreakerState::Open);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            3,
+            "tripped by exactly 3 outages"
+        );
+        assert!(readiness.get().is_err_and(|why| why.contains("open")));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            3,
+            "nothing fetched while open"
+        );
+        let mut waited = Duration::ZERO;
+        while calls.load(Ordering::SeqCst) == 3 && waited < Duration::from_secs(2) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += Duration::from_millis(10);
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            4,
+            "one probe after the cool-down"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            breaker.state(),
+            BreakerState::Open,
+            "the failed probe reopened it"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 4, "one message at a time");
+        down.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        assert!(readiness.is_ready());
+        assert_eq!(
+            handled.load(Ordering::SeqCst),
+            10,
+            "every message ran once it recovered"
+        );
+        breaker.pause();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(readiness.get().is_err_and(|why| why.contains("paused")));
+        breaker.resume();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(readiness.is_ready());
+        token.cancel();
+        let summary = run.await.unwrap().unwrap();
+        assert_eq!(summary.handled, 10, "{summary}");
+        assert_eq!(summary.dead_lettered, 0, "{summary}");
     }
 }

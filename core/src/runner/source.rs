@@ -23,6 +23,28 @@ impl SourceError {
     }
 }
 
+/// Destinations a source's messages need (its DLQ, its retry queues or
+/// topics) that do not exist: found by [`Source::preflight`] when the
+/// runner starts, instead of at the first message that needs them.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name:?} cannot start: {} do(es) not exist; {how}", quoted(.missing))]
+pub struct MissingDestinations {
+    /// The queue or topic consumed.
+    pub source_name: String,
+    /// The destinations that do not exist.
+    pub missing: Vec<String>,
+    /// How to create them.
+    pub how: String,
+}
+
+fn quoted(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("{n:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A stream of deliveries from a broker.
 ///
 /// `next` must be cancel-safe: if its future is dropped before it resolves,
@@ -30,6 +52,33 @@ impl SourceError {
 pub trait Source: Send + 'static {
     /// The next delivery; `None` when the source has ended.
     fn next(&mut self) -> impl Future<Output = Option<Result<Delivery, SourceError>>> + Send;
+
+    /// Checks, once before the first delivery is taken, that the
+    /// destinations this source's messages need exist (its DLQ, its retry
+    /// queues or topics). A missing one is a [`SourceError::Fatal`] wrapping
+    /// [`MissingDestinations`]: the runner stops at once, naming it. A
+    /// broker that cannot be reached is [`SourceError::Disconnected`]: the
+    /// runner retries with backoff and stays not ready meanwhile. The
+    /// default checks nothing.
+    fn preflight(&mut self) -> impl Future<Output = Result<(), SourceError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Stops fetching while the runner's [breaker](crate::breaker) is open
+    /// or paused: the broker stops sending (RabbitMQ cancels the consumer;
+    /// Kafka pauses the assigned partitions and keeps polling, so the member
+    /// stays in its group). Returns the deliveries the source had already
+    /// received and not handed out; the runner postpones them without
+    /// running them. The default does nothing (the runner just stops
+    /// calling [`next`](Self::next)).
+    fn pause(&mut self) -> impl Future<Output = Vec<Delivery>> + Send {
+        async { Vec::new() }
+    }
+
+    /// Fetches again after [`pause`](Self::pause).
+    fn resume(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 
     /// Stops consuming; unsettled deliveries go back to the broker. Called once by the runner.
     fn close(&mut self) -> impl Future<Output = ()> + Send {

@@ -17,6 +17,9 @@ pub struct Summary {
     pub duplicates: u64,
     /// Nacked with requeue (store down, DLQ down, key busy); redelivered later.
     pub nacked: u64,
+    /// Postponed through the delay queue for an outage or a busy key (a
+    /// confirmed copy with the same attempt count, then an ack).
+    pub postponed: u64,
     /// Settled, but the broker did not take the ack; redelivered later.
     pub ack_failed: u64,
     /// Still running at the shutdown deadline: dropped and left for redelivery.
@@ -32,6 +35,7 @@ impl Summary {
             Ok(Settled::Acked(Outcome::Deferred { .. })) => self.deferred += 1,
             Ok(Settled::Acked(Outcome::Duplicate)) => self.duplicates += 1,
             Ok(Settled::Nacked(_)) => self.nacked += 1,
+            Ok(Settled::Postponed(_)) => self.postponed += 1,
             Err(_) => self.ack_failed += 1,
         }
     }
@@ -44,6 +48,7 @@ impl Summary {
         self.deferred += other.deferred;
         self.duplicates += other.duplicates;
         self.nacked += other.nacked;
+        self.postponed += other.postponed;
         self.ack_failed += other.ack_failed;
         self.abandoned += other.abandoned;
     }
@@ -53,13 +58,14 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "received {} · handled {} · dead-lettered {} · deferred {} · duplicates {} · nacked {} · ack failed {} · abandoned {}",
+            "received {} · handled {} · dead-lettered {} · deferred {} · duplicates {} · nacked {} · postponed {} · ack failed {} · abandoned {}",
             self.received,
             self.handled,
             self.dead_lettered,
             self.deferred,
             self.duplicates,
             self.nacked,
+            self.postponed,
             self.ack_failed,
             self.abandoned
         )

@@ -86,6 +86,7 @@ pub struct StackBuilder<T> {
     dead_letter: Arc<dyn DeadLetterSink>,
     dead_letter_to: Option<Arc<str>>,
     retry_sink: Option<Arc<dyn RetrySink>>,
+    postpone: Option<Arc<dyn RetrySink>>,
     nack_delay: Duration,
     max_payload: Option<usize>,
     innermost: Option<Wrap<T>>,
@@ -100,6 +101,7 @@ impl<T> std::fmt::Debug for StackBuilder<T> {
             .field("idempotency", &self.store.as_ref().map(|(_, c)| c))
             .field("dead_letter_to", &self.dead_letter_to)
             .field("retry_sink", &self.retry_sink.is_some())
+            .field("postpone", &self.postpone.is_some())
             .field("nack_delay", &self.nack_delay)
             .field("max_payload", &self.max_payload)
             .finish()
@@ -119,6 +121,7 @@ impl<T: Payload> StackBuilder<T> {
             dead_letter,
             dead_letter_to: T::default_dlq().map(Arc::from),
             retry_sink: None,
+            postpone: None,
             nack_delay: Duration::from_secs(1),
             max_payload: None,
             innermost: None,
@@ -137,6 +140,20 @@ impl<T: Payload> StackBuilder<T> {
     #[must_use]
     pub fn retry_sink(mut self, sink: Arc<dyn RetrySink>) -> Self {
         self.retry_sink = Some(sink);
+        self
+    }
+
+    /// Postpones what spends no attempt (a store or dependency outage, a
+    /// key busy elsewhere, a delivery at its unacked-time budget) through
+    /// `sink` instead of nacking it: a confirmed copy with the same attempt
+    /// count to the delay queue, then an ack (see [`ack`](crate::ack)). For
+    /// RabbitMQ quorum queues, where every requeue spends the delivery
+    /// count, pass the RabbitMQ retry sink; where the sink refuses (a
+    /// classic queue) the message is nacked as without it. Kafka keeps its
+    /// nack (the consumer hands the message out again; nothing is spent).
+    #[must_use]
+    pub fn postpone_through(mut self, sink: Arc<dyn RetrySink>) -> Self {
+        self.postpone = Some(sink);
         self
     }
 
@@ -224,8 +241,12 @@ impl<T: Payload> StackBuilder<T> {
             }
             None => Erased::new(failing),
         };
+        let mut ack = AckLayer::new(self.nack_delay);
+        if let Some(sink) = self.postpone {
+            ack = ack.postpone_through(sink);
+        }
         let settled = ServiceBuilder::new()
-            .layer(AckLayer::new(self.nack_delay))
+            .layer(ack)
             .layer(DecodeLayer::<T>::new(self.max_payload))
             .layer(MetricsLayer::new())
             .service(deduped);

@@ -387,3 +387,159 @@ async fn a_failed_dlq_write_keeps_the_attempt_count_so_the_handler_is_not_rerun(
     assert_eq!(dlq.len(), 1);
     assert_eq!(dlq[0].header(wire::ERROR_KIND), Some("exhausted"));
 }
+
+/// A DLQ sink over the broker's that refuses the first `refusals` writes
+/// with `error` (a fresh one each time).
+struct Refusing {
+    inner: crate::memory::MemoryDeadLetterSink,
+    refusals: AtomicU32,
+    error: fn() -> crate::PublishError,
+}
+
+#[async_trait::async_trait]
+impl crate::DeadLetterSink for Refusing {
+    async fn dead_letter(
+        &self,
+        letter: Message,
+        destination: Option<&str>,
+    ) -> Result<(), crate::SinkError> {
+        let left = self.refusals.load(Ordering::SeqCst);
+        if left > 0 {
+            self.refusals.store(left - 1, Ordering::SeqCst);
+            return Err(crate::SinkError::Publish {
+                destination: "orders.dlq".into(),
+                source: (self.error)(),
+            });
+        }
+        self.inner.dead_letter(letter, destination).await
+    }
+}
+
+#[tokio::test]
+async fn a_redelivery_after_a_failed_dead_letter_write_retries_only_the_write() {
+    let broker = MemoryBroker::new();
+    broker.publish_now("orders", order("a", 5)).unwrap();
+    let sink = Refusing {
+        inner: broker.dead_letter_sink(),
+        refusals: AtomicU32::new(1),
+        error: || crate::PublishError::Nacked,
+    };
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = Arc::clone(&calls);
+    let stack = StackBuilder::<Order>::new(Arc::new(sink))
+        .retry(fast())
+        .nack_delay(Duration::from_millis(20))
+        .idempotency(Arc::new(MemoryStore::default()), KeySource::Payload)
+        .build(handler_fn(move |_o: Order, _c: Context| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async { Err::<(), _>(HandlerError::timeout("the payment service did not answer")) }
+        }));
+    let summary = Runner::new(broker.consume("orders", 1).until_drained(), stack)
+        .run()
+        .await
+        .expect("run");
+    assert_eq!(summary.nacked, 1, "{summary}");
+    assert_eq!(summary.dead_lettered, 1, "{summary}");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "the redelivery retried only the write, the handler did not run again"
+    );
+    let dlq = broker.peek("orders.dlq");
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].header(wire::ERROR_KIND), Some("timeout"));
+    assert_eq!(
+        dlq[0].header(wire::ERROR),
+        Some("transient failure: the payment service did not answer")
+    );
+    assert_eq!(dlq[0].header(wire::ATTEMPT), Some("3"));
+}
+
+#[tokio::test]
+async fn a_letter_that_can_never_be_written_halts_the_runner_without_an_ack() {
+    let broker = MemoryBroker::new();
+    broker.publish_now("orders", order("a", -1)).unwrap();
+    broker.publish_now("orders", order("b", 5)).unwrap();
+    let sink = Refusing {
+        inner: broker.dead_letter_sink(),
+        refusals: AtomicU32::new(u32::MAX),
+        error: || crate::PublishError::TooLarge { size: 2_000_000 },
+    };
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = Arc::clone(&calls);
+    let stack = StackBuilder::<Order>::new(Arc::new(sink))
+        .retry(fast())
+        .nack_delay(Duration::from_millis(20))
+        .build(handler_fn(move |o: Order, _c: Context| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if o.amount < 0 {
+                    Err(HandlerError::permanent("negative amount"))
+                } else {
+                    Ok(())
+                }
+            }
+        }));
+    let runner = Runner::new(broker.consume("orders", 1), stack);
+    let readiness = runner.readiness();
+    let token = runner.shutdown_token();
+    let run = tokio::spawn(runner.run());
+    let mut halted = false;
+    for _ in 0..200 {
+        if readiness.get().is_err_and(|why| why.starts_with("halted")) {
+            halted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(halted, "not halted: {:?}", readiness.get());
+    let why = readiness.get().unwrap_err();
+    assert!(why.contains("larger than the broker accepts"), "{why}");
+    // Halted, not exited: the run ends only at shutdown.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!run.is_finished(), "the runner stays up, not ready");
+    token.cancel();
+    let Err(crate::runner::RunError::Halted { summary, .. }) = run.await.unwrap() else {
+        panic!("a halted run reports it");
+    };
+    assert_eq!(summary.nacked, 1, "{summary}");
+    assert_eq!(summary.dead_lettered, 0, "{summary}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "no loop over the poison");
+    let stats = broker.stats("orders");
+    assert_eq!(stats.acked, 0, "never an ack without a stored letter");
+    assert_eq!(stats.ready, 2, "both messages are left on the queue");
+}
+
+#[tokio::test]
+async fn a_retry_copy_that_can_never_be_written_is_dead_lettered() {
+    struct Unsupported;
+    #[async_trait::async_trait]
+    impl crate::RetrySink for Unsupported {
+        async fn retry_later(&self, _: Message, _: Duration) -> Result<(), crate::SinkError> {
+            Err(crate::SinkError::Unsupported("no delay queues".into()))
+        }
+    }
+    let broker = MemoryBroker::new();
+    broker.publish_now("orders", order("a", 5)).unwrap();
+    let summary = tokio::time::timeout(
+        Duration::from_secs(10),
+        drain(
+            &broker,
+            |b| b.retry_sink(Arc::new(Unsupported)),
+            |_o, _c| async {
+                Err(HandlerError::transient("rate limited").retry_after(Duration::from_secs(60)))
+            },
+        ),
+    )
+    .await
+    .expect("the message is settled, not retried forever");
+    assert_eq!(summary.dead_lettered, 1, "{summary}");
+    assert_eq!(summary.nacked, 0, "{summary}");
+    let dlq = broker.peek("orders.dlq");
+    assert_eq!(dlq[0].header(wire::ERROR_KIND), Some("exhausted"));
+    let text = dlq[0].header(wire::ERROR).unwrap_or_default();
+    assert!(
+        text.contains("rate limited") && text.contains("no delay queues"),
+        "{text}"
+    );
+}

@@ -20,13 +20,19 @@
 //! `--store postgres-inbox` that row commits in the same transaction as the
 //! inbox row, and a PostgreSQL idempotency store in front of the inbox
 //! remembers dead-lettered keys, so a redelivery never dead-letters a
-//! message twice. SIGINT/SIGTERM stop it gracefully.
+//! message twice. Idempotency keys (and inbox rows) live in the
+//! consumer's keyspace: the queue, or the topic and group, with `--service`
+//! added. `--key-layout` says what to do with a shared store an earlier
+//! release filled with global keys: refuse it (the default), keep that
+//! layout (`legacy`), or `migrate` (both layouts are read for
+//! `--migrate-window-secs`). SIGINT/SIGTERM stop it gracefully.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backstop::idempotency::{self, Namespaced};
+use backstop::breaker::BreakerConfig;
+use backstop::idempotency::{self, KeyLayout, Namespaced};
 use backstop::memory::MemoryBroker;
 use backstop::{
     BoxError, Context, DeadLetterSink, Handle, KeySource, MemoryStore, Message, Payload,
@@ -46,6 +52,16 @@ enum Broker {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Layout {
+    /// Per-consumer keyspaces; a store with keys of an earlier release is refused.
+    Keyspaced,
+    /// Keep an earlier release's global keys.
+    Legacy,
+    /// Upgrade: per-consumer keyspaces, the global keys read as well for the window.
+    Migrate,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum StoreKind {
     Memory,
     Redis,
@@ -53,14 +69,16 @@ enum StoreKind {
     PostgresInbox,
 }
 
-/// Consumes orders through the full backstop stack.
-#[derive(Debug, Parser)]
+/// Consumes orders through the full backstop stack. No `Debug`: `--url` and
+/// `--ledger` may hold passwords (prefer the environment variables).
+#[derive(Parser)]
 #[command(name = "order-worker", version)]
 struct Args {
     /// Which broker to consume from.
     #[arg(long, value_enum, default_value = "memory")]
     broker: Broker,
-    /// AMQP URL (RabbitMQ) or bootstrap servers (Kafka).
+    /// AMQP URL (RabbitMQ) or bootstrap servers (Kafka); default from
+    /// BACKSTOP_AMQP_URL or BACKSTOP_KAFKA_BROKERS, so no password need be on argv.
     #[arg(long)]
     url: Option<String>,
     /// The queue or topic to consume.
@@ -69,10 +87,15 @@ struct Args {
     /// Kafka consumer group.
     #[arg(long, default_value = "order-worker")]
     group: String,
+    /// Kafka: a librdkafka property, KEY=VALUE (repeatable), e.g.
+    /// security.protocol=SASL_SSL; a secret may be KEY=@/path/to/file.
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
+    kafka_options: Vec<backstop_kafka::KafkaOption>,
     /// Where idempotency keys live (Redis from BACKSTOP_REDIS_URL, PostgreSQL from --ledger or BACKSTOP_PG_URL).
     #[arg(long, value_enum, default_value = "memory")]
     store: StoreKind,
-    /// PostgreSQL URL of the execution ledger (and of the postgres stores).
+    /// PostgreSQL URL of the execution ledger (and of the postgres stores;
+    /// those default to BACKSTOP_PG_URL).
     #[arg(long)]
     ledger: Option<String>,
     /// Messages in flight at once (and the RabbitMQ prefetch).
@@ -96,6 +119,44 @@ struct Args {
     /// Stop once the source is drained (memory broker only).
     #[arg(long)]
     until_drained: bool,
+    /// Lease of the idempotency store in milliseconds (default: 10 s with
+    /// `postgres-inbox`, 30 s otherwise); renewed every third of it.
+    #[arg(long)]
+    lease_ms: Option<u64>,
+    /// Each run works this long (milliseconds) before its effect, stopping
+    /// early on shutdown or a lost lease.
+    #[arg(long, default_value_t = 0)]
+    work_ms: u64,
+    /// A service name added to the idempotency keyspace (never in place of
+    /// the queue, topic or group) and the inbox's consumer name (default: the group).
+    #[arg(long)]
+    service: Option<String>,
+    /// What to do with a shared store that holds global keys of an earlier
+    /// release: refuse to start (keyspaced), keep them (legacy), or migrate.
+    #[arg(long, value_enum, default_value = "keyspaced")]
+    key_layout: Layout,
+    /// With `--key-layout migrate`: how long both layouts are read, from
+    /// the first migrating start (longer than the rolling deploy and the
+    /// store's 24 h TTL).
+    #[arg(long, default_value_t = 48 * 3600)]
+    migrate_window_secs: u64,
+    /// The kill switch: stop consuming after this many outage signals in a
+    /// row (store down, ledger or inbox unavailable; transient handler
+    /// failures never count, so `--fail-rate` never trips it); 0 turns it off.
+    #[arg(long, default_value_t = 5)]
+    breaker_trip_after: u32,
+    /// How long the kill switch stays open before probing, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    breaker_cool_down_ms: u64,
+    /// RabbitMQ: the broker's `consumer_timeout` in milliseconds (a 3.x
+    /// client cannot read it); a delivery is postponed through its delay
+    /// queue before it runs out.
+    #[arg(long, default_value_t = 30 * 60 * 1000)]
+    consumer_timeout_ms: u64,
+    /// Fault injection: a run of this order id aborts the process
+    /// (`std::process::abort`, no unwinding, nothing released).
+    #[arg(long)]
+    abort_on: Option<String>,
 }
 
 /// An order.
@@ -117,6 +178,9 @@ enum OrderError {
     #[error("ledger write failed: {0}")]
     #[classify(transient)]
     Ledger(BoxError),
+    #[error("stopped: shutdown or a lost lease")]
+    #[classify(transient)]
+    Cancelled,
 }
 
 /// Where an execution is recorded.
@@ -140,6 +204,8 @@ struct PlaceOrder {
     ledger: Ledger,
     fail_rate: f64,
     max_attempts: u32,
+    work: Duration,
+    abort_on: Option<String>,
 }
 
 impl Handle<Order> for PlaceOrder {
@@ -151,6 +217,16 @@ impl Handle<Order> for PlaceOrder {
         }
         if ctx.attempt() < self.max_attempts && rand::rng().random::<f64>() < self.fail_rate {
             return Err(OrderError::Injected);
+        }
+        if !self.work.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(self.work) => {}
+                () = ctx.cancellation().cancelled() => return Err(OrderError::Cancelled),
+            }
+        }
+        if self.abort_on.as_deref() == Some(order.order_id.as_str()) {
+            tracing::error!(order_id = %order.order_id, "injected crash: aborting the process");
+            std::process::abort();
         }
         match &self.ledger {
             Ledger::None => {}
@@ -172,6 +248,17 @@ impl Handle<Order> for PlaceOrder {
     }
 }
 
+/// The key layout chosen on the command line.
+fn key_layout(args: &Args) -> KeyLayout {
+    match args.key_layout {
+        Layout::Keyspaced => KeyLayout::Keyspaced,
+        Layout::Legacy => KeyLayout::Legacy,
+        Layout::Migrate => KeyLayout::Migrate {
+            window: Duration::from_secs(args.migrate_window_secs),
+        },
+    }
+}
+
 fn pg_url(args: &Args) -> String {
     args.ledger
         .clone()
@@ -184,6 +271,7 @@ async fn stack(
     args: &Args,
     dead_letter: Arc<dyn DeadLetterSink>,
     retry: Option<Arc<dyn RetrySink>>,
+    postpone: Option<Arc<dyn RetrySink>>,
 ) -> Result<Stack, BoxError> {
     let mut ledger = Ledger::None;
     let mut builder = StackBuilder::<Order>::new(dead_letter)
@@ -195,6 +283,9 @@ async fn stack(
         .timeout(Duration::from_secs(30));
     if let Some(retry) = retry {
         builder = builder.retry_sink(retry);
+    }
+    if let Some(postpone) = postpone {
+        builder = builder.postpone_through(postpone);
     }
     let pool = match (&args.ledger, args.store) {
         (Some(_), _) | (None, StoreKind::Postgres | StoreKind::PostgresInbox) => {
@@ -212,42 +303,61 @@ async fn stack(
         _ => None,
     };
     let key = KeySource::PayloadOrMessageId;
+    let lease = |default| args.lease_ms.map_or(default, Duration::from_millis);
+    let config = idempotency::Config {
+        lease: lease(idempotency::Config::default().lease),
+        service: args.service.clone(),
+        ..idempotency::Config::keyed_by(key.clone())
+    };
+    let layout = key_layout(args);
     builder = match (args.store, pool) {
-        (StoreKind::Memory, _) => builder.idempotency(Arc::new(MemoryStore::default()), key),
+        (StoreKind::Memory, _) => {
+            builder.idempotency_with(Arc::new(MemoryStore::default()), config)
+        }
         (StoreKind::Redis, _) => {
             let url = std::env::var("BACKSTOP_REDIS_URL")
                 .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-            let store: Arc<dyn Store> = Arc::new(backstop_redis::RedisStore::connect(&url).await?);
-            builder.idempotency(store, key)
+            let store: Arc<dyn Store> = Arc::new(
+                backstop_redis::RedisStore::connect_with(
+                    backstop_redis::RedisConfig::new(url).layout(layout),
+                )
+                .await?,
+            );
+            builder.idempotency_with(store, config)
         }
         (StoreKind::Postgres, Some(pool)) => {
-            let store = PostgresStore::new(pool);
+            let store = PostgresStore::new(pool).layout(layout);
             store.migrate().await?;
-            builder.idempotency(Arc::new(store), key)
+            builder.idempotency_with(Arc::new(store), config)
         }
         (StoreKind::PostgresInbox, Some(pool)) => {
+            // The store has a pool of its own: the `dead_lettered` mark after
+            // a confirmed DLQ write never waits behind the inbox's open
+            // transactions, which keeps the crash window between the two short.
+            let store_pool = PgConfig::new(pg_url(args))
+                .max_connections((args.concurrency / 2).max(4))
+                .pool()?;
+            let store = PostgresStore::new(store_pool).layout(layout);
+            store.migrate().await?;
+            // The inbox commits only while the run holds its lease (same database).
             let inbox = Inbox::new(pool)
-                .consumer(args.group.clone())
-                .keyed_by(key.clone());
+                .consumer(args.service.clone().unwrap_or_else(|| args.group.clone()))
+                .layout(layout)
+                .keyed_by(key.clone())
+                .fenced_by(&store);
             inbox.migrate().await?;
             ledger = Ledger::Inbox;
             // The inbox makes the ledger write exactly-once; a dead letter is
             // an effect outside the database, so the idempotency store (same
-            // database, keys scoped to the consumer like the inbox's) remembers
+            // database, keys in the consumer's keyspace like the inbox's; the
+            // `<group>:` namespace of earlier releases is kept, so a
+            // migration finds their keys) remembers
             // dead-lettered keys: a redelivery after a crash between the
             // confirmed DLQ write and the source ack is acked as a duplicate
             // instead of being dead-lettered twice.
-            // A pool of its own: the `dead_lettered` mark after a confirmed
-            // DLQ write never waits behind the inbox's open transactions,
-            // which keeps the crash window between the two short.
-            let store_pool = PgConfig::new(pg_url(args))
-                .max_connections((args.concurrency / 2).max(4))
-                .pool()?;
-            let store = PostgresStore::new(store_pool);
-            store.migrate().await?;
             let config = idempotency::Config {
-                lease: INBOX_STORE_LEASE,
-                ..idempotency::Config::keyed_by(key)
+                lease: lease(INBOX_STORE_LEASE),
+                ..config
             };
             builder
                 .idempotency_with(Arc::new(Namespaced::new(store, args.group.clone())), config)
@@ -259,6 +369,8 @@ async fn stack(
         ledger,
         fail_rate: args.fail_rate.clamp(0.0, 1.0),
         max_attempts: args.max_attempts.max(1),
+        work: Duration::from_millis(args.work_ms),
+        abort_on: args.abort_on.clone(),
     };
     Ok(builder.build(handler))
 }
@@ -276,9 +388,15 @@ fn sample_orders(n: usize) -> impl Iterator<Item = Message> {
     })
 }
 
-async fn run<S: Source>(source: S, stack: Stack, concurrency: usize) -> Result<Summary, BoxError> {
-    Ok(Runner::new(source, stack)
-        .concurrency(concurrency)
+async fn run<S: Source>(source: S, stack: Stack, args: &Args) -> Result<Summary, BoxError> {
+    let mut runner = Runner::new(source, stack).concurrency(args.concurrency);
+    if args.breaker_trip_after > 0 {
+        runner = runner.with_breaker(BreakerConfig::new(
+            args.breaker_trip_after,
+            Duration::from_millis(args.breaker_cool_down_ms),
+        ));
+    }
+    Ok(runner
         .shutdown_deadline(Duration::from_secs(20))
         .shutdown_on_signals()
         .run()
@@ -302,13 +420,14 @@ async fn main_inner(args: Args) -> Result<Summary, BoxError> {
                 &args,
                 Arc::new(broker.dead_letter_sink()),
                 Some(Arc::new(broker.retry_sink())),
+                None,
             )
             .await?;
             let source = broker.consume(&args.source, args.concurrency);
             let summary = if args.until_drained {
-                run(source.until_drained(), stack, args.concurrency).await?
+                run(source.until_drained(), stack, &args).await?
             } else {
-                run(source, stack, args.concurrency).await?
+                run(source, stack, &args).await?
             };
             tracing::info!(
                 dlq = broker
@@ -340,14 +459,15 @@ async fn main_inner(args: Args) -> Result<Summary, BoxError> {
                 &args,
                 Arc::new(rabbit.dead_letter_sink()),
                 Some(Arc::new(rabbit.retry_sink())),
+                // Quorum queue: an outage goes to the delay queue, never a requeue.
+                Some(Arc::new(rabbit.retry_sink())),
             )
             .await?;
-            let summary = run(
-                rabbit.source(&args.source, args.concurrency).await?,
-                stack,
-                args.concurrency,
-            )
-            .await?;
+            let source = rabbit
+                .source(&args.source, args.concurrency)
+                .await?
+                .consumer_timeout(Duration::from_millis(args.consumer_timeout_ms));
+            let summary = run(source, stack, &args).await?;
             rabbit.close().await;
             Ok(summary)
         }
@@ -356,7 +476,9 @@ async fn main_inner(args: Args) -> Result<Summary, BoxError> {
                 .url
                 .clone()
                 .unwrap_or_else(backstop_kafka::brokers_from_env);
-            let kafka = Kafka::new(brokers, args.group.clone());
+            let kafka = Kafka::new(brokers, args.group.clone())
+                .configure(|c| c.apply_options(&args.kafka_options));
+            kafka.check(Duration::from_secs(30)).await?;
             kafka
                 .ensure_topics([TopicSpec::new(args.source.clone()).partitions(4)])
                 .await?;
@@ -370,12 +492,13 @@ async fn main_inner(args: Args) -> Result<Summary, BoxError> {
                 &args,
                 Arc::new(kafka.dead_letter_sink()?),
                 Some(Arc::new(kafka.retry_sink()?)),
+                None,
             )
             .await?;
             run(
                 kafka.source(&[args.source.as_str()], args.concurrency)?,
                 stack,
-                args.concurrency,
+                &args,
             )
             .await
         }

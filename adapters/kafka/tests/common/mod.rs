@@ -198,6 +198,16 @@ impl Worker {
         self.stop.cancel();
         self.handle.await.unwrap().unwrap()
     }
+
+    /// Shuts down a runner that halted on a letter it could never write;
+    /// returns why and its summary.
+    pub async fn stop_halted(self) -> (String, backstop::Summary) {
+        self.stop.cancel();
+        match self.handle.await.unwrap() {
+            Err(backstop::runner::RunError::Halted { reason, summary }) => (reason, summary),
+            other => panic!("the runner did not halt: {other:?}"),
+        }
+    }
 }
 
 /// Reads every message of `topic` (from the start, a throwaway group) until `n` arrived or `wait` passed.

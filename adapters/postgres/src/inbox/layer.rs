@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use backstop::idempotency::LeaseToken;
 use backstop::{HandlerError, Request};
 use futures::future::BoxFuture;
 use tower::{Layer, Service};
@@ -81,6 +82,7 @@ where
         Box::pin(async move {
             let timeout = inbox.timeout;
             let key = inbox.key.key_of(&request);
+            let layout = inbox.key_layout().await.map_err(unavailable)?;
             let mut conn = Conn::checkout(&inbox.pool, timeout)
                 .await
                 .map_err(unavailable)?;
@@ -96,15 +98,35 @@ where
                     column::text(&message.meta.message_id),
                     column::text(&message.meta.source),
                 );
-                let inserted = conn
-                    .execute(
+                let (consumer, legacy) = inbox.consumers(layout, &message.meta);
+                let mut insert = async |consumer: &str| {
+                    conn.execute(
                         "inbox insert",
                         timeout,
                         &inbox.sql.insert,
-                        &[&inbox.consumer, &stored_key, &message_id, &source, &attempt],
+                        &[&consumer, &stored_key, &message_id, &source, &attempt],
                     )
                     .await
-                    .map_err(unavailable)?;
+                    .map_err(unavailable)
+                };
+                // In a migration window the row under the earlier release's
+                // name comes first: committed before, the message is done
+                // (its new row is written now); new, it makes a worker of
+                // the earlier release wait for this transaction and skip.
+                let done_before = match legacy {
+                    Some(legacy) => insert(legacy).await? == 0,
+                    None => false,
+                };
+                let inserted = insert(&consumer).await?;
+                if done_before {
+                    tracing::debug!(%key, "inbox: processed under the earlier layout, handler skipped");
+                    conn.batch("commit", timeout, "COMMIT")
+                        .await
+                        .map_err(unavailable)?;
+                    conn.set_in_transaction(false);
+                    conn.release();
+                    return Ok(());
+                }
                 if inserted == 0 {
                     tracing::debug!(%key, message_id = %message.meta.message_id, "inbox: already processed, handler skipped");
                     if conn.batch("rollback", timeout, "ROLLBACK").await.is_ok() {
@@ -114,13 +136,37 @@ where
                     return Ok(());
                 }
             }
+            let lease = inbox
+                .fence
+                .as_ref()
+                .zip(request.extensions.get::<LeaseToken>().cloned());
             let (tx, mut open) = InboxTx::new(conn, key);
             request.extensions.insert(tx);
             match inner.call(request).await {
-                Ok(()) => open
-                    .finish("commit", "COMMIT", timeout)
-                    .await
-                    .map_err(commit_failed),
+                Ok(()) => {
+                    if let Some((sql, lease)) = lease {
+                        let stored = column::key(&lease.key);
+                        let fence = i64::try_from(lease.fence.0).unwrap_or(-1);
+                        let held = open
+                            .check(sql, &stored, fence, timeout)
+                            .await
+                            .map_err(commit_failed)?;
+                        if !held {
+                            if let Err(rollback) =
+                                open.finish("rollback", "ROLLBACK", timeout).await
+                            {
+                                tracing::debug!(%rollback, "inbox: rollback failed; the connection was closed instead");
+                            }
+                            return Err(HandlerError::unavailable(super::InboxError::LeaseLost {
+                                key: lease.key.to_string(),
+                                fence: lease.fence.0,
+                            }));
+                        }
+                    }
+                    open.finish("commit", "COMMIT", timeout)
+                        .await
+                        .map_err(commit_failed)
+                }
                 Err(error) => {
                     if let Err(rollback) = open.finish("rollback", "ROLLBACK", timeout).await {
                         tracing::debug!(%rollback, "inbox: rollback failed; the connection was closed instead");

@@ -22,13 +22,33 @@
 //!
 //! Keys follow [`KeySource`] (default: the payload's key, else the message
 //! id); a message without a key still runs in a transaction, without
-//! deduplication. A connection whose transaction was interrupted is closed,
+//! deduplication. Rows are per consumer: the `consumer` column is the
+//! message's [`Keyspace`] (its source queue or topic, its Kafka group, and
+//! the name given to [`Inbox::consumer`] added), so two consumers sharing a
+//! table never skip each other's messages. A table filled by an earlier
+//! release (rows under the consumer name as given) is refused by
+//! [`Inbox::migrate`] unless [`Inbox::layout`] chooses to keep that layout
+//! or to migrate: during the migration window a message's row under the old
+//! name is matched too (and written with its new row, so a worker of the
+//! earlier release waits for and skips it). A connection whose transaction was interrupted is closed,
 //! never returned to the pool, so the server rolls it back.
 //!
 //! Failures of the inbox itself (no connection, `BEGIN` or the inbox insert
 //! failed) are transient [`HandlerError`](backstop::HandlerError)s: the
 //! attempt is retried with backoff. A failed `COMMIT` is classified like
 //! the handler's own queries ([`InboxError::is_permanent`]).
+//!
+//! **Fencing.** With the idempotency layer on a [`PostgresStore`] in the
+//! same database, [`Inbox::fenced_by`] makes the commit conditional on the
+//! lease: just before `COMMIT`, the transaction checks that the store still
+//! holds the run's lease under its fencing token and locks that row, so a
+//! takeover waits for the commit. A run whose lease was lost (taken over
+//! after it expired) is rolled back and deferred ([`InboxError::LeaseLost`]):
+//! the effects of the newer run are the ones that commit. Where the store is
+//! another system (Redis), the fence cannot join the transaction: a run
+//! that loses its lease is cancelled through its token, and the inbox row's
+//! uniqueness still keeps its effects to one commit, but the run that
+//! commits may be the older one.
 
 mod layer;
 mod tx;
@@ -39,12 +59,13 @@ pub use self::tx::{InboxError, InboxTx, TxClient};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backstop::KeySource;
-use backstop::idempotency::Key;
+use backstop::idempotency::{Key, KeyLayout, Keyspace, Layout};
+use backstop::{KeySource, Meta};
 use deadpool_postgres::Pool;
 
 use crate::conn::Conn;
-use crate::{PostgresError, TableName};
+use crate::layout::LayoutCell;
+use crate::{PostgresError, PostgresStore, TableName};
 
 /// The default inbox table.
 pub const DEFAULT_INBOX_TABLE: &str = "backstop_inbox";
@@ -55,7 +76,8 @@ const PURGE_BATCH: i64 = 10_000;
 /// The inbox's SQL for one table.
 #[derive(Debug)]
 struct Statements {
-    migrate: String,
+    /// The schema's versions: step `n` brings the table to version `n`.
+    steps: Vec<String>,
     insert: String,
     contains: String,
     purge: String,
@@ -66,7 +88,7 @@ impl Statements {
         let t = table;
         let index = table.derived("processed_at_idx");
         Statements {
-            migrate: format!(
+            steps: vec![format!(
                 "CREATE TABLE IF NOT EXISTS {t} (
     consumer     text        NOT NULL,
     key          text        NOT NULL,
@@ -76,18 +98,17 @@ impl Statements {
     processed_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer, key)
 );
-CREATE INDEX IF NOT EXISTS {index} ON {t} (processed_at);
-"
-            ),
+CREATE INDEX IF NOT EXISTS {index} ON {t} (processed_at);"
+            )],
             insert: format!(
                 "INSERT INTO {t} (consumer, key, message_id, source, attempt) VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (consumer, key) DO NOTHING"
             ),
             contains: format!("SELECT 1 FROM {t} WHERE consumer = $1 AND key = $2"),
             purge: format!(
-                "DELETE FROM {t} WHERE consumer = $1 AND key IN (
-    SELECT key FROM {t} WHERE consumer = $1 AND processed_at < now() - $2::bigint * interval '1 millisecond'
-    LIMIT $3::bigint)"
+                "DELETE FROM {t} WHERE (consumer, key) IN (
+    SELECT consumer, key FROM {t} WHERE processed_at < now() - $1::bigint * interval '1 millisecond'
+    LIMIT $2::bigint)"
             ),
         }
     }
@@ -103,6 +124,10 @@ pub struct Inbox {
     key: KeySource,
     timeout: Duration,
     sql: Arc<Statements>,
+    /// The store's lease check, when fenced ([`Inbox::fenced_by`]).
+    fence: Option<Arc<str>>,
+    /// The user's choice of key layout, and the layout found on first use.
+    layout: LayoutCell,
 }
 
 impl std::fmt::Debug for Inbox {
@@ -112,13 +137,16 @@ impl std::fmt::Debug for Inbox {
             .field("consumer", &self.consumer)
             .field("key", &self.key)
             .field("timeout", &self.timeout)
+            .field("fenced", &self.fence.is_some())
+            .field("layout", &self.layout.choice())
             .finish_non_exhaustive()
     }
 }
 
 impl Inbox {
-    /// An inbox on `pool`: table [`DEFAULT_INBOX_TABLE`], consumer `""`, keys from
-    /// the payload else the message id, 5 s for each of its own statements.
+    /// An inbox on `pool`: table [`DEFAULT_INBOX_TABLE`], no consumer name
+    /// added to the keyspaces, keys from the payload else the message id,
+    /// 5 s for each of its own statements, per-consumer keyspaces.
     /// Call [`migrate`](Self::migrate) once before use.
     pub fn new(pool: Pool) -> Self {
         let table = TableName::known(DEFAULT_INBOX_TABLE);
@@ -129,17 +157,74 @@ impl Inbox {
             consumer: String::new(),
             key: KeySource::PayloadOrMessageId,
             timeout: Duration::from_secs(5),
+            fence: None,
+            layout: LayoutCell::default(),
         }
+    }
+
+    /// Sets what to do with rows of an earlier release found in the table
+    /// (default [`KeyLayout::Keyspaced`]: refused): keep them and their
+    /// layout ([`KeyLayout::Legacy`]), or migrate ([`KeyLayout::Migrate`];
+    /// give the idempotency store the same window). Checked by
+    /// [`migrate`](Self::migrate).
+    #[must_use]
+    pub fn layout(mut self, choice: KeyLayout) -> Self {
+        self.layout = LayoutCell::new(choice);
+        self
+    }
+
+    /// The key layout of the table: read from its marker (or decided and
+    /// marked) on first use, then remembered.
+    pub async fn key_layout(&self) -> Result<Layout, PostgresError> {
+        self.layout.get(&self.pool, &self.table, self.timeout).await
+    }
+
+    /// The keyspace of this consumer's rows for messages of `source` (a
+    /// queue or topic) consumed by `group` (Kafka).
+    pub fn keyspace(&self, source: &str, group: Option<&str>) -> Keyspace {
+        Keyspace::new(source, group, Some(&self.consumer))
+    }
+
+    /// The `consumer` column of `keyspace`'s rows in `layout`: the
+    /// keyspace, or in the legacy layout the consumer name as given.
+    fn column(&self, layout: Layout, keyspace: &Keyspace) -> String {
+        if layout.keyspaced() {
+            crate::column::text(keyspace.as_str()).into_owned()
+        } else {
+            self.consumer.clone()
+        }
+    }
+
+    /// The `consumer` column of a message's row in `layout`, and its row
+    /// under the earlier release's name too while that is read.
+    pub(crate) fn consumers(&self, layout: Layout, meta: &Meta) -> (String, Option<&str>) {
+        let keyspace = Keyspace::of(meta, Some(&self.consumer));
+        let legacy = layout
+            .reads_legacy(std::time::SystemTime::now())
+            .then_some(self.consumer.as_str());
+        (self.column(layout, &keyspace), legacy)
+    }
+
+    /// Commits a run's transaction only while the run holds its lease in
+    /// `store` (same database; see [Fencing](self#fencing)). Runs without a
+    /// lease (no idempotency layer, a message without a key) are not checked.
+    #[must_use]
+    pub fn fenced_by(mut self, store: &PostgresStore) -> Self {
+        self.fence = Some(Arc::from(store.lock_held_sql()));
+        self
     }
 
     /// Uses table `name` (`table` or `schema.table`) instead of the default.
     pub fn with_table(mut self, name: &str) -> Result<Self, PostgresError> {
         self.table = TableName::new(name)?;
         self.sql = Arc::new(Statements::new(&self.table));
+        self.layout = LayoutCell::new(self.layout.choice());
         Ok(self)
     }
 
-    /// Names the consumer: consumers sharing a table deduplicate apart.
+    /// Names the consumer: the name is added to the keyspace of every row
+    /// (never in place of the source), so two services consuming one
+    /// queue or group into one table deduplicate apart.
     #[must_use]
     pub fn consumer(mut self, name: impl Into<String>) -> Self {
         self.consumer = crate::column::text(&name.into()).into_owned();
@@ -172,33 +257,39 @@ impl Inbox {
         &self.pool
     }
 
-    /// The SQL that creates the inbox table and its index (idempotent).
-    pub fn migration_sql(&self) -> &str {
-        &self.sql.migrate
+    /// The SQL that brings the inbox table from any earlier version to the
+    /// latest (idempotent), version row included.
+    pub fn migration_sql(&self) -> String {
+        crate::migrate::script(&self.table, &self.sql.steps)
     }
 
-    /// Creates the inbox table and its index if they do not exist.
+    /// Creates the inbox table, or migrates it in place from an earlier
+    /// version (see [`PostgresStore::migrate`](crate::PostgresStore::migrate)),
+    /// then checks its key layout against [`layout`](Self::layout).
     pub async fn migrate(&self) -> Result<(), PostgresError> {
-        crate::migrate::run(&self.pool, &self.table, &self.sql.migrate, self.timeout).await
+        crate::migrate::run(&self.pool, &self.table, &self.sql.steps, self.timeout).await?;
+        self.key_layout().await.map(drop)
     }
 
-    /// True if a message with `key` was committed by this consumer.
-    pub async fn contains(&self, key: &Key) -> Result<bool, PostgresError> {
+    /// True if a message with `key` was committed in `keyspace` (see
+    /// [`Inbox::keyspace`]; in the legacy layout, under the consumer name).
+    pub async fn contains(&self, keyspace: &Keyspace, key: &Key) -> Result<bool, PostgresError> {
+        let consumer = self.column(self.key_layout().await?, keyspace);
         let mut conn = Conn::checkout(&self.pool, self.timeout).await?;
         let rows = conn
             .query(
                 "inbox lookup",
                 self.timeout,
                 &self.sql.contains,
-                &[&self.consumer, &crate::column::key(key)],
+                &[&consumer, &crate::column::key(key)],
             )
             .await?;
         Ok(!rows.is_empty())
     }
 
-    /// Deletes this consumer's rows processed more than `age` ago; returns
-    /// how many. Keep `age` longer than any redelivery or replay you want
-    /// skipped: a message whose row is gone runs again.
+    /// Deletes the rows processed more than `age` ago, of every consumer of
+    /// the table; returns how many. Keep `age` longer than any redelivery
+    /// or replay you want skipped: a message whose row is gone runs again.
     pub async fn purge_older_than(&self, age: Duration) -> Result<u64, PostgresError> {
         let age = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
         let mut conn = Conn::checkout(&self.pool, self.timeout).await?;
@@ -209,7 +300,7 @@ impl Inbox {
                     "inbox purge",
                     self.timeout,
                     &self.sql.purge,
-                    &[&self.consumer, &age, &PURGE_BATCH],
+                    &[&age, &PURGE_BATCH],
                 )
                 .await?;
             purged += n;

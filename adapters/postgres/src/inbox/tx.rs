@@ -31,6 +31,18 @@ pub enum InboxError {
     /// The statement failed.
     #[error("query in the inbox transaction failed: {0}")]
     Query(#[from] tokio_postgres::Error),
+    /// The run lost its idempotency lease (it was taken over after it
+    /// expired): its transaction was rolled back, and the message is left
+    /// for redelivery.
+    #[error(
+        "the idempotency lease on {key} (fence {fence}) was lost before the commit: rolled back, the newer run's effects count"
+    )]
+    LeaseLost {
+        /// The key as stored.
+        key: String,
+        /// The lost lease's fencing token.
+        fence: u64,
+    },
 }
 
 impl InboxError {
@@ -49,7 +61,7 @@ impl InboxError {
     pub fn is_permanent(&self) -> bool {
         match self {
             InboxError::Missing => true,
-            InboxError::Finished => false,
+            InboxError::Finished | InboxError::LeaseLost { .. } => false,
             InboxError::Query(_) => self.code().is_some_and(|code| {
                 ["22", "23", "42"]
                     .iter()
@@ -213,6 +225,26 @@ pub(crate) struct OpenTx {
 }
 
 impl OpenTx {
+    /// Runs `sql` (`$1` key, `$2` fence) in the transaction; true if it returned a row.
+    pub(crate) async fn check(
+        &mut self,
+        sql: &str,
+        key: &str,
+        fence: i64,
+        timeout: Duration,
+    ) -> Result<bool, PostgresError> {
+        let Ok(mut conn) = tokio::time::timeout(timeout, self.shared.conn.lock()).await else {
+            return Err(PostgresError::Timeout {
+                op: "waiting for the handler's query to end",
+                after: timeout,
+            });
+        };
+        let rows = conn
+            .query("inbox fence check", timeout, sql, &[&key, &fence])
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
     /// Ends the transaction with `sql` (`COMMIT` or `ROLLBACK`). The
     /// connection returns to the pool only if that succeeded.
     pub(crate) async fn finish(

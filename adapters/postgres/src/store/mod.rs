@@ -3,15 +3,16 @@
 mod sql;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use backstop::idempotency::{Claim, Key};
-use backstop::{Store, StoreError};
+use backstop::idempotency::{Claim, Fence, Held, Key, KeyLayout, Layout};
+use backstop::{ErrorKind, Failure, Store, StoreError};
 use deadpool_postgres::Pool;
 
 use self::sql::Statements;
 use crate::column;
 use crate::conn::Conn;
+use crate::layout::LayoutCell;
 use crate::{PgConfig, PostgresError, TableName};
 
 /// The default table of the store.
@@ -26,13 +27,23 @@ const CLAIM_TRIES: usize = 3;
 /// An idempotency [`Store`] on PostgreSQL, shared by every worker that uses
 /// the same database and table.
 ///
-/// One row per key: `state`, `owner`, `lease_until`, `failed_runs`,
-/// `replay`, `created_at`, `updated_at`, `expires_at` (see
+/// One row per key: `state`, `owner`, `fence`, `crashed`, `lease_until`,
+/// `failed_runs`, `replay`, `created_at`, `updated_at`, `expires_at`, and
+/// the `letter_*` columns of a dead letter whose write failed (kind, error
+/// text, attempts, failure times, redrive, when recorded), reported by the
+/// next claim so the redelivery writes only that letter (see
 /// [`migration_sql`](Self::migration_sql)). A claim is one
 /// `INSERT … ON CONFLICT (key) DO UPDATE … WHERE <takeover or redrive> RETURNING`
 /// statement, atomic under concurrency; only a claim that did not win
 /// reads the row again to say why (completed, dead-lettered, busy). Lease
-/// times come from the server's clock. Finished keys are kept for the TTL;
+/// times and fencing tokens come from the server's clock. `renew_many` and
+/// `complete_many` are one `UPDATE … FROM unnest(…)` each.
+///
+/// The schema is versioned (`backstop_schema_version`, see
+/// [`migrate`](Self::migrate)): a table made by an earlier release is
+/// brought up to date in place, and workers of the earlier release keep
+/// working on it during a rolling upgrade (their leases are respected, and
+/// theirs fence the later workers out). Finished keys are kept for the TTL;
 /// [`purge_expired`](Self::purge_expired) deletes the rest (run it now and
 /// then: expired rows are already ignored, purging only reclaims space).
 ///
@@ -49,6 +60,8 @@ pub struct PostgresStore {
     sql: Arc<Statements>,
     ttl: Duration,
     timeout: Duration,
+    /// The user's choice of key layout, and the layout found on first use.
+    layout: LayoutCell,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -68,6 +81,12 @@ fn millis(duration: Duration) -> i64 {
         .max(1)
 }
 
+/// A fence as the table's `bigint` (tokens this store hands out fit; a
+/// larger one matches no row).
+fn fence_column(fence: Fence) -> i64 {
+    i64::try_from(fence.0).unwrap_or(-1)
+}
+
 /// A count as the table's `integer`.
 fn int(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
@@ -85,7 +104,25 @@ impl PostgresStore {
             table,
             ttl: Duration::from_secs(24 * 3600),
             timeout: Duration::from_secs(5),
+            layout: LayoutCell::default(),
         }
+    }
+
+    /// Sets what to do with the key layout found in the table (default
+    /// [`KeyLayout::Keyspaced`]: a table holding keys of an earlier release
+    /// is refused): keep the global keys ([`KeyLayout::Legacy`]) or upgrade
+    /// them ([`KeyLayout::Migrate`]). Checked by [`migrate`](Self::migrate).
+    #[must_use]
+    pub fn layout(mut self, choice: KeyLayout) -> Self {
+        self.layout = LayoutCell::new(choice);
+        self
+    }
+
+    /// The key layout of the table: read from its marker in
+    /// `backstop_schema_version` (or decided and marked) on first use, then
+    /// remembered.
+    pub async fn key_layout(&self) -> Result<Layout, PostgresError> {
+        self.layout.get(&self.pool, &self.table, self.timeout).await
     }
 
     /// Builds a pool from `config`, creates the table if needed, and returns
@@ -100,6 +137,7 @@ impl PostgresStore {
     pub fn with_table(mut self, name: &str) -> Result<Self, PostgresError> {
         self.table = TableName::new(name)?;
         self.sql = Arc::new(Statements::new(&self.table));
+        self.layout = LayoutCell::new(self.layout.choice());
         Ok(self)
     }
 
@@ -127,15 +165,39 @@ impl PostgresStore {
         &self.pool
     }
 
-    /// The SQL that creates the table and its index (idempotent).
-    pub fn migration_sql(&self) -> &str {
-        &self.sql.migrate
+    /// The SQL that brings the table from any earlier version to the latest
+    /// (idempotent), version row included: for users who apply migrations
+    /// with their own tool.
+    pub fn migration_sql(&self) -> String {
+        crate::migrate::script(&self.table, &self.sql.steps)
     }
 
-    /// Creates the table and its index if they do not exist. Safe to run
-    /// from many workers at once (serialised by an advisory lock).
+    /// The statement that checks and locks a held lease inside a transaction
+    /// (`$1` key as stored, `$2` fence): the inbox's fence check.
+    pub(crate) fn lock_held_sql(&self) -> &str {
+        &self.sql.lock_held
+    }
+
+    /// The latest schema version of the store's table this release knows.
+    pub fn schema_version(&self) -> i32 {
+        i32::try_from(self.sql.steps.len()).unwrap_or(i32::MAX)
+    }
+
+    /// Creates the table, or migrates it in place from an earlier version,
+    /// to [`schema_version`](Self::schema_version), then checks its key
+    /// layout against [`layout`](Self::layout) ([`PostgresError::Layout`]
+    /// says what to choose). Safe to run from many workers at once
+    /// (serialised by advisory locks); refuses a table a newer release
+    /// migrated ([`PostgresError::SchemaTooNew`]).
     pub async fn migrate(&self) -> Result<(), PostgresError> {
-        crate::migrate::run(&self.pool, &self.table, &self.sql.migrate, self.timeout).await
+        crate::migrate::run(&self.pool, &self.table, &self.sql.steps, self.timeout).await?;
+        self.key_layout().await.map(drop)
+    }
+
+    /// The version the table is at now (0: absent, or made by the first
+    /// release, which recorded no version).
+    pub async fn current_schema_version(&self) -> Result<i32, PostgresError> {
+        crate::migrate::version(&self.pool, &self.table, self.timeout).await
     }
 
     /// Deletes the rows whose TTL passed; returns how many.
@@ -183,10 +245,10 @@ impl PostgresStore {
         let seen: i32 = row.try_get("replay").map_err(read)?;
         let expired: bool = row.try_get("expired").map_err(read)?;
         let remaining: Option<i64> = row.try_get("remaining_ms").map_err(read)?;
-        let newer = i64::from(replay) > i64::from(seen);
+        let next = i64::from(replay) == i64::from(seen) + 1;
         Ok(match state {
             "completed" if !expired => Some(Claim::Completed),
-            "dead_lettered" if !expired && !newer => Some(Claim::DeadLettered),
+            "dead_lettered" if !expired && !next => Some(Claim::DeadLettered),
             "in_progress" => match remaining {
                 Some(ms) if ms > 0 => Some(Claim::Busy {
                     remaining: Duration::from_millis(ms.unsigned_abs()),
@@ -206,10 +268,59 @@ impl PostgresStore {
         let mut conn = self.conn().await?;
         Ok(conn.execute(op, self.timeout, sql, params).await? == 1)
     }
+
+    /// Runs a batch statement over `held` (`$1` keys, `$2` fences, then
+    /// `third` and the TTL); which items it changed.
+    async fn owned_many(
+        &self,
+        op: &'static str,
+        sql: &str,
+        held: &[Held<'_>],
+        third: &(dyn tokio_postgres::types::ToSql + Sync),
+    ) -> Vec<Result<bool, StoreError>> {
+        if held.is_empty() {
+            return Vec::new();
+        }
+        let keys: Vec<String> = held
+            .iter()
+            .map(|h| column::key(h.key).into_owned())
+            .collect();
+        let fences: Vec<i64> = held.iter().map(|h| fence_column(h.fence)).collect();
+        let ttl = millis(self.ttl);
+        let rows = async {
+            let mut conn = self.conn().await?;
+            conn.query(op, self.timeout, sql, &[&keys, &fences, third, &ttl])
+                .await
+        }
+        .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(error) => {
+                let text = error.to_string();
+                return (0..held.len())
+                    .map(|_| Err(StoreError::Backend(text.clone().into())))
+                    .collect();
+            }
+        };
+        let mut done = std::collections::HashSet::with_capacity(rows.len());
+        for row in &rows {
+            if let (Ok(key), Ok(fence)) = (row.try_get::<_, String>(0), row.try_get::<_, i64>(1)) {
+                done.insert((key, fence));
+            }
+        }
+        keys.into_iter()
+            .zip(fences)
+            .map(|pair| Ok(done.contains(&pair)))
+            .collect()
+    }
 }
 
 #[async_trait::async_trait]
 impl Store for PostgresStore {
+    async fn layout(&self) -> Result<Layout, StoreError> {
+        Ok(self.key_layout().await?)
+    }
+
     async fn claim(
         &self,
         key: &Key,
@@ -219,6 +330,7 @@ impl Store for PostgresStore {
     ) -> Result<Claim, StoreError> {
         let mut conn = self.conn().await?;
         let (lease, ttl, replay_int) = (millis(lease), millis(self.ttl), int(replay));
+        let owner = column::text(owner);
         for _ in 0..CLAIM_TRIES {
             let rows = conn
                 .query(
@@ -229,12 +341,36 @@ impl Store for PostgresStore {
                 )
                 .await?;
             if let Some(row) = rows.first() {
-                let failed: i32 = row.try_get(0).map_err(|source| PostgresError::Query {
+                let read = |source| PostgresError::Query {
                     op: "claim",
                     source,
-                })?;
+                };
+                let failed: i32 = row.try_get(0).map_err(read)?;
+                let fence: i64 = row.try_get(1).map_err(read)?;
+                let crashed: bool = row.try_get(2).map_err(read)?;
+                let kind: Option<String> = row.try_get(3).map_err(read)?;
+                if let Some(kind) = kind {
+                    let error: Option<String> = row.try_get(4).map_err(read)?;
+                    let attempts: Option<i32> = row.try_get(5).map_err(read)?;
+                    let first: Option<SystemTime> = row.try_get(6).map_err(read)?;
+                    let last: Option<SystemTime> = row.try_get(7).map_err(read)?;
+                    return Ok(Claim::LetterPending {
+                        fence: Fence(fence.unsigned_abs()),
+                        failed_runs: u32::try_from(failed).unwrap_or(0),
+                        letter: Failure {
+                            // A kind of a newer release reads as `permanent`.
+                            kind: ErrorKind::parse(&kind).unwrap_or(ErrorKind::Permanent),
+                            message: error.unwrap_or_default(),
+                            attempts: attempts.map_or(0, |n| u32::try_from(n).unwrap_or(0)),
+                            first_failure: first.unwrap_or(UNIX_EPOCH),
+                            last_failure: last.unwrap_or(UNIX_EPOCH),
+                        },
+                    });
+                }
                 return Ok(Claim::Acquired {
+                    fence: Fence(fence.unsigned_abs()),
                     failed_runs: u32::try_from(failed).unwrap_or(0),
+                    crashed,
                 });
             }
             if let Some(claim) = self.inspect(&mut conn, key, replay).await? {
@@ -248,32 +384,37 @@ impl Store for PostgresStore {
         })
     }
 
-    async fn renew(&self, key: &Key, owner: &str, lease: Duration) -> Result<bool, StoreError> {
+    async fn renew(&self, key: &Key, fence: Fence, lease: Duration) -> Result<bool, StoreError> {
         let (lease, ttl) = (millis(lease), millis(self.ttl));
         self.owned(
             "renew",
             &self.sql.renew,
-            &[&column::key(key), &owner, &lease, &ttl],
+            &[&column::key(key), &fence_column(fence), &lease, &ttl],
         )
         .await
     }
 
-    async fn complete(&self, key: &Key, owner: &str) -> Result<bool, StoreError> {
+    async fn complete(&self, key: &Key, fence: Fence) -> Result<bool, StoreError> {
         let ttl = millis(self.ttl);
         self.owned(
             "complete",
             &self.sql.finish,
-            &[&column::key(key), &owner, &"completed", &ttl],
+            &[&column::key(key), &fence_column(fence), &"completed", &ttl],
         )
         .await
     }
 
-    async fn dead_letter(&self, key: &Key, owner: &str) -> Result<bool, StoreError> {
+    async fn dead_letter(&self, key: &Key, fence: Fence) -> Result<bool, StoreError> {
         let ttl = millis(self.ttl);
         self.owned(
             "dead_letter",
             &self.sql.finish,
-            &[&column::key(key), &owner, &"dead_lettered", &ttl],
+            &[
+                &column::key(key),
+                &fence_column(fence),
+                &"dead_lettered",
+                &ttl,
+            ],
         )
         .await
     }
@@ -281,16 +422,54 @@ impl Store for PostgresStore {
     async fn release(
         &self,
         key: &Key,
-        owner: &str,
+        fence: Fence,
         failed_runs: Option<u32>,
     ) -> Result<(), StoreError> {
         let (failed, ttl) = (failed_runs.map(int), millis(self.ttl));
         self.owned(
             "release",
             &self.sql.release,
-            &[&column::key(key), &owner, &failed, &ttl],
+            &[&column::key(key), &fence_column(fence), &failed, &ttl],
         )
         .await
         .map(drop)
+    }
+
+    async fn defer_letter(
+        &self,
+        key: &Key,
+        fence: Fence,
+        letter: &Failure,
+    ) -> Result<bool, StoreError> {
+        let ttl = millis(self.ttl);
+        self.owned(
+            "defer_letter",
+            &self.sql.defer_letter,
+            &[
+                &column::key(key),
+                &fence_column(fence),
+                &int(letter.attempts),
+                &letter.kind.as_str(),
+                &column::text(&letter.message),
+                &letter.first_failure,
+                &letter.last_failure,
+                &ttl,
+            ],
+        )
+        .await
+    }
+
+    async fn renew_many(
+        &self,
+        held: &[Held<'_>],
+        lease: Duration,
+    ) -> Vec<Result<bool, StoreError>> {
+        self.owned_many("renew_many", &self.sql.renew_many, held, &millis(lease))
+            .await
+    }
+
+    async fn complete_many(&self, held: &[Held<'_>]) -> Vec<Result<bool, StoreError>> {
+        self.owned_many("complete_many", &self.sql.finish_many, held, &"completed")
+            .await
     }
 }

@@ -6,7 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backstop::{Message, Publisher, Source};
-use backstop_rabbitmq::lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use backstop_rabbitmq::lapin::options::{
+    ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use backstop_rabbitmq::lapin::types::{AMQPValue, FieldTable};
 use backstop_rabbitmq::{RabbitMq, RabbitPublisher, RabbitSource, Topology, url_from_env};
 use futures::StreamExt;
 
@@ -127,4 +130,65 @@ pub async fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     done()
+}
+
+/// Waits until `queue` holds `n` ready messages, polling; false after 10 s.
+pub async fn count_reaches(rabbit: &RabbitMq, queue: &str, n: u32) -> bool {
+    for _ in 0..100 {
+        if rabbit.message_count(queue).await.ok() == Some(n) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Waits until a runner reports it halted (a letter it can never write);
+/// false after 15 s.
+pub async fn halted(readiness: &backstop::Readiness) -> bool {
+    for _ in 0..150 {
+        if readiness.get().is_err_and(|why| why.starts_with("halted")) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Declares a durable classic queue with `arguments`.
+pub async fn classic_queue(rabbit: &RabbitMq, prefix: &str, arguments: FieldTable) -> String {
+    let queue = unique(prefix);
+    let channel = rabbit.channel().await.expect("channel");
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await
+        .expect("declare");
+    let _ = channel.close(200, "OK".into()).await;
+    queue
+}
+
+/// A classic queue that holds one message and refuses more (`x-max-length`
+/// 1, `reject-publish`: a publish to it is nacked, a transient failure),
+/// filled with one message with id `filler`.
+pub async fn full_queue(rabbit: &RabbitMq, prefix: &str) -> String {
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    let queue = classic_queue(rabbit, prefix, args).await;
+    rabbit
+        .publisher()
+        .publish(&queue, &Message::new("filler").with_message_id("filler"))
+        .await
+        .expect("the filler is confirmed");
+    queue
 }

@@ -18,11 +18,12 @@ use tokio::sync::oneshot;
 
 use super::state::{Counts, State};
 use crate::lock::SpoolLock;
-use crate::record::{SpooledRecord, Unit};
+use crate::record::{RefusedRecord, SpooledRecord, Unit};
 use crate::{SpoolConfig, SpoolError, metrics};
 
-/// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+/// The schema version this build writes (`PRAGMA user_version`): 2 added
+/// the `refused` table (version 1 files are upgraded at open).
+const SCHEMA_VERSION: i64 = 2;
 
 /// Pushes written in one transaction at most.
 const MAX_GROUP: usize = 1_024;
@@ -40,7 +41,28 @@ CREATE TABLE IF NOT EXISTS records (
     timestamp_ms INTEGER,
     spooled_ms  INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS refused (
+    seq         INTEGER PRIMARY KEY,
+    destination TEXT,
+    source      TEXT NOT NULL,
+    message_id  TEXT NOT NULL,
+    msg_key     BLOB,
+    payload     BLOB NOT NULL,
+    headers     TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    timestamp_ms INTEGER,
+    spooled_ms  INTEGER NOT NULL,
+    reason      TEXT NOT NULL,
+    error       TEXT NOT NULL,
+    refused_ms  INTEGER NOT NULL
+);
 ";
+
+/// The refused records, newest last; shared by the spool's thread and the
+/// read-only listing.
+const SELECT_REFUSED: &str = "
+SELECT seq, destination, source, message_id, msg_key, size, spooled_ms, reason, error, refused_ms
+FROM refused ORDER BY seq LIMIT ?1";
 
 /// A write waiting for the thread.
 pub(crate) struct Push {
@@ -61,6 +83,16 @@ pub(crate) enum Command {
     Remove {
         seqs: Vec<u64>,
         reply: oneshot::Sender<Result<u64, SpoolError>>,
+    },
+    SetAside {
+        seq: u64,
+        reason: String,
+        error: String,
+        reply: oneshot::Sender<Result<bool, SpoolError>>,
+    },
+    Refused {
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<RefusedRecord>, SpoolError>>,
     },
     Close,
 }
@@ -226,10 +258,21 @@ impl Db {
                     limit,
                     reply,
                 } => {
-                    let _ = reply.send(self.read(after, limit).map_err(|e| self.storage(e)));
+                    let _ = reply.send(self.read(after, limit));
                 }
                 Command::Remove { seqs, reply } => {
                     let _ = reply.send(self.remove(&seqs));
+                }
+                Command::SetAside {
+                    seq,
+                    reason,
+                    error,
+                    reply,
+                } => {
+                    let _ = reply.send(self.set_aside(seq, &reason, &error));
+                }
+                Command::Refused { limit, reply } => {
+                    let _ = reply.send(refused(&self.conn, limit).map_err(|e| self.storage(e)));
                 }
                 Command::Close => break,
             }
@@ -326,40 +369,103 @@ impl Db {
         Ok(seqs)
     }
 
-    fn read(&self, after: u64, limit: usize) -> rusqlite::Result<Vec<SpooledRecord>> {
+    /// Up to `limit` records after `after`, in order. A row that cannot be
+    /// decoded (its headers are not JSON, a column has the wrong type) is
+    /// moved to the `refused` table as `unreadable` instead of failing the
+    /// read, so one bad row never stalls the whole spool.
+    fn read(&mut self, after: u64, limit: usize) -> Result<Vec<SpooledRecord>, SpoolError> {
+        loop {
+            let rows = self.read_rows(after, limit).map_err(|e| self.storage(e))?;
+            let mut records = Vec::with_capacity(rows.len());
+            let mut unreadable = Vec::new();
+            for (seq, row) in rows {
+                match row {
+                    Ok(record) => records.push(record),
+                    Err(error) => unreadable.push((seq, error)),
+                }
+            }
+            if unreadable.is_empty() {
+                return Ok(records);
+            }
+            for (seq, error) in unreadable {
+                tracing::error!(
+                    path = ?self.path(), seq, %error,
+                    "a spool record cannot be read; it is moved to the refused records"
+                );
+                self.set_aside(seq, UNREADABLE, &error.to_string())?;
+                metrics::refused(&self.config.name, UNREADABLE);
+            }
+            // Read again: the batch is whole without the rows set aside.
+        }
+    }
+
+    fn read_rows(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> rusqlite::Result<Vec<(u64, rusqlite::Result<SpooledRecord>)>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, destination, source, message_id, msg_key, payload, headers, timestamp_ms, spooled_ms
              FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = stmt.query_map(params![to_i64(after), limit], |r| {
-            let headers: String = r.get(6)?;
-            let headers: Headers = serde_json::from_str(&headers).map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    6,
-                    rusqlite::types::Type::Text,
-                    Box::new(e),
-                )
-            })?;
-            Ok(SpooledRecord {
-                seq: to_u64(r.get(0)?),
-                destination: r.get(1)?,
-                message: Message {
-                    payload: Bytes::from(r.get::<_, Vec<u8>>(5)?),
-                    key: r.get::<_, Option<Vec<u8>>>(4)?.map(Bytes::from),
-                    headers,
-                    meta: Meta {
-                        source: r.get(2)?,
-                        message_id: r.get(3)?,
-                        attempt: 1,
-                        timestamp: r.get::<_, Option<i64>>(7)?.map(from_ms),
-                        ..Meta::default()
-                    },
-                },
-                spooled_at: from_ms(r.get(8)?),
-            })
+            Ok((to_u64(r.get(0)?), decode(r)))
         })?;
         rows.collect()
+    }
+
+    /// Moves record `seq` to the `refused` table; false if it was not there.
+    fn set_aside(&mut self, seq: u64, reason: &str, error: &str) -> Result<bool, SpoolError> {
+        let moved = self
+            .move_to_refused(seq, reason, error)
+            .map_err(|e| self.storage(e))?;
+        let Some(removed) = moved else {
+            return Ok(false);
+        };
+        self.state.removed([removed]);
+        self.gauge();
+        self.state.removed.notify_waiters();
+        Ok(true)
+    }
+
+    fn move_to_refused(
+        &mut self,
+        seq: u64,
+        reason: &str,
+        error: &str,
+    ) -> rusqlite::Result<Option<(Unit, u64)>> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT OR REPLACE INTO refused
+             (seq, destination, source, message_id, msg_key, payload, headers, size, timestamp_ms,
+              spooled_ms, reason, error, refused_ms)
+             SELECT seq, destination, source, message_id, msg_key, payload, headers, size,
+                    timestamp_ms, spooled_ms, ?2, ?3, ?4
+             FROM records WHERE seq = ?1",
+            params![to_i64(seq), reason, error, ms(SystemTime::now())],
+        )?;
+        let row = tx
+            .query_row(
+                "DELETE FROM records WHERE seq = ?1 RETURNING destination, source, msg_key, size",
+                params![to_i64(seq)],
+                |r| {
+                    Ok((
+                        r.get::<_, Option<String>>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<Vec<u8>>>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                },
+            )
+            .optional()?;
+        tx.commit()?;
+        Ok(row.map(|(destination, source, key, size)| {
+            (
+                Unit::new(destination, &source, key.map(Bytes::from)),
+                to_u64(size),
+            )
+        }))
     }
 
     /// Removes records; returns how many were there.
@@ -403,6 +509,85 @@ impl Db {
         tx.commit()?;
         Ok(removed)
     }
+}
+
+/// The reason of a record whose row could not be decoded.
+const UNREADABLE: &str = "unreadable";
+
+/// One `records` row as a [`SpooledRecord`].
+fn decode(r: &rusqlite::Row<'_>) -> rusqlite::Result<SpooledRecord> {
+    let headers: String = r.get(6)?;
+    let headers: Headers = serde_json::from_str(&headers).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(6, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    Ok(SpooledRecord {
+        seq: to_u64(r.get(0)?),
+        destination: r.get(1)?,
+        message: Message {
+            payload: Bytes::from(r.get::<_, Vec<u8>>(5)?),
+            key: r.get::<_, Option<Vec<u8>>>(4)?.map(Bytes::from),
+            headers,
+            meta: Meta {
+                source: r.get(2)?,
+                message_id: r.get(3)?,
+                attempt: 1,
+                timestamp: r.get::<_, Option<i64>>(7)?.map(from_ms),
+                ..Meta::default()
+            },
+        },
+        spooled_at: from_ms(r.get(8)?),
+    })
+}
+
+/// Up to `limit` refused records, oldest first.
+pub(crate) fn refused(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<RefusedRecord>> {
+    let mut stmt = conn.prepare_cached(SELECT_REFUSED)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = stmt.query_map(params![limit], |r| {
+        Ok(RefusedRecord {
+            seq: to_u64(r.get(0)?),
+            destination: r.get(1)?,
+            source: r.get(2)?,
+            message_id: r.get(3)?,
+            key: r.get::<_, Option<Vec<u8>>>(4)?.map(Bytes::from),
+            size: to_u64(r.get(5)?),
+            spooled_at: from_ms(r.get(6)?),
+            reason: r.get(7)?,
+            error: r.get(8)?,
+            refused_at: from_ms(r.get(9)?),
+        })
+    })?;
+    rows.collect()
+}
+
+/// Reads the refused records of the spool at `path` without opening it for
+/// writing (no lock: the publisher that owns it may be running).
+pub(crate) fn read_refused(path: &Path, limit: usize) -> Result<Vec<RefusedRecord>, SpoolError> {
+    let storage = |source| SpoolError::Storage {
+        path: path.to_owned(),
+        source,
+    };
+    if !path.exists() {
+        return Err(SpoolError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no spool file here"),
+        });
+    }
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(storage)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(storage)?;
+    let has_table: bool = conn
+        .query_row(
+            "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'refused'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(storage)?;
+    if !has_table {
+        // A spool written before refused records existed has none.
+        return Ok(Vec::new());
+    }
+    refused(&conn, limit).map_err(storage)
 }
 
 /// rusqlite's error is not `Clone`; a group's failure is reported to each push.

@@ -21,9 +21,9 @@ use std::time::Duration;
 use backstop::Message;
 use tokio::sync::oneshot;
 
-use self::db::{Command, Db, Push, closed};
+use self::db::{Command, Db, Push, closed, read_refused};
 pub(crate) use self::state::State;
-use crate::record::{SpooledRecord, Unit, size_of};
+use crate::record::{RefusedRecord, SpooledRecord, Unit, size_of};
 use crate::{SpoolConfig, SpoolError, WhenFull, metrics};
 
 /// A handle to an open spool; cheap to clone (clones share it).
@@ -143,13 +143,58 @@ impl Spool {
     /// Removes records for good, whether or not the broker has them; returns
     /// how many were there.
     ///
-    /// The relay removes a record itself once the broker confirmed it. This is
-    /// for an operator dropping a record the broker will never take (its
-    /// destination is gone for good), which otherwise blocks its key.
+    /// The relay removes a record itself once the broker confirmed it, and
+    /// moves one the broker refuses for good to the [refused records](Spool::refused).
+    /// This is for an operator dropping a record whose destination is gone
+    /// for good, which otherwise blocks its key.
     pub async fn remove(&self, seqs: &[u64]) -> Result<u64, SpoolError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Remove {
             seqs: seqs.to_vec(),
+            reply,
+        })?;
+        answer.await.unwrap_or_else(|_| Err(self.closed()))
+    }
+
+    /// The oldest `limit` refused records: messages the broker refused for
+    /// good (or rows that could not be read), which the relay moved out of
+    /// their key's way. See [`RefusedRecord`].
+    pub async fn refused(&self, limit: usize) -> Result<Vec<RefusedRecord>, SpoolError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Refused { limit, reply })?;
+        answer.await.unwrap_or_else(|_| Err(self.closed()))
+    }
+
+    /// The oldest `limit` refused records of the spool file at `path`, read
+    /// without opening the spool (no lock is taken: the process that owns
+    /// it may be running). For tools such as `backstop spool refused`.
+    pub async fn read_refused(
+        path: impl AsRef<Path>,
+        limit: usize,
+    ) -> Result<Vec<RefusedRecord>, SpoolError> {
+        let path = path.as_ref().to_owned();
+        let at = path.clone();
+        tokio::task::spawn_blocking(move || read_refused(&path, limit))
+            .await
+            .map_err(|e| SpoolError::Io {
+                path: at,
+                source: std::io::Error::other(e),
+            })?
+    }
+
+    /// Moves record `seq` to the refused records with `reason` and `error`;
+    /// false if it was not in the spool.
+    pub(crate) async fn set_aside(
+        &self,
+        seq: u64,
+        reason: &str,
+        error: &str,
+    ) -> Result<bool, SpoolError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::SetAside {
+            seq,
+            reason: reason.to_owned(),
+            error: error.to_owned(),
             reply,
         })?;
         answer.await.unwrap_or_else(|_| Err(self.closed()))

@@ -253,3 +253,59 @@ async fn a_closed_spool_says_so() {
         Err(SpoolError::Closed { .. })
     ));
 }
+
+/// Finding: one unreadable row failed every read, so the relay never got
+/// past it and the whole spool stalled.
+#[tokio::test]
+async fn an_unreadable_row_is_set_aside_and_the_rest_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(config(&dir)).await.unwrap();
+    for i in 0..3 {
+        spool.push(Some("orders"), &msg(i, "k")).await.unwrap();
+    }
+    // Another writer breaks the middle record's headers.
+    let conn = rusqlite::Connection::open(dir.path().join("t.spool")).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn.execute(
+        "UPDATE records SET headers = '{not json' WHERE message_id = 'm-1'",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+
+    let records = spool.peek(10).await.unwrap();
+    let ids: Vec<&str> = records
+        .iter()
+        .map(|r| r.message.meta.message_id.as_str())
+        .collect();
+    assert_eq!(ids, ["m-0", "m-2"]);
+    assert_eq!(spool.len(), 2);
+    let refused = spool.refused(10).await.unwrap();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].message_id, "m-1");
+    assert_eq!(refused[0].reason, "unreadable");
+    assert!(!refused[0].error.is_empty());
+    spool.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_spool_of_schema_1_is_upgraded_with_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(config(&dir)).await.unwrap();
+    spool.push(Some("orders"), &msg(0, "k")).await.unwrap();
+    spool.close().await.unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join("t.spool")).unwrap();
+    conn.execute_batch("DROP TABLE refused; PRAGMA user_version = 1;")
+        .unwrap();
+    drop(conn);
+    assert!(
+        Spool::read_refused(dir.path().join("t.spool"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let spool = Spool::open(config(&dir)).await.unwrap();
+    assert_eq!(spool.len(), 1);
+    assert!(spool.refused(10).await.unwrap().is_empty());
+    spool.close().await.unwrap();
+}

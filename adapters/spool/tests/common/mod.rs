@@ -62,6 +62,8 @@ pub struct Switch {
     pub hang: Arc<AtomicBool>,
     refused_key: Arc<std::sync::Mutex<Option<String>>>,
     tried: Arc<std::sync::Mutex<BTreeSet<String>>>,
+    /// Payloads above this are refused as `TooLarge` (0: no limit).
+    pub max_payload: Arc<AtomicUsize>,
 }
 
 impl Default for Switch {
@@ -73,6 +75,7 @@ impl Default for Switch {
             hang: Arc::new(AtomicBool::new(false)),
             refused_key: Arc::default(),
             tried: Arc::default(),
+            max_payload: Arc::default(),
         }
     }
 }
@@ -121,6 +124,12 @@ impl Publisher for Switch {
             return Err(PublishError::Full(destination.to_owned()));
         }
         let mode = *self.mode.lock().unwrap();
+        let max = self.max_payload.load(Ordering::Relaxed);
+        if mode != Mode::Down && max > 0 && message.payload.len() > max {
+            return Err(PublishError::TooLarge {
+                size: message.payload.len(),
+            });
+        }
         match mode {
             Mode::Up => self.broker.publish(destination, message).await,
             Mode::Down => Err(PublishError::Unavailable("connection refused".into())),

@@ -1,0 +1,43 @@
+//! [`Signal`]: what one settled delivery tells the breaker.
+
+use crate::{AckError, Error, ErrorKind, Outcome, Settled};
+
+/// What one settled delivery says about the dependencies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// Settled without an outage: the dependencies answered.
+    Success,
+    /// A dependency was down (store, inbox, `Unavailable`).
+    Outage,
+    /// A transient handler failure left the process (counted only with
+    /// [`BreakerConfig::count_transient`](super::BreakerConfig::count_transient)).
+    TransientFailure,
+    /// Says nothing about the dependencies (an ack that failed, a shutdown,
+    /// a key busy elsewhere).
+    Neutral,
+}
+
+impl Signal {
+    /// The signal of a settlement.
+    pub fn of(result: &Result<Settled, AckError>) -> Self {
+        match result {
+            Ok(Settled::Acked(Outcome::Handled | Outcome::Duplicate)) => Signal::Success,
+            Ok(Settled::Acked(Outcome::Deferred { .. })) => Signal::TransientFailure,
+            Ok(Settled::Acked(Outcome::DeadLettered { kind, .. })) => match kind {
+                ErrorKind::Exhausted | ErrorKind::Timeout => Signal::TransientFailure,
+                _ => Signal::Success,
+            },
+            Ok(Settled::Nacked(error) | Settled::Postponed(error)) => Signal::of_error(error),
+            Err(_) => Signal::Neutral,
+        }
+    }
+
+    /// The signal of a stack error.
+    pub fn of_error(error: &Error) -> Self {
+        if error.is_outage() {
+            Signal::Outage
+        } else {
+            Signal::Neutral
+        }
+    }
+}
