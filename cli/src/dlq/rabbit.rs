@@ -1,13 +1,16 @@
 //! A RabbitMQ DLQ queue.
 //!
-//! RabbitMQ cannot browse a queue, and a requeued message goes back to its
-//! head, so every action walks the queue once by **rotation**: it reads each
+//! RabbitMQ cannot browse a queue, so every action walks the queue once by
+//! **rotation**: it reads each
 //! letter, decides, and settles it. A letter that stays (not selected,
 //! refused by the loop guard, or just listed) is republished unchanged (same
 //! body and properties) to the tail of the same queue with a publisher
 //! confirm, and only then acked. A replayed letter is acked after its
 //! redrive copy is confirmed; a purged one is acked. The walk stops after as
-//! many letters as the queue held at its start.
+//! many letters as the queue held at its start. A returned (requeued)
+//! letter has no place in the queue one can rely on (on a 3.10 quorum queue
+//! it can come back behind the copies already rotated), so a walk never
+//! returns one except on its error paths (see [`Walk::next`]).
 //!
 //! Publishes are pipelined: at most [`WINDOW`] letters (and about
 //! [`WINDOW_BYTES`] of payload) are unacked at once, each until its own copy
@@ -29,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use backstop::{Message, Publisher};
 use backstop_rabbitmq::lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use backstop_rabbitmq::lapin::types::{FieldTable, ShortString};
@@ -53,7 +56,7 @@ pub struct RabbitDlq {
     budget: Duration,
 }
 
-/// The message of a `basic_get` from `queue` (the adapter's conversion:
+/// The message of a letter read from `queue` (the adapter's conversion:
 /// no panic on any property, an out-of-range timestamp is none).
 pub fn message_from_get(queue: &str, properties: &BasicProperties, data: Vec<u8>) -> Message {
     message_from_delivery(queue, None, false, properties, data)
@@ -94,10 +97,11 @@ struct Pending {
 
 /// One rotation walk over the queue (see the module docs).
 struct Walk {
-    rabbit: RabbitMq,
     channel: Channel,
     rotate: Channel,
     queue: String,
+    /// How many letters the queue held at the start: the walk reads no more.
+    count: u32,
     remaining: u32,
     budget: Duration,
     /// Held letters in read order, each waiting for its copy's confirm.
@@ -105,73 +109,105 @@ struct Walk {
     pending_bytes: usize,
     /// How many letters may be pending at once.
     window: usize,
-    /// The consumer that streams the first letters (see [`Walk::next`]).
+    /// The consumer's prefetch: min(window, count).
+    prefetch: u32,
+    /// Letters acked so far.
+    acked: u32,
+    /// Settled letters whose acks wait for the end of the read (see
+    /// [`Walk::ack`]).
+    deferred: Vec<u64>,
+    /// The consumer that reads the walk (none for an empty queue).
     consumer: Option<Consumer>,
 }
+
+/// How long the walk waits for a delivery before it checks whether the
+/// queue was emptied by someone else.
+const IDLE_CHECK: Duration = Duration::from_secs(2);
 
 impl Walk {
     /// The next letter of the walk, or none after as many as the queue held
     /// at the start.
     ///
-    /// Most letters come from a consumer with a prefetch of the window (a
-    /// `basic_get` on a quorum queue is a round trip through its log, about
-    /// 4 ms each). The broker sends it at most a window more than were
-    /// acked, so cancelling it while twice the window of letters is still to
-    /// come means it never receives a letter rotated to the tail in this
-    /// walk; the last ones are read with `basic_get`, which takes exactly one.
-    async fn next(&mut self) -> Result<Option<Held>, CliError> {
+    /// One consumer reads the whole walk with a prefetch of
+    /// min(window, count). The broker sends it at most `acked + prefetch`
+    /// letters, and [`Walk::ack`] holds back the acks that would let that
+    /// pass `count`, so the consumer never receives a letter beyond the
+    /// walk (a copy rotated to the tail in this walk) and nothing is in
+    /// flight when it is cancelled at the end. (Cancelling earlier is not
+    /// safe: on a quorum queue a delivery sent just before the queue
+    /// handles `basic.cancel` can arrive after cancel-ok, and lapin drops
+    /// it; a letter returned by closing the channel comes back behind the
+    /// copies already rotated, so a walk would read its own copies.)
+    async fn next(&mut self, dlq: &RabbitDlq) -> Result<Option<Held>, CliError> {
         if self.remaining == 0 {
-            return Ok(None);
+            return self.end_read().await.map(|()| None);
         }
-        if let Some(consumer) = self.consumer.as_mut() {
-            match consumer.next().await {
-                Some(Ok(d)) => {
+        let Some(consumer) = self.consumer.as_mut() else {
+            return Ok(None);
+        };
+        let what = || format!("reading queue {:?}", self.queue);
+        loop {
+            match tokio::time::timeout(IDLE_CHECK, consumer.next()).await {
+                Ok(Some(Ok(d))) => {
                     self.remaining -= 1;
-                    if self.remaining as usize == 2 * self.window {
-                        self.channel
-                            .basic_cancel(CONSUMER_TAG.into(), BasicCancelOptions::default())
-                            .await
-                            .map_err(CliError::broker(format!("reading queue {:?}", self.queue)))?;
-                    }
                     return Ok(Some(self.hold(d.delivery_tag, d.properties, d.data)));
                 }
-                Some(Err(e)) => {
-                    return Err(CliError::broker(format!("reading queue {:?}", self.queue))(
-                        e,
-                    ));
+                Ok(Some(Err(e))) => return Err(CliError::broker(what())(e)),
+                Ok(None) => {
+                    return Err(CliError::Broker {
+                        what: what(),
+                        reason: "the broker cancelled the walk's consumer (queue deleted?)".into(),
+                    });
                 }
-                // Cancelled. A delivery the queue sent just before it
-                // handled the cancel can arrive after the cancel-ok, and
-                // lapin drops it: it stays unacked on this channel, unseen.
-                // Settle what is held, then swap the channel, so closing
-                // the old one returns any such letter to the queue, where
-                // `basic_get` reads it in this walk.
-                None => {
-                    self.consumer = None;
-                    self.drain().await?;
-                    let fresh = open_channel(&self.rabbit).await?;
-                    let old = std::mem::replace(&mut self.channel, fresh);
-                    old.close(200, "OK".into())
-                        .await
-                        .map_err(CliError::broker(format!("reading queue {:?}", self.queue)))?;
+                // Quiet: the queue may have been emptied by someone else.
+                Err(_) => {
+                    if dlq.count().await? == 0 {
+                        self.remaining = 0;
+                        return self.end_read().await.map(|()| None);
+                    }
                 }
             }
         }
-        let got = self
-            .channel
-            .basic_get(
-                self.queue.as_str().into(),
-                BasicGetOptions { no_ack: false },
-            )
+    }
+
+    /// Cancels the consumer once the walk has read its letters.
+    async fn end_read(&mut self) -> Result<(), CliError> {
+        if self.consumer.take().is_some() {
+            self.channel
+                .basic_cancel(CONSUMER_TAG.into(), BasicCancelOptions::default())
+                .await
+                .map_err(CliError::broker(format!("reading queue {:?}", self.queue)))?;
+        }
+        Ok(())
+    }
+
+    /// Acks `tag` now, or holds the ack back while it would let the broker
+    /// send past the walk (`acked + prefetch > count`) and letters are still
+    /// to be read; held acks go out when the read ends.
+    async fn ack(&mut self, tag: u64) -> Result<(), CliError> {
+        if self.remaining > 0 && self.acked + 1 + self.prefetch > self.count {
+            self.deferred.push(tag);
+            return Ok(());
+        }
+        self.send_ack(tag).await?;
+        if self.remaining == 0 {
+            for tag in std::mem::take(&mut self.deferred) {
+                self.send_ack(tag).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_ack(&mut self, tag: u64) -> Result<(), CliError> {
+        self.channel
+            .basic_ack(tag, BasicAckOptions { multiple: false })
             .await
-            .map_err(CliError::broker(format!("reading queue {:?}", self.queue)))?;
-        let Some(got) = got else {
-            self.remaining = 0;
-            return Ok(None);
-        };
-        self.remaining -= 1;
-        let d = got.delivery;
-        Ok(Some(self.hold(d.delivery_tag, d.properties, d.data)))
+            .map_err(CliError::broker(format!(
+                "acking a message of {:?}",
+                self.queue
+            )))?;
+        self.acked += 1;
+        Ok(())
     }
 
     fn hold(&self, tag: u64, properties: BasicProperties, data: Vec<u8>) -> Held {
@@ -206,17 +242,11 @@ impl Walk {
         }
     }
 
-    /// Removes `held` from the queue. Never refused for the budget: its
-    /// copy may already be out, and an ack is always better than a requeue
-    /// (the budget keeps a margin below `consumer_timeout`).
-    async fn remove(&self, held: Held) -> Result<(), CliError> {
-        self.channel
-            .basic_ack(held.tag, BasicAckOptions { multiple: false })
-            .await
-            .map_err(CliError::broker(format!(
-                "acking a message of {:?}",
-                self.queue
-            )))
+    /// Removes `held` from the queue (see [`Walk::ack`]). Never refused for
+    /// the budget: its copy may already be out, and an ack is always better
+    /// than a requeue (the budget keeps a margin below `consumer_timeout`).
+    async fn remove(&mut self, held: Held) -> Result<(), CliError> {
+        self.ack(held.tag).await
     }
 
     /// Keeps `held`: republishes it unchanged to the queue's tail with a
@@ -353,7 +383,15 @@ impl Walk {
     /// Settles what is pending, then closes both channels (the broker
     /// requeues anything still unacked).
     async fn finish(mut self) -> Result<(), CliError> {
-        let drained = self.drain().await;
+        let mut drained = self.drain().await;
+        // Held acks: their letters' copies were confirmed (or they were
+        // purged), so they are removed even when the walk stopped early.
+        for tag in std::mem::take(&mut self.deferred) {
+            let acked = self.send_ack(tag).await;
+            if drained.is_ok() {
+                drained = acked;
+            }
+        }
         let what = format!("closing the walk of {:?}", self.queue);
         let _ = self.rotate.close(200, "OK".into()).await;
         self.channel
@@ -422,11 +460,14 @@ impl RabbitDlq {
             .await
             .map_err(CliError::broker("enabling publisher confirms"))?;
         let window = window.max(1);
-        let consumer = if window > 1 && remaining as usize > 2 * window {
+        let prefetch = remaining.min(u32::try_from(window).unwrap_or(u32::MAX));
+        let consumer = if remaining > 0 {
             let what = format!("reading queue {:?}", self.queue);
-            let prefetch = u16::try_from(window).unwrap_or(u16::MAX);
             channel
-                .basic_qos(prefetch, BasicQosOptions { global: false })
+                .basic_qos(
+                    u16::try_from(prefetch).unwrap_or(u16::MAX),
+                    BasicQosOptions { global: false },
+                )
                 .await
                 .map_err(CliError::broker(what.clone()))?;
             Some(
@@ -444,15 +485,18 @@ impl RabbitDlq {
             None
         };
         Ok(Walk {
-            rabbit: self.rabbit.clone(),
             channel,
             rotate,
             queue: self.queue.clone(),
+            count: remaining,
             remaining,
             budget: self.budget,
             pending: VecDeque::new(),
             pending_bytes: 0,
             window,
+            prefetch,
+            acked: 0,
+            deferred: Vec::new(),
             consumer,
         })
     }
@@ -469,7 +513,7 @@ impl RabbitDlq {
         let mut walk = self.start(WINDOW).await?;
         let mut seen = Scratch::new()?;
         let result = async {
-            while let Some(held) = walk.next().await? {
+            while let Some(held) = walk.next(self).await? {
                 let letter = held.letter.clone();
                 walk.keep(held).await?;
                 if seen.sight(letter.id())? == 1 {
@@ -511,7 +555,7 @@ impl RabbitDlq {
                 if !options.dry_run {
                     pacer.tick().await;
                 }
-                let Some(held) = walk.next().await? else {
+                let Some(held) = walk.next(self).await? else {
                     break;
                 };
                 bar.inc(1);
@@ -585,7 +629,7 @@ impl RabbitDlq {
         };
         let mut copies = Scratch::new()?;
         let result = async {
-            while let Some(held) = walk.next().await? {
+            while let Some(held) = walk.next(self).await? {
                 let id = held.letter.id().to_owned();
                 if copies.mark(&id)? == Some(Mark::Removed) {
                     report.copies += 1;
