@@ -558,11 +558,17 @@ async fn replay_killed_at_random_points_runs_every_letter_once() {
     let stack = StackBuilder::<serde_json::Value>::new(Arc::new(rabbit.dead_letter_sink()))
         .idempotency(Arc::new(store), KeySource::MessageId)
         .build(handler_fn(handler(Arc::clone(&state))));
+    // Done when the queue is empty and every letter ran: an empty queue
+    // alone can still have letters in the worker's prefetch.
+    let ran_all = || {
+        let handled = state.handled.lock().unwrap();
+        handled.iter().collect::<BTreeSet<_>>().len() as u64 == total
+    };
     run_until(
         rabbit.source(&q, 32).await.unwrap(),
         stack,
         Duration::from_secs(180),
-        || async { rabbit.message_count(&q).await.unwrap() == 0 },
+        || async { ran_all() && rabbit.message_count(&q).await.unwrap() == 0 },
     )
     .await;
     let handled = state.handled.lock().unwrap().clone();
