@@ -1,0 +1,141 @@
+//! Instructions and allocations per message, as slopes.
+//!
+//! ```text
+//! cargo bench -p backstop --bench instr
+//! ```
+//!
+//! For each scenario of the fixed harness (`support/drain.rs`) and each
+//! size (10,000 and 20,000 messages) this binary re-runs itself under
+//! `valgrind --tool=callgrind --collect-atstart=no
+//! --toggle-collect=*drain_queue*` and reads the instructions collected; it
+//! counts allocations in process with a counting allocator. Each figure is
+//! the slope `(X(20k) − X(10k)) / 10k`, so set-up costs cancel. It prints
+//! exactly three rows:
+//!
+//! ```text
+//! BENCH-INSTR<TAB>name<TAB>instructions_per_msg<TAB>allocations_per_msg
+//! ```
+//!
+//! named `bare_loop`, `stack_no_store` and `stack_memory_store`, and exits
+//! non-zero when valgrind is missing. The counting allocator adds a few
+//! instructions per allocation to every row (a relaxed atomic add or two).
+
+use std::alloc::System;
+use std::path::Path;
+use std::process::{Command, ExitCode};
+
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+
+#[path = "support/drain.rs"]
+mod drain;
+
+use drain::Scenario;
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// Set in the re-run child: `<scenario>:<n>`.
+const CHILD: &str = "BACKSTOP_INSTR_CHILD";
+
+/// The two sizes of the slope.
+const SMALL: u64 = 10_000;
+const LARGE: u64 = 20_000;
+
+fn main() -> ExitCode {
+    if let Ok(spec) = std::env::var(CHILD) {
+        return child(&spec);
+    }
+    match Command::new("valgrind").arg("--version").output() {
+        Ok(out) if out.status.success() => {}
+        _ => {
+            eprintln!("instr: valgrind not found: install valgrind (apt)");
+            return ExitCode::FAILURE;
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("backstop-instr-{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!("instr: cannot create {}: {e}", dir.display());
+        return ExitCode::FAILURE;
+    }
+    let mut status = ExitCode::SUCCESS;
+    for scenario in Scenario::ALL {
+        let instructions = instructions(scenario, SMALL, &dir)
+            .and_then(|small| Ok((small, instructions(scenario, LARGE, &dir)?)));
+        let (small, large) = match instructions {
+            Ok(pair) => pair,
+            Err(e) => {
+                eprintln!("instr: {}: {e}", scenario.name());
+                status = ExitCode::FAILURE;
+                continue;
+            }
+        };
+        let allocations = slope(allocations(scenario, SMALL), allocations(scenario, LARGE));
+        println!(
+            "BENCH-INSTR\t{}\t{:.0}\t{:.1}",
+            scenario.name(),
+            slope(small, large),
+            allocations
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    status
+}
+
+/// `(large − small) / (LARGE − SMALL)`.
+fn slope(small: u64, large: u64) -> f64 {
+    (large as f64 - small as f64) / (LARGE - SMALL) as f64
+}
+
+/// The re-run child: prepares, then drains inside the toggled function.
+fn child(spec: &str) -> ExitCode {
+    let parsed = spec
+        .split_once(':')
+        .and_then(|(name, n)| Some((Scenario::parse(name)?, n.parse::<u64>().ok()?)));
+    let Some((scenario, n)) = parsed else {
+        eprintln!("instr: bad {CHILD}={spec:?} (want <scenario>:<n>)");
+        return ExitCode::FAILURE;
+    };
+    drain::drain_queue(drain::prepare(scenario, n));
+    ExitCode::SUCCESS
+}
+
+/// Instructions collected inside `drain_queue` for `n` messages.
+fn instructions(scenario: Scenario, n: u64, dir: &Path) -> Result<u64, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
+    let out = dir.join(format!("callgrind.{}.{n}", scenario.name()));
+    let run = Command::new("valgrind")
+        .args([
+            "--tool=callgrind",
+            "--collect-atstart=no",
+            "--toggle-collect=*drain_queue*",
+        ])
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(&exe)
+        .env(CHILD, format!("{}:{n}", scenario.name()))
+        .output()
+        .map_err(|e| format!("running valgrind: {e}"))?;
+    if !run.status.success() {
+        return Err(format!(
+            "valgrind run failed ({}): {}",
+            run.status,
+            String::from_utf8_lossy(&run.stderr)
+        ));
+    }
+    let text =
+        std::fs::read_to_string(&out).map_err(|e| format!("reading {}: {e}", out.display()))?;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("totals:")
+                .or_else(|| l.strip_prefix("summary:"))
+        })
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| format!("no instruction total in {}", out.display()))
+}
+
+/// Allocations made while draining `n` messages, in this process.
+fn allocations(scenario: Scenario, n: u64) -> u64 {
+    let prepared = drain::prepare(scenario, n);
+    let region = Region::new(GLOBAL);
+    drain::drain_queue(prepared);
+    region.change().allocations as u64
+}
