@@ -85,11 +85,14 @@ pub(crate) fn describe(error: &figment::Error) -> (String, String) {
             format!("unknown value; expected one of: {}", expected.join(", "))
         }
         Kind::UnknownField(field, expected) => {
-            key = if key.is_empty() {
-                field.clone()
-            } else {
-                format!("{key}.{field}")
-            };
+            // figment's path may already end with the field.
+            if error.path.last() != Some(field) {
+                key = if key.is_empty() {
+                    field.clone()
+                } else {
+                    format!("{key}.{field}")
+                };
+            }
             format!("unknown key; expected one of: {}", expected.join(", "))
         }
         Kind::MissingField(field) => format!("missing key {field}"),
