@@ -583,7 +583,14 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
                 let name = source.name.clone();
                 let concurrency = source.settings.concurrency;
                 if args.until_drained {
-                    spawn(&mut runners, name, consumer.until_drained(), stack, concurrency, settings);
+                    spawn(
+                        &mut runners,
+                        name,
+                        consumer.until_drained(),
+                        stack,
+                        concurrency,
+                        settings,
+                    );
                 } else {
                     spawn(&mut runners, name, consumer, stack, concurrency, settings);
                 }
@@ -672,7 +679,8 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
                     None,
                 )
                 .await?;
-                let consumer = kafka.source(&[source.queue.as_str()], source.settings.concurrency)?;
+                let consumer =
+                    kafka.source(&[source.queue.as_str()], source.settings.concurrency)?;
                 spawn(
                     &mut runners,
                     source.name.clone(),
