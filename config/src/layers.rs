@@ -256,7 +256,7 @@ impl WorkerConfig {
                     "broker.password and broker.password_file are both set; keep one".to_owned(),
                 ));
             }
-            let text = crate::secret::read_secret_file(path).map_err(|source| {
+            let text = backstop::secret::read_secret_file(path).map_err(|source| {
                 ConfigError::SecretFile {
                     key: "broker.password_file".to_owned(),
                     path: path.clone(),

@@ -36,4 +36,4 @@ pub use model::{
     Settings, ShutdownSettings, SourceConfig, StoreConfig, StoreKind, TelemetryConfig, TlsConfig,
     WorkerConfig,
 };
-pub use secret::{Secret, SecretUrl, read_secret_file};
+pub use secret::{Secret, SecretUrl};

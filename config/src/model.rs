@@ -152,6 +152,19 @@ impl ConsumerSettings {
         }
     }
 
+    /// The keys set, for a stack or a derived handler's `runner_with`
+    /// (only these override the code's or the attributes' values).
+    pub fn to_core(&self) -> backstop::settings::Settings {
+        backstop::settings::Settings {
+            concurrency: self.concurrency,
+            max_attempts: self.max_attempts,
+            max_payload_bytes: self.max_payload_bytes,
+            timeout: self.timeout_ms.map(Duration::from_millis),
+            backoff_initial: self.backoff_initial_ms.map(Duration::from_millis),
+            backoff_max: self.backoff_max_ms.map(Duration::from_millis),
+        }
+    }
+
     /// Every key resolved, the code's defaults for those left out.
     pub fn resolve(&self) -> Settings {
         let d = Settings::default();
@@ -361,6 +374,17 @@ pub struct TelemetryConfig {
 }
 
 impl WorkerConfig {
+    /// What the configuration sets for the source `name` (its own keys over
+    /// `[defaults]`), only the keys set: for `runner_with` of a
+    /// `#[derive(Handler)]` type, whose attributes keep the rest.
+    pub fn settings_for(&self, name: &str) -> backstop::settings::Settings {
+        self.sources
+            .get(name)
+            .map_or_else(ConsumerSettings::default, SourceConfig::settings)
+            .over(&self.defaults)
+            .to_core()
+    }
+
     /// The sources to run, each with its settings resolved (source over
     /// `[defaults]` over the code's defaults); one named `orders` when none is configured.
     pub fn sources(&self) -> Vec<ResolvedSource> {

@@ -13,6 +13,8 @@ use std::path::Path;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
+use backstop::secret::read_secret_file;
+
 /// A secret text (a password, a token). Shown as `***`.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
@@ -73,14 +75,6 @@ impl fmt::Display for SecretUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redacted())
     }
-}
-
-/// Reads a secret from `path`: its contents with one trailing newline
-/// (`\n` or `\r\n`) dropped. The error names the file, never its contents.
-pub fn read_secret_file(path: &Path) -> std::io::Result<String> {
-    let text = std::fs::read_to_string(path)?;
-    let text = text.strip_suffix('\n').unwrap_or(&text);
-    Ok(text.strip_suffix('\r').unwrap_or(text).to_owned())
 }
 
 /// `@path` read from the file, `@@x` as `@x`, anything else as it is.

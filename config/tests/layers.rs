@@ -256,3 +256,15 @@ fn the_example_file_loads() {
     assert_eq!(orders.handler.as_deref(), Some("place-order"));
     assert!(config.telemetry.metrics_addr.is_some());
 }
+
+#[test]
+fn a_source_gets_only_the_keys_set_for_a_derived_runner() {
+    let file = temp(
+        "derive.toml",
+        "[defaults]\ntimeout_ms = 2000\n[sources.orders]\nmax_attempts = 3\n",
+    );
+    let settings = load(&file, &[]).unwrap().settings_for("orders");
+    assert_eq!(settings.max_attempts, Some(3));
+    assert_eq!(settings.timeout, Some(std::time::Duration::from_secs(2)));
+    assert_eq!(settings.concurrency, None, "left to the attribute");
+}
