@@ -6,7 +6,14 @@
 //! cargo run --release -p backstop-examples --bin order-worker -- \
 //!     --broker kafka --url 127.0.0.1:9092 --source orders --group order-worker
 //! cargo run --release -p backstop-examples --bin order-worker -- --broker memory --publish 1000
+//! cargo run --release -p backstop-examples --bin order-worker -- --config examples/worker.toml
 //! ```
+//!
+//! Every setting comes from the code's default, `--config FILE` (see
+//! `examples/worker.toml`), `BACKSTOP_*` environment variables and the
+//! flags, each over the one before (`backstop-config`); a bad configuration
+//! exits with status 2 naming the key and where it was set. Each
+//! `[sources.<name>]` is consumed by a runner of its own in this process.
 //!
 //! Orders are JSON `{"order_id": "...", "amount": <int>}`. The idempotency
 //! key is `order_id`, else the message id. A negative amount is a permanent
