@@ -268,3 +268,37 @@ fn a_source_gets_only_the_keys_set_for_a_derived_runner() {
     assert_eq!(settings.timeout, Some(std::time::Duration::from_secs(2)));
     assert_eq!(settings.concurrency, None, "left to the attribute");
 }
+
+#[test]
+fn tls_and_sasl_become_the_amqp_url_parameters_and_kafka_properties() {
+    let file = temp(
+        "tls.toml",
+        "[broker]\nurl = \"amqp://broker.internal:5671/%2f\"\nusername = \"app\"\npassword = \"p@ss\"\n\
+         [broker.tls]\nca_file = \"/etc/ca.pem\"\nserver_name = \"mq\"\n\
+         [broker.kafka_options]\n\"sasl.mechanism\" = \"PLAIN\"\n",
+    );
+    let broker = load(&file, &[]).unwrap().broker;
+    let url = broker.amqp_url().unwrap();
+    assert_eq!(
+        url.expose(),
+        "amqps://app:p%40ss@broker.internal:5671/%2f?cacertfile=%2Fetc%2Fca.pem&server_name_indication=mq"
+    );
+    assert!(!url.to_string().contains("p%40ss"), "{url}");
+    let properties: Vec<(String, String)> = broker
+        .kafka_properties()
+        .into_iter()
+        .map(|(k, v)| (k, v.expose().to_owned()))
+        .collect();
+    let get = |key: &str| {
+        properties
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(get("security.protocol"), Some("SASL_SSL"));
+    assert_eq!(get("ssl.ca.location"), Some("/etc/ca.pem"));
+    assert_eq!(get("sasl.username"), Some("app"));
+    assert_eq!(get("sasl.password"), Some("p@ss"));
+    assert_eq!(get("sasl.mechanism"), Some("PLAIN"), "kafka_options win");
+}
