@@ -113,8 +113,9 @@ struct Args {
     /// Where idempotency keys live [store.kind; default memory].
     #[arg(long, value_enum)]
     store: Option<StoreKind>,
-    /// PostgreSQL URL of the execution ledger (the postgres stores use
-    /// store.postgres_url, default from BACKSTOP_PG_URL).
+    /// PostgreSQL URL of the execution ledger, and then of the postgres
+    /// stores too (same database and schema); else store.postgres_url
+    /// (default from BACKSTOP_PG_URL).
     #[arg(long)]
     ledger: Option<String>,
     /// Messages in flight at once, and the RabbitMQ prefetch, for every
@@ -355,7 +356,8 @@ fn key_layout(store: &StoreConfig) -> KeyLayout {
     }
 }
 
-/// The ledger's URL, else the store's PostgreSQL URL.
+/// The ledger's URL, else the store's PostgreSQL URL: the ledger, the
+/// inbox and the postgres stores share one database and schema.
 fn pg_url(args: &Args, config: &WorkerConfig) -> String {
     args.ledger
         .clone()
@@ -433,7 +435,9 @@ async fn stack(
             // The store has a pool of its own: the `dead_lettered` mark after
             // a confirmed DLQ write never waits behind the inbox's open
             // transactions, which keeps the crash window between the two short.
-            let store_pool = PgConfig::new(store_config.postgres_url().expose())
+            // Same database and schema as the inbox (the ledger's URL if given):
+            // the inbox's fence check reads the store's table.
+            let store_pool = PgConfig::new(pg_url(args, config))
                 .max_connections((settings.concurrency / 2).max(4))
                 .pool()?;
             let store = PostgresStore::new(store_pool).layout(layout);
