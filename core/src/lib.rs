@@ -67,6 +67,8 @@ pub mod redact;
 mod request;
 pub mod retry;
 pub mod runner;
+pub mod secret;
+pub mod settings;
 pub mod stack;
 pub mod timeout;
 pub mod tls;
@@ -118,6 +120,7 @@ pub mod __private {
     pub use std::unreachable;
 
     pub use crate::payload::json;
+    pub use crate::settings::Settings;
     pub use crate::{
         DeadLetterSink, DecodeError, Handle, HandlerError, KeySource, Payload, RetryPolicy, Runner,
         Source, Stack, StackBuilder, Store,

@@ -165,6 +165,37 @@ async fn the_configured_timeout_fails_each_attempt_and_dead_letters_as_timeout()
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_configuration_overrides_only_the_attributes_it_names() {
+    let broker = MemoryBroker::new();
+    broker.publish_now("orders", order("o-1")).unwrap();
+    let calls = Calls::default();
+    let started = tokio::time::Instant::now();
+    // Attempts from the configuration; the timeout, backoff and DLQ stay the attributes'.
+    let settings = backstop::settings::Settings {
+        max_attempts: Some(4),
+        ..Default::default()
+    };
+    let summary = Slow {
+        calls: calls.clone(),
+    }
+    .runner_with(
+        broker.consume("orders", 1).until_drained(),
+        Arc::new(broker.dead_letter_sink()),
+        &settings,
+    )
+    .run()
+    .await
+    .unwrap();
+    assert_eq!(calls.count(), 4, "max_attempts = 4 from the configuration");
+    assert_eq!(summary.dead_lettered, 1);
+    assert_eq!(error_kinds(&broker, "orders.dlq"), ["timeout"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "each attempt still cut at the attribute's 50ms"
+    );
+}
+
 /// Deduplicates by the payload's key.
 #[derive(Handler)]
 #[handler(payload = OrderPlaced, idempotency = "key", concurrency = 4)]

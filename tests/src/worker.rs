@@ -67,6 +67,7 @@ pub fn binary() -> &'static Path {
 pub struct Worker {
     child: Child,
     log: PathBuf,
+    metrics: std::net::SocketAddr,
 }
 
 impl Worker {
@@ -74,13 +75,40 @@ impl Worker {
     /// appending its output to `log`; its duplicate count is watched
     /// ([`crate::scrape`]).
     pub fn spawn(args: &[String], log: &Path) -> std::io::Result<Worker> {
-        let out = File::options().create(true).append(true).open(log)?;
-        let err = out.try_clone()?;
         let metrics = crate::scrape::free_addr()?;
-        let child = Command::new(binary())
+        let mut command = Command::new(binary());
+        command
             .args(args)
             .arg("--metrics-addr")
-            .arg(metrics.to_string())
+            .arg(metrics.to_string());
+        Worker::start(command, metrics, log)
+    }
+
+    /// Starts the worker configured by `args` (e.g. `--config FILE`) and the
+    /// environment variables `env` only: the metrics address (a free port)
+    /// too comes from the environment (`BACKSTOP_TELEMETRY__METRICS_ADDR`).
+    pub fn spawn_configured(
+        args: &[String],
+        env: &[(String, String)],
+        log: &Path,
+    ) -> std::io::Result<Worker> {
+        let metrics = crate::scrape::free_addr()?;
+        let mut command = Command::new(binary());
+        command
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("BACKSTOP_TELEMETRY__METRICS_ADDR", metrics.to_string());
+        Worker::start(command, metrics, log)
+    }
+
+    fn start(
+        mut command: Command,
+        metrics: std::net::SocketAddr,
+        log: &Path,
+    ) -> std::io::Result<Worker> {
+        let out = File::options().create(true).append(true).open(log)?;
+        let err = out.try_clone()?;
+        let child = command
             .env(
                 "RUST_LOG",
                 std::env::var("BACKSTOP_WORKER_LOG").unwrap_or_else(|_| "warn".to_owned()),
@@ -93,7 +121,13 @@ impl Worker {
         Ok(Worker {
             child,
             log: log.to_owned(),
+            metrics,
         })
+    }
+
+    /// Where its Prometheus metrics are served.
+    pub fn metrics_addr(&self) -> std::net::SocketAddr {
+        self.metrics
     }
 
     /// The process id.

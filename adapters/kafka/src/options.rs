@@ -71,14 +71,13 @@ impl KafkaOption {
         let value = match value.strip_prefix('@') {
             Some(path) if is_secret(key) => {
                 let path = PathBuf::from(path);
-                let text =
-                    std::fs::read_to_string(&path).map_err(|source| OptionError::ReadSecret {
+                backstop::secret::read_secret_file(&path).map_err(|source| {
+                    OptionError::ReadSecret {
                         key: key.to_owned(),
                         path,
                         source,
-                    })?;
-                let text = text.strip_suffix('\n').unwrap_or(&text);
-                text.strip_suffix('\r').unwrap_or(text).to_owned()
+                    }
+                })?
             }
             _ => value.to_owned(),
         };

@@ -136,6 +136,29 @@ impl<T: Payload> StackBuilder<T> {
         self
     }
 
+    /// Overrides what `settings` sets (attempts, backoff, timeout, payload
+    /// limit) and keeps the rest as configured so far; concurrency is the
+    /// runner's ([`Settings::concurrency_or`](crate::settings::Settings::concurrency_or)).
+    #[must_use]
+    pub fn settings(mut self, settings: &crate::settings::Settings) -> Self {
+        if let Some(n) = settings.max_attempts {
+            self.retry.max_attempts = n.max(1);
+        }
+        if let Some(initial) = settings.backoff_initial {
+            self.retry.initial = initial;
+        }
+        if let Some(max) = settings.backoff_max {
+            self.retry.max_delay = max;
+        }
+        if let Some(timeout) = settings.timeout {
+            self.timeout = Some(timeout);
+        }
+        if let Some(bytes) = settings.max_payload_bytes {
+            self.max_payload = Some(bytes);
+        }
+        self
+    }
+
     /// Hands retry delays longer than the policy's in-process limit to `sink`.
     #[must_use]
     pub fn retry_sink(mut self, sink: Arc<dyn RetrySink>) -> Self {

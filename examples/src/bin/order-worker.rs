@@ -6,7 +6,14 @@
 //! cargo run --release -p backstop-examples --bin order-worker -- \
 //!     --broker kafka --url 127.0.0.1:9092 --source orders --group order-worker
 //! cargo run --release -p backstop-examples --bin order-worker -- --broker memory --publish 1000
+//! cargo run --release -p backstop-examples --bin order-worker -- --config examples/worker.toml
 //! ```
+//!
+//! Every setting comes from the code's default, `--config FILE` (see
+//! `examples/worker.toml`), `BACKSTOP_*` environment variables and the
+//! flags, each over the one before (`backstop-config`); a bad configuration
+//! exits with status 2 naming the key and where it was set. Each
+//! `[sources.<name>]` is consumed by a runner of its own in this process.
 //!
 //! Orders are JSON `{"order_id": "...", "amount": <int>}`. The idempotency
 //! key is `order_id`, else the message id. A negative amount is a permanent
@@ -28,6 +35,7 @@
 //! `--migrate-window-secs`). SIGINT/SIGTERM stop it gracefully.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,11 +46,16 @@ use backstop::{
     BoxError, Context, DeadLetterSink, Handle, KeySource, MemoryStore, Message, Payload,
     RetryPolicy, RetrySink, Runner, Source, Stack, StackBuilder, Store, Summary,
 };
-use backstop_kafka::{Kafka, TopicSpec};
+use backstop_config::{
+    BrokerKind, ConfigError, KeyLayoutKind, Loader, ResolvedSource, StoreConfig,
+    StoreKind as ConfiguredStore, WorkerConfig,
+};
+use backstop_kafka::{Kafka, KafkaOption, TopicSpec};
 use backstop_postgres::{Inbox, InboxTx, PgConfig, PostgresStore};
 use backstop_rabbitmq::{RabbitMq, Topology};
 use clap::{Parser, ValueEnum};
 use rand::Rng;
+use tokio::task::JoinSet;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Broker {
@@ -69,58 +82,69 @@ enum StoreKind {
     PostgresInbox,
 }
 
-/// Consumes orders through the full backstop stack. No `Debug`: `--url` and
-/// `--ledger` may hold passwords (prefer the environment variables).
+/// Consumes orders through the full backstop stack. Every setting flag
+/// overrides the same key of the configuration (`--config`, then the
+/// `BACKSTOP_*` environment); see `examples/worker.toml`. No `Debug`:
+/// `--url` and `--ledger` may hold passwords (prefer the file or the environment).
 #[derive(Parser)]
 #[command(name = "order-worker", version)]
 struct Args {
-    /// Which broker to consume from.
-    #[arg(long, value_enum, default_value = "memory")]
-    broker: Broker,
-    /// AMQP URL (RabbitMQ) or bootstrap servers (Kafka); default from
-    /// BACKSTOP_AMQP_URL or BACKSTOP_KAFKA_BROKERS, so no password need be on argv.
+    /// A TOML configuration file (see examples/worker.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Which broker to consume from [broker.kind; default memory].
+    #[arg(long, value_enum)]
+    broker: Option<Broker>,
+    /// AMQP URL (RabbitMQ) or bootstrap servers (Kafka) [broker.url; default
+    /// from BACKSTOP_AMQP_URL or BACKSTOP_KAFKA_BROKERS].
     #[arg(long)]
     url: Option<String>,
-    /// The queue or topic to consume.
-    #[arg(long, default_value = "orders")]
-    source: String,
-    /// Kafka consumer group.
-    #[arg(long, default_value = "order-worker")]
-    group: String,
-    /// Kafka: a librdkafka property, KEY=VALUE (repeatable), e.g.
-    /// security.protocol=SASL_SSL; a secret may be KEY=@/path/to/file.
+    /// Consume only this queue or topic (in place of the configured sources;
+    /// a configured source of that name keeps its settings) [default orders].
+    #[arg(long)]
+    source: Option<String>,
+    /// Kafka consumer group [broker.group; default order-worker].
+    #[arg(long)]
+    group: Option<String>,
+    /// Kafka: a librdkafka property, KEY=VALUE (repeatable), applied after
+    /// the configuration's; a secret may be KEY=@/path/to/file.
     #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
     kafka_options: Vec<backstop_kafka::KafkaOption>,
-    /// Where idempotency keys live (Redis from BACKSTOP_REDIS_URL, PostgreSQL from --ledger or BACKSTOP_PG_URL).
-    #[arg(long, value_enum, default_value = "memory")]
-    store: StoreKind,
-    /// PostgreSQL URL of the execution ledger (and of the postgres stores;
-    /// those default to BACKSTOP_PG_URL).
+    /// Where idempotency keys live [store.kind; default memory].
+    #[arg(long, value_enum)]
+    store: Option<StoreKind>,
+    /// PostgreSQL URL of the execution ledger, and then of the postgres
+    /// stores too (same database and schema); else store.postgres_url
+    /// (default from BACKSTOP_PG_URL).
     #[arg(long)]
     ledger: Option<String>,
-    /// Messages in flight at once (and the RabbitMQ prefetch).
-    #[arg(long, default_value_t = 32)]
-    concurrency: usize,
-    /// Attempts per message before it is dead-lettered.
-    #[arg(long, default_value_t = 5)]
-    max_attempts: u32,
-    /// Larger bodies are dead-lettered with kind `too_large`.
-    #[arg(long, default_value_t = 1024 * 1024)]
-    max_payload_bytes: usize,
+    /// Messages in flight at once, and the RabbitMQ prefetch, for every
+    /// source [defaults.concurrency; default 32].
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Attempts per message before it is dead-lettered, every source
+    /// [defaults.max_attempts; default 5].
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    /// Larger bodies are dead-lettered with kind `too_large`, every source
+    /// [defaults.max_payload_bytes; default 1 MiB].
+    #[arg(long)]
+    max_payload_bytes: Option<usize>,
     /// Share of runs that fail transiently before doing anything (never the last attempt).
     #[arg(long, default_value_t = 0.0)]
     fail_rate: f64,
-    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
+    /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9464
+    /// [telemetry.metrics_addr].
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
-    /// Publish this many sample orders to the source first.
+    /// Publish this many sample orders to each source first.
     #[arg(long, default_value_t = 0)]
     publish: usize,
     /// Stop once the source is drained (memory broker only).
     #[arg(long)]
     until_drained: bool,
-    /// Lease of the idempotency store in milliseconds (default: 10 s with
-    /// `postgres-inbox`, 30 s otherwise); renewed every third of it.
+    /// Lease of the idempotency store in milliseconds [store.lease_ms;
+    /// default 10 s with `postgres-inbox`, 30 s otherwise]; renewed every third of it.
     #[arg(long)]
     lease_ms: Option<u64>,
     /// Each run works this long (milliseconds) before its effect, stopping
@@ -128,35 +152,108 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     work_ms: u64,
     /// A service name added to the idempotency keyspace (never in place of
-    /// the queue, topic or group) and the inbox's consumer name (default: the group).
+    /// the queue, topic or group) and the inbox's consumer name (default:
+    /// the group) [store.service].
     #[arg(long)]
     service: Option<String>,
     /// What to do with a shared store that holds global keys of an earlier
-    /// release: refuse to start (keyspaced), keep them (legacy), or migrate.
-    #[arg(long, value_enum, default_value = "keyspaced")]
-    key_layout: Layout,
+    /// release: refuse to start (keyspaced), keep them (legacy), or migrate
+    /// [store.key_layout; default keyspaced].
+    #[arg(long, value_enum)]
+    key_layout: Option<Layout>,
     /// With `--key-layout migrate`: how long both layouts are read, from
     /// the first migrating start (longer than the rolling deploy and the
-    /// store's 24 h TTL).
-    #[arg(long, default_value_t = 48 * 3600)]
-    migrate_window_secs: u64,
+    /// store's 24 h TTL) [store.migrate_window_secs; default 48 h].
+    #[arg(long)]
+    migrate_window_secs: Option<u64>,
     /// The kill switch: stop consuming after this many outage signals in a
     /// row (store down, ledger or inbox unavailable; transient handler
-    /// failures never count, so `--fail-rate` never trips it); 0 turns it off.
-    #[arg(long, default_value_t = 5)]
-    breaker_trip_after: u32,
-    /// How long the kill switch stays open before probing, in milliseconds.
-    #[arg(long, default_value_t = 10_000)]
-    breaker_cool_down_ms: u64,
+    /// failures never count, so `--fail-rate` never trips it); 0 turns it
+    /// off [breaker.trip_after; default 5].
+    #[arg(long)]
+    breaker_trip_after: Option<u32>,
+    /// How long the kill switch stays open before probing, in milliseconds
+    /// [breaker.cool_down_ms; default 10 s].
+    #[arg(long)]
+    breaker_cool_down_ms: Option<u64>,
     /// RabbitMQ: the broker's `consumer_timeout` in milliseconds (a 3.x
     /// client cannot read it); a delivery is postponed through its delay
-    /// queue before it runs out.
-    #[arg(long, default_value_t = 30 * 60 * 1000)]
-    consumer_timeout_ms: u64,
+    /// queue before it runs out [broker.consumer_timeout_ms; default 30 min].
+    #[arg(long)]
+    consumer_timeout_ms: Option<u64>,
     /// Fault injection: a run of this order id aborts the process
     /// (`std::process::abort`, no unwinding, nothing released).
     #[arg(long)]
     abort_on: Option<String>,
+}
+
+impl Args {
+    /// The configuration: defaults < `--config` < environment < these flags.
+    fn config(&self) -> Result<WorkerConfig, ConfigError> {
+        let mut loader = Loader::new().file_opt(self.config.clone());
+        let name = |v: &dyn std::fmt::Debug| format!("{v:?}").to_lowercase();
+        if let Some(broker) = self.broker {
+            loader = loader.flag("--broker", "broker.kind", name(&broker));
+        }
+        if let Some(url) = &self.url {
+            loader = loader.flag("--url", "broker.url", url);
+        }
+        if let Some(group) = &self.group {
+            loader = loader.flag("--group", "broker.group", group);
+        }
+        if let Some(store) = self.store {
+            let kind = match store {
+                StoreKind::PostgresInbox => "postgres-inbox".to_owned(),
+                other => name(&other),
+            };
+            loader = loader.flag("--store", "store.kind", kind);
+        }
+        if let Some(v) = self.concurrency {
+            loader = loader.flag("--concurrency", "defaults.concurrency", v);
+        }
+        if let Some(v) = self.max_attempts {
+            loader = loader.flag("--max-attempts", "defaults.max_attempts", v);
+        }
+        if let Some(v) = self.max_payload_bytes {
+            loader = loader.flag("--max-payload-bytes", "defaults.max_payload_bytes", v);
+        }
+        if let Some(v) = self.metrics_addr {
+            loader = loader.flag("--metrics-addr", "telemetry.metrics_addr", v.to_string());
+        }
+        if let Some(v) = self.lease_ms {
+            loader = loader.flag("--lease-ms", "store.lease_ms", v);
+        }
+        if let Some(v) = &self.service {
+            loader = loader.flag("--service", "store.service", v);
+        }
+        if let Some(v) = self.key_layout {
+            loader = loader.flag("--key-layout", "store.key_layout", name(&v));
+        }
+        if let Some(v) = self.migrate_window_secs {
+            loader = loader.flag("--migrate-window-secs", "store.migrate_window_secs", v);
+        }
+        if let Some(v) = self.breaker_trip_after {
+            loader = loader.flag("--breaker-trip-after", "breaker.trip_after", v);
+        }
+        if let Some(v) = self.breaker_cool_down_ms {
+            loader = loader.flag("--breaker-cool-down-ms", "breaker.cool_down_ms", v);
+        }
+        if let Some(v) = self.consumer_timeout_ms {
+            loader = loader.flag("--consumer-timeout-ms", "broker.consumer_timeout_ms", v);
+        }
+        let mut config = loader.load()?;
+        // A flag beats a source's own setting too.
+        for source in config.sources.values_mut() {
+            source.concurrency = self.concurrency.or(source.concurrency);
+            source.max_attempts = self.max_attempts.or(source.max_attempts);
+            source.max_payload_bytes = self.max_payload_bytes.or(source.max_payload_bytes);
+        }
+        if let Some(only) = &self.source {
+            let kept = config.sources.remove(only).unwrap_or_default();
+            config.sources = [(only.clone(), kept)].into();
+        }
+        Ok(config)
+    }
 }
 
 /// An order.
@@ -248,51 +345,56 @@ impl Handle<Order> for PlaceOrder {
     }
 }
 
-/// The key layout chosen on the command line.
-fn key_layout(args: &Args) -> KeyLayout {
-    match args.key_layout {
-        Layout::Keyspaced => KeyLayout::Keyspaced,
-        Layout::Legacy => KeyLayout::Legacy,
-        Layout::Migrate => KeyLayout::Migrate {
-            window: Duration::from_secs(args.migrate_window_secs),
+/// The key layout of the configuration.
+fn key_layout(store: &StoreConfig) -> KeyLayout {
+    match store.key_layout {
+        KeyLayoutKind::Keyspaced => KeyLayout::Keyspaced,
+        KeyLayoutKind::Legacy => KeyLayout::Legacy,
+        KeyLayoutKind::Migrate => KeyLayout::Migrate {
+            window: Duration::from_secs(store.migrate_window_secs),
         },
     }
 }
 
-fn pg_url(args: &Args) -> String {
+/// The ledger's URL, else the store's PostgreSQL URL: the ledger, the
+/// inbox and the postgres stores share one database and schema.
+fn pg_url(args: &Args, config: &WorkerConfig) -> String {
     args.ledger
         .clone()
-        .or_else(|| std::env::var("BACKSTOP_PG_URL").ok())
-        .unwrap_or_else(|| "postgres://backstop:backstop@127.0.0.1:5432/backstop".to_owned())
+        .unwrap_or_else(|| config.store.postgres_url().expose().to_owned())
 }
 
-/// The stack for these arguments, with the broker's sinks.
+/// The stack for one source, with the broker's sinks.
 async fn stack(
     args: &Args,
+    config: &WorkerConfig,
+    source: &ResolvedSource,
     dead_letter: Arc<dyn DeadLetterSink>,
     retry: Option<Arc<dyn RetrySink>>,
     postpone: Option<Arc<dyn RetrySink>>,
 ) -> Result<Stack, BoxError> {
+    let settings = &source.settings;
+    let store_config = &config.store;
     let mut ledger = Ledger::None;
     let mut builder = StackBuilder::<Order>::new(dead_letter)
         .retry(RetryPolicy {
-            max_attempts: args.max_attempts.max(1),
-            ..RetryPolicy::default().backoff(Duration::from_millis(50), Duration::from_secs(5))
+            max_attempts: settings.max_attempts,
+            ..RetryPolicy::default().backoff(settings.backoff_initial, settings.backoff_max)
         })
-        .max_payload(args.max_payload_bytes)
-        .timeout(Duration::from_secs(30));
+        .max_payload(settings.max_payload_bytes)
+        .timeout(settings.timeout);
     if let Some(retry) = retry {
         builder = builder.retry_sink(retry);
     }
     if let Some(postpone) = postpone {
         builder = builder.postpone_through(postpone);
     }
-    let pool = match (&args.ledger, args.store) {
-        (Some(_), _) | (None, StoreKind::Postgres | StoreKind::PostgresInbox) => {
+    let pool = match (&args.ledger, store_config.kind) {
+        (Some(_), _) | (None, ConfiguredStore::Postgres | ConfiguredStore::PostgresInbox) => {
             // Every in-flight message may hold one connection (the inbox's
             // transaction, or a ledger insert).
-            let pool = PgConfig::new(pg_url(args))
-                .max_connections(args.concurrency + 2)
+            let pool = PgConfig::new(pg_url(args, config))
+                .max_connections(settings.concurrency + 2)
                 .pool()?;
             pool.get().await?.batch_execute(LEDGER_DDL).await?;
             if args.ledger.is_some() {
@@ -303,45 +405,51 @@ async fn stack(
         _ => None,
     };
     let key = KeySource::PayloadOrMessageId;
-    let lease = |default| args.lease_ms.map_or(default, Duration::from_millis);
-    let config = idempotency::Config {
+    let lease = |default| store_config.lease_ms.map_or(default, Duration::from_millis);
+    let idempotency_config = idempotency::Config {
         lease: lease(idempotency::Config::default().lease),
-        service: args.service.clone(),
+        service: store_config.service.clone(),
         ..idempotency::Config::keyed_by(key.clone())
     };
-    let layout = key_layout(args);
-    builder = match (args.store, pool) {
-        (StoreKind::Memory, _) => {
-            builder.idempotency_with(Arc::new(MemoryStore::default()), config)
+    let layout = key_layout(store_config);
+    builder = match (store_config.kind, pool) {
+        (ConfiguredStore::Memory, _) => {
+            builder.idempotency_with(Arc::new(MemoryStore::default()), idempotency_config)
         }
-        (StoreKind::Redis, _) => {
-            let url = std::env::var("BACKSTOP_REDIS_URL")
-                .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+        (ConfiguredStore::Redis, _) => {
+            let url = store_config.redis_url().expose().to_owned();
             let store: Arc<dyn Store> = Arc::new(
                 backstop_redis::RedisStore::connect_with(
                     backstop_redis::RedisConfig::new(url).layout(layout),
                 )
                 .await?,
             );
-            builder.idempotency_with(store, config)
+            builder.idempotency_with(store, idempotency_config)
         }
-        (StoreKind::Postgres, Some(pool)) => {
+        (ConfiguredStore::Postgres, Some(pool)) => {
             let store = PostgresStore::new(pool).layout(layout);
             store.migrate().await?;
-            builder.idempotency_with(Arc::new(store), config)
+            builder.idempotency_with(Arc::new(store), idempotency_config)
         }
-        (StoreKind::PostgresInbox, Some(pool)) => {
+        (ConfiguredStore::PostgresInbox, Some(pool)) => {
             // The store has a pool of its own: the `dead_lettered` mark after
             // a confirmed DLQ write never waits behind the inbox's open
             // transactions, which keeps the crash window between the two short.
-            let store_pool = PgConfig::new(pg_url(args))
-                .max_connections((args.concurrency / 2).max(4))
+            // Same database and schema as the inbox (the ledger's URL if given):
+            // the inbox's fence check reads the store's table.
+            let store_pool = PgConfig::new(pg_url(args, config))
+                .max_connections((settings.concurrency / 2).max(4))
                 .pool()?;
             let store = PostgresStore::new(store_pool).layout(layout);
             store.migrate().await?;
             // The inbox commits only while the run holds its lease (same database).
             let inbox = Inbox::new(pool)
-                .consumer(args.service.clone().unwrap_or_else(|| args.group.clone()))
+                .consumer(
+                    store_config
+                        .service
+                        .clone()
+                        .unwrap_or_else(|| source.group.clone()),
+                )
                 .layout(layout)
                 .keyed_by(key.clone())
                 .fenced_by(&store);
@@ -355,12 +463,15 @@ async fn stack(
             // dead-lettered keys: a redelivery after a crash between the
             // confirmed DLQ write and the source ack is acked as a duplicate
             // instead of being dead-lettered twice.
-            let config = idempotency::Config {
+            let idempotency_config = idempotency::Config {
                 lease: lease(INBOX_STORE_LEASE),
-                ..config
+                ..idempotency_config
             };
             builder
-                .idempotency_with(Arc::new(Namespaced::new(store, args.group.clone())), config)
+                .idempotency_with(
+                    Arc::new(Namespaced::new(store, source.group.clone())),
+                    idempotency_config,
+                )
                 .innermost(inbox.layer())
         }
         (_, None) => return Err("a PostgreSQL store needs a database".into()),
@@ -368,7 +479,7 @@ async fn stack(
     let handler = PlaceOrder {
         ledger,
         fail_rate: args.fail_rate.clamp(0.0, 1.0),
-        max_attempts: args.max_attempts.max(1),
+        max_attempts: settings.max_attempts,
         work: Duration::from_millis(args.work_ms),
         abort_on: args.abort_on.clone(),
     };
@@ -388,135 +499,247 @@ fn sample_orders(n: usize) -> impl Iterator<Item = Message> {
     })
 }
 
-async fn run<S: Source>(source: S, stack: Stack, args: &Args) -> Result<Summary, BoxError> {
-    let mut runner = Runner::new(source, stack).concurrency(args.concurrency);
-    if args.breaker_trip_after > 0 {
-        runner = runner.with_breaker(BreakerConfig::new(
-            args.breaker_trip_after,
-            Duration::from_millis(args.breaker_cool_down_ms),
-        ));
-    }
-    Ok(runner
-        .shutdown_deadline(Duration::from_secs(20))
-        .shutdown_on_signals()
-        .run()
-        .await?)
+/// What every runner of the process shares.
+#[derive(Clone, Copy)]
+struct RunnerSettings {
+    breaker: Option<BreakerConfig>,
+    shutdown_deadline: Duration,
 }
 
-async fn main_inner(args: Args) -> Result<Summary, BoxError> {
-    if let Some(addr) = args.metrics_addr {
+impl RunnerSettings {
+    fn of(config: &WorkerConfig) -> Self {
+        RunnerSettings {
+            breaker: (config.breaker.trip_after > 0).then(|| {
+                BreakerConfig::new(
+                    config.breaker.trip_after,
+                    Duration::from_millis(config.breaker.cool_down_ms),
+                )
+            }),
+            shutdown_deadline: Duration::from_millis(config.shutdown.deadline_ms),
+        }
+    }
+}
+
+/// Starts one source's runner; every runner stops on the same signal.
+fn spawn<S: Source + Send + 'static>(
+    runners: &mut JoinSet<(String, Result<Summary, BoxError>)>,
+    name: String,
+    source: S,
+    stack: Stack,
+    concurrency: usize,
+    settings: RunnerSettings,
+) {
+    let mut runner = Runner::new(source, stack).concurrency(concurrency);
+    if let Some(breaker) = settings.breaker {
+        runner = runner.with_breaker(breaker);
+    }
+    let runner = runner
+        .shutdown_deadline(settings.shutdown_deadline)
+        .shutdown_on_signals();
+    runners.spawn(async move { (name, runner.run().await.map_err(BoxError::from)) });
+}
+
+/// Waits for every runner; the first failure is the process's.
+async fn join(
+    mut runners: JoinSet<(String, Result<Summary, BoxError>)>,
+) -> Result<Vec<(String, Summary)>, BoxError> {
+    let mut summaries = Vec::new();
+    let mut first_error = None;
+    while let Some(done) = runners.join_next().await {
+        match done {
+            Ok((name, Ok(summary))) => summaries.push((name, summary)),
+            Ok((name, Err(error))) => {
+                tracing::error!(source = %name, error = %backstop::error::chain(&*error), "runner failed");
+                first_error.get_or_insert(error);
+            }
+            Err(join) => {
+                first_error.get_or_insert(join.into());
+            }
+        }
+    }
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(summaries),
+    }
+}
+
+async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Summary)>, BoxError> {
+    if let Some(addr) = config.telemetry.metrics_addr {
+        // One endpoint for every source of the process.
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)
             .install()?;
         backstop::metrics::describe();
     }
-    match args.broker {
-        Broker::Memory => {
+    let sources = config.sources();
+    let settings = RunnerSettings::of(&config);
+    let mut runners = JoinSet::new();
+    match config.broker.kind {
+        BrokerKind::Memory => {
             let broker = MemoryBroker::new();
-            for m in sample_orders(args.publish) {
-                broker.publish_now(&args.source, m)?;
-            }
-            let stack = stack(
-                &args,
-                Arc::new(broker.dead_letter_sink()),
-                Some(Arc::new(broker.retry_sink())),
-                None,
-            )
-            .await?;
-            let source = broker.consume(&args.source, args.concurrency);
-            let summary = if args.until_drained {
-                run(source.until_drained(), stack, &args).await?
-            } else {
-                run(source, stack, &args).await?
-            };
-            tracing::info!(
-                dlq = broker
-                    .stats(&backstop::memory::dlq_name(&args.source))
-                    .ready,
-                "dead letters"
-            );
-            Ok(summary)
-        }
-        Broker::Rabbitmq => {
-            let url = args
-                .url
-                .clone()
-                .unwrap_or_else(backstop_rabbitmq::url_from_env);
-            let rabbit = RabbitMq::connect(url).await?;
-            let secs = Duration::from_secs;
-            rabbit
-                .declare(
-                    &Topology::quorum(args.source.clone())
-                        .max_attempts(args.max_attempts)
-                        .retry_tiers([secs(5), secs(30), secs(300)]),
+            for source in &sources {
+                for m in sample_orders(args.publish) {
+                    broker.publish_now(&source.queue, m)?;
+                }
+                let stack = stack(
+                    &args,
+                    &config,
+                    source,
+                    Arc::new(broker.dead_letter_sink()),
+                    Some(Arc::new(broker.retry_sink())),
+                    None,
                 )
                 .await?;
-            let publisher = rabbit.publisher();
-            for m in sample_orders(args.publish) {
-                backstop::Publisher::publish(&publisher, &args.source, &m).await?;
-            }
-            let stack = stack(
-                &args,
-                Arc::new(rabbit.dead_letter_sink()),
-                Some(Arc::new(rabbit.retry_sink())),
-                // Quorum queue: an outage goes to the delay queue, never a requeue.
-                Some(Arc::new(rabbit.retry_sink())),
-            )
-            .await?;
-            let source = rabbit
-                .source(&args.source, args.concurrency)
-                .await?
-                .consumer_timeout(Duration::from_millis(args.consumer_timeout_ms));
-            let summary = run(source, stack, &args).await?;
-            rabbit.close().await;
-            Ok(summary)
-        }
-        Broker::Kafka => {
-            let brokers = args
-                .url
-                .clone()
-                .unwrap_or_else(backstop_kafka::brokers_from_env);
-            let kafka = Kafka::new(brokers, args.group.clone())
-                .configure(|c| c.apply_options(&args.kafka_options));
-            kafka.check(Duration::from_secs(30)).await?;
-            kafka
-                .ensure_topics([TopicSpec::new(args.source.clone()).partitions(4)])
-                .await?;
-            if args.publish > 0 {
-                let publisher = kafka.publisher()?;
-                for m in sample_orders(args.publish) {
-                    backstop::Publisher::publish(&publisher, &args.source, &m).await?;
+                let consumer = broker.consume(&source.queue, source.settings.concurrency);
+                let name = source.name.clone();
+                let concurrency = source.settings.concurrency;
+                if args.until_drained {
+                    spawn(
+                        &mut runners,
+                        name,
+                        consumer.until_drained(),
+                        stack,
+                        concurrency,
+                        settings,
+                    );
+                } else {
+                    spawn(&mut runners, name, consumer, stack, concurrency, settings);
                 }
             }
-            let stack = stack(
-                &args,
-                Arc::new(kafka.dead_letter_sink()?),
-                Some(Arc::new(kafka.retry_sink()?)),
-                None,
-            )
-            .await?;
-            run(
-                kafka.source(&[args.source.as_str()], args.concurrency)?,
-                stack,
-                &args,
-            )
-            .await
+            let summaries = join(runners).await?;
+            for source in &sources {
+                tracing::info!(
+                    source = %source.name,
+                    dlq = broker.stats(&backstop::memory::dlq_name(&source.queue)).ready,
+                    "dead letters"
+                );
+            }
+            Ok(summaries)
+        }
+        BrokerKind::Rabbitmq => {
+            let url = config.broker.amqp_url()?;
+            let rabbit = RabbitMq::connect(url.expose()).await?;
+            let secs = Duration::from_secs;
+            for source in &sources {
+                rabbit
+                    .declare(
+                        &Topology::quorum(source.queue.clone())
+                            .max_attempts(source.settings.max_attempts)
+                            .retry_tiers([secs(5), secs(30), secs(300)]),
+                    )
+                    .await?;
+                let publisher = rabbit.publisher();
+                for m in sample_orders(args.publish) {
+                    backstop::Publisher::publish(&publisher, &source.queue, &m).await?;
+                }
+                let stack = stack(
+                    &args,
+                    &config,
+                    source,
+                    Arc::new(rabbit.dead_letter_sink()),
+                    Some(Arc::new(rabbit.retry_sink())),
+                    // Quorum queue: an outage goes to the delay queue, never a requeue.
+                    Some(Arc::new(rabbit.retry_sink())),
+                )
+                .await?;
+                let consumer = rabbit
+                    .source(&source.queue, source.settings.concurrency)
+                    .await?
+                    .consumer_timeout(Duration::from_millis(config.broker.consumer_timeout_ms));
+                spawn(
+                    &mut runners,
+                    source.name.clone(),
+                    consumer,
+                    stack,
+                    source.settings.concurrency,
+                    settings,
+                );
+            }
+            let summaries = join(runners).await;
+            rabbit.close().await;
+            summaries
+        }
+        BrokerKind::Kafka => {
+            let brokers = config.broker.kafka_brokers();
+            let mut options: Vec<KafkaOption> = config
+                .broker
+                .kafka_properties()
+                .iter()
+                .map(|(key, value)| KafkaOption::new(key, value.expose()))
+                .collect();
+            options.extend(args.kafka_options.iter().cloned());
+            for source in &sources {
+                let kafka = Kafka::new(brokers.clone(), source.group.clone())
+                    .configure(|c| c.apply_options(&options));
+                kafka.check(Duration::from_secs(30)).await?;
+                kafka
+                    .ensure_topics([TopicSpec::new(source.queue.clone()).partitions(4)])
+                    .await?;
+                if args.publish > 0 {
+                    let publisher = kafka.publisher()?;
+                    for m in sample_orders(args.publish) {
+                        backstop::Publisher::publish(&publisher, &source.queue, &m).await?;
+                    }
+                }
+                let stack = stack(
+                    &args,
+                    &config,
+                    source,
+                    Arc::new(kafka.dead_letter_sink()?),
+                    Some(Arc::new(kafka.retry_sink()?)),
+                    None,
+                )
+                .await?;
+                let consumer =
+                    kafka.source(&[source.queue.as_str()], source.settings.concurrency)?;
+                spawn(
+                    &mut runners,
+                    source.name.clone(),
+                    consumer,
+                    stack,
+                    source.settings.concurrency,
+                    settings,
+                );
+            }
+            join(runners).await
         }
     }
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let config = args.config();
+    let default_log = config
+        .as_ref()
+        .ok()
+        .and_then(|c| c.telemetry.log.clone())
+        .unwrap_or_else(|| "info".to_owned());
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_log.into()),
         )
         .init();
-    let args = Args::parse();
+    let config = match config {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("order-worker: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    tracing::debug!(?config, "configuration");
     let _ = Order::default_source();
-    match main_inner(args).await {
-        Ok(summary) => {
-            println!("{summary}");
+    match main_inner(args, config).await {
+        Ok(summaries) => {
+            let several = summaries.len() > 1;
+            for (name, summary) in summaries {
+                if !several {
+                    println!("{summary}");
+                } else {
+                    println!("{name}: {summary}");
+                }
+            }
             std::process::ExitCode::SUCCESS
         }
         Err(error) => {

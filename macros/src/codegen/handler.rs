@@ -9,7 +9,7 @@ use crate::attr::handler::Idempotency;
 use crate::duration;
 use crate::validate::handler::Handler;
 
-/// `CONCURRENCY`, `source_name`, `stack_builder`, `stack` and `runner`.
+/// `CONCURRENCY`, `source_name`, `stack_builder`, `stack`, `runner` and `runner_with`.
 pub(crate) fn generate(input: &DeriveInput, handler: &Handler, payload: &Type) -> TokenStream {
     let concurrency = handler.concurrency;
     let source = match &handler.source {
@@ -66,6 +66,11 @@ pub(crate) fn generate(input: &DeriveInput, handler: &Handler, payload: &Type) -
         runner: quote! {
             ::backstop::__private::Runner::new(source, self.stack(#args)).concurrency(Self::CONCURRENCY)
         },
+        runner_with: quote! {
+            let stack = Self::stack_builder(#args).settings(settings).build(self);
+            ::backstop::__private::Runner::new(source, stack)
+                .concurrency(settings.concurrency_or(Self::CONCURRENCY))
+        },
     };
     methods.implement(input, &bounds, params, &TokenStream::new())
 }
@@ -89,7 +94,8 @@ pub(crate) fn fallback(input: &DeriveInput, handler: &Handler) -> TokenStream {
             )
         }),
         stack: unreachable.clone(),
-        runner: unreachable,
+        runner: unreachable.clone(),
+        runner_with: unreachable,
     };
     methods.implement(
         input,
@@ -131,6 +137,7 @@ struct Methods {
     stack_builder: Option<(TokenStream, TokenStream)>,
     stack: TokenStream,
     runner: TokenStream,
+    runner_with: TokenStream,
 }
 
 impl Methods {
@@ -150,6 +157,7 @@ impl Methods {
             stack_builder,
             stack,
             runner,
+            runner_with,
         } = self;
         let stack_builder = stack_builder.map(|(ty, body)| {
             quote! {
@@ -188,6 +196,18 @@ impl Methods {
                     #params
                 ) -> ::backstop::__private::Runner<BackstopSource, ::backstop::__private::Stack> {
                     #runner
+                }
+
+                /// Like `runner`, with what a configuration sets for this consumer
+                /// (`backstop::settings::Settings`) over the attributes: only the
+                /// keys it sets override them.
+                pub fn runner_with<BackstopSource: ::backstop::__private::Source>(
+                    self,
+                    source: BackstopSource,
+                    #params,
+                    settings: &::backstop::__private::Settings,
+                ) -> ::backstop::__private::Runner<BackstopSource, ::backstop::__private::Stack> {
+                    #runner_with
                 }
             }
         }
