@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every benchmark and prints their figures: the stack's own cost
-# (criterion), the idempotency stores, and each adapter against its raw
+# (criterion, and instruction/allocation counts under callgrind), the
+# idempotency stores, and each adapter against its raw
 # client in the same run; then one summary table (Markdown) of them all.
 #
 #   scripts/bench.sh            # N = 50,000 messages per adapter run
@@ -29,6 +30,13 @@ collect() { tee "$rows/$1" | { grep --line-buffered -v '^BENCH-ROW' || true; }; 
 section "core: per-message cost and in-memory end to end (criterion)"
 cargo bench -q -p backstop --bench stack -- --warm-up-time 1 --measurement-time 5 2>/dev/null \
   | grep -E '^(per_message|end_to_end)|time:|thrpt:' | grep -v '%'
+
+section "core: instructions and allocations per message (callgrind, slopes 10k -> 20k)"
+if command -v valgrind >/dev/null; then
+  cargo bench -q -p backstop --bench instr 2>/dev/null
+else
+  echo "skipped: install valgrind (apt) for the instruction counts"
+fi
 
 section "idempotency stores (N=$N)"
 BACKSTOP_BENCH_N="$N" cargo bench -q -p backstop-tests --bench stores 2>/dev/null | collect stores

@@ -7,7 +7,7 @@
 //! For each scenario of the fixed harness (`support/drain.rs`) and each
 //! size (10,000 and 20,000 messages) this binary re-runs itself under
 //! `valgrind --tool=callgrind --collect-atstart=no
-//! --toggle-collect=*drain_queue*` and reads the instructions collected; it
+//! --toggle-collect=*::drain_queue` and reads the instructions collected; it
 //! counts allocations in process with a counting allocator. Each figure is
 //! the slope `(X(20k) − X(10k)) / 10k`, so set-up costs cancel. It prints
 //! exactly three rows:
@@ -107,7 +107,9 @@ fn instructions(scenario: Scenario, n: u64, dir: &Path) -> Result<u64, String> {
         .args([
             "--tool=callgrind",
             "--collect-atstart=no",
-            "--toggle-collect=*drain_queue*",
+            // The function itself, not its async block (`drain_queue::{{closure}}`):
+            // entering a second matching frame would toggle collection off.
+            "--toggle-collect=*::drain_queue",
         ])
         .arg(format!("--callgrind-out-file={}", out.display()))
         .arg(&exe)

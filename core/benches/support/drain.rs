@@ -27,16 +27,16 @@ const QUEUE: &str = "instr";
 
 /// How many messages are in flight at once (the runner's concurrency and
 /// the source's prefetch).
-pub const CONCURRENCY: usize = 64;
+pub(crate) const CONCURRENCY: usize = 64;
 
 /// The payload: `struct Order { id: u64, amount: i64 }` from JSON, keyed by
 /// `id`.
 #[derive(Clone, Debug, serde::Deserialize)]
-pub struct Order {
+pub(crate) struct Order {
     /// The order's number: the idempotency key.
-    pub id: u64,
+    pub(crate) id: u64,
     /// Its amount.
-    pub amount: i64,
+    pub(crate) amount: i64,
 }
 
 impl Payload for Order {
@@ -51,7 +51,7 @@ impl Payload for Order {
 
 /// What drains the queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scenario {
+pub(crate) enum Scenario {
     /// The source read directly: decode, the handler, ack. The floor.
     BareLoop,
     /// `Runner` + the full stack without an idempotency store.
@@ -62,14 +62,14 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order the rows are printed.
-    pub const ALL: [Scenario; 3] = [
+    pub(crate) const ALL: [Scenario; 3] = [
         Scenario::BareLoop,
         Scenario::StackNoStore,
         Scenario::StackMemoryStore,
     ];
 
     /// The row name.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Scenario::BareLoop => "bare_loop",
             Scenario::StackNoStore => "stack_no_store",
@@ -78,13 +78,13 @@ impl Scenario {
     }
 
     /// The scenario named `name`.
-    pub fn parse(name: &str) -> Option<Scenario> {
+    pub(crate) fn parse(name: &str) -> Option<Scenario> {
         Scenario::ALL.into_iter().find(|s| s.name() == name)
     }
 }
 
 /// A filled queue and what drains it, built outside the measured region.
-pub struct Prepared {
+pub(crate) struct Prepared {
     scenario: Scenario,
     n: u64,
     broker: MemoryBroker,
@@ -93,7 +93,7 @@ pub struct Prepared {
 }
 
 /// Fills a queue with `n` orders and builds the scenario's stack.
-pub fn prepare(scenario: Scenario, n: u64) -> Prepared {
+pub(crate) fn prepare(scenario: Scenario, n: u64) -> Prepared {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -144,7 +144,7 @@ fn work(order: &Order) {
 /// Drains the prepared queue; returns how many messages were handled. The
 /// measured region: the callgrind run collects only inside this function.
 #[inline(never)]
-pub fn drain_queue(prepared: Prepared) -> u64 {
+pub(crate) fn drain_queue(prepared: Prepared) -> u64 {
     let Prepared {
         scenario,
         n,
