@@ -19,6 +19,11 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 /// The most allocations per message `stack_memory_store` may make.
 const CEILING: f64 = 42.0;
 
+/// Fractions above the ceiling that are not a new per-message allocation:
+/// a buffer that grows once more in the larger run (a doubling) adds a
+/// few thousandths.
+const TOLERANCE: f64 = 0.1;
+
 const SMALL: u64 = 2_000;
 const LARGE: u64 = 4_000;
 
@@ -34,10 +39,10 @@ fn main() -> ExitCode {
     allocations(100);
     let per_message =
         (allocations(LARGE) as f64 - allocations(SMALL) as f64) / (LARGE - SMALL) as f64;
-    println!("stack_memory_store: {per_message:.2} allocations per message (ceiling {CEILING})");
-    if per_message > CEILING {
+    println!("stack_memory_store: {per_message:.3} allocations per message (ceiling {CEILING})");
+    if per_message > CEILING + TOLERANCE {
         eprintln!(
-            "allocation ceiling exceeded: {per_message:.2} allocations per message > {CEILING}; find the new allocation (cargo bench -p backstop --bench instr) or, if it is deliberate, raise CEILING in this file and say why"
+            "allocation ceiling exceeded: {per_message:.3} allocations per message > {CEILING}; find the new allocation (cargo bench -p backstop --bench instr) or, if it is deliberate, raise CEILING in this file and say why"
         );
         return ExitCode::FAILURE;
     }

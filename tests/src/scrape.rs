@@ -61,8 +61,14 @@ pub fn duplicates_suppressed(log: &Path) -> u64 {
     runs.get(log).map_or(0, |workers| workers.values().sum())
 }
 
-/// One `GET /metrics`; the sum of the duplicate counters in it.
 async fn read_duplicates(addr: SocketAddr) -> Option<u64> {
+    messages(addr, Outcome::Duplicate).await
+}
+
+/// One `GET /metrics` from `addr` (at most 1 s); the sum of its
+/// `backstop_messages_total` samples for `outcome`, or none when the
+/// endpoint did not answer.
+pub async fn messages(addr: SocketAddr, outcome: Outcome) -> Option<u64> {
     let read = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
         stream
@@ -71,7 +77,7 @@ async fn read_duplicates(addr: SocketAddr) -> Option<u64> {
             .ok()?;
         let mut body = String::new();
         stream.read_to_string(&mut body).await.ok()?;
-        Some(parse_duplicates(&body))
+        Some(parse_messages(&body, outcome))
     };
     tokio::time::timeout(Duration::from_secs(1), read)
         .await
@@ -79,10 +85,10 @@ async fn read_duplicates(addr: SocketAddr) -> Option<u64> {
         .flatten()
 }
 
-/// Sums `backstop_messages_total{…outcome="duplicate"…}` samples in a
+/// Sums `backstop_messages_total{…outcome="<outcome>"…}` samples in a
 /// Prometheus text exposition.
-fn parse_duplicates(text: &str) -> u64 {
-    let label = format!("outcome=\"{}\"", Outcome::Duplicate.label());
+fn parse_messages(text: &str, outcome: Outcome) -> u64 {
+    let label = format!("outcome=\"{}\"", outcome.label());
     text.lines()
         .filter(|l| {
             l.strip_prefix(MESSAGES_TOTAL)
@@ -95,15 +101,18 @@ fn parse_duplicates(text: &str) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duplicates;
+    use backstop::Outcome;
+
+    use super::parse_messages;
 
     #[test]
-    fn sums_the_duplicate_samples_only() {
+    fn sums_the_samples_of_one_outcome_only() {
         let text = "# TYPE backstop_messages_total counter\n\
             backstop_messages_total{outcome=\"handled\"} 120\n\
             backstop_messages_total{outcome=\"duplicate\",source=\"a\"} 7\n\
             backstop_messages_total{source=\"b\",outcome=\"duplicate\"} 5\n\
             backstop_messages_total_other{outcome=\"duplicate\"} 1000\n";
-        assert_eq!(parse_duplicates(text), 12);
+        assert_eq!(parse_messages(text, Outcome::Duplicate), 12);
+        assert_eq!(parse_messages(text, Outcome::Handled), 120);
     }
 }

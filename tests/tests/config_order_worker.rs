@@ -11,7 +11,6 @@ use backstop_kafka::{Kafka, TopicSpec};
 use backstop_rabbitmq::RabbitMq;
 use backstop_tests::orders::orders;
 use backstop_tests::worker::{Worker, binary, log_path, log_tail};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Orders per source; every 100th is invalid and one is poison: 2 dead letters.
 const ORDERS: usize = 100;
@@ -39,23 +38,7 @@ fn env(vars: &[(&str, String)]) -> Vec<(String, String)> {
 
 /// `backstop_messages_total{outcome="handled"}` read from the worker's one endpoint.
 async fn handled(worker: &Worker) -> Option<u64> {
-    let mut stream = tokio::net::TcpStream::connect(worker.metrics_addr())
-        .await
-        .ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .await
-        .ok()?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.ok()?;
-    let label = "outcome=\"handled\"";
-    Some(
-        body.lines()
-            .filter(|l| l.starts_with(backstop::metrics::MESSAGES_TOTAL) && l.contains(label))
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .map(|v| v as u64)
-            .sum(),
-    )
+    backstop_tests::scrape::messages(worker.metrics_addr(), backstop::Outcome::Handled).await
 }
 
 /// Stops the worker with one SIGTERM and returns its log, asserting it
