@@ -716,3 +716,111 @@ async fn a_letter_over_the_hold_budget_is_requeued_and_the_command_stops() {
     ]));
     assert_eq!(listed.len(), 3);
 }
+
+/// The letters of `queue` in order, each with whether the broker marked it
+/// redelivered (`x-delivery-count` above 0 on a quorum queue), read off the
+/// queue.
+async fn drain_in_order(rabbit: &RabbitMq, queue: &str) -> Vec<(String, bool)> {
+    use backstop_rabbitmq::lapin::options::BasicGetOptions;
+    use backstop_rabbitmq::lapin::types::AMQPValue;
+    let channel = rabbit.channel().await.unwrap();
+    let mut letters = Vec::new();
+    while let Some(got) = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        let properties = &got.delivery.properties;
+        let id = properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string())
+            .unwrap_or_default();
+        let redelivered = properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("x-delivery-count").cloned())
+            .is_some_and(|count| match count {
+                AMQPValue::LongLongInt(n) => n > 0,
+                AMQPValue::LongInt(n) => n > 0,
+                AMQPValue::LongUInt(n) => n > 0,
+                other => panic!("x-delivery-count of an unexpected type: {other:?}"),
+            });
+        letters.push((id, redelivered));
+    }
+    letters
+}
+
+/// A normal walk returns nothing to the queue: after two lists, a paced
+/// dry-run replay and a purge that removes the last letter, every letter
+/// left is in its original order and none was ever redelivered (a walk that
+/// acked before cancelling its consumer received letters past its count and
+/// returned them when it closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn walks_keep_the_order_and_redeliver_nothing() {
+    let rabbit = rabbit().await;
+    let q = unique("ro");
+    rabbit.declare(&Topology::quorum(&q)).await.unwrap();
+    let dlq = format!("{q}.dlq");
+    // 40 letters: more than the window of 32; n % 4 of 0 and 3 are "out
+    // of stock", so the purge below removes the walk's last letter (39).
+    let publisher = rabbit.publisher();
+    let all: Vec<String> = (0..40u64).map(|n| format!("{q}-{n:02}")).collect();
+    for (n, id) in all.iter().enumerate() {
+        publisher
+            .publish_to_queue(&dlq, &letter(&q, id, n as u64, 0))
+            .await
+            .unwrap();
+    }
+    let url = amqp();
+    let base = ["--amqp", url.as_str(), "--queue", q.as_str()];
+    for _ in 0..2 {
+        assert_eq!(
+            ids(&cli_ok(
+                &[&["dlq", "list", "--json"][..], &base[..]].concat()
+            ))
+            .len(),
+            40
+        );
+    }
+    cli_ok(
+        &[
+            &[
+                "dlq",
+                "replay",
+                "--dry-run",
+                "--rate",
+                "200",
+                "--error",
+                "card",
+            ][..],
+            &base[..],
+        ]
+        .concat(),
+    );
+    let purged = cli_ok(
+        &[
+            &["dlq", "purge", "--yes", "--error", "stock"][..],
+            &base[..],
+        ]
+        .concat(),
+    );
+    assert!(purged.contains("purged 20"), "{purged}");
+    // Acks reach a quorum queue's count asynchronously.
+    assert_eq!(settled_count(&rabbit, &dlq, 20).await, 20);
+
+    let left = drain_in_order(&rabbit, &dlq).await;
+    let expected: Vec<String> = all
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| n % 4 == 1 || n % 4 == 2)
+        .map(|(_, id)| id.clone())
+        .collect();
+    let order: Vec<String> = left.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(order, expected, "the letters left, in their original order");
+    let redelivered: Vec<&String> = left.iter().filter(|(_, r)| *r).map(|(id, _)| id).collect();
+    assert!(
+        redelivered.is_empty(),
+        "letters a walk returned to the queue: {redelivered:?}"
+    );
+}

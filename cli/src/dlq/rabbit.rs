@@ -1,31 +1,39 @@
 //! A RabbitMQ DLQ queue.
 //!
 //! RabbitMQ cannot browse a queue, so every action walks the queue once by
-//! **rotation**: it reads each
-//! letter, decides, and settles it. A letter that stays (not selected,
-//! refused by the loop guard, or just listed) is republished unchanged (same
-//! body and properties) to the tail of the same queue with a publisher
-//! confirm, and only then acked. A replayed letter is acked after its
-//! redrive copy is confirmed; a purged one is acked. The walk stops after as
-//! many letters as the queue held at its start. A returned (requeued)
-//! letter has no place in the queue one can rely on (on a 3.10 quorum queue
-//! it can come back behind the copies already rotated), so a walk never
-//! returns one except on its error paths (see [`Walk::next`]).
+//! **rotation**: it reads each letter, decides, and settles it. A letter
+//! that stays (not selected, refused by the loop guard, or just listed) is
+//! republished unchanged (same body and properties) to the tail of the same
+//! queue with a publisher confirm, and only then acked. A replayed letter is
+//! acked after its redrive copy is confirmed; a purged one is acked. The
+//! walk stops after as many letters as the queue held at its start.
+//!
+//! One consumer reads the walk with a prefetch of min([`WINDOW`], count) (1
+//! with a `--rate`), and the acks that would let the broker send past the
+//! walk's letters are held until the last letter has arrived and the
+//! consumer is cancelled (see [`Walk::next`] and [`Walk::ack`]), so the walk
+//! never receives a copy it rotated and nothing is in flight at the cancel.
+//! A returned (requeued) letter has no place in the queue one can rely on
+//! (on a 3.10 quorum queue it can come back behind the copies already
+//! rotated), so a walk returns letters only on its error paths.
 //!
 //! Publishes are pipelined: at most [`WINDOW`] letters (and about
 //! [`WINDOW_BYTES`] of payload) are unacked at once, each until its own copy
 //! is confirmed, which must happen within the hold budget (`--hold-budget`,
 //! default 25 min: RabbitMQ's default `consumer_timeout` of 30 min minus a
-//! margin); past it the letter is requeued and the command stops with an
-//! error. With a `--rate`, one letter at a time. Memory: the window, plus
-//! the ids handled in this walk in a [`Scratch`] on disk, so it does not
-//! grow with the queue. The queue keeps its order; a crash between a
-//! rotation publish and its ack leaves extra copies of the letters in the
-//! window (same message id), which every command treats as one letter with
-//! a copy count. Nothing is requeued by a normal walk, so repeated walks
-//! never raise a quorum queue's delivery count. Two walks of one queue at
-//! once can each see some letters twice and miss others (nothing is lost):
-//! run one command per DLQ at a time.
+//! margin; a held ack counts from when its letter was read); past it the
+//! letter is requeued and the command stops with an error. With a `--rate`,
+//! one letter at a time. Memory: the window, plus the ids handled in this
+//! walk in a [`Scratch`] on disk, so it does not grow with the queue. The
+//! queue keeps its order; a crash between a rotation publish and its ack
+//! leaves extra copies of the letters in the window (same message id),
+//! which every command treats as one letter with a copy count. Nothing is
+//! requeued by a normal walk, so repeated walks never raise a quorum queue's
+//! delivery count. Two walks of one queue at once can each see some letters
+//! twice and miss others (nothing is lost): run one command per DLQ at a
+//! time. A walk the broker sends nothing for 30 s while the queue holds
+//! letters (another consumer is its single active or a higher-priority
+//! consumer) stops with an error.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -58,7 +66,7 @@ pub struct RabbitDlq {
 
 /// The message of a letter read from `queue` (the adapter's conversion:
 /// no panic on any property, an out-of-range timestamp is none).
-pub fn message_from_get(queue: &str, properties: &BasicProperties, data: Vec<u8>) -> Message {
+pub fn message_from_letter(queue: &str, properties: &BasicProperties, data: Vec<u8>) -> Message {
     message_from_delivery(queue, None, false, properties, data)
 }
 
@@ -113,9 +121,9 @@ struct Walk {
     prefetch: u32,
     /// Letters acked so far.
     acked: u32,
-    /// Settled letters whose acks wait for the end of the read (see
-    /// [`Walk::ack`]).
-    deferred: Vec<u64>,
+    /// Settled letters (tag, read at) whose acks wait for the end of the
+    /// read (see [`Walk::ack`]); they count toward the hold budget.
+    deferred: Vec<(u64, Instant)>,
     /// The consumer that reads the walk (none for an empty queue).
     consumer: Option<Consumer>,
 }
@@ -123,6 +131,11 @@ struct Walk {
 /// How long the walk waits for a delivery before it checks whether the
 /// queue was emptied by someone else.
 const IDLE_CHECK: Duration = Duration::from_secs(2);
+
+/// How long the walk waits for a delivery while the queue holds letters
+/// before it gives up (another consumer is the queue's single active or
+/// higher-priority consumer).
+const IDLE_LIMIT: Duration = Duration::from_secs(30);
 
 impl Walk {
     /// The next letter of the walk, or none after as many as the queue held
@@ -133,7 +146,8 @@ impl Walk {
     /// letters, and [`Walk::ack`] holds back the acks that would let that
     /// pass `count`, so the consumer never receives a letter beyond the
     /// walk (a copy rotated to the tail in this walk) and nothing is in
-    /// flight when it is cancelled at the end. (Cancelling earlier is not
+    /// flight when it is cancelled, right after the last letter arrives
+    /// and before any held ack goes out. (Cancelling earlier is not
     /// safe: on a quorum queue a delivery sent just before the queue
     /// handles `basic.cancel` can arrive after cancel-ok, and lapin drops
     /// it; a letter returned by closing the channel comes back behind the
@@ -146,17 +160,25 @@ impl Walk {
             return Ok(None);
         };
         let what = || format!("reading queue {:?}", self.queue);
+        let quiet_since = Instant::now();
         loop {
             match tokio::time::timeout(IDLE_CHECK, consumer.next()).await {
                 Ok(Some(Ok(d))) => {
                     self.remaining -= 1;
-                    return Ok(Some(self.hold(d.delivery_tag, d.properties, d.data)));
+                    let held = self.hold(d.delivery_tag, d.properties, d.data);
+                    if self.remaining == 0 {
+                        // The broker has sent exactly the walk's letters (no
+                        // ack that would let it send more went out): cancel
+                        // now, before a settled letter's ack frees a slot.
+                        self.end_read().await?;
+                    }
+                    return Ok(Some(held));
                 }
                 Ok(Some(Err(e))) => return Err(CliError::broker(what())(e)),
                 Ok(None) => {
                     return Err(CliError::Broker {
                         what: what(),
-                        reason: "the broker cancelled the walk's consumer (queue deleted?)".into(),
+                        reason: "the broker cancelled the walk's consumer or closed its channel (was the queue deleted?)".into(),
                     });
                 }
                 // Quiet: the queue may have been emptied by someone else.
@@ -165,37 +187,44 @@ impl Walk {
                         self.remaining = 0;
                         return self.end_read().await.map(|()| None);
                     }
+                    if quiet_since.elapsed() >= IDLE_LIMIT {
+                        return Err(CliError::Broker {
+                            what: what(),
+                            reason: format!(
+                                "the queue holds letters but the broker sent the walk none for {IDLE_LIMIT:?}: is another consumer its single active or a higher-priority consumer? Stop it and rerun"
+                            ),
+                        });
+                    }
                 }
             }
         }
     }
 
-    /// Cancels the consumer once the walk has read its letters.
+    /// Cancels the consumer (once the walk has read its letters, or on an
+    /// error), then sends the held acks.
     async fn end_read(&mut self) -> Result<(), CliError> {
-        if self.consumer.take().is_some() {
+        if let Some(consumer) = self.consumer.take() {
             self.channel
                 .basic_cancel(CONSUMER_TAG.into(), BasicCancelOptions::default())
                 .await
                 .map_err(CliError::broker(format!("reading queue {:?}", self.queue)))?;
+            drop(consumer);
+        }
+        for (tag, _) in std::mem::take(&mut self.deferred) {
+            self.send_ack(tag).await?;
         }
         Ok(())
     }
 
-    /// Acks `tag` now, or holds the ack back while it would let the broker
-    /// send past the walk (`acked + prefetch > count`) and letters are still
-    /// to be read; held acks go out when the read ends.
-    async fn ack(&mut self, tag: u64) -> Result<(), CliError> {
-        if self.remaining > 0 && self.acked + 1 + self.prefetch > self.count {
-            self.deferred.push(tag);
+    /// Acks `tag` (of a letter read at `since`) now, or, while the consumer
+    /// reads, holds the ack back when it would let the broker send past the
+    /// walk (`acked + prefetch > count`); [`Walk::end_read`] sends held acks.
+    async fn ack(&mut self, tag: u64, since: Instant) -> Result<(), CliError> {
+        if self.consumer.is_some() && self.acked + 1 + self.prefetch > self.count {
+            self.deferred.push((tag, since));
             return Ok(());
         }
-        self.send_ack(tag).await?;
-        if self.remaining == 0 {
-            for tag in std::mem::take(&mut self.deferred) {
-                self.send_ack(tag).await?;
-            }
-        }
-        Ok(())
+        self.send_ack(tag).await
     }
 
     async fn send_ack(&mut self, tag: u64) -> Result<(), CliError> {
@@ -211,7 +240,7 @@ impl Walk {
     }
 
     fn hold(&self, tag: u64, properties: BasicProperties, data: Vec<u8>) -> Held {
-        let message = message_from_get(&self.queue, &properties, data);
+        let message = message_from_letter(&self.queue, &properties, data);
         Held {
             tag,
             since: Instant::now(),
@@ -220,9 +249,14 @@ impl Walk {
         }
     }
 
-    /// What is left of `held`'s budget, or an error (after requeueing it).
+    /// What is left of the budget of `held` and of the oldest held ack,
+    /// or an error (after requeueing `held`).
     async fn left(&mut self, held: &Held) -> Result<Duration, CliError> {
-        match self.budget.checked_sub(held.since.elapsed()) {
+        let oldest = self
+            .deferred
+            .first()
+            .map_or(held.since, |&(_, since)| since.min(held.since));
+        match self.budget.checked_sub(oldest.elapsed()) {
             Some(left) if !left.is_zero() => Ok(left),
             _ => Err(self.over_budget(held).await),
         }
@@ -246,7 +280,7 @@ impl Walk {
     /// the budget: its copy may already be out, and an ack is always better
     /// than a requeue (the budget keeps a margin below `consumer_timeout`).
     async fn remove(&mut self, held: Held) -> Result<(), CliError> {
-        self.ack(held.tag).await
+        self.ack(held.tag, held.since).await
     }
 
     /// Keeps `held`: republishes it unchanged to the queue's tail with a
@@ -258,25 +292,30 @@ impl Walk {
             held.letter.id(),
             self.queue
         );
-        let (rotate, queue) = (self.rotate.clone(), self.queue.clone());
-        let (payload, properties) = (held.letter.message.payload.clone(), held.properties.clone());
-        let publish = async move {
-            let confirm = rotate
-                .basic_publish(
-                    "".into(),
-                    queue.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        immediate: false,
-                    },
-                    &payload,
-                    properties,
-                )
-                .await?;
-            confirm.await
-        };
+        let deadline = tokio::time::Instant::now() + left;
+        // Sent here, in read order (so the queue keeps its order); only the
+        // confirm is awaited in the window.
+        let sent = tokio::time::timeout_at(
+            deadline,
+            self.rotate.basic_publish(
+                "".into(),
+                self.queue.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                &held.letter.message.payload,
+                held.properties.clone(),
+            ),
+        )
+        .await;
         let publish = tokio::spawn(async move {
-            match tokio::time::timeout(left, publish).await {
+            let confirm = match sent {
+                Ok(Ok(confirm)) => confirm,
+                Ok(Err(e)) => return Err(Failed::Error(CliError::broker(what)(e))),
+                Err(_) => return Err(Failed::OverBudget),
+            };
+            match tokio::time::timeout_at(deadline, confirm).await {
                 Ok(Ok(Confirmation::Ack(None))) => Ok(()),
                 Ok(Ok(other)) => Err(Failed::Error(CliError::Broker {
                     what,
@@ -380,18 +419,16 @@ impl Walk {
             )))
     }
 
-    /// Settles what is pending, then closes both channels (the broker
-    /// requeues anything still unacked).
+    /// Cancels the consumer, sends the held acks, settles what is pending,
+    /// then closes both channels (the broker requeues anything still
+    /// unacked: on error paths only).
     async fn finish(mut self) -> Result<(), CliError> {
-        let mut drained = self.drain().await;
-        // Held acks: their letters' copies were confirmed (or they were
-        // purged), so they are removed even when the walk stopped early.
-        for tag in std::mem::take(&mut self.deferred) {
-            let acked = self.send_ack(tag).await;
-            if drained.is_ok() {
-                drained = acked;
-            }
-        }
+        // The consumer first (a walk that stopped early still has one), so
+        // no ack below frees a slot the broker would fill; then the held
+        // acks (their letters' copies were confirmed, or they were purged),
+        // so they are removed even when the walk stopped early.
+        let ended = self.end_read().await;
+        let drained = self.drain().await.and(ended);
         let what = format!("closing the walk of {:?}", self.queue);
         let _ = self.rotate.close(200, "OK".into()).await;
         self.channel
