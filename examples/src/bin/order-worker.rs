@@ -78,9 +78,16 @@ struct Args {
     #[arg(long, value_enum, default_value = "memory")]
     broker: Broker,
     /// AMQP URL (RabbitMQ) or bootstrap servers (Kafka); default from
-    /// BACKSTOP_AMQP_URL or BACKSTOP_KAFKA_BROKERS, so no password need be on argv.
+    /// BACKSTOP_AMQP_URL or BACKSTOP_KAFKA_BROKERS, so no password need be on
+    /// argv. Repeatable (or comma-separated) for the nodes of a cluster: a
+    /// RabbitMQ worker fails over to the next node when its node is lost.
     #[arg(long)]
-    url: Option<String>,
+    url: Vec<String>,
+    /// Kafka: static group membership (`group.instance.id`), unique per
+    /// worker process. A worker restarted with the same id within the
+    /// session timeout gets its partitions back without a rebalance.
+    #[arg(long)]
+    instance_id: Option<String>,
     /// The queue or topic to consume.
     #[arg(long, default_value = "orders")]
     source: String,
@@ -438,10 +445,7 @@ async fn main_inner(args: Args) -> Result<Summary, BoxError> {
             Ok(summary)
         }
         Broker::Rabbitmq => {
-            let url = args
-                .url
-                .clone()
-                .unwrap_or_else(backstop_rabbitmq::url_from_env);
+            let url = joined_urls(&args.url).unwrap_or_else(backstop_rabbitmq::url_from_env);
             let rabbit = RabbitMq::connect(url).await?;
             let secs = Duration::from_secs;
             rabbit
@@ -472,12 +476,12 @@ async fn main_inner(args: Args) -> Result<Summary, BoxError> {
             Ok(summary)
         }
         Broker::Kafka => {
-            let brokers = args
-                .url
-                .clone()
-                .unwrap_or_else(backstop_kafka::brokers_from_env);
-            let kafka = Kafka::new(brokers, args.group.clone())
-                .configure(|c| c.apply_options(&args.kafka_options));
+            let brokers = joined_urls(&args.url).unwrap_or_else(backstop_kafka::brokers_from_env);
+            let instance_id = args.instance_id.clone();
+            let kafka = Kafka::new(brokers, args.group.clone()).configure(|c| {
+                c.group_instance_id = instance_id;
+                c.apply_options(&args.kafka_options);
+            });
             kafka.check(Duration::from_secs(30)).await?;
             kafka
                 .ensure_topics([TopicSpec::new(args.source.clone()).partitions(4)])
@@ -503,6 +507,11 @@ async fn main_inner(args: Args) -> Result<Summary, BoxError> {
             .await
         }
     }
+}
+
+/// The `--url` values as one comma-separated list (none given: `None`).
+fn joined_urls(urls: &[String]) -> Option<String> {
+    (!urls.is_empty()).then(|| urls.join(","))
 }
 
 #[tokio::main]
