@@ -6,6 +6,7 @@
 //! orders ([`orders`]), read each worker's metrics while it runs ([`scrape`])
 //! and print Jepsen-style counts ([`report`]).
 
+pub mod cluster;
 pub mod fault;
 pub mod fleet;
 pub mod ledger;
