@@ -11,6 +11,11 @@
 //!   no confirm and spools; the brokers return, the spool drains, a worker
 //!   executes every order once.
 //!
+//! * rebalance storm: two workers without a fixed instance id consume a
+//!   6-partition topic while, for 30 s, another worker joins every 5 s and
+//!   the oldest joiner leaves (SIGTERM, a clean leave); the rebalances the
+//!   two long-lived workers took part in are counted and asserted.
+//!
 //! Afterwards every valid order has exactly one ledger row, the DLQ holds
 //! exactly the invalid and poison ones (extra copies of an id are reported,
 //! not failed), nothing is lost. `BACKSTOP_CLUSTER_ORDERS` sets the size of
@@ -32,7 +37,7 @@ use backstop_tests::fleet::Fleet;
 use backstop_tests::ledger::Ledger;
 use backstop_tests::orders::{Kind, Order, orders};
 use backstop_tests::report::Counts;
-use backstop_tests::worker::log_path;
+use backstop_tests::worker::{Worker, log_path};
 use backstop_tests::{outage_lock, unique};
 
 const SCRIPT: &str = "kafka-cluster.sh";
@@ -401,5 +406,179 @@ async fn on_a_cluster_kafka_quorum_loss_spools_and_the_spool_drains() {
         .flatten()
         .expect("the worker stops within 30 s");
     assert!(status.success(), "the worker exited with {status}");
+    fleet.remove_logs();
+}
+
+/// Partition assignments a worker logged (`partitions assigned`, one per
+/// rebalance it took part in).
+fn assignments(log: &std::path::Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("partitions assigned"))
+        .count()
+}
+
+/// What the storm did.
+#[derive(Debug, Default)]
+struct Storm {
+    joins: usize,
+    leaves: usize,
+    unclean_leaves: Vec<String>,
+}
+
+/// For `length`, starts a worker every `every` and stops (SIGTERM) the
+/// oldest of the joiners once two run; stops the rest at the end.
+async fn storm(args: Vec<String>, run: String, length: Duration, every: Duration) -> Storm {
+    let started = Instant::now();
+    let mut out = Storm::default();
+    let mut joined: std::collections::VecDeque<(Worker, std::path::PathBuf)> =
+        std::collections::VecDeque::new();
+    while started.elapsed() < length {
+        let log = log_path(&format!("{run}_storm{}", out.joins));
+        joined.push_back((Worker::spawn(&args, &log).expect("a joining worker"), log));
+        out.joins += 1;
+        eprintln!(
+            "storm: worker {} joined at {:.1?}",
+            out.joins,
+            started.elapsed()
+        );
+        tokio::time::sleep(every).await;
+        if joined.len() >= 2
+            && let Some((mut worker, log)) = joined.pop_front()
+        {
+            out.leaves += 1;
+            let status = worker.terminate(Duration::from_secs(30)).await;
+            if !status.is_some_and(|s| s.success()) {
+                out.unclean_leaves
+                    .push(format!("{status:?}: {}", worker.log_tail(5)));
+            }
+            let _ = std::fs::remove_file(&log);
+        }
+    }
+    while let Some((mut worker, log)) = joined.pop_front() {
+        out.leaves += 1;
+        let status = worker.terminate(Duration::from_secs(30)).await;
+        if !status.is_some_and(|s| s.success()) {
+            out.unclean_leaves
+                .push(format!("{status:?}: {}", worker.log_tail(5)));
+        }
+        let _ = std::fs::remove_file(&log);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_kafka_rebalance_storm_loses_nothing() {
+    let n = cluster::orders().min(2_000);
+    let _lock = outage_lock(LOCK).await.expect("cluster lock");
+    let started = Instant::now();
+    backstop_tests::worker::binary();
+    let run = unique("cluster_storm");
+    let topic = run.replace('_', "-");
+    let group = format!("{topic}-worker");
+    let ledger = Ledger::create(&run).await.expect("ledger schema");
+    let kafka = Kafka::new(kafka_brokers(), group.clone());
+    kafka
+        .ensure_topics([TopicSpec::new(topic.clone()).partitions(6)])
+        .await
+        .expect("create the topics");
+    let args = worker_args(&topic, &group, &ledger, None);
+    let logs: Vec<std::path::PathBuf> = (0..2).map(|i| log_path(&format!("{run}_{i}"))).collect();
+    let mut fleet = Fleet::spawn(logs.iter().map(|l| (args.clone(), l.clone())).collect())
+        .expect("start the workers");
+    let orders = Arc::new(orders(&run, n));
+    let expected_dead = orders.iter().filter(|o| o.kind != Kind::Valid).count();
+    let valid = n - expected_dead;
+    let result = Arc::new(std::sync::Mutex::new(None));
+    let result_in = Arc::clone(&result);
+    let storm_args = args.clone();
+    let storm_run = run.clone();
+    let mut outcome = chaos(
+        &mut fleet,
+        &ledger,
+        Arc::new(kafka.publisher().expect("publisher")),
+        &topic,
+        orders.clone(),
+        0,
+        move || async move {
+            let done = storm(
+                storm_args,
+                storm_run,
+                Duration::from_secs(30),
+                Duration::from_secs(5),
+            )
+            .await;
+            if let Ok(mut r) = result_in.lock() {
+                *r = Some(done);
+            }
+        },
+    )
+    .await;
+    let drained = wait_drained(
+        &mut fleet,
+        &ledger,
+        valid,
+        Duration::from_secs(180),
+        &mut outcome.unexpected_exits,
+        || async { true },
+    )
+    .await;
+    let dead = dead_letters(&kafka, &topic, &group, expected_dead).await;
+    let rebalances = logs.iter().map(|l| assignments(l)).max().unwrap_or(0);
+    let statuses = fleet.terminate(Duration::from_secs(30)).await;
+    let storm = result
+        .lock()
+        .ok()
+        .and_then(|mut r| r.take())
+        .expect("the storm ran");
+    let executions = ledger.executions().await.expect("read the ledger");
+    let mut counts = Counts {
+        broker: format!(
+            "kafka cluster, rebalance storm 30 s, {n} orders: {} joins, {} clean leaves, {rebalances} rebalances seen by the long-lived workers",
+            storm.joins, storm.leaves
+        ),
+        acknowledged: outcome.acknowledged,
+        publish_retries: outcome.publish_retries,
+        workers: 2,
+        inbox_rows: ledger.inbox_rows().await,
+        final_summary: fleet.log_tail(1),
+        duplicates_suppressed: fleet.duplicates_suppressed(),
+        elapsed: started.elapsed(),
+        ..Counts::default()
+    };
+    let problems = verify(&orders, &executions, &dead, &mut counts);
+    eprintln!("{counts}");
+    let _ = ledger.drop_schema().await;
+
+    assert!(
+        drained,
+        "not drained in time: {counts}\n{}",
+        fleet.log_tail(20)
+    );
+    assert_eq!(counts.acknowledged, n, "every publish confirmed");
+    assert_contract(&counts, &problems, valid, expected_dead);
+    assert!(storm.joins >= 5, "{storm:?}");
+    assert!(
+        storm.unclean_leaves.is_empty(),
+        "{:#?}",
+        storm.unclean_leaves
+    );
+    // Every join moves partitions away from the long-lived workers.
+    assert!(
+        rebalances >= storm.joins,
+        "{rebalances} rebalances for {} joins and {} leaves",
+        storm.joins,
+        storm.leaves
+    );
+    assert!(
+        outcome.unexpected_exits.is_empty(),
+        "a worker exited on its own: {:#?}",
+        outcome.unexpected_exits
+    );
+    for (i, status) in statuses.into_iter().enumerate() {
+        let status = status.unwrap_or_else(|| panic!("worker {i} did not stop within 30 s"));
+        assert!(status.success(), "worker {i} exited with {status}");
+    }
     fleet.remove_logs();
 }
