@@ -72,8 +72,7 @@ async fn a_list_of_dead_nodes_fails_with_the_last_nodes_error() {
     let urls = format!("{DEAD_NODE},amqp://guest:guest@127.0.0.1:2/%2f");
     let error = RabbitMq::connect_with(urls, options())
         .await
-        .err()
-        .expect("no node answers");
+        .expect_err("no node answers");
     assert!(
         matches!(&error, ConnectError::Connect { url, .. } if url.contains(":2/")),
         "{error:?}"
