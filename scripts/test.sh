@@ -166,16 +166,16 @@ if want faults; then
   ((rc == 0)) || status=$rc
 fi
 
-# run_on_cluster SCRIPT FILTER PACKAGE:TEST...: starts the cluster, runs the
-# tests named FILTER* of the given test binaries, stops the cluster (also on
-# failure).
+# run_on_cluster SCRIPT FILTER TEST...: starts the cluster, runs the tests
+# named FILTER* of the given test binaries, stops the cluster (also on
+# failure). `--workspace` keeps the features of the build step, so nothing
+# is rebuilt.
 run_on_cluster() {
-  local script=$1 filter=$2 rc=0 spec
+  local script=$1 filter=$2 rc=0 t args=()
   shift 2
+  for t in "$@"; do args+=(--test "$t"); done
   bash "scripts/services/$script" start || { bash "scripts/services/$script" stop; return 1; }
-  for spec in "$@"; do
-    cargo test -p "${spec%%:*}" --test "${spec#*:}" --no-fail-fast -- --nocapture "$filter" || rc=$?
-  done
+  cargo test --workspace "${args[@]}" --no-fail-fast -- --nocapture "$filter" || rc=$?
   bash "scripts/services/$script" stop || true
   return "$rc"
 }
@@ -184,8 +184,8 @@ if want clusters; then
   step "cluster suites: $BACKSTOP_CLUSTER_ORDERS orders, $BACKSTOP_CLUSTER_KILLS worker kills and a node loss per cluster"
   # One cluster at a time: the 2-core machine runs the single-node brokers too.
   rc=0
-  run_on_cluster rabbitmq-cluster.sh on_a_cluster_rabbitmq backstop-tests:clusters_rabbitmq backstop-cli:doctor_cluster || rc=$?
-  run_on_cluster kafka-cluster.sh on_a_cluster_kafka backstop-tests:clusters_kafka backstop-cli:doctor_cluster || rc=$?
+  run_on_cluster rabbitmq-cluster.sh on_a_cluster_rabbitmq clusters_rabbitmq doctor_cluster || rc=$?
+  run_on_cluster kafka-cluster.sh on_a_cluster_kafka clusters_kafka doctor_cluster || rc=$?
   step_done clusters "$( ((rc == 0)) && echo ok || echo "FAILED ($rc)")"
   ((rc == 0)) || status=$rc
 fi
