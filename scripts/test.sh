@@ -38,7 +38,8 @@ export BACKSTOP_CLI_RABBIT_FIXTURE_LETTERS="${BACKSTOP_CLI_RABBIT_FIXTURE_LETTER
 
 # The cluster suites (the `clusters` step): orders and worker kills per
 # suite, on a 3-node RabbitMQ and a 3-node Kafka started for them one at a
-# time and stopped after (about 4 minutes in all on 2 cores).
+# time and stopped after (339 s measured on 2 cores, including about 2
+# minutes of build checks of order-worker and the test binaries).
 export BACKSTOP_CLUSTER_ORDERS="${BACKSTOP_CLUSTER_ORDERS:-5000}"
 export BACKSTOP_CLUSTER_KILLS="${BACKSTOP_CLUSTER_KILLS:-2}"
 
