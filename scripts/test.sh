@@ -7,7 +7,7 @@
 #   scripts/test.sh --only faults    # one step (or several: --only fmt,clippy)
 #   scripts/test.sh --list           # the step names
 #
-# Steps: services fmt clippy build test faults fuzz. The services start in the
+# Steps: services fmt clippy build test faults clusters fuzz. The services start in the
 # background while fmt, clippy and the test build compile, so a cold run pays
 # for the slower of the two, not their sum. Each step prints its time, and the
 # run ends with a table of them.
@@ -36,14 +36,21 @@ export BACKSTOP_FAULT_KILLS="${BACKSTOP_FAULT_KILLS:-5}"
 # fixture (about 3 to 4 minutes).
 export BACKSTOP_CLI_RABBIT_FIXTURE_LETTERS="${BACKSTOP_CLI_RABBIT_FIXTURE_LETTERS:-20000}"
 
-ALL_STEPS=(services fmt clippy build test faults fuzz)
+# The cluster suites (the `clusters` step): orders and worker kills per
+# suite, on a 3-node RabbitMQ and a 3-node Kafka started for them one at a
+# time and stopped after (339 s measured on 2 cores, including about 2
+# minutes of build checks of order-worker and the test binaries).
+export BACKSTOP_CLUSTER_ORDERS="${BACKSTOP_CLUSTER_ORDERS:-5000}"
+export BACKSTOP_CLUSTER_KILLS="${BACKSTOP_CLUSTER_KILLS:-2}"
+
+ALL_STEPS=(services fmt clippy build test faults clusters fuzz)
 only=""
 while (($#)); do
   case $1 in
     --only) only=${2:?--only needs a step name (see --list)}; shift 2 ;;
     --only=*) only=${1#--only=}; shift ;;
     --list) printf '%s\n' "${ALL_STEPS[@]}"; exit 0 ;;
-    -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -54,7 +61,7 @@ if [[ -n $only ]]; then
   done
   # Steps that run tests need the services.
   for w in "${wanted[@]}"; do
-    [[ $w == test || $w == faults ]] && wanted+=(services)
+    [[ $w == test || $w == faults || $w == clusters ]] && wanted+=(services)
   done
 else
   wanted=("${ALL_STEPS[@]}")
@@ -84,7 +91,7 @@ trap report EXIT
 # Build prerequisites, before anything compiles (the services install runs
 # in parallel with the build): librdkafka links the system OpenSSL
 # (rdkafka's `ssl` feature), found through pkg-config. Instant when present.
-if want clippy || want build || want test || want faults; then
+if want clippy || want build || want test || want faults || want clusters; then
   (SVC=build && . scripts/services/lib.sh && apt_install libssl-dev pkg-config) || exit 1
 fi
 
@@ -134,7 +141,7 @@ if want clippy; then
   step_done clippy
 fi
 
-if want build || want test || want faults; then
+if want build || want test || want faults || want clusters; then
   step "cargo test --no-run (compile every test binary)"
   cargo test --workspace --no-run
   step_done build
@@ -143,9 +150,9 @@ fi
 wait_services
 
 if want test; then
-  step "cargo test (all but the fault suites)"
+  step "cargo test (all but the fault and cluster suites)"
   rc=0
-  cargo test --workspace --no-fail-fast -- --skip kill9_and_broker_restart || rc=$?
+  cargo test --workspace --no-fail-fast -- --skip kill9_and_broker_restart --skip on_a_cluster_ || rc=$?
   step_done test "$( ((rc == 0)) && echo ok || echo "FAILED ($rc)")"
   ((rc == 0)) || status=$rc
 fi
@@ -157,6 +164,30 @@ if want faults; then
   cargo test -p backstop-tests --test faults_rabbitmq --test faults_kafka --no-fail-fast \
     -- --nocapture kill9_and_broker_restart || rc=$?
   step_done faults "$( ((rc == 0)) && echo ok || echo "FAILED ($rc)")"
+  ((rc == 0)) || status=$rc
+fi
+
+# run_on_cluster SCRIPT FILTER TEST...: starts the cluster, runs the tests
+# named FILTER* of the given test binaries, stops the cluster (also on
+# failure). `--workspace` keeps the features of the build step, so nothing
+# is rebuilt.
+run_on_cluster() {
+  local script=$1 filter=$2 rc=0 t args=()
+  shift 2
+  for t in "$@"; do args+=(--test "$t"); done
+  bash "scripts/services/$script" start || { bash "scripts/services/$script" stop; return 1; }
+  cargo test --workspace "${args[@]}" --no-fail-fast -- --nocapture "$filter" || rc=$?
+  bash "scripts/services/$script" stop || true
+  return "$rc"
+}
+
+if want clusters; then
+  step "cluster suites: $BACKSTOP_CLUSTER_ORDERS orders, $BACKSTOP_CLUSTER_KILLS worker kills and a node loss per cluster"
+  # One cluster at a time: the 2-core machine runs the single-node brokers too.
+  rc=0
+  run_on_cluster rabbitmq-cluster.sh on_a_cluster_rabbitmq clusters_rabbitmq doctor_cluster || rc=$?
+  run_on_cluster kafka-cluster.sh on_a_cluster_kafka clusters_kafka doctor_cluster || rc=$?
+  step_done clusters "$( ((rc == 0)) && echo ok || echo "FAILED ($rc)")"
   ((rc == 0)) || status=$rc
 fi
 

@@ -13,8 +13,9 @@ const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 const DEFAULT_PG_URL: &str = "postgres://backstop:backstop@127.0.0.1:5432/backstop";
 
 impl BrokerConfig {
-    /// The AMQP URL: `url` (or the local broker) with `username`/`password`
-    /// set into it and `[broker.tls]` as RabbitMQ's URI parameters
+    /// The AMQP URL: `url` (or the local broker; a comma-separated node
+    /// list for a cluster, each node treated alike) with
+    /// `username`/`password` set into it and `[broker.tls]` as RabbitMQ's URI parameters
     /// (`cacertfile`, `certfile`, `keyfile`, `verify`,
     /// `server_name_indication`; the scheme becomes `amqps`).
     pub fn amqp_url(&self) -> Result<SecretUrl, ConfigError> {
@@ -22,6 +23,15 @@ impl BrokerConfig {
             .url
             .as_ref()
             .map_or(DEFAULT_AMQP_URL, SecretUrl::expose);
+        let nodes = backstop::nodes::split_urls(raw, &["amqp://", "amqps://"])
+            .iter()
+            .map(|node| self.node_url(node))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(SecretUrl::new(nodes.join(",")))
+    }
+
+    /// One node's URL with the credentials and TLS parameters set.
+    fn node_url(&self, raw: &str) -> Result<String, ConfigError> {
         let invalid = |what: &str| ConfigError::Key {
             key: "broker.url".to_owned(),
             origin: "the configuration".to_owned(),
@@ -58,7 +68,7 @@ impl BrokerConfig {
                 query.append_pair("server_name_indication", name);
             }
         }
-        Ok(SecretUrl::new(url.to_string()))
+        Ok(url.to_string())
     }
 
     /// Kafka's bootstrap servers: `url`, else the local broker.
@@ -71,8 +81,10 @@ impl BrokerConfig {
 
     /// The librdkafka properties this configuration asks for, in order:
     /// TLS (`security.protocol`, `ssl.*`), SASL from `username`/`password`
-    /// (`sasl.*`, mechanism `SCRAM-SHA-512` unless named), the instance id,
-    /// then `[broker.kafka_options]` as given (so those win).
+    /// (`sasl.*`, mechanism `SCRAM-SHA-512` unless named), then
+    /// `[broker.kafka_options]` as given (so those win). The instance id is
+    /// not among them: it is the consumer's
+    /// (`backstop_kafka::KafkaConfig::group_instance_id`).
     pub fn kafka_properties(&self) -> Vec<(String, Secret)> {
         let mut out = Vec::new();
         let mut push = |k: &str, v: &str| out.push((k.to_owned(), Secret::new(v)));
@@ -108,9 +120,6 @@ impl BrokerConfig {
                 push("sasl.password", password.expose());
             }
         }
-        if let Some(id) = &self.instance_id {
-            push("group.instance.id", id);
-        }
         for (key, value) in &self.kafka_options {
             out.push((key.clone(), value.clone()));
         }
@@ -131,5 +140,36 @@ impl StoreConfig {
         self.postgres_url
             .clone()
             .unwrap_or_else(|| SecretUrl::new(DEFAULT_PG_URL))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_goes_into_every_node_of_a_cluster_url_and_never_shows() {
+        let config = BrokerConfig {
+            url: Some(SecretUrl::new(
+                "amqp://127.0.0.1:5681/%2f, amqp://127.0.0.1:5682/%2f",
+            )),
+            username: Some("app".to_owned()),
+            password: Some(Secret::new("p@ss,word")),
+            ..BrokerConfig::default()
+        };
+        let url = config.amqp_url().unwrap();
+        assert_eq!(
+            url.expose(),
+            "amqp://app:p%40ss,word@127.0.0.1:5681/%2f,amqp://app:p%40ss,word@127.0.0.1:5682/%2f"
+        );
+        let shown = format!("{url} {url:?}");
+        assert!(
+            !shown.contains("p%40ss") && !shown.contains("p@ss"),
+            "{shown}"
+        );
+        assert_eq!(
+            url.to_string(),
+            "amqp://app:***@127.0.0.1:5681/%2f,amqp://app:***@127.0.0.1:5682/%2f"
+        );
     }
 }

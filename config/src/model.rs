@@ -79,7 +79,8 @@ pub struct BrokerConfig {
     /// `[broker.kafka_options]`: librdkafka properties, applied last
     /// (`"sasl.password" = "@/run/secrets/kafka"` reads a file).
     pub kafka_options: BTreeMap<String, Secret>,
-    /// Kafka: a stable instance id (static group membership), if any.
+    /// Kafka: a stable instance id (static group membership,
+    /// `group.instance.id`), if any; unique per worker process.
     pub instance_id: Option<String>,
     /// RabbitMQ: the broker's `consumer_timeout` in milliseconds; a
     /// delivery is postponed before it runs out.

@@ -59,6 +59,7 @@ pub mod inbound;
 pub mod memory;
 pub mod message;
 pub mod metrics;
+pub mod nodes;
 mod outcome;
 pub mod panic;
 pub mod payload;

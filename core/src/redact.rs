@@ -16,7 +16,42 @@ pub const HIDDEN: &str = "***";
 /// A URL without a password is returned unchanged (no normalisation). One the
 /// parser refuses but that has a `scheme:` and an `@` is shown as
 /// `scheme:***@rest`, so a mistyped URL cannot leak its password either.
+///
+/// A node list (URLs separated by commas, each starting with a `scheme://`)
+/// has the password of every URL in it hidden:
+///
+/// ```
+/// use backstop::redact::redact_url;
+///
+/// assert_eq!(
+///     redact_url("amqp://u:p1@n1/%2f,amqp://u:p2@n2/%2f"),
+///     "amqp://u:***@n1/%2f,amqp://u:***@n2/%2f"
+/// );
+/// ```
 pub fn redact_url(url: &str) -> String {
+    let nodes = crate::nodes::split_where(url, starts_with_scheme);
+    if nodes.len() > 1 {
+        return nodes
+            .iter()
+            .map(|node| redact_one(node))
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+    redact_one(url)
+}
+
+/// Whether `text` starts with `scheme://`.
+fn starts_with_scheme(text: &str) -> bool {
+    text.split_once("://").is_some_and(|(scheme, _)| {
+        scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    })
+}
+
+/// One URL with its password hidden.
+fn redact_one(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) if !parsed.cannot_be_a_base() => {
             if parsed.password().is_none() {

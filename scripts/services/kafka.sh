@@ -44,17 +44,9 @@ HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xmx1g -Xms256m}
 
 # --- probes -----------------------------------------------------------------
 
-# Sends a Kafka ApiVersions v0 request (correlation id 1) over bash's
-# /dev/tcp and checks the reply carries correlation id 1 and error code 0.
-# Cheap (no JVM), so it is what "already running?" uses.
-api_versions_ok() {
-  local reply
-  reply=$(timeout 5 bash -c '
-    exec 3<>/dev/tcp/'"$HOST/$PORT"' || exit 1
-    printf "\x00\x00\x00\x0a\x00\x12\x00\x00\x00\x00\x00\x01\xff\xff" >&3
-    head -c 10 <&3 | od -An -tx1 | tr -d " \n"' 2>/dev/null) || return 1
-  [[ ${reply:8:12} == 000000010000 ]]
-}
+# The ApiVersions probe (lib.sh): cheap (no JVM), so it is what "already
+# running?" uses.
+api_versions_ok() { kafka_api_versions_ok "$HOST" "$PORT"; }
 
 # A real metadata round trip through the Java admin client (kafka-tools).
 metadata_ok() {

@@ -73,3 +73,15 @@ apt_install() {
 
 # elapsed START: seconds since START (an $EPOCHREALTIME value), one decimal.
 elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
+
+# kafka_api_versions_ok HOST PORT: sends a Kafka ApiVersions v0 request
+# (correlation id 1) over bash's /dev/tcp and checks the reply carries
+# correlation id 1 and error code 0. No JVM, so it is cheap.
+kafka_api_versions_ok() {
+  local reply
+  reply=$(timeout 5 bash -c '
+    exec 3<>/dev/tcp/'"$1/$2"' || exit 1
+    printf "\x00\x00\x00\x0a\x00\x12\x00\x00\x00\x00\x00\x01\xff\xff" >&3
+    head -c 10 <&3 | od -An -tx1 | tr -d " \n"' 2>/dev/null) || return 1
+  [[ ${reply:8:12} == 000000010000 ]]
+}

@@ -1,9 +1,9 @@
-//! The fault scenario shared by the broker suites: publish while a worker
-//! runs, SIGKILL and restart it at random points of progress, restart the
-//! broker once, then check the ledger and the DLQ.
+//! The fault scenario shared by the broker suites: publish while the
+//! workers of a [`Fleet`] run, SIGKILL and restart one at random points of
+//! progress, restart the broker (or a node of it) once, then check the
+//! ledger and the DLQ.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use backstop::{Publisher, Source, wire};
 use rand::Rng;
 
+use crate::fleet::Fleet;
 use crate::ledger::Ledger;
 use crate::orders::{Kind, Order};
 use crate::report::Counts;
-use crate::worker::Worker;
 
 /// A dead letter as read back from a DLQ.
 #[derive(Clone, Debug)]
@@ -117,15 +117,13 @@ async fn publish_all(
     )
 }
 
-/// Runs the chaos phase: publishes `orders` while `worker` runs, kills it
-/// `kills` times at random points of progress (ledger rows) and restarts it
-/// with `args`, and calls `restart_broker` once in between. Returns when
-/// publishing and every event are done, with the worker running.
-#[allow(clippy::too_many_arguments)] // the running worker, how to restart it, and what to inject
+/// Runs the chaos phase: publishes `orders` while the `fleet` runs, kills a
+/// random worker `kills` times at random points of progress (ledger rows)
+/// and restarts it, and calls `restart_broker` once in between. Returns when
+/// publishing and every event are done, with every worker running.
+#[allow(clippy::too_many_arguments)] // the workers, what to publish, and what to inject
 pub async fn chaos<R, Fut>(
-    worker: &mut Worker,
-    args: &[String],
-    log: &Path,
+    fleet: &mut Fleet,
     ledger: &Ledger,
     publisher: Arc<dyn Publisher>,
     destination: &str,
@@ -176,23 +174,18 @@ where
             if rows >= target {
                 break;
             }
-            if let Some(status) = worker.exited() {
-                out.unexpected_exits
-                    .push(format!("{status}: {}", worker.log_tail(5)));
-                *worker = Worker::spawn(args, log).expect("restart the worker");
-            }
+            fleet.restart_exited(&mut out.unexpected_exits);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         match event {
             Event::Kill => {
-                worker.kill9().expect("SIGKILL the worker");
+                let which = fleet.kill9_one();
                 out.kills += 1;
                 eprintln!(
-                    "kill -9 #{} at {rows} ledger rows ({:.0} % target)",
+                    "kill -9 #{} (worker {which}) at {rows} ledger rows ({:.0} % target)",
                     out.kills,
                     at * 100.0
                 );
-                *worker = Worker::spawn(args, log).expect("restart the worker");
             }
             Event::RestartBroker => {
                 eprintln!("broker restart at {rows} ledger rows");
@@ -207,11 +200,7 @@ where
         if let Ok(rows) = ledger.rows().await {
             progress.store(rows.max(0) as usize, Ordering::Relaxed);
         }
-        if let Some(status) = worker.exited() {
-            out.unexpected_exits
-                .push(format!("{status}: {}", worker.log_tail(5)));
-            *worker = Worker::spawn(args, log).expect("restart the worker");
-        }
+        fleet.restart_exited(&mut out.unexpected_exits);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (acked, retries) = publishing.await.expect("the publishers finish");
@@ -220,14 +209,11 @@ where
     out
 }
 
-#[allow(clippy::too_many_arguments)] // the running worker, how to restart it, and what to wait for
 /// Polls until the ledger holds a row for each of the `valid` orders (and
 /// `more` says the rest is in place too), restarting a worker that exits on
 /// its own. Returns false at the deadline.
 pub async fn wait_drained<M, Fut>(
-    worker: &mut Worker,
-    args: &[String],
-    log: &Path,
+    fleet: &mut Fleet,
     ledger: &Ledger,
     valid: usize,
     deadline: Duration,
@@ -241,10 +227,7 @@ where
     let started = Instant::now();
     let mut last_report = Instant::now();
     while started.elapsed() < deadline {
-        if let Some(status) = worker.exited() {
-            unexpected_exits.push(format!("{status}: {}", worker.log_tail(5)));
-            *worker = Worker::spawn(args, log).expect("restart the worker");
-        }
+        fleet.restart_exited(unexpected_exits);
         let distinct = ledger.executions().await.map(|e| e.len()).unwrap_or(0);
         if distinct >= valid && more().await {
             return true;

@@ -1,12 +1,14 @@
 //! Shared helpers for the cross-crate suites.
 //!
 //! The fault suites (`tests/faults_*.rs`, `tests/bad_input.rs`) drive the
-//! real `order-worker` binary ([`worker`]), record executions in a
+//! real `order-worker` binary ([`worker`], several at once: [`fleet`]), record executions in a
 //! PostgreSQL ledger in a schema of their own ([`ledger`]), publish a mix of
 //! orders ([`orders`]), read each worker's metrics while it runs ([`scrape`])
 //! and print Jepsen-style counts ([`report`]).
 
+pub mod cluster;
 pub mod fault;
+pub mod fleet;
 pub mod ledger;
 pub mod orders;
 pub mod report;

@@ -42,8 +42,12 @@ pub struct Counts {
     pub lost: usize,
     /// Worker SIGKILLs.
     pub kills: usize,
-    /// Broker restarts.
+    /// Broker restarts (or broker nodes killed and restarted).
     pub broker_restarts: usize,
+    /// Worker processes consuming at once.
+    pub workers: usize,
+    /// Exits of fenced static Kafka members (restarted; see [`crate::fleet::Fleet::fenced`]).
+    pub fenced: usize,
     /// The last worker's own summary line (killed workers print none).
     pub final_summary: String,
     /// Wall time of the run.
@@ -87,6 +91,14 @@ impl fmt::Display for Counts {
         writeln!(f, "  lost                {:>7}", self.lost)?;
         writeln!(f, "  worker kills        {:>7}", self.kills)?;
         writeln!(f, "  broker restarts     {:>7}", self.broker_restarts)?;
+        if self.workers > 1 || self.fenced > 0 {
+            writeln!(f, "  workers             {:>7}", self.workers)?;
+            writeln!(
+                f,
+                "  fenced static members {:>5}   (exited and restarted)",
+                self.fenced
+            )?;
+        }
         write!(f, "  last worker         {}", self.final_summary)
     }
 }

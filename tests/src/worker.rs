@@ -111,7 +111,9 @@ impl Worker {
         let child = command
             .env(
                 "RUST_LOG",
-                std::env::var("BACKSTOP_WORKER_LOG").unwrap_or_else(|_| "warn".to_owned()),
+                // Warnings, and the Kafka consumer's rebalances (a few lines each).
+                std::env::var("BACKSTOP_WORKER_LOG")
+                    .unwrap_or_else(|_| "warn,backstop_kafka::poller=info".to_owned()),
             )
             .stdin(Stdio::null())
             .stdout(out)

@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 
 use backstop_kafka::{Kafka, TopicSpec};
 use backstop_tests::fault::{chaos, read_dead_letters, verify, wait_drained};
+use backstop_tests::fleet::Fleet;
 use backstop_tests::ledger::Ledger;
 use backstop_tests::orders::{Kind, orders};
 use backstop_tests::report::Counts;
-use backstop_tests::worker::{Worker, log_path};
+use backstop_tests::worker::log_path;
 use backstop_tests::{KAFKA_OUTAGE_LOCK, env_usize, outage_lock, run_command, unique};
 
 fn brokers() -> String {
@@ -76,15 +77,13 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
-    let mut worker = Worker::spawn(&args, &log).expect("start the worker");
+    let mut fleet = Fleet::one(&args, &log).expect("start the worker");
 
     let orders = Arc::new(orders(&run, n));
     let expected_dead = orders.iter().filter(|o| o.kind != Kind::Valid).count();
     let valid = n - expected_dead;
     let mut outcome = chaos(
-        &mut worker,
-        &args,
-        &log,
+        &mut fleet,
         &ledger,
         Arc::new(kafka.publisher().expect("publisher")),
         &topic,
@@ -95,9 +94,7 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
     .await;
 
     let drained = wait_drained(
-        &mut worker,
-        &args,
-        &log,
+        &mut fleet,
         &ledger,
         valid,
         Duration::from_secs(180),
@@ -117,8 +114,8 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
         Duration::from_secs(90),
     )
     .await;
-    let status = worker.terminate(Duration::from_secs(30)).await;
-    let final_summary = worker.log_tail(1);
+    let status = fleet.terminate(Duration::from_secs(30)).await.remove(0);
+    let final_summary = fleet.log_tail(1);
     let executions = ledger.executions().await.expect("read the ledger");
     let mut counts = Counts {
         broker: format!("kafka, {n} orders"),
@@ -128,7 +125,7 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
         broker_restarts: outcome.broker_restarts,
         inbox_rows: ledger.inbox_rows().await,
         final_summary,
-        duplicates_suppressed: backstop_tests::scrape::duplicates_suppressed(&log),
+        duplicates_suppressed: fleet.duplicates_suppressed(),
         elapsed: started.elapsed(),
         ..Counts::default()
     };
@@ -139,7 +136,7 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
     assert!(
         drained,
         "not drained in time: {counts}\n{}",
-        worker.log_tail(20)
+        fleet.log_tail(20)
     );
     assert_eq!(counts.acknowledged, n, "every publish confirmed");
     assert!(
@@ -157,5 +154,5 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
     );
     let status = status.expect("the worker stops within 30 s of SIGTERM");
     assert!(status.success(), "the worker exited with {status}");
-    let _ = std::fs::remove_file(&log);
+    fleet.remove_logs();
 }

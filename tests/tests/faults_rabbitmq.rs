@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use backstop_rabbitmq::{RabbitMq, Topology, url_from_env};
 use backstop_tests::fault::{chaos, read_dead_letters, verify, wait_drained};
+use backstop_tests::fleet::Fleet;
 use backstop_tests::ledger::Ledger;
 use backstop_tests::orders::{Kind, orders};
 use backstop_tests::report::Counts;
-use backstop_tests::worker::{Worker, log_path};
+use backstop_tests::worker::log_path;
 use backstop_tests::{RABBITMQ_OUTAGE_LOCK, env_usize, outage_lock, poll, run_command, unique};
 use common::cleanup;
 
@@ -75,7 +76,7 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
     .map(|s| (*s).to_owned())
     .collect();
     let rabbit = RabbitMq::connect(url_from_env()).await.expect("connect");
-    let mut worker = Worker::spawn(&args, &log).expect("start the worker");
+    let mut fleet = Fleet::one(&args, &log).expect("start the worker");
     // The worker declares its topology; publish once the queue exists.
     let declared = poll(
         Duration::from_secs(60),
@@ -86,16 +87,14 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
     assert!(
         declared.is_some(),
         "the worker did not declare {queue}: {}",
-        worker.log_tail(20)
+        fleet.log_tail(20)
     );
 
     let orders = Arc::new(orders(&run, n));
     let expected_dead = orders.iter().filter(|o| o.kind != Kind::Valid).count();
     let valid = n - expected_dead;
     let mut outcome = chaos(
-        &mut worker,
-        &args,
-        &log,
+        &mut fleet,
         &ledger,
         Arc::new(rabbit.publisher()),
         &queue,
@@ -107,9 +106,7 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
 
     let dlq = Topology::quorum(queue.as_str()).dlq();
     let drained = wait_drained(
-        &mut worker,
-        &args,
-        &log,
+        &mut fleet,
         &ledger,
         valid,
         Duration::from_secs(180),
@@ -120,8 +117,8 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
         },
     )
     .await;
-    let status = worker.terminate(Duration::from_secs(30)).await;
-    let final_summary = worker.log_tail(1);
+    let status = fleet.terminate(Duration::from_secs(30)).await.remove(0);
+    let final_summary = fleet.log_tail(1);
 
     let dead = read_dead_letters(
         rabbit.source(&dlq, 64).await.expect("DLQ source"),
@@ -139,7 +136,7 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
         broker_restarts: outcome.broker_restarts,
         inbox_rows: ledger.inbox_rows().await,
         final_summary,
-        duplicates_suppressed: backstop_tests::scrape::duplicates_suppressed(&log),
+        duplicates_suppressed: fleet.duplicates_suppressed(),
         elapsed: started.elapsed(),
         ..Counts::default()
     };
@@ -153,7 +150,7 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
     assert!(
         drained,
         "not drained in time: {counts}\n{}",
-        worker.log_tail(20)
+        fleet.log_tail(20)
     );
     assert_eq!(counts.acknowledged, n, "every publish confirmed");
     assert!(
@@ -171,5 +168,5 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
     );
     let status = status.expect("the worker stops within 30 s of SIGTERM");
     assert!(status.success(), "the worker exited with {status}");
-    let _ = std::fs::remove_file(&log);
+    fleet.remove_logs();
 }

@@ -56,6 +56,13 @@ pub struct KafkaConfig {
     pub consumer_properties: BTreeMap<String, String>,
     /// librdkafka properties for producers only.
     pub producer_properties: BTreeMap<String, String>,
+    /// `group.instance.id`: static group membership (default none). A member
+    /// with a fixed instance id that restarts within the session timeout gets
+    /// its partitions back without a rebalance of the group. Each process of
+    /// the group needs its own id; a second live member with the same id
+    /// fences the first, which then stops with a fatal source error
+    /// (`FENCED_INSTANCE_ID`) for its supervisor to restart.
+    pub group_instance_id: Option<String>,
     /// `session.timeout.ms`: how long a silent member keeps its partitions (default 10 s).
     pub session_timeout: Duration,
     /// `auto.commit.interval.ms`: how often stored offsets are committed (default 1 s).
@@ -116,6 +123,7 @@ impl std::fmt::Debug for KafkaConfig {
         f.debug_struct("KafkaConfig")
             .field("brokers", &self.brokers)
             .field("group", &self.group)
+            .field("group_instance_id", &self.group_instance_id)
             .field("properties", &Properties(&self.properties))
             .field(
                 "consumer_properties",
@@ -152,6 +160,7 @@ impl KafkaConfig {
             properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
             producer_properties: BTreeMap::new(),
+            group_instance_id: None,
             session_timeout: Duration::from_secs(10),
             auto_commit_interval: Duration::from_secs(1),
             offset_reset: OffsetReset::Earliest,
@@ -213,6 +222,9 @@ impl KafkaConfig {
                     .clamp(1024, 64 * 1024)
                     .to_string(),
             );
+        if let Some(id) = &self.group_instance_id {
+            config.set("group.instance.id", id);
+        }
         Self::overrides(&mut config, [&self.properties, &self.consumer_properties]);
         config
     }
@@ -307,6 +319,19 @@ mod tests {
         assert_eq!(c.get("auto.offset.reset"), Some("earliest"));
         assert_eq!(c.get("allow.auto.create.topics"), Some("false"));
         assert_eq!(c.get("fetch.min.bytes"), Some("10"));
+    }
+
+    #[test]
+    fn a_group_instance_id_makes_a_static_member_of_the_consumer_only() {
+        let mut kc = KafkaConfig::new("b:9092", "g");
+        assert_eq!(kc.consumer_config().get("group.instance.id"), None);
+        kc.group_instance_id = Some("worker-1".into());
+        assert_eq!(
+            kc.consumer_config().get("group.instance.id"),
+            Some("worker-1")
+        );
+        assert_eq!(kc.offsets_reader_config().get("group.instance.id"), None);
+        assert_eq!(kc.producer_config().get("group.instance.id"), None);
     }
 
     #[test]

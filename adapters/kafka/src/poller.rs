@@ -399,6 +399,18 @@ impl Poller {
     }
 
     fn on_error(&mut self, error: KafkaError) {
+        // A fenced static member (another member joined with its
+        // `group.instance.id`, or its own rejoin after a coordinator
+        // failover) gets no more records: stopping is the only way out,
+        // and its supervisor restarts it.
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::FencedInstanceId) {
+            tracing::error!(%error, "static group member fenced");
+            self.dispatcher.report(SourceError::Fatal(
+                format!("Kafka consumer fenced (FENCED_INSTANCE_ID: another member has its group.instance.id, or it was replaced after a coordinator failover): {error}").into(),
+            ));
+            self.stop.store(true, Ordering::Release);
+            return;
+        }
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
             let reason = self.consumer.client().fatal_error().map_or_else(
                 || error.to_string(),

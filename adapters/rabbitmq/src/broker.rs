@@ -27,13 +27,17 @@ pub struct RabbitMq {
 
 impl RabbitMq {
     /// Connects to `url` (`amqp://user:password@host:port/vhost`, the vhost
-    /// URL-encoded: `%2f` for `/`) with default [`ConnectOptions`].
+    /// URL-encoded: `%2f` for `/`) with default [`ConnectOptions`]. For a
+    /// cluster, give the nodes' URLs comma-separated
+    /// (`amqp://…:5681/%2f,amqp://…:5682/%2f`, see [`node_urls`](crate::node_urls)):
+    /// every connection tries them in turn, from the one that answered last.
     pub async fn connect(url: impl Into<String>) -> Result<Self, ConnectError> {
         Self::connect_with(url, ConnectOptions::default()).await
     }
 
-    /// Connects to `url` with `options`. The shared connection is opened now,
-    /// so a wrong URL or a broker that is down fails here.
+    /// Connects to `url` (one URL or a comma-separated node list) with
+    /// `options`. The shared connection is opened now, so a wrong URL or a
+    /// broker whose nodes are all down fails here.
     pub async fn connect_with(
         url: impl Into<String>,
         options: ConnectOptions,

@@ -6,6 +6,7 @@
 //! connections (flow control blocks publishing connections).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lapin::uri::AMQPUri;
@@ -91,10 +92,36 @@ impl ConnectOptions {
     }
 }
 
-/// Opens connections to one broker.
-pub(crate) struct Connector {
+/// Splits a node list into its URLs: `urls` holds one AMQP URL, or several
+/// separated by commas (the nodes of one cluster, tried in turn). A comma
+/// starts a new URL only when `amqp://` or `amqps://` follows it (spaces
+/// around it are dropped), so a comma inside a URL's query stays there.
+///
+/// ```
+/// let urls = backstop_rabbitmq::node_urls(
+///     "amqp://guest:guest@127.0.0.1:5681/%2f, amqp://guest:guest@127.0.0.1:5682/%2f",
+/// );
+/// assert_eq!(
+///     urls,
+///     ["amqp://guest:guest@127.0.0.1:5681/%2f", "amqp://guest:guest@127.0.0.1:5682/%2f"]
+/// );
+/// ```
+pub fn node_urls(urls: &str) -> Vec<String> {
+    backstop::nodes::split_urls(urls, &["amqp://", "amqps://"])
+}
+
+/// One node of the list: its URL and TLS settings.
+struct Node {
     url: String,
     tls: UrlTls,
+}
+
+/// Opens connections to a broker: one node, or the nodes of a cluster,
+/// tried in turn from the one that answered last.
+pub(crate) struct Connector {
+    nodes: Vec<Node>,
+    /// The index of the node to try first (the last one that answered).
+    preferred: AtomicUsize,
     pub(crate) options: ConnectOptions,
 }
 
@@ -108,53 +135,109 @@ impl std::fmt::Debug for Connector {
 }
 
 impl Connector {
-    /// Checks the URL (scheme, TLS parameters); connects nothing yet.
+    /// Checks the URLs (scheme, TLS parameters); connects nothing yet.
+    /// `url` may list several nodes (see [`node_urls`]).
     pub(crate) fn new(url: String, options: ConnectOptions) -> Result<Self, ConnectError> {
-        let tls = tls::parse(&url).map_err(|reason| ConnectError::InvalidUrl {
-            url: redact(&url),
-            reason,
-        })?;
-        Ok(Connector { url, tls, options })
+        let urls = node_urls(&url);
+        if urls.is_empty() {
+            return Err(ConnectError::InvalidUrl {
+                url: redact(&url),
+                reason: "no AMQP URL given".to_owned(),
+            });
+        }
+        let nodes = urls
+            .into_iter()
+            .map(|url| {
+                let tls = tls::parse(&url).map_err(|reason| ConnectError::InvalidUrl {
+                    url: redact(&url),
+                    reason,
+                })?;
+                Ok(Node { url, tls })
+            })
+            .collect::<Result<Vec<_>, ConnectError>>()?;
+        Ok(Connector {
+            nodes,
+            preferred: AtomicUsize::new(0),
+            options,
+        })
     }
 
-    /// The URL with the password hidden.
+    /// The URLs with the passwords hidden, comma-separated.
     pub(crate) fn redacted_url(&self) -> String {
-        redact(&self.url)
+        self.nodes
+            .iter()
+            .map(|n| redact(&n.url))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
-    /// One connection attempt, bounded by the connect timeout. Over TLS,
-    /// the certificate files are read again for each attempt.
+    /// Connects to the first node that answers, starting from the one that
+    /// answered last; each attempt is bounded by the connect timeout. Fails
+    /// with the last node's error when none answers. Over TLS, the
+    /// certificate files are read again for each attempt.
     pub(crate) async fn connect(&self, role: &str) -> Result<Connection, ConnectError> {
+        let count = self.nodes.len();
+        let first = self.preferred.load(Ordering::Relaxed) % count;
+        let mut last_error = None;
+        for step in 0..count {
+            let index = (first + step) % count;
+            match self.connect_node(&self.nodes[index], role).await {
+                Ok(connection) => {
+                    if index != first {
+                        tracing::warn!(
+                            url = %redact(&self.nodes[index].url),
+                            "RabbitMQ: failed over to another node"
+                        );
+                    }
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok(connection);
+                }
+                Err(error) => {
+                    // A malformed URL does not get better on another node.
+                    if matches!(error, ConnectError::InvalidUrl { .. }) {
+                        return Err(error);
+                    }
+                    if count > 1 {
+                        tracing::warn!(%error, "RabbitMQ node unreachable; trying the next");
+                    }
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| ConnectError::InvalidUrl {
+            url: String::new(),
+            reason: "no AMQP URL given".to_owned(),
+        }))
+    }
+
+    /// One connection attempt to `node`, bounded by the connect timeout.
+    async fn connect_node(&self, node: &Node, role: &str) -> Result<Connection, ConnectError> {
+        let shown = redact(&node.url);
         let name = format!("{}-{role}", self.options.connection_name);
         let properties = ConnectionProperties::default().with_connection_name(name.into());
         // Parsed here, not by lapin: its parse error quotes the whole URL.
-        let uri: AMQPUri = self
+        let uri: AMQPUri = node
             .url
             .parse()
             .map_err(|reason: String| ConnectError::InvalidUrl {
-                url: self.redacted_url(),
-                reason: backstop::redact::redact_text(
-                    &reason.replace(&self.url, &self.redacted_url()),
-                ),
+                url: shown.clone(),
+                reason: backstop::redact::redact_text(&reason.replace(&node.url, &shown)),
             })?;
         let attempt = async {
-            match &self.tls.options {
+            match &node.tls.options {
                 None => Ok(Connection::connect_uri(uri, properties).await),
                 #[cfg(feature = "tls")]
-                Some(_) => tls::connect(uri, &self.tls, properties).await,
+                Some(_) => tls::connect(uri, &node.tls, properties).await,
                 #[cfg(not(feature = "tls"))]
-                Some(_) => Err(tls::not_built(&self.redacted_url())),
+                Some(_) => Err(tls::not_built(&shown)),
             }
         };
         match tokio::time::timeout(self.options.connect_timeout, attempt).await {
             Ok(Ok(Ok(connection))) => Ok(connection),
-            Ok(Ok(Err(source))) => Err(ConnectError::connect(self.redacted_url(), source)),
-            Ok(Err(source)) => Err(ConnectError::Tls {
-                url: self.redacted_url(),
-                source,
-            }),
+            Ok(Ok(Err(source))) => Err(ConnectError::connect(shown, source)),
+            Ok(Err(source)) => Err(ConnectError::Tls { url: shown, source }),
             Err(_) => Err(ConnectError::Timeout {
-                url: self.redacted_url(),
+                url: shown,
                 timeout: self.options.connect_timeout,
             }),
         }
@@ -234,6 +317,37 @@ mod tests {
         let shown = format!("{connector:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("amqp://u:***@127.0.0.1"), "{shown}");
+    }
+
+    #[test]
+    fn a_node_list_splits_only_where_a_url_starts() {
+        assert_eq!(
+            node_urls("amqp://a:5672/%2f,amqps://b:5671/%2f?cacertfile=/x,y.pem , amqp://c/v"),
+            [
+                "amqp://a:5672/%2f",
+                "amqps://b:5671/%2f?cacertfile=/x,y.pem",
+                "amqp://c/v"
+            ]
+        );
+        assert_eq!(node_urls("amqp://a/%2f"), ["amqp://a/%2f"]);
+        assert!(node_urls(" , ").is_empty());
+        let error = Connector::new(String::new(), ConnectOptions::default())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("no AMQP URL"), "{error}");
+    }
+
+    #[test]
+    fn debug_lists_every_node_without_passwords() {
+        let connector = Connector::new(
+            "amqp://u:s3cret@127.0.0.1:5681/%2f,amqp://u:s3cret@127.0.0.1:5682/%2f".into(),
+            ConnectOptions::default(),
+        )
+        .expect("valid URLs");
+        let shown = format!("{connector:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("5681") && shown.contains("5682"), "{shown}");
     }
 
     #[tokio::test]

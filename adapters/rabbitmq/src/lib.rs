@@ -72,6 +72,13 @@
 //! - Delayed retry goes through one delay queue per tier and comes back with
 //!   `x-backstop-attempt` incremented; `x-death` is never used for counting.
 //!
+//! Clusters: [`RabbitMq::connect`] takes the nodes' URLs comma-separated
+//! ([`node_urls`]); every connect and reconnect (the source's, the
+//! publishers', the shared connection's) tries the nodes in turn from the one
+//! that answered last, so a worker fails over to a live node when its node
+//! dies, with the source's reconnect backoff between rounds. Quorum queues
+//! get a member on every node of the cluster.
+//!
 //! TLS: `amqps://` URLs (feature `tls`, on by default; rustls with the ring
 //! provider) take RabbitMQ's URI query parameters `cacertfile` (else the
 //! system roots), `certfile` + `keyfile` (mutual TLS), `verify`
@@ -100,7 +107,7 @@ pub mod topology;
 
 pub use crate::acker::RabbitAcker;
 pub use crate::broker::RabbitMq;
-pub use crate::connection::{ConnectOptions, DEFAULT_URL, url_from_env};
+pub use crate::connection::{ConnectOptions, DEFAULT_URL, node_urls, url_from_env};
 pub use crate::error::{ConnectError, ConsumeError, EncodeError, TopologyError, redact};
 pub use crate::limits::DEFAULT_MAX_MESSAGE_SIZE;
 pub use crate::publisher::RabbitPublisher;

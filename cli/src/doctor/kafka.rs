@@ -122,10 +122,7 @@ pub async fn audit(
                 "recreate or reassign with replication factor 3 (TopicSpec::replication(3))",
             ));
         }
-        let isr: usize = cfg
-            .get("min.insync.replicas")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1);
+        let isr = min_isr(Some(&cfg));
         if isr < 2 {
             out.push(Finding::new(
                 small(2),
@@ -161,6 +158,18 @@ pub async fn audit(
                         .is_some_and(|r| r.starts_with('.') && r.len() > 1)
                 })
                 .max_by_key(|(t, _)| t.len());
+            if let Some((src, (_, src_rf))) = source {
+                let src_isr = min_isr(configs.get(src));
+                if rf < src_rf || isr < src_isr {
+                    out.push(Finding::new(
+                        Severity::High,
+                        B,
+                        name,
+                        format!("DLQ weaker than its source {src:?}: replication {rf} / min.insync.replicas {isr} against {src_rf} / {src_isr}: a broker loss can lose dead letters the source would have kept"),
+                        format!("kafka-configs --alter --entity-type topics --entity-name {name} --add-config min.insync.replicas={src_isr}; reassign it to {src_rf} replicas (kafka-reassign-partitions)"),
+                    ));
+                }
+            }
             if let Some((src, (src_parts, _))) = source
                 && partitions < src_parts
             {
@@ -183,6 +192,13 @@ pub async fn audit(
         }
     }
     Ok(out)
+}
+
+/// A topic's `min.insync.replicas` (1 when unknown).
+fn min_isr(cfg: Option<&BTreeMap<String, String>>) -> usize {
+    cfg.and_then(|c| c.get("min.insync.replicas"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
 }
 
 /// A DLQ must keep its letters until an operator redrives them: a finite

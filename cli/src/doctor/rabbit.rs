@@ -1,6 +1,6 @@
 //! The RabbitMQ audit, over the management HTTP API.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
@@ -29,7 +29,14 @@ pub async fn audit(api: &str, vhost: &str, prefix: Option<&str>) -> Result<Vec<F
     let queues = get_json(api, &format!("/api/queues/{v}")).await?;
     let exchanges = get_json(api, &format!("/api/exchanges/{v}")).await?;
     let bindings = get_json(api, &format!("/api/bindings/{v}")).await?;
+    // The cluster's nodes, for the quorum queues' members (a user without
+    // the monitoring tag may not read them: then those checks are skipped).
+    let nodes = get_json(api, "/api/nodes").await.ok();
     let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    let by_name: HashMap<String, Value> = list(&queues)
+        .into_iter()
+        .filter_map(|q| Some((q["name"].as_str()?.to_owned(), q)))
+        .collect();
     let queue_names: HashSet<String> = list(&queues)
         .iter()
         .filter_map(|q| q["name"].as_str().map(str::to_owned))
@@ -92,6 +99,12 @@ pub async fn audit(api: &str, vhost: &str, prefix: Option<&str>) -> Result<Vec<F
         {
             out.push(Finding::new(Severity::High, B, name, "at-least-once dead-lettering without x-overflow=reject-publish falls back to at-most-once: dead letters can be dropped", "set x-overflow=reject-publish"));
         }
+        if let Some(nodes) = &nodes {
+            out.extend(cluster_findings(&q, vhost, &list(nodes)));
+        }
+        if let Some(dlq) = by_name.get(&format!("{name}.dlq")) {
+            out.extend(weaker_dlq(&q, dlq));
+        }
         if let Some(dlx) = dlx {
             if dlx.is_empty() {
                 let target = arg("x-dead-letter-routing-key").unwrap_or_else(|| name.to_owned());
@@ -122,4 +135,170 @@ pub async fn audit(api: &str, vhost: &str, prefix: Option<&str>) -> Result<Vec<F
         }
     }
     Ok(out)
+}
+
+/// The names in a JSON array of strings.
+fn names(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| n.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Replication on a cluster: a quorum queue with fewer members than the
+/// cluster can give it, members on down nodes, classic mirroring.
+fn cluster_findings(q: &Value, vhost: &str, nodes: &[Value]) -> Vec<Finding> {
+    let name = q["name"].as_str().unwrap_or_default();
+    let mut out = Vec::new();
+    let running: Vec<String> = nodes
+        .iter()
+        .filter(|n| n["running"].as_bool() == Some(true))
+        .filter_map(|n| n["name"].as_str().map(str::to_owned))
+        .collect();
+    let all: Vec<String> = nodes
+        .iter()
+        .filter_map(|n| n["name"].as_str().map(str::to_owned))
+        .collect();
+    if q["type"].as_str() == Some("quorum") {
+        let members = names(&q["members"]);
+        let wanted = all.len().min(3);
+        if !members.is_empty() && members.len() < wanted {
+            let adds: Vec<String> = running
+                .iter()
+                .filter(|n| !members.contains(n))
+                .take(wanted - members.len())
+                .map(|n| format!("rabbitmq-queues add_member -p {vhost} {name} {n}"))
+                .collect();
+            out.push(Finding::new(
+                Severity::High,
+                B,
+                name,
+                format!(
+                    "quorum queue with {} member(s) on a cluster of {} nodes: a node loss can lose its messages or stop it",
+                    members.len(),
+                    all.len()
+                ),
+                if adds.is_empty() {
+                    format!("add members on the other nodes (rabbitmq-queues add_member -p {vhost} {name} <node>)")
+                } else {
+                    adds.join("; ")
+                },
+            ));
+        }
+        let down: Vec<&String> = members.iter().filter(|m| !running.contains(m)).collect();
+        if !down.is_empty() {
+            let list = down
+                .iter()
+                .map(|d| d.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            out.push(Finding::new(
+                Severity::Warning,
+                B,
+                name,
+                format!("quorum queue members on down nodes ({list}): it survives fewer further failures"),
+                format!(
+                    "restart {list}, or move the members: rabbitmq-queues delete_member -p {vhost} {name} <down node>, then add_member on a running node"
+                ),
+            ));
+        }
+    }
+    if q["effective_policy_definition"]["ha-mode"].is_string() {
+        out.push(Finding::new(
+            Severity::Warning,
+            B,
+            name,
+            "classic mirrored queue (ha-mode policy): mirroring is deprecated and can lose confirmed messages when a mirror is promoted",
+            "move the messages to a quorum queue (Topology::quorum) and remove the ha-mode policy",
+        ));
+    }
+    out
+}
+
+/// A DLQ weaker than its source: classic under a quorum source, or fewer members.
+fn weaker_dlq(source: &Value, dlq: &Value) -> Vec<Finding> {
+    let name = dlq["name"].as_str().unwrap_or_default();
+    let source_name = source["name"].as_str().unwrap_or_default();
+    if source["type"].as_str() != Some("quorum") {
+        return Vec::new();
+    }
+    if dlq["type"].as_str() != Some("quorum") {
+        return vec![Finding::new(
+            Severity::High,
+            B,
+            name,
+            format!(
+                "DLQ is a {} queue while its source {source_name:?} is a quorum queue: a node loss can lose dead letters",
+                dlq["type"].as_str().unwrap_or("classic")
+            ),
+            "recreate the DLQ as a quorum queue (Topology::quorum declares it so) after draining it",
+        )];
+    }
+    let (have, want) = (
+        names(&dlq["members"]).len(),
+        names(&source["members"]).len(),
+    );
+    if have < want {
+        return vec![Finding::new(
+            Severity::High,
+            B,
+            name,
+            format!(
+                "DLQ has {have} member(s), fewer than its source {source_name:?} ({want}): dead letters are less safe than the messages"
+            ),
+            format!(
+                "rabbitmq-queues add_member {name} <node> for each node of {source_name:?} it lacks"
+            ),
+        )];
+    }
+    Vec::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_quorum_queue_short_of_members_or_with_members_down_is_flagged() {
+        let nodes = [
+            json!({"name": "a@h", "running": true}),
+            json!({"name": "b@h", "running": true}),
+            json!({"name": "c@h", "running": false}),
+        ];
+        let q = json!({"name": "q", "type": "quorum", "members": ["a@h", "c@h"]});
+        let f = cluster_findings(&q, "/", &nodes);
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert_eq!(f[0].severity, Severity::High);
+        assert!(f[0].fix.contains("add_member -p / q b@h"), "{}", f[0].fix);
+        assert!(f[1].risk.contains("c@h"), "{}", f[1].risk);
+        let full = json!({"name": "q", "type": "quorum", "members": ["a@h", "b@h", "c@h"]});
+        let up = nodes.clone().map(|mut n| {
+            n["running"] = json!(true);
+            n
+        });
+        let f = cluster_findings(&full, "/", &up);
+        assert!(f.is_empty(), "{f:?}");
+    }
+
+    #[test]
+    fn mirroring_and_a_weaker_dlq_are_flagged() {
+        let mirrored = json!({"name": "m", "type": "classic", "effective_policy_definition": {"ha-mode": "all"}});
+        let f = cluster_findings(&mirrored, "/", &[]);
+        assert!(f.iter().any(|f| f.risk.contains("mirrored")), "{f:?}");
+        let source = json!({"name": "s", "type": "quorum", "members": ["a", "b", "c"]});
+        let classic = json!({"name": "s.dlq", "type": "classic"});
+        assert_eq!(weaker_dlq(&source, &classic)[0].severity, Severity::High);
+        let small = json!({"name": "s.dlq", "type": "quorum", "members": ["a"]});
+        assert!(
+            weaker_dlq(&source, &small)[0]
+                .risk
+                .contains("fewer than its source")
+        );
+        assert!(weaker_dlq(&source, &source).is_empty());
+    }
 }

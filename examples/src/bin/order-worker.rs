@@ -96,9 +96,17 @@ struct Args {
     #[arg(long, value_enum)]
     broker: Option<Broker>,
     /// AMQP URL (RabbitMQ) or bootstrap servers (Kafka) [broker.url; default
-    /// from BACKSTOP_AMQP_URL or BACKSTOP_KAFKA_BROKERS].
+    /// from BACKSTOP_AMQP_URL or BACKSTOP_KAFKA_BROKERS]. Repeatable (or
+    /// comma-separated) for the nodes of a cluster: a RabbitMQ worker fails
+    /// over to the next node when its node is lost.
     #[arg(long)]
-    url: Option<String>,
+    url: Vec<String>,
+    /// Kafka: static group membership (`group.instance.id`), unique per
+    /// worker process [broker.instance_id]. A worker restarted with the same
+    /// id within the session timeout gets its partitions back without a
+    /// rebalance.
+    #[arg(long)]
+    instance_id: Option<String>,
     /// Consume only this queue or topic (in place of the configured sources;
     /// a configured source of that name keeps its settings) [default orders].
     #[arg(long)]
@@ -195,8 +203,11 @@ impl Args {
         if let Some(broker) = self.broker {
             loader = loader.flag("--broker", "broker.kind", name(&broker));
         }
-        if let Some(url) = &self.url {
-            loader = loader.flag("--url", "broker.url", url);
+        if !self.url.is_empty() {
+            loader = loader.flag("--url", "broker.url", self.url.join(","));
+        }
+        if let Some(id) = &self.instance_id {
+            loader = loader.flag("--instance-id", "broker.instance_id", id);
         }
         if let Some(group) = &self.group {
             loader = loader.flag("--group", "broker.group", group);
@@ -669,8 +680,11 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
                 .collect();
             options.extend(args.kafka_options.iter().cloned());
             for source in &sources {
-                let kafka = Kafka::new(brokers.clone(), source.group.clone())
-                    .configure(|c| c.apply_options(&options));
+                let instance_id = config.broker.instance_id.clone();
+                let kafka = Kafka::new(brokers.clone(), source.group.clone()).configure(|c| {
+                    c.group_instance_id = instance_id;
+                    c.apply_options(&options);
+                });
                 kafka.check(Duration::from_secs(30)).await?;
                 kafka
                     .ensure_topics([TopicSpec::new(source.queue.clone()).partitions(4)])

@@ -1,0 +1,123 @@
+//! Several `order-worker` processes consuming the same source: the workers
+//! the fault scenario ([`crate::fault`]) kills, restarts and stops. The
+//! single-node suites run a fleet of one.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::worker::{Worker, log_tail};
+
+/// One worker process of the fleet: how it is started and where it logs.
+#[derive(Debug)]
+struct Member {
+    worker: Worker,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+/// Worker processes on one source, each with its own arguments and log.
+#[derive(Debug)]
+pub struct Fleet {
+    members: Vec<Member>,
+    /// Exits of static Kafka members fenced by the group coordinator
+    /// (`FENCED_INSTANCE_ID`): expected when a broker is lost, restarted like
+    /// any exit, reported apart from the unexpected ones.
+    pub fenced: usize,
+}
+
+impl Fleet {
+    /// Starts one worker per `(args, log)`.
+    pub fn spawn(members: Vec<(Vec<String>, PathBuf)>) -> std::io::Result<Fleet> {
+        let members = members
+            .into_iter()
+            .map(|(args, log)| {
+                Ok(Member {
+                    worker: Worker::spawn(&args, &log)?,
+                    args,
+                    log,
+                })
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Fleet { members, fenced: 0 })
+    }
+
+    /// A fleet of one worker.
+    pub fn one(args: &[String], log: &Path) -> std::io::Result<Fleet> {
+        Fleet::spawn(vec![(args.to_vec(), log.to_owned())])
+    }
+
+    /// How many workers it has.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// True when it has no workers.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Restarts every worker that exited on its own; an exit of a fenced
+    /// static member counts in [`Fleet::fenced`], any other one is pushed to
+    /// `unexpected` with the end of its log.
+    pub fn restart_exited(&mut self, unexpected: &mut Vec<String>) {
+        for (i, m) in self.members.iter_mut().enumerate() {
+            if let Some(status) = m.worker.exited() {
+                let tail = m.worker.log_tail(5);
+                if tail.contains("FENCED_INSTANCE_ID") {
+                    self.fenced += 1;
+                    eprintln!("worker {i}: fenced static member exited ({status}); restarting");
+                } else {
+                    unexpected.push(format!("worker {i}: {status}: {tail}"));
+                }
+                m.worker = Worker::spawn(&m.args, &m.log).expect("restart the worker");
+            }
+        }
+    }
+
+    /// SIGKILLs a random worker and starts it again; returns its index.
+    pub fn kill9_one(&mut self) -> usize {
+        let i = rand::rng().random_range(0..self.members.len());
+        let m = &mut self.members[i];
+        m.worker.kill9().expect("SIGKILL the worker");
+        m.worker = Worker::spawn(&m.args, &m.log).expect("restart the worker");
+        i
+    }
+
+    /// Sends SIGTERM to every worker and waits up to `deadline` for each;
+    /// one status per worker (`None`: it did not stop).
+    pub async fn terminate(&mut self, deadline: Duration) -> Vec<Option<ExitStatus>> {
+        let mut out = Vec::new();
+        for m in &mut self.members {
+            out.push(m.worker.terminate(deadline).await);
+        }
+        out
+    }
+
+    /// The last `lines` lines of every worker's log, each under its index.
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| format!("[worker {i}]\n{}", log_tail(&m.log, lines)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Duplicates the workers suppressed ([`crate::scrape`]), all logs together.
+    pub fn duplicates_suppressed(&self) -> u64 {
+        self.members
+            .iter()
+            .map(|m| crate::scrape::duplicates_suppressed(&m.log))
+            .sum()
+    }
+
+    /// Deletes the logs (call once the run passed).
+    pub fn remove_logs(&self) {
+        for m in &self.members {
+            let _ = std::fs::remove_file(&m.log);
+        }
+    }
+}
