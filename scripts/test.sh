@@ -142,8 +142,13 @@ if want clippy; then
 fi
 
 if want build || want test || want faults || want clusters; then
-  step "cargo test --no-run (compile every test binary)"
+  step "cargo test --no-run (compile every test binary, and the order worker once)"
   cargo test --workspace --no-run
+  # The suites run the real order-worker. Built here once, so no test
+  # process runs its own `cargo build` (whose feature set differs from the
+  # test build's, so alternating the two relinks it every time).
+  cargo build -p backstop-examples --bin order-worker
+  export BACKSTOP_ORDER_WORKER="$CARGO_TARGET_DIR/debug/order-worker"
   step_done build
 fi
 
