@@ -3,7 +3,7 @@ use std::sync::Arc;
 use tower::Layer;
 
 use super::renew::Renewer;
-use super::{Config, Gate, Idempotency, Store};
+use super::{Config, Gate, Idempotency, KnownLayout, Store};
 
 /// Applies [`Idempotency`] over a [`Store`].
 #[derive(Clone)]
@@ -12,6 +12,7 @@ pub struct IdempotencyLayer {
     config: Arc<Config>,
     renewer: Arc<Renewer>,
     gate: Gate,
+    layout: KnownLayout,
 }
 
 impl std::fmt::Debug for IdempotencyLayer {
@@ -30,6 +31,7 @@ impl IdempotencyLayer {
             config: Arc::new(config),
             renewer: Arc::new(Renewer::new()),
             gate: Gate::default(),
+            layout: KnownLayout::default(),
         }
     }
 }
@@ -44,6 +46,7 @@ impl<S> Layer<S> for IdempotencyLayer {
             config: Arc::clone(&self.config),
             renewer: Arc::clone(&self.renewer),
             gate: Arc::clone(&self.gate),
+            layout: Arc::clone(&self.layout),
         }
     }
 }

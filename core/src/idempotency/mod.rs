@@ -159,6 +159,11 @@ pub struct Suspect {
 /// exclusive one.
 pub(crate) type Gate = Arc<RwLock<()>>;
 
+/// The store's key layout, asked once per layer: a store's layout does not
+/// change while it runs (a migration window is a fixed end time), so no
+/// message pays for the question after the first.
+pub(crate) type KnownLayout = Arc<tokio::sync::OnceCell<Layout>>;
+
 /// The idempotency service; see the [module docs](self).
 #[derive(Clone)]
 pub struct Idempotency<S> {
@@ -167,6 +172,7 @@ pub struct Idempotency<S> {
     config: Arc<Config>,
     renewer: Arc<Renewer>,
     gate: Gate,
+    layout: KnownLayout,
 }
 
 impl<S> std::fmt::Debug for Idempotency<S> {
@@ -201,6 +207,7 @@ where
         let config = Arc::clone(&self.config);
         let renewer = Arc::clone(&self.renewer);
         let gate = Arc::clone(&self.gate);
+        let known = Arc::clone(&self.layout);
         Box::pin(async move {
             // `<worker>/<n>`, written into one allocation of the right size.
             let mut owner = String::with_capacity(config.worker.len() + 21);
@@ -208,7 +215,10 @@ where
             owner.push('/');
             let _ = write!(owner, "{}", NEXT_OWNER.fetch_add(1, Ordering::Relaxed));
             let replay = request.message().replayed();
-            let layout = store.layout().await.map_err(Error::Store)?;
+            let layout = *known
+                .get_or_try_init(|| store.layout())
+                .await
+                .map_err(Error::Store)?;
             let keys = Keys::of(
                 layout,
                 raw,
