@@ -74,15 +74,23 @@ impl PendingLetters {
         }
     }
 
-    /// The failure whose letter is still to be written for `message`, if any.
+    /// The failure whose letter is still to be written for `message`, if any
+    /// (the table is almost always empty: then no identity is built).
     pub(crate) fn get(&self, message: &Message) -> Option<Failure> {
-        self.lock().failures.get(&Identity::of(message)).cloned()
+        let state = self.lock();
+        if state.failures.is_empty() {
+            return None;
+        }
+        state.failures.get(&Identity::of(message)).cloned()
     }
 
     /// Forgets `message`'s pending letter (it was written).
     pub(crate) fn forget(&self, message: &Message) {
-        let identity = Identity::of(message);
         let mut state = self.lock();
+        if state.failures.is_empty() {
+            return;
+        }
+        let identity = Identity::of(message);
         if state.failures.remove(&identity).is_some() {
             state.order.retain(|i| *i != identity);
         }
