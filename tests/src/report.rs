@@ -3,6 +3,10 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::fault::Chaos;
+use crate::fleet::Fleet;
+use crate::ledger::Ledger;
+
 /// What happened to the orders of a run, in the terms of a Jepsen report.
 #[derive(Clone, Debug, Default)]
 pub struct Counts {
@@ -52,6 +56,42 @@ pub struct Counts {
     pub final_summary: String,
     /// Wall time of the run.
     pub elapsed: Duration,
+}
+
+impl Counts {
+    /// What every run reports about its workers: the fleet's size, fenced
+    /// exits, the last summary line and the duplicates suppressed, the
+    /// inbox rows, and the run's wall time.
+    pub async fn of_run(
+        broker: String,
+        fleet: &Fleet,
+        ledger: &Ledger,
+        elapsed: Duration,
+    ) -> Counts {
+        Counts {
+            broker,
+            workers: fleet.len(),
+            fenced: fleet.fenced,
+            inbox_rows: ledger.inbox_rows().await,
+            final_summary: fleet.log_tail(1),
+            duplicates_suppressed: fleet.duplicates_suppressed(),
+            elapsed,
+            ..Counts::default()
+        }
+    }
+
+    /// The chaos schedule's figures: confirmed and retried publishes,
+    /// worker kills and broker restarts.
+    #[must_use]
+    pub fn with_chaos(self, chaos: &Chaos) -> Counts {
+        Counts {
+            acknowledged: chaos.acknowledged,
+            publish_retries: chaos.publish_retries,
+            kills: chaos.kills,
+            broker_restarts: chaos.broker_restarts,
+            ..self
+        }
+    }
 }
 
 impl fmt::Display for Counts {

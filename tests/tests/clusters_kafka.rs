@@ -232,22 +232,11 @@ async fn on_a_cluster_kafka_broker_loss_and_worker_kills_lose_nothing() {
     let statuses = fleet.terminate(Duration::from_secs(30)).await;
     let executions = ledger.executions().await.expect("read the ledger");
     let killed = killed.lock().ok().and_then(|k| *k);
-    let mut counts = Counts {
-        broker: format!(
-            "kafka cluster, {n} orders, {WORKERS} static workers, broker {killed:?} killed"
-        ),
-        acknowledged: outcome.acknowledged,
-        publish_retries: outcome.publish_retries,
-        kills: outcome.kills,
-        broker_restarts: outcome.broker_restarts,
-        workers: WORKERS,
-        fenced: fleet.fenced,
-        inbox_rows: ledger.inbox_rows().await,
-        final_summary: fleet.log_tail(1),
-        duplicates_suppressed: fleet.duplicates_suppressed(),
-        elapsed: started.elapsed(),
-        ..Counts::default()
-    };
+    let broker =
+        format!("kafka cluster, {n} orders, {WORKERS} static workers, broker {killed:?} killed");
+    let mut counts = Counts::of_run(broker, &fleet, &ledger, started.elapsed())
+        .await
+        .with_chaos(&outcome);
     let problems = verify(&orders, &executions, &dead, &mut counts);
     eprintln!("{counts}");
     let _ = ledger.drop_schema().await;
@@ -370,19 +359,14 @@ async fn on_a_cluster_kafka_quorum_loss_spools_and_the_spool_drains() {
     let dead = dead_letters(&kafka, &topic, &group, expected_dead).await;
     let statuses = fleet.terminate(Duration::from_secs(30)).await;
     let executions = ledger.executions().await.expect("read the ledger");
+    let broker = format!(
+        "kafka cluster, quorum loss, {n} orders: {spooled_down} of {} spooled while 2 of 3 brokers were down \
+         ({spooled_up} before, {spooled_after} after), spool drained {drained_after:.1?} after the brokers returned",
+        down.len()
+    );
     let mut counts = Counts {
-        broker: format!(
-            "kafka cluster, quorum loss, {n} orders: {spooled_down} of {} spooled while 2 of 3 brokers were down \
-             ({spooled_up} before, {spooled_after} after), spool drained {drained_after:.1?} after the brokers returned",
-            down.len()
-        ),
         acknowledged: n,
-        workers: 1,
-        inbox_rows: ledger.inbox_rows().await,
-        final_summary: fleet.log_tail(1),
-        duplicates_suppressed: fleet.duplicates_suppressed(),
-        elapsed: started.elapsed(),
-        ..Counts::default()
+        ..Counts::of_run(broker, &fleet, &ledger, started.elapsed()).await
     };
     let problems = verify(&orders, &executions, &dead, &mut counts);
     eprintln!("{counts}");
@@ -533,19 +517,15 @@ async fn on_a_cluster_kafka_rebalance_storm_loses_nothing() {
         .and_then(|mut r| r.take())
         .expect("the storm ran");
     let executions = ledger.executions().await.expect("read the ledger");
+    let broker = format!(
+        "kafka cluster, rebalance storm 30 s, {n} orders: {} joins, {} clean leaves, {rebalances} rebalances seen by the long-lived workers",
+        storm.joins, storm.leaves
+    );
+    // Not `with_chaos`: the storm is the schedule's event, not a broker restart.
     let mut counts = Counts {
-        broker: format!(
-            "kafka cluster, rebalance storm 30 s, {n} orders: {} joins, {} clean leaves, {rebalances} rebalances seen by the long-lived workers",
-            storm.joins, storm.leaves
-        ),
         acknowledged: outcome.acknowledged,
         publish_retries: outcome.publish_retries,
-        workers: 2,
-        inbox_rows: ledger.inbox_rows().await,
-        final_summary: fleet.log_tail(1),
-        duplicates_suppressed: fleet.duplicates_suppressed(),
-        elapsed: started.elapsed(),
-        ..Counts::default()
+        ..Counts::of_run(broker, &fleet, &ledger, started.elapsed()).await
     };
     let problems = verify(&orders, &executions, &dead, &mut counts);
     eprintln!("{counts}");

@@ -134,22 +134,12 @@ async fn on_a_cluster_rabbitmq_node_loss_and_worker_kills_lose_nothing() {
     .await;
     let executions = ledger.executions().await.expect("read the ledger");
     let killed_leader = leader_killed.lock().ok().and_then(|k| *k);
-    let mut counts = Counts {
-        broker: format!(
-            "rabbitmq cluster, {n} orders, {WORKERS} workers, leader node {killed_leader:?} killed (leader after: {leader_after:?})"
-        ),
-        acknowledged: outcome.acknowledged,
-        publish_retries: outcome.publish_retries,
-        kills: outcome.kills,
-        broker_restarts: outcome.broker_restarts,
-        workers: WORKERS,
-        fenced: fleet.fenced,
-        inbox_rows: ledger.inbox_rows().await,
-        final_summary: fleet.log_tail(1),
-        duplicates_suppressed: fleet.duplicates_suppressed(),
-        elapsed: started.elapsed(),
-        ..Counts::default()
-    };
+    let broker = format!(
+        "rabbitmq cluster, {n} orders, {WORKERS} workers, leader node {killed_leader:?} killed (leader after: {leader_after:?})"
+    );
+    let mut counts = Counts::of_run(broker, &fleet, &ledger, started.elapsed())
+        .await
+        .with_chaos(&outcome);
     let problems = verify(&orders, &executions, &dead, &mut counts);
     eprintln!("{counts}");
 

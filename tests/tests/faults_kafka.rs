@@ -115,20 +115,15 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
     )
     .await;
     let status = fleet.terminate(Duration::from_secs(30)).await.remove(0);
-    let final_summary = fleet.log_tail(1);
     let executions = ledger.executions().await.expect("read the ledger");
-    let mut counts = Counts {
-        broker: format!("kafka, {n} orders"),
-        acknowledged: outcome.acknowledged,
-        publish_retries: outcome.publish_retries,
-        kills: outcome.kills,
-        broker_restarts: outcome.broker_restarts,
-        inbox_rows: ledger.inbox_rows().await,
-        final_summary,
-        duplicates_suppressed: fleet.duplicates_suppressed(),
-        elapsed: started.elapsed(),
-        ..Counts::default()
-    };
+    let mut counts = Counts::of_run(
+        format!("kafka, {n} orders"),
+        &fleet,
+        &ledger,
+        started.elapsed(),
+    )
+    .await
+    .with_chaos(&outcome);
     let problems = verify(&orders, &executions, &dead, &mut counts);
     eprintln!("{counts}");
     let _ = ledger.drop_schema().await;
