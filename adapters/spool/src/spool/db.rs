@@ -423,9 +423,7 @@ impl Db {
         let Some(removed) = moved else {
             return Ok(false);
         };
-        self.state.removed([removed]);
-        self.gauge();
-        self.state.removed.notify_waiters();
+        self.account_removed([removed]);
         Ok(true)
     }
 
@@ -445,27 +443,9 @@ impl Db {
              FROM records WHERE seq = ?1",
             params![to_i64(seq), reason, error, ms(SystemTime::now())],
         )?;
-        let row = tx
-            .query_row(
-                "DELETE FROM records WHERE seq = ?1 RETURNING destination, source, msg_key, size",
-                params![to_i64(seq)],
-                |r| {
-                    Ok((
-                        r.get::<_, Option<String>>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Option<Vec<u8>>>(2)?,
-                        r.get::<_, i64>(3)?,
-                    ))
-                },
-            )
-            .optional()?;
+        let row = delete_record(&tx, seq)?;
         tx.commit()?;
-        Ok(row.map(|(destination, source, key, size)| {
-            (
-                Unit::new(destination, &source, key.map(Bytes::from)),
-                to_u64(size),
-            )
-        }))
+        Ok(row)
     }
 
     /// Removes records; returns how many were there.
@@ -473,42 +453,55 @@ impl Db {
         let removed = self.delete(seqs).map_err(|e| self.storage(e))?;
         let n = u64::try_from(removed.len()).unwrap_or(u64::MAX);
         if n > 0 {
-            self.state.removed(removed);
-            self.gauge();
-            self.state.removed.notify_waiters();
+            self.account_removed(removed);
         }
         Ok(n)
+    }
+
+    /// Takes removed records off the counts, updates the gauge and wakes
+    /// whoever waits for room.
+    fn account_removed(&mut self, removed: impl IntoIterator<Item = (Unit, u64)>) {
+        self.state.removed(removed);
+        self.gauge();
+        self.state.removed.notify_waiters();
     }
 
     fn delete(&mut self, seqs: &[u64]) -> rusqlite::Result<Vec<(Unit, u64)>> {
         let tx = self.conn.transaction()?;
         let mut removed = Vec::with_capacity(seqs.len());
-        {
-            let mut stmt = tx.prepare_cached(
-                "DELETE FROM records WHERE seq = ?1 RETURNING destination, source, msg_key, size",
-            )?;
-            for &seq in seqs {
-                let row = stmt
-                    .query_row(params![to_i64(seq)], |r| {
-                        Ok((
-                            r.get::<_, Option<String>>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, Option<Vec<u8>>>(2)?,
-                            r.get::<_, i64>(3)?,
-                        ))
-                    })
-                    .optional()?;
-                if let Some((destination, source, key, size)) = row {
-                    removed.push((
-                        Unit::new(destination, &source, key.map(Bytes::from)),
-                        to_u64(size),
-                    ));
-                }
-            }
+        for &seq in seqs {
+            removed.extend(delete_record(&tx, seq)?);
         }
         tx.commit()?;
         Ok(removed)
     }
+}
+
+/// Deletes record `seq` in `tx`; what it held (its unit and size), if it
+/// was there.
+fn delete_record(
+    tx: &rusqlite::Transaction<'_>,
+    seq: u64,
+) -> rusqlite::Result<Option<(Unit, u64)>> {
+    let mut stmt = tx.prepare_cached(
+        "DELETE FROM records WHERE seq = ?1 RETURNING destination, source, msg_key, size",
+    )?;
+    let row = stmt
+        .query_row(params![to_i64(seq)], |r| {
+            Ok((
+                r.get::<_, Option<String>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<Vec<u8>>>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })
+        .optional()?;
+    Ok(row.map(|(destination, source, key, size)| {
+        (
+            Unit::new(destination, &source, key.map(Bytes::from)),
+            to_u64(size),
+        )
+    }))
 }
 
 /// The reason of a record whose row could not be decoded.
