@@ -24,11 +24,6 @@ impl Halt {
         self.token.cancelled().await;
     }
 
-    /// True once the runner must halt.
-    pub(super) fn is_halted(&self) -> bool {
-        self.token.is_cancelled()
-    }
-
     /// Why the runner halted, if it did.
     pub(super) fn reason(&self) -> Option<String> {
         self.reason

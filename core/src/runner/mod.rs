@@ -43,7 +43,6 @@ pub use self::summary::Summary;
 
 use std::time::Duration;
 
-use futures::FutureExt as _;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower::limit::ConcurrencyLimit;
@@ -264,44 +263,22 @@ where
             {
                 self.readiness.ready();
             }
-            // Each wait below has a fast path: with no stop or breaker change
-            // pending (checked first, as the biased selects would) and the
-            // awaited future ready at once, no waiter is registered on the
-            // shutdown token, the halt or the breaker for this message.
-            if self.shutdown.is_cancelled() || halt.is_halted() {
-                break;
-            }
-            if breaker.state() != state {
-                continue;
-            }
-            let ready = match service.ready().now_or_never() {
-                Some(ready) => ready.is_ok(),
-                None => tokio::select! {
-                    biased;
-                    () = self.shutdown.cancelled() => break,
-                    () = halt.halted() => break,
-                    () = breaker.changed(state) => continue,
-                    ready = service.ready() => ready.is_ok(),
-                },
+            let ready = tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => break,
+                () = halt.halted() => break,
+                () = breaker.changed(state) => continue,
+                ready = service.ready() => ready.is_ok(),
             };
             if !ready {
                 break;
             }
-            if self.shutdown.is_cancelled() || halt.is_halted() {
-                break;
-            }
-            if breaker.state() != state {
-                continue;
-            }
-            let next = match self.source.next().now_or_never() {
-                Some(next) => next,
-                None => tokio::select! {
-                    biased;
-                    () = self.shutdown.cancelled() => break,
-                    () = halt.halted() => break,
-                    () = breaker.changed(state) => continue,
-                    next = self.source.next() => next,
-                },
+            let next = tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => break,
+                () = halt.halted() => break,
+                () = breaker.changed(state) => continue,
+                next = self.source.next() => next,
             };
             match next {
                 None => break,
