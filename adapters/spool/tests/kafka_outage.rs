@@ -112,8 +112,9 @@ async fn every_message_arrives_across_a_broker_outage() {
     let lost = missing(all.iter().map(|m| m.meta.message_id.as_str()), &arrived);
     eprintln!(
         "{N} published in {published_in:?} ({spooled} spooled), spool drained after {relayed_in:?}, \
-         {} arrived, {} missing, total {:?}",
+         {} arrived ({} duplicates), {} missing, total {:?}",
         arrived.len(),
+        arrived.len() + lost.len() - N,
         lost.len(),
         started.elapsed()
     );

@@ -259,13 +259,17 @@ pub mod rabbit {
         let _ = channel.close(200, "OK".into()).await;
     }
 
-    /// Reads and acks every message of `queue` until `n` arrived or none came for `quiet`.
+    /// Reads and acks every message of `queue` until `n` distinct ids arrived or none came
+    /// for `quiet`. Duplicates (at-least-once) are kept in the result but not counted toward
+    /// `n`, so a resend never hides a missing message.
     pub async fn drain(rabbit: &RabbitMq, queue: &str, n: usize, quiet: Duration) -> Vec<Message> {
         let mut source = rabbit.source(queue, 500).await.expect("consume");
         let mut out = Vec::with_capacity(n);
-        while out.len() < n {
+        let mut distinct = std::collections::BTreeSet::new();
+        while distinct.len() < n {
             match tokio::time::timeout(quiet, source.next()).await {
                 Ok(Some(Ok(delivery))) => {
+                    distinct.insert(delivery.message().meta.message_id.clone());
                     out.push(delivery.message().clone());
                     delivery.ack().await.expect("ack");
                 }
@@ -311,7 +315,10 @@ pub mod kafka {
         name
     }
 
-    /// Reads `topic` from the start with a fresh group until `n` arrived or `wait` passed.
+    /// Reads `topic` from the start with a fresh group until `n` distinct ids arrived or
+    /// `wait` passed. Duplicates (a record the producer resent after a lost acknowledgement,
+    /// or the spool relayed after a timeout) are kept but not counted toward `n`, so they
+    /// cannot end the read before the last message arrived.
     pub async fn read(kafka: &Kafka, topic: &str, n: usize, wait: Duration) -> Vec<Message> {
         let reader = Kafka::from_config({
             let mut c = kafka.config().clone();
@@ -320,10 +327,12 @@ pub mod kafka {
         });
         let mut source = reader.plain_source(&[topic], 1_000).expect("consume");
         let mut out = Vec::with_capacity(n);
+        let mut distinct = std::collections::BTreeSet::new();
         let until = Instant::now() + wait;
-        while out.len() < n && Instant::now() < until {
+        while distinct.len() < n && Instant::now() < until {
             match tokio::time::timeout(Duration::from_millis(500), source.next()).await {
                 Ok(Some(Ok(delivery))) => {
+                    distinct.insert(delivery.message().meta.message_id.clone());
                     out.push(delivery.message().clone());
                     delivery.ack().await.expect("ack");
                 }
