@@ -1,7 +1,7 @@
 //! [`Delivery`]: a [`Message`] plus its [`Acker`], settled at most once.
 
 use std::fmt;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -83,7 +83,8 @@ impl fmt::Debug for AckHandle {
 /// A message as a source hands it out: the [`Message`] and the handle to settle it.
 #[derive(Debug)]
 pub struct Delivery {
-    message: Message,
+    /// Shared, so a source that keeps the message (to requeue it) does not copy it.
+    message: Arc<Message>,
     acker: AckHandle,
     /// Created on first use: the runner replaces it anyway, so a fresh
     /// token per delivery would be allocated only to be dropped.
@@ -99,6 +100,29 @@ pub struct Delivery {
 impl Delivery {
     /// A delivery of `message`, settled through `acker`.
     pub fn new(message: Message, acker: impl Acker) -> Self {
+        Self::shared(Arc::new(message), acker)
+    }
+
+    /// A delivery of a message the source also keeps (for instance to
+    /// requeue it), settled through `acker`: the stack reads the same
+    /// message, nothing is copied.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use backstop::{AckError, Acker, Delivery, Message};
+    ///
+    /// struct Noop;
+    /// #[async_trait::async_trait]
+    /// impl Acker for Noop {
+    ///     async fn ack(self: Box<Self>) -> Result<(), AckError> { Ok(()) }
+    ///     async fn nack(self: Box<Self>, _requeue: bool) -> Result<(), AckError> { Ok(()) }
+    /// }
+    ///
+    /// let kept = Arc::new(Message::new("{}"));
+    /// let delivery = Delivery::shared(Arc::clone(&kept), Noop);
+    /// assert!(std::ptr::eq(delivery.message(), &*kept));
+    /// ```
+    pub fn shared(message: Arc<Message>, acker: impl Acker) -> Self {
         Delivery {
             message,
             acker: AckHandle::new(acker),
@@ -167,8 +191,9 @@ impl Delivery {
         self.cancel.get_or_init(CancellationToken::new)
     }
 
-    /// Splits the delivery into its message, its ack handle and its cancellation token.
-    pub fn into_parts(self) -> (Message, AckHandle, CancellationToken) {
+    /// Splits the delivery into its (shared) message, its ack handle and its
+    /// cancellation token.
+    pub fn into_parts(self) -> (Arc<Message>, AckHandle, CancellationToken) {
         let cancel = self.cancel.into_inner().unwrap_or_default();
         (self.message, self.acker, cancel)
     }
@@ -187,8 +212,8 @@ impl Delivery {
 /// What the ack layer hands inward: the message and the delivery's cancellation.
 #[derive(Debug)]
 pub struct Received {
-    /// The message.
-    pub message: Message,
+    /// The message (shared with the source, which may keep it to requeue it).
+    pub message: Arc<Message>,
     /// Cancelled on shutdown.
     pub cancel: CancellationToken,
     /// When the delivery must be settled by ([`Delivery::deadline`]).

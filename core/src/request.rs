@@ -40,7 +40,12 @@ impl<T> Clone for Request<T> {
 
 impl<T: Payload> Request<T> {
     /// Decodes `message` (at most `max_payload` bytes) and extracts its key.
-    pub fn decode(message: Message, cancel: CancellationToken, max_payload: Option<usize>) -> Self {
+    pub fn decode(
+        message: impl Into<Arc<Message>>,
+        cancel: CancellationToken,
+        max_payload: Option<usize>,
+    ) -> Self {
+        let message = message.into();
         let payload = match max_payload {
             _ if message.meta.conversion_error.is_some() => Err(DecodeError::Invalid {
                 type_name: std::any::type_name::<T>(),
@@ -62,7 +67,7 @@ impl<T: Payload> Request<T> {
             attempt::FIRST
         };
         Request {
-            message: Arc::new(message),
+            message,
             payload: Arc::new(payload),
             payload_key,
             attempt,

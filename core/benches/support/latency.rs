@@ -108,7 +108,7 @@ impl<S: Source> Source for Timed<S> {
                 received,
                 latencies: self.latencies.clone(),
             };
-            Delivery::new(message, acker).with_cancellation(cancel)
+            Delivery::shared(message, acker).with_cancellation(cancel)
         }))
     }
 

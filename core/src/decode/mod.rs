@@ -116,7 +116,7 @@ mod tests {
             },
         ));
         let received = Received {
-            message: Message::new(body),
+            message: Message::new(body).into(),
             cancel: CancellationToken::new(),
             deadline: None,
         };

@@ -30,7 +30,8 @@ pub struct QueueStats {
 #[derive(Debug)]
 pub(crate) struct Unacked {
     pub(crate) consumer: u64,
-    pub(crate) message: Message,
+    /// Shared with the delivery: kept to requeue it, never copied unless it is.
+    pub(crate) message: Arc<Message>,
 }
 
 #[derive(Debug, Default)]
@@ -61,7 +62,9 @@ impl Queue {
         None
     }
 
-    pub(crate) fn requeue(&mut self, mut message: Message) {
+    pub(crate) fn requeue(&mut self, message: Arc<Message>) {
+        // Copied only if the stack still holds it.
+        let mut message = Arc::unwrap_or_clone(message);
         message.meta.redelivered = true;
         self.stats.redelivered += 1;
         self.ready.push_front(message);

@@ -89,11 +89,12 @@ impl MemorySource {
         {
             let tag = self.shared.next_tag();
             message.meta.delivery_tag = Some(tag);
+            let message = Arc::new(message);
             queue.unacked.insert(
                 tag,
                 Unacked {
                     consumer: self.consumer,
-                    message: message.clone(),
+                    message: Arc::clone(&message),
                 },
             );
             self.outstanding.fetch_add(1, Ordering::SeqCst);
@@ -104,7 +105,7 @@ impl MemorySource {
                 outstanding: Arc::clone(&self.outstanding),
                 prefetch: self.prefetch,
             };
-            return Ok(Some(Delivery::new(message, acker)));
+            return Ok(Some(Delivery::shared(message, acker)));
         }
         let drained = queue.len() == 0;
         Err((drained, next_due, Arc::clone(&queue.notify)))

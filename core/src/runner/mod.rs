@@ -1,8 +1,18 @@
 //! [`Runner`]: drives a [`Source`] through a stack with bounded concurrency
 //! and shuts down gracefully.
 //!
-//! Concurrency is tower's `ConcurrencyLimit`: a permit is taken before the
-//! next delivery is fetched, so the runner never holds more than it runs.
+//! # How a message is driven
+//!
+//! The runner's own task is the driver: one loop that waits, in one
+//! `select!`, for a free slot (at most [`concurrency`](Runner::concurrency)
+//! messages in flight), the service's readiness, the source's next delivery,
+//! the breaker and shutdown, and polls every in-flight message future
+//! meanwhile. A delivery becomes one future (`service.call`) in that set;
+//! no task is spawned for it, and a panic that escapes it is caught for
+//! that message alone (the delivery is redelivered, its lease released).
+//! The runner never fetches more than it runs. Handlers that block or burn
+//! CPU can opt into a task per message ([`Runner::task_per_message`]).
+//!
 //! On shutdown (a token, or SIGINT/SIGTERM): stop fetching, cancel the
 //! handlers' tokens, let in-flight messages finish until the deadline, drop
 //! what did not finish (each such delivery is nacked with requeue by its
@@ -32,6 +42,7 @@
 //! `SpoolingDeadLetterSink`), and as durable as the disk under the spool.
 
 mod halt;
+mod in_flight;
 mod readiness;
 mod source;
 mod summary;
@@ -41,14 +52,13 @@ pub use self::readiness::Readiness;
 pub use self::source::{MissingDestinations, Source, SourceError};
 pub use self::summary::Summary;
 
+use std::future::Future;
 use std::time::Duration;
 
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tower::limit::ConcurrencyLimit;
 use tower::{Service, ServiceExt};
 
-use self::halt::Halt;
+use self::in_flight::{Done, InFlight, Slot};
 use crate::breaker::{BREAKER_STATE, Breaker, BreakerConfig, BreakerState, Signal};
 use crate::{AckError, Delivery, Settled};
 
@@ -86,12 +96,13 @@ pub struct Runner<Src, Svc> {
     shutdown: CancellationToken,
     readiness: Readiness,
     breaker: Breaker,
+    task_per_message: bool,
 }
 
 impl<Src, Svc> Runner<Src, Svc>
 where
     Src: Source,
-    Svc: Service<Delivery, Response = Settled, Error = AckError> + Clone + Send + 'static,
+    Svc: Service<Delivery, Response = Settled, Error = AckError> + Send + 'static,
     Svc::Future: Send + 'static,
 {
     /// A runner of `service` over `source`: concurrency 1, 30 s shutdown deadline.
@@ -104,6 +115,7 @@ where
             shutdown: CancellationToken::new(),
             readiness: Readiness::default(),
             breaker: Breaker::default(),
+            task_per_message: false,
         }
     }
 
@@ -126,6 +138,39 @@ where
     #[must_use]
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
+        self
+    }
+
+    /// Runs each message on a tokio task of its own, for handlers that block
+    /// or burn CPU between their awaits.
+    ///
+    /// By default the runner polls its in-flight messages itself, on its own
+    /// task, from the same loop that waits for the source: no task is
+    /// spawned per message, and a message's panic is caught for that
+    /// message alone. That is the cheaper choice for handlers that mostly
+    /// wait (on a database, a broker, an HTTP call). A handler that computes
+    /// for long between awaits holds up the other messages of its runner
+    /// then; with a task per message the runtime's worker threads run them
+    /// side by side instead. The guarantees are the same either way.
+    ///
+    /// ```
+    /// use backstop::memory::MemoryBroker;
+    /// use backstop::{Context, HandlerError, Runner, StackBuilder, handler_fn};
+    /// # use std::sync::Arc;
+    ///
+    /// let broker = MemoryBroker::new();
+    /// let stack = StackBuilder::<serde_json::Value>::new(Arc::new(broker.dead_letter_sink()))
+    ///     .build(handler_fn(|_v: serde_json::Value, _ctx: Context| async {
+    ///         Ok::<_, HandlerError>(())
+    ///     }));
+    /// let runner = Runner::new(broker.consume("orders", 8), stack)
+    ///     .concurrency(8)
+    ///     .task_per_message();
+    /// # drop(runner);
+    /// ```
+    #[must_use]
+    pub fn task_per_message(mut self) -> Self {
+        self.task_per_message = true;
         self
     }
 
@@ -207,21 +252,23 @@ where
         self.readiness.ready();
         let breaker = self.breaker.clone();
         metrics::gauge!(BREAKER_STATE).set(breaker.state().gauge());
-        let halt = Halt::default();
-        // Watched inside the limit, so a halt is set before the permit frees.
-        let watcher = halt.clone();
-        let watched = self
-            .service
-            .clone()
-            .map_future(move |settle| watcher.clone().watch(settle));
-        let mut service = ConcurrencyLimit::new(watched, self.concurrency);
-        let mut tasks: JoinSet<Result<Settled, AckError>> = JoinSet::new();
-        let mut summary = Summary::default();
+        let mut run = Run {
+            in_flight: InFlight::new(self.task_per_message),
+            summary: Summary::default(),
+            breaker: breaker.clone(),
+            halted: None,
+        };
+        // One waiter on the shutdown token for the whole run, not one per wait.
+        let stopping = self.shutdown.clone().cancelled_owned();
+        tokio::pin!(stopping);
         let mut failure = None;
         let mut paused = false;
-        loop {
-            while let Some(done) = tasks.try_join_next() {
-                record(&mut summary, done);
+        'run: loop {
+            while let Some(done) = run.in_flight.try_next() {
+                run.record(done);
+            }
+            if run.halted.is_some() {
+                break;
             }
             let state = breaker.poll_state();
             if matches!(state, BreakerState::Open | BreakerState::Paused) {
@@ -230,20 +277,27 @@ where
                     self.readiness
                         .not_ready(format!("consumption stopped: the breaker is {state}"));
                     for held in self.source.pause().await {
-                        summary.received += 1;
+                        run.summary.received += 1;
                         let delivery = held.postponed().with_cancellation(self.shutdown.clone());
-                        tasks.spawn(tower::ServiceExt::oneshot(self.service.clone(), delivery));
+                        match run.ready(&mut self.service).await {
+                            Ok(()) => run
+                                .in_flight
+                                .push(Slot::uncounted(self.service.call(delivery))),
+                            Err(error) => run.record(Done::Settled {
+                                result: Err(error),
+                                counted: false,
+                            }),
+                        }
                     }
                     tracing::warn!(state = %state, "consumption stopped");
                 }
                 let probe_at = breaker.probe_at();
                 tokio::select! {
                     biased;
-                    () = self.shutdown.cancelled() => break,
-                    () = halt.halted() => break,
+                    () = &mut stopping => break,
                     () = breaker.changed(state) => {}
                     () = sleep_until(probe_at) => {}
-                    Some(done) = tasks.join_next() => record(&mut summary, done),
+                    Some(done) = run.in_flight.next() => run.record(done),
                 }
                 continue;
             }
@@ -263,22 +317,46 @@ where
             {
                 self.readiness.ready();
             }
-            let ready = tokio::select! {
-                biased;
-                () = self.shutdown.cancelled() => break,
-                () = halt.halted() => break,
-                () = breaker.changed(state) => continue,
-                ready = service.ready() => ready.is_ok(),
+            // A free slot and a ready service, polling in-flight work meanwhile.
+            let ready = loop {
+                tokio::select! {
+                    biased;
+                    () = &mut stopping => break 'run,
+                    () = breaker.changed(state) => continue 'run,
+                    Some(done) = run.in_flight.next() => {
+                        run.record(done);
+                        if run.halted.is_some() {
+                            break 'run;
+                        }
+                    }
+                    ready = ServiceExt::<Delivery>::ready(&mut self.service),
+                        if run.in_flight.len() < self.concurrency => break ready.is_ok(),
+                }
             };
             if !ready {
                 break;
             }
-            let next = tokio::select! {
-                biased;
-                () = self.shutdown.cancelled() => break,
-                () = halt.halted() => break,
-                () = breaker.changed(state) => continue,
-                next = self.source.next() => next,
+            // The next delivery, polling in-flight work meanwhile. The
+            // source's `next` future is kept while messages settle: it is
+            // dropped only when the run stops or the breaker changes, since
+            // a source's `next` may not be safe to drop mid-reconnect.
+            let next = {
+                let next = self.source.next();
+                tokio::pin!(next);
+                loop {
+                    tokio::select! {
+                        biased;
+                        () = &mut stopping => break 'run,
+                        () = breaker.changed(state) => continue 'run,
+                        Some(done) = run.in_flight.next() => {
+                            run.record(done);
+                            if run.halted.is_some() {
+                                break 'run;
+                            }
+                        }
+                        next = &mut next => break next,
+                    }
+                }
             };
             match next {
                 None => break,
@@ -286,22 +364,16 @@ where
                     if state == BreakerState::Closed && !self.readiness.is_ready() {
                         self.readiness.ready();
                     }
-                    summary.received += 1;
+                    run.summary.received += 1;
                     let delivery = delivery.with_cancellation(self.shutdown.clone());
-                    let settled = service.call(delivery);
+                    run.in_flight
+                        .push(Slot::counted(self.service.call(delivery)));
                     if state == BreakerState::HalfOpen {
-                        // The probe: one message, awaited before the next is fetched.
-                        let result = settled.await;
-                        breaker.record(Signal::of(&result));
-                        summary.record(&result);
-                        continue;
+                        // The probe: nothing more is fetched until it settled.
+                        while let Some(done) = run.in_flight.next().await {
+                            run.record(done);
+                        }
                     }
-                    let breaker = breaker.clone();
-                    tasks.spawn(async move {
-                        let result = settled.await;
-                        breaker.record(Signal::of(&result));
-                        result
-                    });
                 }
                 Some(Err(error)) if error.is_fatal() => {
                     failure = Some(error);
@@ -313,31 +385,29 @@ where
                 }
             }
         }
-        if let Some(reason) = halt.reason() {
-            return Err(self.halt(reason, tasks, summary).await);
+        if let Some(reason) = run.halted.take() {
+            return Err(self.halt(reason, run).await);
         }
         self.shutdown.cancel();
         self.readiness.not_ready(match &failure {
             Some(error) => format!("stopped: {error}"),
             None => "stopped".to_owned(),
         });
-        drain(self.deadline, &mut tasks, &mut summary).await;
+        run.drain(self.deadline).await;
         self.source.close().await;
         match failure {
-            Some(source) => Err(RunError::Source { source, summary }),
-            None => Ok(summary),
+            Some(source) => Err(RunError::Source {
+                source,
+                summary: run.summary,
+            }),
+            None => Ok(run.summary),
         }
     }
 
     /// Stops consuming after a letter that can never be written: in-flight
     /// work finishes, the source closes, and the runner stays not ready
     /// until shutdown.
-    async fn halt(
-        mut self,
-        reason: String,
-        mut tasks: JoinSet<Result<Settled, AckError>>,
-        mut summary: Summary,
-    ) -> RunError {
+    async fn halt(mut self, reason: String, mut run: Run<Svc::Future>) -> RunError {
         tracing::error!(
             %reason,
             "a dead letter can never be written; this runner stopped consuming its source and stays not ready until restarted"
@@ -346,49 +416,86 @@ where
         self.readiness.not_ready(format!(
             "halted: a dead letter can never be written, the message stays on its source: {reason}"
         ));
-        drain(self.deadline, &mut tasks, &mut summary).await;
+        run.drain(self.deadline).await;
         self.source.close().await;
         self.shutdown.cancelled().await;
-        RunError::Halted { reason, summary }
+        RunError::Halted {
+            reason,
+            summary: run.summary,
+        }
     }
 }
 
-/// Lets in-flight work finish until `deadline`, then drops the rest.
-async fn drain(
-    deadline: Duration,
-    tasks: &mut JoinSet<Result<Settled, AckError>>,
-    summary: &mut Summary,
-) {
-    let drained = tokio::time::timeout(deadline, async {
-        while let Some(done) = tasks.join_next().await {
-            record(summary, done);
-        }
-    })
-    .await;
-    if drained.is_err() {
-        tasks.abort_all();
-        while let Some(done) = tasks.join_next().await {
-            record(summary, done);
-        }
-        tracing::warn!(
-            abandoned = summary.abandoned,
-            "shutdown deadline passed; unfinished messages are left for redelivery"
-        );
-    }
+/// What one run holds: its in-flight messages and what they settled.
+struct Run<F> {
+    in_flight: InFlight<F>,
+    summary: Summary,
+    breaker: Breaker,
+    /// Set by the first delivery whose letter can never be written.
+    halted: Option<String>,
 }
 
-fn record(summary: &mut Summary, done: Result<Result<Settled, AckError>, tokio::task::JoinError>) {
-    match done {
-        Ok(result) => {
-            if let Err(error) = &result {
-                tracing::warn!(%error, "settling a delivery failed; the broker redelivers it");
+impl<F> Run<F>
+where
+    F: Future<Output = Result<Settled, AckError>> + Send + 'static,
+{
+    /// Waits until `service` is ready, polling in-flight work meanwhile (a
+    /// service that waits for its own in-flight calls cannot deadlock).
+    async fn ready<Svc>(&mut self, service: &mut Svc) -> Result<(), AckError>
+    where
+        Svc: Service<Delivery, Response = Settled, Error = AckError, Future = F>,
+    {
+        loop {
+            tokio::select! {
+                biased;
+                Some(done) = self.in_flight.next() => self.record(done),
+                ready = ServiceExt::<Delivery>::ready(&mut *service) => return ready.map(|_| ()),
             }
-            summary.record(&result);
         }
-        Err(error) if error.is_cancelled() => summary.abandoned += 1,
-        Err(error) => {
-            tracing::error!(%error, "a message task panicked outside the handler; the delivery is redelivered");
-            summary.ack_failed += 1;
+    }
+
+    /// Counts one ended message: in the summary, for the breaker (unless
+    /// postponed by a pause), and as the halt's cause if its letter can
+    /// never be written.
+    fn record(&mut self, done: Done) {
+        match done {
+            Done::Settled { result, counted } => {
+                if counted {
+                    self.breaker.record(Signal::of(&result));
+                }
+                if let Err(error) = &result {
+                    tracing::warn!(%error, "settling a delivery failed; the broker redelivers it");
+                }
+                if self.halted.is_none() {
+                    self.halted = halt::reason(&result);
+                }
+                self.summary.record(&result);
+            }
+            Done::Abandoned => self.summary.abandoned += 1,
+            Done::Panicked(panic) => {
+                tracing::error!(%panic, "a message panicked outside the handler; the delivery is redelivered");
+                self.summary.ack_failed += 1;
+            }
+        }
+    }
+
+    /// Lets in-flight work finish until `deadline`, then drops the rest
+    /// (each dropped delivery is redelivered).
+    async fn drain(&mut self, deadline: Duration) {
+        let drained = tokio::time::timeout(deadline, async {
+            while let Some(done) = self.in_flight.next().await {
+                self.record(done);
+            }
+        })
+        .await;
+        if drained.is_err() {
+            for done in self.in_flight.abandon_all().await {
+                self.record(done);
+            }
+            tracing::warn!(
+                abandoned = self.summary.abandoned,
+                "shutdown deadline passed; unfinished messages are left for redelivery"
+            );
         }
     }
 }
