@@ -1,46 +1,70 @@
 //! [`Context`]: what a handler knows about the message it runs for.
 
 use std::any::{Any, TypeId};
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Headers, Message, Meta};
 
 /// A small type map carried by each request: the place a wrapper puts
 /// per-attempt state for the handler (the PostgreSQL inbox's transaction).
+///
+/// Kept inline for the first few values, so carrying and cloning it with a
+/// request (once per attempt) allocates nothing; each value is shared.
+///
+/// ```
+/// use backstop::Extensions;
+///
+/// struct Tenant(&'static str);
+/// let mut extensions = Extensions::default();
+/// extensions.insert(Tenant("acme"));
+/// let copy = extensions.clone();
+/// assert_eq!(copy.get::<Tenant>().map(|t| t.0), Some("acme"));
+/// assert!(extensions.remove::<Tenant>().is_some());
+/// assert!(copy.get::<Tenant>().is_some(), "the copy keeps its own");
+/// ```
 #[derive(Clone, Default)]
 pub struct Extensions {
-    map: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
+    entries: SmallVec<[(TypeId, Arc<dyn Any + Send + Sync>); 2]>,
 }
 
 impl Extensions {
     /// Inserts a value, replacing one of the same type.
     pub fn insert<T: Any + Send + Sync>(&mut self, value: T) {
-        self.map.insert(TypeId::of::<T>(), Arc::new(value));
+        let value: Arc<dyn Any + Send + Sync> = Arc::new(value);
+        let id = TypeId::of::<T>();
+        match self.entries.iter_mut().find(|(t, _)| *t == id) {
+            Some((_, slot)) => *slot = value,
+            None => self.entries.push((id, value)),
+        }
     }
 
     /// The value of type `T`, if present.
     pub fn get<T: Any + Send + Sync>(&self) -> Option<&T> {
-        self.map
-            .get(&TypeId::of::<T>())
-            .and_then(|v| v.downcast_ref::<T>())
+        let id = TypeId::of::<T>();
+        self.entries
+            .iter()
+            .find(|(t, _)| *t == id)
+            .and_then(|(_, v)| v.downcast_ref::<T>())
     }
 
-    /// Removes and returns the value of type `T`, if present and not shared.
+    /// Removes and returns the value of type `T`, if present (copies of
+    /// these extensions keep theirs).
     pub fn remove<T: Any + Send + Sync>(&mut self) -> Option<Arc<T>> {
-        self.map
-            .remove(&TypeId::of::<T>())
-            .and_then(|v| v.downcast::<T>().ok())
+        let id = TypeId::of::<T>();
+        let at = self.entries.iter().position(|(t, _)| *t == id)?;
+        let (_, value) = self.entries.remove(at);
+        value.downcast::<T>().ok()
     }
 }
 
 impl fmt::Debug for Extensions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Extensions")
-            .field("len", &self.map.len())
+            .field("len", &self.entries.len())
             .finish()
     }
 }

@@ -239,9 +239,13 @@ impl Breaker {
     /// Waits until the state changes (or returns at once if it changed
     /// since `seen`).
     pub async fn changed(&self, seen: BreakerState) {
-        let mut rx = self.state.subscribe();
-        // The sender lives in `self`, so this only ends on a change.
-        let _ = rx.wait_for(|now| *now != seen).await;
+        self.watch().changed(seen).await;
+    }
+
+    /// A watcher of the state, for a loop that waits for changes many times
+    /// (subscribing once instead of per wait).
+    pub(crate) fn watch(&self) -> BreakerWatch {
+        BreakerWatch(self.state.subscribe())
     }
 
     /// When an open breaker may probe; `None` unless open.
@@ -333,6 +337,19 @@ impl Breaker {
     /// Ends a manual pause (or an open breaker's wait): consumption resumes closed.
     pub fn resume(&self) {
         self.close();
+    }
+}
+
+/// Watches a [`Breaker`]'s state; see [`Breaker::watch`].
+#[derive(Debug)]
+pub(crate) struct BreakerWatch(watch::Receiver<BreakerState>);
+
+impl BreakerWatch {
+    /// Waits until the state is other than `seen` (at once if it already is).
+    pub(crate) async fn changed(&mut self, seen: BreakerState) {
+        // The sender lives in the breaker, which the caller holds, so this
+        // only ends on a change.
+        let _ = self.0.wait_for(|now| *now != seen).await;
     }
 }
 

@@ -14,17 +14,17 @@ pub(super) struct Keys {
 }
 
 impl Keys {
-    pub(super) fn of(layout: Layout, raw: Key, meta: &crate::Meta, service: Option<&str>) -> Self {
+    pub(super) fn of(layout: Layout, raw: &str, meta: &crate::Meta, service: Option<&str>) -> Self {
         if !layout.keyspaced() {
             return Keys {
-                key: raw,
+                key: Key::new(raw),
                 legacy: None,
             };
         }
-        let key = Keyspace::of(meta, service).key(&raw);
+        let key = Keyspace::key_of(meta, service, raw);
         let legacy = layout
             .reads_legacy(std::time::SystemTime::now())
-            .then_some(raw);
+            .then(|| Key::new(raw));
         Keys { key, legacy }
     }
 }
@@ -42,12 +42,12 @@ pub(super) struct Claimed {
 
 impl Claimed {
     /// Every `(key, fence)` held.
-    pub(super) fn held(&self, keys: &Keys) -> Vec<(Key, Fence)> {
-        let mut held = vec![(keys.key.clone(), self.fence)];
-        if let (Some(key), Some(fence)) = (&keys.legacy, self.legacy) {
-            held.push((key.clone(), fence));
-        }
-        held
+    pub(super) fn held(&self, keys: &Keys) -> impl Iterator<Item = (Key, Fence)> + use<> {
+        let legacy = match (&keys.legacy, self.legacy) {
+            (Some(key), Some(fence)) => Some((key.clone(), fence)),
+            _ => None,
+        };
+        std::iter::once((keys.key.clone(), self.fence)).chain(legacy)
     }
 
     /// Gives every lease up, keeping the counts.

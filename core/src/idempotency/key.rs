@@ -62,16 +62,21 @@ pub enum KeySource {
 impl KeySource {
     /// The key of `request`, if this source yields one.
     pub fn key_of<T>(&self, request: &Request<T>) -> Option<Key> {
+        self.raw_of(request).map(Key::new)
+    }
+
+    /// The key of `request` as the message has it, before it is stored
+    /// (hashed when long, put in its keyspace).
+    pub(crate) fn raw_of<'r, T>(&self, request: &'r Request<T>) -> Option<&'r str> {
         let message: &Message = request.message();
         let id = || Some(message.meta.message_id.as_str()).filter(|s| !s.is_empty());
-        let raw = match self {
+        match self {
             KeySource::Payload => request.payload_key(),
             KeySource::PayloadOrMessageId => request.payload_key().or_else(id),
             KeySource::MessageId => id(),
             KeySource::Header(name) => message.header(name),
             KeySource::None => None,
-        };
-        raw.map(Key::new)
+        }
     }
 }
 

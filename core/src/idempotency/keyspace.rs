@@ -36,16 +36,36 @@ impl Keyspace {
     /// for `service` (a name the user adds, if any).
     pub fn new(source: &str, group: Option<&str>, service: Option<&str>) -> Self {
         let mut text = String::with_capacity(source.len() + 16);
-        if let Some(service) = service.filter(|s| !s.is_empty()) {
-            text.push_str(&escape(service));
-            text.push('@');
-        }
-        text.push_str(&escape(source));
-        if let Some(group) = group.filter(|g| !g.is_empty()) {
-            text.push('#');
-            text.push_str(&escape(group));
-        }
+        write(&mut text, source, group, service);
         Keyspace(text)
+    }
+
+    /// `raw` in the keyspace of a delivery (as `Keyspace::of(meta,
+    /// service).key(&Key::new(raw))`), written without building the keyspace:
+    /// one allocation per message, the key's own.
+    pub(crate) fn key_of(meta: &Meta, service: Option<&str>, raw: &str) -> Key {
+        thread_local! {
+            static TEXT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        // As `Keyspace::key` does: a long raw key is hashed first.
+        let hashed;
+        let raw = if raw.len() > super::key::MAX_KEY_LEN {
+            hashed = Key::new(raw);
+            hashed.as_str()
+        } else {
+            raw
+        };
+        TEXT.with_borrow_mut(|text| {
+            text.clear();
+            write(text, meta.origin(), meta.group.as_deref(), service);
+            text.push(':');
+            text.push_str(raw);
+            let key = Key::new(text);
+            if text.capacity() > 4096 {
+                *text = String::new(); // a rare huge key does not stay resident
+            }
+            key
+        })
     }
 
     /// The keyspace of a delivery: its [`Meta::origin`] and [`Meta::group`],
@@ -77,6 +97,19 @@ impl fmt::Display for Keyspace {
     }
 }
 
+/// Writes the keyspace `[<service>@]<source>[#<group>]` into `text`.
+fn write(text: &mut String, source: &str, group: Option<&str>, service: Option<&str>) {
+    if let Some(service) = service.filter(|s| !s.is_empty()) {
+        text.push_str(&escape(service));
+        text.push('@');
+    }
+    text.push_str(&escape(source));
+    if let Some(group) = group.filter(|g| !g.is_empty()) {
+        text.push('#');
+        text.push_str(&escape(group));
+    }
+}
+
 /// `part` with `%`, `:`, `@` and `#` percent-escaped (unchanged when it has none).
 fn escape(part: &str) -> Cow<'_, str> {
     if !part.contains(['%', ':', '@', '#']) {
@@ -98,6 +131,23 @@ fn escape(part: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_written_in_place_equals_the_keyspace_key() {
+        let mut meta = crate::Message::new("{}").meta;
+        meta.source = "or:ders".into();
+        meta.group = Some("g#1".into());
+        for service in [None, Some("bill@ing")] {
+            let expected = Keyspace::of(&meta, service).key(&Key::new("o-42"));
+            assert_eq!(Keyspace::key_of(&meta, service, "o-42"), expected);
+        }
+        let long = "k".repeat(5000);
+        assert_eq!(
+            Keyspace::key_of(&meta, None, &long),
+            Keyspace::of(&meta, None).key(&Key::new(&long)),
+            "long keys are hashed the same way"
+        );
+    }
 
     #[test]
     fn the_source_is_always_there_and_a_service_is_added() {

@@ -198,9 +198,9 @@ where
     }
 
     fn call(&mut self, mut request: Request<T>) -> Self::Future {
-        let Some(raw) = self.config.key.key_of(&request) else {
+        if self.config.key.raw_of(&request).is_none() {
             return Box::pin(self.inner.call(request));
-        };
+        }
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let store = Arc::clone(&self.store);
@@ -219,6 +219,9 @@ where
                 .get_or_try_init(|| store.layout())
                 .await
                 .map_err(Error::Store)?;
+            let Some(raw) = config.key.raw_of(&request) else {
+                return inner.call(request).await;
+            };
             let keys = Keys::of(
                 layout,
                 raw,
@@ -265,9 +268,9 @@ where
                 fence: lease.fence,
                 failed_runs: lease.failed_runs,
             });
-            let guards: Vec<LeaseGuard> = lease
+            // The key's lease, and the legacy key's while a migration reads both.
+            let guards: smallvec::SmallVec<[LeaseGuard; 2]> = lease
                 .held(&keys)
-                .into_iter()
                 .map(|(key, fence)| {
                     LeaseGuard::hold(
                         Arc::clone(&store),

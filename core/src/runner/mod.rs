@@ -261,6 +261,7 @@ where
         // One waiter on the shutdown token for the whole run, not one per wait.
         let stopping = self.shutdown.clone().cancelled_owned();
         tokio::pin!(stopping);
+        let mut states = breaker.watch();
         let mut failure = None;
         let mut paused = false;
         'run: loop {
@@ -295,7 +296,7 @@ where
                 tokio::select! {
                     biased;
                     () = &mut stopping => break,
-                    () = breaker.changed(state) => {}
+                    () = states.changed(state) => {}
                     () = sleep_until(probe_at) => {}
                     Some(done) = run.in_flight.next() => run.record(done),
                 }
@@ -322,7 +323,7 @@ where
                 tokio::select! {
                     biased;
                     () = &mut stopping => break 'run,
-                    () = breaker.changed(state) => continue 'run,
+                    () = states.changed(state) => continue 'run,
                     Some(done) = run.in_flight.next() => {
                         run.record(done);
                         if run.halted.is_some() {
@@ -347,7 +348,7 @@ where
                     tokio::select! {
                         biased;
                         () = &mut stopping => break 'run,
-                        () = breaker.changed(state) => continue 'run,
+                        () = states.changed(state) => continue 'run,
                         Some(done) = run.in_flight.next() => {
                             run.record(done);
                             if run.halted.is_some() {
