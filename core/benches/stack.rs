@@ -8,8 +8,13 @@
 //! - `per_message/bare_handler`: decode + the handler, called directly.
 //! - `per_message/full_stack`: ack + decode + metrics + idempotency on a
 //!   `MemoryStore` + dead-letter + retry + catch-panic + the handler.
+//! - `end_to_end/bare_loop`: the same 100,000 messages read, decoded,
+//!   handled and acked in a plain loop (the floor, same run).
 //! - `end_to_end/runner_memory_broker`: 100,000 messages published, then
-//!   drained through `Runner` with concurrency 64.
+//!   drained through `Runner` with concurrency 64 (one driver).
+//! - `end_to_end/two_runners_memory_broker`: the same, drained by two
+//!   runners (two consumers of the queue, concurrency 32 each), one per
+//!   worker thread.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -96,6 +101,31 @@ fn per_message(c: &mut Criterion) {
     group.finish();
 }
 
+/// A broker whose queue `bench` holds `n` messages.
+fn filled(n: u64) -> MemoryBroker {
+    let broker = MemoryBroker::new();
+    for i in 0..n {
+        let _ = broker.publish_now(
+            "bench",
+            Message::new(BODY).with_message_id(format!("m-{i}")),
+        );
+    }
+    broker
+}
+
+/// The full stack with a `MemoryStore` keyed by message id.
+fn full_stack(broker: &MemoryBroker, n: u64) -> backstop::Stack {
+    StackBuilder::<serde_json::Value>::new(Arc::new(broker.dead_letter_sink()))
+        .idempotency(
+            Arc::new(MemoryStore::new(
+                usize::try_from(n * 2).unwrap_or(usize::MAX),
+                Duration::from_secs(3600),
+            )),
+            KeySource::MessageId,
+        )
+        .build(handler_fn(noop))
+}
+
 fn end_to_end(c: &mut Criterion) {
     const N: u64 = 100_000;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -106,24 +136,58 @@ fn end_to_end(c: &mut Criterion) {
     let mut group = c.benchmark_group("end_to_end");
     group.throughput(Throughput::Elements(N));
     group.sample_size(10);
+    group.bench_function("bare_loop", |b| {
+        b.to_async(&rt).iter_custom(|iters| async move {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let broker = filled(N);
+                let mut source = broker.consume("bench", 64).until_drained();
+                let start = Instant::now();
+                let mut handled = 0;
+                while let Some(Ok(delivery)) = backstop::Source::next(&mut source).await {
+                    let value: serde_json::Value =
+                        serde_json::from_slice(&delivery.message().payload).expect("json");
+                    black_box(value);
+                    delivery.ack().await.expect("ack");
+                    handled += 1;
+                }
+                total += start.elapsed();
+                assert_eq!(handled, N);
+            }
+            total
+        })
+    });
+    group.bench_function("two_runners_memory_broker", |b| {
+        b.to_async(&rt).iter_custom(|iters| async move {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let broker = filled(N);
+                let stack = full_stack(&broker, N);
+                let start = Instant::now();
+                let runs: Vec<_> = (0..2)
+                    .map(|_| {
+                        let runner =
+                            Runner::new(broker.consume("bench", 32).until_drained(), stack.clone())
+                                .concurrency(32);
+                        tokio::spawn(runner.run())
+                    })
+                    .collect();
+                let mut handled = 0;
+                for run in runs {
+                    handled += run.await.expect("join").expect("run").handled;
+                }
+                total += start.elapsed();
+                assert_eq!(handled, N);
+            }
+            total
+        })
+    });
     group.bench_function("runner_memory_broker", |b| {
         b.to_async(&rt).iter_custom(|iters| async move {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                let broker = MemoryBroker::new();
-                for i in 0..N {
-                    let _ = broker.publish_now(
-                        "bench",
-                        Message::new(BODY).with_message_id(format!("m-{i}")),
-                    );
-                }
-                let stack =
-                    StackBuilder::<serde_json::Value>::new(Arc::new(broker.dead_letter_sink()))
-                        .idempotency(
-                            Arc::new(MemoryStore::new(200_000, Duration::from_secs(3600))),
-                            KeySource::MessageId,
-                        )
-                        .build(handler_fn(noop));
+                let broker = filled(N);
+                let stack = full_stack(&broker, N);
                 let start = Instant::now();
                 let summary = Runner::new(broker.consume("bench", 64).until_drained(), stack)
                     .concurrency(64)

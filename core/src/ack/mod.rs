@@ -25,6 +25,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
 use tower::Service;
 
 use self::postpone::Postponer;
@@ -112,14 +113,12 @@ where
         }
         // The handler's token: fires on shutdown (its parent), when the
         // source cancels the fence, or at the delivery's deadline.
-        let cancel = if fence.is_some() || deadline.is_some() {
-            shutdown.child_token()
-        } else {
-            shutdown.clone()
-        };
+        // (Without a fence or a deadline the handler's token is the shutdown
+        // token itself: no child to create, no clone kept here.)
+        let cancel = (fence.is_some() || deadline.is_some()).then(|| shutdown.child_token());
         let future = self.inner.call(Received {
             message,
-            cancel: cancel.clone(),
+            cancel: cancel.clone().unwrap_or_else(|| shutdown.clone()),
             deadline,
         });
         let nack_delay = self.nack_delay;
@@ -142,13 +141,13 @@ where
                 biased;
                 result = &mut future => result,
                 () = fenced => {
-                    cancel.cancel();
+                    cancel.iter().for_each(CancellationToken::cancel);
                     future.await
                 }
                 () = timed_out => {
                     tracing::warn!("a delivery reached its unacked-time budget; postponing it through the broker");
                     out_of_time = true;
-                    cancel.cancel();
+                    cancel.iter().for_each(CancellationToken::cancel);
                     // A run that ignores its token (or waits on a store that
                     // is down) is dropped after the grace: dropping releases
                     // its idempotency lease without counting an attempt.
