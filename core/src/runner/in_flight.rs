@@ -11,7 +11,6 @@
 //! dropped, so the delivery is nacked with requeue and the lease released,
 //! exactly as when a spawned task panics.
 
-use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -81,19 +80,8 @@ where
         match std::panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
             Ok(Poll::Ready(result)) => Poll::Ready(Done::Settled { result, counted }),
             Ok(Poll::Pending) => Poll::Pending,
-            Err(panic) => Poll::Ready(Done::Panicked(panic_message(panic.as_ref()))),
+            Err(panic) => Poll::Ready(Done::Panicked(crate::panic::panic_text(panic.as_ref()))),
         }
-    }
-}
-
-/// The text of a panic's payload.
-fn panic_message(panic: &(dyn Any + Send)) -> String {
-    if let Some(text) = panic.downcast_ref::<&str>() {
-        (*text).to_owned()
-    } else if let Some(text) = panic.downcast_ref::<String>() {
-        text.clone()
-    } else {
-        "a panic with a non-text payload".to_owned()
     }
 }
 

@@ -53,13 +53,14 @@ pub use self::source::{MissingDestinations, Source, SourceError};
 pub use self::summary::Summary;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower::{Service, ServiceExt};
 
 use self::in_flight::{Done, InFlight, Slot};
-use crate::breaker::{BREAKER_STATE, Breaker, BreakerConfig, BreakerState, Signal};
+use crate::breaker::{BREAKER_STATE, Breaker, BreakerConfig, BreakerState, BreakerWatch, Signal};
 use crate::{AckError, Delivery, Settled};
 
 /// A run that could not go on.
@@ -264,7 +265,7 @@ where
         let mut states = breaker.watch();
         let mut failure = None;
         let mut paused = false;
-        'run: loop {
+        loop {
             while let Some(done) = run.in_flight.try_next() {
                 run.record(done);
             }
@@ -319,20 +320,20 @@ where
                 self.readiness.ready();
             }
             // A free slot and a ready service, polling in-flight work meanwhile.
-            let ready = loop {
-                tokio::select! {
-                    biased;
-                    () = &mut stopping => break 'run,
-                    () = states.changed(state) => continue 'run,
-                    Some(done) = run.in_flight.next() => {
-                        run.record(done);
-                        if run.halted.is_some() {
-                            break 'run;
-                        }
-                    }
-                    ready = ServiceExt::<Delivery>::ready(&mut self.service),
-                        if run.in_flight.len() < self.concurrency => break ready.is_ok(),
-                }
+            let ready = ServiceExt::<Delivery>::ready(&mut self.service);
+            let ready = match run
+                .settling(
+                    stopping.as_mut(),
+                    &mut states,
+                    state,
+                    self.concurrency,
+                    ready,
+                )
+                .await
+            {
+                Waited::Stop => break,
+                Waited::Changed => continue,
+                Waited::Got(ready) => ready.is_ok(),
             };
             if !ready {
                 break;
@@ -341,23 +342,14 @@ where
             // source's `next` future is kept while messages settle: it is
             // dropped only when the run stops or the breaker changes, since
             // a source's `next` may not be safe to drop mid-reconnect.
-            let next = {
-                let next = self.source.next();
-                tokio::pin!(next);
-                loop {
-                    tokio::select! {
-                        biased;
-                        () = &mut stopping => break 'run,
-                        () = states.changed(state) => continue 'run,
-                        Some(done) = run.in_flight.next() => {
-                            run.record(done);
-                            if run.halted.is_some() {
-                                break 'run;
-                            }
-                        }
-                        next = &mut next => break next,
-                    }
-                }
+            let next = self.source.next();
+            let next = match run
+                .settling(stopping.as_mut(), &mut states, state, usize::MAX, next)
+                .await
+            {
+                Waited::Stop => break,
+                Waited::Changed => continue,
+                Waited::Got(next) => next,
             };
             match next {
                 None => break,
@@ -436,10 +428,48 @@ struct Run<F> {
     halted: Option<String>,
 }
 
+/// How a wait that polled in-flight work meanwhile ended.
+enum Waited<T> {
+    /// Shutdown, or a halt: stop fetching.
+    Stop,
+    /// The breaker's state changed: look at it again.
+    Changed,
+    /// What was waited for.
+    Got(T),
+}
+
 impl<F> Run<F>
 where
     F: Future<Output = Result<Settled, AckError>> + Send + 'static,
 {
+    /// Waits for `wanted`, polling in-flight work meanwhile; `wanted` is
+    /// polled only while fewer than `room` messages are in flight, and is
+    /// kept (not re-created) while messages settle.
+    async fn settling<T>(
+        &mut self,
+        mut stopping: Pin<&mut WaitForCancellationFutureOwned>,
+        states: &mut BreakerWatch,
+        state: BreakerState,
+        room: usize,
+        wanted: impl Future<Output = T>,
+    ) -> Waited<T> {
+        tokio::pin!(wanted);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut stopping => return Waited::Stop,
+                () = states.changed(state) => return Waited::Changed,
+                Some(done) = self.in_flight.next() => {
+                    self.record(done);
+                    if self.halted.is_some() {
+                        return Waited::Stop;
+                    }
+                }
+                got = &mut wanted, if self.in_flight.len() < room => return Waited::Got(got),
+            }
+        }
+    }
+
     /// Waits until `service` is ready, polling in-flight work meanwhile (a
     /// service that waits for its own in-flight calls cannot deadlock).
     async fn ready<Svc>(&mut self, service: &mut Svc) -> Result<(), AckError>
