@@ -138,9 +138,12 @@ async fn a_poison_record_above_a_megabyte_is_dead_lettered_and_committed_past() 
     .await;
     let summary = worker.stop().await;
 
-    assert_eq!(letters.len(), 1, "{summary}");
-    assert_eq!(letters[0].meta.message_id, "poison");
-    assert_eq!(letters[0].payload.len(), 1_200_000);
+    assert_eq!(
+        ids(&letters),
+        ids(std::slice::from_ref(&poison)),
+        "{summary}"
+    );
+    assert!(letters.iter().all(|l| l.payload.len() == 1_200_000));
     assert_eq!(committed[&0], Some(2), "committed past the poison record");
     assert_eq!(*handled.lock().unwrap(), ["fine"]);
 }
