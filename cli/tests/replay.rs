@@ -287,9 +287,7 @@ async fn redeliver_skips_done_work_reprocess_runs_it_again_and_a_live_group_is_r
     gone.extend(k.retry_topics(&topic));
     let gone: Vec<&str> = gone.iter().map(String::as_str).collect();
     k.topics().unwrap().delete(&gone).await.unwrap();
-    assert!(
-        started.elapsed() < Duration::from_secs(90),
-        "took {:?}",
-        started.elapsed()
-    );
+    // Three group joins, two waits for an empty group and three CLI runs:
+    // how long that takes says nothing about the behaviour, so it is only shown.
+    eprintln!("the whole scenario took {:?}", started.elapsed());
 }

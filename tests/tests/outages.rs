@@ -6,8 +6,9 @@
 //! what the default 30 minutes would need; a Redis and a PostgreSQL that
 //! these tests stop and start. Kafka is the shared broker, with topics and
 //! groups of their own. Queues are quorum queues with `x-delivery-limit` 5
-//! and a 1 s delay tier; the nack delay is 200 ms, so an outage of 5 s is
-//! far longer than the limit × the nack delay.
+//! and a 1 s delay tier (20 s in the breaker test); the nack delay is
+//! 200 ms, so an outage of 5 s is far longer than the limit × the nack
+//! delay.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -41,6 +42,8 @@ const NACK_DELAY: Duration = Duration::from_millis(200);
 const DELIVERY_LIMIT: u32 = 5;
 /// Longer than `DELIVERY_LIMIT` × `NACK_DELAY`, and than the consumer timeout.
 const OUTAGE: Duration = Duration::from_secs(5);
+/// The breaker test's delay tier: longer than its checks take.
+const BREAKER_TIER: Duration = Duration::from_secs(20);
 
 /// Starts the private instances once per run.
 async fn services() {
@@ -81,14 +84,14 @@ async fn recover(what: &str) {
         .unwrap_or_else(|e| panic!("starting {what}: {e}"));
 }
 
-/// Declares `queue` (quorum, delivery limit 5, a 1 s delay tier).
-async fn declare(rabbit: &RabbitMq, queue: &str) {
+/// Declares `queue` (quorum, delivery limit 5, one delay tier of `tier`).
+async fn declare(rabbit: &RabbitMq, queue: &str, tier: Duration) {
     rabbit
         .declare(
             &Topology::quorum(queue)
                 .max_attempts(3)
                 .delivery_limit(DELIVERY_LIMIT)
-                .retry_tiers([Duration::from_secs(1)]),
+                .retry_tiers([tier]),
         )
         .await
         .expect("declare");
@@ -302,10 +305,15 @@ async fn redis_store(name: &str) -> backstop_redis::RedisStore {
 /// Starts the services, connects to the private node and declares a fresh
 /// queue with its DLQ and delay queue.
 async fn fresh_queue(prefix: &str) -> (String, RabbitMq) {
+    fresh_queue_with_tier(prefix, Duration::from_secs(1)).await
+}
+
+/// A fresh queue whose only delay tier is `tier`.
+async fn fresh_queue_with_tier(prefix: &str, tier: Duration) -> (String, RabbitMq) {
     services().await;
     let queue = unique(prefix);
     let rabbit = RabbitMq::connect(AMQP).await.expect("connect");
-    declare(&rabbit, &queue).await;
+    declare(&rabbit, &queue, tier).await;
     (queue, rabbit)
 }
 
@@ -555,7 +563,11 @@ async fn a_retry_sleep_that_would_outlive_the_consumer_timeout_is_postponed_in_t
 /// recovers; nothing is lost or dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_breaker_trips_after_exactly_the_configured_outages_and_recovers() {
-    let (queue, rabbit) = fresh_queue("outages_breaker").await;
+    // A 20 s delay tier: no postponed copy comes back (as a further outage,
+    // or as a half-open probe that fails and trips it again) before the
+    // checks below, each of which comes within about 10 s of the first
+    // postponement (two 5 s polls).
+    let (queue, rabbit) = fresh_queue_with_tier("outages_breaker", BREAKER_TIER).await;
     let down = Arc::new(AtomicBool::new(true));
     let calls = Arc::new(AtomicU32::new(0));
     let runs: Runs = Arc::default();
@@ -598,7 +610,7 @@ async fn the_breaker_trips_after_exactly_the_configured_outages_and_recovers() {
         }
     };
     // TRIP_AFTER - 1 outages leave it closed (checked before their
-    // postponed copies come back from the 1 s delay queue).
+    // postponed copies come back from the delay queue).
     let ids: Vec<String> = (0..TRIP_AFTER).map(|i| format!("{queue}-{i}")).collect();
     publish(&rabbit, &queue, ids[..ids.len() - 1].to_vec()).await;
     poll(
@@ -628,7 +640,8 @@ async fn the_breaker_trips_after_exactly_the_configured_outages_and_recovers() {
     assert_eq!(breaker.trips(), 1, "the {TRIP_AFTER}th outage trips it");
     assert!(!readiness.is_ready(), "not ready while open");
     down.store(false, std::sync::atomic::Ordering::SeqCst);
-    let all = poll(Duration::from_secs(20), Duration::from_millis(50), || {
+    // The copies come back after the tier's delay; a half-open probe closes it.
+    let all = poll(BREAKER_TIER * 3, Duration::from_millis(50), || {
         let (n, state) = (runs.lock().unwrap().len(), breaker.state());
         let want = ids.len();
         async move { (n >= want && state == BreakerState::Closed).then_some(()) }

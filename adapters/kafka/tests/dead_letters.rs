@@ -69,7 +69,7 @@ async fn permanent_failures_and_poison_land_in_the_dlq_with_full_headers() {
     );
     let summary = worker.stop().await;
     assert_eq!(summary.dead_lettered, 8, "{summary}");
-    assert_eq!(letters.len(), 8);
+    assert_eq!(ids(&letters).len(), 8, "every letter arrived");
     for letter in &letters {
         let original = sent
             .iter()
@@ -175,8 +175,7 @@ async fn an_unwritable_dlq_leaves_the_source_uncommitted() {
         8,
     );
     let letters = read_topic(&kafka, &kafka.dlq_topic(&topic), 1, Duration::from_secs(30)).await;
-    assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].meta.message_id, "nd-1");
+    assert_eq!(ids(&letters), BTreeSet::from(["nd-1".to_owned()]));
     let committed = committed_eventually(
         &kafka,
         &topic,

@@ -192,19 +192,28 @@ async fn commits_advance_over_transaction_markers() {
     let mut source = kafka.source(&[&topic], 4).unwrap();
     let seen = drain(&mut source, &expected, Duration::from_secs(30)).await;
     assert_eq!(seen.keys().cloned().collect::<BTreeSet<_>>(), expected);
-    // Let the idle partition advance past the last marker, then close (commits).
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    source.close().await;
+    // The idle partition advances past the last marker while the source
+    // runs (an idle poll, then auto commit every 200 ms). Waited for before
+    // the close: the close commits what was stored without advancing idle
+    // partitions, so a close right after the last record would leave the
+    // commit on the last marker.
     let committed = committed_eventually(
         &kafka,
         &topic,
         &BTreeMap::from([(0, end)]),
-        Duration::from_secs(5),
+        Duration::from_secs(10),
     )
     .await;
+    source.close().await;
     assert_eq!(
         committed[&0],
         Some(end),
         "the commit reached the end of the partition"
+    );
+    let after_close = kafka.committed_offsets(&topic).await.unwrap();
+    assert_eq!(
+        after_close[&0],
+        Some(end),
+        "the close kept the commit at the end"
     );
 }

@@ -261,21 +261,27 @@ async fn graceful_shutdown_finishes_or_returns_in_flight_messages() {
 
     let handled = Seen::default();
     let started = Arc::new(AtomicU32::new(0));
-    let worker = |delay: Duration| {
+    // Runs after the first `finishing` take `delay`; later ones never finish.
+    let worker = |delay: Duration, finishing: u32| {
         let (handled, started) = (handled.clone(), Arc::clone(&started));
         handler_fn(move |_v: serde_json::Value, ctx: Context| {
             let (handled, started) = (handled.clone(), Arc::clone(&started));
             async move {
-                started.fetch_add(1, Ordering::SeqCst);
+                if started.fetch_add(1, Ordering::SeqCst) >= finishing {
+                    std::future::pending::<()>().await;
+                }
                 tokio::time::sleep(delay).await;
                 handled.insert(ctx.message_id());
                 Ok::<_, HandlerError>(())
             }
         })
     };
-    // A slow worker, stopped with a deadline shorter than some handlers need.
+    // A worker stopped with a deadline shorter than some handlers need: the
+    // first wave of 8 finishes (400 ms each), the runs started after it never
+    // do, so once 12 started, at least 4 are in flight whenever the cancel
+    // lands and the 200 ms deadline cuts them off.
     let stack = StackBuilder::<serde_json::Value>::new(Arc::new(rabbit.dead_letter_sink()))
-        .build(worker(Duration::from_millis(400)));
+        .build(worker(Duration::from_millis(400), 8));
     let source = rabbit.source(topology.queue(), 8).await.unwrap();
     let shutdown = CancellationToken::new();
     let runner = tokio::spawn(
@@ -297,7 +303,7 @@ async fn graceful_shutdown_finishes_or_returns_in_flight_messages() {
 
     // Whatever was not finished is still on the queue: a second worker gets it all.
     let stack = StackBuilder::<serde_json::Value>::new(Arc::new(rabbit.dead_letter_sink()))
-        .build(worker(Duration::ZERO));
+        .build(worker(Duration::ZERO, u32::MAX));
     let source = rabbit.source(topology.queue(), 8).await.unwrap();
     let shutdown = CancellationToken::new();
     let runner = tokio::spawn(

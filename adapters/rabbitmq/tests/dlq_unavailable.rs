@@ -25,12 +25,14 @@ const NACK_DELAY: Duration = Duration::from_millis(200);
 const OUTAGE: Duration = Duration::from_secs(1);
 
 /// Runs a worker whose handler always fails permanently until it halts on
-/// the missing DLQ, runs `repair`, then a fresh worker until the message is
-/// gone. Returns the second run's summary and the runs of the first.
+/// the missing DLQ, runs `repair`, then a fresh worker until the letter is
+/// in `letters` (a queue) and the message gone from the source. Returns the
+/// second run's summary and the runs of the first.
 async fn run_through_outage(
     rabbit: &RabbitMq,
     topology: &Topology,
     dead_letter_to: Option<String>,
+    letters: &str,
     repair: impl std::future::Future<Output = ()>,
 ) -> (Summary, u32) {
     rabbit
@@ -95,11 +97,18 @@ async fn run_through_outage(
             .with_shutdown(shutdown.clone())
             .run(),
     );
+    // The letter itself, not only an empty source: "ready 0" also holds
+    // while the message is unacked on the halted runner's closing channel.
+    let lettered = count_reaches(rabbit, letters, 1).await;
     let gone = count_reaches(rabbit, topology.queue(), 0).await;
     // Give a wrongly repeated dead-lettering the time to show.
     tokio::time::sleep(Duration::from_millis(800)).await;
     shutdown.cancel();
     let summary = second.await.unwrap().unwrap();
+    assert!(
+        lettered,
+        "the letter reached {letters} once the DLQ worked: {summary}"
+    );
     assert!(
         gone,
         "the message left the source once the DLQ worked: {summary}"
@@ -153,8 +162,14 @@ async fn missing_dlq_exchange_keeps_the_message_and_halts_until_the_exchange_exi
             .unwrap();
         let _ = channel.close(200, "OK".into()).await;
     };
-    let (summary, during_outage) =
-        run_through_outage(&rabbit, &topology, Some(format!("{exchange}/dead")), repair).await;
+    let (summary, during_outage) = run_through_outage(
+        &rabbit,
+        &topology,
+        Some(format!("{exchange}/dead")),
+        parking.queue(),
+        repair,
+    )
+    .await;
     assert_halted_then_dead_lettered_once(&summary, during_outage);
     let letters = drain(&rabbit, parking.queue(), Duration::from_millis(500)).await;
     assert_eq!(letters.len(), 1, "exactly one dead letter");
@@ -183,7 +198,8 @@ async fn unroutable_dead_letter_keeps_the_message_and_halts_until_the_dlq_exists
     let r = rabbit.clone();
     let t = topology.clone();
     let repair = async move { r.declare(&t).await.unwrap() };
-    let (summary, during_outage) = run_through_outage(&rabbit, &topology, None, repair).await;
+    let (summary, during_outage) =
+        run_through_outage(&rabbit, &topology, None, &topology.dlq(), repair).await;
     assert_halted_then_dead_lettered_once(&summary, during_outage);
     let letters = drain(&rabbit, &topology.dlq(), Duration::from_millis(500)).await;
     assert_eq!(letters.len(), 1, "exactly one dead letter");

@@ -51,8 +51,16 @@ async fn spooled_while_down_and_relayed_in_order_when_back() {
     for m in &all[1..200] {
         assert_eq!(publisher.publish("q", m).await.unwrap(), Sent::Spooled);
     }
-    // Once the broker is known down, publishes go straight to the spool.
-    assert!(started.elapsed() < Duration::from_secs(5));
+    // Once the broker is known down, publishes go straight to the spool:
+    // the broker saw fewer attempts than publishes (the relay's probes
+    // only; through the budget it would be 3 a publish), and 199 fsynced
+    // commits on a busy disk stay far from the limit.
+    let attempts_after = switch.attempts.load(Ordering::Relaxed) - attempts_first;
+    assert!(
+        attempts_after < 2 * 199,
+        "{attempts_after} broker attempts for 199 publishes"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
     assert_eq!(publisher.spool().len(), 200);
     assert!(switch.ids("q").is_empty());
 
@@ -164,7 +172,7 @@ async fn a_broker_that_never_answers_costs_one_attempt_timeout_per_attempt() {
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(400), "{took:?}");
     assert!(
-        took <= budget.worst_case() + Duration::from_millis(300),
+        took <= budget.worst_case() + Duration::from_secs(2),
         "{took:?}"
     );
     assert!(publisher.broker_unreachable());

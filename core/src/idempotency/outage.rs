@@ -127,7 +127,13 @@ pub async fn defers_and_runs_each_message_once(
     let restart = StartOnDrop(Some(outage.start));
     blocking(outage.stop).await?;
     publish("during");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // However slowly the store fails (a connect or operation timeout), the
+    // new messages come back nacked; then nothing may have been acked.
+    // (The checks below say what was seen if it never happens.)
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    while broker.stats(queue).redelivered < 10 && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let during = broker.stats(queue);
     ensure(during.acked == 10, || {
         format!("acked while the store was down: {during:?}")

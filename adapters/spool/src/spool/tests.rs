@@ -205,11 +205,14 @@ async fn byte_bound_counts_the_record_size() {
 #[tokio::test]
 async fn block_policy_waits_for_room_then_times_out() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(config(&dir).max_records(1).when_full(WhenFull::Block {
-        timeout: Duration::from_millis(300),
-    }))
-    .await
-    .unwrap();
+    let block = |timeout| {
+        config(&dir)
+            .max_records(1)
+            .when_full(WhenFull::Block { timeout })
+    };
+    // A timeout far longer than the wait below, so a slow `remove` (an fsync
+    // on a busy disk) still lands in time.
+    let spool = Spool::open(block(Duration::from_secs(5))).await.unwrap();
     let first = spool.push(Some("t"), &msg(0, "k")).await.unwrap();
 
     // Room is made while the second write waits: it gets in.
@@ -221,8 +224,12 @@ async fn block_policy_waits_for_room_then_times_out() {
     assert!(!waiting.is_finished(), "the write waits for room");
     spool.remove(&[first]).await.unwrap();
     waiting.await.unwrap().unwrap();
+    spool.close().await.unwrap();
 
     // No room is made: the write fails after the timeout.
+    let spool = Spool::open(block(Duration::from_millis(300)))
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
     let err = spool.push(Some("t"), &msg(2, "k")).await.unwrap_err();
     assert!(started.elapsed() >= Duration::from_millis(300));
