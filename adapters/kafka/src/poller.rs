@@ -441,11 +441,18 @@ impl Poller {
         }
     }
 
-    fn close(self) {
+    fn close(mut self) {
         self.dispatcher.close();
         let actions = self.dispatcher.maintain();
         if !actions.store.is_empty() {
             let _ = self.consumer.store_offsets(&list(&actions.store));
+        }
+        // Fully processed partitions commit past trailing transaction
+        // markers, as the running loop does when idle: a consumer closed
+        // right after its last record does not leave its group's commit
+        // on a marker.
+        if !actions.idle.is_empty() {
+            self.advance_idle(&actions.idle);
         }
         let commit = self.dispatcher.to_commit();
         if !commit.is_empty() {
