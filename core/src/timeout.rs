@@ -33,6 +33,21 @@ pub fn classify(error: BoxError) -> HandlerError {
     }
 }
 
+/// Awaits one attempt (`future`) for at most `timeout`: past it the attempt
+/// is dropped and fails as a transient timeout, as [`TimeoutLayer`]'s does.
+pub(crate) async fn within(
+    timeout: Option<Duration>,
+    future: impl std::future::Future<Output = Result<(), HandlerError>>,
+) -> Result<(), HandlerError> {
+    match timeout {
+        Some(timeout) => match tokio::time::timeout(timeout, future).await {
+            Ok(result) => result,
+            Err(_) => Err(HandlerError::timeout(tower::timeout::error::Elapsed::new())),
+        },
+        None => future.await,
+    }
+}
+
 impl<S> Layer<S> for TimeoutLayer {
     type Service = tower::util::MapErr<tower::timeout::Timeout<S>, fn(BoxError) -> HandlerError>;
 

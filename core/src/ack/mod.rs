@@ -30,7 +30,7 @@ use tower::Service;
 
 use self::postpone::Postponer;
 use crate::retry::RetrySink;
-use crate::{AckError, Delivery, Error, Outcome, Received};
+use crate::{AckError, AckHandle, Delivery, Error, Outcome, Received};
 
 /// How a delivery was settled.
 #[derive(Debug)]
@@ -99,81 +99,161 @@ where
         }
     }
 
-    fn call(&mut self, mut delivery: Delivery) -> Self::Future {
-        let fence = delivery.take_fence();
-        let deadline = delivery.deadline();
-        let postpone_now = delivery.is_postponed();
-        let (message, acker, shutdown) = delivery.into_parts();
-        let postponer = Postponer::new(self.postpone.clone(), &message, self.nack_delay);
-        if postpone_now {
-            return Box::pin(postponer.settle(
-                acker,
-                Error::Unavailable("consumption is paused; the message was not run".into()),
-            ));
+    fn call(&mut self, delivery: Delivery) -> Self::Future {
+        match start(delivery, self.postpone.as_ref(), self.nack_delay) {
+            Start::Postpone(postponing) => Box::pin(postponing.settle()),
+            Start::Run(received, running) => {
+                let future = self.inner.call(received);
+                Box::pin(running.finish(future))
+            }
         }
-        // The handler's token: fires on shutdown (its parent), when the
-        // source cancels the fence, or at the delivery's deadline.
-        // (Without a fence or a deadline the handler's token is the shutdown
-        // token itself: no child to create, no clone kept here.)
-        let cancel = (fence.is_some() || deadline.is_some()).then(|| shutdown.child_token());
-        let future = self.inner.call(Received {
-            message,
-            cancel: cancel.clone().unwrap_or_else(|| shutdown.clone()),
+    }
+}
+
+/// A delivery taken apart for its run; see [`start`].
+pub(crate) enum Start {
+    /// Settle without running (the runner stopped consuming).
+    Postpone(Postponing),
+    /// Run the [`Received`] message, then settle by its result with
+    /// [`Running::finish`].
+    Run(Received, Running),
+}
+
+/// A delivery to postpone without running.
+pub(crate) struct Postponing {
+    postponer: Postponer,
+    acker: AckHandle,
+}
+
+impl Postponing {
+    /// Postpones it through the delay queue, or nacks it.
+    pub(crate) async fn settle(self) -> Result<Settled, AckError> {
+        self.postponer
+            .settle(
+                self.acker,
+                Error::Unavailable("consumption is paused; the message was not run".into()),
+            )
+            .await
+    }
+}
+
+/// What settling a running delivery needs.
+pub(crate) struct Running {
+    acker: AckHandle,
+    postponer: Postponer,
+    fence: Option<CancellationToken>,
+    deadline: Option<tokio::time::Instant>,
+    /// The handler's own token, when it differs from the shutdown token.
+    cancel: Option<CancellationToken>,
+    shutdown: CancellationToken,
+    nack_delay: Duration,
+}
+
+/// Takes `delivery` apart for its run (postponing through `postpone` when
+/// given, nacking after about `nack_delay` otherwise); shared by [`Ack`] and
+/// the stack's pipeline.
+pub(crate) fn start(
+    mut delivery: Delivery,
+    postpone: Option<&Arc<dyn RetrySink>>,
+    nack_delay: Duration,
+) -> Start {
+    let fence = delivery.take_fence();
+    let deadline = delivery.deadline();
+    let postpone_now = delivery.is_postponed();
+    let (message, acker, shutdown) = delivery.into_parts();
+    let postponer = Postponer::new(postpone, &message, nack_delay);
+    if postpone_now {
+        return Start::Postpone(Postponing { postponer, acker });
+    }
+    // The handler's token: fires on shutdown (its parent), when the
+    // source cancels the fence, or at the delivery's deadline. (Without a
+    // fence or a deadline it is the shutdown token itself: no child to
+    // create.)
+    let cancel = (fence.is_some() || deadline.is_some()).then(|| shutdown.child_token());
+    let received = Received {
+        message,
+        cancel: cancel.clone().unwrap_or_else(|| shutdown.clone()),
+        deadline,
+    };
+    Start::Run(
+        received,
+        Running {
+            acker,
+            postponer,
+            fence,
             deadline,
-        });
-        let nack_delay = self.nack_delay;
-        Box::pin(async move {
-            let fenced = async {
-                match &fence {
-                    Some(fence) => fence.cancelled().await,
-                    None => std::future::pending().await,
-                }
-            };
-            let timed_out = async {
-                match deadline {
-                    Some(deadline) => tokio::time::sleep_until(deadline).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let mut future = std::pin::pin!(future);
-            let mut out_of_time = false;
-            let result = tokio::select! {
-                biased;
-                result = &mut future => result,
-                () = fenced => {
-                    cancel.iter().for_each(CancellationToken::cancel);
-                    future.await
-                }
-                () = timed_out => {
-                    tracing::warn!("a delivery reached its unacked-time budget; postponing it through the broker");
-                    out_of_time = true;
-                    cancel.iter().for_each(CancellationToken::cancel);
-                    // A run that ignores its token (or waits on a store that
-                    // is down) is dropped after the grace: dropping releases
-                    // its idempotency lease without counting an attempt.
-                    match tokio::time::timeout(nack_delay, &mut future).await {
-                        Ok(result) => result,
-                        Err(_) => Err(Error::Shutdown),
-                    }
-                }
-            };
-            match result {
-                Ok(outcome) => {
-                    acker.ack().await?;
-                    Ok(Settled::Acked(outcome))
-                }
-                Err(error) if out_of_time || (postponer.has_sink() && error.postpones()) => {
-                    postponer.settle(acker, error).await
-                }
-                Err(error) => {
-                    if !shutdown.is_cancelled() {
-                        tokio::time::sleep(crate::retry::equal_jitter(nack_delay)).await;
-                    }
-                    acker.nack(true).await?;
-                    Ok(Settled::Nacked(error))
+            cancel,
+            shutdown,
+            nack_delay,
+        },
+    )
+}
+
+impl Running {
+    /// Awaits the run (`future`) and settles the delivery by its result.
+    pub(crate) async fn finish(
+        self,
+        future: impl std::future::Future<Output = Result<Outcome, Error>>,
+    ) -> Result<Settled, AckError> {
+        let Running {
+            acker,
+            postponer,
+            fence,
+            deadline,
+            cancel,
+            shutdown,
+            nack_delay,
+        } = self;
+        let fenced = async {
+            match &fence {
+                Some(fence) => fence.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        let timed_out = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut future = std::pin::pin!(future);
+        let mut out_of_time = false;
+        let result = tokio::select! {
+            biased;
+            result = &mut future => result,
+            () = fenced => {
+                cancel.iter().for_each(CancellationToken::cancel);
+                future.await
+            }
+            () = timed_out => {
+                tracing::warn!("a delivery reached its unacked-time budget; postponing it through the broker");
+                out_of_time = true;
+                cancel.iter().for_each(CancellationToken::cancel);
+                // A run that ignores its token (or waits on a store that
+                // is down) is dropped after the grace: dropping releases
+                // its idempotency lease without counting an attempt.
+                match tokio::time::timeout(nack_delay, &mut future).await {
+                    Ok(result) => result,
+                    Err(_) => Err(Error::Shutdown),
                 }
             }
-        })
+        };
+        match result {
+            Ok(outcome) => {
+                acker.ack().await?;
+                Ok(Settled::Acked(outcome))
+            }
+            Err(error) if out_of_time || (postponer.has_sink() && error.postpones()) => {
+                postponer.settle(acker, error).await
+            }
+            Err(error) => {
+                if !shutdown.is_cancelled() {
+                    tokio::time::sleep(crate::retry::equal_jitter(nack_delay)).await;
+                }
+                acker.nack(true).await?;
+                Ok(Settled::Nacked(error))
+            }
+        }
     }
 }
 

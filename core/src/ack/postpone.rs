@@ -7,21 +7,21 @@ use std::time::{Duration, SystemTime};
 use crate::retry::RetrySink;
 use crate::{AckError, AckHandle, Error, Message, Settled, copy};
 
-/// What a postponement needs: the sink and a copy of the message (kept only
+/// What a postponement needs: the sink and the message (shared, kept only
 /// when there is a sink).
 pub(super) struct Postponer {
-    through: Option<(Arc<dyn RetrySink>, Message)>,
+    through: Option<(Arc<dyn RetrySink>, Arc<Message>)>,
     nack_delay: Duration,
 }
 
 impl Postponer {
     pub(super) fn new(
-        sink: Option<Arc<dyn RetrySink>>,
-        message: &Message,
+        sink: Option<&Arc<dyn RetrySink>>,
+        message: &Arc<Message>,
         nack_delay: Duration,
     ) -> Self {
         Postponer {
-            through: sink.map(|sink| (sink, message.clone())),
+            through: sink.map(|sink| (Arc::clone(sink), Arc::clone(message))),
             nack_delay,
         }
     }

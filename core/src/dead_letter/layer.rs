@@ -2,21 +2,19 @@ use std::sync::Arc;
 
 use tower::Layer;
 
-use super::{DeadLetter, DeadLetterSink, PendingLetters};
+use super::{DeadLetter, DeadLetterSink, Writer};
 
 /// Applies [`DeadLetter`] with a sink and an optional DLQ name. The services
 /// it makes share one table of pending letters (see the [module docs](super)).
 #[derive(Clone)]
 pub struct DeadLetterLayer {
-    sink: Arc<dyn DeadLetterSink>,
-    destination: Option<Arc<str>>,
-    pending: Arc<PendingLetters>,
+    writer: Writer,
 }
 
 impl std::fmt::Debug for DeadLetterLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeadLetterLayer")
-            .field("destination", &self.destination)
+            .field("destination", &self.writer.destination)
             .finish_non_exhaustive()
     }
 }
@@ -25,16 +23,14 @@ impl DeadLetterLayer {
     /// Dead-letters through `sink` to its default DLQ.
     pub fn new(sink: Arc<dyn DeadLetterSink>) -> Self {
         DeadLetterLayer {
-            sink,
-            destination: None,
-            pending: Arc::default(),
+            writer: Writer::new(sink),
         }
     }
 
     /// Dead-letters to `destination` instead of the sink's default.
     #[must_use]
     pub fn to(mut self, destination: impl Into<Arc<str>>) -> Self {
-        self.destination = Some(destination.into());
+        self.writer = self.writer.to(destination.into());
         self
     }
 }
@@ -45,9 +41,7 @@ impl<S> Layer<S> for DeadLetterLayer {
     fn layer(&self, inner: S) -> Self::Service {
         DeadLetter {
             inner,
-            sink: Arc::clone(&self.sink),
-            destination: self.destination.clone(),
-            pending: Arc::clone(&self.pending),
+            writer: self.writer.clone(),
         }
     }
 }

@@ -59,15 +59,13 @@ use crate::{Error, Failure, Message, Outcome, Request, copy};
 #[derive(Clone)]
 pub struct DeadLetter<S> {
     inner: S,
-    sink: Arc<dyn DeadLetterSink>,
-    destination: Option<Arc<str>>,
-    pending: Arc<PendingLetters>,
+    writer: Writer,
 }
 
 impl<S> std::fmt::Debug for DeadLetter<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeadLetter")
-            .field("destination", &self.destination)
+            .field("destination", &self.writer.destination)
             .finish_non_exhaustive()
     }
 }
@@ -87,43 +85,77 @@ where
 
     fn call(&mut self, request: Request<T>) -> Self::Future {
         let message = Arc::clone(request.message_arc());
-        let writer = Writer {
-            sink: Arc::clone(&self.sink),
-            destination: self.destination.clone(),
-            pending: Arc::clone(&self.pending),
-        };
-        let recorded = request
-            .extensions
-            .get::<PendingLetter>()
-            .map(|PendingLetter(failure)| failure.clone());
-        if let Some(failure) = recorded.or_else(|| self.pending.get(&message)) {
-            // A redelivery after a failed write: only the write is retried.
-            tracing::info!(
-                message_id = %message.meta.message_id,
-                kind = %failure.kind,
-                "retrying the dead-letter write of a redelivered message without running it"
-            );
+        let writer = self.writer.clone();
+        if let Some(failure) = writer.pending_for(&request) {
             return Box::pin(async move { writer.write(&message, failure).await });
         }
         let future = self.inner.call(request);
-        Box::pin(async move {
-            match future.await {
-                Err(Error::Failed(failure)) => writer.write(&message, failure).await,
-                other => other,
-            }
-        })
+        Box::pin(async move { writer.after(&message, future.await).await })
     }
 }
 
-/// Writes one letter and keeps the pending table true.
-struct Writer {
+/// Writes letters and keeps the pending table true; shared by
+/// [`DeadLetter`] and the stack's pipeline.
+#[derive(Clone)]
+pub(crate) struct Writer {
     sink: Arc<dyn DeadLetterSink>,
     destination: Option<Arc<str>>,
     pending: Arc<PendingLetters>,
 }
 
 impl Writer {
-    async fn write(self, message: &Message, failure: Failure) -> Result<Outcome, Error> {
+    /// Writes letters to `sink` (at the sink's default destination).
+    pub(crate) fn new(sink: Arc<dyn DeadLetterSink>) -> Self {
+        Writer {
+            sink,
+            destination: None,
+            pending: Arc::default(),
+        }
+    }
+
+    /// Writes letters to `destination` instead.
+    pub(crate) fn to(mut self, destination: Arc<str>) -> Self {
+        self.destination = Some(destination);
+        self
+    }
+
+    /// The failure whose letter is still to be written for `request` (a
+    /// redelivery after a failed write), if any: then only the write runs,
+    /// not the handler.
+    pub(crate) fn pending_for<T>(&self, request: &Request<T>) -> Option<Failure> {
+        let message = request.message();
+        let recorded = request
+            .extensions
+            .get::<PendingLetter>()
+            .map(|PendingLetter(failure)| failure.clone());
+        let failure = recorded.or_else(|| self.pending.get(message))?;
+        tracing::info!(
+            message_id = %message.meta.message_id,
+            kind = %failure.kind,
+            "retrying the dead-letter write of a redelivered message without running it"
+        );
+        Some(failure)
+    }
+
+    /// Writes the letter of a run that failed for good; passes any other
+    /// result through.
+    pub(crate) async fn after(
+        &self,
+        message: &Message,
+        result: Result<Outcome, Error>,
+    ) -> Result<Outcome, Error> {
+        match result {
+            Err(Error::Failed(failure)) => self.write(message, failure).await,
+            other => other,
+        }
+    }
+
+    /// Writes one letter.
+    pub(crate) async fn write(
+        &self,
+        message: &Message,
+        failure: Failure,
+    ) -> Result<Outcome, Error> {
         let letter = copy::dead_letter(message, &failure);
         if let Err(source) = self
             .sink

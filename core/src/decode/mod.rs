@@ -49,10 +49,17 @@ where
     }
 
     fn call(&mut self, received: Received) -> Self::Future {
-        let mut request = Request::decode(received.message, received.cancel, self.max_payload);
-        request.set_deadline(received.deadline);
-        self.inner.call(request)
+        self.inner.call(request(received, self.max_payload))
     }
+}
+
+/// The request of a received message: decoded once (bodies over
+/// `max_payload` bytes fail as `too_large`), with the delivery's deadline;
+/// shared by [`Decode`] and the stack's pipeline.
+pub(crate) fn request<T: Payload>(received: Received, max_payload: Option<usize>) -> Request<T> {
+    let mut request = Request::decode(received.message, received.cancel, max_payload);
+    request.set_deadline(received.deadline);
+    request
 }
 
 /// Applies [`Decode`] for payload type `T`, refusing payloads over `max_payload` bytes.

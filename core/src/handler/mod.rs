@@ -140,13 +140,21 @@ where
 
     fn call(&mut self, request: Request<T>) -> Self::Future {
         let handler = Arc::clone(&self.handler);
-        let payload = request.payload().cloned().map_err(decode_failure);
-        let ctx = request.context();
-        Box::pin(async move {
-            match payload {
-                Ok(payload) => handler.handle(payload, ctx).await.map_err(Into::into),
-                Err(error) => Err(error),
-            }
-        })
+        Box::pin(async move { run(&*handler, &request).await })
     }
+}
+
+/// One attempt: `handler` with the request's payload (a payload that did
+/// not decode fails for good) and its context; shared by
+/// [`HandlerService`] and the stack's pipeline.
+pub(crate) async fn run<H, T>(handler: &H, request: &Request<T>) -> Result<(), HandlerError>
+where
+    H: Handle<T>,
+    T: Payload,
+{
+    let payload = request.payload().cloned().map_err(decode_failure)?;
+    handler
+        .handle(payload, request.context())
+        .await
+        .map_err(Into::into)
 }

@@ -2,23 +2,18 @@ use std::sync::Arc;
 
 use tower::Layer;
 
-use super::renew::Renewer;
-use super::{Config, Gate, Idempotency, KnownLayout, Store};
+use super::{Config, Deduper, Idempotency, Store};
 
 /// Applies [`Idempotency`] over a [`Store`].
 #[derive(Clone)]
 pub struct IdempotencyLayer {
-    store: Arc<dyn Store>,
-    config: Arc<Config>,
-    renewer: Arc<Renewer>,
-    gate: Gate,
-    layout: KnownLayout,
+    deduper: Deduper,
 }
 
 impl std::fmt::Debug for IdempotencyLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IdempotencyLayer")
-            .field("config", &self.config)
+            .field("config", self.deduper.config())
             .finish_non_exhaustive()
     }
 }
@@ -27,11 +22,7 @@ impl IdempotencyLayer {
     /// Deduplicates through `store` with `config`.
     pub fn new(store: Arc<dyn Store>, config: Config) -> Self {
         IdempotencyLayer {
-            store,
-            config: Arc::new(config),
-            renewer: Arc::new(Renewer::new()),
-            gate: Gate::default(),
-            layout: KnownLayout::default(),
+            deduper: Deduper::new(store, config),
         }
     }
 }
@@ -42,11 +33,7 @@ impl<S> Layer<S> for IdempotencyLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Idempotency {
             inner,
-            store: Arc::clone(&self.store),
-            config: Arc::clone(&self.config),
-            renewer: Arc::clone(&self.renewer),
-            gate: Arc::clone(&self.gate),
-            layout: Arc::clone(&self.layout),
+            deduper: self.deduper.clone(),
         }
     }
 }

@@ -168,6 +168,13 @@ pub(crate) type KnownLayout = Arc<tokio::sync::OnceCell<Layout>>;
 #[derive(Clone)]
 pub struct Idempotency<S> {
     inner: S,
+    deduper: Deduper,
+}
+
+/// What deduplicating needs, shared by [`Idempotency`] and the stack's
+/// pipeline: one source of truth for both.
+#[derive(Clone)]
+pub(crate) struct Deduper {
     store: Arc<dyn Store>,
     config: Arc<Config>,
     renewer: Arc<Renewer>,
@@ -175,10 +182,28 @@ pub struct Idempotency<S> {
     layout: KnownLayout,
 }
 
+impl Deduper {
+    /// Deduplicates through `store` with `config`.
+    pub(crate) fn new(store: Arc<dyn Store>, config: Config) -> Self {
+        Deduper {
+            store,
+            config: Arc::new(config),
+            renewer: Arc::new(Renewer::new()),
+            gate: Gate::default(),
+            layout: KnownLayout::default(),
+        }
+    }
+
+    /// The configuration.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
 impl<S> std::fmt::Debug for Idempotency<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Idempotency")
-            .field("config", &self.config)
+            .field("config", &self.deduper.config)
             .finish_non_exhaustive()
     }
 }
@@ -197,99 +222,112 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<T>) -> Self::Future {
-        if self.config.key.raw_of(&request).is_none() {
+    fn call(&mut self, request: Request<T>) -> Self::Future {
+        if self.deduper.config.key.raw_of(&request).is_none() {
             return Box::pin(self.inner.call(request));
         }
+        // The ready service runs this request; a clone takes its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let store = Arc::clone(&self.store);
-        let config = Arc::clone(&self.config);
-        let renewer = Arc::clone(&self.renewer);
-        let gate = Arc::clone(&self.gate);
-        let known = Arc::clone(&self.layout);
-        Box::pin(async move {
-            // `<worker>/<n>`, written into one allocation of the right size.
-            let mut owner = String::with_capacity(config.worker.len() + 21);
-            owner.push_str(&config.worker);
-            owner.push('/');
-            let _ = write!(owner, "{}", NEXT_OWNER.fetch_add(1, Ordering::Relaxed));
-            let replay = request.message().replayed();
-            let layout = *known
-                .get_or_try_init(|| store.layout())
-                .await
-                .map_err(Error::Store)?;
-            let Some(raw) = config.key.raw_of(&request) else {
-                return inner.call(request).await;
-            };
-            let keys = Keys::of(
-                layout,
-                raw,
-                &request.message().meta,
-                config.service.as_deref(),
-            );
-            // Taken before the claim, so a run waiting behind a suspect holds no lease.
-            let shared = gate.clone().read_owned().await;
-            let mut claimed = tokio::time::Instant::now();
-            let mut lease = match claim(&*store, &keys, &owner, config.lease, replay).await {
+        let deduper = self.deduper.clone();
+        Box::pin(async move { deduper.run(request, move |r| inner.call(r)).await })
+    }
+}
+
+impl Deduper {
+    /// Runs `inner` on `request` at most once per key: claims the key's
+    /// lease (acking a duplicate without running), runs, then records the
+    /// outcome; see the [module docs](self).
+    pub(crate) async fn run<T, Fut>(
+        &self,
+        mut request: Request<T>,
+        inner: impl FnOnce(Request<T>) -> Fut,
+    ) -> Result<Outcome, Error>
+    where
+        Fut: std::future::Future<Output = Result<Outcome, Error>>,
+    {
+        let (store, config, renewer) = (&self.store, &self.config, &self.renewer);
+        // `<worker>/<n>`, written into one allocation of the right size.
+        let mut owner = String::with_capacity(config.worker.len() + 21);
+        owner.push_str(&config.worker);
+        owner.push('/');
+        let _ = write!(owner, "{}", NEXT_OWNER.fetch_add(1, Ordering::Relaxed));
+        let replay = request.message().replayed();
+        let layout = *self
+            .layout
+            .get_or_try_init(|| store.layout())
+            .await
+            .map_err(Error::Store)?;
+        let Some(raw) = config.key.raw_of(&request) else {
+            return inner(request).await;
+        };
+        let keys = Keys::of(
+            layout,
+            raw,
+            &request.message().meta,
+            config.service.as_deref(),
+        );
+        // Taken before the claim, so a run waiting behind a suspect holds no lease.
+        let shared = Arc::clone(&self.gate).read_owned().await;
+        let mut claimed = tokio::time::Instant::now();
+        let mut lease = match claim(&**store, &keys, &owner, config.lease, replay).await {
+            Ok(lease) => lease,
+            Err(end) => return end,
+        };
+        let (_shared, _alone) = if lease.crashed {
+            // A suspect runs alone. It waits for that without a lease:
+            // if the run ahead of it kills the process, this one's count
+            // must not grow. The takeover's count stays recorded.
+            tracing::warn!(key = %keys.key, failed_runs = lease.failed_runs, "the previous run of this message ended without a result; running it alone");
+            drop(shared);
+            lease.release(&**store, &keys).await?;
+            let alone = Arc::clone(&self.gate).write_owned().await;
+            claimed = tokio::time::Instant::now();
+            lease = match claim(&**store, &keys, &owner, config.lease, replay).await {
                 Ok(lease) => lease,
                 Err(end) => return end,
             };
-            let (_shared, _alone) = if lease.crashed {
-                // A suspect runs alone. It waits for that without a lease:
-                // if the run ahead of it kills the process, this one's count
-                // must not grow. The takeover's count stays recorded.
-                tracing::warn!(key = %keys.key, failed_runs = lease.failed_runs, "the previous run of this message ended without a result; running it alone");
-                drop(shared);
-                lease.release(&*store, &keys).await?;
-                let alone = gate.write_owned().await;
-                claimed = tokio::time::Instant::now();
-                lease = match claim(&*store, &keys, &owner, config.lease, replay).await {
-                    Ok(lease) => lease,
-                    Err(end) => return end,
-                };
-                request.extensions.insert(Suspect {
-                    failed_runs: lease.failed_runs,
-                });
-                (None, Some(alone))
-            } else {
-                (Some(shared), None)
-            };
-            request.confirm_failed_runs(lease.failed_runs);
-            if let Some(failure) = lease.letter.take() {
-                // The run failed before and its letter is still to be written:
-                // the dead-letter layer writes only that letter.
-                request.extensions.insert(PendingLetter(failure));
-            }
-            let lost = request.cancellation().child_token();
-            request.set_cancellation(lost.clone());
-            request.extensions.insert(LeaseToken {
-                key: store.storage_key(&keys.key),
-                fence: lease.fence,
+            request.extensions.insert(Suspect {
                 failed_runs: lease.failed_runs,
             });
-            // The key's lease, and the legacy key's while a migration reads both.
-            let guards: smallvec::SmallVec<[LeaseGuard; 2]> = lease
-                .held(&keys)
-                .map(|(key, fence)| {
-                    LeaseGuard::hold(
-                        Arc::clone(&store),
-                        Arc::clone(&renewer),
-                        config.lease,
-                        key,
-                        fence,
-                        claimed,
-                        lost.clone(),
-                    )
-                })
-                .collect();
-            let result = inner.call(request).await;
-            for guard in guards {
-                settle(&*store, guard.key(), guard.fence(), &result).await;
-                guard.finish();
-            }
-            result
-        })
+            (None, Some(alone))
+        } else {
+            (Some(shared), None)
+        };
+        request.confirm_failed_runs(lease.failed_runs);
+        if let Some(failure) = lease.letter.take() {
+            // The run failed before and its letter is still to be written:
+            // the dead-letter layer writes only that letter.
+            request.extensions.insert(PendingLetter(failure));
+        }
+        let lost = request.cancellation().child_token();
+        request.set_cancellation(lost.clone());
+        request.extensions.insert(LeaseToken {
+            key: store.storage_key(&keys.key),
+            fence: lease.fence,
+            failed_runs: lease.failed_runs,
+        });
+        // The key's lease, and the legacy key's while a migration reads both.
+        let guards: smallvec::SmallVec<[LeaseGuard; 2]> = lease
+            .held(&keys)
+            .map(|(key, fence)| {
+                LeaseGuard::hold(
+                    Arc::clone(store),
+                    Arc::clone(renewer),
+                    config.lease,
+                    key,
+                    fence,
+                    claimed,
+                    lost.clone(),
+                )
+            })
+            .collect();
+        let result = inner(request).await;
+        for guard in guards {
+            settle(&**store, guard.key(), guard.fence(), &result).await;
+            guard.finish();
+        }
+        result
     }
 }
 

@@ -116,6 +116,26 @@ where
     }
 
     fn call(&mut self, request: Request<T>) -> Self::Future {
+        let observation = Observation::start(&request);
+        let future = {
+            let _entered = observation.span.enter();
+            self.inner.call(request)
+        };
+        Box::pin(observation.observe(future))
+    }
+}
+
+/// One message's metrics and span; shared by [`Metrics`] and the stack's
+/// pipeline.
+pub(crate) struct Observation {
+    span: tracing::Span,
+    may_merge: bool,
+}
+
+impl Observation {
+    /// Starts observing `request`: its span (`backstop.message`, a no-op
+    /// without a subscriber that wants it).
+    pub(crate) fn start<T>(request: &Request<T>) -> Self {
         let meta = &request.message().meta;
         let span = tracing::info_span!(
             "backstop.message",
@@ -127,33 +147,36 @@ where
         let may_merge = meta.id_source == crate::IdSource::Digest
             && !meta.redelivered
             && request.payload_key().is_none();
-        let future = {
-            let _entered = span.enter();
-            self.inner.call(request)
-        };
+        Observation { span, may_merge }
+    }
+
+    /// Awaits the run (`future`) inside the span, counting it in flight,
+    /// then records its outcome and duration.
+    pub(crate) async fn observe(
+        self,
+        future: impl std::future::Future<Output = Result<Outcome, Error>>,
+    ) -> Result<Outcome, Error> {
+        let Observation { span, may_merge } = self;
         let record = span.clone();
-        Box::pin(
-            async move {
-                let in_flight = InFlight::enter();
-                let start = std::time::Instant::now();
-                let result = future.await;
-                drop(in_flight);
-                let label = label(&result);
-                record.record("outcome", label);
-                keys::keys_of(&result).record(start.elapsed().as_secs_f64());
-                if may_merge && matches!(result, Ok(Outcome::Duplicate)) {
-                    metrics::counter!(DIGEST_ID_MERGES).increment(1);
-                    tracing::info!(
-                        "an id-less message was acked as a duplicate of an identical one"
-                    );
-                }
-                if let Err(error) = &result {
-                    tracing::info!(%error, "message not settled, it will be redelivered");
-                }
-                result
+        async move {
+            let in_flight = InFlight::enter();
+            let start = std::time::Instant::now();
+            let result = future.await;
+            drop(in_flight);
+            let label = label(&result);
+            record.record("outcome", label);
+            keys::keys_of(&result).record(start.elapsed().as_secs_f64());
+            if may_merge && matches!(result, Ok(Outcome::Duplicate)) {
+                metrics::counter!(DIGEST_ID_MERGES).increment(1);
+                tracing::info!("an id-less message was acked as a duplicate of an identical one");
             }
-            .instrument(span),
-        )
+            if let Err(error) = &result {
+                tracing::info!(%error, "message not settled, it will be redelivered");
+            }
+            result
+        }
+        .instrument(span)
+        .await
     }
 }
 

@@ -47,6 +47,17 @@ fn panic_error(payload: Box<dyn Any + Send>) -> HandlerError {
     HandlerError::permanent_with(ErrorKind::Panic, Panicked(panic_text(&*payload)))
 }
 
+/// Awaits `future`, turning a panic into a permanent `panic` failure;
+/// shared by [`CatchPanic`] and the stack's pipeline.
+pub(crate) async fn caught(
+    future: impl std::future::Future<Output = Result<(), HandlerError>>,
+) -> Result<(), HandlerError> {
+    match AssertUnwindSafe(future).catch_unwind().await {
+        Ok(result) => result,
+        Err(payload) => Err(panic_error(payload)),
+    }
+}
+
 impl<S, R> tower::Service<R> for CatchPanic<S>
 where
     S: tower::Service<R, Response = (), Error = HandlerError>,
@@ -62,12 +73,7 @@ where
 
     fn call(&mut self, request: R) -> Self::Future {
         match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(request))) {
-            Ok(future) => Box::pin(async move {
-                match AssertUnwindSafe(future).catch_unwind().await {
-                    Ok(result) => result,
-                    Err(payload) => Err(panic_error(payload)),
-                }
-            }),
+            Ok(future) => Box::pin(caught(future)),
             Err(payload) => {
                 let error = panic_error(payload);
                 Box::pin(async move { Err(error) })

@@ -99,123 +99,138 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: Request<T>) -> Self::Future {
-        let mut inner = self.inner.clone();
+    fn call(&mut self, request: Request<T>) -> Self::Future {
+        let inner = self.inner.clone();
         let policy = Arc::clone(&self.policy);
         let sink = self.sink.clone();
         Box::pin(async move {
-            let max = policy.max_attempts;
-            let mut attempt =
-                match attempt::admit(request.attempt(), request.confirmed_attempt(), max) {
-                    Ok(attempt) => attempt,
-                    Err(confirmed) => {
-                        let suspect = request
-                            .extensions
-                            .get::<crate::idempotency::Suspect>()
-                            .is_some();
-                        return Err(Error::Failed(exhausted_on_arrival(confirmed, max, suspect)));
+            run(&policy, sink.as_ref(), request, move |r| {
+                inner.clone().oneshot(r)
+            })
+            .await
+        })
+    }
+}
+
+/// Runs `attempt_fn` on `request` until it succeeds, fails for good or its
+/// attempts are spent, waiting by `policy` between attempts (long waits go
+/// through `sink`); see the [module docs](self). Shared by [`Retry`] and
+/// the stack's pipeline.
+pub(crate) async fn run<T, Fut>(
+    policy: &RetryPolicy,
+    sink: Option<&Arc<dyn RetrySink>>,
+    mut request: Request<T>,
+    mut attempt_fn: impl FnMut(Request<T>) -> Fut,
+) -> Result<Outcome, Error>
+where
+    Fut: std::future::Future<Output = Result<(), HandlerError>>,
+{
+    let max = policy.max_attempts;
+    let mut attempt = match attempt::admit(request.attempt(), request.confirmed_attempt(), max) {
+        Ok(attempt) => attempt,
+        Err(confirmed) => {
+            let suspect = request
+                .extensions
+                .get::<crate::idempotency::Suspect>()
+                .is_some();
+            return Err(Error::Failed(exhausted_on_arrival(confirmed, max, suspect)));
+        }
+    };
+    let started = tokio::time::Instant::now();
+    let mut first_failure = request
+        .message()
+        .header(wire::FIRST_FAILURE)
+        .and_then(wire::parse_time);
+    let before = first_failure
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .unwrap_or_default();
+    loop {
+        request.set_attempt(attempt);
+        let result = attempt_fn(request.clone()).await;
+        let error = match result {
+            Ok(()) => return Ok(Outcome::Handled),
+            Err(error) => error,
+        };
+        let error = match error {
+            HandlerError::Unavailable { source } => return Err(Error::Unavailable(source)),
+            other => other,
+        };
+        let now = SystemTime::now();
+        let first = *first_failure.get_or_insert(now);
+        let failure = |kind| Failure {
+            kind,
+            message: error::chain(&error),
+            attempts: attempt,
+            first_failure: first,
+            last_failure: now,
+        };
+        let HandlerError::Transient {
+            retry_after, kind, ..
+        } = &error
+        else {
+            tracing::debug!(attempt, error = %error, "permanent failure");
+            return Err(Error::Failed(failure(error.kind())));
+        };
+        if request.cancellation().is_cancelled() {
+            return Err(Error::Shutdown);
+        }
+        if attempt::is_exhausted(attempt, max) {
+            return Err(Error::Failed(failure(*kind)));
+        }
+        let delay =
+            retry_after.map_or_else(|| policy.delay(attempt), |after| after.min(MAX_RETRY_AFTER));
+        if policy
+            .max_elapsed
+            .is_some_and(|budget| before + started.elapsed() + delay > budget)
+        {
+            return Err(Error::Failed(failure(*kind)));
+        }
+        tracing::debug!(attempt, ?delay, error = %error, "transient failure, retrying");
+        // A sleep that would outlive the delivery's unacked-time
+        // budget goes through the broker instead.
+        let past_deadline = request
+            .deadline()
+            .is_some_and(|deadline| tokio::time::Instant::now() + delay >= deadline);
+        match sink {
+            Some(sink) if delay > policy.in_process_limit || past_deadline => {
+                let due = now + delay;
+                let copy = copy::retry(request.message(), attempt + 1, due, first);
+                match sink.retry_later(copy, delay).await {
+                    Ok(()) => {}
+                    // A copy that can never be written: the message
+                    // cannot wait its delay anywhere, so it is
+                    // dead-lettered with its failure instead of looping.
+                    Err(source) if source.is_permanent() => {
+                        tracing::error!(attempt, error = %source, "the delayed-retry copy can never be written; dead-lettering the message");
+                        let mut failure = failure(*kind);
+                        failure.message = format!(
+                            "{}; its delayed retry could not be written: {}",
+                            failure.message,
+                            error::chain(&source)
+                        );
+                        return Err(Error::Failed(failure));
                     }
-                };
-            let started = tokio::time::Instant::now();
-            let mut first_failure = request
-                .message()
-                .header(wire::FIRST_FAILURE)
-                .and_then(wire::parse_time);
-            let before = first_failure
-                .and_then(|t| SystemTime::now().duration_since(t).ok())
-                .unwrap_or_default();
-            loop {
-                request.set_attempt(attempt);
-                let result = match inner.ready().await {
-                    Ok(svc) => svc.call(request.clone()).await,
-                    Err(e) => Err(e),
-                };
-                let error = match result {
-                    Ok(()) => return Ok(Outcome::Handled),
-                    Err(error) => error,
-                };
-                let error = match error {
-                    HandlerError::Unavailable { source } => return Err(Error::Unavailable(source)),
-                    other => other,
-                };
-                let now = SystemTime::now();
-                let first = *first_failure.get_or_insert(now);
-                let failure = |kind| Failure {
-                    kind,
-                    message: error::chain(&error),
-                    attempts: attempt,
-                    first_failure: first,
-                    last_failure: now,
-                };
-                let HandlerError::Transient {
-                    retry_after, kind, ..
-                } = &error
-                else {
-                    tracing::debug!(attempt, error = %error, "permanent failure");
-                    return Err(Error::Failed(failure(error.kind())));
-                };
-                if request.cancellation().is_cancelled() {
-                    return Err(Error::Shutdown);
-                }
-                if attempt::is_exhausted(attempt, max) {
-                    return Err(Error::Failed(failure(*kind)));
-                }
-                let delay = retry_after
-                    .map_or_else(|| policy.delay(attempt), |after| after.min(MAX_RETRY_AFTER));
-                if policy
-                    .max_elapsed
-                    .is_some_and(|budget| before + started.elapsed() + delay > budget)
-                {
-                    return Err(Error::Failed(failure(*kind)));
-                }
-                tracing::debug!(attempt, ?delay, error = %error, "transient failure, retrying");
-                // A sleep that would outlive the delivery's unacked-time
-                // budget goes through the broker instead.
-                let past_deadline = request
-                    .deadline()
-                    .is_some_and(|deadline| tokio::time::Instant::now() + delay >= deadline);
-                match &sink {
-                    Some(sink) if delay > policy.in_process_limit || past_deadline => {
-                        let due = now + delay;
-                        let copy = copy::retry(request.message(), attempt + 1, due, first);
-                        match sink.retry_later(copy, delay).await {
-                            Ok(()) => {}
-                            // A copy that can never be written: the message
-                            // cannot wait its delay anywhere, so it is
-                            // dead-lettered with its failure instead of looping.
-                            Err(source) if source.is_permanent() => {
-                                tracing::error!(attempt, error = %source, "the delayed-retry copy can never be written; dead-lettering the message");
-                                let mut failure = failure(*kind);
-                                failure.message = format!(
-                                    "{}; its delayed retry could not be written: {}",
-                                    failure.message,
-                                    error::chain(&source)
-                                );
-                                return Err(Error::Failed(failure));
-                            }
-                            Err(source) => {
-                                return Err(Error::Retry {
-                                    source,
-                                    attempts: attempt,
-                                });
-                            }
-                        }
-                        return Ok(Outcome::Deferred {
-                            attempt: attempt + 1,
-                            due,
+                    Err(source) => {
+                        return Err(Error::Retry {
+                            source,
+                            attempts: attempt,
                         });
                     }
-                    _ => {
-                        // Cancelled on shutdown, a revoke, or the deadline.
-                        tokio::select! {
-                            () = tokio::time::sleep(delay) => {}
-                            () = request.cancellation().cancelled() => return Err(Error::Shutdown),
-                        }
-                    }
                 }
-                attempt += 1;
+                return Ok(Outcome::Deferred {
+                    attempt: attempt + 1,
+                    due,
+                });
             }
-        })
+            _ => {
+                // Cancelled on shutdown, a revoke, or the deadline.
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = request.cancellation().cancelled() => return Err(Error::Shutdown),
+                }
+            }
+        }
+        attempt += 1;
     }
 }
 

@@ -17,45 +17,46 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tower::util::BoxCloneSyncService;
-use tower::{Layer, Service, ServiceBuilder};
+use tower::{Layer, Service};
 
-mod erased;
+mod pipeline;
 
-use self::erased::Erased;
-use crate::ack::AckLayer;
-use crate::dead_letter::{DeadLetterLayer, DeadLetterSink};
-use crate::decode::DecodeLayer;
+use self::pipeline::{Attempt, Pipeline};
+use crate::dead_letter::{DeadLetterSink, Writer};
 use crate::handler::HandlerService;
-use crate::idempotency::{self, IdempotencyLayer, KeySource, Store};
-use crate::metrics::MetricsLayer;
-use crate::panic::CatchPanicLayer;
-use crate::retry::{RetryLayer, RetryPolicy, RetrySink};
-use crate::timeout::TimeoutLayer;
-use crate::{AckError, Delivery, Error, Handle, HandlerError, Outcome, Payload, Request, Settled};
+use crate::idempotency::{self, Deduper, KeySource, Store};
+use crate::retry::{RetryPolicy, RetrySink};
+use crate::{AckError, Delivery, Handle, HandlerError, Payload, Request, Settled};
 
 /// One attempt's service, as the innermost wrapper sees it (boxed handler).
 pub type AttemptService<T> = BoxCloneSyncService<Request<T>, (), HandlerError>;
 
 type Wrap<T> = Arc<dyn Fn(AttemptService<T>) -> AttemptService<T> + Send + Sync>;
 
-/// The attempt: catch-panic (inside the timeout, if any) around `handler`.
-fn attempt<T, S>(handler: S, timeout: Option<Duration>) -> Erased<Request<T>, (), HandlerError>
-where
-    T: Send + 'static,
-    S: Service<Request<T>, Response = (), Error = HandlerError> + Clone + Send + Sync + 'static,
-    S::Future: Send + 'static,
-{
-    let attempt = CatchPanicLayer::new().layer(handler);
-    match timeout {
-        Some(timeout) => Erased::boxing(TimeoutLayer::new(timeout).layer(attempt)),
-        None => Erased::new(attempt),
-    }
-}
-
 /// A fully configured stack: takes a [`Delivery`], settles it, says how.
+///
+/// Each delivery runs as one future over the stack's shared configuration
+/// (see `pipeline`): cloning a `Stack` is a reference count.
 #[derive(Clone)]
 pub struct Stack {
-    inner: Erased<Delivery, Settled, AckError>,
+    inner: Arc<dyn Process>,
+}
+
+/// A built pipeline, its payload and handler types erased.
+trait Process: Send + Sync + 'static {
+    fn process(
+        self: Arc<Self>,
+        delivery: Delivery,
+    ) -> BoxFuture<'static, Result<Settled, AckError>>;
+}
+
+impl<T: Payload, H: Handle<T>> Process for Pipeline<T, H> {
+    fn process(
+        self: Arc<Self>,
+        delivery: Delivery,
+    ) -> BoxFuture<'static, Result<Settled, AckError>> {
+        Box::pin(async move { self.run(delivery).await })
+    }
 }
 
 impl std::fmt::Debug for Stack {
@@ -69,12 +70,13 @@ impl Service<Delivery> for Stack {
     type Error = AckError;
     type Future = BoxFuture<'static, Result<Settled, AckError>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), AckError>> {
-        self.inner.poll_ready(cx)
+    /// Always ready: a user's innermost wrapper is made ready per attempt.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), AckError>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, delivery: Delivery) -> Self::Future {
-        self.inner.call(delivery)
+        Arc::clone(&self.inner).process(delivery)
     }
 }
 
@@ -243,38 +245,33 @@ impl<T: Payload> StackBuilder<T> {
 
     /// Builds the stack around `handler`.
     pub fn build<H: Handle<T>>(self, handler: H) -> Stack {
-        let handler = HandlerService::<H, T>::new(handler);
-        // Without an innermost wrapper the handler is not boxed on its own.
+        crate::metrics::describe();
+        // Without an innermost wrapper the handler is called directly.
         let attempt = match &self.innermost {
-            Some(wrap) => attempt(wrap(BoxCloneSyncService::new(handler)), self.timeout),
-            None => attempt(handler, self.timeout),
+            Some(wrap) => Attempt::Wrapped(wrap(BoxCloneSyncService::new(
+                HandlerService::<H, T>::new(handler),
+            ))),
+            None => Attempt::Handler(handler),
         };
-        let mut retry = RetryLayer::new(self.retry);
-        if let Some(sink) = self.retry_sink {
-            retry = retry.with_sink(sink);
-        }
-        let mut dead_letter = DeadLetterLayer::new(self.dead_letter);
+        let mut letters = Writer::new(self.dead_letter);
         if let Some(to) = self.dead_letter_to {
-            dead_letter = dead_letter.to(to);
+            letters = letters.to(to);
         }
-        let failing = dead_letter.layer(retry.layer(attempt));
-        let deduped: Erased<Request<T>, Outcome, Error> = match self.store {
-            Some((store, config)) => {
-                Erased::new(IdempotencyLayer::new(store, config).layer(failing))
-            }
-            None => Erased::new(failing),
+        let pipeline = Pipeline {
+            nack_delay: self.nack_delay,
+            postpone: self.postpone,
+            max_payload: self.max_payload,
+            deduper: self
+                .store
+                .map(|(store, config)| Deduper::new(store, config)),
+            letters,
+            policy: self.retry,
+            retry_sink: self.retry_sink,
+            timeout: self.timeout,
+            attempt,
         };
-        let mut ack = AckLayer::new(self.nack_delay);
-        if let Some(sink) = self.postpone {
-            ack = ack.postpone_through(sink);
-        }
-        let settled = ServiceBuilder::new()
-            .layer(ack)
-            .layer(DecodeLayer::<T>::new(self.max_payload))
-            .layer(MetricsLayer::new())
-            .service(deduped);
         Stack {
-            inner: Erased::new(settled),
+            inner: Arc::new(pipeline),
         }
     }
 }

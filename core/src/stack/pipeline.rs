@@ -1,0 +1,98 @@
+//! The stack's one per-message future: every layer's logic, in the stack's
+//! order, as plain async code over configuration borrowed from one shared
+//! [`Pipeline`]. No layer boxes its future or clones the layers inside it;
+//! the tower layers ([`Ack`](crate::ack::Ack), [`Retry`](crate::retry::Retry),
+//! …) call the same functions, so there is one implementation of each
+//! layer's logic.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower::ServiceExt;
+
+use super::AttemptService;
+use crate::ack::{self, Start};
+use crate::dead_letter::Writer;
+use crate::idempotency::Deduper;
+use crate::metrics::Observation;
+use crate::retry::{self, RetryPolicy, RetrySink};
+use crate::{
+    AckError, Delivery, Error, Handle, HandlerError, Outcome, Payload, Request, Settled, decode,
+    handler, panic, timeout,
+};
+
+/// Everything a message's run reads, built once per stack.
+pub(super) struct Pipeline<T, H> {
+    pub(super) nack_delay: Duration,
+    pub(super) postpone: Option<Arc<dyn RetrySink>>,
+    pub(super) max_payload: Option<usize>,
+    pub(super) deduper: Option<Deduper>,
+    pub(super) letters: Writer,
+    pub(super) policy: RetryPolicy,
+    pub(super) retry_sink: Option<Arc<dyn RetrySink>>,
+    pub(super) timeout: Option<Duration>,
+    pub(super) attempt: Attempt<T, H>,
+}
+
+/// What one attempt calls.
+pub(super) enum Attempt<T, H> {
+    /// The handler, directly.
+    Handler(H),
+    /// The handler inside the user's innermost wrapper (a tower service;
+    /// it costs its own future).
+    Wrapped(AttemptService<T>),
+}
+
+impl<T: Payload, H: Handle<T>> Pipeline<T, H> {
+    /// Ack ⟶ decode ⟶ metrics/trace ⟶ idempotency ⟶ dead-letter ⟶ retry
+    /// ⟶ timeout ⟶ catch-panic ⟶ handler, for one delivery.
+    pub(super) async fn run(&self, delivery: Delivery) -> Result<Settled, AckError> {
+        match ack::start(delivery, self.postpone.as_ref(), self.nack_delay) {
+            Start::Postpone(postponing) => postponing.settle().await,
+            Start::Run(received, running) => {
+                let request = decode::request::<T>(received, self.max_payload);
+                running.finish(self.observed(request)).await
+            }
+        }
+    }
+
+    async fn observed(&self, request: Request<T>) -> Result<Outcome, Error> {
+        Observation::start(&request)
+            .observe(self.deduplicated(request))
+            .await
+    }
+
+    async fn deduplicated(&self, request: Request<T>) -> Result<Outcome, Error> {
+        match &self.deduper {
+            Some(deduper) => deduper.run(request, |r| self.dead_lettered(r)).await,
+            None => self.dead_lettered(request).await,
+        }
+    }
+
+    async fn dead_lettered(&self, request: Request<T>) -> Result<Outcome, Error> {
+        let message = Arc::clone(request.message_arc());
+        if let Some(failure) = self.letters.pending_for(&request) {
+            return self.letters.write(&message, failure).await;
+        }
+        let result = retry::run(&self.policy, self.retry_sink.as_ref(), request, |request| {
+            self.attempt(request)
+        })
+        .await;
+        self.letters.after(&message, result).await
+    }
+
+    async fn attempt(&self, request: Request<T>) -> Result<(), HandlerError> {
+        match &self.attempt {
+            Attempt::Handler(handler) => {
+                timeout::within(self.timeout, panic::caught(handler::run(handler, &request))).await
+            }
+            Attempt::Wrapped(service) => {
+                timeout::within(
+                    self.timeout,
+                    panic::caught(service.clone().oneshot(request)),
+                )
+                .await
+            }
+        }
+    }
+}
