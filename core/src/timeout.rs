@@ -35,16 +35,22 @@ pub fn classify(error: BoxError) -> HandlerError {
 
 /// Awaits one attempt (`future`) for at most `timeout`: past it the attempt
 /// is dropped and fails as a transient timeout, as [`TimeoutLayer`]'s does.
-pub(crate) async fn within(
+///
+/// A combinator rather than an `async fn`, so the attempt's future is stored
+/// once.
+pub(crate) fn within(
     timeout: Option<Duration>,
     future: impl std::future::Future<Output = Result<(), HandlerError>>,
-) -> Result<(), HandlerError> {
+) -> impl std::future::Future<Output = Result<(), HandlerError>> {
+    use futures::FutureExt as _;
+    use futures::future::Either;
     match timeout {
-        Some(timeout) => match tokio::time::timeout(timeout, future).await {
-            Ok(result) => result,
-            Err(_) => Err(HandlerError::timeout(tower::timeout::error::Elapsed::new())),
-        },
-        None => future.await,
+        Some(timeout) => Either::Left(tokio::time::timeout(timeout, future).map(|timed| {
+            timed.unwrap_or_else(|_| {
+                Err(HandlerError::timeout(tower::timeout::error::Elapsed::new()))
+            })
+        })),
+        None => Either::Right(future),
     }
 }
 

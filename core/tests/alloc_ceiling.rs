@@ -17,7 +17,7 @@ mod drain;
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 /// The most allocations per message `stack_memory_store` may make.
-const CEILING: f64 = 39.0;
+const CEILING: f64 = 17.0;
 
 /// Fractions above the ceiling that are not a new per-message allocation:
 /// a buffer that grows once more in the larger run (a doubling) adds a

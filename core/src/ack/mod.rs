@@ -104,7 +104,7 @@ where
             Start::Postpone(postponing) => Box::pin(postponing.settle()),
             Start::Run(received, running) => {
                 let future = self.inner.call(received);
-                Box::pin(running.finish(future))
+                Box::pin(running.finish(move || future))
             }
         }
     }
@@ -190,11 +190,12 @@ pub(crate) fn start(
 }
 
 impl Running {
-    /// Awaits the run (`future`) and settles the delivery by its result.
-    pub(crate) async fn finish(
-        self,
-        future: impl std::future::Future<Output = Result<Outcome, Error>>,
-    ) -> Result<Settled, AckError> {
+    /// Awaits the run (the future `run` makes, here, so it is stored once)
+    /// and settles the delivery by its result.
+    pub(crate) async fn finish<Fut>(self, run: impl FnOnce() -> Fut) -> Result<Settled, AckError>
+    where
+        Fut: std::future::Future<Output = Result<Outcome, Error>>,
+    {
         let Running {
             acker,
             postponer,
@@ -216,7 +217,7 @@ impl Running {
                 None => std::future::pending().await,
             }
         };
-        let mut future = std::pin::pin!(future);
+        let mut future = std::pin::pin!(run());
         let mut out_of_time = false;
         let result = tokio::select! {
             biased;

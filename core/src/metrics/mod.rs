@@ -121,7 +121,7 @@ where
             let _entered = observation.span.enter();
             self.inner.call(request)
         };
-        Box::pin(observation.observe(future))
+        Box::pin(observation.observe(move || future))
     }
 }
 
@@ -150,18 +150,19 @@ impl Observation {
         Observation { span, may_merge }
     }
 
-    /// Awaits the run (`future`) inside the span, counting it in flight,
-    /// then records its outcome and duration.
-    pub(crate) async fn observe(
-        self,
-        future: impl std::future::Future<Output = Result<Outcome, Error>>,
-    ) -> Result<Outcome, Error> {
+    /// Runs `run` inside the span, counting it in flight, then records
+    /// its outcome and duration. (`run` makes the future here, so it is
+    /// stored once, inside this one.)
+    pub(crate) async fn observe<Fut>(self, run: impl FnOnce() -> Fut) -> Result<Outcome, Error>
+    where
+        Fut: std::future::Future<Output = Result<Outcome, Error>>,
+    {
         let Observation { span, may_merge } = self;
         let record = span.clone();
         async move {
             let in_flight = InFlight::enter();
             let start = std::time::Instant::now();
-            let result = future.await;
+            let result = run().await;
             drop(in_flight);
             let label = label(&result);
             record.record("outcome", label);

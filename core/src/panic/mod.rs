@@ -49,13 +49,15 @@ fn panic_error(payload: Box<dyn Any + Send>) -> HandlerError {
 
 /// Awaits `future`, turning a panic into a permanent `panic` failure;
 /// shared by [`CatchPanic`] and the stack's pipeline.
-pub(crate) async fn caught(
+///
+/// A combinator rather than an `async fn`, so the wrapped future is stored
+/// once, not once as an argument and once more as a local.
+pub(crate) fn caught(
     future: impl std::future::Future<Output = Result<(), HandlerError>>,
-) -> Result<(), HandlerError> {
-    match AssertUnwindSafe(future).catch_unwind().await {
-        Ok(result) => result,
-        Err(payload) => Err(panic_error(payload)),
-    }
+) -> impl std::future::Future<Output = Result<(), HandlerError>> {
+    AssertUnwindSafe(future)
+        .catch_unwind()
+        .map(|caught| caught.unwrap_or_else(|payload| Err(panic_error(payload))))
 }
 
 impl<S, R> tower::Service<R> for CatchPanic<S>

@@ -51,14 +51,14 @@ impl<T: Payload, H: Handle<T>> Pipeline<T, H> {
             Start::Postpone(postponing) => postponing.settle().await,
             Start::Run(received, running) => {
                 let request = decode::request::<T>(received, self.max_payload);
-                running.finish(self.observed(request)).await
+                running.finish(|| self.observed(request)).await
             }
         }
     }
 
     async fn observed(&self, request: Request<T>) -> Result<Outcome, Error> {
         Observation::start(&request)
-            .observe(self.deduplicated(request))
+            .observe(|| self.deduplicated(request))
             .await
     }
 
