@@ -277,4 +277,81 @@ impl<T: Payload> StackBuilder<T> {
 }
 
 #[cfg(test)]
+impl<T: Payload> StackBuilder<T> {
+    /// The same stack composed of the public tower layers, one boxed
+    /// service per boundary: the stack's tests run against both, so the
+    /// layers and the pipeline cannot drift apart.
+    pub(crate) fn build_layered<H: Handle<T>>(self, handler: H) -> Stack {
+        use tower::ServiceBuilder;
+        use tower::util::BoxCloneSyncService as Boxed;
+
+        use crate::ack::AckLayer;
+        use crate::dead_letter::DeadLetterLayer;
+        use crate::decode::DecodeLayer;
+        use crate::idempotency::IdempotencyLayer;
+        use crate::metrics::MetricsLayer;
+        use crate::panic::CatchPanicLayer;
+        use crate::retry::RetryLayer;
+        use crate::timeout::TimeoutLayer;
+        use crate::{Error, Outcome};
+
+        let handler: AttemptService<T> = Boxed::new(HandlerService::<H, T>::new(handler));
+        let handler = match &self.innermost {
+            Some(wrap) => wrap(handler),
+            None => handler,
+        };
+        let caught = CatchPanicLayer::new().layer(handler);
+        let attempt: AttemptService<T> = match self.timeout {
+            Some(timeout) => Boxed::new(TimeoutLayer::new(timeout).layer(caught)),
+            None => Boxed::new(caught),
+        };
+        let mut retry = RetryLayer::new(self.retry);
+        if let Some(sink) = self.retry_sink {
+            retry = retry.with_sink(sink);
+        }
+        let mut dead_letter = DeadLetterLayer::new(self.dead_letter);
+        if let Some(to) = self.dead_letter_to {
+            dead_letter = dead_letter.to(to);
+        }
+        let failing = dead_letter.layer(retry.layer(attempt));
+        let deduped: Boxed<Request<T>, Outcome, Error> = match self.store {
+            Some((store, config)) => {
+                Boxed::new(IdempotencyLayer::new(store, config).layer(failing))
+            }
+            None => Boxed::new(failing),
+        };
+        let mut ack = AckLayer::new(self.nack_delay);
+        if let Some(sink) = self.postpone {
+            ack = ack.postpone_through(sink);
+        }
+        let settled = ServiceBuilder::new()
+            .layer(ack)
+            .layer(DecodeLayer::<T>::new(self.max_payload))
+            .layer(MetricsLayer::new())
+            .service(deduped);
+        Stack {
+            inner: Arc::new(Layered(settled)),
+        }
+    }
+}
+
+/// A stack composed of tower layers (tests only).
+#[cfg(test)]
+struct Layered<S>(S);
+
+#[cfg(test)]
+impl<S> Process for Layered<S>
+where
+    S: Service<Delivery, Response = Settled, Error = AckError> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    fn process(
+        self: Arc<Self>,
+        delivery: Delivery,
+    ) -> BoxFuture<'static, Result<Settled, AckError>> {
+        Box::pin(tower::ServiceExt::oneshot(self.0.clone(), delivery))
+    }
+}
+
+#[cfg(test)]
 mod tests;

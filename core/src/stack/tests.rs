@@ -47,7 +47,7 @@ where
     let base = StackBuilder::<Order>::new(Arc::new(broker.dead_letter_sink()))
         .retry(fast())
         .nack_delay(Duration::from_millis(20));
-    let stack = builder(base).build(handler_fn(f));
+    let stack = builder(base).built(handler_fn(f));
     Runner::new(broker.consume("orders", 4).until_drained(), stack)
         .concurrency(4)
         .run()
@@ -55,7 +55,6 @@ where
         .expect("run")
 }
 
-#[tokio::test]
 async fn success_is_acked_once() {
     let broker = MemoryBroker::new();
     broker.publish_now("orders", order("a", 5)).unwrap();
@@ -65,7 +64,6 @@ async fn success_is_acked_once() {
     assert_eq!((stats.acked, stats.ready, stats.unacked), (1, 0, 0));
 }
 
-#[tokio::test]
 async fn transient_failures_then_success_ack_once() {
     let broker = MemoryBroker::new();
     broker.publish_now("orders", order("a", 5)).unwrap();
@@ -92,7 +90,6 @@ async fn transient_failures_then_success_ack_once() {
     assert_eq!(broker.stats("orders.dlq").published, 0);
 }
 
-#[tokio::test]
 async fn permanent_failure_is_dead_lettered_then_acked() {
     let broker = MemoryBroker::new();
     broker.publish_now("orders", order("a", -1)).unwrap();
@@ -122,7 +119,6 @@ async fn permanent_failure_is_dead_lettered_then_acked() {
     assert_eq!(dlq[0].header(wire::ATTEMPT), Some("1"));
 }
 
-#[tokio::test]
 async fn exhausted_timeouts_are_dead_lettered_as_timeout() {
     let broker = MemoryBroker::new();
     broker.publish_now("orders", order("a", 5)).unwrap();
@@ -152,7 +148,6 @@ async fn exhausted_timeouts_are_dead_lettered_as_timeout() {
     );
 }
 
-#[tokio::test]
 async fn panic_is_dead_lettered_and_the_runner_goes_on() {
     let broker = MemoryBroker::new();
     broker.publish_now("orders", order("boom", 5)).unwrap();
@@ -174,7 +169,6 @@ async fn panic_is_dead_lettered_and_the_runner_goes_on() {
     assert!(dlq[0].header(wire::ERROR).unwrap().contains("handler bug"));
 }
 
-#[tokio::test]
 async fn poison_and_oversized_payloads_reach_the_dlq_without_running() {
     let broker = MemoryBroker::new();
     broker
@@ -219,7 +213,6 @@ async fn poison_and_oversized_payloads_reach_the_dlq_without_running() {
     );
 }
 
-#[tokio::test]
 async fn duplicates_run_once() {
     let broker = MemoryBroker::new();
     broker.publish_now("orders", order("a", 5)).unwrap();
@@ -242,7 +235,6 @@ async fn duplicates_run_once() {
     assert_eq!(broker.stats("orders").acked, 2);
 }
 
-#[tokio::test]
 async fn failing_dlq_keeps_the_source_unacked_then_dead_letters_once() {
     let broker = MemoryBroker::new();
     broker.set_max_len("orders.dlq", Some(0));
@@ -283,7 +275,6 @@ async fn failing_dlq_keeps_the_source_unacked_then_dead_letters_once() {
     assert_eq!(broker.stats("orders").acked, 1);
 }
 
-#[tokio::test(start_paused = true)]
 async fn broker_delayed_retry_comes_back_later_with_the_next_attempt() {
     let broker = MemoryBroker::new();
     broker.publish_now("orders", order("a", 5)).unwrap();
@@ -321,11 +312,10 @@ async fn broker_delayed_retry_comes_back_later_with_the_next_attempt() {
     );
 }
 
-#[tokio::test]
 async fn unfinished_work_at_the_shutdown_deadline_is_redelivered() {
     let broker = MemoryBroker::new();
     broker.publish_now("orders", order("slow", 5)).unwrap();
-    let stack = StackBuilder::<Order>::new(Arc::new(broker.dead_letter_sink())).build(handler_fn(
+    let stack = StackBuilder::<Order>::new(Arc::new(broker.dead_letter_sink())).built(handler_fn(
         |_o: Order, _c: Context| async {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Ok::<(), HandlerError>(())
@@ -353,7 +343,6 @@ async fn unfinished_work_at_the_shutdown_deadline_is_redelivered() {
     assert!(broker.peek("orders")[0].meta.redelivered);
 }
 
-#[tokio::test]
 async fn a_failed_dlq_write_keeps_the_attempt_count_so_the_handler_is_not_rerun() {
     let broker = MemoryBroker::new();
     broker.set_max_len("orders.dlq", Some(0));
@@ -415,7 +404,6 @@ impl crate::DeadLetterSink for Refusing {
     }
 }
 
-#[tokio::test]
 async fn a_redelivery_after_a_failed_dead_letter_write_retries_only_the_write() {
     let broker = MemoryBroker::new();
     broker.publish_now("orders", order("a", 5)).unwrap();
@@ -430,7 +418,7 @@ async fn a_redelivery_after_a_failed_dead_letter_write_retries_only_the_write() 
         .retry(fast())
         .nack_delay(Duration::from_millis(20))
         .idempotency(Arc::new(MemoryStore::default()), KeySource::Payload)
-        .build(handler_fn(move |_o: Order, _c: Context| {
+        .built(handler_fn(move |_o: Order, _c: Context| {
             c.fetch_add(1, Ordering::SeqCst);
             async { Err::<(), _>(HandlerError::timeout("the payment service did not answer")) }
         }));
@@ -455,7 +443,6 @@ async fn a_redelivery_after_a_failed_dead_letter_write_retries_only_the_write() 
     assert_eq!(dlq[0].header(wire::ATTEMPT), Some("3"));
 }
 
-#[tokio::test]
 async fn a_letter_that_can_never_be_written_halts_the_runner_without_an_ack() {
     let broker = MemoryBroker::new();
     broker.publish_now("orders", order("a", -1)).unwrap();
@@ -470,7 +457,7 @@ async fn a_letter_that_can_never_be_written_halts_the_runner_without_an_ack() {
     let stack = StackBuilder::<Order>::new(Arc::new(sink))
         .retry(fast())
         .nack_delay(Duration::from_millis(20))
-        .build(handler_fn(move |o: Order, _c: Context| {
+        .built(handler_fn(move |o: Order, _c: Context| {
             c.fetch_add(1, Ordering::SeqCst);
             async move {
                 if o.amount < 0 {
@@ -510,7 +497,6 @@ async fn a_letter_that_can_never_be_written_halts_the_runner_without_an_ack() {
     assert_eq!(stats.ready, 2, "both messages are left on the queue");
 }
 
-#[tokio::test]
 async fn a_retry_copy_that_can_never_be_written_is_dead_lettered() {
     struct Unsupported;
     #[async_trait::async_trait]
@@ -542,4 +528,250 @@ async fn a_retry_copy_that_can_never_be_written_is_dead_lettered() {
         text.contains("rate limited") && text.contains("no delay queues"),
         "{text}"
     );
+}
+
+tokio::task_local! {
+    /// Set while a scenario runs on the stack composed of tower layers.
+    static LAYERED: bool;
+}
+
+/// Builds the pipeline stack, or the tower-layer one inside [`LAYERED`].
+trait Built {
+    fn built<H: crate::Handle<Order>>(self, handler: H) -> crate::Stack;
+}
+
+impl Built for StackBuilder<Order> {
+    fn built<H: crate::Handle<Order>>(self, handler: H) -> crate::Stack {
+        if LAYERED.try_with(|layered| *layered).unwrap_or(false) {
+            self.build_layered(handler)
+        } else {
+            self.build(handler)
+        }
+    }
+}
+
+// Every scenario runs twice: on the stack's pipeline and on the same
+// stack composed of the public tower layers.
+
+mod success_is_acked_once {
+    #[tokio::test]
+    async fn pipeline() {
+        super::success_is_acked_once().await;
+    }
+
+    #[tokio::test]
+    async fn tower_layers() {
+        super::LAYERED
+            .scope(true, super::success_is_acked_once())
+            .await;
+    }
+}
+
+mod transient_failures_then_success_ack_once {
+    #[tokio::test]
+    async fn pipeline() {
+        super::transient_failures_then_success_ack_once().await;
+    }
+
+    #[tokio::test]
+    async fn tower_layers() {
+        super::LAYERED
+            .scope(true, super::transient_failures_then_success_ack_once())
+            .await;
+    }
+}
+
+mod permanent_failure_is_dead_lettered_then_acked {
+    #[tokio::test]
+    async fn pipeline() {
+        super::permanent_failure_is_dead_lettered_then_acked().await;
+    }
+
+    #[tokio::test]
+    async fn tower_layers() {
+        super::LAYERED
+            .scope(true, super::permanent_failure_is_dead_lettered_then_acked())
+            .await;
+    }
+}
+
+mod exhausted_timeouts_are_dead_lettered_as_timeout {
+    #[tokio::test]
+    async fn pipeline() {
+        super::exhausted_timeouts_are_dead_lettered_as_timeout().await;
+    }
+
+    #[tokio::test]
+    async fn tower_layers() {
+        super::LAYERED
+            .scope(
+                true,
+                super::exhausted_timeouts_are_dead_lettered_as_timeout(),
+            )
+            .await;
+    }
+}
+
+mod panic_is_dead_lettered_and_the_runner_goes_on {
+    #[tokio::test]
+    async fn pipeline() {
+        super::panic_is_dead_lettered_and_the_runner_goes_on().await;
+    }
+
+    #[tokio::test]
+    async fn tower_layers() {
+        super::LAYERED
+            .scope(true, super::panic_is_dead_lettered_and_the_runner_goes_on())
+            .await;
+    }
+}
+
+mod poison_and_oversized_payloads_reach_the_dlq_without_running {
+    #[tokio::test]
+    async fn pipeline() {
+        super::poison_and_oversized_payloads_reach_the_dlq_without_running().await;
+    }
+
+    #[tokio::test]
+    async fn tower_layers() {
+        super::LAYERED
+            .scope(
+                true,
+                super::poison_and_oversized_payloads_reach_the_dlq_without_running(),
+            )
+            .await;
+    }
+}
+
+mod duplicates_run_once {
+    #[tokio::test]
+    async fn pipeline() {
+        super::duplicates_run_once().await;
+    }
+
+    #[tokio::test]
+    async fn tower_layers() {
+        super::LAYERED
+            .scope(true, super::duplicates_run_once())
+            .await;
+    }
+}
+
+mod failing_dlq_keeps_the_source_unacked_then_dead_letters_once {
+    #[tokio::test]
+    async fn pipeline() {
+        super::failing_dlq_keeps_the_source_unacked_then_dead_letters_once().await;
+    }
+
+    #[tokio::test]
+    async fn tower_layers() {
+        super::LAYERED
+            .scope(
+                true,
+                super::failing_dlq_keeps_the_source_unacked_then_dead_letters_once(),
+            )
+            .await;
+    }
+}
+
+mod broker_delayed_retry_comes_back_later_with_the_next_attempt {
+    #[tokio::test(start_paused = true)]
+    async fn pipeline() {
+        super::broker_delayed_retry_comes_back_later_with_the_next_attempt().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tower_layers() {
+        super::LAYERED
+            .scope(
+                true,
+                super::broker_delayed_retry_comes_back_later_with_the_next_attempt(),
+            )
+            .await;
+    }
+}
+
+mod unfinished_work_at_the_shutdown_deadline_is_redelivered {
+    #[tokio::test]
+    async fn pipeline() {
+        super::unfinished_work_at_the_shutdown_deadline_is_redelivered().await;
+    }
+
+    #[tokio::test]
+    async fn tower_layers() {
+        super::LAYERED
+            .scope(
+                true,
+                super::unfinished_work_at_the_shutdown_deadline_is_redelivered(),
+            )
+            .await;
+    }
+}
+
+mod a_failed_dlq_write_keeps_the_attempt_count_so_the_handler_is_not_rerun {
+    #[tokio::test]
+    async fn pipeline() {
+        super::a_failed_dlq_write_keeps_the_attempt_count_so_the_handler_is_not_rerun().await;
+    }
+
+    #[tokio::test]
+    async fn tower_layers() {
+        super::LAYERED
+            .scope(
+                true,
+                super::a_failed_dlq_write_keeps_the_attempt_count_so_the_handler_is_not_rerun(),
+            )
+            .await;
+    }
+}
+
+mod a_redelivery_after_a_failed_dead_letter_write_retries_only_the_write {
+    #[tokio::test]
+    async fn pipeline() {
+        super::a_redelivery_after_a_failed_dead_letter_write_retries_only_the_write().await;
+    }
+
+    #[tokio::test]
+    async fn tower_layers() {
+        super::LAYERED
+            .scope(
+                true,
+                super::a_redelivery_after_a_failed_dead_letter_write_retries_only_the_write(),
+            )
+            .await;
+    }
+}
+
+mod a_letter_that_can_never_be_written_halts_the_runner_without_an_ack {
+    #[tokio::test]
+    async fn pipeline() {
+        super::a_letter_that_can_never_be_written_halts_the_runner_without_an_ack().await;
+    }
+
+    #[tokio::test]
+    async fn tower_layers() {
+        super::LAYERED
+            .scope(
+                true,
+                super::a_letter_that_can_never_be_written_halts_the_runner_without_an_ack(),
+            )
+            .await;
+    }
+}
+
+mod a_retry_copy_that_can_never_be_written_is_dead_lettered {
+    #[tokio::test]
+    async fn pipeline() {
+        super::a_retry_copy_that_can_never_be_written_is_dead_lettered().await;
+    }
+
+    #[tokio::test]
+    async fn tower_layers() {
+        super::LAYERED
+            .scope(
+                true,
+                super::a_retry_copy_that_can_never_be_written_is_dead_lettered(),
+            )
+            .await;
+    }
 }
