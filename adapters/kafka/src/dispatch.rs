@@ -175,7 +175,7 @@ impl State {
 /// A delivery the source hands out: the message and how to settle it.
 #[derive(Debug)]
 pub(crate) struct Taken {
-    pub(crate) message: Message,
+    pub(crate) message: Arc<Message>,
     pub(crate) ticket: Ticket,
     /// Cancelled when the partition is revoked.
     pub(crate) revoked: CancellationToken,

@@ -206,7 +206,7 @@ impl Source for KafkaSource {
                         ticket: taken.ticket,
                     };
                     return Some(Ok(
-                        Delivery::new(taken.message, acker).fenced_by(taken.revoked)
+                        Delivery::shared(taken.message, acker).fenced_by(taken.revoked)
                     ));
                 }
                 Ok(None) => self.dispatcher.changed().await,

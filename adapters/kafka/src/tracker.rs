@@ -10,6 +10,7 @@
 //! message of a retry topic is also held until its due time.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use backstop::Message;
@@ -30,8 +31,8 @@ enum Status {
 
 #[derive(Debug)]
 struct Entry {
-    /// The message; dropped once done.
-    message: Option<Message>,
+    /// The message (shared with its delivery while in flight); dropped once done.
+    message: Option<Arc<Message>>,
     key: Option<Bytes>,
     due: Option<SystemTime>,
     status: Status,
@@ -167,7 +168,7 @@ impl PartitionTracker {
         self.entries.insert(
             offset,
             Entry {
-                message: Some(message),
+                message: Some(Arc::new(message)),
                 key,
                 due,
                 status,
@@ -180,13 +181,13 @@ impl PartitionTracker {
     }
 
     /// Hands out a ready message: it is in flight until settled.
-    pub(crate) fn take(&mut self, offset: i64) -> Option<Message> {
+    pub(crate) fn take(&mut self, offset: i64) -> Option<Arc<Message>> {
         let entry = self.entries.get_mut(&offset)?;
         if entry.status != Status::Ready {
             return None;
         }
         entry.status = Status::InFlight;
-        entry.message.clone()
+        entry.message.as_ref().map(Arc::clone)
     }
 
     /// Settles an in-flight message as done. Returns false if it was not in
@@ -256,7 +257,8 @@ impl PartitionTracker {
         }
         entry.status = Status::Ready;
         if let Some(message) = &mut entry.message {
-            message.meta.redelivered = true;
+            // Copied only if the settled delivery's message is still held.
+            Arc::make_mut(message).meta.redelivered = true;
         }
         true
     }
