@@ -669,10 +669,17 @@ async fn the_breaker_trips_after_exactly_the_configured_outages_and_recovers() {
         "nothing runs while paused"
     );
     breaker.resume();
-    poll(Duration::from_secs(10), Duration::from_millis(50), || {
-        let ran = runs.lock().unwrap().iter().any(|r| r.id == late);
-        async move { ran.then_some(()) }
-    })
+    // Readiness flips as the pause begins, before the consumer's cancel
+    // returned: a message published in that gap was delivered and is
+    // postponed through the tier, so it may come back only after it.
+    poll(
+        BREAKER_TIER + Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let ran = runs.lock().unwrap().iter().any(|r| r.id == late);
+            async move { ran.then_some(()) }
+        },
+    )
     .await
     .expect("runs after resume");
     token.cancel();
