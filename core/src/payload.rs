@@ -55,6 +55,23 @@ pub trait Payload: Clone + Send + Sync + Sized + 'static {
     /// Decodes a body.
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError>;
 
+    /// Decodes a body held in a shared buffer: what the stack calls. The
+    /// default decodes the bytes ([`decode`](Payload::decode)); a payload
+    /// that can share the buffer instead of copying it overrides this
+    /// (`Bytes` does: its payload is the message's own buffer).
+    ///
+    /// ```
+    /// use backstop::Payload;
+    /// use bytes::Bytes;
+    ///
+    /// let body = Bytes::from_static(b"raw body");
+    /// let payload = <Bytes as Payload>::decode_shared(&body).unwrap();
+    /// assert_eq!(payload.as_ptr(), body.as_ptr(), "shared, not copied");
+    /// ```
+    fn decode_shared(bytes: &Bytes) -> Result<Self, DecodeError> {
+        Self::decode(bytes)
+    }
+
     /// The idempotency key, if this payload carries one.
     fn key(&self) -> Option<String> {
         None
@@ -88,6 +105,10 @@ impl Payload for serde_json::Value {
 impl Payload for Bytes {
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         Ok(Bytes::copy_from_slice(bytes))
+    }
+
+    fn decode_shared(bytes: &Bytes) -> Result<Self, DecodeError> {
+        Ok(bytes.clone())
     }
 }
 

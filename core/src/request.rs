@@ -55,7 +55,7 @@ impl<T: Payload> Request<T> {
                 size: message.payload.len(),
                 max,
             }),
-            _ => T::decode(&message.payload),
+            _ => T::decode_shared(&message.payload),
         };
         let payload_key = payload.as_ref().ok().and_then(T::key).map(Arc::from);
         let attempt = message.meta.attempt.max(attempt::FIRST);
