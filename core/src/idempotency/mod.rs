@@ -247,6 +247,10 @@ impl Deduper {
         Fut: std::future::Future<Output = Result<Outcome, Error>>,
     {
         let (store, config, renewer) = (&self.store, &self.config, &self.renewer);
+        // A message without a key runs without the store (even while it is down).
+        if config.key.raw_of(&request).is_none() {
+            return inner(request).await;
+        }
         // `<worker>/<n>`, written into one allocation of the right size.
         let mut owner = String::with_capacity(config.worker.len() + 21);
         owner.push_str(&config.worker);

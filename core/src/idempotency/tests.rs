@@ -92,6 +92,16 @@ async fn delayed_retry_copy_is_not_a_duplicate_and_attempts_are_kept() {
     store.release(&stored("id-a"), fence, None).await.unwrap();
     assert_eq!(svc.oneshot(request("a")).await.unwrap(), Outcome::Handled);
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // The stack's pipeline runs the same logic: no store call either (not
+    // even the key layout's), so a poison message without a key is handled
+    // while the store is down.
+    let deduper = super::Deduper::new(Arc::new(DownStore), Config::keyed_by(KeySource::Payload));
+    let ran = deduper
+        .run(request("a"), |_r| async {
+            Ok::<_, Error>(Outcome::Handled)
+        })
+        .await;
+    assert_eq!(ran.unwrap(), Outcome::Handled);
 }
 
 #[tokio::test]
@@ -260,6 +270,9 @@ impl Store for DownStore {
     async fn release(&self, _: &Key, _: Fence, _: Option<u32>) -> Result<(), StoreError> {
         Err(StoreError::Backend("connection refused".into()))
     }
+    async fn layout(&self) -> Result<super::Layout, StoreError> {
+        Err(StoreError::Backend("connection refused".into()))
+    }
 }
 
 #[tokio::test]
@@ -288,6 +301,16 @@ async fn message_without_a_key_skips_the_store() {
     );
     assert_eq!(svc.oneshot(request("a")).await.unwrap(), Outcome::Handled);
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // The stack's pipeline runs the same logic: no store call either (not
+    // even the key layout's), so a poison message without a key is handled
+    // while the store is down.
+    let deduper = super::Deduper::new(Arc::new(DownStore), Config::keyed_by(KeySource::Payload));
+    let ran = deduper
+        .run(request("a"), |_r| async {
+            Ok::<_, Error>(Outcome::Handled)
+        })
+        .await;
+    assert_eq!(ran.unwrap(), Outcome::Handled);
 }
 
 /// A store whose renewals are delayed by `stall`: a renewer starved by a

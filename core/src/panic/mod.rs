@@ -60,6 +60,21 @@ pub(crate) fn caught(
         .map(|caught| caught.unwrap_or_else(|payload| Err(panic_error(payload))))
 }
 
+/// Calls `call` and awaits the future it makes, turning a panic in either
+/// into a permanent `panic` failure.
+pub(crate) fn caught_call<Fut>(
+    call: impl FnOnce() -> Fut,
+) -> impl std::future::Future<Output = Result<(), HandlerError>>
+where
+    Fut: std::future::Future<Output = Result<(), HandlerError>>,
+{
+    use futures::future::Either;
+    match std::panic::catch_unwind(AssertUnwindSafe(call)) {
+        Ok(future) => Either::Left(caught(future)),
+        Err(payload) => Either::Right(std::future::ready(Err(panic_error(payload)))),
+    }
+}
+
 impl<S, R> tower::Service<R> for CatchPanic<S>
 where
     S: tower::Service<R, Response = (), Error = HandlerError>,
@@ -74,6 +89,7 @@ where
     }
 
     fn call(&mut self, request: R) -> Self::Future {
+        // (As `caught_call`, whose future would borrow `self`.)
         match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(request))) {
             Ok(future) => Box::pin(caught(future)),
             Err(payload) => {

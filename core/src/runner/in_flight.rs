@@ -22,47 +22,46 @@ use tokio::task::{JoinError, JoinSet};
 
 use crate::{AckError, Settled};
 
+/// What a message is to the runner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// A message the breaker counts.
+    Counted,
+    /// Postponed by a pause: the breaker does not count it.
+    Uncounted,
+    /// The half-open breaker's probe: counted, and nothing more is fetched
+    /// until it settled.
+    Probe,
+}
+
 /// How one message's future ended.
 #[derive(Debug)]
 pub(super) enum Done {
-    /// It settled (or settling failed); `counted` says whether the breaker
-    /// counts it (deliveries postponed by a pause are not counted).
+    /// It settled (or settling failed).
     Settled {
         result: Result<Settled, AckError>,
-        counted: bool,
+        kind: Kind,
     },
     /// It panicked outside the handler; its delivery is redelivered.
-    Panicked(String),
+    Panicked { panic: String, kind: Kind },
     /// It was dropped unfinished at the shutdown deadline; its delivery is
     /// redelivered.
     Abandoned,
 }
 
 pin_project_lite::pin_project! {
-    /// One message's future, with its panic caught and whether the breaker
-    /// counts its outcome.
+    /// One message's future, with its panic caught and its [`Kind`].
     pub(super) struct Slot<F> {
         #[pin]
         future: F,
-        counted: bool,
+        kind: Kind,
     }
 }
 
 impl<F> Slot<F> {
-    /// A message whose outcome the breaker counts.
-    pub(super) fn counted(future: F) -> Self {
-        Slot {
-            future,
-            counted: true,
-        }
-    }
-
-    /// A message the breaker does not count (postponed by a pause).
-    pub(super) fn uncounted(future: F) -> Self {
-        Slot {
-            future,
-            counted: false,
-        }
+    /// A message's future.
+    pub(super) fn new(future: F, kind: Kind) -> Self {
+        Slot { future, kind }
     }
 }
 
@@ -74,13 +73,16 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Done> {
         let this = self.project();
-        let counted = *this.counted;
+        let kind = *this.kind;
         let future = this.future;
         // After a panic the slot is never polled again: the set drops it.
         match std::panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
-            Ok(Poll::Ready(result)) => Poll::Ready(Done::Settled { result, counted }),
+            Ok(Poll::Ready(result)) => Poll::Ready(Done::Settled { result, kind }),
             Ok(Poll::Pending) => Poll::Pending,
-            Err(panic) => Poll::Ready(Done::Panicked(crate::panic::panic_text(panic.as_ref()))),
+            Err(panic) => Poll::Ready(Done::Panicked {
+                panic: crate::panic::panic_text(panic.as_ref()),
+                kind,
+            }),
         }
     }
 }
@@ -169,7 +171,11 @@ fn joined(result: Result<Done, JoinError>) -> Done {
     match result {
         Ok(done) => done,
         Err(error) if error.is_cancelled() => Done::Abandoned,
-        Err(error) => Done::Panicked(error.to_string()),
+        // (A slot catches its own panic; this is the task's.)
+        Err(error) => Done::Panicked {
+            panic: error.to_string(),
+            kind: Kind::Counted,
+        },
     }
 }
 
@@ -191,17 +197,20 @@ mod tests {
         for task_per_message in [false, true] {
             let mut set = InFlight::new(task_per_message);
             for n in 0..3 {
-                set.push(Slot::counted(Box::pin(settles(n))));
+                set.push(Slot::new(Box::pin(settles(n)), Kind::Counted));
             }
             assert_eq!(set.len(), 3);
             let (mut settled, mut panicked) = (0, Vec::new());
             while let Some(done) = set.next().await {
                 match done {
-                    Done::Settled { result, counted } => {
-                        assert!(counted && result.is_ok());
+                    Done::Settled { result, kind } => {
+                        assert!(kind == Kind::Counted && result.is_ok());
                         settled += 1;
                     }
-                    Done::Panicked(message) => panicked.push(message),
+                    Done::Panicked { panic, kind } => {
+                        assert_eq!(kind, Kind::Counted);
+                        panicked.push(panic);
+                    }
                     Done::Abandoned => panic!("nothing was abandoned"),
                 }
             }
@@ -222,11 +231,13 @@ mod tests {
             let dropped = std::sync::Arc::new(());
             for _ in 0..2 {
                 let held = std::sync::Arc::clone(&dropped);
-                set.push(Slot::uncounted(Box::pin(async move {
-                    let _held = held;
-                    std::future::pending::<Result<Settled, AckError>>().await
-                })
-                    as futures::future::BoxFuture<'static, _>));
+                set.push(Slot::new(
+                    Box::pin(async move {
+                        let _held = held;
+                        std::future::pending::<Result<Settled, AckError>>().await
+                    }) as futures::future::BoxFuture<'static, _>,
+                    Kind::Uncounted,
+                ));
             }
             assert!(set.try_next().is_none());
             let done = set.abandon_all().await;

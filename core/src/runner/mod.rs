@@ -59,7 +59,7 @@ use std::time::Duration;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower::{Service, ServiceExt};
 
-use self::in_flight::{Done, InFlight, Slot};
+use self::in_flight::{Done, InFlight, Kind, Slot};
 use crate::breaker::{BREAKER_STATE, Breaker, BreakerConfig, BreakerState, BreakerWatch, Signal};
 use crate::{AckError, Delivery, Settled};
 
@@ -258,6 +258,7 @@ where
             summary: Summary::default(),
             breaker: breaker.clone(),
             halted: None,
+            probing: false,
         };
         // One waiter on the shutdown token for the whole run, not one per wait.
         let stopping = self.shutdown.clone().cancelled_owned();
@@ -278,20 +279,26 @@ where
                     paused = true;
                     self.readiness
                         .not_ready(format!("consumption stopped: the breaker is {state}"));
-                    for held in self.source.pause().await {
+                    // In-flight work goes on while the source pauses.
+                    let held = run.polling(self.source.pause()).await;
+                    for held in held {
                         run.summary.received += 1;
                         let delivery = held.postponed().with_cancellation(self.shutdown.clone());
-                        match run.ready(&mut self.service).await {
-                            Ok(()) => run
+                        let ready = ServiceExt::<Delivery>::ready(&mut self.service);
+                        match run.polling(ready).await {
+                            Ok(_) => run
                                 .in_flight
-                                .push(Slot::uncounted(self.service.call(delivery))),
+                                .push(Slot::new(self.service.call(delivery), Kind::Uncounted)),
                             Err(error) => run.record(Done::Settled {
                                 result: Err(error),
-                                counted: false,
+                                kind: Kind::Uncounted,
                             }),
                         }
                     }
                     tracing::warn!(state = %state, "consumption stopped");
+                    if run.halted.is_some() {
+                        break;
+                    }
                 }
                 let probe_at = breaker.probe_at();
                 tokio::select! {
@@ -305,7 +312,7 @@ where
             }
             if paused {
                 paused = false;
-                self.source.resume().await;
+                run.polling(self.source.resume()).await;
                 tracing::info!(state = %state, "consumption resumed");
             }
             if state == BreakerState::HalfOpen {
@@ -359,12 +366,19 @@ where
                     }
                     run.summary.received += 1;
                     let delivery = delivery.with_cancellation(self.shutdown.clone());
+                    let kind = if state == BreakerState::HalfOpen {
+                        Kind::Probe
+                    } else {
+                        Kind::Counted
+                    };
                     run.in_flight
-                        .push(Slot::counted(self.service.call(delivery)));
-                    if state == BreakerState::HalfOpen {
-                        // The probe: nothing more is fetched until it settled.
-                        while let Some(done) = run.in_flight.next().await {
-                            run.record(done);
+                        .push(Slot::new(self.service.call(delivery), kind));
+                    if kind == Kind::Probe {
+                        // The probe: nothing more is fetched until it
+                        // settled (other messages in flight go on).
+                        run.probing = true;
+                        if run.settle_probe(stopping.as_mut()).await.is_err() {
+                            break;
                         }
                     }
                 }
@@ -426,6 +440,8 @@ struct Run<F> {
     breaker: Breaker,
     /// Set by the first delivery whose letter can never be written.
     halted: Option<String>,
+    /// True while the half-open breaker's probe is in flight.
+    probing: bool,
 }
 
 /// How a wait that polled in-flight work meanwhile ended.
@@ -470,19 +486,39 @@ where
         }
     }
 
-    /// Waits until `service` is ready, polling in-flight work meanwhile (a
-    /// service that waits for its own in-flight calls cannot deadlock).
-    async fn ready<Svc>(&mut self, service: &mut Svc) -> Result<(), AckError>
-    where
-        Svc: Service<Delivery, Response = Settled, Error = AckError, Future = F>,
-    {
+    /// Awaits `wanted` (the source pausing or resuming, the service's
+    /// readiness), polling in-flight work meanwhile: no message waits on the
+    /// runner, and a service that waits for its own calls cannot deadlock.
+    async fn polling<T>(&mut self, wanted: impl Future<Output = T>) -> T {
+        tokio::pin!(wanted);
         loop {
             tokio::select! {
                 biased;
                 Some(done) = self.in_flight.next() => self.record(done),
-                ready = ServiceExt::<Delivery>::ready(&mut *service) => return ready.map(|_| ()),
+                got = &mut wanted => return got,
             }
         }
+    }
+
+    /// Waits until the probe settled, polling the other in-flight work too;
+    /// `Err` on shutdown or a halt.
+    async fn settle_probe(
+        &mut self,
+        mut stopping: Pin<&mut WaitForCancellationFutureOwned>,
+    ) -> Result<(), ()> {
+        while self.probing {
+            tokio::select! {
+                biased;
+                () = &mut stopping => return Err(()),
+                Some(done) = self.in_flight.next() => {
+                    self.record(done);
+                    if self.halted.is_some() {
+                        return Err(());
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Counts one ended message: in the summary, for the breaker (unless
@@ -490,8 +526,11 @@ where
     /// never be written.
     fn record(&mut self, done: Done) {
         match done {
-            Done::Settled { result, counted } => {
-                if counted {
+            Done::Settled { result, kind } => {
+                if kind == Kind::Probe {
+                    self.probing = false;
+                }
+                if kind != Kind::Uncounted {
                     self.breaker.record(Signal::of(&result));
                 }
                 if let Err(error) = &result {
@@ -503,7 +542,10 @@ where
                 self.summary.record(&result);
             }
             Done::Abandoned => self.summary.abandoned += 1,
-            Done::Panicked(panic) => {
+            Done::Panicked { panic, kind } => {
+                if kind == Kind::Probe {
+                    self.probing = false;
+                }
                 tracing::error!(%panic, "a message panicked outside the handler; the delivery is redelivered");
                 self.summary.ack_failed += 1;
             }
@@ -654,6 +696,75 @@ mod tests {
             "the worker never exits for an outage"
         );
         assert_eq!(readiness.get(), Err("stopped".to_owned()));
+    }
+
+    /// The half-open probe holds back fetching until *it* settled, not until
+    /// every older message did: a slow message in flight neither blocks
+    /// recovery nor outlives shutdown.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_a_probe_fetching_resumes_beside_a_slow_message() {
+        use std::sync::atomic::AtomicBool;
+
+        use crate::breaker::{BreakerConfig, BreakerState};
+        use crate::memory::MemoryBroker;
+        use crate::{Context, HandlerError, Message, StackBuilder, handler_fn};
+
+        let broker = MemoryBroker::new();
+        broker
+            .publish_now("q", Message::new("{}").with_message_id("slow"))
+            .unwrap();
+        for i in 0..6 {
+            broker
+                .publish_now("q", Message::new("{}").with_message_id(format!("m{i}")))
+                .unwrap();
+        }
+        let down = Arc::new(AtomicBool::new(true));
+        let handled = Arc::new(AtomicU32::new(0));
+        let (d, h) = (Arc::clone(&down), Arc::clone(&handled));
+        let stack = StackBuilder::<serde_json::Value>::new(Arc::new(broker.dead_letter_sink()))
+            .nack_delay(Duration::from_millis(20))
+            .build(handler_fn(move |_v: serde_json::Value, ctx: Context| {
+                let (d, h) = (Arc::clone(&d), Arc::clone(&h));
+                async move {
+                    if ctx.message_id() == "slow" {
+                        // Runs until shutdown.
+                        ctx.cancellation().cancelled().await;
+                    } else if d.load(Ordering::SeqCst) {
+                        return Err(HandlerError::unavailable("down"));
+                    }
+                    h.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            }));
+        let runner = Runner::new(broker.consume("q", 4), stack)
+            .concurrency(4)
+            .shutdown_deadline(Duration::from_secs(5))
+            .with_breaker(BreakerConfig::new(3, Duration::from_millis(200)));
+        let (breaker, token) = (runner.breaker(), runner.shutdown_token());
+        let run = tokio::spawn(runner.run());
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        while breaker.trips() == 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(breaker.trips(), 1, "three outages trip it");
+        down.store(false, Ordering::SeqCst);
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        while handled.load(Ordering::SeqCst) < 6 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            handled.load(Ordering::SeqCst),
+            6,
+            "every other message ran while the slow one is still in flight"
+        );
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        token.cancel();
+        let summary = tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("the run ends on shutdown")
+            .unwrap()
+            .unwrap();
+        assert_eq!(summary.handled, 7, "{summary}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 use super::AttemptService;
 use crate::ack::{self, Start};
@@ -87,11 +87,11 @@ impl<T: Payload, H: Handle<T>> Pipeline<T, H> {
                 timeout::within(self.timeout, panic::caught(handler::run(handler, &request))).await
             }
             Attempt::Wrapped(service) => {
-                timeout::within(
-                    self.timeout,
-                    panic::caught(service.clone().oneshot(request)),
-                )
-                .await
+                // Readiness outside the timeout, as a layered stack waits
+                // for it; the call and its future inside catch-panic.
+                let mut service = service.clone();
+                service.ready().await?;
+                timeout::within(self.timeout, panic::caught_call(|| service.call(request))).await
             }
         }
     }
