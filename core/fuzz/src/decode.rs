@@ -85,7 +85,7 @@ fn through_layer<T: Payload>(message: &Message, max: Option<usize>) {
         "the decode layer is ready when its inner service is"
     );
     let received = Received {
-        message: message.clone(),
+        message: message.clone().into(),
         cancel: CancellationToken::new(),
         deadline: None,
     };
