@@ -92,16 +92,6 @@ async fn delayed_retry_copy_is_not_a_duplicate_and_attempts_are_kept() {
     store.release(&stored("id-a"), fence, None).await.unwrap();
     assert_eq!(svc.oneshot(request("a")).await.unwrap(), Outcome::Handled);
     assert_eq!(calls.load(Ordering::SeqCst), 2);
-    // The stack's pipeline runs the same logic: no store call either (not
-    // even the key layout's), so a poison message without a key is handled
-    // while the store is down.
-    let deduper = super::Deduper::new(Arc::new(DownStore), Config::keyed_by(KeySource::Payload));
-    let ran = deduper
-        .run(request("a"), |_r| async {
-            Ok::<_, Error>(Outcome::Handled)
-        })
-        .await;
-    assert_eq!(ran.unwrap(), Outcome::Handled);
 }
 
 #[tokio::test]
