@@ -121,3 +121,13 @@ impl Fleet {
         }
     }
 }
+
+/// Asserts that every worker stopped, and cleanly, after SIGTERM (`statuses`
+/// from [`Fleet::terminate`]: `None` is a worker that did not stop in time).
+pub fn assert_stopped(statuses: Vec<Option<ExitStatus>>) {
+    for (i, status) in statuses.into_iter().enumerate() {
+        let status =
+            status.unwrap_or_else(|| panic!("worker {i} did not stop in time after SIGTERM"));
+        assert!(status.success(), "worker {i} exited with {status}");
+    }
+}

@@ -59,6 +59,23 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// The checks every fault run ends with: `verify` found no problem,
+    /// nothing was lost or executed twice, every valid order was executed
+    /// once and every expected letter is in the DLQ.
+    pub fn assert_contract(&self, problems: &[String], valid: usize, expected_dead: usize) {
+        assert!(
+            problems.is_empty(),
+            "{} problems: {problems:#?}",
+            problems.len()
+        );
+        assert_eq!(self.lost, 0);
+        assert_eq!(self.duplicated, 0);
+        assert_eq!(self.executed_once, valid);
+        assert_eq!(self.dead_lettered, expected_dead);
+    }
+}
+
+impl Counts {
     /// What every run reports about its workers: the fleet's size, fenced
     /// exits, the last summary line and the duplicates suppressed, the
     /// inbox rows, and the run's wall time.

@@ -33,7 +33,7 @@ use backstop_kafka::{Kafka, TopicSpec};
 use backstop_spool::{Budget, ReliablePublisher, Sent, SpoolConfig};
 use backstop_tests::cluster::{self, kafka_brokers};
 use backstop_tests::fault::{DeadLetter, chaos, read_dead_letters, verify, wait_drained};
-use backstop_tests::fleet::Fleet;
+use backstop_tests::fleet::{Fleet, assert_stopped};
 use backstop_tests::ledger::Ledger;
 use backstop_tests::orders::{Kind, Order, orders};
 use backstop_tests::report::Counts;
@@ -146,19 +146,6 @@ async fn dead_letters(kafka: &Kafka, topic: &str, group: &str, expected: usize) 
     .await
 }
 
-/// The checks every run ends with.
-fn assert_contract(counts: &Counts, problems: &[String], valid: usize, expected_dead: usize) {
-    assert!(
-        problems.is_empty(),
-        "{} problems: {problems:#?}",
-        problems.len()
-    );
-    assert_eq!(counts.lost, 0);
-    assert_eq!(counts.duplicated, 0);
-    assert_eq!(counts.executed_once, valid);
-    assert_eq!(counts.dead_lettered, expected_dead);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_kafka_broker_loss_and_worker_kills_lose_nothing() {
     const WORKERS: usize = 3;
@@ -248,16 +235,13 @@ async fn on_a_cluster_kafka_broker_loss_and_worker_kills_lose_nothing() {
     );
     assert!(killed.is_some(), "a broker was killed");
     assert_eq!(counts.acknowledged, n, "every publish confirmed");
-    assert_contract(&counts, &problems, valid, expected_dead);
+    counts.assert_contract(&problems, valid, expected_dead);
     assert!(
         outcome.unexpected_exits.is_empty(),
         "a worker exited on its own: {:#?}",
         outcome.unexpected_exits
     );
-    for (i, status) in statuses.into_iter().enumerate() {
-        let status = status.unwrap_or_else(|| panic!("worker {i} did not stop within 30 s"));
-        assert!(status.success(), "worker {i} exited with {status}");
-    }
+    assert_stopped(statuses);
     fleet.remove_logs();
 }
 
@@ -382,14 +366,9 @@ async fn on_a_cluster_kafka_quorum_loss_spools_and_the_spool_drains() {
         down.len(),
         "with 2 of 3 brokers down, nothing is confirmed"
     );
-    assert_contract(&counts, &problems, valid, expected_dead);
+    counts.assert_contract(&problems, valid, expected_dead);
     assert!(unexpected.is_empty(), "the worker exited: {unexpected:#?}");
-    let status = statuses
-        .into_iter()
-        .next()
-        .flatten()
-        .expect("the worker stops within 30 s");
-    assert!(status.success(), "the worker exited with {status}");
+    assert_stopped(statuses);
     fleet.remove_logs();
 }
 
@@ -537,7 +516,7 @@ async fn on_a_cluster_kafka_rebalance_storm_loses_nothing() {
         fleet.log_tail(20)
     );
     assert_eq!(counts.acknowledged, n, "every publish confirmed");
-    assert_contract(&counts, &problems, valid, expected_dead);
+    counts.assert_contract(&problems, valid, expected_dead);
     assert!(storm.joins >= 5, "{storm:?}");
     assert!(
         storm.unclean_leaves.is_empty(),
@@ -556,9 +535,6 @@ async fn on_a_cluster_kafka_rebalance_storm_loses_nothing() {
         "a worker exited on its own: {:#?}",
         outcome.unexpected_exits
     );
-    for (i, status) in statuses.into_iter().enumerate() {
-        let status = status.unwrap_or_else(|| panic!("worker {i} did not stop within 30 s"));
-        assert!(status.success(), "worker {i} exited with {status}");
-    }
+    assert_stopped(statuses);
     fleet.remove_logs();
 }

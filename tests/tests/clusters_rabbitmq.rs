@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use backstop_rabbitmq::{RabbitMq, Topology};
 use backstop_tests::cluster::{self, rabbitmq_urls, rotated};
 use backstop_tests::fault::{chaos, read_dead_letters, verify, wait_drained};
-use backstop_tests::fleet::Fleet;
+use backstop_tests::fleet::{Fleet, assert_stopped};
 use backstop_tests::ledger::Ledger;
 use backstop_tests::orders::{Kind, orders};
 use backstop_tests::report::Counts;
@@ -155,24 +155,13 @@ async fn on_a_cluster_rabbitmq_node_loss_and_worker_kills_lose_nothing() {
     assert!(killed_leader.is_some(), "the leader's node was killed");
     assert_eq!(counts.acknowledged, n, "every publish confirmed");
     // Extra DLQ copies of one id are reported above, not failed.
-    assert!(
-        problems.is_empty(),
-        "{} problems: {problems:#?}",
-        problems.len()
-    );
-    assert_eq!(counts.lost, 0);
-    assert_eq!(counts.duplicated, 0);
-    assert_eq!(counts.executed_once, valid);
-    assert_eq!(counts.dead_lettered, expected_dead);
+    counts.assert_contract(&problems, valid, expected_dead);
     assert!(
         outcome.unexpected_exits.is_empty(),
         "a worker exited on its own: {:#?}",
         outcome.unexpected_exits
     );
-    for (i, status) in statuses.into_iter().enumerate() {
-        let status = status.unwrap_or_else(|| panic!("worker {i} did not stop within 30 s"));
-        assert!(status.success(), "worker {i} exited with {status}");
-    }
+    assert_stopped(statuses);
     fleet.remove_logs();
 }
 

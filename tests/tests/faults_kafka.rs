@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use backstop_kafka::{Kafka, TopicSpec};
 use backstop_tests::fault::{chaos, read_dead_letters, verify, wait_drained};
-use backstop_tests::fleet::Fleet;
+use backstop_tests::fleet::{Fleet, assert_stopped};
 use backstop_tests::ledger::Ledger;
 use backstop_tests::orders::{Kind, orders};
 use backstop_tests::report::Counts;
@@ -114,7 +114,7 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
         Duration::from_secs(90),
     )
     .await;
-    let status = fleet.terminate(Duration::from_secs(30)).await.remove(0);
+    let statuses = fleet.terminate(Duration::from_secs(30)).await;
     let executions = ledger.executions().await.expect("read the ledger");
     let mut counts = Counts::of_run(
         format!("kafka, {n} orders"),
@@ -134,20 +134,12 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
         fleet.log_tail(20)
     );
     assert_eq!(counts.acknowledged, n, "every publish confirmed");
-    assert!(
-        problems.is_empty(),
-        "{} problems: {problems:#?}",
-        problems.len()
-    );
-    assert_eq!(counts.lost, 0);
-    assert_eq!(counts.executed_once, valid);
-    assert_eq!(counts.dead_lettered, expected_dead);
+    counts.assert_contract(&problems, valid, expected_dead);
     assert!(
         outcome.unexpected_exits.is_empty(),
         "the worker exited on its own: {:#?}",
         outcome.unexpected_exits
     );
-    let status = status.expect("the worker stops within 30 s of SIGTERM");
-    assert!(status.success(), "the worker exited with {status}");
+    assert_stopped(statuses);
     fleet.remove_logs();
 }
