@@ -248,9 +248,9 @@ impl Deduper {
     {
         let (store, config, renewer) = (&self.store, &self.config, &self.renewer);
         // A message without a key runs without the store (even while it is down).
-        if config.key.raw_of(&request).is_none() {
+        let Some(raw) = config.key.raw_of(&request) else {
             return inner(request).await;
-        }
+        };
         // `<worker>/<n>`, written into one allocation of the right size.
         let mut owner = String::with_capacity(config.worker.len() + 21);
         owner.push_str(&config.worker);
@@ -262,9 +262,6 @@ impl Deduper {
             .get_or_try_init(|| store.layout())
             .await
             .map_err(Error::Store)?;
-        let Some(raw) = config.key.raw_of(&request) else {
-            return inner(request).await;
-        };
         let keys = Keys::of(
             layout,
             raw,

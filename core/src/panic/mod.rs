@@ -47,24 +47,35 @@ fn panic_error(payload: Box<dyn Any + Send>) -> HandlerError {
     HandlerError::permanent_with(ErrorKind::Panic, Panicked(panic_text(&*payload)))
 }
 
+/// A future whose panic becomes a permanent `panic` failure; a named type
+/// (not `impl Future`), so it borrows nothing from whoever made it.
+pub(crate) type Caught<F> = futures::future::Map<
+    futures::future::CatchUnwind<AssertUnwindSafe<F>>,
+    fn(std::thread::Result<Result<(), HandlerError>>) -> Result<(), HandlerError>,
+>;
+
 /// Awaits `future`, turning a panic into a permanent `panic` failure;
-/// shared by [`CatchPanic`] and the stack's pipeline.
-///
-/// A combinator rather than an `async fn`, so the wrapped future is stored
-/// once, not once as an argument and once more as a local.
-pub(crate) fn caught(
-    future: impl std::future::Future<Output = Result<(), HandlerError>>,
-) -> impl std::future::Future<Output = Result<(), HandlerError>> {
+/// shared by [`CatchPanic`] and the stack's pipeline. A combinator rather
+/// than an `async fn`, so the wrapped future is stored once, not once as an
+/// argument and once more as a local.
+pub(crate) fn caught<F>(future: F) -> Caught<F>
+where
+    F: std::future::Future<Output = Result<(), HandlerError>>,
+{
     AssertUnwindSafe(future)
         .catch_unwind()
-        .map(|caught| caught.unwrap_or_else(|payload| Err(panic_error(payload))))
+        .map(settle_panic as fn(_) -> _)
+}
+
+fn settle_panic(caught: std::thread::Result<Result<(), HandlerError>>) -> Result<(), HandlerError> {
+    caught.unwrap_or_else(|payload| Err(panic_error(payload)))
 }
 
 /// Calls `call` and awaits the future it makes, turning a panic in either
 /// into a permanent `panic` failure.
 pub(crate) fn caught_call<Fut>(
     call: impl FnOnce() -> Fut,
-) -> impl std::future::Future<Output = Result<(), HandlerError>>
+) -> futures::future::Either<Caught<Fut>, std::future::Ready<Result<(), HandlerError>>>
 where
     Fut: std::future::Future<Output = Result<(), HandlerError>>,
 {
@@ -89,14 +100,7 @@ where
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        // (As `caught_call`, whose future would borrow `self`.)
-        match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(request))) {
-            Ok(future) => Box::pin(caught(future)),
-            Err(payload) => {
-                let error = panic_error(payload);
-                Box::pin(async move { Err(error) })
-            }
-        }
+        Box::pin(caught_call(|| self.inner.call(request)))
     }
 }
 
