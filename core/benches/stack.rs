@@ -126,6 +126,29 @@ fn full_stack(broker: &MemoryBroker, n: u64) -> backstop::Stack {
         .build(handler_fn(noop))
 }
 
+/// Drains `n` messages through the full stack with `runners` runners on the
+/// queue (64 in flight in all, split between them); returns how long it took.
+async fn drain_with_runners(n: u64, runners: usize) -> Duration {
+    let broker = filled(n);
+    let stack = full_stack(&broker, n);
+    let each = 64 / runners;
+    let start = Instant::now();
+    let runs: Vec<_> = (0..runners)
+        .map(|_| {
+            let runner = Runner::new(broker.consume("bench", each).until_drained(), stack.clone())
+                .concurrency(each);
+            tokio::spawn(runner.run())
+        })
+        .collect();
+    let mut handled = 0;
+    for run in runs {
+        handled += run.await.expect("join").expect("run").handled;
+    }
+    let took = start.elapsed();
+    assert_eq!(handled, n);
+    took
+}
+
 fn end_to_end(c: &mut Criterion) {
     const N: u64 = 100_000;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -157,49 +180,20 @@ fn end_to_end(c: &mut Criterion) {
             total
         })
     });
-    group.bench_function("two_runners_memory_broker", |b| {
-        b.to_async(&rt).iter_custom(|iters| async move {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let broker = filled(N);
-                let stack = full_stack(&broker, N);
-                let start = Instant::now();
-                let runs: Vec<_> = (0..2)
-                    .map(|_| {
-                        let runner =
-                            Runner::new(broker.consume("bench", 32).until_drained(), stack.clone())
-                                .concurrency(32);
-                        tokio::spawn(runner.run())
-                    })
-                    .collect();
-                let mut handled = 0;
-                for run in runs {
-                    handled += run.await.expect("join").expect("run").handled;
+    for (name, runners) in [
+        ("two_runners_memory_broker", 2),
+        ("runner_memory_broker", 1),
+    ] {
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter_custom(|iters| async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    total += drain_with_runners(N, runners).await;
                 }
-                total += start.elapsed();
-                assert_eq!(handled, N);
-            }
-            total
-        })
-    });
-    group.bench_function("runner_memory_broker", |b| {
-        b.to_async(&rt).iter_custom(|iters| async move {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let broker = filled(N);
-                let stack = full_stack(&broker, N);
-                let start = Instant::now();
-                let summary = Runner::new(broker.consume("bench", 64).until_drained(), stack)
-                    .concurrency(64)
-                    .run()
-                    .await
-                    .expect("run");
-                total += start.elapsed();
-                assert_eq!(summary.handled, N);
-            }
-            total
-        })
-    });
+                total
+            })
+        });
+    }
     group.finish();
 }
 
