@@ -202,8 +202,7 @@ status() {
 kill_node() {
   local n=$1 pid
   pid=$(node_pid "$n") || die "node $n is not running"
-  kill -KILL "$pid"
-  while pid_alive "$pid"; do sleep 0.1; done
+  kill9 "$pid"
   say "killed node $n (pid $pid, kill -9)"
 }
 
@@ -215,17 +214,12 @@ restart_node() {
   say "node $n back after $((SECONDS - t0))s"
 }
 
-node_arg() {
-  [[ ${1:-} =~ ^[123]$ ]] || die "usage: $0 $2 N (N in 1..3)"
-  echo "$1"
-}
-
 case ${1:-start} in
   start) start ;;
   stop) stop ;;
   status) status ;;
-  kill) kill_node "$(node_arg "${2:-}" kill)" ;;
-  restart) restart_node "$(node_arg "${2:-}" restart)" ;;
+  kill) kill_node "$(cluster_node_arg "${2:-}" kill)" ;;
+  restart) restart_node "$(cluster_node_arg "${2:-}" restart)" ;;
   bootstrap) bootstrap ;;
   *) die "usage: $0 start|stop|status|kill N|restart N|bootstrap" ;;
 esac

@@ -36,6 +36,19 @@ pid_alive() {
   [[ -n $state && $state != Z && $state != X ]]
 }
 
+# kill9 PID: kill -9, then wait (at most 30 s) until the process is gone.
+kill9() {
+  kill -KILL "$1" 2>/dev/null || true
+  local deadline=$((SECONDS + 30))
+  while pid_alive "$1" && ((SECONDS < deadline)); do sleep 0.1; done
+}
+
+# cluster_node_arg N VERB: N when it names one of a 3-node cluster's nodes.
+cluster_node_arg() {
+  [[ ${1:-} =~ ^[123]$ ]] || die "usage: $0 $2 N (N in 1..3)"
+  echo "$1"
+}
+
 pkg_installed() {
   dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'
 }

@@ -177,8 +177,7 @@ status() {
 kill_node() {
   local n=$1 pid
   pid=$(node_pid "$n") || die "node $n is not running"
-  kill -KILL "$pid"
-  wait_until 30 "node $n to die" bash -c "! kill -0 $pid 2>/dev/null || [[ \$(awk '{print \$3}' /proc/$pid/stat 2>/dev/null) == Z ]]" || true
+  kill9 "$pid"
   say "killed node $n (pid $pid, kill -9)"
 }
 
@@ -192,17 +191,12 @@ restart_node() {
   say "node $n back after $((SECONDS - t0))s"
 }
 
-node_arg() {
-  [[ ${1:-} =~ ^[123]$ ]] || die "usage: $0 $2 N (N in 1..3)"
-  echo "$1"
-}
-
 case ${1:-start} in
   start) start ;;
   stop) stop ;;
   status) status ;;
-  kill) kill_node "$(node_arg "${2:-}" kill)" ;;
-  restart) restart_node "$(node_arg "${2:-}" restart)" ;;
+  kill) kill_node "$(cluster_node_arg "${2:-}" kill)" ;;
+  restart) restart_node "$(cluster_node_arg "${2:-}" restart)" ;;
   urls) urls ;;
   *) die "usage: $0 start|stop|status|kill N|restart N|urls" ;;
 esac
