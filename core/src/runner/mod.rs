@@ -267,9 +267,7 @@ where
         let mut failure = None;
         let mut paused = false;
         loop {
-            while let Some(done) = run.in_flight.try_next() {
-                run.record(done);
-            }
+            // (Completions are recorded by every wait below, as they come.)
             if run.halted.is_some() {
                 break;
             }
