@@ -16,6 +16,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use futures::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::task::{JoinError, JoinSet};
 
@@ -133,6 +134,14 @@ where
         }
     }
 
+    /// One that has already ended, without waiting.
+    pub(super) fn try_next(&mut self) -> Option<Done> {
+        match self {
+            InFlight::InPlace(set) => set.next().now_or_never().flatten(),
+            InFlight::Tasks(tasks) => tasks.try_join_next().map(joined),
+        }
+    }
+
     /// Drops everything still in flight (each delivery is nacked with
     /// requeue by its drop, each lease released); returns what ended,
     /// unfinished ones as [`Done::Abandoned`].
@@ -230,6 +239,7 @@ mod tests {
                     Kind::Uncounted,
                 ));
             }
+            assert!(set.try_next().is_none());
             let done = set.abandon_all().await;
             assert_eq!(done.len(), 2);
             assert!(done.iter().all(|d| matches!(d, Done::Abandoned)));

@@ -267,7 +267,9 @@ where
         let mut failure = None;
         let mut paused = false;
         loop {
-            // (Completions are recorded by every wait below, as they come.)
+            while let Some(done) = run.in_flight.try_next() {
+                run.record(done);
+            }
             if run.halted.is_some() {
                 break;
             }
