@@ -267,6 +267,8 @@ where
         let mut failure = None;
         let mut paused = false;
         loop {
+            // Everything that finished, at once: cheaper than one turn of a
+            // wait's select per completion (about 800 instructions per message).
             while let Some(done) = run.in_flight.try_next() {
                 run.record(done);
             }
