@@ -18,6 +18,8 @@
 #   KAFKA_START_TIMEOUT  seconds to come up    (default 120)
 #   KAFKA_STOP_TIMEOUT   seconds for SIGTERM   (default 60, then SIGKILL)
 #   KAFKA_HEAP_OPTS      JVM heap flags        (default -Xmx1g -Xms256m)
+#   BACKSTOP_FRESH_STORAGE=1  `start` of a broker that is not running empties
+#                        its storage first (scripts/services/all.sh sets it)
 set -euo pipefail
 
 SVC=kafka
@@ -158,7 +160,7 @@ transaction.state.log.num.partitions=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
-num.recovery.threads.per.data.dir=1
+num.recovery.threads.per.data.dir=2
 log.retention.hours=24
 log.segment.bytes=67108864
 log.retention.check.interval.ms=300000
@@ -226,6 +228,11 @@ start() {
   if [[ -z ${pid:-} ]]; then
     resolve
     write_config
+    if [[ ${BACKSTOP_FRESH_STORAGE:-0} == 1 && -d $DATA ]]; then
+      say "starting on empty storage (removing $(find "$DATA" -mindepth 1 -maxdepth 1 -type d | wc -l) folders of earlier runs)"
+      rm -rf "$DATA"
+      mkdir -p "$DATA"
+    fi
     format_storage
     if tcp_open "$PORT" || tcp_open "$CONTROLLER_PORT"; then
       die "port $PORT or $CONTROLLER_PORT is taken by something that is not a Kafka broker"

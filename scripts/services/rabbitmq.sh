@@ -19,7 +19,9 @@
 # Everything listens on 127.0.0.1 only: AMQP, management, Erlang
 # distribution (25672) and epmd (4369).
 #
-# Environment: RABBITMQ_START_TIMEOUT (seconds, default 120).
+# Environment: RABBITMQ_START_TIMEOUT (seconds, default 120);
+# BACKSTOP_FRESH_STORAGE=1: `start` of a node that is not running removes its
+# queues and messages first (scripts/services/all.sh sets it).
 set -euo pipefail
 
 SVC=rabbitmq
@@ -28,6 +30,8 @@ SVC=rabbitmq
 TIMEOUT=${RABBITMQ_START_TIMEOUT:-120}
 API=http://127.0.0.1:15672/api
 ETC=/etc/rabbitmq
+NODE=rabbit@localhost
+MNESIA=/var/lib/rabbitmq/mnesia
 export ERL_EPMD_ADDRESS=127.0.0.1
 
 api() { curl -fsS -m 5 -u guest:guest "$@"; }
@@ -149,6 +153,10 @@ start() {
       say "node is up; waiting for listeners"
     fi
   else
+    if [[ ${BACKSTOP_FRESH_STORAGE:-0} == 1 && -d $MNESIA/$NODE ]]; then
+      say "starting on empty storage (removing $MNESIA/$NODE of earlier runs)"
+      rm -rf "${MNESIA:?}/$NODE" "$MNESIA/$NODE"-*
+    fi
     # epmd first, bound to loopback (the broker would otherwise start one).
     if ! tcp_open 4369; then epmd -address 127.0.0.1 -daemon; fi
     say "starting node (rabbitmq-server -detached)"

@@ -417,6 +417,13 @@ rootLogger.level = WARN
 rootLogger.appenderRef.file.ref = FILE
 EOF
   local java_tools=(java -cp "$KAFKA_LIBS/*" -Dlog4j2.configurationFile="$KAFKA_DIR/log4j2.properties")
+  local pid
+  pid=$(cat "$KAFKA_PIDFILE" 2>/dev/null || true)
+  if [[ ${BACKSTOP_FRESH_STORAGE:-0} == 1 ]] && { [[ -z $pid ]] || ! pid_alive "$pid"; }; then
+    # Not running: start on empty storage (formatted again below, SCRAM user included).
+    rm -rf "$KAFKA_DIR/data"
+    mkdir -p "$KAFKA_DIR/data"
+  fi
   if [[ ! -f $KAFKA_DIR/data/meta.properties ]]; then
     say "kafka: formatting storage with the SCRAM user backstop"
     "${java_tools[@]}" kafka.tools.StorageTool format -t "$("${java_tools[@]}" kafka.tools.StorageTool random-uuid | tail -n 1)" \
@@ -425,8 +432,6 @@ EOF
       --add-scram 'SCRAM-SHA-256=[name=backstop,password=backstop-secret]' \
       >"$KAFKA_DIR/logs/format.out" 2>&1 || { cat "$KAFKA_DIR/logs/format.out" >&2; die "kafka (tls) storage format failed"; }
   fi
-  local pid
-  pid=$(cat "$KAFKA_PIDFILE" 2>/dev/null || true)
   if [[ -z $pid ]] || ! pid_alive "$pid"; then
     for p in 9094 9095 9096 "$KAFKA_INTERNAL"; do tcp_open "$p" && die "port $p is taken by something else"; done
     say "kafka: starting the TLS broker (log: $KAFKA_DIR/logs/server.log)"
