@@ -368,8 +368,12 @@ impl Default for ShutdownSettings {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetryConfig {
-    /// Serve Prometheus metrics here (one endpoint for every source).
+    /// Serve `/metrics`, `/healthz` and `/readyz` here (one endpoint for
+    /// every source of the process).
     pub metrics_addr: Option<SocketAddr>,
+    /// `/healthz` fails once a driver loop or a Kafka poll thread has not
+    /// turned for this many seconds (idle loops turn every second) [default 60].
+    pub stuck_after_secs: Option<u64>,
     /// A `tracing` filter (as `RUST_LOG`), used when `RUST_LOG` is not set.
     pub log: Option<String>,
 }

@@ -85,6 +85,27 @@ pub async fn messages(addr: SocketAddr, outcome: Outcome) -> Option<u64> {
         .flatten()
 }
 
+/// One `GET path` from the worker's operations server at `addr` (at most
+/// 2 s): the status code and the body, or none when it did not answer.
+pub async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let read = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        let status = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, body.to_owned()))
+    };
+    tokio::time::timeout(Duration::from_secs(2), read)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// Sums `backstop_messages_total{…outcome="<outcome>"…}` samples in a
 /// Prometheus text exposition.
 fn parse_messages(text: &str, outcome: Outcome) -> u64 {

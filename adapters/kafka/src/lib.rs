@@ -92,6 +92,7 @@ mod config;
 mod dispatch;
 mod error;
 mod kafka;
+mod link;
 mod options;
 mod poller;
 mod probe;

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use backstop::SourceError;
+use backstop::runner::Liveness;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::types::RDKafkaErrorCode;
@@ -30,6 +31,7 @@ use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 
 use crate::dispatch::{Dispatcher, Incoming, Tp};
+use crate::link::Link;
 use crate::source::RetryTable;
 use crate::{Error, record};
 
@@ -44,19 +46,28 @@ const BATCH: usize = 256;
 const BATCH_BYTES: usize = 1 << 20;
 /// Repeated client errors are logged at most this often.
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(5);
+/// While the cluster is unreachable, an idle thread checks this often
+/// whether it is back (a metadata request, at most this long).
+const RECONNECT_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// The consumer's context: rebalance callbacks and logging.
 #[derive(Debug)]
 pub(crate) struct GroupContext {
     dispatcher: Arc<Dispatcher>,
     delayed: Arc<RetryTable>,
+    link: Arc<Link>,
 }
 
 impl GroupContext {
-    pub(crate) fn new(dispatcher: Arc<Dispatcher>, delayed: Arc<RetryTable>) -> Self {
+    pub(crate) fn new(
+        dispatcher: Arc<Dispatcher>,
+        delayed: Arc<RetryTable>,
+        link: Arc<Link>,
+    ) -> Self {
         GroupContext {
             dispatcher,
             delayed,
+            link,
         }
     }
 }
@@ -138,6 +149,8 @@ impl ConsumerContext for GroupContext {
         if let Err(error) = consumer.resume(assigned) {
             tracing::debug!(%error, "resume of newly assigned partitions failed");
         }
+        // Joined: an empty assignment (more members than partitions) is ready too.
+        self.link.up();
         tracing::info!(partitions = elements.len(), "partitions assigned");
     }
 
@@ -156,6 +169,7 @@ impl ConsumerContext for GroupContext {
 pub(crate) struct PollThread {
     stop: Arc<AtomicBool>,
     done: Option<oneshot::Receiver<()>>,
+    liveness: Liveness,
 }
 
 impl PollThread {
@@ -169,8 +183,10 @@ impl PollThread {
         dispatcher: Arc<Dispatcher>,
         delayed: Arc<RetryTable>,
         group: String,
+        link: Arc<Link>,
     ) -> Result<Self, Error> {
         let stop = Arc::new(AtomicBool::new(false));
+        let liveness = Liveness::new(format!("the Kafka poll thread of group {group:?}"));
         let (tx, rx) = oneshot::channel();
         let watch = Arc::clone(&dispatcher);
         let name = group.clone();
@@ -184,6 +200,9 @@ impl PollThread {
             disconnected: false,
             batch: Vec::with_capacity(BATCH),
             group,
+            link,
+            last_check: None,
+            liveness: liveness.clone(),
         };
         std::thread::Builder::new()
             .name("backstop-kafka-poll".into())
@@ -210,7 +229,13 @@ impl PollThread {
         Ok(PollThread {
             stop,
             done: Some(rx),
+            liveness,
         })
+    }
+
+    /// When the thread's loop last turned (it turns at least every 20 ms).
+    pub(crate) fn liveness(&self) -> &Liveness {
+        &self.liveness
     }
 
     /// Asks the thread to commit, leave the group and end; waits up to `wait`.
@@ -243,6 +268,12 @@ struct Poller {
     /// The consumer group: stamped on every message ([`backstop::Meta::group`],
     /// part of its idempotency keyspace); also named by the test that kills the thread.
     group: String,
+    /// Whether the consumer reaches the cluster, for the runner's readiness.
+    link: Arc<Link>,
+    /// When an unreachable cluster was last checked.
+    last_check: Option<Instant>,
+    /// Beaten every turn; ended when the thread closes.
+    liveness: Liveness,
 }
 
 /// Consumer groups whose poll thread panics on its next poll (tests only).
@@ -253,7 +284,11 @@ impl Poller {
     fn run(mut self) {
         let mut last_maintenance = Instant::now();
         while !self.stop.load(Ordering::Acquire) {
+            self.liveness.beat();
             let idle = self.poll_batch();
+            if idle && self.disconnected {
+                self.check_reconnected();
+            }
             if idle || last_maintenance.elapsed() >= MAINTENANCE_EVERY {
                 self.maintain(idle);
                 last_maintenance = Instant::now();
@@ -321,7 +356,9 @@ impl Poller {
             self.batch = batch;
             return true;
         }
-        self.disconnected = false;
+        if std::mem::take(&mut self.disconnected) {
+            self.link.up();
+        }
         let mut pause = Vec::new();
         self.dispatcher.receive_all(&mut batch, &mut pause);
         self.batch = batch;
@@ -429,6 +466,8 @@ impl Poller {
         );
         if transport && !self.disconnected {
             self.disconnected = true;
+            self.link
+                .down(format!("the Kafka cluster cannot be reached: {error}"));
             self.dispatcher
                 .report(SourceError::Disconnected(Box::new(error.clone())));
         }
@@ -441,7 +480,29 @@ impl Poller {
         }
     }
 
+    /// While the cluster was unreachable and nothing arrives: is it back?
+    /// (An idle topic brings no record to say so.)
+    fn check_reconnected(&mut self) {
+        if self
+            .last_check
+            .is_some_and(|t| t.elapsed() < RECONNECT_CHECK_EVERY)
+        {
+            return;
+        }
+        self.last_check = Some(Instant::now());
+        if self
+            .consumer
+            .fetch_metadata(None, RECONNECT_CHECK_EVERY)
+            .is_ok()
+        {
+            self.disconnected = false;
+            self.link.up();
+            tracing::info!("the Kafka cluster is reachable again");
+        }
+    }
+
     fn close(mut self) {
+        self.liveness.end();
         self.dispatcher.close();
         let actions = self.dispatcher.maintain();
         if !actions.store.is_empty() {

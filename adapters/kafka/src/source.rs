@@ -9,6 +9,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::acker::KafkaAcker;
 use crate::dispatch::Dispatcher;
+use crate::link::Link;
 use crate::poller::{GroupContext, PollThread};
 use crate::{Error, KafkaConfig};
 
@@ -47,6 +48,7 @@ pub(crate) struct RetryRoute {
 pub struct KafkaSource {
     dispatcher: Arc<Dispatcher>,
     thread: PollThread,
+    link: Arc<Link>,
     topics: Vec<String>,
     group: String,
     close_wait: Duration,
@@ -94,7 +96,12 @@ impl KafkaSource {
                 })
                 .collect(),
         );
-        let context = GroupContext::new(Arc::clone(&dispatcher), Arc::clone(&delayed));
+        let link = Arc::new(Link::new(&config.group));
+        let context = GroupContext::new(
+            Arc::clone(&dispatcher),
+            Arc::clone(&delayed),
+            Arc::clone(&link),
+        );
         let consumer: BaseConsumer<GroupContext> = config
             .consumer_config()
             .create_with_context(context)
@@ -109,10 +116,12 @@ impl KafkaSource {
             Arc::clone(&dispatcher),
             delayed,
             config.group.clone(),
+            Arc::clone(&link),
         )?;
         Ok(KafkaSource {
             dispatcher,
             thread,
+            link,
             topics: all.iter().map(|t| (*t).to_owned()).collect(),
             group: config.group.clone(),
             close_wait: config.session_timeout + Duration::from_secs(10),
@@ -151,6 +160,13 @@ impl KafkaSource {
         &self.group
     }
 
+    /// The labels of this consumer's metrics: the consumed topics joined
+    /// with `,` as `source`, the group id as `group` (see
+    /// [`MetricLabels`](backstop::metrics::MetricLabels)).
+    pub fn metric_labels(&self) -> backstop::metrics::MetricLabels {
+        backstop::metrics::MetricLabels::new(self.topics.join(","), &self.group)
+    }
+
     /// What the source holds now over all its partitions: messages received
     /// and not yet committable, and the bytes of those not finished (the
     /// figures [`KafkaConfig::max_pending`] and
@@ -161,6 +177,14 @@ impl KafkaSource {
 }
 
 impl Source for KafkaSource {
+    /// Ready once the consumer joined its group (an empty assignment is
+    /// ready); not ready while the cluster cannot be reached. The poll
+    /// thread's liveness counts for the runner's.
+    fn attach(&mut self, health: &backstop::runner::Health) {
+        self.link.attach(health.readiness().clone());
+        health.watch(self.thread.liveness().clone());
+    }
+
     async fn preflight(&mut self) -> Result<(), SourceError> {
         if self.required.is_empty() {
             return Ok(());

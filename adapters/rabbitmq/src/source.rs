@@ -277,6 +277,8 @@ pub struct RabbitSource {
     margin: Duration,
     /// The consumer is cancelled (the runner's breaker is open or paused).
     paused: bool,
+    /// The runner's readiness, told of each loss and reconnect.
+    readiness: Option<backstop::Readiness>,
 }
 
 /// RabbitMQ's default `consumer_timeout`.
@@ -331,6 +333,7 @@ impl RabbitSource {
             consumer_timeout: DEFAULT_CONSUMER_TIMEOUT,
             margin: DEFAULT_TIMEOUT_MARGIN,
             paused: false,
+            readiness: None,
         })
     }
 
@@ -384,6 +387,12 @@ impl RabbitSource {
         &self.queue
     }
 
+    /// The labels of this consumer's metrics: the queue as both `source`
+    /// and `group` (see [`MetricLabels`](backstop::metrics::MetricLabels)).
+    pub fn metric_labels(&self) -> backstop::metrics::MetricLabels {
+        backstop::metrics::MetricLabels::new(&*self.queue, &*self.queue)
+    }
+
     /// The prefetch (most unsettled deliveries); use it as the runner's concurrency.
     pub fn prefetch(&self) -> usize {
         usize::from(self.prefetch)
@@ -397,6 +406,12 @@ impl RabbitSource {
     /// Records a loss; the first one since the last good subscription is reported.
     fn lose(&mut self, cause: String) -> Option<SourceError> {
         self.active = None;
+        if let Some(readiness) = &self.readiness {
+            readiness.disconnected(format!(
+                "the consumer of queue {:?} is reconnecting: {cause}",
+                self.queue
+            ));
+        }
         if self.lost {
             tracing::warn!(queue = %self.queue, %cause, "reconnecting the consumer failed; retrying with backoff");
             return None;
@@ -449,6 +464,10 @@ impl RabbitSource {
 }
 
 impl Source for RabbitSource {
+    fn attach(&mut self, health: &backstop::runner::Health) {
+        self.readiness = Some(health.readiness().clone());
+    }
+
     async fn preflight(&mut self) -> Result<(), SourceError> {
         if self.required.is_empty() {
             return Ok(());
@@ -529,6 +548,9 @@ impl Source for RabbitSource {
                 {
                     Ok(subscription) => {
                         tracing::info!(queue = %self.queue, "consumer reconnected and resumed");
+                        if let Some(readiness) = &self.readiness {
+                            readiness.connected();
+                        }
                         self.active = Some(subscription);
                         self.lost = false;
                         self.backoff.reset();

@@ -166,6 +166,8 @@ struct Inner {
     open_until: Option<Instant>,
     /// Times the breaker tripped since it was made.
     trips: u64,
+    /// The runner's labelled [`BREAKER_STATE`] gauge, once it runs.
+    gauge: Option<metrics::Gauge>,
 }
 
 /// The kill switch; see the [module docs](self). Cheap to clone; every
@@ -200,6 +202,7 @@ impl Breaker {
                 outages: 0,
                 open_until: None,
                 trips: 0,
+                gauge: None,
             })),
             state,
         }
@@ -217,8 +220,17 @@ impl Breaker {
         });
         if changed {
             tracing::warn!(state = %state, "consumption breaker changed state");
-            metrics::gauge!(BREAKER_STATE).set(state.gauge());
+            match &self.lock().gauge {
+                Some(gauge) => gauge.set(state.gauge()),
+                None => metrics::gauge!(BREAKER_STATE).set(state.gauge()),
+            }
         }
+    }
+
+    /// Shows the state on `gauge` (the runner's labelled [`BREAKER_STATE`]) from now on.
+    pub(crate) fn report_to(&self, gauge: metrics::Gauge) {
+        gauge.set(self.state().gauge());
+        self.lock().gauge = Some(gauge);
     }
 
     /// The configuration.

@@ -50,6 +50,12 @@ impl MemorySource {
         &self.queue
     }
 
+    /// The labels of this consumer's metrics: the queue as both `source`
+    /// and `group` (see [`MetricLabels`](crate::metrics::MetricLabels)).
+    pub fn metric_labels(&self) -> crate::metrics::MetricLabels {
+        crate::metrics::MetricLabels::new(self.queue(), self.queue())
+    }
+
     fn close_now(&mut self) {
         if self.closed {
             return;

@@ -1,18 +1,25 @@
-//! The metric keys backstop records per message, built at compile time from
-//! the name constants: recording one costs neither an allocation nor a hash.
+//! The metric keys backstop records per message, built once per stack from
+//! its [`MetricLabels`]: recording one costs neither an allocation nor a
+//! formatted key.
 
-use metrics::{Key, Label, Level, Metadata};
+use metrics::{Key, Level, Metadata};
 
-use super::{HANDLER_DURATION, IN_FLIGHT, MESSAGES_TOTAL};
+use super::{HANDLER_DURATION, IN_FLIGHT, MESSAGES_TOTAL, MetricLabels};
 use crate::{Error, Outcome};
 
 /// Where the recorder is told backstop's metrics come from (as the
 /// `metrics` macros would say from this module).
-static METADATA: Metadata<'static> =
+pub(super) static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
-/// The in-flight gauge.
-static IN_FLIGHT_KEY: Key = Key::from_static_name(IN_FLIGHT);
+/// The outcome labels, in the order [`MessageKeys::of`] indexes them.
+const OUTCOMES: [&str; 5] = [
+    "handled",
+    "dead_lettered",
+    "deferred",
+    "duplicate",
+    "nacked",
+];
 
 /// The counter and the histogram of one outcome label.
 pub(super) struct OutcomeKeys {
@@ -20,36 +27,49 @@ pub(super) struct OutcomeKeys {
     duration: Key,
 }
 
-macro_rules! outcome_keys {
-    ($($label:literal),*) => {
-        [$({
-            static LABELS: [Label; 1] = [Label::from_static_parts("outcome", $label)];
-            OutcomeKeys {
-                total: Key::from_static_parts(MESSAGES_TOTAL, &LABELS),
-                duration: Key::from_static_parts(HANDLER_DURATION, &LABELS),
-            }
-        }),*]
-    };
+/// Every key one stack records per message.
+pub(crate) struct MessageKeys {
+    by_outcome: [OutcomeKeys; 5],
+    in_flight: Key,
 }
 
-/// In the order [`keys_of`] indexes them.
-static BY_OUTCOME: [OutcomeKeys; 5] = outcome_keys!(
-    "handled",
-    "dead_lettered",
-    "deferred",
-    "duplicate",
-    "nacked"
-);
+impl MessageKeys {
+    /// The keys of a consumer labelled `labels`.
+    pub(crate) fn new(labels: &MetricLabels) -> Self {
+        MessageKeys {
+            by_outcome: OUTCOMES.map(|outcome| OutcomeKeys {
+                total: labels.key(MESSAGES_TOTAL, &[("outcome", outcome)]),
+                duration: labels.key(HANDLER_DURATION, &[("outcome", outcome)]),
+            }),
+            in_flight: labels.key(IN_FLIGHT, &[]),
+        }
+    }
 
-/// The keys of a result's outcome label ([`super::label`]).
-pub(super) fn keys_of(result: &Result<Outcome, Error>) -> &'static OutcomeKeys {
-    &BY_OUTCOME[match result {
-        Ok(Outcome::Handled) => 0,
-        Ok(Outcome::DeadLettered { .. }) => 1,
-        Ok(Outcome::Deferred { .. }) => 2,
-        Ok(Outcome::Duplicate) => 3,
-        Err(_) => 4,
-    }]
+    /// The keys of a result's outcome label ([`super::label`]).
+    pub(super) fn of(&self, result: &Result<Outcome, Error>) -> &OutcomeKeys {
+        &self.by_outcome[match result {
+            Ok(Outcome::Handled) => 0,
+            Ok(Outcome::DeadLettered { .. }) => 1,
+            Ok(Outcome::Deferred { .. }) => 2,
+            Ok(Outcome::Duplicate) => 3,
+            Err(_) => 4,
+        }]
+    }
+
+    /// Moves the in-flight gauge by `delta`.
+    pub(super) fn in_flight(&self, delta: f64) {
+        metrics::with_recorder(|recorder| {
+            recorder
+                .register_gauge(&self.in_flight, &METADATA)
+                .increment(delta);
+        });
+    }
+}
+
+impl std::fmt::Debug for MessageKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageKeys").finish_non_exhaustive()
+    }
 }
 
 impl OutcomeKeys {
@@ -68,17 +88,11 @@ impl OutcomeKeys {
     /// The outcome label these keys carry.
     #[cfg(test)]
     fn label(&self) -> Option<&str> {
-        self.total.labels().next().map(Label::value)
+        self.total
+            .labels()
+            .find(|l| l.key() == "outcome")
+            .map(metrics::Label::value)
     }
-}
-
-/// Moves the in-flight gauge by `delta`.
-pub(super) fn in_flight(delta: f64) {
-    metrics::with_recorder(|recorder| {
-        recorder
-            .register_gauge(&IN_FLIGHT_KEY, &METADATA)
-            .increment(delta);
-    });
 }
 
 #[cfg(test)]
@@ -99,10 +113,11 @@ mod tests {
             Ok(Outcome::Duplicate),
             Err(Error::Shutdown),
         ];
+        let keys = MessageKeys::new(&MetricLabels::new("q", "q"));
         for result in &results {
-            assert_eq!(keys_of(result).label(), Some(super::super::label(result)));
+            assert_eq!(keys.of(result).label(), Some(super::super::label(result)));
         }
-        for keys in &BY_OUTCOME {
+        for keys in &keys.by_outcome {
             assert_eq!(keys.total.name(), MESSAGES_TOTAL);
             assert_eq!(keys.duration.name(), HANDLER_DURATION);
         }

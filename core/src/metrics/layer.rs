@@ -1,15 +1,22 @@
 use tower::Layer;
 
-use super::Metrics;
+use super::{MetricLabels, Metrics};
 
 /// Applies [`Metrics`].
-#[derive(Clone, Copy, Debug, Default)]
-pub struct MetricsLayer;
+#[derive(Clone, Debug, Default)]
+pub struct MetricsLayer {
+    labels: MetricLabels,
+}
 
 impl MetricsLayer {
-    /// The layer.
-    pub const fn new() -> Self {
-        MetricsLayer
+    /// The layer; its metrics carry empty `source` and `group` labels.
+    pub fn new() -> Self {
+        MetricsLayer::default()
+    }
+
+    /// The layer; its metrics carry `labels`.
+    pub fn labelled(labels: MetricLabels) -> Self {
+        MetricsLayer { labels }
     }
 }
 
@@ -17,6 +24,6 @@ impl<S> Layer<S> for MetricsLayer {
     type Service = Metrics<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Metrics::new(inner)
+        Metrics::labelled(inner, &self.labels)
     }
 }

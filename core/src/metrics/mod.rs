@@ -3,14 +3,19 @@
 //!
 //! Through the [`metrics`] facade; install any recorder (Prometheus, …).
 //!
-//! | name | kind | labels |
+//! Every metric carries the `source` and `group` labels of its consumer
+//! ([`MetricLabels`]; set with [`StackBuilder::metric_labels`](crate::StackBuilder::metric_labels)
+//! and [`Runner::metric_labels`](crate::Runner::metric_labels)).
+//!
+//! | name | kind | more labels |
 //! |---|---|---|
 //! | `backstop_messages_total` | counter | `outcome`: handled, dead_lettered, deferred, duplicate, nacked |
-//! | `backstop_handler_duration_seconds` | histogram | `outcome` |
-//! | `backstop_in_flight` | gauge | |
+//! | `backstop_handler_duration_seconds` | histogram, seconds | `outcome` |
+//! | `backstop_in_flight` | gauge, messages | |
 //! | `backstop_digest_id_merges_total` | counter | |
 //! | `backstop_breaker_state` | gauge | (0 closed, 1 half-open, 2 open, 3 paused; see [`breaker`](crate::breaker)) |
 //! | `backstop_runner_halted` | gauge | (set by the [`Runner`](crate::Runner), see [`HALTED`](crate::runner::HALTED)) |
+//! | `backstop_ready` | gauge | 1 while the runner is ready ([`Readiness`](crate::Readiness)), else 0 |
 //!
 //! `backstop_digest_id_merges_total` counts messages without a message id
 //! or a payload key, identified by a digest of their content
@@ -21,11 +26,15 @@
 //! (see [`inbound`](crate::inbound)).
 
 mod keys;
+mod labels;
 mod layer;
 
+pub(crate) use self::keys::MessageKeys;
+pub use self::labels::MetricLabels;
 pub use self::layer::MetricsLayer;
 
-use std::sync::Once;
+use std::ops::Deref;
+use std::sync::{Arc, Once};
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
@@ -42,6 +51,8 @@ pub const HANDLER_DURATION: &str = "backstop_handler_duration_seconds";
 pub const IN_FLIGHT: &str = "backstop_in_flight";
 /// First deliveries of id-less, key-less messages acked as duplicates of an identical one.
 pub const DIGEST_ID_MERGES: &str = "backstop_digest_id_merges_total";
+/// 1 while a runner is ready (consuming), else 0.
+pub const READY: &str = "backstop_ready";
 
 /// Describes backstop's metrics to the installed recorder (once per process).
 pub fn describe() {
@@ -53,7 +64,15 @@ pub fn describe() {
             metrics::Unit::Seconds,
             "Time a message spent in the stack"
         );
-        metrics::describe_gauge!(IN_FLIGHT, "Messages being processed");
+        metrics::describe_gauge!(IN_FLIGHT, metrics::Unit::Count, "Messages being processed");
+        metrics::describe_gauge!(
+            READY,
+            "1 while the runner is ready (connected, consuming, not paused by the breaker), else 0"
+        );
+        metrics::describe_gauge!(
+            crate::runner::HALTED,
+            "1 while a runner is halted because a dead letter can never be written"
+        );
         metrics::describe_gauge!(
             crate::breaker::BREAKER_STATE,
             "The runner's kill switch: 0 closed, 1 half-open, 2 open, 3 paused"
@@ -77,28 +96,49 @@ pub fn label(result: &Result<Outcome, Error>) -> &'static str {
 #[derive(Clone, Debug)]
 pub struct Metrics<S> {
     inner: S,
+    keys: Arc<MessageKeys>,
 }
 
 impl<S> Metrics<S> {
-    /// Wraps `inner`.
+    /// Wraps `inner`; its metrics carry empty `source` and `group` labels.
     pub fn new(inner: S) -> Self {
+        Self::labelled(inner, &MetricLabels::default())
+    }
+
+    /// Wraps `inner`; its metrics carry `labels`.
+    pub fn labelled(inner: S, labels: &MetricLabels) -> Self {
         describe();
-        Metrics { inner }
+        Metrics {
+            inner,
+            keys: Arc::new(MessageKeys::new(labels)),
+        }
     }
 }
 
-struct InFlight;
+/// Counts a message in flight until it leaves (or is dropped).
+struct InFlight<K: Deref<Target = MessageKeys>>(Option<K>);
 
-impl InFlight {
-    fn enter() -> Self {
-        keys::in_flight(1.0);
-        InFlight
+impl<K: Deref<Target = MessageKeys>> InFlight<K> {
+    fn enter(keys: K) -> Self {
+        keys.in_flight(1.0);
+        InFlight(Some(keys))
+    }
+
+    /// No longer in flight; the keys, to record the outcome with.
+    fn leave(mut self) -> Option<K> {
+        let keys = self.0.take();
+        if let Some(keys) = &keys {
+            keys.in_flight(-1.0);
+        }
+        keys
     }
 }
 
-impl Drop for InFlight {
+impl<K: Deref<Target = MessageKeys>> Drop for InFlight<K> {
     fn drop(&mut self) {
-        keys::in_flight(-1.0);
+        if let Some(keys) = &self.0 {
+            keys.in_flight(-1.0);
+        }
     }
 }
 
@@ -116,7 +156,7 @@ where
     }
 
     fn call(&mut self, request: Request<T>) -> Self::Future {
-        let observation = Observation::start(&request);
+        let observation = Observation::start(&request, Arc::clone(&self.keys));
         let future = {
             let _entered = observation.span.enter();
             self.inner.call(request)
@@ -127,15 +167,16 @@ where
 
 /// One message's metrics and span; shared by [`Metrics`] and the stack's
 /// pipeline.
-pub(crate) struct Observation {
+pub(crate) struct Observation<K> {
     span: tracing::Span,
     may_merge: bool,
+    keys: K,
 }
 
-impl Observation {
+impl<K: Deref<Target = MessageKeys>> Observation<K> {
     /// Starts observing `request`: its span (`backstop.message`, a no-op
     /// without a subscriber that wants it).
-    pub(crate) fn start<T>(request: &Request<T>) -> Self {
+    pub(crate) fn start<T>(request: &Request<T>, keys: K) -> Self {
         let meta = &request.message().meta;
         let span = tracing::info_span!(
             "backstop.message",
@@ -147,7 +188,11 @@ impl Observation {
         let may_merge = meta.id_source == crate::IdSource::Digest
             && !meta.redelivered
             && request.payload_key().is_none();
-        Observation { span, may_merge }
+        Observation {
+            span,
+            may_merge,
+            keys,
+        }
     }
 
     /// Runs `run` inside the span, counting it in flight, then records
@@ -157,16 +202,22 @@ impl Observation {
     where
         Fut: std::future::Future<Output = Result<Outcome, Error>>,
     {
-        let Observation { span, may_merge } = self;
+        let Observation {
+            span,
+            may_merge,
+            keys,
+        } = self;
         let record = span.clone();
         async move {
-            let in_flight = InFlight::enter();
+            let in_flight = InFlight::enter(keys);
             let start = std::time::Instant::now();
             let result = run().await;
-            drop(in_flight);
+            let keys = in_flight.leave();
             let label = label(&result);
             record.record("outcome", label);
-            keys::keys_of(&result).record(start.elapsed().as_secs_f64());
+            if let Some(keys) = keys {
+                keys.of(&result).record(start.elapsed().as_secs_f64());
+            }
             if may_merge && matches!(result, Ok(Outcome::Duplicate)) {
                 metrics::counter!(DIGEST_ID_MERGES).increment(1);
                 tracing::info!("an id-less message was acked as a duplicate of an identical one");
@@ -242,6 +293,69 @@ mod tests {
             .find(|(k, _, _, _)| k.key().name() == IN_FLIGHT)
             .map(|(_, _, _, v)| v);
         assert!(matches!(gauge, Some(DebugValue::Gauge(g)) if g.into_inner() == 0.0));
+    }
+
+    /// A stack and its runner label every series with the consumer's source and group.
+    #[test]
+    fn a_labelled_stack_and_runner_record_source_and_group() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let broker = crate::memory::MemoryBroker::new();
+                for _ in 0..3 {
+                    broker
+                        .publish_now("orders", crate::Message::new(r#""x""#))
+                        .unwrap();
+                }
+                let source = broker.consume("orders", 2).until_drained();
+                let labels = source.metric_labels();
+                let stack = crate::StackBuilder::<String>::new(std::sync::Arc::new(
+                    broker.dead_letter_sink(),
+                ))
+                .metric_labels(labels.clone())
+                .build(crate::handler_fn(|_: String, _| async {
+                    Ok::<_, crate::HandlerError>(())
+                }));
+                crate::Runner::new(source, stack)
+                    .metric_labels(labels)
+                    .run()
+                    .await
+                    .unwrap();
+            });
+        });
+        let snapshot = snapshotter.snapshot().into_vec();
+        let labelled = |name: &str| {
+            snapshot.iter().find(|(k, _, _, _)| {
+                let key = k.key();
+                key.name() == name
+                    && key
+                        .labels()
+                        .any(|l| l.key() == "source" && l.value() == "orders")
+                    && key
+                        .labels()
+                        .any(|l| l.key() == "group" && l.value() == "orders")
+            })
+        };
+        assert!(
+            matches!(
+                labelled(MESSAGES_TOTAL),
+                Some((_, _, _, DebugValue::Counter(3)))
+            ),
+            "{snapshot:?}"
+        );
+        assert!(labelled(HANDLER_DURATION).is_some());
+        assert!(labelled(IN_FLIGHT).is_some());
+        assert!(labelled(crate::breaker::BREAKER_STATE).is_some());
+        // Drained and stopped: the runner is no longer ready.
+        assert!(matches!(
+            labelled(READY),
+            Some((_, _, _, DebugValue::Gauge(g))) if g.into_inner() == 0.0
+        ));
     }
 
     #[test]

@@ -17,11 +17,8 @@ pub(super) fn reason(result: &Result<Settled, AckError>) -> Option<String> {
     }
 }
 
-/// Sets the [`HALTED`] gauge.
-pub(super) fn record() {
-    metrics::describe_gauge!(
-        HALTED,
-        "1 while a runner is halted because a dead letter can never be written"
-    );
-    metrics::gauge!(HALTED).set(1.0);
+/// Sets the runner's [`HALTED`] gauge.
+pub(super) fn record(labels: &crate::metrics::MetricLabels) {
+    crate::metrics::describe();
+    labels.gauge(HALTED).set(1.0);
 }

@@ -42,12 +42,16 @@
 //! `SpoolingDeadLetterSink`), and as durable as the disk under the spool.
 
 mod halt;
+mod health;
 mod in_flight;
+mod liveness;
 mod readiness;
 mod source;
 mod summary;
 
 pub use self::halt::HALTED;
+pub use self::health::Health;
+pub use self::liveness::{BEAT_EVERY, Liveness};
 pub use self::readiness::Readiness;
 pub use self::source::{MissingDestinations, Source, SourceError};
 pub use self::summary::Summary;
@@ -60,7 +64,9 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower::{Service, ServiceExt};
 
 use self::in_flight::{Done, InFlight, Kind, Slot};
+use self::liveness::Pulse;
 use crate::breaker::{BREAKER_STATE, Breaker, BreakerConfig, BreakerState, BreakerWatch, Signal};
+use crate::metrics::{MetricLabels, READY};
 use crate::{AckError, Delivery, Settled};
 
 /// A run that could not go on.
@@ -96,6 +102,8 @@ pub struct Runner<Src, Svc> {
     deadline: Duration,
     shutdown: CancellationToken,
     readiness: Readiness,
+    health: Health,
+    labels: MetricLabels,
     breaker: Breaker,
     task_per_message: bool,
 }
@@ -108,13 +116,16 @@ where
 {
     /// A runner of `service` over `source`: concurrency 1, 30 s shutdown deadline.
     pub fn new(source: Src, service: Svc) -> Self {
+        let health = Health::default();
         Runner {
             source,
             service,
             concurrency: 1,
             deadline: Duration::from_secs(30),
             shutdown: CancellationToken::new(),
-            readiness: Readiness::default(),
+            readiness: health.readiness().clone(),
+            health,
+            labels: MetricLabels::default(),
             breaker: Breaker::default(),
             task_per_message: false,
         }
@@ -195,6 +206,21 @@ where
         self.readiness.clone()
     }
 
+    /// This runner's readiness and the liveness of its loops (for
+    /// `/readyz` and `/healthz`); see [`Health`].
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    /// Labels this runner's gauges (`backstop_ready`, `backstop_breaker_state`,
+    /// `backstop_runner_halted`) with its consumer's `source` and `group`;
+    /// see [`MetricLabels`]. Install the metrics recorder first.
+    #[must_use]
+    pub fn metric_labels(mut self, labels: MetricLabels) -> Self {
+        self.labels = labels;
+        self
+    }
+
     /// The token that shuts this runner down.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -240,6 +266,9 @@ where
 
     /// Runs until the source ends or shutdown; returns what happened.
     pub async fn run(mut self) -> Result<Summary, RunError> {
+        crate::metrics::describe();
+        self.readiness.report_to(self.labels.gauge(READY));
+        self.source.attach(&self.health);
         if let Err(source) = self.preflight().await {
             tracing::error!(error = %source, "the source cannot start");
             self.readiness.not_ready(format!("stopped: {source}"));
@@ -252,13 +281,17 @@ where
         }
         self.readiness.ready();
         let breaker = self.breaker.clone();
-        metrics::gauge!(BREAKER_STATE).set(breaker.state().gauge());
+        breaker.report_to(self.labels.gauge(BREAKER_STATE));
+        let driver = Liveness::new(format!("the driver loop of {:?}", self.labels.source()));
+        self.health.watch(driver.clone());
         let mut run = Run {
             in_flight: InFlight::new(self.task_per_message),
             summary: Summary::default(),
             breaker: breaker.clone(),
             halted: None,
             probing: false,
+            pulse: Pulse::new(driver.clone()),
+            tick: idle_tick(),
         };
         // One waiter on the shutdown token for the whole run, not one per wait.
         let stopping = self.shutdown.clone().cancelled_owned();
@@ -267,6 +300,7 @@ where
         let mut failure = None;
         let mut paused = false;
         loop {
+            run.pulse.turn();
             // Everything that finished, at once: cheaper than one turn of a
             // wait's select per completion (about 800 instructions per message).
             while let Some(done) = run.in_flight.try_next() {
@@ -309,6 +343,7 @@ where
                     () = states.changed(state) => {}
                     () = sleep_until(probe_at) => {}
                     Some(done) = run.in_flight.next() => run.record(done),
+                    _ = run.tick.tick() => run.pulse.beat(),
                 }
                 continue;
             }
@@ -320,11 +355,10 @@ where
             if state == BreakerState::HalfOpen {
                 self.readiness
                     .not_ready("consumption is probing: the breaker is half_open");
-            } else if !self.readiness.is_ready()
-                && self
-                    .readiness
-                    .get()
-                    .is_err_and(|why| why.starts_with("consumption"))
+            } else if self
+                .readiness
+                .run_state()
+                .is_err_and(|why| why.starts_with("consumption"))
             {
                 self.readiness.ready();
             }
@@ -365,6 +399,7 @@ where
                 Some(Ok(delivery)) => {
                     if state == BreakerState::Closed && !self.readiness.is_ready() {
                         self.readiness.ready();
+                        self.readiness.connected();
                     }
                     run.summary.received += 1;
                     let delivery = delivery.with_cancellation(self.shutdown.clone());
@@ -390,7 +425,7 @@ where
                 }
                 Some(Err(error)) => {
                     tracing::warn!(%error, "source interrupted; it reconnects");
-                    self.readiness.not_ready(error.to_string());
+                    self.readiness.disconnected(error.to_string());
                 }
             }
         }
@@ -404,6 +439,7 @@ where
         });
         run.drain(self.deadline).await;
         self.source.close().await;
+        driver.end();
         match failure {
             Some(source) => Err(RunError::Source {
                 source,
@@ -421,13 +457,20 @@ where
             %reason,
             "a dead letter can never be written; this runner stopped consuming its source and stays not ready until restarted"
         );
-        halt::record();
+        halt::record(&self.labels);
         self.readiness.not_ready(format!(
             "halted: a dead letter can never be written, the message stays on its source: {reason}"
         ));
         run.drain(self.deadline).await;
         self.source.close().await;
-        self.shutdown.cancelled().await;
+        // Halted is not stuck: the loop keeps beating until shutdown.
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => break,
+                _ = run.tick.tick() => run.pulse.beat(),
+            }
+        }
+        run.pulse.end();
         RunError::Halted {
             reason,
             summary: run.summary,
@@ -444,6 +487,17 @@ struct Run<F> {
     halted: Option<String>,
     /// True while the half-open breaker's probe is in flight.
     probing: bool,
+    /// The driver loop's liveness.
+    pulse: Pulse,
+    /// Beats the liveness while every wait is idle.
+    tick: tokio::time::Interval,
+}
+
+/// The idle loop's timer: fires every [`BEAT_EVERY`], late ticks skipped.
+fn idle_tick() -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(BEAT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tick
 }
 
 /// How a wait that polled in-flight work meanwhile ended.
@@ -484,6 +538,7 @@ where
                     }
                 }
                 got = &mut wanted, if self.in_flight.len() < room => return Waited::Got(got),
+                _ = self.tick.tick() => self.pulse.beat(),
             }
         }
     }
@@ -498,6 +553,7 @@ where
                 biased;
                 Some(done) = self.in_flight.next() => self.record(done),
                 got = &mut wanted => return got,
+                _ = self.tick.tick() => self.pulse.beat(),
             }
         }
     }
@@ -518,6 +574,7 @@ where
                         return Err(());
                     }
                 }
+                _ = self.tick.tick() => self.pulse.beat(),
             }
         }
         Ok(())
@@ -558,8 +615,15 @@ where
     /// (each dropped delivery is redelivered).
     async fn drain(&mut self, deadline: Duration) {
         let drained = tokio::time::timeout(deadline, async {
-            while let Some(done) = self.in_flight.next().await {
-                self.record(done);
+            loop {
+                tokio::select! {
+                    biased;
+                    done = self.in_flight.next() => match done {
+                        Some(done) => self.record(done),
+                        None => break,
+                    },
+                    _ = self.tick.tick() => self.pulse.beat(),
+                }
             }
         })
         .await;

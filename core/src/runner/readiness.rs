@@ -8,15 +8,34 @@ use std::sync::{Arc, Mutex};
 /// (the source reconnects with backoff), while its [breaker](crate::breaker)
 /// is open, half-open or paused, and after the run stopped, each with a
 /// reason. Cheap to clone; every clone sees the same state.
+///
+/// Two parts make it: the runner's own view (starting, breaker, stopped)
+/// and the connection's. A source that knows when it is connected reports
+/// it ([`connected`](Self::connected), [`disconnected`](Self::disconnected);
+/// see [`Source::attach`](super::Source::attach)), so a runner whose broker
+/// came back is ready again without waiting for a message; for any other
+/// source the runner infers the connection from what `next` returns.
 #[derive(Clone, Debug)]
 pub struct Readiness {
-    state: Arc<Mutex<Result<(), String>>>,
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Debug)]
+struct State {
+    run: Result<(), String>,
+    connection: Result<(), String>,
+    /// Called with every change of [`Readiness::get`]'s verdict.
+    gauge: Option<metrics::Gauge>,
 }
 
 impl Default for Readiness {
     fn default() -> Self {
         Readiness {
-            state: Arc::new(Mutex::new(Err("starting".to_owned()))),
+            state: Arc::new(Mutex::new(State {
+                run: Err("starting".to_owned()),
+                connection: Ok(()),
+                gauge: None,
+            })),
         }
     }
 }
@@ -27,16 +46,52 @@ impl Readiness {
         self.get().is_ok()
     }
 
-    /// `Ok` when ready, else why not.
+    /// `Ok` when ready, else why not (the runner's reason first).
     pub fn get(&self) -> Result<(), String> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let state = self.lock();
+        state.run.clone().and(state.connection.clone())
+    }
+
+    /// The source is connected and consuming.
+    pub fn connected(&self) {
+        self.update(|state| state.connection = Ok(()));
+    }
+
+    /// The source lost its broker (or has not joined yet), because `why`.
+    pub fn disconnected(&self, why: impl Into<String>) {
+        let why = why.into();
+        self.update(|state| state.connection = Err(why));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, change: impl FnOnce(&mut State)) {
+        let mut state = self.lock();
+        change(&mut state);
+        if let Some(gauge) = &state.gauge {
+            let ready = state.run.is_ok() && state.connection.is_ok();
+            gauge.set(if ready { 1.0 } else { 0.0 });
+        }
+    }
+
+    /// The runner's own part: `Ok` unless starting, paused by the breaker, halted or stopped.
+    pub(crate) fn run_state(&self) -> Result<(), String> {
+        self.lock().run.clone()
     }
 
     pub(crate) fn ready(&self) {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Ok(());
+        self.update(|state| state.run = Ok(()));
     }
 
     pub(crate) fn not_ready(&self, reason: impl Into<String>) {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Err(reason.into());
+        let reason = reason.into();
+        self.update(|state| state.run = Err(reason));
+    }
+
+    /// Mirrors the verdict into `gauge` (1 ready, 0 not) from now on.
+    pub(crate) fn report_to(&self, gauge: metrics::Gauge) {
+        self.update(|state| state.gauge = Some(gauge));
     }
 }

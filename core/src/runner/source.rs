@@ -1,5 +1,6 @@
 use std::future::Future;
 
+use super::Health;
 use crate::{BoxError, Delivery};
 
 /// Why a source could not yield a delivery.
@@ -78,6 +79,20 @@ pub trait Source: Send + 'static {
     /// Fetches again after [`pause`](Self::pause).
     fn resume(&mut self) -> impl Future<Output = ()> + Send {
         async {}
+    }
+
+    /// Called once by the runner before [`preflight`](Self::preflight),
+    /// with the runner's [`Health`]. A source that knows when it is
+    /// connected reports it on `health.readiness()`
+    /// ([`Readiness::connected`](super::Readiness::connected) /
+    /// [`disconnected`](super::Readiness::disconnected)), so the runner is
+    /// ready again as soon as its broker is back, even with no message to
+    /// deliver; a source that runs its own loop (a poll thread) registers
+    /// its [`Liveness`](super::Liveness) with [`Health::watch`]. The
+    /// default does neither: the runner infers the connection from what
+    /// [`next`](Self::next) returns.
+    fn attach(&mut self, health: &Health) {
+        let _ = health;
     }
 
     /// Stops consuming; unsettled deliveries go back to the broker. Called once by the runner.

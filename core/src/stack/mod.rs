@@ -92,6 +92,7 @@ pub struct StackBuilder<T> {
     nack_delay: Duration,
     max_payload: Option<usize>,
     innermost: Option<Wrap<T>>,
+    labels: crate::metrics::MetricLabels,
     _payload: PhantomData<fn() -> T>,
 }
 
@@ -106,6 +107,7 @@ impl<T> std::fmt::Debug for StackBuilder<T> {
             .field("postpone", &self.postpone.is_some())
             .field("nack_delay", &self.nack_delay)
             .field("max_payload", &self.max_payload)
+            .field("labels", &self.labels)
             .finish()
     }
 }
@@ -127,6 +129,7 @@ impl<T: Payload> StackBuilder<T> {
             nack_delay: Duration::from_secs(1),
             max_payload: None,
             innermost: None,
+            labels: crate::metrics::MetricLabels::default(),
             _payload: PhantomData,
         }
     }
@@ -158,6 +161,15 @@ impl<T: Payload> StackBuilder<T> {
         if let Some(bytes) = settings.max_payload_bytes {
             self.max_payload = Some(bytes);
         }
+        self
+    }
+
+    /// Labels this stack's metrics with its consumer's `source` and `group`
+    /// (see [`MetricLabels`](crate::metrics::MetricLabels); each source type
+    /// has a `metric_labels()`). Install the metrics recorder first.
+    #[must_use]
+    pub fn metric_labels(mut self, labels: crate::metrics::MetricLabels) -> Self {
+        self.labels = labels;
         self
     }
 
@@ -268,6 +280,7 @@ impl<T: Payload> StackBuilder<T> {
             policy: self.retry,
             retry_sink: self.retry_sink,
             timeout: self.timeout,
+            keys: crate::metrics::MessageKeys::new(&self.labels),
             attempt,
         };
         Stack {
@@ -327,7 +340,7 @@ impl<T: Payload> StackBuilder<T> {
         let settled = ServiceBuilder::new()
             .layer(ack)
             .layer(DecodeLayer::<T>::new(self.max_payload))
-            .layer(MetricsLayer::new())
+            .layer(MetricsLayer::labelled(self.labels))
             .service(deduped);
         Stack {
             inner: Arc::new(Layered(settled)),

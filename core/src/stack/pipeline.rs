@@ -14,7 +14,7 @@ use super::AttemptService;
 use crate::ack::{self, Start};
 use crate::dead_letter::Writer;
 use crate::idempotency::Deduper;
-use crate::metrics::Observation;
+use crate::metrics::{MessageKeys, Observation};
 use crate::retry::{self, RetryPolicy, RetrySink};
 use crate::{
     AckError, Delivery, Error, Handle, HandlerError, Outcome, Payload, Request, Settled, decode,
@@ -31,6 +31,7 @@ pub(super) struct Pipeline<T, H> {
     pub(super) policy: RetryPolicy,
     pub(super) retry_sink: Option<Arc<dyn RetrySink>>,
     pub(super) timeout: Option<Duration>,
+    pub(super) keys: MessageKeys,
     pub(super) attempt: Attempt<T, H>,
 }
 
@@ -57,7 +58,7 @@ impl<T: Payload, H: Handle<T>> Pipeline<T, H> {
     }
 
     async fn observed(&self, request: Request<T>) -> Result<Outcome, Error> {
-        Observation::start(&request)
+        Observation::start(&request, &self.keys)
             .observe(|| self.deduplicated(request))
             .await
     }

@@ -42,6 +42,7 @@ use std::time::Duration;
 use backstop::breaker::BreakerConfig;
 use backstop::idempotency::{self, KeyLayout, Namespaced};
 use backstop::memory::MemoryBroker;
+use backstop::metrics::MetricLabels;
 use backstop::{
     BoxError, Context, DeadLetterSink, Handle, KeySource, MemoryStore, Message, Payload,
     RetryPolicy, RetrySink, Runner, Source, Stack, StackBuilder, Store, Summary,
@@ -51,6 +52,7 @@ use backstop_config::{
     StoreKind as ConfiguredStore, WorkerConfig,
 };
 use backstop_kafka::{Kafka, KafkaOption, TopicSpec};
+use backstop_ops::Operations;
 use backstop_postgres::{Inbox, InboxTx, PgConfig, PostgresStore};
 use backstop_rabbitmq::{RabbitMq, Topology};
 use clap::{Parser, ValueEnum};
@@ -383,11 +385,13 @@ async fn stack(
     dead_letter: Arc<dyn DeadLetterSink>,
     retry: Option<Arc<dyn RetrySink>>,
     postpone: Option<Arc<dyn RetrySink>>,
+    labels: MetricLabels,
 ) -> Result<Stack, BoxError> {
     let settings = &source.settings;
     let store_config = &config.store;
     let mut ledger = Ledger::None;
     let mut builder = StackBuilder::<Order>::new(dead_letter)
+        .metric_labels(labels)
         .retry(RetryPolicy {
             max_attempts: settings.max_attempts,
             ..RetryPolicy::default().backoff(settings.backoff_initial, settings.backoff_max)
@@ -532,15 +536,23 @@ impl RunnerSettings {
 }
 
 /// Starts one source's runner; every runner stops on the same signal.
+#[allow(clippy::too_many_arguments)]
 fn spawn<S: Source + Send + 'static>(
     runners: &mut JoinSet<(String, Result<Summary, BoxError>)>,
+    ops: Option<&Operations>,
     name: String,
     source: S,
+    labels: MetricLabels,
     stack: Stack,
     concurrency: usize,
     settings: RunnerSettings,
 ) {
-    let mut runner = Runner::new(source, stack).concurrency(concurrency);
+    let mut runner = Runner::new(source, stack)
+        .concurrency(concurrency)
+        .metric_labels(labels);
+    if let Some(ops) = ops {
+        ops.watch(name.clone(), runner.health());
+    }
     if let Some(breaker) = settings.breaker {
         runner = runner.with_breaker(breaker);
     }
@@ -575,13 +587,20 @@ async fn join(
 }
 
 async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Summary)>, BoxError> {
-    if let Some(addr) = config.telemetry.metrics_addr {
-        // One endpoint for every source of the process.
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(addr)
-            .install()?;
-        backstop::metrics::describe();
-    }
+    // One operations server (/metrics, /healthz, /readyz) for every source
+    // of the process; the recorder before any stack, so their handles record.
+    let (ops, _server) = match config.telemetry.metrics_addr {
+        Some(addr) => {
+            let mut ops = Operations::with_prometheus()?;
+            if let Some(secs) = config.telemetry.stuck_after_secs {
+                ops = ops.stuck_after(Duration::from_secs(secs));
+            }
+            let server = ops.bind(addr).await?;
+            (Some(ops), Some(server))
+        }
+        None => (None, None),
+    };
+    let ops = ops.as_ref();
     let sources = config.sources();
     let settings = RunnerSettings::of(&config);
     let mut runners = JoinSet::new();
@@ -592,6 +611,8 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
                 for m in sample_orders(args.publish) {
                     broker.publish_now(&source.queue, m)?;
                 }
+                let consumer = broker.consume(&source.queue, source.settings.concurrency);
+                let labels = consumer.metric_labels();
                 let stack = stack(
                     &args,
                     &config,
@@ -599,23 +620,26 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
                     Arc::new(broker.dead_letter_sink()),
                     Some(Arc::new(broker.retry_sink())),
                     None,
+                    labels.clone(),
                 )
                 .await?;
-                let consumer = broker.consume(&source.queue, source.settings.concurrency);
                 let name = source.name.clone();
                 let concurrency = source.settings.concurrency;
-                if args.until_drained {
-                    spawn(
-                        &mut runners,
-                        name,
-                        consumer.until_drained(),
-                        stack,
-                        concurrency,
-                        settings,
-                    );
+                let consumer = if args.until_drained {
+                    consumer.until_drained()
                 } else {
-                    spawn(&mut runners, name, consumer, stack, concurrency, settings);
-                }
+                    consumer
+                };
+                spawn(
+                    &mut runners,
+                    ops,
+                    name,
+                    consumer,
+                    labels,
+                    stack,
+                    concurrency,
+                    settings,
+                );
             }
             let summaries = join(runners).await?;
             for source in &sources {
@@ -643,6 +667,11 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
                 for m in sample_orders(args.publish) {
                     backstop::Publisher::publish(&publisher, &source.queue, &m).await?;
                 }
+                let consumer = rabbit
+                    .source(&source.queue, source.settings.concurrency)
+                    .await?
+                    .consumer_timeout(Duration::from_millis(config.broker.consumer_timeout_ms));
+                let labels = consumer.metric_labels();
                 let stack = stack(
                     &args,
                     &config,
@@ -651,16 +680,15 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
                     Some(Arc::new(rabbit.retry_sink())),
                     // Quorum queue: an outage goes to the delay queue, never a requeue.
                     Some(Arc::new(rabbit.retry_sink())),
+                    labels.clone(),
                 )
                 .await?;
-                let consumer = rabbit
-                    .source(&source.queue, source.settings.concurrency)
-                    .await?
-                    .consumer_timeout(Duration::from_millis(config.broker.consumer_timeout_ms));
                 spawn(
                     &mut runners,
+                    ops,
                     source.name.clone(),
                     consumer,
+                    labels,
                     stack,
                     source.settings.concurrency,
                     settings,
@@ -695,6 +723,9 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
                         backstop::Publisher::publish(&publisher, &source.queue, &m).await?;
                     }
                 }
+                let consumer =
+                    kafka.source(&[source.queue.as_str()], source.settings.concurrency)?;
+                let labels = consumer.metric_labels();
                 let stack = stack(
                     &args,
                     &config,
@@ -702,14 +733,15 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
                     Arc::new(kafka.dead_letter_sink()?),
                     Some(Arc::new(kafka.retry_sink()?)),
                     None,
+                    labels.clone(),
                 )
                 .await?;
-                let consumer =
-                    kafka.source(&[source.queue.as_str()], source.settings.concurrency)?;
                 spawn(
                     &mut runners,
+                    ops,
                     source.name.clone(),
                     consumer,
+                    labels,
                     stack,
                     source.settings.concurrency,
                     settings,
