@@ -46,9 +46,14 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use backstop::runner::Health;
-use metrics_exporter_prometheus::{BuildError, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+/// The buckets of every `*_seconds` histogram: 1 ms to 5 min.
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
 
 /// Why the operations server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +106,11 @@ impl Operations {
     /// runners: their metric handles are registered with the recorder
     /// installed when they are made.
     pub fn with_prometheus() -> Result<Self, OpsError> {
-        let handle = PrometheusBuilder::new().install_recorder()?;
+        // Durations as histograms (buckets), so dashboards can aggregate
+        // quantiles across workers; the exporter's default is a summary.
+        let handle = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS_BUCKETS)?
+            .install_recorder()?;
         backstop::metrics::describe();
         Ok(Self::with_metrics(handle))
     }

@@ -268,6 +268,8 @@ where
     pub async fn run(mut self) -> Result<Summary, RunError> {
         crate::metrics::describe();
         self.readiness.report_to(self.labels.gauge(READY));
+        // Exported from the start (at 0), so an alert sees the first halt.
+        self.labels.gauge(HALTED).set(0.0);
         self.source.attach(&self.health);
         if let Err(source) = self.preflight().await {
             tracing::error!(error = %source, "the source cannot start");
