@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use backstop::{Message, Outcome, Publisher};
+use backstop::{Message, Publisher};
 use backstop_kafka::Kafka;
 use backstop_rabbitmq::RabbitMq;
 use backstop_rabbitmq::lapin::options::QueueDeleteOptions;
@@ -100,7 +100,8 @@ fn every_alert_is_tested_both_ways_and_documented() {
     let alerts = ops::alerts(&read(RULES));
     assert!(!alerts.is_empty(), "no alert in {RULES}");
     let cases = ops::alert_cases(&read(RULE_TESTS));
-    let anchors = ops::heading_anchors(&read("README.md"));
+    let readme = read("README.md");
+    let anchors = ops::heading_anchors(&readme);
     let mut problems = Vec::new();
     for alert in &alerts {
         let name = &alert.name;
@@ -134,6 +135,16 @@ fn every_alert_is_tested_both_ways_and_documented() {
             other => problems.push(format!(
                 "{name}: runbook {other:?} is no heading of README.md"
             )),
+        }
+        // The runbook's table says what the rules say.
+        let row = format!(
+            "| {name} | `{}` | {} | {} |",
+            alert.expr,
+            alert.for_.as_deref().unwrap_or("-"),
+            alert.fields.get("severity").map_or("-", String::as_str)
+        );
+        if !readme.contains(&row) {
+            problems.push(format!("README.md has no row {row}"));
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
@@ -210,16 +221,12 @@ impl Scraped {
         }
     }
 
-    /// Reads `/metrics` once, adding what it shows.
-    async fn scrape(&mut self) -> bool {
-        let Some(text) = scrape::metrics(self.worker.metrics_addr()).await else {
-            return false;
-        };
-        for (family, kind) in ops::families(&text) {
-            self.families.insert(family, kind);
+    /// Reads `/metrics` once, adding what it shows (nothing if it did not answer).
+    async fn scrape(&mut self) {
+        if let Some(text) = scrape::metrics(self.worker.metrics_addr()).await {
+            self.families.extend(ops::families(&text));
+            self.last = text;
         }
-        self.last = text;
-        true
     }
 
     /// The `backstop_messages_total` count of the outcome `label` in the last scrape.
@@ -233,12 +240,13 @@ impl Scraped {
             .sum()
     }
 
+    /// The counts of the last scrape (the labels: `backstop::metrics`).
     fn counts(&self) -> Counts {
         Counts {
-            handled: self.count(Outcome::Handled.label()),
+            handled: self.count("handled"),
             dead_lettered: self.count("dead_lettered"),
             deferred: self.count("deferred"),
-            duplicate: self.count(Outcome::Duplicate.label()),
+            duplicate: self.count("duplicate"),
             nacked: self.count("nacked"),
         }
     }
