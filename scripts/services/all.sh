@@ -30,7 +30,9 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 t_all=$EPOCHREALTIME
 # libssl-dev: librdkafka is built against the system OpenSSL (rdkafka's `ssl`).
-pkgs=(postgresql redis-server rabbitmq-server curl openssl libssl-dev pkg-config)
+# prometheus: its promtool checks and tests the alert rules (tests/tests/dashboards.rs);
+# the server it also installs is never started here.
+pkgs=(postgresql redis-server rabbitmq-server curl openssl libssl-dev pkg-config prometheus)
 command -v java >/dev/null || pkgs+=(default-jre-headless)
 command -v mvn >/dev/null || pkgs+=(maven)
 t=$EPOCHREALTIME

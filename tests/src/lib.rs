@@ -5,11 +5,14 @@
 //! PostgreSQL ledger in a schema of their own ([`ledger`]), publish a mix of
 //! orders ([`orders`]), read each worker's metrics while it runs ([`scrape`])
 //! and print Jepsen-style counts ([`report`]).
+//! `tests/dashboards.rs` reads the Grafana dashboard and the alert rules
+//! ([`ops`]) and checks them against promtool and a worker's `/metrics`.
 
 pub mod cluster;
 pub mod fault;
 pub mod fleet;
 pub mod ledger;
+pub mod ops;
 pub mod orders;
 pub mod report;
 pub mod scrape;

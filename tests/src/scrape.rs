@@ -69,15 +69,21 @@ async fn read_duplicates(addr: SocketAddr) -> Option<u64> {
 /// `backstop_messages_total` samples for `outcome`, or none when the
 /// endpoint did not answer.
 pub async fn messages(addr: SocketAddr, outcome: Outcome) -> Option<u64> {
+    Some(parse_messages(&metrics(addr).await?, outcome))
+}
+
+/// One `GET /metrics` from `addr` (at most 1 s): the response, headers
+/// and the Prometheus text, or none when the endpoint did not answer.
+pub async fn metrics(addr: SocketAddr) -> Option<String> {
     let read = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
         stream
             .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
             .await
             .ok()?;
-        let mut body = String::new();
-        stream.read_to_string(&mut body).await.ok()?;
-        Some(parse_messages(&body, outcome))
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        Some(response)
     };
     tokio::time::timeout(Duration::from_secs(1), read)
         .await
