@@ -59,11 +59,6 @@ where
 pub(crate) fn request<T: Payload>(received: Received, max_payload: Option<usize>) -> Request<T> {
     let mut request = Request::decode(received.message, received.cancel, max_payload);
     request.set_deadline(received.deadline);
-    crate::lifecycle::decoded(
-        &request.message().meta,
-        request.attempt(),
-        request.payload().err(),
-    );
     request
 }
 

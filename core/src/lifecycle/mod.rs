@@ -12,7 +12,7 @@
 //! | field | type | what |
 //! |---|---|---|
 //! | `message_id` | text | [`Meta::message_id`](crate::Meta#structfield.message_id) |
-//! | `source` | text | the queue or topic the message was consumed from ([`Meta::source`](crate::Meta#structfield.source)) |
+//! | `source` | text | the queue or topic the message was consumed from ([`Meta::source`](crate::Meta#structfield.source); for a copy consumed from a Kafka retry topic, that topic) |
 //! | `partition` | i32 | the Kafka partition; absent elsewhere |
 //! | `offset` | i64 | the Kafka offset; absent elsewhere |
 //! | `delivery_tag` | u64 | the AMQP (or in-memory) delivery tag; absent on Kafka |
@@ -36,16 +36,34 @@
 //! `kind` is an [`ErrorKind`] wire name (the kind a dead letter would
 //! carry; a plain transient error is `exhausted`), or `unavailable` for
 //! [`HandlerError::Unavailable`] (no attempt spent); `transient` is true
-//! when the error is retried. A settlement the broker refused emits
-//! nothing of its own: the runner logs it.
+//! for an error of the retried kind (whether or not attempts remain). A
+//! settlement the broker refused emits nothing of its own: the runner logs
+//! it. `claimed` and `duplicate` come only with an idempotency store and a
+//! key; a body that does not decode still has its attempt, which fails as
+//! `decode` without running the handler.
+//!
+//! A message handled at once, with a store:
+//!
+//! ```text
+//! received attempt=1 → decoded attempt=1 → claimed attempt=1 → attempt_started attempt=1 → acked outcome=handled
+//! ```
+//!
+//! and one that fails once, transiently: `… attempt_started attempt=1 →
+//! attempt_failed attempt=1 kind=exhausted transient=true →
+//! attempt_started attempt=2 → acked outcome=handled`.
 //!
 //! The events come from the functions the stack's pipeline and the tower
-//! layers share ([`ack`](crate::ack), [`decode`](crate::decode),
+//! layers share ([`ack`](crate::ack), [`Request::decode`](crate::Request::decode),
 //! [`idempotency`](crate::idempotency), [`retry`](crate::retry),
 //! [`dead_letter`](crate::dead_letter)), so both emit the same sequence.
-//! Disabled by level (any subscriber at `info`), they cost a level check
-//! each, a few instructions per message in all (`BENCH-INSTR-LIFECYCLE` in
-//! `benches/instr.rs`).
+//! Disabled by level (no subscriber, or one at `info`), each costs a
+//! check of the global level and nothing else: the steps of a handled
+//! message are within the instruction bench's noise (`cargo bench -p
+//! backstop --bench instr`; its `BENCH-INSTR-LIFECYCLE` line runs
+//! `stack_memory_store` with an `info` fmt subscriber). What that line's
+//! difference over `stack_memory_store` shows is the
+//! [`metrics`](crate::metrics) span `backstop.message`, which is at
+//! `info`.
 
 use tracing::Level;
 use tracing::level_filters::{LevelFilter, STATIC_MAX_LEVEL};
@@ -184,9 +202,7 @@ pub(crate) fn dead_lettered(meta: &Meta, attempt: u32, kind: ErrorKind) {
 /// Emits `acked`, for a message the settlement kept (see [`received`]).
 #[inline]
 pub(crate) fn acked(message: Option<&Message>, outcome: &Outcome) {
-    if let Some(message) = message
-        && on()
-    {
+    if let Some(message) = message {
         acked_event(&message.meta, outcome);
     }
 }
