@@ -12,9 +12,10 @@ use tracing_subscriber::{Layer, registry};
 
 use super::TARGET;
 use crate::memory::MemoryBroker;
+use crate::testing::Order;
 use crate::{
-    Context, DecodeError, HandlerError, KeySource, MemoryStore, Message, Payload, RetryPolicy,
-    Runner, StackBuilder, handler_fn,
+    Context, HandlerError, KeySource, MemoryStore, Message, RetryPolicy, Runner, StackBuilder,
+    handler_fn,
 };
 
 /// One captured lifecycle event: its name and its fields as text.
@@ -66,21 +67,6 @@ impl<S: tracing::Subscriber> Layer<S> for Capture {
                 fields: fields.0,
             });
         }
-    }
-}
-
-#[derive(Clone, Debug, serde::Deserialize)]
-struct Order {
-    order_id: String,
-    amount: i64,
-}
-
-impl Payload for Order {
-    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        crate::payload::json(bytes)
-    }
-    fn key(&self) -> Option<String> {
-        Some(self.order_id.clone())
     }
 }
 
