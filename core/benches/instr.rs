@@ -16,9 +16,19 @@
 //! BENCH-INSTR<TAB>name<TAB>instructions_per_msg<TAB>allocations_per_msg
 //! ```
 //!
-//! named `bare_loop`, `stack_no_store` and `stack_memory_store`, and exits
-//! non-zero when valgrind is missing. The counting allocator adds a few
-//! instructions per allocation to every row (a relaxed atomic add or two).
+//! named `bare_loop`, `stack_no_store` and `stack_memory_store`, then one
+//! line of its own for the cost of tracing with a subscriber installed:
+//!
+//! ```text
+//! BENCH-INSTR-LIFECYCLE<TAB>stack_memory_store_info_subscriber<TAB>instructions_per_msg<TAB>allocations_per_msg<TAB>instructions_over_stack_memory_store
+//! ```
+//!
+//! (`stack_memory_store` run the same way with the application's usual
+//! `tracing_subscriber::fmt` subscriber at `info` installed as the global
+//! default in the measured child; its allocations are counted with the
+//! same subscriber as the thread's default), and exits non-zero when
+//! valgrind is missing. The counting allocator adds a few instructions per
+//! allocation to every row (a relaxed atomic add or two).
 
 use std::alloc::System;
 use std::path::Path;
@@ -58,27 +68,47 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let mut status = ExitCode::SUCCESS;
+    let mut memory_store = None;
     for scenario in Scenario::ALL {
-        let instructions = instructions(scenario, SMALL, &dir)
-            .and_then(|small| Ok((small, instructions(scenario, LARGE, &dir)?)));
-        let (small, large) = match instructions {
-            Ok(pair) => pair,
+        match measure(scenario, &dir) {
+            Ok((instructions, allocations)) => {
+                println!(
+                    "BENCH-INSTR\t{}\t{instructions:.0}\t{allocations:.1}",
+                    scenario.name(),
+                );
+                if scenario == Scenario::StackMemoryStore {
+                    memory_store = Some(instructions);
+                }
+            }
             Err(e) => {
                 eprintln!("instr: {}: {e}", scenario.name());
                 status = ExitCode::FAILURE;
-                continue;
             }
-        };
-        let allocations = slope(allocations(scenario, SMALL), allocations(scenario, LARGE));
-        println!(
-            "BENCH-INSTR\t{}\t{:.0}\t{:.1}",
-            scenario.name(),
-            slope(small, large),
-            allocations
-        );
+        }
+    }
+    let lifecycle = Scenario::LIFECYCLE;
+    match (measure(lifecycle, &dir), memory_store) {
+        (Ok((instructions, allocations)), Some(base)) => println!(
+            "BENCH-INSTR-LIFECYCLE\t{}\t{instructions:.0}\t{allocations:.1}\t{:.0}",
+            lifecycle.name(),
+            instructions - base,
+        ),
+        (Err(e), _) => {
+            eprintln!("instr: {}: {e}", lifecycle.name());
+            status = ExitCode::FAILURE;
+        }
+        (Ok(_), None) => status = ExitCode::FAILURE,
     }
     let _ = std::fs::remove_dir_all(&dir);
     status
+}
+
+/// A scenario's instructions and allocations per message.
+fn measure(scenario: Scenario, dir: &Path) -> Result<(f64, f64), String> {
+    let small = instructions(scenario, SMALL, dir)?;
+    let large = instructions(scenario, LARGE, dir)?;
+    let allocations = slope(allocations(scenario, SMALL), allocations(scenario, LARGE));
+    Ok((slope(small, large), allocations))
 }
 
 /// `(large − small) / (LARGE − SMALL)`.
@@ -95,6 +125,12 @@ fn child(spec: &str) -> ExitCode {
         eprintln!("instr: bad {CHILD}={spec:?} (want <scenario>:<n>)");
         return ExitCode::FAILURE;
     };
+    if scenario.wants_subscriber()
+        && let Err(e) = tracing::subscriber::set_global_default(drain::info_subscriber())
+    {
+        eprintln!("instr: cannot install the subscriber: {e}");
+        return ExitCode::FAILURE;
+    }
     drain::drain_queue(drain::prepare(scenario, n));
     ExitCode::SUCCESS
 }
@@ -137,7 +173,14 @@ fn instructions(scenario: Scenario, n: u64, dir: &Path) -> Result<u64, String> {
 /// Allocations made while draining `n` messages, in this process.
 fn allocations(scenario: Scenario, n: u64) -> u64 {
     let prepared = drain::prepare(scenario, n);
-    let region = Region::new(GLOBAL);
-    drain::drain_queue(prepared);
-    region.change().allocations as u64
+    let drain = || {
+        let region = Region::new(GLOBAL);
+        drain::drain_queue(prepared);
+        region.change().allocations as u64
+    };
+    if scenario.wants_subscriber() {
+        tracing::subscriber::with_default(drain::info_subscriber(), drain)
+    } else {
+        drain()
+    }
 }

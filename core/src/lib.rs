@@ -56,6 +56,7 @@ pub mod handler;
 pub mod headers;
 pub mod idempotency;
 pub mod inbound;
+pub mod lifecycle;
 pub mod memory;
 pub mod message;
 pub mod metrics;

@@ -39,7 +39,8 @@ impl<T> Clone for Request<T> {
 }
 
 impl<T: Payload> Request<T> {
-    /// Decodes `message` (at most `max_payload` bytes) and extracts its key.
+    /// Decodes `message` (at most `max_payload` bytes) and extracts its key
+    /// (the [`decoded`](crate::lifecycle) lifecycle event).
     pub fn decode(
         message: impl Into<Arc<Message>>,
         cancel: CancellationToken,
@@ -66,6 +67,7 @@ impl<T: Payload> Request<T> {
         } else {
             attempt::FIRST
         };
+        crate::lifecycle::decoded(&message.meta, attempt, payload.as_ref().err());
         Request {
             message,
             payload: Arc::new(payload),
@@ -147,6 +149,7 @@ impl<T> Request<T> {
     }
 
     /// The handler's context for this attempt.
+    #[inline]
     pub fn context(&self) -> Context {
         Context::new(
             Arc::clone(&self.message),

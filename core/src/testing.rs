@@ -11,6 +11,25 @@ use crate::dead_letter::DeadLetterSink;
 use crate::retry::RetrySink;
 use crate::{HandlerError, Message, PublishError, Request, SinkError};
 
+/// An order from JSON, keyed by its `order_id`: the payload of the
+/// whole-stack tests.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub(crate) struct Order {
+    /// The idempotency key.
+    pub(crate) order_id: String,
+    /// What the tests' handlers decide by.
+    pub(crate) amount: i64,
+}
+
+impl crate::Payload for Order {
+    fn decode(bytes: &[u8]) -> Result<Self, crate::DecodeError> {
+        crate::payload::json(bytes)
+    }
+    fn key(&self) -> Option<String> {
+        Some(self.order_id.clone())
+    }
+}
+
 /// A request for a `String` payload.
 pub(crate) fn request(body: &str) -> Request<String> {
     let mut m = Message::new(body.to_owned()).with_message_id(format!("id-{body}"));

@@ -3,8 +3,10 @@
 //!
 //! A queue of the in-memory broker is pre-filled with `n` orders
 //! (`{"id":…,"amount":…}`, decoded from JSON, the idempotency key is `id`),
-//! then drained on a current-thread runtime, with no metrics recorder and
-//! no tracing subscriber, by one of three [`Scenario`]s. Everything the
+//! then drained on a current-thread runtime, with no metrics recorder, by
+//! one of the [`Scenario`]s: the three of [`Scenario::ALL`] with no
+//! tracing subscriber, and [`Scenario::LIFECYCLE`] with the subscriber of
+//! [`info_subscriber`] installed by the caller. Everything the
 //! drain does runs inside [`drain_queue`], which the callgrind run toggles
 //! collection on; what is set up once (the broker, the filled queue, the
 //! stack, the runtime) is outside it, and costs that do not grow with `n`
@@ -58,6 +60,10 @@ pub(crate) enum Scenario {
     StackNoStore,
     /// `Runner` + the full stack with a `MemoryStore` keyed by `id`.
     StackMemoryStore,
+    /// `StackMemoryStore` with an `info` subscriber installed (see
+    /// [`info_subscriber`]): what the per-message debug events cost when
+    /// they are disabled by level.
+    StackMemoryStoreInfoSubscriber,
 }
 
 impl Scenario {
@@ -68,19 +74,42 @@ impl Scenario {
         Scenario::StackMemoryStore,
     ];
 
+    /// The scenario of the `BENCH-INSTR-LIFECYCLE` line, measured against
+    /// `StackMemoryStore`.
+    pub(crate) const LIFECYCLE: Scenario = Scenario::StackMemoryStoreInfoSubscriber;
+
     /// The row name.
     pub(crate) fn name(self) -> &'static str {
         match self {
             Scenario::BareLoop => "bare_loop",
             Scenario::StackNoStore => "stack_no_store",
             Scenario::StackMemoryStore => "stack_memory_store",
+            Scenario::StackMemoryStoreInfoSubscriber => "stack_memory_store_info_subscriber",
         }
     }
 
     /// The scenario named `name`.
     pub(crate) fn parse(name: &str) -> Option<Scenario> {
-        Scenario::ALL.into_iter().find(|s| s.name() == name)
+        Scenario::ALL
+            .into_iter()
+            .chain([Scenario::LIFECYCLE])
+            .find(|s| s.name() == name)
     }
+
+    /// True when the caller installs [`info_subscriber`] around the drain.
+    pub(crate) fn wants_subscriber(self) -> bool {
+        self == Scenario::StackMemoryStoreInfoSubscriber
+    }
+}
+
+/// The subscriber of [`Scenario::StackMemoryStoreInfoSubscriber`]: the fmt
+/// subscriber an application installs, at `info`, writing to
+/// [`std::io::sink`] (every line it emits is formatted, none is written).
+pub(crate) fn info_subscriber() -> impl tracing::Subscriber + Send + Sync {
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(std::io::sink)
+        .finish()
 }
 
 /// A filled queue and what drains it, built outside the measured region.
@@ -109,7 +138,7 @@ pub(crate) fn prepare(scenario: Scenario, n: u64) -> Prepared {
     let stack = match scenario {
         Scenario::BareLoop => None,
         Scenario::StackNoStore => Some(builder.build(handler_fn(handle))),
-        Scenario::StackMemoryStore => Some(
+        Scenario::StackMemoryStore | Scenario::StackMemoryStoreInfoSubscriber => Some(
             builder
                 .idempotency(
                     Arc::new(MemoryStore::new(

@@ -30,7 +30,7 @@ use tower::Service;
 
 use self::postpone::Postponer;
 use crate::retry::RetrySink;
-use crate::{AckError, AckHandle, Delivery, Error, Outcome, Received};
+use crate::{AckError, AckHandle, Delivery, Error, Outcome, Received, lifecycle};
 
 /// How a delivery was settled.
 #[derive(Debug)]
@@ -161,7 +161,8 @@ pub(crate) fn start(
     let deadline = delivery.deadline();
     let postpone_now = delivery.is_postponed();
     let (message, acker, shutdown) = delivery.into_parts();
-    let postponer = Postponer::new(postpone, &message, nack_delay);
+    let traced = lifecycle::received(&message.meta);
+    let postponer = Postponer::new(postpone, &message, traced, nack_delay);
     if postpone_now {
         return Start::Postpone(Postponing { postponer, acker });
     }
@@ -242,6 +243,7 @@ impl Running {
         match result {
             Ok(outcome) => {
                 acker.ack().await?;
+                lifecycle::acked(postponer.message(), &outcome);
                 Ok(Settled::Acked(outcome))
             }
             Err(error) if out_of_time || (postponer.has_sink() && error.postpones()) => {
@@ -252,6 +254,7 @@ impl Running {
                     tokio::time::sleep(crate::retry::equal_jitter(nack_delay)).await;
                 }
                 acker.nack(true).await?;
+                lifecycle::nacked(postponer.message(), &error);
                 Ok(Settled::Nacked(error))
             }
         }

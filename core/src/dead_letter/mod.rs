@@ -178,6 +178,7 @@ impl Writer {
             });
         }
         self.pending.forget(message);
+        crate::lifecycle::dead_lettered(&message.meta, failure.attempts, failure.kind);
         tracing::warn!(
             message_id = %message.meta.message_id,
             source = %message.meta.source,

@@ -273,7 +273,7 @@ impl Deduper {
         let mut claimed = tokio::time::Instant::now();
         let mut lease = match claim(&**store, &keys, &owner, config.lease, replay).await {
             Ok(lease) => lease,
-            Err(end) => return end,
+            Err(end) => return claim_ended(&request, end),
         };
         let (_shared, _alone) = if lease.crashed {
             // A suspect runs alone. It waits for that without a lease:
@@ -286,7 +286,7 @@ impl Deduper {
             claimed = tokio::time::Instant::now();
             lease = match claim(&**store, &keys, &owner, config.lease, replay).await {
                 Ok(lease) => lease,
-                Err(end) => return end,
+                Err(end) => return claim_ended(&request, end),
             };
             request.extensions.insert(Suspect {
                 failed_runs: lease.failed_runs,
@@ -296,6 +296,7 @@ impl Deduper {
             (Some(shared), None)
         };
         request.confirm_failed_runs(lease.failed_runs);
+        crate::lifecycle::claimed(&request.message().meta, request.attempt());
         if let Some(failure) = lease.letter.take() {
             // The run failed before and its letter is still to be written:
             // the dead-letter layer writes only that letter.
@@ -330,6 +331,15 @@ impl Deduper {
         }
         result
     }
+}
+
+/// The end of a message's way through the layer that its claim decided
+/// (a duplicate, a busy key, a store that is down), with its lifecycle event.
+fn claim_ended<T>(request: &Request<T>, end: Result<Outcome, Error>) -> Result<Outcome, Error> {
+    if let Ok(Outcome::Duplicate) = end {
+        crate::lifecycle::duplicate(&request.message().meta);
+    }
+    end
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! Metrics and tracing: counts by outcome, handler duration, in-flight gauge,
-//! and a span per message carrying its id.
+//! and a span per message carrying its id (`backstop.message`, at `info`).
+//! Each step of a message is a `debug` event of its own: see
+//! [`lifecycle`](crate::lifecycle).
 //!
 //! Through the [`metrics`] facade; install any recorder (Prometheus, …).
 //!

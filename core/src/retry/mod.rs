@@ -146,11 +146,13 @@ where
         .unwrap_or_default();
     loop {
         request.set_attempt(attempt);
+        crate::lifecycle::attempt_started(&request.message().meta, attempt);
         let result = attempt_fn(request.clone()).await;
         let error = match result {
             Ok(()) => return Ok(Outcome::Handled),
             Err(error) => error,
         };
+        crate::lifecycle::attempt_failed(&request.message().meta, attempt, &error);
         let error = match error {
             HandlerError::Unavailable { source } => return Err(Error::Unavailable(source)),
             other => other,
@@ -217,6 +219,7 @@ where
                         });
                     }
                 }
+                crate::lifecycle::deferred(&request.message().meta, attempt + 1);
                 return Ok(Outcome::Deferred {
                     attempt: attempt + 1,
                     due,

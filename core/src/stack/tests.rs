@@ -5,25 +5,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::memory::MemoryBroker;
+use crate::testing::Order;
 use crate::{
-    Context, DecodeError, HandlerError, KeySource, MemoryStore, Message, Payload, RetryPolicy,
-    Runner, StackBuilder, Summary, handler_fn, wire,
+    Context, HandlerError, KeySource, MemoryStore, Message, RetryPolicy, Runner, StackBuilder,
+    Summary, handler_fn, wire,
 };
-
-#[derive(Clone, Debug, serde::Deserialize)]
-struct Order {
-    order_id: String,
-    amount: i64,
-}
-
-impl Payload for Order {
-    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        crate::payload::json(bytes)
-    }
-    fn key(&self) -> Option<String> {
-        Some(self.order_id.clone())
-    }
-}
 
 fn order(id: &str, amount: i64) -> Message {
     Message::new(format!(r#"{{"order_id":"{id}","amount":{amount}}}"#))

@@ -1,0 +1,302 @@
+//! The lifecycle events of whole runs on the in-memory broker, through the
+//! stack's pipeline and through the tower layers: the same sequence.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tracing::field::{Field, Visit};
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
+use tracing_subscriber::{Layer, registry};
+
+use super::TARGET;
+use crate::memory::MemoryBroker;
+use crate::testing::Order;
+use crate::{
+    Context, HandlerError, KeySource, MemoryStore, Message, RetryPolicy, Runner, StackBuilder,
+    handler_fn,
+};
+
+/// One captured lifecycle event: its name and its fields as text.
+#[derive(Clone, Debug)]
+struct Event {
+    name: String,
+    fields: BTreeMap<String, String>,
+}
+
+impl Event {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.fields.get(name).map(String::as_str)
+    }
+}
+
+/// Records every event of [`TARGET`].
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<Event>>>);
+
+impl Capture {
+    fn events(&self) -> Vec<Event> {
+        self.0.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+}
+
+struct Fields(BTreeMap<String, String>);
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for Capture {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: LayerContext<'_, S>) {
+        if event.metadata().target() != TARGET {
+            return;
+        }
+        assert_eq!(*event.metadata().level(), tracing::Level::DEBUG);
+        let mut fields = Fields(BTreeMap::new());
+        event.record(&mut fields);
+        let name = fields.0.remove("message").unwrap_or_default();
+        if let Ok(mut events) = self.0.lock() {
+            events.push(Event {
+                name,
+                fields: fields.0,
+            });
+        }
+    }
+}
+
+fn order(message_id: &str, key: &str, amount: i64) -> Message {
+    Message::new(format!(r#"{{"order_id":"{key}","amount":{amount}}}"#)).with_message_id(message_id)
+}
+
+/// The handler of every run: the amount says what it does. 0 succeeds; 1
+/// fails transiently on its first attempt; 2 fails for good; 3 asks for a
+/// retry in a minute on its first attempt (deferred through the broker).
+async fn handle(order: Order, ctx: Context) -> Result<(), HandlerError> {
+    match (order.amount, ctx.attempt()) {
+        (1, 1) => Err(HandlerError::transient("flaky")),
+        (2, _) => Err(HandlerError::permanent("refused")),
+        (3, 1) => Err(HandlerError::transient("later").retry_after(Duration::from_millis(30))),
+        _ => Ok(()),
+    }
+}
+
+/// Drains `messages` one at a time through the stack (the tower layers'
+/// when `layered`) with a debug capture installed; the events by message id.
+async fn lifecycle(messages: Vec<Message>, layered: bool) -> BTreeMap<String, Vec<Event>> {
+    let capture = Capture::default();
+    let subscriber = registry().with(capture.clone().with_filter(LevelFilter::DEBUG));
+    let _default = tracing::subscriber::set_default(subscriber);
+    let broker = MemoryBroker::new();
+    for message in messages {
+        broker.publish_now("orders", message).expect("publish");
+    }
+    let builder = StackBuilder::<Order>::new(Arc::new(broker.dead_letter_sink()))
+        .retry(
+            RetryPolicy::retries(2)
+                .backoff(Duration::from_millis(1), Duration::from_millis(5))
+                .in_process_limit(Duration::from_millis(10)),
+        )
+        .retry_sink(Arc::new(broker.retry_sink()))
+        .idempotency(
+            Arc::new(MemoryStore::new(100, Duration::from_secs(60))),
+            KeySource::Payload,
+        );
+    let stack = if layered {
+        builder.build_layered(handler_fn(handle))
+    } else {
+        builder.build(handler_fn(handle))
+    };
+    Runner::new(broker.consume("orders", 1).until_drained(), stack)
+        .concurrency(1)
+        .run()
+        .await
+        .expect("run");
+    let mut by_message: BTreeMap<String, Vec<Event>> = BTreeMap::new();
+    for event in capture.events() {
+        let id = event.field("message_id").unwrap_or_default().to_owned();
+        by_message.entry(id).or_default().push(event);
+    }
+    by_message
+}
+
+/// `(name, attempt)` of each event.
+fn steps(events: &[Event]) -> Vec<(&str, Option<&str>)> {
+    events
+        .iter()
+        .map(|e| (e.name.as_str(), e.field("attempt")))
+        .collect()
+}
+
+/// Runs `messages` on the pipeline and on the tower layers, asserts both
+/// emit the same events, and returns the pipeline's.
+async fn on_both(messages: Vec<Message>) -> BTreeMap<String, Vec<Event>> {
+    let pipeline = lifecycle(messages.clone(), false).await;
+    let layered = lifecycle(messages, true).await;
+    let names = |events: &BTreeMap<String, Vec<Event>>| {
+        events
+            .iter()
+            .map(|(id, e)| (id.clone(), format!("{:?}", steps(e))))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&pipeline), names(&layered));
+    pipeline
+}
+
+#[tokio::test]
+async fn a_handled_message_is_received_decoded_claimed_run_and_acked() {
+    let events = on_both(vec![order("m-ok", "a", 0)]).await;
+    let ok = &events["m-ok"];
+    assert_eq!(
+        steps(ok),
+        [
+            ("received", Some("1")),
+            ("decoded", Some("1")),
+            ("claimed", Some("1")),
+            ("attempt_started", Some("1")),
+            ("acked", None),
+        ]
+    );
+    assert_eq!(ok[4].field("outcome"), Some("handled"));
+    for event in ok {
+        assert_eq!(event.field("source"), Some("orders"), "{event:?}");
+        assert!(event.field("delivery_tag").is_some(), "{event:?}");
+        assert_eq!(event.field("partition"), None, "no partition off Kafka");
+        assert_eq!(event.field("offset"), None, "no offset off Kafka");
+    }
+}
+
+#[tokio::test]
+async fn a_transient_failure_then_success_shows_both_attempts() {
+    let events = on_both(vec![order("m-flaky", "b", 1)]).await;
+    let flaky = &events["m-flaky"];
+    assert_eq!(
+        steps(flaky),
+        [
+            ("received", Some("1")),
+            ("decoded", Some("1")),
+            ("claimed", Some("1")),
+            ("attempt_started", Some("1")),
+            ("attempt_failed", Some("1")),
+            ("attempt_started", Some("2")),
+            ("acked", None),
+        ]
+    );
+    let failed = &flaky[4];
+    assert_eq!(failed.field("kind"), Some("exhausted"));
+    assert_eq!(failed.field("transient"), Some("true"));
+    assert_eq!(failed.field("error"), Some("transient failure: flaky"));
+    assert_eq!(flaky[6].field("outcome"), Some("handled"));
+}
+
+#[tokio::test]
+async fn a_permanent_failure_is_dead_lettered_then_acked() {
+    let events = on_both(vec![order("m-bad", "c", 2)]).await;
+    let bad = &events["m-bad"];
+    assert_eq!(
+        steps(bad),
+        [
+            ("received", Some("1")),
+            ("decoded", Some("1")),
+            ("claimed", Some("1")),
+            ("attempt_started", Some("1")),
+            ("attempt_failed", Some("1")),
+            ("dead_lettered", Some("1")),
+            ("acked", None),
+        ]
+    );
+    assert_eq!(bad[4].field("kind"), Some("permanent"));
+    assert_eq!(bad[4].field("transient"), Some("false"));
+    assert_eq!(bad[5].field("kind"), Some("permanent"));
+    assert_eq!(bad[6].field("outcome"), Some("dead_lettered"));
+}
+
+#[tokio::test]
+async fn a_long_retry_is_deferred_and_its_copy_runs_as_the_next_attempt() {
+    let events = on_both(vec![order("m-later", "d", 3)]).await;
+    let later = &events["m-later"];
+    assert_eq!(
+        steps(later),
+        [
+            ("received", Some("1")),
+            ("decoded", Some("1")),
+            ("claimed", Some("1")),
+            ("attempt_started", Some("1")),
+            ("attempt_failed", Some("1")),
+            ("deferred", Some("2")),
+            ("acked", None),
+            // The copy, from the delay queue.
+            ("received", Some("2")),
+            ("decoded", Some("2")),
+            ("claimed", Some("2")),
+            ("attempt_started", Some("2")),
+            ("acked", None),
+        ]
+    );
+    assert_eq!(later[6].field("outcome"), Some("deferred"));
+    assert_eq!(later[11].field("outcome"), Some("handled"));
+}
+
+#[tokio::test]
+async fn a_duplicate_is_acked_without_running() {
+    let events = on_both(vec![order("m-first", "e", 0), order("m-again", "e", 0)]).await;
+    assert_eq!(
+        events["m-first"].last().map(|e| e.name.as_str()),
+        Some("acked")
+    );
+    let again = &events["m-again"];
+    assert_eq!(
+        steps(again),
+        [
+            ("received", Some("1")),
+            ("decoded", Some("1")),
+            ("duplicate", None),
+            ("acked", None),
+        ]
+    );
+    assert_eq!(again[3].field("outcome"), Some("duplicate"));
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_decode_says_why() {
+    let events = on_both(vec![Message::new("{oops").with_message_id("m-garbled")]).await;
+    let garbled = &events["m-garbled"];
+    let names: Vec<&str> = garbled.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "received",
+            "decoded",
+            "attempt_started",
+            "attempt_failed",
+            "dead_lettered",
+            "acked"
+        ]
+    );
+    assert_eq!(garbled[1].field("kind"), Some("decode"));
+    assert!(garbled[1].field("error").is_some());
+}
+
+#[tokio::test]
+async fn nothing_is_emitted_below_debug() {
+    let capture = Capture::default();
+    let subscriber = registry().with(capture.clone().with_filter(LevelFilter::INFO));
+    let _default = tracing::subscriber::set_default(subscriber);
+    let broker = MemoryBroker::new();
+    broker
+        .publish_now("orders", order("m-quiet", "f", 0))
+        .expect("publish");
+    let stack =
+        StackBuilder::<Order>::new(Arc::new(broker.dead_letter_sink())).build(handler_fn(handle));
+    let summary = Runner::new(broker.consume("orders", 1).until_drained(), stack)
+        .run()
+        .await
+        .expect("run");
+    assert_eq!(summary.handled, 1);
+    assert!(capture.events().is_empty(), "{:?}", capture.events());
+}
