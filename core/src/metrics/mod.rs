@@ -1,5 +1,7 @@
 //! Metrics and tracing: counts by outcome, handler duration, in-flight gauge,
-//! and a span per message carrying its id.
+//! and a span per message carrying its id (with the feature `otel`, an
+//! OpenTelemetry consumer span in the message's trace: see
+//! [`otel`](crate::otel)).
 //!
 //! Through the [`metrics`] facade; install any recorder (Prometheus, …).
 //!
@@ -137,6 +139,7 @@ impl Observation {
     /// without a subscriber that wants it).
     pub(crate) fn start<T>(request: &Request<T>) -> Self {
         let meta = &request.message().meta;
+        #[cfg(not(feature = "otel"))]
         let span = tracing::info_span!(
             "backstop.message",
             message_id = %meta.message_id,
@@ -144,6 +147,9 @@ impl Observation {
             attempt = request.attempt(),
             outcome = tracing::field::Empty,
         );
+        // The same span as a consumer span, a child of the message's trace.
+        #[cfg(feature = "otel")]
+        let span = crate::otel::consumer_span(request);
         let may_merge = meta.id_source == crate::IdSource::Digest
             && !meta.redelivered
             && request.payload_key().is_none();
