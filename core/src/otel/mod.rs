@@ -107,9 +107,14 @@ pub fn inject(cx: &Context, headers: &mut Headers) -> bool {
     true
 }
 
+/// [`inject`]s the context of `span`; see [`inject`].
+pub fn inject_span(span: &tracing::Span, headers: &mut Headers) -> bool {
+    inject(&span.context(), headers)
+}
+
 /// [`inject`]s the context of the current `tracing` span; see [`inject`].
 pub fn inject_current(headers: &mut Headers) -> bool {
-    inject(&tracing::Span::current().context(), headers)
+    inject_span(&tracing::Span::current(), headers)
 }
 
 /// Makes `span` a child of the context `headers` carry, or the root of a

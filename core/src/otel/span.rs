@@ -58,17 +58,17 @@ pub(crate) fn consumer_span<T>(request: &Request<T>) -> tracing::Span {
 
 /// A producer span for sending `message` to `destination`
 /// (`send <destination>`, `messaging.operation.type` = `send`), a child of
-/// the current span. Inject its context ([`inject`](super::inject) with
-/// `span.context()`) into the message before sending it.
+/// the current span. Inject its context
+/// ([`inject_span`](super::inject_span)) into the message before sending
+/// it, and send inside the span.
 ///
 /// ```
 /// use backstop::{Message, otel};
-/// use tracing_opentelemetry::OpenTelemetrySpanExt;
 ///
 /// let mut message = Message::new("{}");
 /// let span = otel::send_span("orders", &message);
 /// // Without a `tracing_opentelemetry` layer there is no context to inject.
-/// assert!(!otel::inject(&span.context(), &mut message.headers));
+/// assert!(!otel::inject_span(&span, &mut message.headers));
 /// ```
 pub fn send_span(destination: &str, message: &Message) -> tracing::Span {
     let name = format!("send {destination}");
