@@ -15,6 +15,7 @@ use backstop::{
     handler_fn, wire,
 };
 use backstop_cli::dlq::{Dlq, Filter, ReplayOptions};
+use backstop_kafka::{Kafka, RetryTiers, TopicSpec};
 use backstop_rabbitmq::{RabbitMq, Topology, url_from_env};
 use backstop_spool::{ReliablePublisher, Sent, SpoolConfig};
 use backstop_tests::unique;
@@ -191,6 +192,99 @@ fn producer_span() -> (tracing::Span, (TraceId, SpanId)) {
     (span, ids)
 }
 
+/// Publishes one message to `destination` through a `ReliablePublisher`
+/// inside a producer span; returns its id and the producer span's ids.
+async fn publish_traced(
+    publisher: impl backstop::Publisher,
+    destination: &str,
+) -> (String, (TraceId, SpanId)) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let publisher =
+        ReliablePublisher::open(publisher, SpoolConfig::new(dir.path().join("otel.spool")))
+            .await
+            .expect("open the spool");
+    let message_id = format!("m-{destination}");
+    let (span, producer) = producer_span();
+    let message = Message::new("\"order\"").with_message_id(&message_id);
+    let sent = tracing::Instrument::instrument(publisher.publish(destination, &message), span)
+        .await
+        .expect("published");
+    assert_eq!(sent, Sent::Confirmed);
+    publisher.close().await.expect("close the spool");
+    (message_id, producer)
+}
+
+/// Runs `stack` over `source` until `runs` holds `n` runs (at most
+/// `limit`) once `redrive` redrove the dead letter; returns the runs.
+async fn consume_and_redrive<S, F>(
+    source: S,
+    stack: backstop::Stack,
+    runs: &Arc<Mutex<Vec<Run>>>,
+    redrive: impl FnOnce() -> F,
+) -> Vec<Run>
+where
+    S: backstop::Source + Send + 'static,
+    F: std::future::Future<Output = ()>,
+{
+    let shutdown = CancellationToken::new();
+    let runner = tokio::spawn(
+        Runner::new(source, stack)
+            .concurrency(4)
+            .shutdown_deadline(Duration::from_secs(10))
+            .with_shutdown(shutdown.clone())
+            .run(),
+    );
+    redrive().await;
+    let done = eventually(Duration::from_secs(30), || runs.lock().unwrap().len() >= 3).await;
+    shutdown.cancel();
+    let summary = runner.await.expect("the runner task").expect("the runner");
+    let runs = runs.lock().unwrap().clone();
+    assert!(done, "the redriven copy was consumed: {runs:?}");
+    assert_eq!(
+        (summary.handled, summary.dead_lettered),
+        (1, 1),
+        "{summary}"
+    );
+    runs
+}
+
+/// Redrives every letter of `dlq` until one was redriven (the letter may
+/// not be there yet), at most `limit`.
+async fn redrive_one(dlq: &Dlq, limit: Duration) {
+    let options = ReplayOptions {
+        to: None,
+        dry_run: false,
+        rate: None,
+        max_replays: 3,
+    };
+    let until = tokio::time::Instant::now() + limit;
+    loop {
+        let report = dlq
+            .replay(&Filter::default(), &options)
+            .await
+            .expect("redrive");
+        if report.replayed_count == 1 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "no letter to redrive: {report:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn stack_over(
+    dead_letters: impl backstop::DeadLetterSink + 'static,
+    retries: impl backstop::RetrySink + 'static,
+    runs: &Arc<Mutex<Vec<Run>>>,
+) -> backstop::Stack {
+    StackBuilder::<String>::new(Arc::new(dead_letters))
+        .retry(policy())
+        .retry_sink(Arc::new(retries))
+        .build(handler(Arc::clone(runs)))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_follows_a_message_through_retry_dead_letter_and_redrive_on_rabbitmq() {
     exporter();
@@ -198,89 +292,88 @@ async fn one_trace_follows_a_message_through_retry_dead_letter_and_redrive_on_ra
     let rabbit = RabbitMq::connect(url.clone())
         .await
         .expect("the test broker is reachable (scripts/services/rabbitmq.sh)");
-    let policy = policy();
     let topology = Topology::quorum(unique("otel"))
-        .max_attempts(policy.max_attempts)
+        .max_attempts(policy().max_attempts)
         .retry_tiers([Duration::from_millis(500)]);
     rabbit.declare(&topology).await.expect("declare");
-
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let publisher = ReliablePublisher::open(
-        rabbit.publisher(),
-        SpoolConfig::new(dir.path().join("otel.spool")),
-    )
-    .await
-    .expect("open the spool");
-    let message_id = format!("m-{}", topology.queue());
-    let (span, producer) = producer_span();
-    let sent = tracing::Instrument::instrument(
-        publisher.publish(
-            topology.queue(),
-            &Message::new("\"order\"").with_message_id(&message_id),
-        ),
-        span,
-    )
-    .await
-    .expect("published");
-    assert_eq!(sent, Sent::Confirmed);
+    let (message_id, producer) = publish_traced(rabbit.publisher(), topology.queue()).await;
 
     let runs: Arc<Mutex<Vec<Run>>> = Arc::default();
-    let stack = StackBuilder::<String>::new(Arc::new(rabbit.dead_letter_sink()))
-        .retry(policy)
-        .retry_sink(Arc::new(rabbit.retry_sink()))
-        .build(handler(Arc::clone(&runs)));
+    let stack = stack_over(rabbit.dead_letter_sink(), rabbit.retry_sink(), &runs);
     let source = rabbit.source(topology.queue(), 4).await.expect("consume");
-    let shutdown = CancellationToken::new();
-    let runner = tokio::spawn(
-        Runner::new(source, stack)
-            .concurrency(4)
-            .with_shutdown(shutdown.clone())
-            .run(),
-    );
-
-    let mut lettered = false;
-    for _ in 0..200 {
-        if rabbit.message_count(&topology.dlq()).await.unwrap_or(0) == 1 {
-            lettered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        lettered,
-        "the message was dead-lettered: {:?}",
-        runs.lock().unwrap()
-    );
-
     let dlq = Dlq::rabbit(&url, &topology.dlq(), Duration::from_secs(30))
         .await
         .expect("open the DLQ");
-    let report = dlq
-        .replay(
-            &Filter::default(),
-            &ReplayOptions {
-                to: None,
-                dry_run: false,
-                rate: None,
-                max_replays: 3,
-            },
-        )
-        .await
-        .expect("redrive");
-    assert_eq!(report.replayed_count, 1, "{report:?}");
-
-    let done = eventually(Duration::from_secs(20), || runs.lock().unwrap().len() >= 3).await;
-    shutdown.cancel();
-    let summary = runner.await.expect("the runner task").expect("the runner");
-    assert!(
-        done,
-        "the redriven copy was consumed: {:?}",
-        runs.lock().unwrap()
-    );
-    assert_eq!(summary.handled, 1, "{summary}");
-    publisher.close().await.expect("close the spool");
+    let runs = consume_and_redrive(source, stack, &runs, || {
+        redrive_one(&dlq, Duration::from_secs(20))
+    })
+    .await;
     common::cleanup_topology(&rabbit, &topology).await;
 
-    let runs = runs.lock().unwrap().clone();
     assert_one_trace(producer, &message_id, &runs, "rabbitmq");
+    for span in spans_of(&message_id)
+        .iter()
+        .filter(|s| s.span_kind == SpanKind::Consumer)
+    {
+        assert!(attribute(span, "messaging.rabbitmq.message.delivery_tag").is_some());
+        assert_eq!(attribute(span, "messaging.kafka.offset"), None);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_follows_a_message_through_retry_dead_letter_and_redrive_on_kafka() {
+    exporter();
+    let brokers = backstop_kafka::brokers_from_env();
+    let group = unique("otel_g");
+    let kafka = Kafka::new(brokers.clone(), &group).configure(|c| {
+        c.session_timeout = Duration::from_secs(6);
+        c.auto_commit_interval = Duration::from_millis(200);
+        c.message_timeout = Duration::from_secs(10);
+        c.missing_topic_timeout = Duration::from_secs(2);
+        c.retry_tiers = RetryTiers::new([Duration::from_secs(1)]);
+    });
+    let topic = unique("otel");
+    kafka
+        .ensure_topics([TopicSpec::new(topic.clone()).partitions(1)])
+        .await
+        .expect("create the topics");
+    let (message_id, producer) =
+        publish_traced(kafka.publisher().expect("a producer"), &topic).await;
+
+    let runs: Arc<Mutex<Vec<Run>>> = Arc::default();
+    let stack = stack_over(
+        kafka.dead_letter_sink().expect("a DLQ producer"),
+        kafka.retry_sink().expect("a retry producer"),
+        &runs,
+    );
+    let source = kafka.source(&[&topic], 4).expect("consume");
+    let dlq = Dlq::kafka(&brokers, &kafka.dlq_topic(&topic))
+        .await
+        .expect("open the DLQ");
+    let runs = consume_and_redrive(source, stack, &runs, || {
+        redrive_one(&dlq, Duration::from_secs(40))
+    })
+    .await;
+
+    assert_one_trace(producer, &message_id, &runs, "kafka");
+    let consumed: Vec<_> = spans_of(&message_id)
+        .into_iter()
+        .filter(|s| s.span_kind == SpanKind::Consumer)
+        .collect();
+    for span in &consumed {
+        assert!(attribute(span, "messaging.kafka.offset").is_some());
+        assert_eq!(
+            attribute(span, "messaging.destination.partition.id").as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            attribute(span, "messaging.consumer.group.name").as_deref(),
+            Some(group.as_str())
+        );
+    }
+    assert!(
+        attribute(&consumed[1], "messaging.destination.name")
+            .is_some_and(|d| d.contains(".retry.")),
+        "the retry copy came through the retry topic"
+    );
 }
