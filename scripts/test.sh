@@ -138,6 +138,9 @@ if want clippy; then
     fi
   done
   cargo clippy -p backstop-rabbitmq -p backstop-redis -p backstop-postgres --no-default-features -- -D warnings
+  # OpenTelemetry is a feature (`otel`), off by default: lint it on too.
+  cargo clippy -p backstop -p backstop-spool -p backstop-cli -p backstop-tests --all-targets \
+    --features backstop/otel,backstop-spool/otel,backstop-cli/otel,backstop-tests/otel -- -D warnings
   step_done clippy
 fi
 
@@ -158,6 +161,11 @@ if want test; then
   step "cargo test (all but the fault and cluster suites)"
   rc=0
   cargo test --workspace --no-fail-fast -- --skip kill9_and_broker_restart --skip on_a_cluster_ || rc=$?
+  # Trace propagation (feature `otel`): the core's tests and the trace
+  # through both brokers' retry, DLQ and redrive.
+  cargo test -p backstop --features otel --lib --test otel --no-fail-fast || rc=$?
+  cargo test -p backstop --features otel --doc otel || rc=$?
+  cargo test -p backstop-tests --features otel --test otel_trace || rc=$?
   step_done test "$( ((rc == 0)) && echo ok || echo "FAILED ($rc)")"
   ((rc == 0)) || status=$rc
 fi

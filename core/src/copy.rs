@@ -1,5 +1,9 @@
 //! The copies of a message that backstop republishes: delayed-retry copies and
 //! dead letters. The header rules of `ARCHITECTURE.md` live here, once.
+//!
+//! With the feature `otel`, retry copies and dead letters carry the trace
+//! context of the span they are made in (the message's consumer span) in
+//! place of the one they arrived with (see [`otel`](crate::otel)).
 
 use std::time::SystemTime;
 
@@ -57,6 +61,8 @@ pub fn retry(
         .insert(wire::DUE.to_owned(), wire::format_time(due));
     keep_first_failure(&mut copy.headers, first_failure);
     copy.meta.attempt = next_attempt;
+    #[cfg(feature = "otel")]
+    crate::otel::inject_current(&mut copy.headers);
     copy
 }
 
@@ -110,6 +116,8 @@ pub fn dead_letter(message: &Message, failure: &Failure) -> Message {
         wire::format_time(failure.last_failure),
     );
     h.remove(wire::DUE);
+    #[cfg(feature = "otel")]
+    crate::otel::inject_current(h);
     letter
 }
 

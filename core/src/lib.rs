@@ -61,6 +61,8 @@ pub mod memory;
 pub mod message;
 pub mod metrics;
 pub mod nodes;
+#[cfg(feature = "otel")]
+pub mod otel;
 mod outcome;
 pub mod panic;
 pub mod payload;

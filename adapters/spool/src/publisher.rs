@@ -35,6 +35,13 @@ use crate::{Budget, OpenError, ReliableError, Spool, SpoolConfig, SpoolError};
 /// Every failure is logged (`tracing`) with the message id and the reason;
 /// see [`metrics`](crate::metrics) for what is counted.
 ///
+/// # Tracing
+///
+/// With the feature `otel`, each publish opens a producer span
+/// ([`backstop::otel::send_span`], a child of the current span) and the
+/// message carries its W3C trace context (`traceparent`, replacing one it
+/// had), also when it is spooled and relayed later; see [`backstop::otel`].
+///
 /// # Order
 ///
 /// Records are relayed in the order they were spooled. While a key (per
@@ -105,24 +112,26 @@ impl<P: Publisher> ReliablePublisher<P> {
         message: &Message,
     ) -> Result<Sent, ReliableError> {
         let message = with_stable_id(message);
-        self.core
-            .send(Some(destination), &message)
-            .await
-            .map_err(|error| {
-                let message_id = message.meta.message_id.clone();
-                match error {
-                    SendError::Rejected(source) => ReliableError::Rejected {
-                        message_id,
-                        destination: destination.to_owned(),
-                        source,
-                    },
-                    SendError::NotSpooled(source) => ReliableError::NotSpooled {
-                        message_id,
-                        destination: destination.to_owned(),
-                        source,
-                    },
-                }
-            })
+        #[cfg(feature = "otel")]
+        let (message, span) = traced(destination, message);
+        let sending = self.core.send(Some(destination), &message);
+        #[cfg(feature = "otel")]
+        let sending = tracing::Instrument::instrument(sending, span);
+        sending.await.map_err(|error| {
+            let message_id = message.meta.message_id.clone();
+            match error {
+                SendError::Rejected(source) => ReliableError::Rejected {
+                    message_id,
+                    destination: destination.to_owned(),
+                    source,
+                },
+                SendError::NotSpooled(source) => ReliableError::NotSpooled {
+                    message_id,
+                    destination: destination.to_owned(),
+                    source,
+                },
+            }
+        })
     }
 
     /// The spool (how many records wait, which ones).
@@ -210,4 +219,16 @@ impl<P: Publisher> ReliablePublisherBuilder<P> {
             relay: Arc::new(relay),
         })
     }
+}
+
+/// `message` carrying the context of a new producer span, and the span.
+#[cfg(feature = "otel")]
+fn traced<'a>(
+    destination: &str,
+    message: std::borrow::Cow<'a, Message>,
+) -> (std::borrow::Cow<'a, Message>, tracing::Span) {
+    let span = backstop::otel::send_span(destination, &message);
+    let mut message = message;
+    backstop::otel::inject_span(&span, &mut message.to_mut().headers);
+    (message, span)
 }

@@ -109,7 +109,9 @@ impl Listing {
 /// of every type; `x-backstop-replayed` incremented; `x-backstop-attempt`
 /// reset to 1 (a redrive starts a new count); the failure headers of the last
 /// run (kind, error, failure times, due) removed, so a new failure is recorded
-/// afresh.
+/// afresh. With the feature `otel`, the copy carries the trace context of a
+/// `redrive` span that is a child of the letter's (see [`backstop::otel`]),
+/// so the redriven message stays in the trace it failed in.
 pub fn redrive_copy(letter: &Message) -> Message {
     let mut copy = Message {
         payload: letter.payload.clone(),
@@ -136,6 +138,19 @@ pub fn redrive_copy(letter: &Message) -> Message {
         wire::DUE,
     ] {
         h.remove(name);
+    }
+    #[cfg(feature = "otel")]
+    {
+        let span = tracing::info_span!(
+            "backstop.redrive",
+            "otel.name" = "redrive",
+            "otel.kind" = "producer",
+            "messaging.operation.type" = "send",
+            "messaging.message.id" = copy.meta.message_id.as_str(),
+            replayed = letter.replayed() + 1,
+        );
+        backstop::otel::adopt(&span, &letter.headers);
+        backstop::otel::inject_span(&span, &mut copy.headers);
     }
     copy
 }

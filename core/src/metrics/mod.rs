@@ -1,7 +1,10 @@
 //! Metrics and tracing: counts by outcome, handler duration, in-flight gauge,
-//! and a span per message carrying its id (`backstop.message`, at `info`).
-//! Each step of a message is a `debug` event of its own: see
-//! [`lifecycle`](crate::lifecycle).
+//! and a span per message carrying its id (`backstop.message`, at `debug`:
+//! enable it with `RUST_LOG=info,backstop::metrics=debug` to see a message's
+//! id on every line logged while it runs; with the feature `otel`, an
+//! OpenTelemetry consumer span in the message's trace at `info`: see
+//! [`otel`](crate::otel)). Each step of a message is a `debug` event of its
+//! own: see [`lifecycle`](crate::lifecycle).
 //!
 //! Through the [`metrics`] facade; install any recorder (Prometheus, …).
 //!
@@ -180,13 +183,20 @@ impl<K: Deref<Target = MessageKeys>> Observation<K> {
     /// without a subscriber that wants it).
     pub(crate) fn start<T>(request: &Request<T>, keys: K) -> Self {
         let meta = &request.message().meta;
-        let span = tracing::info_span!(
+        // At debug: an info subscriber would pay about 12,000 instructions
+        // and 2 allocations per message for it (the instruction bench's
+        // BENCH-INSTR-LIFECYCLE line).
+        #[cfg(not(feature = "otel"))]
+        let span = tracing::debug_span!(
             "backstop.message",
             message_id = %meta.message_id,
             source = %meta.source,
             attempt = request.attempt(),
             outcome = tracing::field::Empty,
         );
+        // The same span as a consumer span, a child of the message's trace.
+        #[cfg(feature = "otel")]
+        let span = crate::otel::consumer_span(request);
         let may_merge = meta.id_source == crate::IdSource::Digest
             && !meta.redelivered
             && request.payload_key().is_none();

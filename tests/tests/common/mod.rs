@@ -1,4 +1,6 @@
-//! Shared by the RabbitMQ suites that drive `order-worker`.
+//! Shared by the RabbitMQ suites that drive `order-worker`, and by those
+//! that declare a topology of their own.
+#![allow(dead_code)]
 
 use std::time::Duration;
 
@@ -7,12 +9,18 @@ use backstop_rabbitmq::{RabbitMq, Topology};
 
 /// Deletes the queues and the exchange the worker declared for `queue`.
 pub(crate) async fn cleanup(rabbit: &RabbitMq, queue: &str) {
-    let Ok(channel) = rabbit.channel().await else {
-        return;
-    };
     // The worker's own topology (order-worker.rs): tiers 5 s, 30 s, 300 s.
     let secs = Duration::from_secs;
     let topology = Topology::quorum(queue).retry_tiers([secs(5), secs(30), secs(300)]);
+    cleanup_topology(rabbit, &topology).await;
+}
+
+/// Deletes `topology`'s queues (source, delay tiers, DLQ) and its exchange.
+pub(crate) async fn cleanup_topology(rabbit: &RabbitMq, topology: &Topology) {
+    let Ok(channel) = rabbit.channel().await else {
+        return;
+    };
+    let queue = topology.queue();
     let mut queues: Vec<String> = topology
         .tiers()
         .iter()
