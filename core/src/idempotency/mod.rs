@@ -25,6 +25,10 @@
 //! key without counting an attempt. A store that is down defers the message
 //! ([`Error::Store`]).
 //!
+//! **Metrics.** Every store call is timed and its failures counted, by
+//! operation ([`Measured`]): `backstop_store_duration_seconds{op}` and
+//! `backstop_store_errors_total{op}`.
+//!
 //! **Lost leases.** The inner layers see a child of the request's
 //! cancellation token that also fires when the lease is lost: the store
 //! refused a renewal (the lease was taken over), or no renewal got through
@@ -56,6 +60,7 @@ mod key;
 mod keyspace;
 mod layer;
 pub mod layout;
+mod measured;
 mod memory;
 mod namespaced;
 pub mod outage;
@@ -66,6 +71,7 @@ pub use self::key::{Key, KeySource, MAX_KEY_LEN};
 pub use self::keyspace::Keyspace;
 pub use self::layer::IdempotencyLayer;
 pub use self::layout::{KeyLayout, Layout, LayoutError};
+pub use self::measured::Measured;
 pub use self::memory::MemoryStore;
 pub use self::namespaced::Namespaced;
 pub use self::store::{Claim, ClaimOf, Fence, Held, MAX_LETTER_TEXT, Store};
@@ -183,10 +189,11 @@ pub(crate) struct Deduper {
 }
 
 impl Deduper {
-    /// Deduplicates through `store` with `config`.
+    /// Deduplicates through `store` with `config`; every store call is
+    /// timed and its failures counted ([`Measured`]).
     pub(crate) fn new(store: Arc<dyn Store>, config: Config) -> Self {
         Deduper {
-            store,
+            store: Arc::new(Measured::new(store)),
             config: Arc::new(config),
             renewer: Arc::new(Renewer::new()),
             gate: Gate::default(),

@@ -22,8 +22,13 @@
 
 mod keys;
 mod layer;
+mod ops;
 
 pub use self::layer::MetricsLayer;
+pub use self::ops::{
+    ACK_FAILURES, COMMIT_FAILURES, DLQ_DEPTH, KAFKA_LAG, KAFKA_OLDEST_UNFINISHED, QUEUE_DEPTH,
+    RECONNECTS, RETRY_DEPTH, STORE_DURATION, STORE_ERRORS, consumer_labels,
+};
 
 use std::sync::Once;
 use std::task::{Context, Poll};
@@ -62,6 +67,7 @@ pub fn describe() {
             DIGEST_ID_MERGES,
             "First deliveries of id-less, key-less messages acked as duplicates of an identical message"
         );
+        ops::describe();
     });
 }
 
