@@ -100,6 +100,7 @@ mod record;
 pub mod retry;
 mod sinks;
 mod source;
+mod telemetry;
 mod topics;
 mod tracker;
 #[cfg(feature = "tls")]

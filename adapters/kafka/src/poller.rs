@@ -31,6 +31,7 @@ use tokio::sync::oneshot;
 
 use crate::dispatch::{Dispatcher, Incoming, Tp};
 use crate::source::RetryTable;
+use crate::telemetry::SourceMetrics;
 use crate::{Error, record};
 
 /// How long the thread blocks in one `poll` at most.
@@ -50,13 +51,19 @@ const ERROR_LOG_EVERY: Duration = Duration::from_secs(5);
 pub(crate) struct GroupContext {
     dispatcher: Arc<Dispatcher>,
     delayed: Arc<RetryTable>,
+    metrics: Arc<SourceMetrics>,
 }
 
 impl GroupContext {
-    pub(crate) fn new(dispatcher: Arc<Dispatcher>, delayed: Arc<RetryTable>) -> Self {
+    pub(crate) fn new(
+        dispatcher: Arc<Dispatcher>,
+        delayed: Arc<RetryTable>,
+        metrics: Arc<SourceMetrics>,
+    ) -> Self {
         GroupContext {
             dispatcher,
             delayed,
+            metrics,
         }
     }
 }
@@ -76,6 +83,10 @@ impl ClientContext for GroupContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(target: "librdkafka", %error, "consumer: {reason}");
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.metrics.observe(&statistics);
     }
 }
 
@@ -105,6 +116,8 @@ impl ConsumerContext for GroupContext {
         let commit = self
             .dispatcher
             .revoke(elements.iter().map(|e| (e.topic(), e.partition())));
+        self.metrics
+            .forget(elements.iter().map(|e| (e.topic(), e.partition())));
         let lost = consumer.assignment_lost();
         tracing::info!(
             partitions = elements.len(),
@@ -121,6 +134,7 @@ impl ConsumerContext for GroupContext {
         // thread for up to `socket.timeout.ms` when the coordinator is away
         // (a broker restart), and the member could not rejoin meanwhile.
         if let Err(error) = consumer.store_offsets(&list(&commit)) {
+            self.metrics.commit_failed();
             tracing::warn!(%error, "storing offsets on revoke failed; the new owner may redeliver finished messages");
         }
     }
@@ -145,6 +159,7 @@ impl ConsumerContext for GroupContext {
         match result {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(error) => {
+                self.metrics.commit_failed();
                 tracing::debug!(%error, "offset commit failed; it is retried on the next interval")
             }
         }
@@ -169,6 +184,7 @@ impl PollThread {
         dispatcher: Arc<Dispatcher>,
         delayed: Arc<RetryTable>,
         group: String,
+        (metrics, metrics_every): (Arc<SourceMetrics>, Duration),
     ) -> Result<Self, Error> {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = oneshot::channel();
@@ -184,6 +200,8 @@ impl PollThread {
             disconnected: false,
             batch: Vec::with_capacity(BATCH),
             group,
+            metrics,
+            metrics_every,
         };
         std::thread::Builder::new()
             .name("backstop-kafka-poll".into())
@@ -243,6 +261,9 @@ struct Poller {
     /// The consumer group: stamped on every message ([`backstop::Meta::group`],
     /// part of its idempotency keyspace); also named by the test that kills the thread.
     group: String,
+    /// The lag gauges and failure counters, reported every `metrics_every`.
+    metrics: Arc<SourceMetrics>,
+    metrics_every: Duration,
 }
 
 /// Consumer groups whose poll thread panics on its next poll (tests only).
@@ -252,11 +273,16 @@ pub(crate) static PANIC_IN_POLL: std::sync::Mutex<Vec<String>> = std::sync::Mute
 impl Poller {
     fn run(mut self) {
         let mut last_maintenance = Instant::now();
+        let mut last_report = last_maintenance;
         while !self.stop.load(Ordering::Acquire) {
             let idle = self.poll_batch();
             if idle || last_maintenance.elapsed() >= MAINTENANCE_EVERY {
                 self.maintain(idle);
                 last_maintenance = Instant::now();
+                if last_maintenance - last_report >= self.metrics_every {
+                    self.metrics.report(self.dispatcher.heads());
+                    last_report = last_maintenance;
+                }
             }
         }
         self.close();
@@ -321,7 +347,9 @@ impl Poller {
             self.batch = batch;
             return true;
         }
-        self.disconnected = false;
+        if std::mem::replace(&mut self.disconnected, false) {
+            self.metrics.reconnected();
+        }
         let mut pause = Vec::new();
         self.dispatcher.receive_all(&mut batch, &mut pause);
         self.batch = batch;
@@ -372,7 +400,10 @@ impl Poller {
             match self.consumer.store_offsets(&list(&actions.store)) {
                 Ok(()) => self.dispatcher.mark_stored(&actions.store),
                 // A partition revoked a moment ago: expected, not fatal.
-                Err(error) => tracing::debug!(%error, "storing offsets failed"),
+                Err(error) => {
+                    self.metrics.commit_failed();
+                    tracing::debug!(%error, "storing offsets failed")
+                }
             }
         }
         if idle && !actions.idle.is_empty() {
@@ -444,8 +475,9 @@ impl Poller {
     fn close(mut self) {
         self.dispatcher.close();
         let actions = self.dispatcher.maintain();
-        if !actions.store.is_empty() {
-            let _ = self.consumer.store_offsets(&list(&actions.store));
+        if !actions.store.is_empty() && self.consumer.store_offsets(&list(&actions.store)).is_err()
+        {
+            self.metrics.commit_failed();
         }
         // Fully processed partitions commit past trailing transaction
         // markers, as the running loop does when idle: a consumer closed
@@ -459,6 +491,7 @@ impl Poller {
             match self.consumer.commit(&list(&commit), CommitMode::Sync) {
                 Ok(()) => self.dispatcher.mark_committed(&commit),
                 Err(error) => {
+                    self.metrics.commit_failed();
                     tracing::warn!(%error, "final commit failed; finished messages may be redelivered")
                 }
             }

@@ -10,6 +10,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use crate::acker::KafkaAcker;
 use crate::dispatch::Dispatcher;
 use crate::poller::{GroupContext, PollThread};
+use crate::telemetry::SourceMetrics;
 use crate::{Error, KafkaConfig};
 
 /// Retry topic → the source topic its copies belong to: the source's own
@@ -94,9 +95,23 @@ impl KafkaSource {
                 })
                 .collect(),
         );
-        let context = GroupContext::new(Arc::clone(&dispatcher), Arc::clone(&delayed));
+        let metrics = Arc::new(SourceMetrics::new(topics, &config.group));
+        let context = GroupContext::new(
+            Arc::clone(&dispatcher),
+            Arc::clone(&delayed),
+            Arc::clone(&metrics),
+        );
         let consumer: BaseConsumer<GroupContext> = config
             .consumer_config()
+            // The lag's high watermarks (see `telemetry`).
+            .set(
+                "statistics.interval.ms",
+                config
+                    .metrics_interval
+                    .as_millis()
+                    .clamp(1, 86_400_000)
+                    .to_string(),
+            )
             .create_with_context(context)
             .map_err(Error::Config)?;
         let mut all: Vec<&str> = topics.to_vec();
@@ -109,6 +124,7 @@ impl KafkaSource {
             Arc::clone(&dispatcher),
             delayed,
             config.group.clone(),
+            (metrics, config.metrics_interval),
         )?;
         Ok(KafkaSource {
             dispatcher,

@@ -1,0 +1,168 @@
+//! A source's operations metrics: its lag per partition, reported on an
+//! interval by the poll thread (never per message), and its failure and
+//! reconnect counters.
+//!
+//! `backstop_kafka_lag_records{topic,partition}`: the partition's high
+//! watermark less its first unfinished offset (the offset a restart
+//! resumes at), so records received and still running count as lag until
+//! they finish; with nothing unfinished, less the consumer's fetch
+//! position. The high watermark and the position come from librdkafka's
+//! statistics (`statistics.interval.ms` set to
+//! [`KafkaConfig::metrics_interval`](crate::KafkaConfig::metrics_interval);
+//! no request of its own): librdkafka learns the high watermark from its
+//! fetches, so while a partition is paused (back-pressure, a paused runner)
+//! its lag reads what it was when the pause began.
+//!
+//! `backstop_kafka_oldest_unfinished_seconds{topic,partition}`: how long
+//! the first unfinished message has been the partition's first unfinished
+//! message, seen at each report (so up to one interval short), 0 when none.
+//!
+//! A revoked partition's gauges are set to 0 and forgotten at once.
+//!
+//! `backstop_commit_failures_total` counts offset stores and commits that
+//! failed; `backstop_reconnects_total` counts the times messages flowed
+//! again after the consumer lost every broker (librdkafka reconnects by
+//! itself; this is when it worked). Every metric carries `source` (the main
+//! topics joined with `,`) and `group`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backstop::metrics::{
+    COMMIT_FAILURES, KAFKA_LAG, KAFKA_OLDEST_UNFINISHED, RECONNECTS, consumer_labels,
+};
+use rdkafka::Statistics;
+
+use crate::dispatch::Tp;
+
+/// The gauges of one partition, and its first unfinished offset when last seen.
+struct Partition {
+    lag: metrics::Gauge,
+    oldest: metrics::Gauge,
+    head: Option<(i64, Instant)>,
+}
+
+/// One source's metrics; see the [module docs](self).
+#[derive(Debug)]
+pub(crate) struct SourceMetrics {
+    source: String,
+    group: String,
+    partitions: Mutex<HashMap<Tp, Partition>>,
+    /// Per partition: the high watermark and the fetch position, from the
+    /// last statistics.
+    offsets: Mutex<HashMap<Tp, (i64, i64)>>,
+}
+
+impl std::fmt::Debug for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Partition")
+            .field("head", &self.head)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SourceMetrics {
+    /// The metrics of the source consuming `topics` in `group`.
+    pub(crate) fn new(topics: &[&str], group: &str) -> Self {
+        SourceMetrics {
+            source: topics.join(","),
+            group: group.to_owned(),
+            partitions: Mutex::new(HashMap::new()),
+            offsets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Tp, Partition>> {
+        self.partitions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps each partition's high watermark and fetch position from
+    /// librdkafka's statistics (emitted every `statistics.interval.ms`).
+    pub(crate) fn observe(&self, statistics: &Statistics) {
+        let mut offsets = self.offsets.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, topic) in &statistics.topics {
+            for (&partition, stats) in &topic.partitions {
+                // -1 is librdkafka's unassigned-partition bucket.
+                if partition >= 0 && stats.hi_offset >= 0 {
+                    let key = (Arc::from(name.as_str()), partition);
+                    offsets.insert(key, (stats.hi_offset, stats.next_offset));
+                }
+            }
+        }
+    }
+
+    /// Sets the gauges of `heads` (each tracked partition and its first
+    /// unfinished offset) from the last statistics.
+    pub(crate) fn report(&self, heads: Vec<(Tp, Option<i64>)>) {
+        let now = Instant::now();
+        let offsets = self
+            .offsets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut partitions = self.lock();
+        for (tp, head) in heads {
+            let (high, position) = offsets.get(&tp).copied().unzip();
+            let gauges = partitions
+                .entry(tp.clone())
+                .or_insert_with(|| self.gauges(&tp.0, tp.1));
+            // Nothing unfinished: everything before the fetch position is done.
+            let next = head.or(position.filter(|p| *p >= 0));
+            if let (Some(next), Some(high)) = (next, high) {
+                gauges.lag.set((high - next).max(0) as f64);
+            }
+            let age = match (head, gauges.head) {
+                (Some(offset), Some((seen, since))) if seen == offset => now - since,
+                (Some(offset), _) => {
+                    gauges.head = Some((offset, now));
+                    Duration::ZERO
+                }
+                (None, _) => {
+                    gauges.head = None;
+                    Duration::ZERO
+                }
+            };
+            gauges.oldest.set(age.as_secs_f64());
+        }
+    }
+
+    /// Zeroes and forgets the gauges of revoked partitions.
+    pub(crate) fn forget<'a>(&self, revoked: impl IntoIterator<Item = (&'a str, i32)>) {
+        let mut partitions = self.lock();
+        for (topic, partition) in revoked {
+            if let Some(gone) = partitions.remove(&(Arc::from(topic), partition)) {
+                gone.lag.set(0.0);
+                gone.oldest.set(0.0);
+            }
+        }
+    }
+
+    /// Counts one failed offset store or commit.
+    pub(crate) fn commit_failed(&self) {
+        metrics::counter!(
+            COMMIT_FAILURES,
+            consumer_labels(&self.source, &self.group, &[])
+        )
+        .increment(1);
+    }
+
+    /// Counts one reconnect: messages flow again after every broker was lost.
+    pub(crate) fn reconnected(&self) {
+        metrics::counter!(RECONNECTS, consumer_labels(&self.source, &self.group, &[])).increment(1);
+    }
+
+    fn gauges(&self, topic: &str, partition: i32) -> Partition {
+        let partition = partition.to_string();
+        let labels = consumer_labels(
+            &self.source,
+            &self.group,
+            &[("topic", topic), ("partition", &partition)],
+        );
+        Partition {
+            lag: metrics::gauge!(KAFKA_LAG, labels.clone()),
+            oldest: metrics::gauge!(KAFKA_OLDEST_UNFINISHED, labels),
+            head: None,
+        }
+    }
+}
