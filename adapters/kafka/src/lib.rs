@@ -89,6 +89,7 @@
 
 mod acker;
 mod config;
+mod depth;
 mod dispatch;
 mod error;
 mod kafka;
@@ -113,7 +114,9 @@ pub use crate::options::{KafkaOption, OptionError, is_secret};
 pub use crate::publisher::KafkaPublisher;
 pub use crate::record::{assigned_message_id, to_message};
 pub use crate::retry::{RetryTier, RetryTiers};
-pub use crate::sinks::{KafkaDeadLetterSink, KafkaRetrySink, dlq_topic, retry_topic};
+pub use crate::sinks::{
+    KafkaDeadLetterSink, KafkaRetrySink, dlq_state_topic, dlq_topic, retry_topic,
+};
 pub use crate::source::KafkaSource;
 pub use crate::topics::{HEADER_HEADROOM, TopicSpec, Topics};
 

@@ -8,6 +8,7 @@ use backstop::{Delivery, Source, SourceError};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::acker::KafkaAcker;
+use crate::depth::DlqDepth;
 use crate::dispatch::Dispatcher;
 use crate::poller::{GroupContext, PollThread};
 use crate::telemetry::SourceMetrics;
@@ -54,6 +55,8 @@ pub struct KafkaSource {
     config: KafkaConfig,
     /// Topics [`Source::preflight`] requires: the DLQ and retry topics.
     required: Vec<String>,
+    /// Reads the depth of the DLQ topics while the source lives.
+    dlq_depth: Option<DlqDepth>,
 }
 
 impl KafkaSource {
@@ -134,6 +137,7 @@ impl KafkaSource {
             close_wait: config.session_timeout + Duration::from_secs(10),
             config: config.clone(),
             required: Vec::new(),
+            dlq_depth: None,
         })
     }
 
@@ -142,6 +146,13 @@ impl KafkaSource {
     pub(crate) fn require(mut self, topics: Vec<String>) -> Self {
         self.required = topics;
         self
+    }
+
+    /// Reports the depth of `dlqs`, the DLQ topics of the main `topics`,
+    /// every [`KafkaConfig::metrics_interval`] while the source lives.
+    pub(crate) fn watch_dlqs(mut self, topics: &[&str], dlqs: &[String]) -> Result<Self, Error> {
+        self.dlq_depth = Some(DlqDepth::start(&self.config, topics, dlqs)?);
+        Ok(self)
     }
 
     /// Skips the check that the DLQ and retry topics exist when the runner
@@ -246,6 +257,7 @@ impl Source for KafkaSource {
     }
 
     async fn close(&mut self) {
+        self.dlq_depth = None;
         self.dispatcher.close();
         self.thread.stop(self.close_wait).await;
     }

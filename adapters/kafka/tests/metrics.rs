@@ -1,19 +1,32 @@
-//! The lag a source reports per partition, read by a process-wide
-//! debugging recorder (a test binary of its own: the poll thread records
-//! from its own thread).
+//! The lag a source reports per partition and the depth of its DLQ, read
+//! by a process-wide debugging recorder (a test binary of its own: the
+//! poll thread records from its own thread).
 
 mod common;
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use backstop::Source;
-use backstop::metrics::{KAFKA_LAG, KAFKA_OLDEST_UNFINISHED};
+use backstop::metrics::{DLQ_DEPTH, KAFKA_LAG, KAFKA_OLDEST_UNFINISHED};
+use backstop::{Message, Source};
+use backstop_kafka::{TopicSpec, dlq_state_topic};
 use common::*;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
-/// The gauge `name` of `topic`'s partition 0, as consumed by `group`.
-fn gauge(snapshotter: &Snapshotter, name: &str, topic: &str, group: &str) -> Option<f64> {
-    snapshotter
+/// The process-wide recorder, installed once for every test of this binary.
+fn recorder() -> &'static Snapshotter {
+    static SNAPSHOTTER: OnceLock<Snapshotter> = OnceLock::new();
+    SNAPSHOTTER.get_or_init(|| {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        recorder.install().unwrap();
+        snapshotter
+    })
+}
+
+/// The gauge `name` of `source` and `group` that carries `labels`.
+fn gauge(name: &str, source: &str, group: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    recorder()
         .snapshot()
         .into_vec()
         .into_iter()
@@ -24,10 +37,9 @@ fn gauge(snapshotter: &Snapshotter, name: &str, topic: &str, group: &str) -> Opt
                     .any(|l| l.key() == key && l.value() == value)
             };
             k.key().name() == name
-                && has("source", topic)
+                && has("source", source)
                 && has("group", group)
-                && has("topic", topic)
-                && has("partition", "0")
+                && labels.iter().all(|(key, value)| has(key, value))
         })
         .and_then(|(_, _, _, v)| match v {
             DebugValue::Gauge(g) => Some(g.into_inner()),
@@ -37,10 +49,7 @@ fn gauge(snapshotter: &Snapshotter, name: &str, topic: &str, group: &str) -> Opt
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_counts_unfinished_records_until_they_are_done() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    recorder.install().unwrap();
-
+    recorder();
     let group = unique("g");
     let kafka = kafka(&group).configure(|c| c.metrics_interval = Duration::from_millis(100));
     let topic = topic(&kafka, "lag", 1).await;
@@ -57,8 +66,17 @@ async fn lag_counts_unfinished_records_until_they_are_done() {
                 .expect("a delivery"),
         );
     }
-    let lag = || gauge(&snapshotter, KAFKA_LAG, &topic, &group);
-    let oldest = || gauge(&snapshotter, KAFKA_OLDEST_UNFINISHED, &topic, &group);
+    // Partition 0 of the main topic (the retry topics have gauges of their own).
+    let partition_0 = |name| {
+        gauge(
+            name,
+            &topic,
+            &group,
+            &[("topic", &topic), ("partition", "0")],
+        )
+    };
+    let lag = || partition_0(KAFKA_LAG);
+    let oldest = || partition_0(KAFKA_OLDEST_UNFINISHED);
     assert!(
         eventually(Duration::from_secs(15), || lag() == Some(30.0)).await,
         "every record is unfinished: {:?}",
@@ -84,5 +102,47 @@ async fn lag_counts_unfinished_records_until_they_are_done() {
         lag()
     );
     assert_eq!(oldest(), Some(0.0));
+    source.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_depth_counts_letters_not_yet_redriven() {
+    recorder();
+    let group = unique("g");
+    let kafka = kafka(&group).configure(|c| c.metrics_interval = Duration::from_millis(100));
+    let topic = topic(&kafka, "dlqd", 1).await;
+    let dlq = kafka.dlq_topic(&topic);
+    let state = dlq_state_topic(&dlq);
+    kafka
+        .topics()
+        .unwrap()
+        .create(&[TopicSpec::new(state.clone()).config("cleanup.policy", "compact")])
+        .await
+        .unwrap();
+    let letters = messages("letter", 5, 5);
+    let publisher = kafka.publisher().unwrap();
+    publish_in_order(&publisher, &dlq, &letters).await;
+
+    let mut source = kafka.source(&[&topic], 4).unwrap();
+    let depth = || gauge(DLQ_DEPTH, &topic, &group, &[("dlq", &dlq)]);
+    assert!(
+        eventually(Duration::from_secs(15), || depth() == Some(5.0)).await,
+        "five letters: {:?}",
+        depth()
+    );
+    // Two redriven: `backstop dlq replay` records each in the state topic,
+    // keyed `<message id>@<replayed>`, once its copy is confirmed.
+    let records: Vec<Message> = letters[..2]
+        .iter()
+        .map(|l| {
+            Message::new(r#"{"state":"replayed"}"#).with_key(format!("{}@0", l.meta.message_id))
+        })
+        .collect();
+    publish_in_order(&publisher, &state, &records).await;
+    assert!(
+        eventually(Duration::from_secs(15), || depth() == Some(3.0)).await,
+        "three letters left: {:?}",
+        depth()
+    );
     source.close().await;
 }
