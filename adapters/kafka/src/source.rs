@@ -98,7 +98,15 @@ impl KafkaSource {
                 })
                 .collect(),
         );
-        let metrics = Arc::new(SourceMetrics::new(topics, &config.group));
+        let tiers: Vec<(String, String)> = retry_topics
+            .iter()
+            .map(|(retry, source)| {
+                let prefix = format!("{source}.{}.retry.", config.group);
+                let tier = retry.strip_prefix(&prefix).unwrap_or(retry);
+                (retry.clone(), tier.to_owned())
+            })
+            .collect();
+        let metrics = Arc::new(SourceMetrics::new(topics, &tiers, &config.group));
         let context = GroupContext::new(
             Arc::clone(&dispatcher),
             Arc::clone(&delayed),

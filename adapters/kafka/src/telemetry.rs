@@ -17,6 +17,10 @@
 //! the first unfinished message has been the partition's first unfinished
 //! message, seen at each report (so up to one interval short), 0 when none.
 //!
+//! `backstop_retry_depth{tier}`: the lag of the tier's retry topics, over
+//! the partitions this member holds (the group's depth is the sum over its
+//! members).
+//!
 //! A revoked partition's gauges are set to 0 and forgotten at once.
 //!
 //! `backstop_commit_failures_total` counts offset stores and commits that
@@ -30,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backstop::metrics::{
-    COMMIT_FAILURES, KAFKA_LAG, KAFKA_OLDEST_UNFINISHED, RECONNECTS, consumer_labels,
+    COMMIT_FAILURES, KAFKA_LAG, KAFKA_OLDEST_UNFINISHED, RECONNECTS, RETRY_DEPTH, consumer_labels,
 };
 use rdkafka::Statistics;
 
@@ -41,6 +45,8 @@ struct Partition {
     lag: metrics::Gauge,
     oldest: metrics::Gauge,
     head: Option<(i64, Instant)>,
+    /// The last lag set, if any.
+    last: Option<i64>,
 }
 
 /// One source's metrics; see the [module docs](self).
@@ -52,6 +58,10 @@ pub(crate) struct SourceMetrics {
     /// Per partition: the high watermark and the fetch position, from the
     /// last statistics.
     offsets: Mutex<HashMap<Tp, (i64, i64)>>,
+    /// Retry topic → its tier's index in `tiers`.
+    retry_topics: HashMap<String, usize>,
+    /// One `backstop_retry_depth{tier}` gauge per tier.
+    tiers: Vec<metrics::Gauge>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -63,13 +73,29 @@ impl std::fmt::Debug for Partition {
 }
 
 impl SourceMetrics {
-    /// The metrics of the source consuming `topics` in `group`.
-    pub(crate) fn new(topics: &[&str], group: &str) -> Self {
+    /// The metrics of the source consuming `topics` and `retry_topics`
+    /// (each with its tier's name) in `group`.
+    pub(crate) fn new(topics: &[&str], retry_topics: &[(String, String)], group: &str) -> Self {
+        let source = topics.join(",");
+        let mut names: Vec<&str> = Vec::new();
+        let mut tiers = Vec::new();
+        let mut by_topic = HashMap::new();
+        for (topic, tier) in retry_topics {
+            let index = names.iter().position(|n| n == tier).unwrap_or_else(|| {
+                names.push(tier);
+                let labels = consumer_labels(&source, group, &[("tier", tier)]);
+                tiers.push(metrics::gauge!(RETRY_DEPTH, labels));
+                names.len() - 1
+            });
+            by_topic.insert(topic.clone(), index);
+        }
         SourceMetrics {
-            source: topics.join(","),
+            source,
             group: group.to_owned(),
             partitions: Mutex::new(HashMap::new()),
             offsets: Mutex::new(HashMap::new()),
+            retry_topics: by_topic,
+            tiers,
         }
     }
 
@@ -110,7 +136,9 @@ impl SourceMetrics {
             // Nothing unfinished: everything before the fetch position is done.
             let next = head.or(position.filter(|p| *p >= 0));
             if let (Some(next), Some(high)) = (next, high) {
-                gauges.lag.set((high - next).max(0) as f64);
+                let lag = (high - next).max(0);
+                gauges.lag.set(lag as f64);
+                gauges.last = Some(lag);
             }
             let age = match (head, gauges.head) {
                 (Some(offset), Some((seen, since))) if seen == offset => now - since,
@@ -124,6 +152,16 @@ impl SourceMetrics {
                 }
             };
             gauges.oldest.set(age.as_secs_f64());
+        }
+        // A tier's depth: the lag of its retry topics' partitions this member holds.
+        let mut depths = vec![0i64; self.tiers.len()];
+        for ((topic, _), partition) in partitions.iter() {
+            if let (Some(&tier), Some(lag)) = (self.retry_topics.get(&**topic), partition.last) {
+                depths[tier] += lag;
+            }
+        }
+        for (gauge, depth) in self.tiers.iter().zip(depths) {
+            gauge.set(depth as f64);
         }
     }
 
@@ -163,6 +201,7 @@ impl SourceMetrics {
             lag: metrics::gauge!(KAFKA_LAG, labels.clone()),
             oldest: metrics::gauge!(KAFKA_OLDEST_UNFINISHED, labels),
             head: None,
+            last: None,
         }
     }
 }

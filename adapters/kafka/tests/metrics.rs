@@ -7,7 +7,7 @@ mod common;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use backstop::metrics::{DLQ_DEPTH, KAFKA_LAG, KAFKA_OLDEST_UNFINISHED};
+use backstop::metrics::{DLQ_DEPTH, KAFKA_LAG, KAFKA_OLDEST_UNFINISHED, RETRY_DEPTH};
 use backstop::{Message, Source};
 use backstop_kafka::{TopicSpec, dlq_state_topic};
 use common::*;
@@ -106,7 +106,7 @@ async fn lag_counts_unfinished_records_until_they_are_done() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dlq_depth_counts_letters_not_yet_redriven() {
+async fn dlq_depth_counts_letters_not_yet_redriven_and_retry_depth_waiting_copies() {
     recorder();
     let group = unique("g");
     let kafka = kafka(&group).configure(|c| c.metrics_interval = Duration::from_millis(100));
@@ -123,7 +123,17 @@ async fn dlq_depth_counts_letters_not_yet_redriven() {
     let publisher = kafka.publisher().unwrap();
     publish_in_order(&publisher, &dlq, &letters).await;
 
+    let retry = kafka.retry_topics(&topic)[0].clone();
+    let tier = retry.rsplit('.').next().unwrap().to_owned();
+    publish_in_order(&publisher, &retry, &messages("copy", 3, 3)).await;
+
     let mut source = kafka.source(&[&topic], 4).unwrap();
+    let retry_depth = || gauge(RETRY_DEPTH, &topic, &group, &[("tier", &tier)]);
+    assert!(
+        eventually(Duration::from_secs(15), || retry_depth() == Some(3.0)).await,
+        "three copies wait in tier {tier}: {:?}",
+        retry_depth()
+    );
     let depth = || gauge(DLQ_DEPTH, &topic, &group, &[("dlq", &dlq)]);
     assert!(
         eventually(Duration::from_secs(15), || depth() == Some(5.0)).await,
