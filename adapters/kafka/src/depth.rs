@@ -45,6 +45,7 @@ impl DlqDepth {
         topics: &[&str],
         dlqs: &[String],
     ) -> Result<Self, Error> {
+        backstop::metrics::describe();
         let consumer: BaseConsumer = config.consumer_config().create().map_err(Error::Config)?;
         let source = topics.join(",");
         let watched: Vec<(String, metrics::Gauge)> = dlqs

@@ -76,6 +76,7 @@ impl SourceMetrics {
     /// The metrics of the source consuming `topics` and `retry_topics`
     /// (each with its tier's name) in `group`.
     pub(crate) fn new(topics: &[&str], retry_topics: &[(String, String)], group: &str) -> Self {
+        backstop::metrics::describe();
         let source = topics.join(",");
         let mut names: Vec<&str> = Vec::new();
         let mut tiers = Vec::new();
@@ -203,5 +204,68 @@ impl SourceMetrics {
             head: None,
             last: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+
+    use super::*;
+
+    /// The gauges named `name` with a `label` value each, from one snapshot
+    /// (taking a snapshot zeroes the recorder's gauges).
+    fn read(snapshotter: &Snapshotter, wanted: &[(&str, (&str, &str))]) -> Vec<Option<f64>> {
+        let snapshot = snapshotter.snapshot().into_vec();
+        wanted
+            .iter()
+            .map(|(name, (key, value))| {
+                snapshot
+                    .iter()
+                    .find(|(k, _, _, _)| {
+                        k.key().name() == *name
+                            && k.key()
+                                .labels()
+                                .any(|l| l.key() == *key && l.value() == *value)
+                    })
+                    .and_then(|(_, _, _, v)| match v {
+                        DebugValue::Gauge(g) => Some(g.into_inner()),
+                        _ => None,
+                    })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lag_runs_from_the_first_unfinished_offset_and_a_revoke_zeroes_it() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let tp: Tp = (Arc::from("orders"), 0);
+        let retry: Tp = (Arc::from("orders.g.retry.5s"), 0);
+        let tiers = [("orders.g.retry.5s".to_owned(), "5s".to_owned())];
+        let wanted = [
+            (KAFKA_LAG, ("topic", "orders")),
+            (RETRY_DEPTH, ("tier", "5s")),
+        ];
+        metrics::with_local_recorder(&recorder, || {
+            let metrics = SourceMetrics::new(&["orders"], &tiers, "g");
+            {
+                let mut offsets = metrics.offsets.lock().unwrap();
+                offsets.insert(tp.clone(), (100, 90));
+                offsets.insert(retry.clone(), (7, 7));
+            }
+            // Offset 80 still runs: 20 records unfinished; the retry topic
+            // holds 3 unfinished copies.
+            metrics.report(vec![(tp.clone(), Some(80)), (retry.clone(), Some(4))]);
+            assert_eq!(read(&snapshotter, &wanted), [Some(20.0), Some(3.0)]);
+            // Nothing unfinished: lag from the fetch position.
+            metrics.report(vec![(tp.clone(), None)]);
+            assert_eq!(read(&snapshotter, &wanted), [Some(10.0), Some(3.0)]);
+            // A revoke zeroes the partition's gauges at once.
+            metrics.report(vec![(tp.clone(), None)]);
+            metrics.forget([("orders", 0)]);
+            assert_eq!(read(&snapshotter, &wanted)[0], Some(0.0));
+            assert!(metrics.lock().is_empty() || !metrics.lock().contains_key(&tp));
+        });
     }
 }

@@ -48,6 +48,7 @@ impl DepthPoller {
         tiers: &[(String, String)],
         every: Duration,
     ) -> Self {
+        backstop::metrics::describe();
         let gauge = |name: &'static str, label: &'static str, value: &str| {
             metrics::gauge!(name, consumer_labels(queue, queue, &[(label, value)]))
         };
