@@ -71,6 +71,14 @@ fn gauge(name: &str, source: &str, group: &str, labels: &[(&str, &str)]) -> Opti
     )
 }
 
+/// Waits until the gauge reads `expected` (at most 15 s); panics with the
+/// last reading if it never does.
+async fn reaches(name: &str, source: &str, group: &str, labels: &[(&str, &str)], expected: f64) {
+    let read = || gauge(name, source, group, labels);
+    let reached = eventually(Duration::from_secs(15), || read() == Some(expected)).await;
+    assert!(reached, "{name} {labels:?}: {:?}, not {expected}", read());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_counts_unfinished_records_until_they_are_done() {
     recorder();
@@ -91,21 +99,10 @@ async fn lag_counts_unfinished_records_until_they_are_done() {
         );
     }
     // Partition 0 of the main topic (the retry topics have gauges of their own).
-    let partition_0 = |name| {
-        gauge(
-            name,
-            &topic,
-            &group,
-            &[("topic", &topic), ("partition", "0")],
-        )
-    };
-    let lag = || partition_0(KAFKA_LAG);
-    let oldest = || partition_0(KAFKA_OLDEST_UNFINISHED);
-    assert!(
-        eventually(Duration::from_secs(15), || lag() == Some(30.0)).await,
-        "every record is unfinished: {:?}",
-        lag()
-    );
+    let partition_0 = [("topic", topic.as_str()), ("partition", "0")];
+    let oldest = || gauge(KAFKA_OLDEST_UNFINISHED, &topic, &group, &partition_0);
+    // Every record is unfinished.
+    reaches(KAFKA_LAG, &topic, &group, &partition_0, 30.0).await;
     assert!(
         eventually(Duration::from_secs(10), || oldest()
             .is_some_and(|s| s > 0.0))
@@ -122,14 +119,9 @@ async fn lag_counts_unfinished_records_until_they_are_done() {
     assert_eq!(seen.len(), rest.len());
     // A snapshot zeroes the recorder's gauges, so a 0 proves something only
     // once the poll thread had a few intervals to set another value.
-    assert!(
-        eventually(Duration::from_secs(15), || lag() == Some(0.0)).await,
-        "all done: {:?}",
-        lag()
-    );
+    reaches(KAFKA_LAG, &topic, &group, &partition_0, 0.0).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let snapshot = recorder().snapshot().into_vec();
-    let partition_0 = [("topic", topic.as_str()), ("partition", "0")];
     let both = [KAFKA_LAG, KAFKA_OLDEST_UNFINISHED]
         .map(|name| find(&snapshot, name, &topic, &group, &partition_0));
     assert_eq!(both, [Some(0.0), Some(0.0)], "all done");
@@ -159,18 +151,9 @@ async fn dlq_depth_counts_letters_not_yet_redriven_and_retry_depth_waiting_copie
     publish_in_order(&publisher, &retry, &messages("copy", 3, 3)).await;
 
     let mut source = kafka.source(&[&topic], 4).unwrap();
-    let retry_depth = || gauge(RETRY_DEPTH, &topic, &group, &[("tier", &tier)]);
-    assert!(
-        eventually(Duration::from_secs(15), || retry_depth() == Some(3.0)).await,
-        "three copies wait in tier {tier}: {:?}",
-        retry_depth()
-    );
-    let depth = || gauge(DLQ_DEPTH, &topic, &group, &[("dlq", &dlq)]);
-    assert!(
-        eventually(Duration::from_secs(15), || depth() == Some(5.0)).await,
-        "five letters: {:?}",
-        depth()
-    );
+    // Three copies wait in the first tier; five letters in the DLQ.
+    reaches(RETRY_DEPTH, &topic, &group, &[("tier", &tier)], 3.0).await;
+    reaches(DLQ_DEPTH, &topic, &group, &[("dlq", &dlq)], 5.0).await;
     // Two redriven: `backstop dlq replay` records each in the state topic,
     // keyed `<message id>@<replayed>`, once its copy is confirmed.
     let records: Vec<Message> = letters[..2]
@@ -180,10 +163,7 @@ async fn dlq_depth_counts_letters_not_yet_redriven_and_retry_depth_waiting_copie
         })
         .collect();
     publish_in_order(&publisher, &state, &records).await;
-    assert!(
-        eventually(Duration::from_secs(15), || depth() == Some(3.0)).await,
-        "three letters left: {:?}",
-        depth()
-    );
+    // Three letters left.
+    reaches(DLQ_DEPTH, &topic, &group, &[("dlq", &dlq)], 3.0).await;
     source.close().await;
 }

@@ -34,6 +34,20 @@ fn gauge(snapshotter: &Snapshotter, name: &str, source: &str, label: (&str, &str
         })
 }
 
+/// Waits until the gauge reads `expected` (at most 10 s); panics with the
+/// last reading if it never does.
+async fn reaches(
+    snapshotter: &Snapshotter,
+    name: &str,
+    source: &str,
+    label: (&str, &str),
+    expected: f64,
+) {
+    let read = || gauge(snapshotter, name, source, label);
+    let reached = eventually(Duration::from_secs(10), || read() == Some(expected)).await;
+    assert!(reached, "{name} {label:?}: {:?}, not {expected}", read());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn depths_of_the_queue_its_dlq_and_its_delay_queues_are_reported() {
     let recorder = DebuggingRecorder::new();
@@ -59,32 +73,16 @@ async fn depths_of_the_queue_its_dlq_and_its_delay_queues_are_reported() {
         .await
         .expect("consume")
         .depth_interval(Duration::from_millis(100));
-    let read = |name: &str, label: (&str, &str)| gauge(&snapshotter, name, &queue, label);
-    assert!(
-        eventually(Duration::from_secs(10), || read(
-            QUEUE_DEPTH,
-            ("queue", &queue)
-        ) == Some(4.0))
-        .await,
-        "queue depth: {:?}",
-        read(QUEUE_DEPTH, ("queue", &queue))
-    );
-    assert!(
-        eventually(Duration::from_secs(10), || read(DLQ_DEPTH, ("dlq", &dlq))
-            == Some(6.0))
-        .await,
-        "dlq depth: {:?}",
-        read(DLQ_DEPTH, ("dlq", &dlq))
-    );
-    assert!(
-        eventually(Duration::from_secs(10), || read(
-            RETRY_DEPTH,
-            ("tier", tier.name())
-        ) == Some(3.0))
-        .await,
-        "retry depth: {:?}",
-        read(RETRY_DEPTH, ("tier", tier.name()))
-    );
+    reaches(&snapshotter, QUEUE_DEPTH, &queue, ("queue", &queue), 4.0).await;
+    reaches(&snapshotter, DLQ_DEPTH, &queue, ("dlq", &dlq), 6.0).await;
+    reaches(
+        &snapshotter,
+        RETRY_DEPTH,
+        &queue,
+        ("tier", tier.name()),
+        3.0,
+    )
+    .await;
 
     // Redrive two letters as the DLQ tool does: a confirmed copy to the
     // source queue, then the letter acked off the DLQ.
@@ -118,22 +116,8 @@ async fn depths_of_the_queue_its_dlq_and_its_delay_queues_are_reported() {
             .await
             .expect("ack");
     }
-    assert!(
-        eventually(Duration::from_secs(10), || read(DLQ_DEPTH, ("dlq", &dlq))
-            == Some(4.0))
-        .await,
-        "dlq depth after two redrives: {:?}",
-        read(DLQ_DEPTH, ("dlq", &dlq))
-    );
-    assert!(
-        eventually(Duration::from_secs(10), || read(
-            QUEUE_DEPTH,
-            ("queue", &queue)
-        ) == Some(6.0))
-        .await,
-        "the redriven letters wait in the queue: {:?}",
-        read(QUEUE_DEPTH, ("queue", &queue))
-    );
+    reaches(&snapshotter, DLQ_DEPTH, &queue, ("dlq", &dlq), 4.0).await;
+    reaches(&snapshotter, QUEUE_DEPTH, &queue, ("queue", &queue), 6.0).await;
     let _ = channel.close(200, "OK".into()).await;
     drop(source);
     cleanup(&rabbit, &topology).await;

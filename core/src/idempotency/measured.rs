@@ -197,35 +197,7 @@ mod tests {
 
     use super::*;
     use crate::idempotency::MemoryStore;
-
-    /// A store whose every call fails, as one that is down.
-    #[derive(Debug)]
-    struct Down;
-
-    #[async_trait::async_trait]
-    impl Store for Down {
-        async fn claim(
-            &self,
-            _: &StoreKey,
-            _: &str,
-            _: Duration,
-            _: u32,
-        ) -> Result<Claim, StoreError> {
-            Err(StoreError::Backend("down".into()))
-        }
-        async fn renew(&self, _: &StoreKey, _: Fence, _: Duration) -> Result<bool, StoreError> {
-            Err(StoreError::Backend("down".into()))
-        }
-        async fn complete(&self, _: &StoreKey, _: Fence) -> Result<bool, StoreError> {
-            Err(StoreError::Backend("down".into()))
-        }
-        async fn dead_letter(&self, _: &StoreKey, _: Fence) -> Result<bool, StoreError> {
-            Err(StoreError::Backend("down".into()))
-        }
-        async fn release(&self, _: &StoreKey, _: Fence, _: Option<u32>) -> Result<(), StoreError> {
-            Err(StoreError::Backend("down".into()))
-        }
-    }
+    use crate::idempotency::tests::DownStore as Down;
 
     fn value<'a>(
         snapshot: &'a [(
