@@ -3,11 +3,10 @@
 use std::sync::Arc;
 
 use lapin::Channel;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::ShortString;
 
 use crate::connection::{ConnectOptions, Connector, SharedConnection};
-use crate::depth::{DEFAULT_DEPTH_INTERVAL, DepthPoller};
+use crate::depth::{DEFAULT_DEPTH_INTERVAL, DepthPoller, ready_count};
 use crate::error::{ConnectError, ConsumeError, NOT_FOUND, TopologyError, amqp_reply};
 use crate::publisher::RabbitPublisher;
 use crate::sinks::{RabbitDeadLetterSink, RabbitRetrySink};
@@ -132,19 +131,10 @@ impl RabbitMq {
         let name = ShortString::try_new(queue).map_err(|_| TopologyError::NameTooLong {
             name: queue.to_owned(),
         })?;
-        let result = channel
-            .queue_declare(
-                name,
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
+        let result = ready_count(&channel, name).await;
         close_quietly(&channel).await;
         match result {
-            Ok(declared) => Ok(declared.message_count()),
+            Ok(count) => Ok(count),
             Err(source) => Err(match amqp_reply(&source) {
                 Some((NOT_FOUND, reason)) => TopologyError::Mismatch {
                     name: queue.to_owned(),

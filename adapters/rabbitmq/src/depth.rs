@@ -118,24 +118,28 @@ async fn read(
             }
         },
     };
-    let declared = open
-        .queue_declare(
-            queue.clone(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
+    let declared = ready_count(&open, queue.clone()).await;
     match declared {
-        Ok(declared) => {
+        Ok(count) => {
             *channel = Some(open);
-            Some(declared.message_count())
+            Some(count)
         }
         Err(error) => {
             tracing::debug!(%error, queue = %queue, "depth poller: reading the depth failed");
             None
         }
     }
+}
+
+/// The ready messages of `queue` by a passive declare on `channel` (a
+/// missing queue closes the channel).
+pub(crate) async fn ready_count(channel: &Channel, queue: ShortString) -> lapin::Result<u32> {
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declared = channel
+        .queue_declare(queue, options, FieldTable::default())
+        .await?;
+    Ok(declared.message_count())
 }
