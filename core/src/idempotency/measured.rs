@@ -86,8 +86,11 @@ impl OpKeys {
     }
 }
 
-/// A [`Store`] that records each call's duration and errors; see the
-/// [module docs](self).
+/// A [`Store`] that records each call's duration and errors:
+/// `backstop_store_duration_seconds{op}` and `backstop_store_errors_total{op}`,
+/// `op` named after the [`Store`] method. A batch is one call, timed once;
+/// each of its failed items counts one error. The idempotency layer wraps
+/// every store it is given in one.
 #[derive(Debug)]
 pub struct Measured<S: ?Sized> {
     inner: std::sync::Arc<S>,

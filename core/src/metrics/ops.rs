@@ -83,8 +83,9 @@ pub(super) fn describe() {
     );
 }
 
-/// The labels every consumer's metric carries: `source` and `group` (see
-/// the [module docs](self) for what they hold on each broker), then `extra`.
+/// The labels every consumer's metric carries: `source` and `group`
+/// (RabbitMQ: both the queue's name; Kafka: the topics joined with `,`, and
+/// the consumer group id), then `extra`.
 /// Build them once, when a poller or a handle starts, never per message.
 pub fn consumer_labels(
     source: &str,
