@@ -101,6 +101,10 @@ pub struct KafkaConfig {
     pub missing_topic_timeout: Duration,
     /// The delay tiers of non-blocking retries (default 5 s, 30 s, 5 min).
     pub retry_tiers: RetryTiers,
+    /// How often a source reports its partitions' lag
+    /// (`backstop_kafka_lag_records`, `backstop_kafka_oldest_unfinished_seconds`)
+    /// and its DLQs' depth (`backstop_dlq_depth`). Default 5 s.
+    pub metrics_interval: Duration,
 }
 
 /// A property map with secret values hidden, for `Debug`.
@@ -147,6 +151,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("max_pending_bytes", &self.max_pending_bytes)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("retry_tiers", &self.retry_tiers)
+            .field("metrics_interval", &self.metrics_interval)
             .finish()
     }
 }
@@ -172,6 +177,7 @@ impl KafkaConfig {
             message_timeout: Duration::from_secs(30),
             missing_topic_timeout: Duration::from_secs(5),
             retry_tiers: RetryTiers::default(),
+            metrics_interval: Duration::from_secs(5),
         }
     }
 

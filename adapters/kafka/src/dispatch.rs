@@ -563,6 +563,17 @@ impl Dispatcher {
         }
     }
 
+    /// Every tracked partition with its first unfinished offset (for the
+    /// lag metrics, on their interval).
+    pub(crate) fn heads(&self) -> Vec<(Tp, Option<i64>)> {
+        self.lock()
+            .slots
+            .iter()
+            .flatten()
+            .map(|s| (s.tp.clone(), s.tracker.first_unfinished()))
+            .collect()
+    }
+
     /// The offsets to commit for every partition (on close).
     pub(crate) fn to_commit(&self) -> Vec<(Tp, i64)> {
         self.lock()

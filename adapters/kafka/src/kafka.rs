@@ -123,7 +123,10 @@ impl Kafka {
     /// The DLQ and retry topics must exist when the runner starts
     /// ([`Source::preflight`](backstop::Source::preflight)): create them with
     /// [`ensure_topics`](Self::ensure_topics);
-    /// [`KafkaSource::skip_destination_check`] opts out.
+    /// [`KafkaSource::skip_destination_check`] opts out. While it lives, the
+    /// depth of its DLQ topics (letters not yet replayed or purged) is read
+    /// every [`KafkaConfig::metrics_interval`](crate::KafkaConfig::metrics_interval)
+    /// into `backstop_dlq_depth`.
     pub fn source(&self, topics: &[&str], concurrency: usize) -> Result<KafkaSource, Error> {
         let retry: Vec<(String, String)> = topics
             .iter()
@@ -133,9 +136,12 @@ impl Kafka {
                     .map(|r| (r, (*t).to_owned()))
             })
             .collect();
-        let mut required: Vec<String> = topics.iter().map(|t| self.dlq_topic(t)).collect();
+        let dlqs: Vec<String> = topics.iter().map(|t| self.dlq_topic(t)).collect();
+        let mut required = dlqs.clone();
         required.extend(retry.iter().map(|(r, _)| r.clone()));
-        Ok(KafkaSource::new(&self.config, topics, &retry, concurrency)?.require(required))
+        KafkaSource::new(&self.config, topics, &retry, concurrency)?
+            .require(required)
+            .watch_dlqs(topics, &dlqs)
     }
 
     /// A source on exactly `topics` (no retry topics), e.g. to read a DLQ.

@@ -89,6 +89,7 @@
 
 mod acker;
 mod config;
+mod depth;
 mod dispatch;
 mod error;
 mod kafka;
@@ -101,6 +102,7 @@ mod record;
 pub mod retry;
 mod sinks;
 mod source;
+mod telemetry;
 mod topics;
 mod tracker;
 #[cfg(feature = "tls")]
@@ -113,7 +115,9 @@ pub use crate::options::{KafkaOption, OptionError, is_secret};
 pub use crate::publisher::KafkaPublisher;
 pub use crate::record::{assigned_message_id, to_message};
 pub use crate::retry::{RetryTier, RetryTiers};
-pub use crate::sinks::{KafkaDeadLetterSink, KafkaRetrySink, dlq_topic, retry_topic};
+pub use crate::sinks::{
+    KafkaDeadLetterSink, KafkaRetrySink, dlq_state_topic, dlq_topic, retry_topic,
+};
 pub use crate::source::KafkaSource;
 pub use crate::topics::{HEADER_HEADROOM, TopicSpec, Topics};
 

@@ -33,6 +33,7 @@ use tokio::sync::oneshot;
 use crate::dispatch::{Dispatcher, Incoming, Tp};
 use crate::link::Link;
 use crate::source::RetryTable;
+use crate::telemetry::SourceMetrics;
 use crate::{Error, record};
 
 /// How long the thread blocks in one `poll` at most.
@@ -56,6 +57,7 @@ pub(crate) struct GroupContext {
     dispatcher: Arc<Dispatcher>,
     delayed: Arc<RetryTable>,
     link: Arc<Link>,
+    metrics: Arc<SourceMetrics>,
 }
 
 impl GroupContext {
@@ -63,11 +65,13 @@ impl GroupContext {
         dispatcher: Arc<Dispatcher>,
         delayed: Arc<RetryTable>,
         link: Arc<Link>,
+        metrics: Arc<SourceMetrics>,
     ) -> Self {
         GroupContext {
             dispatcher,
             delayed,
             link,
+            metrics,
         }
     }
 }
@@ -87,6 +91,10 @@ impl ClientContext for GroupContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(target: "librdkafka", %error, "consumer: {reason}");
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.metrics.observe(&statistics);
     }
 }
 
@@ -116,6 +124,8 @@ impl ConsumerContext for GroupContext {
         let commit = self
             .dispatcher
             .revoke(elements.iter().map(|e| (e.topic(), e.partition())));
+        self.metrics
+            .forget(elements.iter().map(|e| (e.topic(), e.partition())));
         let lost = consumer.assignment_lost();
         tracing::info!(
             partitions = elements.len(),
@@ -132,6 +142,7 @@ impl ConsumerContext for GroupContext {
         // thread for up to `socket.timeout.ms` when the coordinator is away
         // (a broker restart), and the member could not rejoin meanwhile.
         if let Err(error) = consumer.store_offsets(&list(&commit)) {
+            self.metrics.commit_failed();
             tracing::warn!(%error, "storing offsets on revoke failed; the new owner may redeliver finished messages");
         }
     }
@@ -158,6 +169,7 @@ impl ConsumerContext for GroupContext {
         match result {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(error) => {
+                self.metrics.commit_failed();
                 tracing::debug!(%error, "offset commit failed; it is retried on the next interval")
             }
         }
@@ -184,6 +196,7 @@ impl PollThread {
         delayed: Arc<RetryTable>,
         group: String,
         link: Arc<Link>,
+        (metrics, metrics_every): (Arc<SourceMetrics>, Duration),
     ) -> Result<Self, Error> {
         let stop = Arc::new(AtomicBool::new(false));
         let liveness = Liveness::new(format!("the Kafka poll thread of group {group:?}"));
@@ -203,6 +216,8 @@ impl PollThread {
             link,
             last_check: None,
             liveness: liveness.clone(),
+            metrics,
+            metrics_every,
         };
         std::thread::Builder::new()
             .name("backstop-kafka-poll".into())
@@ -274,6 +289,9 @@ struct Poller {
     last_check: Option<Instant>,
     /// Beaten every turn; ended when the thread closes.
     liveness: Liveness,
+    /// The lag gauges and failure counters, reported every `metrics_every`.
+    metrics: Arc<SourceMetrics>,
+    metrics_every: Duration,
 }
 
 /// Consumer groups whose poll thread panics on its next poll (tests only).
@@ -283,6 +301,7 @@ pub(crate) static PANIC_IN_POLL: std::sync::Mutex<Vec<String>> = std::sync::Mute
 impl Poller {
     fn run(mut self) {
         let mut last_maintenance = Instant::now();
+        let mut last_report = last_maintenance;
         while !self.stop.load(Ordering::Acquire) {
             self.liveness.beat();
             let idle = self.poll_batch();
@@ -292,6 +311,10 @@ impl Poller {
             if idle || last_maintenance.elapsed() >= MAINTENANCE_EVERY {
                 self.maintain(idle);
                 last_maintenance = Instant::now();
+                if last_maintenance - last_report >= self.metrics_every {
+                    self.metrics.report(self.dispatcher.heads());
+                    last_report = last_maintenance;
+                }
             }
         }
         self.close();
@@ -358,6 +381,7 @@ impl Poller {
         }
         if std::mem::take(&mut self.disconnected) {
             self.link.up();
+            self.metrics.reconnected();
         }
         let mut pause = Vec::new();
         self.dispatcher.receive_all(&mut batch, &mut pause);
@@ -409,7 +433,10 @@ impl Poller {
             match self.consumer.store_offsets(&list(&actions.store)) {
                 Ok(()) => self.dispatcher.mark_stored(&actions.store),
                 // A partition revoked a moment ago: expected, not fatal.
-                Err(error) => tracing::debug!(%error, "storing offsets failed"),
+                Err(error) => {
+                    self.metrics.commit_failed();
+                    tracing::debug!(%error, "storing offsets failed")
+                }
             }
         }
         if idle && !actions.idle.is_empty() {
@@ -497,6 +524,7 @@ impl Poller {
         {
             self.disconnected = false;
             self.link.up();
+            self.metrics.reconnected();
             tracing::info!("the Kafka cluster is reachable again");
         }
     }
@@ -505,8 +533,9 @@ impl Poller {
         self.liveness.end();
         self.dispatcher.close();
         let actions = self.dispatcher.maintain();
-        if !actions.store.is_empty() {
-            let _ = self.consumer.store_offsets(&list(&actions.store));
+        if !actions.store.is_empty() && self.consumer.store_offsets(&list(&actions.store)).is_err()
+        {
+            self.metrics.commit_failed();
         }
         // Fully processed partitions commit past trailing transaction
         // markers, as the running loop does when idle: a consumer closed
@@ -520,6 +549,7 @@ impl Poller {
             match self.consumer.commit(&list(&commit), CommitMode::Sync) {
                 Ok(()) => self.dispatcher.mark_committed(&commit),
                 Err(error) => {
+                    self.metrics.commit_failed();
                     tracing::warn!(%error, "final commit failed; finished messages may be redelivered")
                 }
             }

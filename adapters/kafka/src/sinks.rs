@@ -19,6 +19,13 @@ pub fn dlq_topic(topic: &str, group: &str) -> String {
     format!("{topic}.{group}.dlq")
 }
 
+/// The state topic of a DLQ topic, `<dlq>.state`: a compacted topic where
+/// `backstop dlq` records each letter it replayed or purged (keyed
+/// `<message id>@<replayed>`), since a topic cannot forget a record.
+pub fn dlq_state_topic(dlq: &str) -> String {
+    format!("{dlq}.state")
+}
+
 /// The retry topic of `topic` for `group` and `tier`: `<topic>.<group>.retry.<tier>`.
 pub fn retry_topic(topic: &str, group: &str, tier: &RetryTier) -> String {
     format!("{topic}.{group}.retry.{tier}")

@@ -8,9 +8,11 @@ use backstop::{Delivery, Source, SourceError};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::acker::KafkaAcker;
+use crate::depth::DlqDepth;
 use crate::dispatch::Dispatcher;
 use crate::link::Link;
 use crate::poller::{GroupContext, PollThread};
+use crate::telemetry::SourceMetrics;
 use crate::{Error, KafkaConfig};
 
 /// Retry topic → the source topic its copies belong to: the source's own
@@ -55,6 +57,8 @@ pub struct KafkaSource {
     config: KafkaConfig,
     /// Topics [`Source::preflight`] requires: the DLQ and retry topics.
     required: Vec<String>,
+    /// Reads the depth of the DLQ topics while the source lives.
+    dlq_depth: Option<DlqDepth>,
 }
 
 impl KafkaSource {
@@ -97,13 +101,32 @@ impl KafkaSource {
                 .collect(),
         );
         let link = Arc::new(Link::new(&config.group));
+        let tiers: Vec<(String, String)> = retry_topics
+            .iter()
+            .map(|(retry, source)| {
+                let prefix = format!("{source}.{}.retry.", config.group);
+                let tier = retry.strip_prefix(&prefix).unwrap_or(retry);
+                (retry.clone(), tier.to_owned())
+            })
+            .collect();
+        let metrics = Arc::new(SourceMetrics::new(topics, &tiers, &config.group));
         let context = GroupContext::new(
             Arc::clone(&dispatcher),
             Arc::clone(&delayed),
             Arc::clone(&link),
+            Arc::clone(&metrics),
         );
         let consumer: BaseConsumer<GroupContext> = config
             .consumer_config()
+            // The lag's high watermarks (see `telemetry`).
+            .set(
+                "statistics.interval.ms",
+                config
+                    .metrics_interval
+                    .as_millis()
+                    .clamp(1, 86_400_000)
+                    .to_string(),
+            )
             .create_with_context(context)
             .map_err(Error::Config)?;
         let mut all: Vec<&str> = topics.to_vec();
@@ -117,6 +140,7 @@ impl KafkaSource {
             delayed,
             config.group.clone(),
             Arc::clone(&link),
+            (metrics, config.metrics_interval),
         )?;
         Ok(KafkaSource {
             dispatcher,
@@ -127,6 +151,7 @@ impl KafkaSource {
             close_wait: config.session_timeout + Duration::from_secs(10),
             config: config.clone(),
             required: Vec::new(),
+            dlq_depth: None,
         })
     }
 
@@ -135,6 +160,13 @@ impl KafkaSource {
     pub(crate) fn require(mut self, topics: Vec<String>) -> Self {
         self.required = topics;
         self
+    }
+
+    /// Reports the depth of `dlqs`, the DLQ topics of the main `topics`,
+    /// every [`KafkaConfig::metrics_interval`] while the source lives.
+    pub(crate) fn watch_dlqs(mut self, topics: &[&str], dlqs: &[String]) -> Result<Self, Error> {
+        self.dlq_depth = Some(DlqDepth::start(&self.config, topics, dlqs)?);
+        Ok(self)
     }
 
     /// Skips the check that the DLQ and retry topics exist when the runner
@@ -254,6 +286,7 @@ impl Source for KafkaSource {
     }
 
     async fn close(&mut self) {
+        self.dlq_depth = None;
         self.dispatcher.close();
         self.thread.stop(self.close_wait).await;
     }

@@ -109,6 +109,12 @@ impl PartitionTracker {
         self.entries.is_empty()
     }
 
+    /// The first offset received and not finished yet (held, queued,
+    /// running or failed), if any: the offset a restart resumes at.
+    pub(crate) fn first_unfinished(&self) -> Option<i64> {
+        self.entries.keys().next().copied()
+    }
+
     /// The last offset received, if any.
     pub(crate) fn last_received(&self) -> Option<i64> {
         self.last_received

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use backstop::metrics::{ACK_FAILURES, consumer_labels};
 use backstop::{AckError, Acker};
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 
@@ -15,7 +16,8 @@ use crate::source::Counts;
 /// one) it refuses to settle instead of acking a stranger's delivery tag.
 /// lapin's `Ok(false)` ("not acked: channel gone or acker used") is never
 /// taken for success: it is [`AckError::ChannelGone`], and the broker
-/// redelivers the message.
+/// redelivers the message. Every failed frame counts in
+/// `backstop_ack_failures_total`.
 #[derive(Debug)]
 pub struct RabbitAcker {
     acker: lapin::Acker,
@@ -64,11 +66,15 @@ impl RabbitAcker {
     }
 
     fn settled(&self, what: &str, result: lapin::Result<bool>) -> Result<(), AckError> {
-        match result {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(self.gone(what, None)),
-            Err(error) => Err(self.gone(what, Some(&error))),
-        }
+        let failed = match result {
+            Ok(true) => return Ok(()),
+            Ok(false) => self.gone(what, None),
+            Err(error) => self.gone(what, Some(&error)),
+        };
+        // Labels built only on a failure: a settled frame costs nothing here.
+        metrics::counter!(ACK_FAILURES, consumer_labels(&self.queue, &self.queue, &[]))
+            .increment(1);
+        Err(failed)
     }
 }
 

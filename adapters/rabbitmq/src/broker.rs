@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use lapin::Channel;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::ShortString;
 
 use crate::connection::{ConnectOptions, Connector, SharedConnection};
+use crate::depth::{DEFAULT_DEPTH_INTERVAL, DepthPoller, ready_count};
 use crate::error::{ConnectError, ConsumeError, NOT_FOUND, TopologyError, amqp_reply};
 use crate::publisher::RabbitPublisher;
 use crate::sinks::{RabbitDeadLetterSink, RabbitRetrySink};
@@ -74,17 +74,33 @@ impl RabbitMq {
     /// a queue that does not exist fails here. Its DLQ (`<queue>.dlq`) and,
     /// for a topology declared or registered on this handle, its delay
     /// queues must exist when the runner starts ([`Source::preflight`](backstop::Source::preflight));
-    /// [`RabbitSource::skip_destination_check`] opts out.
+    /// [`RabbitSource::skip_destination_check`] opts out. While it lives, the
+    /// depths of the queue, its DLQ and its delay queues are read on an
+    /// interval ([`RabbitSource::depth_interval`]) into
+    /// `backstop_queue_depth`, `backstop_dlq_depth` and `backstop_retry_depth`.
     pub async fn source(&self, queue: &str, prefetch: usize) -> Result<RabbitSource, ConsumeError> {
-        let mut required = vec![crate::topology::dlq_name(queue)];
-        if let Some(topology) = self.registry.get(queue) {
-            required.extend(topology.tiers().iter().map(|t| t.queue_for(queue)));
-        }
-        Ok(
-            RabbitSource::open(Arc::clone(&self.connector), queue, prefetch)
-                .await?
-                .require(required),
-        )
+        let dlq = crate::topology::dlq_name(queue);
+        let tiers: Vec<(String, String)> = self
+            .registry
+            .get(queue)
+            .map(|topology| {
+                let tiers = topology.tiers().iter();
+                tiers
+                    .map(|t| (t.name().to_owned(), t.queue_for(queue)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut required = vec![dlq.clone()];
+        required.extend(tiers.iter().map(|(_, delay_queue)| delay_queue.clone()));
+        let source = RabbitSource::open(Arc::clone(&self.connector), queue, prefetch).await?;
+        let depths = DepthPoller::start(
+            Arc::clone(&self.shared),
+            queue,
+            &dlq,
+            &tiers,
+            DEFAULT_DEPTH_INTERVAL,
+        );
+        Ok(source.require(required).watch_depths(depths))
     }
 
     /// A confirmed publisher on a channel of its own.
@@ -115,19 +131,10 @@ impl RabbitMq {
         let name = ShortString::try_new(queue).map_err(|_| TopologyError::NameTooLong {
             name: queue.to_owned(),
         })?;
-        let result = channel
-            .queue_declare(
-                name,
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
+        let result = ready_count(&channel, name).await;
         close_quietly(&channel).await;
         match result {
-            Ok(declared) => Ok(declared.message_count()),
+            Ok(count) => Ok(count),
             Err(source) => Err(match amqp_reply(&source) {
                 Some((NOT_FOUND, reason)) => TopologyError::Mismatch {
                     name: queue.to_owned(),

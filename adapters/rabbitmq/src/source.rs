@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use backstop::metrics::{RECONNECTS, consumer_labels};
 use backstop::{Delivery, Source, SourceError};
 use futures::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
@@ -16,6 +17,7 @@ use crate::acker::RabbitAcker;
 use crate::backoff::Backoff;
 use crate::connection::Connector;
 use crate::convert::message_from_delivery;
+use crate::depth::DepthPoller;
 use crate::error::{ConsumeError, NOT_FOUND, amqp_reply};
 
 /// One item from lapin's consumer, stamped with when it arrived: `None`
@@ -279,6 +281,8 @@ pub struct RabbitSource {
     paused: bool,
     /// The runner's readiness, told of each loss and reconnect.
     readiness: Option<backstop::Readiness>,
+    /// Reads the depths of the queue, its DLQ and its delay queues.
+    depth: Option<DepthPoller>,
 }
 
 /// RabbitMQ's default `consumer_timeout`.
@@ -334,6 +338,7 @@ impl RabbitSource {
             margin: DEFAULT_TIMEOUT_MARGIN,
             paused: false,
             readiness: None,
+            depth: None,
         })
     }
 
@@ -359,6 +364,25 @@ impl RabbitSource {
     /// How long a delivery may stay unacked: the consumer timeout less the margin.
     pub fn unacked_budget(&self) -> Duration {
         self.budget
+    }
+
+    /// Reports the depths of the queue, its DLQ and its delay queues through
+    /// `poller` while the source lives.
+    pub(crate) fn watch_depths(mut self, poller: DepthPoller) -> Self {
+        self.depth = Some(poller);
+        self
+    }
+
+    /// How often the depths of the queue, its DLQ and its delay queues are
+    /// read (`backstop_queue_depth`, `backstop_dlq_depth`,
+    /// `backstop_retry_depth`; every 15 s by default, see
+    /// [`DEFAULT_DEPTH_INTERVAL`](crate::DEFAULT_DEPTH_INTERVAL)).
+    #[must_use]
+    pub fn depth_interval(self, every: Duration) -> Self {
+        if let Some(poller) = &self.depth {
+            poller.set_interval(every);
+        }
+        self
     }
 
     /// Requires these queues (the DLQ, the delay queues) to exist when the
@@ -551,6 +575,11 @@ impl Source for RabbitSource {
                         if let Some(readiness) = &self.readiness {
                             readiness.connected();
                         }
+                        metrics::counter!(
+                            RECONNECTS,
+                            consumer_labels(&self.queue, &self.queue, &[])
+                        )
+                        .increment(1);
                         self.active = Some(subscription);
                         self.lost = false;
                         self.backoff.reset();
@@ -621,6 +650,7 @@ impl Source for RabbitSource {
 
     async fn close(&mut self) {
         self.closed = true;
+        self.depth = None;
         if let Some(subscription) = self.active.take() {
             subscription.close(&self.tag).await;
         }

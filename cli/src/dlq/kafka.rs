@@ -36,7 +36,7 @@ pub struct KafkaDlq {
 
 /// The state topic of a DLQ topic: `<dlq>.state`.
 pub fn state_topic(dlq: &str) -> String {
-    format!("{dlq}.state")
+    backstop_kafka::dlq_state_topic(dlq)
 }
 
 /// The key of a letter in the state topic: `<message id>@<replayed>`.

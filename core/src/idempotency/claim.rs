@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use super::{Claim, Fence, Key, Keyspace, Layout, MAX_LETTER_TEXT, Store};
+use super::measured::Timed;
+use super::{Claim, Fence, Key, Keyspace, Layout, MAX_LETTER_TEXT};
 use crate::{Error, Failure, Outcome, wire};
 
 /// The keys one message is leased under: its key in its consumer's
@@ -51,7 +52,7 @@ impl Claimed {
     }
 
     /// Gives every lease up, keeping the counts.
-    pub(super) async fn release(&self, store: &dyn Store, keys: &Keys) -> Result<(), Error> {
+    pub(super) async fn release(&self, store: &Timed<'_>, keys: &Keys) -> Result<(), Error> {
         for (key, fence) in self.held(keys) {
             store
                 .release(&key, fence, None)
@@ -66,7 +67,7 @@ impl Claimed {
 /// completed or dead-lettered makes the message a duplicate (recorded in
 /// the new layout too); one held by another worker makes it busy.
 pub(super) async fn claim(
-    store: &dyn Store,
+    store: &Timed<'_>,
     keys: &Keys,
     owner: &str,
     lease: Duration,
@@ -137,7 +138,7 @@ pub(super) async fn claim(
 
 /// Records the inner result for the lease `fence` on `key`.
 pub(super) async fn settle(
-    store: &dyn Store,
+    store: &Timed<'_>,
     key: &Key,
     fence: Fence,
     result: &Result<Outcome, Error>,

@@ -25,6 +25,10 @@
 //! key without counting an attempt. A store that is down defers the message
 //! ([`Error::Store`]).
 //!
+//! **Metrics.** Every store call is timed and its failures counted, by
+//! operation ([`Measured`]): `backstop_store_duration_seconds{op}` and
+//! `backstop_store_errors_total{op}`.
+//!
 //! **Lost leases.** The inner layers see a child of the request's
 //! cancellation token that also fires when the lease is lost: the store
 //! refused a renewal (the lease was taken over), or no renewal got through
@@ -56,6 +60,7 @@ mod key;
 mod keyspace;
 mod layer;
 pub mod layout;
+mod measured;
 mod memory;
 mod namespaced;
 pub mod outage;
@@ -66,6 +71,8 @@ pub use self::key::{Key, KeySource, MAX_KEY_LEN};
 pub use self::keyspace::Keyspace;
 pub use self::layer::IdempotencyLayer;
 pub use self::layout::{KeyLayout, Layout, LayoutError};
+pub use self::measured::Measured;
+use self::measured::{StoreOps, Timed};
 pub use self::memory::MemoryStore;
 pub use self::namespaced::Namespaced;
 pub use self::store::{Claim, ClaimOf, Fence, Held, MAX_LETTER_TEXT, Store};
@@ -176,6 +183,9 @@ pub struct Idempotency<S> {
 #[derive(Clone)]
 pub(crate) struct Deduper {
     store: Arc<dyn Store>,
+    /// The same store, measured, for the background work.
+    measured: Arc<dyn Store>,
+    ops: Arc<StoreOps>,
     config: Arc<Config>,
     renewer: Arc<Renewer>,
     gate: Gate,
@@ -183,10 +193,23 @@ pub(crate) struct Deduper {
 }
 
 impl Deduper {
-    /// Deduplicates through `store` with `config`.
+    /// Deduplicates through `store` with `config`; every store call is
+    /// timed and its failures counted (see `measured`), unlabelled.
     pub(crate) fn new(store: Arc<dyn Store>, config: Config) -> Self {
+        Self::labelled(store, config, &crate::metrics::MetricLabels::default())
+    }
+
+    /// As [`new`](Self::new), the store metrics labelled `labels`.
+    pub(crate) fn labelled(
+        store: Arc<dyn Store>,
+        config: Config,
+        labels: &crate::metrics::MetricLabels,
+    ) -> Self {
+        let ops = Arc::new(StoreOps::new(labels));
         Deduper {
+            measured: Arc::new(Measured::sharing(Arc::clone(&store), Arc::clone(&ops))),
             store,
+            ops,
             config: Arc::new(config),
             renewer: Arc::new(Renewer::new()),
             gate: Gate::default(),
@@ -246,7 +269,8 @@ impl Deduper {
     where
         Fut: std::future::Future<Output = Result<Outcome, Error>>,
     {
-        let (store, config, renewer) = (&self.store, &self.config, &self.renewer);
+        let (config, renewer) = (&self.config, &self.renewer);
+        let store = Timed::new(&*self.store, &self.ops);
         // A message without a key runs without the store (even while it is down).
         let Some(raw) = config.key.raw_of(&request) else {
             return inner(request).await;
@@ -271,7 +295,7 @@ impl Deduper {
         // Taken before the claim, so a run waiting behind a suspect holds no lease.
         let shared = Arc::clone(&self.gate).read_owned().await;
         let mut claimed = tokio::time::Instant::now();
-        let mut lease = match claim(&**store, &keys, &owner, config.lease, replay).await {
+        let mut lease = match claim(&store, &keys, &owner, config.lease, replay).await {
             Ok(lease) => lease,
             Err(end) => return claim_ended(&request, end),
         };
@@ -281,10 +305,10 @@ impl Deduper {
             // must not grow. The takeover's count stays recorded.
             tracing::warn!(key = %keys.key, failed_runs = lease.failed_runs, "the previous run of this message ended without a result; running it alone");
             drop(shared);
-            lease.release(&**store, &keys).await?;
+            lease.release(&store, &keys).await?;
             let alone = Arc::clone(&self.gate).write_owned().await;
             claimed = tokio::time::Instant::now();
-            lease = match claim(&**store, &keys, &owner, config.lease, replay).await {
+            lease = match claim(&store, &keys, &owner, config.lease, replay).await {
                 Ok(lease) => lease,
                 Err(end) => return claim_ended(&request, end),
             };
@@ -314,7 +338,7 @@ impl Deduper {
             .held(&keys)
             .map(|(key, fence)| {
                 LeaseGuard::hold(
-                    Arc::clone(store),
+                    Arc::clone(&self.measured),
                     Arc::clone(renewer),
                     config.lease,
                     key,
@@ -326,7 +350,7 @@ impl Deduper {
             .collect();
         let result = inner(request).await;
         for guard in guards {
-            settle(&**store, guard.key(), guard.fence(), &result).await;
+            settle(&store, guard.key(), guard.fence(), &result).await;
             guard.finish();
         }
         result

@@ -241,7 +241,8 @@ async fn dropped_future_releases_the_key_without_counting() {
     );
 }
 
-struct DownStore;
+/// A store whose every call fails, as one that is down.
+pub(super) struct DownStore;
 
 #[async_trait::async_trait]
 impl Store for DownStore {

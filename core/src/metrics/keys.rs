@@ -9,7 +9,7 @@ use crate::{Error, Outcome};
 
 /// Where the recorder is told backstop's metrics come from (as the
 /// `metrics` macros would say from this module).
-pub(super) static METADATA: Metadata<'static> =
+pub(crate) static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
 /// The outcome labels, in the order [`MessageKeys::of`] indexes them.

@@ -21,6 +21,50 @@
 //! | `backstop_breaker_state` | gauge | (0 closed, 1 half-open, 2 open, 3 paused; see [`breaker`](crate::breaker)) |
 //! | `backstop_runner_halted` | gauge | (set by the [`Runner`](crate::Runner), see [`HALTED`](crate::runner::HALTED)) |
 //! | `backstop_ready` | gauge | 1 while the runner is ready ([`Readiness`](crate::Readiness)), else 0 |
+//! | `backstop_store_duration_seconds` | histogram, seconds | `op`: the [`Store`](crate::Store) method (claim, renew, complete, dead_letter, release, defer_letter, layout, claim_many, renew_many, complete_many) |
+//! | `backstop_store_errors_total` | counter | `op` (a batch counts each failed item) |
+//! | `backstop_kafka_lag_records` | gauge | `source`, `group`, `topic`, `partition` |
+//! | `backstop_kafka_oldest_unfinished_seconds` | gauge | `source`, `group`, `topic`, `partition` |
+//! | `backstop_queue_depth` | gauge | `source`, `group`, `queue` |
+//! | `backstop_dlq_depth` | gauge | `source`, `group`, `dlq` |
+//! | `backstop_retry_depth` | gauge | `source`, `group`, `tier` |
+//! | `backstop_ack_failures_total` | counter | `source`, `group` |
+//! | `backstop_commit_failures_total` | counter | `source`, `group` |
+//! | `backstop_reconnects_total` | counter | `source`, `group` |
+//!
+//! **Operations metrics.** The store's are recorded where the idempotency
+//! layer calls the store (through one set of keys per stack, labelled with
+//! the stack's [`MetricLabels`]; [`Measured`](crate::idempotency::Measured)
+//! for the background calls), so every store has them. The others are the adapters', labelled from
+//! their own configuration: `source` and `group` are the queue's name on
+//! RabbitMQ, the main topics joined with `,` and the consumer group on
+//! Kafka. Nothing of them is recorded per message except the store's
+//! (static keys, as the outcome counters):
+//!
+//! - `backstop_kafka_lag_records`: the partition's high watermark less its
+//!   first unfinished offset (received records still held, queued or
+//!   running count until they finish), set by the poll thread every
+//!   `KafkaConfig::metrics_interval` (5 s) from librdkafka's statistics;
+//!   `backstop_kafka_oldest_unfinished_seconds`: how long the partition's
+//!   first unfinished message has been its first unfinished message (seen
+//!   at each report, so up to one interval short; 0 when none). Both go to
+//!   0 when the partition is revoked.
+//! - `backstop_queue_depth`, `backstop_dlq_depth`, `backstop_retry_depth`
+//!   on RabbitMQ: ready messages of the source queue, `<queue>.dlq` and each
+//!   `<queue>.retry.<tier>`, by a passive declare on a channel of the
+//!   depth poller's own, every 15 s (`RabbitSource::depth_interval`).
+//! - `backstop_dlq_depth` on Kafka: the DLQ topic's records less the
+//!   records of its state topic, where `backstop dlq` marks each letter it
+//!   replayed or purged (exact unless a letter was written or marked twice;
+//!   see `backstop_kafka`'s `depth` module); `backstop_retry_depth`: the lag
+//!   of the tier's retry topics over the partitions the member holds.
+//! - `backstop_ack_failures_total`: RabbitMQ ack and nack frames that did
+//!   not reach the broker (the message is redelivered);
+//!   `backstop_commit_failures_total`: Kafka offset stores and commits that
+//!   failed (finished messages may be redelivered);
+//!   `backstop_reconnects_total`: a RabbitMQ consumer that subscribed again
+//!   after losing its connection, a Kafka consumer whose messages flow
+//!   again after every broker was lost.
 //!
 //! `backstop_digest_id_merges_total` counts messages without a message id
 //! or a payload key, identified by a digest of their content
@@ -33,10 +77,15 @@
 mod keys;
 mod labels;
 mod layer;
+mod ops;
 
-pub(crate) use self::keys::MessageKeys;
+pub(crate) use self::keys::{METADATA, MessageKeys};
 pub use self::labels::MetricLabels;
 pub use self::layer::MetricsLayer;
+pub use self::ops::{
+    ACK_FAILURES, COMMIT_FAILURES, DLQ_DEPTH, KAFKA_LAG, KAFKA_OLDEST_UNFINISHED, QUEUE_DEPTH,
+    RECONNECTS, RETRY_DEPTH, STORE_DURATION, STORE_ERRORS, consumer_labels,
+};
 
 use std::ops::Deref;
 use std::sync::{Arc, Once};
@@ -86,6 +135,7 @@ pub fn describe() {
             DIGEST_ID_MERGES,
             "First deliveries of id-less, key-less messages acked as duplicates of an identical message"
         );
+        ops::describe();
     });
 }
 

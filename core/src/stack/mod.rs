@@ -275,7 +275,7 @@ impl<T: Payload> StackBuilder<T> {
             max_payload: self.max_payload,
             deduper: self
                 .store
-                .map(|(store, config)| Deduper::new(store, config)),
+                .map(|(store, config)| Deduper::labelled(store, config, &self.labels)),
             letters,
             policy: self.retry,
             retry_sink: self.retry_sink,
