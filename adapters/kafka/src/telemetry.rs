@@ -90,6 +90,10 @@ impl SourceMetrics {
             });
             by_topic.insert(topic.clone(), index);
         }
+        // Exported at 0 from the start, so the first failure is an increase.
+        for counter in [COMMIT_FAILURES, RECONNECTS] {
+            metrics::counter!(counter, consumer_labels(&source, group, &[])).increment(0);
+        }
         SourceMetrics {
             source,
             group: group.to_owned(),

@@ -319,6 +319,10 @@ impl RabbitSource {
         let id = backstop::message::new_message_id();
         let tag = format!("backstop-{}", &id[..16]);
         let active = Subscription::open(&connector, queue, prefetch, &tag).await?;
+        // Exported at 0 from the start, so the first failure is an increase.
+        for counter in [backstop::metrics::ACK_FAILURES, RECONNECTS] {
+            metrics::counter!(counter, consumer_labels(queue, queue, &[])).increment(0);
+        }
         let backoff = Backoff::new(
             connector.options.reconnect_initial,
             connector.options.reconnect_max,

@@ -27,10 +27,17 @@ struct OpKeys {
 
 impl OpKeys {
     fn new(labels: &MetricLabels, op: &str) -> Self {
-        OpKeys {
+        let keys = OpKeys {
             duration: labels.key(STORE_DURATION, &[("op", op)]),
             errors: labels.key(STORE_ERRORS, &[("op", op)]),
-        }
+        };
+        // Exported at 0 from the start, so the first failure is an increase.
+        metrics::with_recorder(|recorder| {
+            recorder
+                .register_counter(&keys.errors, &crate::metrics::METADATA)
+                .increment(0);
+        });
+        keys
     }
 
     /// Records one call that started at `start` and had `errors` failures.
