@@ -87,6 +87,16 @@ async fn live_for(addr: SocketAddr, secs: u64) {
     }
 }
 
+/// The value of the worker's `backstop_ready` sample.
+async fn ready_gauge(addr: SocketAddr) -> String {
+    let page = get(addr, "/metrics").await.expect("/metrics answers").1;
+    let line = page
+        .lines()
+        .find(|l| l.starts_with("backstop_ready{"))
+        .unwrap_or_else(|| panic!("no backstop_ready sample in:\n{page}"));
+    line.rsplit(' ').next().unwrap_or_default().to_owned()
+}
+
 /// What both brokers check: an idle stretch live and ready, 404 elsewhere,
 /// the outage (`stop`), then back (`start`, `back_within`).
 async fn probe(
@@ -104,12 +114,7 @@ async fn probe(
         (200, format!("{name}: live").as_str())
     );
     assert_eq!(get(addr, "/nowhere").await.map(|(s, _)| s), Some(404));
-    let metrics = get(addr, "/metrics").await.expect("/metrics answers");
-    assert!(
-        metrics.1.contains("backstop_ready{") && metrics.1.contains(" 1"),
-        "the ready gauge is served: {}",
-        metrics.1
-    );
+    assert_eq!(ready_gauge(addr).await, "1", "backstop_ready while ready");
 
     // Idle: nothing published. Liveness must not mistake it for a stall.
     let idle = env_usize("BACKSTOP_PROBE_IDLE_SECS", 60) as u64;
@@ -127,6 +132,11 @@ async fn probe(
         stopped.elapsed(),
         why.trim()
     );
+    assert_eq!(
+        ready_gauge(addr).await,
+        "0",
+        "backstop_ready during the outage"
+    );
     live_for(addr, 8).await;
     assert!(
         worker.exited().is_none(),
@@ -139,15 +149,10 @@ async fn probe(
     let took = until(addr, "/readyz", 200, back_within).await;
     eprintln!("ready {took:?} after the broker was back");
     live_for(addr, 2).await;
-    let metrics = get(addr, "/metrics").await.expect("/metrics answers").1;
-    let ready = metrics
-        .lines()
-        .find(|l| l.starts_with("backstop_ready{"))
-        .unwrap_or_default()
-        .to_owned();
-    assert!(
-        ready.ends_with(" 1"),
-        "backstop_ready after the outage: {ready}"
+    assert_eq!(
+        ready_gauge(addr).await,
+        "1",
+        "backstop_ready after the outage"
     );
 }
 

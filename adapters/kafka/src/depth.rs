@@ -62,9 +62,12 @@ impl DlqDepth {
             .spawn(move || {
                 loop {
                     for (dlq, gauge) in &watched {
-                        if let Some(letters) = records(&consumer, dlq) {
-                            let done = records(&consumer, &dlq_state_topic(dlq)).unwrap_or(0);
-                            gauge.set(letters.saturating_sub(done) as f64);
+                        // A state topic that cannot be read (a timeout, no
+                        // access) is not "nothing redriven": keep the last reading.
+                        if let Ok(Some(letters)) = records(&consumer, dlq)
+                            && let Ok(done) = records(&consumer, &dlq_state_topic(dlq))
+                        {
+                            gauge.set(letters.saturating_sub(done.unwrap_or(0)) as f64);
                         }
                     }
                     if !matches!(
@@ -82,22 +85,32 @@ impl DlqDepth {
 
 /// The records `topic` holds (high less low watermark, over its
 /// partitions), or `None` if it does not exist or the broker did not answer.
-fn records(consumer: &BaseConsumer, topic: &str) -> Option<u64> {
+/// The records `topic` holds: `Ok(None)` when it does not exist, `Err`
+/// when it could not be read.
+fn records(consumer: &BaseConsumer, topic: &str) -> Result<Option<u64>, ()> {
     let metadata = consumer
         .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
-        .map_err(|error| tracing::debug!(%error, topic, "DLQ depth: no metadata"))
-        .ok()?;
-    let found = metadata.topics().iter().find(|t| t.name() == topic)?;
-    if found.error().is_some() || found.partitions().is_empty() {
-        return None;
+        .map_err(|error| tracing::debug!(%error, topic, "DLQ depth: no metadata"))?;
+    let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return Ok(None);
+    };
+    if let Some(error) = found.error() {
+        let code = rdkafka::types::RDKafkaErrorCode::from(error);
+        tracing::debug!(%code, topic, "DLQ depth: topic not readable");
+        return match code {
+            rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition => Ok(None),
+            _ => Err(()),
+        };
+    }
+    if found.partitions().is_empty() {
+        return Ok(None);
     }
     let mut total = 0u64;
     for partition in found.partitions() {
         let (low, high) = consumer
             .fetch_watermarks(topic, partition.id(), REQUEST_TIMEOUT)
-            .map_err(|error| tracing::debug!(%error, topic, "DLQ depth: no watermarks"))
-            .ok()?;
+            .map_err(|error| tracing::debug!(%error, topic, "DLQ depth: no watermarks"))?;
         total += u64::try_from(high - low).unwrap_or(0);
     }
-    Some(total)
+    Ok(Some(total))
 }

@@ -16,6 +16,9 @@ pub(crate) struct Link {
 struct State {
     status: Result<(), String>,
     readiness: Option<Readiness>,
+    /// The consumer joined its group once (a reachable cluster is ready
+    /// only after that).
+    joined: bool,
 }
 
 impl Link {
@@ -25,6 +28,7 @@ impl Link {
             state: Mutex::new(State {
                 status: Err(format!("joining the consumer group {group:?}")),
                 readiness: None,
+                joined: false,
             }),
         }
     }
@@ -40,9 +44,18 @@ impl Link {
         state.readiness = Some(readiness);
     }
 
-    /// Joined (an assignment, even an empty one) or reaching the cluster again.
-    pub(crate) fn up(&self) {
+    /// Joined: an assignment, even an empty one.
+    pub(crate) fn joined(&self) {
+        self.lock().joined = true;
         self.set(Ok(()));
+    }
+
+    /// The cluster answers again (messages flow, or a metadata request
+    /// succeeded): up, if the consumer had joined its group.
+    pub(crate) fn up(&self) {
+        if self.lock().joined {
+            self.set(Ok(()));
+        }
     }
 
     /// Lost the cluster, because `why`.
@@ -76,14 +89,20 @@ mod tests {
     #[test]
     fn readiness_follows_the_link_from_attach_on() {
         let link = Link::new("g");
-        link.up();
         let readiness = Readiness::default();
         link.attach(readiness.clone());
-        // "starting" is the runner's part; the link's part is up.
-        assert_eq!(readiness.get(), Err("starting".to_owned()));
-        link.down("all brokers down".to_owned());
-        assert_eq!(link.lock().status, Err("all brokers down".to_owned()));
+        assert_eq!(
+            readiness.connection(),
+            Err("joining the consumer group \"g\"".to_owned())
+        );
+        // Reachable is not joined.
         link.up();
-        assert_eq!(link.lock().status, Ok(()));
+        assert!(readiness.connection().is_err());
+        link.joined();
+        assert_eq!(readiness.connection(), Ok(()));
+        link.down("all brokers down".to_owned());
+        assert_eq!(readiness.connection(), Err("all brokers down".to_owned()));
+        link.up();
+        assert_eq!(readiness.connection(), Ok(()));
     }
 }

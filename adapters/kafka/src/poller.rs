@@ -161,7 +161,7 @@ impl ConsumerContext for GroupContext {
             tracing::debug!(%error, "resume of newly assigned partitions failed");
         }
         // Joined: an empty assignment (more members than partitions) is ready too.
-        self.link.up();
+        self.link.joined();
         tracing::info!(partitions = elements.len(), "partitions assigned");
     }
 
@@ -493,8 +493,12 @@ impl Poller {
         );
         if transport && !self.disconnected {
             self.disconnected = true;
-            self.link
-                .down(format!("the Kafka cluster cannot be reached: {error}"));
+            // One broker gone is not the cluster gone: readiness follows
+            // only the loss of every broker.
+            if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+                self.link
+                    .down(format!("the Kafka cluster cannot be reached: {error}"));
+            }
             self.dispatcher
                 .report(SourceError::Disconnected(Box::new(error.clone())));
         }
@@ -517,9 +521,15 @@ impl Poller {
             return;
         }
         self.last_check = Some(Instant::now());
+        // One subscribed topic: a whole cluster's metadata may not fit the timeout.
+        let topic = self.consumer.subscription().ok().and_then(|list| {
+            list.elements()
+                .first()
+                .map(|element| element.topic().to_owned())
+        });
         if self
             .consumer
-            .fetch_metadata(None, RECONNECT_CHECK_EVERY)
+            .fetch_metadata(topic.as_deref(), RECONNECT_CHECK_EVERY)
             .is_ok()
         {
             self.disconnected = false;

@@ -213,6 +213,7 @@ impl Source for KafkaSource {
     /// ready); not ready while the cluster cannot be reached. The poll
     /// thread's liveness counts for the runner's.
     fn attach(&mut self, health: &backstop::runner::Health) {
+        health.readiness().reported_by_source();
         self.link.attach(health.readiness().clone());
         health.watch(self.thread.liveness().clone());
     }

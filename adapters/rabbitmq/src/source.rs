@@ -493,7 +493,9 @@ impl RabbitSource {
 
 impl Source for RabbitSource {
     fn attach(&mut self, health: &backstop::runner::Health) {
-        self.readiness = Some(health.readiness().clone());
+        let readiness = health.readiness().clone();
+        readiness.reported_by_source();
+        self.readiness = Some(readiness);
     }
 
     async fn preflight(&mut self) -> Result<(), SourceError> {
@@ -646,6 +648,12 @@ impl Source for RabbitSource {
         if let Err(error) = subscription.resume(&self.queue, &self.tag).await {
             // The next `next` reconnects, which consumes again.
             tracing::warn!(queue = %self.queue, %error, "consuming again failed; reconnecting");
+            if let Some(readiness) = &self.readiness {
+                readiness.disconnected(format!(
+                    "the consumer of queue {:?} is reconnecting: consuming again failed: {error}",
+                    self.queue
+                ));
+            }
             self.active = None;
         } else {
             tracing::info!(queue = %self.queue, "consumer resumed");

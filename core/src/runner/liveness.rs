@@ -88,8 +88,9 @@ impl Liveness {
     }
 }
 
-/// Beats a [`Liveness`] from a busy loop at most every 256 turns, so a turn
-/// costs a counter increment, not a clock read.
+/// Beats a [`Liveness`] from a busy loop every 16 turns (a clock read
+/// spread over 16 turns), and ends it when dropped: a run that returns or
+/// whose future is dropped is not a stuck loop.
 #[derive(Debug)]
 pub(super) struct Pulse {
     liveness: Liveness,
@@ -104,7 +105,7 @@ impl Pulse {
     /// One turn of the loop.
     pub(super) fn turn(&mut self) {
         self.turns = self.turns.wrapping_add(1);
-        if self.turns == 0 {
+        if self.turns.is_multiple_of(16) {
             self.liveness.beat();
         }
     }
@@ -113,9 +114,10 @@ impl Pulse {
     pub(super) fn beat(&self) {
         self.liveness.beat();
     }
+}
 
-    /// The loop ended.
-    pub(super) fn end(&self) {
+impl Drop for Pulse {
+    fn drop(&mut self) {
         self.liveness.end();
     }
 }
@@ -138,15 +140,17 @@ mod tests {
     }
 
     #[test]
-    fn a_busy_loop_beats_every_256_turns() {
+    fn a_busy_loop_beats_every_16_turns_and_a_dropped_one_ends() {
         let live = Liveness::new("l");
         std::thread::sleep(Duration::from_millis(30));
         let mut pulse = Pulse::new(live.clone());
-        for _ in 0..255 {
+        for _ in 0..15 {
             pulse.turn();
         }
         assert!(live.silent_for() >= Duration::from_millis(25));
         pulse.turn();
         assert!(live.silent_for() < Duration::from_millis(25));
+        drop(pulse);
+        assert!(live.ended());
     }
 }

@@ -284,6 +284,7 @@ where
         self.readiness.ready();
         let breaker = self.breaker.clone();
         breaker.report_to(self.labels.gauge(BREAKER_STATE));
+        // Ended when the run returns or its future is dropped (`Pulse`).
         let driver = Liveness::new(format!("the driver loop of {:?}", self.labels.source()));
         self.health.watch(driver.clone());
         let mut run = Run {
@@ -401,7 +402,9 @@ where
                 Some(Ok(delivery)) => {
                     if state == BreakerState::Closed && !self.readiness.is_ready() {
                         self.readiness.ready();
-                        self.readiness.connected();
+                        if !self.readiness.by_source() {
+                            self.readiness.connected();
+                        }
                     }
                     run.summary.received += 1;
                     let delivery = delivery.with_cancellation(self.shutdown.clone());
@@ -427,7 +430,9 @@ where
                 }
                 Some(Err(error)) => {
                     tracing::warn!(%error, "source interrupted; it reconnects");
-                    self.readiness.disconnected(error.to_string());
+                    if !self.readiness.by_source() {
+                        self.readiness.disconnected(error.to_string());
+                    }
                 }
             }
         }
@@ -441,7 +446,6 @@ where
         });
         run.drain(self.deadline).await;
         self.source.close().await;
-        driver.end();
         match failure {
             Some(source) => Err(RunError::Source {
                 source,
@@ -472,7 +476,6 @@ where
                 _ = run.tick.tick() => run.pulse.beat(),
             }
         }
-        run.pulse.end();
         RunError::Halted {
             reason,
             summary: run.summary,
@@ -764,6 +767,61 @@ mod tests {
             "the worker never exits for an outage"
         );
         assert_eq!(readiness.get(), Err("stopped".to_owned()));
+    }
+
+    /// A source that reports its own connection: a message it still had
+    /// buffered when the broker went away does not make the runner ready,
+    /// and its reconnect does, with nothing to deliver. Without
+    /// `reported_by_source` the runner would infer "connected" from the
+    /// buffered delivery.
+    #[tokio::test(start_paused = true)]
+    async fn a_source_reporting_its_connection_alone_decides_that_part() {
+        struct Reporting {
+            readiness: Option<Readiness>,
+            steps: std::collections::VecDeque<Option<Result<Delivery, SourceError>>>,
+        }
+        impl Source for Reporting {
+            fn attach(&mut self, health: &Health) {
+                health.readiness().reported_by_source();
+                self.readiness = Some(health.readiness().clone());
+            }
+            async fn next(&mut self) -> Option<Result<Delivery, SourceError>> {
+                match self.steps.pop_front() {
+                    Some(step) => step,
+                    None => std::future::pending().await,
+                }
+            }
+        }
+        let broker = crate::memory::MemoryBroker::new();
+        broker
+            .publish_now("q", crate::Message::new(r#""x""#))
+            .unwrap();
+        let mut buffered = broker.consume("q", 1);
+        let delivery = buffered.next().await.unwrap().unwrap();
+        let source = Reporting {
+            readiness: None,
+            steps: [
+                Some(Err(SourceError::Disconnected("broker away".into()))),
+                Some(Ok(delivery)),
+            ]
+            .into(),
+        };
+        let runner = Runner::new(source, service());
+        let readiness = runner.readiness();
+        let token = runner.shutdown_token();
+        // The source says it lost the broker before the runner takes anything.
+        readiness.disconnected("the consumer is reconnecting");
+        let run = tokio::spawn(runner.run());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            readiness.get(),
+            Err("the consumer is reconnecting".to_owned()),
+            "a buffered delivery is no sign the broker is back"
+        );
+        readiness.connected();
+        assert!(readiness.is_ready(), "the source's reconnect alone");
+        token.cancel();
+        assert!(run.await.unwrap().is_ok());
     }
 
     /// The half-open probe holds back fetching until *it* settled, not until

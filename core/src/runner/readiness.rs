@@ -24,6 +24,8 @@ pub struct Readiness {
 struct State {
     run: Result<(), String>,
     connection: Result<(), String>,
+    /// The source reports its connection itself: the runner does not infer it.
+    by_source: bool,
     /// Called with every change of [`Readiness::get`]'s verdict.
     gauge: Option<metrics::Gauge>,
 }
@@ -34,6 +36,7 @@ impl Default for Readiness {
             state: Arc::new(Mutex::new(State {
                 run: Err("starting".to_owned()),
                 connection: Ok(()),
+                by_source: false,
                 gauge: None,
             })),
         }
@@ -50,6 +53,25 @@ impl Readiness {
     pub fn get(&self) -> Result<(), String> {
         let state = self.lock();
         state.run.clone().and(state.connection.clone())
+    }
+
+    /// The connection's part alone: `Ok` when connected, else why not.
+    pub fn connection(&self) -> Result<(), String> {
+        self.lock().connection.clone()
+    }
+
+    /// Called by a source's [`attach`](super::Source::attach) when it
+    /// reports [`connected`](Self::connected) and
+    /// [`disconnected`](Self::disconnected) itself: the runner then stops
+    /// inferring the connection from what `next` returns (a message still
+    /// buffered when the broker went away is not a sign it is back).
+    pub fn reported_by_source(&self) {
+        self.lock().by_source = true;
+    }
+
+    /// True when the source reports its connection itself.
+    pub(crate) fn by_source(&self) -> bool {
+        self.lock().by_source
     }
 
     /// The source is connected and consuming.
