@@ -491,14 +491,15 @@ impl Poller {
             error.rdkafka_error_code(),
             Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure)
         );
+        // One broker gone is not the cluster gone: readiness follows only
+        // the loss of every broker (which often comes after a first
+        // broker's transport failure, so not only on the first error).
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.link
+                .down(format!("the Kafka cluster cannot be reached: {error}"));
+        }
         if transport && !self.disconnected {
             self.disconnected = true;
-            // One broker gone is not the cluster gone: readiness follows
-            // only the loss of every broker.
-            if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-                self.link
-                    .down(format!("the Kafka cluster cannot be reached: {error}"));
-            }
             self.dispatcher
                 .report(SourceError::Disconnected(Box::new(error.clone())));
         }
