@@ -55,15 +55,7 @@ impl MetricLabels {
 
     /// The two labels, followed by `extra`.
     pub fn with(&self, extra: &[(&'static str, &str)]) -> Vec<Label> {
-        let mut labels = Vec::with_capacity(2 + extra.len());
-        labels.push(Label::new("source", self.source.to_string()));
-        labels.push(Label::new("group", self.group.to_string()));
-        labels.extend(
-            extra
-                .iter()
-                .map(|(name, value)| Label::new(*name, (*value).to_owned())),
-        );
-        labels
+        super::consumer_labels(&self.source, &self.group, extra)
     }
 
     /// The key of metric `name` with these labels and `extra`.
