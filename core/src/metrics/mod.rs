@@ -302,29 +302,42 @@ mod tests {
     use super::*;
     use crate::testing::request;
 
-    #[test]
-    fn counts_outcomes_and_tracks_in_flight() {
+    type Snapshot = Vec<(
+        metrics_util::CompositeKey,
+        Option<metrics::Unit>,
+        Option<metrics::SharedString>,
+        DebugValue,
+    )>;
+
+    /// Runs `body` on a current-thread runtime with a debugging recorder of
+    /// its own; what it recorded.
+    fn recorded(body: impl std::future::Future<Output = ()>) -> Snapshot {
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
         metrics::with_local_recorder(&recorder, || {
-            let rt = tokio::runtime::Builder::new_current_thread()
+            tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .unwrap();
-            rt.block_on(async {
-                let svc = MetricsLayer::new().layer(service_fn(|r: Request<String>| async move {
-                    match r.payload() {
-                        Ok(p) if p == "ok" => Ok(Outcome::Handled),
-                        Ok(p) if p == "dup" => Ok(Outcome::Duplicate),
-                        _ => Err(Error::Busy { key: "k".into() }),
-                    }
-                }));
-                for body in ["ok", "ok", "dup", "busy"] {
-                    let _ = svc.clone().oneshot(request(body)).await;
-                }
-            });
+                .unwrap()
+                .block_on(body);
         });
-        let snapshot = snapshotter.snapshot().into_vec();
+        snapshotter.snapshot().into_vec()
+    }
+
+    #[test]
+    fn counts_outcomes_and_tracks_in_flight() {
+        let snapshot = recorded(async {
+            let svc = MetricsLayer::new().layer(service_fn(|r: Request<String>| async move {
+                match r.payload() {
+                    Ok(p) if p == "ok" => Ok(Outcome::Handled),
+                    Ok(p) if p == "dup" => Ok(Outcome::Duplicate),
+                    _ => Err(Error::Busy { key: "k".into() }),
+                }
+            }));
+            for body in ["ok", "ok", "dup", "busy"] {
+                let _ = svc.clone().oneshot(request(body)).await;
+            }
+        });
         let count = |outcome: &str| {
             snapshot
                 .iter()
@@ -360,37 +373,27 @@ mod tests {
     /// A stack and its runner label every series with the consumer's source and group.
     #[test]
     fn a_labelled_stack_and_runner_record_source_and_group() {
-        let recorder = DebuggingRecorder::new();
-        let snapshotter = recorder.snapshotter();
-        metrics::with_local_recorder(&recorder, || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let broker = crate::memory::MemoryBroker::new();
-                for _ in 0..3 {
-                    broker
-                        .publish_now("orders", crate::Message::new(r#""x""#))
-                        .unwrap();
-                }
-                let source = broker.consume("orders", 2).until_drained();
-                let labels = source.metric_labels();
-                let stack = crate::StackBuilder::<String>::new(std::sync::Arc::new(
-                    broker.dead_letter_sink(),
-                ))
-                .metric_labels(labels.clone())
-                .build(crate::handler_fn(|_: String, _| async {
-                    Ok::<_, crate::HandlerError>(())
-                }));
-                crate::Runner::new(source, stack)
-                    .metric_labels(labels)
-                    .run()
-                    .await
+        let snapshot = recorded(async {
+            let broker = crate::memory::MemoryBroker::new();
+            for _ in 0..3 {
+                broker
+                    .publish_now("orders", crate::Message::new(r#""x""#))
                     .unwrap();
-            });
+            }
+            let source = broker.consume("orders", 2).until_drained();
+            let labels = source.metric_labels();
+            let stack =
+                crate::StackBuilder::<String>::new(std::sync::Arc::new(broker.dead_letter_sink()))
+                    .metric_labels(labels.clone())
+                    .build(crate::handler_fn(|_: String, _| async {
+                        Ok::<_, crate::HandlerError>(())
+                    }));
+            crate::Runner::new(source, stack)
+                .metric_labels(labels)
+                .run()
+                .await
+                .unwrap();
         });
-        let snapshot = snapshotter.snapshot().into_vec();
         let labelled = |name: &str| {
             snapshot.iter().find(|(k, _, _, _)| {
                 let key = k.key();
@@ -422,34 +425,24 @@ mod tests {
 
     #[test]
     fn duplicates_of_id_less_first_deliveries_count_as_digest_merges() {
-        let recorder = DebuggingRecorder::new();
-        let snapshotter = recorder.snapshotter();
-        metrics::with_local_recorder(&recorder, || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let svc = MetricsLayer::new().layer(service_fn(|_r: Request<String>| async {
-                    Ok::<_, Error>(Outcome::Duplicate)
-                }));
-                for redelivered in [false, false, true] {
-                    let message = crate::inbound::amqp(crate::inbound::AmqpDelivery {
-                        queue: "q".into(),
-                        redelivered,
-                        body: bytes::Bytes::from_static(b"\"same\""),
-                        ..crate::inbound::AmqpDelivery::default()
-                    });
-                    let request = Request::decode(message, crate::CancellationToken::new(), None);
-                    let _ = svc.clone().oneshot(request).await;
-                }
-                // A producer's id is no digest: never counted.
-                let _ = svc.clone().oneshot(request("x")).await;
-            });
+        let snapshot = recorded(async {
+            let svc = MetricsLayer::new().layer(service_fn(|_r: Request<String>| async {
+                Ok::<_, Error>(Outcome::Duplicate)
+            }));
+            for redelivered in [false, false, true] {
+                let message = crate::inbound::amqp(crate::inbound::AmqpDelivery {
+                    queue: "q".into(),
+                    redelivered,
+                    body: bytes::Bytes::from_static(b"\"same\""),
+                    ..crate::inbound::AmqpDelivery::default()
+                });
+                let request = Request::decode(message, crate::CancellationToken::new(), None);
+                let _ = svc.clone().oneshot(request).await;
+            }
+            // A producer's id is no digest: never counted.
+            let _ = svc.clone().oneshot(request("x")).await;
         });
-        let merges = snapshotter
-            .snapshot()
-            .into_vec()
+        let merges = snapshot
             .into_iter()
             .find(|(k, _, _, _)| k.key().name() == DIGEST_ID_MERGES)
             .map(|(_, _, _, v)| v);
