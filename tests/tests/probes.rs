@@ -156,26 +156,23 @@ async fn probe(
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn liveness_and_readiness_on_rabbitmq() {
+/// Starts a worker on `broker` (its flags) consuming `name`, runs [`probe`]
+/// with its broker's `stop` and `start` (restoring the broker through
+/// `script` if it fails), then stops the worker with SIGTERM.
+async fn probed(
+    broker: &[&str],
+    name: &str,
+    script: &'static str,
+    stop: impl FnOnce(),
+    start: impl FnOnce(),
+    back_within: Duration,
+) {
     backstop_tests::worker::binary();
-    let _lock = outage_lock(RABBITMQ_OUTAGE_LOCK)
-        .await
-        .expect("outage lock");
-    let run_name = unique("probes");
-    let queue = run_name.replace('_', "-");
-    let log = log_path(&run_name);
+    let log = log_path(name);
+    let mut flags = args(broker);
+    flags.extend(args(&["--source", name, "--concurrency", "4"]));
     let mut worker = Worker::spawn_configured(
-        &args(&[
-            "--broker",
-            "rabbitmq",
-            "--url",
-            &backstop_rabbitmq::url_from_env(),
-            "--source",
-            &queue,
-            "--concurrency",
-            "4",
-        ]),
+        &flags,
         &[(
             "BACKSTOP_TELEMETRY__STUCK_AFTER_SECS".to_owned(),
             STUCK_AFTER_SECS.to_owned(),
@@ -183,16 +180,8 @@ async fn liveness_and_readiness_on_rabbitmq() {
         &log,
     )
     .expect("start the worker");
-    let restore = Restore("rabbitmq.sh");
-    probe(
-        &mut worker,
-        &queue,
-        || run("rabbitmqctl", &["-q", "stop_app"]),
-        || run("bash", &[&services("rabbitmq.sh"), "start"]),
-        // The source's reconnect backoff tops out at 5 s.
-        Duration::from_secs(10),
-    )
-    .await;
+    let restore = Restore(script);
+    probe(&mut worker, name, stop, start, back_within).await;
     drop(restore);
     let status = worker.terminate(Duration::from_secs(30)).await;
     assert!(
@@ -203,49 +192,39 @@ async fn liveness_and_readiness_on_rabbitmq() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn liveness_and_readiness_on_kafka() {
-    backstop_tests::worker::binary();
-    let _lock = outage_lock(KAFKA_OUTAGE_LOCK).await.expect("outage lock");
-    let run_name = unique("probes");
-    let topic = run_name.replace('_', "-");
-    let log = log_path(&run_name);
-    let brokers = backstop_kafka::brokers_from_env();
-    let mut worker = Worker::spawn_configured(
-        &args(&[
-            "--broker",
-            "kafka",
-            "--url",
-            &brokers,
-            "--source",
-            &topic,
-            "--group",
-            &format!("{topic}-g"),
-            "--concurrency",
-            "4",
-        ]),
-        &[(
-            "BACKSTOP_TELEMETRY__STUCK_AFTER_SECS".to_owned(),
-            STUCK_AFTER_SECS.to_owned(),
-        )],
-        &log,
+async fn liveness_and_readiness_on_rabbitmq() {
+    let _lock = outage_lock(RABBITMQ_OUTAGE_LOCK)
+        .await
+        .expect("outage lock");
+    let queue = unique("probes").replace('_', "-");
+    let url = backstop_rabbitmq::url_from_env();
+    probed(
+        &["--broker", "rabbitmq", "--url", &url],
+        &queue,
+        "rabbitmq.sh",
+        || run("rabbitmqctl", &["-q", "stop_app"]),
+        || run("bash", &[&services("rabbitmq.sh"), "start"]),
+        // The source's reconnect backoff tops out at 5 s.
+        Duration::from_secs(10),
     )
-    .expect("start the worker");
-    let restore = Restore("kafka.sh");
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_and_readiness_on_kafka() {
+    let _lock = outage_lock(KAFKA_OUTAGE_LOCK).await.expect("outage lock");
+    let topic = unique("probes").replace('_', "-");
+    let brokers = backstop_kafka::brokers_from_env();
+    let group = format!("{topic}-g");
     let script = services("kafka.sh");
-    probe(
-        &mut worker,
+    probed(
+        &["--broker", "kafka", "--url", &brokers, "--group", &group],
         &topic,
+        "kafka.sh",
         || run("bash", &[&script, "stop"]),
         || run("bash", &[&script, "start"]),
         // librdkafka's reconnect backoff tops out at 10 s.
         Duration::from_secs(15),
     )
     .await;
-    drop(restore);
-    let status = worker.terminate(Duration::from_secs(30)).await;
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "the worker stops on SIGTERM: {status:?}\n{}",
-        worker.log_tail(20)
-    );
 }
