@@ -1,15 +1,20 @@
 //! [`RabbitAcker`]: settles one delivery by its tag, on the channel that delivered it.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use backstop::metrics::{ACK_FAILURES, consumer_labels};
 use backstop::{AckError, Acker};
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 
-use crate::source::Counts;
+use crate::window::Window;
 
 /// Settles one RabbitMQ delivery.
+///
+/// An ack goes through its channel's ack window: it is sent together
+/// with the acks of the deliveries that completed with it, as one
+/// `basic.ack(multiple = true)` frame when no unsettled delivery lies
+/// below it, and returns once that frame was sent (see the crate's
+/// "Ack coalescing" section). A nack is one frame of its own, sent at once.
 ///
 /// It wraps lapin's acker, which is bound to the channel that delivered the
 /// message: after that channel died (and the source reconnected on a new
@@ -23,7 +28,7 @@ pub struct RabbitAcker {
     acker: lapin::Acker,
     tag: u64,
     queue: Arc<str>,
-    counts: Option<Arc<Counts>>,
+    window: Option<Arc<Window>>,
 }
 
 impl RabbitAcker {
@@ -32,21 +37,15 @@ impl RabbitAcker {
             acker,
             tag,
             queue,
-            counts: None,
+            window: None,
         }
     }
 
-    /// Counts the settlement on its channel's counters (the source's pause
-    /// waits for the prefetch to be used up before it cancels).
-    pub(crate) fn counted_by(mut self, counts: Arc<Counts>) -> Self {
-        self.counts = Some(counts);
+    /// Settles through `window`, the ack window of the channel that
+    /// delivered it (which entered its tag).
+    pub(crate) fn in_window(mut self, window: Arc<Window>) -> Self {
+        self.window = Some(window);
         self
-    }
-
-    fn count(&self) {
-        if let Some(counts) = &self.counts {
-            counts.settled.fetch_add(1, Ordering::Relaxed);
-        }
     }
 
     /// The delivery tag this acker settles.
@@ -81,9 +80,19 @@ impl RabbitAcker {
 #[async_trait::async_trait]
 impl Acker for RabbitAcker {
     async fn ack(self: Box<Self>) -> Result<(), AckError> {
-        let result = self.acker.ack(BasicAckOptions { multiple: false }).await;
-        self.count();
-        self.settled("ack", result)
+        let RabbitAcker {
+            acker,
+            tag,
+            queue,
+            window,
+        } = *self;
+        match window {
+            Some(window) => window.ack(tag, acker).await,
+            None => {
+                let result = acker.ack(BasicAckOptions { multiple: false }).await;
+                RabbitAcker::new(acker, tag, queue).settled("ack", result)
+            }
+        }
     }
 
     async fn nack(self: Box<Self>, requeue: bool) -> Result<(), AckError> {
@@ -94,7 +103,9 @@ impl Acker for RabbitAcker {
                 requeue,
             })
             .await;
-        self.count();
+        if let (Some(window), Ok(true)) = (&self.window, &result) {
+            window.settled(self.tag);
+        }
         self.settled("nack", result)
     }
 

@@ -58,6 +58,8 @@
 //!   on the channel that delivered it ([`RabbitAcker`]); a dropped delivery
 //!   is nacked with requeue.
 //! - Per-consumer prefetch (`basic_qos`, never global).
+//! - Acks are coalesced per channel (see *Ack coalescing* below); a
+//!   `multiple` ack never covers an unsettled delivery.
 //! - The source reconnects with backoff after a broker restart or a closed
 //!   connection and resumes; in-flight deliveries of the dead channel are
 //!   redelivered by the broker.
@@ -71,6 +73,26 @@
 //!   `consumer_timeout` is postponed the same way ([`RabbitSource`]).
 //! - Delayed retry goes through one delay queue per tier and comes back with
 //!   `x-backstop-attempt` incremented; `x-death` is never used for counting.
+//!
+//! # Ack coalescing
+//!
+//! Each consumer channel keeps an ack window. An ack marks its delivery
+//! completed and waits; the channel's flusher, woken once acks wait, sends
+//! one `basic.ack(multiple = true)` for the longest run of deliveries from
+//! the lowest unsettled one on that are all completed or already settled
+//! by an earlier frame, naming the run's last completed tag, then one
+//! `basic.ack` for each completed delivery behind the first unsettled one
+//! (a slow delivery does not hold the acks of the fast ones behind it).
+//! A delivery being retried, nacked after its delay, deferred through its
+//! delay queue or held while the runner is paused is unsettled until its
+//! own frame was sent, so no `multiple` frame covers it; no tag is ever
+//! named twice (the broker closes a channel on an unknown tag). An ack
+//! returns once the frame covering it was sent; when the channel closes,
+//! the acks waiting for it fail with
+//! [`AckError::ChannelGone`](backstop::AckError::ChannelGone) and the
+//! broker redelivers those messages. [`ACK_FRAMES`] and [`ACKS_COALESCED`]
+//! count what was sent. Acking every 10 to 100 messages is the largest
+//! single gain on quorum queues (the broker's work per ack frame).
 //!
 //! Clusters: [`RabbitMq::connect`] takes the nodes' URLs comma-separated
 //! ([`node_urls`]); every connect and reconnect (the source's, the
@@ -105,6 +127,7 @@ mod sinks;
 mod source;
 mod tls;
 pub mod topology;
+mod window;
 
 pub use crate::acker::RabbitAcker;
 pub use crate::broker::RabbitMq;
@@ -116,6 +139,7 @@ pub use crate::publisher::RabbitPublisher;
 pub use crate::sinks::{RabbitDeadLetterSink, RabbitRetrySink};
 pub use crate::source::{DEFAULT_CONSUMER_TIMEOUT, DEFAULT_TIMEOUT_MARGIN, RabbitSource};
 pub use crate::topology::{QueueKind, RetryTier, Topology};
+pub use crate::window::{ACK_FRAMES, ACKS_COALESCED};
 
 /// The AMQP client this adapter is built on, for what it does not wrap.
 pub use lapin;

@@ -18,6 +18,7 @@ use crate::backoff::Backoff;
 use crate::connection::Connector;
 use crate::convert::message_from_delivery;
 use crate::depth::DepthPoller;
+use crate::window::Window;
 use crate::error::{ConsumeError, NOT_FOUND, amqp_reply};
 
 /// One item from lapin's consumer, stamped with when it arrived: `None`
@@ -34,6 +35,9 @@ struct Subscription {
     forwarder: tokio::task::JoinHandle<()>,
     /// Deliveries received on this channel, and those acked or nacked.
     counts: Arc<Counts>,
+    /// The channel's ack window, and the task that flushes it.
+    window: Arc<Window>,
+    flusher: tokio::task::JoinHandle<()>,
 }
 
 /// Deliveries received and settled on one channel: their difference is
@@ -71,6 +75,8 @@ fn forward(
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.forwarder.abort();
+        self.flusher.abort();
+        self.window.end("the channel that delivered it was closed");
     }
 }
 
@@ -102,12 +108,15 @@ impl Subscription {
         let consumer = consume(&channel, queue, tag).await.map_err(broker)?;
         let counts = Arc::new(Counts::default());
         let (arrivals, forwarder) = forward(consumer, Arc::clone(&counts));
+        let (window, flusher) = Window::open(Arc::from(queue), Arc::clone(&counts));
         Ok(Subscription {
             connection,
             channel,
             arrivals,
             forwarder,
             counts,
+            window,
+            flusher,
         })
     }
 
@@ -485,7 +494,8 @@ impl RabbitSource {
         );
         let mut acker = RabbitAcker::new(acker, delivery_tag, Arc::clone(&self.queue));
         if let Some(subscription) = &self.active {
-            acker = acker.counted_by(Arc::clone(&subscription.counts));
+            subscription.window.enter(delivery_tag);
+            acker = acker.in_window(Arc::clone(&subscription.window));
         }
         Delivery::new(message, acker).with_deadline(arrived + self.budget)
     }
