@@ -18,8 +18,8 @@ use crate::backoff::Backoff;
 use crate::connection::Connector;
 use crate::convert::message_from_delivery;
 use crate::depth::DepthPoller;
-use crate::window::Window;
 use crate::error::{ConsumeError, NOT_FOUND, amqp_reply};
+use crate::window::Window;
 
 /// One item from lapin's consumer, stamped with when it arrived: `None`
 /// when the consumer ended (cancelled, or its channel closed).

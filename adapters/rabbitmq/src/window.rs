@@ -227,7 +227,8 @@ impl Window {
         queue: Arc<str>,
         counts: Arc<Counts>,
     ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
-        let labels = |multiple: &'static str| consumer_labels(&queue, &queue, &[("multiple", multiple)]);
+        let labels =
+            |multiple: &'static str| consumer_labels(&queue, &queue, &[("multiple", multiple)]);
         let window = Arc::new(Window {
             ledger: Mutex::new(Ledger::default()),
             wake: Notify::new(),
