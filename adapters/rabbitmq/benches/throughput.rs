@@ -1,6 +1,8 @@
-//! Consumption throughput: a raw lapin consumer with manual acks versus the
-//! full backstop stack (ack, decode, metrics, idempotency on a MemoryStore,
-//! dead-letter, retry) driven by the Runner, same prefetch, same broker.
+//! Consumption throughput on a quorum queue: a raw lapin consumer acking
+//! each delivery on a task of its own against the full backstop stack (ack,
+//! decode, metrics, idempotency, dead-letter, retry) driven by the Runner,
+//! same prefetch, same broker; the stack with a `MemoryStore`, then with a
+//! `RedisStore` and a `PostgresStore`.
 //!
 //! ```text
 //! cargo bench -p backstop-rabbitmq --bench throughput            # 200,000 messages
@@ -8,25 +10,38 @@
 //! ```
 //!
 //! `BENCH_PREFETCH` sets the prefetch (= the runner's concurrency), default
-//! 128; `BACKSTOP_AMQP_URL` the broker. Each run publishes N messages of 256
-//! bytes to a fresh quorum queue and drains them with a raw consumer acking
-//! in its loop (`ack().await` one after the other); then, `BENCH_ROUNDS`
-//! times (default 2), alternately with a raw consumer acking each delivery
-//! on a task of its own (as the runner does) and through the stack. It
-//! prints every rate and the ratio of the best stack run to the best raw
-//! run, then a `BENCH-ROW` line for `scripts/bench.sh` with the best run of
-//! each side and its per-message latency (p50/p99, defined in
-//! `core/benches/support/latency.rs`: from the delivery leaving the client
-//! or the source to its ack having returned).
+//! 128; `BENCH_ROUNDS` the rounds, default 5; `BACKSTOP_AMQP_URL` the
+//! broker, `BACKSTOP_REDIS_URL` and `BACKSTOP_PG_URL` the stores (a store
+//! that cannot be reached is skipped, said so). Each round publishes N
+//! messages of 256 bytes to a fresh quorum queue and drains them once per
+//! side, in this order: raw, stack + `MemoryStore`, stack + `RedisStore`,
+//! stack + `PostgresStore` (so a busy moment on a shared machine hits every
+//! side). Each side is the **median** of its rounds: messages per second,
+//! this process's CPU per message and the broker's (the `beam.smp` process
+//! listening on the AMQP port, from `/proc`; `BENCH_BROKER_PID` overrides).
+//! It prints, in this fixed order:
+//!
+//! ```text
+//! BENCH-RABBIT<TAB>stack_memory_vs_raw<TAB>stack/s<TAB>raw/s<TAB>ratio<TAB>stack broker µs/msg<TAB>raw broker µs/msg<TAB>broker ratio
+//! BENCH-RABBIT<TAB>stack_redis_vs_memory<TAB>redis/s<TAB>memory/s<TAB>ratio<TAB>…
+//! BENCH-RABBIT<TAB>stack_postgres_vs_memory<TAB>postgres/s<TAB>memory/s<TAB>ratio<TAB>…
+//! ```
+//!
+//! then a `BENCH-ROW` line for `scripts/bench.sh` (raw against the stack
+//! with the `MemoryStore`, with their per-message latency p50/p99, defined
+//! in `core/benches/support/latency.rs`: from the delivery leaving the
+//! client or the source to its ack having returned).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use backstop::idempotency::{KeyLayout, Store};
 use backstop::{
     CancellationToken, Context, HandlerError, KeySource, MemoryStore, Message, Runner,
     StackBuilder, handler_fn,
 };
+use backstop_postgres::{PgConfig, PostgresStore};
 use backstop_rabbitmq::lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions,
     ExchangeDeleteOptions, QueueDeleteOptions,
@@ -34,12 +49,13 @@ use backstop_rabbitmq::lapin::options::{
 use backstop_rabbitmq::lapin::types::FieldTable;
 use backstop_rabbitmq::lapin::{Connection, ConnectionProperties};
 use backstop_rabbitmq::{RabbitMq, RabbitPublisher, Topology, url_from_env};
+use backstop_redis::{RedisConfig, RedisStore};
 use bytes::Bytes;
 use futures::StreamExt;
 
 #[path = "../../../core/benches/support/latency.rs"]
 mod latency;
-use latency::{Latencies, Side, Timed, rate, rounds};
+use latency::{Latencies, Side, Timed, rounds};
 
 const PAYLOAD: usize = 256;
 
@@ -77,24 +93,15 @@ async fn fill(publisher: &RabbitPublisher, queue: &str, run: &str, n: usize) -> 
     started.elapsed()
 }
 
-/// How the raw baseline acks.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Acks {
-    /// `ack().await` in the consumer loop, one after the other.
-    InLoop,
-    /// Each delivery acked on a task of its own, as the runner does.
-    Spawned,
-}
-
 /// The baseline: lapin's consumer stream with one manual ack per delivery,
-/// itself on a spawned task (not on the main thread). Records each message's
-/// latency from the stream yielding it to its ack having returned.
+/// each on a task of its own (as a worker runs its messages), itself on a
+/// spawned task. Records each message's latency from the stream yielding
+/// it to its ack having returned.
 async fn raw(
     url: String,
     queue: String,
     n: usize,
     prefetch: usize,
-    acks: Acks,
     latencies: Latencies,
 ) -> Duration {
     tokio::spawn(async move {
@@ -122,20 +129,12 @@ async fn raw(
         while let Some(delivery) = consumer.next().await {
             let taken = Instant::now();
             let acker = delivery.expect("delivery").acker;
-            match acks {
-                Acks::InLoop => {
-                    assert!(acker.ack(BasicAckOptions::default()).await.expect("ack"));
-                    latencies.record(taken);
-                }
-                Acks::Spawned => {
-                    let latencies = latencies.clone();
-                    tasks.spawn(async move {
-                        assert!(acker.ack(BasicAckOptions::default()).await.expect("ack"));
-                        latencies.record(taken);
-                    });
-                    while tasks.try_join_next().is_some() {}
-                }
-            }
+            let latencies = latencies.clone();
+            tasks.spawn(async move {
+                assert!(acker.ack(BasicAckOptions::default()).await.expect("ack"));
+                latencies.record(taken);
+            });
+            while tasks.try_join_next().is_some() {}
             received += 1;
             if received == n {
                 break;
@@ -155,13 +154,14 @@ async fn raw(
     .expect("raw consumer task")
 }
 
-/// The full stack: StackBuilder (idempotency on a MemoryStore) + Runner,
-/// its source wrapped to record each message's latency.
+/// The full stack: StackBuilder (idempotency on `store`, keyed by message
+/// id) + Runner, its source wrapped to record each message's latency.
 async fn stack(
     rabbit: &RabbitMq,
     queue: &str,
     n: usize,
     prefetch: usize,
+    store: Arc<dyn Store>,
     latencies: Latencies,
 ) -> Duration {
     let handled = Arc::new(AtomicUsize::new(0));
@@ -178,10 +178,7 @@ async fn stack(
         }
     });
     let stack = StackBuilder::<Bytes>::new(Arc::new(rabbit.dead_letter_sink()))
-        .idempotency(
-            Arc::new(MemoryStore::new(n * 2, Duration::from_secs(3600))),
-            KeySource::MessageId,
-        )
+        .idempotency(store, KeySource::MessageId)
         .build(handler);
     let source = Timed::new(
         rabbit.source(queue, prefetch).await.expect("consume"),
@@ -201,9 +198,10 @@ async fn stack(
     elapsed
 }
 
-/// CPU time (user + system) this process used so far, from /proc (Linux only; zero elsewhere).
-fn cpu_time() -> Duration {
-    let ticks = std::fs::read_to_string("/proc/self/stat")
+/// CPU time (user + system) of process `pid` so far, from /proc (Linux
+/// only; zero elsewhere).
+fn cpu_time(pid: &str) -> Duration {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| {
             let after = stat
@@ -217,6 +215,51 @@ fn cpu_time() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// The pid of the process listening on TCP `port` (the broker), found
+/// through /proc: the socket's inode in /proc/net/tcp{,6}, then the process
+/// holding it. `BENCH_BROKER_PID` overrides.
+fn broker_pid(port: u16) -> Option<String> {
+    if let Ok(pid) = std::env::var("BENCH_BROKER_PID") {
+        return Some(pid);
+    }
+    let suffix = format!(":{port:04X}");
+    let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let cols: Vec<&str> = line.split_whitespace().collect();
+                    let listening = cols.get(3) == Some(&"0A");
+                    let ours = cols.get(1).is_some_and(|local| local.ends_with(&suffix));
+                    if listening && ours {
+                        Some(format!("socket:[{}]", cols.get(9)?))
+                    } else {
+                        None
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid = entry.file_name().into_string().ok()?;
+            pid.parse::<u32>().ok()?;
+            let holds = std::fs::read_dir(entry.path().join("fd"))
+                .ok()?
+                .flatten()
+                .any(|fd| {
+                    std::fs::read_link(fd.path())
+                        .is_ok_and(|link| inodes.iter().any(|i| link.as_os_str() == i.as_str()))
+                });
+            holds.then_some(pid)
+        })
+}
+
 /// Checks a drained queue stays empty: every ack reached the broker before the consumer closed.
 async fn assert_drained(rabbit: &RabbitMq, queue: &str) {
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -227,16 +270,87 @@ async fn assert_drained(rabbit: &RabbitMq, queue: &str) {
     );
 }
 
-/// One line: rate, wall time, this process's CPU time per message and the
-/// latency percentiles; returns the rate and percentiles.
-fn report(what: &str, n: usize, wall: Duration, cpu: Duration, latencies: &Latencies) -> Side {
-    let per_message = cpu.as_secs_f64() * 1e6 / n as f64;
-    let side = Side::measured(n, wall, latencies);
-    println!(
-        "  {what:<28} {:>10.0} msg/s  ({wall:.2?}, client CPU {per_message:.1} µs/msg, {})",
-        side.rate, side.latency
-    );
-    side
+/// What one side measured in one round.
+#[derive(Clone, Copy)]
+struct Measured {
+    side: Side,
+    /// This process's CPU per message, µs.
+    client_us: f64,
+    /// The broker's CPU per message, µs.
+    broker_us: f64,
+}
+
+/// The sides, in the order they run in each round and are reported.
+const SIDES: [&str; 4] = [
+    "raw lapin, acks on tasks",
+    "stack + MemoryStore",
+    "stack + RedisStore",
+    "stack + PostgresStore",
+];
+
+/// The median of `runs` by each figure.
+fn median(runs: &[Measured]) -> Option<Measured> {
+    let mid = |mut xs: Vec<f64>| {
+        xs.sort_by(f64::total_cmp);
+        xs[xs.len() / 2]
+    };
+    if runs.is_empty() {
+        return None;
+    }
+    // The run of median rate carries its latencies.
+    let mut by_rate = runs.to_vec();
+    by_rate.sort_by(|a, b| a.side.rate.total_cmp(&b.side.rate));
+    let mut median = by_rate[by_rate.len() / 2];
+    median.client_us = mid(runs.iter().map(|m| m.client_us).collect());
+    median.broker_us = mid(runs.iter().map(|m| m.broker_us).collect());
+    Some(median)
+}
+
+/// A `BENCH-RABBIT` row: `side` against `base`.
+fn row(name: &str, side: Option<Measured>, base: Option<Measured>) {
+    match (side, base) {
+        (Some(side), Some(base)) => println!(
+            "BENCH-RABBIT\t{name}\t{:.0}\t{:.0}\t{:.3}\t{:.1}\t{:.1}\t{:.3}",
+            side.side.rate,
+            base.side.rate,
+            side.side.rate / base.side.rate,
+            side.broker_us,
+            base.broker_us,
+            side.broker_us / base.broker_us,
+        ),
+        _ => println!("BENCH-RABBIT\t{name}\t-\t-\t-\t-\t-\t-"),
+    }
+}
+
+/// The Redis and PostgreSQL stores, each `None` (said so) if unreachable.
+async fn shared_stores(run: &str) -> (Option<Arc<dyn Store>>, Option<Arc<dyn Store>>) {
+    let redis_url =
+        std::env::var("BACKSTOP_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let pg_url = std::env::var("BACKSTOP_PG_URL")
+        .unwrap_or_else(|_| "postgres://backstop:backstop@127.0.0.1:5432/backstop".into());
+    let redis = RedisStore::connect_with(
+        RedisConfig::new(redis_url)
+            .prefix(format!("{run}:"))
+            .ttl(Duration::from_secs(600)),
+    )
+    .await
+    .map(|s| Arc::new(s) as Arc<dyn Store>)
+    .map_err(|e| println!("  RedisStore skipped: {e}"))
+    .ok();
+    let pg = async {
+        let store = PostgresStore::new(PgConfig::new(pg_url).max_connections(32).pool()?)
+            .with_table("backstop_bench_rabbit_keys")?
+            // Keys of earlier runs do not matter here.
+            .layout(KeyLayout::Migrate {
+                window: Duration::ZERO,
+            });
+        store.migrate().await?;
+        Ok::<_, Box<dyn std::error::Error>>(Arc::new(store) as Arc<dyn Store>)
+    }
+    .await
+    .map_err(|e| println!("  PostgresStore skipped: {e}"))
+    .ok();
+    (redis, pg)
 }
 
 #[tokio::main]
@@ -247,84 +361,85 @@ async fn main() {
     let rabbit = RabbitMq::connect(url.clone())
         .await
         .expect("broker reachable (scripts/services/rabbitmq.sh)");
+    let port = url::Url::parse(&url)
+        .ok()
+        .and_then(|u| u.port())
+        .unwrap_or(5672);
+    let broker = broker_pid(port);
+    let broker_cpu = || broker.as_deref().map_or(Duration::ZERO, cpu_time);
     let id = backstop::message::new_message_id();
-    let topology = Topology::quorum(format!("bench-{}", &id[..12]));
+    let run = format!("bench-{}", &id[..12]);
+    let topology = Topology::quorum(run.clone());
     rabbit.declare(&topology).await.expect("declare");
     let queue = topology.queue().to_owned();
     let publisher = rabbit.publisher();
+    let rounds = rounds(5);
     println!(
-        "backstop-rabbitmq throughput: {n} messages of {PAYLOAD} bytes, quorum queue, prefetch {prefetch}"
+        "backstop-rabbitmq throughput: {n} messages of {PAYLOAD} bytes, quorum queue, prefetch {prefetch}, {rounds} rounds, broker pid {}",
+        broker
+            .as_deref()
+            .unwrap_or("not found (broker CPU reads 0)")
     );
-
-    let published = fill(&publisher, &queue, "raw-loop", n).await;
-    println!(
-        "  publish (confirmed)          {:>10.0} msg/s",
-        rate(n, published)
-    );
-    let cpu = cpu_time();
-    let latencies = Latencies::with_capacity(n);
-    let in_loop = raw(
-        url.clone(),
-        queue.clone(),
-        n,
-        prefetch,
-        Acks::InLoop,
-        latencies.clone(),
-    )
-    .await;
-    let mut best_raw = report(
-        "raw lapin, acks in the loop",
-        n,
-        in_loop,
-        cpu_time() - cpu,
-        &latencies,
-    );
-    assert_drained(&rabbit, &queue).await;
-    // The two contenders alternate, so a busy moment on a shared machine hits both.
-    let mut best_stack = Side::default();
-    for round in 0..rounds(2) {
-        fill(&publisher, &queue, &format!("raw-{round}"), n).await;
-        let cpu = cpu_time();
-        let latencies = Latencies::with_capacity(n);
-        let spawned = raw(
-            url.clone(),
-            queue.clone(),
-            n,
-            prefetch,
-            Acks::Spawned,
-            latencies.clone(),
-        )
-        .await;
-        let spawned = report(
-            "raw lapin, acks on tasks",
-            n,
-            spawned,
-            cpu_time() - cpu,
-            &latencies,
-        );
-        assert_drained(&rabbit, &queue).await;
-        fill(&publisher, &queue, &format!("stack-{round}"), n).await;
-        let cpu = cpu_time();
-        let latencies = Latencies::with_capacity(n);
-        let stacked = stack(&rabbit, &queue, n, prefetch, latencies.clone()).await;
-        let stacked = report("backstop stack", n, stacked, cpu_time() - cpu, &latencies);
-        assert_drained(&rabbit, &queue).await;
-        best_raw = best_raw.best(spawned);
-        best_stack = best_stack.best(stacked);
+    let (redis, pg) = shared_stores(&run).await;
+    let mut runs: [Vec<Measured>; 4] = Default::default();
+    for round in 0..rounds {
+        for (i, name) in SIDES.iter().enumerate() {
+            let store: Option<Arc<dyn Store>> = match i {
+                0 => None,
+                1 => Some(Arc::new(MemoryStore::new(n * 2, Duration::from_secs(3600)))),
+                2 => match &redis {
+                    Some(redis) => Some(Arc::clone(redis)),
+                    None => continue,
+                },
+                _ => match &pg {
+                    Some(pg) => Some(Arc::clone(pg)),
+                    None => continue,
+                },
+            };
+            fill(&publisher, &queue, &format!("{run}-{round}-{i}"), n).await;
+            let latencies = Latencies::with_capacity(n);
+            let (client, server) = (cpu_time("self"), broker_cpu());
+            let took = match store {
+                None => raw(url.clone(), queue.clone(), n, prefetch, latencies.clone()).await,
+                Some(store) => stack(&rabbit, &queue, n, prefetch, store, latencies.clone()).await,
+            };
+            let per_message = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+            let measured = Measured {
+                side: Side::measured(n, took, &latencies),
+                client_us: per_message(cpu_time("self") - client),
+                broker_us: per_message(broker_cpu() - server),
+            };
+            println!(
+                "  round {round} {name:<24} {:>9.0} msg/s  ({took:.2?}, client CPU {:.1} µs/msg, broker CPU {:.1} µs/msg, {})",
+                measured.side.rate, measured.client_us, measured.broker_us, measured.side.latency
+            );
+            assert_drained(&rabbit, &queue).await;
+            runs[i].push(measured);
+        }
+    }
+    let [raw_side, memory, redis_side, pg_side] = runs.map(|r| median(&r));
+    println!("medians of {rounds} rounds:");
+    for (name, side) in SIDES.iter().zip([raw_side, memory, redis_side, pg_side]) {
+        if let Some(m) = side {
+            println!(
+                "  {name:<24} {:>9.0} msg/s, client CPU {:.1} µs/msg, broker CPU {:.1} µs/msg",
+                m.side.rate, m.client_us, m.broker_us
+            );
+        }
     }
     println!(
-        "  best raw {:.0} msg/s, best stack {:.0} msg/s",
-        best_raw.rate, best_stack.rate
+        "goals: stack_memory_vs_raw ratio >= 1.2 and broker ratio <= 0.7; redis >= 0.8, postgres >= 0.5 of memory"
     );
-    println!(
-        "  ratio stack / raw            {:>10.3}  (goal >= 0.90)",
-        best_stack.rate / best_raw.rate
-    );
-    latency::bench_row(
-        &format!("RabbitMQ: raw lapin vs backstop stack (prefetch {prefetch})"),
-        Some(best_raw),
-        best_stack,
-    );
+    row("stack_memory_vs_raw", memory, raw_side);
+    row("stack_redis_vs_memory", redis_side, memory);
+    row("stack_postgres_vs_memory", pg_side, memory);
+    if let (Some(raw_side), Some(memory)) = (raw_side, memory) {
+        latency::bench_row(
+            &format!("RabbitMQ: raw lapin vs backstop stack (prefetch {prefetch})"),
+            Some(raw_side.side),
+            memory.side,
+        );
+    }
 
     if let Ok(channel) = rabbit.channel().await {
         for q in [topology.queue().to_owned(), topology.dlq()] {

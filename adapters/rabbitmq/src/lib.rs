@@ -80,9 +80,11 @@
 //! completed and waits; the channel's flusher, woken once acks wait, sends
 //! one `basic.ack(multiple = true)` for the longest run of deliveries from
 //! the lowest unsettled one on that are all completed or already settled
-//! by an earlier frame, naming the run's last completed tag, then one
-//! `basic.ack` for each completed delivery behind the first unsettled one
-//! (a slow delivery does not hold the acks of the fast ones behind it).
+//! by an earlier frame, naming the run's last completed tag. Acks behind
+//! an unsettled delivery wait for it up to [`HOLD_BEHIND_HOLE`] (20 ms)
+//! from its arrival; after that it is slow, and each completed delivery
+//! behind it gets a `basic.ack` of its own (a slow delivery does not hold
+//! the acks of the fast ones behind it).
 //! A delivery being retried, nacked after its delay, deferred through its
 //! delay queue or held while the runner is paused is unsettled until its
 //! own frame was sent, so no `multiple` frame covers it; no tag is ever
@@ -139,7 +141,7 @@ pub use crate::publisher::RabbitPublisher;
 pub use crate::sinks::{RabbitDeadLetterSink, RabbitRetrySink};
 pub use crate::source::{DEFAULT_CONSUMER_TIMEOUT, DEFAULT_TIMEOUT_MARGIN, RabbitSource};
 pub use crate::topology::{QueueKind, RetryTier, Topology};
-pub use crate::window::{ACK_FRAMES, ACKS_COALESCED};
+pub use crate::window::{ACK_FRAMES, ACKS_COALESCED, HOLD_BEHIND_HOLE};
 
 /// The AMQP client this adapter is built on, for what it does not wrap.
 pub use lapin;

@@ -494,7 +494,7 @@ impl RabbitSource {
         );
         let mut acker = RabbitAcker::new(acker, delivery_tag, Arc::clone(&self.queue));
         if let Some(subscription) = &self.active {
-            subscription.window.enter(delivery_tag);
+            subscription.window.enter(delivery_tag, arrived);
             acker = acker.in_window(Arc::clone(&subscription.window));
         }
         Delivery::new(message, acker).with_deadline(arrived + self.budget)

@@ -15,9 +15,15 @@
 //!   *completed* tag `T` of that run: a frame covers no hole, and never
 //!   names a tag already settled (the broker closes a channel on an
 //!   unknown delivery tag);
-//! - one `basic.ack` per completed tag behind the first hole (a slow
-//!   delivery does not hold the acks of the fast ones behind it), after
-//!   which those entries count as settled and are never named again.
+//! - for completed tags behind the first hole: nothing while that hole is
+//!   younger than [`HOLD_BEHIND_HOLE`] (they wait for it, so that one
+//!   `multiple` frame covers them all once it completes); after that the
+//!   hole is slow, and each gets a `basic.ack` of its own (a slow delivery
+//!   does not hold the acks of the fast ones behind it), after which those
+//!   entries count as settled and are never named again.
+//!
+//! One flush is in flight at a time: an entry it names counts as settled
+//! only once its frame was sent, and an ack returns only then.
 //!
 //! A tag the window never saw (a delivery lapin dropped for a cancelled
 //! consumer) is a hole forever: the window never acks past it with a
@@ -29,11 +35,13 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use backstop::AckError;
 use backstop::metrics::{ACK_FAILURES, consumer_labels};
 use lapin::options::BasicAckOptions;
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 
 use crate::source::Counts;
 
@@ -46,10 +54,17 @@ pub const ACK_FRAMES: &str = "backstop_rabbitmq_ack_frames_total";
 /// frames is the average coalescing).
 pub const ACKS_COALESCED: &str = "backstop_rabbitmq_acks_coalesced_total";
 
-/// One entry: a delivery tag and how far it is settled.
+/// How long completed deliveries wait behind an unsettled one before they
+/// are acked one frame each: a delivery still running after this is slow,
+/// and the acks behind it go out without it. Until then they wait for it,
+/// so that one `multiple` frame covers them all.
+pub const HOLD_BEHIND_HOLE: Duration = Duration::from_millis(20);
+
+/// One entry: a delivery tag, when it arrived, and how far it is settled.
 #[derive(Debug)]
 struct Entry<A> {
     tag: u64,
+    entered: Instant,
     mark: Mark<A>,
 }
 
@@ -61,6 +76,8 @@ enum Mark<A> {
     /// Completed successfully; its ack waits for a flush. Holds the
     /// delivery's acker, which sends the frame that names it.
     Completed(A),
+    /// In the flush being sent.
+    Planned,
     /// Settled by a frame already sent (a nack, an individual ack).
     Settled,
 }
@@ -68,8 +85,6 @@ enum Mark<A> {
 /// The frames of one flush.
 #[derive(Debug)]
 pub(crate) struct Plan<A> {
-    /// The flush's number: the acks marked before it was planned wait for it.
-    generation: u64,
     /// `basic.ack(multiple = true)` through this tag, with its acker.
     multiple: Option<(u64, A)>,
     /// How many completed deliveries the `multiple` frame acks.
@@ -78,27 +93,40 @@ pub(crate) struct Plan<A> {
     single: Vec<(u64, A)>,
 }
 
-/// The window's bookkeeping, apart from sending (pure logic).
+/// What the flusher does next.
+#[derive(Debug)]
+enum Step<A> {
+    /// Send these frames, then [`Ledger::confirm`].
+    Send(Plan<A>),
+    /// Completions wait behind a hole younger than [`HOLD_BEHIND_HOLE`]:
+    /// plan again at this instant (or on the next completion).
+    HoldUntil(Instant),
+    /// Nothing completed.
+    Idle,
+}
+
+/// The window's bookkeeping, apart from sending (pure logic). One flush at
+/// a time: [`plan`](Self::plan), send, [`confirm`](Self::confirm).
 #[derive(Debug)]
 struct Ledger<A> {
     /// Tags from the lowest not passed yet, in order.
     entries: VecDeque<Entry<A>>,
-    /// The tag right after the last one passed by a `multiple` frame (the
-    /// first tag of a channel is 1).
+    /// The tag right after the last one passed (the first tag of a channel
+    /// is 1).
     next: u64,
     /// Completed entries not yet planned.
     completed: usize,
-    /// The next flush's number.
-    generation: u64,
+    /// How long completions wait behind a hole.
+    hold: Duration,
 }
 
-impl<A> Default for Ledger<A> {
-    fn default() -> Self {
+impl<A> Ledger<A> {
+    fn new(hold: Duration) -> Self {
         Ledger {
             entries: VecDeque::new(),
             next: 1,
             completed: 0,
-            generation: 1,
+            hold,
         }
     }
 }
@@ -106,37 +134,42 @@ impl<A> Default for Ledger<A> {
 /// What [`Ledger::complete`] did with an ack.
 #[derive(Debug)]
 enum Marked<A> {
-    /// Marked; it waits for the flush of this generation.
-    Waits(u64),
+    /// Marked; it waits for a flush.
+    Waits,
     /// The window does not hold this tag: the caller sends its own frame.
     Unknown(A),
 }
 
 impl<A> Ledger<A> {
     /// Enters a delivery handed out by the channel (tags only grow).
-    fn open(&mut self, tag: u64) {
+    fn open(&mut self, tag: u64, entered: Instant) {
         if self.entries.back().is_some_and(|last| last.tag >= tag) || tag < self.next {
             return;
         }
         self.entries.push_back(Entry {
             tag,
+            entered,
             mark: Mark::Open,
         });
     }
 
-    fn find(&mut self, tag: u64) -> Option<&mut Entry<A>> {
+    fn find(&self, tag: u64) -> Option<&Entry<A>> {
+        let at = self.entries.binary_search_by_key(&tag, |e| e.tag).ok()?;
+        self.entries.get(at)
+    }
+
+    fn find_mut(&mut self, tag: u64) -> Option<&mut Entry<A>> {
         let at = self.entries.binary_search_by_key(&tag, |e| e.tag).ok()?;
         self.entries.get_mut(at)
     }
 
     /// Marks `tag` completed with the acker that can name it.
     fn complete(&mut self, tag: u64, acker: A) -> Marked<A> {
-        let generation = self.generation;
-        match self.find(tag) {
+        match self.find_mut(tag) {
             Some(entry) if matches!(entry.mark, Mark::Open) => {
                 entry.mark = Mark::Completed(acker);
                 self.completed += 1;
-                Marked::Waits(generation)
+                Marked::Waits
             }
             _ => Marked::Unknown(acker),
         }
@@ -144,59 +177,114 @@ impl<A> Ledger<A> {
 
     /// Marks `tag` settled by a frame that was sent.
     fn settled(&mut self, tag: u64) {
-        if let Some(entry) = self.find(tag)
+        if let Some(entry) = self.find_mut(tag)
             && matches!(entry.mark, Mark::Open)
         {
             entry.mark = Mark::Settled;
         }
     }
 
-    /// The frames for every completed entry, or `None` when none waits.
-    fn plan(&mut self) -> Option<Plan<A>> {
+    /// True once a frame covering completed `tag` was sent.
+    fn acked(&self, tag: u64) -> bool {
+        tag < self.next
+            || self
+                .find(tag)
+                .is_some_and(|entry| matches!(entry.mark, Mark::Settled))
+    }
+
+    /// The next step: the frames for what completed, or how long to hold.
+    fn plan(&mut self, now: Instant) -> Step<A> {
         if self.completed == 0 {
-            return None;
+            return Step::Idle;
         }
-        self.completed = 0;
-        let generation = self.generation;
-        self.generation += 1;
+        // The run from the lowest tag on: completed or settled, no gap.
+        let mut expected = self.next;
+        let mut run = 0;
+        let mut last_completed = None;
+        for (i, entry) in self.entries.iter().enumerate() {
+            if entry.tag != expected || matches!(entry.mark, Mark::Open) {
+                break;
+            }
+            if matches!(entry.mark, Mark::Completed(_)) {
+                last_completed = Some(i);
+            }
+            expected = entry.tag + 1;
+            run = i + 1;
+        }
         let mut multiple = None;
         let mut coalesced = 0;
-        while let Some(front) = self.entries.front() {
-            if front.tag != self.next || matches!(front.mark, Mark::Open) {
-                break;
-            }
-            let Some(entry) = self.entries.pop_front() else {
-                break;
-            };
-            self.next = entry.tag + 1;
-            if let Mark::Completed(acker) = entry.mark {
-                multiple = Some((entry.tag, acker));
-                coalesced += 1;
+        if let Some(last) = last_completed {
+            for (i, entry) in self.entries.iter_mut().enumerate().take(last + 1) {
+                if let Mark::Completed(acker) = std::mem::replace(&mut entry.mark, Mark::Planned) {
+                    coalesced += 1;
+                    if i == last {
+                        multiple = Some((entry.tag, acker));
+                    }
+                } else {
+                    entry.mark = Mark::Settled;
+                }
             }
         }
+        // Behind the first hole: acked one by one once the hole is slow (a
+        // tag never seen is a hole of unknown age: slow).
+        let hole = self.entries.get(run);
+        let gap = hole.is_some_and(|h| h.tag != expected);
+        let due = hole.map(|h| h.entered + self.hold);
         let mut single = Vec::new();
-        for entry in &mut self.entries {
-            if matches!(entry.mark, Mark::Completed(_))
-                && let Mark::Completed(acker) = std::mem::replace(&mut entry.mark, Mark::Settled)
-            {
-                single.push((entry.tag, acker));
+        let mut held = false;
+        if hole.is_some() {
+            let slow = gap || due.is_some_and(|due| due <= now);
+            for entry in self.entries.iter_mut().skip(run) {
+                if !matches!(entry.mark, Mark::Completed(_)) {
+                    continue;
+                }
+                if !slow {
+                    held = true;
+                    continue;
+                }
+                if let Mark::Completed(acker) = std::mem::replace(&mut entry.mark, Mark::Planned) {
+                    single.push((entry.tag, acker));
+                }
             }
         }
-        Some(Plan {
-            generation,
+        self.completed -= usize::try_from(coalesced).unwrap_or(usize::MAX) + single.len();
+        if multiple.is_none() && single.is_empty() {
+            return match (held, due) {
+                (true, Some(due)) => Step::HoldUntil(due),
+                _ => Step::Idle,
+            };
+        }
+        Step::Send(Plan {
             multiple,
             coalesced,
             single,
         })
+    }
+
+    /// The planned frames were sent: their entries are settled, and the
+    /// run of settled tags from the lowest on is passed.
+    fn confirm(&mut self) {
+        for entry in &mut self.entries {
+            if matches!(entry.mark, Mark::Planned) {
+                entry.mark = Mark::Settled;
+            }
+        }
+        while let Some(front) = self.entries.front() {
+            if front.tag != self.next || !matches!(front.mark, Mark::Settled) {
+                break;
+            }
+            self.next = front.tag + 1;
+            self.entries.pop_front();
+        }
     }
 }
 
 /// How far the window's flushes got.
 #[derive(Clone, Debug, Default)]
 struct Progress {
-    /// Every flush up to this generation sent its frames.
-    flushed: u64,
-    /// The channel closed, why: no flush after `flushed` sends anything.
+    /// Flushes sent so far.
+    flushes: u64,
+    /// The channel closed, why: nothing is sent any more.
     gone: Option<Arc<str>>,
 }
 
@@ -230,7 +318,7 @@ impl Window {
         let labels =
             |multiple: &'static str| consumer_labels(&queue, &queue, &[("multiple", multiple)]);
         let window = Arc::new(Window {
-            ledger: Mutex::new(Ledger::default()),
+            ledger: Mutex::new(Ledger::new(HOLD_BEHIND_HOLE)),
             wake: Notify::new(),
             progress: watch::Sender::new(Progress::default()),
             counts,
@@ -244,18 +332,17 @@ impl Window {
     }
 
     fn ledger(&self) -> MutexGuard<'_, Ledger<lapin::Acker>> {
-        // The ledger holds no invariant a panicking holder could break
-        // half-way (each method finishes its change before it returns).
+        // Each ledger method finishes its change before it returns: a
+        // panicking holder leaves nothing half-done.
         self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Enters a delivery the channel handed out.
-    pub(crate) fn enter(&self, tag: u64) {
-        self.ledger().open(tag);
+    /// Enters a delivery the channel handed out, which arrived at `entered`.
+    pub(crate) fn enter(&self, tag: u64, entered: Instant) {
+        self.ledger().open(tag, entered);
     }
 
-    /// Records that a frame settling `tag` (a nack, an individual ack) was
-    /// sent.
+    /// Records that a frame settling `tag` (a nack) was sent.
     pub(crate) fn settled(&self, tag: u64) {
         self.ledger().settled(tag);
         self.counts.settled.fetch_add(1, Ordering::Relaxed);
@@ -268,21 +355,24 @@ impl Window {
             return Err(self.gone(tag, &why));
         }
         let marked = self.ledger().complete(tag, acker);
-        let generation = match marked {
-            Marked::Waits(generation) => generation,
-            Marked::Unknown(acker) => return self.single(tag, acker).await,
-        };
+        if let Marked::Unknown(acker) = marked {
+            return self.single(tag, acker).await;
+        }
         self.wake.notify_one();
-        let failed = match progress
-            .wait_for(|p| p.flushed >= generation || p.gone.is_some())
-            .await
-        {
-            Ok(progress) if progress.flushed >= generation => return Ok(()),
-            Ok(progress) => progress.gone.clone(),
-            // The window was dropped with its channel.
-            Err(_) => None,
-        };
-        Err(self.gone(tag, failed.as_deref().unwrap_or("the channel closed")))
+        loop {
+            let changed = progress.changed().await;
+            if self.ledger().acked(tag) {
+                return Ok(());
+            }
+            let gone = match changed {
+                Ok(()) => progress.borrow_and_update().gone.clone(),
+                // The window was dropped with its channel.
+                Err(_) => Some(Arc::from("the channel closed")),
+            };
+            if let Some(why) = gone {
+                return Err(self.gone(tag, &why));
+            }
+        }
     }
 
     /// Ends the window: its channel closed. Waiting and later acks fail.
@@ -316,17 +406,28 @@ impl Window {
         }
     }
 
-    /// Sends what completed, whenever something did.
+    /// Sends what completed, whenever something did; one flush at a time.
     async fn flush_loop(self: Arc<Self>) {
         loop {
-            self.wake.notified().await;
-            loop {
-                let plan = self.ledger().plan();
-                let Some(plan) = plan else { break };
-                if let Err(why) = self.send(plan).await {
-                    self.end(&why);
-                    return;
+            let step = self.ledger().plan(Instant::now());
+            match step {
+                Step::Idle => self.wake.notified().await,
+                Step::HoldUntil(due) => {
+                    tokio::select! {
+                        () = self.wake.notified() => {}
+                        () = tokio::time::sleep_until(due) => {}
+                    }
                 }
+                Step::Send(plan) => match self.send(plan).await {
+                    Ok(()) => {
+                        self.ledger().confirm();
+                        self.progress.send_modify(|p| p.flushes += 1);
+                    }
+                    Err(why) => {
+                        self.end(&why);
+                        return;
+                    }
+                },
             }
         }
     }
@@ -334,7 +435,6 @@ impl Window {
     /// Sends one plan's frames in order; on a failure the channel is gone.
     async fn send(&self, plan: Plan<lapin::Acker>) -> Result<(), String> {
         let Plan {
-            generation,
             multiple,
             coalesced,
             single,
@@ -365,7 +465,6 @@ impl Window {
                     self.coalesced.increment(coalesced);
                 }
                 self.single_frames.increment(acks - coalesced);
-                self.progress.send_modify(|p| p.flushed = generation);
                 Ok(())
             }
             Err(why) => {
@@ -382,95 +481,133 @@ impl Window {
 mod tests {
     use super::*;
 
-    /// A ledger with tags `1..=n` entered.
-    fn ledger(n: u64) -> Ledger<u64> {
-        let mut ledger = Ledger::default();
+    const HOLD: Duration = Duration::from_millis(20);
+
+    /// A ledger with tags `1..=n` entered at `at`.
+    fn ledger(n: u64, at: Instant) -> Ledger<u64> {
+        let mut ledger = Ledger::new(HOLD);
         for tag in 1..=n {
-            ledger.open(tag);
+            ledger.open(tag, at);
         }
         ledger
     }
 
-    fn frames(plan: &Plan<u64>) -> (Option<u64>, Vec<u64>) {
-        (
-            plan.multiple.as_ref().map(|(tag, _)| *tag),
-            plan.single.iter().map(|(tag, _)| *tag).collect(),
-        )
+    /// The frames of the next step (it must send).
+    fn frames(ledger: &mut Ledger<u64>, now: Instant) -> (Option<u64>, Vec<u64>) {
+        match ledger.plan(now) {
+            Step::Send(plan) => (
+                plan.multiple.map(|(tag, _)| tag),
+                plan.single.into_iter().map(|(tag, _)| tag).collect(),
+            ),
+            other => panic!("expected frames, got {other:?}"),
+        }
     }
 
     #[test]
     fn completions_in_order_go_out_as_one_multiple_frame() {
-        let mut ledger = ledger(5);
+        let now = Instant::now();
+        let mut ledger = ledger(5, now);
         for tag in [3, 1, 2] {
-            assert!(matches!(ledger.complete(tag, tag), Marked::Waits(1)));
+            assert!(matches!(ledger.complete(tag, tag), Marked::Waits));
         }
-        let plan = ledger.plan().expect("three completed");
-        assert_eq!(frames(&plan), (Some(3), vec![]));
-        assert_eq!(plan.coalesced, 3);
-        assert!(ledger.plan().is_none(), "nothing waits any more");
+        assert_eq!(frames(&mut ledger, now), (Some(3), vec![]));
+        assert!(!ledger.acked(1), "not before the frame was sent");
+        ledger.confirm();
+        assert!((1..=3).all(|tag| ledger.acked(tag)));
+        assert!(!ledger.acked(4));
+        assert!(matches!(ledger.plan(now), Step::Idle));
     }
 
     #[test]
-    fn a_hole_is_never_covered_and_what_completed_behind_it_is_acked_alone() {
-        let mut ledger = ledger(6);
+    fn completions_behind_a_young_hole_wait_for_it_then_share_its_frame() {
+        let now = Instant::now();
+        let mut ledger = ledger(4, now);
+        for tag in [2, 3] {
+            ledger.complete(tag, tag);
+        }
+        match ledger.plan(now) {
+            Step::HoldUntil(due) => assert_eq!(due, now + HOLD),
+            other => panic!("expected a hold, got {other:?}"),
+        }
+        ledger.complete(1, 1);
+        assert_eq!(frames(&mut ledger, now), (Some(3), vec![]));
+    }
+
+    #[test]
+    fn a_slow_hole_is_never_covered_and_what_completed_behind_it_is_acked_alone() {
+        let now = Instant::now();
+        let mut ledger = ledger(6, now);
         for tag in [1, 2, 4, 6] {
             ledger.complete(tag, tag);
         }
-        let plan = ledger.plan().expect("four completed");
-        assert_eq!(frames(&plan), (Some(2), vec![4, 6]));
+        let later = now + HOLD;
+        assert_eq!(frames(&mut ledger, later), (Some(2), vec![4, 6]));
+        ledger.confirm();
+        assert!([1, 2, 4, 6].iter().all(|&tag| ledger.acked(tag)));
         // 3 is nacked (its frame sent), 5 completes: the run reaches 6,
         // named already, so the multiple frame names 5, the last
         // completed tag of the run.
         ledger.settled(3);
         ledger.complete(5, 5);
-        let plan = ledger.plan().expect("one completed");
-        assert_eq!(frames(&plan), (Some(5), vec![]));
+        assert_eq!(frames(&mut ledger, later), (Some(5), vec![]));
+        ledger.confirm();
         assert!(ledger.entries.is_empty(), "every tag passed");
+        assert_eq!(ledger.next, 7);
     }
 
     #[test]
     fn no_tag_is_named_twice_and_a_settled_tag_cannot_complete() {
-        let mut ledger = ledger(3);
+        let now = Instant::now();
+        let mut ledger = ledger(3, now);
         ledger.complete(2, 2);
-        let plan = ledger.plan().expect("one");
-        assert_eq!(frames(&plan), (None, vec![2]));
+        assert_eq!(frames(&mut ledger, now + HOLD), (None, vec![2]));
+        ledger.confirm();
         assert!(matches!(ledger.complete(2, 2), Marked::Unknown(2)));
         ledger.settled(1);
         ledger.complete(3, 3);
-        let plan = ledger.plan().expect("one");
-        assert_eq!(frames(&plan), (Some(3), vec![]));
+        assert_eq!(frames(&mut ledger, now + HOLD), (Some(3), vec![]));
+    }
+
+    #[test]
+    fn a_nack_during_a_flush_is_not_passed_before_it_was_sent() {
+        let now = Instant::now();
+        let mut ledger = ledger(3, now);
+        ledger.complete(2, 2);
+        // 1 is a hole while the flush plans; its nack goes out meanwhile.
+        assert_eq!(frames(&mut ledger, now + HOLD), (None, vec![2]));
+        ledger.settled(1);
+        ledger.confirm();
+        ledger.complete(3, 3);
+        assert_eq!(frames(&mut ledger, now + HOLD), (Some(3), vec![]));
     }
 
     #[test]
     fn a_tag_never_seen_stays_a_hole() {
-        let mut ledger = Ledger::default();
+        let now = Instant::now();
+        let mut ledger = Ledger::new(HOLD);
         for tag in [1, 2, 4, 5] {
-            ledger.open(tag);
+            ledger.open(tag, now);
             ledger.complete(tag, tag);
         }
-        let plan = ledger.plan().expect("four");
-        assert_eq!(frames(&plan), (Some(2), vec![4, 5]));
-        ledger.open(6);
+        assert_eq!(frames(&mut ledger, now), (Some(2), vec![4, 5]));
+        ledger.confirm();
+        ledger.open(6, now);
         ledger.complete(6, 6);
-        let plan = ledger.plan().expect("one");
-        assert_eq!(frames(&plan), (None, vec![6]), "3 was never seen");
-    }
-
-    #[test]
-    fn flush_generations_count_up_and_late_acks_wait_for_the_next() {
-        let mut ledger = ledger(2);
-        assert!(matches!(ledger.complete(1, 1), Marked::Waits(1)));
-        let plan = ledger.plan().expect("one");
-        assert_eq!(plan.generation, 1);
-        assert!(matches!(ledger.complete(2, 2), Marked::Waits(2)));
-        assert_eq!(ledger.plan().expect("one").generation, 2);
+        assert_eq!(
+            frames(&mut ledger, now),
+            (None, vec![6]),
+            "3 was never seen"
+        );
+        ledger.confirm();
+        assert!(!ledger.acked(3));
     }
 
     #[test]
     fn an_unknown_or_stale_tag_is_left_to_the_caller() {
-        let mut ledger = ledger(1);
+        let now = Instant::now();
+        let mut ledger = ledger(1, now);
         assert!(matches!(ledger.complete(9, 9), Marked::Unknown(9)));
-        ledger.open(1); // entered twice: ignored
+        ledger.open(1, now); // entered twice: ignored
         assert_eq!(ledger.entries.len(), 1);
     }
 }

@@ -35,11 +35,14 @@ fn snapshotter() -> &'static Snapshotter {
     })
 }
 
+/// A counter's name, labels and total.
+type Total = (String, Vec<(String, String)>, u64);
+
 /// Every counter so far, by name and labels: a snapshot of the debugging
 /// recorder swaps its counters to 0, so each read adds to these totals
 /// (the tests of this binary run at once and read them all).
-fn totals() -> MutexGuard<'static, Vec<(String, Vec<(String, String)>, u64)>> {
-    static TOTALS: OnceLock<Mutex<Vec<(String, Vec<(String, String)>, u64)>>> = OnceLock::new();
+fn totals() -> MutexGuard<'static, Vec<Total>> {
+    static TOTALS: OnceLock<Mutex<Vec<Total>>> = OnceLock::new();
     let mut totals = TOTALS
         .get_or_init(Mutex::default)
         .lock()
