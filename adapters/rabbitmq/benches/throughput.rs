@@ -18,7 +18,8 @@
 //! stack + `PostgresStore` (so a busy moment on a shared machine hits every
 //! side). Each side is the **median** of its rounds: messages per second,
 //! this process's CPU per message and the broker's (the `beam.smp` process
-//! listening on the AMQP port, from `/proc`; `BENCH_BROKER_PID` overrides).
+//! listening on the AMQP port, from `/proc`; `BENCH_BROKER_PID` overrides),
+//! less what the broker burns idle (measured for 3 s before the rounds).
 //! It prints, in this fixed order:
 //!
 //! ```text
@@ -367,6 +368,11 @@ async fn main() {
         .unwrap_or(5672);
     let broker = broker_pid(port);
     let broker_cpu = || broker.as_deref().map_or(Duration::ZERO, cpu_time);
+    // What the broker burns with no client (its timers, its other queues):
+    // taken off each side's figure, so it is the CPU the side caused.
+    let idle_from = (broker_cpu(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = (broker_cpu() - idle_from.0).as_secs_f64() / idle_from.1.elapsed().as_secs_f64();
     let id = backstop::message::new_message_id();
     let run = format!("bench-{}", &id[..12]);
     let topology = Topology::quorum(run.clone());
@@ -407,7 +413,7 @@ async fn main() {
             let measured = Measured {
                 side: Side::measured(n, took, &latencies),
                 client_us: per_message(cpu_time("self") - client),
-                broker_us: per_message(broker_cpu() - server),
+                broker_us: per_message((broker_cpu() - server).saturating_sub(took.mul_f64(idle))),
             };
             println!(
                 "  round {round} {name:<24} {:>9.0} msg/s  ({took:.2?}, client CPU {:.1} µs/msg, broker CPU {:.1} µs/msg, {})",
