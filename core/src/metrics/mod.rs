@@ -31,6 +31,8 @@
 //! | `backstop_ack_failures_total` | counter | `source`, `group` |
 //! | `backstop_commit_failures_total` | counter | `source`, `group` |
 //! | `backstop_reconnects_total` | counter | `source`, `group` |
+//! | `backstop_rabbitmq_ack_frames_total` | counter | `source`, `group`, `multiple` (`true` for a coalesced frame) |
+//! | `backstop_rabbitmq_acks_coalesced_total` | counter | `source`, `group` |
 //!
 //! **Operations metrics.** The store's are recorded where the idempotency
 //! layer calls the store (through one set of keys per stack, labelled with
@@ -65,6 +67,10 @@
 //!   `backstop_reconnects_total`: a RabbitMQ consumer that subscribed again
 //!   after losing its connection, a Kafka consumer whose messages flow
 //!   again after every broker was lost.
+//! - `backstop_rabbitmq_ack_frames_total`: the ack frames a RabbitMQ
+//!   consumer's ack window sent, `multiple="true"` for a coalesced one;
+//!   `backstop_rabbitmq_acks_coalesced_total`: the deliveries those
+//!   `multiple` frames acked (divided by them: the average coalescing).
 //!
 //! `backstop_digest_id_merges_total` counts messages without a message id
 //! or a payload key, identified by a digest of their content

@@ -100,6 +100,14 @@ impl Window {
         queue: Arc<str>,
         counts: Arc<Counts>,
     ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
+        metrics::describe_counter!(
+            ACK_FRAMES,
+            "Ack frames a RabbitMQ consumer sent; multiple=\"true\" for a coalesced one"
+        );
+        metrics::describe_counter!(
+            ACKS_COALESCED,
+            "Deliveries acked by a RabbitMQ consumer's multiple ack frames"
+        );
         let labels =
             |multiple: &'static str| consumer_labels(&queue, &queue, &[("multiple", multiple)]);
         let window = Arc::new(Window {
