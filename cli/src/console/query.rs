@@ -167,7 +167,7 @@ mod tests {
             .with_header(wire::ORIGINAL_SOURCE, "orders")
             .with_header(wire::LAST_FAILURE, at);
         if let Some(k) = key {
-            m = m.with_key(k);
+            m = m.with_key(k.to_owned());
         }
         Letter::new(m)
     }

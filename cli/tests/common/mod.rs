@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use backstop::{Context, HandlerError, Runner, Source, Stack};
 
+pub mod console;
 pub mod fixture;
 
 pub fn amqp() -> String {
