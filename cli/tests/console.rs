@@ -137,7 +137,7 @@ async fn rabbit_dlq_lists_filters_pages_exports_and_shows_a_script_body_as_text(
     let at = found.find("/letters/").expect("a link to the letter");
     let seq: String = found[at + 9..].chars().take_while(char::is_ascii_digit).collect();
     let letter = console.page(&format!("{path}/letters/{seq}")).await;
-    assert!(letter.contains("&lt;script&gt;alert(\"body\")&lt;/script&gt;"), "{letter}");
+    assert!(letter.contains("&lt;script&gt;alert(&quot;body&quot;)&lt;/script&gt;"), "{letter}");
     assert!(!letter.contains("<script>alert"), "a body is never markup");
     assert!(letter.contains("&lt;img src=x onerror=alert(1)&gt;"));
     assert!(!letter.contains("<img src=x"));

@@ -12,9 +12,16 @@ use super::query::Query;
 use super::state::Indexing;
 use super::store::{Action, AuditEntry, Job};
 
+/// What a path segment keeps as it is (RFC 3986's unreserved characters).
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// A path segment, percent-encoded.
 pub fn enc(segment: &str) -> String {
-    percent_encoding::utf8_percent_encode(segment, percent_encoding::NON_ALPHANUMERIC).to_string()
+    percent_encoding::utf8_percent_encode(segment, SEGMENT).to_string()
 }
 
 /// The page of a DLQ.

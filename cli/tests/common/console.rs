@@ -66,10 +66,7 @@ impl Console {
         Console {
             child,
             base,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .unwrap(),
+            http: http_client(),
             auth: None,
         }
     }
@@ -162,6 +159,22 @@ impl Drop for Console {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A plain-HTTP client (rustls with ring, as the CLI's, never used).
+pub fn http_client() -> reqwest::Client {
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .tls_backend_preconfigured(tls)
+        .build()
+        .unwrap()
 }
 
 /// `form` as `application/x-www-form-urlencoded`.
