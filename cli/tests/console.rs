@@ -19,10 +19,13 @@ use backstop_rabbitmq::{RabbitMq, Topology};
 use common::console::{Console, config, job_id, number, row_ids, token};
 use common::*;
 
-/// Letter `i` of a test DLQ fed from `source`: kind `decode` when
-/// `i % 4 == 0`, else `permanent`, with [`error_for`]'s texts.
+/// Letter `i` of a test DLQ fed from `source`: a JSON body a worker can
+/// run, kind `decode` when `i % 4 == 0`, else `permanent`, with
+/// [`error_for`]`(i)`'s text.
 fn test_letter(source: &str, id: &str, i: u64) -> backstop::Message {
-    let mut m = letter(source, id, i, 0);
+    let mut m = letter(source, id, 4 * i + 1, 0);
+    m.headers
+        .insert(wire::ERROR.to_owned(), error_for(i).to_owned());
     if i.is_multiple_of(4) {
         m.headers.insert(wire::ERROR_KIND.to_owned(), "decode".to_owned());
     }
@@ -365,15 +368,18 @@ async fn kafka_index_grows_from_its_last_offsets_and_a_redrive_goes_to_the_retry
 async fn authentication_csrf_and_read_only_refuse_what_they_must() {
     let (_rabbit, q) = rabbit_dlq("ca", 4).await;
     let dir = tempfile::tempdir().unwrap();
+    let (open_dir, auth_dir) = (dir.path().join("open"), dir.path().join("auth"));
+    std::fs::create_dir_all(&open_dir).unwrap();
+    std::fs::create_dir_all(&auth_dir).unwrap();
 
     // Off loopback without authentication: refused at start.
-    let open = config(dir.path(), &q, "");
+    let open = config(&open_dir, &q, "");
     let out = cli(&["console", "--config", open.to_str().unwrap(), "--listen", "0.0.0.0:0"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to listen on 0.0.0.0"));
 
     let conf = config(
-        dir.path(),
+        &auth_dir,
         &q,
         "[auth]\ntoken = \"s3cret-token\"\nuser = \"ops\"\npassword = \"pa55word\"\n",
     );

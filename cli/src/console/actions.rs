@@ -205,7 +205,11 @@ async fn execute(
             };
             dlq.replay(&filter, &options).await.map(drop)
         }
-        Action::Purge => dlq.purge(&filter, &watch).await.map(drop),
+        Action::Purge => {
+            let purged = dlq.purge(&filter, &watch).await.map(drop);
+            drop(watch);
+            purged
+        }
     };
     // The watch (and its sender) is gone: the marker drains and ends.
     let marked = marker.await;
