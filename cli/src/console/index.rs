@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS letters (
 );
 CREATE INDEX IF NOT EXISTS letters_id ON letters (id);
 CREATE INDEX IF NOT EXISTS letters_kind ON letters (kind);
+CREATE INDEX IF NOT EXISTS letters_rkey ON letters (rkey);
 CREATE INDEX IF NOT EXISTS letters_failed ON letters (failed_at);
 CREATE TABLE IF NOT EXISTS states (key TEXT PRIMARY KEY NOT NULL, state TEXT);
 CREATE TABLE IF NOT EXISTS offsets (

@@ -20,6 +20,7 @@ pub struct Console {
 /// whose names start with `prefix`, state in `state_dir`; `extra` is
 /// appended (auth, read_only).
 pub fn config(dir: &std::path::Path, prefix: &str, extra: &str) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
     let path = dir.join("console.toml");
     let text = format!(
         "state_dir = {state:?}\nrefresh_secs = 1\n\n[[rabbitmq]]\nurl = {url:?}\napi = \"http://guest:guest@127.0.0.1:15672\"\nprefix = {prefix:?}\n\n[[kafka]]\nbrokers = {brokers:?}\nprefix = {prefix:?}\n{extra}\n",
