@@ -27,7 +27,8 @@ fn test_letter(source: &str, id: &str, i: u64) -> backstop::Message {
     m.headers
         .insert(wire::ERROR.to_owned(), error_for(i).to_owned());
     if i.is_multiple_of(4) {
-        m.headers.insert(wire::ERROR_KIND.to_owned(), "decode".to_owned());
+        m.headers
+            .insert(wire::ERROR_KIND.to_owned(), "decode".to_owned());
     }
     m
 }
@@ -105,7 +106,10 @@ async fn rabbit_dlq_lists_filters_pages_exports_and_shows_a_script_body_as_text(
     assert_eq!(seen.len(), 50);
     let mut page = first;
     while let Some(at) = page.find("rel=\"next\"").and_then(|_| page.find("after=")) {
-        let after: String = page[at + 6..].chars().take_while(char::is_ascii_digit).collect();
+        let after: String = page[at + 6..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
         page = console.page(&format!("{path}?after={after}")).await;
         seen.extend(row_ids(&page));
     }
@@ -121,8 +125,14 @@ async fn rabbit_dlq_lists_filters_pages_exports_and_shows_a_script_body_as_text(
     assert_eq!(count("kind=decode".into()).await, Some(30));
     assert_eq!(count("error=CARD+declined".into()).await, Some(30));
     assert_eq!(count(format!("key={q}-7")).await, Some(1));
-    assert_eq!(count("since=2999-01-01T00:00:00%2B02:00".into()).await, Some(0));
-    assert_eq!(count("until=2999-01-01T00:00:00-05:00".into()).await, Some(121));
+    assert_eq!(
+        count("since=2999-01-01T00:00:00%2B02:00".into()).await,
+        Some(0)
+    );
+    assert_eq!(
+        count("until=2999-01-01T00:00:00-05:00".into()).await,
+        Some(121)
+    );
     let (status, bad) = console.get(&format!("{path}?since=yesterday")).await;
     assert_eq!(status, 400, "a time without an offset is refused: {bad}");
 
@@ -138,15 +148,27 @@ async fn rabbit_dlq_lists_filters_pages_exports_and_shows_a_script_body_as_text(
     // The script letter: every field escaped.
     let found = console.page(&format!("{path}?key={q}-script")).await;
     let at = found.find("/letters/").expect("a link to the letter");
-    let seq: String = found[at + 9..].chars().take_while(char::is_ascii_digit).collect();
+    let seq: String = found[at + 9..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
     let letter = console.page(&format!("{path}/letters/{seq}")).await;
-    assert!(letter.contains("&lt;script&gt;alert(&quot;body&quot;)&lt;/script&gt;"), "{letter}");
+    assert!(
+        letter.contains("&lt;script&gt;alert(&quot;body&quot;)&lt;/script&gt;"),
+        "{letter}"
+    );
     assert!(!letter.contains("<script>alert"), "a body is never markup");
     assert!(letter.contains("&lt;img src=x onerror=alert(1)&gt;"));
     assert!(!letter.contains("<img src=x"));
-    let hex = console.page(&format!("{path}/letters/{seq}?view=hex")).await;
+    let hex = console
+        .page(&format!("{path}/letters/{seq}?view=hex"))
+        .await;
     assert!(hex.contains("3c 73 63 72 69 70 74 3e"), "{hex}");
-    assert_eq!(rabbit.message_count(&dlq).await.unwrap(), 121, "browsing keeps every letter");
+    assert_eq!(
+        rabbit.message_count(&dlq).await.unwrap(),
+        121,
+        "browsing keeps every letter"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,14 +181,22 @@ async fn rabbit_dry_run_then_redrive_sends_the_selected_letters_to_their_source_
     let page = console.wait_count(&path, 40, INDEXED).await;
     let csrf = token(&page);
     let chosen: Vec<String> = row_ids(&page).into_iter().take(10).collect();
-    let mut form: Vec<(&str, &str)> = vec![("csrf", &csrf), ("scope", "selected"), ("max_replays", "3")];
+    let mut form: Vec<(&str, &str)> =
+        vec![("csrf", &csrf), ("scope", "selected"), ("max_replays", "3")];
     form.extend(chosen.iter().map(|id| ("id", id.as_str())));
 
     let (status, preview) = console.post(&format!("{path}/preview"), &form).await;
     assert_eq!(status, 200, "{preview}");
     assert_eq!(number(&preview, "would"), Some(10), "{preview}");
-    assert!(preview.contains(&format!("<code>{q}</code>")), "to the source queue: {preview}");
-    assert_eq!(rabbit.message_count(&q).await.unwrap(), 0, "a dry run sends nothing");
+    assert!(
+        preview.contains(&format!("<code>{q}</code>")),
+        "to the source queue: {preview}"
+    );
+    assert_eq!(
+        rabbit.message_count(&q).await.unwrap(),
+        0,
+        "a dry run sends nothing"
+    );
 
     let (status, job) = console.post(&format!("{path}/redrive"), &form).await;
     assert_eq!(status, 200, "{job}");
@@ -176,13 +206,24 @@ async fn rabbit_dry_run_then_redrive_sends_the_selected_letters_to_their_source_
 
     let mut want = chosen.clone();
     want.sort();
-    assert_eq!(queue_ids(&q).await, want, "each selected letter reached its source once");
+    assert_eq!(
+        queue_ids(&q).await,
+        want,
+        "each selected letter reached its source once"
+    );
     assert_eq!(rabbit.message_count(&dlq).await.unwrap(), 30);
     let after = console.page(&path).await;
-    assert_eq!(number(&after, "count"), Some(30), "the index follows the redrive");
+    assert_eq!(
+        number(&after, "count"),
+        Some(30),
+        "the index follows the redrive"
+    );
     let audit = console.page("/audit").await;
     for action in ["redrive dry run", "redrive", "redrive finished"] {
-        assert!(audit.contains(&format!("<td>{action}</td>")), "{action}: {audit}");
+        assert!(
+            audit.contains(&format!("<td>{action}</td>")),
+            "{action}: {audit}"
+        );
     }
     assert!(audit.contains("<td>local</td>"));
 }
@@ -268,7 +309,11 @@ async fn an_interrupted_redrive_resumes_after_a_restart_and_runs_each_letter_onc
     let path = dlq_path("rabbitmq", &dlq);
     let console = Console::start(&conf, &[]);
     let csrf = token(&console.wait_count(&path, total, INDEXED).await);
-    let form = [("csrf", csrf.as_str()), ("scope", "matching"), ("rate", "20")];
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("scope", "matching"),
+        ("rate", "20"),
+    ];
     let (_, job) = console.post(&format!("{path}/redrive"), &form).await;
     let id = job_id(&job);
     let until = Instant::now() + JOB;
@@ -277,20 +322,33 @@ async fn an_interrupted_redrive_resumes_after_a_restart_and_runs_each_letter_onc
         if number(&progress, "done").is_some_and(|d| d >= 15) {
             break;
         }
-        assert!(Instant::now() < until, "the redrive does not progress: {progress}");
+        assert!(
+            Instant::now() < until,
+            "the redrive does not progress: {progress}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(console); // SIGKILL
     let left = rabbit.message_count(&dlq).await.unwrap();
-    assert!(u64::from(left) < total && left > 0, "killed mid-way ({left} left)");
+    assert!(
+        u64::from(left) < total && left > 0,
+        "killed mid-way ({left} left)"
+    );
 
     let console = Console::start(&conf, &[]);
     let done = console.wait_job(id, JOB).await;
     assert!(done.contains("data-status=\"done\""), "{done}");
     assert!(done.contains("resumed 1 time(s)"), "{done}");
-    assert_eq!(rabbit.message_count(&dlq).await.unwrap(), 0, "the DLQ is drained");
+    assert_eq!(
+        rabbit.message_count(&dlq).await.unwrap(),
+        0,
+        "the DLQ is drained"
+    );
     let delivered = rabbit.message_count(&q).await.unwrap();
-    assert!(u64::from(delivered) >= total, "{delivered} copies for {total} letters");
+    assert!(
+        u64::from(delivered) >= total,
+        "{delivered} copies for {total} letters"
+    );
     let audit = console.page("/audit").await;
     assert!(audit.contains("redrive resumed"), "{audit}");
 
@@ -298,7 +356,16 @@ async fn an_interrupted_redrive_resumes_after_a_restart_and_runs_each_letter_onc
     let stack = StackBuilder::<serde_json::Value>::new(Arc::new(rabbit.dead_letter_sink()))
         .idempotency(Arc::new(store), KeySource::MessageId)
         .build(handler_fn(handler(Arc::clone(&state))));
-    let ran_all = || state.handled.lock().unwrap().iter().collect::<BTreeSet<_>>().len() as u64 == total;
+    let ran_all = || {
+        state
+            .handled
+            .lock()
+            .unwrap()
+            .iter()
+            .collect::<BTreeSet<_>>()
+            .len() as u64
+            == total
+    };
     run_until(
         rabbit.source(&q, 16).await.unwrap(),
         stack,
@@ -307,13 +374,27 @@ async fn an_interrupted_redrive_resumes_after_a_restart_and_runs_each_letter_onc
     )
     .await;
     let handled = state.handled.lock().unwrap().clone();
-    assert_eq!(handled.iter().collect::<BTreeSet<_>>().len() as u64, total, "every letter ran");
-    assert_eq!(handled.len() as u64, total, "no letter ran twice ({delivered} copies)");
+    assert_eq!(
+        handled.iter().collect::<BTreeSet<_>>().len() as u64,
+        total,
+        "every letter ran"
+    );
+    assert_eq!(
+        handled.len() as u64,
+        total,
+        "no letter ran twice ({delivered} copies)"
+    );
 }
 
 /// The sum of a topic's end offsets.
 async fn records(k: &Kafka, topic: &str) -> i64 {
-    k.topics().unwrap().end_offsets(topic).await.unwrap().values().sum()
+    k.topics()
+        .unwrap()
+        .end_offsets(topic)
+        .await
+        .unwrap()
+        .values()
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,13 +426,23 @@ async fn kafka_index_grows_from_its_last_offsets_and_a_redrive_goes_to_the_retry
     publish(30, 40).await;
     let page = console.wait_count(&path, 40, INDEXED).await;
     assert!(!page.contains(">2</td>"), "no letter counted twice");
-    assert_eq!(number(&console.page(&format!("{path}?key=k33")).await, "count"), Some(1));
+    assert_eq!(
+        number(&console.page(&format!("{path}?key=k33")).await, "count"),
+        Some(1)
+    );
 
     let csrf = token(&page);
-    let form = [("csrf", csrf.as_str()), ("scope", "matching"), ("kind", "decode")];
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("scope", "matching"),
+        ("kind", "decode"),
+    ];
     let (_, preview) = console.post(&format!("{path}/preview"), &form).await;
     assert_eq!(number(&preview, "would"), Some(10), "{preview}");
-    assert!(preview.contains(&retry), "the group's retry path: {preview}");
+    assert!(
+        preview.contains(&retry),
+        "the group's retry path: {preview}"
+    );
     let (_, job) = console.post(&format!("{path}/redrive"), &form).await;
     let done = console.wait_job(job_id(&job), JOB).await;
     assert_eq!(number(&done, "done"), Some(10), "{done}");
@@ -360,7 +451,10 @@ async fn kafka_index_grows_from_its_last_offsets_and_a_redrive_goes_to_the_retry
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(number(&console.page(&path).await, "count"), Some(30));
     let overview = console.page("/").await;
-    assert!(overview.contains("decode 10"), "redriven in the last hour: {overview}");
+    assert!(
+        overview.contains("decode 10"),
+        "redriven in the last hour: {overview}"
+    );
     k.topics().unwrap().delete(&[&dlq, &retry]).await.unwrap();
 }
 
@@ -374,7 +468,13 @@ async fn authentication_csrf_and_read_only_refuse_what_they_must() {
 
     // Off loopback without authentication: refused at start.
     let open = config(&open_dir, &q, "");
-    let out = cli(&["console", "--config", open.to_str().unwrap(), "--listen", "0.0.0.0:0"]);
+    let out = cli(&[
+        "console",
+        "--config",
+        open.to_str().unwrap(),
+        "--listen",
+        "0.0.0.0:0",
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to listen on 0.0.0.0"));
 
@@ -390,14 +490,25 @@ async fn authentication_csrf_and_read_only_refuse_what_they_must() {
     console.auth = Some("Basic b3BzOnBhNTV3b3Jk".into()); // ops:pa55word
     let page = console.page("/").await;
     assert!(page.contains("signed in as <b>ops</b>"), "{page}");
-    assert!(!page.contains("s3cret-token") && !page.contains("pa55word") && !page.contains("guest:guest"));
+    assert!(
+        !page.contains("s3cret-token")
+            && !page.contains("pa55word")
+            && !page.contains("guest:guest")
+    );
     let path = dlq_path("rabbitmq", &format!("{q}.dlq"));
     let csrf = token(&console.wait_count(&path, 4, INDEXED).await);
     let preview = format!("{path}/preview");
     let scope = ("scope", "matching");
 
-    assert_eq!(console.post(&preview, &[scope]).await.0, 403, "no CSRF token");
-    assert_eq!(console.post(&preview, &[("csrf", "0000"), scope]).await.0, 403);
+    assert_eq!(
+        console.post(&preview, &[scope]).await.0,
+        403,
+        "no CSRF token"
+    );
+    assert_eq!(
+        console.post(&preview, &[("csrf", "0000"), scope]).await.0,
+        403
+    );
     let cross = console
         .http
         .post(format!("{}{preview}", console.base))
@@ -413,13 +524,18 @@ async fn authentication_csrf_and_read_only_refuse_what_they_must() {
     assert_eq!(status, 200, "{ok}");
     assert_eq!(number(&ok, "would"), Some(4));
     console.auth = Some("Bearer s3cret-token".into());
-    assert!(console.page("/audit").await.contains("<td>ops</td>"), "the audit log names the user");
+    assert!(
+        console.page("/audit").await.contains("<td>ops</td>"),
+        "the audit log names the user"
+    );
     drop(console);
 
     let console = Console::start(&open, &["--read-only"]);
     let page = console.wait_count(&path, 4, INDEXED).await;
     assert!(page.contains("read-only") && !page.contains("id=\"purge\""));
-    let (status, refused) = console.post(&preview, &[("csrf", &token(&page)), scope]).await;
+    let (status, refused) = console
+        .post(&preview, &[("csrf", &token(&page)), scope])
+        .await;
     assert_eq!(status, 403);
     assert!(refused.contains("read-only"), "{refused}");
 }
@@ -473,7 +589,11 @@ async fn a_100k_letter_kafka_dlq_pages_in_under_a_second_in_bounded_memory() {
         "kind=permanent&since=2000-01-01T00:00:00%2B01:00".into(),
         format!("after={}", n / 2),
         format!("after={}", n - 10),
-        format!("key={:016x}{:016x}", 77_777 % n, (77_777 % n).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+        format!(
+            "key={:016x}{:016x}",
+            77_777 % n,
+            (77_777 % n).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ),
         "error=no+such+error".into(),
     ] {
         let started = Instant::now();

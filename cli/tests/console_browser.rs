@@ -40,10 +40,15 @@ async fn driver() -> Driver {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .expect("chromedriver (apt-get install chromium chromium-driver; scripts/services/all.sh does)");
+        .expect(
+            "chromedriver (apt-get install chromium chromium-driver; scripts/services/all.sh does)",
+        );
     let url = format!("http://127.0.0.1:{port}");
     let until = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
         assert!(Instant::now() < until, "chromedriver did not start");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -109,9 +114,11 @@ async fn an_operator_filters_opens_a_letter_and_redrives_ten_letters_in_a_browse
     let publisher = rabbit.publisher();
     for i in 0..30u64 {
         let mut m = letter(&q, &format!("{q}-{i}"), 4 * i + 1, 0);
-        m.headers.insert(wire::ERROR.to_owned(), error_for(i).to_owned());
+        m.headers
+            .insert(wire::ERROR.to_owned(), error_for(i).to_owned());
         if i.is_multiple_of(4) {
-            m.headers.insert(wire::ERROR_KIND.to_owned(), "decode".to_owned());
+            m.headers
+                .insert(wire::ERROR_KIND.to_owned(), "decode".to_owned());
         }
         publisher.publish_to_queue(&dlq, &m).await.unwrap();
     }
@@ -119,7 +126,9 @@ async fn an_operator_filters_opens_a_letter_and_redrives_ten_letters_in_a_browse
     let dir = tempfile::tempdir().unwrap();
     let console = Console::start(&config(dir.path(), &q, ""), &[]);
     let page = format!("{}/dlq/rabbitmq/{dlq}", console.base);
-    console.wait_count(&format!("/dlq/rabbitmq/{dlq}"), 30, Duration::from_secs(60)).await;
+    console
+        .wait_count(&format!("/dlq/rabbitmq/{dlq}"), 30, Duration::from_secs(60))
+        .await;
 
     let driver = driver().await;
     let c = browser(&driver).await;
@@ -128,7 +137,12 @@ async fn an_operator_filters_opens_a_letter_and_redrives_ten_letters_in_a_browse
         c.goto(&console.base).await.unwrap();
         wait_text(&c, "#overview td.depth", "30", Duration::from_secs(30)).await;
         shot(&c, "overview").await;
-        c.find(Locator::LinkText(&dlq)).await.unwrap().click().await.unwrap();
+        c.find(Locator::LinkText(&dlq))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
         assert_eq!(text(&c, "#depth").await, "30");
 
         // Filter: permanent failures whose error says "declined".
@@ -150,7 +164,12 @@ async fn an_operator_filters_opens_a_letter_and_redrives_ten_letters_in_a_browse
         shot(&c, "dlq-filtered").await;
 
         // A letter.
-        c.find(Locator::Css("td.id a")).await.unwrap().click().await.unwrap();
+        c.find(Locator::Css("td.id a"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
         let id = text(&c, "#letter-id").await;
         assert!(id.starts_with(&q), "{id}");
         assert!(text(&c, "#body").await.contains("\"n\""));
@@ -163,12 +182,26 @@ async fn an_operator_filters_opens_a_letter_and_redrives_ten_letters_in_a_browse
         for b in boxes.iter().take(10) {
             b.click().await.unwrap();
         }
-        c.find(Locator::Id("preview")).await.unwrap().click().await.unwrap();
+        c.find(Locator::Id("preview"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
         assert_eq!(text(&c, "#would").await, "10");
         assert!(text(&c, "#destinations").await.contains(&q));
         shot(&c, "dry-run").await;
-        assert_eq!(rabbit.message_count(&q).await.unwrap(), 0, "the dry run sent nothing");
-        c.find(Locator::Id("redrive")).await.unwrap().click().await.unwrap();
+        assert_eq!(
+            rabbit.message_count(&q).await.unwrap(),
+            0,
+            "the dry run sent nothing"
+        );
+        c.find(Locator::Id("redrive"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
         let until = Instant::now() + Duration::from_secs(60);
         while text(&c, "#status").await != "done" {
             assert!(Instant::now() < until, "the redrive did not finish");
@@ -189,5 +222,9 @@ async fn an_operator_filters_opens_a_letter_and_redrives_ten_letters_in_a_browse
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
-    assert_eq!(rabbit.message_count(&q).await.unwrap(), 10, "ten letters reached their source");
+    assert_eq!(
+        rabbit.message_count(&q).await.unwrap(),
+        10,
+        "ten letters reached their source"
+    );
 }

@@ -189,7 +189,10 @@ pub enum Step<'a> {
 /// [`Step`], on the task that runs the action (keep it quick). The default
 /// watches nothing.
 #[derive(Clone, Default)]
-pub struct Watch(Option<std::sync::Arc<dyn Fn(Step<'_>) + Send + Sync>>);
+pub struct Watch(Option<std::sync::Arc<WatchFn>>);
+
+/// What a [`Watch`] calls.
+type WatchFn = dyn Fn(Step<'_>) + Send + Sync;
 
 impl Watch {
     /// A watch that calls `f` with every step.

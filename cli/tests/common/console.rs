@@ -82,7 +82,11 @@ impl Console {
 
     /// GET `path`: status and body.
     pub async fn get(&self, path: &str) -> (u16, String) {
-        let r = self.request(reqwest::Method::GET, path).send().await.unwrap();
+        let r = self
+            .request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .unwrap();
         (r.status().as_u16(), r.text().await.unwrap())
     }
 
@@ -199,12 +203,7 @@ pub fn number(page: &str, id: &str) -> Option<u64> {
     let at = page.find(&marker)?;
     let rest = &page[at..];
     let start = rest.find('>')? + 1;
-    rest[start..]
-        .split('<')
-        .next()?
-        .trim()
-        .parse()
-        .ok()
+    rest[start..].split('<').next()?.trim().parse().ok()
 }
 
 /// The job number a redirect to `/jobs/<n>` landed on (from the page's title).
