@@ -275,34 +275,12 @@ async fn purge_needs_the_dlqs_name_typed_and_removes_what_the_filter_selects() {
 /// the same message id and replay count, which the store admits once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_redrive_resumes_after_a_restart_and_runs_each_letter_once() {
-    use backstop::idempotency::{Claim, Key, Store as _};
-    use backstop_redis::{RedisConfig, RedisStore};
-
     let total = 60u64;
     let (rabbit, q) = rabbit_dlq("ck", total).await;
     let dlq = format!("{q}.dlq");
-    let redis =
-        std::env::var("BACKSTOP_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let store = RedisStore::connect_with(
-        RedisConfig::new(redis)
-            .prefix(format!("{q}:"))
-            .ttl(Duration::from_secs(600)),
-    )
-    .await
-    .unwrap();
-    // The worker that dead-lettered them marked their keys.
-    for i in 0..total {
-        let id = format!("{q}-{i}");
-        let key = Key::new(&id);
-        let Claim::Acquired { fence, .. } = store
-            .claim(&key, "dead-lettering worker", Duration::from_secs(60), 0)
-            .await
-            .unwrap()
-        else {
-            panic!("claimed before");
-        };
-        assert!(store.dead_letter(&key, fence).await.unwrap());
-    }
+    let store = redis_store(&q).await;
+    let ids: Vec<String> = (0..total).map(|i| format!("{q}-{i}")).collect();
+    mark_dead_lettered(&store, &ids).await;
 
     let dir = tempfile::tempdir().unwrap();
     let conf = config(dir.path(), &q, "");

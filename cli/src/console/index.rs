@@ -189,11 +189,7 @@ impl Index {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, ConsoleError> {
-        let db = self.db.lock().map_err(|_| ConsoleError::State {
-            path: self.path.display().to_string(),
-            reason: "a request panicked while reading it".into(),
-        })?;
-        f(&db).map_err(ConsoleError::state(self.path.display()))
+        locked(&self.db, &self.path, f)
     }
 
     /// A writer on this index (a connection of its own, in a transaction).
@@ -436,6 +432,19 @@ impl Index {
                 .optional()
         })
     }
+}
+
+/// Runs `f` on the connection in `db` (to the file `path`, named in errors).
+pub(super) fn locked<T>(
+    db: &Mutex<Connection>,
+    path: &Path,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> Result<T, ConsoleError> {
+    let db = db.lock().map_err(|_| ConsoleError::State {
+        path: path.display().to_string(),
+        reason: "a request panicked while using it".into(),
+    })?;
+    f(&db).map_err(ConsoleError::state(path.display()))
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {

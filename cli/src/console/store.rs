@@ -151,11 +151,7 @@ impl Store {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, ConsoleError> {
-        let db = self.db.lock().map_err(|_| ConsoleError::State {
-            path: self.path.display().to_string(),
-            reason: "a request panicked while using it".into(),
-        })?;
-        f(&db).map_err(ConsoleError::state(self.path.display()))
+        super::index::locked(&self.db, &self.path, f)
     }
 
     /// Records a new running job; returns its number.
