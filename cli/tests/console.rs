@@ -463,6 +463,20 @@ async fn authentication_csrf_and_read_only_refuse_what_they_must() {
     );
     let mut console = Console::start(&conf, &[]);
     assert_eq!(console.get("/").await.0, 401);
+    let csp = console
+        .http
+        .get(format!("{}/", console.base))
+        .send()
+        .await
+        .unwrap();
+    let csp = csp.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("script-src 'self';"),
+        "no inline script runs: {csp}"
+    );
     console.auth = Some("Bearer wrong".into());
     assert_eq!(console.get("/").await.0, 401);
     console.auth = Some("Basic b3BzOnBhNTV3b3Jk".into()); // ops:pa55word

@@ -179,6 +179,21 @@ async fn an_operator_filters_opens_a_letter_and_redrives_ten_letters_in_a_browse
         c.goto(&page).await.unwrap();
         let boxes = c.find_all(Locator::Css("input[name=id]")).await.unwrap();
         assert!(boxes.len() >= 10);
+        // The header box selects the page, and clears it (console.js).
+        let all = c
+            .find(Locator::Css("input[data-select-page]"))
+            .await
+            .unwrap();
+        all.click().await.unwrap();
+        assert_eq!(
+            boxes[29].prop("checked").await.unwrap().as_deref(),
+            Some("true")
+        );
+        all.click().await.unwrap();
+        assert_eq!(
+            boxes[0].prop("checked").await.unwrap().as_deref(),
+            Some("false")
+        );
         for b in boxes.iter().take(10) {
             b.click().await.unwrap();
         }

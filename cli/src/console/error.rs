@@ -64,9 +64,6 @@ pub enum ConsoleError {
     /// An action without a valid CSRF token or from another site.
     #[error("{0}: reload the page and try again")]
     Csrf(String),
-    /// Another action already runs on this DLQ.
-    #[error("another action runs on this DLQ (job {0}): wait for it to finish")]
-    Busy(i64),
     /// A DLQ library call failed.
     #[error(transparent)]
     Dlq(#[from] CliError),
@@ -81,7 +78,6 @@ impl ConsoleError {
             }
             ConsoleError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ConsoleError::ReadOnly | ConsoleError::Csrf(_) => StatusCode::FORBIDDEN,
-            ConsoleError::Busy(_) => StatusCode::CONFLICT,
             ConsoleError::Dlq(CliError::Usage(_)) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -14,26 +14,20 @@ use super::{auth, post, routes};
 
 const HTMX: &str = include_str!("assets/htmx.min.js");
 const CSS: &str = include_str!("assets/console.css");
+const JS: &str = include_str!("assets/console.js");
 
-async fn htmx() -> impl IntoResponse {
+/// An embedded asset of content type `kind`.
+fn asset(kind: &'static str, text: &'static str) -> impl IntoResponse {
     (
         [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-            (header::CACHE_CONTROL, "max-age=86400"),
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "max-age=3600"),
         ],
-        HTMX,
+        text,
     )
 }
 
-async fn css() -> impl IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
-            (header::CACHE_CONTROL, "max-age=86400"),
-        ],
-        CSS,
-    )
-}
+const SCRIPT: &str = "text/javascript; charset=utf-8";
 
 /// Headers on every answer: no framing, no sniffing, scripts only from here.
 async fn secure_headers(
@@ -45,7 +39,7 @@ async fn secure_headers(
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         header::HeaderValue::from_static(
-            "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+            "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; form-action 'self'",
         ),
     );
     h.insert(
@@ -77,8 +71,12 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/dlq/{cluster}/{name}/redrive", post(post::redrive))
         .route("/dlq/{cluster}/{name}/purge", post(post::purge))
         .route("/dlq/{cluster}/{name}/reindex", post(post::reindex))
-        .route("/assets/htmx.min.js", get(htmx))
-        .route("/assets/console.css", get(css))
+        .route("/assets/htmx.min.js", get(|| async { asset(SCRIPT, HTMX) }))
+        .route("/assets/console.js", get(|| async { asset(SCRIPT, JS) }))
+        .route(
+            "/assets/console.css",
+            get(|| async { asset("text/css; charset=utf-8", CSS) }),
+        )
         .layer(from_fn_with_state(Arc::clone(&console), auth::guard))
         .layer(from_fn_with_state(Arc::clone(&console), auth::authenticate))
         .layer(axum::middleware::from_fn(secure_headers))

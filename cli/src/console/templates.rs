@@ -65,6 +65,7 @@ fn layout(frame: &Frame, title: &str, body: Markup) -> Markup {
                 title { (title) " · backstop console" }
                 link rel="stylesheet" href="/assets/console.css";
                 script src="/assets/htmx.min.js" {}
+                script src="/assets/console.js" defer {}
             }
             body hx-headers=(headers) {
                 header {
@@ -223,6 +224,9 @@ fn filter_form(v: &DlqView<'_>) -> Markup {
             label { "kind " select name="kind" {
                 option value="" { "any" }
                 @for (k, n) in v.kinds { option value=(k) selected[q.kind == *k] { (k) " (" (n) ")" } }
+                @if !q.kind.is_empty() && !v.kinds.iter().any(|(k, _)| *k == q.kind) {
+                    option value=(q.kind) selected { (q.kind) " (0)" }
+                }
             } }
             label { "error contains " input type="text" name="error" value=(q.error); }
             label { "source " input type="text" name="source" value=(q.source); }
@@ -283,7 +287,7 @@ pub fn dlq_page(frame: &Frame, v: &DlqView<'_>) -> Markup {
                 (hidden_query(v.query))
                 table #table {
                     thead { tr {
-                        th { input type="checkbox" title="select the page" onclick="for (const c of document.querySelectorAll('input[name=id]')) c.checked = this.checked"; }
+                        th { input type="checkbox" title="select the page" data-select-page; }
                         th { "id" } th { "source" } th { "key" } th { "kind" } th { "error" }
                         th.num { "attempts" } th.num { "replays" } th.num { "copies" } th { "first failure" } th { "last failure" }
                         @if v.done { th { "state" } }
