@@ -1,5 +1,5 @@
 //! Redrive and purge from the console, on the DLQ library the CLI uses
-//! ([`Dlq::replay`], [`Dlq::purge`]): a dry-run preview from the index, and
+//! ([`Dlq::replay`](crate::dlq::Dlq::replay), [`Dlq::purge`](crate::dlq::Dlq::purge)): a dry-run preview from the index, and
 //! jobs that run in the background with live progress.
 //!
 //! **Resumable.** A job is recorded (filter, options, who) in the

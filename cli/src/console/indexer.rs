@@ -9,7 +9,7 @@
 //!   only what arrived since (the background loop does it every
 //!   `refresh_secs`).
 //! - **RabbitMQ**: a queue has no offsets and cannot be browsed, so the index
-//!   is one walk of the library ([`Dlq::each`], the rotation `dlq list`
+//!   is one walk of the library ([`Dlq::each`](crate::dlq::Dlq::each), the rotation `dlq list`
 //!   does) into a fresh file that replaces the old one when complete. It is
 //!   built once, then kept current by the console's own actions (a redriven
 //!   or purged letter is marked as it goes); letters that arrive later are

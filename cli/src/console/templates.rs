@@ -378,7 +378,16 @@ pub fn letter_page(frame: &Frame, v: &LetterView<'_>) -> Markup {
                 tr { th { "copies in the DLQ" } td { (v.row.copies) } }
                 @if let (Some(p), Some(o)) = (v.row.part, v.row.off) { tr { th { "DLQ partition / offset" } td { (p) " / " (o) } } }
             }
-            h2 { "Attempt history" }
+            h2 { "Body " span.muted { (m.payload.len()) " bytes" } }
+            nav.views {
+                @for view in [View::Json, View::Text, View::Hex] {
+                    @if view == v.view { b { (view.name()) } } @else { a href=(format!("?view={}", view.name())) { (view.name()) } }
+                    " "
+                }
+            }
+            @if let Some(n) = v.note { p.muted { (n) } }
+            pre #body { (v.body) }
+        h2 { "Attempt history" }
             table.kv {
                 tr { th { "first failure" } td { (h(wire::FIRST_FAILURE)) } }
                 tr { th { "last failure" } td { (h(wire::LAST_FAILURE)) } }
@@ -392,16 +401,7 @@ pub fn letter_page(frame: &Frame, v: &LetterView<'_>) -> Markup {
                 }
                 @if let Some(k) = &m.key { tr { th { "(record key)" } td { (String::from_utf8_lossy(k)) } } }
             }
-            h2 { "Body " span.muted { (m.payload.len()) " bytes" } }
-            nav.views {
-                @for view in [View::Json, View::Text, View::Hex] {
-                    @if view == v.view { b { (view.name()) } } @else { a href=(format!("?view={}", view.name())) { (view.name()) } }
-                    " "
-                }
-            }
-            @if let Some(n) = v.note { p.muted { (n) } }
-            pre #body { (v.body) }
-        },
+            },
     )
 }
 
