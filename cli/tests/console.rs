@@ -16,7 +16,7 @@ use backstop::idempotency::KeySource;
 use backstop::{Publisher as _, StackBuilder, handler_fn, wire};
 use backstop_kafka::{Kafka, TopicSpec};
 use backstop_rabbitmq::{RabbitMq, Topology};
-use common::console::{Console, config, job_id, number, row_ids, token};
+use common::console::{Console, config, job_id, number, row_ids, settled, token};
 use common::*;
 
 /// Letter `i` of a test DLQ fed from `source`: a JSON body a worker can
@@ -204,6 +204,7 @@ async fn rabbit_dry_run_then_redrive_sends_the_selected_letters_to_their_source_
     assert!(done.contains("data-status=\"done\""), "{done}");
     assert_eq!(number(&done, "done"), Some(10), "{done}");
 
+    assert_eq!(settled(&rabbit, &q, 10).await, 10);
     let mut want = chosen.clone();
     want.sort();
     assert_eq!(
@@ -211,7 +212,7 @@ async fn rabbit_dry_run_then_redrive_sends_the_selected_letters_to_their_source_
         want,
         "each selected letter reached its source once"
     );
-    assert_eq!(rabbit.message_count(&dlq).await.unwrap(), 30);
+    assert_eq!(settled(&rabbit, &dlq, 30).await, 30);
     let after = console.page(&path).await;
     assert_eq!(
         number(&after, "count"),
@@ -263,8 +264,46 @@ async fn purge_needs_the_dlqs_name_typed_and_removes_what_the_filter_selects() {
     assert_eq!(status, 200, "{job}");
     let done = console.wait_job(job_id(&job), JOB).await;
     assert_eq!(number(&done, "done"), Some(5), "{done}");
-    assert_eq!(rabbit.message_count(&dlq).await.unwrap(), 15);
+    assert_eq!(settled(&rabbit, &dlq, 15).await, 15);
     assert_eq!(number(&console.page(&path).await, "count"), Some(15));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_redrive_says_why_and_keeps_every_letter() {
+    let (rabbit, q) = rabbit_dlq("cf", 6).await;
+    let dlq = format!("{q}.dlq");
+    let dir = tempfile::tempdir().unwrap();
+    let console = Console::start(&config(dir.path(), &q, ""), &[]);
+    let path = dlq_path("rabbitmq", &dlq);
+    let csrf = token(&console.wait_count(&path, 6, INDEXED).await);
+    let nowhere = format!("{q}-no-such-queue");
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("scope", "matching"),
+        ("to", nowhere.as_str()),
+    ];
+    let (_, job) = console.post(&format!("{path}/redrive"), &form).await;
+    let failed = console.wait_job(job_id(&job), JOB).await;
+    assert!(failed.contains("data-status=\"failed\""), "{failed}");
+    assert!(
+        failed.contains(&nowhere),
+        "the error names the destination: {failed}"
+    );
+    // Ready again once the failed walk's channel returned what it held.
+    settled(&rabbit, &dlq, 6).await;
+    assert_eq!(
+        rabbit.message_count(&nowhere).await.ok(),
+        None,
+        "nothing created"
+    );
+    assert_eq!(
+        rabbit.message_count(&dlq).await.unwrap(),
+        6,
+        "every letter stayed"
+    );
+    // The index is walked again and shows them all.
+    console.wait_count(&path, 6, INDEXED).await;
+    assert!(console.page("/audit").await.contains("redrive failed"));
 }
 
 /// The console is killed (SIGKILL) while a paced redrive runs, then
@@ -317,11 +356,7 @@ async fn an_interrupted_redrive_resumes_after_a_restart_and_runs_each_letter_onc
     let done = console.wait_job(id, JOB).await;
     assert!(done.contains("data-status=\"done\""), "{done}");
     assert!(done.contains("resumed 1 time(s)"), "{done}");
-    assert_eq!(
-        rabbit.message_count(&dlq).await.unwrap(),
-        0,
-        "the DLQ is drained"
-    );
+    assert_eq!(settled(&rabbit, &dlq, 0).await, 0, "the DLQ is drained");
     let delivered = rabbit.message_count(&q).await.unwrap();
     assert!(
         u64::from(delivered) >= total,

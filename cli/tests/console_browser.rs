@@ -238,7 +238,7 @@ async fn an_operator_filters_opens_a_letter_and_redrives_ten_letters_in_a_browse
         std::panic::resume_unwind(panic);
     }
     assert_eq!(
-        rabbit.message_count(&q).await.unwrap(),
+        common::console::settled(&rabbit, &q, 10).await,
         10,
         "ten letters reached their source"
     );

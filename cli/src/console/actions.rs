@@ -130,6 +130,15 @@ async fn run(console: Arc<Console>, id: i64, spec: JobSpec, user: String, done_b
         .map(|e| crate::redact::redact_all(&e.to_string()));
     let _ = save(&console, id, &counters);
     let _ = console.store.finish(id, error.as_deref());
+    // RabbitMQ: a letter is marked in the index when its copy goes out,
+    // before the broker confirms it; after a failure, walk the queue again
+    // so the index shows what stayed.
+    if error.is_some()
+        && let Ok(state) = console.dlq(&spec.cluster, &spec.dlq).await
+        && !state.at.is_kafka()
+    {
+        super::state::spawn_index(state, true);
+    }
     let (what, detail) = match &error {
         None => ("finished", format!("job {id}")),
         Some(e) => ("failed", format!("job {id}: {e}")),

@@ -182,6 +182,19 @@ pub fn http_client() -> reqwest::Client {
         .unwrap()
 }
 
+/// The ready count of `queue` once it reads `want` (acks and requeues
+/// reach the count a moment after an action ends), or after 20 s.
+pub async fn settled(rabbit: &backstop_rabbitmq::RabbitMq, queue: &str, want: u32) -> u32 {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = rabbit.message_count(queue).await.unwrap();
+        if n == want || Instant::now() > until {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// `form` as `application/x-www-form-urlencoded`.
 pub fn encode(form: &[(&str, &str)]) -> String {
     url::form_urlencoded::Serializer::new(String::new())
