@@ -18,19 +18,38 @@ use super::state::{Console, spawn_index};
 use super::store::{Action, JobSpec};
 use super::templates::{self, ActionFields};
 
-/// An action's form.
+/// An action's form, posted to `/dlq/{cluster}/{name}/…`.
 #[derive(Debug)]
-struct Form {
+pub struct Form {
+    cluster: String,
+    name: String,
     pairs: Vec<(String, String)>,
 }
 
-impl Form {
-    fn parse(body: &[u8]) -> Self {
-        Form {
-            pairs: url::form_urlencoded::parse(body).into_owned().collect(),
-        }
-    }
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Form {
+    type Rejection = ConsoleError;
 
+    async fn from_request(
+        mut request: axum::extract::Request,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        use axum::RequestExt as _;
+        let Path((cluster, name)) = request
+            .extract_parts::<Path<(String, String)>>()
+            .await
+            .map_err(|e| ConsoleError::BadRequest(e.body_text()))?;
+        let body = Bytes::from_request(request, state)
+            .await
+            .map_err(|e| ConsoleError::BadRequest(e.body_text()))?;
+        Ok(Form {
+            cluster,
+            name,
+            pairs: url::form_urlencoded::parse(&body).into_owned().collect(),
+        })
+    }
+}
+
+impl Form {
     fn get(&self, name: &str) -> &str {
         self.pairs
             .iter()
@@ -87,12 +106,10 @@ impl Form {
 /// `POST …/preview`: the dry run.
 pub async fn preview(
     State(console): State<Arc<Console>>,
-    Path((cluster, name)): Path<(String, String)>,
     Extension(user): Extension<User>,
-    body: Bytes,
+    form: Form,
 ) -> Result<Response, ConsoleError> {
-    let form = Form::parse(&body);
-    let state = console.dlq(&cluster, &name).await?;
+    let state = console.dlq(&form.cluster, &form.name).await?;
     let query = form.query()?;
     let (rate, max_replays) = (form.rate()?, form.max_replays()?);
     let preview = actions::preview(&state, &query, form.to(), max_replays).await?;
@@ -151,19 +168,17 @@ async fn start(
 /// `POST …/redrive`: starts a redrive job.
 pub async fn redrive(
     State(console): State<Arc<Console>>,
-    Path((cluster, name)): Path<(String, String)>,
     Extension(user): Extension<User>,
-    body: Bytes,
+    form: Form,
 ) -> Result<Response, ConsoleError> {
-    let form = Form::parse(&body);
     let spec = JobSpec {
         action: Action::Redrive,
-        cluster,
-        dlq: name,
         query: form.query()?,
         to: form.to(),
         rate: form.rate()?,
         max_replays: form.max_replays()?,
+        cluster: form.cluster,
+        dlq: form.name,
     };
     let detail = format!(
         ", to {}, rate {}, loop guard {}",
@@ -177,24 +192,23 @@ pub async fn redrive(
 /// `POST …/purge`: starts a purge job once the DLQ's name was typed.
 pub async fn purge(
     State(console): State<Arc<Console>>,
-    Path((cluster, name)): Path<(String, String)>,
     Extension(user): Extension<User>,
-    body: Bytes,
+    form: Form,
 ) -> Result<Response, ConsoleError> {
-    let form = Form::parse(&body);
-    if form.get("confirm") != name {
+    if form.get("confirm") != form.name {
         return Err(ConsoleError::BadRequest(format!(
-            "purging deletes letters for good: type the DLQ's name {name:?} in the confirmation field (export them first if unsure)"
+            "purging deletes letters for good: type the DLQ's name {:?} in the confirmation field (export them first if unsure)",
+            form.name
         )));
     }
     let spec = JobSpec {
         action: Action::Purge,
-        cluster,
-        dlq: name,
         query: form.query()?,
         to: None,
         rate: None,
         max_replays: 0,
+        cluster: form.cluster,
+        dlq: form.name,
     };
     start(&console, &user, spec, String::new()).await
 }
