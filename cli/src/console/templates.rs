@@ -62,6 +62,8 @@ fn layout(frame: &Frame, title: &str, body: Markup) -> Markup {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
+                // htmx without eval, script tags in swapped content or inline styles.
+                meta name="htmx-config" content=r#"{"allowEval":false,"allowScriptTags":false,"includeIndicatorStyles":false}"#;
                 title { (title) " · backstop console" }
                 link rel="stylesheet" href="/assets/console.css";
                 script src="/assets/htmx.min.js" {}
