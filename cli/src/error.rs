@@ -82,6 +82,9 @@ pub enum CliError {
         "the temporary index of this command failed: {0} (check the free space of the temporary directory, TMPDIR)"
     )]
     Scratch(String),
+    /// The DLQ console failed (see [`crate::console::ConsoleError`]).
+    #[error(transparent)]
+    Console(Box<crate::console::ConsoleError>),
     /// A publisher's spool file could not be read.
     #[error("{0} (check the path given to `backstop spool`)")]
     Spool(#[source] backstop_spool::SpoolError),

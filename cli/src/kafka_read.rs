@@ -76,25 +76,41 @@ pub fn read_all(brokers: &str, topic: &str) -> Result<Vec<(Message, bool)>, CliE
 pub fn read_each(
     brokers: &str,
     topic: &str,
-    mut visit: impl FnMut(Message, bool) -> Result<bool, CliError>,
+    visit: impl FnMut(Message, bool) -> Result<bool, CliError>,
 ) -> Result<(), CliError> {
+    read_from(brokers, topic, &BTreeMap::new(), visit).map(drop)
+}
+
+/// [`read_each`] from the offsets in `from` (by partition; a partition not
+/// in it, or an offset below the log start, from the log start) to the end
+/// offsets at the start, which it returns by partition: where the next
+/// read goes on from (an index extended one read at a time).
+pub fn read_from(
+    brokers: &str,
+    topic: &str,
+    from: &BTreeMap<i32, i64>,
+    mut visit: impl FnMut(Message, bool) -> Result<bool, CliError>,
+) -> Result<BTreeMap<i32, i64>, CliError> {
     let consumer = reader(brokers)?;
     let n =
         partitions(&consumer, topic)?.ok_or_else(|| CliError::MissingTopic(topic.to_owned()))?;
     let mut ends = BTreeMap::new();
+    let mut highs = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
     for p in 0..n {
         let (low, high) = consumer
             .fetch_watermarks(topic, p, TIMEOUT)
             .map_err(CliError::kafka(format!("reading the offsets of {topic}")))?;
-        if high > low {
+        highs.insert(p, high);
+        let start = from.get(&p).map_or(low, |&o| o.max(low));
+        if high > start {
             ends.insert(p, high);
-            tpl.add_partition_offset(topic, p, Offset::Offset(low))
+            tpl.add_partition_offset(topic, p, Offset::Offset(start))
                 .map_err(CliError::kafka("assigning partitions"))?;
         }
     }
     if ends.is_empty() {
-        return Ok(());
+        return Ok(highs);
     }
     consumer
         .assign(&tpl)
@@ -116,7 +132,7 @@ pub fn read_each(
                 let (p, o) = (record.partition(), record.offset());
                 let tombstone = record.payload().is_none();
                 if !visit(to_message(&record), tombstone)? {
-                    return Ok(());
+                    return Ok(highs);
                 }
                 if ends.get(&p).is_some_and(|end| o + 1 >= *end) {
                     ends.remove(&p);
@@ -137,5 +153,5 @@ pub fn read_each(
             }
         }
     }
-    Ok(())
+    Ok(highs)
 }

@@ -1,7 +1,8 @@
 //! The `backstop` command line as a library: DLQ redrive ([`dlq`], usable by
 //! other front ends), Kafka log replay ([`replay`]), a broker audit
-//! ([`doctor`]), topology backup and restore ([`topology`]) and a look into
-//! a publisher's spool ([`spool`]). `main.rs` only
+//! ([`doctor`]), topology backup and restore ([`topology`]), a look into
+//! a publisher's spool ([`spool`]) and the DLQ web console ([`console`],
+//! on the same DLQ library). `main.rs` only
 //! parses arguments and calls [`run`].
 //!
 //! See `cli/README.md` for the commands and the export format.
@@ -10,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod args;
+pub mod console;
 pub mod dlq;
 pub mod doctor;
 pub mod epoch;
@@ -51,6 +53,15 @@ pub async fn run(cli: &args::Cli) -> Result<Output, CliError> {
             text: spool::run(a).await?,
             status: 0,
         }),
+        args::Command::Console(a) => {
+            console::run(a)
+                .await
+                .map_err(|e| CliError::Console(Box::new(e)))?;
+            Ok(Output {
+                text: String::new(),
+                status: 0,
+            })
+        }
         args::Command::Topology { action } => Ok(Output {
             text: topology::run(action).await?,
             status: 0,

@@ -441,9 +441,6 @@ async fn a_slow_replay_holds_at_most_one_letter_within_the_budget() {
 /// The kill points come from `BACKSTOP_CLI_KILL_SEED` (printed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_killed_at_random_points_runs_every_letter_once() {
-    use backstop::idempotency::{Claim, Key, Store as _};
-    use backstop_redis::{RedisConfig, RedisStore};
-
     let total: u64 = std::env::var("BACKSTOP_CLI_KILL_LETTERS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -452,35 +449,12 @@ async fn replay_killed_at_random_points_runs_every_letter_once() {
     let q = unique("rx");
     rabbit.declare(&Topology::quorum(&q)).await.unwrap();
     let dlq = format!("{q}.dlq");
-    let redis =
-        std::env::var("BACKSTOP_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let store = RedisStore::connect_with(
-        RedisConfig::new(redis)
-            .prefix(format!("{q}:"))
-            .ttl(Duration::from_secs(600)),
-    )
-    .await
-    .unwrap();
+    let store = redis_store(&q).await;
     let publisher = rabbit.publisher();
     let ids: Vec<String> = (0..total).map(|i| format!("{q}-{i}")).collect();
     for chunk in ids.chunks(1000) {
         // The worker that dead-lettered them marked their keys.
-        futures::future::try_join_all(chunk.iter().map(|id| {
-            let store = store.clone();
-            async move {
-                let key = Key::new(id);
-                let Claim::Acquired { fence, .. } = store
-                    .claim(&key, "dead-lettering worker", Duration::from_secs(60), 0)
-                    .await?
-                else {
-                    panic!("{id} was claimed before");
-                };
-                assert!(store.dead_letter(&key, fence).await?);
-                Ok::<_, backstop::StoreError>(())
-            }
-        }))
-        .await
-        .unwrap();
+        mark_dead_lettered(&store, chunk).await;
         // n = 4i + 1: JSON payloads the worker can decode.
         futures::future::try_join_all(chunk.iter().map(|id| {
             let i: u64 = id.rsplit('-').next().unwrap().parse().unwrap();

@@ -32,7 +32,9 @@ t_all=$EPOCHREALTIME
 # libssl-dev: librdkafka is built against the system OpenSSL (rdkafka's `ssl`).
 # prometheus: its promtool checks and tests the alert rules (tests/tests/dashboards.rs);
 # the server it also installs is never started here.
-pkgs=(postgresql redis-server rabbitmq-server curl openssl libssl-dev pkg-config prometheus)
+# chromium, chromium-driver: the DLQ console's browser test (cli/tests/console_browser.rs)
+# drives headless Chromium through chromedriver.
+pkgs=(postgresql redis-server rabbitmq-server curl openssl libssl-dev pkg-config prometheus chromium chromium-driver)
 command -v java >/dev/null || pkgs+=(default-jre-headless)
 command -v mvn >/dev/null || pkgs+=(maven)
 t=$EPOCHREALTIME

@@ -256,6 +256,7 @@ async fn redrive_one(dlq: &Dlq, limit: Duration) {
         dry_run: false,
         rate: None,
         max_replays: 3,
+        watch: Default::default(),
     };
     let until = tokio::time::Instant::now() + limit;
     loop {

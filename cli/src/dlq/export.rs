@@ -228,30 +228,33 @@ impl Reader {
             if text.trim().is_empty() {
                 continue;
             }
-            let bad = |reason: String| {
+            return parse_line(&text).map(Some).map_err(|reason| {
                 CliError::Usage(format!(
                     "{} line {}: not a backstop export line: {reason}",
                     self.path, self.line
                 ))
-            };
-            let l: LetterLine = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-            if l.message_id.is_empty() {
-                return Err(bad("empty message_id".into()));
-            }
-            let payload = decode(l.payload, &l.payload_encoding).map_err(&bad)?;
-            let key = match l.key {
-                Some(k) => {
-                    Some(decode(k, l.key_encoding.as_deref().unwrap_or("utf8")).map_err(&bad)?)
-                }
-                None => None,
-            };
-            let mut message = backstop::Message::new(payload).with_message_id(l.message_id);
-            message.headers = l.headers;
-            message.key = key.map(bytes::Bytes::from);
-            return Ok(Some(message));
+            });
         }
         Ok(None)
     }
+}
+
+/// The message of one export line (a [`LetterJson`]): message id, headers,
+/// key and payload; or why the line is not one.
+pub fn parse_line(text: &str) -> Result<backstop::Message, String> {
+    let l: LetterLine = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    if l.message_id.is_empty() {
+        return Err("empty message_id".into());
+    }
+    let payload = decode(l.payload, &l.payload_encoding)?;
+    let key = match l.key {
+        Some(k) => Some(decode(k, l.key_encoding.as_deref().unwrap_or("utf8"))?),
+        None => None,
+    };
+    let mut message = backstop::Message::new(payload).with_message_id(l.message_id);
+    message.headers = l.headers;
+    message.key = key.map(bytes::Bytes::from);
+    Ok(message)
 }
 
 #[cfg(test)]

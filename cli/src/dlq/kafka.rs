@@ -22,7 +22,9 @@ use backstop_kafka::rdkafka::consumer::Consumer;
 use backstop_kafka::{KafkaConfig, KafkaPublisher, TopicSpec, Topics};
 
 use crate::dlq::scratch::Scratch;
-use crate::dlq::{Filter, Letter, Pacer, ReplayOptions, Report, progress, redrive_copy};
+use crate::dlq::{
+    Filter, Letter, Pacer, ReplayOptions, Report, Step, Watch, progress, redrive_copy,
+};
 use crate::error::CliError;
 use crate::kafka_read;
 
@@ -47,6 +49,20 @@ pub fn letter_key(letter: &Letter) -> String {
 /// One key per incarnation of a letter: `<message id>@<replayed>`.
 fn message_key(m: &Message) -> String {
     format!("{}@{}", m.meta.message_id, m.replayed())
+}
+
+/// What a record of the state topic says: the letter key and its state
+/// (none for a tombstone: live again); none for a record without a key.
+pub fn state_record(m: &Message, tombstone: bool) -> Option<(String, Option<String>)> {
+    let key = String::from_utf8_lossy(m.key.as_ref()?).into_owned();
+    if tombstone {
+        return Some((key, None));
+    }
+    let state = serde_json::from_slice::<serde_json::Value>(&m.payload)
+        .ok()
+        .and_then(|v| v["state"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "done".into());
+    Some((key, Some(state)))
 }
 
 /// The letters of a DLQ topic, read as a stream (see [`KafkaDlq::stream`]).
@@ -135,18 +151,9 @@ impl KafkaDlq {
         blocking(move || {
             let mut index = Scratch::new()?;
             let states = kafka_read::read_each(&b, &state_topic(&t), |m, tombstone| {
-                let Some(key) = m.key.as_ref().map(|k| String::from_utf8_lossy(k)) else {
-                    return Ok(true);
-                };
-                if tombstone {
-                    index.set_state(&key, None)?;
-                    return Ok(true);
+                if let Some((key, state)) = state_record(&m, tombstone) {
+                    index.set_state(&key, state.as_deref())?;
                 }
-                let state = serde_json::from_slice::<serde_json::Value>(&m.payload)
-                    .ok()
-                    .and_then(|v| v["state"].as_str().map(str::to_owned))
-                    .unwrap_or_else(|| "done".into());
-                index.set_state(&key, Some(&state))?;
                 Ok(true)
             });
             match states {
@@ -326,9 +333,14 @@ impl KafkaDlq {
         let mut publisher = None;
         let mut pacer = Pacer::new(options.rate)?;
         let bar = progress(stream.len(), "replaying");
+        let watch = &options.watch;
+        watch.see(Step::Started {
+            letters: stream.len(),
+        });
         let result = async {
             while let Some(letter) = stream.next().await? {
                 bar.inc(1);
+                watch.see(Step::Walked);
                 if !filter.matches(&letter) {
                     continue;
                 }
@@ -336,6 +348,7 @@ impl KafkaDlq {
                 let replays = letter.message.replayed();
                 if replays >= options.max_replays {
                     report.add_refused(letter.id(), replays);
+                    watch.see(Step::Refused { id: letter.id() });
                     continue;
                 }
                 let destination = self
@@ -359,6 +372,10 @@ impl KafkaDlq {
                 self.record(publisher, &letter, "replayed", Some(&destination))
                     .await?;
                 report.add_replayed(letter.id(), &destination);
+                watch.see(Step::Replayed {
+                    id: letter.id(),
+                    to: &destination,
+                });
             }
             Ok::<_, CliError>(())
         }
@@ -371,7 +388,7 @@ impl KafkaDlq {
     }
 
     /// Where a redrive of `letter` goes: `--to`, else the group's retry path.
-    async fn destination(
+    pub(crate) async fn destination(
         &self,
         letter: &Letter,
         options: &ReplayOptions,
@@ -405,14 +422,18 @@ impl KafkaDlq {
     }
 
     /// Records the selected letters as purged (every copy: they share the key).
-    pub async fn purge(&self, filter: &Filter) -> Result<Report, CliError> {
+    pub async fn purge(&self, filter: &Filter, watch: &Watch) -> Result<Report, CliError> {
         let mut report = Report {
             purge: true,
             ..Report::default()
         };
         let mut stream = self.stream(false).await?;
+        watch.see(Step::Started {
+            letters: stream.len(),
+        });
         let mut publisher = None;
         while let Some(letter) = stream.next().await? {
+            watch.see(Step::Walked);
             if !filter.matches(&letter) {
                 continue;
             }
@@ -420,6 +441,7 @@ impl KafkaDlq {
             self.record(publisher, &letter, "purged", None).await?;
             report.copies += letter.copies as usize - 1;
             report.add_purged(letter.id());
+            watch.see(Step::Purged { id: letter.id() });
         }
         Ok(report)
     }

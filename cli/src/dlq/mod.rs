@@ -155,6 +155,69 @@ pub fn redrive_copy(letter: &Message) -> Message {
     copy
 }
 
+/// One step of a redrive or purge, as it happens (see [`Watch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step<'a> {
+    /// The walk starts over this many letters.
+    Started {
+        /// Letters the walk reads.
+        letters: u64,
+    },
+    /// One letter was read (selected or not).
+    Walked,
+    /// A letter's redrive copy went out to `to` (RabbitMQ: the letter leaves
+    /// the DLQ once the broker confirms the copy).
+    Replayed {
+        /// The message id.
+        id: &'a str,
+        /// Where its copy went.
+        to: &'a str,
+    },
+    /// The loop guard refused a letter.
+    Refused {
+        /// The message id.
+        id: &'a str,
+    },
+    /// A letter was purged.
+    Purged {
+        /// The message id.
+        id: &'a str,
+    },
+}
+
+/// A front end's view into a running redrive or purge: called with every
+/// [`Step`], on the task that runs the action (keep it quick). The default
+/// watches nothing.
+#[derive(Clone, Default)]
+pub struct Watch(Option<std::sync::Arc<WatchFn>>);
+
+/// What a [`Watch`] calls.
+type WatchFn = dyn Fn(Step<'_>) + Send + Sync;
+
+impl Watch {
+    /// A watch that calls `f` with every step.
+    pub fn new(f: impl Fn(Step<'_>) + Send + Sync + 'static) -> Self {
+        Watch(Some(std::sync::Arc::new(f)))
+    }
+
+    /// Reports `step`.
+    pub fn see(&self, step: Step<'_>) {
+        if let Some(f) = &self.0 {
+            f(step);
+        }
+    }
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Watch(..)"
+        } else {
+            "Watch(none)"
+        })
+    }
+}
+
 /// How a replay runs.
 #[derive(Debug, Clone)]
 pub struct ReplayOptions {
@@ -166,6 +229,8 @@ pub struct ReplayOptions {
     pub rate: Option<f64>,
     /// The loop guard.
     pub max_replays: u32,
+    /// Who follows the replay as it goes (the CLI: nobody; it shows a bar).
+    pub watch: Watch,
 }
 
 impl From<&ReplayDlqArgs> for ReplayOptions {
@@ -175,6 +240,7 @@ impl From<&ReplayDlqArgs> for ReplayOptions {
             dry_run: a.dry_run,
             rate: a.rate,
             max_replays: a.max_replays,
+            watch: Watch::default(),
         }
     }
 }
@@ -546,11 +612,36 @@ impl Dlq {
         Ok(report)
     }
 
-    /// Removes the letters `filter` selects.
-    pub async fn purge(&self, filter: &Filter) -> Result<Report, CliError> {
+    /// Removes the letters `filter` selects; `watch` follows each step.
+    pub async fn purge(&self, filter: &Filter, watch: &Watch) -> Result<Report, CliError> {
         match self {
-            Dlq::Rabbit(r) => r.purge(filter).await,
-            Dlq::Kafka(k) => k.purge(filter).await,
+            Dlq::Rabbit(r) => r.purge(filter, watch).await,
+            Dlq::Kafka(k) => k.purge(filter, watch).await,
+        }
+    }
+
+    /// The DLQ's queue or topic name.
+    pub fn name(&self) -> &str {
+        match self {
+            Dlq::Rabbit(r) => r.queue(),
+            Dlq::Kafka(k) => k.topic(),
+        }
+    }
+
+    /// Where a redrive of `letter` with `options` goes (what a dry run
+    /// reports): `to`, else the source queue (RabbitMQ) or the group's
+    /// retry path (Kafka).
+    pub async fn destination(
+        &self,
+        letter: &Letter,
+        options: &ReplayOptions,
+    ) -> Result<String, CliError> {
+        match self {
+            Dlq::Rabbit(r) => rabbit::destination(r.queue(), letter, options),
+            Dlq::Kafka(k) => {
+                k.destination(letter, options, &mut std::collections::HashMap::new())
+                    .await
+            }
         }
     }
 }
@@ -685,7 +776,10 @@ pub async fn run(action: &DlqAction) -> Result<String, CliError> {
                 ));
             }
             let filter = Filter::parse(filter)?;
-            let report = Dlq::open(target).await?.purge(&filter).await?;
+            let report = Dlq::open(target)
+                .await?
+                .purge(&filter, &Watch::default())
+                .await?;
             Ok(report.render())
         }
     }

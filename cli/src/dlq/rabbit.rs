@@ -49,7 +49,9 @@ use backstop_rabbitmq::{RabbitMq, TopologyError, convert::message_from_delivery}
 use futures::StreamExt as _;
 
 use crate::dlq::scratch::{Mark, Scratch};
-use crate::dlq::{Filter, Letter, Pacer, ReplayOptions, Report, progress, redrive_copy};
+use crate::dlq::{
+    Filter, Letter, Pacer, ReplayOptions, Report, Step, Watch, progress, redrive_copy,
+};
 use crate::error::CliError;
 
 /// The default hold budget: RabbitMQ's default `consumer_timeout` (30 min)
@@ -579,6 +581,10 @@ impl RabbitDlq {
         let window = if options.rate.is_some() { 1 } else { WINDOW };
         let mut walk = self.start(window).await?;
         let bar = progress(u64::from(walk.remaining), "replaying");
+        let watch = &options.watch;
+        watch.see(Step::Started {
+            letters: u64::from(walk.remaining),
+        });
         let mut report = Report {
             dry_run: options.dry_run,
             ..Report::default()
@@ -596,6 +602,7 @@ impl RabbitDlq {
                     break;
                 };
                 bar.inc(1);
+                watch.see(Step::Walked);
                 let id = held.letter.id().to_owned();
                 let mark = copies.mark(&id)?;
                 if mark == Some(Mark::Removed) {
@@ -611,6 +618,7 @@ impl RabbitDlq {
                 let replays = held.letter.message.replayed();
                 if replays >= options.max_replays {
                     report.add_refused(&id, replays);
+                    watch.see(Step::Refused { id: &id });
                     copies.set_mark(&id, Mark::Kept)?;
                     walk.keep(held).await?;
                     continue;
@@ -646,6 +654,10 @@ impl RabbitDlq {
                 .await?;
                 copies.set_mark(&id, Mark::Removed)?;
                 report.add_replayed(&id, &destination);
+                watch.see(Step::Replayed {
+                    id: &id,
+                    to: &destination,
+                });
             }
             walk.drain().await
         }
@@ -658,8 +670,11 @@ impl RabbitDlq {
     }
 
     /// Acks (removes) each selected letter, every copy of it.
-    pub async fn purge(&self, filter: &Filter) -> Result<Report, CliError> {
+    pub async fn purge(&self, filter: &Filter, watch: &Watch) -> Result<Report, CliError> {
         let mut walk = self.start(WINDOW).await?;
+        watch.see(Step::Started {
+            letters: u64::from(walk.remaining),
+        });
         let mut report = Report {
             purge: true,
             ..Report::default()
@@ -667,6 +682,7 @@ impl RabbitDlq {
         let mut copies = Scratch::new()?;
         let result = async {
             while let Some(held) = walk.next(self).await? {
+                watch.see(Step::Walked);
                 let id = held.letter.id().to_owned();
                 if copies.mark(&id)? == Some(Mark::Removed) {
                     report.copies += 1;
@@ -676,6 +692,7 @@ impl RabbitDlq {
                     copies.sight(&id)?;
                     copies.set_mark(&id, Mark::Removed)?;
                     report.add_purged(&id);
+                    watch.see(Step::Purged { id: &id });
                 } else {
                     walk.keep(held).await?;
                 }
@@ -699,7 +716,11 @@ async fn open_channel(rabbit: &RabbitMq) -> Result<Channel, CliError> {
 /// Where a redrive goes: `--to`, else the queue whose DLQ this is
 /// (`<queue>.dlq` → `<queue>`). Never a header: `x-backstop-original-source`
 /// is informational (a letter's headers are not trusted for routing).
-fn destination(dlq: &str, letter: &Letter, options: &ReplayOptions) -> Result<String, CliError> {
+pub(crate) fn destination(
+    dlq: &str,
+    letter: &Letter,
+    options: &ReplayOptions,
+) -> Result<String, CliError> {
     if let Some(to) = &options.to {
         return Ok(to.clone());
     }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use backstop::{Context, HandlerError, Runner, Source, Stack};
 
+pub mod console;
 pub mod fixture;
 
 pub fn amqp() -> String {
@@ -35,6 +36,41 @@ pub fn unique(prefix: &str) -> String {
         "bt-cli-{prefix}-{}",
         &backstop::message::new_message_id()[..10]
     )
+}
+
+/// A Redis idempotency store for the test's queue `q` (keys under `<q>:`).
+pub async fn redis_store(q: &str) -> backstop_redis::RedisStore {
+    let redis =
+        std::env::var("BACKSTOP_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    backstop_redis::RedisStore::connect_with(
+        backstop_redis::RedisConfig::new(redis)
+            .prefix(format!("{q}:"))
+            .ttl(Duration::from_secs(600)),
+    )
+    .await
+    .unwrap()
+}
+
+/// Marks `ids` in `store` as the worker that dead-lettered them does, so
+/// each runs only as its next redrive, once.
+pub async fn mark_dead_lettered(store: &backstop_redis::RedisStore, ids: &[String]) {
+    use backstop::idempotency::{Claim, Key, Store as _};
+    futures::future::try_join_all(ids.iter().map(|id| {
+        let store = store.clone();
+        async move {
+            let key = Key::new(id);
+            let Claim::Acquired { fence, .. } = store
+                .claim(&key, "dead-lettering worker", Duration::from_secs(60), 0)
+                .await?
+            else {
+                panic!("{id} was claimed before");
+            };
+            assert!(store.dead_letter(&key, fence).await?);
+            Ok::<_, backstop::StoreError>(())
+        }
+    }))
+    .await
+    .unwrap();
 }
 
 /// Runs the binary; returns its output.
