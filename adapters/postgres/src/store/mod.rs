@@ -317,6 +317,11 @@ impl PostgresStore {
 
 #[async_trait::async_trait]
 impl Store for PostgresStore {
+    /// True: the stack batches this store's calls.
+    fn remote(&self) -> bool {
+        true
+    }
+
     async fn layout(&self) -> Result<Layout, StoreError> {
         Ok(self.key_layout().await?)
     }
