@@ -523,3 +523,7 @@ impl<I, O> Drop for Out<'_, I, O> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "batched_tests.rs"]
+mod tests;
