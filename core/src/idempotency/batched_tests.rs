@@ -159,9 +159,7 @@ async fn no_more_than_in_flight_round_trips_go_out_at_once() {
     let keys: Vec<Key> = (0..10).map(|i| Key::new(&format!("k{i}"))).collect();
     let calls = tokio::spawn({
         let (batched, keys) = (Arc::clone(&batched), keys.clone());
-        async move {
-            join_all(keys.iter().map(|k| batched.claim(k, "w", LEASE, 0))).await
-        }
+        async move { join_all(keys.iter().map(|k| batched.claim(k, "w", LEASE, 0))).await }
     });
     settle().await;
     // Two round trips are out (one call each), the other eight wait.
@@ -169,7 +167,11 @@ async fn no_more_than_in_flight_round_trips_go_out_at_once() {
     assert_eq!(lock(&batched.claims.shared.state).waiting.len(), 8);
     gate.add_permits(100);
     let claims = calls.await.unwrap();
-    assert!(claims.iter().all(|c| matches!(c, Ok(Claim::Acquired { .. }))));
+    assert!(
+        claims
+            .iter()
+            .all(|c| matches!(c, Ok(Claim::Acquired { .. })))
+    );
     let mut sizes = store.sizes();
     sizes.sort_unstable();
     assert_eq!(sizes, vec![1, 1, 4, 4], "two alone, then two full batches");
@@ -208,7 +210,11 @@ async fn a_failed_batch_fails_each_of_its_callers() {
     let keys: Vec<Key> = (0..5).map(|i| Key::new(&format!("k{i}"))).collect();
     let answers = join_all(keys.iter().map(|k| batched.complete(k, Fence(1)))).await;
     assert_eq!(answers.len(), 5);
-    assert!(answers.iter().all(|a| matches!(a, Err(StoreError::Backend(_)))));
+    assert!(
+        answers
+            .iter()
+            .all(|a| matches!(a, Err(StoreError::Backend(_))))
+    );
 }
 
 #[tokio::test]
@@ -221,7 +227,11 @@ async fn nothing_is_left_running_once_the_batches_are_answered() {
     assert!(claims.iter().all(Result::is_ok));
     settle().await;
     drop(batched);
-    assert_eq!(Arc::strong_count(&store), 1, "no round trip holds the store");
+    assert_eq!(
+        Arc::strong_count(&store),
+        1,
+        "no round trip holds the store"
+    );
 }
 
 #[tokio::test]
@@ -238,7 +248,11 @@ async fn a_completion_that_fails_is_not_acked_and_its_lease_is_released() {
         })
         .await;
     assert!(matches!(ran, Err(crate::Error::Store(_))), "{ran:?}");
-    assert_eq!(store.sizes(), vec![1, 1], "claimed and completed in batches");
+    assert_eq!(
+        store.sizes(),
+        vec![1, 1],
+        "claimed and completed in batches"
+    );
     // The lease is released in the background: the redelivery runs again.
     store.down.store(false, Ordering::SeqCst);
     settle().await;

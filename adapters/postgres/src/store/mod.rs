@@ -552,7 +552,10 @@ impl Store for PostgresStore {
                 Ok(Some(answer)) => Ok(answer),
                 // The row changed under the statement: the single claim
                 // reads it again (rare: a race with another worker).
-                Ok(None) => self.claim(claim.key, claim.owner, lease, claim.replay).await,
+                Ok(None) => {
+                    self.claim(claim.key, claim.owner, lease, claim.replay)
+                        .await
+                }
                 Err(error) => Err(error.into()),
             };
             answers.push(answer);
