@@ -29,7 +29,7 @@ struct Gated {
 }
 
 impl Gated {
-    fn gated() -> (Arc<Self>, Arc<Semaphore>) {
+    fn behind_a_gate() -> (Arc<Self>, Arc<Semaphore>) {
         let gate = Arc::new(Semaphore::new(0));
         let store = Gated {
             gate: Some(Arc::clone(&gate)),
@@ -109,7 +109,7 @@ async fn settle() {
 
 #[tokio::test]
 async fn calls_that_wait_for_a_round_trip_go_out_together_each_answered_in_order() {
-    let (store, gate) = Gated::gated();
+    let (store, gate) = Gated::behind_a_gate();
     let batched = Arc::new(Batched::new(Arc::clone(&store), config(8, 1)));
     let keys: Vec<Key> = (0..20).map(|i| Key::new(&format!("k{i}"))).collect();
     // One key taken before: its claim in the batch must find it busy.
@@ -154,7 +154,7 @@ async fn calls_that_wait_for_a_round_trip_go_out_together_each_answered_in_order
 
 #[tokio::test]
 async fn no_more_than_in_flight_round_trips_go_out_at_once() {
-    let (store, gate) = Gated::gated();
+    let (store, gate) = Gated::behind_a_gate();
     let batched = Arc::new(Batched::new(Arc::clone(&store), config(4, 2)));
     let keys: Vec<Key> = (0..10).map(|i| Key::new(&format!("k{i}"))).collect();
     let calls = tokio::spawn({
@@ -180,7 +180,7 @@ async fn no_more_than_in_flight_round_trips_go_out_at_once() {
 
 #[tokio::test]
 async fn a_caller_that_gives_up_is_left_out_and_breaks_nothing() {
-    let (store, gate) = Gated::gated();
+    let (store, gate) = Gated::behind_a_gate();
     let batched = Arc::new(Batched::new(Arc::clone(&store), config(8, 1)));
     let (a, b, c) = (Key::new("a"), Key::new("b"), Key::new("c"));
     let first = tokio::spawn({
@@ -219,7 +219,7 @@ async fn a_failed_batch_fails_each_of_its_callers() {
 
 #[tokio::test]
 async fn nothing_is_left_running_once_the_batches_are_answered() {
-    let (store, gate) = Gated::gated();
+    let (store, gate) = Gated::behind_a_gate();
     gate.add_permits(100);
     let batched = Batched::new(Arc::clone(&store), config(8, 2));
     let keys: Vec<Key> = (0..30).map(|i| Key::new(&format!("k{i}"))).collect();
