@@ -373,8 +373,8 @@ impl<S: Store + ?Sized> Store for Batched<S> {
 }
 
 /// Sends one batch: one answer per item, in order.
-type Send<I, O> =
-    dyn Fn(Vec<I>) -> BoxFuture<'static, Vec<Result<O, StoreError>>> + std::marker::Send + Sync;
+type SendBatch<I, O> =
+    dyn Fn(Vec<I>) -> BoxFuture<'static, Vec<Result<O, StoreError>>> + Send + Sync;
 
 /// A call waiting in a lane: its item, where its answer goes, and its room
 /// in the lane.
@@ -388,7 +388,7 @@ struct Waiting<I, O> {
 struct Shared<I, O> {
     config: BatchConfig,
     state: Mutex<State<I, O>>,
-    send: Box<Send<I, O>>,
+    send: Box<SendBatch<I, O>>,
     ops: Arc<StoreOps>,
     op: BatchOp,
 }
@@ -410,15 +410,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl<I: std::marker::Send + 'static, O: std::marker::Send + 'static> Lane<I, O> {
+impl<I: Send + 'static, O: Send + 'static> Lane<I, O> {
     fn new(
         config: BatchConfig,
         ops: Arc<StoreOps>,
         op: BatchOp,
-        send: impl Fn(Vec<I>) -> BoxFuture<'static, Vec<Result<O, StoreError>>>
-        + std::marker::Send
-        + Sync
-        + 'static,
+        send: impl Fn(Vec<I>) -> BoxFuture<'static, Vec<Result<O, StoreError>>> + Send + Sync + 'static,
     ) -> Self {
         let room = config.max_batch.saturating_mul(config.in_flight + 1);
         Lane {
@@ -465,7 +462,7 @@ enum Turn {
     Returned,
 }
 
-impl<I: std::marker::Send + 'static, O: std::marker::Send + 'static> Shared<I, O> {
+impl<I: Send + 'static, O: Send + 'static> Shared<I, O> {
     /// The next batch to send, if any (callers that gave up are left
     /// out): for [`Turn::Start`] only while fewer than `in_flight` round
     /// trips are out (it then counts one more); a returned round trip that
