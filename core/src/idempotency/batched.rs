@@ -207,16 +207,20 @@ impl<S: Store + ?Sized> Batched<S> {
     }
 }
 
-/// The items of a batch cut into runs of one lease each, in order (in the
-/// stack every item has the same lease: one run).
-fn runs<T>(items: &[T], lease: impl Fn(&T) -> Duration) -> Vec<(&[T], Duration)> {
-    let mut runs = Vec::with_capacity(1);
-    let mut rest = items;
-    while let Some(first) = rest.first() {
-        let same = rest.iter().take_while(|i| lease(i) == lease(first)).count();
-        let (run, tail) = rest.split_at(same);
-        runs.push((run, lease(first)));
-        rest = tail;
+/// The items of a batch cut into runs of one lease each, in order, each
+/// item seen through `view` (in the stack every item has the same lease:
+/// one run).
+fn by_lease<'a, T, B>(
+    items: &'a [T],
+    lease: impl Fn(&T) -> Duration,
+    view: impl Fn(&'a T) -> B,
+) -> Vec<(Vec<B>, Duration)> {
+    let mut runs: Vec<(Vec<B>, Duration)> = Vec::with_capacity(1);
+    for item in items {
+        match runs.last_mut() {
+            Some((run, l)) if *l == lease(item) => run.push(view(item)),
+            _ => runs.push((vec![view(item)], lease(item))),
+        }
     }
     runs
 }
@@ -226,19 +230,17 @@ async fn claim_each_lease<S: Store + ?Sized>(
     items: &[ClaimItem],
 ) -> Vec<Result<Claim, StoreError>> {
     let mut answers = Vec::with_capacity(items.len());
-    for (run, lease) in runs(items, |i| i.lease) {
-        let claims: Vec<ClaimOf<'_>> = run
-            .iter()
-            .map(|i| ClaimOf {
-                key: &i.key,
-                owner: &i.owner,
-                replay: i.replay,
-            })
-            .collect();
-        answers.extend(complete_answers(
-            store.claim_many(&claims, lease).await,
-            run.len(),
-        ));
+    for (run, lease) in by_lease(
+        items,
+        |i| i.lease,
+        |i| ClaimOf {
+            key: &i.key,
+            owner: &i.owner,
+            replay: i.replay,
+        },
+    ) {
+        let sent = store.claim_many(&run, lease).await;
+        answers.extend(complete_answers(sent, run.len()));
     }
     answers
 }
@@ -248,18 +250,16 @@ async fn renew_each_lease<S: Store + ?Sized>(
     items: &[RenewItem],
 ) -> Vec<Result<bool, StoreError>> {
     let mut answers = Vec::with_capacity(items.len());
-    for (run, lease) in runs(items, |i| i.lease) {
-        let held: Vec<Held<'_>> = run
-            .iter()
-            .map(|i| Held {
-                key: &i.key,
-                fence: i.fence,
-            })
-            .collect();
-        answers.extend(complete_answers(
-            store.renew_many(&held, lease).await,
-            run.len(),
-        ));
+    for (run, lease) in by_lease(
+        items,
+        |i| i.lease,
+        |i| Held {
+            key: &i.key,
+            fence: i.fence,
+        },
+    ) {
+        let sent = store.renew_many(&run, lease).await;
+        answers.extend(complete_answers(sent, run.len()));
     }
     answers
 }
