@@ -269,3 +269,47 @@ async fn a_completion_that_fails_is_not_acked_and_its_lease_is_released() {
         .await;
     assert_eq!(dup.unwrap(), crate::Outcome::Duplicate);
 }
+
+#[test]
+fn each_round_trip_is_timed_as_its_batch_and_its_size_recorded() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    use crate::metrics::{STORE_BATCH_SIZE, STORE_DURATION};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (store, gate) = Gated::behind_a_gate();
+            gate.add_permits(10);
+            let batched = Batched::new(store, config(8, 1));
+            let keys: Vec<Key> = (0..3).map(|i| Key::new(&format!("k{i}"))).collect();
+            let claims = join_all(keys.iter().map(|k| batched.claim(k, "w", LEASE, 0))).await;
+            assert!(claims.iter().all(Result::is_ok));
+        });
+    });
+    let snapshot = snapshotter.snapshot().into_vec();
+    let of = |name: &str| {
+        snapshot
+            .iter()
+            .find(|(k, _, _, _)| {
+                k.key().name() == name
+                    && k.key()
+                        .labels()
+                        .any(|l| l.key() == "op" && l.value() == "claim_many")
+            })
+            .map(|(_, _, _, v)| v.clone())
+    };
+    let Some(DebugValue::Histogram(sizes)) = of(STORE_BATCH_SIZE) else {
+        panic!("no batch sizes: {snapshot:?}");
+    };
+    let sizes: Vec<f64> = sizes.iter().map(|s| s.into_inner()).collect();
+    assert_eq!(sizes, vec![1.0, 2.0], "one alone, then the two that waited");
+    assert!(
+        matches!(of(STORE_DURATION), Some(DebugValue::Histogram(h)) if h.len() == 2),
+        "each round trip timed once"
+    );
+}
