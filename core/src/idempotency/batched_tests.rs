@@ -301,7 +301,7 @@ fn each_round_trip_is_timed_as_its_batch_and_its_size_recorded() {
                         .labels()
                         .any(|l| l.key() == "op" && l.value() == "claim_many")
             })
-            .map(|(_, _, _, v)| v.clone())
+            .map(|(_, _, _, v)| v)
     };
     let Some(DebugValue::Histogram(sizes)) = of(STORE_BATCH_SIZE) else {
         panic!("no batch sizes: {snapshot:?}");
