@@ -234,40 +234,38 @@ async fn nothing_is_left_running_once_the_batches_are_answered() {
     );
 }
 
-#[tokio::test]
-async fn a_completion_that_fails_is_not_acked_and_its_lease_is_released() {
+#[tokio::test(start_paused = true)]
+async fn a_completion_that_fails_is_not_acked_and_is_written_once_the_store_answers() {
     let store = Arc::new(Gated::default());
     let deduper = Deduper::new(
         Arc::clone(&store) as Arc<dyn Store>,
         Config::keyed_by(KeySource::MessageId),
     );
-    store.down.store(true, Ordering::SeqCst);
-    let ran = deduper
-        .run(crate::testing::request("a"), |_r| async {
+    let runs = Arc::new(AtomicU32::new(0));
+    let run = || {
+        let runs = Arc::clone(&runs);
+        deduper.run(crate::testing::request("a"), move |_r| async move {
+            runs.fetch_add(1, Ordering::SeqCst);
             Ok::<_, crate::Error>(crate::Outcome::Handled)
         })
-        .await;
+    };
+    store.down.store(true, Ordering::SeqCst);
+    let ran = run().await;
     assert!(matches!(ran, Err(crate::Error::Store(_))), "{ran:?}");
     assert_eq!(
         store.sizes(),
         vec![1, 1],
         "claimed and completed in batches"
     );
-    // The lease is released in the background: the redelivery runs again.
+    // The redelivery while the store is down finds its key held.
+    let busy = run().await;
+    assert!(matches!(busy, Err(crate::Error::Busy { .. })), "{busy:?}");
+    // The completion is retried in the background and written once the
+    // store answers: the next redelivery is a duplicate, not a second run.
     store.down.store(false, Ordering::SeqCst);
-    settle().await;
-    let again = deduper
-        .run(crate::testing::request("a"), |_r| async {
-            Ok::<_, crate::Error>(crate::Outcome::Handled)
-        })
-        .await;
-    assert_eq!(again.unwrap(), crate::Outcome::Handled);
-    let dup = deduper
-        .run(crate::testing::request("a"), |_r| async {
-            Ok::<_, crate::Error>(crate::Outcome::Handled)
-        })
-        .await;
-    assert_eq!(dup.unwrap(), crate::Outcome::Duplicate);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(run().await.unwrap(), crate::Outcome::Duplicate);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
 #[test]

@@ -32,8 +32,10 @@
 //! message's completion is written before it is acked: a completion that
 //! fails (the store is down, a timeout; a whole batch fails each of its
 //! items) turns the message's `Handled` into [`Error::Store`], so it is
-//! deferred (nacked and redelivered) like a claim that fails, and its
-//! lease is released in the background if the store answers.
+//! deferred (nacked and redelivered) like a claim that fails. The
+//! completion is retried in the background until the lease runs out: once
+//! it is written the redelivery is a duplicate; if the lease runs out
+//! first, the redelivery takes the key over as after a crash and runs again.
 //!
 //! **Metrics.** Every store call is timed and its failures counted, by
 //! operation ([`Measured`]): `backstop_store_duration_seconds{op}` and
@@ -389,8 +391,10 @@ impl Deduper {
         for guard in guards {
             match settle(&store, guard.key(), guard.fence(), &result).await {
                 Ok(()) => guard.finish(),
-                // Dropped armed: its lease is released in the background.
-                Err(error) => unwritten = unwritten.or(Some(error)),
+                Err(error) => {
+                    guard.complete_later();
+                    unwritten = unwritten.or(Some(error));
+                }
             }
         }
         match (result, unwritten) {
