@@ -446,7 +446,12 @@ impl<I: Send + 'static, O: Send + 'static> Lane<I, O> {
             self.shared.next_batch(&mut state, Turn::Start)
         };
         if let Some(batch) = batch {
-            tokio::spawn(Arc::clone(&self.shared).drive(batch));
+            let drive = Arc::clone(&self.shared).drive(batch);
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn(drive)),
+                // Outside a Tokio runtime the caller sends the batch itself.
+                Err(_) => drive.await,
+            }
         }
         answered
             .await
