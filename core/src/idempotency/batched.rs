@@ -515,14 +515,27 @@ impl<I: Send + 'static, O: Send + 'static> Shared<I, O> {
     }
 }
 
-/// A round trip out; counted back in when dropped armed (a panic).
+/// A round trip out; counted back in when dropped armed (the store's
+/// future panicked, or the runtime dropped the task). If it was the last
+/// one out, the calls waiting for it fail ([`BatchError::Unanswered`])
+/// rather than wait for a round trip that no one will start.
 struct Out<'a, I, O>(&'a Shared<I, O>, bool);
 
 impl<I, O> Drop for Out<'_, I, O> {
     fn drop(&mut self) {
-        if self.1 {
-            lock(&self.0.state).in_flight -= 1;
+        if !self.1 {
+            return;
         }
+        let abandoned = {
+            let mut state = lock(&self.0.state);
+            state.in_flight -= 1;
+            if state.in_flight == 0 {
+                std::mem::take(&mut state.waiting)
+            } else {
+                Vec::new()
+            }
+        };
+        drop(abandoned);
     }
 }
 

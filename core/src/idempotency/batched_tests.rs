@@ -311,3 +311,47 @@ fn each_round_trip_is_timed_as_its_batch_and_its_size_recorded() {
         "each round trip timed once"
     );
 }
+
+#[test]
+fn calls_waiting_for_a_round_trip_that_is_dropped_fail_rather_than_hang() {
+    let (store, _closed_gate) = Gated::behind_a_gate();
+    let batched = Arc::new(Batched::new(store, config(8, 1)));
+    let waiting = {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let waiting = rt.block_on(async {
+            let first = tokio::spawn({
+                let batched = Arc::clone(&batched);
+                async move { batched.claim(&Key::new("a"), "w", LEASE, 0).await }
+            });
+            settle().await;
+            assert_eq!(lock(&batched.claims.shared.state).in_flight, 1);
+            drop(first);
+            // A call of another runtime waits behind the round trip out.
+            let (answered, answer) = std::sync::mpsc::channel();
+            let batched = Arc::clone(&batched);
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                let claim =
+                    runtime.block_on(async { batched.claim(&Key::new("b"), "w", LEASE, 0).await });
+                let _ = answered.send(claim);
+            });
+            answer
+        });
+        while lock(&batched.claims.shared.state).waiting.is_empty() {
+            std::thread::yield_now();
+        }
+        // The runtime that ran the round trip shuts down with it.
+        drop(rt);
+        waiting
+    };
+    let answer = waiting
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the waiting call is answered, not left hanging");
+    assert!(matches!(answer, Err(StoreError::Backend(_))), "{answer:?}");
+    assert_eq!(lock(&batched.claims.shared.state).in_flight, 0);
+}
