@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod ledger;
 pub mod ops;
 pub mod orders;
+pub mod proxy;
 pub mod report;
 pub mod scrape;
 pub mod worker;

@@ -52,6 +52,14 @@ pub enum PostgresError {
         /// The operation.
         op: &'static str,
     },
+    /// A statement answered with rows the store cannot read.
+    #[error("PostgreSQL {op} answered unexpectedly: {what}")]
+    Unexpected {
+        /// The operation.
+        op: &'static str,
+        /// What was wrong with the answer.
+        what: String,
+    },
     /// Creating the tables failed.
     #[error("migration of {table} failed (may the role create tables in that schema?): {source}")]
     Migrate {

@@ -36,3 +36,29 @@ impl Backend for Postgres {
 }
 
 backstop::store_contract_tests!(Postgres);
+
+/// The same contract through the stack's batcher: its answers are the
+/// store's own.
+mod batched {
+    use std::sync::Arc;
+
+    use backstop::idempotency::contract::Backend;
+    use backstop::idempotency::{BatchConfig, Batched};
+    use backstop::{BoxError, Store};
+
+    struct Postgres;
+
+    #[async_trait::async_trait]
+    impl Backend for Postgres {
+        async fn instance(&self) -> Result<Arc<dyn Store>, BoxError> {
+            let store = super::Postgres.instance().await?;
+            Ok(Arc::new(Batched::new(store, BatchConfig::default())))
+        }
+
+        fn keeps_pending_letters(&self) -> bool {
+            true
+        }
+    }
+
+    backstop::store_contract_tests!(Postgres);
+}

@@ -319,6 +319,11 @@ fn claim_of(
 
 #[async_trait::async_trait]
 impl Store for RedisStore {
+    /// True: the stack batches this store's calls.
+    fn remote(&self) -> bool {
+        true
+    }
+
     async fn layout(&self) -> Result<Layout, StoreError> {
         Ok(self.key_layout().await?)
     }

@@ -40,3 +40,29 @@ impl Backend for Redis {
 }
 
 backstop::store_contract_tests!(Redis::new());
+
+/// The same contract through the stack's batcher: its answers are the
+/// store's own.
+mod batched {
+    use std::sync::Arc;
+
+    use backstop::idempotency::contract::Backend;
+    use backstop::idempotency::{BatchConfig, Batched};
+    use backstop::{BoxError, Store};
+
+    struct Redis(super::Redis);
+
+    #[async_trait::async_trait]
+    impl Backend for Redis {
+        async fn instance(&self) -> Result<Arc<dyn Store>, BoxError> {
+            let store = self.0.instance().await?;
+            Ok(Arc::new(Batched::new(store, BatchConfig::default())))
+        }
+
+        fn keeps_pending_letters(&self) -> bool {
+            true
+        }
+    }
+
+    backstop::store_contract_tests!(Redis(super::Redis::new()));
+}

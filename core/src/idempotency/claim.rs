@@ -136,15 +136,20 @@ pub(super) async fn claim(
     })
 }
 
-/// Records the inner result for the lease `fence` on `key`.
+/// Records the inner result for the lease `fence` on `key`. Fails only
+/// when a completion could not be written (the message must not be acked
+/// then); any other failure is logged, and the lease expires by itself.
 pub(super) async fn settle(
     store: &Timed<'_>,
     key: &Key,
     fence: Fence,
     result: &Result<Outcome, Error>,
-) {
+) -> Result<(), crate::StoreError> {
+    if let Ok(Outcome::Handled) = result {
+        return store.complete(key, fence).await.map(lost(key, fence));
+    }
     let settled = match result {
-        Ok(Outcome::Handled) => store.complete(key, fence).await.map(lost(key, fence)),
+        Ok(Outcome::Handled) => Ok(()),
         Ok(Outcome::DeadLettered { .. }) => {
             store.dead_letter(key, fence).await.map(lost(key, fence))
         }
@@ -168,6 +173,7 @@ pub(super) async fn settle(
         // The message's fate is settled; the lease expires by itself.
         tracing::warn!(%error, %key, "could not record the key's state in the idempotency store");
     }
+    Ok(())
 }
 
 /// Logs a settlement the store refused (the lease was lost).

@@ -13,6 +13,7 @@ pub(crate) struct LeaseGuard {
     store: Arc<dyn Store>,
     renewer: Arc<Renewer>,
     lease: Arc<Lease>,
+    duration: std::time::Duration,
     id: u64,
     armed: bool,
 }
@@ -40,6 +41,7 @@ impl LeaseGuard {
             store,
             renewer,
             lease,
+            duration,
             id,
             armed: true,
         }
@@ -56,6 +58,36 @@ impl LeaseGuard {
     /// The lease was settled in the store; nothing to release on drop.
     pub(crate) fn finish(mut self) {
         self.armed = false;
+    }
+
+    /// The run succeeded but its completion could not be written (the
+    /// store is unreachable; the message is not acked): the completion is
+    /// retried in the background, backing off from 50 ms to 1 s, until the
+    /// store answers or the lease has run out (then the key is taken over
+    /// as after a crash). A redelivery meanwhile finds the key busy, and
+    /// once the completion is written, a duplicate: the handler does not
+    /// run again. The task ends by itself, within one lease.
+    pub(crate) fn complete_later(mut self) {
+        self.armed = false;
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return; // the lease expires by itself
+        };
+        let store = Arc::clone(&self.store);
+        let lease = Arc::clone(&self.lease);
+        let until = *lease.confirmed.lock().unwrap_or_else(|e| e.into_inner()) + self.duration;
+        handle.spawn(async move {
+            let mut wait = std::time::Duration::from_millis(50);
+            while Instant::now() + wait < until {
+                tokio::time::sleep(wait).await;
+                match store.complete(&lease.key, lease.fence).await {
+                    Ok(_) => return,
+                    Err(error) => {
+                        tracing::debug!(%error, key = %lease.key, "completion still not written; retrying");
+                    }
+                }
+                wait = (wait * 2).min(std::time::Duration::from_secs(1));
+            }
+        });
     }
 }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use metrics::Key;
 
 use super::{Claim, ClaimOf, Fence, Held, Key as StoreKey, Layout, Store};
-use crate::metrics::{MetricLabels, STORE_DURATION, STORE_ERRORS};
+use crate::metrics::{MetricLabels, STORE_BATCH_SIZE, STORE_DURATION, STORE_ERRORS};
 use crate::{Failure, StoreError};
 
 /// The duration and error keys of one store operation.
@@ -67,10 +67,27 @@ impl OpKeys {
         start: Instant,
         results: Vec<Result<T, StoreError>>,
     ) -> Vec<Result<T, StoreError>> {
-        let errors = results.iter().filter(|r| r.is_err()).count();
-        self.record(start, u64::try_from(errors).unwrap_or(u64::MAX));
+        self.record_batch(start, &results);
         results
     }
+
+    /// Records one batch call that started at `start` and answered `results`.
+    fn record_batch<T>(&self, start: Instant, results: &[Result<T, StoreError>]) {
+        let errors = results.iter().filter(|r| r.is_err()).count();
+        self.record(start, u64::try_from(errors).unwrap_or(u64::MAX));
+    }
+}
+
+/// A batch operation that [`Batched`](super::Batched) sends for the
+/// single-key calls it gathered.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum BatchOp {
+    /// `claim_many`.
+    Claim,
+    /// `complete_many`.
+    Complete,
+    /// `renew_many`.
+    Renew,
 }
 
 /// The keys of every store operation of one consumer.
@@ -85,6 +102,8 @@ pub(crate) struct StoreOps {
     claim_many: OpKeys,
     renew_many: OpKeys,
     complete_many: OpKeys,
+    /// `backstop_store_batch_size{op}` of `claim_many`, `complete_many`, `renew_many`.
+    batch_sizes: [Key; 3],
 }
 
 impl StoreOps {
@@ -102,7 +121,32 @@ impl StoreOps {
             claim_many: op("claim_many"),
             renew_many: op("renew_many"),
             complete_many: op("complete_many"),
+            batch_sizes: ["claim_many", "complete_many", "renew_many"]
+                .map(|op| labels.key(STORE_BATCH_SIZE, &[("op", op)])),
         }
+    }
+
+    /// Records one batched round trip: its duration and failed items as
+    /// its batch operation, and its size.
+    pub(crate) fn round_trip<T>(
+        &self,
+        op: BatchOp,
+        start: Instant,
+        results: &[Result<T, StoreError>],
+    ) {
+        let (keys, size) = match op {
+            BatchOp::Claim => (&self.claim_many, &self.batch_sizes[0]),
+            BatchOp::Complete => (&self.complete_many, &self.batch_sizes[1]),
+            BatchOp::Renew => (&self.renew_many, &self.batch_sizes[2]),
+        };
+        keys.record_batch(start, results);
+        #[allow(clippy::cast_precision_loss)] // a batch is far below 2^52
+        let n = results.len() as f64;
+        metrics::with_recorder(|recorder| {
+            recorder
+                .register_histogram(size, &crate::metrics::METADATA)
+                .record(n);
+        });
     }
 }
 
@@ -285,6 +329,10 @@ impl<S: Store + ?Sized> Store for Measured<S> {
 
     fn storage_key(&self, key: &StoreKey) -> StoreKey {
         self.inner.storage_key(key)
+    }
+
+    fn remote(&self) -> bool {
+        self.inner.remote()
     }
 
     async fn layout(&self) -> Result<Layout, StoreError> {

@@ -25,9 +25,24 @@
 //! key without counting an attempt. A store that is down defers the message
 //! ([`Error::Store`]).
 //!
+//! **Batches.** For a remote store ([`Store::remote`]: Redis, PostgreSQL)
+//! the concurrent messages' claims, completions and renewals go out in
+//! batches ([`Batched`], bounded by [`Config::batch`]): one round trip
+//! carries every call that arrived while the previous one was in flight. A
+//! message's completion is written before it is acked: a completion that
+//! fails (the store is down, a timeout; a whole batch fails each of its
+//! items) turns the message's `Handled` into [`Error::Store`], so it is
+//! deferred (nacked and redelivered) like a claim that fails. The
+//! completion is retried in the background until the lease runs out: once
+//! it is written the redelivery is a duplicate; if the lease runs out
+//! first, the redelivery takes the key over as after a crash and runs again.
+//!
 //! **Metrics.** Every store call is timed and its failures counted, by
 //! operation ([`Measured`]): `backstop_store_duration_seconds{op}` and
-//! `backstop_store_errors_total{op}`.
+//! `backstop_store_errors_total{op}`. With batches, `claim`, `complete` and
+//! `renew` time each message's own call (its wait for a round trip
+//! included), the batch operations (`claim_many`, …) each round trip, and
+//! `backstop_store_batch_size{op}` counts the calls each carried.
 //!
 //! **Lost leases.** The inner layers see a child of the request's
 //! cancellation token that also fires when the lease is lost: the store
@@ -53,6 +68,7 @@
 //! broker's own limits bound the loop (RabbitMQ quorum queues'
 //! `x-delivery-limit`), and on Kafka nothing does.
 
+mod batched;
 mod claim;
 pub mod contract;
 mod guard;
@@ -67,6 +83,7 @@ pub mod outage;
 mod renew;
 mod store;
 
+pub use self::batched::{BatchConfig, Batched};
 pub use self::key::{Key, KeySource, MAX_KEY_LEN};
 pub use self::keyspace::Keyspace;
 pub use self::layer::IdempotencyLayer;
@@ -106,6 +123,12 @@ pub struct Config {
     /// place of its source): for two services that consume one queue or
     /// group under one name and must deduplicate apart.
     pub service: Option<String>,
+    /// How a remote store's calls are batched ([`Batched`]); `None` sends
+    /// each message's calls on their own. Only a store whose
+    /// [`Store::remote`] is true is batched (Redis and PostgreSQL; never
+    /// the in-memory store). On by default, with
+    /// [`BatchConfig::default`].
+    pub batch: Option<BatchConfig>,
 }
 
 impl Default for Config {
@@ -115,6 +138,7 @@ impl Default for Config {
             lease: Duration::from_secs(30),
             worker: crate::message::new_message_id(),
             service: None,
+            batch: Some(BatchConfig::default()),
         }
     }
 }
@@ -132,6 +156,14 @@ impl Config {
     #[must_use]
     pub fn service(mut self, name: impl Into<String>) -> Self {
         self.service = Some(name.into());
+        self
+    }
+
+    /// Sends each message's store calls on their own, never batched
+    /// (see [`Config::batch`](Config#structfield.batch)).
+    #[must_use]
+    pub fn unbatched(mut self) -> Self {
+        self.batch = None;
         self
     }
 }
@@ -206,6 +238,12 @@ impl Deduper {
         labels: &crate::metrics::MetricLabels,
     ) -> Self {
         let ops = Arc::new(StoreOps::new(labels));
+        let store: Arc<dyn Store> = match config.batch {
+            Some(batch) if store.remote() => {
+                Arc::new(Batched::sharing(store, batch, Arc::clone(&ops)))
+            }
+            _ => store,
+        };
         Deduper {
             measured: Arc::new(Measured::sharing(Arc::clone(&store), Arc::clone(&ops))),
             store,
@@ -349,11 +387,21 @@ impl Deduper {
             })
             .collect();
         let result = inner(request).await;
+        let mut unwritten = None;
         for guard in guards {
-            settle(&store, guard.key(), guard.fence(), &result).await;
-            guard.finish();
+            match settle(&store, guard.key(), guard.fence(), &result).await {
+                Ok(()) => guard.finish(),
+                Err(error) => {
+                    guard.complete_later();
+                    unwritten = unwritten.or(Some(error));
+                }
+            }
         }
-        result
+        match (result, unwritten) {
+            // Not acked unless its completion is written: it is redelivered.
+            (Ok(Outcome::Handled), Some(error)) => Err(Error::Store(error)),
+            (result, _) => result,
+        }
     }
 }
 

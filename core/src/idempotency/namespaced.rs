@@ -161,6 +161,12 @@ macro_rules! forward {
                 inner.storage_key(&self.key(key))
             }
 
+            fn remote(&self) -> bool {
+                let $s = self;
+                let inner = $inner;
+                inner.remote()
+            }
+
             async fn claim_many(
                 &self,
                 claims: &[ClaimOf<'_>],

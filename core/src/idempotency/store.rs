@@ -195,6 +195,17 @@ pub trait Store: Send + Sync + 'static {
         key.clone()
     }
 
+    /// True for a store behind a network round trip (Redis, PostgreSQL):
+    /// the stack then gathers its concurrent messages' claims, completions
+    /// and renewals into batches ([`Batched`](super::Batched), see
+    /// [`Config::batch`](super::Config#structfield.batch)). False by
+    /// default: an in-process store (the [`MemoryStore`](super::MemoryStore))
+    /// answers at once and gains nothing from it. Wrappers answer for the
+    /// store they wrap.
+    fn remote(&self) -> bool {
+        false
+    }
+
     /// The key layout the store is in: shared stores check it on start
     /// against the user's [`KeyLayout`](super::KeyLayout) and read it from
     /// their layout marker; the idempotency layer asks before every claim

@@ -90,7 +90,7 @@ pub use self::labels::MetricLabels;
 pub use self::layer::MetricsLayer;
 pub use self::ops::{
     ACK_FAILURES, COMMIT_FAILURES, DLQ_DEPTH, KAFKA_LAG, KAFKA_OLDEST_UNFINISHED, QUEUE_DEPTH,
-    RECONNECTS, RETRY_DEPTH, STORE_DURATION, STORE_ERRORS, consumer_labels,
+    RECONNECTS, RETRY_DEPTH, STORE_BATCH_SIZE, STORE_DURATION, STORE_ERRORS, consumer_labels,
 };
 
 use std::ops::Deref;

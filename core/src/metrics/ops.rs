@@ -25,6 +25,10 @@ pub const RETRY_DEPTH: &str = "backstop_retry_depth";
 pub const STORE_DURATION: &str = "backstop_store_duration_seconds";
 /// Idempotency store calls that failed. Label `op`.
 pub const STORE_ERRORS: &str = "backstop_store_errors_total";
+/// Calls one batched round trip to the idempotency store carried
+/// ([`Batched`](crate::idempotency::Batched)). Label `op` (`claim_many`,
+/// `complete_many`, `renew_many`).
+pub const STORE_BATCH_SIZE: &str = "backstop_store_batch_size";
 /// RabbitMQ: ack and nack frames that did not reach the broker.
 pub const ACK_FAILURES: &str = "backstop_ack_failures_total";
 /// Kafka: offset stores and commits that failed.
@@ -65,6 +69,11 @@ pub(super) fn describe() {
         STORE_ERRORS,
         Unit::Count,
         "Idempotency store calls that failed"
+    );
+    describe_histogram!(
+        STORE_BATCH_SIZE,
+        Unit::Count,
+        "Calls one batched round trip to the idempotency store carried"
     );
     describe_counter!(
         ACK_FAILURES,

@@ -201,7 +201,11 @@ impl<T: Payload> StackBuilder<T> {
         self
     }
 
-    /// Deduplicates through `store`, keys from `key`.
+    /// Deduplicates through `store`, keys from `key`. A remote store's
+    /// calls ([`Store::remote`]: Redis, PostgreSQL) are batched across the
+    /// messages in flight ([`Batched`](crate::idempotency::Batched)); turn
+    /// that off with [`idempotency_with`](Self::idempotency_with) and
+    /// [`Config::unbatched`](idempotency::Config::unbatched).
     #[must_use]
     pub fn idempotency(mut self, store: Arc<dyn Store>, key: KeySource) -> Self {
         self.store = Some((store, idempotency::Config::keyed_by(key)));

@@ -5,7 +5,7 @@ mod sql;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use backstop::idempotency::{Claim, Fence, Held, Key, KeyLayout, Layout};
+use backstop::idempotency::{Claim, ClaimOf, Fence, Held, Key, KeyLayout, Layout};
 use backstop::{ErrorKind, Failure, Store, StoreError};
 use deadpool_postgres::Pool;
 
@@ -36,8 +36,11 @@ const CLAIM_TRIES: usize = 3;
 /// `INSERT … ON CONFLICT (key) DO UPDATE … WHERE <takeover or redrive> RETURNING`
 /// statement, atomic under concurrency; only a claim that did not win
 /// reads the row again to say why (completed, dead-lettered, busy). Lease
-/// times and fencing tokens come from the server's clock. `renew_many` and
-/// `complete_many` are one `UPDATE … FROM unnest(…)` each.
+/// times and fencing tokens come from the server's clock. `claim_many` is
+/// one statement (the same `INSERT … SELECT … FROM unnest(…) ON CONFLICT`,
+/// which also returns the rows of the claims that did not win, as they
+/// were); `renew_many` and `complete_many` are one `UPDATE … FROM unnest(…)`
+/// each.
 ///
 /// The schema is versioned (`backstop_schema_version`, see
 /// [`migrate`](Self::migrate)): a table made by an earlier release is
@@ -234,29 +237,10 @@ impl PostgresStore {
                 &[&column::key(key)],
             )
             .await?;
-        let Some(row) = rows.first() else {
-            return Ok(None);
-        };
-        let read = |source| PostgresError::Query {
-            op: "claim",
-            source,
-        };
-        let state: &str = row.try_get("state").map_err(read)?;
-        let seen: i32 = row.try_get("replay").map_err(read)?;
-        let expired: bool = row.try_get("expired").map_err(read)?;
-        let remaining: Option<i64> = row.try_get("remaining_ms").map_err(read)?;
-        let next = i64::from(replay) == i64::from(seen) + 1;
-        Ok(match state {
-            "completed" if !expired => Some(Claim::Completed),
-            "dead_lettered" if !expired && !next => Some(Claim::DeadLettered),
-            "in_progress" => match remaining {
-                Some(ms) if ms > 0 => Some(Claim::Busy {
-                    remaining: Duration::from_millis(ms.unsigned_abs()),
-                }),
-                _ => None,
-            },
-            _ => None,
-        })
+        match rows.first() {
+            Some(row) => lost_claim("claim", row, 0, replay),
+            None => Ok(None),
+        }
     }
 
     async fn owned(
@@ -295,12 +279,7 @@ impl PostgresStore {
         .await;
         let rows = match rows {
             Ok(rows) => rows,
-            Err(error) => {
-                let text = error.to_string();
-                return (0..held.len())
-                    .map(|_| Err(StoreError::Backend(text.clone().into())))
-                    .collect();
-            }
+            Err(error) => return each_fails(held.len(), &error),
         };
         let mut done = std::collections::HashSet::with_capacity(rows.len());
         for row in &rows {
@@ -315,8 +294,106 @@ impl PostgresStore {
     }
 }
 
+/// The same error for each of `n` items of a batch.
+fn each_fails<T>(n: usize, error: &PostgresError) -> Vec<Result<T, StoreError>> {
+    let text = error.to_string();
+    (0..n)
+        .map(|_| Err(StoreError::Backend(text.clone().into())))
+        .collect()
+}
+
+/// The claim a won claim's row (`claim`'s `RETURNING`, from column 0) took.
+fn won_claim(op: &'static str, row: &tokio_postgres::Row) -> Result<Claim, PostgresError> {
+    let read = |source| PostgresError::Query { op, source };
+    let failed: i32 = row.try_get(0).map_err(read)?;
+    let fence: i64 = row.try_get(1).map_err(read)?;
+    let crashed: bool = row.try_get(2).map_err(read)?;
+    let kind: Option<String> = row.try_get(3).map_err(read)?;
+    let failed_runs = u32::try_from(failed).unwrap_or(0);
+    let fence = Fence(fence.unsigned_abs());
+    let Some(kind) = kind else {
+        return Ok(Claim::Acquired {
+            fence,
+            failed_runs,
+            crashed,
+        });
+    };
+    let error: Option<String> = row.try_get(4).map_err(read)?;
+    let attempts: Option<i32> = row.try_get(5).map_err(read)?;
+    let first: Option<SystemTime> = row.try_get(6).map_err(read)?;
+    let last: Option<SystemTime> = row.try_get(7).map_err(read)?;
+    Ok(Claim::LetterPending {
+        fence,
+        failed_runs,
+        letter: Failure {
+            // A kind of a newer release reads as `permanent`.
+            kind: ErrorKind::parse(&kind).unwrap_or(ErrorKind::Permanent),
+            message: error.unwrap_or_default(),
+            attempts: attempts.map_or(0, |n| u32::try_from(n).unwrap_or(0)),
+            first_failure: first.unwrap_or(UNIX_EPOCH),
+            last_failure: last.unwrap_or(UNIX_EPOCH),
+        },
+    })
+}
+
+/// Why a claim of `replay` did not win, from the row as it was (`inspect`'s
+/// columns, from column `at`: state, replay, expired, remaining ms); `None`
+/// if nothing there stops a claim (the row changed meanwhile, or is absent).
+fn lost_claim(
+    op: &'static str,
+    row: &tokio_postgres::Row,
+    at: usize,
+    replay: u32,
+) -> Result<Option<Claim>, PostgresError> {
+    let read = |source| PostgresError::Query { op, source };
+    let Some(state) = row.try_get::<_, Option<&str>>(at).map_err(read)? else {
+        return Ok(None);
+    };
+    let seen: i32 = row.try_get(at + 1).map_err(read)?;
+    let expired: bool = row.try_get(at + 2).map_err(read)?;
+    let remaining: Option<i64> = row.try_get(at + 3).map_err(read)?;
+    let next = i64::from(replay) == i64::from(seen) + 1;
+    Ok(match state {
+        "completed" if !expired => Some(Claim::Completed),
+        "dead_lettered" if !expired && !next => Some(Claim::DeadLettered),
+        "in_progress" => match remaining {
+            Some(ms) if ms > 0 => Some(Claim::Busy {
+                remaining: Duration::from_millis(ms.unsigned_abs()),
+            }),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+/// One item of `claim_many` (its row: the claim's columns 0–7, won, taken,
+/// then the row as it was); `None` if the row changed under the statement.
+fn batch_claim(
+    row: &tokio_postgres::Row,
+    lease: Duration,
+    replay: u32,
+) -> Result<Option<Claim>, PostgresError> {
+    let read = |source| PostgresError::Query {
+        op: "claim_many",
+        source,
+    };
+    if row.try_get::<_, bool>(8).map_err(read)? {
+        return won_claim("claim_many", row).map(Some);
+    }
+    if row.try_get::<_, bool>(9).map_err(read)? {
+        // Another item of this batch took the key just now.
+        return Ok(Some(Claim::Busy { remaining: lease }));
+    }
+    lost_claim("claim_many", row, 10, replay)
+}
+
 #[async_trait::async_trait]
 impl Store for PostgresStore {
+    /// True: the stack batches this store's calls.
+    fn remote(&self) -> bool {
+        true
+    }
+
     async fn layout(&self) -> Result<Layout, StoreError> {
         Ok(self.key_layout().await?)
     }
@@ -341,37 +418,7 @@ impl Store for PostgresStore {
                 )
                 .await?;
             if let Some(row) = rows.first() {
-                let read = |source| PostgresError::Query {
-                    op: "claim",
-                    source,
-                };
-                let failed: i32 = row.try_get(0).map_err(read)?;
-                let fence: i64 = row.try_get(1).map_err(read)?;
-                let crashed: bool = row.try_get(2).map_err(read)?;
-                let kind: Option<String> = row.try_get(3).map_err(read)?;
-                if let Some(kind) = kind {
-                    let error: Option<String> = row.try_get(4).map_err(read)?;
-                    let attempts: Option<i32> = row.try_get(5).map_err(read)?;
-                    let first: Option<SystemTime> = row.try_get(6).map_err(read)?;
-                    let last: Option<SystemTime> = row.try_get(7).map_err(read)?;
-                    return Ok(Claim::LetterPending {
-                        fence: Fence(fence.unsigned_abs()),
-                        failed_runs: u32::try_from(failed).unwrap_or(0),
-                        letter: Failure {
-                            // A kind of a newer release reads as `permanent`.
-                            kind: ErrorKind::parse(&kind).unwrap_or(ErrorKind::Permanent),
-                            message: error.unwrap_or_default(),
-                            attempts: attempts.map_or(0, |n| u32::try_from(n).unwrap_or(0)),
-                            first_failure: first.unwrap_or(UNIX_EPOCH),
-                            last_failure: last.unwrap_or(UNIX_EPOCH),
-                        },
-                    });
-                }
-                return Ok(Claim::Acquired {
-                    fence: Fence(fence.unsigned_abs()),
-                    failed_runs: u32::try_from(failed).unwrap_or(0),
-                    crashed,
-                });
+                return Ok(won_claim("claim", row)?);
             }
             if let Some(claim) = self.inspect(&mut conn, key, replay).await? {
                 return Ok(claim);
@@ -457,6 +504,63 @@ impl Store for PostgresStore {
             ],
         )
         .await
+    }
+
+    async fn claim_many(
+        &self,
+        claims: &[ClaimOf<'_>],
+        lease: Duration,
+    ) -> Vec<Result<Claim, StoreError>> {
+        if claims.is_empty() {
+            return Vec::new();
+        }
+        let keys: Vec<String> = claims
+            .iter()
+            .map(|c| column::key(c.key).into_owned())
+            .collect();
+        let owners: Vec<String> = claims
+            .iter()
+            .map(|c| column::text(c.owner).into_owned())
+            .collect();
+        let replays: Vec<i32> = claims.iter().map(|c| int(c.replay)).collect();
+        let (lease_ms, ttl) = (millis(lease), millis(self.ttl));
+        let rows = async {
+            let mut conn = self.conn().await?;
+            conn.query(
+                "claim_many",
+                self.timeout,
+                &self.sql.claim_many,
+                &[&keys, &owners, &lease_ms, &replays, &ttl],
+            )
+            .await
+        }
+        .await;
+        let rows = match rows {
+            Ok(rows) if rows.len() == claims.len() => rows,
+            Ok(rows) => {
+                let error = PostgresError::Unexpected {
+                    op: "claim_many",
+                    what: format!("{} rows for {} claims", rows.len(), claims.len()),
+                };
+                return each_fails(claims.len(), &error);
+            }
+            Err(error) => return each_fails(claims.len(), &error),
+        };
+        let mut answers = Vec::with_capacity(claims.len());
+        for (row, claim) in rows.iter().zip(claims) {
+            let answer = match batch_claim(row, lease, claim.replay) {
+                Ok(Some(answer)) => Ok(answer),
+                // The row changed under the statement: the single claim
+                // reads it again (rare: a race with another worker).
+                Ok(None) => {
+                    self.claim(claim.key, claim.owner, lease, claim.replay)
+                        .await
+                }
+                Err(error) => Err(error.into()),
+            };
+            answers.push(answer);
+        }
+        answers
     }
 
     async fn renew_many(

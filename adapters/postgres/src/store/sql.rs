@@ -20,6 +20,7 @@ pub(crate) struct Statements {
     /// The schema's versions: step `n` brings the table to version `n`.
     pub(crate) steps: Vec<String>,
     pub(crate) claim: String,
+    pub(crate) claim_many: String,
     pub(crate) inspect: String,
     pub(crate) renew: String,
     pub(crate) finish: String,
@@ -50,6 +51,39 @@ impl Statements {
         // (a newer one starts without it) in this lifetime of the row (an
         // expired row restarts, `created_at` with it).
         let pending = "e.letter_kind IS NOT NULL AND e.state = 'in_progress' AND e.letter_replay = e.replay AND e.letter_at >= e.created_at";
+        // The time left on a row's lease, in whole milliseconds.
+        let remaining = "greatest(ceil(extract(epoch FROM (lease_until - now())) * 1000), 0)::bigint AS remaining_ms";
+        // A claim's takeover of an existing row, and what it returns:
+        // whose owner (a `text` expression) takes it over.
+        let take_over = |owner: &str| {
+            format!(
+                "ON CONFLICT (key) DO UPDATE SET
+    state = 'in_progress',
+    fence = greatest(e.fence + 1, EXCLUDED.fence),
+    owner = {owner} || '@' || greatest(e.fence + 1, EXCLUDED.fence)::text,
+    crashed = e.state = 'in_progress' AND e.expires_at > now(),
+    lease_until = EXCLUDED.lease_until,
+    failed_runs = CASE
+        WHEN e.expires_at <= now() OR EXCLUDED.replay > e.replay THEN 0
+        WHEN e.state = 'in_progress' THEN e.failed_runs + 1
+        ELSE e.failed_runs END,
+    replay = CASE
+        WHEN e.expires_at <= now() THEN EXCLUDED.replay
+        ELSE greatest(e.replay, EXCLUDED.replay) END,
+    created_at = CASE
+        WHEN e.expires_at <= now() THEN now()
+        ELSE e.created_at END,
+    updated_at = now(),
+    expires_at = EXCLUDED.expires_at
+WHERE e.expires_at <= now()
+   OR e.state = 'idle'
+   OR (e.state = 'in_progress' AND e.lease_until <= now())
+   OR (e.state = 'dead_lettered' AND EXCLUDED.replay = e.replay + 1)
+RETURNING e.failed_runs, e.fence, e.crashed,
+    CASE WHEN {pending} THEN e.letter_kind END AS letter,
+    e.letter_error, e.letter_attempts, e.letter_first, e.letter_last"
+            )
+        };
         let forget = "letter_kind = NULL, letter_error = NULL, letter_attempts = NULL, letter_first = NULL, letter_last = NULL, letter_replay = NULL, letter_at = NULL";
         Statements {
             steps: vec![
@@ -93,36 +127,45 @@ CREATE INDEX IF NOT EXISTS {expires_index} ON {t} (expires_at);"
 VALUES ($1, 'in_progress', $2 || '@' || {clock}::text, {clock}, false,
         now() + $3::bigint * interval '1 millisecond', 0, $4,
         now() + ($3::bigint + $5::bigint) * interval '1 millisecond')
-ON CONFLICT (key) DO UPDATE SET
-    state = 'in_progress',
-    fence = greatest(e.fence + 1, EXCLUDED.fence),
-    owner = $2 || '@' || greatest(e.fence + 1, EXCLUDED.fence)::text,
-    crashed = e.state = 'in_progress' AND e.expires_at > now(),
-    lease_until = EXCLUDED.lease_until,
-    failed_runs = CASE
-        WHEN e.expires_at <= now() OR EXCLUDED.replay > e.replay THEN 0
-        WHEN e.state = 'in_progress' THEN e.failed_runs + 1
-        ELSE e.failed_runs END,
-    replay = CASE
-        WHEN e.expires_at <= now() THEN EXCLUDED.replay
-        ELSE greatest(e.replay, EXCLUDED.replay) END,
-    created_at = CASE
-        WHEN e.expires_at <= now() THEN now()
-        ELSE e.created_at END,
-    updated_at = now(),
-    expires_at = EXCLUDED.expires_at
-WHERE e.expires_at <= now()
-   OR e.state = 'idle'
-   OR (e.state = 'in_progress' AND e.lease_until <= now())
-   OR (e.state = 'dead_lettered' AND EXCLUDED.replay = e.replay + 1)
-RETURNING e.failed_runs, e.fence, e.crashed,
-    CASE WHEN {pending} THEN e.letter_kind END,
-    e.letter_error, e.letter_attempts, e.letter_first, e.letter_last"
+{}",
+                take_over("$2")
+            ),
+            // $1 keys, $2 owners, $3 lease ms, $4 replays, $5 ttl ms; one row
+            // per item, in order: the claim's columns if it won (as `claim`
+            // returns them), whether it won, whether another item of the
+            // batch won its key, then the row as it was before the statement
+            // (`inspect`'s columns) for the items that did not win. A key twice
+            // in the batch is inserted once (its first item); the rows are
+            // taken in key order, so concurrent batches wait for each other
+            // rather than deadlock.
+            claim_many: format!(
+                "WITH b AS (
+    SELECT key, owner, replay, ord,
+           row_number() OVER (PARTITION BY key ORDER BY ord) = 1 AS first
+    FROM unnest($1::text[], $2::text[], $4::integer[]) WITH ORDINALITY AS b(key, owner, replay, ord)
+), won AS (
+    INSERT INTO {t} AS e (key, state, owner, fence, crashed, lease_until, failed_runs, replay, expires_at)
+    SELECT b.key, 'in_progress', b.owner || '@' || {clock}::text, {clock}, false,
+           now() + $3::bigint * interval '1 millisecond', 0, b.replay,
+           now() + ($3::bigint + $5::bigint) * interval '1 millisecond'
+    FROM b WHERE b.first ORDER BY b.key
+    {}, e.key
+)
+SELECT w.failed_runs, w.fence, w.crashed, w.letter, w.letter_error, w.letter_attempts,
+       w.letter_first, w.letter_last,
+       w.key IS NOT NULL AS won,
+       EXISTS (SELECT 1 FROM won x WHERE x.key = b.key) AS taken,
+       o.state, o.replay, o.expires_at <= now() AS expired, {remaining}
+FROM b
+LEFT JOIN won w ON w.key = b.key AND b.first
+LEFT JOIN {t} o ON o.key = b.key
+ORDER BY b.ord",
+                // The owner without the `@<fence>` the insert gave it.
+                take_over(&format!("left(EXCLUDED.owner, -(length({clock}::text) + 1))"))
             ),
             // $1 key.
             inspect: format!(
-                "SELECT state, replay, expires_at <= now() AS expired,
-       greatest(ceil(extract(epoch FROM (lease_until - now())) * 1000), 0)::bigint AS remaining_ms
+                "SELECT state, replay, expires_at <= now() AS expired, {remaining}
 FROM {t} WHERE key = $1"
             ),
             // $1 key, $2 fence, $3 lease ms, $4 ttl ms.
