@@ -567,6 +567,73 @@ async fn authentication_csrf_and_read_only_refuse_what_they_must() {
     assert!(refused.contains("read-only"), "{refused}");
 }
 
+/// A DNS-rebinding page (`http://evil.example:<port>` resolving to
+/// 127.0.0.1) is same-origin for the browser: the console answers only to
+/// its loopback names, so such a page reads no page and posts no action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_host_header_is_refused_pages_and_actions() {
+    let (_rabbit, q) = rabbit_dlq("ch", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let console = Console::start(&config(dir.path(), &q, ""), &[]);
+    let path = dlq_path("rabbitmq", &format!("{q}.dlq"));
+    let csrf = token(&console.wait_count(&path, 2, INDEXED).await);
+    let port = console.base.rsplit(':').next().unwrap().to_owned();
+    let with_host = |method: reqwest::Method, at: &str, host: String| {
+        console
+            .http
+            .request(method, format!("{}{at}", console.base))
+            .header("host", host)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(common::console::encode(&[
+                ("csrf", csrf.as_str()),
+                ("scope", "matching"),
+            ]))
+    };
+    let evil = format!("evil.example:{port}");
+    for (method, at) in [
+        (reqwest::Method::GET, "/".to_owned()),
+        (reqwest::Method::GET, path.clone()),
+        (reqwest::Method::POST, format!("{path}/preview")),
+        (reqwest::Method::POST, format!("{path}/purge")),
+    ] {
+        let r = with_host(method.clone(), &at, evil.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap();
+        assert_eq!(status, 403, "{method} {at} for {evil}: {body}");
+        assert!(!body.contains(&csrf), "no token for another host");
+        assert!(body.contains("refused a request for host"), "{body}");
+    }
+    for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}")] {
+        let r = with_host(reqwest::Method::GET, &path, host.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{host}");
+        let r = with_host(
+            reqwest::Method::POST,
+            &format!("{path}/preview"),
+            host.clone(),
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{host}");
+    }
+    assert_eq!(
+        rabbit_count(&format!("{q}.dlq")).await,
+        2,
+        "nothing was purged"
+    );
+}
+
+async fn rabbit_count(queue: &str) -> u32 {
+    let rabbit = RabbitMq::connect(&amqp()).await.unwrap();
+    rabbit.message_count(queue).await.unwrap()
+}
+
 /// The letters of the smaller DLQ the fixture's memory is compared with.
 const SMALL: u64 = 10_000;
 

@@ -5,6 +5,13 @@
 //!   user's name); without it (loopback only, see
 //!   [`ConsoleConfig::listen_addr`](super::config::ConsoleConfig::listen_addr))
 //!   the user is `local`.
+//! - [`host_allowed`] (in [`authenticate`], before anything else): the
+//!   `Host` header must name this console: `127.0.0.1`, `localhost` or
+//!   `[::1]` with the listen port, or with authentication one of `[auth]
+//!   allowed_hosts` (default: the listen address). A page of another name
+//!   that DNS-rebinds to 127.0.0.1 is same-origin for the browser, so this
+//!   is what keeps it from reading pages and their CSRF token. An action
+//!   without a `Host` is refused.
 //! - [`guard`]: every request that is not a GET (an action) is refused in
 //!   read-only mode, when it comes from another site (`Sec-Fetch-Site:
 //!   cross-site`, or an `Origin` that is not this host), or without the
@@ -56,12 +63,86 @@ fn user_of(auth: &AuthConfig, headers: &HeaderMap) -> Option<String> {
     ok.then(|| user.to_owned())
 }
 
-/// Authenticates every request (see the module docs).
+/// The `Host` headers a console listening on `listen` answers to, lowercase:
+/// the loopback names with its port, and with authentication `[auth]
+/// allowed_hosts` (default: the listen address).
+pub fn allowed_hosts(auth: &AuthConfig, listen: std::net::SocketAddr) -> Vec<String> {
+    let port = listen.port();
+    let mut hosts = vec![
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+    ];
+    if auth.is_set() {
+        if auth.allowed_hosts.is_empty() {
+            hosts.push(listen.to_string());
+        } else {
+            hosts.extend(auth.allowed_hosts.iter().map(|h| h.trim().to_owned()));
+        }
+    }
+    for h in &mut hosts {
+        h.make_ascii_lowercase();
+    }
+    hosts
+}
+
+/// Whether a request for `host` (its `Host` header, or the URI's authority)
+/// may be answered: one of `allowed` (an entry without a port allows any
+/// port of that name). A request without one is refused when it is an
+/// action (`action`), and answered otherwise (no browser sends one).
+pub fn host_allowed(
+    allowed: &[String],
+    host: Option<&str>,
+    action: bool,
+) -> Result<(), ConsoleError> {
+    let Some(host) = host else {
+        return if action {
+            Err(ConsoleError::ForeignHost("(none)".into()))
+        } else {
+            Ok(())
+        };
+    };
+    let host = host.trim().to_ascii_lowercase();
+    // The name without its port: `[::1]:80` → `[::1]`, `a:80` → `a`.
+    let name = match host.rsplit_once(':') {
+        Some((n, p))
+            if p.bytes().all(|b| b.is_ascii_digit())
+                && !n.is_empty()
+                && (n.starts_with('[') || !n.contains(':')) =>
+        {
+            n
+        }
+        _ => host.as_str(),
+    };
+    let ok = allowed.iter().any(|a| {
+        *a == host
+            || (!a.ends_with(']') && !a.contains(':') && *a == name)
+            || (a.starts_with('[') && a.ends_with(']') && *a == name)
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ConsoleError::ForeignHost(host))
+    }
+}
+
+/// Authenticates every request (see the module docs), after checking its
+/// `Host` ([`host_allowed`]).
 pub async fn authenticate(
     State(console): State<Arc<Console>>,
     mut request: Request,
     next: Next,
 ) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| request.uri().authority().map(|a| a.as_str().to_owned()));
+    let action = !matches!(*request.method(), Method::GET | Method::HEAD);
+    if let Err(e) = host_allowed(&console.hosts, host.as_deref(), action) {
+        return e.into_response();
+    }
     let auth = &console.config.auth;
     let user = if auth.is_set() {
         user_of(auth, request.headers())
@@ -158,6 +239,7 @@ mod tests {
             token: Some("t".into()),
             user: Some("ops".into()),
             password: Some("pw".into()),
+            allowed_hosts: Vec::new(),
         };
         let with = |v: &str| {
             let mut h = HeaderMap::new();
@@ -175,5 +257,51 @@ mod tests {
         assert_eq!(with(&basic("ops:pw")), Some("ops".into()));
         assert_eq!(with(&basic("ops:no")), None);
         assert_eq!(user_of(&auth, &HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn only_this_consoles_names_are_answered() {
+        let listen: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let open = allowed_hosts(&AuthConfig::default(), listen);
+        for ok in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "LOCALHOST:8080",
+            "[::1]:8080",
+        ] {
+            assert!(host_allowed(&open, Some(ok), true).is_ok(), "{ok}");
+        }
+        for bad in [
+            "evil.example:8080",
+            "localhost:9090",
+            "127.0.0.1",
+            "localhost.evil.example:8080",
+        ] {
+            assert!(host_allowed(&open, Some(bad), false).is_err(), "{bad}");
+        }
+        assert!(
+            host_allowed(&open, None, true).is_err(),
+            "an action without a Host"
+        );
+        assert!(host_allowed(&open, None, false).is_ok());
+        let auth = AuthConfig {
+            token: Some("t".into()),
+            allowed_hosts: vec!["dlq.example.com".into(), "ops.example.com:443".into()],
+            ..AuthConfig::default()
+        };
+        let hosts = allowed_hosts(&auth, "0.0.0.0:8080".parse().unwrap());
+        assert!(host_allowed(&hosts, Some("dlq.example.com"), true).is_ok());
+        assert!(host_allowed(&hosts, Some("dlq.example.com:8080"), true).is_ok());
+        assert!(host_allowed(&hosts, Some("ops.example.com:443"), true).is_ok());
+        assert!(host_allowed(&hosts, Some("ops.example.com:80"), true).is_err());
+        assert!(host_allowed(&hosts, Some("evil.example:8080"), true).is_err());
+        // The default: the listen address.
+        let token = AuthConfig {
+            token: Some("t".into()),
+            ..AuthConfig::default()
+        };
+        let hosts = allowed_hosts(&token, "10.0.0.5:8080".parse().unwrap());
+        assert!(host_allowed(&hosts, Some("10.0.0.5:8080"), true).is_ok());
+        assert!(host_allowed(&hosts, Some("evil.example:8080"), true).is_err());
     }
 }

@@ -20,7 +20,12 @@
 //! token = "@/run/secrets/console-token"   # `@/path` reads a file
 //! user = "ops"
 //! password = "@/run/secrets/console-password"
+//! allowed_hosts = ["dlq.example.com"]     # Host headers accepted besides loopback
 //! ```
+//!
+//! An empty secret (`BACKSTOP_CONSOLE_PASSWORD=`) is no secret: it does not
+//! count as authentication, and a user without a password (or the reverse)
+//! refuses to start.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -161,6 +166,12 @@ pub struct AuthConfig {
     pub user: Option<String>,
     /// Its password; `@/path` reads a file.
     pub password: Option<String>,
+    /// The `Host` headers (`name` or `name:port`) requests may carry besides
+    /// the loopback names of the listen port; default: the listen address.
+    /// Only with authentication: without it, only loopback names pass (a
+    /// DNS-rebinding page cannot reach the console).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl std::fmt::Debug for AuthConfig {
@@ -169,14 +180,17 @@ impl std::fmt::Debug for AuthConfig {
             .field("token", &self.token.as_ref().map(|_| "***"))
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("allowed_hosts", &self.allowed_hosts)
             .finish()
     }
 }
 
 impl AuthConfig {
-    /// True when some authentication is configured.
+    /// True when some authentication is configured (empty values never
+    /// count: [`ConsoleConfig::load`] drops them).
     pub fn is_set(&self) -> bool {
-        self.token.is_some() || (self.user.is_some() && self.password.is_some())
+        let given = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
+        given(&self.token) || (given(&self.user) && given(&self.password))
     }
 }
 
@@ -208,14 +222,31 @@ impl ConsoleConfig {
         let mut config: ConsoleConfig =
             toml::from_str(&text).map_err(|e| bad(crate::redact::redact_all(&e.to_string())))?;
         let auth = &mut config.auth;
-        auth.token = auth.token.take().or_else(|| env(TOKEN_ENV));
-        auth.user = auth.user.take().or_else(|| env(USER_ENV));
-        auth.password = auth.password.take().or_else(|| env(PASSWORD_ENV));
-        if let Some(t) = auth.token.take() {
-            auth.token = Some(secret(path, "auth.token", t)?).filter(|t| !t.is_empty());
-        }
-        if let Some(p) = auth.password.take() {
-            auth.password = Some(secret(path, "auth.password", p)?);
+        // An empty value (in the file, the environment or the file it
+        // names) is no value: it never counts as authentication.
+        let given = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
+        let resolved = |what: &str, v: Option<String>, var: &str| {
+            given(v)
+                .or_else(|| given(env(var)))
+                .map(|v| secret(path, what, v))
+                .transpose()
+                .map(given)
+        };
+        auth.token = resolved("auth.token", auth.token.take(), TOKEN_ENV)?;
+        auth.user = given(auth.user.take().or_else(|| env(USER_ENV)));
+        auth.password = resolved("auth.password", auth.password.take(), PASSWORD_ENV)?;
+        match (&auth.user, &auth.password) {
+            (Some(_), None) => {
+                return Err(bad(format!(
+                    "[auth] user is set but its password is missing or empty: set password (or {PASSWORD_ENV}), or remove the user"
+                )));
+            }
+            (None, Some(_)) => {
+                return Err(bad(format!(
+                    "[auth] password is set but its user is missing or empty: set user (or {USER_ENV}), or remove the password"
+                )));
+            }
+            _ => {}
         }
         for r in &mut config.rabbitmq {
             r.url = secret(path, "rabbitmq.url", std::mem::take(&mut r.url))?;
@@ -298,6 +329,40 @@ mod tests {
         let c = load(KAFKA, &[(TOKEN_ENV, "t0ken")]).unwrap();
         assert!(c.listen_addr(Some("0.0.0.0:8080")).is_ok());
         assert!(!format!("{c:?}").contains("t0ken"));
+    }
+
+    #[test]
+    fn empty_or_half_credentials_are_no_authentication() {
+        // An empty password (`BACKSTOP_CONSOLE_PASSWORD=`) is not a password.
+        let e = load(KAFKA, &[(USER_ENV, "ops"), (PASSWORD_ENV, "")]).unwrap_err();
+        assert!(
+            e.to_string().contains("password is missing or empty"),
+            "{e}"
+        );
+        let e = load(&format!("{KAFKA}[auth]\npassword = \"pw\"\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("user is missing or empty"), "{e}");
+        let e = load(
+            &format!("{KAFKA}[auth]\nuser = \"\"\npassword = \"pw\"\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("user is missing or empty"), "{e}");
+        // Empty everywhere: no authentication, so loopback only.
+        let c = load(
+            KAFKA,
+            &[(TOKEN_ENV, ""), (USER_ENV, ""), (PASSWORD_ENV, " ")],
+        )
+        .unwrap();
+        assert!(!c.auth.is_set());
+        assert!(matches!(
+            c.listen_addr(Some("0.0.0.0:8080")),
+            Err(ConsoleError::Unauthenticated(_))
+        ));
+        let c = load(&format!("{KAFKA}[auth]\ntoken = \"\"\n"), &[]).unwrap();
+        assert!(!c.auth.is_set());
+        // A whole pair counts.
+        let c = load(KAFKA, &[(USER_ENV, "ops"), (PASSWORD_ENV, "pw")]).unwrap();
+        assert!(c.auth.is_set());
     }
 
     #[test]

@@ -61,6 +61,15 @@ pub enum ConsoleError {
         "the console is read-only (read_only in its configuration or --read-only): no action is allowed"
     )]
     ReadOnly,
+    /// A request whose `Host` is not one the console answers to (a
+    /// DNS-rebinding page, or a proxy that does not pass the name on).
+    #[error(
+        "refused a request for host {0:?}: this console answers only to 127.0.0.1, localhost and [::1] on its port, and with authentication to [auth] allowed_hosts (default: the listen address)"
+    )]
+    ForeignHost(String),
+    /// A job that is not running (to cancel).
+    #[error("job {0} is not running (it finished, failed or was cancelled already)")]
+    NotRunning(i64),
     /// An action without a valid CSRF token or from another site.
     #[error("{0}: reload the page and try again")]
     Csrf(String),
@@ -77,7 +86,10 @@ impl ConsoleError {
                 StatusCode::NOT_FOUND
             }
             ConsoleError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ConsoleError::ReadOnly | ConsoleError::Csrf(_) => StatusCode::FORBIDDEN,
+            ConsoleError::ReadOnly | ConsoleError::Csrf(_) | ConsoleError::ForeignHost(_) => {
+                StatusCode::FORBIDDEN
+            }
+            ConsoleError::NotRunning(_) => StatusCode::CONFLICT,
             ConsoleError::Dlq(CliError::Usage(_)) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }

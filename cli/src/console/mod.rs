@@ -59,18 +59,18 @@ pub struct ConsoleArgs {
 pub async fn run(args: &ConsoleArgs) -> Result<(), ConsoleError> {
     let config = ConsoleConfig::load(&args.config, |k| std::env::var(k).ok())?;
     let addr = config.listen_addr(args.listen.as_deref())?;
-    let console = Arc::new(Console::new(config, args.read_only)?);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ConsoleError::Listen {
             addr: addr.to_string(),
             source,
         })?;
+    let bound = listener.local_addr().map_or(addr, |a| a);
+    let console = Arc::new(Console::new(config, args.read_only, bound)?);
     let resumed = actions::resume_all(&console)?;
     if console.config.auto_index {
         tokio::spawn(state::index_loop(Arc::clone(&console)));
     }
-    let bound = listener.local_addr().map_or(addr, |a| a);
     eprintln!(
         "backstop console on http://{bound}/{}{}",
         if console.read_only {

@@ -94,6 +94,11 @@ pub struct Console {
     pub csrf: String,
     /// No action allowed.
     pub read_only: bool,
+    /// The `Host` headers requests may carry, lowercase (see
+    /// [`super::auth::host_allowed`]).
+    pub hosts: Vec<String>,
+    /// The stop flags of the jobs this process runs, by job number.
+    pub(crate) stops: Mutex<HashMap<i64, Arc<std::sync::atomic::AtomicBool>>>,
     dlqs: Mutex<HashMap<String, Arc<DlqState>>>,
     index_dir: PathBuf,
 }
@@ -112,21 +117,43 @@ fn file_name(key: &str) -> String {
     out
 }
 
+/// Creates `dir` (and its parents) readable by this user only, and makes an
+/// existing one so.
+fn private_dir(dir: &std::path::Path) -> Result<(), ConsoleError> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let failed = |e: std::io::Error| ConsoleError::State {
+        path: dir.display().to_string(),
+        reason: e.to_string(),
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(failed)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(failed)
+}
+
 impl Console {
-    /// The console of `config`, its state directory created.
-    pub fn new(config: ConsoleConfig, read_only: bool) -> Result<Self, ConsoleError> {
+    /// The console of `config` listening on `listen`, its state directory
+    /// created (mode 0700: the indexes hold letter bodies).
+    pub fn new(
+        config: ConsoleConfig,
+        read_only: bool,
+        listen: std::net::SocketAddr,
+    ) -> Result<Self, ConsoleError> {
         let dir = config.state_dir();
         let index_dir = dir.join("index");
-        std::fs::create_dir_all(&index_dir).map_err(|e| ConsoleError::State {
-            path: index_dir.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        private_dir(&dir)?;
+        private_dir(&index_dir)?;
         let store = Store::open(&dir.join("console.sqlite"))?;
+        let hosts = super::auth::allowed_hosts(&config.auth, listen);
         Ok(Console {
             read_only: read_only || config.read_only,
             config,
             store,
             csrf: hex::encode(rand::random::<[u8; 32]>()),
+            hosts,
+            stops: Mutex::new(HashMap::new()),
             dlqs: Mutex::new(HashMap::new()),
             index_dir,
         })
