@@ -273,8 +273,8 @@ pub struct ReplayDlqArgs {
     /// Print what would be replayed, change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// At most this many messages per second.
-    #[arg(long, value_name = "MSGS_PER_SEC")]
+    /// At most this many messages per second (0.01 to 100000).
+    #[arg(long, value_name = "MSGS_PER_SEC", value_parser = parse_rate)]
     pub rate: Option<f64>,
     /// Refuse letters already replayed this many times (loop guard).
     #[arg(long, default_value_t = 3)]
@@ -361,6 +361,15 @@ impl std::fmt::Debug for DoctorArgs {
             .field("json", &self.json)
             .finish()
     }
+}
+
+/// A `--rate`: a number within [`crate::dlq::check_rate`]'s range.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .trim()
+        .parse()
+        .map_err(|e| format!("{text:?} is not a number: {e}"))?;
+    crate::dlq::check_rate(rate).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@ pub struct Filter {
     kind: Option<String>,
     source: Option<String>,
     key: Option<String>,
-    ids: Vec<String>,
+    /// Looked up per letter: a set, as a console job may carry many.
+    ids: std::collections::HashSet<String>,
     since: Option<SystemTime>,
     until: Option<SystemTime>,
 }
@@ -34,7 +35,7 @@ impl Filter {
             kind: args.kind.clone(),
             source: args.source.clone(),
             key: args.key.clone(),
-            ids: args.ids.clone(),
+            ids: args.ids.iter().cloned().collect(),
             since: time("--since", &args.since)?,
             until: time("--until", &args.until)?,
         })
@@ -43,7 +44,7 @@ impl Filter {
     /// A filter selecting exactly one message id.
     pub fn id(id: &str) -> Self {
         Filter {
-            ids: vec![id.to_owned()],
+            ids: std::iter::once(id.to_owned()).collect(),
             ..Filter::default()
         }
     }
@@ -74,7 +75,7 @@ impl Filter {
                 return false;
             }
         }
-        if !self.ids.is_empty() && !self.ids.iter().any(|i| i == letter.id()) {
+        if !self.ids.is_empty() && !self.ids.contains(letter.id()) {
             return false;
         }
         let failed = letter.failed_at();

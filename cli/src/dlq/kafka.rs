@@ -338,7 +338,9 @@ impl KafkaDlq {
             letters: stream.len(),
         });
         let result = async {
-            while let Some(letter) = stream.next().await? {
+            while !watch.stopped()
+                && let Some(letter) = stream.next().await?
+            {
                 bar.inc(1);
                 watch.see(Step::Walked);
                 if !filter.matches(&letter) {
@@ -432,7 +434,9 @@ impl KafkaDlq {
             letters: stream.len(),
         });
         let mut publisher = None;
-        while let Some(letter) = stream.next().await? {
+        while !watch.stopped()
+            && let Some(letter) = stream.next().await?
+        {
             watch.see(Step::Walked);
             if !filter.matches(&letter) {
                 continue;

@@ -188,8 +188,14 @@ pub enum Step<'a> {
 /// A front end's view into a running redrive or purge: called with every
 /// [`Step`], on the task that runs the action (keep it quick). The default
 /// watches nothing.
+///
+/// It also carries a stop flag ([`Watch::with_stop`]): a redrive or purge
+/// checks it between letters and ends early, cleanly, once it is set.
 #[derive(Clone, Default)]
-pub struct Watch(Option<std::sync::Arc<WatchFn>>);
+pub struct Watch(
+    Option<std::sync::Arc<WatchFn>>,
+    Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+);
 
 /// What a [`Watch`] calls.
 type WatchFn = dyn Fn(Step<'_>) + Send + Sync;
@@ -197,7 +203,21 @@ type WatchFn = dyn Fn(Step<'_>) + Send + Sync;
 impl Watch {
     /// A watch that calls `f` with every step.
     pub fn new(f: impl Fn(Step<'_>) + Send + Sync + 'static) -> Self {
-        Watch(Some(std::sync::Arc::new(f)))
+        Watch(Some(std::sync::Arc::new(f)), None)
+    }
+
+    /// This watch, and `stop`: once it is set, the action stops before its
+    /// next letter (the letters in flight settled first).
+    #[must_use]
+    pub fn with_stop(self, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        Watch(self.0, Some(stop))
+    }
+
+    /// True once the action was asked to stop.
+    pub fn stopped(&self) -> bool {
+        self.1
+            .as_ref()
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     /// Reports `step`.
@@ -366,20 +386,35 @@ pub struct Pacer {
     interval: Option<tokio::time::Interval>,
 }
 
+/// The slowest `--rate` (messages per second): one every 100 s.
+pub const MIN_RATE: f64 = 0.01;
+/// The fastest `--rate` (messages per second): 10 µs apart.
+pub const MAX_RATE: f64 = 100_000.0;
+
+/// Checks a `--rate`: a number of messages per second from [`MIN_RATE`] to
+/// [`MAX_RATE`] (outside, the interval is longer than a timer takes, or
+/// zero).
+pub fn check_rate(rate: f64) -> Result<f64, CliError> {
+    if rate.is_finite() && (MIN_RATE..=MAX_RATE).contains(&rate) {
+        Ok(rate)
+    } else {
+        Err(CliError::Usage(format!(
+            "--rate {rate} must be a number of messages per second from {MIN_RATE} to {MAX_RATE} (leave it out for no limit)"
+        )))
+    }
+}
+
 impl Pacer {
-    /// A pacer for `rate` messages per second (none: as fast as confirms come).
+    /// A pacer for `rate` messages per second (none: as fast as confirms
+    /// come); refused outside [`check_rate`]'s range.
     pub fn new(rate: Option<f64>) -> Result<Self, CliError> {
         let interval = match rate {
             None => None,
-            Some(r) if r.is_finite() && r > 0.0 => {
+            Some(r) => {
+                let r = check_rate(r)?;
                 let mut i = tokio::time::interval(Duration::from_secs_f64(1.0 / r));
                 i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 Some(i)
-            }
-            Some(r) => {
-                return Err(CliError::Usage(format!(
-                    "--rate {r} must be a positive number of messages per second"
-                )));
             }
         };
         Ok(Pacer { interval })

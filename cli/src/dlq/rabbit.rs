@@ -598,6 +598,11 @@ impl RabbitDlq {
                 if !options.dry_run {
                     pacer.tick().await;
                 }
+                // Stopped between letters: those in flight are confirmed
+                // and acked by the drain below, none is held half-way.
+                if watch.stopped() {
+                    break;
+                }
                 let Some(held) = walk.next(self).await? else {
                     break;
                 };
@@ -681,7 +686,9 @@ impl RabbitDlq {
         };
         let mut copies = Scratch::new()?;
         let result = async {
-            while let Some(held) = walk.next(self).await? {
+            while !watch.stopped()
+                && let Some(held) = walk.next(self).await?
+            {
                 watch.see(Step::Walked);
                 let id = held.letter.id().to_owned();
                 if copies.mark(&id)? == Some(Mark::Removed) {
