@@ -306,6 +306,31 @@ async fn a_failed_redrive_says_why_and_keeps_every_letter() {
     assert!(console.page("/audit").await.contains("redrive failed"));
 }
 
+/// Starts a redrive of every letter of the DLQ page `path` at `rate`
+/// letters a second and waits until it redrove `at_least`; its job number.
+async fn paced_redrive(console: &Console, path: &str, rate: &str, at_least: u64) -> u64 {
+    let csrf = token(&console.page(path).await);
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("scope", "matching"),
+        ("rate", rate),
+    ];
+    let (_, job) = console.post(&format!("{path}/redrive"), &form).await;
+    let id = job_id(&job);
+    let until = Instant::now() + JOB;
+    loop {
+        let progress = console.page(&format!("/jobs/{id}/progress")).await;
+        if number(&progress, "done").is_some_and(|d| d >= at_least) {
+            return id;
+        }
+        assert!(
+            Instant::now() < until,
+            "the redrive does not progress: {progress}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The console is killed (SIGKILL) while a paced redrive runs, then
 /// started again on the same state: it resumes the job, which finishes
 /// without redriving a letter twice. A worker with an idempotency store
@@ -325,26 +350,8 @@ async fn an_interrupted_redrive_resumes_after_a_restart_and_runs_each_letter_onc
     let conf = config(dir.path(), &q, "");
     let path = dlq_path("rabbitmq", &dlq);
     let console = Console::start(&conf, &[]);
-    let csrf = token(&console.wait_count(&path, total, INDEXED).await);
-    let form = [
-        ("csrf", csrf.as_str()),
-        ("scope", "matching"),
-        ("rate", "20"),
-    ];
-    let (_, job) = console.post(&format!("{path}/redrive"), &form).await;
-    let id = job_id(&job);
-    let until = Instant::now() + JOB;
-    loop {
-        let progress = console.page(&format!("/jobs/{id}/progress")).await;
-        if number(&progress, "done").is_some_and(|d| d >= 15) {
-            break;
-        }
-        assert!(
-            Instant::now() < until,
-            "the redrive does not progress: {progress}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    console.wait_count(&path, total, INDEXED).await;
+    let id = paced_redrive(&console, &path, "20", 15).await;
     drop(console); // SIGKILL
     let left = rabbit.message_count(&dlq).await.unwrap();
     assert!(
@@ -358,8 +365,10 @@ async fn an_interrupted_redrive_resumes_after_a_restart_and_runs_each_letter_onc
     assert!(done.contains("resumed 1 time(s)"), "{done}");
     assert_eq!(settled(&rabbit, &dlq, 0).await, 0, "the DLQ is drained");
     let delivered = rabbit.message_count(&q).await.unwrap();
+    // Paced: one letter in flight, so at most one copy is sent again (the
+    // one confirmed but not acked when the console was killed).
     assert!(
-        u64::from(delivered) >= total,
+        u64::from(delivered) >= total && u64::from(delivered) <= total + 1,
         "{delivered} copies for {total} letters"
     );
     let audit = console.page("/audit").await;
@@ -557,14 +566,185 @@ async fn authentication_csrf_and_read_only_refuse_what_they_must() {
     );
     drop(console);
 
+    // Read-only over a fresh state: nothing walks the RabbitMQ queue (a
+    // walk takes and puts back every letter), neither a page nor a POST.
     let console = Console::start(&open, &["--read-only"]);
-    let page = console.wait_count(&path, 4, INDEXED).await;
+    let page = console.page(&path).await;
     assert!(page.contains("read-only") && !page.contains("id=\"purge\""));
-    let (status, refused) = console
-        .post(&preview, &[("csrf", &token(&page)), scope])
+    assert!(page.contains("index not built yet"), "{page}");
+    let csrf = token(&page);
+    for action in ["preview", "redrive", "purge", "reindex"] {
+        let (status, refused) = console
+            .post(
+                &format!("{path}/{action}"),
+                &[
+                    ("csrf", csrf.as_str()),
+                    scope,
+                    ("confirm", &format!("{q}.dlq")),
+                ],
+            )
+            .await;
+        assert_eq!(status, 403, "{action}: {refused}");
+        assert!(refused.contains("read-only"), "{action}: {refused}");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(console.page(&path).await.contains("index not built yet"));
+    assert_eq!(rabbit_count(&format!("{q}.dlq")).await, 4, "no letter left");
+}
+
+/// Rates a timer cannot keep (`1e-300` per second: an interval longer
+/// than any timer; `1e12`: a zero interval) are refused with a message,
+/// and no job is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_rates_are_refused_and_start_no_job() {
+    let (_rabbit, q) = rabbit_dlq("cr", 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let console = Console::start(&config(dir.path(), &q, ""), &[]);
+    let path = dlq_path("rabbitmq", &format!("{q}.dlq"));
+    let csrf = token(&console.wait_count(&path, 3, INDEXED).await);
+    for rate in ["1e-300", "1e12", "0.001", "100001", "0", "-1", "NaN", "inf"] {
+        for action in ["preview", "redrive"] {
+            let form = [
+                ("csrf", csrf.as_str()),
+                ("scope", "matching"),
+                ("rate", rate),
+            ];
+            let (status, body) = console.post(&format!("{path}/{action}"), &form).await;
+            assert_eq!(status, 400, "{action} at rate {rate}: {body}");
+            assert!(body.contains("from 0.01 to 100000"), "{body}");
+        }
+    }
+    let audit = console.page("/audit").await;
+    assert!(!audit.contains("/jobs/"), "no job: {audit}");
+    // The CLI refuses them too.
+    let dlq = format!("{q}.dlq");
+    let out = cli(&[
+        "dlq",
+        "replay",
+        "--amqp",
+        &amqp(),
+        "--queue",
+        &q,
+        "--rate",
+        "1e12",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("from 0.01 to 100000"), "{err}");
+    assert_eq!(rabbit_count(&dlq).await, 3);
+}
+
+/// A redrive cancelled mid-way ends `cancelled` with fewer letters redriven
+/// than selected, none lost; a console restarted read-only does not resume
+/// a job (it shows it `interrupted`), the next one that may act does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_redrive_stops_between_letters_and_read_only_resumes_nothing() {
+    let total = 40u64;
+    let (rabbit, q) = rabbit_dlq("cc", total).await;
+    let dlq = format!("{q}.dlq");
+    let dir = tempfile::tempdir().unwrap();
+    let conf = config(dir.path(), &q, "");
+    let path = dlq_path("rabbitmq", &dlq);
+    let console = Console::start(&conf, &[]);
+    console.wait_count(&path, total, INDEXED).await;
+    let id = paced_redrive(&console, &path, "10", 5).await;
+    drop(console); // SIGKILL mid-way
+    let left = settled(&rabbit, &dlq, 0).await;
+
+    let read_only = Console::start(&conf, &["--read-only"]);
+    let page = read_only.page(&format!("/jobs/{id}")).await;
+    assert!(page.contains("data-status=\"interrupted\""), "{page}");
+    assert!(!page.contains("id=\"cancel\""), "no cancel read-only");
+    let (status, _) = read_only
+        .post(&format!("/jobs/{id}/cancel"), &[("csrf", "any")])
         .await;
-    assert_eq!(status, 403);
-    assert!(refused.contains("read-only"), "{refused}");
+    assert_eq!(status, 403, "cancel is refused read-only");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        rabbit.message_count(&dlq).await.unwrap(),
+        left,
+        "not resumed"
+    );
+    drop(read_only);
+
+    let console = Console::start(&conf, &[]);
+    let page = console.page(&format!("/jobs/{id}")).await;
+    assert!(page.contains("id=\"cancel\""), "{page}");
+    let csrf = token(&page);
+    let (status, body) = console
+        .post(&format!("/jobs/{id}/cancel"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let done = console.wait_job(id, JOB).await;
+    assert!(done.contains("data-status=\"cancelled\""), "{done}");
+    let redriven = number(&done, "done").unwrap();
+    assert!(redriven < total, "{redriven} of {total} redriven");
+    let (status, _) = console
+        .post(&format!("/jobs/{id}/cancel"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(status, 409, "a job that ended cannot be cancelled");
+    let audit = console.page("/audit").await;
+    assert!(audit.contains("redrive cancelled"), "{audit}");
+
+    // None lost: each letter is in the DLQ or at its source (one sent
+    // twice at most: confirmed but not acked when the console was killed).
+    let in_dlq = queue_ids(&dlq).await;
+    let at_source = queue_ids(&q).await;
+    assert!(!in_dlq.is_empty(), "stopped before the end");
+    let all: BTreeSet<&String> = in_dlq.iter().chain(&at_source).collect();
+    let want: BTreeSet<String> = (0..total).map(|i| format!("{q}-{i}")).collect();
+    assert_eq!(all, want.iter().collect(), "no letter lost");
+    assert!(in_dlq.len() + at_source.len() <= total as usize + 1);
+}
+
+/// Without `auto_index`, a GET of an unindexed DLQ walks nothing and offers
+/// a button that builds the index; a redrive of "every letter matching"
+/// acts on the letters the index holds, not on one that reached the DLQ
+/// after it was built.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_matching_redrive_leaves_letters_that_arrived_after_the_index() {
+    let (rabbit, q) = rabbit_dlq("cm", 6).await;
+    let dlq = format!("{q}.dlq");
+    let dir = tempfile::tempdir().unwrap();
+    let conf = common::console::config_with(dir.path(), &q, "auto_index = false", "");
+    let console = Console::start(&conf, &[]);
+    let path = dlq_path("rabbitmq", &dlq);
+    let page = console.page(&path).await;
+    assert!(page.contains("Build the index"), "{page}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(console.page(&path).await.contains("index not built yet"));
+    let csrf = token(&page);
+    let (status, body) = console
+        .post(&format!("{path}/reindex"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(status, 200, "{body}");
+    console.wait_count(&path, 6, INDEXED).await;
+
+    let publisher = rabbit.publisher();
+    let late: Vec<String> = (0..2).map(|i| format!("{q}-late-{i}")).collect();
+    for (i, id) in late.iter().enumerate() {
+        let m = test_letter(&q, id, 100 + i as u64);
+        publisher.publish_to_queue(&dlq, &m).await.unwrap();
+    }
+    publisher.close().await;
+    assert_eq!(settled(&rabbit, &dlq, 8).await, 8);
+
+    let form = [("csrf", csrf.as_str()), ("scope", "matching")];
+    let (_, preview) = console.post(&format!("{path}/preview"), &form).await;
+    assert_eq!(number(&preview, "would"), Some(6), "{preview}");
+    assert!(preview.contains("id=\"bound\""), "{preview}");
+    let (_, job) = console.post(&format!("{path}/redrive"), &form).await;
+    let done = console.wait_job(job_id(&job), JOB).await;
+    assert!(done.contains("data-status=\"done\""), "{done}");
+    assert_eq!(number(&done, "done"), Some(6), "{done}");
+    assert_eq!(settled(&rabbit, &dlq, 2).await, 2);
+    assert_eq!(queue_ids(&dlq).await, late, "the late letters stayed");
+    assert_eq!(settled(&rabbit, &q, 6).await, 6);
+    let audit = console.page("/audit").await;
+    assert!(
+        audit.contains("bound to the 6 letter(s) in the index"),
+        "{audit}"
+    );
 }
 
 /// A DNS-rebinding page (`http://evil.example:<port>` resolving to

@@ -11,10 +11,21 @@
 //! confirmed (a crash between the two leaves the letter, and its rerun
 //! copy carries the same message id and replay count, which the
 //! idempotency layer admits once); on Kafka the state topic records every
-//! redriven letter, and the rerun skips them.
+//! redriven letter, and the rerun skips them. A read-only console resumes
+//! nothing: it marks such jobs `interrupted` (the next console that may act
+//! resumes them).
+//!
+//! **Bounded.** A job over "every letter matching the filter" acts on the
+//! letters the index holds when it starts ([`JobSpec::only`]), never on
+//! letters that reached the DLQ later.
+//!
+//! **Cancellable.** [`cancel`] sets the job's stop flag; the library checks
+//! it between letters (on RabbitMQ after the letters in flight are
+//! confirmed and acked), and the job ends `cancelled`. A job whose run
+//! fails or panics ends `failed`, its progress ticker stopped.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::error::ConsoleError;
@@ -74,6 +85,26 @@ pub async fn preview(
     Ok(preview)
 }
 
+/// The most letters a "matching" job carries by id (see the module docs).
+pub const MAX_BOUND: usize = 200_000;
+
+/// The message ids of the letters the index holds for `query` (a
+/// "matching" job's bound); refused when empty or above [`MAX_BOUND`].
+pub fn bound(dlq: &DlqState, query: &Query) -> Result<Vec<String>, ConsoleError> {
+    let ids = dlq.index().ids(query, MAX_BOUND)?;
+    if ids.is_empty() {
+        return Err(ConsoleError::BadRequest(
+            "no letter in the index matches the filter (walk the queue again if letters arrived since)".into(),
+        ));
+    }
+    if ids.len() > MAX_BOUND {
+        return Err(ConsoleError::BadRequest(format!(
+            "the filter selects more than {MAX_BOUND} letters: narrow it (by kind, error, source or time) and act in parts, or use the CLI"
+        )));
+    }
+    Ok(ids)
+}
+
 /// Records and starts a job; returns its number.
 pub fn start(console: &Arc<Console>, spec: JobSpec, user: &str) -> Result<i64, ConsoleError> {
     let id = console.store.create_job(&spec, user)?;
@@ -81,9 +112,27 @@ pub fn start(console: &Arc<Console>, spec: JobSpec, user: &str) -> Result<i64, C
     Ok(id)
 }
 
-/// Runs again every job the console was running when it stopped.
+/// Asks running job `id` to stop (see the module docs).
+pub fn cancel(console: &Console, id: i64) -> Result<(), ConsoleError> {
+    let stops = console.stops.lock().map_err(|_| ConsoleError::State {
+        path: format!("job {id}"),
+        reason: "a job panicked".into(),
+    })?;
+    let stop = stops.get(&id).ok_or(ConsoleError::NotRunning(id))?;
+    stop.store(true, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Runs again every job the console was running when it stopped; a
+/// read-only console marks them `interrupted` instead and returns 0.
 pub fn resume_all(console: &Arc<Console>) -> Result<usize, ConsoleError> {
     let jobs = console.store.jobs(true, 1000)?;
+    if console.read_only {
+        for job in &jobs {
+            console.store.interrupted(job.id)?;
+        }
+        return Ok(0);
+    }
     for job in &jobs {
         console.store.restarted(job.id)?;
         console.store.audit(
@@ -120,16 +169,54 @@ struct Counters {
     refused: AtomicU64,
 }
 
+/// Aborts a task when dropped (also when the job's run panics).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn run(console: Arc<Console>, id: i64, spec: JobSpec, user: String, done_before: u64) {
     let counters = Arc::new(Counters::default());
     counters.done.store(done_before, Ordering::Relaxed);
-    let result = execute(&console, id, &spec, &counters).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    if let Ok(mut stops) = console.stops.lock() {
+        stops.insert(id, Arc::clone(&stop));
+    }
+    // On a task of its own: a panic in it fails the job instead of
+    // leaving it "running" (and resumed, to panic again, at every start).
+    let task = {
+        let (console, spec, counters, stop) = (
+            Arc::clone(&console),
+            spec.clone(),
+            Arc::clone(&counters),
+            Arc::clone(&stop),
+        );
+        tokio::spawn(async move { execute(&console, id, &spec, &counters, stop).await })
+    };
+    let result = match task.await {
+        Ok(r) => r,
+        Err(e) => Err(ConsoleError::State {
+            path: format!("job {id}"),
+            reason: if e.is_panic() {
+                "the job's run panicked (a bug: please report it with the console's log)".into()
+            } else {
+                format!("the job's run ended: {e}")
+            },
+        }),
+    };
+    if let Ok(mut stops) = console.stops.lock() {
+        stops.remove(&id);
+    }
+    let cancelled = stop.load(Ordering::SeqCst);
     let done = counters.done.load(Ordering::Relaxed);
     let error = result
         .err()
         .map(|e| crate::redact::redact_all(&e.to_string()));
     let _ = save(&console, id, &counters);
-    let _ = console.store.finish(id, error.as_deref());
+    let _ = console.store.finish(id, error.as_deref(), cancelled);
     // RabbitMQ: a letter is marked in the index when its copy goes out,
     // before the broker confirms it; after a failure, walk the queue again
     // so the index shows what stayed.
@@ -140,6 +227,7 @@ async fn run(console: Arc<Console>, id: i64, spec: JobSpec, user: String, done_b
         super::state::spawn_index(state, true);
     }
     let (what, detail) = match &error {
+        None if cancelled => ("cancelled", format!("job {id}, stopped on request")),
         None => ("finished", format!("job {id}")),
         Some(e) => ("failed", format!("job {id}: {e}")),
     };
@@ -168,9 +256,17 @@ async fn execute(
     id: i64,
     spec: &JobSpec,
     counters: &Arc<Counters>,
+    stop: Arc<AtomicBool>,
 ) -> Result<(), ConsoleError> {
     let state = console.dlq(&spec.cluster, &spec.dlq).await?;
-    let filter = spec.query.filter()?;
+    let mut query = spec.query.clone();
+    if let Some(only) = &spec.only {
+        if only.is_empty() {
+            return Ok(());
+        }
+        query.ids.clone_from(only);
+    }
+    let filter = query.filter()?;
     let _walk = state.lock.lock().await;
     let dlq = state.at.open().await?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -187,7 +283,8 @@ async fn execute(
         Step::Refused { .. } => {
             c.refused.fetch_add(1, Ordering::Relaxed);
         }
-    });
+    })
+    .with_stop(stop);
     let marker = tokio::spawn(mark(
         Arc::clone(console),
         Arc::clone(&state),
@@ -196,12 +293,12 @@ async fn execute(
     ));
     let ticker = {
         let (console, counters) = (Arc::clone(console), Arc::clone(counters));
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 let _ = save(&console, id, &counters);
             }
-        })
+        }))
     };
     let outcome = match spec.action {
         Action::Redrive => {
@@ -222,7 +319,7 @@ async fn execute(
     };
     // The watch (and its sender) is gone: the marker drains and ends.
     let marked = marker.await;
-    ticker.abort();
+    drop(ticker);
     outcome?;
     marked.unwrap_or(Ok(()))
 }

@@ -196,7 +196,8 @@ pub async fn guard(
     if matches!(*request.method(), Method::GET | Method::HEAD) {
         return Ok(next.run(request).await);
     }
-    // Walking a queue to index it changes no letter: allowed read-only.
+    // An index walk: the handler refuses RabbitMQ's read-only (it takes and
+    // puts back every letter); Kafka's only reads.
     if console.read_only && !request.uri().path().ends_with("/reindex") {
         return Err(ConsoleError::ReadOnly);
     }

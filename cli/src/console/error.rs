@@ -61,6 +61,11 @@ pub enum ConsoleError {
         "the console is read-only (read_only in its configuration or --read-only): no action is allowed"
     )]
     ReadOnly,
+    /// A RabbitMQ index walk while the console runs read-only.
+    #[error(
+        "the console is read-only: walking a RabbitMQ queue to index it takes and puts back every letter, so it is not done read-only (start the console without --read-only to build the index)"
+    )]
+    ReadOnlyWalk,
     /// A request whose `Host` is not one the console answers to (a
     /// DNS-rebinding page, or a proxy that does not pass the name on).
     #[error(
@@ -86,9 +91,10 @@ impl ConsoleError {
                 StatusCode::NOT_FOUND
             }
             ConsoleError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ConsoleError::ReadOnly | ConsoleError::Csrf(_) | ConsoleError::ForeignHost(_) => {
-                StatusCode::FORBIDDEN
-            }
+            ConsoleError::ReadOnly
+            | ConsoleError::ReadOnlyWalk
+            | ConsoleError::Csrf(_)
+            | ConsoleError::ForeignHost(_) => StatusCode::FORBIDDEN,
             ConsoleError::NotRunning(_) => StatusCode::CONFLICT,
             ConsoleError::Dlq(CliError::Usage(_)) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,

@@ -281,6 +281,21 @@ impl Index {
         })
     }
 
+    /// The message ids of the live letters `query` selects, at most `limit`
+    /// (one more tells the caller there are more).
+    pub fn ids(&self, query: &Query, limit: usize) -> Result<Vec<String>, ConsoleError> {
+        let (cond, values) = query.sql(false)?;
+        let sql = format!(
+            "SELECT DISTINCT id FROM letters WHERE {cond} LIMIT {}",
+            limit + 1
+        );
+        self.with(|db| {
+            let mut st = db.prepare(&sql)?;
+            st.query_map(params_from_iter(values.iter()), |r| r.get(0))?
+                .collect()
+        })
+    }
+
     /// Live letters by a column's value (`kind` or `source`), most first.
     pub fn values(&self, column: &str) -> Result<Vec<(String, u64)>, ConsoleError> {
         let column = if column == "kind" { "kind" } else { "source" };

@@ -1,6 +1,7 @@
 //! The actions: a redrive's dry run and the redrive itself, purge (typed
-//! confirmation), and a new index walk. Each passed [`super::auth::guard`]
-//! (CSRF, read-only) and is written to the audit log.
+//! confirmation), cancelling a job, and building or refreshing an index.
+//! Each passed [`super::auth::guard`] (CSRF, read-only) and is written to
+//! the audit log.
 
 use std::sync::Arc;
 
@@ -78,15 +79,24 @@ impl Form {
     }
 
     fn rate(&self) -> Result<Option<f64>, ConsoleError> {
+        use crate::dlq::{MAX_RATE, MIN_RATE, check_rate};
         match self.get("rate") {
             "" => Ok(None),
-            r => match r.parse::<f64>() {
-                Ok(v) if v.is_finite() && v > 0.0 => Ok(Some(v)),
-                _ => Err(ConsoleError::BadRequest(format!(
-                    "rate {r:?}: give a positive number of letters per second, or leave it empty"
-                ))),
-            },
+            r => r
+                .parse::<f64>()
+                .ok()
+                .and_then(|v| check_rate(v).ok())
+                .map(Some)
+                .ok_or_else(|| {
+                    ConsoleError::BadRequest(format!(
+                        "rate {r:?}: give a number of letters per second from {MIN_RATE} to {MAX_RATE}, or leave it empty for no limit"
+                    ))
+                }),
         }
+    }
+
+    fn matching(&self) -> bool {
+        self.get("scope") == "matching"
     }
 
     fn max_replays(&self) -> Result<u32, ConsoleError> {
@@ -139,16 +149,32 @@ pub async fn preview(
     )
 }
 
+/// Starts `spec`; a job over every matching letter is bound to the letters
+/// the index holds now ([`actions::bound`]), and the audit counts those.
 async fn start(
     console: &Arc<Console>,
     user: &User,
-    spec: JobSpec,
+    mut spec: JobSpec,
+    matching: bool,
     detail: String,
 ) -> Result<Response, ConsoleError> {
     let state = console.dlq(&spec.cluster, &spec.dlq).await?;
-    let index = state.index();
-    let q = spec.query.clone();
-    let count = blocking(move || index.count(&q, false)).await?;
+    let count = if matching {
+        let (s, q) = (Arc::clone(&state), spec.query.clone());
+        let ids = blocking(move || actions::bound(&s, &q)).await?;
+        let n = ids.len() as u64;
+        spec.only = Some(ids);
+        n
+    } else {
+        let index = state.index();
+        let q = spec.query.clone();
+        blocking(move || index.count(&q, false)).await?
+    };
+    let detail = if matching {
+        format!("{detail}; bound to the {count} letter(s) in the index")
+    } else {
+        detail
+    };
     let id = actions::start(console, spec.clone(), &user.0)?;
     let verb = match spec.action {
         Action::Redrive => "redrive",
@@ -177,8 +203,9 @@ pub async fn redrive(
         to: form.to(),
         rate: form.rate()?,
         max_replays: form.max_replays()?,
-        cluster: form.cluster,
-        dlq: form.name,
+        only: None,
+        cluster: form.cluster.clone(),
+        dlq: form.name.clone(),
     };
     let detail = format!(
         ", to {}, rate {}, loop guard {}",
@@ -186,7 +213,7 @@ pub async fn redrive(
         spec.rate.map_or("unlimited".into(), |r| format!("{r}/s")),
         spec.max_replays
     );
-    start(&console, &user, spec, detail).await
+    start(&console, &user, spec, form.matching(), detail).await
 }
 
 /// `POST …/purge`: starts a purge job once the DLQ's name was typed.
@@ -207,19 +234,44 @@ pub async fn purge(
         to: None,
         rate: None,
         max_replays: 0,
-        cluster: form.cluster,
-        dlq: form.name,
+        only: None,
+        cluster: form.cluster.clone(),
+        dlq: form.name.clone(),
     };
-    start(&console, &user, spec, String::new()).await
+    start(&console, &user, spec, form.matching(), String::new()).await
 }
 
-/// `POST …/reindex`: brings the index up to date (RabbitMQ: walks again).
+/// `POST /jobs/{id}/cancel`: asks a running job to stop between letters.
+pub async fn cancel(
+    State(console): State<Arc<Console>>,
+    Path(id): Path<i64>,
+    Extension(user): Extension<User>,
+) -> Result<Response, ConsoleError> {
+    let job = super::routes::find_job(&console, id)?;
+    actions::cancel(&console, id)?;
+    console.store.audit(
+        &user.0,
+        "cancel",
+        &format!("{}/{}", job.spec.cluster, job.spec.dlq),
+        &job.spec.query,
+        Some(job.done),
+        &format!("job {id}: stop requested"),
+    )?;
+    Ok(Redirect::to(&format!("/jobs/{id}")).into_response())
+}
+
+/// `POST …/reindex`: builds or brings the index up to date (RabbitMQ: walks
+/// the queue, which takes and puts back every letter: refused read-only;
+/// Kafka only reads).
 pub async fn reindex(
     State(console): State<Arc<Console>>,
     Path((cluster, name)): Path<(String, String)>,
     Extension(user): Extension<User>,
 ) -> Result<Response, ConsoleError> {
     let state = console.dlq(&cluster, &name).await?;
+    if console.read_only && !state.at.is_kafka() {
+        return Err(ConsoleError::ReadOnlyWalk);
+    }
     spawn_index(Arc::clone(&state), true);
     console.store.audit(
         &user.0,

@@ -16,7 +16,7 @@ use super::clusters::{Broker, DlqRef};
 use super::error::ConsoleError;
 use super::index::Cursor;
 use super::query::{Query, millis};
-use super::state::{Console, spawn_index};
+use super::state::Console;
 use super::templates::{self, DlqView, Frame, LetterView, OverviewRow};
 
 /// Letters a DLQ page shows.
@@ -115,11 +115,10 @@ pub async fn dlq(
     RawQuery(raw): RawQuery,
     Extension(user): Extension<User>,
 ) -> Result<Markup, ConsoleError> {
+    // A GET never walks the broker: an unindexed DLQ shows a button that
+    // builds its index (a POST with the CSRF token).
     let state = console.dlq(&cluster, &name).await?;
     let index = state.index();
-    if index.meta("indexed_at")?.is_none() {
-        spawn_index(Arc::clone(&state), false);
-    }
     let pairs = pairs(raw.as_deref());
     let query = Query::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let done = field(&pairs, "done") == Some("1");
@@ -243,16 +242,21 @@ pub async fn letter(
     Ok(templates::letter_page(&frame(&console, &user), &v))
 }
 
+/// Job `id`, or an error that says there is none.
+pub fn find_job(console: &Console, id: i64) -> Result<super::store::Job, ConsoleError> {
+    console
+        .store
+        .job(id)?
+        .ok_or_else(|| ConsoleError::BadRequest(format!("no job {id}")))
+}
+
 /// `GET /jobs/{id}`.
 pub async fn job(
     State(console): State<Arc<Console>>,
     Path(id): Path<i64>,
     Extension(user): Extension<User>,
 ) -> Result<Markup, ConsoleError> {
-    let job = console
-        .store
-        .job(id)?
-        .ok_or_else(|| ConsoleError::BadRequest(format!("no job {id}")))?;
+    let job = find_job(&console, id)?;
     Ok(templates::job_page(&frame(&console, &user), &job))
 }
 
@@ -261,10 +265,7 @@ pub async fn job_progress(
     State(console): State<Arc<Console>>,
     Path(id): Path<i64>,
 ) -> Result<Markup, ConsoleError> {
-    let job = console
-        .store
-        .job(id)?
-        .ok_or_else(|| ConsoleError::BadRequest(format!("no job {id}")))?;
+    let job = find_job(&console, id)?;
     Ok(templates::job_progress(&job))
 }
 

@@ -64,6 +64,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/audit", get(routes::audit))
         .route("/jobs/{id}", get(routes::job))
         .route("/jobs/{id}/progress", get(routes::job_progress))
+        .route("/jobs/{id}/cancel", post(post::cancel))
         .route("/dlq/{cluster}/{name}", get(routes::dlq))
         .route("/dlq/{cluster}/{name}/export", get(routes::export))
         .route("/dlq/{cluster}/{name}/letters/{seq}", get(routes::letter))

@@ -225,12 +225,17 @@ pub fn spawn_index(dlq: Arc<DlqState>, rewalk: bool) {
 }
 
 /// The background indexer: every `refresh_secs`, finds the DLQs and
-/// brings each index up to date (Kafka: extended; RabbitMQ: built once).
+/// brings each index up to date (Kafka: extended; RabbitMQ: built once,
+/// never by a read-only console).
 pub async fn index_loop(console: Arc<Console>) {
     let every = std::time::Duration::from_secs(console.config.refresh_secs.max(1));
     loop {
         let (found, _) = console.discover().await;
         for (_, dlq) in found {
+            // Read-only: no RabbitMQ walk (it takes and puts back letters).
+            if console.read_only && !dlq.at.is_kafka() {
+                continue;
+            }
             if dlq.start_indexing() {
                 let result = super::indexer::refresh(&dlq, false).await;
                 dlq.end_indexing(result);

@@ -69,6 +69,12 @@ pub struct JobSpec {
     pub rate: Option<f64>,
     /// The loop guard (redrive).
     pub max_replays: u32,
+    /// For "every letter matching the filter": the message ids of the
+    /// letters the index held when the job was started; the job acts on
+    /// those only (letters that arrive later are left). `None`: the query
+    /// alone (the ids it names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub only: Option<Vec<String>>,
 }
 
 /// A job's record.
@@ -80,7 +86,8 @@ pub struct Job {
     pub spec: JobSpec,
     /// Who started it.
     pub user: String,
-    /// `running`, `done` or `failed`.
+    /// `running`, `done`, `failed`, `cancelled`, or `interrupted` (stopped
+    /// with the console and not resumed by a read-only one).
     pub status: String,
     /// Letters read by the current run.
     pub walked: u64,
@@ -192,16 +199,38 @@ impl Store {
     pub fn restarted(&self, id: i64) -> Result<(), ConsoleError> {
         self.with(|db| {
             db.execute(
-                "UPDATE jobs SET runs = runs + 1, walked = 0 WHERE id = ?",
+                "UPDATE jobs SET runs = runs + 1, walked = 0, status = 'running' WHERE id = ?",
                 [id],
             )
             .map(drop)
         })
     }
 
-    /// Records the end of a job: `error` none for success.
-    pub fn finish(&self, id: i64, error: Option<&str>) -> Result<(), ConsoleError> {
-        let status = if error.is_some() { "failed" } else { "done" };
+    /// Marks a job interrupted: it stopped with the console, and a
+    /// read-only console does not resume it (the next one that may act does).
+    pub fn interrupted(&self, id: i64) -> Result<(), ConsoleError> {
+        self.with(|db| {
+            db.execute(
+                "UPDATE jobs SET status = 'interrupted' WHERE id = ? AND status = 'running'",
+                [id],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Records the end of a job: `error` none for success, `cancelled` when
+    /// it was stopped on request.
+    pub fn finish(
+        &self,
+        id: i64,
+        error: Option<&str>,
+        cancelled: bool,
+    ) -> Result<(), ConsoleError> {
+        let status = match (error, cancelled) {
+            (Some(_), _) => "failed",
+            (None, true) => "cancelled",
+            (None, false) => "done",
+        };
         self.with(|db| {
             db.execute(
                 "UPDATE jobs SET status = ?2, error = ?3, finished = ?4 WHERE id = ?1",
@@ -243,10 +272,11 @@ impl Store {
         })
     }
 
-    /// The last `limit` jobs, newest first; only running ones with `running`.
+    /// The last `limit` jobs, newest first; with `running` only those not
+    /// ended (running or interrupted).
     pub fn jobs(&self, running: bool, limit: u32) -> Result<Vec<Job>, ConsoleError> {
         let cond = if running {
-            "WHERE status = 'running'"
+            "WHERE status IN ('running', 'interrupted')"
         } else {
             ""
         };

@@ -278,9 +278,22 @@ pub fn dlq_page(frame: &Frame, v: &DlqView<'_>) -> Markup {
                 p.notice { "The queue holds " (v.depth.unwrap_or(0)) " letters, the index " (v.live)
                            ": letters arrived or left since it was built. Walk the queue again to see them." }
             }
-            form method="post" action=(format!("{base}/reindex")) .inline {
-                input type="hidden" name="csrf" value=(frame.csrf);
-                button type="submit" disabled[building] { @if v.at.is_kafka() { "Refresh index" } @else { "Walk the queue again" } }
+            @if frame.read_only && !v.at.is_kafka() {
+                @if v.indexed_at.is_none() {
+                    p.notice { "Read-only: a RabbitMQ queue is indexed by a walk that takes and puts back every letter, which a read-only console does not do. Start the console without --read-only to build its index." }
+                }
+            } @else {
+                @if v.indexed_at.is_none() && !building {
+                    p.notice { "This DLQ has no index yet. Building it reads every letter"
+                        @if !v.at.is_kafka() { " (on RabbitMQ: takes and puts back each one)" } "." }
+                }
+                form method="post" action=(format!("{base}/reindex")) .inline {
+                    input type="hidden" name="csrf" value=(frame.csrf);
+                    button #reindex type="submit" disabled[building] {
+                        @if v.indexed_at.is_none() { "Build the index" }
+                        @else if v.at.is_kafka() { "Refresh index" } @else { "Walk the queue again" }
+                    }
+                }
             }
             " " a.button href=(format!("{base}/export?{qs}")) download { "Export filtered letters (JSON lines)" }
             (filter_form(v))
@@ -435,6 +448,9 @@ pub fn preview_page(frame: &Frame, at: &DlqRef, f: &ActionFields<'_>, p: &Previe
             p #preview-summary { "Would redrive " b #would { (will) } " letter(s)"
                 @if p.refused > 0 { "; the loop guard refuses " b { (p.refused) } " (replayed " (f.max_replays) " times or more)" }
                 "." }
+            @if f.scope == "matching" {
+                p.notice #bound { "Only the " (p.count) " letter(s) the index holds when the redrive starts are acted on: letters that reach the DLQ later are left (walk the queue again or refresh to include them)." }
+            }
             @if !f.query.ids.is_empty() && (f.query.ids.len() as u64) != p.count {
                 p.notice { (f.query.ids.len()) " selected, " (p.count) " still in the DLQ." }
             }
@@ -502,6 +518,15 @@ pub fn job_page(frame: &Frame, job: &Job) -> Markup {
                 }
             }
             (job_progress(job))
+            @if job.status == "running" && !frame.read_only {
+                form method="post" action=(format!("/jobs/{}/cancel", job.id)) {
+                    input type="hidden" name="csrf" value=(frame.csrf);
+                    button #cancel type="submit" { "Cancel (stops after the letter in flight)" }
+                }
+            }
+            @if job.status == "interrupted" {
+                p.notice { "Interrupted: the console stopped while this job ran, and a read-only console does not resume it. The next console started without --read-only resumes it." }
+            }
         },
     )
 }

@@ -146,16 +146,17 @@ impl Console {
         }
     }
 
-    /// The console process's peak resident memory, in KiB.
+    /// The console process's peak resident memory, in KiB; fails the test
+    /// when `/proc` does not say (a 0 would pass any bound).
     pub fn peak_rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            })
-            .unwrap_or(0)
+        let path = format!("/proc/{}/status", self.child.id());
+        let status = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {path} for the console's memory: {e}"));
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmHWM in {path}: {status}"))
     }
 }
 
@@ -180,6 +181,20 @@ pub fn http_client() -> reqwest::Client {
         .tls_backend_preconfigured(tls)
         .build()
         .unwrap()
+}
+
+/// A configuration as [`config`]'s with `top` (top-level keys such as
+/// `auto_index = false`) before the broker sections.
+pub fn config_with(
+    dir: &std::path::Path,
+    prefix: &str,
+    top: &str,
+    extra: &str,
+) -> std::path::PathBuf {
+    let path = config(dir, prefix, extra);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{top}\n{text}")).unwrap();
+    path
 }
 
 /// The ready count of `queue` once it reads `want` (acks and requeues
