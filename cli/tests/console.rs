@@ -818,6 +818,15 @@ async fn a_foreign_host_header_is_refused_pages_and_actions() {
         2,
         "nothing was purged"
     );
+    // The state (indexes hold letter bodies) is readable by its user only.
+    use std::os::unix::fs::PermissionsExt as _;
+    for d in ["state", "state/index"] {
+        let mode = std::fs::metadata(dir.path().join(d))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "{d}");
+    }
 }
 
 async fn rabbit_count(queue: &str) -> u32 {

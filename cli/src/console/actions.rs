@@ -108,8 +108,18 @@ pub fn bound(dlq: &DlqState, query: &Query) -> Result<Vec<String>, ConsoleError>
 /// Records and starts a job; returns its number.
 pub fn start(console: &Arc<Console>, spec: JobSpec, user: &str) -> Result<i64, ConsoleError> {
     let id = console.store.create_job(&spec, user)?;
-    tokio::spawn(run(Arc::clone(console), id, spec, user.to_owned(), 0));
+    spawn(console, id, spec, user.to_owned(), 0);
     Ok(id)
+}
+
+/// Runs job `id` in the background, its stop flag registered first (so a
+/// cancel right after the start finds it).
+fn spawn(console: &Arc<Console>, id: i64, spec: JobSpec, user: String, done_before: u64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    if let Ok(mut stops) = console.stops.lock() {
+        stops.insert(id, Arc::clone(&stop));
+    }
+    tokio::spawn(run(Arc::clone(console), id, spec, user, done_before, stop));
 }
 
 /// Asks running job `id` to stop (see the module docs).
@@ -143,13 +153,13 @@ pub fn resume_all(console: &Arc<Console>) -> Result<usize, ConsoleError> {
             Some(job.done),
             &format!("job {} resumed after a restart", job.id),
         )?;
-        tokio::spawn(run(
-            Arc::clone(console),
+        spawn(
+            console,
             job.id,
             job.spec.clone(),
             job.user.clone(),
             job.done,
-        ));
+        );
     }
     Ok(jobs.len())
 }
@@ -178,13 +188,16 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn run(console: Arc<Console>, id: i64, spec: JobSpec, user: String, done_before: u64) {
+async fn run(
+    console: Arc<Console>,
+    id: i64,
+    spec: JobSpec,
+    user: String,
+    done_before: u64,
+    stop: Arc<AtomicBool>,
+) {
     let counters = Arc::new(Counters::default());
     counters.done.store(done_before, Ordering::Relaxed);
-    let stop = Arc::new(AtomicBool::new(false));
-    if let Ok(mut stops) = console.stops.lock() {
-        stops.insert(id, Arc::clone(&stop));
-    }
     // On a task of its own: a panic in it fails the job instead of
     // leaving it "running" (and resumed, to panic again, at every start).
     let task = {

@@ -117,20 +117,23 @@ fn file_name(key: &str) -> String {
     out
 }
 
-/// Creates `dir` (and its parents) readable by this user only, and makes an
-/// existing one so.
+/// Creates `dir` (and its parents) readable by this user only (mode 0700
+/// on Unix), and makes an existing one so.
 fn private_dir(dir: &std::path::Path) -> Result<(), ConsoleError> {
-    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
     let failed = |e: std::io::Error| ConsoleError::State {
         path: dir.display().to_string(),
         reason: e.to_string(),
     };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(failed)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(failed)
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+        builder.mode(0o700).create(dir).map_err(failed)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(failed)
+    }
+    #[cfg(not(unix))]
+    builder.create(dir).map_err(failed)
 }
 
 impl Console {
