@@ -499,6 +499,55 @@ async fn authentication_csrf_and_read_only_refuse_what_they_must() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to listen on 0.0.0.0"));
+    // An empty secret is no authentication; half of basic auth refuses to start.
+    // A console that starts anyway is killed after 10 s (and fails below).
+    let with_env = |env: &[(&str, &str)]| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
+            .args([
+                "console",
+                "--config",
+                open.to_str().unwrap(),
+                "--listen",
+                "0.0.0.0:0",
+            ])
+            .env_remove("BACKSTOP_CONSOLE_TOKEN")
+            .env_remove("BACKSTOP_CONSOLE_USER")
+            .env_remove("BACKSTOP_CONSOLE_PASSWORD")
+            .envs(env.iter().copied())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        child.wait_with_output().unwrap()
+    };
+    for (env, says) in [
+        (
+            &[("BACKSTOP_CONSOLE_TOKEN", "")][..],
+            "refusing to listen on 0.0.0.0",
+        ),
+        (
+            &[
+                ("BACKSTOP_CONSOLE_USER", "ops"),
+                ("BACKSTOP_CONSOLE_PASSWORD", ""),
+            ][..],
+            "password is missing or empty",
+        ),
+        (
+            &[("BACKSTOP_CONSOLE_PASSWORD", "pw")][..],
+            "user is missing or empty",
+        ),
+    ] {
+        let out = with_env(env);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{env:?}: {err}"
+        );
+    }
 
     let conf = config(
         &auth_dir,
