@@ -683,6 +683,48 @@ async fn out_of_range_rates_are_refused_and_start_no_job() {
     assert_eq!(rabbit_count(&dlq).await, 3);
 }
 
+/// A job that cannot run (here one recorded with a rate a timer cannot
+/// keep, as a console before the bound could) ends `failed` with the
+/// reason when resumed, instead of staying `running` and being resumed
+/// again at every start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_job_that_cannot_run_ends_failed() {
+    use backstop_cli::console::query::Query;
+    use backstop_cli::console::store::{Action, JobSpec, Store};
+    let (rabbit, q) = rabbit_dlq("cp", 3).await;
+    let dlq = format!("{q}.dlq");
+    let dir = tempfile::tempdir().unwrap();
+    let conf = config(dir.path(), &q, "");
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let spec = JobSpec {
+        action: Action::Redrive,
+        cluster: "rabbitmq".into(),
+        dlq: dlq.clone(),
+        query: Query::default(),
+        to: None,
+        rate: Some(1e12),
+        max_replays: 3,
+        only: None,
+    };
+    let id = Store::open(&state.join("console.sqlite"))
+        .unwrap()
+        .create_job(&spec, "ops")
+        .unwrap();
+    let console = Console::start(&conf, &[]);
+    let done = console.wait_job(u64::try_from(id).unwrap(), JOB).await;
+    assert!(done.contains("data-status=\"failed\""), "{done}");
+    assert!(done.contains("from 0.01 to 100000"), "{done}");
+    drop(console);
+    let console = Console::start(&conf, &[]);
+    let page = console.page(&format!("/jobs/{id}")).await;
+    assert!(
+        page.contains("data-status=\"failed\""),
+        "not resumed again: {page}"
+    );
+    assert_eq!(settled(&rabbit, &dlq, 3).await, 3, "every letter stayed");
+}
+
 /// A redrive cancelled mid-way ends `cancelled` with fewer letters redriven
 /// than selected, none lost; a console restarted read-only does not resume
 /// a job (it shows it `interrupted`), the next one that may act does.
