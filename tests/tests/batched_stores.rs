@@ -7,7 +7,11 @@
 //! - the store becomes unreachable in the middle of a run (a TCP proxy this
 //!   test cuts; the shared server keeps running): nothing is acked whose
 //!   completion was not written, and the messages whose completion failed
-//!   are redelivered and complete exactly once after the store is back.
+//!   are redelivered and complete exactly once after the store is back;
+//! - the same under a worker on a real RabbitMQ quorum queue (acks
+//!   coalesced into `multiple` frames), stopped while the store is still
+//!   cut off: every message the broker no longer holds has its key
+//!   completed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -543,4 +547,149 @@ async fn redis_unreachable_mid_batch_acks_nothing_whose_completion_was_not_writt
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_unreachable_mid_batch_acks_nothing_whose_completion_was_not_written() {
     nothing_acked_whose_completion_was_not_written(Postgres::new()).await;
+}
+
+/// The same outage under a worker on a real RabbitMQ quorum queue (acks
+/// coalesced into `multiple` frames): the worker is stopped while the
+/// store is still cut off, so at that moment every message the broker no
+/// longer holds was acked, and each must have its key completed (read
+/// directly). The messages still queued (read back without acking) are
+/// those whose claim or completion failed, or never ran.
+async fn rabbitmq_acks_nothing_whose_completion_was_not_written(server: impl Server) {
+    use backstop::Publisher;
+    use backstop_rabbitmq::lapin::options::{BasicGetOptions, QueueDeleteOptions};
+    use backstop_rabbitmq::{RabbitMq, Topology, url_from_env};
+
+    const N: usize = 300;
+    const CUT_AT: u32 = 100;
+    let proxy = Arc::new(proxy_to(&server.url()).await);
+    let store = server.store(Some(&proxy)).await;
+    let direct = server.store(None).await;
+    let rabbit = RabbitMq::connect(url_from_env())
+        .await
+        .expect("RabbitMQ runs (scripts/services/rabbitmq.sh)");
+    let topology = Topology::quorum(unique("batched-rabbit"));
+    rabbit.declare(&topology).await.expect("declare");
+    let queue = topology.queue().to_owned();
+    let ids: Vec<String> = (0..N).map(|i| format!("m-{i}")).collect();
+    let publisher = rabbit.publisher();
+    for chunk in ids.chunks(50) {
+        join_all(chunk.iter().map(|id| {
+            let message = Message::new("{}").with_message_id(id.clone());
+            let (publisher, queue) = (publisher.clone(), queue.clone());
+            async move { publisher.publish(&queue, &message).await }
+        }))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .expect("confirmed");
+    }
+    let starts = Arc::new(AtomicU32::new(0));
+    let (started, cutter) = (Arc::clone(&starts), Arc::clone(&proxy));
+    let handler = handler_fn(move |_body: serde_json::Value, _ctx: Context| {
+        if started.fetch_add(1, Ordering::SeqCst) + 1 == CUT_AT {
+            cutter.cut();
+        }
+        async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok::<(), HandlerError>(())
+        }
+    });
+    let config = Config {
+        lease: Duration::from_secs(2),
+        ..Config::keyed_by(KeySource::MessageId)
+    };
+    let stack = StackBuilder::<serde_json::Value>::new(Arc::new(rabbit.dead_letter_sink()))
+        .idempotency_with(store, config)
+        .nack_delay(Duration::from_millis(50))
+        .build(handler);
+    let shutdown = CancellationToken::new();
+    let source = rabbit.source(&queue, 64).await.expect("consume");
+    let runner = tokio::spawn(
+        Runner::new(source, stack)
+            .concurrency(64)
+            .shutdown_deadline(Duration::from_secs(5))
+            .with_shutdown(shutdown.clone())
+            .run(),
+    );
+    assert!(
+        poll(
+            Duration::from_secs(30),
+            Duration::from_millis(5),
+            || async { (starts.load(Ordering::SeqCst) >= CUT_AT).then_some(()) }
+        )
+        .await
+        .is_some(),
+        "the run started"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    shutdown.cancel();
+    let summary = runner.await.expect("the runner task").expect("the runner");
+
+    // Still cut off. What the queue holds was not acked: read it back
+    // without acking (closing the channel returns it).
+    let channel = rabbit.channel().await.expect("channel");
+    let mut queued = std::collections::HashSet::new();
+    while let Ok(Some(got)) = channel
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+        .await
+    {
+        let id = got
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        queued.insert(id);
+    }
+    let _ = channel.close(200, "OK".into()).await;
+    let acked: Vec<&String> = ids.iter().filter(|id| !queued.contains(*id)).collect();
+    assert!(!acked.is_empty(), "some messages were acked: {summary}");
+    assert!(
+        !queued.is_empty(),
+        "the cut left messages unacked: {summary}"
+    );
+    let keyspace = Keyspace::new(&queue, None, None);
+    let states = join_all(acked.iter().map(|id| {
+        let key = keyspace.key(&Key::new(id.as_str()));
+        let direct = Arc::clone(&direct);
+        async move { (key.clone(), direct.claim(&key, "check", LEASE, 0).await) }
+    }))
+    .await;
+    let not_completed: Vec<_> = states
+        .iter()
+        .filter(|(_, state)| !matches!(state, Ok(Claim::Completed)))
+        .collect();
+    assert!(
+        not_completed.is_empty(),
+        "acked but not completed ({} acked, {} queued): {not_completed:?}",
+        acked.len(),
+        queued.len()
+    );
+    eprintln!(
+        "rabbitmq + {}: {} acked (each completed), {} still queued; {summary}",
+        server.url(),
+        acked.len(),
+        queued.len()
+    );
+    proxy.restore();
+    if let Ok(channel) = rabbit.channel().await {
+        for q in [queue.clone(), topology.dlq()] {
+            let _ = channel
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+    }
+    server.clean_up().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_with_redis_cut_off_acks_nothing_whose_completion_was_not_written() {
+    rabbitmq_acks_nothing_whose_completion_was_not_written(Redis::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_with_postgres_cut_off_acks_nothing_whose_completion_was_not_written() {
+    rabbitmq_acks_nothing_whose_completion_was_not_written(Postgres::new()).await;
 }
