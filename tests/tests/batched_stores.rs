@@ -407,6 +407,80 @@ async fn postgres_concurrent_calls_go_out_in_few_round_trips() {
     concurrent_calls_go_out_in_few_round_trips(Postgres::new()).await;
 }
 
+/// What the outage runs share: the store behind a proxy, a handler that
+/// cuts the proxy at its `CUT_AT`-th run (then works 20 ms and records the
+/// run), and the idempotency configuration.
+struct Outage {
+    proxy: Arc<Proxy>,
+    starts: Arc<AtomicU32>,
+    runs: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+/// The handler run that cuts the store off.
+const CUT_AT: u32 = 100;
+
+impl Outage {
+    async fn new(server: &impl Server) -> Self {
+        Outage {
+            proxy: Arc::new(proxy_to(&server.url()).await),
+            starts: Arc::default(),
+            runs: Arc::default(),
+        }
+    }
+
+    /// The handler; any JSON payload.
+    fn handler<T>(&self) -> impl backstop::Handle<T>
+    where
+        T: backstop::Payload + Send + 'static,
+    {
+        let (started, cutter, seen) = (
+            Arc::clone(&self.starts),
+            Arc::clone(&self.proxy),
+            Arc::clone(&self.runs),
+        );
+        handler_fn(move |_body: T, ctx: Context| {
+            let seen = Arc::clone(&seen);
+            if started.fetch_add(1, Ordering::SeqCst) + 1 == CUT_AT {
+                cutter.cut();
+            }
+            async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                *seen
+                    .lock()
+                    .unwrap()
+                    .entry(ctx.message_id().to_owned())
+                    .or_default() += 1;
+                Ok::<(), HandlerError>(())
+            }
+        })
+    }
+
+    /// Keyed by message id, with a short lease: one left behind by a failed
+    /// completion runs out soon.
+    fn config() -> Config {
+        Config {
+            lease: Duration::from_secs(2),
+            ..Config::keyed_by(KeySource::MessageId)
+        }
+    }
+
+    /// Waits until the cut: the messages in their handlers then hold leases
+    /// whose completions cannot be written.
+    async fn cut(&self) {
+        let starts = Arc::clone(&self.starts);
+        assert!(
+            poll(
+                Duration::from_secs(30),
+                Duration::from_millis(5),
+                || async { (starts.load(Ordering::SeqCst) >= CUT_AT).then_some(()) }
+            )
+            .await
+            .is_some(),
+            "the run started"
+        );
+    }
+}
+
 /// A worker over the in-memory broker and the store behind a proxy, 64
 /// messages in flight; the 100th handler run cuts the proxy for a second,
 /// while the messages beside it are in their handlers. Every message ends acked exactly once with its key completed in
@@ -415,40 +489,17 @@ async fn postgres_concurrent_calls_go_out_in_few_round_trips() {
 /// ran again once their lease ran out).
 async fn nothing_acked_whose_completion_was_not_written(server: impl Server) {
     const N: usize = 400;
-    const CUT_AT: u32 = 100;
-    let proxy = Arc::new(proxy_to(&server.url()).await);
+    let outage = Outage::new(&server).await;
+    let proxy = Arc::clone(&outage.proxy);
     let counting = Arc::new(Counting::new(server.store(Some(&proxy)).await));
     let direct = server.store(None).await;
     let queue = "batched-outage";
     let broker = MemoryBroker::new();
-    let runs: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
-    let seen = Arc::clone(&runs);
-    let starts = Arc::new(AtomicU32::new(0));
-    let (started, cutter) = (Arc::clone(&starts), Arc::clone(&proxy));
-    let handler = handler_fn(move |_body: String, ctx: Context| {
-        let seen = Arc::clone(&seen);
-        if started.fetch_add(1, Ordering::SeqCst) + 1 == CUT_AT {
-            cutter.cut();
-        }
-        async move {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            *seen
-                .lock()
-                .unwrap()
-                .entry(ctx.message_id().to_owned())
-                .or_default() += 1;
-            Ok::<(), HandlerError>(())
-        }
-    });
-    let config = Config {
-        // Short: a lease left behind by a failed completion runs out soon.
-        lease: Duration::from_secs(2),
-        ..Config::keyed_by(KeySource::MessageId)
-    };
+    let runs = Arc::clone(&outage.runs);
     let stack = StackBuilder::<String>::new(Arc::new(broker.dead_letter_sink()))
-        .idempotency_with(Arc::clone(&counting) as Arc<dyn Store>, config)
+        .idempotency_with(Arc::clone(&counting) as Arc<dyn Store>, Outage::config())
         .nack_delay(Duration::from_millis(50))
-        .build(handler);
+        .build(outage.handler());
     let shutdown = CancellationToken::new();
     let runner = tokio::spawn(
         Runner::new(broker.consume(queue, 128), stack)
@@ -462,18 +513,7 @@ async fn nothing_acked_whose_completion_was_not_written(server: impl Server) {
             .publish_now(queue, Message::new("{}").with_message_id(id.clone()))
             .expect("an in-memory queue takes it");
     }
-    // The 100th run cuts the proxy: the messages in their handlers then
-    // hold leases whose completions cannot be written.
-    assert!(
-        poll(
-            Duration::from_secs(20),
-            Duration::from_millis(5),
-            || async { (starts.load(Ordering::SeqCst) >= CUT_AT).then_some(()) }
-        )
-        .await
-        .is_some(),
-        "the run started"
-    );
+    outage.cut().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let during = broker.stats(queue);
     proxy.restore();
@@ -561,8 +601,8 @@ async fn rabbitmq_acks_nothing_whose_completion_was_not_written(server: impl Ser
     use backstop_rabbitmq::{RabbitMq, Topology, url_from_env};
 
     const N: usize = 300;
-    const CUT_AT: u32 = 100;
-    let proxy = Arc::new(proxy_to(&server.url()).await);
+    let outage = Outage::new(&server).await;
+    let proxy = Arc::clone(&outage.proxy);
     let store = server.store(Some(&proxy)).await;
     let direct = server.store(None).await;
     let rabbit = RabbitMq::connect(url_from_env())
@@ -584,25 +624,10 @@ async fn rabbitmq_acks_nothing_whose_completion_was_not_written(server: impl Ser
         .collect::<Result<Vec<_>, _>>()
         .expect("confirmed");
     }
-    let starts = Arc::new(AtomicU32::new(0));
-    let (started, cutter) = (Arc::clone(&starts), Arc::clone(&proxy));
-    let handler = handler_fn(move |_body: serde_json::Value, _ctx: Context| {
-        if started.fetch_add(1, Ordering::SeqCst) + 1 == CUT_AT {
-            cutter.cut();
-        }
-        async move {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            Ok::<(), HandlerError>(())
-        }
-    });
-    let config = Config {
-        lease: Duration::from_secs(2),
-        ..Config::keyed_by(KeySource::MessageId)
-    };
     let stack = StackBuilder::<serde_json::Value>::new(Arc::new(rabbit.dead_letter_sink()))
-        .idempotency_with(store, config)
+        .idempotency_with(store, Outage::config())
         .nack_delay(Duration::from_millis(50))
-        .build(handler);
+        .build(outage.handler());
     let shutdown = CancellationToken::new();
     let source = rabbit.source(&queue, 64).await.expect("consume");
     let runner = tokio::spawn(
@@ -612,16 +637,7 @@ async fn rabbitmq_acks_nothing_whose_completion_was_not_written(server: impl Ser
             .with_shutdown(shutdown.clone())
             .run(),
     );
-    assert!(
-        poll(
-            Duration::from_secs(30),
-            Duration::from_millis(5),
-            || async { (starts.load(Ordering::SeqCst) >= CUT_AT).then_some(()) }
-        )
-        .await
-        .is_some(),
-        "the run started"
-    );
+    outage.cut().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     shutdown.cancel();
     let summary = runner.await.expect("the runner task").expect("the runner");

@@ -109,6 +109,20 @@ impl Runs {
     }
 }
 
+/// A handler that records each run of a message in `runs`, then answers
+/// what `then` answers for the message's id and which run it is.
+fn recording<F, Fut>(runs: &Runs, then: F) -> impl backstop::Handle<serde_json::Value>
+where
+    F: Fn(String, u32) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    let runs = runs.clone();
+    handler_fn(move |_v: serde_json::Value, ctx: Context| {
+        let run = runs.record(ctx.message_id());
+        then(ctx.message_id().to_owned(), run)
+    })
+}
+
 /// Runs `stack` over `queue` with `prefetch` until `done`, then shuts it
 /// down and returns its summary.
 async fn run_until(
@@ -159,16 +173,11 @@ async fn a_refused_letter_is_nacked_and_redelivered_never_covered_by_a_multiple_
     publish_numbered(&publisher, &queue, "after", 100).await;
 
     let runs = Runs::default();
-    let r = runs.clone();
-    let handler = handler_fn(move |_v: serde_json::Value, ctx: Context| {
-        let runs = r.clone();
-        async move {
-            let run = runs.record(ctx.message_id());
-            if ctx.message_id() == "hole-0" && run == 1 {
-                return Err(HandlerError::permanent("refused, so dead-lettered"));
-            }
-            Ok(())
+    let handler = recording(&runs, |id, run| async move {
+        if id == "hole-0" && run == 1 {
+            return Err(HandlerError::permanent("refused, so dead-lettered"));
         }
+        Ok(())
     });
     let stack = StackBuilder::<serde_json::Value>::new(Arc::new(rabbit.dead_letter_sink()))
         .dead_letter_to(refusing.clone())
@@ -235,16 +244,11 @@ async fn one_slow_delivery_and_500_fast_ones_keep_the_channel_and_are_each_acked
     publish_numbered(&publisher, &queue, "fast", 500).await;
 
     let runs = Runs::default();
-    let r = runs.clone();
-    let handler = handler_fn(move |_v: serde_json::Value, ctx: Context| {
-        let runs = r.clone();
-        async move {
-            runs.record(ctx.message_id());
-            if ctx.message_id() == "slow-0" {
-                tokio::time::sleep(Duration::from_secs(3)).await;
-            }
-            Ok::<(), HandlerError>(())
+    let handler = recording(&runs, |id, _run| async move {
+        if id == "slow-0" {
+            tokio::time::sleep(Duration::from_secs(3)).await;
         }
+        Ok(())
     });
     let stack =
         StackBuilder::<serde_json::Value>::new(Arc::new(rabbit.dead_letter_sink())).build(handler);
@@ -282,14 +286,7 @@ async fn acks_of_deliveries_completed_together_share_frames() {
     publish_numbered(&rabbit.publisher(), &queue, "m", N).await;
 
     let runs = Runs::default();
-    let r = runs.clone();
-    let handler = handler_fn(move |_v: serde_json::Value, ctx: Context| {
-        let runs = r.clone();
-        async move {
-            runs.record(ctx.message_id());
-            Ok::<(), HandlerError>(())
-        }
-    });
+    let handler = recording(&runs, |_id, _run| async { Ok(()) });
     let stack =
         StackBuilder::<serde_json::Value>::new(Arc::new(rabbit.dead_letter_sink())).build(handler);
     let summary = run_until(&rabbit, &queue, 128, stack, || runs.distinct() == N).await;
