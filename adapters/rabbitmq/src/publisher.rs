@@ -123,15 +123,29 @@ impl RabbitPublisher {
             tracing::debug!("publisher channel closed; opening a new one");
         }
         *slot = None;
-        let connection = self.inner.connection.get().await.map_err(unavailable)?;
-        let channel = self.inner.connection.channel().await.map_err(unavailable)?;
-        channel
-            .confirm_select(ConfirmSelectOptions { nowait: false })
-            .await
-            .map_err(unavailable)?;
-        let frame_max = connection.configuration().frame_max();
-        *slot = Some((channel.clone(), frame_max));
-        Ok((channel, frame_max))
+        let mut refused = 0;
+        loop {
+            let connection = self.inner.connection.get().await.map_err(unavailable)?;
+            let channel = self.inner.connection.channel().await.map_err(unavailable)?;
+            match channel
+                .confirm_select(ConfirmSelectOptions { nowait: false })
+                .await
+            {
+                Ok(()) => {
+                    let frame_max = connection.configuration().frame_max();
+                    *slot = Some((channel.clone(), frame_max));
+                    return Ok((channel, frame_max));
+                }
+                // A fresh channel can be in an error state at once while
+                // the broker is still closing the one it replaces (for
+                // another publish's sake): open another, a few times.
+                Err(error) if refused < MAX_CHANNEL_CLOSES && connection.status().connected() => {
+                    refused += 1;
+                    tracing::debug!(%error, "a fresh publisher channel refused confirm mode; opening another");
+                }
+                Err(error) => return Err(unavailable(error)),
+            }
+        }
     }
 
     /// Forgets `channel` if it is still the publisher's, so the next
