@@ -80,15 +80,41 @@ async fn shot(c: &Client, name: &str) {
     std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
 }
 
+/// The text of the element `css`, waiting up to 30 s for it. An element
+/// replaced while it is read (the page navigating, or htmx swapping it in)
+/// is found again instead of failing as stale.
 async fn text(c: &Client, css: &str) -> String {
-    c.wait()
-        .at_most(Duration::from_secs(30))
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .text()
-        .await
-        .unwrap()
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = until
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(200));
+        let read = match c.wait().at_most(left).for_element(Locator::Css(css)).await {
+            Ok(element) => element.text().await,
+            Err(error) => Err(error),
+        };
+        match read {
+            Ok(text) => return text,
+            Err(_) if Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("{css}: {error}"),
+        }
+    }
+}
+
+/// Waits, without reloading, until the element `css` reads `want`: right
+/// after a click the browser may still show the page before it.
+async fn expect_text(c: &Client, css: &str, want: &str) {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = text(c, css).await;
+        if got.trim() == want {
+            return;
+        }
+        assert!(Instant::now() < until, "{css} reads {got:?}, not {want:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Reloads until the element `css` reads `want`.
@@ -143,7 +169,7 @@ async fn an_operator_filters_opens_a_letter_and_redrives_ten_letters_in_a_browse
             .click()
             .await
             .unwrap();
-        assert_eq!(text(&c, "#depth").await, "30");
+        expect_text(&c, "#depth", "30").await;
 
         // Filter: permanent failures whose error says "declined".
         let kind = c.find(Locator::Css("select[name=kind]")).await.unwrap();
@@ -160,7 +186,8 @@ async fn an_operator_filters_opens_a_letter_and_redrives_ten_letters_in_a_browse
             .click()
             .await
             .unwrap();
-        assert_eq!(text(&c, "#count").await, "8", "i % 4 == 1 of 30");
+        // i % 4 == 1 of 30
+        expect_text(&c, "#count", "8").await;
         shot(&c, "dlq-filtered").await;
 
         // A letter.
@@ -203,7 +230,7 @@ async fn an_operator_filters_opens_a_letter_and_redrives_ten_letters_in_a_browse
             .click()
             .await
             .unwrap();
-        assert_eq!(text(&c, "#would").await, "10");
+        expect_text(&c, "#would", "10").await;
         assert!(text(&c, "#destinations").await.contains(&q));
         shot(&c, "dry-run").await;
         assert_eq!(
@@ -222,13 +249,13 @@ async fn an_operator_filters_opens_a_letter_and_redrives_ten_letters_in_a_browse
             assert!(Instant::now() < until, "the redrive did not finish");
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        assert_eq!(text(&c, "#done").await, "10");
+        expect_text(&c, "#done", "10").await;
         shot(&c, "redrive").await;
 
         // The depth drops (the management API's count lags a few seconds).
         c.goto(&page).await.unwrap();
         wait_text(&c, "#depth", "20", Duration::from_secs(30)).await;
-        assert_eq!(text(&c, "#count").await, "20");
+        expect_text(&c, "#count", "20").await;
         shot(&c, "dlq-after").await;
     };
     // Close the session even when a step fails.
