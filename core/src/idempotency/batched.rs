@@ -1,7 +1,8 @@
-//! Group commit for a remote [`Store`]: the claims, completions and
-//! renewals of concurrent messages that arrive while a round trip is in
-//! flight go out together, as one [`Store::claim_many`],
-//! [`Store::complete_many`] or [`Store::renew_many`].
+//! Group commit for a remote [`Store`]: the claims and completions of
+//! concurrent messages that arrive while a round trip is in flight go out
+//! together, as one [`Store::claim_many`] or [`Store::complete_many`].
+//! Renewals need no batcher: the lease renewer already sends one
+//! [`Store::renew_many`] per turn for every lease it holds.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use crate::metrics::MetricLabels;
 use crate::{Failure, StoreError};
 
 /// How [`Batched`] gathers calls: the largest batch, and how many round
-/// trips of one kind (claims, completions, renewals) may be in flight at
+/// trips of one kind (claims, completions) may be in flight at
 /// once.
 ///
 /// A call that finds a free round trip goes out at once (a batch of one
@@ -67,10 +68,10 @@ fn store_error(error: BatchError) -> StoreError {
 }
 
 /// A [`Store`] that sends concurrent single-key calls to a remote store
-/// in batches (group commit): `claim`, `complete` and `renew` calls that
+/// in batches (group commit): `claim` and `complete` calls that
 /// arrive while a round trip of their kind is in flight are gathered, up to
 /// [`BatchConfig::max_batch`], and sent as one `claim_many`,
-/// `complete_many` or `renew_many` when a round trip is free (at most
+/// or `complete_many` when a round trip is free (at most
 /// [`BatchConfig::in_flight`] per kind). Each caller gets its own item's
 /// result; a batch that fails (the store is down, a timeout) fails each of
 /// its items with the store's error.
@@ -84,8 +85,9 @@ fn store_error(error: BatchError) -> StoreError {
 /// wrapped store's: the answers are those of its batch methods, the same
 /// as its single-key calls (the store contract).
 ///
-/// `dead_letter`, `release`, `defer_letter`, `layout` and the batch methods
-/// themselves go straight to the wrapped store.
+/// `renew` (the lease renewer batches renewals itself), `dead_letter`,
+/// `release`, `defer_letter`, `layout` and the batch methods themselves go
+/// straight to the wrapped store.
 ///
 /// The stack uses it by itself for stores whose [`Store::remote`] is true
 /// (Redis, PostgreSQL; see
@@ -96,7 +98,7 @@ fn store_error(error: BatchError) -> StoreError {
 /// (`backstop_store_duration_seconds{op="claim_many"}`, …, each failed item
 /// counted in `backstop_store_errors_total{op="claim_many"}`) and its size
 /// recorded in `backstop_store_batch_size{op}`. In the stack, each
-/// message's own call is still timed as `claim`, `complete` or `renew`: the
+/// message's own call is still timed as `claim` or `complete`: the
 /// time that message waited, its wait for a round trip included, and its
 /// failure counted there too.
 ///
@@ -123,7 +125,6 @@ pub struct Batched<S: ?Sized> {
     inner: Arc<S>,
     claims: Lane<ClaimItem, Claim>,
     completions: Lane<HeldItem, bool>,
-    renewals: Lane<RenewItem, bool>,
 }
 
 impl<S: ?Sized> std::fmt::Debug for Batched<S> {
@@ -148,13 +149,6 @@ struct HeldItem {
     fence: Fence,
 }
 
-/// A renewal waiting for its batch.
-struct RenewItem {
-    key: Key,
-    fence: Fence,
-    lease: Duration,
-}
-
 impl<S: Store + ?Sized> Batched<S> {
     /// Batches the calls to `inner` within `config`'s bounds; its metrics
     /// carry empty `source` and `group` labels.
@@ -175,7 +169,7 @@ impl<S: Store + ?Sized> Batched<S> {
             Box::pin(async move { claim_each_lease(&*store, &items).await })
         });
         let store = Arc::clone(&inner);
-        let completions = Lane::new(config, Arc::clone(&ops), BatchOp::Complete, move |items| {
+        let completions = Lane::new(config, ops, BatchOp::Complete, move |items| {
             let store = Arc::clone(&store);
             Box::pin(async move {
                 let held: Vec<Held<'_>> = items
@@ -188,16 +182,10 @@ impl<S: Store + ?Sized> Batched<S> {
                 store.complete_many(&held).await
             })
         });
-        let store = Arc::clone(&inner);
-        let renewals = Lane::new(config, ops, BatchOp::Renew, move |items| {
-            let store = Arc::clone(&store);
-            Box::pin(async move { renew_each_lease(&*store, &items).await })
-        });
         Batched {
             inner,
             claims,
             completions,
-            renewals,
         }
     }
 
@@ -207,58 +195,23 @@ impl<S: Store + ?Sized> Batched<S> {
     }
 }
 
-/// The items of a batch cut into runs of one lease each, in order, each
-/// item seen through `view` (in the stack every item has the same lease:
-/// one run).
-fn by_lease<'a, T, B>(
-    items: &'a [T],
-    lease: impl Fn(&T) -> Duration,
-    view: impl Fn(&'a T) -> B,
-) -> Vec<(Vec<B>, Duration)> {
-    let mut runs: Vec<(Vec<B>, Duration)> = Vec::with_capacity(1);
-    for item in items {
-        match runs.last_mut() {
-            Some((run, l)) if *l == lease(item) => run.push(view(item)),
-            _ => runs.push((vec![view(item)], lease(item))),
-        }
-    }
-    runs
-}
-
+/// One `claim_many` per run of claims with the same lease, in order (in
+/// the stack every claim has the same lease: one run).
 async fn claim_each_lease<S: Store + ?Sized>(
     store: &S,
     items: &[ClaimItem],
 ) -> Vec<Result<Claim, StoreError>> {
     let mut answers = Vec::with_capacity(items.len());
-    for (run, lease) in by_lease(
-        items,
-        |i| i.lease,
-        |i| ClaimOf {
-            key: &i.key,
-            owner: &i.owner,
-            replay: i.replay,
-        },
-    ) {
-        let sent = store.claim_many(&run, lease).await;
-        answers.extend(complete_answers(sent, run.len()));
-    }
-    answers
-}
-
-async fn renew_each_lease<S: Store + ?Sized>(
-    store: &S,
-    items: &[RenewItem],
-) -> Vec<Result<bool, StoreError>> {
-    let mut answers = Vec::with_capacity(items.len());
-    for (run, lease) in by_lease(
-        items,
-        |i| i.lease,
-        |i| Held {
-            key: &i.key,
-            fence: i.fence,
-        },
-    ) {
-        let sent = store.renew_many(&run, lease).await;
+    for run in items.chunk_by(|a, b| a.lease == b.lease) {
+        let claims: Vec<ClaimOf<'_>> = run
+            .iter()
+            .map(|i| ClaimOf {
+                key: &i.key,
+                owner: &i.owner,
+                replay: i.replay,
+            })
+            .collect();
+        let sent = store.claim_many(&claims, run[0].lease).await;
         answers.extend(complete_answers(sent, run.len()));
     }
     answers
@@ -298,13 +251,7 @@ impl<S: Store + ?Sized> Store for Batched<S> {
     }
 
     async fn renew(&self, key: &Key, fence: Fence, lease: Duration) -> Result<bool, StoreError> {
-        self.renewals
-            .call(RenewItem {
-                key: key.clone(),
-                fence,
-                lease,
-            })
-            .await
+        self.inner.renew(key, fence, lease).await
     }
 
     async fn complete(&self, key: &Key, fence: Fence) -> Result<bool, StoreError> {
@@ -399,7 +346,7 @@ struct State<I, O> {
     in_flight: usize,
 }
 
-/// One kind of call (claims, completions, renewals) and its batches.
+/// One kind of call (claims, completions) and its batches.
 struct Lane<I, O> {
     shared: Arc<Shared<I, O>>,
     /// Bounds the calls waiting or in flight.

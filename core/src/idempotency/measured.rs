@@ -86,8 +86,6 @@ pub(crate) enum BatchOp {
     Claim,
     /// `complete_many`.
     Complete,
-    /// `renew_many`.
-    Renew,
 }
 
 /// The keys of every store operation of one consumer.
@@ -102,8 +100,8 @@ pub(crate) struct StoreOps {
     claim_many: OpKeys,
     renew_many: OpKeys,
     complete_many: OpKeys,
-    /// `backstop_store_batch_size{op}` of `claim_many`, `complete_many`, `renew_many`.
-    batch_sizes: [Key; 3],
+    /// `backstop_store_batch_size{op}` of `claim_many`, `complete_many`.
+    batch_sizes: [Key; 2],
 }
 
 impl StoreOps {
@@ -121,7 +119,7 @@ impl StoreOps {
             claim_many: op("claim_many"),
             renew_many: op("renew_many"),
             complete_many: op("complete_many"),
-            batch_sizes: ["claim_many", "complete_many", "renew_many"]
+            batch_sizes: ["claim_many", "complete_many"]
                 .map(|op| labels.key(STORE_BATCH_SIZE, &[("op", op)])),
         }
     }
@@ -137,7 +135,6 @@ impl StoreOps {
         let (keys, size) = match op {
             BatchOp::Claim => (&self.claim_many, &self.batch_sizes[0]),
             BatchOp::Complete => (&self.complete_many, &self.batch_sizes[1]),
-            BatchOp::Renew => (&self.renew_many, &self.batch_sizes[2]),
         };
         keys.record_batch(start, results);
         #[allow(clippy::cast_precision_loss)] // a batch is far below 2^52

@@ -26,7 +26,7 @@
 //! ([`Error::Store`]).
 //!
 //! **Batches.** For a remote store ([`Store::remote`]: Redis, PostgreSQL)
-//! the concurrent messages' claims, completions and renewals go out in
+//! the concurrent messages' claims and completions go out in
 //! batches ([`Batched`], bounded by [`Config::batch`]): one round trip
 //! carries every call that arrived while the previous one was in flight. A
 //! message's completion is written before it is acked: a completion that
@@ -39,8 +39,8 @@
 //!
 //! **Metrics.** Every store call is timed and its failures counted, by
 //! operation ([`Measured`]): `backstop_store_duration_seconds{op}` and
-//! `backstop_store_errors_total{op}`. With batches, `claim`, `complete` and
-//! `renew` time each message's own call (its wait for a round trip
+//! `backstop_store_errors_total{op}`. With batches, `claim` and `complete`
+//! time each message's own call (its wait for a round trip
 //! included), the batch operations (`claim_many`, …) each round trip, and
 //! `backstop_store_batch_size{op}` counts the calls each carried.
 //!

@@ -27,7 +27,7 @@ pub const STORE_DURATION: &str = "backstop_store_duration_seconds";
 pub const STORE_ERRORS: &str = "backstop_store_errors_total";
 /// Calls one batched round trip to the idempotency store carried
 /// ([`Batched`](crate::idempotency::Batched)). Label `op` (`claim_many`,
-/// `complete_many`, `renew_many`).
+/// `complete_many`).
 pub const STORE_BATCH_SIZE: &str = "backstop_store_batch_size";
 /// RabbitMQ: ack and nack frames that did not reach the broker.
 pub const ACK_FAILURES: &str = "backstop_ack_failures_total";
