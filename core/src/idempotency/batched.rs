@@ -342,7 +342,7 @@ struct Shared<I, O> {
 
 /// The calls waiting for a round trip, and how many round trips are out.
 struct State<I, O> {
-    waiting: Vec<Waiting<I, O>>,
+    waiting: std::collections::VecDeque<Waiting<I, O>>,
     in_flight: usize,
 }
 
@@ -369,7 +369,7 @@ impl<I: Send + 'static, O: Send + 'static> Lane<I, O> {
             shared: Arc::new(Shared {
                 config,
                 state: Mutex::new(State {
-                    waiting: Vec::new(),
+                    waiting: std::collections::VecDeque::new(),
                     in_flight: 0,
                 }),
                 send: Box::new(send),
@@ -383,13 +383,21 @@ impl<I: Send + 'static, O: Send + 'static> Lane<I, O> {
     /// Queues `item`, starts a round trip if one is free, and waits for
     /// the item's answer.
     async fn call(&self, item: I) -> Result<O, StoreError> {
-        let Ok(room) = Arc::clone(&self.room).acquire_owned().await else {
-            return Err(store_error(BatchError::Unanswered));
+        // A free place is taken without a yield (`acquire_owned` spends
+        // the task's cooperative budget: callers polled together would
+        // then register over several polls and go out in many small
+        // batches); only a full waiting room waits.
+        let room = match Arc::clone(&self.room).try_acquire_owned() {
+            Ok(room) => room,
+            Err(_) => match Arc::clone(&self.room).acquire_owned().await {
+                Ok(room) => room,
+                Err(_) => return Err(store_error(BatchError::Unanswered)),
+            },
         };
         let (answer, answered) = oneshot::channel();
         let batch = {
             let mut state = lock(&self.shared.state);
-            state.waiting.push(Waiting { item, answer, room });
+            state.waiting.push_back(Waiting { item, answer, room });
             self.shared.next_batch(&mut state, Turn::Start)
         };
         if let Some(batch) = batch {
@@ -420,18 +428,28 @@ impl<I: Send + 'static, O: Send + 'static> Shared<I, O> {
     /// trips are out (it then counts one more); a returned round trip that
     /// finds nothing waiting counts itself out.
     fn next_batch(&self, state: &mut State<I, O>, turn: Turn) -> Option<Vec<Waiting<I, O>>> {
-        state.waiting.retain(|w| !w.answer.is_closed());
         if turn == Turn::Start {
             if state.waiting.is_empty() || state.in_flight >= self.config.in_flight {
                 return None;
             }
             state.in_flight += 1;
-        } else if state.waiting.is_empty() {
+        }
+        // Callers that gave up are left out as the batch is cut (not on
+        // every call: that would scan the whole waiting room per message).
+        let mut batch = Vec::with_capacity(state.waiting.len().min(self.config.max_batch));
+        while batch.len() < self.config.max_batch {
+            let Some(waiting) = state.waiting.pop_front() else {
+                break;
+            };
+            if !waiting.answer.is_closed() {
+                batch.push(waiting);
+            }
+        }
+        if batch.is_empty() {
             state.in_flight -= 1;
             return None;
         }
-        let n = state.waiting.len().min(self.config.max_batch);
-        Some(state.waiting.drain(..n).collect())
+        Some(batch)
     }
 
     /// Sends `batch`, answers each caller, then the batches that gathered
@@ -479,7 +497,7 @@ impl<I, O> Drop for Out<'_, I, O> {
             if state.in_flight == 0 {
                 std::mem::take(&mut state.waiting)
             } else {
-                Vec::new()
+                std::collections::VecDeque::new()
             }
         };
         drop(abandoned);
