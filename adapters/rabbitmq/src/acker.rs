@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use backstop::metrics::{ACK_FAILURES, consumer_labels};
 use backstop::{AckError, Acker};
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::options::BasicNackOptions;
 
 use crate::window::Window;
 
@@ -28,24 +28,18 @@ pub struct RabbitAcker {
     acker: lapin::Acker,
     tag: u64,
     queue: Arc<str>,
-    window: Option<Arc<Window>>,
+    /// The ack window of the channel that delivered it (which entered its tag).
+    window: Arc<Window>,
 }
 
 impl RabbitAcker {
-    pub(crate) fn new(acker: lapin::Acker, tag: u64, queue: Arc<str>) -> Self {
+    pub(crate) fn new(acker: lapin::Acker, tag: u64, queue: Arc<str>, window: Arc<Window>) -> Self {
         RabbitAcker {
             acker,
             tag,
             queue,
-            window: None,
+            window,
         }
-    }
-
-    /// Settles through `window`, the ack window of the channel that
-    /// delivered it (which entered its tag).
-    pub(crate) fn in_window(mut self, window: Arc<Window>) -> Self {
-        self.window = Some(window);
-        self
     }
 
     /// The delivery tag this acker settles.
@@ -81,18 +75,9 @@ impl RabbitAcker {
 impl Acker for RabbitAcker {
     async fn ack(self: Box<Self>) -> Result<(), AckError> {
         let RabbitAcker {
-            acker,
-            tag,
-            queue,
-            window,
+            acker, tag, window, ..
         } = *self;
-        match window {
-            Some(window) => window.ack(tag, acker).await,
-            None => {
-                let result = acker.ack(BasicAckOptions { multiple: false }).await;
-                RabbitAcker::new(acker, tag, queue).settled("ack", result)
-            }
-        }
+        window.ack(tag, acker).await
     }
 
     async fn nack(self: Box<Self>, requeue: bool) -> Result<(), AckError> {
@@ -103,8 +88,8 @@ impl Acker for RabbitAcker {
                 requeue,
             })
             .await;
-        if let (Some(window), Ok(true)) = (&self.window, &result) {
-            window.settled(self.tag);
+        if let Ok(true) = result {
+            self.window.settled(self.tag);
         }
         self.settled("nack", result)
     }

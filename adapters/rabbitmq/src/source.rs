@@ -476,7 +476,13 @@ fn budget(timeout: Duration, margin: Duration) -> Duration {
 }
 
 impl RabbitSource {
-    fn delivery(&self, arrived: Instant, delivery: lapin::message::Delivery) -> Delivery {
+    /// A delivery of the channel whose ack window is `window`, entered in it.
+    fn delivery(
+        &self,
+        window: Arc<Window>,
+        arrived: Instant,
+        delivery: lapin::message::Delivery,
+    ) -> Delivery {
         let lapin::message::Delivery {
             delivery_tag,
             redelivered,
@@ -492,11 +498,8 @@ impl RabbitSource {
             &properties,
             data,
         );
-        let mut acker = RabbitAcker::new(acker, delivery_tag, Arc::clone(&self.queue));
-        if let Some(subscription) = &self.active {
-            subscription.window.enter(delivery_tag, arrived);
-            acker = acker.in_window(Arc::clone(&subscription.window));
-        }
+        window.enter(delivery_tag, arrived);
+        let acker = RabbitAcker::new(acker, delivery_tag, Arc::clone(&self.queue), window);
         Delivery::new(message, acker).with_deadline(arrived + self.budget)
     }
 }
@@ -615,7 +618,8 @@ impl Source for RabbitSource {
             };
             match subscription.arrivals.recv().await {
                 Some((arrived, Some(Ok(delivery)))) => {
-                    return Some(Ok(self.delivery(arrived, delivery)));
+                    let window = Arc::clone(&subscription.window);
+                    return Some(Ok(self.delivery(window, arrived, delivery)));
                 }
                 Some((_, Some(Err(error)))) => {
                     if let Some(lost) = self.lose(error.to_string()) {
@@ -644,8 +648,11 @@ impl Source for RabbitSource {
         };
         let held = subscription.cancel(&self.tag, self.prefetch).await;
         tracing::info!(queue = %self.queue, held = held.len(), "consumer cancelled: consumption paused");
+        let window = Arc::clone(&subscription.window);
         let now = Instant::now();
-        held.into_iter().map(|d| self.delivery(now, d)).collect()
+        held.into_iter()
+            .map(|d| self.delivery(Arc::clone(&window), now, d))
+            .collect()
     }
 
     async fn resume(&mut self) {
