@@ -711,10 +711,15 @@ async fn a_resumed_job_that_cannot_run_ends_failed() {
         .unwrap()
         .create_job(&spec, "ops")
         .unwrap();
+    let path = dlq_path("rabbitmq", &dlq);
     let console = Console::start(&conf, &[]);
     let done = console.wait_job(u64::try_from(id).unwrap(), JOB).await;
     assert!(done.contains("data-status=\"failed\""), "{done}");
     assert!(done.contains("from 0.01 to 100000"), "{done}");
+    // The index walk moves each letter to the tail (a confirmed copy, then
+    // the original's ack): a console killed between the two leaves a second
+    // copy of that letter. Killed only once the walk is done.
+    console.wait_count(&path, 3, INDEXED).await;
     drop(console);
     let console = Console::start(&conf, &[]);
     let page = console.page(&format!("/jobs/{id}")).await;
@@ -722,7 +727,11 @@ async fn a_resumed_job_that_cannot_run_ends_failed() {
         page.contains("data-status=\"failed\""),
         "not resumed again: {page}"
     );
+    console.wait_count(&path, 3, INDEXED).await;
     assert_eq!(settled(&rabbit, &dlq, 3).await, 3, "every letter stayed");
+    let mut ids = queue_ids(&dlq).await;
+    ids.sort();
+    assert_eq!(ids, [0, 1, 2].map(|i| format!("{q}-{i}")), "once each");
 }
 
 /// A redrive cancelled mid-way ends `cancelled` with fewer letters redriven
