@@ -68,6 +68,15 @@ else
 fi
 want() { [[ " ${wanted[*]} " == *" $1 "* ]]; }
 
+# Every run's output is also kept in a file (the last 5 runs), and a
+# failed run ends with each failing test's panic message, so a failure is
+# readable from the end of the output even when the middle is cut.
+LOG_DIR="${BACKSTOP_TEST_LOG_DIR:-/var/tmp/backstop-logs}"
+mkdir -p "$LOG_DIR"
+LOG="$LOG_DIR/test-$(date -u +%Y%m%dT%H%M%SZ).log"
+find "$LOG_DIR" -maxdepth 1 -name 'test-*.log' | sort -r | tail -n +5 | xargs -r rm -f
+exec > >(tee -a "$LOG") 2>&1
+
 start=$SECONDS
 times=()
 status=0
@@ -82,9 +91,18 @@ step_done() {
   printf '<== %s: %d s\n' "$1" "$took"
 }
 report() {
+  local rc=$?
+  if ((rc != 0)) && grep -qE '^test .* FAILED$' "$LOG" 2>/dev/null; then
+    printf '\n==> failures (the whole output: %s)\n' "$LOG"
+    # Each panic with the lines of its message (up to the backtrace).
+    awk '/^thread .* panicked at/ {n = 8} n > 0 && /^stack backtrace:|^note: / {n = 0} n > 0 {print "  " $0; n--}
+         /^test .* FAILED$/ {print "  " $0}' "$LOG" | cut -c1-400 | tail -n 80
+  fi
   printf '\n==> step times\n'
   printf '  %s\n' "${times[@]}"
   printf '  %-10s %5d s\n' total "$((SECONDS - start))"
+  printf '  log        %s\n' "$LOG"
+  return "$rc"
 }
 trap report EXIT
 
