@@ -35,6 +35,7 @@ impl LeaseGuard {
             fence,
             cancel,
             confirmed: Mutex::new(claimed),
+            settling: std::sync::atomic::AtomicBool::new(false),
         });
         let id = renewer.register(&store, duration, Arc::clone(&lease));
         LeaseGuard {
@@ -53,6 +54,15 @@ impl LeaseGuard {
 
     pub(crate) fn fence(&self) -> Fence {
         self.lease.fence
+    }
+
+    /// The run is over and its result is about to be written: from now on
+    /// a renewal the store refuses is that write's doing, not a takeover
+    /// (the renewer neither warns nor cancels).
+    pub(crate) fn settling(&self) {
+        self.lease
+            .settling
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// The lease was settled in the store; nothing to release on drop.

@@ -387,6 +387,7 @@ impl Deduper {
             })
             .collect();
         let result = inner(request).await;
+        guards.iter().for_each(LeaseGuard::settling);
         let mut unwritten = None;
         for guard in guards {
             match settle(&store, guard.key(), guard.fence(), &result).await {

@@ -1,5 +1,5 @@
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -34,6 +34,10 @@ pub(crate) struct Lease {
     pub(crate) cancel: CancellationToken,
     /// When the store last confirmed the lease (at the claim, then each renewal).
     pub(crate) confirmed: Mutex<Instant>,
+    /// The run is over and its result is being written: a renewal the
+    /// store refuses now raced that write (the key is completed, say), so
+    /// the lease is not reported lost.
+    pub(crate) settling: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -126,6 +130,10 @@ async fn renew_all(store: &dyn Store, held: &[Arc<Lease>], lease: Duration, peri
         };
         match answer {
             Some(Ok(true)) => *lock(&held.confirmed) = sent,
+            // Settled meanwhile: the renewal came after the result was written.
+            Some(Ok(false)) if held.settling.load(Ordering::Acquire) => {
+                tracing::trace!(%key, "renewal refused after the run ended; its result is being written");
+            }
             Some(Ok(false)) => {
                 tracing::warn!(%key, fence = %held.fence, "lease lost (taken over after expiry, or gone); cancelling its run");
                 held.cancel.cancel();

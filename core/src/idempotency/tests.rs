@@ -725,3 +725,66 @@ async fn a_pending_letter_keeps_a_bounded_error_text() {
     assert_eq!(letter.message, wire::truncate(&long, MAX_LETTER_TEXT));
     assert!(letter.message.len() <= MAX_LETTER_TEXT && letter.message.len() > 1000);
 }
+
+/// A store whose completion is written at once but answered `stall` later,
+/// as a slow round trip (or a batch) would: a renewal turn falls in between.
+struct SlowCompletion {
+    inner: MemoryStore,
+    stall: Duration,
+}
+
+#[async_trait::async_trait]
+impl Store for SlowCompletion {
+    async fn claim(&self, k: &Key, o: &str, l: Duration, r: u32) -> Result<Claim, StoreError> {
+        self.inner.claim(k, o, l, r).await
+    }
+    async fn renew(&self, k: &Key, f: Fence, l: Duration) -> Result<bool, StoreError> {
+        self.inner.renew(k, f, l).await
+    }
+    async fn complete(&self, k: &Key, f: Fence) -> Result<bool, StoreError> {
+        let done = self.inner.complete(k, f).await;
+        tokio::time::sleep(self.stall).await;
+        done
+    }
+    async fn dead_letter(&self, k: &Key, f: Fence) -> Result<bool, StoreError> {
+        self.inner.dead_letter(k, f).await
+    }
+    async fn release(&self, k: &Key, f: Fence, n: Option<u32>) -> Result<(), StoreError> {
+        self.inner.release(k, f, n).await
+    }
+}
+
+/// A renewal the store refuses because the run's own completion was written
+/// just before it is not a lost lease: the run's token does not fire, and
+/// the message is handled once (the cluster suite logged bursts of "lease
+/// lost" warnings for runs that had completed, under a slow store).
+#[tokio::test(start_paused = true)]
+async fn a_renewal_refused_after_the_completion_was_written_is_not_a_lost_lease() {
+    let lease = Duration::from_millis(300);
+    let config = Config {
+        lease,
+        ..Config::keyed_by(KeySource::MessageId)
+    };
+    let store = Arc::new(SlowCompletion {
+        inner: MemoryStore::default(),
+        stall: lease,
+    });
+    let token = Arc::new(Mutex::new(None));
+    let seen = Arc::clone(&token);
+    let svc = IdempotencyLayer::new(Arc::clone(&store) as Arc<dyn Store>, config).layer(
+        service_fn(move |r: Request<String>| {
+            *seen.lock().unwrap() = Some(r.cancellation().clone());
+            async { Ok::<_, Error>(Outcome::Handled) }
+        }),
+    );
+    let outcome = svc.clone().oneshot(request("a")).await;
+    assert!(matches!(outcome, Ok(Outcome::Handled)), "{outcome:?}");
+    let token = token.lock().unwrap().take().expect("the handler ran");
+    assert!(
+        !token.is_cancelled(),
+        "a renewal after the completion cancelled a finished run"
+    );
+    // Written once: a redelivery is a duplicate.
+    let again = svc.oneshot(request("a")).await;
+    assert!(matches!(again, Ok(Outcome::Duplicate)), "{again:?}");
+}
