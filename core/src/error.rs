@@ -25,11 +25,16 @@ pub enum ErrorKind {
     /// Runs of the message ended without a result (the process died or hung
     /// past its lease) until its attempts were spent; it was not run again.
     Crashed,
+    /// The message was older than the stack's time to live when it was
+    /// consumed (by its timestamp or its `expires-at` header); not run.
+    Expired,
+    /// No handler is routed for the message's type; not run.
+    UnknownType,
 }
 
 impl ErrorKind {
     /// Every kind, in declaration order.
-    pub const ALL: [ErrorKind; 7] = [
+    pub const ALL: [ErrorKind; 9] = [
         ErrorKind::Decode,
         ErrorKind::Permanent,
         ErrorKind::Exhausted,
@@ -37,9 +42,12 @@ impl ErrorKind {
         ErrorKind::Timeout,
         ErrorKind::TooLarge,
         ErrorKind::Crashed,
+        ErrorKind::Expired,
+        ErrorKind::UnknownType,
     ];
 
-    /// The wire name (`decode`, `permanent`, `exhausted`, `panic`, `timeout`, `too_large`, `crashed`).
+    /// The wire name (`decode`, `permanent`, `exhausted`, `panic`, `timeout`,
+    /// `too_large`, `crashed`, `expired`, `unknown_type`).
     pub const fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Decode => "decode",
@@ -49,6 +57,8 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::TooLarge => "too_large",
             ErrorKind::Crashed => "crashed",
+            ErrorKind::Expired => "expired",
+            ErrorKind::UnknownType => "unknown_type",
         }
     }
 
@@ -62,6 +72,8 @@ impl ErrorKind {
             "timeout" => ErrorKind::Timeout,
             "too_large" => ErrorKind::TooLarge,
             "crashed" => ErrorKind::Crashed,
+            "expired" => ErrorKind::Expired,
+            "unknown_type" => ErrorKind::UnknownType,
             _ => return None,
         })
     }
