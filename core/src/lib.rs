@@ -52,6 +52,7 @@ pub mod dead_letter;
 pub mod decode;
 mod delivery;
 pub mod error;
+pub mod expiry;
 pub mod handler;
 pub mod headers;
 pub mod idempotency;

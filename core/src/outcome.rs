@@ -23,16 +23,23 @@ pub enum Outcome {
     },
     /// The message was a duplicate of one already completed or dead-lettered.
     Duplicate,
+    /// The message was acked without running, as configured (an expired
+    /// message under [`TimeToLive::discard`](crate::expiry::TimeToLive::discard)).
+    Discarded {
+        /// Why ([`ErrorKind::Expired`]).
+        kind: ErrorKind,
+    },
 }
 
 impl Outcome {
-    /// The metric label: `handled`, `dead_lettered`, `deferred`, `duplicate`.
+    /// The metric label: `handled`, `dead_lettered`, `deferred`, `duplicate`, `discarded`.
     pub const fn label(&self) -> &'static str {
         match self {
             Outcome::Handled => "handled",
             Outcome::DeadLettered { .. } => "dead_lettered",
             Outcome::Deferred { .. } => "deferred",
             Outcome::Duplicate => "duplicate",
+            Outcome::Discarded { .. } => "discarded",
         }
     }
 }

@@ -40,6 +40,10 @@ pub const DUE: &str = "x-backstop-due";
 pub const REPLAYED: &str = "x-backstop-replayed";
 /// W3C trace context, propagated unchanged.
 pub const TRACEPARENT: &str = "traceparent";
+/// When a message stops being worth running (RFC 3339, or milliseconds
+/// since the Unix epoch), set by its producer; read by a stack with a
+/// [`TimeToLive`](crate::expiry::TimeToLive).
+pub const EXPIRES_AT: &str = "expires-at";
 
 /// The longest error text written to [`ERROR`], in bytes.
 pub const MAX_ERROR_LEN: usize = 1024;

@@ -21,7 +21,9 @@ impl Signal {
     /// The signal of a settlement.
     pub fn of(result: &Result<Settled, AckError>) -> Self {
         match result {
-            Ok(Settled::Acked(Outcome::Handled | Outcome::Duplicate)) => Signal::Success,
+            Ok(Settled::Acked(
+                Outcome::Handled | Outcome::Duplicate | Outcome::Discarded { .. },
+            )) => Signal::Success,
             Ok(Settled::Acked(Outcome::Deferred { .. })) => Signal::TransientFailure,
             Ok(Settled::Acked(Outcome::DeadLettered { kind, .. })) => match kind {
                 ErrorKind::Exhausted | ErrorKind::Timeout => Signal::TransientFailure,

@@ -33,6 +33,15 @@ impl DeadLetterLayer {
         self.writer = self.writer.to(destination.into());
         self
     }
+
+    /// Settles messages that expired before they ran as `ttl` says
+    /// (dead-lettered with kind `expired`, or discarded), without running
+    /// them; see [`expiry`](crate::expiry).
+    #[must_use]
+    pub fn time_to_live(mut self, ttl: crate::expiry::TimeToLive) -> Self {
+        self.writer = self.writer.expire_after(ttl);
+        self
+    }
 }
 
 impl<S> Layer<S> for DeadLetterLayer {

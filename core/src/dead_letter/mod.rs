@@ -48,11 +48,13 @@ pub use self::sink::DeadLetterSink;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::SystemTime;
 
 use futures::future::BoxFuture;
 use tower::Service;
 
 use self::pending::PendingLetters;
+use crate::expiry::{OnExpiry, TimeToLive};
 use crate::{Error, Failure, Message, Outcome, Request, copy};
 
 /// The dead-letter service; see the [module docs](self).
@@ -89,6 +91,9 @@ where
         if let Some(failure) = writer.pending_for(&request) {
             return Box::pin(async move { writer.write(&message, failure).await });
         }
+        if let Some(failure) = writer.expired(&request) {
+            return Box::pin(async move { writer.expire(&message, failure).await });
+        }
         let future = self.inner.call(request);
         Box::pin(async move { writer.after(&message, future.await).await })
     }
@@ -101,6 +106,7 @@ pub(crate) struct Writer {
     sink: Arc<dyn DeadLetterSink>,
     destination: Option<Arc<str>>,
     pending: Arc<PendingLetters>,
+    expiry: Option<TimeToLive>,
 }
 
 impl Writer {
@@ -110,6 +116,43 @@ impl Writer {
             sink,
             destination: None,
             pending: Arc::default(),
+            expiry: None,
+        }
+    }
+
+    /// Expired messages are not run (see [`expiry`](crate::expiry)).
+    pub(crate) fn expire_after(mut self, ttl: TimeToLive) -> Self {
+        self.expiry = Some(ttl);
+        self
+    }
+
+    /// The failure of a message that expired before it ran, if it did
+    /// (only with a [`TimeToLive`]): then it is settled without running.
+    pub(crate) fn expired<T>(&self, request: &Request<T>) -> Option<Failure> {
+        let ttl = self.expiry.as_ref()?;
+        let now = SystemTime::now();
+        let reason = ttl.expired(request.message(), now)?;
+        Some(TimeToLive::failure(reason, request.attempt(), now))
+    }
+
+    /// Settles an expired message as its [`TimeToLive`] says: its letter
+    /// written, or acked unrun and counted.
+    pub(crate) async fn expire(
+        &self,
+        message: &Message,
+        failure: Failure,
+    ) -> Result<Outcome, Error> {
+        match self.expiry.map(|ttl| ttl.on_expiry()) {
+            Some(OnExpiry::Discard) => {
+                tracing::info!(
+                    message_id = %message.meta.message_id,
+                    source = %message.meta.source,
+                    reason = %failure.message,
+                    "expired message discarded without running"
+                );
+                Ok(Outcome::Discarded { kind: failure.kind })
+            }
+            _ => self.write(message, failure).await,
         }
     }
 

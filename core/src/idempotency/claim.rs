@@ -145,11 +145,12 @@ pub(super) async fn settle(
     fence: Fence,
     result: &Result<Outcome, Error>,
 ) -> Result<(), crate::StoreError> {
-    if let Ok(Outcome::Handled) = result {
+    // Discarded: settled for good as well, so a redelivery is a duplicate.
+    if let Ok(Outcome::Handled | Outcome::Discarded { .. }) = result {
         return store.complete(key, fence).await.map(lost(key, fence));
     }
     let settled = match result {
-        Ok(Outcome::Handled) => Ok(()),
+        Ok(Outcome::Handled | Outcome::Discarded { .. }) => Ok(()),
         Ok(Outcome::DeadLettered { .. }) => {
             store.dead_letter(key, fence).await.map(lost(key, fence))
         }

@@ -400,7 +400,9 @@ impl Deduper {
         }
         match (result, unwritten) {
             // Not acked unless its completion is written: it is redelivered.
-            (Ok(Outcome::Handled), Some(error)) => Err(Error::Store(error)),
+            (Ok(Outcome::Handled | Outcome::Discarded { .. }), Some(error)) => {
+                Err(Error::Store(error))
+            }
             (result, _) => result,
         }
     }

@@ -13,12 +13,13 @@ pub(crate) static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
 /// The outcome labels, in the order [`MessageKeys::of`] indexes them.
-const OUTCOMES: [&str; 5] = [
+const OUTCOMES: [&str; 6] = [
     "handled",
     "dead_lettered",
     "deferred",
     "duplicate",
     "nacked",
+    "discarded",
 ];
 
 /// The counter and the histogram of one outcome label.
@@ -29,7 +30,7 @@ pub(super) struct OutcomeKeys {
 
 /// Every key one stack records per message.
 pub(crate) struct MessageKeys {
-    by_outcome: [OutcomeKeys; 5],
+    by_outcome: [OutcomeKeys; 6],
     in_flight: Key,
 }
 
@@ -53,6 +54,7 @@ impl MessageKeys {
             Ok(Outcome::Deferred { .. }) => 2,
             Ok(Outcome::Duplicate) => 3,
             Err(_) => 4,
+            Ok(Outcome::Discarded { .. }) => 5,
         }]
     }
 
@@ -112,6 +114,9 @@ mod tests {
             }),
             Ok(Outcome::Duplicate),
             Err(Error::Shutdown),
+            Ok(Outcome::Discarded {
+                kind: crate::ErrorKind::Expired,
+            }),
         ];
         let keys = MessageKeys::new(&MetricLabels::new("q", "q"));
         for result in &results {

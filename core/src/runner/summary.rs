@@ -24,6 +24,9 @@ pub struct Summary {
     pub ack_failed: u64,
     /// Still running at the shutdown deadline: dropped and left for redelivery.
     pub abandoned: u64,
+    /// Acked without running, as configured (expired messages under
+    /// [`TimeToLive::discard`](crate::expiry::TimeToLive::discard)).
+    pub discarded: u64,
 }
 
 impl Summary {
@@ -34,6 +37,7 @@ impl Summary {
             Ok(Settled::Acked(Outcome::DeadLettered { .. })) => self.dead_lettered += 1,
             Ok(Settled::Acked(Outcome::Deferred { .. })) => self.deferred += 1,
             Ok(Settled::Acked(Outcome::Duplicate)) => self.duplicates += 1,
+            Ok(Settled::Acked(Outcome::Discarded { .. })) => self.discarded += 1,
             Ok(Settled::Nacked(_)) => self.nacked += 1,
             Ok(Settled::Postponed(_)) => self.postponed += 1,
             Err(_) => self.ack_failed += 1,
@@ -51,6 +55,7 @@ impl Summary {
         self.postponed += other.postponed;
         self.ack_failed += other.ack_failed;
         self.abandoned += other.abandoned;
+        self.discarded += other.discarded;
     }
 }
 
@@ -68,6 +73,11 @@ impl fmt::Display for Summary {
             self.postponed,
             self.ack_failed,
             self.abandoned
-        )
+        )?;
+        // Only when configured and used: the line's other fields are fixed.
+        if self.discarded > 0 {
+            write!(f, " · discarded {}", self.discarded)?;
+        }
+        Ok(())
     }
 }

@@ -1,7 +1,8 @@
 //! [`StackBuilder`]: composes the layers in the one correct order.
 //!
 //! Outermost first: ack ⟶ decode ⟶ metrics/trace ⟶
-//! idempotency ⟶ dead-letter ⟶ retry ⟶ timeout ⟶ catch-panic ⟶ handler.
+//! idempotency ⟶ dead-letter (and time to live) ⟶ retry ⟶ timeout ⟶
+//! catch-panic ⟶ handler.
 //!
 //! Why this order: the ack must see every result; decoding happens once
 //! before anything needs the key; idempotency wraps the dead-letter write so
@@ -92,6 +93,7 @@ pub struct StackBuilder<T> {
     nack_delay: Duration,
     max_payload: Option<usize>,
     innermost: Option<Wrap<T>>,
+    time_to_live: Option<crate::expiry::TimeToLive>,
     labels: crate::metrics::MetricLabels,
     _payload: PhantomData<fn() -> T>,
 }
@@ -107,6 +109,7 @@ impl<T> std::fmt::Debug for StackBuilder<T> {
             .field("postpone", &self.postpone.is_some())
             .field("nack_delay", &self.nack_delay)
             .field("max_payload", &self.max_payload)
+            .field("time_to_live", &self.time_to_live)
             .field("labels", &self.labels)
             .finish()
     }
@@ -129,6 +132,7 @@ impl<T: Payload> StackBuilder<T> {
             nack_delay: Duration::from_secs(1),
             max_payload: None,
             innermost: None,
+            time_to_live: None,
             labels: crate::metrics::MetricLabels::default(),
             _payload: PhantomData,
         }
@@ -233,6 +237,16 @@ impl<T: Payload> StackBuilder<T> {
         self
     }
 
+    /// Does not run messages older than `ttl` allows or past their
+    /// [`EXPIRES_AT`](crate::wire::EXPIRES_AT) header: they are
+    /// dead-lettered with kind `expired`, or discarded and counted; see
+    /// [`expiry`](crate::expiry). Off by default (nothing expires).
+    #[must_use]
+    pub fn time_to_live(mut self, ttl: crate::expiry::TimeToLive) -> Self {
+        self.time_to_live = Some(ttl);
+        self
+    }
+
     /// Dead-letters bodies over `bytes` with kind `too_large`, unread.
     #[must_use]
     pub fn max_payload(mut self, bytes: usize) -> Self {
@@ -272,6 +286,9 @@ impl<T: Payload> StackBuilder<T> {
         let mut letters = Writer::new(self.dead_letter);
         if let Some(to) = self.dead_letter_to {
             letters = letters.to(to);
+        }
+        if let Some(ttl) = self.time_to_live {
+            letters = letters.expire_after(ttl);
         }
         let pipeline = Pipeline {
             nack_delay: self.nack_delay,
@@ -329,6 +346,9 @@ impl<T: Payload> StackBuilder<T> {
         let mut dead_letter = DeadLetterLayer::new(self.dead_letter);
         if let Some(to) = self.dead_letter_to {
             dead_letter = dead_letter.to(to);
+        }
+        if let Some(ttl) = self.time_to_live {
+            dead_letter = dead_letter.time_to_live(ttl);
         }
         let failing = dead_letter.layer(retry.layer(attempt));
         let deduped: Boxed<Request<T>, Outcome, Error> = match self.store {

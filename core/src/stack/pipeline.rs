@@ -75,6 +75,9 @@ impl<T: Payload, H: Handle<T>> Pipeline<T, H> {
         if let Some(failure) = self.letters.pending_for(&request) {
             return self.letters.write(&message, failure).await;
         }
+        if let Some(failure) = self.letters.expired(&request) {
+            return self.letters.expire(&message, failure).await;
+        }
         let result = retry::run(&self.policy, self.retry_sink.as_ref(), request, |request| {
             self.attempt(request)
         })

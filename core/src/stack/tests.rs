@@ -761,3 +761,141 @@ mod a_retry_copy_that_can_never_be_written_is_dead_lettered {
             .await;
     }
 }
+
+/// A message past its `expires-at` header is dead-lettered with kind
+/// `expired` without running; one without a timestamp or header runs; a
+/// message older than the time to live (its publish time) expires too.
+async fn expired_messages_are_dead_lettered_unrun_and_the_rest_run() {
+    let broker = MemoryBroker::new();
+    let long_ago = wire::format_time(std::time::SystemTime::UNIX_EPOCH);
+    broker
+        .publish_now(
+            "orders",
+            order("late", 5).with_header(wire::EXPIRES_AT, long_ago),
+        )
+        .unwrap();
+    broker.publish_now("orders", order("fresh", 5)).unwrap();
+    let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let r = Arc::clone(&ran);
+    let summary = drain(
+        &broker,
+        |b| b.time_to_live(crate::expiry::TimeToLive::max_age(Duration::from_secs(60))),
+        move |o, _c| {
+            r.lock().unwrap().push(o.order_id);
+            async { Ok(()) }
+        },
+    )
+    .await;
+    assert_eq!(*ran.lock().unwrap(), ["fresh"], "the expired one never ran");
+    assert_eq!((summary.handled, summary.dead_lettered), (1, 1));
+    let dlq = broker.peek("orders.dlq");
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].header(wire::ERROR_KIND), Some("expired"));
+    assert_eq!(dlq[0].header(wire::MESSAGE_ID), Some("m-late"));
+    assert!(
+        dlq[0]
+            .header(wire::ERROR)
+            .is_some_and(|e| e.contains("expired at 1970-01-01T00:00:00.000Z")),
+        "{:?}",
+        dlq[0].header(wire::ERROR)
+    );
+    assert_eq!(broker.stats("orders").acked, 2, "both settled, none lost");
+
+    // By age: the in-memory broker stamps the publish time.
+    let broker = MemoryBroker::new();
+    broker.publish_now("orders", order("old", 5)).unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let summary = drain(
+        &broker,
+        |b| {
+            b.time_to_live(crate::expiry::TimeToLive::max_age(Duration::from_millis(
+                20,
+            )))
+        },
+        |_o, _c| async { Err(HandlerError::permanent("must not run")) },
+    )
+    .await;
+    assert_eq!(summary.dead_lettered, 1);
+    let dlq = broker.peek("orders.dlq");
+    assert_eq!(dlq[0].header(wire::ERROR_KIND), Some("expired"));
+}
+
+/// With `discard`, an expired message is acked without running, counted as
+/// discarded (not handled), and with idempotency its key is settled: a
+/// redelivered copy is a duplicate and does not run either.
+async fn discarded_expired_messages_are_acked_unrun_and_counted() {
+    let broker = MemoryBroker::new();
+    let long_ago = wire::format_time(std::time::SystemTime::UNIX_EPOCH);
+    let late = order("late", 5).with_header(wire::EXPIRES_AT, long_ago);
+    broker.publish_now("orders", late.clone()).unwrap();
+    broker.publish_now("orders", order("fresh", 5)).unwrap();
+    let store = Arc::new(MemoryStore::default());
+    let calls = Arc::new(AtomicU32::new(0));
+    let run = |broker: &MemoryBroker| {
+        let (store, calls) = (Arc::clone(&store), Arc::clone(&calls));
+        let broker = broker.clone();
+        async move {
+            drain(
+                &broker,
+                |b| {
+                    b.idempotency(store, KeySource::MessageId)
+                        .time_to_live(crate::expiry::TimeToLive::header_only().discard())
+                },
+                move |_o, _c| {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    async { Ok(()) }
+                },
+            )
+            .await
+        }
+    };
+    let summary = run(&broker).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "only the fresh one ran");
+    assert_eq!((summary.handled, summary.discarded), (1, 1), "{summary}");
+    assert!(summary.to_string().ends_with("· discarded 1"), "{summary}");
+    assert_eq!(broker.stats("orders").acked, 2);
+    assert!(
+        broker.peek("orders.dlq").is_empty(),
+        "nothing dead-lettered"
+    );
+
+    // The same message again (a redelivery after a lost ack): a duplicate.
+    broker.publish_now("orders", late).unwrap();
+    let again = run(&broker).await;
+    assert_eq!((again.duplicates, again.discarded), (1, 0), "{again}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+mod expired_messages_are_dead_lettered_unrun_and_the_rest_run {
+    #[tokio::test]
+    async fn pipeline() {
+        super::expired_messages_are_dead_lettered_unrun_and_the_rest_run().await;
+    }
+
+    #[tokio::test]
+    async fn tower_layers() {
+        super::LAYERED
+            .scope(
+                true,
+                super::expired_messages_are_dead_lettered_unrun_and_the_rest_run(),
+            )
+            .await;
+    }
+}
+
+mod discarded_expired_messages_are_acked_unrun_and_counted {
+    #[tokio::test]
+    async fn pipeline() {
+        super::discarded_expired_messages_are_acked_unrun_and_counted().await;
+    }
+
+    #[tokio::test]
+    async fn tower_layers() {
+        super::LAYERED
+            .scope(
+                true,
+                super::discarded_expired_messages_are_acked_unrun_and_counted(),
+            )
+            .await;
+    }
+}

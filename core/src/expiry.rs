@@ -1,0 +1,252 @@
+//! Time to live at consume: a message older than the stack allows, or past
+//! the time its producer set in [`wire::EXPIRES_AT`], is not run.
+//!
+//! A price quote or a "send the code" message that waited in a queue
+//! through an outage is worse than useless when it finally runs. With a
+//! [`TimeToLive`] on the [`StackBuilder`](crate::StackBuilder), each
+//! delivery is checked before its handler runs (inside idempotency, so a
+//! redelivery of a message settled as expired is a duplicate):
+//!
+//! - its age is the time since its timestamp (Kafka's record timestamp,
+//!   the AMQP `timestamp` property, the in-memory broker's publish time);
+//!   a message without a timestamp never expires by age, and one stamped in
+//!   the future (a producer's clock ahead of ours) has age zero;
+//! - an [`EXPIRES_AT`](crate::wire::EXPIRES_AT) header (RFC 3339, or
+//!   milliseconds since the Unix epoch) expires it at that time, whatever
+//!   its age; a header that is neither is ignored (logged), never a reason
+//!   to drop a message.
+//!
+//! An expired message is dead-lettered with kind `expired` (the default:
+//! nothing disappears silently) or, with [`TimeToLive::discard`], acked
+//! without running and counted as [`Outcome::Discarded`](crate::Outcome)
+//! (`backstop_messages_total{outcome="discarded"}`).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! use backstop::expiry::TimeToLive;
+//! use backstop::memory::MemoryBroker;
+//! use backstop::{Context, HandlerError, Message, Runner, StackBuilder, handler_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let broker = MemoryBroker::new();
+//! let past = backstop::wire::format_time(std::time::SystemTime::UNIX_EPOCH);
+//! broker.publish_now("quotes", Message::new("{}").with_header(backstop::wire::EXPIRES_AT, past))?;
+//! broker.publish_now("quotes", Message::new("{}"))?;
+//!
+//! let stack = StackBuilder::<serde_json::Value>::new(Arc::new(broker.dead_letter_sink()))
+//!     .time_to_live(TimeToLive::max_age(Duration::from_secs(30)))
+//!     .build(handler_fn(|_quote: serde_json::Value, _ctx: Context| async {
+//!         Ok::<_, HandlerError>(())
+//!     }));
+//! let summary = Runner::new(broker.consume("quotes", 8).until_drained(), stack).run().await?;
+//! assert_eq!(summary.handled, 1);
+//! assert_eq!(summary.dead_lettered, 1, "the expired quote");
+//! let letter = &broker.peek("quotes.dlq")[0];
+//! assert_eq!(letter.header(backstop::wire::ERROR_KIND), Some("expired"));
+//! # Ok(())
+//! # }
+//! ```
+
+use std::time::{Duration, SystemTime};
+
+use crate::{ErrorKind, Failure, Message, wire};
+
+/// What happens to an expired message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnExpiry {
+    /// Dead-lettered with kind `expired` (after the broker confirmed the
+    /// letter), then acked.
+    #[default]
+    DeadLetter,
+    /// Acked without running, counted as discarded.
+    Discard,
+}
+
+/// When a message is too old to run; see the [module docs](self).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeToLive {
+    max_age: Option<Duration>,
+    on_expiry: OnExpiry,
+}
+
+impl TimeToLive {
+    /// Messages older than `age` expire, and so do messages past their
+    /// [`EXPIRES_AT`](wire::EXPIRES_AT) header.
+    pub const fn max_age(age: Duration) -> Self {
+        TimeToLive {
+            max_age: Some(age),
+            on_expiry: OnExpiry::DeadLetter,
+        }
+    }
+
+    /// Only messages past their [`EXPIRES_AT`](wire::EXPIRES_AT) header expire.
+    pub const fn header_only() -> Self {
+        TimeToLive {
+            max_age: None,
+            on_expiry: OnExpiry::DeadLetter,
+        }
+    }
+
+    /// Expired messages are acked without running and counted, instead of
+    /// dead-lettered.
+    #[must_use]
+    pub const fn discard(mut self) -> Self {
+        self.on_expiry = OnExpiry::Discard;
+        self
+    }
+
+    /// What happens to an expired message.
+    pub const fn on_expiry(&self) -> OnExpiry {
+        self.on_expiry
+    }
+
+    /// Why `message` has expired at `now`, or `None` if it may run.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use backstop::expiry::TimeToLive;
+    /// use backstop::{Message, wire};
+    ///
+    /// let ttl = TimeToLive::header_only();
+    /// let now = SystemTime::now();
+    /// let due = Message::new("x").with_header(wire::EXPIRES_AT, "1000");
+    /// assert!(ttl.expired(&due, now).unwrap().contains("expired at"));
+    /// assert_eq!(ttl.expired(&Message::new("x"), now), None);
+    /// ```
+    pub fn expired(&self, message: &Message, now: SystemTime) -> Option<String> {
+        if let Some(text) = message.header(wire::EXPIRES_AT) {
+            match parse_expires_at(text) {
+                Some(at) if at <= now => {
+                    return Some(format!(
+                        "expired at {} (its {} header); consumed at {}",
+                        wire::format_time(at),
+                        wire::EXPIRES_AT,
+                        wire::format_time(now)
+                    ));
+                }
+                Some(_) => {}
+                None => tracing::debug!(
+                    message_id = %message.meta.message_id,
+                    header = wire::EXPIRES_AT,
+                    value = %wire::truncate(text, 64),
+                    "ignoring an expiry header that is neither RFC 3339 nor epoch milliseconds"
+                ),
+            }
+        }
+        let (max, stamped) = (self.max_age?, message.meta.timestamp?);
+        let age = now.duration_since(stamped).unwrap_or_default();
+        (age > max).then(|| {
+            format!(
+                "{} old when consumed (stamped {}), over its time to live of {}",
+                humantime::format_duration(truncate_millis(age)),
+                wire::format_time(stamped),
+                humantime::format_duration(max)
+            )
+        })
+    }
+
+    /// The failure an expired message is dead-lettered with.
+    pub(crate) fn failure(reason: String, attempt: u32, now: SystemTime) -> Failure {
+        Failure {
+            kind: ErrorKind::Expired,
+            message: reason,
+            attempts: attempt.saturating_sub(1),
+            first_failure: now,
+            last_failure: now,
+        }
+    }
+}
+
+/// An [`EXPIRES_AT`](wire::EXPIRES_AT) value: RFC 3339, or milliseconds
+/// since the Unix epoch (at most [`wire::MAX_TIME_MILLIS`]).
+fn parse_expires_at(text: &str) -> Option<SystemTime> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        let millis: u64 = text.parse().ok()?;
+        return (millis <= wire::MAX_TIME_MILLIS)
+            .then(|| SystemTime::UNIX_EPOCH + Duration::from_millis(millis));
+    }
+    wire::parse_time(text)
+}
+
+/// `d` to whole milliseconds, for a readable age.
+fn truncate_millis(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamped(age: Duration, now: SystemTime) -> Message {
+        let mut m = Message::new("x");
+        m.meta.timestamp = Some(now - age);
+        m
+    }
+
+    #[test]
+    fn a_message_older_than_its_time_to_live_expires_and_a_younger_one_does_not() {
+        let now = SystemTime::now();
+        let ttl = TimeToLive::max_age(Duration::from_secs(60));
+        let old = ttl.expired(&stamped(Duration::from_secs(61), now), now);
+        assert!(
+            old.as_deref().is_some_and(|r| r.contains("1m 1s old")),
+            "{old:?}"
+        );
+        assert_eq!(
+            ttl.expired(&stamped(Duration::from_secs(59), now), now),
+            None
+        );
+    }
+
+    #[test]
+    fn a_message_without_a_timestamp_never_expires_by_age() {
+        let ttl = TimeToLive::max_age(Duration::ZERO);
+        assert_eq!(ttl.expired(&Message::new("x"), SystemTime::now()), None);
+    }
+
+    #[test]
+    fn a_timestamp_in_the_future_is_age_zero() {
+        let now = SystemTime::now();
+        let mut m = Message::new("x");
+        m.meta.timestamp = Some(now + Duration::from_secs(3600));
+        assert_eq!(TimeToLive::max_age(Duration::ZERO).expired(&m, now), None);
+    }
+
+    #[test]
+    fn the_expiry_header_is_read_as_rfc_3339_or_epoch_millis_and_anything_else_is_ignored() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let ttl = TimeToLive::header_only();
+        let with = |v: &str| Message::new("x").with_header(wire::EXPIRES_AT, v);
+        assert!(ttl.expired(&with("2020-01-01T00:00:00Z"), now).is_some());
+        assert!(ttl.expired(&with("1999999999999"), now).is_some());
+        assert_eq!(ttl.expired(&with("2040-01-01T00:00:00Z"), now), None);
+        assert_eq!(ttl.expired(&with("2000000000001"), now), None);
+        for junk in [
+            "",
+            "soon",
+            "-5",
+            "99999999999999999999999",
+            "2020-13-45T00:00:00Z",
+        ] {
+            assert_eq!(ttl.expired(&with(junk), now), None, "{junk:?}");
+        }
+        // The header applies with a maximum age too, whatever the age.
+        let young = TimeToLive::max_age(Duration::from_secs(3600));
+        let mut m = with("2020-01-01T00:00:00Z");
+        m.meta.timestamp = Some(now);
+        assert!(young.expired(&m, now).is_some());
+    }
+
+    #[test]
+    fn the_failure_carries_kind_expired_and_the_attempts_spent() {
+        let f = TimeToLive::failure("old".into(), 3, SystemTime::UNIX_EPOCH);
+        assert_eq!(
+            (f.kind, f.attempts, f.message.as_str()),
+            (ErrorKind::Expired, 2, "old")
+        );
+    }
+}
