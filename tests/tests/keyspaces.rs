@@ -102,7 +102,7 @@ impl Recorder {
                 },
             );
         if let Some(inbox) = inbox {
-            builder = builder.innermost(inbox.layer());
+            builder = builder.around_attempt(inbox.layer());
         }
         builder.build(handler)
     }

@@ -464,7 +464,7 @@ async fn a_postgres_outage_under_the_inbox_spends_no_delivery_count_and_dead_let
             Arc::new(backstop::idempotency::Namespaced::new(store, queue.clone())),
             KeySource::MessageId,
         )
-        .innermost(inbox.layer())
+        .around_attempt(inbox.layer())
         .build(handler_fn(move |_v: Value, ctx: Context| {
             let runs = Arc::clone(&noted);
             async move {

@@ -12,7 +12,7 @@
 //!   attempt runs in one transaction that also inserts the message's inbox
 //!   row; a redelivery of a committed message is skipped, a crash before the
 //!   commit leaves nothing (plug it in with
-//!   [`StackBuilder::innermost`](backstop::StackBuilder::innermost)).
+//!   [`StackBuilder::around_attempt`](backstop::StackBuilder::around_attempt)).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -37,7 +37,7 @@
 //!
 //! let broker = MemoryBroker::new();
 //! let stack = StackBuilder::<String>::new(Arc::new(broker.dead_letter_sink()))
-//!     .innermost(inbox.layer())
+//!     .around_attempt(inbox.layer())
 //!     .build(handler_fn(bill));
 //!
 //! // Or (also) the idempotency store, for handlers with effects elsewhere.

@@ -82,7 +82,7 @@ impl Fixture {
                     .backoff(Duration::from_millis(10), Duration::from_millis(50)),
             )
             .nack_delay(Duration::from_millis(50))
-            .innermost(inbox.layer())
+            .around_attempt(inbox.layer())
             .build(writer)
     }
 
@@ -471,7 +471,7 @@ async fn a_fenced_inbox_refuses_the_commit_of_a_run_whose_lease_was_lost() {
                 },
             )
             .nack_delay(Duration::from_millis(50))
-            .innermost(inbox.layer())
+            .around_attempt(inbox.layer())
             .build(writer)
     };
     let slow = Writer {

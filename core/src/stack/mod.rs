@@ -27,12 +27,20 @@ use crate::dead_letter::{DeadLetterSink, Writer};
 use crate::handler::HandlerService;
 use crate::idempotency::{self, Deduper, KeySource, Store};
 use crate::retry::{RetryPolicy, RetrySink};
-use crate::{AckError, Delivery, Handle, HandlerError, Payload, Request, Settled};
+use crate::{AckError, Delivery, Error, Handle, HandlerError, Outcome, Payload, Request, Settled};
 
-/// One attempt's service, as the innermost wrapper sees it (boxed handler).
+/// One attempt's service, as a layer added with
+/// [`StackBuilder::around_attempt`] sees it (the boxed handler).
 pub type AttemptService<T> = BoxCloneSyncService<Request<T>, (), HandlerError>;
 
+/// One message's service inside idempotency, as a layer added with
+/// [`StackBuilder::around_message`] sees it: dead-lettering, retries and
+/// the attempts. It answers with the message's [`Outcome`]; an
+/// [`Error`] leaves the message unacked (nacked or postponed).
+pub type MessageService<T> = BoxCloneSyncService<Request<T>, Outcome, Error>;
+
 type Wrap<T> = Arc<dyn Fn(AttemptService<T>) -> AttemptService<T> + Send + Sync>;
+type WrapMessage<T> = Arc<dyn Fn(MessageService<T>) -> MessageService<T> + Send + Sync>;
 
 /// A fully configured stack: takes a [`Delivery`], settles it, says how.
 ///
@@ -93,6 +101,7 @@ pub struct StackBuilder<T> {
     nack_delay: Duration,
     max_payload: Option<usize>,
     innermost: Option<Wrap<T>>,
+    around_message: Option<WrapMessage<T>>,
     time_to_live: Option<crate::expiry::TimeToLive>,
     labels: crate::metrics::MetricLabels,
     _payload: PhantomData<fn() -> T>,
@@ -110,6 +119,8 @@ impl<T> std::fmt::Debug for StackBuilder<T> {
             .field("nack_delay", &self.nack_delay)
             .field("max_payload", &self.max_payload)
             .field("time_to_live", &self.time_to_live)
+            .field("around_attempt", &self.innermost.is_some())
+            .field("around_message", &self.around_message.is_some())
             .field("labels", &self.labels)
             .finish()
     }
@@ -132,6 +143,7 @@ impl<T: Payload> StackBuilder<T> {
             nack_delay: Duration::from_secs(1),
             max_payload: None,
             innermost: None,
+            around_message: None,
             time_to_live: None,
             labels: crate::metrics::MetricLabels::default(),
             _payload: PhantomData,
@@ -254,10 +266,40 @@ impl<T: Payload> StackBuilder<T> {
         self
     }
 
-    /// Wraps the handler itself, per attempt, inside timeout and catch-panic
-    /// (the PostgreSQL transactional inbox goes here).
+    /// Wraps each attempt of the handler in the user's tower `layer`,
+    /// inside the timeout and catch-panic (so the timeout bounds the layer
+    /// too, and a panic in it is caught): a per-attempt metric, a
+    /// transaction per attempt (the PostgreSQL transactional inbox goes
+    /// here), a concurrency limit on the handler. An error the layer
+    /// returns is the attempt's verdict (transient ones are retried).
+    ///
+    /// The layer's service is built once and cloned per attempt; state
+    /// that must be shared across messages (a rate limiter's bucket) lives
+    /// behind an `Arc` in the layer, or behind a [`tower::buffer::Buffer`].
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use backstop::stack::AttemptService;
+    /// use backstop::{Context, HandlerError, StackBuilder, handler_fn, memory::MemoryBroker};
+    /// use tower::{ServiceExt, layer::layer_fn};
+    ///
+    /// let attempts = Arc::new(AtomicU64::new(0));
+    /// let counted = Arc::clone(&attempts);
+    /// let broker = MemoryBroker::new();
+    /// let stack = StackBuilder::<String>::new(Arc::new(broker.dead_letter_sink()))
+    ///     .around_attempt(layer_fn(move |inner: AttemptService<String>| {
+    ///         let counted = Arc::clone(&counted);
+    ///         AttemptService::new(inner.map_request(move |r| {
+    ///             counted.fetch_add(1, Ordering::Relaxed);
+    ///             r
+    ///         }))
+    ///     }))
+    ///     .build(handler_fn(|_: String, _: Context| async { Ok::<_, HandlerError>(()) }));
+    /// # let _ = stack;
+    /// ```
     #[must_use]
-    pub fn innermost<L>(mut self, layer: L) -> Self
+    pub fn around_attempt<L>(mut self, layer: L) -> Self
     where
         L: Layer<AttemptService<T>> + Send + Sync + 'static,
         L::Service: Service<Request<T>, Response = (), Error = HandlerError>
@@ -268,6 +310,50 @@ impl<T: Payload> StackBuilder<T> {
         <L::Service as Service<Request<T>>>::Future: Send + 'static,
     {
         self.innermost = Some(Arc::new(move |inner| {
+            BoxCloneSyncService::new(layer.layer(inner))
+        }));
+        self
+    }
+
+    /// The former name of [`around_attempt`](Self::around_attempt).
+    #[deprecated(note = "renamed `around_attempt`")]
+    #[must_use]
+    pub fn innermost<L>(self, layer: L) -> Self
+    where
+        L: Layer<AttemptService<T>> + Send + Sync + 'static,
+        L::Service: Service<Request<T>, Response = (), Error = HandlerError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as Service<Request<T>>>::Future: Send + 'static,
+    {
+        self.around_attempt(layer)
+    }
+
+    /// Wraps each message in the user's tower `layer` once, inside
+    /// idempotency (after its key was claimed, so a duplicate never reaches
+    /// it) and outside dead-lettering, retries and the attempts: a rate
+    /// limit on messages, a filter, a per-message metric. The layer sees a
+    /// [`MessageService`]: it may answer without calling it (a filter
+    /// returning [`Outcome::Discarded`], say: the key is then settled and
+    /// the message acked), and an [`Error`] it returns leaves the message
+    /// unacked for a later delivery (never dead-lettered).
+    ///
+    /// The layer's service is built once per stack and cloned per message,
+    /// so state shared across the messages in flight lives behind an `Arc`
+    /// in the layer (a `governor` limiter, say); a per-clone limiter such
+    /// as tower's `RateLimit` would limit each message alone, nothing in
+    /// all. Without a layer here, nothing is boxed or allocated for it.
+    #[must_use]
+    pub fn around_message<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<MessageService<T>> + Send + Sync + 'static,
+        L::Service:
+            Service<Request<T>, Response = Outcome, Error = Error> + Clone + Send + Sync + 'static,
+        <L::Service as Service<Request<T>>>::Future: Send + 'static,
+    {
+        self.around_message = Some(Arc::new(move |inner| {
             BoxCloneSyncService::new(layer.layer(inner))
         }));
         self
@@ -290,7 +376,9 @@ impl<T: Payload> StackBuilder<T> {
         if let Some(ttl) = self.time_to_live {
             letters = letters.expire_after(ttl);
         }
-        let pipeline = Pipeline {
+        let around_message = self.around_message;
+        let pipeline = |message: Option<MessageService<T>>| Pipeline {
+            around_message: message,
             nack_delay: self.nack_delay,
             postpone: self.postpone,
             max_payload: self.max_payload,
@@ -304,9 +392,17 @@ impl<T: Payload> StackBuilder<T> {
             keys: crate::metrics::MessageKeys::new(&self.labels),
             attempt,
         };
-        Stack {
-            inner: Arc::new(pipeline),
-        }
+        let inner: Arc<dyn Process> = match around_message {
+            // The user's layer calls back into the pipeline that holds it:
+            // through a weak reference, so the two do not keep each other.
+            Some(wrap) => Arc::new_cyclic(|me: &std::sync::Weak<Pipeline<T, H>>| {
+                pipeline(Some(wrap(BoxCloneSyncService::new(pipeline::Rest(
+                    me.clone(),
+                )))))
+            }),
+            None => Arc::new(pipeline(None)),
+        };
+        Stack { inner }
     }
 }
 
@@ -327,7 +423,6 @@ impl<T: Payload> StackBuilder<T> {
         use crate::panic::CatchPanicLayer;
         use crate::retry::RetryLayer;
         use crate::timeout::TimeoutLayer;
-        use crate::{Error, Outcome};
 
         let handler: AttemptService<T> = Boxed::new(HandlerService::<H, T>::new(handler));
         let handler = match &self.innermost {
@@ -350,7 +445,11 @@ impl<T: Payload> StackBuilder<T> {
         if let Some(ttl) = self.time_to_live {
             dead_letter = dead_letter.time_to_live(ttl);
         }
-        let failing = dead_letter.layer(retry.layer(attempt));
+        let failing: MessageService<T> = Boxed::new(dead_letter.layer(retry.layer(attempt)));
+        let failing = match &self.around_message {
+            Some(wrap) => wrap(failing),
+            None => failing,
+        };
         let deduped: Boxed<Request<T>, Outcome, Error> = match self.store {
             Some((store, config)) => {
                 Boxed::new(IdempotencyLayer::new(store, config).layer(failing))

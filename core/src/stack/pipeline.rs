@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tower::{Service, ServiceExt};
 
-use super::AttemptService;
+use super::{AttemptService, MessageService};
 use crate::ack::{self, Start};
 use crate::dead_letter::Writer;
 use crate::idempotency::Deduper;
@@ -23,6 +23,9 @@ use crate::{
 
 /// Everything a message's run reads, built once per stack.
 pub(super) struct Pipeline<T, H> {
+    /// The user's layer around each message, holding [`Rest`] (the
+    /// dead-letter layer inward) as its inner service.
+    pub(super) around_message: Option<MessageService<T>>,
     pub(super) nack_delay: Duration,
     pub(super) postpone: Option<Arc<dyn RetrySink>>,
     pub(super) max_payload: Option<usize>,
@@ -65,7 +68,15 @@ impl<T: Payload, H: Handle<T>> Pipeline<T, H> {
 
     async fn deduplicated(&self, request: Request<T>) -> Result<Outcome, Error> {
         match &self.deduper {
-            Some(deduper) => deduper.run(request, |r| self.dead_lettered(r)).await,
+            Some(deduper) => deduper.run(request, |r| self.message(r)).await,
+            None => self.message(request).await,
+        }
+    }
+
+    /// One message inside idempotency: through the user's layer, if any.
+    async fn message(&self, request: Request<T>) -> Result<Outcome, Error> {
+        match &self.around_message {
+            Some(service) => service.clone().oneshot(request).await,
             None => self.dead_lettered(request).await,
         }
     }
@@ -98,5 +109,40 @@ impl<T: Payload, H: Handle<T>> Pipeline<T, H> {
                 timeout::within(self.timeout, panic::caught_call(|| service.call(request))).await
             }
         }
+    }
+}
+
+/// The stack inward of a user's [`around_message`](super::StackBuilder::around_message)
+/// layer (dead-letter, retry, the attempts), as a service over the
+/// pipeline that holds the layer.
+pub(super) struct Rest<T, H>(pub(super) std::sync::Weak<Pipeline<T, H>>);
+
+impl<T, H> Clone for Rest<T, H> {
+    fn clone(&self) -> Self {
+        Rest(self.0.clone())
+    }
+}
+
+impl<T: Payload, H: Handle<T>> Service<Request<T>> for Rest<T, H> {
+    type Response = Outcome;
+    type Error = Error;
+    type Future = futures::future::BoxFuture<'static, Result<Outcome, Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<T>) -> Self::Future {
+        let pipeline = self.0.upgrade();
+        Box::pin(async move {
+            match pipeline {
+                Some(pipeline) => pipeline.dead_lettered(request).await,
+                // The stack was dropped while a message was in its layer.
+                None => Err(Error::Shutdown),
+            }
+        })
     }
 }

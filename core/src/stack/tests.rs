@@ -899,3 +899,122 @@ mod discarded_expired_messages_are_acked_unrun_and_counted {
             .await;
     }
 }
+
+/// A filter around each message (inside idempotency): orders of amount 0
+/// are answered `Discarded` without reaching the handler (acked, counted,
+/// and with idempotency settled, so a redelivered copy is a duplicate); a
+/// layer error leaves its message unacked (nacked), never dead-lettered;
+/// the rest pass through to the handler.
+async fn a_filter_around_each_message_discards_or_defers_without_running() {
+    use crate::Source as _;
+    use crate::stack::MessageService;
+    use tower::ServiceExt as _;
+    use tower::layer::layer_fn;
+
+    // Orders of amount 0 are discarded; with `hold`, negative ones are
+    // held (an error); everything else goes on to the handler.
+    let filter = |hold: bool| {
+        layer_fn(move |inner: MessageService<Order>| {
+            MessageService::new(tower::service_fn(move |r: crate::Request<Order>| {
+                let inner = inner.clone();
+                async move {
+                    match r.payload().map(|o| o.amount) {
+                        Ok(0) => Ok(crate::Outcome::Discarded {
+                            kind: crate::ErrorKind::Expired,
+                        }),
+                        Ok(a) if hold && a < 0 => Err(crate::Error::Busy { key: "held".into() }),
+                        _ => inner.oneshot(r).await,
+                    }
+                }
+            }))
+        })
+    };
+    let broker = MemoryBroker::new();
+    let store: Arc<dyn crate::Store> = Arc::new(MemoryStore::default());
+    let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stack = |hold: bool| {
+        let ran = Arc::clone(&ran);
+        StackBuilder::<Order>::new(Arc::new(broker.dead_letter_sink()))
+            .retry(fast())
+            .nack_delay(Duration::from_millis(5))
+            .idempotency(Arc::clone(&store), KeySource::MessageId)
+            .around_message(filter(hold))
+            .built(handler_fn(move |o: Order, _c: Context| {
+                ran.lock().unwrap().push(o.order_id);
+                async { Ok::<_, HandlerError>(()) }
+            }))
+    };
+    // Settles `n` deliveries of `orders` through `stack`, by message id.
+    let settle = |stack: crate::Stack, n: usize| {
+        let mut source = broker.consume("orders", 4);
+        async move {
+            let mut settled = Vec::new();
+            for _ in 0..n {
+                let delivery = tokio::time::timeout(Duration::from_secs(5), source.next())
+                    .await
+                    .expect("a delivery in time")
+                    .expect("the source is open")
+                    .expect("a delivery");
+                let id = delivery.message().meta.message_id.clone();
+                settled.push((id, stack.clone().oneshot(delivery).await.ok()));
+            }
+            settled.sort_by(|a, b| a.0.cmp(&b.0));
+            settled
+        }
+    };
+    use crate::Outcome::{Discarded, Duplicate, Handled};
+    use crate::Settled::{Acked, Nacked};
+
+    broker.publish_now("orders", order("zero", 0)).unwrap();
+    broker.publish_now("orders", order("paid", 5)).unwrap();
+    broker.publish_now("orders", order("held", -1)).unwrap();
+    let first = settle(stack(true), 3).await;
+    assert!(
+        matches!(
+            first.as_slice(),
+            [
+                (_, Some(Nacked(_))),
+                (_, Some(Acked(Handled))),
+                (_, Some(Acked(Discarded { .. })))
+            ]
+        ),
+        "held, paid, zero: {first:?}"
+    );
+    assert_eq!(*ran.lock().unwrap(), ["paid"], "only the passed order ran");
+    assert!(
+        broker.peek("orders.dlq").is_empty(),
+        "nothing dead-lettered"
+    );
+    let stats = broker.stats("orders");
+    assert_eq!((stats.acked, stats.ready), (2, 1), "the held one is back");
+
+    // The held one, let through now, and the discarded one again: a
+    // duplicate (its key was settled), not run.
+    broker.publish_now("orders", order("zero", 0)).unwrap();
+    let second = settle(stack(false), 2).await;
+    assert!(
+        matches!(
+            second.as_slice(),
+            [(_, Some(Acked(Handled))), (_, Some(Acked(Duplicate)))]
+        ) && second[1].0 == "m-zero",
+        "{second:?}"
+    );
+    assert_eq!(*ran.lock().unwrap(), ["paid", "held"], "zero never ran");
+}
+
+mod a_filter_around_each_message_discards_or_defers_without_running {
+    #[tokio::test]
+    async fn pipeline() {
+        super::a_filter_around_each_message_discards_or_defers_without_running().await;
+    }
+
+    #[tokio::test]
+    async fn tower_layers() {
+        super::LAYERED
+            .scope(
+                true,
+                super::a_filter_around_each_message_discards_or_defers_without_running(),
+            )
+            .await;
+    }
+}

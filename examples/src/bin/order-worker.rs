@@ -487,7 +487,7 @@ async fn stack(
                     Arc::new(Namespaced::new(store, source.group.clone())),
                     idempotency_config,
                 )
-                .innermost(inbox.layer())
+                .around_attempt(inbox.layer())
         }
         (_, None) => return Err("a PostgreSQL store needs a database".into()),
     };

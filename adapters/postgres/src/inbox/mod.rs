@@ -1,7 +1,7 @@
 //! The transactional inbox: exactly-once effects on top of at-least-once
 //! delivery, for handlers whose effects live in PostgreSQL.
 //!
-//! [`InboxLayer`] goes innermost ([`StackBuilder::innermost`](backstop::StackBuilder::innermost)),
+//! [`InboxLayer`] goes around each attempt ([`StackBuilder::around_attempt`](backstop::StackBuilder::around_attempt)),
 //! so it wraps each attempt of the handler. Per attempt it takes a pooled
 //! connection, runs `BEGIN`, and inserts the message's row into the inbox
 //! table (`INSERT … ON CONFLICT DO NOTHING`, keyed by consumer and
@@ -310,7 +310,7 @@ impl Inbox {
         }
     }
 
-    /// The layer for [`StackBuilder::innermost`](backstop::StackBuilder::innermost).
+    /// The layer for [`StackBuilder::around_attempt`](backstop::StackBuilder::around_attempt).
     pub fn layer(&self) -> InboxLayer {
         InboxLayer::new(self.clone())
     }

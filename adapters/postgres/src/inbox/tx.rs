@@ -20,7 +20,7 @@ use crate::conn::Conn;
 pub enum InboxError {
     /// The handler's context has no inbox transaction.
     #[error(
-        "no inbox transaction in this context: add the inbox with StackBuilder::innermost(inbox.layer())"
+        "no inbox transaction in this context: add the inbox with StackBuilder::around_attempt(inbox.layer())"
     )]
     Missing,
     /// The transaction was committed or rolled back already.
