@@ -44,6 +44,7 @@
 
 pub mod ack;
 pub mod attempt;
+pub mod batch;
 pub mod breaker;
 pub mod conformance;
 mod context;

@@ -359,6 +359,18 @@ impl<T: Payload> StackBuilder<T> {
         self
     }
 
+    /// Builds the stack around a handler of several messages at once: each
+    /// message still runs through the whole stack on its own, and its
+    /// attempt joins a batch as `config` says; see [`batch`](crate::batch).
+    /// Run it with a concurrency of at least `config.max()`.
+    pub fn build_batched<H: crate::batch::HandleBatch<T>>(
+        self,
+        handler: H,
+        config: crate::batch::BatchConfig,
+    ) -> Stack {
+        self.build(crate::batch::Batcher::new(handler, config))
+    }
+
     /// Builds the stack around `handler`.
     pub fn build<H: Handle<T>>(self, handler: H) -> Stack {
         crate::metrics::describe();

@@ -1,0 +1,321 @@
+//! Batch handlers: a handler that takes up to N messages at once (one bulk
+//! insert instead of N round trips) and answers each message on its own.
+//!
+//! A [`HandleBatch`] handler is wrapped in a [`Batcher`], which is a
+//! [`Handle`] like any other: every message still runs through the whole
+//! stack on its own (its claim in the idempotency store, its retries, its
+//! dead letter, its ack), and only its *attempt* waits to join a batch.
+//! So a partial failure stays partial: the handler returns one result per
+//! message, a message that failed transiently is retried by itself, one
+//! that failed permanently is dead-lettered by itself, and the others are
+//! acked.
+//!
+//! A batch is cut when it holds [`BatchConfig::max`] attempts, or when the
+//! oldest attempt in it has waited [`BatchConfig::linger`]. The runner's
+//! concurrency bounds how many messages can wait together: give it at
+//! least `max` (a batch never holds more messages than are in flight).
+//!
+//! - **Retries run alone.** An attempt after the first is handed to the
+//!   handler in a batch of one: a message that failed once (a poison
+//!   message that makes the whole batch fail, a panic) cannot take good
+//!   messages down with it again.
+//! - **Batch-level failures** (the handler panicked, or returned a number
+//!   of results other than the number of messages) fail every attempt of
+//!   the batch transiently, so each is retried alone.
+//! - **One message per key.** A batch holds at most one message of an
+//!   idempotency key (the payload's [`Payload::key`](crate::Payload::key));
+//!   a second waits for the next batch.
+//! - **Cancellation.** An attempt abandoned while it waits (its timeout, a
+//!   shutdown) is left out of the batch it would have joined. The stack's
+//!   per-attempt timeout covers the wait and the batch.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! use backstop::batch::{BatchConfig, HandleBatch};
+//! use backstop::memory::MemoryBroker;
+//! use backstop::{Context, HandlerError, Message, Runner, StackBuilder};
+//!
+//! struct BulkInsert;
+//!
+//! impl HandleBatch<String> for BulkInsert {
+//!     type Error = HandlerError;
+//!     async fn handle_batch(&self, batch: Vec<(String, Context)>) -> Vec<Result<(), HandlerError>> {
+//!         // One statement for the whole batch; here every row but "bad" is fine.
+//!         batch
+//!             .iter()
+//!             .map(|(row, _)| match row.as_str() {
+//!                 "bad" => Err(HandlerError::permanent("constraint violated")),
+//!                 _ => Ok(()),
+//!             })
+//!             .collect()
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let broker = MemoryBroker::new();
+//! for row in ["a", "b", "bad", "c"] {
+//!     broker.publish_now("rows", Message::new(row))?;
+//! }
+//! let stack = StackBuilder::<String>::new(Arc::new(broker.dead_letter_sink()))
+//!     .build_batched(BulkInsert, BatchConfig::new(100, Duration::from_millis(20)));
+//! let summary = Runner::new(broker.consume("rows", 100).until_drained(), stack)
+//!     .concurrency(100)
+//!     .run()
+//!     .await?;
+//! assert_eq!((summary.handled, summary.dead_lettered), (3, 1));
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt as _;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::{Context, ErrorKind, Handle, HandlerError, Payload};
+
+/// A handler of several messages at once; see the [module docs](self).
+pub trait HandleBatch<T>: Send + Sync + 'static {
+    /// The handler's error; converted into a [`HandlerError`] verdict per message.
+    type Error: Into<HandlerError>;
+
+    /// Handles `batch` (each message with its attempt's context) and
+    /// returns one result per message, in the batch's order.
+    fn handle_batch(
+        &self,
+        batch: Vec<(T, Context)>,
+    ) -> impl Future<Output = Vec<Result<(), Self::Error>>> + Send;
+}
+
+/// How batches are cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchConfig {
+    max: usize,
+    linger: Duration,
+}
+
+impl BatchConfig {
+    /// Batches of at most `max` messages (at least 1), cut when full or
+    /// when the oldest message in one has waited `linger`.
+    pub fn new(max: usize, linger: Duration) -> Self {
+        BatchConfig {
+            max: max.max(1),
+            linger,
+        }
+    }
+
+    /// The most messages in one batch.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// How long the oldest message of a batch waits for others.
+    pub fn linger(&self) -> Duration {
+        self.linger
+    }
+}
+
+/// One attempt waiting for its batch.
+struct Waiting<T> {
+    id: u64,
+    key: Option<String>,
+    item: (T, Context),
+    answer: oneshot::Sender<Result<(), HandlerError>>,
+}
+
+/// The attempts waiting, oldest first.
+struct Room<T> {
+    next_id: u64,
+    waiting: VecDeque<Waiting<T>>,
+}
+
+/// A [`HandleBatch`] handler as a [`Handle`]: gathers attempts into
+/// batches; see the [module docs](self).
+pub struct Batcher<T, H> {
+    handler: Arc<H>,
+    config: BatchConfig,
+    room: Arc<Mutex<Room<T>>>,
+}
+
+impl<T, H> std::fmt::Debug for Batcher<T, H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Payload, H: HandleBatch<T>> Batcher<T, H> {
+    /// Batches `handler`'s messages as `config` says.
+    pub fn new(handler: H, config: BatchConfig) -> Self {
+        Batcher {
+            handler: Arc::new(handler),
+            config,
+            room: Arc::new(Mutex::new(Room {
+                next_id: 0,
+                waiting: VecDeque::new(),
+            })),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Room<T>> {
+        self.room.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the next batch: the oldest waiting attempts, up to `max`, at
+    /// most one per key, leaving out those whose callers gave up.
+    fn cut(&self, room: &mut Room<T>) -> Vec<Waiting<T>> {
+        let mut batch = Vec::new();
+        let mut keys = HashSet::new();
+        let mut kept = VecDeque::new();
+        while let Some(w) = room.waiting.pop_front() {
+            if w.answer.is_closed() {
+                continue;
+            }
+            let fresh_key = w.key.as_ref().is_none_or(|k| keys.insert(k.clone()));
+            if batch.len() < self.config.max && fresh_key {
+                batch.push(w);
+            } else {
+                kept.push_back(w);
+            }
+        }
+        room.waiting = kept;
+        batch
+    }
+
+    /// Runs `batch` through the handler and answers each attempt.
+    async fn run(&self, batch: Vec<Waiting<T>>) {
+        if batch.is_empty() {
+            return;
+        }
+        let n = batch.len();
+        let (items, answers): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|w| (w.item, w.answer)).unzip();
+        let results = AssertUnwindSafe(self.handler.handle_batch(items))
+            .catch_unwind()
+            .await;
+        match results {
+            Ok(results) if results.len() == n => {
+                for (answer, result) in answers.into_iter().zip(results) {
+                    let _ = answer.send(result.map_err(Into::into));
+                }
+            }
+            Ok(results) => {
+                let why = format!(
+                    "the batch handler returned {} results for {n} messages",
+                    results.len()
+                );
+                tracing::error!("{why}; each message is retried alone");
+                for answer in answers {
+                    let _ = answer.send(Err(batch_failed(why.clone(), ErrorKind::Exhausted)));
+                }
+            }
+            Err(panic) => {
+                let why = format!(
+                    "the batch handler panicked: {}",
+                    crate::panic::panic_text(&*panic)
+                );
+                tracing::error!("{why}; each message of the batch is retried alone");
+                for answer in answers {
+                    let _ = answer.send(Err(batch_failed(why.clone(), ErrorKind::Panic)));
+                }
+            }
+        }
+    }
+}
+
+/// A failure of the whole batch, retried per message (`kind` if the
+/// attempts run out).
+fn batch_failed(why: String, kind: ErrorKind) -> HandlerError {
+    HandlerError::Transient {
+        source: why.into(),
+        retry_after: None,
+        kind,
+    }
+}
+
+impl<T: Payload, H: HandleBatch<T>> Handle<T> for Batcher<T, H> {
+    type Error = HandlerError;
+
+    async fn handle(&self, message: T, ctx: Context) -> Result<(), HandlerError> {
+        // Retries run alone.
+        if ctx.attempt() > crate::attempt::FIRST {
+            let (tx, rx) = oneshot::channel();
+            self.run(vec![Waiting {
+                id: 0,
+                key: None,
+                item: (message, ctx),
+                answer: tx,
+            }])
+            .await;
+            return answered(rx).await;
+        }
+        let key = message.key();
+        let (tx, mut rx) = oneshot::channel();
+        let (id, full) = {
+            let mut room = self.lock();
+            let id = room.next_id;
+            room.next_id += 1;
+            room.waiting.push_back(Waiting {
+                id,
+                key,
+                item: (message, ctx),
+                answer: tx,
+            });
+            let full = (room.waiting.len() >= self.config.max).then(|| self.cut(&mut room));
+            (id, full)
+        };
+        if let Some(batch) = full {
+            self.run(batch).await;
+        }
+        // Until answered: when this attempt has lingered and is still
+        // waiting, it cuts the next batch itself (every older attempt cut
+        // one by its own timer); left out of it (a key already in it), it
+        // cuts again once that batch is done.
+        let mut due = Instant::now() + self.config.linger;
+        loop {
+            tokio::select! {
+                answer = &mut rx => return answer.unwrap_or_else(|_| Err(abandoned())),
+                () = tokio::time::sleep_until(due) => {}
+            }
+            let batch = {
+                let mut room = self.lock();
+                if room.waiting.iter().any(|w| w.id == id) {
+                    self.cut(&mut room)
+                } else {
+                    Vec::new()
+                }
+            };
+            if batch.is_empty() {
+                // Cut by another attempt: its answer is on the way.
+                return answered(rx).await;
+            }
+            self.run(batch).await;
+            due = Instant::now();
+        }
+    }
+}
+
+async fn answered(rx: oneshot::Receiver<Result<(), HandlerError>>) -> Result<(), HandlerError> {
+    rx.await.unwrap_or_else(|_| Err(abandoned()))
+}
+
+/// The batch this attempt was in stopped before answering (the attempt
+/// that ran it was cancelled).
+fn abandoned() -> HandlerError {
+    batch_failed(
+        "the batch this message was in was abandoned before it answered".into(),
+        ErrorKind::Exhausted,
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,242 @@
+//! Batch handlers on the in-memory broker: batches are cut by size and
+//! linger, one message per key; a partial failure stays partial; retries
+//! and batch-level failures run alone.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::*;
+use crate::memory::MemoryBroker;
+use crate::testing::Order;
+use crate::{Message, RetryPolicy, Runner, StackBuilder, Summary, wire};
+
+/// Records each batch (order ids); fails ids by rule.
+struct Recorder {
+    batches: Arc<Mutex<Vec<Vec<String>>>>,
+    rule: fn(&Order, u32) -> Result<(), HandlerError>,
+}
+
+impl HandleBatch<Order> for Recorder {
+    type Error = HandlerError;
+    async fn handle_batch(&self, batch: Vec<(Order, Context)>) -> Vec<Result<(), HandlerError>> {
+        self.batches
+            .lock()
+            .unwrap()
+            .push(batch.iter().map(|(o, _)| o.order_id.clone()).collect());
+        batch
+            .iter()
+            .map(|(o, ctx)| (self.rule)(o, ctx.attempt()))
+            .collect()
+    }
+}
+
+fn order(id: &str, key: &str) -> Message {
+    Message::new(format!(r#"{{"order_id":"{key}","amount":1,"tag":"{id}"}}"#))
+        .with_message_id(format!("m-{id}"))
+}
+
+async fn drain(
+    broker: &MemoryBroker,
+    n: usize,
+    max: usize,
+    rule: fn(&Order, u32) -> Result<(), HandlerError>,
+) -> (Summary, Vec<Vec<String>>) {
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let stack = StackBuilder::<Order>::new(Arc::new(broker.dead_letter_sink()))
+        .retry(RetryPolicy::retries(3).backoff(Duration::from_millis(1), Duration::from_millis(5)))
+        .build_batched(
+            Recorder {
+                batches: Arc::clone(&batches),
+                rule,
+            },
+            BatchConfig::new(max, Duration::from_millis(30)),
+        );
+    let summary = Runner::new(broker.consume("orders", n).until_drained(), stack)
+        .concurrency(n)
+        .run()
+        .await
+        .unwrap();
+    let batches = batches.lock().unwrap().clone();
+    (summary, batches)
+}
+
+fn ok(_: &Order, _: u32) -> Result<(), HandlerError> {
+    Ok(())
+}
+
+#[tokio::test]
+async fn messages_in_flight_go_in_batches_of_at_most_max_each_once() {
+    let broker = MemoryBroker::new();
+    for i in 0..20 {
+        broker
+            .publish_now("orders", order(&i.to_string(), &format!("k{i}")))
+            .unwrap();
+    }
+    let (summary, batches) = drain(&broker, 20, 8, ok).await;
+    assert_eq!(summary.handled, 20, "{summary}");
+    let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+    assert!(sizes.iter().all(|&n| n <= 8), "{sizes:?}");
+    assert!(sizes.len() <= 4, "batched, not one by one: {sizes:?}");
+    let mut all: Vec<String> = batches.concat();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 20, "each message in exactly one batch");
+    assert_eq!(broker.stats("orders").acked, 20);
+}
+
+#[tokio::test]
+async fn a_batch_holds_one_message_per_key() {
+    let broker = MemoryBroker::new();
+    for i in 0..6 {
+        // Three keys, two messages each.
+        broker
+            .publish_now("orders", order(&i.to_string(), &format!("k{}", i % 3)))
+            .unwrap();
+    }
+    let (summary, batches) = drain(&broker, 6, 10, ok).await;
+    assert_eq!(summary.handled, 6);
+    for batch in &batches {
+        let mut keys = batch.clone();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), batch.len(), "a key twice in {batch:?}");
+    }
+    assert!(batches.len() >= 2, "{batches:?}");
+}
+
+#[tokio::test]
+async fn a_poison_message_is_dead_lettered_alone_and_the_rest_are_handled_once() {
+    let broker = MemoryBroker::new();
+    for i in 0..10 {
+        broker
+            .publish_now("orders", order(&i.to_string(), &format!("k{i}")))
+            .unwrap();
+    }
+    let (summary, batches) = drain(&broker, 10, 10, |o, _| match o.order_id.as_str() {
+        "k4" => Err(HandlerError::permanent("poison")),
+        _ => Ok(()),
+    })
+    .await;
+    assert_eq!(
+        (summary.handled, summary.dead_lettered),
+        (9, 1),
+        "{summary}"
+    );
+    let dlq = broker.peek("orders.dlq");
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].header(wire::MESSAGE_ID), Some("m-4"));
+    assert_eq!(dlq[0].header(wire::ERROR_KIND), Some("permanent"));
+    let runs: usize = batches.iter().map(Vec::len).sum();
+    assert_eq!(runs, 10, "nobody ran twice: {batches:?}");
+}
+
+#[tokio::test]
+async fn a_transient_failure_is_retried_alone() {
+    let broker = MemoryBroker::new();
+    for i in 0..6 {
+        broker
+            .publish_now("orders", order(&i.to_string(), &format!("k{i}")))
+            .unwrap();
+    }
+    let (summary, batches) = drain(&broker, 6, 6, |o, attempt| {
+        if o.order_id == "k2" && attempt == 1 {
+            Err(HandlerError::transient("deadlock, try again"))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    assert_eq!(summary.handled, 6, "{summary}");
+    let k2: Vec<&Vec<String>> = batches
+        .iter()
+        .filter(|b| b.contains(&"k2".into()))
+        .collect();
+    assert_eq!(k2.len(), 2, "{batches:?}");
+    assert_eq!(*k2[1], ["k2"], "the retry ran alone");
+    let runs: usize = batches.iter().map(Vec::len).sum();
+    assert_eq!(runs, 7, "only the failed one ran again: {batches:?}");
+}
+
+/// A handler that panics on any batch holding `k3` (a poison message that
+/// breaks the bulk statement): the first batch fails as a whole, each of
+/// its messages is retried alone, so only `k3` ends in the DLQ (kind
+/// `panic` once its attempts are spent) and every other one is handled.
+#[tokio::test]
+async fn a_panicking_batch_is_retried_message_by_message() {
+    struct Panics(Arc<AtomicU32>);
+    impl HandleBatch<Order> for Panics {
+        type Error = HandlerError;
+        async fn handle_batch(
+            &self,
+            batch: Vec<(Order, Context)>,
+        ) -> Vec<Result<(), HandlerError>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            assert!(!batch.iter().any(|(o, _)| o.order_id == "k3"), "bad row");
+            batch.iter().map(|_| Ok(())).collect()
+        }
+    }
+    let broker = MemoryBroker::new();
+    for i in 0..5 {
+        broker
+            .publish_now("orders", order(&i.to_string(), &format!("k{i}")))
+            .unwrap();
+    }
+    let calls = Arc::new(AtomicU32::new(0));
+    let stack = StackBuilder::<Order>::new(Arc::new(broker.dead_letter_sink()))
+        .retry(RetryPolicy::retries(3).backoff(Duration::from_millis(1), Duration::from_millis(5)))
+        .build_batched(
+            Panics(Arc::clone(&calls)),
+            BatchConfig::new(5, Duration::from_millis(30)),
+        );
+    let summary = Runner::new(broker.consume("orders", 5).until_drained(), stack)
+        .concurrency(5)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(
+        (summary.handled, summary.dead_lettered),
+        (4, 1),
+        "{summary}"
+    );
+    let dlq = broker.peek("orders.dlq");
+    assert_eq!(dlq[0].header(wire::MESSAGE_ID), Some("m-3"));
+    assert_eq!(dlq[0].header(wire::ERROR_KIND), Some("panic"));
+}
+
+#[tokio::test]
+async fn a_wrong_number_of_results_fails_the_batch_and_each_is_retried_alone() {
+    struct Short;
+    impl HandleBatch<Order> for Short {
+        type Error = HandlerError;
+        async fn handle_batch(
+            &self,
+            batch: Vec<(Order, Context)>,
+        ) -> Vec<Result<(), HandlerError>> {
+            // One result too few for a batch of several.
+            batch
+                .iter()
+                .skip(usize::from(batch.len() > 1))
+                .map(|_| Ok(()))
+                .collect()
+        }
+    }
+    let broker = MemoryBroker::new();
+    for i in 0..4 {
+        broker
+            .publish_now("orders", order(&i.to_string(), &format!("k{i}")))
+            .unwrap();
+    }
+    let stack = StackBuilder::<Order>::new(Arc::new(broker.dead_letter_sink()))
+        .retry(RetryPolicy::retries(3).backoff(Duration::from_millis(1), Duration::from_millis(5)))
+        .build_batched(Short, BatchConfig::new(4, Duration::from_millis(30)));
+    let summary = Runner::new(broker.consume("orders", 4).until_drained(), stack)
+        .concurrency(4)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(
+        summary.handled, 4,
+        "retried alone, each answered: {summary}"
+    );
+}
