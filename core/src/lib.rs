@@ -70,6 +70,7 @@ mod publish;
 pub mod redact;
 mod request;
 pub mod retry;
+pub mod router;
 pub mod runner;
 pub mod secret;
 pub mod settings;
@@ -96,6 +97,7 @@ pub use crate::payload::{DecodeError, Payload};
 pub use crate::publish::{PublishError, Publisher};
 pub use crate::request::Request;
 pub use crate::retry::{RetryLayer, RetryPolicy, RetrySink};
+pub use crate::router::{Routed, Router};
 pub use crate::runner::{MissingDestinations, Readiness, Runner, Source, SourceError, Summary};
 pub use crate::stack::{Stack, StackBuilder};
 
