@@ -126,6 +126,7 @@ pub mod __private {
     pub use std::unreachable;
 
     pub use crate::payload::json;
+    pub use crate::router::{Routed, Router, Routes};
     pub use crate::settings::Settings;
     pub use crate::{
         DeadLetterSink, DecodeError, Handle, HandlerError, KeySource, Payload, RetryPolicy, Runner,
