@@ -38,6 +38,9 @@
 //! The layers, outermost first: [`ack`] ⟶ [`decode`] ⟶ [`metrics`] ⟶
 //! [`idempotency`] ⟶ [`dead_letter`] ⟶ [`retry`] ⟶ [`timeout`] ⟶ [`panic`](mod@crate::panic)
 //! ⟶ your [`Handle`]r. [`StackBuilder`] composes them in that order.
+//!
+//! One source carrying several payload types, each with its own handler:
+//! a [`Router`] picks the handler by the message's type ([`router`]).
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]

@@ -9,18 +9,19 @@ const MAX_TYPE_CHARS: usize = 128;
 /// the permanent `unknown_type` failure the router returns, so the stack
 /// dead-letters it without running any handler and never retries it.
 #[derive(Clone, Debug, thiserror::Error)]
-#[error("{}; known types: {known}", describe(.seen.as_deref(), .looked_at))]
+#[error("{}; known types: {known}", describe(.seen.as_deref(), .untyped))]
 pub struct UnknownType {
     seen: Option<String>,
-    looked_at: &'static str,
+    /// What to say when there is no type: where the router looked.
+    untyped: &'static str,
     known: Arc<str>,
 }
 
 impl UnknownType {
-    pub(crate) fn new(seen: Option<&str>, looked_at: &'static str, known: Arc<str>) -> Self {
+    pub(crate) fn new(seen: Option<&str>, untyped: &'static str, known: Arc<str>) -> Self {
         UnknownType {
             seen: seen.map(|t| cut(t, MAX_TYPE_CHARS)),
-            looked_at,
+            untyped,
             known,
         }
     }
@@ -32,10 +33,10 @@ impl UnknownType {
     }
 }
 
-fn describe(seen: Option<&str>, looked_at: &str) -> String {
+fn describe(seen: Option<&str>, untyped: &'static str) -> std::borrow::Cow<'static, str> {
     match seen {
-        Some(seen) => format!("no route for message type {seen:?}"),
-        None => format!("message has no type (no type header: looked at {looked_at})"),
+        Some(seen) => format!("no route for message type {seen:?}").into(),
+        None => untyped.into(),
     }
 }
 

@@ -49,9 +49,9 @@ const KNOWN_BUDGET: usize = 512;
 /// Characters of each route name it repeats at most.
 const MAX_NAME_CHARS: usize = 64;
 
-/// Where the default type sources are, for an error about a message without a type.
-const DEFAULT_LOOKED_AT: &str = "header \"type\", the AMQP type property, header \"ce-type\"";
-const CUSTOM_LOOKED_AT: &str = "the router's type function";
+/// What an [`UnknownType`] says of a message without a type, by where the router looked.
+const DEFAULT_UNTYPED: &str = "message has no type header (looked at header \"type\", the AMQP type property and header \"ce-type\")";
+const CUSTOM_UNTYPED: &str = "message has no type (the router's type function found none)";
 
 /// A handler that runs one of several handlers by the message's type; see
 /// the [module docs](self).
@@ -146,11 +146,11 @@ impl<R: Routes> Router<R> {
         match seen.and_then(|t| self.table.get(t)) {
             Some(&index) => Ok(index),
             None => {
-                let looked_at = match self.type_of {
-                    Some(_) => CUSTOM_LOOKED_AT,
-                    None => DEFAULT_LOOKED_AT,
+                let untyped = match self.type_of {
+                    Some(_) => CUSTOM_UNTYPED,
+                    None => DEFAULT_UNTYPED,
                 };
-                let unknown = UnknownType::new(seen, looked_at, Arc::clone(&self.known));
+                let unknown = UnknownType::new(seen, untyped, Arc::clone(&self.known));
                 Err(HandlerError::permanent_with(
                     ErrorKind::UnknownType,
                     unknown,
