@@ -31,7 +31,6 @@ mod tests;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
 
 pub use self::error::{RouterError, UnknownType};
@@ -163,15 +162,9 @@ impl<R: Routes> Router<R> {
 impl<R: Routes> Handle<Routed> for Router<R> {
     type Error = HandlerError;
 
-    fn handle(
-        &self,
-        message: Routed,
-        ctx: Context,
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
-        async move {
-            let index = self.route_of(ctx.message())?;
-            self.routes.dispatch(index, &message, ctx).await
-        }
+    async fn handle(&self, message: Routed, ctx: Context) -> Result<(), HandlerError> {
+        let index = self.route_of(ctx.message())?;
+        self.routes.dispatch(index, &message, ctx).await
     }
 }
 
