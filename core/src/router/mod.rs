@@ -190,6 +190,7 @@ impl<R: Routes> RouterBuilder<R> {
     ///
     /// `P`'s [`Payload::key`], `default_source` and `default_dlq` are not
     /// used: the stack's payload type is [`Routed`].
+    #[must_use]
     pub fn route<P, H>(self, name: impl Into<String>, handler: H) -> RouterBuilder<(Route<P, H>, R)>
     where
         P: Payload,
@@ -237,6 +238,7 @@ impl<R: Routes> RouterBuilder<R> {
             return Err(RouterError::NoRoutes);
         }
         let mut table = HashMap::with_capacity_and_hasher(self.names.len(), Default::default());
+        debug_assert_eq!(R::LEN, self.names.len(), "one name per route");
         let last = self.names.len() - 1;
         for (added, name) in self.names.iter().enumerate() {
             if name.is_empty() {
