@@ -38,6 +38,9 @@
 //! The layers, outermost first: [`ack`] ⟶ [`decode`] ⟶ [`metrics`] ⟶
 //! [`idempotency`] ⟶ [`dead_letter`] ⟶ [`retry`] ⟶ [`timeout`] ⟶ [`panic`](mod@crate::panic)
 //! ⟶ your [`Handle`]r. [`StackBuilder`] composes them in that order.
+//!
+//! One source carrying several payload types, each with its own handler:
+//! a [`Router`] picks the handler by the message's type ([`router`]).
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
@@ -72,6 +75,7 @@ mod publish;
 pub mod redact;
 mod request;
 pub mod retry;
+pub mod router;
 pub mod runner;
 pub mod secret;
 pub mod settings;
@@ -98,6 +102,7 @@ pub use crate::payload::{DecodeError, Payload};
 pub use crate::publish::{PublishError, Publisher};
 pub use crate::request::Request;
 pub use crate::retry::{RetryLayer, RetryPolicy, RetrySink};
+pub use crate::router::{Routed, Router};
 pub use crate::runner::{MissingDestinations, Readiness, Runner, Source, SourceError, Summary};
 pub use crate::stack::{Stack, StackBuilder};
 
@@ -126,6 +131,7 @@ pub mod __private {
     pub use std::unreachable;
 
     pub use crate::payload::json;
+    pub use crate::router::{Routed, Router, Routes};
     pub use crate::settings::Settings;
     pub use crate::{
         DeadLetterSink, DecodeError, Handle, HandlerError, KeySource, Payload, RetryPolicy, Runner,

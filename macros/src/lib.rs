@@ -86,7 +86,9 @@ pub fn derive_payload(input: TokenStream) -> TokenStream {
 ///
 /// | key | meaning | default |
 /// |---|---|---|
-/// | `payload = Type` | the payload type `T` of `Handle<T>` (required) | |
+/// | `payload = Type` | the payload type `T` of `Handle<T>` (required, unless `routes` is given) | |
+/// | `routes("order.placed" = OrderPlaced, ...)` | route by message type instead: each type to the struct's `Handle` impl for its payload type (see below) | |
+/// | `type_from = event_type` | with `routes`: a `fn(&Message) -> Option<&str>` that reads the type | `backstop::router::DEFAULT_TYPE_SOURCES` |
 /// | `retries = 5` | retries after the first attempt (`RetryPolicy::retries`) | 4 |
 /// | `backoff(initial = "100ms", max = "10s")` | exponential backoff bounds (either may be left out) | 100 ms, 10 s |
 /// | `timeout = "30s"` | per-attempt timeout; an attempt past it fails transiently, kind `timeout` | none |
@@ -113,12 +115,70 @@ pub fn derive_payload(input: TokenStream) -> TokenStream {
 /// pub const CONCURRENCY: usize;
 /// pub fn source_name() -> Option<&'static str>;
 /// pub fn stack_builder(dead_letter: Arc<dyn DeadLetterSink>, store: Arc<dyn Store>) -> StackBuilder<T>;
+/// pub fn router(self) -> Router<impl Routes>; // with `routes(...)` only
 /// pub fn stack(self, dead_letter: Arc<dyn DeadLetterSink>, store: Arc<dyn Store>) -> Stack;
 /// pub fn runner<S: Source>(self, source: S, dead_letter: Arc<dyn DeadLetterSink>, store: Arc<dyn Store>) -> Runner<S, Stack>;
 /// ```
 ///
 /// `stack_builder` returns the configured builder, to add what attributes do
 /// not say (a retry sink, a payload limit) before `build(handler)`.
+///
+/// # Routing by message type
+///
+/// With `routes(...)` instead of `payload`, the struct implements
+/// `Handle<P>` once per route's payload type, and the stack's payload is
+/// `backstop::Routed`: a `backstop::Router` reads each message's type (the
+/// header `type`, the AMQP `type` property, the header `ce-type`; or
+/// `type_from`), decodes the body as its route's type and calls that impl.
+/// A message with no type or an unrouted one is dead-lettered as
+/// `unknown_type`. A type routed twice is a compile error, and so is
+/// `idempotency = "key"` (the key is taken before the message is routed:
+/// use `"message_id"`). The struct also gets
+/// `pub fn router(self) -> Router<impl Routes>`; `source` comes only from
+/// the attribute.
+///
+/// ```
+/// use std::sync::Arc;
+/// use backstop::memory::MemoryBroker;
+/// use backstop::{Context, Handle, Handler, HandlerError, Message, Payload};
+///
+/// #[derive(Clone, serde::Deserialize, Payload)]
+/// struct OrderPlaced { order_id: String }
+///
+/// #[derive(Clone, serde::Deserialize, Payload)]
+/// struct OrderCancelled { order_id: String }
+///
+/// #[derive(Handler)]
+/// #[handler(routes("order.placed" = OrderPlaced, "order.cancelled" = OrderCancelled), source = "orders")]
+/// struct Orders;
+///
+/// impl Handle<OrderPlaced> for Orders {
+///     type Error = HandlerError;
+///     async fn handle(&self, _order: OrderPlaced, _ctx: Context) -> Result<(), HandlerError> { Ok(()) }
+/// }
+///
+/// impl Handle<OrderCancelled> for Orders {
+///     type Error = HandlerError;
+///     async fn handle(&self, _order: OrderCancelled, _ctx: Context) -> Result<(), HandlerError> { Ok(()) }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let broker = MemoryBroker::new();
+/// let typed = |ty: &str| Message::new(r#"{"order_id":"o-1"}"#).with_header("type", ty);
+/// broker.publish_now("orders", typed("order.placed"))?;
+/// broker.publish_now("orders", typed("order.cancelled"))?;
+/// broker.publish_now("orders", typed("order.refunded"))?;
+///
+/// let summary = Orders
+///     .runner(broker.consume("orders", 1).until_drained(), Arc::new(broker.dead_letter_sink()))
+///     .run()
+///     .await?;
+/// assert_eq!((summary.handled, summary.dead_lettered), (2, 1));
+/// assert_eq!(broker.peek("orders.dlq")[0].header("x-backstop-error-kind"), Some("unknown_type"));
+/// # Ok(())
+/// # }
+/// ```
 ///
 /// # Example
 ///

@@ -82,6 +82,21 @@ where
     }
 }
 
+/// A shared handler handles what it handles: one value serving several
+/// payload types (the routes of a [`Router`](crate::router::Router)) or
+/// several stacks.
+impl<T, H: Handle<T>> Handle<T> for Arc<H> {
+    type Error = H::Error;
+
+    fn handle(
+        &self,
+        message: T,
+        ctx: Context,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        (**self).handle(message, ctx)
+    }
+}
+
 /// The innermost service: runs the handler on a [`Request`].
 ///
 /// A payload that did not decode never reaches the handler: it fails

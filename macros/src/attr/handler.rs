@@ -1,4 +1,5 @@
-//! `#[handler(payload = T, retries = 5, backoff(...), timeout = "30s", ...)]`.
+//! `#[handler(payload = T, retries = 5, backoff(...), timeout = "30s", ...)]`,
+//! or `#[handler(routes("order.placed" = OrderPlaced, ...), ...)]`.
 
 use syn::{Attribute, DeriveInput, LitInt, LitStr, Path, Type};
 
@@ -15,6 +16,8 @@ pub(crate) const KEYS: &[&str] = &[
     "concurrency",
     "dlq",
     "source",
+    "routes",
+    "type_from",
 ];
 const BACKOFF_KEYS: &[&str] = &["initial", "max"];
 pub(crate) const IDEMPOTENCY: &[&str] = &["key", "message_id", "key_or_message_id", "none"];
@@ -30,6 +33,18 @@ pub(crate) enum Idempotency {
     KeyOrMessageId,
     /// `"none"`: no idempotency layer.
     None,
+}
+
+/// `"order.placed" = OrderPlaced` in `routes(...)`.
+pub(crate) struct RouteAttr {
+    pub(crate) name: LitStr,
+    pub(crate) payload: Type,
+}
+
+/// `routes(...)`: the key, for errors about the whole list, and each route.
+pub(crate) struct Routes {
+    pub(crate) path: Path,
+    pub(crate) routes: Vec<RouteAttr>,
 }
 
 /// `backoff(initial = "...", max = "...")`.
@@ -55,6 +70,11 @@ pub(crate) struct HandlerAttrs {
     pub(crate) concurrency: Option<(usize, LitInt)>,
     pub(crate) dlq: Option<LitStr>,
     pub(crate) source: Option<LitStr>,
+    pub(crate) routes: Option<Routes>,
+    /// `routes` was written, even if its routes could not be read.
+    pub(crate) routes_given: bool,
+    /// `type_from = path::to::function`, with the key for errors.
+    pub(crate) type_from: Option<(Path, syn::ExprPath)>,
 }
 
 /// Reads the `#[handler]` attributes of `input`.
@@ -129,12 +149,98 @@ pub(crate) fn parse(input: &DeriveInput, errors: &mut Errors) -> HandlerAttrs {
         } else if path.is_ident("source") {
             let source = name(&meta, "source = \"orders\"")?;
             set_once(&mut attrs.source, source, &path, errors);
+        } else if path.is_ident("routes") {
+            attrs.routes_given = true;
+            let routes = routes(&meta)?;
+            set_once(&mut attrs.routes, routes, &path, errors);
+        } else if path.is_ident("type_from") {
+            const EXAMPLE: &str = "type_from = event_type";
+            let input = value(&meta, EXAMPLE)?;
+            if input.peek(LitStr) {
+                let literal: LitStr = input.parse()?;
+                return Err(syn::Error::new_spanned(
+                    &literal,
+                    format!(
+                        "`type_from` is a function, not a string: write `type_from = {}`",
+                        literal.value()
+                    ),
+                ));
+            }
+            let function: syn::ExprPath = input.parse()?;
+            set_once(
+                &mut attrs.type_from,
+                (path.clone(), function),
+                &path,
+                errors,
+            );
         } else {
             return Err(unknown_key(&path, "`#[handler(...)]`", KEYS));
         }
         Ok(())
     });
     attrs
+}
+
+/// `routes("order.placed" = OrderPlaced, "order.cancelled" = OrderCancelled)`.
+fn routes(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<Routes> {
+    const EXAMPLE: &str =
+        "routes(\"order.placed\" = OrderPlaced, \"order.cancelled\" = OrderCancelled)";
+    if !meta.input.peek(syn::token::Paren) {
+        return Err(syn::Error::new_spanned(
+            &meta.path,
+            format!("`routes` takes its routes in parentheses: write `{EXAMPLE}`"),
+        ));
+    }
+    let content;
+    syn::parenthesized!(content in meta.input);
+    if content.is_empty() {
+        return Err(syn::Error::new_spanned(
+            &meta.path,
+            format!(
+                "empty `routes()`: route each message type to its payload type, e.g. `{EXAMPLE}`"
+            ),
+        ));
+    }
+    let routes = route_list(&content, EXAMPLE);
+    if routes.is_err() {
+        // Leave nothing unread inside the parentheses: syn would report it too.
+        content.parse::<proc_macro2::TokenStream>()?;
+    }
+    let routes = routes?;
+    Ok(Routes {
+        path: meta.path.clone(),
+        routes,
+    })
+}
+
+/// The `"type" = Payload` pairs inside `routes(...)`.
+fn route_list(content: syn::parse::ParseStream<'_>, example: &str) -> syn::Result<Vec<RouteAttr>> {
+    let mut routes = Vec::new();
+    while !content.is_empty() {
+        if !content.peek(LitStr) {
+            return Err(content.error(format!(
+                "a route is the message type as a string and its payload type: write `{example}`"
+            )));
+        }
+        let name: LitStr = content.parse()?;
+        if !content.peek(syn::Token![=]) {
+            return Err(syn::Error::new_spanned(
+                &name,
+                format!(
+                    "expected the payload type of {:?}: write `{:?} = OrderPlaced`",
+                    name.value(),
+                    name.value()
+                ),
+            ));
+        }
+        content.parse::<syn::Token![=]>()?;
+        let payload: Type = content.parse()?;
+        routes.push(RouteAttr { name, payload });
+        if !content.is_empty() {
+            content.parse::<syn::Token![,]>()?;
+        }
+    }
+    Ok(routes)
 }
 
 /// `backoff(initial = "100ms", max = "10s")`.

@@ -1,4 +1,5 @@
-//! The inherent constructors of a `#[derive(Handler)]` type.
+//! The inherent constructors of a `#[derive(Handler)]` type (and its
+//! `router` with `routes(...)`).
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
@@ -47,11 +48,29 @@ pub(crate) fn generate(input: &DeriveInput, handler: &Handler, payload: &Type) -
         .map(|dlq| quote!(.dead_letter_to(#dlq)));
     let sinks = Sinks::of(handler.idempotency);
     let (params, args) = (&sinks.params, &sinks.args);
-    // Spanned on `payload = T`: a missing `Payload` or `Handle<T>` impl is reported there, once.
-    let bounds = [
-        quote_spanned!(payload.span()=> #payload: ::backstop::__private::Payload),
-        quote_spanned!(payload.span()=> Self: ::backstop::__private::Handle<#payload>),
-    ];
+    // Spanned on `payload = T` (or each route's type): a missing `Payload`
+    // or `Handle<T>` impl is reported there, once.
+    let handled: Vec<&Type> = match &handler.routes {
+        Some(routes) => routes.iter().map(|(_, payload)| payload).collect(),
+        None => vec![payload],
+    };
+    let bounds: Vec<TokenStream> = handled
+        .iter()
+        .flat_map(|payload| {
+            [
+                quote_spanned!(payload.span()=> #payload: ::backstop::__private::Payload),
+                quote_spanned!(payload.span()=> Self: ::backstop::__private::Handle<#payload>),
+            ]
+        })
+        .collect();
+    let router = handler
+        .routes
+        .as_ref()
+        .map(|routes| router(routes, handler.type_from.as_ref()));
+    let handler_value = match router {
+        Some(_) => quote!(self.router()),
+        None => quote!(self),
+    };
     let methods = Methods {
         concurrency: quote!(#concurrency),
         source_name: source,
@@ -62,17 +81,42 @@ pub(crate) fn generate(input: &DeriveInput, handler: &Handler, payload: &Type) -
                     #retry #timeout #idempotency #dlq
             },
         )),
-        stack: quote!(Self::stack_builder(#args).build(self)),
+        router,
+        stack: quote!(Self::stack_builder(#args).build(#handler_value)),
         runner: quote! {
             ::backstop::__private::Runner::new(source, self.stack(#args)).concurrency(Self::CONCURRENCY)
         },
         runner_with: quote! {
-            let stack = Self::stack_builder(#args).settings(settings).build(self);
+            let stack = Self::stack_builder(#args).settings(settings).build(#handler_value);
             ::backstop::__private::Runner::new(source, stack)
                 .concurrency(settings.concurrency_or(Self::CONCURRENCY))
         },
     };
     methods.implement(input, &bounds, params, &TokenStream::new())
+}
+
+/// `router`: the routes of `routes(...)` around one shared handler.
+fn router(routes: &[(String, Type)], type_from: Option<&syn::ExprPath>) -> TokenStream {
+    let routes = routes.iter().map(|(name, payload)| {
+        quote_spanned!(payload.span()=>
+            .route::<#payload, _>(#name, ::backstop::__private::Arc::clone(&handler))
+        )
+    });
+    let type_from = type_from.map(|function| quote!(.type_from(#function)));
+    quote! {
+        /// The router of `#[handler(routes(...))]`: each message type to
+        /// this handler's `Handle` impl for its payload type.
+        pub fn router(self) -> ::backstop::__private::Router<impl ::backstop::__private::Routes> {
+            let handler = ::backstop::__private::Arc::new(self);
+            let router = ::backstop::__private::Router::builder() #(#routes)* #type_from;
+            match router.build() {
+                ::backstop::__private::Result::Ok(router) => router,
+                ::backstop::__private::Result::Err(error) => ::backstop::__private::unreachable!(
+                    "`#[derive(Handler)]` checked the routes: {}", error
+                ),
+            }
+        }
+    }
 }
 
 /// The same items with `unreachable!()` bodies, emitted after an error.
@@ -92,6 +136,14 @@ pub(crate) fn fallback(input: &DeriveInput, handler: &Handler) -> TokenStream {
                 quote!(::backstop::__private::StackBuilder<#payload>),
                 unreachable.clone(),
             )
+        }),
+        router: handler.routes.as_ref().map(|_| {
+            quote! {
+                /// The router of `#[handler(routes(...))]`.
+                pub fn router(self) -> ::backstop::__private::Router<()> {
+                    #unreachable
+                }
+            }
         }),
         stack: unreachable.clone(),
         runner: unreachable.clone(),
@@ -135,6 +187,8 @@ struct Methods {
     source_name: TokenStream,
     /// The return type and body; left out of a fallback that does not know the payload type.
     stack_builder: Option<(TokenStream, TokenStream)>,
+    /// The whole `router` method, for a handler with routes.
+    router: Option<TokenStream>,
     stack: TokenStream,
     runner: TokenStream,
     runner_with: TokenStream,
@@ -155,6 +209,7 @@ impl Methods {
             concurrency,
             source_name,
             stack_builder,
+            router,
             stack,
             runner,
             runner_with,
@@ -183,6 +238,8 @@ impl Methods {
                 }
 
                 #stack_builder
+
+                #router
 
                 /// The stack configured by `#[handler(...)]`, around this handler.
                 pub fn stack(self, #params) -> ::backstop::__private::Stack {

@@ -1,10 +1,12 @@
-//! `#[derive(Handler)]`: a payload type, a consistent retry policy, a timeout above zero.
+//! `#[derive(Handler)]`: a payload type or routes, a consistent retry
+//! policy, a timeout above zero.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use syn::{DeriveInput, Type};
 
-use crate::attr::handler::{HandlerAttrs, Idempotency};
+use crate::attr::handler::{HandlerAttrs, Idempotency, Routes};
 use crate::errors::Errors;
 
 /// The stack a handler asks for, ready to generate.
@@ -18,6 +20,10 @@ pub(crate) struct Handler {
     pub(crate) concurrency: usize,
     pub(crate) dlq: Option<String>,
     pub(crate) source: Option<String>,
+    /// `routes(...)`: each message type and its payload type; the stack's
+    /// payload is then `Routed`.
+    pub(crate) routes: Option<Vec<(String, Type)>>,
+    pub(crate) type_from: Option<syn::ExprPath>,
 }
 
 /// `retries` and `backoff`.
@@ -32,18 +38,30 @@ const DEFAULT_MAX: Duration = Duration::from_secs(10);
 
 /// Checks `attrs` against `input`.
 pub(crate) fn validate(input: &DeriveInput, attrs: HandlerAttrs, errors: &mut Errors) -> Handler {
-    if !attrs.payload_given {
+    if !attrs.payload_given && !attrs.routes_given {
         const EXAMPLE: &str = "#[handler(payload = OrderPlaced)]";
+        const ROUTES: &str =
+            "or route by message type with `routes(\"order.placed\" = OrderPlaced, ...)`";
         match &attrs.attr {
             Some(attr) => errors.spanned(
                 attr,
-                format!("missing `payload = ...`: say which payload type this handler takes, e.g. `{EXAMPLE}`"),
+                format!("missing `payload = ...`: say which payload type this handler takes, e.g. `{EXAMPLE}`, {ROUTES}"),
             ),
             None => errors.spanned(
                 &input.ident,
-                format!("missing `#[handler(...)]`: say which payload type this handler takes, e.g. `{EXAMPLE}`"),
+                format!("missing `#[handler(...)]`: say which payload type this handler takes, e.g. `{EXAMPLE}`, {ROUTES}"),
             ),
         }
+    }
+    let routes = attrs
+        .routes
+        .as_ref()
+        .map(|routes| validate_routes(&attrs, routes, errors));
+    if let (Some((key, _)), None) = (&attrs.type_from, &attrs.routes) {
+        errors.spanned(
+            key,
+            "`type_from` reads the message type for `routes(...)`: add the routes, or remove `type_from`",
+        );
     }
     let backoff = attrs.backoff.and_then(|backoff| {
         let initial = backoff.initial.as_ref().map_or(DEFAULT_INITIAL, |d| d.value);
@@ -75,8 +93,14 @@ pub(crate) fn validate(input: &DeriveInput, attrs: HandlerAttrs, errors: &mut Er
         }
         Some(timeout.value)
     });
+    let payload = match routes {
+        Some(_) => Some(syn::parse_quote!(::backstop::__private::Routed)),
+        None => attrs.payload,
+    };
     Handler {
-        payload: attrs.payload,
+        payload,
+        routes,
+        type_from: attrs.type_from.map(|(_, function)| function),
         retry,
         timeout,
         idempotency: attrs.idempotency.map_or(Idempotency::None, |(i, _)| i),
@@ -84,4 +108,45 @@ pub(crate) fn validate(input: &DeriveInput, attrs: HandlerAttrs, errors: &mut Er
         dlq: attrs.dlq.map(|s| s.value()),
         source: attrs.source.map(|s| s.value()),
     }
+}
+
+/// Checks `routes(...)`: alone (no `payload`), each type once and named, and
+/// an idempotency key the router can have.
+fn validate_routes(
+    attrs: &HandlerAttrs,
+    routes: &Routes,
+    errors: &mut Errors,
+) -> Vec<(String, Type)> {
+    if attrs.payload_given {
+        errors.spanned(
+            &routes.path,
+            "`payload` and `routes` cannot be given together: a routed handler takes each route's own payload type; remove `payload`, or remove `routes` to take one payload type",
+        );
+    }
+    if let Some((Idempotency::Key | Idempotency::KeyOrMessageId, literal)) = &attrs.idempotency {
+        errors.spanned(
+            literal,
+            "a routed handler has no payload key (the key is taken before the message is routed and decoded): write `idempotency = \"message_id\"`",
+        );
+    }
+    let mut seen = HashSet::new();
+    for route in &routes.routes {
+        let name = route.name.value();
+        if name.is_empty() {
+            errors.spanned(
+                &route.name,
+                "a route's message type cannot be empty: write `\"order.placed\" = OrderPlaced`",
+            );
+        } else if !seen.insert(name.clone()) {
+            errors.spanned(
+                &route.name,
+                format!("message type {name:?} is routed twice: give each type one route"),
+            );
+        }
+    }
+    routes
+        .routes
+        .iter()
+        .map(|route| (route.name.value(), route.payload.clone()))
+        .collect()
 }
