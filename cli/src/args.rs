@@ -151,7 +151,8 @@ pub struct FilterArgs {
     /// The error message contains this text (case-insensitive).
     #[arg(long, value_name = "TEXT")]
     pub error: Option<String>,
-    /// The error kind is this (decode, permanent, exhausted, panic, timeout, too_large, crashed).
+    /// The error kind is this (decode, permanent, exhausted, panic, timeout,
+    /// too_large, crashed, expired, unknown_type).
     #[arg(long)]
     pub kind: Option<String>,
     /// The original source (queue or topic) is this.

@@ -37,6 +37,15 @@ pub fn stamp_origin(headers: &mut Headers, meta: &Meta) {
             }
         }
     }
+    match meta.timestamp {
+        Some(_) if meta.retry_of.is_some() && headers.contains_key(wire::ORIGINAL_TIMESTAMP) => {}
+        Some(at) => {
+            headers.insert(wire::ORIGINAL_TIMESTAMP.to_owned(), wire::format_time(at));
+        }
+        None => {
+            headers.remove(wire::ORIGINAL_TIMESTAMP);
+        }
+    }
     if !meta.message_id.is_empty() {
         headers.insert(wire::MESSAGE_ID.to_owned(), meta.message_id.clone());
     }

@@ -8,7 +8,11 @@ use std::time::{Duration, SystemTime};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Why a message failed; written to [`wire::ERROR_KIND`](crate::wire::ERROR_KIND) on DLQ copies.
+///
+/// Non-exhaustive: a later release may add kinds (a worker of an earlier
+/// release reads an unknown wire name as `permanent`); match with a `_` arm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ErrorKind {
     /// The payload could not be decoded.
     Decode,

@@ -9,12 +9,19 @@
 //!
 //! - its age is the time since its timestamp (Kafka's record timestamp,
 //!   the AMQP `timestamp` property, the in-memory broker's publish time);
-//!   a message without a timestamp never expires by age, and one stamped in
-//!   the future (a producer's clock ahead of ours) has age zero;
-//! - an [`EXPIRES_AT`](crate::wire::EXPIRES_AT) header (RFC 3339, or
-//!   milliseconds since the Unix epoch) expires it at that time, whatever
-//!   its age; a header that is neither is ignored (logged), never a reason
-//!   to drop a message.
+//!   a retry copy from a Kafka retry topic is as old as the message it is
+//!   a copy of ([`ORIGINAL_TIMESTAMP`](crate::wire::ORIGINAL_TIMESTAMP);
+//!   a RabbitMQ retry copy keeps the AMQP timestamp itself); a message
+//!   without a timestamp never expires by age, and one stamped in the
+//!   future (a producer's clock ahead of ours) has age zero;
+//! - an [`EXPIRES_AT`](crate::wire::EXPIRES_AT) header (RFC 3339 with an
+//!   offset, `Z` or `+02:00`; or milliseconds since the Unix epoch, at
+//!   least 10¹¹, so a value in seconds is not read as a date in 1970)
+//!   expires it at that time, whatever its age; a header that is none of
+//!   these (a time without an offset, epoch seconds, text) is ignored with
+//!   a warning, never a reason to drop a message;
+//! - a message an operator redrove from a DLQ (`x-backstop-replayed` > 0)
+//!   never expires: the redrive is the decision to run it.
 //!
 //! An expired message is dead-lettered with kind `expired` (the default:
 //! nothing disappears silently) or, with [`TimeToLive::discard`], acked
@@ -117,6 +124,9 @@ impl TimeToLive {
     /// assert_eq!(ttl.expired(&Message::new("x"), now), None);
     /// ```
     pub fn expired(&self, message: &Message, now: SystemTime) -> Option<String> {
+        if message.replayed() > 0 {
+            return None;
+        }
         if let Some(text) = message.header(wire::EXPIRES_AT) {
             match parse_expires_at(text) {
                 Some(at) if at <= now => {
@@ -128,15 +138,16 @@ impl TimeToLive {
                     ));
                 }
                 Some(_) => {}
-                None => tracing::debug!(
+                None => tracing::warn!(
                     message_id = %message.meta.message_id,
                     header = wire::EXPIRES_AT,
                     value = %wire::truncate(text, 64),
-                    "ignoring an expiry header that is neither RFC 3339 nor epoch milliseconds"
+                    "ignoring an expiry header that is neither RFC 3339 with an offset nor epoch milliseconds"
                 ),
             }
         }
-        let (max, stamped) = (self.max_age?, message.meta.timestamp?);
+        let max = self.max_age?;
+        let stamped = original_timestamp(message).or(message.meta.timestamp)?;
         let age = now.duration_since(stamped).unwrap_or_default();
         (age > max).then(|| {
             format!(
@@ -160,16 +171,31 @@ impl TimeToLive {
     }
 }
 
-/// An [`EXPIRES_AT`](wire::EXPIRES_AT) value: RFC 3339, or milliseconds
-/// since the Unix epoch (at most [`wire::MAX_TIME_MILLIS`]).
+/// The smallest epoch-milliseconds value read (1973-03-03): any smaller
+/// number is more likely seconds, and is refused rather than guessed.
+const MIN_EPOCH_MILLIS: u64 = 100_000_000_000;
+
+/// An [`EXPIRES_AT`](wire::EXPIRES_AT) value: RFC 3339 with an offset, or
+/// milliseconds since the Unix epoch (from [`MIN_EPOCH_MILLIS`] to
+/// [`wire::MAX_TIME_MILLIS`]).
 fn parse_expires_at(text: &str) -> Option<SystemTime> {
     let text = text.trim();
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         let millis: u64 = text.parse().ok()?;
-        return (millis <= wire::MAX_TIME_MILLIS)
+        return (MIN_EPOCH_MILLIS..=wire::MAX_TIME_MILLIS)
+            .contains(&millis)
             .then(|| SystemTime::UNIX_EPOCH + Duration::from_millis(millis));
     }
-    wire::parse_time(text)
+    let at = text.parse::<jiff::Timestamp>().ok()?;
+    SystemTime::try_from(at).ok()
+}
+
+/// The first consumption's timestamp a Kafka retry copy carries; only on
+/// a copy consumed from backstop's own retry topic (`retry_of`, set by the
+/// adapter, never from a header), so a producer's header is not believed.
+fn original_timestamp(message: &Message) -> Option<SystemTime> {
+    message.meta.retry_of.as_ref()?;
+    wire::parse_time(message.header(wire::ORIGINAL_TIMESTAMP)?)
 }
 
 /// `d` to whole milliseconds, for a readable age.
@@ -222,13 +248,25 @@ mod tests {
         let ttl = TimeToLive::header_only();
         let with = |v: &str| Message::new("x").with_header(wire::EXPIRES_AT, v);
         assert!(ttl.expired(&with("2020-01-01T00:00:00Z"), now).is_some());
+        assert!(
+            ttl.expired(&with("2020-01-01T02:00:00+02:00"), now)
+                .is_some()
+        );
+        assert!(
+            ttl.expired(&with(" 2020-01-01T00:00:00.5+00:00 "), now)
+                .is_some()
+        );
         assert!(ttl.expired(&with("1999999999999"), now).is_some());
         assert_eq!(ttl.expired(&with("2040-01-01T00:00:00Z"), now), None);
+        assert_eq!(ttl.expired(&with("2033-05-18T05:33:21+02:00"), now), None);
         assert_eq!(ttl.expired(&with("2000000000001"), now), None);
+        // Epoch seconds (a JWT `exp`), a time without an offset, junk: ignored.
         for junk in [
             "",
             "soon",
             "-5",
+            "1767225600",
+            "2020-01-01T00:00:00",
             "99999999999999999999999",
             "2020-13-45T00:00:00Z",
         ] {
@@ -239,6 +277,35 @@ mod tests {
         let mut m = with("2020-01-01T00:00:00Z");
         m.meta.timestamp = Some(now);
         assert!(young.expired(&m, now).is_some());
+    }
+
+    #[test]
+    fn a_redriven_message_never_expires() {
+        let now = SystemTime::now();
+        let mut m = stamped(Duration::from_secs(3600), now)
+            .with_header(wire::EXPIRES_AT, "2020-01-01T00:00:00Z")
+            .with_header(wire::REPLAYED, "1");
+        assert_eq!(TimeToLive::max_age(Duration::ZERO).expired(&m, now), None);
+        m.headers.insert(wire::REPLAYED.to_owned(), "0".to_owned());
+        assert!(
+            TimeToLive::max_age(Duration::ZERO)
+                .expired(&m, now)
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_retry_copy_is_as_old_as_its_first_consumption_and_a_forged_header_is_not_believed() {
+        let now = SystemTime::now();
+        let ttl = TimeToLive::max_age(Duration::from_secs(60));
+        let first = wire::format_time(now - Duration::from_secs(600));
+        // A fresh copy on a retry topic, of a message consumed 10 minutes ago.
+        let mut copy = stamped(Duration::ZERO, now).with_header(wire::ORIGINAL_TIMESTAMP, first);
+        copy.meta.retry_of = Some("orders".into());
+        assert!(ttl.expired(&copy, now).is_some());
+        // The same header on a message from its source: its own timestamp counts.
+        copy.meta.retry_of = None;
+        assert_eq!(ttl.expired(&copy, now), None);
     }
 
     #[test]

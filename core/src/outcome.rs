@@ -5,7 +5,11 @@ use std::time::SystemTime;
 use crate::ErrorKind;
 
 /// What the inner stack did with a message. Every outcome is acked.
+///
+/// Non-exhaustive: a later release may settle messages in new ways; match
+/// with a `_` arm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Outcome {
     /// The handler succeeded.
     Handled,

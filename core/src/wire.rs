@@ -23,6 +23,11 @@ pub const ORIGINAL_PARTITION: &str = "x-backstop-original-partition";
 /// The Kafka offset the message was consumed at (a copy from a retry topic
 /// keeps the first); informational.
 pub const ORIGINAL_OFFSET: &str = "x-backstop-original-offset";
+/// The timestamp the message had when it was consumed (RFC 3339 UTC; a
+/// copy from a Kafka retry topic keeps the first, whose own record
+/// timestamp is the copy's): what a time to live measures a retry copy's
+/// age by ([`expiry`](crate::expiry)); informational otherwise.
+pub const ORIGINAL_TIMESTAMP: &str = "x-backstop-original-timestamp";
 /// The Kafka consumer group that dead-lettered or deferred the message;
 /// rewritten on every copy, informational only.
 pub const GROUP: &str = "x-backstop-group";

@@ -20,11 +20,12 @@ const MAX_ERROR_INPUT: usize = 64 * 1024;
 /// The headers backstop writes on a dead letter whatever was there before
 /// (the first failure is checked on its own: kept only when it is a time;
 /// the origin by `check_origin`).
-const DEAD_LETTER_WRITES: [&str; 10] = [
+const DEAD_LETTER_WRITES: [&str; 11] = [
     wire::MESSAGE_ID,
     wire::ORIGINAL_SOURCE,
     wire::ORIGINAL_PARTITION,
     wire::ORIGINAL_OFFSET,
+    wire::ORIGINAL_TIMESTAMP,
     wire::ATTEMPT,
     wire::ERROR_KIND,
     wire::ERROR,
@@ -35,11 +36,12 @@ const DEAD_LETTER_WRITES: [&str; 10] = [
 
 /// The headers backstop writes on a retry copy whatever was there before
 /// (the first failure is checked on its own: kept only when it is a time).
-const RETRY_WRITES: [&str; 7] = [
+const RETRY_WRITES: [&str; 8] = [
     wire::MESSAGE_ID,
     wire::ORIGINAL_SOURCE,
     wire::ORIGINAL_PARTITION,
     wire::ORIGINAL_OFFSET,
+    wire::ORIGINAL_TIMESTAMP,
     wire::ATTEMPT,
     wire::FIRST_FAILURE,
     wire::DUE,
@@ -483,6 +485,16 @@ fn check_origin(original: &Message, copy: &Message) {
         };
         assert_eq!(copy.header(name), expected, "{name} of the consumption");
     }
+    let stamped = meta.timestamp.map(wire::format_time);
+    let expected = match original.header(wire::ORIGINAL_TIMESTAMP) {
+        Some(kept) if meta.retry_of.is_some() && stamped.is_some() => Some(kept),
+        _ => stamped.as_deref(),
+    };
+    assert_eq!(
+        copy.header(wire::ORIGINAL_TIMESTAMP),
+        expected,
+        "the timestamp of the first consumption"
+    );
     assert_eq!(
         copy.header(wire::MESSAGE_ID),
         Some(meta.message_id.as_str()),

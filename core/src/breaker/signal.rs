@@ -21,12 +21,14 @@ impl Signal {
     /// The signal of a settlement.
     pub fn of(result: &Result<Settled, AckError>) -> Self {
         match result {
-            Ok(Settled::Acked(
-                Outcome::Handled | Outcome::Duplicate | Outcome::Discarded { .. },
-            )) => Signal::Success,
+            Ok(Settled::Acked(Outcome::Handled | Outcome::Duplicate)) => Signal::Success,
+            // Nothing ran: it says nothing about the dependencies (an
+            // expired backlog must not close a half-open breaker).
+            Ok(Settled::Acked(Outcome::Discarded { .. })) => Signal::Neutral,
             Ok(Settled::Acked(Outcome::Deferred { .. })) => Signal::TransientFailure,
             Ok(Settled::Acked(Outcome::DeadLettered { kind, .. })) => match kind {
                 ErrorKind::Exhausted | ErrorKind::Timeout => Signal::TransientFailure,
+                ErrorKind::Expired | ErrorKind::UnknownType => Signal::Neutral,
                 _ => Signal::Success,
             },
             Ok(Settled::Nacked(error) | Settled::Postponed(error)) => Signal::of_error(error),

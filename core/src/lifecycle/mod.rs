@@ -29,7 +29,7 @@
 //! | `attempt_failed` | the handler returned an error | `attempt`, `kind`, `transient`, `error` |
 //! | `deferred` | a confirmed retry copy went to the delay queue or retry topic | `attempt` (the copy's) |
 //! | `dead_lettered` | the broker confirmed the dead letter | `attempt` (the last one run), `kind` |
-//! | `acked` | the delivery was acked | `outcome` (`handled`, `dead_lettered`, `deferred`, `duplicate`) |
+//! | `acked` | the delivery was acked | `outcome` (`handled`, `dead_lettered`, `deferred`, `duplicate`, `discarded`) |
 //! | `nacked` | the delivery was nacked with requeue | `error` |
 //! | `postponed` | a copy went to the delay queue, then the delivery was acked | `error` |
 //!

@@ -33,10 +33,11 @@ use crate::{AckError, Delivery, Error, Handle, HandlerError, Outcome, Payload, R
 /// [`StackBuilder::around_attempt`] sees it (the boxed handler).
 pub type AttemptService<T> = BoxCloneSyncService<Request<T>, (), HandlerError>;
 
-/// One message's service inside idempotency, as a layer added with
-/// [`StackBuilder::around_message`] sees it: dead-lettering, retries and
-/// the attempts. It answers with the message's [`Outcome`]; an
-/// [`Error`] leaves the message unacked (nacked or postponed).
+/// One message's service, as a layer added with
+/// [`StackBuilder::around_message`] sees it: its retries and attempts. It
+/// answers with the message's [`Outcome`], or an [`Error`]: a final
+/// failure ([`Error::Failed`]) is dead-lettered, any other leaves the
+/// message unacked (nacked or postponed).
 pub type MessageService<T> = BoxCloneSyncService<Request<T>, Outcome, Error>;
 
 type Wrap<T> = Arc<dyn Fn(AttemptService<T>) -> AttemptService<T> + Send + Sync>;
@@ -276,6 +277,8 @@ impl<T: Payload> StackBuilder<T> {
     /// The layer's service is built once and cloned per attempt; state
     /// that must be shared across messages (a rate limiter's bucket) lives
     /// behind an `Arc` in the layer, or behind a [`tower::buffer::Buffer`].
+    /// A second call replaces the first layer (compose several with
+    /// `tower::ServiceBuilder` into one).
     ///
     /// ```
     /// use std::sync::Arc;
@@ -332,19 +335,26 @@ impl<T: Payload> StackBuilder<T> {
     }
 
     /// Wraps each message in the user's tower `layer` once, inside
-    /// idempotency (after its key was claimed, so a duplicate never reaches
-    /// it) and outside dead-lettering, retries and the attempts: a rate
-    /// limit on messages, a filter, a per-message metric. The layer sees a
-    /// [`MessageService`]: it may answer without calling it (a filter
-    /// returning [`Outcome::Discarded`], say: the key is then settled and
-    /// the message acked), and an [`Error`] it returns leaves the message
-    /// unacked for a later delivery (never dead-lettered).
+    /// idempotency and dead-lettering (after its key was claimed, so a
+    /// duplicate never reaches it; after a pending dead letter or an
+    /// expired message was settled, so neither reaches it) and outside the
+    /// retries: a rate limit on messages, a filter, a per-message metric.
+    /// The layer sees a [`MessageService`]: it may answer without calling
+    /// it (a filter returning [`Outcome::Discarded`]: the key is then
+    /// settled and the message acked); an [`Error::Failed`] it returns is
+    /// dead-lettered, any other [`Error`] leaves the message unacked for a
+    /// later delivery.
     ///
     /// The layer's service is built once per stack and cloned per message,
     /// so state shared across the messages in flight lives behind an `Arc`
     /// in the layer (a `governor` limiter, say); a per-clone limiter such
     /// as tower's `RateLimit` would limit each message alone, nothing in
-    /// all. Without a layer here, nothing is boxed or allocated for it.
+    /// all. A message waiting in the layer holds its key's lease and its
+    /// place in the broker's unacked window (RabbitMQ's unacked-time
+    /// budget runs), and the runner keeps taking deliveries up to its
+    /// concurrency. Without a layer here, nothing is boxed or allocated
+    /// for it. A second call replaces the first layer (compose several
+    /// with `tower::ServiceBuilder` into one).
     #[must_use]
     pub fn around_message<L>(mut self, layer: L) -> Self
     where
@@ -457,11 +467,12 @@ impl<T: Payload> StackBuilder<T> {
         if let Some(ttl) = self.time_to_live {
             dead_letter = dead_letter.time_to_live(ttl);
         }
-        let failing: MessageService<T> = Boxed::new(dead_letter.layer(retry.layer(attempt)));
-        let failing = match &self.around_message {
-            Some(wrap) => wrap(failing),
-            None => failing,
+        let retried: MessageService<T> = Boxed::new(retry.layer(attempt));
+        let retried = match &self.around_message {
+            Some(wrap) => wrap(retried),
+            None => retried,
         };
+        let failing = dead_letter.layer(retried);
         let deduped: Boxed<Request<T>, Outcome, Error> = match self.store {
             Some((store, config)) => {
                 Boxed::new(IdempotencyLayer::new(store, config).layer(failing))

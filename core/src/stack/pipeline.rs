@@ -68,15 +68,7 @@ impl<T: Payload, H: Handle<T>> Pipeline<T, H> {
 
     async fn deduplicated(&self, request: Request<T>) -> Result<Outcome, Error> {
         match &self.deduper {
-            Some(deduper) => deduper.run(request, |r| self.message(r)).await,
-            None => self.message(request).await,
-        }
-    }
-
-    /// One message inside idempotency: through the user's layer, if any.
-    async fn message(&self, request: Request<T>) -> Result<Outcome, Error> {
-        match &self.around_message {
-            Some(service) => service.clone().oneshot(request).await,
+            Some(deduper) => deduper.run(request, |r| self.dead_lettered(r)).await,
             None => self.dead_lettered(request).await,
         }
     }
@@ -89,11 +81,19 @@ impl<T: Payload, H: Handle<T>> Pipeline<T, H> {
         if let Some(failure) = self.letters.expired(&request) {
             return self.letters.expire(&message, failure).await;
         }
-        let result = retry::run(&self.policy, self.retry_sink.as_ref(), request, |request| {
+        // Through the user's layer around each message, if any.
+        let result = match &self.around_message {
+            Some(service) => service.clone().oneshot(request).await,
+            None => self.retried(request).await,
+        };
+        self.letters.after(&message, result).await
+    }
+
+    async fn retried(&self, request: Request<T>) -> Result<Outcome, Error> {
+        retry::run(&self.policy, self.retry_sink.as_ref(), request, |request| {
             self.attempt(request)
         })
-        .await;
-        self.letters.after(&message, result).await
+        .await
     }
 
     async fn attempt(&self, request: Request<T>) -> Result<(), HandlerError> {
@@ -113,8 +113,8 @@ impl<T: Payload, H: Handle<T>> Pipeline<T, H> {
 }
 
 /// The stack inward of a user's [`around_message`](super::StackBuilder::around_message)
-/// layer (dead-letter, retry, the attempts), as a service over the
-/// pipeline that holds the layer.
+/// layer (retries and the attempts), as a service over the pipeline that
+/// holds the layer.
 pub(super) struct Rest<T, H>(pub(super) std::sync::Weak<Pipeline<T, H>>);
 
 impl<T, H> Clone for Rest<T, H> {
@@ -139,7 +139,7 @@ impl<T: Payload, H: Handle<T>> Service<Request<T>> for Rest<T, H> {
         let pipeline = self.0.upgrade();
         Box::pin(async move {
             match pipeline {
-                Some(pipeline) => pipeline.dead_lettered(request).await,
+                Some(pipeline) => pipeline.retried(request).await,
                 // The stack was dropped while a message was in its layer.
                 None => Err(Error::Shutdown),
             }

@@ -1018,3 +1018,76 @@ mod a_filter_around_each_message_discards_or_defers_without_running {
             .await;
     }
 }
+
+/// A pending dead letter (its first write failed) is written on the
+/// redelivery before a user's layer around the message sees it: a filter
+/// that would discard the redelivery cannot drop the letter.
+async fn a_pending_letter_is_written_before_a_filter_around_the_message_sees_it() {
+    use crate::stack::MessageService;
+    use tower::ServiceExt as _;
+    use tower::layer::layer_fn;
+
+    let broker = MemoryBroker::new();
+    broker.publish_now("orders", order("a", 5)).unwrap();
+    let sink = Refusing {
+        inner: broker.dead_letter_sink(),
+        refusals: AtomicU32::new(1),
+        error: || crate::PublishError::Nacked,
+    };
+    // Lets the first delivery through, discards any later one.
+    let seen = Arc::new(AtomicU32::new(0));
+    let s = Arc::clone(&seen);
+    let filter = layer_fn(move |inner: MessageService<Order>| {
+        let s = Arc::clone(&s);
+        MessageService::new(tower::service_fn(move |r: crate::Request<Order>| {
+            let (inner, first) = (inner.clone(), s.fetch_add(1, Ordering::SeqCst) == 0);
+            async move {
+                if first {
+                    inner.oneshot(r).await
+                } else {
+                    Ok(crate::Outcome::Discarded {
+                        kind: crate::ErrorKind::Expired,
+                    })
+                }
+            }
+        }))
+    });
+    let stack = StackBuilder::<Order>::new(Arc::new(sink))
+        .retry(fast())
+        .nack_delay(Duration::from_millis(20))
+        .idempotency(Arc::new(MemoryStore::default()), KeySource::Payload)
+        .around_message(filter)
+        .built(handler_fn(|_o: Order, _c: Context| async {
+            Err::<(), _>(HandlerError::permanent("card declined"))
+        }));
+    let summary = Runner::new(broker.consume("orders", 1).until_drained(), stack)
+        .run()
+        .await
+        .expect("run");
+    assert_eq!((summary.nacked, summary.dead_lettered), (1, 1), "{summary}");
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        1,
+        "the filter saw the first delivery only"
+    );
+    let dlq = broker.peek("orders.dlq");
+    assert_eq!(dlq.len(), 1, "the letter was written, not discarded");
+    assert_eq!(dlq[0].header(wire::ERROR_KIND), Some("permanent"));
+}
+
+mod a_pending_letter_is_written_before_a_filter_around_the_message_sees_it {
+    #[tokio::test]
+    async fn pipeline() {
+        super::a_pending_letter_is_written_before_a_filter_around_the_message_sees_it().await;
+    }
+
+    #[tokio::test]
+    async fn tower_layers() {
+        super::LAYERED
+            .scope(
+                true,
+                super::a_pending_letter_is_written_before_a_filter_around_the_message_sees_it(),
+            )
+            .await;
+    }
+}
