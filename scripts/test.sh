@@ -72,10 +72,15 @@ want() { [[ " ${wanted[*]} " == *" $1 "* ]]; }
 # failed run ends with each failing test's panic message, so a failure is
 # readable from the end of the output even when the middle is cut.
 LOG_DIR="${BACKSTOP_TEST_LOG_DIR:-/var/tmp/backstop-logs}"
-mkdir -p "$LOG_DIR"
-LOG="$LOG_DIR/test-$(date -u +%Y%m%dT%H%M%SZ).log"
-find "$LOG_DIR" -maxdepth 1 -name 'test-*.log' | sort -r | tail -n +5 | xargs -r rm -f
-exec > >(tee -a "$LOG") 2>&1
+LOG="$LOG_DIR/test-$(date -u +%Y%m%dT%H%M%SZ)-$$.log"
+if mkdir -p "$LOG_DIR" 2>/dev/null && : >"$LOG"; then
+  find "$LOG_DIR" -maxdepth 1 -name 'test-*.log' -print0 | sort -rz | tail -zn +6 | xargs -0r rm -f
+  exec 3>&1 4>&2
+  exec > >(tee -a "$LOG") 2>&1
+  tee_pid=$!
+else
+  LOG=/dev/null tee_pid=""
+fi
 
 start=$SECONDS
 times=()
@@ -92,16 +97,28 @@ step_done() {
 }
 report() {
   local rc=$?
-  if ((rc != 0)) && grep -qE '^test .* FAILED$' "$LOG" 2>/dev/null; then
-    printf '\n==> failures (the whole output: %s)\n' "$LOG"
-    # Each panic with the lines of its message (up to the backtrace).
-    awk '/^thread .* panicked at/ {n = 8} n > 0 && /^stack backtrace:|^note: / {n = 0} n > 0 {print "  " $0; n--}
-         /^test .* FAILED$/ {print "  " $0}' "$LOG" | cut -c1-400 | tail -n 80
+  if [[ -n $tee_pid ]]; then
+    # Back to the original output, and the log complete before it is read.
+    exec 1>&3 2>&4
+    wait "$tee_pid" 2>/dev/null || true
   fi
-  printf '\n==> step times\n'
-  printf '  %s\n' "${times[@]}"
-  printf '  %-10s %5d s\n' total "$((SECONDS - start))"
-  printf '  log        %s\n' "$LOG"
+  {
+    if ((rc != 0)) && grep -qE '^test .* FAILED$' "$LOG" 2>/dev/null; then
+      printf '\n==> failures (the whole output: %s)\n' "$LOG"
+      # The failing tests, then each of their panics with the lines of its
+      # message (up to the backtrace); panics of tests that passed (a
+      # deliberate one, caught) are left out.
+      awk '/^test .* FAILED$/ { name = $2; sub(/.*::/, "", name); failed[name] = 1; print "  " $0 }' "$LOG"
+      awk 'FNR == NR { if ($0 ~ /^test .* FAILED$/) { name = $2; sub(/.*::/, "", name); failed[name] = 1 } next }
+           /^thread .* panicked at/ { t = $2; gsub(/\047/, "", t); sub(/.*::/, "", t); n = (t in failed) ? 8 : 0 }
+           n > 0 && /^stack backtrace:|^note: / { n = 0 }
+           n > 0 { print "  " $0; n-- }' "$LOG" "$LOG" | cut -c1-400 | tail -n 80
+    fi
+    printf '\n==> step times\n'
+    printf '  %s\n' "${times[@]}"
+    printf '  %-10s %5d s\n' total "$((SECONDS - start))"
+    printf '  log        %s\n' "$LOG"
+  } | if [[ -n $tee_pid ]]; then tee -a "$LOG"; else cat; fi
   return "$rc"
 }
 trap report EXIT
