@@ -48,6 +48,9 @@ section "Kafka: raw rdkafka vs backstop (N=$N)"
 BACKSTOP_BENCH_SOURCE_ONLY=1 cargo bench -q -p backstop-kafka --bench throughput -- "$N" 2>/dev/null \
   | collect kafka
 
+section "PostgreSQL: a batch handler vs one insert per message (N=$N)"
+BACKSTOP_BENCH_N="$N" cargo bench -q -p backstop-postgres --bench batch 2>/dev/null | collect batch
+
 section "summary (N=$N messages per run, ${SECONDS} s in all)"
 echo "Rates: the best run of each side within one bench run; ratio = backstop / raw."
 echo "p50 / p99: per-message latency, from the raw client (raw) or the adapter's"
@@ -58,7 +61,7 @@ echo "in-flight window (prefetch / concurrency; on average at most window / rate
 echo "as does raw RabbitMQ with acks on tasks; the raw Kafka and in-memory loops"
 echo "take one message at a time."
 echo
-cat "$rows/rabbitmq" "$rows/kafka" "$rows/stores" | awk -F'\t' '
+cat "$rows/rabbitmq" "$rows/kafka" "$rows/stores" "$rows/batch" | awk -F'\t' '
   function commas(x,   s, out) {
     s = sprintf("%.0f", x); out = ""
     while (length(s) > 3) { out = "," substr(s, length(s) - 2) out; s = substr(s, 1, length(s) - 3) }
