@@ -138,6 +138,12 @@ pub struct ConsumerSettings {
     pub backoff_initial_ms: Option<u64>,
     /// Largest retry backoff in milliseconds. Default 5 s.
     pub backoff_max_ms: Option<u64>,
+    /// Messages older than this many milliseconds (by their timestamp), or
+    /// past their `expires-at` header, are not run. Default: none expire.
+    pub time_to_live_ms: Option<u64>,
+    /// Expired messages are acked unrun and counted instead of
+    /// dead-lettered as `expired`. Default false.
+    pub discard_expired: Option<bool>,
 }
 
 impl ConsumerSettings {
@@ -150,6 +156,8 @@ impl ConsumerSettings {
             timeout_ms: self.timeout_ms.or(below.timeout_ms),
             backoff_initial_ms: self.backoff_initial_ms.or(below.backoff_initial_ms),
             backoff_max_ms: self.backoff_max_ms.or(below.backoff_max_ms),
+            time_to_live_ms: self.time_to_live_ms.or(below.time_to_live_ms),
+            discard_expired: self.discard_expired.or(below.discard_expired),
         }
     }
 
@@ -163,6 +171,9 @@ impl ConsumerSettings {
             timeout: self.timeout_ms.map(Duration::from_millis),
             backoff_initial: self.backoff_initial_ms.map(Duration::from_millis),
             backoff_max: self.backoff_max_ms.map(Duration::from_millis),
+            time_to_live: self
+                .time_to_live_ms
+                .map(|ms| time_to_live(ms, self.discard_expired.unwrap_or(false))),
         }
     }
 
@@ -180,8 +191,17 @@ impl ConsumerSettings {
             backoff_max: self
                 .backoff_max_ms
                 .map_or(d.backoff_max, Duration::from_millis),
+            time_to_live: self
+                .time_to_live_ms
+                .map(|ms| time_to_live(ms, self.discard_expired.unwrap_or(false))),
         }
     }
+}
+
+/// The stack's time to live of `ms` milliseconds, discarding or not.
+fn time_to_live(ms: u64, discard: bool) -> backstop::expiry::TimeToLive {
+    let ttl = backstop::expiry::TimeToLive::max_age(Duration::from_millis(ms));
+    if discard { ttl.discard() } else { ttl }
 }
 
 /// A consumer's settings with every key resolved.
@@ -199,6 +219,8 @@ pub struct Settings {
     pub backoff_initial: Duration,
     /// Largest retry backoff.
     pub backoff_max: Duration,
+    /// The time to live, if messages expire.
+    pub time_to_live: Option<backstop::expiry::TimeToLive>,
 }
 
 impl Default for Settings {
@@ -210,6 +232,7 @@ impl Default for Settings {
             timeout: Duration::from_secs(30),
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
+            time_to_live: None,
         }
     }
 }
@@ -236,6 +259,10 @@ pub struct SourceConfig {
     pub backoff_initial_ms: Option<u64>,
     /// Overrides `defaults.backoff_max_ms`.
     pub backoff_max_ms: Option<u64>,
+    /// Overrides `defaults.time_to_live_ms`.
+    pub time_to_live_ms: Option<u64>,
+    /// Overrides `defaults.discard_expired`.
+    pub discard_expired: Option<bool>,
 }
 
 impl SourceConfig {
@@ -248,6 +275,8 @@ impl SourceConfig {
             timeout_ms: self.timeout_ms,
             backoff_initial_ms: self.backoff_initial_ms,
             backoff_max_ms: self.backoff_max_ms,
+            time_to_live_ms: self.time_to_live_ms,
+            discard_expired: self.discard_expired,
         }
     }
 }

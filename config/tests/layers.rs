@@ -302,3 +302,37 @@ fn tls_and_sasl_become_the_amqp_url_parameters_and_kafka_properties() {
     assert_eq!(get("sasl.password"), Some("p@ss"));
     assert_eq!(get("sasl.mechanism"), Some("PLAIN"), "kafka_options win");
 }
+
+#[test]
+fn a_time_to_live_is_set_in_defaults_and_a_source_may_discard_instead() {
+    let file = temp(
+        "ttl.toml",
+        "[defaults]\ntime_to_live_ms = 30000\n[sources.quotes]\ndiscard_expired = true\n[sources.orders]\n",
+    );
+    let config = load(&file, &[]).unwrap();
+    let ttl = |name: &str| config.settings_for(name).time_to_live;
+    let max = backstop::expiry::TimeToLive::max_age(std::time::Duration::from_secs(30));
+    assert_eq!(ttl("orders"), Some(max));
+    assert_eq!(ttl("quotes"), Some(max.discard()));
+    let resolved = config.sources();
+    let quotes = resolved.iter().find(|s| s.name == "quotes").unwrap();
+    assert_eq!(quotes.settings.time_to_live, Some(max.discard()));
+
+    let none = load(&temp("no-ttl.toml", "[defaults]\nconcurrency = 2\n"), &[]).unwrap();
+    assert_eq!(
+        none.settings_for("orders").time_to_live,
+        None,
+        "nothing expires by default"
+    );
+    let env = load(
+        &temp("ttl-env.toml", ""),
+        &[("BACKSTOP_DEFAULTS__TIME_TO_LIVE_MS", "1000")],
+    )
+    .unwrap();
+    assert_eq!(
+        env.settings_for("orders").time_to_live,
+        Some(backstop::expiry::TimeToLive::max_age(
+            std::time::Duration::from_secs(1)
+        ))
+    );
+}

@@ -33,6 +33,9 @@ pub struct Settings {
     pub backoff_initial: Option<Duration>,
     /// No retry backoff is longer than this.
     pub backoff_max: Option<Duration>,
+    /// Messages older than this, or past their `expires-at`, are not run
+    /// (see [`expiry`](crate::expiry)).
+    pub time_to_live: Option<crate::expiry::TimeToLive>,
 }
 
 impl Settings {

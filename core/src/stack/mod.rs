@@ -159,7 +159,7 @@ impl<T: Payload> StackBuilder<T> {
     }
 
     /// Overrides what `settings` sets (attempts, backoff, timeout, payload
-    /// limit) and keeps the rest as configured so far; concurrency is the
+    /// limit, time to live) and keeps the rest as configured so far; concurrency is the
     /// runner's ([`Settings::concurrency_or`](crate::settings::Settings::concurrency_or)).
     #[must_use]
     pub fn settings(mut self, settings: &crate::settings::Settings) -> Self {
@@ -177,6 +177,9 @@ impl<T: Payload> StackBuilder<T> {
         }
         if let Some(bytes) = settings.max_payload_bytes {
             self.max_payload = Some(bytes);
+        }
+        if let Some(ttl) = settings.time_to_live {
+            self.time_to_live = Some(ttl);
         }
         self
     }

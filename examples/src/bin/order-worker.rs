@@ -398,6 +398,9 @@ async fn stack(
         })
         .max_payload(settings.max_payload_bytes)
         .timeout(settings.timeout);
+    if let Some(ttl) = settings.time_to_live {
+        builder = builder.time_to_live(ttl);
+    }
     if let Some(retry) = retry {
         builder = builder.retry_sink(retry);
     }
