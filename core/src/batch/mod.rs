@@ -21,13 +21,20 @@
 //!   messages down with it again.
 //! - **Batch-level failures** (the handler panicked, or returned a number
 //!   of results other than the number of messages) fail every attempt of
-//!   the batch transiently, so each is retried alone.
-//! - **One message per key.** A batch holds at most one message of an
-//!   idempotency key (the payload's [`Payload::key`](crate::Payload::key));
-//!   a second waits for the next batch.
-//! - **Cancellation.** An attempt abandoned while it waits (its timeout, a
-//!   shutdown) is left out of the batch it would have joined. The stack's
-//!   per-attempt timeout covers the wait and the batch.
+//!   the batch transiently, so each is retried alone; alone, the same
+//!   failure is the message's own and permanent (kind `panic`, or
+//!   `permanent` for a wrong count), as a panicking handler's is.
+//! - **One message per key.** A batch holds at most one message of a
+//!   payload key ([`Payload::key`](crate::Payload::key)); a second waits
+//!   for the next batch.
+//! - **Cancellation and timeouts.** A batch runs on a task of its own, so
+//!   no member's cancellation stops it. An attempt abandoned while it
+//!   waits (its timeout, a shutdown) is left out of the batch it would
+//!   have joined. The stack's per-attempt timeout covers the wait and the
+//!   batch; an attempt that times out while its batch runs is retried,
+//!   and the retry first waits for that batch: if the batch handled the
+//!   message, the retry succeeds without running it again (never two runs
+//!   of one message at once). Keep `linger` well below the timeout.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -70,14 +77,14 @@
 //! # }
 //! ```
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt as _;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::{Context, ErrorKind, Handle, HandlerError, Payload};
@@ -137,12 +144,29 @@ struct Room<T> {
     waiting: VecDeque<Waiting<T>>,
 }
 
+/// The batch runs of messages whose attempt may be retried, by message
+/// id: running, or ended for an attempt that had given up (so its retry
+/// learns how), kept for [`KEEP_ENDED`].
+type Running = Arc<Mutex<HashMap<String, Run>>>;
+
+/// One message's run in a batch.
+struct Run {
+    /// Whether it ended well; `None` while it runs.
+    ended: watch::Receiver<Option<bool>>,
+    /// When it ended, for an attempt that gave up before.
+    at: Option<Instant>,
+}
+
+/// How long the end of a run whose attempt gave up is kept for its retry.
+const KEEP_ENDED: Duration = Duration::from_secs(600);
+
 /// A [`HandleBatch`] handler as a [`Handle`]: gathers attempts into
 /// batches; see the [module docs](self).
 pub struct Batcher<T, H> {
     handler: Arc<H>,
     config: BatchConfig,
     room: Arc<Mutex<Room<T>>>,
+    running: Running,
 }
 
 impl<T, H> std::fmt::Debug for Batcher<T, H> {
@@ -163,11 +187,12 @@ impl<T: Payload, H: HandleBatch<T>> Batcher<T, H> {
                 next_id: 0,
                 waiting: VecDeque::new(),
             })),
+            running: Arc::default(),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Room<T>> {
-        self.room.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.room)
     }
 
     /// Takes the next batch: the oldest waiting attempts, up to `max`, at
@@ -191,45 +216,120 @@ impl<T: Payload, H: HandleBatch<T>> Batcher<T, H> {
         batch
     }
 
-    /// Runs `batch` through the handler and answers each attempt.
-    async fn run(&self, batch: Vec<Waiting<T>>) {
+    /// Starts `batch` on a task of its own (so no member's cancellation
+    /// stops it) that answers each attempt; each member is marked running
+    /// until its answer is known, so a retry of it waits instead of
+    /// running beside it.
+    fn start(&self, batch: Vec<Waiting<T>>) {
         if batch.is_empty() {
             return;
         }
-        let n = batch.len();
-        let (items, answers): (Vec<_>, Vec<_>) =
-            batch.into_iter().map(|w| (w.item, w.answer)).unzip();
-        let results = AssertUnwindSafe(self.handler.handle_batch(items))
-            .catch_unwind()
-            .await;
-        match results {
-            Ok(results) if results.len() == n => {
-                for (answer, result) in answers.into_iter().zip(results) {
-                    let _ = answer.send(result.map_err(Into::into));
-                }
-            }
-            Ok(results) => {
-                let why = format!(
-                    "the batch handler returned {} results for {n} messages",
-                    results.len()
-                );
-                tracing::error!("{why}; each message is retried alone");
-                for answer in answers {
-                    let _ = answer.send(Err(batch_failed(why.clone(), ErrorKind::Exhausted)));
-                }
-            }
-            Err(panic) => {
-                let why = format!(
-                    "the batch handler panicked: {}",
-                    crate::panic::panic_text(&*panic)
-                );
-                tracing::error!("{why}; each message of the batch is retried alone");
-                for answer in answers {
-                    let _ = answer.send(Err(batch_failed(why.clone(), ErrorKind::Panic)));
-                }
+        let mut members = Vec::with_capacity(batch.len());
+        let mut items = Vec::with_capacity(batch.len());
+        {
+            let mut running = lock(&self.running);
+            let now = Instant::now();
+            running.retain(|_, r| r.at.is_none_or(|at| now.duration_since(at) < KEEP_ENDED));
+            for w in batch {
+                let (done, ended) = watch::channel(None);
+                let id = w.item.1.message_id().to_owned();
+                running.insert(id.clone(), Run { ended, at: None });
+                members.push((id, w.answer, done));
+                items.push(w.item);
             }
         }
+        let (handler, running) = (Arc::clone(&self.handler), Arc::clone(&self.running));
+        tokio::spawn(async move {
+            let results = run(&*handler, items).await;
+            let mut table = lock(&running);
+            for ((id, answer, done), result) in members.into_iter().zip(results) {
+                let ok = result.is_ok();
+                // The attempt gave up (its timeout): its retry is told how
+                // the run ended; else nothing is kept.
+                let gave_up = answer.send(result).is_err();
+                let _ = done.send(Some(ok));
+                if let Some(run) = table.get_mut(&id)
+                    && run.ended.same_channel(&done.subscribe())
+                {
+                    if gave_up {
+                        run.at = Some(Instant::now());
+                    } else {
+                        table.remove(&id);
+                    }
+                }
+            }
+        });
     }
+
+    /// Waits for a batch still running an earlier attempt of `ctx`'s
+    /// message (one that timed out while in it), or that ran it after that
+    /// attempt gave up; whether that run ended well.
+    async fn earlier_run(&self, ctx: &Context) -> Option<bool> {
+        let mut ended = lock(&self.running)
+            .get(ctx.message_id())
+            .map(|r| r.ended.clone())?;
+        let ok = (*ended.wait_for(Option::is_some).await.ok()?)?;
+        // Told: forgotten (a later retry runs the message itself).
+        let mut table = lock(&self.running);
+        if table
+            .get(ctx.message_id())
+            .is_some_and(|r| r.ended.same_channel(&ended))
+        {
+            table.remove(ctx.message_id());
+        }
+        Some(ok)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `items` through the handler: one result per item, whatever the
+/// handler does (a panic, the wrong number of results).
+async fn run<T, H: HandleBatch<T>>(
+    handler: &H,
+    items: Vec<(T, Context)>,
+) -> Vec<Result<(), HandlerError>> {
+    let n = items.len();
+    // The call inside the catch too: a handler may panic before its future.
+    let results = AssertUnwindSafe(async { handler.handle_batch(items).await })
+        .catch_unwind()
+        .await;
+    let (why, kind) = match results {
+        Ok(results) if results.len() == n => {
+            return results.into_iter().map(|r| r.map_err(Into::into)).collect();
+        }
+        Ok(results) => (
+            format!(
+                "the batch handler returned {} results for {n} messages",
+                results.len()
+            ),
+            ErrorKind::Permanent,
+        ),
+        Err(panic) => (
+            format!(
+                "the batch handler panicked: {}",
+                crate::panic::panic_text(&*panic)
+            ),
+            ErrorKind::Panic,
+        ),
+    };
+    if n == 1 {
+        // Alone, the failure is the message's own: permanent, as a
+        // panicking handler's is.
+        tracing::error!("{why}");
+        return vec![Err(HandlerError::permanent_with(kind, why))];
+    }
+    tracing::error!("{why}; each message of the batch is retried alone");
+    let kind = if kind == ErrorKind::Panic {
+        ErrorKind::Panic
+    } else {
+        ErrorKind::Exhausted
+    };
+    (0..n)
+        .map(|_| Err(batch_failed(why.clone(), kind)))
+        .collect()
 }
 
 /// A failure of the whole batch, retried per message (`kind` if the
@@ -246,16 +346,20 @@ impl<T: Payload, H: HandleBatch<T>> Handle<T> for Batcher<T, H> {
     type Error = HandlerError;
 
     async fn handle(&self, message: T, ctx: Context) -> Result<(), HandlerError> {
-        // Retries run alone.
+        // Retries run alone, after an earlier attempt of the message that
+        // is still in a batch (it timed out there) has ended: if that run
+        // succeeded, the message is handled.
         if ctx.attempt() > crate::attempt::FIRST {
+            if self.earlier_run(&ctx).await == Some(true) {
+                return Ok(());
+            }
             let (tx, rx) = oneshot::channel();
-            self.run(vec![Waiting {
+            self.start(vec![Waiting {
                 id: 0,
                 key: None,
                 item: (message, ctx),
                 answer: tx,
-            }])
-            .await;
+            }]);
             return answered(rx).await;
         }
         let key = message.key();
@@ -274,7 +378,7 @@ impl<T: Payload, H: HandleBatch<T>> Handle<T> for Batcher<T, H> {
             (id, full)
         };
         if let Some(batch) = full {
-            self.run(batch).await;
+            self.start(batch);
         }
         // Until answered: when this attempt has lingered and is still
         // waiting, it cuts the next batch itself (every older attempt cut
@@ -298,8 +402,10 @@ impl<T: Payload, H: HandleBatch<T>> Handle<T> for Batcher<T, H> {
                 // Cut by another attempt: its answer is on the way.
                 return answered(rx).await;
             }
-            self.run(batch).await;
-            due = Instant::now();
+            self.start(batch);
+            // Left out of it (its key was in it), it cuts again when its
+            // answer does not come first.
+            due = Instant::now() + self.config.linger;
         }
     }
 }

@@ -79,6 +79,7 @@ async fn messages_in_flight_go_in_batches_of_at_most_max_each_once() {
     assert!(sizes.iter().all(|&n| n <= 8), "{sizes:?}");
     assert!(sizes.len() <= 4, "batched, not one by one: {sizes:?}");
     let mut all: Vec<String> = batches.concat();
+    assert_eq!(all.len(), 20, "nobody ran twice: {batches:?}");
     all.sort();
     all.dedup();
     assert_eq!(all.len(), 20, "each message in exactly one batch");
@@ -206,14 +207,15 @@ async fn a_panicking_batch_is_retried_message_by_message() {
 
 #[tokio::test]
 async fn a_wrong_number_of_results_fails_the_batch_and_each_is_retried_alone() {
-    struct Short;
+    /// One result too few for a batch of several; records the sizes.
+    struct Short(Arc<Mutex<Vec<usize>>>);
     impl HandleBatch<Order> for Short {
         type Error = HandlerError;
         async fn handle_batch(
             &self,
             batch: Vec<(Order, Context)>,
         ) -> Vec<Result<(), HandlerError>> {
-            // One result too few for a batch of several.
+            self.0.lock().unwrap().push(batch.len());
             batch
                 .iter()
                 .skip(usize::from(batch.len() > 1))
@@ -227,9 +229,13 @@ async fn a_wrong_number_of_results_fails_the_batch_and_each_is_retried_alone() {
             .publish_now("orders", order(&i.to_string(), &format!("k{i}")))
             .unwrap();
     }
+    let sizes = Arc::new(Mutex::new(Vec::new()));
     let stack = StackBuilder::<Order>::new(Arc::new(broker.dead_letter_sink()))
         .retry(RetryPolicy::retries(3).backoff(Duration::from_millis(1), Duration::from_millis(5)))
-        .build_batched(Short, BatchConfig::new(4, Duration::from_millis(30)));
+        .build_batched(
+            Short(Arc::clone(&sizes)),
+            BatchConfig::new(4, Duration::from_millis(30)),
+        );
     let summary = Runner::new(broker.consume("orders", 4).until_drained(), stack)
         .concurrency(4)
         .run()
@@ -239,4 +245,60 @@ async fn a_wrong_number_of_results_fails_the_batch_and_each_is_retried_alone() {
         summary.handled, 4,
         "retried alone, each answered: {summary}"
     );
+    let sizes = sizes.lock().unwrap().clone();
+    assert_eq!(sizes[0], 4, "the first batch held all four: {sizes:?}");
+    assert_eq!(&sizes[1..], [1, 1, 1, 1], "then each alone: {sizes:?}");
+}
+
+/// A batch slower than the stack's timeout: every member's attempt times
+/// out while the batch runs on, and each retry waits for that batch and,
+/// since it handled the message, succeeds without running it again: each
+/// message is handled once, none is dead-lettered.
+#[tokio::test]
+async fn an_attempt_that_times_out_in_a_running_batch_is_not_run_again_beside_it() {
+    struct Slow(Arc<Mutex<Vec<String>>>);
+    impl HandleBatch<Order> for Slow {
+        type Error = HandlerError;
+        async fn handle_batch(
+            &self,
+            batch: Vec<(Order, Context)>,
+        ) -> Vec<Result<(), HandlerError>> {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut runs = self.0.lock().unwrap();
+            batch
+                .iter()
+                .map(|(o, _)| {
+                    runs.push(o.order_id.clone());
+                    Ok(())
+                })
+                .collect()
+        }
+    }
+    let broker = MemoryBroker::new();
+    for i in 0..4 {
+        broker
+            .publish_now("orders", order(&i.to_string(), &format!("k{i}")))
+            .unwrap();
+    }
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let stack = StackBuilder::<Order>::new(Arc::new(broker.dead_letter_sink()))
+        .retry(RetryPolicy::retries(6).backoff(Duration::from_millis(1), Duration::from_millis(5)))
+        .timeout(Duration::from_millis(100))
+        .build_batched(
+            Slow(Arc::clone(&runs)),
+            BatchConfig::new(4, Duration::from_millis(10)),
+        );
+    let summary = Runner::new(broker.consume("orders", 4).until_drained(), stack)
+        .concurrency(4)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(
+        (summary.handled, summary.dead_lettered),
+        (4, 0),
+        "{summary}"
+    );
+    let mut runs = runs.lock().unwrap().clone();
+    runs.sort();
+    assert_eq!(runs, ["k0", "k1", "k2", "k3"], "each run once");
 }
