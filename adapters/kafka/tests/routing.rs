@@ -1,4 +1,4 @@
-//! Routing by message type on Kafka: the CloudEvents `ce-type` header
+//! Routing by message type on Kafka: the CloudEvents `ce_type` header
 //! (binary mode) picks the handler, and a type without a route is
 //! dead-lettered as `unknown_type` while its offset is committed.
 
@@ -54,7 +54,7 @@ fn event(id: &str, ce_type: &str) -> Message {
         .with_message_id(id)
         .with_key("o-1")
         .with_header("ce-specversion", "1.0")
-        .with_header("ce-type", ce_type)
+        .with_header("ce_type", ce_type)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,7 +135,7 @@ async fn the_cloudevents_type_header_picks_the_route_and_an_unknown_type_is_dead
         "{error}"
     );
     assert_eq!(
-        letter.header("ce-type"),
+        letter.header("ce_type"),
         Some("order.shipped"),
         "the letter keeps its type"
     );

@@ -49,7 +49,7 @@ const KNOWN_BUDGET: usize = 512;
 const MAX_NAME_CHARS: usize = 64;
 
 /// What an [`UnknownType`] says of a message without a type, by where the router looked.
-const DEFAULT_UNTYPED: &str = "message has no type header (looked at header \"type\", the AMQP type property and header \"ce-type\")";
+const DEFAULT_UNTYPED: &str = "message has no type header (looked at header \"type\", the AMQP type property and headers \"ce_type\" and \"ce-type\")";
 const CUSTOM_UNTYPED: &str = "message has no type (the router's type function found none)";
 
 /// A handler that runs one of several handlers by the message's type; see

@@ -39,10 +39,14 @@ impl fmt::Display for TypeSource {
 ///
 /// 1. the header `type` (what a producer on any broker can set),
 /// 2. the AMQP `type` property (RabbitMQ publishers' usual place),
-/// 3. the header `ce-type` (a CloudEvents event in Kafka's binary mode).
-pub const DEFAULT_TYPE_SOURCES: [TypeSource; 3] = [
+/// 3. the header `ce_type` (a CloudEvents event in Kafka's binary mode,
+///    as the CloudEvents Kafka protocol binding and its SDKs write it),
+/// 4. the header `ce-type` (the HTTP binding's spelling, which some Kafka
+///    producers copy).
+pub const DEFAULT_TYPE_SOURCES: [TypeSource; 4] = [
     TypeSource::Header("type"),
     TypeSource::AmqpType,
+    TypeSource::Header("ce_type"),
     TypeSource::Header("ce-type"),
 ];
 
@@ -52,7 +56,7 @@ pub const DEFAULT_TYPE_SOURCES: [TypeSource; 3] = [
 /// use backstop::Message;
 /// use backstop::router::message_type;
 ///
-/// let event = Message::new("{}").with_header("ce-type", "order.placed");
+/// let event = Message::new("{}").with_header("ce_type", "order.placed");
 /// assert_eq!(message_type(&event), Some("order.placed"));
 /// let both = event.with_header("type", "order.cancelled");
 /// assert_eq!(message_type(&both), Some("order.cancelled"), "`type` comes first");

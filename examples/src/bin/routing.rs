@@ -7,7 +7,7 @@
 //! ```
 //!
 //! The type is read from the header `type`, the AMQP `type` property
-//! (RabbitMQ) or the CloudEvents header `ce-type` (Kafka, binary mode). An
+//! (RabbitMQ) or the CloudEvents header `ce_type` (Kafka, binary mode). An
 //! event of a type nobody handles, or without a type, is dead-lettered as
 //! `unknown_type`; a body that does not fit its type as `decode`. The
 //! program exits non-zero unless every event was handled or dead-lettered
@@ -59,10 +59,10 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
         event("e-2", r#"{"order_id":"o-2","reason":"changed mind"}"#)
             .with_header("type", "order.cancelled"),
     )?;
-    // A CloudEvents `ce-type` header, as a Kafka producer in binary mode sets it.
+    // A CloudEvents `ce_type` header, as a Kafka producer in binary mode sets it.
     publish(
         event("e-3", r#"{"order_id":"o-3","carrier":"DHL"}"#)
-            .with_header("ce-type", "order.shipped"),
+            .with_header("ce_type", "order.shipped"),
     )?;
     // No route, no type, a body that is not an `OrderPlaced`: dead letters.
     publish(event("e-4", r#"{"order_id":"o-4"}"#).with_header("type", "order.refunded"))?;

@@ -99,7 +99,7 @@ pub(crate) fn generate(input: &DeriveInput, handler: &Handler, payload: &Type) -
 fn router(routes: &[(String, Type)], type_from: Option<&syn::ExprPath>) -> TokenStream {
     let routes = routes.iter().map(|(name, payload)| {
         quote_spanned!(payload.span()=>
-            .route::<#payload, _>(#name, ::backstop::__private::Arc::clone(&handler))
+            .route::<#payload, _>(#name, ::backstop::__private::Arc::clone(&__backstop_handler))
         )
     });
     let type_from = type_from.map(|function| quote!(.type_from(#function)));
@@ -107,9 +107,10 @@ fn router(routes: &[(String, Type)], type_from: Option<&syn::ExprPath>) -> Token
         /// The router of `#[handler(routes(...))]`: each message type to
         /// this handler's `Handle` impl for its payload type.
         pub fn router(self) -> ::backstop::__private::Router<impl ::backstop::__private::Routes> {
-            let handler = ::backstop::__private::Arc::new(self);
-            let router = ::backstop::__private::Router::builder() #(#routes)* #type_from;
-            match router.build() {
+            // Prefixed: the user's `type_from` path is expanded in this scope.
+            let __backstop_handler = ::backstop::__private::Arc::new(self);
+            let __backstop_router = ::backstop::__private::Router::builder() #(#routes)* #type_from;
+            match __backstop_router.build() {
                 ::backstop::__private::Result::Ok(router) => router,
                 ::backstop::__private::Result::Err(error) => ::backstop::__private::unreachable!(
                     "`#[derive(Handler)]` checked the routes: {}", error
