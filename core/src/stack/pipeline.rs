@@ -84,7 +84,14 @@ impl<T: Payload, H: Handle<T>> Pipeline<T, H> {
         // Through the user's layer around each message, if any.
         let result = match &self.around_message {
             Some(service) => service.clone().oneshot(request).await,
-            None => self.retried(request).await,
+            // `retried`, written out: one future less in the common case
+            // (about 80 instructions a message).
+            None => {
+                retry::run(&self.policy, self.retry_sink.as_ref(), request, |request| {
+                    self.attempt(request)
+                })
+                .await
+            }
         };
         self.letters.after(&message, result).await
     }
