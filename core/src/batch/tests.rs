@@ -36,6 +36,37 @@ fn order(id: &str, key: &str) -> Message {
         .with_message_id(format!("m-{id}"))
 }
 
+/// Publishes `n` orders with keys `k0`…, runs them through `handler` in
+/// batches of at most `max` (`n` in flight, `attempts` attempts, each at
+/// most `timeout`), and returns the broker and the run's summary.
+async fn run_batched<H: HandleBatch<Order>>(
+    n: usize,
+    handler: H,
+    max: usize,
+    attempts: u32,
+    timeout: Option<Duration>,
+) -> (MemoryBroker, Summary) {
+    let broker = MemoryBroker::new();
+    for i in 0..n {
+        broker
+            .publish_now("orders", order(&i.to_string(), &format!("k{i}")))
+            .unwrap();
+    }
+    let mut builder = StackBuilder::<Order>::new(Arc::new(broker.dead_letter_sink())).retry(
+        RetryPolicy::retries(attempts).backoff(Duration::from_millis(1), Duration::from_millis(5)),
+    );
+    if let Some(timeout) = timeout {
+        builder = builder.timeout(timeout);
+    }
+    let stack = builder.build_batched(handler, BatchConfig::new(max, Duration::from_millis(30)));
+    let summary = Runner::new(broker.consume("orders", n).until_drained(), stack)
+        .concurrency(n)
+        .run()
+        .await
+        .unwrap();
+    (broker, summary)
+}
+
 async fn drain(
     broker: &MemoryBroker,
     n: usize,
@@ -177,24 +208,8 @@ async fn a_panicking_batch_is_retried_message_by_message() {
             batch.iter().map(|_| Ok(())).collect()
         }
     }
-    let broker = MemoryBroker::new();
-    for i in 0..5 {
-        broker
-            .publish_now("orders", order(&i.to_string(), &format!("k{i}")))
-            .unwrap();
-    }
     let calls = Arc::new(AtomicU32::new(0));
-    let stack = StackBuilder::<Order>::new(Arc::new(broker.dead_letter_sink()))
-        .retry(RetryPolicy::retries(3).backoff(Duration::from_millis(1), Duration::from_millis(5)))
-        .build_batched(
-            Panics(Arc::clone(&calls)),
-            BatchConfig::new(5, Duration::from_millis(30)),
-        );
-    let summary = Runner::new(broker.consume("orders", 5).until_drained(), stack)
-        .concurrency(5)
-        .run()
-        .await
-        .unwrap();
+    let (broker, summary) = run_batched(5, Panics(Arc::clone(&calls)), 5, 3, None).await;
     assert_eq!(
         (summary.handled, summary.dead_lettered),
         (4, 1),
@@ -223,24 +238,8 @@ async fn a_wrong_number_of_results_fails_the_batch_and_each_is_retried_alone() {
                 .collect()
         }
     }
-    let broker = MemoryBroker::new();
-    for i in 0..4 {
-        broker
-            .publish_now("orders", order(&i.to_string(), &format!("k{i}")))
-            .unwrap();
-    }
     let sizes = Arc::new(Mutex::new(Vec::new()));
-    let stack = StackBuilder::<Order>::new(Arc::new(broker.dead_letter_sink()))
-        .retry(RetryPolicy::retries(3).backoff(Duration::from_millis(1), Duration::from_millis(5)))
-        .build_batched(
-            Short(Arc::clone(&sizes)),
-            BatchConfig::new(4, Duration::from_millis(30)),
-        );
-    let summary = Runner::new(broker.consume("orders", 4).until_drained(), stack)
-        .concurrency(4)
-        .run()
-        .await
-        .unwrap();
+    let (_broker, summary) = run_batched(4, Short(Arc::clone(&sizes)), 4, 3, None).await;
     assert_eq!(
         summary.handled, 4,
         "retried alone, each answered: {summary}"
@@ -274,25 +273,15 @@ async fn an_attempt_that_times_out_in_a_running_batch_is_not_run_again_beside_it
                 .collect()
         }
     }
-    let broker = MemoryBroker::new();
-    for i in 0..4 {
-        broker
-            .publish_now("orders", order(&i.to_string(), &format!("k{i}")))
-            .unwrap();
-    }
     let runs = Arc::new(Mutex::new(Vec::new()));
-    let stack = StackBuilder::<Order>::new(Arc::new(broker.dead_letter_sink()))
-        .retry(RetryPolicy::retries(6).backoff(Duration::from_millis(1), Duration::from_millis(5)))
-        .timeout(Duration::from_millis(100))
-        .build_batched(
-            Slow(Arc::clone(&runs)),
-            BatchConfig::new(4, Duration::from_millis(10)),
-        );
-    let summary = Runner::new(broker.consume("orders", 4).until_drained(), stack)
-        .concurrency(4)
-        .run()
-        .await
-        .unwrap();
+    let (_broker, summary) = run_batched(
+        4,
+        Slow(Arc::clone(&runs)),
+        4,
+        6,
+        Some(Duration::from_millis(100)),
+    )
+    .await;
     assert_eq!(
         (summary.handled, summary.dead_lettered),
         (4, 0),
