@@ -119,7 +119,7 @@ impl TimeToLive {
     ///
     /// let ttl = TimeToLive::header_only();
     /// let now = SystemTime::now();
-    /// let due = Message::new("x").with_header(wire::EXPIRES_AT, "1000");
+    /// let due = Message::new("x").with_header(wire::EXPIRES_AT, "2020-01-01T00:00:00Z");
     /// assert!(ttl.expired(&due, now).unwrap().contains("expired at"));
     /// assert_eq!(ttl.expired(&Message::new("x"), now), None);
     /// ```
