@@ -296,39 +296,36 @@ async fn run<T, H: HandleBatch<T>>(
     let results = AssertUnwindSafe(async { handler.handle_batch(items).await })
         .catch_unwind()
         .await;
-    let (why, kind) = match results {
+    // Why the batch failed as a whole, the kind its members are retried
+    // with, and the failure of a batch of one (the message's own).
+    let (why, retried_as, alone) = match results {
         Ok(results) if results.len() == n => {
             return results.into_iter().map(|r| r.map_err(Into::into)).collect();
         }
-        Ok(results) => (
-            format!(
+        Ok(results) => {
+            let why = format!(
                 "the batch handler returned {} results for {n} messages",
                 results.len()
-            ),
-            ErrorKind::Permanent,
-        ),
-        Err(panic) => (
-            format!(
+            );
+            let alone = HandlerError::permanent(why.clone());
+            (why, ErrorKind::Exhausted, alone)
+        }
+        Err(panic) => {
+            let why = format!(
                 "the batch handler panicked: {}",
                 crate::panic::panic_text(&*panic)
-            ),
-            ErrorKind::Panic,
-        ),
+            );
+            // Permanent, kind `panic`: as a panicking handler's.
+            (why, ErrorKind::Panic, crate::panic::panic_error(panic))
+        }
     };
     if n == 1 {
-        // Alone, the failure is the message's own: permanent, as a
-        // panicking handler's is.
         tracing::error!("{why}");
-        return vec![Err(HandlerError::permanent_with(kind, why))];
+        return vec![Err(alone)];
     }
     tracing::error!("{why}; each message of the batch is retried alone");
-    let kind = if kind == ErrorKind::Panic {
-        ErrorKind::Panic
-    } else {
-        ErrorKind::Exhausted
-    };
     (0..n)
-        .map(|_| Err(batch_failed(why.clone(), kind)))
+        .map(|_| Err(batch_failed(why.clone(), retried_as)))
         .collect()
 }
 

@@ -43,7 +43,7 @@ pub(crate) fn panic_text(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-fn panic_error(payload: Box<dyn Any + Send>) -> HandlerError {
+pub(crate) fn panic_error(payload: Box<dyn Any + Send>) -> HandlerError {
     HandlerError::permanent_with(ErrorKind::Panic, Panicked(panic_text(&*payload)))
 }
 
