@@ -105,11 +105,10 @@ report() {
   {
     if ((rc != 0)) && grep -qE '^test .* FAILED$' "$LOG" 2>/dev/null; then
       printf '\n==> failures (the whole output: %s)\n' "$LOG"
-      # The failing tests, then each of their panics with the lines of its
-      # message (up to the backtrace); panics of tests that passed (a
-      # deliberate one, caught) are left out.
-      awk '/^test .* FAILED$/ { name = $2; sub(/.*::/, "", name); failed[name] = 1; print "  " $0 }' "$LOG"
-      awk 'FNR == NR { if ($0 ~ /^test .* FAILED$/) { name = $2; sub(/.*::/, "", name); failed[name] = 1 } next }
+      # One pass to list the failing tests, a second for each of their
+      # panics with the lines of its message (up to the backtrace); panics
+      # of tests that passed (a deliberate one, caught) are left out.
+      awk 'FNR == NR { if ($0 ~ /^test .* FAILED$/) { name = $2; sub(/.*::/, "", name); failed[name] = 1; print "  " $0 } next }
            /^thread .* panicked at/ { t = $2; gsub(/\047/, "", t); sub(/.*::/, "", t); n = (t in failed) ? 8 : 0 }
            n > 0 && /^stack backtrace:|^note: / { n = 0 }
            n > 0 { print "  " $0; n-- }' "$LOG" "$LOG" | cut -c1-400 | tail -n 80
