@@ -69,6 +69,7 @@ pub mod nodes;
 #[cfg(feature = "otel")]
 pub mod otel;
 mod outcome;
+pub mod outgoing;
 pub mod panic;
 pub mod payload;
 mod publish;

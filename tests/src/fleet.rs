@@ -86,6 +86,16 @@ impl Fleet {
         i
     }
 
+    /// SIGKILLs the worker of process `pid` and starts it again; its index,
+    /// or `None` if no worker has that pid.
+    pub fn kill9_pid(&mut self, pid: u32) -> Option<usize> {
+        let i = self.members.iter().position(|m| m.worker.pid() == pid)?;
+        let m = &mut self.members[i];
+        m.worker.kill9().expect("SIGKILL the worker");
+        m.worker = Worker::spawn(&m.args, &m.log).expect("restart the worker");
+        Some(i)
+    }
+
     /// Sends SIGTERM to every worker and waits up to `deadline` for each;
     /// one status per worker (`None`: it did not stop).
     pub async fn terminate(&mut self, deadline: Duration) -> Vec<Option<ExitStatus>> {

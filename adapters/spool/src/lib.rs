@@ -68,6 +68,6 @@ pub use crate::dead_letter::{SpoolingDeadLetterSink, SpoolingDeadLetterSinkBuild
 pub use crate::error::{OpenError, ReliableError, SpoolError};
 pub use crate::publisher::{ReliablePublisher, ReliablePublisherBuilder};
 pub use crate::record::{RefusedRecord, SpooledRecord};
-pub use crate::relay::RelayConfig;
+pub use crate::relay::{RecordLog, Relay, RelayConfig};
 pub use crate::reliable::Sent;
 pub use crate::spool::Spool;

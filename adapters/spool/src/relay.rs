@@ -22,18 +22,156 @@
 //! A record is removed in the transaction after its confirm; a crash
 //! between the two sends it again after the restart (at-least-once; the
 //! message id lets consumers deduplicate).
+//!
+//! The loop drains any [`RecordLog`]: the local [`Spool`](crate::Spool),
+//! or another durable log such as a PostgreSQL outbox table
+//! ([`Relay::start`]). A pass that ends with no key waiting starts the next
+//! pass from the oldest record, so a record that became visible behind the
+//! cursor (a transaction that committed late) is found then.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backstop::{CancellationToken, RetryPolicy};
+use backstop::{CancellationToken, Publisher, RetryPolicy};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::outlet::{Class, Failure, Outlet, attempt};
+use crate::outlet::{Class, Failure, Outlet, PublisherOutlet, attempt};
 use crate::record::{SpooledRecord, Unit};
 use crate::reliable::Reliable;
-use crate::{SpoolError, metrics};
+use crate::{Spool, SpoolError, metrics};
+
+/// A durable log of messages waiting for the broker, in order: what a
+/// [`Relay`] drains. Implemented by the local [`Spool`] and by other
+/// stores of outgoing messages (a PostgreSQL outbox table).
+///
+/// Records carry increasing `seq` numbers. The relay reads them in `seq`
+/// order a batch at a time, removes those the broker confirmed, and sets
+/// aside those the broker refuses for good.
+#[async_trait::async_trait]
+pub trait RecordLog: Send + Sync + 'static {
+    /// The log's error.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// The log's name in logs and metrics (the `spool` label).
+    fn name(&self) -> &str;
+
+    /// Notified when records were added, so an idle relay looks at once.
+    fn arrived(&self) -> &Notify;
+
+    /// Up to `limit` records with `seq > after`, oldest first, leaving out
+    /// those set aside.
+    async fn read_after(&self, after: u64, limit: usize)
+    -> Result<Vec<SpooledRecord>, Self::Error>;
+
+    /// True when `error` means the log is closed for good (or no longer
+    /// this relay's to drain): the relay stops.
+    fn is_closed(error: &Self::Error) -> bool;
+
+    /// Removes the records `seqs` (confirmed by the broker); how many were removed.
+    async fn remove(&self, seqs: &[u64]) -> Result<u64, Self::Error>;
+
+    /// Moves record `seq` out of its key's way, keeping it for an operator:
+    /// the broker refuses it for good (`reason` is the failure's label).
+    async fn set_aside(&self, seq: u64, reason: &str, error: &str) -> Result<(), Self::Error>;
+}
+
+#[async_trait::async_trait]
+impl RecordLog for Spool {
+    type Error = SpoolError;
+
+    fn name(&self) -> &str {
+        &self.config().name
+    }
+
+    fn arrived(&self) -> &Notify {
+        &self.state().arrived
+    }
+
+    async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<SpooledRecord>, SpoolError> {
+        Spool::read_after(self, after, limit).await
+    }
+
+    fn is_closed(error: &SpoolError) -> bool {
+        matches!(error, SpoolError::Closed { .. })
+    }
+
+    async fn remove(&self, seqs: &[u64]) -> Result<u64, SpoolError> {
+        Spool::remove(self, seqs).await
+    }
+
+    async fn set_aside(&self, seq: u64, reason: &str, error: &str) -> Result<(), SpoolError> {
+        Spool::set_aside(self, seq, reason, error).await.map(drop)
+    }
+}
+
+/// Where the relay sends, and who hears that the broker is up or down.
+pub(crate) trait Target: Send + Sync + 'static {
+    /// The sender.
+    type Outlet: Outlet;
+    /// The sender.
+    fn outlet(&self) -> &Self::Outlet;
+    /// The bound on one send.
+    fn attempt_timeout(&self) -> Duration;
+    /// A confirm arrived.
+    fn broker_back(&self);
+    /// A round found the broker unreachable.
+    fn broker_down(&self, reason: &dyn std::fmt::Display);
+}
+
+impl<O: Outlet> Target for Reliable<O> {
+    type Outlet = O;
+
+    fn outlet(&self) -> &O {
+        &self.outlet
+    }
+
+    fn attempt_timeout(&self) -> Duration {
+        self.budget.attempt_timeout
+    }
+
+    fn broker_back(&self) {
+        Reliable::broker_back(self);
+    }
+
+    fn broker_down(&self, reason: &dyn std::fmt::Display) {
+        Reliable::broker_down(self, reason);
+    }
+}
+
+/// A relay's publisher: a confirmed [`Publisher`] with a bound on each send.
+struct Direct<P> {
+    outlet: PublisherOutlet<P>,
+    attempt_timeout: Duration,
+    name: String,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl<P: Publisher> Target for Direct<P> {
+    type Outlet = PublisherOutlet<P>;
+
+    fn outlet(&self) -> &PublisherOutlet<P> {
+        &self.outlet
+    }
+
+    fn attempt_timeout(&self) -> Duration {
+        self.attempt_timeout
+    }
+
+    fn broker_back(&self) {
+        if self.down.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            tracing::info!(log = %self.name, "broker confirms again: the relay drains its log");
+        }
+    }
+
+    fn broker_down(&self, reason: &dyn std::fmt::Display) {
+        if !self.down.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            tracing::warn!(log = %self.name, error = %reason,
+                "broker unreachable: the relay backs off and keeps its records");
+        }
+    }
+}
 
 /// How the relay drains the spool.
 ///
@@ -92,32 +230,82 @@ impl RelayConfig {
     }
 }
 
-/// The running relay task; stops it when dropped.
+/// A running relay task; stops it when dropped.
+///
+/// It reads a [`RecordLog`] in `seq` order a batch at a time, sends each
+/// key's records one after the other (different keys concurrently), and
+/// removes a record only after the broker confirmed it. A key whose record
+/// fails waits, so its later records never overtake it; a record the
+/// broker refuses for good is set aside instead. A pass that ends with no
+/// key waiting starts the next from the oldest record. A crash between a
+/// confirm and the removal sends the record again (same message id).
 #[derive(Debug)]
-pub(crate) struct Relay {
+pub struct Relay {
     stop: CancellationToken,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Relay {
-    pub(crate) fn spawn<O: Outlet>(core: Arc<Reliable<O>>, config: RelayConfig) -> Relay {
+    pub(crate) fn spawn<T: Target, L: RecordLog>(
+        log: Arc<L>,
+        target: Arc<T>,
+        config: RelayConfig,
+    ) -> Relay {
+        Relay::task(|stop| run(log, target, config, stop))
+    }
+
+    /// Runs `task` on the runtime as a relay: it gets the token that
+    /// [`stop`](Self::stop) (or dropping the relay) cancels, and should end
+    /// soon after. For relays built on this one (a PostgreSQL outbox's).
+    pub fn task<F, Fut>(task: F) -> Relay
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let stop = CancellationToken::new();
-        let task = tokio::spawn(run(core, config, stop.clone()));
+        let task = tokio::spawn(task(stop.clone()));
         Relay {
             stop,
             task: Mutex::new(Some(task)),
         }
     }
 
+    /// Starts a relay draining `log` to `publisher`, each send bounded by
+    /// `attempt_timeout`. It runs until [`stop`](Self::stop)ped, dropped,
+    /// or the log reports itself closed ([`RecordLog::is_closed`]).
+    pub fn start<L: RecordLog, P: Publisher>(
+        log: Arc<L>,
+        publisher: P,
+        config: RelayConfig,
+        attempt_timeout: Duration,
+    ) -> Relay {
+        let target = Direct {
+            outlet: PublisherOutlet(publisher),
+            attempt_timeout,
+            name: log.name().to_owned(),
+            down: std::sync::atomic::AtomicBool::new(false),
+        };
+        Relay::spawn(log, Arc::new(target), config)
+    }
+
+    /// True once the relay's task has ended (stopped, or its log closed).
+    pub fn is_finished(&self) -> bool {
+        self.task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_none_or(JoinHandle::is_finished)
+    }
+
     /// Stops the relay after its current round and waits for it.
-    pub(crate) async fn stop(&self) {
+    pub async fn stop(&self) {
         self.stop.cancel();
         let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(task) = task
             && let Err(error) = task.await
             && error.is_panic()
         {
-            tracing::error!(%error, "the spool relay panicked");
+            tracing::error!(%error, "a relay task panicked");
         }
     }
 }
@@ -143,18 +331,19 @@ struct UnitResult<E> {
     failed: Option<(SpooledRecord, Failure<E>)>,
 }
 
-async fn deliver<O: Outlet>(
-    core: &Reliable<O>,
+async fn deliver<T: Target, L: RecordLog>(
+    log: &L,
+    target: &T,
     unit: Unit,
     records: Vec<SpooledRecord>,
-) -> UnitResult<O::Error> {
+) -> UnitResult<<T::Outlet as Outlet>::Error> {
     let mut confirmed = Vec::with_capacity(records.len());
     for record in records {
         let failure = match attempt(
-            &core.outlet,
+            target.outlet(),
             record.destination.as_deref(),
             &record.message,
-            core.budget.attempt_timeout,
+            target.attempt_timeout(),
         )
         .await
         {
@@ -165,7 +354,9 @@ async fn deliver<O: Outlet>(
             Err(failure) => failure,
         };
         // Refused for good: out of the key's way, into the refused records.
-        if failure.for_good::<O>() && set_aside(core, &record, &failure).await {
+        if failure.for_good::<T::Outlet>()
+            && set_aside::<T::Outlet, L>(log, &record, &failure).await
+        {
             continue;
         }
         return UnitResult {
@@ -183,16 +374,15 @@ async fn deliver<O: Outlet>(
 
 /// Moves a record the broker refused for good to the refused records; false
 /// if the spool could not (the record then waits, as any failure).
-async fn set_aside<O: Outlet>(
-    core: &Reliable<O>,
+async fn set_aside<O: Outlet, L: RecordLog>(
+    log: &L,
     record: &SpooledRecord,
     failure: &Failure<O::Error>,
 ) -> bool {
-    let name = &core.spool.config().name;
+    let name = log.name();
     let reason = failure.reason::<O>();
     let destination = record.destination.as_deref().unwrap_or("<default>");
-    match core
-        .spool
+    match log
         .set_aside(record.seq, reason, &failure.to_string())
         .await
     {
@@ -219,9 +409,13 @@ async fn set_aside<O: Outlet>(
 }
 
 /// The relay loop; see the [module docs](self).
-async fn run<O: Outlet>(core: Arc<Reliable<O>>, config: RelayConfig, stop: CancellationToken) {
-    let spool = core.spool.clone();
-    let name = spool.config().name.clone();
+async fn run<T: Target, L: RecordLog>(
+    spool: Arc<L>,
+    core: Arc<T>,
+    config: RelayConfig,
+    stop: CancellationToken,
+) {
+    let name = spool.name().to_owned();
     let mut cursor = 0u64;
     let mut blocked: HashSet<Unit> = HashSet::new();
     let mut failed_rounds = 0u32;
@@ -230,13 +424,16 @@ async fn run<O: Outlet>(core: Arc<Reliable<O>>, config: RelayConfig, stop: Cance
     // Start carefully: one record first, whole batches once the broker confirmed.
     let mut probing = true;
     while !stop.is_cancelled() {
-        let arrived = spool.state().arrived.notified();
+        let arrived = spool.arrived().notified();
         tokio::pin!(arrived);
         arrived.as_mut().enable();
         let limit = if probing { 1 } else { config.batch.max(1) };
         let records = match spool.read_after(cursor, limit).await {
             Ok(records) => records,
-            Err(SpoolError::Closed { .. }) => break,
+            Err(error) if L::is_closed(&error) => {
+                tracing::debug!(spool = %name, %error, "the relay's log is closed");
+                break;
+            }
             Err(error) => {
                 tracing::error!(spool = %name, %error, "the relay cannot read the spool");
                 failed_rounds = failed_rounds.saturating_add(1);
@@ -248,8 +445,10 @@ async fn run<O: Outlet>(core: Arc<Reliable<O>>, config: RelayConfig, stop: Cance
         };
         if records.is_empty() {
             let wake = if blocked.is_empty() {
-                // A pass ended with every unit through.
+                // A pass ended with every unit through; the next starts
+                // from the oldest record (one that committed late).
                 stuck_passes = 0;
+                cursor = 0;
                 tokio::time::Instant::now() + config.idle_poll
             } else {
                 // A pass ended with units waiting: retry them from the oldest
@@ -295,7 +494,7 @@ async fn run<O: Outlet>(core: Arc<Reliable<O>>, config: RelayConfig, stop: Cance
         let results = futures::future::join_all(
             units
                 .into_iter()
-                .map(|(unit, records)| deliver(&core, unit, records)),
+                .map(|(unit, records)| deliver(&*spool, &*core, unit, records)),
         )
         .await;
 
@@ -308,11 +507,11 @@ async fn run<O: Outlet>(core: Arc<Reliable<O>>, config: RelayConfig, stop: Cance
                 continue;
             };
             failures += 1;
-            let class = failure.class::<O>();
-            let reason = failure.reason::<O>();
+            let class = failure.class::<T::Outlet>();
+            let reason = failure.reason::<T::Outlet>();
             metrics::relay_failure(&name, reason);
             let destination = record.destination.as_deref().unwrap_or("<default>");
-            if failure.for_good::<O>() {
+            if failure.for_good::<T::Outlet>() {
                 // Could not be set aside; logged there.
             } else if class == Class::Permanent {
                 tracing::error!(

@@ -90,7 +90,7 @@ impl<O: Outlet> Reliable<O> {
             budget,
             outage: AtomicBool::new(false),
         });
-        let relay = Relay::spawn(Arc::clone(&core), relay);
+        let relay = Relay::spawn(Arc::new(core.spool.clone()), Arc::clone(&core), relay);
         Ok((core, relay))
     }
 

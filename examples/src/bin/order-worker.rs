@@ -27,7 +27,9 @@
 //! `--store postgres-inbox` that row commits in the same transaction as the
 //! inbox row, and a PostgreSQL idempotency store in front of the inbox
 //! remembers dead-lettered keys, so a redelivery never dead-letters a
-//! message twice. Idempotency keys (and inbox rows) live in the
+//! message twice; `--outbox EVENTS` adds two events per order (`placed`,
+//! `charged`), written in that transaction through the outbox and relayed
+//! to `EVENTS` by the one process holding the relay's lock. Idempotency keys (and inbox rows) live in the
 //! consumer's keyspace: the queue, or the topic and group, with `--service`
 //! added. `--key-layout` says what to do with a shared store an earlier
 //! release filled with global keys: refuse it (the default), keep that
@@ -53,7 +55,7 @@ use backstop_config::{
 };
 use backstop_kafka::{Kafka, KafkaOption, TopicSpec};
 use backstop_ops::Operations;
-use backstop_postgres::{Inbox, InboxTx, PgConfig, PostgresStore};
+use backstop_postgres::{Inbox, InboxTx, Outbox, OutboxRelay, PgConfig, PostgresStore};
 use backstop_rabbitmq::{RabbitMq, Topology};
 use clap::{Parser, ValueEnum};
 use rand::Rng;
@@ -191,6 +193,13 @@ struct Args {
     /// queue before it runs out [broker.consumer_timeout_ms; default 30 min].
     #[arg(long)]
     consumer_timeout_ms: Option<u64>,
+    /// With `--store postgres-inbox`: each handled order publishes two
+    /// events, `placed` then `charged` (key: the order id), to this queue
+    /// or topic through the transactional outbox (written in the order's
+    /// inbox transaction), and the worker runs an outbox relay (one
+    /// process relays at a time).
+    #[arg(long)]
+    outbox: Option<String>,
     /// Fault injection: a run of this order id aborts the process
     /// (`std::process::abort`, no unwinding, nothing released).
     #[arg(long)]
@@ -285,6 +294,9 @@ enum OrderError {
     #[error("injected transient failure")]
     #[classify(transient)]
     Injected,
+    #[error("publishing the order's event failed: {0}")]
+    #[classify(transient)]
+    Publish(#[source] backstop::outgoing::PublishFailed),
     #[error("ledger write failed: {0}")]
     #[classify(transient)]
     Ledger(BoxError),
@@ -312,6 +324,8 @@ const LEDGER_INSERT: &str = "INSERT INTO backstop_ledger (order_id) VALUES ($1)"
 
 struct PlaceOrder {
     ledger: Ledger,
+    /// Where the order's events go (through the outbox), if anywhere.
+    events: Option<String>,
     fail_rate: f64,
     max_attempts: u32,
     work: Duration,
@@ -354,6 +368,15 @@ impl Handle<Order> for PlaceOrder {
                     .map_err(|e| OrderError::Ledger(e.into()))?;
             }
         }
+        if let Some(events) = &self.events {
+            for event in ["placed", "charged"] {
+                let body = serde_json::json!({ "order_id": order.order_id, "event": event });
+                let message = Message::new(body.to_string()).with_key(order.order_id.clone());
+                ctx.publish(events, message)
+                    .await
+                    .map_err(OrderError::Publish)?;
+            }
+        }
         Ok(())
     }
 }
@@ -369,6 +392,13 @@ fn key_layout(store: &StoreConfig) -> KeyLayout {
     }
 }
 
+/// The PostgreSQL `application_name` of this process's connections
+/// (`order-worker:<pid>`): `pg_stat_activity` and `pg_locks` show which
+/// process holds what (the outbox relay's lock, say).
+fn application_name() -> String {
+    format!("order-worker:{}", std::process::id())
+}
+
 /// The ledger's URL, else the store's PostgreSQL URL: the ledger, the
 /// inbox and the postgres stores share one database and schema.
 fn pg_url(args: &Args, config: &WorkerConfig) -> String {
@@ -377,7 +407,8 @@ fn pg_url(args: &Args, config: &WorkerConfig) -> String {
         .unwrap_or_else(|| config.store.postgres_url().expose().to_owned())
 }
 
-/// The stack for one source, with the broker's sinks.
+/// The stack for one source, with the broker's sinks; and its outbox, when
+/// `--outbox` asks for one (its relay is the caller's to start).
 async fn stack(
     args: &Args,
     config: &WorkerConfig,
@@ -386,8 +417,9 @@ async fn stack(
     retry: Option<Arc<dyn RetrySink>>,
     postpone: Option<Arc<dyn RetrySink>>,
     labels: MetricLabels,
-) -> Result<Stack, BoxError> {
+) -> Result<(Stack, Option<Outbox>), BoxError> {
     let settings = &source.settings;
+    let mut outbox = None;
     let store_config = &config.store;
     let mut ledger = Ledger::None;
     let mut builder = StackBuilder::<Order>::new(dead_letter)
@@ -412,6 +444,7 @@ async fn stack(
             // Every in-flight message may hold one connection (the inbox's
             // transaction, or a ledger insert).
             let pool = PgConfig::new(pg_url(args, config))
+                .application_name(application_name())
                 .max_connections(settings.concurrency + 2)
                 .pool()?;
             pool.get().await?.batch_execute(LEDGER_DDL).await?;
@@ -456,6 +489,7 @@ async fn stack(
             // Same database and schema as the inbox (the ledger's URL if given):
             // the inbox's fence check reads the store's table.
             let store_pool = PgConfig::new(pg_url(args, config))
+                .application_name(application_name())
                 .max_connections((settings.concurrency / 2).max(4))
                 .pool()?;
             let store = PostgresStore::new(store_pool).layout(layout);
@@ -471,6 +505,16 @@ async fn stack(
                 .layout(layout)
                 .keyed_by(key.clone())
                 .fenced_by(&store);
+            let inbox = match &args.outbox {
+                Some(_) => {
+                    let table = Outbox::new(inbox.pool().clone());
+                    table.migrate().await?;
+                    let inbox = inbox.outbox(&table);
+                    outbox = Some(table);
+                    inbox
+                }
+                None => inbox,
+            };
             inbox.migrate().await?;
             ledger = Ledger::Inbox;
             // The inbox makes the ledger write exactly-once; a dead letter is
@@ -494,14 +538,41 @@ async fn stack(
         }
         (_, None) => return Err("a PostgreSQL store needs a database".into()),
     };
+    if args.outbox.is_some() && outbox.is_none() {
+        return Err(
+            "--outbox needs --store postgres-inbox (events are written in the inbox's transaction)"
+                .into(),
+        );
+    }
     let handler = PlaceOrder {
         ledger,
+        events: args.outbox.clone(),
         fail_rate: args.fail_rate.clamp(0.0, 1.0),
         max_attempts: settings.max_attempts,
         work: Duration::from_millis(args.work_ms),
         abort_on: args.abort_on.clone(),
     };
-    Ok(builder.build(handler))
+    Ok((builder.build(handler), outbox))
+}
+
+/// The outbox relays of the process, stopped after the runners.
+#[derive(Default)]
+struct Relays(Vec<OutboxRelay>);
+
+impl Relays {
+    /// Starts a relay of `outbox` (if any) to `publisher`.
+    fn start<P: backstop::Publisher>(&mut self, outbox: Option<Outbox>, publisher: P) {
+        if let Some(outbox) = outbox {
+            let config = backstop_postgres::outbox::RelayConfig::default();
+            self.0.push(outbox.relay(publisher, config));
+        }
+    }
+
+    async fn stop(self) {
+        for relay in self.0 {
+            relay.stop().await;
+        }
+    }
 }
 
 fn sample_orders(n: usize) -> impl Iterator<Item = Message> {
@@ -607,7 +678,8 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
     let sources = config.sources();
     let settings = RunnerSettings::of(&config);
     let mut runners = JoinSet::new();
-    match config.broker.kind {
+    let mut relays = Relays::default();
+    let result = match config.broker.kind {
         BrokerKind::Memory => {
             let broker = MemoryBroker::new();
             for source in &sources {
@@ -616,7 +688,7 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
                 }
                 let consumer = broker.consume(&source.queue, source.settings.concurrency);
                 let labels = consumer.metric_labels();
-                let stack = stack(
+                let (stack, outbox) = stack(
                     &args,
                     &config,
                     source,
@@ -626,6 +698,7 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
                     labels.clone(),
                 )
                 .await?;
+                relays.start(outbox, broker.clone());
                 let name = source.name.clone();
                 let concurrency = source.settings.concurrency;
                 let consumer = if args.until_drained {
@@ -674,8 +747,11 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
                     .source(&source.queue, source.settings.concurrency)
                     .await?
                     .consumer_timeout(Duration::from_millis(config.broker.consumer_timeout_ms));
+                if let Some(events) = &args.outbox {
+                    rabbit.declare(&Topology::quorum(events.clone())).await?;
+                }
                 let labels = consumer.metric_labels();
-                let stack = stack(
+                let (stack, outbox) = stack(
                     &args,
                     &config,
                     source,
@@ -686,6 +762,7 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
                     labels.clone(),
                 )
                 .await?;
+                relays.start(outbox, rabbit.publisher());
                 spawn(
                     &mut runners,
                     ops,
@@ -720,6 +797,11 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
                 kafka
                     .ensure_topics([TopicSpec::new(source.queue.clone()).partitions(4)])
                     .await?;
+                if let Some(events) = &args.outbox {
+                    kafka
+                        .ensure_topics([TopicSpec::new(events.clone()).partitions(4)])
+                        .await?;
+                }
                 if args.publish > 0 {
                     let publisher = kafka.publisher()?;
                     for m in sample_orders(args.publish) {
@@ -729,7 +811,7 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
                 let consumer =
                     kafka.source(&[source.queue.as_str()], source.settings.concurrency)?;
                 let labels = consumer.metric_labels();
-                let stack = stack(
+                let (stack, outbox) = stack(
                     &args,
                     &config,
                     source,
@@ -739,6 +821,9 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
                     labels.clone(),
                 )
                 .await?;
+                if outbox.is_some() {
+                    relays.start(outbox, kafka.publisher()?);
+                }
                 spawn(
                     &mut runners,
                     ops,
@@ -752,7 +837,9 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
             }
             join(runners).await
         }
-    }
+    };
+    relays.stop().await;
+    result
 }
 
 #[tokio::main]

@@ -1,9 +1,11 @@
 //! [`InboxLayer`] and [`InboxService`]: one transaction per attempt.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use backstop::idempotency::LeaseToken;
+use backstop::outgoing::Outbound;
 use backstop::{HandlerError, Request};
 use futures::future::BoxFuture;
 use tower::{Layer, Service};
@@ -13,6 +15,7 @@ use super::tx::InboxTx;
 use crate::PostgresError;
 use crate::column;
 use crate::conn::Conn;
+use crate::outbox::OutboxWriter;
 
 /// Applies the transactional inbox to the handler; see the [module docs](super).
 #[derive(Clone, Debug)]
@@ -141,6 +144,13 @@ where
                 .as_ref()
                 .zip(request.extensions.get::<LeaseToken>().cloned());
             let (tx, mut open) = InboxTx::new(conn, key);
+            let wrote = inbox.outbox.as_ref().map(|outbox| {
+                let wrote = Arc::new(AtomicBool::new(false));
+                let writer = OutboxWriter::new(outbox.clone(), tx.clone(), Arc::clone(&wrote));
+                let outbound = Outbound::new(Arc::new(writer), request.message());
+                request.extensions.insert(outbound);
+                (outbox, wrote)
+            });
             request.extensions.insert(tx);
             match inner.call(request).await {
                 Ok(()) => {
@@ -165,7 +175,13 @@ where
                     }
                     open.finish("commit", "COMMIT", timeout)
                         .await
-                        .map_err(commit_failed)
+                        .map_err(commit_failed)?;
+                    if let Some((outbox, wrote)) = wrote
+                        && wrote.load(Ordering::Acquire)
+                    {
+                        outbox.committed();
+                    }
+                    Ok(())
                 }
                 Err(error) => {
                     if let Err(rollback) = open.finish("rollback", "ROLLBACK", timeout).await {

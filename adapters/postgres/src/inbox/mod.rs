@@ -65,6 +65,7 @@ use deadpool_postgres::Pool;
 
 use crate::conn::Conn;
 use crate::layout::LayoutCell;
+use crate::outbox::Outbox;
 use crate::{PostgresError, PostgresStore, TableName};
 
 /// The default inbox table.
@@ -128,6 +129,8 @@ pub struct Inbox {
     fence: Option<Arc<str>>,
     /// The user's choice of key layout, and the layout found on first use.
     layout: LayoutCell,
+    /// Where `Context::publish` writes, when set ([`Inbox::outbox`]).
+    pub(crate) outbox: Option<Outbox>,
 }
 
 impl std::fmt::Debug for Inbox {
@@ -139,6 +142,7 @@ impl std::fmt::Debug for Inbox {
             .field("timeout", &self.timeout)
             .field("fenced", &self.fence.is_some())
             .field("layout", &self.layout.choice())
+            .field("outbox", &self.outbox)
             .finish_non_exhaustive()
     }
 }
@@ -159,7 +163,20 @@ impl Inbox {
             timeout: Duration::from_secs(5),
             fence: None,
             layout: LayoutCell::default(),
+            outbox: None,
         }
+    }
+
+    /// Gives handlers a transactional outbox: [`Context::publish`](backstop::Context::publish)
+    /// writes each message into the attempt's transaction (committed with
+    /// its effects and inbox row, or not at all), and after a commit this
+    /// process's [`OutboxRelay`](crate::outbox::OutboxRelay) is woken. See
+    /// [`outbox`](crate::outbox). The outbox may use another pool, but must
+    /// be in the same database as the inbox.
+    #[must_use]
+    pub fn outbox(mut self, outbox: &Outbox) -> Self {
+        self.outbox = Some(outbox.clone());
+        self
     }
 
     /// Sets what to do with rows of an earlier release found in the table

@@ -1,0 +1,416 @@
+//! The transactional outbox: messages a handler publishes are written in
+//! the same PostgreSQL transaction as its effects and its inbox row, then
+//! relayed to the broker.
+//!
+//! With [`Inbox::outbox`](crate::Inbox::outbox), [`Context::publish`](backstop::Context::publish)
+//! inside a handler inserts a row into the outbox table through the
+//! attempt's open transaction. The row exists if and only if the
+//! handler's effects commit: a rolled-back attempt (an error, a panic, a
+//! crash, a lost lease) leaves none, and a redelivery skipped by the inbox
+//! publishes nothing again. Outside a handler (a web request, say),
+//! [`Outbox::insert`] writes a row in any transaction of yours.
+//!
+//! An [`OutboxRelay`] ([`Outbox::relay`]) sends the rows to the broker with
+//! confirms and deletes each only after its confirm. It is the spool's relay
+//! ([`backstop_spool::Relay`]) draining this table instead of a local file:
+//! rows in `seq` order, one key's rows one after the other, keys
+//! concurrently; a row the broker refuses for good (too large, invalid,
+//! not authorised) is set aside ([`Outbox::refused`]) so its key goes on;
+//! any other failure makes its key wait and retry with backoff.
+//!
+//! # Order per key, across processes
+//!
+//! - **Writing.** A keyed message takes a transaction-level advisory lock on
+//!   its destination and key before its row is inserted, so a second
+//!   transaction publishing the same key waits for the first to commit or
+//!   roll back: within a key, `seq` order is commit order. (Publish late in
+//!   the handler: the lock is held until the commit. Two transactions taking
+//!   the same two keys in opposite orders can deadlock; PostgreSQL aborts one,
+//!   which is retried.) Messages without a key are ordered per destination
+//!   by `seq` but take no lock: two concurrent transactions may commit in
+//!   the other order.
+//! - **Relaying.** Every worker process may run a relay, but only one
+//!   relays at a time: the one holding a session-level advisory lock named
+//!   after the table, on a connection it keeps for reads and deletes. The
+//!   others wait (`standby_poll`) and one takes over when the leader's
+//!   session ends (its process died, its connection was closed or
+//!   terminated). A leader whose connection fails stops before its next
+//!   round. Rows become visible in commit order, not `seq` order: a row
+//!   of a transaction that commits after the relay read past its `seq`
+//!   is found by the next pass (from the oldest row), and until then the
+//!   newer rows of its key are held back, so a key's rows are never sent
+//!   out of `seq` order (one transaction's rows included).
+//!
+//! # What a crash can cause
+//!
+//! A relay that dies between the broker's confirm and the row's delete
+//! sends the row again after the takeover: at most one duplicate per row,
+//! with the **same message id** (stable: the row's `message_id`, derived
+//! from the handled message's id unless the handler set one), so a
+//! consumer with idempotency keyed by message id
+//! ([`KeySource::MessageId`](backstop::KeySource)) suppresses it.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use backstop::{Context, HandlerError, Message, StackBuilder, handler_fn, memory::MemoryBroker};
+//! use backstop_postgres::{Inbox, InboxTx, Outbox, PgConfig};
+//! use backstop_postgres::outbox::RelayConfig;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = PgConfig::new("postgres://backstop@127.0.0.1/backstop").pool()?;
+//! let outbox = Outbox::new(pool.clone());
+//! outbox.migrate().await?;
+//! let inbox = Inbox::new(pool).outbox(&outbox);
+//! inbox.migrate().await?;
+//!
+//! async fn place(order: String, ctx: Context) -> Result<(), HandlerError> {
+//!     let tx = InboxTx::from_context(&ctx)?;
+//!     tx.execute("INSERT INTO orders (id) VALUES ($1)", &[&order]).await?;
+//!     // Committed with the insert above, or not at all.
+//!     ctx.publish("orders.placed", Message::new(order.clone()).with_key(order)).await?;
+//!     Ok(())
+//! }
+//!
+//! let broker = MemoryBroker::new();
+//! let relay = outbox.relay(broker.clone(), RelayConfig::default());
+//! let stack = StackBuilder::<String>::new(Arc::new(broker.dead_letter_sink()))
+//!     .around_attempt(inbox.layer())
+//!     .build(handler_fn(place));
+//! // … run the stack; on shutdown:
+//! relay.stop().await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod relay;
+mod write;
+
+pub use self::relay::{OutboxRelay, RelayConfig};
+pub(crate) use self::write::OutboxWriter;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use backstop::Headers;
+use backstop::Message;
+use backstop_spool::{RefusedRecord, SpooledRecord};
+use bytes::Bytes;
+use deadpool_postgres::Pool;
+use tokio::sync::Notify;
+use tokio_postgres::{GenericClient, Row};
+
+use crate::conn::Conn;
+use crate::{PostgresError, TableName};
+
+/// The default outbox table.
+pub const DEFAULT_OUTBOX_TABLE: &str = "backstop_outbox";
+
+/// The outbox's SQL for one table.
+#[derive(Debug)]
+pub(crate) struct Statements {
+    steps: Vec<String>,
+    key_lock: String,
+    insert: String,
+    pub(crate) leader_lock: String,
+    pub(crate) read: String,
+    pub(crate) remove: String,
+    pub(crate) set_aside: String,
+    pending: String,
+    refused: String,
+    retry_refused: String,
+}
+
+impl Statements {
+    fn new(table: &TableName) -> Self {
+        let t = table;
+        let index = table.derived("pending_idx");
+        let unit_index = table.derived("unit_idx");
+        // Locks are named after the table's oid: tables of one name in
+        // two schemas never share them.
+        let name = t.to_string().replace('\'', "''");
+        Statements {
+            steps: vec![format!(
+                "CREATE TABLE IF NOT EXISTS {t} (
+    seq            bigserial   PRIMARY KEY,
+    destination    text        NOT NULL,
+    source         text        NOT NULL,
+    message_id     text        NOT NULL,
+    msg_key        bytea,
+    unit           text        NOT NULL,
+    payload        bytea       NOT NULL,
+    headers        text        NOT NULL,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    refused_at     timestamptz,
+    refused_reason text,
+    refused_error  text
+);
+CREATE INDEX IF NOT EXISTS {index} ON {t} (seq) WHERE refused_at IS NULL;
+CREATE INDEX IF NOT EXISTS {unit_index} ON {t} (unit, seq) WHERE refused_at IS NULL;"
+            )],
+            key_lock: format!(
+                "SELECT pg_advisory_xact_lock(hashtextextended('backstop-outbox:' || '{name}'::regclass::oid || ':' || $1 || ':' || encode($2::bytea, 'hex'), 0))"
+            ),
+            insert: format!(
+                "INSERT INTO {t} (destination, source, message_id, msg_key, unit, payload, headers)
+VALUES ($1, $2, $3, $4, $1 || ':' || coalesce('k' || encode($4::bytea, 'hex'), '-'), $5, $6) RETURNING seq"
+            ),
+            leader_lock: format!(
+                "SELECT pg_try_advisory_lock(hashtextextended('backstop-outbox-relay:' || '{name}'::regclass::oid, 0))"
+            ),
+            read: format!(
+                "SELECT seq, destination, source, message_id, msg_key, payload, headers, created_at
+FROM {t} o WHERE seq > $1 AND refused_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM {t} p
+                  WHERE p.unit = o.unit AND p.seq <= $1 AND p.refused_at IS NULL)
+ORDER BY seq LIMIT $2"
+            ),
+            remove: format!("DELETE FROM {t} WHERE seq = ANY($1)"),
+            set_aside: format!(
+                "UPDATE {t} SET refused_at = now(), refused_reason = $2, refused_error = $3 WHERE seq = $1"
+            ),
+            pending: format!("SELECT count(*) FROM {t} WHERE refused_at IS NULL"),
+            refused: format!(
+                "SELECT seq, destination, source, message_id, msg_key, payload, created_at,
+       refused_reason, refused_error, refused_at
+FROM {t} WHERE refused_at IS NOT NULL ORDER BY seq LIMIT $1"
+            ),
+            retry_refused: format!(
+                "UPDATE {t} SET refused_at = NULL, refused_reason = NULL, refused_error = NULL
+WHERE seq = $1 AND refused_at IS NOT NULL"
+            ),
+        }
+    }
+}
+
+/// An outbox table; see the [module docs](self). Cheap to clone: clones
+/// share the table and the relay's wake-up.
+#[derive(Clone)]
+pub struct Outbox {
+    pool: Pool,
+    table: TableName,
+    timeout: Duration,
+    pub(crate) sql: Arc<Statements>,
+    arrived: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("table", &self.table.to_string())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An outbox write or read failed.
+fn query(op: &'static str) -> impl FnOnce(tokio_postgres::Error) -> PostgresError {
+    move |source| PostgresError::Query { op, source }
+}
+
+impl Outbox {
+    /// An outbox on `pool`: table [`DEFAULT_OUTBOX_TABLE`], 5 s for each of
+    /// its own statements. Call [`migrate`](Self::migrate) once before use.
+    pub fn new(pool: Pool) -> Self {
+        let table = TableName::known(DEFAULT_OUTBOX_TABLE);
+        Outbox {
+            pool,
+            sql: Arc::new(Statements::new(&table)),
+            table,
+            timeout: Duration::from_secs(5),
+            arrived: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Uses table `name` (`table` or `schema.table`) instead of the default.
+    pub fn with_table(mut self, name: &str) -> Result<Self, PostgresError> {
+        self.table = TableName::new(name)?;
+        self.sql = Arc::new(Statements::new(&self.table));
+        Ok(self)
+    }
+
+    /// Bounds each of the relay's and the outbox's own statements.
+    #[must_use]
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The table's name, as used in SQL.
+    pub fn table(&self) -> &TableName {
+        &self.table
+    }
+
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The relay's name in logs and metrics.
+    pub(crate) fn name(&self) -> String {
+        format!("outbox:{}", self.table)
+    }
+
+    pub(crate) fn arrived(&self) -> &Notify {
+        &self.arrived
+    }
+
+    /// The SQL that creates the outbox table (idempotent), version row included.
+    pub fn migration_sql(&self) -> String {
+        crate::migrate::script(&self.table, &self.sql.steps)
+    }
+
+    /// Creates the outbox table, or migrates it in place from an earlier version.
+    pub async fn migrate(&self) -> Result<(), PostgresError> {
+        crate::migrate::run(&self.pool, &self.table, &self.sql.steps, self.timeout)
+            .await
+            .map(drop)
+    }
+
+    /// Writes `message` for `destination` through `client`, which should be
+    /// inside a transaction of yours: the row commits with it. A keyed
+    /// message first takes its key's lock (held until your transaction
+    /// ends; see [order per key](self#order-per-key-across-processes)).
+    /// Returns the row's `seq`. After your commit, call
+    /// [`committed`](Self::committed) to wake this process's relay at once
+    /// (otherwise it finds the row within its idle poll).
+    ///
+    /// A message without a message id gets a new one here, stored with the
+    /// row: every relay of it carries the same id.
+    pub async fn insert<C: GenericClient + Sync>(
+        &self,
+        client: &C,
+        destination: &str,
+        message: &Message,
+    ) -> Result<u64, PostgresError> {
+        let destination = crate::column::text(destination);
+        if let Some(key) = &message.key {
+            client
+                .execute(&self.sql.key_lock, &[&destination, &&key[..]])
+                .await
+                .map_err(query("outbox key lock"))?;
+        }
+        let headers =
+            serde_json::to_string(&message.headers).map_err(|e| PostgresError::Unexpected {
+                op: "outbox insert",
+                what: format!("headers cannot be written as JSON: {e}"),
+            })?;
+        let id = message.id_for_publish();
+        let row = client
+            .query_one(
+                &self.sql.insert,
+                &[
+                    &destination,
+                    &crate::column::text(&message.meta.source),
+                    &crate::column::text(&id),
+                    &message.key.as_deref(),
+                    &&message.payload[..],
+                    &headers,
+                ],
+            )
+            .await
+            .map_err(query("outbox insert"))?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+
+    /// Wakes this process's relay: call after committing rows written with
+    /// [`insert`](Self::insert). (The inbox does it for handlers.)
+    pub fn committed(&self) {
+        self.arrived.notify_one();
+    }
+
+    /// How many rows wait for the relay (refused rows not counted).
+    pub async fn pending(&self) -> Result<u64, PostgresError> {
+        let mut conn = Conn::checkout(&self.pool, self.timeout).await?;
+        let rows = conn
+            .query("outbox count", self.timeout, &self.sql.pending, &[])
+            .await?;
+        Ok(rows
+            .first()
+            .map_or(0, |r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)))
+    }
+
+    /// Up to `limit` rows the broker refused for good, oldest first. Their
+    /// payload and headers stay in the table for an operator; put one back
+    /// in line with [`retry_refused`](Self::retry_refused), or delete it.
+    pub async fn refused(&self, limit: usize) -> Result<Vec<RefusedRecord>, PostgresError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut conn = Conn::checkout(&self.pool, self.timeout).await?;
+        let rows = conn
+            .query("outbox refused", self.timeout, &self.sql.refused, &[&limit])
+            .await?;
+        Ok(rows.iter().map(refused_record).collect())
+    }
+
+    /// Puts refused row `seq` back in line (after the destination or the
+    /// message was fixed); false if it was not refused.
+    pub async fn retry_refused(&self, seq: u64) -> Result<bool, PostgresError> {
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        let mut conn = Conn::checkout(&self.pool, self.timeout).await?;
+        let n = conn
+            .execute(
+                "outbox retry refused",
+                self.timeout,
+                &self.sql.retry_refused,
+                &[&seq],
+            )
+            .await?;
+        self.committed();
+        Ok(n > 0)
+    }
+
+    /// Starts a relay of this outbox to `publisher`; see [`OutboxRelay`].
+    pub fn relay<P: backstop::Publisher>(&self, publisher: P, config: RelayConfig) -> OutboxRelay {
+        OutboxRelay::start(self.clone(), publisher, config)
+    }
+}
+
+/// Why a row cannot be relayed as it is.
+#[derive(Debug, thiserror::Error)]
+#[error("outbox row {seq} cannot be read back: {reason}")]
+pub(crate) struct Unreadable {
+    pub(crate) seq: u64,
+    pub(crate) reason: String,
+}
+
+/// One outbox row as a record for the relay.
+pub(crate) fn record(row: &Row) -> Result<SpooledRecord, Unreadable> {
+    let seq = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+    let headers: String = row.get(6);
+    let headers: Headers = serde_json::from_str(&headers).map_err(|e| Unreadable {
+        seq,
+        reason: format!("headers are not JSON: {e}"),
+    })?;
+    let mut message = Message::new(Bytes::from(row.get::<_, Vec<u8>>(5)));
+    message.key = row.get::<_, Option<Vec<u8>>>(4).map(Bytes::from);
+    message.headers = headers;
+    message.meta.source = row.get(2);
+    message.meta.message_id = row.get(3);
+    Ok(SpooledRecord {
+        seq,
+        destination: Some(row.get(1)),
+        message,
+        spooled_at: row.get::<_, SystemTime>(7),
+    })
+}
+
+fn refused_record(row: &Row) -> RefusedRecord {
+    let payload: Vec<u8> = row.get(5);
+    let key: Option<Vec<u8>> = row.get(4);
+    RefusedRecord {
+        seq: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+        destination: Some(row.get(1)),
+        source: row.get(2),
+        message_id: row.get(3),
+        size: u64::try_from(payload.len() + key.as_ref().map_or(0, Vec::len)).unwrap_or(0),
+        key: key.map(Bytes::from),
+        spooled_at: row.get(6),
+        reason: row.get::<_, Option<String>>(7).unwrap_or_default(),
+        error: row.get::<_, Option<String>>(8).unwrap_or_default(),
+        refused_at: row
+            .get::<_, Option<SystemTime>>(9)
+            .unwrap_or(SystemTime::UNIX_EPOCH),
+    }
+}

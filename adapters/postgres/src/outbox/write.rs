@@ -1,0 +1,60 @@
+//! [`OutboxWriter`]: a handler's publishes, written into its inbox transaction.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use backstop::Message;
+use backstop::outgoing::{Outgoing, PublishFailed, write_failed};
+
+use super::Outbox;
+use crate::PostgresError;
+use crate::inbox::{InboxError, InboxTx};
+
+/// The back-end of `Context::publish` for one inbox attempt: each message
+/// becomes an outbox row in the attempt's transaction.
+pub(crate) struct OutboxWriter {
+    outbox: Outbox,
+    tx: InboxTx,
+    wrote: Arc<AtomicBool>,
+}
+
+impl OutboxWriter {
+    /// The writer of one attempt; `wrote` is set once a row was written.
+    pub(crate) fn new(outbox: Outbox, tx: InboxTx, wrote: Arc<AtomicBool>) -> Self {
+        OutboxWriter { outbox, tx, wrote }
+    }
+}
+
+/// True for errors a retry cannot fix: data exceptions (SQLSTATE class
+/// 22), integrity violations (23), syntax and access errors (42).
+fn permanent(error: &PostgresError) -> bool {
+    match error {
+        PostgresError::Query { source, .. } => source.code().is_some_and(|code| {
+            ["22", "23", "42"]
+                .iter()
+                .any(|class| code.code().starts_with(class))
+        }),
+        PostgresError::Unexpected { .. } => true,
+        _ => false,
+    }
+}
+
+#[async_trait::async_trait]
+impl Outgoing for OutboxWriter {
+    async fn publish(&self, destination: &str, message: Message) -> Result<(), PublishFailed> {
+        let client = self.tx.client().await.map_err(|e: InboxError| {
+            let permanent = e.is_permanent();
+            write_failed(destination, permanent, e)
+        })?;
+        let written = self.outbox.insert(&**client, destination, &message).await;
+        drop(client);
+        match written {
+            Ok(seq) => {
+                self.wrote.store(true, Ordering::Release);
+                tracing::trace!(seq, destination, message_id = %message.meta.message_id, "outbox row written");
+                Ok(())
+            }
+            Err(error) => Err(write_failed(destination, permanent(&error), error)),
+        }
+    }
+}
