@@ -304,14 +304,26 @@ pub fn position_id(topic: &str, partition: i32, offset: i64) -> String {
 /// `x-backstop-message-id` header, else [`position_id`]. Timestamp: `None`
 /// when negative or out of range.
 pub fn kafka(record: &KafkaRecord<'_>) -> Message {
-    let mut headers = Headers::new();
-    for (name, value) in &record.headers {
+    kafka_with_headers(record, record.headers.len(), record.headers.iter().copied())
+}
+
+/// [`kafka`] with the headers from `headers` (in order; `capacity` of
+/// them reserved) in place of `record.headers`: an adapter reading them
+/// from its client's record needs no vector of its own.
+pub fn kafka_with_headers<'a>(
+    record: &KafkaRecord<'_>,
+    capacity: usize,
+    headers: impl Iterator<Item = (&'a str, Option<&'a [u8]>)>,
+) -> Message {
+    let mut headers_out = Headers::with_capacity(capacity);
+    for (name, value) in headers {
         let value = match value {
             Some(bytes) => HeaderValue::Bytes(Bytes::copy_from_slice(bytes)),
             None => HeaderValue::Null,
         };
-        headers.append(*name, value);
+        headers_out.append(name, value);
     }
+    let headers = headers_out;
     let (message_id, id_source) = match headers.get(wire::MESSAGE_ID).filter(|id| !id.is_empty()) {
         Some(id) => (id.to_owned(), IdSource::Producer),
         None => (

@@ -95,6 +95,10 @@ pub(crate) struct State {
     revoked: HashSet<Tp>,
     closed: bool,
     errors: VecDeque<SourceError>,
+    /// Messages settled done, for the poll thread to drop: it allocated
+    /// them, and glibc frees a block without a lock only on the thread
+    /// that allocated it.
+    freed: Vec<Arc<Message>>,
 }
 
 impl State {
@@ -247,6 +251,7 @@ impl Dispatcher {
                 revoked: HashSet::new(),
                 closed: false,
                 errors: VecDeque::new(),
+                freed: Vec::new(),
             }),
             ready: Notify::new(),
         })
@@ -309,13 +314,21 @@ impl Dispatcher {
                 delayed,
             }],
             &mut pause,
+            &mut Vec::new(),
         );
         pause.pop()
     }
 
     /// Tracks received messages (under one lock); partitions that now track
     /// too much, or hold a retry that is not due, are appended to `pause`.
-    pub(crate) fn receive_all(&self, batch: &mut Vec<Incoming>, pause: &mut Vec<Tp>) {
+    /// The messages settled since the last call are swapped into `freed`
+    /// (the poll thread drops them outside the lock).
+    pub(crate) fn receive_all(
+        &self,
+        batch: &mut Vec<Incoming>,
+        pause: &mut Vec<Tp>,
+        freed: &mut Vec<Arc<Message>>,
+    ) {
         let now = batch
             .iter()
             .any(|i| i.due.is_some())
@@ -323,6 +336,7 @@ impl Dispatcher {
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let mut woke = false;
         let mut st = self.lock();
+        std::mem::swap(&mut st.freed, freed);
         let (max_pending, max_bytes) = (st.max_pending, st.max_bytes);
         let mut totals = st.totals();
         let mut last: Option<(Tp, usize)> = None;
@@ -422,21 +436,34 @@ impl Dispatcher {
         Ok(None)
     }
 
+    /// Swaps the messages settled since the last call into `freed` (for the
+    /// poll thread to drop outside the lock; see [`State::freed`]).
+    pub(crate) fn take_freed(&self, freed: &mut Vec<Arc<Message>>) {
+        let mut st = self.lock();
+        if !st.freed.is_empty() {
+            std::mem::swap(&mut st.freed, freed);
+        }
+    }
+
     /// Waits until [`Dispatcher::take`] may have something new.
     pub(crate) async fn changed(&self) {
         self.ready.notified().await;
     }
 
-    /// Settles a delivery: `done`, or back to be handed out again.
+    /// Settles a delivery: `done`, or back to be handed out again. Wakes
+    /// the source only when that can give it something: a message became
+    /// ready, or a slot opened under `max_in_flight`.
     pub(crate) fn settle(&self, ticket: &Ticket, done: bool) -> Result<(), Refused> {
         let mut released = Vec::new();
-        let result = {
+        let mut freed = None;
+        let (result, wake) = {
             let mut st = self.lock();
+            let was_full = st.outstanding >= st.max_in_flight;
             st.outstanding = st.outstanding.saturating_sub(1);
             let result = match st.live(ticket.slot, ticket.generation) {
                 Some(tracker) => {
                     let ok = if done {
-                        tracker.complete(ticket.offset, &mut released)
+                        tracker.complete(ticket.offset, &mut released, &mut freed)
                     } else if tracker.requeue(ticket.offset) {
                         released.push(ticket.offset);
                         true
@@ -447,6 +474,7 @@ impl Dispatcher {
                 }
                 None => Err(Refused::Fenced),
             };
+            let wake = was_full || !released.is_empty();
             for offset in released {
                 st.ready.push_back(Queued {
                     slot: ticket.slot,
@@ -454,9 +482,14 @@ impl Dispatcher {
                     offset,
                 });
             }
-            result
+            if let Some(message) = freed {
+                st.freed.push(message);
+            }
+            (result, wake)
         };
-        self.ready.notify_one();
+        if wake {
+            self.ready.notify_one();
+        }
         result
     }
 
@@ -637,6 +670,77 @@ mod tests {
     }
 
     #[test]
+    fn a_settled_message_goes_back_to_the_poll_thread_to_be_dropped() {
+        let d = Dispatcher::new(10, 100, usize::MAX);
+        d.assign([(tp(), false)]);
+        d.receive(tp(), msg(0, "a"), None, false);
+        let taken = d.take().unwrap().unwrap();
+        let weak = Arc::downgrade(&taken.message);
+        let ticket = taken.ticket;
+        drop(taken.message);
+        d.settle(&ticket, true).unwrap();
+        assert!(
+            weak.upgrade().is_some(),
+            "held for the poll thread, not dropped here"
+        );
+        let mut freed = Vec::new();
+        d.receive_all(&mut Vec::new(), &mut Vec::new(), &mut freed);
+        assert_eq!(freed.len(), 1);
+        freed.clear();
+        assert!(weak.upgrade().is_none(), "dropped by whoever drains it");
+        // A requeue keeps the message: nothing to free.
+        d.receive(tp(), msg(1, "b"), None, false);
+        let again = d.take().unwrap().unwrap();
+        d.settle(&again.ticket, false).unwrap();
+        d.take_freed(&mut freed);
+        assert!(freed.is_empty());
+    }
+
+    #[test]
+    fn a_settle_wakes_the_source_only_when_it_can_take_something() {
+        let d = Dispatcher::new(1, 100, usize::MAX);
+        d.assign([(tp(), false)]);
+        d.receive(tp(), msg(0, "a"), None, false);
+        let first = d.take().unwrap().unwrap();
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        // The receive stored a permit: consume it.
+        let mut changed = Box::pin(d.changed());
+        assert!(changed.as_mut().poll(&mut cx).is_ready());
+        // Full (1 of 1 out): settling opens a slot, so it wakes.
+        d.settle(&first.ticket, true).unwrap();
+        let mut changed = Box::pin(d.changed());
+        assert!(changed.as_mut().poll(&mut cx).is_ready(), "a slot opened");
+        // Not full, nothing released: no wake-up (no spurious loop turn).
+        let d = Dispatcher::new(10, 100, usize::MAX);
+        d.assign([(tp(), false)]);
+        d.receive(tp(), msg(0, "a"), None, false);
+        let first = d.take().unwrap().unwrap();
+        let mut changed = Box::pin(d.changed());
+        assert!(changed.as_mut().poll(&mut cx).is_ready());
+        d.settle(&first.ticket, true).unwrap();
+        let mut changed = Box::pin(d.changed());
+        assert!(
+            changed.as_mut().poll(&mut cx).is_pending(),
+            "nothing new to take"
+        );
+        drop(changed);
+        // The next message of a key released by a settle wakes.
+        d.receive(tp(), msg(1, "k"), None, false);
+        d.receive(tp(), msg(2, "k"), None, false);
+        let mut changed = Box::pin(d.changed());
+        assert!(changed.as_mut().poll(&mut cx).is_ready());
+        let one = d.take().unwrap().unwrap();
+        assert!(d.take().unwrap().is_none(), "k@2 waits behind k@1");
+        d.settle(&one.ticket, true).unwrap();
+        let mut changed = Box::pin(d.changed());
+        assert!(
+            changed.as_mut().poll(&mut cx).is_ready(),
+            "k@2 became ready"
+        );
+    }
+
+    #[test]
     fn revoke_fences_queued_and_in_flight_deliveries() {
         let d = Dispatcher::new(10, 100, usize::MAX);
         d.assign([(tp(), false)]);
@@ -787,7 +891,7 @@ mod tests {
                 })
                 .collect();
             offset += 1;
-            d.receive_all(&mut batch, &mut paused);
+            d.receive_all(&mut batch, &mut paused, &mut Vec::new());
             assert!(offset < 1_000, "never paused");
         }
         let (_, held) = d.pending();
@@ -821,6 +925,7 @@ mod tests {
                     delayed: false,
                 }],
                 &mut paused,
+                &mut Vec::new(),
             );
         }
         assert_eq!(

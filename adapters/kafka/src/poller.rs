@@ -212,6 +212,7 @@ impl PollThread {
             last_error_log: None,
             disconnected: false,
             batch: Vec::with_capacity(BATCH),
+            freed: Vec::new(),
             group,
             link,
             last_check: None,
@@ -280,6 +281,8 @@ struct Poller {
     disconnected: bool,
     /// Reused between polls, so a batch costs no allocation.
     batch: Vec<Incoming>,
+    /// Messages settled done, dropped here: this thread allocated them.
+    freed: Vec<Arc<backstop::Message>>,
     /// The consumer group: stamped on every message ([`backstop::Meta::group`],
     /// part of its idempotency keyspace); also named by the test that kills the thread.
     group: String,
@@ -384,7 +387,9 @@ impl Poller {
             self.metrics.reconnected();
         }
         let mut pause = Vec::new();
-        self.dispatcher.receive_all(&mut batch, &mut pause);
+        self.dispatcher
+            .receive_all(&mut batch, &mut pause, &mut self.freed);
+        self.freed.clear();
         self.batch = batch;
         if !pause.is_empty()
             && let Err(error) = self.consumer.pause(&partitions(&pause))
@@ -415,6 +420,8 @@ impl Poller {
     }
 
     fn maintain(&mut self, idle: bool) {
+        self.dispatcher.take_freed(&mut self.freed);
+        self.freed.clear();
         let actions = self.dispatcher.maintain();
         if actions.is_empty() {
             return;

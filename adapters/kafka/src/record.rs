@@ -22,20 +22,24 @@ pub fn to_message<M: rdkafka::Message>(record: &M) -> Message {
 /// [`to_message`] for a record of a retry topic of `retry_of` (from the
 /// source's own table of the retry topics it subscribed to).
 pub(crate) fn to_message_from<M: rdkafka::Message>(record: &M, retry_of: Option<&str>) -> Message {
-    let headers = record
-        .headers()
-        .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
-        .unwrap_or_default();
-    inbound::kafka(&KafkaRecord {
+    let fields = KafkaRecord {
         topic: record.topic(),
         partition: record.partition(),
         offset: record.offset(),
         timestamp_millis: record.timestamp().to_millis(),
         key: record.key(),
         payload: record.payload(),
-        headers,
+        headers: Vec::new(),
         retry_of,
-    })
+    };
+    match record.headers() {
+        Some(headers) => {
+            let n = headers.count();
+            let iter = (0..n).filter_map(|i| headers.try_get(i).map(|h| (h.key, h.value)));
+            inbound::kafka_with_headers(&fields, n, iter)
+        }
+        None => inbound::kafka(&fields),
+    }
 }
 
 /// [`to_message_from`] under [`inbound::guarded`]: a panic while converting

@@ -31,8 +31,11 @@ enum Status {
 
 #[derive(Debug)]
 struct Entry {
-    /// The message (shared with its delivery while in flight); dropped once done.
+    /// The message (shared with its delivery while in flight); handed back
+    /// once done (see [`PartitionTracker::complete`]).
     message: Option<Arc<Message>>,
+    /// What the message counts for against the byte bound (computed once).
+    size: usize,
     key: Option<Bytes>,
     due: Option<SystemTime>,
     status: Status,
@@ -55,7 +58,9 @@ pub(crate) struct PartitionTracker {
     generation: u64,
     delayed: bool,
     entries: BTreeMap<i64, Entry>,
-    keys: HashMap<Bytes, VecDeque<i64>>,
+    /// Offsets waiting per key (foldhash: an entry per message received,
+    /// a lookup per message completed).
+    keys: HashMap<Bytes, VecDeque<i64>, foldhash::fast::RandomState>,
     last_received: Option<i64>,
     watermark: Option<i64>,
     stored: Option<i64>,
@@ -73,7 +78,7 @@ impl PartitionTracker {
             generation,
             delayed,
             entries: BTreeMap::new(),
-            keys: HashMap::new(),
+            keys: HashMap::default(),
             last_received: None,
             watermark: None,
             stored: None,
@@ -170,11 +175,13 @@ impl PartitionTracker {
         if not_due {
             self.not_due += 1;
         }
-        self.bytes += size_of_message(&message);
+        let size = size_of_message(&message);
+        self.bytes += size;
         self.entries.insert(
             offset,
             Entry {
                 message: Some(Arc::new(message)),
+                size,
                 key,
                 due,
                 status,
@@ -198,8 +205,15 @@ impl PartitionTracker {
 
     /// Settles an in-flight message as done. Returns false if it was not in
     /// flight. Offsets that became ready (the next message of its key) are
-    /// appended to `released`.
-    pub(crate) fn complete(&mut self, offset: i64, released: &mut Vec<i64>) -> bool {
+    /// appended to `released`; the tracker's share of the message is put in
+    /// `freed`, for the poll thread that allocated it to drop (a message
+    /// freed on the thread that allocated it costs no allocator lock).
+    pub(crate) fn complete(
+        &mut self,
+        offset: i64,
+        released: &mut Vec<i64>,
+        freed: &mut Option<Arc<Message>>,
+    ) -> bool {
         let Some(entry) = self.entries.get_mut(&offset) else {
             return false;
         };
@@ -208,7 +222,8 @@ impl PartitionTracker {
         }
         entry.status = Status::Done;
         if let Some(done) = entry.message.take() {
-            self.bytes = self.bytes.saturating_sub(size_of_message(&done));
+            self.bytes = self.bytes.saturating_sub(entry.size);
+            *freed = Some(done);
         }
         let key = entry.key.clone();
         if let Some(key) = key {
@@ -371,7 +386,7 @@ mod tests {
     fn run(t: &mut PartitionTracker, offset: i64) -> Vec<i64> {
         assert!(t.take(offset).is_some(), "offset {offset} is ready");
         let mut released = Vec::new();
-        assert!(t.complete(offset, &mut released));
+        assert!(t.complete(offset, &mut released, &mut None));
         released
     }
 
@@ -405,7 +420,7 @@ mod tests {
         let again = t.take(0).unwrap();
         assert!(again.meta.redelivered);
         let mut r = Vec::new();
-        assert!(t.complete(0, &mut r));
+        assert!(t.complete(0, &mut r, &mut None));
         assert_eq!(t.to_store(), Some(2));
     }
 
@@ -435,11 +450,11 @@ mod tests {
         let mut t = PartitionTracker::new(1, false);
         t.receive(msg(0, None), None, now());
         let mut r = Vec::new();
-        assert!(!t.complete(0, &mut r), "not handed out yet");
+        assert!(!t.complete(0, &mut r, &mut None), "not handed out yet");
         run(&mut t, 0);
-        assert!(!t.complete(0, &mut r));
+        assert!(!t.complete(0, &mut r, &mut None));
         assert!(!t.requeue(0));
-        assert!(!t.complete(7, &mut r));
+        assert!(!t.complete(7, &mut r, &mut None));
     }
 
     #[test]

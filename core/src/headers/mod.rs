@@ -61,6 +61,19 @@ impl Headers {
         }
     }
 
+    /// No headers, with room for `n` without reallocating.
+    ///
+    /// ```
+    /// let mut headers = backstop::Headers::with_capacity(1);
+    /// headers.insert("x-tenant", "acme");
+    /// assert_eq!(headers.get("x-tenant"), Some("acme"));
+    /// ```
+    pub fn with_capacity(n: usize) -> Self {
+        Headers {
+            entries: Vec::with_capacity(n),
+        }
+    }
+
     /// The text view of the last value of `name`, if it has one.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.get_value(name).and_then(HeaderValue::as_text)
