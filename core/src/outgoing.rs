@@ -14,9 +14,13 @@
 //!   the handler's effects commit, and a relay sends it afterwards.
 //!
 //! [`Context::publish`] gives each message an id derived from the message
-//! being handled and its place among this attempt's publishes
-//! (`<message id>:out:<n>`), so a retried attempt publishes the same ids
-//! and a consumer with idempotency keyed by message id sees each once
+//! being handled, its place among this attempt's publishes and the
+//! consumer's keyspace (`<keyspace>:<message id>:out:<n>`, the keyspace
+//! naming the queue or topic, the Kafka group and the service if any, as
+//! idempotency keys do: two consumers of one message never publish the
+//! same id), so a retried attempt publishes
+//! the same ids and a consumer with idempotency keyed by message id sees
+//! each once
 //! ([`Context::publish_keeping_id`] keeps the id you set instead: keep it
 //! stable yourself). Each carries [`CAUSED_BY`], the id of the message
 //! whose handler published it.
@@ -43,7 +47,7 @@
 //! Runner::new(broker.consume("orders", 8).until_drained(), stack).run().await?;
 //! let placed = broker.peek("placed");
 //! assert_eq!(placed.len(), 1);
-//! assert_eq!(placed[0].meta.message_id, "m-1:out:0");
+//! assert_eq!(placed[0].meta.message_id, "orders:m-1:out:0");
 //! # Ok(())
 //! # }
 //! ```
@@ -138,6 +142,7 @@ impl From<PublishFailed> for HandlerError {
 pub struct Outbound {
     to: Arc<dyn Outgoing>,
     cause: Arc<str>,
+    scope: Arc<str>,
     next: Arc<AtomicU32>,
 }
 
@@ -153,9 +158,17 @@ impl std::fmt::Debug for Outbound {
 impl Outbound {
     /// The publishing place of one attempt at `message`, through `to`.
     pub fn new(to: Arc<dyn Outgoing>, message: &Message) -> Self {
+        Outbound::for_service(to, message, None)
+    }
+
+    /// As [`new`](Self::new), for a consumer that adds `service` to its
+    /// keyspace (the derived ids name it).
+    pub fn for_service(to: Arc<dyn Outgoing>, message: &Message, service: Option<&str>) -> Self {
+        let scope = crate::idempotency::Keyspace::of(&message.meta, service);
         Outbound {
             to,
             cause: Arc::from(message.meta.message_id.as_str()),
+            scope: Arc::from(scope.as_str()),
             next: Arc::new(AtomicU32::new(0)),
         }
     }
@@ -173,7 +186,7 @@ impl Outbound {
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         if !keep_id && !self.cause.is_empty() {
-            message.meta.message_id = format!("{}:out:{n}", self.cause);
+            message.meta.message_id = format!("{}:{}:out:{n}", self.scope, self.cause);
             message.headers.remove(crate::wire::MESSAGE_ID);
         } else if message.meta.message_id.is_empty() {
             message.meta.message_id = message.id_for_publish();
@@ -337,7 +350,8 @@ mod tests {
     #[tokio::test]
     async fn ids_are_derived_from_the_cause_and_kept_when_given() {
         let recorder = Arc::new(Recorder::default());
-        let inbound = Message::new("x").with_message_id("in-7");
+        let mut inbound = Message::new("x").with_message_id("in-7");
+        inbound.meta.source = "orders".into();
         let outbound = Outbound::new(recorder.clone(), &inbound);
         outbound
             .publish("a", Message::new("1"), false)
@@ -361,7 +375,7 @@ mod tests {
                 .iter()
                 .map(|(_, m)| m.meta.message_id.as_str())
                 .collect();
-            assert_eq!(ids, ["in-7:out:0", "mine", "in-7:out:2"]);
+            assert_eq!(ids, ["orders:in-7:out:0", "mine", "orders:in-7:out:2"]);
             assert!(
                 seen.iter()
                     .all(|(_, m)| m.header(CAUSED_BY) == Some("in-7"))
@@ -373,8 +387,20 @@ mod tests {
             .publish("a", Message::new("1"), false)
             .await
             .expect("published");
+        assert_eq!(
+            recorder.0.lock().expect("lock")[3].1.meta.message_id,
+            "orders:in-7:out:0"
+        );
+        // Another consumer of the same message publishes other ids.
+        let mut elsewhere = inbound.clone();
+        elsewhere.meta.source = "audit".into();
+        let other = Outbound::for_service(recorder.clone(), &elsewhere, Some("billing"));
+        other
+            .publish("a", Message::new("1"), false)
+            .await
+            .expect("published");
         let seen = recorder.0.lock().expect("lock");
-        assert_eq!(seen[3].1.meta.message_id, "in-7:out:0");
+        assert_eq!(seen[4].1.meta.message_id, "billing@audit:in-7:out:0");
     }
 
     #[test]

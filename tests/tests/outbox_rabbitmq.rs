@@ -8,8 +8,8 @@
 //! PostgreSQL session holding the relay lock) and restarts it.
 //!
 //! Afterwards: every order executed exactly once; every event of every
-//! order reached the events queue (its message id `<order>:out:<n>`, the
-//! same on every relay); for each order `placed` arrived before `charged`
+//! order reached the events queue (its message id
+//! `<keyspace>:<order>:out:<n>`, the same on every relay); for each order `placed` arrived before `charged`
 //! (first copies); duplicates only from relays killed between a confirm and
 //! the row's delete; the outbox table is empty and nothing was refused.
 //!
@@ -180,9 +180,20 @@ async fn three_workers_share_one_outbox_and_kills_of_the_relay_lose_no_event() {
     assert_eq!(refused, 0, "no event was refused");
 
     // Every event, by its stable id; placed before charged.
+    // `<keyspace>:<order>:out:<n>`: one keyspace (the workers' consumer).
+    let keyspaces: HashSet<&str> = relayed
+        .iter()
+        .filter_map(|e| e.message_id.split_once(':').map(|(k, _)| k))
+        .collect();
+    assert_eq!(
+        keyspaces.len(),
+        1,
+        "one keyspace in every id: {keyspaces:?}"
+    );
     let mut first: HashMap<&str, usize> = HashMap::new();
     for (at, event) in relayed.iter().enumerate() {
-        first.entry(event.message_id.as_str()).or_insert(at);
+        let id = event.message_id.split_once(':').map_or("", |(_, id)| id);
+        first.entry(id).or_insert(at);
     }
     let expected: HashSet<String> = orders
         .iter()

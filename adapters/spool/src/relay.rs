@@ -26,8 +26,12 @@
 //! The loop drains any [`RecordLog`]: the local [`Spool`](crate::Spool),
 //! or another durable log such as a PostgreSQL outbox table
 //! ([`Relay::start`]). A pass that ends with no key waiting starts the next
-//! pass from the oldest record, so a record that became visible behind the
-//! cursor (a transaction that committed late) is found then.
+//! pass from the oldest record; for a log whose records may become visible
+//! behind the cursor (a transaction that committed late:
+//! [`RecordLog::commits_out_of_order`]), so does every round that sent
+//! something, so such a record is found within a round even under steady
+//! load or a backlog. Waiting keys are retried after their
+//! backoff even while new records keep the relay busy.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -75,8 +79,30 @@ pub trait RecordLog: Send + Sync + 'static {
     /// Moves record `seq` out of its key's way, keeping it for an operator:
     /// the broker refuses it for good (`reason` is the failure's label).
     async fn set_aside(&self, seq: u64, reason: &str, error: &str) -> Result<(), Self::Error>;
+
+    /// True when a record may become visible behind records already read
+    /// (a database table whose transactions commit in another order than
+    /// their `seq`s were taken). The relay then reads from the oldest
+    /// record again after every round that sent something (the cursor only
+    /// steps over waiting units), instead of only when the log is idle. Default false
+    /// (the spool: one writer, `seq` in commit order).
+    fn commits_out_of_order(&self) -> bool {
+        false
+    }
+
+    /// True while this relay may still send the log's records: checked
+    /// before each send, so a relay that lost its claim on the log (a
+    /// leader's lock) stops at once rather than at its next read. Default
+    /// true.
+    async fn still_owned(&self) -> bool {
+        true
+    }
 }
 
+/// The local spool as a log. One relay per spool: a [`ReliablePublisher`](crate::ReliablePublisher)
+/// or [`SpoolingDeadLetterSink`](crate::SpoolingDeadLetterSink) already
+/// runs one on the spool it opened; a second [`Relay::start`] on it would
+/// send records twice and out of order.
 #[async_trait::async_trait]
 impl RecordLog for Spool {
     type Error = SpoolError;
@@ -339,6 +365,10 @@ async fn deliver<T: Target, L: RecordLog>(
 ) -> UnitResult<<T::Outlet as Outlet>::Error> {
     let mut confirmed = Vec::with_capacity(records.len());
     for record in records {
+        if !log.still_owned().await {
+            // Not ours any more: the rest stays for the log's new owner.
+            break;
+        }
         let failure = match attempt(
             target.outlet(),
             record.destination.as_deref(),
@@ -423,10 +453,24 @@ async fn run<T: Target, L: RecordLog>(
     let mut retry_at: Option<tokio::time::Instant> = None;
     // Start carefully: one record first, whole batches once the broker confirmed.
     let mut probing = true;
+    let lagging = spool.commits_out_of_order();
     while !stop.is_cancelled() {
         let arrived = spool.arrived().notified();
         tokio::pin!(arrived);
         arrived.as_mut().enable();
+        if !blocked.is_empty() {
+            // Units wait: retry them from the oldest record after a backoff,
+            // even while new records keep every read busy.
+            let due = *retry_at.get_or_insert_with(|| {
+                tokio::time::Instant::now() + config.backoff.delay(stuck_passes.saturating_add(1))
+            });
+            if tokio::time::Instant::now() >= due {
+                stuck_passes = stuck_passes.saturating_add(1);
+                retry_at = None;
+                blocked.clear();
+                cursor = 0;
+            }
+        }
         let limit = if probing { 1 } else { config.batch.max(1) };
         let records = match spool.read_after(cursor, limit).await {
             Ok(records) => records,
@@ -451,20 +495,10 @@ async fn run<T: Target, L: RecordLog>(
                 cursor = 0;
                 tokio::time::Instant::now() + config.idle_poll
             } else {
-                // A pass ended with units waiting: retry them from the oldest
-                // record after a backoff; new records go on meanwhile.
-                let due = *retry_at.get_or_insert_with(|| {
-                    tokio::time::Instant::now()
-                        + config.backoff.delay(stuck_passes.saturating_add(1))
-                });
-                if tokio::time::Instant::now() >= due {
-                    stuck_passes = stuck_passes.saturating_add(1);
-                    retry_at = None;
-                    blocked.clear();
-                    cursor = 0;
-                    continue;
-                }
-                due
+                // A pass ended with units waiting: they are retried from
+                // the oldest record when their backoff is due (above); new
+                // records go on meanwhile.
+                retry_at.unwrap_or_else(tokio::time::Instant::now)
             };
             tokio::select! {
                 () = &mut arrived => {}
@@ -490,6 +524,13 @@ async fn run<T: Target, L: RecordLog>(
                     units.push((unit, vec![record]));
                 }
             }
+        }
+        if lagging && !units.is_empty() {
+            // Records may commit behind the cursor at any time: after a
+            // round that sent something, the next read starts from the
+            // oldest record again (sent ones are gone; the cursor only
+            // steps over waiting units, so one that sent nothing moves on).
+            cursor = 0;
         }
         let results = futures::future::join_all(
             units

@@ -147,13 +147,22 @@ where
             let wrote = inbox.outbox.as_ref().map(|outbox| {
                 let wrote = Arc::new(AtomicBool::new(false));
                 let writer = OutboxWriter::new(outbox.clone(), tx.clone(), Arc::clone(&wrote));
-                let outbound = Outbound::new(Arc::new(writer), request.message());
+                let service = Some(inbox.consumer.as_str()).filter(|s| !s.is_empty());
+                let outbound = Outbound::for_service(Arc::new(writer), request.message(), service);
                 request.extensions.insert(outbound);
                 (outbox, wrote)
             });
             request.extensions.insert(tx);
             match inner.call(request).await {
                 Ok(()) => {
+                    if open.had_failure()
+                        && let Err(aborted) = open.probe(timeout).await
+                    {
+                        if let Err(rollback) = open.finish("rollback", "ROLLBACK", timeout).await {
+                            tracing::debug!(%rollback, "inbox: rollback failed; the connection was closed instead");
+                        }
+                        return Err(super::InboxError::Aborted(aborted).into());
+                    }
                     if let Some((sql, lease)) = lease {
                         let stored = column::key(&lease.key);
                         let fence = i64::try_from(lease.fence.0).unwrap_or(-1);

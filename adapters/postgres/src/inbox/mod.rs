@@ -33,6 +33,15 @@
 //! earlier release waits for and skips it). A connection whose transaction was interrupted is closed,
 //! never returned to the pool, so the server rolls it back.
 //!
+//! A statement through [`InboxTx`] that failed leaves the transaction
+//! aborted, and PostgreSQL answers a `COMMIT` of an aborted transaction
+//! with a rollback, not an error: when the handler returns success after
+//! such a failure, the layer checks the transaction first and, if it is
+//! aborted, rolls back and retries the message ([`InboxError::Aborted`])
+//! instead of acking effects that never committed. (A `ROLLBACK TO
+//! SAVEPOINT` the handler ran makes it usable again; a failure through
+//! [`InboxTx::client`] directly is noticed after [`InboxTx::note_failure`].)
+//!
 //! Failures of the inbox itself (no connection, `BEGIN` or the inbox insert
 //! failed) are transient [`HandlerError`](backstop::HandlerError)s: the
 //! attempt is retried with backoff. A failed `COMMIT` is classified like
@@ -121,7 +130,7 @@ ON CONFLICT (consumer, key) DO NOTHING"
 pub struct Inbox {
     pool: Pool,
     table: TableName,
-    consumer: String,
+    pub(crate) consumer: String,
     key: KeySource,
     timeout: Duration,
     sql: Arc<Statements>,

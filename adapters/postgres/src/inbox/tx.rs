@@ -2,6 +2,7 @@
 
 use std::ops::Deref;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use backstop::idempotency::Key;
@@ -43,6 +44,15 @@ pub enum InboxError {
         /// The lost lease's fencing token.
         fence: u64,
     },
+    /// A statement in the transaction failed, the handler returned success
+    /// anyway, and the transaction was left aborted (PostgreSQL would have
+    /// answered `COMMIT` with a silent rollback): it was rolled back and the
+    /// message is retried.
+    #[error(
+        "a statement in the inbox transaction failed and the handler returned success anyway; \
+         the aborted transaction was rolled back (nothing committed) and the message is retried: {0}"
+    )]
+    Aborted(#[source] PostgresError),
 }
 
 impl InboxError {
@@ -61,7 +71,7 @@ impl InboxError {
     pub fn is_permanent(&self) -> bool {
         match self {
             InboxError::Missing => true,
-            InboxError::Finished | InboxError::LeaseLost { .. } => false,
+            InboxError::Finished | InboxError::LeaseLost { .. } | InboxError::Aborted(_) => false,
             InboxError::Query(_) => self.code().is_some_and(|code| {
                 ["22", "23", "42"]
                     .iter()
@@ -85,6 +95,9 @@ impl From<InboxError> for HandlerError {
 pub(crate) struct TxShared {
     conn: Mutex<Conn>,
     key: Option<Key>,
+    /// A statement run through the transaction's handles failed: before
+    /// committing, the layer checks the transaction is not aborted.
+    failed: AtomicBool,
 }
 
 /// The inbox's open transaction, handed to the handler in its
@@ -146,6 +159,7 @@ impl InboxTx {
         let shared = Arc::new(TxShared {
             conn: Mutex::new(conn),
             key,
+            failed: AtomicBool::new(false),
         });
         let open = OpenTx {
             shared: Arc::clone(&shared),
@@ -179,7 +193,8 @@ impl InboxTx {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, InboxError> {
-        Ok(self.client().await?.execute(sql, params).await?)
+        let result = self.client().await?.execute(sql, params).await;
+        self.noted(result)
     }
 
     /// Runs a query; its rows.
@@ -188,7 +203,8 @@ impl InboxTx {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, InboxError> {
-        Ok(self.client().await?.query(sql, params).await?)
+        let result = self.client().await?.query(sql, params).await;
+        self.noted(result)
     }
 
     /// Runs a query that returns exactly one row.
@@ -197,7 +213,8 @@ impl InboxTx {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Row, InboxError> {
-        Ok(self.client().await?.query_one(sql, params).await?)
+        let result = self.client().await?.query_one(sql, params).await;
+        self.noted(result)
     }
 
     /// Runs a query that returns at most one row.
@@ -206,12 +223,29 @@ impl InboxTx {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, InboxError> {
-        Ok(self.client().await?.query_opt(sql, params).await?)
+        let result = self.client().await?.query_opt(sql, params).await;
+        self.noted(result)
     }
 
     /// Runs statements without parameters, separated by `;`.
     pub async fn batch_execute(&self, sql: &str) -> Result<(), InboxError> {
-        Ok(self.client().await?.batch_execute(sql).await?)
+        let result = self.client().await?.batch_execute(sql).await;
+        self.noted(result)
+    }
+
+    /// Records that a statement in this transaction failed (the layer then
+    /// checks, before committing, that the transaction is not aborted).
+    /// Done by this type's own methods; call it after a failed statement
+    /// run through [`client`](Self::client) directly.
+    pub fn note_failure(&self) {
+        self.shared.failed.store(true, Ordering::Release);
+    }
+
+    fn noted<T>(&self, result: Result<T, tokio_postgres::Error>) -> Result<T, InboxError> {
+        if result.is_err() {
+            self.note_failure();
+        }
+        Ok(result?)
     }
 }
 
@@ -225,6 +259,23 @@ pub(crate) struct OpenTx {
 }
 
 impl OpenTx {
+    /// True when a statement through the transaction's handles failed.
+    pub(crate) fn had_failure(&self) -> bool {
+        self.shared.failed.load(Ordering::Acquire)
+    }
+
+    /// Runs a no-op statement: an aborted transaction answers it with an error.
+    pub(crate) async fn probe(&mut self, timeout: Duration) -> Result<(), PostgresError> {
+        let Ok(mut conn) = tokio::time::timeout(timeout, self.shared.conn.lock()).await else {
+            return Err(PostgresError::Timeout {
+                op: "waiting for the handler's query to end",
+                after: timeout,
+            });
+        };
+        conn.batch("inbox transaction check", timeout, "SELECT 1")
+            .await
+    }
+
     /// Runs `sql` (`$1` key, `$2` fence) in the transaction; true if it returned a row.
     pub(crate) async fn check(
         &mut self,

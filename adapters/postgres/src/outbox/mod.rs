@@ -29,26 +29,44 @@
 //!   which is retried.) Messages without a key are ordered per destination
 //!   by `seq` but take no lock: two concurrent transactions may commit in
 //!   the other order.
-//! - **Relaying.** Every worker process may run a relay, but only one
-//!   relays at a time: the one holding a session-level advisory lock named
-//!   after the table, on a connection it keeps for reads and deletes. The
-//!   others wait (`standby_poll`) and one takes over when the leader's
-//!   session ends (its process died, its connection was closed or
-//!   terminated). A leader whose connection fails stops before its next
-//!   round. Rows become visible in commit order, not `seq` order: a row
-//!   of a transaction that commits after the relay read past its `seq`
-//!   is found by the next pass (from the oldest row), and until then the
-//!   newer rows of its key are held back, so a key's rows are never sent
-//!   out of `seq` order (one transaction's rows included).
+//! - **Relaying.** Every worker process may run a relay; one leads at a
+//!   time: the one holding a session-level advisory lock named after the
+//!   table, on a connection it keeps for reads and deletes. The others
+//!   wait (`standby_poll`) and one takes over when the leader's session
+//!   ends (its process died, its connection was closed or terminated). The
+//!   leader checks its connection before each send, so one whose session
+//!   ended stops at once; a send already on its way may still reach the
+//!   broker while the new leader starts (a duplicate with the same id).
+//!   Session locks need a session: behind PgBouncer, give the relay a
+//!   connection in session pooling mode (transaction pooling would hand
+//!   the lock's session to others).
+//! - **Rows that commit late.** Rows become visible in commit order, not
+//!   `seq` order. The relay reads from the oldest row again after every
+//!   round that sent something, and a read past the cursor holds back the
+//!   rows of a key that has an older row behind the cursor; so a row whose
+//!   transaction committed after the relay read past its `seq` goes out
+//!   within a round (under load too), and a key's rows are never sent out
+//!   of `seq` order (one transaction's rows included).
 //!
 //! # What a crash can cause
 //!
-//! A relay that dies between the broker's confirm and the row's delete
-//! sends the row again after the takeover: at most one duplicate per row,
-//! with the **same message id** (stable: the row's `message_id`, derived
-//! from the handled message's id unless the handler set one), so a
-//! consumer with idempotency keyed by message id
-//! ([`KeySource::MessageId`](backstop::KeySource)) suppresses it.
+//! A relay that dies (or loses its session) between the broker's confirm
+//! and the row's delete leaves the row to the next leader, which sends it
+//! again, with the **same message id** (the row's `message_id`: derived
+//! from the consumer's keyspace and the handled message's id unless the
+//! handler kept its own), so a consumer with idempotency keyed by message
+//! id ([`KeySource::MessageId`](backstop::KeySource)) suppresses it. At
+//! most one round (`batch` rows) per lost leader is sent again.
+//!
+//! # A failed publish
+//!
+//! A failed outbox insert (a constraint, the key's lock not taken within
+//! the statement timeout) returns an error from `ctx.publish`; returned by
+//! the handler, the attempt rolls back and is retried. A handler that
+//! ignores it does not lose its effects silently: PostgreSQL has aborted
+//! the transaction, and the inbox, seeing a failed statement, checks the
+//! transaction before `COMMIT`, rolls back and retries the message
+//! ([`InboxError::Aborted`](crate::InboxError::Aborted)).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -269,10 +287,13 @@ impl Outbox {
             .map(drop)
     }
 
-    /// Writes `message` for `destination` through `client`, which should be
-    /// inside a transaction of yours: the row commits with it. A keyed
-    /// message first takes its key's lock (held until your transaction
-    /// ends; see [order per key](self#order-per-key-across-processes)).
+    /// Writes `message` for `destination` through `client`, which must be
+    /// inside a transaction of yours: the row commits with it, and a keyed
+    /// message first takes its key's lock, held until your transaction
+    /// ends (see [order per key](self#order-per-key-across-processes); on
+    /// a client in autocommit the lock is released at once and the key's
+    /// order is not kept). Bounded by the outbox's statement timeout (the
+    /// wait for the key's lock included).
     /// Returns the row's `seq`. After your commit, call
     /// [`committed`](Self::committed) to wake this process's relay at once
     /// (otherwise it finds the row within its idle poll).
@@ -280,6 +301,22 @@ impl Outbox {
     /// A message without a message id gets a new one here, stored with the
     /// row: every relay of it carries the same id.
     pub async fn insert<C: GenericClient + Sync>(
+        &self,
+        client: &C,
+        destination: &str,
+        message: &Message,
+    ) -> Result<u64, PostgresError> {
+        let timeout = self.timeout;
+        match tokio::time::timeout(timeout, self.write(client, destination, message)).await {
+            Ok(written) => written,
+            Err(_) => Err(PostgresError::Timeout {
+                op: "outbox insert (waiting for its key's lock, or the insert)",
+                after: timeout,
+            }),
+        }
+    }
+
+    async fn write<C: GenericClient + Sync>(
         &self,
         client: &C,
         destination: &str,
@@ -375,24 +412,38 @@ pub(crate) struct Unreadable {
     pub(crate) reason: String,
 }
 
-/// One outbox row as a record for the relay.
+/// One outbox row as a record for the relay; a row whose columns cannot
+/// be read (headers that are not JSON, text that is not UTF-8) is
+/// [`Unreadable`].
 pub(crate) fn record(row: &Row) -> Result<SpooledRecord, Unreadable> {
-    let seq = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
-    let headers: String = row.get(6);
-    let headers: Headers = serde_json::from_str(&headers).map_err(|e| Unreadable {
+    let seq = row
+        .try_get::<_, i64>(0)
+        .ok()
+        .and_then(|s| u64::try_from(s).ok())
+        .unwrap_or(0);
+    let bad = |what: &str, e: &dyn std::fmt::Display| Unreadable {
         seq,
-        reason: format!("headers are not JSON: {e}"),
-    })?;
-    let mut message = Message::new(Bytes::from(row.get::<_, Vec<u8>>(5)));
-    message.key = row.get::<_, Option<Vec<u8>>>(4).map(Bytes::from);
+        reason: format!("{what}: {e}"),
+    };
+    let headers: String = row.try_get(6).map_err(|e| bad("headers", &e))?;
+    let headers: Headers =
+        serde_json::from_str(&headers).map_err(|e| bad("headers are not JSON", &e))?;
+    let payload: Vec<u8> = row.try_get(5).map_err(|e| bad("payload", &e))?;
+    let mut message = Message::new(Bytes::from(payload));
+    message.key = row
+        .try_get::<_, Option<Vec<u8>>>(4)
+        .map_err(|e| bad("key", &e))?
+        .map(Bytes::from);
     message.headers = headers;
-    message.meta.source = row.get(2);
-    message.meta.message_id = row.get(3);
+    message.meta.source = row.try_get(2).map_err(|e| bad("source", &e))?;
+    message.meta.message_id = row.try_get(3).map_err(|e| bad("message id", &e))?;
     Ok(SpooledRecord {
         seq,
-        destination: Some(row.get(1)),
+        destination: Some(row.try_get(1).map_err(|e| bad("destination", &e))?),
         message,
-        spooled_at: row.get::<_, SystemTime>(7),
+        spooled_at: row
+            .try_get::<_, SystemTime>(7)
+            .unwrap_or(SystemTime::UNIX_EPOCH),
     })
 }
 

@@ -296,12 +296,6 @@ impl RecordLog for Leader {
             )
             .await
             .map_err(|e| Self::classify(&mut conn, e))?;
-        if after > 0 && rows.len() < usize::try_from(limit).unwrap_or(usize::MAX) {
-            // Rows of a key older than the cursor (committed late, or its
-            // key waits) hold back the key's newer rows: let the relay's next
-            // pass, from the oldest row, come at once.
-            self.outbox.arrived().notify_one();
-        }
         let mut records = Vec::with_capacity(rows.len());
         for row in &rows {
             match record(row) {
@@ -314,6 +308,18 @@ impl RecordLog for Leader {
 
     fn is_closed(error: &LeaderError) -> bool {
         matches!(error, LeaderError::Lost(_))
+    }
+
+    fn commits_out_of_order(&self) -> bool {
+        // `seq` is taken at the insert, the row seen at the commit.
+        true
+    }
+
+    async fn still_owned(&self) -> bool {
+        // The lock lives as long as the session: a closed connection (the
+        // session terminated, the server gone) means another relay may lead.
+        let mut conn = self.conn.lock().await;
+        conn.client_mut().is_some_and(|client| !client.is_closed())
     }
 
     async fn remove(&self, seqs: &[u64]) -> Result<u64, LeaderError> {

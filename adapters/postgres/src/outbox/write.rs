@@ -54,7 +54,12 @@ impl Outgoing for OutboxWriter {
                 tracing::trace!(seq, destination, message_id = %message.meta.message_id, "outbox row written");
                 Ok(())
             }
-            Err(error) => Err(write_failed(destination, permanent(&error), error)),
+            Err(error) => {
+                // The transaction is aborted now: if the handler goes on
+                // anyway, the inbox rolls back instead of committing.
+                self.tx.note_failure();
+                Err(write_failed(destination, permanent(&error), error))
+            }
         }
     }
 }
