@@ -103,8 +103,17 @@ async fn naive_raw(kafka: &Kafka, topic: &str, n: usize, latencies: Latencies) -
     consumer.subscribe(&[topic]).expect("subscribe");
     tokio::spawn(async move {
         let mut first = None;
-        for _ in 0..n {
-            let m = consumer.recv().await.expect("recv");
+        let mut got = 0;
+        while got < n {
+            let m = match consumer.recv().await {
+                Ok(m) => m,
+                // A broker hiccup (transport failure): librdkafka recovers.
+                Err(error) => {
+                    eprintln!("naive raw: {error}");
+                    continue;
+                }
+            };
+            got += 1;
             let received = Instant::now();
             first.get_or_insert(received);
             consumer.store_offset_from_message(&m).expect("store");
@@ -124,8 +133,16 @@ async fn fair_raw(kafka: &Kafka, topic: &str, n: usize, latencies: Latencies) ->
     consumer.subscribe(&[topic]).expect("subscribe");
     tokio::spawn(async move {
         let mut first = None;
-        for _ in 0..n {
-            let m = consumer.recv().await.expect("recv");
+        let mut got = 0;
+        while got < n {
+            let m = match consumer.recv().await {
+                Ok(m) => m,
+                Err(error) => {
+                    eprintln!("fair raw: {error}");
+                    continue;
+                }
+            };
+            got += 1;
             let received = Instant::now();
             first.get_or_insert(received);
             handle(Bytes::copy_from_slice(m.payload().unwrap_or_default()));
