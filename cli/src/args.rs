@@ -40,6 +40,8 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Look into a publisher's local spool (the messages the broker refused for good).
     Spool(crate::spool::SpoolArgs),
+    /// Look into a PostgreSQL transactional outbox: rows waiting, rows refused, retry one.
+    Outbox(crate::outbox::OutboxArgs),
     /// Serve the DLQ console: browse, filter, redrive and purge dead letters in a browser.
     Console(crate::console::ConsoleArgs),
     /// Save or rebuild queues, exchanges, bindings, policies and topics.

@@ -88,6 +88,11 @@ pub enum CliError {
     /// A publisher's spool file could not be read.
     #[error("{0} (check the path given to `backstop spool`)")]
     Spool(#[source] backstop_spool::SpoolError),
+    /// The outbox's database could not be read or written (the URL redacted).
+    #[error(
+        "the outbox could not be read: {0} (check --url, --table, and that the table was migrated)"
+    )]
+    Outbox(String),
 }
 
 impl CliError {

@@ -19,6 +19,7 @@ pub mod error;
 pub mod http;
 pub mod kafka_options;
 pub mod kafka_read;
+pub mod outbox;
 pub mod redact;
 pub mod replay;
 pub mod spool;
@@ -51,6 +52,10 @@ pub async fn run(cli: &args::Cli) -> Result<Output, CliError> {
         args::Command::Doctor(a) => doctor::run(a).await,
         args::Command::Spool(a) => Ok(Output {
             text: spool::run(a).await?,
+            status: 0,
+        }),
+        args::Command::Outbox(a) => Ok(Output {
+            text: outbox::run(a).await?,
             status: 0,
         }),
         args::Command::Console(a) => {

@@ -60,7 +60,8 @@ pub async fn run(args: &SpoolArgs) -> Result<String, CliError> {
     }
 }
 
-fn json(records: &[RefusedRecord]) -> String {
+/// Refused records as pretty JSON (also `backstop outbox refused --json`).
+pub(crate) fn json(records: &[RefusedRecord]) -> String {
     let rows: Vec<serde_json::Value> = records
         .iter()
         .map(|r| {
@@ -81,7 +82,8 @@ fn json(records: &[RefusedRecord]) -> String {
     serde_json::to_string_pretty(&rows).unwrap_or_default() + "\n"
 }
 
-fn table(records: &[RefusedRecord]) -> String {
+/// Refused records as a table (also `backstop outbox refused`).
+pub(crate) fn table(records: &[RefusedRecord]) -> String {
     if records.is_empty() {
         return "no refused records\n".to_owned();
     }
