@@ -81,6 +81,39 @@ fn quick() -> RelayConfig {
         )
         .standby_poll(Duration::from_millis(100))
         .attempt_timeout(Duration::from_secs(2))
+        .depth_every(Duration::from_millis(100))
+}
+
+/// The metrics every test of this binary records into.
+fn snapshotter() -> &'static metrics_util::debugging::Snapshotter {
+    static SNAPSHOTTER: std::sync::OnceLock<metrics_util::debugging::Snapshotter> =
+        std::sync::OnceLock::new();
+    SNAPSHOTTER.get_or_init(|| {
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let _ = recorder.install();
+        snapshotter
+    })
+}
+
+/// The last value of `backstop_spool_depth{spool="outbox:<table>"}`.
+fn depth(f: &Fixture) -> Option<f64> {
+    let name = format!("outbox:{}", f.outbox.table());
+    snapshotter()
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .find_map(|(key, _, _, value)| {
+            let key = key.key();
+            let ours = key.name() == backstop_spool::metrics::DEPTH
+                && key
+                    .labels()
+                    .any(|l| l.key() == "spool" && l.value() == name);
+            match value {
+                metrics_util::debugging::DebugValue::Gauge(v) if ours => Some(v.into_inner()),
+                _ => None,
+            }
+        })
 }
 
 impl Fixture {
@@ -376,6 +409,7 @@ async fn a_row_refused_for_good_is_set_aside_and_its_key_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_wait_while_the_broker_is_down_and_go_in_order_when_it_is_back() {
     let f = fixture().await;
+    snapshotter();
     let gate = Gate::new(f.broker.clone());
     gate.down.store(true, Ordering::SeqCst);
     let relay = f.outbox.relay(gate.clone(), quick());
@@ -383,6 +417,7 @@ async fn rows_wait_while_the_broker_is_down_and_go_in_order_when_it_is_back() {
     write(&f, "b", &["b1"]).await;
     write(&f, "a", &["a3"]).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(depth(&f), Some(4.0), "the depth gauge shows the backlog");
     assert!(
         gate.tries.lock().expect("lock")["a1"] >= 2,
         "the relay kept trying"
@@ -400,6 +435,8 @@ async fn rows_wait_while_the_broker_is_down_and_go_in_order_when_it_is_back() {
     assert_eq!(a, ["a1", "a2", "a3"], "key a in order: {seen:?}");
     assert_eq!(seen.len(), 4);
     assert_eq!(f.rows_become(0).await, 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(depth(&f), Some(0.0), "and its end");
     relay.stop().await;
     f.finish().await;
 }

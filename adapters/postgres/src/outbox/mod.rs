@@ -18,6 +18,15 @@
 //! not authorised) is set aside ([`Outbox::refused`]) so its key goes on;
 //! any other failure makes its key wait and retry with backoff.
 //!
+//! # Metrics
+//!
+//! The relay reports under the spool's names with `spool="outbox:<table>"`
+//! ([`backstop_spool::metrics`]): rows relayed, failed sends and rows
+//! refused for good as they happen, and, from the leading relay every
+//! [`RelayConfig::depth_every`] (5 s),
+//! `backstop_spool_depth` (rows waiting). `backstop outbox
+//! pending|refused|retry` shows the same from the command line.
+//!
 //! # Order per key, across processes
 //!
 //! - **Writing.** A keyed message takes a transaction-level advisory lock on

@@ -26,6 +26,9 @@ pub struct RelayConfig {
     /// (default 1 s): the longest a takeover waits after the leader's
     /// session ended.
     pub standby_poll: Duration,
+    /// How often the leading relay counts the rows waiting, for the
+    /// `backstop_spool_depth` gauge (default 5 s).
+    pub depth_every: Duration,
 }
 
 impl Default for RelayConfig {
@@ -34,6 +37,7 @@ impl Default for RelayConfig {
             relay: backstop_spool::RelayConfig::default().idle_poll(Duration::from_millis(200)),
             attempt_timeout: Duration::from_secs(10),
             standby_poll: Duration::from_secs(1),
+            depth_every: Duration::from_secs(5),
         }
     }
 }
@@ -57,6 +61,13 @@ impl RelayConfig {
     #[must_use]
     pub fn standby_poll(mut self, every: Duration) -> Self {
         self.standby_poll = every;
+        self
+    }
+
+    /// Sets how often the leader counts the rows waiting.
+    #[must_use]
+    pub fn depth_every(mut self, every: Duration) -> Self {
+        self.depth_every = every;
         self
     }
 }
@@ -192,7 +203,21 @@ async fn campaign<P: Publisher>(
             config.relay.clone(),
             config.attempt_timeout,
         );
+        let mut next_depth = tokio::time::Instant::now();
         loop {
+            if tokio::time::Instant::now() >= next_depth {
+                // The backlog, for `backstop_spool_depth{spool="outbox:<table>"}`.
+                match outbox.pending().await {
+                    Ok(rows) => {
+                        metrics::gauge!(backstop_spool::metrics::DEPTH, "spool" => name.clone())
+                            .set(rows as f64)
+                    }
+                    Err(error) => {
+                        tracing::debug!(relay = %name, %error, "counting the outbox failed")
+                    }
+                }
+                next_depth = tokio::time::Instant::now() + config.depth_every;
+            }
             tokio::select! {
                 () = stop.cancelled() => break,
                 () = tokio::time::sleep(Duration::from_millis(100)) => {
