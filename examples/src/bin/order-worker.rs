@@ -297,6 +297,9 @@ enum OrderError {
     #[error("publishing the order's event failed: {0}")]
     #[classify(transient)]
     Publish(#[source] backstop::outgoing::PublishFailed),
+    #[error("the order's event cannot be published: {0}")]
+    #[classify(permanent)]
+    PublishRefused(#[source] backstop::outgoing::PublishFailed),
     #[error("ledger write failed: {0}")]
     #[classify(transient)]
     Ledger(BoxError),
