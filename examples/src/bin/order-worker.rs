@@ -375,9 +375,13 @@ impl Handle<Order> for PlaceOrder {
             for event in ["placed", "charged"] {
                 let body = serde_json::json!({ "order_id": order.order_id, "event": event });
                 let message = Message::new(body.to_string()).with_key(order.order_id.clone());
-                ctx.publish(events, message)
-                    .await
-                    .map_err(OrderError::Publish)?;
+                ctx.publish(events, message).await.map_err(|e| {
+                    if e.is_permanent() {
+                        OrderError::PublishRefused(e)
+                    } else {
+                        OrderError::Publish(e)
+                    }
+                })?;
             }
         }
         Ok(())
