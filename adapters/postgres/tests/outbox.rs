@@ -779,18 +779,89 @@ async fn a_failed_publish_the_handler_ignores_rolls_the_attempt_back_instead_of_
         .around_attempt(f.inbox.layer())
         .build(handler.clone());
     let summary = f.drain(stack).await;
-    assert_eq!(summary.handled, 1, "{summary:?}");
-    assert_eq!(
-        handler.runs.load(Ordering::SeqCst),
-        2,
-        "the aborted attempt was retried"
-    );
+    // A constraint cannot pass on a retry: dead-lettered at once, and its
+    // effect was never committed without its message.
+    assert_eq!(summary.dead_lettered, 1, "{summary:?}");
+    assert_eq!(handler.runs.load(Ordering::SeqCst), 1);
     assert_eq!(
         f.effects().await,
-        1,
-        "the retry's effect committed; nothing was lost"
+        0,
+        "nothing committed without its publish"
     );
-    assert_eq!(f.rows().await, 1, "its publish too");
+    assert_eq!(f.rows().await, 0);
+    assert_eq!(f.broker.stats(&dlq_name(QUEUE)).published, 1);
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_that_times_out_on_its_keys_lock_is_never_committed_without_its_row() {
+    let f = fixture().await;
+    // The outbox gives a key's lock 300 ms; another transaction holds the
+    // lock of key "hot" for 600 ms while the first attempt publishes.
+    let outbox = f
+        .outbox
+        .clone()
+        .statement_timeout(Duration::from_millis(300));
+    let inbox = f.inbox.clone().outbox(&outbox);
+    let (locked, is_locked) = tokio::sync::oneshot::channel();
+    let holder = {
+        let outbox = f.outbox.clone();
+        tokio::spawn(async move {
+            let mut client = connect().await;
+            let tx = client.transaction().await.expect("begin");
+            outbox
+                .insert(&tx, EVENTS, &Message::new("holder").with_key("hot"))
+                .await
+                .expect("the holder's row");
+            let _ = locked.send(());
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            tx.commit().await.expect("commit the holder");
+        })
+    };
+    is_locked.await.expect("the holder has the lock");
+    #[derive(Clone)]
+    struct Ignoring {
+        effects: String,
+        runs: Arc<AtomicU32>,
+    }
+    impl Handle<String> for Ignoring {
+        type Error = HandlerError;
+        async fn handle(&self, order: String, ctx: Context) -> Result<(), HandlerError> {
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            let tx = InboxTx::from_context(&ctx)?;
+            let sql = format!("INSERT INTO {} (message_id) VALUES ($1)", self.effects);
+            tx.execute(&sql, &[&ctx.message_id()]).await?;
+            let event = Message::new(order).with_key("hot");
+            if let Err(error) = ctx.publish(EVENTS, event).await {
+                eprintln!("ignored: {error}");
+            }
+            Ok(())
+        }
+    }
+    let handler = Ignoring {
+        effects: f.effects.clone(),
+        runs: Arc::default(),
+    };
+    publish_orders(&f.broker, &["t1".to_owned()]);
+    let stack = StackBuilder::<String>::new(Arc::new(f.broker.dead_letter_sink()))
+        .retry(
+            RetryPolicy::retries(5).backoff(Duration::from_millis(200), Duration::from_millis(400)),
+        )
+        .around_attempt(inbox.layer())
+        .build(handler.clone());
+    let summary = f.drain(stack).await;
+    holder.await.expect("holder");
+    assert_eq!(summary.handled, 1, "{summary:?}");
+    assert!(
+        handler.runs.load(Ordering::SeqCst) >= 2,
+        "the timed-out attempt was retried"
+    );
+    assert_eq!(f.effects().await, 1, "one committed effect");
+    assert_eq!(
+        f.rows().await,
+        2,
+        "the holder's row and the retry's: none lost"
+    );
     f.finish().await;
 }
 
@@ -855,4 +926,44 @@ async fn concurrent_writers_of_a_key_are_relayed_in_their_commit_order() {
     if let Ok(f) = Arc::try_unwrap(f) {
         f.finish().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_behind_a_large_block_of_refused_keys_are_relayed() {
+    let f = fixture().await;
+    // 10,000 rows for a destination that stays full (a key each), written
+    // straight into the table, then 20 healthy rows of one key.
+    f.admin
+        .batch_execute(&format!(
+            "INSERT INTO {} (destination, source, message_id, msg_key, unit, payload, headers)
+             SELECT 'full', '', 'full-' || i, convert_to('f' || i, 'UTF8'),
+                    'full:k' || encode(convert_to('f' || i, 'UTF8'), 'hex'), 'x', '[]'
+             FROM generate_series(1, 10000) AS i",
+            f.schema.table("outbox")
+        ))
+        .await
+        .expect("the refused block");
+    let healthy: Vec<String> = (0..20).map(|i| format!("ok-{i}")).collect();
+    let bodies_ok: Vec<&str> = healthy.iter().map(String::as_str).collect();
+    write(&f, "ok", &bodies_ok).await;
+    #[derive(Clone)]
+    struct FullFor(MemoryBroker);
+    #[async_trait::async_trait]
+    impl Publisher for FullFor {
+        async fn publish(&self, destination: &str, message: &Message) -> Result<(), PublishError> {
+            if destination == "full" {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                return Err(PublishError::Full(destination.to_owned()));
+            }
+            self.0.publish(destination, message).await
+        }
+    }
+    let relay = f
+        .outbox
+        .relay(FullFor(f.broker.clone()), RelayConfig::default());
+    let started = std::time::Instant::now();
+    let seen = bodies(&f.wait_for(EVENTS, 20).await);
+    assert_eq!(seen, bodies_ok, "after {:?}", started.elapsed());
+    relay.stop().await;
+    f.finish().await;
 }

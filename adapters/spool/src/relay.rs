@@ -25,13 +25,15 @@
 //!
 //! The loop drains any [`RecordLog`]: the local [`Spool`](crate::Spool),
 //! or another durable log such as a PostgreSQL outbox table
-//! ([`Relay::start`]). A pass that ends with no key waiting starts the next
-//! pass from the oldest record; for a log whose records may become visible
-//! behind the cursor (a transaction that committed late:
-//! [`RecordLog::commits_out_of_order`]), so does every round that sent
-//! something, so such a record is found within a round even under steady
-//! load or a backlog. Waiting keys are retried after their
-//! backoff even while new records keep the relay busy.
+//! ([`Relay::start`]). A pass ends at the end of the log (a short or empty
+//! read) or, for a log that tells its highest `seq`
+//! ([`RecordLog::high_water`]), once it has read everything that was there
+//! when it began, so passes end under steady load and behind a backlog
+//! too. A pass that ends with no key waiting starts the next from the
+//! oldest record (sent records are gone, so that costs little), which
+//! finds a record that became visible behind the cursor (a transaction
+//! that committed late); waiting keys are retried from the oldest record
+//! at the end of the first pass after their backoff is due.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -80,14 +82,12 @@ pub trait RecordLog: Send + Sync + 'static {
     /// the broker refuses it for good (`reason` is the failure's label).
     async fn set_aside(&self, seq: u64, reason: &str, error: &str) -> Result<(), Self::Error>;
 
-    /// True when a record may become visible behind records already read
-    /// (a database table whose transactions commit in another order than
-    /// their `seq`s were taken). The relay then reads from the oldest
-    /// record again after every round that sent something (the cursor only
-    /// steps over waiting units), instead of only when the log is idle. Default false
-    /// (the spool: one writer, `seq` in commit order).
-    fn commits_out_of_order(&self) -> bool {
-        false
+    /// The highest `seq` in the log now, if the log can tell (default:
+    /// unknown). A pass of the relay covers at least the records up to
+    /// it, then ends even while new records keep coming, so waiting keys
+    /// are retried and late records found in bounded time under load.
+    async fn high_water(&self) -> Option<u64> {
+        None
     }
 
     /// True while this relay may still send the log's records: checked
@@ -262,8 +262,9 @@ impl RelayConfig {
 /// key's records one after the other (different keys concurrently), and
 /// removes a record only after the broker confirmed it. A key whose record
 /// fails waits, so its later records never overtake it; a record the
-/// broker refuses for good is set aside instead. A pass that ends with no
-/// key waiting starts the next from the oldest record. A crash between a
+/// broker refuses for good is set aside instead. A pass ends at the end of
+/// the log or once it read what was there when it began; with no key
+/// waiting, the next starts from the oldest record. A crash between a
 /// confirm and the removal sends the record again (same message id).
 #[derive(Debug)]
 pub struct Relay {
@@ -446,33 +447,20 @@ async fn run<T: Target, L: RecordLog>(
     stop: CancellationToken,
 ) {
     let name = spool.name().to_owned();
-    let mut cursor = 0u64;
+    let mut pass = Pass::default();
     let mut blocked: HashSet<Unit> = HashSet::new();
     let mut failed_rounds = 0u32;
-    let mut stuck_passes = 0u32;
-    let mut retry_at: Option<tokio::time::Instant> = None;
     // Start carefully: one record first, whole batches once the broker confirmed.
     let mut probing = true;
-    let lagging = spool.commits_out_of_order();
     while !stop.is_cancelled() {
         let arrived = spool.arrived().notified();
         tokio::pin!(arrived);
         arrived.as_mut().enable();
-        if !blocked.is_empty() {
-            // Units wait: retry them from the oldest record after a backoff,
-            // even while new records keep every read busy.
-            let due = *retry_at.get_or_insert_with(|| {
-                tokio::time::Instant::now() + config.backoff.delay(stuck_passes.saturating_add(1))
-            });
-            if tokio::time::Instant::now() >= due {
-                stuck_passes = stuck_passes.saturating_add(1);
-                retry_at = None;
-                blocked.clear();
-                cursor = 0;
-            }
+        if pass.cursor == 0 && pass.high.is_none() {
+            pass.high = Some(spool.high_water().await);
         }
         let limit = if probing { 1 } else { config.batch.max(1) };
-        let records = match spool.read_after(cursor, limit).await {
+        let records = match spool.read_after(pass.cursor, limit).await {
             Ok(records) => records,
             Err(error) if L::is_closed(&error) => {
                 tracing::debug!(spool = %name, %error, "the relay's log is closed");
@@ -488,17 +476,13 @@ async fn run<T: Target, L: RecordLog>(
             }
         };
         if records.is_empty() {
-            let wake = if blocked.is_empty() {
-                // A pass ended with every unit through; the next starts
-                // from the oldest record (one that committed late).
-                stuck_passes = 0;
-                cursor = 0;
-                tokio::time::Instant::now() + config.idle_poll
-            } else {
-                // A pass ended with units waiting: they are retried from
-                // the oldest record when their backoff is due (above); new
-                // records go on meanwhile.
-                retry_at.unwrap_or_else(tokio::time::Instant::now)
+            let wake = match pass.end(&mut blocked, &config.backoff) {
+                // Waiting units are due: retry them from the oldest record now.
+                PassEnd::Retry => continue,
+                // Every unit through: look again after the idle poll.
+                PassEnd::Idle => tokio::time::Instant::now() + config.idle_poll,
+                // Units wait for their backoff; new records go on meanwhile.
+                PassEnd::Waiting(due) => due,
             };
             tokio::select! {
                 () = &mut arrived => {}
@@ -507,7 +491,8 @@ async fn run<T: Target, L: RecordLog>(
             }
             continue;
         }
-        cursor = records.last().map_or(cursor, |r| r.seq);
+        let short = records.len() < limit;
+        pass.cursor = records.last().map_or(pass.cursor, |r| r.seq);
 
         // Group by unit, in spool order, leaving out units that wait.
         let mut units: Vec<(Unit, Vec<SpooledRecord>)> = Vec::new();
@@ -525,19 +510,16 @@ async fn run<T: Target, L: RecordLog>(
                 }
             }
         }
-        if lagging && !units.is_empty() {
-            // Records may commit behind the cursor at any time: after a
-            // round that sent something, the next read starts from the
-            // oldest record again (sent ones are gone; the cursor only
-            // steps over waiting units, so one that sent nothing moves on).
-            cursor = 0;
-        }
         let results = futures::future::join_all(
             units
                 .into_iter()
                 .map(|(unit, records)| deliver(&*spool, &*core, unit, records)),
         )
         .await;
+        if !spool.still_owned().await {
+            tracing::info!(spool = %name, "the relay no longer owns its log; it stops");
+            break;
+        }
 
         let mut confirmed = Vec::new();
         let mut failures = 0usize;
@@ -584,8 +566,7 @@ async fn run<T: Target, L: RecordLog>(
                     // Start over from the oldest record after a pause.
                     failed_rounds = failed_rounds.saturating_add(1);
                     blocked.clear();
-                    retry_at = None;
-                    cursor = 0;
+                    pass.restart();
                     if !pause(&stop, config.backoff.delay(failed_rounds)).await {
                         break;
                     }
@@ -596,25 +577,86 @@ async fn run<T: Target, L: RecordLog>(
             failed_rounds = 0;
             probing = false;
         }
-        if failures == 0 {
-            continue;
-        }
-        match unreachable {
-            Some(reason) if confirmed.is_empty() => {
-                // The broker is down: back off, then probe from the oldest record.
-                core.broker_down(&reason);
-                failed_rounds = failed_rounds.saturating_add(1);
-                probing = true;
-                blocked.clear();
-                retry_at = None;
-                cursor = 0;
-                if !pause(&stop, config.backoff.delay(failed_rounds)).await {
-                    break;
+        if failures > 0 {
+            match unreachable {
+                Some(reason) if confirmed.is_empty() => {
+                    // The broker is down: back off, then probe from the oldest record.
+                    core.broker_down(&reason);
+                    failed_rounds = failed_rounds.saturating_add(1);
+                    probing = true;
+                    blocked.clear();
+                    pass.restart();
+                    if !pause(&stop, config.backoff.delay(failed_rounds)).await {
+                        break;
+                    }
+                    continue;
                 }
+                // The broker answered: go on with the other units.
+                _ => probing = false,
             }
-            // The broker answered: go on with the other units.
-            _ => probing = false,
+        }
+        // The end of the log as it was (a short read), or everything that
+        // was in it when the pass began: the pass ends (under load too),
+        // so waiting units are retried when due and, on a log that commits
+        // out of order, a record that became visible behind the cursor is
+        // read.
+        if short || pass.high.flatten().is_some_and(|high| pass.cursor >= high) {
+            let _ = pass.end(&mut blocked, &config.backoff);
         }
     }
     tracing::debug!(spool = %name, "relay stopped");
+}
+
+/// Where the relay is in its pass over the log.
+#[derive(Debug, Default)]
+struct Pass {
+    /// The last `seq` read in this pass (0: the pass starts at the oldest record).
+    cursor: u64,
+    /// The log's highest `seq` when the pass began (`Some(None)`: unknown;
+    /// `None`: not asked yet).
+    high: Option<Option<u64>>,
+    /// Passes in a row that ended with units waiting (the backoff's exponent).
+    stuck: u32,
+    /// When the waiting units are retried.
+    retry_at: Option<tokio::time::Instant>,
+}
+
+/// What the end of a pass leads to.
+enum PassEnd {
+    /// Waiting units were due: a new pass retries them from the oldest record.
+    Retry,
+    /// No unit waits: a new pass starts from the oldest record.
+    Idle,
+    /// Units wait until then; the pass goes on after the cursor meanwhile.
+    Waiting(tokio::time::Instant),
+}
+
+impl Pass {
+    /// Starts a new pass from the oldest record.
+    fn restart(&mut self) {
+        self.cursor = 0;
+        self.high = None;
+        self.retry_at = None;
+    }
+
+    /// Ends the pass: see [`PassEnd`].
+    fn end(&mut self, blocked: &mut HashSet<Unit>, backoff: &RetryPolicy) -> PassEnd {
+        if blocked.is_empty() {
+            self.stuck = 0;
+            self.restart();
+            return PassEnd::Idle;
+        }
+        let now = tokio::time::Instant::now();
+        let due = *self
+            .retry_at
+            .get_or_insert_with(|| now + backoff.delay(self.stuck.saturating_add(1)));
+        if now >= due {
+            self.stuck = self.stuck.saturating_add(1);
+            blocked.clear();
+            self.restart();
+            PassEnd::Retry
+        } else {
+            PassEnd::Waiting(due)
+        }
+    }
 }

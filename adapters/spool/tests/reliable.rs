@@ -367,3 +367,71 @@ async fn a_spooled_message_refused_for_good_is_set_aside_and_its_unit_goes_on() 
     assert_eq!(listed, refused);
     publisher.close().await.unwrap();
 }
+
+/// Down until switched up; then nacks everything for `full` (2 ms each)
+/// and confirms the rest.
+#[derive(Clone, Default)]
+struct HalfFull {
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    confirmed: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[async_trait::async_trait]
+impl backstop::Publisher for HalfFull {
+    async fn publish(&self, destination: &str, message: &Message) -> Result<(), PublishError> {
+        if !self.up.load(Ordering::Relaxed) {
+            return Err(PublishError::Unavailable("connection refused".into()));
+        }
+        if destination == "full" {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            return Err(PublishError::Full(destination.to_owned()));
+        }
+        self.confirmed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(message.meta.message_id.clone());
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_behind_a_large_block_of_refused_keys_are_relayed() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = HalfFull::default();
+    let publisher =
+        ReliablePublisher::builder(broker.clone(), SpoolConfig::new(dir.path().join("p.spool")))
+            .budget(quick_budget())
+            .relay(quick_relay())
+            .open()
+            .await
+            .unwrap();
+    // Spooled during an outage: 12,000 records for a destination that will
+    // stay full (a key each), then 20 for a healthy one.
+    for i in 0..12_000 {
+        let m = Message::new("x")
+            .with_key(format!("f{i}"))
+            .with_message_id(format!("full-{i}"));
+        assert_eq!(publisher.publish("full", &m).await.unwrap(), Sent::Spooled);
+    }
+    for i in 0..20 {
+        let m = Message::new("x").with_message_id(format!("ok-{i}"));
+        assert_eq!(publisher.publish("ok", &m).await.unwrap(), Sent::Spooled);
+    }
+    broker.up.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        if broker.confirmed.lock().unwrap().len() == 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let confirmed = broker.confirmed.lock().unwrap().clone();
+    let expected: Vec<String> = (0..20).map(|i| format!("ok-{i}")).collect();
+    assert_eq!(
+        confirmed,
+        expected,
+        "the healthy records, in order, after {:?}",
+        started.elapsed()
+    );
+}

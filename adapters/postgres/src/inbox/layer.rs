@@ -56,9 +56,23 @@ fn unavailable(error: PostgresError) -> HandlerError {
     HandlerError::unavailable(error)
 }
 
-/// A failed `COMMIT`: classified like the handler's own queries.
-fn commit_failed(error: PostgresError) -> HandlerError {
+/// A failed commit (or the fence check before it): an aborted transaction
+/// (SQLSTATE 25P02, after a failure the handler did not return) is
+/// [`InboxError::Aborted`](super::InboxError::Aborted), classified by the
+/// failure noted first (`permanent`); other errors are classified like the
+/// handler's own queries.
+fn refused(error: PostgresError, permanent: bool) -> HandlerError {
     match error {
+        PostgresError::Query { source, .. }
+            if source.code()
+                == Some(&tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION) =>
+        {
+            let source = PostgresError::Query {
+                op: "commit",
+                source,
+            };
+            super::InboxError::Aborted { source, permanent }.into()
+        }
         PostgresError::Query { source, .. } => super::InboxError::Query(source).into(),
         other => unavailable(other),
     }
@@ -155,21 +169,26 @@ where
             request.extensions.insert(tx);
             match inner.call(request).await {
                 Ok(()) => {
-                    if open.had_failure()
-                        && let Err(aborted) = open.probe(timeout).await
-                    {
+                    if open.poisoned() {
+                        // A statement was abandoned and may still run: never commit.
                         if let Err(rollback) = open.finish("rollback", "ROLLBACK", timeout).await {
                             tracing::debug!(%rollback, "inbox: rollback failed; the connection was closed instead");
                         }
-                        return Err(super::InboxError::Aborted(aborted).into());
+                        return Err(super::InboxError::Aborted {
+                            source: PostgresError::Discarded {
+                                op: "a statement abandoned after its timeout",
+                            },
+                            permanent: false,
+                        }
+                        .into());
                     }
                     if let Some((sql, lease)) = lease {
                         let stored = column::key(&lease.key);
                         let fence = i64::try_from(lease.fence.0).unwrap_or(-1);
-                        let held = open
-                            .check(sql, &stored, fence, timeout)
-                            .await
-                            .map_err(commit_failed)?;
+                        let held = match open.check(sql, &stored, fence, timeout).await {
+                            Ok(held) => held,
+                            Err(error) => return Err(refused(error, open.failed_permanent())),
+                        };
                         if !held {
                             if let Err(rollback) =
                                 open.finish("rollback", "ROLLBACK", timeout).await
@@ -182,9 +201,13 @@ where
                             }));
                         }
                     }
-                    open.finish("commit", "COMMIT", timeout)
-                        .await
-                        .map_err(commit_failed)?;
+                    // One simple query: on an aborted transaction `SELECT 1`
+                    // fails and PostgreSQL skips the `COMMIT` (which would
+                    // roll back without an error), and no other handle can
+                    // run a statement in between.
+                    if let Err(error) = open.finish("commit", "SELECT 1; COMMIT", timeout).await {
+                        return Err(refused(error, open.failed_permanent()));
+                    }
                     if let Some((outbox, wrote)) = wrote
                         && wrote.load(Ordering::Acquire)
                     {

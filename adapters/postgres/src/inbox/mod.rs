@@ -33,14 +33,18 @@
 //! earlier release waits for and skips it). A connection whose transaction was interrupted is closed,
 //! never returned to the pool, so the server rolls it back.
 //!
-//! A statement through [`InboxTx`] that failed leaves the transaction
-//! aborted, and PostgreSQL answers a `COMMIT` of an aborted transaction
-//! with a rollback, not an error: when the handler returns success after
-//! such a failure, the layer checks the transaction first and, if it is
-//! aborted, rolls back and retries the message ([`InboxError::Aborted`])
-//! instead of acking effects that never committed. (A `ROLLBACK TO
-//! SAVEPOINT` the handler ran makes it usable again; a failure through
-//! [`InboxTx::client`] directly is noticed after [`InboxTx::note_failure`].)
+//! A statement that failed leaves the transaction aborted, and PostgreSQL
+//! answers a `COMMIT` of an aborted transaction with a rollback, not an
+//! error. So the layer commits with the one simple query `SELECT 1;
+//! COMMIT`: on an aborted transaction the `SELECT` fails and the `COMMIT`
+//! never runs, and a handler that returned success after ignoring a
+//! failure gets [`InboxError::Aborted`] (nothing committed; retried, or
+//! dead-lettered when a failure it noted cannot pass on a retry) instead of
+//! an ack for effects that never committed. (A `ROLLBACK TO SAVEPOINT` the
+//! handler ran makes the transaction usable again and it commits.) A
+//! statement abandoned after a client-side timeout (an outbox insert) may
+//! still run on the server: that transaction is rolled back, never
+//! committed.
 //!
 //! Failures of the inbox itself (no connection, `BEGIN` or the inbox insert
 //! failed) are transient [`HandlerError`](backstop::HandlerError)s: the

@@ -44,15 +44,24 @@ pub enum InboxError {
         /// The lost lease's fencing token.
         fence: u64,
     },
-    /// A statement in the transaction failed, the handler returned success
-    /// anyway, and the transaction was left aborted (PostgreSQL would have
-    /// answered `COMMIT` with a silent rollback): it was rolled back and the
-    /// message is retried.
+    /// A statement in the transaction failed (or was abandoned after a
+    /// timeout), the handler returned success anyway, and the transaction
+    /// could not commit (PostgreSQL answers `COMMIT` of an aborted
+    /// transaction with a silent rollback): it was rolled back, nothing
+    /// committed; the message is retried, or dead-lettered when the failure
+    /// behind it cannot pass on a retry (`permanent`).
     #[error(
         "a statement in the inbox transaction failed and the handler returned success anyway; \
-         the aborted transaction was rolled back (nothing committed) and the message is retried: {0}"
+         the transaction was rolled back (nothing committed): {source}"
     )]
-    Aborted(#[source] PostgresError),
+    Aborted {
+        /// Why the commit was refused.
+        #[source]
+        source: PostgresError,
+        /// A failure noted in the transaction cannot pass on a retry (a
+        /// constraint, a value the database refuses).
+        permanent: bool,
+    },
 }
 
 impl InboxError {
@@ -71,12 +80,9 @@ impl InboxError {
     pub fn is_permanent(&self) -> bool {
         match self {
             InboxError::Missing => true,
-            InboxError::Finished | InboxError::LeaseLost { .. } | InboxError::Aborted(_) => false,
-            InboxError::Query(_) => self.code().is_some_and(|code| {
-                ["22", "23", "42"]
-                    .iter()
-                    .any(|class| code.code().starts_with(class))
-            }),
+            InboxError::Finished | InboxError::LeaseLost { .. } => false,
+            InboxError::Aborted { permanent, .. } => *permanent,
+            InboxError::Query(_) => permanent_code(self.code()),
         }
     }
 }
@@ -95,9 +101,12 @@ impl From<InboxError> for HandlerError {
 pub(crate) struct TxShared {
     conn: Mutex<Conn>,
     key: Option<Key>,
-    /// A statement run through the transaction's handles failed: before
-    /// committing, the layer checks the transaction is not aborted.
-    failed: AtomicBool,
+    /// A statement run through the transaction's handles failed in a way a
+    /// retry cannot fix.
+    failed_permanent: AtomicBool,
+    /// A statement was abandoned (a client-side timeout): it may still run
+    /// on the server, so the transaction is rolled back, never committed.
+    poisoned: AtomicBool,
 }
 
 /// The inbox's open transaction, handed to the handler in its
@@ -159,7 +168,8 @@ impl InboxTx {
         let shared = Arc::new(TxShared {
             conn: Mutex::new(conn),
             key,
-            failed: AtomicBool::new(false),
+            failed_permanent: AtomicBool::new(false),
+            poisoned: AtomicBool::new(false),
         });
         let open = OpenTx {
             shared: Arc::clone(&shared),
@@ -233,20 +243,40 @@ impl InboxTx {
         self.noted(result)
     }
 
-    /// Records that a statement in this transaction failed (the layer then
-    /// checks, before committing, that the transaction is not aborted).
-    /// Done by this type's own methods; call it after a failed statement
-    /// run through [`client`](Self::client) directly.
-    pub fn note_failure(&self) {
-        self.shared.failed.store(true, Ordering::Release);
+    /// Records that a statement run through [`client`](Self::client)
+    /// failed with `error`, so that an [`InboxError::Aborted`] that follows
+    /// is classified by it: permanent if any failure noted could not pass
+    /// on a retry (this type's own methods record their failures). Whether
+    /// the handler returns the error or not, an aborted transaction never
+    /// commits: the commit checks it.
+    pub fn note_failure(&self, error: &tokio_postgres::Error) {
+        if permanent_code(error.code()) {
+            self.shared.failed_permanent.store(true, Ordering::Release);
+        }
+    }
+
+    /// Marks a statement as abandoned (it may still run on the server):
+    /// the transaction is rolled back, never committed.
+    pub(crate) fn poison(&self) {
+        self.shared.poisoned.store(true, Ordering::Release);
     }
 
     fn noted<T>(&self, result: Result<T, tokio_postgres::Error>) -> Result<T, InboxError> {
-        if result.is_err() {
-            self.note_failure();
+        if let Err(error) = &result {
+            self.note_failure(error);
         }
         Ok(result?)
     }
+}
+
+/// True for SQLSTATE classes a retry cannot fix: data exceptions (22),
+/// integrity violations (23), syntax and access errors (42).
+pub(crate) fn permanent_code(code: Option<&SqlState>) -> bool {
+    code.is_some_and(|code| {
+        ["22", "23", "42"]
+            .iter()
+            .any(|class| code.code().starts_with(class))
+    })
 }
 
 /// The layer's side of one attempt's transaction: it ends it. Dropped
@@ -259,21 +289,14 @@ pub(crate) struct OpenTx {
 }
 
 impl OpenTx {
-    /// True when a statement through the transaction's handles failed.
-    pub(crate) fn had_failure(&self) -> bool {
-        self.shared.failed.load(Ordering::Acquire)
+    /// True when a statement was abandoned: roll back, never commit.
+    pub(crate) fn poisoned(&self) -> bool {
+        self.shared.poisoned.load(Ordering::Acquire)
     }
 
-    /// Runs a no-op statement: an aborted transaction answers it with an error.
-    pub(crate) async fn probe(&mut self, timeout: Duration) -> Result<(), PostgresError> {
-        let Ok(mut conn) = tokio::time::timeout(timeout, self.shared.conn.lock()).await else {
-            return Err(PostgresError::Timeout {
-                op: "waiting for the handler's query to end",
-                after: timeout,
-            });
-        };
-        conn.batch("inbox transaction check", timeout, "SELECT 1")
-            .await
+    /// True when a failure noted could not pass on a retry.
+    pub(crate) fn failed_permanent(&self) -> bool {
+        self.shared.failed_permanent.load(Ordering::Acquire)
     }
 
     /// Runs `sql` (`$1` key, `$2` fence) in the transaction; true if it returned a row.

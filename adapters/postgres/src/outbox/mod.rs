@@ -44,18 +44,23 @@
 //!   wait (`standby_poll`) and one takes over when the leader's session
 //!   ends (its process died, its connection was closed or terminated). The
 //!   leader checks its connection before each send, so one whose session
-//!   ended stops at once; a send already on its way may still reach the
-//!   broker while the new leader starts (a duplicate with the same id).
+//!   ended with a close its client saw stops at once; a send already on its
+//!   way, or a round of a leader cut off without its client noticing
+//!   (until TCP gives up), may still reach the broker while the new leader
+//!   starts: duplicates with the same id, at most one round per lost leader.
 //!   Session locks need a session: behind PgBouncer, give the relay a
 //!   connection in session pooling mode (transaction pooling would hand
 //!   the lock's session to others).
 //! - **Rows that commit late.** Rows become visible in commit order, not
-//!   `seq` order. The relay reads from the oldest row again after every
-//!   round that sent something, and a read past the cursor holds back the
-//!   rows of a key that has an older row behind the cursor; so a row whose
-//!   transaction committed after the relay read past its `seq` goes out
-//!   within a round (under load too), and a key's rows are never sent out
-//!   of `seq` order (one transaction's rows included).
+//!   `seq` order. A pass of the relay ends at the end of the table or
+//!   once it read the rows that were there when it began (`max(seq)`), and
+//!   the next pass starts from the oldest row; a read past the cursor holds
+//!   back the rows of a key that has an older row behind the cursor. So a
+//!   row whose transaction committed after the relay read past its `seq`
+//!   goes out at the next pass (under load and behind a backlog too; while
+//!   other keys wait for their backoff, at the latest when that is due),
+//!   and a key's rows are never sent out of `seq` order (one transaction's
+//!   rows included).
 //!
 //! # What a crash can cause
 //!
@@ -71,10 +76,10 @@
 //!
 //! A failed outbox insert (a constraint, the key's lock not taken within
 //! the statement timeout) returns an error from `ctx.publish`; returned by
-//! the handler, the attempt rolls back and is retried. A handler that
-//! ignores it does not lose its effects silently: PostgreSQL has aborted
-//! the transaction, and the inbox, seeing a failed statement, checks the
-//! transaction before `COMMIT`, rolls back and retries the message
+//! the handler, the attempt rolls back and is retried (or dead-lettered,
+//! when permanent). A handler that ignores it does not commit its effects
+//! without the message: a failed statement aborted the transaction, and a
+//! timed-out one may still run, and the inbox commits neither
 //! ([`InboxError::Aborted`](crate::InboxError::Aborted)).
 //!
 //! ```no_run
@@ -142,6 +147,7 @@ pub(crate) struct Statements {
     pub(crate) read: String,
     pub(crate) remove: String,
     pub(crate) set_aside: String,
+    pub(crate) high_water: String,
     pending: String,
     refused: String,
     retry_refused: String,
@@ -196,6 +202,7 @@ ORDER BY seq LIMIT $2"
                 "UPDATE {t} SET refused_at = now(), refused_reason = $2, refused_error = $3 WHERE seq = $1"
             ),
             pending: format!("SELECT count(*) FROM {t} WHERE refused_at IS NULL"),
+            high_water: format!("SELECT max(seq) FROM {t}"),
             refused: format!(
                 "SELECT seq, destination, source, message_id, msg_key, payload, created_at,
        refused_reason, refused_error, refused_at
@@ -302,7 +309,9 @@ impl Outbox {
     /// ends (see [order per key](self#order-per-key-across-processes); on
     /// a client in autocommit the lock is released at once and the key's
     /// order is not kept). Bounded by the outbox's statement timeout (the
-    /// wait for the key's lock included).
+    /// wait for the key's lock included) on the client: after a
+    /// [`PostgresError::Timeout`] the statement may still run on the
+    /// server, so roll the transaction back (the inbox does).
     /// Returns the row's `seq`. After your commit, call
     /// [`committed`](Self::committed) to wake this process's relay at once
     /// (otherwise it finds the row within its idle poll).

@@ -335,9 +335,19 @@ impl RecordLog for Leader {
         matches!(error, LeaderError::Lost(_))
     }
 
-    fn commits_out_of_order(&self) -> bool {
-        // `seq` is taken at the insert, the row seen at the commit.
-        true
+    async fn high_water(&self) -> Option<u64> {
+        let mut conn = self.conn.lock().await;
+        let rows = conn
+            .query(
+                "outbox high water",
+                self.outbox.timeout(),
+                &self.outbox.sql.high_water,
+                &[],
+            )
+            .await
+            .ok()?;
+        let high: Option<i64> = rows.first()?.try_get(0).ok()?;
+        high.and_then(|h| u64::try_from(h).ok())
     }
 
     async fn still_owned(&self) -> bool {

@@ -55,9 +55,13 @@ impl Outgoing for OutboxWriter {
                 Ok(())
             }
             Err(error) => {
-                // The transaction is aborted now: if the handler goes on
-                // anyway, the inbox rolls back instead of committing.
-                self.tx.note_failure();
+                // A failed statement aborted the transaction, and one that
+                // timed out may still run: if the handler goes on anyway, the
+                // inbox rolls back instead of committing.
+                match &error {
+                    PostgresError::Query { source, .. } => self.tx.note_failure(source),
+                    _ => self.tx.poison(),
+                }
                 Err(write_failed(destination, permanent(&error), error))
             }
         }
