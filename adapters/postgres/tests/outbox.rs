@@ -967,3 +967,60 @@ async fn rows_behind_a_large_block_of_refused_keys_are_relayed() {
     relay.stop().await;
     f.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wait_for_a_keys_lock_is_bounded_on_the_server_and_the_setting_put_back() {
+    let f = fixture().await;
+    let outbox = f
+        .outbox
+        .clone()
+        .statement_timeout(Duration::from_millis(300));
+    let mut holder = connect().await;
+    let held = holder.transaction().await.expect("begin");
+    outbox
+        .insert(&held, EVENTS, &Message::new("first").with_key("k"))
+        .await
+        .expect("the first writer");
+    let mut other = connect().await;
+    let tx = other.transaction().await.expect("begin");
+    tx.batch_execute("SET LOCAL lock_timeout = '7s'")
+        .await
+        .expect("the caller's own setting");
+    let started = std::time::Instant::now();
+    let error = outbox
+        .insert(&tx, EVENTS, &Message::new("second").with_key("k"))
+        .await
+        .expect_err("the key is held");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    match &error {
+        backstop_postgres::PostgresError::Query { source, .. } => assert_eq!(
+            source.code(),
+            Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE),
+            "the server gave up the wait: {error}"
+        ),
+        other => panic!("expected the server's lock timeout, got {other}"),
+    }
+    drop(tx);
+    // Free, the lock is taken and the caller's setting is back afterwards.
+    held.commit().await.expect("commit");
+    let tx = other.transaction().await.expect("begin");
+    tx.batch_execute("SET LOCAL lock_timeout = '7s'")
+        .await
+        .expect("the caller's own setting");
+    outbox
+        .insert(&tx, EVENTS, &Message::new("second").with_key("k"))
+        .await
+        .expect("the key is free");
+    let setting: String = tx
+        .query_one("SELECT current_setting('lock_timeout')", &[])
+        .await
+        .expect("setting")
+        .get(0);
+    assert_eq!(setting, "7s");
+    tx.commit().await.expect("commit");
+    f.finish().await;
+}

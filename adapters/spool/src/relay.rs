@@ -115,6 +115,10 @@ impl RecordLog for Spool {
         &self.state().arrived
     }
 
+    async fn high_water(&self) -> Option<u64> {
+        Some(self.state().high.load(std::sync::atomic::Ordering::Acquire))
+    }
+
     async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<SpooledRecord>, SpoolError> {
         Spool::read_after(self, after, limit).await
     }
@@ -456,7 +460,9 @@ async fn run<T: Target, L: RecordLog>(
         let arrived = spool.arrived().notified();
         tokio::pin!(arrived);
         arrived.as_mut().enable();
-        if pass.cursor == 0 && pass.high.is_none() {
+        if pass.cursor == 0 && pass.high.is_none() || pass.full && pass.high == Some(None) {
+            // The bound of this pass: asked when it starts, and again while
+            // the log could not tell and the reads come back full.
             pass.high = Some(spool.high_water().await);
         }
         let limit = if probing { 1 } else { config.batch.max(1) };
@@ -476,11 +482,17 @@ async fn run<T: Target, L: RecordLog>(
             }
         };
         if records.is_empty() {
+            pass.full = false;
             let wake = match pass.end(&mut blocked, &config.backoff) {
                 // Waiting units are due: retry them from the oldest record now.
                 PassEnd::Retry => continue,
-                // Every unit through: look again after the idle poll.
-                PassEnd::Idle => tokio::time::Instant::now() + config.idle_poll,
+                // Every unit through: look again after the idle poll (the
+                // log was empty: the next pass asks its bound only if its
+                // reads come back full).
+                PassEnd::Idle => {
+                    pass.high = Some(None);
+                    tokio::time::Instant::now() + config.idle_poll
+                }
                 // Units wait for their backoff; new records go on meanwhile.
                 PassEnd::Waiting(due) => due,
             };
@@ -492,6 +504,7 @@ async fn run<T: Target, L: RecordLog>(
             continue;
         }
         let short = records.len() < limit;
+        pass.full = !short;
         pass.cursor = records.last().map_or(pass.cursor, |r| r.seq);
 
         // Group by unit, in spool order, leaving out units that wait.
@@ -617,6 +630,8 @@ struct Pass {
     high: Option<Option<u64>>,
     /// Passes in a row that ended with units waiting (the backoff's exponent).
     stuck: u32,
+    /// The last read came back full (`batch` records).
+    full: bool,
     /// When the waiting units are retried.
     retry_at: Option<tokio::time::Instant>,
 }

@@ -59,7 +59,7 @@ fn unavailable(error: PostgresError) -> HandlerError {
 /// A failed commit (or the fence check before it): an aborted transaction
 /// (SQLSTATE 25P02, after a failure the handler did not return) is
 /// [`InboxError::Aborted`](super::InboxError::Aborted), classified by the
-/// failure noted first (`permanent`); other errors are classified like the
+/// latest failure noted (`permanent`); other errors are classified like the
 /// handler's own queries.
 fn refused(error: PostgresError, permanent: bool) -> HandlerError {
     match error {

@@ -58,8 +58,8 @@ pub enum InboxError {
         /// Why the commit was refused.
         #[source]
         source: PostgresError,
-        /// A failure noted in the transaction cannot pass on a retry (a
-        /// constraint, a value the database refuses).
+        /// The latest failure noted in the transaction cannot pass on a
+        /// retry (a constraint, a value the database refuses).
         permanent: bool,
     },
 }
@@ -101,8 +101,7 @@ impl From<InboxError> for HandlerError {
 pub(crate) struct TxShared {
     conn: Mutex<Conn>,
     key: Option<Key>,
-    /// A statement run through the transaction's handles failed in a way a
-    /// retry cannot fix.
+    /// The latest statement failure noted cannot pass on a retry.
     failed_permanent: AtomicBool,
     /// A statement was abandoned (a client-side timeout): it may still run
     /// on the server, so the transaction is rolled back, never committed.
@@ -245,14 +244,18 @@ impl InboxTx {
 
     /// Records that a statement run through [`client`](Self::client)
     /// failed with `error`, so that an [`InboxError::Aborted`] that follows
-    /// is classified by it: permanent if any failure noted could not pass
-    /// on a retry (this type's own methods record their failures). Whether
-    /// the handler returns the error or not, an aborted transaction never
-    /// commits: the commit checks it.
+    /// is classified by the latest such failure (this type's own methods
+    /// record theirs; "the transaction is aborted" errors that follow a
+    /// failure do not replace its cause). Whether the handler returns the
+    /// error or not, an aborted transaction never commits: the commit
+    /// checks it.
     pub fn note_failure(&self, error: &tokio_postgres::Error) {
-        if permanent_code(error.code()) {
-            self.shared.failed_permanent.store(true, Ordering::Release);
+        if error.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION) {
+            return;
         }
+        self.shared
+            .failed_permanent
+            .store(permanent_code(error.code()), Ordering::Release);
     }
 
     /// Marks a statement as abandoned (it may still run on the server):
@@ -294,7 +297,7 @@ impl OpenTx {
         self.shared.poisoned.load(Ordering::Acquire)
     }
 
-    /// True when a failure noted could not pass on a retry.
+    /// True when the latest failure noted could not pass on a retry.
     pub(crate) fn failed_permanent(&self) -> bool {
         self.shared.failed_permanent.load(Ordering::Acquire)
     }

@@ -142,6 +142,7 @@ pub const DEFAULT_OUTBOX_TABLE: &str = "backstop_outbox";
 pub(crate) struct Statements {
     steps: Vec<String>,
     key_lock: String,
+    restore: String,
     insert: String,
     pub(crate) leader_lock: String,
     pub(crate) read: String,
@@ -180,9 +181,17 @@ impl Statements {
 CREATE INDEX IF NOT EXISTS {index} ON {t} (seq) WHERE refused_at IS NULL;
 CREATE INDEX IF NOT EXISTS {unit_index} ON {t} (unit, seq) WHERE refused_at IS NULL;"
             )],
+            // The key's lock, waited for at most `$3` (`lock_timeout`, set
+            // for this statement's wait and put back by the insert that
+            // follows: returns the setting it replaced), so a wait that
+            // runs out fails on the server (55P03) instead of living on.
             key_lock: format!(
-                "SELECT pg_advisory_xact_lock(hashtextextended('backstop-outbox:' || '{name}'::regclass::oid || ':' || $1 || ':' || encode($2::bytea, 'hex'), 0))"
+                "WITH before AS (SELECT current_setting('lock_timeout') AS setting),
+      bounded AS (SELECT set_config('lock_timeout', $3, true) FROM before)
+SELECT before.setting, pg_advisory_xact_lock(hashtextextended('backstop-outbox:' || '{name}'::regclass::oid || ':' || $1 || ':' || encode($2::bytea, 'hex'), 0))::text
+FROM before, bounded"
             ),
+            restore: "SELECT set_config('lock_timeout', $1, true)".to_owned(),
             insert: format!(
                 "INSERT INTO {t} (destination, source, message_id, msg_key, unit, payload, headers)
 VALUES ($1, $2, $3, $4, $1 || ':' || coalesce('k' || encode($4::bytea, 'hex'), '-'), $5, $6) RETURNING seq"
@@ -308,10 +317,12 @@ impl Outbox {
     /// message first takes its key's lock, held until your transaction
     /// ends (see [order per key](self#order-per-key-across-processes); on
     /// a client in autocommit the lock is released at once and the key's
-    /// order is not kept). Bounded by the outbox's statement timeout (the
-    /// wait for the key's lock included) on the client: after a
-    /// [`PostgresError::Timeout`] the statement may still run on the
-    /// server, so roll the transaction back (the inbox does).
+    /// order is not kept). The wait for the key's lock is bounded on the
+    /// server by the outbox's statement timeout (`lock_timeout` for that
+    /// statement only: SQLSTATE 55P03 when it runs out, which aborts your
+    /// transaction); the whole call on the client a little later: after a
+    /// [`PostgresError::Timeout`] a statement may still run on the server,
+    /// so roll the transaction back (the inbox does).
     /// Returns the row's `seq`. After your commit, call
     /// [`committed`](Self::committed) to wake this process's relay at once
     /// (otherwise it finds the row within its idle poll).
@@ -324,7 +335,9 @@ impl Outbox {
         destination: &str,
         message: &Message,
     ) -> Result<u64, PostgresError> {
-        let timeout = self.timeout;
+        // The server bounds the wait for the key's lock; this bounds the
+        // rest (a server that does not answer) a little later.
+        let timeout = self.timeout + self.timeout / 2 + Duration::from_millis(100);
         match tokio::time::timeout(timeout, self.write(client, destination, message)).await {
             Ok(written) => written,
             Err(_) => Err(PostgresError::Timeout {
@@ -342,8 +355,14 @@ impl Outbox {
     ) -> Result<u64, PostgresError> {
         let destination = crate::column::text(destination);
         if let Some(key) = &message.key {
+            let wait = format!("{}ms", self.timeout.as_millis().max(1));
+            let row = client
+                .query_one(&self.sql.key_lock, &[&destination, &&key[..], &wait])
+                .await
+                .map_err(query("outbox key lock"))?;
+            let before: String = row.try_get(0).map_err(query("outbox key lock"))?;
             client
-                .execute(&self.sql.key_lock, &[&destination, &&key[..]])
+                .execute(&self.sql.restore, &[&before])
                 .await
                 .map_err(query("outbox key lock"))?;
         }

@@ -309,26 +309,34 @@ impl RecordLog for Leader {
         after: u64,
         limit: usize,
     ) -> Result<Vec<SpooledRecord>, LeaderError> {
-        let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut after = i64::try_from(after).unwrap_or(i64::MAX);
+        let wanted = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut conn = self.conn.lock().await;
-        let rows = conn
-            .query(
-                "outbox read",
-                self.outbox.timeout(),
-                &self.outbox.sql.read,
-                &[&after, &limit],
-            )
-            .await
-            .map_err(|e| Self::classify(&mut conn, e))?;
-        let mut records = Vec::with_capacity(rows.len());
-        for row in &rows {
-            match record(row) {
-                Ok(record) => records.push(record),
-                Err(bad) => self.set_aside_unreadable(&mut conn, &bad).await?,
+        loop {
+            let rows = conn
+                .query(
+                    "outbox read",
+                    self.outbox.timeout(),
+                    &self.outbox.sql.read,
+                    &[&after, &wanted],
+                )
+                .await
+                .map_err(|e| Self::classify(&mut conn, e))?;
+            let mut records = Vec::with_capacity(rows.len());
+            for row in &rows {
+                match record(row) {
+                    Ok(record) => records.push(record),
+                    Err(bad) => self.set_aside_unreadable(&mut conn, &bad).await?,
+                }
+            }
+            // A full batch of unreadable rows is not the end of the table:
+            // read on past it.
+            let last = rows.last().and_then(|r| r.try_get::<_, i64>(0).ok());
+            match last {
+                Some(last) if records.is_empty() && rows.len() == limit => after = last,
+                _ => return Ok(records),
             }
         }
-        Ok(records)
     }
 
     fn is_closed(error: &LeaderError) -> bool {
@@ -336,8 +344,10 @@ impl RecordLog for Leader {
     }
 
     async fn high_water(&self) -> Option<u64> {
+        // An empty table, or a failed query: 0, so the pass ends after its
+        // first round and asks again (never an unbounded pass).
         let mut conn = self.conn.lock().await;
-        let rows = conn
+        let high = conn
             .query(
                 "outbox high water",
                 self.outbox.timeout(),
@@ -345,9 +355,10 @@ impl RecordLog for Leader {
                 &[],
             )
             .await
-            .ok()?;
-        let high: Option<i64> = rows.first()?.try_get(0).ok()?;
-        high.and_then(|h| u64::try_from(h).ok())
+            .ok()
+            .and_then(|rows| rows.first()?.try_get::<_, Option<i64>>(0).ok().flatten())
+            .and_then(|h| u64::try_from(h).ok());
+        Some(high.unwrap_or(0))
     }
 
     async fn still_owned(&self) -> bool {

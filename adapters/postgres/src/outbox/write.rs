@@ -60,7 +60,11 @@ impl Outgoing for OutboxWriter {
                 // inbox rolls back instead of committing.
                 match &error {
                     PostgresError::Query { source, .. } => self.tx.note_failure(source),
-                    _ => self.tx.poison(),
+                    // Abandoned on the client: it may still run.
+                    PostgresError::Timeout { .. } => self.tx.poison(),
+                    // Nothing ran (headers that are not JSON): the
+                    // transaction is intact; the message is not published.
+                    _ => {}
                 }
                 Err(write_failed(destination, permanent(&error), error))
             }

@@ -183,6 +183,15 @@ impl Db {
         };
         let counts = db.count().map_err(storage)?;
         db.state.reset(counts);
+        let high: i64 = db
+            .conn
+            .query_row("SELECT coalesce(max(seq), 0) FROM records", [], |r| {
+                r.get(0)
+            })
+            .map_err(storage)?;
+        db.state
+            .high
+            .store(to_u64(high), std::sync::atomic::Ordering::Release);
         db.gauge();
         Ok(db)
     }
@@ -313,6 +322,11 @@ impl Db {
         }
         match self.insert(&fits) {
             Ok(seqs) => {
+                if let Some(&last) = seqs.iter().max() {
+                    self.state
+                        .high
+                        .fetch_max(last, std::sync::atomic::Ordering::AcqRel);
+                }
                 let n = u64::try_from(fits.len()).unwrap_or(u64::MAX);
                 self.state.added(
                     fits.iter()

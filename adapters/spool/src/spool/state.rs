@@ -33,6 +33,8 @@ pub(crate) struct State {
     pub(crate) arrived: Notify,
     /// Records were removed (full writers and flushes wait on it).
     pub(crate) removed: Notify,
+    /// The highest `seq` written (the relay's pass bound).
+    pub(crate) high: std::sync::atomic::AtomicU64,
 }
 
 impl State {
