@@ -64,7 +64,7 @@
 //! commits may be the older one.
 
 mod layer;
-mod tx;
+pub(crate) mod tx;
 
 pub use self::layer::{InboxLayer, InboxService};
 pub use self::tx::{InboxError, InboxTx, TxClient};

@@ -25,15 +25,11 @@ impl OutboxWriter {
     }
 }
 
-/// True for errors a retry cannot fix: data exceptions (SQLSTATE class
-/// 22), integrity violations (23), syntax and access errors (42).
+/// True for errors a retry cannot fix: the inbox's rule for a statement's
+/// SQLSTATE, and headers that cannot be written.
 fn permanent(error: &PostgresError) -> bool {
     match error {
-        PostgresError::Query { source, .. } => source.code().is_some_and(|code| {
-            ["22", "23", "42"]
-                .iter()
-                .any(|class| code.code().starts_with(class))
-        }),
+        PostgresError::Query { source, .. } => crate::inbox::tx::permanent_code(source.code()),
         PostgresError::Unexpected { .. } => true,
         _ => false,
     }
