@@ -138,38 +138,44 @@ impl From<PublishFailed> for HandlerError {
 /// The place one attempt publishes to, as put into its extensions by a
 /// wrapper; [`Context::publish`] finds it there. It names the published
 /// messages (see the [module docs](self)).
-#[derive(Clone)]
+///
+/// Built once per attempt, it only shares the handled message: the names
+/// are worked out when something is published, so an attempt that
+/// publishes nothing costs no allocation beyond this value.
 pub struct Outbound {
     to: Arc<dyn Outgoing>,
-    cause: Arc<str>,
-    scope: Arc<str>,
-    next: Arc<AtomicU32>,
+    handled: Arc<Message>,
+    service: Option<Arc<str>>,
+    next: AtomicU32,
 }
 
 impl std::fmt::Debug for Outbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Outbound")
-            .field("cause", &self.cause)
+            .field("cause", &self.handled.meta.message_id)
             .field("published", &self.next.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
 
 impl Outbound {
-    /// The publishing place of one attempt at `message`, through `to`.
-    pub fn new(to: Arc<dyn Outgoing>, message: &Message) -> Self {
-        Outbound::for_service(to, message, None)
+    /// The publishing place of one attempt at `handled`, through `to`.
+    pub fn new(to: Arc<dyn Outgoing>, handled: &Arc<Message>) -> Self {
+        Outbound::for_service(to, handled, None)
     }
 
     /// As [`new`](Self::new), for a consumer that adds `service` to its
     /// keyspace (the derived ids name it).
-    pub fn for_service(to: Arc<dyn Outgoing>, message: &Message, service: Option<&str>) -> Self {
-        let scope = crate::idempotency::Keyspace::of(&message.meta, service);
+    pub fn for_service(
+        to: Arc<dyn Outgoing>,
+        handled: &Arc<Message>,
+        service: Option<Arc<str>>,
+    ) -> Self {
         Outbound {
             to,
-            cause: Arc::from(message.meta.message_id.as_str()),
-            scope: Arc::from(scope.as_str()),
-            next: Arc::new(AtomicU32::new(0)),
+            handled: Arc::clone(handled),
+            service,
+            next: AtomicU32::new(0),
         }
     }
 
@@ -185,14 +191,17 @@ impl Outbound {
             return Err(PublishFailed::NoDestination);
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        if !keep_id && !self.cause.is_empty() {
-            message.meta.message_id = format!("{}:{}:out:{n}", self.scope, self.cause);
+        let cause = self.handled.meta.message_id.as_str();
+        if !keep_id && !cause.is_empty() {
+            let scope =
+                crate::idempotency::Keyspace::of(&self.handled.meta, self.service.as_deref());
+            message.meta.message_id = format!("{}:{cause}:out:{n}", scope.as_str());
             message.headers.remove(crate::wire::MESSAGE_ID);
         } else if message.meta.message_id.is_empty() {
             message.meta.message_id = message.id_for_publish();
         }
-        if !self.cause.is_empty() && !message.headers.contains_key(CAUSED_BY) {
-            message.headers.insert(CAUSED_BY, &*self.cause);
+        if !cause.is_empty() && !message.headers.contains_key(CAUSED_BY) {
+            message.headers.insert(CAUSED_BY, cause);
         }
         self.to.publish(destination, message).await
     }
@@ -308,7 +317,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<T>) -> Self::Future {
-        let outbound = Outbound::new(Arc::clone(&self.to), request.message());
+        let outbound = Outbound::new(Arc::clone(&self.to), request.message_arc());
         request.extensions.insert(outbound);
         self.inner.call(request)
     }
@@ -352,6 +361,7 @@ mod tests {
         let recorder = Arc::new(Recorder::default());
         let mut inbound = Message::new("x").with_message_id("in-7");
         inbound.meta.source = "orders".into();
+        let inbound = Arc::new(inbound);
         let outbound = Outbound::new(recorder.clone(), &inbound);
         outbound
             .publish("a", Message::new("1"), false)
@@ -392,9 +402,13 @@ mod tests {
             "orders:in-7:out:0"
         );
         // Another consumer of the same message publishes other ids.
-        let mut elsewhere = inbound.clone();
+        let mut elsewhere = (*inbound).clone();
         elsewhere.meta.source = "audit".into();
-        let other = Outbound::for_service(recorder.clone(), &elsewhere, Some("billing"));
+        let other = Outbound::for_service(
+            recorder.clone(),
+            &Arc::new(elsewhere),
+            Some("billing".into()),
+        );
         other
             .publish("a", Message::new("1"), false)
             .await

@@ -161,8 +161,11 @@ where
             let wrote = inbox.outbox.as_ref().map(|outbox| {
                 let wrote = Arc::new(AtomicBool::new(false));
                 let writer = OutboxWriter::new(outbox.clone(), tx.clone(), Arc::clone(&wrote));
-                let service = Some(inbox.consumer.as_str()).filter(|s| !s.is_empty());
-                let outbound = Outbound::for_service(Arc::new(writer), request.message(), service);
+                let outbound = Outbound::for_service(
+                    Arc::new(writer),
+                    request.message_arc(),
+                    inbox.service.clone(),
+                );
                 request.extensions.insert(outbound);
                 (outbox, wrote)
             });

@@ -134,7 +134,9 @@ ON CONFLICT (consumer, key) DO NOTHING"
 pub struct Inbox {
     pool: Pool,
     table: TableName,
-    pub(crate) consumer: String,
+    consumer: String,
+    /// The consumer's name as the outbox's ids carry it (`None`: no name).
+    pub(crate) service: Option<Arc<str>>,
     key: KeySource,
     timeout: Duration,
     sql: Arc<Statements>,
@@ -172,6 +174,7 @@ impl Inbox {
             sql: Arc::new(Statements::new(&table)),
             table,
             consumer: String::new(),
+            service: None,
             key: KeySource::PayloadOrMessageId,
             timeout: Duration::from_secs(5),
             fence: None,
@@ -258,6 +261,7 @@ impl Inbox {
     #[must_use]
     pub fn consumer(mut self, name: impl Into<String>) -> Self {
         self.consumer = crate::column::text(&name.into()).into_owned();
+        self.service = (!self.consumer.is_empty()).then(|| Arc::from(self.consumer.as_str()));
         self
     }
 
