@@ -78,3 +78,12 @@ pub trait Publisher: Send + Sync + 'static {
     /// Publishes `message` to `destination` (a queue or topic) and waits for the confirm.
     async fn publish(&self, destination: &str, message: &Message) -> Result<(), PublishError>;
 }
+
+/// A shared publisher publishes as the one it shares (`Arc<dyn Publisher>`
+/// included), so one publisher can serve several owners.
+#[async_trait::async_trait]
+impl<P: Publisher + ?Sized> Publisher for std::sync::Arc<P> {
+    async fn publish(&self, destination: &str, message: &Message) -> Result<(), PublishError> {
+        (**self).publish(destination, message).await
+    }
+}

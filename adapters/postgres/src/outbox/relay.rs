@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backstop::{CancellationToken, Message, PublishError, Publisher};
+use backstop::{CancellationToken, Publisher};
 use backstop_spool::{RecordLog, Relay, SpooledRecord};
 use tokio::sync::{Mutex, Notify};
 
@@ -115,16 +115,6 @@ impl OutboxRelay {
     }
 }
 
-/// The publisher, shared by every term of the relay.
-struct Shared<P>(Arc<P>);
-
-#[async_trait::async_trait]
-impl<P: Publisher> Publisher for Shared<P> {
-    async fn publish(&self, destination: &str, message: &Message) -> Result<(), PublishError> {
-        self.0.publish(destination, message).await
-    }
-}
-
 /// Sleeps `delay` unless stopped first; false when stopped.
 async fn pause(stop: &CancellationToken, delay: Duration) -> bool {
     tokio::select! {
@@ -199,7 +189,7 @@ async fn campaign<P: Publisher>(
         });
         let relay = Relay::start(
             Arc::clone(&leader),
-            Shared(Arc::clone(&publisher)),
+            Arc::clone(&publisher),
             config.relay.clone(),
             config.attempt_timeout,
         );
