@@ -99,6 +99,25 @@ async fn naive_raw(kafka: &Kafka, topic: &str, n: usize, latencies: Latencies) -
         .set("group.id", unique("naive"))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.offset.store", "false");
+    raw(config, topic, n, latencies, false).await
+}
+
+async fn fair_raw(kafka: &Kafka, topic: &str, n: usize, latencies: Latencies) -> Duration {
+    // The adapter's own client configuration, with a group of its own.
+    let mut config = kafka.config().consumer_config();
+    config.set("group.id", unique("fair"));
+    raw(config, topic, n, latencies, true).await
+}
+
+/// A raw `StreamConsumer` loop storing each offset; with `handled`, each
+/// payload is copied into an owned `Bytes` and passed to [`handle`] first.
+async fn raw(
+    config: rdkafka::ClientConfig,
+    topic: &str,
+    n: usize,
+    latencies: Latencies,
+    handled: bool,
+) -> Duration {
     let consumer: StreamConsumer = config.create().expect("consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
     tokio::spawn(async move {
@@ -109,43 +128,16 @@ async fn naive_raw(kafka: &Kafka, topic: &str, n: usize, latencies: Latencies) -
                 Ok(m) => m,
                 // A broker hiccup (transport failure): librdkafka recovers.
                 Err(error) => {
-                    eprintln!("naive raw: {error}");
+                    eprintln!("raw: {error}");
                     continue;
                 }
             };
             got += 1;
             let received = Instant::now();
             first.get_or_insert(received);
-            consumer.store_offset_from_message(&m).expect("store");
-            latencies.record(received);
-        }
-        first.map(|t| t.elapsed()).unwrap_or_default()
-    })
-    .await
-    .expect("raw task")
-}
-
-async fn fair_raw(kafka: &Kafka, topic: &str, n: usize, latencies: Latencies) -> Duration {
-    // The adapter's own client configuration, with a group of its own.
-    let mut config = kafka.config().consumer_config();
-    config.set("group.id", unique("fair"));
-    let consumer: StreamConsumer = config.create().expect("consumer");
-    consumer.subscribe(&[topic]).expect("subscribe");
-    tokio::spawn(async move {
-        let mut first = None;
-        let mut got = 0;
-        while got < n {
-            let m = match consumer.recv().await {
-                Ok(m) => m,
-                Err(error) => {
-                    eprintln!("fair raw: {error}");
-                    continue;
-                }
-            };
-            got += 1;
-            let received = Instant::now();
-            first.get_or_insert(received);
-            handle(Bytes::copy_from_slice(m.payload().unwrap_or_default()));
+            if handled {
+                handle(Bytes::copy_from_slice(m.payload().unwrap_or_default()));
+            }
             consumer.store_offset_from_message(&m).expect("store");
             latencies.record(received);
         }
