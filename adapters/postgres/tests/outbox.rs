@@ -736,6 +736,54 @@ async fn a_key_the_broker_keeps_refusing_waits_without_the_relay_reading_in_a_lo
     f.finish().await;
 }
 
+/// Writes an effect, then publishes the order to `to` (key `key`),
+/// ignoring a failed publish: best effort.
+#[derive(Clone)]
+struct Careless {
+    effects: String,
+    runs: Arc<AtomicU32>,
+    to: &'static str,
+    key: Option<&'static str>,
+}
+
+impl Careless {
+    fn new(f: &Fixture, to: &'static str, key: Option<&'static str>) -> Self {
+        Careless {
+            effects: f.effects.clone(),
+            runs: Arc::default(),
+            to,
+            key,
+        }
+    }
+
+    /// Its stack: up to 3 retries from `backoff` (twice that at most), through `inbox`.
+    fn stack(&self, f: &Fixture, inbox: &Inbox, backoff: Duration) -> Stack {
+        StackBuilder::<String>::new(Arc::new(f.broker.dead_letter_sink()))
+            .retry(RetryPolicy::retries(3).backoff(backoff, backoff * 2))
+            .around_attempt(inbox.layer())
+            .build(self.clone())
+    }
+}
+
+impl Handle<String> for Careless {
+    type Error = HandlerError;
+
+    async fn handle(&self, order: String, ctx: Context) -> Result<(), HandlerError> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        let tx = InboxTx::from_context(&ctx)?;
+        let sql = format!("INSERT INTO {} (message_id) VALUES ($1)", self.effects);
+        tx.execute(&sql, &[&ctx.message_id()]).await?;
+        let mut event = Message::new(order);
+        if let Some(key) = self.key {
+            event = event.with_key(key);
+        }
+        if let Err(error) = ctx.publish(self.to, event).await {
+            eprintln!("ignored: {error}");
+        }
+        Ok(())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_publish_the_handler_ignores_rolls_the_attempt_back_instead_of_losing_it() {
     let f = fixture().await;
@@ -747,37 +795,9 @@ async fn a_failed_publish_the_handler_ignores_rolls_the_attempt_back_instead_of_
         ))
         .await
         .expect("constraint");
-    #[derive(Clone)]
-    struct Careless {
-        effects: String,
-        runs: Arc<AtomicU32>,
-    }
-    impl Handle<String> for Careless {
-        type Error = HandlerError;
-        async fn handle(&self, order: String, ctx: Context) -> Result<(), HandlerError> {
-            let run = self.runs.fetch_add(1, Ordering::SeqCst) + 1;
-            let tx = InboxTx::from_context(&ctx)?;
-            let sql = format!("INSERT INTO {} (message_id) VALUES ($1)", self.effects);
-            tx.execute(&sql, &[&ctx.message_id()]).await?;
-            let to = if run == 1 { "forbidden" } else { EVENTS };
-            // Best effort, the error ignored.
-            if let Err(error) = ctx.publish(to, Message::new(order.clone())).await {
-                eprintln!("ignored: {error}");
-            }
-            Ok(())
-        }
-    }
-    let handler = Careless {
-        effects: f.effects.clone(),
-        runs: Arc::default(),
-    };
+    let handler = Careless::new(&f, "forbidden", None);
     publish_orders(&f.broker, &["c1".to_owned()]);
-    let stack = StackBuilder::<String>::new(Arc::new(f.broker.dead_letter_sink()))
-        .retry(
-            RetryPolicy::retries(3).backoff(Duration::from_millis(10), Duration::from_millis(50)),
-        )
-        .around_attempt(f.inbox.layer())
-        .build(handler.clone());
+    let stack = handler.stack(&f, &f.inbox, Duration::from_millis(10));
     let summary = f.drain(stack).await;
     // A constraint cannot pass on a retry: dead-lettered at once, and its
     // effect was never committed without its message.
@@ -819,36 +839,9 @@ async fn a_publish_that_times_out_on_its_keys_lock_is_never_committed_without_it
         })
     };
     is_locked.await.expect("the holder has the lock");
-    #[derive(Clone)]
-    struct Ignoring {
-        effects: String,
-        runs: Arc<AtomicU32>,
-    }
-    impl Handle<String> for Ignoring {
-        type Error = HandlerError;
-        async fn handle(&self, order: String, ctx: Context) -> Result<(), HandlerError> {
-            self.runs.fetch_add(1, Ordering::SeqCst);
-            let tx = InboxTx::from_context(&ctx)?;
-            let sql = format!("INSERT INTO {} (message_id) VALUES ($1)", self.effects);
-            tx.execute(&sql, &[&ctx.message_id()]).await?;
-            let event = Message::new(order).with_key("hot");
-            if let Err(error) = ctx.publish(EVENTS, event).await {
-                eprintln!("ignored: {error}");
-            }
-            Ok(())
-        }
-    }
-    let handler = Ignoring {
-        effects: f.effects.clone(),
-        runs: Arc::default(),
-    };
+    let handler = Careless::new(&f, EVENTS, Some("hot"));
     publish_orders(&f.broker, &["t1".to_owned()]);
-    let stack = StackBuilder::<String>::new(Arc::new(f.broker.dead_letter_sink()))
-        .retry(
-            RetryPolicy::retries(5).backoff(Duration::from_millis(200), Duration::from_millis(400)),
-        )
-        .around_attempt(inbox.layer())
-        .build(handler.clone());
+    let stack = handler.stack(&f, &inbox, Duration::from_millis(200));
     let summary = f.drain(stack).await;
     holder.await.expect("holder");
     assert_eq!(summary.handled, 1, "{summary:?}");
