@@ -196,14 +196,20 @@ impl Placer {
     }
 }
 
+/// Writes the message's effect row through the inbox transaction.
+async fn write_effect(effects: &str, ctx: &Context) -> Result<(), HandlerError> {
+    let tx = InboxTx::from_context(ctx)?;
+    let sql = format!("INSERT INTO {effects} (message_id) VALUES ($1)");
+    tx.execute(&sql, &[&ctx.message_id()]).await?;
+    Ok(())
+}
+
 impl Handle<String> for Placer {
     type Error = HandlerError;
 
     async fn handle(&self, order: String, ctx: Context) -> Result<(), HandlerError> {
         self.runs.fetch_add(1, Ordering::SeqCst);
-        let tx = InboxTx::from_context(&ctx)?;
-        let sql = format!("INSERT INTO {} (message_id) VALUES ($1)", self.effects);
-        tx.execute(&sql, &[&ctx.message_id()]).await?;
+        write_effect(&self.effects, &ctx).await?;
         for step in ["created", "confirmed"] {
             let event = Message::new(format!("{order}:{step}")).with_key(order.clone());
             ctx.publish(EVENTS, event).await?;
@@ -770,9 +776,7 @@ impl Handle<String> for Careless {
 
     async fn handle(&self, order: String, ctx: Context) -> Result<(), HandlerError> {
         self.runs.fetch_add(1, Ordering::SeqCst);
-        let tx = InboxTx::from_context(&ctx)?;
-        let sql = format!("INSERT INTO {} (message_id) VALUES ($1)", self.effects);
-        tx.execute(&sql, &[&ctx.message_id()]).await?;
+        write_effect(&self.effects, &ctx).await?;
         let mut event = Message::new(order);
         if let Some(key) = self.key {
             event = event.with_key(key);
