@@ -19,6 +19,16 @@ pub trait Acker: Send + 'static {
     /// Acknowledges the message: the broker forgets it.
     async fn ack(self: Box<Self>) -> Result<(), AckError>;
 
+    /// [`ack`](Acker::ack) done at once, by an adapter whose ack needs no
+    /// waiting (the in-memory broker; Kafka, which only marks the offset
+    /// done): `Some` is the ack's result, and the acker is then spent (it
+    /// is dropped, neither acked again nor [abandoned](Acker::abandon)).
+    /// `None`, the default, means "call `ack`". [`AckHandle::ack`] asks
+    /// this first, so such an ack costs no boxed future.
+    fn ack_now(&mut self) -> Option<Result<(), AckError>> {
+        None
+    }
+
     /// Negatively acknowledges the message; with `requeue` the broker redelivers it.
     async fn nack(self: Box<Self>, requeue: bool) -> Result<(), AckError>;
 
@@ -47,10 +57,14 @@ impl AckHandle {
         }
     }
 
-    /// Acknowledges the delivery.
+    /// Acknowledges the delivery (at once if the acker can, see
+    /// [`Acker::ack_now`]).
     pub async fn ack(mut self) -> Result<(), AckError> {
         match self.acker.take() {
-            Some(acker) => acker.ack().await,
+            Some(mut acker) => match acker.ack_now() {
+                Some(result) => result,
+                None => acker.ack().await,
+            },
             None => Ok(()),
         }
     }

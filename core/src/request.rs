@@ -9,12 +9,14 @@ use crate::context::{Context, Extensions};
 use crate::payload::{DecodeError, Payload};
 use crate::{Message, attempt};
 
-/// A message decoded once at the top of the stack, cheap to clone per attempt.
+/// A message decoded once at the top of the stack. The layers lend it to
+/// each attempt; a wrapper that needs its own copy clones it (the payload
+/// with it).
 #[derive(Debug)]
 pub struct Request<T> {
     message: Arc<Message>,
-    payload: Arc<Result<T, DecodeError>>,
-    payload_key: Option<Arc<str>>,
+    payload: Result<T, DecodeError>,
+    payload_key: Option<String>,
     attempt: u32,
     confirmed_attempt: u32,
     cancel: CancellationToken,
@@ -23,11 +25,11 @@ pub struct Request<T> {
     pub extensions: Extensions,
 }
 
-impl<T> Clone for Request<T> {
+impl<T: Clone> Clone for Request<T> {
     fn clone(&self) -> Self {
         Request {
             message: Arc::clone(&self.message),
-            payload: Arc::clone(&self.payload),
+            payload: self.payload.clone(),
             payload_key: self.payload_key.clone(),
             attempt: self.attempt,
             confirmed_attempt: self.confirmed_attempt,
@@ -58,7 +60,7 @@ impl<T: Payload> Request<T> {
             }),
             _ => T::decode_shared(&message.payload),
         };
-        let payload_key = payload.as_ref().ok().and_then(T::key).map(Arc::from);
+        let payload_key = payload.as_ref().ok().and_then(T::key);
         let attempt = message.meta.attempt.max(attempt::FIRST);
         // A copy consumed from backstop's own retry topic carries a count
         // backstop wrote; anything else is a claim (see `attempt::admit`).
@@ -70,7 +72,7 @@ impl<T: Payload> Request<T> {
         crate::lifecycle::decoded(&message.meta, attempt, payload.as_ref().err());
         Request {
             message,
-            payload: Arc::new(payload),
+            payload,
             payload_key,
             attempt,
             confirmed_attempt,
@@ -105,7 +107,7 @@ impl<T> Request<T> {
 
     /// The decoded payload, or why it did not decode.
     pub fn payload(&self) -> Result<&T, &DecodeError> {
-        self.payload.as_ref().as_ref()
+        self.payload.as_ref()
     }
 
     /// The key the payload type extracted, if any.

@@ -42,6 +42,10 @@ impl Acker for KafkaAcker {
         self.settle(true)
     }
 
+    fn ack_now(&mut self) -> Option<Result<(), AckError>> {
+        Some(self.settle(true))
+    }
+
     async fn nack(self: Box<Self>, requeue: bool) -> Result<(), AckError> {
         // Without requeue the message is dropped: its offset counts as done.
         self.settle(!requeue)

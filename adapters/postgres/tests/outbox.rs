@@ -675,7 +675,10 @@ async fn a_row_that_commits_late_goes_out_under_steady_load_and_keeps_its_key_in
     let a: Vec<&String> = seen.iter().filter(|b| b.starts_with('A')).collect();
     assert!(still_loading, "the load ran the whole time");
     assert_eq!(a, ["A1", "A2"], "A's rows went out under load, in order");
-    assert!(written > 50, "steady load: {written} rows");
+    // Enough rows that the relay's reads were busy with the load (a row
+    // every 5 ms plus a commit; a loaded machine writes fewer in the same
+    // time, so the bound is loose: the property is the order above).
+    assert!(written > 20, "steady load: {written} rows");
     relay.stop().await;
     if let Ok(f) = Arc::try_unwrap(f) {
         f.finish().await;

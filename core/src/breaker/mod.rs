@@ -357,6 +357,11 @@ impl Breaker {
 pub(crate) struct BreakerWatch(watch::Receiver<BreakerState>);
 
 impl BreakerWatch {
+    /// True if the state is no longer `seen` (a read, no waiting).
+    pub(crate) fn moved_from(&self, seen: BreakerState) -> bool {
+        *self.0.borrow() != seen
+    }
+
     /// Waits until the state is other than `seen` (at once if it already is).
     pub(crate) async fn changed(&mut self, seen: BreakerState) {
         // The sender lives in the breaker, which the caller holds, so this

@@ -250,6 +250,17 @@ impl<S: Store + ?Sized> Store for Batched<S> {
             .await
     }
 
+    /// The wrapped store's answer when it has one at once (nothing to batch).
+    fn claim_now(
+        &self,
+        key: &Key,
+        owner: &str,
+        lease: Duration,
+        replay: u32,
+    ) -> Option<Result<Claim, StoreError>> {
+        self.inner.claim_now(key, owner, lease, replay)
+    }
+
     async fn renew(&self, key: &Key, fence: Fence, lease: Duration) -> Result<bool, StoreError> {
         self.inner.renew(key, fence, lease).await
     }
@@ -261,6 +272,10 @@ impl<S: Store + ?Sized> Store for Batched<S> {
                 fence,
             })
             .await
+    }
+
+    fn complete_now(&self, key: &Key, fence: Fence) -> Option<Result<bool, StoreError>> {
+        self.inner.complete_now(key, fence)
     }
 
     async fn dead_letter(&self, key: &Key, fence: Fence) -> Result<bool, StoreError> {

@@ -173,13 +173,19 @@ impl<'a> Timed<'a> {
         replay: u32,
     ) -> Result<Claim, StoreError> {
         let start = Instant::now();
-        let result = self.store.claim(key, owner, lease, replay).await;
+        let result = match self.store.claim_now(key, owner, lease, replay) {
+            Some(result) => result,
+            None => self.store.claim(key, owner, lease, replay).await,
+        };
         self.ops.claim.result(start, result)
     }
 
     pub(crate) async fn complete(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
         let start = Instant::now();
-        let result = self.store.complete(key, fence).await;
+        let result = match self.store.complete_now(key, fence) {
+            Some(result) => result,
+            None => self.store.complete(key, fence).await,
+        };
         self.ops.complete.result(start, result)
     }
 
@@ -274,6 +280,18 @@ impl<S: Store + ?Sized> Store for Measured<S> {
             .result(start, self.inner.claim(key, owner, lease, replay).await)
     }
 
+    fn claim_now(
+        &self,
+        key: &StoreKey,
+        owner: &str,
+        lease: Duration,
+        replay: u32,
+    ) -> Option<Result<Claim, StoreError>> {
+        let start = Instant::now();
+        let result = self.inner.claim_now(key, owner, lease, replay)?;
+        Some(self.ops.claim.result(start, result))
+    }
+
     async fn renew(
         &self,
         key: &StoreKey,
@@ -291,6 +309,12 @@ impl<S: Store + ?Sized> Store for Measured<S> {
         self.ops
             .complete
             .result(start, self.inner.complete(key, fence).await)
+    }
+
+    fn complete_now(&self, key: &StoreKey, fence: Fence) -> Option<Result<bool, StoreError>> {
+        let start = Instant::now();
+        let result = self.inner.complete_now(key, fence)?;
+        Some(self.ops.complete.result(start, result))
     }
 
     async fn dead_letter(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {

@@ -45,8 +45,9 @@ struct Entry {
 #[derive(Debug, PartialEq, Eq)]
 enum Phase {
     Idle,
+    /// Held under `fence` (the owner's name is not kept: the fence is what
+    /// a later call is checked against).
     InProgress {
-        owner: String,
         fence: Fence,
         lease_until: Instant,
     },
@@ -100,53 +101,12 @@ impl MemoryStore {
             _ => None,
         }
     }
-}
-
-impl State {
-    /// Evicts the oldest finished (or expired) keys down to 90 % of
-    /// `capacity`, so a full store pays for eviction once per tenth of its
-    /// capacity, not on every claim. Live leases are never evicted.
-    fn make_room(&mut self, capacity: usize) -> Result<(), StoreError> {
-        if self.entries.len() < capacity {
-            return Ok(());
-        }
-        let target = capacity - capacity / 10 - 1;
-        let mut scanned = 0;
-        let limit = self.order.len();
-        while self.entries.len() > target && scanned < limit {
-            let Some(key) = self.order.pop_front() else {
-                break;
-            };
-            scanned += 1;
-            match self.entries.get(&key) {
-                Some(e) if matches!(e.phase, Phase::InProgress { .. }) => self.order.push_back(key),
-                Some(_) => {
-                    self.entries.remove(&key);
-                }
-                None => {}
-            }
-        }
-        if self.entries.len() >= capacity {
-            return Err(StoreError::Full { capacity });
-        }
-        Ok(())
-    }
-}
-
-#[async_trait::async_trait]
-impl Store for MemoryStore {
-    async fn claim(
-        &self,
-        key: &Key,
-        owner: &str,
-        lease: Duration,
-        replay: u32,
-    ) -> Result<Claim, StoreError> {
+    /// [`Store::claim`], which never waits here.
+    fn claim_at_once(&self, key: &Key, lease: Duration, replay: u32) -> Result<Claim, StoreError> {
         let now = Instant::now();
         let mut state = self.lock();
         let fence = Fence(state.fence + 1);
         let taken = Phase::InProgress {
-            owner: owner.to_owned(),
             fence,
             lease_until: now + lease,
         };
@@ -226,6 +186,73 @@ impl Store for MemoryStore {
         })
     }
 
+    /// Settles the lease `fence` on `key` for good as `phase` (completed or
+    /// dead-lettered); never waits here.
+    fn finish_at_once(&self, key: &Key, fence: Fence, phase: Phase) -> Result<bool, StoreError> {
+        let ttl = self.ttl;
+        Ok(self
+            .with_fence(key, fence, |e, now| {
+                e.phase = phase;
+                e.letter = None;
+                e.expires = now + ttl;
+            })
+            .is_some())
+    }
+}
+
+impl State {
+    /// Evicts the oldest finished (or expired) keys down to 90 % of
+    /// `capacity`, so a full store pays for eviction once per tenth of its
+    /// capacity, not on every claim. Live leases are never evicted.
+    fn make_room(&mut self, capacity: usize) -> Result<(), StoreError> {
+        if self.entries.len() < capacity {
+            return Ok(());
+        }
+        let target = capacity - capacity / 10 - 1;
+        let mut scanned = 0;
+        let limit = self.order.len();
+        while self.entries.len() > target && scanned < limit {
+            let Some(key) = self.order.pop_front() else {
+                break;
+            };
+            scanned += 1;
+            match self.entries.get(&key) {
+                Some(e) if matches!(e.phase, Phase::InProgress { .. }) => self.order.push_back(key),
+                Some(_) => {
+                    self.entries.remove(&key);
+                }
+                None => {}
+            }
+        }
+        if self.entries.len() >= capacity {
+            return Err(StoreError::Full { capacity });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for MemoryStore {
+    async fn claim(
+        &self,
+        key: &Key,
+        _owner: &str,
+        lease: Duration,
+        replay: u32,
+    ) -> Result<Claim, StoreError> {
+        self.claim_at_once(key, lease, replay)
+    }
+
+    fn claim_now(
+        &self,
+        key: &Key,
+        _owner: &str,
+        lease: Duration,
+        replay: u32,
+    ) -> Option<Result<Claim, StoreError>> {
+        Some(self.claim_at_once(key, lease, replay))
+    }
+
     async fn renew(&self, key: &Key, fence: Fence, lease: Duration) -> Result<bool, StoreError> {
         Ok(self
             .with_fence(key, fence, |e, now| {
@@ -237,25 +264,15 @@ impl Store for MemoryStore {
     }
 
     async fn complete(&self, key: &Key, fence: Fence) -> Result<bool, StoreError> {
-        let ttl = self.ttl;
-        Ok(self
-            .with_fence(key, fence, |e, now| {
-                e.phase = Phase::Completed;
-                e.letter = None;
-                e.expires = now + ttl;
-            })
-            .is_some())
+        self.finish_at_once(key, fence, Phase::Completed)
+    }
+
+    fn complete_now(&self, key: &Key, fence: Fence) -> Option<Result<bool, StoreError>> {
+        Some(self.finish_at_once(key, fence, Phase::Completed))
     }
 
     async fn dead_letter(&self, key: &Key, fence: Fence) -> Result<bool, StoreError> {
-        let ttl = self.ttl;
-        Ok(self
-            .with_fence(key, fence, |e, now| {
-                e.phase = Phase::DeadLettered;
-                e.letter = None;
-                e.expires = now + ttl;
-            })
-            .is_some())
+        self.finish_at_once(key, fence, Phase::DeadLettered)
     }
 
     async fn release(
@@ -349,6 +366,43 @@ mod tests {
         assert!(!s.complete(&k, a).await.unwrap(), "late owner refused");
         assert!(!s.renew(&k, a, LEASE).await.unwrap());
         assert!(s.complete(&k, b).await.unwrap());
+    }
+
+    #[test]
+    fn answers_at_once_what_the_async_calls_answer() {
+        // `claim_now` / `complete_now` are what the idempotency layer calls
+        // first: the same state machine, with no future.
+        let s = MemoryStore::default();
+        let k = Key::new("k");
+        let now = |c: Option<Result<Claim, StoreError>>| c.expect("answered at once").unwrap();
+        let a = got(now(s.claim_now(&k, "a", LEASE, 0)), 0, false);
+        assert!(matches!(
+            now(s.claim_now(&k, "b", LEASE, 0)),
+            Claim::Busy { .. }
+        ));
+        assert!(
+            !s.complete_now(&k, Fence(a.0 + 1)).unwrap().unwrap(),
+            "not the holder's fence"
+        );
+        assert!(s.complete_now(&k, a).unwrap().unwrap());
+        assert!(matches!(
+            now(s.claim_now(&k, "c", LEASE, 0)),
+            Claim::Completed
+        ));
+        let other = Key::new("other");
+        let b = got(now(s.claim_now(&other, "a", LEASE, 0)), 0, false);
+        assert!(b > a, "fences grow across keys");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(
+            rt.block_on(s.complete(&other, b)).unwrap(),
+            "the async call sees the same lease"
+        );
+        assert!(matches!(
+            rt.block_on(s.claim(&other, "c", LEASE, 0)).unwrap(),
+            Claim::Completed
+        ));
     }
 
     #[tokio::test(start_paused = true)]

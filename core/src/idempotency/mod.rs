@@ -94,7 +94,6 @@ pub use self::memory::MemoryStore;
 pub use self::namespaced::Namespaced;
 pub use self::store::{Claim, ClaimOf, Fence, Held, MAX_LETTER_TEXT, Store};
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -313,11 +312,22 @@ impl Deduper {
         let Some(raw) = config.key.raw_of(&request) else {
             return inner(request).await;
         };
-        // `<worker>/<n>`, written into one allocation of the right size.
-        let mut owner = String::with_capacity(config.worker.len() + 21);
-        owner.push_str(&config.worker);
-        owner.push('/');
-        let _ = write!(owner, "{}", NEXT_OWNER.fetch_add(1, Ordering::Relaxed));
+        // `<worker>/<n>`, written on the stack (a worker name of up to 60
+        // bytes fits; a longer one spills to the heap).
+        let mut owner = smallvec::SmallVec::<[u8; 80]>::new();
+        owner.extend_from_slice(config.worker.as_bytes());
+        owner.push(b'/');
+        owner.extend_from_slice(
+            itoa::Buffer::new()
+                .format(NEXT_OWNER.fetch_add(1, Ordering::Relaxed))
+                .as_bytes(),
+        );
+        // Text and digits: always valid UTF-8 (checked, not assumed; the
+        // check is a short ASCII scan).
+        let owner = match std::str::from_utf8(&owner) {
+            Ok(text) => std::borrow::Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(&owner),
+        };
         let replay = request.message().replayed();
         let layout = *self
             .layout

@@ -152,11 +152,35 @@ pub trait Store: Send + Sync + 'static {
         replay: u32,
     ) -> Result<Claim, StoreError>;
 
+    /// [`claim`](Store::claim) answered without waiting, by a store that
+    /// needs no I/O for it (an in-process store such as the
+    /// [`MemoryStore`](super::MemoryStore)); `None`, the default, means
+    /// "call `claim`". The idempotency layer asks this first, so such a
+    /// store's claim costs no boxed future. `Some` must be exactly what
+    /// `claim` would have answered, with the same effect.
+    fn claim_now(
+        &self,
+        key: &Key,
+        owner: &str,
+        lease: Duration,
+        replay: u32,
+    ) -> Option<Result<Claim, StoreError>> {
+        let _ = (key, owner, lease, replay);
+        None
+    }
+
     /// Extends the lease `fence` on `key`; `false` if it was lost.
     async fn renew(&self, key: &Key, fence: Fence, lease: Duration) -> Result<bool, StoreError>;
 
     /// Marks the key completed; `false` if the lease `fence` is no longer held.
     async fn complete(&self, key: &Key, fence: Fence) -> Result<bool, StoreError>;
+
+    /// [`complete`](Store::complete) answered without waiting; `None`, the
+    /// default, means "call `complete`" (see [`claim_now`](Store::claim_now)).
+    fn complete_now(&self, key: &Key, fence: Fence) -> Option<Result<bool, StoreError>> {
+        let _ = (key, fence);
+        None
+    }
 
     /// Marks the key dead-lettered; `false` if the lease `fence` is no longer held.
     async fn dead_letter(&self, key: &Key, fence: Fence) -> Result<bool, StoreError>;

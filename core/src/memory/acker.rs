@@ -55,6 +55,10 @@ impl Acker for MemoryAcker {
         self.settle(None)
     }
 
+    fn ack_now(&mut self) -> Option<Result<(), AckError>> {
+        Some(self.settle(None))
+    }
+
     async fn nack(self: Box<Self>, requeue: bool) -> Result<(), AckError> {
         self.settle(Some(requeue))
     }

@@ -115,9 +115,11 @@ impl MemoryBroker {
         match delay {
             Some(delay) if !delay.is_zero() => {
                 let seq = self.shared.sequence.fetch_add(1, Ordering::Relaxed);
-                queue.delayed.insert((Instant::now() + delay, seq), message);
+                queue
+                    .delayed
+                    .insert((Instant::now() + delay, seq), Arc::new(message));
             }
-            _ => queue.ready.push_back(message),
+            _ => queue.ready.push_back(Arc::new(message)),
         }
         queue.notify.notify_waiters();
         Ok(())
@@ -142,7 +144,7 @@ impl MemoryBroker {
         self.shared
             .lock()
             .get(queue)
-            .map(|q| q.ready.iter().cloned().collect())
+            .map(|q| q.ready.iter().map(|m| Message::clone(m)).collect())
             .unwrap_or_default()
     }
 

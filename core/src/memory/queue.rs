@@ -36,8 +36,10 @@ pub(crate) struct Unacked {
 
 #[derive(Debug, Default)]
 pub(crate) struct Queue {
-    pub(crate) ready: VecDeque<Message>,
-    pub(crate) delayed: BTreeMap<(Instant, u64), Message>,
+    /// Shared from the publish on: a delivery takes a reference, not a
+    /// copy, and a redelivery reuses it.
+    pub(crate) ready: VecDeque<Arc<Message>>,
+    pub(crate) delayed: BTreeMap<(Instant, u64), Arc<Message>>,
     /// By delivery tag (foldhash: an insert per delivery, a removal per settle).
     pub(crate) unacked: HashMap<u64, Unacked, foldhash::fast::RandomState>,
     pub(crate) notify: Arc<Notify>,
@@ -62,10 +64,9 @@ impl Queue {
         None
     }
 
-    pub(crate) fn requeue(&mut self, message: Arc<Message>) {
+    pub(crate) fn requeue(&mut self, mut message: Arc<Message>) {
         // Copied only if the stack still holds it.
-        let mut message = Arc::unwrap_or_clone(message);
-        message.meta.redelivered = true;
+        Arc::make_mut(&mut message).meta.redelivered = true;
         self.stats.redelivered += 1;
         self.ready.push_front(message);
     }

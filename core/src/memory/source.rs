@@ -94,8 +94,8 @@ impl MemorySource {
             && let Some(mut message) = queue.ready.pop_front()
         {
             let tag = self.shared.next_tag();
-            message.meta.delivery_tag = Some(tag);
-            let message = Arc::new(message);
+            // The queue's only reference: tagged in place, not copied.
+            Arc::make_mut(&mut message).meta.delivery_tag = Some(tag);
             queue.unacked.insert(
                 tag,
                 Unacked {

@@ -89,7 +89,7 @@ impl<S, T> Service<Request<T>> for Retry<S>
 where
     S: Service<Request<T>, Response = (), Error = HandlerError> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    T: Send + Sync + 'static,
+    T: Clone + Send + Sync + 'static,
 {
     type Response = Outcome;
     type Error = Error;
@@ -104,61 +104,115 @@ where
         let policy = Arc::clone(&self.policy);
         let sink = self.sink.clone();
         Box::pin(async move {
-            run(&policy, sink.as_ref(), request, move |r| {
-                inner.clone().oneshot(r)
-            })
-            .await
+            let mut request = request;
+            let mut retrying = match Retrying::start(&policy, sink.as_ref(), &mut request) {
+                Ok(retrying) => retrying,
+                Err(error) => return Err(error),
+            };
+            loop {
+                // Each attempt's service takes its own copy of the request.
+                let result = inner.clone().oneshot(request.clone()).await;
+                if let Some(end) = retrying.after(&mut request, result).await {
+                    return end;
+                }
+            }
         })
     }
 }
 
-/// Runs `attempt_fn` on `request` until it succeeds, fails for good or its
-/// attempts are spent, waiting by `policy` between attempts (long waits go
-/// through `sink`); see the [module docs](self). Shared by [`Retry`] and
-/// the stack's pipeline.
-pub(crate) async fn run<T, Fut>(
-    policy: &RetryPolicy,
-    sink: Option<&Arc<dyn RetrySink>>,
-    mut request: Request<T>,
-    mut attempt_fn: impl FnMut(Request<T>) -> Fut,
-) -> Result<Outcome, Error>
-where
-    Fut: std::future::Future<Output = Result<(), HandlerError>>,
-{
-    let max = policy.max_attempts;
-    let mut attempt = match attempt::admit(request.attempt(), request.confirmed_attempt(), max) {
-        Ok(attempt) => attempt,
-        Err(confirmed) => {
-            let suspect = request
-                .extensions
-                .get::<crate::idempotency::Suspect>()
-                .is_some();
-            return Err(Error::Failed(exhausted_on_arrival(confirmed, max, suspect)));
+/// A message's way through its attempts: [`start`](Retrying::start) admits
+/// it, then the caller runs an attempt on the request and hands the result
+/// to [`after`](Retrying::after), again and again until `after` answers
+/// with the message's end. The caller lends the request to each attempt
+/// (nothing is cloned per attempt). Shared by [`Retry`] and the stack's
+/// pipeline; see the [module docs](self).
+pub(crate) struct Retrying<'a> {
+    policy: &'a RetryPolicy,
+    sink: Option<&'a Arc<dyn RetrySink>>,
+    attempt: u32,
+    started: tokio::time::Instant,
+    first_failure: Option<SystemTime>,
+    /// How long the failures before this delivery took (from its header).
+    before: std::time::Duration,
+}
+
+impl<'a> Retrying<'a> {
+    /// Admits `request` (an attempt count past the policy's is refused at
+    /// once) and sets it up for its first attempt here.
+    pub(crate) fn start<T>(
+        policy: &'a RetryPolicy,
+        sink: Option<&'a Arc<dyn RetrySink>>,
+        request: &mut Request<T>,
+    ) -> Result<Self, Error> {
+        let max = policy.max_attempts;
+        let attempt = match attempt::admit(request.attempt(), request.confirmed_attempt(), max) {
+            Ok(attempt) => attempt,
+            Err(confirmed) => {
+                let suspect = request
+                    .extensions
+                    .get::<crate::idempotency::Suspect>()
+                    .is_some();
+                return Err(Error::Failed(exhausted_on_arrival(confirmed, max, suspect)));
+            }
+        };
+        let first_failure = request
+            .message()
+            .header(wire::FIRST_FAILURE)
+            .and_then(wire::parse_time);
+        let before = first_failure
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .unwrap_or_default();
+        let retrying = Retrying {
+            policy,
+            sink,
+            attempt,
+            started: tokio::time::Instant::now(),
+            first_failure,
+            before,
+        };
+        retrying.begin(request);
+        Ok(retrying)
+    }
+
+    /// Sets `request` up for the attempt about to run.
+    fn begin<T>(&self, request: &mut Request<T>) {
+        request.set_attempt(self.attempt);
+        crate::lifecycle::attempt_started(&request.message().meta, self.attempt);
+    }
+
+    /// Takes the result of the attempt that just ran on `request`: `None`
+    /// when another attempt is to run now (after the policy's wait, with
+    /// `request` set up for it), else the message's end.
+    pub(crate) async fn after<T>(
+        &mut self,
+        request: &mut Request<T>,
+        result: Result<(), HandlerError>,
+    ) -> Option<Result<Outcome, Error>> {
+        let end = self.wait(request, result).await;
+        if end.is_none() {
+            self.attempt += 1;
+            self.begin(request);
         }
-    };
-    let started = tokio::time::Instant::now();
-    let mut first_failure = request
-        .message()
-        .header(wire::FIRST_FAILURE)
-        .and_then(wire::parse_time);
-    let before = first_failure
-        .and_then(|t| SystemTime::now().duration_since(t).ok())
-        .unwrap_or_default();
-    loop {
-        request.set_attempt(attempt);
-        crate::lifecycle::attempt_started(&request.message().meta, attempt);
-        let result = attempt_fn(request.clone()).await;
+        end
+    }
+
+    async fn wait<T>(
+        &mut self,
+        request: &Request<T>,
+        result: Result<(), HandlerError>,
+    ) -> Option<Result<Outcome, Error>> {
+        let (policy, attempt) = (self.policy, self.attempt);
         let error = match result {
-            Ok(()) => return Ok(Outcome::Handled),
+            Ok(()) => return Some(Ok(Outcome::Handled)),
             Err(error) => error,
         };
         crate::lifecycle::attempt_failed(&request.message().meta, attempt, &error);
         let error = match error {
-            HandlerError::Unavailable { source } => return Err(Error::Unavailable(source)),
+            HandlerError::Unavailable { source } => return Some(Err(Error::Unavailable(source))),
             other => other,
         };
         let now = SystemTime::now();
-        let first = *first_failure.get_or_insert(now);
+        let first = *self.first_failure.get_or_insert(now);
         let failure = |kind| Failure {
             kind,
             message: error::chain(&error),
@@ -171,21 +225,21 @@ where
         } = &error
         else {
             tracing::debug!(attempt, error = %error, "permanent failure");
-            return Err(Error::Failed(failure(error.kind())));
+            return Some(Err(Error::Failed(failure(error.kind()))));
         };
         if request.cancellation().is_cancelled() {
-            return Err(Error::Shutdown);
+            return Some(Err(Error::Shutdown));
         }
-        if attempt::is_exhausted(attempt, max) {
-            return Err(Error::Failed(failure(*kind)));
+        if attempt::is_exhausted(attempt, policy.max_attempts) {
+            return Some(Err(Error::Failed(failure(*kind))));
         }
         let delay =
             retry_after.map_or_else(|| policy.delay(attempt), |after| after.min(MAX_RETRY_AFTER));
         if policy
             .max_elapsed
-            .is_some_and(|budget| before + started.elapsed() + delay > budget)
+            .is_some_and(|budget| self.before + self.started.elapsed() + delay > budget)
         {
-            return Err(Error::Failed(failure(*kind)));
+            return Some(Err(Error::Failed(failure(*kind))));
         }
         tracing::debug!(attempt, ?delay, error = %error, "transient failure, retrying");
         // A sleep that would outlive the delivery's unacked-time
@@ -193,7 +247,7 @@ where
         let past_deadline = request
             .deadline()
             .is_some_and(|deadline| tokio::time::Instant::now() + delay >= deadline);
-        match sink {
+        match self.sink {
             Some(sink) if delay > policy.in_process_limit || past_deadline => {
                 let due = now + delay;
                 let copy = copy::retry(request.message(), attempt + 1, due, first);
@@ -210,30 +264,29 @@ where
                             failure.message,
                             error::chain(&source)
                         );
-                        return Err(Error::Failed(failure));
+                        return Some(Err(Error::Failed(failure)));
                     }
                     Err(source) => {
-                        return Err(Error::Retry {
+                        return Some(Err(Error::Retry {
                             source,
                             attempts: attempt,
-                        });
+                        }));
                     }
                 }
                 crate::lifecycle::deferred(&request.message().meta, attempt + 1);
-                return Ok(Outcome::Deferred {
+                Some(Ok(Outcome::Deferred {
                     attempt: attempt + 1,
                     due,
-                });
+                }))
             }
             _ => {
                 // Cancelled on shutdown, a revoke, or the deadline.
                 tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = request.cancellation().cancelled() => return Err(Error::Shutdown),
+                    () = tokio::time::sleep(delay) => None,
+                    () = request.cancellation().cancelled() => Some(Err(Error::Shutdown)),
                 }
             }
         }
-        attempt += 1;
     }
 }
 

@@ -532,10 +532,15 @@ where
     ) -> Waited<T> {
         tokio::pin!(wanted);
         loop {
+            // A change is seen here, before anything more is taken; the
+            // wait for one is polled last, so a turn that has work ready
+            // does not register (and drop) a waiter on the breaker.
+            if states.moved_from(state) {
+                return Waited::Changed;
+            }
             tokio::select! {
                 biased;
                 () = &mut stopping => return Waited::Stop,
-                () = states.changed(state) => return Waited::Changed,
                 Some(done) = self.in_flight.next() => {
                     self.record(done);
                     if self.halted.is_some() {
@@ -543,6 +548,7 @@ where
                     }
                 }
                 got = &mut wanted, if self.in_flight.len() < room => return Waited::Got(got),
+                () = states.changed(state) => return Waited::Changed,
                 _ = self.tick.tick() => self.pulse.beat(),
             }
         }
