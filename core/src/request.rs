@@ -110,6 +110,12 @@ impl<T> Request<T> {
         self.payload.as_ref()
     }
 
+    /// The decoded payload, or why it did not decode, taken out of the
+    /// request (the handler of a request given away gets it without a copy).
+    pub(crate) fn into_payload(self) -> Result<T, DecodeError> {
+        self.payload
+    }
+
     /// The key the payload type extracted, if any.
     pub fn payload_key(&self) -> Option<&str> {
         self.payload_key.as_deref()

@@ -155,7 +155,7 @@ where
 
     fn call(&mut self, request: Request<T>) -> Self::Future {
         let handler = Arc::clone(&self.handler);
-        Box::pin(async move { run(&*handler, &request).await })
+        Box::pin(async move { run_owned(&*handler, request).await })
     }
 }
 
@@ -172,4 +172,16 @@ where
         .handle(payload, request.context())
         .await
         .map_err(Into::into)
+}
+
+/// [`run`] on a request the caller gives away (a tower service's): the
+/// payload is moved to the handler, not copied.
+async fn run_owned<H, T>(handler: &H, request: Request<T>) -> Result<(), HandlerError>
+where
+    H: Handle<T>,
+    T: Payload,
+{
+    let context = request.context();
+    let payload = request.into_payload().map_err(|e| decode_failure(&e))?;
+    handler.handle(payload, context).await.map_err(Into::into)
 }

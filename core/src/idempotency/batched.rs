@@ -87,7 +87,9 @@ fn store_error(error: BatchError) -> StoreError {
 ///
 /// `renew` (the lease renewer batches renewals itself), `dead_letter`,
 /// `release`, `defer_letter`, `layout` and the batch methods themselves go
-/// straight to the wrapped store.
+/// straight to the wrapped store, and so do `claim_now` / `complete_now`:
+/// a store that answers at once (an in-process one) is not batched at all,
+/// and no batch metrics are recorded for it.
 ///
 /// The stack uses it by itself for stores whose [`Store::remote`] is true
 /// (Redis, PostgreSQL; see

@@ -312,7 +312,7 @@ impl Deduper {
         let Some(raw) = config.key.raw_of(&request) else {
             return inner(request).await;
         };
-        // `<worker>/<n>`, written on the stack (a worker name of up to 60
+        // `<worker>/<n>`, written on the stack (a worker name of up to 59
         // bytes fits; a longer one spills to the heap).
         let mut owner = smallvec::SmallVec::<[u8; 80]>::new();
         owner.extend_from_slice(config.worker.as_bytes());

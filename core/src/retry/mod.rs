@@ -124,7 +124,7 @@ where
 /// it, then the caller runs an attempt on the request and hands the result
 /// to [`after`](Retrying::after), again and again until `after` answers
 /// with the message's end. The caller lends the request to each attempt
-/// (nothing is cloned per attempt). Shared by [`Retry`] and the stack's
+/// (the pipeline's attempts borrow it; a caller whose attempt takes a request by value, as the `Retry` service's inner service does, clones it). Shared by [`Retry`] and the stack's
 /// pipeline; see the [module docs](self).
 pub(crate) struct Retrying<'a> {
     policy: &'a RetryPolicy,

@@ -399,6 +399,18 @@ where
             };
             match next {
                 None => break,
+                // The breaker moved while this delivery was being fetched
+                // (a pause, or a trip recorded by another task): it is not
+                // run under the old state but postponed, as the deliveries
+                // a pause holds back are; the loop then acts on the new state.
+                Some(Ok(delivery)) if states.moved_from(state) => {
+                    run.summary.received += 1;
+                    let delivery = delivery
+                        .postponed()
+                        .with_cancellation(self.shutdown.clone());
+                    run.in_flight
+                        .push(Slot::new(self.service.call(delivery), Kind::Uncounted));
+                }
                 Some(Ok(delivery)) => {
                     if state == BreakerState::Closed && !self.readiness.is_ready() {
                         self.readiness.ready();
@@ -897,6 +909,49 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(summary.handled, 7, "{summary}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_that_arrives_with_a_pause_is_not_run_until_resumed() {
+        use crate::memory::MemoryBroker;
+        use crate::{Context, Message, StackBuilder, handler_fn};
+
+        let broker = MemoryBroker::new();
+        let handled = Arc::new(AtomicU32::new(0));
+        let h = Arc::clone(&handled);
+        let stack = StackBuilder::<serde_json::Value>::new(Arc::new(broker.dead_letter_sink()))
+            .nack_delay(Duration::from_millis(10))
+            .build(handler_fn(move |_v: serde_json::Value, _ctx: Context| {
+                let h = Arc::clone(&h);
+                async move {
+                    h.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, crate::HandlerError>(())
+                }
+            }));
+        let runner = Runner::new(broker.consume("q", 4), stack);
+        let (breaker, token) = (runner.breaker(), runner.shutdown_token());
+        let run = tokio::spawn(runner.run());
+        // The runner waits on its empty source.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A pause and a message before the runner is polled again: both are
+        // ready when it wakes.
+        breaker.pause();
+        broker
+            .publish_now("q", Message::new("{}").with_message_id("m1"))
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            handled.load(Ordering::SeqCst),
+            0,
+            "nothing runs while paused, not even what arrived with the pause"
+        );
+        breaker.resume();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(handled.load(Ordering::SeqCst), 1, "it ran once resumed");
+        token.cancel();
+        let summary = run.await.unwrap().unwrap();
+        assert_eq!(summary.handled, 1, "{summary}");
+        assert_eq!(broker.stats("q").ready + broker.stats("q").unacked, 0);
     }
 
     #[tokio::test(start_paused = true)]
