@@ -105,10 +105,7 @@ where
         let sink = self.sink.clone();
         Box::pin(async move {
             let mut request = request;
-            let mut retrying = match Retrying::start(&policy, sink.as_ref(), &mut request) {
-                Ok(retrying) => retrying,
-                Err(error) => return Err(error),
-            };
+            let mut retrying = Retrying::start(&policy, sink.as_ref(), &mut request)?;
             loop {
                 // Each attempt's service takes its own copy of the request.
                 let result = inner.clone().oneshot(request.clone()).await;
@@ -123,9 +120,10 @@ where
 /// A message's way through its attempts: [`start`](Retrying::start) admits
 /// it, then the caller runs an attempt on the request and hands the result
 /// to [`after`](Retrying::after), again and again until `after` answers
-/// with the message's end. The caller lends the request to each attempt
-/// (the pipeline's attempts borrow it; a caller whose attempt takes a request by value, as the `Retry` service's inner service does, clones it). Shared by [`Retry`] and the stack's
-/// pipeline; see the [module docs](self).
+/// with the message's end. The caller lends the request to each attempt:
+/// the pipeline's attempts borrow it, and a caller whose attempt takes a
+/// request by value (the [`Retry`] service's inner service) clones it.
+/// Shared by [`Retry`] and the stack's pipeline; see the [module docs](self).
 pub(crate) struct Retrying<'a> {
     policy: &'a RetryPolicy,
     sink: Option<&'a Arc<dyn RetrySink>>,
