@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::transaction::{InTransaction, Transaction};
 use crate::{AckError, Message};
 
 /// An adapter's handle to settle one delivery with its broker.
@@ -109,6 +110,8 @@ pub struct Delivery {
     deadline: Option<Instant>,
     /// Settle without running: postpone (the runner stopped consuming).
     postpone: bool,
+    /// The source's transaction the delivery's effects wait for, if any.
+    transaction: Option<InTransaction>,
 }
 
 impl Delivery {
@@ -144,6 +147,7 @@ impl Delivery {
             fence: None,
             deadline: None,
             postpone: false,
+            transaction: None,
         }
     }
 
@@ -182,6 +186,20 @@ impl Delivery {
     pub fn fenced_by(mut self, token: CancellationToken) -> Self {
         self.fence = Some(token);
         self
+    }
+
+    /// The delivery's effects (dead letters, retry copies, the handler's
+    /// publishes, its idempotency marks) go into `transaction` instead of
+    /// being made at once; see [`transaction`](crate::transaction).
+    #[must_use]
+    pub fn in_transaction(mut self, transaction: Arc<dyn Transaction>) -> Self {
+        self.transaction = Some(InTransaction(transaction));
+        self
+    }
+
+    /// Takes the transaction the delivery belongs to, if any.
+    pub fn take_transaction(&mut self) -> Option<InTransaction> {
+        self.transaction.take()
     }
 
     /// Takes the token the source cancels when it loses the delivery, if any.
@@ -232,4 +250,7 @@ pub struct Received {
     pub cancel: CancellationToken,
     /// When the delivery must be settled by ([`Delivery::deadline`]).
     pub deadline: Option<Instant>,
+    /// The source's transaction its effects wait for
+    /// ([`Delivery::in_transaction`]), if any.
+    pub transaction: Option<InTransaction>,
 }

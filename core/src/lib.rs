@@ -83,6 +83,7 @@ pub mod settings;
 pub mod stack;
 pub mod timeout;
 pub mod tls;
+pub mod transaction;
 pub mod wire;
 
 #[cfg(test)]

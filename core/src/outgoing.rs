@@ -265,10 +265,16 @@ impl<P: Publisher> Outgoing for Direct<P> {
     }
 }
 
+/// A confirmed [`Publisher`] as a back-end: each publish returns after the
+/// broker's confirm (what [`PublishLayer::new`] uses).
+pub fn confirmed(publisher: impl Publisher) -> Arc<dyn Outgoing> {
+    Arc::new(Direct(publisher))
+}
+
 impl PublishLayer {
     /// Publishes through `publisher`.
     pub fn new(publisher: impl Publisher) -> Self {
-        PublishLayer::to(Arc::new(Direct(publisher)))
+        PublishLayer::to(confirmed(publisher))
     }
 
     /// Publishes through any back-end.

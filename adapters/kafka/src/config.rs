@@ -8,6 +8,7 @@ use rdkafka::ClientConfig;
 
 use crate::RetryTiers;
 use crate::options::KafkaOption;
+use crate::transaction::ExactlyOnce;
 
 /// The brokers used when `BACKSTOP_KAFKA_BROKERS` is not set: the local broker.
 pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
@@ -105,6 +106,10 @@ pub struct KafkaConfig {
     /// (`backstop_kafka_lag_records`, `backstop_kafka_oldest_unfinished_seconds`)
     /// and its DLQs' depth (`backstop_dlq_depth`). Default 5 s.
     pub metrics_interval: Duration,
+    /// Exactly-once hand-off (default off): dead letters, retry copies and
+    /// handler outputs are committed in one Kafka transaction with the
+    /// offsets they follow from; see [`ExactlyOnce`].
+    pub exactly_once: Option<ExactlyOnce>,
 }
 
 /// A property map with secret values hidden, for `Debug`.
@@ -152,6 +157,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("max_message_bytes", &self.max_message_bytes)
             .field("retry_tiers", &self.retry_tiers)
             .field("metrics_interval", &self.metrics_interval)
+            .field("exactly_once", &self.exactly_once)
             .finish()
     }
 }
@@ -178,6 +184,7 @@ impl KafkaConfig {
             missing_topic_timeout: Duration::from_secs(5),
             retry_tiers: RetryTiers::default(),
             metrics_interval: Duration::from_secs(5),
+            exactly_once: None,
         }
     }
 
@@ -203,7 +210,15 @@ impl KafkaConfig {
         let session = millis(self.session_timeout).max(1_000);
         config
             .set("group.id", &self.group)
-            .set("enable.auto.commit", "true")
+            // In exactly-once mode offsets are committed by the transactions only.
+            .set(
+                "enable.auto.commit",
+                if self.exactly_once.is_some() {
+                    "false"
+                } else {
+                    "true"
+                },
+            )
             .set("enable.auto.offset.store", "false")
             .set(
                 "auto.commit.interval.ms",
@@ -266,6 +281,21 @@ impl KafkaConfig {
                     .to_string(),
             );
         Self::overrides(&mut config, [&self.properties, &self.producer_properties]);
+        config
+    }
+
+    /// The transactional producer's configuration (exactly-once mode): the
+    /// producer's, with `transactional.id` and `transaction.timeout.ms`.
+    pub(crate) fn transactional_config(&self, exactly_once: &ExactlyOnce) -> ClientConfig {
+        let mut config = self.producer_config();
+        config
+            .set("transactional.id", &exactly_once.transactional_id)
+            .set(
+                "transaction.timeout.ms",
+                millis(exactly_once.transaction_timeout)
+                    .max(1_000)
+                    .to_string(),
+            );
         config
     }
 

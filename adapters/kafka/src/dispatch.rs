@@ -19,6 +19,7 @@ use backstop::{CancellationToken, Message, SourceError};
 use tokio::sync::Notify;
 
 use crate::tracker::{PartitionTracker, Received};
+use crate::transaction::Pending;
 
 /// A topic and partition.
 pub(crate) type Tp = (Arc<str>, i32);
@@ -99,6 +100,11 @@ pub(crate) struct State {
     /// them, and glibc frees a block without a lock only on the thread
     /// that allocated it.
     freed: Vec<Arc<Message>>,
+    /// Exactly-once mode: what the deliveries produced, per partition
+    /// generation (see [`transaction`](crate::transaction)).
+    pending: Option<Arc<Pending>>,
+    /// Deliveries settled done since the last transaction.
+    settled: usize,
 }
 
 impl State {
@@ -121,6 +127,9 @@ impl State {
                 self.slots.len() - 1
             }
         };
+        if let Some(pending) = &self.pending {
+            pending.assign(tp.clone(), self.next_generation);
+        }
         self.index.insert(tp, i);
         i
     }
@@ -130,6 +139,9 @@ impl State {
         let slot = self.slots.get_mut(i)?.take()?;
         self.free.push(i);
         slot.revoked.cancel();
+        if let Some(pending) = &self.pending {
+            pending.forget(tp);
+        }
         Some(slot.tracker)
     }
 
@@ -252,6 +264,8 @@ impl Dispatcher {
                 closed: false,
                 errors: VecDeque::new(),
                 freed: Vec::new(),
+                pending: None,
+                settled: 0,
             }),
             ready: Notify::new(),
         })
@@ -460,12 +474,16 @@ impl Dispatcher {
             let mut st = self.lock();
             let was_full = st.outstanding >= st.max_in_flight;
             st.outstanding = st.outstanding.saturating_sub(1);
+            let pending = st.pending.clone();
             let result = match st.live(ticket.slot, ticket.generation) {
                 Some(tracker) => {
                     let ok = if done {
                         tracker.complete(ticket.offset, &mut released, &mut freed)
                     } else if tracker.requeue(ticket.offset) {
                         released.push(ticket.offset);
+                        if let Some(pending) = &pending {
+                            pending.discard(&ticket.tp, ticket.offset);
+                        }
                         true
                     } else {
                         false
@@ -474,6 +492,9 @@ impl Dispatcher {
                 }
                 None => Err(Refused::Fenced),
             };
+            if done && result.is_ok() {
+                st.settled += 1;
+            }
             let wake = was_full || !released.is_empty();
             for offset in released {
                 st.ready.push_back(Queued {
@@ -491,6 +512,48 @@ impl Dispatcher {
             self.ready.notify_one();
         }
         result
+    }
+
+    /// Exactly-once mode: deliveries produce into `pending`, per partition
+    /// generation (call before anything is assigned).
+    pub(crate) fn transactional(&self, pending: Arc<Pending>) {
+        self.lock().pending = Some(pending);
+    }
+
+    /// Deliveries settled done since the last [`reset_settled`](Self::reset_settled).
+    pub(crate) fn settled(&self) -> usize {
+        self.lock().settled
+    }
+
+    /// Starts counting settled deliveries again (a transaction began).
+    pub(crate) fn reset_settled(&self) {
+        self.lock().settled = 0;
+    }
+
+    /// After an aborted transaction: each partition's tracker starts over
+    /// under a new generation (its in-flight deliveries fenced: handlers
+    /// cancelled, settlements refused, what they produced dropped), and
+    /// the offset to read it again from is returned (the last committed
+    /// one; partitions that received nothing are left as they are).
+    pub(crate) fn rewind(&self, tps: &[Tp]) -> Vec<(Tp, i64)> {
+        let mut st = self.lock();
+        let mut rewound = Vec::new();
+        for tp in tps {
+            let Some(offset) = st.by_tp(tp).and_then(|t| t.rewind_to()) else {
+                continue;
+            };
+            let delayed = st.by_tp(tp).is_some_and(|t| t.is_delayed());
+            st.insert(tp.clone(), delayed);
+            rewound.push((tp.clone(), offset));
+        }
+        let State { slots, ready, .. } = &mut *st;
+        ready.retain(|q| {
+            slots
+                .get(q.slot)
+                .and_then(Option::as_ref)
+                .is_some_and(|s| s.tracker.generation() == q.generation)
+        });
+        rewound
     }
 
     /// Pauses every assigned partition (and any assigned later) until

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crate::sinks::{dlq_topic, retry_topic};
 use crate::{
-    Error, KafkaConfig, KafkaDeadLetterSink, KafkaPublisher, KafkaRetrySink, KafkaSource,
-    RetryTiers, TopicSpec, Topics,
+    Error, ExactlyOnce, KafkaConfig, KafkaDeadLetterSink, KafkaPublisher, KafkaRetrySink,
+    KafkaSource, RetryTiers, TopicSpec, Topics, TransactionalPublishLayer,
 };
 
 /// The brokers and consumer group of a worker, and everything built from
@@ -175,6 +175,25 @@ impl Kafka {
             self.config.group.clone(),
             self.config.retry_tiers.clone(),
         ))
+    }
+
+    /// Lets handlers publish ([`Context::publish`](backstop::Context::publish)):
+    /// into the delivery's transaction in exactly-once mode
+    /// ([`KafkaConfig::exactly_once`]), else at once through the shared
+    /// publisher; put it around each attempt
+    /// ([`StackBuilder::around_attempt`](backstop::StackBuilder::around_attempt)).
+    pub fn publish_layer(&self) -> Result<TransactionalPublishLayer, Error> {
+        Ok(TransactionalPublishLayer::new(self.publisher()?))
+    }
+
+    /// Exactly-once mode for this running instance (see
+    /// [`transaction`](crate::transaction)): `instance` is unique per
+    /// running process and reused by its restart (the order worker's
+    /// `--instance-id`).
+    #[must_use]
+    pub fn exactly_once(self, instance: &str) -> Self {
+        let settings = ExactlyOnce::new(&self.config.group, instance);
+        self.configure(|c| c.exactly_once = Some(settings))
     }
 
     /// The offsets this group committed on each partition of `topic`.

@@ -105,6 +105,7 @@ mod source;
 mod telemetry;
 mod topics;
 mod tracker;
+pub mod transaction;
 #[cfg(feature = "tls")]
 mod verification;
 
@@ -120,6 +121,7 @@ pub use crate::sinks::{
 };
 pub use crate::source::KafkaSource;
 pub use crate::topics::{HEADER_HEADROOM, TopicSpec, Topics};
+pub use crate::transaction::{ExactlyOnce, TransactionalPublishLayer};
 
 /// Re-exported so callers can name librdkafka types and settings.
 pub use rdkafka;

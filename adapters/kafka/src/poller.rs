@@ -34,6 +34,7 @@ use crate::dispatch::{Dispatcher, Incoming, Tp};
 use crate::link::Link;
 use crate::source::RetryTable;
 use crate::telemetry::SourceMetrics;
+use crate::transaction::Transactor;
 use crate::{Error, record};
 
 /// How long the thread blocks in one `poll` at most.
@@ -58,6 +59,17 @@ pub(crate) struct GroupContext {
     delayed: Arc<RetryTable>,
     link: Arc<Link>,
     metrics: Arc<SourceMetrics>,
+    /// Exactly-once mode: the transactional producer (used on the poll
+    /// thread only: here inside the revoke callback, and by the loop).
+    transactor: Option<SharedTransactor>,
+}
+
+/// The transactional producer, shared by the poll loop and the rebalance
+/// callback (both on the poll thread, so the lock is never contended).
+pub(crate) type SharedTransactor = Arc<std::sync::Mutex<Transactor>>;
+
+fn locked(transactor: &SharedTransactor) -> std::sync::MutexGuard<'_, Transactor> {
+    transactor.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl GroupContext {
@@ -66,12 +78,14 @@ impl GroupContext {
         delayed: Arc<RetryTable>,
         link: Arc<Link>,
         metrics: Arc<SourceMetrics>,
+        transactor: Option<SharedTransactor>,
     ) -> Self {
         GroupContext {
             dispatcher,
             delayed,
             link,
             metrics,
+            transactor,
         }
     }
 }
@@ -98,7 +112,8 @@ impl ClientContext for GroupContext {
     }
 }
 
-fn list(offsets: &[(Tp, i64)]) -> TopicPartitionList {
+/// The offsets as a partition list.
+pub(crate) fn list(offsets: &[(Tp, i64)]) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::with_capacity(offsets.len());
     for ((topic, partition), offset) in offsets {
         // Only fails for an invalid offset, and watermarks are valid offsets.
@@ -107,7 +122,8 @@ fn list(offsets: &[(Tp, i64)]) -> TopicPartitionList {
     tpl
 }
 
-fn partitions(tps: &[Tp]) -> TopicPartitionList {
+/// The partitions as a partition list.
+pub(crate) fn partitions(tps: &[Tp]) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::with_capacity(tps.len());
     for (topic, partition) in tps {
         tpl.add_partition(topic, *partition);
@@ -121,6 +137,14 @@ impl ConsumerContext for GroupContext {
             return;
         };
         let elements = revoked.elements();
+        // Exactly-once: what is done is committed before the partitions go
+        // (an abort rewinds them first; the next owner reads them again).
+        if let Some(transactor) = &self.transactor
+            && !consumer.assignment_lost()
+            && let Err(error) = locked(transactor).commit(consumer, &self.dispatcher)
+        {
+            self.dispatcher.report(error);
+        }
         let commit = self
             .dispatcher
             .revoke(elements.iter().map(|e| (e.topic(), e.partition())));
@@ -133,7 +157,7 @@ impl ConsumerContext for GroupContext {
             lost,
             "partitions revoked"
         );
-        if commit.is_empty() || lost {
+        if commit.is_empty() || lost || self.transactor.is_some() {
             return;
         }
         // Store, not commit: with auto commit, librdkafka commits the stored
@@ -197,6 +221,7 @@ impl PollThread {
         group: String,
         link: Arc<Link>,
         (metrics, metrics_every): (Arc<SourceMetrics>, Duration),
+        transactor: Option<SharedTransactor>,
     ) -> Result<Self, Error> {
         let stop = Arc::new(AtomicBool::new(false));
         let liveness = Liveness::new(format!("the Kafka poll thread of group {group:?}"));
@@ -213,6 +238,7 @@ impl PollThread {
             disconnected: false,
             batch: Vec::with_capacity(BATCH),
             freed: Vec::new(),
+            transactor,
             group,
             link,
             last_check: None,
@@ -283,6 +309,8 @@ struct Poller {
     batch: Vec<Incoming>,
     /// Messages settled done, dropped here: this thread allocated them.
     freed: Vec<Arc<backstop::Message>>,
+    /// Exactly-once mode: commits on this thread.
+    transactor: Option<SharedTransactor>,
     /// The consumer group: stamped on every message ([`backstop::Meta::group`],
     /// part of its idempotency keyspace); also named by the test that kills the thread.
     group: String,
@@ -303,6 +331,13 @@ pub(crate) static PANIC_IN_POLL: std::sync::Mutex<Vec<String>> = std::sync::Mute
 
 impl Poller {
     fn run(mut self) {
+        if let Some(transactor) = &self.transactor
+            && let Err(error) = locked(transactor).init()
+        {
+            tracing::error!(%error, "exactly-once mode could not start");
+            self.dispatcher.report(error);
+            self.stop.store(true, Ordering::Release);
+        }
         let mut last_maintenance = Instant::now();
         let mut last_report = last_maintenance;
         while !self.stop.load(Ordering::Acquire) {
@@ -313,6 +348,7 @@ impl Poller {
             }
             if idle || last_maintenance.elapsed() >= MAINTENANCE_EVERY {
                 self.maintain(idle);
+                self.transact(false);
                 last_maintenance = Instant::now();
                 if last_maintenance - last_report >= self.metrics_every {
                     self.metrics.report(self.dispatcher.heads());
@@ -419,6 +455,23 @@ impl Poller {
         }
     }
 
+    /// Exactly-once mode: commits a transaction when one is due (or, with
+    /// `now`, whatever is done). A producer that cannot go on stops the
+    /// source with its fatal error.
+    fn transact(&mut self, now: bool) {
+        let Some(transactor) = &self.transactor else {
+            return;
+        };
+        let mut transactor = locked(transactor);
+        if !now && !transactor.due(self.dispatcher.settled()) {
+            return;
+        }
+        if let Err(error) = transactor.commit(&self.consumer, &self.dispatcher) {
+            self.dispatcher.report(error);
+            self.stop.store(true, Ordering::Release);
+        }
+    }
+
     fn maintain(&mut self, idle: bool) {
         self.dispatcher.take_freed(&mut self.freed);
         self.freed.clear();
@@ -436,7 +489,8 @@ impl Poller {
         {
             tracing::warn!(%error, "resuming partitions failed");
         }
-        if !actions.store.is_empty() {
+        // Exactly-once: offsets go with the transactions, never stored.
+        if !actions.store.is_empty() && self.transactor.is_none() {
             match self.consumer.store_offsets(&list(&actions.store)) {
                 Ok(()) => self.dispatcher.mark_stored(&actions.store),
                 // A partition revoked a moment ago: expected, not fatal.
@@ -551,7 +605,9 @@ impl Poller {
         self.liveness.end();
         self.dispatcher.close();
         let actions = self.dispatcher.maintain();
-        if !actions.store.is_empty() && self.consumer.store_offsets(&list(&actions.store)).is_err()
+        if !actions.store.is_empty()
+            && self.transactor.is_none()
+            && self.consumer.store_offsets(&list(&actions.store)).is_err()
         {
             self.metrics.commit_failed();
         }
@@ -562,8 +618,11 @@ impl Poller {
         if !actions.idle.is_empty() {
             self.advance_idle(&actions.idle);
         }
+        if self.transactor.is_some() {
+            self.transact(true);
+        }
         let commit = self.dispatcher.to_commit();
-        if !commit.is_empty() {
+        if !commit.is_empty() && self.transactor.is_none() {
             match self.consumer.commit(&list(&commit), CommitMode::Sync) {
                 Ok(()) => self.dispatcher.mark_committed(&commit),
                 Err(error) => {

@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use backstop::transaction::InTransaction;
 use backstop::{DeadLetterSink, Message, Publisher, RetrySink, SinkError, wire};
 
 use crate::{KafkaPublisher, RetryTier, RetryTiers};
@@ -78,6 +79,24 @@ impl DeadLetterSink for KafkaDeadLetterSink {
             .insert(wire::GROUP.to_owned(), self.group.clone());
         send(&self.publisher, destination, &letter).await
     }
+
+    /// Adds the letter to the delivery's transaction (exactly-once mode):
+    /// it is written with the commit that covers the delivery's offset.
+    async fn dead_letter_in(
+        &self,
+        mut letter: Message,
+        destination: Option<&str>,
+        transaction: &InTransaction,
+    ) -> Result<(), SinkError> {
+        let destination = destination.map_or_else(
+            || dlq_topic(letter.meta.origin(), &self.group),
+            str::to_owned,
+        );
+        letter
+            .headers
+            .insert(wire::GROUP.to_owned(), self.group.clone());
+        transaction.0.produce(&destination, letter)
+    }
 }
 
 /// Republishes delayed-retry copies to the retry topic of their delay tier.
@@ -102,6 +121,19 @@ impl KafkaRetrySink {
         }
     }
 
+    /// The copy's topic, with the group stamped on it.
+    fn addressed(&self, copy: &mut Message, delay: Duration) -> Result<String, SinkError> {
+        let destination = self.destination(copy, delay).ok_or_else(|| {
+            SinkError::Unsupported(format!(
+                "no retry tiers are configured for group {:?}; configure KafkaConfig::retry_tiers or raise the retry policy's in-process limit",
+                self.group
+            ))
+        })?;
+        copy.headers
+            .insert(wire::GROUP.to_owned(), self.group.clone());
+        Ok(destination)
+    }
+
     /// The topic a copy delayed by `delay` goes to, if any tier exists.
     pub fn destination(&self, message: &Message, delay: Duration) -> Option<String> {
         let tier = self.tiers.pick(delay)?;
@@ -112,15 +144,19 @@ impl KafkaRetrySink {
 #[async_trait::async_trait]
 impl RetrySink for KafkaRetrySink {
     async fn retry_later(&self, mut copy: Message, delay: Duration) -> Result<(), SinkError> {
-        let destination = self.destination(&copy, delay).ok_or_else(|| {
-            SinkError::Unsupported(format!(
-                "no retry tiers are configured for group {:?}; configure KafkaConfig::retry_tiers or raise the retry policy's in-process limit",
-                self.group
-            ))
-        })?;
-        copy.headers
-            .insert(wire::GROUP.to_owned(), self.group.clone());
+        let destination = self.addressed(&mut copy, delay)?;
         send(&self.publisher, destination, &copy).await
+    }
+
+    /// Adds the copy to the delivery's transaction (exactly-once mode).
+    async fn retry_later_in(
+        &self,
+        mut copy: Message,
+        delay: Duration,
+        transaction: &InTransaction,
+    ) -> Result<(), SinkError> {
+        let destination = self.addressed(&mut copy, delay)?;
+        transaction.0.produce(&destination, copy)
     }
 }
 

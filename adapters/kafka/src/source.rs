@@ -13,6 +13,7 @@ use crate::dispatch::Dispatcher;
 use crate::link::Link;
 use crate::poller::{GroupContext, PollThread};
 use crate::telemetry::SourceMetrics;
+use crate::transaction::{DeliverySlot, Pending, Transactor};
 use crate::{Error, KafkaConfig};
 
 /// Retry topic → the source topic its copies belong to: the source's own
@@ -59,6 +60,8 @@ pub struct KafkaSource {
     required: Vec<String>,
     /// Reads the depth of the DLQ topics while the source lives.
     dlq_depth: Option<DlqDepth>,
+    /// Exactly-once mode: what each delivery produced, until committed.
+    pending: Option<Arc<Pending>>,
 }
 
 impl KafkaSource {
@@ -101,6 +104,18 @@ impl KafkaSource {
                 .collect(),
         );
         let link = Arc::new(Link::new(&config.group));
+        let (pending, transactor) = match &config.exactly_once {
+            Some(settings) => {
+                let pending = Arc::new(Pending::default());
+                dispatcher.transactional(Arc::clone(&pending));
+                let transactor = Transactor::new(config, settings, Arc::clone(&pending))?;
+                (
+                    Some(pending),
+                    Some(Arc::new(std::sync::Mutex::new(transactor))),
+                )
+            }
+            None => (None, None),
+        };
         let tiers: Vec<(String, String)> = retry_topics
             .iter()
             .map(|(retry, source)| {
@@ -115,6 +130,7 @@ impl KafkaSource {
             Arc::clone(&delayed),
             Arc::clone(&link),
             Arc::clone(&metrics),
+            transactor.clone(),
         );
         let consumer: BaseConsumer<GroupContext> = config
             .consumer_config()
@@ -141,6 +157,7 @@ impl KafkaSource {
             config.group.clone(),
             Arc::clone(&link),
             (metrics, config.metrics_interval),
+            transactor,
         )?;
         Ok(KafkaSource {
             dispatcher,
@@ -152,6 +169,7 @@ impl KafkaSource {
             config: config.clone(),
             required: Vec::new(),
             dlq_depth: None,
+            pending,
         })
     }
 
@@ -258,13 +276,21 @@ impl Source for KafkaSource {
         loop {
             match self.dispatcher.take() {
                 Ok(Some(taken)) => {
+                    let slot = self.pending.as_ref().map(|pending| DeliverySlot {
+                        pending: Arc::clone(pending),
+                        tp: taken.ticket.tp.clone(),
+                        generation: taken.ticket.generation,
+                        offset: taken.ticket.offset,
+                    });
                     let acker = KafkaAcker {
                         dispatcher: Arc::clone(&self.dispatcher),
                         ticket: taken.ticket,
                     };
-                    return Some(Ok(
-                        Delivery::shared(taken.message, acker).fenced_by(taken.revoked)
-                    ));
+                    let delivery = Delivery::shared(taken.message, acker).fenced_by(taken.revoked);
+                    return Some(Ok(match slot {
+                        Some(slot) => delivery.in_transaction(Arc::new(slot)),
+                        None => delivery,
+                    }));
                 }
                 Ok(None) => self.dispatcher.changed().await,
                 Err(None) => return None,

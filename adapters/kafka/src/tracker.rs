@@ -62,6 +62,8 @@ pub(crate) struct PartitionTracker {
     /// a lookup per message completed).
     keys: HashMap<Bytes, VecDeque<i64>, foldhash::fast::RandomState>,
     last_received: Option<i64>,
+    /// The first offset received under this assignment.
+    first_received: Option<i64>,
     watermark: Option<i64>,
     stored: Option<i64>,
     committed: Option<i64>,
@@ -80,6 +82,7 @@ impl PartitionTracker {
             entries: BTreeMap::new(),
             keys: HashMap::default(),
             last_received: None,
+            first_received: None,
             watermark: None,
             stored: None,
             committed: None,
@@ -155,6 +158,7 @@ impl PartitionTracker {
             return Received::Duplicate;
         }
         self.last_received = Some(offset);
+        self.first_received.get_or_insert(offset);
         // Only a future due time on a delayed partition holds the message.
         let due = due.filter(|d| self.delayed && *d > now);
         let not_due = due.is_some();
@@ -346,6 +350,14 @@ impl PartitionTracker {
     pub(crate) fn to_commit(&self) -> Option<i64> {
         self.watermark
             .filter(|w| self.committed.is_none_or(|c| *w > c))
+    }
+
+    /// Where this partition's messages are read again after an aborted
+    /// transaction: the offset last committed under this assignment, else
+    /// the first one received (where the group's committed offset put it).
+    /// `None` when nothing was received.
+    pub(crate) fn rewind_to(&self) -> Option<i64> {
+        self.committed.or(self.first_received)
     }
 
     /// Records that `offset` was committed.

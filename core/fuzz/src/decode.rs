@@ -88,6 +88,7 @@ fn through_layer<T: Payload>(message: &Message, max: Option<usize>) {
         message: message.clone().into(),
         cancel: CancellationToken::new(),
         deadline: None,
+        transaction: None,
     };
     let Poll::Ready(Ok(request)) = pin!(service.call(received)).poll(&mut cx) else {
         panic!("the decode layer adds no waiting and no error of its own");

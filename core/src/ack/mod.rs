@@ -158,6 +158,7 @@ pub(crate) fn start(
     nack_delay: Duration,
 ) -> Start {
     let fence = delivery.take_fence();
+    let transaction = delivery.take_transaction();
     let deadline = delivery.deadline();
     let postpone_now = delivery.is_postponed();
     let (message, acker, shutdown) = delivery.into_parts();
@@ -175,6 +176,7 @@ pub(crate) fn start(
         message,
         cancel: cancel.clone().unwrap_or_else(|| shutdown.clone()),
         deadline,
+        transaction,
     };
     Start::Run(
         received,

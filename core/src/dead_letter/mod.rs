@@ -55,6 +55,7 @@ use tower::Service;
 
 use self::pending::PendingLetters;
 use crate::expiry::{OnExpiry, TimeToLive};
+use crate::transaction::InTransaction;
 use crate::{Error, Failure, Message, Outcome, Request, copy};
 
 /// The dead-letter service; see the [module docs](self).
@@ -87,15 +88,24 @@ where
 
     fn call(&mut self, request: Request<T>) -> Self::Future {
         let message = Arc::clone(request.message_arc());
+        let transaction = request.extensions.get::<InTransaction>().cloned();
         let writer = self.writer.clone();
         if let Some(failure) = writer.pending_for(&request) {
-            return Box::pin(async move { writer.write(&message, failure).await });
+            return Box::pin(
+                async move { writer.write(&message, transaction.as_ref(), failure).await },
+            );
         }
         if let Some(failure) = writer.expired(&request) {
-            return Box::pin(async move { writer.expire(&message, failure).await });
+            return Box::pin(async move {
+                writer.expire(&message, transaction.as_ref(), failure).await
+            });
         }
         let future = self.inner.call(request);
-        Box::pin(async move { writer.after(&message, future.await).await })
+        Box::pin(async move {
+            writer
+                .after(&message, transaction.as_ref(), future.await)
+                .await
+        })
     }
 }
 
@@ -140,6 +150,7 @@ impl Writer {
     pub(crate) async fn expire(
         &self,
         message: &Message,
+        transaction: Option<&InTransaction>,
         failure: Failure,
     ) -> Result<Outcome, Error> {
         match self.expiry.map(|ttl| ttl.on_expiry()) {
@@ -152,7 +163,7 @@ impl Writer {
                 );
                 Ok(Outcome::Discarded { kind: failure.kind })
             }
-            _ => self.write(message, failure).await,
+            _ => self.write(message, transaction, failure).await,
         }
     }
 
@@ -185,26 +196,33 @@ impl Writer {
     pub(crate) async fn after(
         &self,
         message: &Message,
+        transaction: Option<&InTransaction>,
         result: Result<Outcome, Error>,
     ) -> Result<Outcome, Error> {
         match result {
-            Err(Error::Failed(failure)) => self.write(message, failure).await,
+            Err(Error::Failed(failure)) => self.write(message, transaction, failure).await,
             other => other,
         }
     }
 
-    /// Writes one letter.
+    /// Writes one letter (into `transaction` if the delivery is in one).
     pub(crate) async fn write(
         &self,
         message: &Message,
+        transaction: Option<&InTransaction>,
         failure: Failure,
     ) -> Result<Outcome, Error> {
         let letter = copy::dead_letter(message, &failure);
-        if let Err(source) = self
-            .sink
-            .dead_letter(letter, self.destination.as_deref())
-            .await
-        {
+        let destination = self.destination.as_deref();
+        let written = match transaction {
+            Some(transaction) => {
+                self.sink
+                    .dead_letter_in(letter, destination, transaction)
+                    .await
+            }
+            None => self.sink.dead_letter(letter, destination).await,
+        };
+        if let Err(source) = written {
             self.pending.remember(message, &failure);
             if source.is_permanent() {
                 tracing::error!(

@@ -1,3 +1,4 @@
+use crate::transaction::InTransaction;
 use crate::{Message, SinkError};
 
 /// Where dead letters go.
@@ -15,4 +16,19 @@ pub trait DeadLetterSink: Send + Sync + 'static {
         letter: Message,
         destination: Option<&str>,
     ) -> Result<(), SinkError>;
+
+    /// As [`dead_letter`](Self::dead_letter), for a delivery whose effects
+    /// wait for its source's `transaction` (see
+    /// [`transaction`](crate::transaction)): a sink that writes into it
+    /// adds the letter there (backstop-kafka's, in exactly-once mode). The
+    /// default writes at once, as for any other delivery.
+    async fn dead_letter_in(
+        &self,
+        letter: Message,
+        destination: Option<&str>,
+        transaction: &InTransaction,
+    ) -> Result<(), SinkError> {
+        let _ = transaction;
+        self.dead_letter(letter, destination).await
+    }
 }

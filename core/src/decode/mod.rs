@@ -59,6 +59,9 @@ where
 pub(crate) fn request<T: Payload>(received: Received, max_payload: Option<usize>) -> Request<T> {
     let mut request = Request::decode(received.message, received.cancel, max_payload);
     request.set_deadline(received.deadline);
+    if let Some(transaction) = received.transaction {
+        request.extensions.insert(transaction);
+    }
     request
 }
 
@@ -126,6 +129,7 @@ mod tests {
             message: Message::new(body).into(),
             cancel: CancellationToken::new(),
             deadline: None,
+            transaction: None,
         };
         svc.oneshot(received).await.unwrap()
     }

@@ -72,6 +72,7 @@ mod batched;
 mod claim;
 pub mod contract;
 mod guard;
+mod held;
 mod key;
 mod keyspace;
 mod layer;
@@ -84,6 +85,7 @@ mod renew;
 mod store;
 
 pub use self::batched::{BatchConfig, Batched};
+pub use self::held::HeldMarks;
 pub use self::key::{Key, KeySource, MAX_KEY_LEN};
 pub use self::keyspace::Keyspace;
 pub use self::layer::IdempotencyLayer;
@@ -396,7 +398,21 @@ impl Deduper {
                 )
             })
             .collect();
+        // In a source's transaction (Kafka exactly-once), the marks wait
+        // for its commit: see `crate::transaction`.
+        let transaction = request
+            .extensions
+            .get::<crate::transaction::InTransaction>()
+            .cloned();
         let result = inner(request).await;
+        if let Some(transaction) = transaction
+            && let Some(waiting) = HeldMarks::waiting(&result)
+        {
+            transaction
+                .0
+                .hold(HeldMarks::new(&self.measured, guards, waiting));
+            return result;
+        }
         guards.iter().for_each(LeaseGuard::settling);
         let mut unwritten = None;
         for guard in guards {

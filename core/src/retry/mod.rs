@@ -26,6 +26,7 @@ use std::time::SystemTime;
 use futures::future::BoxFuture;
 use tower::{Service, ServiceExt};
 
+use crate::transaction::InTransaction;
 use crate::{Error, Failure, HandlerError, Outcome, Request, attempt, copy, error, wire};
 
 /// The retry service; see the [module docs](self).
@@ -249,7 +250,11 @@ impl<'a> Retrying<'a> {
             Some(sink) if delay > policy.in_process_limit || past_deadline => {
                 let due = now + delay;
                 let copy = copy::retry(request.message(), attempt + 1, due, first);
-                match sink.retry_later(copy, delay).await {
+                let written = match request.extensions.get::<InTransaction>() {
+                    Some(transaction) => sink.retry_later_in(copy, delay, transaction).await,
+                    None => sink.retry_later(copy, delay).await,
+                };
+                match written {
                     Ok(()) => {}
                     // A copy that can never be written: the message
                     // cannot wait its delay anywhere, so it is

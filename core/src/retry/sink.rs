@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use crate::transaction::InTransaction;
 use crate::{Message, SinkError};
 
 /// Where long retry delays go: a broker-delayed republish.
@@ -12,4 +13,18 @@ use crate::{Message, SinkError};
 pub trait RetrySink: Send + Sync + 'static {
     /// Republishes `copy` to come back after `delay`; resolves on the broker's confirm.
     async fn retry_later(&self, copy: Message, delay: Duration) -> Result<(), SinkError>;
+
+    /// As [`retry_later`](Self::retry_later), for a delivery whose effects
+    /// wait for its source's `transaction` (see
+    /// [`transaction`](crate::transaction)): a sink that writes into it
+    /// adds the copy there. The default writes at once.
+    async fn retry_later_in(
+        &self,
+        copy: Message,
+        delay: Duration,
+        transaction: &InTransaction,
+    ) -> Result<(), SinkError> {
+        let _ = transaction;
+        self.retry_later(copy, delay).await
+    }
 }

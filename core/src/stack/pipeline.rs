@@ -16,6 +16,7 @@ use crate::dead_letter::Writer;
 use crate::idempotency::Deduper;
 use crate::metrics::{MessageKeys, Observation};
 use crate::retry::{self, RetryPolicy, RetrySink};
+use crate::transaction::InTransaction;
 use crate::{
     AckError, Delivery, Error, Handle, HandlerError, Outcome, Payload, Request, Settled, decode,
     handler, panic, timeout,
@@ -75,18 +76,20 @@ impl<T: Payload, H: Handle<T>> Pipeline<T, H> {
 
     async fn dead_lettered(&self, request: Request<T>) -> Result<Outcome, Error> {
         let message = Arc::clone(request.message_arc());
+        let transaction = request.extensions.get::<InTransaction>().cloned();
+        let transaction = transaction.as_ref();
         if let Some(failure) = self.letters.pending_for(&request) {
-            return self.letters.write(&message, failure).await;
+            return self.letters.write(&message, transaction, failure).await;
         }
         if let Some(failure) = self.letters.expired(&request) {
-            return self.letters.expire(&message, failure).await;
+            return self.letters.expire(&message, transaction, failure).await;
         }
         // Through the user's layer around each message, if any.
         let result = match &self.around_message {
             Some(service) => service.clone().oneshot(request).await,
             None => self.retried(request).await,
         };
-        self.letters.after(&message, result).await
+        self.letters.after(&message, transaction, result).await
     }
 
     async fn retried(&self, mut request: Request<T>) -> Result<Outcome, Error> {

@@ -224,6 +224,7 @@ pub async fn read_topic(
     let reader = Kafka::from_config({
         let mut c = brokers_kafka.config().clone();
         c.group = unique("reader");
+        c.exactly_once = None;
         c
     });
     let mut source = reader.plain_source(&[topic], 64).unwrap();

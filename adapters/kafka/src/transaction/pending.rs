@@ -1,0 +1,236 @@
+//! [`Pending`]: what each delivery produced (records to write, idempotency
+//! marks to write after the commit), kept beside it until a transaction
+//! covers its offset.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use backstop::idempotency::HeldMarks;
+use backstop::transaction::Transaction;
+use backstop::{Message, PublishError, SinkError};
+
+use crate::dispatch::Tp;
+
+/// What one delivery produced.
+#[derive(Debug, Default)]
+pub(crate) struct Produced {
+    generation: u64,
+    /// `(destination, record)`, in the order produced.
+    pub(crate) records: Vec<(String, Message)>,
+    pub(crate) marks: Vec<HeldMarks>,
+}
+
+/// What the deliveries below a set of watermarks produced, taken out for
+/// one transaction.
+#[derive(Debug, Default)]
+pub(crate) struct Covered {
+    pub(crate) records: Vec<(String, Message)>,
+    pub(crate) marks: Vec<HeldMarks>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The generation of each partition this source owns now (the
+    /// dispatcher's: a revoke or a rewind ends it).
+    live: HashMap<Tp, u64>,
+    /// Per partition, per offset.
+    produced: HashMap<Tp, BTreeMap<i64, Produced>>,
+}
+
+/// The records and marks of a source's deliveries, waiting for the
+/// transaction that covers them; shared by the deliveries (through
+/// [`DeliverySlot`]), the dispatcher and the poll thread's [`Transactor`](super::Transactor).
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    state: Mutex<State>,
+}
+
+impl Pending {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every update leaves the state consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The partition is owned from now on under `generation`.
+    pub(crate) fn assign(&self, tp: Tp, generation: u64) {
+        let dropped = {
+            let mut st = self.lock();
+            st.live.insert(tp.clone(), generation);
+            st.produced.remove(&tp)
+        };
+        drop(dropped);
+    }
+
+    /// The partition is no longer owned under its generation (revoked, or
+    /// rewound): what its deliveries produced is dropped (their marks
+    /// release their leases without counting).
+    pub(crate) fn forget(&self, tp: &Tp) {
+        let dropped = {
+            let mut st = self.lock();
+            st.live.remove(tp);
+            st.produced.remove(tp)
+        };
+        drop(dropped);
+    }
+
+    /// A delivery was put back to run again (a nack, a dropped delivery):
+    /// what it produced is dropped; its next run produces it again.
+    pub(crate) fn discard(&self, tp: &Tp, offset: i64) {
+        let dropped = self
+            .lock()
+            .produced
+            .get_mut(tp)
+            .and_then(|by_offset| by_offset.remove(&offset));
+        drop(dropped);
+    }
+
+    /// Takes out what the deliveries below each partition's watermark
+    /// produced, for the transaction that commits those watermarks.
+    pub(crate) fn take_covered(&self, watermarks: &[(Tp, i64)]) -> Covered {
+        let mut covered = Covered::default();
+        let mut st = self.lock();
+        for (tp, watermark) in watermarks {
+            let Some(by_offset) = st.produced.get_mut(tp) else {
+                continue;
+            };
+            let rest = by_offset.split_off(watermark);
+            for produced in std::mem::replace(by_offset, rest).into_values() {
+                covered.records.extend(produced.records);
+                covered.marks.extend(produced.marks);
+            }
+        }
+        covered
+    }
+
+    /// Messages whose records or marks wait for a transaction.
+    #[cfg(test)]
+    pub(crate) fn waiting(&self) -> usize {
+        self.lock().produced.values().map(BTreeMap::len).sum()
+    }
+
+    /// The entry of the delivery at `slot`, if its partition is still owned
+    /// under the slot's generation.
+    fn with_entry<R>(&self, slot: &DeliverySlot, f: impl FnOnce(&mut Produced) -> R) -> Option<R> {
+        let mut st = self.lock();
+        if st.live.get(&slot.tp) != Some(&slot.generation) {
+            return None;
+        }
+        let produced = st
+            .produced
+            .entry(slot.tp.clone())
+            .or_default()
+            .entry(slot.offset)
+            .or_insert_with(|| Produced {
+                generation: slot.generation,
+                ..Produced::default()
+            });
+        debug_assert_eq!(produced.generation, slot.generation);
+        Some(f(produced))
+    }
+}
+
+/// One delivery's place in its source's transaction: the
+/// [`Transaction`] the stack sees in the delivery.
+#[derive(Debug)]
+pub(crate) struct DeliverySlot {
+    pub(crate) pending: Arc<Pending>,
+    pub(crate) tp: Tp,
+    pub(crate) generation: u64,
+    pub(crate) offset: i64,
+}
+
+impl Transaction for DeliverySlot {
+    fn produce(&self, destination: &str, message: Message) -> Result<(), SinkError> {
+        self.pending
+            .with_entry(self, |produced| {
+                produced.records.push((destination.to_owned(), message));
+            })
+            .ok_or_else(|| SinkError::Publish {
+                destination: destination.to_owned(),
+                source: PublishError::Unavailable(
+                    format!(
+                        "{}[{}] was revoked or rewound since offset {} was delivered; its next owner runs it again",
+                        self.tp.0, self.tp.1, self.offset
+                    )
+                    .into(),
+                ),
+            })
+    }
+
+    fn hold(&self, marks: HeldMarks) {
+        // Refused (a revoked or rewound partition): dropped, which
+        // releases the leases.
+        let mut marks = Some(marks);
+        self.pending.with_entry(self, |produced| {
+            produced.marks.extend(marks.take());
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp(p: i32) -> Tp {
+        (Arc::from("orders"), p)
+    }
+
+    fn slot(pending: &Arc<Pending>, p: i32, generation: u64, offset: i64) -> DeliverySlot {
+        DeliverySlot {
+            pending: Arc::clone(pending),
+            tp: tp(p),
+            generation,
+            offset,
+        }
+    }
+
+    #[test]
+    fn only_records_below_the_watermark_are_taken_in_offset_order() {
+        let pending = Arc::new(Pending::default());
+        pending.assign(tp(0), 1);
+        pending.assign(tp(1), 1);
+        for offset in [5, 3, 9] {
+            slot(&pending, 0, 1, offset)
+                .produce("dlq", Message::new(offset.to_string()))
+                .expect("owned");
+        }
+        slot(&pending, 1, 1, 0)
+            .produce("out", Message::new("p1"))
+            .expect("owned");
+        let covered = pending.take_covered(&[(tp(0), 6)]);
+        let bodies: Vec<&[u8]> = covered
+            .records
+            .iter()
+            .map(|(_, m)| &m.payload[..])
+            .collect();
+        assert_eq!(bodies, [b"3".as_slice(), b"5"]);
+        assert_eq!(pending.waiting(), 2, "offset 9 and partition 1 wait");
+        assert!(pending.take_covered(&[(tp(0), 6)]).records.is_empty());
+    }
+
+    #[test]
+    fn a_revoked_rewound_or_requeued_delivery_produces_nothing() {
+        let pending = Arc::new(Pending::default());
+        pending.assign(tp(0), 1);
+        slot(&pending, 0, 1, 4)
+            .produce("dlq", Message::new("a"))
+            .expect("owned");
+        pending.discard(&tp(0), 4);
+        assert_eq!(pending.waiting(), 0, "a nack drops what it produced");
+        slot(&pending, 0, 1, 5)
+            .produce("dlq", Message::new("b"))
+            .expect("owned");
+        // Rewound: a new generation; the old one's deliveries are refused.
+        pending.assign(tp(0), 2);
+        assert_eq!(pending.waiting(), 0);
+        let late = slot(&pending, 0, 1, 6).produce("dlq", Message::new("late"));
+        assert!(late.is_err(), "a delivery of the old generation is refused");
+        assert!(!late.expect_err("refused").is_permanent());
+        pending.forget(&tp(0));
+        assert!(
+            slot(&pending, 0, 2, 6)
+                .produce("dlq", Message::new("x"))
+                .is_err()
+        );
+    }
+}
