@@ -73,6 +73,10 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
         "0.05",
         "--concurrency",
         "32",
+        // Exactly-once hand-off (the order worker's default on Kafka) with
+        // a transactional id its restarts reuse.
+        "--instance-id",
+        "fault-worker",
     ]
     .iter()
     .map(|s| (*s).to_owned())
@@ -135,6 +139,12 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
     );
     assert_eq!(counts.acknowledged, n, "every publish confirmed");
     counts.assert_contract(&problems, valid, expected_dead);
+    // Letters are committed with the offsets they follow from: a kill
+    // between the letter and its offset leaves neither.
+    assert_eq!(
+        counts.dlq_duplicates, 0,
+        "every letter once (read_committed): {counts}"
+    );
     assert!(
         outcome.unexpected_exits.is_empty(),
         "the worker exited on its own: {:#?}",

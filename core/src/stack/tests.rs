@@ -1091,3 +1091,160 @@ mod a_pending_letter_is_written_before_a_filter_around_the_message_sees_it {
             .await;
     }
 }
+
+/// A transaction that records what a delivery produced and keeps its marks.
+#[derive(Default)]
+struct Recorded {
+    records: std::sync::Mutex<Vec<(String, Message)>>,
+    marks: std::sync::Mutex<Vec<crate::idempotency::HeldMarks>>,
+}
+
+impl crate::transaction::Transaction for Recorded {
+    fn produce(&self, destination: &str, message: Message) -> Result<(), crate::SinkError> {
+        self.records
+            .lock()
+            .unwrap()
+            .push((destination.to_owned(), message));
+        Ok(())
+    }
+
+    fn hold(&self, marks: crate::idempotency::HeldMarks) {
+        self.marks.lock().unwrap().push(marks);
+    }
+}
+
+/// A DLQ sink that writes into a delivery's transaction, and refuses to
+/// write outside one.
+struct IntoTransaction;
+
+#[async_trait::async_trait]
+impl crate::DeadLetterSink for IntoTransaction {
+    async fn dead_letter(&self, _: Message, _: Option<&str>) -> Result<(), crate::SinkError> {
+        Err(crate::SinkError::Unsupported(
+            "outside a transaction".into(),
+        ))
+    }
+
+    async fn dead_letter_in(
+        &self,
+        letter: Message,
+        _: Option<&str>,
+        transaction: &crate::transaction::InTransaction,
+    ) -> Result<(), crate::SinkError> {
+        transaction.0.produce("orders.dlq", letter)
+    }
+}
+
+struct Counted(Arc<AtomicU32>);
+
+#[async_trait::async_trait]
+impl crate::Acker for Counted {
+    async fn ack(self: Box<Self>) -> Result<(), crate::AckError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn nack(self: Box<Self>, _: bool) -> Result<(), crate::AckError> {
+        Ok(())
+    }
+}
+
+async fn in_a_transaction_letters_go_into_it_and_marks_wait_for_its_commit() {
+    use crate::idempotency::{Claim, Key, Keyspace};
+    use crate::{Delivery, Store};
+    use tower::ServiceExt;
+
+    let store = Arc::new(MemoryStore::default());
+    let stack = StackBuilder::<Order>::new(Arc::new(IntoTransaction))
+        .retry(fast())
+        .nack_delay(Duration::from_millis(20))
+        .idempotency(Arc::clone(&store) as Arc<dyn Store>, KeySource::Payload)
+        .built(handler_fn(|o: Order, _c: Context| async move {
+            if o.amount < 0 {
+                Err(HandlerError::permanent("negative amount"))
+            } else {
+                Ok(())
+            }
+        }));
+    let acks = Arc::new(AtomicU32::new(0));
+    let run = |message: Message, transaction: Arc<Recorded>| {
+        let mut message = message;
+        message.meta.source = "orders".into();
+        let delivery = Delivery::new(message, Counted(Arc::clone(&acks)))
+            .in_transaction(transaction as Arc<dyn crate::transaction::Transaction>);
+        stack.clone().oneshot(delivery)
+    };
+    let key = |id: &str| Keyspace::new("orders", None, None).key(&Key::new(id));
+    let claim = |id: &'static str| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .claim(&key(id), "other", Duration::from_secs(5), 0)
+                .await
+                .unwrap()
+        }
+    };
+
+    let good = Arc::new(Recorded::default());
+    run(order("a", 5), Arc::clone(&good))
+        .await
+        .expect("settled");
+    let bad = Arc::new(Recorded::default());
+    run(order("b", -1), Arc::clone(&bad))
+        .await
+        .expect("settled");
+    assert_eq!(acks.load(Ordering::SeqCst), 2, "both acked (offsets done)");
+    // The letter went into the transaction, not to the broker.
+    let letters = bad.records.lock().unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].1.header(wire::ERROR_KIND), Some("permanent"));
+    drop(letters);
+    assert!(good.records.lock().unwrap().is_empty());
+    // Nothing is marked before the commit: the leases are still held.
+    assert!(matches!(claim("a").await, Claim::Busy { .. }));
+    assert!(matches!(claim("b").await, Claim::Busy { .. }));
+    // Committed: the marks are written.
+    let marks = good.marks.lock().unwrap().pop().expect("held");
+    assert!(marks.completes());
+    marks.write().await.expect("written");
+    assert!(matches!(claim("a").await, Claim::Completed));
+    // Aborted: the marks are dropped, the lease released without a failed run.
+    drop(bad.marks.lock().unwrap().pop().expect("held"));
+    let released = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match claim("b").await {
+                Claim::Busy { .. } => tokio::time::sleep(Duration::from_millis(5)).await,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("released");
+    assert!(
+        matches!(
+            released,
+            Claim::Acquired {
+                failed_runs: 0,
+                crashed: false,
+                ..
+            }
+        ),
+        "{released:?}"
+    );
+}
+
+mod in_a_transaction_letters_go_into_it_and_marks_wait_for_its_commit {
+    #[tokio::test]
+    async fn pipeline() {
+        super::in_a_transaction_letters_go_into_it_and_marks_wait_for_its_commit().await;
+    }
+
+    #[tokio::test]
+    async fn tower_layers() {
+        super::LAYERED
+            .scope(
+                true,
+                super::in_a_transaction_letters_go_into_it_and_marks_wait_for_its_commit(),
+            )
+            .await;
+    }
+}

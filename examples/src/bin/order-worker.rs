@@ -111,6 +111,14 @@ struct Args {
     /// rebalance.
     #[arg(long)]
     instance_id: Option<String>,
+    /// Kafka: hand off at least once instead of exactly once. By default a
+    /// Kafka worker commits its dead letters and retry copies in one
+    /// transaction with the offsets they follow from (its
+    /// `transactional.id` is `<group>.<instance id>`: give each process an
+    /// `--instance-id`, reused by its restart, so a restart aborts what its
+    /// predecessor left open at once).
+    #[arg(long)]
+    at_least_once: bool,
     /// Consume only this queue or topic (in place of the configured sources;
     /// a configured source of that name keeps its settings) [default orders].
     #[arg(long)]
@@ -796,10 +804,19 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
             options.extend(args.kafka_options.iter().cloned());
             for source in &sources {
                 let instance_id = config.broker.instance_id.clone();
-                let kafka = Kafka::new(brokers.clone(), source.group.clone()).configure(|c| {
-                    c.group_instance_id = instance_id;
+                let mut kafka = Kafka::new(brokers.clone(), source.group.clone()).configure(|c| {
+                    c.group_instance_id.clone_from(&instance_id);
                     c.apply_options(&options);
                 });
+                if !args.at_least_once {
+                    let instance = instance_id.clone().unwrap_or_else(|| {
+                        tracing::warn!(
+                            "no --instance-id: this process's transactions get an id of their own, so what a crash leaves open is aborted only by the broker's transaction timeout (read_committed readers of its partitions wait until then)"
+                        );
+                        backstop::message::new_message_id()
+                    });
+                    kafka = kafka.exactly_once(&instance);
+                }
                 kafka.check(Duration::from_secs(30)).await?;
                 kafka
                     .ensure_topics([TopicSpec::new(source.queue.clone()).partitions(4)])
