@@ -96,6 +96,26 @@ impl Fleet {
         Some(i)
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, …) to worker `i` without restarting it.
+    pub fn signal(&self, i: usize, signal: &str) -> std::io::Result<()> {
+        let pid = self.members[i].worker.pid().to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), pid.as_str()])
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!(
+                "kill -{signal} {pid}: {status}"
+            )))
+        }
+    }
+
+    /// The log of worker `i`.
+    pub fn log_of(&self, i: usize) -> &Path {
+        &self.members[i].log
+    }
+
     /// Sends SIGTERM to every worker and waits up to `deadline` for each;
     /// one status per worker (`None`: it did not stop).
     pub async fn terminate(&mut self, deadline: Duration) -> Vec<Option<ExitStatus>> {

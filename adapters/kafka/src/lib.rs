@@ -77,6 +77,14 @@
 //!   `x-backstop-attempt`. Meta: topic, partition, offset, timestamp; the
 //!   record key is [`Message::key`](backstop::Message::key).
 //!
+//! # Exactly once
+//!
+//! With [`KafkaConfig::exactly_once`] (or [`Kafka::exactly_once`]) a
+//! delivery's dead letter, retry copy and handler outputs
+//! ([`Kafka::publish_layer`]) are committed in one transaction with the
+//! offsets they follow from, and its idempotency marks are written after
+//! that commit; see [`transaction`].
+//!
 //! # Delayed retries
 //!
 //! See [`retry`]: long delays go to `<topic>.<group>.retry.<tier>` and are

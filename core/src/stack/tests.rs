@@ -1194,10 +1194,9 @@ async fn in_a_transaction_letters_go_into_it_and_marks_wait_for_its_commit() {
         .expect("settled");
     assert_eq!(acks.load(Ordering::SeqCst), 2, "both acked (offsets done)");
     // The letter went into the transaction, not to the broker.
-    let letters = bad.records.lock().unwrap();
+    let letters = std::mem::take(&mut *bad.records.lock().unwrap());
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].1.header(wire::ERROR_KIND), Some("permanent"));
-    drop(letters);
     assert!(good.records.lock().unwrap().is_empty());
     // Nothing is marked before the commit: the leases are still held.
     assert!(matches!(claim("a").await, Claim::Busy { .. }));

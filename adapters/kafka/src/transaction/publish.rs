@@ -3,12 +3,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
-use backstop::outgoing::{self, Outbound, Outgoing, PublishFailed};
+use backstop::outgoing::{self, Collected, Outbound, Outgoing};
 use backstop::transaction::InTransaction;
-use backstop::{HandlerError, Message, Request};
+use backstop::{HandlerError, Request};
 use tower::{Layer, Service};
 
 use crate::KafkaPublisher;
@@ -92,27 +92,6 @@ impl<S> std::fmt::Debug for TransactionalPublishService<S> {
     }
 }
 
-/// One attempt's publishes, kept until the attempt's result is known.
-#[derive(Default)]
-struct AttemptOutputs(Mutex<Vec<(String, Message)>>);
-
-impl AttemptOutputs {
-    fn take(&self) -> Vec<(String, Message)> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-#[async_trait::async_trait]
-impl Outgoing for AttemptOutputs {
-    async fn publish(&self, destination: &str, message: Message) -> Result<(), PublishFailed> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((destination.to_owned(), message));
-        Ok(())
-    }
-}
-
 type Attempt = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>;
 
 impl<S, T> Service<Request<T>> for TransactionalPublishService<S>
@@ -134,7 +113,7 @@ where
             request.extensions.insert(outbound);
             return Box::pin(self.inner.call(request));
         };
-        let outputs = Arc::new(AttemptOutputs::default());
+        let outputs = Arc::new(Collected::default());
         let outbound = Outbound::new(
             Arc::clone(&outputs) as Arc<dyn Outgoing>,
             request.message_arc(),

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use backstop::idempotency::LeaseToken;
-use backstop::outgoing::Outbound;
+use backstop::outgoing::{Collected, Outbound, Outgoing};
+use backstop::transaction::InTransaction;
 use backstop::{HandlerError, Request};
 use futures::future::BoxFuture;
 use tower::{Layer, Service};
@@ -96,9 +97,17 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let inbox = Arc::clone(&self.inbox);
+        // In a source's transaction (Kafka exactly-once) and without an
+        // outbox, publishes go into that transaction, recorded in the row.
+        let transaction = request
+            .extensions
+            .get::<InTransaction>()
+            .cloned()
+            .filter(|_| inbox.outbox.is_none());
         Box::pin(async move {
             let timeout = inbox.timeout;
             let key = inbox.key.key_of(&request);
+            let mut row = None;
             let layout = inbox.key_layout().await.map_err(unavailable)?;
             let mut conn = Conn::checkout(&inbox.pool, timeout)
                 .await
@@ -116,6 +125,7 @@ where
                     column::text(&message.meta.source),
                 );
                 let (consumer, legacy) = inbox.consumers(layout, &message.meta);
+                row = Some((consumer.to_string(), stored_key.to_string()));
                 let mut insert = async |consumer: &str| {
                     conn.execute(
                         "inbox insert",
@@ -146,10 +156,25 @@ where
                 }
                 if inserted == 0 {
                     tracing::debug!(%key, message_id = %message.meta.message_id, "inbox: already processed, handler skipped");
+                    let recorded = match &transaction {
+                        Some(_) => conn
+                            .query(
+                                "inbox outputs",
+                                timeout,
+                                &inbox.sql.outputs,
+                                &[&consumer, &stored_key],
+                            )
+                            .await
+                            .map_err(unavailable)?,
+                        None => Vec::new(),
+                    };
                     if conn.batch("rollback", timeout, "ROLLBACK").await.is_ok() {
                         conn.set_in_transaction(false);
                     }
                     conn.release();
+                    if let Some(transaction) = &transaction {
+                        re_emit(transaction, &recorded, &message.meta.message_id)?;
+                    }
                     return Ok(());
                 }
             }
@@ -168,6 +193,15 @@ where
                 );
                 request.extensions.insert(outbound);
                 (outbox, wrote)
+            });
+            let collected = transaction.as_ref().map(|_| {
+                let collected = Arc::new(Collected::default());
+                request.extensions.insert(Outbound::for_service(
+                    Arc::clone(&collected) as Arc<dyn Outgoing>,
+                    request.message_arc(),
+                    inbox.service.clone(),
+                ));
+                collected
             });
             request.extensions.insert(tx);
             match inner.call(request).await {
@@ -204,6 +238,28 @@ where
                             }));
                         }
                     }
+                    let outputs = collected.map(|c| c.take()).unwrap_or_default();
+                    if let Some((consumer, stored_key)) = &row
+                        && !outputs.is_empty()
+                    {
+                        let record = super::outputs::encode(&outputs)?;
+                        if let Err(error) = open
+                            .execute(
+                                "inbox outputs",
+                                &inbox.sql.record_outputs,
+                                &[consumer, stored_key, &record],
+                                timeout,
+                            )
+                            .await
+                        {
+                            if let Err(rollback) =
+                                open.finish("rollback", "ROLLBACK", timeout).await
+                            {
+                                tracing::debug!(%rollback, "inbox: rollback failed; the connection was closed instead");
+                            }
+                            return Err(unavailable(error));
+                        }
+                    }
                     // One simple query: on an aborted transaction `SELECT 1`
                     // fails and PostgreSQL skips the `COMMIT` (which would
                     // roll back without an error), and no other handle can
@@ -216,6 +272,14 @@ where
                     {
                         outbox.committed();
                     }
+                    if let Some(transaction) = &transaction {
+                        for (destination, message) in outputs {
+                            transaction
+                                .0
+                                .produce(&destination, message)
+                                .map_err(HandlerError::transient)?;
+                        }
+                    }
                     Ok(())
                 }
                 Err(error) => {
@@ -227,4 +291,40 @@ where
             }
         })
     }
+}
+
+/// Hands the outputs recorded in a skipped message's row to the current
+/// transaction (the one that aborted never published them; an earlier
+/// copy a reader saw has the same ids). An unreadable record fails the
+/// message for good: its outputs cannot be rebuilt.
+fn re_emit(
+    transaction: &InTransaction,
+    rows: &[tokio_postgres::Row],
+    message_id: &str,
+) -> Result<(), HandlerError> {
+    let Some(row) = rows.first() else {
+        return Ok(());
+    };
+    let recorded: Option<String> = row.try_get(0).map_err(|e| {
+        HandlerError::permanent(format!("the inbox row's outputs cannot be read: {e}"))
+    })?;
+    let Some(recorded) = recorded else {
+        return Ok(());
+    };
+    let outputs = super::outputs::decode(&recorded).map_err(|e| {
+        tracing::error!(message_id, error = %e, "inbox: the recorded outputs of a processed message cannot be read");
+        HandlerError::permanent(format!("the inbox row's outputs cannot be read: {e}"))
+    })?;
+    tracing::debug!(
+        message_id,
+        outputs = outputs.len(),
+        "inbox: re-emitting the recorded outputs of a processed message"
+    );
+    for (destination, message) in outputs {
+        transaction
+            .0
+            .produce(&destination, message)
+            .map_err(HandlerError::transient)?;
+    }
+    Ok(())
 }

@@ -64,6 +64,7 @@
 //! commits may be the older one.
 
 mod layer;
+mod outputs;
 pub(crate) mod tx;
 
 pub use self::layer::{InboxLayer, InboxService};
@@ -93,6 +94,10 @@ struct Statements {
     /// The schema's versions: step `n` brings the table to version `n`.
     steps: Vec<String>,
     insert: String,
+    /// Records an attempt's outputs in its row (`$1` consumer, `$2` key, `$3` outputs).
+    record_outputs: String,
+    /// The outputs recorded in a row (`$1` consumer, `$2` key).
+    outputs: String,
     contains: String,
     purge: String,
 }
@@ -102,8 +107,9 @@ impl Statements {
         let t = table;
         let index = table.derived("processed_at_idx");
         Statements {
-            steps: vec![format!(
-                "CREATE TABLE IF NOT EXISTS {t} (
+            steps: vec![
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {t} (
     consumer     text        NOT NULL,
     key          text        NOT NULL,
     message_id   text        NOT NULL,
@@ -113,11 +119,19 @@ impl Statements {
     PRIMARY KEY (consumer, key)
 );
 CREATE INDEX IF NOT EXISTS {index} ON {t} (processed_at);"
-            )],
+                ),
+                // Version 2: a handler's outputs in a source's transaction
+                // (Kafka exactly-once), re-emitted by a skipped redelivery.
+                format!("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS outputs text;"),
+            ],
             insert: format!(
                 "INSERT INTO {t} (consumer, key, message_id, source, attempt) VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (consumer, key) DO NOTHING"
             ),
+            record_outputs: format!(
+                "UPDATE {t} SET outputs = $3 WHERE consumer = $1 AND key = $2"
+            ),
+            outputs: format!("SELECT outputs FROM {t} WHERE consumer = $1 AND key = $2"),
             contains: format!("SELECT 1 FROM {t} WHERE consumer = $1 AND key = $2"),
             purge: format!(
                 "DELETE FROM {t} WHERE (consumer, key) IN (

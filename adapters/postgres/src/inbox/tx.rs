@@ -322,6 +322,23 @@ impl OpenTx {
         Ok(!rows.is_empty())
     }
 
+    /// Runs `sql` with `params` in the transaction; the rows it changed.
+    pub(crate) async fn execute(
+        &mut self,
+        op: &'static str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        timeout: Duration,
+    ) -> Result<u64, PostgresError> {
+        let Ok(mut conn) = tokio::time::timeout(timeout, self.shared.conn.lock()).await else {
+            return Err(PostgresError::Timeout {
+                op: "waiting for the handler's query to end",
+                after: timeout,
+            });
+        };
+        conn.execute(op, timeout, sql, params).await
+    }
+
     /// Ends the transaction with `sql` (`COMMIT` or `ROLLBACK`). The
     /// connection returns to the pool only if that succeeded.
     pub(crate) async fn finish(
