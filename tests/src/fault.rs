@@ -244,11 +244,32 @@ where
 /// Reads and acks deliveries from `source` until at least `expected` arrived
 /// and none came for `idle`, or until `deadline`.
 pub async fn read_dead_letters<S: Source>(
-    mut source: S,
+    source: S,
     expected: usize,
     idle: Duration,
     deadline: Duration,
 ) -> Vec<DeadLetter> {
+    read_messages(source, expected, idle, deadline)
+        .await
+        .iter()
+        .map(|m| DeadLetter {
+            message_id: m.meta.message_id.clone(),
+            kind: m.header(wire::ERROR_KIND).map(str::to_owned),
+            error: m.header(wire::ERROR).map(str::to_owned),
+            headers: m.headers.clone(),
+            payload_len: m.payload.len(),
+        })
+        .collect()
+}
+
+/// Reads and acks every message from `source` until at least `expected`
+/// arrived and none came for `idle`, or until `deadline`; then closes it.
+pub async fn read_messages<S: Source>(
+    mut source: S,
+    expected: usize,
+    idle: Duration,
+    deadline: Duration,
+) -> Vec<backstop::Message> {
     let started = Instant::now();
     let mut out = Vec::new();
     while started.elapsed() < deadline {
@@ -259,18 +280,11 @@ pub async fn read_dead_letters<S: Source>(
         };
         match tokio::time::timeout(wait, source.next()).await {
             Ok(Some(Ok(delivery))) => {
-                let m = delivery.message();
-                out.push(DeadLetter {
-                    message_id: m.meta.message_id.clone(),
-                    kind: m.header(wire::ERROR_KIND).map(str::to_owned),
-                    error: m.header(wire::ERROR).map(str::to_owned),
-                    headers: m.headers.clone(),
-                    payload_len: m.payload.len(),
-                });
+                out.push(delivery.message().clone());
                 let _ = delivery.ack().await;
             }
             Ok(Some(Err(error))) if !error.is_fatal() => {}
-            Ok(Some(Err(error))) => panic!("the DLQ source failed: {error}"),
+            Ok(Some(Err(error))) => panic!("the source being read failed: {error}"),
             Ok(None) => break,
             Err(_) if out.len() >= expected => break,
             Err(_) => {}

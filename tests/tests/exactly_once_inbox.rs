@@ -10,41 +10,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backstop::{
-    Context, HandlerError, KeySource, Message, Publisher, RetryPolicy, Runner, Source,
-    StackBuilder, handler_fn,
+    Context, HandlerError, KeySource, Message, Publisher, RetryPolicy, Runner, StackBuilder,
+    handler_fn,
 };
 use backstop_kafka::{Kafka, TopicSpec};
 use backstop_postgres::{Inbox, InboxTx, PgConfig};
+use backstop_tests::fault::read_messages;
 use backstop_tests::ledger::Ledger;
 use backstop_tests::unique;
 
 /// Every record of `topic` a `read_committed` reader sees within `wait`
-/// (stops early once `n` arrived and nothing more came for a second).
+/// (stops once `n` arrived and nothing more came for a second).
 async fn read(brokers: &str, topic: &str, n: usize, wait: Duration) -> Vec<Message> {
     let reader = Kafka::new(brokers, unique("reader").replace('_', "-"));
-    let mut source = reader.plain_source(&[topic], 64).expect("reader");
-    let mut got = Vec::new();
-    let until = Instant::now() + wait;
-    while Instant::now() < until {
-        let idle = if got.len() >= n {
-            Duration::from_secs(1)
-        } else {
-            Duration::from_millis(300)
-        };
-        match tokio::time::timeout(idle, source.next()).await {
-            Ok(Some(Ok(delivery))) => {
-                got.push(delivery.message().clone());
-                let _ = delivery.ack().await;
-            }
-            Ok(Some(Err(error))) if !error.is_fatal() => {}
-            Ok(Some(Err(error))) => panic!("reader failed: {error}"),
-            Ok(None) => break,
-            Err(_) if got.len() >= n => break,
-            Err(_) => {}
-        }
-    }
-    source.close().await;
-    got
+    let source = reader.plain_source(&[topic], 64).expect("reader");
+    read_messages(source, n, Duration::from_secs(1), wait).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

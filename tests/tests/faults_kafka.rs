@@ -11,11 +11,12 @@
 //! (the adapter's default: 10 s), so each kill stalls its partitions that
 //! long. Takes `/tmp/backstop-kafka-outage.lock` for its whole length.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backstop_kafka::{Kafka, TopicSpec};
-use backstop_tests::fault::{chaos, read_dead_letters, verify, wait_drained};
+use backstop_tests::fault::{chaos, read_dead_letters, read_messages, verify, wait_drained};
 use backstop_tests::fleet::{Fleet, assert_stopped};
 use backstop_tests::ledger::Ledger;
 use backstop_tests::orders::{Kind, orders};
@@ -50,6 +51,7 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
     let group = format!("{topic}-worker");
     let ledger = Ledger::create(&run).await.expect("ledger schema");
     let log = log_path(&run);
+    let events = format!("{topic}.events");
     let kafka = Kafka::new(brokers(), group.clone());
     // The worker's own topic spec (order-worker.rs), so publishing can start at once.
     kafka
@@ -77,6 +79,9 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
         // a transactional id its restarts reuse.
         "--instance-id",
         "fault-worker",
+        // Two events per order, committed with the order's offset.
+        "--events",
+        &events,
     ]
     .iter()
     .map(|s| (*s).to_owned())
@@ -118,6 +123,15 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
         Duration::from_secs(90),
     )
     .await;
+    let published = read_messages(
+        Kafka::new(brokers(), format!("{group}-events-reader"))
+            .plain_source(&[events.as_str()], 64)
+            .expect("events source"),
+        2 * valid,
+        Duration::from_secs(3),
+        Duration::from_secs(90),
+    )
+    .await;
     let statuses = fleet.terminate(Duration::from_secs(30)).await;
     let executions = ledger.executions().await.expect("read the ledger");
     let mut counts = Counts::of_run(
@@ -130,6 +144,33 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
     .with_chaos(&outcome);
     let problems = verify(&orders, &executions, &dead, &mut counts);
     eprintln!("{counts}");
+    // Every valid order's two events once each, as a read_committed reader
+    // sees them; none for the others.
+    let mut seen: HashMap<(String, String), usize> = HashMap::new();
+    for event in &published {
+        let body: serde_json::Value =
+            serde_json::from_slice(&event.payload).expect("an event is JSON");
+        let key = (
+            body["order_id"].as_str().unwrap_or_default().to_owned(),
+            body["event"].as_str().unwrap_or_default().to_owned(),
+        );
+        *seen.entry(key).or_insert(0) += 1;
+    }
+    let repeated = seen.values().filter(|n| **n > 1).count();
+    let missing: Vec<String> = orders
+        .iter()
+        .filter(|o| o.kind == Kind::Valid)
+        .flat_map(|o| ["placed", "charged"].map(|e| (o.order_id.clone(), e.to_owned())))
+        .filter(|k| !seen.contains_key(k))
+        .map(|(order, event)| format!("{order}/{event}"))
+        .collect();
+    eprintln!(
+        "  events              {:>7} / {} expected, {} repeated, {} missing",
+        published.len(),
+        2 * valid,
+        repeated,
+        missing.len()
+    );
     let _ = ledger.drop_schema().await;
 
     assert!(
@@ -145,6 +186,13 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
         counts.dlq_duplicates, 0,
         "every letter once (read_committed): {counts}"
     );
+    assert!(
+        missing.is_empty(),
+        "events missing: {:?}",
+        &missing[..missing.len().min(10)]
+    );
+    assert_eq!(repeated, 0, "every event once (read_committed)");
+    assert_eq!(published.len(), 2 * valid, "no events for the others");
     assert!(
         outcome.unexpected_exits.is_empty(),
         "the worker exited on its own: {:#?}",

@@ -29,7 +29,10 @@
 //! remembers dead-lettered keys, so a redelivery never dead-letters a
 //! message twice; `--outbox EVENTS` adds two events per order (`placed`,
 //! `charged`), written in that transaction through the outbox and relayed
-//! to `EVENTS` by the one process holding the relay's lock. Idempotency keys (and inbox rows) live in the
+//! to `EVENTS` by the one process holding the relay's lock; on Kafka,
+//! `--events EVENTS` publishes them inside the transaction that commits the
+//! order's offset (exactly once; the default there, `--at-least-once` turns
+//! it off). Idempotency keys (and inbox rows) live in the
 //! consumer's keyspace: the queue, or the topic and group, with `--service`
 //! added. `--key-layout` says what to do with a shared store an earlier
 //! release filled with global keys: refuse it (the default), keep that
@@ -208,6 +211,13 @@ struct Args {
     /// process relays at a time).
     #[arg(long)]
     outbox: Option<String>,
+    /// Kafka, exactly once, with `--store postgres-inbox`: each handled
+    /// order publishes `placed` then `charged` to this topic inside the
+    /// Kafka transaction that commits its offset (recorded in the order's
+    /// inbox row, so a redelivery the inbox skips publishes them again into
+    /// the next transaction).
+    #[arg(long, conflicts_with = "outbox")]
+    events: Option<String>,
     /// Fault injection: a run of this order id aborts the process
     /// (`std::process::abort`, no unwinding, nothing released).
     #[arg(long)]
@@ -553,6 +563,14 @@ async fn stack(
         }
         (_, None) => return Err("a PostgreSQL store needs a database".into()),
     };
+    if args.events.is_some()
+        && (!matches!(store_config.kind, ConfiguredStore::PostgresInbox) || args.at_least_once)
+    {
+        return Err(
+            "--events needs a Kafka worker in exactly-once mode with --store postgres-inbox (events are committed with the offsets, recorded in the inbox row)"
+                .into(),
+        );
+    }
     if args.outbox.is_some() && outbox.is_none() {
         return Err(
             "--outbox needs --store postgres-inbox (events are written in the inbox's transaction)"
@@ -561,7 +579,7 @@ async fn stack(
     }
     let handler = PlaceOrder {
         ledger,
-        events: args.outbox.clone(),
+        events: args.outbox.clone().or_else(|| args.events.clone()),
         fail_rate: args.fail_rate.clamp(0.0, 1.0),
         max_attempts: settings.max_attempts,
         work: Duration::from_millis(args.work_ms),
@@ -694,6 +712,9 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
     let settings = RunnerSettings::of(&config);
     let mut runners = JoinSet::new();
     let mut relays = Relays::default();
+    if args.events.is_some() && !matches!(config.broker.kind, BrokerKind::Kafka) {
+        return Err("--events is for Kafka (exactly once); use --outbox elsewhere".into());
+    }
     let result = match config.broker.kind {
         BrokerKind::Memory => {
             let broker = MemoryBroker::new();
@@ -821,7 +842,7 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
                 kafka
                     .ensure_topics([TopicSpec::new(source.queue.clone()).partitions(4)])
                     .await?;
-                if let Some(events) = &args.outbox {
+                if let Some(events) = args.outbox.as_ref().or(args.events.as_ref()) {
                     kafka
                         .ensure_topics([TopicSpec::new(events.clone()).partitions(4)])
                         .await?;

@@ -126,7 +126,7 @@ where
                 transaction
                     .0
                     .produce(&destination, message)
-                    .map_err(HandlerError::transient)?;
+                    .map_err(HandlerError::unavailable)?;
             }
             Ok(())
         })

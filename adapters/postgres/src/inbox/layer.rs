@@ -277,7 +277,7 @@ where
                             transaction
                                 .0
                                 .produce(&destination, message)
-                                .map_err(HandlerError::transient)?;
+                                .map_err(HandlerError::unavailable)?;
                         }
                     }
                     Ok(())
@@ -324,7 +324,7 @@ fn re_emit(
         transaction
             .0
             .produce(&destination, message)
-            .map_err(HandlerError::transient)?;
+            .map_err(HandlerError::unavailable)?;
     }
     Ok(())
 }

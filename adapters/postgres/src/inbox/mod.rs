@@ -62,6 +62,15 @@
 //! that loses its lease is cancelled through its token, and the inbox row's
 //! uniqueness still keeps its effects to one commit, but the run that
 //! commits may be the older one.
+//!
+//! **In a source's transaction** (Kafka exactly-once mode, see
+//! [`backstop::transaction`]) and without an [outbox](Inbox::outbox), the
+//! handler's [`Context::publish`](backstop::Context::publish) messages go
+//! into the Kafka transaction once the inbox committed, and are also
+//! recorded in the row (column `outputs`, schema version 2) in the inbox
+//! transaction: a redelivery that finds the row (the Kafka transaction
+//! aborted after the inbox committed) skips the handler and hands the
+//! recorded outputs to the current transaction, with the ids they had.
 
 mod layer;
 mod outputs;
