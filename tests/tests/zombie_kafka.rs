@@ -102,12 +102,21 @@ async fn zombie_resumed_after_its_partitions_moved_commits_nothing_and_nothing_i
         })
     };
 
+    // Stopped once it owns partitions and work flows.
     let mut unexpected = Vec::new();
     let until = Instant::now() + Duration::from_secs(60);
-    while ledger.rows().await.unwrap_or(0) < (valid / 5) as i64 && Instant::now() < until {
+    while (!owns_partitions(fleet.log_of(0))
+        || ledger.rows().await.unwrap_or(0) < (valid / 5) as i64)
+        && Instant::now() < until
+    {
         fleet.restart_exited(&mut unexpected);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(
+        owns_partitions(fleet.log_of(0)),
+        "the zombie-to-be got no partitions: {}",
+        fleet.log_tail(10)
+    );
     eprintln!(
         "SIGSTOP the zombie at {} ledger rows",
         ledger.rows().await.unwrap_or(0)
@@ -169,4 +178,32 @@ async fn zombie_resumed_after_its_partitions_moved_commits_nothing_and_nothing_i
     );
     assert_stopped(statuses);
     fleet.remove_logs();
+}
+
+/// True when the worker logging to `log` was last assigned some partitions
+/// (its `partitions assigned` line, colours stripped).
+fn owns_partitions(log: &std::path::Path) -> bool {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // An escape sequence runs to its final letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+        .lines()
+        .filter(|line| line.contains("partitions assigned"))
+        .last()
+        .and_then(|line| line.split("partitions=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .is_some_and(|n| n > 0)
 }
