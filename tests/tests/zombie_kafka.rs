@@ -147,7 +147,7 @@ async fn zombie_resumed_after_its_partitions_moved_commits_nothing_and_nothing_i
         Duration::from_secs(90),
     )
     .await;
-    let zombie_log = std::fs::read_to_string(fleet.log_of(0)).unwrap_or_default();
+    let zombie_log = plain_log(fleet.log_of(0));
     let statuses = fleet.terminate(Duration::from_secs(30)).await;
     let executions = ledger.executions().await.expect("read the ledger");
     let mut counts = Counts::of_run(
@@ -160,8 +160,16 @@ async fn zombie_resumed_after_its_partitions_moved_commits_nothing_and_nothing_i
     counts.acknowledged = acknowledged;
     let problems = verify(&orders, &executions, &dead, &mut counts);
     eprintln!("{counts}");
+    // How the zombie's open work ended: its assignment found lost (its
+    // transaction never committed, its records dropped) or an abort.
+    let lost = zombie_log
+        .lines()
+        .filter(|l| l.contains("partitions revoked") && l.contains("lost=true"))
+        .count();
     let aborted = zombie_log.matches("transaction aborted").count();
-    eprintln!("the zombie aborted {aborted} transaction(s) after it resumed");
+    eprintln!(
+        "the zombie found its assignment lost {lost} time(s) and aborted {aborted} transaction(s)"
+    );
     let _ = ledger.drop_schema().await;
 
     assert!(
@@ -173,6 +181,10 @@ async fn zombie_resumed_after_its_partitions_moved_commits_nothing_and_nothing_i
     counts.assert_contract(&problems, valid, expected_dead);
     assert_eq!(counts.dlq_duplicates, 0, "every letter once: {counts}");
     assert!(
+        lost + aborted > 0,
+        "the resumed zombie neither lost its assignment nor aborted: it was not a zombie"
+    );
+    assert!(
         unexpected.is_empty(),
         "a worker exited on its own: {unexpected:#?}"
     );
@@ -180,9 +192,8 @@ async fn zombie_resumed_after_its_partitions_moved_commits_nothing_and_nothing_i
     fleet.remove_logs();
 }
 
-/// True when the worker logging to `log` was last assigned some partitions
-/// (its `partitions assigned` line, colours stripped).
-fn owns_partitions(log: &std::path::Path) -> bool {
+/// The log of a worker, colours stripped.
+fn plain_log(log: &std::path::Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let mut plain = String::with_capacity(text.len());
     let mut chars = text.chars();
@@ -199,9 +210,15 @@ fn owns_partitions(log: &std::path::Path) -> bool {
         }
     }
     plain
+}
+
+/// True when the worker logging to `log` was last assigned some partitions
+/// (its `partitions assigned` line).
+fn owns_partitions(log: &std::path::Path) -> bool {
+    plain_log(log)
         .lines()
-        .filter(|line| line.contains("partitions assigned"))
-        .last()
+        .rev()
+        .find(|line| line.contains("partitions assigned"))
         .and_then(|line| line.split("partitions=").nth(1))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse::<usize>().ok())

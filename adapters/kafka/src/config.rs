@@ -290,9 +290,12 @@ impl KafkaConfig {
         let mut config = self.producer_config();
         config
             .set("transactional.id", &exactly_once.transactional_id)
+            // librdkafka refuses a transaction timeout below the message
+            // timeout: the larger of the two.
             .set(
                 "transaction.timeout.ms",
                 millis(exactly_once.transaction_timeout)
+                    .max(millis(self.message_timeout))
                     .max(1_000)
                     .to_string(),
             );

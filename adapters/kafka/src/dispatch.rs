@@ -54,6 +54,10 @@ pub(crate) struct Incoming {
     pub(crate) message: Message,
     pub(crate) due: Option<SystemTime>,
     pub(crate) delayed: bool,
+    /// The dispatcher's rewind count when the message was polled: a
+    /// message polled before its partition was rewound is dropped (the
+    /// consumer reads it again from the rewound offset).
+    pub(crate) epoch: u64,
 }
 
 #[derive(Debug)]
@@ -69,6 +73,8 @@ struct Slot {
     tracker: PartitionTracker,
     /// Cancelled when the partition is revoked: its deliveries' handlers stop.
     revoked: CancellationToken,
+    /// The rewind that created this slot (0: an assignment).
+    rewound_at: u64,
 }
 
 /// Partitions live in slots, so the hot paths (take, settle) index a vector
@@ -116,6 +122,7 @@ impl State {
             tp: tp.clone(),
             tracker: PartitionTracker::new(self.next_generation, delayed),
             revoked: CancellationToken::new(),
+            rewound_at: 0,
         };
         let i = match self.free.pop() {
             Some(i) => {
@@ -221,6 +228,9 @@ pub(crate) struct Dispatcher {
     state: Mutex<State>,
     /// Wakes the source's `next`.
     ready: Notify,
+    /// Rewinds so far (exactly-once aborts), read by the poll thread for
+    /// each message it polls.
+    rewinds: std::sync::atomic::AtomicU64,
 }
 
 impl Dispatcher {
@@ -268,6 +278,7 @@ impl Dispatcher {
                 settled: 0,
             }),
             ready: Notify::new(),
+            rewinds: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -326,6 +337,7 @@ impl Dispatcher {
                 message,
                 due,
                 delayed,
+                epoch: self.rewind_epoch(),
             }],
             &mut pause,
             &mut Vec::new(),
@@ -371,9 +383,19 @@ impl Dispatcher {
                 }
             };
             let over_budget = st.over_budget;
-            let Some(Slot { tracker, .. }) = st.slots.get_mut(slot).and_then(Option::as_mut) else {
+            let Some(Slot {
+                tracker,
+                rewound_at,
+                ..
+            }) = st.slots.get_mut(slot).and_then(Option::as_mut)
+            else {
                 continue;
             };
+            // Polled before its partition was rewound: read again from the
+            // rewound offset, never tracked ahead of it.
+            if *rewound_at > incoming.epoch {
+                continue;
+            }
             let generation = tracker.generation();
             let offset = incoming.message.meta.offset.unwrap_or_default();
             let before = (tracker.len(), tracker.bytes());
@@ -520,14 +542,27 @@ impl Dispatcher {
         self.lock().pending = Some(pending);
     }
 
-    /// Deliveries settled done since the last [`reset_settled`](Self::reset_settled).
+    /// Rewinds so far: stamped on each polled message ([`Incoming::epoch`]).
+    pub(crate) fn rewind_epoch(&self) -> u64 {
+        self.rewinds.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Deliveries settled done since the last [`take_to_commit`](Self::take_to_commit).
     pub(crate) fn settled(&self) -> usize {
         self.lock().settled
     }
 
-    /// Starts counting settled deliveries again (a transaction began).
-    pub(crate) fn reset_settled(&self) {
-        self.lock().settled = 0;
+    /// The offsets to commit for every partition, and the count of settled
+    /// deliveries starts again (under one lock: a settlement counts for
+    /// this transaction or the next, never for none).
+    pub(crate) fn take_to_commit(&self) -> Vec<(Tp, i64)> {
+        let mut st = self.lock();
+        st.settled = 0;
+        st.slots
+            .iter()
+            .flatten()
+            .filter_map(|s| s.tracker.to_commit().map(|o| (s.tp.clone(), o)))
+            .collect()
     }
 
     /// After an aborted transaction: each partition's tracker starts over
@@ -543,7 +578,14 @@ impl Dispatcher {
                 continue;
             };
             let delayed = st.by_tp(tp).is_some_and(|t| t.is_delayed());
-            st.insert(tp.clone(), delayed);
+            let epoch = self
+                .rewinds
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+                + 1;
+            let slot = st.insert(tp.clone(), delayed);
+            if let Some(Some(slot)) = st.slots.get_mut(slot) {
+                slot.rewound_at = epoch;
+            }
             rewound.push((tp.clone(), offset));
         }
         let State { slots, ready, .. } = &mut *st;
@@ -951,6 +993,7 @@ mod tests {
                     message: record(offset),
                     due: None,
                     delayed: false,
+                    epoch: 0,
                 })
                 .collect();
             offset += 1;
@@ -986,6 +1029,7 @@ mod tests {
                     message: msg(o as i64, "k"),
                     due: None,
                     delayed: false,
+                    epoch: 0,
                 }],
                 &mut paused,
                 &mut Vec::new(),
@@ -996,5 +1040,61 @@ mod tests {
             16,
             "8 messages over 8 partitions pause all 16"
         );
+    }
+
+    #[test]
+    fn a_rewind_starts_the_partition_over_and_drops_what_was_polled_before_it() {
+        use backstop::transaction::Transaction;
+
+        use crate::transaction::DeliverySlot;
+
+        let d = Dispatcher::new(10, 100, usize::MAX);
+        let pending = Arc::new(Pending::default());
+        d.transactional(Arc::clone(&pending));
+        d.assign([(tp(), false)]);
+        for o in 0..3 {
+            d.receive(tp(), msg(o, &format!("k{o}")), None, false);
+        }
+        let slot_of = |t: &Taken| DeliverySlot {
+            pending: Arc::clone(&pending),
+            tp: t.ticket.tp.clone(),
+            generation: t.ticket.generation,
+            offset: t.ticket.offset,
+        };
+        let first = d.take().unwrap().unwrap();
+        let before = slot_of(&first);
+        d.settle(&first.ticket, true).unwrap();
+        // Polled before the rewind, tracked after it: dropped.
+        let stale_epoch = d.rewind_epoch();
+        assert_eq!(
+            d.rewind(&[tp()]),
+            vec![(tp(), 0)],
+            "back to the first offset"
+        );
+        d.receive_all(
+            &mut vec![Incoming {
+                tp: tp(),
+                message: msg(7, "k7"),
+                due: None,
+                delayed: false,
+                epoch: stale_epoch,
+            }],
+            &mut Vec::new(),
+            &mut Vec::new(),
+        );
+        assert!(
+            d.take().unwrap().is_none(),
+            "nothing polled before the rewind"
+        );
+        // Read again from offset 0, under the new generation, which may produce.
+        d.receive(tp(), msg(0, "k0"), None, false);
+        let again = d.take().unwrap().unwrap();
+        assert_eq!(again.ticket.offset, 0);
+        assert!(slot_of(&again).produce("dlq", Message::new("x")).is_ok());
+        assert!(
+            before.produce("dlq", Message::new("x")).is_err(),
+            "the old generation is fenced"
+        );
+        assert!(d.settle(&first.ticket, true).is_err());
     }
 }

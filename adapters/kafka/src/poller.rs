@@ -405,7 +405,10 @@ impl Poller {
                     drop(record);
                     message.meta.group = Some(self.group.clone());
                     bytes += message.payload.len();
-                    batch.push(self.incoming(message));
+                    // Read after the poll returned: a rewind inside it (an
+                    // abort in a revoke callback) predates this message.
+                    let epoch = self.dispatcher.rewind_epoch();
+                    batch.push(self.incoming(message, epoch));
                 }
                 Some(Err(error)) => {
                     self.on_error(error);
@@ -435,7 +438,7 @@ impl Poller {
         false
     }
 
-    fn incoming(&mut self, message: backstop::Message) -> Incoming {
+    fn incoming(&mut self, message: backstop::Message, epoch: u64) -> Incoming {
         let topic = self.topic(&message.meta.source);
         let tp: Tp = (topic, message.meta.partition.unwrap_or_default());
         // A retry topic holds a message until its due time, but never longer
@@ -452,6 +455,7 @@ impl Poller {
             message,
             due,
             delayed,
+            epoch,
         }
     }
 

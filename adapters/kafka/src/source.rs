@@ -106,7 +106,7 @@ impl KafkaSource {
         let link = Arc::new(Link::new(&config.group));
         let (pending, transactor) = match &config.exactly_once {
             Some(settings) => {
-                let pending = Arc::new(Pending::default());
+                let pending = Arc::new(Pending::limited(config.max_message_bytes));
                 dispatcher.transactional(Arc::clone(&pending));
                 let transactor = Transactor::new(config, settings, Arc::clone(&pending))?;
                 (

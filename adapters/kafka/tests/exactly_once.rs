@@ -105,14 +105,8 @@ async fn letters_outputs_and_offsets_commit_together_and_marks_follow() {
         8,
     );
     let dead = (0..n as u64).filter(|i| poison(*i)).count();
-    let letters = read_topic(
-        &kafka,
-        &kafka.dlq_topic(&topic),
-        dead,
-        Duration::from_secs(60),
-    )
-    .await;
-    let published = read_topic(&kafka, &outputs, n - dead, Duration::from_secs(60)).await;
+    let letters = everything(&kafka, &kafka.dlq_topic(&topic), dead).await;
+    let published = everything(&kafka, &outputs, n - dead).await;
     let committed = committed_eventually(
         &kafka,
         &topic,
@@ -228,8 +222,8 @@ async fn an_aborted_transaction_marks_nothing_and_its_letter_is_written_on_redel
         stack(&kafka, &store, &outputs, &runs),
         8,
     );
-    let letters = read_topic(&kafka, &kafka.dlq_topic(&topic), 2, Duration::from_secs(60)).await;
-    let published = read_topic(&kafka, &outputs, n - 2, Duration::from_secs(60)).await;
+    let letters = everything(&kafka, &kafka.dlq_topic(&topic), 2).await;
+    let published = everything(&kafka, &outputs, n - 2).await;
     let committed = committed_eventually(
         &kafka,
         &topic,
@@ -256,6 +250,85 @@ async fn an_aborted_transaction_marks_nothing_and_its_letter_is_written_on_redel
         state(&store, &topic, &group, &format!("{topic}-1")).await,
         "completed"
     );
+}
+
+/// Every record of `topic` once `n` distinct ones are there (waiting up to
+/// a minute), copies included: read again from the start for 3 s more.
+async fn everything(kafka: &Kafka, topic: &str, n: usize) -> Vec<Message> {
+    let first = read_topic(kafka, topic, n, Duration::from_secs(60)).await;
+    if first.len() < n {
+        return first;
+    }
+    read_topic(kafka, topic, n + 1, Duration::from_secs(3)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_aborts_the_same_worker_commits_everything_once_the_cause_is_gone() {
+    let group = unique("eo-same");
+    let kafka = kafka(&group).exactly_once("w1");
+    let admin = kafka.topics().unwrap();
+    let topic = unique("eo-same");
+    let outputs = format!("{topic}.out");
+    admin
+        .create(&[
+            TopicSpec::new(topic.clone()).partitions(2),
+            TopicSpec::new(outputs.clone()),
+        ])
+        .await
+        .unwrap();
+    let n = 12;
+    let sent = batch(&topic, n);
+    publish_all(&kafka.publisher().unwrap(), &topic, &sent).await;
+    let store = Arc::new(MemoryStore::new(10_000, Duration::from_secs(600)));
+    let runs: Shared<BTreeMap<u64, usize>> = shared();
+    let worker = run(
+        kafka.plain_source(&[&topic], 8).unwrap(),
+        stack(&kafka, &store, &outputs, &runs),
+        8,
+    );
+    // Aborted (the DLQ is missing), everything rewound and run again.
+    let aborted = eventually(Duration::from_secs(60), || {
+        runs.lock().unwrap().get(&0).copied().unwrap_or(0) >= 2
+    })
+    .await;
+    assert!(
+        aborted,
+        "the poison message ran again after aborts: {runs:?}"
+    );
+    // The cause goes away while the worker runs: its next transaction
+    // commits, with the rewound partitions' work done again.
+    admin
+        .create(&[TopicSpec::new(kafka.dlq_topic(&topic))])
+        .await
+        .unwrap();
+    let dead = (0..n as u64).filter(|i| poison(*i)).count();
+    let letters = everything(&kafka, &kafka.dlq_topic(&topic), dead).await;
+    let published = everything(&kafka, &outputs, n - dead).await;
+    let committed = committed_eventually(
+        &kafka,
+        &topic,
+        &end_offsets(&kafka, &topic).await,
+        Duration::from_secs(20),
+    )
+    .await;
+    worker.stop().await;
+    let letter_bodies = bodies(&letters);
+    assert_eq!(letters.len(), dead, "each letter once: {letter_bodies:?}");
+    let outs = bodies(&published);
+    assert_eq!(outs.len(), n - dead, "{outs:?}");
+    assert!(outs.values().all(|c| *c == 1), "each output once: {outs:?}");
+    for (partition, end) in end_offsets(&kafka, &topic).await {
+        assert_eq!(committed.get(&partition).copied().flatten(), Some(end));
+    }
+    for i in 0..n as u64 {
+        let expected = if poison(i) {
+            "dead_lettered"
+        } else {
+            "completed"
+        };
+        let id = format!("{topic}-{i}");
+        assert_eq!(state(&store, &topic, &group, &id).await, expected, "{id}");
+    }
 }
 
 /// The end offset of each partition of `topic`.

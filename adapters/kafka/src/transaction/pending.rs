@@ -40,12 +40,30 @@ struct State {
 /// The records and marks of a source's deliveries, waiting for the
 /// transaction that covers them; shared by the deliveries (through
 /// [`DeliverySlot`]), the dispatcher and the poll thread's [`Transactor`](super::Transactor).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Pending {
     state: Mutex<State>,
+    /// The largest record the producer sends (`message.max.bytes`): a
+    /// larger one is refused at once, for good, instead of aborting every
+    /// transaction that would hold it.
+    max_record_bytes: usize,
+}
+
+impl Default for Pending {
+    fn default() -> Self {
+        Pending::limited(usize::MAX)
+    }
 }
 
 impl Pending {
+    /// Refusing records over `max_record_bytes`.
+    pub(crate) fn limited(max_record_bytes: usize) -> Self {
+        Pending {
+            state: Mutex::default(),
+            max_record_bytes,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every update leaves the state consistent.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -141,6 +159,15 @@ pub(crate) struct DeliverySlot {
 
 impl Transaction for DeliverySlot {
     fn produce(&self, destination: &str, message: Message) -> Result<(), SinkError> {
+        let size = message.payload.len()
+            + message.key.as_ref().map_or(0, |k| k.len())
+            + message.headers.wire_len();
+        if size > self.pending.max_record_bytes {
+            return Err(SinkError::Publish {
+                destination: destination.to_owned(),
+                source: PublishError::TooLarge { size },
+            });
+        }
         self.pending
             .with_entry(self, |produced| {
                 produced.records.push((destination.to_owned(), message));
@@ -206,6 +233,22 @@ mod tests {
         assert_eq!(bodies, [b"3".as_slice(), b"5"]);
         assert_eq!(pending.waiting(), 2, "offset 9 and partition 1 wait");
         assert!(pending.take_covered(&[(tp(0), 6)]).records.is_empty());
+    }
+
+    #[test]
+    fn a_record_over_the_producers_limit_is_refused_for_good_at_once() {
+        let pending = Arc::new(Pending::limited(100));
+        pending.assign(tp(0), 1);
+        let refused = slot(&pending, 0, 1, 0)
+            .produce("dlq", Message::new(vec![b'x'; 101]))
+            .expect_err("too large");
+        assert!(refused.is_permanent(), "{refused}");
+        assert_eq!(pending.waiting(), 0);
+        assert!(
+            slot(&pending, 0, 1, 0)
+                .produce("dlq", Message::new(vec![b'x'; 50]))
+                .is_ok()
+        );
     }
 
     #[test]

@@ -123,10 +123,15 @@ where
         Box::pin(async move {
             future.await?;
             for (destination, message) in outputs.take() {
-                transaction
-                    .0
-                    .produce(&destination, message)
-                    .map_err(HandlerError::unavailable)?;
+                transaction.0.produce(&destination, message).map_err(|e| {
+                    // Too large for good; else the delivery was fenced
+                    // (a rewind, a revoke): deferred, no attempt spent.
+                    if e.is_permanent() {
+                        HandlerError::permanent(e)
+                    } else {
+                        HandlerError::unavailable(e)
+                    }
+                })?;
             }
             Ok(())
         })

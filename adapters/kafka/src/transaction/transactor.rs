@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use backstop::SourceError;
 use rdkafka::Offset;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::{ExactlyOnce, Pending};
@@ -20,6 +20,16 @@ use crate::{Error, KafkaConfig, record};
 const TRANSACTIONS: &str = "backstop_kafka_transactions_total";
 /// The longest wait after consecutive aborts before trying again.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Aborts in a row from which each is logged as an error.
+const ABORTS_BEFORE_ERROR: u32 = 3;
+
+/// Why a transaction did not commit.
+enum Failed {
+    /// Aborted: its partitions are rewound and run again.
+    Abort(KafkaError),
+    /// The producer cannot go on: the source stops.
+    Fatal(String),
+}
 
 /// What one commit did.
 #[derive(Debug, PartialEq, Eq)]
@@ -34,7 +44,9 @@ pub(crate) enum Committed {
 
 /// The source's transactional producer and its commit loop's state.
 pub(crate) struct Transactor {
-    producer: BaseProducer,
+    /// Polled by a thread of its own, so delivery reports are served
+    /// while an abort or a commit waits for the records in flight.
+    producer: ThreadedProducer<DefaultProducerContext>,
     pending: Arc<Pending>,
     settings: ExactlyOnce,
     group: String,
@@ -42,6 +54,8 @@ pub(crate) struct Transactor {
     /// After an abort, no commit is tried before this.
     not_before: Option<Instant>,
     backoff: Duration,
+    /// Aborts since the last commit.
+    aborts_in_a_row: u32,
 }
 
 impl std::fmt::Debug for Transactor {
@@ -60,7 +74,7 @@ impl Transactor {
         settings: &ExactlyOnce,
         pending: Arc<Pending>,
     ) -> Result<Self, Error> {
-        let producer: BaseProducer = config
+        let producer: ThreadedProducer<DefaultProducerContext> = config
             .transactional_config(settings)
             .create()
             .map_err(Error::Config)?;
@@ -72,15 +86,21 @@ impl Transactor {
             last: Instant::now(),
             not_before: None,
             backoff: settings.commit_interval,
+            aborts_in_a_row: 0,
         })
     }
 
     /// Registers the `transactional.id` with its coordinator, which aborts
     /// a predecessor's open transaction and fences it.
     pub(crate) fn init(&self) -> Result<(), SourceError> {
-        self.producer
-            .init_transactions(self.settings.call_timeout)
-            .map_err(|error| {
+        // Retried while the coordinator is not reachable yet (a broker
+        // starting), within the transaction's timeout.
+        self.retrying(|| self.producer.init_transactions(self.settings.call_timeout))
+            .map_err(|failed| {
+                let error = match failed {
+                    Failed::Abort(error) => error.to_string(),
+                    Failed::Fatal(reason) => reason,
+                };
                 SourceError::Fatal(
                     format!(
                         "the transactional producer {:?} could not start (init_transactions): {error}",
@@ -91,33 +111,39 @@ impl Transactor {
             })
     }
 
-    /// True when a commit is due: `settled` messages were settled since the
-    /// last one, and the interval passed or there are enough of them.
+    /// True when a commit is due: the interval passed, or `settled`
+    /// messages were settled since the last one, enough of them. (A
+    /// commit with nothing new to cover costs one look at the watermarks.)
     pub(crate) fn due(&self, settled: usize) -> bool {
         let now = Instant::now();
-        settled > 0
-            && self.not_before.is_none_or(|t| now >= t)
+        self.not_before.is_none_or(|t| now >= t)
             && (settled >= self.settings.commit_every
                 || now - self.last >= self.settings.commit_interval)
     }
 
     /// Commits every partition's watermark with what the deliveries below
     /// it produced, then has their marks written; rewinds on an abort. A
-    /// fenced producer is a fatal error (this instance was replaced).
+    /// producer that cannot go on (fenced by a newer instance with its id,
+    /// a fatal error, a commit whose outcome stays unknown) is a fatal
+    /// error: the source stops and its supervisor restarts it.
     pub(crate) fn commit<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
         dispatcher: &Dispatcher,
     ) -> Result<Committed, SourceError> {
         self.last = Instant::now();
-        let offsets = dispatcher.to_commit();
-        dispatcher.reset_settled();
+        let offsets = dispatcher.take_to_commit();
         if offsets.is_empty() {
             return Ok(Committed::Nothing);
         }
+        // Not a member (yet, or any more): nothing may be committed, and
+        // what waits stays for the next try (or a revoke drops it).
+        let Some(metadata) = consumer.group_metadata() else {
+            return Ok(Committed::Nothing);
+        };
         let covered = self.pending.take_covered(&offsets);
         let records = covered.records.len();
-        match self.run(consumer, &offsets, covered.records) {
+        match self.run(&metadata, &offsets, &covered.records) {
             Ok(()) => {
                 dispatcher.mark_committed(&offsets);
                 for marks in covered.marks {
@@ -125,43 +151,80 @@ impl Transactor {
                 }
                 self.not_before = None;
                 self.backoff = self.settings.commit_interval;
+                self.aborts_in_a_row = 0;
                 self.count("committed");
                 Ok(Committed::Records(records))
             }
-            Err(error) => {
+            Err(failed) => {
                 // Dropped unwritten: the leases are released, not counted.
                 drop(covered.marks);
                 self.count("aborted");
-                self.abort(consumer, dispatcher, &offsets, &error)?;
-                Ok(Committed::Aborted)
+                match failed {
+                    Failed::Abort(error) => {
+                        self.abort(consumer, dispatcher, &offsets, &error)?;
+                        Ok(Committed::Aborted)
+                    }
+                    Failed::Fatal(reason) => Err(self.stopped(&reason)),
+                }
             }
         }
     }
 
-    fn run<C: ConsumerContext>(
+    fn run(
         &self,
-        consumer: &BaseConsumer<C>,
+        metadata: &ConsumerGroupMetadata,
         offsets: &[(Tp, i64)],
-        records: Vec<(String, backstop::Message)>,
-    ) -> Result<(), KafkaError> {
+        records: &[(String, backstop::Message)],
+    ) -> Result<(), Failed> {
         let timeout = self.settings.call_timeout;
-        let metadata = consumer
-            .group_metadata()
-            // Not a member (yet, or any more): nothing may be committed.
-            .ok_or(KafkaError::ConsumerCommit(
-                RDKafkaErrorCode::UnknownMemberId,
-            ))?;
-        self.producer.begin_transaction()?;
-        for (destination, message) in &records {
-            self.send(destination, message)?;
-        }
         self.producer
-            .send_offsets_to_transaction(&list(offsets), &metadata, timeout)?;
-        match self.producer.commit_transaction(timeout) {
-            Err(KafkaError::Transaction(e)) if e.is_retriable() => {
-                self.producer.commit_transaction(timeout)
+            .begin_transaction()
+            .map_err(|e| self.classify(e))?;
+        for (destination, message) in records {
+            // Queued, not sent: a record the broker refuses fails the commit.
+            self.send(destination, message).map_err(|e| match e {
+                KafkaError::Transaction(_) => self.classify(e),
+                // A record refused locally (too large, an unknown topic):
+                // the transaction is open, abort it.
+                other => Failed::Abort(other),
+            })?;
+        }
+        self.retrying(|| {
+            self.producer
+                .send_offsets_to_transaction(&list(offsets), metadata, timeout)
+        })?;
+        self.retrying(|| self.producer.commit_transaction(timeout))
+    }
+
+    /// Calls `call` again while it fails retriably (the transaction's
+    /// outcome is not known yet), within the transaction's timeout.
+    fn retrying(&self, call: impl Fn() -> Result<(), KafkaError>) -> Result<(), Failed> {
+        let until = Instant::now() + self.settings.transaction_timeout;
+        loop {
+            match call() {
+                Ok(()) => return Ok(()),
+                Err(KafkaError::Transaction(e)) if e.is_retriable() && Instant::now() < until => {
+                    tracing::debug!(error = %e, "transactional call failed retriably; calling it again");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(error) => return Err(self.classify(error)),
             }
-            other => other,
+        }
+    }
+
+    /// What a failed transactional call leaves: an abort (the broker
+    /// refused a record, the group generation moved on) or a producer that
+    /// cannot go on (fenced, fatal, an outcome still unknown at the
+    /// transaction's timeout, a state error).
+    fn classify(&self, error: KafkaError) -> Failed {
+        if let Some((code, text)) = self.producer.client().fatal_error() {
+            return Failed::Fatal(format!("{code}: {text}"));
+        }
+        match &error {
+            KafkaError::Transaction(e) if e.txn_requires_abort() && !e.is_fatal() => {
+                Failed::Abort(error)
+            }
+            _ => Failed::Fatal(error.to_string()),
         }
     }
 
@@ -181,15 +244,16 @@ impl Transactor {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
                     if started.elapsed() < self.settings.call_timeout =>
                 {
-                    self.producer.poll(Duration::from_millis(10));
+                    std::thread::sleep(Duration::from_millis(10));
                 }
                 Err((error, _)) => return Err(error),
             }
         }
     }
 
-    /// Aborts the open transaction and rewinds its partitions; fatal when
-    /// the producer was fenced or failed for good.
+    /// Aborts the open transaction and rewinds its partitions (a partition
+    /// that cannot be sought back stops the source: reading on from where
+    /// the consumer is would commit past the aborted messages).
     fn abort<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
@@ -197,54 +261,52 @@ impl Transactor {
         offsets: &[(Tp, i64)],
         error: &KafkaError,
     ) -> Result<(), SourceError> {
-        if let Some(reason) = self.fatal(error) {
-            tracing::error!(transactional_id = %self.settings.transactional_id, %reason, "the transactional producer failed for good; the source stops");
-            return Err(SourceError::Fatal(
-                format!(
-                    "the Kafka transactional producer {:?} cannot go on ({reason}); \
-                     if another instance runs with its transactional id, this one was replaced",
-                    self.settings.transactional_id
-                )
-                .into(),
-            ));
-        }
-        if let Err(abort) = self.producer.abort_transaction(self.settings.call_timeout) {
-            tracing::debug!(%abort, "abort_transaction failed (no transaction was open, or the broker aborts it by its timeout)");
-            if let Some(reason) = self.fatal(&abort) {
-                return Err(SourceError::Fatal(
-                    format!("the Kafka transactional producer cannot go on ({reason})").into(),
-                ));
+        // An abort waits for the records in flight; one that times out is
+        // called again (librdkafka resumes it), within the transaction's
+        // timeout. An abort the broker cannot take is fatal.
+        match self.retrying(|| self.producer.abort_transaction(self.settings.call_timeout)) {
+            Ok(()) | Err(Failed::Abort(_)) => {}
+            Err(Failed::Fatal(reason)) => {
+                return Err(self.stopped(&format!("the abort failed: {reason}")));
             }
         }
         let tps: Vec<Tp> = offsets.iter().map(|(tp, _)| tp.clone()).collect();
-        let rewound = dispatcher.rewind(&tps);
-        for (tp, offset) in &rewound {
-            self.pending.forget(tp);
+        for (tp, offset) in dispatcher.rewind(&tps) {
             if let Err(seek) =
-                consumer.seek(&tp.0, tp.1, Offset::Offset(*offset), Duration::from_secs(5))
+                consumer.seek(&tp.0, tp.1, Offset::Offset(offset), Duration::from_secs(10))
             {
-                tracing::warn!(%seek, topic = %tp.0, partition = tp.1, offset, "seeking back after an abort failed; the partition's next owner reads from its committed offset");
+                return Err(self.stopped(&format!(
+                    "{}[{}] could not be sought back to offset {offset} after an abort: {seek}",
+                    tp.0, tp.1
+                )));
             }
         }
         if let Err(resume) = consumer.resume(&partitions(&tps)) {
             tracing::debug!(%resume, "resuming rewound partitions failed");
         }
-        tracing::warn!(%error, partitions = tps.len(), retry_in = ?self.backoff, "transaction aborted; its partitions were rewound to their committed offsets and run again");
+        self.aborts_in_a_row += 1;
+        let level_error = self.aborts_in_a_row >= ABORTS_BEFORE_ERROR;
+        if level_error {
+            tracing::error!(%error, aborts_in_a_row = self.aborts_in_a_row, partitions = tps.len(), retry_in = ?self.backoff, "transactions keep aborting: a record the broker refuses (a DLQ or output topic missing, or too small for a record) holds every partition back until it is fixed");
+        } else {
+            tracing::warn!(%error, partitions = tps.len(), retry_in = ?self.backoff, "transaction aborted; its partitions were rewound to their committed offsets and run again");
+        }
         self.not_before = Some(Instant::now() + self.backoff);
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
         Ok(())
     }
 
-    /// The reason the producer cannot go on, if it cannot (fenced, or a
-    /// fatal error).
-    fn fatal(&self, error: &KafkaError) -> Option<String> {
-        if let Some((code, text)) = self.producer.client().fatal_error() {
-            return Some(format!("{code}: {text}"));
-        }
-        match error {
-            KafkaError::Transaction(e) if e.is_fatal() => Some(e.to_string()),
-            _ => None,
-        }
+    /// The fatal source error for `reason`, logged.
+    fn stopped(&self, reason: &str) -> SourceError {
+        tracing::error!(transactional_id = %self.settings.transactional_id, %reason, "the transactional producer cannot go on; the source stops");
+        SourceError::Fatal(
+            format!(
+                "the Kafka transactional producer {:?} cannot go on ({reason}); \
+                 if another instance runs with its transactional id, this one was replaced",
+                self.settings.transactional_id
+            )
+            .into(),
+        )
     }
 
     fn count(&self, result: &'static str) {

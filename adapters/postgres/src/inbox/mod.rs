@@ -71,6 +71,12 @@
 //! transaction: a redelivery that finds the row (the Kafka transaction
 //! aborted after the inbox committed) skips the handler and hands the
 //! recorded outputs to the current transaction, with the ids they had.
+//! Keep the idempotency layer in front of the inbox (a [`PostgresStore`],
+//! as the order worker does): its `completed` mark, written after the Kafka
+//! commit, answers a later copy of the same input (a producer's retry) as a
+//! duplicate before it reaches the inbox. Without it such a copy finds the
+//! row and re-emits the outputs (same ids: readers that deduplicate by id
+//! drop them).
 
 mod layer;
 mod outputs;
