@@ -51,7 +51,9 @@ async fn outputs_recorded_in_the_inbox_are_published_once_after_an_abort() {
         .await
         .expect("topics");
     let publisher = kafka.publisher().expect("publisher");
-    for (i, body) in ["good", "poison"].iter().enumerate() {
+    // The poison message first: no watermark passes it, so the good one's
+    // output can only commit in a transaction that also holds the letter.
+    for (i, body) in ["poison", "good"].iter().enumerate() {
         publisher
             .publish(
                 &topic,
@@ -115,8 +117,8 @@ async fn outputs_recorded_in_the_inbox_are_published_once_after_an_abort() {
     // The poison message's letter cannot be written: the transaction holding
     // it and the good message's output aborts, and both run again.
     let (stop, worker) = start(&kafka);
-    let poison_id = format!("{run}-1");
-    let good_id = format!("{run}-0");
+    let poison_id = format!("{run}-0");
+    let good_id = format!("{run}-1");
     let until = Instant::now() + Duration::from_secs(60);
     while runs.lock().unwrap().get(&poison_id).copied().unwrap_or(0) < 2 && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(50)).await;
