@@ -370,25 +370,10 @@ pub fn write_failed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
-
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<(String, Message)>>);
-
-    #[async_trait::async_trait]
-    impl Outgoing for Recorder {
-        async fn publish(&self, destination: &str, message: Message) -> Result<(), PublishFailed> {
-            self.0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((destination.to_owned(), message));
-            Ok(())
-        }
-    }
 
     #[tokio::test]
     async fn ids_are_derived_from_the_cause_and_kept_when_given() {
-        let recorder = Arc::new(Recorder::default());
+        let recorder = Arc::new(Collected::default());
         let mut inbound = Message::new("x").with_message_id("in-7");
         inbound.meta.source = "orders".into();
         let inbound = Arc::new(inbound);
@@ -410,7 +395,7 @@ mod tests {
             Err(PublishFailed::NoDestination)
         ));
         {
-            let seen = recorder.0.lock().expect("lock");
+            let seen = recorder.take();
             let ids: Vec<&str> = seen
                 .iter()
                 .map(|(_, m)| m.meta.message_id.as_str())
@@ -427,10 +412,7 @@ mod tests {
             .publish("a", Message::new("1"), false)
             .await
             .expect("published");
-        assert_eq!(
-            recorder.0.lock().expect("lock")[3].1.meta.message_id,
-            "orders:in-7:out:0"
-        );
+        assert_eq!(recorder.take()[0].1.meta.message_id, "orders:in-7:out:0");
         // Another consumer of the same message publishes other ids.
         let mut elsewhere = (*inbound).clone();
         elsewhere.meta.source = "audit".into();
@@ -443,8 +425,10 @@ mod tests {
             .publish("a", Message::new("1"), false)
             .await
             .expect("published");
-        let seen = recorder.0.lock().expect("lock");
-        assert_eq!(seen[4].1.meta.message_id, "billing@audit:in-7:out:0");
+        assert_eq!(
+            recorder.take()[0].1.meta.message_id,
+            "billing@audit:in-7:out:0"
+        );
     }
 
     #[test]

@@ -165,6 +165,17 @@ impl State {
         self.slots.get_mut(i)?.as_mut().map(|s| &mut s.tracker)
     }
 
+    /// Drops queued messages of a generation that is gone (revoked, rewound).
+    fn forget_stale_ready(&mut self) {
+        let State { slots, ready, .. } = self;
+        ready.retain(|q| {
+            slots
+                .get(q.slot)
+                .and_then(Option::as_ref)
+                .is_some_and(|s| s.tracker.generation() == q.generation)
+        });
+    }
+
     /// Messages tracked and bytes held, over every partition.
     fn totals(&self) -> (usize, usize) {
         self.slots.iter().flatten().fold((0, 0), |(n, b), s| {
@@ -311,13 +322,7 @@ impl Dispatcher {
                 commit.push((tp, offset));
             }
         }
-        let State { slots, ready, .. } = &mut *st;
-        ready.retain(|q| {
-            slots
-                .get(q.slot)
-                .and_then(Option::as_ref)
-                .is_some_and(|s| s.tracker.generation() == q.generation)
-        });
+        st.forget_stale_ready();
         commit
     }
 
@@ -588,13 +593,7 @@ impl Dispatcher {
             }
             rewound.push((tp.clone(), offset));
         }
-        let State { slots, ready, .. } = &mut *st;
-        ready.retain(|q| {
-            slots
-                .get(q.slot)
-                .and_then(Option::as_ref)
-                .is_some_and(|s| s.tracker.generation() == q.generation)
-        });
+        st.forget_stale_ready();
         rewound
     }
 

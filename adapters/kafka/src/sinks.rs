@@ -63,6 +63,20 @@ impl KafkaDeadLetterSink {
     }
 }
 
+impl KafkaDeadLetterSink {
+    /// The letter's topic (`destination`, else its origin's DLQ), with the
+    /// group stamped on it.
+    fn addressed(&self, letter: &mut Message, destination: Option<&str>) -> String {
+        letter
+            .headers
+            .insert(wire::GROUP.to_owned(), self.group.clone());
+        destination.map_or_else(
+            || dlq_topic(letter.meta.origin(), &self.group),
+            str::to_owned,
+        )
+    }
+}
+
 #[async_trait::async_trait]
 impl DeadLetterSink for KafkaDeadLetterSink {
     async fn dead_letter(
@@ -70,13 +84,7 @@ impl DeadLetterSink for KafkaDeadLetterSink {
         mut letter: Message,
         destination: Option<&str>,
     ) -> Result<(), SinkError> {
-        let destination = destination.map_or_else(
-            || dlq_topic(letter.meta.origin(), &self.group),
-            str::to_owned,
-        );
-        letter
-            .headers
-            .insert(wire::GROUP.to_owned(), self.group.clone());
+        let destination = self.addressed(&mut letter, destination);
         send(&self.publisher, destination, &letter).await
     }
 
@@ -88,13 +96,7 @@ impl DeadLetterSink for KafkaDeadLetterSink {
         destination: Option<&str>,
         transaction: &InTransaction,
     ) -> Result<(), SinkError> {
-        let destination = destination.map_or_else(
-            || dlq_topic(letter.meta.origin(), &self.group),
-            str::to_owned,
-        );
-        letter
-            .headers
-            .insert(wire::GROUP.to_owned(), self.group.clone());
+        let destination = self.addressed(&mut letter, destination);
         transaction.0.produce(&destination, letter)
     }
 }

@@ -157,35 +157,17 @@ async fn letters_outputs_and_offsets_commit_together_and_marks_follow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aborted_transaction_marks_nothing_and_its_letter_is_written_on_redelivery() {
-    let group = unique("eo-abort");
-    let kafka = kafka(&group).exactly_once("w1");
-    let admin = kafka.topics().unwrap();
-    // The source and output topics, but no DLQ: the letter's record is
-    // refused (unknown topic), so every transaction holding it aborts.
-    let topic = unique("eo-abort");
-    let outputs = format!("{topic}.out");
-    admin
-        .create(&[
-            TopicSpec::new(topic.clone()).partitions(1),
-            TopicSpec::new(outputs.clone()),
-        ])
-        .await
-        .unwrap();
+    let Aborting {
+        kafka,
+        group,
+        topic,
+        outputs,
+        store,
+        runs,
+        worker,
+        rerun,
+    } = aborting("eo-abort", 1, 6).await;
     let n = 6;
-    let sent = batch(&topic, n);
-    publish_in_order(&kafka.publisher().unwrap(), &topic, &sent).await;
-    let store = Arc::new(MemoryStore::new(10_000, Duration::from_secs(600)));
-    let runs: Shared<BTreeMap<u64, usize>> = shared();
-    let worker = run(
-        kafka.plain_source(&[&topic], 8).unwrap(),
-        stack(&kafka, &store, &outputs, &runs),
-        8,
-    );
-    // Run again after an abort: the partition was rewound.
-    let rerun = eventually(Duration::from_secs(60), || {
-        runs.lock().unwrap().get(&0).copied().unwrap_or(0) >= 2
-    })
-    .await;
     worker.stop().await;
     assert!(
         rerun,
@@ -213,7 +195,9 @@ async fn an_aborted_transaction_marks_nothing_and_its_letter_is_written_on_redel
     );
 
     // The DLQ exists now: the redelivery writes the letter, once.
-    admin
+    kafka
+        .topics()
+        .unwrap()
         .create(&[TopicSpec::new(kafka.dlq_topic(&topic))])
         .await
         .unwrap();
@@ -252,6 +236,59 @@ async fn an_aborted_transaction_marks_nothing_and_its_letter_is_written_on_redel
     );
 }
 
+/// A worker on a topic of `partitions` with `n` messages whose DLQ is
+/// missing (the letter's record is refused: unknown topic), so every
+/// transaction holding a letter aborts; `rerun` once the poison message 0
+/// ran again after an abort (within a minute).
+struct Aborting {
+    kafka: Kafka,
+    group: String,
+    topic: String,
+    outputs: String,
+    store: Arc<MemoryStore>,
+    runs: Shared<BTreeMap<u64, usize>>,
+    worker: Worker,
+    rerun: bool,
+}
+
+async fn aborting(prefix: &str, partitions: i32, n: usize) -> Aborting {
+    let group = unique(prefix);
+    let kafka = kafka(&group).exactly_once("w1");
+    let topic = unique(prefix);
+    let outputs = format!("{topic}.out");
+    kafka
+        .topics()
+        .unwrap()
+        .create(&[
+            TopicSpec::new(topic.clone()).partitions(partitions),
+            TopicSpec::new(outputs.clone()),
+        ])
+        .await
+        .unwrap();
+    publish_in_order(&kafka.publisher().unwrap(), &topic, &batch(&topic, n)).await;
+    let store = Arc::new(MemoryStore::new(10_000, Duration::from_secs(600)));
+    let runs: Shared<BTreeMap<u64, usize>> = shared();
+    let worker = run(
+        kafka.plain_source(&[&topic], 8).unwrap(),
+        stack(&kafka, &store, &outputs, &runs),
+        8,
+    );
+    let rerun = eventually(Duration::from_secs(60), || {
+        runs.lock().unwrap().get(&0).copied().unwrap_or(0) >= 2
+    })
+    .await;
+    Aborting {
+        kafka,
+        group,
+        topic,
+        outputs,
+        store,
+        runs,
+        worker,
+        rerun,
+    }
+}
+
 /// Every record of `topic` once `n` distinct ones are there (waiting up to
 /// a minute), copies included: read again from the start for 3 s more.
 async fn everything(kafka: &Kafka, topic: &str, n: usize) -> Vec<Message> {
@@ -264,37 +301,19 @@ async fn everything(kafka: &Kafka, topic: &str, n: usize) -> Vec<Message> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_aborts_the_same_worker_commits_everything_once_the_cause_is_gone() {
-    let group = unique("eo-same");
-    let kafka = kafka(&group).exactly_once("w1");
-    let admin = kafka.topics().unwrap();
-    let topic = unique("eo-same");
-    let outputs = format!("{topic}.out");
-    admin
-        .create(&[
-            TopicSpec::new(topic.clone()).partitions(2),
-            TopicSpec::new(outputs.clone()),
-        ])
-        .await
-        .unwrap();
+    let Aborting {
+        kafka,
+        group,
+        topic,
+        outputs,
+        store,
+        runs,
+        worker,
+        rerun,
+    } = aborting("eo-same", 2, 12).await;
     let n = 12;
-    let sent = batch(&topic, n);
-    publish_all(&kafka.publisher().unwrap(), &topic, &sent).await;
-    let store = Arc::new(MemoryStore::new(10_000, Duration::from_secs(600)));
-    let runs: Shared<BTreeMap<u64, usize>> = shared();
-    let worker = run(
-        kafka.plain_source(&[&topic], 8).unwrap(),
-        stack(&kafka, &store, &outputs, &runs),
-        8,
-    );
-    // Aborted (the DLQ is missing), everything rewound and run again.
-    let aborted = eventually(Duration::from_secs(60), || {
-        runs.lock().unwrap().get(&0).copied().unwrap_or(0) >= 2
-    })
-    .await;
-    assert!(
-        aborted,
-        "the poison message ran again after aborts: {runs:?}"
-    );
+    assert!(rerun, "the poison message ran again after aborts: {runs:?}");
+    let admin = kafka.topics().unwrap();
     // The cause goes away while the worker runs: its next transaction
     // commits, with the rewound partitions' work done again.
     admin
