@@ -29,7 +29,7 @@
 
 use std::sync::Arc;
 
-use crate::idempotency::HeldMarks;
+pub use crate::idempotency::HeldMarks;
 use crate::{Message, SinkError};
 
 /// A source's open transaction, as one delivery sees it; see the
@@ -66,6 +66,27 @@ pub trait Transaction: Send + Sync + 'static {
     /// Fails when the delivery no longer belongs to this source (its
     /// partition was revoked or rewound).
     fn produce(&self, destination: &str, message: Message) -> Result<(), SinkError>;
+
+    /// Whether `message` could ever be produced to `destination` (a
+    /// record over the producer's size limit cannot): checked before
+    /// effects elsewhere commit. The default admits everything.
+    fn admits(&self, destination: &str, message: &Message) -> Result<(), SinkError> {
+        let _ = (destination, message);
+        Ok(())
+    }
+
+    /// Adds every record, or none when one is not admitted (an attempt's
+    /// publishes join its delivery together). The default checks each with
+    /// [`admits`](Self::admits) first, then produces them in order.
+    fn produce_all(&self, records: Vec<(String, Message)>) -> Result<(), SinkError> {
+        for (destination, message) in &records {
+            self.admits(destination, message)?;
+        }
+        for (destination, message) in records {
+            self.produce(&destination, message)?;
+        }
+        Ok(())
+    }
 
     /// Keeps the delivery's idempotency marks until the commit that covers
     /// it returned (then [`HeldMarks::write`]); dropping them releases the

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use backstop::Publisher;
 use backstop_kafka::{Kafka, TopicSpec};
 use backstop_rabbitmq::RabbitMq;
+use backstop_tests::fault::read_messages;
 use backstop_tests::orders::orders;
 use backstop_tests::worker::{Worker, binary, log_path, log_tail};
 
@@ -184,11 +185,31 @@ async fn a_file_and_the_environment_run_two_kafka_sources_in_one_process() {
                     .unwrap_or(0),
                 Err(_) => 0,
             };
-            all &= committed == ORDERS as i64 && dead == DEAD as i64;
+            // At least: the worker's transactions add a commit marker to
+            // each DLQ partition they wrote (the letters are read below).
+            all &= committed == ORDERS as i64 && dead >= DEAD as i64;
         }
         done = all && handled(&worker).await == Some(2 * (ORDERS as u64 - DEAD));
     }
     assert!(done, "not everything settled: {}", log_tail(&log, 30));
+    for (topic, group) in [(&first, &group_a), (&second, &group_b)] {
+        let kafka = Kafka::new(brokers.clone(), group.clone());
+        let reader = Kafka::new(brokers.clone(), format!("{group}-dlq-reader"));
+        let letters = read_messages(
+            reader
+                .plain_source(&[kafka.dlq_topic(topic).as_str()], 8)
+                .expect("DLQ reader"),
+            DEAD as usize,
+            Duration::from_secs(1),
+            Duration::from_secs(30),
+        )
+        .await;
+        assert_eq!(
+            letters.len(),
+            DEAD as usize,
+            "{topic}: its letters, once each"
+        );
+    }
     stop_both(worker, &log).await;
     std::fs::remove_file(&file).ok();
 }

@@ -212,14 +212,15 @@ fn plain_log(log: &std::path::Path) -> String {
     plain
 }
 
-/// True when the worker logging to `log` was last assigned some partitions
-/// (its `partitions assigned` line).
+/// True when the worker logging to `log` owns partitions (the `owned`
+/// count of its last `partitions assigned` line: with cooperative
+/// rebalancing an assignment may add nothing to what is owned).
 fn owns_partitions(log: &std::path::Path) -> bool {
     plain_log(log)
         .lines()
         .rev()
         .find(|line| line.contains("partitions assigned"))
-        .and_then(|line| line.split("partitions=").nth(1))
+        .and_then(|line| line.split("owned=").nth(1))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse::<usize>().ok())
         .is_some_and(|n| n > 0)

@@ -186,7 +186,10 @@ impl ConsumerContext for GroupContext {
         }
         // Joined: an empty assignment (more members than partitions) is ready too.
         self.link.joined();
-        tracing::info!(partitions = elements.len(), "partitions assigned");
+        // With cooperative rebalancing an assignment adds to what is owned
+        // (often nothing, after a revoke): say both.
+        let owned = consumer.assignment().map_or(0, |a| a.count());
+        tracing::info!(partitions = elements.len(), owned, "partitions assigned");
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
@@ -225,6 +228,9 @@ impl PollThread {
     ) -> Result<Self, Error> {
         let stop = Arc::new(AtomicBool::new(false));
         let liveness = Liveness::new(format!("the Kafka poll thread of group {group:?}"));
+        if let Some(transactor) = &transactor {
+            locked(transactor).watch(liveness.clone());
+        }
         let (tx, rx) = oneshot::channel();
         let watch = Arc::clone(&dispatcher);
         let name = group.clone();

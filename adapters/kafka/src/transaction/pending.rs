@@ -147,6 +147,21 @@ impl Pending {
     }
 }
 
+/// What a record counts for against the producer's `message.max.bytes`,
+/// on the safe side: payload, key, headers with their lengths, the message
+/// id header the record gets, and the record's own overhead.
+fn record_size(message: &Message) -> usize {
+    const RECORD_OVERHEAD: usize = 64;
+    const PER_HEADER: usize = 10;
+    message.payload.len()
+        + message.key.as_ref().map_or(0, |k| k.len())
+        + message.headers.wire_len()
+        + PER_HEADER * (message.headers.len() + 1)
+        + backstop::wire::MESSAGE_ID.len()
+        + message.meta.message_id.len()
+        + RECORD_OVERHEAD
+}
+
 /// One delivery's place in its source's transaction: the
 /// [`Transaction`] the stack sees in the delivery.
 #[derive(Debug)]
@@ -159,21 +174,29 @@ pub(crate) struct DeliverySlot {
 
 impl Transaction for DeliverySlot {
     fn produce(&self, destination: &str, message: Message) -> Result<(), SinkError> {
-        let size = message.payload.len()
-            + message.key.as_ref().map_or(0, |k| k.len())
-            + message.headers.wire_len();
+        self.produce_all(vec![(destination.to_owned(), message)])
+    }
+
+    fn admits(&self, destination: &str, message: &Message) -> Result<(), SinkError> {
+        let size = record_size(message);
         if size > self.pending.max_record_bytes {
             return Err(SinkError::Publish {
                 destination: destination.to_owned(),
                 source: PublishError::TooLarge { size },
             });
         }
+        Ok(())
+    }
+
+    fn produce_all(&self, records: Vec<(String, Message)>) -> Result<(), SinkError> {
+        for (destination, message) in &records {
+            self.admits(destination, message)?;
+        }
+        let destination = records.first().map(|(d, _)| d.clone()).unwrap_or_default();
         self.pending
-            .with_entry(self, |produced| {
-                produced.records.push((destination.to_owned(), message));
-            })
+            .with_entry(self, |produced| produced.records.extend(records))
             .ok_or_else(|| SinkError::Publish {
-                destination: destination.to_owned(),
+                destination,
                 source: PublishError::Unavailable(
                     format!(
                         "{}[{}] was revoked or rewound since offset {} was delivered; its next owner runs it again",
@@ -237,18 +260,25 @@ mod tests {
 
     #[test]
     fn a_record_over_the_producers_limit_is_refused_for_good_at_once() {
-        let pending = Arc::new(Pending::limited(100));
+        let pending = Arc::new(Pending::limited(1_000));
         pending.assign(tp(0), 1);
         let refused = slot(&pending, 0, 1, 0)
-            .produce("dlq", Message::new(vec![b'x'; 101]))
+            .produce("dlq", Message::new(vec![b'x'; 1_000]))
             .expect_err("too large");
         assert!(refused.is_permanent(), "{refused}");
         assert_eq!(pending.waiting(), 0);
         assert!(
             slot(&pending, 0, 1, 0)
-                .produce("dlq", Message::new(vec![b'x'; 50]))
+                .produce("dlq", Message::new(vec![b'x'; 500]))
                 .is_ok()
         );
+        // An attempt's publishes join together or not at all.
+        let batch = vec![
+            ("out".to_owned(), Message::new("small")),
+            ("out".to_owned(), Message::new(vec![b'x'; 1_000])),
+        ];
+        assert!(slot(&pending, 0, 1, 1).produce_all(batch).is_err());
+        assert_eq!(pending.waiting(), 1, "only offset 0's record");
     }
 
     #[test]

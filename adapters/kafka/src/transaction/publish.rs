@@ -122,18 +122,19 @@ where
         let future = self.inner.call(request);
         Box::pin(async move {
             future.await?;
-            for (destination, message) in outputs.take() {
-                transaction.0.produce(&destination, message).map_err(|e| {
-                    // Too large for good; else the delivery was fenced
-                    // (a rewind, a revoke): deferred, no attempt spent.
-                    if e.is_permanent() {
-                        HandlerError::permanent(e)
-                    } else {
-                        HandlerError::unavailable(e)
-                    }
-                })?;
-            }
-            Ok(())
+            // All of the attempt's publishes, or none.
+            transaction.0.produce_all(outputs.take()).map_err(refused)
         })
+    }
+}
+
+/// A refused produce as the attempt's error: a record too large for good
+/// fails the message; otherwise the delivery was fenced (a rewind, a
+/// revoke) and it is deferred without spending an attempt.
+fn refused(error: backstop::SinkError) -> HandlerError {
+    if error.is_permanent() {
+        HandlerError::permanent(error)
+    } else {
+        HandlerError::unavailable(error)
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backstop::SourceError;
+use backstop::runner::Liveness;
 use rdkafka::Offset;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata};
 use rdkafka::error::KafkaError;
@@ -56,6 +57,9 @@ pub(crate) struct Transactor {
     backoff: Duration,
     /// Aborts since the last commit.
     aborts_in_a_row: u32,
+    /// The poll thread's liveness: beaten between the calls of a long
+    /// retry, so waiting out a coordinator does not look like a hang.
+    liveness: Option<Liveness>,
 }
 
 impl std::fmt::Debug for Transactor {
@@ -87,7 +91,19 @@ impl Transactor {
             not_before: None,
             backoff: settings.commit_interval,
             aborts_in_a_row: 0,
+            liveness: None,
         })
+    }
+
+    /// Beats `liveness` (the poll thread's) while it waits on the broker.
+    pub(crate) fn watch(&mut self, liveness: Liveness) {
+        self.liveness = Some(liveness);
+    }
+
+    fn beat(&self) {
+        if let Some(liveness) = &self.liveness {
+            liveness.beat();
+        }
     }
 
     /// Registers the `transactional.id` with its coordinator, which aborts
@@ -201,6 +217,7 @@ impl Transactor {
     fn retrying(&self, call: impl Fn() -> Result<(), KafkaError>) -> Result<(), Failed> {
         let until = Instant::now() + self.settings.transaction_timeout;
         loop {
+            self.beat();
             match call() {
                 Ok(()) => return Ok(()),
                 Err(KafkaError::Transaction(e)) if e.is_retriable() && Instant::now() < until => {
@@ -272,6 +289,7 @@ impl Transactor {
         }
         let tps: Vec<Tp> = offsets.iter().map(|(tp, _)| tp.clone()).collect();
         for (tp, offset) in dispatcher.rewind(&tps) {
+            self.beat();
             if let Err(seek) =
                 consumer.seek(&tp.0, tp.1, Offset::Offset(offset), Duration::from_secs(10))
             {

@@ -239,6 +239,18 @@ where
                         }
                     }
                     let outputs = collected.map(|c| c.take()).unwrap_or_default();
+                    // A record the transaction can never take (too large)
+                    // fails the attempt before its effects commit.
+                    if let Some(transaction) = &transaction
+                        && let Some(error) = outputs
+                            .iter()
+                            .find_map(|(d, m)| transaction.0.admits(d, m).err())
+                    {
+                        if let Err(rollback) = open.finish("rollback", "ROLLBACK", timeout).await {
+                            tracing::debug!(%rollback, "inbox: rollback failed; the connection was closed instead");
+                        }
+                        return Err(HandlerError::permanent(error));
+                    }
                     if let Some((consumer, stored_key)) = &row
                         && !outputs.is_empty()
                     {
@@ -272,13 +284,13 @@ where
                     {
                         outbox.committed();
                     }
+                    // Refused now only if the delivery was fenced (a
+                    // rewind, a revoke): its next run re-emits them.
                     if let Some(transaction) = &transaction {
-                        for (destination, message) in outputs {
-                            transaction
-                                .0
-                                .produce(&destination, message)
-                                .map_err(HandlerError::unavailable)?;
-                        }
+                        transaction
+                            .0
+                            .produce_all(outputs)
+                            .map_err(HandlerError::unavailable)?;
                     }
                     Ok(())
                 }
@@ -320,11 +332,8 @@ fn re_emit(
         outputs = outputs.len(),
         "inbox: re-emitting the recorded outputs of a processed message"
     );
-    for (destination, message) in outputs {
-        transaction
-            .0
-            .produce(&destination, message)
-            .map_err(HandlerError::unavailable)?;
-    }
-    Ok(())
+    transaction
+        .0
+        .produce_all(outputs)
+        .map_err(HandlerError::unavailable)
 }
