@@ -165,6 +165,15 @@ impl State {
         self.slots.get_mut(i)?.as_mut().map(|s| &mut s.tracker)
     }
 
+    /// Each partition's offset to commit, where it moved since the last commit.
+    fn to_commit(&self) -> Vec<(Tp, i64)> {
+        self.slots
+            .iter()
+            .flatten()
+            .filter_map(|s| s.tracker.to_commit().map(|o| (s.tp.clone(), o)))
+            .collect()
+    }
+
     /// Drops queued messages of a generation that is gone (revoked, rewound).
     fn forget_stale_ready(&mut self) {
         let State { slots, ready, .. } = self;
@@ -501,16 +510,12 @@ impl Dispatcher {
             let mut st = self.lock();
             let was_full = st.outstanding >= st.max_in_flight;
             st.outstanding = st.outstanding.saturating_sub(1);
-            let pending = st.pending.clone();
             let result = match st.live(ticket.slot, ticket.generation) {
                 Some(tracker) => {
                     let ok = if done {
                         tracker.complete(ticket.offset, &mut released, &mut freed)
                     } else if tracker.requeue(ticket.offset) {
                         released.push(ticket.offset);
-                        if let Some(pending) = &pending {
-                            pending.discard(&ticket.tp, ticket.offset);
-                        }
                         true
                     } else {
                         false
@@ -519,8 +524,13 @@ impl Dispatcher {
                 }
                 None => Err(Refused::Fenced),
             };
-            if done && result.is_ok() {
-                st.settled += 1;
+            if result.is_ok() {
+                if done {
+                    st.settled += 1;
+                } else if let Some(pending) = &st.pending {
+                    // Back to run again: what it produced goes with it.
+                    pending.discard(&ticket.tp, ticket.offset);
+                }
             }
             let wake = was_full || !released.is_empty();
             for offset in released {
@@ -563,11 +573,7 @@ impl Dispatcher {
     pub(crate) fn take_to_commit(&self) -> Vec<(Tp, i64)> {
         let mut st = self.lock();
         st.settled = 0;
-        st.slots
-            .iter()
-            .flatten()
-            .filter_map(|s| s.tracker.to_commit().map(|o| (s.tp.clone(), o)))
-            .collect()
+        st.to_commit()
     }
 
     /// After an aborted transaction: each partition's tracker starts over
@@ -713,12 +719,7 @@ impl Dispatcher {
 
     /// The offsets to commit for every partition (on close).
     pub(crate) fn to_commit(&self) -> Vec<(Tp, i64)> {
-        self.lock()
-            .slots
-            .iter()
-            .flatten()
-            .filter_map(|s| s.tracker.to_commit().map(|o| (s.tp.clone(), o)))
-            .collect()
+        self.lock().to_commit()
     }
 
     /// Stops handing out deliveries; `next` returns `None` from now on.

@@ -628,11 +628,13 @@ impl Poller {
         if !actions.idle.is_empty() {
             self.advance_idle(&actions.idle);
         }
-        if self.transactor.is_some() {
+        let commit = if self.transactor.is_some() {
             self.transact(true);
-        }
-        let commit = self.dispatcher.to_commit();
-        if !commit.is_empty() && self.transactor.is_none() {
+            Vec::new()
+        } else {
+            self.dispatcher.to_commit()
+        };
+        if !commit.is_empty() {
             match self.consumer.commit(&list(&commit), CommitMode::Sync) {
                 Ok(()) => self.dispatcher.mark_committed(&commit),
                 Err(error) => {

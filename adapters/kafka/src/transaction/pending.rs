@@ -28,13 +28,17 @@ pub(crate) struct Covered {
     pub(crate) marks: Vec<HeldMarks>,
 }
 
+/// Partitions by name (foldhash, as the dispatcher's keys: two lookups per
+/// settled message).
+type ByPartition<V> = HashMap<Tp, V, foldhash::fast::RandomState>;
+
 #[derive(Debug, Default)]
 struct State {
     /// The generation of each partition this source owns now (the
     /// dispatcher's: a revoke or a rewind ends it).
-    live: HashMap<Tp, u64>,
+    live: ByPartition<u64>,
     /// Per partition, per offset.
-    produced: HashMap<Tp, BTreeMap<i64, Produced>>,
+    produced: ByPartition<BTreeMap<i64, Produced>>,
 }
 
 /// The records and marks of a source's deliveries, waiting for the
