@@ -52,6 +52,9 @@ pub struct Counts {
     pub workers: usize,
     /// Exits of fenced static Kafka members (restarted; see [`crate::fleet::Fleet::fenced`]).
     pub fenced: usize,
+    /// Exits of workers whose transactional producer was stuck (restarted;
+    /// see [`crate::fleet::Fleet::stuck`]).
+    pub stuck: usize,
     /// The last worker's own summary line (killed workers print none).
     pub final_summary: String,
     /// Wall time of the run.
@@ -89,6 +92,7 @@ impl Counts {
             broker,
             workers: fleet.len(),
             fenced: fleet.fenced,
+            stuck: fleet.stuck,
             inbox_rows: ledger.inbox_rows().await,
             final_summary: fleet.log_tail(1),
             duplicates_suppressed: fleet.duplicates_suppressed(),
@@ -154,6 +158,13 @@ impl fmt::Display for Counts {
                 f,
                 "  fenced static members {:>5}   (exited and restarted)",
                 self.fenced
+            )?;
+        }
+        if self.stuck > 0 {
+            writeln!(
+                f,
+                "  stuck producers     {:>7}   (exited and restarted: a transactional call blocked past its timeout)",
+                self.stuck
             )?;
         }
         write!(f, "  last worker         {}", self.final_summary)

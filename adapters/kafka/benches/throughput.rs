@@ -15,7 +15,11 @@
 //! * **source only**: [`KafkaSource`](backstop_kafka::KafkaSource), each
 //!   delivery acked straight away (the adapter's cost);
 //! * **stack**: `KafkaSource` + `StackBuilder` (idempotency on `MemoryStore`,
-//!   keyed by message id) + `Runner`, a no-op `Bytes` handler.
+//!   keyed by message id) + `Runner`, a no-op `Bytes` handler;
+//! * **stack EOS**: the same in exactly-once mode (`Kafka::exactly_once`:
+//!   offsets committed in a transaction every 100 ms, the idempotency marks
+//!   written after each commit); its clock stops at the N-th handler call,
+//!   like the stack's, not at the last commit.
 //!
 //! Each side reports the **median** of its rounds: messages per second
 //! (first message handed out to the N-th offset stored or handler called)
@@ -168,8 +172,19 @@ async fn source_only(kafka: &Kafka, topic: &str, n: usize, latencies: Latencies)
     .expect("source task")
 }
 
-async fn stack(kafka: &Kafka, topic: &str, n: usize, latencies: Latencies) -> Duration {
+async fn stack(
+    kafka: &Kafka,
+    topic: &str,
+    n: usize,
+    latencies: Latencies,
+    exactly_once: bool,
+) -> Duration {
     let kafka = kafka.clone().configure(|c| c.group = unique("backstop"));
+    let kafka = if exactly_once {
+        kafka.exactly_once("bench")
+    } else {
+        kafka
+    };
     let count = Arc::new(AtomicUsize::new(0));
     let first: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
     let last: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
@@ -377,10 +392,17 @@ enum Kind {
     Fair,
     SourceOnly,
     Stack,
+    StackExactlyOnce,
 }
 
 impl Kind {
-    const ALL: [Kind; 4] = [Kind::Naive, Kind::Fair, Kind::SourceOnly, Kind::Stack];
+    const ALL: [Kind; 5] = [
+        Kind::Naive,
+        Kind::Fair,
+        Kind::SourceOnly,
+        Kind::Stack,
+        Kind::StackExactlyOnce,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -388,12 +410,13 @@ impl Kind {
             Kind::Fair => "fair raw",
             Kind::SourceOnly => "source only",
             Kind::Stack => "stack",
+            Kind::StackExactlyOnce => "stack EOS",
         }
     }
 }
 
 /// Whether `BENCH_SIDES` (a comma-separated list of `naive`, `fair`,
-/// `source`, `stack`; default all) selects `kind`.
+/// `source`, `stack`, `eos`; default all) selects `kind`.
 fn selected(kind: Kind) -> bool {
     let Ok(sides) = std::env::var("BENCH_SIDES") else {
         return true;
@@ -403,6 +426,7 @@ fn selected(kind: Kind) -> bool {
         Kind::Fair => "fair",
         Kind::SourceOnly => "source",
         Kind::Stack => "stack",
+        Kind::StackExactlyOnce => "eos",
     };
     sides.split(',').any(|s| s.trim() == short)
 }
@@ -465,7 +489,12 @@ fn main() {
                     Kind::SourceOnly => {
                         pass(kind.name(), n, |l| source_only(&kafka, &topic, n, l)).await
                     }
-                    Kind::Stack => pass(kind.name(), n, |l| stack(&kafka, &topic, n, l)).await,
+                    Kind::Stack => {
+                        pass(kind.name(), n, |l| stack(&kafka, &topic, n, l, false)).await
+                    }
+                    Kind::StackExactlyOnce => {
+                        pass(kind.name(), n, |l| stack(&kafka, &topic, n, l, true)).await
+                    }
                 };
                 runs.entry(kind.name()).or_default().push(run);
             }
@@ -510,6 +539,11 @@ fn main() {
             &format!("Kafka: fair raw rdkafka vs backstop stack ({PARTITIONS} partitions, concurrency {CONCURRENCY})"),
             Some(fair.side),
             medians["stack"].side,
+        );
+        latency::bench_row(
+            "Kafka: fair raw rdkafka vs backstop stack in exactly-once mode",
+            Some(fair.side),
+            medians["stack EOS"].side,
         );
         latency::bench_row(
             "Kafka: fair raw rdkafka vs KafkaSource alone (no stack)",

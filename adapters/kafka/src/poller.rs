@@ -51,6 +51,8 @@ const ERROR_LOG_EVERY: Duration = Duration::from_secs(5);
 /// While the cluster is unreachable, an idle thread checks this often
 /// whether it is back (a metadata request, at most this long).
 const RECONNECT_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often a close waiting for the thread looks whether it is stuck.
+const STOP_LOOK_EVERY: Duration = Duration::from_millis(250);
 
 /// The consumer's context: rebalance callbacks and logging.
 #[derive(Debug)]
@@ -207,6 +209,9 @@ impl ConsumerContext for GroupContext {
 #[derive(Debug)]
 pub(crate) struct PollThread {
     stop: Arc<AtomicBool>,
+    /// Set by the transactional producer's watchdog: the thread is blocked
+    /// in librdkafka for good, and closing does not wait for it.
+    stuck: Arc<AtomicBool>,
     done: Option<oneshot::Receiver<()>>,
     liveness: Liveness,
 }
@@ -227,9 +232,20 @@ impl PollThread {
         transactor: Option<SharedTransactor>,
     ) -> Result<Self, Error> {
         let stop = Arc::new(AtomicBool::new(false));
+        let stuck = Arc::new(AtomicBool::new(false));
         let liveness = Liveness::new(format!("the Kafka poll thread of group {group:?}"));
         if let Some(transactor) = &transactor {
-            locked(transactor).watch(liveness.clone());
+            let mut transactor = locked(transactor);
+            transactor.watch(liveness.clone());
+            let source = Arc::clone(&dispatcher);
+            let flag = Arc::clone(&stuck);
+            transactor
+                .guard(move |error| {
+                    flag.store(true, Ordering::Release);
+                    source.report(error);
+                    source.close();
+                })
+                .map_err(Error::Thread)?;
         }
         let (tx, rx) = oneshot::channel();
         let watch = Arc::clone(&dispatcher);
@@ -276,6 +292,7 @@ impl PollThread {
             .map_err(Error::Thread)?;
         Ok(PollThread {
             stop,
+            stuck,
             done: Some(rx),
             liveness,
         })
@@ -289,10 +306,30 @@ impl PollThread {
     /// Asks the thread to commit, leave the group and end; waits up to `wait`.
     pub(crate) async fn stop(&mut self, wait: Duration) {
         self.stop.store(true, Ordering::Release);
-        if let Some(done) = self.done.take()
-            && tokio::time::timeout(wait, done).await.is_err()
-        {
-            tracing::warn!(?wait, "consumer thread did not finish closing in time");
+        let Some(mut done) = self.done.take() else {
+            return;
+        };
+        let until = tokio::time::Instant::now() + wait;
+        // `stuck` is looked at between short waits: the watchdog may find
+        // the thread blocked in the final commit of its close.
+        loop {
+            if self.stuck.load(Ordering::Acquire) {
+                tracing::warn!(
+                    "the consumer thread is blocked in a transactional call; not waiting for it (the process's exit ends it)"
+                );
+                return;
+            }
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                tracing::warn!(?wait, "consumer thread did not finish closing in time");
+                return;
+            }
+            if tokio::time::timeout(left.min(STOP_LOOK_EVERY), &mut done)
+                .await
+                .is_ok()
+            {
+                return;
+            }
         }
     }
 }
@@ -652,38 +689,104 @@ impl Poller {
 mod tests {
     use std::time::Duration;
 
+    use backstop::Publisher as _;
     use backstop::runner::RunError;
     use backstop::{Runner, StackBuilder, handler_fn, memory::MemoryBroker};
 
     use super::PANIC_IN_POLL;
-    use crate::{Kafka, brokers_from_env};
+    use crate::transaction::HANG_IN_SEND_OFFSETS;
+    use crate::{Kafka, TopicSpec, brokers_from_env};
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_dead_poll_thread_stops_the_runner_with_a_clear_error() {
+    /// Runs a no-op stack over `source` until it stops, within `within`;
+    /// the fatal source error it stopped with.
+    async fn fatal_error_of(
+        source: crate::KafkaSource,
+        sink: impl backstop::DeadLetterSink + 'static,
+        within: Duration,
+    ) -> backstop::SourceError {
+        let stack = StackBuilder::<serde_json::Value>::new(std::sync::Arc::new(sink)).build(
+            handler_fn(|_: serde_json::Value, _| async { Ok::<(), backstop::HandlerError>(()) }),
+        );
+        let result = tokio::time::timeout(within, Runner::new(source, stack).run())
+            .await
+            .expect("the runner hangs");
+        let Err(RunError::Source { source, .. }) = result else {
+            panic!("the runner ended without the source's error: {result:?}");
+        };
+        assert!(source.is_fatal(), "{source}");
+        source
+    }
+
+    /// `prefix` with this moment's nanoseconds: a fresh group or topic name.
+    fn unique(prefix: &str) -> String {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos();
-        let group = format!("bt-dead-poll-{nanos:x}");
+        format!("{prefix}-{nanos:x}")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_poll_thread_stops_the_runner_with_a_clear_error() {
+        let group = unique("bt-dead-poll");
         let kafka = Kafka::new(brokers_from_env(), group.clone());
         PANIC_IN_POLL.lock().unwrap().push(group);
-        let stack = StackBuilder::<serde_json::Value>::new(std::sync::Arc::new(
+        let source = fatal_error_of(
+            kafka.plain_source(&["bt-dead-poll"], 4).unwrap(),
             MemoryBroker::new().dead_letter_sink(),
-        ))
-        .build(handler_fn(|_: serde_json::Value, _| async {
-            Ok::<(), backstop::HandlerError>(())
-        }));
-        let runner = Runner::new(kafka.plain_source(&["bt-dead-poll"], 4).unwrap(), stack);
-        let result = tokio::time::timeout(Duration::from_secs(20), runner.run())
-            .await
-            .expect("the runner hangs on a dead poll thread");
-        let Err(RunError::Source { source, .. }) = result else {
-            panic!("the runner ended without the source's error: {result:?}");
-        };
-        assert!(source.is_fatal());
+            Duration::from_secs(20),
+        )
+        .await;
         assert!(
             source.to_string().contains("consumer thread of group"),
             "{source}"
         );
+    }
+
+    /// librdkafka's `send_offsets_to_transaction` can block for good when
+    /// the group coordinator is lost (confluentinc/librdkafka#5456): the
+    /// watchdog stops the source with an error naming the call, the runner
+    /// ends without waiting for the blocked thread, and nothing is committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transactional_call_that_never_returns_stops_the_runner_naming_it() {
+        let topic = unique("bt-stuck-txn");
+        let group = format!("{topic}-g");
+        let kafka = Kafka::new(brokers_from_env(), group.clone())
+            .exactly_once("w1")
+            .configure(|c| {
+                if let Some(eo) = c.exactly_once.as_mut() {
+                    eo.call_timeout = Duration::from_secs(1);
+                }
+            });
+        kafka
+            .ensure_topics([TopicSpec::new(topic.clone())])
+            .await
+            .unwrap();
+        let publisher = kafka.publisher().unwrap();
+        publisher
+            .publish(&topic, &backstop::Message::new(b"{}".to_vec()))
+            .await
+            .unwrap();
+        HANG_IN_SEND_OFFSETS.lock().unwrap().push(group.clone());
+        let started = std::time::Instant::now();
+        let source = fatal_error_of(
+            kafka.source(&[&topic], 4).unwrap(),
+            kafka.dead_letter_sink().unwrap(),
+            Duration::from_secs(30),
+        )
+        .await;
+        let text = source.to_string();
+        assert!(text.contains("TRANSACTIONAL_CALL_STUCK"), "{text}");
+        assert!(text.contains("send_offsets_to_transaction"), "{text}");
+        // Blocked past 1 s + 1 s, and the close did not wait out the
+        // consumer's session for the blocked thread.
+        assert!(
+            started.elapsed() < Duration::from_secs(25),
+            "{:?}",
+            started.elapsed()
+        );
+        // The transaction never committed: the group has no offset.
+        let committed = kafka.committed_offsets(&topic).await.unwrap();
+        assert!(committed.values().all(Option::is_none), "{committed:?}");
     }
 }

@@ -44,6 +44,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backstop::CancellationToken;
 use backstop::breaker::BreakerConfig;
 use backstop::idempotency::{self, KeyLayout, Namespaced};
 use backstop::memory::MemoryBroker;
@@ -622,10 +623,14 @@ fn sample_orders(n: usize) -> impl Iterator<Item = Message> {
 }
 
 /// What every runner of the process shares.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct RunnerSettings {
     breaker: Option<BreakerConfig>,
     shutdown_deadline: Duration,
+    /// Cancelled when a runner fails: the others stop too, so the process
+    /// exits for its supervisor (a source stopped by a fatal error, a fenced
+    /// or stuck Kafka member, comes back only with a restart).
+    stop_all: CancellationToken,
 }
 
 impl RunnerSettings {
@@ -638,6 +643,7 @@ impl RunnerSettings {
                 )
             }),
             shutdown_deadline: Duration::from_millis(config.shutdown.deadline_ms),
+            stop_all: CancellationToken::new(),
         }
     }
 }
@@ -665,13 +671,16 @@ fn spawn<S: Source + Send + 'static>(
     }
     let runner = runner
         .shutdown_deadline(settings.shutdown_deadline)
+        .with_shutdown(settings.stop_all.child_token())
         .shutdown_on_signals();
     runners.spawn(async move { (name, runner.run().await.map_err(BoxError::from)) });
 }
 
-/// Waits for every runner; the first failure is the process's.
+/// Waits for every runner; the first failure is the process's, and it
+/// stops the other runners (`stop_all`).
 async fn join(
     mut runners: JoinSet<(String, Result<Summary, BoxError>)>,
+    stop_all: &CancellationToken,
 ) -> Result<Vec<(String, Summary)>, BoxError> {
     let mut summaries = Vec::new();
     let mut first_error = None;
@@ -679,10 +688,12 @@ async fn join(
         match done {
             Ok((name, Ok(summary))) => summaries.push((name, summary)),
             Ok((name, Err(error))) => {
-                tracing::error!(source = %name, error = %backstop::error::chain(&*error), "runner failed");
+                tracing::error!(source = %name, error = %backstop::error::chain(&*error), "runner failed; stopping the other sources");
+                stop_all.cancel();
                 first_error.get_or_insert(error);
             }
             Err(join) => {
+                stop_all.cancel();
                 first_error.get_or_insert(join.into());
             }
         }
@@ -710,6 +721,7 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
     let ops = ops.as_ref();
     let sources = config.sources();
     let settings = RunnerSettings::of(&config);
+    let stop_all = settings.stop_all.clone();
     let mut runners = JoinSet::new();
     let mut relays = Relays::default();
     if args.events.is_some() && !matches!(config.broker.kind, BrokerKind::Kafka) {
@@ -750,10 +762,10 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
                     labels,
                     stack,
                     concurrency,
-                    settings,
+                    settings.clone(),
                 );
             }
-            let summaries = join(runners).await?;
+            let summaries = join(runners, &stop_all).await?;
             for source in &sources {
                 tracing::info!(
                     source = %source.name,
@@ -807,10 +819,10 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
                     labels,
                     stack,
                     source.settings.concurrency,
-                    settings,
+                    settings.clone(),
                 );
             }
-            let summaries = join(runners).await;
+            let summaries = join(runners, &stop_all).await;
             rabbit.close().await;
             summaries
         }
@@ -877,10 +889,10 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
                     labels,
                     stack,
                     source.settings.concurrency,
-                    settings,
+                    settings.clone(),
                 );
             }
-            join(runners).await
+            join(runners, &stop_all).await
         }
     };
     relays.stop().await;

@@ -41,10 +41,13 @@
 mod pending;
 mod publish;
 mod transactor;
+mod watchdog;
 
 pub use self::publish::{TransactionalPublishLayer, TransactionalPublishService};
 
 pub(crate) use self::pending::{DeliverySlot, Pending};
+#[cfg(test)]
+pub(crate) use self::transactor::HANG_IN_SEND_OFFSETS;
 pub(crate) use self::transactor::Transactor;
 
 use std::time::Duration;
@@ -63,7 +66,12 @@ pub struct ExactlyOnce {
     /// (default 1,000).
     pub commit_every: usize,
     /// How long one transactional call (begin, offsets, commit, abort,
-    /// `init_transactions`) may take (default 30 s).
+    /// `init_transactions`) may take (default 30 s). A call still blocked
+    /// after this plus as much again (at most 10 s more) stops the source
+    /// with a fatal error, `TRANSACTIONAL_CALL_STUCK`: librdkafka can block
+    /// past the timeout when the group coordinator is lost
+    /// (confluentinc/librdkafka#5456), and only a restart of the worker
+    /// ends the open transaction then.
     pub call_timeout: Duration,
     /// `transaction.timeout.ms`: the broker aborts a transaction open this
     /// long (default 60 s; at least the producer's `message.timeout.ms`).

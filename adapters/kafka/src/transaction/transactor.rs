@@ -12,6 +12,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 
+use super::watchdog::{Call, CallWatch};
 use super::{ExactlyOnce, Pending};
 use crate::dispatch::{Dispatcher, Tp};
 use crate::poller::{list, partitions};
@@ -21,8 +22,31 @@ use crate::{Error, KafkaConfig, record};
 const TRANSACTIONS: &str = "backstop_kafka_transactions_total";
 /// The longest wait after consecutive aborts before trying again.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a call may block past its timeout before the source stops
+/// (see [`super::watchdog`]): as long as the timeout, within these bounds.
+const STUCK_GRACE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(10));
+/// A transaction that takes this long to finish is logged.
+const SLOW_COMMIT: Duration = Duration::from_secs(5);
 /// Aborts in a row from which each is logged as an error.
 const ABORTS_BEFORE_ERROR: u32 = 3;
+
+/// Consumer groups whose `send_offsets_to_transaction` blocks for two
+/// minutes, as librdkafka's does with a lost coordinator (tests only).
+#[cfg(test)]
+pub(crate) static HANG_IN_SEND_OFFSETS: std::sync::Mutex<Vec<String>> =
+    std::sync::Mutex::new(Vec::new());
+
+#[cfg(test)]
+fn hang_if_asked(group: &str) {
+    let hang = HANG_IN_SEND_OFFSETS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|g| g == group);
+    if hang {
+        std::thread::sleep(Duration::from_secs(120));
+    }
+}
 
 /// Why a transaction did not commit.
 enum Failed {
@@ -60,6 +84,8 @@ pub(crate) struct Transactor {
     /// The poll thread's liveness: beaten between the calls of a long
     /// retry, so waiting out a coordinator does not look like a hang.
     liveness: Option<Liveness>,
+    /// The call running now, for the watchdog.
+    calls: CallWatch,
 }
 
 impl std::fmt::Debug for Transactor {
@@ -92,12 +118,35 @@ impl Transactor {
             backoff: settings.commit_interval,
             aborts_in_a_row: 0,
             liveness: None,
+            calls: CallWatch::default(),
         })
     }
 
     /// Beats `liveness` (the poll thread's) while it waits on the broker.
     pub(crate) fn watch(&mut self, liveness: Liveness) {
         self.liveness = Some(liveness);
+    }
+
+    /// Starts the watchdog over this producer's calls: one that blocks
+    /// for longer than [`ExactlyOnce::call_timeout`] plus a grace (a
+    /// librdkafka defect, see [`super::watchdog`]) calls `stuck` with a
+    /// fatal error for the source, once.
+    pub(crate) fn guard(
+        &self,
+        stuck: impl FnOnce(SourceError) + Send + 'static,
+    ) -> std::io::Result<()> {
+        let id = self.settings.transactional_id.clone();
+        let timeout = self.settings.call_timeout;
+        let limit = timeout + timeout.clamp(STUCK_GRACE.0, STUCK_GRACE.1);
+        self.calls.guard(limit, move |call, running| {
+            tracing::error!(transactional_id = %id, call, ?running, "a call of the Kafka transactional producer does not return (a lost coordinator: confluentinc/librdkafka#5456); the source stops, and the worker's restart aborts the open transaction");
+            stuck(SourceError::Fatal(
+                format!(
+                    "the Kafka transactional producer {id:?} is stuck (TRANSACTIONAL_CALL_STUCK: {call} has not returned after {running:?}, past its timeout; a librdkafka defect when the group coordinator is lost); restart the worker: the restart aborts the open transaction and its messages run again"
+                )
+                .into(),
+            ));
+        })
     }
 
     fn beat(&self) {
@@ -111,20 +160,22 @@ impl Transactor {
     pub(crate) fn init(&self) -> Result<(), SourceError> {
         // Retried while the coordinator is not reachable yet (a broker
         // starting), within the transaction's timeout.
-        self.retrying(|| self.producer.init_transactions(self.settings.call_timeout))
-            .map_err(|failed| {
-                let error = match failed {
-                    Failed::Abort(error) => error.to_string(),
-                    Failed::Fatal(reason) => reason,
-                };
-                SourceError::Fatal(
-                    format!(
-                        "the transactional producer {:?} could not start (init_transactions): {error}",
-                        self.settings.transactional_id
-                    )
-                    .into(),
+        self.retrying(Call::Init, || {
+            self.producer.init_transactions(self.settings.call_timeout)
+        })
+        .map_err(|failed| {
+            let error = match failed {
+                Failed::Abort(error) => error.to_string(),
+                Failed::Fatal(reason) => reason,
+            };
+            SourceError::Fatal(
+                format!(
+                    "the transactional producer {:?} could not start (init_transactions): {error}",
+                    self.settings.transactional_id
                 )
-            })
+                .into(),
+            )
+        })
     }
 
     /// True when a commit is due: the interval passed, or `settled`
@@ -159,7 +210,19 @@ impl Transactor {
         };
         let covered = self.pending.take_covered(&offsets);
         let records = covered.records.len();
-        match self.run(&metadata, &offsets, &covered.records) {
+        let started = Instant::now();
+        let outcome = self.run(&metadata, &offsets, &covered.records);
+        let took = started.elapsed();
+        if took >= SLOW_COMMIT {
+            tracing::warn!(
+                ?took,
+                records,
+                partitions = offsets.len(),
+                committed = outcome.is_ok(),
+                "a transaction took long to finish (a coordinator or a partition leader away)"
+            );
+        }
+        match outcome {
             Ok(()) => {
                 dispatcher.mark_committed(&offsets);
                 for marks in covered.marks {
@@ -193,9 +256,11 @@ impl Transactor {
         records: &[(String, backstop::Message)],
     ) -> Result<(), Failed> {
         let timeout = self.settings.call_timeout;
-        self.producer
-            .begin_transaction()
-            .map_err(|e| self.classify(e))?;
+        {
+            let _running = self.calls.enter(Call::Begin);
+            self.producer.begin_transaction()
+        }
+        .map_err(|e| self.classify(e))?;
         for (destination, message) in records {
             // Queued, not sent: a record the broker refuses fails the commit.
             self.send(destination, message).map_err(|e| match e {
@@ -205,20 +270,30 @@ impl Transactor {
                 other => Failed::Abort(other),
             })?;
         }
-        self.retrying(|| {
+        self.retrying(Call::SendOffsets, || {
+            #[cfg(test)]
+            hang_if_asked(&self.group);
             self.producer
                 .send_offsets_to_transaction(&list(offsets), metadata, timeout)
         })?;
-        self.retrying(|| self.producer.commit_transaction(timeout))
+        self.retrying(Call::Commit, || self.producer.commit_transaction(timeout))
     }
 
     /// Calls `call` again while it fails retriably (the transaction's
     /// outcome is not known yet), within the transaction's timeout.
-    fn retrying(&self, call: impl Fn() -> Result<(), KafkaError>) -> Result<(), Failed> {
+    fn retrying(
+        &self,
+        name: Call,
+        call: impl Fn() -> Result<(), KafkaError>,
+    ) -> Result<(), Failed> {
         let until = Instant::now() + self.settings.transaction_timeout;
         loop {
             self.beat();
-            match call() {
+            let result = {
+                let _running = self.calls.enter(name);
+                call()
+            };
+            match result {
                 Ok(()) => return Ok(()),
                 Err(KafkaError::Transaction(e)) if e.is_retriable() && Instant::now() < until => {
                     tracing::debug!(error = %e, "transactional call failed retriably; calling it again");
@@ -281,7 +356,10 @@ impl Transactor {
         // An abort waits for the records in flight; one that times out is
         // called again (librdkafka resumes it), within the transaction's
         // timeout. An abort the broker cannot take is fatal.
-        match self.retrying(|| self.producer.abort_transaction(self.settings.call_timeout)) {
+        tracing::debug!(%error, "aborting the transaction");
+        match self.retrying(Call::Abort, || {
+            self.producer.abort_transaction(self.settings.call_timeout)
+        }) {
             Ok(()) | Err(Failed::Abort(_)) => {}
             Err(Failed::Fatal(reason)) => {
                 return Err(self.stopped(&format!("the abort failed: {reason}")));
