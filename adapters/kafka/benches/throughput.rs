@@ -181,7 +181,16 @@ async fn stack(
 ) -> Duration {
     let kafka = kafka.clone().configure(|c| c.group = unique("backstop"));
     let kafka = if exactly_once {
-        kafka.exactly_once("bench")
+        kafka.exactly_once("bench").configure(|c| {
+            if let (Some(eo), Some(n)) = (
+                c.exactly_once.as_mut(),
+                std::env::var("BACKSTOP_BENCH_COMMIT_EVERY")
+                    .ok()
+                    .and_then(|v| v.parse().ok()),
+            ) {
+                eo.commit_every = n;
+            }
+        })
     } else {
         kafka
     };
