@@ -42,6 +42,53 @@ async fn handled(worker: &Worker) -> Option<u64> {
     backstop_tests::scrape::messages(worker.metrics_addr(), backstop::Outcome::Handled).await
 }
 
+/// A worker file with two Kafka sources, `first` and `second`, each on its
+/// own topic and group; the topics created, each with [`ORDERS`] orders.
+struct TwoSources {
+    file: PathBuf,
+    first: String,
+    second: String,
+    group_a: String,
+    group_b: String,
+    brokers: String,
+}
+
+async fn two_kafka_sources(run: &str) -> TwoSources {
+    let (first, second) = (format!("{run}-a"), format!("{run}-b"));
+    let (group_a, group_b) = (format!("{run}-ga"), format!("{run}-gb"));
+    let file = write(
+        "worker.toml",
+        &format!(
+            "[broker]\nkind = \"kafka\"\n\
+             [sources.first]\nqueue = \"{first}\"\ngroup = \"{group_a}\"\n\
+             [sources.second]\nqueue = \"{second}\"\ngroup = \"{group_b}\"\n"
+        ),
+    );
+    let brokers = backstop_kafka::brokers_from_env();
+    for (topic, group) in [(&first, &group_a), (&second, &group_b)] {
+        let kafka = Kafka::new(brokers.clone(), group.clone());
+        kafka
+            .ensure_topics([TopicSpec::new(topic.clone()).partitions(4)])
+            .await
+            .expect("create the topic");
+        let publisher = kafka.publisher().expect("a publisher");
+        for order in orders(topic, ORDERS) {
+            publisher
+                .publish(topic, &order.message)
+                .await
+                .expect("publish");
+        }
+    }
+    TwoSources {
+        file,
+        first,
+        second,
+        group_a,
+        group_b,
+        brokers,
+    }
+}
+
 /// Stops the worker with one SIGTERM and returns its log, asserting it
 /// stopped cleanly with both sources' summaries.
 async fn stop_both(mut worker: Worker, log: &std::path::Path) -> String {
@@ -130,31 +177,14 @@ async fn a_file_and_the_environment_run_two_rabbitmq_sources_in_one_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_and_the_environment_run_two_kafka_sources_in_one_process() {
     let run = unique("cfg-kafka");
-    let (first, second) = (format!("{run}-a"), format!("{run}-b"));
-    let (group_a, group_b) = (format!("{run}-ga"), format!("{run}-gb"));
-    let file = write(
-        "worker.toml",
-        &format!(
-            "[broker]\nkind = \"kafka\"\n\
-             [sources.first]\nqueue = \"{first}\"\ngroup = \"{group_a}\"\n\
-             [sources.second]\nqueue = \"{second}\"\ngroup = \"{group_b}\"\n"
-        ),
-    );
-    let brokers = backstop_kafka::brokers_from_env();
-    for (topic, group) in [(&first, &group_a), (&second, &group_b)] {
-        let kafka = Kafka::new(brokers.clone(), group.clone());
-        kafka
-            .ensure_topics([TopicSpec::new(topic.clone()).partitions(4)])
-            .await
-            .expect("create the topic");
-        let publisher = kafka.publisher().expect("a publisher");
-        for order in orders(topic, ORDERS) {
-            publisher
-                .publish(topic, &order.message)
-                .await
-                .expect("publish");
-        }
-    }
+    let TwoSources {
+        file,
+        first,
+        second,
+        group_a,
+        group_b,
+        brokers,
+    } = two_kafka_sources(&run).await;
     let log = log_path(&run);
     // The bootstrap servers through the variable of earlier releases.
     let worker = Worker::spawn_configured(
@@ -311,4 +341,84 @@ async fn a_bad_file_stops_the_worker_naming_the_key_the_file_and_the_line() {
     let tail = log_tail(&log, 20);
     assert_eq!(worker.exited().and_then(|s| s.code()), Some(2), "{tail}");
     assert!(tail.contains("/nonexistent/worker.toml"), "{tail}");
+}
+
+/// A source stopped by a fatal error stops the whole process: a worker
+/// with two Kafka sources whose first one is fenced (another member joins
+/// its group with the worker's `group.instance.id`) exits with the error
+/// instead of running on with one source and a dead one (its supervisor
+/// restarts it whole).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_fenced_source_stops_a_worker_of_two() {
+    let run = unique("cfg-fenced");
+    let instance = format!("{run}-i");
+    let TwoSources {
+        file,
+        first,
+        group_a,
+        brokers,
+        ..
+    } = two_kafka_sources(&run).await;
+    let log = log_path(&run);
+    let mut args = config_args(&file);
+    args.extend(["--instance-id".to_owned(), instance.clone()]);
+    let mut worker = Worker::spawn_configured(
+        &args,
+        &env(&[("BACKSTOP_KAFKA_BROKERS", brokers.clone())]),
+        &log,
+    )
+    .expect("start the worker");
+    // Both sources at work first.
+    let until = Instant::now() + Duration::from_secs(90);
+    while handled(&worker).await != Some(2 * (ORDERS as u64 - DEAD)) {
+        assert!(
+            Instant::now() < until,
+            "not consuming: {}",
+            log_tail(&log, 30)
+        );
+        assert!(worker.exited().is_none(), "{}", log_tail(&log, 30));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // A rival member of the first group with the worker's static id.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rival = tokio::task::spawn_blocking({
+        let (stop, brokers, group, topic) = (stop.clone(), brokers.clone(), group_a, first);
+        move || {
+            use backstop_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+            let consumer: BaseConsumer = backstop_kafka::rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("group.id", &group)
+                .set("group.instance.id", &instance)
+                // The worker's protocol, or the coordinator refuses the join.
+                .set("partition.assignment.strategy", "cooperative-sticky")
+                .set("session.timeout.ms", "6000")
+                .create()
+                .expect("the rival consumer");
+            consumer.subscribe(&[&topic]).expect("subscribe");
+            let until = Instant::now() + Duration::from_secs(60);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
+                let _ = consumer.poll(Duration::from_millis(100));
+            }
+        }
+    });
+    let until = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = worker.exited() {
+            break status;
+        }
+        assert!(
+            Instant::now() < until,
+            "the worker runs on with a fenced source: {}",
+            log_tail(&log, 30)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = rival.await;
+    let tail = log_tail(&log, 40);
+    assert!(!status.success(), "{tail}");
+    assert!(tail.contains("FENCED_INSTANCE_ID"), "{tail}");
+    assert!(tail.contains("stopping the other sources"), "{tail}");
+    std::fs::remove_file(&file).ok();
+    let _ = std::fs::remove_file(&log);
 }

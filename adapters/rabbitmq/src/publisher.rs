@@ -38,7 +38,9 @@
 //! republished on a fresh channel (same properties, so the same message id)
 //! instead of being reported as failed; only the message the close names
 //! fails. A message is republished this way at most [`MAX_CHANNEL_CLOSES`]
-//! times.
+//! times for channel closes, and as many times for closes of the whole
+//! connection (the broker closes it with a hard error when a frame arrives
+//! on a channel it has just closed, a race other publishes can lose).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -139,9 +141,12 @@ impl RabbitPublisher {
                 // A fresh channel can be in an error state at once while
                 // the broker is still closing the one it replaces (for
                 // another publish's sake): open another, a few times.
-                Err(error) if refused < MAX_CHANNEL_CLOSES && connection.status().connected() => {
+                // Or the connection closed under it (the broker closed it
+                // for a frame sent on the channel it was closing): the next
+                // turn reconnects.
+                Err(error) if refused < MAX_CHANNEL_CLOSES => {
                     refused += 1;
-                    tracing::debug!(%error, "a fresh publisher channel refused confirm mode; opening another");
+                    tracing::debug!(%error, connected = connection.status().connected(), "a fresh publisher channel refused confirm mode; opening another");
                 }
                 Err(error) => return Err(unavailable(error)),
             }
@@ -187,7 +192,10 @@ impl RabbitPublisher {
                 mandatory: true,
                 immediate: false,
             };
-            let mut closes = 0;
+            // Channel closes for another publish's sake, and connection
+            // closes (a hard error, such as a frame lapin sent on a channel
+            // the broker had just closed), each within their own budget.
+            let (mut closes, mut dropped) = (0, 0);
             loop {
                 let (channel, frame_max) = self.channel().await?;
                 limits::check(&properties, size, self.inner.max_message_size, frame_max)?;
@@ -219,11 +227,18 @@ impl RabbitPublisher {
                     // sake (or the connection dropped): publish it again on a
                     // fresh channel, with the same properties and id.
                     Err(error)
-                        if closes < MAX_CHANNEL_CLOSES
-                            && closed_under(&error, &channel)
+                        if closed_under(&error, &channel)
                             && !names_this_message(&error, exchange, size) =>
                     {
-                        closes += 1;
+                        let count = if connection_closed(&error) {
+                            &mut dropped
+                        } else {
+                            &mut closes
+                        };
+                        *count += 1;
+                        if *count > MAX_CHANNEL_CLOSES {
+                            return Err(classify(&error, exchange, &destination, size));
+                        }
                         self.discard(&channel).await;
                         tracing::debug!(%error, %destination, "the publisher channel closed before this message was confirmed; republishing it on a fresh channel");
                     }
@@ -262,6 +277,15 @@ impl RabbitPublisher {
 /// publish: the channel is no longer open, or the broker closed it (or the
 /// connection) with a reply, which lapin may report before the channel's
 /// state changes.
+/// True when `error` closed the whole connection (a hard AMQP error).
+fn connection_closed(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if matches!(amqp.kind(), lapin::protocol::AMQPErrorKind::Hard(_))
+    )
+}
+
 fn closed_under(error: &lapin::Error, channel: &Channel) -> bool {
     !channel.status().connected() || amqp_reply(error).is_some()
 }

@@ -33,7 +33,7 @@
 //! | `backstop_reconnects_total` | counter | `source`, `group` |
 //! | `backstop_rabbitmq_ack_frames_total` | counter | `source`, `group`, `multiple` (`true` for a coalesced frame) |
 //! | `backstop_rabbitmq_acks_coalesced_total` | counter | `source`, `group` |
-//! | `backstop_kafka_transactions_total` | counter | `group`, `result` (`committed`, `aborted`; exactly-once mode) |
+//! | `backstop_kafka_transactions_total` | counter | `group`, `result` (`committed`, `aborted`, `stuck`; exactly-once mode) |
 //!
 //! **Operations metrics.** The store's are recorded where the idempotency
 //! layer calls the store (through one set of keys per stack, labelled with

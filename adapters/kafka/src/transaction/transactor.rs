@@ -136,9 +136,11 @@ impl Transactor {
         stuck: impl FnOnce(SourceError) + Send + 'static,
     ) -> std::io::Result<()> {
         let id = self.settings.transactional_id.clone();
+        let group = self.group.clone();
         let timeout = self.settings.call_timeout;
         let limit = timeout + timeout.clamp(STUCK_GRACE.0, STUCK_GRACE.1);
         self.calls.guard(limit, move |call, running| {
+            metrics::counter!(TRANSACTIONS, "group" => group, "result" => "stuck").increment(1);
             tracing::error!(transactional_id = %id, call, ?running, "a call of the Kafka transactional producer does not return (a lost coordinator: confluentinc/librdkafka#5456); the source stops, and the worker's restart aborts the open transaction");
             stuck(SourceError::Fatal(
                 format!(
