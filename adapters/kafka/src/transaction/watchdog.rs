@@ -19,9 +19,11 @@
 //! and its messages run again from the committed offsets (their marks were
 //! never written).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use backstop::runner::Liveness;
 
 /// How often the watchdog looks.
 const EVERY: Duration = Duration::from_millis(500);
@@ -30,8 +32,7 @@ const EVERY: Duration = Duration::from_millis(500);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub(crate) enum Call {
-    // 1 to 7: three bits of the watch's word.
-    Init = 1,
+    Init,
     Begin,
     SendOffsets,
     Commit,
@@ -39,6 +40,14 @@ pub(crate) enum Call {
 }
 
 impl Call {
+    const ALL: [Call; 5] = [
+        Call::Init,
+        Call::Begin,
+        Call::SendOffsets,
+        Call::Commit,
+        Call::Abort,
+    ];
+
     fn name(self) -> &'static str {
         match self {
             Call::Init => "init_transactions",
@@ -48,76 +57,68 @@ impl Call {
             Call::Abort => "abort_transaction",
         }
     }
-
-    fn from_u8(n: u8) -> Option<Call> {
-        [
-            Call::Init,
-            Call::Begin,
-            Call::SendOffsets,
-            Call::Commit,
-            Call::Abort,
-        ]
-        .into_iter()
-        .find(|c| *c as u8 == n)
-    }
 }
 
-/// The running call and when it started, in one word so the watchdog
-/// never pairs one call's start with another's name: milliseconds since
-/// [`epoch`] (plus one) shifted left by [`CALL_BITS`], or'd with the
-/// [`Call`]; 0 while no call runs.
-#[derive(Debug, Default)]
-struct State(AtomicU64);
-
-/// The bits of [`State`] that name the call.
-const CALL_BITS: u32 = 3;
-
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn now_ms() -> u64 {
-    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX >> CALL_BITS) + 1
+/// The running call: a [`Liveness`] that beats when a call starts and ends
+/// when it returns (so its silence is how long the call has run), and the
+/// call's name.
+#[derive(Debug)]
+struct Watched {
+    call_started: Liveness,
+    call: AtomicU8,
 }
 
 /// The calls of one transactional producer, as its watchdog sees them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct CallWatch {
-    state: Arc<State>,
+    inner: Arc<Watched>,
+}
+
+impl Default for CallWatch {
+    fn default() -> Self {
+        let call_started = Liveness::new("a Kafka transactional call");
+        call_started.end();
+        CallWatch {
+            inner: Arc::new(Watched {
+                call_started,
+                call: AtomicU8::new(0),
+            }),
+        }
+    }
 }
 
 /// A call being watched; dropping it ends the call.
 #[must_use]
-pub(crate) struct Running<'a>(&'a State);
+pub(crate) struct Running<'a>(&'a Watched);
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        self.0.0.store(0, Ordering::Release);
+        self.0.call_started.end();
+    }
+}
+
+impl Watched {
+    /// The call running for longer than `limit`, and for how long. The
+    /// silence is read again after the name: a call that started in
+    /// between is not the one that ran long.
+    fn stuck(&self, limit: Duration) -> Option<(Call, Duration)> {
+        let running = self.call_started.silent_for();
+        if running <= limit {
+            return None;
+        }
+        let call = Call::ALL
+            .get(usize::from(self.call.load(Ordering::Acquire)))
+            .copied()?;
+        (self.call_started.silent_for() >= running).then_some((call, running))
     }
 }
 
 impl CallWatch {
     /// `call` starts now.
     pub(crate) fn enter(&self, call: Call) -> Running<'_> {
-        self.state
-            .0
-            .store(now_ms() << CALL_BITS | call as u64, Ordering::Release);
-        Running(&self.state)
-    }
-
-    /// The call running for longer than `limit`, and for how long.
-    fn stuck(state: &State, limit: Duration) -> Option<(Call, Duration)> {
-        let word = state.0.load(Ordering::Acquire);
-        if word == 0 {
-            return None;
-        }
-        let since = word >> CALL_BITS;
-        let running = Duration::from_millis(now_ms().saturating_sub(since));
-        (running > limit)
-            .then(|| Call::from_u8(u8::try_from(word & ((1 << CALL_BITS) - 1)).ok()?))
-            .flatten()
-            .map(|call| (call, running))
+        self.inner.call.store(call as u8, Ordering::Release);
+        self.inner.call_started.beat();
+        Running(&self.inner)
     }
 
     /// Starts the watchdog thread: once a call has run for longer than
@@ -128,16 +129,16 @@ impl CallWatch {
         limit: Duration,
         stuck: impl FnOnce(&'static str, Duration) + Send + 'static,
     ) -> std::io::Result<()> {
-        let state: Weak<State> = Arc::downgrade(&self.state);
+        let watched: Weak<Watched> = Arc::downgrade(&self.inner);
         std::thread::Builder::new()
             .name("backstop-kafka-txn-watch".into())
             .spawn(move || {
                 loop {
                     std::thread::sleep(EVERY);
-                    let Some(state) = state.upgrade() else {
+                    let Some(watched) = watched.upgrade() else {
                         return;
                     };
-                    if let Some((call, running)) = Self::stuck(&state, limit) {
+                    if let Some((call, running)) = watched.stuck(limit) {
                         stuck(call.name(), running);
                         return;
                     }
