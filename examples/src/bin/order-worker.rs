@@ -721,7 +721,6 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
     let ops = ops.as_ref();
     let sources = config.sources();
     let settings = RunnerSettings::of(&config);
-    let stop_all = settings.stop_all.clone();
     let mut runners = JoinSet::new();
     let mut relays = Relays::default();
     if args.events.is_some() && !matches!(config.broker.kind, BrokerKind::Kafka) {
@@ -765,7 +764,7 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
                     settings.clone(),
                 );
             }
-            let summaries = join(runners, &stop_all).await?;
+            let summaries = join(runners, &settings.stop_all).await?;
             for source in &sources {
                 tracing::info!(
                     source = %source.name,
@@ -822,7 +821,7 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
                     settings.clone(),
                 );
             }
-            let summaries = join(runners, &stop_all).await;
+            let summaries = join(runners, &settings.stop_all).await;
             rabbit.close().await;
             summaries
         }
@@ -892,7 +891,7 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
                     settings.clone(),
                 );
             }
-            join(runners, &stop_all).await
+            join(runners, &settings.stop_all).await
         }
     };
     relays.stop().await;
