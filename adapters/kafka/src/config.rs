@@ -110,6 +110,13 @@ pub struct KafkaConfig {
     /// handler outputs are committed in one Kafka transaction with the
     /// offsets they follow from; see [`ExactlyOnce`].
     pub exactly_once: Option<ExactlyOnce>,
+    /// Retries that keep per-key order (default off; needs
+    /// [`exactly_once`](Self::exactly_once)): while a message waits in a
+    /// retry tier, the later messages of its key on its partition wait
+    /// behind it in the parked topic (`<topic>.<group>.parked`) and run
+    /// after it ended, in their order; other keys keep flowing. Every
+    /// member of the group must have it on. See [`parking`](crate::parking).
+    pub ordered_retries: bool,
 }
 
 /// A property map with secret values hidden, for `Debug`.
@@ -158,6 +165,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("retry_tiers", &self.retry_tiers)
             .field("metrics_interval", &self.metrics_interval)
             .field("exactly_once", &self.exactly_once)
+            .field("ordered_retries", &self.ordered_retries)
             .finish()
     }
 }
@@ -185,6 +193,7 @@ impl KafkaConfig {
             retry_tiers: RetryTiers::default(),
             metrics_interval: Duration::from_secs(5),
             exactly_once: None,
+            ordered_retries: false,
         }
     }
 
@@ -247,6 +256,19 @@ impl KafkaConfig {
             config.set("group.instance.id", id);
         }
         Self::overrides(&mut config, [&self.properties, &self.consumer_properties]);
+        config
+    }
+
+    /// The parked-topic reader's configuration (ordered retries): assigned
+    /// partitions only, never a commit, committed records only.
+    pub(crate) fn parked_reader_config(&self) -> ClientConfig {
+        let mut config = self.offsets_reader_config();
+        config
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.error.backoff.ms", "50")
+            .set("fetch.wait.max.ms", "50");
         config
     }
 

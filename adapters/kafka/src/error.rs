@@ -30,6 +30,12 @@ pub enum Error {
         /// The broker's answer.
         code: RDKafkaErrorCode,
     },
+    /// Ordered retries were asked for without exactly-once mode: parking a
+    /// key is only safe in the transaction that moves the offsets.
+    #[error(
+        "ordered retries need exactly-once mode: set KafkaConfig::exactly_once (Kafka::exactly_once) or turn KafkaConfig::ordered_retries off"
+    )]
+    OrderedRetriesNeedTransactions,
     /// A topic did not show up in the cluster metadata in time.
     #[error(
         "topic {0:?} is not in the cluster metadata; create it first (Kafka::ensure_topics) or check the broker address"

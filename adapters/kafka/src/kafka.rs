@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::parking::parked_topic;
 use crate::sinks::{dlq_topic, retry_topic};
 use crate::{
     Error, ExactlyOnce, KafkaConfig, KafkaDeadLetterSink, KafkaPublisher, KafkaRetrySink,
@@ -139,6 +140,9 @@ impl Kafka {
         let dlqs: Vec<String> = topics.iter().map(|t| self.dlq_topic(t)).collect();
         let mut required = dlqs.clone();
         required.extend(retry.iter().map(|(r, _)| r.clone()));
+        if self.config.ordered_retries {
+            required.extend(topics.iter().map(|t| parked_topic(t, &self.config.group)));
+        }
         KafkaSource::new(&self.config, topics, &retry, concurrency)?
             .require(required)
             .watch_dlqs(topics, &dlqs)
@@ -194,6 +198,14 @@ impl Kafka {
     pub fn exactly_once(self, instance: &str) -> Self {
         let settings = ExactlyOnce::new(&self.config.group, instance);
         self.configure(|c| c.exactly_once = Some(settings))
+    }
+
+    /// Retries that keep per-key order (needs [`exactly_once`](Self::exactly_once)):
+    /// see [`KafkaConfig::ordered_retries`]. [`ensure_topics`](Self::ensure_topics)
+    /// then also creates each topic's parked topic.
+    #[must_use]
+    pub fn ordered_retries(self) -> Self {
+        self.configure(|c| c.ordered_retries = true)
     }
 
     /// The offsets this group committed on each partition of `topic`.

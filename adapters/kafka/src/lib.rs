@@ -103,6 +103,8 @@ mod error;
 mod kafka;
 mod link;
 mod options;
+mod parked_reader;
+pub mod parking;
 mod poller;
 mod probe;
 mod publisher;
@@ -121,6 +123,7 @@ pub use crate::config::{DEFAULT_BROKERS, KafkaConfig, OffsetReset, brokers_from_
 pub use crate::error::Error;
 pub use crate::kafka::Kafka;
 pub use crate::options::{KafkaOption, OptionError, is_secret};
+pub use crate::parking::parked_topic;
 pub use crate::publisher::KafkaPublisher;
 pub use crate::record::{assigned_message_id, to_message};
 pub use crate::retry::{RetryTier, RetryTiers};

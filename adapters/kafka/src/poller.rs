@@ -32,6 +32,7 @@ use tokio::sync::oneshot;
 
 use crate::dispatch::{Dispatcher, Incoming, Tp};
 use crate::link::Link;
+use crate::parked_reader::ParkedReader;
 use crate::source::RetryTable;
 use crate::telemetry::SourceMetrics;
 use crate::transaction::Transactor;
@@ -229,7 +230,7 @@ impl PollThread {
         group: String,
         link: Arc<Link>,
         (metrics, metrics_every): (Arc<SourceMetrics>, Duration),
-        transactor: Option<SharedTransactor>,
+        (transactor, reader): (Option<SharedTransactor>, Option<ParkedReader>),
     ) -> Result<Self, Error> {
         let stop = Arc::new(AtomicBool::new(false));
         let stuck = Arc::new(AtomicBool::new(false));
@@ -261,6 +262,7 @@ impl PollThread {
             batch: Vec::with_capacity(BATCH),
             freed: Vec::new(),
             transactor,
+            reader,
             group,
             link,
             last_check: None,
@@ -354,6 +356,8 @@ struct Poller {
     freed: Vec<Arc<backstop::Message>>,
     /// Exactly-once mode: commits on this thread.
     transactor: Option<SharedTransactor>,
+    /// Ordered retries: reads the parked partitions back.
+    reader: Option<ParkedReader>,
     /// The consumer group: stamped on every message ([`backstop::Meta::group`],
     /// part of its idempotency keyspace); also named by the test that kills the thread.
     group: String,
@@ -390,6 +394,9 @@ impl Poller {
                 self.check_reconnected();
             }
             if idle || last_maintenance.elapsed() >= MAINTENANCE_EVERY {
+                if let Some(reader) = &mut self.reader {
+                    reader.read(&self.dispatcher);
+                }
                 self.maintain(idle);
                 self.transact(false);
                 last_maintenance = Instant::now();

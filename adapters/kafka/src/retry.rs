@@ -13,9 +13,13 @@
 //! that tier's delay, runs, and counts an attempt, rather than parking the
 //! retry partition, and every copy behind it, for hours.
 //!
-//! Per-key order is **not** kept across a non-blocking retry: the copy waits
-//! on another topic while later messages of its key run. When order matters,
-//! keep delays within the in-process limit (the retry layer sleeps and the
+//! By default per-key order is **not** kept across a non-blocking retry: the
+//! copy waits on another topic while later messages of its key run. With
+//! [`KafkaConfig::ordered_retries`](crate::KafkaConfig::ordered_retries)
+//! (exactly-once mode) it is: the later messages of the key wait behind the
+//! copy in the parked topic, and other keys keep flowing (see
+//! [`parking`](crate::parking)). Without either, keep delays within the
+//! in-process limit when order matters (the retry layer sleeps and the
 //! key's later messages wait behind it).
 
 use std::fmt;

@@ -104,8 +104,9 @@ impl DeadLetterSink for KafkaDeadLetterSink {
 /// Republishes delayed-retry copies to the retry topic of their delay tier.
 ///
 /// The copy already carries `x-backstop-due` and the incremented attempt
-/// (the retry layer built it). Per-key order is not kept across such a
-/// retry; see [`retry`](crate::retry).
+/// (the retry layer built it). Per-key order is kept across such a retry
+/// only with [`KafkaConfig::ordered_retries`](crate::KafkaConfig::ordered_retries);
+/// see [`retry`](crate::retry).
 #[derive(Clone, Debug)]
 pub struct KafkaRetrySink {
     publisher: KafkaPublisher,

@@ -9,8 +9,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::acker::KafkaAcker;
 use crate::depth::DlqDepth;
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, Ordered};
 use crate::link::Link;
+use crate::parked_reader::ParkedReader;
 use crate::poller::{GroupContext, PollThread};
 use crate::telemetry::SourceMetrics;
 use crate::transaction::{DeliverySlot, Pending, Transactor};
@@ -116,6 +117,19 @@ impl KafkaSource {
             }
             None => (None, None),
         };
+        let reader = if config.ordered_retries {
+            if config.exactly_once.is_none() {
+                return Err(Error::OrderedRetriesNeedTransactions);
+            }
+            dispatcher.ordered(Ordered::new(
+                &config.group,
+                topics.iter().map(|t| (*t).to_owned()),
+                retry_topics.iter().map(|(retry, _)| retry.clone()),
+            ));
+            Some(ParkedReader::new(config)?)
+        } else {
+            None
+        };
         let tiers: Vec<(String, String)> = retry_topics
             .iter()
             .map(|(retry, source)| {
@@ -157,7 +171,7 @@ impl KafkaSource {
             config.group.clone(),
             Arc::clone(&link),
             (metrics, config.metrics_interval),
-            transactor,
+            (transactor, reader),
         )?;
         Ok(KafkaSource {
             dispatcher,

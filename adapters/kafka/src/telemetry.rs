@@ -28,6 +28,13 @@
 //! again after the consumer lost every broker (librdkafka reconnects by
 //! itself; this is when it worked). Every metric carries `source` (the main
 //! topics joined with `,`) and `group`.
+//!
+//! `backstop_kafka_parked_total{group,event}` counts what ordered retries
+//! ([`parking`](crate::parking)) did: `head` (a key parked behind a message
+//! gone to a retry tier, or a parked copy gone there in turn), `follower`
+//! (a later message of a parked key copied to the parked topic instead of
+//! running), `released` (a parked copy ran), `ended` (a head ended: its
+//! key's copies may run), `unparked` (a key runs normally again).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -39,6 +46,14 @@ use backstop::metrics::{
 use rdkafka::Statistics;
 
 use crate::dispatch::Tp;
+
+/// Counts one event of ordered retries (see the [module docs](self)).
+pub(crate) fn parked(group: &str, event: &'static str) {
+    metrics::counter!(PARKED, "group" => group.to_owned(), "event" => event).increment(1);
+}
+
+/// Ordered retries' events.
+pub(crate) const PARKED: &str = "backstop_kafka_parked_total";
 
 /// The gauges of one partition, and its first unfinished offset when last seen.
 struct Partition {

@@ -11,7 +11,9 @@
 //! * DLQ topics keep their letters forever (`retention.ms=-1`,
 //!   `retention.bytes=-1`): a dead letter waits for an operator;
 //! * retry topics keep their copies for at least 4 × their tier's delay
-//!   (and at least 7 days), whatever the broker's default.
+//!   (and at least 7 days), whatever the broker's default;
+//! * with [`KafkaConfig::ordered_retries`], the parked topic is compacted
+//!   and has the source's partitions.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,6 +28,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::parking::parked_topic;
 use crate::sinks::{dlq_topic, retry_topic};
 use crate::{Error, KafkaConfig, RetryTier};
 
@@ -164,6 +167,36 @@ fn companion(
         spec.configs.insert((*k).to_owned(), v.clone());
     }
     spec.configs.extend(source.companion_configs.clone());
+    spec
+}
+
+/// The parked topic of `source` for `group` (ordered retries; see
+/// [`parking`](crate::parking)): compacted (its latest record per key is
+/// the state), with the source's partitions (each main partition's records
+/// go to its own), its records deleted keys forgotten after an hour.
+fn parked_companion(
+    source: &TopicSpec,
+    group: &str,
+    partitions: i32,
+    max_bytes: Option<usize>,
+) -> TopicSpec {
+    let mut spec = companion(
+        source,
+        parked_topic(&source.name, group),
+        partitions,
+        max_bytes,
+        &[],
+    );
+    // The state's own settings win over the companions' overrides.
+    for (k, v) in [
+        ("cleanup.policy", "compact"),
+        ("segment.ms", "3600000"),
+        ("delete.retention.ms", "3600000"),
+        ("min.cleanable.dirty.ratio", "0.1"),
+        ("retention.ms", "-1"),
+    ] {
+        spec.configs.insert(k.to_owned(), v.to_owned());
+    }
     spec
 }
 
@@ -359,6 +392,9 @@ impl Topics {
                 max_bytes,
                 &[("retention.ms", retention)],
             ));
+        }
+        if self.config.ordered_retries {
+            companions.push(parked_companion(source, group, partitions, max_bytes));
         }
         self.create(&companions).await?;
         for spec in &companions {

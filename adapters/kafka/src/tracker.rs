@@ -9,7 +9,7 @@
 //! order); messages of other keys, and keyless ones, run concurrently. A
 //! message of a retry topic is also held until its due time.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -61,6 +61,9 @@ pub(crate) struct PartitionTracker {
     /// Offsets waiting per key (foldhash: an entry per message received,
     /// a lookup per message completed).
     keys: HashMap<Bytes, VecDeque<i64>, foldhash::fast::RandomState>,
+    /// Keys whose messages wait even when first in line (a parked lane's
+    /// keys whose head is in a retry tier; see [`parking`](crate::parking)).
+    gated: HashSet<Bytes>,
     last_received: Option<i64>,
     /// The first offset received under this assignment.
     first_received: Option<i64>,
@@ -81,6 +84,7 @@ impl PartitionTracker {
             delayed,
             entries: BTreeMap::new(),
             keys: HashMap::default(),
+            gated: HashSet::new(),
             last_received: None,
             first_received: None,
             watermark: None,
@@ -171,7 +175,8 @@ impl PartitionTracker {
             }
             None => true,
         };
-        let status = if head && !not_due {
+        let gated = key.as_ref().is_some_and(|k| self.gated.contains(k));
+        let status = if head && !not_due && !gated {
             Status::Ready
         } else {
             Status::Held
@@ -259,6 +264,9 @@ impl PartitionTracker {
             self.keys.remove(key);
             return;
         };
+        if self.gated.contains(key) {
+            return;
+        }
         if let Some(entry) = self.entries.get_mut(&next)
             && entry.status == Status::Held
             && entry.due.is_none_or(|d| d <= SystemTime::now())
@@ -266,6 +274,50 @@ impl PartitionTracker {
             if entry.due.take().is_some() {
                 self.not_due = self.not_due.saturating_sub(1);
             }
+            entry.status = Status::Ready;
+            released.push(next);
+        }
+    }
+
+    /// The message at `offset`, while the tracker holds it (not done).
+    pub(crate) fn message(&self, offset: i64) -> Option<&Arc<Message>> {
+        self.entries.get(&offset)?.message.as_ref()
+    }
+
+    /// Settles a ready message as done without running it (its key is
+    /// parked: a copy of it was made instead). Returns false if it was not
+    /// ready; like [`complete`](Self::complete) otherwise.
+    pub(crate) fn park_done(
+        &mut self,
+        offset: i64,
+        released: &mut Vec<i64>,
+        freed: &mut Option<Arc<Message>>,
+    ) -> bool {
+        match self.entries.get_mut(&offset) {
+            Some(entry) if entry.status == Status::Ready => entry.status = Status::InFlight,
+            _ => return false,
+        }
+        self.complete(offset, released, freed)
+    }
+
+    /// Holds the messages of `key` from now on, even the first in line.
+    pub(crate) fn gate(&mut self, key: Bytes) {
+        self.gated.insert(key);
+    }
+
+    /// Lets the messages of `key` run again: the first in line, if held,
+    /// is appended to `released`.
+    pub(crate) fn ungate(&mut self, key: &Bytes, released: &mut Vec<i64>) {
+        if !self.gated.remove(key) {
+            return;
+        }
+        let Some(&next) = self.keys.get(key).and_then(VecDeque::front) else {
+            return;
+        };
+        if let Some(entry) = self.entries.get_mut(&next)
+            && entry.status == Status::Held
+            && entry.due.is_none()
+        {
             entry.status = Status::Ready;
             released.push(next);
         }

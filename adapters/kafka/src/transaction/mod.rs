@@ -45,7 +45,7 @@ mod watchdog;
 
 pub use self::publish::{TransactionalPublishLayer, TransactionalPublishService};
 
-pub(crate) use self::pending::{DeliverySlot, Pending};
+pub(crate) use self::pending::{DeliverySlot, Pending, Record};
 #[cfg(test)]
 pub(crate) use self::transactor::HANG_IN_SEND_OFFSETS;
 pub(crate) use self::transactor::Transactor;

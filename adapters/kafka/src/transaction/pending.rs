@@ -11,12 +11,37 @@ use backstop::{Message, PublishError, SinkError};
 
 use crate::dispatch::Tp;
 
+/// One record of a transaction.
+#[derive(Debug)]
+pub(crate) struct Record {
+    /// The topic.
+    pub(crate) destination: String,
+    /// The partition, when the record must go to one (the parked topic's
+    /// records go to their main partition's); else the partitioner's.
+    pub(crate) partition: Option<i32>,
+    pub(crate) message: Message,
+    /// A record without a value: it deletes its key from a compacted topic.
+    pub(crate) tombstone: bool,
+}
+
+impl Record {
+    /// A record for `destination`, partitioned by its key.
+    pub(crate) fn to(destination: impl Into<String>, message: Message) -> Self {
+        Record {
+            destination: destination.into(),
+            partition: None,
+            message,
+            tombstone: false,
+        }
+    }
+}
+
 /// What one delivery produced.
 #[derive(Debug, Default)]
 pub(crate) struct Produced {
     generation: u64,
-    /// `(destination, record)`, in the order produced.
-    pub(crate) records: Vec<(String, Message)>,
+    /// In the order produced.
+    pub(crate) records: Vec<Record>,
     pub(crate) marks: Vec<HeldMarks>,
 }
 
@@ -24,7 +49,7 @@ pub(crate) struct Produced {
 /// one transaction.
 #[derive(Debug, Default)]
 pub(crate) struct Covered {
-    pub(crate) records: Vec<(String, Message)>,
+    pub(crate) records: Vec<Record>,
     pub(crate) marks: Vec<HeldMarks>,
 }
 
@@ -39,6 +64,9 @@ struct State {
     live: ByPartition<u64>,
     /// Per partition, per offset.
     produced: ByPartition<BTreeMap<i64, Produced>>,
+    /// Records of no delivery, for the next transaction (the parked
+    /// topic's load markers and clean-ups).
+    loose: Vec<Record>,
 }
 
 /// The records and marks of a source's deliveries, waiting for the
@@ -106,11 +134,63 @@ impl Pending {
         drop(dropped);
     }
 
+    /// Adds `records` to the delivery at `offset` of `tp`, if `tp` is still
+    /// owned under `generation`; false if not (nothing added).
+    pub(crate) fn append(
+        &self,
+        tp: &Tp,
+        generation: u64,
+        offset: i64,
+        records: impl IntoIterator<Item = Record>,
+    ) -> bool {
+        let mut st = self.lock();
+        if st.live.get(tp) != Some(&generation) {
+            return false;
+        }
+        st.produced
+            .entry(tp.clone())
+            .or_default()
+            .entry(offset)
+            .or_insert_with(|| Produced {
+                generation,
+                ..Produced::default()
+            })
+            .records
+            .extend(records);
+        true
+    }
+
+    /// Calls `f` on the records the delivery at `offset` of `tp` produced
+    /// so far (none: an empty slice).
+    pub(crate) fn inspect<R>(&self, tp: &Tp, offset: i64, f: impl FnOnce(&mut [Record]) -> R) -> R {
+        let mut st = self.lock();
+        match st
+            .produced
+            .get_mut(tp)
+            .and_then(|by_offset| by_offset.get_mut(&offset))
+        {
+            Some(produced) => f(&mut produced.records),
+            None => f(&mut []),
+        }
+    }
+
+    /// Adds records of no delivery to the next transaction.
+    pub(crate) fn add_loose(&self, records: impl IntoIterator<Item = Record>) {
+        self.lock().loose.extend(records);
+    }
+
+    /// True when records of no delivery wait for a transaction.
+    pub(crate) fn has_loose(&self) -> bool {
+        !self.lock().loose.is_empty()
+    }
+
     /// Takes out what the deliveries below each partition's watermark
-    /// produced, for the transaction that commits those watermarks.
+    /// produced, for the transaction that commits those watermarks, and
+    /// the records of no delivery.
     pub(crate) fn take_covered(&self, watermarks: &[(Tp, i64)]) -> Covered {
         let mut covered = Covered::default();
         let mut st = self.lock();
+        covered.records.append(&mut st.loose);
         for (tp, watermark) in watermarks {
             let Some(by_offset) = st.produced.get_mut(tp) else {
                 continue;
@@ -198,7 +278,10 @@ impl Transaction for DeliverySlot {
         }
         let destination = records.first().map(|(d, _)| d.clone()).unwrap_or_default();
         self.pending
-            .with_entry(self, |produced| produced.records.extend(records))
+            .with_entry(self, |produced| {
+                let records = records.into_iter().map(|(d, m)| Record::to(d, m));
+                produced.records.extend(records);
+            })
             .ok_or_else(|| SinkError::Publish {
                 destination,
                 source: PublishError::Unavailable(
@@ -255,7 +338,7 @@ mod tests {
         let bodies: Vec<&[u8]> = covered
             .records
             .iter()
-            .map(|(_, m)| &m.payload[..])
+            .map(|r| &r.message.payload[..])
             .collect();
         assert_eq!(bodies, [b"3".as_slice(), b"5"]);
         assert_eq!(pending.waiting(), 2, "offset 9 and partition 1 wait");

@@ -13,8 +13,8 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::watchdog::{Call, CallWatch};
-use super::{ExactlyOnce, Pending};
-use crate::dispatch::{Dispatcher, Tp};
+use super::{ExactlyOnce, Pending, Record};
+use crate::dispatch::{Dispatcher, ToCommit, Tp};
 use crate::poller::{list, partitions};
 use crate::{Error, KafkaConfig, record};
 
@@ -201,8 +201,8 @@ impl Transactor {
         dispatcher: &Dispatcher,
     ) -> Result<Committed, SourceError> {
         self.last = Instant::now();
-        let offsets = dispatcher.take_to_commit();
-        if offsets.is_empty() {
+        let ToCommit { offsets, lanes } = dispatcher.take_to_commit();
+        if offsets.is_empty() && lanes.is_empty() && !self.pending.has_loose() {
             return Ok(Committed::Nothing);
         }
         // Not a member (yet, or any more): nothing may be committed, and
@@ -210,7 +210,11 @@ impl Transactor {
         let Some(metadata) = consumer.group_metadata() else {
             return Ok(Committed::Nothing);
         };
-        let covered = self.pending.take_covered(&offsets);
+        // The parked lanes' watermarks pick their records, but are not
+        // offsets of the group (their state is the parked topic itself).
+        let mut watermarks = offsets.clone();
+        watermarks.extend(lanes);
+        let covered = self.pending.take_covered(&watermarks);
         let records = covered.records.len();
         let started = Instant::now();
         let outcome = self.run(&metadata, &offsets, &covered.records);
@@ -226,7 +230,7 @@ impl Transactor {
         }
         match outcome {
             Ok(()) => {
-                dispatcher.mark_committed(&offsets);
+                dispatcher.mark_committed(&watermarks);
                 for marks in covered.marks {
                     marks.write_in_background();
                 }
@@ -242,7 +246,7 @@ impl Transactor {
                 self.count("aborted");
                 match failed {
                     Failed::Abort(error) => {
-                        self.abort(consumer, dispatcher, &offsets, &error)?;
+                        self.abort(consumer, dispatcher, &watermarks, &error)?;
                         Ok(Committed::Aborted)
                     }
                     Failed::Fatal(reason) => Err(self.stopped(&reason)),
@@ -255,7 +259,7 @@ impl Transactor {
         &self,
         metadata: &ConsumerGroupMetadata,
         offsets: &[(Tp, i64)],
-        records: &[(String, backstop::Message)],
+        records: &[Record],
     ) -> Result<(), Failed> {
         let timeout = self.settings.call_timeout;
         {
@@ -263,21 +267,25 @@ impl Transactor {
             self.producer.begin_transaction()
         }
         .map_err(|e| self.classify(e))?;
-        for (destination, message) in records {
+        for record in records {
             // Queued, not sent: a record the broker refuses fails the commit.
-            self.send(destination, message).map_err(|e| match e {
+            self.send(record).map_err(|e| match e {
                 KafkaError::Transaction(_) => self.classify(e),
                 // A record refused locally (too large, an unknown topic):
                 // the transaction is open, abort it.
                 other => Failed::Abort(other),
             })?;
         }
-        self.retrying(Call::SendOffsets, || {
-            #[cfg(test)]
-            hang_if_asked(&self.group);
-            self.producer
-                .send_offsets_to_transaction(&list(offsets), metadata, timeout)
-        })?;
+        // A transaction of loose records only (the parked topic's load
+        // markers) moves no offset.
+        if !offsets.is_empty() {
+            self.retrying(Call::SendOffsets, || {
+                #[cfg(test)]
+                hang_if_asked(&self.group);
+                self.producer
+                    .send_offsets_to_transaction(&list(offsets), metadata, timeout)
+            })?;
+        }
         self.retrying(Call::Commit, || self.producer.commit_transaction(timeout))
     }
 
@@ -324,16 +332,22 @@ impl Transactor {
 
     /// Queues one record of the open transaction, waiting for room in the
     /// producer's queue (bounded by the call timeout).
-    fn send(&self, destination: &str, message: &backstop::Message) -> Result<(), KafkaError> {
+    fn send(&self, record: &Record) -> Result<(), KafkaError> {
         let started = Instant::now();
+        let message = &record.message;
         loop {
-            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(destination)
-                .payload(&message.payload[..])
-                .headers(record::record_headers(message));
-            if let Some(key) = &message.key {
-                record = record.key(&key[..]);
+            let mut base: BaseRecord<'_, [u8], [u8]> =
+                BaseRecord::to(&record.destination).headers(record::record_headers(message));
+            if !record.tombstone {
+                base = base.payload(&message.payload[..]);
             }
-            match self.producer.send(record) {
+            if let Some(partition) = record.partition {
+                base = base.partition(partition);
+            }
+            if let Some(key) = &message.key {
+                base = base.key(&key[..]);
+            }
+            match self.producer.send(base) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
                     if started.elapsed() < self.settings.call_timeout =>
@@ -368,7 +382,9 @@ impl Transactor {
             }
         }
         let tps: Vec<Tp> = offsets.iter().map(|(tp, _)| tp.clone()).collect();
-        for (tp, offset) in dispatcher.rewind(&tps) {
+        let rewound = dispatcher.rewind(&tps);
+        for (tp, offset) in &rewound {
+            let (tp, offset) = (tp.clone(), *offset);
             self.beat();
             if let Err(seek) =
                 consumer.seek(&tp.0, tp.1, Offset::Offset(offset), Duration::from_secs(10))
@@ -379,7 +395,10 @@ impl Transactor {
                 )));
             }
         }
-        if let Err(resume) = consumer.resume(&partitions(&tps)) {
+        let sought: Vec<Tp> = rewound.into_iter().map(|(tp, _)| tp).collect();
+        if !sought.is_empty()
+            && let Err(resume) = consumer.resume(&partitions(&sought))
+        {
             tracing::debug!(%resume, "resuming rewound partitions failed");
         }
         self.aborts_in_a_row += 1;

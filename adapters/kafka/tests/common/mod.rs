@@ -225,6 +225,7 @@ pub async fn read_topic(
         let mut c = brokers_kafka.config().clone();
         c.group = unique("reader");
         c.exactly_once = None;
+        c.ordered_retries = false;
         c
     });
     let mut source = reader.plain_source(&[topic], 64).unwrap();

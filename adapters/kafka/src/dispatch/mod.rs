@@ -21,6 +21,11 @@ use tokio::sync::Notify;
 use crate::tracker::{PartitionTracker, Received};
 use crate::transaction::Pending;
 
+mod ordered;
+
+use self::ordered::Parking;
+pub(crate) use self::ordered::{Lane, Ordered};
+
 /// A topic and partition.
 pub(crate) type Tp = (Arc<str>, i32);
 
@@ -75,6 +80,10 @@ struct Slot {
     revoked: CancellationToken,
     /// The rewind that created this slot (0: an assignment).
     rewound_at: u64,
+    /// Ordered retries, on a main partition: its parked keys and its lane.
+    parking: Option<Box<Parking>>,
+    /// On a lane (a parked partition read back): its main partition's slot.
+    lane_of: Option<usize>,
 }
 
 /// Partitions live in slots, so the hot paths (take, settle) index a vector
@@ -111,18 +120,31 @@ pub(crate) struct State {
     pending: Option<Arc<Pending>>,
     /// Deliveries settled done since the last transaction.
     settled: usize,
+    /// Ordered retries (see [`parking`](crate::parking)), when on.
+    ordered: Option<Ordered>,
 }
 
 impl State {
     fn insert(&mut self, tp: Tp, delayed: bool) -> usize {
         self.remove(&tp);
-        self.next_generation += 1;
         self.revoked.remove(&tp);
+        let i = self.track(tp.clone(), delayed, None);
+        if !delayed {
+            self.open_lane(i, &tp);
+        }
+        i
+    }
+
+    /// A slot for `tp` under a new generation.
+    fn track(&mut self, tp: Tp, delayed: bool, lane_of: Option<usize>) -> usize {
+        self.next_generation += 1;
         let slot = Slot {
             tp: tp.clone(),
             tracker: PartitionTracker::new(self.next_generation, delayed),
             revoked: CancellationToken::new(),
             rewound_at: 0,
+            parking: None,
+            lane_of,
         };
         let i = match self.free.pop() {
             Some(i) => {
@@ -149,6 +171,9 @@ impl State {
         if let Some(pending) = &self.pending {
             pending.forget(tp);
         }
+        if let Some(parking) = &slot.parking {
+            self.close_lane(parking);
+        }
         Some(slot.tracker)
     }
 
@@ -165,11 +190,13 @@ impl State {
         self.slots.get_mut(i)?.as_mut().map(|s| &mut s.tracker)
     }
 
-    /// Each partition's offset to commit, where it moved since the last commit.
+    /// Each partition's offset to commit, where it moved since the last
+    /// commit (the group's partitions, not the lanes).
     fn to_commit(&self) -> Vec<(Tp, i64)> {
         self.slots
             .iter()
             .flatten()
+            .filter(|s| s.lane_of.is_none())
             .filter_map(|s| s.tracker.to_commit().map(|o| (s.tp.clone(), o)))
             .collect()
     }
@@ -200,7 +227,7 @@ impl State {
     /// Pauses every partition not paused yet (appended to `pause`).
     fn pause_all(&mut self, pause: &mut Vec<Tp>) {
         for (_, slot) in self.slots_mut() {
-            if !slot.tracker.is_paused() {
+            if slot.lane_of.is_none() && !slot.tracker.is_paused() {
                 slot.tracker.set_paused(true);
                 pause.push(slot.tp.clone());
             }
@@ -213,6 +240,14 @@ impl State {
             .enumerate()
             .filter_map(|(i, s)| s.as_mut().map(|s| (i, s)))
     }
+}
+
+/// What a transaction commits: the group's offsets, and the lanes'
+/// watermarks (which pick the lanes' records; see [`parking`](crate::parking)).
+#[derive(Debug, Default)]
+pub(crate) struct ToCommit {
+    pub(crate) offsets: Vec<(Tp, i64)>,
+    pub(crate) lanes: Vec<(Tp, i64)>,
 }
 
 /// A delivery the source hands out: the message and how to settle it.
@@ -296,6 +331,7 @@ impl Dispatcher {
                 freed: Vec::new(),
                 pending: None,
                 settled: 0,
+                ordered: None,
             }),
             ready: Notify::new(),
             rewinds: std::sync::atomic::AtomicU64::new(0),
@@ -432,12 +468,7 @@ impl Dispatcher {
                 st.pause_all(pause);
             }
             if received == Received::Ready {
-                st.ready.push_back(Queued {
-                    slot,
-                    generation,
-                    offset,
-                });
-                woke = true;
+                woke |= st.route(slot, generation, offset);
             }
         }
         drop(st);
@@ -510,6 +541,9 @@ impl Dispatcher {
             let mut st = self.lock();
             let was_full = st.outstanding >= st.max_in_flight;
             st.outstanding = st.outstanding.saturating_sub(1);
+            if done && st.ordered.is_some() {
+                st.before_done(ticket);
+            }
             let result = match st.live(ticket.slot, ticket.generation) {
                 Some(tracker) => {
                     let ok = if done {
@@ -532,13 +566,9 @@ impl Dispatcher {
                     pending.discard(&ticket.tp, ticket.offset);
                 }
             }
-            let wake = was_full || !released.is_empty();
+            let mut wake = was_full;
             for offset in released {
-                st.ready.push_back(Queued {
-                    slot: ticket.slot,
-                    generation: ticket.generation,
-                    offset,
-                });
+                wake |= st.route(ticket.slot, ticket.generation, offset);
             }
             if let Some(message) = freed {
                 st.freed.push(message);
@@ -570,10 +600,20 @@ impl Dispatcher {
     /// The offsets to commit for every partition, and the count of settled
     /// deliveries starts again (under one lock: a settlement counts for
     /// this transaction or the next, never for none).
-    pub(crate) fn take_to_commit(&self) -> Vec<(Tp, i64)> {
+    pub(crate) fn take_to_commit(&self) -> ToCommit {
         let mut st = self.lock();
         st.settled = 0;
-        st.to_commit()
+        let lanes = st
+            .slots
+            .iter()
+            .flatten()
+            .filter(|s| s.lane_of.is_some())
+            .filter_map(|s| s.tracker.to_commit().map(|o| (s.tp.clone(), o)))
+            .collect();
+        ToCommit {
+            offsets: st.to_commit(),
+            lanes,
+        }
     }
 
     /// After an aborted transaction: each partition's tracker starts over
@@ -584,10 +624,25 @@ impl Dispatcher {
     pub(crate) fn rewind(&self, tps: &[Tp]) -> Vec<(Tp, i64)> {
         let mut st = self.lock();
         let mut rewound = Vec::new();
+        // A lane is rewound with its main partition, which loads it again.
+        let mut mains: Vec<Tp> = Vec::with_capacity(tps.len());
         for tp in tps {
-            let Some(offset) = st.by_tp(tp).and_then(|t| t.rewind_to()) else {
+            let main = st.main_of(tp).unwrap_or_else(|| tp.clone());
+            if !mains.contains(&main) {
+                mains.push(main);
+            }
+        }
+        for tp in &mains {
+            let offset = st.by_tp(tp).and_then(|t| t.rewind_to());
+            let parked = st.index.get(tp).is_some_and(|&i| {
+                st.slots
+                    .get(i)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|s| s.parking.is_some())
+            });
+            if offset.is_none() && !parked {
                 continue;
-            };
+            }
             let delayed = st.by_tp(tp).is_some_and(|t| t.is_delayed());
             let epoch = self
                 .rewinds
@@ -597,7 +652,9 @@ impl Dispatcher {
             if let Some(Some(slot)) = st.slots.get_mut(slot) {
                 slot.rewound_at = epoch;
             }
-            rewound.push((tp.clone(), offset));
+            if let Some(offset) = offset {
+                rewound.push((tp.clone(), offset));
+            }
         }
         st.forget_stale_ready();
         rewound
@@ -626,7 +683,20 @@ impl Dispatcher {
         let over_budget = st.over_budget || st.held;
         let mut released = Vec::new();
         let mut queued = Vec::new();
-        for (i, Slot { tp, tracker, .. }) in st.slots_mut() {
+        for (
+            i,
+            Slot {
+                tp,
+                tracker,
+                lane_of,
+                ..
+            },
+        ) in st.slots_mut()
+        {
+            if lane_of.is_some() {
+                // Lanes are read by their own consumer; nothing to pause or store.
+                continue;
+            }
             tracker.release_due(now, &mut released);
             for offset in released.drain(..) {
                 queued.push(Queued {
@@ -658,6 +728,7 @@ impl Dispatcher {
             }
         }
         st.ready.extend(queued);
+        st.mark_loading_again();
         let wake = !st.ready.is_empty();
         drop(st);
         if wake {
@@ -713,6 +784,7 @@ impl Dispatcher {
             .slots
             .iter()
             .flatten()
+            .filter(|s| s.lane_of.is_none())
             .map(|s| (s.tp.clone(), s.tracker.first_unfinished()))
             .collect()
     }

@@ -1,0 +1,230 @@
+//! Ordered retries (`KafkaConfig::ordered_retries`): while a message waits
+//! in a retry tier, the later messages of its key wait behind it in the
+//! parked topic and run after it ended, in order; other keys run on; the
+//! main partition's offset moves past the parked ones; a new member reads
+//! the parked keys before it runs a message of theirs.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backstop::{Context, HandlerError, Message, RetryPolicy, StackBuilder, handler_fn};
+use backstop_kafka::Kafka;
+use common::*;
+
+/// One handler run: the message's key and sequence number, and whether it
+/// succeeded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Run {
+    key: String,
+    seq: u64,
+    ok: bool,
+}
+
+type Ledger = Shared<Vec<Run>>;
+
+/// `keys` × `per_key` messages, published key after key per round (K0 J0
+/// L0 K1 J1 L1 …), so each key's sequence is in order on its partition.
+fn orders(prefix: &str, keys: &[&str], per_key: u64) -> Vec<Message> {
+    let mut out = Vec::new();
+    for seq in 0..per_key {
+        for key in keys {
+            out.push(
+                Message::new(format!(r#"{{"key":"{key}","seq":{seq}}}"#))
+                    .with_message_id(format!("{prefix}-{key}-{seq}"))
+                    .with_key((*key).to_owned()),
+            );
+        }
+    }
+    out
+}
+
+/// A stack whose handler records each run in `ledger` and fails the runs
+/// `fails` says (by key, sequence and attempt) transiently, with a
+/// `retry_after` long enough to go to a retry tier.
+fn stack(
+    kafka: &Kafka,
+    ledger: &Ledger,
+    retries: u32,
+    fails: fn(&str, u64, u32) -> Option<Duration>,
+) -> backstop::Stack {
+    let ledger = Arc::clone(ledger);
+    StackBuilder::<serde_json::Value>::new(Arc::new(kafka.dead_letter_sink().unwrap()))
+        .retry(RetryPolicy::retries(retries).in_process_limit(Duration::from_millis(200)))
+        .retry_sink(Arc::new(kafka.retry_sink().unwrap()))
+        .build(handler_fn(move |v: serde_json::Value, ctx: Context| {
+            let ledger = Arc::clone(&ledger);
+            async move {
+                let key = v["key"].as_str().unwrap_or_default().to_owned();
+                let seq = v["seq"].as_u64().unwrap_or_default();
+                let fail = fails(&key, seq, ctx.attempt());
+                ledger.lock().unwrap().push(Run {
+                    key,
+                    seq,
+                    ok: fail.is_none(),
+                });
+                match fail {
+                    Some(after) => Err(HandlerError::transient("not yet").retry_after(after)),
+                    None => Ok(()),
+                }
+            }
+        }))
+}
+
+/// The sequence numbers of `key`'s runs, in run order (`ok`: successful
+/// runs only).
+fn runs_of(ledger: &Ledger, key: &str, ok: bool) -> Vec<u64> {
+    ledger
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.key == key && (r.ok || !ok))
+        .map(|r| r.seq)
+        .collect()
+}
+
+fn ordered(group: &str, instance: &str) -> Kafka {
+    kafka(group).exactly_once(instance).ordered_retries()
+}
+
+#[test]
+fn ordered_retries_need_exactly_once() {
+    let kafka = kafka("no-eo").ordered_retries();
+    let refused = kafka.source(&["t"], 4).expect_err("refused");
+    assert!(refused.to_string().contains("exactly-once"), "{refused}");
+}
+
+/// K@0 fails once into the 4 s tier; L@0 fails on every attempt and is
+/// dead-lettered from the 2 s tier; J never fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_message_holds_back_its_key_only_and_its_followers_run_after_it_in_order() {
+    let group = unique("ord");
+    let kafka = ordered(&group, "w1");
+    let topic = topic(&kafka, "ord", 1).await;
+    let sent = orders(&topic, &["K", "J", "L"], 5);
+    publish_in_order(&kafka.publisher().unwrap(), &topic, &sent).await;
+    let ledger: Ledger = shared();
+    fn fails(key: &str, seq: u64, attempt: u32) -> Option<Duration> {
+        match (key, seq) {
+            ("K", 0) if attempt == 1 => Some(Duration::from_secs(3)),
+            ("L", 0) => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+    let started = Instant::now();
+    let worker = run(
+        kafka.source(&[&topic], 8).unwrap(),
+        stack(&kafka, &ledger, 2, fails),
+        8,
+    );
+    // The main offset moves past every message, the parked ones included,
+    // while K@0 still waits in its tier.
+    let end = end_offsets(&kafka, &topic).await;
+    let committed = committed_eventually(&kafka, &topic, &end, Duration::from_secs(20)).await;
+    assert_eq!(end.len(), 1);
+    let k_before = runs_of(&ledger, "K", true);
+    let j_done = runs_of(&ledger, "J", true);
+    assert_eq!(
+        committed.get(&0).copied().flatten(),
+        end.get(&0).copied(),
+        "the main partition is committed to its end"
+    );
+    assert!(
+        k_before.is_empty(),
+        "no K ran before its head's retry: {k_before:?} (after {:?})",
+        started.elapsed()
+    );
+    assert_eq!(j_done, [0, 1, 2, 3, 4], "J never waited for K or L");
+
+    let letters = read_topic(&kafka, &kafka.dlq_topic(&topic), 1, Duration::from_secs(30)).await;
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            runs_of(&ledger, "K", true).len() == 5 && runs_of(&ledger, "L", true).len() == 4
+        })
+        .await,
+        "K and L finished: {:?}",
+        ledger.lock().unwrap()
+    );
+    let summary = worker.stop().await;
+
+    assert_eq!(
+        runs_of(&ledger, "K", false),
+        [0, 0, 1, 2, 3, 4],
+        "{summary}"
+    );
+    assert_eq!(runs_of(&ledger, "K", true), [0, 1, 2, 3, 4]);
+    // L@0 ran three times (once here, twice in the tier), then its letter.
+    assert_eq!(runs_of(&ledger, "L", false), [0, 0, 0, 1, 2, 3, 4]);
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].meta.message_id, format!("{topic}-L-0"));
+}
+
+/// The head is still in its tier when the member stops: the next member
+/// (a new instance) reads the parked keys first, so a message of K
+/// published after the restart waits behind the parked ones too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_member_reads_the_parked_keys_before_it_runs_one_of_them() {
+    let group = unique("ordr");
+    let kafka = ordered(&group, "w1");
+    let topic = topic(&kafka, "ordr", 2).await;
+    let sent = orders(&topic, &["K", "J"], 4);
+    let publisher = kafka.publisher().unwrap();
+    publish_in_order(&publisher, &topic, &sent).await;
+    let ledger: Ledger = shared();
+    // Under the first member K@0 fails on every attempt (it stays in the
+    // tiers); under the second it succeeds.
+    fn always(key: &str, seq: u64, _attempt: u32) -> Option<Duration> {
+        (key == "K" && seq == 0).then_some(Duration::from_secs(1))
+    }
+    fn never(_key: &str, _seq: u64, _attempt: u32) -> Option<Duration> {
+        None
+    }
+    let first = run(
+        kafka.source(&[&topic], 8).unwrap(),
+        stack(&kafka, &ledger, 8, always),
+        8,
+    );
+    let end = end_offsets(&kafka, &topic).await;
+    committed_eventually(&kafka, &topic, &end, Duration::from_secs(20)).await;
+    first.stop().await;
+    assert!(
+        runs_of(&ledger, "K", true).is_empty(),
+        "K@0 is in a tier when the first member stops: {:?}",
+        ledger.lock().unwrap()
+    );
+
+    let second = ordered(&group, "w2");
+    let worker = run(
+        second.source(&[&topic], 8).unwrap(),
+        stack(&second, &ledger, 8, never),
+        8,
+    );
+    let later = orders(&format!("{topic}-later"), &["K"], 1);
+    let mut k4 = later[0].clone();
+    k4.payload = r#"{"key":"K","seq":4}"#.into();
+    publish_in_order(&publisher, &topic, &[k4]).await;
+    assert!(
+        eventually(Duration::from_secs(40), || runs_of(&ledger, "K", true)
+            .len()
+            == 5)
+        .await,
+        "every K ran: {:?}",
+        ledger.lock().unwrap()
+    );
+    let summary = worker.stop().await;
+    assert_eq!(
+        runs_of(&ledger, "K", true),
+        [0, 1, 2, 3, 4],
+        "in order, across the restart: {summary}"
+    );
+    assert_eq!(runs_of(&ledger, "J", true), [0, 1, 2, 3]);
+}
+
+/// The end offset of each partition of `topic` that holds records (an
+/// empty partition never gets a committed offset).
+async fn end_offsets(kafka: &Kafka, topic: &str) -> std::collections::BTreeMap<i32, i64> {
+    let mut end = kafka.topics().unwrap().end_offsets(topic).await.unwrap();
+    end.retain(|_, o| *o > 0);
+    end
+}
