@@ -78,6 +78,19 @@ impl Ledger {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
+    /// The order ids of every row, in the order they were executed (each
+    /// row's transaction start; a key's orders run one after the other).
+    pub async fn in_execution_order(&self) -> Result<Vec<String>, tokio_postgres::Error> {
+        let rows = self
+            .client
+            .query(
+                "SELECT order_id FROM backstop_ledger ORDER BY executed_at, order_id",
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// Rows in the inbox table (`None` if the worker did not create one here).
     pub async fn inbox_rows(&self) -> Option<i64> {
         let row = self

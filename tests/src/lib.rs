@@ -11,6 +11,7 @@
 pub mod cluster;
 pub mod fault;
 pub mod fleet;
+pub mod kafka_run;
 pub mod ledger;
 pub mod ops;
 pub mod orders;

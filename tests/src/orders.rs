@@ -75,3 +75,34 @@ pub fn orders(run: &str, n: usize) -> Vec<Order> {
         })
         .collect()
 }
+
+/// `keys` × `per_key` valid orders whose ids start with `run`: order `i`
+/// belongs to customer `k = i % keys` (its message key, `<run>-k<k>`) and
+/// is that key's order number `s = i / keys` (its id, `<run>-k<k>-s<s>`,
+/// zero-padded). The fault scenario publishes order `i` from lane `i % 8`,
+/// one after the other, so with `keys` a multiple of 8 each key's orders
+/// reach their partition in sequence.
+pub fn keyed_orders(run: &str, keys: usize, per_key: usize) -> Vec<Order> {
+    (0..keys * per_key)
+        .map(|i| {
+            let (k, s) = (i % keys, i / keys);
+            let message_id = format!("{run}-m{i}");
+            let order_id = format!("{run}-k{k}-s{s:04}");
+            let body = format!(r#"{{"order_id":"{order_id}","amount":{}}}"#, i % 500 + 1);
+            Order {
+                message_id: message_id.clone(),
+                order_id,
+                kind: Kind::Valid,
+                message: Message::new(body)
+                    .with_message_id(message_id)
+                    .with_key(format!("{run}-k{k}")),
+            }
+        })
+        .collect()
+}
+
+/// The key and sequence number of an order of [`keyed_orders`].
+pub fn key_and_sequence(order_id: &str) -> Option<(&str, usize)> {
+    let (key, seq) = order_id.rsplit_once("-s")?;
+    Some((key, seq.parse().ok()?))
+}

@@ -11,18 +11,18 @@
 //! (the adapter's default: 10 s), so each kill stalls its partitions that
 //! long. Takes `/tmp/backstop-kafka-outage.lock` for its whole length.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backstop_kafka::{Kafka, TopicSpec};
+use backstop_kafka::Kafka;
 use backstop_tests::fault::{chaos, read_dead_letters, read_messages, verify, wait_drained};
 use backstop_tests::fleet::{Fleet, assert_stopped};
-use backstop_tests::ledger::Ledger;
-use backstop_tests::orders::{Kind, orders};
+use backstop_tests::kafka_run::KafkaRun;
+use backstop_tests::orders::{Kind, key_and_sequence, keyed_orders, orders};
 use backstop_tests::report::Counts;
-use backstop_tests::worker::log_path;
-use backstop_tests::{KAFKA_OUTAGE_LOCK, env_usize, outage_lock, run_command, unique};
+use backstop_tests::worker::{Worker, log_path};
+use backstop_tests::{KAFKA_OUTAGE_LOCK, env_usize, outage_lock, run_command};
 
 fn brokers() -> String {
     backstop_kafka::brokers_from_env()
@@ -46,31 +46,18 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
     let started = Instant::now();
     backstop_tests::worker::binary();
 
-    let run = unique("fault_kafka");
-    let topic = run.replace('_', "-");
-    let group = format!("{topic}-worker");
-    let ledger = Ledger::create(&run).await.expect("ledger schema");
-    let log = log_path(&run);
+    let setup = KafkaRun::create("fault_kafka", &brokers()).await;
+    let KafkaRun {
+        run,
+        topic,
+        group,
+        ledger,
+        kafka,
+        ..
+    } = &setup;
+    let log = log_path(run);
     let events = format!("{topic}.events");
-    let kafka = Kafka::new(brokers(), group.clone());
-    // The worker's own topic spec (order-worker.rs), so publishing can start at once.
-    kafka
-        .ensure_topics([TopicSpec::new(topic.clone()).partitions(4)])
-        .await
-        .expect("create the topics");
-    let args: Vec<String> = [
-        "--broker",
-        "kafka",
-        "--url",
-        &brokers(),
-        "--source",
-        &topic,
-        "--group",
-        &group,
-        "--store",
-        "postgres-inbox",
-        "--ledger",
-        ledger.url(),
+    let args = setup.worker_args(&[
         "--fail-rate",
         "0.05",
         "--concurrency",
@@ -82,10 +69,7 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
         // Two events per order, committed with the order's offset.
         "--events",
         &events,
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
+    ]);
     let mut fleet = Fleet::one(&args, &log).expect("start the worker");
 
     let orders = Arc::new(orders(&run, n));
@@ -200,4 +184,195 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
     );
     assert_stopped(statuses);
     fleet.remove_logs();
+}
+
+/// Ordered retries through the real `order-worker` (its default in
+/// exactly-once mode): `BACKSTOP_PARK_KEYS` keys (default 48) ×
+/// `BACKSTOP_PARK_PER_KEY` orders (default 10), each key's orders published
+/// in sequence; 5 % of the runs fail transiently into the 5 s retry tier
+/// (`--fail-later`). Two workers; `BACKSTOP_FAULT_KILLS` kill -9 (default
+/// 3) and a third worker joining (a rebalance) during the run. Afterwards
+/// every order executed once, every key's orders executed in sequence, and
+/// no key that never went to a retry tier was parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_keys_keep_their_order_through_kill9_and_a_rebalance() {
+    let keys = env_usize("BACKSTOP_PARK_KEYS", 48).div_ceil(8) * 8;
+    let per_key = env_usize("BACKSTOP_PARK_PER_KEY", 10);
+    let kills = env_usize("BACKSTOP_FAULT_KILLS", 3);
+    let _lock = outage_lock(KAFKA_OUTAGE_LOCK).await.expect("outage lock");
+    let started = Instant::now();
+    backstop_tests::worker::binary();
+
+    let setup = KafkaRun::create("park_kafka", &brokers()).await;
+    let KafkaRun {
+        run,
+        topic,
+        group,
+        ledger,
+        kafka,
+        ..
+    } = &setup;
+    let args = |instance: &str| {
+        setup.worker_args(&[
+            "--fail-rate",
+            "0.05",
+            "--fail-later",
+            "--concurrency",
+            "32",
+            "--instance-id",
+            instance,
+        ])
+    };
+    let members = ["park-w0", "park-w1"]
+        .iter()
+        .map(|id| (args(id), log_path(&format!("{run}-{id}"))))
+        .collect();
+    let mut fleet = Fleet::spawn(members).expect("start the workers");
+    let joiner_log = log_path(&format!("{run}-park-w2"));
+    let joiner = Arc::new(std::sync::Mutex::new(None::<Worker>));
+
+    let orders = Arc::new(keyed_orders(run, keys, per_key));
+    let n = orders.len();
+    let join = {
+        let (joiner, args, log) = (Arc::clone(&joiner), args("park-w2"), joiner_log.clone());
+        move || async move {
+            eprintln!("a third worker joins the group");
+            let worker = Worker::spawn(&args, &log).expect("start the third worker");
+            *joiner.lock().unwrap_or_else(|e| e.into_inner()) = Some(worker);
+        }
+    };
+    let mut outcome = chaos(
+        &mut fleet,
+        &ledger,
+        Arc::new(kafka.publisher().expect("publisher")),
+        &topic,
+        orders.clone(),
+        kills,
+        join,
+    )
+    .await;
+    let drained = wait_drained(
+        &mut fleet,
+        &ledger,
+        n,
+        Duration::from_secs(180),
+        &mut outcome.unexpected_exits,
+        || async { true },
+    )
+    .await;
+    let statuses = fleet.terminate(Duration::from_secs(30)).await;
+    let joined = joiner.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let joiner_status = match joined {
+        Some(mut worker) => worker.terminate(Duration::from_secs(30)).await,
+        None => None,
+    };
+    let executions = ledger.executions().await.expect("read the ledger");
+    let in_order = ledger.in_execution_order().await.expect("read the ledger");
+    let mut counts = Counts::of_run(
+        format!("kafka ordered retries, {n} orders"),
+        &fleet,
+        &ledger,
+        started.elapsed(),
+    )
+    .await
+    .with_chaos(&outcome);
+    let problems = verify(&orders, &executions, &[], &mut counts);
+    eprintln!("{counts}");
+
+    // Each key's orders in sequence: the first execution of each order
+    // (verify counts repeats) comes after the previous one's.
+    let mut next: HashMap<String, usize> = HashMap::new();
+    let mut out_of_order = Vec::new();
+    for order_id in &in_order {
+        let Some((key, seq)) = key_and_sequence(order_id) else {
+            continue;
+        };
+        let expected = next.entry(key.to_owned()).or_insert(0);
+        if seq == *expected {
+            *expected += 1;
+        } else if seq > *expected {
+            out_of_order.push(format!("{order_id} ran before {key}-s{expected:04}"));
+            *expected = seq + 1;
+        }
+    }
+    // Keys parked (any record of the parked topic) against keys that went
+    // to a retry tier.
+    let read = |topics: Vec<String>, reader: &str| {
+        let source = Kafka::new(brokers(), format!("{group}-{reader}"));
+        async move {
+            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+            read_messages(
+                source.plain_source(&names, 64).expect("reader"),
+                1,
+                Duration::from_secs(3),
+                Duration::from_secs(30),
+            )
+            .await
+        }
+    };
+    let retried: HashSet<String> = read(kafka.retry_topics(&topic), "retry-reader")
+        .await
+        .iter()
+        .filter_map(|m| m.key.as_ref())
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    let parked_records = read(
+        vec![backstop_kafka::parked_topic(&topic, &group)],
+        "parked-reader",
+    )
+    .await;
+    let mut parked = HashSet::new();
+    let mut copies = 0;
+    for record in &parked_records {
+        let Some(key) = record
+            .key
+            .as_ref()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+        else {
+            continue;
+        };
+        if let Some(k) = key.strip_prefix("h:") {
+            parked.insert(k.to_owned());
+        } else if let Some(rest) = key.strip_prefix("f:") {
+            copies += 1;
+            parked.insert(rest.split_once(':').map_or(rest, |(_, k)| k).to_owned());
+        }
+    }
+    eprintln!(
+        "  ordered retries     {} keys retried, {} parked, {} parked-topic records ({copies} copies), {} out of order",
+        retried.len(),
+        parked.len(),
+        parked_records.len(),
+        out_of_order.len()
+    );
+    let never_failed: Vec<&String> = parked.difference(&retried).collect();
+    let _ = ledger.drop_schema().await;
+
+    assert!(
+        drained,
+        "not drained in time: {counts}\n{}",
+        fleet.log_tail(20)
+    );
+    assert_eq!(counts.acknowledged, n, "every publish confirmed");
+    counts.assert_contract(&problems, n, 0);
+    assert!(
+        out_of_order.is_empty(),
+        "orders ran out of their key's sequence: {:?}",
+        &out_of_order[..out_of_order.len().min(10)]
+    );
+    assert!(!retried.is_empty(), "some orders went to a retry tier");
+    assert!(copies > 0, "some orders were parked behind a retried one");
+    assert!(
+        never_failed.is_empty(),
+        "keys that never went to a retry tier were parked: {never_failed:?}"
+    );
+    assert!(
+        outcome.unexpected_exits.is_empty(),
+        "a worker exited on its own: {:#?}",
+        outcome.unexpected_exits
+    );
+    assert_stopped(statuses);
+    assert_stopped(vec![joiner_status]);
+    fleet.remove_logs();
+    let _ = std::fs::remove_file(&joiner_log);
 }

@@ -16,14 +16,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backstop::Publisher;
-use backstop_kafka::{Kafka, TopicSpec};
+use backstop_kafka::Kafka;
 use backstop_tests::fault::{read_dead_letters, verify, wait_drained};
 use backstop_tests::fleet::{Fleet, assert_stopped};
-use backstop_tests::ledger::Ledger;
+use backstop_tests::kafka_run::KafkaRun;
 use backstop_tests::orders::{Kind, orders};
 use backstop_tests::report::Counts;
 use backstop_tests::worker::log_path;
-use backstop_tests::{KAFKA_OUTAGE_LOCK, env_usize, outage_lock, unique};
+use backstop_tests::{KAFKA_OUTAGE_LOCK, env_usize, outage_lock};
 
 /// The order worker's session timeout (`KafkaConfig`'s default).
 const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,38 +36,17 @@ async fn zombie_resumed_after_its_partitions_moved_commits_nothing_and_nothing_i
     backstop_tests::worker::binary();
     let brokers = backstop_kafka::brokers_from_env();
 
-    let run = unique("zombie_kafka");
-    let topic = run.replace('_', "-");
-    let group = format!("{topic}-worker");
-    let ledger = Ledger::create(&run).await.expect("ledger schema");
-    let kafka = Kafka::new(brokers.clone(), group.clone());
-    kafka
-        .ensure_topics([TopicSpec::new(topic.clone()).partitions(4)])
-        .await
-        .expect("create the topics");
-    let args = |instance: &str| -> Vec<String> {
-        [
-            "--broker",
-            "kafka",
-            "--url",
-            &brokers,
-            "--source",
-            &topic,
-            "--group",
-            &group,
-            "--store",
-            "postgres-inbox",
-            "--ledger",
-            ledger.url(),
-            "--concurrency",
-            "16",
-            "--instance-id",
-            instance,
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect()
-    };
+    let setup = KafkaRun::create("zombie_kafka", &brokers).await;
+    let KafkaRun {
+        run,
+        topic,
+        group,
+        ledger,
+        kafka,
+        ..
+    } = &setup;
+    let args =
+        |instance: &str| setup.worker_args(&["--concurrency", "16", "--instance-id", instance]);
     let logs = [
         log_path(&format!("{run}_zombie")),
         log_path(&format!("{run}_survivor")),

@@ -57,41 +57,56 @@ impl ParkedReader {
 
     /// Follows `lanes`: a new lane, or a lane under a new generation, is
     /// read from its beginning; a lane that is gone is not read any more.
+    /// What fails is tried again at the next turn.
     fn sync(&mut self, lanes: &[Lane]) {
-        let mut unassign = TopicPartitionList::new();
-        let mut assign = TopicPartitionList::new();
+        let mut unassign = Vec::new();
+        let mut assign = Vec::new();
         for lane in lanes {
             match self.following.get(&lane.tp) {
-                Some(known) if known.generation == lane.generation => continue,
+                Some(known) if known.generation == lane.generation => {}
                 Some(_) => {
-                    unassign.add_partition(&lane.tp.0, lane.tp.1);
+                    unassign.push(lane.tp.clone());
+                    assign.push(lane.clone());
                 }
-                None => {}
+                None => assign.push(lane.clone()),
             }
-            // Only fails for an invalid offset.
-            let _ = assign.add_partition_offset(&lane.tp.0, lane.tp.1, Offset::Beginning);
         }
         for tp in self.following.keys() {
             if !lanes.iter().any(|l| l.tp == *tp) {
-                unassign.add_partition(&tp.0, tp.1);
+                unassign.push(tp.clone());
             }
         }
-        if unassign.count() > 0
-            && let Err(error) = self.consumer.incremental_unassign(&unassign)
-        {
-            tracing::warn!(%error, "the parked-topic reader could not drop partitions");
-        }
-        if assign.count() > 0
-            && let Err(error) = self.consumer.incremental_assign(&assign)
-        {
-            tracing::warn!(%error, "the parked-topic reader could not read partitions; trying again");
-            // Forgotten: the next turn assigns them again.
-            for lane in lanes {
-                self.following.remove(&lane.tp);
+        if !unassign.is_empty() {
+            let mut list = TopicPartitionList::new();
+            for tp in &unassign {
+                list.add_partition(&tp.0, tp.1);
             }
+            if let Err(error) = self.consumer.incremental_unassign(&list) {
+                tracing::warn!(%error, "the parked-topic reader could not drop partitions; trying again");
+                return;
+            }
+            for tp in &unassign {
+                self.following.remove(tp);
+            }
+        }
+        if assign.is_empty() {
             return;
         }
-        self.following = lanes.iter().map(|l| (l.tp.clone(), l.clone())).collect();
+        let mut list = TopicPartitionList::new();
+        for lane in &assign {
+            // Only fails for an invalid offset.
+            let _ = list.add_partition_offset(&lane.tp.0, lane.tp.1, Offset::Beginning);
+        }
+        match self.consumer.incremental_assign(&list) {
+            Ok(()) => {
+                for lane in assign {
+                    self.following.insert(lane.tp.clone(), lane);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the parked-topic reader could not read partitions; trying again");
+            }
+        }
     }
 
     /// Follows the dispatcher's lanes and hands it what arrived on them.

@@ -23,11 +23,20 @@
 //!
 //! Records (every one is addressed to its main partition `p`):
 //!
-//! | key | value |
-//! |---|---|
-//! | `h:`K | `head <n>`: K waits for its head, main offset `n`; `ended <n>`: that head ended; a tombstone: K is not parked |
-//! | `f:<o>:`K | a parked copy of K@`o`; a tombstone once it ran |
-//! | `m:<token>` | a tombstone: a load marker |
+//! | key | value | written by |
+//! |---|---|---|
+//! | `h:`K | `head <n>`: K waits for its head, main offset `n`; a tombstone: no head | the owner of `p` |
+//! | `e:<n>:`K | `ended`: K's head at main offset `n` ended; a tombstone once the owner took note | the member that ended it; the owner |
+//! | `f:<o>:`K | a parked copy of K@`o`; a tombstone once it ran | the owner of `p` |
+//! | `m:<token>` | a tombstone: a load marker | the owner of `p` |
+//!
+//! Only the owner writes `h:` keys, in its own order, so a late `ended` of
+//! another member can never overwrite a newer head: a head is over only
+//! when an `e:` record names its offset. A copy's records (`released`,
+//! `head`) commit as soon as it ran, not behind the copies of other keys
+//! still waiting in the lane, and a transaction writes its records in the
+//! order they were made (the parked topic sees "K unparked" before a newer
+//! "K parked" of the main partition).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Instant, SystemTime};
@@ -43,6 +52,7 @@ pub fn parked_topic(topic: &str, group: &str) -> String {
 }
 
 const HEAD: &[u8] = b"h:";
+const ENDED: &[u8] = b"e:";
 const FOLLOWER: &[u8] = b"f:";
 const MARKER: &[u8] = b"m:";
 /// Digits of an offset in a follower's record key: keys sort by offset.
@@ -55,7 +65,9 @@ pub(crate) enum Parked {
     Head { key: Bytes, offset: i64 },
     /// K's head at main offset `offset` ended (handled or dead-lettered).
     Ended { key: Bytes, offset: i64 },
-    /// K is not parked any more.
+    /// The owner took note that K's head at `offset` ended.
+    EndedCleared { key: Bytes, offset: i64 },
+    /// K has no head any more.
     Cleared { key: Bytes },
     /// A parked copy of K at main offset `offset`, with K as its key again.
     Follower {
@@ -83,19 +95,17 @@ impl Parked {
                 return Some(Parked::Cleared { key });
             };
             let text = std::str::from_utf8(value).ok()?;
-            let (word, offset) = text.split_once(' ')?;
-            let offset = offset.parse().ok()?;
-            return match word {
-                "head" => Some(Parked::Head { key, offset }),
-                "ended" => Some(Parked::Ended { key, offset }),
-                _ => None,
-            };
+            let offset = text.strip_prefix("head ")?.parse().ok()?;
+            return Some(Parked::Head { key, offset });
         }
-        let rest = key.strip_prefix(FOLLOWER)?;
-        let digits = rest.get(..OFFSET_DIGITS)?;
-        let offset = std::str::from_utf8(digits).ok()?.parse().ok()?;
-        let k = rest.get(OFFSET_DIGITS..)?.strip_prefix(b":")?;
-        let key = Bytes::copy_from_slice(k);
+        if let Some(rest) = key.strip_prefix(ENDED) {
+            let (offset, key) = offset_and_key(rest)?;
+            return Some(match value {
+                Some(_) => Parked::Ended { key, offset },
+                None => Parked::EndedCleared { key, offset },
+            });
+        }
+        let (offset, key) = offset_and_key(key.strip_prefix(FOLLOWER)?)?;
         if value.is_none() {
             return Some(Parked::Released { key, offset });
         }
@@ -109,6 +119,20 @@ impl Parked {
     }
 }
 
+/// `<offset:020>:<key>`, the rest of an `e:` or `f:` record key.
+fn offset_and_key(rest: &[u8]) -> Option<(i64, Bytes)> {
+    let digits = rest.get(..OFFSET_DIGITS)?;
+    let offset = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    let k = rest.get(OFFSET_DIGITS..)?.strip_prefix(b":")?;
+    Some((offset, Bytes::copy_from_slice(k)))
+}
+
+/// `<prefix><offset:020>:<key>`.
+fn offset_key(prefix: &[u8], key: &[u8], offset: i64) -> Vec<u8> {
+    let digits = format!("{offset:0OFFSET_DIGITS$}");
+    [prefix, digits.as_bytes(), b":", key].concat()
+}
+
 /// Where the parked records of one main partition go.
 #[derive(Clone, Debug)]
 pub(crate) struct ParkedPartition {
@@ -117,58 +141,57 @@ pub(crate) struct ParkedPartition {
 }
 
 impl ParkedPartition {
-    fn record(&self, key: Vec<u8>, value: Option<String>) -> Record {
+    /// A record to this partition; `optional`: see [`Record::optional`].
+    fn record(&self, key: Vec<u8>, value: Option<String>, optional: bool) -> Record {
         let tombstone = value.is_none();
         let message = Message::new(value.unwrap_or_default()).with_key(Bytes::from(key));
-        Record {
-            destination: self.topic.clone(),
-            partition: Some(self.partition),
-            message,
-            tombstone,
-        }
+        let mut record = Record::to(self.topic.clone(), message);
+        record.partition = Some(self.partition);
+        record.tombstone = tombstone;
+        record.optional = optional;
+        record
     }
 
     /// `h:K = head <offset>`.
     pub(crate) fn head(&self, key: &[u8], offset: i64) -> Record {
-        self.record([HEAD, key].concat(), Some(format!("head {offset}")))
+        self.record([HEAD, key].concat(), Some(format!("head {offset}")), false)
     }
 
-    /// `h:K = ended <offset>`.
-    pub(crate) fn ended(&self, key: &[u8], offset: i64) -> Record {
-        self.record([HEAD, key].concat(), Some(format!("ended {offset}")))
-    }
-
-    /// `h:K` deleted.
+    /// `h:K` deleted: K has no head.
     pub(crate) fn cleared(&self, key: &[u8]) -> Record {
-        self.record([HEAD, key].concat(), None)
+        self.record([HEAD, key].concat(), None, true)
     }
 
-    fn follower_key(key: &[u8], offset: i64) -> Vec<u8> {
-        let digits = format!("{offset:0OFFSET_DIGITS$}");
-        [FOLLOWER, digits.as_bytes(), b":", key].concat()
+    /// `e:<offset>:K = ended`, written by the member that ended the head
+    /// (dropped, logged, if the partition does not exist: only a record
+    /// not written by backstop can name one).
+    pub(crate) fn ended(&self, key: &[u8], offset: i64) -> Record {
+        self.record(offset_key(ENDED, key, offset), Some("ended".into()), true)
+    }
+
+    /// `e:<offset>:K` deleted.
+    pub(crate) fn ended_cleared(&self, key: &[u8], offset: i64) -> Record {
+        self.record(offset_key(ENDED, key, offset), None, true)
     }
 
     /// The parked copy of `message` (key K, main offset `offset`): its
     /// headers, with its origin stamped, under `f:<offset>:K`.
     pub(crate) fn follower(&self, message: &Message, key: &[u8], offset: i64) -> Record {
         let mut parked = copy::postponed(message, SystemTime::now());
-        parked.key = Some(Bytes::from(Self::follower_key(key, offset)));
-        Record {
-            destination: self.topic.clone(),
-            partition: Some(self.partition),
-            message: parked,
-            tombstone: false,
-        }
+        parked.key = Some(Bytes::from(offset_key(FOLLOWER, key, offset)));
+        let mut record = Record::to(self.topic.clone(), parked);
+        record.partition = Some(self.partition);
+        record
     }
 
-    /// `f:<offset>:K` deleted.
+    /// `f:<offset>:K` deleted: the copy ran.
     pub(crate) fn released(&self, key: &[u8], offset: i64) -> Record {
-        self.record(Self::follower_key(key, offset), None)
+        self.record(offset_key(FOLLOWER, key, offset), None, false)
     }
 
     /// The load marker `m:<token>`.
     pub(crate) fn marker(&self, token: &str) -> Record {
-        self.record([MARKER, token.as_bytes()].concat(), None)
+        self.record([MARKER, token.as_bytes()].concat(), None, true)
     }
 }
 
@@ -207,7 +230,8 @@ pub(crate) struct Loading {
     /// When the marker was last queued (queued again after a while: an
     /// aborted transaction drops it).
     pub(crate) marked_at: Instant,
-    heads: HashMap<Bytes, Option<i64>>,
+    heads: HashMap<Bytes, i64>,
+    ended: BTreeMap<(i64, Bytes), ()>,
     followers: BTreeMap<(i64, Bytes), Follower>,
     /// Main offsets ready while loading, routed once loaded.
     pub(crate) waiting: Vec<i64>,
@@ -219,8 +243,10 @@ pub(crate) struct Loaded {
     pub(crate) keys: HashMap<Bytes, KeyPark>,
     /// Parked copies still to run, in parked-partition order.
     pub(crate) followers: Vec<Follower>,
-    /// Keys whose head ended with nothing behind it: cleared.
-    pub(crate) clear: Vec<Bytes>,
+    /// Heads that ended: their `h:` record is deleted.
+    pub(crate) ended_heads: Vec<Bytes>,
+    /// `e:` records to delete (their head ended, or was never this one).
+    pub(crate) ends: Vec<(Bytes, i64)>,
 }
 
 impl Loading {
@@ -229,6 +255,7 @@ impl Loading {
             token,
             marked_at: Instant::now(),
             heads: HashMap::new(),
+            ended: BTreeMap::new(),
             followers: BTreeMap::new(),
             waiting: Vec::new(),
         }
@@ -239,13 +266,16 @@ impl Loading {
     pub(crate) fn fold(&mut self, record: Parked, at: i64) {
         match record {
             Parked::Head { key, offset } => {
-                self.heads.insert(key, Some(offset));
-            }
-            Parked::Ended { key, .. } => {
-                self.heads.insert(key, None);
+                self.heads.insert(key, offset);
             }
             Parked::Cleared { key } => {
                 self.heads.remove(&key);
+            }
+            Parked::Ended { key, offset } => {
+                self.ended.insert((offset, key), ());
+            }
+            Parked::EndedCleared { key, offset } => {
+                self.ended.remove(&(offset, key));
             }
             Parked::Follower {
                 key,
@@ -270,28 +300,26 @@ impl Loading {
     /// What was folded: each key's head and parked copies.
     pub(crate) fn finish(self) -> Loaded {
         let mut loaded = Loaded::default();
-        for (key, head) in &self.heads {
+        for (key, &head) in &self.heads {
+            if self.ended.contains_key(&(head, key.clone())) {
+                loaded.ended_heads.push(key.clone());
+                continue;
+            }
             loaded.keys.insert(
                 key.clone(),
                 KeyPark {
-                    head: *head,
+                    head: Some(head),
                     followers: 0,
                 },
             );
         }
+        loaded.ends = self.ended.into_keys().map(|(o, k)| (k, o)).collect();
         let mut followers: Vec<Follower> = self.followers.into_values().collect();
         followers.sort_by_key(|f| f.at);
         for f in &followers {
             loaded.keys.entry(f.key.clone()).or_default().followers += 1;
         }
         loaded.followers = followers;
-        loaded.keys.retain(|key, park| {
-            if park.is_parked() {
-                return true;
-            }
-            loaded.clear.push(key.clone());
-            false
-        });
         loaded
     }
 }
@@ -351,6 +379,11 @@ mod tests {
         }
         assert!(Parked::decode(b"x:1", Some(b"head 1"), Message::new("")).is_none());
         assert!(Parked::decode(b"h:k", Some(b"head x"), Message::new("")).is_none());
+        assert!(Parked::decode(b"h:k", Some(b"ended 1"), Message::new("")).is_none());
+        assert!(matches!(
+            decode(&p.ended_cleared(b"k", 7)),
+            Parked::EndedCleared { offset: 7, .. }
+        ));
         assert!(Parked::decode(b"f:12:k", Some(b"v"), Message::new("")).is_none());
     }
 
@@ -373,8 +406,12 @@ mod tests {
             // b's head ended with nothing behind it: b is cleared.
             p.ended(b"b", 4),
             p.head(b"c", 5),
+            // A late `ended` of an older head of c: c's head 5 is live.
+            p.ended(b"c", 3),
             p.head(b"d", 6),
             p.cleared(b"d"),
+            p.ended(b"e", 9),
+            p.ended_cleared(b"e", 9),
         ];
         for (at, record) in records.iter().enumerate() {
             loading.fold(decode(record), at as i64);
@@ -395,7 +432,11 @@ mod tests {
             })
         );
         assert_eq!(loaded.keys.len(), 2);
-        assert_eq!(loaded.clear, vec![Bytes::from_static(b"b")]);
+        let mut ended = loaded.ended_heads.clone();
+        ended.sort();
+        assert_eq!(ended, [Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
+        let ends: Vec<(&[u8], i64)> = loaded.ends.iter().map(|(k, o)| (&k[..], *o)).collect();
+        assert_eq!(ends, [(&b"a"[..], 1), (b"c", 3), (b"b", 4)]);
         let left: Vec<i64> = loaded.followers.iter().map(|f| f.offset).collect();
         assert_eq!(left, [3]);
     }

@@ -279,6 +279,13 @@ impl PartitionTracker {
         }
     }
 
+    /// True when the message at `offset` is handed out and not settled.
+    pub(crate) fn is_in_flight(&self, offset: i64) -> bool {
+        self.entries
+            .get(&offset)
+            .is_some_and(|e| e.status == Status::InFlight)
+    }
+
     /// The message at `offset`, while the tracker holds it (not done).
     pub(crate) fn message(&self, offset: i64) -> Option<&Arc<Message>> {
         self.entries.get(&offset)?.message.as_ref()

@@ -32,7 +32,9 @@
 //! to `EVENTS` by the one process holding the relay's lock; on Kafka,
 //! `--events EVENTS` publishes them inside the transaction that commits the
 //! order's offset (exactly once; the default there, `--at-least-once` turns
-//! it off). Idempotency keys (and inbox rows) live in the
+//! it off). In that mode a key whose message waits in a retry tier keeps
+//! its later messages back until it is done (`--unordered-retries` lets
+//! them run). Idempotency keys (and inbox rows) live in the
 //! consumer's keyspace: the queue, or the topic and group, with `--service`
 //! added. `--key-layout` says what to do with a shared store an earlier
 //! release filled with global keys: refuse it (the default), keep that
@@ -123,6 +125,12 @@ struct Args {
     /// predecessor left open at once).
     #[arg(long)]
     at_least_once: bool,
+    /// Kafka: let a key's later messages run while one of them waits in a
+    /// retry tier. By default (exactly-once mode) they wait behind it in
+    /// the parked topic (`<topic>.<group>.parked`) and run after it, in
+    /// order; other keys keep flowing.
+    #[arg(long)]
+    unordered_retries: bool,
     /// Consume only this queue or topic (in place of the configured sources;
     /// a configured source of that name keeps its settings) [default orders].
     #[arg(long)]
@@ -157,6 +165,10 @@ struct Args {
     /// Share of runs that fail transiently before doing anything (never the last attempt).
     #[arg(long, default_value_t = 0.0)]
     fail_rate: f64,
+    /// The injected failures of `--fail-rate` ask to be retried in 2 s, past
+    /// the in-process limit: they go through a retry tier.
+    #[arg(long)]
+    fail_later: bool,
     /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9464
     /// [telemetry.metrics_addr].
     #[arg(long)]
@@ -313,6 +325,9 @@ enum OrderError {
     #[error("injected transient failure")]
     #[classify(transient)]
     Injected,
+    #[error("injected transient failure, to be retried later")]
+    #[classify(transient, retry_after = "2s")]
+    InjectedLater,
     #[error("publishing the order's event failed: {0}")]
     #[classify(transient)]
     Publish(#[source] backstop::outgoing::PublishFailed),
@@ -349,6 +364,8 @@ struct PlaceOrder {
     /// Where the order's events go (through the outbox), if anywhere.
     events: Option<String>,
     fail_rate: f64,
+    /// Injected failures go through a retry tier (`--fail-later`).
+    fail_later: bool,
     max_attempts: u32,
     work: Duration,
     abort_on: Option<String>,
@@ -362,7 +379,11 @@ impl Handle<Order> for PlaceOrder {
             return Err(OrderError::Invalid(order.order_id));
         }
         if ctx.attempt() < self.max_attempts && rand::rng().random::<f64>() < self.fail_rate {
-            return Err(OrderError::Injected);
+            return Err(if self.fail_later {
+                OrderError::InjectedLater
+            } else {
+                OrderError::Injected
+            });
         }
         if !self.work.is_zero() {
             tokio::select! {
@@ -582,6 +603,7 @@ async fn stack(
         ledger,
         events: args.outbox.clone().or_else(|| args.events.clone()),
         fail_rate: args.fail_rate.clamp(0.0, 1.0),
+        fail_later: args.fail_later,
         max_attempts: settings.max_attempts,
         work: Duration::from_millis(args.work_ms),
         abort_on: args.abort_on.clone(),
@@ -848,6 +870,9 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
                         backstop::message::new_message_id()
                     });
                     kafka = kafka.exactly_once(&instance);
+                    if !args.unordered_retries {
+                        kafka = kafka.ordered_retries();
+                    }
                 }
                 kafka.check(Duration::from_secs(30)).await?;
                 kafka

@@ -84,6 +84,9 @@ struct Slot {
     parking: Option<Box<Parking>>,
     /// On a lane (a parked partition read back): its main partition's slot.
     lane_of: Option<usize>,
+    /// On a lane: the offsets settled done since the last transaction
+    /// (their records are committed without waiting for a watermark).
+    lane_done: Vec<i64>,
 }
 
 /// Partitions live in slots, so the hot paths (take, settle) index a vector
@@ -145,6 +148,7 @@ impl State {
             rewound_at: 0,
             parking: None,
             lane_of,
+            lane_done: Vec::new(),
         };
         let i = match self.free.pop() {
             Some(i) => {
@@ -243,11 +247,12 @@ impl State {
 }
 
 /// What a transaction commits: the group's offsets, and the lanes'
-/// watermarks (which pick the lanes' records; see [`parking`](crate::parking)).
+/// deliveries settled done since the last one (their records; see
+/// [`parking`](crate::parking)).
 #[derive(Debug, Default)]
 pub(crate) struct ToCommit {
     pub(crate) offsets: Vec<(Tp, i64)>,
-    pub(crate) lanes: Vec<(Tp, i64)>,
+    pub(crate) lanes: Vec<(Tp, Vec<i64>)>,
 }
 
 /// A delivery the source hands out: the message and how to settle it.
@@ -561,6 +566,11 @@ impl Dispatcher {
             if result.is_ok() {
                 if done {
                     st.settled += 1;
+                    if let Some(Some(slot)) = st.slots.get_mut(ticket.slot)
+                        && slot.lane_of.is_some()
+                    {
+                        slot.lane_done.push(ticket.offset);
+                    }
                 } else if let Some(pending) = &st.pending {
                     // Back to run again: what it produced goes with it.
                     pending.discard(&ticket.tp, ticket.offset);
@@ -605,10 +615,10 @@ impl Dispatcher {
         st.settled = 0;
         let lanes = st
             .slots
-            .iter()
+            .iter_mut()
             .flatten()
-            .filter(|s| s.lane_of.is_some())
-            .filter_map(|s| s.tracker.to_commit().map(|o| (s.tp.clone(), o)))
+            .filter(|s| !s.lane_done.is_empty())
+            .map(|s| (s.tp.clone(), std::mem::take(&mut s.lane_done)))
             .collect();
         ToCommit {
             offsets: st.to_commit(),

@@ -11,6 +11,7 @@ use bytes::Bytes;
 
 use super::{Dispatcher, Queued, State, Ticket, Tp};
 use crate::parking::{KeyPark, Loading, Parked, ParkedPartition, parked_topic};
+use crate::transaction::Record;
 
 /// How long a load waits for its marker before queuing it again (an
 /// aborted transaction drops it).
@@ -24,6 +25,9 @@ pub(crate) struct Ordered {
     topics: HashSet<String>,
     /// The retry topics: a record to one of them is a deferral.
     retry: HashSet<String>,
+    /// `.<group>.retry.`: a record to `<origin>.<group>.retry.<tier>` is a
+    /// deferral too (a retry sink built with other tiers than the source's).
+    retry_infix: String,
 }
 
 impl Ordered {
@@ -38,7 +42,17 @@ impl Ordered {
             group: group.to_owned(),
             topics: topics.into_iter().collect(),
             retry: retry.into_iter().collect(),
+            retry_infix: format!(".{group}.retry."),
         }
+    }
+
+    /// True when a record to `destination`, made by a message of
+    /// `origin`, is a retry copy.
+    fn is_retry(&self, origin: &str, destination: &str) -> bool {
+        self.retry.contains(destination)
+            || destination
+                .strip_prefix(origin)
+                .is_some_and(|rest| rest.starts_with(&self.retry_infix))
     }
 }
 
@@ -55,6 +69,9 @@ pub(crate) struct Lane {
 #[derive(Debug)]
 pub(crate) struct Parking {
     lane_tp: Tp,
+    /// The lane's generation: records of no delivery are written only
+    /// while it is owned.
+    lane_generation: u64,
     parked: ParkedPartition,
     /// The consumer group (the metrics' label).
     group: Arc<str>,
@@ -63,6 +80,18 @@ pub(crate) struct Parking {
     loading: Option<Loading>,
     /// Per lane offset, the copy's key and main offset.
     copies: HashMap<i64, (Bytes, i64)>,
+}
+
+impl Parking {
+    /// Adds records of no delivery to the next transaction (while the
+    /// lane is owned).
+    fn loose(
+        &self,
+        pending: &crate::transaction::Pending,
+        records: impl IntoIterator<Item = Record>,
+    ) {
+        pending.add_loose(&self.lane_tp, self.lane_generation, records);
+    }
 }
 
 impl State {
@@ -79,25 +108,30 @@ impl State {
             partition: tp.1,
         };
         let lane_tp: Tp = (Arc::from(parked.topic.as_str()), tp.1);
-        let ordered_group = ordered.group.clone();
+        let group: Arc<str> = Arc::from(ordered.group.as_str());
         self.remove(&lane_tp);
         self.track(lane_tp.clone(), false, Some(main));
-        let generation = self.next_generation;
+        let lane_generation = self.next_generation;
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let token = format!("{}-{generation}-{nanos}", std::process::id());
+        let token = format!("{}-{lane_generation}-{nanos}", std::process::id());
+        let parking = Parking {
+            lane_tp,
+            lane_generation,
+            parked,
+            group,
+            keys: HashMap::new(),
+            loading: None,
+            copies: HashMap::new(),
+        };
         if let Some(pending) = &self.pending {
-            pending.add_loose([parked.marker(&token)]);
+            parking.loose(pending, [parking.parked.marker(&token)]);
         }
         if let Some(Some(slot)) = self.slots.get_mut(main) {
             slot.parking = Some(Box::new(Parking {
-                lane_tp,
-                parked,
-                group: Arc::from(ordered_group.as_str()),
-                keys: HashMap::new(),
                 loading: Some(Loading::new(token)),
-                copies: HashMap::new(),
+                ..parking
             }));
         }
     }
@@ -123,13 +157,16 @@ impl State {
             let Some(parking) = slot.parking.as_deref_mut() else {
                 continue;
             };
-            if let Some(loading) = &mut parking.loading
-                && loading.marked_at.elapsed() >= MARK_AGAIN_AFTER
-            {
-                tracing::debug!(partition = %parking.parked.partition, topic = %parking.parked.topic, "the parked partition's load marker did not come back; queuing it again");
-                pending.add_loose([parking.parked.marker(&loading.token)]);
-                loading.marked_at = Instant::now();
+            let Some(loading) = &mut parking.loading else {
+                continue;
+            };
+            if loading.marked_at.elapsed() < MARK_AGAIN_AFTER {
+                continue;
             }
+            tracing::debug!(partition = %parking.parked.partition, topic = %parking.parked.topic, "the parked partition's load marker did not come back yet; queuing it again");
+            loading.marked_at = Instant::now();
+            let marker = parking.parked.marker(&loading.token);
+            parking.loose(pending, [marker]);
         }
     }
 
@@ -175,7 +212,20 @@ impl State {
                 }
                 _ => None,
             };
-            let Some((parking, key, pending)) = parked else {
+            let copy = parked.and_then(|(parking, key, pending)| {
+                let message = s.tracker.message(offset)?;
+                let copy = parking.parked.follower(message, &key, offset);
+                if pending.fits(&copy) {
+                    return Some((parking, key, pending, copy));
+                }
+                // `ensure_topics` refuses a topic whose records could be
+                // this large; a copy the producer cannot send would abort
+                // every transaction, so the message runs out of order.
+                tracing::error!(topic = %s.tp.0, partition = s.tp.1, offset, "a message of a parked key is too large to copy to the parked topic; it runs now, out of its key's order");
+                crate::telemetry::parked(&parking.group, "too_large");
+                None
+            });
+            let Some((parking, key, pending, copy)) = copy else {
                 ready.push_back(Queued {
                     slot,
                     generation,
@@ -184,10 +234,6 @@ impl State {
                 queued = true;
                 continue;
             };
-            let Some(message) = s.tracker.message(offset) else {
-                continue;
-            };
-            let copy = parking.parked.follower(message, &key, offset);
             if !pending.append(&s.tp, generation, offset, [copy]) {
                 continue;
             }
@@ -208,7 +254,8 @@ impl State {
     /// transaction. A main message that went to a retry tier makes its key
     /// parked; a lane copy that ran releases its key's next one (or, gone
     /// to a retry tier, becomes its key's head); a retry-topic message that
-    /// did not go on to another tier ended its key's head.
+    /// did not go on to another tier ended its key's head. Nothing for a
+    /// delivery that is not in flight (the settlement will be refused).
     pub(super) fn before_done(&mut self, ticket: &Ticket) {
         let (Some(ordered), Some(pending)) = (&self.ordered, &self.pending) else {
             return;
@@ -216,48 +263,44 @@ impl State {
         let Some(Some(slot)) = self.slots.get(ticket.slot) else {
             return;
         };
-        if slot.tracker.generation() != ticket.generation {
-            return;
-        }
-        let deferred = pending.inspect(&ticket.tp, ticket.offset, |records| {
-            records
-                .iter()
-                .any(|r| ordered.retry.contains(&r.destination))
-        });
-        if let Some(main) = slot.lane_of {
-            self.lane_done(main, ticket, deferred);
+        if slot.tracker.generation() != ticket.generation
+            || !slot.tracker.is_in_flight(ticket.offset)
+        {
             return;
         }
         let Some(message) = slot.tracker.message(ticket.offset) else {
             return;
         };
+        let origin = message.meta.origin();
+        let deferred = pending.inspect(&ticket.tp, ticket.offset, |records| {
+            records
+                .iter()
+                .any(|r| ordered.is_retry(origin, &r.destination))
+        });
+        if let Some(main) = slot.lane_of {
+            self.lane_done(main, ticket, deferred);
+            return;
+        }
         let Some(key) = message.key.clone() else {
             return;
         };
         if slot.tracker.is_delayed() {
-            if deferred {
+            if deferred || !ordered.topics.contains(origin) {
                 return;
             }
             // A retry copy ended (handled, dead-lettered, a duplicate): its
             // key's head, if it was one, is over on its main partition.
-            let Some(main) = message.meta.retry_of.as_deref() else {
-                return;
-            };
-            if !ordered.topics.contains(main) {
-                return;
-            }
-            let position = |name| message.header(name).and_then(|v| v.parse().ok());
+            // The position headers of a retry topic's records are
+            // backstop's own (a main topic's are rewritten on consumption).
+            let position = |name| message.header(name).and_then(|v| v.parse::<i64>().ok());
             let (Some(partition), Some(offset)) = (
-                position(wire::ORIGINAL_PARTITION),
+                position(wire::ORIGINAL_PARTITION).and_then(|p| i32::try_from(p).ok()),
                 position(wire::ORIGINAL_OFFSET),
             ) else {
                 return;
             };
-            let Ok(partition) = i32::try_from(partition) else {
-                return;
-            };
             let parked = ParkedPartition {
-                topic: parked_topic(main, &ordered.group),
+                topic: parked_topic(origin, &ordered.group),
                 partition,
             };
             pending.append(
@@ -371,7 +414,8 @@ impl State {
         at: i64,
         record: Parked,
     ) -> bool {
-        let Some(Some(main_slot)) = self.slots.get_mut(main) else {
+        let State { slots, pending, .. } = self;
+        let Some(Some(main_slot)) = slots.get_mut(main) else {
             return false;
         };
         let main_generation = main_slot.tracker.generation();
@@ -398,30 +442,39 @@ impl State {
                 // While its key's head is in a tier, the copy waits for it.
                 let gated = parking.keys.get(&key).is_some_and(|p| p.head.is_some());
                 parking.copies.insert(at, (key.clone(), offset));
-                if gated && let Some(Some(lane_slot)) = self.slots.get_mut(lane) {
+                if gated && let Some(Some(lane_slot)) = slots.get_mut(lane) {
                     lane_slot.tracker.gate(key);
                 }
                 message.meta.offset = Some(at);
                 self.lane_receive(lane, lane_generation, *message)
             }
             Parked::Ended { key, offset } => {
-                let Some(park) = parking.keys.get_mut(&key) else {
+                let Some(pending) = pending.as_ref() else {
                     return false;
                 };
-                if park.head != Some(offset) {
+                let park = parking.keys.get_mut(&key);
+                let Some(park) = park.filter(|p| p.head == Some(offset)) else {
+                    // Not this key's head (a late copy of an older one):
+                    // forgotten.
+                    parking.loose(pending, [parking.parked.ended_cleared(&key, offset)]);
                     return false;
-                }
+                };
                 park.head = None;
-                crate::telemetry::parked(&parking.group, "ended");
-                if !park.is_parked() {
+                let unparked = !park.is_parked();
+                // Taken note of in one transaction: no head, the `ended` gone.
+                let records = [
+                    parking.parked.cleared(&key),
+                    parking.parked.ended_cleared(&key, offset),
+                ];
+                parking.loose(pending, records);
+                let group = Arc::clone(&parking.group);
+                crate::telemetry::parked(&group, "ended");
+                if unparked {
                     parking.keys.remove(&key);
-                    if let Some(pending) = &self.pending {
-                        pending.add_loose([parking.parked.cleared(&key)]);
-                    }
-                    crate::telemetry::parked(&parking.group, "unparked");
+                    crate::telemetry::parked(&group, "unparked");
                 }
                 let mut released = Vec::new();
-                if let Some(Some(lane_slot)) = self.slots.get_mut(lane) {
+                if let Some(Some(lane_slot)) = slots.get_mut(lane) {
                     lane_slot.tracker.ungate(&key, &mut released);
                 }
                 let mut queued = false;
@@ -433,6 +486,7 @@ impl State {
             // This member's own records: what they say is already known.
             Parked::Head { .. }
             | Parked::Cleared { .. }
+            | Parked::EndedCleared { .. }
             | Parked::Released { .. }
             | Parked::Marker(_) => false,
         }
@@ -469,7 +523,14 @@ impl State {
             return false;
         };
         if let Some(pending) = pending {
-            pending.add_loose(loaded.clear.iter().map(|k| parking.parked.cleared(k)));
+            // What the fold settled: heads that ended, `ended` records read.
+            let heads = loaded.ended_heads.iter().map(|k| parking.parked.cleared(k));
+            let ends = loaded
+                .ends
+                .iter()
+                .map(|(k, o)| parking.parked.ended_cleared(k, *o));
+            let records: Vec<Record> = heads.chain(ends).collect();
+            parking.loose(pending, records);
         }
         let gated: Vec<Bytes> = loaded
             .keys
@@ -536,6 +597,7 @@ mod tests {
     use backstop::transaction::Transaction;
 
     use super::*;
+    use crate::dispatch::ToCommit;
     use crate::transaction::{DeliverySlot, Pending};
 
     const RETRY: &str = "t.g.retry.5s";
@@ -552,9 +614,22 @@ mod tests {
         m
     }
 
-    /// An ordered dispatcher with partition 0 of `t` assigned and loaded
-    /// (its marker read back).
-    fn loaded() -> (Arc<Dispatcher>, Arc<Pending>, Lane) {
+    fn parked() -> ParkedPartition {
+        ParkedPartition {
+            topic: "t.g.parked".into(),
+            partition: 0,
+        }
+    }
+
+    /// `record` as the parked topic's reader decodes it.
+    fn decode(record: Record) -> Parked {
+        let key = record.message.key.clone().unwrap_or_default();
+        let value = (!record.tombstone).then(|| record.message.payload.clone());
+        Parked::decode(&key, value.as_deref(), record.message).expect("a parked record")
+    }
+
+    /// An ordered dispatcher over partition 0 of `t`, assigned, not loaded.
+    fn assigned() -> (Arc<Dispatcher>, Arc<Pending>, Lane) {
         let d = Dispatcher::new(10, 100, usize::MAX);
         let pending = Arc::new(Pending::default());
         d.transactional(Arc::clone(&pending));
@@ -563,28 +638,50 @@ mod tests {
         let lanes = d.lanes();
         assert_eq!(lanes.len(), 1);
         assert_eq!(&*lanes[0].tp.0, "t.g.parked");
-        let lane = lanes[0].clone();
-        let read = written(&pending, &[]);
+        (d, pending, lanes[0].clone())
+    }
+
+    /// [`assigned`], and loaded (its marker read back).
+    fn loaded() -> (Arc<Dispatcher>, Arc<Pending>, Lane) {
+        let (d, pending, lane) = assigned();
+        let read = written(&pending, &ToCommit::default());
         assert_eq!(read.len(), 1, "the load marker");
         d.lane_read(&lane, read.into_iter().map(|(_, p)| (0, p)).collect());
         (d, pending, lane)
     }
 
-    /// The records committed below `watermarks` (and the loose ones),
-    /// decoded as the parked topic's reader decodes them.
-    fn written(pending: &Pending, watermarks: &[(Tp, i64)]) -> Vec<(Option<i32>, Parked)> {
+    /// The parked-topic records a transaction over `commit` writes, in
+    /// order, decoded.
+    fn written(pending: &Pending, commit: &ToCommit) -> Vec<(Option<i32>, Parked)> {
         pending
-            .take_covered(watermarks)
+            .take_covered(&commit.offsets, &commit.lanes)
             .records
             .into_iter()
             .filter(|r| r.destination == "t.g.parked")
-            .map(|r| {
-                let key = r.message.key.clone().unwrap_or_default();
-                let value = (!r.tombstone).then_some(&r.message.payload[..]);
-                let parsed = Parked::decode(&key, value, r.message.clone()).expect("parked");
-                (r.partition, parsed)
+            .map(|r| (r.partition, decode(r)))
+            .collect()
+    }
+
+    /// Short names of `records`.
+    fn names(records: &[(Option<i32>, Parked)]) -> Vec<String> {
+        records
+            .iter()
+            .map(|(_, r)| match r {
+                Parked::Head { key, offset } => format!("head {}@{offset}", key_of(key)),
+                Parked::Follower { key, offset, .. } => format!("copy {}@{offset}", key_of(key)),
+                Parked::Released { key, offset } => format!("released {}@{offset}", key_of(key)),
+                Parked::Cleared { key } => format!("cleared {}", key_of(key)),
+                Parked::Ended { key, offset } => format!("ended {}@{offset}", key_of(key)),
+                Parked::EndedCleared { key, offset } => {
+                    format!("ended-cleared {}@{offset}", key_of(key))
+                }
+                Parked::Marker(_) => "marker".to_owned(),
             })
             .collect()
+    }
+
+    fn key_of(key: &[u8]) -> String {
+        String::from_utf8_lossy(key).into_owned()
     }
 
     fn slot(pending: &Arc<Pending>, ticket: &Ticket) -> DeliverySlot {
@@ -606,24 +703,31 @@ mod tests {
         out
     }
 
+    /// Takes the next delivery, expecting it to be at `offset` of `tp`.
+    fn next(d: &Dispatcher, tp: &Tp, offset: i64) -> super::super::Taken {
+        let t = d.take().unwrap().expect("a delivery");
+        assert_eq!((&t.ticket.tp, t.ticket.offset), (tp, offset));
+        t
+    }
+
+    /// Defers `k@0` to a tier; returns the parked-topic records written.
+    fn park_k(d: &Dispatcher, pending: &Arc<Pending>) {
+        let k0 = next(d, &tp(), 0);
+        slot(pending, &k0.ticket)
+            .produce(RETRY, msg(0, "k"))
+            .unwrap();
+        d.settle(&k0.ticket, true).unwrap();
+    }
+
     #[test]
     fn a_deferred_key_parks_its_followers_and_releases_them_in_order_when_its_head_ended() {
         let (d, pending, lane) = loaded();
         for (o, k) in [(0, "k"), (1, "j"), (2, "k"), (3, "k"), (4, "j")] {
             d.receive(tp(), msg(o, k), None, false);
         }
-        let k0 = d.take().unwrap().unwrap();
-        assert_eq!(k0.ticket.offset, 0);
-        slot(&pending, &k0.ticket)
-            .produce(RETRY, msg(0, "k"))
-            .unwrap();
-        d.settle(&k0.ticket, true).unwrap();
+        park_k(&d, &pending);
         // k@2 and k@3 were parked, not handed out; j runs on.
-        let mut handed = Vec::new();
-        while let Ok(Some(t)) = d.take() {
-            handed.push(t.ticket.offset);
-            d.settle(&t.ticket, true).unwrap();
-        }
+        let handed: Vec<i64> = taken(&d).into_iter().map(|(_, o)| o).collect();
         assert_eq!(handed, [1, 4]);
         let commit = d.take_to_commit();
         assert_eq!(
@@ -631,17 +735,9 @@ mod tests {
             vec![(tp(), 5)],
             "the watermark passed the parked ones"
         );
-        let records = written(&pending, &commit.offsets);
+        let records = written(&pending, &commit);
         assert!(records.iter().all(|(p, _)| *p == Some(0)));
-        let kinds: Vec<String> = records
-            .iter()
-            .map(|(_, r)| match r {
-                Parked::Head { offset, .. } => format!("head {offset}"),
-                Parked::Follower { offset, .. } => format!("copy {offset}"),
-                other => format!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(kinds, ["head 0", "copy 2", "copy 3"]);
+        assert_eq!(names(&records), ["head k@0", "copy k@2", "copy k@3"]);
         let copies: Vec<(i64, Parked)> = records
             .into_iter()
             .skip(1)
@@ -653,96 +749,153 @@ mod tests {
         // A later k on the main partition is parked too, behind them.
         d.receive(tp(), msg(5, "k"), None, false);
         assert!(taken(&d).is_empty());
-        // An `ended` for another head of k changes nothing.
-        let parked = ParkedPartition {
-            topic: "t.g.parked".into(),
-            partition: 0,
-        };
-        let ended = |o| {
-            let r = parked.ended(b"k", o);
-            let value = r.message.payload.clone();
-            Parked::decode(b"h:k", Some(&value[..]), r.message).unwrap()
-        };
-        d.lane_read(&lane, vec![(12, ended(7))]);
+        // An `ended` of another head of k changes nothing (and is deleted).
+        d.lane_read(&lane, vec![(12, decode(parked().ended(b"k", 7)))]);
         assert!(taken(&d).is_empty());
-        d.lane_read(&lane, vec![(13, ended(0))]);
-        let first = d.take().unwrap().unwrap();
-        assert_eq!(
-            (&*first.ticket.tp.0, first.ticket.offset),
-            ("t.g.parked", 10)
-        );
+        d.lane_read(&lane, vec![(13, decode(parked().ended(b"k", 0)))]);
+        let lane_tp = lane.tp.clone();
+        let first = next(&d, &lane_tp, 10);
         assert_eq!(first.message.key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(
+            first.message.meta.retry_of.as_deref(),
+            None,
+            "set by the reader"
+        );
         assert!(d.take().unwrap().is_none(), "one at a time, in order");
         d.settle(&first.ticket, true).unwrap();
-        let second = d.take().unwrap().unwrap();
-        assert_eq!(second.ticket.offset, 11);
+        let second = next(&d, &lane_tp, 11);
         // This copy goes to a tier in turn: it is k's new head.
         slot(&pending, &second.ticket)
             .produce(RETRY, msg(3, "k"))
             .unwrap();
         d.settle(&second.ticket, true).unwrap();
         let commit = d.take_to_commit();
-        assert_eq!(commit.lanes, vec![(lane.tp.clone(), 12)]);
-        let mut all = commit.offsets.clone();
-        all.extend(commit.lanes.clone());
-        let kinds: Vec<String> = written(&pending, &all)
-            .iter()
-            .map(|(_, r)| match r {
-                Parked::Head { offset, .. } => format!("head {offset}"),
-                Parked::Follower { offset, .. } => format!("copy {offset}"),
-                Parked::Released { offset, .. } => format!("released {offset}"),
-                other => format!("{other:?}"),
-            })
-            .collect();
+        assert_eq!(commit.lanes, vec![(lane_tp, vec![10, 11])]);
         assert_eq!(
-            kinds,
-            ["copy 5", "released 2", "released 3", "head 3"],
-            "k@5 parked, k@2 ran, k@3 went on to a tier"
+            names(&written(&pending, &commit)),
+            [
+                "copy k@5",
+                "ended-cleared k@7",
+                "cleared k",
+                "ended-cleared k@0",
+                "released k@2",
+                "released k@3",
+                "head k@3",
+            ],
+            "k@5 parked, the stale ended deleted, k@0's end noted, k@2 ran, k@3 went on to a tier"
         );
     }
 
     #[test]
-    fn keyed_messages_wait_until_the_partition_is_loaded_and_keyless_ones_never_park() {
-        let d = Dispatcher::new(10, 100, usize::MAX);
-        let pending = Arc::new(Pending::default());
-        d.transactional(Arc::clone(&pending));
-        d.ordered(Ordered::new("g", ["t".to_owned()], [RETRY.to_owned()]));
-        d.assign([(tp(), false)]);
-        let lane = d.lanes()[0].clone();
-        d.receive(tp(), msg(0, "k"), None, false);
-        let mut keyless = Message::new("x");
-        keyless.meta.offset = Some(1);
-        d.receive(tp(), keyless, None, false);
-        assert_eq!(taken(&d), vec![(tp(), 1)], "only the keyless one");
-        // What a predecessor left: k parked behind offset 7 (ended since),
-        // with one copy still to run.
-        let parked = ParkedPartition {
-            topic: "t.g.parked".into(),
-            partition: 0,
-        };
-        let decode = |r: crate::transaction::Record| {
-            let key = r.message.key.clone().unwrap_or_default();
-            let value = (!r.tombstone).then_some(r.message.payload.to_vec());
-            Parked::decode(&key, value.as_deref(), r.message).unwrap()
-        };
-        let marker = written(&pending, &[]).pop().unwrap().1;
-        let mut old = msg(8, "k");
-        old.payload = "old".into();
+    fn a_copy_that_ran_is_committed_at_once_not_behind_a_waiting_one_and_before_what_follows_it() {
+        let (d, pending, lane) = loaded();
+        for (o, k) in [(0, "k"), (1, "j"), (2, "k"), (3, "j")] {
+            d.receive(tp(), msg(o, k), None, false);
+        }
+        park_k(&d, &pending);
+        let j1 = next(&d, &tp(), 1);
+        slot(&pending, &j1.ticket)
+            .produce(RETRY, msg(1, "j"))
+            .unwrap();
+        d.settle(&j1.ticket, true).unwrap();
+        let commit = d.take_to_commit();
+        assert_eq!(
+            names(&written(&pending, &commit)),
+            ["head k@0", "copy k@2", "head j@1", "copy j@3"],
+            "in the order they were made"
+        );
+        // Lane: k's copy first (held: k@0 is still in its tier), then j's.
         d.lane_read(
             &lane,
             vec![
-                (0, decode(parked.head(b"k", 7))),
-                (1, decode(parked.follower(&old, b"k", 8))),
-                (2, decode(parked.ended(b"k", 7))),
-                (3, marker),
+                (20, decode(parked().follower(&msg(2, "k"), b"k", 2))),
+                (21, decode(parked().follower(&msg(3, "j"), b"j", 3))),
+                (22, decode(parked().ended(b"j", 1))),
             ],
         );
-        // The predecessor's copy runs first; k@0 of this partition waits behind it.
-        let first = d.take().unwrap().unwrap();
+        let j3 = next(&d, &lane.tp, 21);
+        d.settle(&j3.ticket, true).unwrap();
+        // j runs normally again: its next message is not parked.
+        d.receive(tp(), msg(4, "j"), None, false);
+        let j4 = next(&d, &tp(), 4);
+        slot(&pending, &j4.ticket)
+            .produce("out", msg(4, "j"))
+            .unwrap();
+        d.settle(&j4.ticket, true).unwrap();
+        let commit = d.take_to_commit();
+        // j's records are not held behind k's waiting copy (lane offset 20),
+        // and "j has no head" comes before anything j@4 did.
+        let all = pending.take_covered(&commit.offsets, &commit.lanes).records;
+        let order: Vec<String> = all
+            .into_iter()
+            .map(|r| {
+                if r.destination == "out" {
+                    "out j@4".to_owned()
+                } else {
+                    names(&[(None, decode(r))]).remove(0)
+                }
+            })
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "cleared j",
+                "ended-cleared j@1",
+                "released j@3",
+                "cleared j",
+                "out j@4"
+            ]
+        );
+    }
+
+    #[test]
+    fn keyed_messages_wait_until_the_partition_is_loaded_then_follow_what_it_holds() {
+        let (d, pending, lane) = assigned();
+        d.receive(tp(), msg(9, "k"), None, false);
+        let mut keyless = Message::new("x");
+        keyless.meta.offset = Some(10);
+        d.receive(tp(), keyless, None, false);
+        assert_eq!(taken(&d), vec![(tp(), 10)], "only the keyless one");
+        // What the parked partition holds: k parked behind offset 7 (ended
+        // since), with one copy still to run; j's head at 5 is live, and a
+        // late `ended` of an older head of j does not end it.
+        let marker = written(&pending, &ToCommit::default()).pop().unwrap().1;
+        let mut old = msg(8, "k");
+        old.payload = "old".into();
+        let p = parked();
+        d.lane_read(
+            &lane,
+            vec![
+                (0, decode(p.head(b"k", 7))),
+                (1, decode(p.follower(&old, b"k", 8))),
+                (2, decode(p.head(b"j", 5))),
+                (3, decode(p.ended(b"j", 4))),
+                (4, decode(p.ended(b"k", 7))),
+                (5, marker),
+            ],
+        );
+        // The copy runs first; k@9 of this partition is parked behind it.
+        let first = next(&d, &lane.tp, 1);
         assert_eq!(&first.message.payload[..], b"old");
         assert!(d.take().unwrap().is_none());
         d.settle(&first.ticket, true).unwrap();
-        assert!(d.take().unwrap().is_none(), "k@0 was parked behind it");
+        assert!(d.take().unwrap().is_none(), "k@9 was parked behind it");
+        let commit = d.take_to_commit();
+        assert_eq!(commit.offsets, vec![(tp(), 11)]);
+        let records = names(&written(&pending, &commit));
+        assert!(records.contains(&"copy k@9".to_owned()), "{records:?}");
+        assert!(records.contains(&"cleared k".to_owned()), "{records:?}");
+        assert!(
+            records.contains(&"ended-cleared j@4".to_owned()),
+            "{records:?}"
+        );
+        assert!(
+            !records.contains(&"cleared j".to_owned()),
+            "j's head is live: {records:?}"
+        );
+        // j is still parked: its next message is copied.
+        d.receive(tp(), msg(11, "j"), None, false);
+        assert!(d.take().unwrap().is_none());
     }
 
     #[test]
@@ -753,9 +906,26 @@ mod tests {
         assert_eq!(rewound, vec![(tp(), 0)], "the main partition is read again");
         let again = d.lanes();
         assert_ne!(again[0].generation, lane.generation, "a new lane");
-        assert_eq!(written(&pending, &[]).len(), 1, "a new marker");
+        assert_eq!(
+            names(&written(&pending, &ToCommit::default())),
+            ["marker"],
+            "a new marker (the old lane's records are dropped)"
+        );
         d.receive(tp(), msg(0, "k"), None, false);
         assert!(d.take().unwrap().is_none(), "loading again");
+    }
+
+    #[test]
+    fn records_of_a_partition_this_member_lost_are_not_written() {
+        let (d, pending, lane) = loaded();
+        d.receive(tp(), msg(0, "k"), None, false);
+        park_k(&d, &pending);
+        d.lane_read(&lane, vec![(3, decode(parked().ended(b"k", 0)))]);
+        d.revoke([("t", 0)]);
+        assert!(
+            written(&pending, &ToCommit::default()).is_empty(),
+            "k's clean-up after its head ended goes with the partition"
+        );
     }
 
     #[test]
@@ -777,15 +947,14 @@ mod tests {
         let k = d.take().unwrap().unwrap();
         let j = d.take().unwrap().unwrap();
         d.settle(&k.ticket, true).unwrap();
+        // Deferred through a tier the source does not subscribe to: still a
+        // deferral.
         slot(&pending, &j.ticket)
-            .produce(RETRY, msg(40, "j"))
+            .produce("t.g.retry.1h", msg(40, "j"))
             .unwrap();
         d.settle(&j.ticket, true).unwrap();
-        let commit = d.take_to_commit();
-        let records = written(&pending, &commit.offsets);
-        assert_eq!(records.len(), 1, "only k's head ended");
-        assert!(
-            matches!(&records[0], (Some(0), Parked::Ended { key, offset: 40 }) if &key[..] == b"k")
-        );
+        let records = written(&pending, &d.take_to_commit());
+        assert_eq!(names(&records), ["ended k@40"], "only k's head ended");
+        assert_eq!(records[0].0, Some(0));
     }
 }

@@ -22,6 +22,12 @@ pub(crate) struct Record {
     pub(crate) message: Message,
     /// A record without a value: it deletes its key from a compacted topic.
     pub(crate) tombstone: bool,
+    /// Dropped (logged) instead of aborting the transaction when its
+    /// partition does not exist: bookkeeping no delivery depends on.
+    pub(crate) optional: bool,
+    /// The order it was added in: a transaction writes its records in
+    /// that order, whichever deliveries they belong to.
+    seq: u64,
 }
 
 impl Record {
@@ -32,6 +38,8 @@ impl Record {
             partition: None,
             message,
             tombstone: false,
+            optional: false,
+            seq: 0,
         }
     }
 }
@@ -64,9 +72,26 @@ struct State {
     live: ByPartition<u64>,
     /// Per partition, per offset.
     produced: ByPartition<BTreeMap<i64, Produced>>,
-    /// Records of no delivery, for the next transaction (the parked
-    /// topic's load markers and clean-ups).
-    loose: Vec<Record>,
+    /// Records of no delivery, each for a partition generation, for the
+    /// next transaction while that generation is owned (the parked topic's
+    /// load markers and clean-ups).
+    loose: Vec<(Tp, u64, Record)>,
+    /// The next record's [`Record::seq`].
+    next_seq: u64,
+}
+
+impl State {
+    /// Numbers `records` in the order they are added.
+    fn numbered(&mut self, records: impl IntoIterator<Item = Record>) -> Vec<Record> {
+        records
+            .into_iter()
+            .map(|mut r| {
+                self.next_seq += 1;
+                r.seq = self.next_seq;
+                r
+            })
+            .collect()
+    }
 }
 
 /// The records and marks of a source's deliveries, waiting for the
@@ -134,6 +159,12 @@ impl Pending {
         drop(dropped);
     }
 
+    /// True when the producer can send `record` (its size within
+    /// `message.max.bytes`).
+    pub(crate) fn fits(&self, record: &Record) -> bool {
+        record_size(&record.message) <= self.max_record_bytes
+    }
+
     /// Adds `records` to the delivery at `offset` of `tp`, if `tp` is still
     /// owned under `generation`; false if not (nothing added).
     pub(crate) fn append(
@@ -147,6 +178,7 @@ impl Pending {
         if st.live.get(tp) != Some(&generation) {
             return false;
         }
+        let records = st.numbered(records);
         st.produced
             .entry(tp.clone())
             .or_default()
@@ -174,9 +206,18 @@ impl Pending {
         }
     }
 
-    /// Adds records of no delivery to the next transaction.
-    pub(crate) fn add_loose(&self, records: impl IntoIterator<Item = Record>) {
-        self.lock().loose.extend(records);
+    /// Adds records of no delivery to the next transaction, if `tp` is
+    /// still owned under `generation` then (else they are dropped).
+    pub(crate) fn add_loose(
+        &self,
+        tp: &Tp,
+        generation: u64,
+        records: impl IntoIterator<Item = Record>,
+    ) {
+        let mut st = self.lock();
+        let records = st.numbered(records);
+        st.loose
+            .extend(records.into_iter().map(|r| (tp.clone(), generation, r)));
     }
 
     /// True when records of no delivery wait for a transaction.
@@ -185,12 +226,35 @@ impl Pending {
     }
 
     /// Takes out what the deliveries below each partition's watermark
-    /// produced, for the transaction that commits those watermarks, and
-    /// the records of no delivery.
-    pub(crate) fn take_covered(&self, watermarks: &[(Tp, i64)]) -> Covered {
+    /// produced, and those at exactly the offsets of `done` (the lanes,
+    /// whose records do not wait for a watermark: see
+    /// [`parking`](crate::parking)), for the transaction that commits
+    /// them, with the records of no delivery whose partition generation is
+    /// still owned; all in the order they were added.
+    pub(crate) fn take_covered(
+        &self,
+        watermarks: &[(Tp, i64)],
+        done: &[(Tp, Vec<i64>)],
+    ) -> Covered {
         let mut covered = Covered::default();
         let mut st = self.lock();
-        covered.records.append(&mut st.loose);
+        let loose = std::mem::take(&mut st.loose);
+        for (tp, generation, record) in loose {
+            if st.live.get(&tp) == Some(&generation) {
+                covered.records.push(record);
+            }
+        }
+        for (tp, offsets) in done {
+            let Some(by_offset) = st.produced.get_mut(tp) else {
+                continue;
+            };
+            for offset in offsets {
+                if let Some(produced) = by_offset.remove(offset) {
+                    covered.records.extend(produced.records);
+                    covered.marks.extend(produced.marks);
+                }
+            }
+        }
         for (tp, watermark) in watermarks {
             let Some(by_offset) = st.produced.get_mut(tp) else {
                 continue;
@@ -201,6 +265,7 @@ impl Pending {
                 covered.marks.extend(produced.marks);
             }
         }
+        covered.records.sort_by_key(|r| r.seq);
         covered
     }
 
@@ -210,13 +275,16 @@ impl Pending {
         self.lock().produced.values().map(BTreeMap::len).sum()
     }
 
-    /// The entry of the delivery at `slot`, if its partition is still owned
-    /// under the slot's generation.
-    fn with_entry<R>(&self, slot: &DeliverySlot, f: impl FnOnce(&mut Produced) -> R) -> Option<R> {
+    /// Adds `records` and `marks` to the entry of the delivery at `slot`,
+    /// if its partition is still owned under the slot's generation (false,
+    /// and nothing added, if not; refused marks are dropped, which
+    /// releases their leases).
+    fn add(&self, slot: &DeliverySlot, records: Vec<Record>, marks: Option<HeldMarks>) -> bool {
         let mut st = self.lock();
         if st.live.get(&slot.tp) != Some(&slot.generation) {
-            return None;
+            return false;
         }
+        let records = st.numbered(records);
         let produced = st
             .produced
             .entry(slot.tp.clone())
@@ -227,7 +295,9 @@ impl Pending {
                 ..Produced::default()
             });
         debug_assert_eq!(produced.generation, slot.generation);
-        Some(f(produced))
+        produced.records.extend(records);
+        produced.marks.extend(marks);
+        true
     }
 }
 
@@ -277,30 +347,26 @@ impl Transaction for DeliverySlot {
             self.admits(destination, message)?;
         }
         let destination = records.first().map(|(d, _)| d.clone()).unwrap_or_default();
-        self.pending
-            .with_entry(self, |produced| {
-                let records = records.into_iter().map(|(d, m)| Record::to(d, m));
-                produced.records.extend(records);
-            })
-            .ok_or_else(|| SinkError::Publish {
-                destination,
-                source: PublishError::Unavailable(
-                    format!(
-                        "{}[{}] was revoked or rewound since offset {} was delivered; its next owner runs it again",
-                        self.tp.0, self.tp.1, self.offset
-                    )
-                    .into(),
-                ),
-            })
+        let records = records.into_iter().map(|(d, m)| Record::to(d, m)).collect();
+        if self.pending.add(self, records, None) {
+            return Ok(());
+        }
+        Err(SinkError::Publish {
+            destination,
+            source: PublishError::Unavailable(
+                format!(
+                    "{}[{}] was revoked or rewound since offset {} was delivered; its next owner runs it again",
+                    self.tp.0, self.tp.1, self.offset
+                )
+                .into(),
+            ),
+        })
     }
 
     fn hold(&self, marks: HeldMarks) {
         // Refused (a revoked or rewound partition): dropped, which
         // releases the leases.
-        let mut marks = Some(marks);
-        self.pending.with_entry(self, |produced| {
-            produced.marks.extend(marks.take());
-        });
+        self.pending.add(self, Vec::new(), Some(marks));
     }
 }
 
@@ -322,7 +388,7 @@ mod tests {
     }
 
     #[test]
-    fn only_records_below_the_watermark_are_taken_in_offset_order() {
+    fn only_records_below_the_watermark_are_taken_in_the_order_they_were_made() {
         let pending = Arc::new(Pending::default());
         pending.assign(tp(0), 1);
         pending.assign(tp(1), 1);
@@ -334,15 +400,15 @@ mod tests {
         slot(&pending, 1, 1, 0)
             .produce("out", Message::new("p1"))
             .expect("owned");
-        let covered = pending.take_covered(&[(tp(0), 6)]);
+        let covered = pending.take_covered(&[(tp(0), 6)], &[]);
         let bodies: Vec<&[u8]> = covered
             .records
             .iter()
             .map(|r| &r.message.payload[..])
             .collect();
-        assert_eq!(bodies, [b"3".as_slice(), b"5"]);
+        assert_eq!(bodies, [b"5".as_slice(), b"3"]);
         assert_eq!(pending.waiting(), 2, "offset 9 and partition 1 wait");
-        assert!(pending.take_covered(&[(tp(0), 6)]).records.is_empty());
+        assert!(pending.take_covered(&[(tp(0), 6)], &[]).records.is_empty());
     }
 
     #[test]

@@ -86,6 +86,8 @@ pub(crate) struct Transactor {
     liveness: Option<Liveness>,
     /// The call running now, for the watchdog.
     calls: CallWatch,
+    /// Partitions per topic of the optional records, and when looked up.
+    partitions: std::sync::Mutex<std::collections::HashMap<String, (i32, Instant)>>,
 }
 
 impl std::fmt::Debug for Transactor {
@@ -119,6 +121,7 @@ impl Transactor {
             aborts_in_a_row: 0,
             liveness: None,
             calls: CallWatch::default(),
+            partitions: std::sync::Mutex::default(),
         })
     }
 
@@ -210,11 +213,9 @@ impl Transactor {
         let Some(metadata) = consumer.group_metadata() else {
             return Ok(Committed::Nothing);
         };
-        // The parked lanes' watermarks pick their records, but are not
-        // offsets of the group (their state is the parked topic itself).
-        let mut watermarks = offsets.clone();
-        watermarks.extend(lanes);
-        let covered = self.pending.take_covered(&watermarks);
+        // The lanes' deliveries are no offsets of the group (their state
+        // is the parked topic itself): their records go as they are done.
+        let covered = self.pending.take_covered(&offsets, &lanes);
         let records = covered.records.len();
         let started = Instant::now();
         let outcome = self.run(&metadata, &offsets, &covered.records);
@@ -230,7 +231,7 @@ impl Transactor {
         }
         match outcome {
             Ok(()) => {
-                dispatcher.mark_committed(&watermarks);
+                dispatcher.mark_committed(&offsets);
                 for marks in covered.marks {
                     marks.write_in_background();
                 }
@@ -246,7 +247,9 @@ impl Transactor {
                 self.count("aborted");
                 match failed {
                     Failed::Abort(error) => {
-                        self.abort(consumer, dispatcher, &watermarks, &error)?;
+                        let mut tps: Vec<Tp> = offsets.iter().map(|(tp, _)| tp.clone()).collect();
+                        tps.extend(lanes.into_iter().map(|(tp, _)| tp));
+                        self.abort(consumer, dispatcher, &tps, &error)?;
                         Ok(Committed::Aborted)
                     }
                     Failed::Fatal(reason) => Err(self.stopped(&reason)),
@@ -268,6 +271,13 @@ impl Transactor {
         }
         .map_err(|e| self.classify(e))?;
         for record in records {
+            if record.optional
+                && let Some(partition) = record.partition
+                && !self.has_partition(&record.destination, partition)
+            {
+                tracing::error!(topic = %record.destination, partition, "a parked-topic record names a partition the topic does not have (grow it with Kafka::ensure_topics); dropped");
+                continue;
+            }
             // Queued, not sent: a record the broker refuses fails the commit.
             self.send(record).map_err(|e| match e {
                 KafkaError::Transaction(_) => self.classify(e),
@@ -330,6 +340,36 @@ impl Transactor {
         }
     }
 
+    /// True when `topic` has `partition`, as the cluster metadata said at
+    /// most a minute ago (looked up again when it seems not to).
+    fn has_partition(&self, topic: &str, partition: i32) -> bool {
+        let mut known = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((count, at)) = known.get(topic)
+            && (partition < *count || at.elapsed() < Duration::from_secs(60))
+        {
+            return partition < *count;
+        }
+        let count = self
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), self.settings.call_timeout)
+            .ok()
+            .and_then(|m| {
+                m.topics()
+                    .iter()
+                    .find(|t| t.name() == topic && t.error().is_none())
+                    .map(|t| i32::try_from(t.partitions().len()).unwrap_or(i32::MAX))
+            });
+        match count {
+            Some(count) => {
+                known.insert(topic.to_owned(), (count, Instant::now()));
+                partition < count
+            }
+            // Not known now: sent, and the broker decides.
+            None => true,
+        }
+    }
+
     /// Queues one record of the open transaction, waiting for room in the
     /// producer's queue (bounded by the call timeout).
     fn send(&self, record: &Record) -> Result<(), KafkaError> {
@@ -366,7 +406,7 @@ impl Transactor {
         &mut self,
         consumer: &BaseConsumer<C>,
         dispatcher: &Dispatcher,
-        offsets: &[(Tp, i64)],
+        tps: &[Tp],
         error: &KafkaError,
     ) -> Result<(), SourceError> {
         // An abort waits for the records in flight; one that times out is
@@ -381,8 +421,7 @@ impl Transactor {
                 return Err(self.stopped(&format!("the abort failed: {reason}")));
             }
         }
-        let tps: Vec<Tp> = offsets.iter().map(|(tp, _)| tp.clone()).collect();
-        let rewound = dispatcher.rewind(&tps);
+        let rewound = dispatcher.rewind(tps);
         for (tp, offset) in &rewound {
             let (tp, offset) = (tp.clone(), *offset);
             self.beat();
