@@ -28,6 +28,8 @@ pub(crate) struct ParkedReader {
     consumer: BaseConsumer,
     /// The lanes read now, by partition.
     following: HashMap<Tp, Lane>,
+    /// Lanes paused because they hold as many copies as a partition may.
+    paused: std::collections::HashSet<Tp>,
     group: String,
     last_error_log: Option<Instant>,
 }
@@ -50,6 +52,7 @@ impl ParkedReader {
         Ok(ParkedReader {
             consumer,
             following: HashMap::new(),
+            paused: std::collections::HashSet::new(),
             group: config.group.clone(),
             last_error_log: None,
         })
@@ -100,6 +103,7 @@ impl ParkedReader {
         match self.consumer.incremental_assign(&list) {
             Ok(()) => {
                 for lane in assign {
+                    self.paused.remove(&lane.tp);
                     self.following.insert(lane.tp.clone(), lane);
                 }
             }
@@ -109,10 +113,32 @@ impl ParkedReader {
         }
     }
 
+    /// Pauses lanes that hold as many copies as a partition may, and
+    /// resumes them once they are back to half.
+    fn bound(&mut self, lanes: &[Lane]) {
+        self.paused.retain(|tp| self.following.contains_key(tp));
+        for lane in lanes {
+            if !self.following.contains_key(&lane.tp) {
+                continue;
+            }
+            let paused = self.paused.contains(&lane.tp);
+            let mut list = TopicPartitionList::new();
+            list.add_partition(&lane.tp.0, lane.tp.1);
+            if lane.full && !paused {
+                if self.consumer.pause(&list).is_ok() {
+                    self.paused.insert(lane.tp.clone());
+                }
+            } else if paused && lane.drained && self.consumer.resume(&list).is_ok() {
+                self.paused.remove(&lane.tp);
+            }
+        }
+    }
+
     /// Follows the dispatcher's lanes and hands it what arrived on them.
     pub(crate) fn read(&mut self, dispatcher: &Dispatcher) {
         let lanes = dispatcher.lanes();
         self.sync(&lanes);
+        self.bound(&lanes);
         if self.following.is_empty() {
             return;
         }

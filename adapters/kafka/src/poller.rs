@@ -402,6 +402,9 @@ impl Poller {
                 last_maintenance = Instant::now();
                 if last_maintenance - last_report >= self.metrics_every {
                     self.metrics.report(self.dispatcher.heads());
+                    if self.reader.is_some() {
+                        crate::telemetry::parked_now(&self.group, self.dispatcher.parked_now());
+                    }
                     last_report = last_maintenance;
                 }
             }

@@ -59,6 +59,9 @@ pub struct KafkaSource {
     config: KafkaConfig,
     /// Topics [`Source::preflight`] requires: the DLQ and retry topics.
     required: Vec<String>,
+    /// Ordered retries: each main topic with its parked topic, which must
+    /// have at least its partitions.
+    parked: Vec<(String, String)>,
     /// Reads the depth of the DLQ topics while the source lives.
     dlq_depth: Option<DlqDepth>,
     /// Exactly-once mode: what each delivery produced, until committed.
@@ -182,6 +185,14 @@ impl KafkaSource {
             close_wait: config.session_timeout + Duration::from_secs(10),
             config: config.clone(),
             required: Vec::new(),
+            parked: if config.ordered_retries {
+                topics
+                    .iter()
+                    .map(|t| ((*t).to_owned(), crate::parked_topic(t, &config.group)))
+                    .collect()
+            } else {
+                Vec::new()
+            },
             dlq_depth: None,
             pending,
         })
@@ -240,6 +251,41 @@ impl KafkaSource {
     }
 }
 
+impl KafkaSource {
+    /// Ordered retries: every main partition has its parked partition (a
+    /// main topic grown without [`Kafka::ensure_topics`](crate::Kafka::ensure_topics)
+    /// would leave its new partitions' keys waiting for a load that never ends).
+    async fn check_parked(&self, admin: &crate::Topics) -> Result<(), SourceError> {
+        for (main, parked) in &self.parked {
+            let count = |topic: &str| {
+                let topic = topic.to_owned();
+                async move {
+                    admin.partitions(&topic).await.map_err(|e| {
+                        SourceError::Disconnected(
+                            format!("checking the parked topic {topic}: {e}").into(),
+                        )
+                    })
+                }
+            };
+            let (Some(main_count), Some(parked_count)) = (count(main).await?, count(parked).await?)
+            else {
+                continue;
+            };
+            if parked_count < main_count {
+                return Err(SourceError::Fatal(
+                    format!(
+                        "the parked topic {parked:?} has {parked_count} partitions and {main:?} has {main_count}: \
+                         ordered retries need one per partition; run Kafka::ensure_topics (group {:?}) to grow it",
+                        self.group
+                    )
+                    .into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Source for KafkaSource {
     /// Ready once the consumer joined its group (an empty assignment is
     /// ready); not ready while the cluster cannot be reached. The poll
@@ -271,7 +317,7 @@ impl Source for KafkaSource {
             }
         }
         if missing.is_empty() {
-            return Ok(());
+            return self.check_parked(&admin).await;
         }
         Err(SourceError::Fatal(Box::new(
             backstop::MissingDestinations {

@@ -34,7 +34,13 @@
 //! gone to a retry tier, or a parked copy gone there in turn), `follower`
 //! (a later message of a parked key copied to the parked topic instead of
 //! running), `released` (a parked copy ran), `ended` (a head ended: its
-//! key's copies may run), `unparked` (a key runs normally again).
+//! key's copies may run), `unparked` (a key runs normally again), and
+//! `too_large` (a message of a parked key too large to copy ran out of
+//! order). On the same interval as the lag, the gauges
+//! `backstop_kafka_parked_keys{group}` (keys parked on this member's
+//! partitions), `backstop_kafka_parked_copies{group}` (copies read back and
+//! not run yet) and `backstop_kafka_parked_loading{group}` (partitions
+//! still reading their parked partition: their keyed messages wait).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -54,6 +60,16 @@ pub(crate) fn parked(group: &str, event: &'static str) {
 
 /// Ordered retries' events.
 pub(crate) const PARKED: &str = "backstop_kafka_parked_total";
+
+/// Sets the gauges of what ordered retries hold (see the [module docs](self)).
+pub(crate) fn parked_now(group: &str, now: crate::dispatch::ParkedNow) {
+    let gauge = |name: &'static str, value: usize| {
+        metrics::gauge!(name, "group" => group.to_owned()).set(value as f64);
+    };
+    gauge("backstop_kafka_parked_keys", now.keys);
+    gauge("backstop_kafka_parked_copies", now.copies);
+    gauge("backstop_kafka_parked_loading", now.loading);
+}
 
 /// The gauges of one partition, and its first unfinished offset when last seen.
 struct Partition {

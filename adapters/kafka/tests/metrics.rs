@@ -13,6 +13,10 @@ use backstop_kafka::{TopicSpec, dlq_state_topic};
 use common::*;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
+/// Held by each test for its whole length: a snapshot zeroes the counters
+/// and gauges, so one test's snapshot must not take another's counts.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The process-wide recorder, installed once for every test of this binary.
 fn recorder() -> &'static Snapshotter {
     static SNAPSHOTTER: OnceLock<Snapshotter> = OnceLock::new();
@@ -81,6 +85,7 @@ async fn reaches(name: &str, source: &str, group: &str, labels: &[(&str, &str)],
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_counts_unfinished_records_until_they_are_done() {
+    let _serial = SERIAL.lock().await;
     recorder();
     let group = unique("g");
     let kafka = kafka(&group).configure(|c| c.metrics_interval = Duration::from_millis(100));
@@ -130,6 +135,7 @@ async fn lag_counts_unfinished_records_until_they_are_done() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dlq_depth_counts_letters_not_yet_redriven_and_retry_depth_waiting_copies() {
+    let _serial = SERIAL.lock().await;
     recorder();
     let group = unique("g");
     let kafka = kafka(&group).configure(|c| c.metrics_interval = Duration::from_millis(100));
@@ -166,4 +172,94 @@ async fn dlq_depth_counts_letters_not_yet_redriven_and_retry_depth_waiting_copie
     // Three letters left.
     reaches(DLQ_DEPTH, &topic, &group, &[("dlq", &dlq)], 3.0).await;
     source.close().await;
+}
+
+/// Ordered retries' metrics of `group` in a new snapshot (which zeroes
+/// counters and gauges): `(name, event label, value)`.
+fn parked_metrics(group: &str) -> Vec<(String, Option<String>, f64)> {
+    recorder()
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(k, _, _, _)| {
+            k.key().name().starts_with("backstop_kafka_parked")
+                && k.key()
+                    .labels()
+                    .any(|l| l.key() == "group" && l.value() == group)
+        })
+        .filter_map(|(k, _, _, v)| {
+            let event = k
+                .key()
+                .labels()
+                .find(|l| l.key() == "event")
+                .map(|l| l.value().to_owned());
+            let value = match v {
+                DebugValue::Gauge(g) => g.into_inner(),
+                DebugValue::Counter(c) => c as f64,
+                DebugValue::Histogram(_) => return None,
+            };
+            Some((k.key().name().to_owned(), event, value))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_retries_count_what_they_park_and_show_the_parked_keys() {
+    let _serial = SERIAL.lock().await;
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use backstop::{Context, HandlerError, RetryPolicy, StackBuilder, handler_fn};
+
+    recorder();
+    let group = unique("pm");
+    let kafka = kafka(&group)
+        .configure(|c| c.metrics_interval = Duration::from_millis(100))
+        .exactly_once("w1")
+        .ordered_retries();
+    let topic = topic(&kafka, "pm", 1).await;
+    let sent: Vec<Message> = (0..3)
+        .map(|i| {
+            Message::new(format!(r#"{{"n":{i}}}"#))
+                .with_message_id(format!("{topic}-{i}"))
+                .with_key("K".to_owned())
+        })
+        .collect();
+    publish_in_order(&kafka.publisher().unwrap(), &topic, &sent).await;
+    // K's first message fails into the tiers for as long as the test runs.
+    let stack = StackBuilder::<serde_json::Value>::new(Arc::new(kafka.dead_letter_sink().unwrap()))
+        .retry(RetryPolicy::retries(50).in_process_limit(Duration::from_millis(100)))
+        .retry_sink(Arc::new(kafka.retry_sink().unwrap()))
+        .build(handler_fn(
+            |v: serde_json::Value, _ctx: Context| async move {
+                if v["n"] == 0 {
+                    return Err(
+                        HandlerError::transient("later").retry_after(Duration::from_secs(1))
+                    );
+                }
+                Ok(())
+            },
+        ));
+    let worker = run(kafka.source(&[&topic], 8).unwrap(), stack, 8);
+    let mut counted: BTreeMap<String, f64> = BTreeMap::new();
+    let mut keys = None;
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < until {
+        for (name, event, value) in parked_metrics(&group) {
+            match event {
+                Some(event) => *counted.entry(event).or_default() += value,
+                None if name == "backstop_kafka_parked_keys" && value > 0.0 => keys = Some(value),
+                None => {}
+            }
+        }
+        if counted.get("follower") == Some(&2.0) && keys == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    worker.stop().await;
+    assert_eq!(counted.get("follower"), Some(&2.0), "{counted:?}");
+    assert!(counted.get("head") >= Some(&1.0), "{counted:?}");
+    assert_eq!(counted.get("released"), None, "nothing ran behind the head");
+    assert_eq!(keys, Some(1.0), "one key parked");
 }

@@ -250,3 +250,38 @@ async fn end_offsets(kafka: &Kafka, topic: &str) -> std::collections::BTreeMap<i
     end.retain(|_, o| *o > 0);
     end
 }
+
+/// A main topic grown without `ensure_topics` has partitions its parked
+/// topic lacks: the worker refuses to start, saying how to fix it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_topic_with_fewer_partitions_than_its_topic_stops_the_worker_at_start() {
+    let group = unique("ordp");
+    let plain = kafka(&group);
+    let topic = topic(&plain, "ordp", 2).await;
+    let parked = backstop_kafka::parked_topic(&topic, &group);
+    plain
+        .topics()
+        .unwrap()
+        .create(&[backstop_kafka::TopicSpec::new(parked.clone()).partitions(1)])
+        .await
+        .unwrap();
+    let kafka = ordered(&group, "w1");
+    let ledger: Ledger = shared();
+    fn never(_key: &str, _seq: u64, _attempt: u32) -> Option<HandlerError> {
+        None
+    }
+    let run = backstop::Runner::new(
+        kafka.source(&[&topic], 4).unwrap(),
+        stack(&kafka, &ledger, 1, never),
+    )
+    .run();
+    let refused = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("stopped at start")
+        .expect_err("refused");
+    let text = refused.to_string();
+    assert!(
+        text.contains(&parked) && text.contains("ensure_topics"),
+        "{text}"
+    );
+}

@@ -34,7 +34,8 @@
 //! | `backstop_rabbitmq_ack_frames_total` | counter | `source`, `group`, `multiple` (`true` for a coalesced frame) |
 //! | `backstop_rabbitmq_acks_coalesced_total` | counter | `source`, `group` |
 //! | `backstop_kafka_transactions_total` | counter | `group`, `result` (`committed`, `aborted`, `stuck`; exactly-once mode) |
-//! | `backstop_kafka_parked_total` | counter | `group`, `event` (`head`, `follower`, `released`, `ended`, `unparked`; ordered retries) |
+//! | `backstop_kafka_parked_total` | counter | `group`, `event` (`head`, `follower`, `released`, `ended`, `unparked`, `too_large`; ordered retries) |
+//! | `backstop_kafka_parked_keys`, `backstop_kafka_parked_copies`, `backstop_kafka_parked_loading` | gauge | `group` (ordered retries: keys parked, copies not run yet, partitions loading) |
 //!
 //! **Operations metrics.** The store's are recorded where the idempotency
 //! layer calls the store (through one set of keys per stack, labelled with

@@ -24,7 +24,7 @@ use crate::transaction::Pending;
 mod ordered;
 
 use self::ordered::Parking;
-pub(crate) use self::ordered::{Lane, Ordered};
+pub(crate) use self::ordered::{Lane, Ordered, ParkedNow};
 
 /// A topic and partition.
 pub(crate) type Tp = (Arc<str>, i32);

@@ -63,6 +63,22 @@ pub(crate) struct Lane {
     /// The main topic whose copies it holds.
     pub(crate) main: Arc<str>,
     pub(crate) generation: u64,
+    /// Its copies reached the partition's limit (`max_pending_per_partition`
+    /// or its bytes): the reader pauses it (never while it loads).
+    pub(crate) full: bool,
+    /// Back to half the limit: the reader resumes it.
+    pub(crate) drained: bool,
+}
+
+/// What ordered retries hold now, for the gauges.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ParkedNow {
+    /// Keys parked, over every main partition.
+    pub(crate) keys: usize,
+    /// Copies read back and not run yet.
+    pub(crate) copies: usize,
+    /// Main partitions still loading their parked partition.
+    pub(crate) loading: usize,
 }
 
 /// A main partition's parked keys; see [`parking`](crate::parking).
@@ -370,18 +386,36 @@ impl State {
 
     /// The lanes' partitions and generations, for the parked-topic reader.
     fn lanes(&self) -> Vec<Lane> {
+        let (max_pending, max_bytes) = (self.max_pending, self.max_bytes);
         self.slots
             .iter()
             .flatten()
             .filter_map(|s| {
                 let main = self.slots.get(s.lane_of?)?.as_ref()?;
+                let loading = main.parking.as_ref().is_some_and(|p| p.loading.is_some());
+                let (n, bytes) = (s.tracker.len(), s.tracker.bytes());
                 Some(Lane {
                     tp: s.tp.clone(),
                     main: main.tp.0.clone(),
                     generation: s.tracker.generation(),
+                    full: !loading && (n >= max_pending || bytes >= max_bytes),
+                    drained: n <= max_pending / 2 && bytes <= max_bytes / 2,
                 })
             })
             .collect()
+    }
+
+    /// What ordered retries hold now.
+    fn parked_now(&self) -> ParkedNow {
+        let mut now = ParkedNow::default();
+        for slot in self.slots.iter().flatten() {
+            if let Some(parking) = &slot.parking {
+                now.keys += parking.keys.len();
+                now.copies += parking.copies.len();
+                now.loading += usize::from(parking.loading.is_some());
+            }
+        }
+        now
     }
 
     /// Applies records read from a lane's parked partition (`at`: each
@@ -577,6 +611,11 @@ impl Dispatcher {
     /// The lanes the parked-topic reader follows now.
     pub(crate) fn lanes(&self) -> Vec<Lane> {
         self.lock().lanes()
+    }
+
+    /// What ordered retries hold now (for the gauges).
+    pub(crate) fn parked_now(&self) -> ParkedNow {
+        self.lock().parked_now()
     }
 
     /// Records read from `lane`'s parked partition, in order (dropped when
