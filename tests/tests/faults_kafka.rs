@@ -72,14 +72,14 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
     ]);
     let mut fleet = Fleet::one(&args, &log).expect("start the worker");
 
-    let orders = Arc::new(orders(&run, n));
+    let orders = Arc::new(orders(run, n));
     let expected_dead = orders.iter().filter(|o| o.kind != Kind::Valid).count();
     let valid = n - expected_dead;
     let mut outcome = chaos(
         &mut fleet,
-        &ledger,
+        ledger,
         Arc::new(kafka.publisher().expect("publisher")),
-        &topic,
+        topic,
         orders.clone(),
         kills,
         restart_kafka,
@@ -88,7 +88,7 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
 
     let drained = wait_drained(
         &mut fleet,
-        &ledger,
+        ledger,
         valid,
         Duration::from_secs(180),
         &mut outcome.unexpected_exits,
@@ -100,7 +100,7 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
     let reader = Kafka::new(brokers(), format!("{group}-dlq-reader"));
     let dead = read_dead_letters(
         reader
-            .plain_source(&[kafka.dlq_topic(&topic).as_str()], 64)
+            .plain_source(&[kafka.dlq_topic(topic).as_str()], 64)
             .expect("DLQ source"),
         expected_dead,
         Duration::from_secs(3),
@@ -121,7 +121,7 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
     let mut counts = Counts::of_run(
         format!("kafka, {n} orders"),
         &fleet,
-        &ledger,
+        ledger,
         started.elapsed(),
     )
     .await
@@ -243,9 +243,9 @@ async fn parked_keys_keep_their_order_through_kill9_and_a_rebalance() {
     };
     let mut outcome = chaos(
         &mut fleet,
-        &ledger,
+        ledger,
         Arc::new(kafka.publisher().expect("publisher")),
-        &topic,
+        topic,
         orders.clone(),
         kills,
         join,
@@ -253,7 +253,7 @@ async fn parked_keys_keep_their_order_through_kill9_and_a_rebalance() {
     .await;
     let drained = wait_drained(
         &mut fleet,
-        &ledger,
+        ledger,
         n,
         Duration::from_secs(180),
         &mut outcome.unexpected_exits,
@@ -271,7 +271,7 @@ async fn parked_keys_keep_their_order_through_kill9_and_a_rebalance() {
     let mut counts = Counts::of_run(
         format!("kafka ordered retries, {n} orders"),
         &fleet,
-        &ledger,
+        ledger,
         started.elapsed(),
     )
     .await
@@ -310,14 +310,14 @@ async fn parked_keys_keep_their_order_through_kill9_and_a_rebalance() {
             .await
         }
     };
-    let retried: HashSet<String> = read(kafka.retry_topics(&topic), "retry-reader")
+    let retried: HashSet<String> = read(kafka.retry_topics(topic), "retry-reader")
         .await
         .iter()
         .filter_map(|m| m.key.as_ref())
         .map(|k| String::from_utf8_lossy(k).into_owned())
         .collect();
     let parked_records = read(
-        vec![backstop_kafka::parked_topic(&topic, &group)],
+        vec![backstop_kafka::parked_topic(topic, group)],
         "parked-reader",
     )
     .await;

@@ -59,7 +59,7 @@ async fn zombie_resumed_after_its_partitions_moved_commits_nothing_and_nothing_i
 
     // Orders at a steady pace (about 10 s in all), so work is in flight
     // when the zombie stops and while it is away.
-    let orders = Arc::new(orders(&run, n));
+    let orders = Arc::new(orders(run, n));
     let expected_dead = orders.iter().filter(|o| o.kind != Kind::Valid).count();
     let valid = n - expected_dead;
     let publisher = kafka.publisher().expect("publisher");
@@ -109,7 +109,7 @@ async fn zombie_resumed_after_its_partitions_moved_commits_nothing_and_nothing_i
 
     let drained = wait_drained(
         &mut fleet,
-        &ledger,
+        ledger,
         valid,
         Duration::from_secs(120),
         &mut unexpected,
@@ -119,7 +119,7 @@ async fn zombie_resumed_after_its_partitions_moved_commits_nothing_and_nothing_i
     let reader = Kafka::new(brokers.clone(), format!("{group}-dlq-reader"));
     let dead = read_dead_letters(
         reader
-            .plain_source(&[kafka.dlq_topic(&topic).as_str()], 64)
+            .plain_source(&[kafka.dlq_topic(topic).as_str()], 64)
             .expect("DLQ source"),
         expected_dead,
         Duration::from_secs(3),
@@ -132,7 +132,7 @@ async fn zombie_resumed_after_its_partitions_moved_commits_nothing_and_nothing_i
     let mut counts = Counts::of_run(
         format!("kafka zombie, {n} orders"),
         &fleet,
-        &ledger,
+        ledger,
         started.elapsed(),
     )
     .await;
