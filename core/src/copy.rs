@@ -14,7 +14,9 @@ use crate::{ErrorKind, Failure, Headers, Message, Meta, wire};
 /// word), and the message id. The original partition and offset are the
 /// message's own when it was consumed from its source; a copy consumed from
 /// a retry topic keeps those of the first consumption. These headers are
-/// informational: nothing routes by them.
+/// informational: nothing routes by them (the Kafka adapter's ordered
+/// retries read a retry copy's position, which only backstop writes, to
+/// report its end to its main partition).
 pub fn stamp_origin(headers: &mut Headers, meta: &Meta) {
     let origin = meta.origin();
     if origin.is_empty() {

@@ -5,7 +5,8 @@
 //! work on RabbitMQ headers and Kafka record headers alike (a value of
 //! another type, such as an AMQP integer, reads as absent). See `ARCHITECTURE.md` for the rules each name
 //! follows (rewritten on every copy, incremented, carried unchanged). No
-//! header routes a message: see [`inbound`](crate::inbound) for the trust model.
+//! header routes a message: see [`inbound`](crate::inbound) for the trust model
+//! (one bookkeeping exception on Kafka retry topics: [`ORIGINAL_PARTITION`]).
 
 use std::time::{Duration, SystemTime};
 
@@ -18,10 +19,13 @@ pub const ATTEMPT: &str = "x-backstop-attempt";
 /// rewritten on every copy, informational only.
 pub const ORIGINAL_SOURCE: &str = "x-backstop-original-source";
 /// The Kafka partition the message was consumed from (a copy from a retry
-/// topic keeps the first); informational.
+/// topic keeps the first); informational, except that with the Kafka
+/// adapter's ordered retries a retry copy's (a retry topic is written by
+/// backstop only, and a main topic's values are rewritten on consumption)
+/// names the parked partition its end is reported to.
 pub const ORIGINAL_PARTITION: &str = "x-backstop-original-partition";
 /// The Kafka offset the message was consumed at (a copy from a retry topic
-/// keeps the first); informational.
+/// keeps the first); informational, except as [`ORIGINAL_PARTITION`] says.
 pub const ORIGINAL_OFFSET: &str = "x-backstop-original-offset";
 /// The timestamp the message had when it was consumed (RFC 3339 UTC; a
 /// copy from a Kafka retry topic keeps the first, whose own record

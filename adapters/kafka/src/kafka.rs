@@ -104,7 +104,8 @@ impl Kafka {
     }
 
     /// Creates each topic (a name or a [`TopicSpec`]) with this group's DLQ
-    /// and retry topics; existing ones are kept.
+    /// and retry topics (and, with [`ordered_retries`](Self::ordered_retries),
+    /// its parked topic); existing ones are kept.
     pub async fn ensure_topics<T: Into<TopicSpec>>(
         &self,
         topics: impl IntoIterator<Item = T>,
@@ -121,7 +122,8 @@ impl Kafka {
     /// A source on `topics` and this group's retry topics for them, with at
     /// most `concurrency` unsettled deliveries (match the runner's concurrency).
     ///
-    /// The DLQ and retry topics must exist when the runner starts
+    /// The DLQ and retry topics (and the parked topics of ordered retries)
+    /// must exist when the runner starts
     /// ([`Source::preflight`](backstop::Source::preflight)): create them with
     /// [`ensure_topics`](Self::ensure_topics);
     /// [`KafkaSource::skip_destination_check`] opts out. While it lives, the
