@@ -19,7 +19,14 @@
 //! * **stack EOS**: the same in exactly-once mode (`Kafka::exactly_once`:
 //!   offsets committed in a transaction every 100 ms, the idempotency marks
 //!   written after each commit); its clock stops at the N-th handler call,
-//!   like the stack's, not at the last commit.
+//!   like the stack's, not at the last commit;
+//! * **EOS ordered**: the same with ordered retries on
+//!   (`Kafka::ordered_retries`, a 1 s retry tier, nothing failing: the
+//!   cost of the switch);
+//! * **EOS ord. 5%**: the same with every 20th offset failing its first
+//!   attempt into the 1 s tier (its key's later messages parked behind it);
+//!   its clock stops at the N-th *successful* handler call, so it includes
+//!   the tier's delay and the parked messages' wait.
 //!
 //! Each side reports the **median** of its rounds: messages per second
 //! (first message handed out to the N-th offset stored or handler called)
@@ -172,15 +179,33 @@ async fn source_only(kafka: &Kafka, topic: &str, n: usize, latencies: Latencies)
     .expect("source task")
 }
 
-async fn stack(
-    kafka: &Kafka,
-    topic: &str,
-    n: usize,
-    latencies: Latencies,
-    exactly_once: bool,
-) -> Duration {
+/// How a stack side runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    AtLeastOnce,
+    ExactlyOnce,
+    /// Exactly once with ordered retries; every `fail_every`-th offset
+    /// (if any) fails its first attempt into the retry tier.
+    Ordered {
+        fail_every: Option<i64>,
+    },
+}
+
+async fn stack(kafka: &Kafka, topic: &str, n: usize, latencies: Latencies, mode: Mode) -> Duration {
     let kafka = kafka.clone().configure(|c| c.group = unique("backstop"));
-    let kafka = if exactly_once {
+    let fail_every = match mode {
+        Mode::Ordered { fail_every } => fail_every,
+        _ => None,
+    };
+    let ordered = matches!(mode, Mode::Ordered { .. });
+    let kafka = if ordered {
+        kafka.configure(|c| {
+            c.retry_tiers = backstop_kafka::RetryTiers::new([Duration::from_secs(1)])
+        })
+    } else {
+        kafka
+    };
+    let kafka = if mode != Mode::AtLeastOnce {
         kafka.exactly_once("bench").configure(|c| {
             if let (Some(eo), Some(n)) = (
                 c.exactly_once.as_mut(),
@@ -191,6 +216,14 @@ async fn stack(
                 eo.commit_every = n;
             }
         })
+    } else {
+        kafka
+    };
+    let kafka = if ordered {
+        let kafka = kafka.ordered_retries();
+        // The group's retry and parked topics (outside the clock).
+        kafka.ensure_topics([topic]).await.expect("companions");
+        kafka
     } else {
         kafka
     };
@@ -205,24 +238,39 @@ async fn stack(
         done.clone(),
     );
     let store = Arc::new(MemoryStore::new(n + 1024, Duration::from_secs(3600)));
-    let stack = StackBuilder::<Bytes>::new(Arc::new(kafka.dead_letter_sink().expect("sink")))
-        .idempotency(store, KeySource::MessageId)
-        .build(handler_fn(move |b: Bytes, _ctx: Context| {
-            handle(b);
-            let i = c.fetch_add(1, Ordering::Relaxed);
-            if i == 0 {
-                f.lock().unwrap().get_or_insert_with(Instant::now);
-            }
-            if i + 1 == n {
-                *l.lock().unwrap() = Some(Instant::now());
-                d.cancel();
-            }
-            std::future::ready(Ok::<_, HandlerError>(()))
-        }));
-    let source = Timed::new(
-        kafka.plain_source(&[topic], CONCURRENCY).expect("source"),
-        latencies,
-    );
+    let mut builder = StackBuilder::<Bytes>::new(Arc::new(kafka.dead_letter_sink().expect("sink")))
+        .idempotency(store, KeySource::MessageId);
+    if ordered {
+        builder = builder
+            .retry(backstop::RetryPolicy::retries(3).in_process_limit(Duration::ZERO))
+            .retry_sink(Arc::new(kafka.retry_sink().expect("retry sink")));
+    }
+    let stack = builder.build(handler_fn(move |b: Bytes, ctx: Context| {
+        handle(b);
+        if let Some(every) = fail_every
+            && ctx.attempt() == 1
+            && ctx.meta().offset.unwrap_or(1) % every == 0
+        {
+            return std::future::ready(Err(
+                HandlerError::transient("later").retry_after(Duration::from_millis(1))
+            ));
+        }
+        let i = c.fetch_add(1, Ordering::Relaxed);
+        if i == 0 {
+            f.lock().unwrap().get_or_insert_with(Instant::now);
+        }
+        if i + 1 == n {
+            *l.lock().unwrap() = Some(Instant::now());
+            d.cancel();
+        }
+        std::future::ready(Ok::<_, HandlerError>(()))
+    }));
+    let source = if ordered {
+        kafka.source(&[topic], CONCURRENCY).expect("source")
+    } else {
+        kafka.plain_source(&[topic], CONCURRENCY).expect("source")
+    };
+    let source = Timed::new(source, latencies);
     // Spawned on a worker thread, like the raw baseline's loop.
     let summary = tokio::spawn(
         Runner::new(source, stack)
@@ -402,15 +450,19 @@ enum Kind {
     SourceOnly,
     Stack,
     StackExactlyOnce,
+    Ordered,
+    OrderedFailing,
 }
 
 impl Kind {
-    const ALL: [Kind; 5] = [
+    const ALL: [Kind; 7] = [
         Kind::Naive,
         Kind::Fair,
         Kind::SourceOnly,
         Kind::Stack,
         Kind::StackExactlyOnce,
+        Kind::Ordered,
+        Kind::OrderedFailing,
     ];
 
     fn name(self) -> &'static str {
@@ -420,12 +472,14 @@ impl Kind {
             Kind::SourceOnly => "source only",
             Kind::Stack => "stack",
             Kind::StackExactlyOnce => "stack EOS",
+            Kind::Ordered => "EOS ordered",
+            Kind::OrderedFailing => "EOS ord. 5%",
         }
     }
 }
 
 /// Whether `BENCH_SIDES` (a comma-separated list of `naive`, `fair`,
-/// `source`, `stack`, `eos`; default all) selects `kind`.
+/// `source`, `stack`, `eos`, `ordered`, `ordered5`; default all) selects `kind`.
 fn selected(kind: Kind) -> bool {
     let Ok(sides) = std::env::var("BENCH_SIDES") else {
         return true;
@@ -436,6 +490,8 @@ fn selected(kind: Kind) -> bool {
         Kind::SourceOnly => "source",
         Kind::Stack => "stack",
         Kind::StackExactlyOnce => "eos",
+        Kind::Ordered => "ordered",
+        Kind::OrderedFailing => "ordered5",
     };
     sides.split(',').any(|s| s.trim() == short)
 }
@@ -499,10 +555,22 @@ fn main() {
                         pass(kind.name(), n, |l| source_only(&kafka, &topic, n, l)).await
                     }
                     Kind::Stack => {
-                        pass(kind.name(), n, |l| stack(&kafka, &topic, n, l, false)).await
+                        let mode = Mode::AtLeastOnce;
+                        pass(kind.name(), n, |l| stack(&kafka, &topic, n, l, mode)).await
                     }
                     Kind::StackExactlyOnce => {
-                        pass(kind.name(), n, |l| stack(&kafka, &topic, n, l, true)).await
+                        let mode = Mode::ExactlyOnce;
+                        pass(kind.name(), n, |l| stack(&kafka, &topic, n, l, mode)).await
+                    }
+                    Kind::Ordered => {
+                        let mode = Mode::Ordered { fail_every: None };
+                        pass(kind.name(), n, |l| stack(&kafka, &topic, n, l, mode)).await
+                    }
+                    Kind::OrderedFailing => {
+                        let mode = Mode::Ordered {
+                            fail_every: Some(20),
+                        };
+                        pass(kind.name(), n, |l| stack(&kafka, &topic, n, l, mode)).await
                     }
                 };
                 runs.entry(kind.name()).or_default().push(run);
@@ -553,6 +621,16 @@ fn main() {
             "Kafka: fair raw rdkafka vs backstop stack in exactly-once mode",
             Some(fair.side),
             medians["stack EOS"].side,
+        );
+        latency::bench_row(
+            "Kafka: stack in exactly-once mode vs the same with ordered retries (nothing failing)",
+            Some(medians["stack EOS"].side),
+            medians["EOS ordered"].side,
+        );
+        latency::bench_row(
+            "Kafka: ordered retries, nothing failing vs 5 % failing into a 1 s tier (to the last success)",
+            Some(medians["EOS ordered"].side),
+            medians["EOS ord. 5%"].side,
         );
         latency::bench_row(
             "Kafka: fair raw rdkafka vs KafkaSource alone (no stack)",

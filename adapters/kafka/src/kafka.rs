@@ -205,6 +205,20 @@ impl Kafka {
     /// Retries that keep per-key order (needs [`exactly_once`](Self::exactly_once)):
     /// see [`KafkaConfig::ordered_retries`]. [`ensure_topics`](Self::ensure_topics)
     /// then also creates each topic's parked topic.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), backstop_kafka::Error> {
+    /// use backstop_kafka::Kafka;
+    ///
+    /// let kafka = Kafka::new("127.0.0.1:9092", "billing")
+    ///     .exactly_once("worker-1")
+    ///     .ordered_retries();
+    /// kafka.ensure_topics(["orders"]).await?; // and orders.billing.parked
+    /// let source = kafka.source(&["orders"], 32)?;
+    /// # drop(source);
+    /// # Ok(())
+    /// # }
+    /// ```
     #[must_use]
     pub fn ordered_retries(self) -> Self {
         self.configure(|c| c.ordered_retries = true)
