@@ -285,3 +285,78 @@ async fn a_parked_topic_with_fewer_partitions_than_its_topic_stops_the_worker_at
         "{text}"
     );
 }
+
+/// Every transaction that holds the poison message's letter aborts while
+/// the DLQ is missing: each abort rewinds the partition (K@0's deferral and
+/// the copies of K@1 and K@2 are undone) and loads its parked keys again,
+/// so K@0 runs again and again and K@1 and K@2 never run. Once the DLQ
+/// exists, the next transaction commits and K runs in order through its
+/// retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborted_transactions_reload_the_parked_keys_and_keep_the_order() {
+    let group = unique("orda");
+    let kafka = ordered(&group, "w1");
+    let topic = topic(&kafka, "orda", 1).await;
+    let dlq = kafka.dlq_topic(&topic);
+    let admin = kafka.topics().unwrap();
+    admin.delete(&[&dlq]).await.unwrap();
+    let keyed = |key: &str, seq: u64| {
+        Message::new(format!(r#"{{"key":"{key}","seq":{seq}}}"#))
+            .with_message_id(format!("{topic}-{key}-{seq}"))
+            .with_key(key.to_owned())
+    };
+    let poison = Message::new("not json").with_message_id(format!("{topic}-poison"));
+    let sent = [
+        keyed("K", 0),
+        poison,
+        keyed("K", 1),
+        keyed("J", 0),
+        keyed("K", 2),
+    ];
+    publish_in_order(&kafka.publisher().unwrap(), &topic, &sent).await;
+    let ledger: Ledger = shared();
+    fn fails(key: &str, seq: u64, attempt: u32) -> Option<HandlerError> {
+        if key == "K" && seq == 0 && attempt == 1 {
+            later(Duration::from_secs(1))
+        } else {
+            None
+        }
+    }
+    let worker = run(
+        kafka.source(&[&topic], 8).unwrap().skip_destination_check(),
+        stack(&kafka, &ledger, 5, fails),
+        8,
+    );
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let before = ledger.lock().unwrap().clone();
+    admin
+        .create(&[backstop_kafka::TopicSpec::new(dlq.clone())])
+        .await
+        .unwrap();
+    let done = eventually(Duration::from_secs(40), || {
+        runs_of(&ledger, "K", true).len() == 3
+    })
+    .await;
+    let letters = read_topic(&kafka, &dlq, 1, Duration::from_secs(20)).await;
+    let summary = worker.stop().await;
+    let k_before: Vec<u64> = before
+        .iter()
+        .filter(|r| r.key == "K")
+        .map(|r| r.seq)
+        .collect();
+    assert!(
+        k_before.len() >= 2 && k_before.iter().all(|s| *s == 0),
+        "K@0 ran again after each abort, nothing of K behind it: {before:?}"
+    );
+    assert!(done, "{:?} {summary}", ledger.lock().unwrap());
+    let k_runs = runs_of(&ledger, "K", false);
+    let k0_runs = k_runs.iter().take_while(|s| **s == 0).count();
+    assert_eq!(
+        k_runs[k0_runs..],
+        [1, 2],
+        "then K@1 and K@2 once each: {k_runs:?}"
+    );
+    assert_eq!(runs_of(&ledger, "K", true), [0, 1, 2]);
+    assert!(runs_of(&ledger, "J", true).iter().all(|s| *s == 0));
+    assert_eq!(letters.len(), 1, "the poison letter once: {letters:?}");
+}
