@@ -6,7 +6,10 @@
 //! committing, `read_committed`: it follows the dispatcher's lanes, each
 //! from the beginning of its parked partition (the compacted log is the
 //! state), again from the beginning when the lane's generation changes (a
-//! rebalance, an aborted transaction).
+//! rebalance, an aborted transaction). A lane is never paused: the `ended`
+//! record that releases its waiting copies comes after them. What bounds
+//! it is the main partitions' pause (the copies count against the
+//! consumer's totals, so no new copies are made while it is over them).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -28,8 +31,6 @@ pub(crate) struct ParkedReader {
     consumer: BaseConsumer,
     /// The lanes read now, by partition.
     following: HashMap<Tp, Lane>,
-    /// Lanes paused because they hold as many copies as a partition may.
-    paused: std::collections::HashSet<Tp>,
     group: String,
     last_error_log: Option<Instant>,
 }
@@ -52,7 +53,6 @@ impl ParkedReader {
         Ok(ParkedReader {
             consumer,
             following: HashMap::new(),
-            paused: std::collections::HashSet::new(),
             group: config.group.clone(),
             last_error_log: None,
         })
@@ -103,7 +103,6 @@ impl ParkedReader {
         match self.consumer.incremental_assign(&list) {
             Ok(()) => {
                 for lane in assign {
-                    self.paused.remove(&lane.tp);
                     self.following.insert(lane.tp.clone(), lane);
                 }
             }
@@ -113,32 +112,10 @@ impl ParkedReader {
         }
     }
 
-    /// Pauses lanes that hold as many copies as a partition may, and
-    /// resumes them once they are back to half.
-    fn bound(&mut self, lanes: &[Lane]) {
-        self.paused.retain(|tp| self.following.contains_key(tp));
-        for lane in lanes {
-            if !self.following.contains_key(&lane.tp) {
-                continue;
-            }
-            let paused = self.paused.contains(&lane.tp);
-            let mut list = TopicPartitionList::new();
-            list.add_partition(&lane.tp.0, lane.tp.1);
-            if lane.full && !paused {
-                if self.consumer.pause(&list).is_ok() {
-                    self.paused.insert(lane.tp.clone());
-                }
-            } else if paused && lane.drained && self.consumer.resume(&list).is_ok() {
-                self.paused.remove(&lane.tp);
-            }
-        }
-    }
-
     /// Follows the dispatcher's lanes and hands it what arrived on them.
     pub(crate) fn read(&mut self, dispatcher: &Dispatcher) {
         let lanes = dispatcher.lanes();
         self.sync(&lanes);
-        self.bound(&lanes);
         if self.following.is_empty() {
             return;
         }

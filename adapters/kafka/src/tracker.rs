@@ -64,6 +64,9 @@ pub(crate) struct PartitionTracker {
     /// Keys whose messages wait even when first in line (a parked lane's
     /// keys whose head is in a retry tier; see [`parking`](crate::parking)).
     gated: HashSet<Bytes>,
+    /// A lane's: a finished message is forgotten at once (a lane has no
+    /// watermark; see [`parking`](crate::parking)).
+    forget_done: bool,
     last_received: Option<i64>,
     /// The first offset received under this assignment.
     first_received: Option<i64>,
@@ -85,6 +88,7 @@ impl PartitionTracker {
             entries: BTreeMap::new(),
             keys: HashMap::default(),
             gated: HashSet::new(),
+            forget_done: false,
             last_received: None,
             first_received: None,
             watermark: None,
@@ -93,6 +97,15 @@ impl PartitionTracker {
             not_due: 0,
             bytes: 0,
             paused: false,
+        }
+    }
+
+    /// A tracker for a lane (a parked partition read back): no watermark,
+    /// finished messages forgotten at once, per-key order kept.
+    pub(crate) fn lane(generation: u64) -> Self {
+        PartitionTracker {
+            forget_done: true,
+            ..PartitionTracker::new(generation, false)
         }
     }
 
@@ -237,6 +250,10 @@ impl PartitionTracker {
         let key = entry.key.clone();
         if let Some(key) = key {
             self.release_next_of_key(&key, offset, released);
+        }
+        if self.forget_done {
+            self.entries.remove(&offset);
+            return true;
         }
         while let Some(first) = self.entries.first_entry() {
             if first.get().status != Status::Done {

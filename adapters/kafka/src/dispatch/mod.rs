@@ -143,7 +143,10 @@ impl State {
         self.next_generation += 1;
         let slot = Slot {
             tp: tp.clone(),
-            tracker: PartitionTracker::new(self.next_generation, delayed),
+            tracker: match lane_of {
+                Some(_) => PartitionTracker::lane(self.next_generation),
+                None => PartitionTracker::new(self.next_generation, delayed),
+            },
             revoked: CancellationToken::new(),
             rewound_at: 0,
             parking: None,

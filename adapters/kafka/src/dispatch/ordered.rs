@@ -63,11 +63,6 @@ pub(crate) struct Lane {
     /// The main topic whose copies it holds.
     pub(crate) main: Arc<str>,
     pub(crate) generation: u64,
-    /// Its copies reached the partition's limit (`max_pending_per_partition`
-    /// or its bytes): the reader pauses it (never while it loads).
-    pub(crate) full: bool,
-    /// Back to half the limit: the reader resumes it.
-    pub(crate) drained: bool,
 }
 
 /// What ordered retries hold now, for the gauges.
@@ -336,6 +331,11 @@ impl State {
         let Some(parking) = slot.parking.as_deref_mut() else {
             return;
         };
+        // A live head stays (a message of its key that ran while it was
+        // parked, too large to copy, does not replace it).
+        if parking.keys.get(&key).is_some_and(|p| p.head.is_some()) {
+            return;
+        }
         let record = parking.parked.head(&key, ticket.offset);
         if pending.append(&ticket.tp, ticket.generation, ticket.offset, [record]) {
             parking.keys.entry(key).or_default().head = Some(ticket.offset);
@@ -386,23 +386,43 @@ impl State {
 
     /// The lanes' partitions and generations, for the parked-topic reader.
     fn lanes(&self) -> Vec<Lane> {
-        let (max_pending, max_bytes) = (self.max_pending, self.max_bytes);
         self.slots
             .iter()
             .flatten()
             .filter_map(|s| {
                 let main = self.slots.get(s.lane_of?)?.as_ref()?;
-                let loading = main.parking.as_ref().is_some_and(|p| p.loading.is_some());
-                let (n, bytes) = (s.tracker.len(), s.tracker.bytes());
                 Some(Lane {
                     tp: s.tp.clone(),
                     main: main.tp.0.clone(),
                     generation: s.tracker.generation(),
-                    full: !loading && (n >= max_pending || bytes >= max_bytes),
-                    drained: n <= max_pending / 2 && bytes <= max_bytes / 2,
                 })
             })
             .collect()
+    }
+
+    /// Offsets that fence a transaction of parked-topic records only: each
+    /// ordered main partition's committed offset (or, before any commit,
+    /// the one it was read from), else a lane's read position (committing
+    /// it for the group is harmless: nothing consumes the parked topic as
+    /// the group).
+    fn fence(&self) -> Vec<(Tp, i64)> {
+        let mut fence = Vec::new();
+        for slot in self.slots.iter().flatten() {
+            if slot.parking.is_some()
+                && let Some(offset) = slot.tracker.rewind_to()
+            {
+                fence.push((slot.tp.clone(), offset));
+            }
+        }
+        if fence.is_empty() {
+            for slot in self.slots.iter().flatten() {
+                if slot.lane_of.is_some() {
+                    let read = slot.tracker.last_received().map_or(0, |o| o + 1);
+                    fence.push((slot.tp.clone(), read));
+                }
+            }
+        }
+        fence
     }
 
     /// What ordered retries hold now.
@@ -611,6 +631,12 @@ impl Dispatcher {
     /// The lanes the parked-topic reader follows now.
     pub(crate) fn lanes(&self) -> Vec<Lane> {
         self.lock().lanes()
+    }
+
+    /// Offsets to send with a transaction that moves none (see
+    /// [`State::fence`]).
+    pub(crate) fn fence(&self) -> Vec<(Tp, i64)> {
+        self.lock().fence()
     }
 
     /// What ordered retries hold now (for the gauges).
@@ -995,5 +1021,42 @@ mod tests {
         let records = written(&pending, &d.take_to_commit());
         assert_eq!(names(&records), ["ended k@40"], "only k's head ended");
         assert_eq!(records[0].0, Some(0));
+    }
+
+    #[test]
+    fn a_transaction_of_parked_records_only_is_fenced_by_the_partitions_offsets() {
+        let (d, _pending, lane) = loaded();
+        assert_eq!(
+            d.fence(),
+            vec![(lane.tp.clone(), 0)],
+            "nothing read on the main partition: the lane's (no copy read yet)"
+        );
+        d.receive(tp(), msg(7, "k"), None, false);
+        assert_eq!(
+            d.fence(),
+            vec![(tp(), 7)],
+            "where the main partition was read from"
+        );
+        taken(&d);
+        let commit = d.take_to_commit();
+        d.mark_committed(&commit.offsets);
+        assert_eq!(d.fence(), vec![(tp(), 8)], "its committed offset");
+    }
+
+    #[test]
+    fn a_finished_lane_copy_is_forgotten_at_once_behind_a_waiting_one() {
+        let (d, pending, lane) = loaded();
+        d.receive(tp(), msg(0, "k"), None, false);
+        park_k(&d, &pending);
+        d.lane_read(
+            &lane,
+            vec![
+                (5, decode(parked().follower(&msg(1, "k"), b"k", 1))),
+                (6, decode(parked().follower(&msg(2, "j"), b"j", 2))),
+            ],
+        );
+        let j = next(&d, &lane.tp, 6);
+        d.settle(&j.ticket, true).unwrap();
+        assert_eq!(d.pending().0, 1, "only k's waiting copy is held");
     }
 }

@@ -27,6 +27,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const STUCK_GRACE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(10));
 /// A transaction that takes this long to finish is logged.
 const SLOW_COMMIT: Duration = Duration::from_secs(5);
+/// The longest a partition count is looked up for (inside a transaction).
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Aborts in a row from which each is logged as an error.
 const ABORTS_BEFORE_ERROR: u32 = 3;
 
@@ -204,21 +206,30 @@ impl Transactor {
         dispatcher: &Dispatcher,
     ) -> Result<Committed, SourceError> {
         self.last = Instant::now();
-        let ToCommit { offsets, lanes } = dispatcher.take_to_commit();
-        if offsets.is_empty() && lanes.is_empty() && !self.pending.has_loose() {
-            return Ok(Committed::Nothing);
-        }
         // Not a member (yet, or any more): nothing may be committed, and
         // what waits stays for the next try (or a revoke drops it).
         let Some(metadata) = consumer.group_metadata() else {
             return Ok(Committed::Nothing);
         };
+        let ToCommit { offsets, lanes } = dispatcher.take_to_commit();
+        if offsets.is_empty() && lanes.is_empty() && !self.pending.has_loose() {
+            return Ok(Committed::Nothing);
+        }
         // The lanes' deliveries are no offsets of the group (their state
         // is the parked topic itself): their records go as they are done.
         let covered = self.pending.take_covered(&offsets, &lanes);
         let records = covered.records.len();
         let started = Instant::now();
-        let outcome = self.run(&metadata, &offsets, &covered.records);
+        // A transaction of parked-topic records only moves no offset; it
+        // still sends the owned partitions' committed ones, so a member the
+        // group fenced (its partitions moved on) cannot commit it.
+        let fence = if offsets.is_empty() {
+            dispatcher.fence()
+        } else {
+            Vec::new()
+        };
+        let sent = if offsets.is_empty() { &fence } else { &offsets };
+        let outcome = self.run(&metadata, sent, &covered.records);
         let took = started.elapsed();
         if took >= SLOW_COMMIT {
             tracing::warn!(
@@ -286,8 +297,7 @@ impl Transactor {
                 other => Failed::Abort(other),
             })?;
         }
-        // A transaction of loose records only (the parked topic's load
-        // markers) moves no offset.
+        // Nothing to send: a transaction of no partition (nothing owned).
         if !offsets.is_empty() {
             self.retrying(Call::SendOffsets, || {
                 #[cfg(test)]
@@ -352,7 +362,7 @@ impl Transactor {
         let count = self
             .producer
             .client()
-            .fetch_metadata(Some(topic), self.settings.call_timeout)
+            .fetch_metadata(Some(topic), self.settings.call_timeout.min(LOOKUP_TIMEOUT))
             .ok()
             .and_then(|m| {
                 m.topics()
@@ -360,14 +370,11 @@ impl Transactor {
                     .find(|t| t.name() == topic && t.error().is_none())
                     .map(|t| i32::try_from(t.partitions().len()).unwrap_or(i32::MAX))
             });
-        match count {
-            Some(count) => {
-                known.insert(topic.to_owned(), (count, Instant::now()));
-                partition < count
-            }
-            // Not known now: sent, and the broker decides.
-            None => true,
-        }
+        // Not known now (the cluster away): sent, and the broker decides;
+        // not looked up again for a minute.
+        let count = count.unwrap_or(i32::MAX);
+        known.insert(topic.to_owned(), (count, Instant::now()));
+        partition < count
     }
 
     /// Queues one record of the open transaction, waiting for room in the
