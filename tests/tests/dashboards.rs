@@ -453,6 +453,7 @@ async fn kafka(config: &Path, until_seen: &BTreeSet<String>) -> Scraped {
     if let Ok(topics) = kafka.topics() {
         let mut names = kafka.retry_topics(&topic);
         names.push(kafka.dlq_topic(&topic));
+        names.push(backstop_kafka::parked_topic(&topic, &kafka.config().group));
         names.push(topic.clone());
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let _ = topics.delete(&names).await;
