@@ -384,7 +384,19 @@ fn batch_claim(
         // Another item of this batch took the key just now.
         return Ok(Some(Claim::Busy { remaining: lease }));
     }
-    lost_claim("claim_many", row, 10, replay)
+    Ok(lost_claim("claim_many", row, 10, replay)?.map(|c| at_most(c, lease)))
+}
+
+/// A busy answer never says more than the lease asked for: the holder's
+/// expiry is its statement's `now()` plus the lease, and a statement that
+/// started a moment earlier reads it a moment longer away.
+fn at_most(claim: Claim, lease: Duration) -> Claim {
+    match claim {
+        Claim::Busy { remaining } => Claim::Busy {
+            remaining: remaining.min(lease),
+        },
+        other => other,
+    }
 }
 
 #[async_trait::async_trait]
@@ -406,6 +418,7 @@ impl Store for PostgresStore {
         replay: u32,
     ) -> Result<Claim, StoreError> {
         let mut conn = self.conn().await?;
+        let asked = lease;
         let (lease, ttl, replay_int) = (millis(lease), millis(self.ttl), int(replay));
         let owner = column::text(owner);
         for _ in 0..CLAIM_TRIES {
@@ -421,7 +434,7 @@ impl Store for PostgresStore {
                 return Ok(won_claim("claim", row)?);
             }
             if let Some(claim) = self.inspect(&mut conn, key, replay).await? {
-                return Ok(claim);
+                return Ok(at_most(claim, asked));
             }
         }
         // The row kept changing under us: someone else is working on the key.
@@ -575,5 +588,26 @@ impl Store for PostgresStore {
     async fn complete_many(&self, held: &[Held<'_>]) -> Vec<Result<bool, StoreError>> {
         self.owned_many("complete_many", &self.sql.finish_many, held, &"completed")
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_answer_says_at_most_the_lease() {
+        let lease = Duration::from_secs(60);
+        let read = Claim::Busy {
+            remaining: Duration::from_millis(60_001),
+        };
+        assert!(matches!(at_most(read, lease), Claim::Busy { remaining } if remaining == lease));
+        let short = Claim::Busy {
+            remaining: Duration::from_secs(3),
+        };
+        assert!(
+            matches!(at_most(short, lease), Claim::Busy { remaining } if remaining == Duration::from_secs(3))
+        );
+        assert!(matches!(at_most(Claim::Completed, lease), Claim::Completed));
     }
 }
