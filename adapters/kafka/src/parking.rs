@@ -240,7 +240,7 @@ pub(crate) struct Loading {
 /// The loaded state of a parked partition.
 #[derive(Debug, Default)]
 pub(crate) struct Loaded {
-    pub(crate) keys: HashMap<Bytes, KeyPark>,
+    pub(crate) keys: HashMap<Bytes, KeyPark, foldhash::fast::RandomState>,
     /// Parked copies still to run, in parked-partition order.
     pub(crate) followers: Vec<Follower>,
     /// Heads that ended: their `h:` record is deleted.

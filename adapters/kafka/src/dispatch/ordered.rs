@@ -86,7 +86,7 @@ pub(crate) struct Parking {
     parked: ParkedPartition,
     /// The consumer group (the metrics' label).
     group: Arc<str>,
-    keys: HashMap<Bytes, KeyPark>,
+    keys: HashMap<Bytes, KeyPark, foldhash::fast::RandomState>,
     /// Until its own marker is read back: nothing keyed is handed out.
     loading: Option<Loading>,
     /// Per lane offset, the copy's key and main offset.
@@ -132,7 +132,7 @@ impl State {
             lane_generation,
             parked,
             group,
-            keys: HashMap::new(),
+            keys: HashMap::default(),
             loading: None,
             copies: HashMap::new(),
         };
@@ -187,9 +187,25 @@ impl State {
     /// of its key is routed the same way) or is loading (it waits).
     /// Returns true when something was queued.
     pub(super) fn route(&mut self, slot: usize, generation: u64, offset: i64) -> bool {
-        let mut work = std::collections::VecDeque::from([offset]);
+        let ordered = self
+            .slots
+            .get(slot)
+            .and_then(Option::as_ref)
+            .is_some_and(|s| s.parking.is_some());
+        if !ordered {
+            // The per-message path when nothing parks: queued as it is.
+            self.ready.push_back(Queued {
+                slot,
+                generation,
+                offset,
+            });
+            return true;
+        }
+        // A parked message releases its key's next one, routed in turn.
+        let mut work = Vec::new();
+        let mut next = Some(offset);
         let mut queued = false;
-        while let Some(offset) = work.pop_front() {
+        while let Some(offset) = next.take().or_else(|| work.pop()) {
             let State {
                 slots,
                 ready,
@@ -256,7 +272,8 @@ impl State {
                 crate::telemetry::parked(&parking.group, "follower");
             }
             freed.extend(done);
-            work.extend(released);
+            // At most one (the next of this key): order kept.
+            work.extend(released.into_iter().rev());
         }
         queued
     }

@@ -80,18 +80,11 @@ struct State {
     next_seq: u64,
 }
 
-impl State {
-    /// Numbers `records` in the order they are added.
-    fn numbered(&mut self, records: impl IntoIterator<Item = Record>) -> Vec<Record> {
-        records
-            .into_iter()
-            .map(|mut r| {
-                self.next_seq += 1;
-                r.seq = self.next_seq;
-                r
-            })
-            .collect()
-    }
+/// `record`, numbered as the next one added.
+fn numbered(next_seq: &mut u64, mut record: Record) -> Record {
+    *next_seq += 1;
+    record.seq = *next_seq;
+    record
 }
 
 /// The records and marks of a source's deliveries, waiting for the
@@ -174,21 +167,39 @@ impl Pending {
         offset: i64,
         records: impl IntoIterator<Item = Record>,
     ) -> bool {
+        self.add(tp, generation, offset, records, None)
+    }
+
+    /// [`append`](Self::append), with idempotency marks too (refused marks
+    /// are dropped, which releases their leases).
+    fn add(
+        &self,
+        tp: &Tp,
+        generation: u64,
+        offset: i64,
+        records: impl IntoIterator<Item = Record>,
+        marks: Option<HeldMarks>,
+    ) -> bool {
         let mut st = self.lock();
         if st.live.get(tp) != Some(&generation) {
             return false;
         }
-        let records = st.numbered(records);
-        st.produced
+        let State {
+            produced, next_seq, ..
+        } = &mut *st;
+        let produced = produced
             .entry(tp.clone())
             .or_default()
             .entry(offset)
             .or_insert_with(|| Produced {
                 generation,
                 ..Produced::default()
-            })
+            });
+        debug_assert_eq!(produced.generation, generation);
+        produced
             .records
-            .extend(records);
+            .extend(records.into_iter().map(|r| numbered(next_seq, r)));
+        produced.marks.extend(marks);
         true
     }
 
@@ -215,9 +226,14 @@ impl Pending {
         records: impl IntoIterator<Item = Record>,
     ) {
         let mut st = self.lock();
-        let records = st.numbered(records);
-        st.loose
-            .extend(records.into_iter().map(|r| (tp.clone(), generation, r)));
+        let State {
+            loose, next_seq, ..
+        } = &mut *st;
+        loose.extend(
+            records
+                .into_iter()
+                .map(|r| (tp.clone(), generation, numbered(next_seq, r))),
+        );
     }
 
     /// True when records of no delivery wait for a transaction.
@@ -274,31 +290,6 @@ impl Pending {
     pub(crate) fn waiting(&self) -> usize {
         self.lock().produced.values().map(BTreeMap::len).sum()
     }
-
-    /// Adds `records` and `marks` to the entry of the delivery at `slot`,
-    /// if its partition is still owned under the slot's generation (false,
-    /// and nothing added, if not; refused marks are dropped, which
-    /// releases their leases).
-    fn add(&self, slot: &DeliverySlot, records: Vec<Record>, marks: Option<HeldMarks>) -> bool {
-        let mut st = self.lock();
-        if st.live.get(&slot.tp) != Some(&slot.generation) {
-            return false;
-        }
-        let records = st.numbered(records);
-        let produced = st
-            .produced
-            .entry(slot.tp.clone())
-            .or_default()
-            .entry(slot.offset)
-            .or_insert_with(|| Produced {
-                generation: slot.generation,
-                ..Produced::default()
-            });
-        debug_assert_eq!(produced.generation, slot.generation);
-        produced.records.extend(records);
-        produced.marks.extend(marks);
-        true
-    }
 }
 
 /// What a record counts for against the producer's `message.max.bytes`,
@@ -347,8 +338,11 @@ impl Transaction for DeliverySlot {
             self.admits(destination, message)?;
         }
         let destination = records.first().map(|(d, _)| d.clone()).unwrap_or_default();
-        let records = records.into_iter().map(|(d, m)| Record::to(d, m)).collect();
-        if self.pending.add(self, records, None) {
+        let records = records.into_iter().map(|(d, m)| Record::to(d, m));
+        if self
+            .pending
+            .append(&self.tp, self.generation, self.offset, records)
+        {
             return Ok(());
         }
         Err(SinkError::Publish {
@@ -366,7 +360,8 @@ impl Transaction for DeliverySlot {
     fn hold(&self, marks: HeldMarks) {
         // Refused (a revoked or rewound partition): dropped, which
         // releases the leases.
-        self.pending.add(self, Vec::new(), Some(marks));
+        self.pending
+            .add(&self.tp, self.generation, self.offset, [], Some(marks));
     }
 }
 
