@@ -200,6 +200,17 @@ fn parked_companion(
     spec
 }
 
+/// How many partitions `topic` has in `metadata`; `None` when it is not
+/// there (or has none).
+pub(crate) fn partition_count(metadata: &rdkafka::metadata::Metadata, topic: &str) -> Option<i32> {
+    metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| i32::try_from(t.partitions().len()).unwrap_or(i32::MAX))
+        .filter(|n| *n > 0)
+}
+
 /// A retry tier's retention: 4 × its delay, at least [`MIN_RETRY_RETENTION`].
 fn retry_retention(tier: &RetryTier) -> Duration {
     tier.delay().saturating_mul(4).max(MIN_RETRY_RETENTION)
@@ -481,12 +492,7 @@ impl Topics {
                 .inner()
                 .fetch_metadata(Some(&name), ADMIN_TIMEOUT)
                 .map_err(Error::kafka(format!("reading the metadata of {name}")))?;
-            Ok(metadata
-                .topics()
-                .iter()
-                .find(|t| t.name() == name && t.error().is_none())
-                .map(|t| i32::try_from(t.partitions().len()).unwrap_or(i32::MAX))
-                .filter(|n| *n > 0))
+            Ok(partition_count(&metadata, &name))
         })
         .await
     }

@@ -364,12 +364,7 @@ impl Transactor {
             .client()
             .fetch_metadata(Some(topic), self.settings.call_timeout.min(LOOKUP_TIMEOUT))
             .ok()
-            .and_then(|m| {
-                m.topics()
-                    .iter()
-                    .find(|t| t.name() == topic && t.error().is_none())
-                    .map(|t| i32::try_from(t.partitions().len()).unwrap_or(i32::MAX))
-            });
+            .and_then(|m| crate::topics::partition_count(&m, topic));
         // Not known now (the cluster away): sent, and the broker decides;
         // not looked up again for a minute.
         let count = count.unwrap_or(i32::MAX);
