@@ -46,6 +46,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ack;
+mod at_once;
 pub mod attempt;
 pub mod batch;
 pub mod breaker;

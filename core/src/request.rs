@@ -116,6 +116,28 @@ impl<T> Request<T> {
         self.payload
     }
 
+    /// The request, moved out for a service that takes it by value (a
+    /// user's tower layer inside the stack's pipeline, which owns the
+    /// request and lends it to each step). What stays behind is hollow —
+    /// the same message, attempt and token, but no payload, key or
+    /// extensions — and is not to be read as the request again.
+    pub(crate) fn take(&mut self) -> Self {
+        let hollow = Request {
+            message: Arc::clone(&self.message),
+            payload: Err(DecodeError::Invalid {
+                type_name: std::any::type_name::<T>(),
+                reason: "the request was handed to a service".to_owned(),
+            }),
+            payload_key: None,
+            attempt: self.attempt,
+            confirmed_attempt: self.confirmed_attempt,
+            cancel: self.cancel.clone(),
+            deadline: self.deadline,
+            extensions: Extensions::default(),
+        };
+        std::mem::replace(self, hollow)
+    }
+
     /// The key the payload type extracted, if any.
     pub fn payload_key(&self) -> Option<&str> {
         self.payload_key.as_deref()

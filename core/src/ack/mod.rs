@@ -195,7 +195,16 @@ pub(crate) fn start(
 impl Running {
     /// Awaits the run (the future `run` makes, here, so it is stored once)
     /// and settles the delivery by its result.
-    pub(crate) async fn finish<Fut>(self, run: impl FnOnce() -> Fut) -> Result<Settled, AckError>
+    ///
+    /// Not an `async fn`: the future it returns holds this delivery's
+    /// parts once (an `async fn` keeps its arguments beside its locals),
+    /// and the rare endings (postponing, a nack after its delay, the
+    /// unacked-time budget's grace) are boxed where they start, so the
+    /// message's future is no bigger for them.
+    pub(crate) fn finish<Fut>(
+        self,
+        run: impl FnOnce() -> Fut,
+    ) -> impl std::future::Future<Output = Result<Settled, AckError>>
     where
         Fut: std::future::Future<Output = Result<Outcome, Error>>,
     {
@@ -208,59 +217,83 @@ impl Running {
             shutdown,
             nack_delay,
         } = self;
-        let fenced = async {
-            match &fence {
-                Some(fence) => fence.cancelled().await,
-                None => std::future::pending().await,
-            }
-        };
-        let timed_out = async {
-            match deadline {
-                Some(deadline) => tokio::time::sleep_until(deadline).await,
-                None => std::future::pending().await,
-            }
-        };
-        let mut future = std::pin::pin!(run());
-        let mut out_of_time = false;
-        let result = tokio::select! {
-            biased;
-            result = &mut future => result,
-            () = fenced => {
-                cancel.iter().for_each(CancellationToken::cancel);
-                future.await
-            }
-            () = timed_out => {
-                tracing::warn!("a delivery reached its unacked-time budget; postponing it through the broker");
-                out_of_time = true;
-                cancel.iter().for_each(CancellationToken::cancel);
-                // A run that ignores its token (or waits on a store that
-                // is down) is dropped after the grace: dropping releases
-                // its idempotency lease without counting an attempt.
-                match tokio::time::timeout(nack_delay, &mut future).await {
-                    Ok(result) => result,
-                    Err(_) => Err(Error::Shutdown),
+        async move {
+            let fenced = async {
+                match &fence {
+                    Some(fence) => fence.cancelled().await,
+                    None => std::future::pending().await,
                 }
-            }
-        };
-        match result {
-            Ok(outcome) => {
-                acker.ack().await?;
-                lifecycle::acked(postponer.message(), &outcome);
-                Ok(Settled::Acked(outcome))
-            }
-            Err(error) if out_of_time || (postponer.has_sink() && error.postpones()) => {
-                postponer.settle(acker, error).await
-            }
-            Err(error) => {
-                if !shutdown.is_cancelled() {
-                    tokio::time::sleep(crate::retry::equal_jitter(nack_delay)).await;
+            };
+            let timed_out = async {
+                match deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
                 }
-                acker.nack(true).await?;
-                lifecycle::nacked(postponer.message(), &error);
-                Ok(Settled::Nacked(error))
+            };
+            let mut future = std::pin::pin!(run());
+            let mut out_of_time = false;
+            let result = tokio::select! {
+                biased;
+                result = &mut future => result,
+                () = fenced => {
+                    cancel.iter().for_each(CancellationToken::cancel);
+                    future.await
+                }
+                () = timed_out => {
+                    tracing::warn!("a delivery reached its unacked-time budget; postponing it through the broker");
+                    out_of_time = true;
+                    cancel.iter().for_each(CancellationToken::cancel);
+                    // A run that ignores its token (or waits on a store that
+                    // is down) is dropped after the grace: dropping releases
+                    // its idempotency lease without counting an attempt.
+                    match Box::pin(tokio::time::timeout(nack_delay, &mut future)).await {
+                        Ok(result) => result,
+                        Err(_) => Err(Error::Shutdown),
+                    }
+                }
+            };
+            match result {
+                Ok(outcome) => {
+                    acker.ack().await?;
+                    lifecycle::acked(postponer.message(), &outcome);
+                    Ok(Settled::Acked(outcome))
+                }
+                Err(error) => {
+                    Box::pin(unsettled(
+                        acker,
+                        postponer,
+                        error,
+                        out_of_time,
+                        &shutdown,
+                        nack_delay,
+                    ))
+                    .await
+                }
             }
         }
     }
+}
+
+/// Settles a delivery whose run ended in `error`: postponed through the
+/// broker (when out of time, or when the error postpones and there is a
+/// sink), else nacked (requeued) after about `nack_delay`.
+async fn unsettled(
+    acker: AckHandle,
+    postponer: Postponer,
+    error: Error,
+    out_of_time: bool,
+    shutdown: &CancellationToken,
+    nack_delay: Duration,
+) -> Result<Settled, AckError> {
+    if out_of_time || (postponer.has_sink() && error.postpones()) {
+        return postponer.settle(acker, error).await;
+    }
+    if !shutdown.is_cancelled() {
+        tokio::time::sleep(crate::retry::equal_jitter(nack_delay)).await;
+    }
+    acker.nack(true).await?;
+    lifecycle::nacked(postponer.message(), &error);
+    Ok(Settled::Nacked(error))
 }
 
 #[cfg(test)]

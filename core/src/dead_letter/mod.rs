@@ -54,6 +54,7 @@ use futures::future::BoxFuture;
 use tower::Service;
 
 use self::pending::PendingLetters;
+use crate::at_once::{self, AtOnce};
 use crate::expiry::{OnExpiry, TimeToLive};
 use crate::transaction::InTransaction;
 use crate::{Error, Failure, Message, Outcome, Request, copy};
@@ -193,15 +194,21 @@ impl Writer {
 
     /// Writes the letter of a run that failed for good; passes any other
     /// result through.
-    pub(crate) async fn after(
-        &self,
-        message: &Message,
-        transaction: Option<&InTransaction>,
+    ///
+    /// Any other result passes through without a future of its own; the
+    /// write's future is boxed, so the caller's future is no bigger for
+    /// the rare path.
+    pub(crate) fn after<'s>(
+        &'s self,
+        message: &'s Message,
+        transaction: Option<&'s InTransaction>,
         result: Result<Outcome, Error>,
-    ) -> Result<Outcome, Error> {
+    ) -> AtOnce<'s, Result<Outcome, Error>> {
         match result {
-            Err(Error::Failed(failure)) => self.write(message, transaction, failure).await,
-            other => other,
+            Err(Error::Failed(failure)) => {
+                at_once::later(self.write(message, transaction, failure))
+            }
+            other => at_once::now(other),
         }
     }
 

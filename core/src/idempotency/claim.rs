@@ -136,6 +136,52 @@ pub(super) async fn claim(
     })
 }
 
+/// [`claim`] when it needs no second call and the store answers at once
+/// ([`Store::claim_now`](super::Store::claim_now)): no legacy key is read.
+/// `None` when nothing was called.
+pub(super) fn claim_now(
+    store: &Timed<'_>,
+    keys: &Keys,
+    owner: &str,
+    lease: Duration,
+    replay: u32,
+) -> Option<Result<Claimed, Result<Outcome, Error>>> {
+    if keys.legacy.is_some() {
+        return None;
+    }
+    let first = match store.claim_now(&keys.key, owner, lease, replay)? {
+        Ok(first) => first,
+        Err(error) => return Some(Err(Err(Error::Store(error)))),
+    };
+    Some(
+        acquired(first, &keys.key).map(|(fence, failed_runs, crashed, letter)| Claimed {
+            fence,
+            legacy: None,
+            failed_runs,
+            crashed,
+            letter,
+        }),
+    )
+}
+
+/// [`settle`] when the store answers at once: a handled or discarded
+/// result whose completion the store writes without a round trip
+/// ([`Store::complete_now`](super::Store::complete_now)). `None` when
+/// nothing was called.
+pub(super) fn settle_now(
+    store: &Timed<'_>,
+    key: &Key,
+    fence: Fence,
+    result: &Result<Outcome, Error>,
+) -> Option<Result<(), crate::StoreError>> {
+    match result {
+        Ok(Outcome::Handled | Outcome::Discarded { .. }) => {
+            Some(store.complete_now(key, fence)?.map(lost(key, fence)))
+        }
+        _ => None,
+    }
+}
+
 /// Records the inner result for the lease `fence` on `key`. Fails only
 /// when a completion could not be written (the message must not be acked
 /// then); any other failure is logged, and the lease expires by itself.

@@ -55,6 +55,17 @@ impl OpKeys {
         });
     }
 
+    /// Records one call answered at once (`call` is `None` when the store
+    /// has no answer at once: nothing was called, nothing is recorded).
+    fn now<T>(
+        &self,
+        call: impl FnOnce() -> Option<Result<T, StoreError>>,
+    ) -> Option<Result<T, StoreError>> {
+        let start = Instant::now();
+        let result = call()?;
+        Some(self.result(start, result))
+    }
+
     /// Records one single-key call and hands its result on.
     fn result<T>(&self, start: Instant, result: Result<T, StoreError>) -> Result<T, StoreError> {
         self.record(start, u64::from(result.is_err()));
@@ -180,6 +191,20 @@ impl<'a> Timed<'a> {
         self.ops.claim.result(start, result)
     }
 
+    /// [`claim`](Self::claim) when the store answers at once
+    /// ([`Store::claim_now`]), else `None` (nothing was called).
+    pub(crate) fn claim_now(
+        &self,
+        key: &StoreKey,
+        owner: &str,
+        lease: Duration,
+        replay: u32,
+    ) -> Option<Result<Claim, StoreError>> {
+        self.ops
+            .claim
+            .now(|| self.store.claim_now(key, owner, lease, replay))
+    }
+
     pub(crate) async fn complete(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
         let start = Instant::now();
         let result = match self.store.complete_now(key, fence) {
@@ -187,6 +212,18 @@ impl<'a> Timed<'a> {
             None => self.store.complete(key, fence).await,
         };
         self.ops.complete.result(start, result)
+    }
+
+    /// [`complete`](Self::complete) when the store answers at once
+    /// ([`Store::complete_now`]), else `None` (nothing was called).
+    pub(crate) fn complete_now(
+        &self,
+        key: &StoreKey,
+        fence: Fence,
+    ) -> Option<Result<bool, StoreError>> {
+        self.ops
+            .complete
+            .now(|| self.store.complete_now(key, fence))
     }
 
     pub(crate) async fn dead_letter(
@@ -225,10 +262,6 @@ impl<'a> Timed<'a> {
         let start = Instant::now();
         let result = self.store.layout().await;
         self.ops.layout.result(start, result)
-    }
-
-    pub(crate) fn storage_key(&self, key: &StoreKey) -> StoreKey {
-        self.store.storage_key(key)
     }
 }
 
@@ -287,9 +320,9 @@ impl<S: Store + ?Sized> Store for Measured<S> {
         lease: Duration,
         replay: u32,
     ) -> Option<Result<Claim, StoreError>> {
-        let start = Instant::now();
-        let result = self.inner.claim_now(key, owner, lease, replay)?;
-        Some(self.ops.claim.result(start, result))
+        self.ops
+            .claim
+            .now(|| self.inner.claim_now(key, owner, lease, replay))
     }
 
     async fn renew(
@@ -312,9 +345,9 @@ impl<S: Store + ?Sized> Store for Measured<S> {
     }
 
     fn complete_now(&self, key: &StoreKey, fence: Fence) -> Option<Result<bool, StoreError>> {
-        let start = Instant::now();
-        let result = self.inner.complete_now(key, fence)?;
-        Some(self.ops.complete.result(start, result))
+        self.ops
+            .complete
+            .now(|| self.inner.complete_now(key, fence))
     }
 
     async fn dead_letter(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {

@@ -108,6 +108,7 @@ use tower::Service;
 use self::claim::{Keys, claim, settle};
 use self::guard::LeaseGuard;
 use self::renew::Renewer;
+use crate::at_once::{self, AtOnce};
 use crate::dead_letter::PendingLetter;
 use crate::{Error, Outcome, Request};
 
@@ -299,8 +300,9 @@ where
 impl Deduper {
     /// Runs `inner` on `request` at most once per key: claims the key's
     /// lease (acking a duplicate without running), runs, then records the
-    /// outcome; see the [module docs](self).
-    pub(crate) async fn run<T, Fut>(
+    /// outcome; see the [module docs](self). [`claim`](Self::claim) and
+    /// [`settle`](Self::settle), in that order around the run.
+    pub(crate) async fn run<T: Send + Sync, Fut>(
         &self,
         mut request: Request<T>,
         inner: impl FnOnce(Request<T>) -> Fut,
@@ -308,34 +310,87 @@ impl Deduper {
     where
         Fut: std::future::Future<Output = Result<Outcome, Error>>,
     {
-        let (config, renewer) = (&self.config, &self.renewer);
-        let store = Timed::new(&*self.store, &self.ops);
+        match self.claim(&mut request).await {
+            Admission::Ended(end) => end,
+            Admission::Unkeyed => inner(request).await,
+            Admission::Leased(held) => {
+                let result = inner(request).await;
+                self.settle(held, result).await
+            }
+        }
+    }
+
+    /// Claims the lease of `request`'s key before its run: what the run
+    /// holds, or the message's end (a duplicate, a busy key, a store that
+    /// is down).
+    ///
+    /// A store that answers at once ([`Store::claim_now`]) is claimed here,
+    /// without a future; a remote store's claim, a suspect's wait for the
+    /// gate and the first claim's layout lookup are boxed. Either way the
+    /// claim's own state (the owner's name, the keys, the store's call)
+    /// ends with it, so a caller's future does not keep it through the run.
+    pub(crate) fn claim<'a, T: Send + Sync>(
+        &'a self,
+        request: &'a mut Request<T>,
+    ) -> AtOnce<'a, Admission> {
+        let config = &self.config;
         // A message without a key runs without the store (even while it is down).
-        let Some(raw) = config.key.raw_of(&request) else {
-            return inner(request).await;
+        let Some(raw) = config.key.raw_of(request) else {
+            return at_once::now(Admission::Unkeyed);
         };
-        // `<worker>/<n>`, written on the stack (a worker name of up to 59
-        // bytes fits; a longer one spills to the heap).
-        let mut owner = smallvec::SmallVec::<[u8; 80]>::new();
-        owner.extend_from_slice(config.worker.as_bytes());
-        owner.push(b'/');
-        owner.extend_from_slice(
-            itoa::Buffer::new()
-                .format(NEXT_OWNER.fetch_add(1, Ordering::Relaxed))
-                .as_bytes(),
+        let (false, Some(layout), Ok(shared)) = (
+            self.store.remote(),
+            self.layout.get(),
+            Arc::clone(&self.gate).try_read_owned(),
+        ) else {
+            return at_once::later(self.claim_later(request));
+        };
+        let store = Timed::new(&*self.store, &self.ops);
+        let keys = Keys::of(
+            *layout,
+            raw,
+            &request.message().meta,
+            config.service.as_deref(),
         );
-        // Text and digits: always valid UTF-8 (checked, not assumed; the
-        // check is a short ASCII scan).
-        let owner = match std::str::from_utf8(&owner) {
-            Ok(text) => std::borrow::Cow::Borrowed(text),
-            Err(_) => String::from_utf8_lossy(&owner),
-        };
         let replay = request.message().replayed();
-        let layout = *self
-            .layout
-            .get_or_try_init(|| store.layout())
-            .await
-            .map_err(Error::Store)?;
+        let claimed = tokio::time::Instant::now();
+        let (claim, owner) = Owner::with_next(&config.worker, |owner| {
+            let claim = claim::claim_now(&store, &keys, owner, config.lease, replay);
+            // A suspect claims again under the same name, after a wait.
+            let suspect = matches!(&claim, Some(Ok(lease)) if lease.crashed);
+            (claim, suspect.then(|| Owner(owner.to_owned())))
+        });
+        match (claim, owner) {
+            // The store has no answer at once: nothing was called.
+            (None, _) => at_once::later(self.claim_later(request)),
+            (Some(Err(end)), _) => at_once::now(Admission::Ended(claim_ended(request, end))),
+            (Some(Ok(lease)), Some(owner)) => {
+                drop(shared);
+                at_once::later(self.suspect(request, keys, owner, replay, lease))
+            }
+            (Some(Ok(lease)), None) => at_once::now(Admission::Leased(self.leased(
+                request,
+                &keys,
+                lease,
+                claimed,
+                Gated::Shared(shared),
+            ))),
+        }
+    }
+
+    /// [`claim`](Self::claim) through the store's future.
+    async fn claim_later<T>(&self, request: &mut Request<T>) -> Admission {
+        let config = &self.config;
+        let store = Timed::new(&*self.store, &self.ops);
+        let Some(raw) = config.key.raw_of(request) else {
+            return Admission::Unkeyed;
+        };
+        let owner = Owner::next(&config.worker);
+        let replay = request.message().replayed();
+        let layout = match self.layout.get_or_try_init(|| store.layout()).await {
+            Ok(layout) => *layout,
+            Err(error) => return Admission::Ended(Err(Error::Store(error))),
+        };
         let keys = Keys::of(
             layout,
             raw,
@@ -344,31 +399,58 @@ impl Deduper {
         );
         // Taken before the claim, so a run waiting behind a suspect holds no lease.
         let shared = Arc::clone(&self.gate).read_owned().await;
-        let mut claimed = tokio::time::Instant::now();
-        let mut lease = match claim(&store, &keys, &owner, config.lease, replay).await {
+        let claimed = tokio::time::Instant::now();
+        let lease = match claim(&store, &keys, owner.name(), config.lease, replay).await {
             Ok(lease) => lease,
-            Err(end) => return claim_ended(&request, end),
+            Err(end) => return Admission::Ended(claim_ended(request, end)),
         };
-        let (_shared, _alone) = if lease.crashed {
-            // A suspect runs alone. It waits for that without a lease:
-            // if the run ahead of it kills the process, this one's count
-            // must not grow. The takeover's count stays recorded.
-            tracing::warn!(key = %keys.key, failed_runs = lease.failed_runs, "the previous run of this message ended without a result; running it alone");
+        if lease.crashed {
             drop(shared);
-            lease.release(&store, &keys).await?;
-            let alone = Arc::clone(&self.gate).write_owned().await;
-            claimed = tokio::time::Instant::now();
-            lease = match claim(&store, &keys, &owner, config.lease, replay).await {
-                Ok(lease) => lease,
-                Err(end) => return claim_ended(&request, end),
-            };
-            request.extensions.insert(Suspect {
-                failed_runs: lease.failed_runs,
-            });
-            (None, Some(alone))
-        } else {
-            (Some(shared), None)
+            return self.suspect(request, keys, owner, replay, lease).await;
+        }
+        Admission::Leased(self.leased(request, &keys, lease, claimed, Gated::Shared(shared)))
+    }
+
+    /// A suspect runs alone. It waits for that without a lease: if the run
+    /// ahead of it kills the process, this one's count must not grow. The
+    /// takeover's count (`lease`) stays recorded.
+    async fn suspect<T>(
+        &self,
+        request: &mut Request<T>,
+        keys: Keys,
+        owner: Owner,
+        replay: u32,
+        lease: claim::Claimed,
+    ) -> Admission {
+        let store = Timed::new(&*self.store, &self.ops);
+        tracing::warn!(key = %keys.key, failed_runs = lease.failed_runs, "the previous run of this message ended without a result; running it alone");
+        if let Err(error) = lease.release(&store, &keys).await {
+            return Admission::Ended(Err(error));
+        }
+        let alone = Arc::clone(&self.gate).write_owned().await;
+        let claimed = tokio::time::Instant::now();
+        let lease = match claim(&store, &keys, owner.name(), self.config.lease, replay).await {
+            Ok(lease) => lease,
+            Err(end) => return Admission::Ended(claim_ended(request, end)),
         };
+        request.extensions.insert(Suspect {
+            failed_runs: lease.failed_runs,
+        });
+        Admission::Leased(self.leased(request, &keys, lease, claimed, Gated::Alone(alone)))
+    }
+
+    /// What a run holds under `lease` (claimed at `claimed`), with
+    /// `request` set up for it: the store's count of failed runs, a
+    /// pending letter, the lease's cancellation and [`LeaseToken`].
+    fn leased<T>(
+        &self,
+        request: &mut Request<T>,
+        keys: &Keys,
+        mut lease: claim::Claimed,
+        claimed: tokio::time::Instant,
+        gate: Gated,
+    ) -> Leased {
+        let config = &self.config;
         request.confirm_failed_runs(lease.failed_runs);
         crate::lifecycle::claimed(&request.message().meta, request.attempt());
         if let Some(failure) = lease.letter.take() {
@@ -379,17 +461,17 @@ impl Deduper {
         let lost = request.cancellation().child_token();
         request.set_cancellation(lost.clone());
         request.extensions.insert(LeaseToken {
-            key: store.storage_key(&keys.key),
+            key: self.store.storage_key(&keys.key),
             fence: lease.fence,
             failed_runs: lease.failed_runs,
         });
         // The key's lease, and the legacy key's while a migration reads both.
         let guards: smallvec::SmallVec<[LeaseGuard; 2]> = lease
-            .held(&keys)
+            .held(keys)
             .map(|(key, fence)| {
                 LeaseGuard::hold(
                     Arc::clone(&self.measured),
-                    Arc::clone(renewer),
+                    Arc::clone(&self.renewer),
                     config.lease,
                     key,
                     fence,
@@ -404,34 +486,157 @@ impl Deduper {
             .extensions
             .get::<crate::transaction::InTransaction>()
             .cloned();
-        let result = inner(request).await;
+        Leased {
+            guards,
+            transaction,
+            _gate: gate,
+        }
+    }
+
+    /// Records the result of the run that `held` was claimed for: its
+    /// outcome written under the lease (or, in a source's transaction,
+    /// held for its commit). A handled message whose completion cannot be
+    /// written is not acked: it is redelivered.
+    ///
+    /// A completion the store writes at once ([`Store::complete_now`]) is
+    /// written here, without a future; any other write is boxed.
+    pub(crate) fn settle(
+        &self,
+        held: Leased,
+        result: Result<Outcome, Error>,
+    ) -> AtOnce<'_, Result<Outcome, Error>> {
+        let Leased {
+            guards,
+            transaction,
+            _gate,
+        } = held;
         if let Some(transaction) = transaction
             && let Some(waiting) = HeldMarks::waiting(&result)
         {
             transaction
                 .0
                 .hold(HeldMarks::new(&self.measured, guards, waiting));
-            return result;
+            return at_once::now(result);
         }
         guards.iter().for_each(LeaseGuard::settling);
-        let mut unwritten = None;
-        for guard in guards {
-            match settle(&store, guard.key(), guard.fence(), &result).await {
-                Ok(()) => guard.finish(),
-                Err(error) => {
-                    guard.complete_later();
-                    unwritten = unwritten.or(Some(error));
+        if let [guard] = guards.as_slice() {
+            let store = Timed::new(&*self.store, &self.ops);
+            if let Some(written) = claim::settle_now(&store, guard.key(), guard.fence(), &result) {
+                let mut unwritten = None;
+                for guard in guards {
+                    match &written {
+                        Ok(()) => guard.finish(),
+                        Err(_) => guard.complete_later(),
+                    }
+                }
+                if let Err(error) = written {
+                    unwritten = Some(error);
+                }
+                return at_once::now(completed(result, unwritten));
+            }
+        }
+        at_once::later(async move {
+            let store = Timed::new(&*self.store, &self.ops);
+            let mut unwritten = None;
+            for guard in guards {
+                match settle(&store, guard.key(), guard.fence(), &result).await {
+                    Ok(()) => guard.finish(),
+                    Err(error) => {
+                        guard.complete_later();
+                        unwritten = unwritten.or(Some(error));
+                    }
                 }
             }
-        }
-        match (result, unwritten) {
-            // Not acked unless its completion is written: it is redelivered.
-            (Ok(Outcome::Handled | Outcome::Discarded { .. }), Some(error)) => {
-                Err(Error::Store(error))
-            }
-            (result, _) => result,
-        }
+            drop(_gate);
+            completed(result, unwritten)
+        })
     }
+}
+
+/// A message's end once its outcome's write was tried: not acked unless
+/// its completion is written (it is redelivered).
+fn completed(
+    result: Result<Outcome, Error>,
+    unwritten: Option<crate::StoreError>,
+) -> Result<Outcome, Error> {
+    match (result, unwritten) {
+        (Ok(Outcome::Handled | Outcome::Discarded { .. }), Some(error)) => Err(Error::Store(error)),
+        (result, _) => result,
+    }
+}
+
+/// A claim's owner name, `<worker>/<n>`.
+struct Owner(String);
+
+thread_local! {
+    /// The buffer a claim answered at once writes its owner's name into:
+    /// no allocation, and no check of text built from text.
+    static OWNER: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+impl Owner {
+    /// The next owner name of `worker`, in its own allocation (a claim that
+    /// waits keeps it across its awaits).
+    fn next(worker: &str) -> Self {
+        Owner::with_next(worker, |name| Owner(name.to_owned()))
+    }
+
+    /// Calls `f` with the next owner name of `worker`, written into this
+    /// thread's buffer (a re-entrant call gets a buffer of its own).
+    fn with_next<R>(worker: &str, f: impl FnOnce(&str) -> R) -> R {
+        let mut digits = itoa::Buffer::new();
+        let n = digits.format(NEXT_OWNER.fetch_add(1, Ordering::Relaxed));
+        let write = |name: &mut String| {
+            name.clear();
+            name.push_str(worker);
+            name.push('/');
+            name.push_str(n);
+        };
+        OWNER.with(|buffer| match buffer.try_borrow_mut() {
+            Ok(mut name) => {
+                write(&mut name);
+                f(&name)
+            }
+            Err(_) => {
+                let mut name = String::new();
+                write(&mut name);
+                f(&name)
+            }
+        })
+    }
+
+    /// The name.
+    fn name(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A run's hold on the suspects' gate: shared, or the gate alone (a
+/// suspect). Held for its drop, which releases the gate.
+#[expect(dead_code, reason = "held for its drop, never read")]
+enum Gated {
+    Shared(tokio::sync::OwnedRwLockReadGuard<()>),
+    Alone(tokio::sync::OwnedRwLockWriteGuard<()>),
+}
+
+/// What [`Deduper::claim`] decided for a message.
+pub(crate) enum Admission {
+    /// The message has no key: it runs without the store.
+    Unkeyed,
+    /// Its key's lease is held: run it, then [`Deduper::settle`].
+    Leased(Leased),
+    /// Its end, without running (a duplicate, a busy key, a store that is
+    /// down).
+    Ended(Result<Outcome, Error>),
+}
+
+/// What a claimed run holds until it is settled: its leases (renewed
+/// meanwhile), its share of the suspects' gate (or the gate alone), and
+/// the source's transaction it runs in, if any.
+pub(crate) struct Leased {
+    guards: smallvec::SmallVec<[LeaseGuard; 2]>,
+    transaction: Option<crate::transaction::InTransaction>,
+    _gate: Gated,
 }
 
 /// The end of a message's way through the layer that its claim decided

@@ -269,7 +269,13 @@ impl<K: Deref<Target = MessageKeys>> Observation<K> {
     /// Runs `run` inside the span, counting it in flight, then records
     /// its outcome and duration. (`run` makes the future here, so it is
     /// stored once, inside this one.)
-    pub(crate) async fn observe<Fut>(self, run: impl FnOnce() -> Fut) -> Result<Outcome, Error>
+    ///
+    /// Not an `async fn`: the future it returns is the instrumented block
+    /// itself, with no wrapper holding `run` a second time.
+    pub(crate) fn observe<Fut>(
+        self,
+        run: impl FnOnce() -> Fut,
+    ) -> tracing::instrument::Instrumented<impl std::future::Future<Output = Result<Outcome, Error>>>
     where
         Fut: std::future::Future<Output = Result<Outcome, Error>>,
     {
@@ -299,7 +305,6 @@ impl<K: Deref<Target = MessageKeys>> Observation<K> {
             result
         }
         .instrument(span)
-        .await
     }
 }
 

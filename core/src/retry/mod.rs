@@ -26,6 +26,7 @@ use std::time::SystemTime;
 use futures::future::BoxFuture;
 use tower::{Service, ServiceExt};
 
+use crate::at_once::{self, AtOnce};
 use crate::transaction::InTransaction;
 use crate::{Error, Failure, HandlerError, Outcome, Request, attempt, copy, error, wire};
 
@@ -182,29 +183,34 @@ impl<'a> Retrying<'a> {
     /// Takes the result of the attempt that just ran on `request`: `None`
     /// when another attempt is to run now (after the policy's wait, with
     /// `request` set up for it), else the message's end.
-    pub(crate) async fn after<T>(
-        &mut self,
-        request: &mut Request<T>,
+    ///
+    /// A success ends the message at once, without a future of its own; a
+    /// failure's future (its wait, or its copy written to the retry sink) is
+    /// boxed, so the caller's future is no bigger for the rare path.
+    pub(crate) fn after<'s, T: Send + Sync>(
+        &'s mut self,
+        request: &'s mut Request<T>,
         result: Result<(), HandlerError>,
-    ) -> Option<Result<Outcome, Error>> {
-        let end = self.wait(request, result).await;
-        if end.is_none() {
-            self.attempt += 1;
-            self.begin(request);
+    ) -> AtOnce<'s, Option<Result<Outcome, Error>>> {
+        match result {
+            Ok(()) => at_once::now(Some(Ok(Outcome::Handled))),
+            Err(error) => at_once::later(async move {
+                let end = self.wait(request, error).await;
+                if end.is_none() {
+                    self.attempt += 1;
+                    self.begin(request);
+                }
+                end
+            }),
         }
-        end
     }
 
     async fn wait<T>(
         &mut self,
         request: &Request<T>,
-        result: Result<(), HandlerError>,
+        error: HandlerError,
     ) -> Option<Result<Outcome, Error>> {
         let (policy, attempt) = (self.policy, self.attempt);
-        let error = match result {
-            Ok(()) => return Some(Ok(Outcome::Handled)),
-            Err(error) => error,
-        };
         crate::lifecycle::attempt_failed(&request.message().meta, attempt, &error);
         let error = match error {
             HandlerError::Unavailable { source } => return Some(Err(Error::Unavailable(source))),

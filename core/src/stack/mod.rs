@@ -16,13 +16,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service};
 
 mod pipeline;
+mod recycled;
 
 use self::pipeline::{Attempt, Pipeline};
+pub use self::recycled::StackFuture;
+use self::recycled::{Boxed, Recycler};
 use crate::dead_letter::{DeadLetterSink, Writer};
 use crate::handler::HandlerService;
 use crate::idempotency::{self, Deduper, KeySource, Store};
@@ -50,22 +52,19 @@ type WrapMessage<T> = Arc<dyn Fn(MessageService<T>) -> MessageService<T> + Send 
 #[derive(Clone)]
 pub struct Stack {
     inner: Arc<dyn Process>,
+    recycler: Arc<Recycler>,
 }
 
 /// A built pipeline, its payload and handler types erased.
 trait Process: Send + Sync + 'static {
-    fn process(
-        self: Arc<Self>,
-        delivery: Delivery,
-    ) -> BoxFuture<'static, Result<Settled, AckError>>;
+    /// The future of `delivery`, written into `recycled` (a finished
+    /// future's box) when given.
+    fn process(self: Arc<Self>, delivery: Delivery, recycled: Option<Boxed>) -> Boxed;
 }
 
 impl<T: Payload, H: Handle<T>> Process for Pipeline<T, H> {
-    fn process(
-        self: Arc<Self>,
-        delivery: Delivery,
-    ) -> BoxFuture<'static, Result<Settled, AckError>> {
-        Box::pin(async move { self.run(delivery).await })
+    fn process(self: Arc<Self>, delivery: Delivery, recycled: Option<Boxed>) -> Boxed {
+        recycled::place(recycled, self.run(delivery))
     }
 }
 
@@ -78,7 +77,7 @@ impl std::fmt::Debug for Stack {
 impl Service<Delivery> for Stack {
     type Response = Settled;
     type Error = AckError;
-    type Future = BoxFuture<'static, Result<Settled, AckError>>;
+    type Future = StackFuture;
 
     /// Always ready: a user's innermost wrapper is made ready per attempt.
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), AckError>> {
@@ -86,7 +85,8 @@ impl Service<Delivery> for Stack {
     }
 
     fn call(&mut self, delivery: Delivery) -> Self::Future {
-        Arc::clone(&self.inner).process(delivery)
+        let boxed = Arc::clone(&self.inner).process(delivery, self.recycler.take());
+        StackFuture::new(boxed, Arc::clone(&self.recycler))
     }
 }
 
@@ -427,7 +427,10 @@ impl<T: Payload> StackBuilder<T> {
             }),
             None => Arc::new(pipeline(None)),
         };
-        Stack { inner }
+        Stack {
+            inner,
+            recycler: Arc::default(),
+        }
     }
 }
 
@@ -493,6 +496,7 @@ impl<T: Payload> StackBuilder<T> {
             .service(deduped);
         Stack {
             inner: Arc::new(Layered(settled)),
+            recycler: Arc::default(),
         }
     }
 }
@@ -507,11 +511,11 @@ where
     S: Service<Delivery, Response = Settled, Error = AckError> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
 {
-    fn process(
-        self: Arc<Self>,
-        delivery: Delivery,
-    ) -> BoxFuture<'static, Result<Settled, AckError>> {
-        Box::pin(tower::ServiceExt::oneshot(self.0.clone(), delivery))
+    fn process(self: Arc<Self>, delivery: Delivery, recycled: Option<Boxed>) -> Boxed {
+        recycled::place(
+            recycled,
+            tower::ServiceExt::oneshot(self.0.clone(), delivery),
+        )
     }
 }
 

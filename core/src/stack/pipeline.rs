@@ -6,14 +6,16 @@
 //! layer's logic.
 
 use std::sync::Arc;
+
 use std::time::Duration;
 
+use futures::future::Either;
 use tower::{Service, ServiceExt};
 
 use super::{AttemptService, MessageService};
 use crate::ack::{self, Start};
 use crate::dead_letter::Writer;
-use crate::idempotency::Deduper;
+use crate::idempotency::{Admission, Deduper};
 use crate::metrics::{MessageKeys, Observation};
 use crate::retry::{self, RetryPolicy, RetrySink};
 use crate::transaction::InTransaction;
@@ -51,53 +53,73 @@ pub(super) enum Attempt<T, H> {
 impl<T: Payload, H: Handle<T>> Pipeline<T, H> {
     /// Ack ⟶ decode ⟶ metrics/trace ⟶ idempotency ⟶ dead-letter ⟶ retry
     /// ⟶ timeout ⟶ catch-panic ⟶ handler, for one delivery.
-    pub(super) async fn run(&self, delivery: Delivery) -> Result<Settled, AckError> {
+    ///
+    /// The delivery is taken apart and decoded here; the future holds the
+    /// request once and lends it to each step (`&mut`): a step's future
+    /// holds a reference, not a copy, so the message's future stays small.
+    /// Rare paths (postponing, a letter's write, a retry's wait) are boxed
+    /// where they start.
+    pub(super) fn run(
+        self: Arc<Self>,
+        delivery: Delivery,
+    ) -> impl Future<Output = Result<Settled, AckError>> + Send + 'static {
         match ack::start(delivery, self.postpone.as_ref(), self.nack_delay) {
-            Start::Postpone(postponing) => postponing.settle().await,
+            Start::Postpone(postponing) => Either::Left(Box::pin(postponing.settle())),
             Start::Run(received, running) => {
-                let request = decode::request::<T>(received, self.max_payload);
-                running.finish(|| self.observed(request)).await
+                let mut request = decode::request::<T>(received, self.max_payload);
+                Either::Right(async move { running.finish(|| self.observed(&mut request)).await })
             }
         }
     }
 
-    async fn observed(&self, request: Request<T>) -> Result<Outcome, Error> {
-        Observation::start(&request, &self.keys)
-            .observe(|| self.deduplicated(request))
-            .await
+    fn observed<'a>(
+        &'a self,
+        request: &'a mut Request<T>,
+    ) -> impl Future<Output = Result<Outcome, Error>> + 'a {
+        Observation::start(request, &self.keys).observe(move || self.deduplicated(request))
     }
 
-    async fn deduplicated(&self, request: Request<T>) -> Result<Outcome, Error> {
-        match &self.deduper {
-            Some(deduper) => deduper.run(request, |r| self.dead_lettered(r)).await,
-            None => self.dead_lettered(request).await,
+    async fn deduplicated(&self, request: &mut Request<T>) -> Result<Outcome, Error> {
+        let held = match &self.deduper {
+            None => None,
+            Some(deduper) => match deduper.claim(request).await {
+                Admission::Ended(end) => return end,
+                Admission::Unkeyed => None,
+                Admission::Leased(held) => Some((deduper, held)),
+            },
+        };
+        let result = self.dead_lettered(request).await;
+        match held {
+            Some((deduper, held)) => deduper.settle(held, result).await,
+            None => result,
         }
     }
 
-    async fn dead_lettered(&self, request: Request<T>) -> Result<Outcome, Error> {
+    async fn dead_lettered(&self, request: &mut Request<T>) -> Result<Outcome, Error> {
         let message = Arc::clone(request.message_arc());
         let transaction = request.extensions.get::<InTransaction>().cloned();
         let transaction = transaction.as_ref();
-        if let Some(failure) = self.letters.pending_for(&request) {
-            return self.letters.write(&message, transaction, failure).await;
+        if let Some(failure) = self.letters.pending_for(request) {
+            // Rare: boxed, so the message's future is no bigger for it.
+            return Box::pin(self.letters.write(&message, transaction, failure)).await;
         }
-        if let Some(failure) = self.letters.expired(&request) {
-            return self.letters.expire(&message, transaction, failure).await;
+        if let Some(failure) = self.letters.expired(request) {
+            return Box::pin(self.letters.expire(&message, transaction, failure)).await;
         }
-        // Through the user's layer around each message, if any.
+        // Through the user's layer around each message, if any (a tower
+        // service: it takes the request; nothing reads it here after).
         let result = match &self.around_message {
-            Some(service) => service.clone().oneshot(request).await,
+            Some(service) => service.clone().oneshot(request.take()).await,
             None => self.retried(request).await,
         };
         self.letters.after(&message, transaction, result).await
     }
 
-    async fn retried(&self, mut request: Request<T>) -> Result<Outcome, Error> {
-        let mut retrying =
-            retry::Retrying::start(&self.policy, self.retry_sink.as_ref(), &mut request)?;
+    async fn retried(&self, request: &mut Request<T>) -> Result<Outcome, Error> {
+        let mut retrying = retry::Retrying::start(&self.policy, self.retry_sink.as_ref(), request)?;
         loop {
-            let result = self.attempt(&request).await;
-            if let Some(end) = retrying.after(&mut request, result).await {
+            let result = self.attempt(request).await;
+            if let Some(end) = retrying.after(request, result).await {
                 return end;
             }
         }
@@ -150,7 +172,10 @@ impl<T: Payload, H: Handle<T>> Service<Request<T>> for Rest<T, H> {
         let pipeline = self.0.upgrade();
         Box::pin(async move {
             match pipeline {
-                Some(pipeline) => pipeline.retried(request).await,
+                Some(pipeline) => {
+                    let mut request = request;
+                    pipeline.retried(&mut request).await
+                }
                 // The stack was dropped while a message was in its layer.
                 None => Err(Error::Shutdown),
             }

@@ -1,0 +1,158 @@
+//! The allocation of a message's future, recycled for a later message of
+//! the same [`Stack`](super::Stack).
+//!
+//! A message's future is one concrete type per stack, about 2 KB: bigger
+//! than the allocator's per-thread caches hold, so allocating and freeing
+//! one per message costs more than the rest of its bookkeeping (a large
+//! allocation makes glibc consolidate its small free chunks first). A
+//! finished future keeps nothing (its body dropped what it held when it
+//! returned), so its box is kept in a bounded pool and the next message's
+//! future is written into it ([`ReusableBoxFuture`]). A future dropped
+//! before it finishes (an abandoned delivery) or one that panicked is
+//! dropped with its box, never pooled.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use tokio_util::sync::ReusableBoxFuture;
+
+use crate::{AckError, Settled};
+
+/// A message's boxed future, as the pool keeps it.
+pub(super) type Boxed = ReusableBoxFuture<'static, Result<Settled, AckError>>;
+
+/// `future` boxed: written into `recycled` when given (and its layout
+/// matches, as it does for every message of one stack), else in a new box.
+pub(super) fn place<F>(recycled: Option<Boxed>, future: F) -> Boxed
+where
+    F: Future<Output = Result<Settled, AckError>> + Send + 'static,
+{
+    match recycled {
+        Some(mut boxed) => {
+            boxed.set(future);
+            boxed
+        }
+        None => Boxed::new(future),
+    }
+}
+
+/// How many finished boxes a stack keeps (about 2 KB each): more than a
+/// runner keeps in flight at its usual concurrency.
+const KEPT: usize = 256;
+
+/// The finished boxes of one stack and its clones.
+#[derive(Default)]
+pub(super) struct Recycler {
+    free: Mutex<Vec<Boxed>>,
+}
+
+impl Recycler {
+    /// A finished box, if one is kept.
+    pub(super) fn take(&self) -> Option<Boxed> {
+        self.free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+    }
+
+    /// Keeps `boxed` (whose future finished) for a later message, while
+    /// fewer than [`KEPT`] are kept.
+    fn give_back(&self, boxed: Boxed) {
+        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        if free.len() < KEPT {
+            free.push(boxed);
+        }
+    }
+}
+
+/// The future of one delivery through a [`Stack`](super::Stack): it
+/// settles the delivery and says how.
+///
+/// Its allocation is recycled for a later delivery once it finishes (see
+/// the module docs); polling it again after that panics, as for any
+/// finished future.
+pub struct StackFuture {
+    boxed: Option<Boxed>,
+    recycler: Arc<Recycler>,
+}
+
+impl StackFuture {
+    /// The future in `boxed`, given back to `recycler` once it finishes.
+    pub(super) fn new(boxed: Boxed, recycler: Arc<Recycler>) -> Self {
+        StackFuture {
+            boxed: Some(boxed),
+            recycler,
+        }
+    }
+}
+
+impl Future for StackFuture {
+    type Output = Result<Settled, AckError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let Some(boxed) = this.boxed.as_mut() else {
+            panic!("a StackFuture was polled after it finished");
+        };
+        let output = std::task::ready!(boxed.poll(cx));
+        if let Some(boxed) = this.boxed.take() {
+            this.recycler.give_back(boxed);
+        }
+        Poll::Ready(output)
+    }
+}
+
+impl std::fmt::Debug for StackFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StackFuture")
+            .field("finished", &self.boxed.is_none())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Outcome;
+
+    fn settled() -> Result<Settled, AckError> {
+        Ok(Settled::Acked(Outcome::Handled))
+    }
+
+    #[tokio::test]
+    async fn a_finished_box_is_kept_and_an_unfinished_one_is_not() {
+        let recycler = Arc::new(Recycler::default());
+        let finished = StackFuture::new(
+            ReusableBoxFuture::new(async { settled() }),
+            Arc::clone(&recycler),
+        );
+        assert!(matches!(
+            finished.await,
+            Ok(Settled::Acked(Outcome::Handled))
+        ));
+        assert!(recycler.take().is_some(), "the finished box is kept");
+        assert!(recycler.take().is_none(), "and only once");
+
+        let dropped = StackFuture::new(
+            ReusableBoxFuture::new(std::future::pending()),
+            Arc::clone(&recycler),
+        );
+        drop(dropped);
+        assert!(recycler.take().is_none(), "an unfinished box is dropped");
+    }
+
+    #[test]
+    fn at_most_kept_boxes_are_kept() {
+        let recycler = Recycler::default();
+        for _ in 0..KEPT + 10 {
+            recycler.give_back(ReusableBoxFuture::new(async { settled() }));
+        }
+        let mut kept = 0;
+        while recycler.take().is_some() {
+            kept += 1;
+        }
+        assert_eq!(kept, KEPT);
+    }
+}
