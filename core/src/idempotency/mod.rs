@@ -224,6 +224,9 @@ pub(crate) struct Deduper {
     renewer: Arc<Renewer>,
     gate: Gate,
     layout: KnownLayout,
+    /// The store is remote (its calls are round trips, batched): its claims
+    /// are not tried at once.
+    remote: bool,
 }
 
 impl Deduper {
@@ -240,10 +243,9 @@ impl Deduper {
         labels: &crate::metrics::MetricLabels,
     ) -> Self {
         let ops = Arc::new(StoreOps::new(labels));
+        let remote = store.remote();
         let store: Arc<dyn Store> = match config.batch {
-            Some(batch) if store.remote() => {
-                Arc::new(Batched::sharing(store, batch, Arc::clone(&ops)))
-            }
+            Some(batch) if remote => Arc::new(Batched::sharing(store, batch, Arc::clone(&ops))),
             _ => store,
         };
         Deduper {
@@ -254,6 +256,7 @@ impl Deduper {
             renewer: Arc::new(Renewer::new()),
             gate: Gate::default(),
             layout: KnownLayout::default(),
+            remote,
         }
     }
 
@@ -339,7 +342,7 @@ impl Deduper {
             return at_once::now(Admission::Unkeyed);
         };
         let (false, Some(layout), Ok(shared)) = (
-            self.store.remote(),
+            self.remote,
             self.layout.get(),
             Arc::clone(&self.gate).try_read_owned(),
         ) else {
@@ -458,8 +461,9 @@ impl Deduper {
             // the dead-letter layer writes only that letter.
             request.extensions.insert(PendingLetter(failure));
         }
+        // The run's token, cancelled if the lease is lost (each clone of a
+        // token takes its tree's lock: the request gets this one last).
         let lost = request.cancellation().child_token();
-        request.set_cancellation(lost.clone());
         request.extensions.insert(LeaseToken {
             key: self.store.storage_key(&keys.key),
             fence: lease.fence,
@@ -480,6 +484,7 @@ impl Deduper {
                 )
             })
             .collect();
+        request.set_cancellation(lost);
         // In a source's transaction (Kafka exactly-once), the marks wait
         // for its commit: see `crate::transaction`.
         let transaction = request
