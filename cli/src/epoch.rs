@@ -23,6 +23,11 @@ pub fn epoch_topic(topic: &str, group: &str) -> String {
     format!("{topic}.{group}.epoch")
 }
 
+/// True for a name of the shape of [`epoch_topic`].
+pub fn is_epoch_topic(name: &str) -> bool {
+    name.ends_with(".epoch")
+}
+
 /// The current replay epoch of `group` on `topic` (0 when never bumped).
 pub async fn current(brokers: &str, topic: &str, group: &str) -> Result<u64, CliError> {
     let (b, t) = (brokers.to_owned(), epoch_topic(topic, group));

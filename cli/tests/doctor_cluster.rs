@@ -147,10 +147,21 @@ async fn on_a_cluster_kafka_doctor_flags_weak_topics_and_passes_the_helpers_shap
         "{f:#?}"
     );
 
+    // The helper's shapes, with ordered retries' parked topic among them:
+    // a companion topic, not a consumed one that lacks a DLQ.
     let safe = unique("csafe");
-    k.ensure_topics([TopicSpec::new(&safe).partitions(2)])
+    let ordered = Kafka::new(brokers.clone(), "g")
+        .exactly_once("doctor")
+        .ordered_retries();
+    ordered
+        .ensure_topics([TopicSpec::new(&safe).partitions(2)])
         .await
         .unwrap();
+    let parked = backstop_kafka::parked_topic(&safe, "g");
+    assert!(
+        topics.partitions(&parked).await.unwrap().is_some(),
+        "ensure_topics made {parked}"
+    );
     let (status, f) = doctor(&target, &safe);
     assert_eq!(status, 0, "{f:#?}");
     assert!(

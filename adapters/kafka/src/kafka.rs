@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::parking::parked_topic;
-use crate::sinks::{dlq_topic, retry_topic};
+use crate::names::parked_topic;
+use crate::names::{dlq_topic, retry_topic};
 use crate::{
     Error, ExactlyOnce, KafkaConfig, KafkaDeadLetterSink, KafkaPublisher, KafkaRetrySink,
     KafkaSource, RetryTiers, TopicSpec, Topics, TransactionalPublishLayer,

@@ -102,6 +102,7 @@ mod dispatch;
 mod error;
 mod kafka;
 mod link;
+pub mod names;
 mod options;
 mod parked_reader;
 pub mod parking;
@@ -122,14 +123,14 @@ mod verification;
 pub use crate::config::{DEFAULT_BROKERS, KafkaConfig, OffsetReset, brokers_from_env};
 pub use crate::error::Error;
 pub use crate::kafka::Kafka;
+pub use crate::names::{
+    dlq_state_topic, dlq_topic, is_companion_topic, parked_topic, retry_prefix, retry_topic,
+};
 pub use crate::options::{KafkaOption, OptionError, is_secret};
-pub use crate::parking::parked_topic;
 pub use crate::publisher::KafkaPublisher;
 pub use crate::record::{assigned_message_id, to_message};
 pub use crate::retry::{RetryTier, RetryTiers};
-pub use crate::sinks::{
-    KafkaDeadLetterSink, KafkaRetrySink, dlq_state_topic, dlq_topic, retry_topic,
-};
+pub use crate::sinks::{KafkaDeadLetterSink, KafkaRetrySink};
 pub use crate::source::KafkaSource;
 pub use crate::topics::{HEADER_HEADROOM, TopicSpec, Topics};
 pub use crate::transaction::{ExactlyOnce, TransactionalPublishLayer};

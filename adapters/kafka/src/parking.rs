@@ -46,11 +46,6 @@ use bytes::Bytes;
 
 use crate::transaction::Record;
 
-/// The parked topic of `topic` for `group`: `<topic>.<group>.parked`.
-pub fn parked_topic(topic: &str, group: &str) -> String {
-    format!("{topic}.{group}.parked")
-}
-
 const HEAD: &[u8] = b"h:";
 const ENDED: &[u8] = b"e:";
 const FOLLOWER: &[u8] = b"f:";

@@ -13,24 +13,8 @@ use std::time::Duration;
 use backstop::transaction::InTransaction;
 use backstop::{DeadLetterSink, Message, Publisher, RetrySink, SinkError, wire};
 
-use crate::{KafkaPublisher, RetryTier, RetryTiers};
-
-/// The DLQ topic of `topic` for `group`: `<topic>.<group>.dlq`.
-pub fn dlq_topic(topic: &str, group: &str) -> String {
-    format!("{topic}.{group}.dlq")
-}
-
-/// The state topic of a DLQ topic, `<dlq>.state`: a compacted topic where
-/// `backstop dlq` records each letter it replayed or purged (keyed
-/// `<message id>@<replayed>`), since a topic cannot forget a record.
-pub fn dlq_state_topic(dlq: &str) -> String {
-    format!("{dlq}.state")
-}
-
-/// The retry topic of `topic` for `group` and `tier`: `<topic>.<group>.retry.<tier>`.
-pub fn retry_topic(topic: &str, group: &str, tier: &RetryTier) -> String {
-    format!("{topic}.{group}.retry.{tier}")
-}
+use crate::names::{dlq_topic, retry_topic};
+use crate::{KafkaPublisher, RetryTiers};
 
 async fn send(
     publisher: &KafkaPublisher,
@@ -166,6 +150,7 @@ impl RetrySink for KafkaRetrySink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::RetryTier;
 
     #[test]
     fn names_are_per_topic_and_group() {

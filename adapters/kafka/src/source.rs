@@ -136,7 +136,7 @@ impl KafkaSource {
         let tiers: Vec<(String, String)> = retry_topics
             .iter()
             .map(|(retry, source)| {
-                let prefix = format!("{source}.{}.retry.", config.group);
+                let prefix = crate::names::retry_prefix(source, &config.group);
                 let tier = retry.strip_prefix(&prefix).unwrap_or(retry);
                 (retry.clone(), tier.to_owned())
             })

@@ -28,8 +28,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::parking::parked_topic;
-use crate::sinks::{dlq_topic, retry_topic};
+use crate::names::parked_topic;
+use crate::names::{dlq_topic, retry_topic};
 use crate::{Error, KafkaConfig, RetryTier};
 
 /// How long admin requests and metadata waits may take.

@@ -275,7 +275,7 @@ impl KafkaDlq {
 
     /// The group's redrive destination for `source`: the retry topic of its shortest tier.
     async fn retry_destination(&self, source: &str, group: &str) -> Result<String, CliError> {
-        let prefix = format!("{source}.{group}.retry.");
+        let prefix = backstop_kafka::retry_prefix(source, group);
         let b = self.brokers.clone();
         let names = blocking(move || {
             let c = kafka_read::reader(&b)?;

@@ -10,7 +10,8 @@ use backstop::wire;
 use bytes::Bytes;
 
 use super::{Dispatcher, Queued, State, Ticket, Tp};
-use crate::parking::{KeyPark, Loading, Parked, ParkedPartition, parked_topic};
+use crate::names::parked_topic;
+use crate::parking::{KeyPark, Loading, Parked, ParkedPartition};
 use crate::transaction::Record;
 
 /// How long a load waits for its marker before queuing it again (an
@@ -42,7 +43,7 @@ impl Ordered {
             group: group.to_owned(),
             topics: topics.into_iter().collect(),
             retry: retry.into_iter().collect(),
-            retry_infix: format!(".{group}.retry."),
+            retry_infix: crate::names::retry_infix(group),
         }
     }
 
