@@ -45,7 +45,6 @@ use tokio::task::JoinHandle;
 
 use crate::outlet::{Class, Failure, Outlet, PublisherOutlet, attempt};
 use crate::record::{SpooledRecord, Unit};
-use crate::reliable::Reliable;
 use crate::{Spool, SpoolError, metrics};
 
 /// A durable log of messages waiting for the broker, in order: what a
@@ -148,26 +147,6 @@ pub(crate) trait Target: Send + Sync + 'static {
     fn broker_back(&self);
     /// A round found the broker unreachable.
     fn broker_down(&self, reason: &dyn std::fmt::Display);
-}
-
-impl<O: Outlet> Target for Reliable<O> {
-    type Outlet = O;
-
-    fn outlet(&self) -> &O {
-        &self.outlet
-    }
-
-    fn attempt_timeout(&self) -> Duration {
-        self.budget.attempt_timeout
-    }
-
-    fn broker_back(&self) {
-        Reliable::broker_back(self);
-    }
-
-    fn broker_down(&self, reason: &dyn std::fmt::Display) {
-        Reliable::broker_down(self, reason);
-    }
 }
 
 /// A relay's publisher: a confirmed [`Publisher`] with a bound on each send.

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::outlet::{Class, Failure, Outlet, attempt};
 use crate::record::Unit;
-use crate::relay::{Relay, RelayConfig};
+use crate::relay::{Relay, RelayConfig, Target};
 use crate::{Budget, OpenError, Spool, SpoolConfig, SpoolError};
 
 /// What became of a message the publisher accepted.
@@ -226,6 +226,28 @@ impl<O: Outlet> Reliable<O> {
                 Err(SendError::NotSpooled(error))
             }
         }
+    }
+}
+
+/// A relay of the spool drains into the same broker this path publishes
+/// to, and reports the broker's state back to it.
+impl<O: Outlet> Target for Reliable<O> {
+    type Outlet = O;
+
+    fn outlet(&self) -> &O {
+        &self.outlet
+    }
+
+    fn attempt_timeout(&self) -> Duration {
+        self.budget.attempt_timeout
+    }
+
+    fn broker_back(&self) {
+        Reliable::broker_back(self);
+    }
+
+    fn broker_down(&self, reason: &dyn std::fmt::Display) {
+        Reliable::broker_down(self, reason);
     }
 }
 
