@@ -25,6 +25,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use backstop::retry::tier_name;
+
 /// One delay tier: its delay and its name in topic names (`5s`, `30s`, `5m`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RetryTier {
@@ -55,17 +57,6 @@ impl RetryTier {
 impl fmt::Display for RetryTier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.name)
-    }
-}
-
-fn tier_name(delay: Duration) -> String {
-    let ms = delay.as_millis();
-    match ms {
-        0 => "0s".to_owned(),
-        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
-        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
-        ms if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
-        ms => format!("{ms}ms"),
     }
 }
 

@@ -26,6 +26,9 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use backstop::attempt;
+/// A delay's tier name (the last part of its queue's name): one rule for
+/// every broker.
+pub use backstop::retry::tier_name;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
@@ -70,21 +73,6 @@ impl RetryTier {
     /// The delay queue of this tier for `queue`: `<queue>.retry.<tier>`.
     pub fn queue_for(&self, queue: &str) -> String {
         format!("{queue}.retry.{}", self.name)
-    }
-}
-
-/// A delay's tier name: whole hours as `1h`, whole minutes as `5m`, whole
-/// seconds as `30s`, else milliseconds (`250ms`).
-pub fn tier_name(delay: Duration) -> String {
-    let ms = delay.as_millis();
-    if ms > 0 && ms.is_multiple_of(3_600_000) {
-        format!("{}h", ms / 3_600_000)
-    } else if ms > 0 && ms.is_multiple_of(60_000) {
-        format!("{}m", ms / 60_000)
-    } else if ms > 0 && ms.is_multiple_of(1_000) {
-        format!("{}s", ms / 1_000)
-    } else {
-        format!("{ms}ms")
     }
 }
 

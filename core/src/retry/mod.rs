@@ -14,10 +14,12 @@
 mod layer;
 mod policy;
 mod sink;
+mod tier;
 
 pub use self::layer::RetryLayer;
 pub use self::policy::{MAX_RETRY_AFTER, RetryPolicy, equal_jitter};
 pub use self::sink::RetrySink;
+pub use self::tier::tier_name;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
