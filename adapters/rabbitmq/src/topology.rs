@@ -26,6 +26,8 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use backstop::attempt;
+/// The DLQ of a queue: `<queue>.dlq` (one rule with the in-memory broker).
+pub use backstop::dead_letter::dlq_name;
 /// A delay's tier name (the last part of its queue's name): one rule for
 /// every broker.
 pub use backstop::retry::tier_name;
@@ -74,11 +76,6 @@ impl RetryTier {
     pub fn queue_for(&self, queue: &str) -> String {
         format!("{queue}.retry.{}", self.name)
     }
-}
-
-/// The DLQ of a queue: `<queue>.dlq`.
-pub fn dlq_name(queue: &str) -> String {
-    backstop::memory::dlq_name(queue)
 }
 
 /// The dead-letter exchange of a queue: `<queue>.dlx`.

@@ -92,6 +92,6 @@ impl Harness for crate::memory::MemoryBroker {
     }
 
     fn dlq_name(&self, queue: &str) -> String {
-        crate::memory::dlq_name(queue)
+        crate::dead_letter::dlq_name(queue)
     }
 }

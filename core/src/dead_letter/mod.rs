@@ -59,6 +59,16 @@ use crate::expiry::{OnExpiry, TimeToLive};
 use crate::transaction::InTransaction;
 use crate::{Error, Failure, Message, Outcome, Request, copy};
 
+/// The DLQ of a queue, on a broker of queues (RabbitMQ, the in-memory
+/// broker): `<queue>.dlq`.
+///
+/// ```
+/// assert_eq!(backstop::dead_letter::dlq_name("orders"), "orders.dlq");
+/// ```
+pub fn dlq_name(queue: &str) -> String {
+    format!("{queue}.dlq")
+}
+
 /// The dead-letter service; see the [module docs](self).
 #[derive(Clone)]
 pub struct DeadLetter<S> {

@@ -14,8 +14,9 @@ mod sinks;
 mod source;
 
 pub use self::queue::QueueStats;
-pub use self::sinks::{MemoryDeadLetterSink, MemoryRetrySink, dlq_name};
+pub use self::sinks::{MemoryDeadLetterSink, MemoryRetrySink};
 pub use self::source::MemorySource;
+pub use crate::dead_letter::dlq_name;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use super::MemoryBroker;
-use crate::dead_letter::DeadLetterSink;
+use crate::dead_letter::{DeadLetterSink, dlq_name};
 use crate::retry::RetrySink;
 use crate::{Message, SinkError};
 
@@ -10,11 +10,6 @@ use crate::{Message, SinkError};
 #[derive(Clone, Debug)]
 pub struct MemoryDeadLetterSink {
     pub(crate) broker: MemoryBroker,
-}
-
-/// The DLQ name of a queue: `<queue>.dlq`.
-pub fn dlq_name(queue: &str) -> String {
-    format!("{queue}.dlq")
 }
 
 #[async_trait::async_trait]
