@@ -104,56 +104,8 @@ impl Listing {
     }
 }
 
-/// The copy of `letter` a redrive publishes: the same payload, key, message
-/// id, AMQP properties ([`Meta::amqp`](backstop::Meta::amqp)) and headers
-/// of every type; `x-backstop-replayed` incremented; `x-backstop-attempt`
-/// reset to 1 (a redrive starts a new count); the failure headers of the last
-/// run (kind, error, failure times, due) removed, so a new failure is recorded
-/// afresh. With the feature `otel`, the copy carries the trace context of a
-/// `redrive` span that is a child of the letter's (see [`backstop::otel`]),
-/// so the redriven message stays in the trace it failed in.
-pub fn redrive_copy(letter: &Message) -> Message {
-    let mut copy = Message {
-        payload: letter.payload.clone(),
-        headers: letter.headers.clone(),
-        key: letter.key.clone(),
-        meta: backstop::Meta {
-            attempt: 1,
-            message_id: letter.meta.message_id.clone(),
-            amqp: letter.meta.amqp.clone(),
-            ..backstop::Meta::default()
-        },
-    };
-    let h = &mut copy.headers;
-    h.insert(
-        wire::REPLAYED.to_owned(),
-        (letter.replayed() + 1).to_string(),
-    );
-    h.insert(wire::ATTEMPT.to_owned(), "1".to_owned());
-    for name in [
-        wire::ERROR_KIND,
-        wire::ERROR,
-        wire::FIRST_FAILURE,
-        wire::LAST_FAILURE,
-        wire::DUE,
-    ] {
-        h.remove(name);
-    }
-    #[cfg(feature = "otel")]
-    {
-        let span = tracing::info_span!(
-            "backstop.redrive",
-            "otel.name" = "redrive",
-            "otel.kind" = "producer",
-            "messaging.operation.type" = "send",
-            "messaging.message.id" = copy.meta.message_id.as_str(),
-            replayed = letter.replayed() + 1,
-        );
-        backstop::otel::adopt(&span, &letter.headers);
-        backstop::otel::inject_span(&span, &mut copy.headers);
-    }
-    copy
-}
+/// The copy of a letter a redrive publishes: [`backstop::copy::redrive`].
+pub use backstop::copy::redrive as redrive_copy;
 
 /// One step of a redrive or purge, as it happens (see [`Watch`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -817,26 +769,5 @@ pub async fn run(action: &DlqAction) -> Result<String, CliError> {
                 .await?;
             Ok(report.render())
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_redrive_copy_starts_a_new_count() {
-        let letter = Message::new("x")
-            .with_message_id("m")
-            .with_header(wire::ATTEMPT, "5")
-            .with_header(wire::REPLAYED, "1")
-            .with_header(wire::ERROR_KIND, "exhausted")
-            .with_header(wire::ORIGINAL_SOURCE, "orders");
-        let copy = redrive_copy(&letter);
-        assert_eq!(copy.header(wire::ATTEMPT), Some("1"));
-        assert_eq!(copy.header(wire::REPLAYED), Some("2"));
-        assert_eq!(copy.header(wire::ERROR_KIND), None);
-        assert_eq!(copy.header(wire::ORIGINAL_SOURCE), Some("orders"));
-        assert_eq!(copy.meta.message_id, "m");
     }
 }
