@@ -117,7 +117,6 @@
 #![forbid(unsafe_code)]
 
 mod acker;
-mod backoff;
 mod broker;
 mod connection;
 pub mod convert;

@@ -14,12 +14,12 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::acker::RabbitAcker;
-use crate::backoff::Backoff;
 use crate::connection::Connector;
 use crate::convert::message_from_delivery;
 use crate::depth::DepthPoller;
 use crate::error::{ConsumeError, NOT_FOUND, amqp_reply};
 use crate::window::Window;
+use backstop::retry::Backoff;
 
 /// One item from lapin's consumer, stamped with when it arrived: `None`
 /// when the consumer ended (cancelled, or its channel closed).

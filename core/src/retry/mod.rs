@@ -11,11 +11,13 @@
 //! cannot serve the message) is not retried forever: the message is
 //! dead-lettered with its failure and the sink's error in the letter's text.
 
+mod backoff;
 mod layer;
 mod policy;
 mod sink;
 mod tier;
 
+pub use self::backoff::Backoff;
 pub use self::layer::RetryLayer;
 pub use self::policy::{MAX_RETRY_AFTER, RetryPolicy, equal_jitter};
 pub use self::sink::RetrySink;

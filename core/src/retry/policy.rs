@@ -81,10 +81,7 @@ impl RetryPolicy {
 
     /// The upper bound of the delay after failed attempt `failed` (1-based).
     pub fn ceiling(&self, failed: u32) -> Duration {
-        let shift = failed.saturating_sub(1).min(31);
-        self.initial
-            .saturating_mul(1u32 << shift)
-            .min(self.max_delay)
+        super::backoff::doubled(self.initial, failed.saturating_sub(1), self.max_delay)
     }
 
     /// A jittered delay after failed attempt `failed`.

@@ -1,17 +1,30 @@
-//! Exponential backoff with jitter, for reconnecting.
+//! Exponential backoff with jitter, for waits that repeat until something
+//! comes back (a reconnect): the doubling of [`RetryPolicy`](super::RetryPolicy)'s
+//! delays and [`equal_jitter`](super::equal_jitter), with state.
 
 use std::time::Duration;
 
 /// Doubles from `initial` up to `max`; each delay is jittered to `[d/2, d]`.
+///
+/// ```
+/// use std::time::Duration;
+/// use backstop::retry::Backoff;
+///
+/// let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+/// let first = backoff.next_delay();
+/// assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+/// backoff.reset(); // after a success
+/// ```
 #[derive(Clone, Debug)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     initial: Duration,
     max: Duration,
     next: Duration,
 }
 
 impl Backoff {
-    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
+    /// Starts at `initial` (at least 1 ms), doubling up to `max`.
+    pub fn new(initial: Duration, max: Duration) -> Self {
         let initial = initial.max(Duration::from_millis(1));
         Backoff {
             initial,
@@ -21,16 +34,22 @@ impl Backoff {
     }
 
     /// The next delay (jittered); the one after it is twice as long, up to the maximum.
-    pub(crate) fn next_delay(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let ceiling = self.next;
-        self.next = self.next.saturating_mul(2).min(self.max);
-        backstop::retry::equal_jitter(ceiling)
+        self.next = doubled(self.next, 1, self.max);
+        super::equal_jitter(ceiling)
     }
 
     /// Starts over from the initial delay (after a success).
-    pub(crate) fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.next = self.initial;
     }
+}
+
+/// `delay` doubled `times` times, at most `max`: the one doubling rule of
+/// every backoff.
+pub(crate) fn doubled(delay: Duration, times: u32, max: Duration) -> Duration {
+    delay.saturating_mul(1u32 << times.min(31)).min(max)
 }
 
 #[cfg(test)]
