@@ -54,7 +54,7 @@ impl<T: Payload, H: Handle<T>> Pipeline<T, H> {
     /// Ack ⟶ decode ⟶ metrics/trace ⟶ idempotency ⟶ dead-letter ⟶ retry
     /// ⟶ timeout ⟶ catch-panic ⟶ handler, for one delivery.
     ///
-    /// The delivery is taken apart and decoded here; the future holds the
+    /// The delivery is taken apart here; the future decodes it, holds the
     /// request once and lends it to each step (`&mut`): a step's future
     /// holds a reference, not a copy, so the message's future stays small.
     /// Rare paths (postponing, a letter's write, a retry's wait) are boxed
@@ -65,10 +65,13 @@ impl<T: Payload, H: Handle<T>> Pipeline<T, H> {
     ) -> impl Future<Output = Result<Settled, AckError>> + Send + 'static {
         match ack::start(delivery, self.postpone.as_ref(), self.nack_delay) {
             Start::Postpone(postponing) => Either::Left(Box::pin(postponing.settle())),
-            Start::Run(received, running) => {
+            // Decoding runs the user's `Payload` code, so it runs inside
+            // the future: a panic in it is caught for this message alone
+            // (the runner's slot), not in `Stack::call`.
+            Start::Run(received, running) => Either::Right(async move {
                 let mut request = decode::request::<T>(received, self.max_payload);
-                Either::Right(async move { running.finish(|| self.observed(&mut request)).await })
-            }
+                running.finish(|| self.observed(&mut request)).await
+            }),
         }
     }
 

@@ -521,6 +521,67 @@ tokio::task_local! {
     static LAYERED: bool;
 }
 
+/// A payload whose decoder panics the first time it sees `boom` (a bug in
+/// a user's `Payload` code), and decodes it the next time.
+#[derive(Clone, Debug)]
+struct Touchy(String);
+
+static TOUCHY_PANICKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl crate::Payload for Touchy {
+    fn decode(bytes: &[u8]) -> Result<Self, crate::DecodeError> {
+        let text = String::from_utf8_lossy(bytes).into_owned();
+        if text == "boom" && !TOUCHY_PANICKED.swap(true, Ordering::SeqCst) {
+            panic!("decoder bug");
+        }
+        Ok(Touchy(text))
+    }
+}
+
+// The pipeline only: the tower `Decode` layer decodes in its `call`, which
+// a runner calls outside its per-message catch.
+#[tokio::test]
+async fn a_panicking_decoder_fails_its_message_alone_and_the_runner_goes_on() {
+    let broker = MemoryBroker::new();
+    for body in ["fine", "boom", "also fine"] {
+        broker
+            .publish_now("touchy", Message::new(body).with_message_id(body))
+            .unwrap();
+    }
+    let handled = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&handled);
+    let stack = StackBuilder::<Touchy>::new(Arc::new(broker.dead_letter_sink()))
+        .nack_delay(Duration::from_millis(20))
+        .build(handler_fn(move |t: Touchy, _c: Context| {
+            let seen = Arc::clone(&seen);
+            async move {
+                seen.lock().unwrap().push(t.0);
+                Ok::<(), HandlerError>(())
+            }
+        }));
+    let summary = Runner::new(broker.consume("touchy", 4).until_drained(), stack)
+        .concurrency(4)
+        .run()
+        .await
+        .expect("the runner goes on after a decoder panics");
+    assert!(
+        TOUCHY_PANICKED.load(Ordering::SeqCst),
+        "the decoder panicked once"
+    );
+    assert_eq!(
+        summary.ack_failed, 1,
+        "the panicked message's slot: {summary:?}"
+    );
+    let mut handled = handled.lock().unwrap().clone();
+    handled.sort();
+    assert_eq!(
+        handled,
+        ["also fine", "boom", "fine"],
+        "the panicked message was redelivered and ran; the others ran once"
+    );
+    assert!(broker.peek("touchy.dlq").is_empty());
+}
+
 /// Builds the pipeline stack, or the tower-layer one inside [`LAYERED`].
 trait Built {
     fn built<H: crate::Handle<Order>>(self, handler: H) -> crate::Stack;
