@@ -408,8 +408,7 @@ where
                     let delivery = delivery
                         .postponed()
                         .with_cancellation(self.shutdown.clone());
-                    run.in_flight
-                        .push(Slot::new(self.service.call(delivery), Kind::Uncounted));
+                    run.start(&mut self.service, delivery, Kind::Uncounted);
                 }
                 Some(Ok(delivery)) => {
                     if state == BreakerState::Closed && !self.readiness.is_ready() {
@@ -425,9 +424,7 @@ where
                     } else {
                         Kind::Counted
                     };
-                    run.in_flight
-                        .push(Slot::new(self.service.call(delivery), kind));
-                    if kind == Kind::Probe {
+                    if run.start(&mut self.service, delivery, kind) && kind == Kind::Probe {
                         // The probe: nothing more is fetched until it
                         // settled (other messages in flight go on).
                         run.probing = true;
@@ -531,6 +528,30 @@ impl<F> Run<F>
 where
     F: Future<Output = Result<Settled, AckError>> + Send + 'static,
 {
+    /// Calls `service` for `delivery` and puts its future in flight. A
+    /// `call` that panics (a service composed by hand whose layer works in
+    /// `call`, as the tower `Decode` layer decodes there) ends that message
+    /// alone, as a future that panics does: the delivery, dropped in the
+    /// unwind, is redelivered. False then.
+    fn start<S>(&mut self, service: &mut S, delivery: Delivery, kind: Kind) -> bool
+    where
+        S: Service<Delivery, Future = F>,
+    {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| service.call(delivery))) {
+            Ok(future) => {
+                self.in_flight.push(Slot::new(future, kind));
+                true
+            }
+            Err(panic) => {
+                self.record(Done::Panicked {
+                    panic: crate::panic::panic_text(panic.as_ref()),
+                    kind,
+                });
+                false
+            }
+        }
+    }
+
     /// Waits for `wanted`, polling in-flight work meanwhile; `wanted` is
     /// polled only while fewer than `room` messages are in flight, and is
     /// kept (not re-created) while messages settle.
@@ -728,6 +749,69 @@ mod tests {
         async fn next(&mut self) -> Option<Result<Delivery, SourceError>> {
             std::future::pending().await
         }
+    }
+
+    /// A service whose `call` panics on the first delivery of `boom` (a
+    /// layer composed by hand that works in `call`), and acks the rest.
+    #[derive(Clone)]
+    struct PanicsInCall {
+        panicked: Arc<std::sync::atomic::AtomicBool>,
+        acked: Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    impl Service<Delivery> for PanicsInCall {
+        type Response = Settled;
+        type Error = AckError;
+        type Future = futures::future::BoxFuture<'static, Result<Settled, AckError>>;
+
+        fn poll_ready(
+            &mut self,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), AckError>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, delivery: Delivery) -> Self::Future {
+            let body = String::from_utf8_lossy(&delivery.message().payload).into_owned();
+            if body == "boom" && !self.panicked.swap(true, Ordering::SeqCst) {
+                panic!("a bug in call");
+            }
+            let acked = Arc::clone(&self.acked);
+            Box::pin(async move {
+                let (_message, acker, _token) = delivery.into_parts();
+                acker.ack().await?;
+                acked.lock().unwrap().push(body);
+                Ok(Settled::Acked(crate::Outcome::Handled))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_service_whose_call_panics_fails_that_message_alone() {
+        let broker = crate::memory::MemoryBroker::new();
+        for body in ["fine", "boom", "also fine"] {
+            broker
+                .publish_now("q", crate::Message::new(body).with_message_id(body))
+                .unwrap();
+        }
+        let service = PanicsInCall {
+            panicked: Arc::default(),
+            acked: Arc::default(),
+        };
+        let summary = Runner::new(broker.consume("q", 4).until_drained(), service.clone())
+            .concurrency(4)
+            .run()
+            .await
+            .expect("the runner goes on after a call panics");
+        assert!(service.panicked.load(Ordering::SeqCst));
+        assert_eq!(summary.ack_failed, 1, "{summary:?}");
+        let mut acked = service.acked.lock().unwrap().clone();
+        acked.sort();
+        assert_eq!(
+            acked,
+            ["also fine", "boom", "fine"],
+            "the message whose call panicked was redelivered and acked"
+        );
     }
 
     fn service() -> impl Service<Delivery, Response = Settled, Error = AckError, Future: Send>

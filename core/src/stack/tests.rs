@@ -521,62 +521,77 @@ tokio::task_local! {
     static LAYERED: bool;
 }
 
-/// A payload whose decoder panics the first time it sees `boom` (a bug in
-/// a user's `Payload` code), and decodes it the next time.
+/// A payload whose decoder panics the first time it sees a body starting
+/// with `boom` (a bug in a user's `Payload` code), and decodes it the next
+/// time.
 #[derive(Clone, Debug)]
 struct Touchy(String);
 
-static TOUCHY_PANICKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The `boom` bodies a [`Touchy`] decoder panicked on.
+static TOUCHY_PANICKED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
 impl crate::Payload for Touchy {
     fn decode(bytes: &[u8]) -> Result<Self, crate::DecodeError> {
         let text = String::from_utf8_lossy(bytes).into_owned();
-        if text == "boom" && !TOUCHY_PANICKED.swap(true, Ordering::SeqCst) {
-            panic!("decoder bug");
+        if text.starts_with("boom") {
+            let mut panicked = TOUCHY_PANICKED.lock().unwrap_or_else(|e| e.into_inner());
+            if !panicked.contains(&text) {
+                panicked.push(text);
+                drop(panicked);
+                panic!("decoder bug");
+            }
         }
         Ok(Touchy(text))
     }
 }
 
-// The pipeline only: the tower `Decode` layer decodes in its `call`, which
-// a runner calls outside its per-message catch.
-#[tokio::test]
+/// A decoder that panics once fails its message alone: it is redelivered
+/// and runs, the others run once, and the runner goes on. On the pipeline
+/// the decoder runs inside the message's future; the tower `Decode` layer
+/// decodes in its `call`, which the runner guards as well.
 async fn a_panicking_decoder_fails_its_message_alone_and_the_runner_goes_on() {
     let broker = MemoryBroker::new();
-    for body in ["fine", "boom", "also fine"] {
+    let boom = if LAYERED.try_with(|layered| *layered).unwrap_or(false) {
+        "boom-layered"
+    } else {
+        "boom-pipeline"
+    };
+    for body in ["fine", boom, "also fine"] {
         broker
             .publish_now("touchy", Message::new(body).with_message_id(body))
             .unwrap();
     }
     let handled = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = Arc::clone(&handled);
-    let stack = StackBuilder::<Touchy>::new(Arc::new(broker.dead_letter_sink()))
-        .nack_delay(Duration::from_millis(20))
-        .build(handler_fn(move |t: Touchy, _c: Context| {
-            let seen = Arc::clone(&seen);
-            async move {
-                seen.lock().unwrap().push(t.0);
-                Ok::<(), HandlerError>(())
-            }
-        }));
+    let builder = StackBuilder::<Touchy>::new(Arc::new(broker.dead_letter_sink()))
+        .nack_delay(Duration::from_millis(20));
+    let handler = handler_fn(move |t: Touchy, _c: Context| {
+        let seen = Arc::clone(&seen);
+        async move {
+            seen.lock().unwrap().push(t.0);
+            Ok::<(), HandlerError>(())
+        }
+    });
+    let stack = if LAYERED.try_with(|layered| *layered).unwrap_or(false) {
+        builder.build_layered(handler)
+    } else {
+        builder.build(handler)
+    };
     let summary = Runner::new(broker.consume("touchy", 4).until_drained(), stack)
         .concurrency(4)
         .run()
         .await
         .expect("the runner goes on after a decoder panics");
     assert!(
-        TOUCHY_PANICKED.load(Ordering::SeqCst),
-        "the decoder panicked once"
+        TOUCHY_PANICKED.lock().unwrap().contains(&boom.to_owned()),
+        "the decoder panicked on {boom}"
     );
-    assert_eq!(
-        summary.ack_failed, 1,
-        "the panicked message's slot: {summary:?}"
-    );
+    assert_eq!(summary.ack_failed, 1, "the panicked message: {summary:?}");
     let mut handled = handled.lock().unwrap().clone();
     handled.sort();
     assert_eq!(
         handled,
-        ["also fine", "boom", "fine"],
+        ["also fine", boom, "fine"],
         "the panicked message was redelivered and ran; the others ran once"
     );
     assert!(broker.peek("touchy.dlq").is_empty());
@@ -669,6 +684,23 @@ mod panic_is_dead_lettered_and_the_runner_goes_on {
     async fn tower_layers() {
         super::LAYERED
             .scope(true, super::panic_is_dead_lettered_and_the_runner_goes_on())
+            .await;
+    }
+}
+
+mod a_panicking_decoder_fails_its_message_alone_and_the_runner_goes_on {
+    #[tokio::test]
+    async fn pipeline() {
+        super::a_panicking_decoder_fails_its_message_alone_and_the_runner_goes_on().await;
+    }
+
+    #[tokio::test]
+    async fn tower_layers() {
+        super::LAYERED
+            .scope(
+                true,
+                super::a_panicking_decoder_fails_its_message_alone_and_the_runner_goes_on(),
+            )
             .await;
     }
 }
