@@ -230,25 +230,31 @@ impl Running {
                     None => std::future::pending().await,
                 }
             };
-            let mut future = std::pin::pin!(run());
             let mut out_of_time = false;
-            let result = tokio::select! {
-                biased;
-                result = &mut future => result,
-                () = fenced => {
-                    cancel.iter().for_each(CancellationToken::cancel);
-                    future.await
-                }
-                () = timed_out => {
-                    tracing::warn!("a delivery reached its unacked-time budget; postponing it through the broker");
-                    out_of_time = true;
-                    cancel.iter().for_each(CancellationToken::cancel);
-                    // A run that ignores its token (or waits on a store that
-                    // is down) is dropped after the grace: dropping releases
-                    // its idempotency lease without counting an attempt.
-                    match Box::pin(tokio::time::timeout(nack_delay, &mut future)).await {
-                        Ok(result) => result,
-                        Err(_) => Err(Error::Shutdown),
+            // The run's future is dropped at the end of this block, before
+            // the delivery is settled: its span closes when the run ends,
+            // and a run dropped after the grace releases its lease before
+            // the postponed copy can be consumed.
+            let result = {
+                let mut future = std::pin::pin!(run());
+                tokio::select! {
+                    biased;
+                    result = &mut future => result,
+                    () = fenced => {
+                        cancel.iter().for_each(CancellationToken::cancel);
+                        future.await
+                    }
+                    () = timed_out => {
+                        tracing::warn!("a delivery reached its unacked-time budget; postponing it through the broker");
+                        out_of_time = true;
+                        cancel.iter().for_each(CancellationToken::cancel);
+                        // A run that ignores its token (or waits on a store that
+                        // is down) is dropped after the grace: dropping releases
+                        // its idempotency lease without counting an attempt.
+                        match Box::pin(tokio::time::timeout(nack_delay, &mut future)).await {
+                            Ok(result) => result,
+                            Err(_) => Err(Error::Shutdown),
+                        }
                     }
                 }
             };

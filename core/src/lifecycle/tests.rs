@@ -31,9 +31,10 @@ impl Event {
     }
 }
 
-/// Records every event of [`TARGET`].
+/// Records every event of [`TARGET`] (and, when `.1`, each
+/// `backstop.message` span's close as an event `span_closed`).
 #[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<Event>>>);
+struct Capture(Arc<Mutex<Vec<Event>>>, bool);
 
 impl Capture {
     fn events(&self) -> Vec<Event> {
@@ -52,7 +53,48 @@ impl Visit for Fields {
     }
 }
 
-impl<S: tracing::Subscriber> Layer<S> for Capture {
+/// The fields a `backstop.message` span was made with.
+struct SpanFields(BTreeMap<String, String>);
+
+impl<S> Layer<S> for Capture
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    /// Keeps the fields of each `backstop.message` span, for its close.
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: LayerContext<'_, S>,
+    ) {
+        if attrs.metadata().name() != "backstop.message" {
+            return;
+        }
+        let mut fields = Fields(BTreeMap::new());
+        attrs.record(&mut fields);
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(SpanFields(fields.0));
+        }
+    }
+
+    /// A `backstop.message` span's close, as an event `span_closed` of its
+    /// message.
+    fn on_close(&self, id: tracing::span::Id, ctx: LayerContext<'_, S>) {
+        if !self.1 {
+            return;
+        }
+        let Some(span) = ctx.span(&id) else { return };
+        let Some(SpanFields(fields)) = span.extensions_mut().remove::<SpanFields>() else {
+            return;
+        };
+        if let Ok(mut events) = self.0.lock() {
+            events.push(Event {
+                name: "span_closed".to_owned(),
+                fields,
+            });
+        }
+    }
+
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: LayerContext<'_, S>) {
         if event.metadata().target() != TARGET {
             return;
@@ -96,8 +138,21 @@ async fn handle(order: Order, ctx: Context) -> Result<(), HandlerError> {
 /// every callsite of the run is registered here, and installing the
 /// capture asks each one again.
 async fn lifecycle(messages: Vec<Message>, layered: bool) -> BTreeMap<String, Vec<Event>> {
+    captured(messages, layered, Capture::default()).await
+}
+
+/// [`lifecycle`] with each message span's close among the events.
+async fn with_span_closes(messages: Vec<Message>, layered: bool) -> BTreeMap<String, Vec<Event>> {
+    captured(messages, layered, Capture(Arc::default(), true)).await
+}
+
+/// Drains `messages` (once uncaptured, see [`lifecycle`]) into `capture`.
+async fn captured(
+    messages: Vec<Message>,
+    layered: bool,
+    capture: Capture,
+) -> BTreeMap<String, Vec<Event>> {
     drain(messages.clone(), layered).await;
-    let capture = Capture::default();
     let subscriber = registry().with(capture.clone().with_filter(LevelFilter::DEBUG));
     let _default = tracing::subscriber::set_default(subscriber);
     drain(messages, layered).await;
@@ -144,6 +199,11 @@ fn steps(events: &[Event]) -> Vec<(&str, Option<&str>)> {
         .iter()
         .map(|e| (e.name.as_str(), e.field("attempt")))
         .collect()
+}
+
+/// The names of `events` in order, `span_closed` among them.
+fn names(events: &[Event]) -> Vec<&str> {
+    events.iter().map(|e| e.name.as_str()).collect()
 }
 
 /// Runs `messages` on the pipeline and on the tower layers, asserts both
@@ -312,4 +372,26 @@ async fn nothing_is_emitted_below_debug() {
         .expect("run");
     assert_eq!(summary.handled, 1);
     assert!(capture.events().is_empty(), "{:?}", capture.events());
+}
+
+/// The message's span ends with its run, before the delivery is settled:
+/// its duration is the run's, not the ack's or a nack's delay.
+#[tokio::test]
+async fn the_message_span_closes_before_the_delivery_is_settled() {
+    for layered in [false, true] {
+        let events = with_span_closes(vec![order("m-span", "s", 0)], layered).await;
+        let span = &events["m-span"];
+        assert_eq!(
+            names(span),
+            [
+                "received",
+                "decoded",
+                "claimed",
+                "attempt_started",
+                "span_closed",
+                "acked"
+            ],
+            "layered: {layered}"
+        );
+    }
 }
