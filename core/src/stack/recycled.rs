@@ -8,8 +8,8 @@
 //! finished future keeps nothing (its body dropped what it held when it
 //! returned), so its box is kept in a bounded pool and the next message's
 //! future is written into it ([`ReusableBoxFuture`]). A future dropped
-//! before it finishes (an abandoned delivery) or one that panicked is
-//! dropped with its box, never pooled.
+//! before it finishes (an abandoned delivery), one that panicked and one
+//! that ended in an error are dropped with their box, never pooled.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -97,7 +97,12 @@ impl Future for StackFuture {
             panic!("a StackFuture was polled after it finished");
         };
         let output = std::task::ready!(boxed.poll(cx));
-        if let Some(boxed) = this.boxed.take() {
+        // Only a settled delivery's box is kept: a future that ended in an
+        // error may hold what it did not get to use (tower's `Oneshot`
+        // keeps its request when its service's readiness fails).
+        if let Some(boxed) = this.boxed.take()
+            && output.is_ok()
+        {
             this.recycler.give_back(boxed);
         }
         Poll::Ready(output)
@@ -122,7 +127,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_finished_box_is_kept_and_an_unfinished_one_is_not() {
+    async fn a_settled_box_is_kept_and_an_unfinished_or_failed_one_is_not() {
         let recycler = Arc::new(Recycler::default());
         let finished = StackFuture::new(
             ReusableBoxFuture::new(async { settled() }),
@@ -141,6 +146,16 @@ mod tests {
         );
         drop(dropped);
         assert!(recycler.take().is_none(), "an unfinished box is dropped");
+
+        let failed = StackFuture::new(
+            ReusableBoxFuture::new(async { Err(AckError::ChannelGone("closed".into())) }),
+            Arc::clone(&recycler),
+        );
+        assert!(failed.await.is_err());
+        assert!(
+            recycler.take().is_none(),
+            "a box that ended in an error is dropped"
+        );
     }
 
     #[test]
