@@ -3,7 +3,7 @@
 //!
 //! With the feature `otel`, retry copies and dead letters carry the trace
 //! context of the span they are made in (the message's consumer span) in
-//! place of the one they arrived with (see [`otel`](crate::otel)).
+//! place of the one they arrived with (see the `otel` module).
 
 use std::time::SystemTime;
 

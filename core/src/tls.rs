@@ -3,7 +3,7 @@
 //!
 //! [`TlsOptions`] is plain data, always compiled, so an adapter can parse its
 //! URL and say clearly when TLS was asked for but the build has none. With
-//! the `tls` feature, [`TlsOptions::client_config`] builds a rustls
+//! the `tls` feature, `TlsOptions::client_config` builds a rustls
 //! `ClientConfig` (ring provider) by reading the files **at that moment**:
 //! adapters call it on every (re)connect, so a rotated certificate or CA file
 //! is picked up without a restart.

@@ -25,7 +25,7 @@
 //!   failure is the message's own and permanent (kind `panic`, or
 //!   `permanent` for a wrong count), as a panicking handler's is.
 //! - **One message per key.** A batch holds at most one message of a
-//!   payload key ([`Payload::key`](crate::Payload::key)); a second waits
+//!   payload key ([`Payload::key`]); a second waits
 //!   for the next batch.
 //! - **Cancellation and timeouts.** A batch runs on a task of its own, so
 //!   no member's cancellation stops it. An attempt abandoned while it

@@ -266,7 +266,7 @@ impl<'a> Timed<'a> {
 }
 
 /// A [`Store`] that records each call's duration and errors (see the
-/// [module docs](self)): what the idempotency layer's background work (lease
+/// [`idempotency`](crate::idempotency) module docs): what the idempotency layer's background work (lease
 /// renewal, the release of a dropped run's lease) calls.
 #[derive(Debug)]
 pub struct Measured<S: ?Sized> {

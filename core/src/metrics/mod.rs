@@ -3,7 +3,7 @@
 //! enable it with `RUST_LOG=info,backstop::metrics=debug` to see a message's
 //! id on every line logged while it runs; with the feature `otel`, an
 //! OpenTelemetry consumer span in the message's trace at `info`: see
-//! [`otel`](crate::otel)). Each step of a message is a `debug` event of its
+//! the `otel` module). Each step of a message is a `debug` event of its
 //! own: see [`lifecycle`](crate::lifecycle).
 //!
 //! Through the [`metrics`] facade; install any recorder (Prometheus, …).

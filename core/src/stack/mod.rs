@@ -279,7 +279,7 @@ impl<T: Payload> StackBuilder<T> {
     ///
     /// The layer's service is built once and cloned per attempt; state
     /// that must be shared across messages (a rate limiter's bucket) lives
-    /// behind an `Arc` in the layer, or behind a [`tower::buffer::Buffer`].
+    /// behind an `Arc` in the layer, or behind a `tower::buffer::Buffer`.
     /// A second call replaces the first layer (compose several with
     /// `tower::ServiceBuilder` into one).
     ///
