@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::measured::Timed;
-use super::{Claim, Fence, Key, Keyspace, Layout, MAX_LETTER_TEXT};
+use super::{Claim, Fence, Key, Keyspace, Layout, MAX_LETTER_TEXT, Store};
 use crate::{Error, Failure, Outcome, wire};
 
 /// The keys one message is leased under: its key in its consumer's
@@ -139,8 +139,9 @@ pub(super) async fn claim(
 /// [`claim`] when it needs no second call and the store answers at once
 /// ([`Store::claim_now`](super::Store::claim_now)): no legacy key is read.
 /// `None` when nothing was called.
+/// `store` is the measured store (its calls timed, as [`Timed`]'s are).
 pub(super) fn claim_now(
-    store: &Timed<'_>,
+    store: &dyn Store,
     keys: &Keys,
     owner: &str,
     lease: Duration,
@@ -169,7 +170,7 @@ pub(super) fn claim_now(
 /// ([`Store::complete_now`](super::Store::complete_now)). `None` when
 /// nothing was called.
 pub(super) fn settle_now(
-    store: &Timed<'_>,
+    store: &dyn Store,
     key: &Key,
     fence: Fence,
     result: &Result<Outcome, Error>,

@@ -191,20 +191,6 @@ impl<'a> Timed<'a> {
         self.ops.claim.result(start, result)
     }
 
-    /// [`claim`](Self::claim) when the store answers at once
-    /// ([`Store::claim_now`]), else `None` (nothing was called).
-    pub(crate) fn claim_now(
-        &self,
-        key: &StoreKey,
-        owner: &str,
-        lease: Duration,
-        replay: u32,
-    ) -> Option<Result<Claim, StoreError>> {
-        self.ops
-            .claim
-            .now(|| self.store.claim_now(key, owner, lease, replay))
-    }
-
     pub(crate) async fn complete(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
         let start = Instant::now();
         let result = match self.store.complete_now(key, fence) {
@@ -212,18 +198,6 @@ impl<'a> Timed<'a> {
             None => self.store.complete(key, fence).await,
         };
         self.ops.complete.result(start, result)
-    }
-
-    /// [`complete`](Self::complete) when the store answers at once
-    /// ([`Store::complete_now`]), else `None` (nothing was called).
-    pub(crate) fn complete_now(
-        &self,
-        key: &StoreKey,
-        fence: Fence,
-    ) -> Option<Result<bool, StoreError>> {
-        self.ops
-            .complete
-            .now(|| self.store.complete_now(key, fence))
     }
 
     pub(crate) async fn dead_letter(

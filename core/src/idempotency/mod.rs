@@ -305,15 +305,19 @@ impl Deduper {
     /// lease (acking a duplicate without running), runs, then records the
     /// outcome; see the [module docs](self). [`claim`](Self::claim) and
     /// [`settle`](Self::settle), in that order around the run.
-    pub(crate) async fn run<T: Send + Sync, Fut>(
+    ///
+    /// `request` is the request itself (the tower layer, whose inner service
+    /// takes it) or a `&mut` to it (the pipeline, which lends it on).
+    pub(crate) async fn run<T: Send + Sync, R, Fut>(
         &self,
-        mut request: Request<T>,
-        inner: impl FnOnce(Request<T>) -> Fut,
+        mut request: R,
+        inner: impl FnOnce(R) -> Fut,
     ) -> Result<Outcome, Error>
     where
+        R: std::borrow::BorrowMut<Request<T>>,
         Fut: std::future::Future<Output = Result<Outcome, Error>>,
     {
-        match self.claim(&mut request).await {
+        match self.claim(request.borrow_mut()).await {
             Admission::Ended(end) => end,
             Admission::Unkeyed => inner(request).await,
             Admission::Leased(held) => {
@@ -332,10 +336,7 @@ impl Deduper {
     /// gate and the first claim's layout lookup are boxed. Either way the
     /// claim's own state (the owner's name, the keys, the store's call)
     /// ends with it, so a caller's future does not keep it through the run.
-    pub(crate) fn claim<'a, T: Send + Sync>(
-        &'a self,
-        request: &'a mut Request<T>,
-    ) -> AtOnce<'a, Admission> {
+    fn claim<'a, T: Send + Sync>(&'a self, request: &'a mut Request<T>) -> AtOnce<'a, Admission> {
         let config = &self.config;
         // A message without a key runs without the store (even while it is down).
         let Some(raw) = config.key.raw_of(request) else {
@@ -348,7 +349,6 @@ impl Deduper {
         ) else {
             return at_once::later(self.claim_later(request));
         };
-        let store = Timed::new(&*self.store, &self.ops);
         let keys = Keys::of(
             *layout,
             raw,
@@ -358,7 +358,7 @@ impl Deduper {
         let replay = request.message().replayed();
         let claimed = tokio::time::Instant::now();
         let (claim, owner) = Owner::with_next(&config.worker, |owner| {
-            let claim = claim::claim_now(&store, &keys, owner, config.lease, replay);
+            let claim = claim::claim_now(&*self.measured, &keys, owner, config.lease, replay);
             // A suspect claims again under the same name, after a wait.
             let suspect = matches!(&claim, Some(Ok(lease)) if lease.crashed);
             (claim, suspect.then(|| Owner(owner.to_owned())))
@@ -505,7 +505,7 @@ impl Deduper {
     ///
     /// A completion the store writes at once ([`Store::complete_now`]) is
     /// written here, without a future; any other write is boxed.
-    pub(crate) fn settle(
+    fn settle(
         &self,
         held: Leased,
         result: Result<Outcome, Error>,
@@ -524,37 +524,43 @@ impl Deduper {
             return at_once::now(result);
         }
         guards.iter().for_each(LeaseGuard::settling);
-        if let [guard] = guards.as_slice() {
-            let store = Timed::new(&*self.store, &self.ops);
-            if let Some(written) = claim::settle_now(&store, guard.key(), guard.fence(), &result) {
-                let mut unwritten = None;
-                for guard in guards {
-                    match &written {
-                        Ok(()) => guard.finish(),
-                        Err(_) => guard.complete_later(),
-                    }
-                }
-                if let Err(error) = written {
-                    unwritten = Some(error);
-                }
-                return at_once::now(completed(result, unwritten));
-            }
+        // A completion the store writes at once (one lease: no migration).
+        if let [guard] = guards.as_slice()
+            && let Some(written) =
+                claim::settle_now(&*self.measured, guard.key(), guard.fence(), &result)
+        {
+            let unwritten = guards
+                .into_iter()
+                .next()
+                .and_then(|guard| ended(guard, written));
+            return at_once::now(completed(result, unwritten));
         }
         at_once::later(async move {
             let store = Timed::new(&*self.store, &self.ops);
             let mut unwritten = None;
             for guard in guards {
-                match settle(&store, guard.key(), guard.fence(), &result).await {
-                    Ok(()) => guard.finish(),
-                    Err(error) => {
-                        guard.complete_later();
-                        unwritten = unwritten.or(Some(error));
-                    }
-                }
+                let written = settle(&store, guard.key(), guard.fence(), &result).await;
+                unwritten = unwritten.or(ended(guard, written));
             }
+            // Held until the writes are done (and captured by this move).
             drop(_gate);
             completed(result, unwritten)
         })
+    }
+}
+
+/// Ends `guard` by the write of its outcome: finished, or (the write
+/// failed) its completion retried in the background; the error then.
+fn ended(guard: LeaseGuard, written: Result<(), crate::StoreError>) -> Option<crate::StoreError> {
+    match written {
+        Ok(()) => {
+            guard.finish();
+            None
+        }
+        Err(error) => {
+            guard.complete_later();
+            Some(error)
+        }
     }
 }
 
@@ -625,7 +631,7 @@ enum Gated {
 }
 
 /// What [`Deduper::claim`] decided for a message.
-pub(crate) enum Admission {
+enum Admission {
     /// The message has no key: it runs without the store.
     Unkeyed,
     /// Its key's lease is held: run it, then [`Deduper::settle`].
@@ -638,7 +644,7 @@ pub(crate) enum Admission {
 /// What a claimed run holds until it is settled: its leases (renewed
 /// meanwhile), its share of the suspects' gate (or the gate alone), and
 /// the source's transaction it runs in, if any.
-pub(crate) struct Leased {
+struct Leased {
     guards: smallvec::SmallVec<[LeaseGuard; 2]>,
     transaction: Option<crate::transaction::InTransaction>,
     _gate: Gated,

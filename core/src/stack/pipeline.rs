@@ -6,7 +6,6 @@
 //! layer's logic.
 
 use std::sync::Arc;
-
 use std::time::Duration;
 
 use futures::future::Either;
@@ -15,7 +14,7 @@ use tower::{Service, ServiceExt};
 use super::{AttemptService, MessageService};
 use crate::ack::{self, Start};
 use crate::dead_letter::Writer;
-use crate::idempotency::{Admission, Deduper};
+use crate::idempotency::Deduper;
 use crate::metrics::{MessageKeys, Observation};
 use crate::retry::{self, RetryPolicy, RetrySink};
 use crate::transaction::InTransaction;
@@ -83,18 +82,9 @@ impl<T: Payload, H: Handle<T>> Pipeline<T, H> {
     }
 
     async fn deduplicated(&self, request: &mut Request<T>) -> Result<Outcome, Error> {
-        let held = match &self.deduper {
-            None => None,
-            Some(deduper) => match deduper.claim(request).await {
-                Admission::Ended(end) => return end,
-                Admission::Unkeyed => None,
-                Admission::Leased(held) => Some((deduper, held)),
-            },
-        };
-        let result = self.dead_lettered(request).await;
-        match held {
-            Some((deduper, held)) => deduper.settle(held, result).await,
-            None => result,
+        match &self.deduper {
+            Some(deduper) => deduper.run(request, |r| self.dead_lettered(r)).await,
+            None => self.dead_lettered(request).await,
         }
     }
 
