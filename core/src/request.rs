@@ -126,7 +126,7 @@ impl<T> Request<T> {
             message: Arc::clone(&self.message),
             payload: Err(DecodeError::Invalid {
                 type_name: std::any::type_name::<T>(),
-                reason: "the request was handed to a service".to_owned(),
+                reason: String::new(),
             }),
             payload_key: None,
             attempt: self.attempt,

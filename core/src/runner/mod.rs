@@ -751,41 +751,6 @@ mod tests {
         }
     }
 
-    /// A service whose `call` panics on the first delivery of `boom` (a
-    /// layer composed by hand that works in `call`), and acks the rest.
-    #[derive(Clone)]
-    struct PanicsInCall {
-        panicked: Arc<std::sync::atomic::AtomicBool>,
-        acked: Arc<std::sync::Mutex<Vec<String>>>,
-    }
-
-    impl Service<Delivery> for PanicsInCall {
-        type Response = Settled;
-        type Error = AckError;
-        type Future = futures::future::BoxFuture<'static, Result<Settled, AckError>>;
-
-        fn poll_ready(
-            &mut self,
-            _cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Result<(), AckError>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, delivery: Delivery) -> Self::Future {
-            let body = String::from_utf8_lossy(&delivery.message().payload).into_owned();
-            if body == "boom" && !self.panicked.swap(true, Ordering::SeqCst) {
-                panic!("a bug in call");
-            }
-            let acked = Arc::clone(&self.acked);
-            Box::pin(async move {
-                let (_message, acker, _token) = delivery.into_parts();
-                acker.ack().await?;
-                acked.lock().unwrap().push(body);
-                Ok(Settled::Acked(crate::Outcome::Handled))
-            })
-        }
-    }
-
     #[tokio::test]
     async fn a_service_whose_call_panics_fails_that_message_alone() {
         let broker = crate::memory::MemoryBroker::new();
@@ -794,18 +759,33 @@ mod tests {
                 .publish_now("q", crate::Message::new(body).with_message_id(body))
                 .unwrap();
         }
-        let service = PanicsInCall {
-            panicked: Arc::default(),
-            acked: Arc::default(),
-        };
-        let summary = Runner::new(broker.consume("q", 4).until_drained(), service.clone())
+        // `service_fn` runs its closure in `call`: it panics on the first
+        // delivery of `boom` (a layer composed by hand that works in
+        // `call`), and acks the rest.
+        let panicked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (p, a) = (Arc::clone(&panicked), Arc::clone(&acked));
+        let service = service_fn(move |delivery: Delivery| {
+            let body = String::from_utf8_lossy(&delivery.message().payload).into_owned();
+            if body == "boom" && !p.swap(true, Ordering::SeqCst) {
+                panic!("a bug in call");
+            }
+            let acked = Arc::clone(&a);
+            async move {
+                let (_message, acker, _token) = delivery.into_parts();
+                acker.ack().await?;
+                acked.lock().unwrap().push(body);
+                Ok::<_, AckError>(Settled::Acked(crate::Outcome::Handled))
+            }
+        });
+        let summary = Runner::new(broker.consume("q", 4).until_drained(), service)
             .concurrency(4)
             .run()
             .await
             .expect("the runner goes on after a call panics");
-        assert!(service.panicked.load(Ordering::SeqCst));
+        assert!(panicked.load(Ordering::SeqCst));
         assert_eq!(summary.ack_failed, 1, "{summary:?}");
-        let mut acked = service.acked.lock().unwrap().clone();
+        let mut acked = acked.lock().unwrap().clone();
         acked.sort();
         assert_eq!(
             acked,
