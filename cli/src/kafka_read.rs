@@ -39,12 +39,7 @@ pub fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Option<i32>, C
     let metadata = consumer
         .fetch_metadata(Some(topic), TIMEOUT)
         .map_err(CliError::kafka(format!("reading the metadata of {topic}")))?;
-    Ok(metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map(|t| i32::try_from(t.partitions().len()).unwrap_or(i32::MAX))
-        .filter(|n| *n > 0))
+    Ok(backstop_kafka::partition_count(&metadata, topic))
 }
 
 /// The message of a record read from a topic: headers, key, meta (topic,

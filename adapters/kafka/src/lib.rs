@@ -132,7 +132,7 @@ pub use crate::record::{assigned_message_id, to_message};
 pub use crate::retry::{RetryTier, RetryTiers};
 pub use crate::sinks::{KafkaDeadLetterSink, KafkaRetrySink};
 pub use crate::source::KafkaSource;
-pub use crate::topics::{HEADER_HEADROOM, TopicSpec, Topics};
+pub use crate::topics::{HEADER_HEADROOM, TopicSpec, Topics, partition_count};
 pub use crate::transaction::{ExactlyOnce, TransactionalPublishLayer};
 
 /// Re-exported so callers can name librdkafka types and settings.

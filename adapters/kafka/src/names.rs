@@ -25,7 +25,7 @@ pub fn dlq_state_topic(dlq: &str) -> String {
 
 /// The retry topic of `topic` for `group` and `tier`: `<topic>.<group>.retry.<tier>`.
 pub fn retry_topic(topic: &str, group: &str, tier: &RetryTier) -> String {
-    format!("{}{tier}", retry_prefix(topic, group))
+    format!("{topic}.{group}.retry.{tier}")
 }
 
 /// What every retry topic of `topic` for `group` starts with:

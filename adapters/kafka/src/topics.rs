@@ -202,7 +202,7 @@ fn parked_companion(
 
 /// How many partitions `topic` has in `metadata`; `None` when it is not
 /// there (or has none).
-pub(crate) fn partition_count(metadata: &rdkafka::metadata::Metadata, topic: &str) -> Option<i32> {
+pub fn partition_count(metadata: &rdkafka::metadata::Metadata, topic: &str) -> Option<i32> {
     metadata
         .topics()
         .iter()
