@@ -6,8 +6,23 @@ use std::sync::{Arc, OnceLock};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::Message;
+use crate::error::BoxError;
 use crate::transaction::{InTransaction, Transaction};
-use crate::{AckError, Message};
+
+/// A failure to settle a delivery with the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum AckError {
+    /// The channel or consumer that delivered the message is gone; the broker will redeliver.
+    #[error("delivery channel is gone, the broker will redeliver the message: {0}")]
+    ChannelGone(String),
+    /// The broker did not know the delivery (stale tag, fenced partition).
+    #[error("broker does not know this delivery any more: {0}")]
+    Stale(String),
+    /// Another broker error.
+    #[error("ack failed: {0}")]
+    Broker(#[source] BoxError),
+}
 
 /// An adapter's handle to settle one delivery with its broker.
 ///

@@ -1,11 +1,20 @@
-//! Errors: the handler's verdict ([`HandlerError`]), the stack's ([`Error`]),
-//! and the failures of the parts around it.
+//! The verdict chain: why a message failed ([`ErrorKind`]), the handler's
+//! verdict ([`HandlerError`]), the failure a dead letter carries
+//! ([`Failure`]) and the stack's own error ([`Error`]).
+//!
+//! The failures of the parts around the stack live beside the trait they
+//! belong to and are re-exported here: a sink's [`SinkError`], the
+//! idempotency store's [`StoreError`], the acker's [`AckError`].
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
 /// A type-erased error, as tower uses.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+pub use crate::delivery::AckError;
+pub use crate::idempotency::StoreError;
+pub use crate::sink::SinkError;
 
 /// Why a message failed; written to [`wire::ERROR_KIND`](crate::wire::ERROR_KIND) on DLQ copies.
 ///
@@ -109,7 +118,7 @@ pub enum HandlerError {
         kind: ErrorKind,
     },
     /// A dependency the handler needs (its database, its store) is down:
-    /// the message is deferred (nacked after a backoff, or postponed through
+    /// the message is requeued (nacked after a backoff, or postponed through
     /// the delay queue on a RabbitMQ quorum queue) without counting an
     /// attempt, and never dead-lettered for it. It is an outage signal for
     /// the runner's [breaker](crate::breaker).
@@ -249,17 +258,18 @@ pub enum Error {
         /// Failed runs so far.
         attempts: u32,
     },
-    /// The idempotency store could not be reached; the message is deferred.
-    #[error("idempotency store unavailable, message deferred: {0}")]
+    /// The idempotency store could not be reached; the message is requeued
+    /// (nacked after a backoff, or postponed through a delay queue).
+    #[error("idempotency store unavailable, message requeued: {0}")]
     Store(#[source] StoreError),
-    /// A dependency of the handler is down; the message is deferred, the attempt not counted.
-    #[error("a dependency of the handler is unavailable, message deferred: {0}")]
+    /// A dependency of the handler is down; the message is requeued, the attempt not counted.
+    #[error("a dependency of the handler is unavailable, message requeued: {0}")]
     Unavailable(#[source] BoxError),
     /// Shutdown interrupted the message; it does not count as a failure and is redelivered.
     #[error("shutdown interrupted the message; it is left for redelivery")]
     Shutdown,
-    /// Another live worker holds the key's lease; the message is deferred.
-    #[error("key {key:?} is being processed by another worker, message deferred")]
+    /// Another live worker holds the key's lease; the message is requeued.
+    #[error("key {key:?} is being processed by another worker, message requeued")]
     Busy {
         /// The idempotency key (hashed if long).
         key: String,
@@ -301,70 +311,6 @@ impl Error {
             _ => None,
         }
     }
-}
-
-/// A write to a sink (DLQ, retry queue) that the broker did not confirm.
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    /// The broker refused or did not confirm the write.
-    #[error("publish to {destination:?} failed: {source}")]
-    Publish {
-        /// The queue or topic written to.
-        destination: String,
-        /// The publisher's error.
-        #[source]
-        source: crate::PublishError,
-    },
-    /// The sink cannot serve this message (misconfiguration).
-    #[error("sink cannot take the message: {0}")]
-    Unsupported(String),
-}
-
-impl SinkError {
-    /// True when writing this message to this sink again cannot succeed
-    /// until an operator changes something (the message is too large, the
-    /// destination is missing or unroutable, access is denied, or the sink
-    /// cannot serve the message at all); see [`PublishError::is_permanent`](crate::PublishError::is_permanent).
-    /// A transient error (no confirm, a full queue, the broker away) may
-    /// pass on a later try.
-    pub fn is_permanent(&self) -> bool {
-        match self {
-            SinkError::Publish { source, .. } => source.is_permanent(),
-            SinkError::Unsupported(_) => true,
-        }
-    }
-}
-
-/// A failure of the idempotency store.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The store's backend did not answer or failed.
-    #[error("store backend failed: {0}")]
-    Backend(#[source] BoxError),
-    /// The store is full of live leases and cannot take a new key.
-    #[error("store is full ({capacity} keys in progress)")]
-    Full {
-        /// The configured capacity.
-        capacity: usize,
-    },
-    /// The store's key layout does not fit the worker's choice (see
-    /// [`KeyLayout`](crate::idempotency::KeyLayout)).
-    #[error(transparent)]
-    Layout(#[from] crate::idempotency::LayoutError),
-}
-
-/// A failure to settle a delivery with the broker.
-#[derive(Debug, thiserror::Error)]
-pub enum AckError {
-    /// The channel or consumer that delivered the message is gone; the broker will redeliver.
-    #[error("delivery channel is gone, the broker will redeliver the message: {0}")]
-    ChannelGone(String),
-    /// The broker did not know the delivery (stale tag, fenced partition).
-    #[error("broker does not know this delivery any more: {0}")]
-    Stale(String),
-    /// Another broker error.
-    #[error("ack failed: {0}")]
-    Broker(#[source] BoxError),
 }
 
 /// Renders an error with its chain of sources: `outer: inner: root`, with

@@ -13,8 +13,8 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let broker = MemoryBroker::new();
-//! broker.publish_now("greetings", Message::new("hello"));
-//! broker.publish_now("greetings", Message::new(""));
+//! broker.publish_now("greetings", Message::new("hello"))?;
+//! broker.publish_now("greetings", Message::new(""))?;
 //!
 //! async fn greet(text: String, _ctx: Context) -> Result<(), HandlerError> {
 //!     if text.is_empty() {
@@ -51,11 +51,11 @@ pub mod attempt;
 pub mod batch;
 pub mod breaker;
 pub mod conformance;
-mod context;
+pub mod context;
 pub mod copy;
 pub mod dead_letter;
 pub mod decode;
-mod delivery;
+pub mod delivery;
 pub mod error;
 pub mod expiry;
 pub mod handler;
@@ -69,18 +69,19 @@ pub mod metrics;
 pub mod nodes;
 #[cfg(feature = "otel")]
 pub mod otel;
-mod outcome;
+pub mod outcome;
 pub mod outgoing;
 pub mod panic;
 pub mod payload;
-mod publish;
+pub mod publish;
 pub mod redact;
-mod request;
+pub mod request;
 pub mod retry;
 pub mod router;
 pub mod runner;
 pub mod secret;
 pub mod settings;
+mod sink;
 pub mod stack;
 pub mod timeout;
 pub mod tls;

@@ -7,6 +7,58 @@ use super::Ack;
 use crate::retry::RetrySink;
 
 /// Applies [`Ack`].
+///
+/// Used alone: the delivery is acked only once the inner service settled
+/// it with an [`Outcome`](crate::outcome::Outcome); an error is nacked
+/// (with requeue) after the jittered delay instead.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use std::time::Duration;
+///
+/// use backstop::ack::{AckLayer, Settled};
+/// use backstop::delivery::{Acker, Delivery, Received};
+/// use backstop::error::{AckError, Error};
+/// use backstop::outcome::Outcome;
+/// use backstop::Message;
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// /// Records how each delivery was settled.
+/// struct Recorded(Arc<Mutex<Vec<&'static str>>>);
+///
+/// #[async_trait::async_trait]
+/// impl Acker for Recorded {
+///     async fn ack(self: Box<Self>) -> Result<(), AckError> {
+///         self.0.lock().unwrap().push("ack");
+///         Ok(())
+///     }
+///     async fn nack(self: Box<Self>, requeue: bool) -> Result<(), AckError> {
+///         self.0.lock().unwrap().push(if requeue { "nack, requeue" } else { "nack" });
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let settled = Arc::new(Mutex::new(Vec::new()));
+/// let acking = AckLayer::new(Duration::from_millis(1)).layer(service_fn(|received: Received| async move {
+///     if received.message.payload.is_empty() {
+///         Err(Error::Busy { key: "k".into() })
+///     } else {
+///         Ok(Outcome::Handled)
+///     }
+/// }));
+///
+/// let done = Delivery::new(Message::new("order"), Recorded(Arc::clone(&settled)));
+/// let outcome = acking.clone().oneshot(done).await.expect("acked");
+/// assert!(matches!(outcome, Settled::Acked(Outcome::Handled)));
+///
+/// let not_now = Delivery::new(Message::new(""), Recorded(Arc::clone(&settled)));
+/// let outcome = acking.oneshot(not_now).await.expect("nacked");
+/// assert!(matches!(outcome, Settled::Nacked(_)));
+/// assert_eq!(*settled.lock().unwrap(), ["ack", "nack, requeue"]);
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct AckLayer {
     nack_delay: Duration,

@@ -6,15 +6,19 @@
 use std::marker::PhantomData;
 use std::task::{Context, Poll};
 
-use tower::{Layer, Service};
+use tower::Service;
 
 use crate::{Payload, Received, Request};
 
+mod layer;
+
+pub use self::layer::DecodeLayer;
+
 /// Turns a [`Received`] message into a [`Request<T>`].
 pub struct Decode<S, T> {
-    inner: S,
-    max_payload: Option<usize>,
-    _payload: PhantomData<fn() -> T>,
+    pub(super) inner: S,
+    pub(super) max_payload: Option<usize>,
+    pub(super) _payload: PhantomData<fn() -> T>,
 }
 
 impl<S: Clone, T> Clone for Decode<S, T> {
@@ -65,52 +69,10 @@ pub(crate) fn request<T: Payload>(received: Received, max_payload: Option<usize>
     request
 }
 
-/// Applies [`Decode`] for payload type `T`, refusing payloads over `max_payload` bytes.
-pub struct DecodeLayer<T> {
-    max_payload: Option<usize>,
-    _payload: PhantomData<fn() -> T>,
-}
-
-impl<T> DecodeLayer<T> {
-    /// Decodes into `T`; bodies over `max_payload` bytes fail as `too_large`.
-    pub const fn new(max_payload: Option<usize>) -> Self {
-        DecodeLayer {
-            max_payload,
-            _payload: PhantomData,
-        }
-    }
-}
-
-impl<T> Clone for DecodeLayer<T> {
-    fn clone(&self) -> Self {
-        Self::new(self.max_payload)
-    }
-}
-
-impl<T> std::fmt::Debug for DecodeLayer<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DecodeLayer")
-            .field("max_payload", &self.max_payload)
-            .finish()
-    }
-}
-
-impl<S, T> Layer<S> for DecodeLayer<T> {
-    type Service = Decode<S, T>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Decode {
-            inner,
-            max_payload: self.max_payload,
-            _payload: PhantomData,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use tokio_util::sync::CancellationToken;
-    use tower::{ServiceExt, service_fn};
+    use tower::{Layer, ServiceExt, service_fn};
 
     use super::*;
     use crate::Message;

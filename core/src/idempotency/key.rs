@@ -44,6 +44,24 @@ impl fmt::Display for Key {
 }
 
 /// Where a message's idempotency key comes from.
+///
+/// ```
+/// use backstop::request::Request;
+/// use backstop::{KeySource, Message};
+/// use tokio_util::sync::CancellationToken;
+///
+/// let message = Message::new("\"pay\"")
+///     .with_message_id("m-7")
+///     .with_header("x-order-id", "order-42");
+/// let request = Request::<String>::decode(message, CancellationToken::new(), None);
+///
+/// let by_header = KeySource::Header("x-order-id".into()).key_of(&request);
+/// assert_eq!(by_header.expect("the header is set").as_str(), "order-42");
+/// assert_eq!(KeySource::MessageId.key_of(&request).expect("ids are set").as_str(), "m-7");
+/// // A `String` payload names no key field: no deduplication for it.
+/// assert!(KeySource::Payload.key_of(&request).is_none());
+/// assert!(KeySource::None.key_of(&request).is_none());
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum KeySource {
     /// The payload type's key field; a payload without one skips deduplication.

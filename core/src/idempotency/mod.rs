@@ -10,7 +10,7 @@
 //!
 //! Per message with a key ([`KeySource`]): claim the key's lease; a
 //! completed or dead-lettered key is a [`Outcome::Duplicate`] (acked); a key
-//! another live owner holds is [`Error::Busy`] (deferred, never spun). While
+//! another live owner holds is [`Error::Busy`] (requeued, never spun). While
 //! the inner stack runs, the lease is renewed every lease/3 (one background
 //! task per layer renews all the leases it holds, in one batch). Then:
 //! `Handled` completes the key, `DeadLettered` marks it dead-lettered,
@@ -22,7 +22,7 @@
 //! that letter, with the original failure, without running the handler.
 //! Every one of these names the lease's [`Fence`], so a run whose lease was
 //! lost can settle nothing. If the future is dropped, a guard releases the
-//! key without counting an attempt. A store that is down defers the message
+//! key without counting an attempt. A store that is down requeues the message
 //! ([`Error::Store`]).
 //!
 //! **Batches.** For a remote store ([`Store::remote`]: Redis, PostgreSQL)
@@ -32,7 +32,7 @@
 //! message's completion is written before it is acked: a completion that
 //! fails (the store is down, a timeout; a whole batch fails each of its
 //! items) turns the message's `Handled` into [`Error::Store`], so it is
-//! deferred (nacked and redelivered) like a claim that fails. The
+//! requeued (nacked and redelivered) like a claim that fails. The
 //! completion is retried in the background until the lease runs out: once
 //! it is written the redelivery is a duplicate; if the lease runs out
 //! first, the redelivery takes the key over as after a crash and runs again.
@@ -94,7 +94,7 @@ pub use self::measured::Measured;
 use self::measured::{StoreOps, Timed};
 pub use self::memory::MemoryStore;
 pub use self::namespaced::Namespaced;
-pub use self::store::{Claim, ClaimOf, Fence, Held, MAX_LETTER_TEXT, Store};
+pub use self::store::{Claim, ClaimOf, Fence, Held, MAX_LETTER_TEXT, Store, StoreError};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

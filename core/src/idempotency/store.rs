@@ -4,7 +4,7 @@ use std::time::Duration;
 use futures::future::join_all;
 
 use super::Key;
-use crate::{Failure, StoreError};
+use crate::error::{BoxError, Failure};
 
 /// A fencing token: the number of one lease on one key.
 ///
@@ -141,6 +141,31 @@ pub struct Held<'a> {
 /// default implementations run the single-key operations concurrently, so
 /// a store only needs the five single-key methods; shared stores override
 /// them with one round trip.
+///
+/// Called through the trait, on the in-process [`MemoryStore`](super::MemoryStore):
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use backstop::idempotency::{Claim, Key, MemoryStore, Store};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), backstop::error::StoreError> {
+/// let store = MemoryStore::default();
+/// let key = Key::new("order-17");
+/// let lease = Duration::from_secs(30);
+///
+/// let Claim::Acquired { fence, .. } = store.claim(&key, "worker-a", lease, 0).await? else {
+///     panic!("a new key is free");
+/// };
+/// // Another worker finds the lease held, and cannot settle it.
+/// assert!(matches!(store.claim(&key, "worker-b", lease, 0).await?, Claim::Busy { .. }));
+/// assert!(store.complete(&key, fence).await?);
+/// // Once completed, every later delivery is a duplicate.
+/// assert!(matches!(store.claim(&key, "worker-b", lease, 0).await?, Claim::Completed));
+/// # Ok(())
+/// # }
+/// ```
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Tries to take the lease on `key` for `owner`.
@@ -269,4 +294,22 @@ pub trait Store: Send + Sync + 'static {
     async fn complete_many(&self, held: &[Held<'_>]) -> Vec<Result<bool, StoreError>> {
         join_all(held.iter().map(|h| self.complete(h.key, h.fence))).await
     }
+}
+
+/// A failure of the idempotency store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store's backend did not answer or failed.
+    #[error("store backend failed: {0}")]
+    Backend(#[source] BoxError),
+    /// The store is full of live leases and cannot take a new key.
+    #[error("store is full ({capacity} keys in progress)")]
+    Full {
+        /// The configured capacity.
+        capacity: usize,
+    },
+    /// The store's key layout does not fit the worker's choice (see
+    /// [`KeyLayout`](crate::idempotency::KeyLayout)).
+    #[error(transparent)]
+    Layout(#[from] super::LayoutError),
 }

@@ -56,6 +56,22 @@ impl Shared {
 }
 
 /// An in-memory broker; cheap to clone (all clones share the queues).
+///
+/// ```
+/// use backstop::Message;
+/// use backstop::memory::MemoryBroker;
+///
+/// let broker = MemoryBroker::new();
+/// broker.set_max_len("orders", Some(1));
+/// broker.publish_now("orders", Message::new("first")).expect("there is room");
+/// // A full queue refuses the write: the publisher is told, nothing is dropped silently.
+/// assert!(matches!(
+///     broker.publish_now("orders", Message::new("second")),
+///     Err(backstop::publish::PublishError::Full(_))
+/// ));
+/// assert_eq!(broker.stats("orders").ready, 1);
+/// assert_eq!(broker.peek("orders")[0].payload, "first");
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct MemoryBroker {
     shared: Arc<Shared>,

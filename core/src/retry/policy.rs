@@ -12,6 +12,22 @@ use crate::attempt;
 /// `in_process_limit` go through a [`RetrySink`](super::RetrySink) when one is
 /// configured (the message is republished and acked), so no worker sleeps
 /// on them.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use backstop::RetryPolicy;
+///
+/// let policy = RetryPolicy::retries(5).backoff(Duration::from_millis(100), Duration::from_secs(1));
+/// // The ceiling doubles from `initial` and stops at `max_delay`.
+/// assert_eq!(policy.ceiling(1), Duration::from_millis(100));
+/// assert_eq!(policy.ceiling(3), Duration::from_millis(400));
+/// assert_eq!(policy.ceiling(8), Duration::from_secs(1));
+/// // The delay actually waited is drawn at random below the ceiling.
+/// for failed in 1..=8 {
+///     assert!(policy.delay(failed) <= policy.ceiling(failed));
+/// }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// At most this many attempts (`retries + 1`).

@@ -91,6 +91,36 @@ impl Service<Delivery> for Stack {
 }
 
 /// Builds a [`Stack`] for payload type `T`; see the [module docs](self).
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+///
+/// use backstop::idempotency::MemoryStore;
+/// use backstop::memory::MemoryBroker;
+/// use backstop::{Context, HandlerError, KeySource, Message, RetryPolicy, Runner, StackBuilder, handler_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let broker = MemoryBroker::new();
+/// for id in ["a", "b", "a"] {
+///     broker.publish_now("orders", Message::new(format!("\"{id}\"")).with_message_id(id))?;
+/// }
+///
+/// let stack = StackBuilder::<String>::new(Arc::new(broker.dead_letter_sink()))
+///     .retry(RetryPolicy::retries(2).backoff(Duration::from_millis(1), Duration::from_millis(5)))
+///     .idempotency(Arc::new(MemoryStore::default()), KeySource::MessageId)
+///     .timeout(Duration::from_secs(5))
+///     .build(handler_fn(|_order: String, _ctx: Context| async { Ok::<_, HandlerError>(()) }));
+///
+/// let summary = Runner::new(broker.consume("orders", 4).until_drained(), stack)
+///     .concurrency(1)
+///     .run()
+///     .await?;
+/// assert_eq!((summary.handled, summary.duplicates), (2, 1));
+/// # Ok(())
+/// # }
+/// ```
 pub struct StackBuilder<T> {
     retry: RetryPolicy,
     timeout: Option<Duration>,
