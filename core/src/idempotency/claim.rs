@@ -63,6 +63,11 @@ impl Claimed {
     }
 }
 
+/// How a claim ended the message's way through the layer, with the
+/// result the layer answers: a duplicate (`Ok`), a busy key or the store
+/// down (`Err`).
+pub(super) type Ended = Result<Outcome, Error>;
+
 /// Claims `keys`: the key, then its legacy key (if read). A legacy key
 /// completed or dead-lettered makes the message a duplicate (recorded in
 /// the new layout too); one held by another worker makes it busy.
@@ -72,21 +77,22 @@ pub(super) async fn claim(
     owner: &str,
     lease: Duration,
     replay: u32,
-) -> Result<Claimed, Result<Outcome, Error>> {
+) -> Result<Claimed, Ended> {
     let first = store
         .claim(&keys.key, owner, lease, replay)
         .await
         .map_err(|e| Err(Error::Store(e)))?;
-    let (fence, failed_runs, crashed, letter) = acquired(first, &keys.key)?;
+    let claimed = acquired(first, &keys.key)?;
     let Some(legacy) = &keys.legacy else {
-        return Ok(Claimed {
-            fence,
-            legacy: None,
-            failed_runs,
-            crashed,
-            letter,
-        });
+        return Ok(claimed);
     };
+    let Claimed {
+        fence,
+        failed_runs,
+        crashed,
+        letter,
+        ..
+    } = claimed;
     let old = match store.claim(legacy, owner, lease, replay).await {
         Ok(old) => old,
         Err(error) => {
@@ -146,7 +152,7 @@ pub(super) fn claim_now(
     owner: &str,
     lease: Duration,
     replay: u32,
-) -> Option<Result<Claimed, Result<Outcome, Error>>> {
+) -> Option<Result<Claimed, Ended>> {
     if keys.legacy.is_some() {
         return None;
     }
@@ -154,15 +160,7 @@ pub(super) fn claim_now(
         Ok(first) => first,
         Err(error) => return Some(Err(Err(Error::Store(error)))),
     };
-    Some(
-        acquired(first, &keys.key).map(|(fence, failed_runs, crashed, letter)| Claimed {
-            fence,
-            legacy: None,
-            failed_runs,
-            crashed,
-            letter,
-        }),
-    )
+    Some(acquired(first, &keys.key))
 }
 
 /// [`settle`] when the store answers at once: a handled or discarded
@@ -240,24 +238,32 @@ fn bounded(failure: &Failure) -> Failure {
     letter
 }
 
-/// An acquired lease.
-type Acquired = (Fence, u32, bool, Option<Failure>);
-
-/// The lease of an acquired claim as `(fence, failed runs, crashed, pending
-/// letter)`; a duplicate or a busy key ends the message's way through the
-/// layer.
-fn acquired(claim: Claim, key: &Key) -> Result<Acquired, Result<Outcome, Error>> {
+/// The lease of an acquired claim (no legacy key read yet); a duplicate or
+/// a busy key ends the message's way through the layer.
+fn acquired(claim: Claim, key: &Key) -> Result<Claimed, Ended> {
     match claim {
         Claim::Acquired {
             fence,
             failed_runs,
             crashed,
-        } => Ok((fence, failed_runs, crashed, None)),
+        } => Ok(Claimed {
+            fence,
+            legacy: None,
+            failed_runs,
+            crashed,
+            letter: None,
+        }),
         Claim::LetterPending {
             fence,
             failed_runs,
             letter,
-        } => Ok((fence, failed_runs, false, Some(letter))),
+        } => Ok(Claimed {
+            fence,
+            legacy: None,
+            failed_runs,
+            crashed: false,
+            letter: Some(letter),
+        }),
         Claim::Completed | Claim::DeadLettered => Err(Ok(Outcome::Duplicate)),
         Claim::Busy { .. } => Err(Err(Error::Busy {
             key: key.to_string(),

@@ -4,6 +4,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::Shared;
 use crate::{AckError, Acker};
 
+/// How an in-memory delivery is settled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Settlement {
+    /// Acked: the queue forgets it.
+    Ack,
+    /// Nacked and put back at the head of the queue.
+    Requeue,
+    /// Nacked without requeue: dropped (there is no dead-letter exchange here).
+    Drop,
+}
+
 /// Settles one in-memory delivery by its tag.
 #[derive(Debug)]
 pub(crate) struct MemoryAcker {
@@ -15,7 +26,7 @@ pub(crate) struct MemoryAcker {
 }
 
 impl MemoryAcker {
-    fn settle(&self, requeue: Option<bool>) -> Result<(), AckError> {
+    fn settle(&self, settlement: Settlement) -> Result<(), AckError> {
         let mut queues = self.shared.lock();
         let queue = queues
             .get_mut(&*self.queue)
@@ -27,17 +38,19 @@ impl MemoryAcker {
             )));
         };
         let was_full = self.outstanding.fetch_sub(1, Ordering::SeqCst) >= self.prefetch;
-        let requeued = match requeue {
-            None => {
+        let requeued = match settlement {
+            Settlement::Ack => {
                 queue.stats.acked += 1;
                 false
             }
-            Some(requeue) => {
+            Settlement::Requeue => {
                 queue.stats.nacked += 1;
-                if requeue {
-                    queue.requeue(entry.message);
-                }
-                requeue
+                queue.requeue(entry.message);
+                true
+            }
+            Settlement::Drop => {
+                queue.stats.nacked += 1;
+                false
             }
         };
         // Wake consumers only when one may wait on this: a full prefetch, a
@@ -52,19 +65,23 @@ impl MemoryAcker {
 #[async_trait::async_trait]
 impl Acker for MemoryAcker {
     async fn ack(self: Box<Self>) -> Result<(), AckError> {
-        self.settle(None)
+        self.settle(Settlement::Ack)
     }
 
     fn ack_now(&mut self) -> Option<Result<(), AckError>> {
-        Some(self.settle(None))
+        Some(self.settle(Settlement::Ack))
     }
 
     async fn nack(self: Box<Self>, requeue: bool) -> Result<(), AckError> {
-        self.settle(Some(requeue))
+        self.settle(if requeue {
+            Settlement::Requeue
+        } else {
+            Settlement::Drop
+        })
     }
 
     fn abandon(self: Box<Self>) {
         // Synchronous: a dropped delivery is back in the queue at once.
-        let _ = self.settle(Some(true));
+        let _ = self.settle(Settlement::Requeue);
     }
 }
