@@ -86,23 +86,25 @@
 mod keys;
 mod labels;
 mod layer;
+mod observation;
 mod ops;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use self::keys::{METADATA, MessageKeys};
 pub use self::labels::MetricLabels;
 pub use self::layer::MetricsLayer;
+pub(crate) use self::observation::Observation;
 pub use self::ops::{
     ACK_FAILURES, COMMIT_FAILURES, DLQ_DEPTH, KAFKA_LAG, KAFKA_OLDEST_UNFINISHED, QUEUE_DEPTH,
     RECONNECTS, RETRY_DEPTH, STORE_BATCH_SIZE, STORE_DURATION, STORE_ERRORS, consumer_labels,
 };
 
-use std::ops::Deref;
 use std::sync::{Arc, Once};
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 use tower::Service;
-use tracing::Instrument;
 
 use crate::{Error, Outcome, Request};
 
@@ -179,33 +181,6 @@ impl<S> Metrics<S> {
     }
 }
 
-/// Counts a message in flight until it leaves (or is dropped).
-struct InFlight<K: Deref<Target = MessageKeys>>(Option<K>);
-
-impl<K: Deref<Target = MessageKeys>> InFlight<K> {
-    fn enter(keys: K) -> Self {
-        keys.in_flight(1.0);
-        InFlight(Some(keys))
-    }
-
-    /// No longer in flight; the keys, to record the outcome with.
-    fn leave(mut self) -> Option<K> {
-        let keys = self.0.take();
-        if let Some(keys) = &keys {
-            keys.in_flight(-1.0);
-        }
-        keys
-    }
-}
-
-impl<K: Deref<Target = MessageKeys>> Drop for InFlight<K> {
-    fn drop(&mut self) {
-        if let Some(keys) = &self.0 {
-            keys.in_flight(-1.0);
-        }
-    }
-}
-
 impl<S, T> Service<Request<T>> for Metrics<S>
 where
     S: Service<Request<T>, Response = Outcome, Error = Error>,
@@ -226,243 +201,5 @@ where
             self.inner.call(request)
         };
         Box::pin(observation.observe(move || future))
-    }
-}
-
-/// One message's metrics and span; shared by [`Metrics`] and the stack's
-/// pipeline.
-pub(crate) struct Observation<K> {
-    span: tracing::Span,
-    may_merge: bool,
-    keys: K,
-}
-
-impl<K: Deref<Target = MessageKeys>> Observation<K> {
-    /// Starts observing `request`: its span (`backstop.message`, a no-op
-    /// without a subscriber that wants it).
-    pub(crate) fn start<T>(request: &Request<T>, keys: K) -> Self {
-        let meta = &request.message().meta;
-        // At debug: an info subscriber would pay about 12,000 instructions
-        // and 2 allocations per message for it (the instruction bench's
-        // BENCH-INSTR-LIFECYCLE line).
-        #[cfg(not(feature = "otel"))]
-        let span = tracing::debug_span!(
-            "backstop.message",
-            message_id = %meta.message_id,
-            source = %meta.source,
-            attempt = request.attempt(),
-            outcome = tracing::field::Empty,
-        );
-        // The same span as a consumer span, a child of the message's trace.
-        #[cfg(feature = "otel")]
-        let span = crate::otel::consumer_span(request);
-        let may_merge = meta.id_source == crate::IdSource::Digest
-            && !meta.redelivered
-            && request.payload_key().is_none();
-        Observation {
-            span,
-            may_merge,
-            keys,
-        }
-    }
-
-    /// Runs `run` inside the span, counting it in flight, then records
-    /// its outcome and duration. (`run` makes the future here, so it is
-    /// stored once, inside this one.)
-    ///
-    /// Not an `async fn`: the future it returns is the instrumented block
-    /// itself, with no wrapper holding `run` a second time.
-    pub(crate) fn observe<Fut>(
-        self,
-        run: impl FnOnce() -> Fut,
-    ) -> tracing::instrument::Instrumented<impl std::future::Future<Output = Result<Outcome, Error>>>
-    where
-        Fut: std::future::Future<Output = Result<Outcome, Error>>,
-    {
-        let Observation {
-            span,
-            may_merge,
-            keys,
-        } = self;
-        let record = span.clone();
-        async move {
-            let in_flight = InFlight::enter(keys);
-            let start = std::time::Instant::now();
-            let result = run().await;
-            let keys = in_flight.leave();
-            let label = label(&result);
-            record.record("outcome", label);
-            if let Some(keys) = keys {
-                keys.of(&result).record(start.elapsed().as_secs_f64());
-            }
-            if may_merge && matches!(result, Ok(Outcome::Duplicate)) {
-                metrics::counter!(DIGEST_ID_MERGES).increment(1);
-                tracing::info!("an id-less message was acked as a duplicate of an identical one");
-            }
-            if let Err(error) = &result {
-                tracing::info!(%error, "message not settled, it will be redelivered");
-            }
-            result
-        }
-        .instrument(span)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-    use tower::{Layer, ServiceExt, service_fn};
-
-    use super::*;
-    use crate::testing::request;
-
-    type Snapshot = Vec<(
-        metrics_util::CompositeKey,
-        Option<metrics::Unit>,
-        Option<metrics::SharedString>,
-        DebugValue,
-    )>;
-
-    /// Runs `body` on a current-thread runtime with a debugging recorder of
-    /// its own; what it recorded.
-    fn recorded(body: impl std::future::Future<Output = ()>) -> Snapshot {
-        let recorder = DebuggingRecorder::new();
-        let snapshotter = recorder.snapshotter();
-        metrics::with_local_recorder(&recorder, || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(body);
-        });
-        snapshotter.snapshot().into_vec()
-    }
-
-    #[test]
-    fn counts_outcomes_and_tracks_in_flight() {
-        let snapshot = recorded(async {
-            let svc = MetricsLayer::new().layer(service_fn(|r: Request<String>| async move {
-                match r.payload() {
-                    Ok(p) if p == "ok" => Ok(Outcome::Handled),
-                    Ok(p) if p == "dup" => Ok(Outcome::Duplicate),
-                    _ => Err(Error::Busy { key: "k".into() }),
-                }
-            }));
-            for body in ["ok", "ok", "dup", "busy"] {
-                let _ = svc.clone().oneshot(request(body)).await;
-            }
-        });
-        let count = |outcome: &str| {
-            snapshot
-                .iter()
-                .find(|(k, _, _, _)| {
-                    k.key().name() == MESSAGES_TOTAL
-                        && k.key().labels().any(|l| l.value() == outcome)
-                })
-                .map(|(_, _, _, v)| match v {
-                    DebugValue::Counter(c) => *c,
-                    _ => 0,
-                })
-                .unwrap_or(0)
-        };
-        assert_eq!(count("handled"), 2);
-        let histogram = snapshot.iter().any(|(k, _, _, v)| {
-            k.key().name() == HANDLER_DURATION
-                && k.key().labels().any(|l| l.value() == "handled")
-                && matches!(v, DebugValue::Histogram(h) if h.len() == 2)
-        });
-        assert!(
-            histogram,
-            "the duration is recorded under {HANDLER_DURATION}"
-        );
-        assert_eq!(count("duplicate"), 1);
-        assert_eq!(count("nacked"), 1);
-        let gauge = snapshot
-            .iter()
-            .find(|(k, _, _, _)| k.key().name() == IN_FLIGHT)
-            .map(|(_, _, _, v)| v);
-        assert!(matches!(gauge, Some(DebugValue::Gauge(g)) if g.into_inner() == 0.0));
-    }
-
-    /// A stack and its runner label every series with the consumer's source and group.
-    #[test]
-    fn a_labelled_stack_and_runner_record_source_and_group() {
-        let snapshot = recorded(async {
-            let broker = crate::memory::MemoryBroker::new();
-            for _ in 0..3 {
-                broker
-                    .publish_now("orders", crate::Message::new(r#""x""#))
-                    .unwrap();
-            }
-            let source = broker.consume("orders", 2).until_drained();
-            let labels = source.metric_labels();
-            let stack =
-                crate::StackBuilder::<String>::new(std::sync::Arc::new(broker.dead_letter_sink()))
-                    .metric_labels(labels.clone())
-                    .build(crate::handler_fn(|_: String, _| async {
-                        Ok::<_, crate::HandlerError>(())
-                    }));
-            crate::Runner::new(source, stack)
-                .metric_labels(labels)
-                .run()
-                .await
-                .unwrap();
-        });
-        let labelled = |name: &str| {
-            snapshot.iter().find(|(k, _, _, _)| {
-                let key = k.key();
-                key.name() == name
-                    && key
-                        .labels()
-                        .any(|l| l.key() == "source" && l.value() == "orders")
-                    && key
-                        .labels()
-                        .any(|l| l.key() == "group" && l.value() == "orders")
-            })
-        };
-        assert!(
-            matches!(
-                labelled(MESSAGES_TOTAL),
-                Some((_, _, _, DebugValue::Counter(3)))
-            ),
-            "{snapshot:?}"
-        );
-        assert!(labelled(HANDLER_DURATION).is_some());
-        assert!(labelled(IN_FLIGHT).is_some());
-        assert!(labelled(crate::breaker::BREAKER_STATE).is_some());
-        // Drained and stopped: the runner is no longer ready.
-        assert!(matches!(
-            labelled(READY),
-            Some((_, _, _, DebugValue::Gauge(g))) if g.into_inner() == 0.0
-        ));
-    }
-
-    #[test]
-    fn duplicates_of_id_less_first_deliveries_count_as_digest_merges() {
-        let snapshot = recorded(async {
-            let svc = MetricsLayer::new().layer(service_fn(|_r: Request<String>| async {
-                Ok::<_, Error>(Outcome::Duplicate)
-            }));
-            for redelivered in [false, false, true] {
-                let message = crate::inbound::amqp(crate::inbound::AmqpDelivery {
-                    queue: "q".into(),
-                    redelivered,
-                    body: bytes::Bytes::from_static(b"\"same\""),
-                    ..crate::inbound::AmqpDelivery::default()
-                });
-                let request = Request::decode(message, crate::CancellationToken::new(), None);
-                let _ = svc.clone().oneshot(request).await;
-            }
-            // A producer's id is no digest: never counted.
-            let _ = svc.clone().oneshot(request("x")).await;
-        });
-        let merges = snapshot
-            .into_iter()
-            .find(|(k, _, _, _)| k.key().name() == DIGEST_ID_MERGES)
-            .map(|(_, _, _, v)| v);
-        assert!(
-            matches!(merges, Some(DebugValue::Counter(2))),
-            "two first deliveries merged, the redelivery is not a merge: {merges:?}"
-        );
     }
 }
