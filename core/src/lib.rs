@@ -36,7 +36,7 @@
 //! ```
 //!
 //! The layers, outermost first: [`ack`] ⟶ [`decode`] ⟶ [`metrics`] ⟶
-//! [`idempotency`] ⟶ [`dead_letter`] ⟶ [`retry`] ⟶ [`timeout`] ⟶ [`panic`](mod@crate::panic)
+//! [`idempotency`] ⟶ [`dead_letter`] ⟶ [`retry`] ⟶ [`timeout`] ⟶ [`catch_panic`]
 //! ⟶ your [`Handle`]r. [`StackBuilder`] composes them in that order.
 //!
 //! One source carrying several payload types, each with its own handler:
@@ -50,6 +50,7 @@ mod at_once;
 pub mod attempt;
 pub mod batch;
 pub mod breaker;
+pub mod catch_panic;
 pub mod conformance;
 pub mod context;
 pub mod copy;
@@ -71,7 +72,6 @@ pub mod nodes;
 pub mod otel;
 pub mod outcome;
 pub mod outgoing;
-pub mod panic;
 pub mod payload;
 pub mod publish;
 pub mod redact;
@@ -90,6 +90,26 @@ pub mod wire;
 
 #[cfg(test)]
 mod testing;
+
+/// The former name of [`catch_panic`], kept one release.
+#[doc(hidden)]
+pub mod panic {
+    /// Moved to [`crate::catch_panic::CatchPanic`].
+    #[deprecated(
+        since = "0.2.0",
+        note = "moved: use `backstop::catch_panic::CatchPanic`"
+    )]
+    pub type CatchPanic<S> = crate::catch_panic::CatchPanic<S>;
+    /// Moved to [`crate::catch_panic::CatchPanicLayer`].
+    #[deprecated(
+        since = "0.2.0",
+        note = "moved: use `backstop::catch_panic::CatchPanicLayer`"
+    )]
+    pub type CatchPanicLayer = crate::catch_panic::CatchPanicLayer;
+    /// Moved to [`crate::catch_panic::Panicked`].
+    #[deprecated(since = "0.2.0", note = "moved: use `backstop::catch_panic::Panicked`")]
+    pub type Panicked = crate::catch_panic::Panicked;
+}
 
 pub use crate::ack::{AckLayer, Settled};
 pub use crate::context::{Context, Extensions};

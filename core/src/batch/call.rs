@@ -36,10 +36,14 @@ pub(super) async fn run<T, H: HandleBatch<T>>(
         Err(panic) => {
             let why = format!(
                 "the batch handler panicked: {}",
-                crate::panic::panic_text(&*panic)
+                crate::catch_panic::panic_text(&*panic)
             );
             // Permanent, kind `panic`: as a panicking handler's.
-            (why, ErrorKind::Panic, crate::panic::panic_error(panic))
+            (
+                why,
+                ErrorKind::Panic,
+                crate::catch_panic::panic_error(panic),
+            )
         }
     };
     if n == 1 {

@@ -89,7 +89,7 @@ pub fn guarded(convert: impl FnOnce() -> Message, fallback: impl FnOnce() -> Mes
     match std::panic::catch_unwind(AssertUnwindSafe(convert)) {
         Ok(message) => message,
         Err(payload) => {
-            let reason = crate::panic::panic_text(&*payload);
+            let reason = crate::catch_panic::panic_text(&*payload);
             let mut message = fallback();
             tracing::error!(
                 source = %message.meta.source,

@@ -68,7 +68,7 @@ where
             }
             Err(panic) => {
                 self.record(Done::Panicked {
-                    panic: crate::panic::panic_text(panic.as_ref()),
+                    panic: crate::catch_panic::panic_text(panic.as_ref()),
                     kind,
                 });
                 false

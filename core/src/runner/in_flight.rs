@@ -80,7 +80,7 @@ where
             Ok(Poll::Ready(result)) => Poll::Ready(Done::Settled { result, kind }),
             Ok(Poll::Pending) => Poll::Pending,
             Err(panic) => Poll::Ready(Done::Panicked {
-                panic: crate::panic::panic_text(panic.as_ref()),
+                panic: crate::catch_panic::panic_text(panic.as_ref()),
                 kind,
             }),
         }

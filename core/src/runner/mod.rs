@@ -94,6 +94,38 @@ pub enum RunError {
 }
 
 /// Drives a source through a stack; see the [module docs](self).
+///
+/// Shutdown stops fetching, lets the messages in flight finish (until the
+/// deadline) and returns what the run did:
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+///
+/// use backstop::memory::MemoryBroker;
+/// use backstop::{Context, HandlerError, Message, Runner, StackBuilder, handler_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let broker = MemoryBroker::new();
+/// broker.publish_now("orders", Message::new("\"o-1\""))?;
+/// let stack = StackBuilder::<String>::new(Arc::new(broker.dead_letter_sink()))
+///     .build(handler_fn(|_: String, _: Context| async { Ok::<_, HandlerError>(()) }));
+///
+/// let runner = Runner::new(broker.consume("orders", 16), stack)
+///     .concurrency(16)
+///     .shutdown_deadline(Duration::from_secs(5));
+/// let shutdown = runner.shutdown_token();
+/// let running = tokio::spawn(runner.run());
+/// while broker.stats("orders").acked < 1 {
+///     tokio::time::sleep(Duration::from_millis(1)).await;
+/// }
+/// shutdown.cancel();
+/// let summary = running.await??;
+/// assert_eq!((summary.received, summary.handled), (1, 1));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Runner<Src, Svc> {
     source: Src,

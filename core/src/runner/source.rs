@@ -50,6 +50,60 @@ fn quoted(names: &[String]) -> String {
 ///
 /// `next` must be cancel-safe: if its future is dropped before it resolves,
 /// no delivery may be lost (it stays with the broker).
+///
+/// A source over a fixed list of messages, whose acker counts the acks:
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+///
+/// use backstop::delivery::{Acker, Delivery};
+/// use backstop::error::AckError;
+/// use backstop::memory::MemoryBroker;
+/// use backstop::runner::{Source, SourceError};
+/// use backstop::{Context, HandlerError, Message, Runner, StackBuilder, handler_fn};
+///
+/// struct Counted(Arc<AtomicUsize>);
+///
+/// #[async_trait::async_trait]
+/// impl Acker for Counted {
+///     async fn ack(self: Box<Self>) -> Result<(), AckError> {
+///         self.0.fetch_add(1, Ordering::SeqCst);
+///         Ok(())
+///     }
+///     async fn nack(self: Box<Self>, _requeue: bool) -> Result<(), AckError> {
+///         Ok(())
+///     }
+/// }
+///
+/// struct Listed {
+///     messages: Vec<Message>,
+///     acked: Arc<AtomicUsize>,
+/// }
+///
+/// impl Source for Listed {
+///     async fn next(&mut self) -> Option<Result<Delivery, SourceError>> {
+///         let message = self.messages.pop()?;
+///         Some(Ok(Delivery::new(message, Counted(Arc::clone(&self.acked)))))
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let acked = Arc::new(AtomicUsize::new(0));
+/// let source = Listed {
+///     messages: vec![Message::new("\"a\""), Message::new("\"b\"")],
+///     acked: Arc::clone(&acked),
+/// };
+/// let dlq = MemoryBroker::new().dead_letter_sink();
+/// let stack = StackBuilder::<String>::new(Arc::new(dlq))
+///     .build(handler_fn(|_: String, _: Context| async { Ok::<_, HandlerError>(()) }));
+/// let summary = Runner::new(source, stack).run().await?;
+/// assert_eq!(summary.handled, 2);
+/// assert_eq!(acked.load(Ordering::SeqCst), 2);
+/// # Ok(())
+/// # }
+/// ```
 pub trait Source: Send + 'static {
     /// The next delivery; `None` when the source has ended.
     fn next(&mut self) -> impl Future<Output = Option<Result<Delivery, SourceError>>> + Send;

@@ -474,11 +474,11 @@ impl<T: Payload> StackBuilder<T> {
         use tower::util::BoxCloneSyncService as Boxed;
 
         use crate::ack::AckLayer;
+        use crate::catch_panic::CatchPanicLayer;
         use crate::dead_letter::DeadLetterLayer;
         use crate::decode::DecodeLayer;
         use crate::idempotency::IdempotencyLayer;
         use crate::metrics::MetricsLayer;
-        use crate::panic::CatchPanicLayer;
         use crate::retry::RetryLayer;
         use crate::timeout::TimeoutLayer;
 

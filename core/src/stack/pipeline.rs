@@ -19,8 +19,8 @@ use crate::metrics::{MessageKeys, Observation};
 use crate::retry::{self, RetryPolicy, RetrySink};
 use crate::transaction::InTransaction;
 use crate::{
-    AckError, Delivery, Error, Handle, HandlerError, Outcome, Payload, Request, Settled, decode,
-    handler, panic, timeout,
+    AckError, Delivery, Error, Handle, HandlerError, Outcome, Payload, Request, Settled,
+    catch_panic, decode, handler, timeout,
 };
 
 /// Everything a message's run reads, built once per stack.
@@ -121,7 +121,11 @@ impl<T: Payload, H: Handle<T>> Pipeline<T, H> {
     async fn attempt(&self, request: &Request<T>) -> Result<(), HandlerError> {
         match &self.attempt {
             Attempt::Handler(handler) => {
-                timeout::within(self.timeout, panic::caught(handler::run(handler, request))).await
+                timeout::within(
+                    self.timeout,
+                    catch_panic::caught(handler::run(handler, request)),
+                )
+                .await
             }
             Attempt::Wrapped(service) => {
                 // Readiness outside the timeout, as a layered stack waits
@@ -130,7 +134,7 @@ impl<T: Payload, H: Handle<T>> Pipeline<T, H> {
                 service.ready().await?;
                 timeout::within(
                     self.timeout,
-                    panic::caught_call(|| service.call(request.clone())),
+                    catch_panic::caught_call(|| service.call(request.clone())),
                 )
                 .await
             }
