@@ -43,7 +43,7 @@ export BACKSTOP_CLI_RABBIT_FIXTURE_LETTERS="${BACKSTOP_CLI_RABBIT_FIXTURE_LETTER
 export BACKSTOP_CLUSTER_ORDERS="${BACKSTOP_CLUSTER_ORDERS:-5000}"
 export BACKSTOP_CLUSTER_KILLS="${BACKSTOP_CLUSTER_KILLS:-2}"
 
-ALL_STEPS=(services fmt clippy build test faults clusters fuzz)
+ALL_STEPS=(services fmt clippy doc build test faults clusters fuzz)
 only=""
 while (($#)); do
   case $1 in
@@ -176,6 +176,15 @@ if want clippy; then
   cargo clippy -p backstop -p backstop-spool -p backstop-cli -p backstop-tests --all-targets \
     --features backstop/otel,backstop-spool/otel,backstop-cli/otel,backstop-tests/otel -- -D warnings
   step_done clippy
+fi
+
+if want doc; then
+  # The API docs build with every intra-doc link resolved (the lint is
+  # denied in the workspace's [lints.rustdoc]); the doc-tests themselves
+  # run in the test step.
+  step "cargo doc --no-deps (broken links are errors)"
+  RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --lib
+  step_done doc
 fi
 
 if want build || want test || want faults || want clusters; then
