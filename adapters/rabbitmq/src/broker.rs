@@ -9,9 +9,9 @@ use crate::connection::{ConnectOptions, Connector, SharedConnection};
 use crate::depth::{DEFAULT_DEPTH_INTERVAL, DepthPoller, ready_count};
 use crate::error::{ConnectError, ConsumeError, NOT_FOUND, TopologyError, amqp_reply};
 use crate::publisher::RabbitPublisher;
-use crate::sinks::{RabbitDeadLetterSink, RabbitRetrySink};
+use crate::sinks::{RabbitDeadLetterSink, RabbitRetrySink, Registry};
 use crate::source::RabbitSource;
-use crate::topology::{Registry, Topology};
+use crate::topology::Topology;
 
 /// A RabbitMQ broker: declares topology and makes sources, publishers and sinks.
 ///

@@ -1,13 +1,16 @@
 //! The DLQ writer ([`RabbitDeadLetterSink`]) and the broker-delayed retry
-//! writer ([`RabbitRetrySink`]), both confirmed publishes.
+//! writer ([`RabbitRetrySink`]), both confirmed publishes; and the
+//! [`Registry`] of topologies the retry writer reads its tiers from.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use backstop::{DeadLetterSink, Message, Publisher, RetrySink, SinkError};
 
+use crate::Topology;
 use crate::publisher::RabbitPublisher;
-use crate::topology::{QueueKind, Registry, dlq_name};
+use crate::topology::{QueueKind, dlq_name};
 
 /// Writes dead letters to `<queue>.dlq` of the queue the message was
 /// consumed from ([`Meta::origin`](backstop::Meta::origin); never a queue a
@@ -115,5 +118,28 @@ impl RetrySink for RabbitRetrySink {
                 destination,
                 source,
             })
+    }
+}
+
+/// The topologies this process knows, by queue: what the retry sink reads its tiers from.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    topologies: RwLock<HashMap<String, Topology>>,
+}
+
+impl Registry {
+    pub(crate) fn insert(&self, topology: &Topology) {
+        self.topologies
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(topology.queue().to_owned(), topology.clone());
+    }
+
+    pub(crate) fn get(&self, queue: &str) -> Option<Topology> {
+        self.topologies
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(queue)
+            .cloned()
     }
 }

@@ -58,6 +58,7 @@ mod layout;
 mod link;
 mod scripts;
 mod store;
+mod verdict;
 
 pub use self::config::RedisConfig;
 pub use self::error::RedisStoreError;

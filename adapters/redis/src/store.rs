@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backstop::idempotency::{Claim, ClaimOf, Fence, Held, Key, KeyLayout, Layout};
-use backstop::{ErrorKind, Failure, Store, StoreError};
+use backstop::{Failure, Store, StoreError};
 use redis::aio::ConnectionManager;
 
 use crate::link::Link;
@@ -13,6 +13,7 @@ use crate::scripts::{
     CLAIM_MANY_SCRIPT, CLAIM_SCRIPT, DEFER_LETTER_SCRIPT, FINISH_MANY_SCRIPT, FINISH_SCRIPT,
     RELEASE_SCRIPT, RENEW_MANY_SCRIPT, RENEW_SCRIPT,
 };
+use crate::verdict::{Verdict, claim_of};
 use crate::{RedisConfig, RedisStoreError};
 
 /// An idempotency [`Store`] on Redis, shared by every worker that uses the
@@ -245,76 +246,11 @@ fn each_fails<T>(n: usize, error: &RedisStoreError) -> Vec<Result<T, StoreError>
         .collect()
 }
 
-/// A claim script's answer, `{verdict, n, fence, crashed}` and a pending
-/// letter's kind, error text, attempts, first and last failure (ms).
-type Verdict = (
-    String,
-    i64,
-    String,
-    i64,
-    String,
-    String,
-    String,
-    String,
-    String,
-);
-
-/// The failure of a pending letter (kind, error text, attempts, first and
-/// last failure in ms); an unknown kind (written by a newer release) reads
-/// as `permanent`.
-fn letter_of(kind: &str, message: String, attempts: &str, first: &str, last: &str) -> Failure {
-    let at = |ms: &str| std::time::UNIX_EPOCH + Duration::from_millis(ms.parse().unwrap_or(0));
-    Failure {
-        kind: ErrorKind::parse(kind).unwrap_or(ErrorKind::Permanent),
-        message,
-        attempts: attempts.parse().unwrap_or(0),
-        first_failure: at(first),
-        last_failure: at(last),
-    }
-}
-
 /// Milliseconds since the Unix epoch of `time` (0 before it), as text.
 fn epoch_ms(time: std::time::SystemTime) -> String {
     time.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis())
         .to_string()
-}
-
-fn claim_of(
-    op: &'static str,
-    (verdict, n, fence, crashed, kind, message, attempts, first, last): Verdict,
-) -> Result<Claim, StoreError> {
-    let count = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
-    let fence = || {
-        fence.parse::<u64>().map(Fence).map_err(|_| {
-            StoreError::from(RedisStoreError::UnexpectedReply {
-                op,
-                reply: format!("fence {fence:?}"),
-            })
-        })
-    };
-    match verdict.as_str() {
-        "acquired" => Ok(Claim::Acquired {
-            fence: fence()?,
-            failed_runs: count(n),
-            crashed: crashed == 1,
-        }),
-        "letter_pending" => Ok(Claim::LetterPending {
-            fence: fence()?,
-            failed_runs: count(n),
-            letter: letter_of(&kind, message, &attempts, &first, &last),
-        }),
-        "busy" => Ok(Claim::Busy {
-            remaining: Duration::from_millis(u64::try_from(n.max(0)).unwrap_or(0)),
-        }),
-        "completed" => Ok(Claim::Completed),
-        "dead_lettered" => Ok(Claim::DeadLettered),
-        _ => Err(RedisStoreError::UnexpectedReply {
-            op,
-            reply: format!("{verdict} {n}"),
-        }
-        .into()),
-    }
 }
 
 #[async_trait::async_trait]

@@ -1,8 +1,11 @@
 //! [`SpoolConfig`]: where the spool lives, how large it may grow, and what
-//! a write does when it is full ([`WhenFull`]).
+//! a write does when it is full ([`WhenFull`]); [`RelayConfig`]: how the
+//! relay drains it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use backstop::RetryPolicy;
 
 /// What a write to a full spool does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +100,55 @@ impl SpoolConfig {
     /// The lock file held while the spool is open: `<path>.lock`.
     pub fn lock_path(&self) -> PathBuf {
         lock_path(&self.path)
+    }
+}
+
+/// How a [`Relay`](crate::Relay) drains its log: the batch it reads, how
+/// often it looks when idle, and how it backs off; see [`Relay`](crate::Relay)
+/// for what it does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// Records read (and at most sent concurrently) per round (default 256).
+    pub batch: usize,
+    /// How often an idle relay looks at the spool even without a wake-up (default 1 s).
+    pub idle_poll: Duration,
+    /// The backoff between failed rounds: [`RetryPolicy::delay`] of the
+    /// number of failed rounds in a row (default 100 ms … 5 s). Only its
+    /// bounds are read: the relay never gives up.
+    pub backoff: RetryPolicy,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            batch: 256,
+            idle_poll: Duration::from_secs(1),
+            backoff: RetryPolicy::default()
+                .backoff(Duration::from_millis(100), Duration::from_secs(5)),
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Sets the batch size (at least 1).
+    #[must_use]
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+
+    /// Sets the backoff bounds between failed rounds.
+    #[must_use]
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.backoff = self.backoff.backoff(initial, max);
+        self
+    }
+
+    /// Sets the idle poll interval.
+    #[must_use]
+    pub fn idle_poll(mut self, every: Duration) -> Self {
+        self.idle_poll = every;
+        self
     }
 }
 

@@ -3,15 +3,14 @@
 //!
 //! See the type for the trade-off against the default.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use backstop::{DeadLetterSink, Message, PublishError, SinkError};
 
 use crate::outlet::SinkOutlet;
-use crate::relay::{Relay, RelayConfig};
-use crate::reliable::{Reliable, SendError};
-use crate::{Budget, OpenError, Spool, SpoolConfig, SpoolError};
+use crate::running::{Running, Settings};
+use crate::send::SendError;
+use crate::{Budget, OpenError, RelayConfig, Spool, SpoolConfig, SpoolError};
 
 /// Wraps an adapter's [`DeadLetterSink`] with a spool: opt-in, for a
 /// consumer whose source must move on while the DLQ broker is down.
@@ -61,25 +60,20 @@ use crate::{Budget, OpenError, Spool, SpoolConfig, SpoolError};
 /// # Ok(()) }
 /// ```
 pub struct SpoolingDeadLetterSink<S> {
-    core: Arc<Reliable<SinkOutlet<S>>>,
-    relay: Arc<Relay>,
+    running: Running<SinkOutlet<S>>,
 }
 
 impl<S> Clone for SpoolingDeadLetterSink<S> {
     fn clone(&self) -> Self {
         SpoolingDeadLetterSink {
-            core: Arc::clone(&self.core),
-            relay: Arc::clone(&self.relay),
+            running: self.running.clone(),
         }
     }
 }
 
 impl<S> std::fmt::Debug for SpoolingDeadLetterSink<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SpoolingDeadLetterSink")
-            .field("spool", &self.core.spool)
-            .field("budget", &self.core.budget)
-            .finish_non_exhaustive()
+        self.running.debug("SpoolingDeadLetterSink", f)
     }
 }
 
@@ -88,10 +82,7 @@ impl<S: DeadLetterSink> SpoolingDeadLetterSink<S> {
     pub fn builder(sink: S, spool: SpoolConfig) -> SpoolingDeadLetterSinkBuilder<S> {
         SpoolingDeadLetterSinkBuilder {
             sink,
-            spool,
-            budget: Budget::default(),
-            relay: RelayConfig::default(),
-            client_timeout: None,
+            settings: Settings::new(spool),
         }
     }
 
@@ -102,24 +93,23 @@ impl<S: DeadLetterSink> SpoolingDeadLetterSink<S> {
 
     /// The spool.
     pub fn spool(&self) -> &Spool {
-        &self.core.spool
+        &self.running.path.spool
     }
 
     /// The wrapped sink.
     pub fn inner(&self) -> &S {
-        &self.core.outlet.0
+        &self.running.path.outlet.0
     }
 
     /// Waits until every spooled letter reached the DLQ, at most `timeout`.
     pub async fn flush(&self, timeout: Duration) -> Result<(), SpoolError> {
-        self.core.spool.drained(timeout).await
+        self.running.flush(timeout).await
     }
 
     /// Stops the relay and closes the spool; what is left is delivered by
     /// the next process that opens it.
     pub async fn close(self) -> Result<(), SpoolError> {
-        self.relay.stop().await;
-        self.core.spool.clone().close().await
+        self.running.close().await
     }
 }
 
@@ -131,7 +121,7 @@ impl<S: DeadLetterSink> DeadLetterSink for SpoolingDeadLetterSink<S> {
         letter: Message,
         destination: Option<&str>,
     ) -> Result<(), SinkError> {
-        match self.core.send(destination, &letter).await {
+        match self.running.path.send(destination, &letter).await {
             Ok(_sent) => Ok(()),
             Err(SendError::Rejected(error)) => Err(error),
             Err(SendError::NotSpooled(error)) => Err(SinkError::Publish {
@@ -146,47 +136,34 @@ impl<S: DeadLetterSink> DeadLetterSink for SpoolingDeadLetterSink<S> {
 #[derive(Debug)]
 pub struct SpoolingDeadLetterSinkBuilder<S> {
     sink: S,
-    spool: SpoolConfig,
-    budget: Budget,
-    relay: RelayConfig,
-    client_timeout: Option<Duration>,
+    settings: Settings,
 }
 
 impl<S: DeadLetterSink> SpoolingDeadLetterSinkBuilder<S> {
     /// How hard a letter tries the broker before spooling (default [`Budget::default`]).
     #[must_use]
     pub fn budget(mut self, budget: Budget) -> Self {
-        self.budget = budget;
+        self.settings.budget = budget;
         self
     }
 
     /// How the relay drains the spool (default [`RelayConfig::default`]).
     #[must_use]
     pub fn relay(mut self, relay: RelayConfig) -> Self {
-        self.relay = relay;
+        self.settings.relay = relay;
         self
     }
 
     /// The broker client's own delivery timeout; see [`Budget`].
     #[must_use]
     pub fn client_timeout(mut self, timeout: Duration) -> Self {
-        self.client_timeout = Some(timeout);
+        self.settings.client_timeout = Some(timeout);
         self
     }
 
     /// Opens the spool and starts the relay.
     pub async fn open(self) -> Result<SpoolingDeadLetterSink<S>, OpenError> {
-        let (core, relay) = Reliable::start(
-            SinkOutlet(self.sink),
-            self.spool,
-            self.budget,
-            self.relay,
-            self.client_timeout,
-        )
-        .await?;
-        Ok(SpoolingDeadLetterSink {
-            core,
-            relay: Arc::new(relay),
-        })
+        let running = Running::open(SinkOutlet(self.sink), self.settings).await?;
+        Ok(SpoolingDeadLetterSink { running })
     }
 }

@@ -1,15 +1,14 @@
 //! [`ReliablePublisher`]: a confirmed publisher that never drops a message
 //! the broker could not take: it retries within a [`Budget`], then spools.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use backstop::{Message, Publisher};
 
 use crate::outlet::PublisherOutlet;
-use crate::relay::{Relay, RelayConfig};
-use crate::reliable::{Reliable, SendError, Sent, with_stable_id};
-use crate::{Budget, OpenError, ReliableError, Spool, SpoolConfig, SpoolError};
+use crate::running::{Running, Settings};
+use crate::send::{SendError, Sent, with_stable_id};
+use crate::{Budget, OpenError, RelayConfig, ReliableError, Spool, SpoolConfig, SpoolError};
 
 /// Publishes through any confirmed [`Publisher`]; what the broker does not
 /// confirm within the [`Budget`] goes to a durable local [`Spool`], and a
@@ -38,9 +37,9 @@ use crate::{Budget, OpenError, ReliableError, Spool, SpoolConfig, SpoolError};
 /// # Tracing
 ///
 /// With the feature `otel`, each publish opens a producer span
-/// ([`backstop::otel::send_span`], a child of the current span) and the
+/// (`backstop::otel::send_span`, a child of the current span) and the
 /// message carries its W3C trace context (`traceparent`, replacing one it
-/// had), also when it is spooled and relayed later; see [`backstop::otel`].
+/// had), also when it is spooled and relayed later; see `backstop::otel`.
 ///
 /// # Order
 ///
@@ -65,25 +64,20 @@ use crate::{Budget, OpenError, ReliableError, Spool, SpoolConfig, SpoolError};
 /// the relay stops when the last clone is dropped or on
 /// [`close`](ReliablePublisher::close).
 pub struct ReliablePublisher<P> {
-    core: Arc<Reliable<PublisherOutlet<P>>>,
-    relay: Arc<Relay>,
+    running: Running<PublisherOutlet<P>>,
 }
 
 impl<P> Clone for ReliablePublisher<P> {
     fn clone(&self) -> Self {
         ReliablePublisher {
-            core: Arc::clone(&self.core),
-            relay: Arc::clone(&self.relay),
+            running: self.running.clone(),
         }
     }
 }
 
 impl<P> std::fmt::Debug for ReliablePublisher<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReliablePublisher")
-            .field("spool", &self.core.spool)
-            .field("budget", &self.core.budget)
-            .finish_non_exhaustive()
+        self.running.debug("ReliablePublisher", f)
     }
 }
 
@@ -92,10 +86,7 @@ impl<P: Publisher> ReliablePublisher<P> {
     pub fn builder(publisher: P, spool: SpoolConfig) -> ReliablePublisherBuilder<P> {
         ReliablePublisherBuilder {
             publisher,
-            spool,
-            budget: Budget::default(),
-            relay: RelayConfig::default(),
-            client_timeout: None,
+            settings: Settings::new(spool),
         }
     }
 
@@ -114,7 +105,7 @@ impl<P: Publisher> ReliablePublisher<P> {
         let message = with_stable_id(message);
         #[cfg(feature = "otel")]
         let (message, span) = traced(destination, message);
-        let sending = self.core.send(Some(destination), &message);
+        let sending = self.running.path.send(Some(destination), &message);
         #[cfg(feature = "otel")]
         let sending = tracing::Instrument::instrument(sending, span);
         sending.await.map_err(|error| {
@@ -136,37 +127,36 @@ impl<P: Publisher> ReliablePublisher<P> {
 
     /// The spool (how many records wait, which ones).
     pub fn spool(&self) -> &Spool {
-        &self.core.spool
+        &self.running.path.spool
     }
 
     /// The wrapped publisher.
     pub fn publisher(&self) -> &P {
-        &self.core.outlet.0
+        &self.running.path.outlet.0
     }
 
     /// The budget a publish spends on the broker before spooling.
     pub fn budget(&self) -> &Budget {
-        &self.core.budget
+        &self.running.path.budget
     }
 
     /// True while the broker is known to be unreachable (publishes go
     /// straight to the spool until the relay gets a confirm).
     pub fn broker_unreachable(&self) -> bool {
-        self.core.outage()
+        self.running.path.outage()
     }
 
     /// Waits until the relay has delivered everything in the spool, at most
     /// `timeout` ([`SpoolError::NotDrained`] says how many records remain).
     pub async fn flush(&self, timeout: Duration) -> Result<(), SpoolError> {
-        self.core.spool.drained(timeout).await
+        self.running.flush(timeout).await
     }
 
     /// Stops the relay after its current round and closes the spool; what
     /// is left in it is delivered by the next process that opens it. Other
     /// clones fail with [`SpoolError::Closed`] from then on.
     pub async fn close(self) -> Result<(), SpoolError> {
-        self.relay.stop().await;
-        self.core.spool.clone().close().await
+        self.running.close().await
     }
 }
 
@@ -174,24 +164,21 @@ impl<P: Publisher> ReliablePublisher<P> {
 #[derive(Debug)]
 pub struct ReliablePublisherBuilder<P> {
     publisher: P,
-    spool: SpoolConfig,
-    budget: Budget,
-    relay: RelayConfig,
-    client_timeout: Option<Duration>,
+    settings: Settings,
 }
 
 impl<P: Publisher> ReliablePublisherBuilder<P> {
     /// How hard a publish tries the broker before spooling (default [`Budget::default`]).
     #[must_use]
     pub fn budget(mut self, budget: Budget) -> Self {
-        self.budget = budget;
+        self.settings.budget = budget;
         self
     }
 
     /// How the relay drains the spool (default [`RelayConfig::default`]).
     #[must_use]
     pub fn relay(mut self, relay: RelayConfig) -> Self {
-        self.relay = relay;
+        self.settings.relay = relay;
         self
     }
 
@@ -200,24 +187,14 @@ impl<P: Publisher> ReliablePublisherBuilder<P> {
     /// [`OpenError::ClientTimeout`] if it is longer than one attempt. See [`Budget`].
     #[must_use]
     pub fn client_timeout(mut self, timeout: Duration) -> Self {
-        self.client_timeout = Some(timeout);
+        self.settings.client_timeout = Some(timeout);
         self
     }
 
     /// Opens the spool and starts the relay.
     pub async fn open(self) -> Result<ReliablePublisher<P>, OpenError> {
-        let (core, relay) = Reliable::start(
-            PublisherOutlet(self.publisher),
-            self.spool,
-            self.budget,
-            self.relay,
-            self.client_timeout,
-        )
-        .await?;
-        Ok(ReliablePublisher {
-            core,
-            relay: Arc::new(relay),
-        })
+        let running = Running::open(PublisherOutlet(self.publisher), self.settings).await?;
+        Ok(ReliablePublisher { running })
     }
 }
 

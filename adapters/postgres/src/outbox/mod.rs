@@ -115,115 +115,31 @@
 //! ```
 
 mod relay;
+mod rows;
+mod sql;
 mod write;
 
 pub use self::relay::{OutboxRelay, RelayConfig};
 pub(crate) use self::write::OutboxWriter;
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use self::rows::refused_record;
+pub(crate) use self::rows::{Unreadable, record};
+use self::sql::Statements;
 
-use backstop::Headers;
+use std::sync::Arc;
+use std::time::Duration;
+
 use backstop::Message;
-use backstop_spool::{RefusedRecord, SpooledRecord};
-use bytes::Bytes;
+use backstop_spool::RefusedRecord;
 use deadpool_postgres::Pool;
 use tokio::sync::Notify;
-use tokio_postgres::{GenericClient, Row};
+use tokio_postgres::GenericClient;
 
 use crate::conn::Conn;
 use crate::{PostgresError, TableName};
 
 /// The default outbox table.
 pub const DEFAULT_OUTBOX_TABLE: &str = "backstop_outbox";
-
-/// The outbox's SQL for one table.
-#[derive(Debug)]
-pub(crate) struct Statements {
-    steps: Vec<String>,
-    key_lock: String,
-    restore: String,
-    insert: String,
-    pub(crate) leader_lock: String,
-    pub(crate) read: String,
-    pub(crate) remove: String,
-    pub(crate) set_aside: String,
-    pub(crate) high_water: String,
-    pending: String,
-    refused: String,
-    retry_refused: String,
-}
-
-impl Statements {
-    fn new(table: &TableName) -> Self {
-        let t = table;
-        let index = table.derived("pending_idx");
-        let unit_index = table.derived("unit_idx");
-        // Locks are named after the table's oid: tables of one name in
-        // two schemas never share them.
-        let name = t.to_string().replace('\'', "''");
-        Statements {
-            steps: vec![format!(
-                "CREATE TABLE IF NOT EXISTS {t} (
-    seq            bigserial   PRIMARY KEY,
-    destination    text        NOT NULL,
-    source         text        NOT NULL,
-    message_id     text        NOT NULL,
-    msg_key        bytea,
-    unit           text        NOT NULL,
-    payload        bytea       NOT NULL,
-    headers        text        NOT NULL,
-    created_at     timestamptz NOT NULL DEFAULT now(),
-    refused_at     timestamptz,
-    refused_reason text,
-    refused_error  text
-);
-CREATE INDEX IF NOT EXISTS {index} ON {t} (seq) WHERE refused_at IS NULL;
-CREATE INDEX IF NOT EXISTS {unit_index} ON {t} (unit, seq) WHERE refused_at IS NULL;"
-            )],
-            // The key's lock, waited for at most `$3` (`lock_timeout`, set
-            // for this statement's wait and put back by the insert that
-            // follows: returns the setting it replaced), so a wait that
-            // runs out fails on the server (55P03) instead of living on.
-            key_lock: format!(
-                "WITH before AS (SELECT current_setting('lock_timeout') AS setting),
-      bounded AS (SELECT set_config('lock_timeout', $3, true) FROM before)
-SELECT before.setting, pg_advisory_xact_lock(hashtextextended('backstop-outbox:' || '{name}'::regclass::oid || ':' || $1 || ':' || encode($2::bytea, 'hex'), 0))::text
-FROM before, bounded"
-            ),
-            restore: "SELECT set_config('lock_timeout', $1, true)".to_owned(),
-            insert: format!(
-                "INSERT INTO {t} (destination, source, message_id, msg_key, unit, payload, headers)
-VALUES ($1, $2, $3, $4, $1 || ':' || coalesce('k' || encode($4::bytea, 'hex'), '-'), $5, $6) RETURNING seq"
-            ),
-            leader_lock: format!(
-                "SELECT pg_try_advisory_lock(hashtextextended('backstop-outbox-relay:' || '{name}'::regclass::oid, 0))"
-            ),
-            read: format!(
-                "SELECT seq, destination, source, message_id, msg_key, payload, headers, created_at
-FROM {t} o WHERE seq > $1 AND refused_at IS NULL
-  AND NOT EXISTS (SELECT 1 FROM {t} p
-                  WHERE p.unit = o.unit AND p.seq <= $1 AND p.refused_at IS NULL)
-ORDER BY seq LIMIT $2"
-            ),
-            remove: format!("DELETE FROM {t} WHERE seq = ANY($1)"),
-            set_aside: format!(
-                "UPDATE {t} SET refused_at = now(), refused_reason = $2, refused_error = $3 WHERE seq = $1"
-            ),
-            pending: format!("SELECT count(*) FROM {t} WHERE refused_at IS NULL"),
-            high_water: format!("SELECT max(seq) FROM {t}"),
-            refused: format!(
-                "SELECT seq, destination, source, message_id, msg_key, payload, created_at,
-       refused_reason, refused_error, refused_at
-FROM {t} WHERE refused_at IS NOT NULL ORDER BY seq LIMIT $1"
-            ),
-            retry_refused: format!(
-                "UPDATE {t} SET refused_at = NULL, refused_reason = NULL, refused_error = NULL
-WHERE seq = $1 AND refused_at IS NOT NULL"
-            ),
-        }
-    }
-}
 
 /// An outbox table; see the [module docs](self). Cheap to clone: clones
 /// share the table and the relay's wake-up.
@@ -438,67 +354,5 @@ impl Outbox {
     /// Starts a relay of this outbox to `publisher`; see [`OutboxRelay`].
     pub fn relay<P: backstop::Publisher>(&self, publisher: P, config: RelayConfig) -> OutboxRelay {
         OutboxRelay::start(self.clone(), publisher, config)
-    }
-}
-
-/// Why a row cannot be relayed as it is.
-#[derive(Debug, thiserror::Error)]
-#[error("outbox row {seq} cannot be read back: {reason}")]
-pub(crate) struct Unreadable {
-    pub(crate) seq: u64,
-    pub(crate) reason: String,
-}
-
-/// One outbox row as a record for the relay; a row whose columns cannot
-/// be read (headers that are not JSON, text that is not UTF-8) is
-/// [`Unreadable`].
-pub(crate) fn record(row: &Row) -> Result<SpooledRecord, Unreadable> {
-    let seq = row
-        .try_get::<_, i64>(0)
-        .ok()
-        .and_then(|s| u64::try_from(s).ok())
-        .unwrap_or(0);
-    let bad = |what: &str, e: &dyn std::fmt::Display| Unreadable {
-        seq,
-        reason: format!("{what}: {e}"),
-    };
-    let headers: String = row.try_get(6).map_err(|e| bad("headers", &e))?;
-    let headers: Headers =
-        serde_json::from_str(&headers).map_err(|e| bad("headers are not JSON", &e))?;
-    let payload: Vec<u8> = row.try_get(5).map_err(|e| bad("payload", &e))?;
-    let mut message = Message::new(Bytes::from(payload));
-    message.key = row
-        .try_get::<_, Option<Vec<u8>>>(4)
-        .map_err(|e| bad("key", &e))?
-        .map(Bytes::from);
-    message.headers = headers;
-    message.meta.source = row.try_get(2).map_err(|e| bad("source", &e))?;
-    message.meta.message_id = row.try_get(3).map_err(|e| bad("message id", &e))?;
-    Ok(SpooledRecord {
-        seq,
-        destination: Some(row.try_get(1).map_err(|e| bad("destination", &e))?),
-        message,
-        spooled_at: row
-            .try_get::<_, SystemTime>(7)
-            .unwrap_or(SystemTime::UNIX_EPOCH),
-    })
-}
-
-fn refused_record(row: &Row) -> RefusedRecord {
-    let payload: Vec<u8> = row.get(5);
-    let key: Option<Vec<u8>> = row.get(4);
-    RefusedRecord {
-        seq: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
-        destination: Some(row.get(1)),
-        source: row.get(2),
-        message_id: row.get(3),
-        size: u64::try_from(payload.len() + key.as_ref().map_or(0, Vec::len)).unwrap_or(0),
-        key: key.map(Bytes::from),
-        spooled_at: row.get(6),
-        reason: row.get::<_, Option<String>>(7).unwrap_or_default(),
-        error: row.get::<_, Option<String>>(8).unwrap_or_default(),
-        refused_at: row
-            .get::<_, Option<SystemTime>>(9)
-            .unwrap_or(SystemTime::UNIX_EPOCH),
     }
 }

@@ -12,6 +12,7 @@
 //! has records waiting behind them instead of overtaking them.
 
 mod db;
+mod rows;
 mod state;
 
 use std::path::Path;
@@ -21,7 +22,8 @@ use std::time::Duration;
 use backstop::Message;
 use tokio::sync::oneshot;
 
-use self::db::{Command, Db, Push, closed, read_refused};
+use self::db::{Command, Db, Push, closed};
+use self::rows::read_refused;
 pub(crate) use self::state::State;
 use crate::record::{RefusedRecord, SpooledRecord, Unit, size_of};
 use crate::{SpoolConfig, SpoolError, WhenFull, metrics};

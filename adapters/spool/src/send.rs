@@ -3,7 +3,6 @@
 //! broker within the [`Budget`], else write the message to the spool.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -12,8 +11,8 @@ use tokio::time::Instant;
 
 use crate::outlet::{Class, Failure, Outlet, attempt};
 use crate::record::Unit;
-use crate::relay::{Relay, RelayConfig, Target};
-use crate::{Budget, OpenError, Spool, SpoolConfig, SpoolError};
+use crate::relay::Target;
+use crate::{Budget, Spool, SpoolError};
 
 /// What became of a message the publisher accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,9 +47,11 @@ pub(crate) enum SendError<E> {
     NotSpooled(SpoolError),
 }
 
-/// The publish path: the outlet, the spool and the outage flag.
+/// The path a message takes to the broker: the outlet, tried within the
+/// budget, else the spool; and the outage flag that sends it straight to
+/// the spool while the broker is known to be down.
 #[derive(Debug)]
-pub(crate) struct Reliable<O> {
+pub(crate) struct SendPath<O> {
     pub(crate) outlet: O,
     pub(crate) spool: Spool,
     pub(crate) budget: Budget,
@@ -71,27 +72,15 @@ pub(crate) fn with_stable_id(message: &Message) -> Cow<'_, Message> {
     }
 }
 
-impl<O: Outlet> Reliable<O> {
-    /// Opens the spool, starts the relay, and returns both.
-    pub(crate) async fn start(
-        outlet: O,
-        spool: SpoolConfig,
-        budget: Budget,
-        relay: RelayConfig,
-        client_timeout: Option<Duration>,
-    ) -> Result<(Arc<Self>, Relay), OpenError> {
-        if let Some(client) = client_timeout {
-            budget.check_client_timeout(client)?;
-        }
-        let spool = Spool::open(spool).await?;
-        let core = Arc::new(Reliable {
+impl<O: Outlet> SendPath<O> {
+    /// A path through `outlet`, spooling to `spool`.
+    pub(crate) fn new(outlet: O, spool: Spool, budget: Budget) -> Self {
+        SendPath {
             outlet,
             spool,
             budget,
             outage: AtomicBool::new(false),
-        });
-        let relay = Relay::spawn(Arc::new(core.spool.clone()), Arc::clone(&core), relay);
-        Ok((core, relay))
+        }
     }
 
     /// True while the broker is known to be unreachable.
@@ -231,7 +220,7 @@ impl<O: Outlet> Reliable<O> {
 
 /// A relay of the spool drains into the same broker this path publishes
 /// to, and reports the broker's state back to it.
-impl<O: Outlet> Target for Reliable<O> {
+impl<O: Outlet> Target for SendPath<O> {
     type Outlet = O;
 
     fn outlet(&self) -> &O {
@@ -243,11 +232,11 @@ impl<O: Outlet> Target for Reliable<O> {
     }
 
     fn broker_back(&self) {
-        Reliable::broker_back(self);
+        SendPath::broker_back(self);
     }
 
     fn broker_down(&self, reason: &dyn std::fmt::Display) {
-        Reliable::broker_down(self, reason);
+        SendPath::broker_down(self, reason);
     }
 }
 
