@@ -134,7 +134,11 @@ impl Context {
         self.extensions.get::<T>()
     }
 
-    /// The transaction slot: the open transaction an inbox wrapper handed in, if any.
+    /// The former name of [`extension`](Self::extension), which it calls.
+    #[deprecated(
+        since = "0.2.0",
+        note = "use `extension::<T>()` (backstop-postgres: `InboxTx::from_context(&ctx)`)"
+    )]
     pub fn transaction<T: Any + Send + Sync>(&self) -> Option<&T> {
         self.extension::<T>()
     }

@@ -109,7 +109,7 @@ pub(crate) struct TxShared {
 }
 
 /// The inbox's open transaction, handed to the handler in its
-/// [`Context`]: `ctx.transaction::<InboxTx>()`, or
+/// [`Context`]: `ctx.extension::<InboxTx>()`, or
 /// [`InboxTx::from_context`]. Everything run through it commits together
 /// with the message's inbox row, or not at all.
 ///
@@ -179,7 +179,7 @@ impl InboxTx {
 
     /// The inbox transaction of this attempt.
     pub fn from_context(ctx: &Context) -> Result<&InboxTx, InboxError> {
-        ctx.transaction::<InboxTx>().ok_or(InboxError::Missing)
+        ctx.extension::<InboxTx>().ok_or(InboxError::Missing)
     }
 
     /// The idempotency key the inbox row was written for (`None`: the
