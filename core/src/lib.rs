@@ -50,7 +50,6 @@ mod at_once;
 pub mod attempt;
 pub mod batch;
 pub mod breaker;
-pub mod conformance;
 mod context;
 pub mod copy;
 pub mod dead_letter;

@@ -6,12 +6,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::contract::ContractError;
-use super::{KeySource, Store};
-use crate::memory::{MemoryBroker, dlq_name};
-use crate::{
-    CancellationToken, Context, HandlerError, Message, Runner, StackBuilder, Summary, handler_fn,
+use backstop::memory::{MemoryBroker, dlq_name};
+use backstop::{
+    CancellationToken, Context, HandlerError, KeySource, Message, Runner, StackBuilder, Store,
+    Summary, handler_fn,
 };
+
+use crate::store_contract::ContractError;
 
 const SCENARIO: &str = "store_outage";
 
