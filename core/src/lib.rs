@@ -51,7 +51,6 @@ pub mod attempt;
 pub mod batch;
 pub mod breaker;
 pub mod catch_panic;
-pub mod conformance;
 pub mod context;
 pub mod copy;
 pub mod dead_letter;

@@ -1,3 +1,3 @@
 //! The conformance scenarios on the in-memory broker.
 
-backstop::conformance_tests!(backstop::memory::MemoryBroker::new());
+backstop_testkit::conformance_tests!(backstop::memory::MemoryBroker::new());

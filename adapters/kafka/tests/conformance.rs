@@ -4,9 +4,9 @@ mod common;
 
 use std::sync::Arc;
 
-use backstop::conformance::Harness;
 use backstop::{BoxError, DeadLetterSink, Publisher};
 use backstop_kafka::{Kafka, KafkaSource, RetryTiers, TopicSpec};
+use backstop_testkit::conformance::Harness;
 
 /// Each queue is a 3-partition topic consumed by its own group, `<topic>-group`.
 struct KafkaHarness {
@@ -57,4 +57,4 @@ impl Harness for KafkaHarness {
     }
 }
 
-backstop::conformance_tests!(KafkaHarness::new());
+backstop_testkit::conformance_tests!(KafkaHarness::new());

@@ -8,9 +8,9 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backstop::conformance::{Harness, stack_dead_letters};
 use backstop::{BoxError, DeadLetterSink, Publisher};
 use backstop_kafka::{Kafka, KafkaOption, KafkaSource, RetryTiers, TopicSpec};
+use backstop_testkit::conformance::{Harness, stack_dead_letters};
 
 const PASSWORD: &str = "backstop-secret";
 

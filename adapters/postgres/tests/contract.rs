@@ -5,9 +5,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backstop::idempotency::contract::{Backend, TTL};
 use backstop::{BoxError, Store};
 use backstop_postgres::{PgConfig, PostgresStore};
+use backstop_testkit::store_contract::{Backend, TTL};
 
 /// The contract's keys are unique per scenario run, so every run shares one
 /// table. It is named for the schema version: a test run of a release at
@@ -35,16 +35,16 @@ impl Backend for Postgres {
     }
 }
 
-backstop::store_contract_tests!(Postgres);
+backstop_testkit::store_contract_tests!(Postgres);
 
 /// The same contract through the stack's batcher: its answers are the
 /// store's own.
 mod batched {
     use std::sync::Arc;
 
-    use backstop::idempotency::contract::Backend;
     use backstop::idempotency::{BatchConfig, Batched};
     use backstop::{BoxError, Store};
+    use backstop_testkit::store_contract::Backend;
 
     struct Postgres;
 
@@ -60,5 +60,5 @@ mod batched {
         }
     }
 
-    backstop::store_contract_tests!(Postgres);
+    backstop_testkit::store_contract_tests!(Postgres);
 }

@@ -1,6 +1,6 @@
 //! PostgreSQL stops mid-run: messages are deferred (nacked, redelivered),
 //! never dead-lettered, and each runs exactly once after it is back (the
-//! shared scenario `backstop::idempotency::outage`).
+//! shared scenario `backstop_testkit::store_outage`).
 //!
 //! This binary stops the shared PostgreSQL server, so it holds the only
 //! test of its binary; cargo runs test binaries one after another, so the
@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backstop::idempotency::outage::{Outage, defers_and_runs_each_message_once};
 use backstop_postgres::{PgConfig, PostgresStore};
+use backstop_testkit::store_outage::{Outage, requeues_and_runs_each_message_once};
 
 fn service(action: &str) {
     let script =
@@ -48,7 +48,7 @@ async fn postgres_outage_defers_messages_and_each_runs_once_after_restart() {
         start: || service("start"),
         durable: true,
     };
-    let summary = defers_and_runs_each_message_once(Arc::new(store), outage)
+    let summary = requeues_and_runs_each_message_once(Arc::new(store), outage)
         .await
         .expect("the store outage scenario holds");
     assert_eq!(summary.duplicates, 20, "keys survived the restart");

@@ -4,9 +4,9 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use backstop::conformance::Harness;
 use backstop::{BoxError, DeadLetterSink, Publisher};
 use backstop_rabbitmq::{RabbitMq, RabbitSource, Topology};
+use backstop_testkit::conformance::Harness;
 
 /// Each queue is a fresh quorum topology (queue, DLX, DLQ), deleted when the harness is dropped.
 struct RabbitHarness {
@@ -72,4 +72,4 @@ impl Harness for RabbitHarness {
     }
 }
 
-backstop::conformance_tests!(RabbitHarness::connect().await);
+backstop_testkit::conformance_tests!(RabbitHarness::connect().await);

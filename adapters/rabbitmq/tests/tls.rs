@@ -8,9 +8,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use backstop::conformance::{Harness, stack_dead_letters};
 use backstop::{BoxError, DeadLetterSink, Publisher};
 use backstop_rabbitmq::{ConnectError, ConnectOptions, RabbitMq, RabbitSource, Topology};
+use backstop_testkit::conformance::{Harness, stack_dead_letters};
 
 /// The folder of the test certificates (scripts/services/tls.sh).
 fn certs() -> String {

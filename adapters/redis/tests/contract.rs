@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use backstop::idempotency::contract::{Backend, TTL};
 use backstop::{BoxError, Store};
 use backstop_redis::{RedisConfig, RedisStore};
+use backstop_testkit::store_contract::{Backend, TTL};
 
 fn url() -> String {
     std::env::var("BACKSTOP_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
@@ -39,16 +39,16 @@ impl Backend for Redis {
     }
 }
 
-backstop::store_contract_tests!(Redis::new());
+backstop_testkit::store_contract_tests!(Redis::new());
 
 /// The same contract through the stack's batcher: its answers are the
 /// store's own.
 mod batched {
     use std::sync::Arc;
 
-    use backstop::idempotency::contract::Backend;
     use backstop::idempotency::{BatchConfig, Batched};
     use backstop::{BoxError, Store};
+    use backstop_testkit::store_contract::Backend;
 
     struct Redis(super::Redis);
 
@@ -64,5 +64,5 @@ mod batched {
         }
     }
 
-    backstop::store_contract_tests!(Redis(super::Redis::new()));
+    backstop_testkit::store_contract_tests!(Redis(super::Redis::new()));
 }

@@ -1,6 +1,6 @@
 //! Redis stops mid-run: messages are deferred (nacked, redelivered), never
 //! dead-lettered, and each runs exactly once after Redis is back (the shared
-//! scenario `backstop::idempotency::outage`).
+//! scenario `backstop_testkit::store_outage`).
 //!
 //! This binary stops the shared Redis server, so it holds the only test of
 //! its binary; cargo runs test binaries one after another, so the crate's
@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backstop::idempotency::outage::{Outage, defers_and_runs_each_message_once};
 use backstop_redis::{RedisConfig, RedisStore};
+use backstop_testkit::store_outage::{Outage, requeues_and_runs_each_message_once};
 
 fn url() -> String {
     std::env::var("BACKSTOP_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
@@ -47,7 +47,7 @@ async fn redis_outage_defers_messages_and_each_runs_once_after_restart() {
         start: || service("start"),
         durable: false,
     };
-    let summary = defers_and_runs_each_message_once(Arc::new(store), outage)
+    let summary = requeues_and_runs_each_message_once(Arc::new(store), outage)
         .await
         .expect("the store outage scenario holds");
     assert_eq!(summary.duplicates, 10);

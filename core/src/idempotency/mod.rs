@@ -70,7 +70,6 @@
 
 mod batched;
 mod claim;
-pub mod contract;
 mod guard;
 mod held;
 mod key;
@@ -80,7 +79,6 @@ pub mod layout;
 mod measured;
 mod memory;
 mod namespaced;
-pub mod outage;
 mod renew;
 mod store;
 

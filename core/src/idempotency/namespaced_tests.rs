@@ -1,10 +1,10 @@
 //! The namespaced store: every operation on the namespaced key, bounded
-//! keys that cannot collide, and the store contract through it.
+//! keys that cannot collide (the store contract through it runs in
+//! `core/tests/store_contract.rs`).
 
 use super::*;
 use crate::idempotency::MAX_KEY_LEN;
 use crate::idempotency::MemoryStore;
-use crate::idempotency::contract::{self, SameInstance};
 
 const LEASE: Duration = Duration::from_secs(30);
 
@@ -132,14 +132,4 @@ fn separators_in_the_namespace_cannot_collide() {
         Namespaced::new((), "a%3Ab").key(&Key::new("c")),
         a.key(&Key::new("c"))
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn passes_the_store_contract() {
-    let inner: Arc<dyn Store> = Arc::new(MemoryStore::new(10_000, contract::TTL));
-    let store: Arc<dyn Store> = Arc::new(Namespaced::new(inner, "contract"));
-    let backend = SameInstance::new(store, contract::TTL);
-    if let Err(error) = contract::run_all(&backend).await {
-        panic!("{error}");
-    }
 }

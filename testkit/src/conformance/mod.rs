@@ -15,7 +15,8 @@ pub use self::scenarios::*;
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::{BoxError, DeadLetterSink, Publisher, Source};
+use backstop::memory::{MemoryBroker, MemorySource};
+use backstop::{BoxError, DeadLetterSink, Publisher, Source};
 
 /// What an adapter provides to run the scenarios.
 pub trait Harness: Send + Sync + 'static {
@@ -50,7 +51,7 @@ pub trait Harness: Send + Sync + 'static {
 ///
 /// ```text
 /// // tests/conformance.rs of an adapter
-/// backstop::conformance_tests!(MyHarness::connect().await);
+/// backstop_testkit::conformance_tests!(MyHarness::connect().await);
 /// ```
 #[macro_export]
 macro_rules! conformance_tests {
@@ -72,11 +73,15 @@ macro_rules! conformance_tests {
     };
 }
 
-impl Harness for crate::memory::MemoryBroker {
-    type Source = crate::memory::MemorySource;
+/// The in-memory broker runs the same scenarios (`core/tests/conformance_memory.rs`).
+impl Harness for MemoryBroker {
+    type Source = MemorySource;
 
     async fn fresh_queue(&self) -> Result<String, BoxError> {
-        Ok(format!("conformance-{}", crate::message::new_message_id()))
+        Ok(format!(
+            "conformance-{}",
+            backstop::message::new_message_id()
+        ))
     }
 
     async fn source(&self, queue: &str, prefetch: usize) -> Result<Self::Source, BoxError> {
@@ -92,6 +97,6 @@ impl Harness for crate::memory::MemoryBroker {
     }
 
     fn dlq_name(&self, queue: &str) -> String {
-        crate::dead_letter::dlq_name(queue)
+        backstop::dead_letter::dlq_name(queue)
     }
 }

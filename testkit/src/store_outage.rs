@@ -6,12 +6,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::contract::ContractError;
-use super::{KeySource, Store};
-use crate::memory::{MemoryBroker, dlq_name};
-use crate::{
-    CancellationToken, Context, HandlerError, Message, Runner, StackBuilder, Summary, handler_fn,
+use backstop::memory::{MemoryBroker, dlq_name};
+use backstop::{
+    CancellationToken, Context, HandlerError, KeySource, Message, Runner, StackBuilder, Store,
+    Summary, handler_fn,
 };
+
+use crate::store_contract::ContractError;
 
 const SCENARIO: &str = "store_outage";
 
@@ -72,11 +73,11 @@ async fn blocking(action: fn()) -> Result<(), ContractError> {
 }
 
 /// Runs 10 messages, stops the server, publishes 10 more and checks that
-/// they are deferred (nacked and redelivered, none acked, none
+/// they are requeued (nacked and redelivered, none acked, none
 /// dead-lettered, no handler run); starts the server and checks that all 20
 /// run exactly once; then republishes copies, which must be duplicates.
 /// Needs a multi-threaded runtime.
-pub async fn defers_and_runs_each_message_once(
+pub async fn requeues_and_runs_each_message_once(
     store: Arc<dyn Store>,
     outage: Outage,
 ) -> Result<Summary, ContractError> {
@@ -124,7 +125,7 @@ pub async fn defers_and_runs_each_message_once(
     })
     .await?;
 
-    let restart = StartOnDrop(Some(outage.start));
+    let mut restart = StartOnDrop(Some(outage.start));
     blocking(outage.stop).await?;
     publish("during");
     // However slowly the store fails (a connect or operation timeout), the
@@ -150,7 +151,8 @@ pub async fn defers_and_runs_each_message_once(
     )?;
 
     blocking(outage.start).await?;
-    std::mem::forget(restart);
+    // Started: the guard has nothing left to do.
+    restart.0 = None;
     wait_for(
         "all 20 acks after the restart",
         Duration::from_secs(60),

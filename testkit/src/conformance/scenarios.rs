@@ -3,13 +3,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
+use backstop::{
+    CancellationToken, Context, Delivery, HandlerError, Message, Publisher, RetryPolicy, Runner,
+    Source, StackBuilder, handler_fn,
+};
 
 use super::{ConformanceError, Harness, Report};
-use crate::{
-    Context, Delivery, HandlerError, Message, Publisher, RetryPolicy, Runner, Source, StackBuilder,
-    handler_fn,
-};
 
 /// How long a scenario may wait for its messages.
 pub const DEADLINE: Duration = Duration::from_secs(90);
@@ -436,9 +435,9 @@ pub async fn stack_dead_letters<H: Harness>(h: &H) -> Result<Report, Conformance
     let mut dlq = source(h, &h.dlq_name(&queue), 10, S).await?;
     let mut wrong = Vec::new();
     let seen = read_until_acked(&mut dlq, &bad, DEADLINE, |m, _| {
-        if m.header(crate::wire::ERROR_KIND) != Some("permanent")
-            || m.header(crate::wire::ORIGINAL_SOURCE) != Some(queue.as_str())
-            || m.header(crate::wire::ERROR)
+        if m.header(backstop::wire::ERROR_KIND) != Some("permanent")
+            || m.header(backstop::wire::ORIGINAL_SOURCE) != Some(queue.as_str())
+            || m.header(backstop::wire::ERROR)
                 .is_none_or(|e| !e.contains("invalid"))
         {
             wrong.push(m.meta.message_id.clone());
