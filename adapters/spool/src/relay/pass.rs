@@ -13,15 +13,32 @@ use crate::record::Unit;
 pub(super) struct Pass {
     /// The last `seq` read in this pass (0: the pass starts at the oldest record).
     pub(super) cursor: u64,
-    /// The log's highest `seq` when the pass began (`Some(None)`: unknown;
-    /// `None`: not asked yet).
-    pub(super) high: Option<Option<u64>>,
+    /// The log's highest `seq` when the pass began.
+    pub(super) high: Bound,
     /// Passes in a row that ended with units waiting (the backoff's exponent).
     stuck: u32,
     /// The last read came back full (`batch` records).
     pub(super) full: bool,
     /// When the waiting units are retried.
     retry_at: Option<Instant>,
+}
+
+/// The log's highest `seq` as a pass knows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) enum Bound {
+    /// Not asked yet in this pass.
+    #[default]
+    NotAsked,
+    /// Asked; the log could not tell.
+    Unknown,
+    /// The highest `seq` when it was asked.
+    Known(u64),
+}
+
+impl From<Option<u64>> for Bound {
+    fn from(high: Option<u64>) -> Self {
+        high.map_or(Bound::Unknown, Bound::Known)
+    }
 }
 
 /// What the end of a pass leads to.
@@ -38,7 +55,7 @@ impl Pass {
     /// Starts a new pass from the oldest record.
     pub(super) fn restart(&mut self) {
         self.cursor = 0;
-        self.high = None;
+        self.high = Bound::NotAsked;
         self.retry_at = None;
     }
 

@@ -11,7 +11,7 @@ use tokio::sync::futures::Notified;
 use tokio::time::Instant;
 
 use super::deliver::{UnitResult, deliver, group_by_unit};
-use super::pass::{Pass, PassEnd};
+use super::pass::{Bound, Pass, PassEnd};
 use super::{RecordLog, Target};
 use crate::RelayConfig;
 use crate::metrics;
@@ -131,13 +131,7 @@ impl<T: Target, L: RecordLog> RelayLoop<T, L> {
         // so waiting units are retried when due and, on a log that commits
         // out of order, a record that became visible behind the cursor is
         // read.
-        if short
-            || self
-                .pass
-                .high
-                .flatten()
-                .is_some_and(|high| self.pass.cursor >= high)
-        {
+        if short || matches!(self.pass.high, Bound::Known(high) if self.pass.cursor >= high) {
             let _ = self.pass.end(&mut self.blocked, &self.config.backoff);
         }
         ControlFlow::Continue(())
@@ -147,10 +141,12 @@ impl<T: Target, L: RecordLog> RelayLoop<T, L> {
     /// bound first when it needs one.
     async fn next_batch(&mut self, limit: usize) -> Batch {
         let pass = &mut self.pass;
-        if pass.cursor == 0 && pass.high.is_none() || pass.full && pass.high == Some(None) {
+        if pass.cursor == 0 && pass.high == Bound::NotAsked
+            || pass.full && pass.high == Bound::Unknown
+        {
             // The bound of this pass: asked when it starts, and again while
             // the log could not tell and the reads come back full.
-            pass.high = Some(self.log.high_water().await);
+            pass.high = Bound::from(self.log.high_water().await);
         }
         match self.log.read_after(self.pass.cursor, limit).await {
             Ok(records) if records.is_empty() => Batch::Empty,
@@ -177,7 +173,7 @@ impl<T: Target, L: RecordLog> RelayLoop<T, L> {
             // log was empty: the next pass asks its bound only if its
             // reads come back full).
             PassEnd::Idle => {
-                self.pass.high = Some(None);
+                self.pass.high = Bound::Unknown;
                 Instant::now() + self.config.idle_poll
             }
             // Units wait for their backoff; new records go on meanwhile.
