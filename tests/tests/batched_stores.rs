@@ -215,17 +215,22 @@ impl Store for Counting {
         self.completed(k, &answer);
         answer
     }
-    async fn dead_letter(&self, k: &Key, f: Fence) -> Result<bool, StoreError> {
+    async fn mark_dead_lettered(&self, k: &Key, f: Fence) -> Result<bool, StoreError> {
         self.trip();
-        self.inner.dead_letter(k, f).await
+        self.inner.mark_dead_lettered(k, f).await
     }
     async fn release(&self, k: &Key, f: Fence, n: Option<u32>) -> Result<(), StoreError> {
         self.trip();
         self.inner.release(k, f, n).await
     }
-    async fn defer_letter(&self, k: &Key, f: Fence, l: &Failure) -> Result<bool, StoreError> {
+    async fn release_with_letter(
+        &self,
+        k: &Key,
+        f: Fence,
+        l: &Failure,
+    ) -> Result<bool, StoreError> {
         self.trip();
-        self.inner.defer_letter(k, f, l).await
+        self.inner.release_with_letter(k, f, l).await
     }
     fn storage_key(&self, key: &Key) -> Key {
         self.inner.storage_key(key)
@@ -298,7 +303,7 @@ async fn four_states(store: &dyn Store, keys: &[Key]) {
             .expect("a new key");
         match i % 4 {
             1 => assert!(store.complete(key, fence).await.expect("set-up")),
-            3 => assert!(store.dead_letter(key, fence).await.expect("set-up")),
+            3 => assert!(store.mark_dead_lettered(key, fence).await.expect("set-up")),
             _ => {}
         }
     }))

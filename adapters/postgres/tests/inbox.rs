@@ -431,12 +431,12 @@ impl backstop::Store for RenewalsStall {
     ) -> Result<bool, backstop::StoreError> {
         self.0.complete(key, fence).await
     }
-    async fn dead_letter(
+    async fn mark_dead_lettered(
         &self,
         key: &Key,
         fence: backstop::idempotency::Fence,
     ) -> Result<bool, backstop::StoreError> {
-        self.0.dead_letter(key, fence).await
+        self.0.mark_dead_lettered(key, fence).await
     }
     async fn release(
         &self,

@@ -74,7 +74,7 @@ async fn rows_record_state_owner_and_counts() {
         "in progress: kept for lease + ttl"
     );
 
-    assert!(store.dead_letter(&key, second).await.unwrap());
+    assert!(store.mark_dead_lettered(&key, second).await.unwrap());
     let row = admin
         .query_one(
             &format!("SELECT state, owner, lease_until FROM {table} WHERE key = 'order-1'"),
@@ -390,7 +390,7 @@ INSERT INTO {table} (key, state, owner, fence, lease_until, failed_runs, replay,
     };
     assert!(
         store
-            .defer_letter(&Key::new("idle"), fence(idle), &letter)
+            .release_with_letter(&Key::new("idle"), fence(idle), &letter)
             .await
             .unwrap()
     );
@@ -417,7 +417,12 @@ INSERT INTO {table} (key, state, owner, fence, lease_until, failed_runs, replay,
         (kept.attempts, kept.first_failure, kept.last_failure),
         (3, letter.first_failure, letter.last_failure)
     );
-    assert!(again.dead_letter(&Key::new("idle"), held).await.unwrap());
+    assert!(
+        again
+            .mark_dead_lettered(&Key::new("idle"), held)
+            .await
+            .unwrap()
+    );
     let columns = common::count(
         &admin,
         &format!("{table} WHERE key = 'idle' AND state = 'dead_lettered' AND letter_kind IS NULL"),

@@ -26,7 +26,7 @@ use crate::{RedisConfig, RedisStoreError};
 /// all its keys, one round trip, still one answer per key (the keys of a
 /// batch must live on one server: no Redis Cluster). The failed-run count lives in Redis
 /// and survives worker restarts, and so does a dead letter whose write failed
-/// ([`Store::defer_letter`]): the next claim of its key, on any worker,
+/// ([`Store::release_with_letter`]): the next claim of its key, on any worker,
 /// reports it, so the redelivery writes only that letter. Finished keys expire after the TTL by
 /// Redis' own key expiry. The connection is a [`ConnectionManager`]: after a
 /// lost connection, the next operations reconnect; until Redis answers they
@@ -303,7 +303,7 @@ impl Store for RedisStore {
         .await
     }
 
-    async fn dead_letter(&self, key: &Key, fence: Fence) -> Result<bool, StoreError> {
+    async fn mark_dead_lettered(&self, key: &Key, fence: Fence) -> Result<bool, StoreError> {
         self.owned(
             "dead_letter",
             &FINISH_SCRIPT,
@@ -334,7 +334,7 @@ impl Store for RedisStore {
         .map(drop)
     }
 
-    async fn defer_letter(
+    async fn release_with_letter(
         &self,
         key: &Key,
         fence: Fence,
@@ -350,7 +350,7 @@ impl Store for RedisStore {
             .arg(epoch_ms(letter.first_failure))
             .arg(epoch_ms(letter.last_failure));
         let done: i64 = self
-            .bounded("defer_letter", |mut connection| async move {
+            .bounded("release_with_letter", |mut connection| async move {
                 invocation.invoke_async(&mut connection).await
             })
             .await?;

@@ -293,7 +293,12 @@ async fn a_pending_letter_is_reported_only_for_its_redrive() {
     };
     let first = store.claim(&key, "w/1", lease, 0).await.unwrap();
     let fence = first.fence().expect("acquired");
-    assert!(store.defer_letter(&key, fence, &letter).await.unwrap());
+    assert!(
+        store
+            .release_with_letter(&key, fence, &letter)
+            .await
+            .unwrap()
+    );
     let mut raw = raw().await;
     let (kind, replay): (String, String) = redis::cmd("HMGET")
         .arg(store.redis_key(&key))

@@ -65,7 +65,7 @@ pub async fn mark_dead_lettered(store: &backstop_redis::RedisStore, ids: &[Strin
             else {
                 panic!("{id} was claimed before");
             };
-            assert!(store.dead_letter(&key, fence).await?);
+            assert!(store.mark_dead_lettered(&key, fence).await?);
             Ok::<_, backstop::StoreError>(())
         }
     }))

@@ -21,7 +21,7 @@
 //! - **The idempotency store**, for a message with a key under an
 //!   [`IdempotencyLayer`](crate::idempotency::IdempotencyLayer): the layer
 //!   records the failure under the key's lease
-//!   ([`Store::defer_letter`](crate::Store::defer_letter)), and the next
+//!   ([`Store::release_with_letter`](crate::Store::release_with_letter)), and the next
 //!   claim of the key reports it
 //!   ([`Claim::LetterPending`](crate::idempotency::Claim::LetterPending)),
 //!   which reaches this service as a [`PendingLetter`] extension. With a

@@ -85,8 +85,8 @@ fn store_error(error: BatchError) -> StoreError {
 /// wrapped store's: the answers are those of its batch methods, the same
 /// as its single-key calls (the store contract).
 ///
-/// `renew` (the lease renewer batches renewals itself), `dead_letter`,
-/// `release`, `defer_letter`, `layout` and the batch methods themselves go
+/// `renew` (the lease renewer batches renewals itself), `mark_dead_lettered`,
+/// `release`, `release_with_letter`, `layout` and the batch methods themselves go
 /// straight to the wrapped store, and so do `claim_now` / `complete_now`:
 /// a store that answers at once (an in-process one) is not batched at all,
 /// and no batch metrics are recorded for it.
@@ -280,8 +280,8 @@ impl<S: Store + ?Sized> Store for Batched<S> {
         self.inner.complete_now(key, fence)
     }
 
-    async fn dead_letter(&self, key: &Key, fence: Fence) -> Result<bool, StoreError> {
-        self.inner.dead_letter(key, fence).await
+    async fn mark_dead_lettered(&self, key: &Key, fence: Fence) -> Result<bool, StoreError> {
+        self.inner.mark_dead_lettered(key, fence).await
     }
 
     async fn release(
@@ -293,13 +293,13 @@ impl<S: Store + ?Sized> Store for Batched<S> {
         self.inner.release(key, fence, failed_runs).await
     }
 
-    async fn defer_letter(
+    async fn release_with_letter(
         &self,
         key: &Key,
         fence: Fence,
         letter: &Failure,
     ) -> Result<bool, StoreError> {
-        self.inner.defer_letter(key, fence, letter).await
+        self.inner.release_with_letter(key, fence, letter).await
     }
 
     fn storage_key(&self, key: &Key) -> Key {

@@ -64,8 +64,8 @@ impl Store for Gated {
         self.singles.fetch_add(1, Ordering::SeqCst);
         self.inner.complete(k, f).await
     }
-    async fn dead_letter(&self, k: &Key, f: Fence) -> Result<bool, StoreError> {
-        self.inner.dead_letter(k, f).await
+    async fn mark_dead_lettered(&self, k: &Key, f: Fence) -> Result<bool, StoreError> {
+        self.inner.mark_dead_lettered(k, f).await
     }
     async fn release(&self, k: &Key, f: Fence, n: Option<u32>) -> Result<(), StoreError> {
         self.inner.release(k, f, n).await

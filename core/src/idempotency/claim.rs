@@ -128,7 +128,7 @@ pub(super) async fn claim(
             });
         }
         Claim::Completed => store.complete(&keys.key, fence).await,
-        Claim::DeadLettered => store.dead_letter(&keys.key, fence).await,
+        Claim::DeadLettered => store.mark_dead_lettered(&keys.key, fence).await,
         Claim::Busy { .. } => store.release(&keys.key, fence, None).await.map(|()| true),
     };
     if let Err(error) = recorded {
@@ -196,9 +196,10 @@ pub(super) async fn settle(
     }
     let settled = match result {
         Ok(Outcome::Handled | Outcome::Discarded { .. }) => Ok(()),
-        Ok(Outcome::DeadLettered { .. }) => {
-            store.dead_letter(key, fence).await.map(lost(key, fence))
-        }
+        Ok(Outcome::DeadLettered { .. }) => store
+            .mark_dead_lettered(key, fence)
+            .await
+            .map(lost(key, fence)),
         Ok(Outcome::Deferred { attempt, .. }) => {
             store
                 .release(key, fence, Some(attempt.saturating_sub(1)))
@@ -210,7 +211,7 @@ pub(super) async fn settle(
         // retry write that failed keeps the failed runs; an outage or
         // shutdown counts none.
         Err(Error::DeadLetter { failure, .. }) => store
-            .defer_letter(key, fence, &bounded(failure))
+            .release_with_letter(key, fence, &bounded(failure))
             .await
             .map(drop),
         Err(error) => store.release(key, fence, error.failed_runs()).await,

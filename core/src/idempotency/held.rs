@@ -109,7 +109,7 @@ impl HeldMarks {
             let (key, fence) = (guard.key(), guard.fence());
             let written = match self.mark {
                 Mark::Complete => self.store.complete(key, fence).await.map(drop),
-                Mark::DeadLetter => self.store.dead_letter(key, fence).await.map(drop),
+                Mark::DeadLetter => self.store.mark_dead_lettered(key, fence).await.map(drop),
                 Mark::Release(failed) => self.store.release(key, fence, failed).await,
             };
             match written {

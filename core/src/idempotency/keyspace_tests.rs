@@ -41,8 +41,8 @@ impl Store for InLayout {
     async fn complete(&self, key: &Key, fence: Fence) -> Result<bool, StoreError> {
         self.0.complete(key, fence).await
     }
-    async fn dead_letter(&self, key: &Key, fence: Fence) -> Result<bool, StoreError> {
-        self.0.dead_letter(key, fence).await
+    async fn mark_dead_lettered(&self, key: &Key, fence: Fence) -> Result<bool, StoreError> {
+        self.0.mark_dead_lettered(key, fence).await
     }
     async fn release(
         &self,
@@ -204,7 +204,7 @@ async fn a_migration_reads_and_holds_the_legacy_keys() {
             .fence()
             .unwrap();
         if dead_letter {
-            store.0.dead_letter(key, fence).await.unwrap();
+            store.0.mark_dead_lettered(key, fence).await.unwrap();
         } else {
             store.0.complete(key, fence).await.unwrap();
         }

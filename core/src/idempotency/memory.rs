@@ -41,7 +41,7 @@ struct Entry {
     failed_runs: u32,
     replay: u32,
     expires: Instant,
-    /// The failure of a dead letter still to be written ([`Store::defer_letter`]).
+    /// The failure of a dead letter still to be written ([`Store::release_with_letter`]).
     letter: Option<Failure>,
 }
 
@@ -274,7 +274,7 @@ impl Store for MemoryStore {
         Some(self.finish_at_once(key, fence, Phase::Completed))
     }
 
-    async fn dead_letter(&self, key: &Key, fence: Fence) -> Result<bool, StoreError> {
+    async fn mark_dead_lettered(&self, key: &Key, fence: Fence) -> Result<bool, StoreError> {
         self.finish_at_once(key, fence, Phase::DeadLettered)
     }
 
@@ -295,7 +295,7 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn defer_letter(
+    async fn release_with_letter(
         &self,
         key: &Key,
         fence: Fence,

@@ -101,7 +101,7 @@ async fn dead_lettered_key_admits_only_the_next_replay_once() {
     let a = got(s.claim(&k, "a", LEASE, 0).await.unwrap(), 0, false);
     s.release(&k, a, Some(4)).await.unwrap();
     let a = got(s.claim(&k, "a", LEASE, 0).await.unwrap(), 4, false);
-    assert!(s.dead_letter(&k, a).await.unwrap());
+    assert!(s.mark_dead_lettered(&k, a).await.unwrap());
     assert_eq!(
         s.claim(&k, "b", LEASE, 0).await.unwrap(),
         Claim::DeadLettered
@@ -112,7 +112,7 @@ async fn dead_lettered_key_admits_only_the_next_replay_once() {
         "a forged, larger replay number is not a redrive of this letter"
     );
     let b = got(s.claim(&k, "b", LEASE, 1).await.unwrap(), 0, false);
-    assert!(s.dead_letter(&k, b).await.unwrap());
+    assert!(s.mark_dead_lettered(&k, b).await.unwrap());
     assert_eq!(
         s.claim(&k, "c", LEASE, 1).await.unwrap(),
         Claim::DeadLettered,

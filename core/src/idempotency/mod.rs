@@ -15,7 +15,7 @@
 //! task per layer renews all the leases it holds, in one batch). Then:
 //! `Handled` completes the key, `DeadLettered` marks it dead-lettered,
 //! `Deferred` releases it and records the failed runs, a DLQ write that was
-//! not confirmed releases it keeping the letter ([`Store::defer_letter`]),
+//! not confirmed releases it keeping the letter ([`Store::release_with_letter`]),
 //! another error releases it. A claim that finds a letter pending
 //! ([`Claim::LetterPending`]) hands it to the dead-letter layer as a
 //! [`PendingLetter`], which writes only

@@ -124,10 +124,10 @@ macro_rules! forward {
                 inner.complete(&self.key(key), fence).await
             }
 
-            async fn dead_letter(&self, key: &Key, fence: Fence) -> Result<bool, StoreError> {
+            async fn mark_dead_lettered(&self, key: &Key, fence: Fence) -> Result<bool, StoreError> {
                 let $s = self;
                 let inner = $inner;
-                inner.dead_letter(&self.key(key), fence).await
+                inner.mark_dead_lettered(&self.key(key), fence).await
             }
 
             async fn release(
@@ -141,7 +141,7 @@ macro_rules! forward {
                 inner.release(&self.key(key), fence, failed_runs).await
             }
 
-            async fn defer_letter(
+            async fn release_with_letter(
                 &self,
                 key: &Key,
                 fence: Fence,
@@ -149,7 +149,7 @@ macro_rules! forward {
             ) -> Result<bool, StoreError> {
                 let $s = self;
                 let inner = $inner;
-                inner.defer_letter(&self.key(key), fence, letter).await
+                inner.release_with_letter(&self.key(key), fence, letter).await
             }
 
             async fn layout(&self) -> Result<super::Layout, StoreError> {

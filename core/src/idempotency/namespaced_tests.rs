@@ -80,7 +80,7 @@ async fn every_operation_goes_to_the_namespaced_key() {
     );
     store.inner().release(&stored, x, None).await.unwrap();
     let y = acquired_after(store.claim(&key, "y", LEASE, 0).await.unwrap(), 2);
-    assert!(store.dead_letter(&key, y).await.unwrap());
+    assert!(store.mark_dead_lettered(&key, y).await.unwrap());
     assert_eq!(
         store.inner().claim(&stored, "z", LEASE, 0).await.unwrap(),
         Claim::DeadLettered

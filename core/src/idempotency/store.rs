@@ -24,7 +24,7 @@ impl fmt::Display for Fence {
 }
 
 /// The most bytes of error text a pending letter keeps
-/// ([`Store::defer_letter`]): as much as the letter's `x-backstop-error`
+/// ([`Store::release_with_letter`]): as much as the letter's `x-backstop-error`
 /// header carries.
 pub const MAX_LETTER_TEXT: usize = crate::wire::MAX_ERROR_LEN;
 
@@ -45,7 +45,7 @@ pub enum Claim {
     },
     /// The caller holds the lease now, under `fence`, but the key's run
     /// already failed for good and its dead letter is still to be written
-    /// (recorded by [`Store::defer_letter`]): write only that letter,
+    /// (recorded by [`Store::release_with_letter`]): write only that letter,
     /// carrying `letter`, and do not run the handler again.
     LetterPending {
         /// The lease's fencing token: name it in every later operation.
@@ -113,7 +113,7 @@ pub struct Held<'a> {
 /// Crash counting: taking over an expired lease adds one to the failed runs
 /// and reports `crashed: true` (its owner never released it, so its run
 /// ended without a result). A released lease (shutdown, revoke, a dropped
-/// future, a deferral) is never counted this way.
+/// future, a requeue) is never counted this way.
 ///
 /// Redrives: `replay` is the copy's redrive number (`x-backstop-replayed`).
 /// The store records the replay number of the run that dead-lettered a key;
@@ -125,12 +125,12 @@ pub struct Held<'a> {
 /// trust over any header.
 ///
 /// Pending letters: when the DLQ write of a key's final failure is not
-/// confirmed, [`defer_letter`](Store::defer_letter) releases the lease and
+/// confirmed, [`release_with_letter`](Store::release_with_letter) releases the lease and
 /// records the failure (kind, error text of at most
 /// [`MAX_LETTER_TEXT`] bytes, attempts, failure times). Until the key is
 /// settled, every claim that takes its lease reports
 /// [`Claim::LetterPending`], on any worker and after restarts, so the
-/// redelivery writes only that letter. [`dead_letter`](Store::dead_letter)
+/// redelivery writes only that letter. [`mark_dead_lettered`](Store::mark_dead_lettered)
 /// and [`complete`](Store::complete) forget it, and so does a newer redrive
 /// (a larger `replay`) or the key's expiry. Its default implementation keeps
 /// no letter (it releases, recording the attempts, and returns `false`): the
@@ -208,7 +208,7 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Marks the key dead-lettered; `false` if the lease `fence` is no longer held.
-    async fn dead_letter(&self, key: &Key, fence: Fence) -> Result<bool, StoreError>;
+    async fn mark_dead_lettered(&self, key: &Key, fence: Fence) -> Result<bool, StoreError>;
 
     /// Gives the lease `fence` up. `Some(n)` records `n` failed runs; `None`
     /// keeps the count. A lease no longer held is left alone.
@@ -226,7 +226,7 @@ pub trait Store: Send + Sync + 'static {
     /// lease is no longer held (nothing changes), or if the store keeps no
     /// pending letters (the default: it only releases). `letter.message`
     /// holds at most [`MAX_LETTER_TEXT`] bytes.
-    async fn defer_letter(
+    async fn release_with_letter(
         &self,
         key: &Key,
         fence: Fence,

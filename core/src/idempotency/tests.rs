@@ -255,7 +255,7 @@ impl Store for DownStore {
     async fn complete(&self, _: &Key, _: Fence) -> Result<bool, StoreError> {
         Err(StoreError::Backend("connection refused".into()))
     }
-    async fn dead_letter(&self, _: &Key, _: Fence) -> Result<bool, StoreError> {
+    async fn mark_dead_lettered(&self, _: &Key, _: Fence) -> Result<bool, StoreError> {
         Err(StoreError::Backend("connection refused".into()))
     }
     async fn release(&self, _: &Key, _: Fence, _: Option<u32>) -> Result<(), StoreError> {
@@ -323,8 +323,8 @@ impl Store for Stalled {
     async fn complete(&self, k: &Key, f: Fence) -> Result<bool, StoreError> {
         self.inner.complete(k, f).await
     }
-    async fn dead_letter(&self, k: &Key, f: Fence) -> Result<bool, StoreError> {
-        self.inner.dead_letter(k, f).await
+    async fn mark_dead_lettered(&self, k: &Key, f: Fence) -> Result<bool, StoreError> {
+        self.inner.mark_dead_lettered(k, f).await
     }
     async fn release(&self, k: &Key, f: Fence, n: Option<u32>) -> Result<(), StoreError> {
         self.inner.release(k, f, n).await
@@ -386,8 +386,8 @@ impl Store for Counting {
         counter.fetch_add(1, Ordering::SeqCst);
         Ok(done)
     }
-    async fn dead_letter(&self, k: &Key, f: Fence) -> Result<bool, StoreError> {
-        self.inner.dead_letter(k, f).await
+    async fn mark_dead_lettered(&self, k: &Key, f: Fence) -> Result<bool, StoreError> {
+        self.inner.mark_dead_lettered(k, f).await
     }
     async fn release(&self, k: &Key, f: Fence, n: Option<u32>) -> Result<(), StoreError> {
         self.inner.release(k, f, n).await
@@ -453,8 +453,8 @@ impl Store for RefusesRenewals {
     async fn complete(&self, k: &Key, f: Fence) -> Result<bool, StoreError> {
         self.0.complete(k, f).await
     }
-    async fn dead_letter(&self, k: &Key, f: Fence) -> Result<bool, StoreError> {
-        self.0.dead_letter(k, f).await
+    async fn mark_dead_lettered(&self, k: &Key, f: Fence) -> Result<bool, StoreError> {
+        self.0.mark_dead_lettered(k, f).await
     }
     async fn release(&self, k: &Key, f: Fence, n: Option<u32>) -> Result<(), StoreError> {
         self.0.release(k, f, n).await
@@ -746,8 +746,8 @@ impl Store for SlowCompletion {
         tokio::time::sleep(self.stall).await;
         done
     }
-    async fn dead_letter(&self, k: &Key, f: Fence) -> Result<bool, StoreError> {
-        self.inner.dead_letter(k, f).await
+    async fn mark_dead_lettered(&self, k: &Key, f: Fence) -> Result<bool, StoreError> {
+        self.inner.mark_dead_lettered(k, f).await
     }
     async fn release(&self, k: &Key, f: Fence, n: Option<u32>) -> Result<(), StoreError> {
         self.inner.release(k, f, n).await

@@ -21,7 +21,7 @@
 //! | `backstop_breaker_state` | gauge | (0 closed, 1 half-open, 2 open, 3 paused; see [`breaker`](crate::breaker)) |
 //! | `backstop_runner_halted` | gauge | (set by the [`Runner`](crate::Runner), see [`HALTED`](crate::runner::HALTED)) |
 //! | `backstop_ready` | gauge | 1 while the runner is ready ([`Readiness`](crate::Readiness)), else 0 |
-//! | `backstop_store_duration_seconds` | histogram, seconds | `op`: the [`Store`](crate::Store) method (claim, renew, complete, dead_letter, release, defer_letter, layout, claim_many, renew_many, complete_many) |
+//! | `backstop_store_duration_seconds` | histogram, seconds | `op`: the [`Store`](crate::Store) method (claim, renew, complete, mark_dead_lettered, release, release_with_letter, layout, claim_many, renew_many, complete_many) |
 //! | `backstop_store_errors_total` | counter | `op` (a batch counts each failed item) |
 //! | `backstop_kafka_lag_records` | gauge | `source`, `group`, `topic`, `partition` |
 //! | `backstop_kafka_oldest_unfinished_seconds` | gauge | `source`, `group`, `topic`, `partition` |

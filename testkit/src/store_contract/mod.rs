@@ -48,9 +48,9 @@ pub trait Backend: Send + Sync {
         LEASE
     }
 
-    /// True if the store keeps pending letters ([`Store::defer_letter`]).
+    /// True if the store keeps pending letters ([`Store::release_with_letter`]).
     /// If not (the trait's default), the scenario checks only that
-    /// `defer_letter` releases the lease with the letter's attempts.
+    /// `release_with_letter` releases the lease with the letter's attempts.
     fn keeps_pending_letters(&self) -> bool {
         false
     }

@@ -209,7 +209,7 @@ pub async fn dead_lettered_key_admits_only_the_next_replay(
         .take(&store, &key, "a", 0, 4, "claim after 4 failed runs")
         .await?;
     run.eq(
-        run.ok(store.dead_letter(&key, a).await)?,
+        run.ok(store.mark_dead_lettered(&key, a).await)?,
         true,
         "owner dead-letters",
     )?;
@@ -227,7 +227,7 @@ pub async fn dead_lettered_key_admits_only_the_next_replay(
         .take(&store, &key, "b", 1, 0, "first redrive starts a new count")
         .await?;
     run.eq(
-        run.ok(store.dead_letter(&key, b).await)?,
+        run.ok(store.mark_dead_lettered(&key, b).await)?,
         true,
         "the redrive dead-letters again",
     )?;
@@ -342,7 +342,7 @@ pub async fn expired_lease_is_taken_over_and_late_owner_refused(
         "the late owner's renewal",
     )?;
     run.eq(
-        run.ok(store.dead_letter(&key, a).await)?,
+        run.ok(store.mark_dead_lettered(&key, a).await)?,
         false,
         "the late owner's dead letter",
     )?;
@@ -437,7 +437,7 @@ pub async fn stale_fences_are_refused(backend: &dyn Backend) -> Result<(), Contr
         "completion under the old fence",
     )?;
     run.eq(
-        run.ok(store.dead_letter(&key, first).await)?,
+        run.ok(store.mark_dead_lettered(&key, first).await)?,
         false,
         "dead letter under the old fence",
     )?;
@@ -494,7 +494,7 @@ pub async fn non_owner_cannot_settle(backend: &dyn Backend) -> Result<(), Contra
             "a stranger's completion",
         )?;
         run.eq(
-            run.ok(store.dead_letter(&key, fence).await)?,
+            run.ok(store.mark_dead_lettered(&key, fence).await)?,
             false,
             "a stranger's dead letter",
         )?;
@@ -544,7 +544,7 @@ pub async fn batches_answer_per_item(backend: &dyn Backend) -> Result<(), Contra
     run.ok(store.complete(&done, d).await)?;
     let h = setup(run.ok(store.claim(&held, "a", lease, 0).await)?)?;
     let x = setup(run.ok(store.claim(&dead, "a", lease, 0).await)?)?;
-    run.ok(store.dead_letter(&dead, x).await)?;
+    run.ok(store.mark_dead_lettered(&dead, x).await)?;
     let claims = [&done, &held, &free, &dead, &free].map(|key| ClaimOf {
         key,
         owner: "b",
@@ -760,7 +760,7 @@ pub async fn pending_letter_survives_a_new_instance(
     let a = {
         let first = run.instance().await?;
         let a = run.take(&first, &key, "a", 0, 0, "first claim").await?;
-        let kept = run.ok(first.defer_letter(&key, a, &letter).await)?;
+        let kept = run.ok(first.release_with_letter(&key, a, &letter).await)?;
         if !backend.keeps_pending_letters() {
             let second = run.instance().await?;
             let b = run
@@ -777,7 +777,7 @@ pub async fn pending_letter_survives_a_new_instance(
         }
         run.eq(kept, true, "the owner records the pending letter")?;
         run.eq(
-            run.ok(first.defer_letter(&key, a, &letter).await)?,
+            run.ok(first.release_with_letter(&key, a, &letter).await)?,
             false,
             "a lease given up cannot record a letter",
         )?;
@@ -804,7 +804,7 @@ pub async fn pending_letter_survives_a_new_instance(
         "claim after a release",
     )?;
     run.eq(
-        run.ok(second.defer_letter(&key, c, &letter).await)?,
+        run.ok(second.release_with_letter(&key, c, &letter).await)?,
         true,
         "a failed write again",
     )?;
@@ -815,7 +815,7 @@ pub async fn pending_letter_survives_a_new_instance(
         "claim after a second failed write",
     )?;
     run.eq(
-        run.ok(second.dead_letter(&key, d).await)?,
+        run.ok(second.mark_dead_lettered(&key, d).await)?,
         true,
         "the letter written",
     )?;
@@ -840,7 +840,7 @@ pub async fn pending_letter_survives_a_new_instance(
     let panic = pending_failure(ErrorKind::Panic, 1);
     let f = run.take(&second, &other, "f", 0, 0, "other key").await?;
     run.eq(
-        run.ok(second.defer_letter(&other, f, &panic).await)?,
+        run.ok(second.release_with_letter(&other, f, &panic).await)?,
         true,
         "other key's letter",
     )?;

@@ -369,7 +369,7 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn dead_letter(&self, key: &Key, fence: Fence) -> Result<bool, StoreError> {
+    async fn mark_dead_lettered(&self, key: &Key, fence: Fence) -> Result<bool, StoreError> {
         let ttl = millis(self.ttl);
         self.owned(
             "dead_letter",
@@ -400,7 +400,7 @@ impl Store for PostgresStore {
         .map(drop)
     }
 
-    async fn defer_letter(
+    async fn release_with_letter(
         &self,
         key: &Key,
         fence: Fence,
@@ -408,8 +408,8 @@ impl Store for PostgresStore {
     ) -> Result<bool, StoreError> {
         let ttl = millis(self.ttl);
         self.owned(
-            "defer_letter",
-            &self.sql.defer_letter,
+            "release_with_letter",
+            &self.sql.release_with_letter,
             &[
                 &column::key(key),
                 &fence_column(fence),

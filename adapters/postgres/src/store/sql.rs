@@ -25,7 +25,7 @@ pub(crate) struct Statements {
     pub(crate) renew: String,
     pub(crate) finish: String,
     pub(crate) release: String,
-    pub(crate) defer_letter: String,
+    pub(crate) release_with_letter: String,
     pub(crate) renew_many: String,
     pub(crate) finish_many: String,
     pub(crate) lock_held: String,
@@ -193,7 +193,7 @@ WHERE key = $1 AND {}",
             ),
             // $1 key, $2 fence, $3 attempts, $4 kind, $5 error text,
             // $6 first and $7 last failure, $8 ttl ms.
-            defer_letter: format!(
+            release_with_letter: format!(
                 "UPDATE {t} SET state = 'idle', owner = NULL, lease_until = NULL,
     failed_runs = $3::integer, letter_kind = $4, letter_error = $5, letter_attempts = $3::integer,
     letter_first = $6, letter_last = $7, letter_replay = replay, letter_at = now(),

@@ -44,14 +44,14 @@ impl<'a> Timed<'a> {
         self.ops.complete.result(start, result)
     }
 
-    pub(crate) async fn dead_letter(
+    pub(crate) async fn mark_dead_lettered(
         &self,
         key: &StoreKey,
         fence: Fence,
     ) -> Result<bool, StoreError> {
         let start = Instant::now();
-        let result = self.store.dead_letter(key, fence).await;
-        self.ops.dead_letter.result(start, result)
+        let result = self.store.mark_dead_lettered(key, fence).await;
+        self.ops.mark_dead_lettered.result(start, result)
     }
 
     pub(crate) async fn release(
@@ -65,15 +65,15 @@ impl<'a> Timed<'a> {
         self.ops.release.result(start, result)
     }
 
-    pub(crate) async fn defer_letter(
+    pub(crate) async fn release_with_letter(
         &self,
         key: &StoreKey,
         fence: Fence,
         letter: &Failure,
     ) -> Result<bool, StoreError> {
         let start = Instant::now();
-        let result = self.store.defer_letter(key, fence, letter).await;
-        self.ops.defer_letter.result(start, result)
+        let result = self.store.release_with_letter(key, fence, letter).await;
+        self.ops.release_with_letter.result(start, result)
     }
 
     pub(crate) async fn layout(&self) -> Result<Layout, StoreError> {

@@ -94,11 +94,11 @@ impl<S: Store + ?Sized> Store for Measured<S> {
             .now(|| self.inner.complete_now(key, fence))
     }
 
-    async fn dead_letter(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
+    async fn mark_dead_lettered(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
         let start = Instant::now();
         self.ops
-            .dead_letter
-            .result(start, self.inner.dead_letter(key, fence).await)
+            .mark_dead_lettered
+            .result(start, self.inner.mark_dead_lettered(key, fence).await)
     }
 
     async fn release(
@@ -113,16 +113,17 @@ impl<S: Store + ?Sized> Store for Measured<S> {
             .result(start, self.inner.release(key, fence, failed_runs).await)
     }
 
-    async fn defer_letter(
+    async fn release_with_letter(
         &self,
         key: &StoreKey,
         fence: Fence,
         letter: &Failure,
     ) -> Result<bool, StoreError> {
         let start = Instant::now();
-        self.ops
-            .defer_letter
-            .result(start, self.inner.defer_letter(key, fence, letter).await)
+        self.ops.release_with_letter.result(
+            start,
+            self.inner.release_with_letter(key, fence, letter).await,
+        )
     }
 
     fn storage_key(&self, key: &StoreKey) -> StoreKey {
