@@ -14,7 +14,6 @@ pub mod args;
 pub mod console;
 pub mod dlq;
 pub mod doctor;
-pub mod epoch;
 pub mod error;
 pub mod http;
 pub mod kafka_options;
