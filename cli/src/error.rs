@@ -123,6 +123,17 @@ impl CliError {
     }
 }
 
+/// A background Kafka read that did not finish (it panicked): what
+/// [`backstop_kafka::blocking`] returns for it.
+impl From<tokio::task::JoinError> for CliError {
+    fn from(error: tokio::task::JoinError) -> Self {
+        CliError::Kafka {
+            what: "a background read".into(),
+            reason: error.to_string(),
+        }
+    }
+}
+
 mod lapin_error {
     pub(crate) use backstop_rabbitmq::lapin::Error;
 }

@@ -1,9 +1,10 @@
 //! `backstop replay`: Kafka log replay. Resets a consumer group's committed
 //! offsets on a topic to a time or an offset, refusing while the group has
-//! active members; `--mode reprocess` also bumps the replay epoch ([`crate::epoch`]).
+//! active members; `--mode reprocess` also bumps the replay epoch ([`backstop_kafka::epoch`]).
 
 use std::fmt::Write as _;
 
+use backstop_kafka::epoch::{self, EpochError};
 use backstop_kafka::rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use backstop_kafka::rdkafka::{Offset, TopicPartitionList};
 
@@ -126,11 +127,12 @@ pub async fn run(a: &ReplayArgs) -> Result<String, CliError> {
         );
     }
     if a.mode == ReplayMode::Reprocess && !a.dry_run {
-        let epoch = crate::epoch::bump(&a.kafka, &a.topic, &a.group).await?;
+        let config = crate::kafka_options::kafka_config(&a.kafka, &a.group);
+        let epoch = epoch::bump(&config, &a.topic).await.map_err(epoch_error)?;
         let _ = writeln!(
             out,
             "reprocess: replay epoch is now {epoch} (topic {}); restart the workers so they read it and use idempotency namespace \"epoch-{epoch}\"",
-            crate::epoch::epoch_topic(&a.topic, &a.group)
+            backstop_kafka::epoch_topic(&a.topic, &a.group)
         );
     } else if a.mode == ReplayMode::Redeliver {
         let _ = writeln!(
@@ -139,4 +141,25 @@ pub async fn run(a: &ReplayArgs) -> Result<String, CliError> {
         );
     }
     Ok(out)
+}
+
+/// A failed bump of the replay epoch, as the command reports it.
+fn epoch_error(error: EpochError) -> CliError {
+    let (what, reason) = match &error {
+        EpochError::Read { source, .. } => ("reading the epoch".to_owned(), source.to_string()),
+        EpochError::Stalled { .. } => ("reading the epoch".to_owned(), error.to_string()),
+        EpochError::Create { source, .. } => {
+            ("creating the epoch topic".to_owned(), source.to_string())
+        }
+        EpochError::Producer(source) => ("creating a producer".to_owned(), source.to_string()),
+        EpochError::Write {
+            topic,
+            epoch,
+            source,
+        } => (
+            format!("writing epoch {epoch} to {topic}"),
+            source.to_string(),
+        ),
+    };
+    CliError::Kafka { what, reason }
 }

@@ -33,8 +33,8 @@ use serde_json::Value;
 
 use crate::args::{TopologyAction, TopologyArgs};
 use crate::error::CliError;
-use crate::http::{get_json, request_json};
 use crate::kafka_read;
+use crate::rabbit_api::{get_json, request_json};
 
 /// What backstop manages on both brokers.
 #[derive(Debug, Default, Serialize, Deserialize)]

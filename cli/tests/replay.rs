@@ -13,7 +13,7 @@ use backstop::runner::RunError;
 use backstop::{
     CancellationToken, MemoryStore, Publisher, Runner, StackBuilder, Store, Summary, handler_fn,
 };
-use backstop_cli::epoch;
+use backstop_kafka::epoch;
 use backstop_kafka::rdkafka::ClientConfig;
 use backstop_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use backstop_kafka::{Kafka, RetryTiers, TopicSpec};
@@ -40,7 +40,7 @@ struct Running {
 /// Starts a worker on `topic` the way a real one starts: read the replay
 /// epoch, key the shared store by it, run.
 async fn start(k: &Kafka, topic: &str, store: &Arc<MemoryStore>, state: &Arc<Worker>) -> Running {
-    let epoch = epoch::current(&brokers(), topic, k.group())
+    let epoch = epoch::current(k.config(), topic)
         .await
         .expect("read the epoch");
     let namespace = format!("epoch-{epoch}");
@@ -215,7 +215,7 @@ async fn redeliver_skips_done_work_reprocess_runs_it_again_and_a_live_group_is_r
     }
     assert!(stdout.contains("redeliver"), "{stdout}");
     assert_eq!(committed_total(&k, &topic).await, 0, "offsets were reset");
-    assert_eq!(epoch::current(&b, &topic, &group).await.unwrap(), 0);
+    assert_eq!(epoch::current(k.config(), &topic).await.unwrap(), 0);
 
     let worker = start(&k, &topic, &store, &state).await;
     assert_eq!(worker.namespace, "epoch-0");
@@ -244,7 +244,7 @@ async fn redeliver_skips_done_work_reprocess_runs_it_again_and_a_live_group_is_r
     );
     assert!(stdout.contains("epoch is now 1"), "{stdout}");
     assert!(stdout.contains("\"epoch-1\""), "{stdout}");
-    assert_eq!(epoch::current(&b, &topic, &group).await.unwrap(), 1);
+    assert_eq!(epoch::current(k.config(), &topic).await.unwrap(), 1);
     assert_eq!(committed_total(&k, &topic).await, 0, "offsets were reset");
 
     let worker = start(&k, &topic, &store, &state).await;
@@ -275,14 +275,14 @@ async fn redeliver_skips_done_work_reprocess_runs_it_again_and_a_live_group_is_r
     assert_eq!(state.runs.load(Ordering::SeqCst), 2 * MESSAGES);
     assert_eq!(runs_per_id(&state), each(2));
     assert_eq!(
-        epoch::current(&b, &topic, &group).await.unwrap(),
+        epoch::current(k.config(), &topic).await.unwrap(),
         1,
         "the refused replay did not bump the epoch"
     );
     assert_eq!(committed_total(&k, &topic).await, MESSAGES as i64);
     assert_eq!(store.len(), 2 * MESSAGES, "one key per message per epoch");
 
-    let mut gone = vec![topic.clone(), epoch::epoch_topic(&topic, &group)];
+    let mut gone = vec![topic.clone(), backstop_kafka::epoch_topic(&topic, &group)];
     gone.push(k.dlq_topic(&topic));
     gone.extend(k.retry_topics(&topic));
     let gone: Vec<&str> = gone.iter().map(String::as_str).collect();

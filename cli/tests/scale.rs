@@ -83,7 +83,7 @@ fn within_bound(what: &str, empty: &Run, large: &Run, letters: u64) {
 /// The queue's `messages_unacknowledged` from the management API.
 async fn unacked(queue: &str) -> Option<u64> {
     let api = "http://guest:guest@127.0.0.1:15672";
-    let v = backstop_cli::http::get_json(api, &format!("/api/queues/%2f/{queue}"))
+    let v = backstop_cli::rabbit_api::get_json(api, &format!("/api/queues/%2f/{queue}"))
         .await
         .ok()?;
     v["messages_unacknowledged"].as_u64()

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use backstop_cli::http::{get_json, request_json};
+use backstop_cli::rabbit_api::{get_json, request_json};
 use backstop_kafka::{Kafka, TopicSpec};
 use backstop_rabbitmq::lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use backstop_rabbitmq::{RabbitMq, Topology};

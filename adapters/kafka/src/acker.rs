@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use backstop::{AckError, Acker};
 
-use crate::dispatch::{Dispatcher, Refused, Ticket};
+use crate::dispatch::{Dispatcher, Refused, Settlement, Ticket};
 
 /// Settles one Kafka delivery; see the [module docs](self).
 #[derive(Debug)]
@@ -20,12 +20,12 @@ pub(crate) struct KafkaAcker {
 }
 
 impl KafkaAcker {
-    fn settle(&self, done: bool) -> Result<(), AckError> {
+    fn settle(&self, settlement: Settlement) -> Result<(), AckError> {
         self.dispatcher
-            .settle(&self.ticket, done)
+            .settle(&self.ticket, settlement)
             .map_err(|refused| {
                 let t = &self.ticket;
-                let (topic, partition, offset) = (&t.tp.0, t.tp.1, t.offset);
+                let (topic, partition, offset) = (&t.tp.topic, t.tp.partition, t.offset);
                 AckError::Stale(match refused {
                     Refused::Fenced => format!(
                         "{topic}[{partition}] was revoked since offset {offset} was delivered; its new owner reads it again"
@@ -39,21 +39,25 @@ impl KafkaAcker {
 #[async_trait::async_trait]
 impl Acker for KafkaAcker {
     async fn ack(self: Box<Self>) -> Result<(), AckError> {
-        self.settle(true)
+        self.settle(Settlement::Done)
     }
 
     fn ack_now(&mut self) -> Option<Result<(), AckError>> {
-        Some(self.settle(true))
+        Some(self.settle(Settlement::Done))
     }
 
     async fn nack(self: Box<Self>, requeue: bool) -> Result<(), AckError> {
         // Without requeue the message is dropped: its offset counts as done.
-        self.settle(!requeue)
+        self.settle(if requeue {
+            Settlement::Requeue
+        } else {
+            Settlement::Done
+        })
     }
 
     fn abandon(self: Box<Self>) {
         // Synchronous: the message is ready for redelivery at once.
-        if let Err(error) = self.settle(false) {
+        if let Err(error) = self.settle(Settlement::Requeue) {
             tracing::debug!(%error, "abandoned delivery was not requeued");
         }
     }

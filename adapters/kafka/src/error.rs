@@ -68,6 +68,13 @@ pub enum Error {
     Thread(#[source] std::io::Error),
 }
 
+/// A blocking call that did not finish (it panicked): see [`blocking`](crate::blocking()).
+impl From<tokio::task::JoinError> for Error {
+    fn from(error: tokio::task::JoinError) -> Self {
+        Error::Thread(std::io::Error::other(error))
+    }
+}
+
 impl Error {
     pub(crate) fn kafka(what: impl Into<String>) -> impl FnOnce(KafkaError) -> Error {
         let what = what.into();

@@ -96,9 +96,11 @@
 #![forbid(unsafe_code)]
 
 mod acker;
+mod blocking;
 mod config;
 mod depth;
 mod dispatch;
+pub mod epoch;
 mod error;
 mod kafka;
 mod link;
@@ -114,17 +116,20 @@ pub mod retry;
 mod sinks;
 mod source;
 mod telemetry;
+mod topic_partition;
 mod topics;
 mod tracker;
 pub mod transaction;
 #[cfg(feature = "tls")]
 mod verification;
 
+pub use crate::blocking::blocking;
 pub use crate::config::{DEFAULT_BROKERS, KafkaConfig, OffsetReset, brokers_from_env};
 pub use crate::error::Error;
 pub use crate::kafka::Kafka;
 pub use crate::names::{
-    dlq_state_topic, dlq_topic, is_companion_topic, parked_topic, retry_prefix, retry_topic,
+    dlq_state_topic, dlq_topic, epoch_topic, is_companion_topic, is_epoch_topic, parked_topic,
+    retry_prefix, retry_topic,
 };
 pub use crate::options::{KafkaOption, OptionError, is_secret};
 pub use crate::publisher::KafkaPublisher;

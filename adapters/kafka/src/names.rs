@@ -8,6 +8,7 @@
 //! | a DLQ's state | `<dlq>.state` |
 //! | a retry tier | `<topic>.<group>.retry.<tier>` |
 //! | parked keys (ordered retries) | `<topic>.<group>.parked` |
+//! | the replay epoch | `<topic>.<group>.epoch` |
 
 use crate::RetryTier;
 
@@ -43,6 +44,17 @@ pub(crate) fn retry_infix(group: &str) -> String {
 /// The parked topic of `topic` for `group`: `<topic>.<group>.parked`.
 pub fn parked_topic(topic: &str, group: &str) -> String {
     format!("{topic}.{group}.parked")
+}
+
+/// The replay epoch topic of `topic` for `group`: `<topic>.<group>.epoch`
+/// (see [`epoch`](crate::epoch)).
+pub fn epoch_topic(topic: &str, group: &str) -> String {
+    format!("{topic}.{group}.epoch")
+}
+
+/// True for a name of the shape of [`epoch_topic`].
+pub fn is_epoch_topic(name: &str) -> bool {
+    name.ends_with(".epoch")
 }
 
 /// True for a name of one of backstop's own topics beside a consumed one

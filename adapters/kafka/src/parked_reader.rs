@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
-use crate::dispatch::{Dispatcher, Lane, Tp};
+use crate::dispatch::{Dispatcher, Lane};
 use crate::parking::Parked;
+use crate::topic_partition::TopicPartition;
 use crate::{Error, KafkaConfig, record};
 
 /// Records read per turn at most.
@@ -30,7 +31,7 @@ const ERROR_LOG_EVERY: Duration = Duration::from_secs(5);
 pub(crate) struct ParkedReader {
     consumer: BaseConsumer,
     /// The lanes read now, by partition.
-    following: HashMap<Tp, Lane>,
+    following: HashMap<TopicPartition, Lane>,
     group: String,
     last_error_log: Option<Instant>,
 }
@@ -82,7 +83,7 @@ impl ParkedReader {
         if !unassign.is_empty() {
             let mut list = TopicPartitionList::new();
             for tp in &unassign {
-                list.add_partition(&tp.0, tp.1);
+                list.add_partition(&tp.topic, tp.partition);
             }
             if let Err(error) = self.consumer.incremental_unassign(&list) {
                 tracing::warn!(%error, "the parked-topic reader could not drop partitions; trying again");
@@ -98,7 +99,7 @@ impl ParkedReader {
         let mut list = TopicPartitionList::new();
         for lane in &assign {
             // Only fails for an invalid offset.
-            let _ = list.add_partition_offset(&lane.tp.0, lane.tp.1, Offset::Beginning);
+            let _ = list.add_partition_offset(&lane.tp.topic, lane.tp.partition, Offset::Beginning);
         }
         match self.consumer.incremental_assign(&list) {
             Ok(()) => {
@@ -119,7 +120,7 @@ impl ParkedReader {
         if self.following.is_empty() {
             return;
         }
-        let mut read: HashMap<Tp, Vec<(i64, Parked)>> = HashMap::new();
+        let mut read: HashMap<TopicPartition, Vec<(i64, Parked)>> = HashMap::new();
         for _ in 0..BATCH {
             match self.consumer.poll(Duration::ZERO) {
                 None => break,
@@ -127,7 +128,7 @@ impl ParkedReader {
                     let Some(lane) = self
                         .following
                         .iter()
-                        .find(|(tp, _)| *tp.0 == *r.topic() && tp.1 == r.partition())
+                        .find(|(tp, _)| *tp.topic == *r.topic() && tp.partition == r.partition())
                         .map(|(_, lane)| lane)
                     else {
                         continue;

@@ -9,7 +9,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::acker::KafkaAcker;
 use crate::depth::DlqDepth;
-use crate::dispatch::{Dispatcher, Ordered};
+use crate::dispatch::{Dispatcher, Ordered, Take};
 use crate::link::Link;
 use crate::parked_reader::ParkedReader;
 use crate::poller::{GroupContext, PollThread};
@@ -335,7 +335,7 @@ impl Source for KafkaSource {
     async fn next(&mut self) -> Option<Result<Delivery, SourceError>> {
         loop {
             match self.dispatcher.take() {
-                Ok(Some(taken)) => {
+                Take::Ready(taken) => {
                     let slot = self.pending.as_ref().map(|pending| DeliverySlot {
                         pending: Arc::clone(pending),
                         tp: taken.ticket.tp.clone(),
@@ -352,9 +352,9 @@ impl Source for KafkaSource {
                         None => delivery,
                     }));
                 }
-                Ok(None) => self.dispatcher.changed().await,
-                Err(None) => return None,
-                Err(Some(error)) => return Some(Err(error)),
+                Take::Empty => self.dispatcher.changed().await,
+                Take::Closed => return None,
+                Take::Failed(error) => return Some(Err(error)),
             }
         }
     }

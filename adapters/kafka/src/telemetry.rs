@@ -43,7 +43,7 @@
 //! still reading their parked partition: their keyed messages wait).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use backstop::metrics::{
@@ -51,7 +51,7 @@ use backstop::metrics::{
 };
 use rdkafka::Statistics;
 
-use crate::dispatch::Tp;
+use crate::topic_partition::TopicPartition;
 
 /// Counts one event of ordered retries (see the [module docs](self)).
 pub(crate) fn parked(group: &str, event: &'static str) {
@@ -85,10 +85,10 @@ struct Partition {
 pub(crate) struct SourceMetrics {
     source: String,
     group: String,
-    partitions: Mutex<HashMap<Tp, Partition>>,
+    partitions: Mutex<HashMap<TopicPartition, Partition>>,
     /// Per partition: the high watermark and the fetch position, from the
     /// last statistics.
-    offsets: Mutex<HashMap<Tp, (i64, i64)>>,
+    offsets: Mutex<HashMap<TopicPartition, (i64, i64)>>,
     /// Retry topic → its tier's index in `tiers`.
     retry_topics: HashMap<String, usize>,
     /// One `backstop_retry_depth{tier}` gauge per tier.
@@ -135,7 +135,7 @@ impl SourceMetrics {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Tp, Partition>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TopicPartition, Partition>> {
         self.partitions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -147,7 +147,7 @@ impl SourceMetrics {
             for (&partition, stats) in &topic.partitions {
                 // -1 is librdkafka's unassigned-partition bucket.
                 if partition >= 0 && stats.hi_offset >= 0 {
-                    let key = (Arc::from(name.as_str()), partition);
+                    let key = TopicPartition::new(name.as_str(), partition);
                     offsets.insert(key, (stats.hi_offset, stats.next_offset));
                 }
             }
@@ -156,7 +156,7 @@ impl SourceMetrics {
 
     /// Sets the gauges of `heads` (each tracked partition and its first
     /// unfinished offset) from the last statistics.
-    pub(crate) fn report(&self, heads: Vec<(Tp, Option<i64>)>) {
+    pub(crate) fn report(&self, heads: Vec<(TopicPartition, Option<i64>)>) {
         let now = Instant::now();
         let offsets = self
             .offsets
@@ -168,7 +168,7 @@ impl SourceMetrics {
             let (high, position) = offsets.get(&tp).copied().unzip();
             let gauges = partitions
                 .entry(tp.clone())
-                .or_insert_with(|| self.gauges(&tp.0, tp.1));
+                .or_insert_with(|| self.gauges(&tp.topic, tp.partition));
             // Nothing unfinished: everything before the fetch position is done.
             let next = head.or(position.filter(|p| *p >= 0));
             if let (Some(next), Some(high)) = (next, high) {
@@ -191,7 +191,7 @@ impl SourceMetrics {
         }
         // A tier's depth: the lag of its retry topics' partitions this member holds.
         let mut depths = vec![0i64; self.tiers.len()];
-        for ((topic, _), partition) in partitions.iter() {
+        for (TopicPartition { topic, .. }, partition) in partitions.iter() {
             if let (Some(&tier), Some(lag)) = (self.retry_topics.get(&**topic), partition.last) {
                 depths[tier] += lag;
             }
@@ -205,7 +205,7 @@ impl SourceMetrics {
     pub(crate) fn forget<'a>(&self, revoked: impl IntoIterator<Item = (&'a str, i32)>) {
         let mut partitions = self.lock();
         for (topic, partition) in revoked {
-            if let Some(gone) = partitions.remove(&(Arc::from(topic), partition)) {
+            if let Some(gone) = partitions.remove(&TopicPartition::new(topic, partition)) {
                 gone.lag.set(0.0);
                 gone.oldest.set(0.0);
             }
@@ -275,8 +275,8 @@ mod tests {
     fn lag_runs_from_the_first_unfinished_offset_and_a_revoke_zeroes_it() {
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
-        let tp: Tp = (Arc::from("orders"), 0);
-        let retry: Tp = (Arc::from("orders.g.retry.5s"), 0);
+        let tp = TopicPartition::new("orders", 0);
+        let retry = TopicPartition::new("orders.g.retry.5s", 0);
         let tiers = [("orders.g.retry.5s".to_owned(), "5s".to_owned())];
         let wanted = [
             (KAFKA_LAG, ("topic", "orders")),

@@ -43,7 +43,7 @@ struct Entry {
 
 /// What [`PartitionTracker::receive`] did with a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Received {
+pub(crate) enum Arrival {
     /// Already seen (a refetch after a pause): ignored.
     Duplicate,
     /// Ready to be handed out now.
@@ -167,12 +167,12 @@ impl PartitionTracker {
         message: Message,
         due: Option<SystemTime>,
         now: SystemTime,
-    ) -> Received {
+    ) -> Arrival {
         let Some(offset) = message.meta.offset else {
-            return Received::Duplicate;
+            return Arrival::Duplicate;
         };
         if self.last_received.is_some_and(|last| offset <= last) {
-            return Received::Duplicate;
+            return Arrival::Duplicate;
         }
         self.last_received = Some(offset);
         self.first_received.get_or_insert(offset);
@@ -210,8 +210,8 @@ impl PartitionTracker {
             },
         );
         match status {
-            Status::Ready => Received::Ready,
-            _ => Received::Held,
+            Status::Ready => Arrival::Ready,
+            _ => Arrival::Held,
         }
     }
 
@@ -482,7 +482,7 @@ mod tests {
     fn watermark_runs_over_received_offsets_with_gaps() {
         let mut t = PartitionTracker::new(1, false);
         for o in [3, 5, 9] {
-            assert_eq!(t.receive(msg(o, None), None, now()), Received::Ready);
+            assert_eq!(t.receive(msg(o, None), None, now()), Arrival::Ready);
         }
         assert_eq!(t.to_store(), None);
         run(&mut t, 5);
@@ -515,10 +515,10 @@ mod tests {
     #[test]
     fn same_key_waits_for_the_earlier_message_other_keys_do_not() {
         let mut t = PartitionTracker::new(1, false);
-        assert_eq!(t.receive(msg(0, Some("a")), None, now()), Received::Ready);
-        assert_eq!(t.receive(msg(1, Some("a")), None, now()), Received::Held);
-        assert_eq!(t.receive(msg(2, Some("b")), None, now()), Received::Ready);
-        assert_eq!(t.receive(msg(3, None), None, now()), Received::Ready);
+        assert_eq!(t.receive(msg(0, Some("a")), None, now()), Arrival::Ready);
+        assert_eq!(t.receive(msg(1, Some("a")), None, now()), Arrival::Held);
+        assert_eq!(t.receive(msg(2, Some("b")), None, now()), Arrival::Ready);
+        assert_eq!(t.receive(msg(3, None), None, now()), Arrival::Ready);
         assert!(t.take(1).is_none(), "held behind offset 0");
         assert_eq!(run(&mut t, 0), vec![1]);
         assert_eq!(run(&mut t, 1), Vec::<i64>::new());
@@ -528,8 +528,8 @@ mod tests {
     fn duplicates_after_a_refetch_are_ignored() {
         let mut t = PartitionTracker::new(1, false);
         t.receive(msg(4, None), None, now());
-        assert_eq!(t.receive(msg(4, None), None, now()), Received::Duplicate);
-        assert_eq!(t.receive(msg(2, None), None, now()), Received::Duplicate);
+        assert_eq!(t.receive(msg(4, None), None, now()), Arrival::Duplicate);
+        assert_eq!(t.receive(msg(2, None), None, now()), Arrival::Duplicate);
         assert_eq!(t.len(), 1);
     }
 
@@ -551,13 +551,13 @@ mod tests {
         let later = now() + Duration::from_secs(5);
         assert_eq!(
             t.receive(msg(0, Some("a")), Some(later), now()),
-            Received::Held
+            Arrival::Held
         );
         assert_eq!(
             t.receive(msg(1, Some("a")), Some(now()), now()),
-            Received::Held
+            Arrival::Held
         );
-        assert_eq!(t.receive(msg(2, None), Some(now()), now()), Received::Ready);
+        assert_eq!(t.receive(msg(2, None), Some(now()), now()), Arrival::Ready);
         assert_eq!(t.not_due(), 1);
         assert_eq!(t.next_due(), Some(later));
         let mut r = Vec::new();
@@ -573,7 +573,7 @@ mod tests {
     fn due_times_are_ignored_on_main_topics() {
         let mut t = PartitionTracker::new(1, false);
         let later = now() + Duration::from_secs(5);
-        assert_eq!(t.receive(msg(0, None), Some(later), now()), Received::Ready);
+        assert_eq!(t.receive(msg(0, None), Some(later), now()), Arrival::Ready);
         assert_eq!(t.not_due(), 0);
     }
 

@@ -114,7 +114,7 @@ async fn rabbit_dlqs(r: &RabbitCluster) -> Result<Vec<Found>, CliError> {
     let vhost =
         percent_encoding::utf8_percent_encode(&r.vhost(), percent_encoding::NON_ALPHANUMERIC)
             .to_string();
-    let queues = crate::http::get_json(
+    let queues = crate::rabbit_api::get_json(
         &r.api,
         &format!("/api/queues/{vhost}?columns=name,messages"),
     )

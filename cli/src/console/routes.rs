@@ -104,7 +104,7 @@ async fn depth(at: &DlqRef) -> Option<u64> {
         templates::enc(&r.vhost()),
         templates::enc(&at.name)
     );
-    crate::http::get_json(&r.api, &path).await.ok()?["messages"].as_u64()
+    crate::rabbit_api::get_json(&r.api, &path).await.ok()?["messages"].as_u64()
 }
 
 /// `GET /dlq/{cluster}/{name}`: the letters, filtered, a page at a time

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use backstop::{Message, Publisher, wire};
 use backstop_kafka::rdkafka::consumer::Consumer;
-use backstop_kafka::{KafkaConfig, KafkaPublisher, TopicSpec, Topics};
+use backstop_kafka::{KafkaConfig, KafkaPublisher, TopicSpec, Topics, blocking};
 
 use crate::dlq::scratch::Scratch;
 use crate::dlq::{
@@ -110,23 +110,12 @@ impl LetterStream {
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, CliError> + Send + 'static,
-) -> Result<T, CliError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| CliError::Kafka {
-            what: "a background read".into(),
-            reason: e.to_string(),
-        })?
-}
-
 impl KafkaDlq {
     /// Checks that `topic` exists on `brokers`.
     pub async fn open(brokers: &str, topic: &str) -> Result<Self, CliError> {
         crate::kafka_options::check(brokers).await?;
         let (b, t) = (brokers.to_owned(), topic.to_owned());
-        let exists = blocking(move || {
+        let exists = blocking::<_, CliError>(move || {
             let consumer = kafka_read::reader(&b)?;
             kafka_read::partitions(&consumer, &t)
         })
@@ -148,7 +137,7 @@ impl KafkaDlq {
     /// the last one is (no payloads), and its recorded state.
     async fn index(&self) -> Result<Scratch, CliError> {
         let (b, t) = (self.brokers.clone(), self.topic.clone());
-        blocking(move || {
+        blocking::<_, CliError>(move || {
             let mut index = Scratch::new()?;
             let states = kafka_read::read_each(&b, &state_topic(&t), |m, tombstone| {
                 if let Some((key, state)) = state_record(&m, tombstone) {
@@ -225,7 +214,7 @@ impl KafkaDlq {
 
     async fn ensure_state_topic(&self) -> Result<(), CliError> {
         let b = self.brokers.clone();
-        let brokers = blocking(move || {
+        let brokers = blocking::<_, CliError>(move || {
             let c = kafka_read::reader(&b)?;
             let md = c
                 .fetch_metadata(None, kafka_read::TIMEOUT)
@@ -277,7 +266,7 @@ impl KafkaDlq {
     async fn retry_destination(&self, source: &str, group: &str) -> Result<String, CliError> {
         let prefix = backstop_kafka::retry_prefix(source, group);
         let b = self.brokers.clone();
-        let names = blocking(move || {
+        let names = blocking::<_, CliError>(move || {
             let c = kafka_read::reader(&b)?;
             let md = c
                 .fetch_metadata(None, kafka_read::TIMEOUT)

@@ -15,7 +15,7 @@ const B: &str = "kafka";
 /// One of backstop's own topics beside a consumed one (the adapter's, or a
 /// replay epoch's): not audited as a consumed topic.
 fn is_companion(name: &str) -> bool {
-    backstop_kafka::is_companion_topic(name) || crate::epoch::is_epoch_topic(name)
+    backstop_kafka::is_companion_topic(name) || backstop_kafka::is_epoch_topic(name)
 }
 
 /// Audits the topics whose name starts with `prefix`; `groups` must each have a DLQ per topic.

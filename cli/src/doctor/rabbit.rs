@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::doctor::{Finding, Severity, selected};
 use crate::error::CliError;
-use crate::http::get_json;
+use crate::rabbit_api::get_json;
 
 const B: &str = "rabbitmq";
 

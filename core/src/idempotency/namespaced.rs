@@ -15,7 +15,7 @@ use crate::{Failure, StoreError};
 /// reprocess` resets a group's offsets and bumps the group's replay epoch;
 /// a worker that reads the epoch at start and keys its store by it
 /// (`Namespaced::new(store, format!("epoch-{epoch}"))`, the epoch from
-/// `backstop_cli::epoch::current`) sees a new namespace after a reprocess,
+/// `backstop_kafka::epoch::current`) sees a new namespace after a reprocess,
 /// so no key of the replayed messages is known there and every one runs
 /// again. `--mode redeliver` leaves the epoch, hence the namespace, as it
 /// was: the store still knows the keys and skips what was done (those

@@ -5,9 +5,9 @@
 //! each delivery of a [`KafkaSource`](crate::KafkaSource) belongs to its
 //! source's transaction ([`backstop::transaction`]): its dead letter, its
 //! retry copy and its handler's publishes (through
-//! [`TransactionalPublishLayer`]) are kept in memory beside it ([`Pending`]),
+//! [`TransactionalPublishLayer`]) are kept in memory beside it (`Pending`),
 //! and so are its idempotency marks. The poll thread commits (see
-//! [`Transactor`]) every [`ExactlyOnce::commit_interval`] or every
+//! `Transactor`) every [`ExactlyOnce::commit_interval`] or every
 //! [`ExactlyOnce::commit_every`] settled messages:
 //!
 //! 1. each partition's watermark (never past an unfinished message),

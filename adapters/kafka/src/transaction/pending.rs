@@ -9,7 +9,7 @@ use backstop::idempotency::HeldMarks;
 use backstop::transaction::Transaction;
 use backstop::{Message, PublishError, SinkError};
 
-use crate::dispatch::Tp;
+use crate::topic_partition::TopicPartition;
 
 /// One record of a transaction.
 #[derive(Debug)]
@@ -63,7 +63,7 @@ pub(crate) struct Covered {
 
 /// Partitions by name (foldhash, as the dispatcher's keys: two lookups per
 /// settled message).
-type ByPartition<V> = HashMap<Tp, V, foldhash::fast::RandomState>;
+type ByPartition<V> = HashMap<TopicPartition, V, foldhash::fast::RandomState>;
 
 #[derive(Debug, Default)]
 struct State {
@@ -75,7 +75,7 @@ struct State {
     /// Records of no delivery, each for a partition generation, for the
     /// next transaction while that generation is owned (the parked topic's
     /// load markers and clean-ups).
-    loose: Vec<(Tp, u64, Record)>,
+    loose: Vec<(TopicPartition, u64, Record)>,
     /// The next record's [`Record::seq`].
     next_seq: u64,
 }
@@ -120,7 +120,7 @@ impl Pending {
     }
 
     /// The partition is owned from now on under `generation`.
-    pub(crate) fn assign(&self, tp: Tp, generation: u64) {
+    pub(crate) fn assign(&self, tp: TopicPartition, generation: u64) {
         let dropped = {
             let mut st = self.lock();
             st.live.insert(tp.clone(), generation);
@@ -132,7 +132,7 @@ impl Pending {
     /// The partition is no longer owned under its generation (revoked, or
     /// rewound): what its deliveries produced is dropped (their marks
     /// release their leases without counting).
-    pub(crate) fn forget(&self, tp: &Tp) {
+    pub(crate) fn forget(&self, tp: &TopicPartition) {
         let dropped = {
             let mut st = self.lock();
             st.live.remove(tp);
@@ -143,7 +143,7 @@ impl Pending {
 
     /// A delivery was put back to run again (a nack, a dropped delivery):
     /// what it produced is dropped; its next run produces it again.
-    pub(crate) fn discard(&self, tp: &Tp, offset: i64) {
+    pub(crate) fn discard(&self, tp: &TopicPartition, offset: i64) {
         let dropped = self
             .lock()
             .produced
@@ -162,7 +162,7 @@ impl Pending {
     /// owned under `generation`; false if not (nothing added).
     pub(crate) fn append(
         &self,
-        tp: &Tp,
+        tp: &TopicPartition,
         generation: u64,
         offset: i64,
         records: impl IntoIterator<Item = Record>,
@@ -174,7 +174,7 @@ impl Pending {
     /// are dropped, which releases their leases).
     fn add(
         &self,
-        tp: &Tp,
+        tp: &TopicPartition,
         generation: u64,
         offset: i64,
         records: impl IntoIterator<Item = Record>,
@@ -205,7 +205,12 @@ impl Pending {
 
     /// Calls `f` on the records the delivery at `offset` of `tp` produced
     /// so far (none: an empty slice).
-    pub(crate) fn inspect<R>(&self, tp: &Tp, offset: i64, f: impl FnOnce(&mut [Record]) -> R) -> R {
+    pub(crate) fn inspect<R>(
+        &self,
+        tp: &TopicPartition,
+        offset: i64,
+        f: impl FnOnce(&mut [Record]) -> R,
+    ) -> R {
         let mut st = self.lock();
         match st
             .produced
@@ -221,7 +226,7 @@ impl Pending {
     /// still owned under `generation` then (else they are dropped).
     pub(crate) fn add_loose(
         &self,
-        tp: &Tp,
+        tp: &TopicPartition,
         generation: u64,
         records: impl IntoIterator<Item = Record>,
     ) {
@@ -249,8 +254,8 @@ impl Pending {
     /// still owned; all in the order they were added.
     pub(crate) fn take_covered(
         &self,
-        watermarks: &[(Tp, i64)],
-        done: &[(Tp, Vec<i64>)],
+        watermarks: &[(TopicPartition, i64)],
+        done: &[(TopicPartition, Vec<i64>)],
     ) -> Covered {
         let mut covered = Covered::default();
         let mut st = self.lock();
@@ -312,7 +317,7 @@ fn record_size(message: &Message) -> usize {
 #[derive(Debug)]
 pub(crate) struct DeliverySlot {
     pub(crate) pending: Arc<Pending>,
-    pub(crate) tp: Tp,
+    pub(crate) tp: TopicPartition,
     pub(crate) generation: u64,
     pub(crate) offset: i64,
 }
@@ -350,7 +355,7 @@ impl Transaction for DeliverySlot {
             source: PublishError::Unavailable(
                 format!(
                     "{}[{}] was revoked or rewound since offset {} was delivered; its next owner runs it again",
-                    self.tp.0, self.tp.1, self.offset
+                    self.tp.topic, self.tp.partition, self.offset
                 )
                 .into(),
             ),
@@ -369,8 +374,8 @@ impl Transaction for DeliverySlot {
 mod tests {
     use super::*;
 
-    fn tp(p: i32) -> Tp {
-        (Arc::from("orders"), p)
+    fn tp(p: i32) -> TopicPartition {
+        TopicPartition::new("orders", p)
     }
 
     fn slot(pending: &Arc<Pending>, p: i32, generation: u64, offset: i64) -> DeliverySlot {

@@ -14,8 +14,9 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use super::watchdog::{Call, CallWatch};
 use super::{ExactlyOnce, Pending, Record};
-use crate::dispatch::{Dispatcher, ToCommit, Tp};
+use crate::dispatch::{Dispatcher, ToCommit};
 use crate::poller::{list, partitions};
+use crate::topic_partition::TopicPartition;
 use crate::{Error, KafkaConfig, record};
 
 /// Transactions counted by result.
@@ -258,7 +259,8 @@ impl Transactor {
                 self.count("aborted");
                 match failed {
                     Failed::Abort(error) => {
-                        let mut tps: Vec<Tp> = offsets.iter().map(|(tp, _)| tp.clone()).collect();
+                        let mut tps: Vec<TopicPartition> =
+                            offsets.iter().map(|(tp, _)| tp.clone()).collect();
                         tps.extend(lanes.into_iter().map(|(tp, _)| tp));
                         self.abort(consumer, dispatcher, &tps, &error)?;
                         Ok(Committed::Aborted)
@@ -272,7 +274,7 @@ impl Transactor {
     fn run(
         &self,
         metadata: &ConsumerGroupMetadata,
-        offsets: &[(Tp, i64)],
+        offsets: &[(TopicPartition, i64)],
         records: &[Record],
     ) -> Result<(), Failed> {
         let timeout = self.settings.call_timeout;
@@ -408,7 +410,7 @@ impl Transactor {
         &mut self,
         consumer: &BaseConsumer<C>,
         dispatcher: &Dispatcher,
-        tps: &[Tp],
+        tps: &[TopicPartition],
         error: &KafkaError,
     ) -> Result<(), SourceError> {
         // An abort waits for the records in flight; one that times out is
@@ -427,16 +429,19 @@ impl Transactor {
         for (tp, offset) in &rewound {
             let (tp, offset) = (tp.clone(), *offset);
             self.beat();
-            if let Err(seek) =
-                consumer.seek(&tp.0, tp.1, Offset::Offset(offset), Duration::from_secs(10))
-            {
+            if let Err(seek) = consumer.seek(
+                &tp.topic,
+                tp.partition,
+                Offset::Offset(offset),
+                Duration::from_secs(10),
+            ) {
                 return Err(self.stopped(&format!(
                     "{}[{}] could not be sought back to offset {offset} after an abort: {seek}",
-                    tp.0, tp.1
+                    tp.topic, tp.partition
                 )));
             }
         }
-        let sought: Vec<Tp> = rewound.into_iter().map(|(tp, _)| tp).collect();
+        let sought: Vec<TopicPartition> = rewound.into_iter().map(|(tp, _)| tp).collect();
         if !sought.is_empty()
             && let Err(resume) = consumer.resume(&partitions(&sought))
         {

@@ -24,13 +24,14 @@ use rdkafka::admin::{
     TopicReplication,
 };
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Offset, TopicPartitionList};
 
+use crate::blocking::blocking;
 use crate::names::parked_topic;
 use crate::names::{dlq_topic, retry_topic};
 use crate::{Error, KafkaConfig, RetryTier};
+
+mod offsets;
 
 /// How long admin requests and metadata waits may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -64,7 +65,8 @@ pub struct TopicSpec {
 }
 
 impl TopicSpec {
-    /// One partition, the safe replication defaults (see the [module docs](self)),
+    /// One partition, the safe replication defaults (see
+    /// [`TopicSpec::replication`] and [`TopicSpec::min_insync_replicas`]),
     /// broker defaults otherwise.
     pub fn new(name: impl Into<String>) -> Self {
         TopicSpec {
@@ -352,7 +354,7 @@ impl Topics {
     /// per tier of the config), each with at least the source's partitions
     /// and its `max.message.bytes` plus [`HEADER_HEADROOM`]. The DLQ keeps
     /// its letters forever and each retry topic keeps its copies for at
-    /// least 4 × its delay (see the [module docs](self));
+    /// least 4 × its delay, and at least 7 days;
     /// [`TopicSpec::companion_config`] overrides that. Companions that exist
     /// with fewer partitions are grown; their configs are kept.
     ///
@@ -527,71 +529,6 @@ impl Topics {
         Ok(BTreeMap::new())
     }
 
-    /// The end offset (high watermark) of each partition of `topic`.
-    pub async fn end_offsets(&self, topic: &str) -> Result<BTreeMap<i32, i64>, Error> {
-        let partitions = self
-            .partitions(topic)
-            .await?
-            .ok_or_else(|| Error::MissingTopic(topic.to_owned()))?;
-        let admin = Arc::clone(&self.admin);
-        let name = topic.to_owned();
-        blocking(move || {
-            (0..partitions)
-                .map(|p| {
-                    admin
-                        .inner()
-                        .fetch_watermarks(&name, p, ADMIN_TIMEOUT)
-                        .map(|(_, high)| (p, high))
-                        .map_err(Error::kafka(format!("reading the end offsets of {name}")))
-                })
-                .collect()
-        })
-        .await
-    }
-
-    /// The offsets `group` committed on each partition of `topic` (`None`:
-    /// nothing committed yet).
-    pub async fn committed_offsets(
-        &self,
-        topic: &str,
-        group: &str,
-    ) -> Result<BTreeMap<i32, Option<i64>>, Error> {
-        let partitions = self
-            .partitions(topic)
-            .await?
-            .ok_or_else(|| Error::MissingTopic(topic.to_owned()))?;
-        let mut config = self.config.clone();
-        config.group = group.to_owned();
-        let reader: BaseConsumer = config
-            .offsets_reader_config()
-            .create()
-            .map_err(Error::Config)?;
-        let name = topic.to_owned();
-        blocking(move || {
-            let mut tpl = TopicPartitionList::new();
-            for p in 0..partitions {
-                tpl.add_partition(&name, p);
-            }
-            let committed = reader
-                .committed_offsets(tpl, ADMIN_TIMEOUT)
-                .map_err(Error::kafka(format!(
-                    "reading the committed offsets of {name}"
-                )))?;
-            Ok(committed
-                .elements()
-                .iter()
-                .map(|e| {
-                    let offset = match e.offset() {
-                        Offset::Offset(o) => Some(o),
-                        _ => None,
-                    };
-                    (e.partition(), offset)
-                })
-                .collect())
-        })
-        .await
-    }
-
     async fn wait_for(&self, topic: &str, partitions: i32) -> Result<(), Error> {
         let until = Instant::now() + ADMIN_TIMEOUT;
         loop {
@@ -608,14 +545,6 @@ impl Topics {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
-) -> Result<T, Error> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Thread(std::io::Error::other(e)))?
 }
 
 #[cfg(test)]

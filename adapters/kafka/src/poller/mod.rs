@@ -24,19 +24,23 @@ use std::time::{Duration, Instant, SystemTime};
 
 use backstop::SourceError;
 use backstop::runner::Liveness;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
+use rdkafka::{Message as _, Offset};
 use tokio::sync::oneshot;
 
-use crate::dispatch::{Dispatcher, Incoming, Tp};
+use self::context::locked;
+pub(crate) use self::context::{GroupContext, SharedTransactor, list, partitions};
+use crate::dispatch::{Dispatcher, Incoming};
 use crate::link::Link;
 use crate::parked_reader::ParkedReader;
 use crate::source::RetryTable;
 use crate::telemetry::SourceMetrics;
-use crate::transaction::Transactor;
+use crate::topic_partition::TopicPartition;
 use crate::{Error, record};
+
+mod context;
 
 /// How long the thread blocks in one `poll` at most.
 const POLL_TIMEOUT: Duration = Duration::from_millis(20);
@@ -54,157 +58,6 @@ const ERROR_LOG_EVERY: Duration = Duration::from_secs(5);
 const RECONNECT_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How often a close waiting for the thread looks whether it is stuck.
 const STOP_LOOK_EVERY: Duration = Duration::from_millis(250);
-
-/// The consumer's context: rebalance callbacks and logging.
-#[derive(Debug)]
-pub(crate) struct GroupContext {
-    dispatcher: Arc<Dispatcher>,
-    delayed: Arc<RetryTable>,
-    link: Arc<Link>,
-    metrics: Arc<SourceMetrics>,
-    /// Exactly-once mode: the transactional producer (used on the poll
-    /// thread only: here inside the revoke callback, and by the loop).
-    transactor: Option<SharedTransactor>,
-}
-
-/// The transactional producer, shared by the poll loop and the rebalance
-/// callback (both on the poll thread, so the lock is never contended).
-pub(crate) type SharedTransactor = Arc<std::sync::Mutex<Transactor>>;
-
-fn locked(transactor: &SharedTransactor) -> std::sync::MutexGuard<'_, Transactor> {
-    transactor.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl GroupContext {
-    pub(crate) fn new(
-        dispatcher: Arc<Dispatcher>,
-        delayed: Arc<RetryTable>,
-        link: Arc<Link>,
-        metrics: Arc<SourceMetrics>,
-        transactor: Option<SharedTransactor>,
-    ) -> Self {
-        GroupContext {
-            dispatcher,
-            delayed,
-            link,
-            metrics,
-            transactor,
-        }
-    }
-}
-
-impl ClientContext for GroupContext {
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
-        use rdkafka::config::RDKafkaLogLevel as L;
-        match level {
-            L::Emerg | L::Alert | L::Critical | L::Error => {
-                tracing::error!(target: "librdkafka", fac, "{log_message}")
-            }
-            L::Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
-            L::Notice | L::Info => tracing::info!(target: "librdkafka", fac, "{log_message}"),
-            L::Debug => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
-        }
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(target: "librdkafka", %error, "consumer: {reason}");
-    }
-
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        self.metrics.observe(&statistics);
-    }
-}
-
-/// The offsets as a partition list.
-pub(crate) fn list(offsets: &[(Tp, i64)]) -> TopicPartitionList {
-    let mut tpl = TopicPartitionList::with_capacity(offsets.len());
-    for ((topic, partition), offset) in offsets {
-        // Only fails for an invalid offset, and watermarks are valid offsets.
-        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
-    }
-    tpl
-}
-
-/// The partitions as a partition list.
-pub(crate) fn partitions(tps: &[Tp]) -> TopicPartitionList {
-    let mut tpl = TopicPartitionList::with_capacity(tps.len());
-    for (topic, partition) in tps {
-        tpl.add_partition(topic, *partition);
-    }
-    tpl
-}
-
-impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(revoked) = rebalance else {
-            return;
-        };
-        let elements = revoked.elements();
-        // Exactly-once: what is done is committed before the partitions go
-        // (an abort rewinds them first; the next owner reads them again).
-        if let Some(transactor) = &self.transactor
-            && !consumer.assignment_lost()
-            && let Err(error) = locked(transactor).commit(consumer, &self.dispatcher)
-        {
-            self.dispatcher.report(error);
-        }
-        let commit = self
-            .dispatcher
-            .revoke(elements.iter().map(|e| (e.topic(), e.partition())));
-        self.metrics
-            .forget(elements.iter().map(|e| (e.topic(), e.partition())));
-        let lost = consumer.assignment_lost();
-        tracing::info!(
-            partitions = elements.len(),
-            committing = commit.len(),
-            lost,
-            "partitions revoked"
-        );
-        if commit.is_empty() || lost || self.transactor.is_some() {
-            return;
-        }
-        // Store, not commit: with auto commit, librdkafka commits the stored
-        // offsets of unassigned partitions itself and holds the rebalance
-        // until that commit is done. A sync commit here would block the poll
-        // thread for up to `socket.timeout.ms` when the coordinator is away
-        // (a broker restart), and the member could not rejoin meanwhile.
-        if let Err(error) = consumer.store_offsets(&list(&commit)) {
-            self.metrics.commit_failed();
-            tracing::warn!(%error, "storing offsets on revoke failed; the new owner may redeliver finished messages");
-        }
-    }
-
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Assign(assigned) = rebalance else {
-            return;
-        };
-        let elements = assigned.elements();
-        self.dispatcher.assign(elements.iter().map(|e| {
-            let tp: Tp = (Arc::from(e.topic()), e.partition());
-            (tp, self.delayed.contains_key(e.topic()))
-        }));
-        // A partition paused under an earlier assignment must not stay paused.
-        if let Err(error) = consumer.resume(assigned) {
-            tracing::debug!(%error, "resume of newly assigned partitions failed");
-        }
-        // Joined: an empty assignment (more members than partitions) is ready too.
-        self.link.joined();
-        // With cooperative rebalancing an assignment adds to what is owned
-        // (often nothing, after a revoke): say both.
-        let owned = consumer.assignment().map_or(0, |a| a.count());
-        tracing::info!(partitions = elements.len(), owned, "partitions assigned");
-    }
-
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        match result {
-            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(error) => {
-                self.metrics.commit_failed();
-                tracing::debug!(%error, "offset commit failed; it is retried on the next interval")
-            }
-        }
-    }
-}
 
 /// The running consumer thread.
 #[derive(Debug)]
@@ -493,11 +346,11 @@ impl Poller {
 
     fn incoming(&mut self, message: backstop::Message, epoch: u64) -> Incoming {
         let topic = self.topic(&message.meta.source);
-        let tp: Tp = (topic, message.meta.partition.unwrap_or_default());
+        let tp = TopicPartition::new(topic, message.meta.partition.unwrap_or_default());
         // A retry topic holds a message until its due time, but never longer
         // than its tier's delay from now: a far-future `x-backstop-due` (a long
         // `retry_after`, a fast clock at the writer) must not park the partition.
-        let hold = self.delayed.get(&*tp.0).map(|route| route.hold_limit);
+        let hold = self.delayed.get(&*tp.topic).map(|route| route.hold_limit);
         let delayed = message.meta.retry_of.is_some();
         let due = hold.filter(|_| delayed).and_then(|limit| {
             let due = record::due(&message)?;
@@ -563,15 +416,15 @@ impl Poller {
     }
 
     /// Lets fully processed partitions commit past trailing control records.
-    fn advance_idle(&mut self, idle: &[Tp]) {
+    fn advance_idle(&mut self, idle: &[TopicPartition]) {
         let Ok(positions) = self.consumer.position() else {
             return;
         };
-        let idle: HashSet<&Tp> = idle.iter().collect();
+        let idle: HashSet<&TopicPartition> = idle.iter().collect();
         let mut advance = Vec::new();
         for e in positions.elements() {
             if let Offset::Offset(o) = e.offset() {
-                let tp: Tp = (Arc::from(e.topic()), e.partition());
+                let tp = TopicPartition::new(e.topic(), e.partition());
                 if idle.contains(&tp) {
                     advance.push((tp, o));
                 }
@@ -696,107 +549,4 @@ impl Poller {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use backstop::Publisher as _;
-    use backstop::runner::RunError;
-    use backstop::{Runner, StackBuilder, handler_fn, memory::MemoryBroker};
-
-    use super::PANIC_IN_POLL;
-    use crate::transaction::HANG_IN_SEND_OFFSETS;
-    use crate::{Kafka, TopicSpec, brokers_from_env};
-
-    /// Runs a no-op stack over `source` until it stops, within `within`;
-    /// the fatal source error it stopped with.
-    async fn fatal_error_of(
-        source: crate::KafkaSource,
-        sink: impl backstop::DeadLetterSink + 'static,
-        within: Duration,
-    ) -> backstop::SourceError {
-        let stack = StackBuilder::<serde_json::Value>::new(std::sync::Arc::new(sink)).build(
-            handler_fn(|_: serde_json::Value, _| async { Ok::<(), backstop::HandlerError>(()) }),
-        );
-        let result = tokio::time::timeout(within, Runner::new(source, stack).run())
-            .await
-            .expect("the runner hangs");
-        let Err(RunError::Source { source, .. }) = result else {
-            panic!("the runner ended without the source's error: {result:?}");
-        };
-        assert!(source.is_fatal(), "{source}");
-        source
-    }
-
-    /// `prefix` with this moment's nanoseconds: a fresh group or topic name.
-    fn unique(prefix: &str) -> String {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        format!("{prefix}-{nanos:x}")
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_dead_poll_thread_stops_the_runner_with_a_clear_error() {
-        let group = unique("bt-dead-poll");
-        let kafka = Kafka::new(brokers_from_env(), group.clone());
-        PANIC_IN_POLL.lock().unwrap().push(group);
-        let source = fatal_error_of(
-            kafka.plain_source(&["bt-dead-poll"], 4).unwrap(),
-            MemoryBroker::new().dead_letter_sink(),
-            Duration::from_secs(20),
-        )
-        .await;
-        assert!(
-            source.to_string().contains("consumer thread of group"),
-            "{source}"
-        );
-    }
-
-    /// librdkafka's `send_offsets_to_transaction` can block for good when
-    /// the group coordinator is lost (confluentinc/librdkafka#5456): the
-    /// watchdog stops the source with an error naming the call, the runner
-    /// ends without waiting for the blocked thread, and nothing is committed.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_transactional_call_that_never_returns_stops_the_runner_naming_it() {
-        let topic = unique("bt-stuck-txn");
-        let group = format!("{topic}-g");
-        let kafka = Kafka::new(brokers_from_env(), group.clone())
-            .exactly_once("w1")
-            .configure(|c| {
-                if let Some(eo) = c.exactly_once.as_mut() {
-                    eo.call_timeout = Duration::from_secs(1);
-                }
-            });
-        kafka
-            .ensure_topics([TopicSpec::new(topic.clone())])
-            .await
-            .unwrap();
-        let publisher = kafka.publisher().unwrap();
-        publisher
-            .publish(&topic, &backstop::Message::new(b"{}".to_vec()))
-            .await
-            .unwrap();
-        HANG_IN_SEND_OFFSETS.lock().unwrap().push(group.clone());
-        let started = std::time::Instant::now();
-        let source = fatal_error_of(
-            kafka.source(&[&topic], 4).unwrap(),
-            kafka.dead_letter_sink().unwrap(),
-            Duration::from_secs(30),
-        )
-        .await;
-        let text = source.to_string();
-        assert!(text.contains("TRANSACTIONAL_CALL_STUCK"), "{text}");
-        assert!(text.contains("send_offsets_to_transaction"), "{text}");
-        // Blocked past 1 s + 1 s, and the close did not wait out the
-        // consumer's session for the blocked thread.
-        assert!(
-            started.elapsed() < Duration::from_secs(25),
-            "{:?}",
-            started.elapsed()
-        );
-        // The transaction never committed: the group has no offset.
-        let committed = kafka.committed_offsets(&topic).await.unwrap();
-        assert!(committed.values().all(Option::is_none), "{committed:?}");
-    }
-}
+mod tests;
