@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backstop::idempotency::KeySource;
-use backstop::{Publisher as _, StackBuilder, handler_fn, wire};
+use backstop::publish::Publisher as _;
+use backstop::{StackBuilder, handler_fn, wire};
 use backstop_kafka::{Kafka, TopicSpec};
 use backstop_rabbitmq::{RabbitMq, Topology};
 use common::console::{Console, config, job_id, number, row_ids, settled, token};

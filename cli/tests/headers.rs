@@ -7,9 +7,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use backstop::message::Headers;
 use backstop::{
-    CancellationToken, Context, HandlerError, Headers, RetryPolicy, Runner, StackBuilder,
-    handler_fn,
+    CancellationToken, Context, HandlerError, RetryPolicy, Runner, StackBuilder, handler_fn,
 };
 use backstop_rabbitmq::lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,

@@ -8,7 +8,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use backstop::idempotency::KeySource;
-use backstop::{MemoryStore, Publisher, StackBuilder, handler_fn};
+use backstop::idempotency::MemoryStore;
+use backstop::publish::Publisher;
+use backstop::{StackBuilder, handler_fn};
 use backstop_kafka::{Kafka, RetryTiers, TopicSpec};
 use common::*;
 

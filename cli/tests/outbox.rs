@@ -7,7 +7,8 @@ mod common;
 
 use std::time::Duration;
 
-use backstop::{Message, PublishError, Publisher};
+use backstop::Message;
+use backstop::publish::{PublishError, Publisher};
 use backstop_postgres::outbox::RelayConfig;
 use backstop_postgres::{Outbox, PgConfig};
 use common::*;

@@ -8,7 +8,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use backstop::idempotency::KeySource;
-use backstop::{MemoryStore, StackBuilder, handler_fn};
+use backstop::idempotency::MemoryStore;
+use backstop::{StackBuilder, handler_fn};
 use backstop_rabbitmq::{RabbitMq, Topology};
 use common::*;
 

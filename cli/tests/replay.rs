@@ -9,10 +9,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use backstop::idempotency::{KeySource, Namespaced};
+use backstop::idempotency::{MemoryStore, Store};
+use backstop::publish::Publisher;
 use backstop::runner::RunError;
-use backstop::{
-    CancellationToken, MemoryStore, Publisher, Runner, StackBuilder, Store, Summary, handler_fn,
-};
+use backstop::{CancellationToken, Runner, StackBuilder, Summary, handler_fn};
 use backstop_kafka::epoch;
 use backstop_kafka::rdkafka::ClientConfig;
 use backstop_kafka::rdkafka::consumer::{BaseConsumer, Consumer};

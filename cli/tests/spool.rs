@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use backstop::{Message, PublishError, Publisher, RetryPolicy};
+use backstop::publish::{PublishError, Publisher};
+use backstop::{Message, RetryPolicy};
 use backstop_spool::{Budget, RelayConfig, ReliablePublisher, SpoolConfig};
 use common::*;
 

@@ -72,7 +72,7 @@ async fn dlq_list_over_sasl_ssl_with_the_password_from_a_file() {
         .ensure_topics([TopicSpec::new(&topic)])
         .await
         .expect("topics over SASL_SSL");
-    backstop::Publisher::publish(
+    backstop::publish::Publisher::publish(
         &kafka.publisher().unwrap(),
         &kafka.dlq_topic(&topic),
         &letter(&topic, "over-sasl", 1, 0),

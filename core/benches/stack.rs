@@ -21,10 +21,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use backstop::delivery::{Acker, Delivery};
+use backstop::error::AckError;
+use backstop::idempotency::MemoryStore;
 use backstop::memory::MemoryBroker;
+use backstop::request::Request;
 use backstop::{
-    AckError, Acker, CancellationToken, Context, Delivery, Handle, HandlerError, KeySource,
-    MemoryStore, Message, Request, Runner, StackBuilder, handler_fn,
+    CancellationToken, Context, Handle, HandlerError, KeySource, Message, Runner, StackBuilder,
+    handler_fn,
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tower::ServiceExt;
@@ -167,7 +171,7 @@ fn end_to_end(c: &mut Criterion) {
                 let mut source = broker.consume("bench", 64).until_drained();
                 let start = Instant::now();
                 let mut handled = 0;
-                while let Some(Ok(delivery)) = backstop::Source::next(&mut source).await {
+                while let Some(Ok(delivery)) = backstop::runner::Source::next(&mut source).await {
                     let value: serde_json::Value =
                         serde_json::from_slice(&delivery.message().payload).expect("json");
                     black_box(value);

@@ -5,7 +5,7 @@
 //! [`wire::ATTEMPT`] on every republished copy and in
 //! the idempotency store. A redrive from the DLQ starts a new count.
 
-use crate::Headers;
+use crate::message::Headers;
 use crate::wire;
 
 /// The first attempt's number.

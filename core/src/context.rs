@@ -7,7 +7,7 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Headers, Message, Meta};
+use crate::message::{Headers, Message, Meta};
 
 /// A small type map carried by each request: the place a wrapper puts
 /// per-attempt state for the handler (the PostgreSQL inbox's transaction).
@@ -16,7 +16,7 @@ use crate::{Headers, Message, Meta};
 /// request (once per attempt) allocates nothing; each value is shared.
 ///
 /// ```
-/// use backstop::Extensions;
+/// use backstop::context::Extensions;
 ///
 /// struct Tenant(&'static str);
 /// let mut extensions = Extensions::default();

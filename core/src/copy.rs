@@ -7,7 +7,9 @@
 
 use std::time::SystemTime;
 
-use crate::{ErrorKind, Failure, Headers, Message, Meta, wire};
+use crate::error::{ErrorKind, Failure};
+use crate::message::{Headers, Message, Meta};
+use crate::wire;
 
 /// Writes the origin headers on every hop: `x-backstop-original-source` is
 /// the message's [`Meta::origin`] (where it was consumed, never a header's

@@ -6,8 +6,8 @@ use std::sync::{Arc, OnceLock};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::Message;
 use crate::error::BoxError;
+use crate::message::Message;
 use crate::transaction::{InTransaction, Transaction};
 
 /// A failure to settle a delivery with the broker.
@@ -141,7 +141,9 @@ impl Delivery {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use backstop::{AckError, Acker, Delivery, Message};
+    /// use backstop::{Message};
+    /// use backstop::delivery::{Acker, Delivery};
+    /// use backstop::error::AckError;
     ///
     /// struct Noop;
     /// #[async_trait::async_trait]

@@ -227,7 +227,7 @@ impl fmt::Display for Failure {
     }
 }
 
-/// What the stack returns when it could not settle a message with an [`Outcome`](crate::Outcome).
+/// What the stack returns when it could not settle a message with an [`Outcome`](crate::outcome::Outcome).
 ///
 /// Every variant but `Failed` means "not now": the [`AckLayer`](crate::ack::AckLayer)
 /// nacks the message with requeue after a backoff, and it is never dead-lettered
@@ -295,7 +295,7 @@ impl Error {
 
     /// True when this message's dead letter can never be written as it is
     /// (the sink's error [is permanent](SinkError::is_permanent)): retrying
-    /// the write would loop forever, so the [`Runner`](crate::Runner) stops
+    /// the write would loop forever, so the [`Runner`](crate::runner::Runner) stops
     /// consuming the source instead (the message stays unacked).
     pub fn is_unwritable_letter(&self) -> bool {
         matches!(self, Error::DeadLetter { source, .. } if source.is_permanent())

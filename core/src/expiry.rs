@@ -3,7 +3,7 @@
 //!
 //! A price quote or a "send the code" message that waited in a queue
 //! through an outage is worse than useless when it finally runs. With a
-//! [`TimeToLive`] on the [`StackBuilder`](crate::StackBuilder), each
+//! [`TimeToLive`] on the [`StackBuilder`](crate::stack::StackBuilder), each
 //! delivery is checked before its handler runs (inside idempotency, so a
 //! redelivery of a message settled as expired is a duplicate):
 //!
@@ -25,7 +25,7 @@
 //!
 //! An expired message is dead-lettered with kind `expired` (the default:
 //! nothing disappears silently) or, with [`TimeToLive::discard`], acked
-//! without running and counted as [`Outcome::Discarded`](crate::Outcome)
+//! without running and counted as [`Outcome::Discarded`](crate::outcome::Outcome)
 //! (`backstop_messages_total{outcome="discarded"}`).
 //!
 //! ```
@@ -59,7 +59,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::{ErrorKind, Failure, Message, wire};
+use crate::error::{ErrorKind, Failure};
+use crate::message::Message;
+use crate::wire;
 
 /// What happens to an expired message.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -7,8 +7,11 @@ use std::task::{Context as TaskContext, Poll};
 
 use futures::future::BoxFuture;
 
+use crate::context::Context;
+use crate::error::{ErrorKind, HandlerError};
 use crate::payload::DecodeError;
-use crate::{Context, ErrorKind, HandlerError, Payload, Request};
+use crate::payload::Payload;
+use crate::request::Request;
 
 /// A message handler: runs once per attempt with the decoded payload.
 ///

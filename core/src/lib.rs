@@ -40,7 +40,15 @@
 //! ⟶ your [`Handle`]r. [`StackBuilder`] composes them in that order.
 //!
 //! One source carrying several payload types, each with its own handler:
-//! a [`Router`] picks the handler by the message's type ([`router`]).
+//! a [`Router`](router::Router) picks the handler by the message's type.
+//!
+//! The crate root holds what a handler and a `main` name. The rest lives
+//! in the module that defines it: what a broker adapter implements
+//! ([`runner::Source`], [`delivery::Acker`], [`publish::Publisher`],
+//! [`dead_letter::DeadLetterSink`], [`retry::RetrySink`]), what a store
+//! implements ([`idempotency::Store`]), each layer for use alone
+//! (`ack::AckLayer`, `retry::RetryLayer`, …), the errors
+//! ([`error`]) and the in-memory broker ([`memory`]).
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
@@ -110,23 +118,17 @@ pub mod panic {
     pub type Panicked = crate::catch_panic::Panicked;
 }
 
-pub use crate::ack::{AckLayer, Settled};
-pub use crate::context::{Context, Extensions};
-pub use crate::dead_letter::{DeadLetterLayer, DeadLetterSink};
-pub use crate::delivery::{AckHandle, Acker, Delivery, Received};
-pub use crate::error::{
-    AckError, BoxError, Error, ErrorKind, Failure, HandlerError, SinkError, StoreError,
-};
+// The front door: what a handler and a `main` name. Everything else is
+// reached through its module (`backstop::delivery::Delivery`,
+// `backstop::idempotency::Store`, ...), as in tower.
+pub use crate::context::Context;
+pub use crate::error::{ErrorKind, HandlerError};
 pub use crate::handler::{Handle, handler_fn};
-pub use crate::idempotency::{IdempotencyLayer, KeySource, MemoryStore, Store};
-pub use crate::message::{Headers, IdSource, Message, Meta};
-pub use crate::outcome::Outcome;
-pub use crate::payload::{DecodeError, Payload};
-pub use crate::publish::{PublishError, Publisher};
-pub use crate::request::Request;
-pub use crate::retry::{RetryLayer, RetryPolicy, RetrySink};
-pub use crate::router::{Routed, Router};
-pub use crate::runner::{MissingDestinations, Readiness, Runner, Source, SourceError, Summary};
+pub use crate::idempotency::KeySource;
+pub use crate::message::Message;
+pub use crate::payload::Payload;
+pub use crate::retry::RetryPolicy;
+pub use crate::runner::{RunError, Runner, Summary};
 pub use crate::stack::{Stack, StackBuilder};
 
 /// Re-exported for handlers that watch for shutdown.
@@ -135,6 +137,120 @@ pub use tokio_util::sync::CancellationToken;
 /// The derives: `#[derive(Payload)]`, `#[derive(Handler)]`, `#[derive(Classify)]`.
 #[cfg(feature = "macros")]
 pub use backstop_macros::{Classify, Handler, Payload};
+
+// Names that left the crate root, kept one release so code written against
+// the earlier root still builds (with a deprecation warning naming the new
+// path; the CHANGELOG lists them). A trait cannot be deprecated through a
+// re-export (rust-lang/rust#30827), so the moved traits stay as hidden
+// re-exports for that release instead.
+#[doc(hidden)]
+#[deprecated(since = "0.2.0", note = "moved: use `backstop::ack::AckLayer`")]
+pub type AckLayer = crate::ack::AckLayer;
+#[doc(hidden)]
+#[deprecated(since = "0.2.0", note = "moved: use `backstop::ack::Settled`")]
+pub type Settled = crate::ack::Settled;
+#[doc(hidden)]
+#[deprecated(since = "0.2.0", note = "moved: use `backstop::context::Extensions`")]
+pub type Extensions = crate::context::Extensions;
+#[doc(hidden)]
+#[deprecated(
+    since = "0.2.0",
+    note = "moved: use `backstop::dead_letter::DeadLetterLayer`"
+)]
+pub type DeadLetterLayer = crate::dead_letter::DeadLetterLayer;
+#[doc(hidden)]
+#[deprecated(since = "0.2.0", note = "moved: use `backstop::delivery::AckHandle`")]
+pub type AckHandle = crate::delivery::AckHandle;
+#[doc(hidden)]
+#[deprecated(since = "0.2.0", note = "moved: use `backstop::delivery::Delivery`")]
+pub type Delivery = crate::delivery::Delivery;
+#[doc(hidden)]
+#[deprecated(since = "0.2.0", note = "moved: use `backstop::delivery::Received`")]
+pub type Received = crate::delivery::Received;
+#[doc(hidden)]
+#[deprecated(since = "0.2.0", note = "moved: use `backstop::error::AckError`")]
+pub type AckError = crate::error::AckError;
+#[doc(hidden)]
+#[deprecated(since = "0.2.0", note = "moved: use `backstop::error::BoxError`")]
+pub type BoxError = crate::error::BoxError;
+#[doc(hidden)]
+#[deprecated(since = "0.2.0", note = "moved: use `backstop::error::Error`")]
+pub type Error = crate::error::Error;
+#[doc(hidden)]
+#[deprecated(since = "0.2.0", note = "moved: use `backstop::error::Failure`")]
+pub type Failure = crate::error::Failure;
+#[doc(hidden)]
+#[deprecated(since = "0.2.0", note = "moved: use `backstop::error::SinkError`")]
+pub type SinkError = crate::error::SinkError;
+#[doc(hidden)]
+#[deprecated(since = "0.2.0", note = "moved: use `backstop::error::StoreError`")]
+pub type StoreError = crate::error::StoreError;
+#[doc(hidden)]
+#[deprecated(
+    since = "0.2.0",
+    note = "moved: use `backstop::idempotency::IdempotencyLayer`"
+)]
+pub type IdempotencyLayer = crate::idempotency::IdempotencyLayer;
+#[doc(hidden)]
+#[deprecated(
+    since = "0.2.0",
+    note = "moved: use `backstop::idempotency::MemoryStore`"
+)]
+pub type MemoryStore = crate::idempotency::MemoryStore;
+#[doc(hidden)]
+#[deprecated(since = "0.2.0", note = "moved: use `backstop::message::Headers`")]
+pub type Headers = crate::message::Headers;
+#[doc(hidden)]
+#[deprecated(since = "0.2.0", note = "moved: use `backstop::message::IdSource`")]
+pub type IdSource = crate::message::IdSource;
+#[doc(hidden)]
+#[deprecated(since = "0.2.0", note = "moved: use `backstop::message::Meta`")]
+pub type Meta = crate::message::Meta;
+#[doc(hidden)]
+#[deprecated(since = "0.2.0", note = "moved: use `backstop::outcome::Outcome`")]
+pub type Outcome = crate::outcome::Outcome;
+#[doc(hidden)]
+#[deprecated(since = "0.2.0", note = "moved: use `backstop::payload::DecodeError`")]
+pub type DecodeError = crate::payload::DecodeError;
+#[doc(hidden)]
+#[deprecated(since = "0.2.0", note = "moved: use `backstop::publish::PublishError`")]
+pub type PublishError = crate::publish::PublishError;
+#[doc(hidden)]
+#[deprecated(since = "0.2.0", note = "moved: use `backstop::request::Request`")]
+pub type Request<T> = crate::request::Request<T>;
+#[doc(hidden)]
+#[deprecated(since = "0.2.0", note = "moved: use `backstop::retry::RetryLayer`")]
+pub type RetryLayer = crate::retry::RetryLayer;
+#[doc(hidden)]
+#[deprecated(since = "0.2.0", note = "moved: use `backstop::router::Routed`")]
+pub type Routed = crate::router::Routed;
+#[doc(hidden)]
+#[deprecated(since = "0.2.0", note = "moved: use `backstop::router::Router`")]
+pub type Router<R> = crate::router::Router<R>;
+#[doc(hidden)]
+#[deprecated(
+    since = "0.2.0",
+    note = "moved: use `backstop::runner::MissingDestinations`"
+)]
+pub type MissingDestinations = crate::runner::MissingDestinations;
+#[doc(hidden)]
+#[deprecated(since = "0.2.0", note = "moved: use `backstop::runner::Readiness`")]
+pub type Readiness = crate::runner::Readiness;
+#[doc(hidden)]
+#[deprecated(since = "0.2.0", note = "moved: use `backstop::runner::SourceError`")]
+pub type SourceError = crate::runner::SourceError;
+#[doc(hidden)]
+pub use crate::dead_letter::DeadLetterSink;
+#[doc(hidden)]
+pub use crate::delivery::Acker;
+#[doc(hidden)]
+pub use crate::idempotency::Store;
+#[doc(hidden)]
+pub use crate::publish::Publisher;
+#[doc(hidden)]
+pub use crate::retry::RetrySink;
+#[doc(hidden)]
+pub use crate::runner::Source;
 
 /// What the derives' generated code names; not a public API.
 #[doc(hidden)]
@@ -153,11 +269,15 @@ pub mod __private {
     pub use std::time::Duration;
     pub use std::unreachable;
 
+    pub use crate::dead_letter::DeadLetterSink;
+    pub use crate::error::HandlerError;
+    pub use crate::handler::Handle;
+    pub use crate::idempotency::{KeySource, Store};
     pub use crate::payload::json;
+    pub use crate::payload::{DecodeError, Payload};
+    pub use crate::retry::RetryPolicy;
     pub use crate::router::{Routed, Router, Routes};
+    pub use crate::runner::{Runner, Source};
     pub use crate::settings::Settings;
-    pub use crate::{
-        DeadLetterSink, DecodeError, Handle, HandlerError, KeySource, Payload, RetryPolicy, Runner,
-        Source, Stack, StackBuilder, Store,
-    };
+    pub use crate::stack::{Stack, StackBuilder};
 }

@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use crate::ErrorKind;
+use crate::error::ErrorKind;
 
 /// What the inner stack did with a message. Every outcome is acked.
 ///

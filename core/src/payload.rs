@@ -30,7 +30,8 @@ pub enum DecodeError {
 /// taken from the field marked `#[payload(key)]`. By hand:
 ///
 /// ```
-/// use backstop::{Payload, DecodeError};
+/// use backstop::{Payload};
+/// use backstop::payload::DecodeError;
 ///
 /// #[derive(Clone, serde::Deserialize)]
 /// struct OrderPlaced { order_id: String, amount: i64 }

@@ -1,6 +1,7 @@
 //! [`Publisher`]: confirmed publishing, the contract every adapter's publisher keeps.
 
-use crate::{BoxError, Message};
+use crate::error::BoxError;
+use crate::message::Message;
 
 /// A failed publish. The caller still owns the message (it passed a reference)
 /// and may retry, spool or dead-letter it.
@@ -48,7 +49,7 @@ impl PublishError {
     /// `Timeout` and `Unavailable` are transient: a later try may pass.
     ///
     /// ```
-    /// use backstop::PublishError;
+    /// use backstop::publish::PublishError;
     ///
     /// assert!(PublishError::TooLarge { size: 2_000_000 }.is_permanent());
     /// assert!(PublishError::Unroutable("orders.dlq".into()).is_permanent());

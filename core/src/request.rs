@@ -5,9 +5,10 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::attempt;
 use crate::context::{Context, Extensions};
+use crate::message::Message;
 use crate::payload::{DecodeError, Payload};
-use crate::{Message, attempt};
 
 /// A message decoded once at the top of the stack. The layers lend it to
 /// each attempt; a wrapper that needs its own copy clones it (the payload
@@ -84,7 +85,7 @@ impl<T: Payload> Request<T> {
 }
 
 impl<T> Request<T> {
-    /// When the delivery must be settled by ([`Delivery::deadline`](crate::Delivery::deadline)):
+    /// When the delivery must be settled by ([`Delivery::deadline`](crate::delivery::Delivery::deadline)):
     /// the retry layer hands a retry that would sleep past it to the broker.
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline

@@ -1,7 +1,7 @@
 //! [`Settings`]: what a configuration may say about one consumer, each key
 //! optional. A key that is set overrides the code's (or a derive
 //! attribute's) value; a key left out keeps it
-//! ([`StackBuilder::settings`](crate::StackBuilder::settings), and the
+//! ([`StackBuilder::settings`](crate::stack::StackBuilder::settings), and the
 //! `runner_with` constructor of `#[derive(Handler)]`).
 //!
 //! ```

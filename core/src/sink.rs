@@ -1,5 +1,5 @@
-//! [`SinkError`]: a write to a sink ([`DeadLetterSink`](crate::DeadLetterSink),
-//! [`RetrySink`](crate::RetrySink)) that the broker did not confirm.
+//! [`SinkError`]: a write to a sink ([`DeadLetterSink`](crate::dead_letter::DeadLetterSink),
+//! [`RetrySink`](crate::retry::RetrySink)) that the broker did not confirm.
 
 /// A write to a sink (DLQ, retry queue) that the broker did not confirm.
 #[derive(Debug, thiserror::Error)]
@@ -11,7 +11,7 @@ pub enum SinkError {
         destination: String,
         /// The publisher's error.
         #[source]
-        source: crate::PublishError,
+        source: crate::publish::PublishError,
     },
     /// The sink cannot serve this message (misconfiguration).
     #[error("sink cannot take the message: {0}")]
@@ -22,7 +22,7 @@ impl SinkError {
     /// True when writing this message to this sink again cannot succeed
     /// until an operator changes something (the message is too large, the
     /// destination is missing or unroutable, access is denied, or the sink
-    /// cannot serve the message at all); see [`PublishError::is_permanent`](crate::PublishError::is_permanent).
+    /// cannot serve the message at all); see [`PublishError::is_permanent`](crate::publish::PublishError::is_permanent).
     /// A transient error (no confirm, a full queue, the broker away) may
     /// pass on a later try.
     pub fn is_permanent(&self) -> bool {

@@ -8,8 +8,11 @@ use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use crate::dead_letter::DeadLetterSink;
+use crate::error::{HandlerError, SinkError};
+use crate::message::Message;
+use crate::publish::PublishError;
+use crate::request::Request;
 use crate::retry::RetrySink;
-use crate::{HandlerError, Message, PublishError, Request, SinkError};
 
 /// An order from JSON, keyed by its `order_id`: the payload of the
 /// whole-stack tests.
@@ -21,8 +24,8 @@ pub(crate) struct Order {
     pub(crate) amount: i64,
 }
 
-impl crate::Payload for Order {
-    fn decode(bytes: &[u8]) -> Result<Self, crate::DecodeError> {
+impl crate::payload::Payload for Order {
+    fn decode(bytes: &[u8]) -> Result<Self, crate::payload::DecodeError> {
         crate::payload::json(bytes)
     }
     fn key(&self) -> Option<String> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tower::Layer;
 use tower::util::MapErrLayer;
 
-use crate::{BoxError, HandlerError};
+use crate::error::{BoxError, HandlerError};
 
 /// tower's timeout with the error mapped back to [`HandlerError`].
 #[derive(Clone, Copy, Debug)]
@@ -66,7 +66,7 @@ impl<S> Layer<S> for TimeoutLayer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ErrorKind;
+    use crate::error::ErrorKind;
     use tower::{Service, ServiceExt, service_fn};
 
     #[tokio::test(start_paused = true)]

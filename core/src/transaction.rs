@@ -4,12 +4,12 @@
 //! consumed: Kafka's transactions write records and the group's offsets in
 //! one atomic commit. A source that works that way (backstop-kafka's
 //! exactly-once mode) puts a [`Transaction`] into each delivery with
-//! [`Delivery::in_transaction`](crate::Delivery::in_transaction). The stack
+//! [`Delivery::in_transaction`](crate::delivery::Delivery::in_transaction). The stack
 //! then gives the delivery's effects to it instead of making them at once:
 //!
 //! - **dead letters and delayed-retry copies**: the writers call
-//!   [`DeadLetterSink::dead_letter_in`](crate::DeadLetterSink::dead_letter_in)
-//!   and [`RetrySink::retry_later_in`](crate::RetrySink::retry_later_in); a
+//!   [`DeadLetterSink::dead_letter_in`](crate::dead_letter::DeadLetterSink::dead_letter_in)
+//!   and [`RetrySink::retry_later_in`](crate::retry::RetrySink::retry_later_in); a
 //!   sink that knows the transaction adds the record to it (the default
 //!   writes at once, as outside a transaction);
 //! - **the handler's publishes**: a back-end around each attempt that adds
@@ -29,8 +29,9 @@
 
 use std::sync::Arc;
 
+use crate::error::SinkError;
 pub use crate::idempotency::HeldMarks;
-use crate::{Message, SinkError};
+use crate::message::Message;
 
 /// A source's open transaction, as one delivery sees it; see the
 /// [module docs](self).
@@ -38,7 +39,8 @@ use crate::{Message, SinkError};
 /// ```
 /// use std::sync::{Arc, Mutex};
 /// use backstop::transaction::{HeldMarks, Transaction};
-/// use backstop::{Message, SinkError};
+/// use backstop::{Message};
+/// use backstop::error::SinkError;
 ///
 /// /// Collects what one delivery produced, for its source to commit.
 /// #[derive(Default)]
@@ -95,8 +97,8 @@ pub trait Transaction: Send + Sync + 'static {
 }
 
 /// The [`Transaction`] a delivery belongs to, in its request's
-/// [`Extensions`](crate::Extensions) (put there from the
-/// [`Delivery`](crate::Delivery)).
+/// [`Extensions`](crate::context::Extensions) (put there from the
+/// [`Delivery`](crate::delivery::Delivery)).
 #[derive(Clone)]
 pub struct InTransaction(pub Arc<dyn Transaction>);
 

@@ -1,7 +1,7 @@
 //! The header names backstop writes and reads on every broker.
 //!
 //! backstop writes every one of these values as UTF-8 text and reads them
-//! through the text views of [`Headers`](crate::Headers), so the same names
+//! through the text views of [`Headers`](crate::message::Headers), so the same names
 //! work on RabbitMQ headers and Kafka record headers alike (a value of
 //! another type, such as an AMQP integer, reads as absent). See `ARCHITECTURE.md` for the rules each name
 //! follows (rewritten on every copy, incremented, carried unchanged). No
@@ -15,7 +15,7 @@ pub const MESSAGE_ID: &str = "x-backstop-message-id";
 /// The 1-based number of the attempt the copy is for; incremented on each
 /// republished retry. From outside it is a claim (see [`attempt::admit`](crate::attempt::admit)).
 pub const ATTEMPT: &str = "x-backstop-attempt";
-/// The queue or topic the message belongs to ([`Meta::origin`](crate::Meta::origin));
+/// The queue or topic the message belongs to ([`Meta::origin`](crate::message::Meta::origin));
 /// rewritten on every copy, informational only.
 pub const ORIGINAL_SOURCE: &str = "x-backstop-original-source";
 /// The Kafka partition the message was consumed from (a copy from a retry
@@ -35,7 +35,7 @@ pub const ORIGINAL_TIMESTAMP: &str = "x-backstop-original-timestamp";
 /// The Kafka consumer group that dead-lettered or deferred the message;
 /// rewritten on every copy, informational only.
 pub const GROUP: &str = "x-backstop-group";
-/// Why the message was dead-lettered (see [`ErrorKind`](crate::ErrorKind)).
+/// Why the message was dead-lettered (see [`ErrorKind`](crate::error::ErrorKind)).
 pub const ERROR_KIND: &str = "x-backstop-error-kind";
 /// The error message that dead-lettered the message, cut to 1 KiB.
 pub const ERROR: &str = "x-backstop-error";

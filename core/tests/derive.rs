@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use backstop::idempotency::MemoryStore;
 use backstop::memory::MemoryBroker;
-use backstop::{Classify, Context, Handle, Handler, MemoryStore, Message, Payload, Summary, wire};
+use backstop::{Classify, Context, Handle, Handler, Message, Payload, Summary, wire};
 
 #[derive(Clone, Debug, serde::Deserialize, Payload)]
 #[payload(source = "orders", dlq = "orders.dlq")]

@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use backstop::idempotency::MemoryStore;
 use backstop::memory::MemoryBroker;
 use backstop::{
-    CancellationToken, Context, HandlerError, KeySource, MemoryStore, Message, RetryPolicy, Runner,
+    CancellationToken, Context, HandlerError, KeySource, Message, RetryPolicy, Runner,
     StackBuilder, handler_fn,
 };
 use proptest::prelude::*;

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use backstop::MemoryStore;
+use backstop::idempotency::MemoryStore;
 use backstop_testkit::store_contract::{SameInstance, TTL};
 
 backstop_testkit::store_contract_tests!(SameInstance::new(
@@ -25,7 +25,7 @@ mod namespaced {
     use std::sync::Arc;
 
     use backstop::idempotency::Namespaced;
-    use backstop::{MemoryStore, Store};
+    use backstop::idempotency::{MemoryStore, Store};
     use backstop_testkit::store_contract::{self as contract, SameInstance};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,9 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
+use backstop::error::Error;
 use backstop::memory::MemoryBroker;
+use backstop::outcome::Outcome;
+use backstop::request::Request;
 use backstop::stack::MessageService;
-use backstop::{Context, Error, HandlerError, Message, Outcome, Request, Runner, StackBuilder};
+use backstop::{Context, HandlerError, Message, Runner, StackBuilder};
 use futures::future::BoxFuture;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;

@@ -127,7 +127,7 @@ pub fn derive_payload(input: TokenStream) -> TokenStream {
 ///
 /// With `routes(...)` instead of `payload`, the struct implements
 /// `Handle<P>` once per route's payload type, and the stack's payload is
-/// `backstop::Routed`: a `backstop::Router` reads each message's type (the
+/// `backstop::router::Routed`: a `backstop::router::Router` reads each message's type (the
 /// header `type`, the AMQP `type` property, the header `ce_type` (or `ce-type`); or
 /// `type_from`), decodes the body as its route's type and calls that impl.
 /// A message with no type or an unrouted one is dead-lettered as

@@ -8,7 +8,7 @@
 //!   implements [`conformance::Harness`] and runs them with
 //!   [`conformance_tests!`]. The in-memory broker
 //!   ([`backstop::memory::MemoryBroker`]) has its harness here.
-//! - [`store_contract`]: the contract of an idempotency [`backstop::Store`]
+//! - [`store_contract`]: the contract of an idempotency [`backstop::idempotency::Store`]
 //!   (one winner among concurrent claims, fencing, takeover of expired
 //!   leases, batches, TTL, pending letters, …). A store implements
 //!   [`store_contract::Backend`] and runs the suite with
@@ -25,7 +25,7 @@
 //! ```
 //! use std::sync::Arc;
 //!
-//! use backstop::MemoryStore;
+//! use backstop::idempotency::MemoryStore;
 //! use backstop_testkit::store_contract::{SameInstance, TTL, run_all};
 //!
 //! # #[tokio::main]

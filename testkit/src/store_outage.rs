@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use backstop::idempotency::Store;
 use backstop::memory::{MemoryBroker, dlq_name};
 use backstop::{
-    CancellationToken, Context, HandlerError, KeySource, Message, Runner, StackBuilder, Store,
-    Summary, handler_fn,
+    CancellationToken, Context, HandlerError, KeySource, Message, Runner, StackBuilder, Summary,
+    handler_fn,
 };
 
 use crate::store_contract::ContractError;

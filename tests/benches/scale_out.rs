@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backstop::Publisher;
+use backstop::publish::Publisher;
 use backstop_kafka::{Kafka, TopicSpec};
 use backstop_rabbitmq::{RabbitMq, Topology};
 use backstop_tests::cluster::{kafka_brokers, rabbitmq_urls, rotated};

@@ -17,10 +17,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backstop::idempotency::Key;
+use backstop::idempotency::{MemoryStore, Store};
 use backstop::memory::MemoryBroker;
+use backstop::request::Request;
+use backstop::runner::Source;
 use backstop::{
-    Context, Handle, HandlerError, KeySource, MemoryStore, Message, Request, Runner, Source,
-    StackBuilder, Store, handler_fn,
+    Context, Handle, HandlerError, KeySource, Message, Runner, StackBuilder, handler_fn,
 };
 use backstop_postgres::{PgConfig, PostgresStore};
 use backstop_redis::{RedisConfig, RedisStore};

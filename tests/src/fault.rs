@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use backstop::{Publisher, Source, wire};
+use backstop::publish::Publisher;
+use backstop::runner::Source;
+use backstop::wire;
 use rand::Rng;
 
 use crate::fleet::Fleet;
@@ -26,7 +28,7 @@ pub struct DeadLetter {
     /// `x-backstop-error`, if present.
     pub error: Option<String>,
     /// Its headers.
-    pub headers: backstop::Headers,
+    pub headers: backstop::message::Headers,
     /// Its body length.
     pub payload_len: usize,
 }

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use backstop::Outcome;
 use backstop::metrics::MESSAGES_TOTAL;
+use backstop::outcome::Outcome;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How often a running worker's metrics are read.
@@ -128,7 +128,7 @@ fn parse_messages(text: &str, outcome: Outcome) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use backstop::Outcome;
+    use backstop::outcome::Outcome;
 
     use super::parse_messages;
 

@@ -19,13 +19,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use backstop::error::{Failure, StoreError};
+use backstop::idempotency::Store;
 use backstop::idempotency::{
     BatchConfig, Batched, Claim, ClaimOf, Config, Fence, Held, Key, KeySource, Keyspace, Layout,
 };
 use backstop::memory::{MemoryBroker, dlq_name};
 use backstop::{
-    CancellationToken, Context, Failure, HandlerError, Message, Runner, StackBuilder, Store,
-    StoreError, handler_fn,
+    CancellationToken, Context, HandlerError, Message, Runner, StackBuilder, handler_fn,
 };
 use backstop_postgres::{PgConfig, PostgresStore};
 use backstop_redis::{RedisConfig, RedisStore};
@@ -601,7 +602,7 @@ async fn postgres_unreachable_mid_batch_acks_nothing_whose_completion_was_not_wr
 /// directly). The messages still queued (read back without acking) are
 /// those whose claim or completion failed, or never ran.
 async fn rabbitmq_acks_nothing_whose_completion_was_not_written(server: impl Server) {
-    use backstop::Publisher;
+    use backstop::publish::Publisher;
     use backstop_rabbitmq::lapin::options::{BasicGetOptions, QueueDeleteOptions};
     use backstop_rabbitmq::{RabbitMq, Topology, url_from_env};
 

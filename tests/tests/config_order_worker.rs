@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use backstop::Publisher;
+use backstop::publish::Publisher;
 use backstop_kafka::{Kafka, TopicSpec};
 use backstop_rabbitmq::RabbitMq;
 use backstop_tests::fault::read_messages;
@@ -39,7 +39,8 @@ fn env(vars: &[(&str, String)]) -> Vec<(String, String)> {
 
 /// `backstop_messages_total{outcome="handled"}` read from the worker's one endpoint.
 async fn handled(worker: &Worker) -> Option<u64> {
-    backstop_tests::scrape::messages(worker.metrics_addr(), backstop::Outcome::Handled).await
+    backstop_tests::scrape::messages(worker.metrics_addr(), backstop::outcome::Outcome::Handled)
+        .await
 }
 
 /// A worker file with two Kafka sources, `first` and `second`, each on its

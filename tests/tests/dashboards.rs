@@ -24,7 +24,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use backstop::{Message, Publisher};
+use backstop::Message;
+use backstop::publish::Publisher;
 use backstop_kafka::Kafka;
 use backstop_rabbitmq::RabbitMq;
 use backstop_rabbitmq::lapin::options::QueueDeleteOptions;

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use backstop::publish::Publisher;
 use backstop::{
-    Context, HandlerError, KeySource, Message, Publisher, RetryPolicy, Runner, StackBuilder,
-    handler_fn,
+    Context, HandlerError, KeySource, Message, RetryPolicy, Runner, StackBuilder, handler_fn,
 };
 use backstop_kafka::{Kafka, TopicSpec};
 use backstop_postgres::{Inbox, InboxTx, PgConfig};

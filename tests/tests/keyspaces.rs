@@ -15,10 +15,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use backstop::idempotency::Store;
 use backstop::idempotency::{Config, KeyLayout, Layout, LayoutError};
+use backstop::publish::Publisher;
 use backstop::{
-    Context, HandlerError, KeySource, Message, Publisher, RetryPolicy, Runner, Stack, StackBuilder,
-    Store, Summary, handler_fn,
+    Context, HandlerError, KeySource, Message, RetryPolicy, Runner, Stack, StackBuilder, Summary,
+    handler_fn,
 };
 use backstop_postgres::{Inbox, InboxTx, PgConfig, PostgresError, PostgresStore};
 use backstop_rabbitmq::{RabbitMq, Topology, url_from_env};

@@ -195,7 +195,7 @@ fn producer_span() -> (tracing::Span, (TraceId, SpanId)) {
 /// Publishes one message to `destination` through a `ReliablePublisher`
 /// inside a producer span; returns its id and the producer span's ids.
 async fn publish_traced(
-    publisher: impl backstop::Publisher,
+    publisher: impl backstop::publish::Publisher,
     destination: &str,
 ) -> (String, (TraceId, SpanId)) {
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -223,7 +223,7 @@ async fn consume_and_redrive<S, F>(
     redrive: impl FnOnce() -> F,
 ) -> Vec<Run>
 where
-    S: backstop::Source + Send + 'static,
+    S: backstop::runner::Source + Send + 'static,
     F: std::future::Future<Output = ()>,
 {
     let shutdown = CancellationToken::new();
@@ -276,8 +276,8 @@ async fn redrive_one(dlq: &Dlq, limit: Duration) {
 }
 
 fn stack_over(
-    dead_letters: impl backstop::DeadLetterSink + 'static,
-    retries: impl backstop::RetrySink + 'static,
+    dead_letters: impl backstop::dead_letter::DeadLetterSink + 'static,
+    retries: impl backstop::retry::RetrySink + 'static,
     runs: &Arc<Mutex<Vec<Run>>>,
 ) -> backstop::Stack {
     StackBuilder::<String>::new(Arc::new(dead_letters))

@@ -16,10 +16,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backstop::breaker::{BreakerConfig, BreakerState};
+use backstop::error::BoxError;
+use backstop::publish::Publisher;
 use backstop::runner::Readiness;
 use backstop::{
-    BoxError, Context, HandlerError, KeySource, Message, Publisher, RetryPolicy, Runner,
-    StackBuilder, Summary, handler_fn,
+    Context, HandlerError, KeySource, Message, RetryPolicy, Runner, StackBuilder, Summary,
+    handler_fn,
 };
 use backstop_rabbitmq::lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions,

@@ -19,7 +19,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use backstop::{Message, Publisher};
+use backstop::Message;
+use backstop::publish::Publisher;
 use backstop_rabbitmq::{RabbitMq, Topology, url_from_env};
 use backstop_tests::fault::read_dead_letters;
 use backstop_tests::fleet::{Fleet, assert_stopped};

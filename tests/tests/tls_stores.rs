@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use backstop::idempotency::Store;
 use backstop::memory::MemoryBroker;
 use backstop::tls::TlsOptions;
 use backstop::{
-    CancellationToken, Context, HandlerError, KeySource, Message, Runner, StackBuilder, Store,
-    handler_fn,
+    CancellationToken, Context, HandlerError, KeySource, Message, Runner, StackBuilder, handler_fn,
 };
 use backstop_postgres::{PgConfig, PostgresStore};
 use backstop_redis::{RedisConfig, RedisStore};

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backstop::Publisher;
+use backstop::publish::Publisher;
 use backstop_kafka::Kafka;
 use backstop_tests::fault::{read_dead_letters, verify, wait_drained};
 use backstop_tests::fleet::{Fleet, assert_stopped};

@@ -46,10 +46,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use backstop::{
-    Context, HandlerError, KeySource, MemoryStore, Message, Publisher, Runner, Source,
-    StackBuilder, handler_fn,
-};
+use backstop::idempotency::MemoryStore;
+use backstop::publish::Publisher;
+use backstop::runner::Source;
+use backstop::{Context, HandlerError, KeySource, Message, Runner, StackBuilder, handler_fn};
 use backstop_kafka::{Kafka, TopicSpec};
 use bytes::Bytes;
 use rdkafka::Message as _;

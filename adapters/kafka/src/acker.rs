@@ -8,7 +8,8 @@
 
 use std::sync::Arc;
 
-use backstop::{AckError, Acker};
+use backstop::delivery::Acker;
+use backstop::error::AckError;
 
 use crate::dispatch::{Dispatcher, Refused, Settlement, Ticket};
 

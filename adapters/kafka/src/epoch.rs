@@ -16,7 +16,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use backstop::{Message, PublishError, Publisher as _};
+use backstop::Message;
+use backstop::publish::{PublishError, Publisher as _};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 

@@ -124,7 +124,7 @@ impl Kafka {
     ///
     /// The DLQ and retry topics (and the parked topics of ordered retries)
     /// must exist when the runner starts
-    /// ([`Source::preflight`](backstop::Source::preflight)): create them with
+    /// ([`Source::preflight`](backstop::runner::Source::preflight)): create them with
     /// [`ensure_topics`](Self::ensure_topics);
     /// [`KafkaSource::skip_destination_check`] opts out. While it lives, the
     /// depth of its DLQ topics (letters not yet replayed or purged) is read

@@ -1,9 +1,9 @@
 //! Apache Kafka adapter for backstop, on rdkafka.
 //!
-//! A consumer group member as a backstop [`Source`](backstop::Source)
-//! ([`KafkaSource`]), a confirmed idempotent [`Publisher`](backstop::Publisher)
-//! ([`KafkaPublisher`]), the [`DeadLetterSink`](backstop::DeadLetterSink)
-//! and [`RetrySink`](backstop::RetrySink) on top of it, topic helpers, and
+//! A consumer group member as a backstop [`Source`](backstop::runner::Source)
+//! ([`KafkaSource`]), a confirmed idempotent [`Publisher`](backstop::publish::Publisher)
+//! ([`KafkaPublisher`]), the [`DeadLetterSink`](backstop::dead_letter::DeadLetterSink)
+//! and [`RetrySink`](backstop::retry::RetrySink) on top of it, topic helpers, and
 //! [`Kafka`] to wire a worker in a few lines:
 //!
 //! ```no_run
@@ -70,7 +70,7 @@
 //!   blocking commit inside the callback could stall the poll thread for a
 //!   minute while the coordinator is away). On close: commit, leave.
 //! * If the poll thread dies (a panic), `next` returns a fatal
-//!   [`SourceError`](backstop::SourceError) and the runner stops with it,
+//!   [`SourceError`](backstop::runner::SourceError) and the runner stops with it,
 //!   instead of waiting for messages that never come.
 //! * Message id: the `x-backstop-message-id` header, else
 //!   `<topic>/<partition>/<offset>` (carried on every copy). Attempt:

@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 
-use backstop::Readiness;
+use backstop::runner::Readiness;
 
 /// The consumer's connection state, shared by the poll thread, the
 /// rebalance callbacks and the source.

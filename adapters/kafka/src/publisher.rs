@@ -3,7 +3,8 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use backstop::{Message, PublishError, Publisher};
+use backstop::Message;
+use backstop::publish::{PublishError, Publisher};
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};

@@ -60,7 +60,7 @@ pub(crate) fn guarded_message<M: rdkafka::Message>(record: &M, retry_of: Option<
             message.meta.partition = Some(record.partition());
             message.meta.offset = Some(record.offset());
             message.meta.retry_of = retry_of.map(str::to_owned);
-            message.meta.id_source = backstop::IdSource::Position;
+            message.meta.id_source = backstop::message::IdSource::Position;
             message
         },
     )

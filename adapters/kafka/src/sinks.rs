@@ -1,6 +1,6 @@
 //! The DLQ and delayed-retry writers: [`KafkaDeadLetterSink`] and [`KafkaRetrySink`].
 //!
-//! Both route by the message's origin ([`Meta::origin`](backstop::Meta::origin):
+//! Both route by the message's origin ([`Meta::origin`](backstop::message::Meta::origin):
 //! the topic it was consumed from, or for a copy consumed from a retry topic
 //! the source topic from the source's own table; never a header), per
 //! consumer group, so one group's dead letters and retries never reach
@@ -10,8 +10,12 @@
 
 use std::time::Duration;
 
+use backstop::dead_letter::DeadLetterSink;
+use backstop::error::SinkError;
+use backstop::publish::Publisher;
+use backstop::retry::RetrySink;
 use backstop::transaction::InTransaction;
-use backstop::{DeadLetterSink, Message, Publisher, RetrySink, SinkError, wire};
+use backstop::{Message, wire};
 
 use crate::names::{dlq_topic, retry_topic};
 use crate::{KafkaPublisher, RetryTiers};

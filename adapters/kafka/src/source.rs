@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backstop::{Delivery, Source, SourceError};
+use backstop::delivery::Delivery;
+use backstop::runner::{Source, SourceError};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::acker::KafkaAcker;
@@ -31,7 +32,7 @@ pub(crate) struct RetryRoute {
     pub(crate) hold_limit: Duration,
 }
 
-/// A member of a consumer group, handing out deliveries with an [`Acker`](backstop::Acker).
+/// A member of a consumer group, handing out deliveries with an [`Acker`](backstop::delivery::Acker).
 ///
 /// A dedicated thread polls the consumer (see the crate docs for why);
 /// `next` takes from the messages it received, at most `max_in_flight`
@@ -77,7 +78,7 @@ impl KafkaSource {
     /// Each retry topic comes with the source topic its copies belong to,
     /// `(retry topic, source topic)`: dead letters and further retries of a
     /// copy consumed from it go to that source's DLQ and retry topics
-    /// ([`Meta::retry_of`](backstop::Meta::retry_of)).
+    /// ([`Meta::retry_of`](backstop::message::Meta::retry_of)).
     ///
     /// If the consumer's poll thread dies, `next` returns a fatal
     /// [`SourceError`] (the runner stops with it), then `None`.
@@ -320,7 +321,7 @@ impl Source for KafkaSource {
             return self.check_parked(&admin).await;
         }
         Err(SourceError::Fatal(Box::new(
-            backstop::MissingDestinations {
+            backstop::runner::MissingDestinations {
                 source_name: self.topics.join(","),
                 missing,
                 how: format!(

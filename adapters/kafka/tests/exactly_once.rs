@@ -8,10 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backstop::idempotency::Store;
 use backstop::idempotency::{Claim, Key, Keyspace, MemoryStore};
-use backstop::{
-    Context, HandlerError, KeySource, Message, RetryPolicy, StackBuilder, Store, handler_fn,
-};
+use backstop::{Context, HandlerError, KeySource, Message, RetryPolicy, StackBuilder, handler_fn};
 use backstop_kafka::{Kafka, TopicSpec};
 use common::*;
 

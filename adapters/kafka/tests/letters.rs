@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use backstop::{Context, HandlerError, Message, Publisher, RetryPolicy, StackBuilder, handler_fn};
+use backstop::publish::Publisher;
+use backstop::{Context, HandlerError, Message, RetryPolicy, StackBuilder, handler_fn};
 use common::{kafka, topic, unique};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

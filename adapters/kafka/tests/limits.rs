@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backstop::{
-    Context, HandlerError, Message, Publisher, RetryPolicy, Source, StackBuilder, handler_fn,
-};
+use backstop::publish::Publisher;
+use backstop::runner::Source;
+use backstop::{Context, HandlerError, Message, RetryPolicy, StackBuilder, handler_fn};
 use backstop_kafka::{Error, RetryTiers, TopicSpec};
 use common::*;
 

@@ -7,8 +7,9 @@ mod common;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use backstop::Message;
 use backstop::metrics::{DLQ_DEPTH, KAFKA_LAG, KAFKA_OLDEST_UNFINISHED, RETRY_DEPTH};
-use backstop::{Message, Source};
+use backstop::runner::Source;
 use backstop_kafka::{TopicSpec, dlq_state_topic};
 use common::*;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};

@@ -6,7 +6,8 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use backstop::{Message, Source};
+use backstop::Message;
+use backstop::runner::Source;
 use common::*;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 

@@ -5,7 +5,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use backstop::{Publisher, Source, wire};
+use backstop::publish::Publisher;
+use backstop::runner::Source;
+use backstop::wire;
 use common::*;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -133,7 +135,7 @@ async fn publish_failures_say_what_went_wrong() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&error, backstop::PublishError::MissingDestination(t) if *t == missing),
+        matches!(&error, backstop::publish::PublishError::MissingDestination(t) if *t == missing),
         "{error:?}"
     );
     assert!(
@@ -144,7 +146,7 @@ async fn publish_failures_say_what_went_wrong() {
     let huge = backstop::Message::new(vec![b'x'; 2 << 20]);
     let error = publisher.publish(&topic, &huge).await.unwrap_err();
     assert!(
-        matches!(error, backstop::PublishError::TooLarge { size } if size == 2 << 20),
+        matches!(error, backstop::publish::PublishError::TooLarge { size } if size == 2 << 20),
         "{error:?}"
     );
 }

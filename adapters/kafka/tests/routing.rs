@@ -8,10 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use backstop::idempotency::MemoryStore;
+use backstop::payload::DecodeError;
 use backstop::router::{Routed, Router};
 use backstop::{
-    Context, DecodeError, HandlerError, KeySource, MemoryStore, Message, Payload, StackBuilder,
-    handler_fn, wire,
+    Context, HandlerError, KeySource, Message, Payload, StackBuilder, handler_fn, wire,
 };
 use common::*;
 

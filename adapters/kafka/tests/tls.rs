@@ -8,7 +8,9 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backstop::{BoxError, DeadLetterSink, Publisher};
+use backstop::dead_letter::DeadLetterSink;
+use backstop::error::BoxError;
+use backstop::publish::Publisher;
 use backstop_kafka::{Kafka, KafkaOption, KafkaSource, RetryTiers, TopicSpec};
 use backstop_testkit::conformance::{Harness, stack_dead_letters};
 

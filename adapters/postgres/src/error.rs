@@ -5,7 +5,7 @@ use std::time::Duration;
 /// A failure of the PostgreSQL store or inbox.
 ///
 /// Store operations hand it to backstop boxed in
-/// [`StoreError::Backend`](backstop::StoreError::Backend), so the message is
+/// [`StoreError::Backend`](backstop::error::StoreError::Backend), so the message is
 /// deferred (nacked with backoff), never dead-lettered; the inbox turns it
 /// into a transient [`HandlerError`](backstop::HandlerError).
 #[derive(Debug, thiserror::Error)]
@@ -88,11 +88,11 @@ pub enum PostgresError {
     Layout(#[from] backstop::idempotency::LayoutError),
 }
 
-impl From<PostgresError> for backstop::StoreError {
+impl From<PostgresError> for backstop::error::StoreError {
     fn from(error: PostgresError) -> Self {
         match error {
-            PostgresError::Layout(error) => backstop::StoreError::Layout(error),
-            other => backstop::StoreError::Backend(Box::new(other)),
+            PostgresError::Layout(error) => backstop::error::StoreError::Layout(error),
+            other => backstop::error::StoreError::Backend(Box::new(other)),
         }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Two ways to make a consumer's effects happen once:
 //!
-//! - [`PostgresStore`] implements [`backstop::Store`] for the idempotency
+//! - [`PostgresStore`] implements [`backstop::idempotency::Store`] for the idempotency
 //!   layer: leases on keys in a table, shared by every worker (plug it in
 //!   with [`StackBuilder::idempotency`](backstop::StackBuilder::idempotency)).
 //!   Effects outside the database stay at-least-once in a crash window
@@ -61,7 +61,7 @@
 //!
 //! Every wait is bounded ([`PgConfig`], [`PostgresStore::operation_timeout`],
 //! [`Inbox::statement_timeout`]): while the server is down the store fails
-//! fast with [`StoreError::Backend`](backstop::StoreError::Backend) (the
+//! fast with [`StoreError::Backend`](backstop::error::StoreError::Backend) (the
 //! message is deferred, never dead-lettered), and both recover by
 //! themselves when it is back.
 

@@ -5,7 +5,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backstop::{BoxError, Store};
+use backstop::error::BoxError;
+use backstop::idempotency::Store;
 use backstop_postgres::{PgConfig, PostgresStore};
 use backstop_testkit::store_contract::{Backend, TTL};
 
@@ -42,8 +43,9 @@ backstop_testkit::store_contract_tests!(Postgres);
 mod batched {
     use std::sync::Arc;
 
+    use backstop::error::BoxError;
+    use backstop::idempotency::Store;
     use backstop::idempotency::{BatchConfig, Batched};
-    use backstop::{BoxError, Store};
     use backstop_testkit::store_contract::Backend;
 
     struct Postgres;

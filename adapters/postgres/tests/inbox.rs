@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use backstop::idempotency::Key;
 use backstop::memory::{MemoryBroker, dlq_name};
+use backstop::runner::Source;
 use backstop::{
-    Context, Handle, HandlerError, KeySource, Message, RetryPolicy, Runner, Source, Stack,
-    StackBuilder, Summary,
+    Context, Handle, HandlerError, KeySource, Message, RetryPolicy, Runner, Stack, StackBuilder,
+    Summary,
 };
 use backstop_postgres::{Inbox, InboxError, InboxTx, PgConfig};
 use tokio::sync::Notify;
@@ -406,14 +407,14 @@ async fn a_handler_without_the_inbox_layer_fails_permanently() {
 struct RenewalsStall(backstop_postgres::PostgresStore);
 
 #[async_trait::async_trait]
-impl backstop::Store for RenewalsStall {
+impl backstop::idempotency::Store for RenewalsStall {
     async fn claim(
         &self,
         key: &Key,
         owner: &str,
         lease: Duration,
         replay: u32,
-    ) -> Result<backstop::idempotency::Claim, backstop::StoreError> {
+    ) -> Result<backstop::idempotency::Claim, backstop::error::StoreError> {
         self.0.claim(key, owner, lease, replay).await
     }
     async fn renew(
@@ -421,21 +422,21 @@ impl backstop::Store for RenewalsStall {
         _: &Key,
         _: backstop::idempotency::Fence,
         _: Duration,
-    ) -> Result<bool, backstop::StoreError> {
+    ) -> Result<bool, backstop::error::StoreError> {
         std::future::pending().await
     }
     async fn complete(
         &self,
         key: &Key,
         fence: backstop::idempotency::Fence,
-    ) -> Result<bool, backstop::StoreError> {
+    ) -> Result<bool, backstop::error::StoreError> {
         self.0.complete(key, fence).await
     }
     async fn mark_dead_lettered(
         &self,
         key: &Key,
         fence: backstop::idempotency::Fence,
-    ) -> Result<bool, backstop::StoreError> {
+    ) -> Result<bool, backstop::error::StoreError> {
         self.0.mark_dead_lettered(key, fence).await
     }
     async fn release(
@@ -443,7 +444,7 @@ impl backstop::Store for RenewalsStall {
         key: &Key,
         fence: backstop::idempotency::Fence,
         failed_runs: Option<u32>,
-    ) -> Result<(), backstop::StoreError> {
+    ) -> Result<(), backstop::error::StoreError> {
         self.0.release(key, fence, failed_runs).await
     }
 }
@@ -461,7 +462,7 @@ async fn a_fenced_inbox_refuses_the_commit_of_a_run_whose_lease_was_lost() {
     store.migrate().await.unwrap();
     let lease = Duration::from_millis(400);
     let inbox = f.inbox.clone().fenced_by(&store);
-    let worker = |store: Arc<dyn backstop::Store>, writer: Writer| {
+    let worker = |store: Arc<dyn backstop::idempotency::Store>, writer: Writer| {
         StackBuilder::<String>::new(Arc::new(f.broker.dead_letter_sink()))
             .idempotency_with(
                 store,

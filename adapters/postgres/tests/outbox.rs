@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backstop::memory::{MemoryBroker, dlq_name};
+use backstop::publish::{PublishError, Publisher};
 use backstop::{
-    Context, Handle, HandlerError, Message, PublishError, Publisher, RetryPolicy, Runner, Stack,
-    StackBuilder, Summary,
+    Context, Handle, HandlerError, Message, RetryPolicy, Runner, Stack, StackBuilder, Summary,
 };
 use backstop_postgres::outbox::RelayConfig;
 use backstop_postgres::{Inbox, InboxTx, Outbox, PgConfig};

@@ -5,8 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use backstop::error::StoreError;
+use backstop::idempotency::Store;
 use backstop::idempotency::{Claim, Fence, Key};
-use backstop::{Store, StoreError};
 use backstop_postgres::{PgConfig, PostgresError, PostgresStore};
 
 fn pool() -> deadpool_postgres::Pool {
@@ -381,7 +382,7 @@ INSERT INTO {table} (key, state, owner, fence, lease_until, failed_runs, replay,
         matches!(idle, Claim::Acquired { failed_runs: 2, crashed: false, fence } if fence > Fence(8)),
         "{idle:?}"
     );
-    let letter = backstop::Failure {
+    let letter = backstop::error::Failure {
         kind: backstop::ErrorKind::Timeout,
         message: "deadline of 2s passed\0after the write".into(),
         attempts: 3,

@@ -37,10 +37,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use backstop::idempotency::MemoryStore;
 use backstop::idempotency::{KeyLayout, Store};
 use backstop::{
-    CancellationToken, Context, HandlerError, KeySource, MemoryStore, Message, Runner,
-    StackBuilder, handler_fn,
+    CancellationToken, Context, HandlerError, KeySource, Message, Runner, StackBuilder, handler_fn,
 };
 use backstop_postgres::{PgConfig, PostgresStore};
 use backstop_rabbitmq::lapin::options::{

@@ -2,8 +2,9 @@
 
 use std::sync::Arc;
 
+use backstop::delivery::Acker;
+use backstop::error::AckError;
 use backstop::metrics::{ACK_FAILURES, consumer_labels};
-use backstop::{AckError, Acker};
 use lapin::options::BasicNackOptions;
 
 use crate::window::Window;

@@ -73,7 +73,7 @@ impl RabbitMq {
     /// (use the same number as the runner's concurrency). It subscribes now:
     /// a queue that does not exist fails here. Its DLQ (`<queue>.dlq`) and,
     /// for a topology declared or registered on this handle, its delay
-    /// queues must exist when the runner starts ([`Source::preflight`](backstop::Source::preflight));
+    /// queues must exist when the runner starts ([`Source::preflight`](backstop::runner::Source::preflight));
     /// [`RabbitSource::skip_destination_check`] opts out. While it lives, the
     /// depths of the queue, its DLQ and its delay queues are read on an
     /// interval ([`RabbitSource::depth_interval`]) into

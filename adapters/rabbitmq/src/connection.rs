@@ -73,7 +73,7 @@ impl ConnectOptions {
     }
 
     /// How long a publish waits for the broker's confirm before failing with
-    /// [`PublishError::Timeout`](backstop::PublishError::Timeout).
+    /// [`PublishError::Timeout`](backstop::publish::PublishError::Timeout).
     #[must_use]
     pub fn confirm_timeout(mut self, timeout: Duration) -> Self {
         self.confirm_timeout = timeout;
@@ -83,7 +83,7 @@ impl ConnectOptions {
     /// The largest message body the broker takes: its `max_message_size`
     /// (default 128 MiB, RabbitMQ 3.x's default; RabbitMQ 4.x defaults to
     /// 16 MiB). A larger body fails with
-    /// [`PublishError::TooLarge`](backstop::PublishError::TooLarge) before it
+    /// [`PublishError::TooLarge`](backstop::publish::PublishError::TooLarge) before it
     /// is sent, instead of the broker closing the publishing channel.
     #[must_use]
     pub fn max_message_size(mut self, bytes: usize) -> Self {

@@ -1,7 +1,7 @@
 //! The adapter's own errors: connecting, subscribing and declaring topology.
 //!
-//! Publishing and settling use backstop's errors ([`backstop::PublishError`],
-//! [`backstop::AckError`], [`backstop::SinkError`], [`backstop::SourceError`]).
+//! Publishing and settling use backstop's errors ([`backstop::publish::PublishError`],
+//! [`backstop::error::AckError`], [`backstop::error::SinkError`], [`backstop::runner::SourceError`]).
 
 use std::time::Duration;
 

@@ -91,7 +91,7 @@
 //! named twice (the broker closes a channel on an unknown tag). An ack
 //! returns once the frame covering it was sent; when the channel closes,
 //! the acks waiting for it fail with
-//! [`AckError::ChannelGone`](backstop::AckError::ChannelGone) and the
+//! [`AckError::ChannelGone`](backstop::error::AckError::ChannelGone) and the
 //! broker redelivers those messages. [`ACK_FRAMES`] and [`ACKS_COALESCED`]
 //! count what was sent. Acking every 10 to 100 messages is the largest
 //! single gain on quorum queues (the broker's work per ack frame).

@@ -8,7 +8,7 @@
 //! [`PublishError::TooLarge`] before anything is sent.
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame, WriteContext, gen_frame};
-use backstop::PublishError;
+use backstop::publish::PublishError;
 use lapin::BasicProperties;
 
 /// RabbitMQ 3.x's default `max_message_size`: 128 MiB.

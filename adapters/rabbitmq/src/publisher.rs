@@ -45,7 +45,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backstop::{Message, PublishError, Publisher};
+use backstop::Message;
+use backstop::publish::{PublishError, Publisher};
 use lapin::Channel;
 use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};

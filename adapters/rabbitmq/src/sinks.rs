@@ -6,14 +6,18 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use backstop::{DeadLetterSink, Message, Publisher, RetrySink, SinkError};
+use backstop::Message;
+use backstop::dead_letter::DeadLetterSink;
+use backstop::error::SinkError;
+use backstop::publish::Publisher;
+use backstop::retry::RetrySink;
 
 use crate::Topology;
 use crate::publisher::RabbitPublisher;
 use crate::topology::{QueueKind, dlq_name};
 
 /// Writes dead letters to `<queue>.dlq` of the queue the message was
-/// consumed from ([`Meta::origin`](backstop::Meta::origin); never a queue a
+/// consumed from ([`Meta::origin`](backstop::message::Meta::origin); never a queue a
 /// header names), or to the destination the stack names (a queue, or `exchange/routing-key`).
 ///
 /// Resolves only on the broker's confirm: an unroutable letter (the DLQ does

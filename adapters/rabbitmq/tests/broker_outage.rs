@@ -10,9 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
+use backstop::delivery::Delivery;
+use backstop::publish::{PublishError, Publisher};
+use backstop::runner::{Source, SourceError};
 use backstop::{
-    CancellationToken, Context, Delivery, HandlerError, Message, PublishError, Publisher, Runner,
-    Source, SourceError, StackBuilder, Summary, handler_fn,
+    CancellationToken, Context, HandlerError, Message, Runner, StackBuilder, Summary, handler_fn,
 };
 use backstop_rabbitmq::{ConnectOptions, RabbitMq, RabbitSource, Topology, url_from_env};
 use common::{Seen, cleanup, eventually, publish_numbered, quorum, unique};

@@ -4,7 +4,9 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use backstop::{BoxError, DeadLetterSink, Publisher};
+use backstop::dead_letter::DeadLetterSink;
+use backstop::error::BoxError;
+use backstop::publish::Publisher;
 use backstop_rabbitmq::{RabbitMq, RabbitSource, Topology};
 use backstop_testkit::conformance::Harness;
 

@@ -7,9 +7,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use backstop::publish::Publisher;
+use backstop::runner::{Source, SourceError};
 use backstop::{
-    CancellationToken, Context, HandlerError, Message, Publisher, RetryPolicy, Runner, Source,
-    SourceError, StackBuilder, handler_fn, wire,
+    CancellationToken, Context, HandlerError, Message, RetryPolicy, Runner, StackBuilder,
+    handler_fn, wire,
 };
 use backstop_rabbitmq::lapin::options::QueueDeleteOptions;
 use common::{
@@ -399,7 +401,10 @@ async fn an_id_less_message_keeps_one_id_across_redeliveries_and_consumers() {
         None,
         "2^64-1 is no timestamp"
     );
-    assert_eq!(first.message().meta.id_source, backstop::IdSource::Digest);
+    assert_eq!(
+        first.message().meta.id_source,
+        backstop::message::IdSource::Digest
+    );
     drop(first);
     let second = next_within(&mut source, WAIT).await.expect("redelivered");
     assert!(second.message().meta.redelivered);

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use backstop::Source;
+use backstop::runner::Source;
 use common::{Seen, cleanup, next_within, publish_numbered, quorum, rabbit, unique};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

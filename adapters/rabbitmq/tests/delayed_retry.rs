@@ -5,9 +5,12 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use backstop::error::SinkError;
+use backstop::publish::Publisher;
+use backstop::retry::RetrySink;
 use backstop::{
-    CancellationToken, Context, ErrorKind, HandlerError, Message, Publisher, RetryPolicy,
-    RetrySink, Runner, SinkError, StackBuilder, handler_fn, wire,
+    CancellationToken, Context, ErrorKind, HandlerError, Message, RetryPolicy, Runner,
+    StackBuilder, handler_fn, wire,
 };
 use backstop_rabbitmq::Topology;
 use common::{cleanup, drain, rabbit, unique};

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use backstop::publish::Publisher;
 use backstop::{
-    CancellationToken, Context, HandlerError, Message, Publisher, Runner, StackBuilder, Summary,
-    handler_fn, wire,
+    CancellationToken, Context, HandlerError, Message, Runner, StackBuilder, Summary, handler_fn,
+    wire,
 };
 use backstop_rabbitmq::lapin::ExchangeKind;
 use backstop_rabbitmq::lapin::options::{

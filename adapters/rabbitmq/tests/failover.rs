@@ -7,7 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use backstop::{Message, Publisher, Source};
+use backstop::Message;
+use backstop::publish::Publisher;
+use backstop::runner::Source;
 use backstop_rabbitmq::{ConnectError, ConnectOptions, RabbitMq, Topology, url_from_env};
 use common::{cleanup, next_within, unique};
 

@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use backstop::idempotency::MemoryStore;
+use backstop::publish::{PublishError, Publisher};
 use backstop::{
-    CancellationToken, Context, HandlerError, KeySource, MemoryStore, Message, PublishError,
-    Publisher, RetryPolicy, Runner, StackBuilder, handler_fn, wire,
+    CancellationToken, Context, HandlerError, KeySource, Message, RetryPolicy, Runner,
+    StackBuilder, handler_fn, wire,
 };
 use backstop_rabbitmq::lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use backstop_rabbitmq::lapin::types::FieldTable;

@@ -10,9 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use backstop::idempotency::Store;
+use backstop::publish::Publisher;
 use backstop::{
-    CancellationToken, Context, ErrorKind, HandlerError, KeySource, Message, Publisher,
-    RetryPolicy, Runner, StackBuilder, Store, Summary, handler_fn, wire,
+    CancellationToken, Context, ErrorKind, HandlerError, KeySource, Message, RetryPolicy, Runner,
+    StackBuilder, Summary, handler_fn, wire,
 };
 use backstop_postgres::{PgConfig, PostgresStore};
 use backstop_rabbitmq::RabbitMq;

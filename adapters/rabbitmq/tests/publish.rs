@@ -4,7 +4,9 @@ mod common;
 
 use std::time::Duration;
 
-use backstop::{Message, PublishError, Publisher, Source, wire};
+use backstop::publish::{PublishError, Publisher};
+use backstop::runner::Source;
+use backstop::{Message, wire};
 use backstop_rabbitmq::lapin::ExchangeKind;
 use backstop_rabbitmq::lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeleteOptions,

@@ -7,10 +7,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backstop::idempotency::MemoryStore;
 use backstop::router::{Routed, Router};
-use backstop::{
-    Context, HandlerError, KeySource, MemoryStore, Runner, StackBuilder, handler_fn, wire,
-};
+use backstop::{Context, HandlerError, KeySource, Runner, StackBuilder, handler_fn, wire};
 use backstop_rabbitmq::lapin::BasicProperties;
 use backstop_rabbitmq::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use common::{Seen, cleanup, count_reaches, drain, eventually, quorum, rabbit};

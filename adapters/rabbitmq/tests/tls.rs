@@ -8,7 +8,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use backstop::{BoxError, DeadLetterSink, Publisher};
+use backstop::dead_letter::DeadLetterSink;
+use backstop::error::BoxError;
+use backstop::publish::Publisher;
 use backstop_rabbitmq::{ConnectError, ConnectOptions, RabbitMq, RabbitSource, Topology};
 use backstop_testkit::conformance::{Harness, stack_dead_letters};
 
@@ -321,7 +323,8 @@ fn close_connections(prefix: &str) -> usize {
 
 #[tokio::test]
 async fn a_consuming_source_presents_the_renewed_certificate_after_a_reconnect() {
-    use backstop::{Message, Source};
+    use backstop::Message;
+    use backstop::runner::Source;
     let files = ClientFiles::new("rotate-live");
     let install = |name: &str| files.install(name);
     install("client");

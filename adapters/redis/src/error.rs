@@ -5,7 +5,7 @@ use std::time::Duration;
 /// A failure of the Redis store.
 ///
 /// Store operations hand it to backstop boxed in
-/// [`StoreError::Backend`](backstop::StoreError::Backend): the message is
+/// [`StoreError::Backend`](backstop::error::StoreError::Backend): the message is
 /// deferred (nacked with backoff), never dead-lettered, and runs once Redis
 /// answers again.
 #[derive(Debug, thiserror::Error)]
@@ -94,11 +94,11 @@ pub(crate) fn hung_up(error: &redis::RedisError) -> bool {
     })
 }
 
-impl From<RedisStoreError> for backstop::StoreError {
+impl From<RedisStoreError> for backstop::error::StoreError {
     fn from(error: RedisStoreError) -> Self {
         match error {
-            RedisStoreError::Layout(error) => backstop::StoreError::Layout(error),
-            other => backstop::StoreError::Backend(Box::new(other)),
+            RedisStoreError::Layout(error) => backstop::error::StoreError::Layout(error),
+            other => backstop::error::StoreError::Backend(Box::new(other)),
         }
     }
 }

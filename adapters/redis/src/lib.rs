@@ -1,6 +1,6 @@
 //! Redis idempotency store for backstop.
 //!
-//! [`RedisStore`] implements [`backstop::Store`]: the lease state machine of
+//! [`RedisStore`] implements [`backstop::idempotency::Store`]: the lease state machine of
 //! the idempotency layer (`absent → in_progress{fence, lease_until} →
 //! completed | dead_lettered`, with release, renewal, takeover of expired
 //! leases counted as crashed runs, fencing tokens and the redrive rule) as
@@ -46,7 +46,7 @@
 //!
 //! When Redis is down, every operation fails within
 //! [`RedisConfig::operation_timeout`] with
-//! [`StoreError::Backend`](backstop::StoreError::Backend); backstop then
+//! [`StoreError::Backend`](backstop::error::StoreError::Backend); backstop then
 //! nacks the message with backoff (never dead-letters it), and the store
 //! reconnects by itself once Redis is back.
 

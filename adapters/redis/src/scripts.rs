@@ -4,7 +4,7 @@
 //! A key is a hash with `state` (`in_progress`, `idle`, `completed`,
 //! `dead_lettered`), `owner`, `fence` and `lease_until` (while in progress),
 //! `failed_runs`, `replay` and `updated_at`, and while a dead letter is
-//! pending (its write failed, [`Store::release_with_letter`](backstop::Store::release_with_letter))
+//! pending (its write failed, [`Store::release_with_letter`](backstop::idempotency::Store::release_with_letter))
 //! `letter_kind`, `letter_error`, `letter_attempts`, `letter_first` and
 //! `letter_last` (milliseconds of the worker's clock) and `letter_replay`
 //! (the redrive it belongs to; a claim of another one ignores it). Times

@@ -4,8 +4,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backstop::error::{Failure, StoreError};
+use backstop::idempotency::Store;
 use backstop::idempotency::{Claim, ClaimOf, Fence, Held, Key, KeyLayout, Layout};
-use backstop::{Failure, Store, StoreError};
 use redis::aio::ConnectionManager;
 
 use crate::link::Link;

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use backstop::ErrorKind;
+use backstop::error::{Failure, StoreError};
 use backstop::idempotency::{Claim, Fence};
-use backstop::{ErrorKind, Failure, StoreError};
 
 use crate::RedisStoreError;
 

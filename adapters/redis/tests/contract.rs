@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use backstop::{BoxError, Store};
+use backstop::error::BoxError;
+use backstop::idempotency::Store;
 use backstop_redis::{RedisConfig, RedisStore};
 use backstop_testkit::store_contract::{Backend, TTL};
 
@@ -46,8 +47,9 @@ backstop_testkit::store_contract_tests!(Redis::new());
 mod batched {
     use std::sync::Arc;
 
+    use backstop::error::BoxError;
+    use backstop::idempotency::Store;
     use backstop::idempotency::{BatchConfig, Batched};
-    use backstop::{BoxError, Store};
     use backstop_testkit::store_contract::Backend;
 
     struct Redis(super::Redis);

@@ -2,8 +2,9 @@
 
 use std::time::{Duration, Instant};
 
+use backstop::error::StoreError;
+use backstop::idempotency::Store;
 use backstop::idempotency::{Claim, Key};
-use backstop::{Store, StoreError};
 use backstop_redis::{RedisConfig, RedisStore, RedisStoreError};
 
 fn url() -> String {
@@ -284,7 +285,7 @@ async fn a_pending_letter_is_reported_only_for_its_redrive() {
         .unwrap();
     let key = Key::new("order-1");
     let lease = Duration::from_secs(5);
-    let letter = backstop::Failure {
+    let letter = backstop::error::Failure {
         kind: backstop::ErrorKind::Timeout,
         message: "no answer in 2s".into(),
         attempts: 2,

@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
-use backstop::{DeadLetterSink, Message, PublishError, SinkError};
+use backstop::Message;
+use backstop::dead_letter::DeadLetterSink;
+use backstop::error::SinkError;
+use backstop::publish::PublishError;
 
 use crate::outlet::SinkOutlet;
 use crate::running::{Running, Settings};

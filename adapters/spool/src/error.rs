@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use backstop::PublishError;
+use backstop::publish::PublishError;
 
 /// A failure of the spool itself.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,6 @@
 //! Reliable publishing for backstop: the producer side of "lose nothing".
 //!
-//! [`ReliablePublisher`] wraps any confirmed [`Publisher`](backstop::Publisher)
+//! [`ReliablePublisher`] wraps any confirmed [`Publisher`](backstop::publish::Publisher)
 //! (RabbitMQ's, Kafka's, the in-memory broker's). A publish is retried with
 //! exponential backoff and full jitter within a [`Budget`]; what the broker
 //! still does not confirm is written to a durable local [`Spool`] (SQLite,

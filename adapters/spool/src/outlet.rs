@@ -10,7 +10,10 @@
 
 use std::time::Duration;
 
-use backstop::{DeadLetterSink, Message, PublishError, Publisher, SinkError};
+use backstop::Message;
+use backstop::dead_letter::DeadLetterSink;
+use backstop::error::SinkError;
+use backstop::publish::{PublishError, Publisher};
 
 /// How a failed send is handled; see the [module docs](self).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

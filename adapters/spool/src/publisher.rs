@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use backstop::{Message, Publisher};
+use backstop::Message;
+use backstop::publish::Publisher;
 
 use crate::outlet::PublisherOutlet;
 use crate::running::{Running, Settings};

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use backstop::dead_letter::DeadLetterSink;
+use backstop::error::SinkError;
 use backstop::memory::{MemoryBroker, MemoryDeadLetterSink};
-use backstop::{
-    Context, DeadLetterSink, HandlerError, Message, PublishError, Runner, SinkError, StackBuilder,
-    handler_fn, wire,
-};
+use backstop::publish::PublishError;
+use backstop::{Context, HandlerError, Message, Runner, StackBuilder, handler_fn, wire};
 use backstop_spool::{SpoolConfig, SpoolingDeadLetterSink};
 use common::*;
 

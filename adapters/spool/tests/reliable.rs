@@ -6,7 +6,8 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use backstop::{Message, PublishError, RetryPolicy};
+use backstop::publish::PublishError;
+use backstop::{Message, RetryPolicy};
 use backstop_spool::{Budget, OpenError, ReliableError, ReliablePublisher, Sent, SpoolConfig};
 use common::*;
 
@@ -289,7 +290,7 @@ async fn a_record_the_broker_refuses_for_good_blocks_only_its_key() {
     #[derive(Clone)]
     struct Refusing(Switch);
     #[async_trait::async_trait]
-    impl backstop::Publisher for Refusing {
+    impl backstop::publish::Publisher for Refusing {
         async fn publish(&self, destination: &str, message: &Message) -> Result<(), PublishError> {
             if destination == "gone" {
                 return Err(PublishError::MissingDestination(destination.to_owned()));
@@ -377,7 +378,7 @@ struct HalfFull {
 }
 
 #[async_trait::async_trait]
-impl backstop::Publisher for HalfFull {
+impl backstop::publish::Publisher for HalfFull {
     async fn publish(&self, destination: &str, message: &Message) -> Result<(), PublishError> {
         if !self.up.load(Ordering::Relaxed) {
             return Err(PublishError::Unavailable("connection refused".into()));

@@ -51,7 +51,7 @@ pub struct LetterJson {
     /// `utf8` or `base64`, when there is a key.
     pub key_encoding: Option<&'static str>,
     /// Every header.
-    pub headers: backstop::Headers,
+    pub headers: backstop::message::Headers,
     /// The payload (see the module docs).
     pub payload: String,
     /// `utf8` or `base64`.
@@ -172,7 +172,7 @@ impl Writer {
 struct LetterLine {
     message_id: String,
     #[serde(default)]
-    headers: backstop::Headers,
+    headers: backstop::message::Headers,
     #[serde(default)]
     key: Option<String>,
     #[serde(default)]

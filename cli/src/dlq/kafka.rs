@@ -17,7 +17,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use backstop::{Message, Publisher, wire};
+use backstop::publish::Publisher;
+use backstop::{Message, wire};
 use backstop_kafka::rdkafka::consumer::Consumer;
 use backstop_kafka::{KafkaConfig, KafkaPublisher, TopicSpec, Topics, blocking};
 

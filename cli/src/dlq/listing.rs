@@ -5,7 +5,7 @@ use super::Letter;
 use super::scratch::Scratch;
 use crate::error::CliError;
 
-/// The rows of a [`Dlq::list`], one per selected letter, on disk.
+/// The rows of a [`Dlq::list`](super::Dlq::list), one per selected letter, on disk.
 #[derive(Debug)]
 pub struct Listing {
     pub(super) rows: Scratch,

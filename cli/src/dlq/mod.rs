@@ -43,7 +43,7 @@ use crate::error::CliError;
 /// The copy of a letter a redrive publishes: [`backstop::copy::redrive`].
 pub use backstop::copy::redrive as redrive_copy;
 
-fn import_failed(message: &Message, to: &str, e: backstop::PublishError) -> CliError {
+fn import_failed(message: &Message, to: &str, e: backstop::publish::PublishError) -> CliError {
     CliError::Republish {
         id: message.meta.message_id.clone(),
         destination: to.to_owned(),
@@ -248,7 +248,7 @@ impl Dlq {
                         report.present += 1;
                         continue;
                     }
-                    backstop::Publisher::publish(&publisher, k.topic(), &message)
+                    backstop::publish::Publisher::publish(&publisher, k.topic(), &message)
                         .await
                         .map_err(|e| import_failed(&message, k.topic(), e))?;
                     report.imported += 1;

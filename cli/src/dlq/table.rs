@@ -16,7 +16,7 @@ fn is_unsafe(c: char) -> bool {
 }
 
 /// `text` safe to print on a terminal: every unsafe character (see
-/// [`is_unsafe`]) written as a Rust escape (`\u{1b}`, `\n`), and `\` as `\\`,
+/// `is_unsafe`) written as a Rust escape (`\u{1b}`, `\n`), and `\` as `\\`,
 /// so an escape in the data cannot be told from one in the output.
 /// With `keep_lines`, newlines and tabs stay as they are (payload bodies).
 pub fn escape(text: &str, keep_lines: bool) -> String {

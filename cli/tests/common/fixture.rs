@@ -12,7 +12,7 @@
 
 use std::fs::File;
 
-use backstop::Publisher as _;
+use backstop::publish::Publisher as _;
 use backstop_kafka::{Kafka, TopicSpec};
 use backstop_rabbitmq::{RabbitMq, Topology};
 use futures::future::try_join_all;

@@ -6,7 +6,8 @@ use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use backstop::{Context, HandlerError, Runner, Source, Stack};
+use backstop::runner::Source;
+use backstop::{Context, HandlerError, Runner, Stack};
 
 pub mod console;
 pub mod fixture;
@@ -66,7 +67,7 @@ pub async fn mark_dead_lettered(store: &backstop_redis::RedisStore, ids: &[Strin
                 panic!("{id} was claimed before");
             };
             assert!(store.mark_dead_lettered(&key, fence).await?);
-            Ok::<_, backstop::StoreError>(())
+            Ok::<_, backstop::error::StoreError>(())
         }
     }))
     .await
@@ -186,7 +187,7 @@ pub fn letter(source: &str, id: &str, n: u64, replayed: u32) -> backstop::Messag
     let now = std::time::SystemTime::now();
     backstop::copy::dead_letter(
         &m,
-        &backstop::Failure {
+        &backstop::error::Failure {
             kind: backstop::ErrorKind::Permanent,
             message: error_for(n).to_owned(),
             attempts: 1,

@@ -18,10 +18,12 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backstop::idempotency::MemoryStore;
 use backstop::memory::MemoryBroker;
+use backstop::payload::DecodeError;
+use backstop::runner::Source;
 use backstop::{
-    Context, DecodeError, HandlerError, KeySource, MemoryStore, Message, Payload, Runner, Source,
-    Stack, StackBuilder, handler_fn,
+    Context, HandlerError, KeySource, Message, Payload, Runner, Stack, StackBuilder, handler_fn,
 };
 
 /// The queue the harness fills and drains.

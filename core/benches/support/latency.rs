@@ -28,7 +28,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use backstop::{AckError, AckHandle, Acker, Delivery, Source, SourceError};
+use backstop::delivery::{AckHandle, Acker, Delivery};
+use backstop::error::AckError;
+use backstop::runner::{Source, SourceError};
 
 /// Latencies of one run, shared by whoever acks.
 #[derive(Clone, Debug, Default)]

@@ -8,11 +8,12 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use backstop::decode::DecodeLayer;
+use backstop::delivery::Received;
+use backstop::error::Failure;
 use backstop::idempotency::{Key, KeySource, MAX_KEY_LEN};
-use backstop::{
-    CancellationToken, DecodeError, ErrorKind, Failure, Message, Payload, Received, Request,
-    attempt, copy, handler, wire,
-};
+use backstop::payload::DecodeError;
+use backstop::request::Request;
+use backstop::{CancellationToken, ErrorKind, Message, Payload, attempt, copy, handler, wire};
 use bytes::Bytes;
 use tower::{Layer, Service, service_fn};
 

@@ -3,9 +3,11 @@
 
 use std::time::{Duration, SystemTime};
 
+use backstop::error::Failure;
 use backstop::headers::AmqpValue;
 use backstop::inbound::{self, AmqpDelivery, KafkaRecord};
-use backstop::{ErrorKind, Failure, Headers, Message, attempt, copy, wire};
+use backstop::message::Headers;
+use backstop::{ErrorKind, Message, attempt, copy, wire};
 use bytes::Bytes;
 
 /// "Now" at clock 0: 2025-01-01T00:00:00Z.
@@ -461,7 +463,7 @@ fn check_received(message: &Message) {
 }
 
 /// The origin headers of `copy`: the source is always where `original` was
-/// consumed ([`Meta::origin`](backstop::Meta::origin)), whatever a header
+/// consumed ([`Meta::origin`](backstop::message::Meta::origin)), whatever a header
 /// said; the position is `original`'s own unless it was consumed from a
 /// retry topic, which keeps the first consumption's.
 fn check_origin(original: &Message, copy: &Message) {

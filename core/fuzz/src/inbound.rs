@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use backstop::headers::{AmqpValue, HeaderValue};
 use backstop::inbound::{self, AmqpDelivery, AmqpProperties, KafkaRecord};
-use backstop::{IdSource, Message, attempt, wire};
+use backstop::message::IdSource;
+use backstop::{Message, attempt, wire};
 use bytes::Bytes;
 
 /// Reads fuzz bytes as a sequence of plain values; past the end, zeros.

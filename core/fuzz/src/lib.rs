@@ -5,7 +5,7 @@
 //! seed in `seeds/<target>/` and every crash saved in `artifacts/<target>/`:
 //!
 //! - [`decode()`]: arbitrary bytes as a message body through the decode layer
-//!   and [`Request::decode`](backstop::Request::decode) into several payload
+//!   and [`Request::decode`](backstop::request::Request::decode) into several payload
 //!   types, then idempotency key extraction and the decode dead letter.
 //! - [`headers()`]: arbitrary headers through attempt and message id parsing,
 //!   the [`wire`](backstop::wire) helpers and the retry and dead-letter copies,

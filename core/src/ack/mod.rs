@@ -9,7 +9,7 @@
 //! original is acked ([`Settled::Postponed`]). A requeueing nack would spend
 //! the quorum queue's delivery count, and after `x-delivery-limit` the
 //! broker would dead-letter a healthy message. A delivery with a
-//! [deadline](crate::Delivery::deadline) (RabbitMQ's consumer timeout less
+//! [deadline](crate::delivery::Delivery::deadline) (RabbitMQ's consumer timeout less
 //! a margin) is postponed the same way if it is still unsettled then: the
 //! handler's token fires, a run still going after the nack delay more is
 //! dropped (its lease released, no attempt counted), and the message goes
@@ -29,8 +29,11 @@ use tokio_util::sync::CancellationToken;
 use tower::Service;
 
 use self::postpone::Postponer;
+use crate::delivery::{AckHandle, Delivery, Received};
+use crate::error::{AckError, Error};
+use crate::lifecycle;
+use crate::outcome::Outcome;
 use crate::retry::RetrySink;
-use crate::{AckError, AckHandle, Delivery, Error, Outcome, Received, lifecycle};
 
 /// How a delivery was settled.
 #[derive(Debug)]

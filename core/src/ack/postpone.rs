@@ -4,8 +4,12 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::ack::Settled;
+use crate::delivery::AckHandle;
+use crate::error::{AckError, Error};
+use crate::message::Message;
 use crate::retry::RetrySink;
-use crate::{AckError, AckHandle, Error, Message, Settled, copy, lifecycle};
+use crate::{copy, lifecycle};
 
 /// What a postponement needs: the sink and the message (shared, kept only
 /// when there is a sink, or for the settlement's lifecycle event while

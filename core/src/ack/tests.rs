@@ -3,7 +3,8 @@ use std::sync::{Arc, Mutex};
 use tower::{Layer, ServiceExt, service_fn};
 
 use super::*;
-use crate::{Acker, Message};
+use crate::delivery::Acker;
+use crate::message::Message;
 
 #[derive(Clone, Default)]
 struct Log(Arc<Mutex<Vec<String>>>);
@@ -42,7 +43,7 @@ async fn every_outcome_is_acked_once() {
         Outcome::Handled,
         Outcome::Duplicate,
         Outcome::DeadLettered {
-            kind: crate::ErrorKind::Decode,
+            kind: crate::error::ErrorKind::Decode,
         },
     ] {
         let log = Log::default();
@@ -153,9 +154,9 @@ impl crate::retry::RetrySink for Recording {
         &self,
         copy: Message,
         delay: std::time::Duration,
-    ) -> Result<(), crate::SinkError> {
+    ) -> Result<(), crate::error::SinkError> {
         if self.refuse {
-            return Err(crate::SinkError::Unsupported("classic queue".into()));
+            return Err(crate::error::SinkError::Unsupported("classic queue".into()));
         }
         self.log.0.lock().unwrap().push(format!(
             "copy attempt={} header={:?} delay={delay:?}",
@@ -177,7 +178,7 @@ fn postponing(log: &Log, refuse: bool) -> AckLayer {
 async fn an_outage_is_postponed_through_the_sink_with_the_same_attempt_then_acked() {
     for error in [
         || Error::Unavailable("db down".into()),
-        || Error::Store(crate::StoreError::Backend("redis down".into())),
+        || Error::Store(crate::error::StoreError::Backend("redis down".into())),
         || Error::Busy { key: "k".into() },
     ] {
         let log = Log::default();

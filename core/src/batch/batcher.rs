@@ -11,7 +11,10 @@ use tokio::time::Instant;
 
 use super::call::{batch_failed, run};
 use super::{BatchConfig, HandleBatch};
-use crate::{Context, ErrorKind, Handle, HandlerError, Payload};
+use crate::context::Context;
+use crate::error::{ErrorKind, HandlerError};
+use crate::handler::Handle;
+use crate::payload::Payload;
 
 /// One attempt waiting for its batch.
 struct Waiting<T> {

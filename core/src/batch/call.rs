@@ -6,7 +6,8 @@ use std::panic::AssertUnwindSafe;
 use futures::FutureExt as _;
 
 use super::HandleBatch;
-use crate::{Context, ErrorKind, HandlerError};
+use crate::context::Context;
+use crate::error::{ErrorKind, HandlerError};
 
 /// Runs `items` through the handler: one result per item, whatever the
 /// handler does (a panic, the wrong number of results).

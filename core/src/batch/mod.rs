@@ -2,7 +2,7 @@
 //! insert instead of N round trips) and answers each message on its own.
 //!
 //! A [`HandleBatch`] handler is wrapped in a [`Batcher`], which is a
-//! [`Handle`](crate::Handle) like any other: every message still runs through the whole
+//! [`Handle`](crate::handler::Handle) like any other: every message still runs through the whole
 //! stack on its own (its claim in the idempotency store, its retries, its
 //! dead letter, its ack), and only its *attempt* waits to join a batch.
 //! So a partial failure stays partial: the handler returns one result per
@@ -25,7 +25,7 @@
 //!   failure is the message's own and permanent (kind `panic`, or
 //!   `permanent` for a wrong count), as a panicking handler's is.
 //! - **One message per key.** A batch holds at most one message of a
-//!   payload key ([`Payload::key`](crate::Payload::key)); a second waits
+//!   payload key ([`Payload::key`](crate::payload::Payload::key)); a second waits
 //!   for the next batch.
 //! - **Cancellation and timeouts.** A batch runs on a task of its own, so
 //!   no member's cancellation stops it. An attempt abandoned while it
@@ -87,7 +87,8 @@ pub use self::batcher::Batcher;
 use std::future::Future;
 use std::time::Duration;
 
-use crate::{Context, HandlerError};
+use crate::context::Context;
+use crate::error::HandlerError;
 
 /// A handler of several messages at once; see the [module docs](self).
 pub trait HandleBatch<T>: Send + Sync + 'static {

@@ -8,8 +8,12 @@ use std::time::Duration;
 
 use super::*;
 use crate::memory::MemoryBroker;
+use crate::message::Message;
+use crate::retry::RetryPolicy;
+use crate::runner::{Runner, Summary};
+use crate::stack::StackBuilder;
 use crate::testing::Order;
-use crate::{Message, RetryPolicy, Runner, StackBuilder, Summary, wire};
+use crate::wire;
 
 /// Records each batch (order ids); fails ids by rule.
 struct Recorder {

@@ -3,7 +3,7 @@
 //!
 //! Every settled delivery is a signal. An *outage* (the idempotency store
 //! down, the inbox unable to connect, a handler's
-//! [`HandlerError::Unavailable`](crate::HandlerError::Unavailable)) counts
+//! [`HandlerError::Unavailable`](crate::error::HandlerError::Unavailable)) counts
 //! toward the trip; any other result resets the count. With
 //! [`BreakerConfig::count_transient`], transient failures that left the
 //! process (a broker-delayed retry, a dead letter of kind `exhausted` or

@@ -1,6 +1,8 @@
 //! [`Signal`]: what one settled delivery tells the breaker.
 
-use crate::{AckError, Error, ErrorKind, Outcome, Settled};
+use crate::ack::Settled;
+use crate::error::{AckError, Error, ErrorKind};
+use crate::outcome::Outcome;
 
 /// What one settled delivery says about the dependencies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

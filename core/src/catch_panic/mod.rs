@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use crate::{ErrorKind, HandlerError};
+use crate::error::{ErrorKind, HandlerError};
 
 /// A handler panicked.
 #[derive(Debug, thiserror::Error)]

@@ -7,10 +7,10 @@
 //! error text, attempts): the handler does not run again (see
 //! *Pending letters* below).
 //!
-//! A write that can never succeed ([`SinkError::is_permanent`](crate::SinkError::is_permanent):
+//! A write that can never succeed ([`SinkError::is_permanent`](crate::error::SinkError::is_permanent):
 //! too large, unroutable, a missing destination, not authorised) is not
 //! retried forever: the error says so ([`Error::is_unwritable_letter`]) and
-//! the [`Runner`](crate::Runner) stops consuming its source, reports not
+//! the [`Runner`](crate::runner::Runner) stops consuming its source, reports not
 //! ready, and never acks the message without its letter.
 //!
 //! # Pending letters
@@ -21,7 +21,7 @@
 //! - **The idempotency store**, for a message with a key under an
 //!   [`IdempotencyLayer`](crate::idempotency::IdempotencyLayer): the layer
 //!   records the failure under the key's lease
-//!   ([`Store::release_with_letter`](crate::Store::release_with_letter)), and the next
+//!   ([`Store::release_with_letter`](crate::idempotency::Store::release_with_letter)), and the next
 //!   claim of the key reports it
 //!   ([`Claim::LetterPending`](crate::idempotency::Claim::LetterPending)),
 //!   which reaches this service as a [`PendingLetter`] extension. With a
@@ -55,9 +55,13 @@ use tower::Service;
 
 use self::pending::PendingLetters;
 use crate::at_once::{self, AtOnce};
+use crate::copy;
+use crate::error::{Error, Failure};
 use crate::expiry::{OnExpiry, TimeToLive};
+use crate::message::Message;
+use crate::outcome::Outcome;
+use crate::request::Request;
 use crate::transaction::InTransaction;
-use crate::{Error, Failure, Message, Outcome, Request, copy};
 
 /// The DLQ of a queue, on a broker of queues (RabbitMQ, the in-memory
 /// broker): `<queue>.dlq`.

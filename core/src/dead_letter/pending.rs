@@ -4,7 +4,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
-use crate::{Failure, Message};
+use crate::error::Failure;
+use crate::message::Message;
 
 /// In a request's extensions when the idempotency store recorded that the
 /// message's run failed for good and its dead letter is still to be written
@@ -102,7 +103,7 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::ErrorKind;
+    use crate::error::ErrorKind;
 
     fn failure(text: &str) -> Failure {
         Failure {

@@ -1,5 +1,6 @@
+use crate::error::SinkError;
+use crate::message::Message;
 use crate::transaction::InTransaction;
-use crate::{Message, SinkError};
 
 /// Where dead letters go.
 ///

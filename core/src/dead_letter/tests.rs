@@ -7,8 +7,9 @@ use std::time::SystemTime;
 use tower::{Layer, ServiceExt, service_fn};
 
 use super::*;
+use crate::error::{ErrorKind, Failure};
 use crate::testing::{RecordingSink, request};
-use crate::{ErrorKind, Failure, wire};
+use crate::wire;
 
 fn failing(
     kind: ErrorKind,

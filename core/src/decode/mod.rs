@@ -8,7 +8,9 @@ use std::task::{Context, Poll};
 
 use tower::Service;
 
-use crate::{Payload, Received, Request};
+use crate::delivery::Received;
+use crate::payload::Payload;
+use crate::request::Request;
 
 mod layer;
 
@@ -75,7 +77,7 @@ mod tests {
     use tower::{Layer, ServiceExt, service_fn};
 
     use super::*;
-    use crate::Message;
+    use crate::message::Message;
     use crate::payload::DecodeError;
 
     async fn decoded(

@@ -64,7 +64,7 @@ impl Headers {
     /// No headers, with room for `n` without reallocating.
     ///
     /// ```
-    /// let mut headers = backstop::Headers::with_capacity(1);
+    /// let mut headers = backstop::message::Headers::with_capacity(1);
     /// headers.insert("x-tenant", "acme");
     /// assert_eq!(headers.get("x-tenant"), Some("acme"));
     /// ```

@@ -12,8 +12,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use super::measured::{BatchOp, StoreOps};
 use super::{Claim, ClaimOf, Fence, Held, Key, Layout, Store};
+use crate::error::{Failure, StoreError};
 use crate::metrics::MetricLabels;
-use crate::{Failure, StoreError};
 
 /// How [`Batched`] gathers calls: the largest batch, and how many round
 /// trips of one kind (claims, completions) may be in flight at
@@ -109,7 +109,7 @@ fn store_error(error: BatchError) -> StoreError {
 /// use std::time::Duration;
 ///
 /// use backstop::idempotency::{Batched, BatchConfig, Key, MemoryStore};
-/// use backstop::Store;
+/// use backstop::idempotency::Store;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {

@@ -246,12 +246,12 @@ async fn a_completion_that_fails_is_not_acked_and_is_written_once_the_store_answ
         let runs = Arc::clone(&runs);
         deduper.run(crate::testing::request("a"), move |_r| async move {
             runs.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, crate::Error>(crate::Outcome::Handled)
+            Ok::<_, crate::error::Error>(crate::outcome::Outcome::Handled)
         })
     };
     store.down.store(true, Ordering::SeqCst);
     let ran = run().await;
-    assert!(matches!(ran, Err(crate::Error::Store(_))), "{ran:?}");
+    assert!(matches!(ran, Err(crate::error::Error::Store(_))), "{ran:?}");
     assert_eq!(
         store.sizes(),
         vec![1, 1],
@@ -259,12 +259,15 @@ async fn a_completion_that_fails_is_not_acked_and_is_written_once_the_store_answ
     );
     // The redelivery while the store is down finds its key held.
     let busy = run().await;
-    assert!(matches!(busy, Err(crate::Error::Busy { .. })), "{busy:?}");
+    assert!(
+        matches!(busy, Err(crate::error::Error::Busy { .. })),
+        "{busy:?}"
+    );
     // The completion is retried in the background and written once the
     // store answers: the next redelivery is a duplicate, not a second run.
     store.down.store(false, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(run().await.unwrap(), crate::Outcome::Duplicate);
+    assert_eq!(run().await.unwrap(), crate::outcome::Outcome::Duplicate);
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use super::measured::Timed;
 use super::{Claim, Fence, Key, Keyspace, Layout, MAX_LETTER_TEXT, Store};
-use crate::{Error, Failure, Outcome, wire};
+use crate::error::{Error, Failure};
+use crate::outcome::Outcome;
+use crate::wire;
 
 /// The keys one message is leased under: its key in its consumer's
 /// keyspace (or as given, in the legacy layout), and during a migration
@@ -15,7 +17,12 @@ pub(super) struct Keys {
 }
 
 impl Keys {
-    pub(super) fn of(layout: Layout, raw: &str, meta: &crate::Meta, service: Option<&str>) -> Self {
+    pub(super) fn of(
+        layout: Layout,
+        raw: &str,
+        meta: &crate::message::Meta,
+        service: Option<&str>,
+    ) -> Self {
         if !layout.keyspaced() {
             return Keys {
                 key: Key::new(raw),
@@ -172,7 +179,7 @@ pub(super) fn settle_now(
     key: &Key,
     fence: Fence,
     result: &Result<Outcome, Error>,
-) -> Option<Result<(), crate::StoreError>> {
+) -> Option<Result<(), crate::error::StoreError>> {
     match result {
         Ok(Outcome::Handled | Outcome::Discarded { .. }) => {
             Some(store.complete_now(key, fence)?.map(lost(key, fence)))
@@ -189,7 +196,7 @@ pub(super) async fn settle(
     key: &Key,
     fence: Fence,
     result: &Result<Outcome, Error>,
-) -> Result<(), crate::StoreError> {
+) -> Result<(), crate::error::StoreError> {
     // Discarded: settled for good as well, so a redelivery is a duplicate.
     if let Ok(Outcome::Handled | Outcome::Discarded { .. }) = result {
         return store.complete(key, fence).await.map(lost(key, fence));

@@ -7,7 +7,8 @@ use smallvec::SmallVec;
 
 use super::guard::LeaseGuard;
 use super::{Fence, Key, Store};
-use crate::{Outcome, StoreError};
+use crate::error::StoreError;
+use crate::outcome::Outcome;
 
 /// What the marks record once the commit returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,7 +24,7 @@ enum Mark {
 impl Mark {
     /// The mark a result leaves after the commit, if it waits for one: a
     /// duplicate and every error are settled at once (they produce nothing).
-    fn after_commit(result: &Result<Outcome, crate::Error>) -> Option<Mark> {
+    fn after_commit(result: &Result<Outcome, crate::error::Error>) -> Option<Mark> {
         match result {
             Ok(Outcome::Handled | Outcome::Discarded { .. }) => Some(Mark::Complete),
             Ok(Outcome::DeadLettered { .. }) => Some(Mark::DeadLetter),
@@ -67,7 +68,7 @@ impl std::fmt::Debug for HeldMarks {
 impl HeldMarks {
     /// The marks `result` leaves, if they wait for a commit (a duplicate
     /// and every error are settled at once: they produce nothing).
-    pub(super) fn waiting(result: &Result<Outcome, crate::Error>) -> Option<Waiting> {
+    pub(super) fn waiting(result: &Result<Outcome, crate::error::Error>) -> Option<Waiting> {
         Some(Waiting {
             mark: Mark::after_commit(result)?,
             runtime: tokio::runtime::Handle::try_current().ok()?,

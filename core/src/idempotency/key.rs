@@ -3,7 +3,8 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::{Message, Request};
+use crate::message::Message;
+use crate::request::Request;
 
 /// Keys longer than this many bytes are stored as their SHA-256.
 pub const MAX_KEY_LEN: usize = 200;

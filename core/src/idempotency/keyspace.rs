@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use super::Key;
-use crate::Meta;
+use crate::message::Meta;
 
 /// The part of every stored idempotency key that names the consumer: the
 /// source (RabbitMQ queue, Kafka topic), the Kafka consumer group, and an
@@ -134,7 +134,7 @@ mod tests {
 
     #[test]
     fn a_key_written_in_place_equals_the_keyspace_key() {
-        let mut meta = crate::Message::new("{}").meta;
+        let mut meta = crate::message::Message::new("{}").meta;
         meta.source = "or:ders".into();
         meta.group = Some("g#1".into());
         for service in [None, Some("bill@ing")] {

@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 use super::*;
-use crate::{Message, StoreError};
+use crate::error::StoreError;
+use crate::message::Message;
 
 const LEASE: Duration = Duration::from_secs(30);
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Claim, Fence, Key, Store};
-use crate::{Failure, StoreError};
+use crate::error::{Failure, StoreError};
 
 /// An in-process [`Store`]: bounded, with a TTL for finished keys.
 ///

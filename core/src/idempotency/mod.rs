@@ -47,7 +47,7 @@
 //! **Lost leases.** The inner layers see a child of the request's
 //! cancellation token that also fires when the lease is lost: the store
 //! refused a renewal (the lease was taken over), or no renewal got through
-//! for a whole lease. The handler's [`Context::cancellation`](crate::Context::cancellation)
+//! for a whole lease. The handler's [`Context::cancellation`](crate::context::Context::cancellation)
 //! fires, retries stop, and the message is left for redelivery; a completion
 //! that still arrives is refused by the fence. The handler's effects between
 //! the loss and its noticing the token are outside the fence: fence them in
@@ -59,7 +59,7 @@
 //! run and marks the message a [`Suspect`]. A suspect runs alone: it waits
 //! until nothing else of this layer is in flight, and nothing else starts
 //! until it ends, so a repeat crash charges only it. Once its attempts are
-//! spent it is dead-lettered as [`ErrorKind::Crashed`](crate::ErrorKind::Crashed)
+//! spent it is dead-lettered as [`ErrorKind::Crashed`](crate::error::ErrorKind::Crashed)
 //! without running. Leases released on shutdown, revoke, a deferral or a
 //! dropped future never count (a future dropped at the shutdown deadline
 //! releases from a spawned task: if the process exits first, that lease
@@ -108,7 +108,9 @@ use self::guard::LeaseGuard;
 use self::renew::Renewer;
 use crate::at_once::{self, AtOnce};
 use crate::dead_letter::PendingLetter;
-use crate::{Error, Outcome, Request};
+use crate::error::Error;
+use crate::outcome::Outcome;
+use crate::request::Request;
 
 /// How the idempotency layer keys and leases messages.
 #[derive(Clone, Debug)]
@@ -549,7 +551,10 @@ impl Deduper {
 
 /// Ends `guard` by the write of its outcome: finished, or (the write
 /// failed) its completion retried in the background; the error then.
-fn ended(guard: LeaseGuard, written: Result<(), crate::StoreError>) -> Option<crate::StoreError> {
+fn ended(
+    guard: LeaseGuard,
+    written: Result<(), crate::error::StoreError>,
+) -> Option<crate::error::StoreError> {
     match written {
         Ok(()) => {
             guard.finish();
@@ -566,7 +571,7 @@ fn ended(guard: LeaseGuard, written: Result<(), crate::StoreError>) -> Option<cr
 /// its completion is written (it is redelivered).
 fn completed(
     result: Result<Outcome, Error>,
-    unwritten: Option<crate::StoreError>,
+    unwritten: Option<crate::error::StoreError>,
 ) -> Result<Outcome, Error> {
     match (result, unwritten) {
         (Ok(Outcome::Handled | Outcome::Discarded { .. }), Some(error)) => Err(Error::Store(error)),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Claim, ClaimOf, Fence, Held, Key, Store};
-use crate::{Failure, StoreError};
+use crate::error::{Failure, StoreError};
 
 /// A [`Store`] whose keys all live in one namespace: every key is stored as
 /// `<namespace>:<key>` in the inner store; everything else is forwarded.

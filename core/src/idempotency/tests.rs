@@ -17,7 +17,9 @@ fn stored_in(queue: &str, id: &str) -> Key {
 fn stored(id: &str) -> Key {
     stored_in("orders", id)
 }
-use crate::{ErrorKind, Message, StoreError, wire};
+use crate::error::{ErrorKind, StoreError};
+use crate::message::Message;
+use crate::wire;
 
 type Script = Arc<dyn Fn(u32) -> Result<Outcome, Error> + Send + Sync>;
 
@@ -561,14 +563,16 @@ async fn a_message_that_keeps_crashing_is_dead_lettered_as_crashed_without_runni
         .unwrap();
     let calls = Arc::new(AtomicU32::new(0));
     let c = Arc::clone(&calls);
-    let stack = crate::StackBuilder::<String>::new(Arc::new(broker.dead_letter_sink()))
-        .retry(crate::RetryPolicy::retries(1))
+    let stack = crate::stack::StackBuilder::<String>::new(Arc::new(broker.dead_letter_sink()))
+        .retry(crate::retry::RetryPolicy::retries(1))
         .idempotency(store, KeySource::MessageId)
-        .build(crate::handler_fn(move |_b: String, _c: crate::Context| {
-            c.fetch_add(1, Ordering::SeqCst);
-            async { Ok::<(), crate::HandlerError>(()) }
-        }));
-    let summary = crate::Runner::new(broker.consume("crashy", 4).until_drained(), stack)
+        .build(crate::handler::handler_fn(
+            move |_b: String, _c: crate::context::Context| {
+                c.fetch_add(1, Ordering::SeqCst);
+                async { Ok::<(), crate::error::HandlerError>(()) }
+            },
+        ));
+    let summary = crate::runner::Runner::new(broker.consume("crashy", 4).until_drained(), stack)
         .run()
         .await
         .unwrap();
@@ -644,7 +648,7 @@ async fn a_pending_letter_is_written_by_another_worker_without_running_the_handl
             DeadLetterLayer::new(Arc::new(sink)).layer(service_fn(move |_r: Request<String>| {
                 calls.fetch_add(1, Ordering::SeqCst);
                 async move {
-                    Err::<Outcome, _>(Error::Failed(crate::Failure {
+                    Err::<Outcome, _>(Error::Failed(crate::error::Failure {
                         kind,
                         message: text.into(),
                         attempts: 2,
@@ -701,7 +705,7 @@ async fn a_pending_letter_keeps_a_bounded_error_text() {
     let sink = RecordingSink::default();
     sink.failing.store(true, Ordering::SeqCst);
     let long = "é".repeat(3000);
-    let failure = crate::Failure {
+    let failure = crate::error::Failure {
         kind: ErrorKind::Permanent,
         message: long.clone(),
         attempts: 1,

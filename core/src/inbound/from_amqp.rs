@@ -7,7 +7,8 @@ use sha2::{Digest, Sha256};
 use super::time_from_secs;
 use crate::headers::{AmqpValue, HeaderValue};
 use crate::message::IdSource;
-use crate::{Headers, Message, Meta, attempt, wire};
+use crate::message::{Headers, Message, Meta};
+use crate::{attempt, wire};
 
 /// The AMQP basic properties of a delivery, as plain values.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -6,7 +6,8 @@ use bytes::Bytes;
 use super::time_from_millis;
 use crate::headers::HeaderValue;
 use crate::message::IdSource;
-use crate::{Headers, Message, Meta, attempt, wire};
+use crate::message::{Headers, Message, Meta};
+use crate::{attempt, wire};
 
 /// A Kafka record, as plain values borrowed from the client's record.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

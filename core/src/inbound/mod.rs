@@ -15,7 +15,7 @@
 //! routing or counting:
 //!
 //! - Routing: dead letters and retry copies go where the message was consumed
-//!   ([`Meta::origin`](crate::Meta::origin): the RabbitMQ queue, or for a Kafka retry topic the
+//!   ([`Meta::origin`](crate::message::Meta::origin): the RabbitMQ queue, or for a Kafka retry topic the
 //!   source topic from the adapter's own table), never to a queue or topic a
 //!   header names. `x-backstop-original-source` and `x-backstop-group` are
 //!   rewritten on every hop and are informational only.
@@ -54,7 +54,8 @@ pub use self::from_kafka::{KafkaRecord, kafka, kafka_with_headers, position_id};
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, SystemTime};
 
-use crate::{Message, wire};
+use crate::message::Message;
+use crate::wire;
 
 /// The latest time a broker timestamp may name: the wire format's maximum.
 fn latest() -> SystemTime {
@@ -80,7 +81,7 @@ pub fn time_from_millis(millis: i64) -> Option<SystemTime> {
 }
 
 /// Runs an adapter's conversion; if it panics, logs the panic and returns
-/// `fallback` with [`Meta::conversion_error`](crate::Meta::conversion_error) set, so the message is
+/// `fallback` with [`Meta::conversion_error`](crate::message::Meta::conversion_error) set, so the message is
 /// dead-lettered as `decode` instead of the panic stopping the runner.
 ///
 /// `fallback` must build its message from values that cannot fail (the

@@ -11,8 +11,8 @@
 //!
 //! | field | type | what |
 //! |---|---|---|
-//! | `message_id` | text | [`Meta::message_id`](crate::Meta#structfield.message_id) |
-//! | `source` | text | the queue or topic the message was consumed from ([`Meta::source`](crate::Meta#structfield.source); for a copy consumed from a Kafka retry topic, that topic) |
+//! | `message_id` | text | [`Meta::message_id`](crate::message::Meta#structfield.message_id) |
+//! | `source` | text | the queue or topic the message was consumed from ([`Meta::source`](crate::message::Meta#structfield.source); for a copy consumed from a Kafka retry topic, that topic) |
 //! | `partition` | i32 | the Kafka partition; absent elsewhere |
 //! | `offset` | i64 | the Kafka offset; absent elsewhere |
 //! | `delivery_tag` | u64 | the AMQP (or in-memory) delivery tag; absent on Kafka |
@@ -53,7 +53,7 @@
 //! attempt_started attempt=2 → acked outcome=handled`.
 //!
 //! The events come from the functions the stack's pipeline and the tower
-//! layers share ([`ack`](crate::ack), [`Request::decode`](crate::Request::decode),
+//! layers share ([`ack`](crate::ack), [`Request::decode`](crate::request::Request::decode),
 //! [`idempotency`](crate::idempotency), [`retry`](crate::retry),
 //! [`dead_letter`](crate::dead_letter)), so both emit the same sequence.
 //! Disabled by level (no subscriber, or one at `info`), each costs a
@@ -68,7 +68,9 @@
 use tracing::Level;
 use tracing::level_filters::{LevelFilter, STATIC_MAX_LEVEL};
 
-use crate::{Error, ErrorKind, HandlerError, Message, Meta, Outcome};
+use crate::error::{Error, ErrorKind, HandlerError};
+use crate::message::{Message, Meta};
+use crate::outcome::Outcome;
 
 /// The target of every lifecycle event.
 pub const TARGET: &str = "backstop::lifecycle";
@@ -119,7 +121,7 @@ fn received_event(meta: &Meta) {
 
 /// Emits `decoded`, with the decoding failure if there was one.
 #[inline]
-pub(crate) fn decoded(meta: &Meta, attempt: u32, failure: Option<&crate::DecodeError>) {
+pub(crate) fn decoded(meta: &Meta, attempt: u32, failure: Option<&crate::payload::DecodeError>) {
     if on() {
         decoded_event(meta, attempt, failure);
     }
@@ -127,12 +129,12 @@ pub(crate) fn decoded(meta: &Meta, attempt: u32, failure: Option<&crate::DecodeE
 
 #[cold]
 #[inline(never)]
-fn decoded_event(meta: &Meta, attempt: u32, failure: Option<&crate::DecodeError>) {
+fn decoded_event(meta: &Meta, attempt: u32, failure: Option<&crate::payload::DecodeError>) {
     match failure {
         None => event!(meta, "decoded", attempt),
         Some(error) => {
             let kind = match error {
-                crate::DecodeError::TooLarge { .. } => ErrorKind::TooLarge,
+                crate::payload::DecodeError::TooLarge { .. } => ErrorKind::TooLarge,
                 _ => ErrorKind::Decode,
             };
             event!(meta, "decoded", attempt, kind = kind.as_str(), error = %error);

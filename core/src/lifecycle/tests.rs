@@ -11,12 +11,16 @@ use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
 use tracing_subscriber::{Layer, registry};
 
 use super::TARGET;
+use crate::context::Context;
+use crate::error::HandlerError;
+use crate::handler::handler_fn;
+use crate::idempotency::{KeySource, MemoryStore};
 use crate::memory::MemoryBroker;
+use crate::message::Message;
+use crate::retry::RetryPolicy;
+use crate::runner::Runner;
+use crate::stack::StackBuilder;
 use crate::testing::Order;
-use crate::{
-    Context, HandlerError, KeySource, MemoryStore, Message, RetryPolicy, Runner, StackBuilder,
-    handler_fn,
-};
 
 /// One captured lifecycle event: its name and its fields as text.
 #[derive(Clone, Debug)]

@@ -2,7 +2,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::Shared;
-use crate::{AckError, Acker};
+use crate::delivery::Acker;
+use crate::error::AckError;
 
 /// How an in-memory delivery is settled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

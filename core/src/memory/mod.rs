@@ -26,7 +26,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use self::queue::Queue;
-use crate::{Message, PublishError, Publisher, attempt, wire};
+use crate::message::Message;
+use crate::publish::{PublishError, Publisher};
+use crate::{attempt, wire};
 
 /// The queues by name. foldhash, not SipHash: every fetch and every ack
 /// looks its queue up, and the names are the application's own.
@@ -115,12 +117,12 @@ impl MemoryBroker {
         message
             .headers
             .insert(wire::MESSAGE_ID.to_owned(), id.clone());
-        message.meta = crate::Meta {
+        message.meta = crate::message::Meta {
             source: name.to_owned(),
             attempt: attempt::from_headers(&message.headers),
             message_id: id,
             timestamp: Some(std::time::SystemTime::now()),
-            ..crate::Meta::default()
+            ..crate::message::Meta::default()
         };
         let mut queues = self.shared.lock();
         let queue = queues.entry(name.to_owned()).or_default();
@@ -172,14 +174,14 @@ impl MemoryBroker {
         names
     }
 
-    /// A [`DeadLetterSink`](crate::DeadLetterSink) writing to `<source>.dlq`.
+    /// A [`DeadLetterSink`](crate::dead_letter::DeadLetterSink) writing to `<source>.dlq`.
     pub fn dead_letter_sink(&self) -> MemoryDeadLetterSink {
         MemoryDeadLetterSink {
             broker: self.clone(),
         }
     }
 
-    /// A [`RetrySink`](crate::RetrySink) republishing to the source queue with a delay.
+    /// A [`RetrySink`](crate::retry::RetrySink) republishing to the source queue with a delay.
     pub fn retry_sink(&self) -> MemoryRetrySink {
         MemoryRetrySink {
             broker: self.clone(),

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::Message;
+use crate::message::Message;
 
 /// Counts of one in-memory queue.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -2,11 +2,12 @@ use std::time::Duration;
 
 use super::MemoryBroker;
 use crate::dead_letter::{DeadLetterSink, dlq_name};
+use crate::error::SinkError;
+use crate::message::Message;
 use crate::retry::RetrySink;
-use crate::{Message, SinkError};
 
 /// The in-memory broker's DLQ writer: `<queue>.dlq` of the queue the
-/// message was consumed from ([`Meta::origin`](crate::Meta::origin)) unless told otherwise.
+/// message was consumed from ([`Meta::origin`](crate::message::Meta::origin)) unless told otherwise.
 #[derive(Clone, Debug)]
 pub struct MemoryDeadLetterSink {
     pub(crate) broker: MemoryBroker,

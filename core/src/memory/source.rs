@@ -6,7 +6,7 @@ use tokio::time::Instant;
 use super::Shared;
 use super::acker::MemoryAcker;
 use super::queue::Unacked;
-use crate::Delivery;
+use crate::delivery::Delivery;
 use crate::runner::{Source, SourceError};
 
 /// A consumer of one in-memory queue, with a prefetch bound.

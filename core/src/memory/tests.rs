@@ -1,9 +1,10 @@
 use std::time::Duration;
 
 use super::*;
-use crate::{AckError, Source};
+use crate::error::AckError;
+use crate::runner::Source;
 
-async fn next(src: &mut MemorySource) -> crate::Delivery {
+async fn next(src: &mut MemorySource) -> crate::delivery::Delivery {
     tokio::time::timeout(Duration::from_secs(5), src.next())
         .await
         .expect("a delivery in time")

@@ -5,7 +5,8 @@
 use metrics::{Key, Level, Metadata};
 
 use super::{HANDLER_DURATION, IN_FLIGHT, MESSAGES_TOTAL, MetricLabels};
-use crate::{Error, Outcome};
+use crate::error::Error;
+use crate::outcome::Outcome;
 
 /// Where the recorder is told backstop's metrics come from (as the
 /// `metrics` macros would say from this module).
@@ -106,7 +107,7 @@ mod tests {
         let results = [
             Ok(Outcome::Handled),
             Ok(Outcome::DeadLettered {
-                kind: crate::ErrorKind::Decode,
+                kind: crate::error::ErrorKind::Decode,
             }),
             Ok(Outcome::Deferred {
                 attempt: 2,
@@ -115,7 +116,7 @@ mod tests {
             Ok(Outcome::Duplicate),
             Err(Error::Shutdown),
             Ok(Outcome::Discarded {
-                kind: crate::ErrorKind::Expired,
+                kind: crate::error::ErrorKind::Expired,
             }),
         ];
         let keys = MessageKeys::new(&MetricLabels::new("q", "q"));

@@ -9,8 +9,8 @@
 //! Through the [`metrics`] facade; install any recorder (Prometheus, …).
 //!
 //! Every metric carries the `source` and `group` labels of its consumer
-//! ([`MetricLabels`]; set with [`StackBuilder::metric_labels`](crate::StackBuilder::metric_labels)
-//! and [`Runner::metric_labels`](crate::Runner::metric_labels)).
+//! ([`MetricLabels`]; set with [`StackBuilder::metric_labels`](crate::stack::StackBuilder::metric_labels)
+//! and [`Runner::metric_labels`](crate::runner::Runner::metric_labels)).
 //!
 //! | name | kind | more labels |
 //! |---|---|---|
@@ -19,9 +19,9 @@
 //! | `backstop_in_flight` | gauge, messages | |
 //! | `backstop_digest_id_merges_total` | counter | |
 //! | `backstop_breaker_state` | gauge | (0 closed, 1 half-open, 2 open, 3 paused; see [`breaker`](crate::breaker)) |
-//! | `backstop_runner_halted` | gauge | (set by the [`Runner`](crate::Runner), see [`HALTED`](crate::runner::HALTED)) |
-//! | `backstop_ready` | gauge | 1 while the runner is ready ([`Readiness`](crate::Readiness)), else 0 |
-//! | `backstop_store_duration_seconds` | histogram, seconds | `op`: the [`Store`](crate::Store) method (claim, renew, complete, mark_dead_lettered, release, release_with_letter, layout, claim_many, renew_many, complete_many) |
+//! | `backstop_runner_halted` | gauge | (set by the [`Runner`](crate::runner::Runner), see [`HALTED`](crate::runner::HALTED)) |
+//! | `backstop_ready` | gauge | 1 while the runner is ready ([`Readiness`](crate::runner::Readiness)), else 0 |
+//! | `backstop_store_duration_seconds` | histogram, seconds | `op`: the [`Store`](crate::idempotency::Store) method (claim, renew, complete, mark_dead_lettered, release, release_with_letter, layout, claim_many, renew_many, complete_many) |
 //! | `backstop_store_errors_total` | counter | `op` (a batch counts each failed item) |
 //! | `backstop_kafka_lag_records` | gauge | `source`, `group`, `topic`, `partition` |
 //! | `backstop_kafka_oldest_unfinished_seconds` | gauge | `source`, `group`, `topic`, `partition` |
@@ -77,7 +77,7 @@
 //!
 //! `backstop_digest_id_merges_total` counts messages without a message id
 //! or a payload key, identified by a digest of their content
-//! ([`IdSource::Digest`](crate::IdSource::Digest)), that arrived as a first
+//! ([`IdSource::Digest`](crate::message::IdSource::Digest)), that arrived as a first
 //! delivery (not a redelivery) and were acked as a duplicate: an identical
 //! message was seen before, either the producer's republish of the same
 //! message or a second, legitimately identical one merged with the first
@@ -106,7 +106,9 @@ use std::task::{Context, Poll};
 use futures::future::BoxFuture;
 use tower::Service;
 
-use crate::{Error, Outcome, Request};
+use crate::error::Error;
+use crate::outcome::Outcome;
+use crate::request::Request;
 
 /// Counts messages by outcome.
 pub const MESSAGES_TOTAL: &str = "backstop_messages_total";

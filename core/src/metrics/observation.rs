@@ -7,7 +7,9 @@ use std::ops::Deref;
 use tracing::Instrument;
 
 use super::{DIGEST_ID_MERGES, MessageKeys, label};
-use crate::{Error, Outcome, Request};
+use crate::error::Error;
+use crate::outcome::Outcome;
+use crate::request::Request;
 
 /// Counts a message in flight until it leaves (or is dropped).
 struct InFlight<K: Deref<Target = MessageKeys>>(Option<K>);
@@ -63,7 +65,7 @@ impl<K: Deref<Target = MessageKeys>> Observation<K> {
         // The same span as a consumer span, a child of the message's trace.
         #[cfg(feature = "otel")]
         let span = crate::otel::consumer_span(request);
-        let may_merge = meta.id_source == crate::IdSource::Digest
+        let may_merge = meta.id_source == crate::message::IdSource::Digest
             && !meta.redelivered
             && request.payload_key().is_none();
         Observation {

@@ -81,18 +81,19 @@ fn a_labelled_stack_and_runner_record_source_and_group() {
         let broker = crate::memory::MemoryBroker::new();
         for _ in 0..3 {
             broker
-                .publish_now("orders", crate::Message::new(r#""x""#))
+                .publish_now("orders", crate::message::Message::new(r#""x""#))
                 .unwrap();
         }
         let source = broker.consume("orders", 2).until_drained();
         let labels = source.metric_labels();
-        let stack =
-            crate::StackBuilder::<String>::new(std::sync::Arc::new(broker.dead_letter_sink()))
-                .metric_labels(labels.clone())
-                .build(crate::handler_fn(|_: String, _| async {
-                    Ok::<_, crate::HandlerError>(())
-                }));
-        crate::Runner::new(source, stack)
+        let stack = crate::stack::StackBuilder::<String>::new(std::sync::Arc::new(
+            broker.dead_letter_sink(),
+        ))
+        .metric_labels(labels.clone())
+        .build(crate::handler::handler_fn(|_: String, _| async {
+            Ok::<_, crate::error::HandlerError>(())
+        }));
+        crate::runner::Runner::new(source, stack)
             .metric_labels(labels)
             .run()
             .await

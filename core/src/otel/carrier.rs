@@ -3,7 +3,8 @@
 
 use opentelemetry::propagation::{Extractor, Injector};
 
-use crate::{Headers, wire};
+use crate::message::Headers;
+use crate::wire;
 
 /// Reads trace context from message headers (an OpenTelemetry
 /// [`Extractor`]).

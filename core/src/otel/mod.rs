@@ -79,7 +79,8 @@ use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::{Headers, wire};
+use crate::message::Headers;
+use crate::wire;
 
 /// `tracestate`: vendor trace data beside [`wire::TRACEPARENT`].
 pub const TRACESTATE: &str = "tracestate";

@@ -4,7 +4,8 @@
 
 use tracing::field::Empty;
 
-use crate::{Message, Meta, Request};
+use crate::message::{Message, Meta};
+use crate::request::Request;
 
 /// `messaging.system` for a consumed message: `kafka` when it has a
 /// partition, `rabbitmq` when it has AMQP properties, else `in-memory`.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::{Outgoing, PublishFailed};
-use crate::Message;
+use crate::message::Message;
 use crate::publish::Publisher;
 
 /// A [`Publisher`] as a back-end.

@@ -12,7 +12,7 @@ use crate::request::Request;
 
 /// Lets handlers publish at once through a confirmed [`Publisher`]; see
 /// the [module docs](super). Goes around each attempt
-/// ([`StackBuilder::around_attempt`](crate::StackBuilder::around_attempt)).
+/// ([`StackBuilder::around_attempt`](crate::stack::StackBuilder::around_attempt)).
 #[derive(Clone)]
 pub struct PublishLayer {
     to: Arc<dyn Outgoing>,

@@ -1,19 +1,19 @@
-//! Publishing from a handler: [`Context::publish`](crate::Context::publish) and the back-ends behind it.
+//! Publishing from a handler: [`Context::publish`](crate::context::Context::publish) and the back-ends behind it.
 //!
 //! A handler that emits messages of its own ("order placed" after placing an
-//! order) calls [`Context::publish`](crate::Context::publish). Where the message goes is decided by
+//! order) calls [`Context::publish`](crate::context::Context::publish). Where the message goes is decided by
 //! the stack, not the handler: a wrapper around each attempt puts an
-//! [`Outbound`] into the attempt's [`Extensions`](crate::Extensions).
+//! [`Outbound`] into the attempt's [`Extensions`](crate::context::Extensions).
 //!
 //! - [`PublishLayer`] (here) publishes at once through a confirmed
-//!   [`Publisher`](crate::Publisher): the call returns after the broker's confirm. An attempt
+//!   [`Publisher`](crate::publish::Publisher): the call returns after the broker's confirm. An attempt
 //!   that fails after publishing has published anyway, so a retry publishes
 //!   again (same message id, see below): at-least-once.
 //! - The PostgreSQL outbox (`backstop_postgres::Outbox`, with the inbox)
 //!   writes the message into the attempt's transaction: it exists only if
 //!   the handler's effects commit, and a relay sends it afterwards.
 //!
-//! [`Context::publish`](crate::Context::publish) gives each message an id derived from the message
+//! [`Context::publish`](crate::context::Context::publish) gives each message an id derived from the message
 //! being handled, its place among this attempt's publishes and the
 //! consumer's keyspace (`<keyspace>:<message id>:out:<n>`, the keyspace
 //! naming the queue or topic, the Kafka group and the service if any, as
@@ -21,7 +21,7 @@
 //! same id), so a retried attempt publishes
 //! the same ids and a consumer with idempotency keyed by message id sees
 //! each once
-//! ([`Context::publish_keeping_id`](crate::Context::publish_keeping_id) keeps the id you set instead: keep it
+//! ([`Context::publish_keeping_id`](crate::context::Context::publish_keeping_id) keeps the id you set instead: keep it
 //! stable yourself). Each carries [`CAUSED_BY`], the id of the message
 //! whose handler published it.
 //!
@@ -62,8 +62,8 @@ pub use self::backends::{Collected, confirmed};
 pub use self::layer::{PublishLayer, PublishService};
 pub use self::outbound::Outbound;
 
-use crate::Message;
 use crate::error::{BoxError, HandlerError};
+use crate::message::Message;
 use crate::publish::PublishError;
 
 /// The header naming the message whose handler published this one.
@@ -71,7 +71,7 @@ pub const CAUSED_BY: &str = "x-backstop-caused-by";
 
 /// Where the messages a handler publishes go: a broker at once, or a
 /// transaction's outbox. Implemented by back-ends; handlers call
-/// [`Context::publish`](crate::Context::publish).
+/// [`Context::publish`](crate::context::Context::publish).
 #[async_trait::async_trait]
 pub trait Outgoing: Send + Sync + 'static {
     /// Takes `message` for `destination`. Returns once it is confirmed by

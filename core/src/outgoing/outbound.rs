@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::{CAUSED_BY, Outgoing, PublishFailed};
-use crate::Message;
 use crate::context::Context;
+use crate::message::Message;
 
 /// The place one attempt publishes to, as put into its extensions by a
 /// wrapper; [`Context::publish`] finds it there. It names the published
@@ -85,7 +85,7 @@ impl Context {
     /// (see [`outgoing`](crate::outgoing)): at once and confirmed with a
     /// [`PublishLayer`](super::PublishLayer), or in the inbox's transaction with the PostgreSQL
     /// outbox. Its message id is derived from the handled message's (the
-    /// same on every attempt). Errors convert into [`HandlerError`](crate::HandlerError) with `?`.
+    /// same on every attempt). Errors convert into [`HandlerError`](crate::error::HandlerError) with `?`.
     pub async fn publish(&self, destination: &str, message: Message) -> Result<(), PublishFailed> {
         match self.extension::<Outbound>() {
             Some(outbound) => outbound.publish(destination, message, false).await,

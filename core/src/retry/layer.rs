@@ -7,7 +7,7 @@ use super::{Retry, RetryPolicy, RetrySink};
 /// Applies [`Retry`] with a policy and an optional sink for long delays.
 ///
 /// Used alone, over any service of [`Request`](crate::request::Request)s
-/// that returns a [`HandlerError`](crate::HandlerError): a transient
+/// that returns a [`HandlerError`](crate::error::HandlerError): a transient
 /// failure runs again, with backoff, until the policy's attempts run out.
 ///
 /// ```

@@ -6,7 +6,7 @@
 //! [`RetrySink`] and the message yields [`Outcome::Deferred`]. Its error is
 //! [`Error::Failed`] for the dead-letter layer, or [`Error::Retry`] when the
 //! republish was not confirmed. A republish that can never succeed
-//! ([`SinkError::is_permanent`](crate::SinkError::is_permanent): the delay
+//! ([`SinkError::is_permanent`](crate::error::SinkError::is_permanent): the delay
 //! queue or retry topic is missing, refuses the copy's size, or the sink
 //! cannot serve the message) is not retried forever: the message is
 //! dead-lettered with its failure and the sink's error in the letter's text.
@@ -31,8 +31,11 @@ use futures::future::BoxFuture;
 use tower::{Service, ServiceExt};
 
 use crate::at_once::{self, AtOnce};
+use crate::error::{Error, Failure, HandlerError};
+use crate::outcome::Outcome;
+use crate::request::Request;
 use crate::transaction::InTransaction;
-use crate::{Error, Failure, HandlerError, Outcome, Request, attempt, copy, error, wire};
+use crate::{attempt, copy, error, wire};
 
 /// The retry service; see the [module docs](self).
 #[derive(Clone)]
@@ -69,14 +72,14 @@ fn exhausted_on_arrival(request_attempt: u32, max: u32, suspect: bool) -> Failur
     let now = SystemTime::now();
     let (kind, message) = if suspect {
         (
-            crate::ErrorKind::Crashed,
+            crate::error::ErrorKind::Crashed,
             format!(
                 "attempt {request_attempt} exceeds the maximum of {max} attempts and the last run ended without a result (the process died or hung past its lease); not run again"
             ),
         )
     } else {
         (
-            crate::ErrorKind::Exhausted,
+            crate::error::ErrorKind::Exhausted,
             format!(
                 "attempt {request_attempt} exceeds the maximum of {max} attempts (counted across deliveries)"
             ),

@@ -42,7 +42,7 @@ pub struct RetryPolicy {
     pub in_process_limit: Duration,
 }
 
-/// The longest `retry_after` a handler's [`HandlerError`](crate::HandlerError)
+/// The longest `retry_after` a handler's [`HandlerError`](crate::error::HandlerError)
 /// is honoured with: a longer one (a bogus `Retry-After`, an overflowing
 /// computation) waits this long instead.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);

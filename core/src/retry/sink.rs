@@ -1,7 +1,8 @@
 use std::time::Duration;
 
+use crate::error::SinkError;
+use crate::message::Message;
 use crate::transaction::InTransaction;
-use crate::{Message, SinkError};
 
 /// Where long retry delays go: a broker-delayed republish.
 ///
@@ -45,7 +46,7 @@ use crate::{Message, SinkError};
 /// # }
 /// ```
 ///
-/// Give it to [`StackBuilder::retry_sink`](crate::StackBuilder::retry_sink).
+/// Give it to [`StackBuilder::retry_sink`](crate::stack::StackBuilder::retry_sink).
 #[async_trait::async_trait]
 pub trait RetrySink: Send + Sync + 'static {
     /// Republishes `copy` to come back after `delay`; resolves on the broker's confirm.

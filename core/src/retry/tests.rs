@@ -5,7 +5,7 @@ use std::time::Duration;
 use tower::{Service, ServiceExt};
 
 use super::*;
-use crate::ErrorKind;
+use crate::error::ErrorKind;
 use crate::testing::{RecordingSink, Scripted, request};
 
 fn policy(retries: u32) -> RetryPolicy {
@@ -183,7 +183,7 @@ async fn a_confirmed_count_past_the_maximum_is_exhausted_without_running() {
 async fn a_forged_attempt_header_never_skips_the_run() {
     let h = Scripted::new(|_| Err(HandlerError::transient("busy")));
     let mut svc = Retry::new(h.clone(), policy(2), None);
-    let mut message = crate::Message::new("\"a\"").with_header(crate::wire::ATTEMPT, "99");
+    let mut message = crate::message::Message::new("\"a\"").with_header(crate::wire::ATTEMPT, "99");
     message.meta.attempt = crate::attempt::from_headers(&message.headers);
     let req = Request::<String>::decode(message, crate::CancellationToken::new(), None);
     let Err(Error::Failed(f)) = ServiceExt::<Request<String>>::ready(&mut svc)

@@ -17,8 +17,8 @@
 //! **Idempotency.** The idempotency key is taken before anything is
 //! decoded, so a router cannot use its routes' [`Payload::key`]
 //! ([`Routed`] has none): deduplicate a routed stack by
-//! [`KeySource::MessageId`](crate::KeySource::MessageId) or by a header
-//! ([`KeySource::Header`](crate::KeySource::Header)).
+//! [`KeySource::MessageId`](crate::idempotency::KeySource::MessageId) or by a header
+//! ([`KeySource::Header`](crate::idempotency::KeySource::Header)).
 //! `KeySource::Payload` never deduplicates it.
 
 mod error;
@@ -40,7 +40,11 @@ pub use self::type_of::{DEFAULT_TYPE_SOURCES, TypeSource, message_type};
 
 use self::error::cut;
 use self::type_of::TypeFn;
-use crate::{Context, ErrorKind, Handle, HandlerError, Message, Payload};
+use crate::context::Context;
+use crate::error::{ErrorKind, HandlerError};
+use crate::handler::Handle;
+use crate::message::Message;
+use crate::payload::Payload;
 
 /// Bytes of route names an [`UnknownType`] error lists at most (the DLQ
 /// keeps 1 KiB of error text).
@@ -59,7 +63,8 @@ const CUSTOM_UNTYPED: &str = "message has no type (the router's type function fo
 /// use std::sync::Arc;
 /// use backstop::memory::MemoryBroker;
 /// use backstop::router::{Routed, Router};
-/// use backstop::{handler_fn, wire, Context, HandlerError, KeySource, MemoryStore, Message, Runner, StackBuilder};
+/// use backstop::{handler_fn, wire, Context, HandlerError, KeySource, Message, Runner, StackBuilder};
+/// use backstop::idempotency::MemoryStore;
 ///
 /// #[derive(Clone, serde::Deserialize, backstop::Payload)]
 /// struct OrderPlaced { order_id: String, amount: i64 }

@@ -21,9 +21,9 @@ type Decoded = Result<Box<dyn Any + Send + Sync>, DecodeError>;
 /// decoded once, not once per attempt (each attempt gets a clone, as with
 /// any payload). `Routed` has no idempotency key ([`Payload::key`] is
 /// `None`): deduplicate a routed stack by [`KeySource::MessageId`] or
-/// [`KeySource::Header`](crate::KeySource::Header).
+/// [`KeySource::Header`](crate::idempotency::KeySource::Header).
 ///
-/// [`KeySource::MessageId`]: crate::KeySource::MessageId
+/// [`KeySource::MessageId`]: crate::idempotency::KeySource::MessageId
 ///
 /// ```
 /// use backstop::Payload;

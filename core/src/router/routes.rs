@@ -7,8 +7,11 @@ use std::marker::PhantomData;
 use futures::future::Either;
 
 use super::Routed;
+use crate::context::Context;
+use crate::error::HandlerError;
+use crate::handler::Handle;
 use crate::handler::decode_failure;
-use crate::{Context, Handle, HandlerError, Payload};
+use crate::payload::Payload;
 
 /// One route: the handler of payload type `P`.
 pub struct Route<P, H> {

@@ -6,8 +6,10 @@ use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
+use crate::context::Extensions;
+use crate::handler::handler_fn;
 use crate::inbound::AmqpProperties;
-use crate::{DecodeError, Extensions, handler_fn};
+use crate::payload::DecodeError;
 
 #[derive(Clone, Debug, serde::Deserialize)]
 struct Placed {
@@ -300,8 +302,12 @@ mod whole_stack {
     use std::time::Duration;
 
     use super::*;
+    use crate::idempotency::{KeySource, MemoryStore};
     use crate::memory::MemoryBroker;
-    use crate::{KeySource, MemoryStore, RetryPolicy, Runner, StackBuilder, wire};
+    use crate::retry::RetryPolicy;
+    use crate::runner::Runner;
+    use crate::stack::StackBuilder;
+    use crate::wire;
 
     fn event(id: &str, ty: &str, body: &str) -> Message {
         Message::new(body.to_owned())

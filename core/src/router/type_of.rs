@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::Message;
+use crate::message::Message;
 
 /// One place a message's type can be read from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

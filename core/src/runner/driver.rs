@@ -13,8 +13,10 @@ use super::halt;
 use super::in_flight::{Done, InFlight, Kind, Slot};
 use super::liveness::{BEAT_EVERY, Pulse};
 use super::summary::Summary;
+use crate::ack::Settled;
 use crate::breaker::{Breaker, BreakerState, BreakerWatch, Signal};
-use crate::{AckError, Delivery, Settled};
+use crate::delivery::Delivery;
+use crate::error::AckError;
 
 /// What one run holds: its in-flight messages and what they settled.
 pub(super) struct Run<F> {

@@ -4,7 +4,9 @@ use tower::Service;
 
 use super::driver::Run;
 use super::{RunError, Runner, Source};
-use crate::{AckError, Delivery, Settled};
+use crate::ack::Settled;
+use crate::delivery::Delivery;
+use crate::error::AckError;
 
 /// Gauge: 1 while a runner of this process is halted because a dead letter
 /// could never be written (see the [runner docs](super#halting-on-a-letter-that-can-never-be-written)).

@@ -20,7 +20,8 @@ use futures::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::task::{JoinError, JoinSet};
 
-use crate::{AckError, Settled};
+use crate::ack::Settled;
+use crate::error::AckError;
 
 /// What a message is to the runner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,7 +183,7 @@ fn joined(result: Result<Done, JoinError>) -> Done {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Outcome;
+    use crate::outcome::Outcome;
 
     async fn settles(n: u32) -> Result<Settled, AckError> {
         tokio::task::yield_now().await;

@@ -29,7 +29,7 @@
 //! # Halting on a letter that can never be written
 //!
 //! When a message's dead letter can never be written as it is
-//! ([`Error::is_unwritable_letter`](crate::Error::is_unwritable_letter): too
+//! ([`Error::is_unwritable_letter`](crate::error::Error::is_unwritable_letter): too
 //! large for the DLQ, unroutable, a missing destination, not authorised),
 //! acking it would lose it and retrying would loop forever. The runner
 //! *halts*: it stops fetching, lets in-flight messages finish, closes the
@@ -65,9 +65,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tower::Service;
 
+use crate::ack::Settled;
 use crate::breaker::{Breaker, BreakerConfig};
+use crate::delivery::Delivery;
+use crate::error::AckError;
 use crate::metrics::MetricLabels;
-use crate::{AckError, Delivery, Settled};
 
 /// A run that could not go on.
 #[derive(Debug, thiserror::Error)]

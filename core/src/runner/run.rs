@@ -10,9 +10,11 @@ use super::driver::{Run, Waited, idle_tick, sleep_until};
 use super::in_flight::{Done, InFlight, Kind, Slot};
 use super::liveness::{Liveness, Pulse};
 use super::{HALTED, RunError, Runner, Source, SourceError, Summary};
+use crate::ack::Settled;
 use crate::breaker::{BREAKER_STATE, BreakerState};
+use crate::delivery::Delivery;
+use crate::error::AckError;
 use crate::metrics::READY;
-use crate::{AckError, Delivery, Settled};
 
 impl<Src, Svc> Runner<Src, Svc>
 where

@@ -1,7 +1,8 @@
 use std::future::Future;
 
 use super::Health;
-use crate::{BoxError, Delivery};
+use crate::delivery::Delivery;
+use crate::error::BoxError;
 
 /// Why a source could not yield a delivery.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,8 @@
 use std::fmt;
 
-use crate::{AckError, Outcome, Settled};
+use crate::ack::Settled;
+use crate::error::AckError;
+use crate::outcome::Outcome;
 
 /// What a run did, message by message.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -42,7 +42,10 @@ async fn a_service_whose_call_panics_fails_that_message_alone() {
     let broker = crate::memory::MemoryBroker::new();
     for body in ["fine", "boom", "also fine"] {
         broker
-            .publish_now("q", crate::Message::new(body).with_message_id(body))
+            .publish_now(
+                "q",
+                crate::message::Message::new(body).with_message_id(body),
+            )
             .unwrap();
     }
     // `service_fn` runs its closure in `call`: it panics on the first
@@ -61,7 +64,7 @@ async fn a_service_whose_call_panics_fails_that_message_alone() {
             let (_message, acker, _token) = delivery.into_parts();
             acker.ack().await?;
             acked.lock().unwrap().push(body);
-            Ok::<_, AckError>(Settled::Acked(crate::Outcome::Handled))
+            Ok::<_, AckError>(Settled::Acked(crate::outcome::Outcome::Handled))
         }
     });
     let summary = Runner::new(broker.consume("q", 4).until_drained(), service)
@@ -83,7 +86,9 @@ async fn a_service_whose_call_panics_fails_that_message_alone() {
 fn service()
 -> impl Service<Delivery, Response = Settled, Error = AckError, Future: Send> + Clone + Send + 'static
 {
-    service_fn(|_d: Delivery| async { Ok::<_, AckError>(Settled::Acked(crate::Outcome::Handled)) })
+    service_fn(|_d: Delivery| async {
+        Ok::<_, AckError>(Settled::Acked(crate::outcome::Outcome::Handled))
+    })
 }
 
 #[tokio::test(start_paused = true)]
@@ -159,7 +164,7 @@ async fn a_source_reporting_its_connection_alone_decides_that_part() {
     }
     let broker = crate::memory::MemoryBroker::new();
     broker
-        .publish_now("q", crate::Message::new(r#""x""#))
+        .publish_now("q", crate::message::Message::new(r#""x""#))
         .unwrap();
     let mut buffered = broker.consume("q", 1);
     let delivery = buffered.next().await.unwrap().unwrap();
@@ -197,8 +202,12 @@ async fn after_a_probe_fetching_resumes_beside_a_slow_message() {
     use std::sync::atomic::AtomicBool;
 
     use crate::breaker::{BreakerConfig, BreakerState};
+    use crate::context::Context;
+    use crate::error::HandlerError;
+    use crate::handler::handler_fn;
     use crate::memory::MemoryBroker;
-    use crate::{Context, HandlerError, Message, StackBuilder, handler_fn};
+    use crate::message::Message;
+    use crate::stack::StackBuilder;
 
     let broker = MemoryBroker::new();
     broker
@@ -260,8 +269,11 @@ async fn after_a_probe_fetching_resumes_beside_a_slow_message() {
 
 #[tokio::test(start_paused = true)]
 async fn a_message_that_arrives_with_a_pause_is_not_run_until_resumed() {
+    use crate::context::Context;
+    use crate::handler::handler_fn;
     use crate::memory::MemoryBroker;
-    use crate::{Context, Message, StackBuilder, handler_fn};
+    use crate::message::Message;
+    use crate::stack::StackBuilder;
 
     let broker = MemoryBroker::new();
     let handled = Arc::new(AtomicU32::new(0));
@@ -272,7 +284,7 @@ async fn a_message_that_arrives_with_a_pause_is_not_run_until_resumed() {
             let h = Arc::clone(&h);
             async move {
                 h.fetch_add(1, Ordering::SeqCst);
-                Ok::<_, crate::HandlerError>(())
+                Ok::<_, crate::error::HandlerError>(())
             }
         }));
     let runner = Runner::new(broker.consume("q", 4), stack);
@@ -306,8 +318,12 @@ async fn the_breaker_stops_fetching_then_probes_one_message_at_a_time() {
     use std::sync::atomic::AtomicBool;
 
     use crate::breaker::{BreakerConfig, BreakerState};
+    use crate::context::Context;
+    use crate::error::HandlerError;
+    use crate::handler::handler_fn;
     use crate::memory::MemoryBroker;
-    use crate::{Context, HandlerError, Message, StackBuilder, handler_fn};
+    use crate::message::Message;
+    use crate::stack::StackBuilder;
 
     let broker = MemoryBroker::new();
     for i in 0..10 {

@@ -25,11 +25,17 @@ mod recycled;
 use self::pipeline::{Attempt, Pipeline};
 pub use self::recycled::StackFuture;
 use self::recycled::{Boxed, Recycler};
+use crate::ack::Settled;
 use crate::dead_letter::{DeadLetterSink, Writer};
+use crate::delivery::Delivery;
+use crate::error::{AckError, Error, HandlerError};
+use crate::handler::Handle;
 use crate::handler::HandlerService;
 use crate::idempotency::{self, Deduper, KeySource, Store};
+use crate::outcome::Outcome;
+use crate::payload::Payload;
+use crate::request::Request;
 use crate::retry::{RetryPolicy, RetrySink};
-use crate::{AckError, Delivery, Error, Handle, HandlerError, Outcome, Payload, Request, Settled};
 
 /// One attempt's service, as a layer added with
 /// [`StackBuilder::around_attempt`] sees it (the boxed handler).

@@ -12,16 +12,20 @@ use futures::future::Either;
 use tower::{Service, ServiceExt};
 
 use super::{AttemptService, MessageService};
+use crate::ack::Settled;
 use crate::ack::{self, Start};
 use crate::dead_letter::Writer;
+use crate::delivery::Delivery;
+use crate::error::{AckError, Error, HandlerError};
+use crate::handler::Handle;
 use crate::idempotency::Deduper;
 use crate::metrics::{MessageKeys, Observation};
+use crate::outcome::Outcome;
+use crate::payload::Payload;
+use crate::request::Request;
 use crate::retry::{self, RetryPolicy, RetrySink};
 use crate::transaction::InTransaction;
-use crate::{
-    AckError, Delivery, Error, Handle, HandlerError, Outcome, Payload, Request, Settled,
-    catch_panic, decode, handler, timeout,
-};
+use crate::{catch_panic, decode, handler, timeout};
 
 /// Everything a message's run reads, built once per stack.
 pub(super) struct Pipeline<T, H> {

@@ -18,7 +18,8 @@ use std::task::{Context, Poll};
 
 use tokio_util::sync::ReusableBoxFuture;
 
-use crate::{AckError, Settled};
+use crate::ack::Settled;
+use crate::error::AckError;
 
 /// A message's boxed future, as the pool keeps it.
 pub(super) type Boxed = ReusableBoxFuture<'static, Result<Settled, AckError>>;
@@ -120,7 +121,7 @@ impl std::fmt::Debug for StackFuture {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Outcome;
+    use crate::outcome::Outcome;
 
     fn settled() -> Result<Settled, AckError> {
         Ok(Settled::Acked(Outcome::Handled))

@@ -4,12 +4,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use crate::context::Context;
+use crate::error::HandlerError;
+use crate::handler::handler_fn;
+use crate::idempotency::{KeySource, MemoryStore};
 use crate::memory::MemoryBroker;
+use crate::message::Message;
+use crate::retry::RetryPolicy;
+use crate::runner::{Runner, Summary};
+use crate::stack::StackBuilder;
 use crate::testing::Order;
-use crate::{
-    Context, HandlerError, KeySource, MemoryStore, Message, RetryPolicy, Runner, StackBuilder,
-    Summary, handler_fn, wire,
-};
+use crate::wire;
 
 fn order(id: &str, amount: i64) -> Message {
     Message::new(format!(r#"{{"order_id":"{id}","amount":{amount}}}"#))
@@ -368,20 +373,20 @@ async fn a_failed_dlq_write_keeps_the_attempt_count_so_the_handler_is_not_rerun(
 struct Refusing {
     inner: crate::memory::MemoryDeadLetterSink,
     refusals: AtomicU32,
-    error: fn() -> crate::PublishError,
+    error: fn() -> crate::publish::PublishError,
 }
 
 #[async_trait::async_trait]
-impl crate::DeadLetterSink for Refusing {
+impl crate::dead_letter::DeadLetterSink for Refusing {
     async fn dead_letter(
         &self,
         letter: Message,
         destination: Option<&str>,
-    ) -> Result<(), crate::SinkError> {
+    ) -> Result<(), crate::error::SinkError> {
         let left = self.refusals.load(Ordering::SeqCst);
         if left > 0 {
             self.refusals.store(left - 1, Ordering::SeqCst);
-            return Err(crate::SinkError::Publish {
+            return Err(crate::error::SinkError::Publish {
                 destination: "orders.dlq".into(),
                 source: (self.error)(),
             });
@@ -396,7 +401,7 @@ async fn a_redelivery_after_a_failed_dead_letter_write_retries_only_the_write() 
     let sink = Refusing {
         inner: broker.dead_letter_sink(),
         refusals: AtomicU32::new(1),
-        error: || crate::PublishError::Nacked,
+        error: || crate::publish::PublishError::Nacked,
     };
     let calls = Arc::new(AtomicU32::new(0));
     let c = Arc::clone(&calls);
@@ -436,7 +441,7 @@ async fn a_letter_that_can_never_be_written_halts_the_runner_without_an_ack() {
     let sink = Refusing {
         inner: broker.dead_letter_sink(),
         refusals: AtomicU32::new(u32::MAX),
-        error: || crate::PublishError::TooLarge { size: 2_000_000 },
+        error: || crate::publish::PublishError::TooLarge { size: 2_000_000 },
     };
     let calls = Arc::new(AtomicU32::new(0));
     let c = Arc::clone(&calls);
@@ -486,9 +491,15 @@ async fn a_letter_that_can_never_be_written_halts_the_runner_without_an_ack() {
 async fn a_retry_copy_that_can_never_be_written_is_dead_lettered() {
     struct Unsupported;
     #[async_trait::async_trait]
-    impl crate::RetrySink for Unsupported {
-        async fn retry_later(&self, _: Message, _: Duration) -> Result<(), crate::SinkError> {
-            Err(crate::SinkError::Unsupported("no delay queues".into()))
+    impl crate::retry::RetrySink for Unsupported {
+        async fn retry_later(
+            &self,
+            _: Message,
+            _: Duration,
+        ) -> Result<(), crate::error::SinkError> {
+            Err(crate::error::SinkError::Unsupported(
+                "no delay queues".into(),
+            ))
         }
     }
     let broker = MemoryBroker::new();
@@ -530,8 +541,8 @@ struct Touchy(String);
 /// The `boom` bodies a [`Touchy`] decoder panicked on.
 static TOUCHY_PANICKED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
-impl crate::Payload for Touchy {
-    fn decode(bytes: &[u8]) -> Result<Self, crate::DecodeError> {
+impl crate::payload::Payload for Touchy {
+    fn decode(bytes: &[u8]) -> Result<Self, crate::payload::DecodeError> {
         let text = String::from_utf8_lossy(bytes).into_owned();
         if text.starts_with("boom") {
             let mut panicked = TOUCHY_PANICKED.lock().unwrap_or_else(|e| e.into_inner());
@@ -599,11 +610,11 @@ async fn a_panicking_decoder_fails_its_message_alone_and_the_runner_goes_on() {
 
 /// Builds the pipeline stack, or the tower-layer one inside [`LAYERED`].
 trait Built {
-    fn built<H: crate::Handle<Order>>(self, handler: H) -> crate::Stack;
+    fn built<H: crate::handler::Handle<Order>>(self, handler: H) -> crate::stack::Stack;
 }
 
 impl Built for StackBuilder<Order> {
-    fn built<H: crate::Handle<Order>>(self, handler: H) -> crate::Stack {
+    fn built<H: crate::handler::Handle<Order>>(self, handler: H) -> crate::stack::Stack {
         if LAYERED.try_with(|layered| *layered).unwrap_or(false) {
             self.build_layered(handler)
         } else {
@@ -999,7 +1010,7 @@ mod discarded_expired_messages_are_acked_unrun_and_counted {
 /// layer error leaves its message unacked (nacked), never dead-lettered;
 /// the rest pass through to the handler.
 async fn a_filter_around_each_message_discards_or_defers_without_running() {
-    use crate::Source as _;
+    use crate::runner::Source as _;
     use crate::stack::MessageService;
     use tower::ServiceExt as _;
     use tower::layer::layer_fn;
@@ -1008,22 +1019,26 @@ async fn a_filter_around_each_message_discards_or_defers_without_running() {
     // held (an error); everything else goes on to the handler.
     let filter = |hold: bool| {
         layer_fn(move |inner: MessageService<Order>| {
-            MessageService::new(tower::service_fn(move |r: crate::Request<Order>| {
-                let inner = inner.clone();
-                async move {
-                    match r.payload().map(|o| o.amount) {
-                        Ok(0) => Ok(crate::Outcome::Discarded {
-                            kind: crate::ErrorKind::Expired,
-                        }),
-                        Ok(a) if hold && a < 0 => Err(crate::Error::Busy { key: "held".into() }),
-                        _ => inner.oneshot(r).await,
+            MessageService::new(tower::service_fn(
+                move |r: crate::request::Request<Order>| {
+                    let inner = inner.clone();
+                    async move {
+                        match r.payload().map(|o| o.amount) {
+                            Ok(0) => Ok(crate::outcome::Outcome::Discarded {
+                                kind: crate::error::ErrorKind::Expired,
+                            }),
+                            Ok(a) if hold && a < 0 => {
+                                Err(crate::error::Error::Busy { key: "held".into() })
+                            }
+                            _ => inner.oneshot(r).await,
+                        }
                     }
-                }
-            }))
+                },
+            ))
         })
     };
     let broker = MemoryBroker::new();
-    let store: Arc<dyn crate::Store> = Arc::new(MemoryStore::default());
+    let store: Arc<dyn crate::idempotency::Store> = Arc::new(MemoryStore::default());
     let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
     let stack = |hold: bool| {
         let ran = Arc::clone(&ran);
@@ -1038,7 +1053,7 @@ async fn a_filter_around_each_message_discards_or_defers_without_running() {
             }))
     };
     // Settles `n` deliveries of `orders` through `stack`, by message id.
-    let settle = |stack: crate::Stack, n: usize| {
+    let settle = |stack: crate::stack::Stack, n: usize| {
         let mut source = broker.consume("orders", 4);
         async move {
             let mut settled = Vec::new();
@@ -1055,8 +1070,8 @@ async fn a_filter_around_each_message_discards_or_defers_without_running() {
             settled
         }
     };
-    use crate::Outcome::{Discarded, Duplicate, Handled};
-    use crate::Settled::{Acked, Nacked};
+    use crate::ack::Settled::{Acked, Nacked};
+    use crate::outcome::Outcome::{Discarded, Duplicate, Handled};
 
     broker.publish_now("orders", order("zero", 0)).unwrap();
     broker.publish_now("orders", order("paid", 5)).unwrap();
@@ -1125,25 +1140,27 @@ async fn a_pending_letter_is_written_before_a_filter_around_the_message_sees_it(
     let sink = Refusing {
         inner: broker.dead_letter_sink(),
         refusals: AtomicU32::new(1),
-        error: || crate::PublishError::Nacked,
+        error: || crate::publish::PublishError::Nacked,
     };
     // Lets the first delivery through, discards any later one.
     let seen = Arc::new(AtomicU32::new(0));
     let s = Arc::clone(&seen);
     let filter = layer_fn(move |inner: MessageService<Order>| {
         let s = Arc::clone(&s);
-        MessageService::new(tower::service_fn(move |r: crate::Request<Order>| {
-            let (inner, first) = (inner.clone(), s.fetch_add(1, Ordering::SeqCst) == 0);
-            async move {
-                if first {
-                    inner.oneshot(r).await
-                } else {
-                    Ok(crate::Outcome::Discarded {
-                        kind: crate::ErrorKind::Expired,
-                    })
+        MessageService::new(tower::service_fn(
+            move |r: crate::request::Request<Order>| {
+                let (inner, first) = (inner.clone(), s.fetch_add(1, Ordering::SeqCst) == 0);
+                async move {
+                    if first {
+                        inner.oneshot(r).await
+                    } else {
+                        Ok(crate::outcome::Outcome::Discarded {
+                            kind: crate::error::ErrorKind::Expired,
+                        })
+                    }
                 }
-            }
-        }))
+            },
+        ))
     });
     let stack = StackBuilder::<Order>::new(Arc::new(sink))
         .retry(fast())
@@ -1193,7 +1210,7 @@ struct Recorded {
 }
 
 impl crate::transaction::Transaction for Recorded {
-    fn produce(&self, destination: &str, message: Message) -> Result<(), crate::SinkError> {
+    fn produce(&self, destination: &str, message: Message) -> Result<(), crate::error::SinkError> {
         self.records
             .lock()
             .unwrap()
@@ -1211,9 +1228,13 @@ impl crate::transaction::Transaction for Recorded {
 struct IntoTransaction;
 
 #[async_trait::async_trait]
-impl crate::DeadLetterSink for IntoTransaction {
-    async fn dead_letter(&self, _: Message, _: Option<&str>) -> Result<(), crate::SinkError> {
-        Err(crate::SinkError::Unsupported(
+impl crate::dead_letter::DeadLetterSink for IntoTransaction {
+    async fn dead_letter(
+        &self,
+        _: Message,
+        _: Option<&str>,
+    ) -> Result<(), crate::error::SinkError> {
+        Err(crate::error::SinkError::Unsupported(
             "outside a transaction".into(),
         ))
     }
@@ -1223,7 +1244,7 @@ impl crate::DeadLetterSink for IntoTransaction {
         letter: Message,
         _: Option<&str>,
         transaction: &crate::transaction::InTransaction,
-    ) -> Result<(), crate::SinkError> {
+    ) -> Result<(), crate::error::SinkError> {
         transaction.0.produce("orders.dlq", letter)
     }
 }
@@ -1231,19 +1252,20 @@ impl crate::DeadLetterSink for IntoTransaction {
 struct Counted(Arc<AtomicU32>);
 
 #[async_trait::async_trait]
-impl crate::Acker for Counted {
-    async fn ack(self: Box<Self>) -> Result<(), crate::AckError> {
+impl crate::delivery::Acker for Counted {
+    async fn ack(self: Box<Self>) -> Result<(), crate::error::AckError> {
         self.0.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
-    async fn nack(self: Box<Self>, _: bool) -> Result<(), crate::AckError> {
+    async fn nack(self: Box<Self>, _: bool) -> Result<(), crate::error::AckError> {
         Ok(())
     }
 }
 
 async fn in_a_transaction_letters_go_into_it_and_marks_wait_for_its_commit() {
+    use crate::delivery::Delivery;
+    use crate::idempotency::Store;
     use crate::idempotency::{Claim, Key, Keyspace};
-    use crate::{Delivery, Store};
     use tower::ServiceExt;
 
     let store = Arc::new(MemoryStore::default());

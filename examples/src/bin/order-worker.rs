@@ -48,12 +48,16 @@ use std::time::Duration;
 
 use backstop::CancellationToken;
 use backstop::breaker::BreakerConfig;
+use backstop::dead_letter::DeadLetterSink;
+use backstop::error::BoxError;
 use backstop::idempotency::{self, KeyLayout, Namespaced};
+use backstop::idempotency::{MemoryStore, Store};
 use backstop::memory::MemoryBroker;
 use backstop::metrics::MetricLabels;
+use backstop::retry::RetrySink;
+use backstop::runner::Source;
 use backstop::{
-    BoxError, Context, DeadLetterSink, Handle, KeySource, MemoryStore, Message, Payload,
-    RetryPolicy, RetrySink, Runner, Source, Stack, StackBuilder, Store, Summary,
+    Context, Handle, KeySource, Message, Payload, RetryPolicy, Runner, Stack, StackBuilder, Summary,
 };
 use backstop_config::{
     BrokerKind, ConfigError, KeyLayoutKind, Loader, ResolvedSource, StoreConfig,
@@ -617,7 +621,7 @@ struct Relays(Vec<OutboxRelay>);
 
 impl Relays {
     /// Starts a relay of `outbox` (if any) to `publisher`.
-    fn start<P: backstop::Publisher>(&mut self, outbox: Option<Outbox>, publisher: P) {
+    fn start<P: backstop::publish::Publisher>(&mut self, outbox: Option<Outbox>, publisher: P) {
         if let Some(outbox) = outbox {
             let config = backstop_postgres::outbox::RelayConfig::default();
             self.0.push(outbox.relay(publisher, config));
@@ -810,7 +814,7 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
                     .await?;
                 let publisher = rabbit.publisher();
                 for m in sample_orders(args.publish) {
-                    backstop::Publisher::publish(&publisher, &source.queue, &m).await?;
+                    backstop::publish::Publisher::publish(&publisher, &source.queue, &m).await?;
                 }
                 let consumer = rabbit
                     .source(&source.queue, source.settings.concurrency)
@@ -886,7 +890,8 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
                 if args.publish > 0 {
                     let publisher = kafka.publisher()?;
                     for m in sample_orders(args.publish) {
-                        backstop::Publisher::publish(&publisher, &source.queue, &m).await?;
+                        backstop::publish::Publisher::publish(&publisher, &source.queue, &m)
+                            .await?;
                     }
                 }
                 let consumer =

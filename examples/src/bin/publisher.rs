@@ -26,7 +26,8 @@
 
 use std::time::Duration;
 
-use backstop::{Message, Publisher, RetryPolicy};
+use backstop::publish::Publisher;
+use backstop::{Message, RetryPolicy};
 use backstop_spool::{Budget, ReliablePublisher, Sent, SpoolConfig};
 
 const DESTINATION: &str = "spool-example-orders";

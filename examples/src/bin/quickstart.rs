@@ -15,8 +15,9 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use backstop::idempotency::MemoryStore;
 use backstop::memory::MemoryBroker;
-use backstop::{Classify, Context, Handle, Handler, MemoryStore, Message, Payload, Runner, wire};
+use backstop::{Classify, Context, Handle, Handler, Message, Payload, Runner, wire};
 use rand::Rng;
 use serde::Deserialize;
 

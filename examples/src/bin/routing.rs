@@ -17,11 +17,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use backstop::idempotency::MemoryStore;
 use backstop::memory::MemoryBroker;
 use backstop::router::{Routed, Router};
 use backstop::{
-    Context, HandlerError, KeySource, MemoryStore, Message, Payload, Runner, StackBuilder,
-    handler_fn, wire,
+    Context, HandlerError, KeySource, Message, Payload, Runner, StackBuilder, handler_fn, wire,
 };
 use serde::Deserialize;
 

@@ -15,8 +15,11 @@ pub use self::scenarios::*;
 use std::future::Future;
 use std::sync::Arc;
 
+use backstop::dead_letter::DeadLetterSink;
+use backstop::error::BoxError;
 use backstop::memory::{MemoryBroker, MemorySource};
-use backstop::{BoxError, DeadLetterSink, Publisher, Source};
+use backstop::publish::Publisher;
+use backstop::runner::Source;
 
 /// What an adapter provides to run the scenarios.
 pub trait Harness: Send + Sync + 'static {

@@ -1,7 +1,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
-use backstop::BoxError;
+use backstop::error::BoxError;
 
 /// What a scenario saw, compared by message id.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

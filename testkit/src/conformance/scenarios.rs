@@ -3,9 +3,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use backstop::delivery::Delivery;
+use backstop::publish::Publisher;
+use backstop::runner::Source;
 use backstop::{
-    CancellationToken, Context, Delivery, HandlerError, Message, Publisher, RetryPolicy, Runner,
-    Source, StackBuilder, handler_fn,
+    CancellationToken, Context, HandlerError, Message, RetryPolicy, Runner, StackBuilder,
+    handler_fn,
 };
 
 use super::{ConformanceError, Harness, Report};

@@ -1,6 +1,6 @@
 //! The store contract: one suite of scenarios every [`Store`] must pass, so
 //! "deduplicates on Redis" and "deduplicates on PostgreSQL" mean the same
-//! thing as on the [`MemoryStore`](backstop::MemoryStore).
+//! thing as on the [`MemoryStore`](backstop::idempotency::MemoryStore).
 //!
 //! A backend implements [`Backend`] (a new store instance on the same data,
 //! its TTL and lease) and runs every scenario with [`run_all`], or one test
@@ -23,7 +23,8 @@ pub use self::scenarios::*;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backstop::{BoxError, Store, StoreError};
+use backstop::error::{BoxError, StoreError};
+use backstop::idempotency::Store;
 
 /// The lease the scenarios take unless the backend says otherwise.
 pub const LEASE: Duration = Duration::from_millis(300);
@@ -57,7 +58,7 @@ pub trait Backend: Send + Sync {
 }
 
 /// A [`Backend`] whose every "new instance" is one shared store: for
-/// in-process stores such as [`MemoryStore`](backstop::MemoryStore), whose data
+/// in-process stores such as [`MemoryStore`](backstop::idempotency::MemoryStore), whose data
 /// lives only as long as the instance.
 #[derive(Clone)]
 pub struct SameInstance {

@@ -5,8 +5,10 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backstop::ErrorKind;
+use backstop::error::{Failure, StoreError};
+use backstop::idempotency::Store;
 use backstop::idempotency::{Claim, ClaimOf, Fence, Held, Key, MAX_KEY_LEN, MAX_LETTER_TEXT};
-use backstop::{ErrorKind, Failure, Store, StoreError};
 use futures::future::join_all;
 
 use super::{Backend, ContractError};

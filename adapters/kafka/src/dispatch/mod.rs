@@ -14,7 +14,8 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use backstop::{CancellationToken, Message, SourceError};
+use backstop::runner::SourceError;
+use backstop::{CancellationToken, Message};
 use tokio::sync::Notify;
 
 use self::slots::{Queued, Slot, State};

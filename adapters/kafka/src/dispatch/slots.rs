@@ -8,7 +8,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use backstop::{CancellationToken, Message, SourceError};
+use backstop::runner::SourceError;
+use backstop::{CancellationToken, Message};
 
 use super::ordered::{Ordered, Parking};
 use crate::topic_partition::TopicPartition;

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use backstop::SourceError;
 use backstop::runner::Liveness;
+use backstop::runner::SourceError;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
@@ -211,7 +211,7 @@ struct Poller {
     transactor: Option<SharedTransactor>,
     /// Ordered retries: reads the parked partitions back.
     reader: Option<ParkedReader>,
-    /// The consumer group: stamped on every message ([`backstop::Meta::group`],
+    /// The consumer group: stamped on every message ([`backstop::message::Meta::group`],
     /// part of its idempotency keyspace); also named by the test that kills the thread.
     group: String,
     /// Whether the consumer reaches the cluster, for the runner's readiness.

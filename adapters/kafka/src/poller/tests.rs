@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use backstop::Publisher as _;
+use backstop::publish::Publisher as _;
 use backstop::runner::RunError;
 use backstop::{Runner, StackBuilder, handler_fn, memory::MemoryBroker};
 
@@ -14,9 +14,9 @@ use crate::{Kafka, TopicSpec, brokers_from_env};
 /// the fatal source error it stopped with.
 async fn fatal_error_of(
     source: crate::KafkaSource,
-    sink: impl backstop::DeadLetterSink + 'static,
+    sink: impl backstop::dead_letter::DeadLetterSink + 'static,
     within: Duration,
-) -> backstop::SourceError {
+) -> backstop::runner::SourceError {
     let stack = StackBuilder::<serde_json::Value>::new(std::sync::Arc::new(sink)).build(
         handler_fn(|_: serde_json::Value, _| async { Ok::<(), backstop::HandlerError>(()) }),
     );

@@ -5,9 +5,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use backstop::Message;
+use backstop::error::SinkError;
 use backstop::idempotency::HeldMarks;
+use backstop::publish::PublishError;
 use backstop::transaction::Transaction;
-use backstop::{Message, PublishError, SinkError};
 
 use crate::topic_partition::TopicPartition;
 

@@ -6,9 +6,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
+use backstop::HandlerError;
 use backstop::outgoing::{self, Collected, Outbound, Outgoing};
+use backstop::request::Request;
 use backstop::transaction::InTransaction;
-use backstop::{HandlerError, Request};
 use tower::{Layer, Service};
 
 use crate::KafkaPublisher;
@@ -131,7 +132,7 @@ where
 /// A refused produce as the attempt's error: a record too large for good
 /// fails the message; otherwise the delivery was fenced (a rewind, a
 /// revoke) and it is deferred without spending an attempt.
-fn refused(error: backstop::SinkError) -> HandlerError {
+fn refused(error: backstop::error::SinkError) -> HandlerError {
     if error.is_permanent() {
         HandlerError::permanent(error)
     } else {

@@ -5,7 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use backstop::{Delivery, Message, Publisher, Source};
+use backstop::Message;
+use backstop::delivery::Delivery;
+use backstop::publish::Publisher;
+use backstop::runner::Source;
 use backstop_kafka::{Kafka, KafkaPublisher, KafkaSource, RetryTiers, TopicSpec};
 
 /// The brokers: `BACKSTOP_KAFKA_BROKERS`, else the local test broker.

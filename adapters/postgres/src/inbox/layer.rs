@@ -4,10 +4,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
+use backstop::HandlerError;
 use backstop::idempotency::LeaseToken;
 use backstop::outgoing::{Collected, Outbound, Outgoing};
+use backstop::request::Request;
 use backstop::transaction::InTransaction;
-use backstop::{HandlerError, Request};
 use futures::future::BoxFuture;
 use tower::{Layer, Service};
 

@@ -91,8 +91,9 @@ use self::sql::Statements;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backstop::KeySource;
 use backstop::idempotency::{Key, KeyLayout, Keyspace, Layout};
-use backstop::{KeySource, Meta};
+use backstop::message::Meta;
 use deadpool_postgres::Pool;
 
 use crate::conn::Conn;

@@ -12,8 +12,9 @@
 //! current Kafka transaction (the same message ids: readers that saw an
 //! earlier copy drop this one).
 
+use backstop::Message;
+use backstop::message::Headers;
 use backstop::outgoing::PublishFailed;
-use backstop::{Headers, Message};
 use serde::{Deserialize, Serialize};
 
 /// One recorded output.

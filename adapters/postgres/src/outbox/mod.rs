@@ -352,7 +352,11 @@ impl Outbox {
     }
 
     /// Starts a relay of this outbox to `publisher`; see [`OutboxRelay`].
-    pub fn relay<P: backstop::Publisher>(&self, publisher: P, config: RelayConfig) -> OutboxRelay {
+    pub fn relay<P: backstop::publish::Publisher>(
+        &self,
+        publisher: P,
+        config: RelayConfig,
+    ) -> OutboxRelay {
         OutboxRelay::start(self.clone(), publisher, config)
     }
 }

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backstop::{CancellationToken, Publisher};
+use backstop::CancellationToken;
+use backstop::publish::Publisher;
 use backstop_spool::{RecordLog, Relay, SpooledRecord};
 use tokio::sync::{Mutex, Notify};
 

@@ -3,7 +3,8 @@
 
 use std::time::SystemTime;
 
-use backstop::{Headers, Message};
+use backstop::Message;
+use backstop::message::Headers;
 use backstop_spool::{RefusedRecord, SpooledRecord};
 use bytes::Bytes;
 use tokio_postgres::Row;

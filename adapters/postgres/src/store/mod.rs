@@ -6,8 +6,9 @@ mod sql;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backstop::error::{Failure, StoreError};
+use backstop::idempotency::Store;
 use backstop::idempotency::{Claim, ClaimOf, Fence, Held, Key, KeyLayout, Layout};
-use backstop::{Failure, Store, StoreError};
 use deadpool_postgres::Pool;
 
 use self::rows::{at_most, batch_claim, lost_claim, won_claim};

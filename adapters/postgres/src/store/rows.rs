@@ -3,8 +3,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use backstop::ErrorKind;
+use backstop::error::Failure;
 use backstop::idempotency::{Claim, Fence};
-use backstop::{ErrorKind, Failure};
 
 use crate::PostgresError;
 

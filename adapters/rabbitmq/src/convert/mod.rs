@@ -20,7 +20,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use backstop::headers::{AmqpValue, HeaderValue};
 use backstop::inbound::{self, AmqpDelivery, AmqpProperties};
-use backstop::{Headers, IdSource, Message, wire};
+use backstop::message::{Headers, IdSource};
+use backstop::{Message, wire};
 use bytes::Bytes;
 use lapin::BasicProperties;
 use lapin::types::{
@@ -149,7 +150,7 @@ pub(crate) fn table_from_headers(headers: &Headers) -> Result<FieldTable, Encode
 /// The AMQP properties a published message carries: persistent, its message
 /// id (property and `x-backstop-message-id` header), its headers, and a
 /// timestamp. A message consumed from RabbitMQ keeps the properties it
-/// arrived with ([`Meta::amqp`](backstop::Meta::amqp)): content type and
+/// arrived with ([`Meta::amqp`](backstop::message::Meta::amqp)): content type and
 /// encoding, correlation id, reply-to, type, app id, priority and its own
 /// timestamp. Not kept: `expiration` (a per-message TTL would fight the
 /// delay queues' and could expire a dead letter), `user_id` (the broker

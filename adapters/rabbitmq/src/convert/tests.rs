@@ -163,7 +163,7 @@ fn a_consumed_message_keeps_its_properties_on_every_copy() {
         .with_expiration("1000".into())
         .with_user_id("someone".into());
     let consumed = message_from_delivery("q", Some(1), false, &props, b"x".to_vec());
-    let failure = backstop::Failure {
+    let failure = backstop::error::Failure {
         kind: backstop::ErrorKind::Permanent,
         message: "no".into(),
         attempts: 1,

@@ -5,8 +5,9 @@ mod subscription;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backstop::delivery::Delivery;
 use backstop::metrics::{RECONNECTS, consumer_labels};
-use backstop::{Delivery, Source, SourceError};
+use backstop::runner::{Source, SourceError};
 use lapin::types::FieldTable;
 use tokio::time::Instant;
 
@@ -30,7 +31,7 @@ use backstop::retry::Backoff;
 /// [`SourceError::Disconnected`] once, then reconnects with exponential
 /// backoff and resumes consuming. Deliveries still in flight on the dead
 /// channel are redelivered by the broker; their ackers fail with
-/// [`AckError::ChannelGone`](backstop::AckError::ChannelGone) and never touch
+/// [`AckError::ChannelGone`](backstop::error::AckError::ChannelGone) and never touch
 /// the new channel. A consumer cancelled by the broker (its queue was
 /// deleted) ends the run with [`SourceError::Cancelled`].
 ///
@@ -39,7 +40,7 @@ use backstop::retry::Backoff;
 /// a RabbitMQ 3.x client cannot read) makes the broker close the channel
 /// and requeue everything unacked on it; on a quorum queue each such return
 /// spends a delivery count. So every delivery gets a
-/// [deadline](backstop::Delivery::deadline): its arrival (in the prefetch
+/// [deadline](backstop::delivery::Delivery::deadline): its arrival (in the prefetch
 /// buffer) plus [`consumer_timeout`](Self::consumer_timeout) less
 /// [`timeout_margin`](Self::timeout_margin). Everything that keeps it
 /// unacked counts against it (waiting in the buffer, running, in-process
@@ -74,7 +75,7 @@ pub struct RabbitSource {
     /// The consumer is cancelled (the runner's breaker is open or paused).
     paused: bool,
     /// The runner's readiness, told of each loss and reconnect.
-    readiness: Option<backstop::Readiness>,
+    readiness: Option<backstop::runner::Readiness>,
     /// Reads the depths of the queue, its DLQ and its delay queues.
     depth: Option<DepthPoller>,
 }
@@ -352,7 +353,7 @@ impl Source for RabbitSource {
             return Ok(());
         }
         Err(SourceError::Fatal(Box::new(
-            backstop::MissingDestinations {
+            backstop::runner::MissingDestinations {
                 source_name: self.queue.to_string(),
                 missing,
                 how: format!(

@@ -18,7 +18,7 @@
 //! queues `q` and `q.dlq` and the DLX, without delivery limit or
 //! at-least-once dead-lettering, and has **no broker-delayed retry**: it
 //! cannot have tiers, and a [`RabbitRetrySink`](crate::RabbitRetrySink)
-//! refuses its messages with [`SinkError::Unsupported`](backstop::SinkError::Unsupported),
+//! refuses its messages with [`SinkError::Unsupported`](backstop::error::SinkError::Unsupported),
 //! so every retry is slept in process.
 
 use std::time::Duration;

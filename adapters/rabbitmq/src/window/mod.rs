@@ -36,7 +36,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use backstop::AckError;
+use backstop::error::AckError;
 use backstop::metrics::{ACK_FAILURES, consumer_labels};
 use lapin::options::BasicAckOptions;
 use tokio::sync::{Notify, watch};

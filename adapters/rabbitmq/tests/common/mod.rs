@@ -5,7 +5,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backstop::{Message, Publisher, Source};
+use backstop::Message;
+use backstop::publish::Publisher;
+use backstop::runner::Source;
 use backstop_rabbitmq::lapin::options::{
     ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
@@ -77,7 +79,10 @@ pub async fn publish_numbered(publisher: &RabbitPublisher, queue: &str, run: &st
 }
 
 /// The next delivery within `wait`, panicking on a source error.
-pub async fn next_within(source: &mut RabbitSource, wait: Duration) -> Option<backstop::Delivery> {
+pub async fn next_within(
+    source: &mut RabbitSource,
+    wait: Duration,
+) -> Option<backstop::delivery::Delivery> {
     match tokio::time::timeout(wait, source.next()).await {
         Ok(Some(Ok(delivery))) => Some(delivery),
         Ok(Some(Err(error))) => panic!("source failed: {error}"),
@@ -145,7 +150,7 @@ pub async fn count_reaches(rabbit: &RabbitMq, queue: &str, n: u32) -> bool {
 
 /// Waits until a runner reports it halted (a letter it can never write);
 /// false after 15 s.
-pub async fn halted(readiness: &backstop::Readiness) -> bool {
+pub async fn halted(readiness: &backstop::runner::Readiness) -> bool {
     for _ in 0..150 {
         if readiness.get().is_err_and(|why| why.starts_with("halted")) {
             return true;

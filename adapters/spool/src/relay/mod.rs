@@ -43,7 +43,8 @@ mod run;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backstop::{CancellationToken, Publisher};
+use backstop::CancellationToken;
+use backstop::publish::Publisher;
 use tokio::task::JoinHandle;
 
 use crate::RelayConfig;

@@ -3,7 +3,8 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use backstop::{Headers, Message, Meta};
+use backstop::Message;
+use backstop::message::{Headers, Meta};
 use bytes::Bytes;
 use rusqlite::{Connection, params};
 

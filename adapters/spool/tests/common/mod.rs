@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use backstop::memory::MemoryBroker;
-use backstop::{Message, PublishError, Publisher, RetryPolicy};
+use backstop::publish::{PublishError, Publisher};
+use backstop::{Message, RetryPolicy};
 use backstop_spool::{Budget, RelayConfig};
 
 /// Logs to the test output when `RUST_LOG` is set.
@@ -209,7 +210,8 @@ pub async fn eventually(wait: Duration, mut check: impl FnMut() -> bool) -> bool
 pub mod rabbit {
     use std::time::Duration;
 
-    use backstop::{Message, Source};
+    use backstop::Message;
+    use backstop::runner::Source;
     use backstop_rabbitmq::{ConnectOptions, RabbitMq, Topology, url_from_env};
 
     /// Connect and confirm timeouts short enough for an outage test.
@@ -288,7 +290,8 @@ pub mod rabbit {
 pub mod kafka {
     use std::time::{Duration, Instant};
 
-    use backstop::{Message, Source};
+    use backstop::Message;
+    use backstop::runner::Source;
     use backstop_kafka::{Kafka, TopicSpec};
 
     /// The brokers: `BACKSTOP_KAFKA_BROKERS`, else the local test broker.

@@ -11,7 +11,7 @@
 //! One consumer reads the walk with a prefetch of min([`WINDOW`], count) (1
 //! with a `--rate`), and the acks that would let the broker send past the
 //! walk's letters are held until the last letter has arrived and the
-//! consumer is cancelled (see [`Walk::next`](walk::Walk::next) and [`Walk::ack`](walk::Walk::ack)), so the walk
+//! consumer is cancelled (see `Walk::next` and `Walk::ack` in `walk.rs`), so the walk
 //! never receives a copy it rotated and nothing is in flight at the cancel.
 //! A returned (requeued) letter has no place in the queue one can rely on
 //! (on a 3.10 quorum queue it can come back behind the copies already
@@ -37,7 +37,8 @@
 
 use std::time::Duration;
 
-use backstop::{Message, Publisher};
+use backstop::Message;
+use backstop::publish::Publisher;
 use backstop_rabbitmq::lapin::BasicProperties;
 use backstop_rabbitmq::lapin::types::ShortString;
 use backstop_rabbitmq::{RabbitMq, TopologyError, convert::message_from_delivery};

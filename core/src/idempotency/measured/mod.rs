@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use metrics::Key;
 
-use crate::StoreError;
+use crate::error::StoreError;
 use crate::metrics::{MetricLabels, STORE_BATCH_SIZE, STORE_DURATION, STORE_ERRORS};
 
 /// The duration and error keys of one store operation.

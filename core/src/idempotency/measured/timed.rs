@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use super::StoreOps;
-use crate::Failure;
-use crate::StoreError;
+use crate::error::Failure;
+use crate::error::StoreError;
 use crate::idempotency::{Claim, Fence, Key as StoreKey, Layout, Store};
 
 /// The store as a message's own future calls it: each call timed, with

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::StoreOps;
+use crate::error::{Failure, StoreError};
 use crate::idempotency::{Claim, ClaimOf, Fence, Held, Key as StoreKey, Layout, Store};
 use crate::metrics::MetricLabels;
-use crate::{Failure, StoreError};
 
 /// A [`Store`] that records each call's duration and errors (see the
 /// [`idempotency`](crate::idempotency) module docs): what the idempotency layer's background work (lease

@@ -1,4 +1,5 @@
-use backstop::{Handler, MemoryStore};
+use backstop::{Handler};
+use backstop::idempotency::MemoryStore;
 use std::sync::Arc;
 
 #[derive(Handler)]

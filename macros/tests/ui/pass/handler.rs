@@ -1,7 +1,8 @@
 use std::sync::Arc;
 
 use backstop::memory::MemoryBroker;
-use backstop::{Context, Handle, Handler, HandlerError, MemoryStore, Payload, RetryPolicy, Stack, StackBuilder};
+use backstop::{Context, Handle, Handler, HandlerError, Payload, RetryPolicy, Stack, StackBuilder};
+use backstop::idempotency::MemoryStore;
 
 #[derive(Clone, serde::Deserialize, Payload)]
 #[payload(source = "orders", dlq = "orders.dlq")]

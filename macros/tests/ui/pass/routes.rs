@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use backstop::memory::MemoryBroker;
-use backstop::{Context, Handle, Handler, HandlerError, MemoryStore, Message, Payload, Routed, StackBuilder, wire};
+use backstop::{Context, Handle, Handler, HandlerError, Message, Payload, StackBuilder, wire};
+use backstop::idempotency::MemoryStore;
+use backstop::router::Routed;
 
 #[derive(Clone, serde::Deserialize, Payload)]
 struct OrderPlaced {
