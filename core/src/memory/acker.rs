@@ -27,6 +27,7 @@ pub(crate) struct MemoryAcker {
 }
 
 impl MemoryAcker {
+    #[inline]
     fn settle(&self, settlement: Settlement) -> Result<(), AckError> {
         let mut queues = self.shared.lock();
         let queue = queues

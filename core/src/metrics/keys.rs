@@ -60,6 +60,7 @@ impl MessageKeys {
     }
 
     /// Moves the in-flight gauge by `delta`.
+    #[inline]
     pub(super) fn in_flight(&self, delta: f64) {
         metrics::with_recorder(|recorder| {
             recorder

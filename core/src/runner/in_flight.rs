@@ -110,6 +110,7 @@ where
     }
 
     /// Adds one message's future.
+    #[inline]
     pub(super) fn push(&mut self, slot: Slot<F>) {
         match self {
             InFlight::InPlace(set) => set.push(slot),
@@ -136,6 +137,7 @@ where
     }
 
     /// One that has already ended, without waiting.
+    #[inline]
     pub(super) fn try_next(&mut self) -> Option<Done> {
         match self {
             InFlight::InPlace(set) => set.next().now_or_never().flatten(),
