@@ -45,6 +45,22 @@ impl OffsetReset {
 /// `enable.auto.offset.store` must stay `false`). Its `Debug` output hides the
 /// values of secret properties (`sasl.password`, `ssl.key.password`,
 /// `sasl.jaas.config`, …; see [`backstop::redact::is_secret_property`]).
+///
+/// ```
+/// use backstop_kafka::KafkaConfig;
+///
+/// let mut config = KafkaConfig::new("127.0.0.1:9092", "order-workers");
+/// config.properties.insert("client.id".into(), "worker-1".into());
+///
+/// let consumer = config.consumer_config();
+/// assert_eq!(consumer.get("group.id"), Some("order-workers"));
+/// // Offsets are stored by backstop after success, never by the client.
+/// assert_eq!(consumer.get("enable.auto.offset.store"), Some("false"));
+/// assert_eq!(consumer.get("partition.assignment.strategy"), Some("cooperative-sticky"));
+/// assert_eq!(consumer.get("client.id"), Some("worker-1"));
+/// // The producer of the DLQ and retry topics is idempotent.
+/// assert_eq!(config.producer_config().get("enable.idempotence"), Some("true"));
+/// ```
 #[derive(Clone)]
 pub struct KafkaConfig {
     /// `bootstrap.servers`: comma-separated `host:port` list.

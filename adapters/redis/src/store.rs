@@ -38,6 +38,27 @@ use crate::{RedisConfig, RedisStoreError};
 /// reconnect on, without a restart.
 ///
 /// Cheap to clone (clones share the connection).
+///
+/// Built without a server (it connects on first use), so a worker starts
+/// while Redis is down:
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use backstop::idempotency::Key;
+/// use backstop_redis::{RedisConfig, RedisStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), backstop_redis::RedisStoreError> {
+/// let config = RedisConfig::new("redis://127.0.0.1:6379")
+///     .prefix("orders:")
+///     .ttl(Duration::from_secs(7 * 24 * 3600));
+/// let store = RedisStore::connect_lazy(config)?;
+/// assert_eq!(store.redis_key(&Key::new("order-42")), "orders:order-42");
+/// assert_eq!(store.ttl(), Duration::from_secs(604_800));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct RedisStore {
     link: Arc<Link>,

@@ -59,6 +59,25 @@ const CLAIM_TRIES: usize = 3;
 /// pool, so the store recovers by itself when the server is back.
 ///
 /// Cheap to clone (clones share the pool).
+///
+/// The table's migration, for a team that applies SQL with its own tool
+/// (the pool connects on first use, so this needs no server):
+///
+/// ```
+/// use backstop_postgres::{PgConfig, PostgresStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), backstop_postgres::PostgresError> {
+/// let pool = PgConfig::new("postgres://backstop@127.0.0.1/app").pool()?;
+/// let store = PostgresStore::new(pool).with_table("billing.backstop_keys")?;
+/// let sql = store.migration_sql();
+/// assert!(sql.contains(r#"CREATE TABLE IF NOT EXISTS "billing"."backstop_keys""#));
+/// assert!(store.schema_version() >= 1);
+/// // A name that is not a plain (schema-qualified) identifier is refused.
+/// assert!(PostgresStore::new(store.pool().clone()).with_table("keys; DROP TABLE x").is_err());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,

@@ -82,6 +82,29 @@ pub fn dlx_name(queue: &str) -> String {
 }
 
 /// The shape of one consumed queue, its DLQ and its delay tiers; see the [module docs](self).
+///
+/// Pure: what the declare step will ask the broker for, checked before any
+/// connection.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use backstop_rabbitmq::Topology;
+/// use lapin::types::{AMQPValue, ShortString};
+///
+/// let topology = Topology::quorum("orders")
+///     .retry_tiers([Duration::from_secs(10), Duration::from_secs(60)])
+///     .delivery_limit(20);
+/// assert_eq!(topology.dlq(), "orders.dlq");
+///
+/// let arguments = topology.queue_arguments();
+/// let arguments = arguments.inner();
+/// assert_eq!(
+///     arguments.get(&ShortString::from("x-queue-type")),
+///     Some(&AMQPValue::LongString("quorum".into()))
+/// );
+/// assert!(arguments.contains_key(&ShortString::from("x-dead-letter-exchange")));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Topology {
     queue: String,
