@@ -327,7 +327,7 @@ impl Store for RedisStore {
 
     async fn mark_dead_lettered(&self, key: &Key, fence: Fence) -> Result<bool, StoreError> {
         self.owned(
-            "dead_letter",
+            "mark_dead_lettered",
             &FINISH_SCRIPT,
             key,
             fence,

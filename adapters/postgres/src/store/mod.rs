@@ -392,7 +392,7 @@ impl Store for PostgresStore {
     async fn mark_dead_lettered(&self, key: &Key, fence: Fence) -> Result<bool, StoreError> {
         let ttl = millis(self.ttl);
         self.owned(
-            "dead_letter",
+            "mark_dead_lettered",
             &self.sql.finish,
             &[
                 &column::key(key),

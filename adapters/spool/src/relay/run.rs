@@ -125,7 +125,10 @@ impl<T: Target, L: RecordLog> RelayLoop<T, L> {
             return ControlFlow::Break(());
         }
         let outcome = self.record_results(results);
-        self.settle(outcome).await?;
+        if let Some(ended) = self.settle(outcome).await {
+            // The round ended in a backoff: a new pass, from the oldest record.
+            return ended;
+        }
         // The end of the log as it was (a short read), or everything that
         // was in it when the pass began: the pass ends (under load too),
         // so waiting units are retried when due and, on a log that commits
@@ -254,12 +257,15 @@ impl<T: Target, L: RecordLog> RelayLoop<T, L> {
 
     /// Removes the confirmed records and tells the target what the round
     /// found about the broker; backs off when the round failed as a whole.
-    async fn settle(&mut self, outcome: Outcome) -> Step {
+    /// `Some` when the round ended there (after its backoff; the caller
+    /// returns it at once, so the pass is not also ended as idle), `None`
+    /// when the round goes on.
+    async fn settle(&mut self, outcome: Outcome) -> Option<Step> {
         if !outcome.confirmed.is_empty() {
             if !self.remove(&outcome.confirmed).await {
                 // Start over from the oldest record after a pause.
                 self.start_over();
-                return self.back_off().await;
+                return Some(self.back_off().await);
             }
             self.target.broker_back();
             self.failed_rounds = 0;
@@ -272,13 +278,13 @@ impl<T: Target, L: RecordLog> RelayLoop<T, L> {
                     self.target.broker_down(&reason);
                     self.probing = true;
                     self.start_over();
-                    return self.back_off().await;
+                    return Some(self.back_off().await);
                 }
                 // The broker answered: go on with the other units.
                 _ => self.probing = false,
             }
         }
-        ControlFlow::Continue(())
+        None
     }
 
     /// Removes the confirmed records; false if the log could not.

@@ -1,5 +1,4 @@
-use backstop::{Handler};
-use backstop::idempotency::MemoryStore;
+use backstop::{Handler, idempotency::MemoryStore};
 use std::sync::Arc;
 
 #[derive(Handler)]
