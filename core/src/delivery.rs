@@ -30,6 +30,44 @@ pub enum AckError {
 /// If a [`Delivery`] is dropped unsettled, [`Acker::abandon`] runs: it must
 /// make the broker redeliver the message (the default nacks with requeue on
 /// the current tokio runtime).
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+///
+/// use backstop::Message;
+/// use backstop::delivery::{Acker, Delivery};
+/// use backstop::error::AckError;
+///
+/// /// Tells a (pretend) broker how each delivery ended.
+/// struct Logged(Arc<Mutex<Vec<&'static str>>>);
+///
+/// #[async_trait::async_trait]
+/// impl Acker for Logged {
+///     async fn ack(self: Box<Self>) -> Result<(), AckError> {
+///         self.0.lock().unwrap().push("ack");
+///         Ok(())
+///     }
+///     async fn nack(self: Box<Self>, requeue: bool) -> Result<(), AckError> {
+///         self.0.lock().unwrap().push(if requeue { "nack, requeue" } else { "nack" });
+///         Ok(())
+///     }
+///     fn abandon(self: Box<Self>) {
+///         // Synchronous, from a drop: the broker must redeliver the message.
+///         self.0.lock().unwrap().push("abandoned, redeliver");
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), AckError> {
+/// let log = Arc::new(Mutex::new(Vec::new()));
+/// Delivery::new(Message::new("a"), Logged(Arc::clone(&log))).ack().await?;
+/// Delivery::new(Message::new("b"), Logged(Arc::clone(&log))).nack(true).await?;
+/// // A delivery dropped unsettled (its task died, say) is never lost.
+/// drop(Delivery::new(Message::new("c"), Logged(Arc::clone(&log))));
+/// assert_eq!(*log.lock().unwrap(), ["ack", "nack, requeue", "abandoned, redeliver"]);
+/// # Ok(())
+/// # }
+/// ```
 #[async_trait::async_trait]
 pub trait Acker: Send + 'static {
     /// Acknowledges the message: the broker forgets it.

@@ -74,6 +74,42 @@ impl PublishError {
 ///
 /// The message id ([`Message::id_for_publish`]) travels as the
 /// `x-backstop-message-id` header.
+///
+/// A publisher that refuses oversized messages before it asks the broker,
+/// in front of another one:
+///
+/// ```
+/// use backstop::Message;
+/// use backstop::memory::MemoryBroker;
+/// use backstop::publish::{PublishError, Publisher};
+///
+/// struct Bounded<P> {
+///     inner: P,
+///     max: usize,
+/// }
+///
+/// #[async_trait::async_trait]
+/// impl<P: Publisher> Publisher for Bounded<P> {
+///     async fn publish(&self, destination: &str, message: &Message) -> Result<(), PublishError> {
+///         if message.payload.len() > self.max {
+///             // Permanent: no retry can make it fit.
+///             return Err(PublishError::TooLarge { size: message.payload.len() });
+///         }
+///         self.inner.publish(destination, message).await
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), PublishError> {
+/// let broker = MemoryBroker::new();
+/// let publisher = Bounded { inner: broker.clone(), max: 8 };
+/// publisher.publish("orders", &Message::new("small")).await?;
+/// let refused = publisher.publish("orders", &Message::new("far too large")).await;
+/// assert!(refused.is_err_and(|e| e.is_permanent()));
+/// assert_eq!(broker.stats("orders").ready, 1);
+/// # Ok(())
+/// # }
+/// ```
 #[async_trait::async_trait]
 pub trait Publisher: Send + Sync + 'static {
     /// Publishes `message` to `destination` (a queue or topic) and waits for the confirm.
