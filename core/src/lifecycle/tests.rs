@@ -150,12 +150,25 @@ async fn with_span_closes(messages: Vec<Message>, layered: bool) -> BTreeMap<Str
     captured(messages, layered, Capture(Arc::default(), true)).await
 }
 
+/// Held by every test of this module while its subscriber is installed.
+///
+/// Installing or dropping a scoped subscriber makes tracing ask every
+/// callsite's interest again, of every live subscriber, on the thread that
+/// installed or dropped it; a per-layer filter answers from that thread's
+/// own filtering state. Two of these tests installing and dropping
+/// captures at once could so leave one of this capture's callsites
+/// disabled for the rest of its run (seen: a run missing its `received`,
+/// `attempt_started` and `acked` events). One capture at a time, and no
+/// other test of the crate installs a subscriber.
+static ONE_CAPTURE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Drains `messages` (once uncaptured, see [`lifecycle`]) into `capture`.
 async fn captured(
     messages: Vec<Message>,
     layered: bool,
     capture: Capture,
 ) -> BTreeMap<String, Vec<Event>> {
+    let _one_at_a_time = ONE_CAPTURE.lock().await;
     drain(messages.clone(), layered).await;
     let subscriber = registry().with(capture.clone().with_filter(LevelFilter::DEBUG));
     let _default = tracing::subscriber::set_default(subscriber);
@@ -361,6 +374,7 @@ async fn a_body_that_does_not_decode_says_why() {
 
 #[tokio::test]
 async fn nothing_is_emitted_below_debug() {
+    let _one_at_a_time = ONE_CAPTURE.lock().await;
     let capture = Capture::default();
     let subscriber = registry().with(capture.clone().with_filter(LevelFilter::INFO));
     let _default = tracing::subscriber::set_default(subscriber);
