@@ -2,12 +2,12 @@
 //! to the end offsets seen at the start, with manual assignment (no group).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backstop::Message;
 use backstop_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use backstop_kafka::rdkafka::message::Message as _;
-use backstop_kafka::rdkafka::{Offset, TopicPartitionList};
+use backstop_kafka::read::{ReadError, read_to_end};
 
 use crate::error::CliError;
 
@@ -49,8 +49,7 @@ pub fn to_message<M: backstop_kafka::rdkafka::Message>(record: &M) -> Message {
     backstop_kafka::to_message(record)
 }
 
-/// How long a read may go without receiving a record before it gives up.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub use backstop_kafka::read::IDLE_TIMEOUT;
 
 /// Every record of `topic` up to the end offsets at the start, in partition
 /// order (blocking; call it in `spawn_blocking`). Tombstones (no payload)
@@ -89,64 +88,25 @@ pub fn read_from(
     let consumer = reader(brokers)?;
     let n =
         partitions(&consumer, topic)?.ok_or_else(|| CliError::MissingTopic(topic.to_owned()))?;
-    let mut ends = BTreeMap::new();
-    let mut highs = BTreeMap::new();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..n {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, TIMEOUT)
-            .map_err(CliError::kafka(format!("reading the offsets of {topic}")))?;
-        highs.insert(p, high);
-        let start = from.get(&p).map_or(low, |&o| o.max(low));
-        if high > start {
-            ends.insert(p, high);
-            tpl.add_partition_offset(topic, p, Offset::Offset(start))
-                .map_err(CliError::kafka("assigning partitions"))?;
-        }
-    }
-    if ends.is_empty() {
-        return Ok(highs);
-    }
-    consumer
-        .assign(&tpl)
-        .map_err(CliError::kafka(format!("reading {topic}")))?;
-    let mut deadline = Instant::now() + IDLE_TIMEOUT;
-    while !ends.is_empty() {
-        if Instant::now() > deadline {
-            return Err(CliError::Kafka {
-                what: format!("reading {topic}"),
-                reason: format!(
-                    "no record arrived for {} s before the topic's end",
-                    IDLE_TIMEOUT.as_secs()
-                ),
-            });
-        }
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(record)) => {
-                deadline = Instant::now() + IDLE_TIMEOUT;
-                let (p, o) = (record.partition(), record.offset());
-                let tombstone = record.payload().is_none();
-                if !visit(to_message(&record), tombstone)? {
-                    return Ok(highs);
-                }
-                if ends.get(&p).is_some_and(|end| o + 1 >= *end) {
-                    ends.remove(&p);
-                }
-            }
-            Some(Err(e)) => return Err(CliError::kafka(format!("reading {topic}"))(e)),
-            None => {
-                // Gaps at the end (transaction markers, compaction): trust the position.
-                if let Ok(pos) = consumer.position() {
-                    for e in pos.elements() {
-                        if let Offset::Offset(o) = e.offset()
-                            && ends.get(&e.partition()).is_some_and(|end| o >= *end)
-                        {
-                            ends.remove(&e.partition());
-                        }
-                    }
-                }
-            }
-        }
-    }
-    Ok(highs)
+    read_to_end(&consumer, topic, n, from, |record| {
+        visit(to_message(record), record.payload().is_none())
+    })
+    .map_err(|error| match error {
+        ReadError::Kafka(backstop_kafka::Error::Kafka { what, source }) => CliError::Kafka {
+            what,
+            reason: source.to_string(),
+        },
+        ReadError::Kafka(other) => CliError::Kafka {
+            what: format!("reading {topic}"),
+            reason: other.to_string(),
+        },
+        ReadError::Stalled => CliError::Kafka {
+            what: format!("reading {topic}"),
+            reason: format!(
+                "no record arrived for {} s before the topic's end",
+                IDLE_TIMEOUT.as_secs()
+            ),
+        },
+        ReadError::Visit(error) => error,
+    })
 }

@@ -14,22 +14,20 @@
 //! then the key: `epoch-3:orders#billing:order-42`.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backstop::Message;
 use backstop::publish::{PublishError, Publisher as _};
+use rdkafka::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Message as _, Offset, TopicPartitionList};
 
 use crate::blocking::blocking;
 use crate::names::epoch_topic;
+use crate::read::{IDLE_TIMEOUT, ReadError, read_to_end};
 use crate::{Error, KafkaConfig, KafkaPublisher, TopicSpec, Topics, partition_count};
 
 /// How long a metadata or watermark request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long a read may go without receiving a record before it gives up.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A failure to read or bump a replay epoch.
 #[derive(Debug, thiserror::Error)]
@@ -175,53 +173,15 @@ fn read_all(config: &KafkaConfig, topic: &str) -> Result<Option<Vec<Vec<u8>>>, R
     let Some(partitions) = partition_count(&metadata, topic) else {
         return Ok(None);
     };
-    let mut ends = BTreeMap::new();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, REQUEST_TIMEOUT)
-            .map_err(Error::kafka(format!("reading the offsets of {topic}")))?;
-        if high > low {
-            ends.insert(p, high);
-            tpl.add_partition_offset(topic, p, Offset::Offset(low))
-                .map_err(Error::kafka("assigning partitions"))?;
-        }
-    }
     let mut out = Vec::new();
-    if ends.is_empty() {
-        return Ok(Some(out));
-    }
-    consumer
-        .assign(&tpl)
-        .map_err(Error::kafka(format!("reading {topic}")))?;
-    let mut deadline = Instant::now() + IDLE_TIMEOUT;
-    while !ends.is_empty() {
-        if Instant::now() > deadline {
-            return Err(Read::Stalled);
-        }
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(record)) => {
-                deadline = Instant::now() + IDLE_TIMEOUT;
-                let (p, o) = (record.partition(), record.offset());
-                out.push(record.payload().unwrap_or_default().to_vec());
-                if ends.get(&p).is_some_and(|end| o + 1 >= *end) {
-                    ends.remove(&p);
-                }
-            }
-            Some(Err(e)) => return Err(Error::kafka(format!("reading {topic}"))(e).into()),
-            None => {
-                // Gaps at the end (transaction markers, compaction): trust the position.
-                if let Ok(position) = consumer.position() {
-                    for e in position.elements() {
-                        if let Offset::Offset(o) = e.offset()
-                            && ends.get(&e.partition()).is_some_and(|end| o >= *end)
-                        {
-                            ends.remove(&e.partition());
-                        }
-                    }
-                }
-            }
-        }
-    }
+    read_to_end(&consumer, topic, partitions, &BTreeMap::new(), |record| {
+        out.push(record.payload().unwrap_or_default().to_vec());
+        Ok::<_, std::convert::Infallible>(true)
+    })
+    .map_err(|error| match error {
+        ReadError::Kafka(error) => Read::Failed(error),
+        ReadError::Stalled => Read::Stalled,
+        ReadError::Visit(never) => match never {},
+    })?;
     Ok(Some(out))
 }

@@ -111,6 +111,7 @@ pub mod parking;
 mod poller;
 mod probe;
 mod publisher;
+pub mod read;
 mod record;
 pub mod retry;
 mod sinks;
