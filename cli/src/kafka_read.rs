@@ -51,19 +51,6 @@ pub fn to_message<M: backstop_kafka::rdkafka::Message>(record: &M) -> Message {
 
 pub use backstop_kafka::read::IDLE_TIMEOUT;
 
-/// Every record of `topic` up to the end offsets at the start, in partition
-/// order (blocking; call it in `spawn_blocking`). Tombstones (no payload)
-/// are returned with an empty payload and `tombstone` set in the second field.
-/// Holds the whole topic: for small (compacted) topics; see [`read_each`].
-pub fn read_all(brokers: &str, topic: &str) -> Result<Vec<(Message, bool)>, CliError> {
-    let mut out = Vec::new();
-    read_each(brokers, topic, |m, tombstone| {
-        out.push((m, tombstone));
-        Ok(true)
-    })?;
-    Ok(out)
-}
-
 /// Calls `visit` with every record of `topic` up to the end offsets at the
 /// start (blocking), one at a time; `visit` returns `false` to stop early.
 /// Gives up when no record arrives for [`IDLE_TIMEOUT`] before the end.
