@@ -7,6 +7,7 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::cancellation::Cancellation;
 use crate::message::{Headers, Message, Meta};
 
 /// A small type map carried by each request: the place a wrapper puts
@@ -74,7 +75,7 @@ impl fmt::Debug for Extensions {
 pub struct Context {
     message: Arc<Message>,
     attempt: u32,
-    cancel: CancellationToken,
+    cancel: Cancellation,
     extensions: Extensions,
 }
 
@@ -84,6 +85,17 @@ impl Context {
         message: Arc<Message>,
         attempt: u32,
         cancel: CancellationToken,
+        extensions: Extensions,
+    ) -> Self {
+        Self::cancelled_by(message, attempt, cancel.into(), extensions)
+    }
+
+    /// A context for one attempt at `message`, cancelled by `cancel` (the
+    /// request's: cloning it takes no lock).
+    pub(crate) fn cancelled_by(
+        message: Arc<Message>,
+        attempt: u32,
+        cancel: Cancellation,
         extensions: Extensions,
     ) -> Self {
         Context {
@@ -119,12 +131,14 @@ impl Context {
         self.attempt
     }
 
-    /// Cancelled when the runner shuts down: finish quickly or return an error.
+    /// Cancelled when the runner shuts down, or when this message alone is
+    /// cancelled (its source lost it, it reached its unacked-time budget,
+    /// its idempotency lease was lost): finish quickly or return an error.
     pub fn cancellation(&self) -> &CancellationToken {
-        &self.cancel
+        self.cancel.token()
     }
 
-    /// True once shutdown has begun.
+    /// True once shutdown has begun, or this message alone was cancelled.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
     }

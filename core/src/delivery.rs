@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::cancellation::Cancellation;
 use crate::error::BoxError;
 use crate::message::Message;
 use crate::transaction::{InTransaction, Transaction};
@@ -155,8 +156,10 @@ pub struct Delivery {
     message: Arc<Message>,
     acker: AckHandle,
     /// Created on first use: the runner replaces it anyway, so a fresh
-    /// token per delivery would be allocated only to be dropped.
-    cancel: OnceLock<CancellationToken>,
+    /// token per delivery would be allocated only to be dropped. Shared:
+    /// the runner hands every delivery the same one (a token's clone takes
+    /// a lock on its tree; an `Arc`'s does not).
+    cancel: OnceLock<Arc<CancellationToken>>,
     /// Cancelled by the source when it loses the delivery (a revoked partition).
     fence: Option<CancellationToken>,
     /// When the broker would take the delivery back if it were still unsettled.
@@ -268,19 +271,33 @@ impl Delivery {
     }
 
     /// Sets the token the handler sees as its cancellation (the runner's shutdown).
-    pub fn with_cancellation(mut self, token: CancellationToken) -> Self {
+    #[must_use]
+    pub fn with_cancellation(self, token: CancellationToken) -> Self {
+        self.with_shared_cancellation(Arc::new(token))
+    }
+
+    /// As [`with_cancellation`](Self::with_cancellation), with a token the
+    /// caller shares between deliveries (the runner: one per run).
+    #[must_use]
+    pub fn with_shared_cancellation(mut self, token: Arc<CancellationToken>) -> Self {
         self.cancel = OnceLock::from(token);
         self
     }
 
     /// The cancellation token that travels with the delivery.
     pub fn cancellation(&self) -> &CancellationToken {
-        self.cancel.get_or_init(CancellationToken::new)
+        self.cancel.get_or_init(Arc::default)
     }
 
     /// Splits the delivery into its (shared) message, its ack handle and its
     /// cancellation token.
     pub fn into_parts(self) -> (Arc<Message>, AckHandle, CancellationToken) {
+        let cancel = self.cancel.into_inner().map(Arc::unwrap_or_clone);
+        (self.message, self.acker, cancel.unwrap_or_default())
+    }
+
+    /// As [`into_parts`](Self::into_parts), the token as shared (no clone).
+    pub(crate) fn into_shared_parts(self) -> (Arc<Message>, AckHandle, Arc<CancellationToken>) {
         let cancel = self.cancel.into_inner().unwrap_or_default();
         (self.message, self.acker, cancel)
     }
@@ -301,8 +318,9 @@ impl Delivery {
 pub struct Received {
     /// The message (shared with the source, which may keep it to requeue it).
     pub message: Arc<Message>,
-    /// Cancelled on shutdown.
-    pub cancel: CancellationToken,
+    /// Cancelled on shutdown, and when something cancels this delivery
+    /// alone (its source lost it, it reached its unacked-time budget).
+    pub cancel: Cancellation,
     /// When the delivery must be settled by ([`Delivery::deadline`]).
     pub deadline: Option<Instant>,
     /// The source's transaction its effects wait for

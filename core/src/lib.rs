@@ -58,6 +58,7 @@ mod at_once;
 pub mod attempt;
 pub mod batch;
 pub mod breaker;
+mod cancellation;
 pub mod catch_panic;
 pub mod context;
 pub mod copy;

@@ -6,6 +6,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::attempt;
+use crate::cancellation::Cancellation;
 use crate::context::{Context, Extensions};
 use crate::message::Message;
 use crate::payload::{DecodeError, Payload};
@@ -20,7 +21,7 @@ pub struct Request<T> {
     payload_key: Option<String>,
     attempt: u32,
     confirmed_attempt: u32,
-    cancel: CancellationToken,
+    cancel: Cancellation,
     deadline: Option<Instant>,
     /// Per-attempt values for the handler's [`Context`].
     pub extensions: Extensions,
@@ -46,10 +47,11 @@ impl<T: Payload> Request<T> {
     /// (the [`decoded`](crate::lifecycle) lifecycle event).
     pub fn decode(
         message: impl Into<Arc<Message>>,
-        cancel: CancellationToken,
+        cancel: impl Into<Cancellation>,
         max_payload: Option<usize>,
     ) -> Self {
         let message = message.into();
+        let cancel = cancel.into();
         let payload = match max_payload {
             _ if message.meta.conversion_error.is_some() => Err(DecodeError::Invalid {
                 type_name: std::any::type_name::<T>(),
@@ -167,22 +169,35 @@ impl<T> Request<T> {
         self.attempt = attempt;
     }
 
-    /// The cancellation token (cancelled on shutdown, or when the
-    /// idempotency lease this run holds is lost).
+    /// The cancellation token (cancelled on shutdown, or when this message
+    /// alone is cancelled: its source lost it, it reached its unacked-time
+    /// budget, or the idempotency lease this run holds was lost). Made on
+    /// the first call when something cancels the message alone.
     pub fn cancellation(&self) -> &CancellationToken {
-        &self.cancel
+        self.cancel.token()
     }
 
-    /// Replaces the cancellation token (the idempotency layer hands the
-    /// inner layers a child token that also fires when its lease is lost).
+    /// True once the message is cancelled (see [`cancellation`](Self::cancellation)),
+    /// without making its token.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Replaces the cancellation token.
     pub fn set_cancellation(&mut self, cancel: CancellationToken) {
-        self.cancel = cancel;
+        self.cancel = cancel.into();
+    }
+
+    /// The message's cancellation, to add a tripwire to (the idempotency
+    /// layer's lease).
+    pub(crate) fn cancel_mut(&mut self) -> &mut Cancellation {
+        &mut self.cancel
     }
 
     /// The handler's context for this attempt.
     #[inline]
     pub fn context(&self) -> Context {
-        Context::new(
+        Context::cancelled_by(
             Arc::clone(&self.message),
             self.attempt,
             self.cancel.clone(),

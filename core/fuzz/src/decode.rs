@@ -87,7 +87,7 @@ fn through_layer<T: Payload>(message: &Message, max: Option<usize>) {
     );
     let received = Received {
         message: message.clone().into(),
-        cancel: CancellationToken::new(),
+        cancel: CancellationToken::new().into(),
         deadline: None,
         transaction: None,
     };

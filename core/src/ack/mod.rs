@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tower::Service;
 
 use self::postpone::Postponer;
+use crate::cancellation::{Cancellation, Tripwire, Wired};
 use crate::delivery::{AckHandle, Delivery, Received};
 use crate::error::{AckError, Error};
 use crate::lifecycle;
@@ -146,9 +147,9 @@ pub(crate) struct Running {
     postponer: Postponer,
     fence: Option<CancellationToken>,
     deadline: Option<tokio::time::Instant>,
-    /// The handler's own token, when it differs from the shutdown token.
-    cancel: Option<CancellationToken>,
-    shutdown: CancellationToken,
+    /// Cancels this delivery alone (its fence or its deadline), when it has one.
+    trip: Option<Arc<Tripwire>>,
+    shutdown: Arc<CancellationToken>,
     nack_delay: Duration,
 }
 
@@ -164,20 +165,24 @@ pub(crate) fn start(
     let transaction = delivery.take_transaction();
     let deadline = delivery.deadline();
     let postpone_now = delivery.is_postponed();
-    let (message, acker, shutdown) = delivery.into_parts();
+    let (message, acker, shutdown) = delivery.into_shared_parts();
     let traced = lifecycle::received(&message.meta);
     let postponer = Postponer::new(postpone, &message, traced, nack_delay);
     if postpone_now {
         return Start::Postpone(Postponing { postponer, acker });
     }
-    // The handler's token: fires on shutdown (its parent), when the
-    // source cancels the fence, or at the delivery's deadline. (Without a
-    // fence or a deadline it is the shutdown token itself: no child to
-    // create.)
-    let cancel = (fence.is_some() || deadline.is_some()).then(|| shutdown.child_token());
+    // The handler's cancellation: fires on shutdown, and (through a
+    // tripwire) when the source cancels the fence or at the delivery's
+    // deadline. Without a fence or a deadline it is the shared shutdown
+    // token alone: nothing to make.
+    let mut cancel = Cancellation::shared(Arc::clone(&shutdown));
+    let trip = (fence.is_some() || deadline.is_some()).then(|| Arc::new(Tripwire::within(None)));
+    if let Some(trip) = &trip {
+        cancel.tripped_by(Arc::clone(trip) as Arc<dyn Wired>);
+    }
     let received = Received {
         message,
-        cancel: cancel.clone().unwrap_or_else(|| shutdown.clone()),
+        cancel,
         deadline,
         transaction,
     };
@@ -188,7 +193,7 @@ pub(crate) fn start(
             postponer,
             fence,
             deadline,
-            cancel,
+            trip,
             shutdown,
             nack_delay,
         },
@@ -216,7 +221,7 @@ impl Running {
             postponer,
             fence,
             deadline,
-            cancel,
+            trip,
             shutdown,
             nack_delay,
         } = self;
@@ -244,13 +249,13 @@ impl Running {
                     biased;
                     result = &mut future => result,
                     () = fenced => {
-                        cancel.iter().for_each(CancellationToken::cancel);
+                        trip.iter().for_each(|trip| trip.fire());
                         future.await
                     }
                     () = timed_out => {
                         tracing::warn!("a delivery reached its unacked-time budget; postponing it through the broker");
                         out_of_time = true;
-                        cancel.iter().for_each(CancellationToken::cancel);
+                        trip.iter().for_each(|trip| trip.fire());
                         // A run that ignores its token (or waits on a store that
                         // is down) is dropped after the grace: dropping releases
                         // its idempotency lease without counting an attempt.

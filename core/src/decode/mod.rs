@@ -91,7 +91,7 @@ mod tests {
         ));
         let received = Received {
             message: Message::new(body).into(),
-            cancel: CancellationToken::new(),
+            cancel: CancellationToken::new().into(),
             deadline: None,
             transaction: None,
         };

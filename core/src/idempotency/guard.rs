@@ -1,10 +1,10 @@
 use std::sync::{Arc, Mutex};
 
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::renew::{Lease, Renewer};
 use super::{Fence, Key, Store};
+use crate::cancellation::{Tripwire, Wired};
 
 /// A lease this worker holds while the inner stack runs: the renewer renews
 /// it until the guard finishes or drops, and a guard dropped unfinished (a
@@ -20,7 +20,8 @@ pub(crate) struct LeaseGuard {
 
 impl LeaseGuard {
     /// Holds the fresh lease `fence` on `key` (claimed at `claimed`),
-    /// renewed every `duration / 3`; `cancel` fires if it is lost.
+    /// renewed every `duration / 3`; its tripwire (nested in `outer`)
+    /// fires if it is lost.
     pub(crate) fn hold(
         store: Arc<dyn Store>,
         renewer: Arc<Renewer>,
@@ -28,12 +29,12 @@ impl LeaseGuard {
         key: Key,
         fence: Fence,
         claimed: Instant,
-        cancel: CancellationToken,
+        outer: Option<Arc<dyn Wired>>,
     ) -> Self {
         let lease = Arc::new(Lease {
             key,
             fence,
-            cancel,
+            lost: Tripwire::within(outer),
             confirmed: Mutex::new(claimed),
             settling: std::sync::atomic::AtomicBool::new(false),
         });
@@ -54,6 +55,11 @@ impl LeaseGuard {
 
     pub(crate) fn fence(&self) -> Fence {
         self.lease.fence
+    }
+
+    /// The lease's tripwire: fires if the lease is lost.
+    pub(crate) fn tripwire(&self) -> Arc<dyn Wired> {
+        Arc::clone(&self.lease) as Arc<dyn Wired>
     }
 
     /// The run is over and its result is about to be written: from now on

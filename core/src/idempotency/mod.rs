@@ -461,30 +461,34 @@ impl Deduper {
             // the dead-letter layer writes only that letter.
             request.extensions.insert(PendingLetter(failure));
         }
-        // The run's token, cancelled if the lease is lost (each clone of a
-        // token takes its tree's lock: the request gets this one last).
-        let lost = request.cancellation().child_token();
         request.extensions.insert(LeaseToken {
             key: self.store.storage_key(&keys.key),
             fence: lease.fence,
             failed_runs: lease.failed_runs,
         });
-        // The key's lease, and the legacy key's while a migration reads both.
+        // The key's lease, and the legacy key's while a migration reads
+        // both. Each lease's tripwire nests in the one before it, and the
+        // run is cancelled by the last: it fires if any lease is lost.
+        let mut outer = request.cancel_mut().trip();
         let guards: smallvec::SmallVec<[LeaseGuard; 2]> = lease
             .held(keys)
             .map(|(key, fence)| {
-                LeaseGuard::hold(
+                let guard = LeaseGuard::hold(
                     Arc::clone(&self.measured),
                     Arc::clone(&self.renewer),
                     config.lease,
                     key,
                     fence,
                     claimed,
-                    lost.clone(),
-                )
+                    outer.take(),
+                );
+                outer = Some(guard.tripwire());
+                guard
             })
             .collect();
-        request.set_cancellation(lost);
+        if let Some(lost) = outer {
+            request.cancel_mut().tripped_by(lost);
+        }
         // In a source's transaction (Kafka exactly-once), the marks wait
         // for its commit: see `crate::transaction`.
         let transaction = request

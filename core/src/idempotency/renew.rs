@@ -4,9 +4,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::{Fence, Held, Key, Store};
+use crate::cancellation::{Tripwire, Wired};
 
 /// Renews every lease a layer holds, from one background task, every
 /// lease/3, with one [`Store::renew_many`] per turn.
@@ -26,18 +26,25 @@ pub(crate) struct Renewer {
 /// The held leases by id (foldhash: an insert and a removal per message).
 type Leases = HashMap<u64, Arc<Lease>, foldhash::fast::RandomState>;
 
-/// A held lease: the key, its fencing token, and the token to cancel its run.
+/// A held lease: the key, its fencing token, and the tripwire that cancels
+/// its run (one allocation for both: the run's cancellation holds the lease).
 #[derive(Debug)]
 pub(crate) struct Lease {
     pub(crate) key: Key,
     pub(crate) fence: Fence,
-    pub(crate) cancel: CancellationToken,
+    pub(crate) lost: Tripwire,
     /// When the store last confirmed the lease (at the claim, then each renewal).
     pub(crate) confirmed: Mutex<Instant>,
     /// The run is over and its result is being written: a renewal the
     /// store refuses now raced that write (the key is completed, say), so
     /// the lease is not reported lost.
     pub(crate) settling: AtomicBool,
+}
+
+impl Wired for Lease {
+    fn tripwire(&self) -> &Tripwire {
+        &self.lost
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -136,7 +143,7 @@ async fn renew_all(store: &dyn Store, held: &[Arc<Lease>], lease: Duration, peri
             }
             Some(Ok(false)) => {
                 tracing::warn!(%key, fence = %held.fence, "lease lost (taken over after expiry, or gone); cancelling its run");
-                held.cancel.cancel();
+                held.lost.fire();
             }
             Some(Err(error)) => {
                 tracing::warn!(%error, %key, "lease renewal failed");
@@ -155,6 +162,6 @@ async fn renew_all(store: &dyn Store, held: &[Arc<Lease>], lease: Duration, peri
 fn cancel_if_expired(held: &Lease, lease: Duration) {
     if lock(&held.confirmed).elapsed() >= lease {
         tracing::warn!(key = %held.key, "lease could not be renewed before it ran out; cancelling its run");
-        held.cancel.cancel();
+        held.lost.fire();
     }
 }

@@ -239,7 +239,7 @@ impl<'a> Retrying<'a> {
             tracing::debug!(attempt, error = %error, "permanent failure");
             return Some(Err(Error::Failed(failure(error.kind()))));
         };
-        if request.cancellation().is_cancelled() {
+        if request.is_cancelled() {
             return Some(Err(Error::Shutdown));
         }
         if attempt::is_exhausted(attempt, policy.max_attempts) {

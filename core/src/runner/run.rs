@@ -82,6 +82,9 @@ where
         };
         // One waiter on the shutdown token for the whole run, not one per wait.
         let stopping = self.shutdown.clone().cancelled_owned();
+        // Every delivery's cancellation: one token, shared (a token's clone
+        // takes its tree's lock; an `Arc`'s does not).
+        let cancel = std::sync::Arc::new(self.shutdown.clone());
         tokio::pin!(stopping);
         let mut states = breaker.watch();
         let mut failure = None;
@@ -106,7 +109,9 @@ where
                     let held = run.polling(self.source.pause()).await;
                     for held in held {
                         run.summary.received += 1;
-                        let delivery = held.postponed().with_cancellation(self.shutdown.clone());
+                        let delivery = held
+                            .postponed()
+                            .with_shared_cancellation(std::sync::Arc::clone(&cancel));
                         let ready = ServiceExt::<Delivery>::ready(&mut self.service);
                         match run.polling(ready).await {
                             Ok(_) => run
@@ -191,7 +196,7 @@ where
                     run.summary.received += 1;
                     let delivery = delivery
                         .postponed()
-                        .with_cancellation(self.shutdown.clone());
+                        .with_shared_cancellation(std::sync::Arc::clone(&cancel));
                     run.start(&mut self.service, delivery, Kind::Uncounted);
                 }
                 Some(Ok(delivery)) => {
@@ -202,7 +207,8 @@ where
                         }
                     }
                     run.summary.received += 1;
-                    let delivery = delivery.with_cancellation(self.shutdown.clone());
+                    let delivery =
+                        delivery.with_shared_cancellation(std::sync::Arc::clone(&cancel));
                     let kind = if state == BreakerState::HalfOpen {
                         Kind::Probe
                     } else {
