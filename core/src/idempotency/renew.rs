@@ -20,7 +20,11 @@ use crate::cancellation::{Tripwire, Wired};
 pub(crate) struct Renewer {
     leases: Arc<Mutex<Leases>>,
     next: AtomicU64,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// True while the task runs: set when it is spawned, cleared when its
+    /// future ends or is dropped (its runtime shut down), so a register
+    /// reads one flag instead of locking to ask the task.
+    running: Arc<AtomicBool>,
+    task: Mutex<()>,
 }
 
 /// The held leases by id (foldhash: an insert and a removal per message).
@@ -56,7 +60,8 @@ impl Renewer {
         Renewer {
             leases: Arc::new(Mutex::new(Leases::default())),
             next: AtomicU64::new(0),
-            task: Mutex::new(None),
+            running: Arc::new(AtomicBool::new(false)),
+            task: Mutex::new(()),
         }
     }
 
@@ -67,19 +72,18 @@ impl Renewer {
         duration: Duration,
         lease: Arc<Lease>,
     ) -> u64 {
-        {
+        if !self.running.load(Ordering::Acquire) {
             // (Re)start the task if it is not running: the runtime that ran it
-            // may be gone (a stack shared across runtimes).
-            let mut task = lock(&self.task);
-            if task
-                .as_ref()
-                .is_none_or(tokio::task::JoinHandle::is_finished)
-            {
-                *task = Some(spawn(
+            // may be gone (a stack shared across runtimes). One at a time.
+            let _starting = lock(&self.task);
+            if !self.running.load(Ordering::Acquire) {
+                self.running.store(true, Ordering::Release);
+                spawn(
                     Arc::downgrade(&self.leases),
                     Arc::clone(store),
                     duration,
-                ));
+                    Running(Arc::clone(&self.running)),
+                );
             }
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
@@ -93,13 +97,20 @@ impl Renewer {
     }
 }
 
-fn spawn(
-    leases: Weak<Mutex<Leases>>,
-    store: Arc<dyn Store>,
-    lease: Duration,
-) -> tokio::task::JoinHandle<()> {
+/// Clears the renewer's `running` flag when the task's future ends or is
+/// dropped.
+struct Running(Arc<AtomicBool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+fn spawn(leases: Weak<Mutex<Leases>>, store: Arc<dyn Store>, lease: Duration, running: Running) {
     let period = (lease / 3).max(Duration::from_millis(1));
     tokio::spawn(async move {
+        let _running = running;
         let mut tick = tokio::time::interval_at(Instant::now() + period, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -114,7 +125,7 @@ fn spawn(
             }
             renew_all(&*store, &held, lease, period).await;
         }
-    })
+    });
 }
 
 /// One renewal turn: one batch, bounded by `period` so a slow store cannot

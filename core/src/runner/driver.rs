@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use tokio_util::sync::WaitForCancellationFutureOwned;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower::Service;
 
 use super::halt;
@@ -81,8 +81,14 @@ where
     /// Waits for `wanted`, polling in-flight work meanwhile; `wanted` is
     /// polled only while fewer than `room` messages are in flight, and is
     /// kept (not re-created) while messages settle.
+    ///
+    /// Shutdown (`shutdown`, which `stopping` waits for) is read at the top
+    /// of each turn, before anything more is taken; the wait for it is
+    /// polled only when nothing else is ready (a turn with work ready does
+    /// not poll a waiter).
     pub(super) async fn settling<T>(
         &mut self,
+        shutdown: &CancellationToken,
         mut stopping: Pin<&mut WaitForCancellationFutureOwned>,
         states: &mut BreakerWatch,
         state: BreakerState,
@@ -91,6 +97,9 @@ where
     ) -> Waited<T> {
         tokio::pin!(wanted);
         loop {
+            if shutdown.is_cancelled() {
+                return Waited::Stop;
+            }
             // A change is seen here, before anything more is taken; the
             // wait for one is polled last, so a turn that has work ready
             // does not register (and drop) a waiter on the breaker.
@@ -99,7 +108,6 @@ where
             }
             tokio::select! {
                 biased;
-                () = &mut stopping => return Waited::Stop,
                 Some(done) = self.in_flight.next() => {
                     self.record(done);
                     if self.halted.is_some() {
@@ -107,6 +115,7 @@ where
                     }
                 }
                 got = &mut wanted, if self.in_flight.len() < room => return Waited::Got(got),
+                () = &mut stopping => return Waited::Stop,
                 () = states.changed(state) => return Waited::Changed,
                 _ = self.tick.tick() => self.pulse.beat(),
             }

@@ -158,6 +158,7 @@ where
             let ready = ServiceExt::<Delivery>::ready(&mut self.service);
             let ready = match run
                 .settling(
+                    &self.shutdown,
                     stopping.as_mut(),
                     &mut states,
                     state,
@@ -179,7 +180,14 @@ where
             // a source's `next` may not be safe to drop mid-reconnect.
             let next = self.source.next();
             let next = match run
-                .settling(stopping.as_mut(), &mut states, state, usize::MAX, next)
+                .settling(
+                    &self.shutdown,
+                    stopping.as_mut(),
+                    &mut states,
+                    state,
+                    usize::MAX,
+                    next,
+                )
                 .await
             {
                 Waited::Stop => break,
