@@ -99,44 +99,142 @@ pub trait Acker: Send + 'static {
     }
 }
 
+/// Settles the deliveries of one source by their tags, from one value
+/// every delivery shares: a delivery then carries the settler and its tag
+/// ([`AckHandle::tagged`], [`Delivery::tagged`]) and no acker of its own,
+/// so handing one out allocates nothing. The other way in is [`Acker`],
+/// one value per delivery.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use backstop::Message;
+/// use backstop::delivery::{Delivery, Settler};
+/// use backstop::error::AckError;
+///
+/// #[derive(Default)]
+/// struct Log(Mutex<Vec<String>>);
+///
+/// #[async_trait::async_trait]
+/// impl Settler for Log {
+///     async fn ack(&self, tag: u64) -> Result<(), AckError> {
+///         self.ack_now(tag).unwrap_or(Ok(()))
+///     }
+///     fn ack_now(&self, tag: u64) -> Option<Result<(), AckError>> {
+///         self.0.lock().unwrap().push(format!("ack {tag}"));
+///         Some(Ok(()))
+///     }
+///     async fn nack(&self, tag: u64, requeue: bool) -> Result<(), AckError> {
+///         self.0.lock().unwrap().push(format!("nack {tag}, requeue {requeue}"));
+///         Ok(())
+///     }
+///     fn abandon(self: Arc<Self>, tag: u64) {
+///         self.0.lock().unwrap().push(format!("abandoned {tag}"));
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), AckError> {
+/// let log = Arc::new(Log::default());
+/// let settler: Arc<dyn Settler> = log.clone();
+/// Delivery::tagged(Arc::new(Message::new("a")), Arc::clone(&settler), 1).ack().await?;
+/// Delivery::tagged(Arc::new(Message::new("b")), Arc::clone(&settler), 2).nack(true).await?;
+/// drop(Delivery::tagged(Arc::new(Message::new("c")), settler, 3));
+/// assert_eq!(*log.0.lock().unwrap(), ["ack 1", "nack 2, requeue true", "abandoned 3"]);
+/// # Ok(())
+/// # }
+/// ```
+#[async_trait::async_trait]
+pub trait Settler: Send + Sync + 'static {
+    /// Acknowledges the delivery `tag`: the broker forgets it.
+    async fn ack(&self, tag: u64) -> Result<(), AckError>;
+
+    /// [`ack`](Settler::ack) done at once, when it needs no waiting (as
+    /// [`Acker::ack_now`]): `Some` is the ack's result; `None`, the
+    /// default, means "call `ack`".
+    fn ack_now(&self, tag: u64) -> Option<Result<(), AckError>> {
+        let _ = tag;
+        None
+    }
+
+    /// Negatively acknowledges the delivery `tag`; with `requeue` the
+    /// broker redelivers it.
+    async fn nack(&self, tag: u64, requeue: bool) -> Result<(), AckError>;
+
+    /// Called when the delivery `tag` is dropped unsettled; must lead to a
+    /// redelivery. By default, a requeueing nack on a spawned task.
+    fn abandon(self: Arc<Self>, tag: u64) {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(error) = self.nack(tag, true).await {
+                    tracing::debug!(%error, "nack of an abandoned delivery failed; the broker redelivers it when the channel closes");
+                }
+            });
+        }
+    }
+}
+
 /// Settles a delivery at most once; dropping it unsettled abandons it (requeue).
 pub struct AckHandle {
-    acker: Option<Box<dyn Acker>>,
+    acker: Settling,
+}
+
+/// How an [`AckHandle`] settles its delivery, until it has.
+enum Settling {
+    /// Through the delivery's own acker.
+    Own(Box<dyn Acker>),
+    /// Through its source's settler, by tag.
+    Tagged(Arc<dyn Settler>, u64),
+    /// Settled (or being settled).
+    Spent,
 }
 
 impl AckHandle {
     /// Wraps an adapter's acker.
     pub fn new(acker: impl Acker) -> Self {
         AckHandle {
-            acker: Some(Box::new(acker)),
+            acker: Settling::Own(Box::new(acker)),
+        }
+    }
+
+    /// Settles the delivery `tag` through `settler` (see [`Settler`]).
+    pub fn tagged(settler: Arc<dyn Settler>, tag: u64) -> Self {
+        AckHandle {
+            acker: Settling::Tagged(settler, tag),
         }
     }
 
     /// Acknowledges the delivery (at once if the acker can, see
     /// [`Acker::ack_now`]).
     pub async fn ack(mut self) -> Result<(), AckError> {
-        match self.acker.take() {
-            Some(mut acker) => match acker.ack_now() {
+        match std::mem::replace(&mut self.acker, Settling::Spent) {
+            Settling::Own(mut acker) => match acker.ack_now() {
                 Some(result) => result,
                 None => acker.ack().await,
             },
-            None => Ok(()),
+            Settling::Tagged(settler, tag) => match settler.ack_now(tag) {
+                Some(result) => result,
+                None => settler.ack(tag).await,
+            },
+            Settling::Spent => Ok(()),
         }
     }
 
     /// Negatively acknowledges the delivery.
     pub async fn nack(mut self, requeue: bool) -> Result<(), AckError> {
-        match self.acker.take() {
-            Some(acker) => acker.nack(requeue).await,
-            None => Ok(()),
+        match std::mem::replace(&mut self.acker, Settling::Spent) {
+            Settling::Own(acker) => acker.nack(requeue).await,
+            Settling::Tagged(settler, tag) => settler.nack(tag, requeue).await,
+            Settling::Spent => Ok(()),
         }
     }
 }
 
 impl Drop for AckHandle {
     fn drop(&mut self) {
-        if let Some(acker) = self.acker.take() {
-            acker.abandon();
+        match std::mem::replace(&mut self.acker, Settling::Spent) {
+            Settling::Own(acker) => acker.abandon(),
+            Settling::Tagged(settler, tag) => settler.abandon(tag),
+            Settling::Spent => {}
         }
     }
 }
@@ -144,7 +242,7 @@ impl Drop for AckHandle {
 impl fmt::Debug for AckHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AckHandle")
-            .field("settled", &self.acker.is_none())
+            .field("settled", &matches!(self.acker, Settling::Spent))
             .finish()
     }
 }
@@ -198,9 +296,20 @@ impl Delivery {
     /// assert!(std::ptr::eq(delivery.message(), &*kept));
     /// ```
     pub fn shared(message: Arc<Message>, acker: impl Acker) -> Self {
+        Self::handled(message, AckHandle::new(acker))
+    }
+
+    /// A delivery of a message the source also keeps, settled through its
+    /// source's `settler` by `tag` (see [`Settler`]): nothing is allocated
+    /// for it.
+    pub fn tagged(message: Arc<Message>, settler: Arc<dyn Settler>, tag: u64) -> Self {
+        Self::handled(message, AckHandle::tagged(settler, tag))
+    }
+
+    fn handled(message: Arc<Message>, acker: AckHandle) -> Self {
         Delivery {
             message,
-            acker: AckHandle::new(acker),
+            acker,
             cancel: OnceLock::new(),
             fence: None,
             deadline: None,

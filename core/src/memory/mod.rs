@@ -8,8 +8,8 @@
 //! refused (like RabbitMQ's `reject-publish`). It is the embedded default for
 //! the quickstart and for fast tests of every layer.
 
-mod acker;
 mod queue;
+mod settler;
 mod sinks;
 mod source;
 

@@ -4,9 +4,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::time::Instant;
 
 use super::Shared;
-use super::acker::MemoryAcker;
 use super::queue::Unacked;
-use crate::delivery::Delivery;
+use super::settler::MemorySettler;
+use crate::delivery::{Delivery, Settler};
 use crate::runner::{Source, SourceError};
 
 /// A consumer of one in-memory queue, with a prefetch bound.
@@ -19,7 +19,8 @@ pub struct MemorySource {
     queue: Arc<str>,
     consumer: u64,
     prefetch: usize,
-    outstanding: Arc<AtomicUsize>,
+    /// Settles this consumer's deliveries (and counts its window).
+    settler: Arc<MemorySettler>,
     until_drained: bool,
     closed: bool,
 }
@@ -27,12 +28,19 @@ pub struct MemorySource {
 impl MemorySource {
     pub(crate) fn new(shared: Arc<Shared>, queue: &str, prefetch: usize) -> Self {
         let consumer = shared.next_consumer();
+        let queue: Arc<str> = Arc::from(queue);
+        let prefetch = prefetch.max(1);
         MemorySource {
+            settler: Arc::new(MemorySettler {
+                shared: Arc::clone(&shared),
+                queue: Arc::clone(&queue),
+                outstanding: AtomicUsize::new(0),
+                prefetch,
+            }),
             shared,
-            queue: Arc::from(queue),
+            queue,
             consumer,
-            prefetch: prefetch.max(1),
-            outstanding: Arc::new(AtomicUsize::new(0)),
+            prefetch,
             until_drained: false,
             closed: false,
         }
@@ -76,7 +84,7 @@ impl MemorySource {
             }
             queue.notify.notify_waiters();
         }
-        self.outstanding.store(0, Ordering::SeqCst);
+        self.settler.outstanding.store(0, Ordering::SeqCst);
     }
 
     fn try_take(
@@ -90,7 +98,7 @@ impl MemorySource {
             return Err((false, None, Arc::new(tokio::sync::Notify::new())));
         };
         let next_due = queue.promote(Instant::now());
-        if self.outstanding.load(Ordering::SeqCst) < self.prefetch
+        if self.settler.outstanding.load(Ordering::SeqCst) < self.prefetch
             && let Some(mut message) = queue.ready.pop_front()
         {
             let tag = self.shared.next_tag();
@@ -103,15 +111,9 @@ impl MemorySource {
                     message: Arc::clone(&message),
                 },
             );
-            self.outstanding.fetch_add(1, Ordering::SeqCst);
-            let acker = MemoryAcker {
-                shared: Arc::clone(&self.shared),
-                queue: Arc::clone(&self.queue),
-                tag,
-                outstanding: Arc::clone(&self.outstanding),
-                prefetch: self.prefetch,
-            };
-            return Ok(Some(Delivery::shared(message, acker)));
+            self.settler.outstanding.fetch_add(1, Ordering::SeqCst);
+            let settler: Arc<dyn Settler> = self.settler.clone();
+            return Ok(Some(Delivery::tagged(message, settler, tag)));
         }
         let drained = queue.len() == 0;
         Err((drained, next_due, Arc::clone(&queue.notify)))

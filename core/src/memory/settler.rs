@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::Shared;
-use crate::delivery::Acker;
+use crate::delivery::Settler;
 use crate::error::AckError;
 
 /// How an in-memory delivery is settled.
@@ -16,27 +16,28 @@ enum Settlement {
     Drop,
 }
 
-/// Settles one in-memory delivery by its tag.
+/// Settles the deliveries of one in-memory consumer by their tags (one
+/// value the consumer's deliveries share).
 #[derive(Debug)]
-pub(crate) struct MemoryAcker {
+pub(crate) struct MemorySettler {
     pub(crate) shared: Arc<Shared>,
     pub(crate) queue: Arc<str>,
-    pub(crate) tag: u64,
-    pub(crate) outstanding: Arc<AtomicUsize>,
+    /// The consumer's deliveries not settled yet (its prefetch window).
+    pub(crate) outstanding: AtomicUsize,
     pub(crate) prefetch: usize,
 }
 
-impl MemoryAcker {
+impl MemorySettler {
     #[inline]
-    fn settle(&self, settlement: Settlement) -> Result<(), AckError> {
+    fn settle(&self, tag: u64, settlement: Settlement) -> Result<(), AckError> {
         let mut queues = self.shared.lock();
         let queue = queues
             .get_mut(&*self.queue)
             .ok_or_else(|| AckError::Stale(format!("queue {} is gone", self.queue)))?;
-        let Some(entry) = queue.unacked.remove(&self.tag) else {
+        let Some(entry) = queue.unacked.remove(&tag) else {
             return Err(AckError::Stale(format!(
                 "delivery tag {} on {} was already settled or its consumer closed",
-                self.tag, self.queue
+                tag, self.queue
             )));
         };
         let was_full = self.outstanding.fetch_sub(1, Ordering::SeqCst) >= self.prefetch;
@@ -65,25 +66,28 @@ impl MemoryAcker {
 }
 
 #[async_trait::async_trait]
-impl Acker for MemoryAcker {
-    async fn ack(self: Box<Self>) -> Result<(), AckError> {
-        self.settle(Settlement::Ack)
+impl Settler for MemorySettler {
+    async fn ack(&self, tag: u64) -> Result<(), AckError> {
+        self.settle(tag, Settlement::Ack)
     }
 
-    fn ack_now(&mut self) -> Option<Result<(), AckError>> {
-        Some(self.settle(Settlement::Ack))
+    fn ack_now(&self, tag: u64) -> Option<Result<(), AckError>> {
+        Some(self.settle(tag, Settlement::Ack))
     }
 
-    async fn nack(self: Box<Self>, requeue: bool) -> Result<(), AckError> {
-        self.settle(if requeue {
-            Settlement::Requeue
-        } else {
-            Settlement::Drop
-        })
+    async fn nack(&self, tag: u64, requeue: bool) -> Result<(), AckError> {
+        self.settle(
+            tag,
+            if requeue {
+                Settlement::Requeue
+            } else {
+                Settlement::Drop
+            },
+        )
     }
 
-    fn abandon(self: Box<Self>) {
+    fn abandon(self: Arc<Self>, tag: u64) {
         // Synchronous: a dropped delivery is back in the queue at once.
-        let _ = self.settle(Settlement::Requeue);
+        let _ = self.settle(tag, Settlement::Requeue);
     }
 }
