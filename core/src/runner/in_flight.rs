@@ -2,10 +2,11 @@
 //! task, or (opt-in, [`Runner::task_per_message`](super::Runner::task_per_message))
 //! each on a task of its own.
 //!
-//! In place, every message future lives in one [`FuturesUnordered`] that the
-//! runner polls from the same `select!` that waits for the source, for
-//! readiness and for the breaker, so in-flight work is never left unpolled
-//! while the runner waits, and no task is spawned per message. A panic that
+//! In place, every message future lives in one of the driver's
+//! [`Slots`], which the runner polls from the same `select!` that waits
+//! for the source, for readiness and for the breaker, so in-flight work is
+//! never left unpolled while the runner waits, no task is spawned per
+//! message, and nothing is allocated per message (a slot is reused). A panic that
 //! escapes a message future is caught for that message alone (its
 //! [`Slot`]): the future, with the delivery and any lease it holds, is
 //! dropped, so the delivery is nacked with requeue and the lease released,
@@ -16,10 +17,9 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures::FutureExt;
-use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::task::{JoinError, JoinSet};
 
+use super::slots::Slots;
 use crate::ack::Settled;
 use crate::error::AckError;
 
@@ -91,7 +91,7 @@ where
 /// The in-flight set; see the [module docs](self).
 pub(super) enum InFlight<F> {
     /// Polled by the runner's task.
-    InPlace(FuturesUnordered<Slot<F>>),
+    InPlace(Slots<Slot<F>>),
     /// A task per message.
     Tasks(JoinSet<Done>),
 }
@@ -105,7 +105,7 @@ where
         if task_per_message {
             InFlight::Tasks(JoinSet::new())
         } else {
-            InFlight::InPlace(FuturesUnordered::new())
+            InFlight::InPlace(Slots::new())
         }
     }
 
@@ -131,7 +131,9 @@ where
     /// The next to end; `None` when nothing is in flight. Cancel-safe.
     pub(super) async fn next(&mut self) -> Option<Done> {
         match self {
-            InFlight::InPlace(set) => set.next().await,
+            InFlight::InPlace(set) => {
+                std::future::poll_fn(|cx| set.poll_next(Some(cx.waker()))).await
+            }
             InFlight::Tasks(tasks) => tasks.join_next().await.map(joined),
         }
     }
@@ -140,7 +142,10 @@ where
     #[inline]
     pub(super) fn try_next(&mut self) -> Option<Done> {
         match self {
-            InFlight::InPlace(set) => set.next().now_or_never().flatten(),
+            InFlight::InPlace(set) => match set.poll_next(None) {
+                Poll::Ready(done) => done,
+                Poll::Pending => None,
+            },
             InFlight::Tasks(tasks) => tasks.try_join_next().map(joined),
         }
     }
@@ -151,8 +156,7 @@ where
     pub(super) async fn abandon_all(&mut self) -> Vec<Done> {
         match self {
             InFlight::InPlace(set) => {
-                let abandoned = set.len();
-                *set = FuturesUnordered::new();
+                let abandoned = set.clear();
                 std::iter::repeat_with(|| Done::Abandoned)
                     .take(abandoned)
                     .collect()

@@ -48,6 +48,7 @@ mod in_flight;
 mod liveness;
 mod readiness;
 mod run;
+mod slots;
 mod source;
 mod summary;
 #[cfg(test)]
