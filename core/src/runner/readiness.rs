@@ -1,5 +1,6 @@
 //! [`Readiness`]: whether a runner is consuming, for a health endpoint.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Whether a [`Runner`](super::Runner) is ready: its source passed the
@@ -17,8 +18,21 @@ use std::sync::{Arc, Mutex};
 /// source the runner infers the connection from what `next` returns.
 #[derive(Clone, Debug)]
 pub struct Readiness {
-    state: Arc<Mutex<State>>,
+    shared: Arc<Shared>,
 }
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    /// [`RUN_OK`] and [`CONNECTED`], as `state` has them: the driver asks
+    /// every turn, so the answer is read without the lock.
+    ok: AtomicU8,
+}
+
+/// The runner's own part is `Ok`.
+const RUN_OK: u8 = 1;
+/// The connection's part is `Ok`.
+const CONNECTED: u8 = 2;
 
 #[derive(Debug)]
 struct State {
@@ -33,12 +47,15 @@ struct State {
 impl Default for Readiness {
     fn default() -> Self {
         Readiness {
-            state: Arc::new(Mutex::new(State {
-                run: Err("starting".to_owned()),
-                connection: Ok(()),
-                by_source: false,
-                gauge: None,
-            })),
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    run: Err("starting".to_owned()),
+                    connection: Ok(()),
+                    by_source: false,
+                    gauge: None,
+                }),
+                ok: AtomicU8::new(CONNECTED),
+            }),
         }
     }
 }
@@ -46,7 +63,7 @@ impl Default for Readiness {
 impl Readiness {
     /// True when the runner is consuming.
     pub fn is_ready(&self) -> bool {
-        self.get().is_ok()
+        self.shared.ok.load(Ordering::Acquire) == RUN_OK | CONNECTED
     }
 
     /// `Ok` when ready, else why not (the runner's reason first).
@@ -86,20 +103,26 @@ impl Readiness {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn update(&self, change: impl FnOnce(&mut State)) {
         let mut state = self.lock();
         change(&mut state);
+        let ok =
+            u8::from(state.run.is_ok()) * RUN_OK + u8::from(state.connection.is_ok()) * CONNECTED;
+        // Written under the lock, so the flags follow the state's order of changes.
+        self.shared.ok.store(ok, Ordering::Release);
         if let Some(gauge) = &state.gauge {
-            let ready = state.run.is_ok() && state.connection.is_ok();
-            gauge.set(if ready { 1.0 } else { 0.0 });
+            gauge.set(if ok == RUN_OK | CONNECTED { 1.0 } else { 0.0 });
         }
     }
 
     /// The runner's own part: `Ok` unless starting, paused by the breaker, halted or stopped.
     pub(crate) fn run_state(&self) -> Result<(), String> {
+        if self.shared.ok.load(Ordering::Acquire) & RUN_OK != 0 {
+            return Ok(());
+        }
         self.lock().run.clone()
     }
 
