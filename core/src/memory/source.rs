@@ -1,3 +1,4 @@
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -21,6 +22,10 @@ pub struct MemorySource {
     prefetch: usize,
     /// Settles this consumer's deliveries (and counts its window).
     settler: Arc<MemorySettler>,
+    /// Deliveries taken from the queue in one go (under one lock) and not
+    /// handed out yet: unacked, and counted in the prefetch window, as a
+    /// broker's client buffer is.
+    taken: VecDeque<Delivery>,
     until_drained: bool,
     closed: bool,
 }
@@ -37,6 +42,7 @@ impl MemorySource {
                 outstanding: AtomicUsize::new(0),
                 prefetch,
             }),
+            taken: VecDeque::new(),
             shared,
             queue,
             consumer,
@@ -69,6 +75,12 @@ impl MemorySource {
             return;
         }
         self.closed = true;
+        // Taken but never handed out: back at the head of the queue, in
+        // their order (each requeued at the front, the last first). Before
+        // the lock: a delivery's drop takes it.
+        while let Some(delivery) = self.taken.pop_back() {
+            drop(delivery);
+        }
         let mut queues = self.shared.lock();
         if let Some(queue) = queues.get_mut(&*self.queue) {
             let mine: Vec<u64> = queue
@@ -87,9 +99,16 @@ impl MemorySource {
         self.settler.outstanding.store(0, Ordering::SeqCst);
     }
 
+    /// Takes what the prefetch window allows (up to [`BATCH`]) into
+    /// `taken`, under one lock; hands out the first. `Err` when nothing is
+    /// ready: whether the queue is drained, when the next delayed message
+    /// is due, and what to wait on.
     fn try_take(
-        &self,
+        &mut self,
     ) -> Result<Option<Delivery>, (bool, Option<Instant>, Arc<tokio::sync::Notify>)> {
+        if let Some(delivery) = self.taken.pop_front() {
+            return Ok(Some(delivery));
+        }
         let mut queues = self.shared.lock();
         if !queues.contains_key(&*self.queue) {
             queues.insert(self.queue.to_string(), super::queue::Queue::default());
@@ -98,9 +117,12 @@ impl MemorySource {
             return Err((false, None, Arc::new(tokio::sync::Notify::new())));
         };
         let next_due = queue.promote(Instant::now());
-        if self.settler.outstanding.load(Ordering::SeqCst) < self.prefetch
-            && let Some(mut message) = queue.ready.pop_front()
-        {
+        let outstanding = self.settler.outstanding.load(Ordering::SeqCst);
+        let room = self.prefetch.saturating_sub(outstanding).min(BATCH);
+        for _ in 0..room {
+            let Some(mut message) = queue.ready.pop_front() else {
+                break;
+            };
             let tag = self.shared.next_tag();
             // The queue's only reference: tagged in place, not copied.
             Arc::make_mut(&mut message).meta.delivery_tag = Some(tag);
@@ -113,12 +135,19 @@ impl MemorySource {
             );
             self.settler.outstanding.fetch_add(1, Ordering::SeqCst);
             let settler: Arc<dyn Settler> = self.settler.clone();
-            return Ok(Some(Delivery::tagged(message, settler, tag)));
+            self.taken
+                .push_back(Delivery::tagged(message, settler, tag));
+        }
+        if let Some(delivery) = self.taken.pop_front() {
+            return Ok(Some(delivery));
         }
         let drained = queue.len() == 0;
         Err((drained, next_due, Arc::clone(&queue.notify)))
     }
 }
+
+/// The most deliveries one take hands the consumer at once.
+const BATCH: usize = 32;
 
 impl Source for MemorySource {
     async fn next(&mut self) -> Option<Result<Delivery, SourceError>> {

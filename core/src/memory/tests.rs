@@ -47,6 +47,44 @@ async fn closing_a_consumer_requeues_its_deliveries_and_stale_acks_fail() {
     assert_eq!(broker.stats("q").acked, 1);
 }
 
+/// A consumer takes what its window allows in one go; closing it puts the
+/// deliveries it took but never handed out back at the head of the queue,
+/// in their order, before the one it handed out.
+#[tokio::test]
+async fn closing_puts_back_what_was_taken_but_not_handed_out_in_order() {
+    let broker = MemoryBroker::new();
+    for i in 0..6 {
+        broker
+            .publish_now(
+                "q",
+                Message::new(format!("{i}")).with_message_id(format!("{i}")),
+            )
+            .unwrap();
+    }
+    let mut src = broker.consume("q", 4);
+    let first = next(&mut src).await;
+    assert_eq!(first.message().meta.message_id, "0");
+    let s = broker.stats("q");
+    assert_eq!((s.ready, s.unacked), (2, 4), "the window taken at once");
+    src.close().await;
+    let s = broker.stats("q");
+    assert_eq!((s.ready, s.unacked), (6, 0), "all back");
+    assert!(matches!(first.ack().await, Err(AckError::Stale(_))));
+    let mut again = broker.consume("q", 10).until_drained();
+    let mut order = Vec::new();
+    while let Some(Ok(d)) = again.next().await {
+        order.push(d.message().meta.message_id.clone());
+        d.ack().await.unwrap();
+    }
+    assert_eq!(order.len(), 6);
+    assert_eq!(
+        order[1..4],
+        ["1", "2", "3"],
+        "the taken ones kept their order: {order:?}"
+    );
+    assert_eq!(broker.stats("q").acked, 6);
+}
+
 #[tokio::test]
 async fn prefetch_bounds_unsettled_deliveries() {
     let broker = MemoryBroker::new();
