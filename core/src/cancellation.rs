@@ -49,6 +49,7 @@ impl Cancellation {
     /// The token that fires when this message is cancelled: the shutdown
     /// token itself, or (when something cancels the message alone) its
     /// child, made on the first call.
+    #[inline]
     pub fn token(&self) -> &CancellationToken {
         match &self.trip {
             None => &self.shutdown,
@@ -78,6 +79,17 @@ impl Cancellation {
     /// [`trip`](Self::trip), so it fires with the tripwires before it).
     pub(crate) fn tripped_by(&mut self, trip: Arc<dyn Wired>) {
         self.trip = Some(trip);
+    }
+}
+
+/// The message's token ([`Cancellation::token`]), so code written for a
+/// [`CancellationToken`] (`child_token`, `cancelled_owned`, a clone) works
+/// on it.
+impl std::ops::Deref for Cancellation {
+    type Target = CancellationToken;
+
+    fn deref(&self) -> &CancellationToken {
+        self.token()
     }
 }
 
@@ -126,6 +138,7 @@ impl Tripwire {
         // Set before the token is looked at; `token` makes the token, then
         // reads the flag: whichever comes second cancels it.
         self.fired.store(true, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
         if let Some(token) = self.token.get() {
             token.cancel();
         }
@@ -150,6 +163,9 @@ impl Tripwire {
             };
             parent.child_token()
         });
+        // Pairs with `fire`'s store: the token was published (above), then
+        // the flag is read; `fire` stores the flag, then reads the token.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self.fired.load(Ordering::SeqCst) {
             token.cancel();
         }
@@ -235,6 +251,52 @@ mod tests {
             let token = cancellation.token().clone();
             firing.join().expect("the firing thread");
             assert!(token.is_cancelled());
+        }
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+
+    /// Shutdown, the ack layer's tripwire and two nested lease tripwires (a
+    /// migration's two leases), as a message's cancellation holds them.
+    fn chain() -> (
+        CancellationToken,
+        Arc<Tripwire>,
+        Arc<Tripwire>,
+        Arc<Tripwire>,
+        Cancellation,
+    ) {
+        let shutdown = CancellationToken::new();
+        let mut c = Cancellation::from(shutdown.clone());
+        let ack = Arc::new(Tripwire::within(None));
+        c.tripped_by(Arc::clone(&ack) as Arc<dyn Wired>);
+        let l1 = Arc::new(Tripwire::within(c.trip()));
+        let l2 = Arc::new(Tripwire::within(Some(Arc::clone(&l1) as Arc<dyn Wired>)));
+        c.tripped_by(Arc::clone(&l2) as Arc<dyn Wired>);
+        (shutdown, ack, l1, l2, c)
+    }
+
+    #[test]
+    fn every_link_of_a_chain_cancels_tokens_made_before_and_after_it_fires() {
+        for which in 0..4 {
+            for early in [true, false] {
+                let (shutdown, ack, l1, l2, c) = chain();
+                let before = early.then(|| c.token().clone());
+                let other = c.clone();
+                match which {
+                    0 => shutdown.cancel(),
+                    1 => ack.fire(),
+                    2 => l1.fire(),
+                    _ => l2.fire(),
+                }
+                assert!(c.is_cancelled(), "{which} {early}");
+                assert!(other.token().is_cancelled(), "{which} {early}");
+                if let Some(t) = before {
+                    assert!(t.is_cancelled(), "{which} {early}");
+                }
+            }
         }
     }
 }

@@ -176,3 +176,81 @@ fn cancel_if_expired(held: &Lease, lease: Duration) {
         held.lost.fire();
     }
 }
+
+#[cfg(test)]
+mod restart_tests {
+    use super::*;
+    use crate::error::StoreError;
+    use crate::idempotency::Claim;
+    use std::sync::atomic::AtomicU32;
+
+    struct Count(AtomicU32);
+    #[async_trait::async_trait]
+    impl Store for Count {
+        async fn claim(&self, _: &Key, _: &str, _: Duration, _: u32) -> Result<Claim, StoreError> {
+            unreachable!()
+        }
+        async fn renew(&self, _: &Key, _: Fence, _: Duration) -> Result<bool, StoreError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(true)
+        }
+        async fn complete(&self, _: &Key, _: Fence) -> Result<bool, StoreError> {
+            Ok(true)
+        }
+        async fn mark_dead_lettered(&self, _: &Key, _: Fence) -> Result<bool, StoreError> {
+            Ok(true)
+        }
+        async fn release(&self, _: &Key, _: Fence, _: Option<u32>) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    fn lease() -> Arc<Lease> {
+        Arc::new(Lease {
+            key: Key::new("k"),
+            fence: Fence(1),
+            lost: Tripwire::within(None),
+            confirmed: Mutex::new(Instant::now()),
+            settling: AtomicBool::new(false),
+        })
+    }
+
+    #[test]
+    fn the_task_restarts_on_a_new_runtime_and_only_once() {
+        let count = Arc::new(Count(AtomicU32::new(0)));
+        let store: Arc<dyn Store> = count.clone();
+        let renewer = Renewer::new();
+        let d = Duration::from_millis(30);
+        for _ in 0..3 {
+            // Paused time: the interval's ticks come exactly on time.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            let before = count.0.load(Ordering::SeqCst);
+            let id = rt.block_on(async {
+                let id = renewer.register(&store, d, lease());
+                let two = renewer.register(&store, d, lease()); // second: no 2nd task
+                renewer.unregister(two);
+                let _ = renewer.register(&store, d, lease()); // (same count of leases)
+                renewer.unregister(renewer.next.load(Ordering::SeqCst) - 1);
+                tokio::time::sleep(Duration::from_millis(105)).await;
+                id
+            });
+            let renewed = count.0.load(Ordering::SeqCst) - before;
+            // One lease held, a 10 ms period, 105 ms: one task renews it 10
+            // times (two tasks would renew it 20 times).
+            assert!(
+                (9..=11).contains(&renewed),
+                "renewed {renewed}: one lease, one task"
+            );
+            renewer.unregister(id);
+            drop(rt);
+            assert!(
+                !renewer.running.load(Ordering::SeqCst),
+                "flag cleared by the drop"
+            );
+        }
+    }
+}

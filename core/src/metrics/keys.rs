@@ -2,8 +2,9 @@
 //! its [`MetricLabels`]: recording one costs neither an allocation nor a
 //! formatted key.
 
-use metrics::{Key, Level, Metadata};
+use metrics::{Counter, Gauge, Histogram, Level, Metadata};
 
+use super::handle::Handle;
 use super::{HANDLER_DURATION, IN_FLIGHT, MESSAGES_TOTAL, MetricLabels};
 use crate::error::Error;
 use crate::outcome::Outcome;
@@ -25,14 +26,14 @@ const OUTCOMES: [&str; 6] = [
 
 /// The counter and the histogram of one outcome label.
 pub(super) struct OutcomeKeys {
-    total: Key,
-    duration: Key,
+    total: Handle<Counter>,
+    duration: Handle<Histogram>,
 }
 
 /// Every key one stack records per message.
 pub(crate) struct MessageKeys {
     by_outcome: [OutcomeKeys; 6],
-    in_flight: Key,
+    in_flight: Handle<Gauge>,
 }
 
 impl MessageKeys {
@@ -40,10 +41,10 @@ impl MessageKeys {
     pub(crate) fn new(labels: &MetricLabels) -> Self {
         MessageKeys {
             by_outcome: OUTCOMES.map(|outcome| OutcomeKeys {
-                total: labels.key(MESSAGES_TOTAL, &[("outcome", outcome)]),
-                duration: labels.key(HANDLER_DURATION, &[("outcome", outcome)]),
+                total: Handle::new(labels.key(MESSAGES_TOTAL, &[("outcome", outcome)])),
+                duration: Handle::new(labels.key(HANDLER_DURATION, &[("outcome", outcome)])),
             }),
-            in_flight: labels.key(IN_FLIGHT, &[]),
+            in_flight: Handle::new(labels.key(IN_FLIGHT, &[])),
         }
     }
 
@@ -62,11 +63,7 @@ impl MessageKeys {
     /// Moves the in-flight gauge by `delta`.
     #[inline]
     pub(super) fn in_flight(&self, delta: f64) {
-        metrics::with_recorder(|recorder| {
-            recorder
-                .register_gauge(&self.in_flight, &METADATA)
-                .increment(delta);
-        });
+        self.in_flight.get().increment(delta);
     }
 }
 
@@ -79,20 +76,15 @@ impl std::fmt::Debug for MessageKeys {
 impl OutcomeKeys {
     /// Counts one message and records how long it took, in seconds.
     pub(super) fn record(&self, seconds: f64) {
-        metrics::with_recorder(|recorder| {
-            recorder
-                .register_histogram(&self.duration, &METADATA)
-                .record(seconds);
-            recorder
-                .register_counter(&self.total, &METADATA)
-                .increment(1);
-        });
+        self.duration.get().record(seconds);
+        self.total.get().increment(1);
     }
 
     /// The outcome label these keys carry.
     #[cfg(test)]
     fn label(&self) -> Option<&str> {
         self.total
+            .key()
             .labels()
             .find(|l| l.key() == "outcome")
             .map(metrics::Label::value)
@@ -125,8 +117,8 @@ mod tests {
             assert_eq!(keys.of(result).label(), Some(super::super::label(result)));
         }
         for keys in &keys.by_outcome {
-            assert_eq!(keys.total.name(), MESSAGES_TOTAL);
-            assert_eq!(keys.duration.name(), HANDLER_DURATION);
+            assert_eq!(keys.total.key().name(), MESSAGES_TOTAL);
+            assert_eq!(keys.duration.key().name(), HANDLER_DURATION);
         }
     }
 }

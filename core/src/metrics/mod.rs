@@ -83,6 +83,7 @@
 //! message or a second, legitimately identical one merged with the first
 //! (see [`inbound`](crate::inbound)).
 
+mod handle;
 mod keys;
 mod labels;
 mod layer;
@@ -91,6 +92,7 @@ mod ops;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use self::handle::Handle;
 pub(crate) use self::keys::{METADATA, MessageKeys};
 pub use self::labels::MetricLabels;
 pub use self::layer::MetricsLayer;

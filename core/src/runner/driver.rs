@@ -126,8 +126,8 @@ where
                         return Waited::Stop;
                     }
                 }
-                got = &mut wanted, if self.in_flight.len() < room => return Waited::Got(got),
                 () = &mut stopping => return Waited::Stop,
+                got = &mut wanted, if self.in_flight.len() < room => return Waited::Got(got),
                 () = states.changed(state) => return Waited::Changed,
                 _ = self.tick.tick() => self.pulse.beat(),
             }

@@ -271,3 +271,71 @@ mod tests {
         assert_eq!(slots.len(), 1);
     }
 }
+
+#[cfg(test)]
+mod stress {
+    use super::*;
+    use futures::future::BoxFuture;
+    use std::time::Duration;
+
+    /// Many futures woken from other threads (oneshots, timers, self-wakes),
+    /// slots refilled as they end: every one must end, none twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_future_ends_once_under_cross_thread_wakes() {
+        let mut slots: Slots<BoxFuture<'static, usize>> = Slots::new();
+        let total = 20_000usize;
+        let mut started = 0usize;
+        let mut ended = vec![false; total];
+        let mut count = 0;
+        let r = tokio::time::timeout(Duration::from_secs(60), async {
+            while count < total {
+                while slots.len() < 64 && started < total {
+                    let n = started;
+                    started += 1;
+                    let f: BoxFuture<'static, usize> = match n % 4 {
+                        0 => {
+                            let (tx, rx) = tokio::sync::oneshot::channel();
+                            std::thread::spawn(move || {
+                                let _ = tx.send(n);
+                            });
+                            Box::pin(async move { rx.await.unwrap() })
+                        }
+                        1 => Box::pin(async move {
+                            tokio::task::yield_now().await;
+                            n
+                        }),
+                        2 => Box::pin(async move {
+                            tokio::time::sleep(Duration::from_micros((n % 7) as u64 * 50)).await;
+                            n
+                        }),
+                        _ => Box::pin(async move {
+                            tokio::spawn(async {}).await.unwrap();
+                            n
+                        }),
+                    };
+                    slots.push(f);
+                }
+                let done = if count % 3 == 0 {
+                    match slots.poll_next(None) {
+                        Poll::Ready(d) => d,
+                        Poll::Pending => {
+                            std::future::poll_fn(|cx| slots.poll_next(Some(cx.waker()))).await
+                        }
+                    }
+                } else {
+                    std::future::poll_fn(|cx| slots.poll_next(Some(cx.waker()))).await
+                };
+                let n = done.expect("in flight");
+                assert!(!ended[n], "ended twice: {n}");
+                ended[n] = true;
+                count += 1;
+            }
+        })
+        .await;
+        assert!(
+            r.is_ok(),
+            "stuck: {count} of {total} ended, {} in flight",
+            slots.len()
+        );
+    }
+}

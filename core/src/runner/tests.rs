@@ -406,3 +406,40 @@ async fn the_breaker_stops_fetching_then_probes_one_message_at_a_time() {
     assert_eq!(summary.handled, 10, "{summary}");
     assert_eq!(summary.dead_lettered, 0, "{summary}");
 }
+
+/// Shutdown and a new delivery become ready in the same wake while the
+/// driver waits for the source: shutdown wins, nothing is taken (the
+/// driver's wait polls its shutdown waiter before the source).
+#[tokio::test]
+async fn a_delivery_arriving_with_shutdown_is_not_taken() {
+    let broker = crate::memory::MemoryBroker::new();
+    let handled = Arc::new(AtomicU32::new(0));
+    let h = Arc::clone(&handled);
+    let service = service_fn(move |delivery: Delivery| {
+        let h = Arc::clone(&h);
+        async move {
+            let (_m, acker, _t) = delivery.into_parts();
+            acker.ack().await?;
+            h.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, AckError>(Settled::Acked(crate::outcome::Outcome::Handled))
+        }
+    });
+    let runner = Runner::new(broker.consume("q", 4), service);
+    let token = runner.shutdown_token();
+    let run = tokio::spawn(runner.run());
+    // Let the driver park in its wait for the (empty) source.
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    // Both in the same turn of this task, before the driver runs again.
+    token.cancel();
+    broker
+        .publish_now(
+            "q",
+            crate::message::Message::new("late").with_message_id("late"),
+        )
+        .unwrap();
+    let summary = run.await.unwrap().unwrap();
+    assert_eq!(summary.received, 0, "taken after shutdown: {summary:?}");
+    assert_eq!(handled.load(Ordering::SeqCst), 0);
+}

@@ -20,45 +20,38 @@ pub use self::wrapper::Measured;
 
 use std::time::Instant;
 
-use metrics::Key;
+use metrics::{Counter, Histogram};
 
 use crate::error::StoreError;
-use crate::metrics::{MetricLabels, STORE_BATCH_SIZE, STORE_DURATION, STORE_ERRORS};
+use crate::metrics::{Handle, MetricLabels, STORE_BATCH_SIZE, STORE_DURATION, STORE_ERRORS};
 
 /// The duration and error keys of one store operation.
 struct OpKeys {
-    duration: Key,
-    errors: Key,
+    duration: Handle<Histogram>,
+    errors: Handle<Counter>,
 }
 
 impl OpKeys {
     fn new(labels: &MetricLabels, op: &str) -> Self {
-        let keys = OpKeys {
-            duration: labels.key(STORE_DURATION, &[("op", op)]),
-            errors: labels.key(STORE_ERRORS, &[("op", op)]),
-        };
+        let errors = labels.key(STORE_ERRORS, &[("op", op)]);
         // Exported at 0 from the start, so the first failure is an increase.
         metrics::with_recorder(|recorder| {
             recorder
-                .register_counter(&keys.errors, &crate::metrics::METADATA)
+                .register_counter(&errors, &crate::metrics::METADATA)
                 .increment(0);
         });
-        keys
+        OpKeys {
+            duration: Handle::new(labels.key(STORE_DURATION, &[("op", op)])),
+            errors: Handle::new(errors),
+        }
     }
 
     /// Records one call that started at `start` and had `errors` failures.
     fn record(&self, start: Instant, errors: u64) {
-        let seconds = start.elapsed().as_secs_f64();
-        metrics::with_recorder(|recorder| {
-            recorder
-                .register_histogram(&self.duration, &crate::metrics::METADATA)
-                .record(seconds);
-            if errors > 0 {
-                recorder
-                    .register_counter(&self.errors, &crate::metrics::METADATA)
-                    .increment(errors);
-            }
-        });
+        self.duration.get().record(start.elapsed().as_secs_f64());
+        if errors > 0 {
+            self.errors.get().increment(errors);
+        }
     }
 
     /// Records one call answered at once (`call` is `None` when the store
@@ -118,7 +111,7 @@ pub(crate) struct StoreOps {
     renew_many: OpKeys,
     complete_many: OpKeys,
     /// `backstop_store_batch_size{op}` of `claim_many`, `complete_many`.
-    batch_sizes: [Key; 2],
+    batch_sizes: [Handle<Histogram>; 2],
 }
 
 impl StoreOps {
@@ -137,7 +130,7 @@ impl StoreOps {
             renew_many: op("renew_many"),
             complete_many: op("complete_many"),
             batch_sizes: ["claim_many", "complete_many"]
-                .map(|op| labels.key(STORE_BATCH_SIZE, &[("op", op)])),
+                .map(|op| Handle::new(labels.key(STORE_BATCH_SIZE, &[("op", op)]))),
         }
     }
 
@@ -156,11 +149,7 @@ impl StoreOps {
         keys.record_batch(start, results);
         #[allow(clippy::cast_precision_loss)] // a batch is far below 2^52
         let n = results.len() as f64;
-        metrics::with_recorder(|recorder| {
-            recorder
-                .register_histogram(size, &crate::metrics::METADATA)
-                .record(n);
-        });
+        size.get().record(n);
     }
 }
 
