@@ -30,9 +30,10 @@ impl Keys {
             };
         }
         let key = Keyspace::key_of(meta, service, raw);
-        let legacy = layout
-            .reads_legacy(std::time::SystemTime::now())
-            .then(|| Key::new(raw));
+        // The clock is read only during a migration window.
+        let legacy = (matches!(layout, Layout::Migrating { .. })
+            && layout.reads_legacy(std::time::SystemTime::now()))
+        .then(|| Key::new(raw));
         Keys { key, legacy }
     }
 }

@@ -39,7 +39,8 @@
 //!
 //! **Metrics.** Every store call is timed and its failures counted, by
 //! operation ([`Measured`]): `backstop_store_duration_seconds{op}` and
-//! `backstop_store_errors_total{op}`. With batches, `claim` and `complete`
+//! `backstop_store_errors_total{op}` (a call the store answers at once,
+//! without I/O, as the [`MemoryStore`] does, is recorded as taking no time). With batches, `claim` and `complete`
 //! time each message's own call (its wait for a round trip
 //! included), the batch operations (`claim_many`, …) each round trip, and
 //! `backstop_store_batch_size{op}` counts the calls each carried.
@@ -170,7 +171,14 @@ impl Config {
     }
 }
 
-static NEXT_OWNER: AtomicU64 = AtomicU64::new(0);
+/// The threads that have named owners so far: each takes its own range of
+/// owner numbers (`thread << 40`), so naming one takes no shared atomic.
+static OWNER_THREADS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// The next owner number of this thread.
+    static NEXT_OWNER: std::cell::Cell<u64> = std::cell::Cell::new(OWNER_THREADS.fetch_add(1, Ordering::Relaxed) << 40);
+}
 
 /// In a request's extensions while its run holds a lease: the key as the
 /// store keeps it and the lease's fencing token, for wrappers that check the
@@ -603,7 +611,7 @@ impl Owner {
     /// thread's buffer (a re-entrant call gets a buffer of its own).
     fn with_next<R>(worker: &str, f: impl FnOnce(&str) -> R) -> R {
         let mut digits = itoa::Buffer::new();
-        let n = digits.format(NEXT_OWNER.fetch_add(1, Ordering::Relaxed));
+        let n = digits.format(NEXT_OWNER.with(|next| next.replace(next.get() + 1)));
         let write = |name: &mut String| {
             name.clear();
             name.push_str(worker);
