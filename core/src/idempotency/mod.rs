@@ -71,6 +71,7 @@
 
 mod batched;
 mod claim;
+mod gate;
 mod guard;
 mod held;
 mod key;
@@ -101,10 +102,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use tokio::sync::RwLock;
 use tower::Service;
 
 use self::claim::{Keys, claim, settle};
+use self::gate::Gate;
 use self::guard::LeaseGuard;
 use self::renew::Renewer;
 use crate::at_once::{self, AtOnce};
@@ -204,9 +205,8 @@ pub struct Suspect {
     pub failed_runs: u32,
 }
 
-/// Lets a suspect run alone: every run holds a shared permit, a suspect the
-/// exclusive one.
-pub(crate) type Gate = Arc<RwLock<()>>;
+/// Lets a suspect run alone (see [`gate`]).
+pub(crate) type SharedGate = Arc<Gate>;
 
 /// The store's key layout, asked once per layer: a store's layout does not
 /// change while it runs (a migration window is a fixed end time), so no
@@ -230,7 +230,7 @@ pub(crate) struct Deduper {
     ops: Arc<StoreOps>,
     config: Arc<Config>,
     renewer: Arc<Renewer>,
-    gate: Gate,
+    gate: SharedGate,
     layout: KnownLayout,
     /// The store is remote (its calls are round trips, batched): its claims
     /// are not tried at once.
@@ -262,7 +262,7 @@ impl Deduper {
             ops,
             config: Arc::new(config),
             renewer: Arc::new(Renewer::new()),
-            gate: Gate::default(),
+            gate: SharedGate::default(),
             layout: KnownLayout::default(),
             remote,
         }
@@ -353,7 +353,7 @@ impl Deduper {
         let (false, Some(layout), Ok(shared)) = (
             self.remote,
             self.layout.get(),
-            Arc::clone(&self.gate).try_read_owned(),
+            self.gate.try_shared().ok_or(()),
         ) else {
             return at_once::later(self.claim_later(request));
         };
@@ -409,7 +409,7 @@ impl Deduper {
             config.service.as_deref(),
         );
         // Taken before the claim, so a run waiting behind a suspect holds no lease.
-        let shared = Arc::clone(&self.gate).read_owned().await;
+        let shared = self.gate.shared().await;
         let claimed = tokio::time::Instant::now();
         let lease = match claim(&store, &keys, owner.name(), config.lease, replay).await {
             Ok(lease) => lease,
@@ -438,7 +438,7 @@ impl Deduper {
         if let Err(error) = lease.release(&store, &keys).await {
             return Admission::Ended(Err(error));
         }
-        let alone = Arc::clone(&self.gate).write_owned().await;
+        let alone = self.gate.alone().await;
         let claimed = tokio::time::Instant::now();
         let lease = match claim(&store, &keys, owner.name(), self.config.lease, replay).await {
             Ok(lease) => lease,
@@ -641,8 +641,8 @@ impl Owner {
 /// suspect). Held for its drop, which releases the gate.
 #[expect(dead_code, reason = "held for its drop, never read")]
 enum Gated {
-    Shared(tokio::sync::OwnedRwLockReadGuard<()>),
-    Alone(tokio::sync::OwnedRwLockWriteGuard<()>),
+    Shared(gate::Shared),
+    Alone(gate::Alone),
 }
 
 /// What [`Deduper::claim`] decided for a message.
