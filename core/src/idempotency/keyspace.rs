@@ -112,7 +112,9 @@ fn write(text: &mut String, source: &str, group: Option<&str>, service: Option<&
 
 /// `part` with `%`, `:`, `@` and `#` percent-escaped (unchanged when it has none).
 fn escape(part: &str) -> Cow<'_, str> {
-    if !part.contains(['%', ':', '@', '#']) {
+    // A byte scan (the four are ASCII, never inside a multi-byte char):
+    // every message's key passes its source's name through here.
+    if !part.bytes().any(|b| matches!(b, b'%' | b':' | b'@' | b'#')) {
         return Cow::Borrowed(part);
     }
     let mut out = String::with_capacity(part.len() + 6);
