@@ -169,7 +169,7 @@ impl State {
                 let gated = parking.keys.get(&key).is_some_and(|p| p.head.is_some());
                 parking.copies.insert(at, (key.clone(), offset));
                 if gated && let Some(Some(lane_slot)) = slots.get_mut(lane) {
-                    lane_slot.tracker.gate(key);
+                    lane_slot.tracker.gate(&key);
                 }
                 message.meta.offset = Some(at);
                 self.lane_receive(lane, lane_generation, *message)
@@ -278,7 +278,7 @@ impl State {
         }
         if let Some(Some(lane_slot)) = slots.get_mut(lane) {
             for key in gated {
-                lane_slot.tracker.gate(key);
+                lane_slot.tracker.gate(&key);
             }
         }
         let mut queued = false;

@@ -327,7 +327,7 @@ impl State {
         }
         if deferred && let Some(Some(lane)) = self.slots.get_mut(ticket.slot) {
             // Its next copy waits for the new head to end.
-            lane.tracker.gate(key);
+            lane.tracker.gate(&key);
         }
     }
 

@@ -9,12 +9,16 @@
 //! order); messages of other keys, and keyless ones, run concurrently. A
 //! message of a retry topic is also held until its due time.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use backstop::Message;
 use bytes::Bytes;
+
+use self::window::Window;
+
+mod window;
 
 /// Where one tracked message stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,7 +40,8 @@ struct Entry {
     message: Option<Arc<Message>>,
     /// What the message counts for against the byte bound (computed once).
     size: usize,
-    key: Option<Bytes>,
+    /// The message key's hash ([`PartitionTracker::key_of`]), if it has a key.
+    key: Option<u64>,
     due: Option<SystemTime>,
     status: Status,
 }
@@ -57,13 +62,18 @@ pub(crate) enum Arrival {
 pub(crate) struct PartitionTracker {
     generation: u64,
     delayed: bool,
-    entries: BTreeMap<i64, Entry>,
-    /// Offsets waiting per key (foldhash: an entry per message received,
-    /// a lookup per message completed).
-    keys: HashMap<Bytes, VecDeque<i64>, foldhash::fast::RandomState>,
-    /// Keys whose messages wait even when first in line (a parked lane's
-    /// keys whose head is in a retry tier; see [`parking`](crate::parking)).
-    gated: HashSet<Bytes>,
+    entries: Window<Entry>,
+    /// Offsets waiting per key, by the key's hash: an entry per message
+    /// received, a lookup per message completed, and no copy of the key.
+    /// Two keys whose 64-bit hashes meet (about one pair in 2^64) are
+    /// ordered as one key: the order of each is kept, they only run one
+    /// after the other.
+    keys: HashMap<u64, VecDeque<i64>, foldhash::fast::RandomState>,
+    /// Hashes the keys (seeded per tracker: keys come from messages).
+    hasher: foldhash::fast::RandomState,
+    /// Keys (by hash) whose messages wait even when first in line (a parked
+    /// lane's keys whose head is in a retry tier; see [`parking`](crate::parking)).
+    gated: HashSet<u64, foldhash::fast::RandomState>,
     /// A lane's: a finished message is forgotten at once (a lane has no
     /// watermark; see [`parking`](crate::parking)).
     forget_done: bool,
@@ -85,9 +95,10 @@ impl PartitionTracker {
         PartitionTracker {
             generation,
             delayed,
-            entries: BTreeMap::new(),
+            entries: Window::default(),
             keys: HashMap::default(),
-            gated: HashSet::new(),
+            hasher: foldhash::fast::RandomState::default(),
+            gated: HashSet::default(),
             forget_done: false,
             last_received: None,
             first_received: None,
@@ -107,6 +118,11 @@ impl PartitionTracker {
             forget_done: true,
             ..PartitionTracker::new(generation, false)
         }
+    }
+
+    /// The hash a message key is tracked by.
+    fn key_of(&self, key: &[u8]) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, key)
     }
 
     /// The assignment generation: acks of an older one are stale.
@@ -137,7 +153,7 @@ impl PartitionTracker {
     /// The first offset received and not finished yet (held, queued,
     /// running or failed), if any: the offset a restart resumes at.
     pub(crate) fn first_unfinished(&self) -> Option<i64> {
-        self.entries.keys().next().copied()
+        self.entries.first().map(|(offset, _)| offset)
     }
 
     /// The last offset received, if any.
@@ -179,16 +195,16 @@ impl PartitionTracker {
         // Only a future due time on a delayed partition holds the message.
         let due = due.filter(|d| self.delayed && *d > now);
         let not_due = due.is_some();
-        let key = message.key.clone();
-        let head = match &key {
+        let key = message.key.as_deref().map(|k| self.key_of(k));
+        let head = match key {
             Some(k) => {
-                let queue = self.keys.entry(k.clone()).or_default();
+                let queue = self.keys.entry(k).or_default();
                 queue.push_back(offset);
                 queue.len() == 1
             }
             None => true,
         };
-        let gated = key.as_ref().is_some_and(|k| self.gated.contains(k));
+        let gated = key.is_some_and(|k| self.gated.contains(&k));
         let status = if head && !not_due && !gated {
             Status::Ready
         } else {
@@ -199,7 +215,7 @@ impl PartitionTracker {
         }
         let size = size_of_message(&message);
         self.bytes += size;
-        self.entries.insert(
+        self.entries.push(
             offset,
             Entry {
                 message: Some(Arc::new(message)),
@@ -217,7 +233,7 @@ impl PartitionTracker {
 
     /// Hands out a ready message: it is in flight until settled.
     pub(crate) fn take(&mut self, offset: i64) -> Option<Arc<Message>> {
-        let entry = self.entries.get_mut(&offset)?;
+        let entry = self.entries.get_mut(offset)?;
         if entry.status != Status::Ready {
             return None;
         }
@@ -236,7 +252,7 @@ impl PartitionTracker {
         released: &mut Vec<i64>,
         freed: &mut Option<Arc<Message>>,
     ) -> bool {
-        let Some(entry) = self.entries.get_mut(&offset) else {
+        let Some(entry) = self.entries.get_mut(offset) else {
             return false;
         };
         if entry.status != Status::InFlight {
@@ -247,20 +263,20 @@ impl PartitionTracker {
             self.bytes = self.bytes.saturating_sub(entry.size);
             *freed = Some(done);
         }
-        let key = entry.key.clone();
-        if let Some(key) = key {
-            self.release_next_of_key(&key, offset, released);
+        if let Some(key) = entry.key {
+            self.release_next_of_key(key, offset, released);
         }
         if self.forget_done {
-            self.entries.remove(&offset);
+            self.entries.remove(offset);
             return true;
         }
-        while let Some(first) = self.entries.first_entry() {
-            if first.get().status != Status::Done {
+        while let Some((_, first)) = self.entries.first() {
+            if first.status != Status::Done {
                 break;
             }
-            let (done, _) = first.remove_entry();
-            self.watermark = Some(done + 1);
+            if let Some((done, _)) = self.entries.pop_first() {
+                self.watermark = Some(done + 1);
+            }
         }
         if self.entries.is_empty()
             && let Some(last) = self.last_received
@@ -270,21 +286,21 @@ impl PartitionTracker {
         true
     }
 
-    fn release_next_of_key(&mut self, key: &Bytes, offset: i64, released: &mut Vec<i64>) {
-        let Some(queue) = self.keys.get_mut(key) else {
+    fn release_next_of_key(&mut self, key: u64, offset: i64, released: &mut Vec<i64>) {
+        let Some(queue) = self.keys.get_mut(&key) else {
             return;
         };
         if queue.front() == Some(&offset) {
             queue.pop_front();
         }
         let Some(&next) = queue.front() else {
-            self.keys.remove(key);
+            self.keys.remove(&key);
             return;
         };
-        if self.gated.contains(key) {
+        if self.gated.contains(&key) {
             return;
         }
-        if let Some(entry) = self.entries.get_mut(&next)
+        if let Some(entry) = self.entries.get_mut(next)
             && entry.status == Status::Held
             && entry.due.is_none_or(|d| d <= SystemTime::now())
         {
@@ -299,13 +315,13 @@ impl PartitionTracker {
     /// True when the message at `offset` is handed out and not settled.
     pub(crate) fn is_in_flight(&self, offset: i64) -> bool {
         self.entries
-            .get(&offset)
+            .get(offset)
             .is_some_and(|e| e.status == Status::InFlight)
     }
 
     /// The message at `offset`, while the tracker holds it (not done).
     pub(crate) fn message(&self, offset: i64) -> Option<&Arc<Message>> {
-        self.entries.get(&offset)?.message.as_ref()
+        self.entries.get(offset)?.message.as_ref()
     }
 
     /// Settles a ready message as done without running it (its key is
@@ -317,7 +333,7 @@ impl PartitionTracker {
         released: &mut Vec<i64>,
         freed: &mut Option<Arc<Message>>,
     ) -> bool {
-        match self.entries.get_mut(&offset) {
+        match self.entries.get_mut(offset) {
             Some(entry) if entry.status == Status::Ready => entry.status = Status::InFlight,
             _ => return false,
         }
@@ -325,20 +341,22 @@ impl PartitionTracker {
     }
 
     /// Holds the messages of `key` from now on, even the first in line.
-    pub(crate) fn gate(&mut self, key: Bytes) {
+    pub(crate) fn gate(&mut self, key: &[u8]) {
+        let key = self.key_of(key);
         self.gated.insert(key);
     }
 
     /// Lets the messages of `key` run again: the first in line, if held,
     /// is appended to `released`.
-    pub(crate) fn ungate(&mut self, key: &Bytes, released: &mut Vec<i64>) {
-        if !self.gated.remove(key) {
+    pub(crate) fn ungate(&mut self, key: &[u8], released: &mut Vec<i64>) {
+        let key = self.key_of(key);
+        if !self.gated.remove(&key) {
             return;
         }
-        let Some(&next) = self.keys.get(key).and_then(VecDeque::front) else {
+        let Some(&next) = self.keys.get(&key).and_then(VecDeque::front) else {
             return;
         };
-        if let Some(entry) = self.entries.get_mut(&next)
+        if let Some(entry) = self.entries.get_mut(next)
             && entry.status == Status::Held
             && entry.due.is_none()
         {
@@ -350,7 +368,7 @@ impl PartitionTracker {
     /// Puts an in-flight message back to be handed out again (a nack with
     /// requeue, or a dropped delivery). Returns false if it was not in flight.
     pub(crate) fn requeue(&mut self, offset: i64) -> bool {
-        let Some(entry) = self.entries.get_mut(&offset) else {
+        let Some(entry) = self.entries.get_mut(offset) else {
             return false;
         };
         if entry.status != Status::InFlight {
@@ -370,7 +388,7 @@ impl PartitionTracker {
         if self.not_due == 0 {
             return;
         }
-        for (&offset, entry) in &mut self.entries {
+        for (offset, entry) in self.entries.iter_mut() {
             let Some(due) = entry.due else { continue };
             if due > now {
                 continue;
@@ -380,8 +398,8 @@ impl PartitionTracker {
             if entry.status != Status::Held {
                 continue;
             }
-            let head = match &entry.key {
-                Some(k) => self.keys.get(k).and_then(VecDeque::front) == Some(&offset),
+            let head = match entry.key {
+                Some(k) => self.keys.get(&k).and_then(VecDeque::front) == Some(&offset),
                 None => true,
             };
             if head {
@@ -396,7 +414,7 @@ impl PartitionTracker {
         if self.not_due == 0 {
             return None;
         }
-        self.entries.values().filter_map(|e| e.due).min()
+        self.entries.iter().filter_map(|(_, e)| e.due).min()
     }
 
     /// Moves the watermark to `position` when nothing is tracked: the
