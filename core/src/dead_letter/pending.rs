@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::Failure;
 use crate::message::Message;
@@ -42,6 +43,10 @@ impl Identity {
 #[derive(Debug, Default)]
 pub(crate) struct PendingLetters {
     state: Mutex<State>,
+    /// True while the table may hold a letter: every message asks, and the
+    /// table is almost always empty, so the answer is read without the
+    /// lock (which every consumer of the stack would share).
+    any: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -60,6 +65,7 @@ impl PendingLetters {
     pub(crate) fn remember(&self, message: &Message, failure: &Failure) {
         let identity = Identity::of(message);
         let mut state = self.lock();
+        self.any.store(true, Ordering::Release);
         if state
             .failures
             .insert(identity.clone(), failure.clone())
@@ -78,6 +84,9 @@ impl PendingLetters {
     /// The failure whose letter is still to be written for `message`, if any
     /// (the table is almost always empty: then no identity is built).
     pub(crate) fn get(&self, message: &Message) -> Option<Failure> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
         let state = self.lock();
         if state.failures.is_empty() {
             return None;
@@ -87,6 +96,9 @@ impl PendingLetters {
 
     /// Forgets `message`'s pending letter (it was written).
     pub(crate) fn forget(&self, message: &Message) {
+        if !self.any.load(Ordering::Acquire) {
+            return;
+        }
         let mut state = self.lock();
         if state.failures.is_empty() {
             return;
@@ -94,6 +106,10 @@ impl PendingLetters {
         let identity = Identity::of(message);
         if state.failures.remove(&identity).is_some() {
             state.order.retain(|i| *i != identity);
+        }
+        if state.failures.is_empty() {
+            // Under the lock: a `remember` after this sets it again.
+            self.any.store(false, Ordering::Release);
         }
     }
 }
