@@ -70,7 +70,9 @@ trait Process: Send + Sync + 'static {
 
 impl<T: Payload, H: Handle<T>> Process for Pipeline<T, H> {
     fn process(self: Arc<Self>, delivery: Delivery, recycled: Option<Boxed>) -> Boxed {
-        recycled::place(recycled, self.run(delivery))
+        recycled::place(recycled, delivery, || {
+            move |delivery| Arc::clone(&self).run(delivery)
+        })
     }
 }
 
@@ -548,10 +550,9 @@ where
     S::Future: Send + 'static,
 {
     fn process(self: Arc<Self>, delivery: Delivery, recycled: Option<Boxed>) -> Boxed {
-        recycled::place(
-            recycled,
-            tower::ServiceExt::oneshot(self.0.clone(), delivery),
-        )
+        recycled::place(recycled, delivery, || {
+            move |delivery| tower::ServiceExt::oneshot(self.0.clone(), delivery)
+        })
     }
 }
 

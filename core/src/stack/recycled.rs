@@ -7,7 +7,9 @@
 //! allocation makes glibc consolidate its small free chunks first). A
 //! finished future keeps nothing (its body dropped what it held when it
 //! returned), so its box is kept in a bounded pool and the next message's
-//! future is written into it ([`ReusableBoxFuture`]). A future dropped
+//! future is made in it: the box knows the stack's concrete future type
+//! and how to make one ([`Run::restart`]), so the future is written once,
+//! into place (a type-erased reusable box moves it in twice). A future dropped
 //! before it finishes (an abandoned delivery), one that panicked and one
 //! that ended in an error are dropped with their box, never pooled.
 
@@ -16,26 +18,72 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
-use tokio_util::sync::ReusableBoxFuture;
-
 use crate::ack::Settled;
+use crate::delivery::Delivery;
 use crate::error::AckError;
 
-/// A message's boxed future, as the pool keeps it.
-pub(super) type Boxed = ReusableBoxFuture<'static, Result<Settled, AckError>>;
+/// A message's boxed future, as the pool keeps it: its concrete type is
+/// the stack's own, so a finished one is restarted in place for the next
+/// delivery (the next future is written straight into the box).
+pub(super) type Boxed = Pin<Box<dyn Run>>;
 
-/// `future` boxed: written into `recycled` when given (and its layout
-/// matches, as it does for every message of one stack), else in a new box.
-pub(super) fn place<F>(recycled: Option<Boxed>, future: F) -> Boxed
+/// A box holding one message's future of a stack.
+pub(super) trait Run: Send {
+    /// Replaces the (finished) future with `delivery`'s.
+    fn restart(self: Pin<&mut Self>, delivery: Delivery);
+
+    /// Polls the future.
+    fn poll_run(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Settled, AckError>>;
+}
+
+pin_project_lite::pin_project! {
+    /// The future `make` made, and `make`, to make the next one in its place.
+    struct RunBox<M, F> {
+        make: M,
+        #[pin]
+        future: F,
+    }
+}
+
+impl<M, F> Run for RunBox<M, F>
 where
+    M: Fn(Delivery) -> F + Send,
+    F: Future<Output = Result<Settled, AckError>> + Send,
+{
+    #[inline]
+    fn restart(self: Pin<&mut Self>, delivery: Delivery) {
+        let mut this = self.project();
+        this.future.set((this.make)(delivery));
+    }
+
+    #[inline]
+    fn poll_run(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Settled, AckError>> {
+        self.project().future.poll(cx)
+    }
+}
+
+/// `delivery`'s future: restarted in `recycled` when given (a finished box
+/// of the same stack), else made by `make` in a new box (`make` is called
+/// only then, so a recycled box costs nothing to set up).
+pub(super) fn place<M, F>(
+    recycled: Option<Boxed>,
+    delivery: Delivery,
+    make: impl FnOnce() -> M,
+) -> Boxed
+where
+    M: Fn(Delivery) -> F + Send + 'static,
     F: Future<Output = Result<Settled, AckError>> + Send + 'static,
 {
     match recycled {
         Some(mut boxed) => {
-            boxed.set(future);
+            boxed.as_mut().restart(delivery);
             boxed
         }
-        None => Boxed::new(future),
+        None => {
+            let make = make();
+            let future = make(delivery);
+            Box::pin(RunBox { make, future })
+        }
     }
 }
 
@@ -97,7 +145,7 @@ impl Future for StackFuture {
         let Some(boxed) = this.boxed.as_mut() else {
             panic!("a StackFuture was polled after it finished");
         };
-        let output = std::task::ready!(boxed.poll(cx));
+        let output = std::task::ready!(boxed.as_mut().poll_run(cx));
         // Only a settled delivery's box is kept: a future that ended in an
         // error may hold what it did not get to use (tower's `Oneshot`
         // keeps its request when its service's readiness fails).
@@ -127,13 +175,21 @@ mod tests {
         Ok(Settled::Acked(Outcome::Handled))
     }
 
+    /// `future` in a box of its own (never restarted).
+    fn once<F>(future: F) -> Boxed
+    where
+        F: Future<Output = Result<Settled, AckError>> + Send + 'static,
+    {
+        Box::pin(RunBox {
+            make: |_: Delivery| -> F { unreachable!("a test's box is not restarted") },
+            future,
+        })
+    }
+
     #[tokio::test]
     async fn a_settled_box_is_kept_and_an_unfinished_or_failed_one_is_not() {
         let recycler = Arc::new(Recycler::default());
-        let finished = StackFuture::new(
-            ReusableBoxFuture::new(async { settled() }),
-            Arc::clone(&recycler),
-        );
+        let finished = StackFuture::new(once(async { settled() }), Arc::clone(&recycler));
         assert!(matches!(
             finished.await,
             Ok(Settled::Acked(Outcome::Handled))
@@ -141,15 +197,12 @@ mod tests {
         assert!(recycler.take().is_some(), "the finished box is kept");
         assert!(recycler.take().is_none(), "and only once");
 
-        let dropped = StackFuture::new(
-            ReusableBoxFuture::new(std::future::pending()),
-            Arc::clone(&recycler),
-        );
+        let dropped = StackFuture::new(once(std::future::pending()), Arc::clone(&recycler));
         drop(dropped);
         assert!(recycler.take().is_none(), "an unfinished box is dropped");
 
         let failed = StackFuture::new(
-            ReusableBoxFuture::new(async { Err(AckError::ChannelGone("closed".into())) }),
+            once(async { Err(AckError::ChannelGone("closed".into())) }),
             Arc::clone(&recycler),
         );
         assert!(failed.await.is_err());
@@ -163,7 +216,7 @@ mod tests {
     fn at_most_kept_boxes_are_kept() {
         let recycler = Recycler::default();
         for _ in 0..KEPT + 10 {
-            recycler.give_back(ReusableBoxFuture::new(async { settled() }));
+            recycler.give_back(once(async { settled() }));
         }
         let mut kept = 0;
         while recycler.take().is_some() {
