@@ -116,11 +116,19 @@ impl Console {
     }
 
     /// Waits until the DLQ page at `path` counts `want` letters (the index
-    /// is built in the background); returns the page.
+    /// is built in the background); returns the page. A DLQ the console
+    /// does not know yet (404: the management API it lists queues from
+    /// may not list a queue declared a moment ago) is waited for too,
+    /// within `limit`.
     pub async fn wait_count(&self, path: &str, want: u64, limit: Duration) -> String {
         let until = Instant::now() + limit;
         loop {
-            let page = self.page(path).await;
+            let (status, page) = self.get(path).await;
+            if status == 404 && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                continue;
+            }
+            assert_eq!(status, 200, "GET {path}: {page}");
             let n = number(&page, "count");
             if n == Some(want) && !page.contains("Indexing…") {
                 return page;
