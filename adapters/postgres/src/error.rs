@@ -28,7 +28,7 @@ pub enum PostgresError {
     #[error("no PostgreSQL connection available: {}", chain(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
     /// A statement failed.
-    #[error("PostgreSQL {op} failed: {source}")]
+    #[error("PostgreSQL {op} failed: {}", chain(source))]
     Query {
         /// The operation (`claim`, `inbox insert`, `commit`, …).
         op: &'static str,
@@ -61,7 +61,7 @@ pub enum PostgresError {
         what: String,
     },
     /// Creating the tables failed.
-    #[error("migration of {table} failed (may the role create tables in that schema?): {source}")]
+    #[error("migration of {table} failed (may the role create tables in that schema?): {}", chain(source))]
     Migrate {
         /// The table being created.
         table: String,

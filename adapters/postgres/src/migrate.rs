@@ -92,9 +92,12 @@ pub(crate) fn failed(table: &TableName, error: PostgresError) -> PostgresError {
 }
 
 /// Brings `table` to the latest of `steps`, in one transaction serialised
-/// across workers by an advisory lock named after the table (concurrent
-/// `CREATE … IF NOT EXISTS` of one table can otherwise fail on the catalog's
-/// unique index). Returns the version it is at.
+/// across workers by an advisory lock named after the schema's version
+/// table: every table of a schema shares that table, and concurrent
+/// `CREATE … IF NOT EXISTS` of one table can otherwise fail on the
+/// catalog's unique index (two tables of one schema migrated at once for
+/// the first time did). Migrations are rare; one schema's run one at a
+/// time. Returns the version it is at.
 pub(crate) async fn run(
     pool: &Pool,
     table: &TableName,
@@ -107,7 +110,8 @@ pub(crate) async fn run(
     conn.set_in_transaction(true);
     let failed = |error| failed(table, error);
     let begin = format!(
-        "BEGIN;\nSELECT pg_advisory_xact_lock(hashtext('backstop-migrate:{table}'));\n{}",
+        "BEGIN;\nSELECT pg_advisory_xact_lock(hashtext('backstop-migrate:{}'));\n{}",
+        version_table(table),
         version_ddl(table)
     );
     conn.batch("migrate", timeout, &begin)

@@ -146,6 +146,27 @@ async fn concurrent_migrations_of_one_table_succeed() {
     schema.drop_all(&admin).await;
 }
 
+/// Several tables of one schema migrated at the same moment for the first
+/// time: they share the schema's version table, whose creation must not
+/// race (concurrent `CREATE TABLE IF NOT EXISTS` of one table can fail on
+/// the catalog's unique index).
+#[tokio::test]
+async fn concurrent_first_migrations_of_tables_sharing_a_schema_succeed() {
+    let admin = common::admin().await;
+    for _ in 0..5 {
+        let schema = common::Schema::create(&admin).await;
+        let runs = futures::future::join_all((0..6).map(|i| {
+            let store = PostgresStore::new(pool())
+                .with_table(&schema.table(&format!("dedup{i}")))
+                .unwrap();
+            async move { store.migrate().await }
+        }))
+        .await;
+        assert!(runs.iter().all(Result::is_ok), "{runs:?}");
+        schema.drop_all(&admin).await;
+    }
+}
+
 #[tokio::test]
 async fn bad_table_names_are_refused() {
     let store = PostgresStore::new(pool());
