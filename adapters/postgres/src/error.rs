@@ -61,7 +61,10 @@ pub enum PostgresError {
         what: String,
     },
     /// Creating the tables failed.
-    #[error("migration of {table} failed (may the role create tables in that schema?): {}", chain(source))]
+    #[error(
+        "migration of {table} failed (may the role create tables in that schema?): {}",
+        chain(source)
+    )]
     Migrate {
         /// The table being created.
         table: String,
