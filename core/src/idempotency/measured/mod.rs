@@ -49,7 +49,12 @@ impl OpKeys {
 
     /// Records one call that started at `start` and had `errors` failures.
     fn record(&self, start: Instant, errors: u64) {
-        self.duration.get().record(start.elapsed().as_secs_f64());
+        self.took(start.elapsed().as_secs_f64(), errors);
+    }
+
+    /// Records one call that took `seconds` and had `errors` failures.
+    fn took(&self, seconds: f64, errors: u64) {
+        self.duration.get().record(seconds);
         if errors > 0 {
             self.errors.get().increment(errors);
         }
@@ -65,10 +70,7 @@ impl OpKeys {
         call: impl FnOnce() -> Option<Result<T, StoreError>>,
     ) -> Option<Result<T, StoreError>> {
         let result = call()?;
-        self.duration.get().record(0.0);
-        if result.is_err() {
-            self.errors.get().increment(1);
-        }
+        self.took(0.0, u64::from(result.is_err()));
         Some(result)
     }
 
