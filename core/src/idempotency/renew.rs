@@ -20,11 +20,11 @@ use crate::cancellation::{Tripwire, Wired};
 pub(crate) struct Renewer {
     leases: Arc<Mutex<Leases>>,
     next: AtomicU64,
-    /// True while the task runs: set when it is spawned, cleared when its
-    /// future ends or is dropped (its runtime shut down), so a register
-    /// reads one flag instead of locking to ask the task.
+    /// True while the task runs: set by the register that spawns it (the
+    /// one that swapped it from false), cleared when its future ends or is
+    /// dropped (its runtime shut down), so a register reads one flag
+    /// instead of locking to ask the task.
     running: Arc<AtomicBool>,
-    task: Mutex<()>,
 }
 
 /// The held leases by id (foldhash: an insert and a removal per message).
@@ -61,7 +61,6 @@ impl Renewer {
             leases: Arc::new(Mutex::new(Leases::default())),
             next: AtomicU64::new(0),
             running: Arc::new(AtomicBool::new(false)),
-            task: Mutex::new(()),
         }
     }
 
@@ -72,19 +71,24 @@ impl Renewer {
         duration: Duration,
         lease: Arc<Lease>,
     ) -> u64 {
-        if !self.running.load(Ordering::Acquire) {
-            // (Re)start the task if it is not running: the runtime that ran it
-            // may be gone (a stack shared across runtimes). One at a time.
-            let _starting = lock(&self.task);
-            if !self.running.load(Ordering::Acquire) {
-                self.running.store(true, Ordering::Release);
-                spawn(
-                    Arc::downgrade(&self.leases),
-                    Arc::clone(store),
-                    duration,
-                    Running(Arc::clone(&self.running)),
-                );
-            }
+        // (Re)start the task if it is not running: the runtime that ran it
+        // may be gone (a stack shared across runtimes). Only the register
+        // that swaps the flag spawns it.
+        if !self.running.load(Ordering::Acquire)
+            && self
+                .running
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            // Made before the spawn: if the spawn fails (no runtime), its
+            // drop clears the flag again.
+            let running = Running(Arc::clone(&self.running));
+            spawn(
+                Arc::downgrade(&self.leases),
+                Arc::clone(store),
+                duration,
+                running,
+            );
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         lock(&self.leases).insert(id, lease);
