@@ -30,10 +30,7 @@ impl Keys {
             };
         }
         let key = Keyspace::key_of(meta, service, raw);
-        // The clock is read only during a migration window.
-        let legacy = (matches!(layout, Layout::Migrating { .. })
-            && layout.reads_legacy(std::time::SystemTime::now()))
-        .then(|| Key::new(raw));
+        let legacy = layout.reads_legacy_now().then(|| Key::new(raw));
         Keys { key, legacy }
     }
 }

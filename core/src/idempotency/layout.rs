@@ -61,6 +61,12 @@ impl Layout {
     pub fn reads_legacy(&self, now: SystemTime) -> bool {
         matches!(self, Layout::Migrating { until } if now < *until)
     }
+
+    /// [`reads_legacy`](Self::reads_legacy) now, the clock read only
+    /// during a migration window (every message asks).
+    pub(crate) fn reads_legacy_now(&self) -> bool {
+        matches!(self, Layout::Migrating { .. }) && self.reads_legacy(SystemTime::now())
+    }
 }
 
 /// What a store does on start, given the user's choice and what it found.

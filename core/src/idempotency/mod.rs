@@ -205,9 +205,6 @@ pub struct Suspect {
     pub failed_runs: u32,
 }
 
-/// Lets a suspect run alone (see [`gate`]).
-pub(crate) type SharedGate = Arc<Gate>;
-
 /// The store's key layout, asked once per layer: a store's layout does not
 /// change while it runs (a migration window is a fixed end time), so no
 /// message pays for the question after the first.
@@ -230,7 +227,8 @@ pub(crate) struct Deduper {
     ops: Arc<StoreOps>,
     config: Arc<Config>,
     renewer: Arc<Renewer>,
-    gate: SharedGate,
+    /// Lets a suspect run alone (see [`gate`]).
+    gate: Arc<Gate>,
     layout: KnownLayout,
     /// The store is remote (its calls are round trips, batched): its claims
     /// are not tried at once.
@@ -262,7 +260,7 @@ impl Deduper {
             ops,
             config: Arc::new(config),
             renewer: Arc::new(Renewer::new()),
-            gate: SharedGate::default(),
+            gate: Arc::default(),
             layout: KnownLayout::default(),
             remote,
         }
@@ -350,11 +348,9 @@ impl Deduper {
         let Some(raw) = config.key.raw_of(request) else {
             return at_once::now(Admission::Unkeyed);
         };
-        let (false, Some(layout), Ok(shared)) = (
-            self.remote,
-            self.layout.get(),
-            self.gate.try_shared().ok_or(()),
-        ) else {
+        let (false, Some(layout), Some(shared)) =
+            (self.remote, self.layout.get(), self.gate.try_shared())
+        else {
             return at_once::later(self.claim_later(request));
         };
         let keys = Keys::of(
