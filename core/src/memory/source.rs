@@ -16,11 +16,9 @@ use crate::runner::{Source, SourceError};
 /// queue; a later ack of one of them fails as stale, as on RabbitMQ.
 #[derive(Debug)]
 pub struct MemorySource {
-    shared: Arc<Shared>,
-    queue: Arc<str>,
     consumer: u64,
-    prefetch: usize,
-    /// Settles this consumer's deliveries (and counts its window).
+    /// Settles this consumer's deliveries and counts its window; it holds
+    /// the broker, the queue's name and the prefetch this consumer reads.
     settler: Arc<MemorySettler>,
     /// Deliveries taken from the queue in one go (under one lock) and not
     /// handed out yet: unacked, and counted in the prefetch window, as a
@@ -32,21 +30,15 @@ pub struct MemorySource {
 
 impl MemorySource {
     pub(crate) fn new(shared: Arc<Shared>, queue: &str, prefetch: usize) -> Self {
-        let consumer = shared.next_consumer();
-        let queue: Arc<str> = Arc::from(queue);
-        let prefetch = prefetch.max(1);
         MemorySource {
+            consumer: shared.next_consumer(),
             settler: Arc::new(MemorySettler {
-                shared: Arc::clone(&shared),
-                queue: Arc::clone(&queue),
+                shared,
+                queue: Arc::from(queue),
                 outstanding: AtomicUsize::new(0),
-                prefetch,
+                prefetch: prefetch.max(1),
             }),
             taken: VecDeque::new(),
-            shared,
-            queue,
-            consumer,
-            prefetch,
             until_drained: false,
             closed: false,
         }
@@ -61,7 +53,7 @@ impl MemorySource {
 
     /// The queue this consumer reads.
     pub fn queue(&self) -> &str {
-        &self.queue
+        &self.settler.queue
     }
 
     /// The labels of this consumer's metrics: the queue as both `source`
@@ -81,8 +73,8 @@ impl MemorySource {
         while let Some(delivery) = self.taken.pop_back() {
             drop(delivery);
         }
-        let mut queues = self.shared.lock();
-        if let Some(queue) = queues.get_mut(&*self.queue) {
+        let mut queues = self.settler.shared.lock();
+        if let Some(queue) = queues.get_mut(&*self.settler.queue) {
             let mine: Vec<u64> = queue
                 .unacked
                 .iter()
@@ -109,21 +101,24 @@ impl MemorySource {
         if let Some(delivery) = self.taken.pop_front() {
             return Ok(Some(delivery));
         }
-        let mut queues = self.shared.lock();
-        if !queues.contains_key(&*self.queue) {
-            queues.insert(self.queue.to_string(), super::queue::Queue::default());
+        let mut queues = self.settler.shared.lock();
+        if !queues.contains_key(&*self.settler.queue) {
+            queues.insert(
+                self.settler.queue.to_string(),
+                super::queue::Queue::default(),
+            );
         }
-        let Some(queue) = queues.get_mut(&*self.queue) else {
+        let Some(queue) = queues.get_mut(&*self.settler.queue) else {
             return Err((false, None, Arc::new(tokio::sync::Notify::new())));
         };
         let next_due = queue.promote(Instant::now());
         let outstanding = self.settler.outstanding.load(Ordering::SeqCst);
-        let room = self.prefetch.saturating_sub(outstanding).min(BATCH);
+        let room = self.settler.prefetch.saturating_sub(outstanding).min(BATCH);
         for _ in 0..room {
             let Some(mut message) = queue.ready.pop_front() else {
                 break;
             };
-            let tag = self.shared.next_tag();
+            let tag = self.settler.shared.next_tag();
             // The queue's only reference: tagged in place, not copied.
             Arc::make_mut(&mut message).meta.delivery_tag = Some(tag);
             queue.unacked.insert(
