@@ -10,7 +10,9 @@
 //! ```
 //!
 //! `BENCH_PREFETCH` sets the prefetch (= the runner's concurrency), default
-//! 128; `BENCH_ROUNDS` the rounds, default 5; `BACKSTOP_AMQP_URL` the
+//! 128; `BENCH_ROUNDS` the rounds, default 5; `BENCH_SIDES` a comma list
+//! of the sides to run (`raw,memory,redis,postgres`, the default; a row
+//! whose side did not run prints `-`); `BACKSTOP_AMQP_URL` the
 //! broker, `BACKSTOP_REDIS_URL` and `BACKSTOP_PG_URL` the stores (a store
 //! that cannot be reached is skipped, said so). Each round publishes N
 //! messages of 256 bytes to a fresh quorum queue and drains them once per
@@ -19,7 +21,10 @@
 //! side). Each side is the **median** of its rounds: messages per second,
 //! this process's CPU per message and the broker's (the `beam.smp` process
 //! listening on the AMQP port, from `/proc`; `BENCH_BROKER_PID` overrides),
-//! less what the broker burns idle (measured for 3 s before the rounds).
+//! less what the broker burns idle (measured for 3 s before the rounds),
+//! and for the Redis and PostgreSQL sides the store server's CPU per
+//! message the same way (the process listening on the store's port and
+//! its children: PostgreSQL's backends).
 //! It prints, in this fixed order:
 //!
 //! ```text
@@ -216,13 +221,43 @@ fn cpu_time(pid: &str) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-/// The pid of the process listening on TCP `port` (the broker), found
-/// through /proc: the socket's inode in /proc/net/tcp{,6}, then the process
-/// holding it. `BENCH_BROKER_PID` overrides.
+/// CPU time of process `pid` and of its children alive now (a
+/// PostgreSQL server's backends), from /proc.
+fn tree_cpu_time(pid: &str) -> Duration {
+    let children = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let child = entry.file_name().into_string().ok()?;
+            child.parse::<u32>().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let parent = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
+            (parent == pid).then_some(child)
+        });
+    children.fold(cpu_time(pid), |sum, child| sum + cpu_time(&child))
+}
+
+/// The port of a `scheme://…` URL, or `default`.
+fn port_of(url: &str, default: u16) -> u16 {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.port())
+        .unwrap_or(default)
+}
+
+/// The pid of the broker: `BENCH_BROKER_PID`, else the process listening
+/// on `port`.
 fn broker_pid(port: u16) -> Option<String> {
     if let Ok(pid) = std::env::var("BENCH_BROKER_PID") {
         return Some(pid);
     }
+    listener_pid(port)
+}
+
+/// The pid of the process listening on TCP `port`, found through /proc:
+/// the socket's inode in /proc/net/tcp{,6}, then the process holding it.
+fn listener_pid(port: u16) -> Option<String> {
     let suffix = format!(":{port:04X}");
     let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()
@@ -279,6 +314,8 @@ struct Measured {
     client_us: f64,
     /// The broker's CPU per message, µs.
     broker_us: f64,
+    /// The store server's CPU per message, µs (0 without one).
+    store_us: f64,
 }
 
 /// The sides, in the order they run in each round and are reported.
@@ -288,6 +325,25 @@ const SIDES: [&str; 4] = [
     "stack + RedisStore",
     "stack + PostgresStore",
 ];
+
+/// The short names `BENCH_SIDES` takes, in the order of [`SIDES`].
+const SIDE_NAMES: [&str; 4] = ["raw", "memory", "redis", "postgres"];
+
+/// Which of [`SIDES`] run: `BENCH_SIDES` (comma-separated short names), or all.
+fn chosen_sides() -> [bool; 4] {
+    let Ok(list) = std::env::var("BENCH_SIDES") else {
+        return [true; 4];
+    };
+    let wanted: Vec<&str> = list.split(',').map(str::trim).collect();
+    for name in &wanted {
+        assert!(
+            SIDE_NAMES.contains(name),
+            "BENCH_SIDES: unknown side {name:?} (sides: {})",
+            SIDE_NAMES.join(",")
+        );
+    }
+    SIDE_NAMES.map(|name| wanted.contains(&name))
+}
 
 /// The median of `runs` by each figure.
 fn median(runs: &[Measured]) -> Option<Measured> {
@@ -304,7 +360,18 @@ fn median(runs: &[Measured]) -> Option<Measured> {
     let mut median = by_rate[by_rate.len() / 2];
     median.client_us = mid(runs.iter().map(|m| m.client_us).collect());
     median.broker_us = mid(runs.iter().map(|m| m.broker_us).collect());
+    median.store_us = mid(runs.iter().map(|m| m.store_us).collect());
     Some(median)
+}
+
+/// `, store CPU … µs/msg` for the sides with a store server (Redis,
+/// PostgreSQL), else nothing.
+fn store_figure(side: usize, store_us: f64) -> String {
+    if side >= 2 {
+        format!(", store CPU {store_us:.1} µs/msg")
+    } else {
+        String::new()
+    }
 }
 
 /// A `BENCH-RABBIT` row: `side` against `base`.
@@ -323,14 +390,21 @@ fn row(name: &str, side: Option<Measured>, base: Option<Measured>) {
     }
 }
 
+/// The Redis server's URL: `BACKSTOP_REDIS_URL`, else the local default.
+fn redis_url() -> String {
+    std::env::var("BACKSTOP_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The PostgreSQL server's URL: `BACKSTOP_PG_URL`, else the local default.
+fn pg_url() -> String {
+    std::env::var("BACKSTOP_PG_URL")
+        .unwrap_or_else(|_| "postgres://backstop:backstop@127.0.0.1:5432/backstop".into())
+}
+
 /// The Redis and PostgreSQL stores, each `None` (said so) if unreachable.
 async fn shared_stores(run: &str) -> (Option<Arc<dyn Store>>, Option<Arc<dyn Store>>) {
-    let redis_url =
-        std::env::var("BACKSTOP_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let pg_url = std::env::var("BACKSTOP_PG_URL")
-        .unwrap_or_else(|_| "postgres://backstop:backstop@127.0.0.1:5432/backstop".into());
     let redis = RedisStore::connect_with(
-        RedisConfig::new(redis_url)
+        RedisConfig::new(redis_url())
             .prefix(format!("{run}:"))
             .ttl(Duration::from_secs(600)),
     )
@@ -339,7 +413,7 @@ async fn shared_stores(run: &str) -> (Option<Arc<dyn Store>>, Option<Arc<dyn Sto
     .map_err(|e| println!("  RedisStore skipped: {e}"))
     .ok();
     let pg = async {
-        let store = PostgresStore::new(PgConfig::new(pg_url).max_connections(32).pool()?)
+        let store = PostgresStore::new(PgConfig::new(pg_url()).max_connections(32).pool()?)
             .with_table("backstop_bench_rabbit_keys")?
             // Keys of earlier runs do not matter here.
             .layout(KeyLayout::Migrate {
@@ -368,11 +442,29 @@ async fn main() {
         .unwrap_or(5672);
     let broker = broker_pid(port);
     let broker_cpu = || broker.as_deref().map_or(Duration::ZERO, cpu_time);
-    // What the broker burns with no client (its timers, its other queues):
-    // taken off each side's figure, so it is the CPU the side caused.
-    let idle_from = (broker_cpu(), Instant::now());
+    let redis_server = listener_pid(port_of(&redis_url(), 6379));
+    let pg_server = listener_pid(port_of(&pg_url(), 5432));
+    let store_cpu = |i: usize| {
+        let server = match i {
+            2 => redis_server.as_deref(),
+            3 => pg_server.as_deref(),
+            _ => None,
+        };
+        server.map_or(Duration::ZERO, tree_cpu_time)
+    };
+    // What the broker and the store servers burn with no client (timers,
+    // other queues, background writers): taken off each side's figure, so
+    // it is the CPU the side caused.
+    let idle_from = (broker_cpu(), store_cpu(2), store_cpu(3), Instant::now());
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let idle = (broker_cpu() - idle_from.0).as_secs_f64() / idle_from.1.elapsed().as_secs_f64();
+    let idle_for = idle_from.3.elapsed().as_secs_f64();
+    let idle = (broker_cpu() - idle_from.0).as_secs_f64() / idle_for;
+    let store_idle = [
+        0.0,
+        0.0,
+        store_cpu(2).saturating_sub(idle_from.1).as_secs_f64() / idle_for,
+        store_cpu(3).saturating_sub(idle_from.2).as_secs_f64() / idle_for,
+    ];
     let id = backstop::message::new_message_id();
     let run = format!("bench-{}", &id[..12]);
     let topology = Topology::quorum(run.clone());
@@ -388,8 +480,12 @@ async fn main() {
     );
     let (redis, pg) = shared_stores(&run).await;
     let mut runs: [Vec<Measured>; 4] = Default::default();
+    let chosen = chosen_sides();
     for round in 0..rounds {
         for (i, name) in SIDES.iter().enumerate() {
+            if !chosen[i] {
+                continue;
+            }
             let store: Option<Arc<dyn Store>> = match i {
                 0 => None,
                 1 => Some(Arc::new(MemoryStore::new(n * 2, Duration::from_secs(3600)))),
@@ -404,7 +500,7 @@ async fn main() {
             };
             fill(&publisher, &queue, &format!("{run}-{round}-{i}"), n).await;
             let latencies = Latencies::with_capacity(n);
-            let (client, server) = (cpu_time("self"), broker_cpu());
+            let (client, server, store_server) = (cpu_time("self"), broker_cpu(), store_cpu(i));
             let took = match store {
                 None => raw(url.clone(), queue.clone(), n, prefetch, latencies.clone()).await,
                 Some(store) => stack(&rabbit, &queue, n, prefetch, store, latencies.clone()).await,
@@ -414,10 +510,19 @@ async fn main() {
                 side: Side::measured(n, took, &latencies),
                 client_us: per_message(cpu_time("self") - client),
                 broker_us: per_message((broker_cpu() - server).saturating_sub(took.mul_f64(idle))),
+                store_us: per_message(
+                    store_cpu(i)
+                        .saturating_sub(store_server)
+                        .saturating_sub(took.mul_f64(store_idle[i])),
+                ),
             };
             println!(
-                "  round {round} {name:<24} {:>9.0} msg/s  ({took:.2?}, client CPU {:.1} µs/msg, broker CPU {:.1} µs/msg, {})",
-                measured.side.rate, measured.client_us, measured.broker_us, measured.side.latency
+                "  round {round} {name:<24} {:>9.0} msg/s  ({took:.2?}, client CPU {:.1} µs/msg, broker CPU {:.1} µs/msg{}, {})",
+                measured.side.rate,
+                measured.client_us,
+                measured.broker_us,
+                store_figure(i, measured.store_us),
+                measured.side.latency
             );
             assert_drained(&rabbit, &queue).await;
             runs[i].push(measured);
@@ -425,11 +530,18 @@ async fn main() {
     }
     let [raw_side, memory, redis_side, pg_side] = runs.map(|r| median(&r));
     println!("medians of {rounds} rounds:");
-    for (name, side) in SIDES.iter().zip([raw_side, memory, redis_side, pg_side]) {
+    for (i, (name, side)) in SIDES
+        .iter()
+        .zip([raw_side, memory, redis_side, pg_side])
+        .enumerate()
+    {
         if let Some(m) = side {
             println!(
-                "  {name:<24} {:>9.0} msg/s, client CPU {:.1} µs/msg, broker CPU {:.1} µs/msg",
-                m.side.rate, m.client_us, m.broker_us
+                "  {name:<24} {:>9.0} msg/s, client CPU {:.1} µs/msg, broker CPU {:.1} µs/msg{}",
+                m.side.rate,
+                m.client_us,
+                m.broker_us,
+                store_figure(i, m.store_us)
             );
         }
     }
