@@ -91,17 +91,34 @@ pub async fn next_within(
     }
 }
 
-/// Reads every message ready in `queue` (acking it) until none arrives for `quiet`.
+/// Reads every message in `queue` (acking it) until none arrives for
+/// `quiet`. The messages the broker holds when the drain starts are waited
+/// for up to [`WAIT_FOR_READY`] each: on a loaded machine (a quorum queue
+/// registers its consumer through its log) the first delivery can take
+/// longer than `quiet`, and a short wait would read them as absent. Only
+/// what might still arrive after them waits `quiet`.
 pub async fn drain(rabbit: &RabbitMq, queue: &str, quiet: Duration) -> Vec<Message> {
+    let ready = rabbit.message_count(queue).await.expect("queue exists") as usize;
     let mut source = rabbit.source(queue, 64).await.expect("consume");
     let mut out = Vec::new();
-    while let Some(delivery) = next_within(&mut source, quiet).await {
+    loop {
+        let wait = if out.len() < ready {
+            WAIT_FOR_READY
+        } else {
+            quiet
+        };
+        let Some(delivery) = next_within(&mut source, wait).await else {
+            break;
+        };
         out.push(delivery.message().clone());
         delivery.ack().await.expect("ack");
     }
     source.close().await;
     out
 }
+
+/// How long [`drain`] waits for each message the broker held when it started.
+pub const WAIT_FOR_READY: Duration = Duration::from_secs(30);
 
 /// A set of message ids seen by a handler, shared across tasks.
 #[derive(Clone, Default)]
