@@ -53,7 +53,9 @@ async fn a_poison_message_in_a_batch_is_dead_lettered_alone() {
     let batches = Arc::new(Mutex::new(Vec::new()));
     let stack = StackBuilder::<String>::new(Arc::new(rabbit.dead_letter_sink())).build_batched(
         Bulk(Arc::clone(&batches)),
-        BatchConfig::new(16, Duration::from_millis(50)),
+        // A linger long enough that a pause in the broker's burst of
+        // deliveries (a loaded machine) does not cut batches short.
+        BatchConfig::new(16, Duration::from_millis(500)),
     );
     let shutdown = CancellationToken::new();
     let worker = tokio::spawn(
