@@ -41,8 +41,9 @@ struct Entry {
     failed_runs: u32,
     replay: u32,
     expires: Instant,
-    /// The failure of a dead letter still to be written ([`Store::release_with_letter`]).
-    letter: Option<Failure>,
+    /// The failure of a dead letter still to be written ([`Store::release_with_letter`]);
+    /// boxed, as it is rare: every entry is smaller for it.
+    letter: Option<Box<Failure>>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -64,12 +65,29 @@ impl Default for MemoryStore {
     }
 }
 
+/// The most keys [`MemoryStore::new`] makes room for up front.
+const RESERVE_AT_MOST: usize = 1 << 20;
+
 impl MemoryStore {
     /// A store of at most `capacity` keys; finished keys are forgotten after `ttl`.
+    ///
+    /// Room for `capacity` keys (at most 2²⁰) is reserved at once: a
+    /// consumer's store fills up to its capacity and stays there (finished
+    /// keys live for `ttl`), and a table that grew on the way would move
+    /// every key it held while the store's lock is taken, stalling every
+    /// message in flight. Of the reservation only the table's control
+    /// bytes (one a slot) are written at once; the rest is touched as keys
+    /// arrive.
     pub fn new(capacity: usize, ttl: Duration) -> Self {
+        let capacity = capacity.max(1);
+        let room = capacity.min(RESERVE_AT_MOST);
         MemoryStore {
-            state: Mutex::new(State::default()),
-            capacity: capacity.max(1),
+            state: Mutex::new(State {
+                entries: HashMap::with_capacity_and_hasher(room, Hasher::default()),
+                order: VecDeque::with_capacity(room),
+                fence: 0,
+            }),
+            capacity,
             ttl,
         }
     }
@@ -139,7 +157,7 @@ impl MemoryStore {
                 }
                 entry.phase = taken;
                 let failed_runs = entry.failed_runs;
-                let letter = entry.letter.clone();
+                let letter = entry.letter.as_deref().cloned();
                 state.fence = fence.0;
                 if let Some(letter) = letter {
                     return Ok(Claim::LetterPending {
@@ -306,7 +324,7 @@ impl Store for MemoryStore {
             .with_fence(key, fence, |e, now| {
                 e.phase = Phase::Idle;
                 e.failed_runs = letter.attempts;
-                e.letter = Some(letter.clone());
+                e.letter = Some(Box::new(letter.clone()));
                 e.expires = now + ttl;
             })
             .is_some())
