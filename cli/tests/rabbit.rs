@@ -182,10 +182,40 @@ async fn an_interrupted_replay_resumes_and_loses_nothing() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Kill on observed progress, not after a fixed time: the first redrive
+    // waits for the binary's start and its connection. With a `--rate` the
+    // walk holds one letter at a time and the broker sends the next only
+    // after the last one's ack, so two copies in the target mean the first
+    // letter was acked; at 15/s the other 38 still take about 2.5 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let moved = rabbit.message_count(&target).await.unwrap();
+        if moved >= 2 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the replay exited before it redrove 2 letters ({moved} moved)"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replay redrove {moved} letter(s) in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     child.kill().unwrap(); // SIGKILL
     let _ = child.wait();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A letter delivered to the walk and not acked goes back to the ready
+    // count once the broker has seen the connection close, which also drops
+    // the walk's consumer: counted after that, not after a fixed time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while consumers(&rabbit, &dlq).await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the killed replay's consumer is still on {dlq} after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let left = rabbit.message_count(&dlq).await.unwrap();
     assert!(
         left > 0 && left < 40,
@@ -291,6 +321,23 @@ async fn settled_count(rabbit: &backstop_rabbitmq::RabbitMq, queue: &str, expect
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// How many consumers `queue` has, as the broker counts them.
+async fn consumers(rabbit: &RabbitMq, queue: &str) -> u32 {
+    use backstop_rabbitmq::lapin::options::QueueDeclareOptions;
+    use backstop_rabbitmq::lapin::types::FieldTable;
+    let channel = rabbit.channel().await.unwrap();
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declared = channel
+        .queue_declare(queue.into(), options, FieldTable::default())
+        .await
+        .unwrap();
+    let _ = channel.close(200, "OK".into()).await;
+    declared.consumer_count()
 }
 
 /// A message on `queue` as the raw properties a publisher wrote, for copies.
