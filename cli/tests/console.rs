@@ -17,7 +17,7 @@ use backstop::publish::Publisher as _;
 use backstop::{StackBuilder, handler_fn, wire};
 use backstop_kafka::{Kafka, TopicSpec};
 use backstop_rabbitmq::{RabbitMq, Topology};
-use common::console::{Console, config, job_id, number, row_ids, settled, token};
+use common::console::{Console, config, job_id, listed, number, row_ids, settled, token};
 use common::*;
 
 /// Letter `i` of a test DLQ fed from `source`: a JSON body a worker can
@@ -34,7 +34,8 @@ fn test_letter(source: &str, id: &str, i: u64) -> backstop::Message {
     m
 }
 
-/// A quorum queue `q` with its DLQ holding `n` letters `<q>-<i>`.
+/// A quorum queue `q` with its DLQ holding `n` letters `<q>-<i>`, once
+/// the management API lists the DLQ (see [`listed`]).
 async fn rabbit_dlq(prefix: &str, n: u64) -> (RabbitMq, String) {
     let rabbit = RabbitMq::connect(&amqp()).await.unwrap();
     let q = unique(prefix);
@@ -46,6 +47,7 @@ async fn rabbit_dlq(prefix: &str, n: u64) -> (RabbitMq, String) {
         publisher.publish_to_queue(&dlq, &m).await.unwrap();
     }
     publisher.close().await;
+    listed(&dlq).await;
     (rabbit, q)
 }
 

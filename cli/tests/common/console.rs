@@ -16,6 +16,9 @@ pub struct Console {
     pub auth: Option<String>,
 }
 
+/// The RabbitMQ management API the console lists queues from.
+pub const API: &str = "http://guest:guest@127.0.0.1:15672";
+
 /// A configuration for the test's DLQs: RabbitMQ queues and Kafka topics
 /// whose names start with `prefix`, state in `state_dir`; `extra` is
 /// appended (auth, read_only).
@@ -23,7 +26,7 @@ pub fn config(dir: &std::path::Path, prefix: &str, extra: &str) -> std::path::Pa
     std::fs::create_dir_all(dir).unwrap();
     let path = dir.join("console.toml");
     let text = format!(
-        "state_dir = {state:?}\nrefresh_secs = 1\n\n[[rabbitmq]]\nurl = {url:?}\napi = \"http://guest:guest@127.0.0.1:15672\"\nprefix = {prefix:?}\n\n[[kafka]]\nbrokers = {brokers:?}\nprefix = {prefix:?}\n{extra}\n",
+        "state_dir = {state:?}\nrefresh_secs = 1\n\n[[rabbitmq]]\nurl = {url:?}\napi = {API:?}\nprefix = {prefix:?}\n\n[[kafka]]\nbrokers = {brokers:?}\nprefix = {prefix:?}\n{extra}\n",
         state = dir.join("state").display().to_string(),
         url = super::amqp(),
         brokers = super::brokers(),
@@ -203,6 +206,35 @@ pub fn config_with(
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, format!("{top}\n{text}")).unwrap();
     path
+}
+
+/// Waits until the management API lists `queue`, as the console's
+/// discovery asks for it: a queue declared a moment ago may not be listed
+/// yet, and until it is, the console answers 404 for its page and "no DLQ"
+/// for an action on it.
+pub async fn listed(queue: &str) {
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let queues =
+            backstop_cli::rabbit_api::get_json(API, "/api/queues/%2f?columns=name,messages").await;
+        let found = queues.as_ref().is_ok_and(|q| {
+            q.as_array()
+                .into_iter()
+                .flatten()
+                .any(|q| q["name"].as_str() == Some(queue))
+        });
+        if found {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "the management API does not list {queue} after 60 s ({})",
+            queues
+                .err()
+                .map_or("not in the list".into(), |e| e.to_string())
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The ready count of `queue` once it reads `want` (acks and requeues
