@@ -567,8 +567,8 @@ async fn a_retry_sleep_that_would_outlive_the_consumer_timeout_is_postponed_in_t
 async fn the_breaker_trips_after_exactly_the_configured_outages_and_recovers() {
     // A 20 s delay tier: no postponed copy comes back (as a further outage,
     // or as a half-open probe that fails and trips it again) before the
-    // checks below, each of which comes within about 10 s of the first
-    // postponement (two 5 s polls).
+    // checks below, which come within 20 s of the first postponement (two
+    // 5 s polls and a 10 s one; each takes far less unless it fails).
     let (queue, rabbit) = fresh_queue_with_tier("outages_breaker", BREAKER_TIER).await;
     let down = Arc::new(AtomicBool::new(true));
     let calls = Arc::new(AtomicU32::new(0));
@@ -638,7 +638,15 @@ async fn the_breaker_trips_after_exactly_the_configured_outages_and_recovers() {
     )
     .await
     .expect("the last outage");
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The breaker counts an outage once its delivery is settled (the copy
+    // confirmed on the delay queue, the ack sent), a moment after the
+    // handler's call: waited for, then exactly one trip.
+    poll(Duration::from_secs(10), Duration::from_millis(5), || {
+        let trips = breaker.trips();
+        async move { (trips > 0).then_some(()) }
+    })
+    .await
+    .expect("the last outage is counted");
     assert_eq!(breaker.trips(), 1, "the {TRIP_AFTER}th outage trips it");
     assert!(!readiness.is_ready(), "not ready while open");
     down.store(false, std::sync::atomic::Ordering::SeqCst);
