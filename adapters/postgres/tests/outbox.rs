@@ -17,6 +17,8 @@ use backstop::{
 };
 use backstop_postgres::outbox::RelayConfig;
 use backstop_postgres::{Inbox, InboxTx, Outbox, PgConfig};
+use metrics::SharedString;
+use metrics_util::registry::AtomicStorage;
 use tokio_postgres::Client;
 
 const QUEUE: &str = "outbox-test";
@@ -84,35 +86,56 @@ fn quick() -> RelayConfig {
         .depth_every(Duration::from_millis(100))
 }
 
-/// The metrics every test of this binary records into.
-fn snapshotter() -> &'static metrics_util::debugging::Snapshotter {
-    static SNAPSHOTTER: std::sync::OnceLock<metrics_util::debugging::Snapshotter> =
-        std::sync::OnceLock::new();
-    SNAPSHOTTER.get_or_init(|| {
-        let recorder = metrics_util::debugging::DebuggingRecorder::new();
-        let snapshotter = recorder.snapshotter();
-        let _ = recorder.install();
-        snapshotter
+/// Gauges by key, each an atomic holding the value last set.
+type GaugeRegistry = metrics_util::registry::Registry<metrics::Key, AtomicStorage>;
+
+/// The gauges every test of this binary sets, each as last set. (The
+/// debugging recorder's snapshot resets a gauge to 0, so a test that reads
+/// one in a loop could not tell a gauge set to 0 from one it just read.)
+fn gauges() -> &'static Arc<GaugeRegistry> {
+    static GAUGES: std::sync::OnceLock<Arc<GaugeRegistry>> = std::sync::OnceLock::new();
+    GAUGES.get_or_init(|| {
+        let registry = Arc::new(GaugeRegistry::atomic());
+        let _ = metrics::set_global_recorder(Gauges(Arc::clone(&registry)));
+        registry
     })
+}
+
+/// A recorder that keeps gauges only.
+struct Gauges(Arc<GaugeRegistry>);
+
+impl metrics::Recorder for Gauges {
+    fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: SharedString) {}
+    fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::noop()
+    }
+    fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        self.0
+            .get_or_create_gauge(key, |g| metrics::Gauge::from_arc(Arc::clone(g)))
+    }
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
 }
 
 /// The last value of `backstop_spool_depth{spool="outbox:<table>"}`.
 fn depth(f: &Fixture) -> Option<f64> {
     let name = format!("outbox:{}", f.outbox.table());
-    snapshotter()
-        .snapshot()
-        .into_vec()
+    gauges()
+        .get_gauge_handles()
         .into_iter()
-        .find_map(|(key, _, _, value)| {
-            let key = key.key();
+        .find_map(|(key, value)| {
             let ours = key.name() == backstop_spool::metrics::DEPTH
                 && key
                     .labels()
                     .any(|l| l.key() == "spool" && l.value() == name);
-            match value {
-                metrics_util::debugging::DebugValue::Gauge(v) if ours => Some(v.into_inner()),
-                _ => None,
-            }
+            ours.then(|| f64::from_bits(value.load(Ordering::SeqCst)))
         })
 }
 
@@ -403,10 +426,25 @@ async fn a_row_refused_for_good_is_set_aside_and_its_key_goes_on() {
     );
     assert_eq!(f.outbox.pending().await.expect("pending"), 0);
     assert_eq!(f.rows().await, 1, "the refused row stays for an operator");
-    // Put back in line, it is tried again (and refused again).
+    // Put back in line, it is tried again and set aside again.
     assert!(f.outbox.retry_refused(refused[0].seq).await.expect("retry"));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(gate.tries.lock().expect("lock")["k2-poison"], 2);
+    let tries = || gate.tries.lock().expect("lock")["k2-poison"];
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let refused = f.outbox.refused(10).await.expect("refused").len();
+        if tries() >= 2 && refused == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "not refused again within 10 s: {} tries, {refused} refused",
+            tries()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Set aside, it is not tried a third time (a few idle polls later).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(tries(), 2);
     assert_eq!(f.outbox.refused(10).await.expect("refused").len(), 1);
     relay.stop().await;
     f.finish().await;
@@ -415,19 +453,20 @@ async fn a_row_refused_for_good_is_set_aside_and_its_key_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_wait_while_the_broker_is_down_and_go_in_order_when_it_is_back() {
     let f = fixture().await;
-    snapshotter();
+    gauges();
     let gate = Gate::new(f.broker.clone());
     gate.down.store(true, Ordering::SeqCst);
     let relay = f.outbox.relay(gate.clone(), quick());
     write(&f, "a", &["a1", "a2"]).await;
     write(&f, "b", &["b1"]).await;
     write(&f, "a", &["a3"]).await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let tries = || gate.tries.lock().expect("lock").get("a1").copied();
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while (depth(&f) != Some(4.0) || tries() < Some(2)) && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(depth(&f), Some(4.0), "the depth gauge shows the backlog");
-    assert!(
-        gate.tries.lock().expect("lock")["a1"] >= 2,
-        "the relay kept trying"
-    );
+    assert!(tries() >= Some(2), "the relay kept trying");
     assert_eq!(
         f.outbox.pending().await.expect("pending"),
         4,
@@ -441,7 +480,10 @@ async fn rows_wait_while_the_broker_is_down_and_go_in_order_when_it_is_back() {
     assert_eq!(a, ["a1", "a2", "a3"], "key a in order: {seen:?}");
     assert_eq!(seen.len(), 4);
     assert_eq!(f.rows_become(0).await, 0);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while depth(&f) != Some(0.0) && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(depth(&f), Some(0.0), "and its end");
     relay.stop().await;
     f.finish().await;
@@ -470,6 +512,30 @@ async fn an_unreadable_row_is_set_aside_and_the_others_go_on() {
     f.finish().await;
 }
 
+/// Waits until a session of `application_name` has tried the relay's lock
+/// (its last statement, finished); false if none has after `deadline`.
+async fn tried_the_lock(admin: &Client, application_name: &str, deadline: Duration) -> bool {
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        let tried: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1
+                 AND state = 'idle' AND query LIKE '%pg_try_advisory_lock%'",
+                &[&application_name],
+            )
+            .await
+            .expect("sessions")
+            .get(0);
+        if tried > 0 {
+            return true;
+        }
+        if tokio::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_relay_leads_and_another_takes_over_when_its_session_ends() {
     let f = fixture().await;
@@ -481,11 +547,22 @@ async fn one_relay_leads_and_another_takes_over_when_its_session_ends() {
             .expect("table")
     };
     let a = outbox(&app_a).relay(f.broker.clone(), quick());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let b = outbox(&app_b).relay(f.broker.clone(), quick());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !a.is_leading() && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(a.is_leading(), "the first relay leads");
+    let b = outbox(&app_b).relay(f.broker.clone(), quick());
+    // The second stands by: once it has tried the lock, and through a few
+    // more of its tries (one every 100 ms), it does not lead.
+    assert!(
+        tried_the_lock(&f.admin, &app_b, Duration::from_secs(10)).await,
+        "the second relay tried the lock"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!b.is_leading(), "the second stands by");
+    assert_eq!(b.terms(), 0, "the second never led");
+    assert!(a.is_leading(), "the first relay still leads");
 
     write(&f, "k", &["k1", "k2"]).await;
     assert_eq!(bodies(&f.wait_for(EVENTS, 2).await), ["k1", "k2"]);
@@ -824,15 +901,18 @@ async fn a_failed_publish_the_handler_ignores_rolls_the_attempt_back_instead_of_
 async fn a_publish_that_times_out_on_its_keys_lock_is_never_committed_without_its_row() {
     let f = fixture().await;
     // The outbox gives a key's lock 300 ms; another transaction holds the
-    // lock of key "hot" for 600 ms while the first attempt publishes.
+    // lock of key "hot" while the first attempt publishes, until a second
+    // attempt has started (so the first one's wait timed out), or for 30 s.
     let outbox = f
         .outbox
         .clone()
         .statement_timeout(Duration::from_millis(300));
     let inbox = f.inbox.clone().outbox(&outbox);
+    let handler = Careless::new(&f, EVENTS, Some("hot"));
     let (locked, is_locked) = tokio::sync::oneshot::channel();
     let holder = {
         let outbox = f.outbox.clone();
+        let runs = Arc::clone(&handler.runs);
         tokio::spawn(async move {
             let mut client = connect().await;
             let tx = client.transaction().await.expect("begin");
@@ -841,12 +921,14 @@ async fn a_publish_that_times_out_on_its_keys_lock_is_never_committed_without_it
                 .await
                 .expect("the holder's row");
             let _ = locked.send(());
-            tokio::time::sleep(Duration::from_millis(600)).await;
+            let until = tokio::time::Instant::now() + Duration::from_secs(30);
+            while runs.load(Ordering::SeqCst) < 2 && tokio::time::Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             tx.commit().await.expect("commit the holder");
         })
     };
     is_locked.await.expect("the holder has the lock");
-    let handler = Careless::new(&f, EVENTS, Some("hot"));
     publish_orders(&f.broker, &["t1".to_owned()]);
     let stack = handler.stack(&f, &inbox, Duration::from_millis(200));
     let summary = f.drain(stack).await;
