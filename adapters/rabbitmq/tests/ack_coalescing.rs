@@ -8,6 +8,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -243,16 +244,40 @@ async fn one_slow_delivery_and_500_fast_ones_keep_the_channel_and_are_each_acked
     publish_numbered(&publisher, &queue, "slow", 1).await;
     publish_numbered(&publisher, &queue, "fast", 500).await;
 
+    // The slow delivery returns once the 500 fast ones were acked, each by
+    // a frame of its own (or after WAIT, and the counts below fail): the
+    // frames do not depend on how fast the machine runs the 500.
+    let fast_acked = Arc::new(tokio::sync::Notify::new());
+    let slow_done = Arc::new(AtomicBool::new(false));
     let runs = Runs::default();
-    let handler = recording(&runs, |id, _run| async move {
-        if id == "slow-0" {
-            tokio::time::sleep(Duration::from_secs(3)).await;
+    let handler = recording(&runs, {
+        let (fast_acked, slow_done) = (Arc::clone(&fast_acked), Arc::clone(&slow_done));
+        move |id, _run| {
+            let (fast_acked, slow_done) = (Arc::clone(&fast_acked), Arc::clone(&slow_done));
+            async move {
+                if id == "slow-0" {
+                    fast_acked.notified().await;
+                    slow_done.store(true, Ordering::SeqCst);
+                }
+                Ok(())
+            }
         }
-        Ok(())
     });
+    let watcher = {
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            let single = || counter(ACK_FRAMES, &queue, Some(("multiple", "false")));
+            eventually(WAIT, || single() >= 500).await;
+            fast_acked.notify_one();
+        })
+    };
     let stack =
         StackBuilder::<serde_json::Value>::new(Arc::new(rabbit.dead_letter_sink())).build(handler);
-    let summary = run_until(&rabbit, &queue, 64, stack, || runs.distinct() == 501).await;
+    let summary = run_until(&rabbit, &queue, 64, stack, || {
+        runs.distinct() == 501 && slow_done.load(Ordering::SeqCst)
+    })
+    .await;
+    watcher.await.expect("the watcher");
 
     // A frame naming an unknown or settled tag would close the channel:
     // the source would reconnect and the broker redeliver what was unacked.
@@ -301,9 +326,16 @@ async fn acks_of_deliveries_completed_together_share_frames() {
     println!(
         "{N} acks in {frames} frames ({multiple} multiple covering {coalesced}, {single} single)"
     );
+    // How many acks share a frame depends on how many completions wait
+    // each time the flusher plans, which is timing (the handlers, the
+    // broker's deliveries and the flusher's sends run at once), so no ratio
+    // is asserted: the ledger's unit tests pin down what one plan sends.
+    // Over a real channel, multiple frames go out and some frame acks more
+    // than one delivery; a window that sent a frame per ack would send N.
+    assert!(multiple >= 1, "no multiple frame: {single} single");
     assert!(
-        frames * 2 <= N as u64,
-        "{N} acks took {frames} frames: not coalesced"
+        frames < N as u64,
+        "{N} acks took {frames} frames: none shared a frame"
     );
     assert_empty(&rabbit, &queue).await;
     cleanup(&rabbit, &topology).await;
