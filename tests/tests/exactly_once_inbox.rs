@@ -20,11 +20,17 @@ use backstop_tests::ledger::Ledger;
 use backstop_tests::unique;
 
 /// Every record of `topic` a `read_committed` reader sees within `wait`
-/// (stops once `n` arrived and nothing more came for a second).
-async fn read(brokers: &str, topic: &str, n: usize, wait: Duration) -> Vec<Message> {
+/// (stops once `n` arrived and nothing more came for `idle`).
+async fn read(
+    brokers: &str,
+    topic: &str,
+    n: usize,
+    idle: Duration,
+    wait: Duration,
+) -> Vec<Message> {
     let reader = Kafka::new(brokers, unique("reader").replace('_', "-"));
     let source = reader.plain_source(&[topic], 64).expect("reader");
-    read_messages(source, n, Duration::from_secs(1), wait).await
+    read_messages(source, n, idle, wait).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,9 +134,15 @@ async fn outputs_recorded_in_the_inbox_are_published_once_after_an_abort() {
         "the transaction aborted and the partition was run again: {runs:?}"
     );
     assert!(
-        read(&brokers, &outputs, 1, Duration::from_secs(3))
-            .await
-            .is_empty(),
+        read(
+            &brokers,
+            &outputs,
+            1,
+            Duration::from_secs(1),
+            Duration::from_secs(3)
+        )
+        .await
+        .is_empty(),
         "nothing of an aborted transaction is visible"
     );
 
@@ -144,11 +156,22 @@ async fn outputs_recorded_in_the_inbox_are_published_once_after_an_abort() {
         &brokers,
         &kafka.dlq_topic(&topic),
         1,
+        Duration::from_secs(1),
         Duration::from_secs(60),
     )
     .await;
-    // Everything the outputs topic holds by then, copies included.
-    let published = read(&brokers, &outputs, 2, Duration::from_secs(5)).await;
+    // Everything the outputs topic holds by then, copies included: the
+    // reader's new group may take long to join (120 s for the first copy),
+    // and once a copy arrived it reads on until none came for 5 s, so a
+    // copy committed after the first is still seen.
+    let published = read(
+        &brokers,
+        &outputs,
+        1,
+        Duration::from_secs(5),
+        Duration::from_secs(120),
+    )
+    .await;
     stop.cancel();
     let _ = worker.await;
     let effects: i64 = pool
