@@ -109,7 +109,7 @@ impl PollThread {
             dispatcher,
             delayed,
             stop: Arc::clone(&stop),
-            topics: HashMap::new(),
+            topics: HashMap::default(),
             last_error_log: None,
             disconnected: false,
             batch: Vec::with_capacity(BATCH),
@@ -200,7 +200,9 @@ struct Poller {
     dispatcher: Arc<Dispatcher>,
     delayed: Arc<RetryTable>,
     stop: Arc<AtomicBool>,
-    topics: HashMap<String, Arc<str>>,
+    /// The topics' names, one shared copy each (looked up per message:
+    /// a fast hasher; the names are the group's own subscriptions).
+    topics: HashMap<String, Arc<str>, foldhash::fast::RandomState>,
     last_error_log: Option<Instant>,
     disconnected: bool,
     /// Reused between polls, so a batch costs no allocation.
@@ -350,7 +352,12 @@ impl Poller {
         // A retry topic holds a message until its due time, but never longer
         // than its tier's delay from now: a far-future `x-backstop-due` (a long
         // `retry_after`, a fast clock at the writer) must not park the partition.
-        let hold = self.delayed.get(&*tp.topic).map(|route| route.hold_limit);
+        // Most consumers have no retry topic: no lookup per message then.
+        let hold = if self.delayed.is_empty() {
+            None
+        } else {
+            self.delayed.get(&*tp.topic).map(|route| route.hold_limit)
+        };
         let delayed = message.meta.retry_of.is_some();
         let due = hold.filter(|_| delayed).and_then(|limit| {
             let due = record::due(&message)?;

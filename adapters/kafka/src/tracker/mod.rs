@@ -68,7 +68,7 @@ pub(crate) struct PartitionTracker {
     /// Two keys whose 64-bit hashes meet (about one pair in 2^64) are
     /// ordered as one key: the order of each is kept, they only run one
     /// after the other.
-    keys: HashMap<u64, VecDeque<i64>, foldhash::fast::RandomState>,
+    keys: HashMap<u64, KeyQueue, foldhash::fast::RandomState>,
     /// Hashes the keys (seeded per tracker: keys come from messages).
     hasher: foldhash::fast::RandomState,
     /// Keys (by hash) whose messages wait even when first in line (a parked
@@ -197,11 +197,16 @@ impl PartitionTracker {
         let not_due = due.is_some();
         let key = message.key.as_deref().map(|k| self.key_of(k));
         let head = match key {
-            Some(k) => {
-                let queue = self.keys.entry(k).or_default();
-                queue.push_back(offset);
-                queue.len() == 1
-            }
+            Some(k) => match self.keys.entry(k) {
+                std::collections::hash_map::Entry::Occupied(mut queue) => {
+                    queue.get_mut().push_back(offset);
+                    false
+                }
+                std::collections::hash_map::Entry::Vacant(free) => {
+                    free.insert(KeyQueue::new(offset));
+                    true
+                }
+            },
             None => true,
         };
         let gated = key.is_some_and(|k| self.gated.contains(&k));
@@ -290,13 +295,11 @@ impl PartitionTracker {
         let Some(queue) = self.keys.get_mut(&key) else {
             return;
         };
-        if queue.front() == Some(&offset) {
-            queue.pop_front();
-        }
-        let Some(&next) = queue.front() else {
+        if queue.front() == offset && !queue.pop_front() {
             self.keys.remove(&key);
             return;
-        };
+        }
+        let next = queue.front();
         if self.gated.contains(&key) {
             return;
         }
@@ -353,7 +356,7 @@ impl PartitionTracker {
         if !self.gated.remove(&key) {
             return;
         }
-        let Some(&next) = self.keys.get(&key).and_then(VecDeque::front) else {
+        let Some(next) = self.keys.get(&key).map(KeyQueue::front) else {
             return;
         };
         if let Some(entry) = self.entries.get_mut(next)
@@ -399,7 +402,7 @@ impl PartitionTracker {
                 continue;
             }
             let head = match entry.key {
-                Some(k) => self.keys.get(&k).and_then(VecDeque::front) == Some(&offset),
+                Some(k) => self.keys.get(&k).map(KeyQueue::front) == Some(offset),
                 None => true,
             };
             if head {
@@ -462,6 +465,44 @@ impl PartitionTracker {
 }
 
 /// What a held message costs in memory, roughly: its bytes plus bookkeeping.
+/// The offsets of one key's messages waiting in a partition, oldest first;
+/// never empty. The oldest is kept inline, so a key with one message in
+/// the partition (the common case) allocates nothing.
+#[derive(Debug)]
+struct KeyQueue {
+    head: i64,
+    rest: VecDeque<i64>,
+}
+
+impl KeyQueue {
+    fn new(first: i64) -> Self {
+        KeyQueue {
+            head: first,
+            rest: VecDeque::new(),
+        }
+    }
+
+    fn front(&self) -> i64 {
+        self.head
+    }
+
+    fn push_back(&mut self, offset: i64) {
+        self.rest.push_back(offset);
+    }
+
+    /// Drops the oldest offset; false if none is left (the queue is then
+    /// to be removed).
+    fn pop_front(&mut self) -> bool {
+        match self.rest.pop_front() {
+            Some(next) => {
+                self.head = next;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 fn size_of_message(message: &Message) -> usize {
     let headers = message.headers.wire_len() + 48 * message.headers.len();
     message.payload.len()
