@@ -57,7 +57,7 @@ impl Actions {
 #[derive(Debug)]
 pub(crate) struct Incoming {
     pub(crate) tp: TopicPartition,
-    pub(crate) message: Message,
+    pub(crate) message: Arc<Message>,
     pub(crate) due: Option<SystemTime>,
     pub(crate) delayed: bool,
     /// The dispatcher's rewind count when the message was polled: a
@@ -229,7 +229,7 @@ impl Dispatcher {
         self.receive_all(
             &mut vec![Incoming {
                 tp,
-                message,
+                message: Arc::new(message),
                 due,
                 delayed,
                 epoch: self.rewind_epoch(),

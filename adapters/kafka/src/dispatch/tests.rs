@@ -241,7 +241,7 @@ fn the_consumer_budget_pauses_every_partition_and_resumes_at_half() {
             .filter(|tp| !paused.contains(*tp))
             .map(|tp| Incoming {
                 tp: tp.clone(),
-                message: record(offset),
+                message: Arc::new(record(offset)),
                 due: None,
                 delayed: false,
                 epoch: 0,
@@ -277,7 +277,7 @@ fn the_consumer_message_budget_counts_every_partition() {
         d.receive_all(
             &mut vec![Incoming {
                 tp: tp.clone(),
-                message: msg(o as i64, "k"),
+                message: Arc::new(msg(o as i64, "k")),
                 due: None,
                 delayed: false,
                 epoch: 0,
@@ -325,7 +325,7 @@ fn a_rewind_starts_the_partition_over_and_drops_what_was_polled_before_it() {
     d.receive_all(
         &mut vec![Incoming {
             tp: tp(),
-            message: msg(7, "k7"),
+            message: Arc::new(msg(7, "k7")),
             due: None,
             delayed: false,
             epoch: stale_epoch,

@@ -305,10 +305,13 @@ impl Poller {
             match self.consumer.poll(timeout) {
                 None => break,
                 Some(Ok(record)) => {
-                    let retry_of = self
-                        .delayed
-                        .get(record.topic())
-                        .map(|route| route.source.as_str());
+                    let retry_of = if self.delayed.is_empty() {
+                        None
+                    } else {
+                        self.delayed
+                            .get(record.topic())
+                            .map(|route| route.source.as_str())
+                    };
                     let mut message = record::guarded_message(&record, retry_of);
                     drop(record);
                     message.meta.group = Some(self.group.clone());
@@ -316,7 +319,9 @@ impl Poller {
                     // Read after the poll returned: a rewind inside it (an
                     // abort in a revoke callback) predates this message.
                     let epoch = self.dispatcher.rewind_epoch();
-                    batch.push(self.incoming(message, epoch));
+                    // Shared from here on: the tracker keeps it and hands it
+                    // out without moving the message again.
+                    batch.push(self.incoming(Arc::new(message), epoch));
                 }
                 Some(Err(error)) => {
                     self.on_error(error);
@@ -346,7 +351,7 @@ impl Poller {
         false
     }
 
-    fn incoming(&mut self, message: backstop::Message, epoch: u64) -> Incoming {
+    fn incoming(&mut self, message: Arc<backstop::Message>, epoch: u64) -> Incoming {
         let topic = self.topic(&message.meta.source);
         let tp = TopicPartition::new(topic, message.meta.partition.unwrap_or_default());
         // A retry topic holds a message until its due time, but never longer

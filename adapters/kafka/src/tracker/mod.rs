@@ -180,10 +180,11 @@ impl PartitionTracker {
     /// honoured only on delayed partitions.
     pub(crate) fn receive(
         &mut self,
-        message: Message,
+        message: impl Into<Arc<Message>>,
         due: Option<SystemTime>,
         now: SystemTime,
     ) -> Arrival {
+        let message = message.into();
         let Some(offset) = message.meta.offset else {
             return Arrival::Duplicate;
         };
@@ -223,7 +224,7 @@ impl PartitionTracker {
         self.entries.push(
             offset,
             Entry {
-                message: Some(Arc::new(message)),
+                message: Some(message),
                 size,
                 key,
                 due,
