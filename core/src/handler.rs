@@ -162,29 +162,25 @@ where
     }
 }
 
-/// One attempt: `handler` with the request's payload (a payload that did
-/// not decode fails for good) and its context; shared by
-/// [`HandlerService`] and the stack's pipeline.
-pub(crate) async fn run<H, T>(handler: &H, request: &Request<T>) -> Result<(), HandlerError>
-where
-    H: Handle<T>,
-    T: Payload,
-{
-    let payload = request.payload().cloned().map_err(decode_failure)?;
-    handler
-        .handle(payload, request.context())
-        .await
-        .map_err(Into::into)
-}
-
-/// [`run`] on a request the caller gives away (a tower service's): the
-/// payload is moved to the handler, not copied.
-async fn run_owned<H, T>(handler: &H, request: Request<T>) -> Result<(), HandlerError>
+/// One attempt: `handler` with the request's payload, moved to it (see [`Request::payload_for_attempt`]; a payload
+/// that did not decode fails for good) and its context.
+pub(crate) async fn run<H, T>(handler: &H, request: &mut Request<T>) -> Result<(), HandlerError>
 where
     H: Handle<T>,
     T: Payload,
 {
     let context = request.context();
-    let payload = request.into_payload().map_err(|e| decode_failure(&e))?;
+    let payload = request
+        .payload_for_attempt()
+        .map_err(|e| decode_failure(&e))?;
     handler.handle(payload, context).await.map_err(Into::into)
+}
+
+/// [`run`] on a request the caller gives away (a tower service's).
+async fn run_owned<H, T>(handler: &H, mut request: Request<T>) -> Result<(), HandlerError>
+where
+    H: Handle<T>,
+    T: Payload,
+{
+    run(handler, &mut request).await
 }

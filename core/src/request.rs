@@ -18,6 +18,9 @@ use crate::payload::{DecodeError, Payload};
 pub struct Request<T> {
     message: Arc<Message>,
     payload: Result<T, DecodeError>,
+    /// The payload was moved to an attempt's handler ([`Request::payload_for_attempt`]):
+    /// `payload` holds a placeholder until a later attempt decodes it again.
+    lent: bool,
     payload_key: Option<String>,
     attempt: u32,
     confirmed_attempt: u32,
@@ -32,6 +35,7 @@ impl<T: Clone> Clone for Request<T> {
         Request {
             message: Arc::clone(&self.message),
             payload: self.payload.clone(),
+            lent: self.lent,
             payload_key: self.payload_key.clone(),
             attempt: self.attempt,
             confirmed_attempt: self.confirmed_attempt,
@@ -76,12 +80,36 @@ impl<T: Payload> Request<T> {
         Request {
             message,
             payload,
+            lent: false,
             payload_key,
             attempt,
             confirmed_attempt,
             cancel,
             deadline: None,
             extensions: Extensions::default(),
+        }
+    }
+
+    /// The payload for one attempt of the stack's handler: moved out of the
+    /// request the first time (the handler gets it without a copy), and
+    /// decoded again from the message for a later attempt (a retry, the
+    /// rare case; the first decode succeeded, so this one does too for a
+    /// payload type whose decoding depends only on the bytes). A payload
+    /// that did not decode stays in the request and its error is returned.
+    pub(crate) fn payload_for_attempt(&mut self) -> Result<T, DecodeError> {
+        if self.lent {
+            return T::decode_shared(&self.message.payload);
+        }
+        match &self.payload {
+            Err(error) => Err(error.clone()),
+            Ok(_) => {
+                let placeholder = Err(DecodeError::Invalid {
+                    type_name: std::any::type_name::<T>(),
+                    reason: String::new(),
+                });
+                self.lent = true;
+                std::mem::replace(&mut self.payload, placeholder)
+            }
         }
     }
 }
@@ -109,14 +137,12 @@ impl<T> Request<T> {
     }
 
     /// The decoded payload, or why it did not decode.
+    ///
+    /// Inside the stack's pipeline the payload is moved to the handler for
+    /// its attempt (see `payload_for_attempt`); a request a layer is given
+    /// (a clone, or one taken for a user's layer) always has its own.
     pub fn payload(&self) -> Result<&T, &DecodeError> {
         self.payload.as_ref()
-    }
-
-    /// The decoded payload, or why it did not decode, taken out of the
-    /// request (the handler of a request given away gets it without a copy).
-    pub(crate) fn into_payload(self) -> Result<T, DecodeError> {
-        self.payload
     }
 
     /// The request, moved out for a service that takes it by value (a
@@ -131,6 +157,7 @@ impl<T> Request<T> {
                 type_name: std::any::type_name::<T>(),
                 reason: String::new(),
             }),
+            lent: false,
             payload_key: None,
             attempt: self.attempt,
             confirmed_attempt: self.confirmed_attempt,

@@ -122,7 +122,7 @@ impl<T: Payload, H: Handle<T>> Pipeline<T, H> {
         }
     }
 
-    async fn attempt(&self, request: &Request<T>) -> Result<(), HandlerError> {
+    async fn attempt(&self, request: &mut Request<T>) -> Result<(), HandlerError> {
         match &self.attempt {
             Attempt::Handler(handler) => {
                 timeout::within(

@@ -1362,3 +1362,64 @@ mod in_a_transaction_letters_go_into_it_and_marks_wait_for_its_commit {
             .await;
     }
 }
+
+/// A payload that counts its copies and decodes (for one test only).
+#[derive(Debug, PartialEq)]
+struct Tracked(String);
+
+static TRACKED_CLONES: AtomicU32 = AtomicU32::new(0);
+static TRACKED_DECODES: AtomicU32 = AtomicU32::new(0);
+
+impl Clone for Tracked {
+    fn clone(&self) -> Self {
+        TRACKED_CLONES.fetch_add(1, Ordering::SeqCst);
+        Tracked(self.0.clone())
+    }
+}
+
+impl crate::payload::Payload for Tracked {
+    fn decode(bytes: &[u8]) -> Result<Self, crate::payload::DecodeError> {
+        TRACKED_DECODES.fetch_add(1, Ordering::SeqCst);
+        Ok(Tracked(String::from_utf8_lossy(bytes).into_owned()))
+    }
+}
+
+/// On the pipeline the handler gets the decoded payload moved to it, not a
+/// copy; a retry decodes the message again and sees the same payload.
+#[tokio::test]
+async fn the_handler_gets_the_payload_moved_and_a_retry_decodes_it_again() {
+    let broker = MemoryBroker::new();
+    broker
+        .publish_now("tracked", Message::new("order-7").with_message_id("t-1"))
+        .unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = Arc::clone(&seen);
+    let stack = StackBuilder::<Tracked>::new(Arc::new(broker.dead_letter_sink()))
+        .retry(fast())
+        .build(handler_fn(move |t: Tracked, ctx: Context| {
+            s.lock().unwrap().push(t);
+            async move {
+                if ctx.attempt() < 2 {
+                    Err(HandlerError::transient("busy"))
+                } else {
+                    Ok(())
+                }
+            }
+        }));
+    let summary = Runner::new(broker.consume("tracked", 1).until_drained(), stack)
+        .run()
+        .await
+        .expect("run");
+    assert_eq!(summary.handled, 1, "{summary:?}");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [Tracked("order-7".into()), Tracked("order-7".into())],
+        "both attempts saw the payload"
+    );
+    assert_eq!(TRACKED_CLONES.load(Ordering::SeqCst), 0, "no copy");
+    assert_eq!(
+        TRACKED_DECODES.load(Ordering::SeqCst),
+        2,
+        "decoded once, then again for the retry"
+    );
+}
