@@ -26,6 +26,10 @@ pub enum DecodeError {
 
 /// A message body type: decoded once, before any layer runs.
 ///
+/// Decoding must depend only on the bytes: a redelivered message is
+/// decoded again, and so is a message for each retry of its handler (the
+/// first attempt gets the decoded payload itself, not a copy).
+///
 /// `#[derive(Payload)]` implements it for a serde type (JSON), with the key
 /// taken from the field marked `#[payload(key)]`. By hand:
 ///
