@@ -28,7 +28,8 @@ pub enum DecodeError {
 ///
 /// Decoding must depend only on the bytes: a redelivered message is
 /// decoded again, and so is a message for each retry of its handler (the
-/// first attempt gets the decoded payload itself, not a copy).
+/// first attempt gets the decoded payload itself, not a copy; see
+/// [`shared_copy`](Payload::shared_copy)).
 ///
 /// `#[derive(Payload)]` implements it for a serde type (JSON), with the key
 /// taken from the field marked `#[payload(key)]`. By hand:
@@ -75,6 +76,25 @@ pub trait Payload: Clone + Send + Sync + Sized + 'static {
     /// ```
     fn decode_shared(bytes: &Bytes) -> Result<Self, DecodeError> {
         Self::decode(bytes)
+    }
+
+    /// A copy for one attempt of the stack's handler, if this type has one
+    /// that shares what it holds (a buffer, a cache of decoded values) and
+    /// is worth keeping across attempts. `None`, the default: the first
+    /// attempt gets the payload itself, and a retry decodes the bytes
+    /// again. [`Routed`](crate::router::Routed) returns a copy that shares
+    /// its cache, so a retried message is decoded as its route's type once.
+    ///
+    /// ```
+    /// use backstop::Payload;
+    /// use backstop::router::Routed;
+    ///
+    /// let routed = Routed::decode(b"{}").unwrap();
+    /// assert!(routed.shared_copy().is_some());
+    /// assert_eq!(String::decode(b"text").unwrap().shared_copy(), None);
+    /// ```
+    fn shared_copy(&self) -> Option<Self> {
+        None
     }
 
     /// The idempotency key, if this payload carries one.

@@ -94,15 +94,20 @@ impl<T: Payload> Request<T> {
     /// request the first time (the handler gets it without a copy), and
     /// decoded again from the message for a later attempt (a retry, the
     /// rare case; the first decode succeeded, so this one does too for a
-    /// payload type whose decoding depends only on the bytes). A payload
-    /// that did not decode stays in the request and its error is returned.
+    /// payload type whose decoding depends only on the bytes). A type with
+    /// a [`shared_copy`](Payload::shared_copy) gives each attempt one and
+    /// stays. A payload that did not decode stays in the request and its
+    /// error is returned.
     pub(crate) fn payload_for_attempt(&mut self) -> Result<T, DecodeError> {
         if self.lent {
             return T::decode_shared(&self.message.payload);
         }
         match &self.payload {
             Err(error) => Err(error.clone()),
-            Ok(_) => {
+            Ok(payload) => {
+                if let Some(copy) = payload.shared_copy() {
+                    return Ok(copy);
+                }
                 let placeholder = Err(DecodeError::Invalid {
                     type_name: std::any::type_name::<T>(),
                     reason: String::new(),

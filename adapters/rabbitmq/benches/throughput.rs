@@ -23,8 +23,10 @@
 //! listening on the AMQP port, from `/proc`; `BENCH_BROKER_PID` overrides),
 //! less what the broker burns idle (measured for 3 s before the rounds),
 //! and for the Redis and PostgreSQL sides the store server's CPU per
-//! message the same way (the process listening on the store's port and
-//! its children: PostgreSQL's backends).
+//! message the same way (the process listening on the store's port, its
+//! children alive and reaped: PostgreSQL's backends; `BENCH_REDIS_PID` and
+//! `BENCH_PG_PID` override, for servers whose sockets this user cannot
+//! read).
 //! It prints, in this fixed order:
 //!
 //! ```text
@@ -221,8 +223,9 @@ fn cpu_time(pid: &str) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-/// CPU time of process `pid` and of its children alive now (a
-/// PostgreSQL server's backends), from /proc.
+/// CPU time of process `pid`, of its children alive now (a PostgreSQL
+/// server's backends) and of those it has reaped (`cutime` + `cstime`: a
+/// backend that exited between two readings), from /proc.
 fn tree_cpu_time(pid: &str) -> Duration {
     let children = std::fs::read_dir("/proc")
         .into_iter()
@@ -235,7 +238,21 @@ fn tree_cpu_time(pid: &str) -> Duration {
             let parent = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
             (parent == pid).then_some(child)
         });
-    children.fold(cpu_time(pid), |sum, child| sum + cpu_time(&child))
+    let reaped = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .collect::<Vec<_>>();
+            Some(after.get(13)?.parse::<u64>().ok()? + after.get(14)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    children.fold(
+        cpu_time(pid) + Duration::from_millis(reaped * 10),
+        |sum, child| sum + cpu_time(&child),
+    )
 }
 
 /// The port of a `scheme://…` URL, or `default`.
@@ -365,12 +382,12 @@ fn median(runs: &[Measured]) -> Option<Measured> {
 }
 
 /// `, store CPU … µs/msg` for the sides with a store server (Redis,
-/// PostgreSQL), else nothing.
-fn store_figure(side: usize, store_us: f64) -> String {
-    if side >= 2 {
-        format!(", store CPU {store_us:.1} µs/msg")
-    } else {
-        String::new()
+/// PostgreSQL; `-` when its process was not found), else nothing.
+fn store_figure(side: usize, store_us: Option<f64>) -> String {
+    match (side, store_us) {
+        (0 | 1, _) => String::new(),
+        (_, Some(us)) => format!(", store CPU {us:.1} µs/msg"),
+        (_, None) => ", store CPU - (server process not found)".to_owned(),
     }
 }
 
@@ -442,8 +459,19 @@ async fn main() {
         .unwrap_or(5672);
     let broker = broker_pid(port);
     let broker_cpu = || broker.as_deref().map_or(Duration::ZERO, cpu_time);
-    let redis_server = listener_pid(port_of(&redis_url(), 6379));
-    let pg_server = listener_pid(port_of(&pg_url(), 5432));
+    // `BENCH_REDIS_PID` / `BENCH_PG_PID` when the servers' sockets cannot
+    // be read (another user's processes, not running as root).
+    let redis_server = std::env::var("BENCH_REDIS_PID")
+        .ok()
+        .or_else(|| listener_pid(port_of(&redis_url(), 6379)));
+    let pg_server = std::env::var("BENCH_PG_PID")
+        .ok()
+        .or_else(|| listener_pid(port_of(&pg_url(), 5432)));
+    let store_found = |i: usize| match i {
+        2 => redis_server.is_some(),
+        3 => pg_server.is_some(),
+        _ => false,
+    };
     let store_cpu = |i: usize| {
         let server = match i {
             2 => redis_server.as_deref(),
@@ -521,7 +549,7 @@ async fn main() {
                 measured.side.rate,
                 measured.client_us,
                 measured.broker_us,
-                store_figure(i, measured.store_us),
+                store_figure(i, store_found(i).then_some(measured.store_us)),
                 measured.side.latency
             );
             assert_drained(&rabbit, &queue).await;
@@ -541,7 +569,7 @@ async fn main() {
                 m.side.rate,
                 m.client_us,
                 m.broker_us,
-                store_figure(i, m.store_us)
+                store_figure(i, store_found(i).then_some(m.store_us))
             );
         }
     }

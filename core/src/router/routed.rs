@@ -18,8 +18,8 @@ type Decoded = Result<Box<dyn Any + Send + Sync>, DecodeError>;
 /// Decoding a `Routed` at the top of the stack shares the message's buffer
 /// and never fails; the router decodes the body as its route's payload type
 /// on the first attempt and keeps that value, so a retried message is
-/// decoded once, not once per attempt (each attempt gets a clone, as with
-/// any payload). `Routed` has no idempotency key ([`Payload::key`] is
+/// decoded once, not once per attempt (each attempt gets a copy that
+/// shares the kept value: [`Payload::shared_copy`]). `Routed` has no idempotency key ([`Payload::key`] is
 /// `None`): deduplicate a routed stack by [`KeySource::MessageId`] or
 /// [`KeySource::Header`](crate::idempotency::KeySource::Header).
 ///
@@ -87,5 +87,11 @@ impl Payload for Routed {
 
     fn decode_shared(bytes: &Bytes) -> Result<Self, DecodeError> {
         Ok(Routed::new(bytes.clone()))
+    }
+
+    /// A copy sharing the body and the cache of its decoded value: every
+    /// attempt of a message reads the value its first attempt decoded.
+    fn shared_copy(&self) -> Option<Self> {
+        Some(self.clone())
     }
 }

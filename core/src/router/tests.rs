@@ -239,11 +239,55 @@ async fn a_retried_message_is_decoded_once() {
             CancellationToken::new(),
             Extensions::default(),
         );
-        // Each attempt gets a clone of the request's payload, as the stack does.
-        router.handle(routed.clone(), ctx).await.unwrap();
+        // Each attempt gets a copy sharing the kept value, as the stack
+        // gives it (`Payload::shared_copy`).
+        router
+            .handle(routed.shared_copy().expect("a shared copy"), ctx)
+            .await
+            .unwrap();
     }
     assert_eq!(CANCELLED_DECODES.get() - before, 1);
     assert_eq!(seen.lock().unwrap().len(), 3);
+}
+
+/// Through the stack: three attempts of a routed message (two transient
+/// failures), one decode of its route's type.
+#[tokio::test]
+async fn a_message_the_stack_retries_is_decoded_once() {
+    let router = Router::builder()
+        .route::<Cancelled, _>(
+            "order.cancelled",
+            handler_fn(|_: Cancelled, ctx: Context| async move {
+                if ctx.attempt() < 3 {
+                    Err(HandlerError::transient("busy"))
+                } else {
+                    Ok(())
+                }
+            }),
+        )
+        .build()
+        .unwrap();
+    let broker = crate::memory::MemoryBroker::new();
+    broker
+        .publish_now("routed", body().with_header("type", "order.cancelled"))
+        .unwrap();
+    let stack = crate::stack::StackBuilder::<Routed>::new(Arc::new(broker.dead_letter_sink()))
+        .retry(crate::retry::RetryPolicy::retries(2).backoff(
+            std::time::Duration::from_millis(1),
+            std::time::Duration::from_millis(5),
+        ))
+        .build(router);
+    let before = CANCELLED_DECODES.get();
+    let summary = crate::runner::Runner::new(broker.consume("routed", 1).until_drained(), stack)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(summary.handled, 1, "{summary:?}");
+    assert_eq!(
+        CANCELLED_DECODES.get() - before,
+        1,
+        "three attempts, one decode"
+    );
 }
 
 #[test]

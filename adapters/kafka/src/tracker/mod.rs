@@ -465,7 +465,6 @@ impl PartitionTracker {
     }
 }
 
-/// What a held message costs in memory, roughly: its bytes plus bookkeeping.
 /// The offsets of one key's messages waiting in a partition, oldest first;
 /// never empty. The oldest is kept inline, so a key with one message in
 /// the partition (the common case) allocates nothing.
@@ -504,6 +503,7 @@ impl KeyQueue {
     }
 }
 
+/// What a held message costs in memory, roughly: its bytes plus bookkeeping.
 fn size_of_message(message: &Message) -> usize {
     let headers = message.headers.wire_len() + 48 * message.headers.len();
     message.payload.len()
