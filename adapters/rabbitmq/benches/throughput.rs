@@ -206,9 +206,10 @@ async fn stack(
     elapsed
 }
 
-/// CPU time (user + system) of process `pid` so far, from /proc (Linux
-/// only; zero elsewhere).
-fn cpu_time(pid: &str) -> Duration {
+/// The sum of two fields of `/proc/<pid>/stat` (counted after the command
+/// name, from 0: 11 and 12 are user and system time, 13 and 14 those of
+/// the reaped children), as time; zero when unreadable (not Linux).
+fn stat_time(pid: &str, (a, b): (usize, usize)) -> Duration {
     let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| {
@@ -217,10 +218,16 @@ fn cpu_time(pid: &str) -> Duration {
                 .1
                 .split_whitespace()
                 .collect::<Vec<_>>();
-            Some(after.get(11)?.parse::<u64>().ok()? + after.get(12)?.parse::<u64>().ok()?)
+            Some(after.get(a)?.parse::<u64>().ok()? + after.get(b)?.parse::<u64>().ok()?)
         })
         .unwrap_or(0);
     Duration::from_millis(ticks * 10)
+}
+
+/// CPU time (user + system) of process `pid` so far, from /proc (Linux
+/// only; zero elsewhere).
+fn cpu_time(pid: &str) -> Duration {
+    stat_time(pid, (11, 12))
 }
 
 /// CPU time of process `pid`, of its children alive now (a PostgreSQL
@@ -238,21 +245,9 @@ fn tree_cpu_time(pid: &str) -> Duration {
             let parent = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
             (parent == pid).then_some(child)
         });
-    let reaped = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let after = stat
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .collect::<Vec<_>>();
-            Some(after.get(13)?.parse::<u64>().ok()? + after.get(14)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0);
-    children.fold(
-        cpu_time(pid) + Duration::from_millis(reaped * 10),
-        |sum, child| sum + cpu_time(&child),
-    )
+    children.fold(cpu_time(pid) + stat_time(pid, (13, 14)), |sum, child| {
+        sum + cpu_time(&child)
+    })
 }
 
 /// The port of a `scheme://…` URL, or `default`.
