@@ -211,6 +211,10 @@ where
     out
 }
 
+/// How long a drain may go without a new order in the ledger before
+/// [`wait_drained`] shows the workers' last lines.
+const STALLED: Duration = Duration::from_secs(30);
+
 /// Polls until the ledger holds a row for each of the `valid` orders (and
 /// `more` says the rest is in place too), restarting a worker that exits on
 /// its own. Returns false at the deadline.
@@ -228,11 +232,24 @@ where
 {
     let started = Instant::now();
     let mut last_report = Instant::now();
+    // The workers' logs are removed when a run passes: a drain that stops
+    // moving shows their last lines once, so a slow run can be read.
+    let mut progress = (usize::MAX, Instant::now());
+    let mut shown = false;
     while started.elapsed() < deadline {
         fleet.restart_exited(unexpected_exits);
         let distinct = ledger.executions().await.map(|e| e.len()).unwrap_or(0);
         if distinct >= valid && more().await {
             return true;
+        }
+        if distinct != progress.0 {
+            progress = (distinct, Instant::now());
+        } else if !shown && progress.1.elapsed() > STALLED {
+            shown = true;
+            eprintln!(
+                "draining: no new order in the ledger for {STALLED:?} at {distinct}/{valid}; the workers' last lines:\n{}",
+                fleet.log_tail(40)
+            );
         }
         if last_report.elapsed() > Duration::from_secs(10) {
             eprintln!("draining: {distinct}/{valid} orders in the ledger");
