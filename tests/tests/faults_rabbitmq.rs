@@ -109,9 +109,11 @@ async fn kill9_and_broker_restart_lose_nothing_and_repeat_nothing() {
         &mut fleet,
         &ledger,
         valid,
-        // A run's tail has taken 150 s once (13 orders, cause not found:
-        // `wait_drained` now prints the workers' last lines when a drain
-        // stalls); the limit is for a hang, not for speed.
+        // Above RabbitMQ's own retry interval for a dead-letter hop it did
+        // not get confirmed (`dead_letter_worker_publisher_confirm_timeout`,
+        // 180 s by default): a postponed copy's hop from its delay queue
+        // back to the queue is such a hop, and a run's last 13 orders once
+        // waited about 150 s for it. The limit is for a hang, not for speed.
         Duration::from_secs(300),
         &mut outcome.unexpected_exits,
         || async {
