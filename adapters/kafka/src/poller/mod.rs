@@ -305,13 +305,10 @@ impl Poller {
             match self.consumer.poll(timeout) {
                 None => break,
                 Some(Ok(record)) => {
-                    let retry_of = if self.delayed.is_empty() {
-                        None
-                    } else {
-                        self.delayed
-                            .get(record.topic())
-                            .map(|route| route.source.as_str())
-                    };
+                    let retry_of = self
+                        .delayed
+                        .get(record.topic())
+                        .map(|route| route.source.as_str());
                     let mut message = record::guarded_message(&record, retry_of);
                     drop(record);
                     message.meta.group = Some(self.group.clone());
@@ -357,12 +354,7 @@ impl Poller {
         // A retry topic holds a message until its due time, but never longer
         // than its tier's delay from now: a far-future `x-backstop-due` (a long
         // `retry_after`, a fast clock at the writer) must not park the partition.
-        // Most consumers have no retry topic: no lookup per message then.
-        let hold = if self.delayed.is_empty() {
-            None
-        } else {
-            self.delayed.get(&*tp.topic).map(|route| route.hold_limit)
-        };
+        let hold = self.delayed.get(&*tp.topic).map(|route| route.hold_limit);
         let delayed = message.meta.retry_of.is_some();
         let due = hold.filter(|_| delayed).and_then(|limit| {
             let due = record::due(&message)?;
