@@ -162,8 +162,9 @@ where
     }
 }
 
-/// One attempt: `handler` with the request's payload, moved to it (see [`Request::payload_for_attempt`]; a payload
-/// that did not decode fails for good) and its context.
+/// One attempt: `handler` with the request's payload, moved to it (see
+/// [`Request::payload_for_attempt`]; a payload that did not decode fails
+/// for good) and its context.
 pub(crate) async fn run<H, T>(handler: &H, request: &mut Request<T>) -> Result<(), HandlerError>
 where
     H: Handle<T>,

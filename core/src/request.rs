@@ -30,6 +30,15 @@ pub struct Request<T> {
     pub extensions: Extensions,
 }
 
+/// What a request holds in place of a payload it no longer has (moved to
+/// an attempt, or to a request taken for a user's layer).
+fn no_payload<T>() -> Result<T, DecodeError> {
+    Err(DecodeError::Invalid {
+        type_name: std::any::type_name::<T>(),
+        reason: String::new(),
+    })
+}
+
 impl<T: Clone> Clone for Request<T> {
     fn clone(&self) -> Self {
         Request {
@@ -108,12 +117,8 @@ impl<T: Payload> Request<T> {
                 if let Some(copy) = payload.shared_copy() {
                     return Ok(copy);
                 }
-                let placeholder = Err(DecodeError::Invalid {
-                    type_name: std::any::type_name::<T>(),
-                    reason: String::new(),
-                });
                 self.lent = true;
-                std::mem::replace(&mut self.payload, placeholder)
+                std::mem::replace(&mut self.payload, no_payload())
             }
         }
     }
@@ -158,10 +163,7 @@ impl<T> Request<T> {
     pub(crate) fn take(&mut self) -> Self {
         let hollow = Request {
             message: Arc::clone(&self.message),
-            payload: Err(DecodeError::Invalid {
-                type_name: std::any::type_name::<T>(),
-                reason: String::new(),
-            }),
+            payload: no_payload(),
             lent: false,
             payload_key: None,
             attempt: self.attempt,

@@ -19,8 +19,8 @@ type Decoded = Result<Box<dyn Any + Send + Sync>, DecodeError>;
 /// and never fails; the router decodes the body as its route's payload type
 /// on the first attempt and keeps that value, so a retried message is
 /// decoded once, not once per attempt (each attempt gets a copy that
-/// shares the kept value: [`Payload::shared_copy`]). `Routed` has no idempotency key ([`Payload::key`] is
-/// `None`): deduplicate a routed stack by [`KeySource::MessageId`] or
+/// shares the kept value: [`Payload::shared_copy`]). `Routed` has no
+/// idempotency key ([`Payload::key`] is `None`): deduplicate a routed stack by [`KeySource::MessageId`] or
 /// [`KeySource::Header`](crate::idempotency::KeySource::Header).
 ///
 /// [`KeySource::MessageId`]: crate::idempotency::KeySource::MessageId
