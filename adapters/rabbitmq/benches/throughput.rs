@@ -462,19 +462,14 @@ async fn main() {
     let pg_server = std::env::var("BENCH_PG_PID")
         .ok()
         .or_else(|| listener_pid(port_of(&pg_url(), 5432)));
-    let store_found = |i: usize| match i {
-        2 => redis_server.is_some(),
-        3 => pg_server.is_some(),
-        _ => false,
+    // The store server of side `i`, if it has one and it was found.
+    let store_server = |i: usize| match i {
+        2 => redis_server.as_deref(),
+        3 => pg_server.as_deref(),
+        _ => None,
     };
-    let store_cpu = |i: usize| {
-        let server = match i {
-            2 => redis_server.as_deref(),
-            3 => pg_server.as_deref(),
-            _ => None,
-        };
-        server.map_or(Duration::ZERO, tree_cpu_time)
-    };
+    let store_found = |i: usize| store_server(i).is_some();
+    let store_cpu = |i: usize| store_server(i).map_or(Duration::ZERO, tree_cpu_time);
     // What the broker and the store servers burn with no client (timers,
     // other queues, background writers): taken off each side's figure, so
     // it is the CPU the side caused.
