@@ -175,24 +175,15 @@ async fn kafka_interrupted_replay_resumes_and_the_loop_guard_holds() {
     // (a letter's record is confirmed before the next redrive is published);
     // at 10/s the other 29 still take about 3 s.
     let topics = k.topics().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let moved: i64 = topics.end_offsets(&target).await.unwrap().values().sum();
-        if moved >= 2 {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the replay exited before it redrove 2 letters ({moved} moved)"
-        );
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the replay redrove {moved} letter(s) in 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    child.kill().unwrap();
-    let _ = child.wait();
+    kill_after_two_moved(&mut child, || async {
+        topics
+            .end_offsets(&target)
+            .await
+            .unwrap()
+            .values()
+            .sum::<i64>()
+    })
+    .await;
     let left = ids(&cli_ok(&[
         "dlq", "list", "--json", "--kafka", &b, "--dlq", &dlq,
     ]));

@@ -187,24 +187,10 @@ async fn an_interrupted_replay_resumes_and_loses_nothing() {
     // walk holds one letter at a time and the broker sends the next only
     // after the last one's ack, so two copies in the target mean the first
     // letter was acked; at 15/s the other 38 still take about 2.5 s.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let moved = rabbit.message_count(&target).await.unwrap();
-        if moved >= 2 {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the replay exited before it redrove 2 letters ({moved} moved)"
-        );
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the replay redrove {moved} letter(s) in 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    child.kill().unwrap(); // SIGKILL
-    let _ = child.wait();
+    kill_after_two_moved(&mut child, || async {
+        rabbit.message_count(&target).await.unwrap()
+    })
+    .await;
     // A letter delivered to the walk and not acked goes back to the ready
     // count once the broker has seen the connection close, which also drops
     // the walk's consumer: counted after that, not after a fixed time.

@@ -235,3 +235,34 @@ pub fn peak_rss_to(args: &[&str], stdout: impl Into<std::process::Stdio>) -> (u6
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Kills `child` (SIGKILL) once `moved()` counts at least two letters
+/// redriven to the target, checking every 20 ms that it still runs;
+/// fails if it exits first or 60 s pass. Kill on observed progress, not
+/// after a fixed time: the first redrive waits for the binary's start and
+/// its connections.
+pub async fn kill_after_two_moved<F, Fut, N>(child: &mut std::process::Child, mut moved: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = N>,
+    N: Into<i64>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let moved: i64 = moved().await.into();
+        if moved >= 2 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the replay exited before it redrove 2 letters ({moved} moved)"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the replay redrove {moved} letter(s) in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+}
