@@ -38,6 +38,9 @@ else
   echo "skipped: install valgrind (apt) for the instruction counts"
 fi
 
+section "core: the in-memory runner, bare loop vs one and two drivers (1,000,000 messages, fresh process per run)"
+cargo bench -q -p backstop --bench drivers 2>/dev/null | grep -v '^BENCH-DRIVERS'
+
 section "idempotency stores (N=$N)"
 BACKSTOP_BENCH_N="$N" cargo bench -q -p backstop-tests --bench stores 2>/dev/null | collect stores
 

@@ -29,6 +29,15 @@
 //! same subscriber as the thread's default), and exits non-zero when
 //! valgrind is missing. The counting allocator adds a few instructions per
 //! allocation to every row (a relaxed atomic add or two).
+//!
+//! A row can move by about 500 between two builds for a reason of glibc's
+//! own: freeing the drained messages, it merges its fast bins all at once
+//! (`malloc_consolidate`, millions of instructions in one call) whenever a
+//! freed block grows past 64 KB, and whether that happens in the 10k run,
+//! in the 20k run or in both depends on how the heap happens to be laid
+//! out. To compare two builds, run both with
+//! `GLIBC_TUNABLES=glibc.malloc.mxfast=0` (no fast bins: a free costs the
+//! same each time; every row is then higher, the bare loop's by about 900).
 
 use std::alloc::System;
 use std::path::Path;

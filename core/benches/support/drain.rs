@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backstop::idempotency::MemoryStore;
-use backstop::memory::MemoryBroker;
+use backstop::memory::{MemoryBroker, MemorySource};
 use backstop::payload::DecodeError;
 use backstop::runner::Source;
 use backstop::{
@@ -129,28 +129,16 @@ pub(crate) fn prepare(scenario: Scenario, n: u64) -> Prepared {
         .enable_all()
         .build()
         .expect("a current-thread runtime");
-    let broker = MemoryBroker::new();
-    for id in 0..n {
-        let body = format!(r#"{{"id":{id},"amount":{}}}"#, id % 1000);
-        broker
-            .publish_now(QUEUE, Message::new(body).with_message_id(format!("m-{id}")))
-            .expect("publish to the in-memory broker");
-    }
-    let builder = StackBuilder::<Order>::new(Arc::new(broker.dead_letter_sink()));
+    let broker = filled(n);
     let stack = match scenario {
         Scenario::BareLoop => None,
-        Scenario::StackNoStore => Some(builder.build(handler_fn(handle))),
-        Scenario::StackMemoryStore | Scenario::StackMemoryStoreInfoSubscriber => Some(
-            builder
-                .idempotency(
-                    Arc::new(MemoryStore::new(
-                        usize::try_from(n).unwrap_or(usize::MAX).saturating_mul(2),
-                        Duration::from_secs(3600),
-                    )),
-                    KeySource::Payload,
-                )
+        Scenario::StackNoStore => Some(
+            StackBuilder::<Order>::new(Arc::new(broker.dead_letter_sink()))
                 .build(handler_fn(handle)),
         ),
+        Scenario::StackMemoryStore | Scenario::StackMemoryStoreInfoSubscriber => {
+            Some(memory_store_stack(&broker, STORE_CAPACITY))
+        }
     };
     Prepared {
         scenario,
@@ -159,6 +147,41 @@ pub(crate) fn prepare(scenario: Scenario, n: u64) -> Prepared {
         stack,
         runtime,
     }
+}
+
+/// A broker whose queue [`QUEUE`] holds `n` orders.
+pub(crate) fn filled(n: u64) -> MemoryBroker {
+    let broker = MemoryBroker::new();
+    for id in 0..n {
+        let body = format!(r#"{{"id":{id},"amount":{}}}"#, id % 1000);
+        broker
+            .publish_now(QUEUE, Message::new(body).with_message_id(format!("m-{id}")))
+            .expect("publish to the in-memory broker");
+    }
+    broker
+}
+
+/// The capacity of the `MemoryStore` the scenarios drain with, whatever
+/// their size: more keys than the largest drain has, and the same store in
+/// both runs of a slope (a store sized by `n` would be laid out, and split
+/// into shards, differently in each, which does not cancel out).
+pub(crate) const STORE_CAPACITY: usize = 100_000;
+
+/// The full stack with a `MemoryStore` of `capacity` keys keyed by the
+/// order's `id`, dead letters to `broker`.
+pub(crate) fn memory_store_stack(broker: &MemoryBroker, capacity: usize) -> Stack {
+    StackBuilder::<Order>::new(Arc::new(broker.dead_letter_sink()))
+        .idempotency(
+            Arc::new(MemoryStore::new(capacity, Duration::from_secs(3600))),
+            KeySource::Payload,
+        )
+        .build(handler_fn(handle))
+}
+
+/// A source of [`QUEUE`] on `broker` taking `prefetch` at a time, ending
+/// when the queue is drained.
+pub(crate) fn source(broker: &MemoryBroker, prefetch: usize) -> MemorySource {
+    broker.consume(QUEUE, prefetch).until_drained()
 }
 
 /// The handler: the order's work, and success.
@@ -183,7 +206,7 @@ pub(crate) fn drain_queue(prepared: Prepared) -> u64 {
         stack,
         runtime,
     } = prepared;
-    let source = broker.consume(QUEUE, CONCURRENCY).until_drained();
+    let source = source(&broker, CONCURRENCY);
     let handled = runtime.block_on(async move {
         match stack {
             None => bare_loop(source).await,
@@ -205,7 +228,7 @@ pub(crate) fn drain_queue(prepared: Prepared) -> u64 {
 }
 
 /// The floor: read, decode, run the handler, ack.
-async fn bare_loop(mut source: impl Source) -> u64 {
+pub(crate) async fn bare_loop(mut source: impl Source) -> u64 {
     let mut handled = 0;
     while let Some(delivery) = source.next().await {
         let delivery = delivery.expect("the in-memory source does not fail");
