@@ -52,6 +52,7 @@ mod signal;
 pub use self::signal::Signal;
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -140,6 +141,26 @@ impl BreakerState {
         }
     }
 
+    /// The state's number in [`Shared::state`].
+    const fn to_u8(self) -> u8 {
+        match self {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => 2,
+            BreakerState::Paused => 3,
+        }
+    }
+
+    /// The state numbered `n` by [`to_u8`](Self::to_u8).
+    const fn from_u8(n: u8) -> Self {
+        match n {
+            0 => BreakerState::Closed,
+            1 => BreakerState::HalfOpen,
+            2 => BreakerState::Open,
+            _ => BreakerState::Paused,
+        }
+    }
+
     /// The value of the [`BREAKER_STATE`] gauge.
     pub const fn gauge(self) -> f64 {
         match self {
@@ -174,8 +195,25 @@ struct Inner {
 /// clone is the same breaker.
 #[derive(Clone)]
 pub struct Breaker {
-    inner: Arc<Mutex<Inner>>,
+    shared: Arc<Shared>,
     state: watch::Sender<BreakerState>,
+}
+
+/// What every clone of a breaker and its watchers share.
+///
+/// The state is read for every message (by the run loop, and by each
+/// settled delivery's signal), so it is mirrored in an atomic: a read is a
+/// load, not the watch channel's read lock. The watch channel is what a
+/// wait for a change waits on; both are written together, the atomic
+/// inside the channel's write.
+#[derive(Debug)]
+struct Shared {
+    inner: Mutex<Inner>,
+    /// The state ([`BreakerState::to_u8`]).
+    state: AtomicU8,
+    /// True while `inner.outages` is not 0: a success, the common signal,
+    /// then has nothing to reset and takes no lock.
+    outages: AtomicBool,
 }
 
 impl fmt::Debug for Breaker {
@@ -197,25 +235,30 @@ impl Breaker {
     pub fn new(config: BreakerConfig) -> Self {
         let (state, _) = watch::channel(BreakerState::Closed);
         Breaker {
-            inner: Arc::new(Mutex::new(Inner {
-                config,
-                outages: 0,
-                open_until: None,
-                trips: 0,
-                gauge: None,
-            })),
+            shared: Arc::new(Shared {
+                inner: Mutex::new(Inner {
+                    config,
+                    outages: 0,
+                    open_until: None,
+                    trips: 0,
+                    gauge: None,
+                }),
+                state: AtomicU8::new(BreakerState::Closed.to_u8()),
+                outages: AtomicBool::new(false),
+            }),
             state,
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn set(&self, state: BreakerState) {
         let changed = self.state.send_if_modified(|now| {
             let changed = *now != state;
             *now = state;
+            self.shared.state.store(state.to_u8(), Ordering::Release);
             changed
         });
         if changed {
@@ -240,7 +283,7 @@ impl Breaker {
 
     /// The state now.
     pub fn state(&self) -> BreakerState {
-        *self.state.borrow()
+        self.shared.state()
     }
 
     /// How many times the breaker tripped (closed or half-open to open).
@@ -257,7 +300,7 @@ impl Breaker {
     /// A watcher of the state, for a loop that waits for changes many times
     /// (subscribing once instead of per wait).
     pub(crate) fn watch(&self) -> BreakerWatch {
-        BreakerWatch(self.state.subscribe())
+        BreakerWatch(self.state.subscribe(), Arc::clone(&self.shared))
     }
 
     /// When an open breaker may probe; `None` unless open.
@@ -290,6 +333,9 @@ impl Breaker {
             Signal::Neutral => return,
         };
         match self.state() {
+            // Nothing in a row to reset: no lock (a signal settled at the
+            // same moment as an outage may be ordered either side of it).
+            BreakerState::Closed if !counted && !self.shared.outages.load(Ordering::Acquire) => {}
             BreakerState::Closed => {
                 let trip = {
                     let mut inner = self.lock();
@@ -298,6 +344,9 @@ impl Breaker {
                     } else {
                         inner.outages = 0;
                     }
+                    self.shared
+                        .outages
+                        .store(inner.outages > 0, Ordering::Release);
                     inner.outages >= inner.config.trip_after
                 };
                 if trip {
@@ -325,6 +374,7 @@ impl Breaker {
         {
             let mut inner = self.lock();
             inner.outages = 0;
+            self.shared.outages.store(false, Ordering::Release);
             inner.trips += 1;
             inner.open_until = Some(Instant::now() + inner.config.cool_down);
         }
@@ -335,6 +385,7 @@ impl Breaker {
         {
             let mut inner = self.lock();
             inner.outages = 0;
+            self.shared.outages.store(false, Ordering::Release);
             inner.open_until = None;
         }
         self.set(BreakerState::Closed);
@@ -354,12 +405,18 @@ impl Breaker {
 
 /// Watches a [`Breaker`]'s state; see [`Breaker::watch`].
 #[derive(Debug)]
-pub(crate) struct BreakerWatch(watch::Receiver<BreakerState>);
+pub(crate) struct BreakerWatch(watch::Receiver<BreakerState>, Arc<Shared>);
+
+impl Shared {
+    fn state(&self) -> BreakerState {
+        BreakerState::from_u8(self.state.load(Ordering::Acquire))
+    }
+}
 
 impl BreakerWatch {
-    /// True if the state is no longer `seen` (a read, no waiting).
+    /// True if the state is no longer `seen` (an atomic load, no waiting).
     pub(crate) fn moved_from(&self, seen: BreakerState) -> bool {
-        *self.0.borrow() != seen
+        self.1.state() != seen
     }
 
     /// Waits until the state is other than `seen` (at once if it already is).

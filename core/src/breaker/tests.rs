@@ -117,3 +117,28 @@ async fn changed_wakes_on_a_transition() {
     b.record_outage();
     waiter.await.expect("woken");
 }
+
+#[tokio::test(start_paused = true)]
+async fn every_clone_and_watcher_reads_each_transition_at_once() {
+    let b = breaker(2);
+    let clone = b.clone();
+    let watch = b.watch();
+    for (act, expected) in [
+        (Breaker::pause as fn(&Breaker), BreakerState::Paused),
+        (Breaker::resume, BreakerState::Closed),
+        (Breaker::record_outage, BreakerState::Closed),
+        (Breaker::record_outage, BreakerState::Open),
+        (Breaker::resume, BreakerState::Closed),
+    ] {
+        act(&b);
+        assert_eq!(clone.state(), expected);
+        assert_eq!(*watch.0.borrow(), expected, "the channel agrees");
+        assert!(!watch.moved_from(expected));
+    }
+    // Closing reset the count: one outage after it does not trip.
+    clone.record_outage();
+    clone.record_success();
+    clone.record_outage();
+    assert_eq!(b.state(), BreakerState::Closed);
+    assert_eq!(b.trips(), 1);
+}
