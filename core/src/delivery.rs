@@ -257,7 +257,7 @@ pub struct Delivery {
     /// token per delivery would be allocated only to be dropped. Shared:
     /// the runner hands every delivery the same one (a token's clone takes
     /// a lock on its tree; an `Arc`'s does not).
-    cancel: OnceLock<Arc<CancellationToken>>,
+    cancel: Token,
     /// Cancelled by the source when it loses the delivery (a revoked partition).
     fence: Option<CancellationToken>,
     /// When the broker would take the delivery back if it were still unsettled.
@@ -266,6 +266,24 @@ pub struct Delivery {
     postpone: bool,
     /// The source's transaction the delivery's effects wait for, if any.
     transaction: Option<InTransaction>,
+}
+
+/// A delivery's cancellation token: set (the runner's shared one), or made
+/// on first use. Setting it is a move, not a `OnceLock`'s initialization.
+#[derive(Debug)]
+enum Token {
+    Set(Arc<CancellationToken>),
+    Lazy(OnceLock<Arc<CancellationToken>>),
+}
+
+impl Token {
+    /// The token, if one was set or made.
+    fn into_inner(self) -> Option<Arc<CancellationToken>> {
+        match self {
+            Token::Set(token) => Some(token),
+            Token::Lazy(cell) => cell.into_inner(),
+        }
+    }
 }
 
 impl Delivery {
@@ -310,7 +328,7 @@ impl Delivery {
         Delivery {
             message,
             acker,
-            cancel: OnceLock::new(),
+            cancel: Token::Lazy(OnceLock::new()),
             fence: None,
             deadline: None,
             postpone: false,
@@ -389,13 +407,16 @@ impl Delivery {
     /// caller shares between deliveries (the runner: one per run).
     #[must_use]
     pub fn with_shared_cancellation(mut self, token: Arc<CancellationToken>) -> Self {
-        self.cancel = OnceLock::from(token);
+        self.cancel = Token::Set(token);
         self
     }
 
     /// The cancellation token that travels with the delivery.
     pub fn cancellation(&self) -> &CancellationToken {
-        self.cancel.get_or_init(Arc::default)
+        match &self.cancel {
+            Token::Set(token) => token,
+            Token::Lazy(cell) => cell.get_or_init(Arc::default),
+        }
     }
 
     /// Splits the delivery into its (shared) message, its ack handle and its
