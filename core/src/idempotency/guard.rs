@@ -14,7 +14,7 @@ pub(crate) struct LeaseGuard {
     renewer: Arc<Renewer>,
     lease: Arc<Lease>,
     duration: std::time::Duration,
-    id: u64,
+    id: usize,
     armed: bool,
 }
 

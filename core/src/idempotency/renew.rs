@@ -1,5 +1,4 @@
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -19,7 +18,6 @@ use crate::cancellation::{Tripwire, Wired};
 /// the run it fences stops instead of running beside its successor.
 pub(crate) struct Renewer {
     leases: Arc<Mutex<Leases>>,
-    next: AtomicU64,
     /// True while the task runs: set by the register that spawns it (the
     /// one that swapped it from false), cleared when its future ends or is
     /// dropped (its runtime shut down), so a register reads one flag
@@ -27,8 +25,45 @@ pub(crate) struct Renewer {
     running: Arc<AtomicBool>,
 }
 
-/// The held leases by id (foldhash: an insert and a removal per message).
-type Leases = HashMap<u64, Arc<Lease>, foldhash::fast::RandomState>;
+/// The held leases, in slots: a lease's id is its slot, and a freed slot
+/// is taken by the next lease (a push and a pop per message, no hashing).
+/// It has as many slots as leases were ever held at once.
+#[derive(Debug, Default)]
+struct Leases {
+    slots: Vec<Option<Arc<Lease>>>,
+    /// The empty slots.
+    free: Vec<usize>,
+}
+
+impl Leases {
+    /// Holds `lease`; returns its id.
+    fn insert(&mut self, lease: Arc<Lease>) -> usize {
+        match self.free.pop() {
+            Some(id) => {
+                self.slots[id] = Some(lease);
+                id
+            }
+            None => {
+                self.slots.push(Some(lease));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    /// Lets the lease `id` go (once; an id already free is left alone).
+    fn remove(&mut self, id: usize) {
+        if let Some(slot) = self.slots.get_mut(id)
+            && slot.take().is_some()
+        {
+            self.free.push(id);
+        }
+    }
+
+    /// Every lease held.
+    fn held(&self) -> Vec<Arc<Lease>> {
+        self.slots.iter().flatten().cloned().collect()
+    }
+}
 
 /// A held lease: the key, its fencing token, and the tripwire that cancels
 /// its run (one allocation for both: the run's cancellation holds the lease).
@@ -59,7 +94,6 @@ impl Renewer {
     pub(crate) fn new() -> Self {
         Renewer {
             leases: Arc::new(Mutex::new(Leases::default())),
-            next: AtomicU64::new(0),
             running: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -70,7 +104,7 @@ impl Renewer {
         store: &Arc<dyn Store>,
         duration: Duration,
         lease: Arc<Lease>,
-    ) -> u64 {
+    ) -> usize {
         // (Re)start the task if it is not running: the runtime that ran it
         // may be gone (a stack shared across runtimes). Only the register
         // that swaps the flag spawns it.
@@ -90,14 +124,12 @@ impl Renewer {
                 running,
             );
         }
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        lock(&self.leases).insert(id, lease);
-        id
+        lock(&self.leases).insert(lease)
     }
 
     /// Stops renewing the lease `id`.
-    pub(crate) fn unregister(&self, id: u64) {
-        lock(&self.leases).remove(&id);
+    pub(crate) fn unregister(&self, id: usize) {
+        lock(&self.leases).remove(id);
     }
 }
 
@@ -122,7 +154,7 @@ fn spawn(leases: Weak<Mutex<Leases>>, store: Arc<dyn Store>, lease: Duration, ru
             let Some(leases) = leases.upgrade() else {
                 return;
             };
-            let held: Vec<Arc<Lease>> = lock(&leases).values().cloned().collect();
+            let held = lock(&leases).held();
             drop(leases);
             if held.is_empty() {
                 continue;
@@ -237,8 +269,10 @@ mod restart_tests {
                 let id = renewer.register(&store, d, lease());
                 let two = renewer.register(&store, d, lease()); // second: no 2nd task
                 renewer.unregister(two);
-                let _ = renewer.register(&store, d, lease()); // (same count of leases)
-                renewer.unregister(renewer.next.load(Ordering::SeqCst) - 1);
+                let three = renewer.register(&store, d, lease()); // (same count of leases)
+                assert_eq!(three, two, "a freed slot is taken again");
+                renewer.unregister(three);
+                renewer.unregister(three); // twice: nothing more
                 tokio::time::sleep(Duration::from_millis(105)).await;
                 id
             });
@@ -256,5 +290,46 @@ mod restart_tests {
                 "flag cleared by the drop"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod slot_tests {
+    use super::*;
+
+    fn lease(fence: u64) -> Arc<Lease> {
+        Arc::new(Lease {
+            key: Key::new("k"),
+            fence: Fence(fence),
+            lost: Tripwire::within(None),
+            confirmed: Mutex::new(Instant::now()),
+            settling: AtomicBool::new(false),
+        })
+    }
+
+    fn fences(leases: &Leases) -> Vec<u64> {
+        let mut fences: Vec<u64> = leases.held().iter().map(|l| l.fence.0).collect();
+        fences.sort_unstable();
+        fences
+    }
+
+    #[test]
+    fn a_lease_is_held_until_removed_and_its_slot_is_reused() {
+        let mut leases = Leases::default();
+        let a = leases.insert(lease(1));
+        let b = leases.insert(lease(2));
+        let c = leases.insert(lease(3));
+        assert_eq!(fences(&leases), [1, 2, 3]);
+        leases.remove(b);
+        leases.remove(b);
+        assert_eq!(fences(&leases), [1, 3], "removed once, the others held");
+        assert_eq!(leases.insert(lease(4)), b, "the free slot is taken");
+        assert_eq!(fences(&leases), [1, 3, 4]);
+        leases.remove(a);
+        leases.remove(c);
+        leases.remove(b);
+        leases.remove(99);
+        assert!(leases.held().is_empty());
+        assert_eq!(leases.slots.len(), 3, "no more slots than held at once");
     }
 }
