@@ -30,14 +30,16 @@
 //! valgrind is missing. The counting allocator adds a few instructions per
 //! allocation to every row (a relaxed atomic add or two).
 //!
-//! A row can move by about 500 between two builds for a reason of glibc's
-//! own: freeing the drained messages, it merges its fast bins all at once
-//! (`malloc_consolidate`, millions of instructions in one call) whenever a
-//! freed block grows past 64 KB, and whether that happens in the 10k run,
-//! in the 20k run or in both depends on how the heap happens to be laid
-//! out. To compare two builds, run both with
-//! `GLIBC_TUNABLES=glibc.malloc.mxfast=0` (no fast bins: a free costs the
-//! same each time; every row is then higher, the bare loop's by about 900).
+//! The measured child runs with glibc's fast bins off
+//! (`GLIBC_TUNABLES=glibc.malloc.mxfast=0`): with them, freeing the drained
+//! messages merges the fast bins all at once (`malloc_consolidate`,
+//! millions of instructions in one call) whenever a freed block grows past
+//! 64 KB, and whether that happens in the 10k run, in the 20k run or in
+//! both depends on how the heap happens to be laid out, so a row moved by
+//! 500 to 1,000 between two builds for no change of theirs. Without fast
+//! bins a free costs the same each time; every row is higher for it (the
+//! bare loop by about 900). `BENCH_INSTR_GLIBC_DEFAULT=1` measures with
+//! glibc's defaults.
 
 use std::alloc::System;
 use std::path::Path;
@@ -52,6 +54,20 @@ use drain::Scenario;
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// The glibc tunables of the measured child: no fast bins
+/// (`glibc.malloc.mxfast=0`, see the module docs), after any the caller
+/// set; `BENCH_INSTR_GLIBC_DEFAULT=1` measures with glibc's defaults.
+fn glibc_tunables() -> String {
+    let set = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    if std::env::var_os("BENCH_INSTR_GLIBC_DEFAULT").is_some() {
+        return set;
+    }
+    match set.as_str() {
+        "" => "glibc.malloc.mxfast=0".to_owned(),
+        set => format!("{set}:glibc.malloc.mxfast=0"),
+    }
+}
 
 /// Set in the re-run child: `<scenario>:<n>`.
 const CHILD: &str = "BACKSTOP_INSTR_CHILD";
@@ -159,6 +175,7 @@ fn instructions(scenario: Scenario, n: u64, dir: &Path) -> Result<u64, String> {
         .arg(format!("--callgrind-out-file={}", out.display()))
         .arg(&exe)
         .env(CHILD, format!("{}:{n}", scenario.name()))
+        .env("GLIBC_TUNABLES", glibc_tunables())
         .output()
         .map_err(|e| format!("running valgrind: {e}"))?;
     if !run.status.success() {

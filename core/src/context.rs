@@ -29,14 +29,39 @@ use crate::message::{Headers, Message, Meta};
 /// ```
 #[derive(Clone, Default)]
 pub struct Extensions {
-    entries: SmallVec<[(TypeId, Arc<dyn Any + Send + Sync>); 2]>,
+    entries: SmallVec<[(TypeId, Value); 2]>,
+}
+
+/// An extension's value: its own, or held inside a value the stack shares
+/// anyway (a held lease holds its [`LeaseToken`](crate::idempotency::LeaseToken)).
+#[derive(Clone)]
+enum Value {
+    Own(Arc<dyn Any + Send + Sync>),
+    Inside(Arc<dyn Holds>),
+}
+
+/// A value the stack shares anyway that holds an extension inside it, so
+/// that extension costs no allocation of its own.
+pub(crate) trait Holds: Send + Sync {
+    /// The extension of type `id` it holds, if any.
+    fn held(&self, id: TypeId) -> Option<&(dyn Any + Send + Sync)>;
+
+    /// A copy of that extension, in a value of its own.
+    fn detach(&self, id: TypeId) -> Option<Arc<dyn Any + Send + Sync>>;
 }
 
 impl Extensions {
     /// Inserts a value, replacing one of the same type.
     pub fn insert<T: Any + Send + Sync>(&mut self, value: T) {
-        let value: Arc<dyn Any + Send + Sync> = Arc::new(value);
-        let id = TypeId::of::<T>();
+        self.put(TypeId::of::<T>(), Value::Own(Arc::new(value)));
+    }
+
+    /// Inserts the `T` that `holder` holds, replacing one of the same type.
+    pub(crate) fn insert_held<T: Any + Send + Sync>(&mut self, holder: Arc<dyn Holds>) {
+        self.put(TypeId::of::<T>(), Value::Inside(holder));
+    }
+
+    fn put(&mut self, id: TypeId, value: Value) {
         match self.entries.iter_mut().find(|(t, _)| *t == id) {
             Some((_, slot)) => *slot = value,
             None => self.entries.push((id, value)),
@@ -46,10 +71,11 @@ impl Extensions {
     /// The value of type `T`, if present.
     pub fn get<T: Any + Send + Sync>(&self) -> Option<&T> {
         let id = TypeId::of::<T>();
-        self.entries
-            .iter()
-            .find(|(t, _)| *t == id)
-            .and_then(|(_, v)| v.downcast_ref::<T>())
+        let (_, value) = self.entries.iter().find(|(t, _)| *t == id)?;
+        match value {
+            Value::Own(value) => value.downcast_ref::<T>(),
+            Value::Inside(holder) => holder.held(id)?.downcast_ref::<T>(),
+        }
     }
 
     /// Removes and returns the value of type `T`, if present (copies of
@@ -58,7 +84,10 @@ impl Extensions {
         let id = TypeId::of::<T>();
         let at = self.entries.iter().position(|(t, _)| *t == id)?;
         let (_, value) = self.entries.remove(at);
-        value.downcast::<T>().ok()
+        match value {
+            Value::Own(value) => value.downcast::<T>().ok(),
+            Value::Inside(holder) => holder.detach(id)?.downcast::<T>().ok(),
+        }
     }
 }
 
@@ -155,5 +184,44 @@ impl Context {
     )]
     pub fn transaction<T: Any + Send + Sync>(&self) -> Option<&T> {
         self.extension::<T>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Debug, PartialEq)]
+    struct Token(u64);
+
+    /// Holds a `Token` inside it, as a lease holds its request's token.
+    struct Holder(Token);
+
+    impl Holds for Holder {
+        fn held(&self, id: TypeId) -> Option<&(dyn Any + Send + Sync)> {
+            (id == TypeId::of::<Token>()).then_some(&self.0 as &(dyn Any + Send + Sync))
+        }
+
+        fn detach(&self, id: TypeId) -> Option<Arc<dyn Any + Send + Sync>> {
+            (id == TypeId::of::<Token>()).then(|| Arc::new(self.0.clone()) as _)
+        }
+    }
+
+    #[test]
+    fn a_held_extension_reads_copies_and_removes_as_an_own_one() {
+        let mut extensions = Extensions::default();
+        extensions.insert_held::<Token>(Arc::new(Holder(Token(7))));
+        extensions.insert(String::from("own"));
+        assert_eq!(extensions.get::<Token>(), Some(&Token(7)));
+        assert_eq!(extensions.get::<String>().map(String::as_str), Some("own"));
+        assert_eq!(extensions.get::<u8>(), None);
+        let copy = extensions.clone();
+        assert_eq!(extensions.remove::<Token>().as_deref(), Some(&Token(7)));
+        assert_eq!(extensions.get::<Token>(), None, "removed");
+        assert_eq!(copy.get::<Token>(), Some(&Token(7)), "the copy keeps it");
+        // An own value of the type replaces a held one.
+        let mut replaced = copy.clone();
+        replaced.insert(Token(8));
+        assert_eq!(replaced.get::<Token>(), Some(&Token(8)));
     }
 }

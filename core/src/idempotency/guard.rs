@@ -3,8 +3,9 @@ use std::sync::{Arc, Mutex};
 use tokio::time::Instant;
 
 use super::renew::{Lease, Renewer};
-use super::{Fence, Key, Store};
+use super::{Fence, Key, LeaseToken, Store};
 use crate::cancellation::{Tripwire, Wired};
+use crate::context::Holds;
 
 /// A lease this worker holds while the inner stack runs: the renewer renews
 /// it until the guard finishes or drops, and a guard dropped unfinished (a
@@ -21,19 +22,22 @@ pub(crate) struct LeaseGuard {
 impl LeaseGuard {
     /// Holds the fresh lease `fence` on `key` (claimed at `claimed`),
     /// renewed every `duration / 3`; its tripwire (nested in `outer`)
-    /// fires if it is lost.
+    /// fires if it is lost. It holds `token` for its request ([`holder`](Self::holder)).
+    #[allow(clippy::too_many_arguments)] // one call site, each argument its own
     pub(crate) fn hold(
         store: Arc<dyn Store>,
         renewer: Arc<Renewer>,
         duration: std::time::Duration,
         key: Key,
         fence: Fence,
+        token: Option<LeaseToken>,
         claimed: Instant,
         outer: Option<Arc<dyn Wired>>,
     ) -> Self {
         let lease = Arc::new(Lease {
             key,
             fence,
+            token,
             lost: Tripwire::within(outer),
             confirmed: Mutex::new(claimed),
             settling: std::sync::atomic::AtomicBool::new(false),
@@ -55,6 +59,11 @@ impl LeaseGuard {
 
     pub(crate) fn fence(&self) -> Fence {
         self.lease.fence
+    }
+
+    /// The lease, as what holds its request's [`LeaseToken`].
+    pub(crate) fn holder(&self) -> Arc<dyn Holds> {
+        Arc::clone(&self.lease) as Arc<dyn Holds>
     }
 
     /// The lease's tripwire: fires if the lease is lost.

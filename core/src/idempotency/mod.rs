@@ -465,14 +465,15 @@ impl Deduper {
             // the dead-letter layer writes only that letter.
             request.extensions.insert(PendingLetter(failure));
         }
-        request.extensions.insert(LeaseToken {
+        // The key's lease, and the legacy key's while a migration reads
+        // both. Each lease's tripwire nests in the one before it, and the
+        // run is cancelled by the last: it fires if any lease is lost. The
+        // key's lease holds the request's token.
+        let mut token = Some(LeaseToken {
             key: self.store.storage_key(&keys.key),
             fence: lease.fence,
             failed_runs: lease.failed_runs,
         });
-        // The key's lease, and the legacy key's while a migration reads
-        // both. Each lease's tripwire nests in the one before it, and the
-        // run is cancelled by the last: it fires if any lease is lost.
         let mut outer = request.cancel_mut().trip();
         let guards: smallvec::SmallVec<[LeaseGuard; 2]> = lease
             .held(keys)
@@ -483,6 +484,7 @@ impl Deduper {
                     config.lease,
                     key,
                     fence,
+                    token.take(),
                     claimed,
                     outer.take(),
                 );
@@ -492,6 +494,9 @@ impl Deduper {
             .collect();
         if let Some(lost) = outer {
             request.cancel_mut().tripped_by(lost);
+        }
+        if let Some(first) = guards.first() {
+            request.extensions.insert_held::<LeaseToken>(first.holder());
         }
         // In a source's transaction (Kafka exactly-once), the marks wait
         // for its commit: see `crate::transaction`.

@@ -1,11 +1,13 @@
+use std::any::{Any, TypeId};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Fence, Held, Key, Store};
+use super::{Fence, Held, Key, LeaseToken, Store};
 use crate::cancellation::{Tripwire, Wired};
+use crate::context::Holds;
 
 /// Renews every lease a layer holds, from one background task, every
 /// lease/3, with one [`Store::renew_many`] per turn.
@@ -66,11 +68,16 @@ impl Leases {
 }
 
 /// A held lease: the key, its fencing token, and the tripwire that cancels
-/// its run (one allocation for both: the run's cancellation holds the lease).
+/// its run (one allocation for both: the run's cancellation holds the
+/// lease), and the [`LeaseToken`] of its run's request (the request's
+/// extensions hold the lease for it: one allocation for that too).
 #[derive(Debug)]
 pub(crate) struct Lease {
     pub(crate) key: Key,
     pub(crate) fence: Fence,
+    /// What the run's request shows as its [`LeaseToken`] (the key's
+    /// lease's; `None` for a legacy key's lease during a migration).
+    pub(crate) token: Option<LeaseToken>,
     pub(crate) lost: Tripwire,
     /// When the store last confirmed the lease (at the claim, then each renewal).
     pub(crate) confirmed: Mutex<Instant>,
@@ -83,6 +90,24 @@ pub(crate) struct Lease {
 impl Wired for Lease {
     fn tripwire(&self) -> &Tripwire {
         &self.lost
+    }
+}
+
+impl Holds for Lease {
+    fn held(&self, id: TypeId) -> Option<&(dyn Any + Send + Sync)> {
+        let token = self
+            .token
+            .as_ref()
+            .filter(|_| id == TypeId::of::<LeaseToken>())?;
+        Some(token)
+    }
+
+    fn detach(&self, id: TypeId) -> Option<Arc<dyn Any + Send + Sync>> {
+        let token = self
+            .token
+            .as_ref()
+            .filter(|_| id == TypeId::of::<LeaseToken>())?;
+        Some(Arc::new(token.clone()))
     }
 }
 
@@ -245,6 +270,7 @@ mod restart_tests {
         Arc::new(Lease {
             key: Key::new("k"),
             fence: Fence(1),
+            token: None,
             lost: Tripwire::within(None),
             confirmed: Mutex::new(Instant::now()),
             settling: AtomicBool::new(false),
@@ -301,6 +327,7 @@ mod slot_tests {
         Arc::new(Lease {
             key: Key::new("k"),
             fence: Fence(fence),
+            token: None,
             lost: Tripwire::within(None),
             confirmed: Mutex::new(Instant::now()),
             settling: AtomicBool::new(false),
