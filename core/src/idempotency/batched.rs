@@ -311,6 +311,10 @@ impl<S: Store + ?Sized> Store for Batched<S> {
         false
     }
 
+    fn keeps_owner(&self) -> bool {
+        self.inner.keeps_owner()
+    }
+
     async fn layout(&self) -> Result<Layout, StoreError> {
         self.inner.layout().await
     }

@@ -276,6 +276,11 @@ impl Store for MemoryStore {
         Some(self.claim_at_once(key, lease, replay))
     }
 
+    /// False: a lease here is checked by its fence alone.
+    fn keeps_owner(&self) -> bool {
+        false
+    }
+
     async fn renew(&self, key: &Key, fence: Fence, lease: Duration) -> Result<bool, StoreError> {
         Ok(self
             .with_fence(key, fence, |e, now| {

@@ -233,6 +233,9 @@ pub(crate) struct Deduper {
     /// The store is remote (its calls are round trips, batched): its claims
     /// are not tried at once.
     remote: bool,
+    /// The store keeps a claim's owner name ([`Store::keeps_owner`]): a
+    /// claim answered at once writes one only then.
+    keeps_owner: bool,
 }
 
 impl Deduper {
@@ -250,6 +253,7 @@ impl Deduper {
     ) -> Self {
         let ops = Arc::new(StoreOps::new(labels));
         let remote = store.remote();
+        let keeps_owner = store.keeps_owner();
         let store: Arc<dyn Store> = match config.batch {
             Some(batch) if remote => Arc::new(Batched::sharing(store, batch, Arc::clone(&ops))),
             _ => store,
@@ -263,6 +267,7 @@ impl Deduper {
             gate: Arc::default(),
             layout: KnownLayout::default(),
             remote,
+            keeps_owner,
         }
     }
 
@@ -361,12 +366,17 @@ impl Deduper {
         );
         let replay = request.message().replayed();
         let claimed = tokio::time::Instant::now();
-        let (claim, owner) = Owner::with_next(&config.worker, |owner| {
+        let claim_as = |owner: &str| {
             let claim = claim::claim_now(&*self.measured, &keys, owner, config.lease, replay);
             // A suspect claims again under the same name, after a wait.
             let suspect = matches!(&claim, Some(Ok(lease)) if lease.crashed);
             (claim, suspect.then(|| Owner(owner.to_owned())))
-        });
+        };
+        let (claim, owner) = if self.keeps_owner {
+            Owner::with_next(&config.worker, claim_as)
+        } else {
+            claim_as("")
+        };
         match (claim, owner) {
             // The store has no answer at once: nothing was called.
             (None, _) => at_once::later(self.claim_later(request)),
@@ -392,7 +402,11 @@ impl Deduper {
         let Some(raw) = config.key.raw_of(request) else {
             return Admission::Unkeyed;
         };
-        let owner = Owner::next(&config.worker);
+        let owner = if self.keeps_owner {
+            Owner::next(&config.worker)
+        } else {
+            Owner(String::new())
+        };
         let replay = request.message().replayed();
         let layout = match self.layout.get_or_try_init(|| store.layout()).await {
             Ok(layout) => *layout,

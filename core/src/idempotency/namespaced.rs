@@ -170,6 +170,12 @@ macro_rules! forward {
                 inner.remote()
             }
 
+            fn keeps_owner(&self) -> bool {
+                let $s = self;
+                let inner = $inner;
+                inner.keeps_owner()
+            }
+
             async fn claim_many(
                 &self,
                 claims: &[ClaimOf<'_>],

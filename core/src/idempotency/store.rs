@@ -255,6 +255,14 @@ pub trait Store: Send + Sync + 'static {
         false
     }
 
+    /// False for a store that keeps no owner name with a claim (the
+    /// [`MemoryStore`](super::MemoryStore): the fence is what it checks):
+    /// the stack then passes an empty one instead of writing a name for
+    /// each claim. True by default. Wrappers answer for the store they wrap.
+    fn keeps_owner(&self) -> bool {
+        true
+    }
+
     /// The key layout the store is in: shared stores check it on start
     /// against the user's [`KeyLayout`](super::KeyLayout) and read it from
     /// their layout marker; the idempotency layer asks before every claim

@@ -792,3 +792,71 @@ async fn a_renewal_refused_after_the_completion_was_written_is_not_a_lost_lease(
     let again = svc.oneshot(request("a")).await;
     assert!(matches!(again, Ok(Outcome::Duplicate)), "{again:?}");
 }
+
+/// A `MemoryStore` that records the owner names it is asked to claim for,
+/// and says whether it keeps them.
+struct Owners {
+    inner: MemoryStore,
+    keeps: bool,
+    seen: Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl Store for Owners {
+    async fn claim(&self, k: &Key, owner: &str, l: Duration, r: u32) -> Result<Claim, StoreError> {
+        self.seen.lock().unwrap().push(owner.to_owned());
+        self.inner.claim(k, owner, l, r).await
+    }
+    fn claim_now(
+        &self,
+        k: &Key,
+        owner: &str,
+        l: Duration,
+        r: u32,
+    ) -> Option<Result<Claim, StoreError>> {
+        self.seen.lock().unwrap().push(owner.to_owned());
+        self.inner.claim_now(k, owner, l, r)
+    }
+    async fn renew(&self, k: &Key, f: Fence, l: Duration) -> Result<bool, StoreError> {
+        self.inner.renew(k, f, l).await
+    }
+    async fn complete(&self, k: &Key, f: Fence) -> Result<bool, StoreError> {
+        self.inner.complete(k, f).await
+    }
+    async fn mark_dead_lettered(&self, k: &Key, f: Fence) -> Result<bool, StoreError> {
+        self.inner.mark_dead_lettered(k, f).await
+    }
+    async fn release(&self, k: &Key, f: Fence, n: Option<u32>) -> Result<(), StoreError> {
+        self.inner.release(k, f, n).await
+    }
+    fn keeps_owner(&self) -> bool {
+        self.keeps
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_keeps_owners_gets_a_name_per_claim_one_that_does_not_gets_none() {
+    assert!(!MemoryStore::default().keeps_owner());
+    for keeps in [true, false] {
+        let store = Arc::new(Owners {
+            inner: MemoryStore::default(),
+            keeps,
+            seen: Mutex::default(),
+        });
+        let svc = stack(store.clone(), Arc::default(), handled());
+        for id in ["a", "b"] {
+            assert_eq!(
+                svc.clone().oneshot(request(id)).await.unwrap(),
+                Outcome::Handled
+            );
+        }
+        let seen = store.seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2);
+        if keeps {
+            assert!(seen.iter().all(|o| !o.is_empty()), "{seen:?}");
+            assert_ne!(seen[0], seen[1], "a name per claim");
+        } else {
+            assert_eq!(seen, ["", ""]);
+        }
+    }
+}

@@ -134,6 +134,10 @@ impl<S: Store + ?Sized> Store for Measured<S> {
         self.inner.remote()
     }
 
+    fn keeps_owner(&self) -> bool {
+        self.inner.keeps_owner()
+    }
+
     async fn layout(&self) -> Result<Layout, StoreError> {
         let start = Instant::now();
         self.ops.layout.result(start, self.inner.layout().await)
