@@ -306,6 +306,26 @@ async fn message_without_a_key_skips_the_store() {
     assert_eq!(ran.unwrap(), Outcome::Handled);
 }
 
+/// `impl Store for $store` with the given methods, and the ones that
+/// settle a lease passed to its `inner` store unchanged.
+macro_rules! wrapping_store {
+    ($store:ty { $($method:item)* }) => {
+        #[async_trait::async_trait]
+        impl Store for $store {
+            $($method)*
+            async fn complete(&self, k: &Key, f: Fence) -> Result<bool, StoreError> {
+                self.inner.complete(k, f).await
+            }
+            async fn mark_dead_lettered(&self, k: &Key, f: Fence) -> Result<bool, StoreError> {
+                self.inner.mark_dead_lettered(k, f).await
+            }
+            async fn release(&self, k: &Key, f: Fence, n: Option<u32>) -> Result<(), StoreError> {
+                self.inner.release(k, f, n).await
+            }
+        }
+    };
+}
+
 /// A store whose renewals are delayed by `stall`: a renewer starved by a
 /// blocking handler, or a store hiccup longer than the lease.
 struct Stalled {
@@ -313,8 +333,7 @@ struct Stalled {
     stall: Duration,
 }
 
-#[async_trait::async_trait]
-impl Store for Stalled {
+wrapping_store!(Stalled {
     async fn claim(&self, k: &Key, o: &str, l: Duration, r: u32) -> Result<Claim, StoreError> {
         self.inner.claim(k, o, l, r).await
     }
@@ -322,16 +341,7 @@ impl Store for Stalled {
         tokio::time::sleep(self.stall).await;
         self.inner.renew(k, f, l).await
     }
-    async fn complete(&self, k: &Key, f: Fence) -> Result<bool, StoreError> {
-        self.inner.complete(k, f).await
-    }
-    async fn mark_dead_lettered(&self, k: &Key, f: Fence) -> Result<bool, StoreError> {
-        self.inner.mark_dead_lettered(k, f).await
-    }
-    async fn release(&self, k: &Key, f: Fence, n: Option<u32>) -> Result<(), StoreError> {
-        self.inner.release(k, f, n).await
-    }
-}
+});
 
 /// Counts accepted and refused completions.
 #[derive(Default)]
@@ -801,8 +811,7 @@ struct Owners {
     seen: Mutex<Vec<String>>,
 }
 
-#[async_trait::async_trait]
-impl Store for Owners {
+wrapping_store!(Owners {
     async fn claim(&self, k: &Key, owner: &str, l: Duration, r: u32) -> Result<Claim, StoreError> {
         self.seen.lock().unwrap().push(owner.to_owned());
         self.inner.claim(k, owner, l, r).await
@@ -820,19 +829,10 @@ impl Store for Owners {
     async fn renew(&self, k: &Key, f: Fence, l: Duration) -> Result<bool, StoreError> {
         self.inner.renew(k, f, l).await
     }
-    async fn complete(&self, k: &Key, f: Fence) -> Result<bool, StoreError> {
-        self.inner.complete(k, f).await
-    }
-    async fn mark_dead_lettered(&self, k: &Key, f: Fence) -> Result<bool, StoreError> {
-        self.inner.mark_dead_lettered(k, f).await
-    }
-    async fn release(&self, k: &Key, f: Fence, n: Option<u32>) -> Result<(), StoreError> {
-        self.inner.release(k, f, n).await
-    }
     fn keeps_owner(&self) -> bool {
         self.keeps
     }
-}
+});
 
 #[tokio::test]
 async fn a_store_that_keeps_owners_gets_a_name_per_claim_one_that_does_not_gets_none() {
