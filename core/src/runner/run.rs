@@ -158,7 +158,7 @@ where
             let ready = ServiceExt::<Delivery>::ready(&mut self.service);
             let ready = match run
                 .settling(
-                    &self.shutdown,
+                    None,
                     stopping.as_mut(),
                     &mut states,
                     state,
@@ -181,7 +181,7 @@ where
             let next = self.source.next();
             let next = match run
                 .settling(
-                    &self.shutdown,
+                    Some(&self.shutdown),
                     stopping.as_mut(),
                     &mut states,
                     state,
