@@ -54,6 +54,30 @@ pub const TRACEPARENT: &str = "traceparent";
 /// [`TimeToLive`](crate::expiry::TimeToLive).
 pub const EXPIRES_AT: &str = "expires-at";
 
+/// Every header name above.
+const OWN_NAMES: [&str; 15] = [
+    MESSAGE_ID,
+    ATTEMPT,
+    ORIGINAL_SOURCE,
+    ORIGINAL_PARTITION,
+    ORIGINAL_OFFSET,
+    ORIGINAL_TIMESTAMP,
+    GROUP,
+    ERROR_KIND,
+    ERROR,
+    FIRST_FAILURE,
+    LAST_FAILURE,
+    DUE,
+    REPLAYED,
+    TRACEPARENT,
+    EXPIRES_AT,
+];
+
+/// The constant of `name`, when it is one of the header names above.
+pub(crate) fn own_name(name: &str) -> Option<&'static str> {
+    OWN_NAMES.into_iter().find(|own| *own == name)
+}
+
 /// The longest error text written to [`ERROR`], in bytes.
 pub const MAX_ERROR_LEN: usize = 1024;
 
@@ -114,6 +138,18 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_own_name_is_known_and_nothing_else() {
+        for name in OWN_NAMES {
+            assert_eq!(own_name(name), Some(name));
+            assert_eq!(own_name(&name.to_uppercase()), None, "names are exact");
+        }
+        assert_eq!(own_name("x-backstop-"), None);
+        assert_eq!(own_name(""), None);
+        let distinct: std::collections::HashSet<_> = OWN_NAMES.into_iter().collect();
+        assert_eq!(distinct.len(), OWN_NAMES.len());
+    }
 
     #[test]
     fn time_round_trips_through_rfc3339() {

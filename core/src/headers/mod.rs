@@ -45,13 +45,20 @@
 mod serde;
 mod value;
 
+use std::borrow::Cow;
+
 pub use self::value::{AmqpValue, HeaderValue};
 
 /// Message headers: names in order, each with a typed value; names may repeat.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Headers {
-    entries: Vec<(String, HeaderValue)>,
+    entries: Vec<(Name, HeaderValue)>,
 }
+
+/// A header's name: backstop's own names (the [`wire`](crate::wire)
+/// constants) are kept as the constant, so a received message's
+/// `x-backstop-*` headers cost no allocation for their names.
+type Name = Cow<'static, str>;
 
 impl Headers {
     /// No headers.
@@ -105,7 +112,7 @@ impl Headers {
     /// Sets `name` to `value`, replacing every value it had (in the place of
     /// its first one, or at the end).
     pub fn insert_value(&mut self, name: impl Into<String>, value: impl Into<HeaderValue>) {
-        let name = name.into();
+        let name: Name = Cow::Owned(name.into());
         let value = value.into();
         match self.entries.iter().position(|(n, _)| *n == name) {
             Some(first) => {
@@ -122,7 +129,18 @@ impl Headers {
 
     /// Adds a value for `name` after all others, keeping the values it had.
     pub fn append(&mut self, name: impl Into<String>, value: impl Into<HeaderValue>) {
-        self.entries.push((name.into(), value.into()));
+        self.entries.push((Cow::Owned(name.into()), value.into()));
+    }
+
+    /// [`append`](Self::append) for a name read from a broker's header
+    /// block: one of backstop's own names is kept as its constant (no
+    /// allocation), any other is copied.
+    pub(crate) fn append_received(&mut self, name: &str, value: HeaderValue) {
+        let name = match crate::wire::own_name(name) {
+            Some(own) => Cow::Borrowed(own),
+            None => Cow::Owned(name.to_owned()),
+        };
+        self.entries.push((name, value));
     }
 
     /// Removes every value of `name`; returns the last one, if any.
@@ -149,12 +167,12 @@ impl Headers {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.entries
             .iter()
-            .filter_map(|(n, v)| Some((n.as_str(), v.as_text()?)))
+            .filter_map(|(n, v)| Some((n.as_ref(), v.as_text()?)))
     }
 
     /// Every entry, in order, with its typed value.
     pub fn iter_values(&self) -> impl Iterator<Item = (&str, &HeaderValue)> {
-        self.entries.iter().map(|(n, v)| (n.as_str(), v))
+        self.entries.iter().map(|(n, v)| (n.as_ref(), v))
     }
 
     /// The number of entries (a repeated name counts each time).
@@ -215,6 +233,30 @@ mod tests {
         h.append("n", AmqpValue::LongInt(-5));
         h.append("a", "3");
         h
+    }
+
+    #[test]
+    fn a_received_own_name_is_its_constant_and_reads_as_any_other() {
+        let mut h = Headers::new();
+        h.append_received(crate::wire::MESSAGE_ID, HeaderValue::from("m-1"));
+        h.append_received("x-tenant", HeaderValue::from("acme"));
+        h.append_received("x-backstop-message-i", HeaderValue::Null);
+        assert!(matches!(h.entries[0].0, Cow::Borrowed(_)), "no allocation");
+        assert!(matches!(h.entries[1].0, Cow::Owned(_)));
+        assert!(
+            matches!(h.entries[2].0, Cow::Owned(_)),
+            "a prefix is not a name"
+        );
+        assert_eq!(h.get(crate::wire::MESSAGE_ID), Some("m-1"));
+        assert_eq!(h.get("x-tenant"), Some("acme"));
+        let mut same = Headers::new();
+        same.append(crate::wire::MESSAGE_ID, "m-1");
+        same.append("x-tenant", "acme");
+        same.append("x-backstop-message-i", HeaderValue::Null);
+        assert_eq!(h, same, "equal whatever holds the name");
+        h.insert(crate::wire::MESSAGE_ID, "m-2");
+        assert_eq!(h.get(crate::wire::MESSAGE_ID), Some("m-2"));
+        assert_eq!(h.len(), 3);
     }
 
     #[test]

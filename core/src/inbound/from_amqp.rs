@@ -167,7 +167,7 @@ pub fn amqp(delivery: AmqpDelivery) -> Message {
     let mut headers = Headers::new();
     for (name, value) in &fields {
         if !is_dead_letter_record(name) {
-            headers.append(name.clone(), amqp_header_value(value.clone()));
+            headers.append_received(name.as_str(), amqp_header_value(value.clone()));
         }
     }
     let producer_id = properties

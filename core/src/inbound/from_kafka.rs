@@ -61,7 +61,7 @@ pub fn kafka_with_headers<'a>(
             Some(bytes) => HeaderValue::Bytes(Bytes::copy_from_slice(bytes)),
             None => HeaderValue::Null,
         };
-        headers_out.append(name, value);
+        headers_out.append_received(name, value);
     }
     let headers = headers_out;
     let (message_id, id_source) = match headers.get(wire::MESSAGE_ID).filter(|id| !id.is_empty()) {
