@@ -84,15 +84,12 @@ where
     /// kept (not re-created) while messages settle.
     ///
     /// Shutdown (`shutdown`, which `stopping` waits for) is read at the top
-    /// of each turn when `wanted` takes something (a delivery: pass the
-    /// token), before anything more is taken; the wait for it is polled
-    /// only when nothing else is ready (a turn with work ready does not
-    /// poll a waiter). A wait that takes nothing (the service's readiness)
-    /// passes `None`: a token's read takes its lock, and the wait for the
-    /// delivery right after reads it anyway.
+    /// of each turn, before anything more is taken; the wait for it is
+    /// polled only when nothing else is ready (a turn with work ready does
+    /// not poll a waiter).
     pub(super) async fn settling<T>(
         &mut self,
-        shutdown: Option<&CancellationToken>,
+        shutdown: &CancellationToken,
         mut stopping: Pin<&mut WaitForCancellationFutureOwned>,
         states: &mut BreakerWatch,
         state: BreakerState,
@@ -102,7 +99,7 @@ where
         tokio::pin!(wanted);
         let mut first = true;
         loop {
-            if shutdown.is_some_and(CancellationToken::is_cancelled) {
+            if shutdown.is_cancelled() {
                 return Waited::Stop;
             }
             // A change is seen here, before anything more is taken; the

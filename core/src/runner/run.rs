@@ -158,7 +158,7 @@ where
             let ready = ServiceExt::<Delivery>::ready(&mut self.service);
             let ready = match run
                 .settling(
-                    None,
+                    &self.shutdown,
                     stopping.as_mut(),
                     &mut states,
                     state,
@@ -181,7 +181,7 @@ where
             let next = self.source.next();
             let next = match run
                 .settling(
-                    Some(&self.shutdown),
+                    &self.shutdown,
                     stopping.as_mut(),
                     &mut states,
                     state,
