@@ -443,3 +443,74 @@ async fn a_delivery_arriving_with_shutdown_is_not_taken() {
     assert_eq!(summary.received, 0, "taken after shutdown: {summary:?}");
     assert_eq!(handled.load(Ordering::SeqCst), 0);
 }
+
+/// A source that hands out one delivery of the in-memory broker's queue
+/// `q`, then waits; counts its pauses.
+struct Pausing {
+    inner: crate::memory::MemorySource,
+    handed: bool,
+    pauses: Arc<AtomicU32>,
+}
+
+impl Source for Pausing {
+    async fn next(&mut self) -> Option<Result<Delivery, SourceError>> {
+        if std::mem::replace(&mut self.handed, true) {
+            return std::future::pending().await;
+        }
+        self.inner.next().await
+    }
+
+    async fn pause(&mut self) -> Vec<Delivery> {
+        self.pauses.fetch_add(1, Ordering::SeqCst);
+        Vec::new()
+    }
+
+    async fn close(&mut self) {
+        self.inner.close().await;
+    }
+}
+
+/// Shutdown, a pause and the end of the message in flight, all in one wake
+/// of the driver while it waits with its one slot taken: it stops, without
+/// pausing the source (or calling anything) after shutdown.
+#[tokio::test]
+async fn shutdown_together_with_a_breaker_change_stops_without_acting_on_the_change() {
+    let broker = crate::memory::MemoryBroker::new();
+    broker
+        .publish_now("q", crate::message::Message::new("m").with_message_id("m"))
+        .unwrap();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let released = Arc::new(tokio::sync::Mutex::new(Some(released)));
+    let service = service_fn(move |delivery: Delivery| {
+        let released = Arc::clone(&released);
+        async move {
+            if let Some(released) = released.lock().await.take() {
+                let _ = released.await;
+            }
+            let (_m, acker, _t) = delivery.into_parts();
+            acker.ack().await?;
+            Ok::<_, AckError>(Settled::Acked(crate::outcome::Outcome::Handled))
+        }
+    });
+    let pauses = Arc::new(AtomicU32::new(0));
+    let source = Pausing {
+        inner: broker.consume("q", 1),
+        handed: false,
+        pauses: Arc::clone(&pauses),
+    };
+    let runner = Runner::new(source, service).concurrency(1);
+    let (breaker, token) = (runner.breaker(), runner.shutdown_token());
+    let run = tokio::spawn(runner.run());
+    // Let the driver take the message and park with its one slot taken.
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    // All three in the same turn of this task, before the driver runs again.
+    breaker.pause();
+    token.cancel();
+    release.send(()).unwrap();
+    let summary = run.await.unwrap().unwrap();
+    assert_eq!(summary.received, 1, "{summary:?}");
+    assert_eq!(summary.handled, 1, "the message in flight finished");
+    assert_eq!(pauses.load(Ordering::SeqCst), 0, "no pause after shutdown");
+}
