@@ -54,8 +54,9 @@ pub const TRACEPARENT: &str = "traceparent";
 /// [`TimeToLive`](crate::expiry::TimeToLive).
 pub const EXPIRES_AT: &str = "expires-at";
 
-/// Every header name above.
-const OWN_NAMES: [&str; 15] = [
+/// Every header name above, and the one a handler's outgoing messages
+/// carry ([`CAUSED_BY`](crate::outgoing::CAUSED_BY)).
+const OWN_NAMES: &[&str] = &[
     MESSAGE_ID,
     ATTEMPT,
     ORIGINAL_SOURCE,
@@ -71,11 +72,12 @@ const OWN_NAMES: [&str; 15] = [
     REPLAYED,
     TRACEPARENT,
     EXPIRES_AT,
+    crate::outgoing::CAUSED_BY,
 ];
 
 /// The constant of `name`, when it is one of the header names above.
 pub(crate) fn own_name(name: &str) -> Option<&'static str> {
-    OWN_NAMES.into_iter().find(|own| *own == name)
+    OWN_NAMES.iter().copied().find(|own| *own == name)
 }
 
 /// The longest error text written to [`ERROR`], in bytes.
@@ -141,13 +143,13 @@ mod tests {
 
     #[test]
     fn every_own_name_is_known_and_nothing_else() {
-        for name in OWN_NAMES {
+        for &name in OWN_NAMES {
             assert_eq!(own_name(name), Some(name));
             assert_eq!(own_name(&name.to_uppercase()), None, "names are exact");
         }
         assert_eq!(own_name("x-backstop-"), None);
         assert_eq!(own_name(""), None);
-        let distinct: std::collections::HashSet<_> = OWN_NAMES.into_iter().collect();
+        let distinct: std::collections::HashSet<_> = OWN_NAMES.iter().collect();
         assert_eq!(distinct.len(), OWN_NAMES.len());
     }
 
