@@ -140,6 +140,13 @@ impl Fleet {
         let mut out = Vec::new();
         for (i, m) in self.members.iter_mut().enumerate() {
             let status = m.worker.terminate(deadline).await;
+            if status.is_none() {
+                // Where it hangs: the test fails on it (`assert_stopped`).
+                eprintln!(
+                    "worker {i} did not stop within {deadline:?} of SIGTERM; its log ends:\n{}",
+                    m.worker.log_tail(20)
+                );
+            }
             let failed = status.is_some_and(|s| !s.success());
             if failed && let Some(call) = stuck_call(&m.worker.log_tail(5)) {
                 self.stuck += 1;

@@ -13,6 +13,12 @@ use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties};
 
 use crate::error::{ConnectError, redact};
+
+/// How long a close may wait for the broker's answer: a connection (or a
+/// consumer's channel and connection) whose close is not answered in time
+/// is dropped, so a stopping worker never hangs on it; the broker requeues
+/// what was unacked when it sees the connection gone.
+pub(crate) const CLOSE_WITHIN: Duration = Duration::from_secs(5);
 use crate::tls::{self, UrlTls};
 
 /// The URL used when `BACKSTOP_AMQP_URL` is not set: the local broker's default vhost.
@@ -291,14 +297,23 @@ impl SharedConnection {
         }
     }
 
-    /// Closes the connection (a later use reopens it).
+    /// Closes the connection (a later use reopens it), waiting at most
+    /// [`CLOSE_WITHIN`] for the broker's answer.
     pub(crate) async fn close(&self) {
-        let taken = self.current.lock().await.take();
-        if let Some(connection) = taken
-            && connection.status().connected()
-            && let Err(error) = connection.close(200, "OK".into()).await
-        {
-            tracing::debug!(%error, "closing the RabbitMQ connection failed");
+        let closing = async {
+            let taken = self.current.lock().await.take();
+            if let Some(connection) = taken
+                && connection.status().connected()
+                && let Err(error) = connection.close(200, "OK".into()).await
+            {
+                tracing::debug!(%error, "closing the RabbitMQ connection failed");
+            }
+        };
+        if tokio::time::timeout(CLOSE_WITHIN, closing).await.is_err() {
+            tracing::warn!(
+                within = ?CLOSE_WITHIN,
+                "closing the RabbitMQ connection got no answer in time; it is dropped"
+            );
         }
     }
 }

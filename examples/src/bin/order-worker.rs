@@ -628,8 +628,10 @@ impl Relays {
         }
     }
 
-    async fn stop(self) {
-        for relay in self.0 {
+    /// Stops every relay (before the broker connection they publish on is
+    /// closed); a second call finds none.
+    async fn stop(&mut self) {
+        for relay in self.0.drain(..) {
             relay.stop().await;
         }
     }
@@ -848,6 +850,8 @@ async fn main_inner(args: Args, config: WorkerConfig) -> Result<Vec<(String, Sum
                 );
             }
             let summaries = join(runners, &settings.stop_all).await;
+            // The relay publishes on `rabbit`'s connection: stopped first.
+            relays.stop().await;
             rabbit.close().await;
             summaries
         }

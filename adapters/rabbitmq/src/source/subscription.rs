@@ -12,7 +12,7 @@ use lapin::{Channel, Connection, Consumer};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::connection::Connector;
+use crate::connection::{CLOSE_WITHIN, Connector};
 use crate::error::{ConsumeError, NOT_FOUND, amqp_reply};
 use crate::window::Window;
 
@@ -200,23 +200,32 @@ impl Subscription {
 
     /// Cancels the consumer (a round trip, so earlier acks on the channel were
     /// processed), then closes the channel and the connection: the broker
-    /// requeues whatever is still unacked.
+    /// requeues whatever is still unacked. Waits at most [`CLOSE_WITHIN`]
+    /// for the broker's answers, then drops them.
     pub(super) async fn close(self, tag: &str) {
         if !self.alive() {
             return;
         }
-        if let Err(error) = self
-            .channel
-            .basic_cancel(tag.into(), BasicCancelOptions::default())
-            .await
-        {
-            tracing::debug!(%error, "cancelling the consumer failed");
-        }
-        if let Err(error) = self.channel.close(200, "OK".into()).await {
-            tracing::debug!(%error, "closing the consumer channel failed");
-        }
-        if let Err(error) = self.connection.close(200, "OK".into()).await {
-            tracing::debug!(%error, "closing the consumer connection failed");
+        let closing = async {
+            if let Err(error) = self
+                .channel
+                .basic_cancel(tag.into(), BasicCancelOptions::default())
+                .await
+            {
+                tracing::debug!(%error, "cancelling the consumer failed");
+            }
+            if let Err(error) = self.channel.close(200, "OK".into()).await {
+                tracing::debug!(%error, "closing the consumer channel failed");
+            }
+            if let Err(error) = self.connection.close(200, "OK".into()).await {
+                tracing::debug!(%error, "closing the consumer connection failed");
+            }
+        };
+        if tokio::time::timeout(CLOSE_WITHIN, closing).await.is_err() {
+            tracing::warn!(
+                within = ?CLOSE_WITHIN,
+                "closing the consumer got no answer in time; its connection is dropped"
+            );
         }
     }
 }
