@@ -905,3 +905,58 @@ async fn a_redis_outage_on_kafka_pauses_the_partitions_and_commits_nothing_past_
         "at most {bound} nacks while paused: {summary}"
     );
 }
+
+/// A broker that stops answering while a consumer stops (its connection
+/// stays open, nothing passes either way): closing the source, then the
+/// client, each gives up after its bound instead of hanging the worker's
+/// stop, and the delivery left unacked is not lost: the broker requeues it
+/// once the connection is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_against_a_broker_that_stopped_answering_gives_up_and_loses_nothing() {
+    use backstop::runner::Source as _;
+    let _one = OUTAGES.lock().await;
+    let (queue, rabbit) = fresh_queue("close-stalled").await;
+    publish(&rabbit, &queue, ["m1".to_owned()]).await;
+    let proxy = backstop_tests::proxy::Proxy::start("127.0.0.1:5684".parse().expect("address"))
+        .await
+        .expect("proxy");
+    let through = RabbitMq::connect(format!("amqp://guest:guest@{}/%2f", proxy.addr()))
+        .await
+        .expect("connect through the proxy");
+    let mut source = through.source(&queue, 4).await.expect("source");
+    let delivery = tokio::time::timeout(Duration::from_secs(30), source.next())
+        .await
+        .expect("the message is delivered")
+        .expect("the source is open")
+        .expect("a delivery");
+    assert_eq!(delivery.message().meta.message_id, "m1");
+    proxy.stall();
+
+    // Without a bound both closes wait forever; 60 s fails them here instead.
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(60), source.close())
+        .await
+        .expect("closing the source hung on the silent broker");
+    let source_closed = started.elapsed();
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(60), through.close())
+        .await
+        .expect("closing the client hung on the silent broker");
+    let client_closed = started.elapsed();
+    assert!(
+        source_closed < Duration::from_secs(20) && client_closed < Duration::from_secs(20),
+        "closes gave up after {source_closed:?} and {client_closed:?}"
+    );
+
+    // The connection goes; the unacked delivery is the broker's again.
+    drop(delivery);
+    proxy.cut();
+    let requeued = poll(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || async { (depth(&queue).await == 1).then_some(()) },
+    )
+    .await;
+    assert!(requeued.is_some(), "the unacked delivery was not requeued");
+    rabbit.close().await;
+}
