@@ -13,12 +13,6 @@ use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties};
 
 use crate::error::{ConnectError, redact};
-
-/// How long a close may wait for the broker's answer: a connection (or a
-/// consumer's channel and connection) whose close is not answered in time
-/// is dropped, so a stopping worker never hangs on it; the broker requeues
-/// what was unacked when it sees the connection gone.
-pub(crate) const CLOSE_WITHIN: Duration = Duration::from_secs(5);
 use crate::tls::{self, UrlTls};
 
 /// The URL used when `BACKSTOP_AMQP_URL` is not set: the local broker's default vhost.
@@ -27,6 +21,23 @@ pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// The broker URL from the `BACKSTOP_AMQP_URL` environment variable, else [`DEFAULT_URL`].
 pub fn url_from_env() -> String {
     std::env::var("BACKSTOP_AMQP_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+}
+
+/// How long a close may wait for the broker's answer: a connection (or a
+/// consumer's channel and connection) whose close is not answered in time
+/// is dropped, so a stopping worker never hangs on it; the broker requeues
+/// what was unacked when it sees the connection gone.
+pub(crate) const CLOSE_WITHIN: Duration = Duration::from_secs(5);
+
+/// Runs `closing` (the close of `what`) for at most [`CLOSE_WITHIN`]; past
+/// it, gives up and says so: what it closed is dropped.
+pub(crate) async fn close_within(what: &str, closing: impl Future<Output = ()>) {
+    if tokio::time::timeout(CLOSE_WITHIN, closing).await.is_err() {
+        tracing::warn!(
+            within = ?CLOSE_WITHIN,
+            "closing {what} got no answer in time; its connection is dropped"
+        );
+    }
 }
 
 /// How to connect, reconnect and wait for confirms.
@@ -309,12 +320,7 @@ impl SharedConnection {
                 tracing::debug!(%error, "closing the RabbitMQ connection failed");
             }
         };
-        if tokio::time::timeout(CLOSE_WITHIN, closing).await.is_err() {
-            tracing::warn!(
-                within = ?CLOSE_WITHIN,
-                "closing the RabbitMQ connection got no answer in time; it is dropped"
-            );
-        }
+        close_within("the RabbitMQ connection", closing).await;
     }
 }
 

@@ -12,7 +12,7 @@ use lapin::{Channel, Connection, Consumer};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::connection::{CLOSE_WITHIN, Connector};
+use crate::connection::{Connector, close_within};
 use crate::error::{ConsumeError, NOT_FOUND, amqp_reply};
 use crate::window::Window;
 
@@ -221,12 +221,7 @@ impl Subscription {
                 tracing::debug!(%error, "closing the consumer connection failed");
             }
         };
-        if tokio::time::timeout(CLOSE_WITHIN, closing).await.is_err() {
-            tracing::warn!(
-                within = ?CLOSE_WITHIN,
-                "closing the consumer got no answer in time; its connection is dropped"
-            );
-        }
+        close_within("the consumer", closing).await;
     }
 }
 
