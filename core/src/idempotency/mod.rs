@@ -338,6 +338,16 @@ impl Deduper {
         }
     }
 
+    /// Calls `f` with the next claim's owner name: `<worker>/<n>`, or empty
+    /// for a store that keeps none ([`Store::keeps_owner`]).
+    fn with_owner<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        if self.keeps_owner {
+            Owner::with_next(&self.config.worker, f)
+        } else {
+            f("")
+        }
+    }
+
     /// Claims the lease of `request`'s key before its run: what the run
     /// holds, or the message's end (a duplicate, a busy key, a store that
     /// is down).
@@ -372,11 +382,7 @@ impl Deduper {
             let suspect = matches!(&claim, Some(Ok(lease)) if lease.crashed);
             (claim, suspect.then(|| Owner(owner.to_owned())))
         };
-        let (claim, owner) = if self.keeps_owner {
-            Owner::with_next(&config.worker, claim_as)
-        } else {
-            claim_as("")
-        };
+        let (claim, owner) = self.with_owner(claim_as);
         match (claim, owner) {
             // The store has no answer at once: nothing was called.
             (None, _) => at_once::later(self.claim_later(request)),
@@ -402,11 +408,7 @@ impl Deduper {
         let Some(raw) = config.key.raw_of(request) else {
             return Admission::Unkeyed;
         };
-        let owner = if self.keeps_owner {
-            Owner::next(&config.worker)
-        } else {
-            Owner(String::new())
-        };
+        let owner = self.with_owner(|owner| Owner(owner.to_owned()));
         let replay = request.message().replayed();
         let layout = match self.layout.get_or_try_init(|| store.layout()).await {
             Ok(layout) => *layout,
@@ -616,12 +618,6 @@ thread_local! {
 }
 
 impl Owner {
-    /// The next owner name of `worker`, in its own allocation (a claim that
-    /// waits keeps it across its awaits).
-    fn next(worker: &str) -> Self {
-        Owner::with_next(worker, |name| Owner(name.to_owned()))
-    }
-
     /// Calls `f` with the next owner name of `worker`, written into this
     /// thread's buffer (a re-entrant call gets a buffer of its own).
     fn with_next<R>(worker: &str, f: impl FnOnce(&str) -> R) -> R {
