@@ -38,6 +38,8 @@ use backstop::Runner;
 
 #[path = "support/drain.rs"]
 mod drain;
+#[path = "support/latency.rs"]
+mod latency;
 
 /// Messages in flight in all, split between the drivers.
 const IN_FLIGHT: usize = 64;
@@ -83,6 +85,7 @@ const CHILD: &str = "BACKSTOP_DRIVERS_CHILD";
 
 fn main() {
     let n = env_number("BENCH_MESSAGES", 1_000_000);
+    let count = usize::try_from(n).unwrap_or(usize::MAX);
     if let Ok(short) = std::env::var(CHILD) {
         let side = Side::ALL
             .into_iter()
@@ -92,7 +95,7 @@ fn main() {
         println!("{}\t{}", drained.wall.as_nanos(), drained.cpu.as_nanos());
         return;
     }
-    let rounds = usize::try_from(env_number("BENCH_ROUNDS", 3).max(1)).unwrap_or(1);
+    let rounds = latency::rounds(3);
     if cpu_time().is_none() {
         eprintln!("drivers: /proc/self/task/*/schedstat unreadable; CPU per message shown as 0");
     }
@@ -115,7 +118,7 @@ fn main() {
                 "round {}: {:<12} {:>10.0} msgs/s  {:>6.2} µs CPU/msg",
                 round + 1,
                 side.name(),
-                per_second(n, drained.wall),
+                latency::rate(count, drained.wall),
                 micros_per(n, drained.cpu),
             );
             results[index].push(drained);
@@ -136,7 +139,7 @@ fn main() {
         .map(|runs| {
             let wall = median(runs.iter().map(|r| r.wall).collect());
             let cpu = median(runs.iter().map(|r| r.cpu).collect());
-            (per_second(n, wall), micros_per(n, cpu))
+            (latency::rate(count, wall), micros_per(n, cpu))
         })
         .collect();
     let (bare_rate, bare_cpu) = medians[0];
@@ -251,11 +254,6 @@ fn env_number(name: &str, default: u64) -> u64 {
 fn median(mut all: Vec<Duration>) -> Duration {
     all.sort_unstable();
     all[all.len() / 2]
-}
-
-#[allow(clippy::cast_precision_loss)] // message counts are far below 2^52
-fn per_second(n: u64, took: Duration) -> f64 {
-    n as f64 / took.as_secs_f64()
 }
 
 #[allow(clippy::cast_precision_loss)] // message counts are far below 2^52
