@@ -386,13 +386,13 @@ async fn one_fenced_source_stops_a_worker_of_two() {
         let (stop, brokers, group, topic) = (stop.clone(), brokers.clone(), group_a, first);
         move || {
             use backstop_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
-            let consumer: BaseConsumer = backstop_kafka::rdkafka::ClientConfig::new()
-                .set("bootstrap.servers", &brokers)
-                .set("group.id", &group)
-                .set("group.instance.id", &instance)
-                // The worker's protocol, or the coordinator refuses the join.
-                .set("partition.assignment.strategy", "cooperative-sticky")
-                .set("session.timeout.ms", "6000")
+            // The adapter's own consumer settings for a static member: the
+            // worker's assignor, or the coordinator refuses the join.
+            let mut config = backstop_kafka::KafkaConfig::new(brokers, group);
+            config.group_instance_id = Some(instance);
+            config.session_timeout = Duration::from_secs(6);
+            let consumer: BaseConsumer = config
+                .consumer_config()
                 .create()
                 .expect("the rival consumer");
             consumer.subscribe(&[&topic]).expect("subscribe");

@@ -79,6 +79,17 @@ pub struct KafkaConfig {
     /// the group needs its own id; a second live member with the same id
     /// fences the first, which then stops with a fatal source error
     /// (`FENCED_INSTANCE_ID`) for its supervisor to restart.
+    ///
+    /// Static members are assigned with an eager assignor (`roundrobin`),
+    /// not `cooperative-sticky`: a cooperative rebalance takes two rounds,
+    /// and only the member giving partitions up starts the second. Killed
+    /// between the rounds and restarted with its instance id, it is handed
+    /// the first round's assignment without a new rebalance, and the
+    /// partitions it was giving up stay unowned until the group next
+    /// changes. An eager round is complete by itself. One group cannot mix
+    /// the two protocols: moving a group of static members to this version
+    /// (or a group to static membership) takes a restart of every member,
+    /// not a rolling one.
     pub group_instance_id: Option<String>,
     /// `session.timeout.ms`: how long a silent member keeps its partitions (default 10 s).
     pub session_timeout: Duration,
@@ -220,6 +231,16 @@ impl KafkaConfig {
         config
     }
 
+    /// The partition assignor: eager for static members (see
+    /// [`group_instance_id`](Self::group_instance_id)).
+    fn assignor(&self) -> &'static str {
+        if self.group_instance_id.is_some() {
+            "roundrobin"
+        } else {
+            "cooperative-sticky"
+        }
+    }
+
     fn overrides(config: &mut ClientConfig, layers: [&BTreeMap<String, String>; 2]) {
         for layer in layers {
             for (k, v) in layer {
@@ -229,7 +250,8 @@ impl KafkaConfig {
     }
 
     /// The consumer's configuration: auto commit of explicitly stored offsets,
-    /// cooperative-sticky assignment.
+    /// cooperative-sticky assignment (`roundrobin` for a static member: see
+    /// [`group_instance_id`](Self::group_instance_id)).
     pub fn consumer_config(&self) -> ClientConfig {
         let mut config = self.base();
         let session = millis(self.session_timeout).max(1_000);
@@ -249,7 +271,7 @@ impl KafkaConfig {
                 "auto.commit.interval.ms",
                 millis(self.auto_commit_interval).max(10).to_string(),
             )
-            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("partition.assignment.strategy", self.assignor())
             .set("auto.offset.reset", self.offset_reset.as_str())
             .set("session.timeout.ms", session.to_string())
             .set("heartbeat.interval.ms", (session / 3).max(100).to_string())
@@ -396,6 +418,24 @@ mod tests {
         assert_eq!(c.get("auto.offset.reset"), Some("earliest"));
         assert_eq!(c.get("allow.auto.create.topics"), Some("false"));
         assert_eq!(c.get("fetch.min.bytes"), Some("10"));
+    }
+
+    #[test]
+    fn a_static_member_is_assigned_eagerly() {
+        let mut kc = KafkaConfig::new("b:9092", "g");
+        kc.group_instance_id = Some("worker-1".into());
+        let c = kc.consumer_config();
+        assert_eq!(c.get("group.instance.id"), Some("worker-1"));
+        assert_eq!(c.get("partition.assignment.strategy"), Some("roundrobin"));
+        kc.consumer_properties.insert(
+            "partition.assignment.strategy".into(),
+            "cooperative-sticky".into(),
+        );
+        assert_eq!(
+            kc.consumer_config().get("partition.assignment.strategy"),
+            Some("cooperative-sticky"),
+            "a property set by the user wins"
+        );
     }
 
     #[test]

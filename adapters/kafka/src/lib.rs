@@ -45,7 +45,10 @@
 //! whatever the handlers do (rebalance callbacks run inside it, and
 //! `max.poll.interval.ms` is never tripped by slow handlers). Offsets are
 //! stored explicitly (`enable.auto.offset.store=false`) and committed by
-//! librdkafka's auto commit; assignment is `cooperative-sticky`.
+//! librdkafka's auto commit; assignment is `cooperative-sticky` (`roundrobin`
+//! for static members, whose restart in the middle of a cooperative
+//! rebalance could leave partitions unowned: see
+//! [`KafkaConfig::group_instance_id`]).
 //!
 //! * Each partition has an offset tracker. The stored offset is the last
 //!   finished offset + 1 over the offsets actually received (gaps from

@@ -136,3 +136,108 @@ async fn per_key_order_is_kept_with_concurrency() {
         );
     }
 }
+
+/// Counts the assignments a member has been handed (an empty one too).
+#[derive(Default)]
+struct Assignments(std::sync::atomic::AtomicUsize);
+
+impl rdkafka::ClientContext for Assignments {}
+
+impl rdkafka::consumer::ConsumerContext for Assignments {
+    fn post_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let rdkafka::consumer::Rebalance::Assign(_) = rebalance {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+type Member = rdkafka::consumer::BaseConsumer<Assignments>;
+
+/// A static member of `group` (instance `instance`) with the adapter's
+/// consumer configuration, subscribed to `topic`.
+fn static_member(group: &str, instance: &str, topic: &str) -> Member {
+    use rdkafka::consumer::Consumer;
+    let mut config = kafka(group).config().clone();
+    config.group_instance_id = Some(instance.to_owned());
+    // Longer than the test: a member that stops polling is not evicted by
+    // its own client meanwhile (that would start a new rebalance and hide
+    // what is tested).
+    config
+        .consumer_properties
+        .insert("max.poll.interval.ms".into(), "120000".into());
+    let member: Member = config
+        .consumer_config()
+        .create_with_context(Assignments::default())
+        .expect("a consumer");
+    member.subscribe(&[topic]).expect("subscribed");
+    member
+}
+
+fn owned(member: &Member) -> usize {
+    use rdkafka::consumer::Consumer;
+    member.assignment().map_or(0, |a| a.count())
+}
+
+/// Polls `members` until `done` or `wait` has passed; true if `done`.
+fn poll_until(members: &[&Member], wait: Duration, done: impl Fn() -> bool) -> bool {
+    let end = std::time::Instant::now() + wait;
+    while std::time::Instant::now() < end {
+        for member in members {
+            // A record is not wanted here, only the group's progress.
+            let _ = member.poll(Duration::from_millis(50));
+        }
+        if done() {
+            return true;
+        }
+    }
+    false
+}
+
+/// A static member killed in the middle of a rebalance and restarted with
+/// its instance id must not leave partitions without an owner. With an
+/// incremental (cooperative) assignor the killed member was the one to
+/// start the rebalance's second round, and its restart is handed the
+/// first round's (partial) assignment without a new rebalance: the
+/// partitions it was giving up stayed unowned for good.
+#[test]
+fn a_static_member_restarted_in_the_middle_of_a_rebalance_leaves_no_partition_unowned() {
+    use rdkafka::consumer::Consumer;
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let group = unique("g");
+    let topic = runtime.block_on(topic(&kafka(&group), "static", 4));
+    let first = static_member(&group, "a", &topic);
+    assert!(
+        poll_until(&[&first], Duration::from_secs(30), || owned(&first) == 4),
+        "the first member owns every partition"
+    );
+    // A second member joins while the first stops polling: the first is
+    // now as good as dead in the middle of the rebalance (it cannot give
+    // up partitions or rejoin).
+    let second = static_member(&group, "b", &topic);
+    // Until the group's first round hands it an assignment (a cooperative
+    // round does at once, an empty one); an eager round waits for the
+    // first member, which never rejoins, so this waits its full time.
+    poll_until(&[&second], Duration::from_secs(10), || {
+        second.context().0.load(std::sync::atomic::Ordering::SeqCst) > 0
+    });
+    // Its restart, with the same instance id (the first is fenced).
+    let restarted = static_member(&group, "a", &topic);
+    let covered = poll_until(&[&restarted, &second], Duration::from_secs(40), || {
+        owned(&restarted) + owned(&second) == 4
+    });
+    assert!(
+        covered,
+        "every partition has an owner: restarted member owns {}, second {} of 4",
+        owned(&restarted),
+        owned(&second)
+    );
+    drop(restarted);
+    drop(second);
+    // Fenced: its close waits on nothing, but a close has no time limit:
+    // on a thread of its own, not joined, it cannot hang the test.
+    std::thread::spawn(move || drop(first));
+}

@@ -87,6 +87,40 @@ pub(crate) fn list(offsets: &[(TopicPartition, i64)]) -> TopicPartitionList {
     tpl
 }
 
+/// The partitions of a rebalance, for its log line: `topic[0,1];other[3]`
+/// (no spaces: one value for a `key=value` reader), the first
+/// [`Listed::MOST`] partitions and a count of the rest (a group
+/// stalled with partitions nobody owns is diagnosed from these lines).
+struct Listed<'a>(&'a [rdkafka::topic_partition_list::TopicPartitionListElem<'a>]);
+
+impl Listed<'_> {
+    const MOST: usize = 64;
+}
+
+impl std::fmt::Display for Listed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut topic: Option<&str> = None;
+        for element in self.0.iter().take(Self::MOST) {
+            if topic == Some(element.topic()) {
+                write!(f, ",{}", element.partition())?;
+            } else {
+                if topic.is_some() {
+                    f.write_str("];")?;
+                }
+                write!(f, "{}[{}", element.topic(), element.partition())?;
+                topic = Some(element.topic());
+            }
+        }
+        if topic.is_some() {
+            f.write_str("]")?;
+        }
+        if let Some(rest) = self.0.len().checked_sub(Self::MOST).filter(|n| *n > 0) {
+            write!(f, ";+{rest}")?;
+        }
+        Ok(())
+    }
+}
+
 /// The partitions as a partition list.
 pub(crate) fn partitions(tps: &[TopicPartition]) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::with_capacity(tps.len());
@@ -120,6 +154,7 @@ impl ConsumerContext for GroupContext {
             partitions = elements.len(),
             committing = commit.len(),
             lost,
+            revoked = %Listed(&elements),
             "partitions revoked"
         );
         if commit.is_empty() || lost || self.transactor.is_some() {
@@ -152,9 +187,15 @@ impl ConsumerContext for GroupContext {
         // Joined: an empty assignment (more members than partitions) is ready too.
         self.link.joined();
         // With cooperative rebalancing an assignment adds to what is owned
-        // (often nothing, after a revoke): say both.
+        // (often nothing, after a revoke); an eager one is all that is
+        // owned: say both.
         let owned = consumer.assignment().map_or(0, |a| a.count());
-        tracing::info!(partitions = elements.len(), owned, "partitions assigned");
+        tracing::info!(
+            partitions = elements.len(),
+            owned,
+            assigned = %Listed(&elements),
+            "partitions assigned"
+        );
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
@@ -165,5 +206,31 @@ impl ConsumerContext for GroupContext {
                 tracing::debug!(%error, "offset commit failed; it is retried on the next interval")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(tps: &[(&str, i32)]) -> String {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in tps {
+            tpl.add_partition(topic, *partition);
+        }
+        Listed(&tpl.elements()).to_string()
+    }
+
+    #[test]
+    fn a_rebalance_lists_its_partitions_by_topic_and_counts_the_rest() {
+        assert_eq!(listed(&[]), "");
+        assert_eq!(
+            listed(&[("orders", 0), ("orders", 2), ("orders.retry", 1)]),
+            "orders[0,2];orders.retry[1]"
+        );
+        let many: Vec<(&str, i32)> = (0..70).map(|p| ("t", p)).collect();
+        let shown = listed(&many);
+        assert!(shown.starts_with("t[0,1,2,"), "{shown}");
+        assert!(shown.ends_with(",63];+6"), "{shown}");
     }
 }
