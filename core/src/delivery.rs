@@ -206,17 +206,50 @@ impl AckHandle {
     /// Acknowledges the delivery (at once if the acker can, see
     /// [`Acker::ack_now`]).
     pub async fn ack(mut self) -> Result<(), AckError> {
+        if let Some(result) = self.ack_at_once() {
+            return result;
+        }
         match std::mem::replace(&mut self.acker, Settling::Spent) {
-            Settling::Own(mut acker) => match acker.ack_now() {
-                Some(result) => result,
-                None => acker.ack().await,
-            },
-            Settling::Tagged(settler, tag) => match settler.ack_now(tag) {
-                Some(result) => result,
-                None => settler.ack(tag).await,
-            },
+            Settling::Own(acker) => acker.ack().await,
+            Settling::Tagged(settler, tag) => settler.ack(tag).await,
             Settling::Spent => Ok(()),
         }
+    }
+
+    /// Acknowledges the delivery if its acker can at once
+    /// ([`Acker::ack_now`], [`Settler::ack_now`]): `Some` is the ack's
+    /// result and the handle is spent (dropping it does nothing); `None`
+    /// leaves the handle as it was, for [`ack`](Self::ack). An [`Acker`]
+    /// that wraps a handle (to time or count its acks) answers its own
+    /// `ack_now` with this, so the wrapped ack keeps costing no future.
+    ///
+    /// ```
+    /// use backstop::Message;
+    /// use backstop::memory::MemoryBroker;
+    /// use backstop::runner::Source;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let broker = MemoryBroker::new();
+    /// broker.publish_now("orders", Message::new("a")).unwrap();
+    /// let mut source = broker.consume("orders", 1);
+    /// let delivery = source.next().await.unwrap().unwrap();
+    /// let (_message, mut handle, _cancel) = delivery.into_parts();
+    /// // The in-memory broker acks without waiting.
+    /// assert!(matches!(handle.ack_at_once(), Some(Ok(()))));
+    /// drop(handle); // spent: not abandoned, so not redelivered
+    /// let stats = broker.stats("orders");
+    /// assert_eq!((stats.acked, stats.unacked, stats.ready), (1, 0, 0));
+    /// # }
+    /// ```
+    pub fn ack_at_once(&mut self) -> Option<Result<(), AckError>> {
+        let result = match &mut self.acker {
+            Settling::Own(acker) => acker.ack_now()?,
+            Settling::Tagged(settler, tag) => settler.ack_now(*tag)?,
+            Settling::Spent => return Some(Ok(())),
+        };
+        self.acker = Settling::Spent;
+        Some(result)
     }
 
     /// Negatively acknowledges the delivery.
