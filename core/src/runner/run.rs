@@ -80,11 +80,18 @@ where
             pulse: Pulse::new(driver.clone()),
             tick: idle_tick(),
         };
+        // This run's view of the shutdown token: a child, cancelled with it.
+        // Each turn asks it whether to stop, and handlers ask it too; asking
+        // takes the token's lock, and a child's lock is this runner's own,
+        // not one shared with every runner given the same token
+        // (`with_shutdown`). The runner stopping still cancels the token
+        // itself (below), and so every runner that shares it.
+        let shutdown = self.shutdown.child_token();
         // One waiter on the shutdown token for the whole run, not one per wait.
-        let stopping = self.shutdown.clone().cancelled_owned();
+        let stopping = shutdown.clone().cancelled_owned();
         // Every delivery's cancellation: one token, shared (a token's clone
         // takes its tree's lock; an `Arc`'s does not).
-        let cancel = std::sync::Arc::new(self.shutdown.clone());
+        let cancel = std::sync::Arc::new(shutdown.clone());
         tokio::pin!(stopping);
         let mut states = breaker.watch();
         let mut failure = None;
@@ -158,7 +165,7 @@ where
             let ready = ServiceExt::<Delivery>::ready(&mut self.service);
             let ready = match run
                 .settling(
-                    &self.shutdown,
+                    &shutdown,
                     stopping.as_mut(),
                     &mut states,
                     state,
@@ -181,7 +188,7 @@ where
             let next = self.source.next();
             let next = match run
                 .settling(
-                    &self.shutdown,
+                    &shutdown,
                     stopping.as_mut(),
                     &mut states,
                     state,

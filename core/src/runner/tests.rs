@@ -514,3 +514,76 @@ async fn shutdown_together_with_a_breaker_change_stops_without_acting_on_the_cha
     assert_eq!(summary.handled, 1, "the message in flight finished");
     assert_eq!(pauses.load(Ordering::SeqCst), 0, "no pause after shutdown");
 }
+
+/// Runners given one token stop together, and a delivery of one sees the
+/// token's cancellation when another runner stops (each runner asks a
+/// child of the token of its own: it is cancelled with the token).
+#[tokio::test]
+async fn runners_sharing_a_token_stop_together_and_their_deliveries_see_it() {
+    let token = CancellationToken::new();
+    let broker = crate::memory::MemoryBroker::new();
+    broker
+        .publish_now(
+            "q",
+            crate::message::Message::new("waits").with_message_id("waits"),
+        )
+        .unwrap();
+    let saw_cancel = Arc::new(AtomicU32::new(0));
+    let seen = Arc::clone(&saw_cancel);
+    let waits = service_fn(move |delivery: Delivery| {
+        let seen = Arc::clone(&seen);
+        async move {
+            let (_m, acker, cancel) = delivery.into_parts();
+            cancel.cancelled().await;
+            seen.fetch_add(1, Ordering::SeqCst);
+            acker.ack().await?;
+            Ok::<_, AckError>(Settled::Acked(crate::outcome::Outcome::Handled))
+        }
+    });
+    let waiting = tokio::spawn(
+        Runner::new(broker.consume("q", 4), waits)
+            .with_shutdown(token.clone())
+            .run(),
+    );
+    for _ in 0..200 {
+        if broker.stats("q").unacked == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        broker.stats("q").unacked,
+        1,
+        "the delivery is being handled"
+    );
+    // A second runner whose source fails its start-up check stops, and
+    // cancels the shared token as it does.
+    let never = service_fn(|_: Delivery| async {
+        Ok::<_, AckError>(Settled::Acked(crate::outcome::Outcome::Handled))
+    });
+    let failing = Runner::new(
+        Checked {
+            unreachable: 0,
+            missing: Some("q.dlq"),
+            checks: Arc::new(AtomicU32::new(0)),
+        },
+        never,
+    )
+    .with_shutdown(token.clone())
+    .run()
+    .await;
+    assert!(failing.is_err(), "its source cannot start");
+    assert!(token.is_cancelled(), "a stopping runner cancels its token");
+    let summary = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+        .await
+        .expect("the first runner stops with the token")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        saw_cancel.load(Ordering::SeqCst),
+        1,
+        "its delivery saw the shutdown"
+    );
+    assert_eq!(summary.handled, 1, "{summary:?}");
+    assert_eq!(broker.stats("q").acked, 1);
+}
