@@ -407,23 +407,40 @@ async fn the_breaker_stops_fetching_then_probes_one_message_at_a_time() {
     assert_eq!(summary.dead_lettered, 0, "{summary}");
 }
 
+/// A service that acks each delivery (once its cancellation fires, with
+/// `after_cancel`), and the count of deliveries it acked.
+fn acking(
+    after_cancel: bool,
+) -> (
+    Arc<AtomicU32>,
+    impl Service<Delivery, Response = Settled, Error = AckError, Future: Send + 'static>
+    + Send
+    + 'static,
+) {
+    let acked = Arc::new(AtomicU32::new(0));
+    let count = Arc::clone(&acked);
+    let service = service_fn(move |delivery: Delivery| {
+        let count = Arc::clone(&count);
+        async move {
+            let (_m, acker, cancel) = delivery.into_parts();
+            if after_cancel {
+                cancel.cancelled().await;
+            }
+            acker.ack().await?;
+            count.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, AckError>(Settled::Acked(crate::outcome::Outcome::Handled))
+        }
+    });
+    (acked, service)
+}
+
 /// Shutdown and a new delivery become ready in the same wake while the
 /// driver waits for the source: shutdown wins, nothing is taken (the
 /// driver's wait polls its shutdown waiter before the source).
 #[tokio::test]
 async fn a_delivery_arriving_with_shutdown_is_not_taken() {
     let broker = crate::memory::MemoryBroker::new();
-    let handled = Arc::new(AtomicU32::new(0));
-    let h = Arc::clone(&handled);
-    let service = service_fn(move |delivery: Delivery| {
-        let h = Arc::clone(&h);
-        async move {
-            let (_m, acker, _t) = delivery.into_parts();
-            acker.ack().await?;
-            h.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, AckError>(Settled::Acked(crate::outcome::Outcome::Handled))
-        }
-    });
+    let (handled, service) = acking(false);
     let runner = Runner::new(broker.consume("q", 4), service);
     let token = runner.shutdown_token();
     let run = tokio::spawn(runner.run());
@@ -528,18 +545,7 @@ async fn runners_sharing_a_token_stop_together_and_their_deliveries_see_it() {
             crate::message::Message::new("waits").with_message_id("waits"),
         )
         .unwrap();
-    let saw_cancel = Arc::new(AtomicU32::new(0));
-    let seen = Arc::clone(&saw_cancel);
-    let waits = service_fn(move |delivery: Delivery| {
-        let seen = Arc::clone(&seen);
-        async move {
-            let (_m, acker, cancel) = delivery.into_parts();
-            cancel.cancelled().await;
-            seen.fetch_add(1, Ordering::SeqCst);
-            acker.ack().await?;
-            Ok::<_, AckError>(Settled::Acked(crate::outcome::Outcome::Handled))
-        }
-    });
+    let (saw_cancel, waits) = acking(true);
     let waiting = tokio::spawn(
         Runner::new(broker.consume("q", 4), waits)
             .with_shutdown(token.clone())
