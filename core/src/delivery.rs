@@ -430,7 +430,8 @@ impl Delivery {
         &self.message
     }
 
-    /// Sets the token the handler sees as its cancellation (the runner's shutdown).
+    /// Sets the token the handler sees as its cancellation (the runner's
+    /// shutdown: a child of the token it was given, of its own).
     #[must_use]
     pub fn with_cancellation(self, token: CancellationToken) -> Self {
         self.with_shared_cancellation(Arc::new(token))

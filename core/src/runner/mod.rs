@@ -229,7 +229,8 @@ where
     }
 
     /// Shuts down when `token` is cancelled. The runner cancels it too when
-    /// it stops; handlers see it as their cancellation.
+    /// it stops (so runners given one token stop together); handlers see a
+    /// child of it, of this run's own, as their cancellation.
     #[must_use]
     pub fn with_shutdown(mut self, token: CancellationToken) -> Self {
         self.shutdown = token;

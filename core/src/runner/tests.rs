@@ -580,6 +580,16 @@ async fn runners_sharing_a_token_stop_together_and_their_deliveries_see_it() {
     .await;
     assert!(failing.is_err(), "its source cannot start");
     assert!(token.is_cancelled(), "a stopping runner cancels its token");
+    // A runner that ran and stopped (its source drained) cancels it too,
+    // the token it was given, not only its own run's child.
+    let shared = CancellationToken::new();
+    let (_, never) = acking(false);
+    let drained = Runner::new(broker.consume("empty", 1).until_drained(), never)
+        .with_shutdown(shared.clone())
+        .run()
+        .await;
+    assert!(drained.is_ok(), "{drained:?}");
+    assert!(shared.is_cancelled(), "a runner that ran cancels its token");
     let summary = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
         .await
         .expect("the first runner stops with the token")
