@@ -85,13 +85,12 @@ where
         // takes the token's lock, and a child's lock is this runner's own,
         // not one shared with every runner given the same token
         // (`with_shutdown`). The runner stopping still cancels the token
-        // itself (below), and so every runner that shares it.
-        let shutdown = self.shutdown.child_token();
+        // itself (below), and so every runner that shares it. It is every
+        // delivery's cancellation too, shared behind one `Arc` (a token's
+        // clone takes its tree's lock; an `Arc`'s does not).
+        let shutdown = std::sync::Arc::new(self.shutdown.child_token());
         // One waiter on the shutdown token for the whole run, not one per wait.
-        let stopping = shutdown.clone().cancelled_owned();
-        // Every delivery's cancellation: one token, shared (a token's clone
-        // takes its tree's lock; an `Arc`'s does not).
-        let cancel = std::sync::Arc::new(shutdown.clone());
+        let stopping = (*shutdown).clone().cancelled_owned();
         tokio::pin!(stopping);
         let mut states = breaker.watch();
         let mut failure = None;
@@ -118,7 +117,7 @@ where
                         run.summary.received += 1;
                         let delivery = held
                             .postponed()
-                            .with_shared_cancellation(std::sync::Arc::clone(&cancel));
+                            .with_shared_cancellation(std::sync::Arc::clone(&shutdown));
                         let ready = ServiceExt::<Delivery>::ready(&mut self.service);
                         match run.polling(ready).await {
                             Ok(_) => run
@@ -211,7 +210,7 @@ where
                     run.summary.received += 1;
                     let delivery = delivery
                         .postponed()
-                        .with_shared_cancellation(std::sync::Arc::clone(&cancel));
+                        .with_shared_cancellation(std::sync::Arc::clone(&shutdown));
                     run.start(&mut self.service, delivery, Kind::Uncounted);
                 }
                 Some(Ok(delivery)) => {
@@ -223,7 +222,7 @@ where
                     }
                     run.summary.received += 1;
                     let delivery =
-                        delivery.with_shared_cancellation(std::sync::Arc::clone(&cancel));
+                        delivery.with_shared_cancellation(std::sync::Arc::clone(&shutdown));
                     let kind = if state == BreakerState::HalfOpen {
                         Kind::Probe
                     } else {

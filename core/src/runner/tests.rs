@@ -564,9 +564,7 @@ async fn runners_sharing_a_token_stop_together_and_their_deliveries_see_it() {
     );
     // A second runner whose source fails its start-up check stops, and
     // cancels the shared token as it does.
-    let never = service_fn(|_: Delivery| async {
-        Ok::<_, AckError>(Settled::Acked(crate::outcome::Outcome::Handled))
-    });
+    let (_, never) = acking(false);
     let failing = Runner::new(
         Checked {
             unreachable: 0,

@@ -114,7 +114,8 @@ impl std::fmt::Display for Listed<'_> {
         if topic.is_some() {
             f.write_str("]")?;
         }
-        if let Some(rest) = self.0.len().checked_sub(Self::MOST).filter(|n| *n > 0) {
+        let rest = self.0.len().saturating_sub(Self::MOST);
+        if rest > 0 {
             write!(f, ";+{rest}")?;
         }
         Ok(())
