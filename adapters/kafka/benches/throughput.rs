@@ -412,9 +412,15 @@ where
         .map(|(g, d)| (g, per_msg(d)))
         .collect();
     let cpu_us = groups.values().sum();
+    let by_group: Vec<String> = GROUPS
+        .iter()
+        .map(|g| format!("{g} {:.2}", groups.get(g).copied().unwrap_or(0.0)))
+        .collect();
     println!(
-        "  {what:<14}{:>10.0} msgs/s ({took:.2?}, {}), CPU {cpu_us:.2} µs/msg",
-        side.rate, side.latency
+        "  {what:<14}{:>10.0} msgs/s ({took:.2?}, {}), CPU {cpu_us:.2} µs/msg ({})",
+        side.rate,
+        side.latency,
+        by_group.join(", ")
     );
     Run {
         side,

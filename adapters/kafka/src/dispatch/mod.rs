@@ -242,8 +242,8 @@ impl Dispatcher {
 
     /// Tracks received messages (under one lock); partitions that now track
     /// too much, or hold a retry that is not due, are appended to `pause`.
-    /// The messages settled since the last call are swapped into `freed`
-    /// (the poll thread drops them outside the lock).
+    /// The messages settled since the last call are moved to the end of
+    /// `freed` (the poll thread drops them outside the lock).
     pub(crate) fn receive_all(
         &self,
         batch: &mut Vec<Incoming>,
@@ -257,7 +257,7 @@ impl Dispatcher {
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let mut woke = false;
         let mut st = self.lock();
-        std::mem::swap(&mut st.freed, freed);
+        freed.append(&mut st.freed);
         let (max_pending, max_bytes) = (st.max_pending, st.max_bytes);
         let mut totals = st.totals();
         let mut last: Option<(TopicPartition, usize)> = None;
@@ -362,13 +362,12 @@ impl Dispatcher {
         Take::Empty
     }
 
-    /// Swaps the messages settled since the last call into `freed` (for the
-    /// poll thread to drop outside the lock; see [`State::freed`]).
+    /// Moves the messages settled since the last call to the end of
+    /// `freed` (for the poll thread to drop outside the lock; see
+    /// [`State::freed`]).
     pub(crate) fn take_freed(&self, freed: &mut Vec<Arc<Message>>) {
         let mut st = self.lock();
-        if !st.freed.is_empty() {
-            std::mem::swap(&mut st.freed, freed);
-        }
+        freed.append(&mut st.freed);
     }
 
     /// Waits until [`Dispatcher::take`] may have something new.

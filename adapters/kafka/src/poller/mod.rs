@@ -208,6 +208,12 @@ struct Poller {
     /// Reused between polls, so a batch costs no allocation.
     batch: Vec<Incoming>,
     /// Messages settled done, dropped here: this thread allocated them.
+    /// One is dropped before each message is made, so the blocks it frees
+    /// are the ones the next message takes from this thread's cache
+    /// (dropping a batch at once overflows glibc's small per-thread cache
+    /// of free blocks, and each block then goes through the heap's bins,
+    /// as does each allocation after it); what is left over is dropped
+    /// by [`Poller::maintain`].
     freed: Vec<Arc<backstop::Message>>,
     /// Exactly-once mode: commits on this thread.
     transactor: Option<SharedTransactor>,
@@ -305,6 +311,7 @@ impl Poller {
             match self.consumer.poll(timeout) {
                 None => break,
                 Some(Ok(record)) => {
+                    drop(self.freed.pop());
                     let retry_of = self
                         .delayed
                         .get(record.topic())
@@ -338,7 +345,7 @@ impl Poller {
         let mut pause = Vec::new();
         self.dispatcher
             .receive_all(&mut batch, &mut pause, &mut self.freed);
-        self.freed.clear();
+        keep_for_next_batch(&mut self.freed, false);
         self.batch = batch;
         if !pause.is_empty()
             && let Err(error) = self.consumer.pause(&partitions(&pause))
@@ -388,7 +395,7 @@ impl Poller {
 
     fn maintain(&mut self, idle: bool) {
         self.dispatcher.take_freed(&mut self.freed);
-        self.freed.clear();
+        keep_for_next_batch(&mut self.freed, idle);
         let actions = self.dispatcher.maintain();
         if actions.is_empty() {
             return;
@@ -550,6 +557,27 @@ impl Poller {
         // Dropping the consumer leaves the group (its revoke callback runs here).
         drop(self.consumer);
     }
+}
+
+/// Drops what the next batch would not: every settled message when the
+/// thread is idle, else all but the newest [`BATCH`] messages or
+/// [`BATCH_BYTES`] of payload (the bounds of a batch), whichever is less.
+fn keep_for_next_batch(freed: &mut Vec<Arc<backstop::Message>>, idle: bool) {
+    if idle {
+        freed.clear();
+        return;
+    }
+    let mut bytes = 0;
+    let kept = freed
+        .iter()
+        .rev()
+        .take(BATCH)
+        .take_while(|m| {
+            bytes += m.payload.len();
+            bytes <= BATCH_BYTES
+        })
+        .count();
+    freed.drain(..freed.len() - kept);
 }
 
 #[cfg(test)]

@@ -102,3 +102,34 @@ async fn a_transactional_call_that_never_returns_stops_the_runner_naming_it() {
     let committed = kafka.committed_offsets(&topic).await.unwrap();
     assert!(committed.values().all(Option::is_none), "{committed:?}");
 }
+
+#[test]
+fn the_settled_messages_kept_for_the_next_batch_are_the_newest_within_a_batchs_bounds() {
+    use std::sync::Arc;
+
+    use super::{BATCH, BATCH_BYTES, keep_for_next_batch};
+
+    let of = |bytes: usize, id: usize| {
+        Arc::new(backstop::Message::new(vec![0u8; bytes]).with_message_id(id.to_string()))
+    };
+    let ids = |freed: &[Arc<backstop::Message>]| -> Vec<String> {
+        freed.iter().map(|m| m.meta.message_id.clone()).collect()
+    };
+
+    // Small messages: the newest BATCH, in their order.
+    let mut freed: Vec<_> = (0..BATCH + 10).map(|i| of(8, i)).collect();
+    keep_for_next_batch(&mut freed, false);
+    assert_eq!(freed.len(), BATCH);
+    assert_eq!(ids(&freed[..1]), ["10"], "the oldest ten are dropped");
+    assert_eq!(ids(&freed[BATCH - 1..]), [(BATCH + 9).to_string()]);
+
+    // Large messages: no more than BATCH_BYTES of payload.
+    let big = BATCH_BYTES / 4;
+    let mut freed: Vec<_> = (0..10).map(|i| of(big, i)).collect();
+    keep_for_next_batch(&mut freed, false);
+    assert_eq!(ids(&freed), ["6", "7", "8", "9"]);
+
+    // Idle: nothing is kept.
+    keep_for_next_batch(&mut freed, true);
+    assert!(freed.is_empty());
+}
