@@ -291,8 +291,10 @@ pub struct Delivery {
     /// the runner hands every delivery the same one (a token's clone takes
     /// a lock on its tree; an `Arc`'s does not).
     cancel: Token,
-    /// Cancelled by the source when it loses the delivery (a revoked partition).
-    fence: Option<CancellationToken>,
+    /// Cancelled by the source when it loses the delivery (a revoked
+    /// partition). Shared: every delivery of a partition has the same one,
+    /// and an `Arc`'s clone takes no lock (a token's takes its tree's).
+    fence: Option<Arc<CancellationToken>>,
     /// When the broker would take the delivery back if it were still unsettled.
     deadline: Option<Instant>,
     /// Settle without running: postpone (the runner stopped consuming).
@@ -401,7 +403,39 @@ impl Delivery {
     /// Kafka partition): the handler's cancellation then fires as on
     /// shutdown, and its settlement is refused by the source.
     #[must_use]
-    pub fn fenced_by(mut self, token: CancellationToken) -> Self {
+    pub fn fenced_by(self, token: CancellationToken) -> Self {
+        self.fenced_by_shared(Arc::new(token))
+    }
+
+    /// As [`fenced_by`](Self::fenced_by), with a token the source shares
+    /// between the deliveries it fences together (the Kafka source: one
+    /// per partition), so handing one out takes no lock.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use backstop::memory::MemoryBroker;
+    /// use backstop::runner::Source;
+    /// use backstop::{CancellationToken, Message};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let broker = MemoryBroker::new();
+    /// broker.publish_now("orders", Message::new("a"))?;
+    /// let mut source = broker.consume("orders", 8);
+    /// let partition = Arc::new(CancellationToken::new());
+    /// let mut delivery = source
+    ///     .next()
+    ///     .await
+    ///     .ok_or("a delivery")??
+    ///     .fenced_by_shared(Arc::clone(&partition));
+    /// // The source lost the partition: the delivery's handler is cancelled.
+    /// partition.cancel();
+    /// assert!(delivery.take_fence().is_some_and(|fence| fence.is_cancelled()));
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn fenced_by_shared(mut self, token: Arc<CancellationToken>) -> Self {
         self.fence = Some(token);
         self
     }
@@ -422,6 +456,11 @@ impl Delivery {
 
     /// Takes the token the source cancels when it loses the delivery, if any.
     pub fn take_fence(&mut self) -> Option<CancellationToken> {
+        self.fence.take().map(Arc::unwrap_or_clone)
+    }
+
+    /// As [`take_fence`](Self::take_fence), the token as shared (no clone).
+    pub(crate) fn take_shared_fence(&mut self) -> Option<Arc<CancellationToken>> {
         self.fence.take()
     }
 

@@ -145,7 +145,7 @@ impl Postponing {
 pub(crate) struct Running {
     acker: AckHandle,
     postponer: Postponer,
-    fence: Option<CancellationToken>,
+    fence: Option<Arc<CancellationToken>>,
     deadline: Option<tokio::time::Instant>,
     /// Cancels this delivery alone (its fence or its deadline), when it has one.
     trip: Option<Arc<Tripwire>>,
@@ -161,7 +161,7 @@ pub(crate) fn start(
     postpone: Option<&Arc<dyn RetrySink>>,
     nack_delay: Duration,
 ) -> Start {
-    let fence = delivery.take_fence();
+    let fence = delivery.take_shared_fence();
     let transaction = delivery.take_transaction();
     let deadline = delivery.deadline();
     let postpone_now = delivery.is_postponed();

@@ -80,8 +80,8 @@ pub(crate) struct ToCommit {
 pub(crate) struct Taken {
     pub(crate) message: Arc<Message>,
     pub(crate) ticket: Ticket,
-    /// Cancelled when the partition is revoked.
-    pub(crate) revoked: CancellationToken,
+    /// Cancelled when the partition is revoked (one per partition, shared).
+    pub(crate) revoked: Arc<CancellationToken>,
 }
 
 /// What [`Dispatcher::take`] found.

@@ -28,7 +28,7 @@ pub(super) struct Slot {
     pub(super) tp: TopicPartition,
     pub(super) tracker: PartitionTracker,
     /// Cancelled when the partition is revoked: its deliveries' handlers stop.
-    pub(super) revoked: CancellationToken,
+    pub(super) revoked: Arc<CancellationToken>,
     /// The rewind that created this slot (0: an assignment).
     pub(super) rewound_at: u64,
     /// Ordered retries, on a main partition: its parked keys and its lane.
@@ -135,7 +135,7 @@ impl State {
                 Some(_) => PartitionTracker::lane(self.next_generation),
                 None => PartitionTracker::new(self.next_generation, delayed),
             },
-            revoked: CancellationToken::new(),
+            revoked: Arc::new(CancellationToken::new()),
             rewound_at: 0,
             parking: None,
             lane_of,
