@@ -347,7 +347,8 @@ impl Source for KafkaSource {
                         dispatcher: Arc::clone(&self.dispatcher),
                         ticket: taken.ticket,
                     };
-                    let delivery = Delivery::shared(taken.message, acker).fenced_by_shared(taken.revoked);
+                    let delivery =
+                        Delivery::shared(taken.message, acker).fenced_by_shared(taken.revoked);
                     return Some(Ok(match slot {
                         Some(slot) => delivery.in_transaction(Arc::new(slot)),
                         None => delivery,
