@@ -1,6 +1,7 @@
 //! The broker-neutral envelope: [`Message`] and its [`Meta`].
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -29,7 +30,7 @@ pub struct Message {
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Meta {
     /// The queue or topic the message was consumed from.
-    pub source: String,
+    pub source: Arc<str>,
     /// The Kafka partition, if any.
     pub partition: Option<i32>,
     /// The Kafka offset, if any.
@@ -54,7 +55,7 @@ pub struct Meta {
     /// adapter from its own configuration (never from a header); `None` on
     /// brokers without groups. Part of the message's idempotency keyspace
     /// ([`Keyspace`](crate::idempotency::Keyspace)).
-    pub group: Option<String>,
+    pub group: Option<Arc<str>>,
     /// Where the message id came from (see [`IdSource`]).
     pub id_source: IdSource,
     /// The AMQP properties the message arrived with (RabbitMQ), carried to

@@ -12,6 +12,7 @@
 //! consumer's totals, so no new copies are made while it is over them).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -32,7 +33,7 @@ pub(crate) struct ParkedReader {
     consumer: BaseConsumer,
     /// The lanes read now, by partition.
     following: HashMap<TopicPartition, Lane>,
-    group: String,
+    group: Arc<str>,
     last_error_log: Option<Instant>,
 }
 
@@ -54,7 +55,7 @@ impl ParkedReader {
         Ok(ParkedReader {
             consumer,
             following: HashMap::new(),
-            group: config.group.clone(),
+            group: config.group.as_str().into(),
             last_error_log: None,
         })
     }
@@ -134,8 +135,8 @@ impl ParkedReader {
                         continue;
                     };
                     let key = r.key().unwrap_or_default();
-                    let mut message = record::guarded_message(&r, Some(&lane.main));
-                    message.meta.group = Some(self.group.clone());
+                    let mut message = record::guarded_message(&r, &lane.tp.topic, Some(&lane.main));
+                    message.meta.group = Some(Arc::clone(&self.group));
                     match Parked::decode(key, r.payload(), message) {
                         Some(parked) => read
                             .entry(lane.tp.clone())

@@ -1,5 +1,6 @@
 //! Kafka records ⟷ backstop messages: headers, key, ids and metadata.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use backstop::inbound::{self, KafkaRecord};
@@ -16,14 +17,19 @@ pub fn assigned_message_id(topic: &str, partition: i32, offset: i64) -> String {
 /// meta from the topic, partition, offset, timestamp and backstop headers
 /// ([`inbound::kafka`]).
 pub fn to_message<M: rdkafka::Message>(record: &M) -> Message {
-    to_message_from(record, None)
+    to_message_from(record, record.topic().into(), None)
 }
 
-/// [`to_message`] for a record of a retry topic of `retry_of` (from the
-/// source's own table of the retry topics it subscribed to).
-pub(crate) fn to_message_from<M: rdkafka::Message>(record: &M, retry_of: Option<&str>) -> Message {
+/// [`to_message`] with the record's `topic` as the consumer shares it,
+/// for a record of a retry topic of `retry_of` (from the source's own
+/// table of the retry topics it subscribed to).
+pub(crate) fn to_message_from<M: rdkafka::Message>(
+    record: &M,
+    topic: Arc<str>,
+    retry_of: Option<&str>,
+) -> Message {
     let fields = KafkaRecord {
-        topic: record.topic(),
+        topic,
         partition: record.partition(),
         offset: record.offset(),
         timestamp_millis: record.timestamp().to_millis(),
@@ -45,9 +51,13 @@ pub(crate) fn to_message_from<M: rdkafka::Message>(record: &M, retry_of: Option<
 /// [`to_message_from`] under [`inbound::guarded`]: a panic while converting
 /// gives a message that is dead-lettered as `decode` (body, topic, partition
 /// and offset kept) instead of stopping the poll thread.
-pub(crate) fn guarded_message<M: rdkafka::Message>(record: &M, retry_of: Option<&str>) -> Message {
+pub(crate) fn guarded_message<M: rdkafka::Message>(
+    record: &M,
+    topic: &Arc<str>,
+    retry_of: Option<&str>,
+) -> Message {
     inbound::guarded(
-        || to_message_from(record, retry_of),
+        || to_message_from(record, Arc::clone(topic), retry_of),
         || {
             let mut message =
                 Message::new(Bytes::copy_from_slice(record.payload().unwrap_or_default()))
@@ -56,7 +66,7 @@ pub(crate) fn guarded_message<M: rdkafka::Message>(record: &M, retry_of: Option<
                         record.partition(),
                         record.offset(),
                     ));
-            message.meta.source = record.topic().to_owned();
+            message.meta.source = Arc::clone(topic);
             message.meta.partition = Some(record.partition());
             message.meta.offset = Some(record.offset());
             message.meta.retry_of = retry_of.map(str::to_owned);

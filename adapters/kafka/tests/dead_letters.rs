@@ -207,7 +207,7 @@ async fn two_groups_never_see_each_others_retries_or_dead_letters() {
             async move {
                 runs.lock()
                     .unwrap()
-                    .push((ctx.meta().source.clone(), ctx.attempt()));
+                    .push((ctx.meta().source.to_string(), ctx.attempt()));
                 Err::<(), _>(
                     HandlerError::transient("a cannot").retry_after(Duration::from_secs(1)),
                 )
@@ -222,7 +222,7 @@ async fn two_groups_never_see_each_others_retries_or_dead_letters() {
             let runs = Arc::clone(&runs);
             async move {
                 runs.lock().unwrap().push((
-                    ctx.meta().source.clone(),
+                    ctx.meta().source.to_string(),
                     ctx.attempt(),
                     ctx.message_id().to_owned(),
                 ));

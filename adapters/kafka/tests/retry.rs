@@ -35,7 +35,7 @@ async fn a_delayed_retry_arrives_after_its_due_time_and_exhaustion_dead_letters(
             let runs = Arc::clone(&r);
             async move {
                 let run = Run {
-                    source: ctx.meta().source.clone(),
+                    source: ctx.meta().source.to_string(),
                     attempt: ctx.attempt(),
                     at: SystemTime::now(),
                     due: ctx.message().header(wire::DUE).and_then(wire::parse_time),
@@ -129,7 +129,7 @@ async fn forged_routing_and_attempt_headers_neither_reroute_nor_skip_the_run() {
                     .unwrap()
                     .entry(ctx.message_id().to_owned())
                     .or_default()
-                    .push((ctx.meta().source.clone(), ctx.attempt()));
+                    .push((ctx.meta().source.to_string(), ctx.attempt()));
                 Err(HandlerError::transient("later").retry_after(Duration::from_secs(1)))
             }
         }));

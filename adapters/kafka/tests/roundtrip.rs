@@ -47,7 +47,7 @@ async fn round_trip_keeps_payload_key_and_headers() {
             m.header(wire::MESSAGE_ID),
             Some(original.meta.message_id.as_str())
         );
-        assert_eq!(m.meta.source, topic);
+        assert_eq!(&*m.meta.source, topic);
         assert!(m.meta.partition.is_some() && m.meta.offset.is_some());
         assert!(m.meta.timestamp.is_some());
         assert_eq!(m.meta.attempt, 1);

@@ -129,7 +129,7 @@ async fn the_retry_sink_refuses_classic_and_unknown_queues() {
     rabbit.declare(&classic).await.unwrap();
     let sink = rabbit.retry_sink();
     let mut copy = Message::new("x");
-    copy.meta.source = classic.queue().to_owned();
+    copy.meta.source = classic.queue().into();
     let error = sink
         .retry_later(copy.clone(), Duration::from_secs(5))
         .await
@@ -139,7 +139,7 @@ async fn the_retry_sink_refuses_classic_and_unknown_queues() {
         "{error}"
     );
 
-    copy.meta.source = unique("unknown");
+    copy.meta.source = unique("unknown").into();
     let error = sink
         .retry_later(copy.clone(), Duration::from_secs(5))
         .await
@@ -151,7 +151,7 @@ async fn the_retry_sink_refuses_classic_and_unknown_queues() {
 
     let no_tiers = Topology::quorum(unique("no-tiers"));
     rabbit.declare(&no_tiers).await.unwrap();
-    copy.meta.source = no_tiers.queue().to_owned();
+    copy.meta.source = no_tiers.queue().into();
     let error = sink
         .retry_later(copy, Duration::from_secs(5))
         .await

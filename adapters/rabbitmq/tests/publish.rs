@@ -41,7 +41,7 @@ async fn round_trip_keeps_payload_headers_and_message_id() {
         got.header(wire::TRACEPARENT),
         sent.header(wire::TRACEPARENT)
     );
-    assert_eq!(got.meta.source, topology.queue());
+    assert_eq!(&*got.meta.source, topology.queue());
     assert_eq!(got.meta.attempt, 1);
     assert!(!got.meta.redelivered);
     assert!(got.meta.delivery_tag.is_some());

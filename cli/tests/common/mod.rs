@@ -179,7 +179,7 @@ pub fn ids(lines: &str) -> BTreeSet<String> {
 /// A dead letter of message `id` (payload `payload(n)`) consumed from `source`.
 pub fn letter(source: &str, id: &str, n: u64, replayed: u32) -> backstop::Message {
     let mut m = backstop::Message::new(payload(n)).with_message_id(id);
-    m.meta.source = source.to_owned();
+    m.meta.source = source.into();
     if replayed > 0 {
         m.headers
             .insert(backstop::wire::REPLAYED.to_owned(), replayed.to_string());

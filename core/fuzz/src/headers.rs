@@ -311,7 +311,7 @@ fn receive(
 ) -> Message {
     let received = match position {
         Some((partition, offset)) => inbound::kafka(&KafkaRecord {
-            topic: source,
+            topic: source.into(),
             partition,
             offset,
             key: Some(b"k"),
@@ -325,7 +325,7 @@ fn receive(
         }),
         None => {
             let mut m = inbound::amqp(AmqpDelivery {
-                queue: source.to_owned(),
+                queue: source.into(),
                 headers: headers
                     .iter()
                     .map(|(n, v)| {

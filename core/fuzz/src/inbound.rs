@@ -124,7 +124,7 @@ fn amqp(r: &mut Reader<'_>) {
         })
         .collect();
     let delivery = AmqpDelivery {
-        queue: r.text(),
+        queue: r.text().into(),
         delivery_tag: Some(r.u64()),
         redelivered: false,
         properties: properties.clone(),
@@ -201,7 +201,7 @@ fn kafka(r: &mut Reader<'_>) {
         .collect();
     let retry_of = r.maybe_text();
     let record = KafkaRecord {
-        topic: &topic,
+        topic: topic.as_str().into(),
         partition,
         offset,
         timestamp_millis,

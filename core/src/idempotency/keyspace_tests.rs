@@ -18,7 +18,7 @@ const LEASE: Duration = Duration::from_secs(30);
 fn from(queue: &str, group: Option<&str>, id: &str) -> Request<String> {
     let mut m = Message::new("x").with_message_id(id);
     m.meta.source = queue.into();
-    m.meta.group = group.map(str::to_owned);
+    m.meta.group = group.map(Into::into);
     Request::decode(m, CancellationToken::new(), None)
 }
 

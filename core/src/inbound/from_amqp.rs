@@ -1,6 +1,8 @@
 //! An AMQP delivery as plain values ([`AmqpDelivery`]), and its message:
 //! headers, the id (the producer's, else a digest) and the attempt.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
@@ -44,8 +46,8 @@ pub struct AmqpProperties {
 /// An AMQP delivery (or `basic.get` answer), as plain values.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AmqpDelivery {
-    /// The queue it was consumed from.
-    pub queue: String,
+    /// The queue it was consumed from (shared: one copy per consumer).
+    pub queue: Arc<str>,
     /// The delivery tag (`None` for a message read by other means).
     pub delivery_tag: Option<u64>,
     /// The broker's redelivered flag.

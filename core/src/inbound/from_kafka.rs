@@ -1,6 +1,8 @@
 //! A Kafka record as plain values ([`KafkaRecord`]), and its message:
 //! headers byte for byte, the id (the producer's, else the position).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::time_from_millis;
@@ -12,8 +14,9 @@ use crate::{attempt, wire};
 /// A Kafka record, as plain values borrowed from the client's record.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KafkaRecord<'a> {
-    /// The topic it was consumed from.
-    pub topic: &'a str,
+    /// The topic it was consumed from (shared: the consumer keeps one copy
+    /// per topic).
+    pub topic: Arc<str>,
     /// Its partition.
     pub partition: i32,
     /// Its offset.
@@ -67,7 +70,7 @@ pub fn kafka_with_headers<'a>(
     let (message_id, id_source) = match headers.get(wire::MESSAGE_ID).filter(|id| !id.is_empty()) {
         Some(id) => (id.to_owned(), IdSource::Producer),
         None => (
-            position_id(record.topic, record.partition, record.offset),
+            position_id(&record.topic, record.partition, record.offset),
             IdSource::Position,
         ),
     };
@@ -78,7 +81,7 @@ pub fn kafka_with_headers<'a>(
             .unwrap_or_default(),
         key: record.key.map(Bytes::copy_from_slice),
         meta: Meta {
-            source: record.topic.to_owned(),
+            source: Arc::clone(&record.topic),
             partition: Some(record.partition),
             offset: Some(record.offset),
             attempt: attempt::from_headers(&headers),

@@ -83,7 +83,7 @@ fn producer_ids_win_over_the_digest() {
 #[test]
 fn kafka_records_convert_without_panics() {
     let record = KafkaRecord {
-        topic: "orders.g.retry.5s",
+        topic: "orders.g.retry.5s".into(),
         partition: 3,
         offset: 7,
         timestamp_millis: Some(-1),

@@ -118,7 +118,7 @@ impl MemoryBroker {
             .headers
             .insert(wire::MESSAGE_ID.to_owned(), id.clone());
         message.meta = crate::message::Meta {
-            source: name.to_owned(),
+            source: name.into(),
             attempt: attempt::from_headers(&message.headers),
             message_id: id,
             timestamp: Some(std::time::SystemTime::now()),

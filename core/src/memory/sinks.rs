@@ -39,7 +39,7 @@ pub struct MemoryRetrySink {
 #[async_trait::async_trait]
 impl RetrySink for MemoryRetrySink {
     async fn retry_later(&self, copy: Message, delay: Duration) -> Result<(), SinkError> {
-        let destination = copy.meta.source.clone();
+        let destination = copy.meta.source.to_string();
         self.broker
             .publish_delayed(&destination, copy, delay)
             .map_err(|source| SinkError::Publish {

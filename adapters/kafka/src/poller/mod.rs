@@ -116,7 +116,7 @@ impl PollThread {
             freed: Vec::new(),
             transactor,
             reader,
-            group,
+            group: group.into(),
             link,
             last_check: None,
             liveness: liveness.clone(),
@@ -220,8 +220,9 @@ struct Poller {
     /// Ordered retries: reads the parked partitions back.
     reader: Option<ParkedReader>,
     /// The consumer group: stamped on every message ([`backstop::message::Meta::group`],
-    /// part of its idempotency keyspace); also named by the test that kills the thread.
-    group: String,
+    /// part of its idempotency keyspace: one copy, shared by every message);
+    /// also named by the test that kills the thread.
+    group: Arc<str>,
     /// Whether the consumer reaches the cluster, for the runner's readiness.
     link: Arc<Link>,
     /// When an unreachable cluster was last checked.
@@ -283,15 +284,6 @@ impl Poller {
         }
     }
 
-    fn topic(&mut self, name: &str) -> Arc<str> {
-        if let Some(t) = self.topics.get(name) {
-            return Arc::clone(t);
-        }
-        let t: Arc<str> = Arc::from(name);
-        self.topics.insert(name.to_owned(), Arc::clone(&t));
-        t
-    }
-
     /// Polls one message (waiting up to the poll timeout), then whatever
     /// else is already fetched, up to [`BATCH`] messages or [`BATCH_BYTES`],
     /// and tracks them under one lock. Returns true when nothing arrived.
@@ -300,7 +292,8 @@ impl Poller {
         if PANIC_IN_POLL
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(&self.group)
+            .iter()
+            .any(|group| **group == *self.group)
         {
             panic!("injected failure in the poll thread of {}", self.group);
         }
@@ -312,13 +305,14 @@ impl Poller {
                 None => break,
                 Some(Ok(record)) => {
                     drop(self.freed.pop());
+                    let topic = shared(&mut self.topics, record.topic());
                     let retry_of = self
                         .delayed
                         .get(record.topic())
                         .map(|route| route.source.as_str());
-                    let mut message = record::guarded_message(&record, retry_of);
+                    let mut message = record::guarded_message(&record, &topic, retry_of);
                     drop(record);
-                    message.meta.group = Some(self.group.clone());
+                    message.meta.group = Some(Arc::clone(&self.group));
                     bytes += message.payload.len();
                     // Read after the poll returned: a rewind inside it (an
                     // abort in a revoke callback) predates this message.
@@ -356,7 +350,7 @@ impl Poller {
     }
 
     fn incoming(&mut self, message: Arc<backstop::Message>, epoch: u64) -> Incoming {
-        let topic = self.topic(&message.meta.source);
+        let topic = Arc::clone(&message.meta.source);
         let tp = TopicPartition::new(topic, message.meta.partition.unwrap_or_default());
         // A retry topic holds a message until its due time, but never longer
         // than its tier's delay from now: a far-future `x-backstop-due` (a long
@@ -557,6 +551,19 @@ impl Poller {
         // Dropping the consumer leaves the group (its revoke callback runs here).
         drop(self.consumer);
     }
+}
+
+/// The one shared copy of the topic `name` (made on first sight).
+fn shared(
+    topics: &mut HashMap<String, Arc<str>, foldhash::fast::RandomState>,
+    name: &str,
+) -> Arc<str> {
+    if let Some(t) = topics.get(name) {
+        return Arc::clone(t);
+    }
+    let t: Arc<str> = Arc::from(name);
+    topics.insert(name.to_owned(), Arc::clone(&t));
+    t
 }
 
 /// Drops what the next batch would not: every settled message when the

@@ -40,7 +40,10 @@ pub(crate) fn record(row: &Row) -> Result<SpooledRecord, Unreadable> {
         .map_err(|e| bad("key", &e))?
         .map(Bytes::from);
     message.headers = headers;
-    message.meta.source = row.try_get(2).map_err(|e| bad("source", &e))?;
+    message.meta.source = row
+        .try_get::<_, &str>(2)
+        .map_err(|e| bad("source", &e))?
+        .into();
     message.meta.message_id = row.try_get(3).map_err(|e| bad("message id", &e))?;
     Ok(SpooledRecord {
         seq,

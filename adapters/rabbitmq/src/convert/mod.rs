@@ -224,7 +224,7 @@ pub fn plain_delivery(
         })
         .unwrap_or_default();
     AmqpDelivery {
-        queue: queue.to_owned(),
+        queue: queue.into(),
         delivery_tag,
         redelivered,
         properties: AmqpProperties {
@@ -277,7 +277,7 @@ pub fn message_from_delivery(
         || {
             let id = inbound::amqp_digest_id(&AmqpProperties::default(), &[], &body);
             let mut message = Message::new(body.clone()).with_message_id(id);
-            message.meta.source = queue.to_owned();
+            message.meta.source = queue.into();
             message.meta.delivery_tag = delivery_tag;
             message.meta.redelivered = redelivered;
             message.meta.id_source = IdSource::Digest;

@@ -72,7 +72,7 @@ fn message_id_comes_from_the_property_then_the_header() {
     assert_eq!(m.meta.message_id, "from-header");
     assert_eq!(m.meta.delivery_tag, Some(7));
     assert!(m.meta.redelivered);
-    assert_eq!(m.meta.source, "q");
+    assert_eq!(&*m.meta.source, "q");
     assert_eq!(m.meta.attempt, 1);
 
     let with_property = with_header.with_message_id("from-property".into());

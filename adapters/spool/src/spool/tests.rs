@@ -95,7 +95,7 @@ async fn a_reopened_spool_has_its_records_counts_and_order() {
     assert_eq!(ids, expected);
     let last = spool.peek(100).await.unwrap().pop().unwrap();
     assert_eq!(last.destination, None);
-    assert_eq!(last.message.meta.source, "orders");
+    assert_eq!(&*last.message.meta.source, "orders");
     // A new record after a reopen comes after the old ones.
     let seq = spool.push(Some("t"), &msg(11, "odd")).await.unwrap();
     assert!(seq > last.seq);
