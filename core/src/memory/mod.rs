@@ -117,19 +117,21 @@ impl MemoryBroker {
         message
             .headers
             .insert(wire::MESSAGE_ID.to_owned(), id.clone());
-        message.meta = crate::message::Meta {
-            source: name.into(),
-            attempt: attempt::from_headers(&message.headers),
-            message_id: id,
-            timestamp: Some(std::time::SystemTime::now()),
-            ..crate::message::Meta::default()
-        };
+        let attempt = attempt::from_headers(&message.headers);
+        let timestamp = Some(std::time::SystemTime::now());
         let mut queues = self.shared.lock();
         let queue = queues.entry(name.to_owned()).or_default();
         if queue.max_len.is_some_and(|max| queue.len() >= max) {
             queue.stats.rejected += 1;
             return Err(PublishError::Full(name.to_owned()));
         }
+        message.meta = crate::message::Meta {
+            source: Arc::clone(queue.name.get_or_insert_with(|| name.into())),
+            attempt,
+            message_id: id,
+            timestamp,
+            ..crate::message::Meta::default()
+        };
         queue.stats.published += 1;
         match delay {
             Some(delay) if !delay.is_zero() => {

@@ -36,6 +36,10 @@ pub(crate) struct Unacked {
 
 #[derive(Debug, Default)]
 pub(crate) struct Queue {
+    /// The queue's name, one copy shared by every message published to it
+    /// (their [`Meta::source`](crate::message::Meta::source)); made on the
+    /// first publish.
+    pub(crate) name: Option<Arc<str>>,
     /// Shared from the publish on: a delivery takes a reference, not a
     /// copy, and a redelivery reuses it.
     pub(crate) ready: VecDeque<Arc<Message>>,

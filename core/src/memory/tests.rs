@@ -137,3 +137,24 @@ async fn until_drained_ends_when_nothing_is_left() {
     next(&mut src).await.ack().await.unwrap();
     assert!(src.next().await.is_none());
 }
+
+#[tokio::test]
+async fn the_messages_of_a_queue_share_its_name() {
+    let broker = MemoryBroker::new();
+    for body in ["a", "b"] {
+        broker.publish_now("orders", Message::new(body)).unwrap();
+    }
+    broker.publish_now("audit", Message::new("c")).unwrap();
+    let mut orders = broker.consume("orders", 2);
+    let (a, b) = (next(&mut orders).await, next(&mut orders).await);
+    let c = next(&mut broker.consume("audit", 1)).await;
+    let (a, b, c) = (&a.message().meta, &b.message().meta, &c.message().meta);
+    assert_eq!(
+        (&*a.source, &*b.source, &*c.source),
+        ("orders", "orders", "audit")
+    );
+    assert!(
+        Arc::ptr_eq(&a.source, &b.source),
+        "one copy of the name per queue"
+    );
+}
