@@ -292,8 +292,9 @@ pub struct Delivery {
     /// a lock on its tree; an `Arc`'s does not).
     cancel: Token,
     /// Cancelled by the source when it loses the delivery (a revoked
-    /// partition). Shared: every delivery of a partition has the same one,
-    /// and an `Arc`'s clone takes no lock (a token's takes its tree's).
+    /// partition). Behind an `Arc`, so a source can share one between the
+    /// deliveries it fences together (the Kafka source: one per
+    /// partition) without a token clone, which takes its tree's lock.
     fence: Option<Arc<CancellationToken>>,
     /// When the broker would take the delivery back if it were still unsettled.
     deadline: Option<Instant>,

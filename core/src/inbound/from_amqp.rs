@@ -46,7 +46,8 @@ pub struct AmqpProperties {
 /// An AMQP delivery (or `basic.get` answer), as plain values.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AmqpDelivery {
-    /// The queue it was consumed from (shared: one copy per consumer).
+    /// The queue it was consumed from (the message's
+    /// [`Meta::source`](crate::message::Meta::source)).
     pub queue: Arc<str>,
     /// The delivery tag (`None` for a message read by other means).
     pub delivery_tag: Option<u64>,

@@ -11,11 +11,13 @@ use crate::message::IdSource;
 use crate::message::{Headers, Message, Meta};
 use crate::{attempt, wire};
 
-/// A Kafka record, as plain values borrowed from the client's record.
+/// A Kafka record, as plain values (borrowed from the client's record,
+/// but for the topic's name).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KafkaRecord<'a> {
-    /// The topic it was consumed from (shared: the consumer keeps one copy
-    /// per topic).
+    /// The topic it was consumed from (the message's
+    /// [`Meta::source`](crate::message::Meta::source); a consumer that
+    /// keeps one copy per topic passes that copy).
     pub topic: Arc<str>,
     /// Its partition.
     pub partition: i32,

@@ -37,7 +37,7 @@ pub(crate) fn consumer_span<T>(request: &Request<T>) -> tracing::Span {
         "otel.kind" = "consumer",
         "messaging.system" = system,
         "messaging.operation.type" = "process",
-        "messaging.destination.name" = meta.source.as_str(),
+        "messaging.destination.name" = &*meta.source,
         "messaging.message.id" = meta.message_id.as_str(),
         "messaging.kafka.offset" = meta.offset,
         "messaging.destination.partition.id" = Empty,

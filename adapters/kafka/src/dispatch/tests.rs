@@ -50,6 +50,18 @@ fn a_settled_message_goes_back_to_the_poll_thread_to_be_dropped() {
     d.settle(&again.ticket, Settlement::Requeue).unwrap();
     d.take_freed(&mut freed);
     assert!(freed.is_empty());
+    // Settled messages join what the poll thread still keeps, after it.
+    let again = d.take().ready().unwrap();
+    d.settle(&again.ticket, Settlement::Done).unwrap();
+    let kept = Arc::new(msg(9, "k"));
+    freed.push(Arc::clone(&kept));
+    d.take_freed(&mut freed);
+    let offsets: Vec<_> = freed.iter().map(|m| m.meta.offset).collect();
+    assert_eq!(
+        offsets,
+        [Some(9), Some(1)],
+        "kept first, then the settled one"
+    );
 }
 
 #[test]

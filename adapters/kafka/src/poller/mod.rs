@@ -212,8 +212,9 @@ struct Poller {
     /// are the ones the next message takes from this thread's cache
     /// (dropping a batch at once overflows glibc's small per-thread cache
     /// of free blocks, and each block then goes through the heap's bins,
-    /// as does each allocation after it); what is left over is dropped
-    /// by [`Poller::maintain`].
+    /// as does each allocation after it); at most a batch's worth is kept
+    /// between batches, and none by an idle thread
+    /// ([`keep_for_next_batch`]).
     freed: Vec<Arc<backstop::Message>>,
     /// Exactly-once mode: commits on this thread.
     transactor: Option<SharedTransactor>,
@@ -568,7 +569,8 @@ fn shared(
 
 /// Drops what the next batch would not: every settled message when the
 /// thread is idle, else all but the newest [`BATCH`] messages or
-/// [`BATCH_BYTES`] of payload (the bounds of a batch), whichever is less.
+/// [`BATCH_BYTES`] of messages (payload, key, headers and bookkeeping, as
+/// the partitions' budgets count them), whichever is less.
 fn keep_for_next_batch(freed: &mut Vec<Arc<backstop::Message>>, idle: bool) {
     if idle {
         freed.clear();
@@ -580,7 +582,7 @@ fn keep_for_next_batch(freed: &mut Vec<Arc<backstop::Message>>, idle: bool) {
         .rev()
         .take(BATCH)
         .take_while(|m| {
-            bytes += m.payload.len();
+            bytes += crate::tracker::size_of_message(m);
             bytes <= BATCH_BYTES
         })
         .count();

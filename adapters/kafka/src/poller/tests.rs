@@ -1,4 +1,5 @@
-//! Unit tests of the poll thread, against the real Kafka.
+//! Unit tests of the poll thread: against the real Kafka, and of its pure
+//! helpers.
 
 use std::time::Duration;
 
@@ -123,11 +124,26 @@ fn the_settled_messages_kept_for_the_next_batch_are_the_newest_within_a_batchs_b
     assert_eq!(ids(&freed[..1]), ["10"], "the oldest ten are dropped");
     assert_eq!(ids(&freed[BATCH - 1..]), [(BATCH + 9).to_string()]);
 
-    // Large messages: no more than BATCH_BYTES of payload.
-    let big = BATCH_BYTES / 4;
+    // Large messages: no more than BATCH_BYTES of messages, as the
+    // budgets count them (a quarter of it each, with their bookkeeping).
+    let big = BATCH_BYTES / 4 - 1024;
     let mut freed: Vec<_> = (0..10).map(|i| of(big, i)).collect();
     keep_for_next_batch(&mut freed, false);
     assert_eq!(ids(&freed), ["6", "7", "8", "9"]);
+    // Their keys and headers count too.
+    let mut freed: Vec<_> = (0..10)
+        .map(|i| {
+            let mut m = (*of(big - 2048, i)).clone().with_key(vec![0u8; 2048]);
+            m.headers.insert("h".to_owned(), "x".repeat(2048));
+            Arc::new(m)
+        })
+        .collect();
+    keep_for_next_batch(&mut freed, false);
+    assert_eq!(
+        ids(&freed),
+        ["7", "8", "9"],
+        "payload alone would keep four"
+    );
 
     // Idle: nothing is kept.
     keep_for_next_batch(&mut freed, true);

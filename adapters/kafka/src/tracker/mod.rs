@@ -504,7 +504,7 @@ impl KeyQueue {
 }
 
 /// What a held message costs in memory, roughly: its bytes plus bookkeeping.
-fn size_of_message(message: &Message) -> usize {
+pub(crate) fn size_of_message(message: &Message) -> usize {
     let headers = message.headers.wire_len() + 48 * message.headers.len();
     message.payload.len()
         + message.key.as_ref().map_or(0, Bytes::len)
