@@ -119,6 +119,8 @@ impl MemoryBroker {
             .insert(wire::MESSAGE_ID.to_owned(), id.clone());
         let attempt = attempt::from_headers(&message.headers);
         let timestamp = Some(std::time::SystemTime::now());
+        // The old metadata is dropped here, not under the lock.
+        message.meta = crate::message::Meta::default();
         let mut queues = self.shared.lock();
         let queue = queues.entry(name.to_owned()).or_default();
         if queue.max_len.is_some_and(|max| queue.len() >= max) {
