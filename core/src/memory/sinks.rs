@@ -1,3 +1,4 @@
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::MemoryBroker;
@@ -39,11 +40,11 @@ pub struct MemoryRetrySink {
 #[async_trait::async_trait]
 impl RetrySink for MemoryRetrySink {
     async fn retry_later(&self, copy: Message, delay: Duration) -> Result<(), SinkError> {
-        let destination = copy.meta.source.to_string();
+        let destination = Arc::clone(&copy.meta.source);
         self.broker
             .publish_delayed(&destination, copy, delay)
             .map_err(|source| SinkError::Publish {
-                destination,
+                destination: destination.to_string(),
                 source,
             })
     }

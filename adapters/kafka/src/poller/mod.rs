@@ -200,9 +200,9 @@ struct Poller {
     dispatcher: Arc<Dispatcher>,
     delayed: Arc<RetryTable>,
     stop: Arc<AtomicBool>,
-    /// The topics' names, one shared copy each (looked up per message:
-    /// a fast hasher; the names are the group's own subscriptions).
-    topics: HashMap<String, Arc<str>, foldhash::fast::RandomState>,
+    /// What is known of each topic read, looked up once per message (a
+    /// fast hasher; the names are the group's own subscriptions).
+    topics: HashMap<String, Topic, foldhash::fast::RandomState>,
     last_error_log: Option<Instant>,
     disconnected: bool,
     /// Reused between polls, so a batch costs no allocation.
@@ -306,12 +306,10 @@ impl Poller {
                 None => break,
                 Some(Ok(record)) => {
                     drop(self.freed.pop());
-                    let topic = shared(&mut self.topics, record.topic());
-                    let retry_of = self
-                        .delayed
-                        .get(record.topic())
-                        .map(|route| route.source.as_str());
-                    let mut message = record::guarded_message(&record, &topic, retry_of);
+                    let topic = known(&mut self.topics, &self.delayed, record.topic());
+                    let retry_of = topic.retry.as_ref().map(|(source, _)| &**source);
+                    let mut message = record::guarded_message(&record, &topic.name, retry_of);
+                    let hold = topic.retry.map(|(_, hold)| hold);
                     drop(record);
                     message.meta.group = Some(Arc::clone(&self.group));
                     bytes += message.payload.len();
@@ -320,7 +318,7 @@ impl Poller {
                     let epoch = self.dispatcher.rewind_epoch();
                     // Shared from here on: the tracker keeps it and hands it
                     // out without moving the message again.
-                    batch.push(self.incoming(Arc::new(message), epoch));
+                    batch.push(incoming(Arc::new(message), hold, epoch));
                 }
                 Some(Err(error)) => {
                     self.on_error(error);
@@ -348,27 +346,6 @@ impl Poller {
             tracing::warn!(%error, "pausing a full partition failed");
         }
         false
-    }
-
-    fn incoming(&mut self, message: Arc<backstop::Message>, epoch: u64) -> Incoming {
-        let topic = Arc::clone(&message.meta.source);
-        let tp = TopicPartition::new(topic, message.meta.partition.unwrap_or_default());
-        // A retry topic holds a message until its due time, but never longer
-        // than its tier's delay from now: a far-future `x-backstop-due` (a long
-        // `retry_after`, a fast clock at the writer) must not park the partition.
-        let hold = self.delayed.get(&*tp.topic).map(|route| route.hold_limit);
-        let delayed = message.meta.retry_of.is_some();
-        let due = hold.filter(|_| delayed).and_then(|limit| {
-            let due = record::due(&message)?;
-            Some(due.min(SystemTime::now() + limit))
-        });
-        Incoming {
-            tp,
-            message,
-            due,
-            delayed,
-            epoch,
-        }
     }
 
     /// Exactly-once mode: commits a transaction when one is due (or, with
@@ -554,17 +531,57 @@ impl Poller {
     }
 }
 
-/// The one shared copy of the topic `name` (made on first sight).
-fn shared(
-    topics: &mut HashMap<String, Arc<str>, foldhash::fast::RandomState>,
-    name: &str,
-) -> Arc<str> {
-    if let Some(t) = topics.get(name) {
-        return Arc::clone(t);
+/// A polled message as the dispatcher tracks it. `hold` is its topic's
+/// longest hold when the topic is a retry topic: a retry topic holds a
+/// message until its due time, but never longer than its tier's delay from
+/// now (a far-future `x-backstop-due`, from a long `retry_after` or a fast
+/// clock at the writer, must not park the partition).
+fn incoming(message: Arc<backstop::Message>, hold: Option<Duration>, epoch: u64) -> Incoming {
+    let topic = Arc::clone(&message.meta.source);
+    let tp = TopicPartition::new(topic, message.meta.partition.unwrap_or_default());
+    let delayed = message.meta.retry_of.is_some();
+    let due = hold.filter(|_| delayed).and_then(|limit| {
+        let due = record::due(&message)?;
+        Some(due.min(SystemTime::now() + limit))
+    });
+    Incoming {
+        tp,
+        message,
+        due,
+        delayed,
+        epoch,
     }
-    let t: Arc<str> = Arc::from(name);
-    topics.insert(name.to_owned(), Arc::clone(&t));
-    t
+}
+
+/// What the poll thread knows of a topic it reads.
+#[derive(Clone)]
+struct Topic {
+    /// The name's one copy, shared by every message of the topic
+    /// ([`Meta::source`](backstop::message::Meta::source)).
+    name: Arc<str>,
+    /// When it is one of the retry topics: the source its copies belong
+    /// to, and the longest a copy is held for its due time.
+    retry: Option<(Arc<str>, Duration)>,
+}
+
+/// What is known of the topic `name` (learnt on first sight, from the
+/// retry topics' table).
+fn known(
+    topics: &mut HashMap<String, Topic, foldhash::fast::RandomState>,
+    retries: &RetryTable,
+    name: &str,
+) -> Topic {
+    if let Some(topic) = topics.get(name) {
+        return topic.clone();
+    }
+    let topic = Topic {
+        name: Arc::from(name),
+        retry: retries
+            .get(name)
+            .map(|route| (Arc::from(route.source.as_str()), route.hold_limit)),
+    };
+    topics.insert(name.to_owned(), topic.clone());
+    topic
 }
 
 /// Drops what the next batch would not: every settled message when the
